@@ -1,0 +1,477 @@
+"""Benchmark mesh end to end: one real ``meshnode`` (2 children), one client.
+
+Each run starts a fresh node (``meshnode --app bench.tasks --concurrency 2 --no-mdns``
+on a free loopback port, temp data dir), waits for it with control pings, then:
+
+  (a) throughput: ``[inc.delay(i) for i in range(N)]``, then ``get()`` every result and
+      check it is ``i + 1``; tasks/s = N / (first submit -> last result), and the
+      submit-only rate (N / time of the submit loop);
+  (b) latency: sequential ``inc.delay(i).get()`` round trips; p50/p99/max in ms;
+  (c) peak RSS of the node plus its children, sampled every ~50 ms for the whole run.
+
+The medians over ``--repeat`` runs are printed next to the reference figures from
+../shared/BENCHMARKS.md. See bench/README.md.
+
+Run from the repo root:  .venv/bin/python -m bench.run [--repeat 3] [--with-ceiling] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_JSON = os.path.join(ROOT, "bench", "results", "latest.json")
+
+# ../shared/BENCHMARKS.md (2 vCPU, Python 3.11; 5,000 tasks, 300 round trips, median of 3)
+REFERENCE: dict[str, dict[str, float]] = {
+    "Celery 5.7 + Redis (prefork -c 2)": {"tasks_per_s": 516, "p50_ms": 2.46, "p99_ms": 6.36, "rss_mb": 144},
+    "Dramatiq 2.2 + Redis (best peer)": {"tasks_per_s": 1883, "p50_ms": 4.67, "p99_ms": 10.5, "rss_mb": 83},
+    "hand-rolled pyzmq (ceiling, ref.)": {"tasks_per_s": 66668, "p50_ms": 0.087, "p99_ms": 0.144, "rss_mb": 40},
+    "mesh goal": {"tasks_per_s": 20000, "p50_ms": 0.3, "p99_ms": 1.0, "rss_mb": 90},
+}
+
+
+# -- helpers --------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(sorted_vals: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    k = max(0, min(len(sorted_vals) - 1, int(-(-p * len(sorted_vals) // 1)) - 1))
+    return sorted_vals[k]
+
+
+def meshnode_cmd() -> list[str]:
+    exe = os.path.join(os.path.dirname(sys.executable), "meshnode")
+    if os.path.exists(exe):
+        return [exe]
+    found = shutil.which("meshnode")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "cli.meshnode"]
+
+
+class RssSampler(threading.Thread):
+    """Every ``interval`` s, the summed RSS of a process and all its descendants; keeps
+    the peak. Children are re-listed each time, so replaced children are counted."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(name="rss-sampler", daemon=True)
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.peak_procs = 0
+        self.samples = 0
+        self.last = 0
+        self._stop_ev = threading.Event()
+
+    def sample(self) -> int:
+        total, count = 0, 0
+        try:
+            procs = [self.proc] + self.proc.children(recursive=True)
+        except psutil.Error:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+                count += 1
+            except psutil.Error:
+                pass
+        self.samples += 1
+        self.last = total
+        if total > self.peak:
+            self.peak, self.peak_procs = total, count
+        return total
+
+    def run(self) -> None:
+        while not self._stop_ev.is_set():
+            self.sample()
+            self._stop_ev.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_ev.set()
+        self.join(2)
+
+
+class Node:
+    """One ``meshnode`` subprocess; ``stop()`` always leaves nothing behind."""
+
+    def __init__(self, concurrency: int, loglevel: str):
+        self.tmp = tempfile.mkdtemp(prefix="mesh-bench-")
+        self.port = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.log_path = os.path.join(self.tmp, "node.log")
+        self.cmd = meshnode_cmd() + [
+            "--app", "bench.tasks", "--name", f"bench-{self.port}", "--bind", self.endpoint,
+            "--concurrency", str(concurrency), "--no-mdns",
+            "--data-dir", os.path.join(self.tmp, "data"), "--shutdown-timeout", "5",
+            "--loglevel", loglevel]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.children: dict[int, psutil.Process] = {}   # every child seen, to reap leftovers
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"".join(f.readlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def note_children(self) -> list[int]:
+        try:
+            kids = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            kids = []
+        for c in kids:
+            self.children.setdefault(c.pid, c)
+        return [c.pid for c in kids]
+
+    def wait_ready(self, concurrency: int, timeout: float) -> float:
+        """Ping until the node answers, then until its children are up; returns the
+        seconds it took. Raises with the node's log if it exits or the deadline passes."""
+        from mesh.control import ControlClient
+        from mesh.protocol import ControlReply
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        with ControlClient() as cc:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"meshnode exited with code {self.proc.returncode} before it "
+                                       f"was ready:\n{self.log_tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"meshnode did not answer ping within {timeout:g} s; its "
+                                       f"log:\n{self.log_tail() or '(empty)'}")
+                reply = cc.broadcast([self.endpoint], "ping", timeout=min(0.25, left))[self.endpoint]
+                if isinstance(reply, ControlReply) and reply.ok:
+                    break
+        while len(self.note_children()) < concurrency:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"meshnode exited with code {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"meshnode has not started {concurrency} children within "
+                                   f"{timeout:g} s:\n{self.log_tail()}")
+            time.sleep(0.005)
+        return time.monotonic() - t0
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, wait, then SIGKILL; then kill any child it left behind."""
+        try:
+            if self.proc.poll() is None:
+                self.note_children()
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            for c in self.children.values():   # psutil checks pid + create time: no reuse mistakes
+                try:
+                    if c.is_running():
+                        c.kill()
+                except psutil.Error:
+                    pass
+            return self.proc.returncode
+        finally:
+            self._log.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- one measurement ------------------------------------------------------------------
+def run_once(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.tasks import TASK_NAME, make_app
+
+    node = Node(args.concurrency, args.loglevel)
+    sampler: RssSampler | None = None
+    app = None
+    try:
+        sampler = RssSampler(node.proc.pid, args.sample_interval)
+        sampler.start()
+        ready_s = node.wait_ready(args.concurrency, args.start_timeout)
+        app = make_app(peers=[node.endpoint])
+        inc = app.tasks[TASK_NAME]
+        timeout = args.result_timeout
+
+        def check_alive() -> None:
+            if node.proc.poll() is not None:
+                raise RuntimeError(f"meshnode exited with code {node.proc.returncode} during the "
+                                   f"run:\n{node.log_tail()}")
+
+        # warm-up (not measured): the client's I/O thread, connections, the children
+        for i in range(args.warmup):
+            if inc.delay(i).get(timeout=timeout) != i + 1:
+                raise RuntimeError("warm-up: wrong result")
+        idle_rss = sampler.sample()
+
+        # (a) throughput
+        n = args.tasks
+        t0 = time.perf_counter()
+        results = [inc.delay(i) for i in range(n)]
+        t_sub = time.perf_counter()
+        for i, r in enumerate(results):
+            try:
+                v = r.get(timeout=timeout)
+            except Exception:
+                check_alive()
+                raise
+            if v != i + 1:
+                raise RuntimeError(f"throughput: task {i} returned {v!r}, expected {i + 1}")
+        t1 = time.perf_counter()
+        del results
+        check_alive()
+
+        # (b) latency
+        lat: list[float] = []
+        pc = time.perf_counter
+        for i in range(args.latency):
+            a = pc()
+            v = inc.delay(i).get(timeout=timeout)
+            lat.append(pc() - a)
+            if v != i + 1:
+                raise RuntimeError(f"latency: task {i} returned {v!r}, expected {i + 1}")
+        lat.sort()
+        check_alive()
+        sampler.sample()
+        pss = 0
+        try:
+            node_p = psutil.Process(node.proc.pid)
+            for p in [node_p] + node_p.children(recursive=True):
+                pss += getattr(p.memory_full_info(), "pss", 0)
+        except psutil.Error:
+            pss = 0
+        return {
+            "tasks": n, "latency_samples": len(lat), "ready_s": ready_s,
+            "tasks_per_s": n / (t1 - t0), "submit_per_s": n / (t_sub - t0),
+            "throughput_wall_s": t1 - t0,
+            "p50_ms": pct(lat, 0.50) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3, "max_ms": lat[-1] * 1e3,
+            "mean_ms": statistics.fmean(lat) * 1e3,
+            "rss_mb": sampler.peak / 2**20, "rss_idle_mb": idle_rss / 2**20,
+            "pss_end_mb": pss / 2**20 if pss else None,
+            "rss_procs": sampler.peak_procs, "rss_samples": sampler.samples,
+        }
+    finally:
+        if app is not None:
+            try:
+                app.close()
+            except Exception as e:  # noqa: BLE001 - never let cleanup hide the real error
+                print(f"warning: closing the client failed: {e!r}", file=sys.stderr)
+        if sampler is not None:
+            sampler.stop()
+        node.stop()
+
+
+# -- output ---------------------------------------------------------------------------
+def _fmt(v: Any, kind: str) -> str:
+    if v is None:
+        return "-"
+    if kind == "rate":
+        return f"{v:,.0f}"
+    if kind == "ms":
+        return f"{v:.3f}"
+    if kind == "mb":
+        return f"{v:.1f}"
+    return str(v)
+
+
+COLS = [("tasks/s", "tasks_per_s", "rate"), ("submit/s", "submit_per_s", "rate"),
+        ("p50 ms", "p50_ms", "ms"), ("p99 ms", "p99_ms", "ms"), ("max ms", "max_ms", "ms"),
+        ("peak RSS MB", "rss_mb", "mb")]
+
+
+def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    head = ["run"] + [c[0] for c in COLS]
+    body = [[label] + [_fmt(r.get(k), kind) for _, k, kind in COLS] for label, r in rows]
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in runs[0]:
+        vals = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
+        if vals:
+            out[k] = statistics.median(vals)
+    return out
+
+
+def verdict(m: dict[str, Any]) -> list[str]:
+    g = REFERENCE["mesh goal"]
+    checks = [("throughput >= 20,000 tasks/s", m["tasks_per_s"] >= g["tasks_per_s"]),
+              ("p50 < 0.3 ms", m["p50_ms"] < g["p50_ms"]),
+              ("p99 < 1 ms", m["p99_ms"] < g["p99_ms"]),
+              ("node + children < 90 MB", m["rss_mb"] < g["rss_mb"])]
+    return [f"  [{'met' if ok else 'NOT met'}] {what}" for what, ok in checks]
+
+
+def machine_info() -> dict[str, Any]:
+    import msgpack
+    import zmq
+
+    import mesh
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "hostname": platform.node(), "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": None, "mem_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(), "mesh_version": mesh.__version__,
+        "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "msgpack": msgpack.version,
+        "git_commit": None,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                            capture_output=True, text=True, timeout=5, check=False).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+# -- main -----------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark mesh with one real meshnode (2 children) and one client: "
+                    "throughput, latency and the node's peak RSS, median of --repeat runs, "
+                    "printed next to the reference figures of ../shared/BENCHMARKS.md.",
+        epilog="Example: .venv/bin/python -m bench.run --repeat 3 --with-ceiling --json")
+    ap.add_argument("-n", "--tasks", type=int, default=20000, metavar="N",
+                    help="tasks submitted for throughput (default 20000)")
+    ap.add_argument("--latency", type=int, default=1000, metavar="N",
+                    help="sequential round trips for latency (default 1000)")
+    ap.add_argument("--repeat", type=int, default=3, metavar="R",
+                    help="runs, each with a fresh node; medians are reported (default 3)")
+    ap.add_argument("--warmup", type=int, default=100, metavar="N",
+                    help="unmeasured round trips before each run (default 100)")
+    ap.add_argument("--concurrency", type=int, default=2, help="node children (default 2)")
+    ap.add_argument("--with-ceiling", action="store_true",
+                    help="also run the bare pyzmq ROUTER -> 2 DEALER loop (bench/zmq_ceiling.py) "
+                         "in each run, side by side")
+    ap.add_argument("--json", nargs="?", const=DEFAULT_JSON, default=None, metavar="PATH",
+                    help=f"write results and machine info as JSON (default path "
+                         f"{os.path.relpath(DEFAULT_JSON, ROOT)})")
+    ap.add_argument("--sample-interval", type=float, default=0.05, metavar="S",
+                    help="RSS sampling period in seconds (default 0.05)")
+    ap.add_argument("--start-timeout", type=float, default=20.0, metavar="S",
+                    help="deadline for the node to answer ping and start its children (default 20)")
+    ap.add_argument("--result-timeout", type=float, default=60.0, metavar="S",
+                    help="deadline for any single get() (default 60)")
+    ap.add_argument("--loglevel", default="WARNING",
+                    help="the node's --loglevel; its log goes to a temp file (default WARNING)")
+    args = ap.parse_args(argv)
+    for name in ("tasks", "latency", "repeat"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1")
+    if args.warmup < 0:
+        ap.error("--warmup must be >= 0")
+    return args
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGINT/SIGTERM unwind through the finally blocks, so the node is always stopped
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    os.chdir(ROOT)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    info = machine_info()
+    print(f"mesh {info['mesh_version']} | Python {info['python']} | {info['cpu_count']} CPUs "
+          f"({info['cpu_model'] or '?'}) | {info['date']}")
+    print(f"{args.tasks:,} tasks for throughput, {args.latency:,} round trips for latency, "
+          f"{args.concurrency} children, {args.repeat} run(s)\n", flush=True)
+
+    runs: list[dict[str, Any]] = []
+    ceil: list[dict[str, Any]] = []
+    t_all = time.monotonic()
+    for k in range(args.repeat):
+        r = run_once(args)
+        runs.append(r)
+        line = (f"run {k + 1}: mesh {r['tasks_per_s']:,.0f} tasks/s, p50 {r['p50_ms']:.3f} ms, "
+                f"p99 {r['p99_ms']:.3f} ms, peak RSS {r['rss_mb']:.1f} MB")
+        if args.with_ceiling:
+            from bench.zmq_ceiling import run_ceiling
+            c = run_ceiling(args.tasks, args.latency, workers=args.concurrency)
+            ceil.append(c)
+            line += f" | pyzmq ceiling {c['tasks_per_s']:,.0f} tasks/s, p50 {c['p50_ms']:.3f} ms"
+        print(line, flush=True)
+
+    med = median_of(runs)
+    rows = [(f"mesh run {i + 1}", r) for i, r in enumerate(runs)]
+    rows += [(f"pyzmq ceiling run {i + 1}", c) for i, c in enumerate(ceil)]
+    print("\nEach run (this machine):")
+    print(table(rows))
+
+    cmed = median_of(ceil) if ceil else None
+    summary: list[tuple[str, dict[str, Any]]] = [("mesh, MEDIAN (this machine)", med)]
+    if cmed:
+        summary.append(("pyzmq ceiling, MEDIAN (this machine)", cmed))
+    summary += [(k, dict(v)) for k, v in REFERENCE.items()]
+    print(f"\nMedians of {args.repeat} run(s) next to ../shared/BENCHMARKS.md "
+          "(reference rows: 5,000 tasks, 300 round trips, their machine):")
+    print(table(summary))
+    extra = (f"\nmesh medians: node ready in {med['ready_s'] * 1e3:.0f} ms; "
+             f"RSS after warm-up {med['rss_idle_mb']:.1f} MB")
+    if med.get("pss_end_mb"):
+        extra += f", PSS at end {med['pss_end_mb']:.1f} MB (shared pages counted once)"
+    print(extra)
+    if cmed:
+        print(f"mesh / ceiling on this machine: {med['tasks_per_s'] / cmed['tasks_per_s']:.1%} of "
+              f"the throughput, p50 {med['p50_ms'] / cmed['p50_ms']:.1f}x the ceiling's")
+    print("\nGoal (median):")
+    print("\n".join(verdict(med)))
+    print(f"\ntotal time {time.monotonic() - t_all:.1f} s")
+
+    if args.json:
+        out = {"machine": info, "params": {k: v for k, v in vars(args).items() if k != "json"},
+               "mesh": {"runs": runs, "median": med},
+               "ceiling": {"runs": ceil, "median": cmed} if ceil else None,
+               "reference": REFERENCE}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        print(f"wrote {os.path.relpath(os.path.abspath(args.json), ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,188 @@
+"""``meshctl``: look at and talk to a running mesh."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die, run_cli
+
+
+def _peers(ctx: click.Context) -> list[str]:
+    from mesh.config import check_endpoint
+    from mesh.exceptions import ConfigError
+    raw = ctx.obj["peers"] or os.environ.get("MESH_PEERS", "")
+    peers = [p.strip() for p in raw.split(",") if p.strip()]
+    if not peers:
+        die("meshctl", "no nodes given: use --peers tcp://HOST:PORT or set MESH_PEERS "
+            "(mDNS discovery is not available in this version yet)", EXIT_USAGE)
+    try:
+        for p in peers:
+            check_endpoint(p)
+    except ConfigError as e:
+        die("meshctl", str(e), EXIT_USAGE)
+    return peers
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--peers", metavar="tcp://H:P[,...]", help="Nodes to ask (default: MESH_PEERS).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
+              show_default=True, help="Seconds to wait for nodes to answer.")
+@click.pass_context
+def meshctl(ctx: click.Context, peers: str | None, as_json: bool, timeout: float) -> None:
+    """Look at and talk to a running mesh.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 status
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(peers=peers, json=as_json, timeout=timeout)
+
+
+def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:
+    from mesh.control import ControlClient
+    with ControlClient() as cc:
+        return cc.broadcast(_peers(ctx), command, timeout=ctx.obj["timeout"])
+
+
+@meshctl.command()
+@click.pass_context
+def ping(ctx: click.Context) -> int:
+    """Ping every node; exit 1 when none answers.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 ping
+    """
+    from mesh.protocol import ControlReply
+    replies = _broadcast(ctx, "ping")
+    ok = {ep: r for ep, r in replies.items() if isinstance(r, ControlReply) and r.ok}
+    if ctx.obj["json"]:
+        click.echo(json.dumps({ep: (r.payload if isinstance(r, ControlReply) else {"error": r})
+                               for ep, r in replies.items()}, indent=2))
+    else:
+        for ep, r in replies.items():
+            if isinstance(r, ControlReply):
+                click.echo(f"{ep}: pong from {r.node} (mesh {r.payload.get('version')})")
+            else:
+                click.echo(f"{ep}: {r}", err=True)
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f}M"
+
+
+def _fmt_uptime(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@meshctl.command()
+@click.pass_context
+def status(ctx: click.Context) -> int:
+    """One row per node; exit 1 when no node answers.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700,tcp://127.0.0.1:7701 status --json
+    """
+    from mesh.protocol import ControlReply
+    replies = _broadcast(ctx, "status")
+    rows = []
+    for ep, r in replies.items():
+        if isinstance(r, ControlReply) and r.ok:
+            rows.append(dict(r.payload))
+        else:
+            rows.append({"node": "?", "address": ep, "state": "unreachable", "error": str(r)})
+    answered = sum(1 for r in rows if r["state"] != "unreachable")
+    if ctx.obj["json"]:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        header = ("NODE", "ADDRESS", "STATE", "POOL", "QUEUE", "DONE", "FAILED", "TASKS/S",
+                  "CPU%", "MEM", "UPTIME", "VERSION")
+        table = [header]
+        for r in rows:
+            if r["state"] == "unreachable":
+                table.append((r["node"], r["address"], "unreachable") + ("-",) * 9)
+                continue
+            table.append((r["node"], r["address"], r["state"], f"{r['busy']}/{r['total']}",
+                          str(r["queued"]), str(r["succeeded"]), str(r["failed"]),
+                          f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",
+                          _fmt_bytes(r["rss_bytes"]), _fmt_uptime(r["uptime"]), r["version"]))
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:
+            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo(f"{answered} of {len(rows)} node(s) answered")
+    return EXIT_OK if answered else EXIT_FAILURE
+
+
+@meshctl.command()
+@click.argument("task_name")
+@click.option("--args", "args_json", default="[]", metavar="JSON", help="Positional arguments, a JSON array.")
+@click.option("--kwargs", "kwargs_json", default="{}", metavar="JSON", help="Keyword arguments, a JSON object.")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option("--result-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="With --wait, seconds to wait for the result.")
+@click.pass_context
+def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, wait: bool,
+         result_timeout: float) -> int:
+    """Submit a task by name. Prints the task id, or with --wait the result as JSON;
+    exit 1 if the task failed or timed out.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 call examples.tasks.add --args '[2, 3]' --wait
+    """
+    try:
+        args = json.loads(args_json)
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as e:
+        die("meshctl", f"--args/--kwargs must be JSON: {e}", EXIT_USAGE)
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        die("meshctl", "--args must be a JSON array and --kwargs a JSON object", EXIT_USAGE)
+    from mesh import Mesh
+    from mesh.exceptions import MeshError
+    app = Mesh("meshctl", peers=_peers(ctx))
+    try:
+        r = app.send_task(task_name, args=args, kwargs=kwargs)
+        if not wait:
+            click.echo(r.id)
+            return EXIT_OK
+        try:
+            value = r.get(timeout=result_timeout)
+        except MeshError as e:
+            if ctx.obj["json"]:
+                click.echo(json.dumps({"id": r.id, "state": r.state, "error": str(e),
+                                       "traceback": r.traceback}))
+            else:
+                if r.traceback:
+                    click.echo(r.traceback.rstrip(), err=True)
+                click.echo(f"meshctl: task {r.id} {r.state}: {type(e).__name__}: {e}", err=True)
+            return EXIT_FAILURE
+        except Exception as e:   # the task's own exception type, rebuilt here
+            if r.traceback:
+                click.echo(r.traceback.rstrip(), err=True)
+            click.echo(f"meshctl: task {r.id} {r.state}: {type(e).__name__}: {e}", err=True)
+            return EXIT_FAILURE
+        if ctx.obj["json"]:
+            click.echo(json.dumps({"id": r.id, "state": r.state, "result": value}, default=str))
+        else:
+            click.echo(json.dumps(value, default=str))
+        return EXIT_OK
+    finally:
+        app.close()
+
+
+def main() -> None:
+    run_cli(meshctl, "meshctl")
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(EXIT_OK)

@@ -1,0 +1,77 @@
+"""``meshnode``: run a mesh node (the daemon) for an app's tasks."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from .common import EXIT_OK, EXIT_START, EXIT_USAGE, die, load_app, run_cli
+
+LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--app", "-A", "app_spec", required=True, metavar="MODULE[:ATTR]",
+              help="Module holding the mesh app (ATTR defaults to 'app').")
+@click.option("--name", "-n", help="Node id; default hostname-pid.")
+@click.option("--bind", "-b", metavar="tcp://HOST:PORT",
+              help="Front door to bind (default tcp://127.0.0.1:7700).")
+@click.option("--peers", metavar="tcp://H:P[,...]", help="Static seeds; MESH_PEERS too.")
+@click.option("--no-mdns", is_flag=True, default=None, help="No multicast discovery.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Prefork children (default: CPU count).")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), metavar="N",
+              help="Replace a child after N tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
+              help="Replace a child whose RSS passes KIB after a task.")
+@click.option("--time-limit", type=POSITIVE, metavar="S", help="Hard time limit: kill the child.")
+@click.option("--soft-time-limit", type=POSITIVE, metavar="S",
+              help="Soft time limit: raise SoftTimeLimitExceeded in the task.")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), metavar="S",
+              help="On SIGTERM, how long running tasks may finish (default 30).")
+@click.option("--data-dir", metavar="DIR", help="Journal and results (default ~/.local/share/mesh/NAME).")
+@click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
+def meshnode(app_spec: str, name: str | None, bind: str | None, peers: str | None,
+             no_mdns: bool | None, concurrency: int | None, max_tasks_per_child: int | None,
+             max_memory_per_child: int | None, time_limit: float | None,
+             soft_time_limit: float | None, shutdown_timeout: float | None,
+             data_dir: str | None, loglevel: str | None) -> int:
+    """Run a mesh node for the tasks of an app.
+
+    \b
+    Example:
+      meshnode --app examples.tasks --bind tcp://127.0.0.1:7700 --concurrency 2
+    """
+    from mesh.config import Config
+    from mesh.exceptions import ConfigError
+    from mesh.node import Node, NodeStartError
+
+    try:
+        config = Config.build(
+            name=name, bind=bind, peers=peers, mdns=False if no_mdns else None,
+            concurrency=concurrency, max_tasks_per_child=max_tasks_per_child,
+            max_memory_per_child=max_memory_per_child, time_limit=time_limit,
+            soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
+            data_dir=data_dir, loglevel=loglevel.upper() if loglevel else None)
+    except ConfigError as e:
+        die("meshnode", str(e), EXIT_USAGE)
+    logging.basicConfig(
+        level=config.loglevel, stream=sys.stderr,
+        format=f"[%(asctime)s %(levelname)s {config.node_name} %(name)s] %(message)s")
+    app = load_app(app_spec)
+    node = Node(app, config)
+    try:
+        asyncio.run(node.run())
+    except NodeStartError as e:
+        die("meshnode", str(e), EXIT_START)
+    return EXIT_OK
+
+
+def main() -> None:
+    run_cli(meshnode, "meshnode")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A real mesh on this machine: two meshnode processes on loopback, a few thousand
+tasks (some failing on purpose), their results, a `meshctl status` table, and a
+clean shutdown. Run it with ./scripts/demo.sh (or python -m examples.demo)."""
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(endpoints: list[str], procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    from mesh.control import ControlClient
+    from mesh.protocol import ControlReply
+    deadline = time.monotonic() + timeout
+    with ControlClient() as cc:
+        while time.monotonic() < deadline:
+            for p in procs:
+                if p.poll() is not None:
+                    sys.exit(f"demo: a node exited early with code {p.returncode}")
+            replies = cc.broadcast(endpoints, "ping", timeout=0.5)
+            if all(isinstance(r, ControlReply) for r in replies.values()):
+                return
+    sys.exit("demo: nodes did not answer in time")
+
+
+def main() -> int:
+    ports = [free_port(), free_port()]
+    endpoints = [f"tcp://127.0.0.1:{p}" for p in ports]
+    tmp = tempfile.mkdtemp(prefix="mesh-demo-")
+    print(f"== starting 2 nodes: {', '.join(endpoints)}")
+    procs = [subprocess.Popen(
+        [os.path.join(BIN, "meshnode"), "--app", "examples.tasks", "--name", f"demo-{i + 1}",
+         "--bind", ep, "--concurrency", "2", "--no-mdns", "--data-dir", os.path.join(tmp, f"n{i}"),
+         "--loglevel", "WARNING"]) for i, ep in enumerate(endpoints)]
+    try:
+        wait_ready(endpoints, procs)
+        os.environ["MESH_PEERS"] = ",".join(endpoints)
+        from examples.tasks import InvalidOrder, add, app, checkout, whoami
+
+        n = 3000
+        print(f"== submitting {n} tasks: add(i, i) for i < {n}")
+        t0 = time.perf_counter()
+        results = [add.delay(i, i) for i in range(n)]
+        values = [r.get(timeout=60) for r in results]
+        dt = time.perf_counter() - t0
+        wrong = sum(1 for i, v in enumerate(values) if v != 2 * i)
+        by_node = collections.Counter(r.node for r in results)
+        print(f"   {n} results in {dt:.2f} s ({n / dt:.0f} tasks/s), {wrong} wrong; "
+              f"ran on: {dict(by_node)}")
+
+        print("== 200 checkouts, every 10th with a negative amount (fails on purpose)")
+        orders = [checkout.delay(i, -1.0 if i % 10 == 0 else 10.0 + i) for i in range(200)]
+        ok = failed = 0
+        first_error = None
+        for r in orders:
+            try:
+                r.get(timeout=60)
+                ok += 1
+            except InvalidOrder as e:   # the task's own exception type, rebuilt here
+                failed += 1
+                first_error = first_error or (e, r.traceback)
+        print(f"   {ok} succeeded, {failed} failed with InvalidOrder")
+        if first_error:
+            print(f"   first failure: {first_error[0]!r}; remote traceback ends with:")
+            print("     " + first_error[1].strip().splitlines()[-1])
+
+        print("== send_task by name, and a bound task that sees its own request")
+        print(f"   send_task('examples.tasks.add', (40, 2)) -> {app.send_task('examples.tasks.add', (40, 2)).get(timeout=30)}")
+        print(f"   whoami -> {whoami.delay().get(timeout=30)}")
+
+        print("== meshctl status")
+        subprocess.run([os.path.join(BIN, "meshctl"), "--peers", ",".join(endpoints), "status"], check=True)
+        app.close()
+        return 1 if wrong or ok != 180 or failed != 20 else 0
+    finally:
+        print("== stopping nodes (SIGTERM)")
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = []
+        for p in procs:
+            try:
+                codes.append(p.wait(timeout=40))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+        print(f"   nodes exited with codes {codes}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The application object: a task registry plus a client for the mesh."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterable, overload
+
+from . import codec
+from .config import Config
+from .exceptions import ConfigError, EncodeError, NotRegistered
+from .protocol import Submit, encode
+from .result import AsyncResult, Slot
+from .task import Task, make_options
+
+# eta/expires numbers below this are taken as "seconds from now", above as unix time
+_UNIX_TIME_THRESHOLD = 1e9
+
+
+def _abs_time(value: Any, now: float, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            return value.timestamp()   # naive: local time, as datetime.timestamp() does
+        return value.timestamp()
+    if isinstance(value, _dt.timedelta):
+        return now + value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if value >= _UNIX_TIME_THRESHOLD else now + float(value)
+    raise ConfigError(f"{what} must be a datetime, timedelta or number, got {type(value).__name__}")
+
+
+class Mesh:
+    """A mesh application: ``@app.task`` registers tasks; ``send_task``/``delay`` run
+    them on the nodes named by ``peers`` (or MESH_PEERS)."""
+
+    def __init__(self, main: str = "", *, peers: Iterable[str] | str | None = None,
+                 mdns: bool | None = None, **options: Any):
+        self.main = main
+        self.config = Config.build(peers=peers, mdns=mdns, **options)
+        self.tasks: dict[str, Task] = {}
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Mesh {self.main or '?'} tasks={len(self.tasks)}>"
+
+    # -- registry ---------------------------------------------------------------------
+    @overload
+    def task(self, fun: Callable[..., Any]) -> Task: ...
+    @overload
+    def task(self, fun: None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+
+    def task(self, fun: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """Register a function as a task; usable bare or with options."""
+        def register(f: Callable[..., Any]) -> Task:
+            name = options.pop("name", None) or f"{f.__module__}.{f.__qualname__}"
+            if name in self.tasks and self.tasks[name].fun is not f:
+                raise ConfigError(f"a different task is already registered as {name!r}")
+            t = Task(self, f, make_options(name, options))
+            self.tasks[name] = t
+            return t
+        if fun is not None:
+            if options:
+                raise ConfigError("use @app.task or @app.task(option=...), not both")
+            return register(fun)
+        return register
+
+    # -- client -----------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        if self._client is None or self._client.pid != os.getpid():
+            with self._client_lock:   # a new client after fork: threads do not survive it
+                if self._client is None or self._client.pid != os.getpid():
+                    from .client import Client
+                    self._client = Client(self.config)
+        return self._client
+
+    def send_task(self, name: str, args: Iterable[Any] | None = None,
+                  kwargs: dict[str, Any] | None = None, task_id: str | None = None,
+                  countdown: float | None = None, eta: Any = None, expires: Any = None,
+                  priority: int | None = None, time_limit: float | None = None,
+                  soft_time_limit: float | None = None, link: Any = None,
+                  link_error: Any = None, headers: dict[str, Any] | None = None) -> AsyncResult:
+        """Send a task by name (the code need not be importable here)."""
+        if link is not None or link_error is not None:
+            raise ConfigError("link/link_error (callbacks) are not available in this version of mesh yet")
+        if not isinstance(name, str) or not name:
+            raise NotRegistered(f"task name must be a non-empty string, got {name!r}")
+        now = time.time()
+        if countdown is not None and eta is not None:
+            raise ConfigError("give countdown or eta, not both")
+        eta_t = now + float(countdown) if countdown is not None else _abs_time(eta, now, "eta")
+        if eta_t is not None and eta_t <= now:
+            eta_t = None
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        msg = Submit(
+            task_id=task_id or str(uuid.uuid4()), name=name,
+            payload=codec.dump_call(args, kwargs), priority=priority or 0, eta=eta_t,
+            expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
+            soft_time_limit=soft_time_limit, headers=headers or {})
+        msg.validate()
+        frame = encode(msg)
+        if len(frame) > self.config.max_message_size:
+            raise EncodeError(f"task {name} is {len(frame)} bytes encoded, over the limit of "
+                              f"{self.config.max_message_size} (max_message_size)")
+        slot = Slot(msg.task_id, frame)
+        self.client.submit(slot)
+        return AsyncResult(msg.task_id, self, slot)
+
+    def AsyncResult(self, task_id: str) -> AsyncResult:
+        return AsyncResult(task_id, self)
+
+    def _lookup_slot(self, task_id: str) -> Slot | None:
+        return self._client.lookup(task_id) if self._client is not None else None
+
+    def close(self) -> None:
+        """Stop the client's I/O thread and close its sockets."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> "Mesh":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

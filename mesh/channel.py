@@ -1,0 +1,67 @@
+"""Node <-> child channel: a Unix socketpair made before fork, length-prefixed frames.
+
+Each frame is a 4-byte big-endian length and that many bytes (an encoded protocol
+message). No ZeroMQ here: children never create a zmq context, and a child's last
+words stay readable in the kernel buffer after it exits, so the node can always tell
+a finished task from a lost one.
+"""
+from __future__ import annotations
+
+import socket
+
+HEADER = 4
+MAX_FRAME = 1 << 31
+
+
+def pack(*frames: bytes) -> list[bytes]:
+    """Buffers for sendmsg: header, frame, header, frame, ..."""
+    out: list[bytes] = []
+    for f in frames:
+        out.append(len(f).to_bytes(HEADER, "big"))
+        out.append(f)
+    return out
+
+
+class FrameReader:
+    """Accumulates bytes and yields complete frames."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self.buf
+        buf += data
+        frames = []
+        pos, end = 0, len(buf)
+        while end - pos >= HEADER:
+            n = int.from_bytes(buf[pos:pos + HEADER], "big")
+            if end - pos - HEADER < n:
+                break
+            frames.append(bytes(buf[pos + HEADER:pos + HEADER + n]))
+            pos += HEADER + n
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+class BlockingChannel:
+    """The child's end: blocking reads of whole frames, one write per message."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = FrameReader()
+        self.pending: list[bytes] = []
+
+    def recv(self) -> bytes | None:
+        """The next frame, or None when the node closed the channel."""
+        while not self.pending:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return None
+            self.pending.extend(self.reader.feed(data))
+        return self.pending.pop(0)
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.sendall(b"".join(pack(*frames)))

@@ -1,0 +1,158 @@
+"""The child side of the prefork pool: runs in a forked process, asks for work by
+being idle, runs one task at a time, reports the result, and retires when told to by
+its limits. It talks to its node over a socketpair (mesh.channel) and never touches
+the zmq Context it inherited from the node."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from . import codec, states
+from .channel import BlockingChannel
+from .exceptions import NotRegistered, SoftTimeLimitExceeded
+from .protocol import ChildDone, ChildReady, Result, Submit, decode, encode
+from .task import Request, _current_request
+
+if TYPE_CHECKING:
+    from .app import Mesh
+    from .config import Config
+
+log = logging.getLogger("mesh.child")
+
+
+def exc_info_of(e: BaseException) -> dict[str, Any]:
+    """The wire description of an exception (see protocol.Result)."""
+    cls = type(e)
+    try:
+        args: bytes | None = codec.dumps(list(e.args))
+    except Exception:
+        args = None
+    return {"type": cls.__qualname__, "module": cls.__module__, "message": str(e), "args": args}
+
+
+def _raise_soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded("soft time limit exceeded")
+
+
+class Child:
+    def __init__(self, app: "Mesh", config: "Config", node_name: str):
+        self.app = app
+        self.config = config
+        self.node_name = node_name
+        self.done = 0
+        self._proc: Any = None
+
+    def main(self, sock: socket.socket, close_fds: list[int]) -> NoReturn:
+        """Run in the forked child; never returns."""
+        code = 0
+        try:
+            self._setup_process()
+            for fd in close_fds:         # the node's end of our socketpair, and siblings'
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            chan = BlockingChannel(sock)
+            chan.send(encode(ChildReady(pid=os.getpid())))
+            self._loop(chan)
+        except KeyboardInterrupt:
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+            code = 70
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _setup_process(self) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)       # the node decides when we stop
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, _raise_soft_limit)
+
+    def _loop(self, chan: BlockingChannel) -> None:
+        max_tasks = self.config.max_tasks_per_child
+        max_mem = self.config.max_memory_per_child
+        while True:
+            try:
+                frame = chan.recv()
+            except SoftTimeLimitExceeded:      # a late alarm between tasks: ignore it
+                continue
+            if frame is None:                  # the node closed our channel: stop
+                return
+            done, result = self.run_frame(frame)
+            self.done += 1
+            retire = None
+            if max_tasks and self.done >= max_tasks:
+                retire = f"max tasks per child ({max_tasks})"
+            elif max_mem:
+                rss_kib = self._rss() // 1024
+                if rss_kib > max_mem:
+                    retire = f"max memory per child ({rss_kib} KiB > {max_mem} KiB)"
+            if retire:
+                done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss())
+            chan.send(encode(done), result)
+            if retire:
+                return
+
+    def _rss(self) -> int:
+        if self._proc is None:
+            import psutil
+            self._proc = psutil.Process()
+        return int(self._proc.memory_info().rss)
+
+    def run_frame(self, frame: bytes) -> tuple[ChildDone, bytes]:
+        """Run one Submit frame; return the header for the node and the Result frame."""
+        t0 = time.perf_counter()
+        try:
+            msg = decode(frame)
+            if type(msg) is not Submit:
+                raise TypeError(f"child expected a Submit, got {type(msg).__name__}")
+        except Exception as e:   # the node validated it; this is a bug, report it anyway
+            log.error("child got a bad task frame: %s", e)
+            res = Result(task_id="?", state=states.FAILURE, exc=exc_info_of(e), node=self.node_name)
+            return ChildDone("?", states.FAILURE, 0.0), encode(res)
+        state, value, exc, tb = self.run_task(msg)
+        runtime = time.perf_counter() - t0
+        res = Result(task_id=msg.task_id, state=state, result=value, exc=exc, traceback=tb,
+                     runtime=runtime, node=self.node_name, retries=msg.retries)
+        return ChildDone(msg.task_id, state, runtime), encode(res)
+
+    def run_task(self, msg: Submit) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
+        task = self.app.tasks.get(msg.name)
+        soft = msg.soft_time_limit
+        if task is not None and soft is None:
+            soft = task.options.soft_time_limit
+        if soft is None:
+            soft = self.config.soft_time_limit
+        token = None
+        try:
+            if task is None:
+                raise NotRegistered(f"task {msg.name!r} is not registered on node {self.node_name}")
+            args, kwargs = codec.load_call(msg.payload)
+            token = _current_request.set(Request(
+                id=msg.task_id, task=msg.name, args=args, kwargs=kwargs, retries=msg.retries,
+                eta=msg.eta, expires=msg.expires, hostname=self.node_name, priority=msg.priority,
+                time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
+                called_directly=False))
+            if soft:
+                signal.setitimer(signal.ITIMER_REAL, soft)
+            try:
+                value = task.run(*args, **kwargs)
+            finally:
+                if soft:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            return states.SUCCESS, codec.dumps(value), None, None
+        except BaseException as e:   # the task's failure, whatever it is, is its result
+            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+        finally:
+            if token is not None:
+                _current_request.reset(token)

@@ -1,0 +1,148 @@
+"""Configuration: one frozen, commented dataclass, built the same way from keyword
+arguments, ``MESH_*`` environment variables and command-line flags.
+
+Precedence, lowest first: defaults < environment (``MESH_<FIELD>``) < explicit
+arguments (keyword arguments to ``Mesh``/``Config.build`` or CLI flags). An unknown
+option fails with a hint naming the closest known one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .exceptions import ConfigError
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE
+
+DEFAULT_PORT = 7700
+
+
+def default_data_dir(name: str) -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "mesh", name)
+
+
+@dataclass(frozen=True)
+class Config:
+    # -- identity and network ---------------------------------------------------------
+    name: str = ""                      # node id; "" means hostname-pid (unique per process)
+    bind: str = f"tcp://127.0.0.1:{DEFAULT_PORT}"  # the node's ROUTER front door
+    peers: tuple[str, ...] = ()         # static seeds, tcp://host:port; MESH_PEERS=a,b
+    mdns: bool = True                   # multicast discovery (zeroconf)
+    # -- prefork pool -----------------------------------------------------------------
+    concurrency: int = 0                # children; 0 means os.cpu_count()
+    max_tasks_per_child: int = 0        # recycle a child after this many tasks; 0 = never
+    max_memory_per_child: int = 0       # KiB of RSS after which a child is recycled; 0 = never
+    time_limit: float | None = None     # hard limit (s): the child is killed, TimeLimitExceeded
+    soft_time_limit: float | None = None  # soft limit (s): SoftTimeLimitExceeded in the task
+    # -- lifecycle --------------------------------------------------------------------
+    shutdown_timeout: float = 30.0      # on SIGTERM, how long running tasks may finish
+    data_dir: str = ""                  # journal and results; "" = ~/.local/share/mesh/NAME
+    loglevel: str = "INFO"
+    # -- wire -------------------------------------------------------------------------
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # bytes; larger frames are refused
+    # -- client -----------------------------------------------------------------------
+    result_timeout: float | None = None  # default timeout of AsyncResult.get; None = forever
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(what)
+        if self.concurrency < 0:
+            raise bad(f"concurrency must be >= 0, got {self.concurrency}")
+        if self.max_tasks_per_child < 0 or self.max_memory_per_child < 0:
+            raise bad("max_tasks_per_child and max_memory_per_child must be >= 0")
+        for n in ("time_limit", "soft_time_limit"):
+            v = getattr(self, n)
+            if v is not None and v <= 0:
+                raise bad(f"{n} must be > 0 seconds, got {v}")
+        if self.shutdown_timeout < 0:
+            raise bad("shutdown_timeout must be >= 0")
+        if self.max_message_size < 1024:
+            raise bad("max_message_size must be at least 1024 bytes")
+        for ep in (self.bind, *self.peers):
+            check_endpoint(ep)
+        if self.loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise bad(f"loglevel must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.loglevel!r}")
+
+    # -- derived ----------------------------------------------------------------------
+    @property
+    def node_name(self) -> str:
+        return self.name or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def pool_size(self) -> int:
+        return self.concurrency or os.cpu_count() or 1
+
+    @property
+    def data_path(self) -> str:
+        return self.data_dir or default_data_dir(self.node_name)
+
+    # -- building ---------------------------------------------------------------------
+    @classmethod
+    def build(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> "Config":
+        """Defaults, then MESH_* from ``env`` (os.environ by default), then kwargs.
+        Keyword arguments whose value is None are ignored (unset CLI flags)."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        env = os.environ if env is None else env
+        for fname, f in names.items():
+            raw = env.get("MESH_" + fname.upper())
+            if raw is not None and raw != "":
+                values[fname] = _parse(f, raw, "MESH_" + fname.upper())
+        for key, value in kwargs.items():
+            if key not in names:
+                hint = difflib.get_close_matches(key, names, n=1)
+                raise ConfigError(f"unknown option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            if value is None:
+                continue
+            values[key] = _coerce(names[key], value, key)
+        return cls(**values)
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    if isinstance(value, str) and f.type not in ("str",):
+        return _parse(f, value, where)
+    if f.name == "peers":
+        if isinstance(value, str):
+            return _parse(f, value, where)
+        return tuple(value)
+    return value
+
+
+def _parse(f: dataclasses.Field[Any], raw: str, where: str) -> Any:
+    t = str(f.type)
+    try:
+        if t == "str":
+            return raw
+        if t == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if t == "int":
+            return int(raw)
+        if t in ("float", "float | None"):
+            return float(raw)
+        if t == "tuple[str, ...]":
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+    except ValueError as e:
+        raise ConfigError(f"{where}: bad value {raw!r} ({e})") from None
+    raise ConfigError(f"{where}: cannot parse {t} from text")
+
+
+def check_endpoint(ep: str) -> str:
+    """Validate a ``tcp://host:port`` endpoint (port may be ``*`` for bind)."""
+    if not isinstance(ep, str) or not ep.startswith("tcp://"):
+        raise ConfigError(f"endpoint {ep!r} must look like tcp://HOST:PORT")
+    host, sep, port = ep[6:].rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"endpoint {ep!r} must look like tcp://HOST:PORT")
+    if port != "*":
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"endpoint {ep!r}: port must be 1..65535")
+    return ep

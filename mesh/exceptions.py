@@ -1,0 +1,93 @@
+"""One exception tree for mesh, named by meaning.
+
+Every error mesh raises on purpose derives from :class:`MeshError`, so callers can
+catch "anything mesh said" in one place. Task-side errors (the ones a task's caller
+sees through ``AsyncResult.get``) derive from :class:`TaskError` when they describe
+what happened to a task rather than a bug in mesh.
+"""
+from __future__ import annotations
+
+import builtins
+
+
+class MeshError(Exception):
+    """Base class of every error raised by mesh itself."""
+
+
+class ConfigError(MeshError, ValueError):
+    """A setting, flag or environment variable has a bad value or an unknown name."""
+
+
+class DecodeError(MeshError, ValueError):
+    """A frame could not be decoded: not msgpack, wrong shape, bad field, too large,
+    or an unsupported protocol version. Raised at the edge; never crashes a node."""
+
+
+class EncodeError(MeshError, TypeError):
+    """A value cannot be put on the wire (not a msgpack type, or too large)."""
+
+
+class TimeoutError(MeshError, builtins.TimeoutError):
+    """Waiting for a result took longer than the caller allowed."""
+
+
+class TaskError(MeshError):
+    """A task failed remotely with an exception whose type is not importable here.
+
+    ``type_name`` is the remote exception's ``module.QualName``; the remote traceback
+    is on ``remote_traceback`` and chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str = "", type_name: str = "", remote_traceback: str | None = None):
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        msg = super().__str__()
+        return f"{self.type_name}: {msg}" if self.type_name else msg
+
+
+class NotRegistered(MeshError, KeyError):
+    """No task of this name is registered on the node (or in the local app)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
+        return str(self.args[0]) if self.args else ""
+
+
+class SoftTimeLimitExceeded(MeshError):
+    """Raised inside a running task when its soft time limit expires; the task may
+    catch it to clean up."""
+
+
+class TimeLimitExceeded(MeshError):
+    """The task ran past its hard time limit; its child process was killed."""
+
+
+class WorkerLostError(MeshError):
+    """The child process running the task died (os._exit, signal, OOM kill) before
+    it reported a result."""
+
+
+class Retry(MeshError):
+    """Raised by ``Task.retry`` to ask for the task to run again later."""
+
+
+class MaxRetriesExceededError(MeshError):
+    """A task asked to retry more often than its ``max_retries`` allows."""
+
+
+class TaskRevokedError(MeshError):
+    """The task was revoked before or while it ran."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a remote traceback as text; chained as ``__cause__`` of a rebuilt
+    remote exception so that printing it shows where it really happened."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n" + self.tb.rstrip("\n") + "\n(the traceback above is from the node that ran the task)"

@@ -1,0 +1,338 @@
+"""The node: the daemon behind ``meshnode``.
+
+One asyncio loop owns every socket; its loops (front door, pool, ticker) live in one
+TaskGroup. The front door is a ROUTER bound on ``--bind``: clients send Submit and
+Control frames to it and get Ack/Result/Release/Error/ControlReply back. A frame that
+cannot be decoded is refused and logged; the node keeps serving everyone else.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import psutil
+import zmq
+
+from . import __version__, codec, states
+from .exceptions import DecodeError, MeshError
+from .pool import Entry, Pool, PoolEvents
+from .protocol import (PROTOCOL_VERSION, Ack, Control, ControlReply, Error, Release, Result,
+                       Submit, decode, encode)
+from .zmqloop import SocketDriver
+
+if TYPE_CHECKING:
+    from .app import Mesh
+    from .config import Config
+
+log = logging.getLogger("mesh.node")
+
+
+class NodeStartError(MeshError):
+    """The node could not start (address in use, bad data dir, ...)."""
+
+
+class _RateLimitedLog:
+    """Log at most ``burst`` messages per ``window`` seconds; count the rest."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0):
+        self.burst, self.window = burst, window
+        self.start, self.count, self.suppressed = 0.0, 0, 0
+
+    def warning(self, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.start > self.window:
+            if self.suppressed:
+                log.warning("... %d more refused frames not logged", self.suppressed)
+            self.start, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count <= self.burst:
+            log.warning(fmt, *args)
+        else:
+            self.suppressed += 1
+
+
+class Node(PoolEvents):
+    def __init__(self, app: "Mesh", config: "Config"):
+        self.app = app
+        self.config = config
+        self.name = config.node_name
+        self.address = config.bind
+        self.started_at = time.time()
+        self.held: dict[str, Entry] = {}         # accepted, not finished
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.refused = 0
+        self.rate = 0.0                           # finished tasks/s, smoothed
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stop_count = 0
+        self._acks: dict[bytes, list[str]] = {}
+        self._out: dict[bytes, list[bytes]] = {}
+        self._flush_scheduled = False
+        self._badlog = _RateLimitedLog()
+        self._proc = psutil.Process()
+        self._child_procs: dict[int, psutil.Process] = {}
+        self._cpu = 0.0
+        self._rss = 0
+        self._sampled = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve until stop() or SIGTERM/SIGINT; then drain and return."""
+        ctx: zmq.Context[Any] = zmq.Context()
+        front = pool = None
+        try:
+            try:
+                os.makedirs(self.config.data_path, exist_ok=True)
+            except OSError as e:
+                raise NodeStartError(f"cannot create data dir {self.config.data_path}: {e.strerror}") from e
+            front = ctx.socket(zmq.ROUTER)
+            front.setsockopt(zmq.LINGER, 2000)
+            front.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            front.setsockopt(zmq.SNDHWM, 0)
+            front.setsockopt(zmq.RCVHWM, 100_000)
+            front.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
+            try:
+                front.bind(self.config.bind)
+            except zmq.ZMQError as e:
+                raise NodeStartError(f"cannot bind {self.config.bind}: {e.strerror}") from e
+            self.address = front.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.front = SocketDriver(front, self._on_front, "front")
+            pool = Pool(self.app, self.config, self.name, self, self.config.pool_size)
+            self.pool = pool
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            async with asyncio.TaskGroup() as tg:
+                loops = [tg.create_task(self.front.run(), name="front"),
+                         tg.create_task(pool.run(), name="pool"),
+                         tg.create_task(self._ticker(), name="ticker")]
+                log.info("node %s ready on %s: %d children, tasks: %s", self.name, self.address,
+                         pool.size, ", ".join(sorted(self.app.tasks)) or "(none)")
+                self.ready.set()
+                await self._stop.wait()
+                log.info("node %s stopping: finishing running tasks (up to %.0f s)",
+                         self.name, self.config.shutdown_timeout)
+                unstarted = await pool.stop(self.config.shutdown_timeout)
+                self._release(unstarted, "node is shutting down")
+                self._flush()
+                for t in loops:
+                    t.cancel()
+            log.info("node %s stopped", self.name)
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if pool is not None:
+                pool.close()
+            if front is not None:
+                front.close(linger=2000)
+            ctx.term()
+
+    def stop(self) -> None:
+        """Begin a warm shutdown; a second call (second Ctrl-C) cuts it short."""
+        self._stop_count += 1
+        if self._stop_count == 1:
+            self._stop.set()
+        elif self._stop_count == 2:
+            log.warning("second stop request: not waiting for running tasks")
+            self.pool.stopping = True
+            for c in self.pool.children.values():
+                if c.entry is not None:
+                    c.killed_for = "shutdown"
+                os.kill(c.pid, signal.SIGKILL)
+
+    async def _ticker(self) -> None:
+        """Once a second: throughput and CPU/memory figures for status."""
+        last_done, last_t = sum(self.counts.values()), time.monotonic()
+        self._proc.cpu_percent(None)
+        while True:
+            await asyncio.sleep(1.0)
+            now, done = time.monotonic(), sum(self.counts.values())
+            inst = (done - last_done) / max(now - last_t, 1e-6)
+            self.rate = inst if self.rate == 0 else 0.5 * self.rate + 0.5 * inst
+            last_done, last_t = done, now
+            self._sample_resources()
+
+    def _sample_resources(self) -> None:
+        pids = set(self.pool.pids())
+        for pid in list(self._child_procs):
+            if pid not in pids:
+                del self._child_procs[pid]
+        cpu, rss = self._proc.cpu_percent(None), self._proc.memory_info().rss
+        for pid in pids:
+            p = self._child_procs.get(pid)
+            try:
+                if p is None:
+                    p = self._child_procs[pid] = psutil.Process(pid)
+                    p.cpu_percent(None)
+                cpu += p.cpu_percent(None)
+                rss += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self._cpu, self._rss = cpu, rss
+        self._sampled = time.monotonic()
+
+    # -- front door -------------------------------------------------------------------
+    def _on_front(self, frames: list[bytes]) -> None:
+        """A zmq message from a peer: its routing id, then one protocol message per frame."""
+        ident = frames[0]
+        if len(frames) < 2:
+            self.refused += 1
+            self._badlog.warning("dropped an empty message from %r", ident[:16])
+            return
+        for i in range(1, len(frames)):
+            self._on_message(ident, frames[i])
+
+    def _on_message(self, ident: bytes, frame: bytes) -> None:
+        try:
+            msg = decode(frame, self.config.max_message_size)
+        except DecodeError as e:
+            self.refused += 1
+            code = "too-large" if len(frame) > self.config.max_message_size else "decode"
+            self._badlog.warning("refused a frame of %d bytes from %r: %s", len(frame), ident[:16], e)
+            self._refuse(ident, code, str(e),
+                         _guess_ref(frame) if code == "decode" else None)
+            return
+        if type(msg) is Submit:
+            self._intake(ident, msg, frame)
+        elif type(msg) is Control:
+            self._control(ident, msg)
+        else:
+            self.refused += 1
+            self._refuse(ident, "bad-request", f"a node does not accept {type(msg).__name__} messages")
+
+    def _refuse(self, ident: bytes, code: str, message: str, ref: str | None = None) -> None:
+        self._reply(ident, encode(Error(code=code, message=message[:500], ref=ref)))
+
+    def _reply(self, ident: bytes, frame: bytes) -> None:
+        """Queue a frame for a peer. Frames for one peer go out together, as one
+        multipart zmq message, once the loop has finished what it is doing."""
+        out = self._out.get(ident)
+        if out is None:
+            out = self._out[ident] = []
+        out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._acks:                 # only for tasks still held: a result implies the ack
+            load = self.load()
+            held = self.held
+            for ident, ids in self._acks.items():
+                ids = [t for t in ids if t in held]
+                if ids:
+                    self._reply(ident, encode(Ack(ids, self.name, load)))
+            self._acks = {}
+        out, self._out = self._out, {}
+        send = self.front.send
+        for ident, frames in out.items():
+            for i in range(0, len(frames), 512):
+                send([ident, *frames[i:i + 512]])
+
+    def _intake(self, ident: bytes, msg: Submit, frame: bytes) -> None:
+        if self._stop.is_set():
+            self._reply(ident, encode(Release([msg.task_id], self.name, "node is shutting down")))
+            return
+        tid = msg.task_id
+        acks = self._acks.get(ident)
+        if acks is None:
+            acks = self._acks[ident] = []
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        acks.append(tid)
+        if tid in self.held:           # a resend of a task we already hold
+            return
+        task = self.app.tasks.get(msg.name)
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)[:20])
+            self._fail(ident, tid, "NotRegistered", f"task {msg.name!r} is not registered on node "
+                       f"{self.name} (registered: {known or 'none'})")
+            return
+        limit = msg.time_limit or task.options.time_limit or self.config.time_limit
+        entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit)
+        self.held[tid] = entry
+        self.pool.submit(entry)
+
+    def _release(self, entries: list[Entry], reason: str) -> None:
+        by_client: dict[bytes, list[str]] = {}
+        for e in entries:
+            self.held.pop(e.task_id, None)
+            by_client.setdefault(e.client, []).append(e.task_id)
+        for ident, ids in by_client.items():
+            self._reply(ident, encode(Release(ids, self.name, reason)))
+        if entries:
+            log.info("gave back %d unstarted task(s) to %d client(s)", len(entries), len(by_client))
+
+    # -- pool events ------------------------------------------------------------------
+    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float) -> None:
+        self.held.pop(entry.task_id, None)
+        self.counts[state] += 1
+        self._reply(entry.client, result_frame)
+
+    def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = states.FAILURE) -> None:
+        self.held.pop(entry.task_id, None)
+        self._fail(entry.client, entry.task_id, exc_type, message, state)
+
+    def _fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
+              state: str = states.FAILURE) -> None:
+        self.counts[state] += 1
+        log.info("task %s %s: %s", task_id, state.lower(), message)
+        exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
+               "args": codec.dumps([message])}
+        self._reply(ident, encode(Result(task_id=task_id, state=state, exc=exc, node=self.name)))
+
+    # -- control ----------------------------------------------------------------------
+    def load(self) -> list[int]:
+        return [self.pool.busy, self.pool.size, len(self.pool.queue)]
+
+    def status(self) -> dict[str, Any]:
+        if time.monotonic() - self._sampled > 0.5:
+            self._sample_resources()
+        busy, total, queued = self.load()
+        return {
+            "node": self.name, "address": self.address, "state": "left" if self._stop.is_set() else "alive",
+            "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+            "busy": busy, "total": total, "queued": queued, "scheduled": len(self.pool.scheduled),
+            "held": len(self.held), "succeeded": self.counts[states.SUCCESS],
+            "failed": self.counts[states.FAILURE], "revoked": self.counts[states.REVOKED],
+            "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
+            "rss_bytes": self._rss, "uptime": round(time.time() - self.started_at, 1),
+            "children_started": self.pool.started_total, "refused_frames": self.refused,
+            "registered": sorted(self.app.tasks),
+        }
+
+    def _control(self, ident: bytes, msg: Control) -> None:
+        handlers = {"ping": lambda: {"node": self.name, "address": self.address,
+                                     "version": __version__, "protocol": PROTOCOL_VERSION},
+                    "status": self.status}
+        fn = handlers.get(msg.command)
+        if fn is None:
+            reply = ControlReply(msg.req_id, False, self.name, None,
+                                 f"unknown command {msg.command!r} (known: {', '.join(sorted(handlers))})")
+        else:
+            try:
+                reply = ControlReply(msg.req_id, True, self.name, fn())
+            except Exception as e:
+                log.exception("control command %s failed", msg.command)
+                reply = ControlReply(msg.req_id, False, self.name, None, f"{type(e).__name__}: {e}")
+        self._reply(ident, encode(reply))
+
+
+def _guess_ref(frame: bytes) -> str | None:
+    """The task/request id of a frame we could not decode, if it can be read at all."""
+    try:
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        if isinstance(raw, list) and len(raw) > 2 and isinstance(raw[2], str) and len(raw[2]) <= 200:
+            return raw[2]
+    except Exception:
+        pass
+    return None

@@ -1,0 +1,400 @@
+"""The prefork pool, node side: children started once and reused.
+
+Children ask for work by being idle (a ChildReady, or a ChildDone, is one credit). The
+pool never hands a task to a busy child, so a short task never waits behind a long one
+while any child is free. Hard time limits kill the child; a child that dies fails its
+task with WorkerLostError; children retire after max tasks or max memory. Every
+child that goes away is replaced.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from .channel import FrameReader, pack
+from .child import Child
+from .protocol import ChildDone, ChildReady, decode
+
+if TYPE_CHECKING:
+    from .app import Mesh
+    from .config import Config
+
+log = logging.getLogger("mesh.pool")
+
+CRASH_WINDOW = 10.0        # s; more than CRASH_LIMIT deaths in it slow respawning down
+CRASH_LIMIT = 10
+RESPAWN_BACKOFF = 1.0
+
+
+class Entry:
+    """A task held by the node, from intake until its result is sent."""
+
+    __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
+                 "time_limit", "received", "started", "timer")
+
+    def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
+                 eta: float | None, expires: float | None, time_limit: float | None):
+        self.task_id = task_id
+        self.name = name
+        self.client = client
+        self.frame = frame
+        self.priority = priority
+        self.eta = eta
+        self.expires = expires
+        self.time_limit = time_limit
+        self.received = time.time()
+        self.started: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class ChildProc:
+    __slots__ = ("index", "ident", "pid", "pidfd", "sock", "reader", "wbuf", "done_hdr",
+                 "entry", "ready", "killed_for", "retiring", "tasks", "spawned")
+
+    def __init__(self, index: int, ident: bytes, pid: int, pidfd: int, sock: socket.socket):
+        self.index = index
+        self.ident = ident
+        self.pid = pid
+        self.pidfd = pidfd
+        self.sock = sock                      # our end of the socketpair, non-blocking
+        self.reader = FrameReader()
+        self.wbuf = bytearray()               # what a short write left to send
+        self.done_hdr: ChildDone | None = None  # a ChildDone waiting for its Result frame
+        self.entry: Entry | None = None
+        self.ready = False
+        self.killed_for: str | None = None
+        self.retiring = False
+        self.tasks = 0
+        self.spawned = time.monotonic()
+
+
+class PoolEvents:
+    """What the pool tells its node. The node implements these."""
+
+    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float) -> None: ...
+    def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE") -> None: ...
+
+
+class Pool:
+    def __init__(self, app: "Mesh", config: "Config", node_name: str, events: PoolEvents,
+                 size: int):
+        self.app = app
+        self.config = config
+        self.node_name = node_name
+        self.events = events
+        self.size = size
+        self.children: dict[bytes, ChildProc] = {}
+        self.idle: list[ChildProc] = []
+        self.queue: list[tuple[int, int, Entry]] = []   # (-priority, seq, entry)
+        self.scheduled: dict[str, Entry] = {}           # eta tasks waiting for their time
+        self._seq = itertools.count()
+        self._gen = itertools.count()
+        self._deaths: list[float] = []
+        self.stopping = False
+        self.started_total = 0
+        self.replaced = 0
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def run(self) -> None:
+        """Start the children and supervise them until cancelled."""
+        for i in range(self.size):
+            self._spawn(i)
+        await asyncio.get_running_loop().create_future()
+
+    def _spawn(self, index: int) -> None:
+        ident = f"c{index}.{next(self._gen)}".encode()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        inherited = [mine.fileno()] + [c.sock.fileno() for c in self.children.values()] + \
+            [c.pidfd for c in self.children.values()]
+        child = Child(self.app, self.config, self.node_name)
+        pid = os.fork()
+        if pid == 0:
+            child.main(theirs, inherited)            # never returns
+        theirs.close()
+        mine.setblocking(False)
+        pidfd = os.pidfd_open(pid)
+        proc = ChildProc(index, ident, pid, pidfd, mine)
+        self.children[ident] = proc
+        self.started_total += 1
+        loop = asyncio.get_running_loop()
+        loop.add_reader(pidfd, self._on_exit, proc)
+        loop.add_reader(mine.fileno(), self._on_readable, proc)
+        log.debug("started child %s pid %d", ident.decode(), pid)
+
+    # -- the channel ------------------------------------------------------------------
+    def _on_readable(self, child: ChildProc) -> None:
+        try:
+            data = child.sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            data = b""
+            log.debug("child %d channel error: %s", child.pid, e)
+        if not data:                   # EOF: the child is exiting; _on_exit reports it
+            asyncio.get_running_loop().remove_reader(child.sock.fileno())
+            return
+        for frame in child.reader.feed(data):
+            try:
+                self._on_frame(child, frame)
+            except Exception:
+                log.exception("bad message from child pid %d", child.pid)
+        self.dispatch()
+
+    def _read_rest(self, child: ChildProc) -> None:
+        """Read everything the child wrote before it went away."""
+        while True:
+            try:
+                data = child.sock.recv(1 << 18)
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            if not data:
+                return
+            for frame in child.reader.feed(data):
+                try:
+                    self._on_frame(child, frame)
+                except Exception:
+                    log.exception("bad message from child pid %d", child.pid)
+
+    def _send(self, child: ChildProc, frame: bytes) -> None:
+        bufs = pack(frame)
+        if child.wbuf:
+            child.wbuf += b"".join(bufs)
+            return
+        try:
+            n = child.sock.sendmsg(bufs)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:           # the child is gone; _on_exit will report the task
+            log.debug("write to child %d failed: %s", child.pid, e)
+            return
+        total = sum(len(b) for b in bufs)
+        if n < total:
+            child.wbuf += b"".join(bufs)[n:]
+            asyncio.get_running_loop().add_writer(child.sock.fileno(), self._on_writable, child)
+
+    def _on_writable(self, child: ChildProc) -> None:
+        try:
+            n = child.sock.send(child.wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            n = len(child.wbuf)
+        del child.wbuf[:n]
+        if not child.wbuf:
+            asyncio.get_running_loop().remove_writer(child.sock.fileno())
+
+    async def stop(self, timeout: float) -> list[Entry]:
+        """Stop taking work; return queued and scheduled entries (unstarted) so the node
+        can give them back; let running tasks finish for up to ``timeout`` seconds."""
+        self.stopping = True
+        unstarted = [e for _, _, e in self.queue] + list(self.scheduled.values())
+        for e in self.scheduled.values():
+            if e.timer:
+                e.timer.cancel()
+        self.queue.clear()
+        self.scheduled.clear()
+        deadline = time.monotonic() + timeout
+        while any(c.entry for c in self.children.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for c in self.children.values():
+            if c.entry is not None:
+                c.killed_for = "shutdown"
+            self._kill(c, signal.SIGKILL if c.entry is not None else signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while self.children and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for c in list(self.children.values()):
+            self._kill(c, signal.SIGKILL)
+        while self.children and time.monotonic() < deadline + 2.0:
+            await asyncio.sleep(0.02)
+        return unstarted
+
+    def close(self) -> None:
+        for c in self.children.values():
+            c.sock.close()
+
+    @staticmethod
+    def _kill(c: ChildProc, sig: int) -> None:
+        try:
+            os.kill(c.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # -- work -------------------------------------------------------------------------
+    def submit(self, entry: Entry) -> None:
+        now = time.time()
+        if entry.eta is not None and entry.eta > now:
+            loop = asyncio.get_running_loop()
+            entry.timer = loop.call_later(entry.eta - now, self._eta_due, entry)
+            self.scheduled[entry.task_id] = entry
+            return
+        heapq.heappush(self.queue, (-entry.priority, next(self._seq), entry))
+        if self.idle:
+            self.dispatch()
+
+    def _eta_due(self, entry: Entry) -> None:
+        if self.scheduled.pop(entry.task_id, None) is not None:
+            entry.timer = None
+            heapq.heappush(self.queue, (-entry.priority, next(self._seq), entry))
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hand queued tasks to idle children, one each."""
+        queue, idle = self.queue, self.idle
+        while queue and idle and not self.stopping:
+            entry = heapq.heappop(queue)[2]
+            if entry.expires is not None and time.time() > entry.expires:
+                self.events.task_failed(entry, "TaskRevokedError",
+                                        f"task {entry.task_id} expired before it started", "REVOKED")
+                continue
+            child = idle.pop()
+            child.entry = entry
+            entry.started = time.time()
+            if entry.time_limit:
+                entry.timer = asyncio.get_running_loop().call_later(
+                    entry.time_limit, self._on_time_limit, child, entry)
+            self._send(child, entry.frame)
+
+    def _on_time_limit(self, child: ChildProc, entry: Entry) -> None:
+        if child.entry is entry and child.killed_for is None:
+            log.warning("task %s (%s) exceeded its time limit of %ss: killing child pid %d",
+                        entry.task_id, entry.name, entry.time_limit, child.pid)
+            child.killed_for = "time limit"
+            self._kill(child, signal.SIGKILL)
+
+    # -- messages from children -------------------------------------------------------
+    def _on_frame(self, child: ChildProc, frame: bytes) -> None:
+        hdr = child.done_hdr
+        if hdr is not None:            # this frame is the Result that follows a ChildDone
+            child.done_hdr = None
+            self._task_done(child, hdr, frame)
+            return
+        msg = decode(frame)
+        if type(msg) is ChildDone:
+            child.done_hdr = msg
+        elif type(msg) is ChildReady:
+            child.ready = True
+            if not self.stopping and child.killed_for is None:
+                self.idle.append(child)
+        else:
+            log.error("unexpected %s from child pid %d", type(msg).__name__, child.pid)
+
+    def _task_done(self, child: ChildProc, msg: ChildDone, result: bytes) -> None:
+        entry = child.entry
+        if entry is None or entry.task_id != msg.task_id:
+            log.error("child pid %d reported task %s it was not running", child.pid, msg.task_id)
+            return
+        child.entry = None
+        child.tasks += 1
+        if entry.timer is not None:
+            entry.timer.cancel()
+        self.events.task_done(entry, msg.state, result, msg.runtime)
+        if msg.retire:
+            log.info("child pid %d retires: %s", child.pid, msg.retire)
+            child.retiring = True
+            self._replace(child)
+        elif child.killed_for is None and not self.stopping:
+            self.idle.append(child)
+
+    # -- child exits ------------------------------------------------------------------
+    def _on_exit(self, child: ChildProc) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(child.pidfd)
+        os.close(child.pidfd)
+        try:
+            _, status = os.waitpid(child.pid, 0)
+            how = _describe_status(status)
+        except ChildProcessError:
+            how = "exited"
+        # what it wrote before it died is still in the socket: read it first
+        self._read_rest(child)
+        loop.remove_reader(child.sock.fileno())
+        if child.wbuf:
+            loop.remove_writer(child.sock.fileno())
+        child.sock.close()
+        self.children.pop(child.ident, None)
+        if child in self.idle:
+            self.idle.remove(child)
+        if not child.retiring:
+            log.log(logging.INFO if self.stopping else logging.WARNING,
+                    "child pid %d %s%s", child.pid, how,
+                    f" while running task {child.entry.task_id}" if child.entry else "")
+            if not self.stopping:
+                self._record_death()
+                self._replace(child)
+        entry = child.entry
+        if entry is not None:
+            child.entry = None
+            if entry.timer is not None:
+                entry.timer.cancel()
+            self._report_lost(child, entry, how)
+        self.dispatch()
+
+    def _report_lost(self, child: ChildProc, entry: Entry, how: str) -> None:
+        if child.killed_for == "time limit":
+            self.events.task_failed(entry, "TimeLimitExceeded",
+                                    f"task {entry.name}[{entry.task_id}] exceeded its hard time "
+                                    f"limit of {entry.time_limit} s; its child was killed")
+        elif child.killed_for == "shutdown":
+            self.events.task_failed(entry, "WorkerLostError",
+                                    f"node {self.node_name} shut down while task {entry.task_id} "
+                                    "was still running after the shutdown timeout")
+        else:
+            self.events.task_failed(entry, "WorkerLostError",
+                                    f"child process pid {child.pid} {how} while running "
+                                    f"task {entry.name}[{entry.task_id}]")
+
+    def _replace(self, child: ChildProc) -> None:
+        if self.stopping:
+            return
+        self.replaced += 1
+        delay = self._respawn_delay()
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self._respawn, child.index)
+        else:
+            self._spawn(child.index)
+
+    def _respawn(self, index: int) -> None:
+        if not self.stopping:
+            self._spawn(index)
+
+    def _record_death(self) -> None:
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < CRASH_WINDOW] + [now]
+
+    def _respawn_delay(self) -> float:
+        if len(self._deaths) > CRASH_LIMIT:
+            log.error("children are dying fast (%d in %.0f s): slowing respawn", len(self._deaths), CRASH_WINDOW)
+            return RESPAWN_BACKOFF
+        return 0.0
+
+    # -- numbers ----------------------------------------------------------------------
+    @property
+    def busy(self) -> int:
+        return sum(1 for c in self.children.values() if c.entry is not None)
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children.values()]
+
+    def active(self) -> list[Entry]:
+        return [c.entry for c in self.children.values() if c.entry is not None]
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by {name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"
+
+

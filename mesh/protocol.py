@@ -1,0 +1,334 @@
+"""The wire protocol: one frozen dataclass per message type, one encode/decode pair.
+
+Every message is ONE ZeroMQ frame holding a msgpack array::
+
+    [version, type, field0, field1, ...]
+
+``version`` is the sender's protocol version; a receiver accepts
+``MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION``. Fields are positional, in
+the order the dataclass declares them. Evolution rule: new fields are only ever
+appended, with a default; a decoder fills missing trailing fields from defaults and
+ignores extra trailing fields, so old and new peers interoperate. docs/protocol.md
+is the reference for writing a client in another language.
+
+Task arguments and results are opaque ``bytes`` here (see :mod:`mesh.codec`), so the
+node routes tasks without decoding what they carry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import msgpack
+
+from .exceptions import DecodeError, EncodeError
+
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+MAX_ID_LEN = 200
+MAX_NAME_LEN = 500
+
+
+class MsgType(enum.IntEnum):
+    """Message type numbers.
+
+    WARNING: these numbers are protocol. Append only: never renumber, never reuse a
+    retired number. Peers built from other versions rely on them.
+    """
+
+    SUBMIT = 1          # client -> node: run this task
+    ACK = 2             # node -> client: these tasks are accepted (holds node load)
+    RESULT = 3          # node -> client: a task finished (or failed before running)
+    RELEASE = 4         # node -> client: these tasks were not started; send them elsewhere
+    ERROR = 5           # node -> sender: a frame was refused
+    CONTROL = 6         # anyone -> node: a control request (ping, status, ...)
+    CONTROL_REPLY = 7   # node -> requester
+    CHILD_READY = 20    # child -> node: a new child is up and idle (internal)
+    CHILD_DONE = 21     # child -> node: header of a finished task (internal)
+
+
+# ---- field validation -----------------------------------------------------------------
+
+def _check_for(tp: Any) -> Callable[[Any], bool]:
+    """A fast predicate for a (simple) annotated type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:          # X | None
+            inner = _check_for(rest[0])
+            return lambda v: v is None or inner(v)
+        checks = [_check_for(a) for a in args]
+        return lambda v: any(c(v) for c in checks)
+    if tp is type(None) or tp is None:
+        return lambda v: v is None
+    if tp is Any:
+        return lambda v: True
+    if tp is float:
+        return lambda v: (type(v) is float or type(v) is int)
+    if tp is int:
+        return lambda v: type(v) is int
+    if tp is bool:
+        return lambda v: type(v) is bool
+    if tp is str:
+        return lambda v: type(v) is str
+    if tp is bytes:
+        return lambda v: type(v) is bytes
+    if origin is list or tp is list:
+        args = typing.get_args(tp)
+        if args and args[0] is str:
+            return lambda v: type(v) is list and all(type(x) is str for x in v)
+        if args and args[0] is int:
+            return lambda v: type(v) is list and all(type(x) is int for x in v)
+        if args:
+            item = _check_for(args[0])
+            return lambda v: type(v) is list and all(item(x) for x in v)
+        return lambda v: type(v) is list
+    if origin is dict or tp is dict:
+        args = typing.get_args(tp)
+        if args and args[0] is str:
+            return lambda v: type(v) is dict and all(type(k) is str for k in v)
+        return lambda v: type(v) is dict
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+class Message:
+    """Base of all wire messages. Subclasses are frozen dataclasses with a TYPE."""
+
+    TYPE: ClassVar[MsgType]
+    _spec: ClassVar[tuple[tuple[str, Callable[[Any], bool], Any, str], ...]]
+    _required: ClassVar[int]
+
+    def validate(self) -> None:
+        """Extra per-type checks after field types are known good; raise DecodeError."""
+
+
+_REGISTRY: dict[int, type[Message]] = {}
+_MISSING = object()
+
+
+class _Factory:
+    """Marks a default made fresh per message (a dataclass default_factory)."""
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]):
+        self.make = make
+
+
+def message(cls: type) -> type:
+    """Class decorator: make ``cls`` a frozen, slotted dataclass and register it."""
+    dc = dataclass(frozen=True, slots=True)(cls)
+    hints = typing.get_type_hints(dc)
+    spec = []
+    required = 0
+    for f in dataclasses.fields(dc):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _Factory(f.default_factory)
+        else:
+            if spec and spec[-1][2] is not _MISSING:
+                raise TypeError("required fields must come before optional ones")
+            default = _MISSING
+            required += 1
+        spec.append((f.name, _check_for(hints[f.name]), default, str(hints[f.name])))
+    dc._spec = tuple(spec)
+    dc._required = required
+    if dc.TYPE in _REGISTRY:
+        raise RuntimeError(f"duplicate message type {dc.TYPE}")
+    _REGISTRY[int(dc.TYPE)] = dc
+    return dc
+
+
+def _short(s: str, n: int, what: str) -> None:
+    if not s or len(s) > n:
+        raise DecodeError(f"{what} must be 1..{n} characters, got {len(s)}")
+
+
+Load = list  # [busy_children, total_children, queued_tasks]
+
+
+@message
+class Submit(Message):
+    """Run a task. ``payload`` is codec bytes of ``[args, kwargs]``."""
+    TYPE = MsgType.SUBMIT
+    task_id: str
+    name: str
+    payload: bytes
+    priority: int = 0                     # 0..9, higher runs first
+    eta: float | None = None              # unix time before which it must not start
+    expires: float | None = None          # unix time after which it must not start
+    time_limit: float | None = None       # seconds; None = node default
+    soft_time_limit: float | None = None  # seconds; None = node default
+    retries: int = 0                      # how many times this task was retried
+    headers: dict[str, Any] = field(default_factory=dict)  # extensible: parent_id, ...
+
+    def validate(self) -> None:
+        _short(self.task_id, MAX_ID_LEN, "task_id")
+        _short(self.name, MAX_NAME_LEN, "task name")
+        if not 0 <= self.priority <= 9:
+            raise DecodeError(f"priority must be 0..9, got {self.priority}")
+        for n in ("time_limit", "soft_time_limit"):
+            v = getattr(self, n)
+            if v is not None and not v > 0:
+                raise DecodeError(f"{n} must be > 0, got {v}")
+        if self.retries < 0:
+            raise DecodeError("retries must be >= 0")
+
+
+@message
+class Ack(Message):
+    """The node holds these tasks now. ``load`` is ``[busy, total, queued]``."""
+    TYPE = MsgType.ACK
+    task_ids: list[str]
+    node: str
+    load: list[int] = field(default_factory=list)
+
+
+@message
+class Result(Message):
+    """A task is finished. ``result`` is codec bytes of the return value (SUCCESS);
+    ``exc`` describes the exception (FAILURE): ``{"type", "module", "message",
+    "args"}`` where ``args`` is codec bytes or nil."""
+    TYPE = MsgType.RESULT
+    task_id: str
+    state: str
+    result: bytes | None = None
+    exc: dict[str, Any] | None = None
+    traceback: str | None = None
+    runtime: float = 0.0
+    node: str = ""
+    retries: int = 0
+
+
+@message
+class Release(Message):
+    """The node gives these tasks back unstarted (it is shutting down); the client
+    that owns them sends them elsewhere."""
+    TYPE = MsgType.RELEASE
+    task_ids: list[str]
+    node: str
+    reason: str = ""
+
+
+@message
+class Error(Message):
+    """The node refused a frame. ``code`` is a short stable word (``decode``,
+    ``too-large``, ``version``, ``bad-request``); ``ref`` is the task or request
+    id when it could be read."""
+    TYPE = MsgType.ERROR
+    code: str
+    message: str
+    ref: str | None = None
+
+
+@message
+class Control(Message):
+    """A control request; ``command`` is e.g. ``ping`` or ``status``."""
+    TYPE = MsgType.CONTROL
+    req_id: str
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _short(self.req_id, MAX_ID_LEN, "req_id")
+        _short(self.command, 64, "command")
+
+
+@message
+class ControlReply(Message):
+    TYPE = MsgType.CONTROL_REPLY
+    req_id: str
+    ok: bool
+    node: str
+    payload: Any = None
+    error: str | None = None
+
+
+@message
+class ChildReady(Message):
+    """Internal: a child started and wants work."""
+    TYPE = MsgType.CHILD_READY
+    pid: int
+
+
+@message
+class ChildDone(Message):
+    """Internal: the header of a finished task. The child sends it as the first of
+    two frames; the second is the encoded Result, which the node forwards as is.
+    ``retire`` says the child exits after this (max tasks or memory)."""
+    TYPE = MsgType.CHILD_DONE
+    task_id: str
+    state: str
+    runtime: float = 0.0
+    retire: str | None = None
+    rss: int = 0
+
+
+# ---- encode / decode ------------------------------------------------------------------
+
+_packer_opts = dict(use_bin_type=True)
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message to one frame."""
+    fields = [PROTOCOL_VERSION, int(msg.TYPE)]
+    fields.extend(getattr(msg, name) for name, _c, _d, _t in msg._spec)
+    try:
+        return msgpack.packb(fields, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EncodeError(f"cannot encode {type(msg).__name__}: {e}") from e
+
+
+def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
+    """Decode one frame into a message; DecodeError on anything wrong."""
+    if len(frame) > max_size:
+        raise DecodeError(f"frame of {len(frame)} bytes is over the limit of {max_size}")
+    try:
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, timestamp=0,
+                              ext_hook=_no_ext)
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise DecodeError(f"frame is not msgpack: {type(e).__name__}: {e}") from e
+    if type(raw) is not list or len(raw) < 2:
+        raise DecodeError("frame must be a msgpack array [version, type, fields...]")
+    version, mtype = raw[0], raw[1]
+    if type(version) is not int or not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+        raise DecodeError(f"unsupported protocol version {version!r} "
+                          f"(this side speaks {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION})")
+    cls = _REGISTRY.get(mtype) if type(mtype) is int else None
+    if cls is None:
+        raise DecodeError(f"unknown message type {mtype!r}")
+    values = raw[2:]
+    spec = cls._spec
+    n = len(values)
+    if n < cls._required:
+        raise DecodeError(f"{cls.__name__} is missing field {spec[n][0]!r}")
+    if n > len(spec):
+        del values[len(spec):]          # fields from a newer peer: ignored
+    for v, (name, check, _d, tname) in zip(values, spec):
+        if not check(v):
+            raise DecodeError(f"{cls.__name__}.{name} must be {tname}, got {type(v).__name__}")
+    for _name, _c, default, _t in spec[n:]:
+        values.append(default.make() if type(default) is _Factory else default)
+    msg = cls(*values)
+    msg.validate()
+    return msg
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"extension type {code} is not allowed in a message envelope")
+
+
+def peek_type(frame: bytes) -> int | None:
+    """The message type of a frame without decoding it whole (None if unreadable)."""
+    # fixarray header, then positive fixint version, then positive fixint type
+    if len(frame) >= 3 and 0x92 <= frame[0] <= 0x9F and frame[1] < 0x80 and frame[2] < 0x80:
+        return frame[2]
+    return None

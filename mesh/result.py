@@ -1,0 +1,209 @@
+"""AsyncResult: the handle a caller holds for a task, sync and async.
+
+A result completes when its ``Result`` message reaches this process's client. The
+remote exception is rebuilt with its own type when that type's module is already
+imported here (a task's module usually is, since the caller imported the task);
+otherwise it becomes :class:`~mesh.exceptions.TaskError`. Rebuilding never imports
+a module named by the network.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Generator
+
+from . import codec, states
+from .exceptions import MeshError, RemoteTraceback, TaskError, TimeoutError
+from .protocol import Result
+
+if TYPE_CHECKING:
+    from .app import Mesh
+
+
+class Slot:
+    """What a client knows of one task it owns. Shared by the I/O thread (writer)
+    and callers (readers/waiters) under ``Slot.lock``."""
+
+    __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters", "sent_at", "attempts")
+    lock = threading.Lock()   # one lock for all slots: waits are rare, updates are short
+
+    def __init__(self, task_id: str, frame: bytes | None):
+        self.task_id = task_id
+        self.frame = frame            # the encoded Submit, kept until the result arrives
+        self.state = states.PENDING
+        self.msg: Result | None = None
+        self.node: str | None = None  # endpoint it was last sent to
+        self.waiters: list[Callable[[], None]] | None = None
+        self.sent_at = 0.0
+        self.attempts = 0
+
+    def complete(self, msg: Result) -> bool:
+        """Set the final result; False if it was already complete (a duplicate)."""
+        with Slot.lock:
+            if self.msg is not None:
+                return False
+            self.msg = msg
+            self.state = msg.state
+            self.frame = None
+            waiters, self.waiters = self.waiters, None
+        for w in waiters or ():
+            w()
+        return True
+
+    def add_waiter(self, fn: Callable[[], None]) -> bool:
+        """Register ``fn`` to be called on completion; False if already complete."""
+        with Slot.lock:
+            if self.msg is not None:
+                return False
+            if self.waiters is None:
+                self.waiters = []
+            self.waiters.append(fn)
+            return True
+
+    def remove_waiter(self, fn: Callable[[], None]) -> None:
+        with Slot.lock:
+            if self.waiters and fn in self.waiters:
+                self.waiters.remove(fn)
+
+
+def rebuild_exception(exc: dict[str, Any] | None, tb: str | None) -> BaseException:
+    """The remote exception as a local one (see module docstring)."""
+    exc = exc or {}
+    module, qual = str(exc.get("module") or ""), str(exc.get("type") or "Exception")
+    message = str(exc.get("message") or "")
+    err: BaseException | None = None
+    cls: Any = sys.modules.get(module)
+    for part in qual.split("."):
+        cls = getattr(cls, part, None) if cls is not None else None
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        args: Any = None
+        if exc.get("args") is not None:
+            try:
+                args = codec.loads(exc["args"])
+            except Exception:
+                args = None
+        try:
+            err = cls(*args) if isinstance(args, list) else cls(message)
+        except Exception:
+            err = None
+    if err is None:
+        name = f"{module}.{qual}" if module and module != "builtins" else qual
+        err = TaskError(message, type_name=name, remote_traceback=tb)
+    if tb:
+        err.__cause__ = RemoteTraceback(tb)
+        try:
+            err.remote_traceback = tb  # type: ignore[attr-defined]
+        except Exception:
+            pass
+    return err
+
+
+class AsyncResult:
+    """The state and result of one task, by id."""
+
+    __slots__ = ("id", "app", "_slot")
+
+    def __init__(self, task_id: str, app: "Mesh | None" = None, slot: Slot | None = None):
+        self.id = task_id
+        self.app = app
+        if slot is None and app is not None:
+            slot = app._lookup_slot(task_id)
+        self._slot = slot
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} {self.state}>"
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        if self._slot is None:
+            return states.UNKNOWN
+        return self._slot.state
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value when successful, the exception when failed, else None."""
+        msg = self._slot.msg if self._slot else None
+        if msg is None:
+            return None
+        return self._value(msg, propagate=False)
+
+    info = result
+
+    @property
+    def traceback(self) -> str | None:
+        msg = self._slot.msg if self._slot else None
+        return msg.traceback if msg else None
+
+    @property
+    def node(self) -> str | None:
+        """The node that ran the task, once known."""
+        msg = self._slot.msg if self._slot else None
+        return msg.node if msg else None
+
+    # -- waiting ----------------------------------------------------------------------
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Wait for the task; return its value or raise its exception (``propagate``).
+        Raises :class:`mesh.exceptions.TimeoutError` after ``timeout`` seconds."""
+        slot = self._require_slot()
+        if slot.msg is None:
+            if timeout is None and self.app is not None:
+                timeout = self.app.config.result_timeout
+            ev = threading.Event()
+            if slot.add_waiter(ev.set):
+                if not ev.wait(timeout):
+                    slot.remove_waiter(ev.set)
+                    if slot.msg is None:
+                        raise TimeoutError(f"task {self.id} did not finish within {timeout} s "
+                                           f"(state {slot.state})")
+        assert slot.msg is not None
+        return self._value(slot.msg, propagate)
+
+    wait = get
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._aget().__await__()
+
+    async def _aget(self, propagate: bool = True) -> Any:
+        slot = self._require_slot()
+        if slot.msg is None:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+
+            if slot.add_waiter(wake):
+                try:
+                    await fut
+                finally:
+                    slot.remove_waiter(wake)
+        assert slot.msg is not None
+        return self._value(slot.msg, propagate)
+
+    def _require_slot(self) -> Slot:
+        if self._slot is None:
+            raise MeshError(f"task {self.id} is not known to this process; looking up "
+                            "results of tasks submitted elsewhere is not available yet")
+        return self._slot
+
+    @staticmethod
+    def _value(msg: Result, propagate: bool) -> Any:
+        if msg.state == states.SUCCESS:
+            return codec.loads(msg.result) if msg.result is not None else None
+        err = rebuild_exception(msg.exc, msg.traceback)
+        if propagate:
+            raise err
+        return err

@@ -1,0 +1,145 @@
+"""Tasks: the decorated functions, their options, and the request context."""
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import difflib
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from .app import Mesh
+    from .result import AsyncResult
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options given to ``@app.task``. Limits are seconds; None means the node's default."""
+    name: str = ""
+    bind: bool = False
+    priority: int = 0                  # 0..9, higher runs first
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    expires: float | None = None       # seconds after sending, after which it is not run
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.priority <= 9:
+            raise ConfigError(f"priority must be 0..9, got {self.priority}")
+        for n in ("time_limit", "soft_time_limit", "expires"):
+            v = getattr(self, n)
+            if v is not None and v <= 0:
+                raise ConfigError(f"{n} must be > 0 seconds, got {v}")
+
+
+# Options of the public contract that later versions implement. Accepting them
+# silently would lie to the user, so they are refused with this message for now.
+_NOT_YET = {
+    "max_retries": "retries", "default_retry_delay": "retries", "autoretry_for": "retries",
+    "retry_backoff": "retries", "retry_backoff_max": "retries", "retry_jitter": "retries",
+    "acks_late": "acks", "reject_on_worker_lost": "acks", "rate_limit": "rate limits",
+    "ignore_result": "ignore_result",
+}
+
+
+def make_options(name: str, kwargs: dict[str, Any]) -> TaskOptions:
+    known = {f.name for f in dataclasses.fields(TaskOptions)}
+    for key in kwargs:
+        if key in _NOT_YET:
+            raise ConfigError(f"task option {key!r} ({_NOT_YET[key]}) is not available in this "
+                              "version of mesh yet")
+        if key not in known:
+            hint = difflib.get_close_matches(key, known | set(_NOT_YET), n=1)
+            raise ConfigError(f"unknown task option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    return TaskOptions(**{**kwargs, "name": name})
+
+
+class Request:
+    """What a running task knows about its own call (``self.request`` with bind=True)."""
+
+    __slots__ = ("id", "task", "args", "kwargs", "retries", "eta", "expires", "hostname",
+                 "priority", "time_limit", "soft_time_limit", "headers", "called_directly")
+
+    def __init__(self, id: str | None = None, task: str = "", args: Iterable[Any] = (),
+                 kwargs: dict[str, Any] | None = None, retries: int = 0, eta: float | None = None,
+                 expires: float | None = None, hostname: str | None = None, priority: int = 0,
+                 time_limit: float | None = None, soft_time_limit: float | None = None,
+                 headers: dict[str, Any] | None = None, called_directly: bool = True):
+        self.id = id
+        self.task = task
+        self.args = list(args)
+        self.kwargs = dict(kwargs or {})
+        self.retries = retries
+        self.eta = eta
+        self.expires = expires
+        self.hostname = hostname
+        self.priority = priority
+        self.time_limit = time_limit
+        self.soft_time_limit = soft_time_limit
+        self.headers = headers or {}
+        self.called_directly = called_directly
+
+    def __repr__(self) -> str:
+        return f"<Request {self.task}[{self.id}] retries={self.retries} on {self.hostname}>"
+
+
+_current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "mesh_current_request", default=None)
+
+
+class Task:
+    """A registered task. Call it to run it here; ``delay``/``apply_async`` to run it
+    on the mesh."""
+
+    def __init__(self, app: "Mesh", fun: Callable[..., Any], options: TaskOptions):
+        self.app = app
+        self.fun = fun
+        self.options = options
+        self.name = options.name
+        functools.update_wrapper(self, fun)
+
+    def __repr__(self) -> str:
+        return f"<@task {self.name}>"
+
+    @property
+    def request(self) -> Request:
+        """The current call's context; a default one outside a node."""
+        req = _current_request.get()
+        if req is None or req.task != self.name:
+            return Request(task=self.name)
+        return req
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here, in this process, as a plain call."""
+        token = _current_request.set(Request(task=self.name, args=args, kwargs=kwargs))
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            _current_request.reset(token)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self.options.bind:
+            return self.fun(self, *args, **kwargs)
+        return self.fun(*args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":
+        """Run on the mesh with these arguments; shortcut for apply_async."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                    task_id: str | None = None, countdown: float | None = None,
+                    eta: Any = None, expires: Any = None, priority: int | None = None,
+                    time_limit: float | None = None, soft_time_limit: float | None = None,
+                    link: Any = None, link_error: Any = None) -> "AsyncResult":
+        """Send the task to a node. ``eta`` is a datetime or unix time; ``expires`` a
+        datetime, unix time or seconds from now (numbers under 10**9 are seconds)."""
+        o = self.options
+        return self.app.send_task(
+            self.name, args=args, kwargs=kwargs, task_id=task_id, countdown=countdown, eta=eta,
+            expires=expires if expires is not None else o.expires,
+            priority=priority if priority is not None else o.priority,
+            time_limit=time_limit if time_limit is not None else o.time_limit,
+            soft_time_limit=soft_time_limit if soft_time_limit is not None else o.soft_time_limit,
+            link=link, link_error=link_error)

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Set up, then run the test suite (unit + integration on loopback). Extra arguments
+# go to pytest, e.g. scripts/test.sh -m slow. Exit code 5 (no tests ran) is a failure.
+set -eu
+cd "$(dirname "$0")/.."
+sh scripts/setup.sh
+set +e
+.venv/bin/python -m pytest -m "not slow" "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests: failing" >&2
+    exit 1
+fi
+exit "$rc"
