@@ -48,6 +48,9 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(EXT_DECIMAL, str(obj).encode())
     if isinstance(obj, uuid.UUID):
         return msgpack.ExtType(EXT_UUID, obj.bytes)
+    if isinstance(obj, int):     # msgpack calls default() for ints it cannot hold
+        raise EncodeError(f"integer {obj} is out of msgpack's range (-2**63 .. 2**64-1): "
+                          "send it as a string or Decimal")
     if isinstance(obj, (set, frozenset)):
         raise EncodeError(f"cannot encode a {type(obj).__name__}: use a list")
     raise EncodeError(f"cannot encode {type(obj).__module__}.{type(obj).__qualname__}: "
@@ -74,8 +77,33 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise DecodeError(f"unknown msgpack extension type {code}")
 
 
+_KEY_TYPES = (str, int, float, bool, bytes, type(None))
+MAX_DEPTH = 500   # msgpack's packer refuses deeper nesting too
+
+
+def _check_keys(value: Any) -> None:
+    """Map keys must decode as hashable values: no lists, tuples or maps as keys."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EncodeError(f"value is nested deeper than {MAX_DEPTH} levels "
+                              "(or refers to itself)")
+        if type(v) is dict:
+            for k, item in v.items():
+                if not isinstance(k, _KEY_TYPES):
+                    raise EncodeError(f"map key {k!r} ({type(k).__name__}) cannot be sent: "
+                                      "keys must be str, int, float, bool, bytes or None")
+                if type(item) in (dict, list, tuple):
+                    stack.append((item, depth + 1))
+        elif type(v) in (list, tuple):
+            stack.extend((x, depth + 1) for x in v if type(x) in (dict, list, tuple))
+
+
 def dumps(value: Any) -> bytes:
     """Encode a value (task arguments, a result) to bytes; EncodeError if impossible."""
+    if type(value) in (dict, list, tuple):
+        _check_keys(value)
     try:
         return msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)
     except EncodeError:

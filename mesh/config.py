@@ -50,6 +50,10 @@ class Config:
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
             return ConfigError(what)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not _TYPE_CHECKS[str(f.type)](v):
+                raise bad(f"{f.name} must be {_TYPE_NAMES[str(f.type)]}, got {type(v).__name__} {v!r}")
         if self.concurrency < 0:
             raise bad(f"concurrency must be >= 0, got {self.concurrency}")
         if self.max_tasks_per_child < 0 or self.max_memory_per_child < 0:
@@ -102,13 +106,30 @@ class Config:
         return cls(**values)
 
 
+_TYPE_CHECKS = {
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "float | None": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "tuple[str, ...]": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
+}
+_TYPE_NAMES = {"str": "a string", "bool": "true or false", "int": "an integer",
+               "float": "a number", "float | None": "a number or None",
+               "tuple[str, ...]": "a list of tcp://HOST:PORT strings"}
+
+
 def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
     if isinstance(value, str) and f.type not in ("str",):
         return _parse(f, value, where)
     if f.name == "peers":
         if isinstance(value, str):
             return _parse(f, value, where)
-        return tuple(value)
+        try:
+            return tuple(value)
+        except TypeError:
+            raise ConfigError(f"{where} must be a list of tcp://HOST:PORT strings or a "
+                              f"comma-separated string, got {type(value).__name__}") from None
     return value
 
 
@@ -143,6 +164,6 @@ def check_endpoint(ep: str) -> str:
     if not sep or not host:
         raise ConfigError(f"endpoint {ep!r} must look like tcp://HOST:PORT")
     if port != "*":
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError(f"endpoint {ep!r}: port must be 1..65535")
     return ep

@@ -118,8 +118,9 @@ class Node(PoolEvents):
                 await self._stop.wait()
                 log.info("node %s stopping: finishing running tasks (up to %.0f s)",
                          self.name, self.config.shutdown_timeout)
-                unstarted = await pool.stop(self.config.shutdown_timeout)
-                self._release(unstarted, "node is shutting down")
+                self._release(pool.begin_stop(), "node is shutting down")
+                self._flush()
+                await pool.finish(self.config.shutdown_timeout)
                 self._flush()
                 for t in loops:
                     t.cancel()

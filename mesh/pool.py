@@ -190,16 +190,21 @@ class Pool:
         if not child.wbuf:
             asyncio.get_running_loop().remove_writer(child.sock.fileno())
 
-    async def stop(self, timeout: float) -> list[Entry]:
-        """Stop taking work; return queued and scheduled entries (unstarted) so the node
-        can give them back; let running tasks finish for up to ``timeout`` seconds."""
+    def begin_stop(self) -> list[Entry]:
+        """Stop starting tasks; return the queued and scheduled (unstarted) entries so
+        the node can give them back at once."""
         self.stopping = True
-        unstarted = [e for _, _, e in self.queue] + list(self.scheduled.values())
+        unstarted = [e for _, _, e in sorted(self.queue)] + list(self.scheduled.values())
         for e in self.scheduled.values():
             if e.timer:
                 e.timer.cancel()
         self.queue.clear()
         self.scheduled.clear()
+        return unstarted
+
+    async def finish(self, timeout: float) -> None:
+        """Let running tasks finish for up to ``timeout`` seconds, then stop every child
+        (killing the ones still running a task)."""
         deadline = time.monotonic() + timeout
         while any(c.entry for c in self.children.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -214,7 +219,6 @@ class Pool:
             self._kill(c, signal.SIGKILL)
         while self.children and time.monotonic() < deadline + 2.0:
             await asyncio.sleep(0.02)
-        return unstarted
 
     def close(self) -> None:
         for c in self.children.values():

@@ -54,6 +54,20 @@ class MsgType(enum.IntEnum):
 
 # ---- field validation -----------------------------------------------------------------
 
+def _plain(value: Any) -> bool:
+    """True if a decoded value holds only plain msgpack types. msgpack decodes its
+    Timestamp extension (-1) without calling ext_hook; the envelope allows no
+    extension types, so it is refused here."""
+    t = type(value)
+    if t is dict:
+        return not value or all(_plain(k) and _plain(v) for k, v in value.items())
+    if t is list:
+        return all(_plain(v) for v in value)
+    if t is msgpack.Timestamp:
+        raise DecodeError("extension type -1 (msgpack Timestamp) is not allowed in a message envelope")
+    return True
+
+
 def _check_for(tp: Any) -> Callable[[Any], bool]:
     """A fast predicate for a (simple) annotated type."""
     origin = typing.get_origin(tp)
@@ -68,7 +82,7 @@ def _check_for(tp: Any) -> Callable[[Any], bool]:
     if tp is type(None) or tp is None:
         return lambda v: v is None
     if tp is Any:
-        return lambda v: True
+        return _plain
     if tp is float:
         return lambda v: (type(v) is float or type(v) is int)
     if tp is int:
@@ -92,8 +106,8 @@ def _check_for(tp: Any) -> Callable[[Any], bool]:
     if origin is dict or tp is dict:
         args = typing.get_args(tp)
         if args and args[0] is str:
-            return lambda v: type(v) is dict and all(type(k) is str for k in v)
-        return lambda v: type(v) is dict
+            return lambda v: type(v) is dict and all(type(k) is str for k in v) and _plain(v)
+        return lambda v: type(v) is dict and _plain(v)
     raise TypeError(f"unsupported field type {tp!r}")
 
 

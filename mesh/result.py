@@ -76,7 +76,9 @@ def rebuild_exception(exc: dict[str, Any] | None, tb: str | None) -> BaseExcepti
     cls: Any = sys.modules.get(module)
     for part in qual.split("."):
         cls = getattr(cls, part, None) if cls is not None else None
-    if isinstance(cls, type) and issubclass(cls, BaseException):
+    # only Exception subclasses: a rebuilt SystemExit or KeyboardInterrupt would stop
+    # the caller's process instead of reporting the task's failure
+    if isinstance(cls, type) and issubclass(cls, Exception):
         args: Any = None
         if exc.get("args") is not None:
             try:

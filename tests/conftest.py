@@ -1,0 +1,103 @@
+"""Fixtures shared by the test suites.
+
+Integration fixtures run the real programs (see tests/integration/harness.py):
+
+* ``free_port``    -- a loopback TCP port that was free a moment ago
+* ``start_node``   -- ``start_node(**flags)`` starts a ``meshnode``; stopped at teardown
+* ``start_module_node`` -- the same, for nodes shared by one test module
+* ``make_client``  -- ``make_client(*nodes)``: a client app pointed at those nodes,
+  with the test tasks registered on it (``c.tasks.add.delay(2, 3)``); closed at teardown
+* ``raw_dealer``   -- ``raw_dealer(endpoint)``: a bare zmq DEALER for speaking garbage
+
+When a test fails, the stderr of the nodes it used is added to its report.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import zmq
+
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+if str(INTEGRATION_DIR) not in sys.path:   # tasks_app and harness, under the names nodes use
+    sys.path.insert(0, str(INTEGRATION_DIR))
+
+from harness import (ClientHandle, NodeFactory, NodeProc, free_port as _free_port,  # noqa: E402
+                     make_client_app)
+from mesh.control import ControlClient  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def control() -> Iterator[ControlClient]:
+    with ControlClient() as cc:
+        yield cc
+
+
+@pytest.fixture
+def free_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, control: ControlClient) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path, control)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture(scope="module")
+def start_module_node(tmp_path_factory: pytest.TempPathFactory,
+                      control: ControlClient) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path_factory.mktemp("nodes"), control)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def make_client(start_node: NodeFactory) -> Iterator[Callable[..., ClientHandle]]:
+    # depends on start_node so that clients close before the nodes they talk to stop
+    import tasks_app
+    clients: list[ClientHandle] = []
+
+    def make(*nodes: NodeProc | str) -> ClientHandle:
+        endpoints = [n.endpoint if isinstance(n, NodeProc) else n for n in nodes]
+        client = make_client_app(endpoints, tasks_app)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in reversed(clients):
+        client.close()
+
+
+@pytest.fixture
+def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    socks: list[zmq.Socket[bytes]] = []
+
+    def make(endpoint: str) -> zmq.Socket[bytes]:
+        s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        socks.append(s)
+        return s
+
+    yield make
+    for s in socks:
+        s.close(linger=0)
+    ctx.term()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        for value in getattr(item, "funcargs", {}).values():
+            nodes = (value.nodes if isinstance(value, NodeFactory)
+                     else [value] if isinstance(value, NodeProc) else [])
+            for node in nodes:
+                report.sections.append((f"meshnode {node.name} ({node.endpoint}) stderr, last lines",
+                                        node.stderr_tail(60)))
+    return report

@@ -1,0 +1,281 @@
+"""Harness for the integration suite: real ``meshnode`` processes on loopback.
+
+A test starts nodes through :class:`NodeFactory` (the ``start_node`` fixture), which
+runs the installed console script as a subprocess with its own data dir, waits until
+the node answers a control ping (polling to a deadline, never sleeping a fixed time),
+sends its stderr to a file, and at teardown always stops what it started: SIGTERM,
+then SIGKILL, then any child process the node left behind.
+
+Nodes import the test tasks as ``tasks_app`` (this directory is put on their
+PYTHONPATH) and the tests import the same module under the same name, so exception
+types defined there come back to the caller as themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, Callable, TypeVar
+
+import psutil
+
+from cli.common import EXIT_START
+from mesh import Mesh
+from mesh.control import ControlClient
+from mesh.protocol import ControlReply
+
+INTEGRATION_DIR = Path(__file__).resolve().parent
+ROOT = INTEGRATION_DIR.parents[1]
+TASKS_MODULE = "tasks_app"
+
+READY_TIMEOUT = 30.0     # s for a node to answer its first ping (2 shared cores: be generous)
+STOP_GRACE = 10.0        # s for a node to exit after SIGTERM at teardown before SIGKILL
+
+T = TypeVar("T")
+
+
+def _program(name: str) -> str:
+    """The console script installed next to this interpreter (the venv's bin)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is not installed (pip install -e .)")
+    return found
+
+
+MESHNODE = _program("meshnode")
+MESHCTL = _program("meshctl")
+
+
+# ---- small helpers --------------------------------------------------------------------
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "a condition",
+               interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
+        time.sleep(interval)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for programs under test: no MESH_* settings leaking in from
+    the developer's shell, and the test tasks importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    paths = [str(INTEGRATION_DIR), str(ROOT)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
+    return env
+
+
+def run_program(program: str, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``meshnode``/``meshctl`` to completion and capture what it printed."""
+    return subprocess.run([program, *args], capture_output=True, text=True, timeout=timeout,
+                          env=clean_env() if env is None else env, cwd=ROOT,
+                          stdin=subprocess.DEVNULL)
+
+
+def _flag_args(flags: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in flags.items():
+        opt = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(opt)
+        elif value is not None and value is not False:
+            out += [opt, str(value)]
+    return out
+
+
+# ---- nodes ----------------------------------------------------------------------------
+
+class NodeProc:
+    """One running ``meshnode`` process."""
+
+    def __init__(self, name: str, endpoint: str, proc: subprocess.Popen[bytes], stderr_path: Path,
+                 data_dir: Path, control: ControlClient):
+        self.name = name
+        self.endpoint = endpoint
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.data_dir = data_dir
+        self.control = control
+        self.started_at = time.time()
+
+    def __repr__(self) -> str:
+        return f"<NodeProc {self.name} {self.endpoint} pid={self.proc.pid} rc={self.proc.returncode}>"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # -- talking to it ------------------------------------------------------------------
+    def request(self, command: str, timeout: float = 5.0) -> ControlReply | str:
+        return self.control.broadcast([self.endpoint], command, timeout=timeout)[self.endpoint]
+
+    def ping(self, timeout: float = 0.25) -> bool:
+        reply = self.request("ping", timeout)
+        return isinstance(reply, ControlReply) and reply.ok
+
+    def status(self) -> dict[str, Any]:
+        reply = self.request("status", timeout=10.0)
+        if not isinstance(reply, ControlReply) or not reply.ok:
+            raise AssertionError(f"node {self.name} did not answer status: {reply!r}")
+        payload: dict[str, Any] = reply.payload
+        return payload
+
+    # -- its process --------------------------------------------------------------------
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the node to exit; its exit code."""
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stderr_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.stderr().splitlines()[-lines:])
+
+    def stop(self, grace: float = STOP_GRACE) -> int:
+        """Stop the node however it takes, and everything it started."""
+        leftovers: list[psutil.Process] = []
+        if self.proc.poll() is None:
+            try:
+                leftovers = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                pass
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._kill_leftovers(leftovers)
+        return self.proc.returncode
+
+    def _kill_leftovers(self, known: list[psutil.Process]) -> None:
+        """SIGKILL child processes still alive after the node is gone: the ones seen
+        before stopping it, and any others in the process group it leads (children
+        it forked are in its group; it was started in a new session)."""
+        pgid = self.proc.pid
+        for p in psutil.process_iter(["create_time"]):
+            try:
+                if (p.pid != os.getpid() and os.getpgid(p.pid) == pgid
+                        and p.info["create_time"] >= self.started_at - 1.0):
+                    known.append(p)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        for p in known:
+            try:
+                if p.is_running():
+                    p.kill()
+                    p.wait(5)
+            except psutil.Error:
+                pass
+
+
+class NodeFactory:
+    """``start_node(**flags)``: start a node on a free loopback port and return it once
+    it answers a ping. Keyword arguments become meshnode flags (``time_limit=1`` is
+    ``--time-limit 1``, ``True`` is a bare flag)."""
+
+    def __init__(self, base_dir: Path, control: ControlClient):
+        self.base_dir = base_dir
+        self.control = control
+        self.nodes: list[NodeProc] = []
+
+    def __call__(self, *, app: str = TASKS_MODULE, concurrency: int = 2, name: str | None = None,
+                 ready_timeout: float = READY_TIMEOUT, **flags: Any) -> NodeProc:
+        for _attempt in range(3):
+            port = free_port()
+            node_name = name or f"it-{port}"
+            endpoint = f"tcp://127.0.0.1:{port}"
+            data_dir = self.base_dir / f"{node_name}-{port}.data"
+            stderr_path = self.base_dir / f"{node_name}-{port}.stderr"
+            argv = [MESHNODE, "--app", app, "--bind", endpoint, "--no-mdns",
+                    "--concurrency", str(concurrency), "--data-dir", str(data_dir),
+                    "--name", node_name, *_flag_args(flags)]
+            with open(stderr_path, "wb") as err:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                        cwd=ROOT, env=clean_env(), start_new_session=True)
+            node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir, self.control)
+            self.nodes.append(node)
+            if self._wait_ready(node, ready_timeout):
+                return node
+            # the port was taken between free_port() and the node's bind: another one
+        raise AssertionError("meshnode could not bind a free port in 3 attempts")
+
+    def _wait_ready(self, node: NodeProc, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = node.proc.poll()
+            if rc is not None:
+                if rc == EXIT_START and "cannot bind" in node.stderr():
+                    return False
+                raise AssertionError(f"meshnode {node.name} exited with code {rc} before it was "
+                                     f"ready; its stderr:\n{node.stderr_tail()}")
+            if node.ping(timeout=0.25):
+                return True
+            if time.monotonic() >= deadline:
+                node.stop()
+                raise AssertionError(f"meshnode {node.name} did not answer a ping within {timeout:g} s;"
+                                     f" its stderr:\n{node.stderr_tail()}")
+
+    def close(self) -> None:
+        errors = []
+        for node in reversed(self.nodes):
+            try:
+                node.stop()
+            except Exception as e:   # keep stopping the others
+                errors.append(f"{node!r}: {type(e).__name__}: {e}")
+        if errors:
+            raise RuntimeError("could not stop every node: " + "; ".join(errors))
+
+
+# ---- clients --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ClientHandle:
+    """A client app pointed at some nodes, with the test tasks registered on it under
+    their node-side names: ``c.tasks.add.delay(2, 3)``."""
+    app: Mesh
+    tasks: SimpleNamespace
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def make_client_app(endpoints: list[str], tasks_module: ModuleType) -> ClientHandle:
+    app = Mesh("mesh-it-client", peers=endpoints, mdns=False)
+    ns = SimpleNamespace()
+    for task in tasks_module.app.tasks.values():
+        options = dataclasses.asdict(task.options)
+        setattr(ns, task.fun.__name__, app.task(**options)(task.fun))
+    return ClientHandle(app, ns)

@@ -1,0 +1,143 @@
+"""Tasks for the integration suite, run by real ``meshnode`` processes.
+
+Nodes load this module as ``--app tasks_app`` and the tests import it as
+``tasks_app`` too, so task names (``tasks_app.add``) and exception types agree on
+both sides. Keep it free of side effects at import: every node imports it.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import time
+from typing import Any
+
+from mesh import Mesh
+from mesh.exceptions import SoftTimeLimitExceeded
+
+app = Mesh("mesh-it", mdns=False)
+
+SOFT_LIMIT_MARKER = "soft time limit caught"
+NODE_ONLY_MODULE = "mesh_it_node_only"   # a module name no client can import
+GATE_TIMEOUT = 90.0                      # s a gated task waits before giving up
+
+_hoard: list[bytes] = []                 # what hog() allocated; kept alive on purpose
+_counter = itertools.count(1)
+
+
+class CustomError(Exception):
+    """A task's own exception type, importable by the tests."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message, code)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@app.task
+def add(x: Any, y: Any) -> Any:
+    return x + y
+
+
+@app.task
+def echo(value: Any) -> Any:
+    return value
+
+
+@app.task
+def fail(message: str, code: int) -> None:
+    raise CustomError(message, code)
+
+
+@app.task
+def fail_node_only(message: str) -> None:
+    """Raise an exception whose type lives in a module that exists only here."""
+    cls = type("NodeOnlyError", (Exception,), {"__module__": NODE_ONLY_MODULE})
+    raise cls(message)
+
+
+@app.task
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task
+def wait_for_file(path: str, timeout: float = GATE_TIMEOUT) -> str:
+    """Block until ``path`` exists (a gate the test opens), so tests order events
+    without depending on how fast the machine is."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} was not opened within {timeout} s")
+        time.sleep(0.005)
+    return "opened"
+
+
+@app.task
+def spin_until_soft_limit(cap: float = 30.0) -> str:
+    """Burn CPU until the soft time limit interrupts us; return a marker."""
+    deadline = time.monotonic() + cap
+    try:
+        while time.monotonic() < deadline:
+            pass
+    except SoftTimeLimitExceeded:
+        return SOFT_LIMIT_MARKER
+    return "no soft time limit within the cap"
+
+
+@app.task
+def spin(seconds: float) -> str:
+    """Burn CPU for ``seconds`` without catching anything."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    return "finished"
+
+
+@app.task
+def exit_child(code: int) -> None:
+    os._exit(code)
+
+
+@app.task
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+@app.task
+def hog(mib: int) -> int:
+    """Allocate and touch ``mib`` MiB, keep it, return this process's RSS in KiB."""
+    _hoard.append(b"\xa5" * (mib * 1024 * 1024))
+    return _rss_kib()
+
+
+@app.task
+def pid() -> int:
+    return os.getpid()
+
+
+@app.task
+def stamp() -> float:
+    """When the task started, in unix time."""
+    return time.time()
+
+
+@app.task
+def seq() -> int:
+    """The order in which this child ran its seq() calls."""
+    return next(_counter)
+
+
+@app.task(bind=True)
+def request_info(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    r = self.request
+    return {"id": r.id, "task": r.task, "args": r.args, "kwargs": r.kwargs,
+            "retries": r.retries, "hostname": r.hostname, "priority": r.priority,
+            "eta": r.eta, "expires": r.expires, "time_limit": r.time_limit,
+            "soft_time_limit": r.soft_time_limit, "called_directly": r.called_directly,
+            "pid": os.getpid()}

@@ -1,0 +1,203 @@
+"""meshnode and meshctl as users run them: real programs, named exit codes."""
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.common import EXIT_FAILURE, EXIT_OK, EXIT_START, EXIT_USAGE
+from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program
+
+
+@pytest.fixture(scope="module")
+def node(start_module_node: Any) -> Any:
+    return start_module_node(concurrency=2)
+
+
+def _one_error_line(stderr: str, prog: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{stderr}"
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    return lines[0]
+
+
+def _dead_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+# ---- meshnode -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["--app", "tasks_app", "--no-such-flag"], id="unknown flag"),
+    pytest.param(["--app", "tasks_app", "--concurrency", "0"], id="concurrency 0"),
+    pytest.param(["--app", "tasks_app", "--time-limit", "soon"], id="time limit not a number"),
+    pytest.param(["--app", "tasks_app", "--bind", "localhost:7700"], id="bind without tcp://"),
+    pytest.param(["--app", "tasks_app", "--loglevel", "LOUD"], id="unknown loglevel"),
+    pytest.param(["--concurrency", "1"], id="no --app"),
+])
+def test_meshnode_bad_usage_exits_2_with_one_line(args: list[str], tmp_path: Path) -> None:
+    p = run_program(MESHNODE, *args, "--data-dir", str(tmp_path / "data"), "--no-mdns")
+    assert p.returncode == EXIT_USAGE, p
+    _one_error_line(p.stderr, "meshnode")
+
+
+@pytest.mark.parametrize("spec, words", [
+    pytest.param("mesh_it_no_such_module", "cannot import", id="module missing"),
+    pytest.param("tasks_app:no_such_attr", "no_such_attr", id="attribute missing"),
+    pytest.param("tasks_app:SOFT_LIMIT_MARKER", "not a mesh.Mesh", id="not an app"),
+])
+def test_meshnode_app_that_does_not_load_exits_2_with_one_line(
+        spec: str, words: str, tmp_path: Path) -> None:
+    p = run_program(MESHNODE, "--app", spec, "--bind", _dead_endpoint(), "--no-mdns",
+                    "--data-dir", str(tmp_path / "data"))
+    assert p.returncode == EXIT_USAGE, p
+    assert words in _one_error_line(p.stderr, "meshnode")
+
+
+def test_meshnode_on_a_port_in_use_exits_3(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = run_program(MESHNODE, "--app", "tasks_app", "--bind", f"tcp://127.0.0.1:{port}",
+                        "--no-mdns", "--concurrency", "1", "--data-dir", str(tmp_path / "data"))
+    assert p.returncode == EXIT_START, p
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("meshnode: error: ") and str(port) in last, p.stderr
+
+
+def test_meshnode_with_an_unusable_data_dir_exits_3(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    p = run_program(MESHNODE, "--app", "tasks_app", "--bind", _dead_endpoint(), "--no-mdns",
+                    "--concurrency", "1", "--data-dir", str(blocker / "data"))
+    assert p.returncode == EXIT_START, p
+    assert p.stderr.strip().splitlines()[-1].startswith("meshnode: error: "), p.stderr
+
+
+def test_meshnode_help_exits_0() -> None:
+    p = run_program(MESHNODE, "--help")
+    assert p.returncode == EXIT_OK, p
+    assert "--concurrency" in p.stdout and "--max-memory-per-child" in p.stdout
+
+
+# ---- meshctl against a live node ------------------------------------------------------
+
+def test_meshctl_ping(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "ping")
+    assert p.returncode == EXIT_OK, p
+    assert node.name in p.stdout
+
+
+def test_meshctl_ping_json(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "--json", "ping")
+    assert p.returncode == EXIT_OK, p
+    assert json.loads(p.stdout)[node.endpoint]["node"] == node.name
+
+
+def test_meshctl_status_table(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "status")
+    assert p.returncode == EXIT_OK, p
+    header, *rows = p.stdout.strip().splitlines()
+    assert header.split()[:3] == ["NODE", "ADDRESS", "STATE"]
+    mine = [r for r in rows if r.split()[:1] == [node.name]]
+    assert len(mine) == 1, p.stdout
+    assert node.endpoint in mine[0] and "alive" in mine[0]
+
+
+def test_meshctl_status_json(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "--json", "status")
+    assert p.returncode == EXIT_OK, p
+    rows = json.loads(p.stdout)
+    assert [(r["node"], r["address"], r["state"]) for r in rows] == [(node.name, node.endpoint, "alive")]
+    assert rows[0]["total"] == 2
+
+
+def test_meshctl_status_with_one_node_down_still_exits_0(node: Any) -> None:
+    dead = _dead_endpoint()
+    p = run_program(MESHCTL, "--peers", f"{node.endpoint},{dead}", "--timeout", "1", "--json", "status")
+    assert p.returncode == EXIT_OK, p
+    states = {r["address"]: r["state"] for r in json.loads(p.stdout)}
+    assert states == {node.endpoint: "alive", dead: "unreachable"}
+
+
+def test_meshctl_finds_nodes_through_mesh_peers(node: Any) -> None:
+    p = run_program(MESHCTL, "ping", env=clean_env(MESH_PEERS=node.endpoint))
+    assert p.returncode == EXIT_OK, p
+    assert node.name in p.stdout
+
+
+def test_meshctl_call_and_wait_prints_the_result(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add",
+                    "--args", "[2, 3]", "--wait")
+    assert p.returncode == EXIT_OK, p
+    assert json.loads(p.stdout) == 5
+
+
+def test_meshctl_call_with_kwargs_and_json_output(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "--json", "call", "tasks_app.add",
+                    "--args", "[2]", "--kwargs", '{"y": 40}', "--wait")
+    assert p.returncode == EXIT_OK, p
+    out = json.loads(p.stdout)
+    assert out["result"] == 42 and out["state"] == "SUCCESS"
+
+
+def test_meshctl_call_without_wait_prints_the_task_id(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", "--args", "[1, 1]")
+    assert p.returncode == EXIT_OK, p
+    uuid.UUID(p.stdout.strip())
+
+
+def test_meshctl_call_of_a_failing_task_exits_1(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.fail",
+                    "--args", '["card declined", 402]', "--wait")
+    assert p.returncode == EXIT_FAILURE, p
+    assert "CustomError" in p.stderr and "card declined" in p.stderr
+    assert "Traceback" in p.stderr          # the remote traceback is shown
+
+
+def test_meshctl_call_of_an_unknown_task_exits_1(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.nope", "--wait")
+    assert p.returncode == EXIT_FAILURE, p
+    assert "tasks_app.nope" in p.stderr
+
+
+@pytest.mark.parametrize("flag, value", [
+    pytest.param("--args", "[1, 2", id="args not JSON"),
+    pytest.param("--args", '{"x": 1}', id="args not an array"),
+    pytest.param("--kwargs", "[1]", id="kwargs not an object"),
+])
+def test_meshctl_call_with_bad_json_exits_2(node: Any, flag: str, value: str) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", flag, value, "--wait")
+    assert p.returncode == EXIT_USAGE, p
+    _one_error_line(p.stderr, "meshctl")
+
+
+# ---- meshctl without a live node ------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["ping", "status"])
+def test_meshctl_with_no_live_node_exits_1(command: str) -> None:
+    p = run_program(MESHCTL, "--peers", _dead_endpoint(), "--timeout", "0.5", command)
+    assert p.returncode == EXIT_FAILURE, p
+
+
+@pytest.mark.parametrize("command", ["ping", "status"])
+def test_meshctl_with_no_peers_and_no_mesh_peers_exits_2(command: str) -> None:
+    p = run_program(MESHCTL, command)
+    assert p.returncode == EXIT_USAGE, p
+    assert "MESH_PEERS" in _one_error_line(p.stderr, "meshctl")
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["--no-such-flag", "ping"], id="unknown flag"),
+    pytest.param(["--peers", "localhost:7700", "ping"], id="peer without tcp://"),
+    pytest.param(["--peers", "tcp://127.0.0.1:1", "frobnicate"], id="unknown command"),
+])
+def test_meshctl_bad_usage_exits_2(args: list[str]) -> None:
+    p = run_program(MESHCTL, *args)
+    assert p.returncode == EXIT_USAGE, p
+    _one_error_line(p.stderr, "meshctl")

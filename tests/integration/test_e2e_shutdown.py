@@ -1,0 +1,85 @@
+"""Warm shutdown: SIGTERM/SIGINT drain running work, give back the rest, exit 0."""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.common import EXIT_OK
+from harness import wait_until
+from mesh.exceptions import WorkerLostError
+
+RESULT_TIMEOUT = 60.0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_idle_node_exits_0_on_a_signal(start_node: Any, sig: int) -> None:
+    node = start_node(concurrency=2)
+    node.send_signal(sig)
+    assert node.wait(30) == EXIT_OK
+    assert "stopped" in node.stderr()
+
+
+def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a = start_node(concurrency=1)
+    b = start_node(concurrency=1)
+    t = make_client(a, b).tasks
+    gate = tmp_path / "gate"
+    # one long task per node (the client alternates between the nodes) ...
+    running = [t.wait_for_file.delay(str(gate)) for _ in range(2)]
+    try:
+        wait_until(lambda: a.status()["busy"] == 1 and b.status()["busy"] == 1,
+                   what="a long task to run on each node")
+        # ... and work queued behind them on both
+        queued = [t.add.delay(i, 100) for i in range(10)]
+        wait_until(lambda: a.status()["queued"] + b.status()["queued"] == 10,
+                   what="ten tasks to queue on the two nodes")
+        on_a = a.status()["queued"]
+        assert on_a >= 1
+        a.send_signal(signal.SIGTERM)
+        # a gives its unstarted tasks back; the client sends them to b
+        # (while a is still draining: queued work must not wait out a's shutdown timeout)
+        wait_until(lambda: b.status()["queued"] == 10, timeout=15,
+                   what="the released tasks to reach b while a drains")
+        assert a.proc.poll() is None, "a must wait for its running task"
+        assert a.status()["state"] == "left"
+    finally:
+        gate.touch()
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in running] == ["opened", "opened"]
+    assert {r.node for r in running} == {a.name, b.name}
+    assert a.wait(30) == EXIT_OK
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in queued] == [i + 100 for i in range(10)]
+    assert {r.node for r in queued} == {b.name}
+    assert f"gave back {on_a} unstarted task(s)" in a.stderr()
+
+
+def test_a_task_running_past_the_shutdown_timeout_is_lost(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1, shutdown_timeout=0.5)
+    t = make_client(node).tasks
+    gate = tmp_path / "gate"
+    r = t.wait_for_file.delay(str(gate))
+    wait_until(lambda: node.status()["busy"] == 1, what="the task to start")
+    node.send_signal(signal.SIGTERM)
+    with pytest.raises(WorkerLostError) as info:
+        r.get(timeout=RESULT_TIMEOUT)
+    assert "shut down" in str(info.value)
+    assert node.wait(30) == EXIT_OK
+
+
+def test_a_second_sigterm_cuts_the_drain_short(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1)                 # default shutdown timeout: 30 s
+    t = make_client(node).tasks
+    gate = tmp_path / "gate"
+    r = t.wait_for_file.delay(str(gate))
+    wait_until(lambda: node.status()["busy"] == 1, what="the task to start")
+    node.send_signal(signal.SIGTERM)
+    wait_until(lambda: node.status()["state"] == "left", what="the node to begin draining")
+    node.send_signal(signal.SIGTERM)
+    with pytest.raises(WorkerLostError):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert node.wait(20) == EXIT_OK
