@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import itertools
 import os
 import threading
 import time
 import uuid
+import weakref
 from typing import Any, Callable, Iterable, overload
 
 from . import codec
@@ -14,6 +17,34 @@ from .exceptions import ConfigError, EncodeError, NotRegistered
 from .protocol import Submit, encode
 from .result import AsyncResult, Slot
 from .task import Task, make_options
+
+
+class _TaskIds:
+    """Task ids shaped like UUIDs: 80 random bits per process, then a 48-bit counter.
+    uuid4() reads the OS's random source for every id, which costs more than the
+    rest of a submit; this reads it once per process (again after fork)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        r = uuid.uuid4().hex
+        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{r[16:20]}-"
+        self._count = itertools.count(int.from_bytes(os.urandom(3), "big"))
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count) & 0xFFFFFFFFFFFF:012x}"
+
+
+new_task_id = _TaskIds()
+
+
+def _forget_client(ref: "weakref.ref[Mesh]") -> None:
+    app = ref()
+    if app is not None:
+        app._client = None
+        app._client_lock = threading.Lock()
 
 # eta/expires numbers below this are taken as "seconds from now", above as unix time
 _UNIX_TIME_THRESHOLD = 1e9
@@ -44,6 +75,8 @@ class Mesh:
         self.tasks: dict[str, Task] = {}
         self._client: Any = None
         self._client_lock = threading.Lock()
+        # threads do not survive fork: a child process makes its own client when it needs one
+        os.register_at_fork(after_in_child=functools.partial(_forget_client, weakref.ref(self)))
 
     def __repr__(self) -> str:
         return f"<Mesh {self.main or '?'} tasks={len(self.tasks)}>"
@@ -72,9 +105,9 @@ class Mesh:
     # -- client -----------------------------------------------------------------------
     @property
     def client(self) -> Any:
-        if self._client is None or self._client.pid != os.getpid():
-            with self._client_lock:   # a new client after fork: threads do not survive it
-                if self._client is None or self._client.pid != os.getpid():
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
                     from .client import Client
                     self._client = Client(self.config)
         return self._client
@@ -99,7 +132,7 @@ class Mesh:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         msg = Submit(
-            task_id=task_id or str(uuid.uuid4()), name=name,
+            task_id=task_id or new_task_id(), name=name,
             payload=codec.dump_call(args, kwargs), priority=priority or 0, eta=eta_t,
             expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
             soft_time_limit=soft_time_limit, headers=headers or {})

@@ -33,6 +33,13 @@ RELEASE_RETRY_DELAY = 0.5   # seconds before resending a released task to the no
 BATCH = 256                 # most frames sent to a node in one zmq message
 
 
+def _close_at_exit(ref: "weakref.ref[Client]") -> None:
+    """Flush what is queued before the interpreter exits (fire-and-forget delay())."""
+    client = ref()
+    if client is not None:
+        client.close()
+
+
 class Client:
     def __init__(self, config: Config):
         if not config.peers:
@@ -41,7 +48,6 @@ class Client:
         self.config = config
         self.client_id = uuid.uuid4().hex.encode()
         self.endpoints = list(dict.fromkeys(config.peers))
-        self.pid = os.getpid()
         self.loads: dict[str, list[int]] = {}          # endpoint -> [busy, total, queued]
         self.duplicates = 0                             # results for already-complete tasks
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
@@ -56,7 +62,7 @@ class Client:
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
-        atexit.register(lambda: (c := ref()) is not None and c.close())
+        atexit.register(_close_at_exit, ref)
 
     # -- called from any thread -------------------------------------------------------
     def submit(self, slot: Slot) -> None:
@@ -110,7 +116,7 @@ class Client:
                 timeout = 1000.0
                 if self._retry:
                     timeout = max(0.0, min(t for t, _ in self._retry) - time.monotonic()) * 1000
-                events = poller.poll(timeout)
+                events = poller.poll(int(timeout) + 1 if timeout else 0)
                 for sock_or_fd, _ev in events:
                     if sock_or_fd == self._efd:
                         try:
@@ -149,7 +155,8 @@ class Client:
             batch = batches.get(ep)
             if batch is None:
                 batch = batches[ep] = []
-            batch.append(slot.frame)  # type: ignore[arg-type]
+            if slot.frame is not None:
+                batch.append(slot.frame)
             if len(batch) >= BATCH:
                 self._by_ep[ep].send_multipart(batch, zmq.NOBLOCK)
                 batches[ep] = []

@@ -78,6 +78,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 _KEY_TYPES = (str, int, float, bool, bytes, type(None))
+_CONTAINERS = frozenset({dict, list, tuple})
 MAX_DEPTH = 500   # msgpack's packer refuses deeper nesting too
 
 
@@ -94,18 +95,21 @@ def _check_keys(value: Any) -> None:
                 if not isinstance(k, _KEY_TYPES):
                     raise EncodeError(f"map key {k!r} ({type(k).__name__}) cannot be sent: "
                                       "keys must be str, int, float, bool, bytes or None")
-                if type(item) in (dict, list, tuple):
+                if type(item) in _CONTAINERS:
                     stack.append((item, depth + 1))
-        elif type(v) in (list, tuple):
-            stack.extend((x, depth + 1) for x in v if type(x) in (dict, list, tuple))
+        else:
+            for x in v:
+                if type(x) in _CONTAINERS:
+                    stack.append((x, depth + 1))
 
 
 def dumps(value: Any) -> bytes:
     """Encode a value (task arguments, a result) to bytes; EncodeError if impossible."""
-    if type(value) in (dict, list, tuple):
+    if type(value) in _CONTAINERS:
         _check_keys(value)
     try:
-        return msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)
+        data: bytes = msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)
+        return data
     except EncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as e:

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .exceptions import ConfigError

@@ -52,7 +52,7 @@ class ControlClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                for s, _ in poller.poll(left * 1000):
+                for s, _ in poller.poll(int(left * 1000) + 1):
                     ep = socks[s]
                     try:
                         msg = decode(s.recv_multipart(zmq.NOBLOCK)[-1])

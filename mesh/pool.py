@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .channel import FrameReader, pack
 from .child import Child

@@ -134,11 +134,15 @@ class _Factory:
         self.make = make
 
 
-def message(cls: type) -> type:
+_M = typing.TypeVar("_M", bound=type)
+
+
+@typing.dataclass_transform(field_specifiers=(field,))
+def message(cls: _M) -> _M:
     """Class decorator: make ``cls`` a frozen, slotted dataclass and register it."""
-    dc = dataclass(frozen=True, slots=True)(cls)
+    dc: Any = dataclass(frozen=True, slots=True)(cls)
     hints = typing.get_type_hints(dc)
-    spec = []
+    spec: list[tuple[str, Callable[[Any], bool], Any, str]] = []
     required = 0
     for f in dataclasses.fields(dc):
         if f.default is not dataclasses.MISSING:
@@ -156,7 +160,7 @@ def message(cls: type) -> type:
     if dc.TYPE in _REGISTRY:
         raise RuntimeError(f"duplicate message type {dc.TYPE}")
     _REGISTRY[int(dc.TYPE)] = dc
-    return dc
+    return typing.cast(_M, dc)
 
 
 def _short(s: str, n: int, what: str) -> None:
@@ -294,7 +298,8 @@ def encode(msg: Message) -> bytes:
     fields = [PROTOCOL_VERSION, int(msg.TYPE)]
     fields.extend(getattr(msg, name) for name, _c, _d, _t in msg._spec)
     try:
-        return msgpack.packb(fields, use_bin_type=True)
+        frame: bytes = msgpack.packb(fields, use_bin_type=True)
+        return frame
     except (TypeError, ValueError, OverflowError) as e:
         raise EncodeError(f"cannot encode {type(msg).__name__}: {e}") from e
 

@@ -184,8 +184,12 @@ class AsyncResult:
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[None] = loop.create_future()
 
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_result(None)
+
             def wake() -> None:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+                loop.call_soon_threadsafe(settle)
 
             if slot.add_waiter(wake):
                 try:

@@ -40,7 +40,7 @@ class SocketDriver:
     async def run(self) -> None:
         """Serve the socket until cancelled."""
         loop = self._loop = asyncio.get_running_loop()
-        fd = self.sock.getsockopt(zmq.FD)
+        fd = int(self.sock.get(zmq.FD))
         loop.add_reader(fd, self._drain)
         self._schedule()              # messages may be waiting already
         try:
@@ -58,7 +58,7 @@ class SocketDriver:
         self._scheduled = False
         sock, on_frames = self.sock, self._on_frames
         n = 0
-        while sock.get(_EVENTS) & _POLLIN:
+        while int(sock.get(_EVENTS)) & _POLLIN:
             try:
                 frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:

@@ -1,9 +1,11 @@
 #!/bin/sh
-# Set up, then run the test suite (unit + integration on loopback). Extra arguments
+# Set up, then type-check mesh/ and run the test suite (unit + integration on loopback). Extra arguments
 # go to pytest, e.g. scripts/test.sh -m slow. Exit code 5 (no tests ran) is a failure.
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
+echo "test.sh: mypy --strict on mesh/"
+.venv/bin/python -m mypy
 set +e
 .venv/bin/python -m pytest -m "not slow" "$@"
 rc=$?
