@@ -36,6 +36,36 @@ def exc_info_of(e: BaseException) -> dict[str, Any]:
     return {"type": cls.__qualname__, "module": cls.__module__, "message": str(e), "args": args}
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL us when the node dies, so a node killed with -9 leaves no
+    orphaned children running tasks nobody will collect."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)    # PR_SET_PDEATHSIG
+    except Exception as e:   # not Linux: children exit when their channel closes
+        log.debug("PR_SET_PDEATHSIG unavailable: %s", e)
+
+
+def _close_inherited_sockets(keep: int) -> None:
+    """Close the node's sockets that fork copied into us (its listening front door
+    above all: an orphan holding it would keep a restarted node from binding). Files
+    and pipes stay open: the app's log handlers may use them."""
+    import stat
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd <= 2 or fd == keep:
+            continue
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
+
+
 def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
@@ -48,16 +78,12 @@ class Child:
         self.done = 0
         self._proc: Any = None
 
-    def main(self, sock: socket.socket, close_fds: list[int]) -> NoReturn:
+    def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
         """Run in the forked child; never returns."""
         code = 0
         try:
-            self._setup_process()
-            for fd in close_fds:         # the node's end of our socketpair, and siblings'
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            self._setup_process(node_pid)
+            _close_inherited_sockets(keep=sock.fileno())
             chan = BlockingChannel(sock)
             chan.send(encode(ChildReady(pid=os.getpid())))
             self._loop(chan)
@@ -71,7 +97,10 @@ class Child:
             sys.stderr.flush()
             os._exit(code)
 
-    def _setup_process(self) -> None:
+    def _setup_process(self, node_pid: int) -> None:
+        _die_with_parent()
+        if os.getppid() != node_pid:      # the node died before we could ask
+            os._exit(0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)       # the node decides when we stop
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

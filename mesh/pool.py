@@ -111,12 +111,11 @@ class Pool:
     def _spawn(self, index: int) -> None:
         ident = f"c{index}.{next(self._gen)}".encode()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        inherited = [mine.fileno()] + [c.sock.fileno() for c in self.children.values()] + \
-            [c.pidfd for c in self.children.values()]
         child = Child(self.app, self.config, self.node_name)
+        node_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            child.main(theirs, inherited)            # never returns
+            child.main(theirs, node_pid)            # never returns
         theirs.close()
         mine.setblocking(False)
         pidfd = os.pidfd_open(pid)
