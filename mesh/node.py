@@ -2,8 +2,9 @@
 
 One asyncio loop owns every socket; its loops (front door, pool, ticker) live in one
 TaskGroup. The front door is a ROUTER bound on ``--bind``: clients send Submit and
-Control frames to it and get Ack/Result/Release/Error/ControlReply back. A frame that
-cannot be decoded is refused and logged; the node keeps serving everyone else.
+Control frames to it and get Ack/Result/Release/Error/ControlReply back. A zmq message
+may carry several frames, each one protocol message handled on its own; a frame that
+cannot be decoded is refused and logged, and the node keeps serving everyone else.
 """
 from __future__ import annotations
 

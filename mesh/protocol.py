@@ -1,8 +1,11 @@
 """The wire protocol: one frozen dataclass per message type, one encode/decode pair.
 
-Every message is ONE ZeroMQ frame holding a msgpack array::
+Every protocol message is one ZeroMQ frame holding a msgpack array::
 
     [version, type, field0, field1, ...]
+
+A ZeroMQ (multipart) message may carry several such frames; each is decoded, and
+accepted or refused, on its own.
 
 ``version`` is the sender's protocol version; a receiver accepts
 ``MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION``. Fields are positional, in

@@ -14,8 +14,9 @@ When a test fails, the stderr of the nodes it used is added to its report.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -24,9 +25,10 @@ INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 if str(INTEGRATION_DIR) not in sys.path:   # tasks_app and harness, under the names nodes use
     sys.path.insert(0, str(INTEGRATION_DIR))
 
-from harness import (ClientHandle, NodeFactory, NodeProc, free_port as _free_port,  # noqa: E402
-                     make_client_app)
-from mesh.control import ControlClient  # noqa: E402
+from harness import ClientHandle, NodeFactory, NodeProc, make_client_app
+from harness import free_port as _free_port
+
+from mesh.control import ControlClient
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import psutil
 
@@ -93,7 +94,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def run_program(program: str, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``meshnode``/``meshctl`` to completion and capture what it printed."""
-    return subprocess.run([program, *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([program, *args], capture_output=True, text=True, timeout=timeout, check=False,
                           env=clean_env() if env is None else env, cwd=ROOT,
                           stdin=subprocess.DEVNULL)
 
@@ -253,7 +254,7 @@ class NodeFactory:
         for node in reversed(self.nodes):
             try:
                 node.stop()
-            except Exception as e:   # keep stopping the others
+            except (OSError, psutil.Error, subprocess.SubprocessError) as e:   # stop the others too
                 errors.append(f"{node!r}: {type(e).__name__}: {e}")
         if errors:
             raise RuntimeError("could not stop every node: " + "; ".join(errors))

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program
 
 from cli.common import EXIT_FAILURE, EXIT_OK, EXIT_START, EXIT_USAGE
-from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program
 
 
 @pytest.fixture(scope="module")

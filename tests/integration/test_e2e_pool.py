@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import tasks_app
 from harness import wait_until
+
 from mesh import states
 from mesh.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 

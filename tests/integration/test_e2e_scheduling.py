@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from harness import wait_until
+
 from mesh import states
 from mesh.exceptions import TaskRevokedError
 
@@ -53,7 +53,7 @@ def test_countdown_does_not_start_before_its_eta(start_node: Any, make_client: A
 def test_eta_datetime_does_not_start_before_it(start_node: Any, make_client: Any) -> None:
     node = start_node(concurrency=1)
     t = make_client(node).tasks
-    eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1)
+    eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
     r = t.stamp.apply_async(eta=eta)
     wait_until(lambda: r.ready() or node.status()["scheduled"] == 1,
                what="the node to hold the task as scheduled")
@@ -61,7 +61,7 @@ def test_eta_datetime_does_not_start_before_it(start_node: Any, make_client: Any
 
 
 @pytest.mark.parametrize("expires", [
-    pytest.param(lambda: dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10), id="datetime"),
+    pytest.param(lambda: dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10), id="datetime"),
     pytest.param(lambda: time.time() - 10, id="unix-time"),
 ])
 def test_expires_in_the_past_is_revoked(start_node: Any, make_client: Any, expires: Any) -> None:

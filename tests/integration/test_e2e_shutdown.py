@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import wait_until
 
 from cli.common import EXIT_OK
-from harness import wait_until
 from mesh.exceptions import WorkerLostError
 
 RESULT_TIMEOUT = 60.0

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import tasks_app
 from harness import wait_until
+
 from mesh import states
 from mesh.exceptions import NotRegistered, RemoteTraceback, TaskError
 from mesh.exceptions import TimeoutError as MeshTimeoutError
@@ -47,7 +47,7 @@ def test_values_round_trip(client: Any) -> None:
     value = {
         "int": 2**62, "neg": -7, "float": 1.5, "str": "héllo ✓", "bytes": b"\x00\xff",
         "none": None, "bool": True, "list": [1, [2, [3]]], "tuple": (1, 2),
-        "when": dt.datetime(2024, 5, 17, 12, 30, tzinfo=dt.timezone.utc),
+        "when": dt.datetime(2024, 5, 17, 12, 30, tzinfo=dt.UTC),
         "day": dt.date(2024, 5, 17), "span": dt.timedelta(days=1, seconds=2, microseconds=3),
         "money": decimal.Decimal("12.34"), "uid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
     }
