@@ -19,6 +19,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--name", "-n", help="Node id; default hostname-pid.")
 @click.option("--bind", "-b", metavar="tcp://HOST:PORT",
               help="Front door to bind (default tcp://127.0.0.1:7700).")
+@click.option("--advertise", metavar="tcp://HOST:PORT",
+              help="Endpoint peers and clients should use (default: from --bind).")
 @click.option("--peers", metavar="tcp://H:P[,...]", help="Static seeds; MESH_PEERS too.")
 @click.option("--no-mdns", is_flag=True, default=None, help="No multicast discovery.")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Prefork children (default: CPU count).")
@@ -33,7 +35,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="On SIGTERM, how long running tasks may finish (default 30).")
 @click.option("--data-dir", metavar="DIR", help="Journal and results (default ~/.local/share/mesh/NAME).")
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
-def meshnode(app_spec: str, name: str | None, bind: str | None, peers: str | None,
+def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
+             peers: str | None,
              no_mdns: bool | None, concurrency: int | None, max_tasks_per_child: int | None,
              max_memory_per_child: int | None, time_limit: float | None,
              soft_time_limit: float | None, shutdown_timeout: float | None,
@@ -50,7 +53,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, peers: str | Non
 
     try:
         config = Config.build(
-            name=name, bind=bind, peers=peers, mdns=False if no_mdns else None,
+            name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
             concurrency=concurrency, max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,

@@ -109,8 +109,15 @@ class Mesh:
             with self._client_lock:
                 if self._client is None:
                     from .client import Client
-                    self._client = Client(self.config)
+                    self._client = Client(self.config, self._seeds())
         return self._client
+
+    def _seeds(self) -> list[str]:
+        """Where the client starts: configured peers, else nodes found by mDNS."""
+        if self.config.peers or not self.config.mdns:
+            return list(self.config.peers)
+        from .discovery import browse_sync
+        return list(browse_sync(timeout=self.config.discovery_timeout).values())
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, task_id: str | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
-import itertools
+import random
 import logging
 import os
 import threading
@@ -24,13 +24,15 @@ import zmq
 from . import states
 from .config import Config
 from .exceptions import ConfigError, DecodeError
-from .protocol import Ack, Error, Release, Result, decode
+from .placement import choose_from
+from .protocol import Ack, Control, ControlReply, Error, Release, Result, decode, encode
 from .result import Slot
 
 log = logging.getLogger("mesh.client")
 
 RELEASE_RETRY_DELAY = 0.5   # seconds before resending a released task to the node it left
 BATCH = 256                 # most frames sent to a node in one zmq message
+MEMBERS_INTERVAL = 1.0      # seconds between membership refreshes from a node
 
 
 def _close_at_exit(ref: "weakref.ref[Client]") -> None:
@@ -40,16 +42,38 @@ def _close_at_exit(ref: "weakref.ref[Client]") -> None:
         client.close()
 
 
+class NodeLink:
+    """The client's view of one node, and the DEALER it talks to it through."""
+
+    __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
+                 "sock", "released_at")
+
+    def __init__(self, endpoint: str, sock: zmq.Socket[bytes]):
+        self.endpoint = endpoint
+        self.node_id = ""
+        self.state = "alive"          # until membership says otherwise
+        self.busy = 0
+        self.total = 1
+        self.queued = 0
+        self.inflight = 0             # this client's tasks sent there without a result yet
+        self.sock = sock
+        self.released_at = 0.0        # when it last gave work back (shutting down)
+
+    @property
+    def score(self) -> float:
+        return (self.busy + self.queued + self.inflight) / max(self.total, 1)
+
+
 class Client:
-    def __init__(self, config: Config):
-        if not config.peers:
-            raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh "
-                              "or set MESH_PEERS (mDNS discovery is not available in this version yet)")
+    def __init__(self, config: Config, seeds: list[str]):
+        if not seeds:
+            raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
+                              "set MESH_PEERS, or start a node that mDNS can find")
         self.config = config
         self.client_id = uuid.uuid4().hex.encode()
-        self.endpoints = list(dict.fromkeys(config.peers))
-        self.loads: dict[str, list[int]] = {}          # endpoint -> [busy, total, queued]
+        self.seeds = list(dict.fromkeys(seeds))
         self.duplicates = 0                             # results for already-complete tasks
+        self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
         self._outbox: collections.deque[Any] = collections.deque()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -57,8 +81,13 @@ class Client:
         self._closing = False
         self._linger = 5.0
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
-        self._left: dict[str, float] = {}               # endpoint -> when it released work
+        self._rng = random.Random()
+        self._placeable: list[NodeLink] = []
+        self._members_req = ""
+        self._next_refresh = 0.0
         self._ctx = zmq.Context()
+        self._poller = zmq.Poller()
+        self._by_sock: dict[zmq.Socket[bytes], NodeLink] = {}
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -78,6 +107,12 @@ class Client:
     def outstanding(self) -> int:
         return len(self._slots)
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """A snapshot of the nodes this client knows, for display and tests."""
+        return [{"node": n.node_id, "endpoint": n.endpoint, "state": n.state, "busy": n.busy,
+                 "total": n.total, "queued": n.queued, "inflight": n.inflight}
+                for n in list(self.links.values())]
+
     def close(self, linger: float = 5.0) -> None:
         """Send what is queued (up to ``linger`` seconds), then stop the I/O thread."""
         if self._closing:
@@ -94,30 +129,37 @@ class Client:
             os.eventfd_write(self._efd, 1)
 
     # -- the I/O thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        socks: dict[zmq.Socket[bytes], str] = {}
-        by_ep: dict[str, zmq.Socket[bytes]] = {}
-        poller = zmq.Poller()
-        poller.register(self._efd, zmq.POLLIN)
-        for ep in self.endpoints:
+    def _link(self, endpoint: str) -> NodeLink:
+        link = self.links.get(endpoint)
+        if link is None:
             s = self._ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.ROUTING_ID, self.client_id)
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
+            s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
-            s.connect(ep)
-            socks[s] = ep
-            by_ep[ep] = s
-            poller.register(s, zmq.POLLIN)
-        self._by_ep = by_ep
-        self._rr = itertools.cycle(self.endpoints)
+            s.connect(endpoint)
+            link = self.links[endpoint] = NodeLink(endpoint, s)
+            self._by_sock[s] = link
+            self._poller.register(s, zmq.POLLIN)
+            self._update_placeable()
+        return link
+
+    def _update_placeable(self) -> None:
+        self._placeable = [n for n in self.links.values() if n.state == "alive"]
+
+    def _run(self) -> None:
+        self._poller.register(self._efd, zmq.POLLIN)
+        for ep in self.seeds:
+            self._link(ep)
         try:
             while True:
-                timeout = 1000.0
+                now = time.monotonic()
+                due = self._next_refresh
                 if self._retry:
-                    timeout = max(0.0, min(t for t, _ in self._retry) - time.monotonic()) * 1000
-                events = poller.poll(int(timeout) + 1 if timeout else 0)
-                for sock_or_fd, _ev in events:
+                    due = min(due, min(t for t, _ in self._retry))
+                timeout = max(0.0, due - now) * 1000
+                for sock_or_fd, _ev in self._poller.poll(int(timeout) + 1 if timeout else 0):
                     if sock_or_fd == self._efd:
                         try:
                             os.eventfd_read(self._efd)
@@ -126,63 +168,112 @@ class Client:
                         self._wake_pending = False
                         self._drain_outbox()
                     else:
-                        self._drain_socket(sock_or_fd, socks[sock_or_fd])
+                        self._drain_socket(self._by_sock[sock_or_fd])
+                now = time.monotonic()
                 if self._retry:
-                    self._resend_due()
+                    self._resend_due(now)
+                if now >= self._next_refresh:
+                    self._refresh_members(now)
                 if self._closing:
                     self._drain_outbox()
                     break
         except Exception:
             log.exception("mesh client I/O thread failed")
         finally:
-            for s in socks:
-                s.close(linger=int(self._linger * 1000))
+            for link in self.links.values():
+                link.sock.close(linger=int(self._linger * 1000))
             self._ctx.term()
             os.close(self._efd)
+
+    def _refresh_members(self, now: float) -> None:
+        """Ask one node (an alive one we know, else a seed) for the membership."""
+        self._next_refresh = now + MEMBERS_INTERVAL
+        pool = self._placeable or [self.links[ep] for ep in self.seeds]
+        link = self._rng.choice(pool)
+        self._members_req = uuid.uuid4().hex
+        try:
+            link.sock.send(encode(Control(self._members_req, "members")), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _apply_members(self, members: Any) -> None:
+        if not isinstance(members, list):
+            return
+        changed = False
+        for m in members:
+            if not isinstance(m, dict):
+                continue
+            ep, state, nid = m.get("endpoint"), m.get("state"), m.get("node")
+            if not isinstance(ep, str) or not isinstance(state, str) or not ep.startswith("tcp://"):
+                continue
+            link = self.links.get(ep)
+            if link is None:
+                if state != "alive":
+                    continue              # no need to connect to a node that is gone
+                link = self._link(ep)
+            if link.state != state:
+                changed = True
+                link.state = state
+            if isinstance(nid, str):
+                link.node_id = nid
+            load = m.get("load")
+            if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
+                link.busy, link.total, link.queued = load[0], load[1], load[2]
+        if changed:
+            self._update_placeable()
+
+    def _pick(self, avoid: str | None = None) -> NodeLink:
+        pool = self._placeable
+        if avoid is not None and len(pool) > 1:
+            pool = [n for n in pool if n.endpoint != avoid]
+        now = time.monotonic()
+        if len(pool) > 1:   # skip nodes that are shutting down, while others remain
+            fresh = [n for n in pool if now - n.released_at > 5.0]
+            pool = fresh or pool
+        choice = choose_from(pool, self._rng)
+        if choice is None:  # membership knows no alive node: keep trying the seeds
+            choice = self.links[self._rng.choice(self.seeds)]
+        return choice
 
     def _drain_outbox(self) -> None:
         """Send what callers queued, frames for one node together (one zmq message
         of up to BATCH frames; each frame is one protocol message)."""
         popleft = self._outbox.popleft
-        batches: dict[str, list[bytes]] = {}
+        batches: dict[NodeLink, list[bytes]] = {}
         now = time.monotonic()
         while self._outbox:
             slot = popleft()
             self._slots[slot.task_id] = slot
-            ep = self._pick()
-            slot.node, slot.sent_at = ep, now
+            link = self._pick()
+            link.inflight += 1
+            slot.node, slot.sent_at = link.endpoint, now
             slot.attempts += 1
-            batch = batches.get(ep)
+            batch = batches.get(link)
             if batch is None:
-                batch = batches[ep] = []
+                batch = batches[link] = []
             if slot.frame is not None:
                 batch.append(slot.frame)
             if len(batch) >= BATCH:
-                self._by_ep[ep].send_multipart(batch, zmq.NOBLOCK)
-                batches[ep] = []
-        for ep, batch in batches.items():
+                link.sock.send_multipart(batch, zmq.NOBLOCK)
+                batches[link] = []
+        for link, batch in batches.items():
             if batch:
-                self._by_ep[ep].send_multipart(batch, zmq.NOBLOCK)
+                link.sock.send_multipart(batch, zmq.NOBLOCK)
 
-    def _pick(self, avoid: str | None = None) -> str:
-        """Round-robin over nodes, skipping ones that recently gave work back."""
-        now = time.monotonic()
-        for _ in range(len(self.endpoints)):
-            ep = next(self._rr)
-            left = self._left.get(ep)
-            if ep != avoid and (left is None or now - left > 5.0):
-                return ep
-        return next(self._rr)
-
-    def _send(self, slot: Slot, ep: str) -> None:
+    def _send(self, slot: Slot, link: NodeLink) -> None:
         if slot.frame is None:
             return
-        slot.node = ep
+        old = self.links.get(slot.node or "")
+        if old is not None and old.inflight > 0:
+            old.inflight -= 1
+        link.inflight += 1
+        slot.node = link.endpoint
         slot.sent_at = time.monotonic()
         slot.attempts += 1
-        self._by_ep[ep].send(slot.frame, zmq.NOBLOCK)
+        link.sock.send(slot.frame, zmq.NOBLOCK)
 
-    def _drain_socket(self, sock: zmq.Socket[bytes], ep: str) -> None:
+    def _drain_socket(self, link: NodeLink) -> None:
+        sock = link.sock
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -192,50 +283,65 @@ class Client:
                 try:
                     msg = decode(frame, self.config.max_message_size)
                 except DecodeError as e:
-                    log.warning("dropped a bad frame from %s: %s", ep, e)
+                    log.warning("dropped a bad frame from %s: %s", link.endpoint, e)
                     continue
                 try:
-                    self._handle(msg, ep)
+                    self._handle(msg, link)
                 except Exception:
-                    log.exception("error handling %s from %s", type(msg).__name__, ep)
+                    log.exception("error handling %s from %s", type(msg).__name__, link.endpoint)
 
-    def _handle(self, msg: Any, ep: str) -> None:
+    def _handle(self, msg: Any, link: NodeLink) -> None:
         if type(msg) is Result:
             slot = self._slots.pop(msg.task_id, None)
             if slot is None or not slot.complete(msg):
                 self.duplicates += 1
+                return
+            owner = self.links.get(slot.node or "")
+            if owner is not None and owner.inflight > 0:
+                owner.inflight -= 1
         elif type(msg) is Ack:
-            if msg.load:
-                self.loads[ep] = msg.load
+            if len(msg.load) >= 3:
+                link.busy, link.total, link.queued = msg.load[0], msg.load[1], msg.load[2]
+            link.node_id = msg.node
             for tid in msg.task_ids:
                 slot = self._slots.get(tid)
                 if slot is not None and slot.state == states.PENDING:
                     slot.state = states.RECEIVED
         elif type(msg) is Release:
-            self._left[ep] = time.monotonic()
-            for tid in msg.task_ids:
-                slot = self._slots.get(tid)
-                if slot is None or slot.msg is not None:
-                    continue
-                slot.state = states.PENDING
-                others = [e for e in self.endpoints if e != ep]
-                if others:
-                    self._send(slot, self._pick(avoid=ep))
-                else:   # the only node is restarting: try it again shortly
-                    self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
-            log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
+            self._on_release(msg, link)
+        elif type(msg) is ControlReply:
+            if msg.req_id == self._members_req and msg.ok:
+                self._apply_members(msg.payload)
         elif type(msg) is Error:
-            log.warning("node at %s refused a frame: %s: %s", ep, msg.code, msg.message)
+            log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)
             slot = self._slots.pop(msg.ref, None) if msg.ref else None
             if slot is not None:
-                slot.complete(Result(task_id=slot.task_id, state=states.FAILURE, node=ep, exc={
+                slot.complete(Result(task_id=slot.task_id, state=states.FAILURE, node=link.endpoint, exc={
                     "type": "DecodeError", "module": "mesh.exceptions",
                     "message": f"node refused the task ({msg.code}): {msg.message}"}))
         else:
-            log.debug("ignored %s from %s", type(msg).__name__, ep)
+            log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
 
-    def _resend_due(self) -> None:
-        now = time.monotonic()
+    def _on_release(self, msg: Release, link: NodeLink) -> None:
+        """Tasks given back unstarted: send them to ``msg.target`` if the node named
+        one (shedding), else to another node (shutdown)."""
+        target = getattr(msg, "target", None)
+        if not target:
+            link.released_at = time.monotonic()
+        for tid in msg.task_ids:
+            slot = self._slots.get(tid)
+            if slot is None or slot.msg is not None:
+                continue
+            slot.state = states.PENDING
+            if isinstance(target, str) and target.startswith("tcp://"):
+                self._send(slot, self._link(target))
+            elif len(self._placeable) > 1 or (self._placeable and self._placeable[0] is not link):
+                self._send(slot, self._pick(avoid=link.endpoint))
+            else:   # the only node is restarting: try it again shortly
+                self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
+        log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
+
+    def _resend_due(self, now: float) -> None:
         due = [s for t, s in self._retry if t <= now]
         self._retry = [(t, s) for t, s in self._retry if t > now]
         for slot in due:

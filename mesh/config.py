@@ -30,8 +30,10 @@ class Config:
     # -- identity and network ---------------------------------------------------------
     name: str = ""                      # node id; "" means hostname-pid (unique per process)
     bind: str = f"tcp://127.0.0.1:{DEFAULT_PORT}"  # the node's ROUTER front door
+    advertise: str = ""                 # endpoint others should use; "" = derived from bind
     peers: tuple[str, ...] = ()         # static seeds, tcp://host:port; MESH_PEERS=a,b
     mdns: bool = True                   # multicast discovery (zeroconf)
+    discovery_timeout: float = 3.0      # s a client without peers browses mDNS for nodes
     # -- prefork pool -----------------------------------------------------------------
     concurrency: int = 0                # children; 0 means os.cpu_count()
     max_tasks_per_child: int = 0        # recycle a child after this many tasks; 0 = never
@@ -66,7 +68,7 @@ class Config:
             raise bad("shutdown_timeout must be >= 0")
         if self.max_message_size < 1024:
             raise bad("max_message_size must be at least 1024 bytes")
-        for ep in (self.bind, *self.peers):
+        for ep in (self.bind, *self.peers, *((self.advertise,) if self.advertise else ())):
             check_endpoint(ep)
         if self.loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad(f"loglevel must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.loglevel!r}")
@@ -154,6 +156,25 @@ def _parse(f: dataclasses.Field[Any], raw: str, where: str) -> Any:
     except ValueError as e:
         raise ConfigError(f"{where}: bad value {raw!r} ({e})") from None
     raise ConfigError(f"{where}: cannot parse {t} from text")
+
+
+def advertised_endpoint(bound: str, advertise: str = "") -> str:
+    """The endpoint other nodes and clients should use to reach a front door bound at
+    ``bound`` (zmq's LAST_ENDPOINT). A wildcard bind advertises the first non-loopback
+    IPv4 address of this machine (or loopback if it has none)."""
+    if advertise:
+        return advertise
+    host, _, port = bound[6:].rpartition(":")
+    if host not in ("0.0.0.0", "*", "[::]", "::"):
+        return bound
+    import ipaddress
+
+    import psutil
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not ipaddress.ip_address(a.address).is_loopback:
+                return f"tcp://{a.address}:{port}"
+    return f"tcp://127.0.0.1:{port}"
 
 
 def check_endpoint(ep: str) -> str:

@@ -21,6 +21,7 @@ import psutil
 import zmq
 
 from . import __version__, codec, states
+from .config import advertised_endpoint
 from .exceptions import DecodeError, MeshError
 from .pool import Entry, Pool, PoolEvents
 from .protocol import (
@@ -112,7 +113,8 @@ class Node(PoolEvents):
                 front.bind(self.config.bind)
             except zmq.ZMQError as e:
                 raise NodeStartError(f"cannot bind {self.config.bind}: {e.strerror}") from e
-            self.address = front.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.address = advertised_endpoint(front.getsockopt_string(zmq.LAST_ENDPOINT),
+                                               self.config.advertise)
             self.front = SocketDriver(front, self._on_front, "front")
             pool = Pool(self.app, self.config, self.name, self, self.config.pool_size)
             self.pool = pool

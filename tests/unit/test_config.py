@@ -64,7 +64,8 @@ def test_every_field_can_be_set_from_env() -> None:
               "concurrency": "2", "max_tasks_per_child": "3", "max_memory_per_child": "4",
               "time_limit": "5", "soft_time_limit": "6", "shutdown_timeout": "7",
               "data_dir": "/tmp/d", "loglevel": "ERROR", "max_message_size": "2048",
-              "result_timeout": "8"}
+              "result_timeout": "8", "discovery_timeout": "1.5",
+              "advertise": "tcp://a:9"}
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
     assert dataclasses.asdict(c) == {
@@ -72,7 +73,8 @@ def test_every_field_can_be_set_from_env() -> None:
         "concurrency": 2, "max_tasks_per_child": 3, "max_memory_per_child": 4,
         "time_limit": 5.0, "soft_time_limit": 6.0, "shutdown_timeout": 7.0,
         "data_dir": "/tmp/d", "loglevel": "ERROR", "max_message_size": 2048,
-        "result_timeout": 8.0}
+        "result_timeout": 8.0, "discovery_timeout": 1.5,
+        "advertise": "tcp://a:9"}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:

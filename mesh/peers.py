@@ -1,0 +1,71 @@
+"""Node-to-node sends over ZeroMQ, with datagram manners, for membership and gossip.
+
+Each node reaches a peer through a DEALER connected to the peer's front door; what
+the peer says back arrives on our own front door (every membership message names
+its sender's address), so these sockets only ever send. Sends are best effort, like
+UDP: a frame for a peer whose connection is not up is dropped rather than queued
+(ZMQ_IMMEDIATE), queues are short (old probes are worthless), and ZMTP heartbeats
+turn a cut link into a disconnect within seconds instead of never. Liveness is the
+membership protocol's call, never the socket's.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+
+log = logging.getLogger("mesh.peers")
+
+SNDHWM = 64                 # frames queued per peer before new ones are dropped
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+
+
+class PeerSockets:
+    """``send(address, frame)`` to any peer front door; never blocks, never raises."""
+
+    def __init__(self, ctx: zmq.Context[Any], routing_id: bytes):
+        self.ctx = ctx
+        self.routing_id = routing_id
+        self.socks: dict[str, zmq.Socket[bytes]] = {}
+        self.sent = self.dropped = self.bytes_sent = 0
+
+    def _sock(self, address: str) -> zmq.Socket[bytes]:
+        s = self.socks.get(address)
+        if s is None:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.ROUTING_ID, self.routing_id)
+            s.setsockopt(zmq.IMMEDIATE, 1)
+            s.setsockopt(zmq.SNDHWM, SNDHWM)
+            s.setsockopt(zmq.RCVHWM, 16)      # we never read: peers answer to our front door
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            s.setsockopt(zmq.RECONNECT_IVL, 100)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            s.connect(address)
+            self.socks[address] = s
+        return s
+
+    def send(self, address: str, frame: bytes) -> bool:
+        try:
+            self._sock(address).send(frame, zmq.NOBLOCK)
+        except zmq.ZMQError as e:     # not connected (yet), queue full, bad address
+            self.dropped += 1
+            log.debug("dropped a frame for %s: %s", address, e)
+            return False
+        self.sent += 1
+        self.bytes_sent += len(frame)
+        return True
+
+    def forget(self, address: str) -> None:
+        """Close the socket for a peer that is gone for good."""
+        s = self.socks.pop(address, None)
+        if s is not None:
+            s.close(linger=0)
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close(linger=0)
+        self.socks.clear()
