@@ -17,8 +17,12 @@ def _peers(ctx: click.Context) -> list[str]:
     raw = ctx.obj["peers"] or os.environ.get("MESH_PEERS", "")
     peers = [p.strip() for p in raw.split(",") if p.strip()]
     if not peers:
-        die("meshctl", "no nodes given: use --peers tcp://HOST:PORT or set MESH_PEERS "
-            "(mDNS discovery is not available in this version yet)", EXIT_USAGE)
+        from mesh.discovery import browse_sync
+        ifaces = [i.strip() for i in os.environ.get("MESH_MDNS_INTERFACES", "").split(",") if i.strip()]
+        peers = list(browse_sync(timeout=ctx.obj["timeout"], interfaces=ifaces or None).values())
+    if not peers:
+        die("meshctl", "no nodes found: mDNS found none within --timeout; use --peers "
+            "tcp://HOST:PORT or set MESH_PEERS", EXIT_FAILURE)
     try:
         for p in peers:
             check_endpoint(p)
@@ -83,24 +87,68 @@ def _fmt_uptime(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+# when two nodes disagree about a third at the same incarnation, the graver state wins
+_STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
+
+
+def _ok(r: Any) -> bool:
+    from mesh.protocol import ControlReply
+    return isinstance(r, ControlReply) and r.ok
+
+
+def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
+    """One row per node the mesh knows: nodes answer ``status`` directly; members
+    learned from their ``members`` lists are asked too, and those that do not answer
+    are shown with the state the membership gives them."""
+    from mesh.control import ControlClient
+    with ControlClient() as cc:
+        statuses = cc.broadcast(peers, "status", timeout=timeout)
+        answered = [ep for ep, r in statuses.items() if _ok(r)]
+        members: dict[str, dict[str, Any]] = {}
+        for r in cc.broadcast(answered, "members", timeout=timeout).values():
+            if not _ok(r) or not isinstance(r.payload, list):   # type: ignore[union-attr]
+                continue
+            for m in r.payload:                                  # type: ignore[union-attr]
+                if not isinstance(m, dict) or not isinstance(m.get("endpoint"), str):
+                    continue
+                old = members.get(m["endpoint"])
+                key = (m.get("incarnation", 0), _STATE_RANK.get(m.get("state", ""), 0))
+                if old is None or key > (old.get("incarnation", 0), _STATE_RANK.get(old.get("state", ""), 0)):
+                    members[m["endpoint"]] = m
+        more = [ep for ep, m in members.items() if ep not in statuses and m.get("state") == "alive"]
+        statuses.update(cc.broadcast(more, "status", timeout=timeout))
+    rows = []
+    for ep in dict.fromkeys([*peers, *members]):
+        r, m = statuses.get(ep), members.get(ep)
+        if _ok(r):
+            row = dict(r.payload)                                # type: ignore[union-attr]
+            if m is not None and row.get("state") == "alive":
+                row["state"] = m.get("state", "alive")           # what the mesh thinks of it
+            rows.append(row)
+        elif m is not None:
+            load = m.get("load") if isinstance(m.get("load"), list) else None
+            rows.append({"node": m.get("node", "?"), "address": ep, "state": m.get("state", "?"),
+                         "answered": False, "load": load, "error": str(r) if r else None})
+        else:
+            rows.append({"node": "?", "address": ep, "state": "unreachable", "answered": False,
+                         "error": str(r)})
+    for row in rows:
+        row.setdefault("answered", True)
+    return rows
+
+
 @meshctl.command()
 @click.pass_context
 def status(ctx: click.Context) -> int:
-    """One row per node; exit 1 when no node answers.
+    """One row per node the mesh knows (alive, suspect, dead, left); exit 1 when no
+    node answers.
 
     \b
     Example:
       meshctl --peers tcp://127.0.0.1:7700,tcp://127.0.0.1:7701 status --json
     """
-    from mesh.protocol import ControlReply
-    replies = _broadcast(ctx, "status")
-    rows = []
-    for ep, r in replies.items():
-        if isinstance(r, ControlReply) and r.ok:
-            rows.append(dict(r.payload))
-        else:
-            rows.append({"node": "?", "address": ep, "state": "unreachable", "error": str(r)})
-    answered = sum(1 for r in rows if r["state"] != "unreachable")
+    rows = gather_status(_peers(ctx), ctx.obj["timeout"])
+    answered = sum(1 for r in rows if r["answered"])
     if ctx.obj["json"]:
         click.echo(json.dumps(rows, indent=2))
     else:
@@ -108,8 +156,11 @@ def status(ctx: click.Context) -> int:
                   "CPU%", "MEM", "UPTIME", "VERSION")
         table = [header]
         for r in rows:
-            if r["state"] == "unreachable":
-                table.append((r["node"], r["address"], "unreachable") + ("-",) * 9)
+            if not r["answered"]:
+                load = r.get("load")
+                pool = f"{load[0]}/{load[1]}" if load else "-"
+                queue = str(load[2]) if load else "-"
+                table.append((r["node"], r["address"], r["state"], pool, queue) + ("-",) * 7)
                 continue
             table.append((r["node"], r["address"], r["state"], f"{r['busy']}/{r['total']}",
                           str(r["queued"]), str(r["succeeded"]), str(r["failed"]),

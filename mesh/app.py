@@ -117,7 +117,8 @@ class Mesh:
         if self.config.peers or not self.config.mdns:
             return list(self.config.peers)
         from .discovery import browse_sync
-        return list(browse_sync(timeout=self.config.discovery_timeout).values())
+        return list(browse_sync(timeout=self.config.discovery_timeout,
+                                interfaces=list(self.config.mdns_interfaces) or None).values())
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, task_id: str | None = None,

@@ -34,6 +34,7 @@ class Config:
     peers: tuple[str, ...] = ()         # static seeds, tcp://host:port; MESH_PEERS=a,b
     mdns: bool = True                   # multicast discovery (zeroconf)
     discovery_timeout: float = 3.0      # s a client without peers browses mDNS for nodes
+    mdns_interfaces: tuple[str, ...] = ()  # IPs to use mDNS on; () = from --bind (nodes), all (clients)
     # -- prefork pool -----------------------------------------------------------------
     concurrency: int = 0                # children; 0 means os.cpu_count()
     max_tasks_per_child: int = 0        # recycle a child after this many tasks; 0 = never

@@ -81,6 +81,8 @@ class Node(PoolEvents):
         self.refused = 0
         self.rate = 0.0                           # finished tasks/s, smoothed
         self.ready = asyncio.Event()
+        self.discovery: Any = None
+        self.discovered: dict[str, str] = {}      # node id -> endpoint, heard on mDNS
         self._stop = asyncio.Event()
         self._stop_count = 0
         self._acks: dict[bytes, list[str]] = {}
@@ -125,6 +127,8 @@ class Node(PoolEvents):
                 loops = [tg.create_task(self.front.run(), name="front"),
                          tg.create_task(pool.run(), name="pool"),
                          tg.create_task(self._ticker(), name="ticker")]
+                if self.config.mdns:
+                    loops.append(tg.create_task(self._discover(), name="discovery"))
                 log.info("node %s ready on %s: %d children, tasks: %s", self.name, self.address,
                          pool.size, ", ".join(sorted(self.app.tasks)) or "(none)")
                 self.ready.set()
@@ -147,6 +151,29 @@ class Node(PoolEvents):
             if front is not None:
                 front.close(linger=2000)
             ctx.term()
+
+    async def _discover(self) -> None:
+        """Announce this node on mDNS and hear of others (mDNS only introduces nodes;
+        membership decides who is alive). Runs until cancelled; says goodbye on exit."""
+        from .discovery import Discovery, DiscoveryError
+        disc = Discovery(self.name, self.address, self._on_discovered,
+                         interfaces=list(self.config.mdns_interfaces) or None)
+        try:
+            await disc.start()
+        except DiscoveryError as e:
+            log.warning("mDNS discovery is off: %s (use --peers)", e)
+            return
+        self.discovery = disc
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self.discovery = None
+            await asyncio.shield(disc.stop())
+
+    def _on_discovered(self, node_id: str, endpoint: str, props: dict[str, str]) -> None:
+        if endpoint != self.address and self.discovered.get(node_id) != endpoint:
+            log.info("mDNS: found node %s at %s", node_id, endpoint)
+            self.discovered[node_id] = endpoint
 
     def stop(self) -> None:
         """Begin a warm shutdown; a second call (second Ctrl-C) cuts it short."""

@@ -87,6 +87,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["MESH_MDNS_INTERFACES"] = "127.0.0.1"   # tests never multicast beyond loopback
     env.update(extra)
     return env
 
@@ -213,14 +214,14 @@ class NodeFactory:
         self.nodes: list[NodeProc] = []
 
     def __call__(self, *, app: str = TASKS_MODULE, concurrency: int = 2, name: str | None = None,
-                 ready_timeout: float = READY_TIMEOUT, **flags: Any) -> NodeProc:
+                 ready_timeout: float = READY_TIMEOUT, mdns: bool = False, **flags: Any) -> NodeProc:
         for _attempt in range(3):
             port = free_port()
             node_name = name or f"it-{port}"
             endpoint = f"tcp://127.0.0.1:{port}"
             data_dir = self.base_dir / f"{node_name}-{port}.data"
             stderr_path = self.base_dir / f"{node_name}-{port}.stderr"
-            argv = [MESHNODE, "--app", app, "--bind", endpoint, "--no-mdns",
+            argv = [MESHNODE, "--app", app, "--bind", endpoint, *([] if mdns else ["--no-mdns"]),
                     "--concurrency", str(concurrency), "--data-dir", str(data_dir),
                     "--name", node_name, *_flag_args(flags)]
             with open(stderr_path, "wb") as err:

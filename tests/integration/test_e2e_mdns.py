@@ -1,0 +1,39 @@
+"""mDNS on loopback with real nodes: a client and meshctl with no peers find the mesh."""
+from __future__ import annotations
+
+import json
+import os
+
+import tasks_app
+from harness import MESHCTL, NodeFactory, clean_env, run_program
+
+from mesh import Mesh
+
+
+def test_client_without_peers_finds_a_node_by_mdns(start_node: NodeFactory) -> None:
+    node = start_node(mdns=True, name="mdns-it-node")
+    env = clean_env()
+    old = {k: os.environ.get(k) for k in ("MESH_PEERS", "MESH_MDNS_INTERFACES")}
+    os.environ.pop("MESH_PEERS", None)
+    os.environ["MESH_MDNS_INTERFACES"] = env["MESH_MDNS_INTERFACES"]
+    try:
+        app = Mesh("mdns-client", discovery_timeout=10)
+        try:
+            r = app.send_task(tasks_app.add.name, args=(20, 22))
+            assert r.get(timeout=30) == 42
+            assert r.node == node.name
+        finally:
+            app.close()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_meshctl_without_peers_finds_a_node_by_mdns(start_node: NodeFactory) -> None:
+    node = start_node(mdns=True, name="mdns-it-ctl")
+    p = run_program(MESHCTL, "--timeout", "5", "--json", "ping")
+    assert p.returncode == 0, p
+    assert node.endpoint in json.loads(p.stdout)
