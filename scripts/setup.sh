@@ -9,6 +9,21 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 log=.venv/setup.log
+
+# System tools for the cluster tests (tests/cluster: hosts in network namespaces, root only):
+# ip (iproute2) and iptables. Installed only when running as root with apt-get and missing;
+# otherwise skipped silently (the cluster tests then skip with a reason).
+need=""
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+have ip || need="$need iproute2"
+have iptables || need="$need iptables"
+if [ -n "$need" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing$need (apt-get) for the cluster tests"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends $need; } >.venv/apt.log 2>&1; then
+        echo "setup: apt-get install$need failed (cluster tests will skip); log in .venv/apt.log" >&2
+    fi
+fi
 if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
        .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]'; } >"$log" 2>&1; then
     cat "$log" >&2
