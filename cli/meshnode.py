@@ -23,6 +23,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="Endpoint peers and clients should use (default: from --bind).")
 @click.option("--peers", metavar="tcp://H:P[,...]", help="Static seeds; MESH_PEERS too.")
 @click.option("--no-mdns", is_flag=True, default=None, help="No multicast discovery.")
+@click.option("--profile", type=click.Choice(["lan", "local", "test"]),
+              help="Membership timings (default lan: a dead node is known in about 2 s).")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Prefork children (default: CPU count).")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), metavar="N",
               help="Replace a child after N tasks.")
@@ -37,7 +39,7 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
-             no_mdns: bool | None, concurrency: int | None, max_tasks_per_child: int | None,
+             no_mdns: bool | None, profile: str | None, concurrency: int | None, max_tasks_per_child: int | None,
              max_memory_per_child: int | None, time_limit: float | None,
              soft_time_limit: float | None, shutdown_timeout: float | None,
              data_dir: str | None, loglevel: str | None) -> int:
@@ -54,6 +56,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     try:
         config = Config.build(
             name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
+            profile=profile,
             concurrency=concurrency, max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,

@@ -55,7 +55,8 @@ class NodeLink:
         self.busy = 0
         self.total = 1
         self.queued = 0
-        self.inflight = 0             # this client's tasks sent there without a result yet
+        self.inflight = 0             # this client's tasks sent there and not acked yet
+                                      # (once acked, the node counts them in busy/queued)
         self.sock = sock
         self.released_at = 0.0        # when it last gave work back (shutting down)
 
@@ -260,12 +261,22 @@ class Client:
             if batch:
                 link.sock.send_multipart(batch, zmq.NOBLOCK)
 
+    @staticmethod
+    def _forget_one(link: NodeLink, acked: bool) -> None:
+        """A task left ``link`` (finished or given back): update our estimate of its
+        load until the node reports again."""
+        if not acked:
+            if link.inflight > 0:
+                link.inflight -= 1
+        elif link.queued > 0:
+            link.queued -= 1
+        elif link.busy > 0:
+            link.busy -= 1
+
     def _send(self, slot: Slot, link: NodeLink) -> None:
+        """(Re)send a task the client holds to ``link``."""
         if slot.frame is None:
             return
-        old = self.links.get(slot.node or "")
-        if old is not None and old.inflight > 0:
-            old.inflight -= 1
         link.inflight += 1
         slot.node = link.endpoint
         slot.sent_at = time.monotonic()
@@ -293,12 +304,13 @@ class Client:
     def _handle(self, msg: Any, link: NodeLink) -> None:
         if type(msg) is Result:
             slot = self._slots.pop(msg.task_id, None)
+            was_acked = slot is not None and slot.state != states.PENDING
             if slot is None or not slot.complete(msg):
                 self.duplicates += 1
                 return
             owner = self.links.get(slot.node or "")
-            if owner is not None and owner.inflight > 0:
-                owner.inflight -= 1
+            if owner is not None:
+                self._forget_one(owner, was_acked)
         elif type(msg) is Ack:
             if len(msg.load) >= 3:
                 link.busy, link.total, link.queued = msg.load[0], msg.load[1], msg.load[2]
@@ -307,6 +319,8 @@ class Client:
                 slot = self._slots.get(tid)
                 if slot is not None and slot.state == states.PENDING:
                     slot.state = states.RECEIVED
+                    if slot.node == link.endpoint and link.inflight > 0:
+                        link.inflight -= 1
         elif type(msg) is Release:
             self._on_release(msg, link)
         elif type(msg) is ControlReply:
@@ -325,13 +339,14 @@ class Client:
     def _on_release(self, msg: Release, link: NodeLink) -> None:
         """Tasks given back unstarted: send them to ``msg.target`` if the node named
         one (shedding), else to another node (shutdown)."""
-        target = getattr(msg, "target", None)
+        target = msg.target
         if not target:
             link.released_at = time.monotonic()
         for tid in msg.task_ids:
             slot = self._slots.get(tid)
             if slot is None or slot.msg is not None:
                 continue
+            self._forget_one(link, slot.state != states.PENDING)
             slot.state = states.PENDING
             if isinstance(target, str) and target.startswith("tcp://"):
                 self._send(slot, self._link(target))

@@ -33,6 +33,7 @@ class Config:
     advertise: str = ""                 # endpoint others should use; "" = derived from bind
     peers: tuple[str, ...] = ()         # static seeds, tcp://host:port; MESH_PEERS=a,b
     mdns: bool = True                   # multicast discovery (zeroconf)
+    profile: str = "lan"                # membership timings: lan, local or test (mesh.membership.profiles)
     discovery_timeout: float = 3.0      # s a client without peers browses mDNS for nodes
     mdns_interfaces: tuple[str, ...] = ()  # IPs to use mDNS on; () = from --bind (nodes), all (clients)
     # -- prefork pool -----------------------------------------------------------------
@@ -71,6 +72,8 @@ class Config:
             raise bad("max_message_size must be at least 1024 bytes")
         for ep in (self.bind, *self.peers, *((self.advertise,) if self.advertise else ())):
             check_endpoint(ep)
+        if self.profile not in ("lan", "local", "test"):
+            raise bad(f"profile must be one of lan, local, test, got {self.profile!r}")
         if self.loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad(f"loglevel must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.loglevel!r}")
 

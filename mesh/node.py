@@ -23,19 +23,12 @@ import zmq
 from . import __version__, codec, states
 from .config import advertised_endpoint
 from .exceptions import DecodeError, MeshError
+from .membership import Member, MemberState, Membership, profile
+from .peers import PeerSockets, ZmqTransport
 from .pool import Entry, Pool, PoolEvents
-from .protocol import (
-    PROTOCOL_VERSION,
-    Ack,
-    Control,
-    ControlReply,
-    Error,
-    Release,
-    Result,
-    Submit,
-    decode,
-    encode,
-)
+from .protocol import (PROTOCOL_VERSION, Ack, Control, ControlReply, Error, Gossip, Ping, PingAck,
+                       PingNack, PingReq, PushPull, PushPullReply, Release, Result, Submit,
+                       decode, encode)
 from .zmqloop import SocketDriver
 
 if TYPE_CHECKING:
@@ -43,6 +36,11 @@ if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger("mesh.node")
+
+SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a peer with room
+SHED_INTERVAL = 0.05   # s between looks
+
+MEMBERSHIP_MESSAGES = frozenset({Ping, PingReq, PingAck, PingNack, Gossip, PushPull, PushPullReply})
 
 
 class NodeStartError(MeshError):
@@ -82,6 +80,8 @@ class Node(PoolEvents):
         self.rate = 0.0                           # finished tasks/s, smoothed
         self.ready = asyncio.Event()
         self.discovery: Any = None
+        self.membership: Membership | None = None
+        self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
         self.discovered: dict[str, str] = {}      # node id -> endpoint, heard on mDNS
         self._stop = asyncio.Event()
         self._stop_count = 0
@@ -120,13 +120,22 @@ class Node(PoolEvents):
             self.front = SocketDriver(front, self._on_front, "front")
             pool = Pool(self.app, self.config, self.name, self, self.config.pool_size)
             self.pool = pool
+            peers = PeerSockets(ctx, f"node:{self.name}".encode())
+            self.membership = Membership(
+                self.name, self.address, profile(self.config.profile),
+                ZmqTransport(peers, self.address), on_change=self._on_member_change,
+                get_local_meta=self._local_meta)
+            if self.config.peers:
+                self.membership.join(self.config.peers)
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self.front.run(), name="front"),
                          tg.create_task(pool.run(), name="pool"),
-                         tg.create_task(self._ticker(), name="ticker")]
+                         tg.create_task(self._ticker(), name="ticker"),
+                         tg.create_task(self.membership.run(), name="membership"),
+                         tg.create_task(self._shedder(), name="shedder")]
                 if self.config.mdns:
                     loops.append(tg.create_task(self._discover(), name="discovery"))
                 log.info("node %s ready on %s: %d children, tasks: %s", self.name, self.address,
@@ -135,6 +144,7 @@ class Node(PoolEvents):
                 await self._stop.wait()
                 log.info("node %s stopping: finishing running tasks (up to %.0f s)",
                          self.name, self.config.shutdown_timeout)
+                self.membership.leave()          # others see "left" at once and stop sending
                 self._release(pool.begin_stop(), "node is shutting down")
                 self._flush()
                 await pool.finish(self.config.shutdown_timeout)
@@ -148,6 +158,8 @@ class Node(PoolEvents):
                 loop.remove_signal_handler(sig)
             if pool is not None:
                 pool.close()
+            if self.membership is not None:
+                peers.close()
             if front is not None:
                 front.close(linger=2000)
             ctx.term()
@@ -174,6 +186,86 @@ class Node(PoolEvents):
         if endpoint != self.address and self.discovered.get(node_id) != endpoint:
             log.info("mDNS: found node %s at %s", node_id, endpoint)
             self.discovered[node_id] = endpoint
+            if self.membership is not None:
+                self.membership.join([endpoint])
+
+    # -- membership -------------------------------------------------------------------
+    def _on_member_change(self, member: Member, old: MemberState | None, new: MemberState) -> None:
+        if old != new:
+            level = logging.WARNING if new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
+            log.log(level, "member %s (%s): %s -> %s", member.id, member.address,
+                    old.value if old else "new", new.value)
+
+    def _local_meta(self) -> dict[str, Any]:
+        """This node's load, gossiped to the mesh (placement reads it)."""
+        busy, total, queued = self.load()
+        return {"busy": busy, "total": total, "queued": queued, "rate": round(self.rate, 1),
+                "cpu": round(self._cpu), "rss": self._rss}
+
+    async def _shedder(self) -> None:
+        while True:
+            await asyncio.sleep(SHED_INTERVAL)
+            try:
+                self.shed(time.time())
+            except Exception:
+                log.exception("shedding failed")
+
+    def shed(self, now: float) -> int:
+        """Give queued (not started) tasks that have waited longer than SHED_AFTER
+        to peers with room: by their gossiped load, fewer tasks than twice their
+        children (a short queue on a free node beats waiting here behind a stuck
+        child), less what we sent them since that report. The owners resend them
+        there (Release with a target). Returns how many moved."""
+        pool, ms = self.pool, self.membership
+        if not pool.queue or pool.idle or ms is None or self._stop.is_set():
+            return 0
+        if now - min(e.received for _, _, e in pool.queue) < SHED_AFTER:
+            return 0
+        moved: list[tuple[Entry, str]] = []
+        for m in ms.alive_members(include_self=False):
+            meta = m.meta
+            try:
+                free = 2 * int(meta.get("total", 0)) - int(meta.get("busy", 0)) - int(meta.get("queued", 0))
+            except (TypeError, ValueError):
+                continue
+            version, sent = self._shed_to.get(m.id, (-1, 0))
+            if version != m.meta_version:    # a fresh report: it counts what we sent
+                sent = 0
+            room = free - sent
+            taken = 0
+            while room > taken and pool.queue:
+                moved.append((pool.take_next(), m.address))
+                taken += 1
+            if taken:
+                self._shed_to[m.id] = (m.meta_version, sent + taken)
+            if not pool.queue:
+                break
+        by_target: dict[tuple[bytes, str], list[str]] = {}
+        for entry, target in moved:
+            self.held.pop(entry.task_id, None)
+            by_target.setdefault((entry.client, target), []).append(entry.task_id)
+        for (client, target), ids in by_target.items():
+            self._reply(client, encode(Release(ids, self.name, "shed to a node with room", target)))
+        if moved:
+            log.info("shed %d queued task(s) to %d peer(s) with room", len(moved),
+                     len({t for _, t in moved}))
+        return len(moved)
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every member this node knows, for the ``members`` control command."""
+        assert self.membership is not None
+        out = []
+        for m in self.membership.members():
+            if m.id == self.name:
+                load = self.load()
+                state = "left" if self._stop.is_set() else m.state.value
+            else:
+                meta = m.meta
+                load = [meta.get("busy", 0), meta.get("total", 0), meta.get("queued", 0)]
+                state = m.state.value
+            out.append({"node": m.id, "endpoint": m.address, "state": state,
+                        "incarnation": m.incarnation, "load": load, "meta": dict(m.meta)})
+        return out
 
     def stop(self) -> None:
         """Begin a warm shutdown; a second call (second Ctrl-C) cuts it short."""
@@ -242,6 +334,9 @@ class Node(PoolEvents):
             return
         if type(msg) is Submit:
             self._intake(ident, msg, frame)
+        elif type(msg) in MEMBERSHIP_MESSAGES:
+            if self.membership is not None:
+                self.membership.handle(ident.hex(), msg)
         elif type(msg) is Control:
             self._control(ident, msg)
         else:
@@ -359,7 +454,7 @@ class Node(PoolEvents):
     def _control(self, ident: bytes, msg: Control) -> None:
         handlers = {"ping": lambda: {"node": self.name, "address": self.address,
                                      "version": __version__, "protocol": PROTOCOL_VERSION},
-                    "status": self.status}
+                    "status": self.status, "members": self.members}
         fn = handlers.get(msg.command)
         if fn is None:
             reply = ControlReply(msg.req_id, False, self.name, None,

@@ -15,6 +15,8 @@ from typing import Any
 
 import zmq
 
+from .membership.transport import Receiver, Transport
+
 log = logging.getLogger("mesh.peers")
 
 SNDHWM = 64                 # frames queued per peer before new ones are dropped
@@ -69,3 +71,27 @@ class PeerSockets:
         for s in self.socks.values():
             s.close(linger=0)
         self.socks.clear()
+
+
+class ZmqTransport(Transport):
+    """The membership Transport over ZeroMQ (mesh.membership.transport.Transport):
+    sends through PeerSockets; the node feeds inbound membership frames, which
+    arrive on its front door, to the attached receiver."""
+
+    def __init__(self, sockets: PeerSockets, address: str):
+        self.sockets = sockets
+        self._address = address
+        self.receiver: Receiver | None = None
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def attach(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    def send(self, address: str, frame: bytes) -> None:
+        self.sockets.send(address, frame)
+
+    def close(self) -> None:
+        self.sockets.close()

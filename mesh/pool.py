@@ -242,6 +242,10 @@ class Pool:
         if self.idle:
             self.dispatch()
 
+    def take_next(self) -> Entry:
+        """Remove and return the queued task that would start next (to shed it)."""
+        return heapq.heappop(self.queue)[2]
+
     def _eta_due(self, entry: Entry) -> None:
         if self.scheduled.pop(entry.task_id, None) is not None:
             entry.timer = None

@@ -53,6 +53,14 @@ class MsgType(enum.IntEnum):
     CONTROL_REPLY = 7   # node -> requester
     CHILD_READY = 20    # child -> node: a new child is up and idle (internal)
     CHILD_DONE = 21     # child -> node: header of a finished task (internal)
+    # membership and failure detection, node <-> node (mesh/membership, SWIM + Lifeguard)
+    PING = 30             # member -> member: are you alive? (a probe; carries updates)
+    PING_REQ = 31         # member -> member: probe this target for me (indirect probe)
+    PING_ACK = 32         # probed member (or the relay of a PING_REQ) -> prober: alive
+    PING_NACK = 33        # relay -> prober: the target did not answer me in time (Lifeguard)
+    GOSSIP = 34           # member -> member: membership updates only
+    PUSH_PULL = 35        # member -> member: my whole member list; send me yours (join, anti-entropy)
+    PUSH_PULL_REPLY = 36  # the answer to PUSH_PULL: the whole member list
 
 
 # ---- field validation -----------------------------------------------------------------
@@ -229,12 +237,14 @@ class Result(Message):
 
 @message
 class Release(Message):
-    """The node gives these tasks back unstarted (it is shutting down); the client
-    that owns them sends them elsewhere."""
+    """The node gives these tasks back unstarted; the client that owns them sends
+    them to ``target`` when given (the node is shedding load to a peer with room),
+    else to another node (the node is shutting down)."""
     TYPE = MsgType.RELEASE
     task_ids: list[str]
     node: str
     reason: str = ""
+    target: str | None = None
 
 
 @message
@@ -289,6 +299,177 @@ class ChildDone(Message):
     runtime: float = 0.0
     retire: str | None = None
     rss: int = 0
+
+
+# ---- membership (mesh/membership) --------------------------------------------------------
+#
+# Membership messages carry *updates*: each update is one msgpack array
+#
+#     [state, node, incarnation, address, origin, meta_version, meta]
+#
+# state: 0 alive, 1 suspect, 2 dead, 3 left (UPDATE_* below); node: the member's id;
+# incarnation: the member's incarnation number (only the member itself raises it);
+# address: where the member's membership messages go ("" is allowed for suspect, dead
+# and left); origin: the id of the member that says so (for suspect, whoever suspects;
+# "" allowed); meta_version, meta: the member's metadata (its load) and its version,
+# meaningful in alive updates only. The last three may be left off (defaults "", 0, {});
+# trailing extra items are ignored, as for message fields.
+
+UPDATE_ALIVE = 0
+UPDATE_SUSPECT = 1
+UPDATE_DEAD = 2
+UPDATE_LEFT = 3
+MAX_UPDATES = 100_000      # per message (a push-pull carries one update per member)
+MAX_META_KEYS = 64
+MAX_ADDRESS_LEN = 500
+_MAX_UINT63 = 2**63 - 1
+
+
+def _check_updates(updates: list[list[Any]], what: str) -> None:
+    if len(updates) > MAX_UPDATES:
+        raise DecodeError(f"{what} holds {len(updates)} updates, over the limit of {MAX_UPDATES}")
+    for u in updates:
+        n = len(u)
+        if n < 4:
+            raise DecodeError(f"{what}: an update needs at least [state, node, incarnation, address]")
+        state, node, inc, addr = u[0], u[1], u[2], u[3]
+        if type(state) is not int or not UPDATE_ALIVE <= state <= UPDATE_LEFT:
+            raise DecodeError(f"{what}: update state must be 0..3, got {state!r}")
+        if type(node) is not str:
+            raise DecodeError(f"{what}: update node must be str, got {type(node).__name__}")
+        _short(node, MAX_ID_LEN, "update node")
+        if type(inc) is not int or not 0 <= inc <= _MAX_UINT63:
+            raise DecodeError(f"{what}: update incarnation must be an int 0..2**63-1, got {inc!r}")
+        if type(addr) is not str or len(addr) > MAX_ADDRESS_LEN or (state == UPDATE_ALIVE and not addr):
+            raise DecodeError(f"{what}: update address must be str of up to {MAX_ADDRESS_LEN} "
+                              "characters (not empty when alive)")
+        if n > 4 and (type(u[4]) is not str or len(u[4]) > MAX_ID_LEN):
+            raise DecodeError(f"{what}: update origin must be str of up to {MAX_ID_LEN} characters")
+        if n > 5 and (type(u[5]) is not int or not 0 <= u[5] <= _MAX_UINT63):
+            raise DecodeError(f"{what}: update meta_version must be an int 0..2**63-1")
+        if n > 6:
+            meta = u[6]
+            if type(meta) is not dict or len(meta) > MAX_META_KEYS or not all(type(k) is str for k in meta):
+                raise DecodeError(f"{what}: update meta must be a map of up to {MAX_META_KEYS} str keys")
+
+
+def _check_seq(seq: int) -> None:
+    if not 0 <= seq <= _MAX_UINT63:
+        raise DecodeError(f"seq must be 0..2**63-1, got {seq}")
+
+
+def _check_address(addr: str, what: str) -> None:
+    if not addr or len(addr) > MAX_ADDRESS_LEN:
+        raise DecodeError(f"{what} must be 1..{MAX_ADDRESS_LEN} characters, got {len(addr)}")
+
+
+@message
+class Ping(Message):
+    """A probe. The receiver, if its id is ``target``, answers PING_ACK(seq) to
+    ``source_addr`` (a node with another id, say a new process on a reused address,
+    ignores it). ``updates`` are piggybacked membership updates."""
+    TYPE = MsgType.PING
+    seq: int
+    target: str
+    source: str
+    source_addr: str
+    updates: list[list[Any]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check_seq(self.seq)
+        _short(self.target, MAX_ID_LEN, "target")
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_address(self.source_addr, "source_addr")
+        _check_updates(self.updates, "Ping")
+
+
+@message
+class PingReq(Message):
+    """An indirect probe: ping ``target`` at ``target_addr`` for me; forward its ack
+    to ``source_addr`` as PING_ACK(seq), or send PING_NACK(seq) if it does not answer
+    within your probe timeout."""
+    TYPE = MsgType.PING_REQ
+    seq: int
+    target: str
+    target_addr: str
+    source: str
+    source_addr: str
+
+    def validate(self) -> None:
+        _check_seq(self.seq)
+        _short(self.target, MAX_ID_LEN, "target")
+        _check_address(self.target_addr, "target_addr")
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_address(self.source_addr, "source_addr")
+
+
+@message
+class PingAck(Message):
+    """``node`` (the probed member) is alive: the answer to PING ``seq``, sent by the
+    node itself or forwarded by the relay of a PING_REQ."""
+    TYPE = MsgType.PING_ACK
+    seq: int
+    node: str
+    updates: list[list[Any]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _check_seq(self.seq)
+        _short(self.node, MAX_ID_LEN, "node")
+        _check_updates(self.updates, "PingAck")
+
+
+@message
+class PingNack(Message):
+    """The relay ``node`` got no answer from the target of PING_REQ ``seq`` in time.
+    It tells the prober that the relay itself is working (Lifeguard)."""
+    TYPE = MsgType.PING_NACK
+    seq: int
+    node: str
+
+    def validate(self) -> None:
+        _check_seq(self.seq)
+        _short(self.node, MAX_ID_LEN, "node")
+
+
+@message
+class Gossip(Message):
+    """Membership updates from ``source``, and nothing else."""
+    TYPE = MsgType.GOSSIP
+    source: str
+    updates: list[list[Any]]
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_updates(self.updates, "Gossip")
+
+
+@message
+class PushPull(Message):
+    """``source``'s whole member list (one update per member it knows, itself
+    included); the receiver merges it and answers PUSH_PULL_REPLY with its own list
+    to ``source_addr``. ``join`` is true when ``source`` is joining through a seed."""
+    TYPE = MsgType.PUSH_PULL
+    source: str
+    source_addr: str
+    members: list[list[Any]]
+    join: bool = False
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_address(self.source_addr, "source_addr")
+        _check_updates(self.members, "PushPull")
+
+
+@message
+class PushPullReply(Message):
+    """The answer to PUSH_PULL: the replying member's whole member list."""
+    TYPE = MsgType.PUSH_PULL_REPLY
+    source: str
+    members: list[list[Any]]
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_updates(self.members, "PushPullReply")
 
 
 # ---- encode / decode ------------------------------------------------------------------

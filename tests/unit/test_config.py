@@ -65,7 +65,8 @@ def test_every_field_can_be_set_from_env() -> None:
               "time_limit": "5", "soft_time_limit": "6", "shutdown_timeout": "7",
               "data_dir": "/tmp/d", "loglevel": "ERROR", "max_message_size": "2048",
               "result_timeout": "8", "discovery_timeout": "1.5",
-              "advertise": "tcp://a:9", "mdns_interfaces": "127.0.0.1,10.0.0.1"}
+              "advertise": "tcp://a:9", "mdns_interfaces": "127.0.0.1,10.0.0.1",
+              "profile": "test"}
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
     assert dataclasses.asdict(c) == {
@@ -74,7 +75,8 @@ def test_every_field_can_be_set_from_env() -> None:
         "time_limit": 5.0, "soft_time_limit": 6.0, "shutdown_timeout": 7.0,
         "data_dir": "/tmp/d", "loglevel": "ERROR", "max_message_size": 2048,
         "result_timeout": 8.0, "discovery_timeout": 1.5,
-        "advertise": "tcp://a:9", "mdns_interfaces": ("127.0.0.1", "10.0.0.1")}
+        "advertise": "tcp://a:9", "mdns_interfaces": ("127.0.0.1", "10.0.0.1"),
+        "profile": "test"}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:

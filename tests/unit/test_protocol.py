@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from mesh import codec
 from mesh.exceptions import DecodeError, EncodeError
-from mesh.protocol import (DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_NAME_LEN,
+from mesh.protocol import (
+    Gossip, Ping, PingAck, PingNack, PingReq, PushPull, PushPullReply, DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_NAME_LEN,
                            MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Ack, ChildDone, ChildReady,
                            Control, ControlReply, Error, Message, MsgType, Release, Result,
                            Submit, decode, encode, peek_type)
@@ -54,6 +55,16 @@ SAMPLES: list[Message] = [
     ChildReady(pid=4242),
     ChildDone(task_id="5b0c", state="SUCCESS", runtime=1.5, retire="max tasks per child (1)",
               rss=1 << 20),
+    Ping(seq=7, target="n2", source="n1", source_addr="tcp://10.0.0.1:7700",
+         updates=[[1, "n3", 4, "tcp://10.0.0.3:7700", "n1", 2, {"busy": 1}]]),
+    PingReq(seq=8, target="n2", target_addr="tcp://10.0.0.2:7700", source="n1",
+            source_addr="tcp://10.0.0.1:7700"),
+    PingAck(seq=7, node="n2", updates=[]),
+    PingNack(seq=8, node="n3"),
+    Gossip(source="n1", updates=[[3, "n4", 2, "", "n1"]]),
+    PushPull(source="n1", source_addr="tcp://10.0.0.1:7700",
+             members=[[0, "n1", 1, "tcp://10.0.0.1:7700", "n1", 0, {}]], join=True),
+    PushPullReply(source="n2", members=[[0, "n2", 3, "tcp://10.0.0.2:7700", "n2", 5, {"q": 0}]]),
 ]
 
 
@@ -65,6 +76,8 @@ def test_message_type_numbers_are_fixed() -> None:
     assert {m.name: m.value for m in MsgType} == {
         "SUBMIT": 1, "ACK": 2, "RESULT": 3, "RELEASE": 4, "ERROR": 5, "CONTROL": 6,
         "CONTROL_REPLY": 7, "CHILD_READY": 20, "CHILD_DONE": 21,
+        "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
+        "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36,
     }
 
 

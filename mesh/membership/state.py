@@ -1,0 +1,166 @@
+"""The SWIM rules: what an update does to this node's view (memberlist's state.go).
+
+Internal to mesh.membership. Precedence, for another member:
+
+* alive(inc) replaces anything with a lower incarnation (a suspect refuted, a dead
+  or left member back); at the same incarnation it only carries newer meta.
+* suspect(inc) turns an alive member at an incarnation <= inc suspect and starts its
+  timer; for a member already suspect it counts as a confirmation if it comes from
+  a new origin. It never touches a dead or left member.
+* dead(inc) / left(inc) end a member at an incarnation <= inc; left is final (a left
+  member is never suspected or declared dead), dead may still become left.
+
+About this node itself, suspect or dead at its incarnation or higher, and alive from
+an earlier life of its id, are refuted: the incarnation goes above the accused one
+and an alive update is queued.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..protocol import UPDATE_ALIVE, UPDATE_LEFT, UPDATE_SUSPECT
+from . import timing
+from .broadcast import META, BroadcastQueue, Update
+from .member import WIRE_STATE, MemberState
+from .probe import Awareness
+from .profiles import MembershipConfig
+from .table import ALIVE, DEAD, LEFT, LIVE, SUSPECT, MemberTable, Node, Suspicion
+
+log = logging.getLogger("mesh.membership")
+
+Notify = Callable[[Node, "MemberState | None"], None]
+
+
+def alive_update(n: Node) -> Update:
+    return [UPDATE_ALIVE, n.id, n.incarnation, n.address, "", n.meta_version, n.meta]
+
+
+def suspect_update(n: Node, origin: str) -> Update:
+    return [UPDATE_SUSPECT, n.id, n.incarnation, "", origin]
+
+
+class StateMachine:
+    """Applies updates to the table, queues what is news for gossip, and notifies."""
+
+    def __init__(self, config: MembershipConfig, table: MemberTable, queue: BroadcastQueue,
+                 awareness: Awareness, notify: Notify) -> None:
+        self.config = config
+        self.table = table
+        self.me = table.me
+        self.queue = queue
+        self.awareness = awareness
+        self.notify = notify
+        self.left = False
+        self.suspicions = self.refutations = 0
+
+    def apply(self, updates: list[Update], now: float) -> None:
+        """Updates piggybacked on a message."""
+        for u in updates:
+            state, origin = u[0], (u[4] if len(u) > 4 else "")
+            if state == UPDATE_ALIVE:
+                self.alive(u, now, True)
+            elif state == UPDATE_SUSPECT:
+                self.suspect(u[1], u[2], origin, now)
+            else:
+                self.dead(u[1], u[2], origin, now, left=state == UPDATE_LEFT)
+
+    def merge(self, entries: list[Update], source: str, now: float, quiet: bool) -> None:
+        """A push-pull's whole member list from ``source``.
+
+        ``quiet``: this node knew no live member when it joined, so what it learns is
+        news to it alone and it does not gossip the new members on (memberlist does,
+        which at 1,000 nodes fills a joiner's queue with 1,000 updates that everyone
+        has). Changes to members it knew are gossiped as usual."""
+        for u in entries:
+            state = u[0]
+            if state == UPDATE_ALIVE:
+                self.alive(u, now, not quiet)
+            elif state == UPDATE_LEFT:
+                self.dead(u[1], u[2], source, now, left=True)
+            else:      # suspect or dead: suspect it ourselves rather than trust it (memberlist)
+                self.suspect(u[1], u[2], source, now)
+
+    def alive(self, u: Update, now: float, gossip_new: bool) -> None:
+        member_id, inc, address = u[1], u[2], u[3]
+        version = u[5] if len(u) > 5 else 0
+        me = self.me
+        if member_id == me.id:
+            if not self.left and (inc > me.incarnation or (inc == me.incarnation and (
+                    address != me.address or version > me.meta_version))):
+                self.refute(inc)        # news about an earlier life of this id
+            return
+        meta = u[6] if len(u) > 6 else {}
+        node = self.table.get(member_id)
+        if node is None:
+            node = self.table.add(member_id, address, inc, meta, version, now)
+            if gossip_new:
+                self.queue.put(member_id, alive_update(node))
+            self.notify(node, None)
+        elif inc > node.incarnation:
+            node.incarnation, node.address, node.meta, node.meta_version = inc, address, meta, version
+            old = self.table.set_state(node, ALIVE, now)
+            self.queue.put(member_id, alive_update(node))
+            self.notify(node, old)
+        elif inc == node.incarnation and version > node.meta_version and node.state in LIVE:
+            node.meta, node.meta_version = meta, version
+            self.queue.put(member_id, alive_update(node), META)
+            self.notify(node, node.state)
+
+    def suspect(self, member_id: str, inc: int, origin: str, now: float) -> None:
+        if member_id == self.me.id:
+            if not self.left and inc >= self.me.incarnation:
+                self.refute(inc)
+            return
+        node = self.table.get(member_id)
+        if node is None or inc < node.incarnation:
+            return
+        if node.state is SUSPECT:
+            node.incarnation = inc
+            if node.suspicion is not None and node.suspicion.confirm(origin):
+                self.queue.put(member_id, suspect_update(node, origin))
+            return
+        if node.state is not ALIVE:
+            return
+        node.incarnation = inc
+        old = self.table.set_state(node, SUSPECT, now)
+        cfg, n = self.config, self.table.n()
+        lo, hi = timing.suspicion_bounds(cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, n,
+                                         cfg.probe_interval)
+        # Unlike memberlist, an unhealthy node also waits longer before declaring death.
+        lo, hi = self.awareness.scale(lo), self.awareness.scale(hi)
+        k = timing.expected_confirmations(cfg.suspicion_confirmations, n)
+        self.table.suspect(node, Suspicion(origin, now, k, lo, hi))
+        if origin == self.me.id:
+            self.suspicions += 1
+        else:
+            # Check it ourselves next: if it is dead, our failed probe is the
+            # independent confirmation that brings every suspicion timer down to its
+            # minimum. Left to the round robin, we would probe it once per n rounds.
+            self.table.probe_first = member_id
+        self.queue.put(member_id, suspect_update(node, origin))
+        self.notify(node, old)
+
+    def dead(self, member_id: str, inc: int, origin: str, now: float, left: bool) -> None:
+        if member_id == self.me.id:
+            if not self.left and inc >= self.me.incarnation:
+                self.refute(inc)
+            return
+        node = self.table.get(member_id)
+        if node is None or inc < node.incarnation or node.state is LEFT:
+            return
+        if node.state is DEAD and not left:
+            return
+        node.incarnation = inc
+        new = LEFT if left else DEAD
+        old = self.table.set_state(node, new, now)
+        self.queue.put(member_id, [WIRE_STATE[new], member_id, inc, "", origin])
+        self.notify(node, old)
+
+    def refute(self, accused: int) -> None:
+        me = self.me
+        me.incarnation = max(me.incarnation, accused) + 1
+        self.refutations += 1
+        self.awareness.apply(1)         # Lifeguard: being suspected hints we are slow
+        log.debug("membership: %s refutes, incarnation %d", me.id, me.incarnation)
+        self.queue.put(me.id, alive_update(me))

@@ -1,0 +1,103 @@
+"""The mesh on loopback, with real nodes: membership through one seed, failure
+detection (kill -9 -> dead, SIGTERM -> left), mDNS-only discovery, and clients that
+learn every node from one seed and place work where there is room."""
+from __future__ import annotations
+
+import collections
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import tasks_app
+from harness import ClientHandle, NodeFactory, NodeProc, wait_until
+
+from mesh.protocol import ControlReply
+
+
+def members(node: NodeProc) -> dict[str, str]:
+    """node id -> state, as ``node`` sees the mesh."""
+    reply = node.request("members")
+    assert isinstance(reply, ControlReply) and reply.ok, reply
+    return {m["node"]: m["state"] for m in reply.payload}
+
+
+def sees(observer: NodeProc, expected: dict[str, str]) -> Callable[[], bool]:
+    return lambda: all(members(observer).get(k) == v for k, v in expected.items())
+
+
+def test_three_nodes_join_through_one_seed(start_node: NodeFactory) -> None:
+    a = start_node(profile="test", concurrency=1)
+    b = start_node(profile="test", concurrency=1, peers=a.endpoint)
+    c = start_node(profile="test", concurrency=1, peers=a.endpoint)
+    everyone = {a.name: "alive", b.name: "alive", c.name: "alive"}
+    for n in (a, b, c):       # b and c only knew a: they learn each other through it
+        wait_until(sees(n, everyone), timeout=20, what=f"{n.name} to see all three alive")
+
+
+def test_killed_node_is_dead_and_stopped_node_has_left(start_node: NodeFactory) -> None:
+    a = start_node(profile="test", concurrency=1)
+    b = start_node(profile="test", concurrency=1, peers=a.endpoint)
+    c = start_node(profile="test", concurrency=1, peers=a.endpoint)
+    wait_until(sees(a, {b.name: "alive", c.name: "alive"}), timeout=20, what="a full mesh")
+    wait_until(sees(b, {c.name: "alive"}), timeout=20, what="b to see c")
+
+    c.send_signal(signal.SIGKILL)
+    for n in (a, b):
+        wait_until(sees(n, {c.name: "dead"}), timeout=20, what=f"{n.name} to see c dead")
+
+    b.send_signal(signal.SIGTERM)
+    wait_until(sees(a, {b.name: "left"}), timeout=10, what="a to see b leave")
+    assert b.wait(timeout=30) == 0
+
+
+def test_mdns_alone_makes_a_mesh(start_node: NodeFactory) -> None:
+    nodes = [start_node(profile="test", concurrency=1, mdns=True) for _ in range(3)]
+    everyone = {n.name: "alive" for n in nodes}
+    for n in nodes:
+        wait_until(sees(n, everyone), timeout=30, what=f"{n.name} to find the others by mDNS")
+
+
+def test_client_with_one_seed_uses_every_node(start_node: NodeFactory,
+                                              make_client: Callable[..., ClientHandle]) -> None:
+    a = start_node(profile="test", concurrency=1)
+    b = start_node(profile="test", concurrency=1, peers=a.endpoint)
+    c = start_node(profile="test", concurrency=1, peers=a.endpoint)
+    wait_until(sees(a, {b.name: "alive", c.name: "alive"}), timeout=20, what="a full mesh")
+    client = make_client(a)                  # knows only a
+    seen: collections.Counter[str] = collections.Counter()
+
+    def all_used() -> bool:
+        rs = [client.tasks.add.delay(i, 1) for i in range(30)]
+        for i, r in enumerate(rs):
+            assert r.get(timeout=30) == i + 1
+            seen[r.node or ""] += 1
+        return {a.name, b.name, c.name} <= set(seen)
+    wait_until(all_used, timeout=30, what="tasks to run on all three nodes")
+
+
+def test_new_work_goes_to_the_idle_node(start_node: NodeFactory, tmp_path: Path,
+                                        make_client: Callable[..., ClientHandle]) -> None:
+    a = start_node(profile="test", concurrency=1)
+    b = start_node(profile="test", concurrency=1, peers=a.endpoint)
+    wait_until(sees(a, {b.name: "alive"}), timeout=20, what="the two nodes to meet")
+    client = make_client(a, b)
+    gate = tmp_path / "gate"
+    blocker = client.app.send_task(tasks_app.wait_for_file.name, args=(str(gate),))
+    wait_until(lambda: a.status()["busy"] + b.status()["busy"] == 1, timeout=20,
+               what="one node busy with the gated task")
+    blocked, free = (a, b) if a.status()["busy"] == 1 else (b, a)
+
+    # one at a time: each new task goes to the node with room
+    for i in range(10):
+        r = client.tasks.add.delay(i, i)
+        assert r.get(timeout=30) == 2 * i
+        assert r.node == free.name
+
+    # a burst: some land behind the blocked task, and the blocked node sheds them to
+    # the free one; every task finishes while the gate is still closed
+    rs = [client.tasks.add.delay(i, 1) for i in range(40)]
+    assert [r.get(timeout=30) for r in rs] == [i + 1 for i in range(40)]
+    assert {r.node for r in rs} == {free.name}
+    assert not blocker.ready()
+    gate.write_text("open")
+    assert blocker.get(timeout=60) == "opened"
