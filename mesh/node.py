@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.node")
 
+REANNOUNCE_INTERVAL = 10.0   # s between mDNS re-announcements of a node with no live peer
 SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a peer with room
 SHED_INTERVAL = 0.05   # s between looks
 
@@ -81,6 +82,8 @@ class Node(PoolEvents):
         self.ready = asyncio.Event()
         self.discovery: Any = None
         self.membership: Membership | None = None
+        self._had_peers = False
+        self._reannounced = 0.0
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
         self.discovered: dict[str, str] = {}      # node id -> endpoint, heard on mDNS
         self._stop = asyncio.Event()
@@ -183,11 +186,13 @@ class Node(PoolEvents):
             await asyncio.shield(disc.stop())
 
     def _on_discovered(self, node_id: str, endpoint: str, props: dict[str, str]) -> None:
-        if endpoint != self.address and self.discovered.get(node_id) != endpoint:
+        if endpoint == self.address:
+            return
+        if self.discovered.get(node_id) != endpoint:
             log.info("mDNS: found node %s at %s", node_id, endpoint)
             self.discovered[node_id] = endpoint
-            if self.membership is not None:
-                self.membership.join([endpoint])
+        if self.membership is not None:   # new, or announcing again after a cut: (re)join
+            self.membership.join([endpoint])
 
     # -- membership -------------------------------------------------------------------
     def _on_member_change(self, member: Member, old: MemberState | None, new: MemberState) -> None:
@@ -281,7 +286,8 @@ class Node(PoolEvents):
                 os.kill(c.pid, signal.SIGKILL)
 
     async def _ticker(self) -> None:
-        """Once a second: throughput and CPU/memory figures for status."""
+        """Once a second: throughput and CPU/memory figures for status; and, when
+        this node had peers and now sees none alive, an mDNS re-announcement."""
         last_done, last_t = sum(self.counts.values()), time.monotonic()
         self._proc.cpu_percent(None)
         while True:
@@ -291,6 +297,23 @@ class Node(PoolEvents):
             self.rate = inst if self.rate == 0 else 0.5 * self.rate + 0.5 * inst
             last_done, last_t = done, now
             self._sample_resources()
+            await self._reannounce_if_alone(now)
+
+    async def _reannounce_if_alone(self, now: float) -> None:
+        """A node cut off (or whose peers all restarted) announces itself again, at
+        most every REANNOUNCE_INTERVAL, so that mDNS-only meshes heal."""
+        if self.discovery is None or self.membership is None:
+            return
+        alone = len(self.membership.alive_members(include_self=False)) == 0
+        if not alone:
+            self._had_peers = True
+        elif self._had_peers and now - self._reannounced > REANNOUNCE_INTERVAL:
+            self._reannounced = now
+            log.info("no peer is alive: announcing this node on mDNS again")
+            try:
+                await self.discovery.reannounce()
+            except Exception as e:
+                log.warning("mDNS re-announce failed: %s", e)
 
     def _sample_resources(self) -> None:
         pids = set(self.pool.pids())

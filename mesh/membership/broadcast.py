@@ -72,7 +72,7 @@ class BroadcastQueue:
                         break
                 if len(out) == count:
                     break
-            for sent, member in picked:
+            for sent, member in reversed(picked):     # so the newest stays newest in its new bucket
                 update = buckets[sent].pop(member)
                 if not buckets[sent]:
                     del buckets[sent]

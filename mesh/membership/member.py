@@ -55,7 +55,7 @@ class MembershipStats:
     messages_sent: int
     messages_received: int
     bytes_sent: int
-    bytes_received: int
+    bytes_received: int         # of the frames handed to handle() as bytes (not as messages)
     bytes_sent_by_type: Mapping[str, int]   # "PING", "PING_ACK", "GOSSIP", "PUSH_PULL", ...
     probes: int                 # probes started
     probe_failures: int         # probes that ended without an ack (the target became suspect)

@@ -87,10 +87,10 @@ class SimCluster:
         state = [[0, m.id, m.incarnation, m.address, "", 0, dict(m.member(m.id).meta)]  # type: ignore[union-attr]
                  for m in made]
         reply = PushPullReply("bootstrap", state)
-        recording, self.record = self.record, False
         for m in made:
+            hook, m._on_change = m._on_change, None      # no snapshots for 1,000,000 news
             m.handle("bootstrap", reply, self.now)
-        self.record = recording
+            m._on_change = hook
         return made
 
     # -- faults -------------------------------------------------------------------------

@@ -25,8 +25,9 @@ The protocol (hashicorp/memberlist's SWIM + Lifeguard; docs/membership.md has mo
 * Meta (the member's load) travels in alive updates with its own version counter,
   not by raising the incarnation, so load churn never invalidates a suspicion; and
   meta updates are queued behind liveness updates.
-* Partitions heal: a member that hears from one it holds dead tells it so (it then
-  refutes), and each node pings one random dead member every reconnect_interval.
+* Partitions heal: a member that hears from one it holds suspect or dead tells it
+  so (it then refutes), and each node pings one random dead member every
+  reconnect_interval until dead_node_reclaim forgets it.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ from typing import Any
 
 from ..clock import Clock
 from ..exceptions import DecodeError
-from ..protocol import (DEFAULT_MAX_MESSAGE_SIZE, UPDATE_DEAD, UPDATE_LEFT, Gossip, Message, Ping,
+from ..protocol import (DEFAULT_MAX_MESSAGE_SIZE, UPDATE_DEAD, UPDATE_LEFT, UPDATE_SUSPECT, Gossip,
+                        Message, Ping,
                         PingAck, PingNack, PingReq, PushPull, PushPullReply, decode, encode)
 from . import timing
 from .broadcast import META, BroadcastQueue, Update
@@ -47,7 +49,7 @@ from .member import WIRE_STATE, Member, MembershipStats, MemberState
 from .probe import Awareness, Prober
 from .profiles import MembershipConfig
 from .state import StateMachine, alive_update
-from .table import ALIVE, DEAD, LEFT, MemberTable, Node, is_alive, is_live, not_left
+from .table import ALIVE, DEAD, LEFT, SUSPECT, MemberTable, Node, is_alive, is_live, not_left
 from .transport import Transport
 
 log = logging.getLogger("mesh.membership")
@@ -65,8 +67,16 @@ class Membership:
     ``on_change(member, old_state, new_state)`` is called after every change of a
     member (``old_state`` is None for a member just learned; equal states mean its
     meta or address changed); it runs inline, must not block, and an exception from
-    it is logged and ignored. ``get_local_meta()`` returns this node's meta (its
-    load); it is called every ``meta_refresh_interval`` and by update_local_meta().
+    it is logged and ignored. Changes of this node itself are not reported.
+    ``get_local_meta()`` returns this node's meta (its load: a small map of plain
+    values); it is called every ``meta_refresh_interval`` and by update_local_meta(),
+    and must not block either.
+
+    ``incarnation`` starts this node's incarnation number somewhere other than 0
+    (not needed: a restarted node learns its old number from the mesh and goes
+    above it). ``max_message_size`` bounds inbound frames handed in as bytes.
+
+    Not thread-safe: call everything from one thread (the node's event loop).
     """
 
     def __init__(self, self_id: str, self_address: str, config: MembershipConfig,
@@ -97,7 +107,7 @@ class Membership:
         self._seeds: tuple[str, ...] = ()
         self._announce = False          # a join reply is due: announce ourselves then
         self._join_quiet = False        # ... and we knew no live member when we asked
-        self._told_dead: dict[str, float] = {}      # members told they are dead -> when
+        self._told: dict[str, float] = {}           # members told they are suspect/dead -> when
         self._next_gossip = now + rng.random() * config.gossip_interval
         self._next_push_pull = now + rng.random() * config.push_pull_interval
         self._next_meta = now + config.meta_refresh_interval
@@ -200,10 +210,10 @@ class Membership:
         addresses the messages carry, so ``sender`` is only for logs. Bad frames are
         counted (stats().decode_errors) and dropped."""
         now = self._now(now)
+        self._counts["received"] += 1
         if isinstance(data, Message):
             msg = data
         else:
-            self._counts["received"] += 1
             self._counts["bytes_received"] += len(data)
             try:
                 msg = decode(data, self._max_size)
@@ -229,14 +239,19 @@ class Membership:
             self._counts["deaths"] += 1
             log.info("membership: %s declares %s dead (suspicion timed out)", self.id, node.id)
             self._state.dead(node.id, node.incarnation, self.id, now, left=False)
-        if now >= self._next_gossip:
-            self._next_gossip = now + cfg.gossip_interval
-            self._gossip()
         if self._table.gone and now >= self._table.next_forget:
             for member_id in self._table.forget_due(now):
-                self._told_dead.pop(member_id, None)
-        if self._state.left:
-            return
+                self._told.pop(member_id, None)
+        if not self._state.left:
+            self._tick_active(now)
+        # last, so that what the steps above queued goes out now
+        if now >= self._next_gossip and len(self._queue):   # idle while there is no news
+            self._next_gossip = now + cfg.gossip_interval
+            self._gossip()
+
+    def _tick_active(self, now: float) -> None:
+        """The timers of a member that has not left."""
+        cfg = self.config
         if now >= self._next_push_pull:
             # Each base period, with probability base / (the period for this n): the
             # average rate of timing.push_pull_interval, adapting at once as n changes.
@@ -259,7 +274,9 @@ class Membership:
     def next_deadline(self) -> float:
         """Monotonic time at which tick() is next due."""
         table, cfg = self._table, self.config
-        d = min(self._next_gossip, self._prober.next_deadline(), table.next_suspicion_deadline())
+        d = min(self._prober.next_deadline(), table.next_suspicion_deadline())
+        if len(self._queue):
+            d = min(d, self._next_gossip)
         if table.gone:
             d = min(d, table.next_forget)
         if not self._state.left:
@@ -337,16 +354,18 @@ class Membership:
                 self._send(node.address, Gossip(self.id, update))
 
     def _check_sender(self, member_id: str, now: float) -> None:
-        """A member we hold dead is talking to us: tell it, so that it refutes with a
-        higher incarnation, which everyone accepts. This is how the two sides of a
-        healed partition find each other again."""
+        """A member we hold suspect or dead is talking to us: tell it, so that it
+        refutes at once with a higher incarnation, which everyone accepts. This is
+        how the two sides of a healed partition find each other again, and it cuts
+        a false suspicion short."""
         node = self._table.get(member_id)
-        if node is None or node.state is not DEAD:
+        if node is None or node.state not in (SUSPECT, DEAD):
             return
-        if now - self._told_dead.get(member_id, -_INF) < self.config.probe_interval:
+        if now - self._told.get(member_id, -_INF) < self.config.probe_interval:
             return
-        self._told_dead[member_id] = now
-        self._send(node.address, Gossip(self.id, [[UPDATE_DEAD, node.id, node.incarnation, "", self.id]]))
+        self._told[member_id] = now
+        state = UPDATE_SUSPECT if node.state is SUSPECT else UPDATE_DEAD
+        self._send(node.address, Gossip(self.id, [[state, node.id, node.incarnation, "", self.id]]))
 
     # ---- wiring ---------------------------------------------------------------------
     def _probe_failed(self, node: Node, now: float) -> None:
@@ -362,8 +381,6 @@ class Membership:
         self._next_join = now + self.config.join_retry_interval
 
     def _gossip(self) -> None:
-        if not len(self._queue):
-            return
         for node in self._table.random(self.config.gossip_fanout, not_left):
             updates = self._piggyback(self.config.max_piggyback)
             if not updates:

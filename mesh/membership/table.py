@@ -187,6 +187,8 @@ class MemberTable:
     def random(self, k: int, accept: Callable[[Node], bool], exclude: str | None = None) -> list[Node]:
         """Up to ``k`` distinct random members that ``accept`` likes (not ``exclude``)."""
         ids, nodes, rng = self._ids, self.nodes, self.rng
+        if k <= 0:
+            return []
         if len(ids) <= 4 * k:
             pool = [nodes[i] for i in ids if i != exclude and accept(nodes[i])]
             rng.shuffle(pool)

@@ -189,10 +189,10 @@ class InMemoryNetwork:
         receiver = self._receivers.get(address)
         if receiver is None or address in self._crashed:
             return
-        at = receiver.next_deadline()
+        at = max(receiver.next_deadline(), self.clock.monotonic())   # overdue: now
         if at < self._tick_at.get(address, math.inf):
             self._tick_at[address] = at
-            self._push(max(at, self.clock.monotonic()), _TICK, address, "", None)
+            self._push(at, _TICK, address, "", None)
 
     def call_at(self, at: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` at simulated time ``at`` (a scripted fault, a measurement)."""
