@@ -82,6 +82,7 @@ class Node(PoolEvents):
         self.ready = asyncio.Event()
         self.discovery: Any = None
         self.membership: Membership | None = None
+        self.transport: ZmqTransport | None = None
         self._had_peers = False
         self._reannounced = 0.0
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
@@ -124,9 +125,10 @@ class Node(PoolEvents):
             pool = Pool(self.app, self.config, self.name, self, self.config.pool_size)
             self.pool = pool
             peers = PeerSockets(ctx, f"node:{self.name}".encode())
+            self.transport = ZmqTransport(peers, self.address)
             self.membership = Membership(
                 self.name, self.address, profile(self.config.profile),
-                ZmqTransport(peers, self.address), on_change=self._on_member_change,
+                self.transport, on_change=self._on_member_change,
                 get_local_meta=self._local_meta)
             if self.config.peers:
                 self.membership.join(self.config.peers)
@@ -161,8 +163,8 @@ class Node(PoolEvents):
                 loop.remove_signal_handler(sig)
             if pool is not None:
                 pool.close()
-            if self.membership is not None:
-                peers.close()
+            if self.transport is not None:
+                self.transport.close()
             if front is not None:
                 front.close(linger=2000)
             ctx.term()
@@ -358,8 +360,8 @@ class Node(PoolEvents):
         if type(msg) is Submit:
             self._intake(ident, msg, frame)
         elif type(msg) in MEMBERSHIP_MESSAGES:
-            if self.membership is not None:
-                self.membership.handle(ident.hex(), msg)
+            if self.transport is not None:
+                self.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:
             self._control(ident, msg)
         else:

@@ -3,9 +3,11 @@
 Each node reaches a peer through a DEALER connected to the peer's front door; what
 the peer says back arrives on our own front door (every membership message names
 its sender's address), so these sockets only ever send. Sends are best effort, like
-UDP: a frame for a peer whose connection is not up is dropped rather than queued
-(ZMQ_IMMEDIATE), queues are short (old probes are worthless), and ZMTP heartbeats
-turn a cut link into a disconnect within seconds instead of never. Liveness is the
+UDP: the queue per peer is short (SNDHWM), and frames beyond it are dropped. A few
+frames do wait for a connection in progress, so a node's first words to a new peer
+(its join) are not lost; after a cut, at most SNDHWM stale frames arrive in a burst,
+which SWIM ignores (old sequence numbers, older incarnations). ZMTP heartbeats turn
+a cut link into a disconnect within seconds instead of never. Liveness is the
 membership protocol's call, never the socket's.
 """
 from __future__ import annotations
@@ -38,7 +40,6 @@ class PeerSockets:
         if s is None:
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.ROUTING_ID, self.routing_id)
-            s.setsockopt(zmq.IMMEDIATE, 1)
             s.setsockopt(zmq.SNDHWM, SNDHWM)
             s.setsockopt(zmq.RCVHWM, 16)      # we never read: peers answer to our front door
             s.setsockopt(zmq.LINGER, 0)
@@ -53,7 +54,7 @@ class PeerSockets:
     def send(self, address: str, frame: bytes) -> bool:
         try:
             self._sock(address).send(frame, zmq.NOBLOCK)
-        except zmq.ZMQError as e:     # not connected (yet), queue full, bad address
+        except zmq.ZMQError as e:     # queue full, bad address
             self.dropped += 1
             log.debug("dropped a frame for %s: %s", address, e)
             return False
@@ -75,13 +76,14 @@ class PeerSockets:
 
 class ZmqTransport(Transport):
     """The membership Transport over ZeroMQ (mesh.membership.transport.Transport):
-    sends through PeerSockets; the node feeds inbound membership frames, which
-    arrive on its front door, to the attached receiver."""
+    sends through PeerSockets; inbound membership frames arrive on the node's front
+    door, which hands them to ``deliver``. Once closed it neither sends nor delivers."""
 
     def __init__(self, sockets: PeerSockets, address: str):
         self.sockets = sockets
         self._address = address
         self.receiver: Receiver | None = None
+        self.closed = False
 
     @property
     def address(self) -> str:
@@ -91,7 +93,14 @@ class ZmqTransport(Transport):
         self.receiver = receiver
 
     def send(self, address: str, frame: bytes) -> None:
-        self.sockets.send(address, frame)
+        if not self.closed:
+            self.sockets.send(address, frame)
+
+    def deliver(self, sender: str, data: Any) -> None:
+        """An inbound membership frame (or decoded message) from the front door."""
+        if not self.closed and self.receiver is not None:
+            self.receiver.handle(sender, data)
 
     def close(self) -> None:
+        self.closed = True
         self.sockets.close()

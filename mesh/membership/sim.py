@@ -29,7 +29,7 @@ class SimCluster:
     """Memberships named n0, n1, ... at addresses ``mem://<id>``.
 
     ``seen[(subject, state)][observer]`` is the simulated time at which ``observer``
-    first saw ``subject`` enter ``state`` (reset it with :meth:`forget_seen`)."""
+    last saw ``subject`` enter ``state`` (reset it with :meth:`forget_seen`)."""
 
     def __init__(self, config: MembershipConfig, *, seed: int = 0, latency: float = 0.0003,
                  jitter: float = 0.0005, drop: float = 0.0) -> None:
@@ -121,8 +121,8 @@ class SimCluster:
         return all(self.state_seen_by(o, subject) is state for o in self.observers(subject))
 
     def when_seen(self, subject: str, state: MemberState, since: float) -> list[float]:
-        """Per live observer, seconds from ``since`` to when it first saw ``subject``
-        in ``state`` at or after ``since`` (observers that did not are left out)."""
+        """Per live observer, seconds from ``since`` to when it saw ``subject`` enter
+        ``state`` (its last entry, if at or after ``since``; others are left out)."""
         seen = self.seen.get((subject, state), {})
         return sorted(seen[o] - since for o in self.observers(subject) if o in seen and seen[o] >= since)
 

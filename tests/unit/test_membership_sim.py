@@ -39,14 +39,7 @@ from mesh.membership.sim import SimCluster
 ALIVE, DEAD = MemberState.ALIVE, MemberState.DEAD
 WINDOW = 30.0       # simulated s of steady state to measure traffic over (a push-pull period)
 CHURN_WINDOW = 10.0  # ... with load churn (saturated, so steady at once; and slower to simulate)
-
-
-@pytest.fixture(autouse=True)
-def _slow_only_when_asked(request: pytest.FixtureRequest) -> None:
-    # setup.cfg says slow tests are not part of the default suite, but nothing
-    # deselects them; until something does, they skip unless asked for (-m slow).
-    if request.node.get_closest_marker("slow") and "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow: run with -m slow")
+_ROW_PREFIX = "\n"   # under pytest -s, start rows on a line of their own
 
 
 @dataclass(frozen=True)
@@ -115,7 +108,7 @@ def measure(n: int, churn: bool = False, config: MembershipConfig = LAN, seed: i
     figures = Figures(n, churn, statistics.median(joined), max(joined), min(suspected),
                       statistics.median(dead), max(dead), per_node, kinds,
                       time.perf_counter() - started, config.gossip_interval, config.probe_interval)
-    print("\n" + figures.row())
+    print(_ROW_PREFIX + figures.row())
     return figures
 
 
@@ -175,6 +168,8 @@ def test_lan_profile_detects_a_killed_node_within_the_target(n: int) -> None:
 
 
 def main() -> None:
+    global _ROW_PREFIX
+    _ROW_PREFIX = ""
     print("Crash detection on the LAN profile (seen dead by every survivor), 300 crashes each:\n")
     print("| nodes | median | p90 | p99 | worst |\n|---|---|---|---|---|")
     for n in (3, 5, 10, 30):

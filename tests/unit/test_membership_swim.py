@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from mesh.clock import Clock, FakeClock
 from mesh.exceptions import DecodeError
 from mesh.membership import (LAN, TEST, InMemoryNetwork, Membership, MembershipConfig, MemberState,
-                             Transport)
+                             Transport, timing)
 from mesh.membership.broadcast import LIVENESS, META, BroadcastQueue
 from mesh.membership.sim import SimCluster
 from mesh.membership.table import Suspicion
@@ -404,6 +404,56 @@ def test_a_failed_probe_blames_this_node_for_each_missing_nack(nacks: int, expec
         m.tick(now)
     assert _state(m, target) is SUSPECT
     assert m.awareness == expected
+
+
+def _hand_driven(peers: tuple[str, ...] = ("b", "c", "d", "e")) -> tuple[Membership, _Late]:
+    t = _Late()
+    m = Membership("a", "mem://a", TEST, t, FakeClock(0.0), random.Random(1))
+    m.handle("x", PushPullReply("x", [[0, i, 0, f"mem://{i}"] for i in peers]), 0.0)
+    return m, t
+
+
+def _next_ping(m: Membership, t: _Late, now: float) -> tuple[Ping, float]:
+    t.sent.clear()
+    while not any(isinstance(msg, Ping) for _a, msg in t.sent):
+        now = m.next_deadline()
+        m.tick(now)
+    return next(msg for _a, msg in t.sent if isinstance(msg, Ping)), now
+
+
+def test_a_member_told_of_a_suspicion_probes_the_suspect_next() -> None:
+    # so that, if it is dead, a confirmation comes within a round, not after n rounds
+    for suspect in ("b", "c", "d", "e"):
+        m, t = _hand_driven()
+        ping, now = _next_ping(m, t, 0.0)
+        m.handle("x", PingAck(ping.seq, ping.target), now)
+        m.handle("x", Gossip("x", [[1, suspect, 0, "", "x"]]), now)
+        ping, now = _next_ping(m, t, now)
+        assert ping.target == suspect
+        assert [1, suspect, 0, "", "a"] in ping.updates       # and tells it, so it can refute
+
+
+def test_suspicion_timeouts_stretch_with_the_local_awareness_score() -> None:
+    m, _t = _hand_driven()
+    m.handle("x", Gossip("x", [[1, "b", 0, "", "x"]]), 0.0)
+    for inc in range(3):                                       # three refutations: score 3
+        m.handle("x", Gossip("x", [[1, "a", inc, "", "x"]]), 0.0)
+    assert m.awareness == 3
+    m.handle("x", Gossip("x", [[1, "c", 0, "", "x"]]), 0.0)
+    lo, hi = timing.suspicion_bounds(TEST.suspicion_mult, TEST.suspicion_max_timeout_mult, 5,
+                                     TEST.probe_interval)
+    suspicion_b, suspicion_c = (m._table.nodes[i].suspicion for i in "bc")
+    assert suspicion_b is not None and suspicion_c is not None
+    assert suspicion_b.deadline == pytest.approx(hi)            # k=1 expected: starts at max
+    assert suspicion_c.deadline == pytest.approx(4 * hi)
+
+
+def test_a_joiner_does_not_gossip_on_the_member_list_it_was_given() -> None:
+    sim = cluster(50)
+    joiner = sim.add("joiner", join=[sim.address_of("n0")])
+    sim.run_until(lambda: len(joiner.alive_members()) == 51, timeout=1.0)
+    assert joiner.stats().queued_updates <= 1                  # its own alive at most
+    assert sim.nodes["n0"].stats().queued_updates >= 1         # the seed spreads the joiner
 
 
 def test_a_node_answering_within_the_probe_timeout_is_never_suspected() -> None:
