@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import atexit
 import collections
-import random
 import logging
 import os
+import random
 import threading
 import time
 import uuid

@@ -23,12 +23,28 @@ import zmq
 from . import __version__, codec, states
 from .config import advertised_endpoint
 from .exceptions import DecodeError, MeshError
-from .membership import Member, MemberState, Membership, profile
+from .membership import Member, Membership, MemberState, profile
 from .peers import PeerSockets, ZmqTransport
 from .pool import Entry, Pool, PoolEvents
-from .protocol import (PROTOCOL_VERSION, Ack, Control, ControlReply, Error, Gossip, Ping, PingAck,
-                       PingNack, PingReq, PushPull, PushPullReply, Release, Result, Submit,
-                       decode, encode)
+from .protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Control,
+    ControlReply,
+    Error,
+    Gossip,
+    Ping,
+    PingAck,
+    PingNack,
+    PingReq,
+    PushPull,
+    PushPullReply,
+    Release,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
 from .zmqloop import SocketDriver
 
 if TYPE_CHECKING:

@@ -40,16 +40,39 @@ from typing import Any
 
 from ..clock import Clock
 from ..exceptions import DecodeError
-from ..protocol import (DEFAULT_MAX_MESSAGE_SIZE, UPDATE_DEAD, UPDATE_LEFT, UPDATE_SUSPECT, Gossip,
-                        Message, Ping,
-                        PingAck, PingNack, PingReq, PushPull, PushPullReply, decode, encode)
+from ..protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    UPDATE_DEAD,
+    UPDATE_LEFT,
+    UPDATE_SUSPECT,
+    Gossip,
+    Message,
+    Ping,
+    PingAck,
+    PingNack,
+    PingReq,
+    PushPull,
+    PushPullReply,
+    decode,
+    encode,
+)
 from . import timing
 from .broadcast import META, BroadcastQueue, Update
 from .member import WIRE_STATE, Member, MembershipStats, MemberState
 from .probe import Awareness, Prober
 from .profiles import MembershipConfig
 from .state import StateMachine, alive_update
-from .table import ALIVE, DEAD, LEFT, SUSPECT, MemberTable, Node, is_alive, is_live, not_left
+from .table import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    MemberTable,
+    Node,
+    is_alive,
+    is_live,
+    not_left,
+)
 from .transport import Transport
 
 log = logging.getLogger("mesh.membership")
