@@ -115,11 +115,19 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
                 key = (m.get("incarnation", 0), _STATE_RANK.get(m.get("state", ""), 0))
                 if old is None or key > (old.get("incarnation", 0), _STATE_RANK.get(old.get("state", ""), 0)):
                     members[m["endpoint"]] = m
-        more = [ep for ep, m in members.items() if ep not in statuses and m.get("state") == "alive"]
+        answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}  # type: ignore[union-attr]
+        more = [ep for ep, m in members.items() if ep not in statuses and m.get("state") == "alive"
+                and m.get("node") not in answered_ids]
         statuses.update(cc.broadcast(more, "status", timeout=timeout))
     rows = []
+    seen: set[str] = set()       # a node reached through a seed and its advertised address: once
     for ep in dict.fromkeys([*peers, *members]):
         r, m = statuses.get(ep), members.get(ep)
+        node_id = r.payload.get("node") if _ok(r) else (m or {}).get("node")  # type: ignore[union-attr]
+        if node_id:
+            if node_id in seen:
+                continue
+            seen.add(node_id)
         if _ok(r):
             row = dict(r.payload)                                # type: ignore[union-attr]
             if m is not None and row.get("state") == "alive":

@@ -18,7 +18,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="Module holding the mesh app (ATTR defaults to 'app').")
 @click.option("--name", "-n", help="Node id; default hostname-pid.")
 @click.option("--bind", "-b", metavar="tcp://HOST:PORT",
-              help="Front door to bind (default tcp://127.0.0.1:7700).")
+              help="Front door to bind (default tcp://0.0.0.0:7700: every interface, "
+                   "advertised as this machine's LAN address; tcp://127.0.0.1:7700 keeps it local).")
 @click.option("--advertise", metavar="tcp://HOST:PORT",
               help="Endpoint peers and clients should use (default: from --bind).")
 @click.option("--peers", metavar="tcp://H:P[,...]", help="Static seeds; MESH_PEERS too.")

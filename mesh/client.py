@@ -211,6 +211,8 @@ class Client:
             if link is None:
                 if state != "alive":
                     continue              # no need to connect to a node that is gone
+                if any(n.node_id == nid for n in self.links.values()):
+                    continue              # known already, through another address (a seed)
                 link = self._link(ep)
             if link.state != state:
                 changed = True
@@ -325,6 +327,7 @@ class Client:
             self._on_release(msg, link)
         elif type(msg) is ControlReply:
             if msg.req_id == self._members_req and msg.ok:
+                link.node_id = msg.node
                 self._apply_members(msg.payload)
         elif type(msg) is Error:
             log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)

@@ -29,7 +29,8 @@ def default_data_dir(name: str) -> str:
 class Config:
     # -- identity and network ---------------------------------------------------------
     name: str = ""                      # node id; "" means hostname-pid (unique per process)
-    bind: str = f"tcp://127.0.0.1:{DEFAULT_PORT}"  # the node's ROUTER front door
+    bind: str = f"tcp://0.0.0.0:{DEFAULT_PORT}"  # the node's ROUTER front door: all interfaces,
+                                        # so LAN peers reach it; tcp://127.0.0.1:PORT keeps it local
     advertise: str = ""                 # endpoint others should use; "" = derived from bind
     peers: tuple[str, ...] = ()         # static seeds, tcp://host:port; MESH_PEERS=a,b
     mdns: bool = True                   # multicast discovery (zeroconf)

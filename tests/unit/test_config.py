@@ -23,7 +23,7 @@ def build(env: dict[str, str] | None = None, **kwargs: Any) -> Config:
 def test_defaults() -> None:
     c = build()
     assert c == Config()
-    assert c.bind == f"tcp://127.0.0.1:{DEFAULT_PORT}"
+    assert c.bind == f"tcp://0.0.0.0:{DEFAULT_PORT}"
     assert c.peers == () and c.mdns is True and c.concurrency == 0
     assert c.max_message_size == DEFAULT_MAX_MESSAGE_SIZE
     assert c.loglevel == "INFO" and c.time_limit is None
