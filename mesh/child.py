@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import codec, states
 from .channel import BlockingChannel
-from .exceptions import NotRegistered, SoftTimeLimitExceeded
+from .exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
 from .protocol import ChildDone, ChildReady, Result, Submit, decode, encode
+from .retry import backoff_delay
 from .task import Request, _current_request
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class Child:
         self.node_name = node_name
         self.done = 0
         self._proc: Any = None
+        self._countdown: float | None = None
 
     def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
         """Run in the forked child; never returns."""
@@ -127,7 +129,8 @@ class Child:
                 if rss_kib > max_mem:
                     retire = f"max memory per child ({rss_kib} KiB > {max_mem} KiB)"
             if retire:
-                done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss())
+                done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss(),
+                                 done.countdown)
             chan.send(encode(done), result)
             if retire:
                 return
@@ -149,11 +152,25 @@ class Child:
             log.error("child got a bad task frame: %s", e)
             res = Result(task_id="?", state=states.FAILURE, exc=exc_info_of(e), node=self.node_name)
             return ChildDone("?", states.FAILURE, 0.0), encode(res)
+        self._countdown = None
         state, value, exc, tb = self.run_task(msg)
         runtime = time.perf_counter() - t0
         res = Result(task_id=msg.task_id, state=state, result=value, exc=exc, traceback=tb,
                      runtime=runtime, node=self.node_name, retries=msg.retries)
-        return ChildDone(msg.task_id, state, runtime), encode(res)
+        return ChildDone(msg.task_id, state, runtime, countdown=self._countdown), encode(res)
+
+    def _autoretry(self, task: Any, msg: Submit, e: BaseException) -> bool:
+        """True (and the countdown set) if ``e`` is one the task retries by itself
+        (autoretry_for) and retries are left; else the task fails with ``e``."""
+        o = task.options
+        if not o.autoretry_for or not isinstance(e, o.autoretry_for):
+            return False
+        if o.max_retries is not None and msg.retries >= o.max_retries:
+            return False
+        self._countdown = backoff_delay(
+            msg.retries, backoff=o.retry_backoff, backoff_max=o.retry_backoff_max,
+            jitter=o.retry_jitter, default_delay=o.default_retry_delay)
+        return True
 
     def run_task(self, msg: Submit) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
         task = self.app.tasks.get(msg.name)
@@ -180,7 +197,13 @@ class Child:
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             return states.SUCCESS, codec.dumps(value), None, None
+        except Retry as r:           # self.retry(): run again later, on this node
+            self._countdown = r.countdown if r.countdown is not None else 0.0
+            cause = r.exc if r.exc is not None else r
+            return states.RETRY, None, exc_info_of(cause), "".join(traceback.format_exception(cause))
         except BaseException as e:   # the task's failure, whatever it is, is its result
+            if task is not None and self._autoretry(task, msg, e):
+                return states.RETRY, None, exc_info_of(e), "".join(traceback.format_exception(e))
             return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
         finally:
             if token is not None:

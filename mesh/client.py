@@ -304,7 +304,11 @@ class Client:
                     log.exception("error handling %s from %s", type(msg).__name__, link.endpoint)
 
     def _handle(self, msg: Any, link: NodeLink) -> None:
-        if type(msg) is Result:
+        if type(msg) is Result and msg.state == states.RETRY:
+            slot = self._slots.get(msg.task_id)    # not final: it runs again later
+            if slot is not None and slot.msg is None:
+                slot.state = states.RETRY
+        elif type(msg) is Result:
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
             if slot is None or not slot.complete(msg):

@@ -70,7 +70,14 @@ class WorkerLostError(MeshError):
 
 
 class Retry(MeshError):
-    """Raised by ``Task.retry`` to ask for the task to run again later."""
+    """Raised by ``Task.retry`` to ask for the task to run again after ``countdown``
+    seconds; ``exc`` is the exception that caused it, if any."""
+
+    def __init__(self, message: str = "", exc: BaseException | None = None,
+                 countdown: float | None = None):
+        super().__init__(message)
+        self.exc = exc
+        self.countdown = countdown
 
 
 class MaxRetriesExceededError(MeshError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import signal
@@ -455,10 +456,29 @@ class Node(PoolEvents):
             log.info("gave back %d unstarted task(s) to %d client(s)", len(entries), len(by_client))
 
     # -- pool events ------------------------------------------------------------------
-    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float) -> None:
+    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
+                  countdown: float | None = None) -> None:
+        if state == states.RETRY:
+            self._retry(entry, result_frame, countdown or 0.0)
+            return
         self.held.pop(entry.task_id, None)
         self.counts[state] += 1
         self._reply(entry.client, result_frame)
+
+    def _retry(self, entry: Entry, result_frame: bytes, countdown: float) -> None:
+        """The task asked to run again: tell its owner (state RETRY, not final) and
+        queue it here with retries + 1 after ``countdown`` seconds."""
+        self.counts[states.RETRY] += 1
+        self._reply(entry.client, result_frame)
+        msg = decode(entry.frame)
+        assert isinstance(msg, Submit)
+        eta = time.time() + countdown
+        entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
+        entry.eta, entry.started, entry.received = eta, None, time.time()
+        if self._stop.is_set():       # stopping: its owner sends it elsewhere
+            self._release([entry], "node is shutting down")
+        else:
+            self.pool.submit(entry)
 
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = states.FAILURE) -> None:
         self.held.pop(entry.task_id, None)
@@ -486,6 +506,7 @@ class Node(PoolEvents):
             "busy": busy, "total": total, "queued": queued, "scheduled": len(self.pool.scheduled),
             "held": len(self.held), "succeeded": self.counts[states.SUCCESS],
             "failed": self.counts[states.FAILURE], "revoked": self.counts[states.REVOKED],
+            "retried": self.counts[states.RETRY],
             "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
             "rss_bytes": self._rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": self.pool.started_total, "refused_frames": self.refused,

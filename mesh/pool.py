@@ -78,7 +78,8 @@ class ChildProc:
 class PoolEvents:
     """What the pool tells its node. The node implements these."""
 
-    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float) -> None: ...
+    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
+                  countdown: float | None = None) -> None: ...
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE") -> None: ...
 
 
@@ -302,7 +303,7 @@ class Pool:
         child.tasks += 1
         if entry.timer is not None:
             entry.timer.cancel()
-        self.events.task_done(entry, msg.state, result, msg.runtime)
+        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown)
         if msg.retire:
             log.info("child pid %d retires: %s", child.pid, msg.retire)
             child.retiring = True

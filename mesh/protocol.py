@@ -299,6 +299,7 @@ class ChildDone(Message):
     runtime: float = 0.0
     retire: str | None = None
     rss: int = 0
+    countdown: float | None = None   # state RETRY: run again after this many seconds
 
 
 # ---- membership (mesh/membership) --------------------------------------------------------

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import datetime
 import difflib
 import functools
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .exceptions import ConfigError
+from .exceptions import ConfigError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from .app import Mesh
@@ -24,10 +26,23 @@ class TaskOptions:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     expires: float | None = None       # seconds after sending, after which it is not run
+    # -- retries (Celery's names and defaults) --
+    max_retries: int | None = 3        # None: retry forever
+    default_retry_delay: float = 180.0  # s before a retry, when no countdown/backoff says
+    autoretry_for: tuple[type[BaseException], ...] = ()  # retry on these exceptions by itself
+    retry_backoff: bool | float = False  # exponential backoff: True (1, 2, 4 s...) or a factor
+    retry_backoff_max: float = 600.0   # s, the cap of the backoff
+    retry_jitter: bool = True          # randomise backoff delays in [0, delay]
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 9:
             raise ConfigError(f"priority must be 0..9, got {self.priority}")
+        if self.max_retries is not None and (type(self.max_retries) is not int or self.max_retries < 0):
+            raise ConfigError(f"max_retries must be an integer >= 0 or None, got {self.max_retries!r}")
+        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in self.autoretry_for):
+            raise ConfigError("autoretry_for must be a tuple of exception classes")
+        if self.default_retry_delay < 0 or self.retry_backoff_max < 0 or self.retry_backoff < 0:
+            raise ConfigError("retry delays must be >= 0")
         for n in ("time_limit", "soft_time_limit", "expires"):
             v = getattr(self, n)
             if v is not None and v <= 0:
@@ -37,8 +52,6 @@ class TaskOptions:
 # Options of the public contract that later versions implement. Accepting them
 # silently would lie to the user, so they are refused with this message for now.
 _NOT_YET = {
-    "max_retries": "retries", "default_retry_delay": "retries", "autoretry_for": "retries",
-    "retry_backoff": "retries", "retry_backoff_max": "retries", "retry_jitter": "retries",
     "acks_late": "acks", "reject_on_worker_lost": "acks", "rate_limit": "rate limits",
     "ignore_result": "ignore_result",
 }
@@ -53,6 +66,8 @@ def make_options(name: str, kwargs: dict[str, Any]) -> TaskOptions:
         if key not in known:
             hint = difflib.get_close_matches(key, known | set(_NOT_YET), n=1)
             raise ConfigError(f"unknown task option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    if "autoretry_for" in kwargs:
+        kwargs = {**kwargs, "autoretry_for": tuple(kwargs["autoretry_for"])}
     return TaskOptions(**{**kwargs, "name": name})
 
 
@@ -123,6 +138,32 @@ class Task:
         if self.options.bind:
             return self.fun(self, *args, **kwargs)
         return self.fun(*args, **kwargs)
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
+              eta: Any = None, max_retries: int | None = None) -> Retry:
+        """Ask for this call to run again later (use as ``raise self.retry(...)``).
+
+        After ``max_retries`` (the task's option unless given) it raises ``exc`` if
+        given, else MaxRetriesExceededError. Outside a node (a plain call) it raises
+        ``exc``, or Retry. The delay is ``countdown``, ``eta`` (datetime or unix
+        time), or the task's default_retry_delay."""
+        req = self.request
+        if req.called_directly:
+            raise exc if exc is not None else Retry("retry() in a plain local call")
+        limit = max_retries if max_retries is not None else self.options.max_retries
+        if limit is not None and req.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"can't retry {self.name}[{req.id}]: {req.retries} retries, max_retries={limit}")
+        if countdown is None:
+            if eta is not None:
+                when = eta.timestamp() if isinstance(eta, datetime.datetime) else float(eta)
+                countdown = max(0.0, when - time.time())
+            else:
+                countdown = self.options.default_retry_delay
+        raise Retry(f"retry in {countdown:g} s" + (f": {exc!r}" if exc is not None else ""),
+                    exc=exc, countdown=countdown)
 
     def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":
         """Run on the mesh with these arguments; shortcut for apply_async."""

@@ -141,3 +141,46 @@ def request_info(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             "eta": r.eta, "expires": r.expires, "time_limit": r.time_limit,
             "soft_time_limit": r.soft_time_limit, "called_directly": r.called_directly,
             "pid": os.getpid()}
+
+
+# ---- retries --------------------------------------------------------------------------
+
+def _bump(path: str) -> int:
+    """Count calls in a file (children are separate processes): the new count."""
+    n = int(open(path).read()) + 1 if os.path.exists(path) else 1
+    with open(path, "w") as f:
+        f.write(str(n))
+    return n
+
+
+@app.task(bind=True)
+def flaky(self: Any, path: str, fail_times: int, countdown: float = 0.05) -> dict[str, int]:
+    """Fails ``fail_times`` times (asking for a retry each time), then succeeds."""
+    if _bump(path) <= fail_times:
+        raise self.retry(exc=OSError(f"flaky, attempt {self.request.retries + 1}"), countdown=countdown)
+    return {"retries": self.request.retries}
+
+
+@app.task(bind=True, max_retries=2)
+def retry_then_fail(self: Any) -> None:
+    raise self.retry(exc=ValueError(f"still broken after {self.request.retries} retries"),
+                     countdown=0.05)
+
+
+@app.task(bind=True, max_retries=1)
+def retry_without_exc(self: Any) -> None:
+    raise self.retry(countdown=0.01)
+
+
+@app.task(autoretry_for=(OSError,), max_retries=3, retry_backoff=0.05, retry_jitter=False)
+def auto_flaky(path: str, fail_times: int) -> int:
+    n = _bump(path)
+    if n <= fail_times:
+        raise OSError(f"auto flaky, call {n}")
+    return n
+
+
+@app.task(autoretry_for=(KeyError,), max_retries=1, default_retry_delay=0.05)
+def auto_exhausted(path: str) -> None:
+    _bump(path)
+    raise KeyError("never there")

@@ -223,8 +223,6 @@ def test_unknown_task_option_has_a_hint(app: Mesh, key: str, hint: str) -> None:
 
 
 @pytest.mark.parametrize("key,value", [
-    ("max_retries", 5), ("default_retry_delay", 2), ("autoretry_for", (IOError,)),
-    ("retry_backoff", True), ("retry_backoff_max", 60), ("retry_jitter", True),
     ("rate_limit", "100/m"), ("acks_late", True), ("ignore_result", True),
     ("reject_on_worker_lost", True),
 ])
@@ -329,3 +327,24 @@ def test_unbound_task_does_not_get_self(app: Mesh) -> None:
     def plain(*args: Any) -> Any:
         return args
     assert plain(1, 2) == (1, 2)
+
+
+@pytest.mark.parametrize("key,value", [
+    ("max_retries", 5), ("max_retries", None), ("default_retry_delay", 2),
+    ("autoretry_for", (IOError,)), ("autoretry_for", [KeyError]), ("retry_backoff", True),
+    ("retry_backoff", 0.5), ("retry_backoff_max", 60), ("retry_jitter", False),
+])
+def test_retry_options_are_accepted(app: Mesh, key: str, value: Any) -> None:
+    t = app.task(**{key: value})(lambda: None)
+    got = getattr(t.options, key)
+    assert got == (tuple(value) if key == "autoretry_for" else value)
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("max_retries", -1, "max_retries"), ("max_retries", 1.5, "max_retries"),
+    ("autoretry_for", (42,), "autoretry_for"), ("autoretry_for", (str,), "autoretry_for"),
+    ("default_retry_delay", -1, "retry delays"), ("retry_backoff_max", -5, "retry delays"),
+])
+def test_bad_retry_options_are_refused(app: Mesh, key: str, value: Any, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        app.task(**{key: value})(lambda: None)

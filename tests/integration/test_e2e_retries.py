@@ -1,0 +1,69 @@
+"""Retries on real nodes: self.retry, autoretry_for with backoff, max_retries, the
+RETRY state, MaxRetriesExceededError."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import tasks_app
+from harness import ClientHandle, NodeFactory, NodeProc, wait_until
+
+from mesh import states
+from mesh.exceptions import MaxRetriesExceededError
+
+
+@pytest.fixture
+def client(start_node: NodeFactory, make_client: Callable[..., ClientHandle]) -> ClientHandle:
+    node: NodeProc = start_node(concurrency=2)
+    return make_client(node)
+
+
+def calls(path: Path) -> int:
+    return int(path.read_text()) if path.exists() else 0
+
+
+def test_self_retry_runs_again_until_it_succeeds(client: ClientHandle, tmp_path: Path) -> None:
+    counter = tmp_path / "flaky"
+    r = client.tasks.flaky.delay(str(counter), 2)
+    assert r.get(timeout=30) == {"retries": 2}      # request.retries counts the retries
+    assert calls(counter) == 3
+
+
+def test_state_is_retry_while_waiting_to_run_again(client: ClientHandle, tmp_path: Path) -> None:
+    counter = tmp_path / "slow-retry"
+    r = client.tasks.flaky.delay(str(counter), 1, 3.0)   # one retry, 3 s later
+    wait_until(lambda: r.state == states.RETRY, timeout=20, what="the RETRY state")
+    assert not r.ready()
+    assert r.get(timeout=30) == {"retries": 1}
+    assert r.state == states.SUCCESS
+
+
+def test_max_retries_then_the_exception_is_raised(client: ClientHandle) -> None:
+    r = client.tasks.retry_then_fail.delay()
+    with pytest.raises(ValueError, match="after 2 retries"):
+        r.get(timeout=30)
+    assert r.state == states.FAILURE
+
+
+def test_retry_without_exc_ends_in_max_retries_exceeded(client: ClientHandle) -> None:
+    r = client.tasks.retry_without_exc.delay()
+    with pytest.raises(MaxRetriesExceededError):
+        r.get(timeout=30)
+
+
+def test_autoretry_for_with_backoff(client: ClientHandle, tmp_path: Path) -> None:
+    counter = tmp_path / "auto"
+    assert client.tasks.auto_flaky.delay(str(counter), 2).get(timeout=30) == 3
+
+
+def test_autoretry_gives_up_after_max_retries(client: ClientHandle, tmp_path: Path) -> None:
+    counter = tmp_path / "exhausted"
+    with pytest.raises(KeyError):
+        client.tasks.auto_exhausted.delay(str(counter)).get(timeout=30)
+    assert calls(counter) == 2                          # the first run and one retry
+
+
+def test_retry_in_a_plain_local_call_raises_the_exception() -> None:
+    with pytest.raises(ValueError, match="after 0 retries"):
+        tasks_app.retry_then_fail()
