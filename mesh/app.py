@@ -145,6 +145,8 @@ class Mesh:
             expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
             soft_time_limit=soft_time_limit, headers=headers or {})
         msg.validate()
+        if task_id is not None and self._client is not None and self._client.lookup(task_id):
+            raise ConfigError(f"task id {task_id} is already outstanding in this client")
         frame = encode(msg)
         if len(frame) > self.config.max_message_size:
             raise EncodeError(f"task {name} is {len(frame)} bytes encoded, over the limit of "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import dataclasses
 import logging
 import os
 import random
@@ -25,7 +26,17 @@ from . import states
 from .config import Config
 from .exceptions import ConfigError, DecodeError
 from .placement import choose_from
-from .protocol import Ack, Control, ControlReply, Error, Release, Result, decode, encode
+from .protocol import (
+    Ack,
+    Control,
+    ControlReply,
+    Error,
+    Release,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
 from .result import Slot
 
 log = logging.getLogger("mesh.client")
@@ -134,7 +145,10 @@ class Client:
         link = self.links.get(endpoint)
         if link is None:
             s = self._ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.ROUTING_ID, self.client_id)
+            # one routing id per link: a node reached through two addresses (a seed and
+            # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
+            # one link's replies to the other
+            s.setsockopt(zmq.ROUTING_ID, self.client_id + b".%d" % len(self.links))
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
             s.setsockopt(zmq.LINGER, 0)
@@ -181,6 +195,14 @@ class Client:
         except Exception:
             log.exception("mesh client I/O thread failed")
         finally:
+            # tasks still without a result will never get one through this client:
+            # fail them, so nobody waits forever on get()
+            while self._outbox:
+                self._slots.setdefault(self._outbox[0].task_id, self._outbox.popleft())
+            for slot in list(self._slots.values()):
+                self._fail(slot, "MeshError", f"the mesh client was closed before task "
+                           f"{slot.task_id} finished")
+            self._slots.clear()
             for link in self.links.values():
                 link.sock.close(linger=int(self._linger * 1000))
             self._ctx.term()
@@ -246,6 +268,10 @@ class Client:
         now = time.monotonic()
         while self._outbox:
             slot = popleft()
+            if slot.task_id in self._slots:     # the caller reused an outstanding id
+                self._fail(slot, "ConfigError", f"task id {slot.task_id} is already outstanding "
+                           "in this client; give each call its own id")
+                continue
             self._slots[slot.task_id] = slot
             link = self._pick()
             link.inflight += 1
@@ -308,6 +334,11 @@ class Client:
             slot = self._slots.get(msg.task_id)    # not final: it runs again later
             if slot is not None and slot.msg is None:
                 slot.state = states.RETRY
+                if slot.frame is not None:     # keep what a resend must carry: retries + 1
+                    sub = decode(slot.frame)
+                    if isinstance(sub, Submit):
+                        slot.frame = encode(dataclasses.replace(
+                            sub, retries=msg.retries + 1, eta=msg.eta if msg.eta else sub.eta))
         elif type(msg) is Result:
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
@@ -337,11 +368,18 @@ class Client:
             log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)
             slot = self._slots.pop(msg.ref, None) if msg.ref else None
             if slot is not None:
-                slot.complete(Result(task_id=slot.task_id, state=states.FAILURE, node=link.endpoint, exc={
-                    "type": "DecodeError", "module": "mesh.exceptions",
-                    "message": f"node refused the task ({msg.code}): {msg.message}"}))
+                owner = self.links.get(slot.node or "") or link
+                self._forget_one(owner, slot.state != states.PENDING)
+                self._fail(slot, "DecodeError", f"node refused the task ({msg.code}): {msg.message}",
+                           link.endpoint)
         else:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
+
+    @staticmethod
+    def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
+        """Complete a slot with a failure decided here, in the client."""
+        slot.complete(Result(task_id=slot.task_id, state=states.FAILURE, node=node, exc={
+            "type": exc_type, "module": "mesh.exceptions", "message": message}))
 
     def _on_release(self, msg: Release, link: NodeLink) -> None:
         """Tasks given back unstarted: send them to ``msg.target`` if the node named

@@ -469,10 +469,13 @@ class Node(PoolEvents):
         """The task asked to run again: tell its owner (state RETRY, not final) and
         queue it here with retries + 1 after ``countdown`` seconds."""
         self.counts[states.RETRY] += 1
-        self._reply(entry.client, result_frame)
         msg = decode(entry.frame)
         assert isinstance(msg, Submit)
         eta = time.time() + countdown
+        res = decode(result_frame)            # tell the owner when, so a resend keeps it
+        if isinstance(res, Result):
+            result_frame = encode(dataclasses.replace(res, eta=eta))
+        self._reply(entry.client, result_frame)
         entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
         entry.eta, entry.started, entry.received = eta, None, time.time()
         if self._stop.is_set():       # stopping: its owner sends it elsewhere

@@ -233,6 +233,7 @@ class Result(Message):
     runtime: float = 0.0
     node: str = ""
     retries: int = 0
+    eta: float | None = None   # state RETRY: unix time of the next run
 
 
 @message

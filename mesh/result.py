@@ -9,6 +9,7 @@ a module named by the network.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Generator
@@ -48,7 +49,10 @@ class Slot:
             self.frame = None
             waiters, self.waiters = self.waiters, None
         for w in waiters or ():
-            w()
+            try:
+                w()
+            except Exception:   # e.g. an awaiting event loop that is closed: others still run
+                logging.getLogger("mesh.result").exception("a result waiter failed")
         return True
 
     def add_waiter(self, fn: Callable[[], None]) -> bool:

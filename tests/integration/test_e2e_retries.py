@@ -67,3 +67,41 @@ def test_autoretry_gives_up_after_max_retries(client: ClientHandle, tmp_path: Pa
 def test_retry_in_a_plain_local_call_raises_the_exception() -> None:
     with pytest.raises(ValueError, match="after 0 retries"):
         tasks_app.retry_then_fail()
+
+
+def test_a_retried_task_given_back_at_shutdown_keeps_its_retry_count(
+        start_node: NodeFactory, make_client: Callable[..., ClientHandle], tmp_path: Path) -> None:
+    import signal
+    a = start_node(concurrency=1, profile="test")
+    client = make_client(a)
+    counter = tmp_path / "released-retry"
+    r = client.tasks.flaky.delay(str(counter), 1, 3.0)    # on a: fails once, retries 3 s later
+    wait_until(lambda: r.state == states.RETRY, timeout=20, what="the RETRY state")
+    b = start_node(concurrency=1, profile="test", peers=a.endpoint)
+    wait_until(lambda: b.endpoint in {n["endpoint"] for n in client.app.client.nodes()},
+               timeout=20, what="the client to learn b from a")
+    a.send_signal(signal.SIGTERM)                           # the scheduled retry goes back
+    assert r.get(timeout=30) == {"retries": 1}              # ran on b as retry 1, not 0
+    assert r.node == b.name
+    assert calls(counter) == 2
+
+
+def test_close_fails_what_is_still_outstanding(client: ClientHandle, tmp_path: Path) -> None:
+    from mesh.exceptions import MeshError
+    r = client.app.send_task(tasks_app.wait_for_file.name, args=(str(tmp_path / "never"),))
+    wait_until(lambda: r.state == states.RECEIVED, timeout=20, what="the task to be received")
+    client.app.close()
+    with pytest.raises(MeshError, match="closed"):
+        r.get(timeout=10)
+
+
+def test_an_outstanding_task_id_cannot_be_reused(client: ClientHandle, tmp_path: Path) -> None:
+    from mesh.exceptions import ConfigError
+    gate = tmp_path / "gate"
+    r = client.app.send_task(tasks_app.wait_for_file.name, args=(str(gate),), task_id="same-id")
+    wait_until(lambda: client.app.AsyncResult("same-id").state != states.UNKNOWN, timeout=20,
+               what="the first task to be registered in the client")
+    with pytest.raises(ConfigError, match="already outstanding"):
+        client.app.send_task(tasks_app.add.name, args=(1, 2), task_id="same-id")
+    gate.write_text("open")
+    assert r.get(timeout=30) == "opened"
