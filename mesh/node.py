@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -56,7 +57,8 @@ log = logging.getLogger("mesh.node")
 
 REANNOUNCE_INTERVAL = 10.0   # s between mDNS re-announcements of a node with no live peer
 SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a peer with room
-SHED_INTERVAL = 0.05   # s between looks
+SHED_INTERVAL = 0.05
+MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this   # s between looks
 
 MEMBERSHIP_MESSAGES = frozenset({Ping, PingReq, PingAck, PingNack, Gossip, PushPull, PushPullReply})
 
@@ -102,6 +104,8 @@ class Node(PoolEvents):
         self.transport: ZmqTransport | None = None
         self._had_peers = False
         self._reannounced = 0.0
+        # a digest of the registered task names: load is only shed to peers with the same
+        self.tasks_digest = hashlib.sha1("\n".join(sorted(app.tasks)).encode()).hexdigest()[:12]
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
         self.discovered: dict[str, str] = {}      # node id -> endpoint, heard on mDNS
         self._stop = asyncio.Event()
@@ -224,7 +228,7 @@ class Node(PoolEvents):
         """This node's load, gossiped to the mesh (placement reads it)."""
         busy, total, queued = self.load()
         return {"busy": busy, "total": total, "queued": queued, "rate": round(self.rate, 1),
-                "cpu": round(self._cpu), "rss": self._rss}
+                "cpu": round(self._cpu), "rss": self._rss, "tasks": self.tasks_digest}
 
     async def _shedder(self) -> None:
         while True:
@@ -248,8 +252,11 @@ class Node(PoolEvents):
         moved: list[tuple[Entry, str]] = []
         for m in ms.alive_members(include_self=False):
             meta = m.meta
+            if meta.get("tasks") != self.tasks_digest:
+                continue                 # it may not have our tasks: they would fail there
             try:
-                free = 2 * int(meta.get("total", 0)) - int(meta.get("busy", 0)) - int(meta.get("queued", 0))
+                total = min(int(meta.get("total", 0)), MAX_SHED_CHILDREN)   # a peer may lie
+                free = 2 * total - int(meta.get("busy", 0)) - int(meta.get("queued", 0))
             except (TypeError, ValueError):
                 continue
             version, sent = self._shed_to.get(m.id, (-1, 0))
