@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 
 HEADER = 4
-MAX_FRAME = 1 << 31
 
 
 def pack(*frames: bytes) -> list[bytes]:

@@ -115,10 +115,6 @@ class Client:
     def lookup(self, task_id: str) -> Slot | None:
         return self._slots.get(task_id)
 
-    @property
-    def outstanding(self) -> int:
-        return len(self._slots)
-
     def nodes(self) -> list[dict[str, Any]]:
         """A snapshot of the nodes this client knows, for display and tests."""
         return [{"node": n.node_id, "endpoint": n.endpoint, "state": n.state, "busy": n.busy,
@@ -251,8 +247,8 @@ class Client:
         pool = self._placeable
         if avoid is not None and len(pool) > 1:
             pool = [n for n in pool if n.endpoint != avoid]
-        now = time.monotonic()
         if len(pool) > 1:   # skip nodes that are shutting down, while others remain
+            now = time.monotonic()
             fresh = [n for n in pool if now - n.released_at > 5.0]
             pool = fresh or pool
         choice = choose_from(pool, self._rng)
@@ -265,7 +261,6 @@ class Client:
         of up to BATCH frames; each frame is one protocol message)."""
         popleft = self._outbox.popleft
         batches: dict[NodeLink, list[bytes]] = {}
-        now = time.monotonic()
         while self._outbox:
             slot = popleft()
             if slot.task_id in self._slots:     # the caller reused an outstanding id
@@ -275,8 +270,7 @@ class Client:
             self._slots[slot.task_id] = slot
             link = self._pick()
             link.inflight += 1
-            slot.node, slot.sent_at = link.endpoint, now
-            slot.attempts += 1
+            slot.node = link.endpoint
             batch = batches.get(link)
             if batch is None:
                 batch = batches[link] = []
@@ -307,8 +301,6 @@ class Client:
             return
         link.inflight += 1
         slot.node = link.endpoint
-        slot.sent_at = time.monotonic()
-        slot.attempts += 1
         link.sock.send(slot.frame, zmq.NOBLOCK)
 
     def _drain_socket(self, link: NodeLink) -> None:

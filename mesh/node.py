@@ -25,7 +25,7 @@ import zmq
 from . import __version__, codec, states
 from .config import advertised_endpoint
 from .exceptions import DecodeError, MeshError
-from .membership import Member, Membership, MemberState, profile
+from .membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
 from .peers import PeerSockets, ZmqTransport
 from .pool import Entry, Pool, PoolEvents
 from .protocol import (
@@ -34,13 +34,6 @@ from .protocol import (
     Control,
     ControlReply,
     Error,
-    Gossip,
-    Ping,
-    PingAck,
-    PingNack,
-    PingReq,
-    PushPull,
-    PushPullReply,
     Release,
     Result,
     Submit,
@@ -60,7 +53,6 @@ SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a pe
 SHED_INTERVAL = 0.05
 MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this   # s between looks
 
-MEMBERSHIP_MESSAGES = frozenset({Ping, PingReq, PingAck, PingNack, Gossip, PushPull, PushPullReply})
 
 
 class NodeStartError(MeshError):
@@ -383,7 +375,7 @@ class Node(PoolEvents):
             return
         if type(msg) is Submit:
             self._intake(ident, msg, frame)
-        elif type(msg) in MEMBERSHIP_MESSAGES:
+        elif type(msg) in MESSAGE_TYPES:
             if self.transport is not None:
                 self.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:

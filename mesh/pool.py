@@ -56,7 +56,7 @@ class Entry:
 
 class ChildProc:
     __slots__ = ("index", "ident", "pid", "pidfd", "sock", "reader", "wbuf", "done_hdr",
-                 "entry", "ready", "killed_for", "retiring", "tasks", "spawned")
+                 "entry", "killed_for", "retiring", "tasks")
 
     def __init__(self, index: int, ident: bytes, pid: int, pidfd: int, sock: socket.socket):
         self.index = index
@@ -68,11 +68,9 @@ class ChildProc:
         self.wbuf = bytearray()               # what a short write left to send
         self.done_hdr: ChildDone | None = None  # a ChildDone waiting for its Result frame
         self.entry: Entry | None = None
-        self.ready = False
         self.killed_for: str | None = None
         self.retiring = False
         self.tasks = 0
-        self.spawned = time.monotonic()
 
 
 class PoolEvents:
@@ -100,7 +98,6 @@ class Pool:
         self._deaths: list[float] = []
         self.stopping = False
         self.started_total = 0
-        self.replaced = 0
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
@@ -288,7 +285,6 @@ class Pool:
         if type(msg) is ChildDone:
             child.done_hdr = msg
         elif type(msg) is ChildReady:
-            child.ready = True
             if not self.stopping and child.killed_for is None:
                 self.idle.append(child)
         else:
@@ -362,7 +358,6 @@ class Pool:
     def _replace(self, child: ChildProc) -> None:
         if self.stopping:
             return
-        self.replaced += 1
         delay = self._respawn_delay()
         if delay:
             asyncio.get_running_loop().call_later(delay, self._respawn, child.index)

@@ -26,7 +26,7 @@ class Slot:
     """What a client knows of one task it owns. Shared by the I/O thread (writer)
     and callers (readers/waiters) under ``Slot.lock``."""
 
-    __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters", "sent_at", "attempts")
+    __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters")
     lock = threading.Lock()   # one lock for all slots: waits are rare, updates are short
 
     def __init__(self, task_id: str, frame: bytes | None):
@@ -36,8 +36,6 @@ class Slot:
         self.msg: Result | None = None
         self.node: str | None = None  # endpoint it was last sent to
         self.waiters: list[Callable[[], None]] | None = None
-        self.sent_at = 0.0
-        self.attempts = 0
 
     def complete(self, msg: Result) -> bool:
         """Set the final result; False if it was already complete (a duplicate)."""

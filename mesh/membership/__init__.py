@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from .member import Member, MembershipStats, MemberState
 from .profiles import LAN, LOCAL, PROFILES, TEST, MembershipConfig, profile
-from .swim import Membership
+from .swim import MESSAGE_TYPES, Membership
 from .transport import InMemoryNetwork, InMemoryTransport, Receiver, Traffic, Transport
 
 __all__ = [
+    "MESSAGE_TYPES",
     "LAN",
     "LOCAL",
     "PROFILES",

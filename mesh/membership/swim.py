@@ -77,6 +77,10 @@ from .transport import Transport
 
 log = logging.getLogger("mesh.membership")
 
+# the message types a Membership handles: a node routes these from its front door to it
+MESSAGE_TYPES: frozenset[type[Message]] = frozenset(
+    {Ping, PingReq, PingAck, PingNack, Gossip, PushPull, PushPullReply})
+
 _INF = float("inf")
 DIRECT_FANOUT = 64     # members told directly, at once, that this node joined or leaves
 
