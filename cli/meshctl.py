@@ -206,34 +206,83 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         die("meshctl", "--args must be a JSON array and --kwargs a JSON object", EXIT_USAGE)
     from mesh import Mesh
-    from mesh.exceptions import MeshError
     app = Mesh("meshctl", peers=_peers(ctx))
     try:
         r = app.send_task(task_name, args=args, kwargs=kwargs)
         if not wait:
             click.echo(r.id)
             return EXIT_OK
-        try:
-            value = r.get(timeout=result_timeout)
-        except MeshError as e:
-            if ctx.obj["json"]:
-                click.echo(json.dumps({"id": r.id, "state": r.state, "error": str(e),
-                                       "traceback": r.traceback}))
-            else:
-                if r.traceback:
-                    click.echo(r.traceback.rstrip(), err=True)
-                click.echo(f"meshctl: task {r.id} {r.state}: {type(e).__name__}: {e}", err=True)
-            return EXIT_FAILURE
-        except Exception as e:   # the task's own exception type, rebuilt here
+        return _report(ctx, r, result_timeout)
+    finally:
+        app.close()
+
+
+def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
+    """Wait for ``r`` (unless ``timeout`` is None), print its outcome; the exit code."""
+    from mesh import states
+    from mesh.exceptions import MeshError
+    try:
+        value = r.get(timeout=timeout) if timeout is not None else r.get(timeout=0.001)
+    except MeshError as e:
+        state = r.state
+        if ctx.obj["json"]:
+            click.echo(json.dumps({"id": r.id, "state": state, "error": str(e),
+                                   "traceback": r.traceback}))
+        elif state in states.READY_STATES:
+            if r.traceback:
+                click.echo(r.traceback.rstrip(), err=True)
+            click.echo(f"meshctl: task {r.id} {state}: {type(e).__name__}: {e}", err=True)
+        elif state == states.UNKNOWN:
+            click.echo(f"meshctl: task {r.id} is UNKNOWN: no node knows it (never sent, "
+                       "sent to a node that is gone, or its result expired)", err=True)
+        else:
+            click.echo(f"{state}" if timeout is None else
+                       f"meshctl: task {r.id} is still {state} after {timeout:g} s", err=True)
+            return EXIT_OK if timeout is None else EXIT_FAILURE
+        return EXIT_FAILURE
+    except Exception as e:   # the task's own exception type, rebuilt here
+        if ctx.obj["json"]:
+            click.echo(json.dumps({"id": r.id, "state": r.state, "error": f"{type(e).__name__}: {e}",
+                                   "traceback": r.traceback}))
+        else:
             if r.traceback:
                 click.echo(r.traceback.rstrip(), err=True)
             click.echo(f"meshctl: task {r.id} {r.state}: {type(e).__name__}: {e}", err=True)
-            return EXIT_FAILURE
-        if ctx.obj["json"]:
-            click.echo(json.dumps({"id": r.id, "state": r.state, "result": value}, default=str))
-        else:
-            click.echo(json.dumps(value, default=str))
-        return EXIT_OK
+        return EXIT_FAILURE
+    if ctx.obj["json"]:
+        click.echo(json.dumps({"id": r.id, "state": r.state, "result": value}, default=str))
+    else:
+        click.echo(json.dumps(value, default=str))
+    return EXIT_OK
+
+
+@meshctl.command()
+@click.argument("task_id")
+@click.option("--wait", is_flag=True, help="Wait for the task to finish.")
+@click.option("--result-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="With --wait, seconds to wait for the result.")
+@click.pass_context
+def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float) -> int:
+    """Look up a task by id on every node, from any machine: prints its result as
+    JSON when it is done, else its state (UNKNOWN when no node knows it). Exit 1
+    when it failed, is UNKNOWN, or --wait timed out.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 result 5f0c...e1 --wait
+    """
+    from mesh import Mesh, states
+    app = Mesh("meshctl", peers=_peers(ctx))
+    try:
+        r = app.AsyncResult(task_id)
+        state = r.state                  # asks every node
+        if not wait and state not in states.READY_STATES:
+            if ctx.obj["json"]:
+                click.echo(json.dumps({"id": task_id, "state": state}))
+            else:
+                click.echo(state)
+            return EXIT_FAILURE if state == states.UNKNOWN else EXIT_OK
+        return _report(ctx, r, result_timeout if wait else None)
     finally:
         app.close()
 

@@ -37,13 +37,21 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), metavar="S",
               help="On SIGTERM, how long running tasks may finish (default 30).")
 @click.option("--data-dir", metavar="DIR", help="Journal and results (default ~/.local/share/mesh/NAME).")
+@click.option("--no-journal", is_flag=True, default=None,
+              help="Keep no journal: faster, but a node that dies forgets the tasks it held "
+                   "(their clients still resend them) and keeps no results.")
+@click.option("--journal-fsync", is_flag=True, default=None,
+              help="fsync every journal commit, so it survives power loss, not just a crash.")
+@click.option("--result-expires", type=POSITIVE, metavar="S",
+              help="Keep finished tasks' results this long (default 86400).")
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
              no_mdns: bool | None, profile: str | None, concurrency: int | None, max_tasks_per_child: int | None,
              max_memory_per_child: int | None, time_limit: float | None,
              soft_time_limit: float | None, shutdown_timeout: float | None,
-             data_dir: str | None, loglevel: str | None) -> int:
+             data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
+             result_expires: float | None, loglevel: str | None) -> int:
     """Run a mesh node for the tasks of an app.
 
     \b
@@ -61,7 +69,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             concurrency=concurrency, max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
-            data_dir=data_dir, loglevel=loglevel.upper() if loglevel else None)
+            data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
+            result_expires=result_expires, loglevel=loglevel.upper() if loglevel else None)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
     logging.basicConfig(

@@ -21,6 +21,7 @@ import weakref
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import states
 from .config import Config
@@ -44,6 +45,12 @@ log = logging.getLogger("mesh.client")
 RELEASE_RETRY_DELAY = 0.5   # seconds before resending a released task to the node it left
 BATCH = 256                 # most frames sent to a node in one zmq message
 MEMBERS_INTERVAL = 1.0      # seconds between membership refreshes from a node
+QUERY_TTL = 5.0             # seconds a result query waits for its answers
+HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
+HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
+# when several nodes know a task, the most advanced state is the one to report
+_STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
+               states.STARTED: 4}
 
 
 def _close_at_exit(ref: "weakref.ref[Client]") -> None:
@@ -57,9 +64,9 @@ class NodeLink:
     """The client's view of one node, and the DEALER it talks to it through."""
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
-                 "sock", "released_at")
+                 "sock", "released_at", "monitor", "connected", "reconnects")
 
-    def __init__(self, endpoint: str, sock: zmq.Socket[bytes]):
+    def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
         self.node_id = ""
         self.state = "alive"          # until membership says otherwise
@@ -70,6 +77,9 @@ class NodeLink:
                                       # (once acked, the node counts them in busy/queued)
         self.sock = sock
         self.released_at = 0.0        # when it last gave work back (shutting down)
+        self.monitor = monitor        # connection events of sock
+        self.connected = 0            # handshakes so far; after the first, each is a reconnect
+        self.reconnects = 0
 
     @property
     def score(self) -> float:
@@ -85,6 +95,11 @@ class Client:
         self.client_id = uuid.uuid4().hex.encode()
         self.seeds = list(dict.fromkeys(seeds))
         self.duplicates = 0                             # results for already-complete tasks
+        self.failovers = 0                              # tasks resent because their node died
+        self.resent = 0                                 # tasks resent after a reconnect
+        self._watched: dict[str, Slot] = {}             # tasks owned elsewhere that we look up
+        self._watch_lock = threading.Lock()
+        self._queries: dict[str, list[Any]] = {}        # req id -> [slot, pending, event, state, t]
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
         self._outbox: collections.deque[Any] = collections.deque()
@@ -100,6 +115,7 @@ class Client:
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._by_sock: dict[zmq.Socket[bytes], NodeLink] = {}
+        self._by_monitor: dict[zmq.Socket[bytes], NodeLink] = {}
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -114,6 +130,29 @@ class Client:
 
     def lookup(self, task_id: str) -> Slot | None:
         return self._slots.get(task_id)
+
+    def watch(self, task_id: str) -> Slot:
+        """The slot through which this process follows a task it does not own (submitted
+        by another process): nodes are asked for it, and the one holding it sends its
+        result here when it is done."""
+        with self._watch_lock:
+            slot = self._watched.get(task_id)
+            if slot is None:
+                slot = self._watched[task_id] = Slot(task_id, None, remote=True)
+            return slot
+
+    def query(self, slot: Slot, wait: float | None) -> None:
+        """Ask every alive node about a watched task (and to send us its result when
+        done). With ``wait``, block until all answered or ``wait`` seconds passed."""
+        if self._closing:
+            raise RuntimeError("the mesh client is closed")
+        with self._watch_lock:
+            self._watched.setdefault(slot.task_id, slot)
+        event = threading.Event() if wait else None
+        self._outbox.append(("query", slot, event))
+        self._wake()
+        if event is not None:
+            event.wait(wait)
 
     def nodes(self) -> list[dict[str, Any]]:
         """A snapshot of the nodes this client knows, for display and tests."""
@@ -149,10 +188,15 @@ class Client:
             s.setsockopt(zmq.RCVHWM, 0)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
+            s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
+            mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
             s.connect(endpoint)
-            link = self.links[endpoint] = NodeLink(endpoint, s)
+            link = self.links[endpoint] = NodeLink(endpoint, s, mon)
             self._by_sock[s] = link
+            self._by_monitor[mon] = link
             self._poller.register(s, zmq.POLLIN)
+            self._poller.register(mon, zmq.POLLIN)
             self._update_placeable()
         return link
 
@@ -178,8 +222,10 @@ class Client:
                             pass
                         self._wake_pending = False
                         self._drain_outbox()
-                    else:
+                    elif sock_or_fd in self._by_sock:
                         self._drain_socket(self._by_sock[sock_or_fd])
+                    else:
+                        self._drain_monitor(self._by_monitor[sock_or_fd])
                 now = time.monotonic()
                 if self._retry:
                     self._resend_due(now)
@@ -199,14 +245,78 @@ class Client:
                 self._fail(slot, "MeshError", f"the mesh client was closed before task "
                            f"{slot.task_id} finished")
             self._slots.clear()
+            with self._watch_lock:
+                watched, self._watched = list(self._watched.values()), {}
+            for slot in watched:
+                self._fail(slot, "MeshError", f"the mesh client was closed while waiting for "
+                           f"task {slot.task_id}")
             for link in self.links.values():
+                link.sock.disable_monitor()
+                link.monitor.close(linger=0)
                 link.sock.close(linger=int(self._linger * 1000))
             self._ctx.term()
             os.close(self._efd)
 
+    def _drain_monitor(self, link: NodeLink) -> None:
+        """Connection events of a link. A link that connects again (the node restarted,
+        or a cut network healed) may have lost frames in either direction: send it
+        again every task it holds for us. The node answers a task it holds with an ACK,
+        one it finished with the stored result, and runs one it never got."""
+        while True:
+            try:
+                frames = link.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = parse_monitor_message(frames)["event"]
+            except Exception:
+                continue
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                link.connected += 1
+                if link.connected > 1:
+                    link.reconnects += 1
+                    mine = [s for s in self._slots.values()
+                            if s.node == link.endpoint and s.msg is None]
+                    if mine:
+                        log.info("reconnected to %s: sending its %d task(s) again", link.endpoint,
+                                 len(mine))
+                        self.resent += len(mine)
+                        link.inflight = 0
+                        for slot in mine:
+                            self._send(slot, link)
+
+    def _failover(self, link: NodeLink) -> None:
+        """Membership declared the node dead: send every task it held for us to
+        another node, under the same id. An acks_late=False task it had acknowledged
+        may have run already and must not run twice: it fails with WorkerLostError."""
+        mine = [s for s in self._slots.values() if s.node == link.endpoint and s.msg is None]
+        if not mine:
+            return
+        link.inflight = link.busy = link.queued = 0
+        others = [n for n in self._placeable if n is not link]
+        moved = 0
+        for slot in mine:
+            if slot.state != states.PENDING and not _acks_late(slot.frame):
+                self._fail(slot, "WorkerLostError", f"node {link.node_id or link.endpoint} died "
+                           f"holding task {slot.task_id}; it has acks_late=False, so it is not "
+                           "run again", link.node_id)
+                self._slots.pop(slot.task_id, None)
+                continue
+            slot.state = states.PENDING
+            if others:
+                self._send(slot, self._pick(avoid=link.endpoint))
+            else:           # nowhere to go yet: keep trying (the node may come back)
+                slot.node = None
+                self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
+            moved += 1
+        self.failovers += moved
+        log.warning("node %s (%s) is dead: sent %d of its task(s) to other nodes",
+                    link.node_id, link.endpoint, moved)
+
     def _refresh_members(self, now: float) -> None:
         """Ask one node (an alive one we know, else a seed) for the membership."""
         self._next_refresh = now + MEMBERS_INTERVAL
+        self._requery(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
         self._members_req = uuid.uuid4().hex
@@ -219,6 +329,7 @@ class Client:
         if not isinstance(members, list):
             return
         changed = False
+        dead: list[NodeLink] = []
         for m in members:
             if not isinstance(m, dict):
                 continue
@@ -234,7 +345,9 @@ class Client:
                 link = self._link(ep)
             if link.state != state:
                 changed = True
-                link.state = state
+                old, link.state = link.state, state
+                if state == "dead" and old != "dead":
+                    dead.append(link)
             if isinstance(nid, str):
                 link.node_id = nid
             load = m.get("load")
@@ -242,6 +355,8 @@ class Client:
                 link.busy, link.total, link.queued = load[0], load[1], load[2]
         if changed:
             self._update_placeable()
+        for link in dead:
+            self._failover(link)
 
     def _pick(self, avoid: str | None = None) -> NodeLink:
         pool = self._placeable
@@ -263,6 +378,9 @@ class Client:
         batches: dict[NodeLink, list[bytes]] = {}
         while self._outbox:
             slot = popleft()
+            if type(slot) is tuple:             # ("query", slot, event)
+                self._send_query(slot[1], slot[2])
+                continue
             if slot.task_id in self._slots:     # the caller reused an outstanding id
                 self._fail(slot, "ConfigError", f"task id {slot.task_id} is already outstanding "
                            "in this client; give each call its own id")
@@ -334,6 +452,11 @@ class Client:
         elif type(msg) is Result:
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
+            if slot is None:
+                with self._watch_lock:
+                    watched = self._watched.pop(msg.task_id, None)
+                if watched is not None and watched.complete(msg):
+                    return
             if slot is None or not slot.complete(msg):
                 self.duplicates += 1
                 return
@@ -356,10 +479,16 @@ class Client:
             if msg.req_id == self._members_req and msg.ok:
                 link.node_id = msg.node
                 self._apply_members(msg.payload)
+            elif msg.req_id in self._queries:
+                self._on_query_reply(msg)
         elif type(msg) is Error:
             log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)
-            slot = self._slots.pop(msg.ref, None) if msg.ref else None
+            slot = self._slots.get(msg.ref) if msg.ref else None
+            if slot is not None and msg.code == "journal":
+                self._on_journal_error(slot, link, msg.message)
+                return
             if slot is not None:
+                self._slots.pop(slot.task_id, None)
                 owner = self.links.get(slot.node or "") or link
                 self._forget_one(owner, slot.state != states.PENDING)
                 self._fail(slot, "DecodeError", f"node refused the task ({msg.code}): {msg.message}",
@@ -399,3 +528,94 @@ class Client:
         for slot in due:
             if slot.msg is None:
                 self._send(slot, self._pick())
+
+    # -- journal refusals ---------------------------------------------------------------
+    def _on_journal_error(self, slot: Slot, link: NodeLink, message: str) -> None:
+        """A node could not journal the task (full or read-only disk) and did not take
+        it: try a node that has not refused it; when every node has, fail it with the
+        node's own words, so the submitter knows (never silent loss)."""
+        self._forget_one(link, slot.state != states.PENDING)
+        if slot.refused is None:
+            slot.refused = set()
+        slot.refused.add(link.endpoint)
+        slot.state = states.PENDING
+        others = [n for n in self._placeable if n.endpoint not in slot.refused]
+        if others:
+            self._send(slot, choose_from(others, self._rng) or others[0])
+            return
+        self._slots.pop(slot.task_id, None)
+        self._fail(slot, "MeshError", message, link.node_id)
+
+    # -- results of tasks owned elsewhere ---------------------------------------------
+    def _targets(self) -> list[NodeLink]:
+        return self._placeable or [self.links[ep] for ep in self.seeds]
+
+    def _send_query(self, slot: Slot, event: threading.Event | None) -> None:
+        links = self._targets()
+        req = uuid.uuid4().hex
+        self._queries[req] = [slot, len(links), event, states.UNKNOWN, time.monotonic()]
+        frame = encode(Control(req, "result", {"task_id": slot.task_id, "watch": True}))
+        for link in links:
+            try:
+                link.sock.send(frame, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self._queries[req][1] -= 1
+        if self._queries[req][1] <= 0:
+            self._end_query(req)
+
+    def _on_query_reply(self, msg: ControlReply) -> None:
+        q = self._queries[msg.req_id]
+        slot: Slot = q[0]
+        q[1] -= 1
+        payload = msg.payload
+        if msg.ok and isinstance(payload, dict) and payload.get("task_id") == slot.task_id:
+            state = payload.get("state")
+            frame = payload.get("result")
+            if isinstance(frame, bytes):
+                try:
+                    res = decode(frame, self.config.max_message_size)
+                except DecodeError as e:
+                    log.warning("node %s sent an unreadable stored result: %s", msg.node, e)
+                else:
+                    if type(res) is Result and res.task_id == slot.task_id:
+                        with self._watch_lock:
+                            self._watched.pop(slot.task_id, None)
+                        slot.complete(res)
+            elif isinstance(state, str) and _STATE_RANK.get(state, -1) > _STATE_RANK.get(q[3], 0):
+                q[3] = state
+        if q[1] <= 0 or slot.msg is not None:
+            self._end_query(msg.req_id)
+
+    def _end_query(self, req: str) -> None:
+        slot, _pending, event, state, _t = self._queries.pop(req)
+        if slot.msg is None:
+            slot.state = state
+        if event is not None:
+            event.set()
+
+    def _requery(self, now: float) -> None:
+        """Once a second: drop queries nobody answered, and ask again about watched
+        tasks someone waits for (the node holding one may have died, and its owner
+        sent it elsewhere). Watched tasks nobody waits for are forgotten."""
+        for req in [r for r, q in self._queries.items() if now - q[4] > QUERY_TTL]:
+            self._end_query(req)
+        asked = {q[0].task_id for q in self._queries.values()}
+        with self._watch_lock:
+            for tid, slot in list(self._watched.items()):
+                if slot.msg is not None or not slot.waiters:
+                    if tid not in asked:
+                        del self._watched[tid]
+                    continue
+                if tid not in asked:
+                    self._send_query(slot, None)
+
+
+def _acks_late(frame: bytes | None) -> bool:
+    """Whether a task (its encoded Submit) may run again after its node died."""
+    if frame is None:
+        return True
+    try:
+        msg = decode(frame)
+    except DecodeError:
+        return True
+    return not (isinstance(msg, Submit) and msg.headers.get("acks_late") is False)

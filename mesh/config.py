@@ -46,6 +46,11 @@ class Config:
     # -- lifecycle --------------------------------------------------------------------
     shutdown_timeout: float = 30.0      # on SIGTERM, how long running tasks may finish
     data_dir: str = ""                  # journal and results; "" = ~/.local/share/mesh/NAME
+    journal: bool = True                # keep accepted tasks and results in sqlite (see
+                                        # mesh/journal.py); off: faster, but a node that dies
+                                        # forgets what it held and keeps no results
+    journal_fsync: bool = False         # fsync every journal commit (survives power loss too)
+    result_expires: float = 86400.0     # s a finished task's result is kept in the journal
     loglevel: str = "INFO"
     # -- wire -------------------------------------------------------------------------
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # bytes; larger frames are refused
@@ -67,6 +72,8 @@ class Config:
             v = getattr(self, n)
             if v is not None and v <= 0:
                 raise bad(f"{n} must be > 0 seconds, got {v}")
+        if self.result_expires <= 0:
+            raise bad(f"result_expires must be > 0 seconds, got {self.result_expires}")
         if self.shutdown_timeout < 0:
             raise bad("shutdown_timeout must be >= 0")
         if self.max_message_size < 1024:

@@ -25,6 +25,7 @@ import zmq
 from . import __version__, codec, states
 from .config import advertised_endpoint
 from .exceptions import DecodeError, MeshError
+from .journal import Journal, JournalError
 from .membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
 from .peers import PeerSockets, ZmqTransport
 from .pool import Entry, Pool, PoolEvents
@@ -51,7 +52,10 @@ log = logging.getLogger("mesh.node")
 REANNOUNCE_INTERVAL = 10.0   # s between mDNS re-announcements of a node with no live peer
 SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a peer with room
 SHED_INTERVAL = 0.05
-MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this   # s between looks
+MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
+MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child keeps dying
+EXPIRE_INTERVAL = 60.0     # s between sweeps of expired results from the journal
+MAX_WATCHERS = 64          # processes told of one task's result when it is done
 
 
 
@@ -103,6 +107,10 @@ class Node(PoolEvents):
         self._stop = asyncio.Event()
         self._stop_count = 0
         self._acks: dict[bytes, list[str]] = {}
+        self.journal: Journal | None = None
+        self._pending: list[Entry] = []          # accepted this pass: to the pool once journalled
+        self._watchers: dict[str, set[bytes]] = {}   # task id -> who asked to hear its result
+        self._expired_at = 0.0
         self._out: dict[bytes, list[bytes]] = {}
         self._flush_scheduled = False
         self._badlog = _RateLimitedLog()
@@ -122,6 +130,11 @@ class Node(PoolEvents):
                 os.makedirs(self.config.data_path, exist_ok=True)
             except OSError as e:
                 raise NodeStartError(f"cannot create data dir {self.config.data_path}: {e.strerror}") from e
+            if self.config.journal:
+                try:
+                    self.journal = Journal(self.config.data_path, durable=self.config.journal_fsync)
+                except JournalError as e:
+                    raise NodeStartError(str(e)) from e
             front = ctx.socket(zmq.ROUTER)
             front.setsockopt(zmq.LINGER, 2000)
             front.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -137,6 +150,7 @@ class Node(PoolEvents):
             self.front = SocketDriver(front, self._on_front, "front")
             pool = Pool(self.app, self.config, self.name, self, self.config.pool_size)
             self.pool = pool
+            self._recover()
             peers = PeerSockets(ctx, f"node:{self.name}".encode())
             self.transport = ZmqTransport(peers, self.address)
             self.membership = Membership(
@@ -181,6 +195,8 @@ class Node(PoolEvents):
             if front is not None:
                 front.close(linger=2000)
             ctx.term()
+            if self.journal is not None:
+                self.journal.close()
 
     async def _discover(self) -> None:
         """Announce this node on mDNS and hear of others (mDNS only introduces nodes;
@@ -264,8 +280,8 @@ class Node(PoolEvents):
             if not pool.queue:
                 break
         by_target: dict[tuple[bytes, str], list[str]] = {}
+        self._forget([e for e, _ in moved])
         for entry, target in moved:
-            self.held.pop(entry.task_id, None)
             by_target.setdefault((entry.client, target), []).append(entry.task_id)
         for (client, target), ids in by_target.items():
             self._reply(client, encode(Release(ids, self.name, "shed to a node with room", target)))
@@ -315,7 +331,27 @@ class Node(PoolEvents):
             self.rate = inst if self.rate == 0 else 0.5 * self.rate + 0.5 * inst
             last_done, last_t = done, now
             self._sample_resources()
+            if now - self._expired_at > min(EXPIRE_INTERVAL, self.config.result_expires / 2):
+                self._expired_at = now
+                self.expire_results()
             await self._reannounce_if_alone(now)
+
+    def expire_results(self) -> int:
+        """Delete results older than result_expires from the journal."""
+        if self.journal is None:
+            return 0
+        total = 0
+        try:
+            while True:
+                n = self.journal.expire(time.time() - self.config.result_expires)
+                total += n
+                if n < 10_000:
+                    break
+        except JournalError as e:
+            log.error("journal: expiring old results failed: %s", e)
+        if total:
+            log.info("journal: %d result(s) older than %g s expired", total, self.config.result_expires)
+        return total
 
     async def _reannounce_if_alone(self, now: float) -> None:
         """A node cut off (or whose peers all restarted) announces itself again, at
@@ -406,6 +442,16 @@ class Node(PoolEvents):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        journal = self.journal
+        if journal is not None:      # nothing is acked or answered before it is journalled
+            try:
+                journal.commit()
+            except JournalError as e:
+                self._journal_failed(e)
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for entry in pending:
+                self.pool.submit(entry)
         if self._acks:                 # only for tasks still held: a result implies the ack
             load = self.load()
             held = self.held
@@ -431,7 +477,9 @@ class Node(PoolEvents):
             if not self._flush_scheduled:
                 self._schedule_flush()
         acks.append(tid)
-        if tid in self.held:           # a resend of a task we already hold
+        held = self.held.get(tid)
+        if held is not None:           # a resend of a task we already hold
+            held.client = ident        # its owner may have reconnected through another link
             return
         task = self.app.tasks.get(msg.name)
         if task is None:
@@ -439,20 +487,100 @@ class Node(PoolEvents):
             self._fail(ident, tid, "NotRegistered", f"task {msg.name!r} is not registered on node "
                        f"{self.name} (registered: {known or 'none'})")
             return
+        now = time.time()
+        journal = self.journal
+        if journal is not None:
+            try:
+                if not journal.add(tid, ident, frame, now):
+                    stored = journal.get(tid)
+                    if stored is not None and stored.result is not None:
+                        self.counts["answered_from_journal"] += 1   # finished here already
+                        self._reply(ident, stored.result)
+                        return
+                    journal.replace(tid, ident, frame, now)
+            except JournalError as e:
+                self._refuse(ident, "journal", f"node {self.name} cannot write its journal, so it "
+                             f"did not accept task {tid}: {e}", tid)
+                log.error("journal write failed: %s (task %s refused)", e, tid)
+                return
         limit = msg.time_limit or task.options.time_limit or self.config.time_limit
-        entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit)
+        entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
+                      task.options.acks_late)
         self.held[tid] = entry
-        self.pool.submit(entry)
+        if journal is None:
+            self.pool.submit(entry)
+        else:
+            self._pending.append(entry)    # to the pool once the journal has it (_flush)
+
+    def _journal_failed(self, e: JournalError) -> None:
+        """A batch did not reach the journal: refuse the tasks it accepted (their owners
+        try another node or report the error); results already went to their owners."""
+        log.error("journal commit failed: %s", e)
+        pending, self._pending = self._pending, []
+        for entry in pending:
+            self.held.pop(entry.task_id, None)
+            self._refuse(entry.client, "journal", f"node {self.name} cannot write its journal, "
+                         f"so it did not accept task {entry.task_id}: {e}", entry.task_id)
+
+    def _recover(self) -> None:
+        """After a restart: run again what the journal holds unfinished."""
+        if self.journal is None:
+            return
+        try:
+            rows = self.journal.unfinished()
+        except JournalError as e:
+            raise NodeStartError(f"cannot read the journal: {e}") from e
+        lost = 0
+        for row in rows:
+            try:
+                msg = decode(row.frame)
+            except DecodeError as e:
+                log.error("journal: task %s cannot be read back (%s): dropped", row.task_id, e)
+                self.journal.remove([row.task_id])
+                continue
+            assert isinstance(msg, Submit)
+            task = self.app.tasks.get(msg.name)
+            limit = msg.time_limit or (task.options.time_limit if task else None) or self.config.time_limit
+            entry = Entry(row.task_id, msg.name, row.client, row.frame, msg.priority, msg.eta,
+                          msg.expires, limit, task.options.acks_late if task else True)
+            entry.received = row.received
+            self.held[row.task_id] = entry
+            if task is None:
+                self.task_failed(entry, "NotRegistered", f"task {msg.name!r} is no longer "
+                                 f"registered on node {self.name}")
+            elif row.state == states.STARTED:    # acks_late=False: it may have run; never twice
+                lost += 1
+                self.task_failed(entry, "WorkerLostError", f"node {self.name} stopped while task "
+                                 f"{row.task_id} ran; it has acks_late=False, so it is not run again")
+            else:
+                self._pending.append(entry)
+        if rows:
+            log.info("journal: recovered %d unfinished task(s) (%d started with acks_late=False, "
+                     "failed)", len(rows), lost)
+        self._flush_scheduled = True   # _flush runs once the loop starts
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _forget(self, entries: list[Entry]) -> None:
+        """These tasks go back to their owners unstarted: no longer ours."""
+        for e in entries:
+            self.held.pop(e.task_id, None)
+            self._watchers.pop(e.task_id, None)
+        if self.journal is not None and entries:
+            try:
+                self.journal.remove(e.task_id for e in entries)
+            except JournalError as e:
+                log.error("journal: could not forget %d released task(s): %s", len(entries), e)
 
     def _release(self, entries: list[Entry], reason: str) -> None:
         by_client: dict[bytes, list[str]] = {}
+        self._forget(entries)
         for e in entries:
-            self.held.pop(e.task_id, None)
             by_client.setdefault(e.client, []).append(e.task_id)
         for ident, ids in by_client.items():
             self._reply(ident, encode(Release(ids, self.name, reason)))
         if entries:
-            log.info("gave back %d unstarted task(s) to %d client(s)", len(entries), len(by_client))
+            log.info("gave back %d unstarted task(s) to %d client(s): %s", len(entries),
+                     len(by_client), reason)
 
     # -- pool events ------------------------------------------------------------------
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
@@ -460,9 +588,23 @@ class Node(PoolEvents):
         if state == states.RETRY:
             self._retry(entry, result_frame, countdown or 0.0)
             return
-        self.held.pop(entry.task_id, None)
+        self._finish(entry.task_id, entry.client, state, result_frame)
+
+    def _finish(self, task_id: str, client: bytes, state: str, result_frame: bytes) -> None:
+        """A held task's final result: journal it, then tell its owner and watchers."""
+        self.held.pop(task_id, None)
         self.counts[state] += 1
-        self._reply(entry.client, result_frame)
+        if self.journal is not None:
+            try:
+                self.journal.finish(task_id, state, result_frame, time.time())
+            except JournalError as e:
+                log.error("journal: the result of task %s was not stored: %s", task_id, e)
+        self._reply(client, result_frame)
+        watchers = self._watchers.pop(task_id, None)
+        if watchers:
+            for ident in watchers:
+                if ident != client:
+                    self._reply(ident, result_frame)
 
     def _retry(self, entry: Entry, result_frame: bytes, countdown: float) -> None:
         """The task asked to run again: tell its owner (state RETRY, not final) and
@@ -477,22 +619,63 @@ class Node(PoolEvents):
         self._reply(entry.client, result_frame)
         entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
         entry.eta, entry.started, entry.received = eta, None, time.time()
+        entry.retried = True
+        if self.journal is not None:
+            try:
+                self.journal.update_frame(entry.task_id, entry.frame)
+            except JournalError as e:
+                log.error("journal: the retry of task %s was not stored: %s", entry.task_id, e)
         if self._stop.is_set():       # stopping: its owner sends it elsewhere
             self._release([entry], "node is shutting down")
         else:
             self.pool.submit(entry)
 
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = states.FAILURE) -> None:
-        self.held.pop(entry.task_id, None)
-        self._fail(entry.client, entry.task_id, exc_type, message, state)
+        self._fail(entry.client, entry.task_id, exc_type, message, state, held=True)
+
+    def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
+        """Its child died mid-run. acks_late tasks go back to their owner at shutdown
+        (they run elsewhere) and, with reject_on_worker_lost, run again here (a few
+        times at most: a task that kills its child every time must not loop forever).
+        Otherwise the task fails with WorkerLostError."""
+        task = self.app.tasks.get(entry.name)
+        opts = task.options if task is not None else None
+        if opts is not None and opts.acks_late:
+            if shutdown:
+                entry.started = None
+                self._release([entry], "node is shutting down; the task was interrupted")
+                return
+            if opts.reject_on_worker_lost and not self._stop.is_set():
+                if entry.redelivered < MAX_REDELIVERIES:
+                    entry.redelivered += 1
+                    entry.started = None
+                    log.warning("%s; running it again (reject_on_worker_lost, %d/%d)",
+                                message, entry.redelivered, MAX_REDELIVERIES)
+                    self.pool.submit(entry)
+                    return
+                message += f" (it was run {MAX_REDELIVERIES + 1} times and lost its child each time)"
+        self.task_failed(entry, "WorkerLostError", message)
+
+    def task_starting(self, entry: Entry) -> None:
+        """acks_late=False: journal that it started, so a restart never runs it twice."""
+        if self.journal is not None:
+            try:
+                self.journal.started(entry.task_id)
+                self.journal.commit()
+            except JournalError as e:
+                log.error("journal: could not record that task %s started: %s", entry.task_id, e)
 
     def _fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
-              state: str = states.FAILURE) -> None:
-        self.counts[state] += 1
+              state: str = states.FAILURE, held: bool = False) -> None:
         log.info("task %s %s: %s", task_id, state.lower(), message)
         exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
                "args": codec.dumps([message])}
-        self._reply(ident, encode(Result(task_id=task_id, state=state, exc=exc, node=self.name)))
+        frame = encode(Result(task_id=task_id, state=state, exc=exc, node=self.name))
+        if held:
+            self._finish(task_id, ident, state, frame)
+        else:
+            self.counts[state] += 1
+            self._reply(ident, frame)
 
     # -- control ----------------------------------------------------------------------
     def load(self) -> list[int]:
@@ -509,16 +692,41 @@ class Node(PoolEvents):
             "held": len(self.held), "succeeded": self.counts[states.SUCCESS],
             "failed": self.counts[states.FAILURE], "revoked": self.counts[states.REVOKED],
             "retried": self.counts[states.RETRY],
+            "answered_from_journal": self.counts["answered_from_journal"],
+            "journal": self.journal.path if self.journal is not None else None,
             "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
             "rss_bytes": self._rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": self.pool.started_total, "refused_frames": self.refused,
             "registered": sorted(self.app.tasks),
         }
 
+    def task_state(self, ident: bytes, args: dict[str, Any]) -> dict[str, Any]:
+        """The ``result`` command: what this node knows of a task id. With
+        ``watch``, the asker also gets the Result when the task finishes here."""
+        tid = args.get("task_id")
+        if not isinstance(tid, str) or not 0 < len(tid) <= 200:
+            raise ValueError("result needs args {'task_id': '<id>'}")
+        entry = self.held.get(tid)
+        if entry is not None:
+            if args.get("watch") is True:
+                watchers = self._watchers.setdefault(tid, set())
+                if len(watchers) < MAX_WATCHERS:
+                    watchers.add(ident)
+            state = (states.STARTED if entry.started else
+                     states.RETRY if entry.retried else states.RECEIVED)
+            return {"task_id": tid, "state": state}
+        if self.journal is not None:
+            stored = self.journal.get(tid)
+            if stored is not None and stored.result is not None:
+                return {"task_id": tid, "state": stored.state, "result": stored.result}
+        return {"task_id": tid, "state": states.UNKNOWN}
+
     def _control(self, ident: bytes, msg: Control) -> None:
-        handlers = {"ping": lambda: {"node": self.name, "address": self.address,
-                                     "version": __version__, "protocol": PROTOCOL_VERSION},
-                    "status": self.status, "members": self.members}
+        handlers: dict[str, Any] = {
+            "ping": lambda: {"node": self.name, "address": self.address,
+                             "version": __version__, "protocol": PROTOCOL_VERSION},
+            "status": self.status, "members": self.members,
+            "result": lambda: self.task_state(ident, msg.args)}
         fn = handlers.get(msg.command)
         if fn is None:
             reply = ControlReply(msg.req_id, False, self.name, None,

@@ -37,10 +37,12 @@ class Entry:
     """A task held by the node, from intake until its result is sent."""
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
-                 "time_limit", "received", "started", "timer")
+                 "time_limit", "received", "started", "timer", "acks_late", "redelivered",
+                 "retried")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
-                 eta: float | None, expires: float | None, time_limit: float | None):
+                 eta: float | None, expires: float | None, time_limit: float | None,
+                 acks_late: bool = True):
         self.task_id = task_id
         self.name = name
         self.client = client
@@ -52,6 +54,9 @@ class Entry:
         self.received = time.time()
         self.started: float | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.acks_late = acks_late            # False: journalled as STARTED before it starts
+        self.redelivered = 0                  # runs again after its child died (reject_on_worker_lost)
+        self.retried = False                  # waiting for a retry (state RETRY)
 
 
 class ChildProc:
@@ -79,6 +84,10 @@ class PoolEvents:
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
                   countdown: float | None = None) -> None: ...
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE") -> None: ...
+    def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
+        """Its child died while running it (or was killed at shutdown)."""
+    def task_starting(self, entry: Entry) -> None:
+        """Called just before an ``acks_late=False`` task goes to a child."""
 
 
 class Pool:
@@ -259,6 +268,8 @@ class Pool:
                 self.events.task_failed(entry, "TaskRevokedError",
                                         f"task {entry.task_id} expired before it started", "REVOKED")
                 continue
+            if not entry.acks_late:
+                self.events.task_starting(entry)
             child = idle.pop()
             child.entry = entry
             entry.started = time.time()
@@ -347,13 +358,12 @@ class Pool:
                                     f"task {entry.name}[{entry.task_id}] exceeded its hard time "
                                     f"limit of {entry.time_limit} s; its child was killed")
         elif child.killed_for == "shutdown":
-            self.events.task_failed(entry, "WorkerLostError",
-                                    f"node {self.node_name} shut down while task {entry.task_id} "
-                                    "was still running after the shutdown timeout")
+            self.events.task_lost(entry, f"node {self.node_name} shut down while task "
+                                  f"{entry.task_id} was still running after the shutdown timeout",
+                                  shutdown=True)
         else:
-            self.events.task_failed(entry, "WorkerLostError",
-                                    f"child process pid {child.pid} {how} while running "
-                                    f"task {entry.name}[{entry.task_id}]")
+            self.events.task_lost(entry, f"child process pid {child.pid} {how} while running "
+                                  f"task {entry.name}[{entry.task_id}]")
 
     def _replace(self, child: ChildProc) -> None:
         if self.stopping:

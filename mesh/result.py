@@ -22,17 +22,22 @@ if TYPE_CHECKING:
     from .app import Mesh
 
 
+LOOKUP_TIMEOUT = 1.0   # s that AsyncResult.state waits for the nodes' answers
+
+
 class Slot:
     """What a client knows of one task it owns. Shared by the I/O thread (writer)
     and callers (readers/waiters) under ``Slot.lock``."""
 
-    __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters")
+    __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters", "remote", "refused")
     lock = threading.Lock()   # one lock for all slots: waits are rare, updates are short
 
-    def __init__(self, task_id: str, frame: bytes | None):
+    def __init__(self, task_id: str, frame: bytes | None, remote: bool = False):
         self.task_id = task_id
         self.frame = frame            # the encoded Submit, kept until the result arrives
-        self.state = states.PENDING
+        self.remote = remote          # a task another process submitted: looked up, not owned
+        self.state = states.UNKNOWN if remote else states.PENDING
+        self.refused: set[str] | None = None  # nodes that could not journal it
         self.msg: Result | None = None
         self.node: str | None = None  # endpoint it was last sent to
         self.waiters: list[Callable[[], None]] | None = None
@@ -113,7 +118,7 @@ class AsyncResult:
         self.app = app
         if slot is None and app is not None:
             slot = app._lookup_slot(task_id)
-        self._slot = slot
+        self._slot = slot       # None until needed for a task this process did not submit
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id} {self.state}>"
@@ -121,9 +126,15 @@ class AsyncResult:
     # -- state ------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        if self._slot is None:
-            return states.UNKNOWN
-        return self._slot.state
+        """The task's state. For a task submitted by another process, the nodes are
+        asked (up to LOOKUP_TIMEOUT); an id that no node knows is UNKNOWN."""
+        slot = self._slot
+        if slot is None or (slot.remote and slot.msg is None):
+            if self.app is None:
+                return states.UNKNOWN
+            slot = self._require_slot()
+            self.app.client.query(slot, wait=LOOKUP_TIMEOUT)
+        return slot.state
 
     status = state
 
@@ -139,6 +150,7 @@ class AsyncResult:
     @property
     def result(self) -> Any:
         """The return value when successful, the exception when failed, else None."""
+        self.state       # a task submitted elsewhere: look it up
         msg = self._slot.msg if self._slot else None
         if msg is None:
             return None
@@ -148,6 +160,7 @@ class AsyncResult:
 
     @property
     def traceback(self) -> str | None:
+        self.state
         msg = self._slot.msg if self._slot else None
         return msg.traceback if msg else None
 
@@ -167,6 +180,8 @@ class AsyncResult:
                 timeout = self.app.config.result_timeout
             ev = threading.Event()
             if slot.add_waiter(ev.set):
+                if slot.remote and self.app is not None:    # ask now; the client asks again
+                    self.app.client.query(slot, wait=None)  # while we wait
                 if not ev.wait(timeout):
                     slot.remove_waiter(ev.set)
                     if slot.msg is None:
@@ -194,6 +209,8 @@ class AsyncResult:
                 loop.call_soon_threadsafe(settle)
 
             if slot.add_waiter(wake):
+                if slot.remote and self.app is not None:
+                    self.app.client.query(slot, wait=None)
                 try:
                     await fut
                 finally:
@@ -203,8 +220,10 @@ class AsyncResult:
 
     def _require_slot(self) -> Slot:
         if self._slot is None:
-            raise MeshError(f"task {self.id} is not known to this process; looking up "
-                            "results of tasks submitted elsewhere is not available yet")
+            if self.app is None:
+                raise MeshError(f"task {self.id} is not known to this process, and this "
+                                "AsyncResult has no app to look it up with")
+            self._slot = self.app._lookup_slot(self.id) or self.app.client.watch(self.id)
         return self._slot
 
     @staticmethod

@@ -33,6 +33,12 @@ class TaskOptions:
     retry_backoff: bool | float = False  # exponential backoff: True (1, 2, 4 s...) or a factor
     retry_backoff_max: float = 600.0   # s, the cap of the backoff
     retry_jitter: bool = True          # randomise backoff delays in [0, delay]
+    # -- acknowledgement (docs/design.md, "Acks") --
+    acks_late: bool = True             # done only when its result is journalled: a node that
+                                       # dies mid-run runs it again after a restart, and its
+                                       # owner resends it elsewhere. False: at most once
+    reject_on_worker_lost: bool = False  # acks_late and the child died mid-run: run it again
+                                       # (up to MAX_REDELIVERIES) instead of WorkerLostError
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 9:
@@ -51,10 +57,7 @@ class TaskOptions:
 
 # Options of the public contract that later versions implement. Accepting them
 # silently would lie to the user, so they are refused with this message for now.
-_NOT_YET = {
-    "acks_late": "acks", "reject_on_worker_lost": "acks", "rate_limit": "rate limits",
-    "ignore_result": "ignore_result",
-}
+_NOT_YET = {"rate_limit": "rate limits", "ignore_result": "ignore_result"}
 
 
 def make_options(name: str, kwargs: dict[str, Any]) -> TaskOptions:
@@ -183,4 +186,5 @@ class Task:
             priority=priority if priority is not None else o.priority,
             time_limit=time_limit if time_limit is not None else o.time_limit,
             soft_time_limit=soft_time_limit if soft_time_limit is not None else o.soft_time_limit,
-            link=link, link_error=link_error)
+            link=link, link_error=link_error,
+            headers=None if o.acks_late else {"acks_late": False})

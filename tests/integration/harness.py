@@ -117,7 +117,8 @@ class NodeProc:
     """One running ``meshnode`` process."""
 
     def __init__(self, name: str, endpoint: str, proc: subprocess.Popen[bytes], stderr_path: Path,
-                 data_dir: Path, control: ControlClient):
+                 data_dir: Path, control: ControlClient, argv: list[str] | None = None):
+        self.argv = argv or []
         self.name = name
         self.endpoint = endpoint
         self.proc = proc
@@ -227,12 +228,26 @@ class NodeFactory:
             with open(stderr_path, "wb") as err:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                         cwd=ROOT, env=clean_env(), start_new_session=True)
-            node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir, self.control)
+            node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir, self.control, argv)
             self.nodes.append(node)
             if self._wait_ready(node, ready_timeout):
                 return node
             # the port was taken between free_port() and the node's bind: another one
         raise AssertionError("meshnode could not bind a free port in 3 attempts")
+
+    def restart(self, old: NodeProc, ready_timeout: float = READY_TIMEOUT) -> NodeProc:
+        """Start ``old`` again (it must have exited): same name, port and data dir,
+        so it finds its journal. Its stderr is appended to the same file."""
+        assert old.proc.poll() is not None, f"{old!r} is still running"
+        with open(old.stderr_path, "ab") as err:
+            proc = subprocess.Popen(old.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    cwd=ROOT, env=clean_env(), start_new_session=True)
+        node = NodeProc(old.name, old.endpoint, proc, old.stderr_path, old.data_dir,
+                        self.control, old.argv)
+        self.nodes.append(node)
+        if not self._wait_ready(node, ready_timeout):
+            raise AssertionError(f"{old.name} could not bind {old.endpoint} again")
+        return node
 
     def _wait_ready(self, node: NodeProc, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

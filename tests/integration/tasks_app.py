@@ -184,3 +184,36 @@ def auto_flaky(path: str, fail_times: int) -> int:
 def auto_exhausted(path: str) -> None:
     _bump(path)
     raise KeyError("never there")
+
+
+@app.task(acks_late=False)
+def wait_for_file_once(path: str, timeout: float = GATE_TIMEOUT) -> str:
+    """wait_for_file, acknowledged early: at most once, never run a second time."""
+    return str(wait_for_file(path, timeout))
+
+
+@app.task(reject_on_worker_lost=True)
+def exit_child_once(marker: str) -> int:
+    """Kill its child the first time (leaving ``marker``); return the runs after that."""
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("1")
+        os._exit(1)
+    with open(marker) as f:
+        runs = int(f.read()) + 1
+    with open(marker, "w") as f:
+        f.write(str(runs))
+    return runs
+
+
+@app.task(reject_on_worker_lost=True)
+def exit_child_always() -> None:
+    os._exit(1)
+
+
+@app.task
+def append_line(path: str, line: str) -> str:
+    """Append ``line`` to ``path`` (one line per run: tests count the runs)."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    return line

@@ -56,12 +56,32 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
     assert f"gave back {on_a} unstarted task(s)" in a.stderr()
 
 
-def test_a_task_running_past_the_shutdown_timeout_is_lost(
+def test_a_task_running_past_the_shutdown_timeout_goes_back_to_its_owner(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    # acks_late (the default): a task interrupted by shutdown is not done; its owner
+    # sends it to another node, where it runs from the start
+    a = start_node(concurrency=1, shutdown_timeout=0.5)
+    b = start_node(concurrency=1)
+    t = make_client(a, b).tasks
+    gate = tmp_path / "gate"
+    rs = [t.wait_for_file.delay(str(gate)) for _ in range(2)]
+    wait_until(lambda: a.status()["busy"] == 1 and b.status()["busy"] == 1,
+               what="a long task to run on each node")
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(30) == EXIT_OK
+    wait_until(lambda: b.status()["queued"] == 1, what="the interrupted task to reach b")
+    gate.touch()
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == ["opened", "opened"]
+    assert {r.node for r in rs} == {b.name}
+    assert "interrupted" in a.stderr()
+
+
+def test_an_acks_early_task_running_past_the_shutdown_timeout_is_lost(
         start_node: Any, make_client: Any, tmp_path: Path) -> None:
     node = start_node(concurrency=1, shutdown_timeout=0.5)
     t = make_client(node).tasks
     gate = tmp_path / "gate"
-    r = t.wait_for_file.delay(str(gate))
+    r = t.wait_for_file_once.delay(str(gate))
     wait_until(lambda: node.status()["busy"] == 1, what="the task to start")
     node.send_signal(signal.SIGTERM)
     with pytest.raises(WorkerLostError) as info:
@@ -75,7 +95,7 @@ def test_a_second_sigterm_cuts_the_drain_short(
     node = start_node(concurrency=1)                 # default shutdown timeout: 30 s
     t = make_client(node).tasks
     gate = tmp_path / "gate"
-    r = t.wait_for_file.delay(str(gate))
+    r = t.wait_for_file_once.delay(str(gate))
     wait_until(lambda: node.status()["busy"] == 1, what="the task to start")
     node.send_signal(signal.SIGTERM)
     wait_until(lambda: node.status()["state"] == "left", what="the node to begin draining")

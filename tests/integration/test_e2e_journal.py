@@ -1,0 +1,318 @@
+"""Nothing lost: the journal, restart recovery, results from any process, acks.
+
+Real nodes on loopback; kill -9 is a real SIGKILL and a restart is a new process on
+the same data dir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import MESHCTL, ROOT, clean_env, free_port, run_program, wait_until
+
+from mesh import Mesh, codec, states
+from mesh.exceptions import MeshError, WorkerLostError
+from mesh.protocol import Result, Submit, decode, encode
+
+RESULT_TIMEOUT = 60.0
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _reader(node: Any) -> Mesh:
+    """Another client, which submitted nothing: it can only look results up."""
+    return Mesh("mesh-it-reader", peers=[node.endpoint], mdns=False)
+
+
+# ---- restart recovery -------------------------------------------------------------------
+
+def test_a_node_killed_with_tasks_runs_them_after_a_restart(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1)
+    t = make_client(node).tasks
+    gate, out = tmp_path / "gate", tmp_path / "runs"
+    running = t.wait_for_file.delay(str(gate))
+    wait_until(lambda: node.status()["busy"] == 1, what="the gated task to start")
+    queued = [t.append_line.delay(str(out), f"line-{i}") for i in range(20)]
+    wait_until(lambda: node.status()["queued"] == 20, what="20 tasks to queue behind it")
+    node.send_signal(signal.SIGKILL)
+    node.wait(10)
+    assert _lines(out) == []
+    gate.touch()
+    node = start_node.restart(node)
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"     # acks_late: it runs again
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in queued] == [f"line-{i}" for i in range(20)]
+    assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(20))   # each ran once
+    assert "recovered 21 unfinished task(s)" in node.stderr()
+
+
+def test_a_client_killed_after_submitting_leaves_results_for_others(
+        start_node: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=2)
+    gate = tmp_path / "gate"
+    ids = [f"orphan-{uuid.uuid4().hex[:8]}-{i}" for i in range(10)]
+    script = textwrap.dedent(f"""
+        import sys, time
+        from mesh import Mesh
+        import tasks_app
+        app = Mesh("doomed", peers=[{node.endpoint!r}], mdns=False)
+        add = app.task(name="tasks_app.add")(tasks_app.add.fun)
+        gated = app.task(name="tasks_app.wait_for_file")(tasks_app.wait_for_file.fun)
+        rs = [gated.apply_async(({str(gate)!r},), task_id={ids[0]!r})]
+        rs += [add.apply_async((i, i), task_id=tid) for i, tid in enumerate({ids[1:]!r}, 1)]
+        while any(r.state == "PENDING" for r in rs):
+            time.sleep(0.01)
+        print("acked", flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=clean_env(), cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "acked"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    gate.touch()
+    with _reader(node) as app:
+        assert app.AsyncResult(ids[0]).get(timeout=RESULT_TIMEOUT) == "opened"
+        assert [app.AsyncResult(tid).get(timeout=RESULT_TIMEOUT) for tid in ids[1:]] == \
+            [2 * i for i in range(1, 10)]
+
+
+# ---- results from anywhere ------------------------------------------------------------
+
+def test_another_process_reads_a_result_and_an_unknown_id_is_unknown(
+        start_node: Any, make_client: Any) -> None:
+    node = start_node()
+    t = make_client(node).tasks
+    ok = t.add.delay(2, 3)
+    bad = t.fail.delay("broken", 7)
+    assert ok.get(timeout=RESULT_TIMEOUT) == 5
+    with pytest.raises(Exception):
+        bad.get(timeout=RESULT_TIMEOUT)
+    with _reader(node) as app:
+        r = app.AsyncResult(ok.id)
+        assert r.state == states.SUCCESS
+        assert r.get(timeout=5) == 5
+        assert r.node == node.name
+        f = app.AsyncResult(bad.id)
+        assert f.state == states.FAILURE
+        assert "broken" in str(f.result) and "CustomError" in (f.traceback or "")
+        unknown = app.AsyncResult(uuid.uuid4().hex)
+        assert unknown.state == states.UNKNOWN
+        assert not unknown.ready()
+    # a separate process, through the CLI
+    done = run_program(MESHCTL, "--peers", node.endpoint, "--json", "result", ok.id)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"id": ok.id, "state": "SUCCESS", "result": 5}
+    missing = run_program(MESHCTL, "--peers", node.endpoint, "result", "no-such-task")
+    assert missing.returncode == 1 and missing.stdout.strip() == "UNKNOWN"
+
+
+def test_a_reader_sees_a_running_task_and_gets_its_result_when_done(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a, b = start_node(concurrency=1), start_node(concurrency=1)
+    t = make_client(a, b).tasks
+    gate = tmp_path / "gate"
+    r = t.wait_for_file.delay(str(gate))
+    wait_until(lambda: a.status()["busy"] + b.status()["busy"] == 1, what="the task to start")
+    with Mesh("reader", peers=[a.endpoint, b.endpoint], mdns=False) as app:
+        other = app.AsyncResult(r.id)
+        wait_until(lambda: other.state == states.STARTED, what="the reader to see STARTED")
+        got: list[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(other.get(timeout=RESULT_TIMEOUT)))
+        waiter.start()
+        time.sleep(0.3)         # let the reader register as a watcher before the task ends
+        gate.touch()
+        waiter.join(RESULT_TIMEOUT)
+        assert got == ["opened"]
+    assert r.get(timeout=RESULT_TIMEOUT) == "opened"
+
+
+def test_results_expire(start_node: Any, make_client: Any) -> None:
+    node = start_node(result_expires=1)
+    t = make_client(node).tasks
+    r = t.add.delay(1, 1)
+    assert r.get(timeout=RESULT_TIMEOUT) == 2
+    with _reader(node) as app:
+        assert app.AsyncResult(r.id).state == states.SUCCESS
+        wait_until(lambda: app.AsyncResult(r.id).state == states.UNKNOWN, timeout=15,
+                   what="the result to expire", interval=0.2)
+    assert "expired" in node.stderr()
+
+
+# ---- dedupe -------------------------------------------------------------------------
+
+def test_a_resend_of_a_finished_task_is_answered_from_the_journal(
+        start_node: Any, raw_dealer: Any, tmp_path: Path) -> None:
+    node = start_node()
+    out = tmp_path / "runs"
+    sock = raw_dealer(node.endpoint)
+    frame = encode(Submit(task_id="once-1", name="tasks_app.append_line",
+                          payload=codec.dump_call((str(out), "ran"), None)))
+
+    def result() -> Result:
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while time.monotonic() < deadline:
+            if sock.poll(200):
+                for f in sock.recv_multipart():
+                    msg = decode(f)
+                    if isinstance(msg, Result):
+                        return msg
+        raise AssertionError("no result")
+
+    sock.send(frame)
+    first = result()
+    sock.send(frame)
+    second = result()
+    assert first == second and first.state == states.SUCCESS
+    assert _lines(out) == ["ran"]
+    assert node.status()["answered_from_journal"] == 1
+
+
+def test_without_a_journal_a_node_runs_tasks_and_stores_nothing(
+        start_node: Any, make_client: Any) -> None:
+    node = start_node(no_journal=True)
+    t = make_client(node).tasks
+    r = t.add.delay(20, 22)
+    assert r.get(timeout=RESULT_TIMEOUT) == 42
+    assert node.status()["journal"] is None
+    assert not (node.data_dir / "journal.sqlite3").exists()
+    with _reader(node) as app:
+        assert app.AsyncResult(r.id).state == states.UNKNOWN
+
+
+def test_a_second_node_on_the_same_data_dir_is_refused(start_node: Any) -> None:
+    node = start_node()
+    done = run_program(node.argv[0], *node.argv[1:node.argv.index("--bind")],
+                       "--bind", f"tcp://127.0.0.1:{free_port()}", "--no-mdns", "--data-dir", str(node.data_dir))
+    assert done.returncode == 3
+    assert "in use by another node" in done.stderr
+
+
+# ---- acks ---------------------------------------------------------------------------
+
+def test_reject_on_worker_lost_runs_the_task_again(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1)
+    t = make_client(node).tasks
+    assert t.exit_child_once.delay(str(tmp_path / "marker")).get(timeout=RESULT_TIMEOUT) == 2
+    with pytest.raises(WorkerLostError) as info:
+        t.exit_child_always.delay().get(timeout=RESULT_TIMEOUT)
+    assert "run 4 times" in str(info.value)
+    assert t.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3     # the pool goes on
+
+
+def test_without_reject_on_worker_lost_a_lost_child_fails_the_task(
+        start_node: Any, make_client: Any) -> None:
+    node = start_node(concurrency=1)
+    t = make_client(node).tasks
+    with pytest.raises(WorkerLostError):
+        t.exit_child.delay(3).get(timeout=RESULT_TIMEOUT)
+
+
+# ---- failover -----------------------------------------------------------------------
+
+def test_tasks_on_a_node_killed_with_sigkill_run_on_another(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    c = make_client(a, b)
+    t = c.tasks
+    gate, out = tmp_path / "gate", tmp_path / "runs"
+    rs = [t.wait_for_file.delay(str(gate)) for _ in range(2)]
+    wait_until(lambda: a.status()["busy"] == 1 and b.status()["busy"] == 1,
+               what="a long task to run on each node")
+    more = [t.append_line.delay(str(out), f"l{i}") for i in range(10)]
+    wait_until(lambda: a.status()["queued"] + b.status()["queued"] == 10, what="10 queued tasks")
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    gate.touch()
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == ["opened", "opened"]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in more] == [f"l{i}" for i in range(10)]
+    assert {r.node for r in rs + more} == {b.name}
+    assert sorted(_lines(out)) == sorted(f"l{i}" for i in range(10))
+    assert c.app.client.failovers >= 1
+
+
+def test_an_acks_early_task_on_a_dead_node_fails_instead_of_running_twice(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    c = make_client(a, b)
+    gate = tmp_path / "gate"
+    blocker = c.tasks.wait_for_file.delay(str(gate))        # keeps one node busy
+    once = c.tasks.wait_for_file_once.delay(str(gate))
+    wait_until(lambda: a.status()["busy"] == 1 and b.status()["busy"] == 1,
+               what="both tasks to start")
+    victim = a if _state_on(a, once.id) == states.STARTED else b
+    assert _state_on(victim, once.id) == states.STARTED
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    with pytest.raises(WorkerLostError) as info:
+        once.get(timeout=RESULT_TIMEOUT)
+    assert "acks_late=False" in str(info.value)
+    gate.touch()
+    assert blocker.get(timeout=RESULT_TIMEOUT) == "opened"
+
+
+def _state_on(node: Any, task_id: str) -> str:
+    """What one node says of a task (the ``result`` control command)."""
+    from mesh.control import ControlClient
+    with ControlClient() as cc:
+        reply = cc.broadcast([node.endpoint], "result", {"task_id": task_id}, timeout=5)
+    payload = getattr(reply[node.endpoint], "payload", None)
+    assert isinstance(payload, dict), reply
+    return str(payload["state"])
+
+
+# ---- a full disk --------------------------------------------------------------------
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        node = start_node(data_dir=str(mnt / "node"))
+        t = make_client(node).tasks
+        assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
+        filler = mnt / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)   # fill the disk to the last block
+        try:
+            for size in (65536, 512):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * size)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        big = "x" * 300_000                    # needs new pages in the journal
+        r = t.echo.delay(big)
+        with pytest.raises(MeshError) as info:
+            r.get(timeout=RESULT_TIMEOUT)
+        assert "full" in str(info.value) and node.name in str(info.value)
+        assert node.ping()                     # the node goes on
+        filler.unlink()
+        assert t.echo.delay(big).get(timeout=RESULT_TIMEOUT) == big
+    finally:
+        for n in start_node.nodes:
+            n.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
