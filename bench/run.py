@@ -114,7 +114,7 @@ class RssSampler(threading.Thread):
 class Node:
     """One ``meshnode`` subprocess; ``stop()`` always leaves nothing behind."""
 
-    def __init__(self, concurrency: int, loglevel: str):
+    def __init__(self, concurrency: int, loglevel: str, extra: list[str] | None = None):
         self.tmp = tempfile.mkdtemp(prefix="mesh-bench-")
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
@@ -123,7 +123,7 @@ class Node:
             "--app", "bench.tasks", "--name", f"bench-{self.port}", "--bind", self.endpoint,
             "--concurrency", str(concurrency), "--no-mdns",
             "--data-dir", os.path.join(self.tmp, "data"), "--shutdown-timeout", "5",
-            "--loglevel", loglevel]
+            "--loglevel", loglevel, *(extra or [])]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -197,10 +197,10 @@ class Node:
 
 
 # -- one measurement ------------------------------------------------------------------
-def run_once(args: argparse.Namespace) -> dict[str, Any]:
+def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[str, Any]:
     from bench.tasks import TASK_NAME, make_app
 
-    node = Node(args.concurrency, args.loglevel)
+    node = Node(args.concurrency, args.loglevel, extra)
     sampler: RssSampler | None = None
     app = None
     try:
@@ -377,6 +377,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--with-ceiling", action="store_true",
                     help="also run the bare pyzmq ROUTER -> 2 DEALER loop (bench/zmq_ceiling.py) "
                          "in each run, side by side")
+    ap.add_argument("--compare", metavar="FLAG", default=None,
+                    help="also run mesh with this meshnode flag in each repeat, interleaved, and "
+                         "print both side by side (e.g. --compare=--no-journal)")
     ap.add_argument("--json", nargs="?", const=DEFAULT_JSON, default=None, metavar="PATH",
                     help=f"write results and machine info as JSON (default path "
                          f"{os.path.relpath(DEFAULT_JSON, ROOT)})")
@@ -416,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.concurrency} children, {args.repeat} run(s)\n", flush=True)
 
     runs: list[dict[str, Any]] = []
+    alt: list[dict[str, Any]] = []
     ceil: list[dict[str, Any]] = []
     t_all = time.monotonic()
     for k in range(args.repeat):
@@ -428,16 +432,25 @@ def main(argv: list[str] | None = None) -> int:
             c = run_ceiling(args.tasks, args.latency, workers=args.concurrency)
             ceil.append(c)
             line += f" | pyzmq ceiling {c['tasks_per_s']:,.0f} tasks/s, p50 {c['p50_ms']:.3f} ms"
+        if args.compare:
+            a = run_once(args, args.compare.split())
+            alt.append(a)
+            line += (f" | with {args.compare}: {a['tasks_per_s']:,.0f} tasks/s, "
+                     f"p50 {a['p50_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms, RSS {a['rss_mb']:.1f} MB")
         print(line, flush=True)
 
     med = median_of(runs)
     rows = [(f"mesh run {i + 1}", r) for i, r in enumerate(runs)]
+    rows += [(f"mesh {args.compare} run {i + 1}", a) for i, a in enumerate(alt)]
     rows += [(f"pyzmq ceiling run {i + 1}", c) for i, c in enumerate(ceil)]
     print("\nEach run (this machine):")
     print(table(rows))
 
     cmed = median_of(ceil) if ceil else None
     summary: list[tuple[str, dict[str, Any]]] = [("mesh, MEDIAN (this machine)", med)]
+    amed = median_of(alt) if alt else None
+    if amed:
+        summary.append((f"mesh {args.compare}, MEDIAN", amed))
     if cmed:
         summary.append(("pyzmq ceiling, MEDIAN (this machine)", cmed))
     summary += [(k, dict(v)) for k, v in REFERENCE.items()]
@@ -452,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     if cmed:
         print(f"mesh / ceiling on this machine: {med['tasks_per_s'] / cmed['tasks_per_s']:.1%} of "
               f"the throughput, p50 {med['p50_ms'] / cmed['p50_ms']:.1f}x the ceiling's")
+    if amed:
+        print(f"mesh / mesh {args.compare}: {med['tasks_per_s'] / amed['tasks_per_s']:.1%} of the "
+              f"throughput; p50 {med['p50_ms']:.3f} vs {amed['p50_ms']:.3f} ms; "
+              f"p99 {med['p99_ms']:.3f} vs {amed['p99_ms']:.3f} ms")
     print("\nGoal (median):")
     print("\n".join(verdict(med)))
     print(f"\ntotal time {time.monotonic() - t_all:.1f} s")
@@ -460,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         out = {"machine": info, "params": {k: v for k, v in vars(args).items() if k != "json"},
                "mesh": {"runs": runs, "median": med},
                "ceiling": {"runs": ceil, "median": cmed} if ceil else None,
+               "compare": {"flag": args.compare, "runs": alt, "median": amed} if alt else None,
                "reference": REFERENCE}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -46,6 +46,7 @@ class Config:
     # -- lifecycle --------------------------------------------------------------------
     shutdown_timeout: float = 30.0      # on SIGTERM, how long running tasks may finish
     data_dir: str = ""                  # journal and results; "" = ~/.local/share/mesh/NAME
+                                        # (or HOST-portPORT when no name is given)
     journal: bool = True                # keep accepted tasks and results in sqlite (see
                                         # mesh/journal.py); off: faster, but a node that dies
                                         # forgets what it held and keeps no results
@@ -96,7 +97,14 @@ class Config:
 
     @property
     def data_path(self) -> str:
-        return self.data_dir or default_data_dir(self.node_name)
+        """--data-dir; else by --name; else by host and port, so a node restarted on
+        the same port (its default name has a new pid) finds its journal again."""
+        if self.data_dir:
+            return self.data_dir
+        if self.name:
+            return default_data_dir(self.name)
+        port = self.bind.rsplit(":", 1)[-1]
+        return default_data_dir(f"{socket.gethostname()}-port{port}")
 
     # -- building ---------------------------------------------------------------------
     @classmethod

@@ -35,6 +35,7 @@ MIN_PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_ID_LEN = 200
 MAX_NAME_LEN = 500
+MAX_NESTING = 100        # containers in containers, in any one field value
 
 
 class MsgType(enum.IntEnum):
@@ -65,15 +66,27 @@ class MsgType(enum.IntEnum):
 
 # ---- field validation -----------------------------------------------------------------
 
-def _plain(value: Any) -> bool:
-    """True if a decoded value holds only plain msgpack types. msgpack decodes its
-    Timestamp extension (-1) without calling ext_hook; the envelope allows no
-    extension types, so it is refused here."""
+def _plain(value: Any, depth: int = 0) -> bool:
+    """True if a decoded value holds only plain msgpack types, nested at most
+    MAX_NESTING containers deep. msgpack decodes its Timestamp extension (-1)
+    without calling ext_hook; the envelope allows no extension types, so it is
+    refused here. (msgpack unpacks ~1,000 levels; checking those recursively would
+    raise RecursionError, and re-encoding them may fail.)"""
     t = type(value)
     if t is dict:
-        return not value or all(_plain(k) and _plain(v) for k, v in value.items())
+        if not value:
+            return True
+        if depth >= MAX_NESTING:
+            raise DecodeError(f"values nested over {MAX_NESTING} deep are not allowed")
+        d = depth + 1
+        return all(_plain(k, d) and _plain(v, d) for k, v in value.items())
     if t is list:
-        return all(_plain(v) for v in value)
+        if not value:
+            return True
+        if depth >= MAX_NESTING:
+            raise DecodeError(f"values nested over {MAX_NESTING} deep are not allowed")
+        d = depth + 1
+        return all(_plain(v, d) for v in value)
     if t is msgpack.Timestamp:
         raise DecodeError("extension type -1 (msgpack Timestamp) is not allowed in a message envelope")
     return True
@@ -325,6 +338,7 @@ MAX_UPDATES = 100_000      # per message (a push-pull carries one update per mem
 MAX_META_KEYS = 64
 MAX_ADDRESS_LEN = 500
 _MAX_UINT63 = 2**63 - 1
+MAX_INCARNATION = _MAX_UINT63   # the highest incarnation an update may carry
 
 
 def _check_updates(updates: list[list[Any]], what: str) -> None:

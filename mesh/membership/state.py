@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ..protocol import UPDATE_ALIVE, UPDATE_LEFT, UPDATE_SUSPECT
+from ..protocol import MAX_INCARNATION, UPDATE_ALIVE, UPDATE_LEFT, UPDATE_SUSPECT
 from . import timing
 from .broadcast import META, BroadcastQueue, Update
 from .member import WIRE_STATE, MemberState
@@ -159,7 +159,10 @@ class StateMachine:
 
     def refute(self, accused: int) -> None:
         me = self.me
-        me.incarnation = max(me.incarnation, accused) + 1
+        # Never above what the wire carries: peers refuse an update with a higher
+        # incarnation, and with it every message that holds our alive update. (Only
+        # a peer that lies gets us there; at the top we cannot out-bid an accusation.)
+        me.incarnation = min(max(me.incarnation, accused) + 1, MAX_INCARNATION)
         self.refutations += 1
         self.awareness.apply(1)         # Lifeguard: being suspected hints we are slow
         log.debug("membership: %s refutes, incarnation %d", me.id, me.incarnation)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import logging
 from typing import Any
 
@@ -263,3 +264,11 @@ def test_derived_values() -> None:
 def test_default_data_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
     assert build(name="n1").data_path == "/srv/data/mesh/n1"
+
+
+def test_without_a_name_the_data_dir_is_keyed_by_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default name has the pid in it: a restart must still find its journal
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+    c = build(bind="tcp://127.0.0.1:7801")
+    assert c.data_path == f"/srv/data/mesh/{socket.gethostname()}-port7801"
+    assert build(bind="tcp://127.0.0.1:7802").data_path != c.data_path
