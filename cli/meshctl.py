@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import click
@@ -285,6 +286,208 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float) 
         return _report(ctx, r, result_timeout if wait else None)
     finally:
         app.close()
+
+
+INSPECT = ("active", "reserved", "scheduled", "registered", "stats", "revoked")
+
+
+def _controller(ctx: click.Context) -> Any:
+    from mesh.control import Controller
+    peers = _peers(ctx)
+    return Controller(lambda: peers, timeout=ctx.obj["timeout"])
+
+
+def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) -> int:
+    """One block per node; exit 1 if no node answered."""
+    if ctx.obj["json"]:
+        click.echo(json.dumps(answers, indent=2, default=str, sort_keys=True))
+    else:
+        for node in sorted(answers):
+            a = answers[node]
+            if isinstance(a, dict) and set(a) == {"error"}:
+                click.echo(f"{node}: ERROR {a['error']}")
+            else:
+                render(node, a)
+    ok = [a for a in answers.values() if not (isinstance(a, dict) and set(a) == {"error"})]
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def _render_tasks(node: str, items: Any) -> None:
+    items = items if isinstance(items, list) else []
+    click.echo(f"{node}: {len(items)} task(s)")
+    now = time.time()
+    for t in items:
+        if not isinstance(t, dict):
+            continue
+        extra = ""
+        if t.get("started"):
+            extra = f" running {now - float(t['started']):.1f} s, pid {t.get('pid')}"
+        elif t.get("eta"):
+            extra = f" eta in {float(t['eta']) - now:.1f} s"
+        click.echo(f"  {t.get('name')}[{t.get('id')}] args={t.get('args')} "
+                   f"kwargs={t.get('kwargs')}{extra}")
+
+
+@meshctl.command()
+@click.argument("what", type=click.Choice(INSPECT))
+@click.option("--node", "nodes", multiple=True, metavar="NAME", help="Only these nodes (repeatable).")
+@click.pass_context
+def inspect(ctx: click.Context, what: str, nodes: tuple[str, ...]) -> int:
+    """Ask every node what it holds: active (running), reserved (waiting for a
+    child), scheduled (waiting for an eta), registered (task names and limits),
+    stats (as status), revoked (ids). Exit 1 when no node answers.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 inspect active
+      meshctl --json inspect registered --node node-a
+    """
+    answers = _controller(ctx).broadcast(what, destination=nodes or None)
+
+    def render(node: str, a: Any) -> None:
+        if what in ("active", "reserved", "scheduled"):
+            _render_tasks(node, a)
+        elif what == "registered":
+            click.echo(f"{node}:")
+            for t in a if isinstance(a, list) else []:
+                limits = ", ".join(f"{k}={t[k]}" for k in ("rate_limit", "time_limit",
+                                   "soft_time_limit") if isinstance(t, dict) and t.get(k))
+                click.echo(f"  {t.get('name') if isinstance(t, dict) else t}"
+                           + (f" ({limits})" if limits else ""))
+        elif what == "revoked":
+            ids = a if isinstance(a, list) else []
+            click.echo(f"{node}: {len(ids)} revoked" + "".join(f"\n  {i}" for i in ids))
+        else:
+            click.echo(f"{node}:")
+            for k in sorted(a) if isinstance(a, dict) else []:
+                click.echo(f"  {k}: {a[k]}")
+
+    return _print_per_node(ctx, answers, render)
+
+
+@meshctl.command()
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also kill the child running it (it is replaced).")
+@click.option("--signal", "sig", default="SIGKILL", show_default=True,
+              help="Signal for --terminate.")
+@click.pass_context
+def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: str) -> int:
+    """Revoke tasks on every node: one not started yet never runs (on any node, now
+    or when it arrives later); with --terminate a running one is killed. Its
+    owner gets REVOKED (TaskRevokedError). Exit 1 when no node answers.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 revoke 5f0c...e1 --terminate
+    """
+    answers = _controller(ctx).broadcast("revoke", {"task_ids": list(task_ids),
+                                                    "terminate": terminate, "signal": sig})
+
+    def render(node: str, a: Any) -> None:
+        parts = [f"{k}: {', '.join(a[k])}" for k in ("dropped", "terminated", "still_running")
+                 if isinstance(a, dict) and a.get(k)]
+        click.echo(f"{node}: revoked" + (f" ({'; '.join(parts)})" if parts else ""))
+
+    return _print_per_node(ctx, answers, render)
+
+
+@meshctl.group()
+def control() -> None:
+    """Change running nodes: rate and time limits, pool size, shutdown.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 control rate-limit tasks.add 10/s
+    """
+
+
+def _control_cmd(ctx: click.Context, command: str, args: dict[str, Any],
+                 nodes: tuple[str, ...]) -> int:
+    answers = _controller(ctx).broadcast(command, args, destination=nodes or None)
+    return _print_per_node(ctx, answers, lambda node, a: click.echo(f"{node}: {json.dumps(a)}"))
+
+
+NODE_OPTION = click.option("--node", "nodes", multiple=True, metavar="NAME",
+                           help="Only these nodes (repeatable; default: all).")
+
+
+@control.command("rate-limit")
+@click.argument("task_name")
+@click.argument("rate")
+@NODE_OPTION
+@click.pass_context
+def rate_limit(ctx: click.Context, task_name: str, rate: str, nodes: tuple[str, ...]) -> int:
+    """Limit how often each node starts TASK_NAME: 100/m, 10/s, 5/h, or 0 for no limit.
+
+    \b
+    Example:
+      meshctl control rate-limit reports.build 6/m
+    """
+    return _control_cmd(ctx, "rate_limit", {"task": task_name, "rate": None if rate == "0" else rate},
+                        nodes)
+
+
+@control.command("time-limit")
+@click.argument("task_name")
+@click.option("--soft", type=click.FloatRange(min=0, min_open=True), help="Soft limit, seconds.")
+@click.option("--hard", type=click.FloatRange(min=0, min_open=True), help="Hard limit, seconds.")
+@NODE_OPTION
+@click.pass_context
+def time_limit(ctx: click.Context, task_name: str, soft: float | None, hard: float | None,
+               nodes: tuple[str, ...]) -> int:
+    """Set TASK_NAME's time limits for tasks received from now on.
+
+    \b
+    Example:
+      meshctl control time-limit reports.build --soft 50 --hard 60
+    """
+    return _control_cmd(ctx, "time_limit", {"task": task_name, "soft": soft, "hard": hard}, nodes)
+
+
+@control.command("pool-grow")
+@click.argument("n", type=click.IntRange(1, 1000), default=1)
+@NODE_OPTION
+@click.pass_context
+def pool_grow(ctx: click.Context, n: int, nodes: tuple[str, ...]) -> int:
+    """Add N children to each node's pool.
+
+    \b
+    Example:
+      meshctl control pool-grow 2 --node node-a
+    """
+    return _control_cmd(ctx, "pool_grow", {"n": n}, nodes)
+
+
+@control.command("pool-shrink")
+@click.argument("n", type=click.IntRange(1, 1000), default=1)
+@NODE_OPTION
+@click.pass_context
+def pool_shrink(ctx: click.Context, n: int, nodes: tuple[str, ...]) -> int:
+    """Retire N children from each node's pool (idle ones now, busy ones after their
+    task; never below one).
+
+    \b
+    Example:
+      meshctl control pool-shrink 1
+    """
+    return _control_cmd(ctx, "pool_shrink", {"n": n}, nodes)
+
+
+@control.command("shutdown")
+@NODE_OPTION
+@click.pass_context
+def shutdown(ctx: click.Context, nodes: tuple[str, ...]) -> int:
+    """Warm shutdown, as SIGTERM: give back waiting tasks, finish running ones, exit 0.
+
+    \b
+    Example:
+      meshctl control shutdown --node node-a
+    """
+    return _control_cmd(ctx, "shutdown", {}, nodes)
+
+
+from .meshctl_monitor import events, top  # noqa: E402
+meshctl.add_command(events); meshctl.add_command(top)
 
 
 def main() -> None:

@@ -155,6 +155,12 @@ class Mesh:
         self.client.submit(slot)
         return AsyncResult(msg.task_id, self, slot)
 
+    @property
+    def control(self) -> Any:
+        """Remote control and inspection of every node (``mesh.control.Controller``)."""
+        from .control import Controller
+        return Controller(self._seeds)
+
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return AsyncResult(task_id, self)
 

@@ -458,7 +458,13 @@ class Client:
                 if watched is not None and watched.complete(msg):
                     return
             if slot is None or not slot.complete(msg):
-                self.duplicates += 1
+                self.duplicates += 1       # first result won; tell its sender (an event)
+                log.info("dropped a duplicate result for task %s from %s", msg.task_id, msg.node)
+                try:
+                    link.sock.send(encode(Control("dup", "duplicate", {
+                        "task_id": msg.task_id, "noreply": True})), zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
                 return
             owner = self.links.get(slot.node or "")
             if owner is not None:

@@ -52,6 +52,8 @@ class Config:
                                         # forgets what it held and keeps no results
     journal_fsync: bool = False         # fsync every journal commit (survives power loss too)
     result_expires: float = 86400.0     # s a finished task's result is kept in the journal
+    events: bool = True                 # publish events on an XPUB socket (docs/events.md);
+                                        # built only when someone subscribes
     loglevel: str = "INFO"
     # -- wire -------------------------------------------------------------------------
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # bytes; larger frames are refused

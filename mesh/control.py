@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import zmq
 
@@ -72,3 +72,120 @@ class ControlClient:
         finally:
             for s in socks:
                 s.close(linger=0)
+
+
+def alive_endpoints(cc: ControlClient, seeds: Iterable[str], timeout: float = 2.0) -> list[str]:
+    """Every alive node's endpoint, from the first seed that answers ``members``.
+    The seeds themselves when none knows members (a lone node answers for itself)."""
+    seeds = list(dict.fromkeys(seeds))
+    replies = cc.broadcast(seeds, "members", timeout=timeout)
+    found: dict[str, str] = {}               # node id -> endpoint
+    for ep, reply in replies.items():
+        if not isinstance(reply, ControlReply) or not reply.ok or not isinstance(reply.payload, list):
+            continue
+        for m in reply.payload:
+            if (isinstance(m, dict) and m.get("state") == "alive" and isinstance(m.get("node"), str)
+                    and isinstance(m.get("endpoint"), str)):
+                found.setdefault(m["node"], m["endpoint"])
+        found.setdefault(reply.node, ep)
+    return list(found.values()) or seeds
+
+
+class Controller:
+    """``app.control``: remote control of every node, with Celery's names.
+
+    Each call asks every alive node (found from the app's seeds) and returns
+    ``{node name: answer}``; a node that did not answer, or refused, maps to
+    ``{"error": "..."}``. ``destination`` limits a call to the named nodes."""
+
+    def __init__(self, seeds: Callable[[], list[str]], timeout: float = 2.0):
+        self._seeds = seeds
+        self.timeout = timeout
+
+    def broadcast(self, command: str, args: dict[str, Any] | None = None,
+                  destination: Iterable[str] | None = None,
+                  timeout: float | None = None) -> dict[str, Any]:
+        timeout = self.timeout if timeout is None else timeout
+        want = set(destination) if destination is not None else None
+        out: dict[str, Any] = {}
+        with ControlClient() as cc:
+            eps = alive_endpoints(cc, self._seeds(), timeout)
+            for ep, reply in cc.broadcast(eps, command, args, timeout=timeout).items():
+                if isinstance(reply, ControlReply):
+                    if want is not None and reply.node not in want:
+                        continue
+                    out[reply.node] = reply.payload if reply.ok else {"error": reply.error}
+                elif want is None:
+                    out[ep] = {"error": reply}
+        if want is not None:
+            for name in want - set(out):
+                out[name] = {"error": "no such node answered"}
+        return out
+
+    def inspect(self, destination: Iterable[str] | None = None,
+                timeout: float | None = None) -> "Inspect":
+        return Inspect(self, destination, timeout)
+
+    def ping(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
+        return self.broadcast("ping", destination=destination)
+
+    def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
+               signal: str = "SIGKILL") -> dict[str, Any]:
+        """Revoke tasks everywhere: not started ones never run (on any node, now or
+        later); with ``terminate``, a running one is killed (its child is replaced)."""
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        return self.broadcast("revoke", {"task_ids": ids, "terminate": terminate,
+                                         "signal": signal})
+
+    def rate_limit(self, task_name: str, rate: str | float | None,
+                   destination: Iterable[str] | None = None) -> dict[str, Any]:
+        """Per node, as in Celery: "100/m", "10/s", a number per second, or None."""
+        return self.broadcast("rate_limit", {"task": task_name, "rate": rate}, destination)
+
+    def time_limit(self, task_name: str, soft: float | None = None, hard: float | None = None,
+                   destination: Iterable[str] | None = None) -> dict[str, Any]:
+        """New limits for tasks received from now on."""
+        return self.broadcast("time_limit", {"task": task_name, "soft": soft, "hard": hard},
+                              destination)
+
+    def pool_grow(self, n: int = 1, destination: Iterable[str] | None = None) -> dict[str, Any]:
+        return self.broadcast("pool_grow", {"n": n}, destination)
+
+    def pool_shrink(self, n: int = 1, destination: Iterable[str] | None = None) -> dict[str, Any]:
+        return self.broadcast("pool_shrink", {"n": n}, destination)
+
+    def shutdown(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
+        """Warm shutdown of the nodes (as SIGTERM)."""
+        return self.broadcast("shutdown", destination=destination)
+
+
+class Inspect:
+    """``app.control.inspect()``: what the nodes hold, by node name."""
+
+    def __init__(self, control: Controller, destination: Iterable[str] | None,
+                 timeout: float | None):
+        self._c, self._dest, self._timeout = control, destination, timeout
+
+    def _ask(self, command: str) -> dict[str, Any]:
+        return self._c.broadcast(command, destination=self._dest, timeout=self._timeout)
+
+    def active(self) -> dict[str, Any]:
+        """Running tasks: id, name, args, kwargs, started, pid, node."""
+        return self._ask("active")
+
+    def reserved(self) -> dict[str, Any]:
+        """Accepted, waiting for a free child."""
+        return self._ask("reserved")
+
+    def scheduled(self) -> dict[str, Any]:
+        """Waiting for their eta (countdown, retries, rate limits)."""
+        return self._ask("scheduled")
+
+    def registered(self) -> dict[str, Any]:
+        return self._ask("registered")
+
+    def stats(self) -> dict[str, Any]:
+        return self._ask("stats")
+
+    def revoked(self) -> dict[str, Any]:
+        return self._ask("revoked")

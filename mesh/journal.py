@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
+CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
 """
 
 
@@ -204,6 +206,19 @@ class Journal:
         for tid in task_ids:
             self._write("DELETE FROM tasks WHERE task_id=? AND finished IS NULL", (tid,))
 
+    def revoke(self, task_ids: Iterable[str], at: float) -> None:
+        """Remember revoked ids (a revoked task that arrives later is not run)."""
+        for tid in task_ids:
+            self._write("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (tid, at))
+
+    def revoked_since(self, since: float, limit: int = 100_000) -> list[tuple[str, float]]:
+        try:
+            return [(r[0], r[1]) for r in self.db.execute(
+                "SELECT task_id, at FROM revoked WHERE at >= ? ORDER BY at DESC LIMIT ?",
+                (since, limit)).fetchall()][::-1]
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+
     def commit(self) -> None:
         if not self._in_tx:
             return
@@ -248,6 +263,8 @@ class Journal:
         """Delete up to ``limit`` results finished before ``before``; how many went."""
         n = self._write("DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks "
                         "WHERE finished IS NOT NULL AND finished < ? LIMIT ?)", (before, limit))
+        self._write("DELETE FROM revoked WHERE task_id IN (SELECT task_id FROM revoked "
+                    "WHERE at < ? LIMIT ?)", (before, limit))
         self.commit()
         return n
 

@@ -24,16 +24,18 @@ import zmq
 
 from . import __version__, codec, states
 from .config import advertised_endpoint
+from .events import HEARTBEAT_INTERVAL, Publisher, short_repr
 from .exceptions import DecodeError, MeshError
 from .journal import Journal, JournalError
 from .membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
 from .peers import PeerSockets, ZmqTransport
 from .pool import Entry, Pool, PoolEvents
+from .ratelimit import TokenBucket, parse_rate
+from .remote import RemoteControl
 from .protocol import (
     PROTOCOL_VERSION,
     Ack,
     Control,
-    ControlReply,
     Error,
     Release,
     Result,
@@ -111,6 +113,10 @@ class Node(PoolEvents):
         self._pending: list[Entry] = []          # accepted this pass: to the pool once journalled
         self._watchers: dict[str, set[bytes]] = {}   # task id -> who asked to hear its result
         self._expired_at = 0.0
+        self.events = Publisher(None, self.name)  # a socket once run() binds one
+        self.events_endpoint = ""
+        self._heartbeat_at = 0.0
+        self.remote = RemoteControl(self)
         self._out: dict[bytes, list[bytes]] = {}
         self._flush_scheduled = False
         self._badlog = _RateLimitedLog()
@@ -124,7 +130,7 @@ class Node(PoolEvents):
     async def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; then drain and return."""
         ctx: zmq.Context[Any] = zmq.Context()
-        front = pool = None
+        front = pool = xpub = None
         try:
             try:
                 os.makedirs(self.config.data_path, exist_ok=True)
@@ -135,6 +141,7 @@ class Node(PoolEvents):
                     self.journal = Journal(self.config.data_path, durable=self.config.journal_fsync)
                 except JournalError as e:
                     raise NodeStartError(str(e)) from e
+                self.remote.load_revoked()
             front = ctx.socket(zmq.ROUTER)
             front.setsockopt(zmq.LINGER, 2000)
             front.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -148,8 +155,25 @@ class Node(PoolEvents):
             self.address = advertised_endpoint(front.getsockopt_string(zmq.LAST_ENDPOINT),
                                                self.config.advertise)
             self.front = SocketDriver(front, self._on_front, "front")
+            if self.config.events:
+                xpub = ctx.socket(zmq.XPUB)
+                xpub.setsockopt(zmq.LINGER, 500)
+                xpub.setsockopt(zmq.SNDHWM, 10_000)
+                host = self.config.bind.rsplit(":", 1)[0]
+                try:
+                    xpub.bind(f"{host}:*")     # an ephemeral port, advertised (ping, members)
+                except zmq.ZMQError as e:
+                    raise NodeStartError(f"cannot bind an events port on {host}: {e.strerror}") from e
+                port = xpub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+                self.events_endpoint = self.address.rsplit(":", 1)[0] + ":" + port
+                self.events = Publisher(xpub, self.name)
+                self.events_driver = SocketDriver(xpub, self.events.on_subscription, "events")
             pool = Pool(self.app, self.config, self.name, self, self.config.pool_size)
             self.pool = pool
+            for name, task in self.app.tasks.items():
+                rate = parse_rate(task.options.rate_limit)
+                if rate is not None:
+                    pool.limits[name] = TokenBucket(rate)
             self._recover()
             peers = PeerSockets(ctx, f"node:{self.name}".encode())
             self.transport = ZmqTransport(peers, self.address)
@@ -170,13 +194,17 @@ class Node(PoolEvents):
                          tg.create_task(self._shedder(), name="shedder")]
                 if self.config.mdns:
                     loops.append(tg.create_task(self._discover(), name="discovery"))
+                if xpub is not None:
+                    loops.append(tg.create_task(self.events_driver.run(), name="events"))
                 log.info("node %s ready on %s: %d children, tasks: %s", self.name, self.address,
                          pool.size, ", ".join(sorted(self.app.tasks)) or "(none)")
                 self.ready.set()
+                self.events.emit("node-online", **self._node_fields())
                 await self._stop.wait()
                 log.info("node %s stopping: finishing running tasks (up to %.0f s)",
                          self.name, self.config.shutdown_timeout)
                 self.membership.leave()          # others see "left" at once and stop sending
+                self.events.emit("node-offline", **self._node_fields())
                 self._release(pool.begin_stop(), "node is shutting down")
                 self._flush()
                 await pool.finish(self.config.shutdown_timeout)
@@ -194,6 +222,8 @@ class Node(PoolEvents):
                 self.transport.close()
             if front is not None:
                 front.close(linger=2000)
+            if xpub is not None:
+                xpub.close(linger=500)
             ctx.term()
             if self.journal is not None:
                 self.journal.close()
@@ -227,6 +257,9 @@ class Node(PoolEvents):
 
     # -- membership -------------------------------------------------------------------
     def _on_member_change(self, member: Member, old: MemberState | None, new: MemberState) -> None:
+        if new == MemberState.ALIVE and old in (None, MemberState.DEAD, MemberState.LEFT) \
+                and member.id != self.name:
+            self.remote.share_with(member.address)   # what we revoked must not run there
         if old != new:
             level = logging.WARNING if new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
             log.log(level, "member %s (%s): %s -> %s", member.id, member.address,
@@ -236,7 +269,8 @@ class Node(PoolEvents):
         """This node's load, gossiped to the mesh (placement reads it)."""
         busy, total, queued = self.load()
         return {"busy": busy, "total": total, "queued": queued, "rate": round(self.rate, 1),
-                "cpu": round(self._cpu), "rss": self._rss, "tasks": self.tasks_digest}
+                "cpu": round(self._cpu), "rss": self._rss, "tasks": self.tasks_digest,
+                "events": self.events_endpoint, "clock": self.events.clock}
 
     async def _shedder(self) -> None:
         while True:
@@ -285,6 +319,10 @@ class Node(PoolEvents):
             by_target.setdefault((entry.client, target), []).append(entry.task_id)
         for (client, target), ids in by_target.items():
             self._reply(client, encode(Release(ids, self.name, "shed to a node with room", target)))
+            if self.events.wants("task-rejected"):
+                for tid in ids:
+                    self.events.emit("task-rejected", uuid=tid, requeue=True, target=target,
+                                     reason="shed to a node with room")
         if moved:
             log.info("shed %d queued task(s) to %d peer(s) with room", len(moved),
                      len({t for _, t in moved}))
@@ -319,6 +357,10 @@ class Node(PoolEvents):
                     c.killed_for = "shutdown"
                 os.kill(c.pid, signal.SIGKILL)
 
+    def stop_soon(self) -> None:
+        """Stop once the current replies are out (the ``shutdown`` command)."""
+        asyncio.get_running_loop().call_later(0.05, self.stop)
+
     async def _ticker(self) -> None:
         """Once a second: throughput and CPU/memory figures for status; and, when
         this node had peers and now sees none alive, an mDNS re-announcement."""
@@ -331,10 +373,31 @@ class Node(PoolEvents):
             self.rate = inst if self.rate == 0 else 0.5 * self.rate + 0.5 * inst
             last_done, last_t = done, now
             self._sample_resources()
+            if now - self._heartbeat_at >= HEARTBEAT_INTERVAL:
+                self._heartbeat_at = now
+                self._merge_clocks()
+                self.events.emit("node-heartbeat", **self._node_fields())
             if now - self._expired_at > min(EXPIRE_INTERVAL, self.config.result_expires / 2):
                 self._expired_at = now
                 self.expire_results()
             await self._reannounce_if_alone(now)
+
+    def _merge_clocks(self) -> None:
+        """Lamport: our clock is never behind a peer's (gossiped in its meta)."""
+        if self.membership is None:
+            return
+        for m in self.membership.alive_members(include_self=False):
+            c = m.meta.get("clock")
+            if type(c) is int:
+                self.events.tick(c)
+
+    def _node_fields(self) -> dict[str, Any]:
+        busy, total, queued = self.load()
+        return {"address": self.address, "freq": HEARTBEAT_INTERVAL, "active": busy,
+                "total": total, "queued": queued, "processed": sum(self.counts.values()),
+                "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
+                "rss_bytes": self._rss, "loadavg": list(os.getloadavg()), "pid": os.getpid(),
+                "version": __version__}
 
     def expire_results(self) -> int:
         """Delete results older than result_expires from the journal."""
@@ -481,9 +544,16 @@ class Node(PoolEvents):
         if held is not None:           # a resend of a task we already hold
             held.client = ident        # its owner may have reconnected through another link
             return
+        if tid in self.remote.revoked:
+            self._fail(ident, tid, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)
+            self.events.emit("task-revoked", uuid=tid, name=msg.name, expired=False,
+                             terminated=False)
+            return
         task = self.app.tasks.get(msg.name)
         if task is None:
             known = ", ".join(sorted(self.app.tasks)[:20])
+            self.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=False,
+                             reason="not registered")
             self._fail(ident, tid, "NotRegistered", f"task {msg.name!r} is not registered on node "
                        f"{self.name} (registered: {known or 'none'})")
             return
@@ -502,11 +572,19 @@ class Node(PoolEvents):
                 self._refuse(ident, "journal", f"node {self.name} cannot write its journal, so it "
                              f"did not accept task {tid}: {e}", tid)
                 log.error("journal write failed: %s (task %s refused)", e, tid)
+                self.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=True,
+                                 reason=f"journal: {e}")
                 return
+        override = self.remote.time_limits.get(msg.name) if self.remote.time_limits else None
+        if override is not None:       # set at run time (time_limit command): the child
+            msg = dataclasses.replace(msg, soft_time_limit=override[0], time_limit=override[1])
+            frame = encode(msg)        # reads the soft limit from the message
         limit = msg.time_limit or task.options.time_limit or self.config.time_limit
         entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late)
         self.held[tid] = entry
+        if self.events.wants("task-received"):
+            self._emit_received(entry, msg)
         if journal is None:
             self.pool.submit(entry)
         else:
@@ -521,6 +599,8 @@ class Node(PoolEvents):
             self.held.pop(entry.task_id, None)
             self._refuse(entry.client, "journal", f"node {self.name} cannot write its journal, "
                          f"so it did not accept task {entry.task_id}: {e}", entry.task_id)
+            self.events.emit("task-rejected", uuid=entry.task_id, name=entry.name, requeue=True,
+                             reason=f"journal: {e}")
 
     def _recover(self) -> None:
         """After a restart: run again what the journal holds unfinished."""
@@ -578,6 +658,10 @@ class Node(PoolEvents):
             by_client.setdefault(e.client, []).append(e.task_id)
         for ident, ids in by_client.items():
             self._reply(ident, encode(Release(ids, self.name, reason)))
+        if self.events.wants("task-rejected"):
+            for e in entries:
+                self.events.emit("task-rejected", uuid=e.task_id, name=e.name, requeue=True,
+                                 reason=reason)
         if entries:
             log.info("gave back %d unstarted task(s) to %d client(s): %s", len(entries),
                      len(by_client), reason)
@@ -600,6 +684,12 @@ class Node(PoolEvents):
             except JournalError as e:
                 log.error("journal: the result of task %s was not stored: %s", task_id, e)
         self._reply(client, result_frame)
+        ev = self.events
+        if ev.prefixes:
+            ev.publish_result(task_id, result_frame)
+            kind = _FINAL_EVENTS.get(state)
+            if kind is not None and ev.wants(kind):
+                self._emit_result(kind, task_id, result_frame)
         watchers = self._watchers.pop(task_id, None)
         if watchers:
             for ident in watchers:
@@ -617,6 +707,8 @@ class Node(PoolEvents):
         if isinstance(res, Result):
             result_frame = encode(dataclasses.replace(res, eta=eta))
         self._reply(entry.client, result_frame)
+        if self.events.wants("task-retried"):
+            self._emit_result("task-retried", entry.task_id, result_frame, eta=eta)
         entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
         entry.eta, entry.started, entry.received = eta, None, time.time()
         entry.retried = True
@@ -656,6 +748,40 @@ class Node(PoolEvents):
                 message += f" (it was run {MAX_REDELIVERIES + 1} times and lost its child each time)"
         self.task_failed(entry, "WorkerLostError", message)
 
+    def task_started(self, entry: Entry, pid: int) -> None:
+        if self.events.wants("task-started"):
+            self.events.emit("task-started", uuid=entry.task_id, name=entry.name, pid=pid)
+
+    def _emit_received(self, entry: Entry, msg: Submit) -> None:
+        try:
+            args, kwargs = codec.load_call(msg.payload)
+            a, k = short_repr(tuple(args)), short_repr(kwargs)
+        except Exception as e:
+            a, k = f"<undecodable: {e}>", ""
+        self.events.emit("task-received", uuid=entry.task_id, name=entry.name, args=a, kwargs=k,
+                         retries=msg.retries, eta=msg.eta, expires=msg.expires,
+                         priority=msg.priority, parent_id=msg.headers.get("parent_id"))
+
+    def _emit_result(self, kind: str, task_id: str, frame: bytes, **extra: Any) -> None:
+        """task-succeeded / failed / revoked / retried, from the Result frame."""
+        try:
+            res = decode(frame)
+        except DecodeError:
+            return
+        if not isinstance(res, Result):
+            return
+        fields: dict[str, Any] = {"uuid": task_id, "runtime": res.runtime, **extra}
+        if res.state == states.SUCCESS:
+            try:
+                fields["result"] = short_repr(codec.loads(res.result) if res.result else None)
+            except Exception as e:
+                fields["result"] = f"<undecodable: {e}>"
+        else:
+            exc = res.exc or {}
+            fields["exception"] = short_repr_exc(exc)
+            fields["traceback"] = res.traceback
+        self.events.emit(kind, **fields)
+
     def task_starting(self, entry: Entry) -> None:
         """acks_late=False: journal that it started, so a restart never runs it twice."""
         if self.journal is not None:
@@ -694,6 +820,8 @@ class Node(PoolEvents):
             "retried": self.counts[states.RETRY],
             "answered_from_journal": self.counts["answered_from_journal"],
             "journal": self.journal.path if self.journal is not None else None,
+            "events": self.events_endpoint, "events_sent": self.events.sent,
+            "clock": self.events.clock,
             "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
             "rss_bytes": self._rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": self.pool.started_total, "refused_frames": self.refused,
@@ -706,6 +834,10 @@ class Node(PoolEvents):
         tid = args.get("task_id")
         if not isinstance(tid, str) or not 0 < len(tid) <= 200:
             raise ValueError("result needs args {'task_id': '<id>'}")
+        if tid in self.remote.revoked and tid not in self.held:
+            stored = self.journal.get(tid) if self.journal is not None else None
+            if stored is None or stored.result is None:
+                return {"task_id": tid, "state": states.REVOKED}
         entry = self.held.get(tid)
         if entry is not None:
             if args.get("watch") is True:
@@ -722,22 +854,16 @@ class Node(PoolEvents):
         return {"task_id": tid, "state": states.UNKNOWN}
 
     def _control(self, ident: bytes, msg: Control) -> None:
-        handlers: dict[str, Any] = {
-            "ping": lambda: {"node": self.name, "address": self.address,
-                             "version": __version__, "protocol": PROTOCOL_VERSION},
-            "status": self.status, "members": self.members,
-            "result": lambda: self.task_state(ident, msg.args)}
-        fn = handlers.get(msg.command)
-        if fn is None:
-            reply = ControlReply(msg.req_id, False, self.name, None,
-                                 f"unknown command {msg.command!r} (known: {', '.join(sorted(handlers))})")
-        else:
-            try:
-                reply = ControlReply(msg.req_id, True, self.name, fn())
-            except Exception as e:
-                log.exception("control command %s failed", msg.command)
-                reply = ControlReply(msg.req_id, False, self.name, None, f"{type(e).__name__}: {e}")
-        self._reply(ident, encode(reply))
+        self.remote.handle(ident, msg)
+
+
+_FINAL_EVENTS = {states.SUCCESS: "task-succeeded", states.FAILURE: "task-failed",
+                 states.REVOKED: "task-revoked"}
+
+
+def short_repr_exc(exc: dict[str, Any]) -> str:
+    """``Type('message')`` from a Result's exception description."""
+    return f"{exc.get('type', 'Exception')}({str(exc.get('message', ''))[:900]!r})"
 
 
 def _guess_ref(frame: bytes) -> str | None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from .channel import FrameReader, pack
 from .child import Child
 from .protocol import ChildDone, ChildReady, decode
+from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from .app import Mesh
@@ -61,7 +62,7 @@ class Entry:
 
 class ChildProc:
     __slots__ = ("index", "ident", "pid", "pidfd", "sock", "reader", "wbuf", "done_hdr",
-                 "entry", "killed_for", "retiring", "tasks")
+                 "entry", "killed_for", "retiring", "tasks", "shrink")
 
     def __init__(self, index: int, ident: bytes, pid: int, pidfd: int, sock: socket.socket):
         self.index = index
@@ -76,6 +77,7 @@ class ChildProc:
         self.killed_for: str | None = None
         self.retiring = False
         self.tasks = 0
+        self.shrink = False                   # leaves the pool after its task (pool_shrink)
 
 
 class PoolEvents:
@@ -88,6 +90,8 @@ class PoolEvents:
         """Its child died while running it (or was killed at shutdown)."""
     def task_starting(self, entry: Entry) -> None:
         """Called just before an ``acks_late=False`` task goes to a child."""
+    def task_started(self, entry: Entry, pid: int) -> None:
+        """A child got the task."""
 
 
 class Pool:
@@ -107,6 +111,8 @@ class Pool:
         self._deaths: list[float] = []
         self.stopping = False
         self.started_total = 0
+        self.limits: dict[str, TokenBucket] = {}         # task name -> rate limit, per node
+        self.rate_limited = 0                            # starts put off by a rate limit
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
@@ -261,13 +267,23 @@ class Pool:
 
     def dispatch(self) -> None:
         """Hand queued tasks to idle children, one each."""
-        queue, idle = self.queue, self.idle
+        queue, idle, limits = self.queue, self.idle, self.limits
         while queue and idle and not self.stopping:
             entry = heapq.heappop(queue)[2]
             if entry.expires is not None and time.time() > entry.expires:
                 self.events.task_failed(entry, "TaskRevokedError",
                                         f"task {entry.task_id} expired before it started", "REVOKED")
                 continue
+            if limits:
+                bucket = limits.get(entry.name)
+                if bucket is not None:
+                    now = time.time()
+                    wait = bucket.take(now)
+                    if wait > 0.0:          # not yet: back to the timers, others go on
+                        self.rate_limited += 1
+                        entry.eta = now + wait
+                        self.submit(entry)
+                        continue
             if not entry.acks_late:
                 self.events.task_starting(entry)
             child = idle.pop()
@@ -277,6 +293,7 @@ class Pool:
                 entry.timer = asyncio.get_running_loop().call_later(
                     entry.time_limit, self._on_time_limit, child, entry)
             self._send(child, entry.frame)
+            self.events.task_started(entry, child.pid)
 
     def _on_time_limit(self, child: ChildProc, entry: Entry) -> None:
         if child.entry is entry and child.killed_for is None:
@@ -311,7 +328,10 @@ class Pool:
         if entry.timer is not None:
             entry.timer.cancel()
         self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown)
-        if msg.retire:
+        if child.shrink:              # pool_shrink: leaves, not replaced (it may also
+            child.retiring = True     # have asked to retire; leaving covers that)
+            self._kill(child, signal.SIGTERM)
+        elif msg.retire:
             log.info("child pid %d retires: %s", child.pid, msg.retire)
             child.retiring = True
             self._replace(child)
@@ -353,7 +373,11 @@ class Pool:
         self.dispatch()
 
     def _report_lost(self, child: ChildProc, entry: Entry, how: str) -> None:
-        if child.killed_for == "time limit":
+        if child.killed_for == "revoked":
+            self.events.task_failed(entry, "TaskRevokedError",
+                                    f"task {entry.name}[{entry.task_id}] was revoked and "
+                                    f"terminated (child pid {child.pid} {how})", "REVOKED")
+        elif child.killed_for == "time limit":
             self.events.task_failed(entry, "TimeLimitExceeded",
                                     f"task {entry.name}[{entry.task_id}] exceeded its hard time "
                                     f"limit of {entry.time_limit} s; its child was killed")
@@ -387,6 +411,64 @@ class Pool:
             log.error("children are dying fast (%d in %.0f s): slowing respawn", len(self._deaths), CRASH_WINDOW)
             return RESPAWN_BACKOFF
         return 0.0
+
+    # -- remote control ---------------------------------------------------------------
+    def remove(self, task_id: str) -> Entry | None:
+        """Take a task that has not started out of the queue or the timers."""
+        entry = self.scheduled.pop(task_id, None)
+        if entry is not None:
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+            return entry
+        for i, (_, _, e) in enumerate(self.queue):
+            if e.task_id == task_id:
+                self.queue[i] = self.queue[-1]
+                self.queue.pop()
+                heapq.heapify(self.queue)
+                return e
+        return None
+
+    def terminate(self, task_id: str, sig: int = signal.SIGKILL) -> bool:
+        """Kill the child running ``task_id`` (revoke --terminate); it is replaced."""
+        for c in self.children.values():
+            if c.entry is not None and c.entry.task_id == task_id and c.killed_for is None:
+                log.warning("terminating task %s (%s): signal %d to child pid %d",
+                            task_id, c.entry.name, sig, c.pid)
+                c.killed_for = "revoked"
+                self._kill(c, sig)
+                return True
+        return False
+
+    def grow(self, n: int) -> int:
+        """Start ``n`` more children; the new size."""
+        used = {c.index for c in self.children.values()}
+        index = 0
+        for _ in range(n):
+            while index in used:
+                index += 1
+            used.add(index)
+            self._spawn(index)
+        self.size += n
+        return self.size
+
+    def shrink(self, n: int) -> int:
+        """Retire ``n`` children (idle ones at once, busy ones after their task),
+        never below one; the new size."""
+        n = min(n, self.size - 1)
+        if n <= 0:
+            return self.size
+        self.size -= n
+        leaving = [c for c in self.idle[:n]]
+        for c in leaving:
+            self.idle.remove(c)
+            c.retiring = True
+            self._kill(c, signal.SIGTERM)
+        busy = [c for c in self.children.values() if c.entry is not None and not c.shrink
+                and not c.retiring]
+        for c in busy[:n - len(leaving)]:
+            c.shrink = True
+        return self.size
 
     # -- numbers ----------------------------------------------------------------------
     @property

@@ -170,6 +170,13 @@ class AsyncResult:
         msg = self._slot.msg if self._slot else None
         return msg.node if msg else None
 
+    def revoke(self, terminate: bool = False, signal: str = "SIGKILL") -> dict[str, Any]:
+        """Revoke this task on every node (see ``app.control.revoke``)."""
+        if self.app is None:
+            raise MeshError("this AsyncResult has no app to revoke through")
+        result: dict[str, Any] = self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+        return result
+
     # -- waiting ----------------------------------------------------------------------
     def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """Wait for the task; return its value or raise its exception (``propagate``).

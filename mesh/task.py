@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .exceptions import ConfigError, MaxRetriesExceededError, Retry
+from .ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from .app import Mesh
@@ -39,6 +40,7 @@ class TaskOptions:
                                        # owner resends it elsewhere. False: at most once
     reject_on_worker_lost: bool = False  # acks_late and the child died mid-run: run it again
                                        # (up to MAX_REDELIVERIES) instead of WorkerLostError
+    rate_limit: str | float | None = None  # "100/m", "10/s", "5/h" or per second; per node
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 9:
@@ -49,6 +51,7 @@ class TaskOptions:
             raise ConfigError("autoretry_for must be a tuple of exception classes")
         if self.default_retry_delay < 0 or self.retry_backoff_max < 0 or self.retry_backoff < 0:
             raise ConfigError("retry delays must be >= 0")
+        parse_rate(self.rate_limit)
         for n in ("time_limit", "soft_time_limit", "expires"):
             v = getattr(self, n)
             if v is not None and v <= 0:
@@ -57,7 +60,7 @@ class TaskOptions:
 
 # Options of the public contract that later versions implement. Accepting them
 # silently would lie to the user, so they are refused with this message for now.
-_NOT_YET = {"rate_limit": "rate limits", "ignore_result": "ignore_result"}
+_NOT_YET = {"ignore_result": "ignore_result"}
 
 
 def make_options(name: str, kwargs: dict[str, Any]) -> TaskOptions:

@@ -222,10 +222,18 @@ def test_unknown_task_option_has_a_hint(app: Mesh, key: str, hint: str) -> None:
     assert f"did you mean {hint!r}?" in str(info.value)
 
 
-@pytest.mark.parametrize("key,value", [
-    ("rate_limit", "100/m"), ("acks_late", True), ("ignore_result", True),
-    ("reject_on_worker_lost", True),
-])
+def test_options_of_later_issues_are_accepted(app: Mesh) -> None:
+    t = app.task(rate_limit="100/m", acks_late=False, reject_on_worker_lost=True)(lambda: None)
+    assert (t.options.rate_limit, t.options.acks_late, t.options.reject_on_worker_lost) == \
+        ("100/m", False, True)
+
+
+def test_a_bad_rate_limit_option_is_refused(app: Mesh) -> None:
+    with pytest.raises(ConfigError, match="rate limit"):
+        app.task(rate_limit="lots")(lambda: None)
+
+
+@pytest.mark.parametrize("key,value", [("ignore_result", True)])
 def test_not_yet_available_options_are_refused(app: Mesh, key: str, value: Any) -> None:
     with pytest.raises(ConfigError) as info:
         app.task(**{key: value})(lambda: None)

@@ -1,0 +1,130 @@
+"""Monitoring events, node side: a publisher on each node's XPUB socket.
+
+Wire format (docs/events.md): each event is a two-frame ZeroMQ message
+``[topic, body]``. For an event, ``topic`` is its type (``task-succeeded``) and
+``body`` a msgpack map with at least ``type``, ``node``, ``timestamp`` (unix
+seconds), ``clock`` (the node's Lamport clock) and ``seq`` (a counter per node and
+event type: a gap means the subscriber missed events). For a task's result, the
+topic is ``result.<task_id>`` and the body is the encoded RESULT message, exactly
+as the task's owner got it.
+
+Subscribers filter by topic prefix (``task-``, ``node-``, ``task-failed``,
+``result.<id>``, or everything). The socket is an XPUB: the node hears which
+prefixes are subscribed and does not even build an event nobody asked for, so a
+mesh nobody watches pays nothing. A subscriber that falls behind never slows the
+node: past the high-water mark, ZeroMQ drops its messages, and ``seq`` shows the gap.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+log = logging.getLogger("mesh.events")
+
+SNDHWM = 10_000              # events queued per subscriber before ZeroMQ drops them
+HEARTBEAT_INTERVAL = 2.0     # s between node-heartbeat events (Celery's default)
+MAX_REPR = 1000              # characters of args/result/exception text in an event
+
+TASK_EVENTS = ("task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+               "task-retried", "task-rejected", "task-revoked", "task-duplicate")
+NODE_EVENTS = ("node-online", "node-heartbeat", "node-offline")
+EVENT_TYPES = TASK_EVENTS + NODE_EVENTS
+RESULT_PREFIX = b"result."
+
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def short_repr(value: Any, limit: int = MAX_REPR) -> str:
+    try:
+        text = repr(value)
+    except Exception as e:              # a user object whose __repr__ fails
+        text = f"<unrepresentable {type(value).__name__}: {e}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class Publisher:
+    """Builds and sends one node's events. ``wants(topic)`` is cheap; call it before
+    doing any work to describe an event."""
+
+    def __init__(self, sock: zmq.Socket[bytes] | None, node: str):
+        self.sock = sock
+        self.node = node
+        self.clock = 0                              # Lamport: +1 per event, max with peers'
+        self.seq: collections.Counter[str] = collections.Counter()
+        self.prefixes: collections.Counter[bytes] = collections.Counter()
+        self.sent = 0
+        self.dropped = 0
+        self._any = False            # someone subscribed to everything ("")
+        self._types: dict[str, bool] = {}           # event type -> anyone subscribed (cache)
+
+    # -- subscriptions ----------------------------------------------------------------
+    def on_subscription(self, frames: list[bytes]) -> None:
+        """An XPUB subscription message: ``\\x01prefix`` or ``\\x00prefix``."""
+        for f in frames:
+            if not f or f[0] not in (0, 1):
+                continue
+            prefix = bytes(f[1:])
+            if f[0] == 1:
+                self.prefixes[prefix] += 1
+            elif self.prefixes[prefix] > 1:
+                self.prefixes[prefix] -= 1
+            else:
+                self.prefixes.pop(prefix, None)
+        self._any = b"" in self.prefixes
+        self._types = {}
+        log.debug("event subscriptions now: %s", sorted(self.prefixes))
+
+    def wants(self, topic: str) -> bool:
+        """Is anyone subscribed to an event type (or a prefix of it)?"""
+        if self._any:
+            return True
+        cached = self._types.get(topic)
+        if cached is None:
+            t = topic.encode()
+            cached = self._types[topic] = any(t.startswith(p) for p in self.prefixes)
+        return cached
+
+    def wants_result(self, task_id: str) -> bool:
+        if self._any:
+            return True
+        if not self.prefixes:
+            return False
+        t = RESULT_PREFIX + task_id.encode()
+        return any(t.startswith(p) for p in self.prefixes)
+
+    # -- sending ----------------------------------------------------------------------
+    def tick(self, peer_clock: int) -> None:
+        """Lamport merge with a clock seen from a peer."""
+        if peer_clock > self.clock:
+            self.clock = peer_clock
+
+    def emit(self, type_: str, **fields: Any) -> None:
+        """Send an event if anyone wants it. Fields must be msgpack-able."""
+        if not self.wants(type_):
+            return
+        self.clock += 1
+        self.seq[type_] += 1
+        body = {"type": type_, "node": self.node, "timestamp": time.time(),
+                "clock": self.clock, "seq": self.seq[type_], **fields}
+        self._send(type_.encode(), msgpack.packb(body, use_bin_type=True))
+
+    def publish_result(self, task_id: str, frame: bytes) -> None:
+        if self.wants_result(task_id):
+            self._send(RESULT_PREFIX + task_id.encode(), frame)
+
+    def _send(self, topic: bytes, body: bytes) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.send_multipart([topic, body], _NOBLOCK)
+            self.sent += 1
+        except zmq.Again:
+            self.dropped += 1
+        except zmq.ZMQError as e:
+            self.dropped += 1
+            log.debug("event dropped: %s", e)
