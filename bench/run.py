@@ -197,16 +197,43 @@ class Node:
 
 
 # -- one measurement ------------------------------------------------------------------
+def _start_subscriber(endpoint: str) -> subprocess.Popen[str]:
+    """A separate process subscribed to all of the node's events (``--compare events``)."""
+    from mesh.control import ControlClient
+    with ControlClient() as cc:
+        reply = cc.broadcast([endpoint], "ping")[endpoint]
+    events = getattr(reply, "payload", {}).get("events")
+    if not events:
+        raise RuntimeError(f"the node has no events endpoint: {reply!r}")
+    sub = subprocess.Popen([sys.executable, "-m", "bench.subscriber", events], cwd=ROOT,
+                           stdout=subprocess.PIPE, text=True)
+    assert sub.stdout is not None
+    if sub.stdout.readline().strip() != "ready":
+        raise RuntimeError("the events subscriber did not start")
+    time.sleep(0.5)    # its subscription reaches the node's XPUB (no events before it does)
+    return sub
+
+
+def _stop_subscriber(sub: subprocess.Popen[str]) -> int:
+    sub.send_signal(signal.SIGTERM)
+    out, _ = sub.communicate(timeout=30)
+    return int(out.split()[-1]) if out.split() else 0
+
+
 def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[str, Any]:
     from bench.tasks import TASK_NAME, make_app
 
-    node = Node(args.concurrency, args.loglevel, extra)
+    subscribe = extra == ["events"]        # --compare events: a subscriber, not a flag
+    node = Node(args.concurrency, args.loglevel, None if subscribe else extra)
     sampler: RssSampler | None = None
+    sub: subprocess.Popen[str] | None = None
     app = None
     try:
         sampler = RssSampler(node.proc.pid, args.sample_interval)
         sampler.start()
         ready_s = node.wait_ready(args.concurrency, args.start_timeout)
+        if subscribe:
+            sub = _start_subscriber(node.endpoint)
         app = make_app(peers=[node.endpoint])
         inc = app.tasks[TASK_NAME]
         timeout = args.result_timeout
@@ -258,7 +285,10 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
                 pss += getattr(p.memory_full_info(), "pss", 0)
         except psutil.Error:
             pss = 0
+        received = _stop_subscriber(sub) if sub is not None else None
+        sub = None
         return {
+            "events_received": received,
             "tasks": n, "latency_samples": len(lat), "ready_s": ready_s,
             "tasks_per_s": n / (t1 - t0), "submit_per_s": n / (t_sub - t0),
             "throughput_wall_s": t1 - t0,
@@ -276,6 +306,9 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
                 print(f"warning: closing the client failed: {e!r}", file=sys.stderr)
         if sampler is not None:
             sampler.stop()
+        if sub is not None:
+            sub.kill()
+            sub.wait(10)
         node.stop()
 
 
@@ -379,7 +412,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "in each run, side by side")
     ap.add_argument("--compare", metavar="FLAG", default=None,
                     help="also run mesh with this meshnode flag in each repeat, interleaved, and "
-                         "print both side by side (e.g. --compare=--no-journal)")
+                         "print both side by side (e.g. --compare=--no-journal); 'events' "
+                         "runs the other side with a process subscribed to every event")
     ap.add_argument("--json", nargs="?", const=DEFAULT_JSON, default=None, metavar="PATH",
                     help=f"write results and machine info as JSON (default path "
                          f"{os.path.relpath(DEFAULT_JSON, ROOT)})")
@@ -437,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             alt.append(a)
             line += (f" | with {args.compare}: {a['tasks_per_s']:,.0f} tasks/s, "
                      f"p50 {a['p50_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms, RSS {a['rss_mb']:.1f} MB")
+            if a.get("events_received") is not None:
+                line += f", {a['events_received']:,} events received"
         print(line, flush=True)
 
     med = median_of(runs)

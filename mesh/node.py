@@ -513,8 +513,13 @@ class Node(PoolEvents):
                 self._journal_failed(e)
         if self._pending:
             pending, self._pending = self._pending, []
+            revoked = self.remote.revoked
             for entry in pending:
-                self.pool.submit(entry)
+                if entry.task_id in revoked:     # revoked in the same loop pass
+                    self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was "
+                                     "revoked", states.REVOKED)
+                else:
+                    self.pool.submit(entry)
         if self._acks:                 # only for tasks still held: a result implies the ack
             load = self.load()
             held = self.held
