@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import collections
 import dataclasses
+import itertools
 import logging
 import os
 import random
@@ -46,6 +47,7 @@ RELEASE_RETRY_DELAY = 0.5   # seconds before resending a released task to the no
 BATCH = 256                 # most frames sent to a node in one zmq message
 MEMBERS_INTERVAL = 1.0      # seconds between membership refreshes from a node
 QUERY_TTL = 5.0             # seconds a result query waits for its answers
+LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it is closed
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
 # when several nodes know a task, the most advanced state is the one to report
@@ -64,7 +66,7 @@ class NodeLink:
     """The client's view of one node, and the DEALER it talks to it through."""
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
-                 "sock", "released_at", "monitor", "connected", "reconnects")
+                 "sock", "released_at", "monitor", "connected", "reconnects", "gone_since")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
@@ -80,6 +82,7 @@ class NodeLink:
         self.monitor = monitor        # connection events of sock
         self.connected = 0            # handshakes so far; after the first, each is a reconnect
         self.reconnects = 0
+        self.gone_since = 0.0         # monotonic time membership stopped calling it alive
 
     @property
     def score(self) -> float:
@@ -116,6 +119,7 @@ class Client:
         self._poller = zmq.Poller()
         self._by_sock: dict[zmq.Socket[bytes], NodeLink] = {}
         self._by_monitor: dict[zmq.Socket[bytes], NodeLink] = {}
+        self._link_ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -183,7 +187,7 @@ class Client:
             # one routing id per link: a node reached through two addresses (a seed and
             # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
             # one link's replies to the other
-            s.setsockopt(zmq.ROUTING_ID, self.client_id + b".%d" % len(self.links))
+            s.setsockopt(zmq.ROUTING_ID, self.client_id + b".%d" % next(self._link_ids))
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
             s.setsockopt(zmq.LINGER, 0)
@@ -285,6 +289,26 @@ class Client:
                         for slot in mine:
                             self._send(slot, link)
 
+    def _close_gone_links(self, now: float) -> None:
+        """Close links to nodes dead or left for over LINK_GRACE seconds that hold
+        nothing of ours (seeds stay): a long-lived client in a churning mesh must not
+        keep a socket per node that ever existed. A node that comes back at that
+        address gets a new link when membership reports it alive."""
+        for ep, link in list(self.links.items()):
+            if (link.gone_since and now - link.gone_since > LINK_GRACE and ep not in self.seeds
+                    and not any(s.node == ep for s in self._slots.values())):
+                del self.links[ep]
+                del self._by_sock[link.sock]
+                del self._by_monitor[link.monitor]
+                self._poller.unregister(link.sock)
+                self._poller.unregister(link.monitor)
+                link.sock.disable_monitor()
+                link.monitor.close(linger=0)
+                link.sock.close(linger=0)
+                log.info("closed the link to %s (%s): gone for %.0f s", link.node_id, ep,
+                         now - link.gone_since)
+        self._update_placeable()
+
     def _failover(self, link: NodeLink) -> None:
         """Membership declared the node dead: send every task it held for us to
         another node, under the same id. An acks_late=False task it had acknowledged
@@ -317,6 +341,7 @@ class Client:
         """Ask one node (an alive one we know, else a seed) for the membership."""
         self._next_refresh = now + MEMBERS_INTERVAL
         self._requery(now)
+        self._close_gone_links(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
         self._members_req = uuid.uuid4().hex
@@ -346,6 +371,7 @@ class Client:
             if link.state != state:
                 changed = True
                 old, link.state = link.state, state
+                link.gone_since = 0.0 if state == "alive" else time.monotonic()
                 if state == "dead" and old != "dead":
                     dead.append(link)
             if isinstance(nid, str):

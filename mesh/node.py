@@ -57,6 +57,7 @@ SHED_INTERVAL = 0.05
 MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
 MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child keeps dying
 EXPIRE_INTERVAL = 60.0     # s between sweeps of expired results from the journal
+SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 MAX_WATCHERS = 64          # processes told of one task's result when it is done
 
 
@@ -116,6 +117,8 @@ class Node(PoolEvents):
         self.events = Publisher(None, self.name)  # a socket once run() binds one
         self.events_endpoint = ""
         self._heartbeat_at = 0.0
+        self._swept_at = time.monotonic()
+        self._reclaim = profile(config.profile).dead_node_reclaim
         self.remote = RemoteControl(self)
         self._out: dict[bytes, list[bytes]] = {}
         self._flush_scheduled = False
@@ -377,10 +380,28 @@ class Node(PoolEvents):
                 self._heartbeat_at = now
                 self._merge_clocks()
                 self.events.emit("node-heartbeat", **self._node_fields())
+            if now - self._swept_at > min(SWEEP_INTERVAL, self._reclaim / 2):
+                self._swept_at = now
+                self.close_departed_peers()
             if now - self._expired_at > min(EXPIRE_INTERVAL, self.config.result_expires / 2):
                 self._expired_at = now
                 self.expire_results()
             await self._reannounce_if_alone(now)
+
+    def close_departed_peers(self) -> int:
+        """Close the sockets of peers membership has forgotten (dead or left for
+        longer than its reclaim time): churn (DHCP, containers) must not grow file
+        descriptors for ever. Seeds keep theirs. How many were closed."""
+        if self.transport is None or self.membership is None:
+            return 0
+        known = {m.address for m in self.membership.members()}
+        known.update(self.config.peers)
+        gone = [a for a in self.transport.sockets.socks if a not in known]
+        for address in gone:
+            self.transport.sockets.forget(address)
+        if gone:
+            log.info("closed the sockets of %d departed peer(s)", len(gone))
+        return len(gone)
 
     def _merge_clocks(self) -> None:
         """Lamport: our clock is never behind a peer's (gossiped in its meta)."""
@@ -826,6 +847,7 @@ class Node(PoolEvents):
             "answered_from_journal": self.counts["answered_from_journal"],
             "journal": self.journal.path if self.journal is not None else None,
             "events": self.events_endpoint, "events_sent": self.events.sent,
+            "peer_sockets": len(self.transport.sockets.socks) if self.transport else 0,
             "clock": self.events.clock,
             "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
             "rss_bytes": self._rss, "uptime": round(time.time() - self.started_at, 1),

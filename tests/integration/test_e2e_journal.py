@@ -316,3 +316,25 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
         for n in start_node.nodes:
             n.stop()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+# ---- churn does not grow sockets ------------------------------------------------------
+
+def test_sockets_to_departed_nodes_are_closed(
+        start_node: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mesh.client
+    monkeypatch.setattr(mesh.client, "LINK_GRACE", 0.5)
+    a = start_node(profile="test")
+    b = start_node(profile="test", peers=a.endpoint)
+    c = make_client(a)
+    wait_until(lambda: len(c.app.client.links) == 2, what="the client to learn b")
+    wait_until(lambda: a.status()["peer_sockets"] >= 1, what="a to talk to b")
+    b.send_signal(signal.SIGKILL)
+    b.wait(10)
+    # the client drops its link once b is dead for LINK_GRACE; a drops its socket
+    # once membership forgets b (dead_node_reclaim, 10 s on the test profile)
+    wait_until(lambda: b.endpoint not in c.app.client.links, timeout=30,
+               what="the client to close its link to b")
+    wait_until(lambda: a.status()["peer_sockets"] == 0, timeout=60, interval=0.5,
+               what="a to close its socket to b")
+    assert c.tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
