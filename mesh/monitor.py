@@ -1,0 +1,732 @@
+"""Monitoring, subscriber side: receive the nodes' events and keep a picture of the mesh.
+
+* :class:`EventReceiver` subscribes to the events of every node of a mesh (found by
+  asking one or more seed nodes for their ``members``, again every ``refresh``
+  seconds, so nodes that join later are picked up and dead ones dropped). It checks
+  each event (a malformed one is skipped and counted, never raised), and watches the
+  per-node, per-type ``seq`` numbers: when some were lost (this subscriber fell
+  behind and the node's publisher dropped them) it delivers an ``events-lost`` event
+  before the next one, so gaps are visible.
+* :class:`State` builds tasks and nodes from events, like Celery's
+  ``app.events.State``: ``state.tasks``, ``state.nodes``, ``running()``...
+* :func:`subscribe_result` waits for one task's result on its ``result.<id>`` topic.
+
+The wire format and every event type are described in docs/events.md.
+
+Example::
+
+    from mesh.monitor import EventReceiver, State
+
+    state = State()
+    with EventReceiver(["tcp://127.0.0.1:7700"]) as recv:
+        for ev in recv.events(timeout=10):
+            state.event(ev)
+            print(ev["type"], ev["node"], ev.get("uuid", ""))
+    print(state.tasks_by_state())
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeGuard
+
+import msgpack
+import zmq
+
+from . import states
+from .control import ControlClient
+from .exceptions import DecodeError, TimeoutError
+from .protocol import ControlReply, Result, decode
+
+log = logging.getLogger("mesh.monitor")
+
+__all__ = [
+    "EVENTS_LOST",
+    "REJECTED",
+    "RESULT",
+    "EventReceiver",
+    "NodeState",
+    "SeqTracker",
+    "State",
+    "TaskState",
+    "parse_event",
+    "seq_gap",
+    "subscribe_result",
+]
+
+REJECTED = "REJECTED"            # a node gave the task back (requeue) or refused it
+EVENTS_LOST = "events-lost"      # synthetic: this receiver missed events (see seq)
+RESULT = "result"                # a task's Result, from a ``result.<id>`` topic
+RESULT_PREFIX = b"result."
+
+POLL_SLICE = 0.1                 # s: longest wait on the socket between housekeeping
+MAX_TYPE_LEN = 100
+MAX_NODE_LEN = 500
+MAX_ID_LEN = 200
+
+Handler = Callable[[dict[str, Any]], None]
+
+
+# ---- checking one event ---------------------------------------------------------------
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed in an event")
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return type(v) is int
+
+
+def _is_number(v: Any) -> TypeGuard[float]:
+    return (type(v) is int or type(v) is float) and math.isfinite(v)
+
+
+def parse_event(topic: bytes, body: bytes) -> dict[str, Any] | None:
+    """The event carried by one ``[topic, body]`` message, or None when it is
+    malformed: not a msgpack map with string keys, a missing or mistyped ``type``,
+    ``node``, ``timestamp``, ``clock`` or ``seq``, a type that is not its topic, or
+    a task event without a ``uuid``."""
+    try:
+        ev = msgpack.unpackb(body, raw=False, strict_map_key=True, timestamp=1,
+                             ext_hook=_reject_ext)
+    except Exception:
+        return None
+    if type(ev) is not dict or not all(type(k) is str for k in ev):
+        return None
+    type_, node = ev.get("type"), ev.get("node")
+    if type(type_) is not str or not 0 < len(type_) <= MAX_TYPE_LEN:
+        return None
+    if type(node) is not str or not 0 < len(node) <= MAX_NODE_LEN:
+        return None
+    if topic != type_.encode():
+        return None
+    if not _is_number(ev.get("timestamp")):
+        return None
+    clock, seq = ev.get("clock"), ev.get("seq")
+    if not _is_int(clock) or clock < 0 or not _is_int(seq) or seq < 1:
+        return None
+    if type_.startswith("task-"):
+        uuid = ev.get("uuid")
+        if type(uuid) is not str or not 0 < len(uuid) <= MAX_ID_LEN:
+            return None
+    return ev
+
+
+# ---- sequence numbers -----------------------------------------------------------------
+
+def seq_gap(last: int | None, seq: int) -> int:
+    """How many events were missed between the last ``seq`` seen (of one node and
+    one type) and this one: 0 when in order or the first seen, ``n > 0`` for a gap,
+    and -1 when ``seq`` did not move forward (the node restarted and counts from 1
+    again, or a duplicate): not a gap; start counting from this one."""
+    if last is None:
+        return 0
+    if seq > last:
+        return seq - last - 1
+    return -1
+
+
+class SeqTracker:
+    """The last ``seq`` seen per (node, event type)."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], int] = {}
+
+    def check(self, node: str, type_: str, seq: int) -> int:
+        """Record ``seq``; the number of events missed before it (0 if none)."""
+        key = (node, type_)
+        missed = seq_gap(self.last.get(key), seq)
+        self.last[key] = seq
+        return max(missed, 0)
+
+    def forget(self, node: str) -> None:
+        """The node restarted (new pid or events endpoint): its counters start over."""
+        for key in [k for k in self.last if k[0] == node]:
+            del self.last[key]
+
+
+# ---- the receiver ---------------------------------------------------------------------
+
+_STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
+
+
+def discover_event_endpoints(cc: ControlClient, seeds: list[str], timeout: float
+                             ) -> tuple[dict[str, str], dict[str, str], dict[str, str]] | None:
+    """Ask ``seeds`` for ``ping`` and ``members``. Returns (node -> events endpoint of
+    every alive or suspect node that publishes events, node -> front address, node ->
+    why it is not listed) or None when no seed answered."""
+    pings = cc.broadcast(seeds, "ping", timeout=timeout)
+    answered = [ep for ep, r in pings.items() if isinstance(r, ControlReply) and r.ok]
+    if not answered:
+        return None
+    events: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    why: dict[str, str] = {}
+    best: dict[str, dict[str, Any]] = {}
+    for ep in answered:
+        r = pings[ep]
+        assert isinstance(r, ControlReply)
+        p = r.payload if isinstance(r.payload, dict) else {}
+        node, ev = p.get("node"), p.get("events")
+        if isinstance(node, str) and node:
+            addresses[node] = str(p.get("address") or ep)
+            if isinstance(ev, str) and ev:
+                events[node] = ev
+            else:
+                why[node] = "publishes no events (started with --no-events)"
+    for r in cc.broadcast(answered, "members", timeout=timeout).values():
+        if not isinstance(r, ControlReply) or not r.ok or not isinstance(r.payload, list):
+            continue
+        for m in r.payload:
+            if not isinstance(m, dict) or not isinstance(m.get("node"), str):
+                continue
+            inc = m.get("incarnation") if _is_int(m.get("incarnation")) else 0
+            key = (inc, _STATE_RANK.get(str(m.get("state")), 0))
+            old = best.get(m["node"])
+            if old is None or key > old["_key"]:
+                best[m["node"]] = {**m, "_key": key}
+    for node, m in best.items():
+        meta = m["meta"] if isinstance(m.get("meta"), dict) else {}
+        if isinstance(m.get("endpoint"), str):
+            addresses.setdefault(node, m["endpoint"])
+        if m.get("state") not in ("alive", "suspect"):
+            events.pop(node, None)          # the mesh says it is dead or gone
+            why[node] = f"is {m.get('state')}"
+            continue
+        if node in events:                  # it answered us itself: its own word
+            continue
+        ev = meta.get("events")
+        if isinstance(ev, str) and ev:
+            events[node] = ev
+        else:
+            why[node] = "publishes no events (started with --no-events)"
+    return events, addresses, why
+
+
+class EventReceiver:
+    """Events from every node of a mesh, over one SUB socket.
+
+    ``peers`` are seed nodes' front doors (``tcp://host:port``); every alive node
+    they know is subscribed to, and the list is refreshed every ``refresh`` seconds
+    (0: never). ``topics`` are prefixes of event types (``"task-"``,
+    ``"task-failed"``, ``"node-"``; ``"result."`` or ``"result.<id>"`` for results,
+    delivered as ``{"type": "result", "uuid", "node", "state", "result": Result}``).
+    ``handlers`` map an event type to a function; ``"*"`` takes the types without one.
+
+    Not thread-safe: use it from one thread (it runs its own discovery thread).
+    ``lost`` counts events missed (seq gaps), ``malformed`` bodies skipped,
+    ``received`` good events delivered; ``nodes`` maps node name -> events endpoint
+    connected now. ``rcvhwm`` (messages) and ``rcvbuf`` (bytes) tune the socket.
+    """
+
+    def __init__(self, peers: Iterable[str], topics: Iterable[str] = ("task-", "node-"),
+                 handlers: dict[str, Handler] | None = None, refresh: float = 2.0, *,
+                 control_timeout: float = 2.0, rcvhwm: int | None = None,
+                 rcvbuf: int | None = None, ctx: zmq.Context[Any] | None = None):
+        self.peers = list(dict.fromkeys(peers))
+        self.topics = tuple(topics)
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.refresh = refresh
+        self.control_timeout = control_timeout
+        self.lost = 0
+        self.malformed = 0
+        self.received = 0
+        self.nodes: dict[str, str] = {}          # node -> events endpoint, connected
+        self.addresses: dict[str, str] = {}      # node -> front door (for control commands)
+        self.unavailable: dict[str, str] = {}    # node -> why it is not subscribed to
+        self._endpoint_of: dict[str, str] = {}   # node -> the events endpoint it last had
+        self._pids: dict[str, int] = {}
+        self._seq = SeqTracker()
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._update: tuple[dict[str, str], dict[str, str], dict[str, str]] | None = None
+        self._fallback: list[str] = []           # alive nodes' front doors, if the seeds die
+        self._closed = threading.Event()
+        self._own_ctx = ctx is None
+        self._ctx: zmq.Context[Any] = ctx or zmq.Context()
+        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if rcvhwm is not None:
+            self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        if rcvbuf is not None:
+            self._sock.setsockopt(zmq.RCVBUF, rcvbuf)
+        for t in self.topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self._thread: threading.Thread | None = None
+        try:
+            with ControlClient(self._ctx) as cc:
+                found = discover_event_endpoints(cc, self.peers, control_timeout)
+            if found is not None:
+                self._apply(found)
+        except BaseException:
+            self.close()
+            raise
+        if refresh > 0:
+            self._thread = threading.Thread(target=self._rediscover, name="mesh-events-discovery",
+                                            daemon=True)
+            self._thread.start()
+
+    # -- discovery ------------------------------------------------------------------------
+    def _rediscover(self) -> None:
+        with ControlClient(self._ctx) as cc:
+            while not self._closed.wait(self.refresh):
+                with self._lock:
+                    fallback = [a for a in self._fallback if a not in self.peers]
+                try:
+                    found = discover_event_endpoints(cc, self.peers, self.control_timeout)
+                    if found is None and fallback:     # the seeds are gone: ask the others
+                        found = discover_event_endpoints(cc, fallback, self.control_timeout)
+                except Exception:
+                    log.exception("event receiver: discovery failed")
+                    continue
+                if found is not None:
+                    with self._lock:
+                        self._update = found
+
+    def _apply_update(self) -> None:
+        if self._update is None:
+            return
+        with self._lock:
+            found, self._update = self._update, None
+        if found is not None:
+            self._apply(found)
+
+    def _apply(self, found: tuple[dict[str, str], dict[str, str], dict[str, str]]) -> None:
+        """Connect to new nodes' events endpoints and drop the ones gone (socket thread)."""
+        wanted, addresses, why = found
+        self.addresses.update(addresses)
+        with self._lock:              # read by the discovery thread
+            self._fallback = [addresses[n] for n in wanted if n in addresses]
+        self.unavailable = dict(why)
+        for node, ep in list(self.nodes.items()):
+            if wanted.get(node) != ep:
+                try:
+                    self._sock.disconnect(ep)
+                except zmq.ZMQError:
+                    pass
+                del self.nodes[node]
+                log.debug("events: dropped %s (%s)", node, ep)
+        connected = set(self.nodes.values())
+        for node, ep in wanted.items():
+            if node in self.nodes or ep in connected:
+                continue
+            try:
+                self._sock.connect(ep)
+            except zmq.ZMQError as e:
+                self.unavailable[node] = f"cannot connect to {ep}: {e}"
+                continue
+            if self._endpoint_of.get(node, ep) != ep:
+                self._seq.forget(node)          # a new events port: the node restarted
+            self._endpoint_of[node] = ep
+            self.nodes[node] = ep
+            connected.add(ep)
+            log.debug("events: subscribed to %s (%s)", node, ep)
+
+    # -- receiving ------------------------------------------------------------------------
+    def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """The next event, waiting up to ``timeout`` seconds (None: forever; 0: only
+        what has arrived); None when none came."""
+        if self._pending:
+            return self._pending.popleft()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._apply_update()
+            if deadline is None:
+                wait = POLL_SLICE
+            else:
+                wait = min(POLL_SLICE, max(0.0, deadline - time.monotonic()))
+            if self._sock.poll(int(wait * 1000)):
+                try:
+                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                self._take(frames)
+                if self._pending:
+                    return self._pending.popleft()
+            elif deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _take(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.malformed += 1
+            return
+        topic, body = frames
+        if topic.startswith(RESULT_PREFIX):
+            try:
+                res = decode(body)
+            except DecodeError:
+                self.malformed += 1
+                return
+            if not isinstance(res, Result) or topic != RESULT_PREFIX + res.task_id.encode():
+                self.malformed += 1
+                return
+            self.received += 1
+            self._pending.append({"type": RESULT, "uuid": res.task_id, "node": res.node,
+                                  "state": res.state, "timestamp": time.time(), "result": res})
+            return
+        ev = parse_event(topic, body)
+        if ev is None:
+            self.malformed += 1
+            return
+        node, type_ = ev["node"], ev["type"]
+        pid = ev.get("pid")
+        if type_.startswith("node-") and _is_int(pid):
+            if self._pids.get(node, pid) != pid:
+                self._seq.forget(node)          # same name, new process: counters restart
+            self._pids[node] = pid
+        missed = self._seq.check(node, type_, ev["seq"])
+        if missed:
+            self.lost += missed
+            self._pending.append({"type": EVENTS_LOST, "node": node, "of_type": type_,
+                                  "missed": missed, "timestamp": time.time(),
+                                  "first_seq": ev["seq"] - missed, "last_seq": ev["seq"] - 1})
+        self.received += 1
+        self._pending.append(ev)
+
+    def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield events as they come, for ``timeout`` seconds in all (None: forever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ev = self.next_event(left)
+            if ev is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                continue
+            yield ev
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.events()
+
+    def capture(self, limit: int | None = None, timeout: float | None = None) -> int:
+        """Call the handlers for each event until ``limit`` events or ``timeout``
+        seconds; the number of events handled."""
+        n = 0
+        if limit is not None and limit <= 0:
+            return 0
+        for ev in self.events(timeout):
+            handler = self.handlers.get(ev["type"]) or self.handlers.get("*")
+            if handler is not None:
+                handler(ev)
+            n += 1
+            if limit is not None and n >= limit:
+                break
+        return n
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(self.control_timeout * 2 + 1)
+        self._sock.close(linger=0)
+        if self._own_ctx:
+            self._ctx.term()
+
+    def __enter__(self) -> EventReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def subscribe_result(peers: Iterable[str], task_id: str, timeout: float = 60.0) -> Result:
+    """Wait for the Result of ``task_id`` on its ``result.<id>`` topic, from every
+    node of the mesh; raise :class:`mesh.exceptions.TimeoutError` after ``timeout``.
+
+    Only a result that finishes after the subscription reached the node arrives
+    here (PUB/SUB does not replay): to get a result that may already exist, use
+    ``app.AsyncResult(task_id).get()`` (docs/events.md says when to use which)."""
+    deadline = time.monotonic() + timeout
+    with EventReceiver(peers, topics=(RESULT_PREFIX.decode() + task_id,)) as recv:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ev = recv.next_event(left)
+            if ev is not None and ev["type"] == RESULT and ev["uuid"] == task_id:
+                res: Result = ev["result"]
+                return res
+    raise TimeoutError(f"no result for task {task_id} on its result topic within {timeout:g} s "
+                       "(the topic only carries results finished after subscribing; "
+                       "AsyncResult.get() asks the nodes)")
+
+
+# ---- the state ------------------------------------------------------------------------
+
+_TASK_STATES = {"task-sent": states.PENDING, "task-received": states.RECEIVED,
+                "task-started": states.STARTED, "task-succeeded": states.SUCCESS,
+                "task-failed": states.FAILURE, "task-retried": states.RETRY,
+                "task-rejected": REJECTED, "task-revoked": states.REVOKED}
+_TASK_TIMES = {"task-sent": "sent", "task-received": "received", "task-started": "started",
+               "task-succeeded": "succeeded", "task-failed": "failed", "task-retried": "retried",
+               "task-rejected": "rejected", "task-revoked": "revoked"}
+_TASK_TEXT_FIELDS = ("name", "args", "kwargs", "result", "exception", "traceback", "reason",
+                     "parent_id", "target", "first_node")
+_NODE_NUMBERS = ("active", "total", "queued", "processed", "tasks_per_s", "cpu_percent",
+                 "rss_bytes")
+
+
+@dataclasses.dataclass
+class TaskState:
+    """One task as its events describe it. Timestamps are the nodes' unix times."""
+    uuid: str
+    name: str | None = None
+    state: str = states.PENDING
+    node: str | None = None
+    args: str | None = None            # repr() texts, as the node sent them (shortened)
+    kwargs: str | None = None
+    sent: float | None = None
+    received: float | None = None
+    started: float | None = None
+    succeeded: float | None = None
+    failed: float | None = None
+    retried: float | None = None
+    rejected: float | None = None
+    revoked: float | None = None
+    runtime: float | None = None
+    result: str | None = None
+    exception: str | None = None
+    traceback: str | None = None
+    retries: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    priority: int | None = None
+    pid: int | None = None             # the child that ran it
+    reason: str | None = None          # task-rejected
+    target: str | None = None          # task-rejected: the node it was handed to
+    parent_id: str | None = None
+    first_node: str | None = None      # task-duplicate: the node whose result won
+    duplicates: int = 0
+    clock: int = 0                     # of the event that set ``state``
+    timestamp: float = 0.0             # of the event that set ``state``
+
+    @property
+    def ready(self) -> bool:
+        return self.state in states.READY_STATES
+
+
+@dataclasses.dataclass
+class NodeState:
+    """One node as its events describe it. ``last_seen`` is when this process
+    received its last node event (local time: immune to clock skew)."""
+    name: str
+    address: str | None = None
+    pid: int | None = None
+    version: str | None = None
+    freq: float = 2.0
+    heartbeat: float | None = None     # the node's timestamp of its last node event
+    last_seen: float | None = None
+    online_at: float | None = None
+    offline: bool = False
+    active: int = 0
+    total: int = 0
+    queued: int = 0
+    processed: int = 0
+    tasks_per_s: float = 0.0
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
+    loadavg: list[float] = dataclasses.field(default_factory=list)
+    lost: int = 0                      # events of this node this receiver missed
+    events: int = 0
+    clock: int = 0                     # highest Lamport clock seen from it
+    _now: Callable[[], float] = dataclasses.field(default=time.time, repr=False, compare=False)
+
+    def is_alive(self, now: float | None = None) -> bool:
+        """A heartbeat within 2.5 heartbeat intervals, and no node-offline since."""
+        if self.offline or self.last_seen is None:
+            return False
+        now = self._now() if now is None else now
+        return now - self.last_seen <= 2.5 * self.freq
+
+    @property
+    def alive(self) -> bool:
+        return self.is_alive()
+
+
+def _order_newer(ev_node: str, ev_clock: int, ev_ts: float, task: TaskState) -> bool:
+    """Is this event after the one that set the task's state? One node's events are
+    ordered by its Lamport clock; across nodes the clocks only meet on gossip (every
+    few seconds), so wall time decides, the clock breaking ties."""
+    if task.node is None or task.timestamp == 0.0:
+        return True
+    if ev_node == task.node:
+        return ev_clock > task.clock
+    return (ev_ts, ev_clock) >= (task.timestamp, task.clock)
+
+
+class State:
+    """What the events say about tasks and nodes (Celery's ``app.events.State``).
+
+    Feed it every event: ``state.event(ev)`` (it never raises on odd values).
+    ``tasks`` holds up to ``max_tasks`` tasks (finished ones are evicted first,
+    oldest first). ``now`` is the clock used for node liveness (tests pass a fake).
+    """
+
+    def __init__(self, max_tasks: int = 10_000, now: Callable[[], float] = time.time):
+        if max_tasks < 1:
+            raise ValueError("max_tasks must be at least 1")
+        self.max_tasks = max_tasks
+        self._now = now
+        self.tasks: dict[str, TaskState] = {}
+        self.nodes: dict[str, NodeState] = {}
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.event_count = 0
+        self.task_count = 0               # distinct tasks seen (evicted ones included)
+        self.evicted = 0
+        self.lost = 0                     # events missed, from events-lost
+        self.clock = 0                    # highest Lamport clock seen
+
+    # -- feeding ------------------------------------------------------------------------
+    def event(self, ev: dict[str, Any]) -> None:
+        type_ = ev.get("type")
+        node = ev.get("node")
+        if type(type_) is not str or type(node) is not str:
+            return
+        self.event_count += 1
+        c = ev.get("clock")
+        clock = c if _is_int(c) else 0
+        self.clock = max(self.clock, clock)
+        if type_ == EVENTS_LOST:
+            m = ev.get("missed")
+            missed = m if _is_int(m) else 0
+            self.lost += missed
+            self._node(node).lost += missed
+            return
+        if type_.startswith("node-"):
+            self._node_event(type_, node, clock, ev)
+        elif type_.startswith("task-"):
+            n = self.nodes.get(node)
+            if n is not None and clock > n.clock:
+                n.clock = clock
+            self._task_event(type_, node, clock, ev)
+
+    def _node(self, name: str) -> NodeState:
+        n = self.nodes.get(name)
+        if n is None:
+            n = self.nodes[name] = NodeState(name, _now=self._now)
+        return n
+
+    def _node_event(self, type_: str, name: str, clock: int, ev: dict[str, Any]) -> None:
+        n = self._node(name)
+        ts = ev.get("timestamp")
+        if _is_number(ts) and n.heartbeat is not None and ts < n.heartbeat and clock <= n.clock:
+            return                                     # an older event than what we have
+        n.events += 1
+        n.clock = max(n.clock, clock)
+        if _is_number(ts):
+            n.heartbeat = float(ts)
+        n.last_seen = self._now()
+        if type_ == "node-offline":
+            n.offline = True
+        elif type_ in ("node-online", "node-heartbeat"):
+            n.offline = False
+            if type_ == "node-online" and n.heartbeat is not None:
+                n.online_at = n.heartbeat
+        for key in _NODE_NUMBERS:
+            v = ev.get(key)
+            if _is_number(v):
+                setattr(n, key, v)
+        freq = ev.get("freq")
+        if _is_number(freq) and freq > 0:
+            n.freq = float(freq)
+        for key in ("address", "version"):
+            if isinstance(ev.get(key), str):
+                setattr(n, key, ev[key])
+        if _is_int(ev.get("pid")):
+            n.pid = ev["pid"]
+        la = ev.get("loadavg")
+        if isinstance(la, list) and all(_is_number(x) for x in la):
+            n.loadavg = [float(x) for x in la]
+
+    def _task_event(self, type_: str, node: str, clock: int, ev: dict[str, Any]) -> None:
+        uuid = ev.get("uuid")
+        if type(uuid) is not str or not uuid:
+            return
+        ts = float(ev["timestamp"]) if _is_number(ev.get("timestamp")) else self._now()
+        new = _TASK_STATES.get(type_)
+        t = self.tasks.get(uuid)
+        if t is None:
+            t = self.tasks[uuid] = TaskState(uuid)
+            self.task_count += 1
+            self._evict()
+        elif t.ready and new in states.READY_STATES:
+            return           # a second result (a duplicate run elsewhere): the first stands
+        # fields: filled from any event, whatever its order
+        for key in _TASK_TEXT_FIELDS:
+            v = ev.get(key)
+            if isinstance(v, str):
+                setattr(t, key, v)
+        for key in ("eta", "expires"):
+            if _is_number(ev.get(key)):
+                setattr(t, key, float(ev[key]))
+        if _is_number(ev.get("runtime")):
+            t.runtime = float(ev["runtime"])
+        if _is_int(ev.get("priority")):
+            t.priority = ev["priority"]
+        if type_ == "task-started" and _is_int(ev.get("pid")):
+            t.pid = ev["pid"]
+        if type_ == "task-received" and _is_int(ev.get("retries")):
+            t.retries = max(t.retries, ev["retries"])
+        elif type_ == "task-retried":
+            t.retries += 1
+        elif type_ == "task-duplicate":
+            t.duplicates += 1
+        when = _TASK_TIMES.get(type_)
+        if when is not None:
+            setattr(t, when, ts)
+        # state: a finished task stays finished (a late task-started from another
+        # node does not undo SUCCESS), otherwise the newest event wins
+        if new is None or t.ready:
+            return
+        if new in states.READY_STATES or _order_newer(node, clock, ts, t):
+            t.state, t.node, t.clock, t.timestamp = new, node, clock, ts
+            if new in states.READY_STATES:
+                self._finished[uuid] = None
+
+    def _evict(self) -> None:
+        while len(self.tasks) > self.max_tasks:
+            if self._finished:
+                uuid, _ = self._finished.popitem(last=False)
+                if self.tasks.pop(uuid, None) is None:
+                    continue
+            else:
+                self.tasks.pop(next(iter(self.tasks)))
+            self.evicted += 1
+
+    # -- views --------------------------------------------------------------------------
+    def tasks_by_state(self) -> dict[str, list[TaskState]]:
+        out: dict[str, list[TaskState]] = {}
+        for t in self.tasks.values():
+            out.setdefault(t.state, []).append(t)
+        return out
+
+    def running(self) -> list[TaskState]:
+        """Tasks started and not finished, oldest first; not those on a node known
+        to be gone (offline, or no heartbeat for 2.5 intervals)."""
+        now = self._now()
+        out = []
+        for t in self.tasks.values():
+            if t.state != states.STARTED:
+                continue
+            n = self.nodes.get(t.node or "")
+            if n is not None and n.last_seen is not None and not n.is_alive(now):
+                continue
+            out.append(t)
+        out.sort(key=lambda t: t.started or 0.0)
+        return out
+
+    def alive_nodes(self) -> list[NodeState]:
+        now = self._now()
+        return [n for n in self.nodes.values() if n.is_alive(now)]
+
+    def clear(self) -> None:
+        self.tasks.clear()
+        self.nodes.clear()
+        self._finished.clear()
