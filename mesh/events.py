@@ -30,7 +30,9 @@ SNDHWM = 10_000              # events queued per subscriber before ZeroMQ drops 
 HEARTBEAT_INTERVAL = 2.0     # s between node-heartbeat events (Celery's default)
 MAX_REPR = 1000              # characters of args/result/exception text in an event
 
-TASK_EVENTS = ("task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+# (Celery's task-sent is not emitted: clients have no PUB socket; a monitor sees a task
+# first as task-received on the node that took it)
+TASK_EVENTS = ("task-received", "task-started", "task-succeeded", "task-failed",
                "task-retried", "task-rejected", "task-revoked", "task-duplicate")
 NODE_EVENTS = ("node-online", "node-heartbeat", "node-offline")
 EVENT_TYPES = TASK_EVENTS + NODE_EVENTS

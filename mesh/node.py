@@ -207,11 +207,11 @@ class Node(PoolEvents):
                 log.info("node %s stopping: finishing running tasks (up to %.0f s)",
                          self.name, self.config.shutdown_timeout)
                 self.membership.leave()          # others see "left" at once and stop sending
-                self.events.emit("node-offline", **self._node_fields())
                 self._release(pool.begin_stop(), "node is shutting down")
                 self._flush()
                 await pool.finish(self.config.shutdown_timeout)
                 self._flush()
+                self.events.emit("node-offline", **self._node_fields())   # after the last task
                 for t in loops:
                     t.cancel()
             log.info("node %s stopped", self.name)
@@ -322,10 +322,10 @@ class Node(PoolEvents):
             by_target.setdefault((entry.client, target), []).append(entry.task_id)
         for (client, target), ids in by_target.items():
             self._reply(client, encode(Release(ids, self.name, "shed to a node with room", target)))
-            if self.events.wants("task-rejected"):
-                for tid in ids:
-                    self.events.emit("task-rejected", uuid=tid, requeue=True, target=target,
-                                     reason="shed to a node with room")
+        if moved and self.events.wants("task-rejected"):
+            for entry, target in moved:
+                self.events.emit("task-rejected", uuid=entry.task_id, name=entry.name,
+                                 requeue=True, target=target, reason="shed to a node with room")
         if moved:
             log.info("shed %d queued task(s) to %d peer(s) with room", len(moved),
                      len({t for _, t in moved}))
@@ -367,11 +367,11 @@ class Node(PoolEvents):
     async def _ticker(self) -> None:
         """Once a second: throughput and CPU/memory figures for status; and, when
         this node had peers and now sees none alive, an mDNS re-announcement."""
-        last_done, last_t = sum(self.counts.values()), time.monotonic()
+        last_done, last_t = self.processed(), time.monotonic()
         self._proc.cpu_percent(None)
         while True:
             await asyncio.sleep(1.0)
-            now, done = time.monotonic(), sum(self.counts.values())
+            now, done = time.monotonic(), self.processed()
             inst = (done - last_done) / max(now - last_t, 1e-6)
             self.rate = inst if self.rate == 0 else 0.5 * self.rate + 0.5 * inst
             last_done, last_t = done, now
@@ -403,6 +403,11 @@ class Node(PoolEvents):
             log.info("closed the sockets of %d departed peer(s)", len(gone))
         return len(gone)
 
+    def processed(self) -> int:
+        """Tasks finished here (succeeded, failed or revoked) since start."""
+        c = self.counts
+        return c[states.SUCCESS] + c[states.FAILURE] + c[states.REVOKED]
+
     def _merge_clocks(self) -> None:
         """Lamport: our clock is never behind a peer's (gossiped in its meta)."""
         if self.membership is None:
@@ -415,7 +420,7 @@ class Node(PoolEvents):
     def _node_fields(self) -> dict[str, Any]:
         busy, total, queued = self.load()
         return {"address": self.address, "freq": HEARTBEAT_INTERVAL, "active": busy,
-                "total": total, "queued": queued, "processed": sum(self.counts.values()),
+                "total": total, "queued": queued, "processed": self.processed(),
                 "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
                 "rss_bytes": self._rss, "loadavg": list(os.getloadavg()), "pid": os.getpid(),
                 "version": __version__}
@@ -698,9 +703,10 @@ class Node(PoolEvents):
         if state == states.RETRY:
             self._retry(entry, result_frame, countdown or 0.0)
             return
-        self._finish(entry.task_id, entry.client, state, result_frame)
+        self._finish(entry.task_id, entry.client, state, result_frame, entry.name)
 
-    def _finish(self, task_id: str, client: bytes, state: str, result_frame: bytes) -> None:
+    def _finish(self, task_id: str, client: bytes, state: str, result_frame: bytes,
+                name: str = "", **event: Any) -> None:
         """A held task's final result: journal it, then tell its owner and watchers."""
         self.held.pop(task_id, None)
         self.counts[state] += 1
@@ -715,7 +721,9 @@ class Node(PoolEvents):
             ev.publish_result(task_id, result_frame)
             kind = _FINAL_EVENTS.get(state)
             if kind is not None and ev.wants(kind):
-                self._emit_result(kind, task_id, result_frame)
+                if state == states.REVOKED:
+                    event = {"expired": False, "terminated": False, **event}
+                self._emit_result(kind, task_id, result_frame, name=name, **event)
         watchers = self._watchers.pop(task_id, None)
         if watchers:
             for ident in watchers:
@@ -734,7 +742,8 @@ class Node(PoolEvents):
             result_frame = encode(dataclasses.replace(res, eta=eta))
         self._reply(entry.client, result_frame)
         if self.events.wants("task-retried"):
-            self._emit_result("task-retried", entry.task_id, result_frame, eta=eta)
+            self._emit_result("task-retried", entry.task_id, result_frame, name=entry.name,
+                              eta=eta, retries=msg.retries + 1)
         entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
         entry.eta, entry.started, entry.received = eta, None, time.time()
         entry.retried = True
@@ -748,8 +757,10 @@ class Node(PoolEvents):
         else:
             self.pool.submit(entry)
 
-    def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = states.FAILURE) -> None:
-        self._fail(entry.client, entry.task_id, exc_type, message, state, held=True)
+    def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = states.FAILURE,
+                    **event: Any) -> None:
+        self._fail(entry.client, entry.task_id, exc_type, message, state, held=True,
+                   name=entry.name, **event)
 
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
         """Its child died mid-run. acks_late tasks go back to their owner at shutdown
@@ -818,13 +829,14 @@ class Node(PoolEvents):
                 log.error("journal: could not record that task %s started: %s", entry.task_id, e)
 
     def _fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
-              state: str = states.FAILURE, held: bool = False) -> None:
+              state: str = states.FAILURE, held: bool = False, name: str = "",
+              **event: Any) -> None:
         log.info("task %s %s: %s", task_id, state.lower(), message)
         exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
                "args": codec.dumps([message])}
         frame = encode(Result(task_id=task_id, state=state, exc=exc, node=self.name))
         if held:
-            self._finish(task_id, ident, state, frame)
+            self._finish(task_id, ident, state, frame, name, **event)
         else:
             self.counts[state] += 1
             self._reply(ident, frame)

@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .channel import FrameReader, pack
 from .child import Child
@@ -85,7 +85,8 @@ class PoolEvents:
 
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
                   countdown: float | None = None) -> None: ...
-    def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE") -> None: ...
+    def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE",
+                    **event: Any) -> None: ...
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
         """Its child died while running it (or was killed at shutdown)."""
     def task_starting(self, entry: Entry) -> None:
@@ -272,7 +273,8 @@ class Pool:
             entry = heapq.heappop(queue)[2]
             if entry.expires is not None and time.time() > entry.expires:
                 self.events.task_failed(entry, "TaskRevokedError",
-                                        f"task {entry.task_id} expired before it started", "REVOKED")
+                                        f"task {entry.task_id} expired before it started", "REVOKED",
+                                        expired=True)
                 continue
             if limits:
                 bucket = limits.get(entry.name)
@@ -376,7 +378,7 @@ class Pool:
         if child.killed_for == "revoked":
             self.events.task_failed(entry, "TaskRevokedError",
                                     f"task {entry.name}[{entry.task_id}] was revoked and "
-                                    f"terminated (child pid {child.pid} {how})", "REVOKED")
+                                    f"terminated (child pid {child.pid} {how})", "REVOKED", terminated=True)
         elif child.killed_for == "time limit":
             self.events.task_failed(entry, "TimeLimitExceeded",
                                     f"task {entry.name}[{entry.task_id}] exceeded its hard time "
