@@ -1,0 +1,38 @@
+"""Every meshctl/meshnode command explains itself with an example."""
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from cli.meshctl import meshctl
+from cli.meshnode import meshnode
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [prefix]
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, prefix + (name,))
+        else:
+            out.append(prefix + (name,))
+    return out
+
+
+@pytest.mark.parametrize("path", _commands(meshctl), ids=lambda p: " ".join(p) or "meshctl")
+def test_every_meshctl_command_has_help_with_an_example(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(meshctl, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and "meshctl" in result.output.split("Example", 1)[1]
+
+
+def test_the_contract_commands_exist() -> None:
+    names = {" ".join(p) for p in _commands(meshctl)}
+    assert {"status", "ping", "events", "inspect", "revoke", "call", "result", "top"} <= names
+
+
+def test_meshnode_help_has_an_example() -> None:
+    result = CliRunner().invoke(meshnode, ["--help"])
+    assert result.exit_code == 0 and "Example" in result.output
+    for flag in ("--no-journal", "--result-expires", "--no-events", "--data-dir"):
+        assert flag in result.output
