@@ -66,7 +66,8 @@ class NodeLink:
     """The client's view of one node, and the DEALER it talks to it through."""
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
-                 "sock", "released_at", "monitor", "connected", "reconnects", "gone_since")
+                 "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
+                 "down")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
@@ -83,6 +84,7 @@ class NodeLink:
         self.connected = 0            # handshakes so far; after the first, each is a reconnect
         self.reconnects = 0
         self.gone_since = 0.0         # monotonic time membership stopped calling it alive
+        self.down = False             # disconnected (or reset) since its last handshake
 
     @property
     def score(self) -> float:
@@ -108,6 +110,7 @@ class Client:
         self._outbox: collections.deque[Any] = collections.deque()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_pending = False
+        self._efd_lock = threading.Lock()
         self._closing = False
         self._linger = 5.0
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
@@ -131,6 +134,8 @@ class Client:
             raise RuntimeError("the mesh client is closed")
         self._outbox.append(slot)
         self._wake()
+        if self._efd < 0 and slot.msg is None:     # close() finished meanwhile
+            self._fail(slot, "MeshError", "the mesh client was closed")
 
     def lookup(self, task_id: str) -> Slot | None:
         return self._slots.get(task_id)
@@ -177,32 +182,67 @@ class Client:
     def _wake(self) -> None:
         if not self._wake_pending:
             self._wake_pending = True
-            os.eventfd_write(self._efd, 1)
+            with self._efd_lock:       # never write to the fd after close() closed it
+                if self._efd >= 0:
+                    os.eventfd_write(self._efd, 1)
 
     # -- the I/O thread ---------------------------------------------------------------
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
         if link is None:
-            s = self._ctx.socket(zmq.DEALER)
-            # one routing id per link: a node reached through two addresses (a seed and
-            # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
-            # one link's replies to the other
-            s.setsockopt(zmq.ROUTING_ID, self.client_id + b".%d" % next(self._link_ids))
-            s.setsockopt(zmq.SNDHWM, 0)
-            s.setsockopt(zmq.RCVHWM, 0)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
-            s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
-            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
-            mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-            s.connect(endpoint)
+            s, mon = self._open(endpoint)
             link = self.links[endpoint] = NodeLink(endpoint, s, mon)
             self._by_sock[s] = link
             self._by_monitor[mon] = link
-            self._poller.register(s, zmq.POLLIN)
-            self._poller.register(mon, zmq.POLLIN)
             self._update_placeable()
         return link
+
+    def _open(self, endpoint: str, routing_id: bytes | None = None
+              ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+        """A DEALER to ``endpoint`` and the monitor of its connection events."""
+        s = self._ctx.socket(zmq.DEALER)
+        # one routing id per link: a node reached through two addresses (a seed and
+        # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
+        # one link's replies to the other
+        s.setsockopt(zmq.ROUTING_ID, routing_id or self.client_id + b".%d" % next(self._link_ids))
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
+        s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
+        # a unique inproc name (pyzmq's default is per fd, and a reset link's new socket
+        # may get the fd of the old one before libzmq has let go of its monitor)
+        mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED,
+                                   addr=f"inproc://mesh-monitor-{self.client_id.decode()}-"
+                                        f"{next(self._link_ids)}")
+        s.connect(endpoint)
+        self._poller.register(s, zmq.POLLIN)
+        self._poller.register(mon, zmq.POLLIN)
+        return s, mon
+
+    def _close_sockets(self, link: NodeLink) -> None:
+        del self._by_sock[link.sock]
+        del self._by_monitor[link.monitor]
+        self._poller.unregister(link.sock)
+        self._poller.unregister(link.monitor)
+        link.sock.disable_monitor()
+        link.monitor.close(linger=0)
+        link.sock.close(linger=0)
+
+    def _reset_link(self, link: NodeLink) -> None:
+        """New sockets for a link whose node died: frames still queued in the old
+        DEALER for it (sent after it died, now resent elsewhere) must not reach it
+        if it comes back at that address; they would run twice."""
+        routing_id = link.sock.getsockopt(zmq.ROUTING_ID)
+        assert isinstance(routing_id, bytes)
+        self._close_sockets(link)
+        # the same routing id: a node restarted from its journal answers the tasks it
+        # recovers to it, and the client counts those late results as duplicates
+        link.sock, link.monitor = self._open(link.endpoint, routing_id)
+        self._by_sock[link.sock] = link
+        self._by_monitor[link.monitor] = link
+        link.down = True                        # its next handshake is a reconnect
 
     def _update_placeable(self) -> None:
         self._placeable = [n for n in self.links.values() if n.state == "alive"]
@@ -259,7 +299,9 @@ class Client:
                 link.monitor.close(linger=0)
                 link.sock.close(linger=int(self._linger * 1000))
             self._ctx.term()
-            os.close(self._efd)
+            with self._efd_lock:
+                os.close(self._efd)
+                self._efd = -1
 
     def _drain_monitor(self, link: NodeLink) -> None:
         """Connection events of a link. A link that connects again (the node restarted,
@@ -275,9 +317,14 @@ class Client:
                 event = parse_monitor_message(frames)["event"]
             except Exception:
                 continue
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event == zmq.EVENT_DISCONNECTED:
+                link.down = True
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.connected += 1
-                if link.connected > 1:
+                # (the first handshake's event can be missed, as the monitor attaches:
+                # a disconnect, or a reset link, is what makes a handshake a reconnect)
+                reconnected, link.down = link.down or link.connected > 1, False
+                if reconnected:
                     link.reconnects += 1
                     mine = [s for s in self._slots.values()
                             if s.node == link.endpoint and s.msg is None]
@@ -298,13 +345,7 @@ class Client:
             if (link.gone_since and now - link.gone_since > LINK_GRACE and ep not in self.seeds
                     and not any(s.node == ep for s in self._slots.values())):
                 del self.links[ep]
-                del self._by_sock[link.sock]
-                del self._by_monitor[link.monitor]
-                self._poller.unregister(link.sock)
-                self._poller.unregister(link.monitor)
-                link.sock.disable_monitor()
-                link.monitor.close(linger=0)
-                link.sock.close(linger=0)
+                self._close_sockets(link)
                 log.info("closed the link to %s (%s): gone for %.0f s", link.node_id, ep,
                          now - link.gone_since)
         self._update_placeable()
@@ -313,6 +354,7 @@ class Client:
         """Membership declared the node dead: send every task it held for us to
         another node, under the same id. An acks_late=False task it had acknowledged
         may have run already and must not run twice: it fails with WorkerLostError."""
+        self._reset_link(link)
         mine = [s for s in self._slots.values() if s.node == link.endpoint and s.msg is None]
         if not mine:
             return
@@ -546,8 +588,10 @@ class Client:
                 continue
             self._forget_one(link, slot.state != states.PENDING)
             slot.state = states.PENDING
-            if isinstance(target, str) and target.startswith("tcp://"):
-                self._send(slot, self._link(target))
+            shed_to = self.links.get(target) if isinstance(target, str) else None
+            if (isinstance(target, str) and target.startswith("tcp://")
+                    and (shed_to is None or shed_to.state == "alive")):
+                self._send(slot, self._link(target))     # (never to a node we know is gone)
             elif len(self._placeable) > 1 or (self._placeable and self._placeable[0] is not link):
                 self._send(slot, self._pick(avoid=link.endpoint))
             else:   # the only node is restarting: try it again shortly

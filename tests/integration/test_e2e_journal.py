@@ -338,3 +338,30 @@ def test_sockets_to_departed_nodes_are_closed(
     wait_until(lambda: a.status()["peer_sockets"] == 0, timeout=60, interval=0.5,
                what="a to close its socket to b")
     assert c.tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
+
+
+def test_tasks_sent_to_a_node_that_just_died_do_not_run_there_when_it_returns(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    # frames queued for a dead node (sent before the client knew) are dropped at
+    # failover: the node coming back must not run what already ran elsewhere
+    a = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    c = make_client(a, b)
+    client = c.app.client
+    wait_until(lambda: len(client._placeable) == 2, what="the client to use both nodes")
+    gate = tmp_path / "gate"
+    gate.touch()                                  # open: these tasks finish at once
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    rs = [c.tasks.wait_for_file_once.delay(str(gate)) for _ in range(20)]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == ["opened"] * 20
+    assert client.failovers > 0, "no task went to the dead node: the test proved nothing"
+    link = client.links[a.endpoint]
+    before = link.reconnects
+    a = start_node.restart(a)
+    wait_until(lambda: link.reconnects > before, what="the client to reconnect to a")
+    deadline = time.monotonic() + 2.0             # give stale frames time to arrive, if any
+    while time.monotonic() < deadline:
+        assert a.status()["succeeded"] == 0, "a ran tasks that had already run on b"
+        time.sleep(0.1)
+    assert client.duplicates == 0
