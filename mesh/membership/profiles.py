@@ -61,6 +61,9 @@ class MembershipConfig:
     #                                      partition heals the membership too (Serf's reconnect); 0 = never
     meta_refresh_interval: float = 1.0   # s between calls of get_local_meta(); the meta is gossiped
     #                                      when it changed. 0 = only when update_local_meta() is called
+    # -- limits -------------------------------------------------------------------------
+    max_members: int = 10_000            # other members this node keeps (dead, left included); news of
+    #                                      more is ignored: a peer cannot grow the table without bound
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -78,11 +81,12 @@ class MembershipConfig:
         if self.suspicion_max_timeout_mult < 1:
             raise ConfigError("suspicion_max_timeout_mult must be >= 1")
         for name in ("indirect_checks", "suspicion_confirmations", "retransmit_mult",
-                     "gossip_fanout", "max_piggyback", "awareness_max_multiplier"):
+                     "gossip_fanout", "max_piggyback", "awareness_max_multiplier", "max_members"):
             v = getattr(self, name)
             if type(v) is not int or v < (1 if name in ("retransmit_mult", "gossip_fanout",
                                                          "max_piggyback",
-                                                         "awareness_max_multiplier") else 0):
+                                                         "awareness_max_multiplier",
+                                                         "max_members") else 0):
                 raise ConfigError(f"{name} must be an int >= 1 (>= 0 for indirect_checks and "
                                   f"suspicion_confirmations), got {v!r}")
         for name in ("dead_node_reclaim", "reconnect_interval", "meta_refresh_interval"):

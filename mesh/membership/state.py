@@ -53,6 +53,7 @@ class StateMachine:
         self.notify = notify
         self.left = False
         self.suspicions = self.refutations = 0
+        self.members_refused = 0        # new members ignored: the table was full (max_members)
 
     def apply(self, updates: list[Update], now: float) -> None:
         """Updates piggybacked on a message."""
@@ -93,6 +94,13 @@ class StateMachine:
         meta = u[6] if len(u) > 6 else {}
         node = self.table.get(member_id)
         if node is None:
+            if len(self.table) >= self.config.max_members:
+                self.members_refused += 1
+                if self.members_refused % 10_000 == 1:     # the first, then now and then
+                    log.warning("membership: %s knows %d members, the limit (max_members): ignoring "
+                                "new ones such as %r (%d ignored so far)", me.id, len(self.table),
+                                member_id[:64], self.members_refused)
+                return
             node = self.table.add(member_id, address, inc, meta, version, now)
             if gossip_new:
                 self.queue.put(member_id, alive_update(node))
