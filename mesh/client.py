@@ -27,6 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import states
 from .config import Config
 from .exceptions import ConfigError, DecodeError
+from .peers import literal_host
 from .placement import choose_from
 from .protocol import (
     Ack,
@@ -409,7 +410,14 @@ class Client:
                     continue              # no need to connect to a node that is gone
                 if any(n.node_id == nid for n in self.links.values()):
                     continue              # known already, through another address (a seed)
-                link = self._link(ep)
+                if not literal_host(ep):
+                    continue              # names are resolved on libzmq's one I/O thread:
+                                          # only seeds (configured) may be host names
+                try:
+                    link = self._link(ep)
+                except zmq.ZMQError as e:
+                    log.warning("cannot connect to member %r at %r: %s", nid, ep[:100], e)
+                    continue
             if link.state != state:
                 changed = True
                 old, link.state = link.state, state
@@ -588,15 +596,30 @@ class Client:
                 continue
             self._forget_one(link, slot.state != states.PENDING)
             slot.state = states.PENDING
-            shed_to = self.links.get(target) if isinstance(target, str) else None
-            if (isinstance(target, str) and target.startswith("tcp://")
-                    and (shed_to is None or shed_to.state == "alive")):
-                self._send(slot, self._link(target))     # (never to a node we know is gone)
+            shed_to = self._shed_target(target)
+            if shed_to is not None:
+                self._send(slot, shed_to)
             elif len(self._placeable) > 1 or (self._placeable and self._placeable[0] is not link):
                 self._send(slot, self._pick(avoid=link.endpoint))
             else:   # the only node is restarting: try it again shortly
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
         log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
+
+    def _shed_target(self, target: Any) -> NodeLink | None:
+        """The link to a node a task was shed to, if it is one to follow: an IP
+        endpoint (no name lookups for what a node says), not known to be gone."""
+        if not isinstance(target, str) or not target.startswith("tcp://"):
+            return None
+        link = self.links.get(target)
+        if link is not None:
+            return link if link.state == "alive" else None
+        if not literal_host(target):
+            return None
+        try:
+            return self._link(target)
+        except zmq.ZMQError as e:
+            log.warning("a node shed work to %r, which cannot be reached: %s", target[:100], e)
+            return None
 
     def _resend_due(self, now: float) -> None:
         due = [s for t, s in self._retry if t <= now]

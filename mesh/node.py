@@ -69,7 +69,8 @@ class NodeStartError(MeshError):
 class _RateLimitedLog:
     """Log at most ``burst`` messages per ``window`` seconds; count the rest."""
 
-    def __init__(self, burst: int = 20, window: float = 10.0):
+    def __init__(self, what: str, burst: int = 20, window: float = 10.0):
+        self.what = what
         self.burst, self.window = burst, window
         self.start, self.count, self.suppressed = 0.0, 0, 0
 
@@ -77,7 +78,7 @@ class _RateLimitedLog:
         now = time.monotonic()
         if now - self.start > self.window:
             if self.suppressed:
-                log.warning("... %d more refused frames not logged", self.suppressed)
+                log.warning("... %d more %s not logged", self.suppressed, self.what)
             self.start, self.count, self.suppressed = now, 0, 0
         self.count += 1
         if self.count <= self.burst:
@@ -122,7 +123,8 @@ class Node(PoolEvents):
         self.remote = RemoteControl(self)
         self._out: dict[bytes, list[bytes]] = {}
         self._flush_scheduled = False
-        self._badlog = _RateLimitedLog()
+        self._badlog = _RateLimitedLog("refused frames")
+        self._faillog = _RateLimitedLog("tasks refused at intake")
         self._proc = psutil.Process()
         self._child_procs: dict[int, psutil.Process] = {}
         self._cpu = 0.0
@@ -831,7 +833,10 @@ class Node(PoolEvents):
     def _fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
               state: str = states.FAILURE, held: bool = False, name: str = "",
               **event: Any) -> None:
-        log.info("task %s %s: %s", task_id, state.lower(), message)
+        if held:
+            log.info("task %s %s: %s", task_id, state.lower(), message)
+        else:                     # refused at intake: a stream of these must not flood the log
+            self._faillog.warning("task %s %s: %s", task_id, state.lower(), message[:300])
         exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
                "args": codec.dumps([message])}
         frame = encode(Result(task_id=task_id, state=state, exc=exc, node=self.name))

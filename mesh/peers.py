@@ -12,7 +12,11 @@ membership protocol's call, never the socket's.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
 import logging
+import socket
+import time
 from typing import Any
 
 import zmq
@@ -24,6 +28,69 @@ log = logging.getLogger("mesh.peers")
 SNDHWM = 64                 # frames queued per peer before new ones are dropped
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+RESOLVE_OK_TTL = 300.0      # s a host name's address is reused before it is looked up again
+RESOLVE_FAIL_TTL = 30.0     # s a name that did not resolve is not tried again
+MAX_RESOLVING = 8           # name lookups in flight at once; more names wait their turn
+MAX_NAMES = 1024            # names remembered
+
+
+def literal_host(address: str) -> bool:
+    """True if a tcp://HOST:PORT address names an IP literal (no DNS needed)."""
+    host = address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host == "*"
+    return True
+
+
+class Resolver:
+    """Host names are looked up on a small thread pool, never on ZeroMQ's I/O thread:
+    libzmq resolves a name given to connect() on its one I/O thread, so a peer that
+    advertises (or a forged message that names) slow-to-resolve hosts would freeze
+    every socket of the node. Until a name resolves, frames for it are dropped, as a
+    datagram would be."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
+                                                           thread_name_prefix="mesh-resolve")
+        self._known: dict[str, tuple[str | None, float]] = {}   # host -> (ip, expires)
+        self._pending: dict[str, concurrent.futures.Future[str | None]] = {}
+
+    def lookup(self, address: str) -> str | None:
+        """The address with an IP instead of the host name, or None for now."""
+        rest = address.removeprefix("tcp://")
+        host, _, port = rest.rpartition(":")
+        now = time.monotonic()
+        hit = self._known.get(host)
+        if hit is not None and hit[1] > now:
+            return f"tcp://{hit[0]}:{port}" if hit[0] else None
+        fut = self._pending.get(host)
+        if fut is not None:
+            if not fut.done():
+                return None
+            del self._pending[host]
+            ip = fut.result()
+            if len(self._known) >= MAX_NAMES:
+                del self._known[next(iter(self._known))]
+            self._known[host] = (ip, now + (RESOLVE_OK_TTL if ip else RESOLVE_FAIL_TTL))
+            if ip is None:
+                log.warning("peer address %s: host %r does not resolve", address, host[:100])
+            return f"tcp://{ip}:{port}" if ip else None
+        if len(self._pending) < MAX_RESOLVING:
+            self._pending[host] = self._pool.submit(_resolve, host)
+        return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _resolve(host: str) -> str | None:
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return None
+    return str(infos[0][4][0]) if infos else None
 
 
 class PeerSockets:
@@ -34,10 +101,14 @@ class PeerSockets:
         self.routing_id = routing_id
         self.socks: dict[str, zmq.Socket[bytes]] = {}
         self.sent = self.dropped = self.bytes_sent = 0
+        self.resolver = Resolver()
 
-    def _sock(self, address: str) -> zmq.Socket[bytes]:
+    def _sock(self, address: str) -> zmq.Socket[bytes] | None:
         s = self.socks.get(address)
         if s is None:
+            target = address if literal_host(address) else self.resolver.lookup(address)
+            if target is None:
+                return None
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.ROUTING_ID, self.routing_id)
             s.setsockopt(zmq.SNDHWM, SNDHWM)
@@ -47,13 +118,21 @@ class PeerSockets:
             s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
             s.setsockopt(zmq.RECONNECT_IVL, 100)
             s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            s.connect(address)
+            try:
+                s.connect(target)
+            except zmq.ZMQError:
+                s.close(linger=0)
+                raise
             self.socks[address] = s
         return s
 
     def send(self, address: str, frame: bytes) -> bool:
         try:
-            self._sock(address).send(frame, zmq.NOBLOCK)
+            s = self._sock(address)
+            if s is None:              # its host name is being looked up
+                self.dropped += 1
+                return False
+            s.send(frame, zmq.NOBLOCK)
         except zmq.ZMQError as e:     # queue full, bad address
             self.dropped += 1
             log.debug("dropped a frame for %s: %s", address, e)
@@ -72,6 +151,7 @@ class PeerSockets:
         for s in self.socks.values():
             s.close(linger=0)
         self.socks.clear()
+        self.resolver.close()
 
 
 class ZmqTransport(Transport):
