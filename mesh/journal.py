@@ -39,7 +39,7 @@ from .exceptions import MeshError
 
 log = logging.getLogger("mesh.journal")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FILENAME = "journal.sqlite3"
 LOCKNAME = "node.lock"
 
@@ -50,11 +50,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     client   BLOB NOT NULL,
     frame    BLOB NOT NULL,
     state    TEXT NOT NULL,
-    received REAL NOT NULL,
-    result   BLOB,
-    finished REAL
+    received REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
+CREATE TABLE IF NOT EXISTS results (
+    task_id  TEXT NOT NULL UNIQUE,
+    state    TEXT NOT NULL,
+    result   BLOB NOT NULL,
+    finished REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
 """
@@ -112,16 +115,36 @@ class Journal:
             # one process uses the journal (the flock above): no shared-memory WAL index,
             # fewer system calls per commit
             self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            self.db.execute("PRAGMA cache_size=-65536")
             self.db.executescript(_SCHEMA)
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                self._migrate_from_1()
             elif int(row[0]) > SCHEMA_VERSION:
                 raise JournalError(f"{self.path} was written by a newer mesh (schema {row[0]}, "
                                    f"this one reads {SCHEMA_VERSION})")
         except sqlite3.Error as e:
             self._unlock()
             raise JournalError(f"cannot open the journal: {_explain(e, self.path)}") from e
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 kept results in the tasks rows (an UPDATE per result, which cost
+        more than an INSERT into a table of their own)."""
+        db = self.db
+        db.execute("BEGIN")
+        db.execute("INSERT OR REPLACE INTO results (task_id, state, result, finished) "
+                   "SELECT task_id, state, result, finished FROM tasks "
+                   "WHERE finished IS NOT NULL ORDER BY finished")
+        db.execute("CREATE TABLE tasks2 (task_id TEXT PRIMARY KEY, client BLOB NOT NULL, "
+                   "frame BLOB NOT NULL, state TEXT NOT NULL, received REAL NOT NULL) WITHOUT ROWID")
+        db.execute("INSERT INTO tasks2 SELECT task_id, client, frame, state, received FROM tasks")
+        db.execute("DROP TABLE tasks")
+        db.execute("ALTER TABLE tasks2 RENAME TO tasks")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+        log.info("journal: %s upgraded from schema 1 to %d", self.path, SCHEMA_VERSION)
 
     # -- the data dir lock ------------------------------------------------------------
     def _lock(self) -> None:
@@ -189,6 +212,7 @@ class Journal:
         """Record an accepted task, over whatever an older row of that id said."""
         self._write("INSERT OR REPLACE INTO tasks (task_id, client, frame, state, received) "
                     "VALUES (?, ?, ?, 'RECEIVED', ?)", (task_id, client, frame, received))
+        self._write("DELETE FROM results WHERE task_id=?", (task_id,))
 
     def started(self, task_id: str) -> None:
         self._write("UPDATE tasks SET state='STARTED' WHERE task_id=?", (task_id,))
@@ -198,13 +222,17 @@ class Journal:
         self._write("UPDATE tasks SET frame=?, state='RECEIVED' WHERE task_id=?", (frame, task_id))
 
     def finish(self, task_id: str, state: str, result: bytes, finished: float) -> None:
-        self._write("UPDATE tasks SET state=?, result=?, finished=? WHERE task_id=?",
-                    (state, result, finished, task_id))
+        """The final result. Results are appended in the order they finish (rowid),
+        which is what expiry walks; the task's row stays until its result expires, so
+        a resend of the id is recognised by add()."""
+        self._write("INSERT OR REPLACE INTO results (task_id, state, result, finished) "
+                    "VALUES (?, ?, ?, ?)", (task_id, state, result, finished))
 
     def remove(self, task_ids: Iterable[str]) -> None:
         """Forget tasks given back to their owners unstarted (they run elsewhere)."""
         for tid in task_ids:
-            self._write("DELETE FROM tasks WHERE task_id=? AND finished IS NULL", (tid,))
+            self._write("DELETE FROM tasks WHERE task_id=? AND NOT EXISTS "
+                        "(SELECT 1 FROM results WHERE results.task_id=?)", (tid, tid))
 
     def revoke(self, task_ids: Iterable[str], at: float) -> None:
         """Remember revoked ids (a revoked task that arrives later is not run)."""
@@ -218,6 +246,11 @@ class Journal:
                 (since, limit)).fetchall()][::-1]
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
+
+    @property
+    def in_tx(self) -> bool:
+        """Writes are waiting for commit()."""
+        return self._in_tx
 
     def commit(self) -> None:
         if not self._in_tx:
@@ -242,38 +275,49 @@ class Journal:
     # -- reads ------------------------------------------------------------------------
     def get(self, task_id: str) -> Stored | None:
         try:
-            row = self.db.execute("SELECT state, result FROM tasks WHERE task_id=?",
+            row = self.db.execute("SELECT state, result FROM results WHERE task_id=?",
                                   (task_id,)).fetchone()
+            if row is None:
+                row = self.db.execute("SELECT state, NULL FROM tasks WHERE task_id=?",
+                                      (task_id,)).fetchone()
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         return Stored(row[0], row[1]) if row else None
 
     def unfinished(self) -> list[Row]:
-        """Tasks accepted and not finished, oldest first (restart recovery). A scan of
-        the table, once at start: an index of open tasks cost every intake and every
-        result an index update, which is more than the scan costs once."""
+        """Tasks accepted and not finished, oldest first (restart recovery): one scan
+        at start, cheaper than an index of open tasks updated on every intake and
+        result."""
         try:
-            rows = self.db.execute("SELECT task_id, client, frame, state, received FROM tasks "
-                                   "WHERE finished IS NULL ORDER BY received").fetchall()
+            rows = self.db.execute(
+                "SELECT task_id, client, frame, state, received FROM tasks WHERE NOT EXISTS "
+                "(SELECT 1 FROM results WHERE results.task_id=tasks.task_id) "
+                "ORDER BY received").fetchall()
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         return [Row(*r) for r in rows]
 
     def expire(self, before: float, limit: int = 10_000) -> int:
-        """Delete up to ``limit`` results finished before ``before``; how many went."""
-        n = self._write("DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks "
-                        "WHERE finished IS NOT NULL AND finished < ? LIMIT ?)", (before, limit))
+        """Delete up to ``limit`` results (and their tasks) finished before
+        ``before``, oldest first; how many went."""
+        try:
+            rows = self.db.execute("SELECT rowid, task_id, finished FROM results "
+                                   "ORDER BY rowid LIMIT ?", (limit,)).fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        old = [(rowid, tid) for rowid, tid, finished in rows if finished < before]
+        for rowid, tid in old:
+            self._write("DELETE FROM tasks WHERE task_id=?", (tid,))
+            self._write("DELETE FROM results WHERE rowid=?", (rowid,))
         self._write("DELETE FROM revoked WHERE task_id IN (SELECT task_id FROM revoked "
                     "WHERE at < ? LIMIT ?)", (before, limit))
         self.commit()
-        return n
+        return len(old)
 
     def counts(self) -> dict[str, int]:
         try:
-            rows = self.db.execute("SELECT finished IS NULL, count(*) FROM tasks GROUP BY 1").fetchall()
+            tasks = self.db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+            results = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
-        out = {"open": 0, "results": 0}
-        for open_, n in rows:
-            out["open" if open_ else "results"] = n
-        return out
+        return {"open": int(tasks) - int(results), "results": int(results)}

@@ -59,6 +59,7 @@ MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child k
 EXPIRE_INTERVAL = 60.0     # s between sweeps of expired results from the journal
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 MAX_WATCHERS = 64          # processes told of one task's result when it is done
+RESULT_COMMIT_DELAY = 0.002  # s a batch of results may wait for its journal commit
 
 
 
@@ -113,6 +114,7 @@ class Node(PoolEvents):
         self._acks: dict[bytes, list[str]] = {}
         self.journal: Journal | None = None
         self._pending: list[Entry] = []          # accepted this pass: to the pool once journalled
+        self._commit_timer: asyncio.TimerHandle | None = None
         self._watchers: dict[str, set[bytes]] = {}   # task id -> who asked to hear its result
         self._expired_at = 0.0
         self.events = Publisher(None, self.name)  # a socket once run() binds one
@@ -534,11 +536,17 @@ class Node(PoolEvents):
     def _flush(self) -> None:
         self._flush_scheduled = False
         journal = self.journal
-        if journal is not None:      # nothing is acked or answered before it is journalled
-            try:
-                journal.commit()
-            except JournalError as e:
-                self._journal_failed(e)
+        if journal is not None and journal.in_tx:
+            if self._pending:        # no task is acknowledged before it is journalled
+                self._commit()
+            elif self._commit_timer is None:
+                # only results (and forgets) in this batch: they go out now and are
+                # committed within RESULT_COMMIT_DELAY, with the next intake's commit
+                # if one comes sooner. A node killed in that window runs those tasks
+                # again after a restart (at least once), and their owners already
+                # have their results.
+                self._commit_timer = asyncio.get_running_loop().call_later(
+                    RESULT_COMMIT_DELAY, self._commit)
         if self._pending:
             pending, self._pending = self._pending, []
             revoked = self.remote.revoked
@@ -622,6 +630,16 @@ class Node(PoolEvents):
             self.pool.submit(entry)
         else:
             self._pending.append(entry)    # to the pool once the journal has it (_flush)
+
+    def _commit(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        if self.journal is not None:
+            try:
+                self.journal.commit()
+            except JournalError as e:
+                self._journal_failed(e)
 
     def _journal_failed(self, e: JournalError) -> None:
         """A batch did not reach the journal: refuse the tasks it accepted (their owners

@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +36,6 @@ from typing import Any
 import pytest
 from harness import ClientHandle, NodeFactory, NodeProc, wait_until
 
-from mesh.journal import FILENAME as JOURNAL
 from mesh.protocol import ControlReply, Result
 from mesh.result import AsyncResult
 
@@ -51,11 +49,12 @@ RATE = 600.0           # tasks due per second in variant a (the nodes manage sev
 def journal_open_ids(data_dir: Path) -> set[str]:
     """Ids of the tasks a (dead) node's journal holds unfinished: what it runs again
     when it restarts. Read-only, while the node is down."""
-    db = sqlite3.connect(f"file:{data_dir / JOURNAL}?mode=ro", uri=True)
+    from mesh.journal import Journal
+    journal = Journal(str(data_dir))          # the node is down: its lock is free
     try:
-        return {row[0] for row in db.execute("SELECT task_id FROM tasks WHERE finished IS NULL")}
+        return {row.task_id for row in journal.unfinished()}
     finally:
-        db.close()
+        journal.close()
 
 
 def members(node: NodeProc) -> dict[str, str]:

@@ -153,3 +153,26 @@ def test_close_commits_what_is_pending(tmp_path: Path) -> None:
         assert j.get("t") is not None
     finally:
         j.close()
+
+
+def test_a_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    db = sqlite3.connect(d / FILENAME)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        CREATE TABLE tasks (task_id TEXT PRIMARY KEY, client BLOB NOT NULL, frame BLOB NOT NULL,
+            state TEXT NOT NULL, received REAL NOT NULL, result BLOB, finished REAL) WITHOUT ROWID;
+        INSERT INTO tasks VALUES ('open', x'63', x'66', 'RECEIVED', 1.0, NULL, NULL);
+        INSERT INTO tasks VALUES ('done', x'63', x'66', 'SUCCESS', 1.0, x'72', 2.0);
+    """)
+    db.commit()
+    db.close()
+    j = Journal(str(d))
+    try:
+        assert [r.task_id for r in j.unfinished()] == ["open"]
+        assert j.get("done") == ("SUCCESS", b"r")
+        assert not j.add("done", b"c", b"f", 3.0)       # still recognised as known
+    finally:
+        j.close()
