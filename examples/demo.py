@@ -91,6 +91,12 @@ def main() -> int:
         print(f"   send_task('examples.tasks.add', (40, 2)) -> {app.send_task('examples.tasks.add', (40, 2)).get(timeout=30)}")
         print(f"   whoami -> {whoami.delay().get(timeout=30)}")
 
+        lookup = app.send_task("examples.tasks.add", (20, 22))
+        lookup.get(timeout=30)
+        print(f"== meshctl result {lookup.id}   (another process looks the result up on the mesh)")
+        subprocess.run([os.path.join(BIN, "meshctl"), "--peers", endpoints[0], "result", lookup.id],
+                       check=True)
+
         print(f"== meshctl --peers {endpoints[1]} status   (one seed; the mesh knows the rest)")
         subprocess.run([os.path.join(BIN, "meshctl"), "--peers", endpoints[1], "status"], check=True)
         app.close()

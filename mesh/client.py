@@ -48,6 +48,7 @@ RELEASE_RETRY_DELAY = 0.5   # seconds before resending a released task to the no
 BATCH = 256                 # most frames sent to a node in one zmq message
 MEMBERS_INTERVAL = 1.0      # seconds between membership refreshes from a node
 QUERY_TTL = 5.0             # seconds a result query waits for its answers
+MEMBERS_WAIT = 2.0           # seconds a result lookup waits for the first members answer
 LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it is closed
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
@@ -105,6 +106,7 @@ class Client:
         self.resent = 0                                 # tasks resent after a reconnect
         self._watched: dict[str, Slot] = {}             # tasks owned elsewhere that we look up
         self._watch_lock = threading.Lock()
+        self._members_known = threading.Event()         # a members answer has arrived
         self._queries: dict[str, list[Any]] = {}        # req id -> [slot, pending, event, state, t]
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
@@ -156,6 +158,8 @@ class Client:
         done). With ``wait``, block until all answered or ``wait`` seconds passed."""
         if self._closing:
             raise RuntimeError("the mesh client is closed")
+        if not self._members_known.is_set():    # a new client knows only its seeds:
+            self._members_known.wait(MEMBERS_WAIT)   # learn every node, then ask them all
         with self._watch_lock:
             self._watched.setdefault(slot.task_id, slot)
         event = threading.Event() if wait else None
@@ -431,6 +435,7 @@ class Client:
                 link.busy, link.total, link.queued = load[0], load[1], load[2]
         if changed:
             self._update_placeable()
+        self._members_known.set()
         for link in dead:
             self._failover(link)
 

@@ -365,3 +365,16 @@ def test_tasks_sent_to_a_node_that_just_died_do_not_run_there_when_it_returns(
         assert a.status()["succeeded"] == 0, "a ran tasks that had already run on b"
         time.sleep(0.1)
     assert client.duplicates == 0
+
+
+def test_a_fresh_reader_with_one_seed_finds_a_result_held_by_another_node(
+        start_node: Any, make_client: Any) -> None:
+    a = start_node()
+    b = start_node(peers=a.endpoint)
+    c = make_client(a, b)
+    wait_until(lambda: len(c.app.client._placeable) == 2, what="the client to use both nodes")
+    rs = [c.tasks.add.delay(i, 1) for i in range(6)]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [i + 1 for i in range(6)]
+    for seed in (a, b):          # whichever node ran a task, asking either one finds it
+        with Mesh("fresh-reader", peers=[seed.endpoint], mdns=False) as app:
+            assert [app.AsyncResult(r.id).state for r in rs] == [states.SUCCESS] * 6
