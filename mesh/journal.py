@@ -298,21 +298,31 @@ class Journal:
         return [Row(*r) for r in rows]
 
     def expire(self, before: float, limit: int = 10_000) -> int:
-        """Delete up to ``limit`` results (and their tasks) finished before
-        ``before``, oldest first; how many went."""
+        """Delete up to ``limit`` of the oldest results (and their tasks) finished
+        before ``before``; how many went. Results are in finishing order (rowid), so
+        this is a range delete done inside sqlite, and nothing at all when the
+        oldest result is still young."""
         try:
-            rows = self.db.execute("SELECT rowid, task_id, finished FROM results "
-                                   "ORDER BY rowid LIMIT ?", (limit,)).fetchall()
+            first = self.db.execute("SELECT finished FROM results ORDER BY rowid LIMIT 1").fetchone()
+            if first is None or first[0] >= before:
+                upto = None
+            else:
+                row = self.db.execute(
+                    "SELECT rowid FROM results WHERE rowid IN "
+                    "(SELECT rowid FROM results ORDER BY rowid LIMIT ?) AND finished < ? "
+                    "ORDER BY rowid DESC LIMIT 1", (limit, before)).fetchone()
+                upto = row[0] if row else None
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
-        old = [(rowid, tid) for rowid, tid, finished in rows if finished < before]
-        for rowid, tid in old:
-            self._write("DELETE FROM tasks WHERE task_id=?", (tid,))
-            self._write("DELETE FROM results WHERE rowid=?", (rowid,))
+        n = 0
+        if upto is not None:
+            self._write("DELETE FROM tasks WHERE task_id IN "
+                        "(SELECT task_id FROM results WHERE rowid <= ?)", (upto,))
+            n = self._write("DELETE FROM results WHERE rowid <= ?", (upto,))
         self._write("DELETE FROM revoked WHERE task_id IN (SELECT task_id FROM revoked "
                     "WHERE at < ? LIMIT ?)", (before, limit))
         self.commit()
-        return len(old)
+        return n
 
     def counts(self) -> dict[str, int]:
         try:

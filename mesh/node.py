@@ -56,7 +56,8 @@ SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a pe
 SHED_INTERVAL = 0.05
 MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
 MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child keeps dying
-EXPIRE_INTERVAL = 60.0     # s between sweeps of expired results from the journal
+EXPIRE_INTERVAL = 1.0      # s between sweeps of expired results from the journal
+EXPIRE_BATCH = 10_000      # results deleted per sweep at most (more than a node finishes per s)
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 MAX_WATCHERS = 64          # processes told of one task's result when it is done
 RESULT_COMMIT_DELAY = 0.002  # s a batch of results may wait for its journal commit
@@ -434,12 +435,8 @@ class Node(PoolEvents):
         if self.journal is None:
             return 0
         total = 0
-        try:
-            while True:
-                n = self.journal.expire(time.time() - self.config.result_expires)
-                total += n
-                if n < 10_000:
-                    break
+        try:         # bounded per call, so the loop is never held for long
+            total = self.journal.expire(time.time() - self.config.result_expires, EXPIRE_BATCH)
         except JournalError as e:
             log.error("journal: expiring old results failed: %s", e)
         if total:
