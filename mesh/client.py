@@ -104,7 +104,8 @@ class Client:
         self.duplicates = 0                             # results for already-complete tasks
         self.failovers = 0                              # tasks resent because their node died
         self.resent = 0                                 # tasks resent after a reconnect
-        self._watched: dict[str, Slot] = {}             # tasks owned elsewhere that we look up
+        self._watched: dict[str, list[Slot]] = {}       # tasks owned elsewhere that we look up
+                                                        # (one slot per AsyncResult asking)
         self._watch_lock = threading.Lock()
         self._members_known = threading.Event()         # a members answer has arrived
         self._queries: dict[str, list[Any]] = {}        # req id -> [slot, pending, event, state, t]
@@ -148,9 +149,11 @@ class Client:
         by another process): nodes are asked for it, and the one holding it sends its
         result here when it is done."""
         with self._watch_lock:
-            slot = self._watched.get(task_id)
-            if slot is None:
-                slot = self._watched[task_id] = Slot(task_id, None, remote=True)
+            slots = self._watched.get(task_id)
+            if slots:
+                return slots[0]
+            slot = Slot(task_id, None, remote=True)
+            self._watched[task_id] = [slot]
             return slot
 
     def query(self, slot: Slot, wait: float | None) -> None:
@@ -161,7 +164,9 @@ class Client:
         if not self._members_known.is_set():    # a new client knows only its seeds:
             self._members_known.wait(MEMBERS_WAIT)   # learn every node, then ask them all
         with self._watch_lock:
-            self._watched.setdefault(slot.task_id, slot)
+            slots = self._watched.setdefault(slot.task_id, [])
+            if slot not in slots:
+                slots.append(slot)
         event = threading.Event() if wait else None
         self._outbox.append(("query", slot, event))
         self._wake()
@@ -273,8 +278,9 @@ class Client:
                         self._drain_outbox()
                     elif sock_or_fd in self._by_sock:
                         self._drain_socket(self._by_sock[sock_or_fd])
-                    else:
+                    elif sock_or_fd in self._by_monitor:
                         self._drain_monitor(self._by_monitor[sock_or_fd])
+                    # else: a socket closed earlier in this batch (a failover reset it)
                 now = time.monotonic()
                 if self._retry:
                     self._resend_due(now)
@@ -286,16 +292,22 @@ class Client:
         except Exception:
             log.exception("mesh client I/O thread failed")
         finally:
+            self._closing = True       # submit(), watch() and query() refuse from now on
             # tasks still without a result will never get one through this client:
             # fail them, so nobody waits forever on get()
             while self._outbox:
-                self._slots.setdefault(self._outbox[0].task_id, self._outbox.popleft())
+                item = self._outbox.popleft()
+                if type(item) is tuple:            # ("query", slot, event)
+                    if item[2] is not None:
+                        item[2].set()
+                    continue
+                self._slots.setdefault(item.task_id, item)
             for slot in list(self._slots.values()):
                 self._fail(slot, "MeshError", f"the mesh client was closed before task "
                            f"{slot.task_id} finished")
             self._slots.clear()
             with self._watch_lock:
-                watched, self._watched = list(self._watched.values()), {}
+                watched, self._watched = [s for ss in self._watched.values() for s in ss], {}
             for slot in watched:
                 self._fail(slot, "MeshError", f"the mesh client was closed while waiting for "
                            f"task {slot.task_id}")
@@ -534,9 +546,8 @@ class Client:
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
             if slot is None:
-                with self._watch_lock:
-                    watched = self._watched.pop(msg.task_id, None)
-                if watched is not None and watched.complete(msg):
+                completed = self._complete_watched(msg)
+                if completed:
                     return
             if slot is None or not slot.complete(msg):
                 self.duplicates += 1       # first result won; tell its sender (an event)
@@ -682,8 +693,7 @@ class Client:
                     log.warning("node %s sent an unreadable stored result: %s", msg.node, e)
                 else:
                     if type(res) is Result and res.task_id == slot.task_id:
-                        with self._watch_lock:
-                            self._watched.pop(slot.task_id, None)
+                        self._complete_watched(res)
                         slot.complete(res)
             elif isinstance(state, str) and _STATE_RANK.get(state, -1) > _STATE_RANK.get(q[3], 0):
                 q[3] = state
@@ -705,13 +715,23 @@ class Client:
             self._end_query(req)
         asked = {q[0].task_id for q in self._queries.values()}
         with self._watch_lock:
-            for tid, slot in list(self._watched.items()):
-                if slot.msg is not None or not slot.waiters:
+            for tid, slots in list(self._watched.items()):
+                waiting = [s for s in slots if s.msg is None and s.waiters]
+                if not waiting:
                     if tid not in asked:
                         del self._watched[tid]
                     continue
                 if tid not in asked:
-                    self._send_query(slot, None)
+                    self._send_query(waiting[0], None)
+
+    def _complete_watched(self, msg: Result) -> bool:
+        """A final result for a task looked up here: complete every slot asking."""
+        with self._watch_lock:
+            slots = self._watched.pop(msg.task_id, None) or []
+        done = False
+        for s in slots:
+            done = s.complete(msg) or done
+        return done
 
 
 def _acks_late(frame: bytes | None) -> bool:

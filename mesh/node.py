@@ -439,6 +439,7 @@ class Node(PoolEvents):
             total = self.journal.expire(time.time() - self.config.result_expires, EXPIRE_BATCH)
         except JournalError as e:
             log.error("journal: expiring old results failed: %s", e)
+            self._journal_failed(e)        # tasks accepted this pass were rolled back too
         if total:
             log.info("journal: %d result(s) older than %g s expired", total, self.config.result_expires)
         return total
@@ -645,6 +646,7 @@ class Node(PoolEvents):
         pending, self._pending = self._pending, []
         for entry in pending:
             self.held.pop(entry.task_id, None)
+            self._watchers.pop(entry.task_id, None)
             self._refuse(entry.client, "journal", f"node {self.name} cannot write its journal, "
                          f"so it did not accept task {entry.task_id}: {e}", entry.task_id)
             self.events.emit("task-rejected", uuid=entry.task_id, name=entry.name, requeue=True,
@@ -844,6 +846,7 @@ class Node(PoolEvents):
                 self.journal.commit()
             except JournalError as e:
                 log.error("journal: could not record that task %s started: %s", entry.task_id, e)
+                self._journal_failed(e)    # tasks accepted this pass were rolled back too
 
     def _fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
               state: str = states.FAILURE, held: bool = False, name: str = "",
@@ -895,8 +898,12 @@ class Node(PoolEvents):
             raise ValueError("result needs args {'task_id': '<id>'}")
         if tid in self.remote.revoked and tid not in self.held:
             stored = self.journal.get(tid) if self.journal is not None else None
-            if stored is None or stored.result is None:
-                return {"task_id": tid, "state": states.REVOKED}
+            if stored is None or stored.result is None:   # revoked before it got here
+                message = f"task {tid} was revoked"
+                frame = encode(Result(task_id=tid, state=states.REVOKED, node=self.name, exc={
+                    "type": "TaskRevokedError", "module": "mesh.exceptions",
+                    "message": message, "args": codec.dumps([message])}))
+                return {"task_id": tid, "state": states.REVOKED, "result": frame}
         entry = self.held.get(tid)
         if entry is not None:
             if args.get("watch") is True:

@@ -39,7 +39,7 @@ class Entry:
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
                  "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried")
+                 "retried", "reserved")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
                  eta: float | None, expires: float | None, time_limit: float | None,
@@ -58,6 +58,7 @@ class Entry:
         self.acks_late = acks_late            # False: journalled as STARTED before it starts
         self.redelivered = 0                  # runs again after its child died (reject_on_worker_lost)
         self.retried = False                  # waiting for a retry (state RETRY)
+        self.reserved = False                 # holds a rate-limit reservation: starts when due
 
 
 class ChildProc:
@@ -276,7 +277,7 @@ class Pool:
                                         f"task {entry.task_id} expired before it started", "REVOKED",
                                         expired=True)
                 continue
-            if limits:
+            if limits and not entry.reserved:
                 bucket = limits.get(entry.name)
                 if bucket is not None:
                     now = time.time()
@@ -284,8 +285,10 @@ class Pool:
                     if wait > 0.0:          # not yet: back to the timers, others go on
                         self.rate_limited += 1
                         entry.eta = now + wait
+                        entry.reserved = True
                         self.submit(entry)
                         continue
+            entry.reserved = False
             if not entry.acks_late:
                 self.events.task_starting(entry)
             child = idle.pop()

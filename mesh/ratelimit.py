@@ -49,11 +49,16 @@ class TokenBucket:
         self.last: float | None = None
 
     def take(self, now: float) -> float:
-        """Take a token: 0.0 if there was one, else the seconds until there is."""
+        """Take a token: 0.0 if there was one, else reserve the next free one and
+        return the seconds until it is due (the caller starts then, without asking
+        again). Reservations queue up: n callers at once get 0, 1/rate, 2/rate...,
+        so a backlog of n tasks costs n timers, not n timers per start."""
         if self.last is not None:
             self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
         self.last = now
         if self.tokens >= 1.0 - 1e-9:     # float sums of refills land just under 1.0
             self.tokens = max(0.0, self.tokens - 1.0)
             return 0.0
-        return (1.0 - self.tokens) / self.rate
+        wait = (1.0 - self.tokens) / self.rate
+        self.tokens -= 1.0                # negative: tokens owed to reservations
+        return wait

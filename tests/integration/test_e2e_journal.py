@@ -378,3 +378,43 @@ def test_a_fresh_reader_with_one_seed_finds_a_result_held_by_another_node(
     for seed in (a, b):          # whichever node ran a task, asking either one finds it
         with Mesh("fresh-reader", peers=[seed.endpoint], mdns=False) as app:
             assert [app.AsyncResult(r.id).state for r in rs] == [states.SUCCESS] * 6
+
+
+def test_two_lookups_of_one_task_both_get_its_result(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1)
+    t = make_client(node).tasks
+    gate = tmp_path / "gate"
+    r = t.wait_for_file.delay(str(gate))
+    wait_until(lambda: node.status()["busy"] == 1, what="the task to start")
+    with _reader(node) as app:
+        first = app.AsyncResult(r.id)
+        assert first.state == states.STARTED
+        time.sleep(1.5)        # nobody waits: the reader forgets its lookup (once a second)
+        second = app.AsyncResult(r.id)
+        assert second.state == states.STARTED
+        got: list[Any] = []
+        waiters = [threading.Thread(target=lambda x=x: got.append(x.get(timeout=RESULT_TIMEOUT)))
+                   for x in (first, second)]
+        for w in waiters:
+            w.start()
+        time.sleep(0.3)
+        gate.touch()
+        for w in waiters:
+            w.join(RESULT_TIMEOUT)
+        assert got == ["opened", "opened"]
+
+
+def test_a_task_revoked_before_it_was_sent_reads_as_revoked_elsewhere(
+        start_node: Any, make_client: Any) -> None:
+    node = start_node()
+    c = make_client(node)
+    tid = str(uuid.uuid4())
+    c.app.control.revoke(tid)
+    with pytest.raises(Exception):
+        c.tasks.add.apply_async((1, 1), task_id=tid).get(timeout=RESULT_TIMEOUT)
+    with _reader(node) as app:
+        other = app.AsyncResult(tid)
+        assert other.state == states.REVOKED
+        with pytest.raises(Exception, match="revoked"):
+            other.get(timeout=10)
