@@ -1,0 +1,76 @@
+"""The client's I/O thread survives a node that membership calls dead while it keeps
+talking (a cut between nodes only): real sockets, two scripted ROUTER 'nodes'."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from mesh.client import Client
+from mesh.config import Config
+from mesh.protocol import Ack, Control, ControlReply, decode, encode
+
+
+def _free_port(ctx: zmq.Context[Any]) -> int:
+    s = ctx.socket(zmq.ROUTER)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(linger=0)
+    return port
+
+
+def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking() -> None:
+    ctx: zmq.Context[Any] = zmq.Context()
+    pa, pb = _free_port(ctx), _free_port(ctx)
+    ea, eb = f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pb}"
+    state = {"b": "alive", "flip": False, "stop": False}
+
+    def node(port: int, name: str) -> None:
+        s = ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        s.bind(f"tcp://127.0.0.1:{port}")
+        peers: set[bytes] = set()
+        try:
+            while not state["stop"]:
+                if s.poll(0 if name == "B" else 20):
+                    ident, *frames = s.recv_multipart()
+                    peers.add(ident)
+                    for f in frames:
+                        m = decode(f)
+                        if isinstance(m, Control) and m.command == "members":
+                            b = state["b"] if name == "A" else "alive"
+                            members = [{"node": "A", "endpoint": ea, "state": "alive", "load": [0, 1, 0]},
+                                       {"node": "B", "endpoint": eb, "state": b, "load": [0, 1, 0]}]
+                            s.send_multipart([ident, encode(ControlReply(m.req_id, True, name, members))])
+                            if name == "A" and state["flip"]:      # A: B is dead, alive, dead...
+                                state["b"] = "alive" if state["b"] == "dead" else "dead"
+                if name == "B":            # B keeps sending to the client all along
+                    for p in list(peers):
+                        s.send_multipart([p, encode(Ack([], "B", [0, 1, 0]))])
+
+        finally:
+            s.close(linger=0)
+
+    threads = [threading.Thread(target=node, args=(p, n), daemon=True)
+               for p, n in ((pa, "A"), (pb, "B"))]
+    for t in threads:
+        t.start()
+    client = Client(Config(), [ea])
+    try:
+        deadline = time.monotonic() + 10
+        while len(client.links) < 2:
+            assert time.monotonic() < deadline, "the client never learned B"
+            time.sleep(0.05)
+        state["flip"] = True
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            assert client._thread.is_alive(), "the client's I/O thread died"
+            time.sleep(0.1)
+        assert client.links[eb].reconnects >= 1          # B was reset and came back, often
+    finally:
+        state["stop"] = True
+        client.close(linger=0)
+        for t in threads:
+            t.join(5)
+        ctx.term()
