@@ -161,8 +161,9 @@ class Client:
         done). With ``wait``, block until all answered or ``wait`` seconds passed."""
         if self._closing:
             raise RuntimeError("the mesh client is closed")
-        if not self._members_known.is_set():    # a new client knows only its seeds:
-            self._members_known.wait(MEMBERS_WAIT)   # learn every node, then ask them all
+        if wait and not self._members_known.is_set():   # a new client knows only its
+            self._members_known.wait(min(wait, MEMBERS_WAIT))   # seeds: learn every node
+        # (without ``wait`` nobody blocks: get() and await are asked again each second)
         with self._watch_lock:
             slots = self._watched.setdefault(slot.task_id, [])
             if slot not in slots:

@@ -368,7 +368,10 @@ class Pool:
                     f" while running task {child.entry.task_id}" if child.entry else "")
             if not self.stopping:
                 self._record_death()
-                self._replace(child)
+                if child.shrink:          # leaving the pool anyway (pool_shrink)
+                    child.retiring = True
+                else:
+                    self._replace(child)
         entry = child.entry
         if entry is not None:
             child.entry = None
