@@ -24,6 +24,10 @@ from typing import Any
 import msgpack
 import zmq
 
+from . import codec, states
+from .exceptions import DecodeError
+from .protocol import Result, Submit, decode
+
 log = logging.getLogger("mesh.events")
 
 SNDHWM = 10_000              # events queued per subscriber before ZeroMQ drops them
@@ -38,6 +42,9 @@ NODE_EVENTS = ("node-online", "node-heartbeat", "node-offline")
 EVENT_TYPES = TASK_EVENTS + NODE_EVENTS
 RESULT_PREFIX = b"result."
 
+FINAL_EVENTS = {states.SUCCESS: "task-succeeded", states.FAILURE: "task-failed",
+                states.REVOKED: "task-revoked"}
+
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.NOBLOCK) | int(zmq.SNDMORE)
 
@@ -48,6 +55,40 @@ def short_repr(value: Any, limit: int = MAX_REPR) -> str:
     except Exception as e:              # a user object whose __repr__ fails
         text = f"<unrepresentable {type(value).__name__}: {e}>"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def received_fields(task_id: str, name: str, msg: Submit) -> dict[str, Any]:
+    """The fields of task-received, from the Submit (arguments as repr texts)."""
+    try:
+        args, kwargs = codec.load_call(msg.payload)
+        a, k = short_repr(tuple(args)), short_repr(kwargs)
+    except Exception as e:
+        a, k = f"<undecodable: {e}>", ""
+    return {"uuid": task_id, "name": name, "args": a, "kwargs": k, "retries": msg.retries,
+            "eta": msg.eta, "expires": msg.expires, "priority": msg.priority,
+            "parent_id": msg.headers.get("parent_id")}
+
+
+def result_fields(task_id: str, frame: bytes) -> dict[str, Any]:
+    """The fields of task-succeeded / failed / revoked / retried, from the Result."""
+    fields: dict[str, Any] = {"uuid": task_id}
+    try:
+        res = decode(frame)
+    except DecodeError:
+        return fields
+    if not isinstance(res, Result):
+        return fields
+    fields["runtime"] = res.runtime
+    if res.state == states.SUCCESS:
+        try:
+            fields["result"] = short_repr(codec.loads(res.result) if res.result else None)
+        except Exception as e:
+            fields["result"] = f"<undecodable: {e}>"
+    else:
+        exc = res.exc or {}
+        fields["exception"] = f"{exc.get('type', 'Exception')}({str(exc.get('message', ''))[:900]!r})"
+        fields["traceback"] = res.traceback
+    return fields
 
 
 class Publisher:

@@ -24,7 +24,7 @@ import zmq
 
 from . import __version__, codec, states
 from .config import advertised_endpoint
-from .events import HEARTBEAT_INTERVAL, Publisher, short_repr
+from .events import FINAL_EVENTS, HEARTBEAT_INTERVAL, Publisher, received_fields, result_fields
 from .exceptions import DecodeError, MeshError
 from .journal import Journal, JournalError
 from .membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
@@ -623,7 +623,7 @@ class Node(PoolEvents):
                       task.options.acks_late)
         self.held[tid] = entry
         if self.events.wants("task-received"):
-            self._emit_received(entry, msg)
+            self.events.emit("task-received", **received_fields(entry.task_id, entry.name, msg))
         if journal is None:
             self.pool.submit(entry)
         else:
@@ -738,11 +738,11 @@ class Node(PoolEvents):
         ev = self.events
         if ev.prefixes:
             ev.publish_result(task_id, result_frame)
-            kind = _FINAL_EVENTS.get(state)
+            kind = FINAL_EVENTS.get(state)
             if kind is not None and ev.wants(kind):
                 if state == states.REVOKED:
                     event = {"expired": False, "terminated": False, **event}
-                self._emit_result(kind, task_id, result_frame, name=name, **event)
+                ev.emit(kind, **result_fields(task_id, result_frame), name=name, **event)
         watchers = self._watchers.pop(task_id, None)
         if watchers:
             for ident in watchers:
@@ -761,8 +761,8 @@ class Node(PoolEvents):
             result_frame = encode(dataclasses.replace(res, eta=eta))
         self._reply(entry.client, result_frame)
         if self.events.wants("task-retried"):
-            self._emit_result("task-retried", entry.task_id, result_frame, name=entry.name,
-                              eta=eta, retries=msg.retries + 1)
+            self.events.emit("task-retried", **result_fields(entry.task_id, result_frame),
+                             name=entry.name, eta=eta, retries=msg.retries + 1)
         entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
         entry.eta, entry.started, entry.received = eta, None, time.time()
         entry.retried = True
@@ -808,35 +808,6 @@ class Node(PoolEvents):
         if self.events.wants("task-started"):
             self.events.emit("task-started", uuid=entry.task_id, name=entry.name, pid=pid)
 
-    def _emit_received(self, entry: Entry, msg: Submit) -> None:
-        try:
-            args, kwargs = codec.load_call(msg.payload)
-            a, k = short_repr(tuple(args)), short_repr(kwargs)
-        except Exception as e:
-            a, k = f"<undecodable: {e}>", ""
-        self.events.emit("task-received", uuid=entry.task_id, name=entry.name, args=a, kwargs=k,
-                         retries=msg.retries, eta=msg.eta, expires=msg.expires,
-                         priority=msg.priority, parent_id=msg.headers.get("parent_id"))
-
-    def _emit_result(self, kind: str, task_id: str, frame: bytes, **extra: Any) -> None:
-        """task-succeeded / failed / revoked / retried, from the Result frame."""
-        try:
-            res = decode(frame)
-        except DecodeError:
-            return
-        if not isinstance(res, Result):
-            return
-        fields: dict[str, Any] = {"uuid": task_id, "runtime": res.runtime, **extra}
-        if res.state == states.SUCCESS:
-            try:
-                fields["result"] = short_repr(codec.loads(res.result) if res.result else None)
-            except Exception as e:
-                fields["result"] = f"<undecodable: {e}>"
-        else:
-            exc = res.exc or {}
-            fields["exception"] = short_repr_exc(exc)
-            fields["traceback"] = res.traceback
-        self.events.emit(kind, **fields)
 
     def task_starting(self, entry: Entry) -> None:
         """acks_late=False: journal that it started, so a restart never runs it twice."""
@@ -921,15 +892,6 @@ class Node(PoolEvents):
 
     def _control(self, ident: bytes, msg: Control) -> None:
         self.remote.handle(ident, msg)
-
-
-_FINAL_EVENTS = {states.SUCCESS: "task-succeeded", states.FAILURE: "task-failed",
-                 states.REVOKED: "task-revoked"}
-
-
-def short_repr_exc(exc: dict[str, Any]) -> str:
-    """``Type('message')`` from a Result's exception description."""
-    return f"{exc.get('type', 'Exception')}({str(exc.get('message', ''))[:900]!r})"
 
 
 def _guess_ref(frame: bytes) -> str | None:
