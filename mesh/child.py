@@ -48,20 +48,25 @@ def _die_with_parent() -> None:
         log.debug("PR_SET_PDEATHSIG unavailable: %s", e)
 
 
-def _close_inherited_sockets(keep: int) -> None:
+def _close_inherited_sockets(keep: int, data_dir: str = "") -> None:
     """Close the node's sockets that fork copied into us (its listening front door
-    above all: an orphan holding it would keep a restarted node from binding). Files
-    and pipes stay open: the app's log handlers may use them."""
+    above all: an orphan holding it would keep a restarted node from binding), and
+    its files in the data dir (the journal, and the lock: a child outliving a killed
+    node by a few milliseconds would otherwise keep a restarted node out). Other
+    files and pipes stay open: the app's log handlers may use them."""
     import stat
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return
+    prefix = os.path.realpath(data_dir) + os.sep if data_dir else None
     for fd in fds:
         if fd <= 2 or fd == keep:
             continue
         try:
             if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+            elif prefix and os.readlink(f"/proc/self/fd/{fd}").startswith(prefix):
                 os.close(fd)
         except OSError:
             pass
@@ -85,7 +90,7 @@ class Child:
         code = 0
         try:
             self._setup_process(node_pid)
-            _close_inherited_sockets(keep=sock.fileno())
+            _close_inherited_sockets(keep=sock.fileno(), data_dir=self.config.data_path)
             chan = BlockingChannel(sock)
             chan.send(encode(ChildReady(pid=os.getpid())))
             self._loop(chan)

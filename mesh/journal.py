@@ -33,6 +33,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import time
 from typing import Iterable, NamedTuple
 
 from .exceptions import MeshError
@@ -61,6 +62,23 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
 """
+
+
+LOCK_WAIT = 2.0     # s a starting node waits for the data dir lock: the children of a node
+                    # killed a moment ago may still be going away
+
+
+def _flock(fd: int, wait: float) -> bool:
+    """Take an exclusive flock on ``fd``, trying for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 class JournalError(MeshError):
@@ -154,9 +172,7 @@ class Journal:
             fd = os.open(lockpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise JournalError(f"cannot open {lockpath}: {e.strerror}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _flock(fd, LOCK_WAIT):
             holder = ""
             try:
                 holder = os.pread(fd, 100, 0).decode(errors="replace").strip()

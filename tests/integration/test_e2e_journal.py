@@ -418,3 +418,15 @@ def test_a_task_revoked_before_it_was_sent_reads_as_revoked_elsewhere(
         assert other.state == states.REVOKED
         with pytest.raises(Exception, match="revoked"):
             other.get(timeout=10)
+
+
+def test_children_do_not_hold_the_journal_or_its_lock(start_node: Any) -> None:
+    # a child outliving a killed node for a moment must not keep a restart out
+    import psutil
+    node = start_node(concurrency=2)
+    data = os.path.realpath(node.data_dir) + os.sep
+    children = wait_until(lambda: psutil.Process(node.pid).children(), what="the children")
+    for child in children:
+        held = [f.path for f in child.open_files() if f.path.startswith(data)]
+        assert held == [], f"child {child.pid} holds {held}"
+    assert any(f.path.startswith(data) for f in psutil.Process(node.pid).open_files())
