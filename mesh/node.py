@@ -506,7 +506,7 @@ class Node(PoolEvents):
             if self.transport is not None:
                 self.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:
-            self._control(ident, msg)
+            self.remote.handle(ident, msg)
         else:
             self.refused += 1
             self._refuse(ident, "bad-request", f"a node does not accept {type(msg).__name__} messages")
@@ -819,6 +819,12 @@ class Node(PoolEvents):
                 log.error("journal: could not record that task %s started: %s", entry.task_id, e)
                 self._journal_failed(e)    # tasks accepted this pass were rolled back too
 
+    def _failure(self, task_id: str, state: str, exc_type: str, message: str) -> bytes:
+        """The encoded Result of a failure decided by the node (a mesh exception)."""
+        exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
+               "args": codec.dumps([message])}
+        return encode(Result(task_id=task_id, state=state, exc=exc, node=self.name))
+
     def _fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
               state: str = states.FAILURE, held: bool = False, name: str = "",
               **event: Any) -> None:
@@ -826,9 +832,7 @@ class Node(PoolEvents):
             log.info("task %s %s: %s", task_id, state.lower(), message)
         else:                     # refused at intake: a stream of these must not flood the log
             self._faillog.warning("task %s %s: %s", task_id, state.lower(), message[:300])
-        exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
-               "args": codec.dumps([message])}
-        frame = encode(Result(task_id=task_id, state=state, exc=exc, node=self.name))
+        frame = self._failure(task_id, state, exc_type, message)
         if held:
             self._finish(task_id, ident, state, frame, name, **event)
         else:
@@ -870,10 +874,8 @@ class Node(PoolEvents):
         if tid in self.remote.revoked and tid not in self.held:
             stored = self.journal.get(tid) if self.journal is not None else None
             if stored is None or stored.result is None:   # revoked before it got here
-                message = f"task {tid} was revoked"
-                frame = encode(Result(task_id=tid, state=states.REVOKED, node=self.name, exc={
-                    "type": "TaskRevokedError", "module": "mesh.exceptions",
-                    "message": message, "args": codec.dumps([message])}))
+                frame = self._failure(tid, states.REVOKED, "TaskRevokedError",
+                                      f"task {tid} was revoked")
                 return {"task_id": tid, "state": states.REVOKED, "result": frame}
         entry = self.held.get(tid)
         if entry is not None:
@@ -890,8 +892,6 @@ class Node(PoolEvents):
                 return {"task_id": tid, "state": stored.state, "result": stored.result}
         return {"task_id": tid, "state": states.UNKNOWN}
 
-    def _control(self, ident: bytes, msg: Control) -> None:
-        self.remote.handle(ident, msg)
 
 
 def _guess_ref(frame: bytes) -> str | None:
