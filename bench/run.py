@@ -66,7 +66,7 @@ def meshnode_cmd() -> list[str]:
     found = shutil.which("meshnode")
     if found:
         return [found]
-    return [sys.executable, "-m", "cli.meshnode"]
+    return [sys.executable, "-m", "mesh.cli.meshnode"]
 
 
 class RssSampler(threading.Thread):
@@ -148,8 +148,8 @@ class Node:
     def wait_ready(self, concurrency: int, timeout: float) -> float:
         """Ping until the node answers, then until its children are up; returns the
         seconds it took. Raises with the node's log if it exits or the deadline passes."""
-        from mesh.control import ControlClient
-        from mesh.protocol import ControlReply
+        from mesh.client.control import ControlClient
+        from mesh.wire.protocol import ControlReply
         t0 = time.monotonic()
         deadline = t0 + timeout
         with ControlClient() as cc:
@@ -199,7 +199,7 @@ class Node:
 # -- one measurement ------------------------------------------------------------------
 def _start_subscriber(endpoint: str) -> subprocess.Popen[str]:
     """A separate process subscribed to all of the node's events (``--compare events``)."""
-    from mesh.control import ControlClient
+    from mesh.client.control import ControlClient
     with ControlClient() as cc:
         reply = cc.broadcast([endpoint], "ping")[endpoint]
     events = getattr(reply, "payload", {}).get("events")

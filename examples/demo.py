@@ -22,8 +22,8 @@ def free_port() -> int:
 
 
 def wait_ready(endpoints: list[str], procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
-    from mesh.control import ControlClient
-    from mesh.protocol import ControlReply
+    from mesh.client.control import ControlClient
+    from mesh.wire.protocol import ControlReply
     deadline = time.monotonic() + timeout
     with ControlClient() as cc:
         while time.monotonic() < deadline:

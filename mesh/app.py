@@ -9,14 +9,15 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Iterable, overload
+from collections.abc import Callable, Iterable
+from typing import Any, overload
 
-from . import codec
-from .config import Config
-from .exceptions import ConfigError, EncodeError, NotRegistered
-from .protocol import Submit, encode
-from .result import AsyncResult, Slot
-from .task import Task, make_options
+from mesh.config import Config
+from mesh.exceptions import ConfigError, EncodeError, NotRegistered
+from mesh.result import AsyncResult, Slot
+from mesh.task import Task, make_options
+from mesh.wire import codec
+from mesh.wire.protocol import Submit, encode
 
 
 class _TaskIds:
@@ -108,7 +109,7 @@ class Mesh:
         if self._client is None:
             with self._client_lock:
                 if self._client is None:
-                    from .client import Client
+                    from mesh.client.io import Client
                     self._client = Client(self.config, self._seeds())
         return self._client
 
@@ -116,7 +117,7 @@ class Mesh:
         """Where the client starts: configured peers, else nodes found by mDNS."""
         if self.config.peers or not self.config.mdns:
             return list(self.config.peers)
-        from .discovery import browse_sync
+        from mesh.discovery.mdns import browse_sync
         return list(browse_sync(timeout=self.config.discovery_timeout,
                                 interfaces=list(self.config.mdns_interfaces) or None).values())
 
@@ -157,8 +158,8 @@ class Mesh:
 
     @property
     def control(self) -> Any:
-        """Remote control and inspection of every node (``mesh.control.Controller``)."""
-        from .control import Controller
+        """Remote control and inspection of every node (``mesh.client.control.Controller``)."""
+        from mesh.client.control import Controller
         return Controller(self._seeds)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:

@@ -11,11 +11,12 @@ import dataclasses
 import difflib
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from .exceptions import ConfigError
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE
+from mesh.exceptions import ConfigError
+from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 DEFAULT_PORT = 7700
 

@@ -7,7 +7,7 @@ wait goes back to the node's timers (it never blocks a child or other tasks).
 """
 from __future__ import annotations
 
-from .exceptions import ConfigError
+from mesh.exceptions import ConfigError
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
 

@@ -12,14 +12,16 @@ import asyncio
 import logging
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
 
-from . import codec, states
-from .exceptions import MeshError, RemoteTraceback, TaskError, TimeoutError
-from .protocol import Result
+from mesh import states
+from mesh.exceptions import MeshError, RemoteTraceback, TaskError, TimeoutError
+from mesh.wire import codec
+from mesh.wire.protocol import Result
 
 if TYPE_CHECKING:
-    from .app import Mesh
+    from mesh.app import Mesh
 
 
 LOOKUP_TIMEOUT = 1.0   # s that AsyncResult.state waits for the nodes' answers
@@ -150,7 +152,7 @@ class AsyncResult:
     @property
     def result(self) -> Any:
         """The return value when successful, the exception when failed, else None."""
-        self.state       # a task submitted elsewhere: look it up
+        self.state  # noqa: B018  (a task submitted elsewhere: look it up)
         msg = self._slot.msg if self._slot else None
         if msg is None:
             return None
@@ -160,7 +162,7 @@ class AsyncResult:
 
     @property
     def traceback(self) -> str | None:
-        self.state
+        self.state  # noqa: B018  (looks the task up when submitted elsewhere)
         msg = self._slot.msg if self._slot else None
         return msg.traceback if msg else None
 

@@ -7,15 +7,16 @@ import datetime
 import difflib
 import functools
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from .exceptions import ConfigError, MaxRetriesExceededError, Retry
-from .ratelimit import parse_rate
+from mesh.exceptions import ConfigError, MaxRetriesExceededError, Retry
+from mesh.ratelimit import parse_rate
 
 if TYPE_CHECKING:
-    from .app import Mesh
-    from .result import AsyncResult
+    from mesh.app import Mesh
+    from mesh.result import AsyncResult
 
 
 @dataclass(frozen=True)

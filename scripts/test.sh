@@ -4,7 +4,8 @@
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/setup.sh
-echo "test.sh: mypy --strict on mesh/"
+echo "test.sh: ruff (lint) and mypy --strict on mesh/"
+.venv/bin/python -m ruff check .
 .venv/bin/python -m mypy
 set +e
 .venv/bin/python -m pytest -m "not slow" "$@"

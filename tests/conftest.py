@@ -28,7 +28,7 @@ if str(INTEGRATION_DIR) not in sys.path:   # tasks_app and harness, under the na
 from harness import ClientHandle, NodeFactory, NodeProc, make_client_app
 from harness import free_port as _free_port
 
-from mesh.control import ControlClient
+from mesh.client.control import ControlClient
 
 
 @pytest.fixture(scope="session")

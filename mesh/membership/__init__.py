@@ -10,10 +10,23 @@ docs/membership.md describes the protocol, the choices and the measured figures.
 """
 from __future__ import annotations
 
-from .member import Member, MembershipStats, MemberState
-from .profiles import LAN, LOCAL, PROFILES, TEST, MembershipConfig, profile
-from .swim import MESSAGE_TYPES, Membership
-from .transport import InMemoryNetwork, InMemoryTransport, Receiver, Traffic, Transport
+from mesh.membership.member import Member, MembershipStats, MemberState
+from mesh.membership.profiles import (
+    LAN,
+    LOCAL,
+    PROFILES,
+    TEST,
+    MembershipConfig,
+    profile,
+)
+from mesh.membership.swim import MESSAGE_TYPES, Membership
+from mesh.membership.transport import (
+    InMemoryNetwork,
+    InMemoryTransport,
+    Receiver,
+    Traffic,
+    Transport,
+)
 
 __all__ = [
     "MESSAGE_TYPES",

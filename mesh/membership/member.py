@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from .. import protocol
+from mesh.wire import protocol
 
 
 class MemberState(enum.StrEnum):

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..protocol import UPDATE_SUSPECT, Message, Ping, PingAck, PingNack, PingReq
-from . import timing
-from .broadcast import Update
-from .profiles import MembershipConfig
-from .table import LIVE, SUSPECT, MemberTable, Node, is_alive
+from mesh.membership import timing
+from mesh.membership.broadcast import Update
+from mesh.membership.profiles import MembershipConfig
+from mesh.membership.table import LIVE, SUSPECT, MemberTable, Node, is_alive
+from mesh.wire.protocol import UPDATE_SUSPECT, Message, Ping, PingAck, PingNack, PingReq
 
 
 class Awareness:

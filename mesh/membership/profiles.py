@@ -31,7 +31,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..exceptions import ConfigError
+from mesh.exceptions import ConfigError
 
 
 @dataclass(frozen=True)

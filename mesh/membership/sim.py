@@ -15,12 +15,12 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..clock import FakeClock
-from ..protocol import PushPullReply
-from .member import Member, MemberState
-from .profiles import MembershipConfig
-from .swim import Membership
-from .transport import InMemoryNetwork
+from mesh.clock import FakeClock
+from mesh.membership.member import Member, MemberState
+from mesh.membership.profiles import MembershipConfig
+from mesh.membership.swim import Membership
+from mesh.membership.transport import InMemoryNetwork
+from mesh.wire.protocol import PushPullReply
 
 GetMeta = Callable[[], Mapping[str, Any]]
 

@@ -19,13 +19,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ..protocol import MAX_INCARNATION, UPDATE_ALIVE, UPDATE_LEFT, UPDATE_SUSPECT
-from . import timing
-from .broadcast import META, BroadcastQueue, Update
-from .member import WIRE_STATE, MemberState
-from .probe import Awareness
-from .profiles import MembershipConfig
-from .table import ALIVE, DEAD, LEFT, LIVE, SUSPECT, MemberTable, Node, Suspicion
+from mesh.membership import timing
+from mesh.membership.broadcast import META, BroadcastQueue, Update
+from mesh.membership.member import WIRE_STATE, MemberState
+from mesh.membership.probe import Awareness
+from mesh.membership.profiles import MembershipConfig
+from mesh.membership.table import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    LIVE,
+    SUSPECT,
+    MemberTable,
+    Node,
+    Suspicion,
+)
+from mesh.wire.protocol import (
+    MAX_INCARNATION,
+    UPDATE_ALIVE,
+    UPDATE_LEFT,
+    UPDATE_SUSPECT,
+)
 
 log = logging.getLogger("mesh.membership")
 

@@ -38,9 +38,27 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ..clock import Clock
-from ..exceptions import DecodeError
-from ..protocol import (
+from mesh.clock import Clock
+from mesh.exceptions import DecodeError
+from mesh.membership import timing
+from mesh.membership.broadcast import META, BroadcastQueue, Update
+from mesh.membership.member import WIRE_STATE, Member, MembershipStats, MemberState
+from mesh.membership.probe import Awareness, Prober
+from mesh.membership.profiles import MembershipConfig
+from mesh.membership.state import StateMachine, alive_update
+from mesh.membership.table import (
+    ALIVE,
+    DEAD,
+    LEFT,
+    SUSPECT,
+    MemberTable,
+    Node,
+    is_alive,
+    is_live,
+    not_left,
+)
+from mesh.membership.transport import Transport
+from mesh.wire.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     UPDATE_DEAD,
     UPDATE_LEFT,
@@ -56,24 +74,6 @@ from ..protocol import (
     decode,
     encode,
 )
-from . import timing
-from .broadcast import META, BroadcastQueue, Update
-from .member import WIRE_STATE, Member, MembershipStats, MemberState
-from .probe import Awareness, Prober
-from .profiles import MembershipConfig
-from .state import StateMachine, alive_update
-from .table import (
-    ALIVE,
-    DEAD,
-    LEFT,
-    SUSPECT,
-    MemberTable,
-    Node,
-    is_alive,
-    is_live,
-    not_left,
-)
-from .transport import Transport
 
 log = logging.getLogger("mesh.membership")
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from . import timing
-from .member import Member, MemberState
+from mesh.membership import timing
+from mesh.membership.member import Member, MemberState
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 LIVE = (ALIVE, SUSPECT)

@@ -4,7 +4,7 @@ A :class:`Transport` is UDP-like: ``send`` is best effort, may drop, never block
 never raises because a peer is dead or unknown. Inbound frames are delivered by
 calling ``receiver.handle(sender_address, frame)`` on the :class:`Receiver` attached
 to it (a :class:`~mesh.membership.swim.Membership`). Frames are real encoded protocol
-frames (mesh.protocol.encode) in every implementation, so byte counts are true.
+frames (mesh.wire.protocol.encode) in every implementation, so byte counts are true.
 
 :class:`InMemoryNetwork` is also a discrete-event simulator: it owns a FakeClock,
 delivers frames after a simulated latency, and calls each attached receiver's
@@ -12,7 +12,7 @@ delivers frames after a simulated latency, and calls each attached receiver's
 deterministically for a given seed. It can drop frames per link, block links
 (partitions), crash nodes and slow a node's inbound processing down.
 
-The ZeroMQ transport (mesh.node) implements the same interface; the contract both
+The ZeroMQ transport (mesh.node.peers) implements the same interface; the contract both
 must meet is tests/unit/test_membership_swim.py::TransportContract.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..clock import FakeClock
-from ..protocol import Message
+from mesh.clock import FakeClock
+from mesh.wire.protocol import Message
 
 
 class Receiver(Protocol):

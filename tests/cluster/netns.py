@@ -56,7 +56,7 @@ from typing import Any
 import psutil
 from harness import MESHCTL, MESHNODE, ROOT, NodeProc, _flag_args, clean_env, wait_until
 
-from mesh.protocol import ControlReply
+from mesh.wire.protocol import ControlReply
 
 CLUSTER_DIR = Path(__file__).resolve().parent
 PREFIX = "meshc-"                                           # every cluster namespace starts so

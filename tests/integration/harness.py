@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 
 import psutil
 
-from cli.common import EXIT_START
 from mesh import Mesh
-from mesh.control import ControlClient
-from mesh.protocol import ControlReply
+from mesh.cli.common import EXIT_START
+from mesh.client.control import ControlClient
+from mesh.wire.protocol import ControlReply
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
 ROOT = INTEGRATION_DIR.parents[1]

@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 from harness import ClientHandle, NodeFactory, NodeProc, wait_until
 
-from mesh.protocol import ControlReply, Result
 from mesh.result import AsyncResult
+from mesh.wire.protocol import ControlReply, Result
 
 SHORT_TASKS = 2000
 SLOW_TASKS = int(os.environ.get("MESH_CHAOS_TASKS", "20000"))
@@ -49,7 +49,7 @@ RATE = 600.0           # tasks due per second in variant a (the nodes manage sev
 def journal_open_ids(data_dir: Path) -> set[str]:
     """Ids of the tasks a (dead) node's journal holds unfinished: what it runs again
     when it restarts. Read-only, while the node is down."""
-    from mesh.journal import Journal
+    from mesh.node.journal import Journal
     journal = Journal(str(data_dir))          # the node is down: its lock is free
     try:
         return {row.task_id for row in journal.unfinished()}

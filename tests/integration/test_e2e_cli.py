@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program
 
-from cli.common import EXIT_FAILURE, EXIT_OK, EXIT_START, EXIT_USAGE
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_START, EXIT_USAGE
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from harness import MESHCTL, run_program, wait_until
 
-from cli.common import EXIT_OK
 from mesh import Mesh, states
+from mesh.cli.common import EXIT_OK
 from mesh.exceptions import TaskRevokedError, TimeLimitExceeded
 
 RESULT_TIMEOUT = 60.0

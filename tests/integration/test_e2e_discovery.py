@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from mesh.discovery import SERVICE_TYPE, Discovery, browse, browse_sync
-from mesh.protocol import PROTOCOL_VERSION
+from mesh.discovery.mdns import SERVICE_TYPE, Discovery, browse, browse_sync
+from mesh.wire.protocol import PROTOCOL_VERSION
 
 LOOPBACK = ["127.0.0.1"]
 DEADLINE = 8.0       # s for anything to be seen; typical times are well under 2 s

@@ -30,11 +30,11 @@ from harness import (
     wait_until,
 )
 
-from cli.common import EXIT_FAILURE, EXIT_OK
 from mesh import states
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK
 from mesh.exceptions import TimeoutError as MeshTimeoutError
-from mesh.monitor import EVENTS_LOST, EventReceiver, State, subscribe_result
-from mesh.protocol import Result
+from mesh.monitor.receiver import EVENTS_LOST, EventReceiver, State, subscribe_result
+from mesh.wire.protocol import Result
 
 Event = dict[str, Any]
 
@@ -325,7 +325,7 @@ def test_subscribe_result_delivers_a_result_finished_after_subscribing(
     assert len(got) == 1 and isinstance(got[0], Result), got
     res = got[0]
     assert (res.task_id, res.state, res.node) == (tid, states.SUCCESS, "ev-results")
-    from mesh import codec
+    from mesh.wire import codec
     assert res.result is not None and codec.loads(res.result) == "opened"
     with pytest.raises(MeshTimeoutError, match="AsyncResult"):
         subscribe_result([n.endpoint], f"never-{uuid.uuid4().hex}", timeout=0.3)

@@ -8,8 +8,9 @@ from typing import Any
 import msgpack
 import zmq
 
-from mesh import codec, states
-from mesh.protocol import Ack, Error, Result, Submit, decode, encode
+from mesh import states
+from mesh.wire import codec
+from mesh.wire.protocol import Ack, Error, Result, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 MIB = 1024 * 1024

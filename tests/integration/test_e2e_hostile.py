@@ -36,9 +36,9 @@ import psutil
 import pytest
 import zmq
 
-from mesh import codec
 from mesh.exceptions import DecodeError
-from mesh.protocol import (
+from mesh.wire import codec
+from mesh.wire.protocol import (
     Control,
     ControlReply,
     Gossip,

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from harness import MESHCTL, ROOT, clean_env, free_port, run_program, wait_until
 
-from mesh import Mesh, codec, states
+from mesh import Mesh, states
 from mesh.exceptions import MeshError, WorkerLostError
-from mesh.protocol import Result, Submit, decode, encode
+from mesh.wire import codec
+from mesh.wire.protocol import Result, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 
@@ -273,7 +274,7 @@ def test_an_acks_early_task_on_a_dead_node_fails_instead_of_running_twice(
 
 def _state_on(node: Any, task_id: str) -> str:
     """What one node says of a task (the ``result`` control command)."""
-    from mesh.control import ControlClient
+    from mesh.client.control import ControlClient
     with ControlClient() as cc:
         reply = cc.broadcast([node.endpoint], "result", {"task_id": task_id}, timeout=5)
     payload = getattr(reply[node.endpoint], "payload", None)
@@ -322,8 +323,8 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
 
 def test_sockets_to_departed_nodes_are_closed(
         start_node: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mesh.client
-    monkeypatch.setattr(mesh.client, "LINK_GRACE", 0.5)
+    import mesh.client.io
+    monkeypatch.setattr(mesh.client.io, "LINK_GRACE", 0.5)
     a = start_node(profile="test")
     b = start_node(profile="test", peers=a.endpoint)
     c = make_client(a)

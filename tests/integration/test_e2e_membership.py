@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import collections
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 import tasks_app
 from harness import ClientHandle, NodeFactory, NodeProc, wait_until
 
-from mesh.protocol import ControlReply
+from mesh.wire.protocol import ControlReply
 
 
 def members(node: NodeProc) -> dict[str, str]:

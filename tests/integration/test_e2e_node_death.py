@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import signal
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import psutil
-
 from harness import ClientHandle, NodeFactory, wait_until
 
 

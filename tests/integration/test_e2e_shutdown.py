@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from harness import wait_until
 
-from cli.common import EXIT_OK
+from mesh.cli.common import EXIT_OK
 from mesh.exceptions import WorkerLostError
 
 RESULT_TIMEOUT = 60.0

@@ -16,7 +16,7 @@ from harness import wait_until
 from mesh import states
 from mesh.exceptions import NotRegistered, RemoteTraceback, TaskError
 from mesh.exceptions import TimeoutError as MeshTimeoutError
-from mesh.protocol import ControlReply
+from mesh.wire.protocol import ControlReply
 
 RESULT_TIMEOUT = 60.0
 

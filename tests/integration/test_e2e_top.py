@@ -33,7 +33,7 @@ from harness import (
     wait_until,
 )
 
-from cli.common import EXIT_OK, EXIT_USAGE
+from mesh.cli.common import EXIT_OK, EXIT_USAGE
 
 ROWS, COLS = 30, 140
 

@@ -18,8 +18,8 @@ from test_membership_swim import TransportContract, TransportHarness  # noqa: E4
 
 from mesh.clock import Clock  # noqa: E402
 from mesh.membership import TEST, Membership, Transport  # noqa: E402
-from mesh.peers import PeerSockets, ZmqTransport  # noqa: E402
-from mesh.zmqloop import SocketDriver  # noqa: E402
+from mesh.node.peers import PeerSockets, ZmqTransport  # noqa: E402
+from mesh.node.zmqloop import SocketDriver  # noqa: E402
 
 
 class ZmqHarness:

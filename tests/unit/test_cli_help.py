@@ -5,8 +5,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.meshctl import meshctl
-from cli.meshnode import meshnode
+from mesh.cli.meshctl import meshctl
+from mesh.cli.meshnode import meshnode
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import zmq
 
-from mesh.client import Client
+from mesh.client.io import Client
 from mesh.config import Config
-from mesh.protocol import Ack, Control, ControlReply, decode, encode
+from mesh.wire.protocol import Ack, Control, ControlReply, decode, encode
 
 
 def _free_port(ctx: zmq.Context[Any]) -> int:

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh import codec
 from mesh.exceptions import DecodeError, EncodeError
+from mesh.wire import codec
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def rt(value: Any) -> Any:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mesh.config import DEFAULT_PORT, Config, check_endpoint
 from mesh.exceptions import ConfigError
-from mesh.protocol import DEFAULT_MAX_MESSAGE_SIZE
+from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 
 def build(env: dict[str, str] | None = None, **kwargs: Any) -> Config:

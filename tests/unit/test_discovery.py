@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from zeroconf import InterfaceChoice, service_type_name
 
-from mesh.discovery import (
+from mesh.discovery.mdns import (
     SERVICE_TYPE,
     Discovery,
     MalformedRecord,
@@ -19,7 +19,7 @@ from mesh.discovery import (
     parse_peer,
     split_endpoint,
 )
-from mesh.protocol import PROTOCOL_VERSION
+from mesh.wire.protocol import PROTOCOL_VERSION
 
 
 def _noop(node_id: str, endpoint: str, props: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.journal import FILENAME, Journal, JournalError
+from mesh.node.journal import FILENAME, Journal, JournalError
 
 
 @pytest.fixture

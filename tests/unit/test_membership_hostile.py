@@ -32,7 +32,7 @@ from mesh.exceptions import DecodeError, EncodeError
 from mesh.membership import TEST, Membership, MemberState
 from mesh.membership.sim import SimCluster
 from mesh.membership.table import LIVE
-from mesh.protocol import (
+from mesh.wire.protocol import (
     MAX_ID_LEN,
     Ack,
     Control,

@@ -22,13 +22,33 @@ from hypothesis import strategies as st
 
 from mesh.clock import Clock, FakeClock
 from mesh.exceptions import DecodeError
-from mesh.membership import (LAN, TEST, InMemoryNetwork, Membership, MembershipConfig, MemberState,
-                             Transport, timing)
+from mesh.membership import (
+    LAN,
+    TEST,
+    InMemoryNetwork,
+    Membership,
+    MembershipConfig,
+    MemberState,
+    Transport,
+    timing,
+)
 from mesh.membership.broadcast import LIVENESS, META, BroadcastQueue
 from mesh.membership.sim import SimCluster
 from mesh.membership.table import Suspicion
-from mesh.protocol import (Gossip, Message, MsgType, Ping, PingAck, PingNack, PingReq, PushPull,
-                           PushPullReply, Submit, decode, encode)
+from mesh.wire.protocol import (
+    Gossip,
+    Message,
+    MsgType,
+    Ping,
+    PingAck,
+    PingNack,
+    PingReq,
+    PushPull,
+    PushPullReply,
+    Submit,
+    decode,
+    encode,
+)
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
 

@@ -12,7 +12,15 @@ import math
 import pytest
 
 from mesh.exceptions import ConfigError
-from mesh.membership import LAN, LOCAL, PROFILES, TEST, MembershipConfig, profile, timing
+from mesh.membership import (
+    LAN,
+    LOCAL,
+    PROFILES,
+    TEST,
+    MembershipConfig,
+    profile,
+    timing,
+)
 
 
 @pytest.mark.parametrize("n,expected", [

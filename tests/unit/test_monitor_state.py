@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from mesh import states
-from mesh.monitor import (
+from mesh.monitor.receiver import (
     EVENTS_LOST,
     REJECTED,
     EventReceiver,

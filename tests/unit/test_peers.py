@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import zmq
 
-from mesh import peers
-from mesh.peers import PeerSockets, literal_host
+from mesh.node import peers
+from mesh.node.peers import PeerSockets, literal_host
 
 
 @pytest.mark.parametrize("address, literal", [

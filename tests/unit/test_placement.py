@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mesh.placement import NodeView, candidates, choose
+from mesh.client.placement import NodeView, candidates, choose
 
 
 def node(i: int, **kw: object) -> NodeView:

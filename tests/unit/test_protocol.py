@@ -13,13 +13,36 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh import codec
 from mesh.exceptions import DecodeError, EncodeError
-from mesh.protocol import (
-    Gossip, Ping, PingAck, PingNack, PingReq, PushPull, PushPullReply, DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MAX_NAME_LEN,
-                           MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Ack, ChildDone, ChildReady,
-                           Control, ControlReply, Error, Message, MsgType, Release, Result,
-                           Submit, decode, encode, peek_type)
+from mesh.wire import codec
+from mesh.wire.protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_ID_LEN,
+    MAX_NAME_LEN,
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Ack,
+    ChildDone,
+    ChildReady,
+    Control,
+    ControlReply,
+    Error,
+    Gossip,
+    Message,
+    MsgType,
+    Ping,
+    PingAck,
+    PingNack,
+    PingReq,
+    PushPull,
+    PushPullReply,
+    Release,
+    Result,
+    Submit,
+    decode,
+    encode,
+    peek_type,
+)
 
 
 def pack(*items: object) -> bytes:

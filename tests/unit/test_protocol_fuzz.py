@@ -1,4 +1,4 @@
-"""Every message type fuzzed at the decoder (mesh.protocol.decode).
+"""Every message type fuzzed at the decoder (mesh.wire.protocol.decode).
 
 tests/unit/test_protocol.py fuzzes the frame as bytes and tampers with a few valid
 message types. Here each type in MsgType (looped over, so a type added later is
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.exceptions import DecodeError
-from mesh.protocol import (
+from mesh.wire.protocol import (
     MAX_ADDRESS_LEN,
     MAX_ID_LEN,
     MAX_NAME_LEN,

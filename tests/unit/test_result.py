@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from mesh import Mesh, codec, states
-from mesh.child import exc_info_of
-from mesh.exceptions import (ConfigError, MeshError, RemoteTraceback, TaskError,
-                             TimeLimitExceeded)
-from mesh.protocol import Result
+from mesh import Mesh, states
+from mesh.exceptions import (
+    ConfigError,
+    MeshError,
+    RemoteTraceback,
+    TaskError,
+    TimeLimitExceeded,
+)
+from mesh.node.child import exc_info_of
 from mesh.result import AsyncResult, Slot, rebuild_exception
 from mesh.task import Request, Task
+from mesh.wire import codec
+from mesh.wire.protocol import Result
 
 TB = 'Traceback (most recent call last):\n  File "tasks.py", line 3, in add\nValueError: bad\n'
 
@@ -125,7 +132,7 @@ def test_cause_is_remote_traceback_carrying_the_text() -> None:
         assert isinstance(err.__cause__, RemoteTraceback)
         assert err.__cause__.tb == TB
         assert 'File "tasks.py", line 3, in add' in str(err.__cause__)
-        assert getattr(err, "remote_traceback") == TB
+        assert err.remote_traceback == TB
 
 
 def test_no_traceback_no_cause() -> None:

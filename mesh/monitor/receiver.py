@@ -38,10 +38,10 @@ from typing import Any, TypeGuard
 import msgpack
 import zmq
 
-from . import states
-from .control import ControlClient
-from .exceptions import DecodeError, TimeoutError
-from .protocol import ControlReply, Result, decode
+from mesh import states
+from mesh.client.control import ControlClient
+from mesh.exceptions import DecodeError, TimeoutError
+from mesh.wire.protocol import ControlReply, Result, decode
 
 log = logging.getLogger("mesh.monitor")
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .common import EXIT_OK, EXIT_START, EXIT_USAGE, die, load_app, run_cli
+from mesh.cli.common import EXIT_OK, EXIT_START, EXIT_USAGE, die, load_app, run_cli
 
 LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -63,7 +63,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     """
     from mesh.config import Config
     from mesh.exceptions import ConfigError
-    from mesh.node import Node, NodeStartError
+    from mesh.node.node import Node, NodeStartError
 
     try:
         config = Config.build(

@@ -9,8 +9,9 @@ client has sent it since, which the node has not counted yet.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 PLACEABLE_STATES = frozenset({"alive"})
 

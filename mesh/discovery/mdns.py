@@ -9,7 +9,7 @@ What a node announces, in the TXT record (RFC 6763 key=value strings):
 
 =========  ============================================================================
 ``id``     the node id, verbatim (the service instance name is a DNS-safe form of it)
-``proto``  the wire protocol version (:data:`mesh.protocol.PROTOCOL_VERSION`)
+``proto``  the wire protocol version (:data:`mesh.wire.protocol.PROTOCOL_VERSION`)
 ``ep``     the front door, ``tcp://HOST:PORT``; a wildcard host (``0.0.0.0``, ``*``,
            ``::``) means "any of my addresses": the receiver picks one of the A records
 ``boot``   random per :meth:`Discovery.start`; a restarted node always looks new
@@ -53,7 +53,7 @@ from zeroconf import (
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from .protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+from mesh.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 log = logging.getLogger("mesh.discovery")
 

@@ -22,17 +22,25 @@ import msgpack
 import psutil
 import zmq
 
-from . import __version__, codec, states
-from .config import advertised_endpoint
-from .events import FINAL_EVENTS, HEARTBEAT_INTERVAL, Publisher, received_fields, result_fields
-from .exceptions import DecodeError, MeshError
-from .journal import Journal, JournalError
-from .membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
-from .peers import PeerSockets, ZmqTransport
-from .pool import Entry, Pool, PoolEvents
-from .ratelimit import TokenBucket, parse_rate
-from .remote import RemoteControl
-from .protocol import (
+from mesh import __version__, states
+from mesh.config import advertised_endpoint
+from mesh.exceptions import DecodeError, MeshError
+from mesh.membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
+from mesh.node.events import (
+    FINAL_EVENTS,
+    HEARTBEAT_INTERVAL,
+    Publisher,
+    received_fields,
+    result_fields,
+)
+from mesh.node.journal import Journal, JournalError
+from mesh.node.peers import PeerSockets, ZmqTransport
+from mesh.node.pool import Entry, Pool, PoolEvents
+from mesh.node.remote import RemoteControl
+from mesh.node.zmqloop import SocketDriver
+from mesh.ratelimit import TokenBucket, parse_rate
+from mesh.wire import codec
+from mesh.wire.protocol import (
     PROTOCOL_VERSION,
     Ack,
     Control,
@@ -43,11 +51,10 @@ from .protocol import (
     decode,
     encode,
 )
-from .zmqloop import SocketDriver
 
 if TYPE_CHECKING:
-    from .app import Mesh
-    from .config import Config
+    from mesh.app import Mesh
+    from mesh.config import Config
 
 log = logging.getLogger("mesh.node")
 
@@ -239,7 +246,7 @@ class Node(PoolEvents):
     async def _discover(self) -> None:
         """Announce this node on mDNS and hear of others (mDNS only introduces nodes;
         membership decides who is alive). Runs until cancelled; says goodbye on exit."""
-        from .discovery import Discovery, DiscoveryError
+        from mesh.discovery.mdns import Discovery, DiscoveryError
         disc = Discovery(self.name, self.address, self._on_discovered,
                          interfaces=list(self.config.mdns_interfaces) or None)
         try:

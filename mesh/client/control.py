@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import zmq
 
-from .exceptions import DecodeError
-from .protocol import Control, ControlReply, Error, decode, encode
+from mesh.exceptions import DecodeError
+from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
 
 
 class ControlClient:

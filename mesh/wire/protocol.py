@@ -14,7 +14,7 @@ appended, with a default; a decoder fills missing trailing fields from defaults 
 ignores extra trailing fields, so old and new peers interoperate. docs/protocol.md
 is the reference for writing a client in another language.
 
-Task arguments and results are opaque ``bytes`` here (see :mod:`mesh.codec`), so the
+Task arguments and results are opaque ``bytes`` here (see :mod:`mesh.wire.codec`), so the
 node routes tasks without decoding what they carry.
 """
 from __future__ import annotations
@@ -23,12 +23,13 @@ import dataclasses
 import enum
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import msgpack
 
-from .exceptions import DecodeError, EncodeError
+from mesh.exceptions import DecodeError, EncodeError
 
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1

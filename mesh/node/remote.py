@@ -17,17 +17,26 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from . import __version__, codec, states
-from .events import short_repr
-from .journal import JournalError
-from .protocol import PROTOCOL_VERSION, Control, ControlReply, Submit, decode, encode
-from .ratelimit import TokenBucket, parse_rate
+from mesh import __version__, states
+from mesh.node.events import short_repr
+from mesh.node.journal import JournalError
+from mesh.ratelimit import TokenBucket, parse_rate
+from mesh.wire import codec
+from mesh.wire.protocol import (
+    PROTOCOL_VERSION,
+    Control,
+    ControlReply,
+    Submit,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
-    from .node import Node
-    from .pool import Entry
+    from mesh.node.node import Node
+    from mesh.node.pool import Entry
 
 log = logging.getLogger("mesh.remote")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from .membership.transport import Receiver, Transport
+from mesh.membership.transport import Receiver, Transport
 
 log = logging.getLogger("mesh.peers")
 

@@ -24,12 +24,13 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from . import states
-from .config import Config
-from .exceptions import ConfigError, DecodeError
-from .peers import literal_host
-from .placement import choose_from
-from .protocol import (
+from mesh import states
+from mesh.client.placement import choose_from
+from mesh.config import Config
+from mesh.exceptions import ConfigError, DecodeError
+from mesh.node.peers import literal_host
+from mesh.result import Slot
+from mesh.wire.protocol import (
     Ack,
     Control,
     ControlReply,
@@ -40,7 +41,6 @@ from .protocol import (
     decode,
     encode,
 )
-from .result import Slot
 
 log = logging.getLogger("mesh.client")
 

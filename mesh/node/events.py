@@ -24,9 +24,10 @@ from typing import Any
 import msgpack
 import zmq
 
-from . import codec, states
-from .exceptions import DecodeError
-from .protocol import Result, Submit, decode
+from mesh import states
+from mesh.exceptions import DecodeError
+from mesh.wire import codec
+from mesh.wire.protocol import Result, Submit, decode
 
 log = logging.getLogger("mesh.events")
 

@@ -6,11 +6,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die
 
 # ---- formatting -------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ def format_event(ev: dict[str, Any], names: dict[str, str] | None = None) -> str
 def event_json(ev: dict[str, Any]) -> str:
     """One JSON object; a ``result`` event's Result is spelled out."""
     if ev.get("type") == "result" and ev.get("result") is not None:
-        from mesh import codec
+        from mesh.wire import codec
         res = ev["result"]
         out = {k: v for k, v in ev.items() if k != "result"}
         out.update(runtime=res.runtime, exc=res.exc, traceback=res.traceback, retries=res.retries)
@@ -141,9 +142,8 @@ def events(ctx: click.Context, types: tuple[str, ...], task_id: str | None, as_j
       meshctl --peers tcp://127.0.0.1:7700 events --type task-failed
       meshctl --peers tcp://127.0.0.1:7700 --json events --count 100 > events.jsonl
     """
-    from mesh.monitor import EventReceiver, State
-
-    from .meshctl import _peers
+    from mesh.cli.meshctl import _peers
+    from mesh.monitor.receiver import EventReceiver, State
     as_json = as_json or bool(ctx.obj["json"])
     topics = types or (("task-",) if task_id else ("task-", "node-"))
     peers = _peers(ctx)
@@ -201,10 +201,9 @@ class StatusPoller:
         self._thread.start()
 
     def _run(self) -> None:
-        from mesh.control import ControlClient
-        from mesh.protocol import ControlReply
-
-        from .meshctl import gather_status
+        from mesh.cli.meshctl import gather_status
+        from mesh.client.control import ControlClient
+        from mesh.wire.protocol import ControlReply
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -229,7 +228,7 @@ class StatusPoller:
 Line = tuple[str, int]     # text, curses attribute
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], width: int) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], width: int) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     out = []
     for r in [header, *rows]:
@@ -330,9 +329,8 @@ def top(ctx: click.Context, duration: float | None, interval: float) -> int:
             "table use `meshctl status`, for a stream `meshctl events`", EXIT_USAGE)
     import curses
 
-    from mesh.monitor import EventReceiver, State
-
-    from .meshctl import _peers
+    from mesh.cli.meshctl import _peers
+    from mesh.monitor.receiver import EventReceiver, State
     peers = _peers(ctx)
     timeout = ctx.obj["timeout"]
     try:

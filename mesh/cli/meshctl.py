@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die, run_cli
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die, run_cli
 
 
 def _peers(ctx: click.Context) -> list[str]:
@@ -18,7 +18,7 @@ def _peers(ctx: click.Context) -> list[str]:
     raw = ctx.obj["peers"] or os.environ.get("MESH_PEERS", "")
     peers = [p.strip() for p in raw.split(",") if p.strip()]
     if not peers:
-        from mesh.discovery import browse_sync
+        from mesh.discovery.mdns import browse_sync
         ifaces = [i.strip() for i in os.environ.get("MESH_MDNS_INTERFACES", "").split(",") if i.strip()]
         peers = list(browse_sync(timeout=ctx.obj["timeout"], interfaces=ifaces or None).values())
     if not peers:
@@ -50,7 +50,7 @@ def meshctl(ctx: click.Context, peers: str | None, as_json: bool, timeout: float
 
 
 def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:
-    from mesh.control import ControlClient
+    from mesh.client.control import ControlClient
     with ControlClient() as cc:
         return cc.broadcast(_peers(ctx), command, timeout=ctx.obj["timeout"])
 
@@ -64,7 +64,7 @@ def ping(ctx: click.Context) -> int:
     Example:
       meshctl --peers tcp://127.0.0.1:7700 ping
     """
-    from mesh.protocol import ControlReply
+    from mesh.wire.protocol import ControlReply
     replies = _broadcast(ctx, "ping")
     ok = {ep: r for ep, r in replies.items() if isinstance(r, ControlReply) and r.ok}
     if ctx.obj["json"]:
@@ -93,7 +93,7 @@ _STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
 
 
 def _ok(r: Any) -> bool:
-    from mesh.protocol import ControlReply
+    from mesh.wire.protocol import ControlReply
     return isinstance(r, ControlReply) and r.ok
 
 
@@ -101,7 +101,7 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     """One row per node the mesh knows: nodes answer ``status`` directly; members
     learned from their ``members`` lists are asked too, and those that do not answer
     are shown with the state the membership gives them."""
-    from mesh.control import ControlClient
+    from mesh.client.control import ControlClient
     with ControlClient() as cc:
         statuses = cc.broadcast(peers, "status", timeout=timeout)
         answered = [ep for ep, r in statuses.items() if _ok(r)]
@@ -123,7 +123,8 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     rows = []
     seen: set[str] = set()       # a node reached through a seed and its advertised address: once
     for ep in dict.fromkeys([*peers, *members]):
-        r, m = statuses.get(ep), members.get(ep)
+        r = statuses.get(ep)  # type: ignore[assignment]
+        m = members.get(ep)
         node_id = r.payload.get("node") if _ok(r) else (m or {}).get("node")  # type: ignore[union-attr]
         if node_id:
             if node_id in seen:
@@ -292,7 +293,7 @@ INSPECT = ("active", "reserved", "scheduled", "registered", "stats", "revoked")
 
 
 def _controller(ctx: click.Context) -> Any:
-    from mesh.control import Controller
+    from mesh.client.control import Controller
     peers = _peers(ctx)
     return Controller(lambda: peers, timeout=ctx.obj["timeout"])
 
@@ -486,8 +487,10 @@ def shutdown(ctx: click.Context, nodes: tuple[str, ...]) -> int:
     return _control_cmd(ctx, "shutdown", {}, nodes)
 
 
-from .meshctl_monitor import events, top  # noqa: E402
-meshctl.add_command(events); meshctl.add_command(top)
+from mesh.cli.meshctl_monitor import events, top  # noqa: E402
+
+meshctl.add_command(events)
+meshctl.add_command(top)
 
 
 def main() -> None:

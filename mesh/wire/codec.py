@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from .exceptions import DecodeError, EncodeError
+from mesh.exceptions import DecodeError, EncodeError
 
 EXT_DATETIME = 1
 EXT_DATE = 2

@@ -34,9 +34,10 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import NamedTuple
 
-from .exceptions import MeshError
+from mesh.exceptions import MeshError
 
 log = logging.getLogger("mesh.journal")
 

@@ -18,14 +18,14 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from .channel import FrameReader, pack
-from .child import Child
-from .protocol import ChildDone, ChildReady, decode
-from .ratelimit import TokenBucket
+from mesh.node.channel import FrameReader, pack
+from mesh.node.child import Child
+from mesh.ratelimit import TokenBucket
+from mesh.wire.protocol import ChildDone, ChildReady, decode
 
 if TYPE_CHECKING:
-    from .app import Mesh
-    from .config import Config
+    from mesh.app import Mesh
+    from mesh.config import Config
 
 log = logging.getLogger("mesh.pool")
 

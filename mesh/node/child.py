@@ -13,16 +13,17 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import codec, states
-from .channel import BlockingChannel
-from .exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
-from .protocol import ChildDone, ChildReady, Result, Submit, decode, encode
-from .retry import backoff_delay
-from .task import Request, _current_request
+from mesh import states
+from mesh.exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
+from mesh.node.channel import BlockingChannel
+from mesh.retry import backoff_delay
+from mesh.task import Request, _current_request
+from mesh.wire import codec
+from mesh.wire.protocol import ChildDone, ChildReady, Result, Submit, decode, encode
 
 if TYPE_CHECKING:
-    from .app import Mesh
-    from .config import Config
+    from mesh.app import Mesh
+    from mesh.config import Config
 
 log = logging.getLogger("mesh.child")
 
