@@ -3,9 +3,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from mesh import states  # noqa: E402
+from mesh import signals, states  # noqa: E402
 from mesh.app import Mesh  # noqa: E402
 from mesh.result import AsyncResult  # noqa: E402
 from mesh.task import Task  # noqa: E402
 
-__all__ = ["Mesh", "AsyncResult", "Task", "states", "__version__"]
+__all__ = ["Mesh", "AsyncResult", "Task", "signals", "states", "__version__"]

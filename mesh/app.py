@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, overload
 
+from mesh.conf import Settings
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.result import AsyncResult, Slot
@@ -73,6 +74,7 @@ class Mesh:
                  mdns: bool | None = None, **options: Any):
         self.main = main
         self.config = Config.build(peers=peers, mdns=mdns, **options)
+        self.conf = Settings()           # Celery's setting names (mesh/conf.py)
         self.tasks: dict[str, Task] = {}
         self._client: Any = None
         self._client_lock = threading.Lock()

@@ -252,8 +252,8 @@ if os.getppid() != int(sys.argv[1]):
 _proto = os.fdopen(os.dup(1), "w", buffering=1)   # replies go here; prints go to stderr
 os.dup2(2, 1)
 
-from mesh.control import ControlClient
-from mesh.protocol import ControlReply
+from mesh.client.control import ControlClient
+from mesh.wire.protocol import ControlReply
 _cc = ControlClient()
 _clients = {}
 
