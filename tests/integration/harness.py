@@ -100,6 +100,19 @@ def run_program(program: str, *args: str, env: dict[str, str] | None = None,
                           stdin=subprocess.DEVNULL)
 
 
+def run_python(code: str, *args: str, timeout: float = 60.0,
+               check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (a submitter process that exits), with the
+    test tasks importable; ``sys.argv[1:]`` are ``args``. With ``check``, a non-zero
+    exit fails the test with its output."""
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       timeout=timeout, check=False, env=clean_env(), cwd=ROOT,
+                       stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise AssertionError(f"the script exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
 def _flag_args(flags: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, value in flags.items():
