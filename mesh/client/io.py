@@ -30,12 +30,14 @@ from mesh.client.placement import choose_from
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.node.peers import literal_host
+from mesh.rendezvous import backup_for
 from mesh.result import Slot
 from mesh.wire.protocol import (
     Ack,
     Control,
     ControlReply,
     Error,
+    Moved,
     Release,
     Result,
     Submit,
@@ -502,6 +504,9 @@ class Client:
             return
         link.inflight = link.busy = link.queued = 0
         others = [n for n in self._placeable if n is not link]
+        # the node that keeps the copy of a task (rendezvous hashing over the nodes
+        # alive) runs it now: send it there, where it runs once
+        by_id = {n.node_id: n for n in others if n.node_id}
         moved = 0
         for slot in mine:
             if slot.state != states.PENDING and not _acks_late(slot.frame):
@@ -512,7 +517,9 @@ class Client:
                 continue
             slot.state = states.PENDING
             if others:
-                self._send(slot, self._pick(avoid=link.endpoint))
+                backup = backup_for(slot.task_id, by_id, link.node_id)
+                self._send(slot, by_id[backup] if backup is not None else
+                           self._pick(avoid=link.endpoint))
             else:           # nowhere to go yet: keep trying (the node may come back)
                 slot.node = None
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
@@ -734,6 +741,8 @@ class Client:
                         link.inflight -= 1
         elif type(msg) is Release:
             self._on_release(msg, link)
+        elif type(msg) is Moved:
+            self._on_moved(msg, link)
         elif type(msg) is ControlReply:
             if msg.req_id == self._members_req and msg.ok:
                 link.node_id = msg.node
@@ -781,6 +790,27 @@ class Client:
             else:   # the only node is restarting: try it again shortly
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
         log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
+
+    def _on_moved(self, msg: Moved, link: NodeLink) -> None:
+        """Another node holds these tasks now (the node shed them, or is stopping): it
+        journalled them, so they run whatever we do. Follow them there: the new holder
+        acknowledges each one and sends its result to us."""
+        target = self._shed_target(msg.target)
+        followed = 0
+        for tid in msg.task_ids:
+            slot = self._slots.get(tid)
+            if slot is None or slot.msg is not None or slot.frame is None:
+                continue
+            self._forget_one(link, slot.state != states.PENDING)
+            if target is not None:
+                slot.node = target.endpoint        # held there: not counted as in flight
+                target.sock.send(slot.frame, zmq.NOBLOCK)
+                followed += 1
+            else:       # cannot reach where it went: it may run twice rather than never
+                slot.state = states.PENDING
+                self._send(slot, self._pick(avoid=link.endpoint))
+        log.info("node %s handed %d of our task(s) to %s (%s): %s", msg.node, followed,
+                 msg.target_node or msg.target[:100], msg.target[:100], msg.reason)
 
     def _shed_target(self, target: Any) -> NodeLink | None:
         """The link to a node a task was shed to, if it is one to follow: an IP
