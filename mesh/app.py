@@ -15,6 +15,7 @@ from typing import Any, overload
 from mesh.conf import Settings
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
+from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
 from mesh.task import Task, make_options
 from mesh.wire import codec
@@ -76,6 +77,7 @@ class Mesh:
         self.config = Config.build(peers=peers, mdns=mdns, **options)
         self.conf = Settings()           # Celery's setting names (mesh/conf.py)
         self.tasks: dict[str, Task] = {}
+        self.components = Components()   # the app's own node components (mesh.Component)
         self._client: Any = None
         self._client_lock = threading.Lock()
         # threads do not survive fork: a child process makes its own client when it needs one

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh import __version__, states
+from mesh.node.component import Component
 from mesh.node.events import short_repr
 from mesh.node.journal import JournalError
 from mesh.ratelimit import TokenBucket, parse_rate
@@ -35,8 +36,8 @@ from mesh.wire.protocol import (
 )
 
 if TYPE_CHECKING:
+    from mesh.node.ledger import Entry
     from mesh.node.node import Node
-    from mesh.node.pool import Entry
 
 log = logging.getLogger("mesh.remote")
 
@@ -85,18 +86,32 @@ def _signal_arg(args: dict[str, Any]) -> int:
     return int(sig)
 
 
-class RemoteControl:
+def _task_state(node: "Node", ident: bytes, args: dict[str, Any]) -> dict[str, Any]:
+    tid = args.get("task_id")
+    if not isinstance(tid, str) or not 0 < len(tid) <= 200:
+        raise ValueError("result needs args {'task_id': '<id>'}")
+    return node.ledger.task_state(ident, tid, args.get("watch") is True)
+
+
+class RemoteControl(Component):
     """Answers control commands for one node and keeps what they change."""
 
-    def __init__(self, node: "Node"):
+    name = "control"
+    requires = ("journal",)
+
+    async def start(self, node: "Node") -> None:
         self.node = node
+        node.control = self
+        self.load_revoked()
+
+    def __init__(self) -> None:
         self.revoked: dict[str, float] = {}      # task id -> when (oldest first)
         self.time_limits: dict[str, tuple[float | None, float | None]] = {}  # name -> (soft, hard)
         self.handlers: dict[str, Callable[[bytes, dict[str, Any]], Any]] = {
             "ping": lambda i, a: self.ping(),
-            "status": lambda i, a: node.status(), "stats": lambda i, a: node.status(),
-            "members": lambda i, a: node.members(),
-            "result": node.task_state,
+            "status": lambda i, a: self.node.status(), "stats": lambda i, a: self.node.status(),
+            "members": lambda i, a: self.node.members(),
+            "result": lambda i, a: _task_state(self.node, i, a),
             "active": lambda i, a: self.active(), "reserved": lambda i, a: self.reserved(),
             "scheduled": lambda i, a: self.scheduled(),
             "registered": lambda i, a: self.registered(),
@@ -104,8 +119,8 @@ class RemoteControl:
             "revoke": lambda i, a: self.revoke(a),
             "rate_limit": lambda i, a: self.rate_limit(a),
             "time_limit": lambda i, a: self.time_limit(a),
-            "pool_grow": lambda i, a: {"size": node.pool.grow(_count_arg(a))},
-            "pool_shrink": lambda i, a: {"size": node.pool.shrink(_count_arg(a))},
+            "pool_grow": lambda i, a: {"size": self.node.pool.grow(_count_arg(a))},
+            "pool_shrink": lambda i, a: {"size": self.node.pool.shrink(_count_arg(a))},
             "shutdown": lambda i, a: self.shutdown(),
             "duplicate": lambda i, a: self.duplicate(a),
         }
@@ -127,7 +142,7 @@ class RemoteControl:
                 log.exception("control command %s failed", msg.command)
                 reply = ControlReply(msg.req_id, False, node.name, None, f"{type(e).__name__}: {e}")
         if msg.args.get("noreply") is not True:
-            node._reply(ident, encode(reply))
+            node.front.reply(ident, encode(reply))
 
     # -- inspect ----------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
@@ -149,9 +164,7 @@ class RemoteControl:
         return out
 
     def active(self) -> list[dict[str, Any]]:
-        pool = self.node.pool
-        return [self._describe(c.entry, started=c.entry.started, pid=c.pid)
-                for c in pool.children.values() if c.entry is not None]
+        return [self._describe(e, started=e.started, pid=pid) for e, pid in self.node.pool.running()]
 
     def reserved(self) -> list[dict[str, Any]]:
         return [self._describe(e) for _, _, e in sorted(self.node.pool.queue)]
@@ -175,8 +188,6 @@ class RemoteControl:
     def load_revoked(self) -> None:
         """At start: the revokes the journal remembers."""
         j = self.node.journal
-        if j is None:
-            return
         try:
             since = time.time() - self.node.config.result_expires
             for tid, at in j.revoked_since(since, MAX_REVOKED):
@@ -207,19 +218,19 @@ class RemoteControl:
             self.revoked[tid] = now
         while len(self.revoked) > MAX_REVOKED:
             del self.revoked[next(iter(self.revoked))]
-        if node.journal is not None and new:
+        if new:
             try:
                 node.journal.revoke(new, now)
             except JournalError as e:
                 log.error("journal: revoked ids not stored: %s", e)
         dropped, terminated, running = [], [], []
         for tid in ids:
-            entry = node.held.get(tid)
+            entry = node.ledger.held.get(tid)
             if entry is None:
                 continue
             if node.pool.remove(tid) is not None:
                 dropped.append(tid)
-                node.task_failed(entry, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)
+                node.ledger.task_failed(entry, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)
             elif entry.started is not None:
                 if terminate and node.pool.terminate(tid, sig):
                     terminated.append(tid)
@@ -237,8 +248,6 @@ class RemoteControl:
                 to: list[str] | None = None) -> None:
         """Tell peers (all alive ones, or ``to``) about revoked ids; no replies."""
         node = self.node
-        if node.transport is None or node.membership is None:
-            return
         if to is None:
             to = [m.address for m in node.membership.alive_members(include_self=False)]
         for i in range(0, len(ids), FORWARD_CHUNK):
@@ -291,6 +300,6 @@ class RemoteControl:
         or from this one before a restart): say so on the event stream."""
         tid = _str_arg(args, "task_id", "duplicate")
         first = args.get("first_node")
-        self.node.counts["duplicates_reported"] += 1
+        self.node.ledger.counts["duplicates_reported"] += 1
         self.node.events.emit("task-duplicate", uuid=tid,
                               first_node=first if isinstance(first, str) else None)
