@@ -103,6 +103,7 @@ class Ledger:
         pool at the end of the pass (``flush``), once the journal has committed it."""
         self.held[entry.task_id] = entry
         self.pending.append(entry)
+        self.node.replicas.accepted(entry)       # a copy to the backup; replies wait for it
         ev = self.node.events
         if msg is not None and ev.wants("task-received"):
             ev.emit("task-received", **received_fields(entry.task_id, entry.name, msg))
@@ -168,7 +169,9 @@ class Ledger:
             node.journal.finish(task_id, state, result_frame, time.time())
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
-        node.front.reply(client, result_frame)
+        replicas = node.replicas
+        replicas.finished(task_id, result_frame)     # the result replaces the backup's copy
+        replicas.reply(task_id, client, result_frame)   # once the backup has the task
         ev = node.events
         if ev.prefixes:
             ev.publish_result(task_id, result_frame)
@@ -181,7 +184,7 @@ class Ledger:
         if watchers:
             for ident in watchers:
                 if ident != client:
-                    node.front.reply(ident, result_frame)
+                    replicas.reply(task_id, ident, result_frame)
 
     def failure(self, task_id: str, state: str, exc_type: str, message: str) -> bytes:
         """The encoded Result of a failure decided by the node (a mesh exception)."""
@@ -228,18 +231,20 @@ class Ledger:
             node.journal.update_frame(entry.task_id, entry.frame)
         except JournalError as e:
             log.error("journal: the retry of task %s was not stored: %s", entry.task_id, e)
-        if node.stopping:       # stopping: its owner sends it elsewhere
-            self.release([entry], "node is shutting down")
+        node.replicas.updated(entry)
+        if node.stopping:       # stopping: another node runs it
+            node.handoff.give_away([entry])
         else:
             node.pool.submit(entry)
 
     # -- release, forget --------------------------------------------------------------
     def forget(self, entries: list[Entry]) -> None:
-        """These tasks are no longer ours (given back unstarted): out of the ledger and
-        out of the journal."""
+        """These tasks are no longer ours (handed to another node, or given back
+        unstarted): out of the ledger, out of the journal, their copies dropped."""
         for e in entries:
             self.held.pop(e.task_id, None)
             self.watchers.pop(e.task_id, None)
+        self.node.replicas.forgotten(e.task_id for e in entries)
         if entries:
             try:
                 self.node.journal.remove(e.task_id for e in entries)
@@ -290,7 +295,7 @@ class Ledger:
         if opts is not None and opts.acks_late:
             if shutdown:
                 entry.started = None
-                self.release([entry], "node is shutting down; the task was interrupted")
+                node.handoff.give_away([entry], "node is shutting down; the task was interrupted")
                 return
             if opts.reject_on_worker_lost and not node.stopping:
                 if entry.redelivered < MAX_REDELIVERIES:

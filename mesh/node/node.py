@@ -36,11 +36,13 @@ from mesh.node.executor import Executor, Storage
 from mesh.node.expiry import Expiry
 from mesh.node.front import FrontDoor
 from mesh.node.gossip import Members
+from mesh.node.handoff import Handoffs
 from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
 from mesh.node.ledger import Ledger
 from mesh.node.recovery import Recovery
 from mesh.node.remote import RemoteControl
+from mesh.node.replicas import Replicas
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
 from mesh.wire.protocol import PROTOCOL_VERSION
@@ -68,6 +70,8 @@ BUILTIN: tuple[type[Component], ...] = (
     Recovery,       # recovery: the journal's unfinished tasks, held again
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
     Members,        # membership: SWIM over the front door and peer sockets
+    Replicas,       # replicas: a copy of each held task and result on a backup node
+    Handoffs,       # handoff: tasks to other nodes (shedding, stopping), and from them
     Shedder,        # shedding: queued tasks to peers with room
     Expiry,         # expiry: old results out of the journal
     Announcer,      # discovery: mDNS
@@ -99,6 +103,10 @@ class Node:
         self.started_at = time.time()
         self.ready = asyncio.Event()
         self.ledger = Ledger(self)
+        # until their components start (or in a node built without them): no copies,
+        # and tasks given away go back to their owners
+        self.replicas = Replicas.inert(self)
+        self.handoff = Handoffs.inert(self)
         self.events = Publisher(None, self.name)  # a socket once "events" binds one
         self.events_endpoint = ""
         self.tasks_digest = ""
@@ -165,6 +173,8 @@ class Node:
             "children_started": pool.started_total, "refused_frames": self.front.refused,
             "registered": sorted(self.app.tasks),
             "components": [component_name(x) for x in self.components],
+            **(self.replicas.status() if self.replicas.started else {}),
+            **(self.handoff.status() if self.handoff.started else {}),
         }
 
     # -- lifecycle --------------------------------------------------------------------

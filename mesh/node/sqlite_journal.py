@@ -36,7 +36,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
-from mesh.node.journal import Journal, JournalError, Row, Stored
+from mesh.node.journal import Copy, Journal, JournalError, Row, Stored
 
 log = logging.getLogger("mesh.journal")
 
@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS results (
     finished REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS copies (
+    task_id  TEXT PRIMARY KEY,
+    holder   TEXT NOT NULL,
+    frame    BLOB NOT NULL,
+    received REAL NOT NULL
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
 """
 
@@ -205,10 +211,12 @@ class SqliteJournal(Journal):
         return cur.rowcount
 
     def add(self, task_id: str, client: bytes, frame: bytes, received: float) -> bool:
-        """Record an accepted task; False if the id is already in the journal."""
+        """Record an accepted task; False if the id is already in the journal (held,
+        or finished: here, or on a node this one backs up)."""
         return self._write("INSERT OR IGNORE INTO tasks (task_id, client, frame, state, received) "
-                           "VALUES (?, ?, ?, 'RECEIVED', ?)",
-                           (task_id, client, frame, received)) == 1
+                           "SELECT ?, ?, ?, 'RECEIVED', ? WHERE NOT EXISTS "
+                           "(SELECT 1 FROM results WHERE task_id=?)",
+                           (task_id, client, frame, received, task_id)) == 1
 
     def replace(self, task_id: str, client: bytes, frame: bytes, received: float) -> None:
         """Record an accepted task, over whatever an older row of that id said."""
@@ -240,6 +248,27 @@ class SqliteJournal(Journal):
         """Remember revoked ids (a revoked task that arrives later is not run)."""
         for tid in task_ids:
             self._write("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (tid, at))
+
+    def copy(self, task_id: str, holder: str, frame: bytes, received: float) -> None:
+        self._write("INSERT OR REPLACE INTO copies (task_id, holder, frame, received) "
+                    "VALUES (?, ?, ?, ?)", (task_id, holder, frame, received))
+
+    def copy_result(self, task_id: str, state: str, result: bytes, finished: float) -> None:
+        self._write("INSERT OR IGNORE INTO results (task_id, state, result, finished) "
+                    "VALUES (?, ?, ?, ?)", (task_id, state, result, finished))
+        self._write("DELETE FROM copies WHERE task_id=?", (task_id,))
+
+    def drop_copies(self, task_ids: Iterable[str]) -> None:
+        for tid in task_ids:
+            self._write("DELETE FROM copies WHERE task_id=?", (tid,))
+
+    def copies(self) -> list[Copy]:
+        try:
+            rows = self.db.execute("SELECT task_id, holder, frame, received FROM copies "
+                                   "ORDER BY received").fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return [Copy(*r) for r in rows]
 
     def revoked_since(self, since: float, limit: int = 100_000) -> list[tuple[str, float]]:
         try:
@@ -328,8 +357,10 @@ class SqliteJournal(Journal):
 
     def counts(self) -> dict[str, int]:
         try:
-            tasks = self.db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+            tasks = self.db.execute("SELECT count(*) FROM tasks WHERE NOT EXISTS (SELECT 1 FROM "
+                                    "results WHERE results.task_id=tasks.task_id)").fetchone()[0]
             results = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
+            copies = self.db.execute("SELECT count(*) FROM copies").fetchone()[0]
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
-        return {"open": int(tasks) - int(results), "results": int(results)}
+        return {"open": int(tasks), "results": int(results), "copies": int(copies)}
