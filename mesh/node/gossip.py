@@ -69,7 +69,8 @@ class Members(Component):
         hb = node.heartbeat
         return {"busy": busy, "total": total, "queued": queued, "rate": round(hb.rate, 1),
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
-                "events": node.events_endpoint, "clock": node.events.clock}
+                "events": node.events_endpoint, "clock": node.events.clock,
+                "boot": node.boot}
 
     def members(self) -> list[dict[str, Any]]:
         """Every member this node knows, for the ``members`` control command."""

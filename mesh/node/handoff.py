@@ -278,10 +278,9 @@ class Handoffs(Component):
                 if stored is not None and stored.result is not None:
                     return None         # finished here already
                 journal.replace(tid, b"", frame, now)
-            journal.drop_copies([tid])  # we were its backup: it is ours now
         except JournalError as e:
             return f"node {node.name} cannot write its journal: {e}"
-        node.replicas.forget_copy(tid)
+        node.replicas.forget_copy(tid)     # we were its backup: it is ours now
         limit = msg.time_limit or task.options.time_limit or node.config.time_limit
         entry = Entry(tid, msg.name, b"", frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late)

@@ -44,14 +44,6 @@ class Stored(NamedTuple):
     result: bytes | None     # the encoded Result when final
 
 
-class Copy(NamedTuple):
-    """A copy of a task another node holds (this node is its backup)."""
-    task_id: str
-    holder: str              # the holder's node id
-    frame: bytes             # the Submit, as the holder last sent it
-    received: float          # when the copy arrived (unix time)
-
-
 class Journal(abc.ABC):
     """The contract both journals keep (tests/unit/test_journal.py runs one suite
     over both). Not thread-safe: the node's event loop is its only user."""
@@ -87,23 +79,11 @@ class Journal(abc.ABC):
     def revoke(self, task_ids: Iterable[str], at: float) -> None:
         """Remember revoked ids."""
 
-    # -- copies of tasks held elsewhere (this node is their backup: mesh/node/replicas.py)
-    @abc.abstractmethod
-    def copy(self, task_id: str, holder: str, frame: bytes, received: float) -> None:
-        """Keep (or replace) the copy of a task ``holder`` holds."""
-
     @abc.abstractmethod
     def copy_result(self, task_id: str, state: str, result: bytes, finished: float) -> None:
-        """A copied task finished: keep its result like our own (a resend of the id and
-        ``result`` lookups get it; it expires like ours), and drop its copy."""
-
-    @abc.abstractmethod
-    def drop_copies(self, task_ids: Iterable[str]) -> None:
-        """Forget copies (their holder handed the tasks on, or gave them back)."""
-
-    @abc.abstractmethod
-    def copies(self) -> list[Copy]:
-        """Every copy kept here, oldest first."""
+        """The result of a task another node ran (this node is its backup:
+        mesh/node/replicas.py): kept like our own results (a resend of the id and
+        ``result`` lookups get it; it expires like ours), unless we have one already."""
 
     @property
     @abc.abstractmethod
@@ -135,8 +115,7 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:
-        """``{"open": unfinished tasks, "results": stored results, "copies": copies of
-        tasks held elsewhere}``."""
+        """``{"open": unfinished tasks, "results": stored results}``."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

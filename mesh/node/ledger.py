@@ -170,7 +170,7 @@ class Ledger:
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
         replicas = node.replicas
-        replicas.finished(task_id, result_frame)     # the result replaces the backup's copy
+        replicas.finished(task_id, state, result_frame)   # it replaces the backup's copy
         replicas.reply(task_id, client, result_frame)   # once the backup has the task
         ev = node.events
         if ev.prefixes:

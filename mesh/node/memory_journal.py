@@ -16,7 +16,7 @@ import collections
 from collections.abc import Iterable
 
 from mesh import states
-from mesh.node.journal import Copy, Journal, Row, Stored
+from mesh.node.journal import Journal, Row, Stored
 
 MAX_RESULTS = 100_000              # results kept in memory at most
 MAX_RESULT_BYTES = 64 * 1024 * 1024  # bytes of encoded results kept at most
@@ -37,7 +37,6 @@ class MemoryJournal(Journal):
             collections.OrderedDict()
         self._bytes = 0
         self._revoked: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._copies: dict[str, Copy] = {}     # copies of tasks held elsewhere
         self.dropped = 0                       # results dropped by the caps before expiry
 
     # -- writes -----------------------------------------------------------------------
@@ -91,20 +90,9 @@ class MemoryJournal(Journal):
         while len(self._revoked) > self.max_revoked:
             self._revoked.popitem(last=False)
 
-    def copy(self, task_id: str, holder: str, frame: bytes, received: float) -> None:
-        self._copies[task_id] = Copy(task_id, holder, frame, received)
-
     def copy_result(self, task_id: str, state: str, result: bytes, finished: float) -> None:
-        self._copies.pop(task_id, None)
         if task_id not in self._results:
             self._keep_result(task_id, state, result, finished)
-
-    def drop_copies(self, task_ids: Iterable[str]) -> None:
-        for tid in task_ids:
-            self._copies.pop(tid, None)
-
-    def copies(self) -> list[Copy]:
-        return sorted(self._copies.values(), key=lambda c: c.received)
 
     @property
     def in_tx(self) -> bool:
@@ -151,12 +139,10 @@ class MemoryJournal(Journal):
         return found[-limit:] if limit > 0 else []
 
     def counts(self) -> dict[str, int]:
-        return {"open": len(self._tasks), "results": len(self._results),
-                "copies": len(self._copies)}
+        return {"open": len(self._tasks), "results": len(self._results)}
 
     def close(self) -> None:
         self._tasks.clear()
         self._results.clear()
         self._revoked.clear()
-        self._copies.clear()
         self._bytes = 0

@@ -101,6 +101,7 @@ class Node:
         self.name = config.node_name
         self.address = config.bind
         self.started_at = time.time()
+        self.boot = os.urandom(6).hex()          # this process: peers tell a restart by it
         self.ready = asyncio.Event()
         self.ledger = Ledger(self)
         # until their components start (or in a node built without them): no copies,

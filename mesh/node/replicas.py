@@ -5,26 +5,32 @@ accepted task and no result, even when the submitter exited long ago.
 
 Holder side (this node holds the task):
 
-* ``accepted``: a copy goes to the backup in the next REPLICATE (one per backup per
-  loop pass). Until the backup confirms it (REPLICATE_ACK, sent once the copy is in
-  its journal), the replies that say "a node has it" wait: the owner's ACK, and a
-  RESULT that came first (``after_copy``). A backup that does not confirm within
-  ``COPY_TIMEOUT`` does not hold the owner up for ever: the replies go (one copy for
-  now, said in the log) and the copy is sent again until it is confirmed.
+* ``accepted``: after ``COPY_DELAY`` (2 ms) a copy goes to the backup in a REPLICATE;
+  a task that finished by then is copied as its result alone. One REPLICATE per
+  backup is in flight at a time, so batches grow with the load. Until the backup
+  confirms (REPLICATE_ACK), the replies that say "a node has it" wait: the owner's
+  ACK, and a RESULT that came first (``after_copy``). A backup that does not confirm
+  within ``COPY_TIMEOUT`` does not hold the owner up for ever: the replies go (one
+  copy for now, said in the log) and the copy is sent again until it is confirmed.
 * ``updated``: a retry's new Submit (retries + 1, its eta) replaces the copy.
 * ``finished``: the result replaces the copy at the backup, which serves it like its
   own (``result`` lookups from any process, a resend of the id).
 * ``forgotten``: the task went elsewhere (handed off, given back): the copy goes.
-* A backup that is no longer alive is replaced: its tasks are copied to their new
-  backup (and tasks held while no other node was alive get their copy once one is).
+* A backup that is no longer alive, or that restarted (its ``boot`` id in the
+  gossiped meta changed), is replaced: its tasks are copied to their new backup (and
+  tasks held while no other node was alive get their copy once one is).
 
-Backup side (this node keeps copies): REPLICATE is journalled (``Journal.copy``,
-``copy_result``, ``drop_copies``), committed, then acknowledged. When membership
-declares a holder dead, its copies without a result become this node's tasks: held,
-journalled as its own, run here, copied to their own new backup. A holder that left
-(a graceful stop) hands its tasks on and sends its results before it goes; copies
-still here ``LEFT_GRACE`` seconds later are run too, and so are the copies of a
-holder nobody knows any more (this node restarted meanwhile) after ``ORPHAN_AFTER``.
+Backup side (this node keeps copies): task copies are kept in memory, results in the
+journal (``Journal.copy_result``, expiring like our own), acknowledged at the end of
+the loop pass and committed with the node's next commit (within 2 ms). Copies in
+memory are enough: they exist for the holder's death, and a backup that dies (or
+restarts) is replaced by its holders within a membership round; journalling them
+cost more than a fifth of the mesh's throughput. When membership declares a holder
+dead, its copies without a result become this node's tasks: held, journalled as its
+own, run here, copied to their own new backup. A holder that left (a graceful stop)
+hands its tasks on and sends its results before it goes; copies still here
+``LEFT_GRACE`` seconds later are run too, and so are the copies of a holder no member
+knows any more, after ``ORPHAN_AFTER``.
 
 A task may run twice (its holder was declared dead but was not); its result is
 delivered once (results are first-wins by task id). ``--replicas 1`` sends no copies
@@ -33,6 +39,7 @@ delivered once (results are first-wins by task id). ``--replicas 1`` sends no co
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import logging
@@ -49,7 +56,7 @@ from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
 from mesh.rendezvous import backup_for
-from mesh.wire.protocol import Replicate, ReplicateAck, Result, Submit, decode, encode
+from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -57,7 +64,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.replicas")
 
 COPY_TIMEOUT = 1.0       # s the owner's ACK waits for the backup's confirmation at most
+COPY_DELAY = 0.002       # s a held task waits before its copy is sent (if it finishes
+                         # sooner, its result is sent instead: most tasks are short)
 RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
+ALIVE_TTL = 0.05         # s the list of alive peers is reused for choosing backups
 TICK = 0.1               # s between checks of unconfirmed copies
 MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
 LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a holder
@@ -73,9 +83,8 @@ SETTLE_STEP = 0.02
 class _Batch:
     """What goes to one backup in its next REPLICATE."""
     tasks: dict[str, bytes] = dataclasses.field(default_factory=dict)
-    results: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    results: dict[str, tuple[str, bytes]] = dataclasses.field(default_factory=dict)
     drop: set[str] = dataclasses.field(default_factory=set)
-    size: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.results or self.drop)
@@ -104,11 +113,20 @@ class Replicas(Component):
         self._gate_since: dict[str, float] = {}
         self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
         self._sent: dict[str, _Sent] = {}          # batch id -> what it carried
+        self._busy: dict[str, str] = {}            # backup -> its batch in flight: one at a
+                                                   # time, so batches grow under load
+        self._later: collections.deque[tuple[float, Entry]] = collections.deque()
+        self._later_timer: asyncio.TimerHandle | None = None   # copies waiting COPY_DELAY
+        self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
+                                                   # the copies it kept in memory)
+        self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
+        self._alive_at = -1.0
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
         # backup side
         self.copies_of: dict[str, set[str]] = {}   # holder -> task ids copied here
         self.holder_of: dict[str, str] = {}        # task id -> its holder
+        self.frames: dict[str, tuple[bytes, float]] = {}   # task id -> (Submit, received)
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
         self._acks: list[tuple[str, bytes]] = []   # (holder address, REPLICATE_ACK) to send
         # figures (status)
@@ -132,14 +150,6 @@ class Replicas(Component):
         self.sockets = PeerSockets(node.ctx, f"data:{node.name}".encode(), hwm=DATA_HWM)
         self.enabled = node.config.replicas >= 2
         self.started = True
-        try:
-            for c in node.journal.copies():
-                self._keep(c.task_id, c.holder)
-        except JournalError as e:
-            log.error("journal: cannot read the copies kept here: %s", e)
-        if self.copies_of:
-            log.info("keeping %d copies of tasks held by %d other node(s)",
-                     len(self.holder_of), len(self.copies_of))
         if not self.enabled:
             log.info("--replicas 1: tasks and results are kept on this node only (no backup)")
         else:
@@ -166,9 +176,29 @@ class Replicas(Component):
         backup = self._choose(tid)
         self._track(tid, backup)
         if backup:
-            self._queue(backup).tasks[tid] = entry.frame
+            # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
+            # copied as its result alone, one write at the backup instead of three
+            self._later.append((time.monotonic() + COPY_DELAY, entry))
+            if self._later_timer is None:
+                self._later_timer = asyncio.get_running_loop().call_later(
+                    COPY_DELAY, self._copy_due)
             self.gates.setdefault(tid, [])
             self._gate_since.setdefault(tid, time.monotonic())
+
+    def _copy_due(self) -> None:
+        """Copies whose delay is over, of tasks still held here, go to their backups."""
+        self._later_timer = None
+        now = time.monotonic()
+        later, held = self._later, self.node.ledger.held
+        while later and later[0][0] <= now:
+            _, entry = later.popleft()
+            tid = entry.task_id
+            backup = self.backup_of.get(tid)
+            if backup and held.get(tid) is entry:
+                self._queue(backup).tasks[tid] = entry.frame
+        if later:
+            self._later_timer = asyncio.get_running_loop().call_later(
+                max(later[0][0] - now, 0.0005), self._copy_due)
 
     def updated(self, entry: Entry) -> None:
         """A retry: the task runs again with a new Submit; the copy follows."""
@@ -176,16 +206,16 @@ class Replicas(Component):
         if backup:
             self._queue(backup).tasks[entry.task_id] = entry.frame
 
-    def finished(self, task_id: str, result_frame: bytes) -> None:
-        """A held task's final result: it replaces the copy at the backup."""
+    def finished(self, task_id: str, state: str, result_frame: bytes) -> None:
+        """A held task's final result: it replaces the copy at the backup (a copy not
+        sent yet is not sent at all)."""
         if not self.enabled:
             return
         backup = self._untrack(task_id) or self._choose(task_id)
         if backup:
             batch = self._queue(backup)
             batch.tasks.pop(task_id, None)
-            batch.results[task_id] = result_frame
-            batch.size += len(result_frame)
+            batch.results[task_id] = (state, result_frame)
 
     def forgotten(self, task_ids: Iterable[str]) -> None:
         """Tasks that are no longer ours (handed on, given back): drop their copies."""
@@ -219,8 +249,12 @@ class Replicas(Component):
 
     # -- holder side: bookkeeping ----------------------------------------------------
     def _alive_ids(self) -> list[str]:
-        ms = self.node.membership
-        return [m.id for m in ms.alive_members(include_self=False)]
+        now = time.monotonic()
+        if now - self._alive_at > ALIVE_TTL:
+            ms = self.node.membership
+            self._alive = [m.id for m in ms.alive_members(include_self=False)]
+            self._alive_at = now
+        return self._alive
 
     def _choose(self, task_id: str) -> str:
         return backup_for(task_id, self._alive_ids(), self.node.name) or ""
@@ -264,21 +298,21 @@ class Replicas(Component):
 
     # -- sending (end of each loop pass, after the ledger's commit) -------------------
     def flush(self) -> None:
-        """Commit the copies written this pass and acknowledge them; send this pass's
-        REPLICATEs."""
+        """Acknowledge the copies written this pass; send this pass's REPLICATEs.
+
+        Copies are acknowledged once written, and committed with the ledger's next
+        commit (within RESULT_COMMIT_DELAY, 2 ms, or with the intakes of this pass),
+        as results are: losing an acknowledged copy takes its holder and this node
+        dying within those milliseconds. (Committing before each acknowledgement cost
+        a sqlite commit per copy batch, a fifth of the mesh's throughput.)"""
         if self._acks:
             acks, self._acks = self._acks, []
-            journal = self.node.journal
-            try:
-                journal.commit()               # acknowledged copies are in the journal
-            except JournalError as e:          # (rolled back: the holders send them again)
-                log.error("journal: copies were not kept: %s", e)
-                acks = []
             for address, frame in acks:
                 self.sockets.send(address, frame)
         if self._out:
-            out, self._out = self._out, {}
-            for backup, batch in out.items():
+            busy = self._busy
+            for backup in [b for b in self._out if b not in busy]:
+                batch = self._out.pop(backup)
                 if batch:
                     self._send(backup, batch)
 
@@ -290,9 +324,13 @@ class Replicas(Component):
             return
         for part in _split(batch):
             bid = self._prefix + str(next(self._ids))
-            msg = Replicate(bid, node.name, node.address, list(part.tasks.values()),
-                            list(part.results.values()), sorted(part.drop))
+            results = part.results
+            msg = Replicate(bid, node.name, node.address, list(part.tasks), list(part.tasks.values()),
+                            list(results), [r[0] for r in results.values()],
+                            [r[1] for r in results.values()], sorted(part.drop))
             self._sent[bid] = _Sent(backup, part, time.monotonic())
+            self._busy[backup] = bid
+            self._boot_of.setdefault(backup, member.meta.get("boot"))
             self.copies_sent += len(part.tasks)
             self.sockets.send(member.address, encode(msg))
 
@@ -307,19 +345,22 @@ class Replicas(Component):
                     self._queue(new).tasks[tid] = frame
                 else:
                     self._open(tid)            # nobody to copy to: one copy for now
-        for tid, frame in batch.results.items():
+        for tid, result in batch.results.items():
             new = self._choose(tid)
             if new:
-                b = self._queue(new)
-                b.results[tid] = frame
-                b.size += len(frame)
+                self._queue(new).results[tid] = result
             else:
                 self._open(tid)
 
     def on_ack(self, msg: ReplicateAck) -> None:
-        sent = self._sent.pop(msg.batch, None)
+        sent = self._sent.get(msg.batch)
         if sent is None or sent.backup != msg.node:
             return
+        del self._sent[msg.batch]
+        if self._busy.get(sent.backup) == msg.batch:
+            del self._busy[sent.backup]
+            if sent.backup in self._out:
+                self.node.front.schedule_flush()     # the next batch for it goes now
         self.copies_confirmed += len(sent.batch.tasks)
         for tid in sent.batch.tasks:
             self._open(tid)
@@ -328,7 +369,8 @@ class Replicas(Component):
 
     # -- backup side ------------------------------------------------------------------
     def on_replicate(self, msg: Replicate) -> None:
-        """Copies from a holder: journal them; acknowledge once committed (flush)."""
+        """Copies from a holder: kept in memory (see the module docstring), results
+        journalled; acknowledged at the end of this loop pass (flush)."""
         node = self.node
         member = node.membership.member(msg.source)
         if member is None or member.address != msg.source_addr or msg.source == node.name:
@@ -336,26 +378,20 @@ class Replicas(Component):
                                  msg.source[:100], msg.source_addr[:100])
             return
         journal, now = node.journal, time.time()
+        held = node.ledger.held
         try:
-            for frame in msg.tasks:
-                sub = _submit(frame)
-                if sub is None:
+            for tid, frame in zip(msg.task_ids, msg.tasks):
+                if tid in held:                   # handed here meanwhile: ours already
                     continue
-                tid = sub.task_id
-                if tid in node.ledger.held:       # handed here meanwhile: ours already
-                    continue
-                journal.copy(tid, msg.source, frame, now)
                 self._keep(tid, msg.source)
-            for frame in msg.results:
-                res = _result(frame)
-                if res is None:
+                self.frames[tid] = (frame, now)
+            for tid, state, frame in zip(msg.result_ids, msg.result_states, msg.results):
+                if state not in states.READY_STATES:
                     continue
-                journal.copy_result(res.task_id, res.state, frame, now)
-                self._unkeep(res.task_id)
-            if msg.drop:
-                journal.drop_copies(msg.drop)
-                for tid in msg.drop:
-                    self._unkeep(tid)
+                journal.copy_result(tid, state, frame, now)
+                self._unkeep(tid)
+            for tid in msg.drop:
+                self._unkeep(tid)
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)
             return            # not acknowledged: the holder sends them again
@@ -376,6 +412,7 @@ class Replicas(Component):
     def _unkeep(self, tid: str) -> None:
         holder = self.holder_of.pop(tid, None)
         if holder is not None:
+            self.frames.pop(tid, None)
             s = self.copies_of.get(holder)
             if s is not None:
                 s.discard(tid)
@@ -390,17 +427,16 @@ class Replicas(Component):
         if not ids:
             return 0
         journal, ledger = node.journal, node.ledger
-        frames = {c.task_id: c for c in journal.copies() if c.task_id in ids}
-        taken = failed = 0
-        for tid in sorted(ids, key=lambda t: frames[t].received if t in frames else 0.0):
+        copies = [(tid, *self.frames.pop(tid)) for tid in ids if tid in self.frames]
+        for tid in ids:
             self.holder_of.pop(tid, None)
-            copy = frames.get(tid)
+        taken = failed = 0
+        for tid, frame, received in sorted(copies, key=lambda c: c[2]):
+            if tid in ledger.held:
+                continue
+            sub = _submit(frame)
             try:
-                journal.drop_copies([tid])
-                if copy is None or tid in ledger.held:
-                    continue
-                sub = _submit(copy.frame)
-                if sub is None or not journal.add(tid, b"", copy.frame, time.time()):
+                if sub is None or not journal.add(tid, b"", frame, time.time()):
                     continue                  # unreadable, or finished here already
             except JournalError as e:
                 log.error("journal: cannot take over task %s of %s: %s", tid, holder, e)
@@ -408,9 +444,9 @@ class Replicas(Component):
             task = node.app.tasks.get(sub.name)
             limit = sub.time_limit or (task.options.time_limit if task else None) \
                 or node.config.time_limit
-            entry = Entry(tid, sub.name, b"", copy.frame, sub.priority, sub.eta, sub.expires,
+            entry = Entry(tid, sub.name, b"", frame, sub.priority, sub.eta, sub.expires,
                           limit, task.options.acks_late if task else True)
-            entry.received = copy.received
+            entry.received = received
             if task is None:
                 ledger.held[tid] = entry
                 ledger.task_failed(entry, "NotRegistered", f"task {sub.name!r} is not "
@@ -449,14 +485,16 @@ class Replicas(Component):
     def _resend(self, now: float) -> None:
         for bid in [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]:
             sent = self._sent.pop(bid)
+            if self._busy.get(sent.backup) == bid:
+                del self._busy[sent.backup]
             member = self.node.membership.member(sent.backup)
             if member is not None and member.state == MemberState.ALIVE:
                 batch = self._queue(sent.backup)        # same backup, again
                 for tid, frame in sent.batch.tasks.items():
                     if tid in self.node.ledger.held and self.backup_of.get(tid) == sent.backup:
                         batch.tasks.setdefault(tid, frame)
-                for tid, frame in sent.batch.results.items():
-                    batch.results.setdefault(tid, frame)
+                for tid, result in sent.batch.results.items():
+                    batch.results.setdefault(tid, result)
                 batch.drop |= sent.batch.drop
             else:
                 self._reroute(sent.backup, sent.batch)
@@ -480,7 +518,11 @@ class Replicas(Component):
         if self.enabled:
             self._say_copies()
             alive = set(self._alive_ids())
-            for backup in [b for b in self.by_backup if b not in alive]:
+            boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
+            restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
+            for b in restarted:           # copies are kept in memory: a restarted backup
+                del self._boot_of[b]      # has none of them any more
+            for backup in [b for b in self.by_backup if b not in alive or b in restarted]:
                 ids = self.by_backup.pop(backup)
                 held = node.ledger.held
                 for tid in ids:
@@ -493,8 +535,9 @@ class Replicas(Component):
                     if new:
                         self._queue(new).tasks[tid] = entry.frame
                 if ids and alive:
-                    log.info("backup %s is gone: copying its %d task(s) to other nodes",
-                             backup or "(none)", len(ids))
+                    log.info("%s: copying %d task(s) to their backups now", "tasks held with "
+                             "one copy" if not backup else f"backup {backup} restarted"
+                             if backup in restarted else f"backup {backup} is gone", len(ids))
         grace_left = LEFT_GRACE + node.config.shutdown_timeout
         for holder in list(self.copies_of):
             m = ms.member(holder)
@@ -533,18 +576,24 @@ class Replicas(Component):
 
 def _split(batch: _Batch) -> list[_Batch]:
     """A batch in parts of at most BATCH_BYTES of frames each."""
-    size = sum(len(f) for f in batch.tasks.values()) + sum(len(f) for f in batch.results.values())
+    size = sum(len(f) for f in batch.tasks.values()) + \
+        sum(len(r[1]) for r in batch.results.values())
     if size <= BATCH_BYTES:
         return [batch]
     parts: list[_Batch] = []
     cur, n = _Batch(drop=set(batch.drop)), 0
-    for kind in ("tasks", "results"):
-        for tid, frame in getattr(batch, kind).items():
-            if n and n + len(frame) > BATCH_BYTES:
-                parts.append(cur)
-                cur, n = _Batch(), 0
-            getattr(cur, kind)[tid] = frame
-            n += len(frame)
+    for tid, frame in batch.tasks.items():
+        if n and n + len(frame) > BATCH_BYTES:
+            parts.append(cur)
+            cur, n = _Batch(), 0
+        cur.tasks[tid] = frame
+        n += len(frame)
+    for tid, result in batch.results.items():
+        if n and n + len(result[1]) > BATCH_BYTES:
+            parts.append(cur)
+            cur, n = _Batch(), 0
+        cur.results[tid] = result
+        n += len(result[1])
     parts.append(cur)
     return parts
 
@@ -556,14 +605,3 @@ def _submit(frame: bytes) -> Submit | None:
         log.warning("dropped a copy that does not decode: %s", e)
         return None
     return msg if type(msg) is Submit else None
-
-
-def _result(frame: bytes) -> Result | None:
-    try:
-        msg = decode(frame)
-    except DecodeError as e:
-        log.warning("dropped a copied result that does not decode: %s", e)
-        return None
-    if type(msg) is not Result or msg.state not in states.READY_STATES:
-        return None
-    return msg

@@ -36,7 +36,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
-from mesh.node.journal import Copy, Journal, JournalError, Row, Stored
+from mesh.node.journal import Journal, JournalError, Row, Stored
 
 log = logging.getLogger("mesh.journal")
 
@@ -60,12 +60,6 @@ CREATE TABLE IF NOT EXISTS results (
     finished REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS copies (
-    task_id  TEXT PRIMARY KEY,
-    holder   TEXT NOT NULL,
-    frame    BLOB NOT NULL,
-    received REAL NOT NULL
-) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
 """
 
@@ -249,26 +243,11 @@ class SqliteJournal(Journal):
         for tid in task_ids:
             self._write("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (tid, at))
 
-    def copy(self, task_id: str, holder: str, frame: bytes, received: float) -> None:
-        self._write("INSERT OR REPLACE INTO copies (task_id, holder, frame, received) "
-                    "VALUES (?, ?, ?, ?)", (task_id, holder, frame, received))
-
     def copy_result(self, task_id: str, state: str, result: bytes, finished: float) -> None:
+        """A result from a node this one backs up: a row in results (no task row; add()
+        looks at results too, so the id is not run here again)."""
         self._write("INSERT OR IGNORE INTO results (task_id, state, result, finished) "
                     "VALUES (?, ?, ?, ?)", (task_id, state, result, finished))
-        self._write("DELETE FROM copies WHERE task_id=?", (task_id,))
-
-    def drop_copies(self, task_ids: Iterable[str]) -> None:
-        for tid in task_ids:
-            self._write("DELETE FROM copies WHERE task_id=?", (tid,))
-
-    def copies(self) -> list[Copy]:
-        try:
-            rows = self.db.execute("SELECT task_id, holder, frame, received FROM copies "
-                                   "ORDER BY received").fetchall()
-        except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e
-        return [Copy(*r) for r in rows]
 
     def revoked_since(self, since: float, limit: int = 100_000) -> list[tuple[str, float]]:
         try:
@@ -360,7 +339,6 @@ class SqliteJournal(Journal):
             tasks = self.db.execute("SELECT count(*) FROM tasks WHERE NOT EXISTS (SELECT 1 FROM "
                                     "results WHERE results.task_id=tasks.task_id)").fetchone()[0]
             results = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
-            copies = self.db.execute("SELECT count(*) FROM copies").fetchone()[0]
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
-        return {"open": int(tasks), "results": int(results), "copies": int(copies)}
+        return {"open": int(tasks), "results": int(results)}

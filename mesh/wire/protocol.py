@@ -562,18 +562,23 @@ class HandoffAck(Message):
 
 @message
 class Replicate(Message):
-    """From a task's holder (``source``) to its backup: keep a copy of ``tasks``
-    (SUBMIT frames; a newer frame for the same id replaces the copy), replace the
-    copies of finished tasks with their ``results`` (RESULT frames), and forget the
-    copies of ``drop`` (ids the holder no longer holds: handed to another node,
-    given back, or now backed up elsewhere). The backup journals all of it, then
-    answers REPLICATE_ACK(batch) to ``source_addr``. When membership declares the
-    holder dead, the backup runs the copies that have no result."""
+    """From a task's holder (``source``) to its backup: keep a copy of the tasks
+    ``task_ids`` (their SUBMIT frames in ``tasks``, in the same order; a newer frame
+    for an id replaces the copy), replace the copies of finished tasks with their
+    results (``result_ids``, ``result_states`` and the RESULT frames ``results``, in
+    the same order), and forget the copies of ``drop`` (ids the holder no longer
+    holds: handed to another node, or given back). Ids and states travel next to the
+    frames so that the backup stores them without decoding them. The backup journals
+    all of it, then answers REPLICATE_ACK(batch) to ``source_addr``. When membership
+    declares the holder dead, the backup runs the copies that have no result."""
     TYPE = MsgType.REPLICATE
     batch: str
     source: str
     source_addr: str
+    task_ids: list[str] = field(default_factory=list)
     tasks: list[bytes] = field(default_factory=list)
+    result_ids: list[str] = field(default_factory=list)
+    result_states: list[str] = field(default_factory=list)
     results: list[bytes] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
 
@@ -582,6 +587,13 @@ class Replicate(Message):
         _short(self.source, MAX_ID_LEN, "source")
         _check_address(self.source_addr, "source_addr")
         _check_batch("Replicate", self.tasks, self.results, self.drop)
+        if len(self.task_ids) != len(self.tasks):
+            raise DecodeError("Replicate: task_ids and tasks must be as long as each other")
+        if not len(self.result_ids) == len(self.result_states) == len(self.results):
+            raise DecodeError("Replicate: result_ids, result_states and results must be as "
+                              "long as each other")
+        for tid in (*self.task_ids, *self.result_ids, *self.drop):
+            _short(tid, MAX_ID_LEN, "task id")
 
 
 @message

@@ -90,7 +90,7 @@ def test_expire_deletes_only_old_results(journal: AnyJournal) -> None:
             journal.finish(f"t{i}", "SUCCESS", b"r", float(i))
     journal.commit()
     assert journal.expire(before=2.5) == 3        # t0, t1, t2
-    assert journal.counts() == {"open": 1, "results": 1, "copies": 0}
+    assert journal.counts() == {"open": 1, "results": 1}
     assert journal.get("t3") is not None and journal.get("t4") is not None
 
 
@@ -127,7 +127,7 @@ def test_the_memory_journal_keeps_a_bounded_number_of_results() -> None:
     for i in range(5):
         j.add(f"t{i}", b"c", b"f", 0.0)
         j.finish(f"t{i}", "SUCCESS", b"r", float(i))
-    assert j.counts() == {"open": 0, "results": 3, "copies": 0}
+    assert j.counts() == {"open": 0, "results": 3}
     assert j.get("t1") is None and j.get("t2") == ("SUCCESS", b"r")   # the oldest went first
     assert j.dropped == 2
 
@@ -235,36 +235,18 @@ def test_a_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
         j.close()
 
 
-# ---- copies of tasks held elsewhere (this node is their backup) ----------------------
-
-def test_copies_are_kept_replaced_and_dropped(journal: AnyJournal) -> None:
-    journal.copy("t1", "holder-a", b"f1", 1.0)
-    journal.copy("t2", "holder-b", b"f2", 2.0)
-    journal.copy("t1", "holder-a", b"f1-retried", 1.0)     # a retry's newer frame
-    journal.commit()
-    assert [(c.task_id, c.holder, c.frame) for c in journal.copies()] == [
-        ("t1", "holder-a", b"f1-retried"), ("t2", "holder-b", b"f2")]
-    journal.drop_copies(["t2", "unknown"])
-    journal.commit()
-    assert [c.task_id for c in journal.copies()] == ["t1"]
-    assert journal.counts()["copies"] == 1
-    assert journal.unfinished() == []            # copies are not this node's tasks
-    assert journal.get("t1") is None             # nor answered as held here
-
+# ---- results of tasks another node ran (this node is their backup) -----------------
 
 def test_a_copied_result_is_served_and_keeps_the_id_from_running_again(journal: AnyJournal) -> None:
-    journal.copy("t1", "holder-a", b"f1", 1.0)
     journal.copy_result("t1", "SUCCESS", b"r1", 2.0)
-    journal.copy_result("t9", "FAILURE", b"r9", 3.0)         # a result with no copy first
+    journal.copy_result("t1", "FAILURE", b"late", 3.0)        # the first one stays
     journal.commit()
-    assert journal.copies() == []
     assert journal.get("t1") == ("SUCCESS", b"r1")
-    assert journal.get("t9") == ("FAILURE", b"r9")
     assert not journal.add("t1", b"c", b"f1", 4.0)           # finished on the holder
     assert journal.add("t2", b"c", b"f2", 4.0)
     journal.commit()
     assert [r.task_id for r in journal.unfinished()] == ["t2"]
-    assert journal.counts() == {"open": 1, "results": 2, "copies": 0}
+    assert journal.counts() == {"open": 1, "results": 1}
 
 
 def test_copied_results_expire_like_our_own(journal: AnyJournal) -> None:
@@ -273,15 +255,3 @@ def test_copied_results_expire_like_our_own(journal: AnyJournal) -> None:
     journal.commit()
     assert journal.expire(50.0) == 1
     assert journal.get("old") is None and journal.get("new") == ("SUCCESS", b"r")
-
-
-def test_copies_survive_a_restart(tmp_path: Path) -> None:
-    j = Journal(str(tmp_path / "d"))
-    j.copy("t1", "holder-a", b"f1", 1.0)
-    j.commit()
-    j.close()
-    j = Journal(str(tmp_path / "d"))
-    try:
-        assert [(c.task_id, c.holder) for c in j.copies()] == [("t1", "holder-a")]
-    finally:
-        j.close()

@@ -99,8 +99,9 @@ SAMPLES: list[Message] = [
             tasks=[b"\x95\x01\x01\xa1x\xa1y\xc4\x00"], reason="node is shutting down"),
     HandoffAck(batch="b1", node="n2", accepted=["x"], refused={"y": "not registered"},
                address="tcp://10.0.0.2:7700"),
-    Replicate(batch="r1", source="n1", source_addr="tcp://10.0.0.1:7700", tasks=[b"\x01"],
-              results=[b"\x02"], drop=["z"]),
+    Replicate(batch="r1", source="n1", source_addr="tcp://10.0.0.1:7700", task_ids=["t1"],
+              tasks=[b"\x01"], result_ids=["t2"], result_states=["SUCCESS"], results=[b"\x02"],
+              drop=["z"]),
     ReplicateAck(batch="r1", node="n2"),
 ]
 
