@@ -165,12 +165,12 @@ class Ledger:
         node = self.node
         self.held.pop(task_id, None)
         self.counts[state] += 1
+        replicas = node.replicas
+        backup = replicas.finished(task_id, state, result_frame)   # it replaces the copy
         try:
-            node.journal.finish(task_id, state, result_frame, time.time())
+            node.journal.finish(task_id, state, result_frame, time.time(), backup)
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
-        replicas = node.replicas
-        replicas.finished(task_id, state, result_frame)   # it replaces the backup's copy
         replicas.reply(task_id, client, result_frame)   # once the backup has the task
         ev = node.events
         if ev.prefixes:

@@ -73,6 +73,7 @@ MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membe
 LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a holder
                          # that left are run here (it hands its tasks on as it stops)
 ORPHAN_AFTER = 30.0      # s before the copies of a holder no member knows are run here
+REPAIR_CHUNK = 2000      # results copied again per gone peer per TICK, at most
 DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
                                 # the message size limit)
@@ -128,6 +129,11 @@ class Replicas(Component):
         self.holder_of: dict[str, str] = {}        # task id -> its holder
         self.frames: dict[str, tuple[bytes, float]] = {}   # task id -> (Submit, received)
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
+        # results whose other copy was on a node that is gone: peer -> position reached
+        self._repair: dict[str, int] = {}
+        self._repaired: dict[str, int] = {}        # peer -> results copied again so far
+        self._was_alive: set[str] = set()          # peers seen alive since start
+        self._departed: set[str] = set()           # of those, the ones dead or left now
         self._acks: list[tuple[str, bytes]] = []   # (holder address, REPLICATE_ACK) to send
         # figures (status)
         self.copies_sent = self.copies_confirmed = self.single_copy = self.taken_over = 0
@@ -206,16 +212,17 @@ class Replicas(Component):
         if backup:
             self._queue(backup).tasks[entry.task_id] = entry.frame
 
-    def finished(self, task_id: str, state: str, result_frame: bytes) -> None:
+    def finished(self, task_id: str, state: str, result_frame: bytes) -> str:
         """A held task's final result: it replaces the copy at the backup (a copy not
-        sent yet is not sent at all)."""
+        sent yet is not sent at all). The backup that keeps the result ("" if none)."""
         if not self.enabled:
-            return
+            return ""
         backup = self._untrack(task_id) or self._choose(task_id)
         if backup:
             batch = self._queue(backup)
             batch.tasks.pop(task_id, None)
             batch.results[task_id] = (state, result_frame)
+        return backup
 
     def forgotten(self, task_ids: Iterable[str]) -> None:
         """Tasks that are no longer ours (handed on, given back): drop their copies."""
@@ -388,7 +395,7 @@ class Replicas(Component):
             for tid, state, frame in zip(msg.result_ids, msg.result_states, msg.results):
                 if state not in states.READY_STATES:
                     continue
-                journal.copy_result(tid, state, frame, now)
+                journal.copy_result(tid, state, frame, now, msg.source)
                 self._unkeep(tid)
             for tid in msg.drop:
                 self._unkeep(tid)
@@ -476,6 +483,8 @@ class Replicas(Component):
                 now = time.monotonic()
                 self._resend(now)
                 self._give_up(now)
+                if self._repair:
+                    self._repair_some()
                 if now >= next_members:
                     next_members = now + MEMBERS_EVERY
                     self.check_members(now)
@@ -518,6 +527,7 @@ class Replicas(Component):
         if self.enabled:
             self._say_copies()
             alive = set(self._alive_ids())
+            self._note_departures(alive)
             boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
             restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
             for b in restarted:           # copies are kept in memory: a restarted backup
@@ -554,6 +564,56 @@ class Replicas(Component):
                 self.take_over(holder, "is unknown to the mesh")
             if holder not in self.copies_of:
                 self._gone.pop(holder, None)
+
+    def _note_departures(self, alive: set[str]) -> None:
+        """Members that went (dead or left) since the last check: the results whose
+        other copy they kept are copied to another node (``_repair_some``); and when
+        a node is alive again after none was, so are the results kept alone."""
+        ms = self.node.membership
+        if alive and not (self._was_alive - self._departed):
+            self._repair.setdefault("", 0)      # alone until now
+        self._was_alive |= alive
+        self._departed -= alive                 # back again
+        for peer in self._was_alive - alive - self._departed:
+            m = ms.member(peer)
+            if m is None or m.state in (MemberState.DEAD, MemberState.LEFT):
+                self._departed.add(peer)
+                self._repair.setdefault(peer, 0)
+
+    def _repair_some(self) -> None:
+        """Copy up to REPAIR_CHUNK results per gone peer to their new backups."""
+        journal = self.node.journal
+        alive = set(self._alive_ids())
+        if not alive:
+            return
+        for peer, after in list(self._repair.items()):
+            if peer in alive:                       # it came back: its copies are there
+                del self._repair[peer]
+                continue
+            try:
+                rows = journal.results_of_peer(peer, after, REPAIR_CHUNK)
+            except JournalError as e:
+                log.error("journal: cannot read the results to copy again: %s", e)
+                return
+            if not rows:
+                del self._repair[peer]
+                n = self._repaired.pop(peer, 0)
+                if n:
+                    log.info("copied %d result(s) to other nodes: their other copy was on %s",
+                             n, peer or "no node (this one was alone)")
+                continue
+            moved: dict[str, list[str]] = {}
+            for _pos, tid, state, frame in rows:
+                new = self._choose(tid)
+                self._queue(new).results[tid] = (state, frame)
+                moved.setdefault(new, []).append(tid)
+            try:
+                for new, tids in moved.items():
+                    journal.set_peer(tids, new)
+            except JournalError as e:
+                log.error("journal: cannot record where results were copied: %s", e)
+            self._repair[peer] = rows[-1][0]
+            self._repaired[peer] = self._repaired.get(peer, 0) + len(rows)
 
     def _say_copies(self, first: bool = False) -> None:
         alone = not self._alive_ids()
