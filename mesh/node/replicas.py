@@ -74,6 +74,7 @@ LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a 
                          # that left are run here (it hands its tasks on as it stops)
 ORPHAN_AFTER = 30.0      # s before the copies of a holder no member knows are run here
 REPAIR_CHUNK = 2000      # results copied again per gone peer per TICK, at most
+SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
 DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
                                 # the message size limit)
@@ -477,10 +478,14 @@ class Replicas(Component):
     # -- the loop: resends, timeouts, membership --------------------------------------
     async def _loop(self) -> None:
         next_members = 0.0
+        next_sweep = time.monotonic() + SWEEP_EVERY
         while True:
             await asyncio.sleep(TICK)
             try:
                 now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + SWEEP_EVERY
+                    self.sweep()
                 self._resend(now)
                 self._give_up(now)
                 if self._repair:
@@ -565,6 +570,15 @@ class Replicas(Component):
             if holder not in self.copies_of:
                 self._gone.pop(holder, None)
 
+    def sweep(self) -> int:
+        """Close the handoff/copy sockets of peers membership no longer knows (churn
+        must not grow file descriptors for ever); how many."""
+        known = {m.address for m in self.node.membership.members()}
+        gone = [a for a in self.sockets.socks if a not in known]
+        for address in gone:
+            self.sockets.forget(address)
+        return len(gone)
+
     def _note_departures(self, alive: set[str]) -> None:
         """Members that went (dead or left) since the last check: the results whose
         other copy they kept are copied to another node (``_repair_some``); and when
@@ -629,6 +643,7 @@ class Replicas(Component):
 
     def status(self) -> dict[str, Any]:
         return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.holder_of),
+                "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
                 "taken_over": self.taken_over}

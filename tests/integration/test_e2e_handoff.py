@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import MESHCTL, ClientHandle, NodeFactory, NodeProc, run_program, run_python, wait_until
+from harness import (
+    MESHCTL,
+    ClientHandle,
+    NodeFactory,
+    NodeProc,
+    run_program,
+    run_python,
+    wait_until,
+)
 
 from mesh.cli.common import EXIT_OK
 from mesh.wire.protocol import ControlReply
