@@ -83,6 +83,7 @@ class Mesh:
                  namespace: str | None = None, task_cls: type[Task] | str | None = None,
                  **options: Any):
         self.main = main
+        self.origin: str | None = None   # where meshnode found this app (module:attr)
         self._options = {"peers": peers, "mdns": mdns, **options}
         self._config = Config.build(**self._options)   # a bad option fails here, at once
         self._config_version = -1

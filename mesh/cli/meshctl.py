@@ -180,6 +180,10 @@ def status(ctx: click.Context) -> int:
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         click.echo(f"{answered} of {len(rows)} node(s) answered")
+        for r in rows:             # a node that can run nothing is a mistake worth shouting
+            if r["answered"] and not r.get("registered", True):
+                click.echo(f"WARNING: node {r['node']} registers no tasks (its app: "
+                           f"{r.get('app') or '?'}): it can run nothing; check its --app", err=True)
     return EXIT_OK if answered else EXIT_FAILURE
 
 
@@ -392,9 +396,10 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
     return _print_per_node(ctx, answers, render)
 
 
-@meshctl.group()
+@meshctl.group(context_settings={"token_normalize_func": lambda name: name.replace("_", "-")})
 def control() -> None:
-    """Change running nodes: rate and time limits, pool size, shutdown.
+    """Change running nodes: rate and time limits, pool size, shutdown. (Celery's
+    spellings work too: rate_limit is rate-limit.)
 
     \b
     Example:

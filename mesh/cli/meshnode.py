@@ -67,6 +67,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     from mesh.node.node import Node, NodeStartError
 
     app, where = load_app(app_spec)
+    app.origin = where
     try:
         app.import_modules()           # the settings imports and include: more tasks
         config = Config.build(
@@ -83,7 +84,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     setup_logging(app, config)
     if not app.tasks:
         logging.getLogger("mesh.node").warning(
-            "the app %s (from --app %s) registers no tasks: this node can run nothing. "
+            "THE APP %s (from --app %s) REGISTERS NO TASKS: this node can run nothing. "
             "Define them with @app.task in that module, list the modules that hold them in "
             "Mesh(include=[...]) or the 'imports' setting, or point --app at another module",
             where, app_spec)

@@ -26,6 +26,7 @@ from mesh import __version__, states
 from mesh.config import advertised_endpoint
 from mesh.exceptions import DecodeError, MeshError
 from mesh.membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
+from mesh.node import taskstate
 from mesh.node.events import (
     FINAL_EVENTS,
     HEARTBEAT_INTERVAL,
@@ -725,20 +726,27 @@ class Node(PoolEvents):
 
     # -- pool events ------------------------------------------------------------------
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
-                  countdown: float | None = None) -> None:
+                  countdown: float | None = None, keep: bool = True) -> None:
         if state == states.RETRY:
             self._retry(entry, result_frame, countdown or 0.0)
             return
-        self._finish(entry.task_id, entry.client, state, result_frame, entry.name)
+        self._finish(entry.task_id, entry.client, state, result_frame, entry.name, keep=keep)
+
+    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
+        taskstate.progress(self, entry, state, meta)
 
     def _finish(self, task_id: str, client: bytes, state: str, result_frame: bytes,
-                name: str = "", **event: Any) -> None:
-        """A held task's final result: journal it, then tell its owner and watchers."""
+                name: str = "", keep: bool = True, **event: Any) -> None:
+        """A held task's final result: journal it (unless the task keeps none:
+        ignore_result, Ignore), then tell its owner and watchers."""
         self.held.pop(task_id, None)
         self.counts[state] += 1
         if self.journal is not None:
             try:
-                self.journal.finish(task_id, state, result_frame, time.time())
+                if keep:
+                    self.journal.finish(task_id, state, result_frame, time.time())
+                else:
+                    self.journal.remove([task_id])
             except JournalError as e:
                 log.error("journal: the result of task %s was not stored: %s", task_id, e)
         self._reply(client, result_frame)
@@ -764,14 +772,18 @@ class Node(PoolEvents):
         assert isinstance(msg, Submit)
         eta = time.time() + countdown
         res = decode(result_frame)            # tell the owner when, so a resend keeps it
+        payload = msg.payload
         if isinstance(res, Result):
             result_frame = encode(dataclasses.replace(res, eta=eta))
+            payload = res.payload or payload  # retry(args=, kwargs=): the next run's call
         self._reply(entry.client, result_frame)
         if self.events.wants("task-retried"):
             self.events.emit("task-retried", **result_fields(entry.task_id, result_frame),
                              name=entry.name, eta=eta, retries=msg.retries + 1)
-        entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
+        entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta,
+                                                 payload=payload))
         entry.eta, entry.started, entry.received = eta, None, time.time()
+        entry.progress = None
         entry.retried = True
         if self.journal is not None:
             try:
@@ -830,7 +842,8 @@ class Node(PoolEvents):
         """The encoded Result of a failure decided by the node (a mesh exception)."""
         exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
                "args": codec.dumps([message])}
-        return encode(Result(task_id=task_id, state=state, exc=exc, node=self.name))
+        return encode(Result(task_id=task_id, state=state, exc=exc, node=self.name,
+                             date_done=time.time()))
 
     def _fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
               state: str = states.FAILURE, held: bool = False, name: str = "",
@@ -869,7 +882,7 @@ class Node(PoolEvents):
             "tasks_per_s": round(self.rate, 1), "cpu_percent": round(self._cpu, 1),
             "rss_bytes": self._rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": self.pool.started_total, "refused_frames": self.refused,
-            "registered": sorted(self.app.tasks),
+            "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
         }
 
     def task_state(self, ident: bytes, args: dict[str, Any]) -> dict[str, Any]:
@@ -892,11 +905,11 @@ class Node(PoolEvents):
                     watchers.add(ident)
             state = (states.STARTED if entry.started else
                      states.RETRY if entry.retried else states.RECEIVED)
-            return {"task_id": tid, "state": state}
+            return taskstate.held_state(self, entry, state)
         if self.journal is not None:
             stored = self.journal.get(tid)
             if stored is not None and stored.result is not None:
-                return {"task_id": tid, "state": stored.state, "result": stored.result}
+                return taskstate.finished_state(self, tid, stored.state, stored.result)
         return {"task_id": tid, "state": states.UNKNOWN}
 
 

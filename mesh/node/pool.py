@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.node.channel import FrameReader, pack
 from mesh.node.child import Child
 from mesh.ratelimit import TokenBucket
-from mesh.wire.protocol import ChildDone, ChildReady, decode
+from mesh.wire.protocol import ChildDone, ChildReady, ChildState, decode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -39,7 +39,7 @@ class Entry:
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
                  "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried", "reserved")
+                 "retried", "reserved", "progress")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
                  eta: float | None, expires: float | None, time_limit: float | None,
@@ -59,6 +59,8 @@ class Entry:
         self.redelivered = 0                  # runs again after its child died (reject_on_worker_lost)
         self.retried = False                  # waiting for a retry (state RETRY)
         self.reserved = False                 # holds a rate-limit reservation: starts when due
+        self.progress: tuple[str, bytes | None] | None = None   # its latest reported state
+                                              # (track_started, update_state) and meta
 
 
 class ChildProc:
@@ -85,7 +87,9 @@ class PoolEvents:
     """What the pool tells its node. The node implements these."""
 
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
-                  countdown: float | None = None) -> None: ...
+                  countdown: float | None = None, keep: bool = True) -> None: ...
+    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
+        """The running task reported a state (track_started, update_state)."""
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE",
                     **event: Any) -> None: ...
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
@@ -320,6 +324,10 @@ class Pool:
         elif type(msg) is ChildReady:
             if not self.stopping and child.killed_for is None:
                 self.idle.append(child)
+        elif type(msg) is ChildState:
+            entry = child.entry
+            if entry is not None and entry.task_id == msg.task_id:
+                self.events.task_progress(entry, msg.state, msg.meta)
         else:
             log.error("unexpected %s from child pid %d", type(msg).__name__, child.pid)
 
@@ -332,7 +340,7 @@ class Pool:
         child.tasks += 1
         if entry.timer is not None:
             entry.timer.cancel()
-        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown)
+        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown, msg.keep)
         if child.shrink:              # pool_shrink: leaves, not replaced (it may also
             child.retiring = True     # have asked to retire; leaving covers that)
             self._kill(child, signal.SIGTERM)

@@ -8,6 +8,7 @@ follow Celery's ``inspect`` and ``control``:
     active, reserved, scheduled, registered, revoked  (inspect)
     revoke, rate_limit, time_limit, pool_grow, pool_shrink, shutdown   (control)
     duplicate                                         (a client reports a late result)
+    forget                                            (AsyncResult.forget: drop a result)
 
 Arguments are checked here: a bad one is a clear error in the reply, never an
 exception that escapes into the node.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh import __version__, states
+from mesh.node import taskstate
 from mesh.node.events import short_repr
 from mesh.node.journal import JournalError
 from mesh.ratelimit import TokenBucket, parse_rate
@@ -108,6 +110,7 @@ class RemoteControl:
             "pool_shrink": lambda i, a: {"size": node.pool.shrink(_count_arg(a))},
             "shutdown": lambda i, a: self.shutdown(),
             "duplicate": lambda i, a: self.duplicate(a),
+            "forget": lambda i, a: taskstate.forget(node, a),
         }
 
     # -- dispatch ---------------------------------------------------------------------
