@@ -177,7 +177,8 @@ class Task:
         self.fun = fun if fun is not None else self._run_method()
         self.name = name
         self._given = dict(given)
-        self._cache: tuple[int, TaskOptions, dict[str, Any]] | None = None
+        # (conf version, options, handlers from annotations, task_always_eager)
+        self._cache: tuple[int, TaskOptions, dict[str, Any], bool] | None = None
         if fun is not None:
             functools.update_wrapper(self, fun)
         make_options(name, {**self._class_options(), **self._given})   # fail early
@@ -210,28 +211,33 @@ class Task:
             cache = self._cache = (version, *self._resolve())
         return cache[1]
 
-    def _resolve(self) -> tuple[TaskOptions, dict[str, Any]]:
+    def _resolve(self) -> tuple[TaskOptions, dict[str, Any], bool]:
         conf = self.app.conf
         values = {opt: conf[setting] for opt, setting in FROM_CONF.items()
                   if conf[setting] is not None}
         values.update(self._class_options())
         values.update(self._given)
-        handlers: dict[str, Any] = {}
+        annotated: dict[str, Any] = {}
         for ann in _annotations(conf["task_annotations"], self):
             for k, v in ann.items():
-                (handlers if k in HANDLERS else values)[k] = v
+                (annotated if k in HANDLERS else values)[k] = v
         if conf["worker_disable_rate_limits"]:
             values["rate_limit"] = None
-        return make_options(self.name, values, "task_annotations/option"), handlers
+        handlers: dict[str, Callable[..., Any]] = {}    # only those that do something
+        for name in HANDLERS:
+            if name in annotated:
+                handlers[name] = functools.partial(annotated[name], self)
+            elif getattr(type(self), name) is not getattr(Task, name):
+                handlers[name] = getattr(self, name)
+        return (make_options(self.name, values, "task_annotations/option"), handlers,
+                bool(conf["task_always_eager"]))
 
-    def handler(self, name: str) -> Callable[..., Any]:
-        """The handler ``name`` as it runs: from task_annotations, else the class's."""
-        self.options  # noqa: B018  (refreshes the annotations)
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        """The handlers that run (from task_annotations, else the class's own), by
+        name; a handler left as Task's (it does nothing) is not there."""
+        self.options  # noqa: B018  (refreshes the cache when app.conf changed)
         assert self._cache is not None
-        fn = self._cache[2].get(name)
-        bound: Callable[..., Any] = (functools.partial(fn, self) if fn is not None
-                                     else getattr(self, name))
-        return bound
+        return self._cache[2]
 
     def __repr__(self) -> str:
         return f"<@task {self.name}>"
@@ -356,26 +362,30 @@ class Task:
         """Send the task to a node. ``eta`` is a datetime or unix time; ``expires`` a
         datetime, unix time or seconds from now (numbers under 10**9 are seconds).
         With the setting ``task_always_eager`` it runs here instead (``apply``)."""
-        ignore_options(options, CALL_OPTIONS, "apply_async", CALL_KNOWN,
-                       self.app.conf._warned)
-        if self.app.conf["task_always_eager"]:
+        if options:
+            ignore_options(options, CALL_OPTIONS, "apply_async", CALL_KNOWN,
+                           self.app.conf._warned)
+        o = self.options                          # (cached until app.conf changes)
+        assert self._cache is not None
+        if self._cache[3]:                        # task_always_eager
             return self.apply(args, kwargs, task_id=task_id, headers=headers, shadow=shadow,  # type: ignore[return-value]
                               ignore_result=ignore_result)
-        o = self.options
-        hdr = dict(headers or {})
-        if not o.acks_late:
-            hdr["acks_late"] = False
-        if shadow is not None:
-            hdr["shadow"] = shadow
-        if ignore_result is not None and ignore_result != o.ignore_result:
-            hdr["ignore_result"] = ignore_result
+        hdr = None
+        if headers or not o.acks_late or shadow is not None or ignore_result is not None:
+            hdr = dict(headers or {})
+            if not o.acks_late:
+                hdr["acks_late"] = False
+            if shadow is not None:
+                hdr["shadow"] = shadow
+            if ignore_result is not None and ignore_result != o.ignore_result:
+                hdr["ignore_result"] = ignore_result
         return self.app._send(
             self.name, args=args, kwargs=kwargs, task_id=task_id, countdown=countdown, eta=eta,
             expires=expires if expires is not None else o.expires,
             priority=priority if priority is not None else o.priority,
             time_limit=time_limit if time_limit is not None else o.time_limit,
             soft_time_limit=soft_time_limit if soft_time_limit is not None else o.soft_time_limit,
-            link=link, link_error=link_error, headers=hdr or None)
+            link=link, link_error=link_error, headers=hdr)
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               task_id: str | None = None, retries: int = 0, throw: bool | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from mesh import states
@@ -30,7 +31,7 @@ log = logging.getLogger("mesh.trace")
 REQUEUE_DELAY = 1.0     # s before a task that raised Reject(requeue=True) runs again
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Outcome:
     """What one run of a task came to."""
     state: str                              # SUCCESS FAILURE RETRY IGNORED
@@ -48,7 +49,7 @@ class Outcome:
 
 
 def ignores_result(task: Task, req: Request) -> bool:
-    flag = req.headers.get("ignore_result")
+    flag = req.headers.get("ignore_result") if req.headers else None
     return flag if isinstance(flag, bool) else task.options.ignore_result
 
 
@@ -58,8 +59,10 @@ def execute(task: Task, req: Request, soft_time_limit: float | None = None) -> O
     (SIGALRM: only in a process's main thread, as a node's children are)."""
     token = _current_request.set(req)
     try:
-        outcome = _run(task, req, soft_time_limit)
-        _handlers(task, req, outcome)
+        handlers = task.handlers()
+        outcome = _run(task, req, soft_time_limit, handlers.get("before_start"))
+        if handlers:
+            _handlers(task, req, outcome, handlers)
         return outcome
     finally:
         _current_request.reset(token)
@@ -72,13 +75,15 @@ def _invoke(task: Task, req: Request) -> Any:
     return task.run(*req.args, **req.kwargs)
 
 
-def _run(task: Task, req: Request, soft: float | None) -> Outcome:
+def _run(task: Task, req: Request, soft: float | None,
+         before_start: Callable[..., Any] | None) -> Outcome:
     ignore = ignores_result(task, req)
     try:
         if soft:
             signal.setitimer(signal.ITIMER_REAL, soft)
         try:
-            task.handler("before_start")(req.id, req.args, req.kwargs)
+            if before_start is not None:
+                before_start(req.id, req.args, req.kwargs)
             value = _invoke(task, req)
         finally:
             if soft:
@@ -138,20 +143,23 @@ def _requeue(task: Task, e: Reject) -> None:
         task.retry(exc=e, countdown=REQUEUE_DELAY)
 
 
-def _handlers(task: Task, req: Request, o: Outcome) -> None:
+def _handlers(task: Task, req: Request, o: Outcome, handlers: dict[str, Callable[..., Any]]) -> None:
     tid, args, kwargs = req.id, req.args, req.kwargs
     if o.state == states.SUCCESS:
-        _call(task, "on_success", o.value, tid, args, kwargs)
+        _call(task, handlers, "on_success", o.value, tid, args, kwargs)
     elif o.state == states.RETRY:
-        _call(task, "on_retry", o.exc, tid, args, kwargs, o.einfo)
+        _call(task, handlers, "on_retry", o.exc, tid, args, kwargs, o.einfo)
     elif o.state == states.FAILURE:
-        _call(task, "on_failure", o.exc, tid, args, kwargs, o.einfo)
-    _call(task, "after_return", o.state, o.value, tid, args, kwargs, o.einfo)
+        _call(task, handlers, "on_failure", o.exc, tid, args, kwargs, o.einfo)
+    _call(task, handlers, "after_return", o.state, o.value, tid, args, kwargs, o.einfo)
 
 
-def _call(task: Task, name: str, *args: Any) -> None:
+def _call(task: Task, handlers: dict[str, Callable[..., Any]], name: str, *args: Any) -> None:
+    fn = handlers.get(name)
+    if fn is None:
+        return
     try:
-        task.handler(name)(*args)
+        fn(*args)
     except Exception:
         log.exception("%s of task %s[%s] raised (ignored: the task's outcome stands)",
                       name, task.name, args[1] if name != "after_return" else args[2])
