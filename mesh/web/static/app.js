@@ -41,7 +41,8 @@ function showError(err) {
 }
 
 const fmtTime = t => t ? new Date(t * 1000).toLocaleString() : "";
-const fmtBytes = b => b ? (b > 1 << 30 ? (b / (1 << 30)).toFixed(1) + " GiB" : (b / (1 << 20)).toFixed(0) + " MiB") : "";
+const fmtBytes = b => !b ? "" : b >= 1 << 30 ? (b / (1 << 30)).toFixed(1) + " GiB" :
+  b >= 1 << 20 ? (b / (1 << 20)).toFixed(0) + " MiB" : (b / 1024).toFixed(0) + " KiB";
 const fmtRuntime = r => (r === null || r === undefined) ? "" : formatValue(r, "s");
 const badge = s => el("span", {class: "state s-" + (s || "UNKNOWN").toLowerCase()}, s || "?");
 
@@ -99,7 +100,7 @@ async function loadTotals() {
   const box = (label, value, cls) => el("div", {class: "total " + (cls || "")}, el("b", {}, value), label);
   $("#totals").replaceChildren(box("held now", held), box("succeeded", sum.SUCCESS || 0, "ok"),
     box("failed", sum.FAILURE || 0, "bad"), box("revoked", sum.REVOKED || 0),
-    box("in journals", fmtBytes(bytes) || "0 MiB"));
+    box("in journals", fmtBytes(bytes) || "0 KiB"));
 }
 
 // ---- charts ---------------------------------------------------------------------------
@@ -259,7 +260,7 @@ function connectLive() {
     const dirty = new Set();
     for (const e of batch.events) dirty.add(onEvent(e));
     if (dirty.has("nodes")) renderNodes();
-    if (dirty.has("tasks") && state.view === "tasks") renderTasks();
+    if (dirty.has("tasks") && state.view !== "task") renderTasks();
     live.textContent = `live · ${state.events} events` + (batch.lost ? ` · ${batch.lost} missed` : "");
   };
 }
