@@ -176,6 +176,7 @@ class JournalReader:
         self._db: sqlite3.Connection | None = None
         self._summary: tuple[float, dict[str, Any]] | None = None
         self._series: dict[int, tuple[float, int, dict[int, list[float]]]] = {}
+        self._lag: tuple[float, int] = (0.0, 0)         # (max lag seen, up to this rowid)
 
     # -- the connection -----------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -235,6 +236,8 @@ class JournalReader:
         if top is None:
             return {"tasks": [], "cursor": None, "scanned": 0}
         hi = top if cursor is None else min(cursor, top)
+        if q.until is not None:     # nothing received by then finished later than max_lag
+            hi = min(hi, self.first_rowid_at(q.until + self.max_lag() + 1.0))
         floor = self.first_rowid_at(q.since) if q.since is not None else 1
         where = ["r.rowid <= :hi", "r.rowid > :lo"]
         params: dict[str, Any] = {}
@@ -276,6 +279,17 @@ class JournalReader:
                 break
         return {"tasks": out, "cursor": hi if hi >= max(floor, 1) else None,
                 "scanned": start - hi}
+
+    def max_lag(self) -> float:
+        """The longest received -> finished time in the journal (so a page bounded by a
+        received time knows where to start): one scan, then only the rows since."""
+        rows = self._run("SELECT max(r.finished - t.received), max(r.rowid) FROM results r "
+                         "JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > ?",
+                         (self._lag[1],))
+        lag, last = rows[0]
+        if last is not None:
+            self._lag = (max(self._lag[0], lag or 0.0), int(last))
+        return self._lag[0]
 
     def task(self, task_id: str) -> dict[str, Any] | None:
         """One task, in full (arguments and result up to INFO_REPR characters)."""

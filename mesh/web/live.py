@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.web.live")
 
-MAX_TIMELINES = 20_000     # tasks whose events are kept
+MAX_TIMELINES = 5_000      # tasks whose events are kept
 MAX_TIMELINE = 32          # events kept per task
 FLUSH = 0.25               # s between batches to browsers
 MAX_QUEUED = 2_000         # events waiting for one browser; beyond, the oldest are dropped
@@ -48,15 +48,19 @@ def compact(ev: dict[str, Any]) -> dict[str, Any]:
 
 
 class Timelines:
-    """task id -> its events (type, timestamp, node and a few fields), newest tasks kept."""
+    """task id -> its events, for the newest ``max_tasks`` tasks. Kept as tuples of plain
+    values (few objects for the garbage collector to walk: this runs for every event)."""
+
+    FIELDS = ("type", "timestamp", "node", "pid", "runtime", "reason", "target", "exception",
+              "eta", "retries")
 
     def __init__(self, max_tasks: int = MAX_TIMELINES):
         self.max_tasks = max_tasks
-        self._tasks: collections.OrderedDict[str, list[dict[str, Any]]] = collections.OrderedDict()
+        self._tasks: collections.OrderedDict[str, list[tuple[Any, ...]]] = collections.OrderedDict()
 
     def observe(self, ev: dict[str, Any]) -> None:
         uuid = ev.get("uuid")
-        if not isinstance(uuid, str) or not ev["type"].startswith("task-"):
+        if type(uuid) is not str or ev["type"][:5] != "task-":
             return
         events = self._tasks.get(uuid)
         if events is None:
@@ -64,12 +68,13 @@ class Timelines:
             if len(self._tasks) > self.max_tasks:
                 self._tasks.popitem(last=False)
         if len(events) < MAX_TIMELINE:
-            item = {k: ev[k] for k in ("type", "timestamp", "node", "pid", "runtime", "reason",
-                                       "target", "exception", "eta", "retries") if ev.get(k) is not None}
-            events.append(item)
+            events.append((ev["type"], ev["timestamp"], ev["node"], ev.get("pid"), ev.get("runtime"),
+                           ev.get("reason"), ev.get("target"), ev.get("exception"), ev.get("eta"),
+                           ev.get("retries")))
 
     def get(self, uuid: str) -> list[dict[str, Any]]:
-        return list(self._tasks.get(uuid, ()))
+        return [{k: v for k, v in zip(self.FIELDS, e) if v is not None}
+                for e in self._tasks.get(uuid, ())]
 
 
 class _Browser:

@@ -16,14 +16,20 @@ in-process (``Publisher.listen``); gauges are read from the node at scrape time.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import os
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -53,8 +59,34 @@ def exception_name(text: Any) -> str:
     return text.split("(", 1)[0][:100]
 
 
+class _Hist:
+    """A histogram kept as plain numbers (no lock, no label lookup on the hot path)."""
+
+    __slots__ = ("bounds", "counts", "total", "n")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.total += v
+        self.n += 1
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, acc = [], 0
+        for b, c in zip(self.bounds, self.counts):
+            acc += c
+            out.append(("+Inf" if b == float("inf") else repr(b), float(acc)))
+        return out
+
+
 class NodeMetrics:
-    """The node's metrics; ``observe(event)`` is the Publisher listener."""
+    """The node's metrics; ``observe(event)`` is the Publisher listener. It runs for
+    every task event on the node's loop, so it only adds to plain dicts; the metric
+    families are built when Prometheus scrapes."""
 
     def __init__(self, node: "Node"):
         self.node = node
@@ -63,70 +95,62 @@ class NodeMetrics:
             self.queue = str(node.app.conf["task_default_queue"])
         except Exception:
             self.queue = "celery"
-        self.registry = CollectorRegistry(auto_describe=False)
-        r = self.registry
-        self.celery = {t: Counter(n, h, ["name", "hostname", "queue_name"]
-                                  + (["exception"] if t == "task-failed" else []), registry=r)
-                       for t, (n, h) in CELERY_COUNTERS.items()}
-        self.runtime = Histogram("celery_task_runtime", "Histogram of task runtime measurements.",
-                                 ["name", "hostname", "queue_name"], buckets=RUNTIME_BUCKETS,
-                                 registry=r)
-        self.flower_events = Counter("flower_events", "Number of events",
-                                     ["worker", "type", "task"], registry=r)
-        self.flower_runtime = Histogram("flower_task_runtime_seconds", "Task runtime",
-                                        ["worker", "task"], buckets=RUNTIME_BUCKETS, registry=r)
-        self.flower_prefetch = Gauge("flower_task_prefetch_time_seconds",
-                                     "The time the task spent waiting at the worker to be executed.",
-                                     ["worker", "task"], registry=r)
-        self.wait = Histogram("mesh_task_queue_wait_seconds",
-                              "Time from a node receiving a task to a child starting it.",
-                              ["name", "hostname"], buckets=WAIT_BUCKETS, registry=r)
-        self.duplicates = Counter("mesh_task_duplicates", "Tasks a client got a second result "
-                                  "for (they ran twice, e.g. after a failover).", ["hostname"],
-                                  registry=r)
-        self.member_deaths = Counter("mesh_member_deaths", "Peers this node saw declared dead "
-                                     "(their clients then resend those peers' tasks elsewhere).",
-                                     ["hostname", "member"], registry=r)
-        self.lost_events = 0
+        self.events: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.runtime: dict[str, _Hist] = {}          # succeeded (celery_task_runtime)
+        self.runtime_all: dict[str, _Hist] = {}      # succeeded and failed (Flower's)
+        self.wait: dict[str, _Hist] = {}
+        self.last_wait: dict[str, float] = {}
+        self.duplicates = 0
+        self.member_deaths: collections.Counter[str] = collections.Counter()
         self._waiting: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._states: dict[str, str] = {}
-        r.register(_ScrapeTime(self))
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_ScrapeTime(self))
 
     # -- events (on the node's loop) ---------------------------------------------------
     def observe(self, ev: dict[str, Any]) -> None:
         type_ = ev["type"]
-        if not type_.startswith("task-"):
+        if type_[:5] != "task-":
             return
         name = ev.get("name")
-        name = name if isinstance(name, str) else ""
-        host, q = self.hostname, self.queue
-        counter = self.celery.get(type_)
-        if counter is not None:
-            if type_ == "task-failed":
-                counter.labels(name, host, q, exception_name(ev.get("exception"))).inc()
-            else:
-                counter.labels(name, host, q).inc()
-        elif type_ == "task-duplicate":
-            self.duplicates.labels(host).inc()
-        self.flower_events.labels(host, type_, name).inc()
+        if type(name) is not str:
+            name = ""
+        if type_ == "task-failed":
+            self.events[(type_, name, exception_name(ev.get("exception")))] += 1
+        else:
+            self.events[(type_, name, "")] += 1
+        if type_ == "task-duplicate":
+            self.duplicates += 1
         runtime = ev.get("runtime")
-        if type_ in ("task-succeeded", "task-failed") and isinstance(runtime, (int, float)):
-            self.flower_runtime.labels(host, name).observe(runtime)
+        if (type_ == "task-succeeded" or type_ == "task-failed") and \
+                (type(runtime) is float or type(runtime) is int):
+            h = self.runtime_all.get(name)
+            if h is None:
+                h = self.runtime_all[name] = _Hist(RUNTIME_BUCKETS)
+            h.observe(runtime)
             if type_ == "task-succeeded":
-                self.runtime.labels(name, host, q).observe(runtime)
+                h = self.runtime.get(name)
+                if h is None:
+                    h = self.runtime[name] = _Hist(RUNTIME_BUCKETS)
+                h.observe(runtime)
         uuid = ev.get("uuid")
-        if type_ in ("task-received", "task-retried") and isinstance(uuid, str):
-            self._waiting[uuid] = float(ev["timestamp"]) if type_ == "task-received" else \
-                float(ev.get("eta") or ev["timestamp"])
+        if type(uuid) is not str:
+            return
+        if type_ == "task-received" or type_ == "task-retried":
+            due = ev.get("eta") if type_ == "task-retried" else None
+            self._waiting[uuid] = float(due or ev["timestamp"])
             if len(self._waiting) > MAX_WAITING:
                 self._waiting.popitem(last=False)
-        elif type_ == "task-started" and isinstance(uuid, str):
+        elif type_ == "task-started":
             since = self._waiting.pop(uuid, None)
             if since is not None:
                 wait = max(0.0, float(ev["timestamp"]) - since)
-                self.wait.labels(name, host).observe(wait)
-                self.flower_prefetch.labels(host, name).set(wait)
-        elif type_ in ("task-revoked", "task-rejected", "task-failed") and isinstance(uuid, str):
+                h = self.wait.get(name)
+                if h is None:
+                    h = self.wait[name] = _Hist(WAIT_BUCKETS)
+                h.observe(wait)
+                self.last_wait[name] = wait
+        elif type_ in ("task-revoked", "task-rejected", "task-failed"):
             self._waiting.pop(uuid, None)
 
     def watch_members(self) -> None:
@@ -138,8 +162,57 @@ class NodeMetrics:
             state = m.state.value
             old = self._states.get(m.id)
             if state == "dead" and old is not None and old != "dead":
-                self.member_deaths.labels(self.hostname, m.id).inc()
+                self.member_deaths[m.id] += 1
             self._states[m.id] = state
+
+    def families(self) -> Iterator[Metric]:
+        """The event-fed metrics, built now."""
+        host, q = self.hostname, self.queue
+        by_type: dict[str, CounterMetricFamily] = {}
+        for type_, (name, doc) in CELERY_COUNTERS.items():
+            labels = ["name", "hostname", "queue_name"] + (["exception"] if type_ == "task-failed" else [])
+            by_type[type_] = CounterMetricFamily(name, doc, labels=labels)
+        flower = CounterMetricFamily("flower_events", "Number of events", labels=["worker", "type", "task"])
+        flower_sums: collections.Counter[tuple[str, str]] = collections.Counter()
+        for (type_, name, exc), n in self.events.items():
+            fam = by_type.get(type_)
+            if fam is not None:
+                fam.add_metric([name, host, q, exc] if type_ == "task-failed" else [name, host, q], n)
+            flower_sums[(type_, name)] += n
+        for (type_, name), n in flower_sums.items():
+            flower.add_metric([host, type_, name], n)
+        yield from by_type.values()
+        yield flower
+        h = HistogramMetricFamily("celery_task_runtime", "Histogram of task runtime measurements.",
+                                  labels=["name", "hostname", "queue_name"])
+        for name, hist in self.runtime.items():
+            h.add_metric([name, host, q], hist.buckets(), hist.total)
+        yield h
+        h = HistogramMetricFamily("flower_task_runtime_seconds", "Task runtime", labels=["worker", "task"])
+        for name, hist in self.runtime_all.items():
+            h.add_metric([host, name], hist.buckets(), hist.total)
+        yield h
+        h = HistogramMetricFamily("mesh_task_queue_wait_seconds", "Time from a node receiving a "
+                                  "task (or a retry being due) to a child starting it.",
+                                  labels=["name", "hostname"])
+        for name, hist in self.wait.items():
+            h.add_metric([name, host], hist.buckets(), hist.total)
+        yield h
+        g = GaugeMetricFamily("flower_task_prefetch_time_seconds", "The time the task spent "
+                              "waiting at the worker to be executed.", labels=["worker", "task"])
+        for name, v in self.last_wait.items():
+            g.add_metric([host, name], v)
+        yield g
+        c = CounterMetricFamily("mesh_task_duplicates", "Tasks a client got a second result for "
+                                "(they ran twice, e.g. after a failover).", labels=["hostname"])
+        c.add_metric([host], self.duplicates)
+        yield c
+        c = CounterMetricFamily("mesh_member_deaths", "Peers this node saw declared dead (their "
+                                "clients then resend those peers' tasks elsewhere).",
+                                labels=["hostname", "member"])
+        for member, n in self.member_deaths.items():
+            c.add_metric([host, member], n)
+        yield c
 
 
 class _ScrapeTime(Collector):
@@ -149,6 +222,7 @@ class _ScrapeTime(Collector):
         self.m = m
 
     def collect(self) -> Iterator[Metric]:
+        yield from self.m.families()
         m, node = self.m, self.m.node
         host, q = m.hostname, m.queue
         stopping = node._stop.is_set()

@@ -93,7 +93,12 @@ def test_filters(journal: Journal) -> None:
     assert "t000000" in ids(Query(search="tasks.fail"))
     assert ids(Query(since=T0 + 90, until=T0 + 92)) == ["t000092", "t000091", "t000090"]
     assert ids(Query(states=frozenset({states.STARTED}))) == []     # open tasks: not here
-    assert len(ids(Query(name="tasks.add", since=T0 + 50))) == 45
+    # a task received in the window that finished long after it is still found
+    journal.add("slow", b"c", _submit("slow", "tasks.add", 0, 0), T0 + 91.2)
+    journal.finish("slow", states.SUCCESS, _result("slow", states.SUCCESS, 0), T0 + 5000)
+    journal.commit()
+    assert ids(Query(since=T0 + 90, until=T0 + 92)) == ["slow", "t000092", "t000091", "t000090"]
+    assert len(ids(Query(name="tasks.add", since=T0 + 50))) == 45 + 1     # with "slow"
 
 
 def test_pages_cover_every_row_once(journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
