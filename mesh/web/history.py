@@ -209,8 +209,9 @@ class JournalReader:
     def first_rowid_at(self, t: float) -> int:
         """The smallest results rowid finished at or after ``t`` (rowids are in
         finishing order): a binary search of point reads."""
-        lo, hi = self._run("SELECT min(rowid), max(rowid) FROM results")[0]
-        if lo is None:
+        lo = self._run("SELECT min(rowid) FROM results")[0][0]    # (one aggregate each:
+        hi = self._run("SELECT max(rowid) FROM results")[0][0]    # sqlite reads one row)
+        if lo is None or hi is None:
             return 0
         hi += 1
         while lo < hi:
@@ -284,7 +285,7 @@ class JournalReader:
         """The longest received -> finished time in the journal (so a page bounded by a
         received time knows where to start): one scan, then only the rows since."""
         rows = self._run("SELECT max(r.finished - t.received), max(r.rowid) FROM results r "
-                         "JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > ?",
+                         "LEFT JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > ?",   # LEFT: results outer
                          (self._lag[1],))
         lag, last = rows[0]
         if last is not None:
