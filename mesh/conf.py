@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
     "task_track_started": False,
     "task_default_rate_limit": None,
     "task_default_priority": None,
+    "task_default_queue": "celery",     # names the queue in the publish signals and metrics
+                                        # (named queues to route to come with --queues)
+    "task_send_sent_event": False,      # the node publishes task-sent for this client's
+                                        # tasks (docs/events.md)
     "task_time_limit": None,            # the node's default hard limit (meshnode --time-limit)
     "task_soft_time_limit": None,
     # results

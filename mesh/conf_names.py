@@ -43,7 +43,7 @@ FIXED: dict[str, tuple[Any, str]] = {
 
 # Celery ideas that mesh will have; setting them now would do nothing, so it is refused
 NOT_YET: dict[str, str] = {
-    "task_routes": _QUEUES, "task_queues": _QUEUES, "task_default_queue": _QUEUES,
+    "task_routes": _QUEUES, "task_queues": _QUEUES,
     "task_create_missing_queues": _QUEUES, "task_queue_max_priority": _QUEUES,
     "worker_direct": _QUEUES,
     "task_inherit_parent_priority": "parent tasks come with workflows",
@@ -68,8 +68,6 @@ NOT_USED: dict[str, str] = {
     "task_publish_retry": "a client owns its tasks until their results arrive and resends "
                           "them when a node dies: there is no publish to retry",
     "task_publish_retry_policy": "a client owns its tasks and resends them when a node dies",
-    "task_send_sent_event": "clients publish no events: a monitor sees task-received from "
-                            "the node (docs/events.md)",
     "task_default_exchange": _NO_BROKER, "task_default_exchange_type": _NO_BROKER,
     "task_default_routing_key": _NO_BROKER, "task_default_delivery_mode": _NO_BROKER,
     "task_create_missing_queue_type": _NO_BROKER, "task_default_queue_type": _NO_BROKER,
