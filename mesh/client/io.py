@@ -614,14 +614,11 @@ class Client:
             date_done=time.time()))
 
     def _on_state(self, msg: State) -> None:
-        """A task's state before it finishes (STARTED, PROGRESS...): the owner's slot
-        and the slots of processes looking it up take it, with its meta."""
-        slots = [self._slots.get(msg.task_id)]
-        with self._watch_lock:
-            slots += self._watched.get(msg.task_id, ())
-        for slot in slots:
-            if slot is not None and slot.msg is None:
-                slot.state, slot.meta = msg.state, msg.meta
+        """A task's state before it finishes (STARTED, PROGRESS...), with its meta.
+        (Only owners get these: other processes ask the node, which remembers it.)"""
+        slot = self._slots.get(msg.task_id)
+        if slot is not None and slot.msg is None:
+            slot.state, slot.meta = msg.state, msg.meta
 
     def _on_release(self, msg: Release, link: NodeLink) -> None:
         """Tasks given back unstarted: send them to ``msg.target`` if the node named

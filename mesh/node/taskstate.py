@@ -23,14 +23,10 @@ MAX_FORGET = 10_000     # ids per forget command
 
 
 def progress(node: "Node", entry: "Entry", state: str, meta: bytes | None) -> None:
-    """The running task reported ``state``: remember it for lookups, and tell its
-    owner and the processes watching it (a STATE message)."""
+    """The running task reported ``state``: remember it for lookups (other processes
+    ask), and tell its owner (a STATE message)."""
     entry.progress = (state, meta)
-    frame = encode(State(entry.task_id, state, meta, node.name))
-    node._reply(entry.client, frame)
-    for ident in node._watchers.get(entry.task_id, ()):
-        if ident != entry.client:
-            node._reply(ident, frame)
+    node._reply(entry.client, encode(State(entry.task_id, state, meta, node.name)))
 
 
 def _with_submit(node: "Node", out: dict[str, Any], frame: bytes | None, used: int) -> dict[str, Any]:

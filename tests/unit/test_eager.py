@@ -93,6 +93,12 @@ def test_arguments_and_results_go_through_the_codec_as_on_the_mesh(app: Mesh) ->
         return {1}
     assert isinstance(make_set.apply().result, EncodeError)
 
+    @app.task
+    def kind(value: Any) -> str:          # what the task itself is given
+        return type(value).__name__
+    assert kind.apply(((1, 2),)).get() == "list"
+    assert isinstance(kind.apply(({1, 2},)).result, EncodeError)
+
 
 def test_eager_results_can_be_awaited(app: Mesh) -> None:
     @app.task
