@@ -6,10 +6,13 @@ mode, mesh/eager.py) both run tasks through :func:`execute`, so a test suite in 
 mode sees what the mesh does: the handlers, retries, autoretry, Reject and Ignore, and
 arguments and results that must survive the codec.
 
-Order, as in Celery: ``before_start`` (an exception there fails the task), the task
-(through ``__call__`` when a base class overrides it, as Flask's app-context tasks do),
-then ``on_success``, ``on_retry`` or ``on_failure``, then ``after_return`` for every
-outcome. An exception in those four is logged with its traceback and changes nothing.
+Order, as in Celery: the ``task_prerun`` signal; ``before_start`` (an exception there
+fails the task); the task (through ``__call__`` when a base class overrides it, as
+Flask's app-context tasks do); ``on_success``, ``on_retry`` or ``on_failure``, then
+``after_return`` for every outcome; then the signals ``task_success``, ``task_retry``
+or ``task_failure``, and ``task_postrun``. An exception in a handler (but
+``before_start``) or a signal receiver is logged with its traceback and changes
+nothing. Eager mode sends the signals too, as Celery's does.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from mesh import states
+from mesh import signals, states
 from mesh.einfo import ExceptionInfo
 from mesh.exceptions import Ignore, Reject, Retry
 from mesh.retry import backoff_delay
@@ -42,6 +45,7 @@ class Outcome:
     countdown: float | None = None          # RETRY: seconds until the next run
     call: tuple[list[Any], dict[str, Any]] | None = None   # RETRY: new arguments, if changed
     keep: bool = True                       # the node keeps the result in its journal
+    retry: Retry | None = None              # RETRY: the Retry raised (its reason)
 
     @property
     def traceback(self) -> str | None:
@@ -60,12 +64,39 @@ def execute(task: Task, req: Request, soft_time_limit: float | None = None) -> O
     token = _current_request.set(req)
     try:
         handlers = task.handlers()
+        signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=req.args,
+                                 kwargs=req.kwargs)
         outcome = _run(task, req, soft_time_limit, handlers.get("before_start"))
         if handlers:
             _handlers(task, req, outcome, handlers)
+        _signals(task, req, outcome)
         return outcome
     finally:
         _current_request.reset(token)
+
+
+def _signals(task: Task, req: Request, o: Outcome) -> None:
+    """Celery's task signals for the outcome, after the handlers, as its tracer sends
+    them (receivers that raise are logged by Signal.send and change nothing)."""
+    retval = o.retry if o.state == states.RETRY else o.value
+    if o.state == states.SUCCESS:
+        signals.task_success.send(sender=task, result=o.value)
+    elif o.state == states.RETRY:
+        signals.task_retry.send(sender=task, request=req, reason=o.retry, einfo=_retry_einfo(o))
+    elif o.state == states.FAILURE and o.exc is not None:
+        signals.task_failure.send(sender=task, task_id=req.id, exception=o.exc, args=req.args,
+                                  kwargs=req.kwargs, traceback=o.exc.__traceback__,
+                                  einfo=o.einfo)
+    signals.task_postrun.send(sender=task, task_id=req.id, task=task, args=req.args,
+                              kwargs=req.kwargs, retval=retval, state=o.state)
+
+
+def _retry_einfo(o: Outcome) -> ExceptionInfo | None:
+    """The Retry's info, with the cause's traceback (what Celery gives on_retry)."""
+    if o.retry is None:
+        return o.einfo
+    tb = o.retry.__traceback__ or (o.exc.__traceback__ if o.exc is not None else None)
+    return ExceptionInfo((Retry, o.retry, tb))
 
 
 def _invoke(task: Task, req: Request) -> Any:
@@ -118,7 +149,8 @@ def _failure(task: Task, e: BaseException, ignore: bool) -> Outcome:
 def _retry(r: Retry) -> Outcome:
     cause = r.exc if r.exc is not None else r
     return Outcome(states.RETRY, cause, exc=cause, einfo=ExceptionInfo.of(cause),
-                   countdown=r.countdown if r.countdown is not None else 0.0, call=r.call)
+                   countdown=r.countdown if r.countdown is not None else 0.0, call=r.call,
+                   retry=r)
 
 
 def _autoretry(task: Task, req: Request, e: BaseException) -> None:
@@ -148,7 +180,7 @@ def _handlers(task: Task, req: Request, o: Outcome, handlers: dict[str, Callable
     if o.state == states.SUCCESS:
         _call(task, handlers, "on_success", o.value, tid, args, kwargs)
     elif o.state == states.RETRY:
-        _call(task, handlers, "on_retry", o.exc, tid, args, kwargs, o.einfo)
+        _call(task, handlers, "on_retry", o.exc, tid, args, kwargs, _retry_einfo(o))
     elif o.state == states.FAILURE:
         _call(task, handlers, "on_failure", o.exc, tid, args, kwargs, o.einfo)
     _call(task, handlers, "after_return", o.state, o.value, tid, args, kwargs, o.einfo)

@@ -454,3 +454,47 @@ def test_unknown_call_options_fail_and_broker_ones_are_logged(
     with caplog.at_level(logging.WARNING, "mesh.conf"):
         assert t.apply_async(queue="low", serializer="json").get() == 1
     assert "queue='low' is not used" in caplog.text
+
+
+def test_task_signals_are_sent_in_eager_mode_as_celerys_tracer_sends_them(app: Mesh) -> None:
+    from mesh import signals
+    seen: list[tuple[Any, ...]] = []
+
+    def prerun(sender: Any = None, task_id: Any = None, args: Any = None, **kw: Any) -> None:
+        seen.append(("prerun", sender.name, task_id, args))
+
+    def success(sender: Any = None, result: Any = None, **kw: Any) -> None:
+        seen.append(("success", result))
+
+    def retry(sender: Any = None, reason: Any = None, einfo: Any = None, **kw: Any) -> None:
+        seen.append(("retry", type(reason).__name__, type(einfo.exception).__name__))
+
+    def failure(sender: Any = None, exception: Any = None, einfo: Any = None, **kw: Any) -> None:
+        seen.append(("failure", type(exception).__name__, "KeyError" in einfo.traceback))
+
+    def postrun(sender: Any = None, state: Any = None, retval: Any = None, **kw: Any) -> None:
+        seen.append(("postrun", state, type(retval).__name__))
+
+    receivers = [(signals.task_prerun, prerun), (signals.task_success, success),
+                 (signals.task_retry, retry), (signals.task_failure, failure),
+                 (signals.task_postrun, postrun)]
+    for sig, fn in receivers:
+        sig.connect(fn)
+    try:
+        @app.task(bind=True, name="sig.t", max_retries=1)
+        def t(self: Task, mode: str) -> int:
+            if mode == "fail":
+                raise KeyError("k")
+            if self.request.retries == 0:
+                raise self.retry(countdown=0)
+            return 7
+        t.apply(("ok",), task_id="s1")
+        assert seen == [("prerun", "sig.t", "s1", ["ok"]), ("retry", "Retry", "Retry"),
+                        ("postrun", states.RETRY, "Retry"), ("prerun", "sig.t", "s1", ["ok"]),
+                        ("success", 7), ("postrun", states.SUCCESS, "int")]
+        seen.clear()
+        t.apply(("fail",), task_id="s2")
+        assert seen[1:] == [("failure", "KeyError", True), ("postrun", states.FAILURE, "KeyError")]
+    finally:
+        for sig, fn in receivers:
+            sig.disconnect(fn)
