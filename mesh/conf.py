@@ -418,7 +418,16 @@ def import_object(spec: str) -> Any:
         raise ConfigError(f"cannot import {spec!r}: {type(e).__name__}: {e}") from None
 
 
-_NOT_SETTINGS = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType)
+_NOT_SETTINGS = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType,
+                 types.MethodType)
+
+
+def _not_a_setting(name: str, value: Any) -> bool:
+    """A config object's own imports and methods (``from datetime import timedelta``,
+    Django's ``settings.is_overridden``), unless the name is a setting's."""
+    if not isinstance(value, _NOT_SETTINGS) and not callable(value):
+        return False
+    return name not in DEFAULTS and name not in FIXED and not_taken(name) is None
 
 
 def read_object(obj: Any, namespace: str | None = None) -> dict[str, Any]:
@@ -427,7 +436,8 @@ def read_object(obj: Any, namespace: str | None = None) -> dict[str, Any]:
     With a namespace (Celery's rule), only names starting with ``NAMESPACE_`` are read,
     the prefix dropped and the rest lower-cased: ``MESH_TASK_ALWAYS_EAGER`` is
     ``task_always_eager``. Without one, every public lower-case name is read, except
-    modules, classes and functions (a config module's own imports)."""
+    modules, classes, functions and methods that are not settings (a config module's
+    own imports)."""
     if isinstance(obj, str):
         obj = import_object(obj)
     if isinstance(obj, Mapping):
@@ -443,7 +453,7 @@ def read_object(obj: Any, namespace: str | None = None) -> dict[str, Any]:
             if not key.upper().startswith(prefix) or len(key) == len(prefix):
                 continue
             out[key[len(prefix):].lower()] = value
-        elif key == key.lower() and (isinstance(obj, Mapping) or not isinstance(value, _NOT_SETTINGS)):
+        elif key == key.lower() and (isinstance(obj, Mapping) or not _not_a_setting(key, value)):
             out[key] = value
     return out
 

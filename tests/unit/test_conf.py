@@ -152,6 +152,17 @@ def test_config_from_object_force_reads_now_and_names_the_source(app: Mesh) -> N
     assert app.conf.changed() == {}
 
 
+def test_an_object_s_methods_are_not_settings(app: Mesh) -> None:
+    class DjangoLikeSettings:
+        DEBUG = True
+        timezone = "Europe/Oslo"
+
+        def is_overridden(self, setting: str) -> bool:
+            return False
+    app.config_from_object(DjangoLikeSettings())
+    assert app.conf.timezone == "Europe/Oslo"
+
+
 def test_namespace_takes_prefixed_upper_case_names_only() -> None:
     settings = types.SimpleNamespace(
         DEBUG=True, INSTALLED_APPS=["x"], MESH_TASK_ALWAYS_EAGER=True, MESH_PEERS=["tcp://a:1"],
