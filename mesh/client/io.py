@@ -618,6 +618,10 @@ class Client:
         (Only owners get these: other processes ask the node, which remembers it.)"""
         slot = self._slots.get(msg.task_id)
         if slot is not None and slot.msg is None:
+            if slot.state == states.PENDING:    # it implies the ACK (which comes first)
+                link = self.links.get(slot.node or "")
+                if link is not None and link.inflight > 0:
+                    link.inflight -= 1
             slot.state, slot.meta = msg.state, msg.meta
 
     def _on_release(self, msg: Release, link: NodeLink) -> None:

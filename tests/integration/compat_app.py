@@ -13,7 +13,9 @@ from mesh import Mesh
 from mesh.exceptions import Ignore, Reject
 
 app = Mesh("mesh-compat", mdns=False)
-app.conf.update(worker_concurrency=3, result_expires=3600)   # settings made in code reach meshnode
+# settings made in code reach meshnode: its pool size, and task options from the settings
+app.conf.update(worker_concurrency=3, result_expires=3600,
+                task_annotations={"compat_app.annotated": {"track_started": True}})
 
 GATE_TIMEOUT = 90.0
 
@@ -93,6 +95,13 @@ def progress(self: Any, gate_prefix: str, steps: int) -> str:
 def tracked(gate: str) -> str:
     wait_for(gate)
     return "tracked"
+
+
+@app.task
+def annotated(gate: str) -> str:
+    """track_started comes from app.conf's task_annotations, not from an option."""
+    wait_for(gate)
+    return "annotated"
 
 
 @app.task(ignore_result=True)

@@ -168,6 +168,17 @@ def test_track_started_shows_started_with_pid_and_hostname(
     assert r.get(timeout=60) == "tracked"
 
 
+def test_track_started_from_the_app_s_settings_applies_on_the_node(
+        client: ClientHandle, gate: Callable[[str], str]) -> None:
+    g = gate("annotated")
+    r = client.tasks.annotated.delay(g)
+    try:
+        wait_until(lambda: r.state == states.STARTED, what="STARTED from task_annotations")
+    finally:
+        open_gate(g)
+    assert r.get(timeout=60) == "annotated"
+
+
 def test_without_track_started_the_sender_sees_received(
         client: ClientHandle, gate: Callable[[str], str]) -> None:
     g = gate("received")
