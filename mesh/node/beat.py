@@ -64,6 +64,7 @@ class Beat:
         self.results: dict[str, tuple[str, str, float]] = {}   # entry -> (state, node, due)
         self.counts: collections.Counter[str] = collections.Counter()
         self._peers: set[str] = set()
+        self.settled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- component interface ------------------------------------------------------------
@@ -122,9 +123,15 @@ class Beat:
             return []
         return [m for m in ms.members()[1:] if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
 
+    def advertised(self) -> str:
+        """What this node gossips in its member meta: its schedule's digest once it has
+        settled (a node still learning the mesh is not counted as a firer by others)."""
+        return self.digest if self.settled else ""
+
     def firers(self) -> list[str]:
-        """The nodes that may fire our entries: alive, carrying the same schedule."""
-        return [self.node.name] + [m.id for m in self._alive() if m.meta.get("beat") == self.digest]
+        """The nodes that may fire our entries: settled, alive, carrying the same schedule."""
+        me = [self.node.name] if self.settled else []
+        return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest]
 
     def _targets(self) -> dict[str, str]:
         """Node id -> address of the nodes a run may go to: alive, with our tasks."""
@@ -152,8 +159,12 @@ class Beat:
         self.outbox.check(now, set(alive) | {self.node.name})
         if not self.schedule.entries or self.node._stop.is_set():
             return TICK
-        if now - self.started < self.settle:       # learn the mesh before firing anything
-            return TICK
+        if not self.settled:
+            if now - self.started < self.settle:   # learn the mesh before firing anything
+                return TICK
+            self.settled = True                    # from now on peers count us as a firer
+            if self.node.membership is not None:
+                self.node.membership.update_local_meta()
         firers = self.firers()
         wait = TICK
         for name, entry in self.schedule.entries.items():
@@ -263,7 +274,7 @@ class Beat:
                     "state": result[0], "node": result[1], "due": result[2]},
             })
         return {"node": self.node.name, "schedule": self.digest, "timezone": str(tz),
-                "settled": now - self.started >= self.settle, "firers": sorted(firers),
+                "settled": self.settled, "firers": sorted(firers),
                 "fired": self.counts["fired"], "skipped": self.counts["skipped"],
                 "resent": self.outbox.resent if self.outbox else 0,
                 "in_flight": len(self.outbox.runs) if self.outbox else 0, "entries": rows}

@@ -294,7 +294,7 @@ class Node(PoolEvents):
         return {"busy": busy, "total": total, "queued": queued, "rate": round(self.rate, 1),
                 "cpu": round(self._cpu), "rss": self._rss, "tasks": self.tasks_digest,
                 "events": self.events_endpoint, "clock": self.events.clock,
-                "beat": self.beat.digest if self.beat is not None else ""}
+                "beat": self.beat.advertised() if self.beat is not None else ""}
 
     async def _shedder(self) -> None:
         while True:
