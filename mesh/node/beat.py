@@ -41,6 +41,7 @@ log = logging.getLogger("mesh.beat")
 TICK = 0.1             # s between looks at the schedule and membership, at most
 SETTLE_PROBES = 10     # a starting node fires nothing for this many probe intervals
 MAX_SYNC = 500         # firings per beat-sync message
+SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
 
 
 class Beat:
@@ -65,6 +66,7 @@ class Beat:
         self.counts: collections.Counter[str] = collections.Counter()
         self._peers: set[str] = set()
         self.settled = False
+        self._swept = self.clock.time()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- component interface ------------------------------------------------------------
@@ -157,6 +159,9 @@ class Beat:
         for peer in new:
             self._sync_to(alive[peer])
         self.outbox.check(now, set(alive) | {self.node.name})
+        if now - self._swept > SWEEP_INTERVAL:
+            self._swept = now
+            self.outbox.sweep(set(self._targets().values()))
         if not self.schedule.entries or self.node._stop.is_set():
             return TICK
         if not self.settled:

@@ -113,6 +113,12 @@ class Outbox:
             task.cancel()
             task.add_done_callback(lambda _t: sock.close(linger=0))
 
+    def sweep(self, keep: set[str]) -> None:
+        """Close the sockets to nodes no longer among ``keep`` (addresses) that hold no run."""
+        busy = {r.address for r in self.runs.values()}
+        for address in [a for a in self.socks if a not in keep and a not in busy]:
+            self.forget_socket(address)
+
     def close(self) -> None:
         for address in list(self.socks):
             self.forget_socket(address)

@@ -170,3 +170,12 @@ def test_a_restarted_mesh_does_not_replay_a_backlog(start_node: NodeFactory, bea
     missed_window = [d for d in after if d < node.started_at]
     assert len(missed_window) <= 1, (after, node.started_at)
     assert os.path.exists(node.data_dir / "beat.sqlite3")
+
+
+def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
+    from mesh.cli.common import EXIT_START
+    from tests.integration.harness import MESHNODE, free_port
+    r = run_program(MESHNODE, "--app", "beat_app_bad", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                    "--no-mdns", "--data-dir", str(tmp_path / "d"), "--concurrency", "1")
+    assert r.returncode == EXIT_START, r.stderr
+    assert "periodic" in r.stderr and "broken" in r.stderr and "countdown" in r.stderr
