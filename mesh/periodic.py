@@ -204,5 +204,40 @@ def build(app: "Mesh") -> Schedule:
     return Schedule(entries, tz, h.hexdigest()[:12] if entries else "")
 
 
+def merge_views(views: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge the nodes' answers to the ``beat`` control command (node -> payload, or
+    ``{"error": text}``) into ``{"entries": [...], "nodes": {node: summary},
+    "errors": {node: text}}``: per entry, the newest last run and last result any node
+    knows, ``fires_on`` when every node names the same firing node (else None), and
+    ``fires_on_views`` (firing node -> the nodes that see it so; more than one key
+    only while membership changes). meshctl beat and the dashboard show this."""
+    entries: dict[str, dict[str, Any]] = {}
+    nodes: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for node, view in views.items():
+        if not isinstance(view, Mapping) or "error" in view or not isinstance(view.get("entries"), list):
+            errors[node] = str(view.get("error") if isinstance(view, Mapping) else view)
+            continue
+        nodes[node] = {k: view.get(k) for k in ("schedule", "timezone", "settled", "firers",
+                                                "fired", "skipped", "resent", "in_flight")}
+        for row in view["entries"]:
+            if not isinstance(row, Mapping) or not isinstance(row.get("name"), str):
+                continue
+            merged = entries.setdefault(row["name"], {**row, "fires_on_views": {}})
+            merged["fires_on_views"].setdefault(str(row.get("fires_on")), []).append(node)
+            for key in ("last_run", "last_result"):
+                new, best = row.get(key), merged.get(key)
+                if isinstance(new, Mapping) and (not isinstance(best, Mapping)
+                                                 or new.get("due", 0) > best.get("due", 0)):
+                    merged[key] = dict(new)
+    out = []
+    for name in sorted(entries):
+        e = entries[name]
+        views_of = e["fires_on_views"]
+        e["fires_on"] = next(iter(views_of)) if len(views_of) == 1 else None
+        out.append(e)
+    return {"entries": out, "nodes": nodes, "errors": errors}
+
+
 __all__ = ["Entry", "Schedule", "build", "entry_from_conf", "entry_from_signature",
-           "make_entry", "run_id", "HEADER_DUE", "HEADER_ENTRY"]
+           "make_entry", "merge_views", "run_id", "HEADER_DUE", "HEADER_ENTRY"]

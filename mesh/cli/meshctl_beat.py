@@ -15,43 +15,19 @@ from typing import Any
 import click
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK
+from mesh.periodic import merge_views
 
 
 def merge_beat(replies: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``beat`` replies (endpoint -> ControlReply or error text) into
-    ``{"entries": [...], "nodes": {node: summary}, "errors": {endpoint: text}}``."""
+    """Merge ``beat`` replies (endpoint -> ControlReply or error text); see merge_views."""
     from mesh.wire.protocol import ControlReply
-    entries: dict[str, dict[str, Any]] = {}
-    nodes: dict[str, dict[str, Any]] = {}
-    errors: dict[str, str] = {}
+    views: dict[str, Any] = {}
     for ep, r in replies.items():
-        if not isinstance(r, ControlReply) or not r.ok or not isinstance(r.payload, dict):
-            errors[ep] = r if isinstance(r, str) else getattr(r, "error", None) or "bad reply"
-            continue
-        view = r.payload
-        nodes[r.node] = {k: view.get(k) for k in ("schedule", "timezone", "settled", "firers",
-                                                  "fired", "skipped", "resent", "in_flight")}
-        for row in view.get("entries") or []:
-            if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-                continue
-            merged = entries.setdefault(row["name"], {**row, "fires_on": {}})
-            merged["fires_on"].setdefault(str(row.get("fires_on")), []).append(r.node)
-            last, best = row.get("last_run"), merged.get("last_run")
-            if isinstance(last, dict) and (not isinstance(best, dict)
-                                           or last.get("due", 0) > best.get("due", 0)):
-                merged["last_run"] = last
-            res, best_res = row.get("last_result"), merged.get("last_result")
-            if isinstance(res, dict) and (not isinstance(best_res, dict)
-                                          or res.get("due", 0) > best_res.get("due", 0)):
-                merged["last_result"] = res
-    out = []
-    for name in sorted(entries):
-        e = entries[name]
-        views = e.pop("fires_on")
-        e["fires_on"] = next(iter(views)) if len(views) == 1 else None
-        e["fires_on_views"] = views          # firing node -> the nodes that see it so
-        out.append(e)
-    return {"entries": out, "nodes": nodes, "errors": errors}
+        if isinstance(r, ControlReply):
+            views[r.node if r.ok else ep] = r.payload if r.ok else {"error": r.error}
+        else:
+            views[ep] = {"error": r}
+    return merge_views(views)
 
 
 def gather_beat(peers: list[str], timeout: float) -> dict[str, Any]:

@@ -181,3 +181,24 @@ def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
                     "--no-mdns", "--data-dir", str(tmp_path / "d"), "--concurrency", "1")
     assert r.returncode == EXIT_START, r.stderr
     assert "periodic" in r.stderr and "broken" in r.stderr and "countdown" in r.stderr
+
+
+def test_the_dashboard_lists_periodic_entries(start_node: NodeFactory, beat_log: Path) -> None:
+    from tests.integration.harness import free_port
+    from tests.integration.webclient import Web, wait_for
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="web-a", http=http)
+    b = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="web-b", peers=a.endpoint)
+    firer = firing_node([a, b])
+    runs_after(beat_log, 0, 2, "the start")
+    web = Web("http://" + http)
+
+    def listed() -> Any:
+        data = web.get("/api/periodic")
+        entries = data["entries"]
+        return data if entries and entries[0].get("last_run") and len(data["nodes"]) == 2 else None
+    data = wait_for(listed, what="the dashboard to list tick with a last run")
+    (entry,) = data["entries"]
+    assert data["available"] is True and entry["name"] == "tick" and entry["task"] == "beat_app.tick"
+    assert entry["fires_on"] == firer.name and entry["node"] in (a.name, b.name)
+    assert entry["next_run"] > entry["last_run"]

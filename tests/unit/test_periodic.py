@@ -194,3 +194,23 @@ def test_last_firings_keep_the_newest_and_survive_a_restart(tmp_path: Any) -> No
     assert again.get("tick") == Fired("tick", 20.0, "c", "n2", 20.1, "k")
     again.close()
     assert LastFirings(None).get("tick") is None
+
+
+def test_merge_views_takes_the_newest_last_run_and_shows_disagreement() -> None:
+    from mesh.periodic import merge_views
+
+    def row(fires_on: str, due: float | None) -> dict[str, Any]:
+        return {"name": "tick", "task": "t", "fires_on": fires_on, "next_run": 100.0,
+                "last_run": None if due is None else {"due": due, "fired_by": fires_on},
+                "last_result": None}
+    merged = merge_views({
+        "a": {"entries": [row("a", 10.0)], "schedule": "d", "settled": True},
+        "b": {"entries": [row("a", 20.0)], "schedule": "d", "settled": True},
+        "c": {"error": "no answer"},
+    })
+    (e,) = merged["entries"]
+    assert e["last_run"]["due"] == 20.0 and e["fires_on"] == "a"
+    assert merged["errors"] == {"c": "no answer"} and set(merged["nodes"]) == {"a", "b"}
+    split = merge_views({"a": {"entries": [row("a", None)]}, "b": {"entries": [row("b", None)]}})
+    assert split["entries"][0]["fires_on"] is None
+    assert split["entries"][0]["fires_on_views"] == {"a": ["a"], "b": ["b"]}
