@@ -214,3 +214,13 @@ def test_merge_views_takes_the_newest_last_run_and_shows_disagreement() -> None:
     split = merge_views({"a": {"entries": [row("a", None)]}, "b": {"entries": [row("b", None)]}})
     assert split["entries"][0]["fires_on"] is None
     assert split["entries"][0]["fires_on_views"] == {"a": ["a"], "b": ["b"]}
+
+
+def test_each_app_has_its_own_beat_schedule() -> None:
+    a, _ = make_app()
+    b, _ = make_app()
+    a.conf.beat_schedule["only-a"] = {"task": "tasks.add", "schedule": 5}
+    assert "only-a" not in b.conf.beat_schedule
+    assert set(a.periodic_schedule().entries) == {"only-a"}
+    from mesh import signature as top_level_signature
+    assert top_level_signature("tasks.add", (1,)).args == (1,)
