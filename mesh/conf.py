@@ -21,6 +21,7 @@ the node reads; its command-line flags and ``MESH_*`` variables still win
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import difflib
 import importlib
@@ -258,6 +259,9 @@ class Settings(MutableMapping[str, Any]):
         object.__setattr__(self, "_version", 0)      # bumped on every change
         object.__setattr__(self, "_frozen", {})      # name -> why it can no longer change
         object.__setattr__(self, "_warned", set())   # settings mesh does not use, logged once
+        # each app its own copy of mutable defaults (beat_schedule["x"] = ... on one app
+        # must not reach another)
+        object.__setattr__(self, "_defaults", copy.deepcopy(DEFAULTS))
         if values:
             self.update(values)
 
@@ -308,7 +312,7 @@ class Settings(MutableMapping[str, Any]):
         if name in self._sourced:
             return self._sourced[name]
         if name in DEFAULTS:
-            return DEFAULTS[name]
+            return self._defaults[name]
         return FIXED[name][0] if name in FIXED else None   # a Celery setting mesh does not use
 
     @property
@@ -351,6 +355,8 @@ class Settings(MutableMapping[str, Any]):
         check_name(name)
         self._changes.pop(name, None)
         self._sourced.pop(name, None)
+        if name in DEFAULTS:
+            self._defaults[name] = copy.deepcopy(DEFAULTS[name])
         self._bump({name: None})
 
     def __iter__(self) -> Iterator[str]:

@@ -27,6 +27,7 @@ from mesh.ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
+    from mesh.canvas import Signature
     from mesh.eager import EagerResult
     from mesh.result import AsyncResult
 
@@ -348,6 +349,21 @@ class Task:
             req.state_sink(state, encoded)
 
     # -- sending ----------------------------------------------------------------------
+    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        """A signature of this task with these arguments (``add.s(1, 1)``)."""
+        from mesh.canvas import Signature
+        return Signature(self.name, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> "Signature":
+        """An immutable signature: a workflow does not pass it a parent's result."""
+        from mesh.canvas import Signature
+        return Signature(self.name, args, kwargs, immutable=True)
+
+    def signature(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                  **options: Any) -> "Signature":
+        from mesh.canvas import Signature
+        return Signature(self.name, tuple(args or ()), kwargs or {}, options)
+
     def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":
         """Run on the mesh with these arguments; shortcut for apply_async."""
         return self.apply_async(args, kwargs)
