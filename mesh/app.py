@@ -92,7 +92,7 @@ class Mesh:
         self.conf = Settings()           # Celery's setting names (mesh/conf.py)
         self.namespace = namespace
         if isinstance(task_cls, str):
-            from mesh.conf import import_object
+            from mesh.conf_sources import import_object
             task_cls = import_object(task_cls)
         if task_cls is not None and not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
             raise ConfigError(f"task_cls must be a subclass of mesh.Task, got {task_cls!r}")
@@ -139,7 +139,7 @@ class Mesh:
         With ``namespace="MESH"`` only ``MESH_*`` names are read (``MESH_TASK_ALWAYS_EAGER``
         is ``task_always_eager``). Read at the first use of app.conf (``force``: now);
         ``silent``: a source that cannot be imported is skipped."""
-        from mesh.conf import read_object
+        from mesh.conf_sources import read_object
         namespace = namespace if namespace is not None else self.namespace
         what = f"config_from_object({obj!r}" + (f", namespace={namespace!r})" if namespace else ")")
 
@@ -156,7 +156,7 @@ class Mesh:
                            force: bool = False) -> bool:
         """config_from_object with the module named by an environment variable; False
         (with ``silent``) when the variable is not set."""
-        from mesh.conf import read_envvar
+        from mesh.conf_sources import read_envvar
         loader = read_envvar(variable_name, silent=silent)
         if loader is None:
             return False
@@ -166,7 +166,7 @@ class Mesh:
     def import_modules(self) -> list[str]:
         """Import the modules of the settings ``imports`` and ``include`` (meshnode does,
         after the app's own module): their tasks register on this app."""
-        from mesh.conf import import_object
+        from mesh.conf_sources import import_object
         names = list(dict.fromkeys([*self.conf["imports"], *self.conf["include"]]))
         for name in names:
             if name not in sys.modules:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from mesh import Mesh
-from mesh.conf import Settings, read_object
+from mesh.conf import Settings
+from mesh.conf_sources import read_object
 from mesh.config import Config
 from mesh.exceptions import ConfigError
 
