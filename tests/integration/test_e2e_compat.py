@@ -309,3 +309,11 @@ def test_ignored_results_leave_no_row_in_the_journal(
         db.close()
     assert kept.id in results and kept.id in tasks
     assert quiet.id not in results and quiet.id not in tasks
+
+
+def test_meshctl_call_of_an_ignored_result_says_so_and_exits_0(node: NodeProc) -> None:
+    from harness import MESHCTL, run_program
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "compat_app.quiet", "--args", "[3]",
+                    "--wait")
+    assert p.returncode == 0, p
+    assert "ignore_result" in p.stderr
