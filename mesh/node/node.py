@@ -91,8 +91,11 @@ class Node:
     ctx: "zmq.Context[Any]"
 
     def __init__(self, app: "Mesh", config: "Config",
-                 components: Iterable[type[Component] | Component] | None = None):
+                 components: Iterable[type[Component] | Component] | None = None,
+                 handle_signals: bool = True):
         self.app = app
+        self.handle_signals = handle_signals    # SIGTERM/SIGINT stop the node (meshnode)
+        self._run_task: asyncio.Task[Any] | None = None
         self.config = config
         self.name = config.node_name
         self.address = config.bind
@@ -171,7 +174,9 @@ class Node:
     async def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; then drain and return."""
         self.ctx = zmq.Context()
+        self._run_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        handled = (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ()
         started: list[Component] = []
         failed: BaseException | None = None
         try:
@@ -185,7 +190,7 @@ class Node:
                 except NodeStartError as e:
                     failed = e
                 else:
-                    for sig in (signal.SIGTERM, signal.SIGINT):
+                    for sig in handled:
                         loop.add_signal_handler(sig, self.stop)
                     log.info("node %s ready on %s: %d children, tasks: %s", self.name,
                              self.address, self.pool.size, ", ".join(sorted(self.app.tasks)) or "(none)")
@@ -204,7 +209,7 @@ class Node:
             log.info("node %s stopped", self.name)
         finally:
             self._tg = None
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in handled:
                 loop.remove_signal_handler(sig)
             for c in reversed(started):
                 self._close(c)
@@ -261,6 +266,17 @@ class Node:
         elif self._stop_count == 2:
             log.warning("second stop request: not waiting for running tasks")
             self.pool.kill_all()
+
+    def crash(self) -> None:
+        """End run() at once, as abruptly as one process allows (in-process tests):
+        no stop hooks, no goodbye; loops are cancelled and components closed."""
+        if self._run_task is not None:
+            self._run_task.cancel()
+
+    async def finished(self) -> None:
+        """Wait for run() to end (after stop() or crash())."""
+        if self._run_task is not None:
+            await asyncio.wait({self._run_task})
 
     def stop_soon(self) -> None:
         """Stop once the current replies are out (the ``shutdown`` command)."""
