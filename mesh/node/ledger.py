@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
-from mesh.node.events import FINAL_EVENTS, received_fields, result_fields
+from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
 from mesh.node.journal import JournalError
 from mesh.wire import codec
 from mesh.wire.protocol import Release, Result, Submit, decode, encode
@@ -104,6 +104,10 @@ class Ledger:
         self.held[entry.task_id] = entry
         self.pending.append(entry)
         ev = self.node.events
+        if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
+            sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in
+            if sent is not None:
+                ev.emit("task-sent", **sent)
         if msg is not None and ev.wants("task-received"):
             ev.emit("task-received", **received_fields(entry.task_id, entry.name, msg))
 
@@ -170,7 +174,7 @@ class Ledger:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
         node.front.reply(client, result_frame)
         ev = node.events
-        if ev.prefixes:
+        if ev.prefixes or ev.listeners:
             ev.publish_result(task_id, result_frame)
             kind = FINAL_EVENTS.get(state)
             if kind is not None and ev.wants(kind):

@@ -43,6 +43,8 @@ from mesh.node.recovery import Recovery
 from mesh.node.remote import RemoteControl
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
+from mesh.web.commands import History, HistoryService
+from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
@@ -71,6 +73,8 @@ BUILTIN: tuple[type[Component], ...] = (
     Shedder,        # shedding: queued tasks to peers with room
     Expiry,         # expiry: old results out of the journal
     Announcer,      # discovery: mDNS
+    History,        # history: the dashboard's web.* questions, answered by every node
+    Http,           # http: the dashboard, JSON API and /metrics (--http; mesh/web)
 )
 
 USER_HOOK_TIMEOUT = 10.0   # s an app component's start or stop may take before it is abandoned
@@ -88,6 +92,8 @@ class Node:
     transport: "ZmqTransport"
     shedder: Shedder
     gossip: Members
+    history: HistoryService
+    http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
     ctx: "zmq.Context[Any]"
 
     def __init__(self, app: "Mesh", config: "Config",

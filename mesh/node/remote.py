@@ -92,7 +92,8 @@ class RemoteControl(Component):
                                  f"{', '.join(self.commands.names())})")
         else:
             try:
-                req = parse_args(cmd.request, msg.args, msg.command)
+                req = (msg.args if cmd.request is dict      # takes the map as it came
+                       else parse_args(cmd.request, msg.args, msg.command))
                 state = ControlState(node if cmd.builtin else self.view, ident)
                 payload = to_payload(cmd.handler(state, req))
                 reply = ControlReply(msg.req_id, True, node.name, payload)
