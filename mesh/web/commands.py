@@ -13,8 +13,9 @@ its own node in-process:
 Journal reads run on one worker thread per node, never on the loop, so the answer
 comes later than the request: the asker sends ``req`` (its request id) and
 ``noreply: true`` in the arguments, and the node sends the ControlReply itself when
-the answer is ready. (When control commands become a registry of typed functions,
-these become async functions in it.)
+the answer is ready. They are registered in the node's command registry
+(mesh/node/commands.py) by the ``history`` component, with ``request=dict``: they
+check their own arguments.
 """
 from __future__ import annotations
 
