@@ -16,6 +16,7 @@ from typing import Any, overload
 from mesh.conf import Settings
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
+from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
 from mesh.signals import Signal
 from mesh.task import Task, make_options
@@ -78,6 +79,7 @@ class Mesh:
         self.config = Config.build(peers=peers, mdns=mdns, **options)
         self.conf = Settings()           # Celery's setting names (mesh/conf.py)
         self.tasks: dict[str, Task] = {}
+        self.components = Components()   # the app's own node components (mesh.Component)
         self._client: Any = None
         self._client_lock = threading.Lock()
         # periodic tasks (mesh/periodic.py): entries added in code, and Celery's app signals,

@@ -84,7 +84,10 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         level=config.loglevel, stream=sys.stderr,
         format=f"[%(asctime)s %(levelname)s {config.node_name} %(name)s] %(message)s")
     app = load_app(app_spec)
-    node = Node(app, config)
+    try:
+        node = Node(app, config)
+    except ConfigError as e:      # the app's components cannot be ordered
+        die("meshnode", str(e), EXIT_USAGE)
     try:
         asyncio.run(node.run())
     except NodeStartError as e:
