@@ -18,6 +18,7 @@ from mesh.conf import Settings
 from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
+from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
 from mesh.signals import Signal
 from mesh.task import CALL_KNOWN, OPTION_PROPERTIES, Task
@@ -101,6 +102,7 @@ class Mesh:
         self.Task: type[Task] = type("Task", (base,), {"_app": self, "__module__": base.__module__,
                                                        "__qualname__": f"{base.__qualname__}"})
         self.tasks: dict[str, Task] = {}
+        self.components = Components()   # the app's own node components (mesh.Component)
         self._client: Any = None
         self._client_lock = threading.Lock()
         for kwarg, setting, value in (("broker", "broker_url", broker),

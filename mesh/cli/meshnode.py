@@ -92,7 +92,10 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             "Define them with @app.task in that module, list the modules that hold them in "
             "Mesh(include=[...]) or the 'imports' setting, or point --app at another module",
             where, app_spec)
-    node = Node(app, config)
+    try:
+        node = Node(app, config)
+    except ConfigError as e:      # the app's components cannot be ordered
+        die("meshnode", str(e), EXIT_USAGE)
     try:
         asyncio.run(node.run())
     except NodeStartError as e:

@@ -27,9 +27,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh.clock import Clock
+from mesh.exceptions import MeshError
 from mesh.membership import MemberState, profile
 from mesh.node.beat_send import Outbox, Run
 from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, hrw
+from mesh.node.commands import Command
+from mesh.node.component import Component, NodeStartError
 from mesh.periodic import Entry, Schedule
 from mesh.wire.protocol import Control, encode
 
@@ -44,20 +47,20 @@ MAX_SYNC = 500         # firings per beat-sync message
 SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
 
 
-class Beat:
-    """The beat component of one node. ``start``/``stop`` follow the node's component
-    interface; ``run`` is its loop (in the node's TaskGroup)."""
+class Beat(Component):
+    """The beat component of one node: ``start`` reads the app's schedule, registers the
+    beat commands and spawns ``run`` (the loop) in the node's TaskGroup."""
 
     name = "beat"
-    requires = ("membership", "journal")
+    requires = ("membership", "journal", "control")
 
-    def __init__(self, node: "Node", clock: Clock | None = None):
-        self.node = node
+    def __init__(self, clock: Clock | None = None):
         self.clock = clock or Clock()
-        self.schedule: Schedule = node.app.periodic_schedule()
-        self.digest = self.schedule.digest
-        self.keys = {name: entry_key(e.key()) for name, e in self.schedule.entries.items()}
-        self.settle = SETTLE_PROBES * profile(node.config.profile).probe_interval
+        self.node: Any = None
+        self.schedule: Schedule | None = None
+        self.digest = ""
+        self.keys: dict[str, str] = {}
+        self.settle = 0.0
         self.started = self.clock.time()
         self.store: LastFirings | None = None
         self.outbox: Outbox | None = None
@@ -71,15 +74,29 @@ class Beat:
 
     # -- component interface ------------------------------------------------------------
     async def start(self, node: "Node") -> None:
+        self.node = node
+        node.beat = self
+        try:
+            self.schedule = node.app.periodic_schedule()
+        except MeshError as e:
+            raise NodeStartError(f"the app's periodic tasks: {e}") from e
+        self.digest = self.schedule.digest
+        self.keys = {name: entry_key(e.key()) for name, e in self.schedule.entries.items()}
+        self.settle = SETTLE_PROBES * profile(node.config.profile).probe_interval
+        self.started = self.clock.time()
         cfg = node.config
         self.store = LastFirings(cfg.data_path if cfg.journal else None)
-        node.remote.handlers["beat"] = lambda ident, args: self.describe()
-        node.remote.handlers["beat-fired"] = lambda ident, args: self.on_fired(args)
-        node.remote.handlers["beat-sync"] = lambda ident, args: self.on_sync(args)
+        for name, kind, fn in (("beat", "inspect", lambda state, args: self.describe()),
+                               ("beat-fired", "control", lambda state, args: self.on_fired(args)),
+                               ("beat-sync", "control", lambda state, args: self.on_sync(args))):
+            node.control.commands.add(Command(name, kind, fn, dict, builtin=True,
+                                              help="periodic tasks (docs/periodic.md)"))
         if self.schedule.entries:
             log.info("beat: %d periodic entr%s (schedule %s, zone %s): %s",
                      len(self.schedule.entries), "y" if len(self.schedule.entries) == 1 else "ies",
                      self.digest, self.schedule.timezone, ", ".join(sorted(self.schedule.entries)))
+        self.outbox = Outbox(node.ctx, node.name, self._pick_target, self._done, self._spawn)
+        node.spawn(self.run(), name="beat")
 
     async def stop(self, node: "Node") -> None:
         if self.outbox is not None:
@@ -88,26 +105,21 @@ class Beat:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def close(self, node: "Node") -> None:
         if self.store is not None:
             self.store.close()
+            self.store = None
 
     async def run(self) -> None:
         """Until cancelled: fire what is due here, resend what is unanswered."""
-        if self.store is None:
-            await self.start(self.node)
-        assert self.node.transport is not None
-        self.outbox = Outbox(self.node.transport.sockets.ctx, self.node.name, self._pick_target,
-                             self._done, self._spawn)
-        try:
-            while True:
-                try:
-                    wait = self.tick(self.clock.time())
-                except Exception:
-                    log.exception("beat: tick failed")
-                    wait = 1.0
-                await asyncio.sleep(wait)
-        finally:
-            await self.stop(self.node)
+        while True:
+            try:
+                wait = self.tick(self.clock.time())
+            except Exception:
+                log.exception("beat: tick failed")
+                wait = 1.0
+            await asyncio.sleep(wait)
 
     def _spawn(self, coro: Any) -> "asyncio.Task[None]":
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name="beat-socket")
@@ -162,7 +174,8 @@ class Beat:
         if now - self._swept > SWEEP_INTERVAL:
             self._swept = now
             self.outbox.sweep(set(self._targets().values()))
-        if not self.schedule.entries or self.node._stop.is_set():
+        assert self.schedule is not None
+        if not self.schedule.entries or self.node.stopping:
             return TICK
         if not self.settled:
             if now - self.started < self.settle:   # learn the mesh before firing anything
@@ -183,7 +196,7 @@ class Beat:
         return max(wait, 0.001)
 
     def _consider(self, entry: Entry, now: float) -> None:
-        assert self.store is not None
+        assert self.store is not None and self.schedule is not None
         tz = self.schedule.timezone
         last = self.store.get(entry.name)
         last_due = last.due if last is not None and last.key == self.keys[entry.name] else None
@@ -199,7 +212,7 @@ class Beat:
 
     def fire(self, entry: Entry, due: float, now: float) -> None:
         """Send the run of ``entry`` due at ``due``, and tell the mesh."""
-        assert self.outbox is not None
+        assert self.outbox is not None and self.schedule is not None
         msg = entry.submit(due)
         run = Run(msg.task_id, entry.name, due, encode(msg))
         self.outbox.send(run, now)
@@ -262,6 +275,8 @@ class Beat:
     def describe(self) -> dict[str, Any]:
         """This node's view of every entry: schedule, next and last run, who fires it."""
         now = self.clock.time()
+        if self.schedule is None:
+            return {"node": self.node.name, "schedule": "", "entries": []}
         tz = self.schedule.timezone
         firers = self.firers()
         rows = []

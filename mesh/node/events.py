@@ -20,15 +20,20 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
 
 from mesh import states
 from mesh.exceptions import DecodeError
+from mesh.node.component import Component, NodeStartError
+from mesh.node.zmqloop import SocketDriver
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, decode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
 
 log = logging.getLogger("mesh.events")
 
@@ -207,3 +212,46 @@ class Publisher:
         except zmq.ZMQError as e:
             self.dropped += 1
             log.debug("event dropped: %s", e)
+
+
+class EventStream(Component):
+    """Binds the node's XPUB on an ephemeral port of its bind address (advertised in
+    ``ping``, ``status`` and gossip) unless ``events`` is off; says ``node-online``
+    when the node is ready and ``node-offline`` after its last task at shutdown."""
+
+    name = "events"
+    requires = ("front",)
+
+    def __init__(self) -> None:
+        self.sock: zmq.Socket[bytes] | None = None
+
+    async def start(self, node: "Node") -> None:
+        if not node.config.events:
+            return                    # node.events stays a publisher with no socket
+        xpub = node.ctx.socket(zmq.XPUB)
+        self.sock = xpub
+        xpub.setsockopt(zmq.LINGER, 500)
+        xpub.setsockopt(zmq.SNDHWM, SNDHWM)
+        host = node.config.bind.rsplit(":", 1)[0]
+        try:
+            xpub.bind(f"{host}:*")     # an ephemeral port, advertised (ping, members)
+        except zmq.ZMQError as e:
+            xpub.close(linger=0)
+            self.sock = None
+            raise NodeStartError(f"cannot bind an events port on {host}: {e.strerror}") from e
+        port = xpub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+        node.events_endpoint = node.address.rsplit(":", 1)[0] + ":" + port
+        node.events = Publisher(xpub, node.name)
+        node.spawn(SocketDriver(xpub, node.events.on_subscription, "events").run(), name="events")
+        node.spawn(self._online(node), name="events-online")
+
+    async def _online(self, node: "Node") -> None:
+        await node.ready.wait()
+        node.events.emit("node-online", **node.heartbeat.node_fields())
+
+    async def stop(self, node: "Node") -> None:
+        node.events.emit("node-offline", **node.heartbeat.node_fields())   # after the last task
+
+    def close(self, node: "Node") -> None:
+        if self.sock is not None:
+            self.sock.close(linger=500)

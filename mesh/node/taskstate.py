@@ -11,22 +11,20 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from mesh.node.journal import JournalError
-from mesh.wire.protocol import MAX_ID_LEN, State, encode
+from mesh.wire.control import BadArgs
+from mesh.wire.protocol import State, encode
 
 if TYPE_CHECKING:
+    from mesh.node.ledger import Entry
     from mesh.node.node import Node
-    from mesh.node.pool import Entry
 
 log = logging.getLogger("mesh.node")
-
-MAX_FORGET = 10_000     # ids per forget command
-
 
 def progress(node: "Node", entry: "Entry", state: str, meta: bytes | None) -> None:
     """The running task reported ``state``: remember it for lookups (other processes
     ask), and tell its owner (a STATE message)."""
     entry.progress = (state, meta)
-    node._reply(entry.client, encode(State(entry.task_id, state, meta, node.name)))
+    node.front.reply(entry.client, encode(State(entry.task_id, state, meta, node.name)))
 
 
 def _with_submit(node: "Node", out: dict[str, Any], frame: bytes | None, used: int) -> dict[str, Any]:
@@ -52,32 +50,24 @@ def held_state(node: "Node", entry: "Entry", state: str) -> dict[str, Any]:
 def finished_state(node: "Node", task_id: str, state: str, result: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {"task_id": task_id, "state": state, "result": result}
     frame = None
-    if node.journal is not None:
-        try:
-            frame = node.journal.frame(task_id)
-        except JournalError as e:
-            log.error("journal: cannot read task %s: %s", task_id, e)
+    try:
+        frame = node.journal.frame(task_id)
+    except JournalError as e:
+        log.error("journal: cannot read task %s: %s", task_id, e)
     return _with_submit(node, out, frame, len(result))
 
 
-def forget(node: "Node", args: dict[str, Any]) -> dict[str, Any]:
-    """Drop finished tasks' results (``{task_ids: [...]}``); tasks still held here
-    are named under ``running`` and keep theirs."""
-    from mesh.node.remote import BadArgs
-    ids = args.get("task_ids")
-    if isinstance(ids, str):
-        ids = [ids]
-    if (not isinstance(ids, list) or not ids or len(ids) > MAX_FORGET
-            or not all(isinstance(t, str) and 0 < len(t) <= MAX_ID_LEN for t in ids)):
-        raise BadArgs(f"forget needs 'task_ids': a list of 1 to {MAX_FORGET} ids")
+def forget(node: "Node", task_ids: list[str]) -> dict[str, list[str]]:
+    """Drop finished tasks' results; tasks still held here are named under ``running``
+    and keep theirs."""
     forgotten, running = [], []
-    for tid in ids:
-        if tid in node.held:
+    for tid in task_ids:
+        if tid in node.ledger.held:
             running.append(tid)
-        elif node.journal is not None:
-            try:
-                if node.journal.forget(tid):
-                    forgotten.append(tid)
-            except JournalError as e:
-                raise BadArgs(f"node {node.name} cannot write its journal: {e}") from e
+            continue
+        try:
+            if node.journal.forget(tid):
+                forgotten.append(tid)
+        except JournalError as e:
+            raise BadArgs(f"node {node.name} cannot write its journal: {e}") from e
     return {"forgotten": forgotten, "running": running}

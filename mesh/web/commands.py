@@ -13,8 +13,9 @@ its own node in-process:
 Journal reads run on one worker thread per node, never on the loop, so the answer
 comes later than the request: the asker sends ``req`` (its request id) and
 ``noreply: true`` in the arguments, and the node sends the ControlReply itself when
-the answer is ready. (When control commands become a registry of typed functions,
-these become async functions in it.)
+the answer is ready. They are registered in the node's command registry
+(mesh/node/commands.py) by the ``history`` component, with ``request=dict``: they
+check their own arguments.
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mesh import states
+from mesh.node.commands import Command, ControlState
+from mesh.node.component import Component
 from mesh.web.history import INFO_REPR, LIST_REPR, HistoryError, JournalReader, Query, submit_fields
 from mesh.wire.protocol import ControlReply, encode
 
 if TYPE_CHECKING:
+    from mesh.node.ledger import Entry
     from mesh.node.node import Node
-    from mesh.node.pool import Entry
 
 log = logging.getLogger("mesh.web")
 
@@ -58,7 +61,7 @@ class HistoryService:
     async def read(self, fn: Callable[[JournalReader], T]) -> T:
         """Run ``fn(reader)`` on the journal thread."""
         journal = self.node.journal
-        if journal is None:
+        if journal.path is None:
             raise HistoryError(f"node {self.node.name} keeps no journal (--no-journal): "
                                "it has no history")
         if self._pool is None:
@@ -80,12 +83,17 @@ class HistoryService:
 
     # -- control commands ---------------------------------------------------------------
     def install(self) -> None:
+        """Register the web.* commands in the node's command registry (their arguments
+        are checked here, so they take the args map as it came: ``request=dict``)."""
         for name, fn in self.handlers.items():
-            self.node.remote.handlers[name] = self._deferred(name, fn)
+            self.node.control.commands.add(Command(
+                name, "inspect", self._deferred(name, fn), dict, builtin=True,
+                help=f"the dashboard's {name} question (docs/dashboard.md)"))
 
     def _deferred(self, name: str, fn: Callable[[dict[str, Any]], Awaitable[Any]]
-                  ) -> Callable[[bytes, dict[str, Any]], None]:
-        def handler(ident: bytes, args: dict[str, Any]) -> None:
+                  ) -> Callable[[ControlState, Any], None]:
+        def handler(state: ControlState, args: Any) -> None:
+            ident = state.sender
             req = args.get("req")
             if args.get("noreply") is not True or not isinstance(req, str) or len(req) > 200:
                 raise ValueError(f"{name} is answered when ready: send args 'req' (the "
@@ -105,7 +113,7 @@ class HistoryService:
         except Exception as e:
             log.exception("%s failed", name)
             reply = ControlReply(req, False, node.name, None, f"{name}: {type(e).__name__}: {e}")
-        node._reply(ident, encode(reply))
+        node.front.reply(ident, encode(reply))
 
     # -- the questions ------------------------------------------------------------------
     def describe(self, e: "Entry", width: int = LIST_REPR) -> dict[str, Any]:
@@ -121,7 +129,7 @@ class HistoryService:
     def held(self, q: Query, limit: int) -> list[dict[str, Any]]:
         """Held tasks matching ``q``, newest first (from memory: on the loop)."""
         found = []
-        for e in self.node.held.values():
+        for e in self.node.ledger.held.values():
             state = states.STARTED if e.started else states.RETRY if e.retried else states.RECEIVED
             if q.matches_open(e.name, state, e.received):
                 found.append(e)
@@ -140,7 +148,7 @@ class HistoryService:
         out: dict[str, Any] = {"node": self.node.name, "held": [], "tasks": [], "cursor": None}
         if cursor is None:
             out["held"] = self.held(q, limit)
-        if q.wants_finished() and self.node.journal is not None:
+        if q.wants_finished() and self.node.journal.path is not None:
             page = await self.read(lambda r: r.page(q, limit, cursor))
             out.update(page)
         return out
@@ -149,16 +157,16 @@ class HistoryService:
         tid = args.get("task_id")
         if not isinstance(tid, str) or not 0 < len(tid) <= 200:
             raise ValueError("web.task needs 'task_id'")
-        entry = self.node.held.get(tid)
+        entry = self.node.ledger.held.get(tid)
         t: dict[str, Any] | None
         if entry is not None:
             t = self.describe(entry, INFO_REPR)
-        elif self.node.journal is not None:
+        elif self.node.journal.path is not None:
             t = await self.read(lambda r: r.task(tid))
         else:
             t = None
-        if t is not None and tid in self.node.remote.revoked and t["state"] not in states.READY_STATES:
-            t["revoked_at"] = self.node.remote.revoked[tid]
+        if t is not None and tid in self.node.control.revoked and t["state"] not in states.READY_STATES:
+            t["revoked_at"] = self.node.control.revoked[tid]
         if self.timeline is not None:
             events = self.timeline(tid)
             if t is None and events:
@@ -181,11 +189,11 @@ class HistoryService:
     async def summary(self, args: dict[str, Any]) -> dict[str, Any]:
         node = self.node
         busy, total, queued = node.load()
-        out: dict[str, Any] = {"node": node.name, "held": len(node.held), "busy": busy,
+        out: dict[str, Any] = {"node": node.name, "held": len(node.ledger.held), "busy": busy,
                                "total": total, "queued": queued,
-                               "counts": {k: v for k, v in node.counts.items()},
+                               "counts": {k: v for k, v in node.ledger.counts.items()},
                                "journal": None, "journal_error": None}
-        if node.journal is not None:
+        if node.journal.path is not None:
             try:
                 out["journal"] = await self.read(lambda r: r.summary())
             except HistoryError as e:
@@ -202,8 +210,15 @@ def _int(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
-def install(node: "Node") -> HistoryService:
-    """Give a node the web.* commands (called when the node is built)."""
-    service = HistoryService(node)
-    service.install()
-    return service
+class History(Component):
+    """Every node answers the dashboard's web.* questions (with or without --http)."""
+
+    name = "history"
+    requires = ("journal", "control")
+
+    async def start(self, node: "Node") -> None:
+        node.history = self.service = HistoryService(node)
+        self.service.install()
+
+    def close(self, node: "Node") -> None:
+        self.service.close()

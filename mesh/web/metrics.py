@@ -225,7 +225,7 @@ class _ScrapeTime(Collector):
         yield from self.m.families()
         m, node = self.m, self.m.node
         host, q = m.hostname, m.queue
-        stopping = node._stop.is_set()
+        stopping = node.stopping
         pool = getattr(node, "pool", None)
         busy, total, queued = node.load() if pool is not None else (0, 0, 0)
 
@@ -265,7 +265,7 @@ class _ScrapeTime(Collector):
         yield gauge("mesh_members", "Members of the mesh by state, as this node sees them.",
                     ["hostname", "state"], [([host, s], n) for s, n in members.items()])
         yield gauge("mesh_tasks_held", "Tasks this node accepted and has not finished.",
-                    ["hostname"], [([host], len(node.held))])
+                    ["hostname"], [([host], len(node.ledger.held))])
         yield gauge("mesh_tasks_queued", "Tasks waiting for a child.", ["hostname"], [([host], queued)])
         yield gauge("mesh_tasks_scheduled", "Tasks waiting for their eta.", ["hostname"],
                     [([host], len(pool.scheduled) if pool is not None else 0)])
@@ -274,10 +274,10 @@ class _ScrapeTime(Collector):
         done = CounterMetricFamily("mesh_tasks_finished", "Tasks finished here since start, by "
                                    "state (retries counted as RETRY).", labels=["hostname", "state"])
         for state in ("SUCCESS", "FAILURE", "REVOKED", "RETRY"):
-            done.add_metric([host, state], node.counts[state])
+            done.add_metric([host, state], node.ledger.counts[state])
         yield done
         jbytes = 0.0
-        if node.journal is not None:
+        if node.journal.path is not None:
             for suffix in ("", "-wal", "-shm"):
                 try:
                     jbytes += os.path.getsize(node.journal.path + suffix)
@@ -293,12 +293,12 @@ class _ScrapeTime(Collector):
         yield ev
         refused = CounterMetricFamily("mesh_refused_frames", "Frames this node could not decode.",
                                       labels=["hostname"])
-        refused.add_metric([host], node.refused)
+        refused.add_metric([host], node.front.refused)
         yield refused
         yield gauge("mesh_node_rss_bytes", "Memory of the node and its children.", ["hostname"],
-                    [([host], node._rss)])
+                    [([host], node.heartbeat.rss)])
         yield gauge("mesh_node_cpu_percent", "CPU of the node and its children.", ["hostname"],
-                    [([host], node._cpu)])
+                    [([host], node.heartbeat.cpu)])
         yield gauge("mesh_node_start_time_seconds", "When this node started (unix time).",
                     ["hostname"], [([host], node.started_at)])
         yield gauge("mesh_node_scrape_time_seconds", "Now, on this node (clock skew).",

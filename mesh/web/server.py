@@ -136,7 +136,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.StreamResponse:
     """200 while the node takes work; 503 once it is stopping (load balancers drain)."""
     node = request.app[SERVER_KEY].node
-    stopping = node._stop.is_set()
+    stopping = node.stopping
     busy, total, queued = node.load()
     body = {"status": "stopping" if stopping else "ok", "node": node.name,
             "address": node.address, "busy": busy, "children": total, "queued": queued}

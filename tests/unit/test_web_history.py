@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mesh import states
-from mesh.node.journal import Journal
+from mesh.node.sqlite_journal import SqliteJournal as Journal
 from mesh.web.history import HistoryError, JournalReader, Query
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, encode
