@@ -98,6 +98,11 @@ class Journal(abc.ABC):
     def set_peer(self, task_ids: Iterable[str], peer: str) -> None:
         """These results' other copy is on ``peer`` now."""
 
+    @abc.abstractmethod
+    def forget(self, task_id: str) -> bool:
+        """Drop a finished task's result and record (AsyncResult.forget); False if
+        there was no result."""
+
     @property
     @abc.abstractmethod
     def in_tx(self) -> bool:
@@ -117,6 +122,10 @@ class Journal(abc.ABC):
     # -- reads ------------------------------------------------------------------------
     @abc.abstractmethod
     def get(self, task_id: str) -> Stored | None: ...
+
+    @abc.abstractmethod
+    def frame(self, task_id: str) -> bytes | None:
+        """The Submit a task was accepted with (its name and arguments), if kept."""
 
     @abc.abstractmethod
     def unfinished(self) -> list[Row]:

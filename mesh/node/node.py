@@ -30,6 +30,7 @@ import zmq
 
 from mesh import __version__, signals
 from mesh.node.announce import Announcer
+from mesh.node.beat import Beat
 from mesh.node.component import Component, NodeStartError, component_name, order
 from mesh.node.events import EventStream, Publisher
 from mesh.node.executor import Executor, Storage
@@ -45,6 +46,8 @@ from mesh.node.remote import RemoteControl
 from mesh.node.replicas import Replicas
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
+from mesh.web.commands import History, HistoryService
+from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
 
 if TYPE_CHECKING:
@@ -75,6 +78,9 @@ BUILTIN: tuple[type[Component], ...] = (
     Shedder,        # shedding: queued tasks to peers with room
     Expiry,         # expiry: old results out of the journal
     Announcer,      # discovery: mDNS
+    Beat,           # beat: periodic tasks, each due run fired by one node (mesh/node/beat.py)
+    History,        # history: the dashboard's web.* questions, answered by every node
+    Http,           # http: the dashboard, JSON API and /metrics (--http; mesh/web)
 )
 
 USER_HOOK_TIMEOUT = 10.0   # s an app component's start or stop may take before it is abandoned
@@ -92,11 +98,17 @@ class Node:
     transport: "ZmqTransport"
     shedder: Shedder
     gossip: Members
+    history: HistoryService
+    http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
+    beat: Beat | None = None         # set by the beat component
     ctx: "zmq.Context[Any]"
 
     def __init__(self, app: "Mesh", config: "Config",
-                 components: Iterable[type[Component] | Component] | None = None):
+                 components: Iterable[type[Component] | Component] | None = None,
+                 handle_signals: bool = True):
         self.app = app
+        self.handle_signals = handle_signals    # SIGTERM/SIGINT stop the node (meshnode)
+        self._run_task: asyncio.Task[Any] | None = None
         self.config = config
         self.name = config.node_name
         self.address = config.bind
@@ -172,7 +184,7 @@ class Node:
             "tasks_per_s": round(hb.rate, 1), "cpu_percent": round(hb.cpu, 1),
             "rss_bytes": hb.rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": pool.started_total, "refused_frames": self.front.refused,
-            "registered": sorted(self.app.tasks),
+            "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
             "components": [component_name(x) for x in self.components],
             **(self.replicas.status() if self.replicas.started else {}),
             **(self.handoff.status() if self.handoff.started else {}),
@@ -182,7 +194,9 @@ class Node:
     async def run(self) -> None:
         """Serve until stop() or SIGTERM/SIGINT; then drain and return."""
         self.ctx = zmq.Context()
+        self._run_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        handled = (signal.SIGTERM, signal.SIGINT) if self.handle_signals else ()
         started: list[Component] = []
         failed: BaseException | None = None
         try:
@@ -196,7 +210,7 @@ class Node:
                 except NodeStartError as e:
                     failed = e
                 else:
-                    for sig in (signal.SIGTERM, signal.SIGINT):
+                    for sig in handled:
                         loop.add_signal_handler(sig, self.stop)
                     log.info("node %s ready on %s: %d children, tasks: %s", self.name,
                              self.address, self.pool.size, ", ".join(sorted(self.app.tasks)) or "(none)")
@@ -215,7 +229,7 @@ class Node:
             log.info("node %s stopped", self.name)
         finally:
             self._tg = None
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in handled:
                 loop.remove_signal_handler(sig)
             for c in reversed(started):
                 self._close(c)
@@ -272,6 +286,17 @@ class Node:
         elif self._stop_count == 2:
             log.warning("second stop request: not waiting for running tasks")
             self.pool.kill_all()
+
+    def crash(self) -> None:
+        """End run() at once, as abruptly as one process allows (in-process tests):
+        no stop hooks, no goodbye; loops are cancelled and components closed."""
+        if self._run_task is not None:
+            self._run_task.cancel()
+
+    async def finished(self) -> None:
+        """Wait for run() to end (after stop() or crash())."""
+        if self._run_task is not None:
+            await asyncio.wait({self._run_task})
 
     def stop_soon(self) -> None:
         """Stop once the current replies are out (the ``shutdown`` command)."""

@@ -213,10 +213,15 @@ class Replicas(Component):
         if backup:
             self._queue(backup).tasks[entry.task_id] = entry.frame
 
-    def finished(self, task_id: str, state: str, result_frame: bytes) -> str:
+    def finished(self, task_id: str, state: str, result_frame: bytes | None) -> str:
         """A held task's final result: it replaces the copy at the backup (a copy not
-        sent yet is not sent at all). The backup that keeps the result ("" if none)."""
+        sent yet is not sent at all). The backup that keeps the result ("" if none).
+        ``result_frame`` None: the task keeps no result (ignore_result); its copy goes,
+        and nothing waits for the backup."""
         if not self.enabled:
+            return ""
+        if result_frame is None:
+            self.forgotten([task_id])
             return ""
         backup = self._untrack(task_id) or self._choose(task_id)
         if backup:

@@ -117,9 +117,9 @@ class SqliteJournal(Journal):
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self.db.execute("PRAGMA busy_timeout=2000")
-            # one process uses the journal (the flock above): no shared-memory WAL index,
-            # fewer system calls per commit
-            self.db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            # NORMAL locking (not EXCLUSIVE): the node is the only writer (the flock
+            # above), and readers (the dashboard, mesh/web/history.py) can open the
+            # file while it runs. Measured: about 4 us more per commit.
             self.db.execute("PRAGMA cache_size=-65536")
             self.db.executescript(_SCHEMA)
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
@@ -243,6 +243,12 @@ class SqliteJournal(Journal):
             self._write("DELETE FROM tasks WHERE task_id=? AND NOT EXISTS "
                         "(SELECT 1 FROM results WHERE results.task_id=?)", (tid, tid))
 
+    def forget(self, task_id: str) -> bool:
+        if self._write("DELETE FROM results WHERE task_id=?", (task_id,)) == 0:
+            return False
+        self._write("DELETE FROM tasks WHERE task_id=?", (task_id,))
+        return True
+
     def revoke(self, task_ids: Iterable[str], at: float) -> None:
         """Remember revoked ids (a revoked task that arrives later is not run)."""
         for tid in task_ids:
@@ -312,6 +318,13 @@ class SqliteJournal(Journal):
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         return Stored(row[0], row[1]) if row else None
+
+    def frame(self, task_id: str) -> bytes | None:
+        try:
+            row = self.db.execute("SELECT frame FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return bytes(row[0]) if row else None
 
     def unfinished(self) -> list[Row]:
         """Tasks accepted and not finished, oldest first (restart recovery): one scan

@@ -85,3 +85,33 @@ def raises_on_ready(sender: Any = None, **kw: Any) -> None:
 @signals.worker_shutdown.connect
 def on_shutdown(sender: Any = None, **kw: Any) -> None:
     _note(sender, f"worker_shutdown pid={os.getpid()}")
+
+
+# ---- control commands the app registers (test_e2e_components.py) ------------------------
+
+from mesh import control_command, inspect_command  # noqa: E402
+
+BUMPS = {"total": 0}
+
+
+@control_command(args=[("n", int)])
+def bump(state: Any, n: int | None = 1) -> dict[str, int]:
+    BUMPS["total"] += n or 1
+    return {"bumped": BUMPS["total"]}
+
+
+@control_command
+def note(state: Any, text: str) -> None:
+    """Write a line to the node's notes (arguments typed from the annotations)."""
+    _note(state.node, text)
+
+
+@inspect_command(name="component-names")
+def component_names(state: Any) -> list[str]:
+    names: list[str] = state.node.stats()["components"]
+    return names
+
+
+@inspect_command()
+def explodes(state: Any) -> None:
+    raise RuntimeError("a command that raises")

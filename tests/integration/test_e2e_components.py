@@ -86,3 +86,35 @@ def test_components_that_cannot_be_ordered_stop_the_node_with_a_clear_error(
                            "--no-mdns", "--data-dir", str(tmp_path / module), env=env)
         assert done.returncode == 2, done.stderr
         assert words in done.stderr
+
+
+# ---- control commands the app registered ----------------------------------------------
+
+def test_app_control_commands_through_app_control_and_meshctl(start_node: Any) -> None:
+    from harness import MESHCTL
+
+    from mesh import Mesh
+    node = start_node(app="components_app")
+    with Mesh("ctl", peers=[node.endpoint], mdns=False) as app:
+        ctl = app.control
+        assert ctl.broadcast("bump", arguments={"n": 2}, reply=True) == {node.name: {"bumped": 2}}
+        assert "'n' must be" in ctl.broadcast("bump", arguments={"n": "x"})[node.name]["error"]
+        assert ctl.broadcast("component-names")[node.name][-1] == "Submitter"
+        assert "RuntimeError: a command that raises" in ctl.broadcast("explodes")[node.name]["error"]
+        assert "note needs 'text'" in ctl.broadcast("note", arguments={})[node.name]["error"]
+        assert ctl.broadcast("note", arguments={"text": "quietly"}, reply=False) is None
+        wait_until(lambda: "quietly" in _notes(node), what="the reply=False command to run")
+    done = run_program(MESHCTL, "--peers", node.endpoint, "--json", "control", "bump",
+                       "--args", '{"n": 3}')
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {node.name: {"bumped": 5}}
+    done = run_program(MESHCTL, "--peers", node.endpoint, "control", "bump", "--args", "[1]")
+    assert done.returncode == 2 and "--args must be a JSON object" in done.stderr
+    done = run_program(MESHCTL, "--peers", node.endpoint, "control", "nope")
+    assert done.returncode == 1 and "unknown command 'nope'" in done.stdout
+    # the node's own commands keep their names and shapes through the same path
+    done = run_program(MESHCTL, "--peers", node.endpoint, "--json", "control", "revoke",
+                       "--args", '{"task_ids": ["abc"]}')
+    assert json.loads(done.stdout) == {node.name: {"revoked": ["abc"], "dropped": [],
+                                                   "terminated": [], "still_running": []}}
+    assert node.ping()
