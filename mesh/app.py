@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, overload
 
+from mesh import signals
 from mesh.conf import Settings
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
@@ -142,11 +143,22 @@ class Mesh:
             eta_t = None
         if kwargs is not None and not isinstance(kwargs, dict):
             raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        expires_t = _abs_time(expires, now, "expires")
+        tid = task_id or new_task_id()
+        headers = headers or {}
+        body = None                        # the publish signals' body, when someone listens
+        if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
+            from mesh.client import publish
+            queue = self.conf.task_default_queue
+            body, headers = publish.before(
+                name, tid, args or (), kwargs if kwargs is not None else {}, headers, queue,
+                priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
+                soft_time_limit=soft_time_limit)
+            args, kwargs = body[0], body[1]
         msg = Submit(
-            task_id=task_id or new_task_id(), name=name,
-            payload=codec.dump_call(args, kwargs), priority=priority or 0, eta=eta_t,
-            expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
-            soft_time_limit=soft_time_limit, headers=headers or {})
+            task_id=tid, name=name, payload=codec.dump_call(args, kwargs), priority=priority or 0,
+            eta=eta_t, expires=expires_t, time_limit=time_limit,
+            soft_time_limit=soft_time_limit, headers=headers)
         msg.validate()
         if task_id is not None and self._client is not None and self._client.lookup(task_id):
             raise ConfigError(f"task id {task_id} is already outstanding in this client")
@@ -156,6 +168,9 @@ class Mesh:
                               f"{self.config.max_message_size} (max_message_size)")
         slot = Slot(msg.task_id, frame)
         self.client.submit(slot)
+        if body is not None:
+            from mesh.client import publish
+            publish.after(name, body, queue)
         return AsyncResult(msg.task_id, self, slot)
 
     @property

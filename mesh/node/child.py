@@ -1,7 +1,11 @@
 """The child side of the prefork pool: runs in a forked process, asks for work by
 being idle, runs one task at a time, reports the result, and retires when told to by
 its limits. It talks to its node over a socketpair (mesh.channel) and never touches
-the zmq Context it inherited from the node."""
+the zmq Context it inherited from the node.
+
+It sends the signals Celery sends in a pool process (docs/signals.md):
+``worker_process_init`` once before its first task, the task signals around each
+task, ``worker_process_shutdown`` when it exits through Python."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +17,8 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mesh import states
+from mesh import signals, states
+from mesh.einfo import ExceptionInfo
 from mesh.exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
 from mesh.node.channel import BlockingChannel
 from mesh.retry import backoff_delay
@@ -77,6 +82,10 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
+class _Stop(BaseException):
+    """SIGTERM while idle: leave the loop and exit cleanly (worker_process_shutdown)."""
+
+
 class Child:
     def __init__(self, app: "Mesh", config: "Config", node_name: str):
         self.app = app
@@ -85,6 +94,8 @@ class Child:
         self.done = 0
         self._proc: Any = None
         self._countdown: float | None = None
+        self._busy = False                 # between taking a task and sending its result
+        self._running: tuple[Any, Request] | None = None   # (task, request) while it runs
 
     def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
         """Run in the forked child; never returns."""
@@ -92,18 +103,23 @@ class Child:
         try:
             self._setup_process(node_pid)
             _close_inherited_sockets(keep=sock.fileno(), data_dir=self.config.data_path)
+            signals.worker_process_init.send(sender=None)   # before ChildReady: no task yet
             chan = BlockingChannel(sock)
             chan.send(encode(ChildReady(pid=os.getpid())))
             self._loop(chan)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Stop):
             code = 0
         except BaseException:
             traceback.print_exc()
             code = 70
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)   # let the receivers finish
+                signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
 
     def _setup_process(self, node_pid: int) -> None:
         _die_with_parent()
@@ -111,9 +127,24 @@ class Child:
             os._exit(0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)       # the node decides when we stop
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGALRM, _raise_soft_limit)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """Idle: exit cleanly (the node retires idle children with SIGTERM). Busy: the
+        task is being terminated (``revoke(terminate=True, signal="SIGTERM")``): send
+        task_revoked, then die of the signal as before, so the node reports it."""
+        if not self._busy:
+            raise _Stop()
+        running = self._running
+        if running is not None:
+            task, req = running
+            signals.task_revoked.send(sender=task, request=req, terminated=True,
+                                      signum=signum, expired=False)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)            # not reached: the signal's default action kills us
 
     def _loop(self, chan: BlockingChannel) -> None:
         max_tasks = self.config.max_tasks_per_child
@@ -125,6 +156,7 @@ class Child:
                 continue
             if frame is None:                  # the node closed our channel: stop
                 return
+            self._busy = True
             done, result = self.run_frame(frame)
             self.done += 1
             retire = None
@@ -138,6 +170,7 @@ class Child:
                 done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss(),
                                  done.countdown)
             chan.send(encode(done), result)
+            self._busy = False
             if retire:
                 return
 
@@ -156,6 +189,7 @@ class Child:
                 raise TypeError(f"child expected a Submit, got {type(msg).__name__}")
         except Exception as e:   # the node validated it; this is a bug, report it anyway
             log.error("child got a bad task frame: %s", e)
+            signals.task_rejected.send(sender=None, message=frame, exc=e)
             res = Result(task_id="?", state=states.FAILURE, exc=exc_info_of(e), node=self.node_name)
             return ChildDone("?", states.FAILURE, 0.0), encode(res)
         self._countdown = None
@@ -180,21 +214,46 @@ class Child:
 
     def run_task(self, msg: Submit) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
         task = self.app.tasks.get(msg.name)
+        if task is None:
+            e: BaseException = NotRegistered(
+                f"task {msg.name!r} is not registered on node {self.node_name}")
+            signals.task_unknown.send(sender=None, name=msg.name, id=msg.task_id, message=msg, exc=e)
+            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+        try:
+            args, kwargs = codec.load_call(msg.payload)
+        except Exception as e:
+            signals.task_rejected.send(sender=None, message=msg, exc=e)
+            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
         soft = msg.soft_time_limit
-        if task is not None and soft is None:
+        if soft is None:
             soft = task.options.soft_time_limit
         if soft is None:
             soft = self.config.soft_time_limit
-        token = None
+        req = Request(
+            id=msg.task_id, task=msg.name, args=args, kwargs=kwargs, retries=msg.retries,
+            eta=msg.eta, expires=msg.expires, hostname=self.node_name, priority=msg.priority,
+            time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
+            called_directly=False)
+        token = _current_request.set(req)
+        self._running = (task, req)
         try:
-            if task is None:
-                raise NotRegistered(f"task {msg.name!r} is not registered on node {self.node_name}")
-            args, kwargs = codec.load_call(msg.payload)
-            token = _current_request.set(Request(
-                id=msg.task_id, task=msg.name, args=args, kwargs=kwargs, retries=msg.retries,
-                eta=msg.eta, expires=msg.expires, hostname=self.node_name, priority=msg.priority,
-                time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
-                called_directly=False))
+            return self._trace(task, req, msg, soft)
+        finally:
+            self._running = None
+            _current_request.reset(token)
+
+    def _trace(self, task: Any, req: Request, msg: Submit, soft: float | None
+               ) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
+        """Run the task between its signals, as Celery's tracer does: task_prerun; then
+        task_success, task_retry or task_failure; then task_postrun. Receivers that
+        raise are logged by Signal.send and change nothing here."""
+        args, kwargs = req.args, req.kwargs
+        signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=args, kwargs=kwargs)
+        value: Any = None
+        encoded: bytes | None = None
+        exc: dict[str, Any] | None = None
+        tb: str | None = None
+        try:
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, soft)
             try:
@@ -202,15 +261,29 @@ class Child:
             finally:
                 if soft:
                     signal.setitimer(signal.ITIMER_REAL, 0)
-            return states.SUCCESS, codec.dumps(value), None, None
+            encoded = codec.dumps(value)
+            state = states.SUCCESS
         except Retry as r:           # self.retry(): run again later, on this node
             self._countdown = r.countdown if r.countdown is not None else 0.0
             cause = r.exc if r.exc is not None else r
-            return states.RETRY, None, exc_info_of(cause), "".join(traceback.format_exception(cause))
+            state, value = states.RETRY, r
+            exc, tb = exc_info_of(cause), "".join(traceback.format_exception(cause))
+            signals.task_retry.send(sender=task, request=req, reason=r, einfo=ExceptionInfo())
         except BaseException as e:   # the task's failure, whatever it is, is its result
-            if task is not None and self._autoretry(task, msg, e):
-                return states.RETRY, None, exc_info_of(e), "".join(traceback.format_exception(e))
-            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
-        finally:
-            if token is not None:
-                _current_request.reset(token)
+            exc, tb, value = exc_info_of(e), "".join(traceback.format_exception(e)), e
+            if self._autoretry(task, msg, e):   # as Celery's autoretry: task.retry(exc=e)
+                state = states.RETRY
+                value = Retry(f"retry in {self._countdown:g} s: {e!r}", exc=e,
+                              countdown=self._countdown)
+                signals.task_retry.send(sender=task, request=req, reason=value,
+                                        einfo=ExceptionInfo((Retry, value, e.__traceback__)))
+            else:
+                state = states.FAILURE
+                signals.task_failure.send(sender=task, task_id=req.id, exception=e, args=args,
+                                          kwargs=kwargs, traceback=e.__traceback__,
+                                          einfo=ExceptionInfo())
+        else:
+            signals.task_success.send(sender=task, result=value)
+        signals.task_postrun.send(sender=task, task_id=req.id, task=task, args=args,
+                                  kwargs=kwargs, retval=value, state=state)
+        return state, encoded, exc, tb
