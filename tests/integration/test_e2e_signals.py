@@ -43,6 +43,13 @@ def signal_node(start_node: Any, tmp_path: Path, **flags: Any) -> Any:
     return start_node(app="signals_app", env=env, **flags)
 
 
+@pytest.fixture(scope="module")
+def shared(start_module_node: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    """One node (one child) for the tests that only read records of their own tasks."""
+    directory = tmp_path_factory.mktemp("signals")
+    return signal_node(start_module_node, directory, concurrency=1), directory
+
+
 def test_worker_process_init_runs_once_in_every_child_recycled_and_replaced_ones_too(
         start_node: Any, make_client: Any, tmp_path: Path) -> None:
     node = signal_node(start_node, tmp_path, concurrency=2, max_tasks_per_child=3)
@@ -90,65 +97,65 @@ def test_worker_process_init_runs_once_in_every_child_recycled_and_replaced_ones
 
 
 def test_task_signals_fire_in_the_child_with_celerys_arguments(
-        start_node: Any, make_client: Any, tmp_path: Path) -> None:
-    node = signal_node(start_node, tmp_path, concurrency=1)
+        shared: tuple[Any, Path], make_client: Any, tmp_path: Path) -> None:
+    node, records_dir = shared
     t = make_client(node).tasks
     child = t.pid.delay().get(timeout=RESULT_TIMEOUT)
 
     ok = t.add.apply_async((2,), {"y": 3})
     assert ok.get(timeout=RESULT_TIMEOUT) == 5
-    pre = one(tmp_path, "task_prerun", ok.id)
+    pre = one(records_dir, "task_prerun", ok.id)
     assert pre == {"signal": "task_prerun", "pid": child, "sender": "tasks_app.add", "task_id": ok.id,
                    "task": "tasks_app.add", "args": [2], "kwargs": {"y": 3}, "request_id": ok.id}
-    assert one(tmp_path, "task_success", ok.id)["result"] == 5
-    post = one(tmp_path, "task_postrun", ok.id)
+    assert one(records_dir, "task_success", ok.id)["result"] == 5
+    post = one(records_dir, "task_postrun", ok.id)
     assert (post["retval"], post["state"], post["args"], post["kwargs"]) == (5, "SUCCESS", [2], {"y": 3})
-    order = [r["signal"] for r in records(tmp_path) if r.get("task_id") == ok.id]
+    order = [r["signal"] for r in records(records_dir) if r.get("task_id") == ok.id]
     assert order == ["task_prerun", "task_success", "task_postrun"]
 
     bad = t.fail.delay("boom", 7)
     with pytest.raises(tasks_app.CustomError):
         bad.get(timeout=RESULT_TIMEOUT)
-    f = one(tmp_path, "task_failure", bad.id)
+    f = one(records_dir, "task_failure", bad.id)
     assert (f["sender"], f["exception"], f["args"], f["kwargs"]) == ("tasks_app.fail", "CustomError", ["boom", 7], {})
     assert f["traceback_is_tb"] and f["einfo_exception_is_it"]
     assert "CustomError" in f["einfo_text"] and "raise CustomError" in f["einfo_text"]
-    post = one(tmp_path, "task_postrun", bad.id)
+    post = one(records_dir, "task_postrun", bad.id)
     assert post["state"] == "FAILURE" and "CustomError" in post["retval"]
-    assert not [r for r in records(tmp_path, "task_success") if r["task_id"] == bad.id]
+    assert not [r for r in records(records_dir, "task_success") if r["task_id"] == bad.id]
 
     # self.retry(): task_retry, then a second run that succeeds
     flaky = t.flaky.delay(str(tmp_path / "flaky.count"), 1)
     assert flaky.get(timeout=RESULT_TIMEOUT) == {"retries": 1}
-    r = one(tmp_path, "task_retry", flaky.id)
+    r = one(records_dir, "task_retry", flaky.id)
     assert (r["retries"], r["reason"], r["einfo_type"]) == (0, "Retry", "Retry")   # as Celery
     assert "flaky, attempt 1" in r["reason_exc"]
-    states = [p["state"] for p in records(tmp_path, "task_postrun") if p["task_id"] == flaky.id]
+    states = [p["state"] for p in records(records_dir, "task_postrun") if p["task_id"] == flaky.id]
     assert states == ["RETRY", "SUCCESS"]
 
     # autoretry_for: the same signal, its reason a Retry carrying the exception
     auto = t.auto_flaky.delay(str(tmp_path / "auto.count"), 1)
     assert auto.get(timeout=RESULT_TIMEOUT) == 2
-    r = one(tmp_path, "task_retry", auto.id)
+    r = one(records_dir, "task_retry", auto.id)
     assert (r["reason"], r["einfo_type"]) == ("Retry", "Retry") and "auto flaky" in r["reason_exc"]
 
 
 def test_task_revoked_fires_in_the_child_terminated_with_sigterm(
-        start_node: Any, make_client: Any, tmp_path: Path) -> None:
-    node = signal_node(start_node, tmp_path, concurrency=1)
+        shared: tuple[Any, Path], make_client: Any, tmp_path: Path) -> None:
+    node, records_dir = shared
     t = make_client(node).tasks
     running = t.wait_for_file.delay(str(tmp_path / "never-opened"))
-    pre = one(tmp_path, "task_prerun", running.id)
+    pre = one(records_dir, "task_prerun", running.id)
     reply = running.revoke(terminate=True, signal="SIGTERM")
     assert running.id in str(reply)
     with pytest.raises(TaskRevokedError):
         running.get(timeout=RESULT_TIMEOUT)
-    rev = one(tmp_path, "task_revoked", running.id)
+    rev = one(records_dir, "task_revoked", running.id)
     assert (rev["pid"], rev["sender"], rev["terminated"], rev["signum"], rev["expired"]) == \
         (pre["pid"], "tasks_app.wait_for_file", True, signal.SIGTERM, False)
-    assert not [p for p in records(tmp_path, "task_postrun") if p["task_id"] == running.id]
+    assert not [p for p in records(records_dir, "task_postrun") if p["task_id"] == running.id]
     # the child died of it (no clean shutdown), and a new one took over
-    assert pre["pid"] not in {r["pid"] for r in records(tmp_path, "worker_process_shutdown")}
+    assert pre["pid"] not in {r["pid"] for r in records(records_dir, "worker_process_shutdown")}
     assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
 
 
@@ -193,8 +200,8 @@ class PublishLog:
 
 
 def test_publish_signals_fire_in_the_client_with_celerys_arguments(
-        start_node: Any, make_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    node = signal_node(start_node, tmp_path, concurrency=1)
+        shared: tuple[Any, Path], make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    node, _ = shared
     c = make_client(node)
     got = PublishLog()
     signals.before_task_publish.connect(got.explode, weak=False)
