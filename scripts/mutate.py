@@ -26,6 +26,7 @@ Slow by nature (minutes to an hour): not part of the default test run.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import io
 import json
@@ -49,7 +50,8 @@ AUTO_TESTS: dict[str, list[str]] = {
     "mesh/wire/protocol.py": ["tests/unit/test_protocol.py", "tests/unit/test_protocol_doc.py",
                               "tests/unit/test_protocol_fuzz.py"],
     "mesh/wire/codec.py": ["tests/unit/test_codec.py", "tests/unit/test_protocol_doc.py"],
-    "mesh/node/journal.py": ["tests/unit/test_journal.py", "tests/integration/test_e2e_journal.py",
+    "mesh/node/journal.py": ["tests/unit/test_journal.py", "tests/unit/test_journal_messages.py",
+                             "tests/integration/test_e2e_journal.py",
                              "tests/integration/test_e2e_promises.py"],
     "mesh/client/placement.py": ["tests/unit/test_placement.py",
                                  "tests/integration/test_e2e_promises.py::test_tasks_submitted_after_a_node_died_go_to_the_live_one",
@@ -61,7 +63,8 @@ AUTO_TESTS: dict[str, list[str]] = {
                           "tests/integration/test_e2e_retries.py",
                           "tests/integration/test_e2e_journal.py",
                           "tests/integration/test_e2e_shutdown.py"],
-    "mesh/result.py": ["tests/unit/test_result.py", "tests/unit/test_client_scripted.py"],
+    "mesh/result.py": ["tests/unit/test_result.py", "tests/unit/test_result_waits.py",
+                       "tests/unit/test_client_scripted.py"],
 }
 
 # token -> what it becomes (one mutant per replacement)
@@ -111,8 +114,10 @@ def auto_mutants(file: str, tests: list[str]) -> list[Mutant]:
     toks = list(tokenize.generate_tokens(io.StringIO(source).readline))
     for i, tok in enumerate(toks):
         row, col = tok.start
+        if row > len(lines) or tok.type in (tokenize.ENDMARKER, tokenize.NEWLINE):
+            continue
         line = lines[row - 1]
-        if counts[line] != 1 or tok.end[0] != row:
+        if counts[line] != 1 or source.count(line) != 1 or tok.end[0] != row:
             continue
         stripped = line.strip()
         if stripped.startswith(("log.", "logging.", "raise ", "assert ", "def ", "class ", "@",
@@ -137,15 +142,19 @@ def auto_mutants(file: str, tests: list[str]) -> list[Mutant]:
             new = line[:col] + v + line[tok.end[1]:]
             if v == "":
                 new = line[:col] + line[tok.end[1]:].lstrip(" ")
+            try:                           # only mutants that still compile
+                ast.parse(source.replace(line, new, 1))
+            except SyntaxError:
+                continue
             out.append(Mutant(name=f"{file}:{row}:{tok.string}->{v or 'nothing'}", file=file,
                               find=line, replace=new, tests=tests, line=row))
     return out
 
 
-def scratch_copy() -> Path:
+def scratch_copy(source: Path = ROOT) -> Path:
     root = Path(tempfile.mkdtemp(prefix="mesh-mutate-"))
     for name in COPY:
-        src = ROOT / name
+        src = source / name
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
@@ -171,6 +180,8 @@ def run_tests(root: Path, tests: list[str], timeout: float, show: bool = False) 
         return "passed", time.monotonic() - t0
     if p.returncode == 1:
         return "failed", time.monotonic() - t0
+    if p.returncode in (2, 3, 4):      # collection or import broken by the mutant (the
+        return "broken", time.monotonic() - t0   # unmutated copy ran these same paths)
     return f"error (exit {p.returncode}: {tail[:120]})", time.monotonic() - t0
 
 
@@ -202,7 +213,15 @@ def main() -> int:
         return 2
 
     started = time.monotonic()
-    baseline = scratch_copy()
+    pristine = scratch_copy()      # the tree as it is now: edits made during the run do not leak in
+    try:
+        return run(args, mutants, pristine, started)
+    finally:
+        shutil.rmtree(pristine, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, mutants: list[Mutant], pristine: Path, started: float) -> int:
+    baseline = scratch_copy(pristine)
     try:
         needed = sorted({t for m in mutants for t in m.tests})
         verdict, secs = run_tests(baseline, needed, args.timeout * 3, show=True)
@@ -218,7 +237,7 @@ def main() -> int:
         if args.budget and time.monotonic() - started > args.budget:
             print(f"budget of {args.budget:.0f} s spent: {len(mutants) - len(results)} mutant(s) not run")
             break
-        root = scratch_copy()
+        root = scratch_copy(pristine)
         try:
             m.apply(root)
             verdict, secs = run_tests(root, m.tests, args.timeout)
@@ -226,13 +245,13 @@ def main() -> int:
             verdict, secs = f"stale ({e})", 0.0
         finally:
             shutil.rmtree(root, ignore_errors=True)
-        killed = verdict in ("failed", "timeout")
+        killed = verdict in ("failed", "timeout", "broken")
         results.append({"name": m.name, "file": m.file, "verdict": verdict, "killed": killed,
                         "seconds": round(secs, 1), "replace": m.replace.strip()})
         print(f"{'KILLED ' if killed else 'SURVIVED' if verdict == 'passed' else 'ERROR  '} "
               f"{secs:6.1f} s  {m.name}" + ("" if killed or verdict == "passed" else f"  [{verdict}]"),
               flush=True)
-    scored = [r for r in results if r["verdict"] in ("passed", "failed", "timeout")]
+    scored = [r for r in results if r["verdict"] in ("passed", "failed", "timeout", "broken")]
     killed = sum(r["killed"] for r in scored)
     print(f"\nscore: {killed}/{len(scored)} killed"
           + (f" ({100 * killed / len(scored):.0f}%)" if scored else "")
