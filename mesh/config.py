@@ -1,7 +1,8 @@
 """Configuration: one frozen, commented dataclass, built the same way from keyword
 arguments, ``MESH_*`` environment variables and command-line flags.
 
-Precedence, lowest first: defaults < environment (``MESH_<FIELD>``) < explicit
+Precedence, lowest first: defaults < the app's settings (``app.conf``: ``peers``,
+``worker_concurrency``, ... see mesh/conf.py) < environment (``MESH_<FIELD>``) < explicit
 arguments (keyword arguments to ``Mesh``/``Config.build`` or CLI flags). An unknown
 option fails with a hint naming the closest known one.
 """
@@ -56,6 +57,11 @@ class Config:
     events: bool = True                 # publish events on an XPUB socket (docs/events.md);
                                         # built only when someone subscribes
     loglevel: str = "INFO"
+    # -- dashboard (mesh/web, docs/dashboard.md) ---------------------------------------
+    http: str = ""                      # HOST:PORT (or PORT: loopback) for the dashboard, JSON
+                                        # API, /metrics and /healthz; "" = no HTTP server
+    http_token: str = ""                # when set, every HTTP request but /healthz needs it
+                                        # (Authorization: Bearer, or ?token= once in a browser)
     # -- wire -------------------------------------------------------------------------
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # bytes; larger frames are refused
     # -- client -----------------------------------------------------------------------
@@ -86,6 +92,8 @@ class Config:
             check_endpoint(ep)
         if self.profile not in ("lan", "local", "test"):
             raise bad(f"profile must be one of lan, local, test, got {self.profile!r}")
+        if self.http:
+            http_address(self.http)
         if self.loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad(f"loglevel must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.loglevel!r}")
 
@@ -111,11 +119,15 @@ class Config:
 
     # -- building ---------------------------------------------------------------------
     @classmethod
-    def build(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> "Config":
-        """Defaults, then MESH_* from ``env`` (os.environ by default), then kwargs.
-        Keyword arguments whose value is None are ignored (unset CLI flags)."""
+    def build(cls, env: Mapping[str, str] | None = None,
+              defaults: Mapping[str, Any] | None = None, **kwargs: Any) -> "Config":
+        """Defaults, then ``defaults`` (what the app's settings say: app.conf), then
+        MESH_* from ``env`` (os.environ by default), then kwargs. Keyword arguments
+        whose value is None are ignored (unset CLI flags)."""
         names = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
+        for key, value in (defaults or {}).items():
+            values[key] = _coerce(names[key], value, f"app.conf setting for {key}")
         env = os.environ if env is None else env
         for fname, f in names.items():
             raw = env.get("MESH_" + fname.upper())
@@ -147,7 +159,7 @@ _TYPE_NAMES = {"str": "a string", "bool": "true or false", "int": "an integer",
 def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
     if isinstance(value, str) and f.type not in ("str",):
         return _parse(f, value, where)
-    if f.name == "peers":
+    if str(f.type) == "tuple[str, ...]":
         if isinstance(value, str):
             return _parse(f, value, where)
         try:
@@ -198,6 +210,18 @@ def advertised_endpoint(bound: str, advertise: str = "") -> str:
             if a.family.name == "AF_INET" and not ipaddress.ip_address(a.address).is_loopback:
                 return f"tcp://{a.address}:{port}"
     return f"tcp://127.0.0.1:{port}"
+
+
+def http_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``PORT`` (loopback) for ``--http``; ``[::1]:PORT`` for IPv6."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]")
+    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
+        raise ConfigError(f"http address {value!r} must look like HOST:PORT or PORT "
+                          "(e.g. 127.0.0.1:8080)")
+    return host, int(port)
 
 
 def check_endpoint(ep: str) -> str:

@@ -180,6 +180,10 @@ def status(ctx: click.Context) -> int:
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         click.echo(f"{answered} of {len(rows)} node(s) answered")
+        for r in rows:             # a node that can run nothing is a mistake worth shouting
+            if r["answered"] and not r.get("registered", True):
+                click.echo(f"WARNING: node {r['node']} registers no tasks (its app: "
+                           f"{r.get('app') or '?'}): it can run nothing; check its --app", err=True)
     return EXIT_OK if answered else EXIT_FAILURE
 
 
@@ -222,9 +226,15 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
 def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
     """Wait for ``r`` (unless ``timeout`` is None), print its outcome; the exit code."""
     from mesh import states
-    from mesh.exceptions import MeshError
+    from mesh.exceptions import MeshError, ResultIgnored
     try:
         value = r.get(timeout=timeout) if timeout is not None else r.get(timeout=0.001)
+    except ResultIgnored as e:     # it ended well, keeping no value (ignore_result, Ignore)
+        if ctx.obj["json"]:
+            click.echo(json.dumps({"id": r.id, "state": r.state, "result": None, "ignored": True}))
+        else:
+            click.echo(f"meshctl: {e}", err=True)
+        return EXIT_OK
     except MeshError as e:
         state = r.state
         if ctx.obj["json"]:
@@ -343,7 +353,7 @@ def inspect(ctx: click.Context, what: str, nodes: tuple[str, ...]) -> int:
       meshctl --peers tcp://127.0.0.1:7700 inspect active
       meshctl --json inspect registered --node node-a
     """
-    answers = _controller(ctx).broadcast(what, destination=nodes or None)
+    answers = _controller(ctx).ask(what, destination=nodes or None)
 
     def render(node: str, a: Any) -> None:
         if what in ("active", "reserved", "scheduled"):
@@ -381,7 +391,7 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
     Example:
       meshctl --peers tcp://127.0.0.1:7700 revoke 5f0c...e1 --terminate
     """
-    answers = _controller(ctx).broadcast("revoke", {"task_ids": list(task_ids),
+    answers = _controller(ctx).ask("revoke", {"task_ids": list(task_ids),
                                                     "terminate": terminate, "signal": sig})
 
     def render(node: str, a: Any) -> None:
@@ -392,105 +402,14 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
     return _print_per_node(ctx, answers, render)
 
 
-@meshctl.group()
-def control() -> None:
-    """Change running nodes: rate and time limits, pool size, shutdown.
-
-    \b
-    Example:
-      meshctl --peers tcp://127.0.0.1:7700 control rate-limit tasks.add 10/s
-    """
-
-
-def _control_cmd(ctx: click.Context, command: str, args: dict[str, Any],
-                 nodes: tuple[str, ...]) -> int:
-    answers = _controller(ctx).broadcast(command, args, destination=nodes or None)
-    return _print_per_node(ctx, answers, lambda node, a: click.echo(f"{node}: {json.dumps(a)}"))
-
-
-NODE_OPTION = click.option("--node", "nodes", multiple=True, metavar="NAME",
-                           help="Only these nodes (repeatable; default: all).")
-
-
-@control.command("rate-limit")
-@click.argument("task_name")
-@click.argument("rate")
-@NODE_OPTION
-@click.pass_context
-def rate_limit(ctx: click.Context, task_name: str, rate: str, nodes: tuple[str, ...]) -> int:
-    """Limit how often each node starts TASK_NAME: 100/m, 10/s, 5/h, or 0 for no limit.
-
-    \b
-    Example:
-      meshctl control rate-limit reports.build 6/m
-    """
-    return _control_cmd(ctx, "rate_limit", {"task": task_name, "rate": None if rate == "0" else rate},
-                        nodes)
-
-
-@control.command("time-limit")
-@click.argument("task_name")
-@click.option("--soft", type=click.FloatRange(min=0, min_open=True), help="Soft limit, seconds.")
-@click.option("--hard", type=click.FloatRange(min=0, min_open=True), help="Hard limit, seconds.")
-@NODE_OPTION
-@click.pass_context
-def time_limit(ctx: click.Context, task_name: str, soft: float | None, hard: float | None,
-               nodes: tuple[str, ...]) -> int:
-    """Set TASK_NAME's time limits for tasks received from now on.
-
-    \b
-    Example:
-      meshctl control time-limit reports.build --soft 50 --hard 60
-    """
-    return _control_cmd(ctx, "time_limit", {"task": task_name, "soft": soft, "hard": hard}, nodes)
-
-
-@control.command("pool-grow")
-@click.argument("n", type=click.IntRange(1, 1000), default=1)
-@NODE_OPTION
-@click.pass_context
-def pool_grow(ctx: click.Context, n: int, nodes: tuple[str, ...]) -> int:
-    """Add N children to each node's pool.
-
-    \b
-    Example:
-      meshctl control pool-grow 2 --node node-a
-    """
-    return _control_cmd(ctx, "pool_grow", {"n": n}, nodes)
-
-
-@control.command("pool-shrink")
-@click.argument("n", type=click.IntRange(1, 1000), default=1)
-@NODE_OPTION
-@click.pass_context
-def pool_shrink(ctx: click.Context, n: int, nodes: tuple[str, ...]) -> int:
-    """Retire N children from each node's pool (idle ones now, busy ones after their
-    task; never below one).
-
-    \b
-    Example:
-      meshctl control pool-shrink 1
-    """
-    return _control_cmd(ctx, "pool_shrink", {"n": n}, nodes)
-
-
-@control.command("shutdown")
-@NODE_OPTION
-@click.pass_context
-def shutdown(ctx: click.Context, nodes: tuple[str, ...]) -> int:
-    """Warm shutdown, as SIGTERM: give back waiting tasks, finish running ones, exit 0.
-
-    \b
-    Example:
-      meshctl control shutdown --node node-a
-    """
-    return _control_cmd(ctx, "shutdown", {}, nodes)
-
-
+from mesh.cli.meshctl_beat import beat  # noqa: E402
+from mesh.cli.meshctl_control import control  # noqa: E402
 from mesh.cli.meshctl_monitor import events, top  # noqa: E402
 
+meshctl.add_command(control)
 meshctl.add_command(events)
 meshctl.add_command(top)
+meshctl.add_command(beat)
 
 
 def main() -> None:

@@ -75,6 +75,18 @@ class ControlClient:
                 s.close(linger=0)
 
 
+    def send(self, endpoints: Iterable[str], command: str, args: dict[str, Any]) -> None:
+        """Send ``command`` to every endpoint and wait for no answer (``noreply``).
+        Each socket lingers up to a second so the frame leaves before it closes."""
+        frame = encode(Control(uuid.uuid4().hex, command, args))
+        for ep in dict.fromkeys(endpoints):
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 1000)
+            s.connect(ep)
+            s.send(frame)
+            s.close()
+
+
 def alive_endpoints(cc: ControlClient, seeds: Iterable[str], timeout: float = 2.0) -> list[str]:
     """Every alive node's endpoint, from the first seed that answers ``members``.
     The seeds themselves when none knows members (a lone node answers for itself)."""
@@ -103,9 +115,35 @@ class Controller:
         self._seeds = seeds
         self.timeout = timeout
 
-    def broadcast(self, command: str, args: dict[str, Any] | None = None,
+    def broadcast(self, command: str, args: Any = None,
                   destination: Iterable[str] | None = None,
-                  timeout: float | None = None) -> dict[str, Any]:
+                  timeout: float | None = None, *, arguments: Any = None,
+                  reply: bool = True) -> Any:
+        """Send ``command`` with ``arguments`` (or ``args``: a dict, or a request
+        dataclass from mesh.wire.control) to every alive node, or the ones named in
+        ``destination``. Returns ``{node: reply}`` (``{"error": ...}`` for a node that
+        refused or did not answer); with ``reply=False``, sends and returns None."""
+        if arguments is not None:
+            args = arguments
+        if args is not None and not isinstance(args, dict):
+            from mesh.wire.control import to_args
+            args = to_args(args)
+        if reply:
+            return self.ask(command, args, destination, timeout)
+        timeout = self.timeout if timeout is None else timeout
+        with ControlClient() as cc:
+            eps = alive_endpoints(cc, self._seeds(), timeout)
+            if destination is not None:
+                want = set(destination)
+                names = cc.broadcast(eps, "ping", timeout=timeout)
+                eps = [ep for ep, r in names.items() if isinstance(r, ControlReply) and r.node in want]
+            cc.send(eps, command, {**(args or {}), "noreply": True})
+        return None
+
+    def ask(self, command: str, args: dict[str, Any] | None = None,
+            destination: Iterable[str] | None = None,
+            timeout: float | None = None) -> dict[str, Any]:
+        """``broadcast`` with replies: ``{node: reply}``."""
         timeout = self.timeout if timeout is None else timeout
         want = set(destination) if destination is not None else None
         out: dict[str, Any] = {}
@@ -128,36 +166,41 @@ class Controller:
         return Inspect(self, destination, timeout)
 
     def ping(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
-        return self.broadcast("ping", destination=destination)
+        return self.ask("ping", destination=destination)
 
     def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
                signal: str = "SIGKILL") -> dict[str, Any]:
         """Revoke tasks everywhere: not started ones never run (on any node, now or
         later); with ``terminate``, a running one is killed (its child is replaced)."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        return self.broadcast("revoke", {"task_ids": ids, "terminate": terminate,
+        return self.ask("revoke", {"task_ids": ids, "terminate": terminate,
                                          "signal": signal})
+
+    def forget(self, task_id: str | Iterable[str]) -> dict[str, Any]:
+        """Drop finished tasks' results on every node (``AsyncResult.forget``)."""
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        return self.ask("forget", {"task_ids": ids})
 
     def rate_limit(self, task_name: str, rate: str | float | None,
                    destination: Iterable[str] | None = None) -> dict[str, Any]:
         """Per node, as in Celery: "100/m", "10/s", a number per second, or None."""
-        return self.broadcast("rate_limit", {"task": task_name, "rate": rate}, destination)
+        return self.ask("rate_limit", {"task": task_name, "rate": rate}, destination)
 
     def time_limit(self, task_name: str, soft: float | None = None, hard: float | None = None,
                    destination: Iterable[str] | None = None) -> dict[str, Any]:
         """New limits for tasks received from now on."""
-        return self.broadcast("time_limit", {"task": task_name, "soft": soft, "hard": hard},
+        return self.ask("time_limit", {"task": task_name, "soft": soft, "hard": hard},
                               destination)
 
     def pool_grow(self, n: int = 1, destination: Iterable[str] | None = None) -> dict[str, Any]:
-        return self.broadcast("pool_grow", {"n": n}, destination)
+        return self.ask("pool_grow", {"n": n}, destination)
 
     def pool_shrink(self, n: int = 1, destination: Iterable[str] | None = None) -> dict[str, Any]:
-        return self.broadcast("pool_shrink", {"n": n}, destination)
+        return self.ask("pool_shrink", {"n": n}, destination)
 
     def shutdown(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
         """Warm shutdown of the nodes (as SIGTERM)."""
-        return self.broadcast("shutdown", destination=destination)
+        return self.ask("shutdown", destination=destination)
 
 
 class Inspect:
@@ -168,7 +211,7 @@ class Inspect:
         self._c, self._dest, self._timeout = control, destination, timeout
 
     def _ask(self, command: str) -> dict[str, Any]:
-        return self._c.broadcast(command, destination=self._dest, timeout=self._timeout)
+        return self._c.ask(command, destination=self._dest, timeout=self._timeout)
 
     def active(self) -> dict[str, Any]:
         """Running tasks: id, name, args, kwargs, started, pid, node."""

@@ -1,5 +1,3 @@
-"""The node side, the daemon behind ``meshnode``: the node and its parts (intake, pool
-and children, journal, remote control, events, peer sockets)."""
-from mesh.node.node import Node, NodeStartError
-
-__all__ = ["Node", "NodeStartError"]
+"""The node side, the daemon behind ``meshnode``: ``mesh.node.node.Node`` and its
+components (docs/components.md). Nothing is imported here, so that ``import mesh``
+(which needs ``mesh.node.component``) stays light in clients and children."""

@@ -5,7 +5,9 @@ the zmq Context it inherited from the node.
 
 It sends the signals Celery sends in a pool process (docs/signals.md):
 ``worker_process_init`` once before its first task, the task signals around each
-task, ``worker_process_shutdown`` when it exits through Python."""
+task (through mesh/trace.py), ``task_revoked`` when terminated with a signal it can
+catch, ``task_unknown``/``task_rejected`` for what it cannot run, and
+``worker_process_shutdown`` when it exits through Python."""
 from __future__ import annotations
 
 import logging
@@ -13,18 +15,18 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mesh import signals, states
-from mesh.einfo import ExceptionInfo
-from mesh.exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
+from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
 from mesh.node.channel import BlockingChannel
-from mesh.retry import backoff_delay
-from mesh.task import Request, _current_request
+from mesh.task import Request
+from mesh.trace import execute
 from mesh.wire import codec
-from mesh.wire.protocol import ChildDone, ChildReady, Result, Submit, decode, encode
+from mesh.wire.protocol import ChildDone, ChildReady, ChildState, Result, Submit, decode, encode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -94,6 +96,10 @@ class Child:
         self.done = 0
         self._proc: Any = None
         self._countdown: float | None = None
+        self._keep = True                       # the node keeps the result (not ignored)
+        self._next_call: bytes | None = None     # retry(args=, kwargs=): the next run's payload
+        self._chan: BlockingChannel | None = None
+        self._chan_lock = threading.Lock()
         self._busy = False                 # between taking a task and sending its result
         self._running: tuple[Any, Request] | None = None   # (task, request) while it runs
 
@@ -104,7 +110,7 @@ class Child:
             self._setup_process(node_pid)
             _close_inherited_sockets(keep=sock.fileno(), data_dir=self.config.data_path)
             signals.worker_process_init.send(sender=None)   # before ChildReady: no task yet
-            chan = BlockingChannel(sock)
+            chan = self._chan = BlockingChannel(sock)
             chan.send(encode(ChildReady(pid=os.getpid())))
             self._loop(chan)
         except (KeyboardInterrupt, _Stop):
@@ -168,8 +174,9 @@ class Child:
                     retire = f"max memory per child ({rss_kib} KiB > {max_mem} KiB)"
             if retire:
                 done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss(),
-                                 done.countdown)
-            chan.send(encode(done), result)
+                                 done.countdown, done.keep)
+            with self._chan_lock:
+                chan.send(encode(done), result)
             self._busy = False
             if retire:
                 return
@@ -193,26 +200,28 @@ class Child:
             res = Result(task_id="?", state=states.FAILURE, exc=exc_info_of(e), node=self.node_name)
             return ChildDone("?", states.FAILURE, 0.0), encode(res)
         self._countdown = None
+        self._keep = True
+        self._next_call = None
         state, value, exc, tb = self.run_task(msg)
         runtime = time.perf_counter() - t0
         res = Result(task_id=msg.task_id, state=state, result=value, exc=exc, traceback=tb,
-                     runtime=runtime, node=self.node_name, retries=msg.retries)
-        return ChildDone(msg.task_id, state, runtime, countdown=self._countdown), encode(res)
+                     runtime=runtime, node=self.node_name, retries=msg.retries,
+                     date_done=None if state == states.RETRY else time.time(),
+                     payload=self._next_call)
+        return (ChildDone(msg.task_id, state, runtime, countdown=self._countdown, keep=self._keep),
+                encode(res))
 
-    def _autoretry(self, task: Any, msg: Submit, e: BaseException) -> bool:
-        """True (and the countdown set) if ``e`` is one the task retries by itself
-        (autoretry_for) and retries are left; else the task fails with ``e``."""
-        o = task.options
-        if not o.autoretry_for or not isinstance(e, o.autoretry_for):
-            return False
-        if o.max_retries is not None and msg.retries >= o.max_retries:
-            return False
-        self._countdown = backoff_delay(
-            msg.retries, backoff=o.retry_backoff, backoff_max=o.retry_backoff_max,
-            jitter=o.retry_jitter, default_delay=o.default_retry_delay)
-        return True
+    def _state_sink(self, task_id: str) -> Any:
+        """update_state and track_started: a CHILD_STATE to the node, at once."""
+        def send(state: str, meta: bytes | None) -> None:
+            if self._chan is not None:
+                with self._chan_lock:          # a task's own threads may report too
+                    self._chan.send(encode(ChildState(task_id, state, meta)))
+        return send
 
     def run_task(self, msg: Submit) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
+        """Run the task through the tracer (mesh/trace.py: handlers, retries, Reject,
+        Ignore); the Result's state, value, exception and traceback."""
         task = self.app.tasks.get(msg.name)
         if task is None:
             e: BaseException = NotRegistered(
@@ -234,56 +243,21 @@ class Child:
             eta=msg.eta, expires=msg.expires, hostname=self.node_name, priority=msg.priority,
             time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
             called_directly=False)
-        token = _current_request.set(req)
-        self._running = (task, req)
+        req.state_sink = self._state_sink(msg.task_id)
+        if task.options.track_started:
+            req.state_sink(states.STARTED, codec.dumps({"pid": os.getpid(), "hostname": self.node_name}))
+        self._running = (task, req)        # for task_revoked, if we are terminated
         try:
-            return self._trace(task, req, msg, soft)
+            o = execute(task, req, soft)
         finally:
             self._running = None
-            _current_request.reset(token)
-
-    def _trace(self, task: Any, req: Request, msg: Submit, soft: float | None
-               ) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
-        """Run the task between its signals, as Celery's tracer does: task_prerun; then
-        task_success, task_retry or task_failure; then task_postrun. Receivers that
-        raise are logged by Signal.send and change nothing here."""
-        args, kwargs = req.args, req.kwargs
-        signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=args, kwargs=kwargs)
-        value: Any = None
-        encoded: bytes | None = None
-        exc: dict[str, Any] | None = None
-        tb: str | None = None
-        try:
-            if soft:
-                signal.setitimer(signal.ITIMER_REAL, soft)
+        self._countdown, self._keep = o.countdown, o.keep
+        if o.call is not None:
             try:
-                value = task.run(*args, **kwargs)
-            finally:
-                if soft:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-            encoded = codec.dumps(value)
-            state = states.SUCCESS
-        except Retry as r:           # self.retry(): run again later, on this node
-            self._countdown = r.countdown if r.countdown is not None else 0.0
-            cause = r.exc if r.exc is not None else r
-            state, value = states.RETRY, r
-            exc, tb = exc_info_of(cause), "".join(traceback.format_exception(cause))
-            signals.task_retry.send(sender=task, request=req, reason=r, einfo=ExceptionInfo())
-        except BaseException as e:   # the task's failure, whatever it is, is its result
-            exc, tb, value = exc_info_of(e), "".join(traceback.format_exception(e)), e
-            if self._autoretry(task, msg, e):   # as Celery's autoretry: task.retry(exc=e)
-                state = states.RETRY
-                value = Retry(f"retry in {self._countdown:g} s: {e!r}", exc=e,
-                              countdown=self._countdown)
-                signals.task_retry.send(sender=task, request=req, reason=value,
-                                        einfo=ExceptionInfo((Retry, value, e.__traceback__)))
-            else:
-                state = states.FAILURE
-                signals.task_failure.send(sender=task, task_id=req.id, exception=e, args=args,
-                                          kwargs=kwargs, traceback=e.__traceback__,
-                                          einfo=ExceptionInfo())
-        else:
-            signals.task_success.send(sender=task, result=value)
-        signals.task_postrun.send(sender=task, task_id=req.id, task=task, args=args,
-                                  kwargs=kwargs, retval=value, state=state)
-        return state, encoded, exc, tb
+                self._next_call = codec.dump_call(*o.call)
+            except Exception as e:          # retry(args=...) with what cannot be sent
+                return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+        if o.state == states.SUCCESS or o.state == states.IGNORED:
+            return o.state, o.encoded, None, None
+        assert o.exc is not None
+        return o.state, None, exc_info_of(o.exc), o.traceback

@@ -16,12 +16,13 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mesh.node.channel import FrameReader, pack
 from mesh.node.child import Child
+from mesh.node.ledger import Entry
 from mesh.ratelimit import TokenBucket
-from mesh.wire.protocol import ChildDone, ChildReady, decode
+from mesh.wire.protocol import ChildDone, ChildReady, ChildState, decode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -32,33 +33,6 @@ log = logging.getLogger("mesh.pool")
 CRASH_WINDOW = 10.0        # s; more than CRASH_LIMIT deaths in it slow respawning down
 CRASH_LIMIT = 10
 RESPAWN_BACKOFF = 1.0
-
-
-class Entry:
-    """A task held by the node, from intake until its result is sent."""
-
-    __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
-                 "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried", "reserved")
-
-    def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
-                 eta: float | None, expires: float | None, time_limit: float | None,
-                 acks_late: bool = True):
-        self.task_id = task_id
-        self.name = name
-        self.client = client
-        self.frame = frame
-        self.priority = priority
-        self.eta = eta
-        self.expires = expires
-        self.time_limit = time_limit
-        self.received = time.time()
-        self.started: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.acks_late = acks_late            # False: journalled as STARTED before it starts
-        self.redelivered = 0                  # runs again after its child died (reject_on_worker_lost)
-        self.retried = False                  # waiting for a retry (state RETRY)
-        self.reserved = False                 # holds a rate-limit reservation: starts when due
 
 
 class ChildProc:
@@ -81,11 +55,13 @@ class ChildProc:
         self.shrink = False                   # leaves the pool after its task (pool_shrink)
 
 
-class PoolEvents:
-    """What the pool tells its node. The node implements these."""
+class PoolEvents(Protocol):
+    """What the pool tells its node (mesh.node.ledger.Ledger implements these)."""
 
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
-                  countdown: float | None = None) -> None: ...
+                  countdown: float | None = None, keep: bool = True) -> None: ...
+    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
+        """The running task reported a state (track_started, update_state)."""
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE",
                     **event: Any) -> None: ...
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
@@ -320,6 +296,10 @@ class Pool:
         elif type(msg) is ChildReady:
             if not self.stopping and child.killed_for is None:
                 self.idle.append(child)
+        elif type(msg) is ChildState:
+            entry = child.entry
+            if entry is not None and entry.task_id == msg.task_id:
+                self.events.task_progress(entry, msg.state, msg.meta)
         else:
             log.error("unexpected %s from child pid %d", type(msg).__name__, child.pid)
 
@@ -332,7 +312,7 @@ class Pool:
         child.tasks += 1
         if entry.timer is not None:
             entry.timer.cancel()
-        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown)
+        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown, msg.keep)
         if child.shrink:              # pool_shrink: leaves, not replaced (it may also
             child.retiring = True     # have asked to retire; leaving covers that)
             self._kill(child, signal.SIGTERM)
@@ -488,6 +468,19 @@ class Pool:
 
     def active(self) -> list[Entry]:
         return [c.entry for c in self.children.values() if c.entry is not None]
+
+    def running(self) -> list[tuple[Entry, int]]:
+        """Started tasks and the pid of the child running each."""
+        return [(c.entry, c.pid) for c in self.children.values() if c.entry is not None]
+
+    def kill_all(self) -> None:
+        """A second stop request: kill every child now (running tasks are reported
+        lost at shutdown, so acks_late ones go back to their owners)."""
+        self.stopping = True
+        for c in self.children.values():
+            if c.entry is not None:
+                c.killed_for = "shutdown"
+            self._kill(c, signal.SIGKILL)
 
 
 def _describe_status(status: int) -> str:

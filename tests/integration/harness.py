@@ -216,7 +216,7 @@ class NodeFactory:
         self.control = control
         self.nodes: list[NodeProc] = []
 
-    def __call__(self, *, app: str = TASKS_MODULE, concurrency: int = 2, name: str | None = None,
+    def __call__(self, *, app: str = TASKS_MODULE, concurrency: int | None = 2, name: str | None = None,
                  ready_timeout: float = READY_TIMEOUT, mdns: bool = False,
                  env: dict[str, str] | None = None, **flags: Any) -> NodeProc:
         for _attempt in range(3):
@@ -226,7 +226,8 @@ class NodeFactory:
             data_dir = self.base_dir / f"{node_name}-{port}.data"
             stderr_path = self.base_dir / f"{node_name}-{port}.stderr"
             argv = [MESHNODE, "--app", app, "--bind", endpoint, *([] if mdns else ["--no-mdns"]),
-                    "--concurrency", str(concurrency), "--data-dir", str(data_dir),
+                    *(["--concurrency", str(concurrency)] if concurrency is not None else []),
+                    "--data-dir", str(data_dir),
                     "--name", node_name, *_flag_args(flags)]
             with open(stderr_path, "wb") as err:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,

@@ -49,7 +49,7 @@ RATE = 600.0           # tasks due per second in variant a (the nodes manage sev
 def journal_open_ids(data_dir: Path) -> set[str]:
     """Ids of the tasks a (dead) node's journal holds unfinished: what it runs again
     when it restarts. Read-only, while the node is down."""
-    from mesh.node.journal import Journal
+    from mesh.node.sqlite_journal import SqliteJournal as Journal
     journal = Journal(str(data_dir))          # the node is down: its lock is free
     try:
         return {row.task_id for row in journal.unfinished()}

@@ -188,7 +188,7 @@ def test_a_resend_of_a_finished_task_is_answered_from_the_journal(
     assert node.status()["answered_from_journal"] == 1
 
 
-def test_without_a_journal_a_node_runs_tasks_and_stores_nothing(
+def test_without_a_journal_results_live_in_memory_only(
         start_node: Any, make_client: Any) -> None:
     node = start_node(no_journal=True)
     t = make_client(node).tasks
@@ -196,7 +196,13 @@ def test_without_a_journal_a_node_runs_tasks_and_stores_nothing(
     assert r.get(timeout=RESULT_TIMEOUT) == 42
     assert node.status()["journal"] is None
     assert not (node.data_dir / "journal.sqlite3").exists()
-    with _reader(node) as app:
+    with _reader(node) as app:       # the in-memory journal answers while the node runs
+        assert app.AsyncResult(r.id).state == states.SUCCESS
+        assert app.AsyncResult(r.id).get(timeout=RESULT_TIMEOUT) == 42
+    assert node.stop() == 0
+    node = start_node.restart(node)
+    assert not (node.data_dir / "journal.sqlite3").exists()
+    with _reader(node) as app:       # and nothing survives the node
         assert app.AsyncResult(r.id).state == states.UNKNOWN
 
 

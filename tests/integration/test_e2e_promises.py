@@ -4,10 +4,10 @@ spot-check changed these lines and the tests before these did not notice.
 
 * placement: a task submitted after a node died goes to a live node (the client's
   ``_update_placeable``, not ``placement.candidates``, which the client never calls);
-* intake: a revoked id never runs, also on a ``--no-journal`` node (``Node._intake``);
-* retries: ``autoretry_for`` waits ``factor * 2**retries`` seconds (``Child._autoretry``);
+* intake: a revoked id never runs, also on a ``--no-journal`` node (the intake, mesh/node/intake.py);
+* retries: ``autoretry_for`` waits ``factor * 2**retries`` seconds (``_autoretry`` in mesh/trace.py);
 * front door: a frame over 2 x max message size is never read (``zmq.MAXMSGSIZE``);
-* journal: a task is acknowledged only once it is committed (``Node._flush``), and one
+* journal: a task is acknowledged only once it is committed (``Ledger.flush``), and one
   a node cannot journal goes to another node (``Client._on_journal_error``).
 """
 from __future__ import annotations

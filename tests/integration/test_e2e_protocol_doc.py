@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from harness import wait_until
+from harness import free_port, wait_until
 
 from mesh.client.control import ControlClient
 from mesh.wire.protocol import ControlReply
@@ -33,7 +33,7 @@ def documented_commands() -> set[str]:
     section = DOC[DOC.index("### 5.6 CONTROL"):DOC.index("### 5.7 ")]
     out: set[str] = set()
     for cell in re.findall(r"^\| (`[^|]+) \|", section, re.M):
-        out.update(re.findall(r"`([a-z_]+)`", cell))
+        out.update(re.findall(r"`([a-z_.\-]+)`", cell))
     return out
 
 
@@ -47,7 +47,7 @@ def test_control_replies_have_exactly_the_documented_keys(
         start_node: Any, make_client: Any, control: ControlClient, tmp_path: Path) -> None:
     tables = documented_keys()
     keys = {cmd: t[0] for cmd, t in tables.items()}
-    node = start_node(concurrency=1)
+    node = start_node(concurrency=1, http=f"127.0.0.1:{free_port()}")   # web.* too
     t = make_client(node).tasks
     done = t.add.delay(1, 2)
     assert done.get(timeout=RESULT_TIMEOUT) == 3
@@ -60,7 +60,7 @@ def test_control_replies_have_exactly_the_documented_keys(
 
     unknown = control.broadcast([node.endpoint], "no_such_command", timeout=10.0)[node.endpoint]
     assert isinstance(unknown, ControlReply) and unknown.error
-    known = set(re.findall(r"[a-z_]+", unknown.error.split("known:", 1)[1]))
+    known = set(re.findall(r"[a-z_.\-]+", unknown.error.split("known:", 1)[1]))
     assert documented_commands() == known
 
     assert set(ask(control, node, "ping")) == keys["ping"]
@@ -69,8 +69,11 @@ def test_control_replies_have_exactly_the_documented_keys(
     assert members and all(set(m) == keys["members"] for m in members)
     assert all(set(m["meta"]) == tables["members"][1] for m in members)
 
-    assert set(ask(control, node, "result", task_id=done.id)) == keys["result"]
-    assert set(ask(control, node, "result", task_id=running.id)) == keys["result"] - {"result"}
+    # result, meta and submit are there only when they apply (the table says when)
+    finished = set(ask(control, node, "result", task_id=done.id))
+    held = set(ask(control, node, "result", task_id=running.id))
+    assert {"task_id", "state", "result"} <= finished <= keys["result"]
+    assert {"task_id", "state"} <= held <= keys["result"] - {"result"}
     item = keys["active"]
     assert all(set(e) == item - {"eta"} for e in ask(control, node, "active"))
     assert all(set(e) == item - {"eta", "started", "pid"} for e in ask(control, node, "reserved"))
@@ -84,6 +87,8 @@ def test_control_replies_have_exactly_the_documented_keys(
     assert set(ask(control, node, "pool_grow", n=1)) == keys["pool_grow"]
     assert set(ask(control, node, "pool_shrink", n=1)) == keys["pool_shrink"]
     assert ask(control, node, "duplicate", task_id=done.id) is None
+    assert set(ask(control, node, "forget", task_ids=[done.id])) == keys["forget"]
+    assert set(ask(control, node, "beat")) == keys["beat"]
     gate.touch()
     assert running.get(timeout=RESULT_TIMEOUT) == "opened"
     assert waiting.get(timeout=RESULT_TIMEOUT) == 4

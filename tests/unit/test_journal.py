@@ -1,4 +1,5 @@
-"""The journal on its own: a real sqlite file in a temp dir."""
+"""The journal on its own. The contract tests run over both implementations (a real
+sqlite file in a temp dir, and the in-memory one); the rest are sqlite's own."""
 from __future__ import annotations
 
 import multiprocessing
@@ -9,24 +10,35 @@ from pathlib import Path
 
 import pytest
 
-from mesh.node.journal import FILENAME, Journal, JournalError
+from mesh.node.journal import Journal as AnyJournal
+from mesh.node.journal import JournalError
+from mesh.node.memory_journal import MemoryJournal
+from mesh.node.sqlite_journal import FILENAME
+from mesh.node.sqlite_journal import SqliteJournal as Journal
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def journal(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyJournal]:
+    j: AnyJournal = Journal(str(tmp_path / "data")) if request.param == "sqlite" else MemoryJournal()
+    yield j
+    j.close()
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
+def sqlite_journal(tmp_path: Path) -> Iterator[Journal]:
     j = Journal(str(tmp_path / "data"))
     yield j
     j.close()
 
 
-def test_add_is_false_for_an_id_already_there(journal: Journal) -> None:
+def test_add_is_false_for_an_id_already_there(journal: AnyJournal) -> None:
     assert journal.add("t1", b"c", b"frame", 1.0)
     assert not journal.add("t1", b"other", b"frame2", 2.0)
     journal.commit()
     assert journal.get("t1") == ("RECEIVED", None)
 
 
-def test_finish_stores_the_result_and_the_task_is_no_longer_open(journal: Journal) -> None:
+def test_finish_stores_the_result_and_the_task_is_no_longer_open(journal: AnyJournal) -> None:
     journal.add("t1", b"c", b"frame", 1.0)
     journal.add("t2", b"c", b"frame", 2.0)
     journal.finish("t1", "SUCCESS", b"result", 3.0)
@@ -35,7 +47,7 @@ def test_finish_stores_the_result_and_the_task_is_no_longer_open(journal: Journa
     assert [r.task_id for r in journal.unfinished()] == ["t2"]
 
 
-def test_unfinished_is_oldest_first_and_keeps_what_recovery_needs(journal: Journal) -> None:
+def test_unfinished_is_oldest_first_and_keeps_what_recovery_needs(journal: AnyJournal) -> None:
     journal.add("late", b"c2", b"f2", 5.0)
     journal.add("early", b"c1", b"f1", 1.0)
     journal.started("late")
@@ -45,7 +57,7 @@ def test_unfinished_is_oldest_first_and_keeps_what_recovery_needs(journal: Journ
         ("early", b"c1", b"f1", "RECEIVED"), ("late", b"c2", b"f2", "STARTED")]
 
 
-def test_update_frame_is_what_a_retry_runs(journal: Journal) -> None:
+def test_update_frame_is_what_a_retry_runs(journal: AnyJournal) -> None:
     journal.add("t", b"c", b"v1", 1.0)
     journal.started("t")
     journal.update_frame("t", b"v2")
@@ -53,7 +65,7 @@ def test_update_frame_is_what_a_retry_runs(journal: Journal) -> None:
     assert journal.unfinished()[0][2:4] == (b"v2", "RECEIVED")
 
 
-def test_remove_forgets_open_tasks_but_never_results(journal: Journal) -> None:
+def test_remove_forgets_open_tasks_but_never_results(journal: AnyJournal) -> None:
     journal.add("open", b"c", b"f", 1.0)
     journal.add("done", b"c", b"f", 1.0)
     journal.finish("done", "SUCCESS", b"r", 2.0)
@@ -63,7 +75,7 @@ def test_remove_forgets_open_tasks_but_never_results(journal: Journal) -> None:
     assert journal.get("done") == ("SUCCESS", b"r")
 
 
-def test_replace_overwrites_a_row(journal: Journal) -> None:
+def test_replace_overwrites_a_row(journal: AnyJournal) -> None:
     journal.add("t", b"c", b"f", 1.0)
     journal.finish("t", "FAILURE", b"r", 2.0)
     journal.replace("t", b"c2", b"f2", 3.0)
@@ -71,7 +83,7 @@ def test_replace_overwrites_a_row(journal: Journal) -> None:
     assert journal.get("t") == ("RECEIVED", None)
 
 
-def test_expire_deletes_only_old_results(journal: Journal) -> None:
+def test_expire_deletes_only_old_results(journal: AnyJournal) -> None:
     for i in range(5):
         journal.add(f"t{i}", b"c", b"f", float(i))
         if i < 4:
@@ -82,13 +94,57 @@ def test_expire_deletes_only_old_results(journal: Journal) -> None:
     assert journal.get("t3") is not None and journal.get("t4") is not None
 
 
-def test_expire_is_bounded_per_call(journal: Journal) -> None:
+def test_expire_is_bounded_per_call(journal: AnyJournal) -> None:
     for i in range(30):
         journal.add(f"t{i}", b"c", b"f", 0.0)
         journal.finish(f"t{i}", "SUCCESS", b"r", 0.0)
     journal.commit()
     assert journal.expire(before=1.0, limit=10) == 10
     assert journal.counts()["results"] == 20
+
+
+def test_a_finished_id_is_still_known_to_add(journal: AnyJournal) -> None:
+    journal.add("t", b"c", b"f", 1.0)
+    journal.finish("t", "SUCCESS", b"r", 2.0)
+    journal.commit()
+    assert not journal.add("t", b"c", b"f", 3.0)     # a resend gets the stored result
+    assert journal.get("t") == ("SUCCESS", b"r")
+
+
+def test_revokes_are_kept_and_expire(journal: AnyJournal) -> None:
+    journal.revoke(["a", "b"], 10.0)
+    journal.revoke(["c"], 20.0)
+    journal.commit()
+    assert journal.revoked_since(0.0) == [("a", 10.0), ("b", 10.0), ("c", 20.0)]
+    assert journal.revoked_since(15.0) == [("c", 20.0)]
+    assert journal.revoked_since(0.0, limit=1) == [("c", 20.0)]
+    journal.expire(before=15.0)
+    assert journal.revoked_since(0.0) == [("c", 20.0)]
+
+
+def test_the_memory_journal_keeps_a_bounded_number_of_results() -> None:
+    j = MemoryJournal(max_results=3, max_bytes=1000)
+    for i in range(5):
+        j.add(f"t{i}", b"c", b"f", 0.0)
+        j.finish(f"t{i}", "SUCCESS", b"r", float(i))
+    assert j.counts() == {"open": 0, "results": 3}
+    assert j.get("t1") is None and j.get("t2") == ("SUCCESS", b"r")   # the oldest went first
+    assert j.dropped == 2
+
+
+def test_the_memory_journal_keeps_a_bounded_number_of_result_bytes() -> None:
+    j = MemoryJournal(max_results=100, max_bytes=250)
+    for i in range(5):
+        j.finish(f"t{i}", "SUCCESS", b"x" * 100, float(i))
+    assert j.counts()["results"] == 2
+    j.finish("t1", "SUCCESS", b"y" * 10, 9.0)     # a result stored again replaces the old one
+    assert j.counts()["results"] == 3 and j.get("t1") == ("SUCCESS", b"y" * 10)
+
+
+def test_the_memory_journal_keeps_a_bounded_number_of_revokes() -> None:
+    j = MemoryJournal(max_revoked=2)
+    j.revoke(["a", "b", "c"], 1.0)
+    assert [t for t, _ in j.revoked_since(0.0)] == ["b", "c"]
 
 
 def test_uncommitted_writes_are_gone_after_a_crash(tmp_path: Path) -> None:
@@ -112,7 +168,8 @@ def test_uncommitted_writes_are_gone_after_a_crash(tmp_path: Path) -> None:
         j.close()
 
 
-def test_a_second_journal_on_the_same_dir_is_refused(journal: Journal) -> None:
+def test_a_second_journal_on_the_same_dir_is_refused(sqlite_journal: Journal) -> None:
+    journal = sqlite_journal
     with pytest.raises(JournalError, match="in use by another node"):
         Journal(journal.directory)
 

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from mesh.node.journal import _explain
+from mesh.node.sqlite_journal import _explain
 
 
 @pytest.mark.parametrize("sqlite_text,fragment", [

@@ -156,7 +156,7 @@ def retry_result() -> Result:
     return Result(TASK_ID, "RETRY", None, exc={
         "type": "OSError", "module": "builtins", "message": "later",
         "args": codec.dumps(["later"])}, traceback="Traceback...", runtime=0.25, node="n1",
-        retries=0, eta=1700000000.5)
+        retries=0, eta=1700000000.5, payload=codec.dump_call((7, 3), None))
 
 
 def test_every_example_block_is_checked() -> None:
@@ -170,7 +170,7 @@ def test_the_examples_are_what_the_code_encodes() -> None:
     assert decode(EXAMPLES["submit-short"]) == submit()
     assert EXAMPLES["ack"] == encode(Ack([TASK_ID], "n1", [0, 4, 0]))
     assert EXAMPLES["result"] == encode(Result(TASK_ID, "SUCCESS", codec.dumps(5), runtime=0.25,
-                                               node="n1"))
+                                               node="n1", date_done=1700000000.75))
     assert EXAMPLES["ping"] == encode(Control("r1", "ping"))
     assert EXAMPLES["retry-result"] == encode(retry_result())
 
@@ -182,12 +182,12 @@ def test_the_stated_sizes_and_array_headers_match_the_bytes() -> None:
         said = re.search(r"\((\d+) bytes", before)
         if said:
             sizes[m.group(1)] = int(said.group(1))
-    assert sizes == {"submit": 65, "ack": 49, "result": 68}
+    assert sizes == {"submit": 65, "ack": 49, "result": 78}
     for name, n in sizes.items():
         assert len(EXAMPLES[name]) == n, name
     for header, count in re.findall(r"^\| `(9[0-9a-f])` \| fixarray, (\d+) elements \|", TEXT, re.M):
         assert int(header, 16) - 0x90 == int(count)
-    assert "| `9c` | fixarray, 12 elements |" in TEXT and "| `9b` | fixarray, 11 elements |" in TEXT
+    assert "| `9c` | fixarray, 12 elements |" in TEXT and "| `9d` | fixarray, 13 elements |" in TEXT
 
 
 class FakeNode:
@@ -237,7 +237,8 @@ def test_apply_async_sends_the_example_frame_and_a_retry_rewrites_it_as_section_
         assert slot is not None
         wait_until(lambda: slot.frame != EXAMPLES["submit"], DEADLINE, "the RETRY to be applied")
         assert slot.frame == EXAMPLES["retry-resend"]
-        assert decode(slot.frame) == dataclasses.replace(submit(), retries=1, eta=1700000000.5)
+        assert decode(slot.frame) == dataclasses.replace(
+            submit(), retries=1, eta=1700000000.5, payload=codec.dump_call((7, 3), None))
         assert r.state == "RETRY"
     finally:
         app.close()

@@ -1,0 +1,149 @@
+"""``meshctl control``: change running nodes, and run any registered command.
+
+The subcommands below have their own flags; any other NAME is sent as is, with
+``--args`` (a JSON object) as its arguments: the node's own commands (``revoke``,
+``status``, ...) and the ones an app registered with ``@control_command`` or
+``@inspect_command`` (docs/components.md).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from mesh.cli.common import EXIT_USAGE, die
+from mesh.cli.meshctl import _controller, _print_per_node
+
+
+class ControlGroup(click.Group):
+    """A group whose unknown subcommand names are control commands sent as they are."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        known = (super().get_command(ctx, cmd_name)          # Celery's spelling too:
+                 or super().get_command(ctx, cmd_name.replace("_", "-")))   # rate_limit
+        if known is not None:
+            return known
+        return _generic(cmd_name)
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        name = click.utils.make_str(args[0])
+        if name.startswith("-"):
+            return super().resolve_command(ctx, args)
+        return name, self.get_command(ctx, name), args[1:]
+
+
+def _generic(name: str) -> click.Command:
+    @click.command(name, help=f"Send the control command {name!r} to every node.")
+    @click.option("--args", "args_json", default="{}", metavar="JSON",
+                  help="The command's arguments, a JSON object.")
+    @NODE_OPTION
+    @click.pass_context
+    def run(ctx: click.Context, args_json: str, nodes: tuple[str, ...]) -> int:
+        try:
+            args = json.loads(args_json)
+        except ValueError as e:
+            die("meshctl", f"--args must be a JSON object: {e}", EXIT_USAGE)
+        if not isinstance(args, dict):
+            die("meshctl", "--args must be a JSON object, like '{\"n\": 2}'", EXIT_USAGE)
+        return _control_cmd(ctx.find_root(), name, args, nodes)
+    return run
+
+
+@click.group(cls=ControlGroup)
+def control() -> None:
+    """Change running nodes: rate and time limits, pool size, shutdown; and any
+    registered command, yours included: meshctl control NAME --args JSON.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 control rate-limit tasks.add 10/s
+      meshctl control bump --args '{"n": 2}'     # a command the app registered
+    """
+
+
+def _control_cmd(ctx: click.Context, command: str, args: dict[str, Any],
+                 nodes: tuple[str, ...]) -> int:
+    ctx = ctx.find_root()
+    answers = _controller(ctx).ask(command, args, destination=nodes or None)
+    return _print_per_node(ctx, answers, lambda node, a: click.echo(f"{node}: {json.dumps(a)}"))
+
+
+NODE_OPTION = click.option("--node", "nodes", multiple=True, metavar="NAME",
+                           help="Only these nodes (repeatable; default: all).")
+
+
+@control.command("rate-limit")
+@click.argument("task_name")
+@click.argument("rate")
+@NODE_OPTION
+@click.pass_context
+def rate_limit(ctx: click.Context, task_name: str, rate: str, nodes: tuple[str, ...]) -> int:
+    """Limit how often each node starts TASK_NAME: 100/m, 10/s, 5/h, or 0 for no limit.
+
+    \b
+    Example:
+      meshctl control rate-limit reports.build 6/m
+    """
+    return _control_cmd(ctx, "rate_limit", {"task": task_name, "rate": None if rate == "0" else rate},
+                        nodes)
+
+
+@control.command("time-limit")
+@click.argument("task_name")
+@click.option("--soft", type=click.FloatRange(min=0, min_open=True), help="Soft limit, seconds.")
+@click.option("--hard", type=click.FloatRange(min=0, min_open=True), help="Hard limit, seconds.")
+@NODE_OPTION
+@click.pass_context
+def time_limit(ctx: click.Context, task_name: str, soft: float | None, hard: float | None,
+               nodes: tuple[str, ...]) -> int:
+    """Set TASK_NAME's time limits for tasks received from now on.
+
+    \b
+    Example:
+      meshctl control time-limit reports.build --soft 50 --hard 60
+    """
+    return _control_cmd(ctx, "time_limit", {"task": task_name, "soft": soft, "hard": hard}, nodes)
+
+
+@control.command("pool-grow")
+@click.argument("n", type=click.IntRange(1, 1000), default=1)
+@NODE_OPTION
+@click.pass_context
+def pool_grow(ctx: click.Context, n: int, nodes: tuple[str, ...]) -> int:
+    """Add N children to each node's pool.
+
+    \b
+    Example:
+      meshctl control pool-grow 2 --node node-a
+    """
+    return _control_cmd(ctx, "pool_grow", {"n": n}, nodes)
+
+
+@control.command("pool-shrink")
+@click.argument("n", type=click.IntRange(1, 1000), default=1)
+@NODE_OPTION
+@click.pass_context
+def pool_shrink(ctx: click.Context, n: int, nodes: tuple[str, ...]) -> int:
+    """Retire N children from each node's pool (idle ones now, busy ones after their
+    task; never below one).
+
+    \b
+    Example:
+      meshctl control pool-shrink 1
+    """
+    return _control_cmd(ctx, "pool_shrink", {"n": n}, nodes)
+
+
+@control.command("shutdown")
+@NODE_OPTION
+@click.pass_context
+def shutdown(ctx: click.Context, nodes: tuple[str, ...]) -> int:
+    """Warm shutdown, as SIGTERM: give back waiting tasks, finish running ones, exit 0.
+
+    \b
+    Example:
+      meshctl control shutdown --node node-a
+    """
+    return _control_cmd(ctx, "shutdown", {}, nodes)

@@ -1,0 +1,67 @@
+"""The pool as a component, and the journal's: how the node runs and keeps tasks.
+
+``pool`` starts the prefork children (mesh/node/pool.py) and, at shutdown, gives the
+unstarted tasks back to their owners at once and lets the running ones finish (up to
+``shutdown_timeout``). ``journal`` opens the journal the config asks for (sqlite in the
+data dir, or in memory with ``--no-journal``) and closes it last.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from mesh.node.component import Component, NodeStartError
+from mesh.node.journal import JournalError, open_journal
+from mesh.node.pool import Pool
+from mesh.ratelimit import TokenBucket, parse_rate
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+
+class Storage(Component):
+    """Opens the node's journal (the data dir lock with it) and closes it last."""
+
+    name = "journal"
+
+    async def start(self, node: "Node") -> None:
+        path = node.config.data_path
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise NodeStartError(f"cannot create data dir {path}: {e.strerror}") from e
+        try:
+            node.journal = open_journal(node.config)
+        except JournalError as e:
+            raise NodeStartError(str(e)) from e
+
+    def close(self, node: "Node") -> None:
+        node.journal.close()
+
+
+class Executor(Component):
+    """The prefork pool: started children, per-task rate limits, the shutdown drain."""
+
+    name = "pool"
+    requires = ("journal", "front", "events")
+
+    async def start(self, node: "Node") -> None:
+        pool = Pool(node.app, node.config, node.name, node.ledger, node.config.pool_size)
+        for name, task in node.app.tasks.items():
+            rate = parse_rate(task.options.rate_limit)
+            if rate is not None:
+                pool.limits[name] = TokenBucket(rate)
+        node.pool = pool
+        node.spawn(pool.run(), name="pool")
+
+    async def stop(self, node: "Node") -> None:
+        node.ledger.release(node.pool.begin_stop(), "node is shutting down")
+        node.front.flush()
+        await node.pool.finish(node.config.shutdown_timeout)
+        node.front.flush()
+
+    def close(self, node: "Node") -> None:
+        node.pool.close()

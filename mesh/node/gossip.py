@@ -1,0 +1,108 @@
+"""Membership glue: the SWIM membership (mesh/membership) on the node's sockets.
+
+Membership messages arrive on the front door and go out through ``PeerSockets`` (one
+DEALER per peer, datagram manners). This component builds the transport and the
+membership, joins the seeds, spreads this node's load in its meta, tells a member that
+joins (or comes back) what we revoked, leaves the mesh first thing at shutdown, and
+closes the sockets of peers membership has forgotten (``sweep``).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from mesh.membership import Member, Membership, MemberState, profile
+from mesh.node.component import Component
+from mesh.node.peers import PeerSockets, ZmqTransport
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
+
+
+class Members(Component):
+    name = "membership"
+    requires = ("front", "events", "control", "pool", "heartbeat")
+
+    async def start(self, node: "Node") -> None:
+        self.node = node
+        node.gossip = self
+        # a digest of the registered task names: load is only shed to peers with the same
+        node.tasks_digest = hashlib.sha1("\n".join(sorted(node.app.tasks)).encode()).hexdigest()[:12]
+        peers = PeerSockets(node.ctx, f"node:{node.name}".encode())
+        node.transport = self.transport = ZmqTransport(peers, node.address)
+        prof = profile(node.config.profile)
+        self._reclaim = prof.dead_node_reclaim
+        node.membership = self.membership = Membership(
+            node.name, node.address, prof, self.transport, on_change=self._on_change,
+            get_local_meta=self.local_meta)
+        if node.config.peers:
+            self.membership.join(node.config.peers)
+        node.spawn(self.membership.run(), name="membership")
+        node.spawn(self._sweeper(), name="sweeper")
+
+    async def stop(self, node: "Node") -> None:
+        self.membership.leave()      # others see "left" at once and stop sending
+
+    def close(self, node: "Node") -> None:
+        self.transport.close()
+
+    def _on_change(self, member: Member, old: MemberState | None, new: MemberState) -> None:
+        node = self.node
+        if new == MemberState.ALIVE and old in (None, MemberState.DEAD, MemberState.LEFT) \
+                and member.id != node.name:
+            node.control.share_with(member.address)   # what we revoked must not run there
+        if old != new:
+            level = logging.WARNING if new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
+            log.log(level, "member %s (%s): %s -> %s", member.id, member.address,
+                    old.value if old else "new", new.value)
+
+    def local_meta(self) -> dict[str, Any]:
+        """This node's load, gossiped to the mesh (placement reads it)."""
+        node = self.node
+        busy, total, queued = node.load()
+        hb = node.heartbeat
+        return {"busy": busy, "total": total, "queued": queued, "rate": round(hb.rate, 1),
+                "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
+                "events": node.events_endpoint, "clock": node.events.clock,
+                "beat": node.beat.advertised() if node.beat is not None else ""}
+
+    def members(self) -> list[dict[str, Any]]:
+        """Every member this node knows, for the ``members`` control command."""
+        node = self.node
+        out = []
+        for m in self.membership.members():
+            if m.id == node.name:
+                load = node.load()
+                state = "left" if node.stopping else m.state.value
+            else:
+                meta = m.meta
+                load = [meta.get("busy", 0), meta.get("total", 0), meta.get("queued", 0)]
+                state = m.state.value
+            out.append({"node": m.id, "endpoint": m.address, "state": state,
+                        "incarnation": m.incarnation, "load": load, "meta": dict(m.meta)})
+        return out
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(min(SWEEP_INTERVAL, self._reclaim / 2))
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Close the sockets of peers membership has forgotten (dead or left for
+        longer than its reclaim time): churn (DHCP, containers) must not grow file
+        descriptors for ever. Seeds keep theirs. How many were closed."""
+        known = {m.address for m in self.membership.members()}
+        known.update(self.node.config.peers)
+        socks = self.transport.sockets
+        gone = [a for a in socks.socks if a not in known]
+        for address in gone:
+            socks.forget(address)
+        if gone:
+            log.info("closed the sockets of %d departed peer(s)", len(gone))
+        return len(gone)

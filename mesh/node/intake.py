@@ -1,0 +1,108 @@
+"""Intake: what the node does with a SUBMIT.
+
+A task is refused (revoked, not registered, journal failing) with a clear answer,
+answered from the journal (finished here already), recognised (a resend of a task
+held here), or accepted into the ledger. Every SUBMIT of a loop pass is acknowledged
+in one ACK per peer at the end of the pass (``flush_acks``), after the journal has
+committed the pass, and only for tasks still held then (a RESULT implies the ACK).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from mesh import states
+from mesh.node.component import Component
+from mesh.node.journal import JournalError
+from mesh.node.ledger import Entry
+from mesh.wire.protocol import Ack, Release, Submit, encode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+
+class Intake(Component):
+    """Takes SUBMITs from the front door into the ledger."""
+
+    name = "intake"
+    requires = ("journal", "front", "control", "pool")
+
+    def __init__(self) -> None:
+        self._acks: dict[bytes, list[str]] = {}
+
+    async def start(self, node: "Node") -> None:
+        self.node = node
+        node.intake = self
+
+    def submit(self, ident: bytes, msg: Submit, frame: bytes) -> None:
+        node = self.node
+        front, ledger = node.front, node.ledger
+        if node.stopping:
+            front.reply(ident, encode(Release([msg.task_id], node.name, "node is shutting down")))
+            return
+        tid = msg.task_id
+        acks = self._acks.get(ident)
+        if acks is None:
+            acks = self._acks[ident] = []
+            front.schedule_flush()
+        acks.append(tid)
+        held = ledger.held.get(tid)
+        if held is not None:           # a resend of a task we already hold
+            held.client = ident        # its owner may have reconnected through another link
+            return
+        if tid in node.control.revoked:
+            ledger.fail(ident, tid, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)
+            node.events.emit("task-revoked", uuid=tid, name=msg.name, expired=False,
+                             terminated=False)
+            return
+        task = node.app.tasks.get(msg.name)
+        if task is None:
+            known = ", ".join(sorted(node.app.tasks)[:20])
+            node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=False,
+                             reason="not registered")
+            ledger.fail(ident, tid, "NotRegistered", f"task {msg.name!r} is not registered on "
+                        f"node {node.name} (registered: {known or 'none'})")
+            return
+        now = time.time()
+        journal = node.journal
+        try:
+            if not journal.add(tid, ident, frame, now):
+                stored = journal.get(tid)
+                if stored is not None and stored.result is not None:
+                    ledger.counts["answered_from_journal"] += 1   # finished here already
+                    front.reply(ident, stored.result)
+                    return
+                journal.replace(tid, ident, frame, now)
+        except JournalError as e:
+            front.refuse(ident, "journal", f"node {node.name} cannot write its journal, so it "
+                         f"did not accept task {tid}: {e}", tid)
+            log.error("journal write failed: %s (task %s refused)", e, tid)
+            node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=True,
+                             reason=f"journal: {e}")
+            return
+        limits = node.control.time_limits
+        override = limits.get(msg.name) if limits else None
+        if override is not None:       # set at run time (time_limit command): the child
+            msg = dataclasses.replace(msg, soft_time_limit=override[0], time_limit=override[1])
+            frame = encode(msg)        # reads the soft limit from the message
+        limit = msg.time_limit or task.options.time_limit or node.config.time_limit
+        entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
+                      task.options.acks_late)
+        ledger.accept(entry, msg)
+
+    def flush_acks(self) -> None:
+        """Acknowledge this pass's SUBMITs that are still held (a result implies the ack)."""
+        if not self._acks:
+            return
+        node = self.node
+        load = node.load()
+        held = node.ledger.held
+        for ident, ids in self._acks.items():
+            ids = [t for t in ids if t in held]
+            if ids:
+                node.front.reply(ident, encode(Ack(ids, node.name, load)))
+        self._acks = {}

@@ -1,0 +1,368 @@
+"""The ledger: every task a node holds, from intake until its result is sent.
+
+One place owns a held task's lifecycle: ``accept`` (held, journalled, handed to the
+pool once the journal has it), ``finish`` (final result: journalled, sent to the
+owner and the watchers, published), ``retry`` (not final: the owner is told, the task
+waits here again), ``release`` (given back unstarted: the owner sends it elsewhere)
+and ``forget`` (no longer ours, in memory and in the journal). The pool reports to the
+ledger (it implements :class:`mesh.node.pool.PoolEvents`), and so do remote control
+(revokes) and shedding.
+
+Journal writes are batched per loop pass: :meth:`Ledger.flush` commits a batch with
+new tasks before any ACK of that pass leaves, and only then gives those tasks to the
+pool; a batch with only results is committed within ``RESULT_COMMIT_DELAY``.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from mesh import states
+from mesh.node import taskstate
+from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
+from mesh.node.journal import JournalError
+from mesh.wire import codec
+from mesh.wire.protocol import Release, Result, Submit, decode, encode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child keeps dying
+MAX_WATCHERS = 64          # processes told of one task's result when it is done
+RESULT_COMMIT_DELAY = 0.002  # s a batch of results may wait for its journal commit
+
+
+class Entry:
+    """A task held by the node, from intake until its result is sent."""
+
+    __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
+                 "time_limit", "received", "started", "timer", "acks_late", "redelivered",
+                 "retried", "reserved", "progress")
+
+    def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
+                 eta: float | None, expires: float | None, time_limit: float | None,
+                 acks_late: bool = True):
+        self.task_id = task_id
+        self.name = name
+        self.client = client
+        self.frame = frame
+        self.priority = priority
+        self.eta = eta
+        self.expires = expires
+        self.time_limit = time_limit
+        self.received = time.time()
+        self.started: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.acks_late = acks_late            # False: journalled as STARTED before it starts
+        self.redelivered = 0                  # runs again after its child died (reject_on_worker_lost)
+        self.retried = False                  # waiting for a retry (state RETRY)
+        self.reserved = False                 # holds a rate-limit reservation: starts when due
+        self.progress: tuple[str, bytes | None] | None = None   # its latest reported state
+                                              # (track_started, update_state) and meta
+
+
+class _RateLimitedLog:
+    """Log at most ``burst`` messages per ``window`` seconds; count the rest."""
+
+    def __init__(self, what: str, burst: int = 20, window: float = 10.0):
+        self.what = what
+        self.burst, self.window = burst, window
+        self.start, self.count, self.suppressed = 0.0, 0, 0
+
+    def warning(self, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self.start > self.window:
+            if self.suppressed:
+                log.warning("... %d more %s not logged", self.suppressed, self.what)
+            self.start, self.count, self.suppressed = now, 0, 0
+        self.count += 1
+        if self.count <= self.burst:
+            log.warning(fmt, *args)
+        else:
+            self.suppressed += 1
+
+
+class Ledger:
+    """The tasks one node holds (``held``) and what happens to each."""
+
+    def __init__(self, node: "Node"):
+        self.node = node
+        self.held: dict[str, Entry] = {}          # accepted, not finished
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.watchers: dict[str, set[bytes]] = {}  # task id -> who asked to hear its result
+        self.pending: list[Entry] = []             # accepted this pass: to the pool once journalled
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self.faillog = _RateLimitedLog("tasks refused at intake")
+
+    # -- accept -----------------------------------------------------------------------
+    def accept(self, entry: Entry, msg: Submit | None = None) -> None:
+        """Hold a task the journal has (or will have in this pass); it goes to the
+        pool at the end of the pass (``flush``), once the journal has committed it."""
+        self.held[entry.task_id] = entry
+        self.pending.append(entry)
+        ev = self.node.events
+        if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
+            sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in
+            if sent is not None:
+                ev.emit("task-sent", **sent)
+        if msg is not None and ev.wants("task-received"):
+            ev.emit("task-received", **received_fields(entry.task_id, entry.name, msg))
+
+    def flush(self) -> None:
+        """End of a loop pass, before replies go out: commit what must be committed,
+        then hand the tasks accepted in this pass to the pool."""
+        journal = self.node.journal
+        if journal.in_tx:
+            if self.pending:        # no task is acknowledged before it is journalled
+                self.commit()
+            elif self._commit_timer is None:
+                # only results (and forgets) in this batch: they go out now and are
+                # committed within RESULT_COMMIT_DELAY, with the next intake's commit
+                # if one comes sooner. A node killed in that window runs those tasks
+                # again after a restart (at least once), and their owners already
+                # have their results.
+                self._commit_timer = asyncio.get_running_loop().call_later(
+                    RESULT_COMMIT_DELAY, self.commit)
+        if self.pending:
+            pending, self.pending = self.pending, []
+            revoked = self.node.control.revoked
+            pool = self.node.pool
+            for entry in pending:
+                if entry.task_id in revoked:     # revoked in the same loop pass
+                    self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was "
+                                     "revoked", states.REVOKED)
+                else:
+                    pool.submit(entry)
+
+    def commit(self) -> None:
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        try:
+            self.node.journal.commit()
+        except JournalError as e:
+            self.journal_failed(e)
+
+    def journal_failed(self, e: JournalError) -> None:
+        """A batch did not reach the journal: refuse the tasks it accepted (their owners
+        try another node or report the error); results already went to their owners."""
+        log.error("journal commit failed: %s", e)
+        node = self.node
+        pending, self.pending = self.pending, []
+        for entry in pending:
+            self.held.pop(entry.task_id, None)
+            self.watchers.pop(entry.task_id, None)
+            node.front.refuse(entry.client, "journal", f"node {node.name} cannot write its "
+                              f"journal, so it did not accept task {entry.task_id}: {e}",
+                              entry.task_id)
+            node.events.emit("task-rejected", uuid=entry.task_id, name=entry.name,
+                             requeue=True, reason=f"journal: {e}")
+
+    # -- finish -----------------------------------------------------------------------
+    def finish(self, task_id: str, client: bytes, state: str, result_frame: bytes,
+               name: str = "", keep: bool = True, **event: Any) -> None:
+        """A held task's final result: journal it (unless the task keeps none:
+        ignore_result, Ignore), then tell its owner and watchers."""
+        node = self.node
+        self.held.pop(task_id, None)
+        self.counts[state] += 1
+        try:
+            if keep:
+                node.journal.finish(task_id, state, result_frame, time.time())
+            else:
+                node.journal.remove([task_id])
+        except JournalError as e:
+            log.error("journal: the result of task %s was not stored: %s", task_id, e)
+        node.front.reply(client, result_frame)
+        ev = node.events
+        if ev.prefixes or ev.listeners:
+            ev.publish_result(task_id, result_frame)
+            kind = FINAL_EVENTS.get(state)
+            if kind is not None and ev.wants(kind):
+                if state == states.REVOKED:
+                    event = {"expired": False, "terminated": False, **event}
+                ev.emit(kind, **result_fields(task_id, result_frame), name=name, **event)
+        watchers = self.watchers.pop(task_id, None)
+        if watchers:
+            for ident in watchers:
+                if ident != client:
+                    node.front.reply(ident, result_frame)
+
+    def failure(self, task_id: str, state: str, exc_type: str, message: str) -> bytes:
+        """The encoded Result of a failure decided by the node (a mesh exception)."""
+        exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
+               "args": codec.dumps([message])}
+        return encode(Result(task_id=task_id, state=state, exc=exc, node=self.node.name,
+                             date_done=time.time()))
+
+    def fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
+             state: str = states.FAILURE, held: bool = False, name: str = "",
+             **event: Any) -> None:
+        """Fail a task with a mesh exception: a held one through ``finish``; one refused
+        at intake (never held) with a reply only."""
+        if held:
+            log.info("task %s %s: %s", task_id, state.lower(), message)
+        else:                     # refused at intake: a stream of these must not flood the log
+            self.faillog.warning("task %s %s: %s", task_id, state.lower(), message[:300])
+        frame = self.failure(task_id, state, exc_type, message)
+        if held:
+            self.finish(task_id, ident, state, frame, name, **event)
+        else:
+            self.counts[state] += 1
+            self.node.front.reply(ident, frame)
+
+    # -- retry ------------------------------------------------------------------------
+    def retry(self, entry: Entry, result_frame: bytes, countdown: float) -> None:
+        """The task asked to run again: tell its owner (state RETRY, not final) and
+        queue it here with retries + 1 after ``countdown`` seconds."""
+        node = self.node
+        self.counts[states.RETRY] += 1
+        msg = decode(entry.frame)
+        assert isinstance(msg, Submit)
+        eta = time.time() + countdown
+        res = decode(result_frame)            # tell the owner when, so a resend keeps it
+        payload = msg.payload
+        if isinstance(res, Result):
+            result_frame = encode(dataclasses.replace(res, eta=eta))
+            payload = res.payload or payload  # retry(args=, kwargs=): the next run's call
+        node.front.reply(entry.client, result_frame)
+        if node.events.wants("task-retried"):
+            node.events.emit("task-retried", **result_fields(entry.task_id, result_frame),
+                             name=entry.name, eta=eta, retries=msg.retries + 1)
+        entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta,
+                                                 payload=payload))
+        entry.eta, entry.started, entry.received = eta, None, time.time()
+        entry.progress = None
+        entry.retried = True
+        try:
+            node.journal.update_frame(entry.task_id, entry.frame)
+        except JournalError as e:
+            log.error("journal: the retry of task %s was not stored: %s", entry.task_id, e)
+        if node.stopping:       # stopping: its owner sends it elsewhere
+            self.release([entry], "node is shutting down")
+        else:
+            node.pool.submit(entry)
+
+    # -- release, forget --------------------------------------------------------------
+    def forget(self, entries: list[Entry]) -> None:
+        """These tasks are no longer ours (given back unstarted): out of the ledger and
+        out of the journal."""
+        for e in entries:
+            self.held.pop(e.task_id, None)
+            self.watchers.pop(e.task_id, None)
+        if entries:
+            try:
+                self.node.journal.remove(e.task_id for e in entries)
+            except JournalError as e:
+                log.error("journal: could not forget %d released task(s): %s", len(entries), e)
+
+    def release(self, entries: list[Entry], reason: str, target: str | None = None,
+                quiet: bool = False) -> None:
+        """Give unstarted tasks back to their owners (RELEASE), who resend them:
+        to ``target`` when given (shedding), else to another node."""
+        node = self.node
+        self.forget(entries)
+        by_client: dict[bytes, list[str]] = {}
+        for e in entries:
+            by_client.setdefault(e.client, []).append(e.task_id)
+        for ident, ids in by_client.items():
+            node.front.reply(ident, encode(Release(ids, node.name, reason, target)))
+        if node.events.wants("task-rejected"):
+            extra = {"target": target} if target is not None else {}
+            for e in entries:
+                node.events.emit("task-rejected", uuid=e.task_id, name=e.name, requeue=True,
+                                 **extra, reason=reason)
+        if entries and not quiet:
+            log.info("gave back %d unstarted task(s) to %d client(s): %s", len(entries),
+                     len(by_client), reason)
+
+    # -- what the pool reports (PoolEvents) -------------------------------------------
+    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
+                  countdown: float | None = None, keep: bool = True) -> None:
+        if state == states.RETRY:
+            self.retry(entry, result_frame, countdown or 0.0)
+            return
+        self.finish(entry.task_id, entry.client, state, result_frame, entry.name, keep=keep)
+
+    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
+        taskstate.progress(self.node, entry, state, meta)
+
+    def task_failed(self, entry: Entry, exc_type: str, message: str,
+                    state: str = states.FAILURE, **event: Any) -> None:
+        self.fail(entry.client, entry.task_id, exc_type, message, state, held=True,
+                  name=entry.name, **event)
+
+    def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
+        """Its child died mid-run. acks_late tasks go back to their owner at shutdown
+        (they run elsewhere) and, with reject_on_worker_lost, run again here (a few
+        times at most: a task that kills its child every time must not loop forever).
+        Otherwise the task fails with WorkerLostError."""
+        node = self.node
+        task = node.app.tasks.get(entry.name)
+        opts = task.options if task is not None else None
+        if opts is not None and opts.acks_late:
+            if shutdown:
+                entry.started = None
+                self.release([entry], "node is shutting down; the task was interrupted")
+                return
+            if opts.reject_on_worker_lost and not node.stopping:
+                if entry.redelivered < MAX_REDELIVERIES:
+                    entry.redelivered += 1
+                    entry.started = None
+                    log.warning("%s; running it again (reject_on_worker_lost, %d/%d)",
+                                message, entry.redelivered, MAX_REDELIVERIES)
+                    node.pool.submit(entry)
+                    return
+                message += f" (it was run {MAX_REDELIVERIES + 1} times and lost its child each time)"
+        self.task_failed(entry, "WorkerLostError", message)
+
+    def task_started(self, entry: Entry, pid: int) -> None:
+        ev = self.node.events
+        if ev.wants("task-started"):
+            ev.emit("task-started", uuid=entry.task_id, name=entry.name, pid=pid)
+
+    def task_starting(self, entry: Entry) -> None:
+        """acks_late=False: journal that it started, so a restart never runs it twice."""
+        journal = self.node.journal
+        try:
+            journal.started(entry.task_id)
+            journal.commit()
+        except JournalError as e:
+            log.error("journal: could not record that task %s started: %s", entry.task_id, e)
+            self.journal_failed(e)    # tasks accepted this pass were rolled back too
+
+    # -- lookups ----------------------------------------------------------------------
+    def processed(self) -> int:
+        """Tasks finished here (succeeded, failed or revoked) since start."""
+        c = self.counts
+        return c[states.SUCCESS] + c[states.FAILURE] + c[states.REVOKED]
+
+    def task_state(self, ident: bytes, task_id: str, watch: bool) -> dict[str, Any]:
+        """What this node knows of a task id (the ``result`` command). With ``watch``,
+        the asker also gets the Result when the task finishes here."""
+        node, tid = self.node, task_id
+        if tid in node.control.revoked and tid not in self.held:
+            stored = node.journal.get(tid)
+            if stored is None or stored.result is None:   # revoked before it got here
+                frame = self.failure(tid, states.REVOKED, "TaskRevokedError",
+                                     f"task {tid} was revoked")
+                return {"task_id": tid, "state": states.REVOKED, "result": frame}
+        entry = self.held.get(tid)
+        if entry is not None:
+            if watch:
+                watchers = self.watchers.setdefault(tid, set())
+                if len(watchers) < MAX_WATCHERS:
+                    watchers.add(ident)
+            state = (states.STARTED if entry.started else
+                     states.RETRY if entry.retried else states.RECEIVED)
+            return taskstate.held_state(node, entry, state)
+        stored = node.journal.get(tid)
+        if stored is not None and stored.result is not None:
+            return taskstate.finished_state(node, tid, stored.state, stored.result)
+        return {"task_id": tid, "state": states.UNKNOWN}

@@ -1,0 +1,68 @@
+"""Recovery: after a restart, run again what the journal holds unfinished.
+
+A task the journal shows as accepted and not finished is held again and handed to
+the pool; one that had started with ``acks_late=False`` fails with WorkerLostError
+instead (it may have run: never twice); one whose task is no longer registered fails
+with NotRegistered. Replies go to the owners' routing ids, which clients keep.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from mesh import states
+from mesh.exceptions import DecodeError
+from mesh.node.component import Component, NodeStartError
+from mesh.node.journal import JournalError
+from mesh.node.ledger import Entry
+from mesh.wire.protocol import Submit, decode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+
+class Recovery(Component):
+    name = "recovery"
+    requires = ("journal", "front", "pool")
+
+    async def start(self, node: "Node") -> None:
+        recover(node)
+
+
+def recover(node: "Node") -> int:
+    """Hold again what the journal has unfinished; how many tasks it had."""
+    journal, ledger = node.journal, node.ledger
+    try:
+        rows = journal.unfinished()
+    except JournalError as e:
+        raise NodeStartError(f"cannot read the journal: {e}") from e
+    lost = 0
+    for row in rows:
+        try:
+            msg = decode(row.frame)
+        except DecodeError as e:
+            log.error("journal: task %s cannot be read back (%s): dropped", row.task_id, e)
+            journal.remove([row.task_id])
+            continue
+        assert isinstance(msg, Submit)
+        task = node.app.tasks.get(msg.name)
+        limit = msg.time_limit or (task.options.time_limit if task else None) or node.config.time_limit
+        entry = Entry(row.task_id, msg.name, row.client, row.frame, msg.priority, msg.eta,
+                      msg.expires, limit, task.options.acks_late if task else True)
+        entry.received = row.received
+        if task is None:
+            ledger.task_failed(entry, "NotRegistered", f"task {msg.name!r} is no longer "
+                               f"registered on node {node.name}")
+        elif row.state == states.STARTED:    # acks_late=False: it may have run; never twice
+            lost += 1
+            ledger.task_failed(entry, "WorkerLostError", f"node {node.name} stopped while task "
+                               f"{row.task_id} ran; it has acks_late=False, so it is not run again")
+        else:
+            ledger.accept(entry)
+    if rows:
+        log.info("journal: recovered %d unfinished task(s) (%d started with acks_late=False, "
+                 "failed)", len(rows), lost)
+    node.front.schedule_flush()   # the ledger hands them to the pool once the loop runs
+    return len(rows)

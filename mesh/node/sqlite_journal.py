@@ -1,0 +1,348 @@
+"""The node's journal in sqlite (``Journal``, mesh/node/journal.py, is the interface).
+
+A task is written here before the node acknowledges it, and its result is written
+before the node sends it, so a node killed with SIGKILL and started again on the same
+data dir runs every task it had accepted and not finished, and still serves the
+results of the ones it had finished.
+
+Writes are batched: the node writes what one pass of its event loop produced (many
+intakes and results under load) inside one transaction, and commits it before any ACK
+or RESULT of that pass leaves (``Node._flush``). sqlite runs in WAL mode with
+``synchronous=NORMAL``: a commit is an append to the WAL with no fsync, which survives
+the node process dying (SIGKILL, a crash, an OOM kill) but not the machine losing
+power in the same instant (then the tasks are still held by their clients, which
+resend them when the node is declared dead). ``durable=True`` (``synchronous=FULL``)
+fsyncs every commit, for those who want the journal to survive power loss too.
+
+A row per task id::
+
+    task_id   the id (primary key: a resend of the same id is recognised)
+    client    the routing id of the owner's link, to reply to after a restart
+    frame     the Submit as it must run (a retry rewrites retries and eta)
+    state     RECEIVED, STARTED (acks_late=False tasks, before they start) or final
+    received  unix time of intake
+    result    the encoded Result, once final
+    finished  unix time of the result (results expire after ``result_expires``)
+
+Errors from sqlite (a full disk, a read-only file, a corrupt database) become
+:class:`JournalError` with a message that says what happened and where.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+
+from mesh.node.journal import Journal, JournalError, Row, Stored
+
+log = logging.getLogger("mesh.journal")
+
+SCHEMA_VERSION = 2
+FILENAME = "journal.sqlite3"
+LOCKNAME = "node.lock"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id  TEXT PRIMARY KEY,
+    client   BLOB NOT NULL,
+    frame    BLOB NOT NULL,
+    state    TEXT NOT NULL,
+    received REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS results (
+    task_id  TEXT NOT NULL UNIQUE,
+    state    TEXT NOT NULL,
+    result   BLOB NOT NULL,
+    finished REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
+"""
+
+
+LOCK_WAIT = 2.0     # s a starting node waits for the data dir lock: the children of a node
+                    # killed a moment ago may still be going away
+
+
+def _flock(fd: int, wait: float) -> bool:
+    """Take an exclusive flock on ``fd``, trying for up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _explain(e: sqlite3.Error, path: str) -> str:
+    text = str(e)
+    low = text.lower()
+    if "full" in low:
+        return f"the disk holding {path} is full ({text})"
+    if "readonly" in low or "read-only" in low:
+        return f"{path} is read-only ({text})"
+    if "locked" in low:
+        return f"{path} is locked by another process ({text})"
+    return f"{path}: {text}"
+
+
+class SqliteJournal(Journal):
+    """One node's journal in a sqlite file in its data dir. Not thread-safe: the node's
+    event loop is its only user."""
+
+    path: str
+
+    def __init__(self, directory: str, durable: bool = False):
+        self.directory = directory
+        self.path = os.path.join(directory, FILENAME)
+        self._lockfd = -1
+        self._in_tx = False
+        self.writes = 0            # statements since the last commit
+        self.commits = 0
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise JournalError(f"cannot create data dir {directory}: {e.strerror}") from e
+        self._lock()
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self.db.execute("PRAGMA busy_timeout=2000")
+            # NORMAL locking (not EXCLUSIVE): the node is the only writer (the flock
+            # above), and readers (the dashboard, mesh/web/history.py) can open the
+            # file while it runs. Measured: about 4 us more per commit.
+            self.db.execute("PRAGMA cache_size=-65536")
+            self.db.executescript(_SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 1:
+                self._migrate_from_1()
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise JournalError(f"{self.path} was written by a newer mesh (schema {row[0]}, "
+                                   f"this one reads {SCHEMA_VERSION})")
+        except sqlite3.Error as e:
+            self._unlock()
+            raise JournalError(f"cannot open the journal: {_explain(e, self.path)}") from e
+
+    def _migrate_from_1(self) -> None:
+        """Version 1 kept results in the tasks rows (an UPDATE per result, which cost
+        more than an INSERT into a table of their own)."""
+        db = self.db
+        db.execute("BEGIN")
+        db.execute("INSERT OR REPLACE INTO results (task_id, state, result, finished) "
+                   "SELECT task_id, state, result, finished FROM tasks "
+                   "WHERE finished IS NOT NULL ORDER BY finished")
+        db.execute("CREATE TABLE tasks2 (task_id TEXT PRIMARY KEY, client BLOB NOT NULL, "
+                   "frame BLOB NOT NULL, state TEXT NOT NULL, received REAL NOT NULL) WITHOUT ROWID")
+        db.execute("INSERT INTO tasks2 SELECT task_id, client, frame, state, received FROM tasks")
+        db.execute("DROP TABLE tasks")
+        db.execute("ALTER TABLE tasks2 RENAME TO tasks")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+        log.info("journal: %s upgraded from schema 1 to %d", self.path, SCHEMA_VERSION)
+
+    # -- the data dir lock ------------------------------------------------------------
+    def _lock(self) -> None:
+        """One node per data dir: a second one would run the same tasks twice."""
+        lockpath = os.path.join(self.directory, LOCKNAME)
+        try:
+            fd = os.open(lockpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise JournalError(f"cannot open {lockpath}: {e.strerror}") from e
+        if not _flock(fd, LOCK_WAIT):
+            holder = ""
+            try:
+                holder = os.pread(fd, 100, 0).decode(errors="replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            raise JournalError(f"data dir {self.directory} is in use by another node"
+                               + (f" (pid {holder})" if holder else "")
+                               + "; give each node its own --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lockfd = fd
+
+    def _unlock(self) -> None:
+        if self._lockfd >= 0:
+            os.close(self._lockfd)
+            self._lockfd = -1
+
+    def close(self) -> None:
+        try:
+            if self._in_tx:
+                self.commit()
+        except JournalError as e:
+            log.error("journal: last commit failed at close: %s", e)
+        try:
+            self.db.close()
+        except sqlite3.Error:
+            pass
+        self._unlock()
+
+    # -- writes (batched: call commit() before telling anyone) -------------------------
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> int:
+        try:
+            self._begin()
+            cur = self.db.execute(sql, params)
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        self.writes += 1
+        return cur.rowcount
+
+    def add(self, task_id: str, client: bytes, frame: bytes, received: float) -> bool:
+        """Record an accepted task; False if the id is already in the journal."""
+        return self._write("INSERT OR IGNORE INTO tasks (task_id, client, frame, state, received) "
+                           "VALUES (?, ?, ?, 'RECEIVED', ?)",
+                           (task_id, client, frame, received)) == 1
+
+    def replace(self, task_id: str, client: bytes, frame: bytes, received: float) -> None:
+        """Record an accepted task, over whatever an older row of that id said."""
+        self._write("INSERT OR REPLACE INTO tasks (task_id, client, frame, state, received) "
+                    "VALUES (?, ?, ?, 'RECEIVED', ?)", (task_id, client, frame, received))
+        self._write("DELETE FROM results WHERE task_id=?", (task_id,))
+
+    def started(self, task_id: str) -> None:
+        self._write("UPDATE tasks SET state='STARTED' WHERE task_id=?", (task_id,))
+
+    def update_frame(self, task_id: str, frame: bytes) -> None:
+        """A retry: the task runs again with this Submit (retries + 1, a new eta)."""
+        self._write("UPDATE tasks SET frame=?, state='RECEIVED' WHERE task_id=?", (frame, task_id))
+
+    def finish(self, task_id: str, state: str, result: bytes, finished: float) -> None:
+        """The final result. Results are appended in the order they finish (rowid),
+        which is what expiry walks; the task's row stays until its result expires, so
+        a resend of the id is recognised by add()."""
+        self._write("INSERT OR REPLACE INTO results (task_id, state, result, finished) "
+                    "VALUES (?, ?, ?, ?)", (task_id, state, result, finished))
+
+    def remove(self, task_ids: Iterable[str]) -> None:
+        """Forget tasks given back to their owners unstarted (they run elsewhere)."""
+        for tid in task_ids:
+            self._write("DELETE FROM tasks WHERE task_id=? AND NOT EXISTS "
+                        "(SELECT 1 FROM results WHERE results.task_id=?)", (tid, tid))
+
+    def forget(self, task_id: str) -> bool:
+        if self._write("DELETE FROM results WHERE task_id=?", (task_id,)) == 0:
+            return False
+        self._write("DELETE FROM tasks WHERE task_id=?", (task_id,))
+        return True
+
+    def revoke(self, task_ids: Iterable[str], at: float) -> None:
+        """Remember revoked ids (a revoked task that arrives later is not run)."""
+        for tid in task_ids:
+            self._write("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (tid, at))
+
+    def revoked_since(self, since: float, limit: int = 100_000) -> list[tuple[str, float]]:
+        try:
+            return [(r[0], r[1]) for r in self.db.execute(
+                "SELECT task_id, at FROM revoked WHERE at >= ? ORDER BY at DESC LIMIT ?",
+                (since, limit)).fetchall()][::-1]
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+
+    @property
+    def in_tx(self) -> bool:
+        """Writes are waiting for commit()."""
+        return self._in_tx
+
+    def commit(self) -> None:
+        if not self._in_tx:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self.rollback()
+            raise JournalError(_explain(e, self.path)) from e
+        self._in_tx = False
+        self.writes = 0
+        self.commits += 1
+
+    def rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self._in_tx = False
+        self.writes = 0
+
+    # -- reads ------------------------------------------------------------------------
+    def get(self, task_id: str) -> Stored | None:
+        try:
+            row = self.db.execute("SELECT state, result FROM results WHERE task_id=?",
+                                  (task_id,)).fetchone()
+            if row is None:
+                row = self.db.execute("SELECT state, NULL FROM tasks WHERE task_id=?",
+                                      (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return Stored(row[0], row[1]) if row else None
+
+    def frame(self, task_id: str) -> bytes | None:
+        try:
+            row = self.db.execute("SELECT frame FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return bytes(row[0]) if row else None
+
+    def unfinished(self) -> list[Row]:
+        """Tasks accepted and not finished, oldest first (restart recovery): one scan
+        at start, cheaper than an index of open tasks updated on every intake and
+        result."""
+        try:
+            rows = self.db.execute(
+                "SELECT task_id, client, frame, state, received FROM tasks WHERE NOT EXISTS "
+                "(SELECT 1 FROM results WHERE results.task_id=tasks.task_id) "
+                "ORDER BY received").fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return [Row(*r) for r in rows]
+
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` of the oldest results (and their tasks) finished
+        before ``before``; how many went. Results are in finishing order (rowid), so
+        this is a range delete done inside sqlite, and nothing at all when the
+        oldest result is still young."""
+        try:
+            first = self.db.execute("SELECT finished FROM results ORDER BY rowid LIMIT 1").fetchone()
+            if first is None or first[0] >= before:
+                upto = None
+            else:
+                row = self.db.execute(
+                    "SELECT rowid FROM results WHERE rowid IN "
+                    "(SELECT rowid FROM results ORDER BY rowid LIMIT ?) AND finished < ? "
+                    "ORDER BY rowid DESC LIMIT 1", (limit, before)).fetchone()
+                upto = row[0] if row else None
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        n = 0
+        if upto is not None:
+            self._write("DELETE FROM tasks WHERE task_id IN "
+                        "(SELECT task_id FROM results WHERE rowid <= ?)", (upto,))
+            n = self._write("DELETE FROM results WHERE rowid <= ?", (upto,))
+        self._write("DELETE FROM revoked WHERE task_id IN (SELECT task_id FROM revoked "
+                    "WHERE at < ? LIMIT ?)", (before, limit))
+        self.commit()
+        return n
+
+    def counts(self) -> dict[str, int]:
+        try:
+            tasks = self.db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+            results = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return {"open": int(tasks) - int(results), "results": int(results)}

@@ -1,0 +1,6 @@
+"""Test helpers: a node's components run in the test's own process and event loop
+(``running_node``), with a solo pool instead of forked children (``SoloPool``)."""
+from mesh.testing.node import SoloExecutor, running_node, solo_components
+from mesh.testing.solo import SoloPool
+
+__all__ = ["SoloExecutor", "SoloPool", "running_node", "solo_components"]
