@@ -28,7 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 from mesh import states
 from mesh.exceptions import TaskRevokedError
 from mesh.wire import codec
-from mesh.wire.protocol import Ack, Error, Result, Submit, decode, encode
+from mesh.wire.protocol import Ack, Control, Error, Result, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 
@@ -91,6 +91,34 @@ def test_a_task_revoked_before_it_arrives_never_runs(
     assert r.state == states.REVOKED
     # a later task on the same (only) child has run: the revoked one would have by now
     assert c.tasks.append_line.delay(str(out), "later").get(timeout=RESULT_TIMEOUT) == "later"
+    assert out.read_text().splitlines() == ["later"]
+    if journal:                 # refused at the door: the journal never held it (the check
+        node.stop()             # after the journal, in Ledger.flush, would stop it too late)
+        from mesh.node.sqlite_journal import SqliteJournal
+        j = SqliteJournal(str(node.data_dir))
+        try:
+            assert j.get(tid) is None, j.get(tid)
+        finally:
+            j.close()
+
+
+def test_a_task_revoked_in_the_same_message_as_its_submit_never_runs(
+        start_node: Any, raw_dealer: Any, tmp_path: Path) -> None:
+    """SUBMIT then CONTROL revoke in one ZeroMQ message: the node takes both in one loop
+    pass, so the task is accepted (not yet revoked at intake) and revoked before it
+    reaches the pool (the check in ``Ledger.flush``)."""
+    node = start_node(concurrency=1, no_journal=True)
+    sock = raw_dealer(node.endpoint)
+    out = tmp_path / "runs"
+    tid = f"revoked-same-pass-{uuid.uuid4()}"
+    sock.send_multipart([
+        encode(Submit(tid, "tasks_app.append_line", codec.dump_call((str(out), "revoked"), {}))),
+        encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
+    got = frames_until(sock, lambda fs: any(isinstance(f, Result) and f.task_id == tid for f in fs))
+    assert [f.state for f in got if isinstance(f, Result)] == [states.REVOKED]
+    later = f"after-{uuid.uuid4()}"
+    sock.send(encode(Submit(later, "tasks_app.append_line", codec.dump_call((str(out), "later"), {}))))
+    frames_until(sock, lambda fs: any(isinstance(f, Result) and f.task_id == later for f in fs))
     assert out.read_text().splitlines() == ["later"]
 
 
