@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 from mesh import signals, states  # noqa: E402
 from mesh.app import Mesh  # noqa: E402
 from mesh.result import AsyncResult  # noqa: E402
+from mesh.shared import current_app, shared_task  # noqa: E402
 from mesh.task import Task  # noqa: E402
 
-__all__ = ["Mesh", "AsyncResult", "Task", "signals", "states", "__version__"]
+__all__ = ["Mesh", "AsyncResult", "Task", "current_app", "shared_task", "signals", "states",
+           "__version__"]

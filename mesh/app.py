@@ -12,9 +12,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, overload
 
+from mesh import shared
 from mesh.conf import Settings
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
+from mesh.loader import Discovery
 from mesh.result import AsyncResult, Slot
 from mesh.task import Task, make_options
 from mesh.wire import codec
@@ -71,20 +73,53 @@ class Mesh:
     them on the nodes named by ``peers`` (or MESH_PEERS)."""
 
     def __init__(self, main: str = "", *, peers: Iterable[str] | str | None = None,
-                 mdns: bool | None = None, **options: Any):
+                 mdns: bool | None = None, set_as_current: bool = True, **options: Any):
         self.main = main
         self.config = Config.build(peers=peers, mdns=mdns, **options)
         self.conf = Settings()           # Celery's setting names (mesh/conf.py)
-        self.tasks: dict[str, Task] = {}
+        self._tasks: dict[str, Task] = {}
         self._client: Any = None
         self._client_lock = threading.Lock()
         # threads do not survive fork: a child process makes its own client when it needs one
         os.register_at_fork(after_in_child=functools.partial(_forget_client, weakref.ref(self)))
+        self._discovery = Discovery()    # autodiscover_tasks(): done when tasks are first read
+        self.fixups: list[Any] = []
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):   # Django in use: mesh/django/fixup.py
+            from mesh.django.fixup import fixup
+            self.fixups.append(fixup(self))
+        shared.app_created(self, set_as_current)    # every @shared_task declared so far
 
     def __repr__(self) -> str:
-        return f"<Mesh {self.main or '?'} tasks={len(self.tasks)}>"
+        return f"<Mesh {self.main or '?'} tasks={len(self._tasks)}>"
 
     # -- registry ---------------------------------------------------------------------
+    @property
+    def tasks(self) -> dict[str, Task]:
+        """The registered tasks, by name. The first read imports the modules asked for
+        by ``autodiscover_tasks`` (and sets Django up first, when Django is in use)."""
+        if self._discovery.pending:
+            self._discovery.run(self)
+        return self._tasks
+
+    def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+                           related_name: str = "tasks", force: bool = False) -> None:
+        """Import ``<package>.<related_name>`` for each package (Celery's): with Django
+        and no ``packages``, every installed app. Lazily, when ``app.tasks`` is first
+        read (a node reads it as it starts), unless ``force``. A package without such a
+        module is skipped; an error inside one is raised."""
+        if packages is None:
+            if not self.fixups:
+                raise ConfigError("autodiscover_tasks() without packages needs Django "
+                                  "(DJANGO_SETTINGS_MODULE); otherwise name the packages")
+            packages = self.fixups[0].installed_apps
+        self._discovery.add(packages, related_name)
+        if force:
+            self._discovery.run(self)
+
+    def set_current(self) -> None:
+        """Make this the app that ``@shared_task`` proxies send through."""
+        shared.set_current(self)
+
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
     @overload
@@ -94,10 +129,10 @@ class Mesh:
         """Register a function as a task; usable bare or with options."""
         def register(f: Callable[..., Any]) -> Task:
             name = options.pop("name", None) or f"{f.__module__}.{f.__qualname__}"
-            if name in self.tasks and self.tasks[name].fun is not f:
+            if name in self._tasks and self._tasks[name].fun is not f:
                 raise ConfigError(f"a different task is already registered as {name!r}")
             t = Task(self, f, make_options(name, options))
-            self.tasks[name] = t
+            self._tasks[name] = t
             return t
         if fun is not None:
             if options:

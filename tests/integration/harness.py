@@ -92,6 +92,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """clean_env() plus ``extra``; a PYTHONPATH in ``extra`` goes before the usual one."""
+    extra = dict(extra or {})
+    env = clean_env()
+    if "PYTHONPATH" in extra:
+        env["PYTHONPATH"] = os.pathsep.join([extra.pop("PYTHONPATH"), env["PYTHONPATH"]])
+    env.update(extra)
+    return env
+
+
 def run_program(program: str, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``meshnode``/``meshctl`` to completion and capture what it printed."""
@@ -126,6 +136,8 @@ class NodeProc:
         self.data_dir = data_dir
         self.control = control
         self.started_at = time.time()
+        self.env: dict[str, str] | None = None    # extra environment it was started with
+        self.cwd: Path | None = None
 
     def __repr__(self) -> str:
         return f"<NodeProc {self.name} {self.endpoint} pid={self.proc.pid} rc={self.proc.returncode}>"
@@ -215,7 +227,10 @@ class NodeFactory:
         self.nodes: list[NodeProc] = []
 
     def __call__(self, *, app: str = TASKS_MODULE, concurrency: int = 2, name: str | None = None,
-                 ready_timeout: float = READY_TIMEOUT, mdns: bool = False, **flags: Any) -> NodeProc:
+                 ready_timeout: float = READY_TIMEOUT, mdns: bool = False,
+                 env: dict[str, str] | None = None, cwd: Path | None = None, **flags: Any) -> NodeProc:
+        """``env``: extra environment variables (a PYTHONPATH given is put first);
+        ``cwd``: where the node runs (default: the repository)."""
         for _attempt in range(3):
             port = free_port()
             node_name = name or f"it-{port}"
@@ -227,8 +242,9 @@ class NodeFactory:
                     "--name", node_name, *_flag_args(flags)]
             with open(stderr_path, "wb") as err:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                        cwd=ROOT, env=clean_env(), start_new_session=True)
+                                        cwd=cwd or ROOT, env=node_env(env), start_new_session=True)
             node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir, self.control, argv)
+            node.env, node.cwd = env, cwd
             self.nodes.append(node)
             if self._wait_ready(node, ready_timeout):
                 return node
@@ -241,9 +257,10 @@ class NodeFactory:
         assert old.proc.poll() is not None, f"{old!r} is still running"
         with open(old.stderr_path, "ab") as err:
             proc = subprocess.Popen(old.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    cwd=ROOT, env=clean_env(), start_new_session=True)
+                                    cwd=old.cwd or ROOT, env=node_env(old.env), start_new_session=True)
         node = NodeProc(old.name, old.endpoint, proc, old.stderr_path, old.data_dir,
                         self.control, old.argv)
+        node.env, node.cwd = old.env, old.cwd
         self.nodes.append(node)
         if not self._wait_ready(node, ready_timeout):
             raise AssertionError(f"{old.name} could not bind {old.endpoint} again")
