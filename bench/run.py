@@ -410,6 +410,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--with-ceiling", action="store_true",
                     help="also run the bare pyzmq ROUTER -> 2 DEALER loop (bench/zmq_ceiling.py) "
                          "in each run, side by side")
+    ap.add_argument("--with-peers", action="store_true",
+                    help="also run Celery and Dramatiq on a local redis-server (bench/peers.py), "
+                         "same -n and --latency, each run interleaved with mesh's; skipped with "
+                         "a line saying what to install when they are missing")
     ap.add_argument("--compare", metavar="FLAG", default=None,
                     help="also run mesh with this meshnode flag in each repeat, interleaved, and "
                          "print both side by side (e.g. --compare=--no-journal); 'events' "
@@ -455,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     alt: list[dict[str, Any]] = []
     ceil: list[dict[str, Any]] = []
+    peers: dict[str, list[dict[str, Any]]] = {}
     t_all = time.monotonic()
     for k in range(args.repeat):
         r = run_once(args)
@@ -473,12 +478,24 @@ def main(argv: list[str] | None = None) -> int:
                      f"p50 {a['p50_ms']:.3f} ms, p99 {a['p99_ms']:.3f} ms, RSS {a['rss_mb']:.1f} MB")
             if a.get("events_received") is not None:
                 line += f", {a['events_received']:,} events received"
+        if args.with_peers:
+            from bench.peers import PEERS, run_in_subprocess
+            for system in PEERS:
+                pr = run_in_subprocess(system, args.tasks, args.latency, args.concurrency)
+                if isinstance(pr, str):
+                    if k == 0:
+                        print(pr, flush=True)
+                    continue
+                peers.setdefault(system, []).append(pr)
+                line += f" | {system} {pr['tasks_per_s']:,.0f} tasks/s, p50 {pr['p50_ms']:.3f} ms"
         print(line, flush=True)
 
     med = median_of(runs)
     rows = [(f"mesh run {i + 1}", r) for i, r in enumerate(runs)]
     rows += [(f"mesh {args.compare} run {i + 1}", a) for i, a in enumerate(alt)]
     rows += [(f"pyzmq ceiling run {i + 1}", c) for i, c in enumerate(ceil)]
+    for system, pruns in peers.items():
+        rows += [(f"{system} + redis run {i + 1}", r) for i, r in enumerate(pruns)]
     print("\nEach run (this machine):")
     print(table(rows))
 
@@ -489,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         summary.append((f"mesh {args.compare}, MEDIAN", amed))
     if cmed:
         summary.append(("pyzmq ceiling, MEDIAN (this machine)", cmed))
+    pmed = {system: median_of(pruns) for system, pruns in peers.items()}
+    for system, m in pmed.items():
+        summary.append((f"{system} + redis, MEDIAN (this machine)", m))
     summary += [(k, dict(v)) for k, v in REFERENCE.items()]
     print(f"\nMedians of {args.repeat} run(s) next to ../shared/BENCHMARKS.md "
           "(reference rows: 5,000 tasks, 300 round trips, their machine):")
@@ -501,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmed:
         print(f"mesh / ceiling on this machine: {med['tasks_per_s'] / cmed['tasks_per_s']:.1%} of "
               f"the throughput, p50 {med['p50_ms'] / cmed['p50_ms']:.1f}x the ceiling's")
+    for system, m in pmed.items():
+        print(f"mesh / {system} on this machine: {med['tasks_per_s'] / m['tasks_per_s']:.1f}x the "
+              f"throughput; p50 {med['p50_ms']:.3f} vs {m['p50_ms']:.3f} ms")
     if amed:
         print(f"mesh / mesh {args.compare}: {med['tasks_per_s'] / amed['tasks_per_s']:.1%} of the "
               f"throughput; p50 {med['p50_ms']:.3f} vs {amed['p50_ms']:.3f} ms; "
@@ -514,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                "mesh": {"runs": runs, "median": med},
                "ceiling": {"runs": ceil, "median": cmed} if ceil else None,
                "compare": {"flag": args.compare, "runs": alt, "median": amed} if alt else None,
+               "peers": {s: {"runs": peers[s], "median": pmed[s]} for s in peers},
                "reference": REFERENCE}
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

@@ -13,23 +13,21 @@ from mesh.config import Config
 from mesh.wire.protocol import Ack, Control, ControlReply, decode, encode
 
 
-def _free_port(ctx: zmq.Context[Any]) -> int:
-    s = ctx.socket(zmq.ROUTER)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    s.close(linger=0)
-    return port
+def _bound_router(ctx: zmq.Context[Any]) -> tuple[zmq.Socket[bytes], int]:
+    """A ROUTER bound here, on a port the kernel picks (a port found free and bound
+    later can be taken by another process in between)."""
+    s: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    return s, s.bind_to_random_port("tcp://127.0.0.1")
 
 
 def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking() -> None:
     ctx: zmq.Context[Any] = zmq.Context()
-    pa, pb = _free_port(ctx), _free_port(ctx)
+    (sa, pa), (sb, pb) = _bound_router(ctx), _bound_router(ctx)
     ea, eb = f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pb}"
     state = {"b": "alive", "flip": False, "stop": False}
 
-    def node(port: int, name: str) -> None:
-        s = ctx.socket(zmq.ROUTER)
-        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        s.bind(f"tcp://127.0.0.1:{port}")
+    def node(s: zmq.Socket[bytes], name: str) -> None:     # the socket moves to this thread
         peers: set[bytes] = set()
         try:
             while not state["stop"]:
@@ -52,8 +50,8 @@ def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking() -> Non
         finally:
             s.close(linger=0)
 
-    threads = [threading.Thread(target=node, args=(p, n), daemon=True)
-               for p, n in ((pa, "A"), (pb, "B"))]
+    threads = [threading.Thread(target=node, args=(s, n), daemon=True)
+               for s, n in ((sa, "A"), (sb, "B"))]
     for t in threads:
         t.start()
     client = Client(Config(), [ea])
