@@ -40,8 +40,16 @@ _shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
 
 
 def _register_shared(app: "Mesh", fun: Callable[..., Any], options: dict[str, Any]) -> "Task":
+    name = options.get("name") or f"{fun.__module__}.{fun.__qualname__}"
+    old = app._tasks.get(name)
+    if old is not None and _origin(old.fun) == _origin(fun):   # its module was imported
+        del app._tasks[name]                                   # again (a reload): replace it
     task: Task = app.task(**dict(options))(fun)
     return task
+
+
+def _origin(fun: Any) -> tuple[str, str]:
+    return (getattr(fun, "__module__", ""), getattr(fun, "__qualname__", ""))
 
 
 def app_created(app: "Mesh", set_as_current: bool) -> None:
