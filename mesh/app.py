@@ -5,6 +5,7 @@ import datetime as _dt
 import functools
 import itertools
 import os
+import socket
 import threading
 import time
 import uuid
@@ -177,11 +178,15 @@ class Mesh:
             eta_t = None
         if kwargs is not None and not isinstance(kwargs, dict):
             raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        headers = dict(headers) if headers else {}
+        if self.conf.task_send_sent_event:    # the node publishes task-sent for us
+            headers["sent_at"] = now
+            headers["sent_by"] = f"{socket.gethostname()}:{os.getpid()}"
         msg = Submit(
             task_id=task_id or new_task_id(), name=name,
             payload=codec.dump_call(args, kwargs), priority=priority or 0, eta=eta_t,
             expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
-            soft_time_limit=soft_time_limit, headers=headers or {})
+            soft_time_limit=soft_time_limit, headers=headers)
         msg.validate()
         if task_id is not None and self._client is not None and self._client.lookup(task_id):
             raise ConfigError(f"task id {task_id} is already outstanding in this client")

@@ -56,6 +56,11 @@ class Config:
     events: bool = True                 # publish events on an XPUB socket (docs/events.md);
                                         # built only when someone subscribes
     loglevel: str = "INFO"
+    # -- dashboard (mesh/web, docs/dashboard.md) ---------------------------------------
+    http: str = ""                      # HOST:PORT (or PORT: loopback) for the dashboard, JSON
+                                        # API, /metrics and /healthz; "" = no HTTP server
+    http_token: str = ""                # when set, every HTTP request but /healthz needs it
+                                        # (Authorization: Bearer, or ?token= once in a browser)
     # -- wire -------------------------------------------------------------------------
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # bytes; larger frames are refused
     # -- client -----------------------------------------------------------------------
@@ -86,6 +91,8 @@ class Config:
             check_endpoint(ep)
         if self.profile not in ("lan", "local", "test"):
             raise bad(f"profile must be one of lan, local, test, got {self.profile!r}")
+        if self.http:
+            http_address(self.http)
         if self.loglevel.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise bad(f"loglevel must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {self.loglevel!r}")
 
@@ -198,6 +205,18 @@ def advertised_endpoint(bound: str, advertise: str = "") -> str:
             if a.family.name == "AF_INET" and not ipaddress.ip_address(a.address).is_loopback:
                 return f"tcp://{a.address}:{port}"
     return f"tcp://127.0.0.1:{port}"
+
+
+def http_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``PORT`` (loopback) for ``--http``; ``[::1]:PORT`` for IPv6."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]")
+    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
+        raise ConfigError(f"http address {value!r} must look like HOST:PORT or PORT "
+                          "(e.g. 127.0.0.1:8080)")
+    return host, int(port)
 
 
 def check_endpoint(ep: str) -> str:

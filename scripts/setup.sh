@@ -17,11 +17,15 @@ need=""
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 have ip || need="$need iproute2"
 have iptables || need="$need iptables"
+# Debian's chromium and its driver for the dashboard's browser test (tests/integration/
+# test_e2e_web_browser.py drives them with selenium; it skips with a reason without them)
+have chromium || need="$need chromium"
+have chromedriver || need="$need chromium-driver"
 if [ -n "$need" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing$need (apt-get) for the cluster tests"
+    echo "setup: installing$need (apt-get) for the cluster and browser tests"
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             --no-install-recommends $need; } >.venv/apt.log 2>&1; then
-        echo "setup: apt-get install$need failed (cluster tests will skip); log in .venv/apt.log" >&2
+        echo "setup: apt-get install$need failed (cluster/browser tests will skip); log in .venv/apt.log" >&2
     fi
 fi
 if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -35,9 +36,10 @@ SNDHWM = 10_000              # events queued per subscriber before ZeroMQ drops 
 HEARTBEAT_INTERVAL = 2.0     # s between node-heartbeat events (Celery's default)
 MAX_REPR = 1000              # characters of args/result/exception text in an event
 
-# (Celery's task-sent is not emitted: clients have no PUB socket; a monitor sees a task
+# task-sent: published by the node a client submits to, when the client opts in
+# (app.conf.task_send_sent_event; the Submit carries a ``sent_at`` header). Otherwise
 # first as task-received on the node that took it)
-TASK_EVENTS = ("task-received", "task-started", "task-succeeded", "task-failed",
+TASK_EVENTS = ("task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
                "task-retried", "task-rejected", "task-revoked", "task-duplicate")
 NODE_EVENTS = ("node-online", "node-heartbeat", "node-offline")
 EVENT_TYPES = TASK_EVENTS + NODE_EVENTS
@@ -68,6 +70,18 @@ def received_fields(task_id: str, name: str, msg: Submit) -> dict[str, Any]:
     return {"uuid": task_id, "name": name, "args": a, "kwargs": k, "retries": msg.retries,
             "eta": msg.eta, "expires": msg.expires, "priority": msg.priority,
             "parent_id": msg.headers.get("parent_id")}
+
+
+def sent_fields(task_id: str, name: str, msg: Submit) -> dict[str, Any] | None:
+    """The fields of task-sent, when the client asked for one (header ``sent_at``, its
+    unix time of sending, which becomes the event's timestamp; ``sent_by`` names it)."""
+    at = msg.headers.get("sent_at")
+    if type(at) is not float and type(at) is not int:
+        return None
+    fields = received_fields(task_id, name, msg)
+    by = msg.headers.get("sent_by")
+    fields.update(timestamp=float(at), sender=by[:200] if isinstance(by, str) else None)
+    return fields
 
 
 def result_fields(task_id: str, frame: bytes) -> dict[str, Any]:
@@ -106,6 +120,7 @@ class Publisher:
         self.dropped = 0
         self._any = False            # someone subscribed to everything ("")
         self._types: dict[str, bool] = {}           # event type -> anyone subscribed (cache)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []   # in-process (listen())
 
     # -- subscriptions ----------------------------------------------------------------
     def on_subscription(self, frames: list[bytes]) -> None:
@@ -124,8 +139,20 @@ class Publisher:
         self._types = {}
         log.debug("event subscriptions now: %s", sorted(self.prefixes))
 
+    def listen(self, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``fn(event)`` in this process for every event from now on (the
+        dashboard's metrics). It runs on the node's loop: it must be quick, must not
+        block, and must not change the event; an exception in it is logged."""
+        self.listeners.append(fn)
+
     def wants(self, topic: str) -> bool:
-        """Is anyone subscribed to an event type (or a prefix of it)?"""
+        """Is anyone (a subscriber, or a listener in this process) interested in an
+        event type?"""
+        if self._any or self.listeners:
+            return True
+        return self._subscribed(topic)
+
+    def _subscribed(self, topic: str) -> bool:
         if self._any:
             return True
         cached = self._types.get(topic)
@@ -156,7 +183,13 @@ class Publisher:
         self.seq[type_] += 1
         body = {"type": type_, "node": self.node, "timestamp": time.time(),
                 "clock": self.clock, "seq": self.seq[type_], **fields}
-        self._send(type_.encode(), msgpack.packb(body, use_bin_type=True))
+        for fn in self.listeners:
+            try:
+                fn(body)
+            except Exception:
+                log.exception("event listener %r failed", fn)
+        if self.sock is not None and self._subscribed(type_):
+            self._send(type_.encode(), msgpack.packb(body, use_bin_type=True))
 
     def publish_result(self, task_id: str, frame: bytes) -> None:
         if self.wants_result(task_id):

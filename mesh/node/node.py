@@ -32,6 +32,7 @@ from mesh.node.events import (
     Publisher,
     received_fields,
     result_fields,
+    sent_fields,
 )
 from mesh.node.journal import Journal, JournalError
 from mesh.node.peers import PeerSockets, ZmqTransport
@@ -39,6 +40,7 @@ from mesh.node.pool import Entry, Pool, PoolEvents
 from mesh.node.remote import RemoteControl
 from mesh.node.zmqloop import SocketDriver
 from mesh.ratelimit import TokenBucket, parse_rate
+from mesh.web import commands as web_commands
 from mesh.wire import codec
 from mesh.wire.protocol import (
     PROTOCOL_VERSION,
@@ -55,6 +57,7 @@ from mesh.wire.protocol import (
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
+    from mesh.web.component import HttpServer
 
 log = logging.getLogger("mesh.node")
 
@@ -131,6 +134,8 @@ class Node(PoolEvents):
         self._swept_at = time.monotonic()
         self._reclaim = profile(config.profile).dead_node_reclaim
         self.remote = RemoteControl(self)
+        self.history = web_commands.install(self)   # the dashboard's questions (mesh/web)
+        self.http: HttpServer | None = None
         self._out: dict[bytes, list[bytes]] = {}
         self._flush_scheduled = False
         self._badlog = _RateLimitedLog("refused frames")
@@ -201,6 +206,10 @@ class Node(PoolEvents):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            if self.config.http:                 # dashboard, API, /metrics (mesh/web)
+                from mesh.web.component import HttpServer
+                self.http = HttpServer(self)
+                await self.http.start()
             async with asyncio.TaskGroup() as tg:
                 loops = [tg.create_task(self.front.run(), name="front"),
                          tg.create_task(pool.run(), name="pool"),
@@ -231,6 +240,9 @@ class Node(PoolEvents):
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if self.http is not None:
+                await self.http.stop()
+            self.history.close()
             if pool is not None:
                 pool.close()
             if self.transport is not None:
@@ -629,6 +641,10 @@ class Node(PoolEvents):
         entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late)
         self.held[tid] = entry
+        if "sent_at" in msg.headers and self.events.wants("task-sent"):
+            sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in
+            if sent is not None:
+                self.events.emit("task-sent", **sent)
         if self.events.wants("task-received"):
             self.events.emit("task-received", **received_fields(entry.task_id, entry.name, msg))
         if journal is None:
@@ -743,7 +759,7 @@ class Node(PoolEvents):
                 log.error("journal: the result of task %s was not stored: %s", task_id, e)
         self._reply(client, result_frame)
         ev = self.events
-        if ev.prefixes:
+        if ev.prefixes or ev.listeners:
             ev.publish_result(task_id, result_frame)
             kind = FINAL_EVENTS.get(state)
             if kind is not None and ev.wants(kind):

@@ -1,0 +1,209 @@
+"""The dashboard's questions to a node, answered by every node (with or without --http).
+
+A dashboard shows the whole mesh: it asks each alive node for its part with these
+control commands (docs/protocol.md lists them), and answers the same questions for
+its own node in-process:
+
+    web.tasks    tasks matching a filter: held ones (from memory) and finished ones
+                 (from the journal, a page at a time: ``cursor``)
+    web.task     one task in full (arguments, result or traceback, timeline)
+    web.series   throughput and latency per time bucket, from the journal
+    web.summary  counts: finished by state (journal), held, the journal's size
+
+Journal reads run on one worker thread per node, never on the loop, so the answer
+comes later than the request: the asker sends ``req`` (its request id) and
+``noreply: true`` in the arguments, and the node sends the ControlReply itself when
+the answer is ready. (When control commands become a registry of typed functions,
+these become async functions in it.)
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mesh import states
+from mesh.web.history import INFO_REPR, LIST_REPR, HistoryError, JournalReader, Query, submit_fields
+from mesh.wire.protocol import ControlReply, encode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+    from mesh.node.pool import Entry
+
+log = logging.getLogger("mesh.web")
+
+T = TypeVar("T")
+MAX_LIMIT = 1000
+MAX_STEP_BUCKETS = 2000          # a chart asks for at most this many buckets
+COMMANDS = ("web.tasks", "web.task", "web.series", "web.summary")
+
+
+class HistoryService:
+    """One node's answers to the dashboard's questions."""
+
+    def __init__(self, node: "Node"):
+        self.node = node
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reader: JournalReader | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        # set by the HTTP server when it runs here: task id -> events seen (timeline)
+        self.timeline: Callable[[str], list[dict[str, Any]]] | None = None
+        self.handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "web.tasks": self.tasks, "web.task": self.task, "web.series": self.series,
+            "web.summary": self.summary}
+
+    # -- journal reads on a thread of their own -----------------------------------------
+    async def read(self, fn: Callable[[JournalReader], T]) -> T:
+        """Run ``fn(reader)`` on the journal thread."""
+        journal = self.node.journal
+        if journal is None:
+            raise HistoryError(f"node {self.node.name} keeps no journal (--no-journal): "
+                               "it has no history")
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mesh-history")
+            self._reader = JournalReader(journal.path, self.node.name)
+        reader = self._reader
+        assert reader is not None
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, reader)
+
+    def close(self) -> None:
+        for t in self._pending:
+            t.cancel()
+        if self._pool is not None:
+            reader = self._reader
+            if reader is not None:
+                self._pool.submit(reader.close)
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    # -- control commands ---------------------------------------------------------------
+    def install(self) -> None:
+        for name, fn in self.handlers.items():
+            self.node.remote.handlers[name] = self._deferred(name, fn)
+
+    def _deferred(self, name: str, fn: Callable[[dict[str, Any]], Awaitable[Any]]
+                  ) -> Callable[[bytes, dict[str, Any]], None]:
+        def handler(ident: bytes, args: dict[str, Any]) -> None:
+            req = args.get("req")
+            if args.get("noreply") is not True or not isinstance(req, str) or len(req) > 200:
+                raise ValueError(f"{name} is answered when ready: send args 'req' (the "
+                                 "request id) and 'noreply': true")
+            task = asyncio.get_running_loop().create_task(self._answer(ident, req, name, fn, args))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return handler
+
+    async def _answer(self, ident: bytes, req: str, name: str,
+                      fn: Callable[[dict[str, Any]], Awaitable[Any]], args: dict[str, Any]) -> None:
+        node = self.node
+        try:
+            reply = ControlReply(req, True, node.name, await fn(args))
+        except (ValueError, HistoryError) as e:
+            reply = ControlReply(req, False, node.name, None, f"{name}: {e}")
+        except Exception as e:
+            log.exception("%s failed", name)
+            reply = ControlReply(req, False, node.name, None, f"{name}: {type(e).__name__}: {e}")
+        node._reply(ident, encode(reply))
+
+    # -- the questions ------------------------------------------------------------------
+    def describe(self, e: "Entry", width: int = LIST_REPR) -> dict[str, Any]:
+        """A held task as the API shows it."""
+        state = states.STARTED if e.started else states.RETRY if e.retried else states.RECEIVED
+        t: dict[str, Any] = {"uuid": e.task_id, "state": state, "worker": self.node.name,
+                             "received": e.received, "started": e.started,
+                             "timestamp": e.started or e.received}
+        t.update(submit_fields(e.frame, width))
+        t["name"] = e.name
+        return t
+
+    def held(self, q: Query, limit: int) -> list[dict[str, Any]]:
+        """Held tasks matching ``q``, newest first (from memory: on the loop)."""
+        found = []
+        for e in self.node.held.values():
+            state = states.STARTED if e.started else states.RETRY if e.retried else states.RECEIVED
+            if q.matches_open(e.name, state, e.received):
+                found.append(e)
+        found.sort(key=lambda e: e.received, reverse=True)
+        out = [self.describe(e) for e in found[:limit * 2]]
+        if q.search is not None:
+            out = [t for t in out if q.search in str(t.get("args")) + str(t.get("kwargs")) + t["name"]]
+        return out[:limit]
+
+    async def tasks(self, args: dict[str, Any]) -> dict[str, Any]:
+        q = Query.from_args(args)
+        limit = _int(args, "limit", 100, 1, MAX_LIMIT)
+        cursor = args.get("cursor")
+        if cursor is not None and type(cursor) is not int:
+            raise ValueError("cursor must be an integer from a previous page")
+        out: dict[str, Any] = {"node": self.node.name, "held": [], "tasks": [], "cursor": None}
+        if cursor is None:
+            out["held"] = self.held(q, limit)
+        if q.wants_finished() and self.node.journal is not None:
+            page = await self.read(lambda r: r.page(q, limit, cursor))
+            out.update(page)
+        return out
+
+    async def task(self, args: dict[str, Any]) -> dict[str, Any] | None:
+        tid = args.get("task_id")
+        if not isinstance(tid, str) or not 0 < len(tid) <= 200:
+            raise ValueError("web.task needs 'task_id'")
+        entry = self.node.held.get(tid)
+        t: dict[str, Any] | None
+        if entry is not None:
+            t = self.describe(entry, INFO_REPR)
+        elif self.node.journal is not None:
+            t = await self.read(lambda r: r.task(tid))
+        else:
+            t = None
+        if t is not None and tid in self.node.remote.revoked and t["state"] not in states.READY_STATES:
+            t["revoked_at"] = self.node.remote.revoked[tid]
+        if self.timeline is not None:
+            events = self.timeline(tid)
+            if t is None and events:
+                t = {"uuid": tid, "state": states.UNKNOWN, "worker": self.node.name}
+            if t is not None:
+                t["events"] = events
+        return t
+
+    async def series(self, args: dict[str, Any]) -> dict[str, Any]:
+        since = args.get("since")
+        step = _int(args, "step", 10, 1, 86400)
+        if not isinstance(since, (int, float)) or isinstance(since, bool):
+            raise ValueError("web.series needs 'since' (unix time)")
+        import time
+        if (time.time() - since) / step > MAX_STEP_BUCKETS:
+            raise ValueError(f"at most {MAX_STEP_BUCKETS} buckets: a longer step, or a later since")
+        points = await self.read(lambda r: r.series(float(since), step))
+        return {"node": self.node.name, "step": step, "series": points}
+
+    async def summary(self, args: dict[str, Any]) -> dict[str, Any]:
+        node = self.node
+        busy, total, queued = node.load()
+        out: dict[str, Any] = {"node": node.name, "held": len(node.held), "busy": busy,
+                               "total": total, "queued": queued,
+                               "counts": {k: v for k, v in node.counts.items()},
+                               "journal": None, "journal_error": None}
+        if node.journal is not None:
+            try:
+                out["journal"] = await self.read(lambda r: r.summary())
+            except HistoryError as e:
+                out["journal_error"] = str(e)
+        return out
+
+
+def _int(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    v = args.get(key, default)
+    if v is None:
+        return default
+    if type(v) is not int or not lo <= v <= hi:
+        raise ValueError(f"{key} must be an integer from {lo} to {hi}, got {v!r}")
+    return v
+
+
+def install(node: "Node") -> HistoryService:
+    """Give a node the web.* commands (called when the node is built)."""
+    service = HistoryService(node)
+    service.install()
+    return service

@@ -1,0 +1,202 @@
+"""The dashboard's API and /metrics against real nodes (meshnode --http)."""
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+import tasks_app
+from harness import MESHNODE, clean_env, free_port, make_client_app, run_program
+from webclient import Web, all_tasks, metric_sum, wait_for
+
+from mesh import states
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _http(node_port: int | None = None) -> str:
+    return f"127.0.0.1:{node_port or free_port()}"
+
+
+def _web(node) -> Web:  # type: ignore[no-untyped-def]
+    return Web("http://" + node.http)
+
+
+def start_web_node(start_node, **flags):  # type: ignore[no-untyped-def]
+    http = _http()
+    node = start_node(http=http, **flags)
+    node.http = http
+    wait_for(lambda: _ok(Web("http://" + http)), what="the dashboard to answer")
+    return node
+
+
+def _ok(web: Web) -> bool:
+    try:
+        return web.request("GET", "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def test_api_and_metrics_count_what_ran(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    a = start_web_node(start_node, name="wa")
+    b = start_web_node(start_node, name="wb", peers=a.endpoint)
+    c = start_node(name="wc", peers=a.endpoint)          # no --http: still answers web.*
+    web_a, web_b = _web(a), _web(b)
+    wait_for(lambda: len(web_a.get("/api/workers?status=true")) == 3, what="three members")
+    client = make_client(a, b, c)
+    ok = [client.tasks.add.delay(i, i) for i in range(60)]
+    bad = [client.tasks.fail.delay(f"no {i}", i) for i in range(6)]
+    assert [r.get(timeout=60) for r in ok] == [2 * i for i in range(60)]
+    for r in bad:
+        with pytest.raises(tasks_app.CustomError):
+            r.get(timeout=60)
+
+    # the whole mesh's history from one node, and from another
+    for web in (web_a, web_b):
+        listed = all_tasks(web)
+        ids = {t["uuid"] for t in listed}
+        assert ids == {r.id for r in ok + bad}
+        failed = all_tasks(web, state="FAILURE")
+        assert {t["uuid"] for t in failed} == {r.id for r in bad}
+        assert all(t["name"] == "tasks_app.fail" for t in failed)
+        assert {t["uuid"] for t in all_tasks(web, name="tasks_app.fail")} == {r.id for r in bad}
+    by_node = {n.name: n.status() for n in (a, b, c)}
+    for n in (a, b, c):
+        mine = all_tasks(web_a, node=n.name)
+        assert len(mine) == by_node[n.name]["succeeded"] + by_node[n.name]["failed"]
+        assert {t["worker"] for t in mine} <= {n.name}
+
+    # one task in full: arguments, exception, traceback, timeline
+    info = web_b.get(f"/api/task/info/{bad[0].id}")
+    assert info["state"] == states.FAILURE and info["args"] == "('no 0', 0)"
+    assert "CustomError" in info["exception"] and "raise CustomError" in info["traceback"]
+    assert info["received"] <= info["started"] <= info["failed"]
+    result = web_a.get(f"/api/task/result/{ok[5].id}")
+    assert result == {"task-id": ok[5].id, "state": states.SUCCESS, "result": 10}
+    status, body = web_a.request("GET", "/api/task/info/no-such-task")
+    assert status == 404 and "no node knows" in body["error"]
+
+    # /metrics: each node counts what it ran, under celery-exporter's and Flower's names
+    for node, web in ((a, web_a), (b, web_b)):
+        st = by_node[node.name]
+        m = web.metrics()
+        assert metric_sum(m, "celery_task_succeeded_total", hostname=node.name) == st["succeeded"]
+        assert metric_sum(m, "celery_task_failed_total", hostname=node.name,
+                          exception="CustomError") == st["failed"]
+        assert metric_sum(m, "celery_task_runtime_count", hostname=node.name) == st["succeeded"]
+        assert metric_sum(m, "flower_events_total", worker=node.name,
+                          type="task-succeeded") == st["succeeded"]
+        assert metric_sum(m, "flower_task_runtime_seconds_count", worker=node.name) == \
+            st["succeeded"] + st["failed"]
+        # received here, less given back to a peer (shed), is what ran here
+        assert metric_sum(m, "celery_task_received_total") - \
+            metric_sum(m, "celery_task_rejected_total") == st["succeeded"] + st["failed"]
+        assert metric_sum(m, "celery_task_started_total") >= st["succeeded"] + st["failed"]
+        assert metric_sum(m, "mesh_task_queue_wait_seconds_count") == \
+            metric_sum(m, "celery_task_started_total")
+        assert m[("celery_worker_up", (("hostname", node.name),))] == 1
+        assert m[("flower_worker_online", (("worker", node.name),))] == 1
+        assert metric_sum(m, "mesh_members", state="alive") == 3
+        assert metric_sum(m, "mesh_journal_bytes") > 0
+        assert metric_sum(m, "mesh_tasks_finished_total", state="SUCCESS") == st["succeeded"]
+
+    # charts and totals cover every node's journal
+    series = web_a.get("/api/mesh/series?window=600&step=5")
+    assert sum(p[1] for s in series["nodes"].values() for p in s["series"]) == 66
+    summary = web_b.get("/api/mesh/summary")
+    assert sum(s["journal"]["finished"].get("SUCCESS", 0) for s in summary.values()) == 60
+    workers = web_a.get("/api/workers")
+    assert set(workers) == {"wa", "wb", "wc"}
+    assert "tasks_app.add" in {t["name"] for t in workers["wc"]["registered"]}
+    assert web_a.get("/api/task/types")["task-types"].count("tasks_app.add") == 1
+    assert web_a.get("/healthz")["status"] == "ok"
+    assert "<title>mesh dashboard</title>" in web_a.get("/")
+
+
+def test_history_survives_a_restart(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    a = start_web_node(start_node, name="wr")
+    client = make_client(a)
+    done = [client.tasks.add.delay(i, 1) for i in range(20)]
+    [r.get(timeout=30) for r in done]
+    client.close()
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(60) == 0
+    a2 = start_node.restart(a)
+    a2.http = a.http
+    web = _web(a2)
+    wait_for(lambda: _ok(web), what="the dashboard after the restart")
+    assert {t["uuid"] for t in all_tasks(web)} == {r.id for r in done}
+    assert web.get(f"/api/task/info/{done[3].id}")["result"] == "4"
+
+
+def test_control_verbs_need_post_and_csrf(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    a = start_web_node(start_node, name="wv")
+    web = _web(a)
+    # applying a task: waits for its result, or not
+    out = web.post("/api/task/apply/tasks_app.add?timeout=30", {"args": [1, 2]})
+    assert out["state"] == states.SUCCESS and out["result"] == 3
+    sent = web.post("/api/task/async-apply/tasks_app.echo", {"args": ["hi"]})
+    assert web.get(f"/api/task/result/{sent['task-id']}?timeout=30")["result"] == "hi"
+    status, body = web.request("POST", "/api/task/async-apply/tasks_app.nope", {"args": []})
+    assert status == 400 and "not registered" in body["error"]
+    # revoke a task waiting for its countdown
+    later = web.post("/api/task/async-apply/tasks_app.add", {"args": [1, 1], "countdown": 60})
+    web.post(f"/api/task/revoke/{later['task-id']}")
+    assert web.get(f"/api/task/result/{later['task-id']}?timeout=30")["state"] == states.REVOKED
+    # limits and the pool
+    web.post("/api/task/rate-limit/tasks_app.add?ratelimit=10/m")
+    web.post("/api/task/timeout/tasks_app.add?soft=5&hard=9")
+    reg = {t["name"]: t for t in web.get("/api/workers")["wv"]["registered"]}
+    assert reg["tasks_app.add"]["rate_limit"] == pytest.approx(10 / 60)
+    assert (reg["tasks_app.add"]["soft_time_limit"], reg["tasks_app.add"]["time_limit"]) == (5, 9)
+    web.post("/api/worker/pool/grow/wv?n=2")
+    wait_for(lambda: a.status()["total"] == 4, what="the pool to grow")
+    web.post("/api/worker/pool/shrink/wv", {"n": 1})
+    wait_for(lambda: a.status()["total"] == 3, what="the pool to shrink")
+    status, body = web.request("POST", "/api/worker/pool/grow/nobody")
+    assert status == 404
+    # what a hostile page could try
+    status, body = web.request("POST", "/api/worker/shutdown/wv", csrf=False)
+    assert status == 403 and "CSRF" in body["error"]
+    status, body = web.request("POST", "/api/worker/shutdown/wv",
+                               headers={"Origin": "http://evil.example"})
+    assert status == 403 and "cross-site" in body["error"]
+    status, body = web.request("GET", "/api/tasks", headers={"Host": "evil.example"})
+    assert status == 421
+    status, _ = web.request("GET", "/api/worker/shutdown/wv")
+    assert status == 405
+    assert a.ping()
+    # shutdown, through the front door
+    web.post("/api/worker/shutdown/wv")
+    assert a.wait(60) == 0
+
+
+def test_task_sent_for_clients_that_opt_in(start_node) -> None:  # type: ignore[no-untyped-def]
+    a = start_web_node(start_node, name="ws")
+    web = _web(a)
+    quiet = make_client_app([a.endpoint], tasks_app)
+    loud = make_client_app([a.endpoint], tasks_app)
+    loud.app.conf.task_send_sent_event = True
+    try:
+        [r.get(timeout=30) for r in [quiet.tasks.add.delay(1, 1) for _ in range(5)]]
+        [r.get(timeout=30) for r in [loud.tasks.add.delay(2, 2) for _ in range(7)]]
+    finally:
+        quiet.close()
+        loud.close()
+    m = web.metrics()
+    assert metric_sum(m, "celery_task_sent_total", name="tasks_app.add") == 7
+    assert metric_sum(m, "celery_task_received_total", name="tasks_app.add") == 12
+
+
+def test_a_node_whose_http_port_is_taken_does_not_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_program(MESHNODE, "--app", "tasks_app", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                           "--no-mdns", "--concurrency", "1", "--data-dir", str(tmp_path / "d"),
+                           "--http", f"127.0.0.1:{port}", env=clean_env(), timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot serve HTTP" in proc.stderr
+    bad = run_program(MESHNODE, "--app", "tasks_app", "--http", "localhost:http", env=clean_env())
+    assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
