@@ -5,9 +5,11 @@ __version__ = "0.1.0"
 
 from mesh import signals, states  # noqa: E402
 from mesh.app import Mesh  # noqa: E402
+from mesh.canvas import Signature, signature  # noqa: E402
 from mesh.result import AsyncResult  # noqa: E402
 from mesh.shared import current_app, shared_task  # noqa: E402
 from mesh.task import Task  # noqa: E402
 
-__all__ = ["Mesh", "AsyncResult", "Task", "current_app", "shared_task", "signals", "states",
+__all__ = ["Mesh", "AsyncResult", "Signature", "Task", "current_app", "shared_task", "signature",
+           "signals", "states",
            "__version__"]

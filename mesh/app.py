@@ -19,6 +19,7 @@ from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.loader import Discovery
 from mesh.result import AsyncResult, Slot
+from mesh.signals import Signal
 from mesh.task import Task, make_options
 from mesh.wire import codec
 from mesh.wire.protocol import Submit, encode
@@ -81,6 +82,12 @@ class Mesh:
         self._tasks: dict[str, Task] = {}
         self._client: Any = None
         self._client_lock = threading.Lock()
+        # periodic tasks (mesh/periodic.py): entries added in code, and Celery's app signals,
+        # sent when the schedule is first built (handlers may add entries)
+        self._periodic: dict[str, Any] = {}
+        self._periodic_signalled = False
+        self.on_after_configure = Signal("on_after_configure", ("source",))
+        self.on_after_finalize = Signal("on_after_finalize")
         # threads do not survive fork: a child process makes its own client when it needs one
         os.register_at_fork(after_in_child=functools.partial(_forget_client, weakref.ref(self)))
         self._discovery = Discovery()    # autodiscover_tasks(): done when tasks are first read
@@ -140,6 +147,26 @@ class Mesh:
                 raise ConfigError("use @app.task or @app.task(option=...), not both")
             return register(fun)
         return register
+
+    # -- periodic tasks (docs/periodic.md) ----------------------------------------------
+    def add_periodic_task(self, schedule: Any, sig: Any, args: Iterable[Any] = (),
+                          kwargs: dict[str, Any] | None = None, name: str | None = None,
+                          **options: Any) -> str:
+        """Run ``sig`` (``task.s(...)``) on ``schedule`` (a crontab, an interval, seconds
+        or a timedelta) on the mesh; no beat process: the nodes fire it. ``options``:
+        priority, expires, time_limit, soft_time_limit, and mesh's ``catch_up`` (seconds
+        after which a missed run is skipped). Returns the entry's name."""
+        from mesh.periodic import entry_from_signature
+        entry = entry_from_signature(schedule, sig, args, kwargs, name, **options)
+        self._periodic[entry.name] = entry
+        return entry.name
+
+    def periodic_schedule(self) -> Any:
+        """The periodic entries (``mesh.periodic.Schedule``); the first call sends
+        ``on_after_configure`` and ``on_after_finalize``."""
+        from mesh.periodic import build
+        self.tasks  # noqa: B018  (discovery first: task modules may connect on_after_finalize)
+        return build(self)
 
     # -- client -----------------------------------------------------------------------
     @property

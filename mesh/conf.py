@@ -11,6 +11,7 @@ the node reads (command-line flags still win).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
@@ -82,7 +83,9 @@ class Settings(MutableMapping[str, Any]):
     """The app's settings: every known name has a value (its default until set)."""
 
     def __init__(self, values: Mapping[str, Any] | None = None):
-        object.__setattr__(self, "_values", dict(DEFAULTS))
+        # each app its own copy of mutable defaults (beat_schedule["x"] = ... on one app
+        # must not reach another)
+        object.__setattr__(self, "_values", copy.deepcopy(DEFAULTS))
         object.__setattr__(self, "_changed", set())
         if values:
             self.update(values)
@@ -96,7 +99,7 @@ class Settings(MutableMapping[str, Any]):
         self._changed.add(name)
 
     def __delitem__(self, name: str) -> None:
-        self._values[check_name(name)] = DEFAULTS[name]
+        self._values[check_name(name)] = copy.deepcopy(DEFAULTS[name])
         self._changed.discard(name)
 
     def __iter__(self) -> Iterator[str]:

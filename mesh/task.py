@@ -17,6 +17,7 @@ from mesh.ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
+    from mesh.canvas import Signature
     from mesh.result import AsyncResult
 
 
@@ -172,6 +173,21 @@ class Task:
                 countdown = self.options.default_retry_delay
         raise Retry(f"retry in {countdown:g} s" + (f": {exc!r}" if exc is not None else ""),
                     exc=exc, countdown=countdown)
+
+    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        """A signature of this task with these arguments (``add.s(1, 1)``)."""
+        from mesh.canvas import Signature
+        return Signature(self.name, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> "Signature":
+        """An immutable signature: a workflow does not pass it a parent's result."""
+        from mesh.canvas import Signature
+        return Signature(self.name, args, kwargs, immutable=True)
+
+    def signature(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+                  **options: Any) -> "Signature":
+        from mesh.canvas import Signature
+        return Signature(self.name, tuple(args or ()), kwargs or {}, options)
 
     def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":
         """Run on the mesh with these arguments; shortcut for apply_async."""

@@ -487,10 +487,12 @@ def shutdown(ctx: click.Context, nodes: tuple[str, ...]) -> int:
     return _control_cmd(ctx, "shutdown", {}, nodes)
 
 
+from mesh.cli.meshctl_beat import beat  # noqa: E402
 from mesh.cli.meshctl_monitor import events, top  # noqa: E402
 
 meshctl.add_command(events)
 meshctl.add_command(top)
+meshctl.add_command(beat)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from mesh import __version__, states
 from mesh.config import advertised_endpoint
 from mesh.exceptions import DecodeError, MeshError
 from mesh.membership import MESSAGE_TYPES, Member, Membership, MemberState, profile
+from mesh.node.beat import Beat
 from mesh.node.events import (
     FINAL_EVENTS,
     HEARTBEAT_INTERVAL,
@@ -124,6 +125,7 @@ class Node(PoolEvents):
         self._stop_count = 0
         self._acks: dict[bytes, list[str]] = {}
         self.journal: Journal | None = None
+        self.beat: Beat | None = None             # periodic tasks (mesh/node/beat.py)
         self._pending: list[Entry] = []          # accepted this pass: to the pool once journalled
         self._commit_timer: asyncio.TimerHandle | None = None
         self._watchers: dict[str, set[bytes]] = {}   # task id -> who asked to hear its result
@@ -162,6 +164,11 @@ class Node(PoolEvents):
                 except JournalError as e:
                     raise NodeStartError(str(e)) from e
                 self.remote.load_revoked()
+            try:
+                self.beat = Beat(self)
+            except MeshError as e:
+                raise NodeStartError(f"the app's periodic tasks: {e}") from e
+            await self.beat.start(self)
             front = ctx.socket(zmq.ROUTER)
             front.setsockopt(zmq.LINGER, 2000)
             front.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -215,7 +222,8 @@ class Node(PoolEvents):
                          tg.create_task(pool.run(), name="pool"),
                          tg.create_task(self._ticker(), name="ticker"),
                          tg.create_task(self.membership.run(), name="membership"),
-                         tg.create_task(self._shedder(), name="shedder")]
+                         tg.create_task(self._shedder(), name="shedder"),
+                         tg.create_task(self.beat.run(), name="beat")]
                 if self.config.mdns:
                     loops.append(tg.create_task(self._discover(), name="discovery"))
                 if xpub is not None:
@@ -297,7 +305,8 @@ class Node(PoolEvents):
         busy, total, queued = self.load()
         return {"busy": busy, "total": total, "queued": queued, "rate": round(self.rate, 1),
                 "cpu": round(self._cpu), "rss": self._rss, "tasks": self.tasks_digest,
-                "events": self.events_endpoint, "clock": self.events.clock}
+                "events": self.events_endpoint, "clock": self.events.clock,
+                "beat": self.beat.advertised() if self.beat is not None else ""}
 
     async def _shedder(self) -> None:
         while True:

@@ -360,9 +360,18 @@ async def mesh_task(request: web.Request) -> web.StreamResponse:
 
 
 async def periodic(request: web.Request) -> web.StreamResponse:
-    """Periodic entries: not in this version of mesh yet (issue 12 adds them)."""
-    return json_response({"available": False, "entries": [],
-                          "reason": "periodic tasks are not in this version of mesh yet"})
+    """Periodic entries as the nodes see them (the ``beat`` control command, merged by
+    mesh.periodic.merge_views): schedule, next run, last run and who fired it, the node
+    that fires the next one (docs/periodic.md)."""
+    from mesh.periodic import merge_views
+    merged = merge_views(await _server(request).asker.control("beat"))
+    entries = []
+    for e in merged["entries"]:
+        last = e.get("last_run") or {}
+        entries.append({**e, "last": e.get("last_run"), "last_run": last.get("due"),
+                        "node": last.get("fired_by")})
+    return json_response({"available": True, "entries": entries, "nodes": merged["nodes"],
+                          "errors": merged["errors"]})
 
 
 def add_routes(app: web.Application) -> None:

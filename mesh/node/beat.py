@@ -1,0 +1,289 @@
+"""The beat: periodic tasks fired by the nodes themselves, with no beat process.
+
+Every node carries the app's schedule (mesh/periodic.py). For each entry, the node that
+fires it is ``hrw(entry name, alive members carrying the same schedule)``: every node
+computes the same choice from its membership view, the choice changes only when members
+come or go, and when the firing node dies the next one in the entry's ranking fires as
+soon as membership declares it dead (docs/periodic.md gives the measured figures).
+
+A run's task id is ``uuid5(entry name, due time)``; runs are sent to the node that id
+picks (mesh/node/beat_send.py), so a run fired twice executes once. The firing node tells
+every alive peer the last firing of each entry (``beat-fired``), tells a member that
+appears everything it knows (``beat-sync``), and keeps it in ``beat.sqlite3`` in its
+data dir: a node that takes an entry over neither fires a run again nor skips one.
+
+No backlog: when a node takes over, or the mesh starts after being down, only the latest
+due run is fired (and only within the entry's ``catch_up`` window, if it has one). The
+task sees the due time in ``self.request.headers["periodic_due"]`` (unix time) and the
+entry's name in ``headers["periodic_entry"]``.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from mesh.clock import Clock
+from mesh.membership import MemberState, profile
+from mesh.node.beat_send import Outbox, Run
+from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, hrw
+from mesh.periodic import Entry, Schedule
+from mesh.wire.protocol import Control, encode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.beat")
+
+TICK = 0.1             # s between looks at the schedule and membership, at most
+SETTLE_PROBES = 10     # a starting node fires nothing for this many probe intervals
+MAX_SYNC = 500         # firings per beat-sync message
+SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
+
+
+class Beat:
+    """The beat component of one node. ``start``/``stop`` follow the node's component
+    interface; ``run`` is its loop (in the node's TaskGroup)."""
+
+    name = "beat"
+    requires = ("membership", "journal")
+
+    def __init__(self, node: "Node", clock: Clock | None = None):
+        self.node = node
+        self.clock = clock or Clock()
+        self.schedule: Schedule = node.app.periodic_schedule()
+        self.digest = self.schedule.digest
+        self.keys = {name: entry_key(e.key()) for name, e in self.schedule.entries.items()}
+        self.settle = SETTLE_PROBES * profile(node.config.profile).probe_interval
+        self.started = self.clock.time()
+        self.store: LastFirings | None = None
+        self.outbox: Outbox | None = None
+        self.next_look: dict[str, float] = {}      # entry -> no run is due before this
+        self.results: dict[str, tuple[str, str, float]] = {}   # entry -> (state, node, due)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._peers: set[str] = set()
+        self.settled = False
+        self._swept = self.clock.time()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- component interface ------------------------------------------------------------
+    async def start(self, node: "Node") -> None:
+        cfg = node.config
+        self.store = LastFirings(cfg.data_path if cfg.journal else None)
+        node.remote.handlers["beat"] = lambda ident, args: self.describe()
+        node.remote.handlers["beat-fired"] = lambda ident, args: self.on_fired(args)
+        node.remote.handlers["beat-sync"] = lambda ident, args: self.on_sync(args)
+        if self.schedule.entries:
+            log.info("beat: %d periodic entr%s (schedule %s, zone %s): %s",
+                     len(self.schedule.entries), "y" if len(self.schedule.entries) == 1 else "ies",
+                     self.digest, self.schedule.timezone, ", ".join(sorted(self.schedule.entries)))
+
+    async def stop(self, node: "Node") -> None:
+        if self.outbox is not None:
+            self.outbox.close()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.store is not None:
+            self.store.close()
+
+    async def run(self) -> None:
+        """Until cancelled: fire what is due here, resend what is unanswered."""
+        if self.store is None:
+            await self.start(self.node)
+        assert self.node.transport is not None
+        self.outbox = Outbox(self.node.transport.sockets.ctx, self.node.name, self._pick_target,
+                             self._done, self._spawn)
+        try:
+            while True:
+                try:
+                    wait = self.tick(self.clock.time())
+                except Exception:
+                    log.exception("beat: tick failed")
+                    wait = 1.0
+                await asyncio.sleep(wait)
+        finally:
+            await self.stop(self.node)
+
+    def _spawn(self, coro: Any) -> "asyncio.Task[None]":
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name="beat-socket")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- membership views ---------------------------------------------------------------
+    def _alive(self) -> list[Any]:
+        """The other members not known to be gone: alive or suspect. A suspect keeps
+        its entries until it is declared dead, so a node only slow to answer (a busy
+        one) is not fired for by another at the same time."""
+        ms = self.node.membership
+        if ms is None:
+            return []
+        return [m for m in ms.members()[1:] if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+
+    def advertised(self) -> str:
+        """What this node gossips in its member meta: its schedule's digest once it has
+        settled (a node still learning the mesh is not counted as a firer by others)."""
+        return self.digest if self.settled else ""
+
+    def firers(self) -> list[str]:
+        """The nodes that may fire our entries: settled, alive, carrying the same schedule."""
+        me = [self.node.name] if self.settled else []
+        return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest]
+
+    def _targets(self) -> dict[str, str]:
+        """Node id -> address of the nodes a run may go to: alive, with our tasks."""
+        out = {self.node.name: self.node.address}
+        for m in self._alive():
+            if m.meta.get("tasks") == self.node.tasks_digest:
+                out[m.id] = m.address
+        return out
+
+    def _pick_target(self, task_id: str, avoid: set[str]) -> tuple[str, str] | None:
+        targets = {k: v for k, v in self._targets().items() if k not in avoid}
+        chosen = hrw(task_id, targets)
+        return None if chosen is None else (chosen, targets[chosen])
+
+    # -- the loop -----------------------------------------------------------------------
+    def tick(self, now: float) -> float:
+        """One look: share with new members, fire due runs, resend. Returns how long
+        to sleep (until the next run due here, TICK at most)."""
+        assert self.outbox is not None
+        alive = {m.id: m.address for m in self._alive()}
+        new = set(alive) - self._peers
+        self._peers = set(alive)
+        for peer in new:
+            self._sync_to(alive[peer])
+        self.outbox.check(now, set(alive) | {self.node.name})
+        if now - self._swept > SWEEP_INTERVAL:
+            self._swept = now
+            self.outbox.sweep(set(self._targets().values()))
+        if not self.schedule.entries or self.node._stop.is_set():
+            return TICK
+        if not self.settled:
+            if now - self.started < self.settle:   # learn the mesh before firing anything
+                return TICK
+            self.settled = True                    # from now on peers count us as a firer
+            if self.node.membership is not None:
+                self.node.membership.update_local_meta()
+        firers = self.firers()
+        wait = TICK
+        for name, entry in self.schedule.entries.items():
+            look = self.next_look.get(name)
+            if look is not None and now < look:
+                wait = min(wait, look - now)
+                continue
+            if hrw(name, firers) != self.node.name:
+                continue            # not ours: look again next tick (membership may change)
+            self._consider(entry, now)
+        return max(wait, 0.001)
+
+    def _consider(self, entry: Entry, now: float) -> None:
+        assert self.store is not None
+        tz = self.schedule.timezone
+        last = self.store.get(entry.name)
+        last_due = last.due if last is not None and last.key == self.keys[entry.name] else None
+        fire, skipped = due_to_fire(entry.schedule, tz, now, last_due, self.started, entry.catch_up)
+        if fire is not None:
+            self.fire(entry, fire, now)
+        elif skipped is not None:      # remembered below, so said once per run
+            self.counts["skipped"] += 1
+            log.warning("beat: run of %s due %s is %.0f s late, beyond its catch_up of %g s: "
+                        "skipped", entry.name, _iso(skipped, tz), now - skipped, entry.catch_up)
+            self._learn(Fired(entry.name, skipped, "", self.node.name, now, self.keys[entry.name]))
+        self.next_look[entry.name] = entry.schedule.next_after(now, tz)
+
+    def fire(self, entry: Entry, due: float, now: float) -> None:
+        """Send the run of ``entry`` due at ``due``, and tell the mesh."""
+        assert self.outbox is not None
+        msg = entry.submit(due)
+        run = Run(msg.task_id, entry.name, due, encode(msg))
+        self.outbox.send(run, now)
+        self.counts["fired"] += 1
+        log.info("beat: fired %s (due %s) as %s on %s", entry.name,
+                 _iso(due, self.schedule.timezone), msg.task_id, run.target or "(no node yet)")
+        f = Fired(entry.name, due, msg.task_id, self.node.name, now, self.keys[entry.name])
+        self._learn(f)
+        self._tell(Control(f"beat-{self.node.name}-{time.monotonic_ns()}", "beat-fired",
+                           {**f.to_wire(), "noreply": True}), self._alive_addresses())
+
+    def _done(self, run: Run, state: str, node: str) -> None:
+        self.results[run.entry] = (state, node, run.due)
+
+    # -- what peers say -------------------------------------------------------------------
+    def _learn(self, f: Fired) -> bool:
+        assert self.store is not None
+        if self.keys.get(f.entry) != f.key:
+            return False               # not our entry, or defined differently here
+        if self.store.learn(f):
+            self.next_look.pop(f.entry, None)
+            return True
+        return False
+
+    def on_fired(self, args: dict[str, Any]) -> None:
+        self._learn(Fired.from_wire(args))
+
+    def on_sync(self, args: dict[str, Any]) -> dict[str, int]:
+        fired = args.get("fired")
+        if not isinstance(fired, list):
+            raise ValueError("beat-sync needs 'fired': a list of firings")
+        learnt = 0
+        for item in fired[:MAX_SYNC]:
+            try:
+                learnt += self._learn(Fired.from_wire(item))
+            except ValueError as e:
+                log.warning("beat: a peer sent a bad firing: %s", e)
+        return {"learnt": learnt}
+
+    def _sync_to(self, address: str) -> None:
+        if self.store is None or not self.store.last:
+            return
+        items = [f.to_wire() for f in self.store.last.values()]
+        for i in range(0, len(items), MAX_SYNC):
+            self._tell(Control(f"beat-sync-{self.node.name}-{time.monotonic_ns()}", "beat-sync",
+                               {"fired": items[i:i + MAX_SYNC], "noreply": True}), [address])
+
+    def _alive_addresses(self) -> list[str]:
+        return [m.address for m in self._alive()]
+
+    def _tell(self, msg: Control, addresses: list[str]) -> None:
+        transport = self.node.transport
+        if transport is None:
+            return
+        frame = encode(msg)
+        for address in addresses:
+            transport.send(address, frame)
+
+    # -- what meshctl beat shows --------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """This node's view of every entry: schedule, next and last run, who fires it."""
+        now = self.clock.time()
+        tz = self.schedule.timezone
+        firers = self.firers()
+        rows = []
+        for name, entry in sorted(self.schedule.entries.items()):
+            last = self.store.get(name) if self.store is not None else None
+            result = self.results.get(name)
+            nxt = entry.schedule.next_after(now, tz)
+            rows.append({
+                **entry.describe(), "next_run": nxt, "next_run_local": _iso(nxt, tz),
+                "fires_on": hrw(name, firers),
+                "last_run": None if last is None or last.key != self.keys[name] else {
+                    "due": last.due, "due_local": _iso(last.due, tz), "task_id": last.task_id or None,
+                    "fired_by": last.node, "fired_at": last.at, "skipped": not last.task_id},
+                "last_result": None if result is None else {
+                    "state": result[0], "node": result[1], "due": result[2]},
+            })
+        return {"node": self.node.name, "schedule": self.digest, "timezone": str(tz),
+                "settled": self.settled, "firers": sorted(firers),
+                "fired": self.counts["fired"], "skipped": self.counts["skipped"],
+                "resent": self.outbox.resent if self.outbox else 0,
+                "in_flight": len(self.outbox.runs) if self.outbox else 0, "entries": rows}
+
+
+def _iso(t: float, tz: dt.tzinfo) -> str:
+    return dt.datetime.fromtimestamp(t, tz).isoformat(timespec="seconds")

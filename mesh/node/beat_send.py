@@ -1,0 +1,198 @@
+"""The beat's outbox: periodic runs sent to the node their id chooses, owned until done.
+
+A run goes to ``hrw(task_id, nodes with our tasks)``: every node that fires the same run
+(two nodes that both believe they fire an entry, for a moment, while membership
+changes) sends it to the same node, and that node answers a task id it already holds
+or has finished from its held tasks or its journal instead of running it again. So a
+second firing of a run is recognised and not executed twice.
+
+The outbox owns each run as a client owns its tasks: one DEALER per target node
+(replies come back on it), resent with the same id when the target refuses it, gives
+it back (shedding, shutdown), does not acknowledge it in time, or is declared dead
+before the result came. After the ACK it asks the target to be told the result
+(``result`` with ``watch``), since a second firer's resend makes that firer the
+owner the target answers.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from mesh import states
+from mesh.exceptions import DecodeError
+from mesh.node.zmqloop import SocketDriver
+from mesh.wire.protocol import Ack, Control, ControlReply, Error, Release, Result, decode, encode
+
+log = logging.getLogger("mesh.beat")
+
+ACK_TIMEOUT = 5.0      # s without an ACK before a run is sent again (same id)
+
+
+@dataclass
+class Run:
+    task_id: str
+    entry: str
+    due: float
+    frame: bytes
+    target: str = ""           # node id
+    address: str = ""
+    sent_at: float = 0.0
+    acked: bool = False
+    sends: int = 0
+
+
+# (task_ids, excluded node) -> (node id, address) or None
+PickTarget = Callable[[str, set[str]], tuple[str, str] | None]
+Done = Callable[[Run, str, str], None]          # run, state, node
+
+
+class Outbox:
+    def __init__(self, ctx: zmq.Context[Any], node_name: str, pick: PickTarget, done: Done,
+                 spawn: Callable[[Any], "asyncio.Task[None]"]):
+        self.ctx = ctx
+        self.routing_id = f"beat:{node_name}:{os.urandom(4).hex()}".encode()
+        self.pick = pick
+        self.done = done
+        self.spawn = spawn
+        self.runs: dict[str, Run] = {}
+        self.socks: dict[str, tuple[zmq.Socket[bytes], asyncio.Task[None]]] = {}
+        self.resent = 0
+
+    # -- sending ----------------------------------------------------------------------
+    def send(self, run: Run, now: float, avoid: set[str] | None = None) -> bool:
+        """Send (or resend) a run to the node its id picks; False if no node can take it
+        now (it stays owned and is tried again by check())."""
+        choice = self.pick(run.task_id, avoid or set())
+        self.runs[run.task_id] = run
+        run.sent_at = now
+        if choice is None:
+            run.target, run.address = "", ""
+            return False
+        run.target, run.address = choice
+        run.acked = False
+        run.sends += 1
+        if run.sends > 1:
+            self.resent += 1
+        sock = self._sock(run.address)
+        try:
+            sock.send(run.frame, zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warning("beat: could not send run %s of %s to %s: %s", run.task_id, run.entry,
+                        run.target, e)
+            return False
+        return True
+
+    def _sock(self, address: str) -> zmq.Socket[bytes]:
+        entry = self.socks.get(address)
+        if entry is not None:
+            return entry[0]
+        s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        s.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.connect(address)
+        driver = SocketDriver(s, functools.partial(self._on_frames, address), f"beat->{address}")
+        self.socks[address] = (s, self.spawn(driver.run()))
+        return s
+
+    def forget_socket(self, address: str) -> None:
+        entry = self.socks.pop(address, None)
+        if entry is not None:
+            sock, task = entry
+            task.cancel()
+            task.add_done_callback(lambda _t: sock.close(linger=0))
+
+    def sweep(self, keep: set[str]) -> None:
+        """Close the sockets to nodes no longer among ``keep`` (addresses) that hold no run."""
+        busy = {r.address for r in self.runs.values()}
+        for address in [a for a in self.socks if a not in keep and a not in busy]:
+            self.forget_socket(address)
+
+    def close(self) -> None:
+        for address in list(self.socks):
+            self.forget_socket(address)
+
+    # -- replies ----------------------------------------------------------------------
+    def _on_frames(self, address: str, frames: list[bytes]) -> None:
+        for frame in frames:
+            try:
+                msg = decode(frame)
+            except DecodeError as e:
+                log.warning("beat: undecodable reply from %s: %s", address, e)
+                continue
+            if isinstance(msg, Ack):
+                for tid in msg.task_ids:
+                    run = self.runs.get(tid)
+                    if run is not None and not run.acked:
+                        run.acked = True
+                        self._watch(run)
+            elif isinstance(msg, Result):
+                self._result(msg.task_id, msg.state, msg.node)
+            elif isinstance(msg, ControlReply):
+                p = msg.payload
+                if msg.ok and isinstance(p, dict) and isinstance(p.get("task_id"), str):
+                    self._result(p["task_id"], str(p.get("state")), msg.node)
+            elif isinstance(msg, Release):
+                for tid in msg.task_ids:
+                    run = self.runs.get(tid)
+                    if run is not None:
+                        log.info("beat: %s gave run %s of %s back (%s); sending it again",
+                                 msg.node, tid, run.entry, msg.reason)
+                        self.send(run, run.sent_at, avoid={msg.node})
+            elif isinstance(msg, Error):
+                run = self.runs.get(msg.ref or "")
+                if run is None:
+                    log.warning("beat: %s refused a frame: %s %s", address, msg.code, msg.message)
+                elif msg.code == "journal":
+                    log.warning("beat: %s could not journal run %s of %s; sending it elsewhere",
+                                run.target, run.task_id, run.entry)
+                    self.send(run, run.sent_at, avoid={run.target})
+                else:
+                    log.error("beat: run %s of %s was refused by %s: %s %s", run.task_id,
+                              run.entry, run.target, msg.code, msg.message)
+                    self.runs.pop(run.task_id, None)
+                    self.done(run, "REFUSED", run.target)
+
+    def _watch(self, run: Run) -> None:
+        entry = self.socks.get(run.address)
+        if entry is None:
+            return
+        req = Control(f"beat-watch-{run.task_id}", "result", {"task_id": run.task_id, "watch": True})
+        try:
+            entry[0].send(encode(req), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _result(self, task_id: str, state: str, node: str) -> None:
+        if state == states.UNKNOWN:           # acknowledged, yet the target does not know it
+            run = self.runs.get(task_id)       # (restarted without a journal): send it again
+            if run is not None and run.acked:
+                self.send(run, run.sent_at)
+            return
+        if state not in states.READY_STATES:
+            return
+        run = self.runs.pop(task_id, None)
+        if run is not None:
+            self.done(run, state, node)
+
+    # -- timers -------------------------------------------------------------------------
+    def check(self, now: float, alive: set[str]) -> None:
+        """Resend runs whose target died, or that were not acknowledged in time."""
+        for run in list(self.runs.values()):
+            if run.target and run.target not in alive:
+                log.info("beat: %s died holding run %s of %s; sending it again", run.target,
+                         run.task_id, run.entry)
+                self.send(run, now, avoid={run.target})
+            elif not run.target or (not run.acked and now - run.sent_at > ACK_TIMEOUT):
+                self.send(run, now)

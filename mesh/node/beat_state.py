@@ -1,0 +1,132 @@
+"""The beat's pure parts and its memory: who fires (rendezvous hashing), which run is
+due (no backlog, a catch-up window), and the last firing of every entry (kept in a small
+sqlite file next to the journal, and told to peers).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from mesh.schedules import BaseSchedule
+
+log = logging.getLogger("mesh.beat")
+
+STORE_FILE = "beat.sqlite3"
+
+
+def hrw(key: str, candidates: Iterable[str]) -> str | None:
+    """Rendezvous (highest random weight) hashing: the candidate with the highest
+    hash of (key, candidate). Every node with the same candidates picks the same one,
+    and when a candidate goes, only the keys it won move (to their second choice)."""
+    best, best_score = None, b""
+    for c in candidates:
+        score = hashlib.blake2b(f"{key}\x00{c}".encode(), digest_size=16).digest()
+        if best is None or score > best_score:
+            best, best_score = c, score
+    return best
+
+
+def due_to_fire(sched: BaseSchedule, tz: dt.tzinfo, now: float, last_due: float | None,
+                floor: float, catch_up: float | None) -> tuple[float | None, float | None]:
+    """``(fire, skipped)``: the run to fire now, and a run skipped for lateness.
+
+    Only the latest run due at or before ``now`` is considered (no backlog: runs
+    missed before it are never fired). It is fired if it is newer than the last known
+    firing ``last_due`` (or, with none known, not older than ``floor``: the time this
+    node began carrying the entry), unless it is more than ``catch_up`` seconds late."""
+    due = sched.last_at_or_before(now, tz)
+    if due is None:
+        return None, None
+    if last_due is not None and due <= last_due:
+        return None, None
+    if last_due is None and due < floor:
+        return None, None
+    if catch_up is not None and now - due > catch_up:
+        return None, due
+    return due, None
+
+
+class Fired(NamedTuple):
+    """The last firing of an entry: its run due at ``due`` was sent as ``task_id`` by
+    ``node`` at ``at``; ``key`` names the entry's definition (a hash of Entry.key())."""
+    entry: str
+    due: float
+    task_id: str
+    node: str
+    at: float
+    key: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return self._asdict()
+
+    @classmethod
+    def from_wire(cls, d: Any) -> "Fired":
+        """From a peer's message; ValueError if it is not one."""
+        if not isinstance(d, dict):
+            raise ValueError("a firing is a map")
+        def text(name: str) -> str:
+            v = d.get(name)
+            if not isinstance(v, str) or len(v) > 200 or (not v and name != "task_id"):
+                raise ValueError(f"firing field {name!r} is missing or bad: {v!r}"[:200])
+            return v
+
+        def number(name: str) -> float:
+            v = d.get(name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"firing field {name!r} is missing or bad: {v!r}"[:200])
+            return float(v)
+        return cls(text("entry"), number("due"), text("task_id"), text("node"), number("at"),
+                   text("key"))
+
+
+def entry_key(key_text: str) -> str:
+    return hashlib.sha1(key_text.encode()).hexdigest()[:12]
+
+
+class LastFirings:
+    """entry name -> the newest Fired known here; written through to sqlite when
+    ``directory`` is given (a node's data dir), so a restarted node knows them."""
+
+    def __init__(self, directory: str | None):
+        self.last: dict[str, Fired] = {}
+        self._db: sqlite3.Connection | None = None
+        if directory is None:
+            return
+        path = os.path.join(directory, STORE_FILE)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS fired (entry TEXT PRIMARY KEY, due REAL, "
+                       "task_id TEXT, node TEXT, at REAL, key TEXT)")
+            for row in db.execute("SELECT entry, due, task_id, node, at, key FROM fired"):
+                self.last[row[0]] = Fired(*row)
+            self._db = db
+        except sqlite3.Error as e:
+            log.error("beat: cannot use %s (%s): last firings are kept in memory only", path, e)
+
+    def get(self, entry: str) -> Fired | None:
+        return self.last.get(entry)
+
+    def learn(self, f: Fired) -> bool:
+        """Keep ``f`` if it is newer than what is known; True if it was."""
+        old = self.last.get(f.entry)
+        if old is not None and (old.due, old.at) >= (f.due, f.at):
+            return False
+        self.last[f.entry] = f
+        if self._db is not None:
+            try:
+                self._db.execute("INSERT OR REPLACE INTO fired VALUES (?, ?, ?, ?, ?, ?)", f)
+            except sqlite3.Error as e:
+                log.error("beat: could not store the last firing of %s: %s", f.entry, e)
+        return True
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

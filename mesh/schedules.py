@@ -1,0 +1,286 @@
+"""Schedules for periodic tasks: ``crontab`` and ``interval`` (Celery's ``schedule``).
+
+Every schedule is pure maths on unix time, with time passed in (mesh.clock):
+
+* ``next_after(t, tz)``: the first due time strictly after ``t``;
+* ``last_at_or_before(t, tz)``: the latest due time at or before ``t`` (None if none);
+* ``due_between(a, b, tz)``: the due times in ``(a, b]``.
+
+``tz`` is a ``zoneinfo.ZoneInfo`` (the app's ``conf.timezone``); intervals ignore it.
+
+Due times are deterministic, so every node computes the same ones and a run's task id
+can be derived from (entry name, due time):
+
+* an ``interval`` is due at ``anchor + k * period`` (anchor: unix time 0 unless given),
+  so ``interval(10)`` is due at :00, :10, :20 ... of every minute on every node. (Celery
+  counts from the last run instead, which differs per beat process.)
+* a ``crontab`` is read in wall-clock time of the zone, with these rules at DST changes
+  (docs/periodic.md): a wall time that happens twice (the repeated hour, clocks go back)
+  is due once, at its first occurrence; a wall time that does not exist (the skipped
+  hour, clocks go forward) is due once, at the first real instant after the gap. Several
+  wall times mapping to one instant are one run.
+
+Crontab fields follow Celery: day_of_month and day_of_week must both match (cron would
+run when either does); 0 or 7 is Sunday; names (mon, jan) work; ints, strings
+("*/15", "1-5", "mon-fri") and iterables of ints are accepted. The matching of wall
+times is croniter's.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from mesh.exceptions import ConfigError
+
+UTC = dt.UTC
+MIN_PERIOD = 0.1            # s: the shortest interval (a beat cannot honour less)
+MAX_DUE_BETWEEN = 100_000   # due_between lists at most this many runs
+
+
+def zone(name: str | dt.tzinfo | None) -> dt.tzinfo:
+    """The zone for a ``conf.timezone`` value (a name like "Europe/Berlin", or a tzinfo)."""
+    if name is None:
+        return UTC
+    if isinstance(name, dt.tzinfo):
+        return name
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"timezone must be a zone name like 'Europe/Berlin', got {name!r}")
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(f"unknown timezone {name!r} ({e}); use an IANA name like "
+                          "'Europe/Berlin' (install tzdata if the system has no zone files)") from None
+
+
+class BaseSchedule:
+    """What the beat asks of a schedule; every method is pure."""
+
+    def next_after(self, t: float, tz: dt.tzinfo = UTC) -> float:
+        raise NotImplementedError
+
+    def last_at_or_before(self, t: float, tz: dt.tzinfo = UTC) -> float | None:
+        raise NotImplementedError
+
+    def due_between(self, a: float, b: float, tz: dt.tzinfo = UTC) -> list[float]:
+        """The due times in (a, b], oldest first."""
+        out: list[float] = []
+        t = self.next_after(a, tz)
+        while t <= b:
+            out.append(t)
+            if len(out) >= MAX_DUE_BETWEEN:
+                raise ValueError(f"more than {MAX_DUE_BETWEEN} runs between {a} and {b}")
+            t = self.next_after(t, tz)
+        return out
+
+    def describe(self) -> str:
+        """A short text for meshctl beat."""
+        return repr(self)
+
+    def key(self) -> str:
+        """A stable text that identifies the schedule (for the schedule digest)."""
+        return repr(self)
+
+
+class interval(BaseSchedule):
+    """Every ``run_every`` (seconds or a timedelta), due at ``anchor + k * run_every``."""
+
+    def __init__(self, run_every: float | dt.timedelta, anchor: float | dt.datetime = 0.0):
+        if isinstance(run_every, dt.timedelta):
+            period = run_every.total_seconds()
+        elif isinstance(run_every, (int, float)) and not isinstance(run_every, bool):
+            period = float(run_every)
+        else:
+            raise ConfigError(f"an interval is a number of seconds or a timedelta, got {run_every!r}")
+        if not math.isfinite(period) or period < MIN_PERIOD:
+            raise ConfigError(f"an interval must be at least {MIN_PERIOD} s, got {period!r}")
+        if isinstance(anchor, dt.datetime):
+            if anchor.tzinfo is None:
+                raise ConfigError("interval anchor must be an aware datetime (or unix time)")
+            anchor = anchor.timestamp()
+        if isinstance(anchor, bool) or not isinstance(anchor, (int, float)) or not math.isfinite(anchor):
+            raise ConfigError(f"interval anchor must be unix time, got {anchor!r}")
+        self.run_every = period
+        self.anchor = float(anchor)
+
+    def _k(self, t: float) -> int:
+        return math.floor((t - self.anchor) / self.run_every)
+
+    def next_after(self, t: float, tz: dt.tzinfo = UTC) -> float:
+        k = self._k(t)
+        due = self.anchor + k * self.run_every
+        while due <= t:                 # float rounding: step until strictly after
+            k += 1
+            due = self.anchor + k * self.run_every
+        return due
+
+    def last_at_or_before(self, t: float, tz: dt.tzinfo = UTC) -> float | None:
+        k = self._k(t) + 1
+        due = self.anchor + k * self.run_every
+        while due > t:
+            k -= 1
+            due = self.anchor + k * self.run_every
+        return due
+
+    def __repr__(self) -> str:
+        anchor = f", anchor={self.anchor:g}" if self.anchor else ""
+        return f"<interval: every {self.run_every:g} s{anchor}>"
+
+    def describe(self) -> str:
+        return f"every {_seconds_text(self.run_every)}"
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, interval) and other.run_every == self.run_every
+                and other.anchor == self.anchor)
+
+    def __hash__(self) -> int:
+        return hash((self.run_every, self.anchor))
+
+
+schedule = interval   # Celery's name: schedule(run_every=timedelta(seconds=30))
+
+
+def _seconds_text(s: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size and s % size == 0:
+            return f"{s / size:g} {unit}"
+    return f"{s:g} s"
+
+
+def _field(value: Any, name: str) -> str:
+    if isinstance(value, bool):
+        raise ConfigError(f"crontab {name} must be an int, a string or a list of ints, got {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if not text or any(c.isspace() for c in text):
+            raise ConfigError(f"crontab {name} {value!r} must be one cron field (no spaces)")
+        return text
+    if isinstance(value, Iterable):
+        items = sorted(value)
+        if not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            raise ConfigError(f"crontab {name} as a list must hold ints, got {value!r}")
+        return ",".join(str(i) for i in items)
+    raise ConfigError(f"crontab {name} must be an int, a string or a list of ints, got {value!r}")
+
+
+class crontab(BaseSchedule):
+    """Celery's crontab, read in the app's zone (``conf.timezone``)."""
+
+    def __init__(self, minute: Any = "*", hour: Any = "*", day_of_week: Any = "*",
+                 day_of_month: Any = "*", month_of_year: Any = "*"):
+        self.minute = _field(minute, "minute")
+        self.hour = _field(hour, "hour")
+        self.day_of_week = _field(day_of_week, "day_of_week")
+        self.day_of_month = _field(day_of_month, "day_of_month")
+        self.month_of_year = _field(month_of_year, "month_of_year")
+        self.expr = " ".join((self.minute, self.hour, self.day_of_month, self.month_of_year,
+                              self.day_of_week))
+        if not croniter.is_valid(self.expr):
+            raise ConfigError(f"crontab({self._args()}) is not a valid schedule: cron "
+                              f"expression {self.expr!r} (minute hour day_of_month "
+                              "month_of_year day_of_week)")
+        try:   # some valid-looking expressions never match (Feb 30th): find out now
+            croniter(self.expr, dt.datetime(2000, 1, 1), day_or=False).get_next(dt.datetime)
+        except Exception as e:
+            raise ConfigError(f"crontab({self._args()}) never matches: {e}") from None
+
+    def _args(self) -> str:
+        return (f"minute={self.minute!r}, hour={self.hour!r}, day_of_week={self.day_of_week!r}, "
+                f"day_of_month={self.day_of_month!r}, month_of_year={self.month_of_year!r}")
+
+    def __repr__(self) -> str:
+        return f"<crontab: {self.expr} (m/h/dM/MY/d)>"
+
+    def describe(self) -> str:
+        return f"crontab {self.expr}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, crontab) and other.expr == self.expr
+
+    def __hash__(self) -> int:
+        return hash(self.expr)
+
+    # -- wall time <-> instants -----------------------------------------------------------
+    def _iter(self, wall: dt.datetime) -> croniter:
+        return croniter(self.expr, wall, day_or=False)
+
+    def next_after(self, t: float, tz: dt.tzinfo = UTC) -> float:
+        it = self._iter(_wall_upper(t, tz))
+        while True:
+            due = instant(it.get_next(dt.datetime), tz)
+            if due > t:
+                return due
+
+    def last_at_or_before(self, t: float, tz: dt.tzinfo = UTC) -> float | None:
+        it = self._iter(_wall_upper(t, tz) + dt.timedelta(microseconds=1))
+        for _ in range(10_000):
+            try:
+                w = it.get_prev(dt.datetime)
+            except Exception:          # croniter gives up far in the past
+                return None
+            if w.year < 1971:
+                return None
+            due = instant(w, tz)
+            if due <= t:
+                return due
+        return None
+
+
+def _wall_upper(t: float, tz: dt.tzinfo) -> dt.datetime:
+    """The naive wall time W such that every wall time <= W maps to an instant <= t
+    and every wall time > W to an instant > t (under ``instant``'s rules). It is the
+    wall time at t, except in the second pass of a repeated hour, where wall times up
+    to the end of the repeat already happened (in the first pass)."""
+    local = dt.datetime.fromtimestamp(t, tz)
+    wall = local.replace(tzinfo=None)
+    if local.fold:
+        first = wall.replace(tzinfo=tz, fold=0).utcoffset()
+        second = local.utcoffset()
+        if first is not None and second is not None and first > second:
+            wall += first - second
+    return wall
+
+
+def instant(wall: dt.datetime, tz: dt.tzinfo) -> float:
+    """The unix time of a naive wall time in ``tz``: its first occurrence if it happens
+    twice, the end of the gap if it does not happen at all."""
+    first = wall.replace(tzinfo=tz, fold=0)
+    t = first.timestamp()
+    if dt.datetime.fromtimestamp(t, tz).replace(tzinfo=None) == wall:
+        later = wall.replace(tzinfo=tz, fold=1).timestamp()
+        return min(t, later)
+    # in a gap: fold=1 reads it with the offset after, fold=0 with the one before; the
+    # transition lies between. Find it to the second (transitions fall on whole seconds).
+    a, b = sorted((wall.replace(tzinfo=tz, fold=1).timestamp(), t))
+    off_a = dt.datetime.fromtimestamp(a, tz).utcoffset()
+    lo, hi = math.floor(a), math.ceil(b)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if dt.datetime.fromtimestamp(mid, tz).utcoffset() == off_a:
+            lo = mid
+        else:
+            hi = mid
+    return float(hi)
+
+
+def to_schedule(value: Any) -> BaseSchedule:
+    """A schedule from what Celery accepts: a schedule, seconds, or a timedelta."""
+    if isinstance(value, BaseSchedule):
+        return value
+    if isinstance(value, (int, float, dt.timedelta)) and not isinstance(value, bool):
+        return interval(value)
+    if type(value).__name__ in ("solar",):
+        raise ConfigError("solar schedules are not available in mesh (use crontab)")
+    raise ConfigError(f"a schedule is a crontab, an interval, a number of seconds or a "
+                      f"timedelta; got {type(value).__name__} {value!r}")
+
+
+__all__ = ["BaseSchedule", "crontab", "instant", "interval", "schedule", "to_schedule", "zone"]

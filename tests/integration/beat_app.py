@@ -1,0 +1,36 @@
+"""Periodic tasks for the beat tests (tests/integration/test_e2e_beat.py).
+
+``tick`` appends one line per run to the file named by BEAT_LOG: the run's due time
+(from its request headers), its entry, the node's pid and its task id and when it ran, so a test can
+count executions per due time across nodes that are killed.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from mesh import Mesh
+
+app = Mesh("mesh-beat-it", mdns=False)
+
+
+@app.task(bind=True)
+def tick(self: Any) -> float:
+    headers = self.request.headers
+    due = headers.get("periodic_due")
+    path = os.environ.get("BEAT_LOG")
+    if path:
+        line = (f"{due!r} {headers.get('periodic_entry')} {os.getppid()} {self.request.id} "
+                f"{time.time():.3f}\n")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+    return float(due)
+
+
+@app.on_after_configure.connect
+def setup_periodic_tasks(sender: Mesh, **kwargs: Any) -> None:
+    sender.add_periodic_task(float(os.environ.get("BEAT_EVERY", "1")), tick.s(), name="tick")
