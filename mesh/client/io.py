@@ -413,8 +413,10 @@ class Client(Links):
     def _drain_socket(self, link: NodeLink) -> None:
         sock = link.sock
         self._heard_since = True
-        while link.sock is sock:       # a message handled here may reset the link (its
-            try:                       # node was declared dead): the old socket is closed
+        while True:
+            if link.sock is not sock:  # a frame just read made us reset this link (its node
+                return                 # is dead): the old socket is closed, stop reading it
+            try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
