@@ -112,6 +112,7 @@ class Replicas(Component):
         self.backup_of: dict[str, str] = {}        # held task id -> its backup ("" = none)
         self.by_backup: dict[str, set[str]] = {}   # backup -> held task ids copied there
         self.gates: dict[str, list[Callable[[], None]]] = {}   # replies waiting for a copy
+        self._result_wait: set[str] = set()        # finished: replies wait for the result's copy
         self._gate_since: dict[str, float] = {}
         self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
         self._sent: dict[str, _Sent] = {}          # batch id -> what it carried
@@ -228,6 +229,11 @@ class Replicas(Component):
             batch = self._queue(backup)
             batch.tasks.pop(task_id, None)
             batch.results[task_id] = (state, result_frame)
+            # the owner gets its RESULT once the backup has the result too (not just the
+            # task): else a holder dying in between would leave the backup to run it again
+            self._result_wait.add(task_id)
+            self.gates.setdefault(task_id, [])
+            self._gate_since.setdefault(task_id, time.monotonic())
         return backup
 
     def forgotten(self, task_ids: Iterable[str]) -> None:
@@ -301,6 +307,7 @@ class Replicas(Component):
 
     def _open(self, tid: str) -> None:
         """The copy is confirmed (or we stop waiting for it): send what waited."""
+        self._result_wait.discard(tid)
         self._gate_since.pop(tid, None)
         waiting = self.gates.pop(tid, None)
         for fn in waiting or ():
@@ -376,8 +383,10 @@ class Replicas(Component):
                 self.node.front.schedule_flush()     # the next batch for it goes now
         self.copies_confirmed += len(sent.batch.tasks)
         for tid in sent.batch.tasks:
-            self._open(tid)
+            if tid not in self._result_wait:       # (its result is on the way: wait for it)
+                self._open(tid)
         for tid in sent.batch.results:
+            self._result_wait.discard(tid)
             self._open(tid)
 
     # -- backup side ------------------------------------------------------------------
