@@ -1,7 +1,9 @@
-"""The child side of the prefork pool: runs in a forked process, asks for work by
-being idle, runs one task at a time, reports the result, and retires when told to by
-its limits. It talks to its node over a socketpair (mesh.channel) and never touches
-the zmq Context it inherited from the node."""
+"""The child side of the pool: runs in a forked process, asks for work by being idle,
+runs a plain task on its main thread (or, in the threads pool, on threads) and
+``async def`` tasks on an event loop (mesh/node/child_runners.py), reports each
+result, and retires when told to by its limits. It talks to its node over a
+socketpair (mesh.channel) and never touches the zmq Context it inherited from the
+node."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +11,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from mesh import states
 from mesh.exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
 from mesh.node.channel import BlockingChannel
+from mesh.node.child_runners import Runners
 from mesh.retry import backoff_delay
 from mesh.task import Request, _current_request
 from mesh.wire import codec
@@ -77,6 +81,13 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
+def _alarm(seconds: float) -> None:
+    """Arm (or, with 0, disarm) the soft time limit of a task on the main thread
+    (SIGALRM). Tasks on the threads pool's threads get theirs from its watchdog."""
+    if threading.current_thread() is threading.main_thread():
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
 class Child:
     def __init__(self, app: "Mesh", config: "Config", node_name: str):
         self.app = app
@@ -85,6 +96,7 @@ class Child:
         self.done = 0
         self._proc: Any = None
         self._countdown: float | None = None
+        self._done_lock = threading.Lock()
 
     def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
         """Run in the forked child; never returns."""
@@ -116,8 +128,7 @@ class Child:
         signal.signal(signal.SIGALRM, _raise_soft_limit)
 
     def _loop(self, chan: BlockingChannel) -> None:
-        max_tasks = self.config.max_tasks_per_child
-        max_mem = self.config.max_memory_per_child
+        runners = Runners.for_child(self, chan)   # threads, async def tasks, cancels
         while True:
             try:
                 frame = chan.recv()
@@ -125,7 +136,19 @@ class Child:
                 continue
             if frame is None:                  # the node closed our channel: stop
                 return
+            if runners is not None and runners.take(frame):
+                continue
             done, result = self.run_frame(frame)
+            if self.finished(chan, done, result) and not (runners is not None and runners.busy):
+                return
+
+    def finished(self, chan: BlockingChannel, done: ChildDone, result: bytes) -> bool:
+        """Send a finished task's header and Result to the node (from any thread);
+        True when this child has reached a limit and retires (the node then sends it
+        no more work, and stops it once its tasks are done)."""
+        max_tasks = self.config.max_tasks_per_child
+        max_mem = self.config.max_memory_per_child
+        with self._done_lock:
             self.done += 1
             retire = None
             if max_tasks and self.done >= max_tasks:
@@ -138,8 +161,7 @@ class Child:
                 done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss(),
                                  done.countdown)
             chan.send(encode(done), result)
-            if retire:
-                return
+        return retire is not None
 
     def _rss(self) -> int:
         if self._proc is None:
@@ -196,12 +218,12 @@ class Child:
                 time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
                 called_directly=False))
             if soft:
-                signal.setitimer(signal.ITIMER_REAL, soft)
+                _alarm(soft)
             try:
                 value = task.run(*args, **kwargs)
             finally:
                 if soft:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    _alarm(0)
             return states.SUCCESS, codec.dumps(value), None, None
         except Retry as r:           # self.retry(): run again later, on this node
             self._countdown = r.countdown if r.countdown is not None else 0.0

@@ -55,6 +55,7 @@ class MsgType(enum.IntEnum):
     CONTROL_REPLY = 7   # node -> requester
     CHILD_READY = 20    # child -> node: a new child is up and idle (internal)
     CHILD_DONE = 21     # child -> node: header of a finished task (internal)
+    CHILD_CANCEL = 23   # node -> child: stop this running task (internal; threads, async)
     # membership and failure detection, node <-> node (mesh/membership, SWIM + Lifeguard)
     PING = 30             # member -> member: are you alive? (a probe; carries updates)
     PING_REQ = 31         # member -> member: probe this target for me (indirect probe)
@@ -315,6 +316,17 @@ class ChildDone(Message):
     retire: str | None = None
     rss: int = 0
     countdown: float | None = None   # state RETRY: run again after this many seconds
+
+
+@message
+class ChildCancel(Message):
+    """Internal: stop a running task that shares its child with others (a thread of
+    the threads pool, an ``async def`` task). The child interrupts it and reports it
+    with state REVOKED; ``reason`` ("time limit", "revoked") is what the node then
+    tells the task's owner. A task that does not stop in time has its child killed."""
+    TYPE = MsgType.CHILD_CANCEL
+    task_id: str
+    reason: str = ""
 
 
 # ---- membership (mesh/membership) --------------------------------------------------------

@@ -22,6 +22,7 @@ from mesh.wire.protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Ack,
+    ChildCancel,
     ChildDone,
     ChildReady,
     Control,
@@ -76,6 +77,7 @@ SAMPLES: list[Message] = [
     ControlReply(req_id="r1", ok=True, node="node-1",
                  payload={"busy": 1, "total": 4, "registered": ["tasks.add"]}, error="none"),
     ChildReady(pid=4242),
+    ChildCancel(task_id="5b0c", reason="time limit"),
     ChildDone(task_id="5b0c", state="SUCCESS", runtime=1.5, retire="max tasks per child (1)",
               rss=1 << 20),
     Ping(seq=7, target="n2", source="n1", source_addr="tcp://10.0.0.1:7700",
@@ -98,7 +100,7 @@ def test_message_type_numbers_are_fixed() -> None:
     # version. This table may only ever grow.
     assert {m.name: m.value for m in MsgType} == {
         "SUBMIT": 1, "ACK": 2, "RESULT": 3, "RELEASE": 4, "ERROR": 5, "CONTROL": 6,
-        "CONTROL_REPLY": 7, "CHILD_READY": 20, "CHILD_DONE": 21,
+        "CONTROL_REPLY": 7, "CHILD_READY": 20, "CHILD_DONE": 21, "CHILD_CANCEL": 23,
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
         "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36,
     }
