@@ -89,7 +89,7 @@ class Reloader(Component):
     def reload(self, files: list[str]) -> bool:
         """Load the app's code again after ``files`` changed; True if it loaded."""
         node = self.node
-        names = ", ".join(os.path.relpath(f) for f in files[:5]) + (" ..." if len(files) > 5 else "")
+        names = ", ".join(files[:5]) + (" ..." if len(files) > 5 else "")
         log.info("autoreload: %s changed: importing the app's code again", names)
         for f in files:                        # a rewrite within the same second, of the
             _drop_bytecode(f)                  # same size, would pass for the cached one
