@@ -14,15 +14,13 @@ import asyncio
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
-from mesh.exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
-from mesh.retry import backoff_delay
-from mesh.task import Request, _current_request
-from mesh.wire import codec
-from mesh.wire.protocol import ChildDone, Result, Submit, encode
+from mesh.exceptions import SoftTimeLimitExceeded
+from mesh.trace import execute_async
+from mesh.wire.protocol import ChildDone, Submit
 
 if TYPE_CHECKING:
     from mesh.node.child import Child
@@ -81,13 +79,12 @@ class Interruptible:
 class _Run:
     """One async task on the loop."""
 
-    __slots__ = ("msg", "atask", "runner", "countdown", "stopping")
+    __slots__ = ("msg", "atask", "runner", "stopping")
 
     def __init__(self, msg: Submit):
         self.msg = msg
         self.atask: asyncio.Task[None] | None = None
         self.runner: Interruptible | None = None    # once the coroutine exists
-        self.countdown: float | None = None         # RETRY: seconds until it runs again
         self.stopping = False                       # cancelled at the node's request
 
 
@@ -95,10 +92,10 @@ class AsyncRunner:
     """The child's event loop thread and the async tasks running on it."""
 
     def __init__(self, child: "Child", report: Report):
-        self.child = child
+        self.child = child.twin()               # per-run state for this thread's runs
         self.report = report
         self.loop = asyncio.new_event_loop()
-        self.runs: dict[str, _Run] = {}             # touched on the loop thread only
+        self.runs: dict[str, _Run] = {}         # touched on the loop thread only
         self.thread = threading.Thread(target=self._main, name="mesh-async", daemon=True)
         self.thread.start()
 
@@ -129,7 +126,7 @@ class AsyncRunner:
             run.runner.interrupt(SoftTimeLimitExceeded("soft time limit exceeded"))
 
     async def _execute(self, run: _Run) -> None:
-        msg = run.msg
+        msg, child = run.msg, self.child
         t0 = time.perf_counter()
         try:
             state, value, exc, tb = await self._run(run)
@@ -138,57 +135,37 @@ class AsyncRunner:
         if run.stopping and state == states.FAILURE and exc is not None \
                 and exc.get("type") == "CancelledError":
             state = states.REVOKED       # stopped when the node said so: the node says why
-        runtime = time.perf_counter() - t0
-        res = Result(task_id=msg.task_id, state=state, result=value, exc=exc, traceback=tb,
-                     runtime=runtime, node=self.child.node_name, retries=msg.retries)
-        self.report(ChildDone(msg.task_id, state, runtime, countdown=run.countdown), encode(res))
+        # outcome() (in _run) and frames() share the twin's per-run state: no await between
+        self.report(*child.frames(msg, state, value, exc, tb, time.perf_counter() - t0))
 
     async def _run(self, run: _Run) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
-        """Run one async task; what Child.run_task returns for a plain one."""
+        """Run one async task through the tracer; what Child.run_task returns."""
         from mesh.node.child import exc_info_of
-        msg, child = run.msg, self.child
-        task = child.app.tasks.get(msg.name)
-        soft = soft_limit_of(msg, task, child.config.soft_time_limit)
-        timer: asyncio.TimerHandle | None = None
+        child = self.child
         try:
-            if task is None:
-                raise NotRegistered(f"task {msg.name!r} is not registered on node {child.node_name}")
-            args, kwargs = codec.load_call(msg.payload)
-            _current_request.set(Request(     # in this asyncio task's own context
-                id=msg.task_id, task=msg.name, args=args, kwargs=kwargs, retries=msg.retries,
-                eta=msg.eta, expires=msg.expires, hostname=child.node_name, priority=msg.priority,
-                time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
-                called_directly=False))
-            value = task.run(*args, **kwargs)
-            if asyncio.iscoroutine(value):
-                run.runner = Interruptible(value)
-                if soft:
-                    timer = self.loop.call_later(soft, self._soft_limit, run)
-                value = await run.runner
-            return states.SUCCESS, codec.dumps(value), None, None
-        except Retry as r:           # self.retry(): run again later, on this node
-            run.countdown = r.countdown if r.countdown is not None else 0.0
-            cause = r.exc if r.exc is not None else r
-            return states.RETRY, None, exc_info_of(cause), "".join(traceback.format_exception(cause))
-        except BaseException as e:   # the task's failure, whatever it is, is its result
-            run.countdown = autoretry_delay(task, msg, e) if not run.stopping else None
-            state = states.RETRY if run.countdown is not None else states.FAILURE
-            return state, None, exc_info_of(e), "".join(traceback.format_exception(e))
+            task, req, soft = child.prepare(run.msg)
+        except Exception as e:
+            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+        timer: asyncio.TimerHandle | None = None
+
+        def interruptible(awaitable: Awaitable[Any]) -> Awaitable[Any]:
+            nonlocal timer
+            coro = awaitable if asyncio.iscoroutine(awaitable) else _awaiting(awaitable)
+            run.runner = Interruptible(coro)
+            if soft:
+                timer = self.loop.call_later(soft, self._soft_limit, run)
+            return run.runner
+
+        try:
+            outcome = await execute_async(task, req, interruptible)
         finally:
             if timer is not None:
                 timer.cancel()
+        return child.outcome(outcome)
 
 
-def autoretry_delay(task: Any, msg: Submit, e: BaseException) -> float | None:
-    """Seconds until the task runs again if ``e`` is one it retries by itself
-    (autoretry_for) and retries are left; None: it fails with ``e``."""
-    o = task.options if task is not None else None
-    if o is None or not o.autoretry_for or not isinstance(e, o.autoretry_for):
-        return None
-    if o.max_retries is not None and msg.retries >= o.max_retries:
-        return None
-    return backoff_delay(msg.retries, backoff=o.retry_backoff, backoff_max=o.retry_backoff_max,
-                         jitter=o.retry_jitter, default_delay=o.default_retry_delay)
+async def _awaiting(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 def soft_limit_of(msg: Submit, task: Any, default: float | None) -> float | None:

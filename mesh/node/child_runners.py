@@ -161,7 +161,7 @@ class ThreadRunner:
 
     def _worker(self) -> None:
         child = self.child
-        mine = type(child)(child.app, child.config, child.node_name)   # its own per-run state
+        mine = child.twin()                      # its own per-run state
         ident = threading.get_ident()
         while True:
             msg, frame = self.work.get()

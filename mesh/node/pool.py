@@ -34,7 +34,7 @@ from mesh.node.child import Child
 from mesh.node.ledger import Entry
 from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status
 from mesh.ratelimit import TokenBucket
-from mesh.wire.protocol import ChildCancel, ChildDone, ChildReady, decode, encode
+from mesh.wire.protocol import ChildCancel, ChildDone, ChildReady, ChildState, decode, encode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -382,6 +382,10 @@ class Pool:
             child.ready = True
             if child.open and not child.running and not self.stopping:
                 self.idle.append(child)
+        elif type(msg) is ChildState:
+            entry = child.running.get(msg.task_id)
+            if entry is not None:
+                self.events.task_progress(entry, msg.state, msg.meta)
         else:
             log.error("unexpected %s from child pid %d", type(msg).__name__, child.pid)
 
@@ -402,7 +406,7 @@ class Pool:
         if why is not None and msg.state == "REVOKED":     # it stopped when told to
             self._report(child, entry, why, STOPPED_IN_CHILD)
         else:
-            self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown)
+            self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown, msg.keep)
         if msg.retire and not child.leaving:
             log.info("child pid %d retires: %s", child.pid, msg.retire)
             self._leave(child, replace=True)

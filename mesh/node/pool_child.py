@@ -71,7 +71,9 @@ class PoolEvents(Protocol):
     """What the pool tells its node (mesh.node.ledger.Ledger implements these)."""
 
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
-                  countdown: float | None = None) -> None: ...
+                  countdown: float | None = None, keep: bool = True) -> None: ...
+    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
+        """The running task reported a state (track_started, update_state)."""
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE",
                     **event: Any) -> None: ...
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
