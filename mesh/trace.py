@@ -2,7 +2,8 @@
 handlers, and what the run comes to (an :class:`Outcome`).
 
 The child that runs a task on a node (mesh/node/child.py) and ``Task.apply`` (eager
-mode, mesh/eager.py) both run tasks through :func:`execute`, so a test suite in eager
+mode, mesh/eager.py) both run tasks through :func:`execute` (``async def`` tasks
+through :func:`execute_async`, the same steps on an event loop), so a test suite in eager
 mode sees what the mesh does: the handlers, retries, autoretry, Reject and Ignore, and
 arguments and results that must survive the codec.
 
@@ -51,6 +52,15 @@ class Outcome:
     @property
     def traceback(self) -> str | None:
         return self.einfo.traceback if self.einfo is not None else None
+
+
+def is_async_task(task: Any) -> bool:
+    """An ``async def`` task: its function (or a Task subclass's ``run``) is a
+    coroutine function, run with :func:`execute_async` (a node's child runs it on its
+    event loop)."""
+    if inspect.iscoroutinefunction(getattr(task, "fun", None)):
+        return True
+    return inspect.iscoroutinefunction(getattr(type(task), "run", None))
 
 
 def ignores_result(task: Task, req: Request) -> bool:

@@ -9,7 +9,6 @@ plain tasks on threads and async tasks on its loop, side by side.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import socket
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mesh.node.channel import FrameReader
 from mesh.node.ledger import Entry
+from mesh.trace import is_async_task
 from mesh.wire.protocol import ChildDone
 
 if TYPE_CHECKING:
@@ -82,16 +82,6 @@ class PoolEvents(Protocol):
         """Called just before an ``acks_late=False`` task goes to a child."""
     def task_started(self, entry: Entry, pid: int) -> None:
         """A child got the task."""
-
-
-def is_async_task(task: Any) -> bool:
-    """An ``async def`` task: its function (or a Task subclass's ``run``) is a
-    coroutine function, so a child runs it on its event loop."""
-    fun = getattr(task, "fun", None)
-    if inspect.iscoroutinefunction(fun):
-        return True
-    run = getattr(type(task), "run", None)
-    return inspect.iscoroutinefunction(run)
 
 
 def async_task_names(app: "Mesh") -> frozenset[str]:

@@ -44,6 +44,29 @@ async def whoami(self: Any, value: Any) -> dict[str, Any]:
     return {"id": self.request.id, "value": value, "pid": os.getpid()}
 
 
+class Recorded(app.Task):
+    """Handlers run for async tasks as for plain ones: each writes a line to a file."""
+
+    def on_failure(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        with open(args[0], "a") as f:
+            f.write(f"failure {type(exc).__name__}\n")
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        with open(args[0], "a") as f:
+            f.write(f"success {retval}\n")
+
+
+@app.task(bind=True, base=Recorded)
+async def async_progress(self: Any, log: str, gate: str, fail: bool = False) -> str:
+    """Report PROGRESS, wait for the gate file, then succeed or fail."""
+    self.update_state(state="PROGRESS", meta={"waiting": gate})
+    while not os.path.exists(gate):
+        await asyncio.sleep(0.005)
+    if fail:
+        raise KeyError("asked to fail")
+    return "done"
+
+
 @app.task
 async def async_add(x: int, y: int) -> int:
     await asyncio.sleep(0)

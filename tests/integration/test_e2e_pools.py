@@ -67,6 +67,22 @@ def test_async_tasks_return_fail_and_know_their_request(start_node: Any, pools_c
     assert t.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
 
 
+def test_async_tasks_report_progress_and_run_their_handlers(
+        start_node: Any, pools_client: Any, tmp_path: Path) -> None:
+    node = start_node(app="pools_app", concurrency=1)
+    t = pools_client(node)
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    ok = t.async_progress.delay(str(log), str(gate))
+    bad = t.async_progress.delay(str(log), str(gate), fail=True)
+    wait_until(lambda: ok.state == "PROGRESS" and ok.info == {"waiting": str(gate)},
+               what="the task's PROGRESS")
+    gate.touch()
+    assert ok.get(timeout=RESULT_TIMEOUT) == "done"
+    with pytest.raises(KeyError):
+        bad.get(timeout=RESULT_TIMEOUT)
+    assert sorted(log.read_text().splitlines()) == ["failure KeyError", "success done"]
+
+
 def test_async_tasks_are_not_held_up_behind_a_waiting_plain_task(
         start_node: Any, pools_client: Any, tmp_path: Path) -> None:
     node = start_node(app="pools_app", concurrency=1)

@@ -186,3 +186,14 @@ def test_a_soft_limit_raised_in_a_thread_reaches_its_owner_as_soft_time_limit_ex
     assert done.state == states.FAILURE
     err = rebuild_exception(res.exc, res.traceback)
     assert type(err) is SoftTimeLimitExceeded and "soft time limit" in str(err)
+
+
+def test_an_async_task_runs_in_eager_mode_too() -> None:
+    assert nap.apply(args=(0.01,)).get() == 0.01
+    assert soft.apply(args=(0.01,)).get() == "slept"
+
+    async def from_async_code() -> Any:
+        return nap.apply(args=(0.02,)).get()      # a loop runs here: apply uses a thread
+    assert asyncio.run(from_async_code()) == 0.02
+    r = again.apply()                             # retries at once, then gives up
+    assert r.state == states.FAILURE and r.retries == 3
