@@ -45,8 +45,16 @@ def gated(path):
 '''
 
 
-def _write(path: Path, version: str) -> None:
-    path.write_text(APP.replace("VERSION = 1", f"VERSION = {version}"))
+ADDED = '''
+
+@app.task
+def added(x):
+    return ("added", x)
+'''
+
+
+def _write(path: Path, version: str, extra: str = "") -> None:
+    path.write_text(APP.replace("VERSION = 1", f"VERSION = {version}") + extra)
 
 
 def _start(start_node: Any, tmp_path: Path, concurrency: int) -> tuple[NodeProc, Path]:
@@ -127,8 +135,11 @@ def test_a_syntax_error_keeps_the_node_serving_the_old_code(start_node: Any, tmp
     assert [client.send_task("reload_app.version").get(timeout=RESULT_TIMEOUT)
             for _ in range(5)] == [1] * 5
     assert node.status()["children_started"] == pid_before        # the old children serve
-    _write(module, "3")
+    _write(module, "3", ADDED)                                      # fixed, and a new task
     wait_until(lambda: _reloads(node) == 1, what="the fixed code to load")
     assert client.send_task("reload_app.version").get(timeout=RESULT_TIMEOUT) == 3
-    assert node.status()["reload_error"] is None
+    # the node's own registry follows the new code: it accepts the new task
+    assert client.send_task("reload_app.added", args=(5,)).get(timeout=RESULT_TIMEOUT) == ["added", 5]
+    s = node.status()
+    assert s["reload_error"] is None and "reload_app.added" in s["registered"]
     client.close()

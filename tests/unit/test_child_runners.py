@@ -29,14 +29,23 @@ class Boom(Exception):
 # ---- Interruptible ------------------------------------------------------------------------
 
 def test_an_interrupt_is_raised_where_the_coroutine_waits_and_can_be_caught() -> None:
+    async def fails() -> None:
+        raise KeyError("in a task group")
+
     async def body(log: list[str]) -> str:
         try:
             await asyncio.sleep(30)
         except Boom:
             log.append("caught")
         await asyncio.sleep(0)                     # it goes on after catching it
-        async with asyncio.timeout(5):             # and the task is not left "cancelling"
-            await asyncio.sleep(0.01)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0   # not left "cancelling"
+        try:                                       # so a task group reports its errors
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(fails())
+                await asyncio.sleep(30)
+        except* KeyError:
+            log.append("group")
         return "done"
 
     async def main() -> None:
@@ -46,7 +55,7 @@ def test_an_interrupt_is_raised_where_the_coroutine_waits_and_can_be_caught() ->
         await asyncio.sleep(0.01)
         assert runner.interrupt(Boom("now"))
         assert await task == "done"
-        assert log == ["caught"]
+        assert log == ["caught", "group"]
         assert not runner.interrupt(Boom("late"))      # finished: nothing to interrupt
     asyncio.run(main())
 
