@@ -118,7 +118,10 @@ class Autoscaler(Component):
         while True:
             await asyncio.sleep(tick)
             if self.range is not None and not self.node.stopping:
-                self.tick(time.monotonic())
+                try:
+                    self.tick(time.monotonic())
+                except Exception:          # never the node's end: try again next tick
+                    log.exception("autoscaler: a tick failed")
 
     def sample(self, now: float) -> PoolSample:
         pool = self.node.pool

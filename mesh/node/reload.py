@@ -17,6 +17,7 @@ with its file and line, the children keep running the old code, and the next cha
 """
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from mesh.node.node import Node
 
 log = logging.getLogger("mesh.reload")
+
+RETRY = 2.0          # s before watching again after the watcher failed
 
 
 class ReloadError(Exception):
@@ -75,16 +78,22 @@ class Reloader(Component):
                 "reload_error": self.error}
 
     async def _loop(self) -> None:
+        while not self.node.stopping:
+            try:
+                await self._watch()
+            except Exception:              # a directory gone, a watcher error: never the
+                log.exception("autoreload: watching failed; trying again in %g s", RETRY)
+                await asyncio.sleep(RETRY)  # node's end
+
+    async def _watch(self) -> None:
         from watchfiles import awatch
-        while True:
-            self.watching = watch_dirs(app_modules(self.roots).values())
-            log.info("autoreload: watching the app's code in %s", ", ".join(self.watching))
-            async for changes in awatch(*self.watching, watch_filter=_python_file,
-                                        recursive=False):
-                if self.node.stopping:
-                    return
-                if self.reload(sorted({path for _, path in changes})):
-                    break              # its modules may live in other directories now
+        self.watching = watch_dirs(app_modules(self.roots).values())
+        log.info("autoreload: watching the app's code in %s", ", ".join(self.watching))
+        async for changes in awatch(*self.watching, watch_filter=_python_file, recursive=False):
+            if self.node.stopping:
+                return
+            if self.reload(sorted({path for _, path in changes})):
+                return                     # its modules may live in other directories now
 
     def reload(self, files: list[str]) -> bool:
         """Load the app's code again after ``files`` changed; True if it loaded."""
