@@ -33,8 +33,10 @@ from mesh.node.channel import pack
 from mesh.node.child import Child
 from mesh.node.ledger import Entry
 from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status
+from mesh.node.pool_size import PoolSize
+from mesh.node.pool_stop import CANCEL_GRACE, STOPPED_IN_CHILD, PoolStop
 from mesh.ratelimit import TokenBucket
-from mesh.wire.protocol import ChildCancel, ChildDone, ChildReady, ChildState, decode, encode
+from mesh.wire.protocol import ChildDone, ChildReady, ChildState, decode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -47,15 +49,12 @@ log = logging.getLogger("mesh.pool")
 CRASH_WINDOW = 10.0        # s; more than CRASH_LIMIT deaths in it slow respawning down
 CRASH_LIMIT = 10
 RESPAWN_BACKOFF = 1.0
-CANCEL_GRACE = 2.0         # s a cancelled task that shares its child has to stop before
-                           # the child (and every task in it) is killed
 
-STOPPED_IN_CHILD = "stopped in its child"   # how a cancelled task ended (ChildCancel)
 
 QueueItem = tuple[int, int, Entry]       # (-priority, seq, entry): a heap of these
 
 
-class Pool:
+class Pool(PoolSize, PoolStop):
     def __init__(self, app: "Mesh", config: "Config", node_name: str, events: PoolEvents,
                  size: int):
         self.app = app
@@ -209,22 +208,6 @@ class Pool:
         for c in self.children.values():
             c.sock.close()
 
-    @staticmethod
-    def _kill(c: ChildProc, sig: int) -> None:
-        try:
-            os.kill(c.pid, sig)
-        except ProcessLookupError:
-            pass
-
-    def _mark_killed(self, c: ChildProc, why: str, task_ids: list[str]) -> None:
-        """``c`` is about to be killed: it gets no more work, and ``task_ids`` are
-        reported for ``why`` (its other tasks are lost)."""
-        if c.running:
-            c.killed_for = c.killed_for or why
-        for tid in task_ids:
-            c.reasons[tid] = why
-        self._not_idle(c)
-
     def _not_idle(self, c: ChildProc) -> None:
         if c in self.idle:
             self.idle.remove(c)
@@ -328,46 +311,6 @@ class Pool:
         self._send(child, entry.frame)
         self.events.task_started(entry, child.pid)
 
-    @staticmethod
-    def _shares(child: ChildProc, task_id: str) -> bool:
-        """Stop the task in its child (ChildCancel), not by killing the child: it is an
-        async task (cancelling one is clean and at once), or others run beside it."""
-        return task_id in child.async_ids or len(child.running) > 1
-
-    def _on_time_limit(self, child: ChildProc, entry: Entry) -> None:
-        tid = entry.task_id
-        if child.running.get(tid) is not entry or child.killed_for is not None:
-            return
-        shares = self._shares(child, tid)
-        log.warning("task %s (%s) exceeded its time limit of %ss: %s child pid %d", tid,
-                    entry.name, entry.time_limit, "cancelling it in" if shares else "killing",
-                    child.pid)
-        if shares:
-            self._cancel(child, tid, "time limit", signal.SIGKILL)
-        else:
-            self._mark_killed(child, "time limit", [tid])
-            self._kill(child, signal.SIGKILL)
-
-    def _cancel(self, child: ChildProc, tid: str, why: str, sig: int) -> None:
-        """Ask the child to stop one task; kill the child if it has not in CANCEL_GRACE."""
-        if tid in child.cancels:
-            return
-        child.reasons[tid] = why
-        self._send(child, encode(ChildCancel(tid, why)))
-        child.cancels[tid] = asyncio.get_running_loop().call_later(
-            CANCEL_GRACE, self._cancel_overdue, child, tid, why, sig)
-
-    def _cancel_overdue(self, child: ChildProc, tid: str, why: str, sig: int) -> None:
-        child.cancels.pop(tid, None)
-        if tid not in child.running or child.killed_for is not None:
-            return
-        others = len(child.running) - 1
-        log.warning("task %s did not stop within %g s of being cancelled (%s): killing child "
-                    "pid %d%s", tid, CANCEL_GRACE, why, child.pid,
-                    f" and the {others} other task(s) it runs" if others else "")
-        self._mark_killed(child, why, [tid])
-        self._kill(child, sig)
-
     # -- messages from children -------------------------------------------------------
     def _on_frame(self, child: ChildProc, frame: bytes) -> None:
         hdr = child.done_hdr
@@ -460,27 +403,6 @@ class Pool:
         child.running.clear()
         self.dispatch()
 
-    def _report(self, child: ChildProc, entry: Entry, why: str | None, how: str) -> None:
-        """A task that ended without a result of its own: stopped for ``why`` (revoked,
-        time limit, shutdown), or lost with its child."""
-        where = (f"cancelled in child pid {child.pid}" if how == STOPPED_IN_CHILD
-                 else f"child pid {child.pid} {how}")
-        if why == "revoked":
-            self.events.task_failed(entry, "TaskRevokedError",
-                                    f"task {entry.name}[{entry.task_id}] was revoked and "
-                                    f"terminated ({where})", "REVOKED", terminated=True)
-        elif why == "time limit":
-            self.events.task_failed(entry, "TimeLimitExceeded",
-                                    f"task {entry.name}[{entry.task_id}] exceeded its hard time "
-                                    f"limit of {entry.time_limit} s ({where})")
-        elif why == "shutdown":
-            self.events.task_lost(entry, f"node {self.node_name} shut down while task "
-                                  f"{entry.task_id} was still running after the shutdown timeout",
-                                  shutdown=True)
-        else:
-            self.events.task_lost(entry, f"child process pid {child.pid} {how} while running "
-                                  f"task {entry.name}[{entry.task_id}]")
-
     def _replace(self, child: ChildProc) -> None:
         if self.stopping:
             return
@@ -521,118 +443,6 @@ class Pool:
                     heapq.heapify(q)
                     return e
         return None
-
-    def terminate(self, task_id: str, sig: int = signal.SIGKILL) -> bool:
-        """Stop the running ``task_id`` (revoke --terminate): kill its child (which is
-        replaced), or cancel it in the child it shares."""
-        for c in self.children.values():
-            entry = c.running.get(task_id)
-            if entry is None or c.killed_for is not None:
-                continue
-            log.warning("terminating task %s (%s): %s", task_id, entry.name,
-                        f"cancelling it in child pid {c.pid}" if self._shares(c, task_id)
-                        else f"signal {sig} to child pid {c.pid}")
-            if self._shares(c, task_id):
-                self._cancel(c, task_id, "revoked", sig)
-            else:
-                self._mark_killed(c, "revoked", [task_id])
-                self._kill(c, sig)
-            return True
-        return False
-
-    def grow(self, n: int) -> int:
-        """``n`` more workers (children, or threads of the threads child); the new size."""
-        if self.kind == "solo":
-            raise ValueError("the solo pool runs one task at a time: it cannot grow")
-        self.size += n
-        if self.threaded:
-            for c in self.children.values():
-                c.sync_slots = self.size
-        else:
-            used = {c.index for c in self.children.values() if not c.leaving}
-            index = 0
-            for _ in range(n):
-                while index in used:
-                    index += 1
-                used.add(index)
-                self._spawn(index)
-        self.dispatch()
-        return self.size
-
-    def shrink(self, n: int) -> int:
-        """``n`` fewer workers, never below one (idle children leave at once, busy ones
-        after their tasks; the threads child runs fewer tasks at once); the new size."""
-        if self.kind == "solo":
-            raise ValueError("the solo pool runs one task at a time: it cannot shrink")
-        n = min(n, self.size - 1)
-        if n <= 0:
-            return self.size
-        self.size -= n
-        if self.threaded:
-            for c in self.children.values():
-                c.sync_slots = self.size
-            return self.size
-        left = n
-        for c in list(self.idle[:n]):
-            self._leave(c, replace=False)
-            left -= 1
-        busy = [c for c in self.children.values() if c.running and not c.leaving]
-        busy.sort(key=lambda c: len(c.running))       # the ones with the fewest tasks first
-        for c in busy[:left]:
-            self._leave(c, replace=False)
-        return self.size
-
-    def resize(self, size: int) -> int:
-        """Grow or shrink to ``size`` workers (at least one); the new size."""
-        if size > self.size:
-            return self.grow(size - self.size)
-        if size < self.size:
-            return self.shrink(self.size - size)
-        return self.size
-
-    def reload(self, app: "Mesh") -> int:
-        """Run ``app`` (new code, imported in the node) from now on: every child is
-        replaced by one forked now; a child running tasks finishes them on the old code
-        first. Queued tasks run on the new children. Returns how many were replaced."""
-        self.app = app
-        self.async_names = async_task_names(app)
-        self.reloads += 1
-        old = [c for c in self.children.values() if not c.leaving and c.killed_for is None]
-        # re-sort queued tasks: a task's kind (plain or async) follows the new code
-        waiting = [e for _, _, e in sorted(self.queue)]
-        self.squeue.clear()
-        self.aqueue.clear()
-        for e in waiting:
-            self._enqueue(e)
-        for c in old:
-            self._leave(c, replace=True)
-        return len(old)
-
-    # -- numbers ----------------------------------------------------------------------
-    @property
-    def busy(self) -> int:
-        """Workers in use: children running a task (an async one counts once); for the
-        threads pool, tasks running on its threads (and its event loop, as one)."""
-        if not self.threaded:
-            return sum(1 for c in self.children.values() if c.running and not c.leaving)
-        n = sum(c.sync_running + (1 if c.async_ids else 0)
-                for c in self.children.values() if not c.leaving)
-        return min(n, self.size)
-
-    @property
-    def running_count(self) -> int:
-        """Tasks running (async ones each counted)."""
-        return sum(len(c.running) for c in self.children.values())
-
-    def pids(self) -> list[int]:
-        return [c.pid for c in self.children.values()]
-
-    def active(self) -> list[Entry]:
-        return [e for c in self.children.values() for e in c.running.values()]
-
-    def running(self) -> list[tuple[Entry, int]]:
-        """Started tasks and the pid of the child running each."""
-        return [(e, c.pid) for c in self.children.values() for e in c.running.values()]
 
     def kill_all(self) -> None:
         """A second stop request: kill every child now (running tasks are reported
