@@ -51,6 +51,8 @@ CRASH_LIMIT = 10
 RESPAWN_BACKOFF = 1.0
 
 
+LEAVE_GRACE = 5.0          # s a child that retires by itself has before it is told to
+
 QueueItem = tuple[int, int, Entry]       # (-priority, seq, entry): a heap of these
 
 
@@ -338,6 +340,7 @@ class Pool(PoolSize, PoolStop):
         if entry is None:
             log.error("child pid %d reported task %s it was not running", child.pid, tid)
             return
+        was_async = tid in child.async_ids
         child.async_ids.discard(tid)
         child.tasks += 1
         if entry.timer is not None:
@@ -352,22 +355,31 @@ class Pool(PoolSize, PoolStop):
             self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown, msg.keep)
         if msg.retire and not child.leaving:
             log.info("child pid %d retires: %s", child.pid, msg.retire)
-            self._leave(child, replace=True)
-        if child.leaving:
-            if not child.running:     # its last task: it goes (it may be going already)
-                self._kill(child, signal.SIGTERM)
+            # a plain task on its main thread: the child leaves its loop by itself
+            # (cleanly, worker_process_shutdown and all); else it is told to go
+            self._leave(child, replace=True, itself=not self.threaded and not was_async)
+        elif child.leaving and not child.running:   # its last task: it goes now
+            self._stop_child(child)
         elif not child.running and child.open and not self.stopping:
             self.idle.append(child)
 
-    def _leave(self, child: ChildProc, replace: bool) -> None:
+    def _leave(self, child: ChildProc, replace: bool, itself: bool = False) -> None:
         """``child`` takes no more work and exits once its tasks are done (now, if it
-        runs none); with ``replace`` a new child takes its place at once."""
+        runs none; ``itself``: it exits on its own, the node only makes sure); with
+        ``replace`` a new child takes its place at once."""
         child.leaving = True
         self._not_idle(child)
-        if not child.running:
-            self._kill(child, signal.SIGTERM)
+        if itself:
+            asyncio.get_running_loop().call_later(LEAVE_GRACE, self._stop_child, child)
+        elif not child.running:
+            self._stop_child(child)
         if replace and not self.stopping:
             self._spawn(child.index)
+
+    def _stop_child(self, child: ChildProc) -> None:
+        """SIGTERM to a child with nothing left to run (it exits cleanly)."""
+        if child.ident in self.children and not child.running:
+            self._kill(child, signal.SIGTERM)
 
     # -- child exits ------------------------------------------------------------------
     def _on_exit(self, child: ChildProc) -> None:
