@@ -18,6 +18,7 @@ from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
+from mesh.routing import AppRoutes
 from mesh.signals import Signal
 from mesh.task import Task, make_options
 from mesh.wire import codec
@@ -80,6 +81,7 @@ class Mesh:
         self.conf = Settings()           # Celery's setting names (mesh/conf.py)
         self.tasks: dict[str, Task] = {}
         self.components = Components()   # the app's own node components (mesh.Component)
+        self._routes = AppRoutes()       # task_routes, prepared (mesh/routing.py)
         self._client: Any = None
         self._client_lock = threading.Lock()
         # periodic tasks (mesh/periodic.py): entries added in code, and Celery's app signals,
@@ -141,24 +143,32 @@ class Mesh:
             with self._client_lock:
                 if self._client is None:
                     from mesh.client.io import Client
-                    self._client = Client(self.config, self._seeds())
+                    # nodes found by mDNS are this app's mesh's; given peers say which mesh
+                    mdns = not self.config.peers and self.config.mdns
+                    self._client = Client(self.config, self._seeds(),
+                                          mesh=self.main if mdns else None)
         return self._client
 
     def _seeds(self) -> list[str]:
-        """Where the client starts: configured peers, else nodes found by mDNS."""
+        """Where the client starts: configured peers, else the nodes of this app's mesh
+        (``Mesh("billing")``: nodes of mesh billing) found by mDNS."""
         if self.config.peers or not self.config.mdns:
             return list(self.config.peers)
         from mesh.discovery.mdns import browse_sync
         return list(browse_sync(timeout=self.config.discovery_timeout,
-                                interfaces=list(self.config.mdns_interfaces) or None).values())
+                                interfaces=list(self.config.mdns_interfaces) or None,
+                                mesh=self.main).values())
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, task_id: str | None = None,
                   countdown: float | None = None, eta: Any = None, expires: Any = None,
                   priority: int | None = None, time_limit: float | None = None,
                   soft_time_limit: float | None = None, link: Any = None,
-                  link_error: Any = None, headers: dict[str, Any] | None = None) -> AsyncResult:
-        """Send a task by name (the code need not be importable here)."""
+                  link_error: Any = None, headers: dict[str, Any] | None = None,
+                  queue: str | None = None) -> AsyncResult:
+        """Send a task by name (the code need not be importable here). It goes to a
+        node serving its queue (``queue``, else ``task_routes``, else
+        ``task_default_queue``) that registered it (docs/routing.md)."""
         if link is not None or link_error is not None:
             raise ConfigError("link/link_error (callbacks) are not available in this version of mesh yet")
         if not isinstance(name, str) or not name:
@@ -172,6 +182,11 @@ class Mesh:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         headers = dict(headers) if headers else {}
+        if args is not None and not isinstance(args, (list, tuple)):
+            args = list(args)          # read once: a router may look at them too
+        q = self._routes.queue(self.conf, name, call_queue=queue, args=args or (),
+                               kwargs=kwargs, task=self.tasks.get(name))
+        headers["queue"] = q
         if self.conf.task_send_sent_event:    # the node publishes task-sent for us
             headers["sent_at"] = now
             headers["sent_by"] = f"{socket.gethostname()}:{os.getpid()}"
@@ -187,7 +202,7 @@ class Mesh:
         if len(frame) > self.config.max_message_size:
             raise EncodeError(f"task {name} is {len(frame)} bytes encoded, over the limit of "
                               f"{self.config.max_message_size} (max_message_size)")
-        slot = Slot(msg.task_id, frame)
+        slot = Slot(msg.task_id, frame, name=name, queue=q)
         self.client.submit(slot)
         return AsyncResult(msg.task_id, self, slot)
 

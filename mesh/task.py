@@ -43,6 +43,9 @@ class TaskOptions:
     reject_on_worker_lost: bool = False  # acks_late and the child died mid-run: run it again
                                        # (up to MAX_REDELIVERIES) instead of WorkerLostError
     rate_limit: str | float | None = None  # "100/m", "10/s", "5/h" or per second; per node
+    mesh_rate_limit: str | float | None = None  # the same notation, for the whole mesh: shared
+                                       # out between the nodes that run it (docs/routing.md)
+    queue: str | None = None           # the queue it goes to (docs/routing.md); None: routes
 
     def __post_init__(self) -> None:
         if not 0 <= self.priority <= 9:
@@ -54,6 +57,10 @@ class TaskOptions:
         if self.default_retry_delay < 0 or self.retry_backoff_max < 0 or self.retry_backoff < 0:
             raise ConfigError("retry delays must be >= 0")
         parse_rate(self.rate_limit)
+        parse_rate(self.mesh_rate_limit)
+        if self.queue is not None:
+            from mesh.routing import check_queue
+            check_queue(self.queue, f"task {self.name!r}: queue")
         for n in ("time_limit", "soft_time_limit", "expires"):
             v = getattr(self, n)
             if v is not None and v <= 0:
@@ -196,12 +203,15 @@ class Task:
                     task_id: str | None = None, countdown: float | None = None,
                     eta: Any = None, expires: Any = None, priority: int | None = None,
                     time_limit: float | None = None, soft_time_limit: float | None = None,
-                    link: Any = None, link_error: Any = None) -> "AsyncResult":
+                    link: Any = None, link_error: Any = None,
+                    queue: str | None = None) -> "AsyncResult":
         """Send the task to a node. ``eta`` is a datetime or unix time; ``expires`` a
-        datetime, unix time or seconds from now (numbers under 10**9 are seconds)."""
+        datetime, unix time or seconds from now (numbers under 10**9 are seconds).
+        ``queue``: only nodes serving it take the task (else the task's own queue,
+        ``task_routes``, ``task_default_queue``: docs/routing.md)."""
         o = self.options
         return self.app.send_task(
-            self.name, args=args, kwargs=kwargs, task_id=task_id, countdown=countdown, eta=eta,
+            self.name, queue=queue if queue is not None else o.queue, args=args, kwargs=kwargs, task_id=task_id, countdown=countdown, eta=eta,
             expires=expires if expires is not None else o.expires,
             priority=priority if priority is not None else o.priority,
             time_limit=time_limit if time_limit is not None else o.time_limit,

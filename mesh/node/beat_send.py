@@ -69,8 +69,8 @@ class Outbox:
     def send(self, run: Run, now: float, avoid: set[str] | None = None) -> bool:
         """Send (or resend) a run to the node its id picks; False if no node can take it
         now (it stays owned and is tried again by check())."""
+        self.runs[run.task_id] = run           # first: pick reads the run (its task's queue)
         choice = self.pick(run.task_id, avoid or set())
-        self.runs[run.task_id] = run
         run.sent_at = now
         if choice is None:
             run.target, run.address = "", ""
