@@ -5,8 +5,10 @@
 run time. ``mesh_rate_limit="100/m"`` is a limit for the whole mesh: each node that runs
 the task declares it in its gossiped meta (``rl``, mesh/node/routes.py), and each takes
 an even share of it (``mesh.ratelimit.mesh_share``) among the alive and suspect nodes
-of its mesh that declare it and serve the task's queue, so the shares add up to the
-total. The shares are worked out again every ``REBALANCE_INTERVAL`` (members come and
+of its mesh that declare it, so the shares add up to the total. (Every such node is
+counted, whatever queues it serves: a node counts the same nodes as its peers do, so
+the shares never add up to more than the total; a node that gets none of the task
+leaves its share unused.) The shares are worked out again every ``REBALANCE_INTERVAL`` (members come and
 go). A task with both limits starts at the lower of the two rates on each node.
 
 The limits are the pool's token buckets (``pool.limits``, capacity 1): a start that
@@ -68,15 +70,13 @@ class Limits(Component):
         if total is None:
             return None
         node = self.node
-        routing = node.routing
-        queue = routing.queue_for(name)
+        mesh = node.routing.mesh
         peers = []
         for m in node.membership.members()[1:]:
-            if m.state not in _COUNTED:
+            if m.state not in _COUNTED or m.meta.get("mesh", "") != mesh:
                 continue
             declared = m.meta.get("rl")
-            if isinstance(declared, dict) and name in declared \
-                    and routing.peer_accepts(m.meta, queue, name):
+            if isinstance(declared, dict) and name in declared:
                 peers.append(declared[name])
         return mesh_share(total, peers)
 
