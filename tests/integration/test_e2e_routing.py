@@ -18,6 +18,7 @@ from harness import MESHCTL, NodeFactory, NodeProc, clean_env, run_program, wait
 
 from mesh import Mesh
 from mesh.exceptions import MeshError, NotRegistered
+from mesh.exceptions import TimeoutError as MeshTimeoutError
 from mesh.wire import codec
 from mesh.wire.protocol import Error, Submit, decode, encode
 
@@ -174,6 +175,26 @@ def test_meshctl_status_shows_each_nodes_queues(three: dict[str, NodeProc]) -> N
     cells = {line.split()[0]: line.split() for line in lines if line.startswith("q-")}
     assert cells["q-media"][4] == "celery,media" and cells["q-reports"][4] == "reports"
     assert cells["q-media"][5:7] == ["prefork", "2"]
+
+
+def test_a_task_for_a_queue_whose_node_restarts_waits_for_it(start_node: NodeFactory) -> None:
+    """The only node serving a queue is down (left, restarting): a task for that queue
+    waits for it, rather than failing at once, and runs when it is back."""
+    n1 = start_node(app="routing_app", name="w-default", queues="celery")
+    n2 = start_node(app="routing_app", name="w-reports", queues="reports", peers=n1.endpoint)
+    c = _client(routing_app, [n1])
+    try:
+        assert c.send_task("routing_app.report_daily").get(timeout=RESULT_TIMEOUT) == n2.name
+        n2.stop()
+        wait_until(lambda: c.client.links[n2.endpoint].state != "alive", 30,
+                   "the client to learn that w-reports is gone")
+        r = c.send_task("routing_app.report_daily")
+        with pytest.raises(MeshTimeoutError):       # not failed: waiting for a node of its queue
+            r.get(timeout=1.5)
+        start_node.restart(n2)
+        assert r.get(timeout=RESULT_TIMEOUT) == n2.name
+    finally:
+        c.close()
 
 
 # ---- NotRegistered only when no node has the task ----------------------------------------

@@ -232,3 +232,16 @@ def test_task_default_rate_limit_applies_to_tasks_without_their_own() -> None:
             assert node.pool.limits["d.plain"].rate == pytest.approx(0.1)
             assert node.pool.limits["d.own"].rate == pytest.approx(2.0)
     run(main())
+
+
+def test_the_beat_sends_a_run_only_to_a_node_serving_its_queue() -> None:
+    async def main() -> None:
+        async with running_node(app, name="bt-default", queues="celery") as a, \
+                running_node(app, name="bt-reports", queues="reports", peers=[a.address]) as b:
+            await until(lambda: len(a.membership.alive_members()) == 2, "a and b to meet")
+            beat = a.beat
+            assert beat is not None
+            assert beat._targets("rt.report") == {"bt-reports": b.address}
+            assert beat._targets("rt.where") == {"bt-default": a.address}
+            assert beat._targets() == {"bt-default": a.address, "bt-reports": b.address}
+    run(main())
