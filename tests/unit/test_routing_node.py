@@ -192,7 +192,10 @@ def test_nodes_of_two_meshes_never_become_members() -> None:
                 mesh = c.client.mesh
                 await until(lambda: all(link.serves is not None for link in c.client.links.values()
                                         if link.state == "alive"), "every node heard from")
-                answers = {await asyncio.wait_for(c.send_task("rt.where"), 20) for _ in range(10)}
+                ours = {"rt-mesh-a", "rt-mesh-a2"} if mesh == "routing-fast" else {"rt-mesh-b"}
+                assert {link.node_id for link in c.client._placeable} <= ours
+                rs = [c.send_task("rt.where") for _ in range(20)]
+                answers = {await asyncio.wait_for(r, 20) for r in rs}
                 assert answers == ({"ran"} if mesh == "routing-fast" else {"other"})
     run(main())
 
@@ -245,3 +248,49 @@ def test_the_beat_sends_a_run_only_to_a_node_serving_its_queue() -> None:
             assert beat._targets("rt.where") == {"bt-default": a.address}
             assert beat._targets() == {"bt-default": a.address, "bt-reports": b.address}
     run(main())
+
+
+def test_a_client_never_links_members_of_another_mesh() -> None:
+    """A node that (wrongly, or being older than meshes) lists members of another mesh:
+    the client, which joined the mesh of the node that answered, does not link them."""
+    import threading
+
+    from mesh.capabilities import meta
+    from mesh.wire.protocol import Control, ControlReply
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    here, foreign = f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:9"
+    payload = [{"node": "scripted", "endpoint": here, "state": "alive", "load": [0, 1, 0],
+                "meta": meta("ours", None, ["rt.where"])},
+               {"node": "stranger", "endpoint": foreign, "state": "alive", "load": [0, 1, 0],
+                "meta": meta("theirs", None, ["rt.where"])}]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if not router.poll(50):
+                continue
+            ident, *frames = router.recv_multipart()
+            for f in frames:
+                msg = decode(f)
+                if isinstance(msg, Control) and msg.command == "members":
+                    router.send_multipart([ident, encode(ControlReply(msg.req_id, True,
+                                                                      "scripted", payload))])
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    c = Mesh("anything", peers=[here], mdns=False)
+    try:
+        c.send_task("rt.where")                     # starts the client (never answered)
+        assert c.client._members_known.wait(20), "no members answer applied"
+        assert c.client.mesh == "ours"
+        assert foreign not in c.client.links and set(c.client.links) == {here}
+    finally:
+        c.close()
+        stop.set()
+        t.join(5)
+        router.close(linger=0)
+        ctx.term()
