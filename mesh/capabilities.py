@@ -35,6 +35,7 @@ NAME_HASH_BYTES = 4
 MAX_SHOWN = 8               # queues or nodes named in one message at most
 
 
+@functools.lru_cache(maxsize=4096)
 def name_hash(name: str) -> bytes:
     return hashlib.blake2b(name.encode("utf-8", "surrogatepass"),
                            digest_size=NAME_HASH_BYTES).digest()

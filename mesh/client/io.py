@@ -128,6 +128,8 @@ class Client(Routing):
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []
+        self._fits: dict[tuple[str, str], list[NodeLink]] = {}   # (queue, name) -> links that
+                                                        # take it (reset with _placeable)
         self._members_req = ""
         self._next_refresh = 0.0
         self._ctx = zmq.Context()
@@ -264,6 +266,7 @@ class Client(Routing):
         link.down = True                        # its next handshake is a reconnect
 
     def _update_placeable(self) -> None:
+        self._fits = {}
         mesh = self.mesh
         self._placeable = [n for n in self.links.values() if n.state == "alive" and (
             n.serves is None or mesh is None or n.serves.mesh == mesh)]
@@ -482,7 +485,14 @@ class Client(Routing):
         seeds = self.seeds
         if slot is not None and slot.name:
             if pool:
-                pool = fits(pool, slot.queue, slot.name, slot.refused)
+                if slot.refused:
+                    pool = fits(pool, slot.queue, slot.name, slot.refused)
+                else:               # the same few (queue, name) pairs, again and again
+                    key = (slot.queue, slot.name)
+                    fit = self._fits.get(key)
+                    if fit is None:
+                        fit = self._fits[key] = fits(pool, slot.queue, slot.name)
+                    pool = fit
                 if not pool:
                     self._unplaceable(slot, kind, said)
                     return None
