@@ -1,8 +1,8 @@
 """Rate limits of a node: per node (Celery's), and for the whole mesh (mesh's).
 
 ``rate_limit="100/m"`` is a limit per node, as in Celery; a task without one takes
-``app.conf.task_default_rate_limit``; the ``rate_limit`` control command changes it at
-run time. ``mesh_rate_limit="100/m"`` is a limit for the whole mesh: each node that runs
+``app.conf.task_default_rate_limit`` (mesh/task.py); the ``rate_limit`` control command
+changes it at run time. ``worker_disable_rate_limits`` turns both kinds off on a node. ``mesh_rate_limit="100/m"`` is a limit for the whole mesh: each node that runs
 the task declares it in its gossiped meta (``rl``, mesh/node/routes.py), and each takes
 an even share of it (``mesh.ratelimit.mesh_share``) among the alive and suspect nodes
 of its mesh that declare it, so the shares add up to the total. (Every such node is
@@ -45,10 +45,8 @@ class Limits(Component):
 
     async def start(self, node: "Node") -> None:
         self.node = node
-        default = parse_rate(node.app.conf["task_default_rate_limit"])
-        for name, task in node.app.tasks.items():
-            rate = parse_rate(task.options.rate_limit)
-            self.node_rates[name] = rate if rate is not None else default
+        for name, task in node.app.tasks.items():     # (task_default_rate_limit included)
+            self.node_rates[name] = parse_rate(task.options.rate_limit)
         self.totals = dict(node.routing.mesh_limits)
         node.limits = self
         self.rebalance()
