@@ -201,7 +201,7 @@ def _rate(name: str, v: Any) -> Any:
 
 def _routes(name: str, v: Any) -> Any:
     from mesh.routing import prepare
-    prepare(v, name)
+    prepare(v, name, imports=False)
     return v
 
 

@@ -124,9 +124,11 @@ def _import(path: str, where: str) -> Router:
     return obj  # type: ignore[no-any-return]
 
 
-def prepare(routes: Any, where: str = "task_routes") -> tuple[Router, ...]:
+def prepare(routes: Any, where: str = "task_routes", imports: bool = True) -> tuple[Router, ...]:
     """``task_routes`` as a tuple of routers (Celery's ``prepare``); a bad form is a
-    ConfigError naming what is wrong."""
+    ConfigError naming what is wrong. ``imports=False`` checks a dotted path's shape
+    only (a settings module may name a router whose module imports the app: it is
+    imported at the first send, as Celery does)."""
     if routes is None:
         return ()
     items = routes if isinstance(routes, (list, tuple)) else (routes,)
@@ -138,7 +140,11 @@ def prepare(routes: Any, where: str = "task_routes") -> tuple[Router, ...]:
         elif isinstance(r, (list, tuple)):
             out.append(MapRoute.build(r, here))        # Celery's "items" format
         elif isinstance(r, str):
-            out.append(_import(r, here))
+            if imports:
+                out.append(_import(r, here))
+            elif "." not in r.replace(":", "."):
+                raise ConfigError(f"{here}: a router given by name must be a dotted path "
+                                  f"(proj.routers.route), got {r!r}")
         elif callable(r):
             out.append(r)
         else:

@@ -154,9 +154,9 @@ class Outbox:
                 run = self.runs.get(msg.ref or "")
                 if run is None:
                     log.warning("beat: %s refused a frame: %s %s", address, msg.code, msg.message)
-                elif msg.code == "journal":
-                    log.warning("beat: %s could not journal run %s of %s; sending it elsewhere",
-                                run.target, run.task_id, run.entry)
+                elif msg.code in ("journal", "queue"):     # the node will not take it
+                    log.warning("beat: %s did not take run %s of %s (%s); sending it elsewhere",
+                                run.target, run.task_id, run.entry, msg.code)
                     self.send(run, run.sent_at, avoid={run.target})
                 else:
                     log.error("beat: run %s of %s was refused by %s: %s %s", run.task_id,
