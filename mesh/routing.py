@@ -188,9 +188,11 @@ def route(name: str, *, call_queue: str | None = None, task_queue: str | None = 
 class AppRoutes:
     """An app's routing, prepared once per value of its settings: what ``send_task``
     and the node use. Static routes (dicts, pairs) are cached per task name; a router
-    function is asked on every call, as Celery does."""
+    function is asked on every call, as Celery does. The settings are read again when
+    ``app.conf`` changes (assign ``task_routes`` again after changing the dict in place)."""
 
     def __init__(self) -> None:
+        self._version: Any = None          # app.conf's version the routes were read at
         self._key: tuple[int, int, Any] | None = None
         self._routers: tuple[Router, ...] = ()
         self._static = True
@@ -214,7 +216,10 @@ class AppRoutes:
             return check_queue(call_queue, "queue")
         if task_queue is not None:
             return task_queue
-        self._refresh(conf["task_routes"], conf["task_default_queue"])
+        version = getattr(conf, "version", None)    # app.conf says when a setting changed
+        if version is None or version != self._version:
+            self._refresh(conf["task_routes"], conf["task_default_queue"])
+            self._version = version
         if self._static:
             q = self._cache.get(name)
             if q is None:
