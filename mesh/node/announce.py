@@ -75,6 +75,8 @@ class Announcer(Component):
         mesh = props.get("mesh", "")
         if mesh != self.node.routing.mesh:     # another app's nodes on the same LAN
             if self.foreign.get(node_id) != mesh:
+                if len(self.foreign) >= 1000:    # said once per node, within reason
+                    self.foreign.clear()
                 self.foreign[node_id] = mesh
                 log.info("mDNS: ignoring node %s at %s: it belongs to mesh %r, this node to %r",
                          node_id, endpoint, mesh, self.node.routing.mesh)
