@@ -339,9 +339,8 @@ class Mesh:
         body = None                        # the publish signals' body, when someone listens
         if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
             from mesh.client import publish
-            queue = self.conf.task_default_queue
-            body, headers = publish.before(
-                name, tid, args or (), kwargs if kwargs is not None else {}, headers, queue,
+            body, headers = publish.before(        # with the queue the task was routed to
+                name, tid, args or (), kwargs if kwargs is not None else {}, headers, q,
                 priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
                 soft_time_limit=soft_time_limit)
             args, kwargs = body[0], body[1]
@@ -361,7 +360,7 @@ class Mesh:
         self.client.submit(slot)
         if body is not None:
             from mesh.client import publish
-            publish.after(name, body, queue)
+            publish.after(name, body, q)
         return AsyncResult(msg.task_id, self, slot)
 
     @property
