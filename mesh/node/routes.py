@@ -51,8 +51,7 @@ class Routes(Component):
         self.routes = AppRoutes()
         self.mesh_limits = mesh_limits(app.tasks)
         self.meta: dict[str, Any] = capabilities.meta(self.mesh, self.queues, app.tasks)
-        if self.mesh_limits:
-            self.meta["rl"] = self.mesh_limits
+        self.meta["rl"] = self.mesh_limits
         try:                                   # a bad task_routes stops the node at once
             prepare(app.conf["task_routes"])
             check_queue(app.conf["task_default_queue"], "task_default_queue")
