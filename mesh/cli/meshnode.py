@@ -68,6 +68,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--http", "http", metavar="HOST:PORT",
               help="Serve the dashboard (/), JSON API (/api/...), Prometheus /metrics and /healthz "
                    "here (PORT alone: loopback). Off by default.")
+@click.option("--queues", "-Q", metavar="Q1[,Q2...]",
+              help="Take only tasks routed to these queues (default: every queue); MESH_QUEUES too.")
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
@@ -79,7 +81,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              soft_time_limit: float | None, shutdown_timeout: float | None,
              data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
              result_expires: float | None, no_events: bool | None, http: str | None,
-             loglevel: str | None) -> int:
+             loglevel: str | None, queues: str | None) -> int:
     """Run a mesh node for the tasks of an app.
 
     \b
@@ -106,7 +108,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
-            result_expires=result_expires, events=False if no_events else None, http=http, loglevel=loglevel.upper() if loglevel else None)
+            result_expires=result_expires, events=False if no_events else None, http=http, loglevel=loglevel.upper() if loglevel else None,
+            queues=queues)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
     setup_logging(app, config)

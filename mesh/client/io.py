@@ -25,7 +25,10 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from mesh import states
+from mesh.capabilities import Serves, from_meta
+from mesh.client.fit import fits
 from mesh.client.placement import choose_from
+from mesh.client.routes import Routing
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.node.peers import literal_host
@@ -75,7 +78,7 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down")
+                 "down", "serves")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
@@ -93,20 +96,25 @@ class NodeLink:
         self.reconnects = 0
         self.gone_since = 0.0         # monotonic time membership stopped calling it alive
         self.down = False             # disconnected (or reset) since its last handshake
+        self.serves: Serves | None = None   # its mesh, queues, task names (None: not heard)
 
     @property
     def score(self) -> float:
         return (self.busy + self.queued + self.inflight) / max(self.total, 1)
 
 
-class Client:
-    def __init__(self, config: Config, seeds: list[str]):
+class Client(Routing):
+    def __init__(self, config: Config, seeds: list[str], mesh: str | None = None):
         if not seeds:
             raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
                               "set MESH_PEERS, or start a node that mDNS can find")
         self.config = config
         self.client_id = uuid.uuid4().hex.encode()
         self.seeds = list(dict.fromkeys(seeds))
+        # the mesh this client sends to: its app's (nodes found by mDNS), else the mesh of
+        # the first seed that answers; nodes of other meshes are not used (docs/routing.md)
+        self.mesh = mesh
+        self._foreign: set[str] = set()                  # other meshes' nodes, logged once
         self.duplicates = 0                             # results for already-complete tasks
         self.failovers = 0                              # tasks resent because their node died
         self.resent = 0                                 # tasks resent after a reconnect
@@ -127,6 +135,8 @@ class Client:
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []
+        self._fits: dict[tuple[str, str], list[NodeLink]] = {}   # (queue, name) -> links that
+                                                        # take it (reset with _placeable)
         self._members_req = ""
         self._next_refresh = 0.0
         self._ctx = zmq.Context()
@@ -263,7 +273,10 @@ class Client:
         link.down = True                        # its next handshake is a reconnect
 
     def _update_placeable(self) -> None:
-        self._placeable = [n for n in self.links.values() if n.state == "alive"]
+        self._fits = {}
+        mesh = self.mesh
+        self._placeable = [n for n in self.links.values() if n.state == "alive" and (
+            n.serves is None or mesh is None or n.serves.mesh == mesh)]
 
     def _run(self) -> None:
         self._poller.register(self._efd, zmq.POLLIN)
@@ -395,7 +408,7 @@ class Client:
                 continue
             slot.state = states.PENDING
             if others:
-                self._send(slot, self._pick(avoid=link.endpoint))
+                self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
             else:           # nowhere to go yet: keep trying (the node may come back)
                 slot.node = None
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
@@ -417,10 +430,10 @@ class Client:
         except zmq.ZMQError:
             pass
 
-    def _apply_members(self, members: Any) -> None:
+    def _apply_members(self, members: Any, answering: NodeLink | None = None) -> None:
         if not isinstance(members, list):
             return
-        changed = False
+        changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []
         for m in members:
             if not isinstance(m, dict):
@@ -429,6 +442,12 @@ class Client:
             if not isinstance(ep, str) or not isinstance(state, str) or not ep.startswith("tcp://"):
                 continue
             link = self.links.get(ep)
+            serves = from_meta(m.get("meta") if isinstance(m.get("meta"), dict) else None)
+            if self.mesh is not None and serves.mesh != self.mesh:
+                self._not_ours(ep, nid, serves.mesh)
+                if link is not None and link.serves != serves:
+                    link.serves, changed = serves, True
+                continue
             if link is None:
                 if state != "alive":
                     continue              # no need to connect to a node that is gone
@@ -450,6 +469,8 @@ class Client:
                     dead.append(link)
             if isinstance(nid, str):
                 link.node_id = nid
+            if link.serves != serves:
+                link.serves, changed = serves, True
             load = m.get("load")
             if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
                 link.busy, link.total, link.queued = load[0], load[1], load[2]
@@ -459,8 +480,34 @@ class Client:
         for link in dead:
             self._failover(link)
 
-    def _pick(self, avoid: str | None = None) -> NodeLink:
+    def _pick(self, avoid: str | None = None, slot: Slot | None = None,
+              kind: str = "", said: str = "") -> NodeLink | None:
+        """The node to send ``slot`` to: alive, of this client's mesh, serving its queue
+        with its task registered (not one that refused it), by power of two choices.
+        None when there is none: then the slot is failed (no alive node takes it:
+        NotRegistered, or MeshError naming the queue) or tried again shortly (one that
+        might is suspect, or the client has not heard from the mesh yet); ``kind`` and
+        ``said`` are what the last node to refuse it answered."""
         pool = self._placeable
+        seeds = self.seeds
+        if slot is not None and slot.name:
+            if pool:
+                if slot.refused:
+                    pool = fits(pool, slot.queue, slot.name, slot.refused)
+                else:               # the same few (queue, name) pairs, again and again
+                    key = (slot.queue, slot.name)
+                    fit = self._fits.get(key)
+                    if fit is None:
+                        fit = self._fits[key] = fits(pool, slot.queue, slot.name)
+                    pool = fit
+                if not pool:
+                    self._unplaceable(slot, kind, said)
+                    return None
+            elif slot.refused:          # no alive node known: the seeds that did not refuse
+                seeds = [ep for ep in seeds if ep not in slot.refused]
+                if not seeds:
+                    self._unplaceable(slot, kind, said)
+                    return None
         if avoid is not None and len(pool) > 1:
             pool = [n for n in pool if n.endpoint != avoid]
         if len(pool) > 1:   # skip nodes that are shutting down, while others remain
@@ -469,7 +516,7 @@ class Client:
             pool = fresh or pool
         choice = choose_from(pool, self._rng)
         if choice is None:  # membership knows no alive node: keep trying the seeds
-            choice = self.links[self._rng.choice(self.seeds)]
+            choice = self.links[self._rng.choice(seeds)]
         return choice
 
     def _drain_outbox(self) -> None:
@@ -487,7 +534,9 @@ class Client:
                            "in this client; give each call its own id")
                 continue
             self._slots[slot.task_id] = slot
-            link = self._pick()
+            link = self._pick(slot=slot)
+            if link is None:
+                continue
             link.inflight += 1
             slot.node = link.endpoint
             batch = batches.get(link)
@@ -514,9 +563,9 @@ class Client:
         elif link.busy > 0:
             link.busy -= 1
 
-    def _send(self, slot: Slot, link: NodeLink) -> None:
-        """(Re)send a task the client holds to ``link``."""
-        if slot.frame is None:
+    def _send(self, slot: Slot, link: NodeLink | None) -> None:
+        """(Re)send a task the client holds to ``link`` (None: _pick dealt with it)."""
+        if slot.frame is None or link is None:
             return
         link.inflight += 1
         slot.node = link.endpoint
@@ -555,6 +604,11 @@ class Client:
                             sub, retries=msg.retries + 1, eta=msg.eta if msg.eta else sub.eta,
                             payload=msg.payload if msg.payload is not None else sub.payload))
         elif type(msg) is Result:
+            if msg.exc is not None and msg.traceback is None and _not_registered(msg):
+                slot = self._slots.get(msg.task_id)    # refused there: another node may have it
+                if slot is not None and slot.msg is None:
+                    self._on_refused(slot, link, "NotRegistered", str(msg.exc.get("message")))
+                    return
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
             if slot is None:
@@ -590,14 +644,14 @@ class Client:
         elif type(msg) is ControlReply:
             if msg.req_id == self._members_req and msg.ok:
                 link.node_id = msg.node
-                self._apply_members(msg.payload)
+                self._apply_members(msg.payload, link)
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:
             log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)
             slot = self._slots.get(msg.ref) if msg.ref else None
-            if slot is not None and msg.code == "journal":
-                self._on_journal_error(slot, link, msg.message)
+            if slot is not None and msg.code in ("journal", "queue"):
+                self._on_refused(slot, link, msg.code, msg.message)
                 return
             if slot is not None:
                 self._slots.pop(slot.task_id, None)
@@ -641,8 +695,8 @@ class Client:
             shed_to = self._shed_target(target)
             if shed_to is not None:
                 self._send(slot, shed_to)
-            elif len(self._placeable) > 1 or (self._placeable and self._placeable[0] is not link):
-                self._send(slot, self._pick(avoid=link.endpoint))
+            elif self._another(slot, link):
+                self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
             else:   # the only node is restarting: try it again shortly
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
         log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
@@ -668,24 +722,7 @@ class Client:
         self._retry = [(t, s) for t, s in self._retry if t > now]
         for slot in due:
             if slot.msg is None:
-                self._send(slot, self._pick())
-
-    # -- journal refusals ---------------------------------------------------------------
-    def _on_journal_error(self, slot: Slot, link: NodeLink, message: str) -> None:
-        """A node could not journal the task (full or read-only disk) and did not take
-        it: try a node that has not refused it; when every node has, fail it with the
-        node's own words, so the submitter knows (never silent loss)."""
-        self._forget_one(link, slot.state != states.PENDING)
-        if slot.refused is None:
-            slot.refused = set()
-        slot.refused.add(link.endpoint)
-        slot.state = states.PENDING
-        others = [n for n in self._placeable if n.endpoint not in slot.refused]
-        if others:
-            self._send(slot, choose_from(others, self._rng) or others[0])
-            return
-        self._slots.pop(slot.task_id, None)
-        self._fail(slot, "MeshError", message, link.node_id)
+                self._send(slot, self._pick(slot=slot))
 
     # -- results of tasks owned elsewhere ---------------------------------------------
     def _targets(self) -> list[NodeLink]:
@@ -763,6 +800,12 @@ class Client:
         for s in slots:
             done = s.complete(msg) or done
         return done
+
+
+def _not_registered(msg: Result) -> bool:
+    """A node's own NotRegistered refusal (not an exception a task raised)."""
+    exc = msg.exc or {}
+    return exc.get("type") == "NotRegistered" and exc.get("module") == "mesh.exceptions"
 
 
 def _acks_late(frame: bytes | None) -> bool:
