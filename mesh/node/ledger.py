@@ -106,7 +106,7 @@ class Ledger:
         pool at the end of the pass (``flush``), once the journal has committed it."""
         self.held[entry.task_id] = entry
         self.pending.append(entry)
-        self.node.replicas.accepted(entry)       # a copy to the backup; replies wait for it
+        self.node.replicas.accepted(entry, msg)  # a copy to the backup; replies wait for it
         ev = self.node.events
         if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
             sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in

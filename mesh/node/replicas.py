@@ -39,13 +39,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from mesh.membership import MemberState
+from mesh.exceptions import DecodeError
+from mesh.membership import Member, MemberState
 from mesh.node.component import Component
 from mesh.node.copies import Copies
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
 from mesh.rendezvous import backup_for
-from mesh.wire.protocol import Replicate, ReplicateAck, encode
+from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -108,6 +109,9 @@ class Replicas(Component):
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
         self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
+        self._alive_members: list[Member] = []
+        self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
+        self._queue_of: dict[str, str] = {}        # held task id -> its queue
         self._alive_at = -1.0
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
@@ -150,12 +154,13 @@ class Replicas(Component):
             await asyncio.sleep(SETTLE_STEP)
 
     # -- holder side: what the ledger tells us ---------------------------------------
-    def accepted(self, entry: Entry) -> None:
+    def accepted(self, entry: Entry, msg: Submit | None = None) -> None:
         """A task is held here now: copy it to its backup; replies wait for the copy."""
         if not self.enabled:
             return
         tid = entry.task_id
-        backup = self._choose(tid)
+        self._queue_of[tid] = self._queue_for(entry, msg)
+        backup = self._choose(tid, entry)
         self._track(tid, backup)
         if backup:
             # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
@@ -245,12 +250,45 @@ class Replicas(Component):
         now = time.monotonic()
         if now - self._alive_at > ALIVE_TTL:
             ms = self.node.membership
-            self._alive = [m.id for m in ms.alive_members(include_self=False)]
+            self._alive_members = ms.alive_members(include_self=False)
+            self._alive = [m.id for m in self._alive_members]
+            self._takers = {}
             self._alive_at = now
         return self._alive
 
-    def _choose(self, task_id: str) -> str:
-        return backup_for(task_id, self._alive_ids(), self.node.name) or ""
+    def _choose(self, task_id: str, entry: Entry | None = None) -> str:
+        """The backup for a task (among the alive nodes that take it: its backup may
+        have to run it) or for a result (any alive node); "" when there is none."""
+        peers = self._alive_ids()
+        if entry is not None:
+            peers = self._takers_of(entry)
+        return backup_for(task_id, peers, self.node.name) or ""
+
+    def _takers_of(self, entry: Entry) -> list[str]:
+        """Alive peers that would take this task (mesh, queue, name: docs/routing.md)."""
+        routing = getattr(self.node, "routing", None)
+        if routing is None:
+            return self._alive
+        queue = self._queue_of.get(entry.task_id)
+        if queue is None:
+            queue = self._queue_of[entry.task_id] = self._queue_for(entry, None)
+        key = (queue, entry.name)
+        takers = self._takers.get(key)
+        if takers is None:
+            takers = self._takers[key] = [m.id for m in self._alive_members
+                                          if routing.peer_accepts(m.meta, queue, entry.name)]
+        return takers
+
+    def _queue_for(self, entry: Entry, msg: Submit | None) -> str:
+        routing = getattr(self.node, "routing", None)
+        if routing is None:
+            return ""
+        if msg is None:
+            sub = _submit(entry.frame)
+            headers = sub.headers if sub is not None else None
+        else:
+            headers = msg.headers
+        return str(routing.queue_for(entry.name, headers))
 
     def _track(self, tid: str, backup: str) -> None:
         old = self.backup_of.get(tid)
@@ -262,6 +300,7 @@ class Replicas(Component):
         self.by_backup.setdefault(backup, set()).add(tid)
 
     def _untrack(self, tid: str) -> str:
+        self._queue_of.pop(tid, None)
         backup = self.backup_of.pop(tid, None)
         if backup is None:
             return ""
@@ -329,8 +368,9 @@ class Replicas(Component):
         """A batch for a backup that is gone: its copies and results go to the tasks'
         new backups (drops are moot: the old backup is gone)."""
         for tid, frame in batch.tasks.items():
-            if tid in self.node.ledger.held:
-                new = self._choose(tid)
+            entry = self.node.ledger.held.get(tid)
+            if entry is not None:
+                new = self._choose(tid, entry)
                 self._track(tid, new)
                 if new:
                     self._queue(new).tasks[tid] = frame
@@ -439,7 +479,7 @@ class Replicas(Component):
                     self.backup_of.pop(tid, None)
                     if entry is None:
                         continue
-                    new = self._choose(tid)
+                    new = self._choose(tid, entry)
                     self._track(tid, new)
                     if new:
                         self._queue(new).tasks[tid] = entry.frame
@@ -500,3 +540,11 @@ def _split(batch: _Batch) -> list[_Batch]:
         n += len(result[1])
     parts.append(cur)
     return parts
+
+
+def _submit(frame: bytes) -> Submit | None:
+    try:
+        msg = decode(frame)
+    except DecodeError:
+        return None
+    return msg if type(msg) is Submit else None
