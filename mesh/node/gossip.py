@@ -82,6 +82,7 @@ class Members(Component):
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
                 "events": node.events_endpoint, "clock": node.events.clock,
                 "beat": node.beat.advertised() if node.beat is not None else "",
+                "boot": node.boot,
                 **node.routing.meta}      # mesh, queues, task names (mesh/capabilities.py)
 
     def members(self) -> list[dict[str, Any]]:

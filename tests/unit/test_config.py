@@ -71,7 +71,7 @@ def test_every_field_can_be_set_from_env() -> None:
               "events": "no", "http": "127.0.0.1:8080", "http_token": "t",
               "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": "0.5",
               "autoscale_max_cpu": "100", "async_concurrency": "7", "autoreload": "1",
-              "app": "proj.tasks:app", "queues": "reports,celery"}
+              "app": "proj.tasks:app", "queues": "reports,celery", "replicas": "1"}
     values["concurrency"] = "0"          # --autoscale and --concurrency exclude each other
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
@@ -86,7 +86,7 @@ def test_every_field_can_be_set_from_env() -> None:
         "events": False, "http": "127.0.0.1:8080", "http_token": "t",
         "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": 0.5,
         "autoscale_max_cpu": 100.0, "async_concurrency": 7, "autoreload": True,
-        "app": "proj.tasks:app", "queues": ("reports", "celery")}
+        "app": "proj.tasks:app", "queues": ("reports", "celery"), "replicas": 1}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:
