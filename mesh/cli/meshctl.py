@@ -98,16 +98,6 @@ def _queues(queues: Any) -> str:
     return ",".join(map(str, queues)) if isinstance(queues, list) else "*"
 
 
-def _pool(r: dict[str, Any]) -> str:
-    """The pool's kind and size: ``pool`` (its kind) and ``pool_min``/``pool_max`` when
-    the node's status gives them (an autoscaled pool), else a prefork pool of ``total``."""
-    kind = r["pool"] if isinstance(r.get("pool"), str) else "prefork"
-    lo, hi = r.get("pool_min"), r.get("pool_max")
-    size = f"{lo}-{hi}" if isinstance(lo, int) and isinstance(hi, int) and lo != hi \
-        else str(r.get("total", "?"))
-    return f"{kind} {size}"
-
-
 # when two nodes disagree about a third at the same incarnation, the graver state wins
 _STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
 
@@ -167,6 +157,14 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     return rows
 
 
+def pool_range(row: dict[str, Any]) -> str:
+    """``2-8`` for an autoscaled pool (min-max), ``4`` for a fixed one, ``-`` if unknown."""
+    rng = row.get("pool_range")
+    if not (isinstance(rng, list) and len(rng) == 2):
+        return "-"
+    return f"{rng[0]}-{rng[1]}" if row.get("pool_autoscale") else str(rng[1])
+
+
 @meshctl.command()
 @click.pass_context
 def status(ctx: click.Context) -> int:
@@ -182,7 +180,7 @@ def status(ctx: click.Context) -> int:
     if ctx.obj["json"]:
         click.echo(json.dumps(rows, indent=2))
     else:
-        header = ("NODE", "ADDRESS", "STATE", "MESH", "QUEUES", "POOL", "BUSY", "WAITING",
+        header = ("NODE", "ADDRESS", "STATE", "MESH", "QUEUES", "KIND", "RANGE", "BUSY", "WAITING",
                   "DONE", "FAILED", "TASKS/S", "CPU%", "MEM", "UPTIME", "VERSION")
         table = [header]
         for r in rows:
@@ -190,11 +188,12 @@ def status(ctx: click.Context) -> int:
                 load = r.get("load")
                 busy = f"{load[0]}/{load[1]}" if load else "-"
                 queue = str(load[2]) if load else "-"
-                table.append((r["node"], r["address"], r["state"], "-", "-", "-", busy, queue)
+                table.append((r["node"], r["address"], r["state"], "-", "-", "-", "-", busy, queue)
                              + ("-",) * 7)
                 continue
             table.append((r["node"], r["address"], r["state"], str(r.get("mesh", "-")),
-                          _queues(r.get("queues")), _pool(r), f"{r['busy']}/{r['total']}",
+                          _queues(r.get("queues")), str(r.get("pool", "-")), pool_range(r),
+                          f"{r['busy']}/{r['total']}",
                           str(r["queued"]), str(r["succeeded"]), str(r["failed"]),
                           f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",
                           _fmt_bytes(r["rss_bytes"]), _fmt_uptime(r["uptime"]), r["version"]))
@@ -220,7 +219,8 @@ def status(ctx: click.Context) -> int:
 def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, wait: bool,
          result_timeout: float) -> int:
     """Submit a task by name. Prints the task id, or with --wait the result as JSON;
-    exit 1 if the task failed or timed out.
+    exit 1 if the task failed or timed out, or (without --wait) if no node
+    acknowledged it within max(--timeout, 5) seconds.
 
     \b
     Example:
@@ -239,6 +239,15 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
         r = app.send_task(task_name, args=args, kwargs=kwargs)
         if not wait:
             click.echo(r.id)
+            # a node has it only once it acknowledged it (journalled): until then, this
+            # process exiting would lose it
+            ack_timeout = max(ctx.obj["timeout"], 5.0)
+            if app.client.flush(ack_timeout):
+                click.echo(f"meshctl: no node acknowledged task {r.id} within {ack_timeout:g} s "
+                           f"(tried {', '.join(app.client.endpoints())}); it may never run",
+                           err=True)
+                app.client.close(linger=0)
+                return EXIT_FAILURE
             return EXIT_OK
         return _report(ctx, r, result_timeout)
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mesh.membership import Member, Membership, MemberState, profile
@@ -26,6 +27,11 @@ log = logging.getLogger("mesh.node")
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 
 
+def tasks_digest(names: Iterable[str]) -> str:
+    """A digest of the registered task names (in the gossiped meta)."""
+    return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
+
+
 class Members(Component):
     name = "membership"
     requires = ("front", "events", "control", "routing", "pool", "heartbeat")
@@ -34,7 +40,7 @@ class Members(Component):
         self.node = node
         node.gossip = self
         # a digest of the registered task names: load is only shed to peers with the same
-        node.tasks_digest = hashlib.sha1("\n".join(sorted(node.app.tasks)).encode()).hexdigest()[:12]
+        node.tasks_digest = tasks_digest(node.app.tasks)
         peers = PeerSockets(node.ctx, f"node:{node.name}".encode())
         node.transport = self.transport = ZmqTransport(peers, node.address)
         prof = profile(node.config.profile)
@@ -76,6 +82,7 @@ class Members(Component):
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
                 "events": node.events_endpoint, "clock": node.events.clock,
                 "beat": node.beat.advertised() if node.beat is not None else "",
+                "boot": node.boot,
                 **node.routing.meta}      # mesh, queues, task names (mesh/capabilities.py)
 
     def members(self) -> list[dict[str, Any]]:

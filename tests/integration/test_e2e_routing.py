@@ -171,7 +171,7 @@ def test_meshctl_status_shows_each_nodes_queues(three: dict[str, NodeProc]) -> N
     p = run_program(MESHCTL, "--peers", three["default"].endpoint, "status")
     assert p.returncode == 0, p
     header, *lines = p.stdout.strip().splitlines()
-    assert header.split()[:6] == ["NODE", "ADDRESS", "STATE", "MESH", "QUEUES", "POOL"]
+    assert header.split()[:6] == ["NODE", "ADDRESS", "STATE", "MESH", "QUEUES", "KIND"]
     cells = {line.split()[0]: line.split() for line in lines if line.startswith("q-")}
     assert cells["q-media"][4] == "celery,media" and cells["q-reports"][4] == "reports"
     assert cells["q-media"][5:7] == ["prefork", "2"]

@@ -79,7 +79,7 @@ def test_mesh_broker_argument_says_mesh_has_no_broker(caplog: pytest.LogCaptureF
 def test_not_yet_settings_say_so(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "mesh.conf")
     Settings({"worker_autoscaler": "x"})
-    assert "not available in this version of mesh yet" in caplog.text and "--autoscale" in caplog.text
+    assert "not used by mesh" in caplog.text and "--autoscale" in caplog.text
 
 
 def test_routing_settings_are_taken_and_checked(caplog: pytest.LogCaptureFixture) -> None:
