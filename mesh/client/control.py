@@ -31,13 +31,14 @@ class ControlClient:
         self.close()
 
     def broadcast(self, endpoints: Iterable[str], command: str, args: dict[str, Any] | None = None,
-                  timeout: float = 2.0) -> dict[str, ControlReply | str]:
+                  timeout: float = 2.0, req_id: str | None = None) -> dict[str, ControlReply | str]:
         """Send ``command`` to every endpoint; return endpoint -> reply, or an error
-        text for nodes that did not answer or answered garbage."""
+        text for nodes that did not answer or answered garbage. ``req_id``: the
+        request id to send (default: a fresh one)."""
         eps = list(dict.fromkeys(endpoints))
         socks: dict[zmq.Socket[bytes], str] = {}
         out: dict[str, ControlReply | str] = {}
-        req_id = uuid.uuid4().hex
+        req_id = req_id or uuid.uuid4().hex
         frame = encode(Control(req_id, command, args or {}))
         poller = zmq.Poller()
         try:
