@@ -90,6 +90,8 @@ class Mesh:
         self.on_after_finalize = Signal("on_after_finalize")
         # threads do not survive fork: a child process makes its own client when it needs one
         os.register_at_fork(after_in_child=functools.partial(_forget_client, weakref.ref(self)))
+        from mesh.workflow.builtins import register_builtins
+        register_builtins(self)      # mesh.map, mesh.starmap (Celery's celery.map, ...)
 
     def __repr__(self) -> str:
         return f"<Mesh {self.main or '?'} tasks={len(self.tasks)}>"
@@ -158,9 +160,8 @@ class Mesh:
                   priority: int | None = None, time_limit: float | None = None,
                   soft_time_limit: float | None = None, link: Any = None,
                   link_error: Any = None, headers: dict[str, Any] | None = None) -> AsyncResult:
-        """Send a task by name (the code need not be importable here)."""
-        if link is not None or link_error is not None:
-            raise ConfigError("link/link_error (callbacks) are not available in this version of mesh yet")
+        """Send a task by name (the code need not be importable here). ``link`` and
+        ``link_error``: signatures run when it succeeds or fails (docs/workflows.md)."""
         if not isinstance(name, str) or not name:
             raise NotRegistered(f"task name must be a non-empty string, got {name!r}")
         now = time.time()
@@ -172,16 +173,20 @@ class Mesh:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         headers = dict(headers) if headers else {}
+        task_id = task_id or new_task_id()
+        if link is not None or link_error is not None:
+            from mesh.workflow.submit import callback_headers
+            headers = callback_headers(headers, task_id, link, link_error)
         if self.conf.task_send_sent_event:    # the node publishes task-sent for us
             headers["sent_at"] = now
             headers["sent_by"] = f"{socket.gethostname()}:{os.getpid()}"
         msg = Submit(
-            task_id=task_id or new_task_id(), name=name,
+            task_id=task_id, name=name,
             payload=codec.dump_call(args, kwargs), priority=priority or 0, eta=eta_t,
             expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
             soft_time_limit=soft_time_limit, headers=headers)
         msg.validate()
-        if task_id is not None and self._client is not None and self._client.lookup(task_id):
+        if self._client is not None and self._client.lookup(task_id):
             raise ConfigError(f"task id {task_id} is already outstanding in this client")
         frame = encode(msg)
         if len(frame) > self.config.max_message_size:
@@ -199,6 +204,18 @@ class Mesh:
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return AsyncResult(task_id, self)
+
+    def GroupResult(self, group_id: str, results: list[Any] | None = None) -> Any:
+        """A group's result by id, in any process (its members are read from the mesh
+        when asked for)."""
+        from mesh.workflow.results import GroupResult
+        return GroupResult(group_id, results, self)
+
+    def signature(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        """``signature(...)`` sent through this app (``app.signature("tasks.add", (2, 2))``)."""
+        from mesh.canvas import signature
+        kwargs["app"] = self
+        return signature(task, *args, **kwargs)
 
     def _lookup_slot(self, task_id: str) -> Slot | None:
         return self._client.lookup(task_id) if self._client is not None else None

@@ -190,6 +190,9 @@ class Child:
             if task is None:
                 raise NotRegistered(f"task {msg.name!r} is not registered on node {self.node_name}")
             args, kwargs = codec.load_call(msg.payload)
+            if msg.headers.get("errback") is True:      # a link_error callback
+                from mesh.workflow.errback import errback_args
+                args = errback_args(task, args)
             token = _current_request.set(Request(
                 id=msg.task_id, task=msg.name, args=args, kwargs=kwargs, retries=msg.retries,
                 eta=msg.eta, expires=msg.expires, hostname=self.node_name, priority=msg.priority,

@@ -25,7 +25,7 @@ from mesh.membership import MESSAGE_TYPES
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
-from mesh.wire.protocol import Control, Error, Submit, decode, encode
+from mesh.wire.protocol import Control, Error, Submit, WfPull, WfPulled, WfReport, decode, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -105,6 +105,12 @@ class FrontDoor(Component):
             node.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:
             node.control.handle(ident, msg)
+        elif type(msg) in _WORKFLOW and node.workflows is not None:
+            try:                               # node to node: a workflow's reports
+                node.workflows.on_message(msg)
+            except Exception:                  # never crash on what a peer sends
+                self.refused += 1
+                log.exception("failed to handle %s from %r", type(msg).__name__, ident[:16])
         else:
             self.refused += 1
             self.refuse(ident, "bad-request", f"a node does not accept {type(msg).__name__} messages")
@@ -136,6 +142,8 @@ class FrontDoor(Component):
         acknowledges what is still held, then every peer's frames are sent."""
         self._flush_scheduled = False
         node = self.node
+        if node.workflows is not None:
+            node.workflows.flush()
         node.ledger.flush()
         node.intake.flush_acks()
         out, self._out = self._out, {}
@@ -143,6 +151,9 @@ class FrontDoor(Component):
         for ident, frames in out.items():
             for i in range(0, len(frames), MAX_FRAMES_PER_SEND):
                 send([ident, *frames[i:i + MAX_FRAMES_PER_SEND]])
+
+
+_WORKFLOW = (WfReport, WfPull, WfPulled)
 
 
 def _guess_ref(frame: bytes) -> str | None:

@@ -26,6 +26,7 @@ from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_
 from mesh.node.journal import JournalError
 from mesh.wire import codec
 from mesh.wire.protocol import Release, Result, Submit, decode, encode
+from mesh.workflow.plan import GROUP  # a group's coordinator: run by the node itself
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -34,6 +35,9 @@ log = logging.getLogger("mesh.node")
 
 MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child keeps dying
 MAX_WATCHERS = 64          # processes told of one task's result when it is done
+MAX_EARLY = 10_000         # ids not held here yet that someone waits for (a workflow's
+                           # later steps); the oldest are forgotten first
+EARLY_TTL = 60.0           # s such a wait is remembered (the waiter asks again every second)
 RESULT_COMMIT_DELAY = 0.002  # s a batch of results may wait for its journal commit
 
 
@@ -42,7 +46,7 @@ class Entry:
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
                  "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried", "reserved")
+                 "retried", "reserved", "wf", "fresh")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
                  eta: float | None, expires: float | None, time_limit: float | None,
@@ -62,6 +66,18 @@ class Entry:
         self.redelivered = 0                  # runs again after its child died (reject_on_worker_lost)
         self.retried = False                  # waiting for a retry (state RETRY)
         self.reserved = False                 # holds a rate-limit reservation: starts when due
+        self.wf: dict[str, Any] | None = None  # a workflow's unit: its Submit headers
+                                              # (mesh/node/workflows.py drives what follows)
+        self.fresh = False                    # a group sent here now (not recovered, taken
+                                              # over or handed on: those ask the mesh first)
+
+
+def _headers(frame: bytes) -> dict[str, Any]:
+    try:
+        msg = decode(frame)
+    except Exception:
+        return {}
+    return msg.headers if isinstance(msg, Submit) else {}
 
 
 class _RateLimitedLog:
@@ -94,6 +110,7 @@ class Ledger:
         self.counts: collections.Counter[str] = collections.Counter()
         self.watchers: dict[str, set[bytes]] = {}  # task id -> who asked to hear its result
         self.pending: list[Entry] = []             # accepted this pass: to the pool once journalled
+        self.early: dict[str, float] = {}          # id not held here -> when a watcher asked
         self._commit_timer: asyncio.TimerHandle | None = None
         self.faillog = _RateLimitedLog("tasks refused at intake")
 
@@ -103,6 +120,9 @@ class Ledger:
         pool at the end of the pass (``flush``), once the journal has committed it."""
         self.held[entry.task_id] = entry
         self.pending.append(entry)
+        headers = msg.headers if msg is not None else _headers(entry.frame)
+        if "wf" in headers or entry.name == GROUP:
+            entry.wf = headers
         ev = self.node.events
         if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
             sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in
@@ -134,6 +154,8 @@ class Ledger:
                 if entry.task_id in revoked:     # revoked in the same loop pass
                     self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was "
                                      "revoked", states.REVOKED)
+                elif entry.name == GROUP and self.node.workflows is not None:
+                    self.node.workflows.begin(entry)     # coordinated here, not in a child
                 else:
                     pool.submit(entry)
 
@@ -164,15 +186,26 @@ class Ledger:
     # -- finish -----------------------------------------------------------------------
     def finish(self, task_id: str, client: bytes, state: str, result_frame: bytes,
                name: str = "", **event: Any) -> None:
-        """A held task's final result: journal it, then tell its owner and watchers."""
+        """A held task's final result: journal it, then tell its owner and watchers; a
+        workflow's unit then starts what comes after it (mesh/node/workflows.py)."""
         node = self.node
-        self.held.pop(task_id, None)
+        entry = self.held.pop(task_id, None)
         self.counts[state] += 1
         try:
             node.journal.finish(task_id, state, result_frame, time.time())
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
-        node.front.reply(client, result_frame)
+        if client:                 # b"": a task this node owns (a workflow's step)
+            node.front.reply(client, result_frame)
+        self.notify(task_id, result_frame, name, state, client, **event)
+        if entry is not None and entry.wf is not None and node.workflows is not None:
+            node.workflows.finished(entry, state, result_frame)
+
+    def notify(self, task_id: str, result_frame: bytes, name: str, state: str,
+               client: bytes = b"", **event: Any) -> None:
+        """A result is known: events, and the processes watching the id."""
+        node = self.node
+        self.early.pop(task_id, None)
         ev = node.events
         if ev.prefixes or ev.listeners:
             ev.publish_result(task_id, result_frame)
@@ -253,8 +286,14 @@ class Ledger:
     def release(self, entries: list[Entry], reason: str, target: str | None = None,
                 quiet: bool = False) -> None:
         """Give unstarted tasks back to their owners (RELEASE), who resend them:
-        to ``target`` when given (shedding), else to another node."""
+        to ``target`` when given (shedding), else to another node. Tasks this node owns
+        (a workflow's steps: no client) stay held and journalled: nobody would resend
+        them (they run here when the node starts again)."""
         node = self.node
+        kept = [e for e in entries if not e.client]
+        if kept:
+            entries = [e for e in entries if e.client]
+            log.info("kept %d workflow step(s) this node owns in its journal (%s)", len(kept), reason)
         self.forget(entries)
         by_client: dict[bytes, list[str]] = {}
         for e in entries:
@@ -341,13 +380,32 @@ class Ledger:
         entry = self.held.get(tid)
         if entry is not None:
             if watch:
-                watchers = self.watchers.setdefault(tid, set())
-                if len(watchers) < MAX_WATCHERS:
-                    watchers.add(ident)
+                self._watch(tid, ident)
             state = (states.STARTED if entry.started else
                      states.RETRY if entry.retried else states.RECEIVED)
             return {"task_id": tid, "state": state}
         stored = node.journal.get(tid)
         if stored is not None and stored.result is not None:
             return {"task_id": tid, "state": stored.state, "result": stored.result}
+        if watch and ident:    # not here yet (a workflow's later step): tell them if it comes
+            self._watch(tid, ident)
+            self.early.pop(tid, None)
+            self.early[tid] = time.monotonic()
+            self._forget_early()
         return {"task_id": tid, "state": states.UNKNOWN}
+
+    def _watch(self, tid: str, ident: bytes) -> None:
+        watchers = self.watchers.setdefault(tid, set())
+        if len(watchers) < MAX_WATCHERS:
+            watchers.add(ident)
+
+    def _forget_early(self) -> None:
+        """Waits for ids that never came here end after EARLY_TTL (or MAX_EARLY)."""
+        early, now = self.early, time.monotonic()
+        while early:
+            tid, at = next(iter(early.items()))
+            if len(early) <= MAX_EARLY and now - at < EARLY_TTL:
+                break
+            del early[tid]
+            if tid not in self.held:
+                self.watchers.pop(tid, None)

@@ -44,6 +44,7 @@ from mesh.node.recovery import Recovery
 from mesh.node.remote import RemoteControl
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
+from mesh.node.workflows import Workflows
 from mesh.web.commands import History, HistoryService
 from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
@@ -68,6 +69,7 @@ BUILTIN: tuple[type[Component], ...] = (
     EventStream,    # events: the XPUB
     Executor,       # pool: the prefork children; at shutdown, the drain
     Intake,         # intake: SUBMITs into the ledger
+    Workflows,      # workflows: what follows a workflow's step; group coordinators
     Recovery,       # recovery: the journal's unfinished tasks, held again
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
     Members,        # membership: SWIM over the front door and peer sockets
@@ -97,6 +99,7 @@ class Node:
     history: HistoryService
     http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
     beat: Beat | None = None         # set by the beat component
+    workflows: Workflows | None = None   # set by the workflows component
     ctx: "zmq.Context[Any]"
 
     def __init__(self, app: "Mesh", config: "Config",
@@ -177,6 +180,7 @@ class Node:
             "children_started": pool.started_total, "refused_frames": self.front.refused,
             "registered": sorted(self.app.tasks),
             "components": [component_name(x) for x in self.components],
+            **(self.workflows.status() if self.workflows is not None else {}),
         }
 
     # -- lifecycle --------------------------------------------------------------------

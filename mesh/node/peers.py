@@ -96,9 +96,10 @@ def _resolve(host: str) -> str | None:
 class PeerSockets:
     """``send(address, frame)`` to any peer front door; never blocks, never raises."""
 
-    def __init__(self, ctx: zmq.Context[Any], routing_id: bytes):
+    def __init__(self, ctx: zmq.Context[Any], routing_id: bytes, hwm: int = SNDHWM):
         self.ctx = ctx
         self.routing_id = routing_id
+        self.hwm = hwm                 # frames queued per peer before new ones are dropped
         self.socks: dict[str, zmq.Socket[bytes]] = {}
         self.sent = self.dropped = self.bytes_sent = 0
         self.resolver = Resolver()
@@ -111,7 +112,7 @@ class PeerSockets:
                 return None
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.ROUTING_ID, self.routing_id)
-            s.setsockopt(zmq.SNDHWM, SNDHWM)
+            s.setsockopt(zmq.SNDHWM, self.hwm)
             s.setsockopt(zmq.RCVHWM, 16)      # we never read: peers answer to our front door
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)

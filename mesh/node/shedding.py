@@ -60,6 +60,7 @@ class Shedder(Component):
         if now - min(e.received for _, _, e in pool.queue) < SHED_AFTER:
             return 0
         moved: dict[str, list[Entry]] = {}          # target address -> entries
+        keep: list[Entry] = []
         for m in ms.alive_members(include_self=False):
             meta = m.meta
             if meta.get("tasks") != node.tasks_digest:
@@ -75,12 +76,18 @@ class Shedder(Component):
             room = free - sent
             taken = 0
             while room > taken and pool.queue:
-                moved.setdefault(m.address, []).append(pool.take_next())
+                e = pool.take_next()
+                if not e.client:          # a workflow step this node owns: no owner to
+                    keep.append(e)        # resend it elsewhere, so it stays
+                    continue
+                moved.setdefault(m.address, []).append(e)
                 taken += 1
             if taken:
                 self._shed_to[m.id] = (m.meta_version, sent + taken)
             if not pool.queue:
                 break
+        for e in keep:
+            pool.submit(e)
         for target, entries in moved.items():
             node.ledger.release(entries, REASON, target=target, quiet=True)
         n = sum(len(v) for v in moved.values())

@@ -39,6 +39,9 @@ from mesh.wire.protocol import (
     Release,
     Result,
     Submit,
+    WfPull,
+    WfPulled,
+    WfReport,
     decode,
     encode,
     peek_type,
@@ -88,6 +91,10 @@ SAMPLES: list[Message] = [
     PushPull(source="n1", source_addr="tcp://10.0.0.1:7700",
              members=[[0, "n1", 1, "tcp://10.0.0.1:7700", "n1", 0, {}]], join=True),
     PushPullReply(source="n2", members=[[0, "n2", 3, "tcp://10.0.0.2:7700", "n2", 5, {"q": 0}]]),
+    WfReport(source="n1", groups=["g1", "g1"], indexes=[0, 3], results=[b"\x93", b"\x94"]),
+    WfPull(source="n1", source_addr="tcp://10.0.0.1:7700", group="g1", round=2,
+           ids=["a", "b"], indexes=[0, -1]),
+    WfPulled(source="n2", group="g1", round=2, held=["b"], indexes=[3], results=[b"\x93"]),
 ]
 
 
@@ -100,7 +107,7 @@ def test_message_type_numbers_are_fixed() -> None:
         "SUBMIT": 1, "ACK": 2, "RESULT": 3, "RELEASE": 4, "ERROR": 5, "CONTROL": 6,
         "CONTROL_REPLY": 7, "CHILD_READY": 20, "CHILD_DONE": 21,
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
-        "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36,
+        "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36, "WF_REPORT": 50, "WF_PULL": 51, "WF_PULLED": 52,
     }
 
 

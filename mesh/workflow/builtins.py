@@ -1,0 +1,38 @@
+"""Tasks every app has: ``mesh.map`` and ``mesh.starmap`` (Celery's ``celery.map`` and
+``celery.starmap``), behind ``task.map(it)``, ``task.starmap(it)`` and ``task.chunks``.
+
+Each runs one task function over many items in one child, in the order given, and
+returns the list of results; the task is named in a signature map, so it must be
+registered on the node that runs the builtin (it is, on a mesh of identical nodes).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from mesh.exceptions import NotRegistered
+
+if TYPE_CHECKING:
+    from mesh.app import Mesh
+
+NAMES = ("mesh.map", "mesh.starmap")
+
+
+def register_builtins(app: "Mesh") -> None:
+    def target(task: Any) -> Any:
+        name = task.get("task") if isinstance(task, Mapping) else task
+        fn = app.tasks.get(name) if isinstance(name, str) else None
+        if fn is None:
+            raise NotRegistered(f"task {name!r} is not registered here, so it cannot be mapped")
+        return fn
+
+    def xmap(task: Any, it: list[Any]) -> list[Any]:
+        fn = target(task)
+        return [fn(item) for item in it]
+
+    def xstarmap(task: Any, it: list[Any]) -> list[Any]:
+        fn = target(task)
+        return [fn(*item) for item in it]
+
+    app.task(name="mesh.map")(xmap)
+    app.task(name="mesh.starmap")(xstarmap)

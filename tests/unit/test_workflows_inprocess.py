@@ -1,0 +1,265 @@
+"""Workflows on a real node in this process (mesh.testing.running_node): chain, group,
+chord, callbacks, errors, nesting, in milliseconds. tests/integration/test_e2e_workflows.py
+runs the same shapes on real meshnode processes, and kills them."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import pytest
+
+from mesh import Mesh, chain, chord, group, signature, states
+from mesh.exceptions import ChordError, TaskRevokedError
+from mesh.node.node import Node
+from mesh.task import Request
+from mesh.testing import running_node
+
+T = TypeVar("T")
+
+app = Mesh("wf-fast")
+CALLS: list[Any] = []          # what callbacks saw (tasks run in this process)
+
+
+@app.task(name="wf.add")
+def add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+@app.task(name="wf.mul")
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+@app.task(name="wf.tsum")
+def tsum(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@app.task(name="wf.boom")
+def boom(*args: Any) -> None:
+    raise ValueError(f"boom {args}")
+
+
+@app.task(name="wf.record")
+def record(*args: Any) -> str:
+    CALLS.append(("record", args))
+    return "recorded"
+
+
+@app.task(name="wf.on_error")
+def on_error(request: Request, exc: BaseException, traceback: str | None, *extra: Any) -> str:
+    CALLS.append(("on_error", request.id, request.task, type(exc).__name__, str(exc), extra))
+    return "handled"
+
+
+@app.task(name="wf.old_style")
+def old_style(task_id: str) -> None:
+    CALLS.append(("old_style", task_id))
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+    return value
+
+
+@asynccontextmanager
+async def mesh(**options: Any) -> AsyncIterator[tuple[Node, Mesh]]:
+    CALLS.clear()
+    async with running_node(app, **options) as node:
+        c = Mesh("wf-client", peers=[node.address], mdns=False)
+        for name, t in app.tasks.items():
+            c.tasks[name] = t
+        try:
+            yield node, c
+        finally:
+            await asyncio.to_thread(c.close)
+
+
+async def get(r: Any, timeout: float = 20.0) -> Any:
+    return await asyncio.wait_for(asyncio.ensure_future(_aw(r)), timeout)
+
+
+async def _aw(r: Any) -> Any:
+    return await r
+
+
+def sig(c: Mesh, name: str, *args: Any, **kw: Any) -> Any:
+    return signature(name, args, kw, app=c)
+
+
+def test_chain_passes_each_result_on() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            r = chain(sig(c, "wf.add", 1, 1), sig(c, "wf.add", 10), sig(c, "wf.mul", 3)).apply_async()
+            assert await get(r) == 36
+            assert await get(r.parent) == 12 and await get(r.parent.parent) == 2
+            assert r.parent.parent.parent is None
+    run(main())
+
+
+def test_group_results_in_order_and_group_result_from_its_id() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            g = group(sig(c, "wf.add", i, i) for i in range(20)).apply_async()
+            assert await get(g) == [2 * i for i in range(20)]
+            again = c.GroupResult(g.id)
+            assert await asyncio.to_thread(again.get, 10) == [2 * i for i in range(20)]
+            restored = await asyncio.to_thread(lambda: again.results)
+            assert [r.id for r in restored] == [r.id for r in g.results]
+            assert await asyncio.to_thread(again.ready)
+            assert await asyncio.to_thread(again.completed_count) == 20
+    run(main())
+
+
+def test_chord_body_gets_the_header_results() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            r = chord((sig(c, "wf.add", i, i) for i in range(10)), sig(c, "wf.tsum")).apply_async()
+            assert await get(r) == 90
+            # a group followed by a task is a chord (Celery's rule)
+            r2 = (group(sig(c, "wf.add", i) for i in range(5)) | sig(c, "wf.tsum")).apply_async()
+            assert await get(r2) == 10
+            r3 = chain(group(sig(c, "wf.add", i) for i in range(4)), sig(c, "wf.tsum")).apply_async()
+            assert await get(r3) == 6
+    run(main())
+
+
+def test_a_failed_header_task_fails_the_chord_and_the_body_never_runs() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            header = [sig(c, "wf.add", 1), sig(c, "wf.boom", 7), sig(c, "wf.add", 2)]
+            body = sig(c, "wf.record").link_error(sig(c, "wf.on_error"))
+            r = chord(header, body).apply_async()
+            with pytest.raises(ChordError, match=r"Dependency .*wf\.boom.*ValueError\('boom \(7,\)'\)"):
+                await get(r)
+            await until(lambda: any(x[0] == "on_error" for x in CALLS), "the chord's errback")
+            assert not any(x[0] == "record" for x in CALLS)
+            err = next(x for x in CALLS if x[0] == "on_error")
+            assert err[1] == r.id and err[2] == "wf.record" and err[3] == "ChordError"
+    run(main())
+
+
+def test_a_chain_stops_at_its_first_failure() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            r = chain(sig(c, "wf.add", 1), sig(c, "wf.boom"), sig(c, "wf.record"),
+                      sig(c, "wf.record")).on_error(sig(c, "wf.on_error", "extra")).apply_async()
+            with pytest.raises(ValueError, match="boom"):
+                await get(r)
+            with pytest.raises(ValueError, match="boom"):
+                await get(r.parent)
+            await until(lambda: [x for x in CALLS if x[0] == "on_error"], "the chain's errback")
+            assert not any(x[0] == "record" for x in CALLS)
+            errs = [x for x in CALLS if x[0] == "on_error"]
+            assert len(errs) == 1 and errs[0][2] == "wf.boom" and errs[0][5] == ("extra",)
+            assert errs[0][1] == r.parent.parent.id
+    run(main())
+
+
+def test_link_and_link_error_on_a_task() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            r = c.send_task("wf.add", (2, 2), link=sig(c, "wf.record", "x"))
+            assert await get(r) == 4
+            await until(lambda: ("record", (4, "x")) in CALLS, "the link")
+            r2 = sig(c, "wf.boom", 1).apply_async(link=sig(c, "wf.record"),
+                                                  link_error=[sig(c, "wf.on_error"),
+                                                              sig(c, "wf.old_style")])
+            with pytest.raises(ValueError):
+                await get(r2)
+            await until(lambda: ("old_style", r2.id) in CALLS, "the old-style errback")
+            await until(lambda: [x for x in CALLS if x[0] == "on_error"], "the errback")
+            e = next(x for x in CALLS if x[0] == "on_error")
+            assert e[1:5] == (r2.id, "wf.boom", "ValueError", "boom (1,)")
+            assert not any(x[0] == "record" and x[1] != (4, "x") for x in CALLS)
+    run(main())
+
+
+def test_nesting_groups_of_chains_chains_of_chords_chords_in_chord_headers() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            A = lambda *a: sig(c, "wf.add", *a)  # noqa: E731
+            g = group(chain(A(i, 1), A(10)) for i in range(4))
+            assert await get(g.apply_async()) == [11, 12, 13, 14]
+            inner = chord([A(1, 1), A(2, 2)], sig(c, "wf.tsum"))          # 6
+            outer = chord([inner, A(3, 3), group(A(1), A(2))], sig(c, "wf.record"))
+            r = outer.apply_async()
+            assert await get(r) == "recorded"
+            await until(lambda: any(x[0] == "record" for x in CALLS), "the outer body")
+            assert ("record", ([6, 6, [1, 2]],)) in CALLS
+            r2 = chain(A(1, 1), chord([A(1), A(2)], sig(c, "wf.tsum")), A(100)).apply_async()
+            assert await get(r2) == 107
+            # chain of a single group (celery #8182): waits for the whole group
+            r3 = chain(group(A(1, 1), A(2, 2))).apply_async()
+            assert await get(r3) == [2, 4]
+    run(main())
+
+
+def test_group_of_chains_with_a_failure_and_chord_in_header_with_on_error() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            A = lambda *a: sig(c, "wf.add", *a)  # noqa: E731
+            g = group(chain(A(1, 1), sig(c, "wf.boom")), chain(A(2, 2), A(1))).apply_async()
+            with pytest.raises(ValueError, match="boom"):
+                await get(g)
+            assert await asyncio.to_thread(lambda: g.get(timeout=10, propagate=False)) is not None
+            inner = chord([A(1), sig(c, "wf.boom", 5)], sig(c, "wf.tsum"))
+            outer = chord([inner, A(2)], sig(c, "wf.record")).on_error(sig(c, "wf.on_error"))
+            r = outer.apply_async()
+            with pytest.raises(ChordError):
+                await get(r)
+            await until(lambda: [x for x in CALLS if x[0] == "on_error"], "the outer errback")
+            assert not any(x[0] == "record" for x in CALLS)
+    run(main())
+
+
+def test_revoked_member_is_reported_as_such() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            A = lambda *a: sig(c, "wf.add", *a)  # noqa: E731
+            doomed = A(1, 1).set(task_id="doomed-member", countdown=30)
+            r = chord([A(1), doomed], sig(c, "wf.tsum")).apply_async()
+            await until(lambda: "doomed-member" in node.ledger.held, "the member")
+            await asyncio.to_thread(c.control.revoke, "doomed-member")
+            with pytest.raises(ChordError, match="doomed-member.*revoked"):
+                await get(r)
+            with pytest.raises(TaskRevokedError):
+                await get(c.AsyncResult("doomed-member"))
+    run(main())
+
+
+def test_map_starmap_chunks() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            t = c.tasks["wf.add"]
+            assert await get(t.map([1, 2, 3]).apply_async(app=c)) == [1, 2, 3]
+            assert await get(t.starmap([(1, 2), (3, 4)]).apply_async(app=c)) == [3, 7]
+            assert await get(t.chunks(zip(range(10), range(10)), 3).apply_async(app=c)) == \
+                [[0, 2, 4], [6, 8, 10], [12, 14, 16], [18]]
+    run(main())
+
+
+def test_signature_is_plain_data_sent_by_name() -> None:
+    from mesh.canvas import from_dict
+    from mesh.wire import codec
+    async def main() -> None:
+        async with mesh() as (node, c):
+            wf = chord([signature("wf.add", (i, i)) for i in range(3)], signature("wf.tsum"))
+            d = codec.loads(codec.dumps(wf.to_dict()))
+            back = from_dict(d)
+            assert back == wf
+            r = back.apply_async(app=c)
+            assert await get(r) == 6
+            assert states.SUCCESS == await asyncio.to_thread(lambda: r.state)
+    run(main())
