@@ -178,7 +178,7 @@ class Node:
             "tasks_per_s": round(hb.rate, 1), "cpu_percent": round(hb.cpu, 1),
             "rss_bytes": hb.rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": pool.started_total, "refused_frames": self.front.refused,
-            "registered": sorted(self.app.tasks),
+            "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
             "components": [component_name(x) for x in self.components],
             **(self.workflows.status() if self.workflows is not None else {}),
         }
