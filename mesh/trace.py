@@ -121,7 +121,9 @@ def _run(task: Task, req: Request, soft: float | None,
                 signal.setitimer(signal.ITIMER_REAL, 0)
         if req.retry_later is not None:          # retry(throw=False) earlier in the run
             raise req.retry_later
-        return Outcome(states.SUCCESS, value, None if ignore else codec.dumps(value),
+        # a workflow's step passes its value on even when its result is not kept
+        feeds = "wf" in req.headers
+        return Outcome(states.SUCCESS, value, None if ignore and not feeds else codec.dumps(value),
                        keep=not ignore)
     except Retry as r:
         return _retry(r)

@@ -200,7 +200,7 @@ class Groups:
                 self._succeed(g)
             elif 0 <= g.next_i < g.size:
                 self._expand(g)
-        elif res.state in (states.FAILURE, states.REVOKED):
+        elif res.state in (states.FAILURE, states.REVOKED, states.IGNORED):
             g.ended = (res.task_id, self._name(g, index), res)
             self._finish(g, encode(Result(task_id=g.id, state=res.state, exc=res.exc,
                                           traceback=res.traceback, node=self.node.name)), res.state)

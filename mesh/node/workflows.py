@@ -142,7 +142,7 @@ class Workflows(Component):
             res = decode(frame)
             assert isinstance(res, Result)
             self._success(tid, root, wf, res.result if res.result is not None else NIL, frame)
-        elif state in (states.FAILURE, states.REVOKED):
+        elif state in (states.FAILURE, states.REVOKED, states.IGNORED):
             self._failure(tid, name, root, wf, sub_frame, headers, frame, chord_from)
 
     def _success(self, tid: str, root: str, wf: Wf, value: bytes, frame: bytes) -> None:
@@ -163,6 +163,8 @@ class Workflows(Component):
         if chord_from is not None:            # a group failed: its member's error
             exc, tb = chord_from[2].exc or exc, chord_from[2].traceback
         errbacks = [*wf.cb.get("link_error", ()), *wf.cb.get("chain_link_error", ())]
+        if res.state == states.IGNORED:       # Ignore is not an error (Celery runs none)
+            errbacks = []
         for j, eb in enumerate(errbacks):
             self.start_errback(eb, derive(tid, f"err{j}"), request, exc, tb, tid, root)
         if not wf.next:

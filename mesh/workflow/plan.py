@@ -9,7 +9,9 @@ is ``[a, group(b, c), d]``; a chord ``chord(header, body)`` is the chain
 ``[group(header), body]`` (Celery: a group followed by a task is a chord). Each unit
 gets its id: the last unit of a chain gets the chain's id, the others
 ``derive(chain id, position)``; a chord's body gets the chord's id and its header
-``derive(chord id, 0)``; member ``i`` of a group ``derive(group id, i)``.
+``derive(chord id, "header")``; member ``i`` of a group ``derive(group id, i)``;
+callbacks ``derive(step id, "link0")``, ``"err0"``... (keys never collide: positions
+are numbers, the rest words).
 
 The first unit is sent; the others travel with it, in its Submit headers:
 
@@ -104,7 +106,7 @@ def units(d: Mapping[str, Any], hid: str, depth: int = 0) -> list[dict[str, Any]
         if body is None:
             return units(header, hid, depth + 1)
         body = _callbacks_to(body, opts)
-        return units(header, derive(hid, 0), depth + 1) + units(body, hid, depth + 1)
+        return units(header, derive(hid, "header"), depth + 1) + units(body, hid, depth + 1)
     if k == "chain":
         tasks = list((d.get("kwargs") or {}).get("tasks") or ())
         if not tasks:

@@ -263,3 +263,13 @@ def test_signature_is_plain_data_sent_by_name() -> None:
             assert await get(r) == 6
             assert states.SUCCESS == await asyncio.to_thread(lambda: r.state)
     run(main())
+
+
+def test_no_two_steps_of_a_workflow_share_an_id() -> None:
+    from mesh.workflow.describe import describe, task_ids
+    c = Mesh("ids")
+    A = lambda *a: signature("wf.add", a, app=c)  # noqa: E731
+    wf = chain(A(1, 1), chord([chain(A(1), A(2)), group(A(3), chord([A(4)], A(5)))], A(6)),
+               chord([A(7)], A(8)))
+    ids = [i for i, k in task_ids(describe(wf.to_dict(), "root", stubs=False)) if k != "chain"]
+    assert len(ids) == len(set(ids)) > 10

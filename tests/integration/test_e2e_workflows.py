@@ -1,0 +1,130 @@
+"""Workflows on real meshnode processes: chain, group, chord and callbacks across nodes,
+a submitter that exits at once, node deaths (kill -9) in the middle of a chord.
+
+Tasks are tests/integration/wf_app.py; runs are counted in files, never believed.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import MESHCTL, ROOT, clean_env, run_program, wait_until
+
+from mesh import Mesh, chain, chord, group, signature
+from mesh.exceptions import ChordError
+
+APP = "wf_app"
+RESULT_TIMEOUT = 90.0
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def client(*nodes: Any) -> Mesh:
+    return Mesh("wf-it", peers=[n.endpoint for n in nodes], mdns=False)
+
+
+def S(app: Mesh, name: str, *args: Any, **kwargs: Any) -> Any:
+    return signature(name, args, kwargs, app=app)
+
+
+def test_chain_group_chord_across_two_nodes_and_readable_anywhere(start_node: Any) -> None:
+    a = start_node(app=APP)
+    b = start_node(app=APP, peers=a.endpoint)
+    with client(a, b) as app:
+        r = chain(S(app, "wf.add", 1, 1), S(app, "wf.add", 10), S(app, "wf.add", 100)).apply_async()
+        g = group(S(app, "wf.add", i, i) for i in range(30)).apply_async()
+        c = chord((S(app, "wf.add", i, i) for i in range(50)), S(app, "wf.tsum")).apply_async()
+        assert r.get(timeout=RESULT_TIMEOUT) == 112
+        assert g.get(timeout=RESULT_TIMEOUT) == [2 * i for i in range(30)]
+        assert c.get(timeout=RESULT_TIMEOUT) == 2 * sum(range(50))
+    with Mesh("reader", peers=[b.endpoint], mdns=False) as reader:       # sent nothing
+        assert reader.AsyncResult(r.id).get(timeout=RESULT_TIMEOUT) == 112
+        gr = reader.GroupResult(g.id)
+        assert gr.get(timeout=RESULT_TIMEOUT) == [2 * i for i in range(30)]
+        assert [x.id for x in gr.results] == [x.id for x in g.results]
+        assert gr.ready() and gr.completed_count() == 30
+        assert reader.AsyncResult(c.id).get(timeout=RESULT_TIMEOUT) == 2 * sum(range(50))
+
+
+def test_a_failed_header_fails_the_chord_runs_its_errback_and_never_the_body(
+        start_node: Any, tmp_path: Path) -> None:
+    node = start_node(app=APP)
+    runs, errors = tmp_path / "runs", tmp_path / "errors"
+    with client(node) as app:
+        header = [S(app, "wf.append", str(runs), i) for i in range(5)] + [S(app, "wf.boom", 7)]
+        c = chord(header, S(app, "wf.body", str(runs))).on_error(
+            S(app, "wf.on_error", str(errors))).apply_async()
+        with pytest.raises(ChordError) as info:
+            c.get(timeout=RESULT_TIMEOUT)
+        assert "wf.boom" in str(info.value) and "StepError" in str(info.value)
+        wait_until(lambda: lines(errors), what="the chord's errback")
+        assert lines(errors)[0].startswith(f"error {c.id} wf.body ChordError Dependency")
+    assert not [x for x in lines(runs) if x.startswith("body")]
+
+
+def test_a_submitter_that_exits_at_once_still_gets_its_chord_run_once(
+        start_node: Any, tmp_path: Path) -> None:
+    a = start_node(app=APP)
+    b = start_node(app=APP, peers=a.endpoint)
+    runs = tmp_path / "runs"
+    n = 300
+    script = textwrap.dedent(f"""
+        from mesh import Mesh, chord, signature
+        app = Mesh("gone", peers=[{a.endpoint!r}, {b.endpoint!r}], mdns=False)
+        c = chord([signature("wf.append", ({str(runs)!r}, i), app=app) for i in range({n})],
+                  signature("wf.body", ({str(runs)!r},), app=app)).apply_async()
+        print(c.id, c.parent.id, flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=clean_env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    body_id, group_id = done.stdout.split()
+    with Mesh("reader", peers=[a.endpoint], mdns=False) as reader:
+        assert reader.AsyncResult(body_id).get(timeout=RESULT_TIMEOUT) == sum(range(n))
+        assert reader.GroupResult(group_id).completed_count() == n
+    body = [x for x in lines(runs) if x.startswith("body")]
+    assert body == [f"body {sum(range(n))} {n}"]
+    assert sorted(lines(runs)[:-1]) == sorted(f"member {i}" for i in range(n))
+
+
+def test_the_coordinating_node_killed_and_restarted_mid_chord_runs_the_body_once(
+        start_node: Any, tmp_path: Path) -> None:
+    node = start_node(app=APP, concurrency=2)
+    runs = tmp_path / "runs"
+    n = 200
+    with client(node) as app:
+        c = chord([S(app, "wf.append", str(runs), i, 0.02) for i in range(n)],
+                  S(app, "wf.body", str(runs))).apply_async()
+        wait_until(lambda: len(lines(runs)) >= 30, what="some header tasks to run")
+        node.send_signal(signal.SIGKILL)
+        node.wait(10)
+        node = start_node.restart(node)
+        assert c.get(timeout=RESULT_TIMEOUT) == sum(range(n))
+    body = [x for x in lines(runs) if x.startswith("body")]
+    assert body == [f"body {sum(range(n))} {n}"]
+    members = [x for x in lines(runs) if x.startswith("member")]
+    assert set(members) == {f"member {i}" for i in range(n)}   # at least once each
+
+
+def test_meshctl_result_tree_shows_each_step(start_node: Any) -> None:
+    node = start_node(app=APP)
+    with client(node) as app:
+        c = chain(S(app, "wf.add", 1, 1), chord([S(app, "wf.add", i) for i in range(3)],
+                                                 S(app, "wf.tsum"))).apply_async()
+        assert c.get(timeout=RESULT_TIMEOUT) == 9
+    done = run_program(MESHCTL, "--peers", node.endpoint, "result", c.id, "--tree")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "chain" in out and "group" in out and out.count("SUCCESS") >= 3, out
+    js = run_program(MESHCTL, "--peers", node.endpoint, "--json", "result", c.id, "--tree")
+    tree = json.loads(js.stdout)
+    assert tree["k"] == "chain" and tree["state"] == "SUCCESS"
+    assert [s["k"] for s in tree["steps"]] == ["task", "group", "task"]
