@@ -143,6 +143,18 @@ class Canvas:
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
+    def apply(self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+              app: "Mesh | None" = None, **options: Any) -> Any:
+        """Run it here and now (eager mode, mesh/workflow/eager.py): every task must be
+        registered in this process. Returns EagerResult / EagerGroupResult."""
+        app = app or self._find_app()
+        if app is None:
+            raise ConfigError(f"{self!r} has no app to find its tasks in: pass apply(app=app)")
+        from mesh.workflow.eager import apply
+        from mesh.workflow.submit import partial
+        c = partial(self, args, kwargs)
+        return apply(app, c.set(**options) if options else c)
+
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 

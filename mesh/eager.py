@@ -47,6 +47,9 @@ def apply(task: Task, args: Iterable[Any] | None, kwargs: dict[str, Any] | None,
         throw = bool(task.app.conf["task_eager_propagates"])
     try:            # as on the mesh: what cannot be encoded cannot be sent
         call_args, call_kwargs = codec.load_call(codec.dump_call(args, kwargs))
+        if hdr.get("errback") is True:      # a workflow's link_error (mesh/workflow/eager.py)
+            from mesh.workflow.errback import errback_args
+            call_args = errback_args(task, call_args)
     except Exception as e:
         if throw:
             raise

@@ -49,6 +49,9 @@ def apply_async(app: "Mesh", c: Canvas, args: Iterable[Any] | None,
         c = c.set(**options)
     if isinstance(c, Signature) and not any(k in c.options for k in ("link", "link_error")):
         return _plain(app, c)               # a task: as Task.apply_async / send_task
+    if app.conf["task_always_eager"]:
+        from mesh.workflow.eager import apply
+        return apply(app, c)
     from mesh.app import new_task_id
     d = c.to_dict()
     hid = d["options"].get("task_id") or new_task_id()

@@ -273,3 +273,42 @@ def test_no_two_steps_of_a_workflow_share_an_id() -> None:
                chord([A(7)], A(8)))
     ids = [i for i, k in task_ids(describe(wf.to_dict(), "root", stubs=False)) if k != "chain"]
     assert len(ids) == len(set(ids)) > 10
+
+
+def test_events_carry_root_and_parent_ids() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            seen: list[dict[str, Any]] = []
+            node.events.listen(seen.append)
+            r = chain(sig(c, "wf.add", 1, 1), sig(c, "wf.add", 2), sig(c, "wf.add", 3)).apply_async()
+            assert await get(r) == 7
+            got = {e["uuid"]: e for e in seen if e["type"] == "task-received"}
+            first, second = r.parent.parent.id, r.parent.id
+            assert got[first]["root_id"] == r.id and got[first]["parent_id"] is None
+            assert got[second]["root_id"] == r.id and got[second]["parent_id"] == first
+            assert got[r.id]["root_id"] == r.id and got[r.id]["parent_id"] == second
+            plain = await get(sig(c, "wf.add", 5, 5).apply_async())
+            assert plain == 10
+    run(main())
+
+
+def test_eager_mode_runs_workflows_here_by_the_same_rules() -> None:
+    CALLS.clear()
+    c = Mesh("eager-wf")
+    c.conf.task_always_eager = True
+    for name, t in app.tasks.items():
+        c.tasks[name] = t
+    A = lambda *a: sig(c, "wf.add", *a)  # noqa: E731
+    r = chain(A(1, 1), A(10), sig(c, "wf.mul", 3)).apply_async()
+    assert r.get() == 36 and r.parent.get() == 12
+    assert group(A(i, i) for i in range(5)).apply_async().get() == [0, 2, 4, 6, 8]
+    assert chord([A(i) for i in range(4)], sig(c, "wf.tsum")).apply_async().get() == 6
+    bad = chord([A(1), sig(c, "wf.boom", 2)], sig(c, "wf.record")).on_error(sig(c, "wf.on_error"))
+    res = bad.apply_async()
+    with pytest.raises(ChordError):
+        res.get()
+    assert not any(x[0] == "record" for x in CALLS)
+    assert [x[3] for x in CALLS if x[0] == "on_error"] == ["ChordError"]
+    # sig.apply() runs here without the setting too
+    c.conf.task_always_eager = False
+    assert chain(A(2, 2), A(1)).apply().get() == 5
