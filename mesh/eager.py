@@ -90,6 +90,8 @@ class EagerResult:
         self._meta: Any = None
         self._outcome: Outcome | None = None
         self._value: Any = None
+        self.parent: Any = None          # the previous step of a workflow run eagerly
+        self.children: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<EagerResult {self.id} {self._state}>"
