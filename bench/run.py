@@ -224,7 +224,10 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
     from bench.tasks import TASK_NAME, make_app
 
     subscribe = extra == ["events"]        # --compare events: a subscriber, not a flag
-    node = Node(args.concurrency, args.loglevel, None if subscribe else extra)
+    flags = None if subscribe else extra
+    node = Node(args.concurrency, args.loglevel, flags)
+    others = [Node(args.concurrency, args.loglevel, [*(flags or []), "--peers", node.endpoint])
+              for _ in range(args.nodes - 1)]        # --nodes: a mesh, seeded with the first
     sampler: RssSampler | None = None
     sub: subprocess.Popen[str] | None = None
     app = None
@@ -232,9 +235,13 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
         sampler = RssSampler(node.proc.pid, args.sample_interval)
         sampler.start()
         ready_s = node.wait_ready(args.concurrency, args.start_timeout)
+        for o in others:
+            o.wait_ready(args.concurrency, args.start_timeout)
+        if others:
+            _wait_mesh(node.endpoint, args.nodes, args.start_timeout)
         if subscribe:
             sub = _start_subscriber(node.endpoint)
-        app = make_app(peers=[node.endpoint])
+        app = make_app(peers=[node.endpoint, *(o.endpoint for o in others)])
         inc = app.tasks[TASK_NAME]
         timeout = args.result_timeout
 
@@ -310,6 +317,24 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
             sub.kill()
             sub.wait(10)
         node.stop()
+        for o in others:
+            o.stop()
+
+
+def _wait_mesh(endpoint: str, n: int, timeout: float) -> None:
+    """Until the first node sees ``n`` members alive (--nodes)."""
+    from mesh.client.control import ControlClient
+    from mesh.wire.protocol import ControlReply
+    deadline = time.monotonic() + timeout
+    with ControlClient() as cc:
+        while True:
+            reply = cc.broadcast([endpoint], "members", timeout=1.0)[endpoint]
+            if isinstance(reply, ControlReply) and reply.ok and \
+                    sum(m["state"] == "alive" for m in reply.payload) >= n:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {n} nodes did not form a mesh within {timeout:g} s")
+            time.sleep(0.05)
 
 
 # -- output ---------------------------------------------------------------------------
@@ -407,6 +432,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=100, metavar="N",
                     help="unmeasured round trips before each run (default 100)")
     ap.add_argument("--concurrency", type=int, default=2, help="node children (default 2)")
+    ap.add_argument("--nodes", type=int, default=1, metavar="N",
+                    help="run a mesh of N nodes (each with --concurrency children; the client "
+                         "knows them all; peak RSS is the first node's). With 2: "
+                         "--compare=--replicas=1 measures what the second copy costs")
     ap.add_argument("--with-ceiling", action="store_true",
                     help="also run the bare pyzmq ROUTER -> 2 DEALER loop (bench/zmq_ceiling.py) "
                          "in each run, side by side")

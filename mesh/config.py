@@ -54,6 +54,9 @@ class Config:
                                         # forgets what it held and keeps no results
     journal_fsync: bool = False         # fsync every journal commit (survives power loss too)
     result_expires: float = 86400.0     # s a finished task's result is kept in the journal
+    replicas: int = 2                   # copies of each held task and result: 2 = the holder
+                                        # and a backup node (rendezvous hashing), which runs
+                                        # the task if the holder dies; 1 = the holder only
     events: bool = True                 # publish events on an XPUB socket (docs/events.md);
                                         # built only when someone subscribes
     loglevel: str = "INFO"
@@ -86,6 +89,8 @@ class Config:
             raise bad(f"result_expires must be > 0 seconds, got {self.result_expires}")
         if self.shutdown_timeout < 0:
             raise bad("shutdown_timeout must be >= 0")
+        if self.replicas not in (1, 2):
+            raise bad(f"replicas must be 1 or 2, got {self.replicas}")
         if self.max_message_size < 1024:
             raise bad("max_message_size must be at least 1024 bytes")
         for ep in (self.bind, *self.peers, *((self.advertise,) if self.advertise else ())):

@@ -46,6 +46,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="fsync every journal commit, so it survives power loss, not just a crash.")
 @click.option("--result-expires", type=POSITIVE, metavar="S",
               help="Keep finished tasks' results this long (default 86400).")
+@click.option("--replicas", type=click.IntRange(min=1, max=2), metavar="N",
+              help="Copies of each held task and result (default 2: this node and a backup "
+                   "node, which runs the task if this one dies; 1: this node only).")
 @click.option("--no-events", is_flag=True, default=None,
               help="Publish no monitoring events (no events port; meshctl events/top see nothing).")
 @click.option("--http", "http", metavar="HOST:PORT",
@@ -58,7 +61,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              max_memory_per_child: int | None, time_limit: float | None,
              soft_time_limit: float | None, shutdown_timeout: float | None,
              data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
-             result_expires: float | None, no_events: bool | None, http: str | None,
+             result_expires: float | None, replicas: int | None, no_events: bool | None,
+             http: str | None,
              loglevel: str | None) -> int:
     """Run a mesh node for the tasks of an app.
 
@@ -82,7 +86,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
-            result_expires=result_expires, events=False if no_events else None, http=http, loglevel=loglevel.upper() if loglevel else None)
+            result_expires=result_expires, replicas=replicas, events=False if no_events else None, http=http, loglevel=loglevel.upper() if loglevel else None)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
     setup_logging(app, config)

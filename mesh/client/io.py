@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -29,12 +30,14 @@ from mesh.client.placement import choose_from
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.node.peers import literal_host
+from mesh.rendezvous import backup_for
 from mesh.result import Slot
 from mesh.wire.protocol import (
     Ack,
     Control,
     ControlReply,
     Error,
+    Moved,
     Release,
     Result,
     State,
@@ -53,6 +56,9 @@ MEMBERS_WAIT = 2.0           # seconds a result lookup waits for the first membe
 LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it is closed
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
+UNREACHABLE_AFTER = 5.0     # s without a frame from any node before the client says so (once)
+TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client
+TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting a new thread
 # when several nodes know a task, the most advanced state is the one to report; a
 # task's own states (update_state: PROGRESS...) come after STARTED
 _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
@@ -64,10 +70,12 @@ def _rank(state: str) -> int:
 
 
 def _close_at_exit(ref: "weakref.ref[Client]") -> None:
-    """Flush what is queued before the interpreter exits (fire-and-forget delay())."""
+    """Before the interpreter exits, wait (up to 5 s) until a node has acknowledged
+    every task this process sent (fire-and-forget delay()); say on stderr how many
+    no node acknowledged."""
     client = ref()
     if client is not None:
-        client.close()
+        client.close(at_exit=True)
 
 
 class NodeLink:
@@ -75,10 +83,13 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down")
+                 "down", "resets", "rid")
 
-    def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
+    def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
+                 rid: bytes):
         self.endpoint = endpoint
+        self.rid = rid                # its routing id, kept for its lifetime (a node
+                                      # restarted from its journal answers to it)
         self.node_id = ""
         self.state = "alive"          # until membership says otherwise
         self.busy = 0
@@ -93,6 +104,7 @@ class NodeLink:
         self.reconnects = 0
         self.gone_since = 0.0         # monotonic time membership stopped calling it alive
         self.down = False             # disconnected (or reset) since its last handshake
+        self.resets = 0               # times its sockets were replaced (its node died)
 
     @property
     def score(self) -> float:
@@ -110,6 +122,12 @@ class Client:
         self.duplicates = 0                             # results for already-complete tasks
         self.failovers = 0                              # tasks resent because their node died
         self.resent = 0                                 # tasks resent after a reconnect
+        self.takeovers = 0                              # I/O threads that replaced a failed one
+        self.members_applied = 0                        # membership answers read so far
+        self._failures: list[float] = []                # when I/O threads failed (monotonic)
+        self._heard = time.monotonic()                  # when some node last sent us anything
+        self._heard_since = False                       # a frame arrived since the last check
+        self._unreachable = False                       # "cannot reach any node" was logged
         self._watched: dict[str, list[Slot]] = {}       # tasks owned elsewhere that we look up
                                                         # (one slot per AsyncResult asking)
         self._watch_lock = threading.Lock()
@@ -187,15 +205,50 @@ class Client:
                  "total": n.total, "queued": n.queued, "inflight": n.inflight}
                 for n in list(self.links.values())]
 
-    def close(self, linger: float = 5.0) -> None:
-        """Send what is queued (up to ``linger`` seconds), then stop the I/O thread."""
+    def unacknowledged(self) -> int:
+        """Tasks submitted here that no node has acknowledged yet (nor finished): the
+        ones that would be lost if this process exited now."""
+        queued = sum(1 for x in list(self._outbox) if type(x) is not tuple)
+        return queued + sum(1 for s in list(self._slots.values())
+                            if s.msg is None and s.state == states.PENDING)
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds until a node has acknowledged (journalled)
+        every task submitted so far; the number still unacknowledged."""
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self.unacknowledged()
+            if n == 0 or not self._thread.is_alive() or time.monotonic() >= deadline:
+                return n
+            time.sleep(0.005)
+
+    def endpoints(self) -> list[str]:
+        """The node endpoints this client knows (seeds first)."""
+        return list(dict.fromkeys([*self.seeds, *list(self.links)]))
+
+    def close(self, linger: float = 5.0, at_exit: bool = False) -> int:
+        """Wait up to ``linger`` seconds until every task sent is acknowledged by a
+        node, then stop the I/O thread. Returns how many tasks no node acknowledged,
+        and says so (a warning; on stderr too at interpreter exit): those may never
+        run, since nothing holds them once this process is gone."""
         if self._closing:
-            return
-        self._linger = linger
+            return 0
+        unacked = 0
+        if threading.current_thread() is not self._thread and linger > 0:
+            unacked = self.flush(linger)
+        self._linger = min(linger, 1.0)
         self._closing = True
         self._wake()
         if threading.current_thread() is not self._thread:
             self._thread.join(linger + 5)
+        if unacked:
+            msg = (f"mesh: {unacked} task(s) sent by this process were not acknowledged by any "
+                   f"node within {linger:g} s and may never run (nodes tried: "
+                   f"{', '.join(self.endpoints())})")
+            log.warning("%s", msg)
+            if at_exit:
+                print(msg, file=sys.stderr, flush=True)
+        return unacked
 
     def _wake(self) -> None:
         if not self._wake_pending:
@@ -208,21 +261,22 @@ class Client:
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
         if link is None:
-            s, mon = self._open(endpoint)
-            link = self.links[endpoint] = NodeLink(endpoint, s, mon)
+            # one routing id per link: a node reached through two addresses (a seed and
+            # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
+            # one link's replies to the other
+            rid = self.client_id + b".%d" % next(self._link_ids)
+            s, mon = self._open(endpoint, rid)
+            link = self.links[endpoint] = NodeLink(endpoint, s, mon, rid)
             self._by_sock[s] = link
             self._by_monitor[mon] = link
             self._update_placeable()
         return link
 
-    def _open(self, endpoint: str, routing_id: bytes | None = None
+    def _open(self, endpoint: str, routing_id: bytes
               ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
         """A DEALER to ``endpoint`` and the monitor of its connection events."""
         s = self._ctx.socket(zmq.DEALER)
-        # one routing id per link: a node reached through two addresses (a seed and
-        # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
-        # one link's replies to the other
-        s.setsockopt(zmq.ROUTING_ID, routing_id or self.client_id + b".%d" % next(self._link_ids))
+        s.setsockopt(zmq.ROUTING_ID, routing_id)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
@@ -252,91 +306,162 @@ class Client:
         """New sockets for a link whose node died: frames still queued in the old
         DEALER for it (sent after it died, now resent elsewhere) must not reach it
         if it comes back at that address; they would run twice."""
-        routing_id = link.sock.getsockopt(zmq.ROUTING_ID)
-        assert isinstance(routing_id, bytes)
         self._close_sockets(link)
         # the same routing id: a node restarted from its journal answers the tasks it
         # recovers to it, and the client counts those late results as duplicates
-        link.sock, link.monitor = self._open(link.endpoint, routing_id)
+        link.sock, link.monitor = self._open(link.endpoint, link.rid)
         self._by_sock[link.sock] = link
         self._by_monitor[link.monitor] = link
         link.down = True                        # its next handshake is a reconnect
+        link.resets += 1
 
     def _update_placeable(self) -> None:
         self._placeable = [n for n in self.links.values() if n.state == "alive"]
 
-    def _run(self) -> None:
-        self._poller.register(self._efd, zmq.POLLIN)
-        for ep in self.seeds:
-            self._link(ep)
+    def _run(self, takeover: bool = False) -> None:
+        """The I/O thread. If it fails (a bug: nothing a node sends should do that),
+        it says so loudly and a new thread takes over its sockets' work: new sockets
+        with the same routing ids, and every task it owns sent again (nodes answer
+        what they hold with an ACK and what they finished with the stored result)."""
         try:
-            while True:
-                now = time.monotonic()
-                due = self._next_refresh
-                if self._retry:
-                    due = min(due, min(t for t, _ in self._retry))
-                timeout = max(0.0, due - now) * 1000
-                for sock_or_fd, _ev in self._poller.poll(int(timeout) + 1 if timeout else 0):
-                    if sock_or_fd == self._efd:
-                        try:
-                            os.eventfd_read(self._efd)
-                        except BlockingIOError:
-                            pass
-                        self._wake_pending = False
-                        self._drain_outbox()
-                    elif sock_or_fd in self._by_sock:
-                        self._drain_socket(self._by_sock[sock_or_fd])
-                    elif sock_or_fd in self._by_monitor:
-                        self._drain_monitor(self._by_monitor[sock_or_fd])
-                    # else: a socket closed earlier in this batch (a failover reset it)
-                now = time.monotonic()
-                if self._retry:
-                    self._resend_due(now)
-                if now >= self._next_refresh:
-                    self._refresh_members(now)
-                if self._closing:
+            self._poller.register(self._efd, zmq.POLLIN)
+            if takeover:
+                self._rebuild_links()
+            else:
+                for ep in self.seeds:
+                    self._link(ep)
+            self._loop()
+        except Exception as e:
+            if self._take_over(e):
+                return
+        self._shut_down()
+
+    def _take_over(self, e: Exception) -> bool:
+        """Start a new I/O thread after this one failed with ``e``; False when the
+        client is closing, or threads failed too often (then the client shuts down)."""
+        now = time.monotonic()
+        self._failures = [t for t in self._failures if now - t < TAKEOVER_WINDOW] + [now]
+        owned = sum(1 for s in list(self._slots.values()) if s.msg is None)
+        if self._closing:
+            log.exception("mesh client I/O thread failed while closing")
+            return False
+        if len(self._failures) > TAKEOVER_LIMIT:
+            log.critical("mesh client I/O thread failed %d times in %.0f s (%s: %s): giving up; "
+                         "its %d outstanding task(s) fail with MeshError", len(self._failures),
+                         TAKEOVER_WINDOW, type(e).__name__, e, owned, exc_info=e)
+            return False
+        log.critical("mesh client I/O thread failed (%s: %s); a new I/O thread takes over its "
+                     "%d outstanding task(s)", type(e).__name__, e, owned, exc_info=e)
+        self.takeovers += 1
+        for link in self.links.values():
+            for sock in (link.monitor, link.sock):
+                try:
+                    if sock is link.sock:
+                        sock.disable_monitor()
+                    sock.close(linger=0)
+                except Exception:     # a socket already closed, or in a bad state
+                    pass
+        self._poller = zmq.Poller()
+        self._by_sock, self._by_monitor = {}, {}
+        self._thread = threading.Thread(target=self._run, args=(True,), name="mesh-client-io",
+                                        daemon=True)
+        self._thread.start()
+        return True
+
+    def _rebuild_links(self) -> None:
+        """(In a new I/O thread) new sockets for every link, same routing ids, and
+        every owned task sent again to where it was, or placed anew."""
+        for link in self.links.values():
+            link.sock, link.monitor = self._open(link.endpoint, link.rid)
+            self._by_sock[link.sock] = link
+            self._by_monitor[link.monitor] = link
+            # its first handshake is no reconnect: the tasks are resent below, once
+            link.down, link.connected, link.inflight = False, 0, 0
+        self._update_placeable()
+        for req in list(self._queries):
+            self._end_query(req)
+        for slot in list(self._slots.values()):
+            if slot.msg is not None:
+                continue
+            was = self.links.get(slot.node or "")
+            self._send(slot, was if was is not None and was.state == "alive" else self._pick())
+        self._next_refresh = 0.0
+
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            due = self._next_refresh
+            if self._retry:
+                due = min(due, min(t for t, _ in self._retry))
+            timeout = max(0.0, due - now) * 1000
+            for sock_or_fd, _ev in self._poller.poll(int(timeout) + 1 if timeout else 0):
+                if sock_or_fd == self._efd:
+                    try:
+                        os.eventfd_read(self._efd)
+                    except BlockingIOError:
+                        pass
+                    self._wake_pending = False
                     self._drain_outbox()
-                    break
-        except Exception:
-            log.exception("mesh client I/O thread failed")
-        finally:
-            self._closing = True       # submit(), watch() and query() refuse from now on
-            # tasks still without a result will never get one through this client:
-            # fail them, so nobody waits forever on get()
-            while self._outbox:
-                item = self._outbox.popleft()
-                if type(item) is tuple:            # ("query", slot, event)
-                    if item[2] is not None:
-                        item[2].set()
-                    continue
-                self._slots.setdefault(item.task_id, item)
-            for slot in list(self._slots.values()):
-                self._fail(slot, "MeshError", f"the mesh client was closed before task "
-                           f"{slot.task_id} finished")
-            self._slots.clear()
-            with self._watch_lock:
-                watched, self._watched = [s for ss in self._watched.values() for s in ss], {}
-            for slot in watched:
-                self._fail(slot, "MeshError", f"the mesh client was closed while waiting for "
-                           f"task {slot.task_id}")
-            for link in self.links.values():
+                elif sock_or_fd in self._by_sock:
+                    self._drain_socket(self._by_sock[sock_or_fd])
+                elif sock_or_fd in self._by_monitor:
+                    self._drain_monitor(self._by_monitor[sock_or_fd])
+                # else: a socket closed earlier in this batch (a failover reset it)
+            now = time.monotonic()
+            if self._retry:
+                self._resend_due(now)
+            if now >= self._next_refresh:
+                self._refresh_members(now)
+            if self._closing:
+                self._drain_outbox()
+                break
+
+    def _shut_down(self) -> None:
+        """The I/O thread's last act: fail what can no longer finish, close sockets."""
+        self._closing = True       # submit(), watch() and query() refuse from now on
+        # tasks still without a result will never get one through this client:
+        # fail them, so nobody waits forever on get()
+        while self._outbox:
+            item = self._outbox.popleft()
+            if type(item) is tuple:            # ("query", slot, event)
+                if item[2] is not None:
+                    item[2].set()
+                continue
+            self._slots.setdefault(item.task_id, item)
+        for slot in list(self._slots.values()):
+            self._fail(slot, "MeshError", f"the mesh client was closed before task "
+                       f"{slot.task_id} finished")
+        self._slots.clear()
+        with self._watch_lock:
+            watched, self._watched = [s for ss in self._watched.values() for s in ss], {}
+        for slot in watched:
+            self._fail(slot, "MeshError", f"the mesh client was closed while waiting for "
+                       f"task {slot.task_id}")
+        for link in self.links.values():
+            try:
                 link.sock.disable_monitor()
                 link.monitor.close(linger=0)
                 link.sock.close(linger=int(self._linger * 1000))
-            self._ctx.term()
-            with self._efd_lock:
-                os.close(self._efd)
-                self._efd = -1
+            except zmq.ZMQError:
+                pass
+        self._ctx.term()
+        with self._efd_lock:
+            os.close(self._efd)
+            self._efd = -1
 
     def _drain_monitor(self, link: NodeLink) -> None:
         """Connection events of a link. A link that connects again (the node restarted,
         or a cut network healed) may have lost frames in either direction: send it
         again every task it holds for us. The node answers a task it holds with an ACK,
         one it finished with the stored result, and runs one it never got."""
-        while True:
+        mon = link.monitor
+        while link.monitor is mon:
             try:
-                frames = link.monitor.recv_multipart(zmq.NOBLOCK)
+                frames = mon.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                log.warning("connection events of %s: %s", link.endpoint, e)
                 return
             try:
                 event = parse_monitor_message(frames)["event"]
@@ -345,6 +470,7 @@ class Client:
             if event == zmq.EVENT_DISCONNECTED:
                 link.down = True
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._heard_since = True
                 link.connected += 1
                 # (the first handshake's event can be missed, as the monitor attaches:
                 # a disconnect, or a reset link, is what makes a handshake a reconnect)
@@ -385,6 +511,9 @@ class Client:
             return
         link.inflight = link.busy = link.queued = 0
         others = [n for n in self._placeable if n is not link]
+        # the node that keeps the copy of a task (rendezvous hashing over the nodes
+        # alive) runs it now: send it there, where it runs once
+        by_id = {n.node_id: n for n in others if n.node_id}
         moved = 0
         for slot in mine:
             if slot.state != states.PENDING and not _acks_late(slot.frame):
@@ -395,7 +524,9 @@ class Client:
                 continue
             slot.state = states.PENDING
             if others:
-                self._send(slot, self._pick(avoid=link.endpoint))
+                backup = backup_for(slot.task_id, by_id, link.node_id)
+                self._send(slot, by_id[backup] if backup is not None else
+                           self._pick(avoid=link.endpoint))
             else:           # nowhere to go yet: keep trying (the node may come back)
                 slot.node = None
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
@@ -407,6 +538,7 @@ class Client:
     def _refresh_members(self, now: float) -> None:
         """Ask one node (an alive one we know, else a seed) for the membership."""
         self._next_refresh = now + MEMBERS_INTERVAL
+        self._check_reachable(now)
         self._requery(now)
         self._close_gone_links(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
@@ -417,17 +549,46 @@ class Client:
         except zmq.ZMQError:
             pass
 
-    def _apply_members(self, members: Any) -> None:
-        if not isinstance(members, list):
-            return
-        changed = False
-        dead: list[NodeLink] = []
+    def _check_reachable(self, now: float) -> None:
+        """Say once when no node has sent anything for UNREACHABLE_AFTER seconds (with
+        the endpoints tried), and once when one is heard from again."""
+        if self._heard_since:
+            self._heard_since = False
+            self._heard = now
+            if self._unreachable:
+                self._unreachable = False
+                log.warning("reached the mesh again")
+        elif now - self._heard > UNREACHABLE_AFTER and not self._unreachable:
+            self._unreachable = True
+            log.warning("cannot reach any mesh node for %.0f s (tried %s); %d task(s) wait "
+                        "to be acknowledged", now - self._heard, ", ".join(self.endpoints()),
+                        self.unacknowledged())
+
+    @staticmethod
+    def _by_endpoint(members: list[Any]) -> dict[str, tuple[str, Any, dict[str, Any]]]:
+        """Membership entries, one per endpoint. A node restarted under a new name at
+        the same address appears twice (the old name dead, the new one alive): the
+        endpoint is as alive as its most alive entry."""
+        rank = {"alive": 3, "suspect": 2, "left": 1, "dead": 0}
+        out: dict[str, tuple[str, Any, dict[str, Any]]] = {}
         for m in members:
             if not isinstance(m, dict):
                 continue
             ep, state, nid = m.get("endpoint"), m.get("state"), m.get("node")
             if not isinstance(ep, str) or not isinstance(state, str) or not ep.startswith("tcp://"):
                 continue
+            seen = out.get(ep)
+            if seen is None or rank.get(state, -1) > rank.get(seen[0], -1):
+                out[ep] = (state, nid, m)
+        return out
+
+    def _apply_members(self, members: Any) -> None:
+        if not isinstance(members, list):
+            return
+        self.members_applied += 1
+        changed = False
+        dead: list[NodeLink] = []
+        for ep, (state, nid, m) in self._by_endpoint(members).items():
             link = self.links.get(ep)
             if link is None:
                 if state != "alive":
@@ -448,7 +609,9 @@ class Client:
                 link.gone_since = 0.0 if state == "alive" else time.monotonic()
                 if state == "dead" and old != "dead":
                     dead.append(link)
-            if isinstance(nid, str):
+            if isinstance(nid, str) and nid != link.node_id:
+                if link.node_id:
+                    log.info("the node at %s is now %s (was %s)", ep, nid[:100], link.node_id)
                 link.node_id = nid
             load = m.get("load")
             if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
@@ -524,10 +687,14 @@ class Client:
 
     def _drain_socket(self, link: NodeLink) -> None:
         sock = link.sock
-        while True:
-            try:
+        self._heard_since = True
+        while link.sock is sock:       # a message handled here may reset the link (its
+            try:                       # node was declared dead): the old socket is closed
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                log.warning("receiving from %s failed: %s", link.endpoint, e)
                 return
             for frame in frames:       # each frame is one message
                 try:
@@ -585,6 +752,8 @@ class Client:
             self._on_state(msg)
         elif type(msg) is Release:
             self._on_release(msg, link)
+        elif type(msg) is Moved:
+            self._on_moved(msg, link)
         elif type(msg) is ControlReply:
             if msg.req_id == self._members_req and msg.ok:
                 link.node_id = msg.node
@@ -644,6 +813,27 @@ class Client:
             else:   # the only node is restarting: try it again shortly
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
         log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
+
+    def _on_moved(self, msg: Moved, link: NodeLink) -> None:
+        """Another node holds these tasks now (the node shed them, or is stopping): it
+        journalled them, so they run whatever we do. Follow them there: the new holder
+        acknowledges each one and sends its result to us."""
+        target = self._shed_target(msg.target)
+        followed = 0
+        for tid in msg.task_ids:
+            slot = self._slots.get(tid)
+            if slot is None or slot.msg is not None or slot.frame is None:
+                continue
+            self._forget_one(link, slot.state != states.PENDING)
+            if target is not None:
+                slot.node = target.endpoint        # held there: not counted as in flight
+                target.sock.send(slot.frame, zmq.NOBLOCK)
+                followed += 1
+            else:       # cannot reach where it went: it may run twice rather than never
+                slot.state = states.PENDING
+                self._send(slot, self._pick(avoid=link.endpoint))
+        log.info("node %s handed %d of our task(s) to %s (%s): %s", msg.node, followed,
+                 msg.target_node or msg.target[:100], msg.target[:100], msg.reason)
 
     def _shed_target(self, target: Any) -> NodeLink | None:
         """The link to a node a task was shed to, if it is one to follow: an IP

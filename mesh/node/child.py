@@ -5,6 +5,7 @@ the zmq Context it inherited from the node."""
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -78,11 +79,37 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
+class StopFlags:
+    """One byte per child slot, in memory shared across fork: the node sets a child's
+    byte just before it sends that child SIGTERM or SIGINT itself. A child ignores
+    those signals unless its byte is set. So a signal sent to the whole process group
+    (systemd's default KillMode=control-group, ``timeout``, Ctrl-C in a terminal)
+    stops only the node, which then drains its children exactly as it does when it
+    alone gets SIGTERM: running tasks finish, no child dies mid-task."""
+
+    SIZE = 1 << 16            # child slots (a pool's indexes are below its size)
+
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, self.SIZE)     # anonymous and shared: children see writes
+
+    def arm(self, index: int) -> None:
+        self._mem[index] = 1
+
+    def clear(self, index: int) -> None:
+        self._mem[index] = 0
+
+    def armed(self, index: int) -> bool:
+        return self._mem[index] == 1
+
+
 class Child:
-    def __init__(self, app: "Mesh", config: "Config", node_name: str):
+    def __init__(self, app: "Mesh", config: "Config", node_name: str,
+                 stop_flags: StopFlags | None = None, index: int = 0):
         self.app = app
         self.config = config
         self.node_name = node_name
+        self.stop_flags = stop_flags      # None: SIGTERM stops the child whoever sent it
+        self.index = index
         self.done = 0
         self._proc: Any = None
         self._countdown: float | None = None
@@ -115,10 +142,22 @@ class Child:
         if os.getppid() != node_pid:      # the node died before we could ask
             os._exit(0)
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)       # the node decides when we stop
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # the node decides when we stop: SIGINT/SIGTERM count only when it sent them
+        if self.stop_flags is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        else:
+            signal.signal(signal.SIGINT, self._on_stop_signal)
+            signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGALRM, _raise_soft_limit)
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: die of it if our node sent it; else it was sent to the whole
+        process group (meant for the node, which drains us): carry on."""
+        if self.stop_flags is not None and self.stop_flags.armed(self.index):
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def _loop(self, chan: BlockingChannel) -> None:
         max_tasks = self.config.max_tasks_per_child

@@ -25,7 +25,20 @@ from mesh.membership import MESSAGE_TYPES
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
-from mesh.wire.protocol import Control, Error, Submit, WfPull, WfPulled, WfReport, decode, encode
+from mesh.wire.protocol import (
+    Control,
+    Error,
+    Handoff,
+    HandoffAck,
+    Replicate,
+    ReplicateAck,
+    Submit,
+    WfPull,
+    WfPulled,
+    WfReport,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -105,9 +118,9 @@ class FrontDoor(Component):
             node.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:
             node.control.handle(ident, msg)
-        elif type(msg) in _WORKFLOW and node.workflows is not None:
-            try:                               # node to node: a workflow's reports
-                node.workflows.on_message(msg)
+        elif type(msg) in _NODE_DATA:          # node to node: handoff, copies, workflows
+            try:
+                _NODE_DATA[type(msg)](node, msg)
             except Exception:                  # never crash on what a peer sends
                 self.refused += 1
                 log.exception("failed to handle %s from %r", type(msg).__name__, ident[:16])
@@ -146,6 +159,10 @@ class FrontDoor(Component):
             node.workflows.flush()
         node.ledger.flush()
         node.intake.flush_acks()
+        if node.replicas.started:
+            node.replicas.flush()
+        if node.handoff.started:
+            node.handoff.flush()
         out, self._out = self._out, {}
         send = self.driver.send
         for ident, frames in out.items():
@@ -153,7 +170,15 @@ class FrontDoor(Component):
                 send([ident, *frames[i:i + MAX_FRAMES_PER_SEND]])
 
 
-_WORKFLOW = (WfReport, WfPull, WfPulled)
+_NODE_DATA: dict[type, Any] = {
+    Replicate: lambda node, msg: node.replicas.on_replicate(msg),
+    ReplicateAck: lambda node, msg: node.replicas.on_ack(msg),
+    Handoff: lambda node, msg: node.handoff.on_handoff(msg),
+    HandoffAck: lambda node, msg: node.handoff.on_ack(msg),
+    WfReport: lambda node, msg: node.workflows.on_message(msg),
+    WfPull: lambda node, msg: node.workflows.on_message(msg),
+    WfPulled: lambda node, msg: node.workflows.on_message(msg),
+}
 
 
 def _guess_ref(frame: bytes) -> str | None:

@@ -70,7 +70,8 @@ class Members(Component):
         return {"busy": busy, "total": total, "queued": queued, "rate": round(hb.rate, 1),
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
                 "events": node.events_endpoint, "clock": node.events.clock,
-                "beat": node.beat.advertised() if node.beat is not None else ""}
+                "beat": node.beat.advertised() if node.beat is not None else "",
+                "boot": node.boot}
 
     def members(self) -> list[dict[str, Any]]:
         """Every member this node knows, for the ``members`` control command."""

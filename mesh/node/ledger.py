@@ -114,6 +114,8 @@ class Ledger:
         self.watchers: dict[str, set[bytes]] = {}  # task id -> who asked to hear its result
         self.pending: list[Entry] = []             # accepted this pass: to the pool once journalled
         self.early: dict[str, float] = {}          # id not held here -> when a watcher asked
+        self.spread: dict[str, Any] = {}           # accepted here, to go to this member once
+                                                   # journalled (a group's members: handoff)
         self._commit_timer: asyncio.TimerHandle | None = None
         self.faillog = _RateLimitedLog("tasks refused at intake")
 
@@ -126,6 +128,7 @@ class Ledger:
         headers = msg.headers if msg is not None else _headers(entry.frame)
         if "wf" in headers or entry.name == GROUP:
             entry.wf = headers
+        self.node.replicas.accepted(entry)       # a copy to the backup; replies wait for it
         ev = self.node.events
         if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
             sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in
@@ -153,14 +156,21 @@ class Ledger:
             pending, self.pending = self.pending, []
             revoked = self.node.control.revoked
             pool = self.node.pool
+            spread = self.spread
+            away: dict[str, tuple[Any, list[Entry]]] = {}
             for entry in pending:
                 if entry.task_id in revoked:     # revoked in the same loop pass
                     self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was "
                                      "revoked", states.REVOKED)
                 elif entry.name == GROUP and self.node.workflows is not None:
                     self.node.workflows.begin(entry)     # coordinated here, not in a child
+                elif spread and entry.task_id in spread:
+                    m = spread.pop(entry.task_id)
+                    away.setdefault(m.id, (m, []))[1].append(entry)
                 else:
                     pool.submit(entry)
+            for m, entries in away.values():
+                self.node.handoff.hand(entries, "a group's members go over the mesh", m)
 
     def commit(self) -> None:
         if self._commit_timer is not None:
@@ -195,18 +205,26 @@ class Ledger:
         node = self.node
         entry = self.held.pop(task_id, None)
         self.counts[state] += 1
+        replicas = node.replicas
+        wf = node.workflows if entry is not None and entry.wf is not None else None
+        # it replaces the copy at the backup; a workflow step's once what it starts is copied
+        backup = replicas.finished(task_id, state, result_frame, hold=wf is not None)
         try:
             if keep:
-                node.journal.finish(task_id, state, result_frame, time.time())
+                node.journal.finish(task_id, state, result_frame, time.time(), backup)
             else:
                 node.journal.remove([task_id])
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
         if client:                 # b"": a task this node owns (a workflow's step)
-            node.front.reply(client, result_frame)
+            replicas.reply(task_id, client, result_frame)   # once the backup has the task
         self.notify(task_id, result_frame, name, state, client, **event)
-        if entry is not None and entry.wf is not None and node.workflows is not None:
-            node.workflows.finished(entry, state, result_frame)
+        if wf is not None and entry is not None:
+            started: list[str] = []
+            try:
+                started = wf.finished(entry, state, result_frame)
+            finally:
+                replicas.release(task_id, started)
 
     def notify(self, task_id: str, result_frame: bytes, name: str, state: str,
                client: bytes = b"", **event: Any) -> None:
@@ -225,7 +243,7 @@ class Ledger:
         if watchers:
             for ident in watchers:
                 if ident != client:
-                    node.front.reply(ident, result_frame)
+                    node.replicas.reply(task_id, ident, result_frame)
 
     def failure(self, task_id: str, state: str, exc_type: str, message: str) -> bytes:
         """The encoded Result of a failure decided by the node (a mesh exception)."""
@@ -277,18 +295,20 @@ class Ledger:
             node.journal.update_frame(entry.task_id, entry.frame)
         except JournalError as e:
             log.error("journal: the retry of task %s was not stored: %s", entry.task_id, e)
-        if node.stopping:       # stopping: its owner sends it elsewhere
-            self.release([entry], "node is shutting down")
+        node.replicas.updated(entry)
+        if node.stopping:       # stopping: another node runs it
+            node.handoff.give_away([entry])
         else:
             node.pool.submit(entry)
 
     # -- release, forget --------------------------------------------------------------
     def forget(self, entries: list[Entry]) -> None:
-        """These tasks are no longer ours (given back unstarted): out of the ledger and
-        out of the journal."""
+        """These tasks are no longer ours (handed to another node, or given back
+        unstarted): out of the ledger, out of the journal, their copies dropped."""
         for e in entries:
             self.held.pop(e.task_id, None)
             self.watchers.pop(e.task_id, None)
+        self.node.replicas.forgotten(e.task_id for e in entries)
         if entries:
             try:
                 self.node.journal.remove(e.task_id for e in entries)
@@ -348,7 +368,7 @@ class Ledger:
         if opts is not None and opts.acks_late:
             if shutdown:
                 entry.started = None
-                self.release([entry], "node is shutting down; the task was interrupted")
+                node.handoff.give_away([entry], "node is shutting down; the task was interrupted")
                 return
             if opts.reject_on_worker_lost and not node.stopping:
                 if entry.redelivered < MAX_REDELIVERIES:

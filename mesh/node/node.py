@@ -37,11 +37,13 @@ from mesh.node.executor import Executor, Storage
 from mesh.node.expiry import Expiry
 from mesh.node.front import FrontDoor
 from mesh.node.gossip import Members
+from mesh.node.handoff import Handoffs
 from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
 from mesh.node.ledger import Ledger
 from mesh.node.recovery import Recovery
 from mesh.node.remote import RemoteControl
+from mesh.node.replicas import Replicas
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
 from mesh.node.workflows import Workflows
@@ -73,6 +75,8 @@ BUILTIN: tuple[type[Component], ...] = (
     Recovery,       # recovery: the journal's unfinished tasks, held again
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
     Members,        # membership: SWIM over the front door and peer sockets
+    Replicas,       # replicas: a copy of each held task and result on a backup node
+    Handoffs,       # handoff: tasks to other nodes (shedding, stopping), and from them
     Shedder,        # shedding: queued tasks to peers with room
     Expiry,         # expiry: old results out of the journal
     Announcer,      # discovery: mDNS
@@ -112,8 +116,13 @@ class Node:
         self.name = config.node_name
         self.address = config.bind
         self.started_at = time.time()
+        self.boot = os.urandom(6).hex()          # this process: peers tell a restart by it
         self.ready = asyncio.Event()
         self.ledger = Ledger(self)
+        # until their components start (or in a node built without them): no copies,
+        # and tasks given away go back to their owners
+        self.replicas = Replicas.inert(self)
+        self.handoff = Handoffs.inert(self)
         self.events = Publisher(None, self.name)  # a socket once "events" binds one
         self.events_endpoint = ""
         self.tasks_digest = ""
@@ -180,6 +189,8 @@ class Node:
             "children_started": pool.started_total, "refused_frames": self.front.refused,
             "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
             "components": [component_name(x) for x in self.components],
+            **(self.replicas.status() if self.replicas.started else {}),
+            **(self.handoff.status() if self.handoff.started else {}),
             **(self.workflows.status() if self.workflows is not None else {}),
         }
 

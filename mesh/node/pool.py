@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mesh.node.channel import FrameReader, pack
-from mesh.node.child import Child
+from mesh.node.child import Child, StopFlags
 from mesh.node.ledger import Entry
 from mesh.ratelimit import TokenBucket
 from mesh.wire.protocol import ChildDone, ChildReady, ChildState, decode
@@ -90,6 +90,7 @@ class Pool:
         self.stopping = False
         self.started_total = 0
         self.limits: dict[str, TokenBucket] = {}         # task name -> rate limit, per node
+        self.stop_flags = StopFlags()                    # which children the node itself stops
         self.rate_limited = 0                            # starts put off by a rate limit
 
     # -- lifecycle --------------------------------------------------------------------
@@ -102,7 +103,8 @@ class Pool:
     def _spawn(self, index: int) -> None:
         ident = f"c{index}.{next(self._gen)}".encode()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child = Child(self.app, self.config, self.node_name)
+        self.stop_flags.clear(index)
+        child = Child(self.app, self.config, self.node_name, self.stop_flags, index)
         node_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -214,8 +216,9 @@ class Pool:
         for c in self.children.values():
             c.sock.close()
 
-    @staticmethod
-    def _kill(c: ChildProc, sig: int) -> None:
+    def _kill(self, c: ChildProc, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):    # children ignore these unless armed
+            self.stop_flags.arm(c.index)
         try:
             os.kill(c.pid, sig)
         except ProcessLookupError:

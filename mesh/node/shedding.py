@@ -3,8 +3,9 @@
 Every ``SHED_INTERVAL``, if the oldest queued task has waited more than ``SHED_AFTER``
 and no child is idle, the tasks that would start next go to peers whose gossiped load
 shows room and whose registered tasks are the same as ours (a digest of the task
-names travels in the meta). The owners get a RELEASE with a ``target`` and resend
-there: the client owns tasks, so a shed task is never in two places.
+names travels in the meta). They go node to node (mesh/node/handoff.py): the peer
+journals them before this node forgets them, and their owners, if still there, are
+told where they went (MOVED). The submitter is never needed.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from mesh.membership import Member
 from mesh.node.component import Component
 from mesh.node.ledger import Entry
 
@@ -29,7 +31,7 @@ REASON = "shed to a node with room"
 
 class Shedder(Component):
     name = "shedding"
-    requires = ("pool", "membership")
+    requires = ("pool", "membership", "handoff")
 
     def __init__(self) -> None:
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
@@ -51,16 +53,16 @@ class Shedder(Component):
         """Give queued (not started) tasks that have waited longer than SHED_AFTER
         to peers with room: by their gossiped load, fewer tasks than twice their
         children (a short queue on a free node beats waiting here behind a stuck
-        child), less what we sent them since that report. The owners resend them
-        there (Release with a target). Returns how many moved."""
+        child), less what we sent them since that report. They are handed over node
+        to node; those a peer does not take come back to the queue. Returns how many
+        were sent."""
         node = self.node
         pool, ms = node.pool, node.membership
         if not pool.queue or pool.idle or node.stopping:
             return 0
         if now - min(e.received for _, _, e in pool.queue) < SHED_AFTER:
             return 0
-        moved: dict[str, list[Entry]] = {}          # target address -> entries
-        keep: list[Entry] = []
+        moved: dict[str, tuple[Member, list[Entry]]] = {}    # target id -> entries
         for m in ms.alive_members(include_self=False):
             meta = m.meta
             if meta.get("tasks") != node.tasks_digest:
@@ -76,21 +78,15 @@ class Shedder(Component):
             room = free - sent
             taken = 0
             while room > taken and pool.queue:
-                e = pool.take_next()
-                if not e.client:          # a workflow step this node owns: no owner to
-                    keep.append(e)        # resend it elsewhere, so it stays
-                    continue
-                moved.setdefault(m.address, []).append(e)
+                moved.setdefault(m.id, (m, []))[1].append(pool.take_next())
                 taken += 1
             if taken:
                 self._shed_to[m.id] = (m.meta_version, sent + taken)
             if not pool.queue:
                 break
-        for e in keep:
-            pool.submit(e)
-        for target, entries in moved.items():
-            node.ledger.release(entries, REASON, target=target, quiet=True)
-        n = sum(len(v) for v in moved.values())
+        for target, entries in moved.values():
+            node.handoff.hand(entries, REASON, target)
+        n = sum(len(v) for _, v in moved.values())
         if n:
-            log.info("shed %d queued task(s) to %d peer(s) with room", n, len(moved))
+            log.info("shedding %d queued task(s) to %d peer(s) with room", n, len(moved))
         return n

@@ -6,8 +6,11 @@ journalled like any task, so its backup has a copy (handoff's replication) and a
 restart has it back. Holding it here, this node:
 
 1. keeps the group's record (``record_id(group)``: its members' ids) as a result;
-2. starts the members here (``Workflows.start_unit``), at most ``WINDOW`` unfinished at a
-   time, ``CHUNK`` per loop pass; each carries ``report: [group, index, this node]``;
+2. starts the members (``Workflows.start_unit``), at most ``WINDOW`` unfinished at a
+   time, ``CHUNK`` per loop pass; each carries ``report: [group, index, this node]``.
+   Each is accepted here, and, once journalled, handed to the node that rendezvous
+   hashing picks for its id among this node and its alive peers (mesh/node/handoff.py),
+   so the members spread over the mesh;
 3. counts the members' reports (WF_REPORT, or in-process when a member ends here):
    the first failure ends the group with that member's error, the last success with
    the list of values, in order. Ending it (``Ledger.finish``) is the "fired" mark:
@@ -34,11 +37,12 @@ from typing import TYPE_CHECKING, Any
 from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.node.ledger import Entry
+from mesh.rendezvous import ranked
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, decode, encode
 from mesh.workflow.describe import describe_group
 from mesh.workflow.ids import record_id
-from mesh.workflow.plan import GROUP, NIL, list_of, member_id, units
+from mesh.workflow.plan import GROUP, NIL, list_of, member_id, uid, units
 
 if TYPE_CHECKING:
     from mesh.node.workflows import Workflows
@@ -150,12 +154,13 @@ class Groups:
             return
         members = self._members(g)
         started = 0
+        peers = self._peers()
         while g.next_i < g.size and g.next_i - g.done < WINDOW and started < CHUNK:
             i = g.next_i
             g.next_i += 1
             if g.values[i] is not None or i in g.known:
                 continue
-            self._start_member(g, i, members[i])
+            self._start_member(g, i, members[i], peers)
             started += 1
         if g.next_i >= g.size:
             g.members = None
@@ -169,9 +174,26 @@ class Groups:
         if g is not None:
             self._expand(g)
 
-    def _start_member(self, g: Group, i: int, m: Any) -> None:
+    def _peers(self) -> dict[str, Any]:
+        """The nodes a group's members are spread over: this one and the alive peers
+        with the same tasks (by name)."""
+        node = self.node
+        handoff = getattr(node, "handoff", None)
+        if handoff is None or not handoff.started:
+            return {}
+        return {m.id: m for m in handoff._peers()}
+
+    def _start_member(self, g: Group, i: int, m: Any, peers: dict[str, Any] | None = None) -> None:
+        """Start member ``i`` here; it goes to the node that rendezvous hashing picks for
+        its id among this one and ``peers`` (once journalled here: handoff), so a
+        group's members spread over the mesh and its coordinator is not its bottleneck."""
         us = units(m, member_id(g.id, i, m))
+        first = uid(us[0])
         self.wf.start_unit(us[0], g.value, g.id, g.root, us[1:], [g.id, i, self.node.name])
+        if peers:
+            target = ranked(first, [self.node.name, *peers])[0]
+            if target != self.node.name and first in self.node.ledger.held:
+                self.node.ledger.spread[first] = peers[target]
 
     # -- members end ------------------------------------------------------------------
     def deliver(self, gid: str, index: int, frame: bytes) -> None:
@@ -297,11 +319,19 @@ class Groups:
                 self.wf.send(m.address, encode(WfPull(node.name, node.address, g.id, r.id, part, idx)))
                 r.expected[m.id] = r.expected.get(m.id, 0) + 1
 
+    def _held(self, tid: str, st: dict[str, Any]) -> bool:
+        """Held here, or kept here as a copy (this node is its backup: it runs the task
+        if its holder is gone, mesh/node/replicas.py)."""
+        if st["state"] in (states.RECEIVED, states.STARTED, states.RETRY):
+            return True
+        replicas = getattr(self.node, "replicas", None)
+        return replicas is not None and tid in replicas.frames
+
     def _answer_local(self, g: Group, r: _Round) -> None:
         ledger = self.node.ledger
         for tid, i in r.ids.items():
             st = ledger.task_state(b"", tid, False)
-            if st["state"] in (states.RECEIVED, states.STARTED, states.RETRY):
+            if self._held(tid, st):
                 r.held.add(tid)
             elif i >= 0 and "result" in st:
                 self.deliver(g.id, i, st["result"])
@@ -330,8 +360,9 @@ class Groups:
             return
         members = self._members(g)
         lost = [i for i in sorted(pulled) if g.values[i] is None and i not in alive]
+        peers = self._peers()
         for i in lost:
-            self._start_member(g, i, members[i])
+            self._start_member(g, i, members[i], peers)
         if lost:
             self.wf.counts["redriven"] += len(lost)
             log.warning("group %s: %d member(s) known to no node: started again", g.id, len(lost))
@@ -352,7 +383,7 @@ class Groups:
         ledger = node.ledger
         for tid, i in zip(msg.ids, msg.indexes):
             st = ledger.task_state(b"", tid, False)
-            if st["state"] in (states.RECEIVED, states.STARTED, states.RETRY):
+            if self._held(tid, st):
                 held.append(tid)
                 if i >= 0:
                     self._watch(tid, (msg.group, i, msg.source_addr))

@@ -72,6 +72,7 @@ class Workflows(Component):
         self.counts: collections.Counter[str] = collections.Counter()
         self._out: dict[str, WfReport] = {}        # address -> reports to send this pass
         self._send: list[tuple[str, bytes]] = []   # (address, frame) to send this pass
+        self._started: list[str] = []              # units started by the step ending now
         self._badlog = _RateLimitedLog("workflow problems")
 
     async def start(self, node: "Node") -> None:
@@ -83,6 +84,14 @@ class Workflows(Component):
         for name in ("wf.states", "wf.progress"):
             _register(node, name)
         node.spawn(self._loop(), name="workflows")
+
+    async def stop(self, node: "Node") -> None:
+        """Stopping: the groups coordinated here go to other nodes (handoff), which ask
+        the mesh where their members are and go on."""
+        entries = [g.entry for g in self.groups.groups.values()
+                   if node.ledger.held.get(g.id) is g.entry]
+        if entries:
+            node.handoff.give_away(entries, "node is shutting down")
 
     def close(self, node: "Node") -> None:
         if self.started:
@@ -101,14 +110,18 @@ class Workflows(Component):
         """A held ``mesh.group`` task is to run: coordinate it here."""
         self.groups.begin(entry)
 
-    def finished(self, entry: Entry, state: str, frame: bytes) -> None:
-        """A held unit of a workflow ended (its result is journalled in this pass)."""
+    def finished(self, entry: Entry, state: str, frame: bytes) -> list[str]:
+        """A held unit of a workflow ended (its result is journalled in this pass);
+        the ids of the units it started here (its result's copy waits for theirs)."""
+        outer, self._started = self._started, []
         try:
             self._finished(entry.task_id, entry.name, entry.frame, entry.wf, state, frame)
         except Exception as e:      # a bad header must not stop the ledger
             self.counts["errors"] += 1
             self._badlog.warning("workflow step after task %s not driven: %s", entry.task_id, e)
             log.debug("workflow error", exc_info=True)
+        started, self._started = self._started, outer
+        return started
 
     def refused(self, msg: Submit, frame: bytes) -> None:
         """A unit refused at intake (revoked, not registered) ended all the same."""
@@ -255,6 +268,7 @@ class Workflows(Component):
         entry = Entry(tid, msg.name, b"", frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late if task is not None else True)
         ledger.accept(entry, msg)
+        self._started.append(tid)
         self.counts["started"] += 1
         node.front.schedule_flush()
 
@@ -312,7 +326,8 @@ class Workflows(Component):
         try:
             if node.journal.get(tid) is not None:
                 return
-            node.journal.finish(tid, state, frame, time.time())
+            backup = node.replicas.finished(tid, state, frame)    # its second copy
+            node.journal.finish(tid, state, frame, time.time(), backup)
         except JournalError as e:
             log.error("journal: result of %s not stored: %s", tid, e)
         ledger.counts[state] += 1

@@ -128,3 +128,75 @@ def test_meshctl_result_tree_shows_each_step(start_node: Any) -> None:
     tree = json.loads(js.stdout)
     assert tree["k"] == "chain" and tree["state"] == "SUCCESS"
     assert [s["k"] for s in tree["steps"]] == ["task", "group", "task"]
+
+
+# ---- nodes dying for good in the middle of a chord -------------------------------------
+
+CHORD_SCRIPT = """
+import sys
+from mesh import Mesh, chord, signature
+peers, runs, n, pause = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+app = Mesh("gone", peers=peers, mdns=False)
+c = chord([signature("wf.append", (runs, i, pause), app=app) for i in range(n)],
+          signature("wf.body", (runs,), app=app)).apply_async()
+print(c.id, c.parent.id, flush=True)
+"""
+
+
+def alive(node: Any) -> set[str]:
+    reply = node.request("members")
+    assert not isinstance(reply, str) and reply.ok, reply
+    return {m["node"] for m in reply.payload if m["state"] == "alive"}
+
+
+def coordinator(nodes: list[Any], group_id: str) -> Any:
+    """The node that coordinates the group now (wf.progress)."""
+    with Mesh("probe", peers=[n.endpoint for n in nodes], mdns=False) as app:
+        def find() -> Any:
+            replies = app.control.broadcast("wf.progress", arguments={"id": group_id}, reply=True)
+            names = [n for n, r in replies.items() if isinstance(r, dict) and r.get("coordinated")]
+            return next((x for x in nodes if x.name in names), None)
+        return wait_until(find, what=f"the coordinator of {group_id}")
+
+
+def chord_with_a_death(start_node: Any, tmp_path: Path, victim: str) -> None:
+    nodes = [start_node(app=APP, concurrency=2)]
+    nodes += [start_node(app=APP, concurrency=2, peers=nodes[0].endpoint) for _ in range(2)]
+    names = {n.name for n in nodes}
+    wait_until(lambda: all(alive(n) == names for n in nodes), what="the mesh to form")
+    runs, n = tmp_path / "runs", 300
+    p = subprocess.run([sys.executable, "-c", CHORD_SCRIPT, ",".join(x.endpoint for x in nodes),
+                        str(runs), str(n), "0.03"], capture_output=True, text=True,
+                       env=clean_env(), cwd=ROOT, timeout=120)
+    assert p.returncode == 0 and "not acknowledged" not in p.stderr, p.stderr
+    body_id, group_id = p.stdout.split()         # the submitter has exited
+    coord = coordinator(nodes, group_id)
+    wait_until(lambda: len(lines(runs)) >= 40, what="some header tasks to run")
+    if victim == "coordinator":
+        dead = coord
+    else:                                        # a node running header tasks, not coordinating
+        dead = next(x for x in nodes if x is not coord and x.status()["busy"] > 0) \
+            if any(x is not coord and x.status()["busy"] > 0 for x in nodes) else \
+            next(x for x in nodes if x is not coord)
+    dead.proc.kill()                             # -9, never restarted
+    dead.wait(10)
+    survivors = [x for x in nodes if x is not dead]
+    with Mesh("reader", peers=[x.endpoint for x in survivors], mdns=False) as reader:
+        assert reader.AsyncResult(body_id).get(timeout=RESULT_TIMEOUT) == sum(range(n))
+    body = [x for x in lines(runs) if x.startswith("body")]
+    assert body == [f"body {sum(range(n))} {n}"], lines(runs)[-5:]     # the body ran once
+    members = [x for x in lines(runs) if x.startswith("member")]
+    assert set(members) == {f"member {i}" for i in range(n)}            # each at least once
+    dup = len(members) - n
+    taken = sum(x.status().get("taken_over", 0) for x in survivors)
+    print(f"{victim} killed: {dup} header task(s) ran twice; {taken} task(s) taken over; "
+          f"{len([x for x in lines(runs) if x.startswith('member')])} runs")
+    assert taken > 0          # the dead node held work that its backups ran
+
+
+def test_the_coordinating_node_killed_for_good_mid_chord(start_node: Any, tmp_path: Path) -> None:
+    chord_with_a_death(start_node, tmp_path, "coordinator")
+
+
+def test_a_worker_node_killed_for_good_mid_chord(start_node: Any, tmp_path: Path) -> None:
+    chord_with_a_death(start_node, tmp_path, "worker")

@@ -68,7 +68,7 @@ def test_every_field_can_be_set_from_env() -> None:
               "result_timeout": "8", "discovery_timeout": "1.5",
               "advertise": "tcp://a:9", "mdns_interfaces": "127.0.0.1,10.0.0.1",
               "profile": "test", "journal": "off", "journal_fsync": "yes", "result_expires": "60",
-              "events": "no", "http": "127.0.0.1:8080", "http_token": "t"}
+              "events": "no", "http": "127.0.0.1:8080", "http_token": "t", "replicas": "1"}
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
     assert dataclasses.asdict(c) == {
@@ -79,7 +79,7 @@ def test_every_field_can_be_set_from_env() -> None:
         "result_timeout": 8.0, "discovery_timeout": 1.5,
         "advertise": "tcp://a:9", "mdns_interfaces": ("127.0.0.1", "10.0.0.1"),
         "profile": "test", "journal": False, "journal_fsync": True, "result_expires": 60.0,
-        "events": False, "http": "127.0.0.1:8080", "http_token": "t"}
+        "events": False, "http": "127.0.0.1:8080", "http_token": "t", "replicas": 1}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:

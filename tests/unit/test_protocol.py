@@ -29,7 +29,10 @@ from mesh.wire.protocol import (
     ControlReply,
     Error,
     Gossip,
+    Handoff,
+    HandoffAck,
     Message,
+    Moved,
     MsgType,
     Ping,
     PingAck,
@@ -38,6 +41,8 @@ from mesh.wire.protocol import (
     PushPull,
     PushPullReply,
     Release,
+    Replicate,
+    ReplicateAck,
     Result,
     State,
     Submit,
@@ -99,6 +104,16 @@ SAMPLES: list[Message] = [
     WfPull(source="n1", source_addr="tcp://10.0.0.1:7700", group="g1", round=2,
            ids=["a", "b"], indexes=[0, -1]),
     WfPulled(source="n2", group="g1", round=2, held=["b"], indexes=[3], results=[b"\x93"]),
+    Moved(task_ids=["x"], node="n1", target="tcp://10.0.0.2:7700", target_node="n2",
+          reason="shed to a node with room"),
+    Handoff(batch="b1", source="n1", source_addr="tcp://10.0.0.1:7700",
+            tasks=[b"\x95\x01\x01\xa1x\xa1y\xc4\x00"], reason="node is shutting down"),
+    HandoffAck(batch="b1", node="n2", accepted=["x"], refused={"y": "not registered"},
+               address="tcp://10.0.0.2:7700"),
+    Replicate(batch="r1", source="n1", source_addr="tcp://10.0.0.1:7700", task_ids=["t1"],
+              tasks=[b"\x01"], result_ids=["t2"], result_states=["SUCCESS"], results=[b"\x02"],
+              drop=["z"]),
+    ReplicateAck(batch="r1", node="n2"),
 ]
 
 
@@ -111,7 +126,8 @@ def test_message_type_numbers_are_fixed() -> None:
         "SUBMIT": 1, "ACK": 2, "RESULT": 3, "RELEASE": 4, "ERROR": 5, "CONTROL": 6,
         "CONTROL_REPLY": 7, "STATE": 8, "CHILD_READY": 20, "CHILD_DONE": 21, "CHILD_STATE": 22,
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
-        "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36, "WF_REPORT": 50, "WF_PULL": 51, "WF_PULLED": 52,
+        "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36, "MOVED": 9, "HANDOFF": 40, "HANDOFF_ACK": 41,
+        "REPLICATE": 42, "REPLICATE_ACK": 43, "WF_REPORT": 50, "WF_PULL": 51, "WF_PULLED": 52,
     }
 
 
@@ -234,7 +250,7 @@ def test_unsupported_version(version: object) -> None:
     expect_decode_error(msgpack.packb(raw, use_bin_type=True), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("mtype", [0, 9, 19, 23, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
+@pytest.mark.parametrize("mtype", [0, 10, 19, 23, 49, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
 def test_unknown_type(mtype: object) -> None:
     expect_decode_error(pack(1, mtype, "t", "n", b""), "unknown message type")
 

@@ -1,0 +1,700 @@
+"""Two copies: each task a node holds, and its result once it finishes, is also kept
+on a second node, the task's *backup*, chosen by rendezvous hashing over the alive
+members (mesh/rendezvous.py). Then the loss of any one machine, for good, loses no
+accepted task and no result, even when the submitter exited long ago.
+
+Holder side (this node holds the task):
+
+* ``accepted``: after ``COPY_DELAY`` (2 ms) a copy goes to the backup in a REPLICATE;
+  a task that finished by then is copied as its result alone. One REPLICATE per
+  backup is in flight at a time, so batches grow with the load. Until the backup
+  confirms (REPLICATE_ACK), the replies that say "a node has it" wait: the owner's
+  ACK, and a RESULT that came first (``after_copy``). A backup that does not confirm
+  within ``COPY_TIMEOUT`` does not hold the owner up for ever: the replies go (one
+  copy for now, said in the log) and the copy is sent again until it is confirmed.
+* ``updated``: a retry's new Submit (retries + 1, its eta) replaces the copy.
+* ``finished``: the result replaces the copy at the backup, which serves it like its
+  own (``result`` lookups from any process, a resend of the id).
+* ``forgotten``: the task went elsewhere (handed off, given back): the copy goes.
+* A backup that is no longer alive, or that restarted (its ``boot`` id in the
+  gossiped meta changed), is replaced: its tasks are copied to their new backup (and
+  tasks held while no other node was alive get their copy once one is).
+
+Backup side (this node keeps copies): task copies are kept in memory, results in the
+journal (``Journal.copy_result``, expiring like our own), acknowledged at the end of
+the loop pass and committed with the node's next commit (within 2 ms). Copies in
+memory are enough: they exist for the holder's death, and a backup that dies (or
+restarts) is replaced by its holders within a membership round; journalling them
+cost more than a fifth of the mesh's throughput. When membership declares a holder
+dead, its copies without a result become this node's tasks: held, journalled as its
+own, run here, copied to their own new backup. A holder that left (a graceful stop)
+hands its tasks on and sends its results before it goes; copies still here
+``LEFT_GRACE`` seconds later are run too, and so are the copies of a holder no member
+knows any more, after ``ORPHAN_AFTER``.
+
+A task may run twice (its holder was declared dead but was not); its result is
+delivered once (results are first-wins by task id). ``--replicas 1`` sends no copies
+(this node still keeps the copies others send it).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from mesh import states
+from mesh.exceptions import DecodeError
+from mesh.membership import MemberState
+from mesh.node.component import Component
+from mesh.node.journal import JournalError
+from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.peers import PeerSockets
+from mesh.rendezvous import backup_for
+from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
+from mesh.workflow.plan import GROUP
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.replicas")
+
+COPY_TIMEOUT = 1.0       # s the owner's ACK waits for the backup's confirmation at most
+COPY_DELAY = 0.002       # s a held task waits before its copy is sent (if it finishes
+                         # sooner, its result is sent instead: most tasks are short)
+RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
+ALIVE_TTL = 0.05         # s the list of alive peers is reused for choosing backups
+TICK = 0.1               # s between checks of unconfirmed copies
+MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
+LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a holder
+                         # that left are run here (it hands its tasks on as it stops)
+ORPHAN_AFTER = 30.0      # s before the copies of a holder no member knows are run here
+REPAIR_CHUNK = 2000      # results copied again per gone peer per TICK, at most
+DATA_HWM = 10_000        # frames queued per peer for handoff and replication
+BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
+                                # the message size limit)
+SETTLE_STEP = 0.02
+
+
+@dataclasses.dataclass
+class _Batch:
+    """What goes to one backup in its next REPLICATE."""
+    tasks: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    results: dict[str, tuple[str, bytes]] = dataclasses.field(default_factory=dict)
+    drop: set[str] = dataclasses.field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.results or self.drop)
+
+
+@dataclasses.dataclass
+class _Sent:
+    backup: str
+    batch: _Batch
+    at: float
+
+
+class Replicas(Component):
+    """The second copy of held tasks and results; the backup's takeover."""
+
+    name = "replicas"
+    requires = ("journal", "front", "pool", "membership")
+
+    def __init__(self) -> None:
+        self.enabled = False                       # sending copies (replicas == 2, started)
+        self.started = False
+        # holder side
+        self.backup_of: dict[str, str] = {}        # held task id -> its backup ("" = none)
+        self.by_backup: dict[str, set[str]] = {}   # backup -> held task ids copied there
+        self.gates: dict[str, list[Callable[[], None]]] = {}   # replies waiting for a copy
+        self._held_results: dict[str, tuple[str, str, bytes]] = {}   # workflow steps' results,
+                                                   # until the steps they started are copied
+        self._gate_since: dict[str, float] = {}
+        self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
+        self._sent: dict[str, _Sent] = {}          # batch id -> what it carried
+        self._busy: dict[str, str] = {}            # backup -> its batch in flight: one at a
+                                                   # time, so batches grow under load
+        self._later: collections.deque[tuple[float, Entry]] = collections.deque()
+        self._later_timer: asyncio.TimerHandle | None = None   # copies waiting COPY_DELAY
+        self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
+                                                   # the copies it kept in memory)
+        self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
+        self._alive_at = -1.0
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
+        # backup side
+        self.copies_of: dict[str, set[str]] = {}   # holder -> task ids copied here
+        self.holder_of: dict[str, str] = {}        # task id -> its holder
+        self.frames: dict[str, tuple[bytes, float]] = {}   # task id -> (Submit, received)
+        self._gone: dict[str, float] = {}          # holder -> when first seen not alive
+        # results whose other copy was on a node that is gone: peer -> position reached
+        self._repair: dict[str, int] = {}
+        self._repaired: dict[str, int] = {}        # peer -> results copied again so far
+        self._was_alive: set[str] = set()          # peers seen alive since start
+        self._departed: set[str] = set()           # of those, the ones dead or left now
+        self._acks: list[tuple[str, bytes]] = []   # (holder address, REPLICATE_ACK) to send
+        # figures (status)
+        self.copies_sent = self.copies_confirmed = self.single_copy = self.taken_over = 0
+        self._alone: bool | None = None
+        self._badlog = _RateLimitedLog("refused copies")
+        self._slowlog = _RateLimitedLog("unconfirmed copies")
+
+    @classmethod
+    def inert(cls, node: "Node") -> "Replicas":
+        """What a node has until this component starts (or when built without it):
+        no copies are made, replies go at once."""
+        r = cls()
+        r.node = node
+        return r
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self, node: "Node") -> None:
+        self.node = node
+        node.replicas = self
+        self.sockets = PeerSockets(node.ctx, f"data:{node.name}".encode(), hwm=DATA_HWM)
+        self.enabled = node.config.replicas >= 2
+        self.started = True
+        if not self.enabled:
+            log.info("--replicas 1: tasks and results are kept on this node only (no backup)")
+        else:
+            self._say_copies(first=True)
+        node.spawn(self._loop(), name="replicas")
+
+    def close(self, node: "Node") -> None:
+        if self.started:
+            self.sockets.close()
+
+    async def settle(self, timeout: float) -> None:
+        """(Stopping) wait up to ``timeout`` s until every copy and result sent is
+        confirmed, so that what finished during the drain is on its backup too."""
+        deadline = time.monotonic() + timeout
+        while (self._sent or any(self._out.values())) and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_STEP)
+
+    # -- holder side: what the ledger tells us ---------------------------------------
+    def accepted(self, entry: Entry) -> None:
+        """A task is held here now: copy it to its backup; replies wait for the copy."""
+        if not self.enabled:
+            return
+        tid = entry.task_id
+        backup = self._choose(tid)
+        self._track(tid, backup)
+        if backup:
+            # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
+            # copied as its result alone, one write at the backup instead of three
+            self._later.append((time.monotonic() + COPY_DELAY, entry))
+            if self._later_timer is None:
+                self._later_timer = asyncio.get_running_loop().call_later(
+                    COPY_DELAY, self._copy_due)
+            self.gates.setdefault(tid, [])
+            self._gate_since.setdefault(tid, time.monotonic())
+
+    def _copy_due(self) -> None:
+        """Copies whose delay is over, of tasks still held here, go to their backups."""
+        self._later_timer = None
+        now = time.monotonic()
+        later, held = self._later, self.node.ledger.held
+        while later and later[0][0] <= now:
+            _, entry = later.popleft()
+            tid = entry.task_id
+            backup = self.backup_of.get(tid)
+            if backup and held.get(tid) is entry:
+                self._queue(backup).tasks[tid] = entry.frame
+        if later:
+            self._later_timer = asyncio.get_running_loop().call_later(
+                max(later[0][0] - now, 0.0005), self._copy_due)
+
+    def updated(self, entry: Entry) -> None:
+        """A retry: the task runs again with a new Submit; the copy follows."""
+        backup = self.backup_of.get(entry.task_id)
+        if backup:
+            self._queue(backup).tasks[entry.task_id] = entry.frame
+
+    def finished(self, task_id: str, state: str, result_frame: bytes, hold: bool = False) -> str:
+        """A held task's final result: it replaces the copy at the backup (a copy not
+        sent yet is not sent at all). The backup that keeps the result ("" if none).
+        ``hold``: keep it until ``release`` (a workflow's step: see there)."""
+        if not self.enabled:
+            return ""
+        backup = self._untrack(task_id) or self._choose(task_id)
+        if backup:
+            if hold:
+                self._held_results[task_id] = (backup, state, result_frame)
+            else:
+                self._put_result(backup, task_id, state, result_frame)
+        return backup
+
+    def _put_result(self, backup: str, task_id: str, state: str, result_frame: bytes) -> None:
+        batch = self._queue(backup)
+        batch.tasks.pop(task_id, None)
+        batch.results[task_id] = (state, result_frame)
+
+    def release(self, task_id: str, after: Iterable[str]) -> None:
+        """A result held by ``finished(hold=True)`` goes to its backup once the copies
+        of ``after`` (the workflow steps it started here) are confirmed, so a backup
+        never has a step's result without the steps that follow it having their copy
+        (mesh/node/workflows.py): if this node dies in between, the backup runs the
+        step again, and the same ids follow."""
+        held = self._held_results.pop(task_id, None)
+        if held is None:
+            return
+        backup, state, frame = held
+        waiting = {t for t in after if t in self.gates}
+
+        def go(tid: str) -> None:
+            waiting.discard(tid)
+            if not waiting:
+                self._put_result(backup, task_id, state, frame)
+        if not waiting:
+            self._put_result(backup, task_id, state, frame)
+            return
+        for t in list(waiting):
+            self.after_copy(t, functools.partial(go, t))
+
+    def forgotten(self, task_ids: Iterable[str]) -> None:
+        """Tasks that are no longer ours (handed on, given back): drop their copies."""
+        for tid in task_ids:
+            backup = self._untrack(tid)
+            if backup:
+                batch = self._queue(backup)
+                batch.tasks.pop(tid, None)
+                batch.drop.add(tid)
+            self._open(tid)
+
+    def pending(self, task_id: str) -> bool:
+        """Its copy is not confirmed yet: replies saying a node has it must wait."""
+        return task_id in self.gates
+
+    def after_copy(self, task_id: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the task's copy is confirmed (at once if it is)."""
+        waiting = self.gates.get(task_id)
+        if waiting is None:
+            fn()
+        else:
+            waiting.append(fn)
+
+    def reply(self, task_id: str, ident: bytes, frame: bytes) -> None:
+        """Send ``frame`` to ``ident`` once the task's copy is confirmed."""
+        front = self.node.front
+        if task_id in self.gates:
+            self.gates[task_id].append(lambda: front.reply(ident, frame))
+        else:
+            front.reply(ident, frame)
+
+    # -- holder side: bookkeeping ----------------------------------------------------
+    def _alive_ids(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._alive_at > ALIVE_TTL:
+            ms = self.node.membership
+            self._alive = [m.id for m in ms.alive_members(include_self=False)]
+            self._alive_at = now
+        return self._alive
+
+    def _choose(self, task_id: str) -> str:
+        return backup_for(task_id, self._alive_ids(), self.node.name) or ""
+
+    def _track(self, tid: str, backup: str) -> None:
+        old = self.backup_of.get(tid)
+        if old is not None:
+            s = self.by_backup.get(old)
+            if s is not None:
+                s.discard(tid)
+        self.backup_of[tid] = backup
+        self.by_backup.setdefault(backup, set()).add(tid)
+
+    def _untrack(self, tid: str) -> str:
+        backup = self.backup_of.pop(tid, None)
+        if backup is None:
+            return ""
+        s = self.by_backup.get(backup)
+        if s is not None:
+            s.discard(tid)
+            if not s:
+                del self.by_backup[backup]
+        return backup
+
+    def _queue(self, backup: str) -> _Batch:
+        batch = self._out.get(backup)
+        if batch is None:
+            batch = self._out[backup] = _Batch()
+            self.node.front.schedule_flush()
+        return batch
+
+    def _open(self, tid: str) -> None:
+        """The copy is confirmed (or we stop waiting for it): send what waited."""
+        self._gate_since.pop(tid, None)
+        waiting = self.gates.pop(tid, None)
+        for fn in waiting or ():
+            try:
+                fn()
+            except Exception:
+                log.exception("a reply waiting for the copy of task %s failed", tid)
+
+    # -- sending (end of each loop pass, after the ledger's commit) -------------------
+    def flush(self) -> None:
+        """Acknowledge the copies written this pass; send this pass's REPLICATEs.
+
+        Copies are acknowledged once written, and committed with the ledger's next
+        commit (within RESULT_COMMIT_DELAY, 2 ms, or with the intakes of this pass),
+        as results are: losing an acknowledged copy takes its holder and this node
+        dying within those milliseconds. (Committing before each acknowledgement cost
+        a sqlite commit per copy batch, a fifth of the mesh's throughput.)"""
+        if self._acks:
+            acks, self._acks = self._acks, []
+            for address, frame in acks:
+                self.sockets.send(address, frame)
+        if self._out:
+            busy = self._busy
+            for backup in [b for b in self._out if b not in busy]:
+                batch = self._out.pop(backup)
+                if batch:
+                    self._send(backup, batch)
+
+    def _send(self, backup: str, batch: _Batch) -> None:
+        node = self.node
+        member = node.membership.member(backup)
+        if member is None or member.state != MemberState.ALIVE:
+            self._reroute(backup, batch)
+            return
+        for part in _split(batch):
+            bid = self._prefix + str(next(self._ids))
+            results = part.results
+            msg = Replicate(bid, node.name, node.address, list(part.tasks), list(part.tasks.values()),
+                            list(results), [r[0] for r in results.values()],
+                            [r[1] for r in results.values()], sorted(part.drop))
+            self._sent[bid] = _Sent(backup, part, time.monotonic())
+            self._busy[backup] = bid
+            self._boot_of.setdefault(backup, member.meta.get("boot"))
+            self.copies_sent += len(part.tasks)
+            self.sockets.send(member.address, encode(msg))
+
+    def _reroute(self, backup: str, batch: _Batch) -> None:
+        """A batch for a backup that is gone: its copies and results go to the tasks'
+        new backups (drops are moot: the old backup is gone)."""
+        for tid, frame in batch.tasks.items():
+            if tid in self.node.ledger.held:
+                new = self._choose(tid)
+                self._track(tid, new)
+                if new:
+                    self._queue(new).tasks[tid] = frame
+                else:
+                    self._open(tid)            # nobody to copy to: one copy for now
+        for tid, result in batch.results.items():
+            new = self._choose(tid)
+            if new:
+                self._queue(new).results[tid] = result
+            else:
+                self._open(tid)
+
+    def on_ack(self, msg: ReplicateAck) -> None:
+        sent = self._sent.get(msg.batch)
+        if sent is None or sent.backup != msg.node:
+            return
+        del self._sent[msg.batch]
+        if self._busy.get(sent.backup) == msg.batch:
+            del self._busy[sent.backup]
+            if sent.backup in self._out:
+                self.node.front.schedule_flush()     # the next batch for it goes now
+        self.copies_confirmed += len(sent.batch.tasks)
+        for tid in sent.batch.tasks:
+            self._open(tid)
+        for tid in sent.batch.results:
+            self._open(tid)
+
+    # -- backup side ------------------------------------------------------------------
+    def on_replicate(self, msg: Replicate) -> None:
+        """Copies from a holder: kept in memory (see the module docstring), results
+        journalled; acknowledged at the end of this loop pass (flush)."""
+        node = self.node
+        member = node.membership.member(msg.source)
+        if member is None or member.address != msg.source_addr or msg.source == node.name:
+            self._badlog.warning("refused copies from %r at %r: not a member at that address",
+                                 msg.source[:100], msg.source_addr[:100])
+            return
+        journal, now = node.journal, time.time()
+        held = node.ledger.held
+        try:
+            for tid, frame in zip(msg.task_ids, msg.tasks):
+                if tid in held:                   # handed here meanwhile: ours already
+                    continue
+                self._keep(tid, msg.source)
+                self.frames[tid] = (frame, now)
+            for tid, state, frame in zip(msg.result_ids, msg.result_states, msg.results):
+                if state not in states.READY_STATES:
+                    continue
+                journal.copy_result(tid, state, frame, now, msg.source)
+                self._unkeep(tid)
+            for tid in msg.drop:
+                self._unkeep(tid)
+        except JournalError as e:
+            log.error("journal: copies from %s were not kept: %s", msg.source, e)
+            return            # not acknowledged: the holder sends them again
+        self._acks.append((msg.source_addr, encode(ReplicateAck(msg.batch, node.name))))
+        node.front.schedule_flush()
+
+    def _keep(self, tid: str, holder: str) -> None:
+        old = self.holder_of.get(tid)
+        if old is not None and old != holder:
+            self.copies_of.get(old, set()).discard(tid)
+        self.holder_of[tid] = holder
+        self.copies_of.setdefault(holder, set()).add(tid)
+
+    def forget_copy(self, tid: str) -> None:
+        """The task is this node's own now (handed here): no longer a copy."""
+        self._unkeep(tid)
+
+    def _unkeep(self, tid: str) -> None:
+        holder = self.holder_of.pop(tid, None)
+        if holder is not None:
+            self.frames.pop(tid, None)
+            s = self.copies_of.get(holder)
+            if s is not None:
+                s.discard(tid)
+                if not s:
+                    del self.copies_of[holder]
+
+    def take_over(self, holder: str, why: str) -> int:
+        """Run here the copies of ``holder``'s tasks that have no result: they are
+        this node's tasks from now on. How many."""
+        node = self.node
+        ids = self.copies_of.pop(holder, set())
+        if not ids:
+            return 0
+        journal, ledger = node.journal, node.ledger
+        copies = [(tid, *self.frames.pop(tid)) for tid in ids if tid in self.frames]
+        for tid in ids:
+            self.holder_of.pop(tid, None)
+        taken = failed = 0
+        for tid, frame, received in sorted(copies, key=lambda c: c[2]):
+            if tid in ledger.held:
+                continue
+            sub = _submit(frame)
+            try:
+                if sub is None or not journal.add(tid, b"", frame, time.time()):
+                    continue                  # unreadable, or finished here already
+            except JournalError as e:
+                log.error("journal: cannot take over task %s of %s: %s", tid, holder, e)
+                continue
+            task = node.app.tasks.get(sub.name)
+            limit = sub.time_limit or (task.options.time_limit if task else None) \
+                or node.config.time_limit
+            entry = Entry(tid, sub.name, b"", frame, sub.priority, sub.eta, sub.expires,
+                          limit, task.options.acks_late if task else True)
+            entry.received = received
+            if task is None and sub.name != GROUP:     # (a group's coordinator is the node's)
+                ledger.held[tid] = entry
+                ledger.task_failed(entry, "NotRegistered", f"task {sub.name!r} is not "
+                                   f"registered on node {node.name}, which took it over")
+                failed += 1
+            elif not entry.acks_late:         # it may have run on the holder: never twice
+                ledger.held[tid] = entry
+                ledger.task_failed(entry, "WorkerLostError", f"node {holder} died holding task "
+                                   f"{tid}; it has acks_late=False, so it is not run again")
+                failed += 1
+            else:
+                ledger.accept(entry, sub)
+                taken += 1
+        self.taken_over += taken
+        node.front.schedule_flush()
+        log.warning("node %s %s: running %d of its task(s) here (this node kept their "
+                    "copies)%s", holder, why, taken,
+                    f"; {failed} failed (acks_late=False or not registered)" if failed else "")
+        return taken
+
+    # -- the loop: resends, timeouts, membership --------------------------------------
+    async def _loop(self) -> None:
+        next_members = 0.0
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                now = time.monotonic()
+                self._resend(now)
+                self._give_up(now)
+                if self._repair:
+                    self._repair_some()
+                if now >= next_members:
+                    next_members = now + MEMBERS_EVERY
+                    self.check_members(now)
+            except Exception:
+                log.exception("replication check failed")
+
+    def _resend(self, now: float) -> None:
+        for bid in [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]:
+            sent = self._sent.pop(bid)
+            if self._busy.get(sent.backup) == bid:
+                del self._busy[sent.backup]
+            member = self.node.membership.member(sent.backup)
+            if member is not None and member.state == MemberState.ALIVE:
+                batch = self._queue(sent.backup)        # same backup, again
+                for tid, frame in sent.batch.tasks.items():
+                    if tid in self.node.ledger.held and self.backup_of.get(tid) == sent.backup:
+                        batch.tasks.setdefault(tid, frame)
+                for tid, result in sent.batch.results.items():
+                    batch.results.setdefault(tid, result)
+                batch.drop |= sent.batch.drop
+            else:
+                self._reroute(sent.backup, sent.batch)
+
+    def _give_up(self, now: float) -> None:
+        late = [t for t, since in self._gate_since.items() if now - since > COPY_TIMEOUT]
+        if late:
+            self.single_copy += len(late)
+            self._slowlog.warning("no backup confirmed the copy of %d task(s) within %g s: "
+                                  "acknowledged with one copy for now (still copying)",
+                                  len(late), COPY_TIMEOUT)
+            for tid in late:
+                self._open(tid)
+
+    def check_members(self, now: float) -> None:
+        """Backups that are gone are replaced; holders that are gone are taken over."""
+        if not self.started:
+            return
+        node = self.node
+        ms = node.membership
+        if self.enabled:
+            self._say_copies()
+            alive = set(self._alive_ids())
+            self._note_departures(alive)
+            boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
+            restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
+            for b in restarted:           # copies are kept in memory: a restarted backup
+                del self._boot_of[b]      # has none of them any more
+            for backup in [b for b in self.by_backup if b not in alive or b in restarted]:
+                ids = self.by_backup.pop(backup)
+                held = node.ledger.held
+                for tid in ids:
+                    entry = held.get(tid)
+                    self.backup_of.pop(tid, None)
+                    if entry is None:
+                        continue
+                    new = self._choose(tid)
+                    self._track(tid, new)
+                    if new:
+                        self._queue(new).tasks[tid] = entry.frame
+                if ids and alive:
+                    log.info("%s: copying %d task(s) to their backups now", "tasks held with "
+                             "one copy" if not backup else f"backup {backup} restarted"
+                             if backup in restarted else f"backup {backup} is gone", len(ids))
+        grace_left = LEFT_GRACE + node.config.shutdown_timeout
+        for holder in list(self.copies_of):
+            m = ms.member(holder)
+            state = m.state if m is not None else None
+            if state in (MemberState.ALIVE, MemberState.SUSPECT):
+                self._gone.pop(holder, None)
+                continue
+            since = self._gone.setdefault(holder, now)
+            if state == MemberState.DEAD:
+                self.take_over(holder, "is dead")
+            elif state == MemberState.LEFT and now - since > grace_left:
+                self.take_over(holder, f"left {grace_left:.0f} s ago without handing them on")
+            elif state is None and now - since > ORPHAN_AFTER:
+                self.take_over(holder, "is unknown to the mesh")
+            if holder not in self.copies_of:
+                self._gone.pop(holder, None)
+
+    def _note_departures(self, alive: set[str]) -> None:
+        """Members that went (dead or left) since the last check: the results whose
+        other copy they kept are copied to another node (``_repair_some``); and when
+        a node is alive again after none was, so are the results kept alone."""
+        ms = self.node.membership
+        if alive and not (self._was_alive - self._departed):
+            self._repair.setdefault("", 0)      # alone until now
+        self._was_alive |= alive
+        self._departed -= alive                 # back again
+        for peer in self._was_alive - alive - self._departed:
+            m = ms.member(peer)
+            if m is None or m.state in (MemberState.DEAD, MemberState.LEFT):
+                self._departed.add(peer)
+                self._repair.setdefault(peer, 0)
+
+    def _repair_some(self) -> None:
+        """Copy up to REPAIR_CHUNK results per gone peer to their new backups."""
+        journal = self.node.journal
+        alive = set(self._alive_ids())
+        if not alive:
+            return
+        for peer, after in list(self._repair.items()):
+            if peer in alive:                       # it came back: its copies are there
+                del self._repair[peer]
+                continue
+            try:
+                rows = journal.results_of_peer(peer, after, REPAIR_CHUNK)
+            except JournalError as e:
+                log.error("journal: cannot read the results to copy again: %s", e)
+                return
+            if not rows:
+                del self._repair[peer]
+                n = self._repaired.pop(peer, 0)
+                if n:
+                    log.info("copied %d result(s) to other nodes: their other copy was on %s",
+                             n, peer or "no node (this one was alone)")
+                continue
+            moved: dict[str, list[str]] = {}
+            for _pos, tid, state, frame in rows:
+                new = self._choose(tid)
+                self._queue(new).results[tid] = (state, frame)
+                moved.setdefault(new, []).append(tid)
+            try:
+                for new, tids in moved.items():
+                    journal.set_peer(tids, new)
+            except JournalError as e:
+                log.error("journal: cannot record where results were copied: %s", e)
+            self._repair[peer] = rows[-1][0]
+            self._repaired[peer] = self._repaired.get(peer, 0) + len(rows)
+
+    def _say_copies(self, first: bool = False) -> None:
+        alone = not self._alive_ids()
+        if alone == self._alone:
+            return
+        self._alone = alone
+        if alone:
+            log.log(logging.INFO if first else logging.WARNING,
+                    "no other node is alive%s: tasks and results are kept in one copy (on "
+                    "this node) until another node joins", " yet" if first else "")
+        else:
+            log.info("tasks and results are kept in two copies: this node and a backup node")
+
+    def status(self) -> dict[str, Any]:
+        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.holder_of),
+                "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
+                "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
+                "taken_over": self.taken_over}
+
+
+def _split(batch: _Batch) -> list[_Batch]:
+    """A batch in parts of at most BATCH_BYTES of frames each."""
+    size = sum(len(f) for f in batch.tasks.values()) + \
+        sum(len(r[1]) for r in batch.results.values())
+    if size <= BATCH_BYTES:
+        return [batch]
+    parts: list[_Batch] = []
+    cur, n = _Batch(drop=set(batch.drop)), 0
+    for tid, frame in batch.tasks.items():
+        if n and n + len(frame) > BATCH_BYTES:
+            parts.append(cur)
+            cur, n = _Batch(), 0
+        cur.tasks[tid] = frame
+        n += len(frame)
+    for tid, result in batch.results.items():
+        if n and n + len(result[1]) > BATCH_BYTES:
+            parts.append(cur)
+            cur, n = _Batch(), 0
+        cur.results[tid] = result
+        n += len(result[1])
+    parts.append(cur)
+    return parts
+
+
+def _submit(frame: bytes) -> Submit | None:
+    try:
+        msg = decode(frame)
+    except DecodeError as e:
+        log.warning("dropped a copy that does not decode: %s", e)
+        return None
+    return msg if type(msg) is Submit else None
