@@ -4,6 +4,8 @@
 Each runs one task function over many items in one child, in the order given, and
 returns the list of results; the task is named in a signature map, so it must be
 registered on the node that runs the builtin (it is, on a mesh of identical nodes).
+The functions are the same objects for every app, so copying an app's tasks into
+another (as test harnesses do) registers nothing twice.
 """
 from __future__ import annotations
 
@@ -18,21 +20,24 @@ if TYPE_CHECKING:
 NAMES = ("mesh.map", "mesh.starmap")
 
 
+def _target(self: Any, task: Any) -> Any:
+    name = task.get("task") if isinstance(task, Mapping) else task
+    fn = self.app.tasks.get(name) if isinstance(name, str) else None
+    if fn is None:
+        raise NotRegistered(f"task {name!r} is not registered here, so it cannot be mapped")
+    return fn
+
+
+def xmap(self: Any, task: Any, it: list[Any]) -> list[Any]:
+    fn = _target(self, task)
+    return [fn(item) for item in it]
+
+
+def xstarmap(self: Any, task: Any, it: list[Any]) -> list[Any]:
+    fn = _target(self, task)
+    return [fn(*item) for item in it]
+
+
 def register_builtins(app: "Mesh") -> None:
-    def target(task: Any) -> Any:
-        name = task.get("task") if isinstance(task, Mapping) else task
-        fn = app.tasks.get(name) if isinstance(name, str) else None
-        if fn is None:
-            raise NotRegistered(f"task {name!r} is not registered here, so it cannot be mapped")
-        return fn
-
-    def xmap(task: Any, it: list[Any]) -> list[Any]:
-        fn = target(task)
-        return [fn(item) for item in it]
-
-    def xstarmap(task: Any, it: list[Any]) -> list[Any]:
-        fn = target(task)
-        return [fn(*item) for item in it]
-
-    app.task(name="mesh.map")(xmap)
-    app.task(name="mesh.starmap")(xstarmap)
+    app.task(name="mesh.map", bind=True)(xmap)
+    app.task(name="mesh.starmap", bind=True)(xstarmap)
