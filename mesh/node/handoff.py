@@ -267,8 +267,14 @@ class Handoffs(Component):
         ledger, tid = node.ledger, msg.task_id
         if node.stopping:
             return STOP_REASON
-        if tid in ledger.held or tid in node.control.revoked:
-            return None                 # ours already; or revoked: nothing to run
+        if tid in ledger.held:          # ours already; but if we are handing it away
+            for out in self._out.values():   # (to the node that sends it back: it shed it
+                mine = out.entries.pop(tid, None)   # before our handoff was answered), it
+                if mine is not None and not node.stopping:   # stays here: the answer to
+                    node.pool.submit(mine)   # ours must not make us forget it
+            return None
+        if tid in node.control.revoked:
+            return None                 # revoked: nothing to run
         task = node.app.tasks.get(msg.name)
         if task is None and msg.name != GROUP:    # (a group's coordinator is the node's)
             return f"task {msg.name!r} is not registered on node {node.name}"

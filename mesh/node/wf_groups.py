@@ -220,8 +220,8 @@ class Groups:
             g.done += 1
             if g.done == g.size:
                 self._succeed(g)
-            elif 0 <= g.next_i < g.size:
-                self._expand(g)
+            elif 0 <= g.next_i < g.size and g.next_i - g.done <= WINDOW // 2:
+                self._expand(g)        # refill the window in big steps: big handoffs
         elif res.state in (states.FAILURE, states.REVOKED, states.IGNORED):
             g.ended = (res.task_id, self._name(g, index), res)
             self._finish(g, encode(Result(task_id=g.id, state=res.state, exc=res.exc,
@@ -365,7 +365,8 @@ class Groups:
             self._start_member(g, i, members[i], peers)
         if lost:
             self.wf.counts["redriven"] += len(lost)
-            log.warning("group %s: %d member(s) known to no node: started again", g.id, len(lost))
+            log.warning("group %s: %d member(s) known to no node: started again (%s)", g.id,
+                        len(lost), ", ".join(member_id(g.id, i, members[i]) for i in lost[:5]))
         if g.next_i >= g.size:
             g.members = None
 

@@ -312,3 +312,58 @@ def test_eager_mode_runs_workflows_here_by_the_same_rules() -> None:
     # sig.apply() runs here without the setting too
     c.conf.task_always_eager = False
     assert chain(A(2, 2), A(1)).apply().get() == 5
+
+
+def test_a_big_group_over_two_nodes_loses_no_member() -> None:
+    # its members go to the node rendezvous hashing picks, and a busy node sheds some back:
+    # a task handed back before the first handoff was answered must stay (none re-driven)
+    async def main() -> None:
+        CALLS.clear()
+        async with running_node(app, name="wa", concurrency=2) as a, \
+                running_node(app, name="wb", concurrency=2, peers=[a.address]) as b:
+            await until(lambda: [m for m in a.membership.alive_members(include_self=False)
+                                 if m.meta.get("tasks") == a.tasks_digest]
+                        and b.membership.alive_members(include_self=False), "the mesh")
+            c = Mesh("wf-client2", peers=[a.address], mdns=False)
+            try:
+                for _ in range(2):
+                    g = group(sig(c, "wf.add", i) for i in range(3000)).apply_async()
+                    assert await get(g, 60) == list(range(3000))
+                assert b.workflows is not None and a.workflows is not None
+                assert b.ledger.counts["SUCCESS"] > 1000          # spread over both nodes
+                assert a.workflows.counts["redriven"] + b.workflows.counts["redriven"] == 0
+            finally:
+                await asyncio.to_thread(c.close)
+    run(main())
+
+
+def test_a_task_handed_back_before_its_handoff_is_answered_stays_held() -> None:
+    # a hands X to b; b sheds X back to a before a has b's answer; b's answer then comes:
+    # a must keep X (and run it), not forget it (then no node would have it)
+    from mesh.wire import codec as _codec
+    from mesh.wire.protocol import Submit as _Submit
+    from mesh.wire.protocol import encode as _encode
+
+    async def main() -> None:
+        async with running_node(app, name="ha", concurrency=1, autorun=False) as a, \
+                running_node(app, name="hb", concurrency=1, autorun=False, peers=[a.address]) as b:
+            await until(lambda: [m for m in a.membership.alive_members(include_self=False)
+                                 if m.meta.get("tasks") == a.tasks_digest], "b in a's view")
+            peer = a.membership.alive_members(include_self=False)[0]
+            c = Mesh("wf-client3", peers=[a.address], mdns=False)
+            try:
+                for i in range(2):       # the first runs (held "running"), X waits in the queue
+                    c.send_task("wf.add", (i, i), task_id=f"x-{i}")
+                await until(lambda: len(a.pool.queue) == 1, "x-1 queued on a")
+                entry = a.pool.remove("x-1")
+                assert entry is not None
+                a.handoff.hand([entry], "test", peer)                 # a -> b, unanswered yet
+                sub = _Submit(task_id="x-1", name="wf.add", payload=_codec.dump_call((1, 1), {}))
+                assert a.handoff._take(sub, _encode(sub)) is None      # b -> a, "shed back"
+                await until(lambda: "x-1" in b.ledger.held, "b to hold x-1")
+                await until(lambda: not a.handoff._out, "b's answer to a")
+                assert "x-1" in a.ledger.held                          # still a's
+                assert any(e.task_id == "x-1" for _, _, e in a.pool.queue)   # and it will run
+            finally:
+                await asyncio.to_thread(c.close)
+    run(main())
