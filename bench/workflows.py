@@ -92,7 +92,9 @@ def one_run(args: argparse.Namespace) -> dict[str, Any]:
         assert c.get(timeout=args.timeout) == args.chain
         out["chain_s"] = time.perf_counter() - t0
         # (d) a big group: memory on both sides
+        out["nodes_before_mb"] = sum(s.sample() for s in samplers) / MB
         for s in samplers:
+            s.peak = 0
             s.start()
         before = rss()
         t0 = time.perf_counter()
@@ -144,7 +146,8 @@ def main() -> int:
           f"({1000 * med['chain_s'] / args.chain:.2f} ms per step)")
     print(f"  group of {args.big:,}: {med['big_s']:.1f} s; client +{med['client_build_mb']:.0f} MB "
           f"building it, +{med['client_sent_mb']:.0f} MB sent, +{med['client_total_mb']:.0f} MB "
-          f"with its results; nodes' peak RSS {med['nodes_peak_mb']:.0f} MB (2 nodes + children)")
+          f"with its results; nodes' peak RSS {med['nodes_peak_mb']:.0f} MB (2 nodes + children; "
+          f"{med['nodes_before_mb']:.0f} MB before it)")
     if args.json:
         print(json.dumps({"runs": runs, "median": med}, indent=2))
     return 0

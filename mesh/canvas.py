@@ -155,15 +155,25 @@ class Canvas:
         c = partial(self, args, kwargs)
         return apply(app, c.set(**options) if options else c)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, compact: bool = False) -> dict[str, Any]:
+        """A map of plain values in Celery's shape (``signature(d)`` rebuilds it);
+        ``compact`` leaves out the keys whose value is the default (what is sent)."""
         raise NotImplementedError
 
-    def _opts_dict(self) -> dict[str, Any]:
+    def _opts_dict(self, compact: bool = False) -> dict[str, Any]:
         out = dict(self.options)
         for key in CALLBACKS:
             if key in out:
-                out[key] = [s.to_dict() for s in out[key]]
+                out[key] = [s.to_dict(compact) for s in out[key]]
         return out
+
+    def _shape(self, d: dict[str, Any], compact: bool) -> dict[str, Any]:
+        if compact:
+            for key, empty in (("args", []), ("kwargs", {}), ("options", {}),
+                               ("subtask_type", None), ("immutable", False)):
+                if key in d and d[key] == empty:
+                    del d[key]
+        return d
 
 
 @dataclass(frozen=True, eq=True)
@@ -215,9 +225,10 @@ class Signature(Canvas):
         s = self.clone(args, kwargs)
         return task(*s.args, **s.kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
-                "options": self._opts_dict(), "subtask_type": None, "immutable": self.immutable}
+    def to_dict(self, compact: bool = False) -> dict[str, Any]:
+        return self._shape({"task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
+                            "options": self._opts_dict(compact), "subtask_type": None,
+                            "immutable": self.immutable}, compact)
 
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
@@ -249,9 +260,11 @@ class chain(Canvas):  # noqa: N801 (Celery's name)
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"task": "mesh.chain", "args": [], "kwargs": {"tasks": [t.to_dict() for t in self.tasks]},
-                "options": self._opts_dict(), "subtask_type": "chain", "immutable": False}
+    def to_dict(self, compact: bool = False) -> dict[str, Any]:
+        return self._shape({"task": "mesh.chain", "args": [],
+                            "kwargs": {"tasks": [t.to_dict(compact) for t in self.tasks]},
+                            "options": self._opts_dict(compact), "subtask_type": "chain",
+                            "immutable": False}, compact)
 
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks) or "chain()"
@@ -274,9 +287,11 @@ class group(Canvas):  # noqa: N801
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"task": "mesh.group", "args": [], "kwargs": {"tasks": [t.to_dict() for t in self.tasks]},
-                "options": self._opts_dict(), "subtask_type": "group", "immutable": False}
+    def to_dict(self, compact: bool = False) -> dict[str, Any]:
+        return self._shape({"task": "mesh.group", "args": [],
+                            "kwargs": {"tasks": [t.to_dict(compact) for t in self.tasks]},
+                            "options": self._opts_dict(compact), "subtask_type": "group",
+                            "immutable": False}, compact)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -314,11 +329,13 @@ class chord(Canvas):  # noqa: N801
     def _find_app(self) -> "Mesh | None":
         return self.app or self.header._find_app() or (self.body._find_app() if self.body else None)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"task": "mesh.chord", "args": [],
-                "kwargs": {"header": self.header.to_dict(),
-                           "body": self.body.to_dict() if self.body is not None else None},
-                "options": self._opts_dict(), "subtask_type": "chord", "immutable": False}
+    def to_dict(self, compact: bool = False) -> dict[str, Any]:
+        return self._shape({"task": "mesh.chord", "args": [],
+                            "kwargs": {"header": self.header.to_dict(compact),
+                                       "body": self.body.to_dict(compact) if self.body is not None
+                                       else None},
+                            "options": self._opts_dict(compact), "subtask_type": "chord",
+                            "immutable": False}, compact)
 
     def __repr__(self) -> str:
         return f"chord({self.header!r}, {self.body!r})"

@@ -160,7 +160,7 @@ class Groups:
             g.next_i += 1
             if g.values[i] is not None or i in g.known:
                 continue
-            self._start_member(g, i, members[i], peers)
+            self._start_member(g, i, members[i], peers, new=g.fresh)
             started += 1
         if g.next_i >= g.size:
             g.members = None
@@ -183,20 +183,22 @@ class Groups:
             return {}
         return {m.id: m for m in handoff._peers()}
 
-    def _start_member(self, g: Group, i: int, m: Any, peers: dict[str, Any] | None = None) -> None:
+    def _start_member(self, g: Group, i: int, m: Any, peers: dict[str, Any] | None = None,
+                      new: bool = False) -> None:
         """Start member ``i`` here; it goes to the node that rendezvous hashing picks for
         its id among this one and ``peers`` (once journalled here: handoff), so a
         group's members spread over the mesh and its coordinator is not its bottleneck."""
         us = units(m, member_id(g.id, i, m))
         first = uid(us[0])
-        self.wf.start_unit(us[0], g.value, g.id, g.root, us[1:], [g.id, i, self.node.name])
+        self.wf.start_unit(us[0], g.value, g.id, g.root, us[1:], [g.id, i, self.node.name],
+                           new=new)
         if peers:
             target = ranked(first, [self.node.name, *peers])[0]
             if target != self.node.name and first in self.node.ledger.held:
                 self.node.ledger.spread[first] = peers[target]
 
     # -- members end ------------------------------------------------------------------
-    def deliver(self, gid: str, index: int, frame: bytes) -> None:
+    def deliver(self, gid: str, index: int, frame: bytes, res: Any = None) -> None:
         g = self.groups.get(gid)
         if g is None or g.ended is not None:
             return
@@ -207,7 +209,8 @@ class Groups:
             self.wf.counts["duplicate_reports"] += 1
             return
         try:
-            res = decode(frame)
+            if res is None:
+                res = decode(frame)
         except DecodeError:
             self.wf.counts["reports_ignored"] += 1
             return

@@ -154,17 +154,18 @@ class Workflows(Component):
         if state == states.SUCCESS:
             res = decode(frame)
             assert isinstance(res, Result)
-            self._success(tid, root, wf, res.result if res.result is not None else NIL, frame)
+            self._success(tid, root, wf, res, frame)
         elif state in (states.FAILURE, states.REVOKED, states.IGNORED):
             self._failure(tid, name, root, wf, sub_frame, headers, frame, chord_from)
 
-    def _success(self, tid: str, root: str, wf: Wf, value: bytes, frame: bytes) -> None:
+    def _success(self, tid: str, root: str, wf: Wf, res: Result, frame: bytes) -> None:
+        value = res.result if res.result is not None else NIL
         for j, cb in enumerate(wf.cb.get("link", ())):
             self.start_workflow(cb, derive(tid, f"link{j}"), value, tid, root)
         if wf.next:
             self.start_unit(wf.next[0], value, tid, root, wf.next[1:], wf.report)
         elif wf.report:
-            self.report(wf.report, frame)
+            self.report(wf.report, frame, res)
 
     def _failure(self, tid: str, name: str, root: str, wf: Wf, sub_frame: bytes, headers: dict[str, Any],
                  frame: bytes, chord_from: tuple[str, str, Result] | None) -> None:
@@ -226,8 +227,10 @@ class Workflows(Component):
             self.start_unit(first, None, parent, root, us[1:], None)
 
     def start_unit(self, u: dict[str, Any], value: bytes | None, parent: str, root: str,
-              nxt: list[dict[str, Any]], report: list[Any] | None, errback: bool = False) -> None:
-        """Accept unit ``u`` into this node's ledger (same pass, same journal commit)."""
+              nxt: list[dict[str, Any]], report: list[Any] | None, errback: bool = False,
+              new: bool = False) -> None:
+        """Accept unit ``u`` into this node's ledger (same pass, same journal commit).
+        ``new``: a fresh group's member, whose id nothing can know yet (not looked up)."""
         node = self.node
         tid = uid(u)
         ledger, journal = node.ledger, node.journal
@@ -235,7 +238,7 @@ class Workflows(Component):
             self.counts["deduplicated"] += 1
             return
         try:
-            if journal.get(tid) is not None:       # finished (or held) here already
+            if not new and journal.get(tid) is not None:   # finished (or held) here already
                 self.counts["deduplicated"] += 1
                 return
         except JournalError as e:
@@ -334,14 +337,15 @@ class Workflows(Component):
         ledger.notify(tid, frame, name, state)
 
     # -- reports to coordinators --------------------------------------------------------
-    def report(self, rep: list[Any], frame: bytes) -> None:
-        """Member ``rep[1]`` of group ``rep[0]`` ended with ``frame``: tell its coordinator
-        (here, the node named in ``rep[2]``, or whoever pulled it since)."""
+    def report(self, rep: list[Any], frame: bytes, res: Result | None = None) -> None:
+        """Member ``rep[1]`` of group ``rep[0]`` ended with ``frame`` (``res`` decoded,
+        when known): tell its coordinator (here, the node named in ``rep[2]``, or
+        whoever pulled it since)."""
         gid, index, coord = rep
-        res_id = _frame_task_id(frame)
+        res_id = res.task_id if res is not None else _frame_task_id(frame)
         targets = set()
         if gid in self.groups.groups:
-            self.groups.deliver(gid, index, frame)
+            self.groups.deliver(gid, index, frame, res)
         else:
             addr = self._address(coord)
             if addr:

@@ -14,7 +14,7 @@ from mesh.canvas import Canvas, Signature, chain, chord, group
 from mesh.exceptions import ConfigError
 from mesh.wire import codec
 from mesh.workflow.describe import describe
-from mesh.workflow.plan import GROUP, callbacks, kind, uid, units, wf_header
+from mesh.workflow.plan import GROUP, callbacks, group_members, kind, uid, units, wf_header
 from mesh.workflow.results import handle
 
 if TYPE_CHECKING:
@@ -53,8 +53,8 @@ def apply_async(app: "Mesh", c: Canvas, args: Iterable[Any] | None,
         from mesh.workflow.eager import apply
         return apply(app, c)
     from mesh.app import new_task_id
-    d = c.to_dict()
-    hid = d["options"].get("task_id") or new_task_id()
+    d = c.to_dict(compact=True)
+    hid = (d.get("options") or {}).get("task_id") or new_task_id()
     us = units(d, hid)
     first, rest = us[0], us[1:]
     headers: dict[str, Any] = {"root_id": hid}
@@ -89,7 +89,7 @@ def send(app: "Mesh", u: Mapping[str, Any], headers: dict[str, Any]) -> Any:
     if kind(u) == "group":
         for k in ("countdown", "eta"):     # the members' business (inherited)
             opts.pop(k, None)
-        return app.send_task(GROUP, args=[list(u["kwargs"]["tasks"])], kwargs={},
+        return app.send_task(GROUP, args=[group_members(u)], kwargs={},
                              task_id=uid(u), headers=headers,
                              **{k: v for k, v in opts.items() if k == "priority"})
     name = u["task"]
