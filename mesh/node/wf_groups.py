@@ -49,8 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.workflows")
 
-WINDOW = 10_000        # members started and not ended, per group, at most
-CHUNK = 2_000          # members started per loop pass, per group
+WINDOW = 5_000         # members started and not ended, per group, at most
+CHUNK = 500            # members started per loop pass, per group (a pass stays short)
 PULL_CHUNK = 5_000     # ids per WF_PULL
 ROUND_TIMEOUT = 3.0    # s for every node to answer a pull round
 STALL_AFTER = 10.0     # s without a report before a group asks where its members are

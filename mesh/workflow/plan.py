@@ -76,8 +76,8 @@ def _with_opts(d: Mapping[str, Any], **opts: Any) -> dict[str, Any]:
 
 def _inherit(d: Mapping[str, Any], parent_opts: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     given = {k: parent_opts[k] for k in keys if k in parent_opts}
-    if not given:
-        return dict(d)
+    if not given:          # nothing to add: the same map (never changed in place)
+        return d if isinstance(d, dict) else dict(d)
     out = dict(d)
     out["options"] = {**given, **(d.get("options") or {})}
     return out
