@@ -196,6 +196,9 @@ def chord_with_a_death(start_node: Any, tmp_path: Path, victim: str) -> None:
                 for x in survivors)
     print(f"{victim}: {dup} header task(s) ran twice; {taken} task(s) taken over or handed")
     assert taken > 0          # the dead node held work that the others ran
+    # at least once; a second run only in a node's dying moments (none in our runs): a
+    # coordinator that took the group over and started it all again would run ~n twice
+    assert dup < n // 20, dup
 
 
 def test_the_coordinating_node_killed_for_good_mid_chord(start_node: Any, tmp_path: Path) -> None:

@@ -367,3 +367,125 @@ def test_a_task_handed_back_before_its_handoff_is_answered_stays_held() -> None:
             finally:
                 await asyncio.to_thread(c.close)
     run(main())
+
+
+def test_a_revoked_first_step_ends_the_whole_chain() -> None:
+    async def main() -> None:
+        async with mesh() as (node, c):
+            await asyncio.to_thread(c.control.revoke, "first-step")
+            r = chain(sig(c, "wf.add", 1, 1).set(task_id="first-step"), sig(c, "wf.add", 2),
+                      sig(c, "wf.add", 3)).apply_async()
+            with pytest.raises(TaskRevokedError):
+                await get(r)
+            with pytest.raises(TaskRevokedError):
+                await get(r.parent)
+    run(main())
+
+
+def test_a_reader_waiting_for_a_step_that_does_not_exist_yet_hears_of_it() -> None:
+    # a chord's body exists only once its header is done: a waiter asked before that is
+    # told when it ends (not a second later, when it asks again)
+    import zmq
+    import zmq.asyncio
+
+    from mesh.wire.protocol import Control, Result, decode, encode
+
+    async def main() -> None:
+        async with mesh() as (node, c):
+            ctx = zmq.asyncio.Context()
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(node.address)
+            try:
+                await s.send(encode(Control("q1", "result", {"task_id": "later", "watch": True})))
+                await asyncio.wait_for(s.recv_multipart(), 10)          # UNKNOWN, for now
+                r = sig(c, "wf.add", 2, 3).set(task_id="later").apply_async()
+                assert await get(r) == 5
+                frames = await asyncio.wait_for(s.recv_multipart(), 5)
+                msg = decode(frames[-1])
+                assert isinstance(msg, Result) and msg.task_id == "later"
+            finally:
+                s.close(linger=0)
+                ctx.term()
+    run(main())
+
+
+def test_a_steps_result_reaches_its_backup_only_after_the_next_steps_copy() -> None:
+    # if the node dies between the two, the backup runs the step again (the chain goes
+    # on): it never has the step's result without the next step
+    async def main() -> None:
+        CALLS.clear()
+        async with running_node(app, name="ra", concurrency=1, autorun=False) as a, \
+                running_node(app, name="rb", concurrency=1, peers=[a.address]) as b:
+            await until(lambda: a.membership.alive_members(include_self=False)
+                        and b.membership.alive_members(include_self=False), "the mesh")
+            await until(lambda: a.replicas._alive_ids(), "b as a's backup")
+            c = Mesh("wf-client4", peers=[a.address], mdns=False)
+            import zmq
+            import zmq.asyncio
+
+            from mesh.wire import codec as _codec
+            from mesh.wire.protocol import Submit, encode
+            from mesh.workflow.plan import callbacks, units, wf_header
+            ctx = zmq.asyncio.Context()
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(a.address)           # the first step goes to a, nowhere else
+            try:
+                wf = chain(sig(c, "wf.add", 1, 1).set(task_id="step-1"),
+                           sig(c, "wf.add", 1).set(task_id="step-2"))
+                us = units(wf.to_dict(compact=True), "step-2")
+                headers = {"root_id": "step-2", "wf": wf_header(us[1:], None, callbacks(us[0]))}
+                await sock.send(encode(Submit("step-1", "wf.add", _codec.dump_call([1, 1], {}),
+                                              headers=headers)))
+                r = c.AsyncResult("step-2")
+                await until(lambda: "step-1" in {e.task_id for e in a.pool.active()}, "step 1 to run")
+                await until(lambda: not a.replicas.pending("step-1"), "step 1's copy on b")
+                a.pool.finish_running("step-1")     # step 2 is started, its copy not yet made
+
+                def result_on_its_way() -> bool:
+                    r = a.replicas
+                    return any("step-1" in batch.results for batch in r._out.values()) or \
+                        any("step-1" in sent.batch.results for sent in r._sent.values())
+                seen_bad = seen_pending = False
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:        # every loop pass, no sleeping
+                    pending = a.replicas.pending("step-2")
+                    seen_pending |= pending
+                    if pending:
+                        seen_bad |= result_on_its_way()
+                    elif seen_pending:
+                        break
+                    await asyncio.sleep(0)
+                assert seen_pending            # step 2 started, its copy not yet confirmed...
+                assert not seen_bad            # ...and step 1's result waited for it
+                await until(lambda: b.journal.get("step-1") is not None, "step 1's result on b")
+                a.pool.finish_running()
+                assert await get(r) == 3
+            finally:
+                sock.close(linger=0)
+                ctx.term()
+                await asyncio.to_thread(c.close)
+    run(main())
+
+
+def test_driving_a_step_again_duplicates_nothing() -> None:
+    # a step's end seen twice (its node ran it again after a takeover): the next step's
+    # id is known here, so it is not started again
+    from mesh.wire import codec as _codec
+    from mesh.wire.protocol import Result, Submit, encode
+    from mesh.workflow.plan import units, wf_header
+
+    async def main() -> None:
+        async with mesh() as (node, c):
+            wf = chain(sig(c, "wf.add", 1, 1).set(task_id="d-1"), sig(c, "wf.record").set(task_id="d-2"))
+            assert await get(wf.apply_async()) == "recorded"
+            us = units(wf.to_dict(compact=True), "d-2")
+            msg = Submit("d-1", "wf.add", _codec.dump_call([1, 1], {}),
+                         headers={"root_id": "d-2", "wf": wf_header(us[1:], None, {})})
+            assert node.workflows is not None
+            node.workflows.refused(msg, encode(Result("d-1", "SUCCESS", result=_codec.dumps(2))))
+            await asyncio.sleep(0.2)
+            assert [x for x in CALLS if x[0] == "record"] == [("record", (2,))]
+            assert node.workflows.counts["deduplicated"] == 1
+    run(main())
