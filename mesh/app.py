@@ -14,10 +14,12 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, overload
 
+from mesh import shared, signals
 from mesh.conf import Settings
 from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
+from mesh.loader import Discovery
 from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
 from mesh.signals import Signal
@@ -84,7 +86,7 @@ class Mesh:
                  mdns: bool | None = None, broker: Any = None, backend: Any = None,
                  include: Iterable[str] | None = None, config_source: Any = None,
                  namespace: str | None = None, task_cls: type[Task] | str | None = None,
-                 **options: Any):
+                 set_as_current: bool = True, **options: Any):
         self.main = main
         self.origin: str | None = None   # where meshnode found this app (module:attr)
         self._options = {"peers": peers, "mdns": mdns, **options}
@@ -101,7 +103,7 @@ class Mesh:
         # the app's own Task class: subclass it for handlers and shared options
         self.Task: type[Task] = type("Task", (base,), {"_app": self, "__module__": base.__module__,
                                                        "__qualname__": f"{base.__qualname__}"})
-        self.tasks: dict[str, Task] = {}
+        self._tasks: dict[str, Task] = {}
         self.components = Components()   # the app's own node components (mesh.Component)
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -120,11 +122,15 @@ class Mesh:
         self.on_after_finalize = Signal("on_after_finalize")
         # threads do not survive fork: a child process makes its own client when it needs one
         os.register_at_fork(after_in_child=functools.partial(_forget_client, weakref.ref(self)))
-        from mesh.workflow.builtins import register_builtins
-        register_builtins(self)      # mesh.map, mesh.starmap (Celery's celery.map, ...)
+        self._discovery = Discovery()    # autodiscover_tasks(): done when tasks are first read
+        self.fixups: list[Any] = []
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):   # Django in use: mesh/django/fixup.py
+            from mesh.django.fixup import fixup
+            self.fixups.append(fixup(self))
+        shared.app_created(self, set_as_current)    # every @shared_task declared so far
 
     def __repr__(self) -> str:
-        return f"<Mesh {self.main or '?'} tasks={len(self.tasks)}>"
+        return f"<Mesh {self.main or '?'} tasks={len(self._tasks)}>"
 
     # -- configuration ----------------------------------------------------------------
     @property
@@ -184,6 +190,33 @@ class Mesh:
         return names
 
     # -- registry ---------------------------------------------------------------------
+    @property
+    def tasks(self) -> dict[str, Task]:
+        """The registered tasks, by name. The first read imports the modules asked for
+        by ``autodiscover_tasks`` (and sets Django up first, when Django is in use)."""
+        if self._discovery.pending:
+            self._discovery.run(self)
+        return self._tasks
+
+    def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+                           related_name: str = "tasks", force: bool = False) -> None:
+        """Import ``<package>.<related_name>`` for each package (Celery's): with Django
+        and no ``packages``, every installed app. Lazily, when ``app.tasks`` is first
+        read (a node reads it as it starts), unless ``force``. A package without such a
+        module is skipped; an error inside one is raised."""
+        if packages is None:
+            if not self.fixups:
+                raise ConfigError("autodiscover_tasks() without packages needs Django "
+                                  "(DJANGO_SETTINGS_MODULE); otherwise name the packages")
+            packages = self.fixups[0].installed_apps
+        self._discovery.add(packages, related_name)
+        if force:
+            self._discovery.run(self)
+
+    def set_current(self) -> None:
+        """Make this the app that ``@shared_task`` proxies send through."""
+        shared.set_current(self)
+
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
     @overload
@@ -200,7 +233,7 @@ class Mesh:
             ignore_options({k: opts.pop(k) for k in list(opts) if k in TASK_OPTIONS},
                            TASK_OPTIONS, "@app.task", "", self.conf._warned)
             name = opts.pop("name", None) or base.name or f"{f.__module__}.{f.__qualname__}"
-            if name in self.tasks and getattr(self.tasks[name], "fun", None) is not f:
+            if name in self._tasks and getattr(self._tasks[name], "fun", None) is not f:
                 raise ConfigError(f"a different task is already registered as {name!r}")
             # a class per task, as Celery makes: its attributes read the task's own options
             cls: type[Task] = type(f.__name__, (base,), {
@@ -210,7 +243,7 @@ class Mesh:
             init = type(t).__init__
             if init is not Task.__init__:
                 init(t)               # a base class's own __init__, called as Celery does
-            self.tasks[name] = t
+            self._tasks[name] = t
             return t
         if fun is not None:
             if options:
@@ -226,11 +259,12 @@ class Mesh:
             raise ConfigError(f"register_task needs a Task subclass or instance, got {task!r}")
         cls = type(t)
         name = options.pop("name", None) or cls.name or f"{cls.__module__}.{cls.__qualname__}"
-        if name in self.tasks and self.tasks[name] is not t:
+        if name in self._tasks and self._tasks[name] is not t:
             raise ConfigError(f"a different task is already registered as {name!r}")
         t._bind(self, None, name, options)
-        self.tasks[name] = t
+        self._tasks[name] = t
         return t
+
     # -- periodic tasks (docs/periodic.md) ----------------------------------------------
     def add_periodic_task(self, schedule: Any, sig: Any, args: Iterable[Any] = (),
                           kwargs: dict[str, Any] | None = None, name: str | None = None,
@@ -248,6 +282,7 @@ class Mesh:
         """The periodic entries (``mesh.periodic.Schedule``); the first call sends
         ``on_after_configure`` and ``on_after_finalize``."""
         from mesh.periodic import build
+        self.tasks  # noqa: B018  (discovery first: task modules may connect on_after_finalize)
         return build(self)
 
     # -- client -----------------------------------------------------------------------
@@ -323,10 +358,20 @@ class Mesh:
         if self.conf.task_send_sent_event:    # the node publishes task-sent for us
             headers["sent_at"] = now
             headers["sent_by"] = f"{socket.gethostname()}:{os.getpid()}"
+        expires_t = _abs_time(expires, now, "expires")
+        tid = task_id or new_task_id()
+        body = None                        # the publish signals' body, when someone listens
+        if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
+            from mesh.client import publish
+            queue = self.conf.task_default_queue
+            body, headers = publish.before(
+                name, tid, args or (), kwargs if kwargs is not None else {}, headers, queue,
+                priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
+                soft_time_limit=soft_time_limit)
+            args, kwargs = body[0], body[1]
         msg = Submit(
-            task_id=task_id, name=name,
-            payload=codec.dump_call(args, kwargs), priority=priority or 0, eta=eta_t,
-            expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
+            task_id=tid, name=name, payload=codec.dump_call(args, kwargs), priority=priority or 0,
+            eta=eta_t, expires=expires_t, time_limit=time_limit,
             soft_time_limit=soft_time_limit, headers=headers)
         msg.validate()
         if self._client is not None and self._client.lookup(task_id):
@@ -338,6 +383,9 @@ class Mesh:
                               f"{config.max_message_size} (max_message_size)")
         slot = Slot(msg.task_id, frame)
         self.client.submit(slot)
+        if body is not None:
+            from mesh.client import publish
+            publish.after(name, body, queue)
         return AsyncResult(msg.task_id, self, slot)
 
     @property

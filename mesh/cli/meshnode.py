@@ -86,7 +86,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
-            result_expires=result_expires, replicas=replicas, events=False if no_events else None, http=http, loglevel=loglevel.upper() if loglevel else None)
+            result_expires=result_expires, replicas=replicas, events=False if no_events else None,
+            http=http, loglevel=loglevel.upper() if loglevel else None)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
     setup_logging(app, config)

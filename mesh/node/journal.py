@@ -81,11 +81,6 @@ class Journal(abc.ABC):
         """Remember revoked ids."""
 
     @abc.abstractmethod
-    def forget(self, task_id: str) -> bool:
-        """Drop a finished task's result and record (AsyncResult.forget); False if
-        there was no result."""
-
-    @abc.abstractmethod
     def copy_result(self, task_id: str, state: str, result: bytes, finished: float,
                     peer: str) -> None:
         """The result of a task another node ran (this node is its backup:
@@ -102,6 +97,11 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def set_peer(self, task_ids: Iterable[str], peer: str) -> None:
         """These results' other copy is on ``peer`` now."""
+
+    @abc.abstractmethod
+    def forget(self, task_id: str) -> bool:
+        """Drop a finished task's result and record (AsyncResult.forget); False if
+        there was no result."""
 
     @property
     @abc.abstractmethod

@@ -207,8 +207,10 @@ class Ledger:
         self.counts[state] += 1
         replicas = node.replicas
         wf = node.workflows if entry is not None and entry.wf is not None else None
-        # it replaces the copy at the backup; a workflow step's once what it starts is copied
-        backup = replicas.finished(task_id, state, result_frame, hold=wf is not None)
+        # the result replaces the backup's copy (a task that keeps none: the copy goes);
+        # a workflow step's, once what it starts is copied
+        backup = replicas.finished(task_id, state, result_frame if keep else None,
+                                   hold=wf is not None)
         try:
             if keep:
                 node.journal.finish(task_id, state, result_frame, time.time(), backup)

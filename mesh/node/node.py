@@ -110,6 +110,8 @@ class Node:
                  components: Iterable[type[Component] | Component] | None = None,
                  handle_signals: bool = True):
         self.app = app
+        from mesh.workflow.builtins import register_builtins
+        register_builtins(app)       # mesh.map, mesh.starmap: before the children fork
         self.handle_signals = handle_signals    # SIGTERM/SIGINT stop the node (meshnode)
         self._run_task: asyncio.Task[Any] | None = None
         self.config = config

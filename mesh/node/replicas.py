@@ -76,6 +76,7 @@ LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a 
                          # that left are run here (it hands its tasks on as it stops)
 ORPHAN_AFTER = 30.0      # s before the copies of a holder no member knows are run here
 REPAIR_CHUNK = 2000      # results copied again per gone peer per TICK, at most
+SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
 DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
                                 # the message size limit)
@@ -216,11 +217,17 @@ class Replicas(Component):
         if backup:
             self._queue(backup).tasks[entry.task_id] = entry.frame
 
-    def finished(self, task_id: str, state: str, result_frame: bytes, hold: bool = False) -> str:
+    def finished(self, task_id: str, state: str, result_frame: bytes | None,
+                 hold: bool = False) -> str:
         """A held task's final result: it replaces the copy at the backup (a copy not
         sent yet is not sent at all). The backup that keeps the result ("" if none).
-        ``hold``: keep it until ``release`` (a workflow's step: see there)."""
+        ``result_frame`` None: the task keeps no result (ignore_result); its copy goes,
+        and nothing waits for the backup. ``hold``: keep it until ``release`` (a
+        workflow's step: see there)."""
         if not self.enabled:
+            return ""
+        if result_frame is None:
+            self.forgotten([task_id])
             return ""
         backup = self._untrack(task_id) or self._choose(task_id)
         if backup:
@@ -510,10 +517,14 @@ class Replicas(Component):
     # -- the loop: resends, timeouts, membership --------------------------------------
     async def _loop(self) -> None:
         next_members = 0.0
+        next_sweep = time.monotonic() + SWEEP_EVERY
         while True:
             await asyncio.sleep(TICK)
             try:
                 now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + SWEEP_EVERY
+                    self.sweep()
                 self._resend(now)
                 self._give_up(now)
                 if self._repair:
@@ -598,6 +609,15 @@ class Replicas(Component):
             if holder not in self.copies_of:
                 self._gone.pop(holder, None)
 
+    def sweep(self) -> int:
+        """Close the handoff/copy sockets of peers membership no longer knows (churn
+        must not grow file descriptors for ever); how many."""
+        known = {m.address for m in self.node.membership.members()}
+        gone = [a for a in self.sockets.socks if a not in known]
+        for address in gone:
+            self.sockets.forget(address)
+        return len(gone)
+
     def _note_departures(self, alive: set[str]) -> None:
         """Members that went (dead or left) since the last check: the results whose
         other copy they kept are copied to another node (``_repair_some``); and when
@@ -662,6 +682,7 @@ class Replicas(Component):
 
     def status(self) -> dict[str, Any]:
         return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.holder_of),
+                "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
                 "taken_over": self.taken_over}

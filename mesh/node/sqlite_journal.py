@@ -24,6 +24,12 @@ A row per task id::
     result    the encoded Result, once final
     finished  unix time of the result (results expire after ``result_expires``)
 
+and in the results table (a row per finished id, in finishing order) two more:
+
+    peer      the node that keeps the other copy of the result (mesh/node/replicas.py)
+    copy      1 when another node ran the task and this one keeps the copy (no row in
+              tasks then); the dashboard's history counts only what this node ran
+
 Errors from sqlite (a full disk, a read-only file, a corrupt database) become
 :class:`JournalError` with a message that says what happened and where.
 """
@@ -58,7 +64,8 @@ CREATE TABLE IF NOT EXISTS results (
     state    TEXT NOT NULL,
     result   BLOB NOT NULL,
     finished REAL NOT NULL,
-    peer     TEXT NOT NULL DEFAULT ''
+    peer     TEXT NOT NULL DEFAULT '',
+    copy     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
@@ -125,6 +132,8 @@ class SqliteJournal(Journal):
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
             if "peer" not in cols:   # the node holding the other copy (mesh/node/replicas.py)
                 self.db.execute("ALTER TABLE results ADD COLUMN peer TEXT NOT NULL DEFAULT ''")
+            if "copy" not in cols:   # 1: another node ran it (this one keeps the copy)
+                self.db.execute("ALTER TABLE results ADD COLUMN copy INTEGER NOT NULL DEFAULT 0")
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -258,8 +267,8 @@ class SqliteJournal(Journal):
                     peer: str) -> None:
         """A result from a node this one backs up: a row in results (no task row; add()
         looks at results too, so the id is not run here again)."""
-        self._write("INSERT OR IGNORE INTO results (task_id, state, result, finished, peer) "
-                    "VALUES (?, ?, ?, ?, ?)", (task_id, state, result, finished, peer))
+        self._write("INSERT OR IGNORE INTO results (task_id, state, result, finished, peer, copy) "
+                    "VALUES (?, ?, ?, ?, ?, 1)", (task_id, state, result, finished, peer))
 
     def results_of_peer(self, peer: str, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:
         """(No index on peer: this runs when a node is gone, a range scan by rowid.)"""

@@ -4,8 +4,10 @@
 Each runs one task function over many items in one child, in the order given, and
 returns the list of results; the task is named in a signature map, so it must be
 registered on the node that runs the builtin (it is, on a mesh of identical nodes).
-The functions are the same objects for every app, so copying an app's tasks into
-another (as test harnesses do) registers nothing twice.
+They are registered in the app a node runs (``Node`` does it before its children
+fork) and, for eager mode, in the app that runs a workflow here; a client that only
+sends them needs nothing. The functions are the same objects for every app, so
+registering them again, or copying an app's tasks into another, is harmless.
 """
 from __future__ import annotations
 
@@ -39,5 +41,7 @@ def xstarmap(self: Any, task: Any, it: list[Any]) -> list[Any]:
 
 
 def register_builtins(app: "Mesh") -> None:
-    app.task(name="mesh.map", bind=True)(xmap)
-    app.task(name="mesh.starmap", bind=True)(xstarmap)
+    if "mesh.map" not in app.tasks:
+        app.task(name="mesh.map", bind=True)(xmap)
+    if "mesh.starmap" not in app.tasks:
+        app.task(name="mesh.starmap", bind=True)(xstarmap)

@@ -186,6 +186,8 @@ class _Run:
 def apply(app: "Mesh", c: Any) -> Any:
     """Run workflow ``c`` here and now; its handle (EagerResult, EagerGroupResult)."""
     from mesh.app import new_task_id
+    from mesh.workflow.builtins import register_builtins
+    register_builtins(app)          # task.map/starmap/chunks run here too
     d = c.to_dict(compact=True)
     hid = (d.get("options") or {}).get("task_id") or new_task_id()
     return _Run(app).workflow(d, hid, _NO, None, hid)

@@ -229,3 +229,14 @@ def retry_after_gate(self: Any, gate: str, marker: str, countdown: float = 0.5) 
             f.write(self.request.hostname or "")
         raise self.retry(countdown=countdown)
     return {"retries": self.request.retries, "node": self.request.hostname}
+
+
+BACKOFF_MAX = 5000.0
+
+
+@app.task(autoretry_for=(OSError,), max_retries=None, retry_backoff=1, retry_backoff_max=BACKOFF_MAX,
+          retry_jitter=False)
+def always_retry() -> None:
+    """Retries by itself forever, 1, 2, 4, 8 ... s apart (capped): the backoff is read
+    from its RETRY results."""
+    raise OSError("always")

@@ -186,3 +186,28 @@ def test_the_holder_killed_for_good_loses_no_task_and_no_result(
     p = run_program(MESHCTL, "--peers", b.endpoint, "--json", "result", done[7])
     assert p.returncode == EXIT_OK, p
     assert json.loads(p.stdout)["result"] == 14
+
+
+def test_an_owner_sends_a_dead_holders_tasks_to_their_backup_where_they_run_once(
+        start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
+    # the owner stays: when the holder dies, it sends each task to the node that kept
+    # its copy (rendezvous over the nodes alive), which took it over: one run each
+    a = start_node(name="a", concurrency=1)
+    b = start_node(name="b", concurrency=1, peers=a.endpoint)
+    c = start_node(name="c", concurrency=1, peers=a.endpoint)
+    form_mesh(a, b, c)
+    owner = make_client(a)
+    wait_until(lambda: len(owner.app.client._placeable) == 3, what="the owner to see all three")
+    out = tmp_path / "runs"
+    rs = [owner.tasks.append_line.apply_async((str(out), f"t{i}"), countdown=4.0)
+          for i in range(60)]
+    wait_until(lambda: all(r.state == "RECEIVED" for r in rs), what="every task acknowledged")
+    on_a = [r for r in rs if r._slot.node == a.endpoint]
+    assert on_a, "no task went to a"
+    a.proc.kill()
+    a.proc.wait(10)
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"t{i}" for i in range(60)]
+    wait_until(lambda: b.status()["held"] + c.status()["held"] == 0, what="b and c to be done")
+    runs = out.read_text().splitlines()
+    assert sorted(runs) == sorted(f"t{i}" for i in range(60)), "a task ran twice, or never"
+    assert owner.app.client.failovers >= len(on_a)

@@ -138,7 +138,9 @@ def test_a_reader_sees_a_running_task_and_gets_its_result_when_done(
         got: list[Any] = []
         waiter = threading.Thread(target=lambda: got.append(other.get(timeout=RESULT_TIMEOUT)))
         waiter.start()
-        time.sleep(0.3)         # let the reader register as a watcher before the task ends
+        # the reader waits (a watcher: the node pushes the result) before the task ends
+        wait_until(lambda: any(s.waiters for s in app.client._watched.get(r.id, [])),
+                   what="the reader to wait for the result")
         gate.touch()
         waiter.join(RESULT_TIMEOUT)
         assert got == ["opened"]
@@ -329,13 +331,16 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
 
 def test_sockets_to_departed_nodes_are_closed(
         start_node: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mesh.client.io
-    monkeypatch.setattr(mesh.client.io, "LINK_GRACE", 0.5)
+    import mesh.client.links
+    monkeypatch.setattr(mesh.client.links, "LINK_GRACE", 0.5)
     a = start_node(profile="test")
     b = start_node(profile="test", peers=a.endpoint)
     c = make_client(a)
     wait_until(lambda: len(c.app.client.links) == 2, what="the client to learn b")
     wait_until(lambda: a.status()["peer_sockets"] >= 1, what="a to talk to b")
+    rs = [c.tasks.add.delay(i, 1) for i in range(20)]         # a copies its tasks to b
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [i + 1 for i in range(20)]
+    wait_until(lambda: a.status()["data_sockets"] >= 1, what="a to copy tasks to b")
     b.send_signal(signal.SIGKILL)
     b.wait(10)
     # the client drops its link once b is dead for LINK_GRACE; a drops its socket
@@ -345,6 +350,8 @@ def test_sockets_to_departed_nodes_are_closed(
     wait_until(lambda: a.status()["peer_sockets"] == 0, timeout=60, interval=0.5,
                what="a to close its socket to b")
     assert c.tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
+    wait_until(lambda: a.status()["data_sockets"] == 0, timeout=30, interval=0.5,
+               what="a to close its handoff/copy socket to b")
 
 
 def test_tasks_sent_to_a_node_that_just_died_do_not_run_there_when_it_returns(
@@ -367,10 +374,18 @@ def test_tasks_sent_to_a_node_that_just_died_do_not_run_there_when_it_returns(
     before = link.reconnects
     a = start_node.restart(a)
     wait_until(lambda: link.reconnects > before, what="the client to reconnect to a")
-    deadline = time.monotonic() + 2.0             # give stale frames time to arrive, if any
-    while time.monotonic() < deadline:
-        assert a.status()["succeeded"] == 0, "a ran tasks that had already run on b"
-        time.sleep(0.1)
+    # a barrier instead of a wait: frames still queued in the client's socket for a would
+    # reach a before any task sent on that link now, and a (one child, first in first
+    # out) would run them first. Send tasks until some go to a; once they are done,
+    # a has run nothing else.
+    wait_until(lambda: any(n.endpoint == a.endpoint for n in client._placeable),
+               what="the client to place on a again")
+    on_a = 0
+    while on_a == 0:
+        probes = [c.tasks.add.delay(i, i) for i in range(8)]
+        assert [p.get(timeout=RESULT_TIMEOUT) for p in probes] == [2 * i for i in range(8)]
+        on_a += sum(1 for p in probes if p._slot is not None and p._slot.node == a.endpoint)
+    assert a.status()["succeeded"] <= on_a, "a ran tasks that had already run on b"
     assert client.duplicates == 0
 
 
@@ -397,7 +412,8 @@ def test_two_lookups_of_one_task_both_get_its_result(
     with _reader(node) as app:
         first = app.AsyncResult(r.id)
         assert first.state == states.STARTED
-        time.sleep(1.5)        # nobody waits: the reader forgets its lookup (once a second)
+        # nobody waits: the reader forgets its lookup (once a second)
+        wait_until(lambda: r.id not in app.client._watched, what="the reader to forget the lookup")
         second = app.AsyncResult(r.id)
         assert second.state == states.STARTED
         got: list[Any] = []
@@ -405,7 +421,8 @@ def test_two_lookups_of_one_task_both_get_its_result(
                    for x in (first, second)]
         for w in waiters:
             w.start()
-        time.sleep(0.3)
+        wait_until(lambda: sum(1 for s in app.client._watched.get(r.id, []) if s.waiters) == 2,
+                   what="both lookups to wait for the result")
         gate.touch()
         for w in waiters:
             w.join(RESULT_TIMEOUT)
