@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.app import _abs_time
-from mesh.exceptions import ConfigError, DecodeError
+from mesh.exceptions import ConfigError
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
+from mesh.node.wf_commands import exc_repr, frame_task_id, mesh_exc, register, request_of
 from mesh.node.wf_groups import Groups
-from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, WfReport, decode, encode
 from mesh.workflow.ids import derive, record_id
 from mesh.workflow.plan import (
@@ -56,10 +56,6 @@ log = logging.getLogger("mesh.workflows")
 
 DATA_HWM = 10_000       # frames queued per peer for workflow messages
 TICK = 0.5              # s between checks of groups (pulls)
-# how far a state is along, to merge what several nodes say of one id
-STATE_ORDER = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
-               states.STARTED: 4, states.SUCCESS: 5, states.FAILURE: 5, states.REVOKED: 5}
-
 
 class Workflows(Component):
     """Drives workflows: continuations, callbacks, failures, group coordinators."""
@@ -82,7 +78,7 @@ class Workflows(Component):
         self.groups = Groups(self)
         self.started = True
         for name in ("wf.states", "wf.progress"):
-            _register(node, name)
+            register(node, name)
         node.spawn(self._loop(), name="workflows")
 
     async def stop(self, node: "Node") -> None:
@@ -171,7 +167,7 @@ class Workflows(Component):
                  frame: bytes, chord_from: tuple[str, str, Result] | None) -> None:
         res = decode(frame)
         assert isinstance(res, Result)
-        request = _request(tid, name, sub_frame, headers, self.node.name)
+        request = request_of(tid, name, sub_frame, headers, self.node.name)
         exc: dict[str, Any] = res.exc or {}
         tb = res.traceback
         if chord_from is not None:            # a group failed: its member's error
@@ -189,12 +185,12 @@ class Workflows(Component):
         if chord_from is not None:
             member, mname, mres = chord_from
             how = (f"was revoked ({mres.exc.get('message', '')})" if mres.state == states.REVOKED
-                   and mres.exc else f"raised {_exc_repr(mres.exc)}")
+                   and mres.exc else f"raised {exc_repr(mres.exc)}")
             message = f"Dependency {member} ({mname}) {how}"
-            err_state, err_exc, err_tb = states.FAILURE, _mesh_exc("ChordError", message), None
+            err_state, err_exc, err_tb = states.FAILURE, mesh_exc("ChordError", message), None
             self.counts["chord_errors"] += 1
             body = wf.next[0]                 # the chord's body: its own errbacks run
-            b_req = {**_request(uid(body), str(body.get("task") or GROUP), None,
+            b_req = {**request_of(uid(body), str(body.get("task") or GROUP), None,
                                 {"root_id": root, "parent_id": tid}, self.node.name)}
             for j, eb in enumerate(callbacks(body).get("link_error", ())):
                 self.start_errback(eb, derive(uid(body), f"err{j}"), b_req, err_exc, None,
@@ -257,7 +253,7 @@ class Workflows(Component):
                                   f"max_message_size ({node.config.max_message_size})")
         except Exception as e:        # the unit cannot be sent: it fails, the workflow goes on
             self.counts["unbuildable"] += 1
-            fframe = self.fail_frame(tid, states.FAILURE, _mesh_exc("EncodeError", str(e)), None)
+            fframe = self.fail_frame(tid, states.FAILURE, mesh_exc("EncodeError", str(e)), None)
             self.store(tid, states.FAILURE, fframe, str(u.get("task") or GROUP))
             self._finished(tid, str(u.get("task") or GROUP), b"", headers, states.FAILURE, fframe)
             return
@@ -342,7 +338,7 @@ class Workflows(Component):
         when known): tell its coordinator (here, the node named in ``rep[2]``, or
         whoever pulled it since)."""
         gid, index, coord = rep
-        res_id = res.task_id if res is not None else _frame_task_id(frame)
+        res_id = res.task_id if res is not None else frame_task_id(frame)
         targets = set()
         if gid in self.groups.groups:
             self.groups.deliver(gid, index, frame, res)
@@ -409,75 +405,3 @@ class Workflows(Component):
                 "workflow_deduplicated": c["deduplicated"],
                 "workflow_duplicate_reports": c["duplicate_reports"],
                 "workflow_redriven": c["redriven"], "workflow_chord_errors": c["chord_errors"]}
-
-
-# ---- helpers ---------------------------------------------------------------------------
-
-def _frame_task_id(frame: bytes) -> str | None:
-    try:
-        res = decode(frame)
-    except DecodeError:
-        return None
-    return res.task_id if isinstance(res, Result) else None
-
-
-def _mesh_exc(name: str, message: str) -> dict[str, Any]:
-    return {"type": name, "module": "mesh.exceptions", "message": message,
-            "args": codec.dumps([message])}
-
-
-def _exc_repr(exc: dict[str, Any] | None) -> str:
-    exc = exc or {}
-    return f"{exc.get('type', 'Exception')}({str(exc.get('message', ''))!r})"
-
-
-def _request(tid: str, name: str, sub_frame: bytes | None, headers: dict[str, Any],
-             hostname: str) -> dict[str, Any]:
-    """What an errback's ``request`` says of the task that failed (plain data)."""
-    args: Any = None
-    kwargs: Any = None
-    retries = 0
-    if sub_frame:
-        try:
-            sub = decode(sub_frame)
-            if isinstance(sub, Submit):
-                args, kwargs = codec.load_call(sub.payload)
-                retries = sub.retries
-        except Exception:
-            pass
-    wf = headers.get("wf") if isinstance(headers.get("wf"), dict) else {}
-    rep = wf.get("report") if isinstance(wf, dict) else None
-    return {"id": tid, "task": name, "args": args, "kwargs": kwargs, "retries": retries,
-            "root_id": headers.get("root_id"), "parent_id": headers.get("parent_id"),
-            "group": rep[0] if isinstance(rep, list) and rep else None, "hostname": hostname}
-
-
-def _register(node: "Node", name: str) -> None:
-    from mesh.node.commands import Command
-    handler = {"wf.states": _states, "wf.progress": _progress}[name]
-    node.control.commands.add(Command(name, "inspect", handler, dict, handler.__doc__ or "",
-                                      builtin=True))
-
-
-def _states(state: Any, req: dict[str, Any]) -> dict[str, Any]:  # noqa: D401
-    """The state of each of ``ids`` this node knows: held (RECEIVED, STARTED, RETRY)
-    or finished (from the journal). Unknown ids are left out."""
-    ids = req.get("ids")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > 100_000:
-        raise ValueError("wf.states: 'ids' must be a list of at most 100,000 task ids")
-    node = state.node
-    out: dict[str, str] = {}
-    for tid in ids:
-        st = node.ledger.task_state(b"", tid, False)["state"]
-        if st != states.UNKNOWN:
-            out[tid] = st
-    return {"states": out}
-
-
-def _progress(state: Any, req: dict[str, Any]) -> dict[str, Any]:
-    """A group coordinated here: how many members ended, succeeded, and its size."""
-    gid = req.get("id")
-    if not isinstance(gid, str):
-        raise ValueError("wf.progress: 'id' must be a group id")
-    out: dict[str, Any] = state.node.workflows.groups.progress(gid)
-    return out

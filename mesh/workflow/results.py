@@ -26,6 +26,9 @@ RECORD_WAIT = 10.0     # s GroupResult.results waits for the group's record (the
                        # may not have reached its coordinator yet)
 
 Handle = Any           # AsyncResult | GroupResult
+# how far a state is along, to merge what several nodes say of one id
+STATE_ORDER = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
+               states.STARTED: 4, states.SUCCESS: 5, states.FAILURE: 5, states.REVOKED: 5}
 
 
 class GroupResult:
@@ -154,7 +157,6 @@ class GroupResult:
 
 def states_of(app: "Mesh", ids: list[str]) -> dict[str, str]:
     """The most advanced state any node knows for each id (one question per node)."""
-    from mesh.node.workflows import STATE_ORDER
     out: dict[str, str] = {}
     if not ids:
         return out
