@@ -489,3 +489,27 @@ def test_driving_a_step_again_duplicates_nothing() -> None:
             assert [x for x in CALLS if x[0] == "record"] == [("record", (2,))]
             assert node.workflows.counts["deduplicated"] == 1
     run(main())
+
+
+def test_header_results_that_expire_before_the_body_runs_do_not_matter() -> None:
+    # celery #5237: with a short result_expires a chord lost its header's results and
+    # hung; here the coordinator has the values, whatever the journal keeps
+    async def main() -> None:
+        CALLS.clear()
+        async with running_node(app, concurrency=1, autorun=False, result_expires=1.0) as node:
+            c = Mesh("wf-client5", peers=[node.address], mdns=False)
+            try:
+                header = [sig(c, "wf.add", i, i).set(task_id=f"h-{i}") for i in range(3)]
+                r = chord(header, sig(c, "wf.tsum")).apply_async()
+                for tid in ("h-0", "h-1"):
+                    await until(lambda tid=tid: node.pool.finish_running(tid), f"{tid} to run")
+                await until(lambda: node.journal.get("h-1") is not None, "h-1's result")
+                expiry = node.by_name["expiry"]
+                assert expiry.expire(time.time() + 60) >= 2              # gone from the journal
+                assert node.journal.get("h-0") is None and node.journal.get("h-1") is None
+                await until(lambda: node.pool.finish_running("h-2"), "h-2 to run")
+                await until(lambda: node.pool.finish_running(), "the body to run")
+                assert await get(r) == 6
+            finally:
+                await asyncio.to_thread(c.close)
+    run(main())
