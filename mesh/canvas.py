@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
 # apply_async/set options a workflow step understands (also Celery's names)
 OPTIONS = frozenset({"task_id", "countdown", "eta", "expires", "priority", "time_limit",
-                     "soft_time_limit", "link", "link_error", "headers"})
+                     "soft_time_limit", "link", "link_error", "headers", "queue"})
 # Celery's transport options: accepted and not used (there is no broker)
-IGNORED = frozenset({"queue", "routing_key", "exchange", "exchange_type", "serializer",
+IGNORED = frozenset({"routing_key", "exchange", "exchange_type", "serializer",
                      "compression", "retry", "retry_policy", "delivery_mode", "mandatory",
                      "immediate", "reply_to", "add_to_parent", "producer", "connection",
                      "publisher"})

@@ -36,7 +36,7 @@ import zmq
 
 from mesh import states
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
-from mesh.client.placement import choose_from
+from mesh.client.routes import Routing
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.result import Slot
@@ -80,14 +80,18 @@ def _close_at_exit(ref: "weakref.ref[Client]") -> None:
         client.close(at_exit=True)
 
 
-class Client(Links):
-    def __init__(self, config: Config, seeds: list[str]):
+class Client(Links, Routing):
+    def __init__(self, config: Config, seeds: list[str], mesh: str | None = None):
         if not seeds:
             raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
                               "set MESH_PEERS, or start a node that mDNS can find")
         self.config = config
         self.client_id = uuid.uuid4().hex.encode()
         self.seeds = list(dict.fromkeys(seeds))
+        # the mesh this client sends to: its app's (nodes found by mDNS), else the mesh of
+        # the first seed that answers; nodes of other meshes are not used (docs/routing.md)
+        self.mesh = mesh
+        self._foreign: set[str] = set()                  # other meshes' nodes, logged once
         self.duplicates = 0                             # results for already-complete tasks
         self.failovers = 0                              # tasks resent because their node died
         self.resent = 0                                 # tasks resent after a reconnect
@@ -114,6 +118,8 @@ class Client(Links):
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []
+        self._fits: dict[tuple[str, str], list[NodeLink]] = {}   # (queue, name) -> links that
+                                                        # take it (reset with _placeable)
         self._members_req = ""
         self._next_refresh = 0.0
         self._ctx = zmq.Context()
@@ -295,7 +301,8 @@ class Client(Links):
             if slot.msg is not None:
                 continue
             was = self.links.get(slot.node or "")
-            self._send(slot, was if was is not None and was.state == "alive" else self._pick())
+            self._send(slot, was if was is not None and was.state == "alive"
+                       else self._pick(slot=slot))
         self._next_refresh = 0.0
 
     def _loop(self) -> None:
@@ -375,7 +382,9 @@ class Client(Links):
                            "in this client; give each call its own id")
                 continue
             self._slots[slot.task_id] = slot
-            link = self._pick()
+            link = self._pick(slot=slot)
+            if link is None:
+                continue
             link.inflight += 1
             slot.node = link.endpoint
             batch = batches.get(link)
@@ -402,9 +411,9 @@ class Client(Links):
         elif link.busy > 0:
             link.busy -= 1
 
-    def _send(self, slot: Slot, link: NodeLink) -> None:
-        """(Re)send a task the client holds to ``link``."""
-        if slot.frame is None:
+    def _send(self, slot: Slot, link: NodeLink | None) -> None:
+        """(Re)send a task the client holds to ``link`` (None: _pick dealt with it)."""
+        if slot.frame is None or link is None:
             return
         link.inflight += 1
         slot.node = link.endpoint
@@ -447,6 +456,11 @@ class Client(Links):
                             sub, retries=msg.retries + 1, eta=msg.eta if msg.eta else sub.eta,
                             payload=msg.payload if msg.payload is not None else sub.payload))
         elif type(msg) is Result:
+            if msg.exc is not None and msg.traceback is None and _not_registered(msg):
+                slot = self._slots.get(msg.task_id)    # refused there: another node may have it
+                if slot is not None and slot.msg is None:
+                    self._on_refused(slot, link, "NotRegistered", str(msg.exc.get("message")))
+                    return
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
             if slot is None:
@@ -484,14 +498,14 @@ class Client(Links):
         elif type(msg) is ControlReply:
             if msg.req_id == self._members_req and msg.ok:
                 link.node_id = msg.node
-                self._apply_members(msg.payload)
+                self._apply_members(msg.payload, link)
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:
             log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)
             slot = self._slots.get(msg.ref) if msg.ref else None
-            if slot is not None and msg.code == "journal":
-                self._on_journal_error(slot, link, msg.message)
+            if slot is not None and msg.code in ("journal", "queue"):
+                self._on_refused(slot, link, msg.code, msg.message)
                 return
             if slot is not None:
                 self._slots.pop(slot.task_id, None)
@@ -535,8 +549,8 @@ class Client(Links):
             shed_to = self._shed_target(target)
             if shed_to is not None:
                 self._send(slot, shed_to)
-            elif len(self._placeable) > 1 or (self._placeable and self._placeable[0] is not link):
-                self._send(slot, self._pick(avoid=link.endpoint))
+            elif self._another(slot, link):
+                self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
             else:   # the only node is restarting: try it again shortly
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
         log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
@@ -558,7 +572,7 @@ class Client(Links):
                 followed += 1
             else:       # cannot reach where it went: it may run twice rather than never
                 slot.state = states.PENDING
-                self._send(slot, self._pick(avoid=link.endpoint))
+                self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
         log.info("node %s handed %d of our task(s) to %s (%s): %s", msg.node, followed,
                  msg.target_node or msg.target[:100], msg.target[:100], msg.reason)
 
@@ -568,24 +582,7 @@ class Client(Links):
         self._retry = [(t, s) for t, s in self._retry if t > now]
         for slot in due:
             if slot.msg is None:
-                self._send(slot, self._pick())
-
-    # -- journal refusals ---------------------------------------------------------------
-    def _on_journal_error(self, slot: Slot, link: NodeLink, message: str) -> None:
-        """A node could not journal the task (full or read-only disk) and did not take
-        it: try a node that has not refused it; when every node has, fail it with the
-        node's own words, so the submitter knows (never silent loss)."""
-        self._forget_one(link, slot.state != states.PENDING)
-        if slot.refused is None:
-            slot.refused = set()
-        slot.refused.add(link.endpoint)
-        slot.state = states.PENDING
-        others = [n for n in self._placeable if n.endpoint not in slot.refused]
-        if others:
-            self._send(slot, choose_from(others, self._rng) or others[0])
-            return
-        self._slots.pop(slot.task_id, None)
-        self._fail(slot, "MeshError", message, link.node_id)
+                self._send(slot, self._pick(slot=slot))
 
     # -- results of tasks owned elsewhere ---------------------------------------------
     def _targets(self) -> list[NodeLink]:
@@ -664,3 +661,8 @@ class Client(Links):
             done = s.complete(msg) or done
         return done
 
+
+def _not_registered(msg: Result) -> bool:
+    """A node's own NotRegistered refusal (not an exception a task raised)."""
+    exc = msg.exc or {}
+    return exc.get("type") == "NotRegistered" and exc.get("module") == "mesh.exceptions"

@@ -22,12 +22,14 @@ import random
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from mesh import states
+from mesh.capabilities import Serves, from_meta
+from mesh.client.fit import fits
 from mesh.client.placement import choose_from
 from mesh.config import Config
 from mesh.exceptions import DecodeError
@@ -51,7 +53,7 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down", "resets", "rid")
+                 "down", "resets", "rid", "serves")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -73,6 +75,7 @@ class NodeLink:
         self.gone_since = 0.0         # monotonic time membership stopped calling it alive
         self.down = False             # disconnected (or reset) since its last handshake
         self.resets = 0               # times its sockets were replaced (its node died)
+        self.serves: Serves | None = None   # its mesh, queues, task names (None: not heard)
 
     @property
     def score(self) -> float:
@@ -106,22 +109,19 @@ class Links:
     _heard_since: bool
     _unreachable: bool
 
-    # Client's, called from here
-    def _send(self, slot: Slot, link: NodeLink) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:           # Client's and Routing's (mesh/client/routes.py), used here
+        mesh: str | None
+        _fits: dict[tuple[str, str], list[NodeLink]]
 
-    def _requery(self, now: float) -> None:
-        raise NotImplementedError
-
-    def unacknowledged(self) -> int:
-        raise NotImplementedError
-
-    def endpoints(self) -> list[str]:
-        raise NotImplementedError
-
-    @staticmethod
-    def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
-        raise NotImplementedError
+        def _send(self, slot: Slot, link: NodeLink | None) -> None: ...
+        def _requery(self, now: float) -> None: ...
+        def unacknowledged(self) -> int: ...
+        def endpoints(self) -> list[str]: ...
+        @staticmethod
+        def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None: ...
+        def _learn_mesh(self, members: list[Any], answering: Any) -> bool: ...
+        def _not_ours(self, endpoint: str, node_id: Any, mesh: str) -> None: ...
+        def _unplaceable(self, slot: Slot, kind: str, said: str) -> None: ...
 
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
@@ -181,7 +181,10 @@ class Links:
         link.resets += 1
 
     def _update_placeable(self) -> None:
-        self._placeable = [n for n in self.links.values() if n.state == "alive"]
+        self._fits = {}
+        mesh = self.mesh
+        self._placeable = [n for n in self.links.values() if n.state == "alive" and (
+            n.serves is None or mesh is None or n.serves.mesh == mesh)]
 
     def _drain_monitor(self, link: NodeLink) -> None:
         """Connection events of a link. A link that connects again (the node restarted,
@@ -245,9 +248,6 @@ class Links:
             return
         link.inflight = link.busy = link.queued = 0
         others = [n for n in self._placeable if n is not link]
-        # the node that keeps the copy of a task (rendezvous hashing over the nodes
-        # alive) runs it now: send it there, where it runs once
-        by_id = {n.node_id: n for n in others if n.node_id}
         moved = 0
         for slot in mine:
             if slot.state != states.PENDING and not _acks_late(slot.frame):
@@ -258,9 +258,13 @@ class Links:
                 continue
             slot.state = states.PENDING
             if others:
+                # the node that keeps the copy of the task (rendezvous hashing over the
+                # alive nodes that take it) runs it now: send it there, where it runs once
+                takers = fits(others, slot.queue, slot.name) if slot.name else others
+                by_id = {n.node_id: n for n in takers if n.node_id}
                 backup = backup_for(slot.task_id, by_id, link.node_id)
                 self._send(slot, by_id[backup] if backup is not None else
-                           self._pick(avoid=link.endpoint))
+                           self._pick(avoid=link.endpoint, slot=slot))
             else:           # nowhere to go yet: keep trying (the node may come back)
                 slot.node = None
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
@@ -316,14 +320,20 @@ class Links:
                 out[ep] = (state, nid, m)
         return out
 
-    def _apply_members(self, members: Any) -> None:
+    def _apply_members(self, members: Any, answering: NodeLink | None = None) -> None:
         if not isinstance(members, list):
             return
         self.members_applied += 1
-        changed = False
+        changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []
         for ep, (state, nid, m) in self._by_endpoint(members).items():
             link = self.links.get(ep)
+            serves = from_meta(m.get("meta") if isinstance(m.get("meta"), dict) else None)
+            if self.mesh is not None and serves.mesh != self.mesh:
+                self._not_ours(ep, nid, serves.mesh)
+                if link is not None and link.serves != serves:
+                    link.serves, changed = serves, True
+                continue
             if link is None:
                 if state != "alive":
                     continue              # no need to connect to a node that is gone
@@ -347,6 +357,8 @@ class Links:
                 if link.node_id:
                     log.info("the node at %s is now %s (was %s)", ep, nid[:100], link.node_id)
                 link.node_id = nid
+            if link.serves != serves:
+                link.serves, changed = serves, True
             load = m.get("load")
             if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
                 link.busy, link.total, link.queued = load[0], load[1], load[2]
@@ -356,8 +368,34 @@ class Links:
         for link in dead:
             self._failover(link)
 
-    def _pick(self, avoid: str | None = None) -> NodeLink:
+    def _pick(self, avoid: str | None = None, slot: Slot | None = None,
+              kind: str = "", said: str = "") -> NodeLink | None:
+        """The node to send ``slot`` to: alive, of this client's mesh, serving its queue
+        with its task registered (not one that refused it), by power of two choices.
+        None when there is none: then the slot is failed (no alive node takes it:
+        NotRegistered, or MeshError naming the queue) or tried again shortly (one that
+        might is suspect, or the client has not heard from the mesh yet); ``kind`` and
+        ``said`` are what the last node to refuse it answered."""
         pool = self._placeable
+        seeds = self.seeds
+        if slot is not None and slot.name:
+            if pool:
+                if slot.refused:
+                    pool = fits(pool, slot.queue, slot.name, slot.refused)
+                else:               # the same few (queue, name) pairs, again and again
+                    key = (slot.queue, slot.name)
+                    fit = self._fits.get(key)
+                    if fit is None:
+                        fit = self._fits[key] = fits(pool, slot.queue, slot.name)
+                    pool = fit
+                if not pool:
+                    self._unplaceable(slot, kind, said)
+                    return None
+            elif slot.refused:          # no alive node known: the seeds that did not refuse
+                seeds = [ep for ep in seeds if ep not in slot.refused]
+                if not seeds:
+                    self._unplaceable(slot, kind, said)
+                    return None
         if avoid is not None and len(pool) > 1:
             pool = [n for n in pool if n.endpoint != avoid]
         if len(pool) > 1:   # skip nodes that are shutting down, while others remain
@@ -366,7 +404,7 @@ class Links:
             pool = fresh or pool
         choice = choose_from(pool, self._rng)
         if choice is None:  # membership knows no alive node: keep trying the seeds
-            choice = self.links[self._rng.choice(self.seeds)]
+            choice = self.links[self._rng.choice(seeds)]
         return choice
 
     def _shed_target(self, target: Any) -> NodeLink | None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mesh.membership import Member, Membership, MemberState, profile
 from mesh.node.component import Component
 from mesh.node.peers import PeerSockets, ZmqTransport
+from mesh.node.scope import MeshScope
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -25,15 +27,20 @@ log = logging.getLogger("mesh.node")
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 
 
+def tasks_digest(names: Iterable[str]) -> str:
+    """A digest of the registered task names (in the gossiped meta)."""
+    return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
+
+
 class Members(Component):
     name = "membership"
-    requires = ("front", "events", "control", "pool", "heartbeat")
+    requires = ("front", "events", "control", "routing", "pool", "heartbeat")
 
     async def start(self, node: "Node") -> None:
         self.node = node
         node.gossip = self
         # a digest of the registered task names: load is only shed to peers with the same
-        node.tasks_digest = hashlib.sha1("\n".join(sorted(node.app.tasks)).encode()).hexdigest()[:12]
+        node.tasks_digest = tasks_digest(node.app.tasks)
         peers = PeerSockets(node.ctx, f"node:{node.name}".encode())
         node.transport = self.transport = ZmqTransport(peers, node.address)
         prof = profile(node.config.profile)
@@ -41,6 +48,10 @@ class Members(Component):
         node.membership = self.membership = Membership(
             node.name, node.address, prof, self.transport, on_change=self._on_change,
             get_local_meta=self.local_meta)
+        # nodes of another mesh (another app's, on the same LAN) are refused (scope.py)
+        self.scope = MeshScope(node.routing.mesh, self.membership, self.transport,
+                               node.config.peers)
+        self.transport.attach(self.scope)
         if node.config.peers:
             self.membership.join(node.config.peers)
         node.spawn(self.membership.run(), name="membership")
@@ -71,7 +82,8 @@ class Members(Component):
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
                 "events": node.events_endpoint, "clock": node.events.clock,
                 "beat": node.beat.advertised() if node.beat is not None else "",
-                "boot": node.boot}
+                "boot": node.boot,
+                **node.routing.meta}      # mesh, queues, task names (mesh/capabilities.py)
 
     def members(self) -> list[dict[str, Any]]:
         """Every member this node knows, for the ``members`` control command."""

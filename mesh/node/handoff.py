@@ -123,13 +123,18 @@ class Handoffs(Component):
         return len(entries) - len(stay)
 
     def _peers(self, exclude: set[str] | None = None) -> list[Member]:
-        """Alive peers with the same tasks registered (others could not run them)."""
+        """Alive peers (minus ``exclude``)."""
         node = self.node
         return [m for m in node.membership.alive_members(include_self=False)
-                if m.meta.get("tasks") == node.tasks_digest
-                and (exclude is None or m.id not in exclude)]
+                if exclude is None or m.id not in exclude]
 
     def _pick(self, entry: Entry, peers: list[Member], exclude: set[str] | None = None) -> Member | None:
+        """The peer for one task: one that takes it (mesh, queue, name: others could
+        not run it), its backup first (it has the copy), else the least loaded."""
+        routing = getattr(self.node, "routing", None)
+        if routing is not None:
+            queue = _queue_of(routing, entry)
+            peers = [m for m in peers if routing.peer_accepts(m.meta, queue, entry.name)]
         if exclude:
             peers = [m for m in peers if m.id not in exclude]
         if not peers:
@@ -278,6 +283,10 @@ class Handoffs(Component):
         task = node.app.tasks.get(msg.name)
         if task is None and msg.name != GROUP:    # (a group's coordinator is the node's)
             return f"task {msg.name!r} is not registered on node {node.name}"
+        routing = getattr(node, "routing", None)
+        refusal = routing.refusal(msg) if routing is not None else None
+        if refusal is not None:          # another queue than ours
+            return str(refusal)
         journal, now = node.journal, time.time()
         try:
             if not journal.add(tid, b"", frame, now):
@@ -351,3 +360,12 @@ class Handoffs(Component):
     def status(self) -> dict[str, Any]:
         return {"handed_off": self.handed, "taken_from_peers": self.received,
                 "handoffs_in_flight": len(self._out)}
+
+
+def _queue_of(routing: Any, entry: Entry) -> str:
+    """The queue a held task was routed to (its SUBMIT's header, else our routes)."""
+    try:
+        msg = decode(entry.frame)
+    except DecodeError:
+        msg = None
+    return str(routing.queue_for(entry.name, msg.headers if isinstance(msg, Submit) else None))

@@ -1,6 +1,6 @@
 """Intake: what the node does with a SUBMIT.
 
-A task is refused (revoked, not registered, journal failing) with a clear answer,
+A task is refused (revoked, another queue, not registered, journal failing) with a clear answer,
 answered from the journal (finished here already), recognised (a resend of a task
 held here), or accepted into the ledger. Every SUBMIT of a loop pass is acknowledged
 in one ACK per peer at the end of the pass (``flush_acks``), after the journal has
@@ -33,7 +33,7 @@ class Intake(Component):
     """Takes SUBMITs from the front door into the ledger."""
 
     name = "intake"
-    requires = ("journal", "front", "control", "pool")
+    requires = ("journal", "front", "control", "routing", "pool")
 
     def __init__(self) -> None:
         self._acks: dict[bytes, list[str]] = {}
@@ -64,6 +64,13 @@ class Intake(Component):
                              terminated=False)
             self._refused(msg, tid, states.REVOKED, "TaskRevokedError", f"task {tid} was revoked")
             return
+        if node.routing.queues is not None:      # not every queue: is this one ours?
+            refused = node.routing.refusal(msg)
+            if refused is not None:
+                front.refuse(ident, "queue", refused, tid)
+                node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=True,
+                                 reason="queue")
+                return
         task = node.app.tasks.get(msg.name)
         if task is None and msg.name != GROUP:
             known = ", ".join(sorted(node.app.tasks)[:20])
@@ -100,7 +107,7 @@ class Intake(Component):
             entry = Entry(tid, msg.name, ident, frame, msg.priority, None, None, None)
             # sent here first: start its members; a resend to the node that kept its copy
             # (its first holder died) asks the mesh first, as a takeover does
-            entry.fresh = tid not in node.replicas.frames
+            entry.fresh = tid not in node.replicas.copies.frames
             ledger.accept(entry, msg)
             return
         limit = msg.time_limit or task.options.time_limit or node.config.time_limit

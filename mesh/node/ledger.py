@@ -128,7 +128,7 @@ class Ledger:
         headers = msg.headers if msg is not None else _headers(entry.frame)
         if "wf" in headers or entry.name == GROUP:
             entry.wf = headers
-        self.node.replicas.accepted(entry)       # a copy to the backup; replies wait for it
+        self.node.replicas.accepted(entry, msg)  # a copy to the backup; replies wait for it
         ev = self.node.events
         if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
             sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in

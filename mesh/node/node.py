@@ -30,6 +30,7 @@ import zmq
 
 from mesh import __version__, signals
 from mesh.node.announce import Announcer
+from mesh.node.autoscale import Autoscaler
 from mesh.node.beat import Beat
 from mesh.node.component import Component, NodeStartError, component_name, order
 from mesh.node.events import EventStream, Publisher
@@ -41,9 +42,12 @@ from mesh.node.handoff import Handoffs
 from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
 from mesh.node.ledger import Ledger
+from mesh.node.limits import Limits
 from mesh.node.recovery import Recovery
+from mesh.node.reload import Reloader
 from mesh.node.remote import RemoteControl
 from mesh.node.replicas import Replicas
+from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
 from mesh.node.workflows import Workflows
@@ -67,6 +71,7 @@ log = logging.getLogger("mesh.node")
 BUILTIN: tuple[type[Component], ...] = (
     Storage,        # journal: sqlite in the data dir, or in memory
     RemoteControl,  # control: the control commands and what they change (revokes, limits)
+    Routes,         # routing: this node's mesh, queues and task names (docs/routing.md)
     FrontDoor,      # front: the ROUTER, bound now, read once the node is ready
     EventStream,    # events: the XPUB
     Executor,       # pool: the prefork children; at shutdown, the drain
@@ -78,7 +83,10 @@ BUILTIN: tuple[type[Component], ...] = (
     Replicas,       # replicas: a copy of each held task and result on a backup node
     Handoffs,       # handoff: tasks to other nodes (shedding, stopping), and from them
     Shedder,        # shedding: queued tasks to peers with room
+    Limits,         # ratelimits: per-node and mesh-wide rate limits (shares from gossip)
     Expiry,         # expiry: old results out of the journal
+    Autoscaler,     # autoscaler: the pool's size follows the work (--autoscale; replaceable)
+    Reloader,       # reloader: new children for new code (--autoreload)
     Announcer,      # discovery: mDNS
     Beat,           # beat: periodic tasks, each due run fired by one node (mesh/node/beat.py)
     History,        # history: the dashboard's web.* questions, answered by every node
@@ -88,10 +96,25 @@ BUILTIN: tuple[type[Component], ...] = (
 USER_HOOK_TIMEOUT = 10.0   # s an app component's start or stop may take before it is abandoned
 
 
+def _replace_builtins(own: list[Component], users: list[Component]) -> None:
+    """An app's component that subclasses a replaceable built-in (``replaceable =
+    True``, e.g. the autoscaler) and keeps its name takes the built-in's place, as one
+    of the node's own. Other name clashes are errors when the node orders them."""
+    index = {component_name(c): i for i, c in enumerate(own)}
+    for u in list(users):
+        i = index.get(component_name(u))
+        if i is not None and getattr(own[i], "replaceable", False) and isinstance(u, type(own[i])):
+            log.info("component %s: the app's %s replaces mesh's", component_name(u),
+                     type(u).__qualname__)
+            own[i] = u
+            users.remove(u)
+
+
 class Node:
     # set by the components that own them (see BUILTIN)
     journal: "Journal"
     control: RemoteControl
+    routing: Routes
     front: FrontDoor
     pool: "Pool"
     intake: Intake
@@ -99,11 +122,14 @@ class Node:
     membership: "Membership"
     transport: "ZmqTransport"
     shedder: Shedder
+    limits: Limits
     gossip: Members
     history: HistoryService
     http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
     beat: Beat | None = None         # set by the beat component
     workflows: Workflows | None = None   # set by the workflows component
+    autoscaler: Autoscaler | None = None   # set by the autoscaler component
+    reloader: Reloader | None = None       # set by the reloader component
     ctx: "zmq.Context[Any]"
 
     def __init__(self, app: "Mesh", config: "Config",
@@ -136,6 +162,7 @@ class Node:
         own = [c() if isinstance(c, type) else c for c in (BUILTIN if components is None else components)]
         users = list(getattr(app, "components", None) or [])
         user_instances = [c() if isinstance(c, type) else c for c in users]
+        _replace_builtins(own, user_instances)
         self.user_components = {id(c) for c in user_instances}
         self.components = order(own + user_instances)   # ComponentError if they cannot be ordered
         self.by_name = {component_name(c): c for c in self.components}
@@ -170,12 +197,28 @@ class Node:
                                     max_message_size=self.config.max_message_size)
         return self._client_app
 
+    def pool_fields(self) -> dict[str, Any]:
+        """The pool's kind and range (status, inspect stats)."""
+        pool, scaler = self.pool, self.autoscaler
+        auto = scaler is not None and scaler.range is not None
+        mx, mn = scaler.range if scaler is not None and scaler.range is not None else (pool.size, pool.size)
+        out: dict[str, Any] = {
+            "pool": pool.kind, "pool_range": [mn, mx], "pool_autoscale": auto,
+            "running": pool.running_count, "async_concurrency": pool.async_slots,
+            "children": len(pool.children),
+        }
+        if scaler is not None:
+            out.update(scaler.report())
+        if self.reloader is not None:
+            out.update(self.reloader.report())
+        return out
+
     def status(self) -> dict[str, Any]:
         hb, ledger, pool = self.heartbeat, self.ledger, self.pool
         hb.fresh()
         busy, total, queued = self.load()
         c = ledger.counts
-        return {
+        return {**self.pool_fields(),
             "node": self.name, "address": self.address, "state": "left" if self.stopping else "alive",
             "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
             "busy": busy, "total": total, "queued": queued, "scheduled": len(pool.scheduled),
@@ -190,6 +233,7 @@ class Node:
             "rss_bytes": hb.rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": pool.started_total, "refused_frames": self.front.refused,
             "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
+            **self.routing.status(), "mesh_rate_limits": self.limits.status(),
             "components": [component_name(x) for x in self.components],
             **(self.replicas.status() if self.replicas.started else {}),
             **(self.handoff.status() if self.handoff.started else {}),

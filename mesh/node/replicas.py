@@ -20,17 +20,8 @@ Holder side (this node holds the task):
   gossiped meta changed), is replaced: its tasks are copied to their new backup (and
   tasks held while no other node was alive get their copy once one is).
 
-Backup side (this node keeps copies): task copies are kept in memory, results in the
-journal (``Journal.copy_result``, expiring like our own), acknowledged at the end of
-the loop pass and committed with the node's next commit (within 2 ms). Copies in
-memory are enough: they exist for the holder's death, and a backup that dies (or
-restarts) is replaced by its holders within a membership round; journalling them
-cost more than a fifth of the mesh's throughput. When membership declares a holder
-dead, its copies without a result become this node's tasks: held, journalled as its
-own, run here, copied to their own new backup. A holder that left (a graceful stop)
-hands its tasks on and sends its results before it goes; copies still here
-``LEFT_GRACE`` seconds later are run too, and so are the copies of a holder no member
-knows any more, after ``ORPHAN_AFTER``.
+Backup side (this node keeps copies of others' tasks and their results; a holder's
+death; results copied again when a node is gone): mesh/node/copies.py.
 
 A task may run twice (its holder was declared dead but was not); its result is
 delivered once (results are first-wins by task id). ``--replicas 1`` sends no copies
@@ -49,16 +40,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from mesh import states
 from mesh.exceptions import DecodeError
-from mesh.membership import MemberState
+from mesh.membership import Member, MemberState
 from mesh.node.component import Component
-from mesh.node.journal import JournalError
+from mesh.node.copies import Copies
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
 from mesh.rendezvous import backup_for
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
-from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -72,10 +61,6 @@ RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
 ALIVE_TTL = 0.05         # s the list of alive peers is reused for choosing backups
 TICK = 0.1               # s between checks of unconfirmed copies
 MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
-LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a holder
-                         # that left are run here (it hands its tasks on as it stops)
-ORPHAN_AFTER = 30.0      # s before the copies of a holder no member knows are run here
-REPAIR_CHUNK = 2000      # results copied again per gone peer per TICK, at most
 SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
 DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
@@ -116,6 +101,7 @@ class Replicas(Component):
         self.gates: dict[str, list[Callable[[], None]]] = {}   # replies waiting for a copy
         self._held_results: dict[str, tuple[str, str, bytes]] = {}   # workflow steps' results,
                                                    # until the steps they started are copied
+        self._result_wait: set[str] = set()        # finished: replies wait for the result's copy
         self._gate_since: dict[str, float] = {}
         self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
         self._sent: dict[str, _Sent] = {}          # batch id -> what it carried
@@ -126,24 +112,16 @@ class Replicas(Component):
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
         self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
+        self._alive_members: list[Member] = []
+        self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
+        self._queue_of: dict[str, str] = {}        # held task id -> its queue
         self._alive_at = -1.0
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
-        # backup side
-        self.copies_of: dict[str, set[str]] = {}   # holder -> task ids copied here
-        self.holder_of: dict[str, str] = {}        # task id -> its holder
-        self.frames: dict[str, tuple[bytes, float]] = {}   # task id -> (Submit, received)
-        self._gone: dict[str, float] = {}          # holder -> when first seen not alive
-        # results whose other copy was on a node that is gone: peer -> position reached
-        self._repair: dict[str, int] = {}
-        self._repaired: dict[str, int] = {}        # peer -> results copied again so far
-        self._was_alive: set[str] = set()          # peers seen alive since start
-        self._departed: set[str] = set()           # of those, the ones dead or left now
-        self._acks: list[tuple[str, bytes]] = []   # (holder address, REPLICATE_ACK) to send
+        self.copies = Copies(self)                 # the backup side: mesh/node/copies.py
         # figures (status)
-        self.copies_sent = self.copies_confirmed = self.single_copy = self.taken_over = 0
+        self.copies_sent = self.copies_confirmed = self.single_copy = 0
         self._alone: bool | None = None
-        self._badlog = _RateLimitedLog("refused copies")
         self._slowlog = _RateLimitedLog("unconfirmed copies")
 
     @classmethod
@@ -179,12 +157,13 @@ class Replicas(Component):
             await asyncio.sleep(SETTLE_STEP)
 
     # -- holder side: what the ledger tells us ---------------------------------------
-    def accepted(self, entry: Entry) -> None:
+    def accepted(self, entry: Entry, msg: Submit | None = None) -> None:
         """A task is held here now: copy it to its backup; replies wait for the copy."""
         if not self.enabled:
             return
         tid = entry.task_id
-        backup = self._choose(tid)
+        self._queue_of[tid] = self._queue_for(entry, msg)
+        backup = self._choose(tid, entry)
         self._track(tid, backup)
         if backup:
             # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
@@ -235,6 +214,11 @@ class Replicas(Component):
                 self._held_results[task_id] = (backup, state, result_frame)
             else:
                 self._put_result(backup, task_id, state, result_frame)
+            # the owner gets its RESULT once the backup has the result too (not just the
+            # task): else a holder dying in between would leave the backup to run it again
+            self._result_wait.add(task_id)
+            self.gates.setdefault(task_id, [])
+            self._gate_since.setdefault(task_id, time.monotonic())
         return backup
 
     def _put_result(self, backup: str, task_id: str, state: str, result_frame: bytes) -> None:
@@ -299,12 +283,45 @@ class Replicas(Component):
         now = time.monotonic()
         if now - self._alive_at > ALIVE_TTL:
             ms = self.node.membership
-            self._alive = [m.id for m in ms.alive_members(include_self=False)]
+            self._alive_members = ms.alive_members(include_self=False)
+            self._alive = [m.id for m in self._alive_members]
+            self._takers = {}
             self._alive_at = now
         return self._alive
 
-    def _choose(self, task_id: str) -> str:
-        return backup_for(task_id, self._alive_ids(), self.node.name) or ""
+    def _choose(self, task_id: str, entry: Entry | None = None) -> str:
+        """The backup for a task (among the alive nodes that take it: its backup may
+        have to run it) or for a result (any alive node); "" when there is none."""
+        peers = self._alive_ids()
+        if entry is not None:
+            peers = self._takers_of(entry)
+        return backup_for(task_id, peers, self.node.name) or ""
+
+    def _takers_of(self, entry: Entry) -> list[str]:
+        """Alive peers that would take this task (mesh, queue, name: docs/routing.md)."""
+        routing = getattr(self.node, "routing", None)
+        if routing is None:
+            return self._alive
+        queue = self._queue_of.get(entry.task_id)
+        if queue is None:
+            queue = self._queue_of[entry.task_id] = self._queue_for(entry, None)
+        key = (queue, entry.name)
+        takers = self._takers.get(key)
+        if takers is None:
+            takers = self._takers[key] = [m.id for m in self._alive_members
+                                          if routing.peer_accepts(m.meta, queue, entry.name)]
+        return takers
+
+    def _queue_for(self, entry: Entry, msg: Submit | None) -> str:
+        routing = getattr(self.node, "routing", None)
+        if routing is None:
+            return ""
+        if msg is None:
+            sub = _submit(entry.frame)
+            headers = sub.headers if sub is not None else None
+        else:
+            headers = msg.headers
+        return str(routing.queue_for(entry.name, headers))
 
     def _track(self, tid: str, backup: str) -> None:
         old = self.backup_of.get(tid)
@@ -316,6 +333,7 @@ class Replicas(Component):
         self.by_backup.setdefault(backup, set()).add(tid)
 
     def _untrack(self, tid: str) -> str:
+        self._queue_of.pop(tid, None)
         backup = self.backup_of.pop(tid, None)
         if backup is None:
             return ""
@@ -335,6 +353,7 @@ class Replicas(Component):
 
     def _open(self, tid: str) -> None:
         """The copy is confirmed (or we stop waiting for it): send what waited."""
+        self._result_wait.discard(tid)
         self._gate_since.pop(tid, None)
         waiting = self.gates.pop(tid, None)
         for fn in waiting or ():
@@ -352,10 +371,7 @@ class Replicas(Component):
         as results are: losing an acknowledged copy takes its holder and this node
         dying within those milliseconds. (Committing before each acknowledgement cost
         a sqlite commit per copy batch, a fifth of the mesh's throughput.)"""
-        if self._acks:
-            acks, self._acks = self._acks, []
-            for address, frame in acks:
-                self.sockets.send(address, frame)
+        self.copies.flush_acks()
         if self._out:
             busy = self._busy
             for backup in [b for b in self._out if b not in busy]:
@@ -385,8 +401,9 @@ class Replicas(Component):
         """A batch for a backup that is gone: its copies and results go to the tasks'
         new backups (drops are moot: the old backup is gone)."""
         for tid, frame in batch.tasks.items():
-            if tid in self.node.ledger.held:
-                new = self._choose(tid)
+            entry = self.node.ledger.held.get(tid)
+            if entry is not None:
+                new = self._choose(tid, entry)
                 self._track(tid, new)
                 if new:
                     self._queue(new).tasks[tid] = frame
@@ -410,109 +427,20 @@ class Replicas(Component):
                 self.node.front.schedule_flush()     # the next batch for it goes now
         self.copies_confirmed += len(sent.batch.tasks)
         for tid in sent.batch.tasks:
-            self._open(tid)
+            if tid not in self._result_wait:       # (its result is on the way: wait for it)
+                self._open(tid)
         for tid in sent.batch.results:
+            self._result_wait.discard(tid)
             self._open(tid)
 
-    # -- backup side ------------------------------------------------------------------
+    # -- backup side (mesh/node/copies.py) --------------------------------------------
     def on_replicate(self, msg: Replicate) -> None:
-        """Copies from a holder: kept in memory (see the module docstring), results
-        journalled; acknowledged at the end of this loop pass (flush)."""
-        node = self.node
-        member = node.membership.member(msg.source)
-        if member is None or member.address != msg.source_addr or msg.source == node.name:
-            self._badlog.warning("refused copies from %r at %r: not a member at that address",
-                                 msg.source[:100], msg.source_addr[:100])
-            return
-        journal, now = node.journal, time.time()
-        held = node.ledger.held
-        try:
-            for tid, frame in zip(msg.task_ids, msg.tasks):
-                if tid in held:                   # handed here meanwhile: ours already
-                    continue
-                self._keep(tid, msg.source)
-                self.frames[tid] = (frame, now)
-            for tid, state, frame in zip(msg.result_ids, msg.result_states, msg.results):
-                if state not in states.READY_STATES:
-                    continue
-                journal.copy_result(tid, state, frame, now, msg.source)
-                self._unkeep(tid)
-            for tid in msg.drop:
-                self._unkeep(tid)
-        except JournalError as e:
-            log.error("journal: copies from %s were not kept: %s", msg.source, e)
-            return            # not acknowledged: the holder sends them again
-        self._acks.append((msg.source_addr, encode(ReplicateAck(msg.batch, node.name))))
-        node.front.schedule_flush()
-
-    def _keep(self, tid: str, holder: str) -> None:
-        old = self.holder_of.get(tid)
-        if old is not None and old != holder:
-            self.copies_of.get(old, set()).discard(tid)
-        self.holder_of[tid] = holder
-        self.copies_of.setdefault(holder, set()).add(tid)
+        self.copies.on_replicate(msg)
 
     def forget_copy(self, tid: str) -> None:
         """The task is this node's own now (handed here): no longer a copy."""
-        self._unkeep(tid)
+        self.copies.forget_copy(tid)
 
-    def _unkeep(self, tid: str) -> None:
-        holder = self.holder_of.pop(tid, None)
-        if holder is not None:
-            self.frames.pop(tid, None)
-            s = self.copies_of.get(holder)
-            if s is not None:
-                s.discard(tid)
-                if not s:
-                    del self.copies_of[holder]
-
-    def take_over(self, holder: str, why: str) -> int:
-        """Run here the copies of ``holder``'s tasks that have no result: they are
-        this node's tasks from now on. How many."""
-        node = self.node
-        ids = self.copies_of.pop(holder, set())
-        if not ids:
-            return 0
-        journal, ledger = node.journal, node.ledger
-        copies = [(tid, *self.frames.pop(tid)) for tid in ids if tid in self.frames]
-        for tid in ids:
-            self.holder_of.pop(tid, None)
-        taken = failed = 0
-        for tid, frame, received in sorted(copies, key=lambda c: c[2]):
-            if tid in ledger.held:
-                continue
-            sub = _submit(frame)
-            try:
-                if sub is None or not journal.add(tid, b"", frame, time.time()):
-                    continue                  # unreadable, or finished here already
-            except JournalError as e:
-                log.error("journal: cannot take over task %s of %s: %s", tid, holder, e)
-                continue
-            task = node.app.tasks.get(sub.name)
-            limit = sub.time_limit or (task.options.time_limit if task else None) \
-                or node.config.time_limit
-            entry = Entry(tid, sub.name, b"", frame, sub.priority, sub.eta, sub.expires,
-                          limit, task.options.acks_late if task else True)
-            entry.received = received
-            if task is None and sub.name != GROUP:     # (a group's coordinator is the node's)
-                ledger.held[tid] = entry
-                ledger.task_failed(entry, "NotRegistered", f"task {sub.name!r} is not "
-                                   f"registered on node {node.name}, which took it over")
-                failed += 1
-            elif not entry.acks_late:         # it may have run on the holder: never twice
-                ledger.held[tid] = entry
-                ledger.task_failed(entry, "WorkerLostError", f"node {holder} died holding task "
-                                   f"{tid}; it has acks_late=False, so it is not run again")
-                failed += 1
-            else:
-                ledger.accept(entry, sub)
-                taken += 1
-        self.taken_over += taken
-        node.front.schedule_flush()
-        log.warning("node %s %s: running %d of its task(s) here (this node kept their "
-                    "copies)%s", holder, why, taken,
-                    f"; {failed} failed (acks_late=False or not registered)" if failed else "")
-        return taken
 
     # -- the loop: resends, timeouts, membership --------------------------------------
     async def _loop(self) -> None:
@@ -527,8 +455,8 @@ class Replicas(Component):
                     self.sweep()
                 self._resend(now)
                 self._give_up(now)
-                if self._repair:
-                    self._repair_some()
+                if self.copies.repairs:
+                    self.copies.repair_some()
                 if now >= next_members:
                     next_members = now + MEMBERS_EVERY
                     self.check_members(now)
@@ -571,7 +499,7 @@ class Replicas(Component):
         if self.enabled:
             self._say_copies()
             alive = set(self._alive_ids())
-            self._note_departures(alive)
+            self.copies.note_departures(alive)
             boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
             restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
             for b in restarted:           # copies are kept in memory: a restarted backup
@@ -584,7 +512,7 @@ class Replicas(Component):
                     self.backup_of.pop(tid, None)
                     if entry is None:
                         continue
-                    new = self._choose(tid)
+                    new = self._choose(tid, entry)
                     self._track(tid, new)
                     if new:
                         self._queue(new).tasks[tid] = entry.frame
@@ -592,22 +520,7 @@ class Replicas(Component):
                     log.info("%s: copying %d task(s) to their backups now", "tasks held with "
                              "one copy" if not backup else f"backup {backup} restarted"
                              if backup in restarted else f"backup {backup} is gone", len(ids))
-        grace_left = LEFT_GRACE + node.config.shutdown_timeout
-        for holder in list(self.copies_of):
-            m = ms.member(holder)
-            state = m.state if m is not None else None
-            if state in (MemberState.ALIVE, MemberState.SUSPECT):
-                self._gone.pop(holder, None)
-                continue
-            since = self._gone.setdefault(holder, now)
-            if state == MemberState.DEAD:
-                self.take_over(holder, "is dead")
-            elif state == MemberState.LEFT and now - since > grace_left:
-                self.take_over(holder, f"left {grace_left:.0f} s ago without handing them on")
-            elif state is None and now - since > ORPHAN_AFTER:
-                self.take_over(holder, "is unknown to the mesh")
-            if holder not in self.copies_of:
-                self._gone.pop(holder, None)
+        self.copies.check_holders(now)
 
     def sweep(self) -> int:
         """Close the handoff/copy sockets of peers membership no longer knows (churn
@@ -617,56 +530,6 @@ class Replicas(Component):
         for address in gone:
             self.sockets.forget(address)
         return len(gone)
-
-    def _note_departures(self, alive: set[str]) -> None:
-        """Members that went (dead or left) since the last check: the results whose
-        other copy they kept are copied to another node (``_repair_some``); and when
-        a node is alive again after none was, so are the results kept alone."""
-        ms = self.node.membership
-        if alive and not (self._was_alive - self._departed):
-            self._repair.setdefault("", 0)      # alone until now
-        self._was_alive |= alive
-        self._departed -= alive                 # back again
-        for peer in self._was_alive - alive - self._departed:
-            m = ms.member(peer)
-            if m is None or m.state in (MemberState.DEAD, MemberState.LEFT):
-                self._departed.add(peer)
-                self._repair.setdefault(peer, 0)
-
-    def _repair_some(self) -> None:
-        """Copy up to REPAIR_CHUNK results per gone peer to their new backups."""
-        journal = self.node.journal
-        alive = set(self._alive_ids())
-        if not alive:
-            return
-        for peer, after in list(self._repair.items()):
-            if peer in alive:                       # it came back: its copies are there
-                del self._repair[peer]
-                continue
-            try:
-                rows = journal.results_of_peer(peer, after, REPAIR_CHUNK)
-            except JournalError as e:
-                log.error("journal: cannot read the results to copy again: %s", e)
-                return
-            if not rows:
-                del self._repair[peer]
-                n = self._repaired.pop(peer, 0)
-                if n:
-                    log.info("copied %d result(s) to other nodes: their other copy was on %s",
-                             n, peer or "no node (this one was alone)")
-                continue
-            moved: dict[str, list[str]] = {}
-            for _pos, tid, state, frame in rows:
-                new = self._choose(tid)
-                self._queue(new).results[tid] = (state, frame)
-                moved.setdefault(new, []).append(tid)
-            try:
-                for new, tids in moved.items():
-                    journal.set_peer(tids, new)
-            except JournalError as e:
-                log.error("journal: cannot record where results were copied: %s", e)
-            self._repair[peer] = rows[-1][0]
-            self._repaired[peer] = self._repaired.get(peer, 0) + len(rows)
 
     def _say_copies(self, first: bool = False) -> None:
         alone = not self._alive_ids()
@@ -681,11 +544,11 @@ class Replicas(Component):
             log.info("tasks and results are kept in two copies: this node and a backup node")
 
     def status(self) -> dict[str, Any]:
-        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.holder_of),
+        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.holder_of),
                 "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
-                "taken_over": self.taken_over}
+                "taken_over": self.copies.taken_over}
 
 
 def _split(batch: _Batch) -> list[_Batch]:
@@ -715,7 +578,6 @@ def _split(batch: _Batch) -> list[_Batch]:
 def _submit(frame: bytes) -> Submit | None:
     try:
         msg = decode(frame)
-    except DecodeError as e:
-        log.warning("dropped a copy that does not decode: %s", e)
+    except DecodeError:
         return None
     return msg if type(msg) is Submit else None

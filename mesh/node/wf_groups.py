@@ -175,8 +175,7 @@ class Groups:
             self._expand(g)
 
     def _peers(self) -> dict[str, Any]:
-        """The nodes a group's members are spread over: this one and the alive peers
-        with the same tasks (by name)."""
+        """The alive peers a group's members may be spread over (by name)."""
         node = self.node
         handoff = getattr(node, "handoff", None)
         if handoff is None or not handoff.started:
@@ -186,16 +185,23 @@ class Groups:
     def _start_member(self, g: Group, i: int, m: Any, peers: dict[str, Any] | None = None,
                       new: bool = False) -> None:
         """Start member ``i`` here; it goes to the node that rendezvous hashing picks for
-        its id among this one and ``peers`` (once journalled here: handoff), so a
-        group's members spread over the mesh and its coordinator is not its bottleneck."""
+        its id among this one and the ``peers`` that take it (its queue, its task), once
+        journalled here (handoff), so a group's members spread over the mesh and its
+        coordinator is not its bottleneck."""
         us = units(m, member_id(g.id, i, m))
         first = uid(us[0])
-        self.wf.start_unit(us[0], g.value, g.id, g.root, us[1:], [g.id, i, self.node.name],
-                           new=new)
-        if peers:
-            target = ranked(first, [self.node.name, *peers])[0]
-            if target != self.node.name and first in self.node.ledger.held:
-                self.node.ledger.spread[first] = peers[target]
+        node = self.node
+        msg = self.wf.start_unit(us[0], g.value, g.id, g.root, us[1:], [g.id, i, node.name],
+                                 new=new)
+        if not peers or msg is None or first in node.ledger.spread or first not in node.ledger.held:
+            return
+        routing = getattr(node, "routing", None)
+        queue = msg.headers.get("queue")
+        takers = [p for p in peers if routing is None or not isinstance(queue, str)
+                  or routing.peer_accepts(peers[p].meta, queue, msg.name)]
+        target = ranked(first, [node.name, *takers])[0]
+        if target != node.name:
+            node.ledger.spread[first] = peers[target]
 
     # -- members end ------------------------------------------------------------------
     def deliver(self, gid: str, index: int, frame: bytes, res: Any = None) -> None:
@@ -328,7 +334,7 @@ class Groups:
         if st["state"] in (states.RECEIVED, states.STARTED, states.RETRY):
             return True
         replicas = getattr(self.node, "replicas", None)
-        return replicas is not None and tid in replicas.frames
+        return replicas is not None and tid in replicas.copies.frames
 
     def _answer_local(self, g: Group, r: _Round) -> None:
         ledger = self.node.ledger

@@ -34,6 +34,7 @@ from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
 from mesh.node.wf_commands import exc_repr, frame_task_id, mesh_exc, register, request_of
 from mesh.node.wf_groups import Groups
+from mesh.rendezvous import ranked
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, WfReport, decode, encode
 from mesh.workflow.ids import derive, record_id
 from mesh.workflow.plan import (
@@ -224,19 +225,20 @@ class Workflows(Component):
 
     def start_unit(self, u: dict[str, Any], value: bytes | None, parent: str, root: str,
               nxt: list[dict[str, Any]], report: list[Any] | None, errback: bool = False,
-              new: bool = False) -> None:
-        """Accept unit ``u`` into this node's ledger (same pass, same journal commit).
+              new: bool = False) -> Submit | None:
+        """Accept unit ``u`` into this node's ledger (same pass, same journal commit);
+        its Submit, or None when it was not started here (known, or it could not be).
         ``new``: a fresh group's member, whose id nothing can know yet (not looked up)."""
         node = self.node
         tid = uid(u)
         ledger, journal = node.ledger, node.journal
         if tid in ledger.held:
             self.counts["deduplicated"] += 1
-            return
+            return None
         try:
             if not new and journal.get(tid) is not None:   # finished (or held) here already
                 self.counts["deduplicated"] += 1
-                return
+                return None
         except JournalError as e:
             log.error("journal: cannot check task %s: %s", tid, e)
         headers: dict[str, Any] = {"root_id": root, "parent_id": parent}
@@ -256,20 +258,39 @@ class Workflows(Component):
             fframe = self.fail_frame(tid, states.FAILURE, mesh_exc("EncodeError", str(e)), None)
             self.store(tid, states.FAILURE, fframe, str(u.get("task") or GROUP))
             self._finished(tid, str(u.get("task") or GROUP), b"", headers, states.FAILURE, fframe)
-            return
+            return None
         task = node.app.tasks.get(msg.name)
         try:
             journal.add(tid, b"", frame, time.time())
         except JournalError as e:
             log.error("journal: workflow step %s not accepted: %s", tid, e)
-            return
+            return None
         limit = msg.time_limit or (task.options.time_limit if task else None) or node.config.time_limit
         entry = Entry(tid, msg.name, b"", frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late if task is not None else True)
         ledger.accept(entry, msg)
         self._started.append(tid)
         self.counts["started"] += 1
+        queue = msg.headers.get("queue")
+        routing = getattr(node, "routing", None)
+        if isinstance(queue, str) and routing is not None and not routing.serves_queue(queue):
+            self._route_away(entry, queue)
+        return msg
         node.front.schedule_flush()
+
+    def _route_away(self, entry: Entry, queue: str) -> None:
+        """A step for a queue this node does not serve goes (once journalled here) to
+        a node that serves it and has its task; with none alive it stays here."""
+        node = self.node
+        ms = getattr(node, "membership", None)
+        peers = ms.alive_members(include_self=False) if ms is not None else []
+        takers = [m for m in peers if node.routing.peer_accepts(m.meta, queue, entry.name)]
+        if takers:
+            by_id = {m.id: m for m in takers}
+            node.ledger.spread[entry.task_id] = by_id[ranked(entry.task_id, by_id)[0]]
+        else:
+            self._badlog.warning("no alive node serves queue %r for task %s (%s): it runs "
+                                 "here", queue, entry.task_id, entry.name)
 
     def build(self, u: dict[str, Any], value: bytes | None, headers: dict[str, Any]) -> Submit:
         """The Submit of unit ``u``, given ``value`` (codec bytes) first."""
@@ -292,6 +313,9 @@ class Workflows(Component):
         expires = o.get("expires", t.expires if t is not None else None)
         if t is not None and not t.acks_late:
             headers["acks_late"] = False
+        app = node.app            # its queue, as a client would route it (docs/routing.md)
+        headers["queue"] = app._routes.queue(app.conf, name, call_queue=o.get("queue"),
+                                             args=args, kwargs=kwargs, task=task)
         msg = Submit(task_id=uid(u), name=name, payload=payload,
                      priority=int(o.get("priority", t.priority if t else 0) or 0),
                      eta=eta if eta is not None and eta > now else None,

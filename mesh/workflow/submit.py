@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mesh.app import Mesh
 
 # the Submit fields a unit's options become (the rest are the workflow's business)
-CALL = ("countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit")
+CALL = ("countdown", "eta", "expires", "priority", "time_limit", "soft_time_limit", "queue")
 
 
 def partial(c: Canvas, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None) -> Canvas:
