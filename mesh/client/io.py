@@ -105,6 +105,8 @@ class Client(Links, Routing):
                                                         # (one slot per AsyncResult asking)
         self._watch_lock = threading.Lock()
         self._members_known = threading.Event()         # a members answer has arrived
+        self._rechecked: dict[str, float] = {}          # task id -> when a fresh member list
+                                                        # was asked for it (routes.py)
         self._queries: dict[str, list[Any]] = {}        # req id -> [slot, pending, event, state,
                                                         # t, meta]
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
