@@ -313,9 +313,11 @@ class Workflows(Component):
         expires = o.get("expires", t.expires if t is not None else None)
         if t is not None and not t.acks_late:
             headers["acks_late"] = False
-        app = node.app            # its queue, as a client would route it (docs/routing.md)
-        headers["queue"] = app._routes.queue(app.conf, name, call_queue=o.get("queue"),
-                                             args=args, kwargs=kwargs, task=task)
+        routing = getattr(node, "routing", None)   # its queue (docs/routing.md)
+        if isinstance(o.get("queue"), str):
+            headers["queue"] = o["queue"]
+        elif routing is not None:
+            headers["queue"] = routing.queue_for(name)
         msg = Submit(task_id=uid(u), name=name, payload=payload,
                      priority=int(o.get("priority", t.priority if t else 0) or 0),
                      eta=eta if eta is not None and eta > now else None,

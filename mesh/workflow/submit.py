@@ -102,6 +102,8 @@ def send(app: "Mesh", u: Mapping[str, Any], headers: dict[str, Any]) -> Any:
                 opts[k] = getattr(t, k)
         if not t.acks_late:
             headers = {**headers, "acks_late": False}
+        if opts.get("queue") is None and t.queue is not None:
+            opts["queue"] = t.queue
     return app.send_task(name, args=list(u.get("args") or ()), kwargs=dict(u.get("kwargs") or {}),
                          task_id=uid(u), headers=headers, **opts)
 

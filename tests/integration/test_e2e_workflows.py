@@ -221,3 +221,27 @@ def test_a_worker_node_killed_for_good_mid_chord(start_node: Any, tmp_path: Path
 
 def test_the_coordinating_node_stopped_mid_chord_hands_it_on(start_node: Any, tmp_path: Path) -> None:
     chord_with_a_death(start_node, tmp_path, "coordinator-stop")
+
+
+def test_each_step_of_a_workflow_runs_on_a_node_serving_its_queue(start_node: Any) -> None:
+    # routing_app: report_* go to "reports" (task_routes), transcode to "media" (its option)
+    a = start_node(app="routing_app", name="wq-default", queues="celery")
+    b = start_node(app="routing_app", name="wq-reports", queues="reports", peers=a.endpoint)
+    c = start_node(app="routing_app", name="wq-media", queues="media", peers=a.endpoint)
+    nodes = [a, b, c]
+    names = {n.name for n in nodes}
+    wait_until(lambda: all(alive(n) == names for n in nodes), what="the mesh to form")
+    with Mesh("routing-it", peers=[a.endpoint], mdns=False) as app:
+        S = lambda name: signature(name, immutable=True, app=app)  # noqa: E731
+        r = chain(S("routing_app.where"), S("routing_app.report_daily"),
+                  S("routing_app.transcode")).apply_async()
+        assert r.get(timeout=RESULT_TIMEOUT) == "wq-media"
+        assert r.parent.get(timeout=RESULT_TIMEOUT) == "wq-reports"
+        assert r.parent.parent.get(timeout=RESULT_TIMEOUT) == "wq-default"
+        g = group(S("routing_app.report_daily") for _ in range(6)).apply_async()
+        assert g.get(timeout=RESULT_TIMEOUT) == ["wq-reports"] * 6
+        # the first step routed by its task's own queue (the client has the task)
+        t = app.task(name="routing_app.transcode", bind=True, queue="media")(lambda self: None)
+        r2 = chain(t.si(), S("routing_app.where")).apply_async()
+        assert r2.get(timeout=RESULT_TIMEOUT) == "wq-default"
+        assert r2.parent.get(timeout=RESULT_TIMEOUT) == "wq-media"
