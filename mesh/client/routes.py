@@ -97,7 +97,8 @@ class Routing:
         now = time.monotonic()
         # before saying no node has it, look once at a fresh member list: a node may
         # have just registered the task (a deploy, --autoreload) after our last look
-        fresh = slot.task_id not in self._rechecked
+        # (only when our view alone says so: a node's own refusal keeps its words)
+        fresh = not slot.refused and slot.task_id not in self._rechecked
         if fresh:
             if len(self._rechecked) > 10_000:
                 self._rechecked.clear()
