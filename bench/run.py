@@ -114,13 +114,14 @@ class RssSampler(threading.Thread):
 class Node:
     """One ``meshnode`` subprocess; ``stop()`` always leaves nothing behind."""
 
-    def __init__(self, concurrency: int, loglevel: str, extra: list[str] | None = None):
+    def __init__(self, concurrency: int, loglevel: str, extra: list[str] | None = None,
+                 app: str = "bench.tasks"):
         self.tmp = tempfile.mkdtemp(prefix="mesh-bench-")
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.log_path = os.path.join(self.tmp, "node.log")
         self.cmd = meshnode_cmd() + [
-            "--app", "bench.tasks", "--name", f"bench-{self.port}", "--bind", self.endpoint,
+            "--app", app, "--name", f"bench-{self.port}", "--bind", self.endpoint,
             "--concurrency", str(concurrency), "--no-mdns",
             "--data-dir", os.path.join(self.tmp, "data"), "--shutdown-timeout", "5",
             "--loglevel", loglevel, *(extra or [])]

@@ -5,13 +5,13 @@ __version__ = "0.1.0"
 
 from mesh import signals, states  # noqa: E402
 from mesh.app import Mesh  # noqa: E402
-from mesh.canvas import Signature, signature  # noqa: E402
+from mesh.canvas import Signature, chain, chord, chunks, group, signature  # noqa: E402
 from mesh.node.commands import control_command, inspect_command  # noqa: E402
 from mesh.node.component import Component  # noqa: E402
-from mesh.result import AsyncResult  # noqa: E402
+from mesh.result import AsyncResult, GroupResult  # noqa: E402
 from mesh.shared import current_app, shared_task  # noqa: E402
 from mesh.task import Task  # noqa: E402
 
-__all__ = ["Mesh", "AsyncResult", "Component", "Signature", "Task", "control_command",
-           "current_app", "inspect_command", "shared_task", "signature", "signals", "states",
-           "__version__"]
+__all__ = ["Mesh", "AsyncResult", "Component", "GroupResult", "Signature", "Task", "chain",
+           "chord", "chunks", "control_command", "current_app", "group", "inspect_command",
+           "shared_task", "signature", "signals", "states", "__version__"]

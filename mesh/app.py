@@ -324,7 +324,9 @@ class Mesh:
         """Send a task by name (the code need not be importable here). It goes to a
         node serving its queue (``queue``, else ``task_routes``, else
         ``task_default_queue``) that registered it (docs/routing.md). With the setting
-        ``task_always_eager`` a task registered here runs here (an EagerResult)."""
+        ``task_always_eager`` a task registered here runs here (an EagerResult).
+        ``link`` and ``link_error``: signatures run when it succeeds or fails
+        (docs/workflows.md)."""
         ignore_options(options, CALL_OPTIONS, "send_task", CALL_KNOWN, self.conf._warned)
         if self.conf["task_always_eager"]:
             task = self.tasks.get(name) if isinstance(name, str) else None
@@ -349,8 +351,6 @@ class Mesh:
               soft_time_limit: float | None = None, link: Any = None,
               link_error: Any = None, headers: dict[str, Any] | None = None,
               queue: str | None = None) -> AsyncResult:
-        if link is not None or link_error is not None:
-            raise ConfigError("link/link_error (callbacks) are not available in this version of mesh yet")
         if not isinstance(name, str) or not name:
             raise NotRegistered(f"task name must be a non-empty string, got {name!r}")
         now = time.time()
@@ -362,6 +362,10 @@ class Mesh:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         headers = dict(headers) if headers else {}
+        task_id = task_id or new_task_id()
+        if link is not None or link_error is not None:
+            from mesh.workflow.submit import callback_headers
+            headers = callback_headers(headers, task_id, link, link_error)
         if args is not None and not isinstance(args, (list, tuple)):
             args = list(args)          # read once: a router may look at them too
         q = self._routes.queue(self.conf, name, call_queue=queue, args=args or (),
@@ -385,7 +389,7 @@ class Mesh:
             eta=eta_t, expires=expires_t, time_limit=time_limit,
             soft_time_limit=soft_time_limit, headers=headers)
         msg.validate()
-        if task_id is not None and self._client is not None and self._client.lookup(task_id):
+        if self._client is not None and self._client.lookup(task_id):
             raise ConfigError(f"task id {task_id} is already outstanding in this client")
         frame = encode(msg)
         config = self.config
@@ -407,6 +411,18 @@ class Mesh:
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return AsyncResult(task_id, self)
+
+    def GroupResult(self, group_id: str, results: list[Any] | None = None) -> Any:
+        """A group's result by id, in any process (its members are read from the mesh
+        when asked for)."""
+        from mesh.workflow.results import GroupResult
+        return GroupResult(group_id, results, self)
+
+    def signature(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        """``signature(...)`` sent through this app (``app.signature("tasks.add", (2, 2))``)."""
+        from mesh.canvas import signature
+        kwargs["app"] = self
+        return signature(task, *args, **kwargs)
 
     def _lookup_slot(self, task_id: str) -> Slot | None:
         return self._client.lookup(task_id) if self._client is not None else None

@@ -49,6 +49,9 @@ def apply(task: Task, args: Iterable[Any] | None, kwargs: dict[str, Any] | None,
         throw = bool(task.app.conf["task_eager_propagates"])
     try:            # as on the mesh: what cannot be encoded cannot be sent
         call_args, call_kwargs = codec.load_call(codec.dump_call(args, kwargs))
+        if hdr.get("errback") is True:      # a workflow's link_error (mesh/workflow/eager.py)
+            from mesh.workflow.errback import errback_args
+            call_args = errback_args(task, call_args)
     except Exception as e:
         if throw:
             raise
@@ -100,6 +103,8 @@ class EagerResult:
         self._meta: Any = None
         self._outcome: Outcome | None = None
         self._value: Any = None
+        self.parent: Any = None          # the previous step of a workflow run eagerly
+        self.children: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<EagerResult {self.id} {self._state}>"

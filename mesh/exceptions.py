@@ -112,6 +112,11 @@ class TaskRevokedError(MeshError):
     """The task was revoked before or while it ran."""
 
 
+class ChordError(MeshError):
+    """A chord's header failed (a member raised, was revoked or expired), so its body
+    did not run; the message names the member and its exception (Celery's name)."""
+
+
 class RemoteTraceback(Exception):
     """Carries a remote traceback as text; chained as ``__cause__`` of a rebuilt
     remote exception so that printing it shows where it really happened."""

@@ -130,11 +130,13 @@ def rebuild_exception(exc: dict[str, Any] | None, tb: str | None) -> BaseExcepti
 class AsyncResult:
     """The state and result of one task, by id."""
 
-    __slots__ = ("id", "app", "_slot")
+    __slots__ = ("id", "app", "_slot", "parent", "children")
 
     def __init__(self, task_id: str, app: "Mesh | None" = None, slot: Slot | None = None):
         self.id = task_id
         self.app = app
+        self.parent: Any = None     # the previous step of a chain (Celery's ``parent``)
+        self.children: list[Any] | None = None   # the steps it started (known here)
         if slot is None and app is not None:
             slot = app._lookup_slot(task_id)
         self._slot = slot       # None until needed for a task this process did not submit
@@ -363,3 +365,8 @@ class AsyncResult:
         if propagate:
             raise err
         return err
+
+
+from mesh.workflow.results import GroupResult  # noqa: E402  (it builds on AsyncResult)
+
+__all__ = ["AsyncResult", "GroupResult", "Slot", "rebuild_exception"]

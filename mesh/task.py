@@ -155,6 +155,21 @@ class Request:
     def __repr__(self) -> str:
         return f"<Request {self.task}[{self.id}] retries={self.retries} on {self.hostname}>"
 
+    # a workflow's step (mesh/workflow/plan.py): Celery's names, read from the headers
+    @property
+    def root_id(self) -> str | None:
+        return self.headers.get("root_id")
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.headers.get("parent_id")
+
+    @property
+    def group(self) -> str | None:
+        rep = (self.headers.get("wf") or {}).get("report") if isinstance(self.headers.get("wf"), dict) \
+            else None
+        return rep[0] if isinstance(rep, list) and rep else self.headers.get("group")
+
 
 _current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
     "mesh_current_request", default=None)
@@ -360,17 +375,35 @@ class Task:
     def s(self, *args: Any, **kwargs: Any) -> "Signature":
         """A signature of this task with these arguments (``add.s(1, 1)``)."""
         from mesh.canvas import Signature
-        return Signature(self.name, args, kwargs)
+        return Signature(self.name, args, kwargs).bind(self.app)
 
     def si(self, *args: Any, **kwargs: Any) -> "Signature":
         """An immutable signature: a workflow does not pass it a parent's result."""
         from mesh.canvas import Signature
-        return Signature(self.name, args, kwargs, immutable=True)
+        return Signature(self.name, args, kwargs, immutable=True).bind(self.app)
 
     def signature(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
                   **options: Any) -> "Signature":
         from mesh.canvas import Signature
-        return Signature(self.name, tuple(args or ()), kwargs or {}, options)
+        immutable = bool(options.pop("immutable", False))
+        return Signature(self.name, tuple(args or ()), kwargs or {}, options, immutable).bind(self.app)
+
+    subtask = signature
+
+    def map(self, it: Iterable[Any]) -> "Signature":
+        """One task that runs this one on each item of ``it`` (``mesh.map``)."""
+        from mesh.canvas import xmap
+        return xmap(self.s(), it)
+
+    def starmap(self, it: Iterable[Any]) -> "Signature":
+        """One task that runs ``this(*item)`` for each item of ``it`` (``mesh.starmap``)."""
+        from mesh.canvas import xstarmap
+        return xstarmap(self.s(), it)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Any:
+        """A group of ``mesh.starmap`` tasks over ``it`` in parts of ``n`` items."""
+        from mesh.canvas import chunks
+        return chunks(self.s(), it, n)
 
     def delay(self, *args: Any, **kwargs: Any) -> "AsyncResult":
         """Run on the mesh with these arguments; shortcut for apply_async."""

@@ -167,7 +167,9 @@ def _returned(task: Task, req: Request, value: Any) -> Outcome:
     if req.retry_later is not None:
         return _raised(task, req, req.retry_later)
     ignore = ignores_result(task, req)
-    return Outcome(states.SUCCESS, value, None if ignore else codec.dumps(value), keep=not ignore)
+    feeds = "wf" in req.headers     # a workflow's step passes its value on even when its
+    return Outcome(states.SUCCESS, value,   # result is not kept
+                   None if ignore and not feeds else codec.dumps(value), keep=not ignore)
 
 
 def _raised(task: Task, req: Request, e: BaseException) -> Outcome:

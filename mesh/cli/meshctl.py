@@ -304,8 +304,11 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
 @click.option("--wait", is_flag=True, help="Wait for the task to finish.")
 @click.option("--result-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
               show_default=True, help="With --wait, seconds to wait for the result.")
+@click.option("--tree", is_flag=True, help="A workflow (what apply_async returned): its steps "
+              "and the state of each.")
 @click.pass_context
-def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float) -> int:
+def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
+           tree: bool = False) -> int:
     """Look up a task by id on every node, from any machine: prints its result as
     JSON when it is done, else its state (UNKNOWN when no node knows it). Exit 1
     when it failed, is UNKNOWN, or --wait timed out.
@@ -317,6 +320,9 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float) 
     from mesh import Mesh, states
     app = Mesh("meshctl", peers=_peers(ctx))
     try:
+        if tree:
+            from mesh.cli.meshctl_tree import tree as show_tree
+            return show_tree(app, task_id, ctx.obj["json"])
         r = app.AsyncResult(task_id)
         state = r.state                  # asks every node
         if not wait and state not in states.READY_STATES:

@@ -468,7 +468,7 @@ _TASK_TIMES = {"task-sent": "sent", "task-received": "received", "task-started":
                "task-succeeded": "succeeded", "task-failed": "failed", "task-retried": "retried",
                "task-rejected": "rejected", "task-revoked": "revoked"}
 _TASK_TEXT_FIELDS = ("name", "args", "kwargs", "result", "exception", "traceback", "reason",
-                     "parent_id", "target", "first_node")
+                     "parent_id", "root_id", "target", "first_node")
 _NODE_NUMBERS = ("active", "total", "queued", "processed", "tasks_per_s", "cpu_percent",
                  "rss_bytes")
 
@@ -502,6 +502,7 @@ class TaskState:
     reason: str | None = None          # task-rejected
     target: str | None = None          # task-rejected: the node it was handed to
     parent_id: str | None = None
+    root_id: str | None = None         # the workflow it belongs to (its own id if none)
     first_node: str | None = None      # task-duplicate: the node whose result won
     duplicates: int = 0
     clock: int = 0                     # of the event that set ``state``

@@ -318,6 +318,9 @@ class Child:
             raise e
         try:
             args, kwargs = codec.load_call(msg.payload)
+            if msg.headers.get("errback") is True:      # a link_error callback
+                from mesh.workflow.errback import errback_args
+                args = errback_args(task, args)
         except Exception as e:
             signals.task_rejected.send(sender=None, message=msg, exc=e)
             raise

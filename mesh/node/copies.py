@@ -26,6 +26,7 @@ from mesh.membership import MemberState
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
+from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -147,7 +148,7 @@ class Copies:
             entry = Entry(tid, sub.name, b"", frame, sub.priority, sub.eta, sub.expires,
                           limit, task.options.acks_late if task else True)
             entry.received = received
-            if task is None:
+            if task is None and sub.name != GROUP:     # (a group's coordinator is the node's)
                 ledger.held[tid] = entry
                 ledger.task_failed(entry, "NotRegistered", f"task {sub.name!r} is not "
                                    f"registered on node {node.name}, which took it over")

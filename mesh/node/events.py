@@ -74,7 +74,8 @@ def received_fields(task_id: str, name: str, msg: Submit) -> dict[str, Any]:
         a, k = f"<undecodable: {e}>", ""
     return {"uuid": task_id, "name": name, "args": a, "kwargs": k, "retries": msg.retries,
             "eta": msg.eta, "expires": msg.expires, "priority": msg.priority,
-            "parent_id": msg.headers.get("parent_id")}
+            "parent_id": msg.headers.get("parent_id"),
+            "root_id": msg.headers.get("root_id") or task_id}
 
 
 def sent_fields(task_id: str, name: str, msg: Submit) -> dict[str, Any] | None:

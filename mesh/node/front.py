@@ -33,6 +33,9 @@ from mesh.wire.protocol import (
     Replicate,
     ReplicateAck,
     Submit,
+    WfPull,
+    WfPulled,
+    WfReport,
     decode,
     encode,
 )
@@ -115,7 +118,7 @@ class FrontDoor(Component):
             node.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:
             node.control.handle(ident, msg)
-        elif type(msg) in _NODE_DATA:          # node to node: handoff and copies
+        elif type(msg) in _NODE_DATA:          # node to node: handoff, copies, workflows
             try:
                 _NODE_DATA[type(msg)](node, msg)
             except Exception:                  # never crash on what a peer sends
@@ -152,6 +155,8 @@ class FrontDoor(Component):
         acknowledges what is still held, then every peer's frames are sent."""
         self._flush_scheduled = False
         node = self.node
+        if node.workflows is not None:
+            node.workflows.flush()
         node.ledger.flush()
         node.intake.flush_acks()
         if node.replicas.started:
@@ -170,6 +175,9 @@ _NODE_DATA: dict[type, Any] = {
     ReplicateAck: lambda node, msg: node.replicas.on_ack(msg),
     Handoff: lambda node, msg: node.handoff.on_handoff(msg),
     HandoffAck: lambda node, msg: node.handoff.on_ack(msg),
+    WfReport: lambda node, msg: node.workflows.on_message(msg),
+    WfPull: lambda node, msg: node.workflows.on_message(msg),
+    WfPulled: lambda node, msg: node.workflows.on_message(msg),
 }
 
 

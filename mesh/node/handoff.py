@@ -35,6 +35,7 @@ from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.wire.protocol import Handoff, HandoffAck, Moved, Submit, decode, encode
+from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -271,10 +272,16 @@ class Handoffs(Component):
         ledger, tid = node.ledger, msg.task_id
         if node.stopping:
             return STOP_REASON
-        if tid in ledger.held or tid in node.control.revoked:
-            return None                 # ours already; or revoked: nothing to run
+        if tid in ledger.held:          # ours already; but if we are handing it away
+            for out in self._out.values():   # (to the node that sends it back: it shed it
+                mine = out.entries.pop(tid, None)   # before our handoff was answered), it
+                if mine is not None and not node.stopping:   # stays here: the answer to
+                    node.pool.submit(mine)   # ours must not make us forget it
+            return None
+        if tid in node.control.revoked:
+            return None                 # revoked: nothing to run
         task = node.app.tasks.get(msg.name)
-        if task is None:
+        if task is None and msg.name != GROUP:    # (a group's coordinator is the node's)
             return f"task {msg.name!r} is not registered on node {node.name}"
         routing = getattr(node, "routing", None)
         refusal = routing.refusal(msg) if routing is not None else None
@@ -290,9 +297,10 @@ class Handoffs(Component):
         except JournalError as e:
             return f"node {node.name} cannot write its journal: {e}"
         node.replicas.forget_copy(tid)     # we were its backup: it is ours now
-        limit = msg.time_limit or task.options.time_limit or node.config.time_limit
+        limit = msg.time_limit or (task.options.time_limit if task else None) \
+            or node.config.time_limit
         entry = Entry(tid, msg.name, b"", frame, msg.priority, msg.eta, msg.expires, limit,
-                      task.options.acks_late)
+                      task.options.acks_late if task else True)
         ledger.accept(entry, msg)
         return None
 

@@ -21,6 +21,7 @@ from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
 from mesh.wire.protocol import Ack, Release, Submit, encode
+from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -61,6 +62,7 @@ class Intake(Component):
             ledger.fail(ident, tid, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)
             node.events.emit("task-revoked", uuid=tid, name=msg.name, expired=False,
                              terminated=False)
+            self._refused(msg, tid, states.REVOKED, "TaskRevokedError", f"task {tid} was revoked")
             return
         if node.routing.queues is not None:      # not every queue: is this one ours?
             refused = node.routing.refusal(msg)
@@ -70,12 +72,14 @@ class Intake(Component):
                                  reason="queue")
                 return
         task = node.app.tasks.get(msg.name)
-        if task is None:
+        if task is None and msg.name != GROUP:
             known = ", ".join(sorted(node.app.tasks)[:20])
             node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=False,
                              reason="not registered")
-            ledger.fail(ident, tid, "NotRegistered", f"task {msg.name!r} is not registered on "
-                        f"node {node.name} (registered: {known or 'none'})")
+            why = (f"task {msg.name!r} is not registered on node {node.name} (registered: "
+                   f"{known or 'none'})")
+            ledger.fail(ident, tid, "NotRegistered", why)
+            self._refused(msg, tid, states.FAILURE, "NotRegistered", why)
             return
         now = time.time()
         journal = node.journal
@@ -99,10 +103,23 @@ class Intake(Component):
         if override is not None:       # set at run time (time_limit command): the child
             msg = dataclasses.replace(msg, soft_time_limit=override[0], time_limit=override[1])
             frame = encode(msg)        # reads the soft limit from the message
+        if task is None:               # a group's coordinator (mesh/node/wf_groups.py)
+            entry = Entry(tid, msg.name, ident, frame, msg.priority, None, None, None)
+            # sent here first: start its members; a resend to the node that kept its copy
+            # (its first holder died) asks the mesh first, as a takeover does
+            entry.fresh = tid not in node.replicas.copies.frames
+            ledger.accept(entry, msg)
+            return
         limit = msg.time_limit or task.options.time_limit or node.config.time_limit
         entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late)
         ledger.accept(entry, msg)
+
+    def _refused(self, msg: Submit, tid: str, state: str, exc_type: str, why: str) -> None:
+        """A workflow's step refused here ended all the same: what follows it is told."""
+        wf = self.node.workflows
+        if wf is not None and ("wf" in msg.headers or msg.name == GROUP):
+            wf.refused(msg, self.node.ledger.failure(tid, state, exc_type, why))
 
     def flush_acks(self) -> None:
         """Acknowledge this pass's SUBMITs that are still held (a result implies the ack)."""

@@ -27,6 +27,7 @@ from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_
 from mesh.node.journal import JournalError
 from mesh.wire import codec
 from mesh.wire.protocol import Release, Result, Submit, decode, encode
+from mesh.workflow.plan import GROUP  # a group's coordinator: run by the node itself
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -35,6 +36,9 @@ log = logging.getLogger("mesh.node")
 
 MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child keeps dying
 MAX_WATCHERS = 64          # processes told of one task's result when it is done
+MAX_EARLY = 10_000         # ids not held here yet that someone waits for (a workflow's
+                           # later steps); the oldest are forgotten first
+EARLY_TTL = 60.0           # s such a wait is remembered (the waiter asks again every second)
 RESULT_COMMIT_DELAY = 0.002  # s a batch of results may wait for its journal commit
 
 
@@ -43,7 +47,7 @@ class Entry:
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
                  "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried", "reserved", "progress")
+                 "retried", "reserved", "progress", "wf", "fresh")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
                  eta: float | None, expires: float | None, time_limit: float | None,
@@ -65,6 +69,18 @@ class Entry:
         self.reserved = False                 # holds a rate-limit reservation: starts when due
         self.progress: tuple[str, bytes | None] | None = None   # its latest reported state
                                               # (track_started, update_state) and meta
+        self.wf: dict[str, Any] | None = None  # a workflow's unit: its Submit headers
+                                              # (mesh/node/workflows.py drives what follows)
+        self.fresh = False                    # a group sent here now (not recovered, taken
+                                              # over or handed on: those ask the mesh first)
+
+
+def _headers(frame: bytes) -> dict[str, Any]:
+    try:
+        msg = decode(frame)
+    except Exception:
+        return {}
+    return msg.headers if isinstance(msg, Submit) else {}
 
 
 class _RateLimitedLog:
@@ -97,6 +113,9 @@ class Ledger:
         self.counts: collections.Counter[str] = collections.Counter()
         self.watchers: dict[str, set[bytes]] = {}  # task id -> who asked to hear its result
         self.pending: list[Entry] = []             # accepted this pass: to the pool once journalled
+        self.early: dict[str, float] = {}          # id not held here -> when a watcher asked
+        self.spread: dict[str, Any] = {}           # accepted here, to go to this member once
+                                                   # journalled (a group's members: handoff)
         self._commit_timer: asyncio.TimerHandle | None = None
         self.faillog = _RateLimitedLog("tasks refused at intake")
 
@@ -106,6 +125,9 @@ class Ledger:
         pool at the end of the pass (``flush``), once the journal has committed it."""
         self.held[entry.task_id] = entry
         self.pending.append(entry)
+        headers = msg.headers if msg is not None else _headers(entry.frame)
+        if "wf" in headers or entry.name == GROUP:
+            entry.wf = headers
         self.node.replicas.accepted(entry, msg)  # a copy to the backup; replies wait for it
         ev = self.node.events
         if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
@@ -134,12 +156,21 @@ class Ledger:
             pending, self.pending = self.pending, []
             revoked = self.node.control.revoked
             pool = self.node.pool
+            spread = self.spread
+            away: dict[str, tuple[Any, list[Entry]]] = {}
             for entry in pending:
                 if entry.task_id in revoked:     # revoked in the same loop pass
                     self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was "
                                      "revoked", states.REVOKED)
+                elif entry.name == GROUP and self.node.workflows is not None:
+                    self.node.workflows.begin(entry)     # coordinated here, not in a child
+                elif spread and entry.task_id in spread:
+                    m = spread.pop(entry.task_id)
+                    away.setdefault(m.id, (m, []))[1].append(entry)
                 else:
                     pool.submit(entry)
+            for m, entries in away.values():
+                self.node.handoff.hand(entries, "a group's members go over the mesh", m)
 
     def commit(self) -> None:
         if self._commit_timer is not None:
@@ -169,13 +200,17 @@ class Ledger:
     def finish(self, task_id: str, client: bytes, state: str, result_frame: bytes,
                name: str = "", keep: bool = True, **event: Any) -> None:
         """A held task's final result: journal it (unless the task keeps none:
-        ignore_result, Ignore), then tell its owner and watchers."""
+        ignore_result, Ignore), then tell its owner and watchers; a workflow's unit
+        then starts what comes after it (mesh/node/workflows.py)."""
         node = self.node
-        self.held.pop(task_id, None)
+        entry = self.held.pop(task_id, None)
         self.counts[state] += 1
         replicas = node.replicas
-        # the result replaces the backup's copy (a task that keeps none: the copy goes)
-        backup = replicas.finished(task_id, state, result_frame if keep else None)
+        wf = node.workflows if entry is not None and entry.wf is not None else None
+        # the result replaces the backup's copy (a task that keeps none: the copy goes);
+        # a workflow step's, once what it starts is copied
+        backup = replicas.finished(task_id, state, result_frame if keep else None,
+                                   hold=wf is not None)
         try:
             if keep:
                 node.journal.finish(task_id, state, result_frame, time.time(), backup)
@@ -183,7 +218,21 @@ class Ledger:
                 node.journal.remove([task_id])
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
-        replicas.reply(task_id, client, result_frame)   # once the backup has the task
+        if client:                 # b"": a task this node owns (a workflow's step)
+            replicas.reply(task_id, client, result_frame)   # once the backup has the task
+        self.notify(task_id, result_frame, name, state, client, **event)
+        if wf is not None and entry is not None:
+            started: list[str] = []
+            try:
+                started = wf.finished(entry, state, result_frame)
+            finally:
+                replicas.release(task_id, started)
+
+    def notify(self, task_id: str, result_frame: bytes, name: str, state: str,
+               client: bytes = b"", **event: Any) -> None:
+        """A result is known: events, and the processes watching the id."""
+        node = self.node
+        self.early.pop(task_id, None)
         ev = node.events
         if ev.prefixes or ev.listeners:
             ev.publish_result(task_id, result_frame)
@@ -196,7 +245,7 @@ class Ledger:
         if watchers:
             for ident in watchers:
                 if ident != client:
-                    replicas.reply(task_id, ident, result_frame)
+                    node.replicas.reply(task_id, ident, result_frame)
 
     def failure(self, task_id: str, state: str, exc_type: str, message: str) -> bytes:
         """The encoded Result of a failure decided by the node (a mesh exception)."""
@@ -271,8 +320,14 @@ class Ledger:
     def release(self, entries: list[Entry], reason: str, target: str | None = None,
                 quiet: bool = False) -> None:
         """Give unstarted tasks back to their owners (RELEASE), who resend them:
-        to ``target`` when given (shedding), else to another node."""
+        to ``target`` when given (shedding), else to another node. Tasks this node owns
+        (a workflow's steps: no client) stay held and journalled: nobody would resend
+        them (they run here when the node starts again)."""
         node = self.node
+        kept = [e for e in entries if not e.client]
+        if kept:
+            entries = [e for e in entries if e.client]
+            log.info("kept %d workflow step(s) this node owns in its journal (%s)", len(kept), reason)
         self.forget(entries)
         by_client: dict[bytes, list[str]] = {}
         for e in entries:
@@ -362,13 +417,32 @@ class Ledger:
         entry = self.held.get(tid)
         if entry is not None:
             if watch:
-                watchers = self.watchers.setdefault(tid, set())
-                if len(watchers) < MAX_WATCHERS:
-                    watchers.add(ident)
+                self._watch(tid, ident)
             state = (states.STARTED if entry.started else
                      states.RETRY if entry.retried else states.RECEIVED)
             return taskstate.held_state(node, entry, state)
         stored = node.journal.get(tid)
         if stored is not None and stored.result is not None:
             return taskstate.finished_state(node, tid, stored.state, stored.result)
+        if watch and ident:    # not here yet (a workflow's later step): tell them if it comes
+            self._watch(tid, ident)
+            self.early.pop(tid, None)
+            self.early[tid] = time.monotonic()
+            self._forget_early()
         return {"task_id": tid, "state": states.UNKNOWN}
+
+    def _watch(self, tid: str, ident: bytes) -> None:
+        watchers = self.watchers.setdefault(tid, set())
+        if len(watchers) < MAX_WATCHERS:
+            watchers.add(ident)
+
+    def _forget_early(self) -> None:
+        """Waits for ids that never came here end after EARLY_TTL (or MAX_EARLY)."""
+        early, now = self.early, time.monotonic()
+        while early:
+            tid, at = next(iter(early.items()))
+            if len(early) <= MAX_EARLY and now - at < EARLY_TTL:
+                break
+            del early[tid]
+            if tid not in self.held:
+                self.watchers.pop(tid, None)

@@ -50,6 +50,7 @@ from mesh.node.replicas import Replicas
 from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
+from mesh.node.workflows import Workflows
 from mesh.web.commands import History, HistoryService
 from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
@@ -75,6 +76,7 @@ BUILTIN: tuple[type[Component], ...] = (
     EventStream,    # events: the XPUB
     Executor,       # pool: the prefork children; at shutdown, the drain
     Intake,         # intake: SUBMITs into the ledger
+    Workflows,      # workflows: what follows a workflow's step; group coordinators
     Recovery,       # recovery: the journal's unfinished tasks, held again
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
     Members,        # membership: SWIM over the front door and peer sockets
@@ -125,6 +127,7 @@ class Node:
     history: HistoryService
     http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
     beat: Beat | None = None         # set by the beat component
+    workflows: Workflows | None = None   # set by the workflows component
     autoscaler: Autoscaler | None = None   # set by the autoscaler component
     reloader: Reloader | None = None       # set by the reloader component
     ctx: "zmq.Context[Any]"
@@ -133,6 +136,8 @@ class Node:
                  components: Iterable[type[Component] | Component] | None = None,
                  handle_signals: bool = True):
         self.app = app
+        from mesh.workflow.builtins import register_builtins
+        register_builtins(app)       # mesh.map, mesh.starmap: before the children fork
         self.handle_signals = handle_signals    # SIGTERM/SIGINT stop the node (meshnode)
         self._run_task: asyncio.Task[Any] | None = None
         self.config = config
@@ -232,6 +237,7 @@ class Node:
             "components": [component_name(x) for x in self.components],
             **(self.replicas.status() if self.replicas.started else {}),
             **(self.handoff.status() if self.handoff.started else {}),
+            **(self.workflows.status() if self.workflows is not None else {}),
         }
 
     # -- lifecycle --------------------------------------------------------------------

@@ -16,6 +16,7 @@ from mesh.node.component import Component, NodeStartError
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
 from mesh.wire.protocol import Submit, decode
+from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -52,7 +53,9 @@ def recover(node: "Node") -> int:
         entry = Entry(row.task_id, msg.name, row.client, row.frame, msg.priority, msg.eta,
                       msg.expires, limit, task.options.acks_late if task else True)
         entry.received = row.received
-        if task is None:
+        if msg.name == GROUP:             # a group's coordinator: coordinated here again
+            ledger.accept(entry)
+        elif task is None:
             ledger.task_failed(entry, "NotRegistered", f"task {msg.name!r} is no longer "
                                f"registered on node {node.name}")
         elif row.state == states.STARTED:    # acks_late=False: it may have run; never twice

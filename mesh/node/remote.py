@@ -157,6 +157,8 @@ class RemoteControl(Component):
                 dropped.append(tid)
                 node.ledger.task_failed(entry, "TaskRevokedError", f"task {tid} was revoked",
                                         task_states.REVOKED)
+            elif node.workflows is not None and node.workflows.revoke(tid):
+                dropped.append(tid)          # a group's coordinator: the group ends
             elif entry.started is not None:
                 if req.terminate and node.pool.terminate(tid, sig):
                     terminated.append(tid)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -98,6 +99,8 @@ class Replicas(Component):
         self.backup_of: dict[str, str] = {}        # held task id -> its backup ("" = none)
         self.by_backup: dict[str, set[str]] = {}   # backup -> held task ids copied there
         self.gates: dict[str, list[Callable[[], None]]] = {}   # replies waiting for a copy
+        self._held_results: dict[str, tuple[str, str, bytes]] = {}   # workflow steps' results,
+                                                   # until the steps they started are copied
         self._result_wait: set[str] = set()        # finished: replies wait for the result's copy
         self._gate_since: dict[str, float] = {}
         self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
@@ -193,11 +196,13 @@ class Replicas(Component):
         if backup:
             self._queue(backup).tasks[entry.task_id] = entry.frame
 
-    def finished(self, task_id: str, state: str, result_frame: bytes | None) -> str:
+    def finished(self, task_id: str, state: str, result_frame: bytes | None,
+                 hold: bool = False) -> str:
         """A held task's final result: it replaces the copy at the backup (a copy not
         sent yet is not sent at all). The backup that keeps the result ("" if none).
         ``result_frame`` None: the task keeps no result (ignore_result); its copy goes,
-        and nothing waits for the backup."""
+        and nothing waits for the backup. ``hold``: keep it until ``release`` (a
+        workflow's step: see there)."""
         if not self.enabled:
             return ""
         if result_frame is None:
@@ -205,15 +210,43 @@ class Replicas(Component):
             return ""
         backup = self._untrack(task_id) or self._choose(task_id)
         if backup:
-            batch = self._queue(backup)
-            batch.tasks.pop(task_id, None)
-            batch.results[task_id] = (state, result_frame)
+            if hold:
+                self._held_results[task_id] = (backup, state, result_frame)
+            else:
+                self._put_result(backup, task_id, state, result_frame)
             # the owner gets its RESULT once the backup has the result too (not just the
             # task): else a holder dying in between would leave the backup to run it again
             self._result_wait.add(task_id)
             self.gates.setdefault(task_id, [])
             self._gate_since.setdefault(task_id, time.monotonic())
         return backup
+
+    def _put_result(self, backup: str, task_id: str, state: str, result_frame: bytes) -> None:
+        batch = self._queue(backup)
+        batch.tasks.pop(task_id, None)
+        batch.results[task_id] = (state, result_frame)
+
+    def release(self, task_id: str, after: Iterable[str]) -> None:
+        """A result held by ``finished(hold=True)`` goes to its backup once the copies
+        of ``after`` (the workflow steps it started here) are confirmed, so a backup
+        never has a step's result without the steps that follow it having their copy
+        (mesh/node/workflows.py): if this node dies in between, the backup runs the
+        step again, and the same ids follow."""
+        held = self._held_results.pop(task_id, None)
+        if held is None:
+            return
+        backup, state, frame = held
+        waiting = {t for t in after if t in self.gates}
+
+        def go(tid: str) -> None:
+            waiting.discard(tid)
+            if not waiting:
+                self._put_result(backup, task_id, state, frame)
+        if not waiting:
+            self._put_result(backup, task_id, state, frame)
+            return
+        for t in list(waiting):
+            self.after_copy(t, functools.partial(go, t))
 
     def forgotten(self, task_ids: Iterable[str]) -> None:
         """Tasks that are no longer ours (handed on, given back): drop their copies."""

@@ -24,6 +24,7 @@ from mesh.node.ledger import _RateLimitedLog
 from mesh.ratelimit import parse_rate
 from mesh.routing import AppRoutes, check_queue, prepare
 from mesh.wire.protocol import Submit
+from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -63,7 +64,8 @@ class Routes(Component):
         """What the node tells the mesh it serves, from the app's tasks (at start, and
         again when --autoreload loads new code)."""
         self.mesh_limits = mesh_limits(app.tasks)
-        self.meta = capabilities.meta(self.mesh, self.queues, app.tasks)
+        # every node coordinates groups (mesh.group, mesh/node/wf_groups.py)
+        self.meta = capabilities.meta(self.mesh, self.queues, [*app.tasks, GROUP])
         self.meta["rl"] = self.mesh_limits
 
     # -- what intake asks ---------------------------------------------------------------

@@ -72,6 +72,10 @@ class MsgType(enum.IntEnum):
     HANDOFF_ACK = 41      # node -> node: these handed tasks are held here now (or refused)
     REPLICATE = 42        # holder -> backup: keep a copy of these tasks and results
     REPLICATE_ACK = 43    # backup -> holder: the copies of that batch are journalled
+    # workflows, node <-> node (mesh/node/workflows.py)
+    WF_REPORT = 50        # member's node -> group's coordinator: these members ended
+    WF_PULL = 51          # coordinator -> node: what do you know of these ids?
+    WF_PULLED = 52        # node -> coordinator: the answer to WF_PULL
 
 
 # ---- field validation -----------------------------------------------------------------
@@ -661,6 +665,75 @@ class ReplicateAck(Message):
 # ---- encode / decode ------------------------------------------------------------------
 
 _packer_opts = dict(use_bin_type=True)
+
+
+# ---- workflows (mesh/node/workflows.py) ------------------------------------------------
+
+MAX_WF_ITEMS = 100_000    # ids or results in one workflow message
+
+
+def _check_parallel(what: str, *lists: list[Any]) -> None:
+    n = len(lists[0])
+    if n > MAX_WF_ITEMS:
+        raise DecodeError(f"{what} carries {n} items, more than {MAX_WF_ITEMS}")
+    if any(len(x) != n for x in lists):
+        raise DecodeError(f"{what}: its lists differ in length")
+
+
+@message
+class WfReport(Message):
+    """Group members ended: ``results[k]`` is the RESULT frame of member ``indexes[k]``
+    of group ``groups[k]`` (its last step's result). Sent to the group's coordinator."""
+    TYPE = MsgType.WF_REPORT
+    source: str
+    groups: list[str]
+    indexes: list[int]
+    results: list[bytes]
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_parallel("WfReport", self.groups, self.indexes, self.results)
+
+
+@message
+class WfPull(Message):
+    """A coordinator asks what a node knows of a group's member ids (after it took the
+    group over, or when members went quiet). ``indexes[k]`` is the member index when
+    ``ids[k]`` is a member's result id (the node then also reports it when it ends),
+    else -1. The answer, WF_PULLED, goes to ``source_addr``."""
+    TYPE = MsgType.WF_PULL
+    source: str
+    source_addr: str
+    group: str
+    round: int
+    ids: list[str]
+    indexes: list[int]
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _short(self.group, MAX_ID_LEN, "group")
+        _check_address(self.source_addr, "source_addr")
+        _check_parallel("WfPull", self.ids, self.indexes)
+
+
+@message
+class WfPulled(Message):
+    """The answer to WF_PULL: the ids this node holds, and the stored results of
+    members that ended here (``results[k]`` for member ``indexes[k]``)."""
+    TYPE = MsgType.WF_PULLED
+    source: str
+    group: str
+    round: int
+    held: list[str]
+    indexes: list[int]
+    results: list[bytes]
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _short(self.group, MAX_ID_LEN, "group")
+        _check_parallel("WfPulled", self.indexes, self.results)
+        if len(self.held) > MAX_WF_ITEMS:
+            raise DecodeError(f"WfPulled holds {len(self.held)} ids, more than {MAX_WF_ITEMS}")
 
 
 def encode(msg: Message) -> bytes:

@@ -48,6 +48,9 @@ from mesh.wire.protocol import (
     Result,
     State,
     Submit,
+    WfPull,
+    WfPulled,
+    WfReport,
     decode,
     encode,
     peek_type,
@@ -100,6 +103,10 @@ SAMPLES: list[Message] = [
     PushPull(source="n1", source_addr="tcp://10.0.0.1:7700",
              members=[[0, "n1", 1, "tcp://10.0.0.1:7700", "n1", 0, {}]], join=True),
     PushPullReply(source="n2", members=[[0, "n2", 3, "tcp://10.0.0.2:7700", "n2", 5, {"q": 0}]]),
+    WfReport(source="n1", groups=["g1", "g1"], indexes=[0, 3], results=[b"\x93", b"\x94"]),
+    WfPull(source="n1", source_addr="tcp://10.0.0.1:7700", group="g1", round=2,
+           ids=["a", "b"], indexes=[0, -1]),
+    WfPulled(source="n2", group="g1", round=2, held=["b"], indexes=[3], results=[b"\x93"]),
     Moved(task_ids=["x"], node="n1", target="tcp://10.0.0.2:7700", target_node="n2",
           reason="shed to a node with room"),
     Handoff(batch="b1", source="n1", source_addr="tcp://10.0.0.1:7700",
@@ -124,7 +131,7 @@ def test_message_type_numbers_are_fixed() -> None:
         "CHILD_CANCEL": 23,
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
         "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36, "MOVED": 9, "HANDOFF": 40, "HANDOFF_ACK": 41,
-        "REPLICATE": 42, "REPLICATE_ACK": 43,
+        "REPLICATE": 42, "REPLICATE_ACK": 43, "WF_REPORT": 50, "WF_PULL": 51, "WF_PULLED": 52,
     }
 
 
@@ -247,7 +254,7 @@ def test_unsupported_version(version: object) -> None:
     expect_decode_error(msgpack.packb(raw, use_bin_type=True), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("mtype", [0, 10, 19, 29, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
+@pytest.mark.parametrize("mtype", [0, 10, 19, 29, 49, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
 def test_unknown_type(mtype: object) -> None:
     expect_decode_error(pack(1, mtype, "t", "n", b""), "unknown message type")
 

@@ -1,0 +1,30 @@
+"""Deterministic ids: a workflow step's id is derived from (its parent's id, position).
+
+A chain step, a group member, a chord body, a callback: each gets
+``derive(parent_id, key)``, a UUID-shaped id computed the same way by the client that
+builds a workflow and by any node that drives it. So a node that drives a workflow a
+second time (it took it over from a node that died) asks for the same ids again, and a
+node that already holds or finished one of them answers instead of running it twice.
+"""
+from __future__ import annotations
+
+import hashlib
+
+# keys under which a node keeps a workflow's own records (not tasks)
+RECORD = "m"        # derive(workflow id, RECORD): the workflow's description (tree, members)
+
+
+def derive(parent: str, key: str | int) -> str:
+    """The id of child ``key`` of ``parent``: 128 bits of BLAKE2b over both, shaped as a
+    version-5-style UUID. Stable across processes, machines and Python versions."""
+    d = bytearray(hashlib.blake2b(f"{parent}\0{key}".encode(), digest_size=16).digest())
+    d[6] = (d[6] & 0x0F) | 0x50     # version 5 (name-based)
+    d[8] = (d[8] & 0x3F) | 0x80     # RFC 4122 variant
+    h = d.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def record_id(workflow_id: str) -> str:
+    """Where a workflow's description is kept (``meshctl result ID --tree``,
+    ``app.GroupResult(id)`` from another process)."""
+    return derive(workflow_id, RECORD)

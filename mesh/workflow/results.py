@@ -1,0 +1,188 @@
+"""GroupResult, and the handles a workflow's ``apply_async`` returns.
+
+A group is run by a coordinator: a task named ``mesh.group`` with the group's id,
+which a node runs itself (mesh/node/workflows.py). Its result is the list of the
+members' results, in order, once every member succeeded; or the first member's
+failure. So ``GroupResult.get()`` waits for one result, whatever the group's size,
+and works the same in any process (``app.GroupResult(id)``). The members' ids come
+from the group's description (mesh/workflow/describe.py): built here when this
+process sent the group, else read from the mesh.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from mesh import states
+from mesh.exceptions import MeshError, TimeoutError
+from mesh.result import AsyncResult
+from mesh.workflow.describe import group_member_descs
+from mesh.workflow.ids import record_id
+
+if TYPE_CHECKING:
+    from mesh.app import Mesh
+
+RECORD_WAIT = 10.0     # s GroupResult.results waits for the group's record (the group
+                       # may not have reached its coordinator yet)
+
+Handle = Any           # AsyncResult | GroupResult
+# how far a state is along, to merge what several nodes say of one id
+STATE_ORDER = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
+               states.STARTED: 4, states.SUCCESS: 5, states.FAILURE: 5, states.REVOKED: 5}
+
+
+class GroupResult:
+    """The result of a group: ``get()`` (the list, in order), ``ready()``,
+    ``successful()``, ``failed()``, ``completed_count()``, ``results`` (each member's
+    handle), ``join()``, ``revoke()``. ``app.GroupResult(id)`` in any process."""
+
+    def __init__(self, id: str, results: list[Handle] | None = None, app: "Mesh | None" = None,
+                 parent: Handle = None, desc: Mapping[str, Any] | None = None):
+        self.id = id
+        self.app = app
+        self.parent = parent
+        self._results = list(results) if results is not None else None
+        self._desc = desc          # the group's description: members made when asked for
+        self._coord = AsyncResult(id, app)
+
+    def __repr__(self) -> str:
+        n = len(self._results) if self._results is not None else \
+            self._desc["n"] if self._desc is not None else "?"
+        return f"<GroupResult {self.id} [{n} results]>"
+
+    # -- members ----------------------------------------------------------------------
+    @property
+    def results(self) -> list[Handle]:
+        """The members' handles (AsyncResult, or GroupResult for a nested group)."""
+        if self._results is None:
+            self._results = self._restore()
+        return self._results
+
+    children = results
+
+    def _restore(self) -> list[Handle]:
+        if self._desc is not None:
+            members = group_member_descs(self._desc)
+            if members is not None:
+                return [handle(self.app, m) for m in members]
+        if self.app is None:
+            raise MeshError(f"group {self.id}: no app to read its members with")
+        try:
+            desc = AsyncResult(record_id(self.id), self.app).get(timeout=RECORD_WAIT)
+        except TimeoutError:
+            raise MeshError(f"group {self.id} is not known to the mesh (its record did not "
+                            f"appear within {RECORD_WAIT:g} s)") from None
+        members = group_member_descs(desc)
+        if members is None:
+            raise MeshError(f"group {self.id}: its record has no members")
+        return [handle(self.app, m) for m in members]
+
+    def __iter__(self) -> Iterator[Handle]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> Handle:
+        return self.results[i]
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """The coordinator's state: SUCCESS once every member succeeded, FAILURE (or
+        REVOKED) once one did not, else a waiting state."""
+        return self._coord.state
+
+    def ready(self) -> bool:
+        """True when every member has finished (as Celery: all ready)."""
+        st = self._coord.state
+        if st == states.SUCCESS:
+            return True
+        if st in states.READY_STATES:
+            return all(s in states.READY_STATES for s in self._member_states())
+        return False
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def successful(self) -> bool:
+        return self._coord.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self._coord.state in (states.FAILURE, states.REVOKED)
+
+    def completed_count(self) -> int:
+        """How many members succeeded."""
+        if self._coord.state == states.SUCCESS:
+            return len(self.results)
+        return sum(1 for s in self._member_states() if s == states.SUCCESS)
+
+    def _member_states(self) -> list[str]:
+        assert self.app is not None
+        ids = [r.id for r in self.results]
+        known = states_of(self.app, ids)
+        return [known.get(i, states.UNKNOWN) for i in ids]
+
+    # -- waiting ----------------------------------------------------------------------
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """The members' results, in order. A failed member: its exception is raised
+        (``propagate``), or, with ``propagate=False``, each member's result or
+        exception in its place."""
+        try:
+            value = self._coord.get(timeout=timeout, propagate=True)
+        except TimeoutError:
+            raise
+        except Exception:
+            if propagate:
+                raise
+            return [r.get(timeout=timeout, propagate=False) for r in self.results]
+        return list(value) if value is not None else []
+
+    join = get
+    join_native = get
+
+    def __await__(self) -> Any:
+        return self._coord.__await__()
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGKILL") -> Any:
+        """Revoke the group and every member."""
+        if self.app is None:
+            raise MeshError("this GroupResult has no app to revoke through")
+        ids = [self.id] + [r.id for r in self.results]
+        return self.app.control.revoke(ids, terminate=terminate, signal=signal)
+
+    def as_tuple(self) -> tuple[str, list[str]]:
+        return self.id, [r.id for r in self.results]
+
+
+def states_of(app: "Mesh", ids: list[str]) -> dict[str, str]:
+    """The most advanced state any node knows for each id (one question per node)."""
+    out: dict[str, str] = {}
+    if not ids:
+        return out
+    replies = app.control.broadcast("wf.states", arguments={"ids": ids}, reply=True)
+    for reply in replies.values():
+        if not isinstance(reply, Mapping) or "states" not in reply:
+            continue
+        for tid, st in reply["states"].items():
+            if STATE_ORDER.get(st, 0) > STATE_ORDER.get(out.get(tid, ""), -1):
+                out[tid] = st
+    return out
+
+
+def handle(app: "Mesh | None", desc: Mapping[str, Any], parent: Handle = None) -> Handle:
+    """The handle of a described workflow: an AsyncResult (a task; a chain: its last
+    step, with ``parent`` links back to the first) or a GroupResult."""
+    k = desc.get("k")
+    if k == "chain":
+        h: Handle = parent
+        for step in desc.get("steps", ()):
+            h = handle(app, step, h)
+        return h
+    if k == "group":
+        return GroupResult(str(desc["id"]), None, app, parent, desc if "n" in desc else None)
+    r = AsyncResult(str(desc["id"]), app)
+    r.parent = parent
+    if parent is not None and isinstance(parent, AsyncResult):
+        parent.children = [*(parent.children or ()), r]
+    return r
