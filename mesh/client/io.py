@@ -5,6 +5,13 @@ outbox and wakes the I/O thread through an eventfd, at most once per batch. The 
 thread sends, receives ACK/RESULT/RELEASE/ERROR and completes slots. The client owns
 every task it submitted until its result arrives: it keeps the encoded frame, and a
 task a node gives back unstarted (RELEASE, at node shutdown) is sent again elsewhere.
+
+Only the node a task was sent to (or given to: shedding) may speak for it: an ACK,
+RESULT, RELEASE or ERROR about a task from any other link is dropped. With keys
+(``Mesh(keys=DIR)``) every link speaks CurveZMQ as this client's key; a link whose
+handshake fails because the node holds another mesh key (a rotation under way)
+tries the next mesh key it trusts; one the node refuses (this key is not accepted,
+or one side has no keys) fails the link's tasks with that reason, never silently.
 """
 from __future__ import annotations
 
@@ -30,6 +37,15 @@ from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.node.peers import literal_host
 from mesh.result import Slot
+from mesh.security.curve import (
+    FAILED_AUTH,
+    FAILED_KEY,
+    FAILED_PROTOCOL,
+    HANDSHAKE_EVENTS,
+    Security,
+)
+from mesh.security.keys import CLIENT
+from mesh.security.text import printable
 from mesh.wire.protocol import (
     Ack,
     Control,
@@ -52,6 +68,8 @@ MEMBERS_WAIT = 2.0           # seconds a result lookup waits for the first membe
 LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it is closed
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
+KEY_SWITCH_INTERVAL = 0.5   # s at least between two mesh keys tried on one link (rotation)
+REFUSED_RETRY = 5.0         # s before a link the node refused (keys) is tried again
 # when several nodes know a task, the most advanced state is the one to report
 _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
                states.STARTED: 4}
@@ -69,7 +87,7 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down")
+                 "down", "key", "key_failures", "refused", "refused_at")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
@@ -87,6 +105,10 @@ class NodeLink:
         self.reconnects = 0
         self.gone_since = 0.0         # monotonic time membership stopped calling it alive
         self.down = False             # disconnected (or reset) since its last handshake
+        self.key = 0                  # which of the mesh keys it speaks to the node with
+        self.key_failures = 0         # handshakes failed in a row for a mesh key we lack
+        self.refused = ""             # why the node refused our handshake ("" : it did not)
+        self.refused_at = 0.0
 
     @property
     def score(self) -> float:
@@ -94,16 +116,19 @@ class NodeLink:
 
 
 class Client:
-    def __init__(self, config: Config, seeds: list[str]):
+    def __init__(self, config: Config, seeds: list[str], security: Security | None = None):
         if not seeds:
             raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
                               "set MESH_PEERS, or start a node that mDNS can find")
         self.config = config
+        self.security = (security if security is not None
+                         else Security.load(config.keys, CLIENT, config.key_name))
         self.client_id = uuid.uuid4().hex.encode()
         self.seeds = list(dict.fromkeys(seeds))
         self.duplicates = 0                             # results for already-complete tasks
         self.failovers = 0                              # tasks resent because their node died
         self.resent = 0                                 # tasks resent after a reconnect
+        self.foreign = 0                                # frames about our tasks from other nodes
         self._watched: dict[str, list[Slot]] = {}       # tasks owned elsewhere that we look up
                                                         # (one slot per AsyncResult asking)
         self._watch_lock = threading.Lock()
@@ -201,16 +226,17 @@ class Client:
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
         if link is None:
-            s, mon = self._open(endpoint)
+            s, mon = self._open(endpoint, None, 0)
             link = self.links[endpoint] = NodeLink(endpoint, s, mon)
             self._by_sock[s] = link
             self._by_monitor[mon] = link
             self._update_placeable()
         return link
 
-    def _open(self, endpoint: str, routing_id: bytes | None = None
+    def _open(self, endpoint: str, routing_id: bytes | None, key: int
               ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-        """A DEALER to ``endpoint`` and the monitor of its connection events."""
+        """A DEALER to ``endpoint`` (speaking to it with mesh key number ``key``, with
+        keys) and the monitor of its connection events."""
         s = self._ctx.socket(zmq.DEALER)
         # one routing id per link: a node reached through two addresses (a seed and
         # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
@@ -222,9 +248,11 @@ class Client:
         s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
         s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
+        keys = self.security.server_keys()
+        self.security.client(s, keys[key % len(keys)])
         # a unique inproc name (pyzmq's default is per fd, and a reset link's new socket
         # may get the fd of the old one before libzmq has let go of its monitor)
-        mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED,
+        mon = s.get_monitor_socket(HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED,
                                    addr=f"inproc://mesh-monitor-{self.client_id.decode()}-"
                                         f"{next(self._link_ids)}")
         s.connect(endpoint)
@@ -250,13 +278,13 @@ class Client:
         self._close_sockets(link)
         # the same routing id: a node restarted from its journal answers the tasks it
         # recovers to it, and the client counts those late results as duplicates
-        link.sock, link.monitor = self._open(link.endpoint, routing_id)
+        link.sock, link.monitor = self._open(link.endpoint, routing_id, link.key)
         self._by_sock[link.sock] = link
         self._by_monitor[link.monitor] = link
         link.down = True                        # its next handshake is a reconnect
 
     def _update_placeable(self) -> None:
-        self._placeable = [n for n in self.links.values() if n.state == "alive"]
+        self._placeable = [n for n in self.links.values() if n.state == "alive" and not n.refused]
 
     def _run(self) -> None:
         self._poller.register(self._efd, zmq.POLLIN)
@@ -337,7 +365,17 @@ class Client:
                 continue
             if event == zmq.EVENT_DISCONNECTED:
                 link.down = True
+            elif event == FAILED_KEY:
+                self._wrong_key(link)
+                return                          # the link's sockets may be new ones now
+            elif event in (FAILED_AUTH, FAILED_PROTOCOL):
+                self._on_refused(link, self.security.handshake_problem(event, link.endpoint))
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                link.key_failures = 0
+                if link.refused:
+                    log.info("the node at %s accepts this client's key now", link.endpoint)
+                    link.refused = ""
+                    self._update_placeable()
                 link.connected += 1
                 # (the first handshake's event can be missed, as the monitor attaches:
                 # a disconnect, or a reset link, is what makes a handshake a reconnect)
@@ -353,6 +391,54 @@ class Client:
                         link.inflight = 0
                         for slot in mine:
                             self._send(slot, link)
+
+    # -- keys: handshakes that fail ---------------------------------------------------
+    def _wrong_key(self, link: NodeLink) -> None:
+        """The node holds a mesh key other than the one this link tried (a rotation
+        under way): try the next one we trust; when none works, the link is refused."""
+        ring = self.security.ring
+        if ring is not None:
+            try:
+                ring.reload()           # the directory may hold the new key by now
+            except (ConfigError, OSError) as e:
+                log.warning("keys: cannot read %s again: %s", ring.path, e)
+        link.key_failures += 1
+        if link.key_failures >= len(self.security.server_keys()):
+            self._on_refused(link, self.security.handshake_problem(FAILED_KEY, link.endpoint))
+            return
+        link.key += 1
+        self._reset_link(link)
+
+    def _on_refused(self, link: NodeLink, why: str) -> None:
+        """The node refused our handshake: its tasks go to other nodes, or fail with
+        ``why`` when no other node can take them; new ones fail at once. The link is
+        tried again every REFUSED_RETRY seconds (the key may be added meanwhile)."""
+        first = not link.refused
+        link.refused, link.refused_at = why, time.monotonic()
+        if first:
+            log.error("%s", why)
+        self._update_placeable()
+        for slot in [s for s in self._slots.values() if s.node == link.endpoint and s.msg is None]:
+            self._forget_one(link, slot.state != states.PENDING)
+            others = [n for n in self._placeable if n is not link]
+            if others:
+                slot.state = states.PENDING
+                self._send(slot, choose_from(others, self._rng) or others[0])
+            else:
+                self._slots.pop(slot.task_id, None)
+                self._fail(slot, "MeshError", why)
+
+    def _retry_refused(self, now: float) -> None:
+        for link in list(self.links.values()):
+            if link.refused and now - link.refused_at > REFUSED_RETRY:
+                link.refused_at = now
+                link.key_failures = 0
+                if self.security.ring is not None:
+                    try:
+                        self.security.ring.reload()
+                    except (ConfigError, OSError):
+                        pass
+                self._reset_link(link)
 
     def _close_gone_links(self, now: float) -> None:
         """Close links to nodes dead or left for over LINK_GRACE seconds that hold
@@ -402,6 +488,7 @@ class Client:
         self._next_refresh = now + MEMBERS_INTERVAL
         self._requery(now)
         self._close_gone_links(now)
+        self._retry_refused(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
         self._members_req = uuid.uuid4().hex
@@ -479,8 +566,11 @@ class Client:
                 self._fail(slot, "ConfigError", f"task id {slot.task_id} is already outstanding "
                            "in this client; give each call its own id")
                 continue
-            self._slots[slot.task_id] = slot
             link = self._pick()
+            if link.refused:
+                self._fail(slot, "MeshError", link.refused)
+                continue
+            self._slots[slot.task_id] = slot
             link.inflight += 1
             slot.node = link.endpoint
             batch = batches.get(link)
@@ -511,6 +601,10 @@ class Client:
         """(Re)send a task the client holds to ``link``."""
         if slot.frame is None:
             return
+        if link.refused:
+            self._slots.pop(slot.task_id, None)
+            self._fail(slot, "MeshError", link.refused)
+            return
         link.inflight += 1
         slot.node = link.endpoint
         link.sock.send(slot.frame, zmq.NOBLOCK)
@@ -536,7 +630,9 @@ class Client:
     def _handle(self, msg: Any, link: NodeLink) -> None:
         if type(msg) is Result and msg.state == states.RETRY:
             slot = self._slots.get(msg.task_id)    # not final: it runs again later
-            if slot is not None and slot.msg is None:
+            if slot is not None and slot.node != link.endpoint:
+                self._foreign(msg, link)
+            elif slot is not None and slot.msg is None:
                 slot.state = states.RETRY
                 if slot.frame is not None:     # keep what a resend must carry: retries + 1
                     sub = decode(slot.frame)
@@ -544,6 +640,10 @@ class Client:
                         slot.frame = encode(dataclasses.replace(
                             sub, retries=msg.retries + 1, eta=msg.eta if msg.eta else sub.eta))
         elif type(msg) is Result:
+            slot = self._slots.get(msg.task_id)
+            if slot is not None and slot.node != link.endpoint:
+                self._foreign(msg, link)          # only its holder speaks for a task
+                return
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
             if slot is None:
@@ -568,9 +668,9 @@ class Client:
             link.node_id = msg.node
             for tid in msg.task_ids:
                 slot = self._slots.get(tid)
-                if slot is not None and slot.state == states.PENDING:
+                if slot is not None and slot.state == states.PENDING and slot.node == link.endpoint:
                     slot.state = states.RECEIVED
-                    if slot.node == link.endpoint and link.inflight > 0:
+                    if link.inflight > 0:
                         link.inflight -= 1
         elif type(msg) is Release:
             self._on_release(msg, link)
@@ -581,19 +681,31 @@ class Client:
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:
-            log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)
+            log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code,
+                        printable(msg.message, 300))
             slot = self._slots.get(msg.ref) if msg.ref else None
-            if slot is not None and msg.code == "journal":
+            if slot is not None and slot.node != link.endpoint:
+                slot = None                   # about a task this node does not hold for us
+            if slot is not None and msg.code in ("journal", "quota"):
                 self._on_journal_error(slot, link, msg.message)
                 return
             if slot is not None:
                 self._slots.pop(slot.task_id, None)
                 owner = self.links.get(slot.node or "") or link
                 self._forget_one(owner, slot.state != states.PENDING)
-                self._fail(slot, "DecodeError", f"node refused the task ({msg.code}): {msg.message}",
+                kind = "MeshError" if msg.code in ("unauthorized",) else "DecodeError"
+                self._fail(slot, kind, f"node refused the task ({msg.code}): {msg.message}",
                            link.endpoint)
         else:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
+
+    def _foreign(self, msg: Result, link: NodeLink) -> None:
+        """A result for one of our tasks from a node that does not hold it for us
+        (a late one from a node we failed over from, or a forgery): not taken."""
+        self.foreign += 1
+        if self.foreign <= 10 or self.foreign % 1000 == 0:
+            log.warning("dropped a %s for task %s from %s, which does not hold it for this "
+                        "client (%d so far)", msg.state, msg.task_id, link.endpoint, self.foreign)
 
     @staticmethod
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
@@ -609,8 +721,8 @@ class Client:
             link.released_at = time.monotonic()
         for tid in msg.task_ids:
             slot = self._slots.get(tid)
-            if slot is None or slot.msg is not None:
-                continue
+            if slot is None or slot.msg is not None or slot.node != link.endpoint:
+                continue                      # not ours, done, or not held there
             self._forget_one(link, slot.state != states.PENDING)
             slot.state = states.PENDING
             shed_to = self._shed_target(target)

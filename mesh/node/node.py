@@ -39,11 +39,13 @@ from mesh.node.front import FrontDoor
 from mesh.node.gossip import Members
 from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
+from mesh.node.keys import Keys
 from mesh.node.ledger import Ledger
 from mesh.node.recovery import Recovery
 from mesh.node.remote import RemoteControl
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
+from mesh.security.curve import Security
 from mesh.web.commands import History, HistoryService
 from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
@@ -62,6 +64,7 @@ log = logging.getLogger("mesh.node")
 
 # The node's own components, in the order they start (each also names what it requires).
 BUILTIN: tuple[type[Component], ...] = (
+    Keys,           # keys: loopback unless keys or --insecure; with keys, the ZAP guard
     Storage,        # journal: sqlite in the data dir, or in memory
     RemoteControl,  # control: the control commands and what they change (revokes, limits)
     FrontDoor,      # front: the ROUTER, bound now, read once the node is ready
@@ -111,6 +114,7 @@ class Node:
         self.started_at = time.time()
         self.ready = asyncio.Event()
         self.ledger = Ledger(self)
+        self.security = Security(None)            # the key ring once "keys" has read it
         self.events = Publisher(None, self.name)  # a socket once "events" binds one
         self.events_endpoint = ""
         self.tasks_digest = ""
@@ -153,7 +157,8 @@ class Node:
             from mesh.app import Mesh
             self._client_app = Mesh(f"{self.app.main}@{self.name}",
                                     peers=[self.address, *self.config.peers], mdns=False,
-                                    max_message_size=self.config.max_message_size)
+                                    max_message_size=self.config.max_message_size,
+                                    keys=self.config.keys, key_name="mesh" if self.config.keys else "")
         return self._client_app
 
     def status(self) -> dict[str, Any]:
@@ -175,6 +180,8 @@ class Node:
             "tasks_per_s": round(hb.rate, 1), "cpu_percent": round(hb.cpu, 1),
             "rss_bytes": hb.rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": pool.started_total, "refused_frames": self.front.refused,
+            "unauthorized_frames": self.front.unauthorized,
+            "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
             "registered": sorted(self.app.tasks),
             "components": [component_name(x) for x in self.components],
         }

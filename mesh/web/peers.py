@@ -8,14 +8,14 @@ one question (as ``meshctl`` does), so the node's loop only awaits.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from mesh.exceptions import DecodeError
-from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
+from mesh.client.control import gather
+from mesh.security.curve import Security
+from mesh.wire.protocol import Control, ControlReply, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -25,50 +25,15 @@ TIMEOUT = 3.0
 
 
 def ask_sync(ctx: zmq.Context[Any], endpoints: list[str], command: str, args: dict[str, Any],
-             timeout: float) -> dict[str, ControlReply | str]:
+             timeout: float, security: Security | None = None) -> dict[str, ControlReply | str]:
     """Send one Control to each endpoint and gather the replies (or why there is
     none) until all answered or ``timeout``. ``web.*`` commands are answered later by
-    the node: they carry ``req`` and ``noreply``."""
+    the node: they carry ``req`` and ``noreply``. With keys, as the node."""
     req_id = uuid.uuid4().hex
     if command.startswith("web."):
         args = {**args, "req": req_id, "noreply": True}
     frame = encode(Control(req_id, command, args))
-    socks: dict[zmq.Socket[bytes], str] = {}
-    out: dict[str, ControlReply | str] = {}
-    poller = zmq.Poller()
-    try:
-        for ep in endpoints:
-            s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.connect(ep)
-            s.send(frame)
-            socks[s] = ep
-            poller.register(s, zmq.POLLIN)
-        deadline = time.monotonic() + timeout
-        while len(out) < len(socks):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for s, _ in poller.poll(int(left * 1000) + 1):
-                ep = socks[s]
-                try:
-                    msg = decode(s.recv_multipart(zmq.NOBLOCK)[-1])
-                except (DecodeError, zmq.Again) as e:
-                    out[ep] = f"bad reply: {e}"
-                    poller.unregister(s)
-                    continue
-                if isinstance(msg, ControlReply) and msg.req_id == req_id:
-                    out[ep] = msg
-                    poller.unregister(s)
-                elif isinstance(msg, Error):
-                    out[ep] = f"refused: {msg.code}: {msg.message}"
-                    poller.unregister(s)
-        for ep in endpoints:
-            out.setdefault(ep, f"no answer within {timeout:g} s")
-        return out
-    finally:
-        for s in socks:
-            s.close(linger=0)
+    return gather(ctx, security or Security(None), endpoints, frame, req_id, timeout)
 
 
 class MeshAsker:
@@ -101,7 +66,8 @@ class MeshAsker:
         if not names:
             return {}
         eps = list(names.values())
-        replies = await asyncio.to_thread(ask_sync, self.ctx, eps, command, dict(args or {}), timeout)
+        replies = await asyncio.to_thread(ask_sync, self.ctx, eps, command, dict(args or {}), timeout,
+                                          self.node.security)
         out: dict[str, Any] = {}
         by_ep = {ep: name for name, ep in names.items()}
         for ep, r in replies.items():
