@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterable
 
 from mesh.node.journal import Journal, JournalError, Row, Stored
+from mesh.security.files import private_dir, private_file
 
 log = logging.getLogger("mesh.journal")
 
@@ -107,10 +108,15 @@ class SqliteJournal(Journal):
         self.writes = 0            # statements since the last commit
         self.commits = 0
         try:
-            os.makedirs(directory, exist_ok=True)
+            private_dir(directory)
         except OSError as e:
             raise JournalError(f"cannot create data dir {directory}: {e.strerror}") from e
         self._lock()
+        try:
+            private_file(self.path)             # 0600 before sqlite makes its -wal and -shm
+        except OSError as e:
+            self._unlock()
+            raise JournalError(f"cannot create {self.path}: {e.strerror}") from e
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -174,7 +180,7 @@ class SqliteJournal(Journal):
         """One node per data dir: a second one would run the same tasks twice."""
         lockpath = os.path.join(self.directory, LOCKNAME)
         try:
-            fd = os.open(lockpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(lockpath, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise JournalError(f"cannot open {lockpath}: {e.strerror}") from e
         if not _flock(fd, LOCK_WAIT):

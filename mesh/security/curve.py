@@ -110,13 +110,13 @@ class Security:
     def handshake_problem(self, event: int, endpoint: str) -> str:
         """Words for a failed handshake, for logs and for the callers it fails."""
         where = self.describe()
+        if self.ring is None:
+            return (f"the node at {endpoint} requires keys (a handshake without keys failed): "
+                    "pass the mesh's keys (Mesh(keys=DIR), MESH_KEYS, meshctl --keys DIR)")
         if event == FAILED_AUTH:
             return (f"the node at {endpoint} refused this process's key ({where}): "
                     "is it in the mesh's key directory? (meshctl keys list DIR)")
         if event == FAILED_PROTOCOL:
-            if self.ring is None:
-                return (f"the node at {endpoint} requires keys: pass the mesh's keys "
-                        "(Mesh(keys=DIR), MESH_KEYS, meshctl --keys DIR)")
             return f"the node at {endpoint} has no keys, and this process does ({where})"
         return (f"the node at {endpoint} does not hold a mesh key this process trusts "
                 f"({where})")
