@@ -5,6 +5,7 @@ import datetime as _dt
 import functools
 import os
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -12,12 +13,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, overload
 
 from mesh.conf import Settings
+from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
 from mesh.signals import Signal
-from mesh.task import Task, make_options
+from mesh.task import CALL_KNOWN, OPTION_PROPERTIES, Task
 from mesh.wire import codec
 from mesh.wire.protocol import Submit, encode
 
@@ -77,18 +79,46 @@ def _abs_time(value: Any, now: float, what: str) -> float | None:
 
 class Mesh:
     """A mesh application: ``@app.task`` registers tasks; ``send_task``/``delay`` run
-    them on the nodes named by ``peers`` (or MESH_PEERS)."""
+    them on the nodes named by ``peers`` (or MESH_PEERS, or the ``peers`` setting).
+
+    Celery's constructor arguments that mean something here are taken: ``include``
+    (modules meshnode imports), ``config_source`` (``config_from_object``),
+    ``namespace`` (for it), ``task_cls`` (the base class of every task); ``broker``
+    and ``backend`` are accepted and logged as not used (mesh has neither)."""
 
     def __init__(self, main: str = "", *, peers: Iterable[str] | str | None = None,
-                 mdns: bool | None = None, **options: Any):
+                 mdns: bool | None = None, broker: Any = None, backend: Any = None,
+                 include: Iterable[str] | None = None, config_source: Any = None,
+                 namespace: str | None = None, task_cls: type[Task] | str | None = None,
+                 **options: Any):
         self.main = main
-        self.config = Config.build(peers=peers, mdns=mdns, **options)
+        self.origin: str | None = None   # where meshnode found this app (module:attr)
+        self._options = {"peers": peers, "mdns": mdns, **options}
+        self._config = Config.build(**self._options)   # a bad option fails here, at once
+        self._config_version = -1
         self.conf = Settings()           # Celery's setting names (mesh/conf.py)
+        self.namespace = namespace
+        if isinstance(task_cls, str):
+            from mesh.conf_sources import import_object
+            task_cls = import_object(task_cls)
+        if task_cls is not None and not (isinstance(task_cls, type) and issubclass(task_cls, Task)):
+            raise ConfigError(f"task_cls must be a subclass of mesh.Task, got {task_cls!r}")
+        base = task_cls or Task
+        # the app's own Task class: subclass it for handlers and shared options
+        self.Task: type[Task] = type("Task", (base,), {"_app": self, "__module__": base.__module__,
+                                                       "__qualname__": f"{base.__qualname__}"})
         self.tasks: dict[str, Task] = {}
         self.components = Components()   # the app's own node components (mesh.Component)
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._security: Any = None
+        for kwarg, setting, value in (("broker", "broker_url", broker),
+                                      ("backend", "result_backend", backend),
+                                      ("include", "include", include)):
+            if value is not None:
+                self.conf._set({setting: value}, f"Mesh({main!r}, {kwarg}={value!r})")
+        if config_source is not None:
+            self.config_from_object(config_source, namespace=namespace)
         # periodic tasks (mesh/periodic.py): entries added in code, and Celery's app signals,
         # sent when the schedule is first built (handlers may add entries)
         self._periodic: dict[str, Any] = {}
@@ -101,6 +131,63 @@ class Mesh:
     def __repr__(self) -> str:
         return f"<Mesh {self.main or '?'} tasks={len(self.tasks)}>"
 
+    # -- configuration ----------------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        """The client's configuration: defaults < app.conf (peers, mdns...) < MESH_*
+        variables < the keyword arguments given to Mesh()."""
+        if self._client is None and self._config_version != self.conf.version:
+            self._config = Config.build(defaults=self.conf.client_options(), **self._options)
+            self._config_version = self.conf.version
+        return self._config
+
+    def config_from_object(self, obj: Any, namespace: str | None = None,
+                           force: bool = False, silent: bool = False) -> None:
+        """Read settings from a module, an object, a dict, or their name as a string
+        (``"celeryconfig"``, ``"proj.settings:Config"``, ``"django.conf:settings"``).
+        With ``namespace="MESH"`` only ``MESH_*`` names are read (``MESH_TASK_ALWAYS_EAGER``
+        is ``task_always_eager``). Read at the first use of app.conf (``force``: now);
+        ``silent``: a source that cannot be imported is skipped."""
+        from mesh.conf_sources import read_object
+        namespace = namespace if namespace is not None else self.namespace
+        what = f"config_from_object({obj!r}" + (f", namespace={namespace!r})" if namespace else ")")
+
+        def load() -> dict[str, Any]:
+            try:
+                return read_object(obj, namespace)
+            except ConfigError:
+                if silent:
+                    return {}
+                raise
+        self.conf.add_source(what, load, force=force)
+
+    def config_from_envvar(self, variable_name: str, silent: bool = False,
+                           force: bool = False) -> bool:
+        """config_from_object with the module named by an environment variable; False
+        (with ``silent``) when the variable is not set."""
+        from mesh.conf_sources import read_envvar
+        loader = read_envvar(variable_name, silent=silent)
+        if loader is None:
+            return False
+        self.conf.add_source(f"config_from_envvar({variable_name!r})", loader, force=force)
+        return True
+
+    def import_modules(self) -> list[str]:
+        """Import the modules of the settings ``imports`` and ``include`` (meshnode does,
+        after the app's own module): their tasks register on this app."""
+        from mesh.conf_sources import import_object
+        names = list(dict.fromkeys([*self.conf["imports"], *self.conf["include"]]))
+        for name in names:
+            if name not in sys.modules:
+                try:
+                    import_object(name)
+                except ConfigError:
+                    raise
+                except Exception as e:
+                    raise ConfigError(f"cannot import {name!r} (from the imports/include "
+                                      f"settings): {type(e).__name__}: {e}") from e
+        return names
+
     # -- registry ---------------------------------------------------------------------
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
@@ -108,12 +195,26 @@ class Mesh:
     def task(self, fun: None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(self, fun: Callable[..., Any] | None = None, **options: Any) -> Any:
-        """Register a function as a task; usable bare or with options."""
+        """Register a function as a task; usable bare or with options (and ``base=``,
+        a subclass of ``app.Task`` whose handlers and class options it takes)."""
         def register(f: Callable[..., Any]) -> Task:
-            name = options.pop("name", None) or f"{f.__module__}.{f.__qualname__}"
-            if name in self.tasks and self.tasks[name].fun is not f:
+            opts = dict(options)
+            base = opts.pop("base", None) or self.Task
+            if not (isinstance(base, type) and issubclass(base, Task)):
+                raise ConfigError(f"base must be a subclass of app.Task, got {base!r}")
+            ignore_options({k: opts.pop(k) for k in list(opts) if k in TASK_OPTIONS},
+                           TASK_OPTIONS, "@app.task", "", self.conf._warned)
+            name = opts.pop("name", None) or base.name or f"{f.__module__}.{f.__qualname__}"
+            if name in self.tasks and getattr(self.tasks[name], "fun", None) is not f:
                 raise ConfigError(f"a different task is already registered as {name!r}")
-            t = Task(self, f, make_options(name, options))
+            # a class per task, as Celery makes: its attributes read the task's own options
+            cls: type[Task] = type(f.__name__, (base,), {
+                **OPTION_PROPERTIES, "__module__": f.__module__, "__qualname__": f.__qualname__})
+            t = object.__new__(cls)
+            t._bind(self, f, name, opts)
+            init = type(t).__init__
+            if init is not Task.__init__:
+                init(t)               # a base class's own __init__, called as Celery does
             self.tasks[name] = t
             return t
         if fun is not None:
@@ -122,6 +223,19 @@ class Mesh:
             return register(fun)
         return register
 
+    def register_task(self, task: Task | type[Task], **options: Any) -> Task:
+        """Register a class-based task (a subclass of app.Task with a ``run`` method and
+        a ``name``), as Celery's ``app.register_task``."""
+        t = task() if isinstance(task, type) else task
+        if not isinstance(t, Task):
+            raise ConfigError(f"register_task needs a Task subclass or instance, got {task!r}")
+        cls = type(t)
+        name = options.pop("name", None) or cls.name or f"{cls.__module__}.{cls.__qualname__}"
+        if name in self.tasks and self.tasks[name] is not t:
+            raise ConfigError(f"a different task is already registered as {name!r}")
+        t._bind(self, None, name, options)
+        self.tasks[name] = t
+        return t
     # -- periodic tasks (docs/periodic.md) ----------------------------------------------
     def add_periodic_task(self, schedule: Any, sig: Any, args: Iterable[Any] = (),
                           kwargs: dict[str, Any] | None = None, name: str | None = None,
@@ -158,7 +272,10 @@ class Mesh:
             with self._client_lock:
                 if self._client is None:
                     from mesh.client.io import Client
+                    from mesh.conf import CLIENT_OPTIONS
                     self._client = Client(self.config, self._seeds(), self.security)
+                    self.conf.freeze(CLIENT_OPTIONS, "this app's client already runs with the "
+                                     "old value; set it before the first task is sent")
         return self._client
 
     def _seeds(self) -> list[str]:
@@ -174,8 +291,33 @@ class Mesh:
                   countdown: float | None = None, eta: Any = None, expires: Any = None,
                   priority: int | None = None, time_limit: float | None = None,
                   soft_time_limit: float | None = None, link: Any = None,
-                  link_error: Any = None, headers: dict[str, Any] | None = None) -> AsyncResult:
-        """Send a task by name (the code need not be importable here)."""
+                  link_error: Any = None, headers: dict[str, Any] | None = None,
+                  shadow: str | None = None, ignore_result: bool | None = None,
+                  **options: Any) -> AsyncResult:
+        """Send a task by name (the code need not be importable here). With the setting
+        ``task_always_eager`` a task registered here runs here (an EagerResult)."""
+        ignore_options(options, CALL_OPTIONS, "send_task", CALL_KNOWN, self.conf._warned)
+        if self.conf["task_always_eager"]:
+            task = self.tasks.get(name) if isinstance(name, str) else None
+            if task is None:
+                raise NotRegistered(f"task_always_eager is set, so send_task runs tasks here, "
+                                    f"and task {name!r} is not registered in this process")
+            return task.apply(args, kwargs, task_id=task_id, headers=headers,  # type: ignore[return-value]
+                              shadow=shadow, ignore_result=ignore_result)
+        hdr = dict(headers or {})
+        if shadow is not None:
+            hdr["shadow"] = shadow
+        if ignore_result is not None:
+            hdr["ignore_result"] = ignore_result
+        return self._send(name, args, kwargs, task_id, countdown, eta, expires, priority,
+                          time_limit, soft_time_limit, link, link_error, hdr or None)
+
+    def _send(self, name: str, args: Iterable[Any] | None = None,
+              kwargs: dict[str, Any] | None = None, task_id: str | None = None,
+              countdown: float | None = None, eta: Any = None, expires: Any = None,
+              priority: int | None = None, time_limit: float | None = None,
+              soft_time_limit: float | None = None, link: Any = None,
+              link_error: Any = None, headers: dict[str, Any] | None = None) -> AsyncResult:
         if link is not None or link_error is not None:
             raise ConfigError("link/link_error (callbacks) are not available in this version of mesh yet")
         if not isinstance(name, str) or not name:
@@ -201,9 +343,10 @@ class Mesh:
         if task_id is not None and self._client is not None and self._client.lookup(task_id):
             raise ConfigError(f"task id {task_id} is already outstanding in this client")
         frame = encode(msg)
-        if len(frame) > self.config.max_message_size:
+        config = self.config
+        if len(frame) > config.max_message_size:
             raise EncodeError(f"task {name} is {len(frame)} bytes encoded, over the limit of "
-                              f"{self.config.max_message_size} (max_message_size)")
+                              f"{config.max_message_size} (max_message_size)")
         slot = Slot(msg.task_id, frame)
         self.client.submit(slot)
         return AsyncResult(msg.task_id, self, slot)

@@ -1,7 +1,8 @@
 """Configuration: one frozen, commented dataclass, built the same way from keyword
 arguments, ``MESH_*`` environment variables and command-line flags.
 
-Precedence, lowest first: defaults < environment (``MESH_<FIELD>``) < explicit
+Precedence, lowest first: defaults < the app's settings (``app.conf``: ``peers``,
+``worker_concurrency``, ... see mesh/conf.py) < environment (``MESH_<FIELD>``) < explicit
 arguments (keyword arguments to ``Mesh``/``Config.build`` or CLI flags). An unknown
 option fails with a hint naming the closest known one.
 """
@@ -135,11 +136,15 @@ class Config:
 
     # -- building ---------------------------------------------------------------------
     @classmethod
-    def build(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> "Config":
-        """Defaults, then MESH_* from ``env`` (os.environ by default), then kwargs.
-        Keyword arguments whose value is None are ignored (unset CLI flags)."""
+    def build(cls, env: Mapping[str, str] | None = None,
+              defaults: Mapping[str, Any] | None = None, **kwargs: Any) -> "Config":
+        """Defaults, then ``defaults`` (what the app's settings say: app.conf), then
+        MESH_* from ``env`` (os.environ by default), then kwargs. Keyword arguments
+        whose value is None are ignored (unset CLI flags)."""
         names = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
+        for key, value in (defaults or {}).items():
+            values[key] = _coerce(names[key], value, f"app.conf setting for {key}")
         env = os.environ if env is None else env
         for fname, f in names.items():
             raw = env.get("MESH_" + fname.upper())
@@ -171,7 +176,7 @@ _TYPE_NAMES = {"str": "a string", "bool": "true or false", "int": "an integer",
 def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
     if isinstance(value, str) and f.type not in ("str",):
         return _parse(f, value, where)
-    if f.name == "peers":
+    if str(f.type) == "tuple[str, ...]":
         if isinstance(value, str):
             return _parse(f, value, where)
         try:

@@ -71,13 +71,37 @@ class WorkerLostError(MeshError):
 
 class Retry(MeshError):
     """Raised by ``Task.retry`` to ask for the task to run again after ``countdown``
-    seconds; ``exc`` is the exception that caused it, if any."""
+    seconds; ``exc`` is the exception that caused it, if any; ``call`` the next run's
+    ``(args, kwargs)`` when retry() changed them."""
 
     def __init__(self, message: str = "", exc: BaseException | None = None,
                  countdown: float | None = None):
         super().__init__(message)
         self.exc = exc
         self.countdown = countdown
+        self.call: tuple[list[object], dict[str, object]] | None = None
+
+
+class Ignore(MeshError):
+    """Raised by a task to end without a result: nothing is kept and its state is
+    IGNORED (Celery's ``Ignore``). ``get()`` raises ResultIgnored."""
+
+
+class Reject(MeshError):
+    """Raised by a task to refuse its message (Celery's ``Reject``): the task ends
+    (state FAILURE, and ``get()`` raises this exception; Celery says REJECTED). With
+    ``requeue=True`` it runs again instead, after a second, at most ``max_retries``
+    times (counted as retries)."""
+
+    def __init__(self, reason: object = None, requeue: bool = False):
+        super().__init__(str(reason) if reason is not None else "rejected")
+        self.reason = reason
+        self.requeue = requeue
+
+
+class ResultIgnored(MeshError):
+    """``get()`` on a task that keeps no result: it has ``ignore_result=True`` or it
+    raised Ignore. Its state still says how it ended."""
 
 
 class MaxRetriesExceededError(MeshError):

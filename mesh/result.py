@@ -9,6 +9,7 @@ a module named by the network.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import sys
 import threading
@@ -16,9 +17,9 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
-from mesh.exceptions import MeshError, RemoteTraceback, TaskError, TimeoutError
+from mesh.exceptions import MeshError, RemoteTraceback, ResultIgnored, TaskError, TimeoutError
 from mesh.wire import codec
-from mesh.wire.protocol import Result
+from mesh.wire.protocol import Result, Submit, decode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -31,7 +32,8 @@ class Slot:
     """What a client knows of one task it owns. Shared by the I/O thread (writer)
     and callers (readers/waiters) under ``Slot.lock``."""
 
-    __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters", "remote", "refused")
+    __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters", "remote", "refused",
+                 "meta", "submit")
     lock = threading.Lock()   # one lock for all slots: waits are rare, updates are short
 
     def __init__(self, task_id: str, frame: bytes | None, remote: bool = False):
@@ -43,6 +45,9 @@ class Slot:
         self.msg: Result | None = None
         self.node: str | None = None  # endpoint it was last sent to
         self.waiters: list[Callable[[], None]] | None = None
+        self.meta: bytes | None = None     # codec bytes of the meta of a reported state
+        self.submit: bytes | None = None   # the Submit once the frame is let go (or a
+                                           # lookup's): the task's name, args and kwargs
 
     def complete(self, msg: Result) -> bool:
         """Set the final result; False if it was already complete (a duplicate)."""
@@ -51,7 +56,10 @@ class Slot:
                 return False
             self.msg = msg
             self.state = msg.state
+            if self.frame is not None:
+                self.submit = self.frame
             self.frame = None
+            self.meta = None
             waiters, self.waiters = self.waiters, None
         for w in waiters or ():
             try:
@@ -151,14 +159,84 @@ class AsyncResult:
 
     @property
     def result(self) -> Any:
-        """The return value when successful, the exception when failed, else None."""
+        """The return value when successful, the exception when failed; before that,
+        the meta of the state the task reported (``update_state``: ``r.info`` of a
+        PROGRESS), else None. (``info`` is the same, as in Celery.)"""
         self.state  # noqa: B018  (a task submitted elsewhere: look it up)
-        msg = self._slot.msg if self._slot else None
-        if msg is None:
+        slot = self._slot
+        if slot is None:
             return None
+        msg = slot.msg
+        if msg is None:
+            meta = slot.meta
+            return codec.loads(meta) if meta is not None else None
         return self._value(msg, propagate=False)
 
     info = result
+
+    # -- result_extended: what the task was, when it finished, where it ran -------------
+    def _submit(self) -> Submit | None:
+        self.state  # noqa: B018  (a lookup brings the Submit of a task sent elsewhere)
+        slot = self._slot
+        frame = (slot.frame or slot.submit) if slot is not None else None
+        if frame is None:
+            return None
+        try:
+            msg = decode(frame)
+        except MeshError:
+            return None
+        return msg if isinstance(msg, Submit) else None
+
+    @property
+    def name(self) -> str | None:
+        """The task's name, once known here (sent from here, or looked up)."""
+        msg = self._submit()
+        return msg.name if msg is not None else None
+
+    @property
+    def args(self) -> list[Any] | None:
+        msg = self._submit()
+        return codec.load_call(msg.payload)[0] if msg is not None else None
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        msg = self._submit()
+        return codec.load_call(msg.payload)[1] if msg is not None else None
+
+    @property
+    def retries(self) -> int | None:
+        """How many times the task was retried (once it finished)."""
+        self.state  # noqa: B018
+        msg = self._slot.msg if self._slot else None
+        return msg.retries if msg is not None else None
+
+    @property
+    def date_done(self) -> datetime.datetime | None:
+        """When the task finished (an aware UTC datetime), once it has."""
+        self.state  # noqa: B018
+        msg = self._slot.msg if self._slot else None
+        if msg is None or msg.date_done is None:
+            return None
+        return datetime.datetime.fromtimestamp(msg.date_done, datetime.UTC)
+
+    @property
+    def worker(self) -> str | None:
+        """The node that ran it (Celery's ``worker``), once it finished."""
+        self.state  # noqa: B018
+        return self.node
+
+    def forget(self) -> None:
+        """Drop the task's result from every node that keeps it (Celery's forget);
+        afterwards its state is UNKNOWN everywhere. A task still running keeps its
+        result when it finishes: forget raises MeshError then."""
+        if self.app is None:
+            raise MeshError("this AsyncResult has no app to forget through")
+        replies = self.app.control.forget(self.id)
+        running = [n for n, r in replies.items() if isinstance(r, dict) and self.id in r.get("running", ())]
+        if running:
+            raise MeshError(f"task {self.id} is still running on {', '.join(sorted(running))}: "
+                            "forget it once it has finished")
+        self._slot = None
 
     @property
     def traceback(self) -> str | None:
@@ -237,8 +315,15 @@ class AsyncResult:
 
     @staticmethod
     def _value(msg: Result, propagate: bool) -> Any:
-        if msg.state == states.SUCCESS:
-            return codec.loads(msg.result) if msg.result is not None else None
+        if msg.state == states.SUCCESS and msg.result is not None:
+            return codec.loads(msg.result)
+        if msg.state in (states.SUCCESS, states.IGNORED):     # no value was kept
+            if not propagate:
+                return None
+            why = ("it ignores its result (ignore_result=True)" if msg.state == states.SUCCESS
+                   else "it raised Ignore")
+            raise ResultIgnored(f"task {msg.task_id} ended in {msg.state}, but it has no result: "
+                                f"{why}")
         err = rebuild_exception(msg.exc, msg.traceback)
         if propagate:
             raise err

@@ -1,4 +1,12 @@
-"""Tasks: the decorated functions, their options, and the request context."""
+"""Tasks: the decorated functions, their options, and the request context.
+
+A task is an instance of ``app.Task`` (or of the class given as ``base=``), as in
+Celery: a subclass may set options as class attributes (``max_retries = 5``) and
+define handlers (``on_success``, ``on_failure``, ``on_retry``, ``after_return``,
+``before_start``), which run in the child that runs the task (mesh/trace.py). A task's
+options are, highest first: ``task_annotations``, the decorator's keywords, the class's
+attributes, the app's ``task_*`` settings (``task_acks_late``...), mesh's defaults.
+"""
 from __future__ import annotations
 
 import contextvars
@@ -6,23 +14,29 @@ import dataclasses
 import datetime
 import difflib
 import functools
+import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mesh import states
+from mesh.conf_names import CALL_OPTIONS, ignore_options
 from mesh.exceptions import ConfigError, MaxRetriesExceededError, Retry
 from mesh.ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.canvas import Signature
+    from mesh.eager import EagerResult
     from mesh.result import AsyncResult
+
+log = logging.getLogger("mesh.task")
 
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """Options given to ``@app.task``. Limits are seconds; None means the node's default."""
+    """A task's options. Limits are seconds; None means the node's default."""
     name: str = ""
     bind: bool = False
     priority: int = 0                  # 0..9, higher runs first
@@ -33,6 +47,9 @@ class TaskOptions:
     max_retries: int | None = 3        # None: retry forever
     default_retry_delay: float = 180.0  # s before a retry, when no countdown/backoff says
     autoretry_for: tuple[type[BaseException], ...] = ()  # retry on these exceptions by itself
+    dont_autoretry_for: tuple[type[BaseException], ...] = ()  # ... but never on these
+    retry_kwargs: Mapping[str, Any] = field(default_factory=dict)  # for autoretry: countdown,
+                                       # max_retries (the task's own otherwise)
     retry_backoff: bool | float = False  # exponential backoff: True (1, 2, 4 s...) or a factor
     retry_backoff_max: float = 600.0   # s, the cap of the backoff
     retry_jitter: bool = True          # randomise backoff delays in [0, delay]
@@ -43,14 +60,22 @@ class TaskOptions:
     reject_on_worker_lost: bool = False  # acks_late and the child died mid-run: run it again
                                        # (up to MAX_REDELIVERIES) instead of WorkerLostError
     rate_limit: str | float | None = None  # "100/m", "10/s", "5/h" or per second; per node
+    # -- results --
+    ignore_result: bool = False        # the value is not kept (nor sent); get() says so
+    store_errors_even_if_ignored: bool = False  # ignore_result, but keep failures
+    track_started: bool = False        # the caller sees STARTED when a child takes it
 
     def __post_init__(self) -> None:
-        if not 0 <= self.priority <= 9:
+        if type(self.priority) is not int or not 0 <= self.priority <= 9:
             raise ConfigError(f"priority must be 0..9, got {self.priority}")
         if self.max_retries is not None and (type(self.max_retries) is not int or self.max_retries < 0):
             raise ConfigError(f"max_retries must be an integer >= 0 or None, got {self.max_retries!r}")
-        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in self.autoretry_for):
-            raise ConfigError("autoretry_for must be a tuple of exception classes")
+        for n in ("autoretry_for", "dont_autoretry_for"):
+            if not all(isinstance(c, type) and issubclass(c, BaseException) for c in getattr(self, n)):
+                raise ConfigError(f"{n} must be a tuple of exception classes")
+        if not isinstance(self.retry_kwargs, Mapping) or not set(self.retry_kwargs) <= _RETRY_KWARGS:
+            raise ConfigError(f"retry_kwargs must be a dict with keys among "
+                              f"{sorted(_RETRY_KWARGS)}, got {self.retry_kwargs!r}")
         if self.default_retry_delay < 0 or self.retry_backoff_max < 0 or self.retry_backoff < 0:
             raise ConfigError("retry delays must be >= 0")
         parse_rate(self.rate_limit)
@@ -60,36 +85,44 @@ class TaskOptions:
                 raise ConfigError(f"{n} must be > 0 seconds, got {v}")
 
 
-# Options of the public contract that later versions implement. Accepting them
-# silently would lie to the user, so they are refused with this message for now.
-_NOT_YET = {"ignore_result": "ignore_result"}
+_RETRY_KWARGS = {"countdown", "max_retries", "eta"}
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions)) - {"name"}
+_TUPLES = ("autoretry_for", "dont_autoretry_for")
+
+# app.conf settings that give a task option its default (Celery's Task.from_config)
+FROM_CONF = {"acks_late": "task_acks_late", "reject_on_worker_lost": "task_reject_on_worker_lost",
+             "ignore_result": "task_ignore_result", "track_started": "task_track_started",
+             "store_errors_even_if_ignored": "task_store_errors_even_if_ignored",
+             "rate_limit": "task_default_rate_limit", "priority": "task_default_priority"}
+HANDLERS = ("before_start", "on_success", "on_failure", "on_retry", "after_return")
 
 
-def make_options(name: str, kwargs: dict[str, Any]) -> TaskOptions:
-    known = {f.name for f in dataclasses.fields(TaskOptions)}
+def make_options(name: str, kwargs: Mapping[str, Any], what: str = "task option") -> TaskOptions:
     for key in kwargs:
-        if key in _NOT_YET:
-            raise ConfigError(f"task option {key!r} ({_NOT_YET[key]}) is not available in this "
-                              "version of mesh yet")
-        if key not in known:
-            hint = difflib.get_close_matches(key, known | set(_NOT_YET), n=1)
-            raise ConfigError(f"unknown task option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
-    if "autoretry_for" in kwargs:
-        kwargs = {**kwargs, "autoretry_for": tuple(kwargs["autoretry_for"])}
-    return TaskOptions(**{**kwargs, "name": name})
+        if key not in OPTION_NAMES:
+            hint = difflib.get_close_matches(key, OPTION_NAMES, n=1)
+            raise ConfigError(f"unknown {what} {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    values = dict(kwargs)
+    for key in _TUPLES:
+        if key in values:
+            v = values[key]
+            values[key] = tuple(v) if isinstance(v, (list, tuple, set)) else (v,)
+    return TaskOptions(**{**values, "name": name})
 
 
 class Request:
     """What a running task knows about its own call (``self.request`` with bind=True)."""
 
     __slots__ = ("id", "task", "args", "kwargs", "retries", "eta", "expires", "hostname",
-                 "priority", "time_limit", "soft_time_limit", "headers", "called_directly")
+                 "priority", "time_limit", "soft_time_limit", "headers", "called_directly",
+                 "is_eager", "shadow", "state_sink", "retry_later", "entered")
 
     def __init__(self, id: str | None = None, task: str = "", args: Iterable[Any] = (),
                  kwargs: dict[str, Any] | None = None, retries: int = 0, eta: float | None = None,
                  expires: float | None = None, hostname: str | None = None, priority: int = 0,
                  time_limit: float | None = None, soft_time_limit: float | None = None,
-                 headers: dict[str, Any] | None = None, called_directly: bool = True):
+                 headers: dict[str, Any] | None = None, called_directly: bool = True,
+                 is_eager: bool = False):
         self.id = id
         self.task = task
         self.args = list(args)
@@ -103,6 +136,13 @@ class Request:
         self.soft_time_limit = soft_time_limit
         self.headers = headers or {}
         self.called_directly = called_directly
+        self.is_eager = is_eager
+        self.shadow: str | None = self.headers.get("shadow")
+        # where update_state reports (state, codec bytes of meta): set by the child or by
+        # Task.apply; None in a plain call
+        self.state_sink: Callable[[str, bytes | None], None] | None = None
+        self.retry_later: Retry | None = None   # retry(throw=False): retried when it returns
+        self.entered = False                    # Task.__call__ already ran for this request
 
     def __repr__(self) -> str:
         return f"<Request {self.task}[{self.id}] retries={self.retries} on {self.hostname}>"
@@ -112,20 +152,117 @@ _current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVa
     "mesh_current_request", default=None)
 
 
+def _option_property(name: str) -> property:
+    def get(self: "Task") -> Any:
+        return getattr(self.options, name)
+    return property(get, doc=f"The task's effective {name} (see TaskOptions).")
+
+
 class Task:
     """A registered task. Call it to run it here; ``delay``/``apply_async`` to run it
-    on the mesh."""
+    on the mesh; ``apply`` to run it here as the mesh would (an EagerResult)."""
 
-    def __init__(self, app: "Mesh", fun: Callable[..., Any], options: TaskOptions):
+    name: str = ""
+    _app: "Mesh | None" = None        # set on app.Task, the app's own subclass
+
+    def __init__(self, app: "Mesh | None" = None, fun: Callable[..., Any] | None = None,
+                 options: TaskOptions | None = None):
+        if app is None:                # Celery style: MyTask() then app.register_task
+            return
+        self._bind(app, fun, options.name if options else self.name,
+                   {k: getattr(options, k) for k in OPTION_NAMES} if options else {})
+
+    def _bind(self, app: "Mesh", fun: Callable[..., Any] | None, name: str,
+              given: Mapping[str, Any]) -> None:
         self.app = app
-        self.fun = fun
-        self.options = options
-        self.name = options.name
-        functools.update_wrapper(self, fun)
+        self.fun = fun if fun is not None else self._run_method()
+        self.name = name
+        self._given = dict(given)
+        # (conf version, options, handlers from annotations, task_always_eager)
+        self._cache: tuple[int, TaskOptions, dict[str, Any], bool] | None = None
+        if fun is not None:
+            functools.update_wrapper(self, fun)
+        make_options(name, {**self._class_options(), **self._given})   # fail early
+
+    def _run_method(self) -> Callable[..., Any]:
+        run = type(self).run
+        if run is Task.run:
+            raise ConfigError(f"task class {type(self).__name__} has no run() method")
+        return functools.partial(run, self)
+
+    @classmethod
+    def _class_options(cls) -> dict[str, Any]:
+        """Options set as class attributes on subclasses (``class T(app.Task): x = 1``)."""
+        out: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            if klass is Task or not issubclass(klass, Task):
+                continue
+            for k, v in vars(klass).items():
+                if k in OPTION_NAMES and not isinstance(v, property):
+                    out[k] = v
+        return out
+
+    # -- options ----------------------------------------------------------------------
+    @property
+    def options(self) -> TaskOptions:
+        """The effective options (see the module docstring); follows app.conf."""
+        version = self.app.conf.version
+        cache = self._cache
+        if cache is None or cache[0] != version:
+            cache = self._cache = (version, *self._resolve())
+        return cache[1]
+
+    def _resolve(self) -> tuple[TaskOptions, dict[str, Any], bool]:
+        conf = self.app.conf
+        values = {opt: conf[setting] for opt, setting in FROM_CONF.items()
+                  if conf[setting] is not None}
+        values.update(self._class_options())
+        values.update(self._given)
+        annotated: dict[str, Any] = {}
+        for ann in _annotations(conf["task_annotations"], self):
+            for k, v in ann.items():
+                (annotated if k in HANDLERS else values)[k] = v
+        if conf["worker_disable_rate_limits"]:
+            values["rate_limit"] = None
+        handlers: dict[str, Callable[..., Any]] = {}    # only those that do something
+        for name in HANDLERS:
+            if name in annotated:
+                handlers[name] = functools.partial(annotated[name], self)
+            elif getattr(type(self), name) is not getattr(Task, name):
+                handlers[name] = getattr(self, name)
+        return (make_options(self.name, values, "task_annotations/option"), handlers,
+                bool(conf["task_always_eager"]))
+
+    def handlers(self) -> dict[str, Callable[..., Any]]:
+        """The handlers that run (from task_annotations, else the class's own), by
+        name; a handler left as Task's (it does nothing) is not there."""
+        self.options  # noqa: B018  (refreshes the cache when app.conf changed)
+        assert self._cache is not None
+        return self._cache[2]
 
     def __repr__(self) -> str:
         return f"<@task {self.name}>"
 
+    # -- handlers (Celery's; they run in the child that ran the task) -------------------
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        """Before the task runs. An exception here fails the task."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """The task returned ``retval``. Exceptions here are logged, never change the result."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        """The task failed with ``exc`` (``einfo``: mesh.einfo.ExceptionInfo)."""
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                 einfo: Any) -> None:
+        """The task will run again (``exc``: why)."""
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any,
+                     einfo: Any) -> None:
+        """After every run, whatever its state (``retval``: value or exception)."""
+
+    # -- running ----------------------------------------------------------------------
     @property
     def request(self) -> Request:
         """The current call's context; a default one outside a node."""
@@ -135,7 +272,12 @@ class Task:
         return req
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the function here, in this process, as a plain call."""
+        """Run the function here, in this process, as a plain call. (On a node, or in
+        apply(), the first call through here runs under the task's own request.)"""
+        req = _current_request.get()
+        if req is not None and req.task == self.name and not req.called_directly and not req.entered:
+            req.entered = True
+            return self.run(*args, **kwargs)
         token = _current_request.set(Request(task=self.name, args=args, kwargs=kwargs))
         try:
             return self.run(*args, **kwargs)
@@ -147,14 +289,21 @@ class Task:
             return self.fun(self, *args, **kwargs)
         return self.fun(*args, **kwargs)
 
-    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
-              eta: Any = None, max_retries: int | None = None) -> Retry:
+    def retry(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              exc: BaseException | None = None, throw: bool = True, eta: Any = None,
+              countdown: float | None = None, max_retries: int | None = None,
+              **options: Any) -> Retry:
         """Ask for this call to run again later (use as ``raise self.retry(...)``).
 
-        After ``max_retries`` (the task's option unless given) it raises ``exc`` if
-        given, else MaxRetriesExceededError. Outside a node (a plain call) it raises
-        ``exc``, or Retry. The delay is ``countdown``, ``eta`` (datetime or unix
-        time), or the task's default_retry_delay."""
+        ``args``/``kwargs``: the next run's arguments (default: the same). After
+        ``max_retries`` (the task's option unless given) it raises ``exc`` if given,
+        else MaxRetriesExceededError. Outside a node (a plain call) it raises ``exc``,
+        or Retry. The delay is ``countdown``, ``eta`` (datetime or unix time), or the
+        task's default_retry_delay. ``throw=False``: return instead of raising; the
+        task is retried when it returns (its return value is dropped)."""
+        if options:
+            raise ConfigError(f"retry() options {sorted(options)} are not available in mesh "
+                              "(countdown, eta, max_retries, args, kwargs, exc, throw are)")
         req = self.request
         if req.called_directly:
             raise exc if exc is not None else Retry("retry() in a plain local call")
@@ -170,9 +319,36 @@ class Task:
                 countdown = max(0.0, when - time.time())
             else:
                 countdown = self.options.default_retry_delay
-        raise Retry(f"retry in {countdown:g} s" + (f": {exc!r}" if exc is not None else ""),
-                    exc=exc, countdown=countdown)
+        r = Retry(f"retry in {countdown:g} s" + (f": {exc!r}" if exc is not None else ""),
+                  exc=exc, countdown=countdown)
+        if args is not None or kwargs is not None:
+            r.call = (list(args) if args is not None else list(req.args),
+                      dict(kwargs) if kwargs is not None else dict(req.kwargs))
+        if not throw:
+            req.retry_later = r
+            return r
+        raise r
 
+    def update_state(self, task_id: str | None = None, state: str | None = None,
+                     meta: Any = None, **kwargs: Any) -> None:
+        """Tell the task's caller (and anyone looking it up) a custom state such as
+        ``"PROGRESS"`` and its ``meta`` (``r.state``, ``r.info``). Only the running
+        task's own state; a plain call has nobody to tell, so it does nothing."""
+        req = self.request
+        if task_id is not None and task_id != req.id:
+            raise ConfigError("update_state can only set the state of the task that is running "
+                              f"({req.id}), not of {task_id}")
+        if not isinstance(state, str) or not 0 < len(state) <= 100:
+            raise ConfigError(f"update_state needs state=: a string of 1..100 characters, got {state!r}")
+        if state in _NOT_SETTABLE:
+            raise ConfigError(f"update_state cannot set {state}: a task ends by returning "
+                              "(SUCCESS), raising (FAILURE) or retry() (RETRY)")
+        from mesh.wire import codec
+        encoded = codec.dumps(meta) if meta is not None else None   # as on the wire
+        if req.state_sink is not None:
+            req.state_sink(state, encoded)
+
+    # -- sending ----------------------------------------------------------------------
     def s(self, *args: Any, **kwargs: Any) -> "Signature":
         """A signature of this task with these arguments (``add.s(1, 1)``)."""
         from mesh.canvas import Signature
@@ -196,15 +372,76 @@ class Task:
                     task_id: str | None = None, countdown: float | None = None,
                     eta: Any = None, expires: Any = None, priority: int | None = None,
                     time_limit: float | None = None, soft_time_limit: float | None = None,
-                    link: Any = None, link_error: Any = None) -> "AsyncResult":
+                    link: Any = None, link_error: Any = None,
+                    headers: dict[str, Any] | None = None, shadow: str | None = None,
+                    ignore_result: bool | None = None, **options: Any) -> "AsyncResult":
         """Send the task to a node. ``eta`` is a datetime or unix time; ``expires`` a
-        datetime, unix time or seconds from now (numbers under 10**9 are seconds)."""
-        o = self.options
-        return self.app.send_task(
+        datetime, unix time or seconds from now (numbers under 10**9 are seconds).
+        With the setting ``task_always_eager`` it runs here instead (``apply``)."""
+        if options:
+            ignore_options(options, CALL_OPTIONS, "apply_async", CALL_KNOWN,
+                           self.app.conf._warned)
+        o = self.options                          # (cached until app.conf changes)
+        assert self._cache is not None
+        if self._cache[3]:                        # task_always_eager
+            return self.apply(args, kwargs, task_id=task_id, headers=headers, shadow=shadow,  # type: ignore[return-value]
+                              ignore_result=ignore_result)
+        hdr = None
+        if headers or not o.acks_late or shadow is not None or ignore_result is not None:
+            hdr = dict(headers or {})
+            if not o.acks_late:
+                hdr["acks_late"] = False
+            if shadow is not None:
+                hdr["shadow"] = shadow
+            if ignore_result is not None and ignore_result != o.ignore_result:
+                hdr["ignore_result"] = ignore_result
+        return self.app._send(
             self.name, args=args, kwargs=kwargs, task_id=task_id, countdown=countdown, eta=eta,
             expires=expires if expires is not None else o.expires,
             priority=priority if priority is not None else o.priority,
             time_limit=time_limit if time_limit is not None else o.time_limit,
             soft_time_limit=soft_time_limit if soft_time_limit is not None else o.soft_time_limit,
-            link=link, link_error=link_error,
-            headers=None if o.acks_late else {"acks_late": False})
+            link=link, link_error=link_error, headers=hdr)
+
+    def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
+              task_id: str | None = None, retries: int = 0, throw: bool | None = None,
+              headers: dict[str, Any] | None = None, shadow: str | None = None,
+              ignore_result: bool | None = None, **options: Any) -> "EagerResult":
+        """Run the task here and now, as a node would (arguments and result go through
+        the codec, handlers run, retries run at once), and return an EagerResult.
+        ``throw`` (default: the setting ``task_eager_propagates``) raises a failure."""
+        from mesh.eager import apply
+        ignore_options(options, CALL_OPTIONS, "apply", CALL_KNOWN, self.app.conf._warned)
+        return apply(self, args, kwargs, task_id=task_id, retries=retries, throw=throw,
+                     headers=headers, shadow=shadow, ignore_result=ignore_result)
+
+    def AsyncResult(self, task_id: str) -> "AsyncResult":
+        return self.app.AsyncResult(task_id)
+
+
+CALL_KNOWN = ("args, kwargs, task_id, countdown, eta, expires, priority, time_limit, "
+              "soft_time_limit, link, link_error, headers, shadow, ignore_result")
+_NOT_SETTABLE = frozenset({*states.READY_STATES, states.PENDING, states.UNKNOWN, states.RETRY})
+
+# task.max_retries etc. read the effective options (a task's class holds these, over any
+# class attribute of its base)
+OPTION_PROPERTIES = {_name: _option_property(_name) for _name in OPTION_NAMES - {"bind"}}
+for _name, _prop in OPTION_PROPERTIES.items():
+    setattr(Task, _name, _prop)
+
+
+def _annotations(value: Any, task: Task) -> list[Mapping[str, Any]]:
+    """The task_annotations that apply to ``task``, in order (later ones win)."""
+    if value is None:
+        return []
+    out = []
+    for a in (value if isinstance(value, (list, tuple)) else [value]):
+        if isinstance(a, Mapping):
+            for key in ("*", task.name):
+                if key in a:
+                    out.append(a[key])
+        elif hasattr(a, "annotate"):
+            got = a.annotate(task)
+            if got:
+                out.append(got)
+    return out

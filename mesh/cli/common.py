@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from types import ModuleType
 from typing import Any, NoReturn
 
 import click
@@ -32,24 +33,80 @@ def run_cli(cmd: click.Command, prog: str, args: list[str] | None = None) -> NoR
     sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
 
-def load_app(spec: str) -> Any:
-    """Import ``module[:attr]`` (attr defaults to ``app``) and return the Mesh app."""
-    from mesh import Mesh
-    module_name, _, attr = spec.partition(":")
-    attr = attr or "app"
+def load_app(spec: str) -> tuple[Any, str]:
+    """The Mesh app named by ``--app``, found the way Celery's ``-A`` finds one.
+
+    ``module:attr`` is that attribute. ``module`` (or ``package``) is searched: its
+    ``app``, ``celery`` or ``mesh`` attribute if it is a Mesh app; for a package, its
+    ``celery`` then ``mesh`` submodule, searched the same way; else the one Mesh app
+    among the module's attributes. So ``-A proj`` finds ``proj/celery.py``'s app.
+    Returns the app and where it was found (``module:attr``)."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
-    except Exception as e:
-        raise click.BadParameter(f"cannot import {module_name!r}: {type(e).__name__}: {e}",
-                                 param_hint="--app") from None
+        return find_app(spec)
+    except LookupError as e:
+        raise click.BadParameter(str(e), param_hint="--app") from None
+
+
+def _import(module_name: str) -> ModuleType | None:
+    """The module, or None if it (not something it imports) does not exist."""
     try:
-        app = getattr(module, attr)
-    except AttributeError:
-        raise click.BadParameter(f"module {module_name!r} has no attribute {attr!r}",
-                                 param_hint="--app") from None
-    if not isinstance(app, Mesh):
-        raise click.BadParameter(f"{spec} is a {type(app).__name__}, not a mesh.Mesh app",
-                                 param_hint="--app")
-    return app
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+            return None
+        raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
+    except Exception as e:
+        raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
+
+
+def find_app(spec: str) -> tuple[Any, str]:
+    """The app for ``spec`` and where it was found (``module:attr``); LookupError
+    with a message saying what was tried."""
+    from mesh import Mesh
+    module_name, colon, attr = spec.partition(":")
+    module = _import(module_name)
+    if module is None and not colon and "." in module_name:   # module.attr, as Celery allows
+        parent, _, attr = module_name.rpartition(".")
+        module = _import(parent)
+        if module is not None:
+            module_name, colon = parent, ":"
+    if module is None:
+        raise LookupError(f"cannot import {module_name!r}: no module of that name "
+                          f"(the current directory and PYTHONPATH are searched)")
+    if colon:
+        app = getattr(module, attr, None)
+        if app is None:
+            raise LookupError(f"module {module_name!r} has no attribute {attr!r}")
+        if not isinstance(app, Mesh):
+            raise LookupError(f"{spec} is a {type(app).__name__}, not a mesh.Mesh app")
+        return app, f"{module_name}:{attr}"
+    found = _search(module)
+    if found is not None:
+        return found
+    tried = ["app", "celery", "mesh"]
+    if getattr(module, "__path__", None):        # a package: its celery.py, then mesh.py
+        for sub in ("celery", "mesh"):
+            submodule = _import(f"{module_name}.{sub}")
+            if submodule is not None:
+                found = _search(submodule)
+                if found is not None:
+                    return found
+        tried += [f"{module_name}.celery", f"{module_name}.mesh"]
+    raise LookupError(f"no mesh.Mesh app in {module_name!r} (looked for its attributes "
+                      f"{', '.join(tried[:3])}"
+                      + (f", the modules {tried[3]} and {tried[4]}" if len(tried) > 3 else "")
+                      + f", and any Mesh app in it); name one with --app {module_name}:ATTR")
+
+
+def _search(module: ModuleType) -> tuple[Any, str] | None:
+    from mesh import Mesh
+    for attr in ("app", "celery", "mesh"):
+        value = getattr(module, attr, None)
+        if isinstance(value, Mesh):
+            return value, f"{module.__name__}:{attr}"
+    apps = [(k, v) for k, v in vars(module).items() if isinstance(v, Mesh)]
+    if len(apps) == 1:
+        return apps[0][1], f"{module.__name__}:{apps[0][0]}"
+    return None

@@ -200,6 +200,10 @@ def status(ctx: click.Context) -> int:
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         click.echo(f"{answered} of {len(rows)} node(s) answered")
+        for r in rows:             # a node that can run nothing is a mistake worth shouting
+            if r["answered"] and not r.get("registered", True):
+                click.echo(f"WARNING: node {r['node']} registers no tasks (its app: "
+                           f"{r.get('app') or '?'}): it can run nothing; check its --app", err=True)
     return EXIT_OK if answered else EXIT_FAILURE
 
 
@@ -242,9 +246,15 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
 def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
     """Wait for ``r`` (unless ``timeout`` is None), print its outcome; the exit code."""
     from mesh import states
-    from mesh.exceptions import MeshError
+    from mesh.exceptions import MeshError, ResultIgnored
     try:
         value = r.get(timeout=timeout) if timeout is not None else r.get(timeout=0.001)
+    except ResultIgnored as e:     # it ended well, keeping no value (ignore_result, Ignore)
+        if ctx.obj["json"]:
+            click.echo(json.dumps({"id": r.id, "state": r.state, "result": None, "ignored": True}))
+        else:
+            click.echo(f"meshctl: {e}", err=True)
+        return EXIT_OK
     except MeshError as e:
         state = r.state
         if ctx.obj["json"]:

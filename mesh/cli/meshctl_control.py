@@ -20,7 +20,8 @@ class ControlGroup(click.Group):
     """A group whose unknown subcommand names are control commands sent as they are."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        known = super().get_command(ctx, cmd_name)
+        known = (super().get_command(ctx, cmd_name)          # Celery's spelling too:
+                 or super().get_command(ctx, cmd_name.replace("_", "-")))   # rate_limit
         if known is not None:
             return known
         return _generic(cmd_name)

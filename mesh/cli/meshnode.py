@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -83,8 +84,12 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     from mesh.exceptions import ConfigError
     from mesh.node.node import Node, NodeStartError
 
+    app, where = load_app(app_spec)
+    app.origin = where
     try:
+        app.import_modules()           # the settings imports and include: more tasks
         config = Config.build(
+            defaults=app.conf.node_options(),   # what the app's code set; flags win
             name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
             profile=profile,
             concurrency=concurrency, max_tasks_per_child=max_tasks_per_child,
@@ -100,10 +105,13 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     why = refusal(config)
     if why is not None:
         die("meshnode", why, EXIT_USAGE)
-    logging.basicConfig(
-        level=config.loglevel, stream=sys.stderr,
-        format=f"[%(asctime)s %(levelname)s {config.node_name} %(name)s] %(message)s")
-    app = load_app(app_spec)
+    setup_logging(app, config)
+    if not app.tasks:
+        logging.getLogger("mesh.node").warning(
+            "THE APP %s (from --app %s) REGISTERS NO TASKS: this node can run nothing. "
+            "Define them with @app.task in that module, list the modules that hold them in "
+            "Mesh(include=[...]) or the 'imports' setting, or point --app at another module",
+            where, app_spec)
     try:
         node = Node(app, config)
     except ConfigError as e:      # the app's components cannot be ordered
@@ -113,6 +121,19 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     except NodeStartError as e:
         die("meshnode", str(e), EXIT_START)
     return EXIT_OK
+
+
+def setup_logging(app: Any, config: Any) -> None:
+    """The node logs to stderr. With the setting ``worker_hijack_root_logger`` (the
+    default, as in Celery) the root logger's handlers are replaced; without it, handlers
+    the app set up are kept and only mesh's loggers get the level."""
+    fmt = (app.conf["worker_log_format"]
+           or f"[%(asctime)s %(levelname)s {config.node_name} %(name)s] %(message)s")
+    root = logging.getLogger()
+    if app.conf["worker_hijack_root_logger"] or not root.handlers:
+        logging.basicConfig(level=config.loglevel, stream=sys.stderr, format=fmt, force=True)
+    else:
+        logging.getLogger("mesh").setLevel(config.loglevel)
 
 
 def main() -> None:

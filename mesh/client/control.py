@@ -219,6 +219,11 @@ class Controller:
         return self.ask("revoke", {"task_ids": ids, "terminate": terminate,
                                          "signal": signal})
 
+    def forget(self, task_id: str | Iterable[str]) -> dict[str, Any]:
+        """Drop finished tasks' results on every node (``AsyncResult.forget``)."""
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        return self.ask("forget", {"task_ids": ids})
+
     def rate_limit(self, task_name: str, rate: str | float | None,
                    destination: Iterable[str] | None = None) -> dict[str, Any]:
         """Per node, as in Celery: "100/m", "10/s", a number per second, or None."""

@@ -53,6 +53,7 @@ from mesh.wire.protocol import (
     Error,
     Release,
     Result,
+    State,
     Submit,
     decode,
     encode,
@@ -68,11 +69,15 @@ MEMBERS_WAIT = 2.0           # seconds a result lookup waits for the first membe
 LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it is closed
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
-KEY_SWITCH_INTERVAL = 0.5   # s at least between two mesh keys tried on one link (rotation)
 REFUSED_RETRY = 5.0         # s before a link the node refused (keys) is tried again
-# when several nodes know a task, the most advanced state is the one to report
+# when several nodes know a task, the most advanced state is the one to report; a
+# task's own states (update_state: PROGRESS...) come after STARTED
 _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
                states.STARTED: 4}
+
+
+def _rank(state: str) -> int:
+    return _STATE_RANK.get(state, 5)
 
 
 def _close_at_exit(ref: "weakref.ref[Client]") -> None:
@@ -133,7 +138,8 @@ class Client:
                                                         # (one slot per AsyncResult asking)
         self._watch_lock = threading.Lock()
         self._members_known = threading.Event()         # a members answer has arrived
-        self._queries: dict[str, list[Any]] = {}        # req id -> [slot, pending, event, state, t]
+        self._queries: dict[str, list[Any]] = {}        # req id -> [slot, pending, event, state,
+                                                        # t, meta]
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
         self._outbox: collections.deque[Any] = collections.deque()
@@ -634,11 +640,13 @@ class Client:
                 self._foreign(msg, link)
             elif slot is not None and slot.msg is None:
                 slot.state = states.RETRY
+                slot.meta = None
                 if slot.frame is not None:     # keep what a resend must carry: retries + 1
                     sub = decode(slot.frame)
                     if isinstance(sub, Submit):
                         slot.frame = encode(dataclasses.replace(
-                            sub, retries=msg.retries + 1, eta=msg.eta if msg.eta else sub.eta))
+                            sub, retries=msg.retries + 1, eta=msg.eta if msg.eta else sub.eta,
+                            payload=msg.payload if msg.payload is not None else sub.payload))
         elif type(msg) is Result:
             slot = self._slots.get(msg.task_id)
             if slot is not None and slot.node != link.endpoint:
@@ -672,6 +680,8 @@ class Client:
                     slot.state = states.RECEIVED
                     if link.inflight > 0:
                         link.inflight -= 1
+        elif type(msg) is State:
+            self._on_state(msg, link)
         elif type(msg) is Release:
             self._on_release(msg, link)
         elif type(msg) is ControlReply:
@@ -711,7 +721,17 @@ class Client:
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
         """Complete a slot with a failure decided here, in the client."""
         slot.complete(Result(task_id=slot.task_id, state=states.FAILURE, node=node, exc={
-            "type": exc_type, "module": "mesh.exceptions", "message": message}))
+            "type": exc_type, "module": "mesh.exceptions", "message": message},
+            date_done=time.time()))
+
+    def _on_state(self, msg: State, link: NodeLink) -> None:
+        """A task's state before it finishes (STARTED, PROGRESS...), with its meta.
+        (Only owners get these: other processes ask the node, which remembers it.)"""
+        slot = self._slots.get(msg.task_id)
+        if slot is not None and slot.msg is None and slot.node == link.endpoint:
+            if slot.state == states.PENDING and link.inflight > 0:   # it implies the ACK
+                link.inflight -= 1
+            slot.state, slot.meta = msg.state, msg.meta
 
     def _on_release(self, msg: Release, link: NodeLink) -> None:
         """Tasks given back unstarted: send them to ``msg.target`` if the node named
@@ -781,7 +801,7 @@ class Client:
     def _send_query(self, slot: Slot, event: threading.Event | None) -> None:
         links = self._targets()
         req = uuid.uuid4().hex
-        self._queries[req] = [slot, len(links), event, states.UNKNOWN, time.monotonic()]
+        self._queries[req] = [slot, len(links), event, states.UNKNOWN, time.monotonic(), None]
         frame = encode(Control(req, "result", {"task_id": slot.task_id, "watch": True}))
         for link in links:
             try:
@@ -799,6 +819,9 @@ class Client:
         if msg.ok and isinstance(payload, dict) and payload.get("task_id") == slot.task_id:
             state = payload.get("state")
             frame = payload.get("result")
+            submit = payload.get("submit")
+            if isinstance(submit, bytes) and slot.submit is None:
+                slot.submit = submit              # name, args, kwargs (result_extended)
             if isinstance(frame, bytes):
                 try:
                     res = decode(frame, self.config.max_message_size)
@@ -808,15 +831,17 @@ class Client:
                     if type(res) is Result and res.task_id == slot.task_id:
                         self._complete_watched(res)
                         slot.complete(res)
-            elif isinstance(state, str) and _STATE_RANK.get(state, -1) > _STATE_RANK.get(q[3], 0):
+            elif isinstance(state, str) and _rank(state) > _rank(q[3]):
                 q[3] = state
+                meta = payload.get("meta")
+                q[5] = meta if isinstance(meta, bytes) else None
         if q[1] <= 0 or slot.msg is not None:
             self._end_query(msg.req_id)
 
     def _end_query(self, req: str) -> None:
-        slot, _pending, event, state, _t = self._queries.pop(req)
+        slot, _pending, event, state, _t, meta = self._queries.pop(req)
         if slot.msg is None:
-            slot.state = state
+            slot.state, slot.meta = state, meta
         if event is not None:
             event.set()
 

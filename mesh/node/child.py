@@ -9,17 +9,18 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mesh import states
-from mesh.exceptions import NotRegistered, Retry, SoftTimeLimitExceeded
+from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
 from mesh.node.channel import BlockingChannel
-from mesh.retry import backoff_delay
-from mesh.task import Request, _current_request
+from mesh.task import Request
+from mesh.trace import execute
 from mesh.wire import codec
-from mesh.wire.protocol import ChildDone, ChildReady, Result, Submit, decode, encode
+from mesh.wire.protocol import ChildDone, ChildReady, ChildState, Result, Submit, decode, encode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -85,6 +86,10 @@ class Child:
         self.done = 0
         self._proc: Any = None
         self._countdown: float | None = None
+        self._keep = True                       # the node keeps the result (not ignored)
+        self._next_call: bytes | None = None     # retry(args=, kwargs=): the next run's payload
+        self._chan: BlockingChannel | None = None
+        self._chan_lock = threading.Lock()
 
     def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
         """Run in the forked child; never returns."""
@@ -92,7 +97,7 @@ class Child:
         try:
             self._setup_process(node_pid)
             _close_inherited_sockets(keep=sock.fileno(), data_dir=self.config.data_path)
-            chan = BlockingChannel(sock)
+            chan = self._chan = BlockingChannel(sock)
             chan.send(encode(ChildReady(pid=os.getpid())))
             self._loop(chan)
         except KeyboardInterrupt:
@@ -136,8 +141,9 @@ class Child:
                     retire = f"max memory per child ({rss_kib} KiB > {max_mem} KiB)"
             if retire:
                 done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss(),
-                                 done.countdown)
-            chan.send(encode(done), result)
+                                 done.countdown, done.keep)
+            with self._chan_lock:
+                chan.send(encode(done), result)
             if retire:
                 return
 
@@ -159,58 +165,56 @@ class Child:
             res = Result(task_id="?", state=states.FAILURE, exc=exc_info_of(e), node=self.node_name)
             return ChildDone("?", states.FAILURE, 0.0), encode(res)
         self._countdown = None
+        self._keep = True
+        self._next_call = None
         state, value, exc, tb = self.run_task(msg)
         runtime = time.perf_counter() - t0
         res = Result(task_id=msg.task_id, state=state, result=value, exc=exc, traceback=tb,
-                     runtime=runtime, node=self.node_name, retries=msg.retries)
-        return ChildDone(msg.task_id, state, runtime, countdown=self._countdown), encode(res)
+                     runtime=runtime, node=self.node_name, retries=msg.retries,
+                     date_done=None if state == states.RETRY else time.time(),
+                     payload=self._next_call)
+        return (ChildDone(msg.task_id, state, runtime, countdown=self._countdown, keep=self._keep),
+                encode(res))
 
-    def _autoretry(self, task: Any, msg: Submit, e: BaseException) -> bool:
-        """True (and the countdown set) if ``e`` is one the task retries by itself
-        (autoretry_for) and retries are left; else the task fails with ``e``."""
-        o = task.options
-        if not o.autoretry_for or not isinstance(e, o.autoretry_for):
-            return False
-        if o.max_retries is not None and msg.retries >= o.max_retries:
-            return False
-        self._countdown = backoff_delay(
-            msg.retries, backoff=o.retry_backoff, backoff_max=o.retry_backoff_max,
-            jitter=o.retry_jitter, default_delay=o.default_retry_delay)
-        return True
+    def _state_sink(self, task_id: str) -> Any:
+        """update_state and track_started: a CHILD_STATE to the node, at once."""
+        def send(state: str, meta: bytes | None) -> None:
+            if self._chan is not None:
+                with self._chan_lock:          # a task's own threads may report too
+                    self._chan.send(encode(ChildState(task_id, state, meta)))
+        return send
 
     def run_task(self, msg: Submit) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
+        """Run the task through the tracer (mesh/trace.py: handlers, retries, Reject,
+        Ignore); the Result's state, value, exception and traceback."""
         task = self.app.tasks.get(msg.name)
-        soft = msg.soft_time_limit
-        if task is not None and soft is None:
-            soft = task.options.soft_time_limit
-        if soft is None:
-            soft = self.config.soft_time_limit
-        token = None
         try:
             if task is None:
                 raise NotRegistered(f"task {msg.name!r} is not registered on node {self.node_name}")
             args, kwargs = codec.load_call(msg.payload)
-            token = _current_request.set(Request(
-                id=msg.task_id, task=msg.name, args=args, kwargs=kwargs, retries=msg.retries,
-                eta=msg.eta, expires=msg.expires, hostname=self.node_name, priority=msg.priority,
-                time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
-                called_directly=False))
-            if soft:
-                signal.setitimer(signal.ITIMER_REAL, soft)
-            try:
-                value = task.run(*args, **kwargs)
-            finally:
-                if soft:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-            return states.SUCCESS, codec.dumps(value), None, None
-        except Retry as r:           # self.retry(): run again later, on this node
-            self._countdown = r.countdown if r.countdown is not None else 0.0
-            cause = r.exc if r.exc is not None else r
-            return states.RETRY, None, exc_info_of(cause), "".join(traceback.format_exception(cause))
-        except BaseException as e:   # the task's failure, whatever it is, is its result
-            if task is not None and self._autoretry(task, msg, e):
-                return states.RETRY, None, exc_info_of(e), "".join(traceback.format_exception(e))
+        except Exception as e:
             return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
-        finally:
-            if token is not None:
-                _current_request.reset(token)
+        soft = msg.soft_time_limit
+        if soft is None:
+            soft = task.options.soft_time_limit
+        if soft is None:
+            soft = self.config.soft_time_limit
+        req = Request(
+            id=msg.task_id, task=msg.name, args=args, kwargs=kwargs, retries=msg.retries,
+            eta=msg.eta, expires=msg.expires, hostname=self.node_name, priority=msg.priority,
+            time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
+            called_directly=False)
+        req.state_sink = self._state_sink(msg.task_id)
+        if task.options.track_started:
+            req.state_sink(states.STARTED, codec.dumps({"pid": os.getpid(), "hostname": self.node_name}))
+        o = execute(task, req, soft)
+        self._countdown, self._keep = o.countdown, o.keep
+        if o.call is not None:
+            try:
+                self._next_call = codec.dump_call(*o.call)
+            except Exception as e:          # retry(args=...) with what cannot be sent
+                return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+        if o.state == states.SUCCESS or o.state == states.IGNORED:
+            return o.state, o.encoded, None, None
+        assert o.exc is not None
+        return o.state, None, exc_info_of(o.exc), o.traceback

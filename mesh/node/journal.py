@@ -79,6 +79,11 @@ class Journal(abc.ABC):
     def revoke(self, task_ids: Iterable[str], at: float) -> None:
         """Remember revoked ids."""
 
+    @abc.abstractmethod
+    def forget(self, task_id: str) -> bool:
+        """Drop a finished task's result and record (AsyncResult.forget); False if
+        there was no result."""
+
     @property
     @abc.abstractmethod
     def in_tx(self) -> bool:
@@ -98,6 +103,10 @@ class Journal(abc.ABC):
     # -- reads ------------------------------------------------------------------------
     @abc.abstractmethod
     def get(self, task_id: str) -> Stored | None: ...
+
+    @abc.abstractmethod
+    def frame(self, task_id: str) -> bytes | None:
+        """The Submit a task was accepted with (its name and arguments), if kept."""
 
     @abc.abstractmethod
     def unfinished(self) -> list[Row]:

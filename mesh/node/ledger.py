@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
+from mesh.node import taskstate
 from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
 from mesh.node.journal import JournalError
 from mesh.wire import codec
@@ -42,7 +43,7 @@ class Entry:
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
                  "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried", "reserved", "size")
+                 "retried", "reserved", "size", "progress")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
                  eta: float | None, expires: float | None, time_limit: float | None,
@@ -63,6 +64,8 @@ class Entry:
         self.retried = False                  # waiting for a retry (state RETRY)
         self.reserved = False                 # holds a rate-limit reservation: starts when due
         self.size = len(frame)                # bytes counted against its sender's quota
+        self.progress: tuple[str, bytes | None] | None = None   # its latest reported state
+                                              # (track_started, update_state) and meta
 
 
 class _RateLimitedLog:
@@ -210,13 +213,17 @@ class Ledger:
 
     # -- finish -----------------------------------------------------------------------
     def finish(self, task_id: str, client: bytes, state: str, result_frame: bytes,
-               name: str = "", **event: Any) -> None:
-        """A held task's final result: journal it, then tell its owner and watchers."""
+               name: str = "", keep: bool = True, **event: Any) -> None:
+        """A held task's final result: journal it (unless the task keeps none:
+        ignore_result, Ignore), then tell its owner and watchers."""
         node = self.node
         self.drop(task_id)
         self.counts[state] += 1
         try:
-            node.journal.finish(task_id, state, result_frame, time.time())
+            if keep:
+                node.journal.finish(task_id, state, result_frame, time.time())
+            else:
+                node.journal.remove([task_id])
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
         node.front.reply(client, result_frame)
@@ -238,7 +245,8 @@ class Ledger:
         """The encoded Result of a failure decided by the node (a mesh exception)."""
         exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
                "args": codec.dumps([message])}
-        return encode(Result(task_id=task_id, state=state, exc=exc, node=self.node.name))
+        return encode(Result(task_id=task_id, state=state, exc=exc, node=self.node.name,
+                             date_done=time.time()))
 
     def fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
              state: str = states.FAILURE, held: bool = False, name: str = "",
@@ -266,14 +274,18 @@ class Ledger:
         assert isinstance(msg, Submit)
         eta = time.time() + countdown
         res = decode(result_frame)            # tell the owner when, so a resend keeps it
+        payload = msg.payload
         if isinstance(res, Result):
             result_frame = encode(dataclasses.replace(res, eta=eta))
+            payload = res.payload or payload  # retry(args=, kwargs=): the next run's call
         node.front.reply(entry.client, result_frame)
         if node.events.wants("task-retried"):
             node.events.emit("task-retried", **result_fields(entry.task_id, result_frame),
                              name=entry.name, eta=eta, retries=msg.retries + 1)
-        entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta))
+        entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta,
+                                                 payload=payload))
         entry.eta, entry.started, entry.received = eta, None, time.time()
+        entry.progress = None
         entry.retried = True
         try:
             node.journal.update_frame(entry.task_id, entry.frame)
@@ -319,11 +331,14 @@ class Ledger:
 
     # -- what the pool reports (PoolEvents) -------------------------------------------
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
-                  countdown: float | None = None) -> None:
+                  countdown: float | None = None, keep: bool = True) -> None:
         if state == states.RETRY:
             self.retry(entry, result_frame, countdown or 0.0)
             return
-        self.finish(entry.task_id, entry.client, state, result_frame, entry.name)
+        self.finish(entry.task_id, entry.client, state, result_frame, entry.name, keep=keep)
+
+    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
+        taskstate.progress(self.node, entry, state, meta)
 
     def task_failed(self, entry: Entry, exc_type: str, message: str,
                     state: str = states.FAILURE, **event: Any) -> None:
@@ -393,8 +408,8 @@ class Ledger:
                     watchers.add(ident)
             state = (states.STARTED if entry.started else
                      states.RETRY if entry.retried else states.RECEIVED)
-            return {"task_id": tid, "state": state}
+            return taskstate.held_state(node, entry, state)
         stored = node.journal.get(tid)
         if stored is not None and stored.result is not None:
-            return {"task_id": tid, "state": stored.state, "result": stored.result}
+            return taskstate.finished_state(node, tid, stored.state, stored.result)
         return {"task_id": tid, "state": states.UNKNOWN}

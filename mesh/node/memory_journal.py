@@ -80,6 +80,11 @@ class MemoryJournal(Journal):
         for tid in task_ids:
             self._tasks.pop(tid, None)
 
+    def forget(self, task_id: str) -> bool:
+        found = task_id in self._results
+        self._drop_result(task_id)
+        return found
+
     def revoke(self, task_ids: Iterable[str], at: float) -> None:
         for tid in task_ids:
             self._revoked.pop(tid, None)
@@ -122,6 +127,10 @@ class MemoryJournal(Journal):
             return Stored(res[0], res[1])
         row = self._tasks.get(task_id)
         return Stored(row.state, None) if row is not None else None
+
+    def frame(self, task_id: str) -> bytes | None:
+        row = self._tasks.get(task_id)      # finished tasks' Submits are not kept here
+        return row.frame if row is not None else None
 
     def unfinished(self) -> list[Row]:
         return sorted(self._tasks.values(), key=lambda r: r.received)

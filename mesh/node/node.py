@@ -182,7 +182,7 @@ class Node:
             "children_started": pool.started_total, "refused_frames": self.front.refused,
             "unauthorized_frames": self.front.unauthorized,
             "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
-            "registered": sorted(self.app.tasks),
+            "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
             "components": [component_name(x) for x in self.components],
         }
 

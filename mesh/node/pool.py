@@ -22,7 +22,7 @@ from mesh.node.channel import FrameReader, pack
 from mesh.node.child import Child
 from mesh.node.ledger import Entry
 from mesh.ratelimit import TokenBucket
-from mesh.wire.protocol import ChildDone, ChildReady, decode
+from mesh.wire.protocol import ChildDone, ChildReady, ChildState, decode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -59,7 +59,9 @@ class PoolEvents(Protocol):
     """What the pool tells its node (mesh.node.ledger.Ledger implements these)."""
 
     def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
-                  countdown: float | None = None) -> None: ...
+                  countdown: float | None = None, keep: bool = True) -> None: ...
+    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
+        """The running task reported a state (track_started, update_state)."""
     def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE",
                     **event: Any) -> None: ...
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
@@ -294,6 +296,10 @@ class Pool:
         elif type(msg) is ChildReady:
             if not self.stopping and child.killed_for is None:
                 self.idle.append(child)
+        elif type(msg) is ChildState:
+            entry = child.entry
+            if entry is not None and entry.task_id == msg.task_id:
+                self.events.task_progress(entry, msg.state, msg.meta)
         else:
             log.error("unexpected %s from child pid %d", type(msg).__name__, child.pid)
 
@@ -306,7 +312,7 @@ class Pool:
         child.tasks += 1
         if entry.timer is not None:
             entry.timer.cancel()
-        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown)
+        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown, msg.keep)
         if child.shrink:              # pool_shrink: leaves, not replaced (it may also
             child.retiring = True     # have asked to retire; leaving covers that)
             self._kill(child, signal.SIGTERM)

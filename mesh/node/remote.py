@@ -11,6 +11,7 @@ function (mesh/node/commands.py) and answers with a CONTROL_REPLY (unless
     active, reserved, scheduled, registered, revoked  (inspect)
     revoke, rate_limit, time_limit, pool_grow, pool_shrink, shutdown   (control)
     duplicate                                         (a client reports a late result)
+    forget                                            (AsyncResult.forget: drop a result)
 
 A bad argument is a clear error in the reply, never an exception that escapes into
 the node; so is a command that raises.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import __version__
 from mesh import states as task_states
+from mesh.node import taskstate
 from mesh.node.commands import ControlState, register
 from mesh.node.commands import registry as default_registry
 from mesh.node.component import Component
@@ -35,6 +37,8 @@ from mesh.wire.control import (
     MAX_IDS_PER_REVOKE,
     BadArgs,
     DuplicateArgs,
+    ForgetArgs,
+    ForgetReply,
     PingReply,
     PoolArgs,
     PoolSizeReply,
@@ -230,7 +234,8 @@ def members(state: ControlState, req: Any) -> list[dict[str, Any]]:
 def result(state: ControlState, req: ResultArgs) -> TaskStateReply:
     """What this node knows of a task id; with watch, the RESULT when it finishes."""
     answer = state.node.ledger.task_state(state.sender, req.task_id, req.watch)
-    return TaskStateReply(answer["task_id"], answer["state"], answer.get("result"))
+    return TaskStateReply(answer["task_id"], answer["state"], answer.get("result"),
+                          answer.get("meta"), answer.get("submit"))
 
 
 @register("active", "inspect", builtin=True)
@@ -330,6 +335,13 @@ def shutdown(state: ControlState, req: Any) -> ShutdownReply:
     """Warm shutdown, as SIGTERM."""
     state.node.stop_soon()
     return ShutdownReply(state.node.name, True)
+
+
+@register("forget", "control", ForgetArgs, builtin=True)
+def forget(state: ControlState, req: ForgetArgs) -> ForgetReply:
+    """Drop finished tasks' results (AsyncResult.forget); running ones keep theirs."""
+    answer = taskstate.forget(state.node, list(req.task_ids))
+    return ForgetReply(answer["forgotten"], answer["running"])
 
 
 @register("duplicate", "control", DuplicateArgs, builtin=True)

@@ -261,6 +261,12 @@ class SqliteJournal(Journal):
             self._write("DELETE FROM tasks WHERE task_id=? AND NOT EXISTS "
                         "(SELECT 1 FROM results WHERE results.task_id=?)", (tid, tid))
 
+    def forget(self, task_id: str) -> bool:
+        if self._write("DELETE FROM results WHERE task_id=?", (task_id,)) == 0:
+            return False
+        self._write("DELETE FROM tasks WHERE task_id=?", (task_id,))
+        return True
+
     def revoke(self, task_ids: Iterable[str], at: float) -> None:
         """Remember revoked ids (a revoked task that arrives later is not run)."""
         for tid in task_ids:
@@ -310,6 +316,13 @@ class SqliteJournal(Journal):
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         return Stored(row[0], row[1]) if row else None
+
+    def frame(self, task_id: str) -> bytes | None:
+        try:
+            row = self.db.execute("SELECT frame FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return bytes(row[0]) if row else None
 
     def unfinished(self) -> list[Row]:
         """Tasks accepted and not finished, oldest first (restart recovery): one scan

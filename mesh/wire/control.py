@@ -213,6 +213,20 @@ class DuplicateArgs:
         _name(self.task_id, "task_id", "duplicate")
 
 
+MAX_IDS_PER_FORGET = 10_000
+
+
+@dataclass(frozen=True)
+class ForgetArgs:
+    task_ids: list[str] | str
+
+    def __post_init__(self) -> None:
+        ids = [self.task_ids] if isinstance(self.task_ids, str) else self.task_ids
+        if not ids or len(ids) > MAX_IDS_PER_FORGET or not all(0 < len(t) <= MAX_ID for t in ids):
+            raise BadArgs(f"forget needs 'task_ids': a list of 1 to {MAX_IDS_PER_FORGET} ids")
+        object.__setattr__(self, "task_ids", ids)
+
+
 # ---- replies -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -229,6 +243,8 @@ class TaskStateReply:
     task_id: str
     state: str
     result: bytes | None = field(default=None, metadata=OMIT_NONE)  # the RESULT frame, when final
+    meta: bytes | None = field(default=None, metadata=OMIT_NONE)    # a reported state's meta
+    submit: bytes | None = field(default=None, metadata=OMIT_NONE)  # the SUBMIT frame, if kept
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,12 @@ class RevokeReply:
     dropped: list[str]
     terminated: list[str]
     still_running: list[str]
+
+
+@dataclass(frozen=True)
+class ForgetReply:
+    forgotten: list[str]           # ids whose result this node dropped
+    running: list[str]             # ids it holds unfinished (they keep their result)
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,10 @@ class MsgType(enum.IntEnum):
     ERROR = 5           # node -> sender: a frame was refused
     CONTROL = 6         # anyone -> node: a control request (ping, status, ...)
     CONTROL_REPLY = 7   # node -> requester
+    STATE = 8           # node -> client: a task's state before it finishes (STARTED, PROGRESS...)
     CHILD_READY = 20    # child -> node: a new child is up and idle (internal)
     CHILD_DONE = 21     # child -> node: header of a finished task (internal)
+    CHILD_STATE = 22    # child -> node: the running task's state changed (internal)
     # membership and failure detection, node <-> node (mesh/membership, SWIM + Lifeguard)
     PING = 30             # member -> member: are you alive? (a probe; carries updates)
     PING_REQ = 31         # member -> member: probe this target for me (indirect probe)
@@ -248,6 +250,28 @@ class Result(Message):
     node: str = ""
     retries: int = 0
     eta: float | None = None   # state RETRY: unix time of the next run
+    date_done: float | None = None  # unix time the task finished (final states)
+    payload: bytes | None = None    # state RETRY: the next run's [args, kwargs] when
+                                    # retry(args=, kwargs=) changed them (codec bytes)
+
+
+MAX_STATE_LEN = 100
+
+
+@message
+class State(Message):
+    """A task's state before it finishes: STARTED (``track_started``) or a state of
+    its own from ``update_state`` (``PROGRESS``), with ``meta`` (codec bytes or nil).
+    Sent to the task's owner and to processes watching it; not final."""
+    TYPE = MsgType.STATE
+    task_id: str
+    state: str
+    meta: bytes | None = None
+    node: str = ""
+
+    def validate(self) -> None:
+        _short(self.task_id, MAX_ID_LEN, "task_id")
+        _short(self.state, MAX_STATE_LEN, "state")
 
 
 @message
@@ -315,6 +339,20 @@ class ChildDone(Message):
     retire: str | None = None
     rss: int = 0
     countdown: float | None = None   # state RETRY: run again after this many seconds
+    keep: bool = True                # False: the node keeps no result (ignore_result, Ignore)
+
+
+@message
+class ChildState(Message):
+    """Internal: the running task's state changed (track_started, update_state);
+    the node passes it on as a STATE message."""
+    TYPE = MsgType.CHILD_STATE
+    task_id: str
+    state: str
+    meta: bytes | None = None
+
+    def validate(self) -> None:
+        _short(self.state, MAX_STATE_LEN, "state")
 
 
 # ---- membership (mesh/membership) --------------------------------------------------------

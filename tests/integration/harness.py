@@ -117,8 +117,10 @@ class NodeProc:
     """One running ``meshnode`` process."""
 
     def __init__(self, name: str, endpoint: str, proc: subprocess.Popen[bytes], stderr_path: Path,
-                 data_dir: Path, control: ControlClient, argv: list[str] | None = None):
+                 data_dir: Path, control: ControlClient, argv: list[str] | None = None,
+                 env: dict[str, str] | None = None):
         self.argv = argv or []
+        self.env = env or {}               # extra environment variables it was started with
         self.name = name
         self.endpoint = endpoint
         self.proc = proc
@@ -207,7 +209,7 @@ class NodeProc:
 class NodeFactory:
     """``start_node(**flags)``: start a node on a free loopback port and return it once
     it answers a ping. Keyword arguments become meshnode flags (``time_limit=1`` is
-    ``--time-limit 1``, ``True`` is a bare flag)."""
+    ``--time-limit 1``, ``True`` is a bare flag); ``env`` adds environment variables."""
 
     def __init__(self, base_dir: Path, control: ControlClient):
         self.base_dir = base_dir
@@ -226,8 +228,9 @@ class NodeFactory:
             cc = self._keyed[str(keys)] = ControlClient(security=Security.load(str(keys), ADMIN))
         return cc
 
-    def __call__(self, *, app: str = TASKS_MODULE, concurrency: int = 2, name: str | None = None,
-                 ready_timeout: float = READY_TIMEOUT, mdns: bool = False, **flags: Any) -> NodeProc:
+    def __call__(self, *, app: str = TASKS_MODULE, concurrency: int | None = 2, name: str | None = None,
+                 ready_timeout: float = READY_TIMEOUT, mdns: bool = False,
+                 env: dict[str, str] | None = None, **flags: Any) -> NodeProc:
         for _attempt in range(3):
             port = free_port()
             node_name = name or f"it-{port}"
@@ -235,13 +238,14 @@ class NodeFactory:
             data_dir = self.base_dir / f"{node_name}-{port}.data"
             stderr_path = self.base_dir / f"{node_name}-{port}.stderr"
             argv = [MESHNODE, "--app", app, "--bind", endpoint, *([] if mdns else ["--no-mdns"]),
-                    "--concurrency", str(concurrency), "--data-dir", str(data_dir),
+                    *(["--concurrency", str(concurrency)] if concurrency is not None else []),
+                    "--data-dir", str(data_dir),
                     "--name", node_name, *_flag_args(flags)]
             with open(stderr_path, "wb") as err:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                        cwd=ROOT, env=clean_env(), start_new_session=True)
+                                        cwd=ROOT, env=clean_env(**(env or {})), start_new_session=True)
             node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir,
-                            self.control_for(flags.get("keys")), argv)
+                            self.control_for(flags.get("keys")), argv, env)
             self.nodes.append(node)
             if self._wait_ready(node, ready_timeout):
                 return node
@@ -254,9 +258,9 @@ class NodeFactory:
         assert old.proc.poll() is not None, f"{old!r} is still running"
         with open(old.stderr_path, "ab") as err:
             proc = subprocess.Popen(old.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    cwd=ROOT, env=clean_env(), start_new_session=True)
+                                    cwd=ROOT, env=clean_env(**old.env), start_new_session=True)
         node = NodeProc(old.name, old.endpoint, proc, old.stderr_path, old.data_dir,
-                        old.control, old.argv)
+                        old.control, old.argv, old.env)
         self.nodes.append(node)
         if not self._wait_ready(node, ready_timeout):
             raise AssertionError(f"{old.name} could not bind {old.endpoint} again")

@@ -24,6 +24,7 @@ from mesh.wire.protocol import (
     Ack,
     ChildDone,
     ChildReady,
+    ChildState,
     Control,
     ControlReply,
     Error,
@@ -38,6 +39,7 @@ from mesh.wire.protocol import (
     PushPullReply,
     Release,
     Result,
+    State,
     Submit,
     decode,
     encode,
@@ -69,7 +71,8 @@ SAMPLES: list[Message] = [
            exc={"type": "ValueError", "module": "builtins", "message": "bad",
                 "args": codec.dumps(["bad"])},
            traceback="Traceback (most recent call last):\n...", runtime=0.25, node="node-1",
-           retries=1),
+           retries=1, eta=1700000001.0, date_done=1700000000.25, payload=b"\x92\x90\x80"),
+    State(task_id="5b0c", state="PROGRESS", meta=codec.dumps({"done": 3}), node="node-1"),
     Release(task_ids=["x", "y"], node="node-2", reason="node is shutting down"),
     Error(code="decode", message="frame is not msgpack", ref="5b0c"),
     Control(req_id="r1", command="status", args={"verbose": True}),
@@ -77,7 +80,8 @@ SAMPLES: list[Message] = [
                  payload={"busy": 1, "total": 4, "registered": ["tasks.add"]}, error="none"),
     ChildReady(pid=4242),
     ChildDone(task_id="5b0c", state="SUCCESS", runtime=1.5, retire="max tasks per child (1)",
-              rss=1 << 20),
+              rss=1 << 20, countdown=2.5, keep=False),
+    ChildState(task_id="5b0c", state="STARTED", meta=codec.dumps({"pid": 7})),
     Ping(seq=7, target="n2", source="n1", source_addr="tcp://10.0.0.1:7700",
          updates=[[1, "n3", 4, "tcp://10.0.0.3:7700", "n1", 2, {"busy": 1}]]),
     PingReq(seq=8, target="n2", target_addr="tcp://10.0.0.2:7700", source="n1",
@@ -98,7 +102,7 @@ def test_message_type_numbers_are_fixed() -> None:
     # version. This table may only ever grow.
     assert {m.name: m.value for m in MsgType} == {
         "SUBMIT": 1, "ACK": 2, "RESULT": 3, "RELEASE": 4, "ERROR": 5, "CONTROL": 6,
-        "CONTROL_REPLY": 7, "CHILD_READY": 20, "CHILD_DONE": 21,
+        "CONTROL_REPLY": 7, "STATE": 8, "CHILD_READY": 20, "CHILD_DONE": 21, "CHILD_STATE": 22,
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
         "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36,
     }
@@ -223,7 +227,7 @@ def test_unsupported_version(version: object) -> None:
     expect_decode_error(msgpack.packb(raw, use_bin_type=True), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("mtype", [0, 8, 19, 22, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
+@pytest.mark.parametrize("mtype", [0, 9, 19, 23, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
 def test_unknown_type(mtype: object) -> None:
     expect_decode_error(pack(1, mtype, "t", "n", b""), "unknown message type")
 

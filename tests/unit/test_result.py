@@ -240,12 +240,12 @@ def test_a_bad_rate_limit_option_is_refused(app: Mesh) -> None:
         app.task(rate_limit="lots")(lambda: None)
 
 
-@pytest.mark.parametrize("key,value", [("ignore_result", True)])
-def test_not_yet_available_options_are_refused(app: Mesh, key: str, value: Any) -> None:
-    with pytest.raises(ConfigError) as info:
-        app.task(**{key: value})(lambda: None)
-    assert key in str(info.value) and "not available" in str(info.value)
-    assert not app.tasks
+def test_broker_only_task_options_are_taken_and_logged(
+        app: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    t = app.task(queue="reports", serializer="json", ignore_result=True)(lambda: None)
+    assert t.options.ignore_result is True
+    assert "queue='reports' is not used" in caplog.text and "--queues" in caplog.text
+    assert "serializer='json' is not used" in caplog.text
 
 
 @pytest.mark.parametrize("kwargs,fragment", [

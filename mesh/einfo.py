@@ -1,0 +1,46 @@
+"""``ExceptionInfo``: an exception with its traceback, as Celery (billiard) passes it to
+``task_failure``/``task_retry`` receivers and to ``on_failure``/``on_retry`` handlers
+(the ``einfo`` argument)."""
+from __future__ import annotations
+
+import sys
+import traceback as _traceback
+from types import TracebackType
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class ExceptionInfo:
+    """``type``, ``exception`` and ``tb`` (the traceback object) of an exception, and
+    ``traceback``, its formatted text; ``str(einfo)`` is that text. Made inside an
+    ``except`` block it describes the exception being handled."""
+
+    __slots__ = ("type", "exception", "tb", "traceback", "internal")
+
+    def __init__(self, exc_info: ExcInfo | None = None, internal: bool = False):
+        if exc_info is None:
+            current = sys.exc_info()
+            if current[1] is None:
+                raise ValueError("ExceptionInfo() outside an except block needs exc_info")
+            exc_info = (current[0], current[1], current[2])
+        assert exc_info is not None
+        self.type: type[BaseException] = exc_info[0]
+        self.exception: BaseException = exc_info[1]
+        self.tb: TracebackType | None = exc_info[2]
+        self.traceback: str = "".join(_traceback.format_exception(*exc_info))
+        self.internal = internal
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "ExceptionInfo":
+        """The info of an exception object (raised or not)."""
+        return cls((type(exc), exc, exc.__traceback__))
+
+    @property
+    def exc_info(self) -> ExcInfo:
+        return self.type, self.exception, self.tb
+
+    def __str__(self) -> str:
+        return self.traceback
+
+    def __repr__(self) -> str:
+        return f"<ExceptionInfo: {self.exception!r}>"

@@ -1,0 +1,73 @@
+"""What a node tells about a task before and after it finishes, beyond its RESULT:
+its reported state (STATE messages: ``track_started``, ``update_state``), the answer
+to a ``result`` lookup (state, meta, and the Submit it was accepted with, for
+``AsyncResult.name/args/kwargs`` in any process), and ``forget``.
+
+Functions of the node, kept apart from it so that node.py only calls them.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from mesh.node.journal import JournalError
+from mesh.wire.control import BadArgs
+from mesh.wire.protocol import State, encode
+
+if TYPE_CHECKING:
+    from mesh.node.ledger import Entry
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+def progress(node: "Node", entry: "Entry", state: str, meta: bytes | None) -> None:
+    """The running task reported ``state``: remember it for lookups (other processes
+    ask), and tell its owner (a STATE message)."""
+    entry.progress = (state, meta)
+    node.front.reply(entry.client, encode(State(entry.task_id, state, meta, node.name)))
+
+
+def _with_submit(node: "Node", out: dict[str, Any], frame: bytes | None, used: int) -> dict[str, Any]:
+    """Add the Submit frame when the reply stays well under the message size limit."""
+    if frame is not None and used + len(frame) < node.config.max_message_size - 4096:
+        out["submit"] = frame
+    return out
+
+
+def held_state(node: "Node", entry: "Entry", state: str) -> dict[str, Any]:
+    """A ``result`` lookup of a task this node holds: its latest reported state
+    (a custom one such as PROGRESS, with its meta) while it runs."""
+    out: dict[str, Any] = {"task_id": entry.task_id, "state": state}
+    used = 0
+    if entry.progress is not None and entry.started:
+        out["state"], meta = entry.progress
+        if meta is not None:
+            out["meta"] = meta
+            used = len(meta)
+    return _with_submit(node, out, entry.frame, used)
+
+
+def finished_state(node: "Node", task_id: str, state: str, result: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = {"task_id": task_id, "state": state, "result": result}
+    frame = None
+    try:
+        frame = node.journal.frame(task_id)
+    except JournalError as e:
+        log.error("journal: cannot read task %s: %s", task_id, e)
+    return _with_submit(node, out, frame, len(result))
+
+
+def forget(node: "Node", task_ids: list[str]) -> dict[str, list[str]]:
+    """Drop finished tasks' results; tasks still held here are named under ``running``
+    and keep theirs."""
+    forgotten, running = [], []
+    for tid in task_ids:
+        if tid in node.ledger.held:
+            running.append(tid)
+            continue
+        try:
+            if node.journal.forget(tid):
+                forgotten.append(tid)
+        except JournalError as e:
+            raise BadArgs(f"node {node.name} cannot write its journal: {e}") from e
+    return {"forgotten": forgotten, "running": running}

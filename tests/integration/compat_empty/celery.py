@@ -1,0 +1,3 @@
+from mesh import Mesh
+
+app = Mesh("compat_empty", mdns=False)

@@ -1,0 +1,1 @@
+"""A package with no mesh app at all."""

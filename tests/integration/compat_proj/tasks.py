@@ -1,0 +1,6 @@
+from .celery import app
+
+
+@app.task
+def mul(x: int, y: int) -> int:
+    return x * y
