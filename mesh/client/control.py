@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from mesh.exceptions import DecodeError
+from mesh.exceptions import ConfigError, DecodeError
 from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, Security
 from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
 
@@ -29,10 +29,16 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
     """Send one Control ``frame`` to every endpoint and gather the replies whose
     ``req_id`` matches: endpoint -> reply, or why there is none."""
     eps = list(dict.fromkeys(endpoints))
+    if security.ring is not None:      # a long-lived caller sees keys added or rotated
+        try:
+            security.ring.reload()
+        except (ConfigError, OSError):
+            pass                       # the keys read before stay in use
     out: dict[str, ControlReply | str] = {}
     socks: dict[zmq.Socket[bytes], str] = {}
     mons: dict[zmq.Socket[bytes], tuple[str, zmq.Socket[bytes]]] = {}
     open_per_ep = dict.fromkeys(eps, 0)
+    problems: dict[str, str] = {}
     poller = zmq.Poller()
     try:
         for ep in eps:
@@ -60,11 +66,15 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                         event = parse_monitor_message(s.recv_multipart(zmq.NOBLOCK))["event"]
                     except (zmq.ZMQError, ValueError):
                         continue
+                    problem = security.handshake_problem(int(event), ep)
+                    if int(event) == FAILED_KEY:   # libzmq tries again (the node may be
+                        problems[ep] = problem     # switching keys): so do we, until timeout
+                        continue
                     poller.unregister(s)
                     poller.unregister(dealer)
                     open_per_ep[ep] -= 1
                     if open_per_ep[ep] <= 0 and ep not in out:
-                        out[ep] = f"refused: {security.handshake_problem(int(event), ep)}"
+                        out[ep] = f"refused: {problem}"
                     continue
                 ep = socks[s]
                 try:
@@ -80,6 +90,8 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                     out[ep] = f"refused: {msg.code}: {msg.message}"
                     poller.unregister(s)
         for ep in eps:
+            if ep in problems:
+                out.setdefault(ep, f"no answer within {timeout:g} s: {problems[ep]}")
             out.setdefault(ep, f"no answer within {timeout:g} s")
         return out
     finally:

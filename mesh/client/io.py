@@ -92,7 +92,7 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down", "key", "key_failures", "refused", "refused_at")
+                 "down", "key", "keys_failed", "refused", "refused_at")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
@@ -110,8 +110,8 @@ class NodeLink:
         self.reconnects = 0
         self.gone_since = 0.0         # monotonic time membership stopped calling it alive
         self.down = False             # disconnected (or reset) since its last handshake
-        self.key = 0                  # which of the mesh keys it speaks to the node with
-        self.key_failures = 0         # handshakes failed in a row for a mesh key we lack
+        self.key: bytes | None = None  # the mesh key it speaks to the node with (keys)
+        self.keys_failed: set[bytes | None] = set()   # mesh keys the node did not hold
         self.refused = ""             # why the node refused our handshake ("" : it did not)
         self.refused_at = 0.0
 
@@ -232,17 +232,18 @@ class Client:
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
         if link is None:
-            s, mon = self._open(endpoint, None, 0)
+            s, mon, key = self._open(endpoint, None, None)
             link = self.links[endpoint] = NodeLink(endpoint, s, mon)
+            link.key = key
             self._by_sock[s] = link
             self._by_monitor[mon] = link
             self._update_placeable()
         return link
 
-    def _open(self, endpoint: str, routing_id: bytes | None, key: int
-              ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-        """A DEALER to ``endpoint`` (speaking to it with mesh key number ``key``, with
-        keys) and the monitor of its connection events."""
+    def _open(self, endpoint: str, routing_id: bytes | None, key: bytes | None
+              ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], bytes | None]:
+        """A DEALER to ``endpoint`` (speaking to it with mesh key ``key``, with keys;
+        None: the current one), the monitor of its connection events, and the key."""
         s = self._ctx.socket(zmq.DEALER)
         # one routing id per link: a node reached through two addresses (a seed and
         # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
@@ -255,7 +256,8 @@ class Client:
         s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
         keys = self.security.server_keys()
-        self.security.client(s, keys[key % len(keys)])
+        key = key if key in keys else keys[0]
+        self.security.client(s, key)
         # a unique inproc name (pyzmq's default is per fd, and a reset link's new socket
         # may get the fd of the old one before libzmq has let go of its monitor)
         mon = s.get_monitor_socket(HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED,
@@ -264,7 +266,7 @@ class Client:
         s.connect(endpoint)
         self._poller.register(s, zmq.POLLIN)
         self._poller.register(mon, zmq.POLLIN)
-        return s, mon
+        return s, mon, key
 
     def _close_sockets(self, link: NodeLink) -> None:
         del self._by_sock[link.sock]
@@ -284,7 +286,7 @@ class Client:
         self._close_sockets(link)
         # the same routing id: a node restarted from its journal answers the tasks it
         # recovers to it, and the client counts those late results as duplicates
-        link.sock, link.monitor = self._open(link.endpoint, routing_id, link.key)
+        link.sock, link.monitor, link.key = self._open(link.endpoint, routing_id, link.key)
         self._by_sock[link.sock] = link
         self._by_monitor[link.monitor] = link
         link.down = True                        # its next handshake is a reconnect
@@ -377,7 +379,7 @@ class Client:
             elif event in (FAILED_AUTH, FAILED_PROTOCOL):
                 self._on_refused(link, self.security.handshake_problem(event, link.endpoint))
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                link.key_failures = 0
+                link.keys_failed.clear()
                 if link.refused:
                     log.info("the node at %s accepts this client's key now", link.endpoint)
                     link.refused = ""
@@ -402,17 +404,19 @@ class Client:
     def _wrong_key(self, link: NodeLink) -> None:
         """The node holds a mesh key other than the one this link tried (a rotation
         under way): try the next one we trust; when none works, the link is refused."""
+        link.keys_failed.add(link.key)
         ring = self.security.ring
         if ring is not None:
             try:
                 ring.reload()           # the directory may hold the new key by now
             except (ConfigError, OSError) as e:
                 log.warning("keys: cannot read %s again: %s", ring.path, e)
-        link.key_failures += 1
-        if link.key_failures >= len(self.security.server_keys()):
+        keys = self.security.server_keys()
+        untried = [k for k in keys if k not in link.keys_failed]
+        if not untried:
             self._on_refused(link, self.security.handshake_problem(FAILED_KEY, link.endpoint))
             return
-        link.key += 1
+        link.key = untried[0]
         self._reset_link(link)
 
     def _on_refused(self, link: NodeLink, why: str) -> None:
@@ -438,7 +442,8 @@ class Client:
         for link in list(self.links.values()):
             if link.refused and now - link.refused_at > REFUSED_RETRY:
                 link.refused_at = now
-                link.key_failures = 0
+                link.keys_failed.clear()
+                link.key = None
                 if self.security.ring is not None:
                     try:
                         self.security.ring.reload()

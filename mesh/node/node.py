@@ -182,6 +182,7 @@ class Node:
             "children_started": pool.started_total, "refused_frames": self.front.refused,
             "unauthorized_frames": self.front.unauthorized,
             "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
+            "key_reloads": getattr(self.by_name.get("keys"), "reloads", 0),
             "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
             "components": [component_name(x) for x in self.components],
         }
