@@ -258,3 +258,39 @@ def test_rotation_needs_no_downtime(start_node: NodeFactory, tmp_path: Path) -> 
     for n in (a, b):
         assert "-> dead" not in n.stderr() and "Traceback" not in n.stderr()
     shutil.rmtree(old_copy)
+
+
+def test_a_removed_key_is_refused_on_its_next_message(start_node: NodeFactory, tmp_path: Path) -> None:
+    import zmq
+
+    from mesh.wire import codec
+    from mesh.wire.protocol import Error, Result, Submit, decode, encode
+    d = str(tmp_path / "k")
+    keys.init(d)
+    keys.add(d, "client", "leaked")
+    node = start_node(keys=d)
+    sec = Security.load(d, "client", "leaked")
+    ctx: zmq.Context[Any] = zmq.Context()
+    s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    sec.client(s, sec.server_keys()[0])
+    s.connect(node.endpoint)
+
+    def submit(tid: str) -> Any:
+        s.send(encode(Submit(tid, "tasks_app.add", codec.dump_call((1, 2), None))))
+        while s.poll(10_000):
+            for f in s.recv_multipart():
+                msg = decode(f)
+                if isinstance(msg, (Result, Error)):
+                    return msg
+        raise AssertionError("no answer")
+    try:
+        assert isinstance(submit("before"), Result)              # the connection is made
+        before = node.status()["key_reloads"]
+        keys.remove(d, "client", "leaked")
+        wait_until(lambda: node.status()["key_reloads"] > before, what="the node to reload")
+        refused = submit("after")                                # same connection, next message
+        assert isinstance(refused, Error) and refused.code == "unauthorized", refused
+    finally:
+        s.close(0)
+        ctx.term()

@@ -285,3 +285,11 @@ def test_the_journal_and_its_data_dir_are_private(tmp_path: Path) -> None:
             assert oct(f.stat().st_mode & 0o777) == oct(0o600), f
     finally:
         j.close()
+
+
+def test_a_fresh_journal_keeps_tasks_in_a_rowid_table(sqlite_journal: Journal) -> None:
+    sql = sqlite_journal.db.execute("SELECT sql FROM sqlite_master WHERE name='tasks'").fetchone()[0]
+    assert "WITHOUT ROWID" not in sql
+    plan = " ".join(str(r) for r in sqlite_journal.db.execute(
+        "EXPLAIN QUERY PLAN SELECT state FROM tasks WHERE task_id=?", ("x",)))
+    assert "USING INDEX" in plan
