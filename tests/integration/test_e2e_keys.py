@@ -294,3 +294,33 @@ def test_a_removed_key_is_refused_on_its_next_message(start_node: NodeFactory, t
     finally:
         s.close(0)
         ctx.term()
+
+
+def test_events_and_the_dashboard_of_a_keyed_mesh(start_node: NodeFactory, make_client: Any,
+                                                  tmp_path: Path) -> None:
+    from webclient import Web, all_tasks, wait_for
+
+    from mesh.monitor.receiver import EventReceiver
+    d = str(tmp_path / "k")
+    keys.init(d)
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(keys=d, name="ka", http=http, profile="test")
+    b = start_node(keys=d, name="kb", peers=a.endpoint, profile="test")
+    client = make_client(a, b, keys=d)
+    admin = Security.load(d, "admin")
+    with EventReceiver([a.endpoint], topics=("task-",), security=admin) as recv:
+        wait_until(lambda: set(recv.nodes) == {"ka", "kb"}, what="subscribed to both nodes")
+        seen: set[str] = set()
+        ids: set[str] = set()
+        deadline = time.monotonic() + 30            # until a task of each node was seen
+        while time.monotonic() < deadline and not {"ka", "kb"} <= seen:
+            rs = [client.tasks.add.delay(i, i) for i in range(20)]
+            assert [r.get(timeout=30) for r in rs] == [2 * i for i in range(20)]
+            ids |= {r.id for r in rs}
+            while (ev := recv.next_event(0.2)) is not None:
+                if ev["type"] == "task-succeeded" and ev.get("uuid") in ids:
+                    seen.add(ev["node"])
+        assert {"ka", "kb"} <= seen                  # the admin key reads every node's events
+    web = Web("http://" + http)                     # the dashboard asks kb with ka's node key
+    wait_for(lambda: len(web.get("/api/workers?status=true")) == 2, what="both nodes listed")
+    wait_for(lambda: ids <= {t["uuid"] for t in all_tasks(web)}, what="the mesh's history")

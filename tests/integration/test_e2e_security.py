@@ -512,6 +512,21 @@ def test_member_ids_are_escaped_in_logs(start_node: NodeFactory, attacker: Any) 
     assert "\n[2026-01-01 00:00:00,000 ERROR forged]" not in node.stderr()
 
 
+def test_keys_never_travel(meshes: dict[str, Mesh2], key_dirs: dict[str, Path],
+                           served: Served) -> None:
+    """Not in gossip (members' meta), not in any reply: neither secrets nor public keys
+    (the fingerprint in ``status`` is 8 characters of the public key, to compare nodes)."""
+    import json
+    m = meshes["keyed"]
+    said = json.dumps([m.ask(n, c) for n in (m.a, m.b) for c in ("members", "status", "ping")],
+                      default=repr)
+    ring = KeyRing(str(key_dirs["mesh"]), ADMIN)
+    for k in ring.keys:
+        assert k.public.decode() not in said
+        if k.secret is not None:
+            assert k.secret.decode() not in said
+
+
 # ---- and through all of it -----------------------------------------------------------------
 
 def test_real_clients_were_served_throughout(served: Served) -> None:
