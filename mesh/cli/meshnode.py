@@ -105,6 +105,12 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     why = refusal(config)
     if why is not None:
         die("meshnode", why, EXIT_USAGE)
+    if config.keys:                    # a directory that is not one: say so now (exit 2)
+        from mesh.security.keys import NODE, KeyRing
+        try:
+            KeyRing(config.keys, NODE)
+        except ConfigError as e:
+            die("meshnode", f"--keys: {e}", EXIT_USAGE)
     setup_logging(app, config)
     if not app.tasks:
         logging.getLogger("mesh.node").warning(

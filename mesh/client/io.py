@@ -70,6 +70,8 @@ LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it 
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
 REFUSED_RETRY = 5.0         # s before a link the node refused (keys) is tried again
+KEY_STRIKES = 3             # handshakes failed in a row before a link tries another mesh key
+                            # (one failure may be a node that died mid-handshake)
 # when several nodes know a task, the most advanced state is the one to report; a
 # task's own states (update_state: PROGRESS...) come after STARTED
 _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
@@ -92,7 +94,7 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down", "key", "keys_failed", "refused", "refused_at")
+                 "down", "key", "keys_failed", "strikes", "refused", "refused_at")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
@@ -112,6 +114,7 @@ class NodeLink:
         self.down = False             # disconnected (or reset) since its last handshake
         self.key: bytes | None = None  # the mesh key it speaks to the node with (keys)
         self.keys_failed: set[bytes | None] = set()   # mesh keys the node did not hold
+        self.strikes = 0              # handshakes failed in a row with the key tried now
         self.refused = ""             # why the node refused our handshake ("" : it did not)
         self.refused_at = 0.0
 
@@ -380,6 +383,7 @@ class Client:
                 self._on_refused(link, self.security.handshake_problem(event, link.endpoint))
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.keys_failed.clear()
+                link.strikes = 0
                 if link.refused:
                     log.info("the node at %s accepts this client's key now", link.endpoint)
                     link.refused = ""
@@ -402,8 +406,14 @@ class Client:
 
     # -- keys: handshakes that fail ---------------------------------------------------
     def _wrong_key(self, link: NodeLink) -> None:
-        """The node holds a mesh key other than the one this link tried (a rotation
-        under way): try the next one we trust; when none works, the link is refused."""
+        """A handshake failed without saying why: the node holds a mesh key other than
+        the one this link tried (a rotation under way), or it went away mid-handshake.
+        libzmq tries again by itself; after KEY_STRIKES failures in a row the link tries
+        the next mesh key we trust, and when none works, the link is refused."""
+        link.strikes += 1
+        if link.strikes < KEY_STRIKES:
+            return
+        link.strikes = 0
         link.keys_failed.add(link.key)
         ring = self.security.ring
         if ring is not None:
@@ -443,6 +453,7 @@ class Client:
             if link.refused and now - link.refused_at > REFUSED_RETRY:
                 link.refused_at = now
                 link.keys_failed.clear()
+                link.strikes = 0
                 link.key = None
                 if self.security.ring is not None:
                     try:

@@ -324,3 +324,14 @@ def test_events_and_the_dashboard_of_a_keyed_mesh(start_node: NodeFactory, make_
     web = Web("http://" + http)                     # the dashboard asks kb with ka's node key
     wait_for(lambda: len(web.get("/api/workers?status=true")) == 2, what="both nodes listed")
     wait_for(lambda: ids <= {t["uuid"] for t in all_tasks(web)}, what="the mesh's history")
+
+
+def test_meshnode_with_a_key_directory_that_is_not_one(tmp_path: Path) -> None:
+    d, client_copy = str(tmp_path / "k"), str(tmp_path / "client-copy")
+    keys.init(d)
+    keys.export(d, client_copy, "client", "default")
+    for where, words in ((str(tmp_path / "nowhere"), "meshctl keys init"),
+                         (client_copy, "no mesh secret")):
+        p = run_program(MESHNODE, "--app", "tasks_app", "--keys", where, "--no-mdns",
+                        "--bind", f"tcp://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d"))
+        assert p.returncode == EXIT_USAGE and words in p.stderr, p
