@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, overload
 
+from mesh import signals
 from mesh.conf import Settings
 from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
@@ -334,10 +335,20 @@ class Mesh:
         if self.conf.task_send_sent_event:    # the node publishes task-sent for us
             headers["sent_at"] = now
             headers["sent_by"] = f"{socket.gethostname()}:{os.getpid()}"
+        expires_t = _abs_time(expires, now, "expires")
+        tid = task_id or new_task_id()
+        body = None                        # the publish signals' body, when someone listens
+        if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
+            from mesh.client import publish
+            queue = self.conf.task_default_queue
+            body, headers = publish.before(
+                name, tid, args or (), kwargs if kwargs is not None else {}, headers, queue,
+                priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
+                soft_time_limit=soft_time_limit)
+            args, kwargs = body[0], body[1]
         msg = Submit(
-            task_id=task_id or new_task_id(), name=name,
-            payload=codec.dump_call(args, kwargs), priority=priority or 0, eta=eta_t,
-            expires=_abs_time(expires, now, "expires"), time_limit=time_limit,
+            task_id=tid, name=name, payload=codec.dump_call(args, kwargs), priority=priority or 0,
+            eta=eta_t, expires=expires_t, time_limit=time_limit,
             soft_time_limit=soft_time_limit, headers=headers)
         msg.validate()
         if task_id is not None and self._client is not None and self._client.lookup(task_id):
@@ -349,6 +360,9 @@ class Mesh:
                               f"{config.max_message_size} (max_message_size)")
         slot = Slot(msg.task_id, frame)
         self.client.submit(slot)
+        if body is not None:
+            from mesh.client import publish
+            publish.after(name, body, queue)
         return AsyncResult(msg.task_id, self, slot)
 
     @property

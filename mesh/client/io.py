@@ -634,6 +634,8 @@ class Client:
     def _drain_socket(self, link: NodeLink) -> None:
         sock = link.sock
         while True:
+            if link.sock is not sock:  # a frame just read made us reset this link (its node
+                return                 # is dead): the old socket is closed, stop reading it
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

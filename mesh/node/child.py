@@ -1,7 +1,13 @@
 """The child side of the prefork pool: runs in a forked process, asks for work by
 being idle, runs one task at a time, reports the result, and retires when told to by
 its limits. It talks to its node over a socketpair (mesh.channel) and never touches
-the zmq Context it inherited from the node."""
+the zmq Context it inherited from the node.
+
+It sends the signals Celery sends in a pool process (docs/signals.md):
+``worker_process_init`` once before its first task, the task signals around each
+task (through mesh/trace.py), ``task_revoked`` when terminated with a signal it can
+catch, ``task_unknown``/``task_rejected`` for what it cannot run, and
+``worker_process_shutdown`` when it exits through Python."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +20,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from mesh import states
+from mesh import signals, states
 from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
 from mesh.node.channel import BlockingChannel
 from mesh.task import Request
@@ -78,6 +84,10 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
+class _Stop(BaseException):
+    """SIGTERM while idle: leave the loop and exit cleanly (worker_process_shutdown)."""
+
+
 class Child:
     def __init__(self, app: "Mesh", config: "Config", node_name: str):
         self.app = app
@@ -90,6 +100,8 @@ class Child:
         self._next_call: bytes | None = None     # retry(args=, kwargs=): the next run's payload
         self._chan: BlockingChannel | None = None
         self._chan_lock = threading.Lock()
+        self._busy = False                 # between taking a task and sending its result
+        self._running: tuple[Any, Request] | None = None   # (task, request) while it runs
 
     def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
         """Run in the forked child; never returns."""
@@ -97,18 +109,23 @@ class Child:
         try:
             self._setup_process(node_pid)
             _close_inherited_sockets(keep=sock.fileno(), data_dir=self.config.data_path)
+            signals.worker_process_init.send(sender=None)   # before ChildReady: no task yet
             chan = self._chan = BlockingChannel(sock)
             chan.send(encode(ChildReady(pid=os.getpid())))
             self._loop(chan)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Stop):
             code = 0
         except BaseException:
             traceback.print_exc()
             code = 70
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)   # let the receivers finish
+                signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=code)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
 
     def _setup_process(self, node_pid: int) -> None:
         _die_with_parent()
@@ -116,9 +133,24 @@ class Child:
             os._exit(0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)       # the node decides when we stop
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGALRM, _raise_soft_limit)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """Idle: exit cleanly (the node retires idle children with SIGTERM). Busy: the
+        task is being terminated (``revoke(terminate=True, signal="SIGTERM")``): send
+        task_revoked, then die of the signal as before, so the node reports it."""
+        if not self._busy:
+            raise _Stop()
+        running = self._running
+        if running is not None:
+            task, req = running
+            signals.task_revoked.send(sender=task, request=req, terminated=True,
+                                      signum=signum, expired=False)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)            # not reached: the signal's default action kills us
 
     def _loop(self, chan: BlockingChannel) -> None:
         max_tasks = self.config.max_tasks_per_child
@@ -130,6 +162,7 @@ class Child:
                 continue
             if frame is None:                  # the node closed our channel: stop
                 return
+            self._busy = True
             done, result = self.run_frame(frame)
             self.done += 1
             retire = None
@@ -144,6 +177,7 @@ class Child:
                                  done.countdown, done.keep)
             with self._chan_lock:
                 chan.send(encode(done), result)
+            self._busy = False
             if retire:
                 return
 
@@ -162,6 +196,7 @@ class Child:
                 raise TypeError(f"child expected a Submit, got {type(msg).__name__}")
         except Exception as e:   # the node validated it; this is a bug, report it anyway
             log.error("child got a bad task frame: %s", e)
+            signals.task_rejected.send(sender=None, message=frame, exc=e)
             res = Result(task_id="?", state=states.FAILURE, exc=exc_info_of(e), node=self.node_name)
             return ChildDone("?", states.FAILURE, 0.0), encode(res)
         self._countdown = None
@@ -188,11 +223,15 @@ class Child:
         """Run the task through the tracer (mesh/trace.py: handlers, retries, Reject,
         Ignore); the Result's state, value, exception and traceback."""
         task = self.app.tasks.get(msg.name)
+        if task is None:
+            e: BaseException = NotRegistered(
+                f"task {msg.name!r} is not registered on node {self.node_name}")
+            signals.task_unknown.send(sender=None, name=msg.name, id=msg.task_id, message=msg, exc=e)
+            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
         try:
-            if task is None:
-                raise NotRegistered(f"task {msg.name!r} is not registered on node {self.node_name}")
             args, kwargs = codec.load_call(msg.payload)
         except Exception as e:
+            signals.task_rejected.send(sender=None, message=msg, exc=e)
             return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
         soft = msg.soft_time_limit
         if soft is None:
@@ -207,7 +246,11 @@ class Child:
         req.state_sink = self._state_sink(msg.task_id)
         if task.options.track_started:
             req.state_sink(states.STARTED, codec.dumps({"pid": os.getpid(), "hostname": self.node_name}))
-        o = execute(task, req, soft)
+        self._running = (task, req)        # for task_revoked, if we are terminated
+        try:
+            o = execute(task, req, soft)
+        finally:
+            self._running = None
         self._countdown, self._keep = o.countdown, o.keep
         if o.call is not None:
             try:

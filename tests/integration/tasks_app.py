@@ -217,3 +217,14 @@ def append_line(path: str, line: str) -> str:
     with open(path, "a") as f:
         f.write(line + "\n")
     return line
+
+
+BACKOFF_MAX = 5000.0
+
+
+@app.task(autoretry_for=(OSError,), max_retries=None, retry_backoff=1, retry_backoff_max=BACKOFF_MAX,
+          retry_jitter=False)
+def always_retry() -> None:
+    """Retries by itself forever, 1, 2, 4, 8 ... s apart (capped): the backoff is read
+    from its RETRY results."""
+    raise OSError("always")

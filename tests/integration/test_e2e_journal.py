@@ -138,7 +138,9 @@ def test_a_reader_sees_a_running_task_and_gets_its_result_when_done(
         got: list[Any] = []
         waiter = threading.Thread(target=lambda: got.append(other.get(timeout=RESULT_TIMEOUT)))
         waiter.start()
-        time.sleep(0.3)         # let the reader register as a watcher before the task ends
+        # the reader waits (a watcher: the node pushes the result) before the task ends
+        wait_until(lambda: any(s.waiters for s in app.client._watched.get(r.id, [])),
+                   what="the reader to wait for the result")
         gate.touch()
         waiter.join(RESULT_TIMEOUT)
         assert got == ["opened"]
@@ -367,10 +369,18 @@ def test_tasks_sent_to_a_node_that_just_died_do_not_run_there_when_it_returns(
     before = link.reconnects
     a = start_node.restart(a)
     wait_until(lambda: link.reconnects > before, what="the client to reconnect to a")
-    deadline = time.monotonic() + 2.0             # give stale frames time to arrive, if any
-    while time.monotonic() < deadline:
-        assert a.status()["succeeded"] == 0, "a ran tasks that had already run on b"
-        time.sleep(0.1)
+    # a barrier instead of a wait: frames still queued in the client's socket for a would
+    # reach a before any task sent on that link now, and a (one child, first in first
+    # out) would run them first. Send tasks until some go to a; once they are done,
+    # a has run nothing else.
+    wait_until(lambda: any(n.endpoint == a.endpoint for n in client._placeable),
+               what="the client to place on a again")
+    on_a = 0
+    while on_a == 0:
+        probes = [c.tasks.add.delay(i, i) for i in range(8)]
+        assert [p.get(timeout=RESULT_TIMEOUT) for p in probes] == [2 * i for i in range(8)]
+        on_a += sum(1 for p in probes if p._slot is not None and p._slot.node == a.endpoint)
+    assert a.status()["succeeded"] <= on_a, "a ran tasks that had already run on b"
     assert client.duplicates == 0
 
 
@@ -397,7 +407,8 @@ def test_two_lookups_of_one_task_both_get_its_result(
     with _reader(node) as app:
         first = app.AsyncResult(r.id)
         assert first.state == states.STARTED
-        time.sleep(1.5)        # nobody waits: the reader forgets its lookup (once a second)
+        # nobody waits: the reader forgets its lookup (once a second)
+        wait_until(lambda: r.id not in app.client._watched, what="the reader to forget the lookup")
         second = app.AsyncResult(r.id)
         assert second.state == states.STARTED
         got: list[Any] = []
@@ -405,7 +416,8 @@ def test_two_lookups_of_one_task_both_get_its_result(
                    for x in (first, second)]
         for w in waiters:
             w.start()
-        time.sleep(0.3)
+        wait_until(lambda: sum(1 for s in app.client._watched.get(r.id, []) if s.waiters) == 2,
+                   what="both lookups to wait for the result")
         gate.touch()
         for w in waiters:
             w.join(RESULT_TIMEOUT)

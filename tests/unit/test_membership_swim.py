@@ -672,7 +672,7 @@ def test_run_drives_the_timers_and_a_late_loop_raises_awareness() -> None:
         m = Membership("a", "mem://a", TEST, t, clock, random.Random(1))
         m.handle("x", PushPullReply("b", [[0, "b", 0, "mem://b"]]))
         task = asyncio.create_task(m.run())
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 30.0
         while not any(isinstance(msg, Ping) for _a, msg in t.sent) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert any(isinstance(msg, Ping) and msg.target == "b" for _a, msg in t.sent)

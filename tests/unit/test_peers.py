@@ -21,7 +21,7 @@ def test_literal_host(address: str, literal: bool) -> None:
     assert literal_host(address) is literal
 
 
-def _deliver_eventually(ps: PeerSockets, address: str, frame: bytes, timeout: float = 10.0) -> int:
+def _deliver_eventually(ps: PeerSockets, address: str, frame: bytes, timeout: float = 30.0) -> int:
     """Send until a send is accepted (the name resolved); how many were dropped first."""
     dropped = 0
     deadline = time.monotonic() + timeout

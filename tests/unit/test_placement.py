@@ -72,3 +72,11 @@ def test_the_most_loaded_node_of_many_never_gets_work_and_load_spreads() -> None
     counts = collections.Counter(choose(nodes, rng).node_id for _ in range(3000))  # type: ignore[union-attr]
     assert counts["n9"] == 0
     assert len(counts) == 5 and min(counts.values()) > 400
+
+
+def test_a_tie_goes_to_the_node_with_more_free_children_in_either_order() -> None:
+    big, small = node(0, busy=2, total=4), node(1, busy=1, total=2)     # both at 0.5
+    assert big.score == small.score
+    for seed in range(20):                 # whichever of the two is sampled first
+        assert choose([big, small], random.Random(seed)) is big
+        assert choose([small, big], random.Random(seed)) is big

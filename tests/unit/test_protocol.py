@@ -7,6 +7,7 @@ stranger sends it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import msgpack
 import pytest
@@ -484,3 +485,26 @@ def test_mutated_frames_decode_or_raise_decode_error(frame: bytes) -> None:
         return
     assert isinstance(msg, Message)
     msg.validate()
+
+
+# ---- membership updates: the edges of what is accepted ---------------------------------
+
+@pytest.mark.parametrize("update", [
+    [0, "n1", 1, "tcp://10.0.0.1:7700"],                          # the last three left off
+    [1, "n1", 1, "", "o" * MAX_ID_LEN],                           # origin at its limit
+    [0, "n1", 1, "tcp://10.0.0.1:7700", "n2", 3, {"k": 1}],
+])
+def test_membership_updates_at_the_edges_are_accepted(update: list[Any]) -> None:
+    assert decode(encode(Gossip("n2", [update]))) == Gossip("n2", [update])
+
+
+@pytest.mark.parametrize("update,fragment", [
+    ([0, "n1", 1], "at least"),
+    ([1, "n1", 1, "", "o" * (MAX_ID_LEN + 1)], "origin"),
+    ([0, "n1", 1, "tcp://10.0.0.1:7700", "n2", 3, ["not", "a", "map"]], "meta"),
+    ([0, "n1", 1, "tcp://10.0.0.1:7700", "n2", 3, {str(i): i for i in range(65)}], "meta"),
+    ([0, "n1", 1, "tcp://10.0.0.1:7700", "n2", 3, {1: "int key"}], "meta"),
+])
+def test_membership_updates_past_the_edges_are_refused(update: list[Any], fragment: str) -> None:
+    with pytest.raises(DecodeError, match=fragment):
+        decode(encode(Gossip("n2", [update])))

@@ -1,0 +1,190 @@
+"""The client's real path against two scripted ROUTER 'nodes' (a real ``Mesh`` client;
+the nodes say exactly what a test needs, when it needs it):
+
+* placement: a node that membership calls suspect or dead gets no new task;
+* first result wins: two nodes both have a result for one task (it ran twice: on a
+  node that failed over and on the one that came back); the caller sees the first
+  one, always, and the second is counted and reported to its sender."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from harness import wait_until
+
+from mesh import Mesh, states
+from mesh.wire import codec
+from mesh.wire.protocol import Ack, Control, ControlReply, Release, Result, Submit, decode, encode
+
+TID = "first-result-wins-0001"
+DEADLINE = 30.0
+
+
+class Scripted:
+    """Two ROUTERs, A and B, answered from the test's thread."""
+
+    def __init__(self) -> None:
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.socks: dict[str, zmq.Socket[bytes]] = {}
+        self.endpoints: dict[str, str] = {}
+        for name in ("A", "B"):
+            s = self.ctx.socket(zmq.ROUTER)
+            s.setsockopt(zmq.LINGER, 0)
+            port = s.bind_to_random_port("tcp://127.0.0.1")
+            self.socks[name], self.endpoints[name] = s, f"tcp://127.0.0.1:{port}"
+        self.poller = zmq.Poller()
+        for s in self.socks.values():
+            self.poller.register(s, zmq.POLLIN)
+
+        self.states = {"A": "alive", "B": "alive"}     # what the members answer says
+
+    def members(self) -> list[dict[str, Any]]:
+        return [{"node": n, "endpoint": ep, "state": self.states[n], "load": [0, 1, 0]}
+                for n, ep in self.endpoints.items()]
+
+    def pump(self, until: Any, timeout: float = DEADLINE) -> list[tuple[str, bytes, Any]]:
+        """Answer ``members`` requests; return the other frames, (node, ident, message),
+        once ``until(frames so far)`` is true."""
+        got: list[tuple[str, bytes, Any]] = []
+
+        def check() -> bool:
+            for s, _ in self.poller.poll(20):
+                name = next(n for n, x in self.socks.items() if x is s)
+                ident, *frames = s.recv_multipart()
+                for f in frames:
+                    m = decode(f)
+                    if isinstance(m, Control) and m.command == "members":
+                        s.send_multipart([ident, encode(ControlReply(m.req_id, True, name,
+                                                                     self.members()))])
+                    else:
+                        got.append((name, ident, m))
+            return bool(until(got))
+        wait_until(check, timeout, "the client's frames", interval=0)
+        return got
+
+    def send(self, name: str, ident: bytes, msg: Any) -> None:
+        self.socks[name].send_multipart([ident, encode(msg)])
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def nodes() -> Iterator[Scripted]:
+    s = Scripted()
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("state", ["suspect", "dead", "left"])
+def test_a_node_membership_does_not_call_alive_gets_no_new_task(nodes: Scripted, state: str) -> None:
+    app = Mesh("placer", peers=list(nodes.endpoints.values()), mdns=False)
+    try:
+        client = app.client
+        nodes.pump(lambda got: len(client._placeable) == 2)   # both alive, both placeable
+        nodes.states["B"] = state
+        nodes.pump(lambda got: {n["node"]: n["state"] for n in client.nodes()}.get("B") == state)
+        for i in range(40):
+            app.send_task("t.any", task_id=f"placed-{state}-{i}")
+        got = nodes.pump(lambda got: sum(isinstance(m, Submit) for _, _, m in got) == 40)
+        # each task goes to one node: 40 at A means none went to B
+        assert {n for n, _, m in got if isinstance(m, Submit)} == {"A"}
+    finally:
+        app.close()
+
+
+def test_a_node_that_gave_work_back_gets_no_new_task_for_a_while(nodes: Scripted) -> None:
+    """A node shutting down gives back its queued tasks (RELEASE, no target) and is still
+    'alive' until membership hears that it left: the client sends the released task and
+    new ones elsewhere meanwhile (for 5 s; these tasks follow within milliseconds)."""
+    app = Mesh("released", peers=list(nodes.endpoints.values()), mdns=False)
+    try:
+        client = app.client
+        nodes.pump(lambda got: len(client._placeable) == 2)
+        app.send_task("t.any", task_id="released-0")
+        (name, ident, _), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        other = "B" if name == "A" else "A"
+        nodes.send(name, ident, Release(["released-0"], name, "node is shutting down"))
+        moved = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        assert [(n, m.task_id) for n, _, m in moved if isinstance(m, Submit)] == [(other, "released-0")]
+        for i in range(1, 41):
+            app.send_task("t.any", task_id=f"released-{i}")
+        got = nodes.pump(lambda got: sum(isinstance(m, Submit) for _, _, m in got) == 40)
+        assert {n for n, _, m in got if isinstance(m, Submit)} == {other}
+    finally:
+        app.close()
+
+
+def test_a_node_that_calls_itself_dead_does_not_kill_the_io_thread(nodes: Scripted) -> None:
+    """The members answer comes through B's link and says B is dead: the client resets
+    that very link (failover) while it reads from it. It must stop reading the closed
+    socket, not die (found by the test above, one run in three)."""
+    app = Mesh("seeded-by-b", peers=[nodes.endpoints["B"]], mdns=False)
+    try:
+        nodes.states["B"] = "dead"
+        client = app.client
+        nodes.pump(lambda got: {n["node"]: n["state"] for n in client.nodes()}.get("B") == "dead")
+        app.send_task("t.any", task_id="after-b-died")
+        got = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        assert [n for n, _, m in got if isinstance(m, Submit)] == ["A"]
+        assert client._thread.is_alive()
+    finally:
+        app.close()
+
+
+def result(value: str, node: str) -> Result:
+    return Result(TID, states.SUCCESS, codec.dumps(value), node=node)
+
+
+def test_the_owner_keeps_the_first_result_and_reports_the_second(nodes: Scripted) -> None:
+    """A ran the task, and runs it again after a restart (from its journal): both
+    results reach the owner. get() and result give the first, for good."""
+    app = Mesh("owner", peers=[nodes.endpoints["A"]], mdns=False)
+    try:
+        r = app.send_task("t.any", task_id=TID)
+        (name, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        nodes.send(name, ident, Ack([TID], name, [0, 1, 0]))
+        nodes.send(name, ident, result("first run", name))
+        assert r.get(timeout=DEADLINE) == "first run"
+        nodes.send(name, ident, result("second run", name))
+        dup = nodes.pump(lambda got: any(isinstance(m, Control) and m.command == "duplicate"
+                                         for _, _, m in got))
+        assert [m.args["task_id"] for _, _, m in dup if isinstance(m, Control)] == [TID]
+        assert app.client.duplicates == 1
+        assert r.get(timeout=1) == "first run" and r.result == "first run"
+    finally:
+        app.close()
+
+
+def test_a_reader_keeps_the_first_result_when_a_second_node_answers_with_another(
+        nodes: Scripted) -> None:
+    """A process that did not submit the task asks both nodes (the ``result`` command,
+    with ``watch``). A says it runs the task, then sends its result; B's answer comes
+    later, with the result of its own run. The reader's result stays A's."""
+    app = Mesh("reader", peers=list(nodes.endpoints.values()), mdns=False)
+    try:
+        r = app.AsyncResult(TID)
+        values: list[Any] = []
+        reader = threading.Thread(target=lambda: values.append(r.get(timeout=DEADLINE)))
+        reader.start()
+        queries = nodes.pump(lambda got: {n for n, _, m in got if isinstance(m, Control)
+                                          and m.command == "result"} == {"A", "B"})
+        q = {n: (ident, m) for n, ident, m in queries if isinstance(m, Control)}
+        ident_a, qa = q["A"]
+        nodes.send("A", ident_a, ControlReply(qa.req_id, True, "A",
+                                              {"task_id": TID, "state": states.STARTED}))
+        nodes.send("A", ident_a, result("from A", "A"))     # the watch: A's run finished
+        reader.join(DEADLINE)
+        assert values == ["from A"]
+        ident_b, qb = q["B"]
+        nodes.send("B", ident_b, ControlReply(qb.req_id, True, "B", {
+            "task_id": TID, "state": states.SUCCESS, "result": encode(result("from B", "B"))}))
+        wait_until(lambda: not app.client._queries, DEADLINE, "B's answer to be handled")
+        assert r.result == "from A" and r.get(timeout=1) == "from A"
+    finally:
+        app.close()
