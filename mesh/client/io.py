@@ -32,6 +32,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from mesh import states
+from mesh.client import handshakes
 from mesh.client.placement import choose_from
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
@@ -69,9 +70,6 @@ MEMBERS_WAIT = 2.0           # seconds a result lookup waits for the first membe
 LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it is closed
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
-REFUSED_RETRY = 5.0         # s before a link the node refused (keys) is tried again
-KEY_STRIKES = 3             # handshakes failed in a row before a link tries another mesh key
-                            # (one failure may be a node that died mid-handshake)
 # when several nodes know a task, the most advanced state is the one to report; a
 # task's own states (update_state: PROGRESS...) come after STARTED
 _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
@@ -404,63 +402,15 @@ class Client:
                         for slot in mine:
                             self._send(slot, link)
 
-    # -- keys: handshakes that fail ---------------------------------------------------
+    # -- keys: handshakes that fail (mesh/client/handshakes.py) -----------------------
     def _wrong_key(self, link: NodeLink) -> None:
-        """A handshake failed without saying why: the node holds a mesh key other than
-        the one this link tried (a rotation under way), or it went away mid-handshake.
-        libzmq tries again by itself; after KEY_STRIKES failures in a row the link tries
-        the next mesh key we trust, and when none works, the link is refused."""
-        link.strikes += 1
-        if link.strikes < KEY_STRIKES:
-            return
-        link.strikes = 0
-        link.keys_failed.add(link.key)
-        ring = self.security.ring
-        if ring is not None:
-            try:
-                ring.reload()           # the directory may hold the new key by now
-            except (ConfigError, OSError) as e:
-                log.warning("keys: cannot read %s again: %s", ring.path, e)
-        keys = self.security.server_keys()
-        untried = [k for k in keys if k not in link.keys_failed]
-        if not untried:
-            self._on_refused(link, self.security.handshake_problem(FAILED_KEY, link.endpoint))
-            return
-        link.key = untried[0]
-        self._reset_link(link)
+        handshakes.wrong_key(self, link)
 
     def _on_refused(self, link: NodeLink, why: str) -> None:
-        """The node refused our handshake: its tasks go to other nodes, or fail with
-        ``why`` when no other node can take them; new ones fail at once. The link is
-        tried again every REFUSED_RETRY seconds (the key may be added meanwhile)."""
-        first = not link.refused
-        link.refused, link.refused_at = why, time.monotonic()
-        if first:
-            log.error("%s", why)
-        self._update_placeable()
-        for slot in [s for s in self._slots.values() if s.node == link.endpoint and s.msg is None]:
-            self._forget_one(link, slot.state != states.PENDING)
-            others = [n for n in self._placeable if n is not link]
-            if others:
-                slot.state = states.PENDING
-                self._send(slot, choose_from(others, self._rng) or others[0])
-            else:
-                self._slots.pop(slot.task_id, None)
-                self._fail(slot, "MeshError", why)
+        handshakes.refused(self, link, why)
 
     def _retry_refused(self, now: float) -> None:
-        for link in list(self.links.values()):
-            if link.refused and now - link.refused_at > REFUSED_RETRY:
-                link.refused_at = now
-                link.keys_failed.clear()
-                link.strikes = 0
-                link.key = None
-                if self.security.ring is not None:
-                    try:
-                        self.security.ring.reload()
-                    except (ConfigError, OSError):
-                        pass
-                self._reset_link(link)
+        handshakes.retry_refused(self, now)
 
     def _close_gone_links(self, now: float) -> None:
         """Close links to nodes dead or left for over LINK_GRACE seconds that hold
@@ -728,12 +678,7 @@ class Client:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
 
     def _foreign(self, msg: Result, link: NodeLink) -> None:
-        """A result for one of our tasks from a node that does not hold it for us
-        (a late one from a node we failed over from, or a forgery): not taken."""
-        self.foreign += 1
-        if self.foreign <= 10 or self.foreign % 1000 == 0:
-            log.warning("dropped a %s for task %s from %s, which does not hold it for this "
-                        "client (%d so far)", msg.state, msg.task_id, link.endpoint, self.foreign)
+        handshakes.foreign(self, msg, link)
 
     @staticmethod
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
