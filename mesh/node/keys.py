@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mesh.exceptions import ConfigError
@@ -75,7 +76,10 @@ class Keys(Component):
     async def _reload_loop(self, node: "Node") -> None:
         while True:
             await asyncio.sleep(RELOAD_INTERVAL)
-            self.reload(node)
+            try:
+                self.reload(node)
+            except Exception:            # never the end of the node: the old keys stay
+                log.exception("keys: reading the key directory again failed")
 
     def reload(self, node: "Node") -> bool:
         """Read the key directory again; act on what changed. True if anything did."""
@@ -96,16 +100,22 @@ class Keys(Component):
         log.info("keys %s changed: mesh key %s, %d client and %d admin key(s) accepted%s",
                  ring.path, ring.identity.fingerprint, _count(ring.roles, "client"),
                  _count(ring.roles, "admin"), f", {len(removed)} removed" if removed else "")
+        steps: list[tuple[str, Callable[[], None]]] = []
         if ring.server_keys[:1] != before_server:
             log.warning("keys: now serving with mesh key %s (rotation committed): binding the "
                         "front door and the events port again", ring.identity.fingerprint)
-            node.front.rekey()
-            node.by_name["events"].rekey(node)   # type: ignore[attr-defined]
-            node.transport.sockets.reset()
+            steps += [("the front door", node.front.rekey),
+                      ("the events port", lambda: node.by_name["events"].rekey(node)),  # type: ignore[attr-defined]
+                      ("the peer sockets", node.transport.sockets.reset)]
             if node.beat is not None:
-                node.beat.reset_sockets()
+                steps.append(("the beat's sockets", node.beat.reset_sockets))
         elif removed:
-            node.by_name["events"].rekey(node)   # type: ignore[attr-defined]
+            steps.append(("the events port", lambda: node.by_name["events"].rekey(node)))  # type: ignore[attr-defined]
+        for what, step in steps:
+            try:
+                step()
+            except Exception:            # a port taken meanwhile: say so, keep serving
+                log.exception("keys: could not renew %s with the new keys", what)
         return True
 
 
