@@ -9,7 +9,9 @@ from mesh.canvas import Signature, signature  # noqa: E402
 from mesh.node.commands import control_command, inspect_command  # noqa: E402
 from mesh.node.component import Component  # noqa: E402
 from mesh.result import AsyncResult  # noqa: E402
+from mesh.shared import current_app, shared_task  # noqa: E402
 from mesh.task import Task  # noqa: E402
 
 __all__ = ["Mesh", "AsyncResult", "Component", "Signature", "Task", "control_command",
-           "inspect_command", "signature", "signals", "states", "__version__"]
+           "current_app", "inspect_command", "shared_task", "signature", "signals", "states",
+           "__version__"]

@@ -12,11 +12,12 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, overload
 
-from mesh import signals
+from mesh import shared, signals
 from mesh.conf import Settings
 from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
+from mesh.loader import Discovery
 from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
 from mesh.signals import Signal
@@ -91,7 +92,7 @@ class Mesh:
                  mdns: bool | None = None, broker: Any = None, backend: Any = None,
                  include: Iterable[str] | None = None, config_source: Any = None,
                  namespace: str | None = None, task_cls: type[Task] | str | None = None,
-                 **options: Any):
+                 set_as_current: bool = True, **options: Any):
         self.main = main
         self.origin: str | None = None   # where meshnode found this app (module:attr)
         self._options = {"peers": peers, "mdns": mdns, **options}
@@ -108,7 +109,7 @@ class Mesh:
         # the app's own Task class: subclass it for handlers and shared options
         self.Task: type[Task] = type("Task", (base,), {"_app": self, "__module__": base.__module__,
                                                        "__qualname__": f"{base.__qualname__}"})
-        self.tasks: dict[str, Task] = {}
+        self._tasks: dict[str, Task] = {}
         self.components = Components()   # the app's own node components (mesh.Component)
         self._client: Any = None
         self._client_lock = threading.Lock()
@@ -128,9 +129,15 @@ class Mesh:
         self.on_after_finalize = Signal("on_after_finalize")
         # threads do not survive fork: a child process makes its own client when it needs one
         os.register_at_fork(after_in_child=functools.partial(_forget_client, weakref.ref(self)))
+        self._discovery = Discovery()    # autodiscover_tasks(): done when tasks are first read
+        self.fixups: list[Any] = []
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):   # Django in use: mesh/django/fixup.py
+            from mesh.django.fixup import fixup
+            self.fixups.append(fixup(self))
+        shared.app_created(self, set_as_current)    # every @shared_task declared so far
 
     def __repr__(self) -> str:
-        return f"<Mesh {self.main or '?'} tasks={len(self.tasks)}>"
+        return f"<Mesh {self.main or '?'} tasks={len(self._tasks)}>"
 
     # -- configuration ----------------------------------------------------------------
     @property
@@ -190,6 +197,33 @@ class Mesh:
         return names
 
     # -- registry ---------------------------------------------------------------------
+    @property
+    def tasks(self) -> dict[str, Task]:
+        """The registered tasks, by name. The first read imports the modules asked for
+        by ``autodiscover_tasks`` (and sets Django up first, when Django is in use)."""
+        if self._discovery.pending:
+            self._discovery.run(self)
+        return self._tasks
+
+    def autodiscover_tasks(self, packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+                           related_name: str = "tasks", force: bool = False) -> None:
+        """Import ``<package>.<related_name>`` for each package (Celery's): with Django
+        and no ``packages``, every installed app. Lazily, when ``app.tasks`` is first
+        read (a node reads it as it starts), unless ``force``. A package without such a
+        module is skipped; an error inside one is raised."""
+        if packages is None:
+            if not self.fixups:
+                raise ConfigError("autodiscover_tasks() without packages needs Django "
+                                  "(DJANGO_SETTINGS_MODULE); otherwise name the packages")
+            packages = self.fixups[0].installed_apps
+        self._discovery.add(packages, related_name)
+        if force:
+            self._discovery.run(self)
+
+    def set_current(self) -> None:
+        """Make this the app that ``@shared_task`` proxies send through."""
+        shared.set_current(self)
+
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
     @overload
@@ -206,7 +240,7 @@ class Mesh:
             ignore_options({k: opts.pop(k) for k in list(opts) if k in TASK_OPTIONS},
                            TASK_OPTIONS, "@app.task", "", self.conf._warned)
             name = opts.pop("name", None) or base.name or f"{f.__module__}.{f.__qualname__}"
-            if name in self.tasks and getattr(self.tasks[name], "fun", None) is not f:
+            if name in self._tasks and getattr(self._tasks[name], "fun", None) is not f:
                 raise ConfigError(f"a different task is already registered as {name!r}")
             # a class per task, as Celery makes: its attributes read the task's own options
             cls: type[Task] = type(f.__name__, (base,), {
@@ -216,7 +250,7 @@ class Mesh:
             init = type(t).__init__
             if init is not Task.__init__:
                 init(t)               # a base class's own __init__, called as Celery does
-            self.tasks[name] = t
+            self._tasks[name] = t
             return t
         if fun is not None:
             if options:
@@ -232,11 +266,12 @@ class Mesh:
             raise ConfigError(f"register_task needs a Task subclass or instance, got {task!r}")
         cls = type(t)
         name = options.pop("name", None) or cls.name or f"{cls.__module__}.{cls.__qualname__}"
-        if name in self.tasks and self.tasks[name] is not t:
+        if name in self._tasks and self._tasks[name] is not t:
             raise ConfigError(f"a different task is already registered as {name!r}")
         t._bind(self, None, name, options)
-        self.tasks[name] = t
+        self._tasks[name] = t
         return t
+
     # -- periodic tasks (docs/periodic.md) ----------------------------------------------
     def add_periodic_task(self, schedule: Any, sig: Any, args: Iterable[Any] = (),
                           kwargs: dict[str, Any] | None = None, name: str | None = None,
@@ -254,6 +289,7 @@ class Mesh:
         """The periodic entries (``mesh.periodic.Schedule``); the first call sends
         ``on_after_configure`` and ``on_after_finalize``."""
         from mesh.periodic import build
+        self.tasks  # noqa: B018  (discovery first: task modules may connect on_after_finalize)
         return build(self)
 
     # -- client -----------------------------------------------------------------------

@@ -63,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "imports": (),                      # modules meshnode imports after the app (tasks elsewhere)
     "include": (),
     "worker_concurrency": None,
+    "worker_pool": None,                # prefork, threads or solo (meshnode --pool)
     "worker_max_tasks_per_child": None,
     "worker_max_memory_per_child": None,  # KiB, as in Celery
     "worker_disable_rate_limits": False,
@@ -83,7 +84,8 @@ DEFAULTS: dict[str, Any] = {
 # conf name -> mesh.config.Config field: what a node (meshnode) or a client takes
 # from app.conf when neither a flag nor a MESH_* variable says otherwise
 NODE_OPTIONS = {
-    "worker_concurrency": "concurrency", "worker_max_tasks_per_child": "max_tasks_per_child",
+    "worker_concurrency": "concurrency", "worker_pool": "pool",
+    "worker_max_tasks_per_child": "max_tasks_per_child",
     "worker_max_memory_per_child": "max_memory_per_child", "task_time_limit": "time_limit",
     "task_soft_time_limit": "soft_time_limit", "result_expires": "result_expires",
     "worker_send_task_events": "events", "peers": "peers", "mdns": "mdns",
@@ -137,6 +139,16 @@ def _count(name: str, v: Any) -> int | None:
     if type(v) is not int or v < 1:
         raise ConfigError(f"{name} must be an integer >= 1 or None, got {v!r}")
     return v
+
+
+def _pool(name: str, v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, str) and v in ("prefork", "threads", "solo"):
+        return v
+    raise ConfigError(f"{name} must be 'prefork', 'threads' or 'solo', got {v!r} (mesh has no "
+                      "eventlet or gevent pool: async def tasks run on an event loop in every "
+                      "pool; docs/pools.md)")
 
 
 def _flag(name: str, v: Any) -> bool:
@@ -220,7 +232,7 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "task_default_rate_limit": _rate, "task_default_priority": _priority,
     "task_time_limit": _seconds, "task_soft_time_limit": _seconds,
     "result_expires": _result_expires, "imports": _modules, "include": _modules,
-    "worker_concurrency": _count, "worker_max_tasks_per_child": _count,
+    "worker_concurrency": _count, "worker_pool": _pool, "worker_max_tasks_per_child": _count,
     "worker_max_memory_per_child": _count, "worker_log_format": _log_format,
 }
 for _name, _default in DEFAULTS.items():

@@ -49,8 +49,6 @@ NOT_YET: dict[str, str] = {
     "task_inherit_parent_priority": "parent tasks come with workflows",
     "result_chord_join_timeout": _WORKFLOWS, "result_chord_retry_interval": _WORKFLOWS,
     "task_allow_error_cb_on_chord_header": _WORKFLOWS,
-    "worker_pool": "meshnode runs a prefork pool; other pools are not there yet",
-    "worker_autoscaler": "meshnode --autoscale", "worker_pool_restarts": "meshnode --autoreload",
     "worker_soft_shutdown_timeout": "meshnode --shutdown-timeout says how long running tasks "
                                     "may finish",
     "security_key": "CurveZMQ keys (meshnode --keys)", "security_certificate": "meshnode --keys",
@@ -59,6 +57,11 @@ NOT_YET: dict[str, str] = {
 }
 
 NOT_USED: dict[str, str] = {
+    "worker_autoscaler": ("meshnode --autoscale MAX,MIN autoscales; for another policy, "
+                          "subclass mesh.node.autoscale.Autoscaler and app.components.add it "
+                          "(docs/pools.md)"),
+    "worker_pool_restarts": ("mesh has no pool_restart command: meshnode --autoreload replaces "
+                             "the children when the app's code changes (docs/pools.md)"),
     "broker": _NO_BROKER, "backend": _NO_BACKEND, "result_backend": _NO_BACKEND,
     "result_persistent": _NO_BACKEND, "result_cache_max": _NO_BACKEND,
     "result_serializer": _MSGPACK, "result_compression": _MSGPACK,

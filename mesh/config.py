@@ -55,6 +55,16 @@ class Config:
     max_memory_per_child: int = 0       # KiB of RSS after which a child is recycled; 0 = never
     time_limit: float | None = None     # hard limit (s): the child is killed, TimeLimitExceeded
     soft_time_limit: float | None = None  # soft limit (s): SoftTimeLimitExceeded in the task
+    pool: str = "prefork"               # prefork (N children), threads (one child, N threads),
+                                        # solo (one child, one task at a time); docs/pools.md
+    autoscale: str = ""                 # "MAX,MIN": the pool grows while tasks wait and CPU
+                                        # allows, shrinks when idle; "" = a fixed size
+    autoscale_keepalive: float = 30.0   # s the pool must have had spare workers before it shrinks
+    autoscale_max_cpu: float = 90.0     # % of the machine's CPU above which it does not grow
+                                        # (100: CPU never holds growth back)
+    async_concurrency: int = 100        # async def tasks one child runs at once (its event loop)
+    autoreload: bool = False            # replace children when the app's source changes
+    app: str = ""                       # the --app MODULE[:ATTR] (autoreload imports it again)
     # -- lifecycle --------------------------------------------------------------------
     shutdown_timeout: float = 30.0      # on SIGTERM, how long running tasks may finish
     data_dir: str = ""                  # journal and results; "" = ~/.local/share/mesh/NAME
@@ -89,6 +99,25 @@ class Config:
                 raise bad(f"{f.name} must be {_TYPE_NAMES[str(f.type)]}, got {type(v).__name__} {v!r}")
         if self.concurrency < 0:
             raise bad(f"concurrency must be >= 0, got {self.concurrency}")
+        if self.pool not in POOLS:
+            raise bad(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.async_concurrency < 1:
+            raise bad(f"async_concurrency must be >= 1, got {self.async_concurrency}")
+        if self.autoscale_keepalive < 0:
+            raise bad(f"autoscale_keepalive must be >= 0 seconds, got {self.autoscale_keepalive}")
+        if not 0 < self.autoscale_max_cpu <= 100:
+            raise bad(f"autoscale_max_cpu must be a percentage in (0, 100], got {self.autoscale_max_cpu}")
+        if self.autoscale:
+            parse_autoscale(self.autoscale)
+            if self.pool == "solo":
+                raise bad("the solo pool runs one task at a time: it cannot autoscale "
+                          "(use --pool prefork or threads with --autoscale)")
+            if self.concurrency:
+                raise bad("give --autoscale MAX,MIN or --concurrency N, not both "
+                          "(autoscale starts with MIN workers)")
+        if self.pool == "solo" and self.concurrency > 1:
+            raise bad(f"the solo pool runs one task at a time (concurrency {self.concurrency} "
+                      "given): use --pool prefork or threads for more")
         if self.max_tasks_per_child < 0 or self.max_memory_per_child < 0:
             raise bad("max_tasks_per_child and max_memory_per_child must be >= 0")
         for n in ("time_limit", "soft_time_limit"):
@@ -121,7 +150,17 @@ class Config:
 
     @property
     def pool_size(self) -> int:
+        """Workers at start: MIN with --autoscale, 1 for solo, else --concurrency (CPUs)."""
+        if self.autoscale:
+            return parse_autoscale(self.autoscale)[1]
+        if self.pool == "solo":
+            return 1
         return self.concurrency or os.cpu_count() or 1
+
+    @property
+    def autoscale_range(self) -> tuple[int, int] | None:
+        """(MAX, MIN) with --autoscale, else None."""
+        return parse_autoscale(self.autoscale) if self.autoscale else None
 
     @property
     def data_path(self) -> str:
@@ -158,6 +197,22 @@ class Config:
                 continue
             values[key] = _coerce(names[key], value, key)
         return cls(**values)
+
+
+POOLS = ("prefork", "threads", "solo")
+MAX_WORKERS = 1000              # the largest pool --autoscale and pool_grow may reach
+
+
+def parse_autoscale(value: str) -> tuple[int, int]:
+    """``"MAX,MIN"`` (or ``"MAX"``: MIN is 1) as (MAX, MIN); ConfigError if malformed."""
+    hi, _, lo = value.partition(",")
+    try:
+        mx, mn = int(hi), int(lo) if lo.strip() else 1
+    except ValueError:
+        raise ConfigError(f"autoscale must look like MAX,MIN (e.g. 8,2), got {value!r}") from None
+    if not 1 <= mn <= mx <= MAX_WORKERS:
+        raise ConfigError(f"autoscale MAX,MIN needs 1 <= MIN <= MAX <= {MAX_WORKERS}, got {value!r}")
+    return mx, mn
 
 
 _TYPE_CHECKS = {

@@ -13,6 +13,8 @@ failure raise at the call, as ``apply(throw=True)`` does.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime
 import logging
 import socket
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mesh import states
 from mesh.exceptions import MeshError, ResultIgnored
 from mesh.task import Request, Task
-from mesh.trace import Outcome, execute
+from mesh.trace import Outcome, execute, execute_async, is_async_task
 from mesh.wire import codec
 
 if TYPE_CHECKING:
@@ -58,7 +60,7 @@ def apply(task: Task, args: Iterable[Any] | None, kwargs: dict[str, Any] | None,
                       hostname=f"eager@{socket.gethostname()}", headers=hdr,
                       called_directly=False, is_eager=True)
         req.state_sink = result._set_state
-        outcome = execute(task, req)
+        outcome = _execute_async(task, req) if is_async_task(task) else execute(task, req)
         if outcome.state != states.RETRY:
             break
         result._set_state(states.RETRY, None)
@@ -69,6 +71,17 @@ def apply(task: Task, args: Iterable[Any] | None, kwargs: dict[str, Any] | None,
     if throw and outcome.state == states.FAILURE and outcome.exc is not None:
         raise outcome.exc
     return result
+
+
+def _execute_async(task: Task, req: Request) -> Outcome:
+    """An async def task, run to the end here: on a new event loop, or on a thread of
+    its own when this thread already runs one (apply() called from async code)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(execute_async(task, req))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mesh-eager") as ex:
+        return ex.submit(asyncio.run, execute_async(task, req)).result()
 
 
 class EagerResult:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import difflib
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -417,6 +418,26 @@ class Task:
 
     def AsyncResult(self, task_id: str) -> "AsyncResult":
         return self.app.AsyncResult(task_id)
+
+    # -- Django: send when the transaction commits (Celery's DjangoTask) ----------------
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
+        """``delay`` once the current Django transaction commits (at once outside
+        one); nothing is sent if it rolls back. Returns None, as Celery's: the task
+        does not exist yet. Needs Django (mesh/django/)."""
+        from mesh.django.transaction import on_commit
+        on_commit(functools.partial(self.delay, *args, **kwargs))
+
+    def apply_async_on_commit(self, args: Iterable[Any] | None = None,
+                              kwargs: dict[str, Any] | None = None,
+                              using: str | None = None, **options: Any) -> None:
+        """``apply_async`` once the transaction on database ``using`` (Django's default
+        one unless given) commits; see ``delay_on_commit``."""
+        from mesh.django.transaction import on_commit
+        try:   # a misspelt option fails now, not after the commit
+            inspect.signature(self.apply_async).bind(args, kwargs, **options)
+        except TypeError as e:
+            raise ConfigError(f"apply_async_on_commit: {e}") from None
+        on_commit(functools.partial(self.apply_async, args, kwargs, **options), using=using)
 
 
 CALL_KNOWN = ("args, kwargs, task_id, countdown, eta, expires, priority, time_limit, "

@@ -2,7 +2,8 @@
 handlers, and what the run comes to (an :class:`Outcome`).
 
 The child that runs a task on a node (mesh/node/child.py) and ``Task.apply`` (eager
-mode, mesh/eager.py) both run tasks through :func:`execute`, so a test suite in eager
+mode, mesh/eager.py) both run tasks through :func:`execute` (``async def`` tasks
+through :func:`execute_async`, the same steps on an event loop), so a test suite in eager
 mode sees what the mesh does: the handlers, retries, autoretry, Reject and Ignore, and
 arguments and results that must survive the codec.
 
@@ -17,9 +18,10 @@ nothing. Eager mode sends the signals too, as Celery's does.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mesh import signals, states
@@ -50,6 +52,15 @@ class Outcome:
     @property
     def traceback(self) -> str | None:
         return self.einfo.traceback if self.einfo is not None else None
+
+
+def is_async_task(task: Any) -> bool:
+    """An ``async def`` task: its function (or a Task subclass's ``run``) is a
+    coroutine function, run with :func:`execute_async` (a node's child runs it on its
+    event loop)."""
+    if inspect.iscoroutinefunction(getattr(task, "fun", None)):
+        return True
+    return inspect.iscoroutinefunction(getattr(type(task), "run", None))
 
 
 def ignores_result(task: Task, req: Request) -> bool:
@@ -108,7 +119,6 @@ def _invoke(task: Task, req: Request) -> Any:
 
 def _run(task: Task, req: Request, soft: float | None,
          before_start: Callable[..., Any] | None) -> Outcome:
-    ignore = ignores_result(task, req)
     try:
         if soft:
             signal.setitimer(signal.ITIMER_REAL, soft)
@@ -119,26 +129,64 @@ def _run(task: Task, req: Request, soft: float | None,
         finally:
             if soft:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        if req.retry_later is not None:          # retry(throw=False) earlier in the run
-            raise req.retry_later
-        return Outcome(states.SUCCESS, value, None if ignore else codec.dumps(value),
-                       keep=not ignore)
-    except Retry as r:
-        return _retry(r)
-    except Ignore as e:
-        return Outcome(states.IGNORED, None, exc=e, keep=False)
+        return _returned(task, req, value)
     except BaseException as e:       # the task's failure, whatever it is, is its result
-        failed = e
+        return _raised(task, req, e)
+
+
+async def execute_async(task: Task, req: Request,
+                        run: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None) -> Outcome:
+    """:func:`execute` for an ``async def`` task, on the running event loop: the same
+    handlers, signals and outcomes; the coroutine the task returns is awaited, through
+    ``run(coroutine)`` when given (the child wraps it to raise a soft time limit in it)."""
+    token = _current_request.set(req)        # this asyncio task's own context
+    try:
+        handlers = task.handlers()
+        signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=req.args,
+                                 kwargs=req.kwargs)
         try:
-            if isinstance(e, Reject):
-                _requeue(task, e)
-            else:
-                _autoretry(task, req, e)
-        except Retry as again:       # retried: retry() raises Retry
-            return _retry(again)
-        except BaseException as final:   # no retries left: the task fails with this
-            failed = final
-        return _failure(task, failed, ignore)
+            before_start = handlers.get("before_start")
+            if before_start is not None:
+                before_start(req.id, req.args, req.kwargs)
+            value = _invoke(task, req)
+            if inspect.isawaitable(value):
+                value = await (run(value) if run is not None else value)
+            outcome = _returned(task, req, value)
+        except BaseException as e:   # CancelledError too: the caller tells why it came
+            outcome = _raised(task, req, e)
+        if handlers:
+            _handlers(task, req, outcome, handlers)
+        _signals(task, req, outcome)
+        return outcome
+    finally:
+        _current_request.reset(token)
+
+
+def _returned(task: Task, req: Request, value: Any) -> Outcome:
+    """The task returned ``value`` (a ``retry(throw=False)`` in it still retries)."""
+    if req.retry_later is not None:
+        return _raised(task, req, req.retry_later)
+    ignore = ignores_result(task, req)
+    return Outcome(states.SUCCESS, value, None if ignore else codec.dumps(value), keep=not ignore)
+
+
+def _raised(task: Task, req: Request, e: BaseException) -> Outcome:
+    """The task raised ``e``: a retry, Ignore, Reject, an autoretry, or its failure."""
+    if isinstance(e, Retry):
+        return _retry(e)
+    if isinstance(e, Ignore):
+        return Outcome(states.IGNORED, None, exc=e, keep=False)
+    failed = e
+    try:
+        if isinstance(e, Reject):
+            _requeue(task, e)
+        else:
+            _autoretry(task, req, e)
+    except Retry as again:           # retried: retry() raises Retry
+        return _retry(again)
+    except BaseException as final:   # no retries left: the task fails with this
+        failed = final
+    return _failure(task, failed, ignores_result(task, req))
 
 
 def _failure(task: Task, e: BaseException, ignore: bool) -> Outcome:

@@ -167,6 +167,14 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     return rows
 
 
+def pool_range(row: dict[str, Any]) -> str:
+    """``2-8`` for an autoscaled pool (min-max), ``4`` for a fixed one, ``-`` if unknown."""
+    rng = row.get("pool_range")
+    if not (isinstance(rng, list) and len(rng) == 2):
+        return "-"
+    return f"{rng[0]}-{rng[1]}" if row.get("pool_autoscale") else str(rng[1])
+
+
 @meshctl.command()
 @click.pass_context
 def status(ctx: click.Context) -> int:
@@ -182,17 +190,18 @@ def status(ctx: click.Context) -> int:
     if ctx.obj["json"]:
         click.echo(json.dumps(rows, indent=2))
     else:
-        header = ("NODE", "ADDRESS", "STATE", "POOL", "QUEUE", "DONE", "FAILED", "TASKS/S",
-                  "CPU%", "MEM", "UPTIME", "VERSION")
+        header = ("NODE", "ADDRESS", "STATE", "POOL", "KIND", "RANGE", "QUEUE", "DONE", "FAILED",
+                  "TASKS/S", "CPU%", "MEM", "UPTIME", "VERSION")
         table = [header]
         for r in rows:
             if not r["answered"]:
                 load = r.get("load")
                 pool = f"{load[0]}/{load[1]}" if load else "-"
                 queue = str(load[2]) if load else "-"
-                table.append((r["node"], r["address"], r["state"], pool, queue) + ("-",) * 7)
+                table.append((r["node"], r["address"], r["state"], pool, "-", "-", queue) + ("-",) * 7)
                 continue
             table.append((r["node"], r["address"], r["state"], f"{r['busy']}/{r['total']}",
+                          str(r.get("pool", "-")), pool_range(r),
                           str(r["queued"]), str(r["succeeded"]), str(r["failed"]),
                           f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",
                           _fmt_bytes(r["rss_bytes"]), _fmt_uptime(r["uptime"]), r["version"]))

@@ -53,7 +53,7 @@ def _generic(name: str) -> click.Command:
 
 @click.group(cls=ControlGroup)
 def control() -> None:
-    """Change running nodes: rate and time limits, pool size, shutdown; and any
+    """Change running nodes: rate and time limits, pool size, autoscale, shutdown; and any
     registered command, yours included: meshctl control NAME --args JSON.
 
     \b
@@ -134,6 +134,24 @@ def pool_shrink(ctx: click.Context, n: int, nodes: tuple[str, ...]) -> int:
       meshctl control pool-shrink 1
     """
     return _control_cmd(ctx, "pool_shrink", {"n": n}, nodes)
+
+
+@control.command("autoscale")
+@click.argument("max_workers", metavar="MAX", type=click.IntRange(1, 1000))
+@click.argument("min_workers", metavar="MIN", type=click.IntRange(1, 1000), default=1)
+@NODE_OPTION
+@click.pass_context
+def autoscale(ctx: click.Context, max_workers: int, min_workers: int, nodes: tuple[str, ...]) -> int:
+    """Autoscale each node's pool between MIN and MAX workers (Celery's autoscale
+    command); a node started without --autoscale starts autoscaling.
+
+    \b
+    Example:
+      meshctl control autoscale 8 2
+    """
+    if min_workers > max_workers:
+        die("meshctl", f"MIN ({min_workers}) must not exceed MAX ({max_workers})", EXIT_USAGE)
+    return _control_cmd(ctx, "autoscale", {"max": max_workers, "min": min_workers}, nodes)
 
 
 @control.command("shutdown")

@@ -28,7 +28,24 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--no-mdns", is_flag=True, default=None, help="No multicast discovery.")
 @click.option("--profile", type=click.Choice(["lan", "local", "test"]),
               help="Membership timings (default lan: a dead node is known in about 2 s).")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Prefork children (default: CPU count).")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1),
+              help="Workers: prefork children, or threads with --pool threads (default: CPU count).")
+@click.option("--pool", "-P", "pool", type=click.Choice(["prefork", "threads", "solo"]),
+              help="prefork (default): N children, one task each; threads: one child, N tasks "
+                   "at once on threads; solo: one child, one task at a time. See docs/pools.md.")
+@click.option("--autoscale", metavar="MAX,MIN",
+              help="Grow the pool up to MAX workers while tasks wait and CPU allows; shrink back "
+                   "to MIN after --autoscale-keepalive seconds with spare workers.")
+@click.option("--autoscale-keepalive", type=click.FloatRange(min=0), metavar="S",
+              help="Seconds the pool must have had spare workers before it shrinks (default 30).")
+@click.option("--autoscale-max-cpu", type=click.FloatRange(min=0, max=100, min_open=True),
+              metavar="PERCENT", help="No growth while the machine's CPU is above this (default 90; "
+                                      "100: never held back).")
+@click.option("--async-concurrency", type=click.IntRange(min=1), metavar="N",
+              help="async def tasks one child runs at once on its event loop (default 100).")
+@click.option("--autoreload", is_flag=True, default=None,
+              help="When a source file of the app changes, load the new code and replace the "
+                   "children (running tasks finish on the old code).")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), metavar="N",
               help="Replace a child after N tasks.")
 @click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
@@ -67,7 +84,10 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
-             no_mdns: bool | None, profile: str | None, concurrency: int | None, max_tasks_per_child: int | None,
+             no_mdns: bool | None, profile: str | None, concurrency: int | None,
+             pool: str | None, autoscale: str | None, autoscale_keepalive: float | None,
+             autoscale_max_cpu: float | None, async_concurrency: int | None,
+             autoreload: bool | None, max_tasks_per_child: int | None,
              max_memory_per_child: int | None, time_limit: float | None,
              soft_time_limit: float | None, shutdown_timeout: float | None,
              data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
@@ -79,6 +99,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     \b
     Example:
       meshnode --app examples.tasks --bind tcp://127.0.0.1:7700 --concurrency 2
+      meshnode --app examples.tasks --autoscale 8,2 --autoreload
     """
     from mesh.config import Config
     from mesh.exceptions import ConfigError
@@ -92,7 +113,10 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             defaults=app.conf.node_options(),   # what the app's code set; flags win
             name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
             profile=profile,
-            concurrency=concurrency, max_tasks_per_child=max_tasks_per_child,
+            concurrency=concurrency, pool=pool, autoscale=autoscale,
+            autoscale_keepalive=autoscale_keepalive, autoscale_max_cpu=autoscale_max_cpu,
+            async_concurrency=async_concurrency, autoreload=autoreload, app=app_spec,
+            max_tasks_per_child=max_tasks_per_child,
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,

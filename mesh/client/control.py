@@ -253,6 +253,11 @@ class Controller:
     def pool_shrink(self, n: int = 1, destination: Iterable[str] | None = None) -> dict[str, Any]:
         return self.ask("pool_shrink", {"n": n}, destination)
 
+    def autoscale(self, max: int, min: int = 1,
+                  destination: Iterable[str] | None = None) -> dict[str, Any]:
+        """Autoscale the pools between ``min`` and ``max`` workers (Celery's name)."""
+        return self.ask("autoscale", {"max": max, "min": min}, destination)
+
     def shutdown(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
         """Warm shutdown of the nodes (as SIGTERM)."""
         return self.ask("shutdown", destination=destination)

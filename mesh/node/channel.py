@@ -8,6 +8,7 @@ a finished task from a lost one.
 from __future__ import annotations
 
 import socket
+import threading
 
 HEADER = 4
 
@@ -46,12 +47,14 @@ class FrameReader:
 
 
 class BlockingChannel:
-    """The child's end: blocking reads of whole frames, one write per message."""
+    """The child's end: blocking reads of whole frames (from one thread), one write
+    per message (from any thread: writes are serialised)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.reader = FrameReader()
         self.pending: list[bytes] = []
+        self._send_lock = threading.Lock()
 
     def recv(self) -> bytes | None:
         """The next frame, or None when the node closed the channel."""
@@ -63,4 +66,6 @@ class BlockingChannel:
         return self.pending.pop(0)
 
     def send(self, *frames: bytes) -> None:
-        self.sock.sendall(b"".join(pack(*frames)))
+        data = b"".join(pack(*frames))
+        with self._send_lock:
+            self.sock.sendall(data)

@@ -1,7 +1,9 @@
-"""The child side of the prefork pool: runs in a forked process, asks for work by
-being idle, runs one task at a time, reports the result, and retires when told to by
-its limits. It talks to its node over a socketpair (mesh.channel) and never touches
-the zmq Context it inherited from the node.
+"""The child side of the pool: runs in a forked process, asks for work by being idle,
+runs a plain task on its main thread (or, in the threads pool, on threads) and
+``async def`` tasks on an event loop (mesh/node/child_runners.py), reports each
+result, and retires when told to by its limits. It talks to its node over a
+socketpair (mesh.channel) and never touches the zmq Context it inherited from the
+node.
 
 It sends the signals Celery sends in a pool process (docs/signals.md):
 ``worker_process_init`` once before its first task, the task signals around each
@@ -23,8 +25,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from mesh import signals, states
 from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
 from mesh.node.channel import BlockingChannel
+from mesh.node.child_runners import Runners
 from mesh.task import Request
-from mesh.trace import execute
+from mesh.trace import Outcome, execute
 from mesh.wire import codec
 from mesh.wire.protocol import ChildDone, ChildReady, ChildState, Result, Submit, decode, encode
 
@@ -84,6 +87,12 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
+def _signal_soft_limit(soft: float | None) -> float | None:
+    """The soft time limit SIGALRM gives a task on the main thread; None on the threads
+    pool's threads, whose watchdog gives them theirs (mesh/node/child_runners.py)."""
+    return soft if threading.current_thread() is threading.main_thread() else None
+
+
 class _Stop(BaseException):
     """SIGTERM while idle: leave the loop and exit cleanly (worker_process_shutdown)."""
 
@@ -100,8 +109,16 @@ class Child:
         self._next_call: bytes | None = None     # retry(args=, kwargs=): the next run's payload
         self._chan: BlockingChannel | None = None
         self._chan_lock = threading.Lock()
+        self._done_lock = threading.Lock()
         self._busy = False                 # between taking a task and sending its result
         self._running: tuple[Any, Request] | None = None   # (task, request) while it runs
+
+    def twin(self) -> "Child":
+        """A Child for another thread of this process: its own per-run state, the same
+        channel (update_state from a thread reaches the node too)."""
+        other = type(self)(self.app, self.config, self.node_name)
+        other._chan = self._chan
+        return other
 
     def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
         """Run in the forked child; never returns."""
@@ -153,8 +170,7 @@ class Child:
         os._exit(128 + signum)            # not reached: the signal's default action kills us
 
     def _loop(self, chan: BlockingChannel) -> None:
-        max_tasks = self.config.max_tasks_per_child
-        max_mem = self.config.max_memory_per_child
+        runners = Runners.for_child(self, chan)   # threads, async def tasks, cancels
         while True:
             try:
                 frame = chan.recv()
@@ -162,8 +178,22 @@ class Child:
                 continue
             if frame is None:                  # the node closed our channel: stop
                 return
+            if runners is not None and runners.take(frame):
+                continue
             self._busy = True
             done, result = self.run_frame(frame)
+            retire = self.finished(chan, done, result)
+            self._busy = False
+            if retire and not (runners is not None and runners.busy):
+                return
+
+    def finished(self, chan: BlockingChannel, done: ChildDone, result: bytes) -> bool:
+        """Send a finished task's header and Result to the node (from any thread);
+        True when this child has reached a limit and retires (the node then sends it
+        no more work, and stops it once its tasks are done)."""
+        max_tasks = self.config.max_tasks_per_child
+        max_mem = self.config.max_memory_per_child
+        with self._done_lock:
             self.done += 1
             retire = None
             if max_tasks and self.done >= max_tasks:
@@ -175,11 +205,8 @@ class Child:
             if retire:
                 done = ChildDone(done.task_id, done.state, done.runtime, retire, self._rss(),
                                  done.countdown, done.keep)
-            with self._chan_lock:
-                chan.send(encode(done), result)
-            self._busy = False
-            if retire:
-                return
+            chan.send(encode(done), result)
+        return retire is not None
 
     def _rss(self) -> int:
         if self._proc is None:
@@ -203,7 +230,11 @@ class Child:
         self._keep = True
         self._next_call = None
         state, value, exc, tb = self.run_task(msg)
-        runtime = time.perf_counter() - t0
+        return self.frames(msg, state, value, exc, tb, time.perf_counter() - t0)
+
+    def frames(self, msg: Submit, state: str, value: bytes | None, exc: dict[str, Any] | None,
+               tb: str | None, runtime: float) -> tuple[ChildDone, bytes]:
+        """The header for the node and the Result frame of a run that just ended."""
         res = Result(task_id=msg.task_id, state=state, result=value, exc=exc, traceback=tb,
                      runtime=runtime, node=self.node_name, retries=msg.retries,
                      date_done=None if state == states.RETRY else time.time(),
@@ -222,17 +253,31 @@ class Child:
     def run_task(self, msg: Submit) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
         """Run the task through the tracer (mesh/trace.py: handlers, retries, Reject,
         Ignore); the Result's state, value, exception and traceback."""
+        try:
+            task, req, soft = self.prepare(msg)
+        except Exception as e:
+            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+        self._running = (task, req)        # for task_revoked, if we are terminated
+        try:
+            o = execute(task, req, _signal_soft_limit(soft))
+        finally:
+            self._running = None
+        return self.outcome(o)
+
+    def prepare(self, msg: Submit) -> tuple[Any, Request, float | None]:
+        """The task, its request and its soft time limit; NotRegistered (and the
+        task_unknown signal), or the codec's error for arguments that do not decode (and
+        task_rejected)."""
         task = self.app.tasks.get(msg.name)
         if task is None:
-            e: BaseException = NotRegistered(
-                f"task {msg.name!r} is not registered on node {self.node_name}")
+            e = NotRegistered(f"task {msg.name!r} is not registered on node {self.node_name}")
             signals.task_unknown.send(sender=None, name=msg.name, id=msg.task_id, message=msg, exc=e)
-            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+            raise e
         try:
             args, kwargs = codec.load_call(msg.payload)
         except Exception as e:
             signals.task_rejected.send(sender=None, message=msg, exc=e)
-            return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
+            raise
         soft = msg.soft_time_limit
         if soft is None:
             soft = task.options.soft_time_limit
@@ -246,12 +291,12 @@ class Child:
         req.state_sink = self._state_sink(msg.task_id)
         if task.options.track_started:
             req.state_sink(states.STARTED, codec.dumps({"pid": os.getpid(), "hostname": self.node_name}))
-        self._running = (task, req)        # for task_revoked, if we are terminated
-        try:
-            o = execute(task, req, soft)
-        finally:
-            self._running = None
-        self._countdown, self._keep = o.countdown, o.keep
+        return task, req, soft
+
+    def outcome(self, o: Outcome) -> tuple[str, bytes | None, dict[str, Any] | None, str | None]:
+        """What a run came to, as the Result's state, value, exception and traceback
+        (and this run's countdown, keep and next arguments, for ``frames``)."""
+        self._countdown, self._keep, self._next_call = o.countdown, o.keep, None
         if o.call is not None:
             try:
                 self._next_call = codec.dump_call(*o.call)

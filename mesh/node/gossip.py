@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mesh.membership import Member, Membership, MemberState, profile
@@ -27,6 +28,11 @@ log = logging.getLogger("mesh.node")
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 
 
+def tasks_digest(names: Iterable[str]) -> str:
+    """A digest of the registered task names (in the gossiped meta)."""
+    return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
+
+
 class Members(Component):
     name = "membership"
     requires = ("front", "events", "control", "pool", "heartbeat")
@@ -35,7 +41,7 @@ class Members(Component):
         self.node = node
         node.gossip = self
         # a digest of the registered task names: load is only shed to peers with the same
-        node.tasks_digest = hashlib.sha1("\n".join(sorted(node.app.tasks)).encode()).hexdigest()[:12]
+        node.tasks_digest = tasks_digest(node.app.tasks)
         # a routing id nobody can guess: a peer that took it over (ROUTER_HANDOVER)
         # would cut this node's link to that peer
         peers = PeerSockets(node.ctx, f"node:{node.name[:64]}:{os.urandom(8).hex()}".encode(),

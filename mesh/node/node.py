@@ -30,6 +30,7 @@ import zmq
 
 from mesh import __version__, signals
 from mesh.node.announce import Announcer
+from mesh.node.autoscale import Autoscaler
 from mesh.node.beat import Beat
 from mesh.node.component import Component, NodeStartError, component_name, order
 from mesh.node.events import EventStream, Publisher
@@ -42,6 +43,7 @@ from mesh.node.intake import Intake
 from mesh.node.keys import Keys
 from mesh.node.ledger import Ledger
 from mesh.node.recovery import Recovery
+from mesh.node.reload import Reloader
 from mesh.node.remote import RemoteControl
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
@@ -76,6 +78,8 @@ BUILTIN: tuple[type[Component], ...] = (
     Members,        # membership: SWIM over the front door and peer sockets
     Shedder,        # shedding: queued tasks to peers with room
     Expiry,         # expiry: old results out of the journal
+    Autoscaler,     # autoscaler: the pool's size follows the work (--autoscale; replaceable)
+    Reloader,       # reloader: new children for new code (--autoreload)
     Announcer,      # discovery: mDNS
     Beat,           # beat: periodic tasks, each due run fired by one node (mesh/node/beat.py)
     History,        # history: the dashboard's web.* questions, answered by every node
@@ -83,6 +87,20 @@ BUILTIN: tuple[type[Component], ...] = (
 )
 
 USER_HOOK_TIMEOUT = 10.0   # s an app component's start or stop may take before it is abandoned
+
+
+def _replace_builtins(own: list[Component], users: list[Component]) -> None:
+    """An app's component that subclasses a replaceable built-in (``replaceable =
+    True``, e.g. the autoscaler) and keeps its name takes the built-in's place, as one
+    of the node's own. Other name clashes are errors when the node orders them."""
+    index = {component_name(c): i for i, c in enumerate(own)}
+    for u in list(users):
+        i = index.get(component_name(u))
+        if i is not None and getattr(own[i], "replaceable", False) and isinstance(u, type(own[i])):
+            log.info("component %s: the app's %s replaces mesh's", component_name(u),
+                     type(u).__qualname__)
+            own[i] = u
+            users.remove(u)
 
 
 class Node:
@@ -100,6 +118,8 @@ class Node:
     history: HistoryService
     http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
     beat: Beat | None = None         # set by the beat component
+    autoscaler: Autoscaler | None = None   # set by the autoscaler component
+    reloader: Reloader | None = None       # set by the reloader component
     ctx: "zmq.Context[Any]"
 
     def __init__(self, app: "Mesh", config: "Config",
@@ -126,6 +146,7 @@ class Node:
         own = [c() if isinstance(c, type) else c for c in (BUILTIN if components is None else components)]
         users = list(getattr(app, "components", None) or [])
         user_instances = [c() if isinstance(c, type) else c for c in users]
+        _replace_builtins(own, user_instances)
         self.user_components = {id(c) for c in user_instances}
         self.components = order(own + user_instances)   # ComponentError if they cannot be ordered
         self.by_name = {component_name(c): c for c in self.components}
@@ -161,12 +182,28 @@ class Node:
                                     keys=self.config.keys, key_name="mesh" if self.config.keys else "")
         return self._client_app
 
+    def pool_fields(self) -> dict[str, Any]:
+        """The pool's kind and range (status, inspect stats)."""
+        pool, scaler = self.pool, self.autoscaler
+        auto = scaler is not None and scaler.range is not None
+        mx, mn = scaler.range if scaler is not None and scaler.range is not None else (pool.size, pool.size)
+        out: dict[str, Any] = {
+            "pool": pool.kind, "pool_range": [mn, mx], "pool_autoscale": auto,
+            "running": pool.running_count, "async_concurrency": pool.async_slots,
+            "children": len(pool.children),
+        }
+        if scaler is not None:
+            out.update(scaler.report())
+        if self.reloader is not None:
+            out.update(self.reloader.report())
+        return out
+
     def status(self) -> dict[str, Any]:
         hb, ledger, pool = self.heartbeat, self.ledger, self.pool
         hb.fresh()
         busy, total, queued = self.load()
         c = ledger.counts
-        return {
+        return {**self.pool_fields(),
             "node": self.name, "address": self.address, "state": "left" if self.stopping else "alive",
             "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
             "busy": busy, "total": total, "queued": queued, "scheduled": len(pool.scheduled),

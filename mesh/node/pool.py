@@ -1,10 +1,21 @@
-"""The prefork pool, node side: children started once and reused.
+"""The pool, node side: children started once and reused (docs/pools.md).
 
-Children ask for work by being idle (a ChildReady, or a ChildDone, is one credit). The
-pool never hands a task to a busy child, so a short task never waits behind a long one
-while any child is free. Hard time limits kill the child; a child that dies fails its
-task with WorkerLostError; children retire after max tasks or max memory. Every
-child that goes away is replaced.
+Three kinds (``--pool``): *prefork*, N children each running one task at a time;
+*threads*, one child running up to N tasks at once on threads; *solo*, one child
+running one task at a time. In every kind a child also runs ``async def`` tasks on
+its event loop, up to ``--async-concurrency`` at once. Tasks never run in the node's
+process, so its loop stays responsive and a hard time limit can always kill.
+
+Children ask for work by having a free slot (ChildReady, then every ChildDone, frees
+one): the pool never hands a task to a child without one, so a short task never
+waits behind a long one while any child has room. A hard time limit kills a child
+that runs one task; a task that shares its child (a thread, an async task) is first
+cancelled in the child (ChildCancel), and its child is killed only if it does not
+stop within CANCEL_GRACE. A child that dies fails its tasks with WorkerLostError;
+children retire after max tasks or max memory; every child that goes away is
+replaced. ``grow``/``shrink``/``resize`` change the number of workers (children, or
+the threads child's threads) and ``reload`` replaces every child with one forked from
+the node's current code (--autoreload), letting running tasks finish on the old one.
 """
 from __future__ import annotations
 
@@ -16,17 +27,22 @@ import os
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
-from mesh.node.channel import FrameReader, pack
+from mesh.node.channel import pack
 from mesh.node.child import Child
 from mesh.node.ledger import Entry
+from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status
+from mesh.node.pool_size import PoolSize
+from mesh.node.pool_stop import CANCEL_GRACE, STOPPED_IN_CHILD, PoolStop
 from mesh.ratelimit import TokenBucket
 from mesh.wire.protocol import ChildDone, ChildReady, ChildState, decode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
+
+__all__ = ["CANCEL_GRACE", "ChildProc", "Pool", "PoolEvents"]
 
 log = logging.getLogger("mesh.pool")
 
@@ -35,67 +51,47 @@ CRASH_LIMIT = 10
 RESPAWN_BACKOFF = 1.0
 
 
-class ChildProc:
-    __slots__ = ("index", "ident", "pid", "pidfd", "sock", "reader", "wbuf", "done_hdr",
-                 "entry", "killed_for", "retiring", "tasks", "shrink")
+LEAVE_GRACE = 5.0          # s a child that retires by itself has before it is told to
 
-    def __init__(self, index: int, ident: bytes, pid: int, pidfd: int, sock: socket.socket):
-        self.index = index
-        self.ident = ident
-        self.pid = pid
-        self.pidfd = pidfd
-        self.sock = sock                      # our end of the socketpair, non-blocking
-        self.reader = FrameReader()
-        self.wbuf = bytearray()               # what a short write left to send
-        self.done_hdr: ChildDone | None = None  # a ChildDone waiting for its Result frame
-        self.entry: Entry | None = None
-        self.killed_for: str | None = None
-        self.retiring = False
-        self.tasks = 0
-        self.shrink = False                   # leaves the pool after its task (pool_shrink)
+QueueItem = tuple[int, int, Entry]       # (-priority, seq, entry): a heap of these
 
 
-class PoolEvents(Protocol):
-    """What the pool tells its node (mesh.node.ledger.Ledger implements these)."""
-
-    def task_done(self, entry: Entry, state: str, result_frame: bytes, runtime: float,
-                  countdown: float | None = None, keep: bool = True) -> None: ...
-    def task_progress(self, entry: Entry, state: str, meta: bytes | None) -> None:
-        """The running task reported a state (track_started, update_state)."""
-    def task_failed(self, entry: Entry, exc_type: str, message: str, state: str = "FAILURE",
-                    **event: Any) -> None: ...
-    def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
-        """Its child died while running it (or was killed at shutdown)."""
-    def task_starting(self, entry: Entry) -> None:
-        """Called just before an ``acks_late=False`` task goes to a child."""
-    def task_started(self, entry: Entry, pid: int) -> None:
-        """A child got the task."""
-
-
-class Pool:
+class Pool(PoolSize, PoolStop):
     def __init__(self, app: "Mesh", config: "Config", node_name: str, events: PoolEvents,
                  size: int):
         self.app = app
         self.config = config
         self.node_name = node_name
         self.events = events
-        self.size = size
+        self.kind = config.pool                      # prefork, threads, solo
+        self.threaded = self.kind == "threads"       # one child, ``size`` threads
+        self.size = size                             # workers: children, or the child's threads
+        self.async_slots = config.async_concurrency  # async tasks per child at once
+        self.async_names = async_task_names(app)
         self.children: dict[bytes, ChildProc] = {}
-        self.idle: list[ChildProc] = []
-        self.queue: list[tuple[int, int, Entry]] = []   # (-priority, seq, entry)
-        self.scheduled: dict[str, Entry] = {}           # eta tasks waiting for their time
+        self.idle: list[ChildProc] = []              # open children running nothing
+        self.squeue: list[QueueItem] = []            # plain tasks waiting for a slot
+        self.aqueue: list[QueueItem] = []            # async def tasks waiting for a slot
+        self.scheduled: dict[str, Entry] = {}        # eta tasks waiting for their time
         self._seq = itertools.count()
         self._gen = itertools.count()
         self._deaths: list[float] = []
         self.stopping = False
         self.started_total = 0
-        self.limits: dict[str, TokenBucket] = {}         # task name -> rate limit, per node
-        self.rate_limited = 0                            # starts put off by a rate limit
+        self.reloads = 0                             # times every child was replaced (reload)
+        self.limits: dict[str, TokenBucket] = {}     # task name -> rate limit, per node
+        self.rate_limited = 0                        # starts put off by a rate limit
+
+    @property
+    def queue(self) -> list[QueueItem]:
+        """Every task waiting for a slot, as (-priority, seq, entry); sorted() gives the
+        order they would start in."""
+        return self.squeue + self.aqueue if self.aqueue else self.squeue
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
         """Start the children and supervise them until cancelled."""
-        for i in range(self.size):
+        for i in range(1 if self.kind != "prefork" else self.size):
             self._spawn(i)
         await asyncio.get_running_loop().create_future()
 
@@ -110,7 +106,7 @@ class Pool:
         theirs.close()
         mine.setblocking(False)
         pidfd = os.pidfd_open(pid)
-        proc = ChildProc(index, ident, pid, pidfd, mine)
+        proc = ChildProc(index, ident, pid, pidfd, mine, self.size if self.threaded else 1)
         self.children[ident] = proc
         self.started_total += 1
         loop = asyncio.get_running_loop()
@@ -188,7 +184,8 @@ class Pool:
         for e in self.scheduled.values():
             if e.timer:
                 e.timer.cancel()
-        self.queue.clear()
+        self.squeue.clear()
+        self.aqueue.clear()
         self.scheduled.clear()
         return unstarted
 
@@ -196,12 +193,11 @@ class Pool:
         """Let running tasks finish for up to ``timeout`` seconds, then stop every child
         (killing the ones still running a task)."""
         deadline = time.monotonic() + timeout
-        while any(c.entry for c in self.children.values()) and time.monotonic() < deadline:
+        while any(c.running for c in self.children.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for c in self.children.values():
-            if c.entry is not None:
-                c.killed_for = "shutdown"
-            self._kill(c, signal.SIGKILL if c.entry is not None else signal.SIGTERM)
+            self._mark_killed(c, "shutdown", list(c.running))
+            self._kill(c, signal.SIGKILL if c.running else signal.SIGTERM)
         deadline = time.monotonic() + 5.0
         while self.children and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -214,12 +210,9 @@ class Pool:
         for c in self.children.values():
             c.sock.close()
 
-    @staticmethod
-    def _kill(c: ChildProc, sig: int) -> None:
-        try:
-            os.kill(c.pid, sig)
-        except ProcessLookupError:
-            pass
+    def _not_idle(self, c: ChildProc) -> None:
+        if c in self.idle:
+            self.idle.remove(c)
 
     # -- work -------------------------------------------------------------------------
     def submit(self, entry: Entry) -> None:
@@ -229,59 +222,96 @@ class Pool:
             entry.timer = loop.call_later(entry.eta - now, self._eta_due, entry)
             self.scheduled[entry.task_id] = entry
             return
-        heapq.heappush(self.queue, (-entry.priority, next(self._seq), entry))
-        if self.idle:
-            self.dispatch()
+        self._enqueue(entry)
+        self.dispatch()
+
+    def _enqueue(self, entry: Entry) -> None:
+        q = self.aqueue if entry.name in self.async_names else self.squeue
+        heapq.heappush(q, (-entry.priority, next(self._seq), entry))
 
     def take_next(self) -> Entry:
         """Remove and return the queued task that would start next (to shed it)."""
-        return heapq.heappop(self.queue)[2]
+        sq, aq = self.squeue, self.aqueue
+        q = sq if sq and (not aq or sq[0] <= aq[0]) else aq
+        return heapq.heappop(q)[2]
 
     def _eta_due(self, entry: Entry) -> None:
         if self.scheduled.pop(entry.task_id, None) is not None:
             entry.timer = None
-            heapq.heappush(self.queue, (-entry.priority, next(self._seq), entry))
+            self._enqueue(entry)
             self.dispatch()
 
     def dispatch(self) -> None:
-        """Hand queued tasks to idle children, one each."""
-        queue, idle, limits = self.queue, self.idle, self.limits
-        while queue and idle and not self.stopping:
-            entry = heapq.heappop(queue)[2]
-            if entry.expires is not None and time.time() > entry.expires:
-                self.events.task_failed(entry, "TaskRevokedError",
-                                        f"task {entry.task_id} expired before it started", "REVOKED",
-                                        expired=True)
-                continue
-            if limits and not entry.reserved:
-                bucket = limits.get(entry.name)
-                if bucket is not None:
-                    now = time.time()
-                    wait = bucket.take(now)
-                    if wait > 0.0:          # not yet: back to the timers, others go on
-                        self.rate_limited += 1
-                        entry.eta = now + wait
-                        entry.reserved = True
-                        self.submit(entry)
-                        continue
-            entry.reserved = False
-            if not entry.acks_late:
-                self.events.task_starting(entry)
-            child = idle.pop()
-            child.entry = entry
-            entry.started = time.time()
-            if entry.time_limit:
-                entry.timer = asyncio.get_running_loop().call_later(
-                    entry.time_limit, self._on_time_limit, child, entry)
-            self._send(child, entry.frame)
-            self.events.task_started(entry, child.pid)
+        """Hand queued tasks to children with a free slot, highest priority first."""
+        if self.stopping:
+            return
+        sq, aq = self.squeue, self.aqueue
+        while sq or aq:
+            s_child = self._find(False) if sq else None
+            a_child = self._find(True) if aq else None
+            if s_child is not None and (a_child is None or sq[0] <= aq[0]):
+                self._launch(heapq.heappop(sq)[2], s_child, False)
+            elif a_child is not None:
+                self._launch(heapq.heappop(aq)[2], a_child, True)
+            else:
+                return
 
-    def _on_time_limit(self, child: ChildProc, entry: Entry) -> None:
-        if child.entry is entry and child.killed_for is None:
-            log.warning("task %s (%s) exceeded its time limit of %ss: killing child pid %d",
-                        entry.task_id, entry.name, entry.time_limit, child.pid)
-            child.killed_for = "time limit"
-            self._kill(child, signal.SIGKILL)
+    def _find(self, is_async: bool) -> ChildProc | None:
+        """A child with a free slot for a plain or an async task. Async tasks pack into
+        the child that runs the most of them, leaving other children whole."""
+        if is_async:
+            best: ChildProc | None = None
+            for c in self.children.values():
+                n = len(c.async_ids)
+                if (n and n < self.async_slots and c.open and (self.threaded or not c.sync_running)
+                        and (best is None or n > len(best.async_ids))):
+                    best = c
+            if best is not None:
+                return best
+        if not self.threaded:
+            return self.idle[-1] if self.idle else None
+        for c in self.children.values():
+            if c.open and (len(c.async_ids) < self.async_slots if is_async
+                           else c.sync_running < c.sync_slots):
+                return c
+        return None
+
+    def _launch(self, entry: Entry, child: ChildProc, is_async: bool) -> None:
+        """Start ``entry`` on ``child``, unless it expired or its rate limit says later."""
+        if entry.expires is not None and time.time() > entry.expires:
+            self.events.task_failed(entry, "TaskRevokedError",
+                                    f"task {entry.task_id} expired before it started", "REVOKED",
+                                    expired=True)
+            return
+        limits = self.limits
+        if limits and not entry.reserved:
+            bucket = limits.get(entry.name)
+            if bucket is not None:
+                now = time.time()
+                wait = bucket.take(now)
+                if wait > 0.0:          # not yet: back to the timers, others go on
+                    self.rate_limited += 1
+                    entry.eta = now + wait
+                    entry.reserved = True
+                    self.submit(entry)
+                    return
+        entry.reserved = False
+        if not entry.acks_late:
+            self.events.task_starting(entry)
+        idle = self.idle
+        if idle and idle[-1] is child:
+            idle.pop()
+        elif not child.running and child in idle:
+            idle.remove(child)
+        child.running[entry.task_id] = entry
+        if is_async:
+            child.async_ids.add(entry.task_id)
+        entry.started = time.time()
+        if entry.time_limit:
+            entry.timer = asyncio.get_running_loop().call_later(
+                entry.time_limit, self._on_time_limit, child, entry)
+        self._send(child, entry.frame)
+        self.events.task_started(entry, child.pid)
 
     # -- messages from children -------------------------------------------------------
     def _on_frame(self, child: ChildProc, frame: bytes) -> None:
@@ -294,34 +324,62 @@ class Pool:
         if type(msg) is ChildDone:
             child.done_hdr = msg
         elif type(msg) is ChildReady:
-            if not self.stopping and child.killed_for is None:
+            child.ready = True
+            if child.open and not child.running and not self.stopping:
                 self.idle.append(child)
         elif type(msg) is ChildState:
-            entry = child.entry
-            if entry is not None and entry.task_id == msg.task_id:
+            entry = child.running.get(msg.task_id)
+            if entry is not None:
                 self.events.task_progress(entry, msg.state, msg.meta)
         else:
             log.error("unexpected %s from child pid %d", type(msg).__name__, child.pid)
 
     def _task_done(self, child: ChildProc, msg: ChildDone, result: bytes) -> None:
-        entry = child.entry
-        if entry is None or entry.task_id != msg.task_id:
-            log.error("child pid %d reported task %s it was not running", child.pid, msg.task_id)
+        tid = msg.task_id
+        entry = child.running.pop(tid, None)
+        if entry is None:
+            log.error("child pid %d reported task %s it was not running", child.pid, tid)
             return
-        child.entry = None
+        was_async = tid in child.async_ids
+        child.async_ids.discard(tid)
         child.tasks += 1
         if entry.timer is not None:
             entry.timer.cancel()
-        self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown, msg.keep)
-        if child.shrink:              # pool_shrink: leaves, not replaced (it may also
-            child.retiring = True     # have asked to retire; leaving covers that)
-            self._kill(child, signal.SIGTERM)
-        elif msg.retire:
+        backstop = child.cancels.pop(tid, None)
+        if backstop is not None:
+            backstop.cancel()
+        why = child.reasons.pop(tid, None)
+        if why is not None and msg.state == "REVOKED":     # it stopped when told to
+            self._report(child, entry, why, STOPPED_IN_CHILD)
+        else:
+            self.events.task_done(entry, msg.state, result, msg.runtime, msg.countdown, msg.keep)
+        if msg.retire and not child.leaving:
             log.info("child pid %d retires: %s", child.pid, msg.retire)
-            child.retiring = True
-            self._replace(child)
-        elif child.killed_for is None and not self.stopping:
+            # a plain task on its main thread: the child leaves its loop by itself
+            # (cleanly, worker_process_shutdown and all); else it is told to go
+            self._leave(child, replace=True, itself=not self.threaded and not was_async)
+        elif child.leaving and not child.running:   # its last task: it goes now
+            self._stop_child(child)
+        elif not child.running and child.open and not self.stopping:
             self.idle.append(child)
+
+    def _leave(self, child: ChildProc, replace: bool, itself: bool = False) -> None:
+        """``child`` takes no more work and exits once its tasks are done (now, if it
+        runs none; ``itself``: it exits on its own, the node only makes sure); with
+        ``replace`` a new child takes its place at once."""
+        child.leaving = True
+        self._not_idle(child)
+        if itself:
+            asyncio.get_running_loop().call_later(LEAVE_GRACE, self._stop_child, child)
+        elif not child.running:
+            self._stop_child(child)
+        if replace and not self.stopping:
+            self._spawn(child.index)
+
+    def _stop_child(self, child: ChildProc) -> None:
+        """SIGTERM to a child with nothing left to run (it exits cleanly)."""
+        if child.ident in self.children and not child.running:
+            self._kill(child, signal.SIGTERM)
 
     # -- child exits ------------------------------------------------------------------
     def _on_exit(self, child: ChildProc) -> None:
@@ -330,7 +388,7 @@ class Pool:
         os.close(child.pidfd)
         try:
             _, status = os.waitpid(child.pid, 0)
-            how = _describe_status(status)
+            how = describe_status(status)
         except ChildProcessError:
             how = "exited"
         # what it wrote before it died is still in the socket: read it first
@@ -340,42 +398,22 @@ class Pool:
             loop.remove_writer(child.sock.fileno())
         child.sock.close()
         self.children.pop(child.ident, None)
-        if child in self.idle:
-            self.idle.remove(child)
-        if not child.retiring:
+        self._not_idle(child)
+        for handle in child.cancels.values():
+            handle.cancel()
+        if not child.leaving:
             log.log(logging.INFO if self.stopping else logging.WARNING,
                     "child pid %d %s%s", child.pid, how,
-                    f" while running task {child.entry.task_id}" if child.entry else "")
+                    f" while running {len(child.running)} task(s)" if child.running else "")
             if not self.stopping:
                 self._record_death()
-                if child.shrink:          # leaving the pool anyway (pool_shrink)
-                    child.retiring = True
-                else:
-                    self._replace(child)
-        entry = child.entry
-        if entry is not None:
-            child.entry = None
+                self._replace(child)
+        for entry in list(child.running.values()):
             if entry.timer is not None:
                 entry.timer.cancel()
-            self._report_lost(child, entry, how)
+            self._report(child, entry, child.reasons.get(entry.task_id), how)
+        child.running.clear()
         self.dispatch()
-
-    def _report_lost(self, child: ChildProc, entry: Entry, how: str) -> None:
-        if child.killed_for == "revoked":
-            self.events.task_failed(entry, "TaskRevokedError",
-                                    f"task {entry.name}[{entry.task_id}] was revoked and "
-                                    f"terminated (child pid {child.pid} {how})", "REVOKED", terminated=True)
-        elif child.killed_for == "time limit":
-            self.events.task_failed(entry, "TimeLimitExceeded",
-                                    f"task {entry.name}[{entry.task_id}] exceeded its hard time "
-                                    f"limit of {entry.time_limit} s; its child was killed")
-        elif child.killed_for == "shutdown":
-            self.events.task_lost(entry, f"node {self.node_name} shut down while task "
-                                  f"{entry.task_id} was still running after the shutdown timeout",
-                                  shutdown=True)
-        else:
-            self.events.task_lost(entry, f"child process pid {child.pid} {how} while running "
-                                  f"task {entry.name}[{entry.task_id}]")
 
     def _replace(self, child: ChildProc) -> None:
         if self.stopping:
@@ -409,88 +447,19 @@ class Pool:
                 entry.timer.cancel()
                 entry.timer = None
             return entry
-        for i, (_, _, e) in enumerate(self.queue):
-            if e.task_id == task_id:
-                self.queue[i] = self.queue[-1]
-                self.queue.pop()
-                heapq.heapify(self.queue)
-                return e
+        for q in (self.squeue, self.aqueue):
+            for i, (_, _, e) in enumerate(q):
+                if e.task_id == task_id:
+                    q[i] = q[-1]
+                    q.pop()
+                    heapq.heapify(q)
+                    return e
         return None
-
-    def terminate(self, task_id: str, sig: int = signal.SIGKILL) -> bool:
-        """Kill the child running ``task_id`` (revoke --terminate); it is replaced."""
-        for c in self.children.values():
-            if c.entry is not None and c.entry.task_id == task_id and c.killed_for is None:
-                log.warning("terminating task %s (%s): signal %d to child pid %d",
-                            task_id, c.entry.name, sig, c.pid)
-                c.killed_for = "revoked"
-                self._kill(c, sig)
-                return True
-        return False
-
-    def grow(self, n: int) -> int:
-        """Start ``n`` more children; the new size."""
-        used = {c.index for c in self.children.values()}
-        index = 0
-        for _ in range(n):
-            while index in used:
-                index += 1
-            used.add(index)
-            self._spawn(index)
-        self.size += n
-        return self.size
-
-    def shrink(self, n: int) -> int:
-        """Retire ``n`` children (idle ones at once, busy ones after their task),
-        never below one; the new size."""
-        n = min(n, self.size - 1)
-        if n <= 0:
-            return self.size
-        self.size -= n
-        leaving = [c for c in self.idle[:n]]
-        for c in leaving:
-            self.idle.remove(c)
-            c.retiring = True
-            self._kill(c, signal.SIGTERM)
-        busy = [c for c in self.children.values() if c.entry is not None and not c.shrink
-                and not c.retiring]
-        for c in busy[:n - len(leaving)]:
-            c.shrink = True
-        return self.size
-
-    # -- numbers ----------------------------------------------------------------------
-    @property
-    def busy(self) -> int:
-        return sum(1 for c in self.children.values() if c.entry is not None)
-
-    def pids(self) -> list[int]:
-        return [c.pid for c in self.children.values()]
-
-    def active(self) -> list[Entry]:
-        return [c.entry for c in self.children.values() if c.entry is not None]
-
-    def running(self) -> list[tuple[Entry, int]]:
-        """Started tasks and the pid of the child running each."""
-        return [(c.entry, c.pid) for c in self.children.values() if c.entry is not None]
 
     def kill_all(self) -> None:
         """A second stop request: kill every child now (running tasks are reported
         lost at shutdown, so acks_late ones go back to their owners)."""
         self.stopping = True
         for c in self.children.values():
-            if c.entry is not None:
-                c.killed_for = "shutdown"
+            self._mark_killed(c, "shutdown", list(c.running))
             self._kill(c, signal.SIGKILL)
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"was killed by {name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"
-
-

@@ -10,6 +10,7 @@ function (mesh/node/commands.py) and answers with a CONTROL_REPLY (unless
     ping, status (= stats), members, result           (what a node is and knows)
     active, reserved, scheduled, registered, revoked  (inspect)
     revoke, rate_limit, time_limit, pool_grow, pool_shrink, shutdown   (control)
+    autoscale                                          (control; mesh/node/autoscale.py)
     duplicate                                         (a client reports a late result)
     forget                                            (AsyncResult.forget: drop a result)
 
@@ -318,16 +319,32 @@ def time_limit(state: ControlState, req: TimeLimitArgs) -> TimeLimitReply:
     return TimeLimitReply(req.task, req.soft, req.hard)
 
 
+def _resize(node: "Node", size: int) -> PoolSizeReply:
+    """Resize the pool; with autoscale on, within its range (the autoscaler carries
+    on from the new size)."""
+    pool = node.pool
+    if pool.kind == "solo":
+        raise BadArgs("the solo pool runs one task at a time: it cannot grow or shrink")
+    scaler = node.autoscaler
+    if scaler is not None and scaler.range is not None:
+        mx, mn = scaler.range
+        size = max(mn, min(mx, size))
+        scaler.spare_since = None
+    return PoolSizeReply(pool.resize(max(1, size)))
+
+
 @register("pool_grow", "control", PoolArgs, builtin=True)
 def pool_grow(state: ControlState, req: PoolArgs) -> PoolSizeReply:
-    """Start n more children."""
-    return PoolSizeReply(state.node.pool.grow(req.n))
+    """n more workers: children (prefork) or threads (threads pool); with autoscale,
+    up to its max."""
+    return _resize(state.node, state.node.pool.size + req.n)
 
 
 @register("pool_shrink", "control", PoolArgs, builtin=True)
 def pool_shrink(state: ControlState, req: PoolArgs) -> PoolSizeReply:
-    """Retire n children (idle ones at once, busy ones after their task), never below one."""
-    return PoolSizeReply(state.node.pool.shrink(req.n))
+    """n fewer workers (idle children at once, busy ones after their task), never below
+    one; with autoscale, down to its min."""
+    return _resize(state.node, state.node.pool.size - req.n)
 
 
 @register("shutdown", "control", builtin=True)

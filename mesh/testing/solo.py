@@ -27,6 +27,7 @@ from mesh.node.pool import ChildProc, Pool, PoolEvents
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
+    from mesh.node.ledger import Entry
 
 
 class SoloSlot(ChildProc):
@@ -34,11 +35,15 @@ class SoloSlot(ChildProc):
 
     def __init__(self, index: int, ident: bytes):    # noqa: D107 - no OS resources
         self.index, self.ident, self.pid, self.pidfd = index, ident, os.getpid(), -1
-        self.entry = None
+        self.running = {}
+        self.async_ids = set()
+        self.sync_slots = 1
+        self.ready = True
         self.killed_for = None
-        self.retiring = False
+        self.reasons = {}
+        self.leaving = False
         self.tasks = 0
-        self.shrink = False
+        self.cancels = {}
         self.done_hdr = None
 
 
@@ -72,26 +77,28 @@ class SoloPool(Pool):
         if self.autorun:
             asyncio.get_running_loop().call_soon(self._run, child, child.entry)
 
-    def _run(self, child: ChildProc, entry: Any) -> None:
-        if child.entry is not entry or entry is None or child.killed_for is not None:
+    def _run(self, child: ChildProc, entry: "Entry | None") -> None:
+        if entry is None or child.killed_for is not None:
             return                          # killed (revoked, shut down) before it ran
+        frame = entry.frame
+        if child.running.get(entry.task_id) is not entry:
+            return
         old = signal.signal(signal.SIGALRM, _soft_limit)
         try:
-            done, result = self.child.run_frame(entry.frame)
+            done, result = self.child.run_frame(frame)
         finally:
             signal.signal(signal.SIGALRM, old)
         self.ran += 1
         self._task_done(child, done, result)
-        if child.retiring and child.ident in self.children:   # shrink: it leaves
-            self._gone(child, "left the pool")
         self.dispatch()                      # as the real pool does after a child's frames
 
     def finish_running(self, task_id: str | None = None) -> int:
         """autorun=False: run the tasks held "running" (or just ``task_id``) now."""
         n = 0
         for c in list(self.children.values()):
-            if c.entry is not None and (task_id is None or c.entry.task_id == task_id):
-                self._run(c, c.entry)
+            e = c.entry
+            if e is not None and (task_id is None or e.task_id == task_id):
+                self._run(c, e)
                 n += 1
         return n
 
@@ -103,30 +110,24 @@ class SoloPool(Pool):
         """The slot "exits": what Pool._on_exit does for a real child."""
         if self.children.pop(child.ident, None) is None:
             return
-        if child in self.idle:
-            self.idle.remove(child)
-        if not child.retiring and not self.stopping:
+        self._not_idle(child)
+        if not child.leaving and not self.stopping:
             self._record_death()
-            if child.shrink:
-                child.retiring = True
-            else:
-                self._replace(child)
-        entry = child.entry
-        if entry is not None:
-            child.entry = None
+            self._replace(child)
+        for entry in list(child.running.values()):
             if entry.timer is not None:
                 entry.timer.cancel()
-            self._report_lost(child, entry, how)
+            self._report(child, entry, child.reasons.get(entry.task_id), how)
+        child.running.clear()
         self.dispatch()
 
     async def finish(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while any(c.entry for c in self.children.values()) and time.monotonic() < deadline:
+        while any(c.running for c in self.children.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
         for c in list(self.children.values()):
-            if c.entry is not None:
-                c.killed_for = "shutdown"
-            self._gone(c, "was killed by SIGKILL" if c.entry is not None else "exited")
+            self._mark_killed(c, "shutdown", list(c.running))
+            self._gone(c, "was killed by SIGKILL" if c.running else "exited")
 
     def close(self) -> None:
         pass

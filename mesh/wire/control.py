@@ -205,6 +205,18 @@ class PoolArgs:
 
 
 @dataclass(frozen=True)
+class AutoscaleArgs:
+    """Celery's ``autoscale max min``: the pool's range of workers."""
+    max: int
+    min: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.max <= 1000:
+            raise BadArgs(f"autoscale needs 1 <= min <= max <= 1000, got max={self.max!r} "
+                          f"min={self.min!r}")
+
+
+@dataclass(frozen=True)
 class DuplicateArgs:
     task_id: str
     first_node: Any = None
@@ -303,6 +315,14 @@ class TimeLimitReply:
 @dataclass(frozen=True)
 class PoolSizeReply:
     size: int
+
+
+@dataclass(frozen=True)
+class AutoscaleReply:
+    ok: str                        # Celery's reply: "autoscale now max=8 min=2"
+    max: int
+    min: int
+    size: int                      # workers now
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class MsgType(enum.IntEnum):
     CHILD_READY = 20    # child -> node: a new child is up and idle (internal)
     CHILD_DONE = 21     # child -> node: header of a finished task (internal)
     CHILD_STATE = 22    # child -> node: the running task's state changed (internal)
+    CHILD_CANCEL = 23   # node -> child: stop this running task (internal; threads, async)
     # membership and failure detection, node <-> node (mesh/membership, SWIM + Lifeguard)
     PING = 30             # member -> member: are you alive? (a probe; carries updates)
     PING_REQ = 31         # member -> member: probe this target for me (indirect probe)
@@ -353,6 +354,17 @@ class ChildState(Message):
 
     def validate(self) -> None:
         _short(self.state, MAX_STATE_LEN, "state")
+
+
+@message
+class ChildCancel(Message):
+    """Internal: stop a running task that shares its child with others (a thread of
+    the threads pool, an ``async def`` task). The child interrupts it and reports it
+    with state REVOKED; ``reason`` ("time limit", "revoked") is what the node then
+    tells the task's owner. A task that does not stop in time has its child killed."""
+    TYPE = MsgType.CHILD_CANCEL
+    task_id: str
+    reason: str = ""
 
 
 # ---- membership (mesh/membership) --------------------------------------------------------

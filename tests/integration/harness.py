@@ -92,6 +92,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def node_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """clean_env() plus ``extra``; a PYTHONPATH in ``extra`` goes before the usual one."""
+    extra = dict(extra or {})
+    env = clean_env()
+    if "PYTHONPATH" in extra:
+        env["PYTHONPATH"] = os.pathsep.join([extra.pop("PYTHONPATH"), env["PYTHONPATH"]])
+    env.update(extra)
+    return env
+
+
 def run_program(program: str, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``meshnode``/``meshctl`` to completion and capture what it printed."""
@@ -121,6 +131,7 @@ class NodeProc:
                  env: dict[str, str] | None = None):
         self.argv = argv or []
         self.env = env or {}               # extra environment variables it was started with
+        self.cwd: Path | None = None       # where it runs (None: the repository)
         self.name = name
         self.endpoint = endpoint
         self.proc = proc
@@ -230,7 +241,9 @@ class NodeFactory:
 
     def __call__(self, *, app: str = TASKS_MODULE, concurrency: int | None = 2, name: str | None = None,
                  ready_timeout: float = READY_TIMEOUT, mdns: bool = False,
-                 env: dict[str, str] | None = None, **flags: Any) -> NodeProc:
+                 env: dict[str, str] | None = None, cwd: Path | None = None, **flags: Any) -> NodeProc:
+        """``env``: extra environment variables (a PYTHONPATH given is put first);
+        ``cwd``: where the node runs (default: the repository)."""
         for _attempt in range(3):
             port = free_port()
             node_name = name or f"it-{port}"
@@ -243,9 +256,10 @@ class NodeFactory:
                     "--name", node_name, *_flag_args(flags)]
             with open(stderr_path, "wb") as err:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                        cwd=ROOT, env=clean_env(**(env or {})), start_new_session=True)
+                                        cwd=cwd or ROOT, env=node_env(env), start_new_session=True)
             node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir,
                             self.control_for(flags.get("keys")), argv, env)
+            node.cwd = cwd
             self.nodes.append(node)
             if self._wait_ready(node, ready_timeout):
                 return node
@@ -258,9 +272,10 @@ class NodeFactory:
         assert old.proc.poll() is not None, f"{old!r} is still running"
         with open(old.stderr_path, "ab") as err:
             proc = subprocess.Popen(old.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    cwd=ROOT, env=clean_env(**old.env), start_new_session=True)
+                                    cwd=old.cwd or ROOT, env=node_env(old.env), start_new_session=True)
         node = NodeProc(old.name, old.endpoint, proc, old.stderr_path, old.data_dir,
                         old.control, old.argv, old.env)
+        node.cwd = old.cwd
         self.nodes.append(node)
         if not self._wait_ready(node, ready_timeout):
             raise AssertionError(f"{old.name} could not bind {old.endpoint} again")
@@ -313,6 +328,8 @@ def make_client_app(endpoints: list[str], tasks_module: ModuleType, **options: A
     app = Mesh("mesh-it-client", peers=endpoints, mdns=False, **options)
     ns = SimpleNamespace()
     for task in tasks_module.app.tasks.values():
+        if getattr(task.fun, "__module__", None) != tasks_module.__name__:
+            continue    # a @shared_task of another module, registered with every app
         options = dataclasses.asdict(task.options)
         setattr(ns, task.fun.__name__, app.task(**options)(task.fun))
     return ClientHandle(app, ns)

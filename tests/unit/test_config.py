@@ -69,19 +69,26 @@ def test_every_field_can_be_set_from_env() -> None:
               "advertise": "tcp://a:9", "mdns_interfaces": "127.0.0.1,10.0.0.1",
               "profile": "test", "journal": "off", "journal_fsync": "yes", "result_expires": "60",
               "events": "no", "http": "127.0.0.1:8080", "http_token": "t",
+              "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": "0.5",
+              "autoscale_max_cpu": "100", "async_concurrency": "7", "autoreload": "1",
+              "app": "proj.tasks:app",
               "keys": "/k", "key_name": "app", "insecure": "1", "quota_tasks": "9",
               "quota_bytes": "4096", "max_eta": "10"}
+    values["concurrency"] = "0"          # --autoscale and --concurrency exclude each other
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
     assert dataclasses.asdict(c) == {
         "name": "n", "bind": "tcp://h:1", "peers": ("tcp://p:2",), "mdns": False,
-        "concurrency": 2, "max_tasks_per_child": 3, "max_memory_per_child": 4,
+        "concurrency": 0, "max_tasks_per_child": 3, "max_memory_per_child": 4,
         "time_limit": 5.0, "soft_time_limit": 6.0, "shutdown_timeout": 7.0,
         "data_dir": "/tmp/d", "loglevel": "ERROR", "max_message_size": 2048,
         "result_timeout": 8.0, "discovery_timeout": 1.5,
         "advertise": "tcp://a:9", "mdns_interfaces": ("127.0.0.1", "10.0.0.1"),
         "profile": "test", "journal": False, "journal_fsync": True, "result_expires": 60.0,
         "events": False, "http": "127.0.0.1:8080", "http_token": "t",
+        "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": 0.5,
+        "autoscale_max_cpu": 100.0, "async_concurrency": 7, "autoreload": True,
+        "app": "proj.tasks:app",
         "keys": "/k", "key_name": "app", "insecure": True, "quota_tasks": 9,
         "quota_bytes": 4096, "max_eta": 10.0}
 
@@ -288,3 +295,31 @@ def test_default_bind_is_loopback_without_keys_and_every_interface_with_them() -
     assert build(keys="/some/dir").bind == f"tcp://0.0.0.0:{DEFAULT_PORT}"
     assert build(insecure=True).bind == f"tcp://0.0.0.0:{DEFAULT_PORT}"
     assert build(keys="/k", bind="tcp://127.0.0.1:9").bind == "tcp://127.0.0.1:9"
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({"pool": "gevent"}, "pool must be one of prefork, threads, solo"),
+    ({"autoscale": "8"}, None),
+    ({"autoscale": "2,8"}, "1 <= MIN <= MAX"),
+    ({"autoscale": "x,1"}, "MAX,MIN"),
+    ({"autoscale": "8,0"}, "1 <= MIN <= MAX"),
+    ({"autoscale": "8,2", "concurrency": 3}, "not both"),
+    ({"autoscale": "8,2", "pool": "solo"}, "cannot autoscale"),
+    ({"pool": "solo", "concurrency": 2}, "one task at a time"),
+    ({"async_concurrency": 0}, "async_concurrency"),
+    ({"autoscale_max_cpu": 0}, "percentage"),
+])
+def test_pool_options_are_checked(options: dict[str, object], error: str | None) -> None:
+    if error is None:
+        Config.build(env={}, **options)
+        return
+    with pytest.raises(ConfigError, match=error):
+        Config.build(env={}, **options)
+
+
+def test_pool_size_at_start() -> None:
+    assert Config.build(env={}, autoscale="8,3").pool_size == 3      # MIN
+    assert Config.build(env={}, autoscale="8").autoscale_range == (8, 1)
+    assert Config.build(env={}, pool="solo").pool_size == 1
+    assert Config.build(env={}, pool="threads", concurrency=6).pool_size == 6
+    assert Config.build(env={}, concurrency=4).autoscale_range is None

@@ -23,6 +23,7 @@ from mesh.wire.protocol import (
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Ack,
+    ChildCancel,
     ChildDone,
     ChildReady,
     ChildState,
@@ -80,6 +81,7 @@ SAMPLES: list[Message] = [
     ControlReply(req_id="r1", ok=True, node="node-1",
                  payload={"busy": 1, "total": 4, "registered": ["tasks.add"]}, error="none"),
     ChildReady(pid=4242),
+    ChildCancel(task_id="5b0c", reason="time limit"),
     ChildDone(task_id="5b0c", state="SUCCESS", runtime=1.5, retire="max tasks per child (1)",
               rss=1 << 20, countdown=2.5, keep=False),
     ChildState(task_id="5b0c", state="STARTED", meta=codec.dumps({"pid": 7})),
@@ -104,6 +106,7 @@ def test_message_type_numbers_are_fixed() -> None:
     assert {m.name: m.value for m in MsgType} == {
         "SUBMIT": 1, "ACK": 2, "RESULT": 3, "RELEASE": 4, "ERROR": 5, "CONTROL": 6,
         "CONTROL_REPLY": 7, "STATE": 8, "CHILD_READY": 20, "CHILD_DONE": 21, "CHILD_STATE": 22,
+        "CHILD_CANCEL": 23,
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
         "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36,
     }
@@ -228,7 +231,7 @@ def test_unsupported_version(version: object) -> None:
     expect_decode_error(msgpack.packb(raw, use_bin_type=True), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("mtype", [0, 9, 19, 23, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
+@pytest.mark.parametrize("mtype", [0, 9, 19, 29, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
 def test_unknown_type(mtype: object) -> None:
     expect_decode_error(pack(1, mtype, "t", "n", b""), "unknown message type")
 

@@ -1,0 +1,135 @@
+"""``shared_task`` and the current app, with Celery's semantics.
+
+A reusable package (a Django app, a library) cannot import the project's ``Mesh``
+app: it does not know it, and may be imported before it exists. ``@shared_task``
+registers the function with every app, the ones that exist and the ones made
+later, and returns a proxy that stands for the task of the *current* app::
+
+    from mesh import shared_task
+
+    @shared_task
+    def add(x, y):
+        return x + y
+
+    add.delay(2, 3)        # sent through the current app (the last one made)
+
+The current app is the last ``Mesh`` created (``Mesh(..., set_as_current=False)``
+opts out; ``app.set_current()`` chooses one). With no app at all, a default one is
+made on first use, configured from MESH_* variables, as Celery's default app.
+
+This is process-wide state by nature (Celery keeps the same in ``celery._state``):
+the registry of shared tasks must outlive any one app. It is all in this module.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
+
+if TYPE_CHECKING:
+    from mesh.app import Mesh
+    from mesh.task import Task
+
+_lock = threading.RLock()
+_apps: "weakref.WeakSet[Mesh]" = weakref.WeakSet()
+_current: "weakref.ref[Mesh] | None" = None
+_default: "Mesh | None" = None
+# (function, options) of every shared task, in the order they were declared
+_shared: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+
+
+def _register_shared(app: "Mesh", fun: Callable[..., Any], options: dict[str, Any]) -> "Task":
+    name = options.get("name") or f"{fun.__module__}.{fun.__qualname__}"
+    old = app._tasks.get(name)
+    if old is not None and _origin(old.fun) == _origin(fun):   # its module was imported
+        del app._tasks[name]                                   # again (a reload): replace it
+    task: Task = app.task(**dict(options))(fun)
+    return task
+
+
+def _origin(fun: Any) -> tuple[str, str]:
+    return (getattr(fun, "__module__", ""), getattr(fun, "__qualname__", ""))
+
+
+def app_created(app: "Mesh", set_as_current: bool) -> None:
+    """Called by every new ``Mesh``: it gets every shared task declared so far."""
+    with _lock:
+        _apps.add(app)
+        for fun, options in _shared:
+            _register_shared(app, fun, options)
+        if set_as_current:
+            set_current(app)
+
+
+def set_current(app: "Mesh") -> None:
+    global _current
+    with _lock:
+        _current = weakref.ref(app)
+
+
+def current_app() -> "Mesh":
+    """The current app: the last one made or set current; a default one if none is alive."""
+    global _default
+    with _lock:
+        app = _current() if _current is not None else None
+        if app is not None:
+            return app
+        if _default is None:
+            from mesh.app import Mesh
+            _default = Mesh("default")     # becomes current as it is made
+        return _default
+
+
+class SharedTask:
+    """Stands for a shared task in the current app: attribute access, calls and
+    ``delay``/``apply_async`` go to ``current_app().tasks[name]``, resolved anew on
+    every use (so a test that makes its own app, eager or not, gets its own task)."""
+
+    def __init__(self, name: str, fun: Callable[..., Any]):
+        self.name = name
+        self.__wrapped__ = fun
+        self.__doc__ = fun.__doc__
+        self.__module__ = fun.__module__
+
+    def _get_current_object(self) -> "Task":
+        app = current_app()
+        task = app._tasks.get(self.name)
+        if task is None:   # only if registering it with this app failed, and said why
+            from mesh.exceptions import NotRegistered
+            raise NotRegistered(f"shared task {self.name!r} is not registered with {app!r}")
+        return task
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._get_current_object(), attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._get_current_object()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<@shared_task {self.name}>"
+
+
+@overload
+def shared_task(fun: Callable[..., Any]) -> SharedTask: ...
+@overload
+def shared_task(fun: None = None, **options: Any) -> Callable[[Callable[..., Any]], SharedTask]: ...
+
+
+def shared_task(fun: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """Declare a task for every app (see the module docstring). Takes the options
+    of ``@app.task``; bad options fail here, in the first app they reach."""
+    def declare(f: Callable[..., Any]) -> SharedTask:
+        with _lock:
+            name = options.get("name") or f"{f.__module__}.{f.__qualname__}"
+            if not any(g is f for g, _o in _shared):
+                for app in list(_apps):
+                    _register_shared(app, f, options)
+                _shared.append((f, dict(options)))
+            return SharedTask(name, f)
+    if fun is not None:
+        if options:
+            from mesh.exceptions import ConfigError
+            raise ConfigError("use @shared_task or @shared_task(option=...), not both")
+        return declare(fun)
+    return declare
