@@ -247,10 +247,6 @@ class KeyRing:
         """The role of an authorized public key (z85 text), None if it is not."""
         return self.roles.get(public)
 
-    def removed_since(self, roles: dict[str, str]) -> bool:
-        """Whether a key authorized in ``roles`` (an earlier ``self.roles``) no longer is."""
-        return any(self.roles.get(k) != r for k, r in roles.items())
-
 
 # ---- managing a key directory (meshctl keys) ---------------------------------------------
 
