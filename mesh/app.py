@@ -20,6 +20,7 @@ from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.loader import Discovery
 from mesh.node.component import Components
 from mesh.result import AsyncResult, Slot
+from mesh.routing import AppRoutes
 from mesh.signals import Signal
 from mesh.task import CALL_KNOWN, OPTION_PROPERTIES, Task
 from mesh.wire import codec
@@ -111,6 +112,7 @@ class Mesh:
                                                        "__qualname__": f"{base.__qualname__}"})
         self._tasks: dict[str, Task] = {}
         self.components = Components()   # the app's own node components (mesh.Component)
+        self._routes = AppRoutes()       # task_routes, prepared (mesh/routing.py)
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._security: Any = None
@@ -310,18 +312,23 @@ class Mesh:
                 if self._client is None:
                     from mesh.client.io import Client
                     from mesh.conf import CLIENT_OPTIONS
-                    self._client = Client(self.config, self._seeds(), self.security)
+                    # nodes found by mDNS are this app's mesh's; given peers say which mesh
+                    mdns = not self.config.peers and self.config.mdns
+                    self._client = Client(self.config, self._seeds(),
+                                          mesh=self.main if mdns else None, security=self.security)
                     self.conf.freeze(CLIENT_OPTIONS, "this app's client already runs with the "
                                      "old value; set it before the first task is sent")
         return self._client
 
     def _seeds(self) -> list[str]:
-        """Where the client starts: configured peers, else nodes found by mDNS."""
+        """Where the client starts: configured peers, else the nodes of this app's mesh
+        (``Mesh("billing")``: nodes of mesh billing) found by mDNS."""
         if self.config.peers or not self.config.mdns:
             return list(self.config.peers)
         from mesh.discovery.mdns import browse_sync
         return list(browse_sync(timeout=self.config.discovery_timeout,
-                                interfaces=list(self.config.mdns_interfaces) or None).values())
+                                interfaces=list(self.config.mdns_interfaces) or None,
+                                mesh=self.main).values())
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, task_id: str | None = None,
@@ -330,8 +337,10 @@ class Mesh:
                   soft_time_limit: float | None = None, link: Any = None,
                   link_error: Any = None, headers: dict[str, Any] | None = None,
                   shadow: str | None = None, ignore_result: bool | None = None,
-                  **options: Any) -> AsyncResult:
-        """Send a task by name (the code need not be importable here). With the setting
+                  queue: str | None = None, **options: Any) -> AsyncResult:
+        """Send a task by name (the code need not be importable here). It goes to a
+        node serving its queue (``queue``, else ``task_routes``, else
+        ``task_default_queue``) that registered it (docs/routing.md). With the setting
         ``task_always_eager`` a task registered here runs here (an EagerResult)."""
         ignore_options(options, CALL_OPTIONS, "send_task", CALL_KNOWN, self.conf._warned)
         if self.conf["task_always_eager"]:
@@ -347,14 +356,16 @@ class Mesh:
         if ignore_result is not None:
             hdr["ignore_result"] = ignore_result
         return self._send(name, args, kwargs, task_id, countdown, eta, expires, priority,
-                          time_limit, soft_time_limit, link, link_error, hdr or None)
+                          time_limit, soft_time_limit, link, link_error, hdr or None,
+                          queue=queue)
 
     def _send(self, name: str, args: Iterable[Any] | None = None,
               kwargs: dict[str, Any] | None = None, task_id: str | None = None,
               countdown: float | None = None, eta: Any = None, expires: Any = None,
               priority: int | None = None, time_limit: float | None = None,
               soft_time_limit: float | None = None, link: Any = None,
-              link_error: Any = None, headers: dict[str, Any] | None = None) -> AsyncResult:
+              link_error: Any = None, headers: dict[str, Any] | None = None,
+              queue: str | None = None) -> AsyncResult:
         if link is not None or link_error is not None:
             raise ConfigError("link/link_error (callbacks) are not available in this version of mesh yet")
         if not isinstance(name, str) or not name:
@@ -368,6 +379,11 @@ class Mesh:
         if kwargs is not None and not isinstance(kwargs, dict):
             raise EncodeError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         headers = dict(headers) if headers else {}
+        if args is not None and not isinstance(args, (list, tuple)):
+            args = list(args)          # read once: a router may look at them too
+        q = self._routes.queue(self.conf, name, call_queue=queue, args=args or (),
+                               kwargs=kwargs, task=self.tasks.get(name))
+        headers["queue"] = q
         if self.conf.task_send_sent_event:    # the node publishes task-sent for us
             headers["sent_at"] = now
             headers["sent_by"] = f"{socket.gethostname()}:{os.getpid()}"
@@ -376,9 +392,8 @@ class Mesh:
         body = None                        # the publish signals' body, when someone listens
         if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
             from mesh.client import publish
-            queue = self.conf.task_default_queue
-            body, headers = publish.before(
-                name, tid, args or (), kwargs if kwargs is not None else {}, headers, queue,
+            body, headers = publish.before(        # with the queue the task was routed to
+                name, tid, args or (), kwargs if kwargs is not None else {}, headers, q,
                 priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
                 soft_time_limit=soft_time_limit)
             args, kwargs = body[0], body[1]
@@ -394,11 +409,11 @@ class Mesh:
         if len(frame) > config.max_message_size:
             raise EncodeError(f"task {name} is {len(frame)} bytes encoded, over the limit of "
                               f"{config.max_message_size} (max_message_size)")
-        slot = Slot(msg.task_id, frame)
+        slot = Slot(msg.task_id, frame, name=name, queue=q)
         self.client.submit(slot)
         if body is not None:
             from mesh.client import publish
-            publish.after(name, body, queue)
+            publish.after(name, body, q)
         return AsyncResult(msg.task_id, self, slot)
 
     @property

@@ -51,8 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "task_track_started": False,
     "task_default_rate_limit": None,
     "task_default_priority": None,
-    "task_default_queue": "celery",     # names the queue in the publish signals and metrics
-                                        # (named queues to route to come with --queues)
+    "task_routes": None,                # routers: which queue a task goes to (docs/routing.md)
+    "task_default_queue": "celery",     # the queue of a task nothing routes elsewhere
     "task_send_sent_event": False,      # the node publishes task-sent for this client's
                                         # tasks (docs/events.md)
     "task_time_limit": None,            # the node's default hard limit (meshnode --time-limit)
@@ -211,6 +211,17 @@ def _rate(name: str, v: Any) -> Any:
     return v
 
 
+def _routes(name: str, v: Any) -> Any:
+    from mesh.routing import prepare
+    prepare(v, name, imports=False)
+    return v
+
+
+def _queue(name: str, v: Any) -> Any:
+    from mesh.routing import check_queue
+    return check_queue(v, name)
+
+
 def _priority(name: str, v: Any) -> Any:
     if v is not None and (type(v) is not int or not 0 <= v <= 9):
         raise ConfigError(f"{name} must be 0..9 or None, got {v!r}")
@@ -230,6 +241,7 @@ def _passthrough(name: str, v: Any) -> Any:
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "timezone": _timezone, "beat_schedule": _dict, "task_annotations": _annotations,
     "task_default_rate_limit": _rate, "task_default_priority": _priority,
+    "task_routes": _routes, "task_default_queue": _queue,
     "task_time_limit": _seconds, "task_soft_time_limit": _seconds,
     "result_expires": _result_expires, "imports": _modules, "include": _modules,
     "worker_concurrency": _count, "worker_pool": _pool, "worker_max_tasks_per_child": _count,

@@ -18,7 +18,8 @@ _NO_BROKER = ("mesh has no broker: clients send tasks straight to nodes, found b
 _NO_BACKEND = ("mesh keeps results on the nodes that ran the tasks (their journals), so no "
                "result backend is needed; AsyncResult works from any process")
 _MSGPACK = "mesh always encodes with msgpack (never pickle): docs/protocol.md, section 7"
-_QUEUES = "task routing and named queues come with meshnode --queues"
+_QUEUES = ("a queue exists by being served (meshnode --queues); tasks are routed with queue=, "
+           "task_routes and task_default_queue (docs/routing.md)")
 _WORKFLOWS = "chords come with workflows"
 _NO_BEAT = ("mesh has no beat process: every node carries the schedule (beat_schedule) and "
             "exactly one fires each run")
@@ -43,9 +44,7 @@ FIXED: dict[str, tuple[Any, str]] = {
 
 # Celery ideas that mesh will have; setting them now would do nothing, so it is refused
 NOT_YET: dict[str, str] = {
-    "task_routes": _QUEUES, "task_queues": _QUEUES,
-    "task_create_missing_queues": _QUEUES, "task_queue_max_priority": _QUEUES,
-    "worker_direct": _QUEUES,
+    "worker_direct": "a queue per node (meshnode --queues with the node's own name does it by hand)",
     "task_inherit_parent_priority": "parent tasks come with workflows",
     "result_chord_join_timeout": _WORKFLOWS, "result_chord_retry_interval": _WORKFLOWS,
     "task_allow_error_cb_on_chord_header": _WORKFLOWS,
@@ -74,6 +73,8 @@ NOT_USED: dict[str, str] = {
     "task_default_exchange": _NO_BROKER, "task_default_exchange_type": _NO_BROKER,
     "task_default_routing_key": _NO_BROKER, "task_default_delivery_mode": _NO_BROKER,
     "task_create_missing_queue_type": _NO_BROKER, "task_default_queue_type": _NO_BROKER,
+    "task_queues": _QUEUES, "task_create_missing_queues": _QUEUES,
+    "task_queue_max_priority": "every node orders its queued tasks by priority 0..9",
     "task_create_missing_queue_exchange_type": _NO_BROKER,
     "worker_prefetch_multiplier": "mesh never prefetches: children ask for work when idle",
     "worker_enable_prefetch_count_reduction": "mesh never prefetches",
@@ -115,8 +116,6 @@ NOT_USED_PREFIXES: dict[str, str] = {
 # @app.task options mesh has no use for: accepted, so calls move over unchanged, and
 # logged once each
 CALL_OPTIONS: dict[str, str] = {
-    "queue": "every node takes every task it has registered (named queues come with "
-             "meshnode --queues)",
     "routing_key": _NO_BROKER, "exchange": _NO_BROKER, "exchange_type": _NO_BROKER,
     "serializer": _MSGPACK, "compression": _MSGPACK,
     "retry": "a client owns its tasks and resends them when a node dies",
@@ -128,7 +127,7 @@ CALL_OPTIONS: dict[str, str] = {
 TASK_OPTIONS: dict[str, str] = {
     "serializer": _MSGPACK, "shared": "every task is registered on the app that defines it",
     "typing": "arguments are not checked against the signature when sent",
-    "lazy": "tasks are registered when decorated", "queue": CALL_OPTIONS["queue"],
+    "lazy": "tasks are registered when decorated",
     "routing_key": _NO_BROKER, "exchange": _NO_BROKER,
 }
 

@@ -40,6 +40,8 @@ class Config:
     profile: str = "lan"                # membership timings: lan, local or test (mesh.membership.profiles)
     discovery_timeout: float = 3.0      # s a client without peers browses mDNS for nodes
     mdns_interfaces: tuple[str, ...] = ()  # IPs to use mDNS on; () = from --bind (nodes), all (clients)
+    queues: tuple[str, ...] = ()        # the queues a node takes tasks from; () = every queue
+                                        # (docs/routing.md)
     # -- security (docs/security.md) ---------------------------------------------------
     keys: str = ""                      # the mesh's key directory (meshctl keys init): every
                                         # plane CurveZMQ-authenticated and encrypted; "" = none
@@ -136,6 +138,10 @@ class Config:
             raise bad("max_message_size must be at least 1024 bytes")
         for ep in (self.bind, *self.peers, *((self.advertise,) if self.advertise else ())):
             check_endpoint(ep)
+        if self.queues:
+            from mesh.routing import check_queue
+            for q in self.queues:
+                check_queue(q, "queues")
         if self.profile not in ("lan", "local", "test"):
             raise bad(f"profile must be one of lan, local, test, got {self.profile!r}")
         if self.http:
@@ -237,7 +243,9 @@ def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
         try:
             return tuple(value)
         except TypeError:
-            raise ConfigError(f"{where} must be a list of tcp://HOST:PORT strings or a "
+            what = {"peers": "tcp://HOST:PORT strings", "queues": "queue names"}.get(f.name,
+                                                                                    "strings")
+            raise ConfigError(f"{where} must be a list of {what} or a "
                               f"comma-separated string, got {type(value).__name__}") from None
     return value
 

@@ -1,11 +1,16 @@
 """Rate limits: parsing Celery's notation and a token bucket per task name.
 
 ``"100/m"`` is 100 starts per minute, ``"10/s"`` ten per second, ``"5/h"`` five per
-hour; a bare number is per second. A limit applies per node (as in Celery): a node
-starts a rate-limited task only when its bucket has a token, and a task that must
+hour; a bare number is per second. ``rate_limit`` applies per node (as in Celery): a
+node starts a rate-limited task only when its bucket has a token, and a task that must
 wait goes back to the node's timers (it never blocks a child or other tasks).
+``mesh_rate_limit`` is a total for the whole mesh: each node's bucket gets its share
+(``mesh_share``; mesh/node/limits.py keeps the shares up to date).
 """
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from mesh.exceptions import ConfigError
 
@@ -62,3 +67,18 @@ class TokenBucket:
         wait = (1.0 - self.tokens) / self.rate
         self.tokens -= 1.0                # negative: tokens owed to reservations
         return wait
+
+
+def mesh_share(total: float, peers: Iterable[Any]) -> tuple[float, int]:
+    """This node's share of a mesh-wide limit: ``total`` starts per second for the whole
+    mesh (this node's view), ``peers`` the totals the other alive nodes running the
+    task declare (what is not a finite number > 0 is ignored: a peer's meta is not
+    trusted). The smallest total anyone declares, split evenly between this node and
+    those peers, so that the shares add up to no more than any node's total. Returns
+    (this node's share, how many nodes share it)."""
+    smallest, n = total, 1
+    for p in peers:
+        if isinstance(p, (int, float)) and not isinstance(p, bool) and 0 < p < float("inf"):
+            smallest = min(smallest, float(p))
+            n += 1
+    return smallest / n, n

@@ -33,15 +33,19 @@ class Slot:
     and callers (readers/waiters) under ``Slot.lock``."""
 
     __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters", "remote", "refused",
-                 "meta", "submit")
+                 "meta", "submit", "name", "queue")
     lock = threading.Lock()   # one lock for all slots: waits are rare, updates are short
 
-    def __init__(self, task_id: str, frame: bytes | None, remote: bool = False):
+    def __init__(self, task_id: str, frame: bytes | None, remote: bool = False,
+                 name: str = "", queue: str = ""):
         self.task_id = task_id
         self.frame = frame            # the encoded Submit, kept until the result arrives
+        self.name = name              # the task's name and queue: where it may go
+        self.queue = queue            # ("": not known, any node may be asked)
         self.remote = remote          # a task another process submitted: looked up, not owned
         self.state = states.UNKNOWN if remote else states.PENDING
-        self.refused: set[str] | None = None  # nodes that could not journal it
+        self.refused: set[str] | None = None  # nodes that did not take it (journal, queue,
+                                      # not registered there)
         self.msg: Result | None = None
         self.node: str | None = None  # endpoint it was last sent to
         self.waiters: list[Callable[[], None]] | None = None

@@ -61,6 +61,9 @@ class TaskOptions:
     reject_on_worker_lost: bool = False  # acks_late and the child died mid-run: run it again
                                        # (up to MAX_REDELIVERIES) instead of WorkerLostError
     rate_limit: str | float | None = None  # "100/m", "10/s", "5/h" or per second; per node
+    mesh_rate_limit: str | float | None = None  # the same notation, for the whole mesh: shared
+                                       # out between the nodes that run it (docs/routing.md)
+    queue: str | None = None           # the queue it goes to (docs/routing.md); None: routes
     # -- results --
     ignore_result: bool = False        # the value is not kept (nor sent); get() says so
     store_errors_even_if_ignored: bool = False  # ignore_result, but keep failures
@@ -80,6 +83,10 @@ class TaskOptions:
         if self.default_retry_delay < 0 or self.retry_backoff_max < 0 or self.retry_backoff < 0:
             raise ConfigError("retry delays must be >= 0")
         parse_rate(self.rate_limit)
+        parse_rate(self.mesh_rate_limit)
+        if self.queue is not None:
+            from mesh.routing import check_queue
+            check_queue(self.queue, f"task {self.name!r}: queue")
         for n in ("time_limit", "soft_time_limit", "expires"):
             v = getattr(self, n)
             if v is not None and v <= 0:
@@ -224,7 +231,7 @@ class Task:
             for k, v in ann.items():
                 (annotated if k in HANDLERS else values)[k] = v
         if conf["worker_disable_rate_limits"]:
-            values["rate_limit"] = None
+            values["rate_limit"] = values["mesh_rate_limit"] = None
         handlers: dict[str, Callable[..., Any]] = {}    # only those that do something
         for name in HANDLERS:
             if name in annotated:
@@ -375,10 +382,13 @@ class Task:
                     time_limit: float | None = None, soft_time_limit: float | None = None,
                     link: Any = None, link_error: Any = None,
                     headers: dict[str, Any] | None = None, shadow: str | None = None,
-                    ignore_result: bool | None = None, **options: Any) -> "AsyncResult":
+                    ignore_result: bool | None = None, queue: str | None = None,
+                    **options: Any) -> "AsyncResult":
         """Send the task to a node. ``eta`` is a datetime or unix time; ``expires`` a
         datetime, unix time or seconds from now (numbers under 10**9 are seconds).
-        With the setting ``task_always_eager`` it runs here instead (``apply``)."""
+        ``queue``: only nodes serving it take the task (else the task's own queue,
+        ``task_routes``, ``task_default_queue``: docs/routing.md). With the setting
+        ``task_always_eager`` it runs here instead (``apply``)."""
         if options:
             ignore_options(options, CALL_OPTIONS, "apply_async", CALL_KNOWN,
                            self.app.conf._warned)
@@ -398,6 +408,7 @@ class Task:
                 hdr["ignore_result"] = ignore_result
         return self.app._send(
             self.name, args=args, kwargs=kwargs, task_id=task_id, countdown=countdown, eta=eta,
+            queue=queue if queue is not None else o.queue,
             expires=expires if expires is not None else o.expires,
             priority=priority if priority is not None else o.priority,
             time_limit=time_limit if time_limit is not None else o.time_limit,
@@ -441,7 +452,7 @@ class Task:
 
 
 CALL_KNOWN = ("args, kwargs, task_id, countdown, eta, expires, priority, time_limit, "
-              "soft_time_limit, link, link_error, headers, shadow, ignore_result")
+              "soft_time_limit, link, link_error, headers, shadow, ignore_result, queue")
 _NOT_SETTABLE = frozenset({*states.READY_STATES, states.PENDING, states.UNKNOWN, states.RETRY})
 
 # task.max_retries etc. read the effective options (a task's class holds these, over any

@@ -71,6 +71,10 @@ AUTO_TESTS: dict[str, list[str]] = {
                           "tests/integration/test_e2e_shutdown.py"],
     "mesh/result.py": ["tests/unit/test_result.py", "tests/unit/test_result_waits.py",
                        "tests/unit/test_client_scripted.py"],
+    "mesh/routing.py": ["tests/unit/test_routing.py"],
+    "mesh/capabilities.py": ["tests/unit/test_routing.py", "tests/unit/test_routing_node.py"],
+    "mesh/client/fit.py": ["tests/unit/test_routing.py", "tests/unit/test_routing_node.py"],
+    "mesh/node/scope.py": ["tests/unit/test_routing.py", "tests/unit/test_routing_node.py"],
 }
 
 # token -> what it becomes (one mutant per replacement)

@@ -20,9 +20,11 @@ def _peers(ctx: click.Context) -> list[str]:
     if not peers:
         from mesh.discovery.mdns import browse_sync
         ifaces = [i.strip() for i in os.environ.get("MESH_MDNS_INTERFACES", "").split(",") if i.strip()]
-        peers = list(browse_sync(timeout=ctx.obj["timeout"], interfaces=ifaces or None).values())
+        peers = list(browse_sync(timeout=ctx.obj["timeout"], interfaces=ifaces or None,
+                                 mesh=ctx.obj.get("mesh")).values())
     if not peers:
-        die("meshctl", "no nodes found: mDNS found none within --timeout; use --peers "
+        which = f" of mesh {ctx.obj['mesh']!r}" if ctx.obj.get("mesh") is not None else ""
+        die("meshctl", f"no nodes{which} found: mDNS found none within --timeout; use --peers "
             "tcp://HOST:PORT or set MESH_PEERS", EXIT_FAILURE)
     try:
         for p in peers:
@@ -37,6 +39,8 @@ def _peers(ctx: click.Context) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
               show_default=True, help="Seconds to wait for nodes to answer.")
+@click.option("--mesh", metavar="NAME", help="Without --peers: only nodes of this mesh (the "
+              "app's name), of those mDNS finds.")
 @click.option("--keys", "keys", metavar="DIR",
               help="The mesh's keys, for a keyed mesh (meshctl keys init DIR); MESH_KEYS too. "
                    "meshctl uses the directory's admin key (its client key if it has none).")
@@ -44,7 +48,7 @@ def _peers(ctx: click.Context) -> list[str]:
               help="Which key pair of --keys to use when it holds several; MESH_KEY_NAME too.")
 @click.pass_context
 def meshctl(ctx: click.Context, peers: str | None, as_json: bool, timeout: float,
-            keys: str | None, key_name: str | None) -> None:
+            mesh: str | None, keys: str | None, key_name: str | None) -> None:
     """Look at and talk to a running mesh.
 
     \b
@@ -53,7 +57,7 @@ def meshctl(ctx: click.Context, peers: str | None, as_json: bool, timeout: float
       meshctl --keys ~/.mesh-keys --peers tcp://10.0.0.5:7700 status
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(peers=peers, json=as_json, timeout=timeout)
+    ctx.obj.update(peers=peers, json=as_json, timeout=timeout, mesh=mesh)
     # every socket meshctl makes (ControlClient, the client of `call`, events) reads
     # MESH_KEYS: --keys is the same thing, for this process
     if keys:
@@ -106,6 +110,11 @@ def _fmt_bytes(n: int) -> str:
 def _fmt_uptime(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _queues(queues: Any) -> str:
+    """The queues a node serves: ``*`` for every queue (status ``queues``: nil)."""
+    return ",".join(map(str, queues)) if isinstance(queues, list) else "*"
 
 
 # when two nodes disagree about a third at the same incarnation, the graver state wins
@@ -190,18 +199,20 @@ def status(ctx: click.Context) -> int:
     if ctx.obj["json"]:
         click.echo(json.dumps(rows, indent=2))
     else:
-        header = ("NODE", "ADDRESS", "STATE", "POOL", "KIND", "RANGE", "QUEUE", "DONE", "FAILED",
-                  "TASKS/S", "CPU%", "MEM", "UPTIME", "VERSION")
+        header = ("NODE", "ADDRESS", "STATE", "MESH", "QUEUES", "KIND", "RANGE", "BUSY", "WAITING",
+                  "DONE", "FAILED", "TASKS/S", "CPU%", "MEM", "UPTIME", "VERSION")
         table = [header]
         for r in rows:
             if not r["answered"]:
                 load = r.get("load")
-                pool = f"{load[0]}/{load[1]}" if load else "-"
+                busy = f"{load[0]}/{load[1]}" if load else "-"
                 queue = str(load[2]) if load else "-"
-                table.append((r["node"], r["address"], r["state"], pool, "-", "-", queue) + ("-",) * 7)
+                table.append((r["node"], r["address"], r["state"], "-", "-", "-", "-", busy, queue)
+                             + ("-",) * 7)
                 continue
-            table.append((r["node"], r["address"], r["state"], f"{r['busy']}/{r['total']}",
-                          str(r.get("pool", "-")), pool_range(r),
+            table.append((r["node"], r["address"], r["state"], str(r.get("mesh", "-")),
+                          _queues(r.get("queues")), str(r.get("pool", "-")), pool_range(r),
+                          f"{r['busy']}/{r['total']}",
                           str(r["queued"]), str(r["succeeded"]), str(r["failed"]),
                           f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",
                           _fmt_bytes(r["rss_bytes"]), _fmt_uptime(r["uptime"]), r["version"]))

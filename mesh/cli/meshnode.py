@@ -69,6 +69,8 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--http", "http", metavar="HOST:PORT",
               help="Serve the dashboard (/), JSON API (/api/...), Prometheus /metrics and /healthz "
                    "here (PORT alone: loopback). Off by default.")
+@click.option("--queues", "-Q", metavar="Q1[,Q2...]",
+              help="Take only tasks routed to these queues (default: every queue); MESH_QUEUES too.")
 @click.option("--keys", "keys", metavar="DIR",
               help="The mesh's keys (meshctl keys init DIR): every plane CurveZMQ-authenticated "
                    "and encrypted; MESH_KEYS too.")
@@ -93,7 +95,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
              result_expires: float | None, no_events: bool | None, http: str | None,
              keys: str | None, insecure: bool | None, quota_tasks: int | None,
-             quota_bytes: int | None, max_eta: float | None, loglevel: str | None) -> int:
+             quota_bytes: int | None, max_eta: float | None, loglevel: str | None,
+             queues: str | None) -> int:
     """Run a mesh node for the tasks of an app.
 
     \b
@@ -122,7 +125,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
             result_expires=result_expires, events=False if no_events else None, http=http,
             keys=keys, insecure=insecure, quota_tasks=quota_tasks, quota_bytes=quota_bytes,
-            max_eta=max_eta, loglevel=loglevel.upper() if loglevel else None)
+            max_eta=max_eta, loglevel=loglevel.upper() if loglevel else None, queues=queues)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
     from mesh.security.exposure import refusal

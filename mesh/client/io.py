@@ -32,8 +32,11 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from mesh import states
+from mesh.capabilities import Serves, from_meta
 from mesh.client import handshakes
+from mesh.client.fit import fits
 from mesh.client.placement import choose_from
+from mesh.client.routes import Routing
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.node.peers import literal_host
@@ -92,7 +95,7 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down", "key", "keys_failed", "strikes", "refused", "refused_at")
+                 "down", "serves", "key", "keys_failed", "strikes", "refused", "refused_at")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]):
         self.endpoint = endpoint
@@ -110,6 +113,7 @@ class NodeLink:
         self.reconnects = 0
         self.gone_since = 0.0         # monotonic time membership stopped calling it alive
         self.down = False             # disconnected (or reset) since its last handshake
+        self.serves: Serves | None = None   # its mesh, queues, task names (None: not heard)
         self.key: bytes | None = None  # the mesh key it speaks to the node with (keys)
         self.keys_failed: set[bytes | None] = set()   # mesh keys the node did not hold
         self.strikes = 0              # handshakes failed in a row with the key tried now
@@ -121,8 +125,9 @@ class NodeLink:
         return (self.busy + self.queued + self.inflight) / max(self.total, 1)
 
 
-class Client:
-    def __init__(self, config: Config, seeds: list[str], security: Security | None = None):
+class Client(Routing):
+    def __init__(self, config: Config, seeds: list[str], mesh: str | None = None,
+                 security: Security | None = None):
         if not seeds:
             raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
                               "set MESH_PEERS, or start a node that mDNS can find")
@@ -131,6 +136,10 @@ class Client:
                          else Security.load(config.keys, CLIENT, config.key_name))
         self.client_id = uuid.uuid4().hex.encode()
         self.seeds = list(dict.fromkeys(seeds))
+        # the mesh this client sends to: its app's (nodes found by mDNS), else the mesh of
+        # the first seed that answers; nodes of other meshes are not used (docs/routing.md)
+        self.mesh = mesh
+        self._foreign: set[str] = set()                  # other meshes' nodes, logged once
         self.duplicates = 0                             # results for already-complete tasks
         self.failovers = 0                              # tasks resent because their node died
         self.resent = 0                                 # tasks resent after a reconnect
@@ -152,6 +161,8 @@ class Client:
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []
+        self._fits: dict[tuple[str, str], list[NodeLink]] = {}   # (queue, name) -> links that
+                                                        # take it (reset with _placeable)
         self._members_req = ""
         self._next_refresh = 0.0
         self._ctx = zmq.Context()
@@ -293,7 +304,10 @@ class Client:
         link.down = True                        # its next handshake is a reconnect
 
     def _update_placeable(self) -> None:
-        self._placeable = [n for n in self.links.values() if n.state == "alive" and not n.refused]
+        self._fits = {}
+        mesh = self.mesh
+        self._placeable = [n for n in self.links.values() if n.state == "alive" and not n.refused
+                           and (n.serves is None or mesh is None or n.serves.mesh == mesh)]
 
     def _run(self) -> None:
         self._poller.register(self._efd, zmq.POLLIN)
@@ -378,7 +392,7 @@ class Client:
                 self._wrong_key(link)
                 return                          # the link's sockets may be new ones now
             elif event in (FAILED_AUTH, FAILED_PROTOCOL):
-                self._on_refused(link, self.security.handshake_problem(event, link.endpoint))
+                self._link_refused(link, self.security.handshake_problem(event, link.endpoint))
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 link.keys_failed.clear()
                 link.strikes = 0
@@ -406,7 +420,7 @@ class Client:
     def _wrong_key(self, link: NodeLink) -> None:
         handshakes.wrong_key(self, link)
 
-    def _on_refused(self, link: NodeLink, why: str) -> None:
+    def _link_refused(self, link: NodeLink, why: str) -> None:
         handshakes.refused(self, link, why)
 
     def _retry_refused(self, now: float) -> None:
@@ -446,7 +460,7 @@ class Client:
                 continue
             slot.state = states.PENDING
             if others:
-                self._send(slot, self._pick(avoid=link.endpoint))
+                self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
             else:           # nowhere to go yet: keep trying (the node may come back)
                 slot.node = None
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
@@ -469,10 +483,10 @@ class Client:
         except zmq.ZMQError:
             pass
 
-    def _apply_members(self, members: Any) -> None:
+    def _apply_members(self, members: Any, answering: NodeLink | None = None) -> None:
         if not isinstance(members, list):
             return
-        changed = False
+        changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []
         for m in members:
             if not isinstance(m, dict):
@@ -481,6 +495,12 @@ class Client:
             if not isinstance(ep, str) or not isinstance(state, str) or not ep.startswith("tcp://"):
                 continue
             link = self.links.get(ep)
+            serves = from_meta(m.get("meta") if isinstance(m.get("meta"), dict) else None)
+            if self.mesh is not None and serves.mesh != self.mesh:
+                self._not_ours(ep, nid, serves.mesh)
+                if link is not None and link.serves != serves:
+                    link.serves, changed = serves, True
+                continue
             if link is None:
                 if state != "alive":
                     continue              # no need to connect to a node that is gone
@@ -502,6 +522,8 @@ class Client:
                     dead.append(link)
             if isinstance(nid, str):
                 link.node_id = nid
+            if link.serves != serves:
+                link.serves, changed = serves, True
             load = m.get("load")
             if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
                 link.busy, link.total, link.queued = load[0], load[1], load[2]
@@ -511,8 +533,34 @@ class Client:
         for link in dead:
             self._failover(link)
 
-    def _pick(self, avoid: str | None = None) -> NodeLink:
+    def _pick(self, avoid: str | None = None, slot: Slot | None = None,
+              kind: str = "", said: str = "") -> NodeLink | None:
+        """The node to send ``slot`` to: alive, of this client's mesh, serving its queue
+        with its task registered (not one that refused it), by power of two choices.
+        None when there is none: then the slot is failed (no alive node takes it:
+        NotRegistered, or MeshError naming the queue) or tried again shortly (one that
+        might is suspect, or the client has not heard from the mesh yet); ``kind`` and
+        ``said`` are what the last node to refuse it answered."""
         pool = self._placeable
+        seeds = self.seeds
+        if slot is not None and slot.name:
+            if pool:
+                if slot.refused:
+                    pool = fits(pool, slot.queue, slot.name, slot.refused)
+                else:               # the same few (queue, name) pairs, again and again
+                    key = (slot.queue, slot.name)
+                    fit = self._fits.get(key)
+                    if fit is None:
+                        fit = self._fits[key] = fits(pool, slot.queue, slot.name)
+                    pool = fit
+                if not pool:
+                    self._unplaceable(slot, kind, said)
+                    return None
+            elif slot.refused:          # no alive node known: the seeds that did not refuse
+                seeds = [ep for ep in seeds if ep not in slot.refused]
+                if not seeds:
+                    self._unplaceable(slot, kind, said)
+                    return None
         if avoid is not None and len(pool) > 1:
             pool = [n for n in pool if n.endpoint != avoid]
         if len(pool) > 1:   # skip nodes that are shutting down, while others remain
@@ -521,7 +569,7 @@ class Client:
             pool = fresh or pool
         choice = choose_from(pool, self._rng)
         if choice is None:  # membership knows no alive node: keep trying the seeds
-            choice = self.links[self._rng.choice(self.seeds)]
+            choice = self.links[self._rng.choice(seeds)]
         return choice
 
     def _drain_outbox(self) -> None:
@@ -538,11 +586,14 @@ class Client:
                 self._fail(slot, "ConfigError", f"task id {slot.task_id} is already outstanding "
                            "in this client; give each call its own id")
                 continue
-            link = self._pick()
-            if link.refused:
+            self._slots[slot.task_id] = slot
+            link = self._pick(slot=slot)
+            if link is None:
+                continue
+            if link.refused:                    # a seed whose handshake failed (keys)
+                self._slots.pop(slot.task_id, None)
                 self._fail(slot, "MeshError", link.refused)
                 continue
-            self._slots[slot.task_id] = slot
             link.inflight += 1
             slot.node = link.endpoint
             batch = batches.get(link)
@@ -569,9 +620,9 @@ class Client:
         elif link.busy > 0:
             link.busy -= 1
 
-    def _send(self, slot: Slot, link: NodeLink) -> None:
-        """(Re)send a task the client holds to ``link``."""
-        if slot.frame is None:
+    def _send(self, slot: Slot, link: NodeLink | None) -> None:
+        """(Re)send a task the client holds to ``link`` (None: _pick dealt with it)."""
+        if slot.frame is None or link is None:
             return
         if link.refused:
             self._slots.pop(slot.task_id, None)
@@ -605,7 +656,7 @@ class Client:
         if type(msg) is Result and msg.state == states.RETRY:
             slot = self._slots.get(msg.task_id)    # not final: it runs again later
             if slot is not None and slot.node != link.endpoint:
-                self._foreign(msg, link)
+                self._from_elsewhere(msg, link)
             elif slot is not None and slot.msg is None:
                 slot.state = states.RETRY
                 slot.meta = None
@@ -618,8 +669,13 @@ class Client:
         elif type(msg) is Result:
             slot = self._slots.get(msg.task_id)
             if slot is not None and slot.node != link.endpoint:
-                self._foreign(msg, link)          # only its holder speaks for a task
+                self._from_elsewhere(msg, link)          # only its holder speaks for a task
                 return
+            if msg.exc is not None and msg.traceback is None and _not_registered(msg):
+                slot = self._slots.get(msg.task_id)    # refused there: another node may have it
+                if slot is not None and slot.msg is None:
+                    self._on_refused(slot, link, "NotRegistered", str(msg.exc.get("message")))
+                    return
             slot = self._slots.pop(msg.task_id, None)
             was_acked = slot is not None and slot.state != states.PENDING
             if slot is None:
@@ -655,7 +711,7 @@ class Client:
         elif type(msg) is ControlReply:
             if msg.req_id == self._members_req and msg.ok:
                 link.node_id = msg.node
-                self._apply_members(msg.payload)
+                self._apply_members(msg.payload, link)
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:
@@ -664,8 +720,8 @@ class Client:
             slot = self._slots.get(msg.ref) if msg.ref else None
             if slot is not None and slot.node != link.endpoint:
                 slot = None                   # about a task this node does not hold for us
-            if slot is not None and msg.code in ("journal", "quota"):
-                self._on_journal_error(slot, link, msg.message)
+            if slot is not None and msg.code in ("journal", "queue", "quota"):
+                self._on_refused(slot, link, msg.code, msg.message)
                 return
             if slot is not None:
                 self._slots.pop(slot.task_id, None)
@@ -677,7 +733,7 @@ class Client:
         else:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
 
-    def _foreign(self, msg: Result, link: NodeLink) -> None:
+    def _from_elsewhere(self, msg: Result, link: NodeLink) -> None:
         handshakes.foreign(self, msg, link)
 
     @staticmethod
@@ -711,8 +767,8 @@ class Client:
             shed_to = self._shed_target(target)
             if shed_to is not None:
                 self._send(slot, shed_to)
-            elif len(self._placeable) > 1 or (self._placeable and self._placeable[0] is not link):
-                self._send(slot, self._pick(avoid=link.endpoint))
+            elif self._another(slot, link):
+                self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
             else:   # the only node is restarting: try it again shortly
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
         log.info("node %s gave back %d unstarted task(s): %s", msg.node, len(msg.task_ids), msg.reason)
@@ -738,24 +794,7 @@ class Client:
         self._retry = [(t, s) for t, s in self._retry if t > now]
         for slot in due:
             if slot.msg is None:
-                self._send(slot, self._pick())
-
-    # -- journal refusals ---------------------------------------------------------------
-    def _on_journal_error(self, slot: Slot, link: NodeLink, message: str) -> None:
-        """A node could not journal the task (full or read-only disk) and did not take
-        it: try a node that has not refused it; when every node has, fail it with the
-        node's own words, so the submitter knows (never silent loss)."""
-        self._forget_one(link, slot.state != states.PENDING)
-        if slot.refused is None:
-            slot.refused = set()
-        slot.refused.add(link.endpoint)
-        slot.state = states.PENDING
-        others = [n for n in self._placeable if n.endpoint not in slot.refused]
-        if others:
-            self._send(slot, choose_from(others, self._rng) or others[0])
-            return
-        self._slots.pop(slot.task_id, None)
-        self._fail(slot, "MeshError", message, link.node_id)
+                self._send(slot, self._pick(slot=slot))
 
     # -- results of tasks owned elsewhere ---------------------------------------------
     def _targets(self) -> list[NodeLink]:
@@ -833,6 +872,12 @@ class Client:
         for s in slots:
             done = s.complete(msg) or done
         return done
+
+
+def _not_registered(msg: Result) -> bool:
+    """A node's own NotRegistered refusal (not an exception a task raised)."""
+    exc = msg.exc or {}
+    return exc.get("type") == "NotRegistered" and exc.get("module") == "mesh.exceptions"
 
 
 def _acks_late(frame: bytes | None) -> bool:

@@ -7,7 +7,7 @@ words are given the meaning they have here (docs/signals.md):
   arguments are encoded after ``before_task_publish``, so a receiver may change the
   ``args`` list or the ``kwargs`` dict in place and the task gets what it left there.
 * ``exchange``: always ``""``: there is no exchange, the client sends to a node.
-* ``routing_key``: the name of the queue the task is for (``task_default_queue``).
+* ``routing_key``: the name of the queue the task is routed to (docs/routing.md).
 * ``headers``: Celery's message headers (``lang``, ``task``, ``id``, ``eta``,
   ``expires``, ``retries``, ``timelimit``, ``argsrepr``, ``kwargsrepr``, ``origin``,
   ...) plus the call's own ``headers``. Keys a receiver adds or changes travel with

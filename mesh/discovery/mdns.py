@@ -14,6 +14,8 @@ What a node announces, in the TXT record (RFC 6763 key=value strings):
            ``::``) means "any of my addresses": the receiver picks one of the A records
 ``boot``   random per :meth:`Discovery.start`; a restarted node always looks new
 ``seq``    bumped by :meth:`Discovery.reannounce`, so peers see an update
+``mesh``   the mesh the node belongs to (its app's name; absent means ``""``): nodes and
+           clients only join, or send work to, nodes of their own mesh (docs/routing.md)
 =========  ============================================================================
 
 plus any extra properties the node passes in. The SRV record carries the port.
@@ -568,12 +570,18 @@ class Discovery:
 
 # ---- the client side --------------------------------------------------------------------
 
+def mesh_of(props: Mapping[str, str]) -> str:
+    """The mesh a node's TXT record says it belongs to."""
+    return props.get("mesh", "")
+
+
 async def browse(timeout: float, interfaces: Interfaces | None = None, *,
-                 settle: float = DEFAULT_SETTLE) -> dict[str, str]:
+                 settle: float = DEFAULT_SETTLE, mesh: str | None = None) -> dict[str, str]:
     """Find mesh nodes once: ``{node_id: endpoint}``. Returns as soon as at least
     one node was found and nothing new appeared for ``settle`` seconds, or at
     ``timeout`` (``{}`` if none answered). ``interfaces=None`` means all interfaces
-    (loopback included). Raises DiscoveryError if mDNS cannot run."""
+    (loopback included). ``mesh``: only nodes of that mesh (others are ignored).
+    Raises DiscoveryError if mDNS cannot run."""
     ifaces: Interfaces = InterfaceChoice.All if interfaces is None else (
         interfaces if isinstance(interfaces, InterfaceChoice) else list(interfaces))
     loop = asyncio.get_running_loop()
@@ -583,6 +591,10 @@ async def browse(timeout: float, interfaces: Interfaces | None = None, *,
 
     def on_found(node_id: str, endpoint: str, props: dict[str, str]) -> None:
         nonlocal last_new
+        if mesh is not None and mesh_of(props) != mesh:
+            log.debug("mDNS: ignoring node %s at %s: it belongs to mesh %r, not %r", node_id,
+                      endpoint, mesh_of(props), mesh)
+            return
         if found.get(node_id) != endpoint:
             found[node_id] = endpoint
             last_new = loop.time()
@@ -614,7 +626,7 @@ async def browse(timeout: float, interfaces: Interfaces | None = None, *,
 
 
 def browse_sync(timeout: float, interfaces: Interfaces | None = None, *,
-                settle: float = DEFAULT_SETTLE) -> dict[str, str]:
+                settle: float = DEFAULT_SETTLE, mesh: str | None = None) -> dict[str, str]:
     """:func:`browse` for code without an event loop (a CLI, a plain thread, or
     even a thread whose loop is running: the work runs on a private loop in a
     short-lived thread of its own, so the caller's loop state is left alone)."""
@@ -623,7 +635,7 @@ def browse_sync(timeout: float, interfaces: Interfaces | None = None, *,
 
     def run() -> None:
         try:
-            result.update(asyncio.run(browse(timeout, interfaces, settle=settle)))
+            result.update(asyncio.run(browse(timeout, interfaces, settle=settle, mesh=mesh)))
         except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread below
             error.append(e)
 

@@ -26,11 +26,12 @@ CHECK_INTERVAL = 1.0         # s between looks at whether this node is alone
 
 class Announcer(Component):
     name = "discovery"
-    requires = ("membership",)
+    requires = ("membership", "routing")
 
     def __init__(self) -> None:
         self.discovery: Any = None
         self.discovered: dict[str, str] = {}      # node id -> endpoint, heard on mDNS
+        self.foreign: dict[str, str] = {}         # node id -> its mesh: another mesh's nodes
         self._had_peers = False
         self._reannounced = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -53,7 +54,8 @@ class Announcer(Component):
         from mesh.discovery.mdns import Discovery, DiscoveryError
         node = self.node
         disc = Discovery(node.name, node.address, self._on_discovered,
-                         interfaces=list(node.config.mdns_interfaces) or None)
+                         interfaces=list(node.config.mdns_interfaces) or None,
+                         props={"mesh": node.routing.mesh})
         try:
             await disc.start()
         except DiscoveryError as e:
@@ -70,6 +72,15 @@ class Announcer(Component):
 
     def _on_discovered(self, node_id: str, endpoint: str, props: dict[str, str]) -> None:
         if endpoint == self.node.address:
+            return
+        mesh = props.get("mesh", "")
+        if mesh != self.node.routing.mesh:     # another app's nodes on the same LAN
+            if self.foreign.get(node_id) != mesh:
+                if len(self.foreign) >= 1000:    # said once per node, within reason
+                    self.foreign.clear()
+                self.foreign[node_id] = mesh
+                log.info("mDNS: ignoring node %s at %s: it belongs to mesh %r, this node to %r",
+                         node_id, endpoint, mesh, self.node.routing.mesh)
             return
         if self.discovered.get(node_id) != endpoint:
             log.info("mDNS: found node %s at %s", printable(node_id), printable(endpoint))

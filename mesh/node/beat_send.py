@@ -74,8 +74,8 @@ class Outbox:
     def send(self, run: Run, now: float, avoid: set[str] | None = None) -> bool:
         """Send (or resend) a run to the node its id picks; False if no node can take it
         now (it stays owned and is tried again by check())."""
+        self.runs[run.task_id] = run           # first: pick reads the run (its task's queue)
         choice = self.pick(run.task_id, avoid or set())
-        self.runs[run.task_id] = run
         run.sent_at = now
         if choice is None:
             run.target, run.address = "", ""
@@ -172,9 +172,9 @@ class Outbox:
                     run = None                   # not from the node holding it
                 if run is None:
                     log.warning("beat: %s refused a frame: %s %s", address, msg.code, msg.message)
-                elif msg.code == "journal":
-                    log.warning("beat: %s could not journal run %s of %s; sending it elsewhere",
-                                run.target, run.task_id, run.entry)
+                elif msg.code in ("journal", "queue"):     # the node will not take it
+                    log.warning("beat: %s did not take run %s of %s (%s); sending it elsewhere",
+                                run.target, run.task_id, run.entry, msg.code)
                     self.send(run, run.sent_at, avoid={run.target})
                 else:
                     log.error("beat: run %s of %s was refused by %s: %s %s", run.task_id,

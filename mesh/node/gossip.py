@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.membership import Member, Membership, MemberState, profile
 from mesh.node.component import Component
 from mesh.node.peers import PeerSockets, ZmqTransport
+from mesh.node.scope import MeshScope
 from mesh.security.text import printable
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def tasks_digest(names: Iterable[str]) -> str:
 
 class Members(Component):
     name = "membership"
-    requires = ("front", "events", "control", "pool", "heartbeat")
+    requires = ("front", "events", "control", "routing", "pool", "heartbeat")
 
     async def start(self, node: "Node") -> None:
         self.node = node
@@ -52,6 +53,10 @@ class Members(Component):
         node.membership = self.membership = Membership(
             node.name, node.address, prof, self.transport, on_change=self._on_change,
             get_local_meta=self.local_meta)
+        # nodes of another mesh (another app's, on the same LAN) are refused (scope.py)
+        self.scope = MeshScope(node.routing.mesh, self.membership, self.transport,
+                               node.config.peers)
+        self.transport.attach(self.scope)
         if node.config.peers:
             self.membership.join(node.config.peers)
         node.spawn(self.membership.run(), name="membership")
@@ -81,7 +86,8 @@ class Members(Component):
         return {"busy": busy, "total": total, "queued": queued, "rate": round(hb.rate, 1),
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
                 "events": node.events_endpoint, "clock": node.events.clock,
-                "beat": node.beat.advertised() if node.beat is not None else ""}
+                "beat": node.beat.advertised() if node.beat is not None else "",
+                **node.routing.meta}      # mesh, queues, task names (mesh/capabilities.py)
 
     def members(self) -> list[dict[str, Any]]:
         """Every member this node knows, for the ``members`` control command."""

@@ -1,7 +1,7 @@
 """Intake: what the node does with a SUBMIT.
 
-A task is refused (revoked, not registered, journal failing, over its sender's quota
-or its eta too far ahead) with a clear answer,
+A task is refused (revoked, another queue, not registered, journal failing, over its
+sender's quota or its eta too far ahead) with a clear answer,
 answered from the journal (finished here already), recognised (a resend of a task
 held here), or accepted into the ledger. Every SUBMIT of a loop pass is acknowledged
 in one ACK per peer at the end of the pass (``flush_acks``), after the journal has
@@ -30,7 +30,7 @@ class Intake(Component):
     """Takes SUBMITs from the front door into the ledger."""
 
     name = "intake"
-    requires = ("journal", "front", "control", "pool")
+    requires = ("journal", "front", "control", "routing", "pool")
 
     def __init__(self) -> None:
         self._acks: dict[bytes, list[str]] = {}
@@ -60,6 +60,13 @@ class Intake(Component):
             node.events.emit("task-revoked", uuid=tid, name=msg.name, expired=False,
                              terminated=False)
             return
+        if node.routing.queues is not None:      # not every queue: is this one ours?
+            refused = node.routing.refusal(msg)
+            if refused is not None:
+                front.refuse(ident, "queue", refused, tid)
+                node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=True,
+                                 reason="queue")
+                return
         task = node.app.tasks.get(msg.name)
         if task is None:
             known = ", ".join(sorted(node.app.tasks)[:20])

@@ -42,9 +42,11 @@ from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
 from mesh.node.keys import Keys
 from mesh.node.ledger import Ledger
+from mesh.node.limits import Limits
 from mesh.node.recovery import Recovery
 from mesh.node.reload import Reloader
 from mesh.node.remote import RemoteControl
+from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
 from mesh.security.curve import Security
@@ -69,6 +71,7 @@ BUILTIN: tuple[type[Component], ...] = (
     Keys,           # keys: loopback unless keys or --insecure; with keys, the ZAP guard
     Storage,        # journal: sqlite in the data dir, or in memory
     RemoteControl,  # control: the control commands and what they change (revokes, limits)
+    Routes,         # routing: this node's mesh, queues and task names (docs/routing.md)
     FrontDoor,      # front: the ROUTER, bound now, read once the node is ready
     EventStream,    # events: the XPUB
     Executor,       # pool: the prefork children; at shutdown, the drain
@@ -77,6 +80,7 @@ BUILTIN: tuple[type[Component], ...] = (
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
     Members,        # membership: SWIM over the front door and peer sockets
     Shedder,        # shedding: queued tasks to peers with room
+    Limits,         # ratelimits: per-node and mesh-wide rate limits (shares from gossip)
     Expiry,         # expiry: old results out of the journal
     Autoscaler,     # autoscaler: the pool's size follows the work (--autoscale; replaceable)
     Reloader,       # reloader: new children for new code (--autoreload)
@@ -107,6 +111,7 @@ class Node:
     # set by the components that own them (see BUILTIN)
     journal: "Journal"
     control: RemoteControl
+    routing: Routes
     front: FrontDoor
     pool: "Pool"
     intake: Intake
@@ -114,6 +119,7 @@ class Node:
     membership: "Membership"
     transport: "ZmqTransport"
     shedder: Shedder
+    limits: Limits
     gossip: Members
     history: HistoryService
     http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
@@ -221,6 +227,7 @@ class Node:
             "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
             "key_reloads": getattr(self.by_name.get("keys"), "reloads", 0),
             "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
+            **self.routing.status(), "mesh_rate_limits": self.limits.status(),
             "components": [component_name(x) for x in self.components],
         }
 

@@ -32,7 +32,7 @@ from mesh.node.component import Component
 from mesh.node.events import short_repr
 from mesh.node.journal import JournalError
 from mesh.node.view import NodeView
-from mesh.ratelimit import TokenBucket, parse_rate
+from mesh.ratelimit import parse_rate
 from mesh.wire import codec
 from mesh.wire.control import (
     MAX_IDS_PER_REVOKE,
@@ -298,11 +298,7 @@ def rate_limit(state: ControlState, req: RateLimitArgs) -> RateLimitReply:
         rate = parse_rate(req.rate)
     except Exception as e:
         raise BadArgs(str(e)) from None
-    limits = node.pool.limits
-    if rate is None:
-        limits.pop(req.task, None)
-    else:
-        limits[req.task] = TokenBucket(rate)
+    node.limits.set_node_rate(req.task, rate)      # with its mesh-wide share, if any
     log.info("rate limit of %s: %s", req.task, f"{rate:g}/s" if rate else "none")
     return RateLimitReply(req.task, rate)
 

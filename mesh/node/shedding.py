@@ -2,19 +2,25 @@
 
 Every ``SHED_INTERVAL``, if the oldest queued task has waited more than ``SHED_AFTER``
 and no child is idle, the tasks that would start next go to peers whose gossiped load
-shows room and whose registered tasks are the same as ours (a digest of the task
-names travels in the meta). The owners get a RELEASE with a ``target`` and resend
-there: the client owns tasks, so a shed task is never in two places.
+shows room and that take them: of our mesh, serving the task's queue, with its name
+registered (the meta says; mesh/capabilities.py). The owners get a RELEASE with a
+``target`` and resend there: the client owns tasks, so a shed task is never in two
+places.
 """
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mesh.capabilities import from_meta
+from mesh.membership import Member
 from mesh.node.component import Component
 from mesh.node.ledger import Entry
+from mesh.wire.protocol import Submit, decode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -27,9 +33,16 @@ MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
 REASON = "shed to a node with room"
 
 
+@dataclass
+class _Room:
+    member: Member
+    left: int            # tasks it may still be given now
+    sent: int            # tasks sent to it since its last report
+
+
 class Shedder(Component):
     name = "shedding"
-    requires = ("pool", "membership")
+    requires = ("pool", "membership", "routing")
 
     def __init__(self) -> None:
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
@@ -59,11 +72,9 @@ class Shedder(Component):
             return 0
         if now - min(e.received for _, _, e in pool.queue) < SHED_AFTER:
             return 0
-        moved: dict[str, list[Entry]] = {}          # target address -> entries
+        rooms: list[_Room] = []
         for m in ms.alive_members(include_self=False):
             meta = m.meta
-            if meta.get("tasks") != node.tasks_digest:
-                continue                 # it may not have our tasks: they would fail there
             try:
                 total = min(int(meta.get("total", 0)), MAX_SHED_CHILDREN)   # a peer may lie
                 free = 2 * total - int(meta.get("busy", 0)) - int(meta.get("queued", 0))
@@ -72,18 +83,47 @@ class Shedder(Component):
             version, sent = self._shed_to.get(m.id, (-1, 0))
             if version != m.meta_version:    # a fresh report: it counts what we sent
                 sent = 0
-            room = free - sent
-            taken = 0
-            while room > taken and pool.queue:
-                moved.setdefault(m.address, []).append(pool.take_next())
-                taken += 1
-            if taken:
-                self._shed_to[m.id] = (m.meta_version, sent + taken)
-            if not pool.queue:
+            if free - sent > 0:
+                rooms.append(_Room(m, free - sent, sent))
+        if not rooms:
+            return 0
+        moved: dict[str, list[Entry]] = {}          # target address -> entries
+        accepts = node.routing.peer_accepts
+        chosen: set[int] = set()
+        # a task's queue matters only if some peer does not take every queue
+        by_queue = any(from_meta(r.member.meta).queues is not None for r in rooms)
+        # the tasks that would start next, each to the first peer with room that takes it
+        for item in heapq.nsmallest(sum(r.left for r in rooms), pool.queue):
+            entry = item[2]
+            queue = self._queue_of(entry) if by_queue else ""
+            for r in rooms:
+                if r.left > 0 and accepts(r.member.meta, queue, entry.name):
+                    moved.setdefault(r.member.address, []).append(entry)
+                    chosen.add(id(entry))
+                    r.left -= 1
+                    break
+            if not any(r.left > 0 for r in rooms):
                 break
+        if not chosen:
+            return 0
+        pool.queue[:] = [item for item in pool.queue if id(item[2]) not in chosen]
+        heapq.heapify(pool.queue)
+        for r in rooms:
+            taken = len(moved.get(r.member.address, ()))
+            if taken:
+                self._shed_to[r.member.id] = (r.member.meta_version, r.sent + taken)
         for target, entries in moved.items():
             node.ledger.release(entries, REASON, target=target, quiet=True)
         n = sum(len(v) for v in moved.values())
         if n:
             log.info("shed %d queued task(s) to %d peer(s) with room", n, len(moved))
         return n
+
+    def _queue_of(self, entry: Entry) -> str:
+        """The queue a held task was routed to (its SUBMIT's header, else our routes)."""
+        try:
+            msg = decode(entry.frame)
+        except Exception:
+            msg = None
+        headers = msg.headers if isinstance(msg, Submit) else None
+        return self.node.routing.queue_for(entry.name, headers)

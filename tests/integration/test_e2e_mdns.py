@@ -17,7 +17,7 @@ def test_client_without_peers_finds_a_node_by_mdns(start_node: NodeFactory) -> N
     os.environ.pop("MESH_PEERS", None)
     os.environ["MESH_MDNS_INTERFACES"] = env["MESH_MDNS_INTERFACES"]
     try:
-        app = Mesh("mdns-client", discovery_timeout=10)
+        app = Mesh(tasks_app.app.main, discovery_timeout=10)   # mDNS finds its own mesh's nodes
         try:
             r = app.send_task(tasks_app.add.name, args=(20, 22))
             assert r.get(timeout=30) == 42

@@ -255,14 +255,16 @@ def test_reading_someone_elses_result_needs_a_key(meshes: dict[str, Mesh2], atta
     r = victim.tasks.echo.delay("the victim's secret")
     assert r.get(timeout=30) == "the victim's secret"
     for how in WAYS_IN:
-        raw = attacker(m, m.a, how)
-        raw.send(Control("peek", "result", {"task_id": r.id}))
-        got = [x for x in raw.replies() if isinstance(x, ControlReply)]
+        got: list[ControlReply] = []
+        for node in (m.a, m.b):                  # whichever node ran it
+            raw = attacker(m, node, how)
+            raw.send(Control("peek", "result", {"task_id": r.id}))
+            got += [x for x in raw.replies() if isinstance(x, ControlReply)]
         if m.keyed:
             assert got == []
         else:
-            assert got and got[0].payload["state"] == "SUCCESS"
-            assert b"the victim's secret" in got[0].payload["result"]
+            done = [x for x in got if x.payload["state"] == "SUCCESS"]
+            assert done and b"the victim's secret" in done[0].payload["result"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -399,8 +401,9 @@ def test_a_forged_member_gets_no_tasks(meshes: dict[str, Mesh2], attacker: Any, 
     sink.setsockopt(zmq.LINGER, 0)
     port = sink.bind_to_random_port("tcp://127.0.0.1")
     fake = f"tcp://127.0.0.1:{port}"
-    digest = next(x["meta"].get("tasks", "") for x in m.ask(m.a, "members") if x["node"] == m.a.name)
-    meta = {"busy": 0, "total": 1024, "queued": 0, "rate": 0.0, "cpu": 0, "rss": 1, "tasks": digest}
+    # what a real member says of itself (its mesh's name, queues, tasks: public), and idle
+    real = next(x["meta"] for x in m.ask(m.a, "members") if x["node"] == m.a.name)
+    meta = {**real, "busy": 0, "total": 1024, "queued": 0, "events": ""}
     try:
         raw = attacker(m, m.a, "client key")
         raw.send(PushPull("forged", fake, [[0, "forged", 1, fake, "", 1, meta]], join=True))
@@ -507,7 +510,9 @@ def test_member_ids_are_escaped_in_logs(start_node: NodeFactory, attacker: Any) 
     node = start_node(profile="test", concurrency=1)
     raw = attacker(Mesh2("open", node, node, None), node)
     forged = "evil\n[2026-01-01 00:00:00,000 ERROR forged] the node is compromised"
-    raw.send(Gossip("evil", [[0, forged, 1, "mem://nowhere", "", 1, {}]]))
+    meta = {"mesh": next(x["meta"] for x in Mesh2("open", node, node, None).ask(node, "members")
+                         if x["node"] == node.name).get("mesh")}    # of this mesh (public)
+    raw.send(Gossip("evil", [[0, forged, 1, "mem://nowhere", "", 1, meta]]))
     wait_until(lambda: "evil\\n[2026" in node.stderr(), what="the forged member in the log")
     assert "\n[2026-01-01 00:00:00,000 ERROR forged]" not in node.stderr()
 

@@ -86,7 +86,9 @@ def test_the_worker_took_the_configuration_module_and_said_what_it_does_not_use(
     err = worker.stderr()
     assert "broker_url" in err and "no broker" in err
     assert "result_backend" in err and "no result backend" in err
-    assert "task_routes" in err and "not available in this version of mesh yet" in err
+    # task_routes is taken: tasks.add goes to queue 'low-priority', which this node, started
+    # without --queues as in the tutorial, serves (mesh's nodes take every queue by default)
+    assert "task_routes" not in err and "not available in this version of mesh yet" not in err
 
 
 def test_control_rate_limit_from_the_command_line(worker: NodeProc) -> None:

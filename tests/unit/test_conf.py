@@ -78,8 +78,20 @@ def test_mesh_broker_argument_says_mesh_has_no_broker(caplog: pytest.LogCaptureF
 
 def test_not_yet_settings_say_so(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "mesh.conf")
-    Settings({"task_routes": {"tasks.add": "low-priority"}})
-    assert "not available in this version of mesh yet" in caplog.text and "--queues" in caplog.text
+    Settings({"worker_autoscaler": "x"})
+    assert "not used by mesh" in caplog.text and "--autoscale" in caplog.text
+
+
+def test_routing_settings_are_taken_and_checked(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "mesh.conf")
+    conf = Settings({"task_routes": {"tasks.add": "low-priority"}, "task_default_queue": "d"})
+    assert conf.task_routes == {"tasks.add": "low-priority"} and not caplog.text
+    with pytest.raises(ConfigError, match="a route must be"):
+        conf.task_routes = {"tasks.add": 5}
+    with pytest.raises(ConfigError, match="queue name"):
+        conf.task_default_queue = ""
+    Settings({"task_queues": ["a"]})
+    assert "meshnode --queues" in caplog.text
 
 
 def test_a_fixed_setting_is_silent_at_its_value_and_logged_otherwise(

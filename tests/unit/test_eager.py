@@ -452,8 +452,8 @@ def test_unknown_call_options_fail_and_broker_ones_are_logged(
     with pytest.raises(ConfigError, match="unknown apply_async option 'countdwn'"):
         t.apply_async(countdwn=1)
     with caplog.at_level(logging.WARNING, "mesh.conf"):
-        assert t.apply_async(queue="low", serializer="json").get() == 1
-    assert "queue='low' is not used" in caplog.text
+        assert t.apply_async(queue="low", routing_key="r", serializer="json").get() == 1
+    assert "routing_key='r' is not used" in caplog.text and "queue=" not in caplog.text
 
 
 def test_task_signals_are_sent_in_eager_mode_as_celerys_tracer_sends_them(app: Mesh) -> None:

@@ -1,0 +1,115 @@
+"""Routing, node side: the mesh this node belongs to, the queues it takes, and what it
+tells the mesh about them (docs/routing.md).
+
+The ``routing`` component works out, once at start, what the node serves: its mesh
+(the app's name), its queues (``--queues``; none given: every queue) and its task names
+(and the mesh-wide rate limits its tasks declare). Those go into the member meta
+(``meta``, merged by the membership component) and the ``status`` report. Intake asks
+``refusal(msg)`` of every SUBMIT when the node does not take every queue: a task for
+another queue is refused with ERROR ``queue``, and its owner sends it to a node that
+serves that queue. Shedding and the beat ask ``peer_accepts`` of a member before they
+send it a task.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from mesh import capabilities
+from mesh.capabilities import Serves, show
+from mesh.exceptions import ConfigError
+from mesh.node.component import Component, NodeStartError
+from mesh.node.ledger import _RateLimitedLog
+from mesh.ratelimit import parse_rate
+from mesh.routing import AppRoutes, check_queue, prepare
+from mesh.wire.protocol import Submit
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+MAX_MESH_NAME = 200          # bytes of UTF-8: the name travels in an mDNS TXT string
+
+
+class Routes(Component):
+    name = "routing"
+
+    def __init__(self) -> None:
+        self._badlog = _RateLimitedLog("routing failures")
+
+    async def start(self, node: "Node") -> None:
+        self.node = node
+        app = node.app
+        self.mesh: str = app.main
+        if len(self.mesh.encode("utf-8", "surrogatepass")) > MAX_MESH_NAME:
+            raise NodeStartError(f"the app's name {self.mesh[:40]!r}... is the mesh's name and may "
+                                 f"be at most {MAX_MESH_NAME} bytes")
+        self.queues: frozenset[str] | None = frozenset(node.config.queues) or None
+        self.serves = Serves(self.mesh, self.queues, None)
+        self.routes = AppRoutes()
+        self.mesh_limits = mesh_limits(app.tasks)
+        self.meta: dict[str, Any] = capabilities.meta(self.mesh, self.queues, app.tasks)
+        self.meta["rl"] = self.mesh_limits
+        try:                                   # a bad task_routes stops the node at once
+            prepare(app.conf["task_routes"])
+            check_queue(app.conf["task_default_queue"], "task_default_queue")
+        except ConfigError as e:
+            raise NodeStartError(str(e)) from e
+        node.routing = self
+        log.info("node %s: mesh %r, queues: %s", node.name, self.mesh,
+                 "every queue" if self.queues is None else ", ".join(sorted(self.queues)))
+
+    # -- what intake asks ---------------------------------------------------------------
+    def queue_for(self, name: str, headers: Mapping[str, Any] | None = None) -> str:
+        """The queue of a task: what its SUBMIT says, else this app's routing for it."""
+        q = headers.get("queue") if headers else None
+        if isinstance(q, str):
+            return q
+        app = self.node.app
+        task = app.tasks.get(name)
+        try:
+            return self.routes.queue(app.conf, name, task=task,
+                                     task_queue=task.options.queue if task is not None else None)
+        except Exception as e:                 # a router of the app's that raised
+            self._badlog.warning("task_routes failed for %s (%s: %s): it is taken as routed "
+                                 "to task_default_queue", name, type(e).__name__, e)
+            return str(app.conf["task_default_queue"])
+
+    def refusal(self, msg: Submit) -> str | None:
+        """Why this node does not take ``msg`` (another queue), or None when it does."""
+        if self.queues is None:
+            return None
+        queue = self.queue_for(msg.name, msg.headers)
+        if queue in self.queues:
+            return None
+        return (f"node {self.node.name} does not serve queue {queue!r} (it serves "
+                f"{show(sorted(self.queues))}), so it did not accept task {msg.task_id} "
+                f"({msg.name})")
+
+    # -- what shedding and the beat ask ------------------------------------------------
+    def peer_accepts(self, meta: Mapping[str, Any], queue: str, name: str) -> bool:
+        """Whether a member (its gossiped meta) takes a task of ``name`` on ``queue``:
+        same mesh, serving the queue, with the name registered (a member that did not
+        say which names it has is not sent work: a node always says)."""
+        serves = capabilities.from_meta(meta)
+        return serves.mesh == self.mesh and serves.names is not None \
+            and serves.accepts(queue, name)
+
+    def serves_queue(self, queue: str) -> bool:
+        return self.queues is None or queue in self.queues
+
+    def status(self) -> dict[str, Any]:
+        return {"mesh": self.mesh,
+                "queues": None if self.queues is None else sorted(self.queues)}
+
+
+def mesh_limits(tasks: Mapping[str, Any]) -> dict[str, float]:
+    """Task name -> its mesh-wide rate limit (starts per second), for tasks with one."""
+    out = {}
+    for name, task in tasks.items():
+        rate = parse_rate(getattr(task.options, "mesh_rate_limit", None))
+        if rate is not None:
+            out[name] = rate
+    return out
