@@ -227,13 +227,16 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
 
     subscribe = extra == ["events"]        # --compare events: a subscriber, not a flag
     made_keys = None
-    if extra == ["keys"]:                  # --compare keys: a keyed node and client (CURVE)
+    if extra == ["keys"]:                  # --compare keys: a keyed mesh and client (CURVE)
         from mesh.security.keys import init
         made_keys = tempfile.mkdtemp(prefix="mesh-bench-keys-")
         init(os.path.join(made_keys, "k"))
         extra = ["--keys", os.path.join(made_keys, "k")]
     keys = extra[extra.index("--keys") + 1] if extra and "--keys" in extra[:-1] else None
-    node = Node(args.concurrency, args.loglevel, None if subscribe else extra)
+    flags = None if subscribe else extra
+    node = Node(args.concurrency, args.loglevel, flags)
+    others = [Node(args.concurrency, args.loglevel, [*(flags or []), "--peers", node.endpoint])
+              for _ in range(args.nodes - 1)]        # --nodes: a mesh, seeded with the first
     sampler: RssSampler | None = None
     sub: subprocess.Popen[str] | None = None
     app = None
@@ -241,9 +244,13 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
         sampler = RssSampler(node.proc.pid, args.sample_interval)
         sampler.start()
         ready_s = node.wait_ready(args.concurrency, args.start_timeout, keys)
+        for o in others:
+            o.wait_ready(args.concurrency, args.start_timeout, keys)
+        if others:
+            _wait_mesh(node.endpoint, args.nodes, args.start_timeout, keys)
         if subscribe:
             sub = _start_subscriber(node.endpoint)
-        app = make_app(peers=[node.endpoint], keys=keys)
+        app = make_app(peers=[node.endpoint, *(o.endpoint for o in others)], keys=keys)
         inc = app.tasks[TASK_NAME]
         timeout = args.result_timeout
 
@@ -327,6 +334,25 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
         node.stop()
         if made_keys is not None:
             shutil.rmtree(made_keys, ignore_errors=True)
+        for o in others:
+            o.stop()
+
+
+def _wait_mesh(endpoint: str, n: int, timeout: float, keys: str | None = None) -> None:
+    """Until the first node sees ``n`` members alive (--nodes)."""
+    from mesh.client.control import ControlClient
+    from mesh.security.curve import Security
+    from mesh.wire.protocol import ControlReply
+    deadline = time.monotonic() + timeout
+    with ControlClient(security=Security.load(keys or "", "admin")) as cc:
+        while True:
+            reply = cc.broadcast([endpoint], "members", timeout=1.0)[endpoint]
+            if isinstance(reply, ControlReply) and reply.ok and \
+                    sum(m["state"] == "alive" for m in reply.payload) >= n:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {n} nodes did not form a mesh within {timeout:g} s")
+            time.sleep(0.05)
 
 
 # -- output ---------------------------------------------------------------------------
@@ -427,6 +453,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=100, metavar="N",
                     help="unmeasured round trips before each run (default 100)")
     ap.add_argument("--concurrency", type=int, default=2, help="node children (default 2)")
+    ap.add_argument("--nodes", type=int, default=1, metavar="N",
+                    help="run a mesh of N nodes (each with --concurrency children; the client "
+                         "knows them all; peak RSS is the first node's). With 2: "
+                         "--compare=--replicas=1 measures what the second copy costs")
     ap.add_argument("--with-ceiling", action="store_true",
                     help="also run the bare pyzmq ROUTER -> 2 DEALER loop (bench/zmq_ceiling.py) "
                          "in each run, side by side")

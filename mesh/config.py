@@ -76,6 +76,9 @@ class Config:
                                         # forgets what it held and keeps no results
     journal_fsync: bool = False         # fsync every journal commit (survives power loss too)
     result_expires: float = 86400.0     # s a finished task's result is kept in the journal
+    replicas: int = 2                   # copies of each held task and result: 2 = the holder
+                                        # and a backup node (rendezvous hashing), which runs
+                                        # the task if the holder dies; 1 = the holder only
     events: bool = True                 # publish events on an XPUB socket (docs/events.md);
                                         # built only when someone subscribes
     loglevel: str = "INFO"
@@ -134,6 +137,8 @@ class Config:
             raise bad("quota_tasks must be >= 1 and quota_bytes >= 1024")
         if self.max_eta < 0:
             raise bad(f"max_eta must be >= 0 seconds (0: no limit), got {self.max_eta}")
+        if self.replicas not in (1, 2):
+            raise bad(f"replicas must be 1 or 2, got {self.replicas}")
         if self.max_message_size < 1024:
             raise bad("max_message_size must be at least 1024 bytes")
         for ep in (self.bind, *self.peers, *((self.advertise,) if self.advertise else ())):

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 
 LOOKUP_TIMEOUT = 1.0   # s that AsyncResult.state waits for the nodes' answers
+UNHELD_LOG_AFTER = 30.0  # s a get() without a timeout waits before it says no node holds the
+                         # task (then again after twice as long, up to UNHELD_LOG_MAX)
+UNHELD_LOG_MAX = 600.0
+
+log = logging.getLogger("mesh.result")
 
 
 class Slot:
@@ -69,7 +74,7 @@ class Slot:
             try:
                 w()
             except Exception:   # e.g. an awaiting event loop that is closed: others still run
-                logging.getLogger("mesh.result").exception("a result waiter failed")
+                log.exception("a result waiter failed")
         return True
 
     def add_waiter(self, fn: Callable[[], None]) -> bool:
@@ -273,7 +278,13 @@ class AsyncResult:
             if slot.add_waiter(ev.set):
                 if slot.remote and self.app is not None:    # ask now; the client asks again
                     self.app.client.query(slot, wait=None)  # while we wait
-                if not ev.wait(timeout):
+                if timeout is None:        # as Celery: wait for ever, but not silently
+                    waited, step = 0.0, UNHELD_LOG_AFTER
+                    while not ev.wait(step):
+                        waited += step
+                        self._say_if_unheld(slot, waited)
+                        step = min(step * 2, UNHELD_LOG_MAX)
+                elif not ev.wait(timeout):
                     slot.remove_waiter(ev.set)
                     if slot.msg is None:
                         raise TimeoutError(f"task {self.id} did not finish within {timeout} s "
@@ -303,11 +314,31 @@ class AsyncResult:
                 if slot.remote and self.app is not None:
                     self.app.client.query(slot, wait=None)
                 try:
-                    await fut
+                    waited, step = 0.0, UNHELD_LOG_AFTER
+                    while True:
+                        done, _ = await asyncio.wait({fut}, timeout=step)
+                        if done:
+                            break
+                        waited += step
+                        self._say_if_unheld(slot, waited)
+                        step = min(step * 2, UNHELD_LOG_MAX)
                 finally:
                     slot.remove_waiter(wake)
         assert slot.msg is not None
         return self._value(slot.msg, propagate)
+
+    def _say_if_unheld(self, slot: Slot, waited: float) -> None:
+        """A caller has waited ``waited`` seconds: say so if no node holds the task
+        (nothing is going to finish it unless a node comes back or takes it)."""
+        if slot.msg is not None or self.app is None:
+            return
+        client = self.app.client
+        if slot.remote and slot.state == states.UNKNOWN:
+            log.warning("still waiting for task %s after %.0f s: no node holds it (nodes "
+                        "asked: %s)", self.id, waited, ", ".join(client.endpoints()))
+        elif not slot.remote and slot.state == states.PENDING:
+            log.warning("still waiting for task %s after %.0f s: no node has acknowledged it "
+                        "(nodes tried: %s)", self.id, waited, ", ".join(client.endpoints()))
 
     def _require_slot(self) -> Slot:
         if self._slot is None:

@@ -238,7 +238,8 @@ def status(ctx: click.Context) -> int:
 def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, wait: bool,
          result_timeout: float) -> int:
     """Submit a task by name. Prints the task id, or with --wait the result as JSON;
-    exit 1 if the task failed or timed out.
+    exit 1 if the task failed or timed out, or (without --wait) if no node
+    acknowledged it within max(--timeout, 5) seconds.
 
     \b
     Example:
@@ -257,6 +258,15 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
         r = app.send_task(task_name, args=args, kwargs=kwargs)
         if not wait:
             click.echo(r.id)
+            # a node has it only once it acknowledged it (journalled): until then, this
+            # process exiting would lose it
+            ack_timeout = max(ctx.obj["timeout"], 5.0)
+            if app.client.flush(ack_timeout):
+                click.echo(f"meshctl: no node acknowledged task {r.id} within {ack_timeout:g} s "
+                           f"(tried {', '.join(app.client.endpoints())}); it may never run",
+                           err=True)
+                app.client.close(linger=0)
+                return EXIT_FAILURE
             return EXIT_OK
         return _report(ctx, r, result_timeout)
     finally:

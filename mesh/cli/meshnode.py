@@ -64,6 +64,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="fsync every journal commit, so it survives power loss, not just a crash.")
 @click.option("--result-expires", type=POSITIVE, metavar="S",
               help="Keep finished tasks' results this long (default 86400).")
+@click.option("--replicas", type=click.IntRange(min=1, max=2), metavar="N",
+              help="Copies of each held task and result (default 2: this node and a backup "
+                   "node, which runs the task if this one dies; 1: this node only).")
 @click.option("--no-events", is_flag=True, default=None,
               help="Publish no monitoring events (no events port; meshctl events/top see nothing).")
 @click.option("--http", "http", metavar="HOST:PORT",
@@ -93,8 +96,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              max_memory_per_child: int | None, time_limit: float | None,
              soft_time_limit: float | None, shutdown_timeout: float | None,
              data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
-             result_expires: float | None, no_events: bool | None, http: str | None,
-             keys: str | None, insecure: bool | None, quota_tasks: int | None,
+             result_expires: float | None, replicas: int | None, no_events: bool | None,
+             http: str | None, keys: str | None, insecure: bool | None, quota_tasks: int | None,
              quota_bytes: int | None, max_eta: float | None, loglevel: str | None,
              queues: str | None) -> int:
     """Run a mesh node for the tasks of an app.
@@ -123,9 +126,10 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             max_memory_per_child=max_memory_per_child, time_limit=time_limit,
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
-            result_expires=result_expires, events=False if no_events else None, http=http,
-            keys=keys, insecure=insecure, quota_tasks=quota_tasks, quota_bytes=quota_bytes,
-            max_eta=max_eta, loglevel=loglevel.upper() if loglevel else None, queues=queues)
+            result_expires=result_expires, replicas=replicas, events=False if no_events else None,
+            http=http, keys=keys, insecure=insecure, quota_tasks=quota_tasks,
+            quota_bytes=quota_bytes, max_eta=max_eta,
+            loglevel=loglevel.upper() if loglevel else None, queues=queues)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
     from mesh.security.exposure import refusal

@@ -29,7 +29,8 @@ from mesh.security.curve import FAILED_KEY
 from mesh.wire.protocol import Result
 
 if TYPE_CHECKING:
-    from mesh.client.io import Client, NodeLink
+    from mesh.client.io import Client
+    from mesh.client.links import NodeLink
 
 log = logging.getLogger("mesh.client")
 

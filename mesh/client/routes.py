@@ -42,8 +42,10 @@ class Routing:
     _retry: list[tuple[float, Slot]]
     _rng: random.Random
     _members_known: threading.Event
+    _rechecked: dict[str, float]
 
     # what the I/O thread provides
+    def _refresh_members(self, now: float) -> None: ...
     def _pick(self, avoid: str | None = None, slot: Slot | None = None, kind: str = "",
               said: str = "") -> Any: ...
     def _send(self, slot: Slot, link: Any) -> None: ...
@@ -92,11 +94,21 @@ class Routing:
         considered (NotRegistered only when none of them has the task)."""
         maybe = fits([n for n in self.links.values() if n.state != "alive" and n.serves],
                      slot.queue, slot.name, slot.refused)
-        if maybe or not self._members_known.is_set():
+        now = time.monotonic()
+        # before saying no node has it, look once at a fresh member list: a node may
+        # have just registered the task (a deploy, --autoreload) after our last look
+        fresh = slot.task_id not in self._rechecked
+        if fresh:
+            if len(self._rechecked) > 10_000:
+                self._rechecked.clear()
+            self._rechecked[slot.task_id] = now
+            self._refresh_members(now)
+        if maybe or fresh or not self._members_known.is_set():
             slot.node = None
             slot.state = states.PENDING
-            self._retry.append((time.monotonic() + RETRY_DELAY, slot))
+            self._retry.append((now + RETRY_DELAY, slot))
             return
+        self._rechecked.pop(slot.task_id, None)
         exc, message = unplaceable(self._placeable, self.mesh, slot.queue, slot.name,
                                    slot.refused, kind, said)
         self._slots.pop(slot.task_id, None)

@@ -13,6 +13,7 @@ catch, ``task_unknown``/``task_rejected`` for what it cannot run, and
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import signal
 import socket
@@ -87,6 +88,29 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded("soft time limit exceeded")
 
 
+class StopFlags:
+    """One byte per child slot, in memory shared across fork: the node sets a child's
+    byte just before it sends that child SIGTERM or SIGINT itself. A child ignores
+    those signals unless its byte is set. So a signal sent to the whole process group
+    (systemd's default KillMode=control-group, ``timeout``, Ctrl-C in a terminal)
+    stops only the node, which then drains its children exactly as it does when it
+    alone gets SIGTERM: running tasks finish, no child dies mid-task."""
+
+    SIZE = 1 << 16            # child slots (a pool's indexes are below its size)
+
+    def __init__(self) -> None:
+        self._mem = mmap.mmap(-1, self.SIZE)     # anonymous and shared: children see writes
+
+    def arm(self, index: int) -> None:
+        self._mem[index] = 1
+
+    def clear(self, index: int) -> None:
+        self._mem[index] = 0
+
+    def armed(self, index: int) -> bool:
+        return self._mem[index] == 1
+
+
 def _signal_soft_limit(soft: float | None) -> float | None:
     """The soft time limit SIGALRM gives a task on the main thread; None on the threads
     pool's threads, whose watchdog gives them theirs (mesh/node/child_runners.py)."""
@@ -98,10 +122,13 @@ class _Stop(BaseException):
 
 
 class Child:
-    def __init__(self, app: "Mesh", config: "Config", node_name: str):
+    def __init__(self, app: "Mesh", config: "Config", node_name: str,
+                 stop_flags: StopFlags | None = None, index: int = 0):
         self.app = app
         self.config = config
         self.node_name = node_name
+        self.stop_flags = stop_flags      # None: SIGTERM stops the child whoever sent it
+        self.index = index
         self.done = 0
         self._proc: Any = None
         self._countdown: float | None = None
@@ -149,15 +176,31 @@ class Child:
         if os.getppid() != node_pid:      # the node died before we could ask
             os._exit(0)
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)       # the node decides when we stop
+        # the node decides when we stop: SIGINT/SIGTERM count only when it sent them
+        # (a signal to the whole process group is meant for the node, which drains us)
+        signal.signal(signal.SIGINT, self._on_sigint if self.stop_flags is not None
+                      else signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGALRM, _raise_soft_limit)
 
+    def _from_node(self) -> bool:
+        """Did our node send the signal being handled (or do we not know)?"""
+        return self.stop_flags is None or self.stop_flags.armed(self.index)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT from our node (revoke with signal=SIGINT): die of it; else ignore it."""
+        if self._from_node():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
     def _on_sigterm(self, signum: int, frame: Any) -> None:
-        """Idle: exit cleanly (the node retires idle children with SIGTERM). Busy: the
+        """Not from our node: ignore it (it went to the whole process group). From it:
+        idle, exit cleanly (the node retires idle children with SIGTERM); busy, the
         task is being terminated (``revoke(terminate=True, signal="SIGTERM")``): send
         task_revoked, then die of the signal as before, so the node reports it."""
+        if not self._from_node():
+            return
         if not self._busy:
             raise _Stop()
         running = self._running

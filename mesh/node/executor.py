@@ -1,8 +1,8 @@
 """The pool as a component, and the journal's: how the node runs and keeps tasks.
 
-``pool`` starts the prefork children (mesh/node/pool.py) and, at shutdown, gives the
-unstarted tasks back to their owners at once and lets the running ones finish (up to
-``shutdown_timeout``). ``journal`` opens the journal the config asks for (sqlite in the
+``pool`` starts the prefork children (mesh/node/pool.py) and, at shutdown, hands the
+unstarted tasks to other nodes at once (mesh/node/handoff.py) and lets the running
+ones finish (up to ``shutdown_timeout``). ``journal`` opens the journal the config asks for (sqlite in the
 data dir, or in memory with ``--no-journal``) and closes it last.
 """
 from __future__ import annotations
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from mesh.node.node import Node
 
 log = logging.getLogger("mesh.node")
+
+HANDOFF_SETTLE = 5.0     # s a stopping node waits for the answers of other nodes to its
+                         # handoffs and copies, after its running tasks finished
 
 
 class Storage(Component):
@@ -58,9 +61,15 @@ class Executor(Component):
         node.spawn(pool.run(), name="pool")
 
     async def stop(self, node: "Node") -> None:
-        node.ledger.release(node.pool.begin_stop(), "node is shutting down")
+        # unstarted tasks go to other nodes (kept in the journal when none is alive)
+        node.handoff.give_away(node.pool.begin_stop())
         node.front.flush()
         await node.pool.finish(node.config.shutdown_timeout)
+        node.front.flush()
+        if node.handoff.started:
+            await node.handoff.settle(HANDOFF_SETTLE)
+        if node.replicas.started:
+            await node.replicas.settle(HANDOFF_SETTLE)     # results of the drain copied
         node.front.flush()
 
     def close(self, node: "Node") -> None:

@@ -34,7 +34,17 @@ from mesh.node.zmqloop import SocketDriver
 from mesh.security import gate
 from mesh.security.curve import FRONT_DOMAIN
 from mesh.security.text import printable
-from mesh.wire.protocol import Control, Error, Submit, decode, encode
+from mesh.wire.protocol import (
+    Control,
+    Error,
+    Handoff,
+    HandoffAck,
+    Replicate,
+    ReplicateAck,
+    Submit,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -151,6 +161,12 @@ class FrontDoor(Component):
             node.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:
             node.control.handle(ident, msg)
+        elif type(msg) in _NODE_DATA:          # node to node: handoff and copies
+            try:
+                _NODE_DATA[type(msg)](node, msg)
+            except Exception:                  # never crash on what a peer sends
+                self.refused += 1
+                log.exception("failed to handle %s from %r", type(msg).__name__, ident[:16])
         else:
             self.refused += 1
             self.refuse(ident, "bad-request", f"a node does not accept {type(msg).__name__} messages")
@@ -184,11 +200,23 @@ class FrontDoor(Component):
         node = self.node
         node.ledger.flush()
         node.intake.flush_acks()
+        if node.replicas.started:
+            node.replicas.flush()
+        if node.handoff.started:
+            node.handoff.flush()
         out, self._out = self._out, {}
         send = self.driver.send
         for ident, frames in out.items():
             for i in range(0, len(frames), MAX_FRAMES_PER_SEND):
                 send([ident, *frames[i:i + MAX_FRAMES_PER_SEND]])
+
+
+_NODE_DATA: dict[type, Any] = {
+    Replicate: lambda node, msg: node.replicas.on_replicate(msg),
+    ReplicateAck: lambda node, msg: node.replicas.on_ack(msg),
+    Handoff: lambda node, msg: node.handoff.on_handoff(msg),
+    HandoffAck: lambda node, msg: node.handoff.on_ack(msg),
+}
 
 
 def rebind(sock: zmq.Socket[Any], endpoint: str, secure: Any) -> None:

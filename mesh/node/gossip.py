@@ -46,7 +46,7 @@ class Members(Component):
         # a routing id nobody can guess: a peer that took it over (ROUTER_HANDOVER)
         # would cut this node's link to that peer
         peers = PeerSockets(node.ctx, f"node:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
-                            node.security)
+                            security=node.security)
         node.transport = self.transport = ZmqTransport(peers, node.address)
         prof = profile(node.config.profile)
         self._reclaim = prof.dead_node_reclaim
@@ -87,6 +87,7 @@ class Members(Component):
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
                 "events": node.events_endpoint, "clock": node.events.clock,
                 "beat": node.beat.advertised() if node.beat is not None else "",
+                "boot": node.boot,
                 **node.routing.meta}      # mesh, queues, task names (mesh/capabilities.py)
 
     def members(self) -> list[dict[str, Any]]:

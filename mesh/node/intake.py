@@ -5,11 +5,14 @@ sender's quota or its eta too far ahead) with a clear answer,
 answered from the journal (finished here already), recognised (a resend of a task
 held here), or accepted into the ledger. Every SUBMIT of a loop pass is acknowledged
 in one ACK per peer at the end of the pass (``flush_acks``), after the journal has
-committed the pass, and only for tasks still held then (a RESULT implies the ACK).
+committed the pass, and only for tasks still held then (a RESULT implies the ACK);
+with two copies, a task's ACK waits until its backup has confirmed the copy
+(mesh/node/replicas.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -135,8 +138,18 @@ class Intake(Component):
         node = self.node
         load = node.load()
         held = node.ledger.held
-        for ident, ids in self._acks.items():
+        replicas = node.replicas
+        acks, self._acks = self._acks, {}
+        for ident, ids in acks.items():
             ids = [t for t in ids if t in held]
+            waiting = [t for t in ids if replicas.pending(t)]
+            if waiting:        # acknowledged once the backup has its copy too
+                ids = [t for t in ids if not replicas.pending(t)]
+                for t in waiting:
+                    replicas.after_copy(t, functools.partial(self._ack_later, ident, t))
             if ids:
                 node.front.reply(ident, encode(Ack(ids, node.name, load)))
-        self._acks = {}
+
+    def _ack_later(self, ident: bytes, task_id: str) -> None:
+        self._acks.setdefault(ident, []).append(task_id)
+        self.node.front.schedule_flush()

@@ -68,7 +68,8 @@ class Journal(abc.ABC):
         """A retry: the task runs again with this Submit (retries + 1, a new eta)."""
 
     @abc.abstractmethod
-    def finish(self, task_id: str, state: str, result: bytes, finished: float) -> None:
+    def finish(self, task_id: str, state: str, result: bytes, finished: float,
+               peer: str = "") -> None:
         """The final result (kept until it expires; a resend of the id gets it)."""
 
     @abc.abstractmethod
@@ -78,6 +79,24 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def revoke(self, task_ids: Iterable[str], at: float) -> None:
         """Remember revoked ids."""
+
+    @abc.abstractmethod
+    def copy_result(self, task_id: str, state: str, result: bytes, finished: float,
+                    peer: str) -> None:
+        """The result of a task another node ran (this node is its backup:
+        mesh/node/replicas.py): kept like our own results (a resend of the id and
+        ``result`` lookups get it; it expires like ours), unless we have one already.
+        ``peer`` is the node that has the other copy (the holder)."""
+
+    @abc.abstractmethod
+    def results_of_peer(self, peer: str, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:
+        """Results whose other copy is on ``peer``, past position ``after``, in order:
+        ``(position, task_id, state, result)``. When ``peer`` is gone for good, they
+        are copied to another node (``set_peer``)."""
+
+    @abc.abstractmethod
+    def set_peer(self, task_ids: Iterable[str], peer: str) -> None:
+        """These results' other copy is on ``peer`` now."""
 
     @abc.abstractmethod
     def forget(self, task_id: str) -> bool:

@@ -107,6 +107,8 @@ class Keys(Component):
             steps += [("the front door", node.front.rekey),
                       ("the events port", lambda: node.by_name["events"].rekey(node)),  # type: ignore[attr-defined]
                       ("the peer sockets", node.transport.sockets.reset)]
+            if getattr(node.replicas, "started", False):
+                steps.append(("the handoff and copy sockets", node.replicas.sockets.reset))
             if node.beat is not None:
                 steps.append(("the beat's sockets", node.beat.reset_sockets))
         elif removed:

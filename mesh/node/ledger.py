@@ -113,6 +113,7 @@ class Ledger:
         q[0] += 1
         q[1] += entry.size
         self.pending.append(entry)
+        self.node.replicas.accepted(entry, msg)  # a copy to the backup; replies wait for it
         ev = self.node.events
         if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
             sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in
@@ -219,14 +220,17 @@ class Ledger:
         node = self.node
         self.drop(task_id)
         self.counts[state] += 1
+        replicas = node.replicas
+        # the result replaces the backup's copy (a task that keeps none: the copy goes)
+        backup = replicas.finished(task_id, state, result_frame if keep else None)
         try:
             if keep:
-                node.journal.finish(task_id, state, result_frame, time.time())
+                node.journal.finish(task_id, state, result_frame, time.time(), backup)
             else:
                 node.journal.remove([task_id])
         except JournalError as e:
             log.error("journal: the result of task %s was not stored: %s", task_id, e)
-        node.front.reply(client, result_frame)
+        replicas.reply(task_id, client, result_frame)   # once the backup has the task
         ev = node.events
         if ev.prefixes or ev.listeners:
             ev.publish_result(task_id, result_frame)
@@ -239,7 +243,7 @@ class Ledger:
         if watchers:
             for ident in watchers:
                 if ident != client:
-                    node.front.reply(ident, result_frame)
+                    replicas.reply(task_id, ident, result_frame)
 
     def failure(self, task_id: str, state: str, exc_type: str, message: str) -> bytes:
         """The encoded Result of a failure decided by the node (a mesh exception)."""
@@ -291,18 +295,20 @@ class Ledger:
             node.journal.update_frame(entry.task_id, entry.frame)
         except JournalError as e:
             log.error("journal: the retry of task %s was not stored: %s", entry.task_id, e)
-        if node.stopping:       # stopping: its owner sends it elsewhere
-            self.release([entry], "node is shutting down")
+        node.replicas.updated(entry)
+        if node.stopping:       # stopping: another node runs it
+            node.handoff.give_away([entry])
         else:
             node.pool.submit(entry)
 
     # -- release, forget --------------------------------------------------------------
     def forget(self, entries: list[Entry]) -> None:
-        """These tasks are no longer ours (given back unstarted): out of the ledger and
-        out of the journal."""
+        """These tasks are no longer ours (handed to another node, or given back
+        unstarted): out of the ledger, out of the journal, their copies dropped."""
         for e in entries:
             self.drop(e.task_id)
             self.watchers.pop(e.task_id, None)
+        self.node.replicas.forgotten(e.task_id for e in entries)
         if entries:
             try:
                 self.node.journal.remove(e.task_id for e in entries)
@@ -356,7 +362,7 @@ class Ledger:
         if opts is not None and opts.acks_late:
             if shutdown:
                 entry.started = None
-                self.release([entry], "node is shutting down; the task was interrupted")
+                node.handoff.give_away([entry], "node is shutting down; the task was interrupted")
                 return
             if opts.reject_on_worker_lost and not node.stopping:
                 if entry.redelivered < MAX_REDELIVERIES:

@@ -37,6 +37,8 @@ class MemoryJournal(Journal):
             collections.OrderedDict()
         self._bytes = 0
         self._revoked: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._peers: dict[str, tuple[int, str]] = {}   # task id -> (position, other copy's node)
+        self._seq = 0
         self.dropped = 0                       # results dropped by the caps before expiry
 
     # -- writes -----------------------------------------------------------------------
@@ -60,18 +62,27 @@ class MemoryJournal(Journal):
         if row is not None:
             self._tasks[task_id] = row._replace(frame=frame, state=states.RECEIVED)
 
-    def finish(self, task_id: str, state: str, result: bytes, finished: float) -> None:
+    def finish(self, task_id: str, state: str, result: bytes, finished: float,
+               peer: str = "") -> None:
         self._tasks.pop(task_id, None)
+        self._keep_result(task_id, state, result, finished, peer)
+
+    def _keep_result(self, task_id: str, state: str, result: bytes, finished: float,
+                     peer: str) -> None:
         self._drop_result(task_id)
+        self._seq += 1
         self._results[task_id] = (state, result, finished)
+        self._peers[task_id] = (self._seq, peer)
         self._bytes += len(result)
         while self._results and (len(self._results) > self.max_results
                                  or self._bytes > self.max_bytes):
-            _, (_, old, _) = self._results.popitem(last=False)
+            tid, (_, old, _) = self._results.popitem(last=False)
+            self._peers.pop(tid, None)
             self._bytes -= len(old)
             self.dropped += 1
 
     def _drop_result(self, task_id: str) -> None:
+        self._peers.pop(task_id, None)
         old = self._results.pop(task_id, None)
         if old is not None:
             self._bytes -= len(old[1])
@@ -92,6 +103,27 @@ class MemoryJournal(Journal):
         while len(self._revoked) > self.max_revoked:
             self._revoked.popitem(last=False)
 
+    def copy_result(self, task_id: str, state: str, result: bytes, finished: float,
+                    peer: str) -> None:
+        if task_id not in self._results:
+            self._keep_result(task_id, state, result, finished, peer)
+
+    def results_of_peer(self, peer: str, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:
+        out = []
+        for tid, (pos, p) in self._peers.items():
+            if pos > after and p == peer:
+                state, result, _ = self._results[tid]
+                out.append((pos, tid, state, result))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def set_peer(self, task_ids: Iterable[str], peer: str) -> None:
+        for tid in task_ids:
+            old = self._peers.get(tid)
+            if old is not None:
+                self._peers[tid] = (old[0], peer)
+
     @property
     def in_tx(self) -> bool:
         return False          # every write is done at once: nothing waits for commit()
@@ -110,6 +142,7 @@ class MemoryJournal(Journal):
             if finished >= before:
                 break
             del results[tid]
+            self._peers.pop(tid, None)
             self._bytes -= len(result)
             n += 1
         gone = 0
@@ -146,5 +179,6 @@ class MemoryJournal(Journal):
     def close(self) -> None:
         self._tasks.clear()
         self._results.clear()
+        self._peers.clear()
         self._revoked.clear()
         self._bytes = 0

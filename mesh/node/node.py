@@ -38,6 +38,7 @@ from mesh.node.executor import Executor, Storage
 from mesh.node.expiry import Expiry
 from mesh.node.front import FrontDoor
 from mesh.node.gossip import Members
+from mesh.node.handoff import Handoffs
 from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
 from mesh.node.keys import Keys
@@ -46,6 +47,7 @@ from mesh.node.limits import Limits
 from mesh.node.recovery import Recovery
 from mesh.node.reload import Reloader
 from mesh.node.remote import RemoteControl
+from mesh.node.replicas import Replicas
 from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
@@ -79,6 +81,8 @@ BUILTIN: tuple[type[Component], ...] = (
     Recovery,       # recovery: the journal's unfinished tasks, held again
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
     Members,        # membership: SWIM over the front door and peer sockets
+    Replicas,       # replicas: a copy of each held task and result on a backup node
+    Handoffs,       # handoff: tasks to other nodes (shedding, stopping), and from them
     Shedder,        # shedding: queued tasks to peers with room
     Limits,         # ratelimits: per-node and mesh-wide rate limits (shares from gossip)
     Expiry,         # expiry: old results out of the journal
@@ -138,9 +142,14 @@ class Node:
         self.name = config.node_name
         self.address = config.bind
         self.started_at = time.time()
+        self.boot = os.urandom(6).hex()          # this process: peers tell a restart by it
         self.ready = asyncio.Event()
         self.ledger = Ledger(self)
         self.security = Security(None)            # the key ring once "keys" has read it
+        # until their components start (or in a node built without them): no copies,
+        # and tasks given away go back to their owners
+        self.replicas = Replicas.inert(self)
+        self.handoff = Handoffs.inert(self)
         self.events = Publisher(None, self.name)  # a socket once "events" binds one
         self.events_endpoint = ""
         self.tasks_digest = ""
@@ -229,6 +238,8 @@ class Node:
             "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
             **self.routing.status(), "mesh_rate_limits": self.limits.status(),
             "components": [component_name(x) for x in self.components],
+            **(self.replicas.status() if self.replicas.started else {}),
+            **(self.handoff.status() if self.handoff.started else {}),
         }
 
     # -- lifecycle --------------------------------------------------------------------

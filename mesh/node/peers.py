@@ -102,10 +102,11 @@ def _resolve(host: str) -> str | None:
 class PeerSockets:
     """``send(address, frame)`` to any peer front door; never blocks, never raises."""
 
-    def __init__(self, ctx: zmq.Context[Any], routing_id: bytes,
+    def __init__(self, ctx: zmq.Context[Any], routing_id: bytes, hwm: int = SNDHWM,
                  security: Security | None = None):
         self.ctx = ctx
         self.routing_id = routing_id
+        self.hwm = hwm                 # frames queued per peer before new ones are dropped
         self.security = security or Security(None)
         self.socks: dict[str, zmq.Socket[bytes]] = {}
         self.alternates: dict[str, list[zmq.Socket[bytes]]] = {}   # other mesh keys (rotation)
@@ -128,7 +129,7 @@ class PeerSockets:
     def _open(self, target: str, server_key: bytes | None) -> zmq.Socket[bytes]:
         s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, self.routing_id)
-        s.setsockopt(zmq.SNDHWM, SNDHWM)
+        s.setsockopt(zmq.SNDHWM, self.hwm)
         s.setsockopt(zmq.RCVHWM, 16)      # we never read: peers answer to our front door
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)

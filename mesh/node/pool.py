@@ -30,7 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 from mesh.node.channel import pack
-from mesh.node.child import Child
+from mesh.node.child import Child, StopFlags
 from mesh.node.ledger import Entry
 from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status
 from mesh.node.pool_size import PoolSize
@@ -81,6 +81,7 @@ class Pool(PoolSize, PoolStop):
         self.reloads = 0                             # times every child was replaced (reload)
         self.limits: dict[str, TokenBucket] = {}     # task name -> rate limit, per node
         self.rate_limited = 0                        # starts put off by a rate limit
+        self.stop_flags = StopFlags()                # which children the node itself stops
 
     @property
     def queue(self) -> list[QueueItem]:
@@ -98,7 +99,8 @@ class Pool(PoolSize, PoolStop):
     def _spawn(self, index: int) -> None:
         ident = f"c{index}.{next(self._gen)}".encode()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child = Child(self.app, self.config, self.node_name)
+        self.stop_flags.clear(index)
+        child = Child(self.app, self.config, self.node_name, self.stop_flags, index)
         node_pid = os.getpid()
         pid = os.fork()
         if pid == 0:

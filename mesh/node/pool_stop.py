@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from mesh.wire.protocol import ChildCancel, encode
 
 if TYPE_CHECKING:
+    from mesh.node.child import StopFlags
     from mesh.node.ledger import Entry
     from mesh.node.pool_child import ChildProc, PoolEvents
 
@@ -33,12 +34,14 @@ class PoolStop:
         node_name: str
         events: PoolEvents
         children: dict[bytes, ChildProc]
+        stop_flags: StopFlags
 
         def _send(self, child: ChildProc, frame: bytes) -> None: ...
         def _not_idle(self, c: ChildProc) -> None: ...
 
-    @staticmethod
-    def _kill(c: "ChildProc", sig: int) -> None:
+    def _kill(self, c: "ChildProc", sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):    # children ignore these unless armed
+            self.stop_flags.arm(c.index)              # (mesh/node/child.py, StopFlags)
         try:
             os.kill(c.pid, sig)
         except ProcessLookupError:

@@ -115,6 +115,8 @@ class Reloader(Component):
         replaced = node.pool.reload(app)
         _update_rate_limits(node, old, app)
         node.tasks_digest = tasks_digest(app.tasks)
+        node.routing.refresh(app)               # the task names peers and clients see
+        node.membership.update_local_meta()
         node.control.commands = default_registry.copy()   # the app's commands, as re-registered
         self.reloads += 1
         self.error = None

@@ -49,9 +49,7 @@ class Routes(Component):
         self.queues: frozenset[str] | None = frozenset(node.config.queues) or None
         self.serves = Serves(self.mesh, self.queues, None)
         self.routes = AppRoutes()
-        self.mesh_limits = mesh_limits(app.tasks)
-        self.meta: dict[str, Any] = capabilities.meta(self.mesh, self.queues, app.tasks)
-        self.meta["rl"] = self.mesh_limits
+        self.refresh(app)
         try:                                   # a bad task_routes stops the node at once
             prepare(app.conf["task_routes"])
             check_queue(app.conf["task_default_queue"], "task_default_queue")
@@ -60,6 +58,13 @@ class Routes(Component):
         node.routing = self
         log.info("node %s: mesh %r, queues: %s", node.name, self.mesh,
                  "every queue" if self.queues is None else ", ".join(sorted(self.queues)))
+
+    def refresh(self, app: Any) -> None:
+        """What the node tells the mesh it serves, from the app's tasks (at start, and
+        again when --autoreload loads new code)."""
+        self.mesh_limits = mesh_limits(app.tasks)
+        self.meta = capabilities.meta(self.mesh, self.queues, app.tasks)
+        self.meta["rl"] = self.mesh_limits
 
     # -- what intake asks ---------------------------------------------------------------
     def queue_for(self, name: str, headers: Mapping[str, Any] | None = None) -> str:

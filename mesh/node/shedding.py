@@ -3,9 +3,10 @@
 Every ``SHED_INTERVAL``, if the oldest queued task has waited more than ``SHED_AFTER``
 and no child is idle, the tasks that would start next go to peers whose gossiped load
 shows room and that take them: of our mesh, serving the task's queue, with its name
-registered (the meta says; mesh/capabilities.py). The owners get a RELEASE with a
-``target`` and resend there: the client owns tasks, so a shed task is never in two
-places.
+registered (the meta says; mesh/capabilities.py). They go node to node
+(mesh/node/handoff.py): the peer journals them before this node forgets them, and
+their owners, if still there, are told where they went (MOVED). The submitter is
+never needed.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class _Room:
 
 class Shedder(Component):
     name = "shedding"
-    requires = ("pool", "membership", "routing")
+    requires = ("pool", "membership", "routing", "handoff")
 
     def __init__(self) -> None:
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
@@ -64,8 +65,9 @@ class Shedder(Component):
         """Give queued (not started) tasks that have waited longer than SHED_AFTER
         to peers with room: by their gossiped load, fewer tasks than twice their
         children (a short queue on a free node beats waiting here behind a stuck
-        child), less what we sent them since that report. The owners resend them
-        there (Release with a target). Returns how many moved."""
+        child), less what we sent them since that report. They are handed over node
+        to node; those a peer does not take come back to the queue. Returns how many
+        were sent."""
         node = self.node
         pool, ms = node.pool, node.membership
         if not pool.queue or pool.idle or node.stopping:
@@ -87,7 +89,7 @@ class Shedder(Component):
                 rooms.append(_Room(m, free - sent, sent))
         if not rooms:
             return 0
-        moved: dict[str, list[Entry]] = {}          # target address -> entries
+        moved: dict[str, list[Entry]] = {}          # target id -> entries
         accepts = node.routing.peer_accepts
         chosen: set[int] = set()
         # a task's queue matters only if some peer does not take every queue
@@ -98,7 +100,7 @@ class Shedder(Component):
             queue = self._queue_of(entry) if by_queue else ""
             for r in rooms:
                 if r.left > 0 and accepts(r.member.meta, queue, entry.name):
-                    moved.setdefault(r.member.address, []).append(entry)
+                    moved.setdefault(r.member.id, []).append(entry)
                     chosen.add(id(entry))
                     r.left -= 1
                     break
@@ -109,14 +111,15 @@ class Shedder(Component):
         pool.queue[:] = [item for item in pool.queue if id(item[2]) not in chosen]
         heapq.heapify(pool.queue)
         for r in rooms:
-            taken = len(moved.get(r.member.address, ()))
+            taken = len(moved.get(r.member.id, ()))
             if taken:
                 self._shed_to[r.member.id] = (r.member.meta_version, r.sent + taken)
+        members = {r.member.id: r.member for r in rooms}
         for target, entries in moved.items():
-            node.ledger.release(entries, REASON, target=target, quiet=True)
+            node.handoff.hand(entries, REASON, members[target])
         n = sum(len(v) for v in moved.values())
         if n:
-            log.info("shed %d queued task(s) to %d peer(s) with room", n, len(moved))
+            log.info("shedding %d queued task(s) to %d peer(s) with room", n, len(moved))
         return n
 
     def _queue_of(self, entry: Entry) -> str:

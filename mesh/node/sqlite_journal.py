@@ -24,6 +24,12 @@ A row per task id::
     result    the encoded Result, once final
     finished  unix time of the result (results expire after ``result_expires``)
 
+and in the results table (a row per finished id, in finishing order) two more:
+
+    peer      the node that keeps the other copy of the result (mesh/node/replicas.py)
+    copy      1 when another node ran the task and this one keeps the copy (no row in
+              tasks then); the dashboard's history counts only what this node ran
+
 Errors from sqlite (a full disk, a read-only file, a corrupt database) become
 :class:`JournalError` with a message that says what happened and where.
 """
@@ -58,7 +64,9 @@ CREATE TABLE IF NOT EXISTS results (
     task_id  TEXT NOT NULL UNIQUE,
     state    TEXT NOT NULL,
     result   BLOB NOT NULL,
-    finished REAL NOT NULL
+    finished REAL NOT NULL,
+    peer     TEXT NOT NULL DEFAULT '',
+    copy     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revoked_at ON revoked (at);
@@ -127,6 +135,11 @@ class SqliteJournal(Journal):
             # file while it runs. Measured: about 4 us more per commit.
             self.db.execute("PRAGMA cache_size=-65536")
             self.db.executescript(_SCHEMA)
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+            if "peer" not in cols:   # the node holding the other copy (mesh/node/replicas.py)
+                self.db.execute("ALTER TABLE results ADD COLUMN peer TEXT NOT NULL DEFAULT ''")
+            if "copy" not in cols:   # 1: another node ran it (this one keeps the copy)
+                self.db.execute("ALTER TABLE results ADD COLUMN copy INTEGER NOT NULL DEFAULT 0")
             row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -230,10 +243,12 @@ class SqliteJournal(Journal):
         return cur.rowcount
 
     def add(self, task_id: str, client: bytes, frame: bytes, received: float) -> bool:
-        """Record an accepted task; False if the id is already in the journal."""
+        """Record an accepted task; False if the id is already in the journal (held,
+        or finished: here, or on a node this one backs up)."""
         return self._write("INSERT OR IGNORE INTO tasks (task_id, client, frame, state, received) "
-                           "VALUES (?, ?, ?, 'RECEIVED', ?)",
-                           (task_id, client, frame, received)) == 1
+                           "SELECT ?, ?, ?, 'RECEIVED', ? WHERE NOT EXISTS "
+                           "(SELECT 1 FROM results WHERE task_id=?)",
+                           (task_id, client, frame, received, task_id)) == 1
 
     def replace(self, task_id: str, client: bytes, frame: bytes, received: float) -> None:
         """Record an accepted task, over whatever an older row of that id said."""
@@ -248,12 +263,13 @@ class SqliteJournal(Journal):
         """A retry: the task runs again with this Submit (retries + 1, a new eta)."""
         self._write("UPDATE tasks SET frame=?, state='RECEIVED' WHERE task_id=?", (frame, task_id))
 
-    def finish(self, task_id: str, state: str, result: bytes, finished: float) -> None:
+    def finish(self, task_id: str, state: str, result: bytes, finished: float,
+               peer: str = "") -> None:
         """The final result. Results are appended in the order they finish (rowid),
         which is what expiry walks; the task's row stays until its result expires, so
         a resend of the id is recognised by add()."""
-        self._write("INSERT OR REPLACE INTO results (task_id, state, result, finished) "
-                    "VALUES (?, ?, ?, ?)", (task_id, state, result, finished))
+        self._write("INSERT OR REPLACE INTO results (task_id, state, result, finished, peer) "
+                    "VALUES (?, ?, ?, ?, ?)", (task_id, state, result, finished, peer))
 
     def remove(self, task_ids: Iterable[str]) -> None:
         """Forget tasks given back to their owners unstarted (they run elsewhere)."""
@@ -271,6 +287,26 @@ class SqliteJournal(Journal):
         """Remember revoked ids (a revoked task that arrives later is not run)."""
         for tid in task_ids:
             self._write("INSERT OR REPLACE INTO revoked VALUES (?, ?)", (tid, at))
+
+    def copy_result(self, task_id: str, state: str, result: bytes, finished: float,
+                    peer: str) -> None:
+        """A result from a node this one backs up: a row in results (no task row; add()
+        looks at results too, so the id is not run here again)."""
+        self._write("INSERT OR IGNORE INTO results (task_id, state, result, finished, peer, copy) "
+                    "VALUES (?, ?, ?, ?, ?, 1)", (task_id, state, result, finished, peer))
+
+    def results_of_peer(self, peer: str, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:
+        """(No index on peer: this runs when a node is gone, a range scan by rowid.)"""
+        try:
+            return [(r[0], r[1], r[2], r[3]) for r in self.db.execute(
+                "SELECT rowid, task_id, state, result FROM results WHERE rowid > ? AND peer = ? "
+                "ORDER BY rowid LIMIT ?", (after, peer, limit)).fetchall()]
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+
+    def set_peer(self, task_ids: Iterable[str], peer: str) -> None:
+        for tid in task_ids:
+            self._write("UPDATE results SET peer=? WHERE task_id=?", (peer, tid))
 
     def revoked_since(self, since: float, limit: int = 100_000) -> list[tuple[str, float]]:
         try:
@@ -366,8 +402,9 @@ class SqliteJournal(Journal):
 
     def counts(self) -> dict[str, int]:
         try:
-            tasks = self.db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+            tasks = self.db.execute("SELECT count(*) FROM tasks WHERE NOT EXISTS (SELECT 1 FROM "
+                                    "results WHERE results.task_id=tasks.task_id)").fetchone()[0]
             results = self.db.execute("SELECT count(*) FROM results").fetchone()[0]
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
-        return {"open": int(tasks) - int(results), "results": int(results)}
+        return {"open": int(tasks), "results": int(results)}

@@ -102,7 +102,7 @@ class SoloPool(Pool):
                 n += 1
         return n
 
-    def _kill(self, c: ChildProc, sig: int) -> None:   # type: ignore[override]
+    def _kill(self, c: ChildProc, sig: int) -> None:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
         asyncio.get_running_loop().call_soon(self._gone, c, f"was killed by {name}")
 

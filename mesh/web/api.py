@@ -237,8 +237,9 @@ async def _find_task(s: "HttpServer", tid: str) -> dict[str, Any] | None:
     found = [a for a in answers.values() if isinstance(a, dict) and "uuid" in a]
     if not found:
         return None
-    found.sort(key=lambda t: (t.get("state") in states.READY_STATES, t.get("timestamp") or 0.0),
-               reverse=True)
+    # the node that ran it tells most (a backup's copy of the result has no arguments)
+    found.sort(key=lambda t: (t.get("state") in states.READY_STATES, not t.get("copy"),
+                              t.get("timestamp") or 0.0), reverse=True)
     best = dict(found[0])
     best["seen_on"] = [t.get("worker") for t in found]
     return best

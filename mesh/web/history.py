@@ -240,7 +240,7 @@ class JournalReader:
         if q.until is not None:     # nothing received by then finished later than max_lag
             hi = min(hi, self.first_rowid_at(q.until + self.max_lag() + 1.0))
         floor = self.first_rowid_at(q.since) if q.since is not None else 1
-        where = ["r.rowid <= :hi", "r.rowid > :lo"]
+        where = ["r.rowid <= :hi", "r.rowid > :lo", "r.copy = 0"]   # (copy: another node ran it)
         params: dict[str, Any] = {}
         states_ = [s for s in q.states if s in FINAL]
         if states_:
@@ -285,7 +285,8 @@ class JournalReader:
         """The longest received -> finished time in the journal (so a page bounded by a
         received time knows where to start): one scan, then only the rows since."""
         rows = self._run("SELECT max(r.finished - t.received), max(r.rowid) FROM results r "
-                         "LEFT JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > ?",   # LEFT: results outer
+                         "LEFT JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > ? "   # LEFT: results outer
+                         "AND r.copy = 0",
                          (self._lag[1],))
         lag, last = rows[0]
         if last is not None:
@@ -297,13 +298,18 @@ class JournalReader:
         rows = self._run("SELECT t.task_id, coalesce(r.state, t.state), r.finished, t.frame, "
                          "t.received, r.result FROM tasks t LEFT JOIN results r "
                          "ON r.task_id = t.task_id WHERE t.task_id = ?", (task_id,))
-        if not rows:
+        copy = False
+        if not rows:      # a result alone: another node ran the task (this one keeps a copy)
             rows = self._run("SELECT task_id, state, finished, NULL, NULL, result FROM results "
                              "WHERE task_id = ?", (task_id,))
+            copy = bool(rows)
         if not rows:
             return None
         tid, state, finished, frame, received, blob = rows[0]
-        return task_row(tid, state, finished, frame, received, blob, self.node, INFO_REPR)
+        t = task_row(tid, state, finished, frame, received, blob, self.node, INFO_REPR)
+        if copy:
+            t["copy"] = True
+        return t
 
     # -- charts -------------------------------------------------------------------------
     def series(self, since: float, step: int) -> list[list[float]]:
@@ -324,8 +330,8 @@ class JournalReader:
             "SELECT b, count(*), sum(lat), max(lat), max(rid), " + bins + " FROM ("
             "SELECT CAST(r.finished / :step AS INTEGER) AS b, r.rowid AS rid, "
             "max(0, r.finished - coalesce(t.received, r.finished)) AS lat "
-            "FROM results r LEFT JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > :last"
-            ") GROUP BY b", {"step": step, "last": last})
+            "FROM results r LEFT JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > :last "
+            "AND r.copy = 0) GROUP BY b", {"step": step, "last": last})
         for b, n, total, mx, rid, *counts in rows:
             acc = buckets.get(b)
             if acc is None:
@@ -356,7 +362,7 @@ class JournalReader:
         if self._summary is not None and now - self._summary[0] < SUMMARY_TTL:
             return self._summary[1]
         by_state = {s: int(n) for s, n in self._run(
-            "SELECT state, count(*) FROM results GROUP BY state")}
+            "SELECT state, count(*) FROM results WHERE copy = 0 GROUP BY state")}
         tasks = int(self._run("SELECT count(*) FROM tasks")[0][0])
         oldest = self._run("SELECT finished FROM results ORDER BY rowid LIMIT 1")
         out = {"finished": by_state, "rows": tasks, "open_rows": max(0, tasks - sum(by_state.values())),

@@ -54,6 +54,7 @@ class MsgType(enum.IntEnum):
     CONTROL = 6         # anyone -> node: a control request (ping, status, ...)
     CONTROL_REPLY = 7   # node -> requester
     STATE = 8           # node -> client: a task's state before it finishes (STARTED, PROGRESS...)
+    MOVED = 9           # node -> client: another node holds these tasks now (follow them)
     CHILD_READY = 20    # child -> node: a new child is up and idle (internal)
     CHILD_DONE = 21     # child -> node: header of a finished task (internal)
     CHILD_STATE = 22    # child -> node: the running task's state changed (internal)
@@ -66,6 +67,11 @@ class MsgType(enum.IntEnum):
     GOSSIP = 34           # member -> member: membership updates only
     PUSH_PULL = 35        # member -> member: my whole member list; send me yours (join, anti-entropy)
     PUSH_PULL_REPLY = 36  # the answer to PUSH_PULL: the whole member list
+    # work moving between nodes, and the second copy of tasks and results (mesh/node/handoff.py)
+    HANDOFF = 40          # node -> node: hold these tasks (journal them, then HANDOFF_ACK)
+    HANDOFF_ACK = 41      # node -> node: these handed tasks are held here now (or refused)
+    REPLICATE = 42        # holder -> backup: keep a copy of these tasks and results
+    REPLICATE_ACK = 43    # backup -> holder: the copies of that batch are journalled
 
 
 # ---- field validation -----------------------------------------------------------------
@@ -322,6 +328,22 @@ class ControlReply(Message):
 
 
 @message
+class Moved(Message):
+    """Another node holds these tasks now: ``node`` handed them to the node at
+    ``target`` (named ``target_node``), which journalled them before ``node`` forgot
+    them. The owner needs to do nothing for the tasks to run; to get their results it
+    sends the kept SUBMIT frames to ``target``, which acknowledges a task it holds
+    (and learns where to send its result) or answers one it finished with the
+    stored RESULT."""
+    TYPE = MsgType.MOVED
+    task_ids: list[str]
+    node: str
+    target: str
+    target_node: str = ""
+    reason: str = ""
+
+
+@message
 class ChildReady(Message):
     """Internal: a child started and wants work."""
     TYPE = MsgType.CHILD_READY
@@ -537,6 +559,103 @@ class PushPullReply(Message):
     def validate(self) -> None:
         _short(self.source, MAX_ID_LEN, "source")
         _check_updates(self.members, "PushPullReply")
+
+
+# ---- handoff and replication, node <-> node (mesh/node/handoff.py) ------------------------
+
+MAX_BATCH_TASKS = 100_000   # tasks, results or ids in one HANDOFF/REPLICATE
+
+
+def _check_batch(what: str, *lists: list[Any]) -> None:
+    for items in lists:
+        if len(items) > MAX_BATCH_TASKS:
+            raise DecodeError(f"{what} holds {len(items)} items, over the limit of {MAX_BATCH_TASKS}")
+
+
+@message
+class Handoff(Message):
+    """Hold these tasks: ``tasks`` are SUBMIT frames, as the sender holds them (a
+    retried task carries its ``retries`` and ``eta``). The receiver journals each
+    one it takes and then answers HANDOFF_ACK(batch) to ``source_addr``; until that
+    answer the sender keeps them (and sends the batch again, or to another node)."""
+    TYPE = MsgType.HANDOFF
+    batch: str
+    source: str
+    source_addr: str
+    tasks: list[bytes]
+    reason: str = ""
+
+    def validate(self) -> None:
+        _short(self.batch, MAX_ID_LEN, "batch")
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_address(self.source_addr, "source_addr")
+        _check_batch("Handoff", self.tasks)
+
+
+@message
+class HandoffAck(Message):
+    """The answer to HANDOFF ``batch``: ``accepted`` are held here now (journalled,
+    and copied to this node's backup), or finished here already; ``refused`` maps
+    the others to why (the sender keeps them)."""
+    TYPE = MsgType.HANDOFF_ACK
+    batch: str
+    node: str
+    accepted: list[str]
+    refused: dict[str, Any] = field(default_factory=dict)
+    address: str = ""          # the receiver's front door (where the owners follow)
+
+    def validate(self) -> None:
+        _short(self.batch, MAX_ID_LEN, "batch")
+        _short(self.node, MAX_ID_LEN, "node")
+        _check_batch("HandoffAck", self.accepted, list(self.refused))
+
+
+@message
+class Replicate(Message):
+    """From a task's holder (``source``) to its backup: keep a copy of the tasks
+    ``task_ids`` (their SUBMIT frames in ``tasks``, in the same order; a newer frame
+    for an id replaces the copy), replace the copies of finished tasks with their
+    results (``result_ids``, ``result_states`` and the RESULT frames ``results``, in
+    the same order), and forget the copies of ``drop`` (ids the holder no longer
+    holds: handed to another node, or given back). Ids and states travel next to the
+    frames so that the backup stores them without decoding them. The backup journals
+    all of it, then answers REPLICATE_ACK(batch) to ``source_addr``. When membership
+    declares the holder dead, the backup runs the copies that have no result."""
+    TYPE = MsgType.REPLICATE
+    batch: str
+    source: str
+    source_addr: str
+    task_ids: list[str] = field(default_factory=list)
+    tasks: list[bytes] = field(default_factory=list)
+    result_ids: list[str] = field(default_factory=list)
+    result_states: list[str] = field(default_factory=list)
+    results: list[bytes] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        _short(self.batch, MAX_ID_LEN, "batch")
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_address(self.source_addr, "source_addr")
+        _check_batch("Replicate", self.tasks, self.results, self.drop)
+        if len(self.task_ids) != len(self.tasks):
+            raise DecodeError("Replicate: task_ids and tasks must be as long as each other")
+        if not len(self.result_ids) == len(self.result_states) == len(self.results):
+            raise DecodeError("Replicate: result_ids, result_states and results must be as "
+                              "long as each other")
+        for tid in (*self.task_ids, *self.result_ids, *self.drop):
+            _short(tid, MAX_ID_LEN, "task id")
+
+
+@message
+class ReplicateAck(Message):
+    """The backup ``node`` journalled everything in REPLICATE ``batch``."""
+    TYPE = MsgType.REPLICATE_ACK
+    batch: str
+    node: str
+
+    def validate(self) -> None:
+        _short(self.batch, MAX_ID_LEN, "batch")
+        _short(self.node, MAX_ID_LEN, "node")
 
 
 # ---- encode / decode ------------------------------------------------------------------

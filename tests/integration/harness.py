@@ -110,6 +110,19 @@ def run_program(program: str, *args: str, env: dict[str, str] | None = None,
                           stdin=subprocess.DEVNULL)
 
 
+def run_python(code: str, *args: str, timeout: float = 60.0,
+               check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (a submitter process that exits), with the
+    test tasks importable; ``sys.argv[1:]`` are ``args``. With ``check``, a non-zero
+    exit fails the test with its output."""
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                       timeout=timeout, check=False, env=clean_env(), cwd=ROOT,
+                       stdin=subprocess.DEVNULL)
+    if check and p.returncode != 0:
+        raise AssertionError(f"the script exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
 def _flag_args(flags: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, value in flags.items():
@@ -266,15 +279,21 @@ class NodeFactory:
             # the port was taken between free_port() and the node's bind: another one
         raise AssertionError("meshnode could not bind a free port in 3 attempts")
 
-    def restart(self, old: NodeProc, ready_timeout: float = READY_TIMEOUT) -> NodeProc:
-        """Start ``old`` again (it must have exited): same name, port and data dir,
-        so it finds its journal. Its stderr is appended to the same file."""
+    def restart(self, old: NodeProc, ready_timeout: float = READY_TIMEOUT,
+                name: str | None = None) -> NodeProc:
+        """Start ``old`` again (it must have exited): same port and data dir, so it
+        finds its journal, and the same name unless ``name`` gives a new one (what a
+        restart does when the name is the default, host-pid). Its stderr is appended
+        to the same file."""
         assert old.proc.poll() is not None, f"{old!r} is still running"
+        argv = list(old.argv)
+        if name is not None:
+            argv[argv.index("--name") + 1] = name
         with open(old.stderr_path, "ab") as err:
-            proc = subprocess.Popen(old.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                     cwd=old.cwd or ROOT, env=node_env(old.env), start_new_session=True)
-        node = NodeProc(old.name, old.endpoint, proc, old.stderr_path, old.data_dir,
-                        old.control, old.argv, old.env)
+        node = NodeProc(name or old.name, old.endpoint, proc, old.stderr_path, old.data_dir,
+                        old.control, argv, old.env)
         node.cwd = old.cwd
         self.nodes.append(node)
         if not self._wait_ready(node, ready_timeout):

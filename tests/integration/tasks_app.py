@@ -219,6 +219,18 @@ def append_line(path: str, line: str) -> str:
     return line
 
 
+@app.task(bind=True)
+def retry_after_gate(self: Any, gate: str, marker: str, countdown: float = 0.5) -> dict[str, Any]:
+    """Wait for ``gate``; the first run then asks for a retry (leaving ``marker``),
+    the next one returns where it ran."""
+    wait_for_file(gate)
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(self.request.hostname or "")
+        raise self.retry(countdown=countdown)
+    return {"retries": self.request.retries, "node": self.request.hostname}
+
+
 BACKOFF_MAX = 5000.0
 
 

@@ -331,13 +331,16 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
 
 def test_sockets_to_departed_nodes_are_closed(
         start_node: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mesh.client.io
-    monkeypatch.setattr(mesh.client.io, "LINK_GRACE", 0.5)
+    import mesh.client.links
+    monkeypatch.setattr(mesh.client.links, "LINK_GRACE", 0.5)
     a = start_node(profile="test")
     b = start_node(profile="test", peers=a.endpoint)
     c = make_client(a)
     wait_until(lambda: len(c.app.client.links) == 2, what="the client to learn b")
     wait_until(lambda: a.status()["peer_sockets"] >= 1, what="a to talk to b")
+    rs = [c.tasks.add.delay(i, 1) for i in range(20)]         # a copies its tasks to b
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [i + 1 for i in range(20)]
+    wait_until(lambda: a.status()["data_sockets"] >= 1, what="a to copy tasks to b")
     b.send_signal(signal.SIGKILL)
     b.wait(10)
     # the client drops its link once b is dead for LINK_GRACE; a drops its socket
@@ -347,6 +350,8 @@ def test_sockets_to_departed_nodes_are_closed(
     wait_until(lambda: a.status()["peer_sockets"] == 0, timeout=60, interval=0.5,
                what="a to close its socket to b")
     assert c.tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
+    wait_until(lambda: a.status()["data_sockets"] == 0, timeout=30, interval=0.5,
+               what="a to close its handoff/copy socket to b")
 
 
 def test_tasks_sent_to_a_node_that_just_died_do_not_run_there_when_it_returns(

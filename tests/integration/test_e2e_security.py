@@ -48,7 +48,9 @@ from mesh.wire.protocol import (
     ControlReply,
     Error,
     Gossip,
+    Handoff,
     PushPull,
+    Replicate,
     Result,
     Submit,
     decode,
@@ -429,6 +431,32 @@ def test_a_forged_member_gets_no_tasks(meshes: dict[str, Mesh2], attacker: Any, 
     finally:
         sink.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_forged_handoff_or_copy(meshes: dict[str, Mesh2], attacker: Any, served: Served,
+                                  mode: str) -> None:
+    """Node-to-node messages (handoff, copies) are for node keys only: a client key
+    cannot make a node hold (and run) tasks as if a peer had handed them over, nor plant
+    a result as a copy. Without keys the node takes them (only keys stop it)."""
+    m = meshes[mode]
+    task = _submit("tasks_app.add", 20, 22)
+    planted = f"evil-{uuid.uuid4().hex}"
+    raw = attacker(m, m.a, "client key")
+    peer = m.b.name                              # a member's name is public: claim to be it
+    raw.send(Handoff("evil-batch", peer, "tcp://127.0.0.1:1", [encode(task)]),
+             Replicate("evil-copy", peer, "tcp://127.0.0.1:1", result_ids=[planted],
+                       result_states=["SUCCESS"],
+                       results=[encode(Result(task_id=planted, state="SUCCESS",
+                                              result=codec.dumps("forged"), node="evil"))]))
+    got = _after_barrier(raw)
+    if m.keyed:
+        assert sum(_unauthorized([x]) for x in got) == 2, got
+        assert m.ask(m.a, "result", {"task_id": task.task_id})["state"] == "UNKNOWN"
+        assert m.ask(m.a, "result", {"task_id": planted})["state"] == "UNKNOWN"
+    else:                                        # only keys stop it: the node runs it
+        wait_until(lambda: m.ask(m.a, "result", {"task_id": task.task_id})["state"] == "SUCCESS",
+                   what="the handed task to run")
 
 
 # ---- what the client believes -------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Warm shutdown: SIGTERM/SIGINT drain running work, give back the rest, exit 0."""
+"""Warm shutdown: SIGTERM/SIGINT drain running work, hand the rest to another node,
+exit 0 (tests/integration/test_e2e_handoff.py has submitters that exit first)."""
 from __future__ import annotations
 
 import signal
@@ -22,10 +23,18 @@ def test_an_idle_node_exits_0_on_a_signal(start_node: Any, sig: int) -> None:
     assert "stopped" in node.stderr()
 
 
+def _meshed(a: Any, b: Any) -> None:
+    names = {a.name, b.name}
+    wait_until(lambda: all({m["node"] for m in n.request("members").payload
+                            if m["state"] == "alive"} == names for n in (a, b)),
+               what="the two nodes to form a mesh")
+
+
 def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
         start_node: Any, make_client: Any, tmp_path: Path) -> None:
     a = start_node(concurrency=1)
-    b = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    _meshed(a, b)
     t = make_client(a, b).tasks
     gate = tmp_path / "gate"
     # one long task per node (the client alternates between the nodes) ...
@@ -40,10 +49,10 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
         on_a = a.status()["queued"]
         assert on_a >= 1
         a.send_signal(signal.SIGTERM)
-        # a gives its unstarted tasks back; the client sends them to b
+        # a hands its unstarted tasks to b, node to node
         # (while a is still draining: queued work must not wait out a's shutdown timeout)
         wait_until(lambda: b.status()["queued"] == 10, timeout=15,
-                   what="the released tasks to reach b while a drains")
+                   what="the handed tasks to reach b while a drains")
         assert a.proc.poll() is None, "a must wait for its running task"
         assert a.status()["state"] == "left"
     finally:
@@ -53,15 +62,16 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
     assert a.wait(30) == EXIT_OK
     assert [r.get(timeout=RESULT_TIMEOUT) for r in queued] == [i + 100 for i in range(10)]
     assert {r.node for r in queued} == {b.name}
-    assert f"gave back {on_a} unstarted task(s)" in a.stderr()
+    assert f"handed {on_a} task(s) to {b.name}" in a.stderr()
 
 
-def test_a_task_running_past_the_shutdown_timeout_goes_back_to_its_owner(
+def test_a_task_running_past_the_shutdown_timeout_goes_to_another_node(
         start_node: Any, make_client: Any, tmp_path: Path) -> None:
-    # acks_late (the default): a task interrupted by shutdown is not done; its owner
-    # sends it to another node, where it runs from the start
+    # acks_late (the default): a task interrupted by shutdown is not done; the node
+    # hands it to another node, where it runs from the start
     a = start_node(concurrency=1, shutdown_timeout=0.5)
-    b = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    _meshed(a, b)
     t = make_client(a, b).tasks
     gate = tmp_path / "gate"
     rs = [t.wait_for_file.delay(str(gate)) for _ in range(2)]

@@ -72,3 +72,117 @@ def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking() -> Non
         # destroy, not term: under a loaded machine a scripted node may still hold its
         # socket here, and term() would then block forever (no pytest timeout reaches it)
         ctx.destroy(linger=0)
+
+
+def test_two_names_for_one_endpoint_through_its_own_link() -> None:
+    """A node restarted under a new name at the same address: the members list it
+    sends (through the client's link to that very address) names the old name dead and
+    the new one alive. The client treats the endpoint as alive (no reset, no failover)
+    and its I/O thread lives. (Before: every answer reset the link while it was being
+    read, and the next read raised ZMQError ENOTSOCK, which killed the thread.)"""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sa, pa = _bound_router(ctx)
+    ea = f"tcp://127.0.0.1:{pa}"
+    state = {"stop": False, "answers": 0}
+
+    def node() -> None:
+        try:
+            while not state["stop"]:
+                if not sa.poll(20):
+                    continue
+                ident, *frames = sa.recv_multipart()
+                for f in frames:
+                    m = decode(f)
+                    if isinstance(m, Control) and m.command == "members":
+                        members = [{"node": "old", "endpoint": ea, "state": "dead", "load": [0, 1, 0]},
+                                   {"node": "new", "endpoint": ea, "state": "alive", "load": [0, 1, 0]}]
+                        # the answer and another frame after it, in separate messages, so
+                        # the client reads again from the same socket after handling it
+                        sa.send_multipart([ident, encode(ControlReply(m.req_id, True, "new", members))])
+                        sa.send_multipart([ident, encode(Ack([], "new", [0, 1, 0]))])
+                        state["answers"] += 1
+        finally:
+            sa.close(linger=0)
+
+    t = threading.Thread(target=node, daemon=True)
+    t.start()
+    client = Client(Config(), [ea])
+    try:
+        wait_until(lambda: client.members_applied >= 5 or not client._thread.is_alive(),
+                   timeout=30, what="five membership answers")
+        link = client.links[ea]
+        assert client._thread.is_alive()
+        assert link.state == "alive" and link.node_id == "new"
+        assert link.resets == 0, "the live endpoint was treated as dead"
+        assert client.takeovers == 0
+    finally:
+        state["stop"] = True
+        client.close(linger=0)
+        t.join(30)
+        ctx.destroy(linger=0)
+
+
+def test_a_failed_io_thread_is_replaced_and_keeps_its_tasks(caplog: Any) -> None:
+    """If the I/O thread ever fails (a bug), it says so loudly (CRITICAL) and a new
+    thread takes over: same routing ids, the tasks it owned sent again, and they
+    complete. A scripted node answers every SUBMIT with a RESULT."""
+    from mesh.result import Slot
+    from mesh.wire.protocol import Result, Submit
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    sa, pa = _bound_router(ctx)
+    ea = f"tcp://127.0.0.1:{pa}"
+    state = {"stop": False, "answer": False}
+    seen: dict[str, int] = {}
+
+    def node() -> None:
+        try:
+            while not state["stop"]:
+                if not sa.poll(20):
+                    continue
+                ident, *frames = sa.recv_multipart()
+                for f in frames:
+                    m = decode(f)
+                    if isinstance(m, Submit):
+                        seen[m.task_id] = seen.get(m.task_id, 0) + 1
+                        if state["answer"]:
+                            sa.send_multipart([ident, encode(Result(m.task_id, "SUCCESS", node="a"))])
+                        else:
+                            sa.send_multipart([ident, encode(Ack([m.task_id], "a", [0, 1, 0]))])
+        finally:
+            sa.close(linger=0)
+
+    t = threading.Thread(target=node, daemon=True)
+    t.start()
+    client = Client(Config(), [ea])
+    try:
+        slots = [Slot(f"t{i}", encode(Submit(f"t{i}", "x", b"\x92\x90\x80"))) for i in range(20)]
+        for s in slots:
+            client.submit(s)
+        wait_until(lambda: all(s.state != "PENDING" for s in slots), timeout=30,
+                   what="the scripted node to acknowledge every task")
+        first = client._thread
+        state["answer"] = True                  # from now on, a resend gets its result
+
+        def boom(now: float) -> None:
+            del client._refresh_members          # fail once, then the real one again
+            raise RuntimeError("injected failure")
+        client._refresh_members = boom          # type: ignore[method-assign]
+        client._next_refresh = 0.0
+        client._wake()
+        wait_until(lambda: all(s.msg is not None for s in slots), timeout=30,
+                   what="every task's result through the new I/O thread")
+        assert client.takeovers == 1
+        assert client._thread is not first and client._thread.is_alive()
+        assert all(s.msg is not None and s.msg.state == "SUCCESS" for s in slots)
+        assert all(n == 2 for n in seen.values())      # each sent once, then resent once
+        assert any(r.levelname == "CRITICAL" and "takes over its 20 outstanding" in r.getMessage()
+                   for r in caplog.records)
+        client.submit(Slot("after", encode(Submit("after", "x", b"\x92\x90\x80"))))
+        wait_until(lambda: client.lookup("after") is None and "after" in seen, timeout=30,
+                   what="the new thread to take new work")
+    finally:
+        state["stop"] = True
+        client.close(linger=0)
+        t.join(30)
+        ctx.destroy(linger=0)

@@ -293,3 +293,60 @@ def test_a_fresh_journal_keeps_tasks_in_a_rowid_table(sqlite_journal: Journal) -
     plan = " ".join(str(r) for r in sqlite_journal.db.execute(
         "EXPLAIN QUERY PLAN SELECT state FROM tasks WHERE task_id=?", ("x",)))
     assert "USING INDEX" in plan
+
+
+# ---- results of tasks another node ran (this node is their backup) -----------------
+
+def test_a_copied_result_is_served_and_keeps_the_id_from_running_again(journal: AnyJournal) -> None:
+    journal.copy_result("t1", "SUCCESS", b"r1", 2.0, "h")
+    journal.copy_result("t1", "FAILURE", b"late", 3.0, "h")        # the first one stays
+    journal.commit()
+    assert journal.get("t1") == ("SUCCESS", b"r1")
+    assert not journal.add("t1", b"c", b"f1", 4.0)           # finished on the holder
+    assert journal.add("t2", b"c", b"f2", 4.0)
+    journal.commit()
+    assert [r.task_id for r in journal.unfinished()] == ["t2"]
+    assert journal.counts() == {"open": 1, "results": 1}
+
+
+def test_copied_results_expire_like_our_own(journal: AnyJournal) -> None:
+    journal.copy_result("old", "SUCCESS", b"r", 1.0, "h")
+    journal.copy_result("new", "SUCCESS", b"r", 100.0, "h")
+    journal.commit()
+    assert journal.expire(50.0) == 1
+    assert journal.get("old") is None and journal.get("new") == ("SUCCESS", b"r")
+
+
+def test_results_know_where_their_other_copy_is(journal: AnyJournal) -> None:
+    journal.add("t1", b"c", b"f", 1.0)
+    journal.finish("t1", "SUCCESS", b"r1", 2.0, "node-b")      # ours, copied to node-b
+    journal.copy_result("t2", "SUCCESS", b"r2", 3.0, "node-b")  # node-b's, copied here
+    journal.copy_result("t3", "FAILURE", b"r3", 4.0, "node-c")
+    journal.finish("t4", "SUCCESS", b"r4", 5.0)                 # kept alone
+    journal.commit()
+    rows = journal.results_of_peer("node-b", 0, 10)
+    assert [(r[1], r[2], r[3]) for r in rows] == [("t1", "SUCCESS", b"r1"), ("t2", "SUCCESS", b"r2")]
+    assert [r[1] for r in journal.results_of_peer("node-b", rows[0][0], 10)] == ["t2"]
+    assert [r[1] for r in journal.results_of_peer("node-b", 0, 1)] == ["t1"]
+    assert [r[1] for r in journal.results_of_peer("", 0, 10)] == ["t4"]
+    journal.set_peer(["t1", "t2"], "node-d")
+    journal.commit()
+    assert journal.results_of_peer("node-b", 0, 10) == []
+    assert [r[1] for r in journal.results_of_peer("node-d", 0, 10)] == ["t1", "t2"]
+
+
+def test_a_journal_without_the_peer_column_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "d"
+    j = Journal(str(path))
+    j.close()
+    db = sqlite3.connect(str(path / FILENAME))
+    db.executescript("DROP TABLE results; CREATE TABLE results (task_id TEXT NOT NULL UNIQUE, "
+                     "state TEXT NOT NULL, result BLOB NOT NULL, finished REAL NOT NULL); "
+                     "INSERT INTO results VALUES ('old', 'SUCCESS', x'01', 1.0);")
+    db.commit()
+    db.close()
+    j = Journal(str(path))
+    try:
+        assert [r[1] for r in j.results_of_peer("", 0, 10)] == ["old"]
+    finally:
+        j.close()

@@ -19,7 +19,7 @@ from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
 from mesh.wire import codec
-from mesh.wire.protocol import Release, Result, Submit, decode, encode
+from mesh.wire.protocol import Moved, Release, Result, Submit, decode, encode
 
 T = TypeVar("T")
 
@@ -85,6 +85,14 @@ async def frames_until(sock: zmq.asyncio.Socket, done: Callable[[list[Any]], boo
     return got
 
 
+async def drain(sock: zmq.asyncio.Socket, quiet: float = 0.2) -> list[Any]:
+    """What arrives until nothing has for ``quiet`` seconds."""
+    got: list[Any] = []
+    while await sock.poll(int(quiet * 1000)):
+        got.extend(decode(p) for p in await sock.recv_multipart())
+    return got
+
+
 def test_a_retrying_task_runs_again_until_it_succeeds() -> None:
     async def main() -> None:
         async with running_node(app) as node, client(node) as c:
@@ -145,16 +153,22 @@ def test_queued_tasks_are_shed_to_a_peer_with_room() -> None:
                 await s.send(submit(f"s-{i}"))
             await until(lambda: len(a.pool.queue) == 4, "four queued behind the running one")
             assert a.shedder.shed(time.time() + 1.0) == 2         # b has room for twice its 1 child
-            got = await frames_until(s, lambda g: any(isinstance(m, Release) for m in g))
-            release = [m for m in got if isinstance(m, Release)][0]
-            assert release.target == b.address and sorted(release.task_ids) == ["s-1", "s-2"]
+            # node to node: b holds them before a forgets them; the owner is told where
+            got = await frames_until(s, lambda g: any(isinstance(m, Moved) for m in g))
+            moved = [m for m in got if isinstance(m, Moved)][0]
+            assert moved.target == b.address and moved.target_node == "free"
+            assert sorted(moved.task_ids) == ["s-1", "s-2"]
+            assert not any(isinstance(m, Release) for m in got)
+            assert {"s-1", "s-2"} <= set(b.ledger.held) | {t for t in ("s-1", "s-2")
+                                                           if b.journal.get(t)}
             assert sorted(a.ledger.held) == ["s-0", "s-3", "s-4"]
             assert a.journal.get("s-1") is None                   # forgotten here
             assert a.shedder.shed(time.time() + 1.0) == 0         # b's room is used until it reports
     run(main())
 
 
-def test_a_stopping_node_gives_back_queued_tasks_then_the_interrupted_one() -> None:
+def test_a_node_stopping_alone_without_a_journal_gives_its_tasks_back() -> None:
+    # no peer to hand them to, and no journal to keep them in: the owner gets them back
     async def main() -> None:
         async with running_node(app, concurrency=1, autorun=False, shutdown_timeout=0.05) as a, \
                 dealer(a) as s:
@@ -165,12 +179,27 @@ def test_a_stopping_node_gives_back_queued_tasks_then_the_interrupted_one() -> N
             got = await frames_until(s, lambda g: sum(len(m.task_ids) for m in g
                                                       if isinstance(m, Release)) == 3)
             releases = [m for m in got if isinstance(m, Release)]
-            assert sorted(releases[0].task_ids) == ["q-1", "q-2"]
-            assert releases[0].reason == "node is shutting down"
-            assert releases[1].task_ids == ["q-0"] and "interrupted" in releases[1].reason
+            assert sorted(t for r in releases for t in r.task_ids) == ["q-0", "q-1", "q-2"]
+            assert all("no other node is alive" in r.reason for r in releases)
             assert not any(isinstance(m, Result) for m in got)
             await a.finished()
             assert not a.ledger.held
+    run(main())
+
+
+def test_a_node_stopping_alone_keeps_its_tasks_in_its_journal(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with running_node(app, concurrency=1, autorun=False, shutdown_timeout=0.05,
+                                journal=True, data_dir=str(tmp_path)) as a, dealer(a) as s:
+            for i in range(3):
+                await s.send(submit(f"k-{i}"))
+            await until(lambda: len(a.pool.queue) == 2, "two queued")
+            a.stop()
+            await a.finished()
+            assert sorted(a.ledger.held) == ["k-0", "k-1", "k-2"]     # kept, not given away
+            assert not any(isinstance(m, Release) for m in await drain(s))
+        async with running_node(app, concurrency=1, journal=True, data_dir=str(tmp_path)) as a2:
+            await until(lambda: a2.ledger.counts["SUCCESS"] == 3, "the kept tasks to run")
     run(main())
 
 

@@ -31,7 +31,10 @@ from mesh.wire.protocol import (
     ControlReply,
     Error,
     Gossip,
+    Handoff,
+    HandoffAck,
     Message,
+    Moved,
     MsgType,
     Ping,
     PingAck,
@@ -40,6 +43,8 @@ from mesh.wire.protocol import (
     PushPull,
     PushPullReply,
     Release,
+    Replicate,
+    ReplicateAck,
     Result,
     State,
     Submit,
@@ -95,6 +100,16 @@ SAMPLES: list[Message] = [
     PushPull(source="n1", source_addr="tcp://10.0.0.1:7700",
              members=[[0, "n1", 1, "tcp://10.0.0.1:7700", "n1", 0, {}]], join=True),
     PushPullReply(source="n2", members=[[0, "n2", 3, "tcp://10.0.0.2:7700", "n2", 5, {"q": 0}]]),
+    Moved(task_ids=["x"], node="n1", target="tcp://10.0.0.2:7700", target_node="n2",
+          reason="shed to a node with room"),
+    Handoff(batch="b1", source="n1", source_addr="tcp://10.0.0.1:7700",
+            tasks=[b"\x95\x01\x01\xa1x\xa1y\xc4\x00"], reason="node is shutting down"),
+    HandoffAck(batch="b1", node="n2", accepted=["x"], refused={"y": "not registered"},
+               address="tcp://10.0.0.2:7700"),
+    Replicate(batch="r1", source="n1", source_addr="tcp://10.0.0.1:7700", task_ids=["t1"],
+              tasks=[b"\x01"], result_ids=["t2"], result_states=["SUCCESS"], results=[b"\x02"],
+              drop=["z"]),
+    ReplicateAck(batch="r1", node="n2"),
 ]
 
 
@@ -108,7 +123,8 @@ def test_message_type_numbers_are_fixed() -> None:
         "CONTROL_REPLY": 7, "STATE": 8, "CHILD_READY": 20, "CHILD_DONE": 21, "CHILD_STATE": 22,
         "CHILD_CANCEL": 23,
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
-        "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36,
+        "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36, "MOVED": 9, "HANDOFF": 40, "HANDOFF_ACK": 41,
+        "REPLICATE": 42, "REPLICATE_ACK": 43,
     }
 
 
@@ -231,7 +247,7 @@ def test_unsupported_version(version: object) -> None:
     expect_decode_error(msgpack.packb(raw, use_bin_type=True), "unsupported protocol version")
 
 
-@pytest.mark.parametrize("mtype", [0, 9, 19, 29, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
+@pytest.mark.parametrize("mtype", [0, 10, 19, 29, 99, -1, 2**33, "1", 1.0, True, None, b"\x01"])
 def test_unknown_type(mtype: object) -> None:
     expect_decode_error(pack(1, mtype, "t", "n", b""), "unknown message type")
 

@@ -82,7 +82,7 @@ EXAMPLES = examples()
 
 _DOC_TYPES = {"str": "str", "bin": "bytes", "int": "int", "float": "float", "bool": "bool",
               "nil": "None", "any": "Any", "map": "map", "array<str>": "list[str]",
-              "array<int>": "list[int]", "array<array>": "list[list]"}
+              "array<int>": "list[int]", "array<array>": "list[list]", "array<bin>": "list[bytes]"}
 
 
 def doc_type(cell: str) -> frozenset[str]:

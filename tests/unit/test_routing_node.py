@@ -21,7 +21,7 @@ from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
 from mesh.wire import codec
-from mesh.wire.protocol import Error, Release, Result, Submit, decode, encode
+from mesh.wire.protocol import Error, Moved, Result, Submit, decode, encode
 
 T = TypeVar("T")
 
@@ -161,11 +161,11 @@ def test_shedding_moves_a_task_only_to_a_peer_that_takes_it() -> None:
                                     submit("s-3"), submit("s-4", name="rt.report")])
             await until(lambda: len(a.pool.queue) == 4, "four queued behind the running one")
             assert a.shedder.shed(time.time() + 1.0) == 2
-            got: list[Any] = []
-            while not any(isinstance(m, Release) for m in got):
+            got: list[Any] = []           # handed to b node to node; the owner told
+            while not any(isinstance(m, Moved) for m in got):
                 got.extend(decode(p) for p in await asyncio.wait_for(s.recv_multipart(), 10))
-            release = next(m for m in got if isinstance(m, Release))
-            assert release.target == b.address and sorted(release.task_ids) == ["s-2", "s-4"]
+            moved = next(m for m in got if isinstance(m, Moved))
+            assert moved.target == b.address and sorted(moved.task_ids) == ["s-2", "s-4"]
             assert sorted(a.ledger.held) == ["s-0", "s-1", "s-3"]
             assert a.shedder.shed(time.time() + 1.0) == 0        # b takes no celery task
     run(main())

@@ -1,0 +1,462 @@
+"""The client's view of the nodes: one link (a DEALER and its connection monitor) per
+node endpoint, and the membership answers that say which nodes are alive.
+
+A mixin of :class:`mesh.client.io.Client` (kept apart so that each file reads in one
+sitting): everything here runs on the client's I/O thread.
+
+* Each link has its own routing id for the client's lifetime (a node restarted from
+  its journal answers to it), ZMTP heartbeats and a socket monitor: a link that
+  connects again sends its tasks again (``_drain_monitor``).
+* Membership is asked of one node each second. It may name one address twice (a
+  node restarted under a new name: the old name dead, the new one alive); the address
+  is as alive as its most alive entry (``_by_endpoint``). A node declared dead gets
+  new sockets and its tasks go to their rendezvous backup (``_failover``).
+* No node heard from for ``UNREACHABLE_AFTER`` seconds is said once, with the
+  endpoints tried (``_check_reachable``).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from mesh import states
+from mesh.capabilities import Serves, from_meta
+from mesh.client.fit import fits
+from mesh.client.placement import choose_from
+from mesh.config import Config
+from mesh.exceptions import DecodeError
+from mesh.node.peers import literal_host
+from mesh.rendezvous import backup_for
+from mesh.result import Slot
+from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, HANDSHAKE_EVENTS, Security
+from mesh.wire.protocol import Control, Submit, decode, encode
+
+log = logging.getLogger("mesh.client")
+
+RELEASE_RETRY_DELAY = 0.5   # seconds before resending a released task to the node it left
+MEMBERS_INTERVAL = 1.0      # seconds between membership refreshes from a node
+LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it is closed
+HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
+HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
+UNREACHABLE_AFTER = 5.0     # s without a frame from any node before the client says so (once)
+
+
+class NodeLink:
+    """The client's view of one node, and the DEALER it talks to it through."""
+
+    __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
+                 "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
+                 "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
+                 "refused_at")
+
+    def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
+                 rid: bytes):
+        self.endpoint = endpoint
+        self.rid = rid                # its routing id, kept for its lifetime (a node
+                                      # restarted from its journal answers to it)
+        self.node_id = ""
+        self.state = "alive"          # until membership says otherwise
+        self.busy = 0
+        self.total = 1
+        self.queued = 0
+        self.inflight = 0             # this client's tasks sent there and not acked yet
+                                      # (once acked, the node counts them in busy/queued)
+        self.sock = sock
+        self.released_at = 0.0        # when it last gave work back (shutting down)
+        self.monitor = monitor        # connection events of sock
+        self.connected = 0            # handshakes so far; after the first, each is a reconnect
+        self.reconnects = 0
+        self.gone_since = 0.0         # monotonic time membership stopped calling it alive
+        self.down = False             # disconnected (or reset) since its last handshake
+        self.resets = 0               # times its sockets were replaced (its node died)
+        self.serves: Serves | None = None   # its mesh, queues, task names (None: not heard)
+        self.key: bytes | None = None  # the mesh key it speaks to the node with (keys)
+        self.keys_failed: set[bytes | None] = set()   # mesh keys the node did not hold
+        self.strikes = 0              # handshakes failed in a row with the key tried now
+        self.refused = ""             # why the node refused our handshake ("": it did not)
+        self.refused_at = 0.0
+
+    @property
+    def score(self) -> float:
+        return (self.busy + self.queued + self.inflight) / max(self.total, 1)
+
+
+class Links:
+    """The links and the membership view of a Client (see the module docstring)."""
+
+    # state owned by Client (mesh/client/io.py), used here
+    config: Config
+    security: Security
+    client_id: bytes
+    seeds: list[str]
+    links: dict[str, NodeLink]
+    failovers: int
+    resent: int
+    members_applied: int
+    _ctx: zmq.Context[Any]
+    _poller: zmq.Poller
+    _by_sock: dict[zmq.Socket[bytes], NodeLink]
+    _by_monitor: dict[zmq.Socket[bytes], NodeLink]
+    _link_ids: itertools.count[int]
+    _placeable: list[NodeLink]
+    _slots: dict[str, Slot]
+    _retry: list[tuple[float, Slot]]
+    _rng: random.Random
+    _next_refresh: float
+    _members_req: str
+    _members_known: threading.Event
+    _heard: float
+    _heard_since: bool
+    _unreachable: bool
+
+    if TYPE_CHECKING:           # Client's and Routing's (mesh/client/routes.py), used here
+        mesh: str | None
+        _fits: dict[tuple[str, str], list[NodeLink]]
+
+        def _send(self, slot: Slot, link: NodeLink | None) -> None: ...
+        def _requery(self, now: float) -> None: ...
+        def unacknowledged(self) -> int: ...
+        def endpoints(self) -> list[str]: ...
+        @staticmethod
+        def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None: ...
+        def _learn_mesh(self, members: list[Any], answering: Any) -> bool: ...
+        def _not_ours(self, endpoint: str, node_id: Any, mesh: str) -> None: ...
+        def _unplaceable(self, slot: Slot, kind: str, said: str) -> None: ...
+        def _wrong_key(self, link: NodeLink) -> None: ...
+        def _link_refused(self, link: NodeLink, why: str) -> None: ...
+        def _retry_refused(self, now: float) -> None: ...
+
+    def _link(self, endpoint: str) -> NodeLink:
+        link = self.links.get(endpoint)
+        if link is None:
+            # one routing id per link: a node reached through two addresses (a seed and
+            # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
+            # one link's replies to the other
+            rid = self.client_id + b".%d" % next(self._link_ids)
+            s, mon, key = self._open(endpoint, rid, None)
+            link = self.links[endpoint] = NodeLink(endpoint, s, mon, rid)
+            link.key = key
+            self._by_sock[s] = link
+            self._by_monitor[mon] = link
+            self._update_placeable()
+        return link
+
+    def _open(self, endpoint: str, routing_id: bytes, key: bytes | None
+              ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], bytes | None]:
+        """A DEALER to ``endpoint`` (speaking to it with mesh key ``key``, with keys;
+        None: the current one), the monitor of its connection events, and the key."""
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.ROUTING_ID, routing_id)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
+        s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
+        keys = self.security.server_keys()
+        key = key if key in keys else keys[0]
+        self.security.client(s, key)
+        # a unique inproc name (pyzmq's default is per fd, and a reset link's new socket
+        # may get the fd of the old one before libzmq has let go of its monitor)
+        mon = s.get_monitor_socket(HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED,
+                                   addr=f"inproc://mesh-monitor-{self.client_id.decode()}-"
+                                        f"{next(self._link_ids)}")
+        s.connect(endpoint)
+        self._poller.register(s, zmq.POLLIN)
+        self._poller.register(mon, zmq.POLLIN)
+        return s, mon, key
+
+    def _close_sockets(self, link: NodeLink) -> None:
+        del self._by_sock[link.sock]
+        del self._by_monitor[link.monitor]
+        self._poller.unregister(link.sock)
+        self._poller.unregister(link.monitor)
+        link.sock.disable_monitor()
+        link.monitor.close(linger=0)
+        link.sock.close(linger=0)
+
+    def _reset_link(self, link: NodeLink) -> None:
+        """New sockets for a link whose node died: frames still queued in the old
+        DEALER for it (sent after it died, now resent elsewhere) must not reach it
+        if it comes back at that address; they would run twice."""
+        self._close_sockets(link)
+        # the same routing id: a node restarted from its journal answers the tasks it
+        # recovers to it, and the client counts those late results as duplicates
+        link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key)
+        self._by_sock[link.sock] = link
+        self._by_monitor[link.monitor] = link
+        link.down = True                        # its next handshake is a reconnect
+        link.resets += 1
+
+    def _update_placeable(self) -> None:
+        self._fits = {}
+        mesh = self.mesh
+        self._placeable = [n for n in self.links.values() if n.state == "alive" and not n.refused
+                           and (n.serves is None or mesh is None or n.serves.mesh == mesh)]
+
+    def _drain_monitor(self, link: NodeLink) -> None:
+        """Connection events of a link. A link that connects again (the node restarted,
+        or a cut network healed) may have lost frames in either direction: send it
+        again every task it holds for us. The node answers a task it holds with an ACK,
+        one it finished with the stored result, and runs one it never got."""
+        mon = link.monitor
+        while link.monitor is mon:
+            try:
+                frames = mon.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as e:
+                log.warning("connection events of %s: %s", link.endpoint, e)
+                return
+            try:
+                event = parse_monitor_message(frames)["event"]
+            except Exception:
+                continue
+            if event == zmq.EVENT_DISCONNECTED:
+                link.down = True
+            elif event == FAILED_KEY:
+                self._wrong_key(link)           # may reset the link: the loop then ends
+            elif event in (FAILED_AUTH, FAILED_PROTOCOL):
+                self._link_refused(link, self.security.handshake_problem(event, link.endpoint))
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._heard_since = True
+                link.keys_failed.clear()
+                link.strikes = 0
+                if link.refused:
+                    log.info("the node at %s accepts this client's key now", link.endpoint)
+                    link.refused = ""
+                    self._update_placeable()
+                link.connected += 1
+                # (the first handshake's event can be missed, as the monitor attaches:
+                # a disconnect, or a reset link, is what makes a handshake a reconnect)
+                reconnected, link.down = link.down or link.connected > 1, False
+                if reconnected:
+                    link.reconnects += 1
+                    mine = [s for s in self._slots.values()
+                            if s.node == link.endpoint and s.msg is None]
+                    if mine:
+                        log.info("reconnected to %s: sending its %d task(s) again", link.endpoint,
+                                 len(mine))
+                        self.resent += len(mine)
+                        link.inflight = 0
+                        for slot in mine:
+                            self._send(slot, link)
+
+    def _close_gone_links(self, now: float) -> None:
+        """Close links to nodes dead or left for over LINK_GRACE seconds that hold
+        nothing of ours (seeds stay): a long-lived client in a churning mesh must not
+        keep a socket per node that ever existed. A node that comes back at that
+        address gets a new link when membership reports it alive."""
+        for ep, link in list(self.links.items()):
+            if (link.gone_since and now - link.gone_since > LINK_GRACE and ep not in self.seeds
+                    and not any(s.node == ep for s in self._slots.values())):
+                del self.links[ep]
+                self._close_sockets(link)
+                log.info("closed the link to %s (%s): gone for %.0f s", link.node_id, ep,
+                         now - link.gone_since)
+        self._update_placeable()
+
+    def _failover(self, link: NodeLink) -> None:
+        """Membership declared the node dead: send every task it held for us to
+        another node, under the same id. An acks_late=False task it had acknowledged
+        may have run already and must not run twice: it fails with WorkerLostError."""
+        self._reset_link(link)
+        mine = [s for s in self._slots.values() if s.node == link.endpoint and s.msg is None]
+        if not mine:
+            return
+        link.inflight = link.busy = link.queued = 0
+        others = [n for n in self._placeable if n is not link]
+        moved = 0
+        for slot in mine:
+            if slot.state != states.PENDING and not _acks_late(slot.frame):
+                self._fail(slot, "WorkerLostError", f"node {link.node_id or link.endpoint} died "
+                           f"holding task {slot.task_id}; it has acks_late=False, so it is not "
+                           "run again", link.node_id)
+                self._slots.pop(slot.task_id, None)
+                continue
+            slot.state = states.PENDING
+            if others:
+                # the node that keeps the copy of the task (rendezvous hashing over the
+                # alive nodes that take it) runs it now: send it there, where it runs once
+                takers = fits(others, slot.queue, slot.name) if slot.name else others
+                by_id = {n.node_id: n for n in takers if n.node_id}
+                backup = backup_for(slot.task_id, by_id, link.node_id)
+                self._send(slot, by_id[backup] if backup is not None else
+                           self._pick(avoid=link.endpoint, slot=slot))
+            else:           # nowhere to go yet: keep trying (the node may come back)
+                slot.node = None
+                self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
+            moved += 1
+        self.failovers += moved
+        log.warning("node %s (%s) is dead: sent %d of its task(s) to other nodes",
+                    link.node_id, link.endpoint, moved)
+
+    def _refresh_members(self, now: float) -> None:
+        """Ask one node (an alive one we know, else a seed) for the membership."""
+        self._next_refresh = now + MEMBERS_INTERVAL
+        self._check_reachable(now)
+        self._requery(now)
+        self._close_gone_links(now)
+        self._retry_refused(now)
+        pool = self._placeable or [self.links[ep] for ep in self.seeds]
+        link = self._rng.choice(pool)
+        self._members_req = uuid.uuid4().hex
+        try:
+            link.sock.send(encode(Control(self._members_req, "members")), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _check_reachable(self, now: float) -> None:
+        """Say once when no node has sent anything for UNREACHABLE_AFTER seconds (with
+        the endpoints tried), and once when one is heard from again."""
+        if self._heard_since:
+            self._heard_since = False
+            self._heard = now
+            if self._unreachable:
+                self._unreachable = False
+                log.warning("reached the mesh again")
+        elif now - self._heard > UNREACHABLE_AFTER and not self._unreachable:
+            self._unreachable = True
+            log.warning("cannot reach any mesh node for %.0f s (tried %s); %d task(s) wait "
+                        "to be acknowledged", now - self._heard, ", ".join(self.endpoints()),
+                        self.unacknowledged())
+
+    @staticmethod
+    def _by_endpoint(members: list[Any]) -> dict[str, tuple[str, Any, dict[str, Any]]]:
+        """Membership entries, one per endpoint. A node restarted under a new name at
+        the same address appears twice (the old name dead, the new one alive): the
+        endpoint is as alive as its most alive entry."""
+        rank = {"alive": 3, "suspect": 2, "left": 1, "dead": 0}
+        out: dict[str, tuple[str, Any, dict[str, Any]]] = {}
+        for m in members:
+            if not isinstance(m, dict):
+                continue
+            ep, state, nid = m.get("endpoint"), m.get("state"), m.get("node")
+            if not isinstance(ep, str) or not isinstance(state, str) or not ep.startswith("tcp://"):
+                continue
+            seen = out.get(ep)
+            if seen is None or rank.get(state, -1) > rank.get(seen[0], -1):
+                out[ep] = (state, nid, m)
+        return out
+
+    def _apply_members(self, members: Any, answering: NodeLink | None = None) -> None:
+        if not isinstance(members, list):
+            return
+        self.members_applied += 1
+        changed = self._learn_mesh(members, answering)
+        dead: list[NodeLink] = []
+        for ep, (state, nid, m) in self._by_endpoint(members).items():
+            link = self.links.get(ep)
+            serves = from_meta(m.get("meta") if isinstance(m.get("meta"), dict) else None)
+            if self.mesh is not None and serves.mesh != self.mesh:
+                self._not_ours(ep, nid, serves.mesh)
+                if link is not None and link.serves != serves:
+                    link.serves, changed = serves, True
+                continue
+            if link is None:
+                if state != "alive":
+                    continue              # no need to connect to a node that is gone
+                if any(n.node_id == nid for n in self.links.values()):
+                    continue              # known already, through another address (a seed)
+                if not literal_host(ep):
+                    continue              # names are resolved on libzmq's one I/O thread:
+                                          # only seeds (configured) may be host names
+                try:
+                    link = self._link(ep)
+                except zmq.ZMQError as e:
+                    log.warning("cannot connect to member %r at %r: %s", nid, ep[:100], e)
+                    continue
+            if link.state != state:
+                changed = True
+                old, link.state = link.state, state
+                link.gone_since = 0.0 if state == "alive" else time.monotonic()
+                if state == "dead" and old != "dead":
+                    dead.append(link)
+            if isinstance(nid, str) and nid != link.node_id:
+                if link.node_id:
+                    log.info("the node at %s is now %s (was %s)", ep, nid[:100], link.node_id)
+                link.node_id = nid
+            if link.serves != serves:
+                link.serves, changed = serves, True
+            load = m.get("load")
+            if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
+                link.busy, link.total, link.queued = load[0], load[1], load[2]
+        if changed:
+            self._update_placeable()
+        self._members_known.set()
+        for link in dead:
+            self._failover(link)
+
+    def _pick(self, avoid: str | None = None, slot: Slot | None = None,
+              kind: str = "", said: str = "") -> NodeLink | None:
+        """The node to send ``slot`` to: alive, of this client's mesh, serving its queue
+        with its task registered (not one that refused it), by power of two choices.
+        None when there is none: then the slot is failed (no alive node takes it:
+        NotRegistered, or MeshError naming the queue) or tried again shortly (one that
+        might is suspect, or the client has not heard from the mesh yet); ``kind`` and
+        ``said`` are what the last node to refuse it answered."""
+        pool = self._placeable
+        seeds = self.seeds
+        if slot is not None and slot.name:
+            if pool:
+                if slot.refused:
+                    pool = fits(pool, slot.queue, slot.name, slot.refused)
+                else:               # the same few (queue, name) pairs, again and again
+                    key = (slot.queue, slot.name)
+                    fit = self._fits.get(key)
+                    if fit is None:
+                        fit = self._fits[key] = fits(pool, slot.queue, slot.name)
+                    pool = fit
+                if not pool:
+                    self._unplaceable(slot, kind, said)
+                    return None
+            elif slot.refused:          # no alive node known: the seeds that did not refuse
+                seeds = [ep for ep in seeds if ep not in slot.refused]
+                if not seeds:
+                    self._unplaceable(slot, kind, said)
+                    return None
+        if avoid is not None and len(pool) > 1:
+            pool = [n for n in pool if n.endpoint != avoid]
+        if len(pool) > 1:   # skip nodes that are shutting down, while others remain
+            now = time.monotonic()
+            fresh = [n for n in pool if now - n.released_at > 5.0]
+            pool = fresh or pool
+        choice = choose_from(pool, self._rng)
+        if choice is None:  # membership knows no alive node: keep trying the seeds
+            choice = self.links[self._rng.choice(seeds)]
+        return choice
+
+    def _shed_target(self, target: Any) -> NodeLink | None:
+        """The link to a node a task was shed to, if it is one to follow: an IP
+        endpoint (no name lookups for what a node says), not known to be gone."""
+        if not isinstance(target, str) or not target.startswith("tcp://"):
+            return None
+        link = self.links.get(target)
+        if link is not None:
+            return link if link.state == "alive" else None
+        if not literal_host(target):
+            return None
+        try:
+            return self._link(target)
+        except zmq.ZMQError as e:
+            log.warning("a node shed work to %r, which cannot be reached: %s", target[:100], e)
+            return None
+
+
+def _acks_late(frame: bytes | None) -> bool:
+    """Whether a task (its encoded Submit) may run again after its node died."""
+    if frame is None:
+        return True
+    try:
+        msg = decode(frame)
+    except DecodeError:
+        return True
+    return not (isinstance(msg, Submit) and msg.headers.get("acks_late") is False)

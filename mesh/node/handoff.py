@@ -1,0 +1,363 @@
+"""Handoff: work moves node to node, never through the submitter.
+
+A node that sheds queued tasks, or stops (its queued and eta tasks, a retry that
+comes due while it drains, a task interrupted at its shutdown deadline), sends them
+to another node in a HANDOFF. The receiver journals each task it takes (and has its
+own backup confirm the copy), then answers HANDOFF_ACK; only then does the sender
+forget them (and drop their copies). Then it tells each owner that is still there
+where its tasks went (MOVED), and the owner's ``get()`` follows them; an owner that
+is gone is not needed.
+
+A task refused by the receiver (it does not have the task, it is stopping) or not
+answered within ``HANDOFF_TIMEOUT`` (sent again up to ``TRIES`` times while the
+receiver is alive) goes back to the queue, or, when stopping, to another node. A
+stopping node with no peer alive keeps its unstarted tasks in its journal, says so,
+and runs them when it starts again.
+
+Where tasks go when the node stops: to each task's backup (it has the copy already,
+and it is where the owner would resend it), else to the least loaded alive peer with
+the same tasks registered.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from mesh.exceptions import DecodeError
+from mesh.membership import Member, MemberState
+from mesh.node.component import Component
+from mesh.node.journal import JournalError
+from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.wire.protocol import Handoff, HandoffAck, Moved, Submit, decode, encode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.handoff")
+
+HANDOFF_TIMEOUT = 1.0    # s a HANDOFF waits for its answer before it is sent again
+TRIES = 3                # sends of one HANDOFF to one receiver before trying elsewhere
+TICK = 0.1
+BATCH_BYTES = 4 * 1024 * 1024
+STOP_REASON = "node is shutting down"
+
+
+@dataclasses.dataclass
+class _Out:
+    """A HANDOFF in flight."""
+    target: str                 # the receiver's node id
+    address: str                # its front door
+    entries: dict[str, Entry]
+    reason: str
+    frame: bytes
+    at: float
+    tries: int = 1
+    refused_by: set[str] = dataclasses.field(default_factory=set)
+
+
+class Handoffs(Component):
+    """Sends tasks to other nodes (``hand``), and takes the tasks others send."""
+
+    name = "handoff"
+    requires = ("replicas", "pool", "membership", "front", "journal", "control")
+
+    def __init__(self) -> None:
+        self.started = False
+        self._out: dict[str, _Out] = {}
+        self._answers: list[tuple[str, bytes]] = []      # (sender address, HANDOFF_ACK)
+        self._ids = itertools.count()
+        self._prefix = f"h{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
+        self._spread = itertools.count()
+        self.handed = self.received = self.kept = 0
+        self._badlog = _RateLimitedLog("refused handoffs")
+
+    @classmethod
+    def inert(cls, node: "Node") -> "Handoffs":
+        """What a node has until this component starts (or when built without it):
+        tasks given away go back to their owners (RELEASE)."""
+        h = cls()
+        h.node = node
+        return h
+
+    async def start(self, node: "Node") -> None:
+        self.node = node
+        node.handoff = self
+        self.started = True
+        node.spawn(self._loop(), name="handoff")
+
+    # -- sending ----------------------------------------------------------------------
+    def give_away(self, entries: list[Entry], reason: str = STOP_REASON) -> None:
+        """(Stopping) unstarted tasks go to other nodes; with no peer alive they stay
+        held here, in the journal (``settle`` says how many)."""
+        if not self.started:
+            self.node.ledger.release(entries, reason)     # a node built without handoff
+            return
+        self.hand(entries, reason)
+
+    def hand(self, entries: list[Entry], reason: str, target: Member | None = None) -> int:
+        """Send ``entries`` (held here, taken out of the pool) to ``target``, or to the
+        best other node for each; how many were sent. Those with nowhere to go go back
+        to the pool (or, when stopping, stay held for the next start)."""
+        node = self.node
+        groups: dict[str, tuple[Member, list[Entry]]] = {}
+        stay: list[Entry] = []
+        peers = self._peers()
+        for e in entries:
+            m = target if target is not None else self._pick(e, peers)
+            if m is None:
+                stay.append(e)
+            else:
+                groups.setdefault(m.id, (m, []))[1].append(e)
+        for m, group in groups.values():
+            self._send(m, group, reason)
+        if stay and not node.stopping:
+            for e in stay:
+                node.pool.submit(e)
+        return len(entries) - len(stay)
+
+    def _peers(self, exclude: set[str] | None = None) -> list[Member]:
+        """Alive peers (minus ``exclude``)."""
+        node = self.node
+        return [m for m in node.membership.alive_members(include_self=False)
+                if exclude is None or m.id not in exclude]
+
+    def _pick(self, entry: Entry, peers: list[Member], exclude: set[str] | None = None) -> Member | None:
+        """The peer for one task: one that takes it (mesh, queue, name: others could
+        not run it), its backup first (it has the copy), else the least loaded."""
+        routing = getattr(self.node, "routing", None)
+        if routing is not None:
+            queue = _queue_of(routing, entry)
+            peers = [m for m in peers if routing.peer_accepts(m.meta, queue, entry.name)]
+        if exclude:
+            peers = [m for m in peers if m.id not in exclude]
+        if not peers:
+            return None
+        backup = self.node.replicas.backup_of.get(entry.task_id)
+        for m in peers:
+            if m.id == backup:
+                return m
+        # the least loaded by gossip, ties spread round-robin
+        def load(m: Member) -> float:
+            meta = m.meta
+            try:
+                return (int(meta.get("busy", 0)) + int(meta.get("queued", 0))) / \
+                    max(int(meta.get("total", 1)), 1)
+            except (TypeError, ValueError):
+                return 1e9
+        best = min(load(m) for m in peers)
+        ties = [m for m in peers if load(m) == best]
+        return ties[next(self._spread) % len(ties)]
+
+    def _send(self, m: Member, entries: list[Entry], reason: str) -> None:
+        node = self.node
+        chunks: list[list[Entry]] = [[]]
+        size = 0
+        for e in entries:
+            if chunks[-1] and size + len(e.frame) > BATCH_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(e)
+            size += len(e.frame)
+        for chunk in chunks:
+            bid = self._prefix + str(next(self._ids))
+            frame = encode(Handoff(bid, node.name, node.address, [x.frame for x in chunk],
+                                   reason))
+            self._out[bid] = _Out(m.id, m.address, {x.task_id: x for x in chunk}, reason,
+                                  frame, time.monotonic())
+            node.replicas.sockets.send(m.address, frame)
+
+    def on_ack(self, msg: HandoffAck) -> None:
+        out = self._out.pop(msg.batch, None)
+        if out is None or out.target != msg.node:
+            return
+        node = self.node
+        ledger = node.ledger
+        moved = [out.entries[t] for t in msg.accepted if t in out.entries]
+        moved = [e for e in moved if ledger.held.get(e.task_id) is e]   # still ours
+        if moved:
+            ledger.forget(moved)               # the copies at our backup go with them
+            self.handed += len(moved)
+            address = msg.address if msg.address.startswith("tcp://") else out.address
+            by_owner: dict[bytes, list[str]] = {}
+            for e in moved:
+                if e.client:
+                    by_owner.setdefault(e.client, []).append(e.task_id)
+            for ident, ids in by_owner.items():
+                node.front.reply(ident, encode(Moved(ids, node.name, address, msg.node,
+                                                     out.reason)))
+            if node.events.wants("task-rejected"):
+                for e in moved:
+                    node.events.emit("task-rejected", uuid=e.task_id, name=e.name, requeue=True,
+                                     target=address, reason=out.reason)
+            log.info("handed %d task(s) to %s (%s): %s", len(moved), msg.node, address,
+                     out.reason)
+        refused = [e for t, e in out.entries.items() if t not in msg.accepted
+                   and ledger.held.get(t) is e]
+        if refused:
+            why = {str(v) for v in msg.refused.values()} or {"no answer for them"}
+            log.info("node %s did not take %d task(s): %s", msg.node, len(refused),
+                     "; ".join(sorted(why))[:300])
+            self._again(refused, out.reason, out.refused_by | {out.target})
+
+    def _again(self, entries: list[Entry], reason: str, refused_by: set[str]) -> None:
+        """Tasks a receiver did not take: elsewhere when stopping, else back to the queue."""
+        node = self.node
+        if not node.stopping:
+            for e in entries:
+                node.pool.submit(e)
+            return
+        peers = self._peers(exclude=refused_by)
+        groups: dict[str, tuple[Member, list[Entry]]] = {}
+        for e in entries:
+            m = self._pick(e, peers)
+            if m is not None:
+                groups.setdefault(m.id, (m, []))[1].append(e)
+        for m, group in groups.values():
+            self._send(m, group, reason)
+            for out in self._out.values():
+                if out.target == m.id:
+                    out.refused_by |= refused_by
+
+    # -- receiving --------------------------------------------------------------------
+    def on_handoff(self, msg: Handoff) -> None:
+        """Tasks from another node: hold them (journal, copy to our backup), then say so."""
+        node = self.node
+        if msg.source == node.name or node.membership.member(msg.source) is None:
+            self._badlog.warning("refused a handoff from %r: not a member", msg.source[:100])
+            return
+        accepted: list[str] = []
+        refused: dict[str, Any] = {}
+        new: list[str] = []
+        for frame in msg.tasks:
+            try:
+                sub = decode(frame, node.config.max_message_size)
+            except DecodeError as e:
+                self._badlog.warning("a handed task from %s does not decode: %s", msg.source, e)
+                continue
+            if type(sub) is not Submit:
+                continue
+            why = self._take(sub, frame)
+            if why is None:
+                accepted.append(sub.task_id)
+                if node.replicas.pending(sub.task_id):
+                    new.append(sub.task_id)
+            else:
+                refused[sub.task_id] = why
+        self.received += len(accepted)
+        answer = encode(HandoffAck(msg.batch, node.name, accepted, refused, node.address))
+        waiting = set(new)
+
+        def copied(tid: str) -> None:
+            waiting.discard(tid)
+            if not waiting:
+                self._answers.append((msg.source_addr, answer))
+                node.front.schedule_flush()
+        if not waiting:
+            copied("")
+        for tid in new:                 # answered once our backup has them too
+            node.replicas.after_copy(tid, functools.partial(copied, tid))
+        if accepted:
+            log.info("took %d task(s) from %s: %s", len(accepted), msg.source, msg.reason)
+
+    def _take(self, msg: Submit, frame: bytes) -> str | None:
+        """Hold one handed task; None when held (or finished) here, else why not."""
+        node = self.node
+        ledger, tid = node.ledger, msg.task_id
+        if node.stopping:
+            return STOP_REASON
+        if tid in ledger.held or tid in node.control.revoked:
+            return None                 # ours already; or revoked: nothing to run
+        task = node.app.tasks.get(msg.name)
+        if task is None:
+            return f"task {msg.name!r} is not registered on node {node.name}"
+        routing = getattr(node, "routing", None)
+        refusal = routing.refusal(msg) if routing is not None else None
+        if refusal is not None:          # another queue than ours
+            return str(refusal)
+        journal, now = node.journal, time.time()
+        try:
+            if not journal.add(tid, b"", frame, now):
+                stored = journal.get(tid)
+                if stored is not None and stored.result is not None:
+                    return None         # finished here already
+                journal.replace(tid, b"", frame, now)
+        except JournalError as e:
+            return f"node {node.name} cannot write its journal: {e}"
+        node.replicas.forget_copy(tid)     # we were its backup: it is ours now
+        limit = msg.time_limit or task.options.time_limit or node.config.time_limit
+        entry = Entry(tid, msg.name, b"", frame, msg.priority, msg.eta, msg.expires, limit,
+                      task.options.acks_late)
+        ledger.accept(entry, msg)
+        return None
+
+    # -- end of each loop pass, and the loop ------------------------------------------
+    def flush(self) -> None:
+        """Send the answers of this pass (the ledger has committed what they took)."""
+        if self._answers:
+            answers, self._answers = self._answers, []
+            for address, frame in answers:
+                self.node.replicas.sockets.send(address, frame)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                self._check(time.monotonic())
+            except Exception:
+                log.exception("handoff check failed")
+
+    def _check(self, now: float) -> None:
+        for bid in [b for b, o in self._out.items() if now - o.at > HANDOFF_TIMEOUT]:
+            out = self._out[bid]
+            ledger = self.node.ledger
+            entries = [e for t, e in out.entries.items() if ledger.held.get(t) is e]
+            m = self.node.membership.member(out.target)
+            if entries and out.tries < TRIES and m is not None and m.state == MemberState.ALIVE:
+                out.tries += 1                  # the same batch again: a receiver that
+                out.at = now                    # took it answers again, the same way
+                self.node.replicas.sockets.send(out.address, out.frame)
+                continue
+            del self._out[bid]
+            if entries:
+                log.warning("node %s did not answer a handoff of %d task(s) in time",
+                            out.target, len(entries))
+                self._again(entries, out.reason, out.refused_by | {out.target})
+
+    async def settle(self, timeout: float) -> None:
+        """(Stopping) wait up to ``timeout`` s for the answers to what was handed, then
+        say what stays here: unstarted tasks no peer took are kept in the journal."""
+        deadline = time.monotonic() + timeout
+        while self._out and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        node = self.node
+        running = {e.task_id for e in node.pool.active()}
+        kept = [e for t, e in node.ledger.held.items() if t not in running]
+        self.kept = len(kept)
+        if not kept:
+            return
+        if node.journal.path is None:       # --no-journal: kept nowhere; owners may resend
+            node.ledger.release(kept, f"{STOP_REASON}; no other node is alive to take them")
+            log.warning("no other node took %d unstarted task(s), and there is no journal to "
+                        "keep them in: given back to their owners (if still there)", len(kept))
+            return
+        log.warning("no other node is alive to take %d unstarted task(s): kept in the journal "
+                    "(%s); they run when this node starts again", len(kept), node.journal.path)
+
+    def status(self) -> dict[str, Any]:
+        return {"handed_off": self.handed, "taken_from_peers": self.received,
+                "handoffs_in_flight": len(self._out)}
+
+
+def _queue_of(routing: Any, entry: Entry) -> str:
+    """The queue a held task was routed to (its SUBMIT's header, else our routes)."""
+    try:
+        msg = decode(entry.frame)
+    except DecodeError:
+        msg = None
+    return str(routing.queue_for(entry.name, msg.headers if isinstance(msg, Submit) else None))

@@ -1,0 +1,552 @@
+"""Two copies: each task a node holds, and its result once it finishes, is also kept
+on a second node, the task's *backup*, chosen by rendezvous hashing over the alive
+members (mesh/rendezvous.py). Then the loss of any one machine, for good, loses no
+accepted task and no result, even when the submitter exited long ago.
+
+Holder side (this node holds the task):
+
+* ``accepted``: after ``COPY_DELAY`` (2 ms) a copy goes to the backup in a REPLICATE;
+  a task that finished by then is copied as its result alone. One REPLICATE per
+  backup is in flight at a time, so batches grow with the load. Until the backup
+  confirms (REPLICATE_ACK), the replies that say "a node has it" wait: the owner's
+  ACK, and a RESULT that came first (``after_copy``). A backup that does not confirm
+  within ``COPY_TIMEOUT`` does not hold the owner up for ever: the replies go (one
+  copy for now, said in the log) and the copy is sent again until it is confirmed.
+* ``updated``: a retry's new Submit (retries + 1, its eta) replaces the copy.
+* ``finished``: the result replaces the copy at the backup, which serves it like its
+  own (``result`` lookups from any process, a resend of the id).
+* ``forgotten``: the task went elsewhere (handed off, given back): the copy goes.
+* A backup that is no longer alive, or that restarted (its ``boot`` id in the
+  gossiped meta changed), is replaced: its tasks are copied to their new backup (and
+  tasks held while no other node was alive get their copy once one is).
+
+Backup side (this node keeps copies of others' tasks and their results; a holder's
+death; results copied again when a node is gone): mesh/node/copies.py.
+
+A task may run twice (its holder was declared dead but was not); its result is
+delivered once (results are first-wins by task id). ``--replicas 1`` sends no copies
+(this node still keeps the copies others send it).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from mesh.exceptions import DecodeError
+from mesh.membership import Member, MemberState
+from mesh.node.component import Component
+from mesh.node.copies import Copies
+from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.peers import PeerSockets
+from mesh.rendezvous import backup_for
+from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.replicas")
+
+COPY_TIMEOUT = 1.0       # s the owner's ACK waits for the backup's confirmation at most
+COPY_DELAY = 0.002       # s a held task waits before its copy is sent (if it finishes
+                         # sooner, its result is sent instead: most tasks are short)
+RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
+ALIVE_TTL = 0.05         # s the list of alive peers is reused for choosing backups
+TICK = 0.1               # s between checks of unconfirmed copies
+MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
+SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
+DATA_HWM = 10_000        # frames queued per peer for handoff and replication
+BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
+                                # the message size limit)
+SETTLE_STEP = 0.02
+
+
+@dataclasses.dataclass
+class _Batch:
+    """What goes to one backup in its next REPLICATE."""
+    tasks: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    results: dict[str, tuple[str, bytes]] = dataclasses.field(default_factory=dict)
+    drop: set[str] = dataclasses.field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.results or self.drop)
+
+
+@dataclasses.dataclass
+class _Sent:
+    backup: str
+    batch: _Batch
+    at: float
+
+
+class Replicas(Component):
+    """The second copy of held tasks and results; the backup's takeover."""
+
+    name = "replicas"
+    requires = ("journal", "front", "pool", "membership")
+
+    def __init__(self) -> None:
+        self.enabled = False                       # sending copies (replicas == 2, started)
+        self.started = False
+        # holder side
+        self.backup_of: dict[str, str] = {}        # held task id -> its backup ("" = none)
+        self.by_backup: dict[str, set[str]] = {}   # backup -> held task ids copied there
+        self.gates: dict[str, list[Callable[[], None]]] = {}   # replies waiting for a copy
+        self._result_wait: set[str] = set()        # finished: replies wait for the result's copy
+        self._gate_since: dict[str, float] = {}
+        self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
+        self._sent: dict[str, _Sent] = {}          # batch id -> what it carried
+        self._busy: dict[str, str] = {}            # backup -> its batch in flight: one at a
+                                                   # time, so batches grow under load
+        self._later: collections.deque[tuple[float, Entry]] = collections.deque()
+        self._later_timer: asyncio.TimerHandle | None = None   # copies waiting COPY_DELAY
+        self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
+                                                   # the copies it kept in memory)
+        self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
+        self._alive_members: list[Member] = []
+        self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
+        self._queue_of: dict[str, str] = {}        # held task id -> its queue
+        self._alive_at = -1.0
+        self._ids = itertools.count()
+        self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
+        self.copies = Copies(self)                 # the backup side: mesh/node/copies.py
+        # figures (status)
+        self.copies_sent = self.copies_confirmed = self.single_copy = 0
+        self._alone: bool | None = None
+        self._slowlog = _RateLimitedLog("unconfirmed copies")
+
+    @classmethod
+    def inert(cls, node: "Node") -> "Replicas":
+        """What a node has until this component starts (or when built without it):
+        no copies are made, replies go at once."""
+        r = cls()
+        r.node = node
+        return r
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self, node: "Node") -> None:
+        self.node = node
+        node.replicas = self
+        # with keys, CurveZMQ as the node (mesh/security); a routing id nobody can guess
+        self.sockets = PeerSockets(node.ctx, f"data:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
+                                   hwm=DATA_HWM, security=node.security)
+        self.enabled = node.config.replicas >= 2
+        self.started = True
+        if not self.enabled:
+            log.info("--replicas 1: tasks and results are kept on this node only (no backup)")
+        else:
+            self._say_copies(first=True)
+        node.spawn(self._loop(), name="replicas")
+
+    def close(self, node: "Node") -> None:
+        if self.started:
+            self.sockets.close()
+
+    async def settle(self, timeout: float) -> None:
+        """(Stopping) wait up to ``timeout`` s until every copy and result sent is
+        confirmed, so that what finished during the drain is on its backup too."""
+        deadline = time.monotonic() + timeout
+        while (self._sent or any(self._out.values())) and time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_STEP)
+
+    # -- holder side: what the ledger tells us ---------------------------------------
+    def accepted(self, entry: Entry, msg: Submit | None = None) -> None:
+        """A task is held here now: copy it to its backup; replies wait for the copy."""
+        if not self.enabled:
+            return
+        tid = entry.task_id
+        self._queue_of[tid] = self._queue_for(entry, msg)
+        backup = self._choose(tid, entry)
+        self._track(tid, backup)
+        if backup:
+            # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
+            # copied as its result alone, one write at the backup instead of three
+            self._later.append((time.monotonic() + COPY_DELAY, entry))
+            if self._later_timer is None:
+                self._later_timer = asyncio.get_running_loop().call_later(
+                    COPY_DELAY, self._copy_due)
+            self.gates.setdefault(tid, [])
+            self._gate_since.setdefault(tid, time.monotonic())
+
+    def _copy_due(self) -> None:
+        """Copies whose delay is over, of tasks still held here, go to their backups."""
+        self._later_timer = None
+        now = time.monotonic()
+        later, held = self._later, self.node.ledger.held
+        while later and later[0][0] <= now:
+            _, entry = later.popleft()
+            tid = entry.task_id
+            backup = self.backup_of.get(tid)
+            if backup and held.get(tid) is entry:
+                self._queue(backup).tasks[tid] = entry.frame
+        if later:
+            self._later_timer = asyncio.get_running_loop().call_later(
+                max(later[0][0] - now, 0.0005), self._copy_due)
+
+    def updated(self, entry: Entry) -> None:
+        """A retry: the task runs again with a new Submit; the copy follows."""
+        backup = self.backup_of.get(entry.task_id)
+        if backup:
+            self._queue(backup).tasks[entry.task_id] = entry.frame
+
+    def finished(self, task_id: str, state: str, result_frame: bytes | None) -> str:
+        """A held task's final result: it replaces the copy at the backup (a copy not
+        sent yet is not sent at all). The backup that keeps the result ("" if none).
+        ``result_frame`` None: the task keeps no result (ignore_result); its copy goes,
+        and nothing waits for the backup."""
+        if not self.enabled:
+            return ""
+        if result_frame is None:
+            self.forgotten([task_id])
+            return ""
+        backup = self._untrack(task_id) or self._choose(task_id)
+        if backup:
+            batch = self._queue(backup)
+            batch.tasks.pop(task_id, None)
+            batch.results[task_id] = (state, result_frame)
+            # the owner gets its RESULT once the backup has the result too (not just the
+            # task): else a holder dying in between would leave the backup to run it again
+            self._result_wait.add(task_id)
+            self.gates.setdefault(task_id, [])
+            self._gate_since.setdefault(task_id, time.monotonic())
+        return backup
+
+    def forgotten(self, task_ids: Iterable[str]) -> None:
+        """Tasks that are no longer ours (handed on, given back): drop their copies."""
+        for tid in task_ids:
+            backup = self._untrack(tid)
+            if backup:
+                batch = self._queue(backup)
+                batch.tasks.pop(tid, None)
+                batch.drop.add(tid)
+            self._open(tid)
+
+    def pending(self, task_id: str) -> bool:
+        """Its copy is not confirmed yet: replies saying a node has it must wait."""
+        return task_id in self.gates
+
+    def after_copy(self, task_id: str, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the task's copy is confirmed (at once if it is)."""
+        waiting = self.gates.get(task_id)
+        if waiting is None:
+            fn()
+        else:
+            waiting.append(fn)
+
+    def reply(self, task_id: str, ident: bytes, frame: bytes) -> None:
+        """Send ``frame`` to ``ident`` once the task's copy is confirmed."""
+        front = self.node.front
+        if task_id in self.gates:
+            self.gates[task_id].append(lambda: front.reply(ident, frame))
+        else:
+            front.reply(ident, frame)
+
+    # -- holder side: bookkeeping ----------------------------------------------------
+    def _alive_ids(self) -> list[str]:
+        now = time.monotonic()
+        if now - self._alive_at > ALIVE_TTL:
+            ms = self.node.membership
+            self._alive_members = ms.alive_members(include_self=False)
+            self._alive = [m.id for m in self._alive_members]
+            self._takers = {}
+            self._alive_at = now
+        return self._alive
+
+    def _choose(self, task_id: str, entry: Entry | None = None) -> str:
+        """The backup for a task (among the alive nodes that take it: its backup may
+        have to run it) or for a result (any alive node); "" when there is none."""
+        peers = self._alive_ids()
+        if entry is not None:
+            peers = self._takers_of(entry)
+        return backup_for(task_id, peers, self.node.name) or ""
+
+    def _takers_of(self, entry: Entry) -> list[str]:
+        """Alive peers that would take this task (mesh, queue, name: docs/routing.md)."""
+        routing = getattr(self.node, "routing", None)
+        if routing is None:
+            return self._alive
+        queue = self._queue_of.get(entry.task_id)
+        if queue is None:
+            queue = self._queue_of[entry.task_id] = self._queue_for(entry, None)
+        key = (queue, entry.name)
+        takers = self._takers.get(key)
+        if takers is None:
+            takers = self._takers[key] = [m.id for m in self._alive_members
+                                          if routing.peer_accepts(m.meta, queue, entry.name)]
+        return takers
+
+    def _queue_for(self, entry: Entry, msg: Submit | None) -> str:
+        routing = getattr(self.node, "routing", None)
+        if routing is None:
+            return ""
+        if msg is None:
+            sub = _submit(entry.frame)
+            headers = sub.headers if sub is not None else None
+        else:
+            headers = msg.headers
+        return str(routing.queue_for(entry.name, headers))
+
+    def _track(self, tid: str, backup: str) -> None:
+        old = self.backup_of.get(tid)
+        if old is not None:
+            s = self.by_backup.get(old)
+            if s is not None:
+                s.discard(tid)
+        self.backup_of[tid] = backup
+        self.by_backup.setdefault(backup, set()).add(tid)
+
+    def _untrack(self, tid: str) -> str:
+        self._queue_of.pop(tid, None)
+        backup = self.backup_of.pop(tid, None)
+        if backup is None:
+            return ""
+        s = self.by_backup.get(backup)
+        if s is not None:
+            s.discard(tid)
+            if not s:
+                del self.by_backup[backup]
+        return backup
+
+    def _queue(self, backup: str) -> _Batch:
+        batch = self._out.get(backup)
+        if batch is None:
+            batch = self._out[backup] = _Batch()
+            self.node.front.schedule_flush()
+        return batch
+
+    def _open(self, tid: str) -> None:
+        """The copy is confirmed (or we stop waiting for it): send what waited."""
+        self._result_wait.discard(tid)
+        self._gate_since.pop(tid, None)
+        waiting = self.gates.pop(tid, None)
+        for fn in waiting or ():
+            try:
+                fn()
+            except Exception:
+                log.exception("a reply waiting for the copy of task %s failed", tid)
+
+    # -- sending (end of each loop pass, after the ledger's commit) -------------------
+    def flush(self) -> None:
+        """Acknowledge the copies written this pass; send this pass's REPLICATEs.
+
+        Copies are acknowledged once written, and committed with the ledger's next
+        commit (within RESULT_COMMIT_DELAY, 2 ms, or with the intakes of this pass),
+        as results are: losing an acknowledged copy takes its holder and this node
+        dying within those milliseconds. (Committing before each acknowledgement cost
+        a sqlite commit per copy batch, a fifth of the mesh's throughput.)"""
+        self.copies.flush_acks()
+        if self._out:
+            busy = self._busy
+            for backup in [b for b in self._out if b not in busy]:
+                batch = self._out.pop(backup)
+                if batch:
+                    self._send(backup, batch)
+
+    def _send(self, backup: str, batch: _Batch) -> None:
+        node = self.node
+        member = node.membership.member(backup)
+        if member is None or member.state != MemberState.ALIVE:
+            self._reroute(backup, batch)
+            return
+        for part in _split(batch):
+            bid = self._prefix + str(next(self._ids))
+            results = part.results
+            msg = Replicate(bid, node.name, node.address, list(part.tasks), list(part.tasks.values()),
+                            list(results), [r[0] for r in results.values()],
+                            [r[1] for r in results.values()], sorted(part.drop))
+            self._sent[bid] = _Sent(backup, part, time.monotonic())
+            self._busy[backup] = bid
+            self._boot_of.setdefault(backup, member.meta.get("boot"))
+            self.copies_sent += len(part.tasks)
+            self.sockets.send(member.address, encode(msg))
+
+    def _reroute(self, backup: str, batch: _Batch) -> None:
+        """A batch for a backup that is gone: its copies and results go to the tasks'
+        new backups (drops are moot: the old backup is gone)."""
+        for tid, frame in batch.tasks.items():
+            entry = self.node.ledger.held.get(tid)
+            if entry is not None:
+                new = self._choose(tid, entry)
+                self._track(tid, new)
+                if new:
+                    self._queue(new).tasks[tid] = frame
+                else:
+                    self._open(tid)            # nobody to copy to: one copy for now
+        for tid, result in batch.results.items():
+            new = self._choose(tid)
+            if new:
+                self._queue(new).results[tid] = result
+            else:
+                self._open(tid)
+
+    def on_ack(self, msg: ReplicateAck) -> None:
+        sent = self._sent.get(msg.batch)
+        if sent is None or sent.backup != msg.node:
+            return
+        del self._sent[msg.batch]
+        if self._busy.get(sent.backup) == msg.batch:
+            del self._busy[sent.backup]
+            if sent.backup in self._out:
+                self.node.front.schedule_flush()     # the next batch for it goes now
+        self.copies_confirmed += len(sent.batch.tasks)
+        for tid in sent.batch.tasks:
+            if tid not in self._result_wait:       # (its result is on the way: wait for it)
+                self._open(tid)
+        for tid in sent.batch.results:
+            self._result_wait.discard(tid)
+            self._open(tid)
+
+    # -- backup side (mesh/node/copies.py) --------------------------------------------
+    def on_replicate(self, msg: Replicate) -> None:
+        self.copies.on_replicate(msg)
+
+    def forget_copy(self, tid: str) -> None:
+        """The task is this node's own now (handed here): no longer a copy."""
+        self.copies.forget_copy(tid)
+
+
+    # -- the loop: resends, timeouts, membership --------------------------------------
+    async def _loop(self) -> None:
+        next_members = 0.0
+        next_sweep = time.monotonic() + SWEEP_EVERY
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + SWEEP_EVERY
+                    self.sweep()
+                self._resend(now)
+                self._give_up(now)
+                if self.copies.repairs:
+                    self.copies.repair_some()
+                if now >= next_members:
+                    next_members = now + MEMBERS_EVERY
+                    self.check_members(now)
+            except Exception:
+                log.exception("replication check failed")
+
+    def _resend(self, now: float) -> None:
+        for bid in [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]:
+            sent = self._sent.pop(bid)
+            if self._busy.get(sent.backup) == bid:
+                del self._busy[sent.backup]
+            member = self.node.membership.member(sent.backup)
+            if member is not None and member.state == MemberState.ALIVE:
+                batch = self._queue(sent.backup)        # same backup, again
+                for tid, frame in sent.batch.tasks.items():
+                    if tid in self.node.ledger.held and self.backup_of.get(tid) == sent.backup:
+                        batch.tasks.setdefault(tid, frame)
+                for tid, result in sent.batch.results.items():
+                    batch.results.setdefault(tid, result)
+                batch.drop |= sent.batch.drop
+            else:
+                self._reroute(sent.backup, sent.batch)
+
+    def _give_up(self, now: float) -> None:
+        late = [t for t, since in self._gate_since.items() if now - since > COPY_TIMEOUT]
+        if late:
+            self.single_copy += len(late)
+            self._slowlog.warning("no backup confirmed the copy of %d task(s) within %g s: "
+                                  "acknowledged with one copy for now (still copying)",
+                                  len(late), COPY_TIMEOUT)
+            for tid in late:
+                self._open(tid)
+
+    def check_members(self, now: float) -> None:
+        """Backups that are gone are replaced; holders that are gone are taken over."""
+        if not self.started:
+            return
+        node = self.node
+        ms = node.membership
+        if self.enabled:
+            self._say_copies()
+            alive = set(self._alive_ids())
+            self.copies.note_departures(alive)
+            boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
+            restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
+            for b in restarted:           # copies are kept in memory: a restarted backup
+                del self._boot_of[b]      # has none of them any more
+            for backup in [b for b in self.by_backup if b not in alive or b in restarted]:
+                ids = self.by_backup.pop(backup)
+                held = node.ledger.held
+                for tid in ids:
+                    entry = held.get(tid)
+                    self.backup_of.pop(tid, None)
+                    if entry is None:
+                        continue
+                    new = self._choose(tid, entry)
+                    self._track(tid, new)
+                    if new:
+                        self._queue(new).tasks[tid] = entry.frame
+                if ids and alive:
+                    log.info("%s: copying %d task(s) to their backups now", "tasks held with "
+                             "one copy" if not backup else f"backup {backup} restarted"
+                             if backup in restarted else f"backup {backup} is gone", len(ids))
+        self.copies.check_holders(now)
+
+    def sweep(self) -> int:
+        """Close the handoff/copy sockets of peers membership no longer knows (churn
+        must not grow file descriptors for ever); how many."""
+        known = {m.address for m in self.node.membership.members()}
+        gone = [a for a in self.sockets.socks if a not in known]
+        for address in gone:
+            self.sockets.forget(address)
+        return len(gone)
+
+    def _say_copies(self, first: bool = False) -> None:
+        alone = not self._alive_ids()
+        if alone == self._alone:
+            return
+        self._alone = alone
+        if alone:
+            log.log(logging.INFO if first else logging.WARNING,
+                    "no other node is alive%s: tasks and results are kept in one copy (on "
+                    "this node) until another node joins", " yet" if first else "")
+        else:
+            log.info("tasks and results are kept in two copies: this node and a backup node")
+
+    def status(self) -> dict[str, Any]:
+        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.holder_of),
+                "data_sockets": len(self.sockets.socks),
+                "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
+                "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
+                "taken_over": self.copies.taken_over}
+
+
+def _split(batch: _Batch) -> list[_Batch]:
+    """A batch in parts of at most BATCH_BYTES of frames each."""
+    size = sum(len(f) for f in batch.tasks.values()) + \
+        sum(len(r[1]) for r in batch.results.values())
+    if size <= BATCH_BYTES:
+        return [batch]
+    parts: list[_Batch] = []
+    cur, n = _Batch(drop=set(batch.drop)), 0
+    for tid, frame in batch.tasks.items():
+        if n and n + len(frame) > BATCH_BYTES:
+            parts.append(cur)
+            cur, n = _Batch(), 0
+        cur.tasks[tid] = frame
+        n += len(frame)
+    for tid, result in batch.results.items():
+        if n and n + len(result[1]) > BATCH_BYTES:
+            parts.append(cur)
+            cur, n = _Batch(), 0
+        cur.results[tid] = result
+        n += len(result[1])
+    parts.append(cur)
+    return parts
+
+
+def _submit(frame: bytes) -> Submit | None:
+    try:
+        msg = decode(frame)
+    except DecodeError:
+        return None
+    return msg if type(msg) is Submit else None

@@ -1,0 +1,93 @@
+"""No silent loss at the edge (real processes): a submitter that cannot reach any
+node says so, once, with the endpoints it tried; at exit it says how many tasks no
+node acknowledged; ``meshctl call`` without --wait exits 1 then; and ``get()``
+without a timeout keeps waiting but says when no node holds the task. A submitter
+that reaches a node exits quietly, and its fire-and-forget task runs."""
+from __future__ import annotations
+
+from typing import Any
+
+from harness import MESHCTL, free_port, run_program, run_python
+
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK
+
+SUBMIT_AND_EXIT = """
+import logging, sys, time
+logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
+import tasks_app
+from mesh import Mesh
+app = Mesh("edge", peers=[sys.argv[1]], mdns=False)
+add = app.task(name="tasks_app.add")(tasks_app.add.fun)
+ids = [add.delay(i, i).id for i in range(int(sys.argv[2]))]
+print(" ".join(ids))
+time.sleep(float(sys.argv[3]))       # long enough for the client to notice (or not)
+"""
+
+GET_FOREVER = """
+import logging, sys, threading
+logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
+import mesh.result
+mesh.result.UNHELD_LOG_AFTER = 0.5
+import tasks_app
+from mesh import Mesh
+app = Mesh("edge", peers=[sys.argv[1]], mdns=False)
+if sys.argv[2] == "own":
+    r = app.task(name="tasks_app.add")(tasks_app.add.fun).delay(1, 1)
+else:
+    r = app.AsyncResult(sys.argv[2])
+threading.Thread(target=r.get, daemon=True).start()    # no timeout: waits for ever
+threading.Event().wait(float(sys.argv[3]))
+print("still waiting", flush=True)
+import os; os._exit(0)      # no exit report: only what get() said is checked here
+"""
+
+
+def _dead() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def test_a_submitter_that_reaches_no_node_says_so_and_counts_at_exit() -> None:
+    dead = _dead()
+    p = run_python(SUBMIT_AND_EXIT, dead, "3", "7")
+    lines = p.stderr.splitlines()
+    unreachable = [ln for ln in lines if "cannot reach any mesh node" in ln]
+    assert len(unreachable) == 1, p.stderr          # once, not every second
+    assert dead in unreachable[0]
+    report = [ln for ln in lines if "not acknowledged by any node" in ln]
+    assert report and "3 task(s)" in report[-1] and dead in report[-1], p.stderr
+
+
+def test_a_submitter_that_reaches_a_node_exits_quietly_and_its_task_runs(
+        start_node: Any, make_client: Any) -> None:
+    node = start_node()
+    p = run_python(SUBMIT_AND_EXIT, node.endpoint, "3", "0")
+    assert "acknowledged" not in p.stderr and "cannot reach" not in p.stderr, p.stderr
+    c = make_client(node)
+    ids = p.stdout.split()
+    assert [c.app.AsyncResult(t).get(timeout=30) for t in ids] == [0, 2, 4]
+
+
+def test_meshctl_call_exits_1_when_no_node_acknowledged(start_node: Any) -> None:
+    dead = _dead()
+    p = run_program(MESHCTL, "--peers", dead, "call", "tasks_app.add", "--args", "[1, 2]")
+    assert p.returncode == EXIT_FAILURE, p
+    assert "no node acknowledged task" in p.stderr and dead in p.stderr, p.stderr
+    node = start_node()
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", "--args", "[1, 2]")
+    assert p.returncode == EXIT_OK, p
+    assert p.stderr == "", p.stderr
+
+
+def test_get_without_timeout_says_when_no_node_acknowledged_the_task() -> None:
+    dead = _dead()
+    p = run_python(GET_FOREVER, dead, "own", "3")
+    assert "still waiting" in p.stdout
+    said = [ln for ln in p.stderr.splitlines() if "no node has acknowledged it" in ln]
+    assert said and dead in said[0], p.stderr
+
+
+def test_get_without_timeout_says_when_no_node_holds_a_task(start_node: Any) -> None:
+    node = start_node()
+    p = run_python(GET_FOREVER, node.endpoint, "no-such-task-id", "4")
+    said = [ln for ln in p.stderr.splitlines() if "no node holds it" in ln]
+    assert said and node.endpoint in said[0], p.stderr
