@@ -335,3 +335,30 @@ def test_meshnode_with_a_key_directory_that_is_not_one(tmp_path: Path) -> None:
         p = run_program(MESHNODE, "--app", "tasks_app", "--keys", where, "--no-mdns",
                         "--bind", f"tcp://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d"))
         assert p.returncode == EXIT_USAGE and words in p.stderr, p
+
+
+def test_copies_and_takeover_in_a_keyed_mesh(start_node: NodeFactory, make_client: Any,
+                                             tmp_path: Path) -> None:
+    """The node-to-node data plane (copies to the backup, handoff) speaks CurveZMQ too:
+    a keyed holder killed for good, its backup runs what it held and serves every
+    result."""
+    d = str(tmp_path / "k")
+    keys.init(d)
+    a = start_node(keys=d, name="ka", concurrency=2, profile="test")
+    b = start_node(keys=d, name="kb", concurrency=2, profile="test", peers=a.endpoint)
+    wait_until(lambda: {m["node"] for m in a.request("members").payload  # type: ignore[union-attr]
+                        if m["state"] == "alive"} == {"ka", "kb"}, what="the keyed mesh")
+    owner = make_client(a, keys=d)
+    gate = tmp_path / "gate"
+    held = [owner.tasks.wait_for_file.delay(str(gate)) for _ in range(2)]
+    held += [owner.tasks.add.delay(i, 100) for i in range(10)]
+    wait_until(lambda: a.status()["busy"] >= 1 and b.status()["copies_kept"] >= len(held),
+               what="a running the gated tasks, b keeping their copies")
+    owner.close()                                # the submitter is gone, as in handoff tests
+    a.proc.kill()                                # -9, never restarted
+    a.proc.wait(10)
+    gate.touch()
+    reader = make_client(b, keys=d)              # another client, which submitted nothing
+    got = [reader.app.AsyncResult(r.id).get(timeout=60) for r in held]
+    assert got == ["opened"] * 2 + [i + 100 for i in range(10)]
+    assert b.status()["taken_over"] >= 2
