@@ -146,14 +146,15 @@ class Node:
             self.children.setdefault(c.pid, c)
         return [c.pid for c in kids]
 
-    def wait_ready(self, concurrency: int, timeout: float) -> float:
+    def wait_ready(self, concurrency: int, timeout: float, keys: str | None = None) -> float:
         """Ping until the node answers, then until its children are up; returns the
         seconds it took. Raises with the node's log if it exits or the deadline passes."""
         from mesh.client.control import ControlClient
+        from mesh.security.curve import Security
         from mesh.wire.protocol import ControlReply
         t0 = time.monotonic()
         deadline = t0 + timeout
-        with ControlClient() as cc:
+        with ControlClient(security=Security.load(keys or "", "admin")) as cc:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"meshnode exited with code {self.proc.returncode} before it "
@@ -201,7 +202,8 @@ class Node:
 def _start_subscriber(endpoint: str) -> subprocess.Popen[str]:
     """A separate process subscribed to all of the node's events (``--compare events``)."""
     from mesh.client.control import ControlClient
-    with ControlClient() as cc:
+    from mesh.security.curve import Security
+    with ControlClient(security=Security(None)) as cc:
         reply = cc.broadcast([endpoint], "ping")[endpoint]
     events = getattr(reply, "payload", {}).get("events")
     if not events:
@@ -225,6 +227,13 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
     from bench.tasks import TASK_NAME, make_app
 
     subscribe = extra == ["events"]        # --compare events: a subscriber, not a flag
+    made_keys = None
+    if extra == ["keys"]:                  # --compare keys: a keyed mesh and client (CURVE)
+        from mesh.security.keys import init
+        made_keys = tempfile.mkdtemp(prefix="mesh-bench-keys-")
+        init(os.path.join(made_keys, "k"))
+        extra = ["--keys", os.path.join(made_keys, "k")]
+    keys = extra[extra.index("--keys") + 1] if extra and "--keys" in extra[:-1] else None
     flags = None if subscribe else extra
     node = Node(args.concurrency, args.loglevel, flags)
     others = [Node(args.concurrency, args.loglevel, [*(flags or []), "--peers", node.endpoint])
@@ -235,14 +244,14 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
     try:
         sampler = RssSampler(node.proc.pid, args.sample_interval)
         sampler.start()
-        ready_s = node.wait_ready(args.concurrency, args.start_timeout)
+        ready_s = node.wait_ready(args.concurrency, args.start_timeout, keys)
         for o in others:
-            o.wait_ready(args.concurrency, args.start_timeout)
+            o.wait_ready(args.concurrency, args.start_timeout, keys)
         if others:
-            _wait_mesh(node.endpoint, args.nodes, args.start_timeout)
+            _wait_mesh(node.endpoint, args.nodes, args.start_timeout, keys)
         if subscribe:
             sub = _start_subscriber(node.endpoint)
-        app = make_app(peers=[node.endpoint, *(o.endpoint for o in others)])
+        app = make_app(peers=[node.endpoint, *(o.endpoint for o in others)], keys=keys)
         inc = app.tasks[TASK_NAME]
         timeout = args.result_timeout
 
@@ -259,6 +268,9 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
 
         # (a) throughput
         n = args.tasks
+        node_p = psutil.Process(node.proc.pid)
+        cpu0 = sum(node_p.cpu_times()[:2])     # the node's own CPU (not its children's)
+        own0 = time.process_time()             # this client's, its I/O thread included
         t0 = time.perf_counter()
         results = [inc.delay(i) for i in range(n)]
         t_sub = time.perf_counter()
@@ -271,6 +283,8 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
             if v != i + 1:
                 raise RuntimeError(f"throughput: task {i} returned {v!r}, expected {i + 1}")
         t1 = time.perf_counter()
+        node_cpu_us = (sum(node_p.cpu_times()[:2]) - cpu0) / n * 1e6
+        client_cpu_us = (time.process_time() - own0) / n * 1e6
         del results
         check_alive()
 
@@ -299,6 +313,7 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
             "events_received": received,
             "tasks": n, "latency_samples": len(lat), "ready_s": ready_s,
             "tasks_per_s": n / (t1 - t0), "submit_per_s": n / (t_sub - t0),
+            "node_cpu_us": node_cpu_us, "client_cpu_us": client_cpu_us,
             "throughput_wall_s": t1 - t0,
             "p50_ms": pct(lat, 0.50) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3, "max_ms": lat[-1] * 1e3,
             "mean_ms": statistics.fmean(lat) * 1e3,
@@ -318,16 +333,19 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
             sub.kill()
             sub.wait(10)
         node.stop()
+        if made_keys is not None:
+            shutil.rmtree(made_keys, ignore_errors=True)
         for o in others:
             o.stop()
 
 
-def _wait_mesh(endpoint: str, n: int, timeout: float) -> None:
+def _wait_mesh(endpoint: str, n: int, timeout: float, keys: str | None = None) -> None:
     """Until the first node sees ``n`` members alive (--nodes)."""
     from mesh.client.control import ControlClient
+    from mesh.security.curve import Security
     from mesh.wire.protocol import ControlReply
     deadline = time.monotonic() + timeout
-    with ControlClient() as cc:
+    with ControlClient(security=Security.load(keys or "", "admin")) as cc:
         while True:
             reply = cc.broadcast([endpoint], "members", timeout=1.0)[endpoint]
             if isinstance(reply, ControlReply) and reply.ok and \
@@ -348,12 +366,15 @@ def _fmt(v: Any, kind: str) -> str:
         return f"{v:.3f}"
     if kind == "mb":
         return f"{v:.1f}"
+    if kind == "us":
+        return f"{v:.0f}"
     return str(v)
 
 
 COLS = [("tasks/s", "tasks_per_s", "rate"), ("submit/s", "submit_per_s", "rate"),
         ("p50 ms", "p50_ms", "ms"), ("p99 ms", "p99_ms", "ms"), ("max ms", "max_ms", "ms"),
-        ("peak RSS MB", "rss_mb", "mb")]
+        ("peak RSS MB", "rss_mb", "mb"), ("node us/task", "node_cpu_us", "us"),
+        ("client us/task", "client_cpu_us", "us")]
 
 
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -447,7 +468,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compare", metavar="FLAG", default=None,
                     help="also run mesh with this meshnode flag in each repeat, interleaved, and "
                          "print both side by side (e.g. --compare=--no-journal); 'events' "
-                         "runs the other side with a process subscribed to every event")
+                         "runs the other side with a process subscribed to every event; "
+                         "'keys' with a fresh key directory (CurveZMQ on node and client; "
+                         "--compare='--keys DIR' uses DIR)")
     ap.add_argument("--json", nargs="?", const=DEFAULT_JSON, default=None, metavar="PATH",
                     help=f"write results and machine info as JSON (default path "
                          f"{os.path.relpath(DEFAULT_JSON, ROOT)})")
@@ -557,7 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     if amed:
         print(f"mesh / mesh {args.compare}: {med['tasks_per_s'] / amed['tasks_per_s']:.1%} of the "
               f"throughput; p50 {med['p50_ms']:.3f} vs {amed['p50_ms']:.3f} ms; "
-              f"p99 {med['p99_ms']:.3f} vs {amed['p99_ms']:.3f} ms")
+              f"p99 {med['p99_ms']:.3f} vs {amed['p99_ms']:.3f} ms; node CPU per task "
+              f"{med['node_cpu_us']:.0f} vs {amed['node_cpu_us']:.0f} us, client "
+              f"{med['client_cpu_us']:.0f} vs {amed['client_cpu_us']:.0f} us")
     print("\nGoal (median):")
     print("\n".join(verdict(med)))
     print(f"\ntotal time {time.monotonic() - t_all:.1f} s")

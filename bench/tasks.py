@@ -17,9 +17,10 @@ def inc(x: int) -> int:
     return x + 1
 
 
-def make_app(peers: Iterable[str] | None = None) -> Mesh:
-    """A ``bench`` app with ``bench.inc`` registered; ``peers`` for the client side."""
-    a = Mesh("bench", peers=peers) if peers is not None else Mesh("bench")
+def make_app(peers: Iterable[str] | None = None, keys: str | None = None) -> Mesh:
+    """A ``bench`` app with ``bench.inc`` registered; ``peers`` (and ``keys``, a keyed
+    mesh's key directory) for the client side."""
+    a = Mesh("bench", peers=peers, keys=keys) if peers is not None else Mesh("bench")
     a.task(name=TASK_NAME)(inc)
     return a
 

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import itertools
 import os
 import socket
 import sys
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, overload
@@ -30,21 +28,29 @@ from mesh.wire.protocol import Submit, encode
 
 
 class _TaskIds:
-    """Task ids shaped like UUIDs: 80 random bits per process, then a 48-bit counter.
-    uuid4() reads the OS's random source for every id, which costs more than the
-    rest of a submit; this reads it once per process (again after fork)."""
+    """Task ids: 128 random bits each, shaped like a UUID (8-4-4-4-12 hex digits). Nobody
+    can guess the next one from one they saw (an id names a task to revoke and a result
+    to read). The OS's random source is read for ``BATCH`` ids at a time: once per id
+    (uuid4) cost more than the rest of a submit. Safe across threads (``list.pop`` is
+    atomic) and fork (a child never hands out its parent's unused ids)."""
+
+    BATCH = 256
 
     def __init__(self) -> None:
-        self._reset()
-        os.register_at_fork(after_in_child=self._reset)
+        self._ids: list[str] = []
+        os.register_at_fork(after_in_child=self._ids.clear)
 
-    def _reset(self) -> None:
-        r = uuid.uuid4().hex
-        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[13:16]}-{r[16:20]}-"
-        self._count = itertools.count(int.from_bytes(os.urandom(3), "big"))
+    def _refill(self) -> None:
+        h = os.urandom(16 * self.BATCH).hex()
+        self._ids.extend([f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-"
+                          f"{h[i + 20:i + 32]}" for i in range(0, len(h), 32)])
 
     def __call__(self) -> str:
-        return f"{self._prefix}{next(self._count) & 0xFFFFFFFFFFFF:012x}"
+        while True:
+            try:
+                return self._ids.pop()
+            except IndexError:
+                self._refill()
 
 
 new_task_id = _TaskIds()
@@ -109,6 +115,7 @@ class Mesh:
         self._routes = AppRoutes()       # task_routes, prepared (mesh/routing.py)
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._security: Any = None
         for kwarg, setting, value in (("broker", "broker_url", broker),
                                       ("backend", "result_backend", backend),
                                       ("include", "include", include)):
@@ -289,6 +296,16 @@ class Mesh:
 
     # -- client -----------------------------------------------------------------------
     @property
+    def security(self) -> Any:
+        """How this app's sockets are secured (``mesh.security.curve.Security``): with
+        ``keys=DIR`` (or MESH_KEYS), CurveZMQ as a client key of that directory."""
+        if self._security is None:
+            from mesh.security.curve import Security
+            from mesh.security.keys import CLIENT
+            self._security = Security.load(self.config.keys, CLIENT, self.config.key_name)
+        return self._security
+
+    @property
     def client(self) -> Any:
         if self._client is None:
             with self._client_lock:
@@ -298,7 +315,7 @@ class Mesh:
                     # nodes found by mDNS are this app's mesh's; given peers say which mesh
                     mdns = not self.config.peers and self.config.mdns
                     self._client = Client(self.config, self._seeds(),
-                                          mesh=self.main if mdns else None)
+                                          mesh=self.main if mdns else None, security=self.security)
                     self.conf.freeze(CLIENT_OPTIONS, "this app's client already runs with the "
                                      "old value; set it before the first task is sent")
         return self._client
@@ -407,7 +424,7 @@ class Mesh:
     def control(self) -> Any:
         """Remote control and inspection of every node (``mesh.client.control.Controller``)."""
         from mesh.client.control import Controller
-        return Controller(self._seeds)
+        return Controller(self._seeds, security=self.security)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
         return AsyncResult(task_id, self)

@@ -31,8 +31,9 @@ def default_data_dir(name: str) -> str:
 class Config:
     # -- identity and network ---------------------------------------------------------
     name: str = ""                      # node id; "" means hostname-pid (unique per process)
-    bind: str = f"tcp://0.0.0.0:{DEFAULT_PORT}"  # the node's ROUTER front door: all interfaces,
-                                        # so LAN peers reach it; tcp://127.0.0.1:PORT keeps it local
+    bind: str = ""                      # the node's ROUTER front door; "" = every interface
+                                        # (tcp://0.0.0.0:7700) with keys or insecure, else
+                                        # loopback (tcp://127.0.0.1:7700): docs/security.md
     advertise: str = ""                 # endpoint others should use; "" = derived from bind
     peers: tuple[str, ...] = ()         # static seeds, tcp://host:port; MESH_PEERS=a,b
     mdns: bool = True                   # multicast discovery (zeroconf)
@@ -41,6 +42,15 @@ class Config:
     mdns_interfaces: tuple[str, ...] = ()  # IPs to use mDNS on; () = from --bind (nodes), all (clients)
     queues: tuple[str, ...] = ()        # the queues a node takes tasks from; () = every queue
                                         # (docs/routing.md)
+    # -- security (docs/security.md) ---------------------------------------------------
+    keys: str = ""                      # the mesh's key directory (meshctl keys init): every
+                                        # plane CurveZMQ-authenticated and encrypted; "" = none
+    key_name: str = ""                  # which key pair of the directory this process uses
+                                        # ("" = the only one of its kind: client for apps)
+    insecure: bool = False              # without keys, allow a node beyond loopback anyway
+    quota_tasks: int = 100_000          # tasks one sender (connection) may have held by a node
+    quota_bytes: int = 256 * 1024 * 1024  # bytes of tasks one sender may have held by a node
+    max_eta: float = 30 * 86400.0       # s ahead an eta/countdown may be; 0 = no limit
     # -- prefork pool -----------------------------------------------------------------
     concurrency: int = 0                # children; 0 means os.cpu_count()
     max_tasks_per_child: int = 0        # recycle a child after this many tasks; 0 = never
@@ -85,6 +95,9 @@ class Config:
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
             return ConfigError(what)
+        if self.bind == "":           # frozen: the derived default is set once, here
+            host = "0.0.0.0" if self.keys or self.insecure else "127.0.0.1"
+            object.__setattr__(self, "bind", f"tcp://{host}:{DEFAULT_PORT}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if not _TYPE_CHECKS[str(f.type)](v):
@@ -120,6 +133,10 @@ class Config:
             raise bad(f"result_expires must be > 0 seconds, got {self.result_expires}")
         if self.shutdown_timeout < 0:
             raise bad("shutdown_timeout must be >= 0")
+        if self.quota_tasks < 1 or self.quota_bytes < 1024:
+            raise bad("quota_tasks must be >= 1 and quota_bytes >= 1024")
+        if self.max_eta < 0:
+            raise bad(f"max_eta must be >= 0 seconds (0: no limit), got {self.max_eta}")
         if self.replicas not in (1, 2):
             raise bad(f"replicas must be 1 or 2, got {self.replicas}")
         if self.max_message_size < 1024:

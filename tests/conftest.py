@@ -63,9 +63,9 @@ def make_client(start_node: NodeFactory) -> Iterator[Callable[..., ClientHandle]
     import tasks_app
     clients: list[ClientHandle] = []
 
-    def make(*nodes: NodeProc | str) -> ClientHandle:
+    def make(*nodes: NodeProc | str, **options: Any) -> ClientHandle:
         endpoints = [n.endpoint if isinstance(n, NodeProc) else n for n in nodes]
-        client = make_client_app(endpoints, tasks_app)
+        client = make_client_app(endpoints, tasks_app, **options)   # keys=DIR, ...
         clients.append(client)
         return client
 
@@ -103,3 +103,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 report.sections.append((f"meshnode {node.name} ({node.endpoint}) stderr, last lines",
                                         node.stderr_tail(60)))
     return report
+
+
+@pytest.fixture
+def mesh_keys(tmp_path: Path) -> Path:
+    """A fresh key directory (``meshctl keys init``): the mesh pair, client "default",
+    admin "operator". Start nodes with ``start_node(keys=mesh_keys)``."""
+    from mesh.security.keys import init
+    path = tmp_path / "keys"
+    init(str(path))
+    return path

@@ -41,17 +41,36 @@ def _peers(ctx: click.Context) -> list[str]:
               show_default=True, help="Seconds to wait for nodes to answer.")
 @click.option("--mesh", metavar="NAME", help="Without --peers: only nodes of this mesh (the "
               "app's name), of those mDNS finds.")
+@click.option("--keys", "keys", metavar="DIR",
+              help="The mesh's keys, for a keyed mesh (meshctl keys init DIR); MESH_KEYS too. "
+                   "meshctl uses the directory's admin key (its client key if it has none).")
+@click.option("--key-name", metavar="NAME",
+              help="Which key pair of --keys to use when it holds several; MESH_KEY_NAME too.")
 @click.pass_context
 def meshctl(ctx: click.Context, peers: str | None, as_json: bool, timeout: float,
-            mesh: str | None) -> None:
+            mesh: str | None, keys: str | None, key_name: str | None) -> None:
     """Look at and talk to a running mesh.
 
     \b
     Example:
       meshctl --peers tcp://127.0.0.1:7700 status
+      meshctl --keys ~/.mesh-keys --peers tcp://10.0.0.5:7700 status
     """
     ctx.ensure_object(dict)
     ctx.obj.update(peers=peers, json=as_json, timeout=timeout, mesh=mesh)
+    # every socket meshctl makes (ControlClient, the client of `call`, events) reads
+    # MESH_KEYS: --keys is the same thing, for this process
+    if keys:
+        os.environ["MESH_KEYS"] = keys
+    if key_name:
+        os.environ["MESH_KEY_NAME"] = key_name
+    if os.environ.get("MESH_KEYS") and ctx.invoked_subcommand != "keys":
+        from mesh.exceptions import ConfigError
+        from mesh.security.curve import Security
+        try:
+            Security.from_env()
+        except ConfigError as e:
+            die("meshctl", f"--keys: {e}", EXIT_USAGE)
 
 
 def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:
@@ -441,12 +460,14 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
 
 from mesh.cli.meshctl_beat import beat  # noqa: E402
 from mesh.cli.meshctl_control import control  # noqa: E402
+from mesh.cli.meshctl_keys import keys  # noqa: E402
 from mesh.cli.meshctl_monitor import events, top  # noqa: E402
 
 meshctl.add_command(control)
 meshctl.add_command(events)
 meshctl.add_command(top)
 meshctl.add_command(beat)
+meshctl.add_command(keys)
 
 
 def main() -> None:

@@ -19,8 +19,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="Module holding the mesh app (ATTR defaults to 'app').")
 @click.option("--name", "-n", help="Node id; default hostname-pid.")
 @click.option("--bind", "-b", metavar="tcp://HOST:PORT",
-              help="Front door to bind (default tcp://0.0.0.0:7700: every interface, "
-                   "advertised as this machine's LAN address; tcp://127.0.0.1:7700 keeps it local).")
+              help="Front door to bind (default: with --keys or --insecure tcp://0.0.0.0:7700, every "
+                   "interface, advertised as this machine's LAN address; without them "
+                   "tcp://127.0.0.1:7700, loopback only).")
 @click.option("--advertise", metavar="tcp://HOST:PORT",
               help="Endpoint peers and clients should use (default: from --bind).")
 @click.option("--peers", metavar="tcp://H:P[,...]", help="Static seeds; MESH_PEERS too.")
@@ -73,6 +74,18 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
                    "here (PORT alone: loopback). Off by default.")
 @click.option("--queues", "-Q", metavar="Q1[,Q2...]",
               help="Take only tasks routed to these queues (default: every queue); MESH_QUEUES too.")
+@click.option("--keys", "keys", metavar="DIR",
+              help="The mesh's keys (meshctl keys init DIR): every plane CurveZMQ-authenticated "
+                   "and encrypted; MESH_KEYS too.")
+@click.option("--insecure", is_flag=True, default=None,
+              help="Without keys, serve beyond loopback anyway (anyone who reaches the node may "
+                   "run tasks and control it: a network you trust only).")
+@click.option("--quota-tasks", type=click.IntRange(min=1), metavar="N",
+              help="Tasks one sender may have held by this node (default 100000).")
+@click.option("--quota-bytes", type=click.IntRange(min=1024), metavar="BYTES",
+              help="Bytes of tasks one sender may have held by this node (default 256 MiB).")
+@click.option("--max-eta", type=click.FloatRange(min=0), metavar="S",
+              help="How far ahead an eta or countdown may be (default 2592000, 30 days; 0: no limit).")
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
@@ -84,7 +97,9 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              soft_time_limit: float | None, shutdown_timeout: float | None,
              data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
              result_expires: float | None, replicas: int | None, no_events: bool | None,
-             http: str | None, loglevel: str | None, queues: str | None) -> int:
+             http: str | None, keys: str | None, insecure: bool | None, quota_tasks: int | None,
+             quota_bytes: int | None, max_eta: float | None, loglevel: str | None,
+             queues: str | None) -> int:
     """Run a mesh node for the tasks of an app.
 
     \b
@@ -112,9 +127,21 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
             result_expires=result_expires, replicas=replicas, events=False if no_events else None,
-            http=http, loglevel=loglevel.upper() if loglevel else None, queues=queues)
+            http=http, keys=keys, insecure=insecure, quota_tasks=quota_tasks,
+            quota_bytes=quota_bytes, max_eta=max_eta,
+            loglevel=loglevel.upper() if loglevel else None, queues=queues)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
+    from mesh.security.exposure import refusal
+    why = refusal(config)
+    if why is not None:
+        die("meshnode", why, EXIT_USAGE)
+    if config.keys:                    # a directory that is not one: say so now (exit 2)
+        from mesh.security.keys import NODE, KeyRing
+        try:
+            KeyRing(config.keys, NODE)
+        except ConfigError as e:
+            die("meshnode", f"--keys: {e}", EXIT_USAGE)
     setup_logging(app, config)
     if not app.tasks:
         logging.getLogger("mesh.node").warning(

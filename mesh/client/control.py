@@ -1,7 +1,12 @@
 """Control requests to nodes (ping, status, ...), synchronous and self-contained.
 
 Used by meshctl and by tests. Each call opens a DEALER per endpoint, sends one
-Control frame to each, and gathers replies until all answered or the timeout."""
+Control frame to each, and gathers replies until all answered or the timeout.
+
+With keys (``security``, by default from MESH_KEYS as an admin), the DEALERs speak
+CurveZMQ; while the mesh key is rotated there is one per endpoint and mesh key, and
+the first answer counts. A handshake that fails (a refused key, a node with other
+keys or none) is reported as such at once, not as a silent timeout."""
 from __future__ import annotations
 
 import time
@@ -10,15 +15,98 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
-from mesh.exceptions import DecodeError
+from mesh.exceptions import ConfigError, DecodeError
+from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, Security
 from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
+
+_FAILURES = FAILED_AUTH | FAILED_KEY | FAILED_PROTOCOL
+
+
+def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], frame: bytes,
+           req_id: str, timeout: float) -> dict[str, ControlReply | str]:
+    """Send one Control ``frame`` to every endpoint and gather the replies whose
+    ``req_id`` matches: endpoint -> reply, or why there is none."""
+    eps = list(dict.fromkeys(endpoints))
+    if security.ring is not None:      # a long-lived caller sees keys added or rotated
+        try:
+            security.ring.reload()
+        except (ConfigError, OSError):
+            pass                       # the keys read before stay in use
+    out: dict[str, ControlReply | str] = {}
+    socks: dict[zmq.Socket[bytes], str] = {}
+    mons: dict[zmq.Socket[bytes], tuple[str, zmq.Socket[bytes]]] = {}
+    open_per_ep = dict.fromkeys(eps, 0)
+    problems: dict[str, str] = {}
+    poller = zmq.Poller()
+    try:
+        for ep in eps:
+            for key in security.server_keys():
+                s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                security.client(s, key)
+                mon = s.get_monitor_socket(_FAILURES, addr=f"inproc://mesh-ctl-{uuid.uuid4().hex}")
+                s.connect(ep)
+                s.send(frame)
+                socks[s] = ep
+                mons[mon] = (ep, s)
+                open_per_ep[ep] += 1
+                poller.register(s, zmq.POLLIN)
+                poller.register(mon, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while len(out) < len(eps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for s, _ in poller.poll(int(left * 1000) + 1):
+                if s in mons:
+                    ep, dealer = mons[s]
+                    try:
+                        event = parse_monitor_message(s.recv_multipart(zmq.NOBLOCK))["event"]
+                    except (zmq.ZMQError, ValueError):
+                        continue
+                    problem = security.handshake_problem(int(event), ep)
+                    if int(event) == FAILED_KEY:   # libzmq tries again (the node may be
+                        problems[ep] = problem     # switching keys): so do we, until timeout
+                        continue
+                    poller.unregister(s)
+                    poller.unregister(dealer)
+                    open_per_ep[ep] -= 1
+                    if open_per_ep[ep] <= 0 and ep not in out:
+                        out[ep] = f"refused: {problem}"
+                    continue
+                ep = socks[s]
+                try:
+                    msg = decode(s.recv_multipart(zmq.NOBLOCK)[-1])
+                except (DecodeError, zmq.Again) as e:
+                    out.setdefault(ep, f"bad reply: {e}")
+                    poller.unregister(s)
+                    continue
+                if isinstance(msg, ControlReply) and msg.req_id == req_id:
+                    out[ep] = msg
+                    poller.unregister(s)
+                elif isinstance(msg, Error):
+                    out[ep] = f"refused: {msg.code}: {msg.message}"
+                    poller.unregister(s)
+        for ep in eps:
+            if ep in problems:
+                out.setdefault(ep, f"no answer within {timeout:g} s: {problems[ep]}")
+            out.setdefault(ep, f"no answer within {timeout:g} s")
+        return out
+    finally:
+        for s in socks:
+            s.disable_monitor()
+            s.close(linger=0)
+        for mon in mons:
+            mon.close(linger=0)
 
 
 class ControlClient:
-    def __init__(self, ctx: zmq.Context[Any] | None = None):
+    def __init__(self, ctx: zmq.Context[Any] | None = None, security: Security | None = None):
         self._own = ctx is None
         self.ctx: zmq.Context[Any] = ctx or zmq.Context()
+        self.security = security if security is not None else Security.from_env()
 
     def close(self) -> None:
         if self._own:
@@ -35,57 +123,22 @@ class ControlClient:
         """Send ``command`` to every endpoint; return endpoint -> reply, or an error
         text for nodes that did not answer or answered garbage. ``req_id``: the
         request id to send (default: a fresh one)."""
-        eps = list(dict.fromkeys(endpoints))
-        socks: dict[zmq.Socket[bytes], str] = {}
-        out: dict[str, ControlReply | str] = {}
         req_id = req_id or uuid.uuid4().hex
         frame = encode(Control(req_id, command, args or {}))
-        poller = zmq.Poller()
-        try:
-            for ep in eps:
-                s = self.ctx.socket(zmq.DEALER)
-                s.setsockopt(zmq.LINGER, 0)
-                s.connect(ep)
-                s.send(frame)
-                socks[s] = ep
-                poller.register(s, zmq.POLLIN)
-            deadline = time.monotonic() + timeout
-            while len(out) < len(eps):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                for s, _ in poller.poll(int(left * 1000) + 1):
-                    ep = socks[s]
-                    try:
-                        msg = decode(s.recv_multipart(zmq.NOBLOCK)[-1])
-                    except (DecodeError, zmq.Again) as e:
-                        out[ep] = f"bad reply: {e}"
-                        poller.unregister(s)
-                        continue
-                    if isinstance(msg, ControlReply) and msg.req_id == req_id:
-                        out[ep] = msg
-                        poller.unregister(s)
-                    elif isinstance(msg, Error):
-                        out[ep] = f"refused: {msg.code}: {msg.message}"
-                        poller.unregister(s)
-            for ep in eps:
-                out.setdefault(ep, f"no answer within {timeout:g} s")
-            return out
-        finally:
-            for s in socks:
-                s.close(linger=0)
-
+        return gather(self.ctx, self.security, endpoints, frame, req_id, timeout)
 
     def send(self, endpoints: Iterable[str], command: str, args: dict[str, Any]) -> None:
         """Send ``command`` to every endpoint and wait for no answer (``noreply``).
         Each socket lingers up to a second so the frame leaves before it closes."""
         frame = encode(Control(uuid.uuid4().hex, command, args))
         for ep in dict.fromkeys(endpoints):
-            s = self.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 1000)
-            s.connect(ep)
-            s.send(frame)
-            s.close()
+            for key in self.security.server_keys():
+                s = self.ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 1000)
+                self.security.client(s, key)
+                s.connect(ep)
+                s.send(frame)
+                s.close()
 
 
 def alive_endpoints(cc: ControlClient, seeds: Iterable[str], timeout: float = 2.0) -> list[str]:
@@ -112,9 +165,11 @@ class Controller:
     ``{node name: answer}``; a node that did not answer, or refused, maps to
     ``{"error": "..."}``. ``destination`` limits a call to the named nodes."""
 
-    def __init__(self, seeds: Callable[[], list[str]], timeout: float = 2.0):
+    def __init__(self, seeds: Callable[[], list[str]], timeout: float = 2.0,
+                 security: Security | None = None):
         self._seeds = seeds
         self.timeout = timeout
+        self.security = security
 
     def broadcast(self, command: str, args: Any = None,
                   destination: Iterable[str] | None = None,
@@ -132,7 +187,7 @@ class Controller:
         if reply:
             return self.ask(command, args, destination, timeout)
         timeout = self.timeout if timeout is None else timeout
-        with ControlClient() as cc:
+        with ControlClient(security=self.security) as cc:
             eps = alive_endpoints(cc, self._seeds(), timeout)
             if destination is not None:
                 want = set(destination)
@@ -148,7 +203,7 @@ class Controller:
         timeout = self.timeout if timeout is None else timeout
         want = set(destination) if destination is not None else None
         out: dict[str, Any] = {}
-        with ControlClient() as cc:
+        with ControlClient(security=self.security) as cc:
             eps = alive_endpoints(cc, self._seeds(), timeout)
             for ep, reply in cc.broadcast(eps, command, args, timeout=timeout).items():
                 if isinstance(reply, ControlReply):

@@ -39,7 +39,7 @@ def unplaceable(links: Sequence[Fits], mesh: str | None, queue: str, name: str,
                 said: str = "") -> tuple[str, str]:
     """(exception type, message) for a task no alive node takes. ``links`` are the
     alive nodes of the client's mesh; ``kind`` and ``said`` what the last node to
-    refuse it answered ("journal", "queue" or "NotRegistered", and its words)."""
+    refuse it answered ("journal", "quota", "queue" or "NotRegistered", and its words)."""
     have = [n for n in links if n.serves is not None and n.serves.has(name)]
     considered = []
     for n in links:
@@ -53,7 +53,7 @@ def unplaceable(links: Sequence[Fits], mesh: str | None, queue: str, name: str,
             considered.append(f"{who} (not heard from)")
     where = f"mesh {mesh!r}" if mesh is not None else "this client's mesh"
     nodes = f"nodes considered: {show(considered)}" if considered else "no alive node is known"
-    if kind == "journal":
+    if kind in ("journal", "quota"):          # the node's own words say why
         return "MeshError", f"{said} ({nodes})"
     if kind != "queue" and not have:
         return "NotRegistered", (f"task {name!r} is not registered on any alive node of "

@@ -8,6 +8,11 @@ task a node gives back unstarted (RELEASE) is sent again elsewhere, and one a no
 handed to another node (MOVED) is followed there. The links to the nodes and the
 membership view are in mesh/client/links.py.
 
+Only the node a task was sent to (or given to: shedding, MOVED, failover to its backup)
+may speak for it: an ACK, RESULT, STATE, RELEASE, MOVED or ERROR about a task from any
+other link is dropped. With keys (``Mesh(keys=DIR)``) every link speaks CurveZMQ as this
+client's key; handshakes that fail are mesh/client/handshakes.py's business.
+
 The I/O thread must never die on what a node does; if it ever fails all the same (a
 bug), it says so (CRITICAL) and a new thread takes over its tasks (``_take_over``).
 At close, and at interpreter exit, the client waits until a node has acknowledged
@@ -35,11 +40,15 @@ from typing import Any
 import zmq
 
 from mesh import states
+from mesh.client import handshakes
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
 from mesh.client.routes import Routing
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.result import Slot
+from mesh.security.curve import Security
+from mesh.security.keys import CLIENT
+from mesh.security.text import printable
 from mesh.wire.protocol import (
     Ack,
     Control,
@@ -81,11 +90,14 @@ def _close_at_exit(ref: "weakref.ref[Client]") -> None:
 
 
 class Client(Links, Routing):
-    def __init__(self, config: Config, seeds: list[str], mesh: str | None = None):
+    def __init__(self, config: Config, seeds: list[str], mesh: str | None = None,
+                 security: Security | None = None):
         if not seeds:
             raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
                               "set MESH_PEERS, or start a node that mDNS can find")
         self.config = config
+        self.security = (security if security is not None
+                         else Security.load(config.keys, CLIENT, config.key_name))
         self.client_id = uuid.uuid4().hex.encode()
         self.seeds = list(dict.fromkeys(seeds))
         # the mesh this client sends to: its app's (nodes found by mDNS), else the mesh of
@@ -95,6 +107,7 @@ class Client(Links, Routing):
         self.duplicates = 0                             # results for already-complete tasks
         self.failovers = 0                              # tasks resent because their node died
         self.resent = 0                                 # tasks resent after a reconnect
+        self.foreign = 0                                # frames about our tasks from other nodes
         self.takeovers = 0                              # I/O threads that replaced a failed one
         self.members_applied = 0                        # membership answers read so far
         self._failures: list[float] = []                # when I/O threads failed (monotonic)
@@ -291,7 +304,7 @@ class Client(Links, Routing):
         """(In a new I/O thread) new sockets for every link, same routing ids, and
         every owned task sent again to where it was, or placed anew."""
         for link in self.links.values():
-            link.sock, link.monitor = self._open(link.endpoint, link.rid)
+            link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key)
             self._by_sock[link.sock] = link
             self._by_monitor[link.monitor] = link
             # its first handshake is no reconnect: the tasks are resent below, once
@@ -387,6 +400,10 @@ class Client(Links, Routing):
             link = self._pick(slot=slot)
             if link is None:
                 continue
+            if link.refused:                    # a seed whose handshake failed (keys)
+                self._slots.pop(slot.task_id, None)
+                self._fail(slot, "MeshError", link.refused)
+                continue
             link.inflight += 1
             slot.node = link.endpoint
             batch = batches.get(link)
@@ -416,6 +433,10 @@ class Client(Links, Routing):
     def _send(self, slot: Slot, link: NodeLink | None) -> None:
         """(Re)send a task the client holds to ``link`` (None: _pick dealt with it)."""
         if slot.frame is None or link is None:
+            return
+        if link.refused:
+            self._slots.pop(slot.task_id, None)
+            self._fail(slot, "MeshError", link.refused)
             return
         link.inflight += 1
         slot.node = link.endpoint
@@ -448,7 +469,9 @@ class Client(Links, Routing):
     def _handle(self, msg: Any, link: NodeLink) -> None:
         if type(msg) is Result and msg.state == states.RETRY:
             slot = self._slots.get(msg.task_id)    # not final: it runs again later
-            if slot is not None and slot.msg is None:
+            if slot is not None and slot.node != link.endpoint:
+                self._from_elsewhere(msg, link)
+            elif slot is not None and slot.msg is None:
                 slot.state = states.RETRY
                 slot.meta = None
                 if slot.frame is not None:     # keep what a resend must carry: retries + 1
@@ -458,6 +481,10 @@ class Client(Links, Routing):
                             sub, retries=msg.retries + 1, eta=msg.eta if msg.eta else sub.eta,
                             payload=msg.payload if msg.payload is not None else sub.payload))
         elif type(msg) is Result:
+            slot = self._slots.get(msg.task_id)
+            if slot is not None and slot.node != link.endpoint:
+                self._from_elsewhere(msg, link)          # only its holder speaks for a task
+                return
             if msg.exc is not None and msg.traceback is None and _not_registered(msg):
                 slot = self._slots.get(msg.task_id)    # refused there: another node may have it
                 if slot is not None and slot.msg is None:
@@ -487,12 +514,12 @@ class Client(Links, Routing):
             link.node_id = msg.node
             for tid in msg.task_ids:
                 slot = self._slots.get(tid)
-                if slot is not None and slot.state == states.PENDING:
+                if slot is not None and slot.state == states.PENDING and slot.node == link.endpoint:
                     slot.state = states.RECEIVED
-                    if slot.node == link.endpoint and link.inflight > 0:
+                    if link.inflight > 0:
                         link.inflight -= 1
         elif type(msg) is State:
-            self._on_state(msg)
+            self._on_state(msg, link)
         elif type(msg) is Release:
             self._on_release(msg, link)
         elif type(msg) is Moved:
@@ -504,16 +531,20 @@ class Client(Links, Routing):
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:
-            log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code, msg.message)
+            log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code,
+                        printable(msg.message, 300))
             slot = self._slots.get(msg.ref) if msg.ref else None
-            if slot is not None and msg.code in ("journal", "queue"):
+            if slot is not None and slot.node != link.endpoint:
+                slot = None                   # about a task this node does not hold for us
+            if slot is not None and msg.code in ("journal", "queue", "quota"):
                 self._on_refused(slot, link, msg.code, msg.message)
                 return
             if slot is not None:
                 self._slots.pop(slot.task_id, None)
                 owner = self.links.get(slot.node or "") or link
                 self._forget_one(owner, slot.state != states.PENDING)
-                self._fail(slot, "DecodeError", f"node refused the task ({msg.code}): {msg.message}",
+                kind = "MeshError" if msg.code in ("unauthorized",) else "DecodeError"
+                self._fail(slot, kind, f"node refused the task ({msg.code}): {msg.message}",
                            link.endpoint)
         else:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
@@ -525,16 +556,27 @@ class Client(Links, Routing):
             "type": exc_type, "module": "mesh.exceptions", "message": message},
             date_done=time.time()))
 
-    def _on_state(self, msg: State) -> None:
+    def _on_state(self, msg: State, link: NodeLink) -> None:
         """A task's state before it finishes (STARTED, PROGRESS...), with its meta.
         (Only owners get these: other processes ask the node, which remembers it.)"""
         slot = self._slots.get(msg.task_id)
-        if slot is not None and slot.msg is None:
-            if slot.state == states.PENDING:    # it implies the ACK (which comes first)
-                link = self.links.get(slot.node or "")
-                if link is not None and link.inflight > 0:
-                    link.inflight -= 1
+        if slot is not None and slot.msg is None and slot.node == link.endpoint:
+            if slot.state == states.PENDING and link.inflight > 0:   # it implies the ACK
+                link.inflight -= 1
             slot.state, slot.meta = msg.state, msg.meta
+
+    # -- keys: handshakes that fail, frames from elsewhere (mesh/client/handshakes.py) --
+    def _wrong_key(self, link: NodeLink) -> None:
+        handshakes.wrong_key(self, link)
+
+    def _link_refused(self, link: NodeLink, why: str) -> None:
+        handshakes.refused(self, link, why)
+
+    def _retry_refused(self, now: float) -> None:
+        handshakes.retry_refused(self, now)
+
+    def _from_elsewhere(self, msg: Result, link: NodeLink) -> None:
+        handshakes.foreign(self, msg, link)
 
     def _on_release(self, msg: Release, link: NodeLink) -> None:
         """Tasks given back unstarted: send them to ``msg.target`` if the node named
@@ -544,8 +586,8 @@ class Client(Links, Routing):
             link.released_at = time.monotonic()
         for tid in msg.task_ids:
             slot = self._slots.get(tid)
-            if slot is None or slot.msg is not None:
-                continue
+            if slot is None or slot.msg is not None or slot.node != link.endpoint:
+                continue                      # not ours, done, or not held there
             self._forget_one(link, slot.state != states.PENDING)
             slot.state = states.PENDING
             shed_to = self._shed_target(target)
@@ -565,8 +607,9 @@ class Client(Links, Routing):
         followed = 0
         for tid in msg.task_ids:
             slot = self._slots.get(tid)
-            if slot is None or slot.msg is not None or slot.frame is None:
-                continue
+            if slot is None or slot.msg is not None or slot.frame is None or \
+                    slot.node != link.endpoint:
+                continue                      # not ours, done, or not held there
             self._forget_one(link, slot.state != states.PENDING)
             if target is not None:
                 slot.node = target.endpoint        # held there: not counted as in flight

@@ -36,6 +36,7 @@ from mesh.exceptions import DecodeError
 from mesh.node.peers import literal_host
 from mesh.rendezvous import backup_for
 from mesh.result import Slot
+from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, HANDSHAKE_EVENTS, Security
 from mesh.wire.protocol import Control, Submit, decode, encode
 
 log = logging.getLogger("mesh.client")
@@ -53,7 +54,8 @@ class NodeLink:
 
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
-                 "down", "resets", "rid", "serves")
+                 "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
+                 "refused_at")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -76,6 +78,11 @@ class NodeLink:
         self.down = False             # disconnected (or reset) since its last handshake
         self.resets = 0               # times its sockets were replaced (its node died)
         self.serves: Serves | None = None   # its mesh, queues, task names (None: not heard)
+        self.key: bytes | None = None  # the mesh key it speaks to the node with (keys)
+        self.keys_failed: set[bytes | None] = set()   # mesh keys the node did not hold
+        self.strikes = 0              # handshakes failed in a row with the key tried now
+        self.refused = ""             # why the node refused our handshake ("": it did not)
+        self.refused_at = 0.0
 
     @property
     def score(self) -> float:
@@ -87,6 +94,7 @@ class Links:
 
     # state owned by Client (mesh/client/io.py), used here
     config: Config
+    security: Security
     client_id: bytes
     seeds: list[str]
     links: dict[str, NodeLink]
@@ -122,6 +130,9 @@ class Links:
         def _learn_mesh(self, members: list[Any], answering: Any) -> bool: ...
         def _not_ours(self, endpoint: str, node_id: Any, mesh: str) -> None: ...
         def _unplaceable(self, slot: Slot, kind: str, said: str) -> None: ...
+        def _wrong_key(self, link: NodeLink) -> None: ...
+        def _link_refused(self, link: NodeLink, why: str) -> None: ...
+        def _retry_refused(self, now: float) -> None: ...
 
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
@@ -130,16 +141,18 @@ class Links:
             # its advertised endpoint) sees two peers, and ROUTER_HANDOVER never moves
             # one link's replies to the other
             rid = self.client_id + b".%d" % next(self._link_ids)
-            s, mon = self._open(endpoint, rid)
+            s, mon, key = self._open(endpoint, rid, None)
             link = self.links[endpoint] = NodeLink(endpoint, s, mon, rid)
+            link.key = key
             self._by_sock[s] = link
             self._by_monitor[mon] = link
             self._update_placeable()
         return link
 
-    def _open(self, endpoint: str, routing_id: bytes
-              ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-        """A DEALER to ``endpoint`` and the monitor of its connection events."""
+    def _open(self, endpoint: str, routing_id: bytes, key: bytes | None
+              ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], bytes | None]:
+        """A DEALER to ``endpoint`` (speaking to it with mesh key ``key``, with keys;
+        None: the current one), the monitor of its connection events, and the key."""
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, routing_id)
         s.setsockopt(zmq.SNDHWM, 0)
@@ -148,15 +161,18 @@ class Links:
         s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
         s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
+        keys = self.security.server_keys()
+        key = key if key in keys else keys[0]
+        self.security.client(s, key)
         # a unique inproc name (pyzmq's default is per fd, and a reset link's new socket
         # may get the fd of the old one before libzmq has let go of its monitor)
-        mon = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED,
+        mon = s.get_monitor_socket(HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED,
                                    addr=f"inproc://mesh-monitor-{self.client_id.decode()}-"
                                         f"{next(self._link_ids)}")
         s.connect(endpoint)
         self._poller.register(s, zmq.POLLIN)
         self._poller.register(mon, zmq.POLLIN)
-        return s, mon
+        return s, mon, key
 
     def _close_sockets(self, link: NodeLink) -> None:
         del self._by_sock[link.sock]
@@ -174,7 +190,7 @@ class Links:
         self._close_sockets(link)
         # the same routing id: a node restarted from its journal answers the tasks it
         # recovers to it, and the client counts those late results as duplicates
-        link.sock, link.monitor = self._open(link.endpoint, link.rid)
+        link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key)
         self._by_sock[link.sock] = link
         self._by_monitor[link.monitor] = link
         link.down = True                        # its next handshake is a reconnect
@@ -183,8 +199,8 @@ class Links:
     def _update_placeable(self) -> None:
         self._fits = {}
         mesh = self.mesh
-        self._placeable = [n for n in self.links.values() if n.state == "alive" and (
-            n.serves is None or mesh is None or n.serves.mesh == mesh)]
+        self._placeable = [n for n in self.links.values() if n.state == "alive" and not n.refused
+                           and (n.serves is None or mesh is None or n.serves.mesh == mesh)]
 
     def _drain_monitor(self, link: NodeLink) -> None:
         """Connection events of a link. A link that connects again (the node restarted,
@@ -206,8 +222,18 @@ class Links:
                 continue
             if event == zmq.EVENT_DISCONNECTED:
                 link.down = True
+            elif event == FAILED_KEY:
+                self._wrong_key(link)           # may reset the link: the loop then ends
+            elif event in (FAILED_AUTH, FAILED_PROTOCOL):
+                self._link_refused(link, self.security.handshake_problem(event, link.endpoint))
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._heard_since = True
+                link.keys_failed.clear()
+                link.strikes = 0
+                if link.refused:
+                    log.info("the node at %s accepts this client's key now", link.endpoint)
+                    link.refused = ""
+                    self._update_placeable()
                 link.connected += 1
                 # (the first handshake's event can be missed, as the monitor attaches:
                 # a disconnect, or a reset link, is what makes a handshake a reconnect)
@@ -279,6 +305,7 @@ class Links:
         self._check_reachable(now)
         self._requery(now)
         self._close_gone_links(now)
+        self._retry_refused(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
         self._members_req = uuid.uuid4().hex

@@ -13,6 +13,11 @@ Internal to mesh.membership. Precedence, for another member:
 About this node itself, suspect or dead at its incarnation or higher, and alive from
 an earlier life of its id, are refuted: the incarnation goes above the accused one
 and an alive update is queued.
+
+An incarnation may not leap: an update about a known member (or this node) whose
+incarnation is more than ``MAX_INCARNATION_STEP`` above the one known is ignored.
+A member raises its own number by one per refutation, so honest updates step by one;
+a forged "dead at 2^63-1" would otherwise be final, since nobody can refute it.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from mesh.membership.table import (
     Node,
     Suspicion,
 )
+from mesh.security.text import printable
 from mesh.wire.protocol import (
     MAX_INCARNATION,
     UPDATE_ALIVE,
@@ -44,6 +50,8 @@ from mesh.wire.protocol import (
 log = logging.getLogger("mesh.membership")
 
 Notify = Callable[[Node, "MemberState | None"], None]
+
+MAX_INCARNATION_STEP = 1024   # how far above the known incarnation an update may be
 
 
 def alive_update(n: Node) -> Update:
@@ -68,6 +76,7 @@ class StateMachine:
         self.left = False
         self.suspicions = self.refutations = 0
         self.members_refused = 0        # new members ignored: the table was full (max_members)
+        self.leaps_refused = 0          # updates ignored: their incarnation leapt (MAX_INCARNATION_STEP)
 
     def apply(self, updates: list[Update], now: float) -> None:
         """Updates piggybacked on a message."""
@@ -96,11 +105,24 @@ class StateMachine:
             else:      # suspect or dead: suspect it ourselves rather than trust it (memberlist)
                 self.suspect(u[1], u[2], source, now)
 
+    def _leap(self, member_id: str, inc: int, known: int) -> bool:
+        """Whether ``inc`` is too far above ``known`` to be believed (then it is ignored)."""
+        if inc - known <= MAX_INCARNATION_STEP:
+            return False
+        self.leaps_refused += 1
+        if self.leaps_refused <= 10 or self.leaps_refused % 1000 == 0:
+            log.warning("membership: ignored an update about %s at incarnation %d, known at %d "
+                        "(a leap of more than %d; %d ignored so far)", printable(member_id, 64),
+                        inc, known, MAX_INCARNATION_STEP, self.leaps_refused)
+        return True
+
     def alive(self, u: Update, now: float, gossip_new: bool) -> None:
         member_id, inc, address = u[1], u[2], u[3]
         version = u[5] if len(u) > 5 else 0
         me = self.me
         if member_id == me.id:
+            if self._leap(member_id, inc, me.incarnation):
+                return
             if not self.left and (inc > me.incarnation or (inc == me.incarnation and (
                     address != me.address or version > me.meta_version))):
                 self.refute(inc)        # news about an earlier life of this id
@@ -113,12 +135,14 @@ class StateMachine:
                 if self.members_refused % 10_000 == 1:     # the first, then now and then
                     log.warning("membership: %s knows %d members, the limit (max_members): ignoring "
                                 "new ones such as %r (%d ignored so far)", me.id, len(self.table),
-                                member_id[:64], self.members_refused)
+                                printable(member_id, 64), self.members_refused)
                 return
             node = self.table.add(member_id, address, inc, meta, version, now)
             if gossip_new:
                 self.queue.put(member_id, alive_update(node))
             self.notify(node, None)
+        elif self._leap(member_id, inc, node.incarnation):
+            return
         elif inc > node.incarnation:
             node.incarnation, node.address, node.meta, node.meta_version = inc, address, meta, version
             old = self.table.set_state(node, ALIVE, now)
@@ -131,11 +155,12 @@ class StateMachine:
 
     def suspect(self, member_id: str, inc: int, origin: str, now: float) -> None:
         if member_id == self.me.id:
-            if not self.left and inc >= self.me.incarnation:
+            if not self.left and inc >= self.me.incarnation and \
+                    not self._leap(member_id, inc, self.me.incarnation):
                 self.refute(inc)
             return
         node = self.table.get(member_id)
-        if node is None or inc < node.incarnation:
+        if node is None or inc < node.incarnation or self._leap(member_id, inc, node.incarnation):
             return
         if node.state is SUSPECT:
             node.incarnation = inc
@@ -165,11 +190,13 @@ class StateMachine:
 
     def dead(self, member_id: str, inc: int, origin: str, now: float, left: bool) -> None:
         if member_id == self.me.id:
-            if not self.left and inc >= self.me.incarnation:
+            if not self.left and inc >= self.me.incarnation and \
+                    not self._leap(member_id, inc, self.me.incarnation):
                 self.refute(inc)
             return
         node = self.table.get(member_id)
-        if node is None or inc < node.incarnation or node.state is LEFT:
+        if node is None or inc < node.incarnation or node.state is LEFT or \
+                self._leap(member_id, inc, node.incarnation):
             return
         if node.state is DEAD and not left:
             return

@@ -58,6 +58,7 @@ from mesh.membership.table import (
     not_left,
 )
 from mesh.membership.transport import Transport
+from mesh.security.text import printable
 from mesh.wire.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     UPDATE_DEAD,
@@ -246,12 +247,13 @@ class Membership:
                 msg = decode(data, self._max_size)
             except DecodeError as e:
                 self._counts["decode_errors"] += 1
-                log.debug("membership: refused a frame from %s: %s", sender, e)
+                log.debug("membership: refused a frame from %s: %s", printable(sender), e)
                 return
         fn = self._dispatch.get(type(msg))
         if fn is None:
             self._counts["decode_errors"] += 1
-            log.debug("membership: %s from %s is not a membership message", type(msg).__name__, sender)
+            log.debug("membership: %s from %s is not a membership message", type(msg).__name__,
+                      printable(sender))
             return
         fn(msg, now)
         if self._wake is not None and self.next_deadline() < self._planned:
@@ -264,7 +266,8 @@ class Membership:
         self._prober.tick(now)
         for node in self._table.expired_suspicions(now):
             self._counts["deaths"] += 1
-            log.info("membership: %s declares %s dead (suspicion timed out)", self.id, node.id)
+            log.info("membership: %s declares %s dead (suspicion timed out)", printable(self.id),
+                     printable(node.id))
             self._state.dead(node.id, node.incarnation, self.id, now, left=False)
         if self._table.gone and now >= self._table.next_forget:
             for member_id in self._table.forget_due(now):

@@ -41,6 +41,7 @@ import zmq
 from mesh import states
 from mesh.client.control import ControlClient
 from mesh.exceptions import DecodeError, TimeoutError
+from mesh.security.curve import Security
 from mesh.wire.protocol import ControlReply, Result, decode
 
 log = logging.getLogger("mesh.monitor")
@@ -227,7 +228,8 @@ class EventReceiver:
     def __init__(self, peers: Iterable[str], topics: Iterable[str] = ("task-", "node-"),
                  handlers: dict[str, Handler] | None = None, refresh: float = 2.0, *,
                  control_timeout: float = 2.0, rcvhwm: int | None = None,
-                 rcvbuf: int | None = None, ctx: zmq.Context[Any] | None = None):
+                 rcvbuf: int | None = None, ctx: zmq.Context[Any] | None = None,
+                 security: Security | None = None):
         self.peers = list(dict.fromkeys(peers))
         self.topics = tuple(topics)
         self.handlers: dict[str, Handler] = dict(handlers or {})
@@ -249,17 +251,26 @@ class EventReceiver:
         self._closed = threading.Event()
         self._own_ctx = ctx is None
         self._ctx: zmq.Context[Any] = ctx or zmq.Context()
-        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if rcvhwm is not None:
-            self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        if rcvbuf is not None:
-            self._sock.setsockopt(zmq.RCVBUF, rcvbuf)
-        for t in self.topics:
-            self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+        # with keys (an admin's or a node's: events are not for client keys), one SUB
+        # per mesh key while the key is rotated; only the right one gets a handshake
+        self.security = security if security is not None else Security.from_env()
+        self._socks: list[zmq.Socket[bytes]] = []
+        self._poller = zmq.Poller()
+        for key in self.security.server_keys():
+            sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            if rcvhwm is not None:
+                sock.setsockopt(zmq.RCVHWM, rcvhwm)
+            if rcvbuf is not None:
+                sock.setsockopt(zmq.RCVBUF, rcvbuf)
+            for t in self.topics:
+                sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+            self.security.client(sock, key)
+            self._socks.append(sock)
+            self._poller.register(sock, zmq.POLLIN)
         self._thread: threading.Thread | None = None
         try:
-            with ControlClient(self._ctx) as cc:
+            with ControlClient(self._ctx, self.security) as cc:
                 found = discover_event_endpoints(cc, self.peers, control_timeout)
             if found is not None:
                 self._apply(found)
@@ -273,7 +284,7 @@ class EventReceiver:
 
     # -- discovery ------------------------------------------------------------------------
     def _rediscover(self) -> None:
-        with ControlClient(self._ctx) as cc:
+        with ControlClient(self._ctx, self.security) as cc:
             while not self._closed.wait(self.refresh):
                 with self._lock:
                     fallback = [a for a in self._fallback if a not in self.peers]
@@ -305,10 +316,11 @@ class EventReceiver:
         self.unavailable = dict(why)
         for node, ep in list(self.nodes.items()):
             if wanted.get(node) != ep:
-                try:
-                    self._sock.disconnect(ep)
-                except zmq.ZMQError:
-                    pass
+                for sock in self._socks:
+                    try:
+                        sock.disconnect(ep)
+                    except zmq.ZMQError:
+                        pass
                 del self.nodes[node]
                 log.debug("events: dropped %s (%s)", node, ep)
         connected = set(self.nodes.values())
@@ -316,7 +328,8 @@ class EventReceiver:
             if node in self.nodes or ep in connected:
                 continue
             try:
-                self._sock.connect(ep)
+                for sock in self._socks:
+                    sock.connect(ep)
             except zmq.ZMQError as e:
                 self.unavailable[node] = f"cannot connect to {ep}: {e}"
                 continue
@@ -340,12 +353,14 @@ class EventReceiver:
                 wait = POLL_SLICE
             else:
                 wait = min(POLL_SLICE, max(0.0, deadline - time.monotonic()))
-            if self._sock.poll(int(wait * 1000)):
-                try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    continue
-                self._take(frames)
+            ready = self._poller.poll(int(wait * 1000))
+            if ready:
+                for sock, _ in ready:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        continue
+                    self._take(frames)
                 if self._pending:
                     return self._pending.popleft()
             elif deadline is not None and time.monotonic() >= deadline:
@@ -425,7 +440,8 @@ class EventReceiver:
         self._closed.set()
         if self._thread is not None:
             self._thread.join(self.control_timeout * 2 + 1)
-        self._sock.close(linger=0)
+        for sock in self._socks:
+            sock.close(linger=0)
         if self._own_ctx:
             self._ctx.term()
 

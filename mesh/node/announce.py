@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh.node.component import Component
+from mesh.security.text import printable
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -82,7 +83,7 @@ class Announcer(Component):
                          node_id, endpoint, mesh, self.node.routing.mesh)
             return
         if self.discovered.get(node_id) != endpoint:
-            log.info("mDNS: found node %s at %s", node_id, endpoint)
+            log.info("mDNS: found node %s at %s", printable(node_id), printable(endpoint))
             self.discovered[node_id] = endpoint
         self.node.membership.join([endpoint])   # new, or announcing again after a cut: (re)join
 

@@ -95,8 +95,14 @@ class Beat(Component):
             log.info("beat: %d periodic entr%s (schedule %s, zone %s): %s",
                      len(self.schedule.entries), "y" if len(self.schedule.entries) == 1 else "ies",
                      self.digest, self.schedule.timezone, ", ".join(sorted(self.schedule.entries)))
-        self.outbox = Outbox(node.ctx, node.name, self._pick_target, self._done, self._spawn)
+        self.outbox = Outbox(node.ctx, node.name, self._pick_target, self._done, self._spawn,
+                             node.security)
         node.spawn(self.run(), name="beat")
+
+    def reset_sockets(self) -> None:
+        """New keys: the outbox's sockets are made again, and its runs sent again."""
+        if self.outbox is not None:
+            self.outbox.reset(self.clock.time())
 
     async def stop(self, node: "Node") -> None:
         if self.outbox is not None:

@@ -11,7 +11,10 @@ The outbox owns each run as a client owns its tasks: one DEALER per target node
 it back (shedding, shutdown), does not acknowledge it in time, or is declared dead
 before the result came. After the ACK it asks the target to be told the result
 (``result`` with ``watch``), since a second firer's resend makes that firer the
-owner the target answers.
+owner the target answers. An ACK or a result counts only from the node the run was
+sent to (any node may say anything about an id; only the holder's word is taken).
+With keys, the sockets speak CurveZMQ as the node (one per mesh key while the key is
+rotated: only the right one completes its handshake).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import zmq
 from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.node.zmqloop import SocketDriver
+from mesh.security.curve import Security
 from mesh.wire.protocol import Ack, Control, ControlReply, Error, Release, Result, decode, encode
 
 log = logging.getLogger("mesh.beat")
@@ -55,14 +59,15 @@ Done = Callable[[Run, str, str], None]          # run, state, node
 
 class Outbox:
     def __init__(self, ctx: zmq.Context[Any], node_name: str, pick: PickTarget, done: Done,
-                 spawn: Callable[[Any], "asyncio.Task[None]"]):
+                 spawn: Callable[[Any], "asyncio.Task[None]"], security: Security | None = None):
         self.ctx = ctx
+        self.security = security or Security(None)
         self.routing_id = f"beat:{node_name}:{os.urandom(4).hex()}".encode()
         self.pick = pick
         self.done = done
         self.spawn = spawn
         self.runs: dict[str, Run] = {}
-        self.socks: dict[str, tuple[zmq.Socket[bytes], asyncio.Task[None]]] = {}
+        self.socks: dict[str, list[tuple[zmq.Socket[bytes], asyncio.Task[None]]]] = {}
         self.resent = 0
 
     # -- sending ----------------------------------------------------------------------
@@ -80,19 +85,24 @@ class Outbox:
         run.sends += 1
         if run.sends > 1:
             self.resent += 1
-        sock = self._sock(run.address)
         try:
-            sock.send(run.frame, zmq.NOBLOCK)
+            for sock in self._socks(run.address):
+                sock.send(run.frame, zmq.NOBLOCK)
         except zmq.ZMQError as e:
             log.warning("beat: could not send run %s of %s to %s: %s", run.task_id, run.entry,
                         run.target, e)
             return False
         return True
 
-    def _sock(self, address: str) -> zmq.Socket[bytes]:
+    def _socks(self, address: str) -> list[zmq.Socket[bytes]]:
         entry = self.socks.get(address)
-        if entry is not None:
-            return entry[0]
+        if entry is None:
+            entry = self.socks[address] = [self._open(address, key)
+                                           for key in self.security.server_keys()]
+        return [s for s, _task in entry]
+
+    def _open(self, address: str, server_key: bytes | None
+              ) -> tuple[zmq.Socket[bytes], "asyncio.Task[None]"]:
         s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, self.routing_id)
         s.setsockopt(zmq.LINGER, 0)
@@ -101,17 +111,15 @@ class Outbox:
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.security.client(s, server_key)
         s.connect(address)
         driver = SocketDriver(s, functools.partial(self._on_frames, address), f"beat->{address}")
-        self.socks[address] = (s, self.spawn(driver.run()))
-        return s
+        return s, self.spawn(driver.run())
 
     def forget_socket(self, address: str) -> None:
-        entry = self.socks.pop(address, None)
-        if entry is not None:
-            sock, task = entry
+        for sock, task in self.socks.pop(address, ()):
             task.cancel()
-            task.add_done_callback(lambda _t: sock.close(linger=0))
+            task.add_done_callback(functools.partial(_close, sock))
 
     def sweep(self, keep: set[str]) -> None:
         """Close the sockets to nodes no longer among ``keep`` (addresses) that hold no run."""
@@ -122,6 +130,14 @@ class Outbox:
     def close(self) -> None:
         for address in list(self.socks):
             self.forget_socket(address)
+
+    def reset(self, now: float) -> None:
+        """New keys: close every socket and send every run again (same id) on new ones;
+        its target answers with an ACK (then it is watched again) or its result."""
+        self.close()
+        for run in list(self.runs.values()):
+            if run.target:
+                self.send(run, now)
 
     # -- replies ----------------------------------------------------------------------
     def _on_frames(self, address: str, frames: list[bytes]) -> None:
@@ -134,24 +150,26 @@ class Outbox:
             if isinstance(msg, Ack):
                 for tid in msg.task_ids:
                     run = self.runs.get(tid)
-                    if run is not None and not run.acked:
+                    if run is not None and not run.acked and run.address == address:
                         run.acked = True
                         self._watch(run)
             elif isinstance(msg, Result):
-                self._result(msg.task_id, msg.state, msg.node)
+                self._result(msg.task_id, msg.state, msg.node, address)
             elif isinstance(msg, ControlReply):
                 p = msg.payload
                 if msg.ok and isinstance(p, dict) and isinstance(p.get("task_id"), str):
-                    self._result(p["task_id"], str(p.get("state")), msg.node)
+                    self._result(p["task_id"], str(p.get("state")), msg.node, address)
             elif isinstance(msg, Release):
                 for tid in msg.task_ids:
                     run = self.runs.get(tid)
-                    if run is not None:
+                    if run is not None and run.address == address:
                         log.info("beat: %s gave run %s of %s back (%s); sending it again",
                                  msg.node, tid, run.entry, msg.reason)
                         self.send(run, run.sent_at, avoid={msg.node})
             elif isinstance(msg, Error):
                 run = self.runs.get(msg.ref or "")
+                if run is not None and run.address != address:
+                    run = None                   # not from the node holding it
                 if run is None:
                     log.warning("beat: %s refused a frame: %s %s", address, msg.code, msg.message)
                 elif msg.code in ("journal", "queue"):     # the node will not take it
@@ -165,16 +183,18 @@ class Outbox:
                     self.done(run, "REFUSED", run.target)
 
     def _watch(self, run: Run) -> None:
-        entry = self.socks.get(run.address)
-        if entry is None:
-            return
-        req = Control(f"beat-watch-{run.task_id}", "result", {"task_id": run.task_id, "watch": True})
-        try:
-            entry[0].send(encode(req), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        req = encode(Control(f"beat-watch-{run.task_id}", "result",
+                             {"task_id": run.task_id, "watch": True}))
+        for sock, _task in self.socks.get(run.address, ()):
+            try:
+                sock.send(req, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
 
-    def _result(self, task_id: str, state: str, node: str) -> None:
+    def _result(self, task_id: str, state: str, node: str, address: str) -> None:
+        held = self.runs.get(task_id)
+        if held is not None and held.address != address:
+            return                               # only the holder's word counts
         if state == states.UNKNOWN:           # acknowledged, yet the target does not know it
             run = self.runs.get(task_id)       # (restarted without a journal): send it again
             if run is not None and run.acked:
@@ -196,3 +216,7 @@ class Outbox:
                 self.send(run, now, avoid={run.target})
             elif not run.target or (not run.acked and now - run.sent_at > ACK_TIMEOUT):
                 self.send(run, now)
+
+
+def _close(sock: zmq.Socket[bytes], _task: Any) -> None:
+    sock.close(linger=0)

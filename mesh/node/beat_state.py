@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from mesh.schedules import BaseSchedule
+from mesh.security.files import private_file
 
 log = logging.getLogger("mesh.beat")
 
@@ -99,6 +100,7 @@ class LastFirings:
             return
         path = os.path.join(directory, STORE_FILE)
         try:
+            private_file(path)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -107,7 +109,7 @@ class LastFirings:
             for row in db.execute("SELECT entry, due, task_id, node, at, key FROM fired"):
                 self.last[row[0]] = Fired(*row)
             self._db = db
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
             log.error("beat: cannot use %s (%s): last firings are kept in memory only", path, e)
 
     def get(self, entry: str) -> Fired | None:

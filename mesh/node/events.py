@@ -13,6 +13,8 @@ Subscribers filter by topic prefix (``task-``, ``node-``, ``task-failed``,
 prefixes are subscribed and does not even build an event nobody asked for, so a
 mesh nobody watches pays nothing. A subscriber that falls behind never slows the
 node: past the high-water mark, ZeroMQ drops its messages, and ``seq`` shows the gap.
+With keys the XPUB is a CurveZMQ server whose ZAP domain admits admin and node keys
+only: events carry every task's arguments and results.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.node.component import Component, NodeStartError
 from mesh.node.zmqloop import SocketDriver
+from mesh.security.curve import EVENTS_DOMAIN
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, decode
 
@@ -225,6 +228,7 @@ class EventStream(Component):
 
     def __init__(self) -> None:
         self.sock: zmq.Socket[bytes] | None = None
+        self.bound = ""
 
     async def start(self, node: "Node") -> None:
         if not node.config.events:
@@ -233,6 +237,7 @@ class EventStream(Component):
         self.sock = xpub
         xpub.setsockopt(zmq.LINGER, 500)
         xpub.setsockopt(zmq.SNDHWM, SNDHWM)
+        node.security.server(xpub, EVENTS_DOMAIN)
         host = node.config.bind.rsplit(":", 1)[0]
         try:
             xpub.bind(f"{host}:*")     # an ephemeral port, advertised (ping, members)
@@ -240,7 +245,8 @@ class EventStream(Component):
             xpub.close(linger=0)
             self.sock = None
             raise NodeStartError(f"cannot bind an events port on {host}: {e.strerror}") from e
-        port = xpub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
+        self.bound = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        port = self.bound.rsplit(":", 1)[1]
         node.events_endpoint = node.address.rsplit(":", 1)[0] + ":" + port
         node.events = Publisher(xpub, node.name)
         node.spawn(SocketDriver(xpub, node.events.on_subscription, "events").run(), name="events")
@@ -256,3 +262,11 @@ class EventStream(Component):
     def close(self, node: "Node") -> None:
         if self.sock is not None:
             self.sock.close(linger=500)
+
+    def rekey(self, node: "Node") -> None:
+        """Bind the events port again with the key ring as it is now (a new mesh key,
+        or keys removed): every subscriber reconnects, and a key no longer accepted
+        cannot. The port stays the same."""
+        if self.sock is not None:
+            from mesh.node.front import rebind
+            rebind(self.sock, self.bound, lambda s: node.security.server(s, EVENTS_DOMAIN))

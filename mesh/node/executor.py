@@ -8,13 +8,13 @@ data dir, or in memory with ``--no-journal``) and closes it last.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from mesh.node.component import Component, NodeStartError
 from mesh.node.journal import JournalError, open_journal
 from mesh.node.pool import Pool
 from mesh.ratelimit import TokenBucket, parse_rate
+from mesh.security.files import private_dir
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -33,7 +33,7 @@ class Storage(Component):
     async def start(self, node: "Node") -> None:
         path = node.config.data_path
         try:
-            os.makedirs(path, exist_ok=True)
+            private_dir(path)
         except OSError as e:
             raise NodeStartError(f"cannot create data dir {path}: {e.strerror}") from e
         try:

@@ -5,6 +5,12 @@ ControlReply back; peers send membership messages. A zmq message may carry sever
 frames, each one protocol message handled on its own; a frame that cannot be decoded
 is refused and logged, and the node keeps serving everyone else.
 
+With keys (``--keys``) the ROUTER is a CurveZMQ server (mesh/security/curve.py),
+and every message is read with the key it came with: the gate (mesh/security/gate.py)
+checks that key's role before anything is dispatched, and refuses what the role may
+not send (an ERROR ``unauthorized``), so a client key cannot control the node or
+speak membership, and a removed key is refused on its next message.
+
 Replies are gathered per peer and sent together, as one multipart zmq message, at the
 end of each event-loop pass (``flush``), after the ledger has committed the pass's
 intakes to the journal. The socket is bound when the component starts (the node's
@@ -25,6 +31,9 @@ from mesh.membership import MESSAGE_TYPES
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
+from mesh.security import gate
+from mesh.security.curve import FRONT_DOMAIN
+from mesh.security.text import printable
 from mesh.wire.protocol import (
     Control,
     Error,
@@ -46,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.node")
 
 MAX_FRAMES_PER_SEND = 512     # frames for one peer per zmq message at most
+REBIND_WAIT = 5.0             # s to bind the same address again when the mesh key changes
 
 
 class FrontDoor(Component):
@@ -59,7 +69,10 @@ class FrontDoor(Component):
         self._out: dict[bytes, list[bytes]] = {}
         self._flush_scheduled = False
         self._badlog = _RateLimitedLog("refused frames")
+        self._denylog = _RateLimitedLog("unauthorized frames")
+        self.unauthorized = 0                  # frames refused by the gate since start
         self.sock: zmq.Socket[bytes] | None = None
+        self.bound = ""                        # the endpoint bound (rekey binds it again)
 
     async def start(self, node: "Node") -> None:
         cfg = node.config
@@ -70,16 +83,20 @@ class FrontDoor(Component):
         front.setsockopt(zmq.SNDHWM, 0)
         front.setsockopt(zmq.RCVHWM, 100_000)
         front.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_size * 2)
+        node.security.server(front, FRONT_DOMAIN)
         try:
             front.bind(cfg.bind)
         except zmq.ZMQError as e:
             front.close(linger=0)
             self.sock = None
             raise NodeStartError(f"cannot bind {cfg.bind}: {e.strerror}") from e
-        node.address = advertised_endpoint(front.getsockopt_string(zmq.LAST_ENDPOINT),
-                                           cfg.advertise)
+        self.bound = front.getsockopt_string(zmq.LAST_ENDPOINT)
+        node.address = advertised_endpoint(self.bound, cfg.advertise)
         self.node = node
-        self.driver = SocketDriver(front, self._on_front, "front")
+        if node.security.enabled:    # every message read with its key: the gate's input
+            self.driver = SocketDriver(front, self._on_front_keyed, "front", copy=False)
+        else:
+            self.driver = SocketDriver(front, self._on_front, "front")
         node.front = self
         node.spawn(self._serve(node), name="front")
 
@@ -90,6 +107,12 @@ class FrontDoor(Component):
     def close(self, node: "Node") -> None:
         if self.sock is not None:
             self.sock.close(linger=2000)
+
+    def rekey(self) -> None:
+        """Serve with the key ring's (new) mesh key: bind the same address again.
+        Connections made with the old key end; clients reconnect and resend."""
+        if self.sock is not None:
+            rebind(self.sock, self.bound, lambda s: self.node.security.server(s, FRONT_DOMAIN))
 
     # -- inbound ----------------------------------------------------------------------
     def _on_front(self, frames: list[bytes]) -> None:
@@ -102,7 +125,22 @@ class FrontDoor(Component):
         for i in range(1, len(frames)):
             self._on_message(ident, frames[i])
 
-    def _on_message(self, ident: bytes, frame: bytes) -> None:
+    def _on_front_keyed(self, frames: list[zmq.Frame]) -> None:
+        """The same, with keys: the key every frame of the message came with decides
+        what its sender may send (one lookup per zmq message)."""
+        ident = frames[0].bytes
+        if len(frames) < 2:
+            self.refused += 1
+            self._badlog.warning("dropped an empty message from %r", ident[:16])
+            return
+        user = frames[1].get("User-Id")
+        role = self.node.security.role(user if isinstance(user, str) else None)
+        for i in range(1, len(frames)):
+            self._on_message(ident, frames[i].bytes, role)
+
+    def _on_message(self, ident: bytes, frame: bytes, role: str | None = "") -> None:
+        """One frame. ``role`` is the sender's, with keys (None: a key no longer
+        accepted); "" without keys, where the gate is not consulted."""
         node = self.node
         try:
             msg = decode(frame, node.config.max_message_size)
@@ -112,6 +150,14 @@ class FrontDoor(Component):
             self._badlog.warning("refused a frame of %d bytes from %r: %s", len(frame), ident[:16], e)
             self.refuse(ident, code, str(e), _guess_ref(frame) if code == "decode" else None)
             return
+        if role != "":
+            why = gate.refusal(role, msg, node.control.kind_of)
+            if why is not None:
+                self.unauthorized += 1
+                self._denylog.warning("refused %s from %r (%s key): %s", type(msg).__name__,
+                                      printable(ident[:16]), role or "unknown", why)
+                self.refuse(ident, "unauthorized", why, _ref(msg))
+                return
         if type(msg) is Submit:
             node.intake.submit(ident, msg, frame)
         elif type(msg) in MESSAGE_TYPES:
@@ -179,6 +225,31 @@ _NODE_DATA: dict[type, Any] = {
     WfPull: lambda node, msg: node.workflows.on_message(msg),
     WfPulled: lambda node, msg: node.workflows.on_message(msg),
 }
+
+
+def rebind(sock: zmq.Socket[Any], endpoint: str, secure: Any) -> None:
+    """Unbind ``endpoint`` and bind it again after ``secure(sock)`` set new keys
+    (libzmq copies a socket's keys when it binds). The port is free again once
+    libzmq's I/O thread has closed the listener, a moment later."""
+    import time
+    secure(sock)
+    sock.unbind(endpoint)
+    deadline = time.monotonic() + REBIND_WAIT
+    while True:
+        try:
+            sock.bind(endpoint)
+            return
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                log.error("could not bind %s again: %s", endpoint, e)
+                raise
+            time.sleep(0.01)
+
+
+def _ref(msg: Any) -> str | None:
+    """The task or request id a refused message names (the sender's reference)."""
+    ref = getattr(msg, "task_id", None) or getattr(msg, "req_id", None)
+    return ref if isinstance(ref, str) else None
 
 
 def _guess_ref(frame: bytes) -> str | None:

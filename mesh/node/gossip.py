@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from mesh.membership import Member, Membership, MemberState, profile
 from mesh.node.component import Component
 from mesh.node.peers import PeerSockets, ZmqTransport
 from mesh.node.scope import MeshScope
+from mesh.security.text import printable
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -41,7 +43,10 @@ class Members(Component):
         node.gossip = self
         # a digest of the registered task names: load is only shed to peers with the same
         node.tasks_digest = tasks_digest(node.app.tasks)
-        peers = PeerSockets(node.ctx, f"node:{node.name}".encode())
+        # a routing id nobody can guess: a peer that took it over (ROUTER_HANDOVER)
+        # would cut this node's link to that peer
+        peers = PeerSockets(node.ctx, f"node:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
+                            security=node.security)
         node.transport = self.transport = ZmqTransport(peers, node.address)
         prof = profile(node.config.profile)
         self._reclaim = prof.dead_node_reclaim
@@ -70,8 +75,8 @@ class Members(Component):
             node.control.share_with(member.address)   # what we revoked must not run there
         if old != new:
             level = logging.WARNING if new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO
-            log.log(level, "member %s (%s): %s -> %s", member.id, member.address,
-                    old.value if old else "new", new.value)
+            log.log(level, "member %s (%s): %s -> %s", printable(member.id),
+                    printable(member.address), old.value if old else "new", new.value)
 
     def local_meta(self) -> dict[str, Any]:
         """This node's load, gossiped to the mesh (placement reads it)."""

@@ -1,6 +1,7 @@
 """Intake: what the node does with a SUBMIT.
 
-A task is refused (revoked, another queue, not registered, journal failing) with a clear answer,
+A task is refused (revoked, another queue, not registered, journal failing, over its
+sender's quota or its eta too far ahead) with a clear answer,
 answered from the journal (finished here already), recognised (a resend of a task
 held here), or accepted into the ledger. Every SUBMIT of a loop pass is acknowledged
 in one ACK per peer at the end of the pass (``flush_acks``), after the journal has
@@ -56,7 +57,7 @@ class Intake(Component):
         acks.append(tid)
         held = ledger.held.get(tid)
         if held is not None:           # a resend of a task we already hold
-            held.client = ident        # its owner may have reconnected through another link
+            ledger.move(held, ident)   # its owner may have reconnected through another link
             return
         if tid in node.control.revoked:
             ledger.fail(ident, tid, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)
@@ -82,7 +83,17 @@ class Intake(Component):
             self._refused(msg, tid, states.FAILURE, "NotRegistered", why)
             return
         now = time.time()
+        max_eta = node.config.max_eta
+        if max_eta and msg.eta is not None and msg.eta - now > max_eta:
+            ledger.fail(ident, tid, "MeshError", f"task {tid} is due in {msg.eta - now:.0f} s, "
+                        f"beyond node {node.name}'s limit of {max_eta:.0f} s ahead (max_eta, "
+                        "--max-eta)")
+            return
         journal = node.journal
+        over = ledger.over_quota(ident, len(frame))
+        if over is not None:
+            self.refuse_over_quota(ident, msg, over)
+            return
         try:
             if not journal.add(tid, ident, frame, now):
                 stored = journal.get(tid)
@@ -120,6 +131,22 @@ class Intake(Component):
         wf = self.node.workflows
         if wf is not None and ("wf" in msg.headers or msg.name == GROUP):
             wf.refused(msg, self.node.ledger.failure(tid, state, exc_type, why))
+
+    def refuse_over_quota(self, ident: bytes, msg: Submit, why: str) -> None:
+        """A sender over its quota: a task finished here already is still answered;
+        a new one is refused (ERROR ``quota``: the client may try another node)."""
+        node, tid = self.node, msg.task_id
+        try:
+            stored = node.journal.get(tid)
+        except JournalError:
+            stored = None
+        if stored is not None and stored.result is not None:
+            node.ledger.counts["answered_from_journal"] += 1
+            node.front.reply(ident, stored.result)
+            return
+        node.front.refuse(ident, "quota", why, tid)
+        node.ledger.faillog.warning("task %s refused: %s", tid, why)
+        node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=True, reason="quota")
 
     def flush_acks(self) -> None:
         """Acknowledge this pass's SUBMITs that are still held (a result implies the ack)."""

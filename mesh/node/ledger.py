@@ -47,7 +47,7 @@ class Entry:
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
                  "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried", "reserved", "progress", "wf", "fresh")
+                 "retried", "reserved", "size", "progress", "wf", "fresh")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
                  eta: float | None, expires: float | None, time_limit: float | None,
@@ -67,6 +67,7 @@ class Entry:
         self.redelivered = 0                  # runs again after its child died (reject_on_worker_lost)
         self.retried = False                  # waiting for a retry (state RETRY)
         self.reserved = False                 # holds a rate-limit reservation: starts when due
+        self.size = len(frame)                # bytes counted against its sender's quota
         self.progress: tuple[str, bytes | None] | None = None   # its latest reported state
                                               # (track_started, update_state) and meta
         self.wf: dict[str, Any] | None = None  # a workflow's unit: its Submit headers
@@ -110,6 +111,7 @@ class Ledger:
     def __init__(self, node: "Node"):
         self.node = node
         self.held: dict[str, Entry] = {}          # accepted, not finished
+        self.senders: dict[bytes, list[int]] = {}  # owner's routing id -> [held, bytes] (quotas)
         self.counts: collections.Counter[str] = collections.Counter()
         self.watchers: dict[str, set[bytes]] = {}  # task id -> who asked to hear its result
         self.pending: list[Entry] = []             # accepted this pass: to the pool once journalled
@@ -124,6 +126,11 @@ class Ledger:
         """Hold a task the journal has (or will have in this pass); it goes to the
         pool at the end of the pass (``flush``), once the journal has committed it."""
         self.held[entry.task_id] = entry
+        q = self.senders.get(entry.client)
+        if q is None:
+            q = self.senders[entry.client] = [0, 0]
+        q[0] += 1
+        q[1] += entry.size
         self.pending.append(entry)
         headers = msg.headers if msg is not None else _headers(entry.frame)
         if "wf" in headers or entry.name == GROUP:
@@ -188,13 +195,53 @@ class Ledger:
         node = self.node
         pending, self.pending = self.pending, []
         for entry in pending:
-            self.held.pop(entry.task_id, None)
+            self.drop(entry.task_id)
             self.watchers.pop(entry.task_id, None)
             node.front.refuse(entry.client, "journal", f"node {node.name} cannot write its "
                               f"journal, so it did not accept task {entry.task_id}: {e}",
                               entry.task_id)
             node.events.emit("task-rejected", uuid=entry.task_id, name=entry.name,
                              requeue=True, reason=f"journal: {e}")
+
+    # -- who holds what: senders' quotas ------------------------------------------------
+    def drop(self, task_id: str) -> Entry | None:
+        """A task leaves the ledger (finished, given back, refused)."""
+        entry = self.held.pop(task_id, None)
+        if entry is not None:
+            self._unquota(entry)
+        return entry
+
+    def _unquota(self, entry: Entry) -> None:
+        q = self.senders.get(entry.client)
+        if q is not None:
+            q[0] -= 1
+            q[1] -= entry.size
+            if q[0] <= 0:
+                del self.senders[entry.client]
+
+    def move(self, entry: Entry, client: bytes) -> None:
+        """A held task's owner now speaks through another link (it resent the task)."""
+        if entry.client != client:
+            self._unquota(entry)
+            entry.client = client
+            q = self.senders.setdefault(client, [0, 0])
+            q[0] += 1
+            q[1] += entry.size
+
+    def over_quota(self, client: bytes, size: int) -> str | None:
+        """Why a sender may not have one more task of ``size`` bytes held here, or None."""
+        q = self.senders.get(client)
+        if q is None:
+            return None
+        cfg = self.node.config
+        if q[0] >= cfg.quota_tasks:
+            return (f"node {self.node.name} holds {q[0]} tasks from this sender already, its "
+                    f"limit (quota_tasks, --quota-tasks); wait for some to finish")
+        if q[1] + size > cfg.quota_bytes:
+            return (f"node {self.node.name} holds {q[1]} bytes of tasks from this sender; "
+                    f"{size} more would pass its limit of {cfg.quota_bytes} (quota_bytes, "
+                    "--quota-bytes)")
+        return None
 
     # -- finish -----------------------------------------------------------------------
     def finish(self, task_id: str, client: bytes, state: str, result_frame: bytes,
@@ -203,7 +250,7 @@ class Ledger:
         ignore_result, Ignore), then tell its owner and watchers; a workflow's unit
         then starts what comes after it (mesh/node/workflows.py)."""
         node = self.node
-        entry = self.held.pop(task_id, None)
+        entry = self.drop(task_id)
         self.counts[state] += 1
         replicas = node.replicas
         wf = node.workflows if entry is not None and entry.wf is not None else None
@@ -308,7 +355,7 @@ class Ledger:
         """These tasks are no longer ours (handed to another node, or given back
         unstarted): out of the ledger, out of the journal, their copies dropped."""
         for e in entries:
-            self.held.pop(e.task_id, None)
+            self.drop(e.task_id)
             self.watchers.pop(e.task_id, None)
         self.node.replicas.forgotten(e.task_id for e in entries)
         if entries:

@@ -41,6 +41,7 @@ from mesh.node.gossip import Members
 from mesh.node.handoff import Handoffs
 from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
+from mesh.node.keys import Keys
 from mesh.node.ledger import Ledger
 from mesh.node.limits import Limits
 from mesh.node.recovery import Recovery
@@ -51,6 +52,7 @@ from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
 from mesh.node.workflows import Workflows
+from mesh.security.curve import Security
 from mesh.web.commands import History, HistoryService
 from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
@@ -69,6 +71,7 @@ log = logging.getLogger("mesh.node")
 
 # The node's own components, in the order they start (each also names what it requires).
 BUILTIN: tuple[type[Component], ...] = (
+    Keys,           # keys: loopback unless keys or --insecure; with keys, the ZAP guard
     Storage,        # journal: sqlite in the data dir, or in memory
     RemoteControl,  # control: the control commands and what they change (revokes, limits)
     Routes,         # routing: this node's mesh, queues and task names (docs/routing.md)
@@ -147,6 +150,7 @@ class Node:
         self.boot = os.urandom(6).hex()          # this process: peers tell a restart by it
         self.ready = asyncio.Event()
         self.ledger = Ledger(self)
+        self.security = Security(None)            # the key ring once "keys" has read it
         # until their components start (or in a node built without them): no copies,
         # and tasks given away go back to their owners
         self.replicas = Replicas.inert(self)
@@ -194,7 +198,8 @@ class Node:
             from mesh.app import Mesh
             self._client_app = Mesh(f"{self.app.main}@{self.name}",
                                     peers=[self.address, *self.config.peers], mdns=False,
-                                    max_message_size=self.config.max_message_size)
+                                    max_message_size=self.config.max_message_size,
+                                    keys=self.config.keys, key_name="mesh" if self.config.keys else "")
         return self._client_app
 
     def pool_fields(self) -> dict[str, Any]:
@@ -232,6 +237,9 @@ class Node:
             "tasks_per_s": round(hb.rate, 1), "cpu_percent": round(hb.cpu, 1),
             "rss_bytes": hb.rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": pool.started_total, "refused_frames": self.front.refused,
+            "unauthorized_frames": self.front.unauthorized,
+            "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
+            "key_reloads": getattr(self.by_name.get("keys"), "reloads", 0),
             "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
             **self.routing.status(), "mesh_rate_limits": self.limits.status(),
             "components": [component_name(x) for x in self.components],

@@ -9,6 +9,11 @@ frames do wait for a connection in progress, so a node's first words to a new pe
 which SWIM ignores (old sequence numbers, older incarnations). ZMTP heartbeats turn
 a cut link into a disconnect within seconds instead of never. Liveness is the
 membership protocol's call, never the socket's.
+
+With keys, each socket speaks CurveZMQ with the node's identity (the mesh pair);
+while the mesh key is rotated, a peer may serve with either key, so a frame goes out
+on one socket per key the node trusts, and only the socket whose key the peer holds
+ever completes its handshake (the others drop at their high-water mark).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Any
 import zmq
 
 from mesh.membership.transport import Receiver, Transport
+from mesh.security.curve import Security
 
 log = logging.getLogger("mesh.peers")
 
@@ -96,11 +102,14 @@ def _resolve(host: str) -> str | None:
 class PeerSockets:
     """``send(address, frame)`` to any peer front door; never blocks, never raises."""
 
-    def __init__(self, ctx: zmq.Context[Any], routing_id: bytes, hwm: int = SNDHWM):
+    def __init__(self, ctx: zmq.Context[Any], routing_id: bytes, hwm: int = SNDHWM,
+                 security: Security | None = None):
         self.ctx = ctx
         self.routing_id = routing_id
         self.hwm = hwm                 # frames queued per peer before new ones are dropped
+        self.security = security or Security(None)
         self.socks: dict[str, zmq.Socket[bytes]] = {}
+        self.alternates: dict[str, list[zmq.Socket[bytes]]] = {}   # other mesh keys (rotation)
         self.sent = self.dropped = self.bytes_sent = 0
         self.resolver = Resolver()
 
@@ -110,21 +119,29 @@ class PeerSockets:
             target = address if literal_host(address) else self.resolver.lookup(address)
             if target is None:
                 return None
-            s = self.ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.ROUTING_ID, self.routing_id)
-            s.setsockopt(zmq.SNDHWM, self.hwm)
-            s.setsockopt(zmq.RCVHWM, 16)      # we never read: peers answer to our front door
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-            s.setsockopt(zmq.RECONNECT_IVL, 100)
-            s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            try:
-                s.connect(target)
-            except zmq.ZMQError:
-                s.close(linger=0)
-                raise
+            keys = self.security.server_keys()
+            s = self._open(target, keys[0])
             self.socks[address] = s
+            if len(keys) > 1:
+                self.alternates[address] = [self._open(target, k) for k in keys[1:]]
+        return s
+
+    def _open(self, target: str, server_key: bytes | None) -> zmq.Socket[bytes]:
+        s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.ROUTING_ID, self.routing_id)
+        s.setsockopt(zmq.SNDHWM, self.hwm)
+        s.setsockopt(zmq.RCVHWM, 16)      # we never read: peers answer to our front door
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        self.security.client(s, server_key)
+        try:
+            s.connect(target)
+        except zmq.ZMQError:
+            s.close(linger=0)
+            raise
         return s
 
     def send(self, address: str, frame: bytes) -> bool:
@@ -134,6 +151,11 @@ class PeerSockets:
                 self.dropped += 1
                 return False
             s.send(frame, zmq.NOBLOCK)
+            for alt in self.alternates.get(address, ()):
+                try:
+                    alt.send(frame, zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
         except zmq.ZMQError as e:     # queue full, bad address
             self.dropped += 1
             log.debug("dropped a frame for %s: %s", address, e)
@@ -147,11 +169,16 @@ class PeerSockets:
         s = self.socks.pop(address, None)
         if s is not None:
             s.close(linger=0)
+        for alt in self.alternates.pop(address, ()):
+            alt.close(linger=0)
+
+    def reset(self) -> None:
+        """Close every socket; they are made again on the next send (new keys)."""
+        for address in list(self.socks):
+            self.forget(address)
 
     def close(self) -> None:
-        for s in self.socks.values():
-            s.close(linger=0)
-        self.socks.clear()
+        self.reset()
         self.resolver.close()
 
 

@@ -88,6 +88,11 @@ class RemoteControl(Component):
         self.load_revoked()
 
     # -- dispatch ---------------------------------------------------------------------
+    def kind_of(self, command: str) -> str | None:
+        """"inspect" or "control" (the gate's question), None for an unknown command."""
+        cmd = self.commands.get(command)
+        return cmd.kind if cmd is not None else None
+
     def handle(self, ident: bytes, msg: Control) -> None:
         node = self.node
         cmd = self.commands.get(msg.command)

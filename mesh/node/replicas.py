@@ -136,7 +136,9 @@ class Replicas(Component):
     async def start(self, node: "Node") -> None:
         self.node = node
         node.replicas = self
-        self.sockets = PeerSockets(node.ctx, f"data:{node.name}".encode(), hwm=DATA_HWM)
+        # with keys, CurveZMQ as the node (mesh/security); a routing id nobody can guess
+        self.sockets = PeerSockets(node.ctx, f"data:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
+                                   hwm=DATA_HWM, security=node.security)
         self.enabled = node.config.replicas >= 2
         self.started = True
         if not self.enabled:

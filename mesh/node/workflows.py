@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,9 @@ class Workflows(Component):
     async def start(self, node: "Node") -> None:
         self.node = node
         node.workflows = self
-        self.sockets = PeerSockets(node.ctx, f"wf:{node.name}".encode(), hwm=DATA_HWM)
+        # with keys, CurveZMQ as the node (mesh/security); a routing id nobody can guess
+        self.sockets = PeerSockets(node.ctx, f"wf:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
+                                   hwm=DATA_HWM, security=node.security)
         self.groups = Groups(self)
         self.started = True
         for name in ("wf.states", "wf.progress"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -26,9 +27,12 @@ class SocketDriver:
     """Owns one socket's receive side for the life of ``run()``; ``send`` may be
     called from any code on the same event loop."""
 
-    def __init__(self, sock: zmq.Socket[bytes], on_frames: Callable[[list[bytes]], None],
-                 name: str, after_batch: Callable[[], None] | None = None, batch: int = 1000):
+    def __init__(self, sock: zmq.Socket[bytes], on_frames: Callable[[list[Any]], None],
+                 name: str, after_batch: Callable[[], None] | None = None, batch: int = 1000,
+                 copy: bool = True):
         self.sock = sock
+        self._copy = copy          # False: on_frames gets zmq.Frame objects (their metadata:
+                                   # the User-Id of the key a message came with)
         self.name = name
         self._on_frames = on_frames
         self._after_batch = after_batch
@@ -56,11 +60,11 @@ class SocketDriver:
 
     def _drain(self) -> None:
         self._scheduled = False
-        sock, on_frames = self.sock, self._on_frames
+        sock, on_frames, copy = self.sock, self._on_frames, self._copy
         n = 0
         while int(sock.get(_EVENTS)) & _POLLIN:
             try:
-                frames = sock.recv_multipart(_NOBLOCK)
+                frames = sock.recv_multipart(_NOBLOCK, copy=copy)
             except zmq.Again:
                 break
             try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from mesh.client.control import ControlClient
+from mesh.security.curve import Security
 from mesh.wire.protocol import ControlReply
 
 if TYPE_CHECKING:
@@ -24,14 +25,15 @@ TIMEOUT = 3.0
 
 
 def ask_sync(ctx: zmq.Context[Any], endpoints: list[str], command: str, args: dict[str, Any],
-             timeout: float) -> dict[str, ControlReply | str]:
+             timeout: float, security: Security | None = None) -> dict[str, ControlReply | str]:
     """Send one Control to each endpoint and gather the replies (or why there is
     none) until all answered or ``timeout``. ``web.*`` commands are answered later by
-    the node: they carry ``req`` and ``noreply``."""
+    the node: they carry ``req`` and ``noreply``. With keys, as the node."""
     req_id = uuid.uuid4().hex
     if command.startswith("web."):
         args = {**args, "req": req_id, "noreply": True}
-    return ControlClient(ctx).broadcast(endpoints, command, args, timeout, req_id=req_id)
+    return ControlClient(ctx, security or Security(None)).broadcast(endpoints, command, args, timeout,
+                                                                  req_id=req_id)
 
 
 class MeshAsker:
@@ -64,7 +66,8 @@ class MeshAsker:
         if not names:
             return {}
         eps = list(names.values())
-        replies = await asyncio.to_thread(ask_sync, self.ctx, eps, command, dict(args or {}), timeout)
+        replies = await asyncio.to_thread(ask_sync, self.ctx, eps, command, dict(args or {}), timeout,
+                                          self.node.security)
         out: dict[str, Any] = {}
         by_ep = {ep: name for name, ep in names.items()}
         for ep, r in replies.items():

@@ -593,6 +593,10 @@ class Host:
             argv += ["--peers", peers]
         if not mdns:
             argv.append("--no-mdns")
+        if "keys" not in flags and not self.cluster.env.get("MESH_KEYS"):
+            # a real address beyond loopback: without keys a node needs --insecure
+            # (docs/security.md); keyed clusters set MESH_KEYS in the cluster's env
+            flags = {**flags, "insecure": True}
         argv += _flag_args(flags)
         # setpriv: the node gets SIGKILL if the test process dies (this thread, in fact:
         # start nodes from the thread that lives as long as they should)

@@ -239,6 +239,18 @@ class NodeFactory:
         self.base_dir = base_dir
         self.control = control
         self.nodes: list[NodeProc] = []
+        self._keyed: dict[str, ControlClient] = {}    # key dir -> a control client with its admin key
+
+    def control_for(self, keys: str | None) -> ControlClient:
+        """The control client for nodes started with ``keys`` (an admin key of that dir)."""
+        if not keys:
+            return self.control
+        cc = self._keyed.get(str(keys))
+        if cc is None:
+            from mesh.security.curve import Security
+            from mesh.security.keys import ADMIN
+            cc = self._keyed[str(keys)] = ControlClient(security=Security.load(str(keys), ADMIN))
+        return cc
 
     def __call__(self, *, app: str = TASKS_MODULE, concurrency: int | None = 2, name: str | None = None,
                  ready_timeout: float = READY_TIMEOUT, mdns: bool = False,
@@ -258,7 +270,8 @@ class NodeFactory:
             with open(stderr_path, "wb") as err:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                         cwd=cwd or ROOT, env=node_env(env), start_new_session=True)
-            node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir, self.control, argv, env)
+            node = NodeProc(node_name, endpoint, proc, stderr_path, data_dir,
+                            self.control_for(flags.get("keys")), argv, env)
             node.cwd = cwd
             self.nodes.append(node)
             if self._wait_ready(node, ready_timeout):
@@ -280,7 +293,7 @@ class NodeFactory:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                     cwd=old.cwd or ROOT, env=node_env(old.env), start_new_session=True)
         node = NodeProc(name or old.name, old.endpoint, proc, old.stderr_path, old.data_dir,
-                        self.control, argv, old.env)
+                        old.control, argv, old.env)
         node.cwd = old.cwd
         self.nodes.append(node)
         if not self._wait_ready(node, ready_timeout):
@@ -310,6 +323,9 @@ class NodeFactory:
                 node.stop()
             except (OSError, psutil.Error, subprocess.SubprocessError) as e:   # stop the others too
                 errors.append(f"{node!r}: {type(e).__name__}: {e}")
+        for cc in self._keyed.values():
+            cc.close()
+        self._keyed.clear()
         if errors:
             raise RuntimeError("could not stop every node: " + "; ".join(errors))
 
@@ -327,8 +343,8 @@ class ClientHandle:
         self.app.close()
 
 
-def make_client_app(endpoints: list[str], tasks_module: ModuleType) -> ClientHandle:
-    app = Mesh("mesh-it-client", peers=endpoints, mdns=False)
+def make_client_app(endpoints: list[str], tasks_module: ModuleType, **options: Any) -> ClientHandle:
+    app = Mesh("mesh-it-client", peers=endpoints, mdns=False, **options)
     ns = SimpleNamespace()
     for task in tasks_module.app.tasks.values():
         if getattr(task.fun, "__module__", None) != tasks_module.__name__:

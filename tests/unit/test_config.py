@@ -24,7 +24,7 @@ def build(env: dict[str, str] | None = None, **kwargs: Any) -> Config:
 def test_defaults() -> None:
     c = build()
     assert c == Config()
-    assert c.bind == f"tcp://0.0.0.0:{DEFAULT_PORT}"
+    assert c.bind == f"tcp://127.0.0.1:{DEFAULT_PORT}"   # no keys: loopback
     assert c.peers == () and c.mdns is True and c.concurrency == 0
     assert c.max_message_size == DEFAULT_MAX_MESSAGE_SIZE
     assert c.loglevel == "INFO" and c.time_limit is None
@@ -71,7 +71,9 @@ def test_every_field_can_be_set_from_env() -> None:
               "events": "no", "http": "127.0.0.1:8080", "http_token": "t",
               "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": "0.5",
               "autoscale_max_cpu": "100", "async_concurrency": "7", "autoreload": "1",
-              "app": "proj.tasks:app", "queues": "reports,celery", "replicas": "1"}
+              "app": "proj.tasks:app", "queues": "reports,celery", "replicas": "1",
+              "keys": "/k", "key_name": "app", "insecure": "1", "quota_tasks": "9",
+              "quota_bytes": "4096", "max_eta": "10"}
     values["concurrency"] = "0"          # --autoscale and --concurrency exclude each other
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
@@ -86,7 +88,9 @@ def test_every_field_can_be_set_from_env() -> None:
         "events": False, "http": "127.0.0.1:8080", "http_token": "t",
         "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": 0.5,
         "autoscale_max_cpu": 100.0, "async_concurrency": 7, "autoreload": True,
-        "app": "proj.tasks:app", "queues": ("reports", "celery"), "replicas": 1}
+        "app": "proj.tasks:app", "queues": ("reports", "celery"), "replicas": 1,
+        "keys": "/k", "key_name": "app", "insecure": True, "quota_tasks": 9,
+        "quota_bytes": 4096, "max_eta": 10.0}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,6 +240,9 @@ def test_good_endpoints(ep: str) -> None:
 def test_bad_endpoints(ep: str) -> None:
     with pytest.raises(ConfigError, match="endpoint"):
         check_endpoint(ep)
+    if ep == "":                  # an empty bind is the default (loopback without keys)
+        assert build(bind=ep).bind == f"tcp://127.0.0.1:{DEFAULT_PORT}"
+        return
     with pytest.raises(ConfigError, match="endpoint"):
         build(bind=ep)
 
@@ -281,6 +288,13 @@ def test_without_a_name_the_data_dir_is_keyed_by_host_and_port(monkeypatch: pyte
     c = build(bind="tcp://127.0.0.1:7801")
     assert c.data_path == f"/srv/data/mesh/{socket.gethostname()}-port7801"
     assert build(bind="tcp://127.0.0.1:7802").data_path != c.data_path
+
+
+def test_default_bind_is_loopback_without_keys_and_every_interface_with_them() -> None:
+    assert build().bind == f"tcp://127.0.0.1:{DEFAULT_PORT}"
+    assert build(keys="/some/dir").bind == f"tcp://0.0.0.0:{DEFAULT_PORT}"
+    assert build(insecure=True).bind == f"tcp://0.0.0.0:{DEFAULT_PORT}"
+    assert build(keys="/k", bind="tcp://127.0.0.1:9").bind == "tcp://127.0.0.1:9"
 
 
 @pytest.mark.parametrize(("options", "error"), [

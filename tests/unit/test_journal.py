@@ -235,6 +235,66 @@ def test_a_schema_1_journal_is_upgraded_in_place(tmp_path: Path) -> None:
         j.close()
 
 
+def test_a_schema_2_journal_is_upgraded_to_a_rowid_table(tmp_path: Path) -> None:
+    # schema 2 kept tasks WITHOUT ROWID: a lookup near 16 MiB rows read their overflow
+    # pages (4 to 15 ms); in schema 3 the ids have an index of their own, and a lookup
+    # costs the same whatever the rows hold
+    d = tmp_path / "data"
+    d.mkdir()
+    db = sqlite3.connect(d / FILENAME)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '2');
+        CREATE TABLE tasks (task_id TEXT PRIMARY KEY, client BLOB NOT NULL, frame BLOB NOT NULL,
+            state TEXT NOT NULL, received REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE results (task_id TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
+            result BLOB NOT NULL, finished REAL NOT NULL);
+        CREATE TABLE revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+        INSERT INTO tasks VALUES ('open', x'63', x'66', 'RECEIVED', 2.0);
+        INSERT INTO tasks VALUES ('older', x'63', x'66', 'RECEIVED', 1.0);
+        INSERT INTO tasks VALUES ('done', x'63', x'66', 'RECEIVED', 1.5);
+        INSERT INTO results VALUES ('done', 'SUCCESS', x'72', 3.0);
+    """)
+    db.commit()
+    db.close()
+    j = Journal(str(d))
+    try:
+        assert [r.task_id for r in j.unfinished()] == ["older", "open"]
+        assert j.get("done") == ("SUCCESS", b"r")
+        assert not j.add("open", b"c", b"f", 3.0)        # ids stay unique
+        sql = j.db.execute("SELECT sql FROM sqlite_master WHERE name='tasks'").fetchone()[0]
+        assert "WITHOUT ROWID" not in sql and "UNIQUE" in sql
+        assert j.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+        plan = " ".join(str(r) for r in j.db.execute(
+            "EXPLAIN QUERY PLAN SELECT state FROM tasks WHERE task_id=?", ("x",)))
+        assert "USING INDEX" in plan                     # the id's own index, not the rows
+    finally:
+        j.close()
+
+
+def test_the_journal_and_its_data_dir_are_private(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir(mode=0o755)
+    (d / FILENAME).touch(mode=0o644)                    # an older node's file
+    j = Journal(str(d))
+    try:
+        j.add("t", b"c", b"f", 1.0)
+        j.commit()
+        assert oct(os.stat(d).st_mode & 0o777) == oct(0o700)
+        for f in d.iterdir():
+            assert oct(f.stat().st_mode & 0o777) == oct(0o600), f
+    finally:
+        j.close()
+
+
+def test_a_fresh_journal_keeps_tasks_in_a_rowid_table(sqlite_journal: Journal) -> None:
+    sql = sqlite_journal.db.execute("SELECT sql FROM sqlite_master WHERE name='tasks'").fetchone()[0]
+    assert "WITHOUT ROWID" not in sql
+    plan = " ".join(str(r) for r in sqlite_journal.db.execute(
+        "EXPLAIN QUERY PLAN SELECT state FROM tasks WHERE task_id=?", ("x",)))
+    assert "USING INDEX" in plan
+
+
 # ---- results of tasks another node ran (this node is their backup) -----------------
 
 def test_a_copied_result_is_served_and_keeps_the_id_from_running_again(journal: AnyJournal) -> None:
