@@ -268,6 +268,12 @@ class Node:
                             started.append(c)
                 except NodeStartError as e:
                     failed = e
+                    for c in reversed(started):    # stop what started (the children too)
+                        try:
+                            await self._call(c, "stop")
+                        except Exception:
+                            log.exception("stopping component %s after a failed start",
+                                          component_name(c))
                 else:
                     for sig in handled:
                         loop.add_signal_handler(sig, self.stop)

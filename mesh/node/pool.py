@@ -393,12 +393,14 @@ class Pool(PoolSize, PoolStop):
             how = describe_status(status)
         except ChildProcessError:
             how = "exited"
-        # what it wrote before it died is still in the socket: read it first
-        self._read_rest(child)
-        loop.remove_reader(child.sock.fileno())
-        if child.wbuf:
-            loop.remove_writer(child.sock.fileno())
-        child.sock.close()
+        fd = child.sock.fileno()
+        if fd >= 0:           # (closed already when the node failed to start: close())
+            # what it wrote before it died is still in the socket: read it first
+            self._read_rest(child)
+            loop.remove_reader(fd)
+            if child.wbuf:
+                loop.remove_writer(fd)
+            child.sock.close()
         self.children.pop(child.ident, None)
         self._not_idle(child)
         for handle in child.cancels.values():
