@@ -187,7 +187,7 @@ class Node:
         return task
 
     def load(self) -> list[int]:
-        return [self.pool.busy, self.pool.size, len(self.pool.queue)]
+        return [self.pool.busy, self.pool.size, self.pool.queued]
 
     def members(self) -> list[dict[str, Any]]:
         return self.gossip.members()

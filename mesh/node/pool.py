@@ -89,6 +89,43 @@ class Pool(PoolSize, PoolStop):
         order they would start in."""
         return self.squeue + self.aqueue if self.aqueue else self.squeue
 
+    @property
+    def queued(self) -> int:
+        """How many tasks wait for a slot (no list is built: the node's load, per pass)."""
+        return len(self.squeue) + len(self.aqueue)
+
+    def head(self, k: int) -> list[QueueItem]:
+        """The ``k`` queued tasks that would start next, in that order, in O(k log k)
+        whatever the queue's length (a walk down each heap from its root)."""
+        if k <= 0:
+            return []
+        out: list[QueueItem] = []
+        for q in (self.squeue, self.aqueue):
+            if not q:
+                continue
+            cand: list[tuple[QueueItem, int]] = [(q[0], 0)]
+            n = len(q)
+            taken = 0
+            while cand and taken < k:
+                item, i = heapq.heappop(cand)
+                out.append(item)
+                taken += 1
+                for j in (2 * i + 1, 2 * i + 2):
+                    if j < n:
+                        heapq.heappush(cand, (q[j], j))
+        if self.aqueue and self.squeue:
+            out.sort()
+            del out[k:]
+        return out
+
+    def discard(self, entries: set[int]) -> None:
+        """Take the queued tasks whose ``id(entry)`` is in ``entries`` out of the queue
+        (both heaps: plain and async tasks)."""
+        for q in (self.squeue, self.aqueue):
+            if q:
+                q[:] = [item for item in q if id(item[2]) not in entries]
+                heapq.heapify(q)
+
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
         """Start the children and supervise them until cancelled."""
