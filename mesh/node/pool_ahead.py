@@ -75,7 +75,8 @@ class PoolAhead:
         """After every free slot got a task: send queued ones ahead, one per eligible
         child in turn, while the queue stays at least as long as there are children."""
         sq = self.squeue
-        if self.threaded or self.stopping or not sq or not self.ahead_max:
+        n = len(self.children)
+        if len(sq) <= n or self.threaded or self.stopping or not self.ahead_max:
             return
         short = self._short
         kids = [c for c in self.children.values()
@@ -84,7 +85,6 @@ class PoolAhead:
                 and short.get(next(iter(c.running.values())).name, 0) >= SHORT_RUNS]
         if not kids:
             return
-        n = len(self.children)
         out: dict[int, list[bytes]] = {}
         while kids and len(sq) > n:
             entry = sq[0][2]
