@@ -243,15 +243,14 @@ def _tasks(tasks: tuple[Any, ...], what: str) -> tuple[Canvas, ...]:
 
 
 @dataclass(frozen=True, eq=True, init=False)
-class chain(Canvas):  # noqa: N801 (Celery's name)
-    """Tasks one after the other, each given the previous one's result first
-    (unless immutable). ``chain(a, b, c)`` is ``a | b | c``."""
+class _Tasks(Canvas):
+    """What a chain and a group share: their tasks, in order, and their options."""
     tasks: tuple[Canvas, ...]
     options: Mapping[str, Any]
-    subtask_type = "chain"
+    subtask_type = ""
 
     def __init__(self, *tasks: Any, **options: Any):
-        object.__setattr__(self, "tasks", _tasks(tasks, "chain"))
+        object.__setattr__(self, "tasks", _tasks(tasks, self.subtask_type))
         object.__setattr__(self, "options", _options(options))
 
     def _find_app(self) -> "Mesh | None":
@@ -261,37 +260,27 @@ class chain(Canvas):  # noqa: N801 (Celery's name)
         return self.apply_async(args, kwargs)
 
     def to_dict(self, compact: bool = False) -> dict[str, Any]:
-        return self._shape({"task": "mesh.chain", "args": [],
+        kind = self.subtask_type
+        return self._shape({"task": f"mesh.{kind}", "args": [],
                             "kwargs": {"tasks": [t.to_dict(compact) for t in self.tasks]},
-                            "options": self._opts_dict(compact), "subtask_type": "chain",
+                            "options": self._opts_dict(compact), "subtask_type": kind,
                             "immutable": False}, compact)
+
+
+@dataclass(frozen=True, eq=True, init=False)
+class chain(_Tasks):  # noqa: N801 (Celery's name)
+    """Tasks one after the other, each given the previous one's result first
+    (unless immutable). ``chain(a, b, c)`` is ``a | b | c``."""
+    subtask_type = "chain"
 
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks) or "chain()"
 
 
 @dataclass(frozen=True, eq=True, init=False)
-class group(Canvas):  # noqa: N801
+class group(_Tasks):  # noqa: N801
     """Tasks run in parallel; the result is the list of their results, in order."""
-    tasks: tuple[Canvas, ...]
-    options: Mapping[str, Any]
     subtask_type = "group"
-
-    def __init__(self, *tasks: Any, **options: Any):
-        object.__setattr__(self, "tasks", _tasks(tasks, "group"))
-        object.__setattr__(self, "options", _options(options))
-
-    def _find_app(self) -> "Mesh | None":
-        return self.app or next((t._find_app() for t in self.tasks if t._find_app()), None)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.apply_async(args, kwargs)
-
-    def to_dict(self, compact: bool = False) -> dict[str, Any]:
-        return self._shape({"task": "mesh.group", "args": [],
-                            "kwargs": {"tasks": [t.to_dict(compact) for t in self.tasks]},
-                            "options": self._opts_dict(compact), "subtask_type": "group",
-                            "immutable": False}, compact)
 
     def __len__(self) -> int:
         return len(self.tasks)

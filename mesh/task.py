@@ -6,6 +6,7 @@ define handlers (``on_success``, ``on_failure``, ``on_retry``, ``after_return``,
 ``before_start``), which run in the child that runs the task (mesh/trace.py). A task's
 options are, highest first: ``task_annotations``, the decorator's keywords, the class's
 attributes, the app's ``task_*`` settings (``task_acks_late``...), mesh's defaults.
+(Just over 500 lines: Celery's Task API is one class, and users read it as one.)
 """
 from __future__ import annotations
 

@@ -8,7 +8,12 @@ echo "test.sh: ruff (lint) and mypy --strict on mesh/"
 .venv/bin/python -m ruff check .
 .venv/bin/python -m mypy
 set +e
-.venv/bin/python -m pytest -m "not slow" "$@"
+workers="${MESH_TEST_WORKERS:-4}"
+if [ "$workers" = "0" ]; then
+    .venv/bin/python -m pytest -m "not slow" "$@"
+else
+    .venv/bin/python -m pytest -m "not slow" -n "$workers" --dist loadgroup "$@"
+fi
 rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "test.sh: pytest collected no tests: failing" >&2

@@ -10,6 +10,12 @@ Integration fixtures run the real programs (see tests/integration/harness.py):
 * ``raw_dealer``   -- ``raw_dealer(endpoint)``: a bare zmq DEALER for speaking garbage
 
 When a test fails, the stderr of the nodes it used is added to its report.
+
+The suite runs in parallel (pytest-xdist, ``-n``, scripts/test.sh): most tests wait on
+real processes, not on the CPU. Tests that browse or announce real mDNS on loopback
+see every node announced on this machine, so they run one after another on one
+worker (``xdist_group("mdns")``, with ``--dist loadgroup``); the membership
+simulations share one worker too, so that their cached measurements are made once.
 """
 from __future__ import annotations
 
@@ -90,6 +96,20 @@ def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
     for s in socks:
         s.close(linger=0)
     ctx.term()
+
+
+# modules that announce or browse real mDNS on the machine's loopback
+MDNS_MODULES = {"test_e2e_discovery.py", "test_e2e_mdns.py", "test_e2e_membership.py",
+                "test_e2e_routing.py", "test_discovery.py", "test_config.py",
+                "test_cluster_basic.py", "test_cluster_membership.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in MDNS_MODULES:
+            item.add_marker(pytest.mark.xdist_group("mdns"))
+        elif item.path.name == "test_membership_sim.py":     # measure() is cached per process
+            item.add_marker(pytest.mark.xdist_group("membership-sim"))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -22,6 +22,7 @@ from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
 from mesh.wire.protocol import Ack, Release, Submit, encode
+from mesh.workflow.builtins import user_tasks
 from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Intake(Component):
                 return
         task = node.app.tasks.get(msg.name)
         if task is None and msg.name != GROUP:
-            known = ", ".join(sorted(node.app.tasks)[:20])
+            known = ", ".join(user_tasks(node.app.tasks)[:20])
             node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=False,
                              reason="not registered")
             why = (f"task {msg.name!r} is not registered on node {node.name} (registered: "

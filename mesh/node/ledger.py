@@ -21,10 +21,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from mesh import states
+from mesh import signals, states
 from mesh.node import taskstate
 from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
 from mesh.node.journal import JournalError
+from mesh.task import Request
 from mesh.wire import codec
 from mesh.wire.protocol import Release, Result, Submit, decode, encode
 from mesh.workflow.plan import GROUP  # a group's coordinator: run by the node itself
@@ -311,11 +312,24 @@ class Ledger:
         else:                     # refused at intake: a stream of these must not flood the log
             self.faillog.warning("task %s %s: %s", task_id, state.lower(), message[:300])
         frame = self.failure(task_id, state, exc_type, message)
+        if state == states.REVOKED and not event.get("terminated"):
+            self._revoked_signal(task_id, name, bool(event.get("expired")))
         if held:
             self.finish(task_id, ident, state, frame, name, **event)
         else:
             self.counts[state] += 1
             self.node.front.reply(ident, frame)
+
+    def _revoked_signal(self, task_id: str, name: str, expired: bool) -> None:
+        """Celery's ``task_revoked``, in the node, for a task revoked or expired before
+        any child ran it (a child terminated with a signal it can catch sends its own,
+        ``terminated=True``: mesh/node/child.py). A receiver that raises is logged."""
+        sig = signals.task_revoked
+        if not sig.has_receivers():
+            return
+        task = self.node.app.tasks.get(name)
+        req = Request(id=task_id, task=name, hostname=self.node.name)
+        sig.send(sender=task, request=req, terminated=False, signum=None, expired=expired)
 
     # -- retry ------------------------------------------------------------------------
     def retry(self, entry: Entry, result_frame: bytes, countdown: float) -> None:

@@ -56,6 +56,7 @@ from mesh.security.curve import Security
 from mesh.web.commands import History, HistoryService
 from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
+from mesh.workflow.builtins import user_tasks
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -241,7 +242,7 @@ class Node:
             "unauthorized_frames": self.front.unauthorized,
             "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
             "key_reloads": getattr(self.by_name.get("keys"), "reloads", 0),
-            "registered": sorted(self.app.tasks), "app": self.app.origin or self.app.main,
+            "registered": user_tasks(self.app.tasks), "app": self.app.origin or self.app.main,
             **self.routing.status(), "mesh_rate_limits": self.limits.status(),
             "components": [component_name(x) for x in self.components],
             **(self.replicas.status() if self.replicas.started else {}),
@@ -272,7 +273,7 @@ class Node:
                     for sig in handled:
                         loop.add_signal_handler(sig, self.stop)
                     log.info("node %s ready on %s: %d children, tasks: %s", self.name,
-                             self.address, self.pool.size, ", ".join(sorted(self.app.tasks)) or "(none)")
+                             self.address, self.pool.size, ", ".join(user_tasks(self.app.tasks)) or "(none)")
                     self.ready.set()
                     signals.worker_ready.send(sender=NodeView(self))
                     await self._stop.wait()

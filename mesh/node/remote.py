@@ -59,6 +59,7 @@ from mesh.wire.control import (
     to_payload,
 )
 from mesh.wire.protocol import PROTOCOL_VERSION, Control, ControlReply, Submit, decode, encode
+from mesh.workflow.builtins import user_tasks
 
 if TYPE_CHECKING:
     from mesh.node.ledger import Entry
@@ -273,8 +274,8 @@ def registered(state: ControlState, req: Any) -> list[RegisteredTask]:
     """The tasks this node runs, with their limits."""
     node = state.node
     out = []
-    for name, task in sorted(node.app.tasks.items()):
-        o = task.options
+    for name in user_tasks(node.app.tasks):
+        o = node.app.tasks[name].options
         bucket = node.pool.limits.get(name)
         soft, hard = node.control.time_limits.get(name, (o.soft_time_limit, o.time_limit))
         out.append(RegisteredTask(name, bucket.rate if bucket else None, hard, soft,

@@ -3,6 +3,10 @@ on a second node, the task's *backup*, chosen by rendezvous hashing over the ali
 members (mesh/rendezvous.py). Then the loss of any one machine, for good, loses no
 accepted task and no result, even when the submitter exited long ago.
 
+(This module is the holder's side and the batching; what a backup keeps and does when
+a holder dies is mesh/node/copies.py. It stays one module of ~590 lines because the
+holder's send, confirm and resend paths share one in-flight state per backup.)
+
 Holder side (this node holds the task):
 
 * ``accepted``: after ``COPY_DELAY`` (2 ms) a copy goes to the backup in a REPLICATE;

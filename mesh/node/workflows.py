@@ -433,4 +433,5 @@ class Workflows(Component):
         return {"workflow_groups": len(self.groups.groups), "workflow_steps_started": c["started"],
                 "workflow_deduplicated": c["deduplicated"],
                 "workflow_duplicate_reports": c["duplicate_reports"],
-                "workflow_redriven": c["redriven"], "workflow_chord_errors": c["chord_errors"]}
+                "workflow_redriven": c["redriven"], "workflow_chord_errors": c["chord_errors"],
+                "workflow_pull_rounds": c["pull_rounds"]}

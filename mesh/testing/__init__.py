@@ -1,6 +1,7 @@
 """Test helpers: a node's components run in the test's own process and event loop
-(``running_node``), with a solo pool instead of forked children (``SoloPool``)."""
-from mesh.testing.node import SoloExecutor, running_node, solo_components
+(``running_node``), with a solo pool instead of forked children (``SoloPool``);
+``until`` waits in the loop for a condition."""
+from mesh.testing.node import SoloExecutor, running_node, solo_components, until
 from mesh.testing.solo import SoloPool
 
-__all__ = ["SoloExecutor", "SoloPool", "running_node", "solo_components"]
+__all__ = ["SoloExecutor", "SoloPool", "running_node", "solo_components", "until"]

@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.config import Config
@@ -102,3 +103,15 @@ async def crash(node: Node) -> None:
     hooks, no goodbye to the mesh (its loops are cancelled, its sockets closed)."""
     node.crash()
     await node.finished()
+
+
+async def until(pred: Callable[[], Any], what: str, timeout: float = 10.0,
+                interval: float = 0.002) -> Any:
+    """Wait in the event loop until ``pred()`` is true, and return it; AssertionError
+    naming ``what`` after ``timeout`` seconds. For tests with ``running_node``."""
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)
+    return value

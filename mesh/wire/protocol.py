@@ -1,5 +1,10 @@
 """The wire protocol: one frozen dataclass per message type, one encode/decode pair.
 
+(Longer than most modules, on purpose: it is the whole wire format in one place, the
+code twin of docs/protocol.md, which tests/unit/test_protocol_doc.py checks against
+it message by message. Each message is a small dataclass with its checks; splitting
+them by plane would scatter the one table a reader of the protocol needs.)
+
 Every protocol message is one ZeroMQ frame holding a msgpack array::
 
     [version, type, field0, field1, ...]

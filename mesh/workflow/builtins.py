@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 NAMES = ("mesh.map", "mesh.starmap")
 
 
+def user_tasks(tasks: Mapping[str, Any]) -> list[str]:
+    """The names of an app's own tasks, sorted: what ``status`` and ``inspect
+    registered`` show, like Celery's, which leaves out its ``celery.*`` builtins."""
+    return sorted(n for n in tasks if n not in NAMES)
+
+
 def _target(self: Any, task: Any) -> Any:
     name = task.get("task") if isinstance(task, Mapping) else task
     fn = self.app.tasks.get(name) if isinstance(name, str) else None

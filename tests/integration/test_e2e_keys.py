@@ -362,3 +362,30 @@ def test_copies_and_takeover_in_a_keyed_mesh(start_node: NodeFactory, make_clien
     got = [reader.app.AsyncResult(r.id).get(timeout=60) for r in held]
     assert got == ["opened"] * 2 + [i + 100 for i in range(10)]
     assert b.status()["taken_over"] >= 2
+
+
+def test_workflows_across_a_keyed_mesh(start_node: NodeFactory, tmp_path: Path) -> None:
+    """A chord's members on one node report to its coordinator on the other over the
+    node-to-node plane, which speaks CurveZMQ in a keyed mesh; a client key may read a
+    group's states (wf.states) from every node."""
+    from mesh import Mesh, chain, chord, group, signature
+    d = str(tmp_path / "k")
+    keys.init(d)
+    a = start_node(app="wf_app", keys=d, name="wa", concurrency=1, profile="test")
+    b = start_node(app="wf_app", keys=d, name="wb", concurrency=1, profile="test",
+                   peers=a.endpoint)
+    wait_until(lambda: {m["node"] for m in a.request("members").payload  # type: ignore[union-attr]
+                        if m["state"] == "alive"} == {"wa", "wb"}, what="the keyed mesh")
+    with Mesh("wf-keyed", peers=[a.endpoint, b.endpoint], mdns=False, keys=d) as app:
+        def s(*args: Any) -> Any:
+            return signature("wf.add", args, app=app)
+        c = chord((s(i, i) for i in range(60)), signature("wf.tsum", app=app)).apply_async()
+        g = group(s(i, 1) for i in range(20)).apply_async()
+        r = chain(s(1, 1), s(10), s(100)).apply_async()
+        assert c.get(timeout=90) == 2 * sum(range(60))
+        assert r.get(timeout=90) == 112
+        assert g.get(timeout=90) == [i + 1 for i in range(20)]
+        assert g.ready() and g.completed_count() == 20        # wf.states, as a client key
+    assert a.status()["succeeded"] > 0 and b.status()["succeeded"] > 0   # both ran members
+    # every member's report reached its coordinator: it never had to ask where they were
+    assert a.status()["workflow_pull_rounds"] == b.status()["workflow_pull_rounds"] == 0

@@ -7,6 +7,7 @@ import collections
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,35 @@ def test_task_revoked_fires_in_the_child_terminated_with_sigterm(
     # the child died of it (no clean shutdown), and a new one took over
     assert pre["pid"] not in {r["pid"] for r in records(records_dir, "worker_process_shutdown")}
     assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
+
+
+def test_task_revoked_fires_in_the_node_for_a_queued_task_revoked_or_expired(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """A task revoked or expired before any child ran it: the node sends task_revoked
+    (terminated False; expired True for the expired one), as Celery's worker does."""
+    node = signal_node(start_node, tmp_path, concurrency=1)
+    t = make_client(node).tasks
+    gate = tmp_path / "gate"
+    blocker = t.wait_for_file.delay(str(gate))
+    one(tmp_path, "task_prerun", blocker.id)                    # the one child is busy
+    queued = t.add.delay(1, 2)
+    expires_at = time.time() + 1.0
+    expiring = t.add.apply_async((3, 4), expires=1.0)
+    wait_until(lambda: node.status()["queued"] == 2, what="two tasks queued behind the gate")
+    queued.revoke()
+    with pytest.raises(TaskRevokedError):
+        queued.get(timeout=RESULT_TIMEOUT)
+    rev = one(tmp_path, "task_revoked", queued.id)
+    assert (rev["pid"], rev["sender"], rev["terminated"], rev["signum"], rev["expired"]) == \
+        (node.proc.pid, "tasks_app.add", False, None, False)
+    wait_until(lambda: time.time() > expires_at, what="the second task's expiry to pass")
+    gate.touch()                                   # the expired one is dropped, never run
+    assert blocker.get(timeout=RESULT_TIMEOUT) == "opened"
+    with pytest.raises(TaskRevokedError):
+        expiring.get(timeout=RESULT_TIMEOUT)
+    rev = one(tmp_path, "task_revoked", expiring.id)
+    assert (rev["pid"], rev["terminated"], rev["expired"]) == (node.proc.pid, False, True)
+    assert not [r for r in records(tmp_path, "task_prerun") if r["task_id"] in (queued.id, expiring.id)]
 
 
 def test_a_receiver_that_raises_is_logged_and_the_task_still_succeeds(

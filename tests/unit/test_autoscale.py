@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mesh import Mesh
+from mesh import Mesh, testing
 from mesh.node.autoscale import Autoscaler, PoolSample, decide
 from mesh.testing import running_node
 
@@ -70,12 +70,7 @@ def add(x: int, y: int) -> int:
 
 
 async def until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
-    return value
+    return await testing.until(pred, what, timeout, interval=0.002)
 
 
 def test_the_autoscaler_grows_the_pool_for_waiting_tasks_and_shrinks_it_after_the_keepalive() -> None:

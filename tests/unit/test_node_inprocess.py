@@ -13,7 +13,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mesh import Mesh, states
+from mesh import Mesh, states, testing
 from mesh.exceptions import TaskRevokedError
 from mesh.node.node import Node
 from mesh.testing import running_node
@@ -43,12 +43,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
-    return value
+    return await testing.until(pred, what, timeout, interval=0.002)
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from mesh import Mesh
+from mesh import Mesh, testing
 from mesh.exceptions import MeshError, NotRegistered
 from mesh.node.node import Node
 from mesh.testing import running_node
@@ -56,12 +56,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def until(pred: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-    return value
+    return await testing.until(pred, what, timeout, interval=0.005)
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mesh import Mesh, chain, chord, group, signature, states
+from mesh import Mesh, chain, chord, group, signature, states, testing
 from mesh.exceptions import ChordError, TaskRevokedError
 from mesh.node.node import Node
 from mesh.task import Request
@@ -65,12 +65,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def until(pred: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-    return value
+    return await testing.until(pred, what, timeout, interval=0.005)
 
 
 @asynccontextmanager
