@@ -5,7 +5,11 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
 * ``on_replicate``: task copies are kept in memory (``frames``), results in the
   journal (``Journal.copy_result``, expiring like our own). Acknowledged at the end of
   the loop pass (``flush_acks``); the journal commits with the node's next commit,
-  within 2 ms.
+  within 2 ms. Copies from a holder this node has declared dead (late, after a
+  partition) are not kept: it sends them again once it is alive again.
+* A copy of a task this node holds itself (its owner sent it here when its holder
+  died) is never run as a copy; it goes when the task runs here (``forget_copy``) or
+  goes to a node other than that holder (``handed_on``).
 * ``check_holders``: a holder declared dead has its copies without a result run here
   (``take_over``); a holder that left is given ``LEFT_GRACE`` plus our shutdown
   timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``.
@@ -57,6 +61,7 @@ class Copies:
         self._acks: list[tuple[str, bytes]] = []   # (holder address, REPLICATE_ACK) to send
         self.taken_over = 0
         self._badlog = _RateLimitedLog("refused copies")
+        self._deadlog = _RateLimitedLog("copies from dead holders", burst=3)
 
     @property
     def node(self) -> "Node":
@@ -77,6 +82,15 @@ class Copies:
         if member is None or member.address != msg.source_addr or msg.source == node.name:
             self._badlog.warning("refused copies from %r at %r: not a member at that address",
                                  msg.source[:100], msg.source_addr[:100])
+            return
+        if member.state == MemberState.DEAD:
+            # sent before we declared it dead (a partition healing delivers them late):
+            # its copies here were run already, its owners sent its tasks to their
+            # backups, and these would be run at the next check too, while it runs them
+            # itself. Not acknowledged: it sends them again once it is alive for us.
+            self._deadlog.warning("copies from %s, which this node has declared dead, not "
+                                  "kept (it sends them again once it is alive again)",
+                                  msg.source[:100])
             return
         journal, now = node.journal, time.time()
         held = node.ledger.held
@@ -107,8 +121,19 @@ class Copies:
         self.copies_of.setdefault(holder, set()).add(tid)
 
     def forget_copy(self, tid: str) -> None:
-        """The task is this node's own now (handed here): no longer a copy."""
+        """The task is this node's own now (handed here), or it ran here: no longer a
+        copy."""
         self._unkeep(tid)
+
+    def handed_on(self, tid: str, to: str | None) -> None:
+        """A task this node held went to node ``to`` (None: back to its owner). A copy
+        of it kept here for another holder goes too, unless ``to`` is that holder (it
+        holds the task again, with this node as its backup). Kept, it would run here
+        when that holder is declared dead, while the node it went to runs it too: the
+        owner sends a dead holder's task to its backup, which may shed it on (a third
+        run after a partition: holder, backup's receiver, backup)."""
+        if self.holder_of.get(tid) not in (None, to):
+            self._unkeep(tid)
 
     def _unkeep(self, tid: str) -> None:
         holder = self.holder_of.pop(tid, None)

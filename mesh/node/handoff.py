@@ -17,10 +17,16 @@ and runs them when it starts again.
 Where tasks go when the node stops: to each task's backup (it has the copy already,
 and it is where the owner would resend it), else to the least loaded alive peer with
 the same tasks registered.
+
+A task handed on is remembered for ``MOVED_TTL`` seconds: an owner that sends it here
+again meanwhile is answered MOVED, and follows it. (The owner of a task this node
+took over, as the backup of its dead holder, is not known here: it sends the task to
+this node, its backup, a moment later; accepted again, the task would run twice.)
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import itertools
@@ -46,6 +52,8 @@ HANDOFF_TIMEOUT = 1.0    # s a HANDOFF waits for its answer before it is sent ag
 TRIES = 3                # sends of one HANDOFF to one receiver before trying elsewhere
 TICK = 0.1
 BATCH_BYTES = 4 * 1024 * 1024
+MOVED_TTL = 30.0         # s a task handed on is remembered (an owner sending it here follows)
+MOVED_MAX = 100_000      # tasks remembered at most
 STOP_REASON = "node is shutting down"
 
 
@@ -77,6 +85,9 @@ class Handoffs(Component):
         self._spread = itertools.count()
         self.handed = self.received = self.kept = 0
         self._badlog = _RateLimitedLog("refused handoffs")
+        # task id -> (when, its node, that node's address, why): handed on lately
+        self._moved: collections.OrderedDict[str, tuple[float, str, str, str]] = \
+            collections.OrderedDict()
 
     @classmethod
     def inert(cls, node: "Node") -> "Handoffs":
@@ -182,9 +193,15 @@ class Handoffs(Component):
         moved = [out.entries[t] for t in msg.accepted if t in out.entries]
         moved = [e for e in moved if ledger.held.get(e.task_id) is e]   # still ours
         if moved:
-            ledger.forget(moved)               # the copies at our backup go with them
+            ledger.forget(moved, msg.node)     # the copies at our backup go with them
             self.handed += len(moved)
             address = msg.address if msg.address.startswith("tcp://") else out.address
+            now = time.monotonic()
+            for e in moved:
+                self._moved[e.task_id] = (now, msg.node, address, out.reason)
+                self._moved.move_to_end(e.task_id)
+            while len(self._moved) > MOVED_MAX:
+                self._moved.popitem(last=False)
             by_owner: dict[bytes, list[str]] = {}
             for e in moved:
                 if e.client:
@@ -224,6 +241,20 @@ class Handoffs(Component):
             for out in self._out.values():
                 if out.target == m.id:
                     out.refused_by |= refused_by
+
+    def moved_to(self, task_id: str) -> Moved | None:
+        """The MOVED that answers an owner sending ``task_id`` here again, if this node
+        handed it on within MOVED_TTL seconds (see the module docstring)."""
+        moved = self._moved.get(task_id)
+        if moved is None or time.monotonic() - moved[0] > MOVED_TTL:
+            return None
+        _, target, address, reason = moved
+        return Moved([task_id], self.node.name, address, target, reason)
+
+    def taken_back(self, task_id: str) -> None:
+        """The task is held here again (handed back, taken over): no longer moved."""
+        if self._moved:
+            self._moved.pop(task_id, None)
 
     # -- receiving --------------------------------------------------------------------
     def on_handoff(self, msg: Handoff) -> None:
@@ -321,6 +352,9 @@ class Handoffs(Component):
                 log.exception("handoff check failed")
 
     def _check(self, now: float) -> None:
+        moved = self._moved
+        while moved and now - next(iter(moved.values()))[0] > MOVED_TTL:
+            moved.popitem(last=False)
         for bid in [b for b, o in self._out.items() if now - o.at > HANDOFF_TIMEOUT]:
             out = self._out[bid]
             ledger = self.node.ledger

@@ -3,7 +3,8 @@
 A task is refused (revoked, another queue, not registered, journal failing, over its
 sender's quota or its eta too far ahead) with a clear answer,
 answered from the journal (finished here already), recognised (a resend of a task
-held here), or accepted into the ledger. Every SUBMIT of a loop pass is acknowledged
+held here), answered MOVED (handed on lately: mesh/node/handoff.py), or accepted into
+the ledger. Every SUBMIT of a loop pass is acknowledged
 in one ACK per peer at the end of the pass (``flush_acks``), after the journal has
 committed the pass, and only for tasks still held then (a RESULT implies the ACK);
 with two copies, a task's ACK waits until its backup has confirmed the copy
@@ -59,6 +60,10 @@ class Intake(Component):
         held = ledger.held.get(tid)
         if held is not None:           # a resend of a task we already hold
             ledger.move(held, ident)   # its owner may have reconnected through another link
+            return
+        moved = node.handoff.moved_to(tid)
+        if moved is not None:          # handed on lately (taken over, then shed): follow it
+            front.reply(ident, encode(moved))
             return
         if tid in node.control.revoked:
             ledger.fail(ident, tid, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)

@@ -137,6 +137,7 @@ class Ledger:
         if "wf" in headers or entry.name == GROUP:
             entry.wf = headers
         self.node.replicas.accepted(entry, msg)  # a copy to the backup; replies wait for it
+        self.node.handoff.taken_back(entry.task_id)
         ev = self.node.events
         if msg is not None and "sent_at" in msg.headers and ev.wants("task-sent"):
             sent = sent_fields(entry.task_id, entry.name, msg)     # the client opted in
@@ -365,13 +366,13 @@ class Ledger:
             node.pool.submit(entry)
 
     # -- release, forget --------------------------------------------------------------
-    def forget(self, entries: list[Entry]) -> None:
-        """These tasks are no longer ours (handed to another node, or given back
+    def forget(self, entries: list[Entry], to: str | None = None) -> None:
+        """These tasks are no longer ours (handed to node ``to``, or given back
         unstarted): out of the ledger, out of the journal, their copies dropped."""
         for e in entries:
             self.drop(e.task_id)
             self.watchers.pop(e.task_id, None)
-        self.node.replicas.forgotten(e.task_id for e in entries)
+        self.node.replicas.forgotten((e.task_id for e in entries), to)
         if entries:
             try:
                 self.node.journal.remove(e.task_id for e in entries)

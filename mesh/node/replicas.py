@@ -209,7 +209,8 @@ class Replicas(Component):
         ``result_frame`` None: the task keeps no result (ignore_result); its copy goes,
         and nothing waits for the backup. ``hold``: keep it until ``release`` (a
         workflow's step: see there)."""
-        if not self.enabled:
+        self.copies.forget_copy(task_id)     # it ran here: a copy kept for another holder
+        if not self.enabled:                 # must not run it again (mesh/node/copies.py)
             return ""
         if result_frame is None:
             self.forgotten([task_id])
@@ -254,9 +255,12 @@ class Replicas(Component):
         for t in list(waiting):
             self.after_copy(t, functools.partial(go, t))
 
-    def forgotten(self, task_ids: Iterable[str]) -> None:
-        """Tasks that are no longer ours (handed on, given back): drop their copies."""
+    def forgotten(self, task_ids: Iterable[str], to: str | None = None) -> None:
+        """Tasks that are no longer ours (handed on to node ``to``, given back): drop
+        their copies (and a copy of them this node kept for another holder, unless
+        ``to`` is that holder: ``Copies.handed_on``)."""
         for tid in task_ids:
+            self.copies.handed_on(tid, to)
             backup = self._untrack(tid)
             if backup:
                 batch = self._queue(backup)

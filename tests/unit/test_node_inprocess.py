@@ -15,11 +15,13 @@ import zmq.asyncio
 
 from mesh import Mesh, states, testing
 from mesh.exceptions import TaskRevokedError
+from mesh.membership import MemberState
 from mesh.node.node import Node
+from mesh.rendezvous import backup_for
 from mesh.testing import running_node
 from mesh.testing.node import crash
 from mesh.wire import codec
-from mesh.wire.protocol import Moved, Release, Result, Submit, decode, encode
+from mesh.wire.protocol import Ack, Moved, Release, Replicate, Result, Submit, decode, encode
 
 T = TypeVar("T")
 
@@ -36,6 +38,11 @@ def flaky(self: Any, n: int) -> int:
     if self.request.retries < n:
         raise self.retry(countdown=0)
     return int(self.request.retries)
+
+
+@app.task(name="fast.forget", ignore_result=True)
+def forget(x: int) -> int:
+    return x
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -228,4 +235,140 @@ def test_a_node_alone_does_not_walk_its_held_tasks_looking_for_backups() -> None
             a.replicas.check_members(time.monotonic())
             assert a.replicas.by_backup.get("") is single        # not taken apart and rebuilt
             # (that they get a backup once a peer is alive: test_e2e_handoff.py)
+    run(main())
+
+
+def _later(task_id: str) -> bytes:
+    """A task due in a minute: it waits on its node (not shed, not run) until handed."""
+    return encode(Submit(task_id=task_id, name="fast.add", payload=codec.dump_call((1, 1), None),
+                         eta=time.time() + 60))
+
+
+def _state(node: Node, member: str) -> MemberState | None:
+    m = node.membership.member(member)
+    return m.state if m is not None else None
+
+
+@pytest.mark.parametrize("to", ["other", "holder"])
+def test_a_backup_that_hands_on_a_task_its_owner_sent_it_keeps_no_copy_to_run(to: str) -> None:
+    # The owner of a task whose holder was declared dead sends it to the task's backup
+    # (the client's failover), which keeps a copy of it too; the backup then hands it
+    # on. To another node: when the holder is declared dead, the backup must not run
+    # its copy (that node runs it: the cluster chaos test saw such tasks run three
+    # times, on the holder cut off, on the node the backup shed it to, and on the
+    # backup). Back to the holder (it still held it: a partition healed): the copy
+    # stays, and runs on the backup if the holder dies after all.
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False) as h, \
+                running_node(app, name="backup", autorun=False, peers=[h.address]) as b, \
+                running_node(app, name="other", autorun=False, peers=[h.address]) as o, \
+                dealer(h) as to_h, dealer(b) as to_b:
+            nodes = {"holder": h, "backup": b, "other": o}
+            await until(lambda: all(len(n.membership.alive_members()) == 3 for n in nodes.values()),
+                        "the three to meet")
+            tid = next(t for t in (f"c-{i}" for i in range(100))
+                       if backup_for(t, ["backup", "other"], "holder") == "backup")
+            await to_h.send(_later(tid))
+            await until(lambda: b.replicas.copies.holder_of.get(tid) == "holder",
+                        "the backup to keep the copy")
+            await to_b.send(_later(tid))             # the owner's failover, same id
+            await frames_until(to_b, lambda g: any(isinstance(m, Ack) for m in g))
+            entry, target = b.pool.remove(tid), b.membership.member(to)
+            assert entry is not None and target is not None
+            assert b.handoff.hand([entry], "test", target) == 1   # as shedding does
+            await until(lambda: tid not in b.ledger.held, f"b to hand it to {to}")
+            assert b.journal.get(tid) is None and tid in nodes[to].ledger.held
+            await crash(h)
+            await until(lambda: _state(b, "holder") == MemberState.DEAD,
+                        "b to declare the holder dead")
+            b.replicas.copies.check_holders(time.monotonic())
+            if to == "other":       # held by other: never run here as well
+                assert b.replicas.copies.taken_over == 0 and tid not in b.ledger.held
+            else:                   # the holder held it alone: its backup runs it
+                assert b.replicas.copies.taken_over == 1 and tid in b.ledger.held
+    run(main())
+
+
+@pytest.mark.parametrize("replicas", [2, 1])
+def test_a_backup_that_ran_a_task_its_owner_sent_it_does_not_run_its_copy_again(replicas: int) -> None:
+    # as above, the backup running the task itself: one that keeps no result
+    # (ignore_result) leaves nothing in the journal to say it ran here (and a node
+    # with --replicas 1 still keeps the copies others send it)
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False) as h, \
+                running_node(app, name="backup", peers=[h.address], replicas=replicas) as b, \
+                dealer(h) as to_h, dealer(b) as to_b:
+            await until(lambda: len(b.membership.alive_members()) == 2, "the two to meet")
+            tid = "forgotten-1"
+            await to_h.send(submit(tid, "fast.forget", (7,)))
+            await until(lambda: b.replicas.copies.holder_of.get(tid) == "holder",
+                        "the backup to keep the copy")
+            await to_b.send(submit(tid, "fast.forget", (7,)))    # the owner's failover
+            await until(lambda: b.pool.ran == 1, "b to run it")
+            await crash(h)
+            await until(lambda: _state(b, "holder") == MemberState.DEAD,
+                        "b to declare the holder dead")
+            b.replicas.copies.check_holders(time.monotonic())
+            assert b.replicas.copies.taken_over == 0 and tid not in b.ledger.held
+    run(main())
+
+
+def test_an_owner_sending_a_task_its_backup_took_over_and_handed_on_follows_it() -> None:
+    # The backup takes over the tasks of a dead holder, and sheds some at once; their
+    # owner, told of the death a moment later, sends them to the backup: it must not
+    # run them again (it no longer holds them) but answer MOVED, to where they went.
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False) as h, \
+                running_node(app, name="backup", autorun=False, peers=[h.address]) as b, \
+                running_node(app, name="other", autorun=False, peers=[h.address]) as o, \
+                dealer(h) as to_h, dealer(b) as to_b:
+            nodes = (h, b, o)
+            await until(lambda: all(len(n.membership.alive_members()) == 3 for n in nodes),
+                        "the three to meet")
+            tid = next(t for t in (f"m-{i}" for i in range(100))
+                       if backup_for(t, ["backup", "other"], "holder") == "backup")
+            await to_h.send(_later(tid))
+            await until(lambda: b.replicas.copies.holder_of.get(tid) == "holder",
+                        "the backup to keep the copy")
+            await crash(h)
+            await until(lambda: _state(b, "holder") == MemberState.DEAD,
+                        "b to declare the holder dead")
+            b.replicas.copies.check_holders(time.monotonic())
+            assert tid in b.ledger.held                  # taken over
+            await until(lambda: tid in b.pool.scheduled, "it to wait in b's pool")
+            entry, target = b.pool.remove(tid), b.membership.member("other")
+            assert entry is not None and target is not None
+            assert b.handoff.hand([entry], "shed", target) == 1
+            await until(lambda: tid not in b.ledger.held and tid in o.ledger.held,
+                        "b to hand it to other")
+            await to_b.send(_later(tid))                 # the owner's failover
+            got = await frames_until(to_b, lambda g: bool(g))
+            assert [type(m) for m in got] == [Moved], got
+            assert got[0].task_ids == [tid] and got[0].target == o.address
+            assert got[0].target_node == "other"
+            assert tid not in b.ledger.held and b.journal.get(tid) is None
+    run(main())
+
+
+def test_copies_from_a_holder_declared_dead_are_not_kept() -> None:
+    # A partition heals: frames the cut-off holder sent meanwhile arrive late. Its
+    # backup has declared it dead (its copies run already; its owners sent its tasks
+    # to their backups): copies it sent then must not be kept, else they run at the
+    # next check while the holder, alive, runs them too.
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False) as h, \
+                running_node(app, name="backup", autorun=False, peers=[h.address]) as b, \
+                dealer(b) as s:
+            await until(lambda: len(b.membership.alive_members()) == 2, "the two to meet")
+            address = h.address
+            await crash(h)
+            await until(lambda: _state(b, "holder") == MemberState.DEAD,
+                        "b to declare the holder dead")
+            await s.send(encode(Replicate("late-1", "holder", address, ["late-task"],
+                                          [_later("late-task")])))
+            await s.send(submit("after"))           # handled after it: then it was seen
+            await frames_until(s, lambda g: any(isinstance(m, Ack) for m in g))
+            b.replicas.copies.check_holders(time.monotonic())
+            assert "late-task" not in b.replicas.copies.holder_of
+            assert "late-task" not in b.ledger.held and b.replicas.copies.taken_over == 0
     run(main())
