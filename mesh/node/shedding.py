@@ -1,6 +1,7 @@
 """Shedding: queued tasks move to peers with room when they wait here too long.
 
-Every ``SHED_INTERVAL``, if the oldest queued task has waited more than ``SHED_AFTER``
+Every ``SHED_INTERVAL``, if the oldest of the next ``HEAD_LOOK`` queued tasks (those that
+would start next) has waited more than ``SHED_AFTER``
 and no child is idle, the tasks that would start next go to peers whose gossiped load
 shows room and that take them: of our mesh, serving the task's queue, with its name
 registered (the meta says; mesh/capabilities.py). They go node to node
@@ -11,7 +12,6 @@ never needed.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ log = logging.getLogger("mesh.node")
 
 SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a peer with room
 SHED_INTERVAL = 0.05
+HEAD_LOOK = 64         # queued tasks (those that start next) whose age decides shedding
 MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
 REASON = "shed to a node with room"
 
@@ -70,9 +71,11 @@ class Shedder(Component):
         were sent."""
         node = self.node
         pool, ms = node.pool, node.membership
-        if not pool.queue or pool.idle or node.stopping:
+        if not pool.queued or pool.idle or node.stopping:
             return 0
-        if now - min(e.received for _, _, e in pool.queue) < SHED_AFTER:
+        # the oldest of the tasks that would start next (not a scan of the whole queue:
+        # this runs every SHED_INTERVAL, and a backlog may be a million tasks long)
+        if now - min(e.received for _, _, e in pool.head(HEAD_LOOK)) < SHED_AFTER:
             return 0
         rooms: list[_Room] = []
         for m in ms.alive_members(include_self=False):
@@ -95,7 +98,7 @@ class Shedder(Component):
         # a task's queue matters only if some peer does not take every queue
         by_queue = any(from_meta(r.member.meta).queues is not None for r in rooms)
         # the tasks that would start next, each to the first peer with room that takes it
-        for item in heapq.nsmallest(sum(r.left for r in rooms), pool.queue):
+        for item in pool.head(sum(r.left for r in rooms)):
             entry = item[2]
             queue = self._queue_of(entry) if by_queue else ""
             for r in rooms:
@@ -108,8 +111,7 @@ class Shedder(Component):
                 break
         if not chosen:
             return 0
-        pool.queue[:] = [item for item in pool.queue if id(item[2]) not in chosen]
-        heapq.heapify(pool.queue)
+        pool.discard(chosen)       # from both heaps (async tasks' too)
         for r in rooms:
             taken = len(moved.get(r.member.id, ()))
             if taken:
