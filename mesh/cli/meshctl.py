@@ -39,11 +39,29 @@ class _Meshctl(click.Group):
     type: a ``--json`` after the command is taken as meshctl's."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--json" in args[1:]:
-            cut = args.index("--") if "--" in args else len(args)
-            if "--json" in args[:cut]:
-                args = ["--json"] + [a for i, a in enumerate(args) if a != "--json" or i >= cut]
+        cut = args.index("--") if "--" in args else len(args)
+        if "--json" in args[1:cut] and not self._own_json(args[:cut]):
+            args = ["--json"] + [a for i, a in enumerate(args) if a != "--json" or i >= cut]
         return super().parse_args(ctx, args)
+
+    def _own_json(self, args: list[str]) -> bool:
+        """Whether the command named in ``args`` has a ``--json`` of its own
+        (``meshctl keys list --json``): then it is left to it."""
+        cmd: click.Command = self
+        skip = False
+        for a in args:
+            if skip:                      # the value of the option before
+                skip = False
+                continue
+            if a.startswith("-"):
+                opt = next((p for p in cmd.params if a in getattr(p, "opts", ())), None)
+                skip = isinstance(opt, click.Option) and not opt.is_flag and "=" not in a
+                continue
+            sub = cmd.commands.get(a) if isinstance(cmd, click.Group) else None
+            if sub is None:
+                break
+            cmd = sub
+        return cmd is not self and any("--json" in getattr(p, "opts", ()) for p in cmd.params)
 
 
 @click.group(cls=_Meshctl,
