@@ -33,7 +33,7 @@ from mesh.node.channel import pack
 from mesh.node.child import Child, StopFlags
 from mesh.node.ledger import Entry
 from mesh.node.pool_ahead import PoolAhead
-from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status
+from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status, trim_heap
 from mesh.node.pool_size import PoolSize
 from mesh.node.pool_stop import CANCEL_GRACE, STOPPED_IN_CHILD, PoolStop
 from mesh.ratelimit import TokenBucket
@@ -131,6 +131,7 @@ class Pool(PoolSize, PoolStop, PoolAhead):
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
         """Start the children and supervise them until cancelled."""
+        trim_heap()
         for i in range(1 if self.kind != "prefork" else self.size):
             self._spawn(i)
         await asyncio.get_running_loop().create_future()
@@ -522,3 +523,4 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         for c in self.children.values():
             self._mark_killed(c, "shutdown", list(c.running))
             self._kill(c, signal.SIGKILL)
+

@@ -157,3 +157,15 @@ def test_celery_field_forms() -> None:
     assert crontab(minute=[0, 30], hour="9-17/2", day_of_week="MON-fri").expr == \
         "0,30 9-17/2 * * mon-fri"
     assert repr(crontab(hour=3, minute=0)) == "<crontab: 0 3 * * * (m/h/dM/MY/d)>"
+
+
+def test_a_node_without_crontabs_never_imports_croniter() -> None:
+    """croniter (with dateutil) is imported on first use: a node's children are
+    forked from it, so every module it imports costs memory three times over."""
+    import subprocess
+    import sys
+    code = ("import sys, mesh.cli.meshnode, mesh.node.node, mesh.schedules as s\n"
+            "assert 'croniter' not in sys.modules, 'croniter imported'\n"
+            "s.crontab(minute='*/5')\n"
+            "assert 'croniter' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
