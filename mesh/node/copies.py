@@ -3,9 +3,10 @@
 This node keeps copies of tasks other nodes hold, and the results of those tasks:
 
 * ``on_replicate``: task copies are kept in memory (``frames``), results in the
-  journal (``Journal.copy_result``, expiring like our own). Acknowledged at the end of
-  the loop pass (``flush_acks``); the journal commits with the node's next commit,
-  within 2 ms. Copies from a holder this node has declared dead (late, after a
+  journal (``Journal.copy_result``, expiring like our own). Acknowledged as soon as
+  they are written (not at the end of the loop pass: a commit timer due in the same
+  pass would run first, on the holder's owner's wait); the journal commits with the
+  node's next commit, within 2 ms. Copies from a holder this node has declared dead (late, after a
   partition) are not kept: it sends them again once it is alive again.
 * A copy of a task this node holds itself (its owner sent it here when its holder
   died) is never run as a copy; it goes when the task runs here (``forget_copy``) or
@@ -58,7 +59,6 @@ class Copies:
         self._repaired: dict[str, int] = {}        # peer -> results copied again so far
         self._was_alive: set[str] = set()          # peers seen alive since start
         self._departed: set[str] = set()           # of those, the ones dead or left now
-        self._acks: list[tuple[str, bytes]] = []   # (holder address, REPLICATE_ACK) to send
         self.taken_over = 0
         self._badlog = _RateLimitedLog("refused copies")
         self._deadlog = _RateLimitedLog("copies from dead holders", burst=3)
@@ -67,16 +67,9 @@ class Copies:
     def node(self) -> "Node":
         return self.replicas.node
 
-    def flush_acks(self) -> None:
-        """Acknowledge the copies handled this loop pass (see the module docstring)."""
-        if self._acks:
-            acks, self._acks = self._acks, []
-            for address, frame in acks:
-                self.replicas.sockets.send(address, frame)
-
     def on_replicate(self, msg: Replicate) -> None:
         """Copies from a holder: kept in memory (see the module docstring), results
-        journalled; acknowledged at the end of this loop pass (flush)."""
+        journalled; acknowledged at once."""
         node = self.node
         member = node.membership.member(msg.source)
         if member is None or member.address != msg.source_addr or msg.source == node.name:
@@ -100,18 +93,19 @@ class Copies:
                     continue
                 self._keep(tid, msg.source)
                 self.frames[tid] = (frame, now)
-            for tid, state, frame in zip(msg.result_ids, msg.result_states, msg.results):
-                if state not in states.READY_STATES:
-                    continue
-                journal.copy_result(tid, state, frame, now, msg.source)
-                self._unkeep(tid)
+            ready, source = states.READY_STATES, msg.source
+            rows = [(tid, state, frame, now, source) for tid, state, frame
+                    in zip(msg.result_ids, msg.result_states, msg.results) if state in ready]
+            if rows:
+                journal.copy_results(rows)
+                for row in rows:
+                    self._unkeep(row[0])
             for tid in msg.drop:
                 self._unkeep(tid)
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)
             return            # not acknowledged: the holder sends them again
-        self._acks.append((msg.source_addr, encode(ReplicateAck(msg.batch, node.name))))
-        node.front.schedule_flush()
+        self.replicas.sockets.send(msg.source_addr, encode(ReplicateAck(msg.batch, node.name)))
 
     def _keep(self, tid: str, holder: str) -> None:
         old = self.holder_of.get(tid)

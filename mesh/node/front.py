@@ -188,6 +188,11 @@ class FrontDoor(Component):
         if not self._flush_scheduled:
             self.schedule_flush()
 
+    @property
+    def flush_pending(self) -> bool:
+        """A flush is scheduled in this loop pass (replies are waiting for it)."""
+        return self._flush_scheduled
+
     def schedule_flush(self) -> None:
         """Flush once this loop pass has done its work, so the replies it produced for
         one peer leave together. (Delaying further to batch more cost latency: asyncio

@@ -163,15 +163,19 @@ class Intake(Component):
         held = node.ledger.held
         replicas = node.replicas
         acks, self._acks = self._acks, {}
+        gates = replicas.gates              # (replicas.pending, read in one pass)
         for ident, ids in acks.items():
-            ids = [t for t in ids if t in held]
-            waiting = [t for t in ids if replicas.pending(t)]
-            if waiting:        # acknowledged once the backup has its copy too
-                ids = [t for t in ids if not replicas.pending(t)]
-                for t in waiting:
-                    replicas.after_copy(t, functools.partial(self._ack_later, ident, t))
-            if ids:
-                node.front.reply(ident, encode(Ack(ids, node.name, load)))
+            now = []
+            for t in ids:
+                if t not in held:
+                    continue
+                waiting = gates.get(t)
+                if waiting is None:
+                    now.append(t)
+                else:          # acknowledged once the backup has its copy too
+                    waiting.append(functools.partial(self._ack_later, ident, t))
+            if now:
+                node.front.reply(ident, encode(Ack(now, node.name, load)))
 
     def _ack_later(self, ident: bytes, task_id: str) -> None:
         self._acks.setdefault(ident, []).append(task_id)

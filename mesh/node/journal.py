@@ -17,7 +17,7 @@ it could not commit and logs the rest, it never stops on a journal error.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from mesh.exceptions import MeshError
@@ -87,6 +87,12 @@ class Journal(abc.ABC):
         mesh/node/replicas.py): kept like our own results (a resend of the id and
         ``result`` lookups get it; it expires like ours), unless we have one already.
         ``peer`` is the node that has the other copy (the holder)."""
+
+    def copy_results(self, rows: Sequence[tuple[str, str, bytes, float, str]]) -> None:
+        """``copy_result`` for each ``(task_id, state, result, finished, peer)``: the
+        results of one REPLICATE, in one call (one statement run for all of them)."""
+        for row in rows:
+            self.copy_result(*row)
 
     @abc.abstractmethod
     def results_of_peer(self, peer: str, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:

@@ -119,7 +119,7 @@ class Ledger:
         self.early: dict[str, float] = {}          # id not held here -> when a watcher asked
         self.spread: dict[str, Any] = {}           # accepted here, to go to this member once
                                                    # journalled (a group's members: handoff)
-        self._commit_timer: asyncio.TimerHandle | None = None
+        self._commit_timer: asyncio.Handle | None = None
         self.faillog = _RateLimitedLog("tasks refused at intake")
 
     # -- accept -----------------------------------------------------------------------
@@ -160,7 +160,7 @@ class Ledger:
                 # again after a restart (at least once), and their owners already
                 # have their results.
                 self._commit_timer = asyncio.get_running_loop().call_later(
-                    RESULT_COMMIT_DELAY, self.commit)
+                    RESULT_COMMIT_DELAY, self._commit_due)
         if self.pending:
             pending, self.pending = self.pending, []
             revoked = self.node.control.revoked
@@ -180,6 +180,16 @@ class Ledger:
                     pool.submit(entry)
             for m, entries in away.values():
                 self.node.handoff.hand(entries, "a group's members go over the mesh", m)
+
+    def _commit_due(self, deferred: bool = False) -> None:
+        """RESULT_COMMIT_DELAY is over. A timer due in a loop pass runs before the
+        pass's flush (asyncio runs due timers before what the pass's reads scheduled):
+        if replies wait for that flush, commit right after it instead, so a commit is
+        not on the way of a reply (measured: ~30 us on a lone round trip, 1 in 3)."""
+        if not deferred and self.node.front.flush_pending:
+            self._commit_timer = asyncio.get_running_loop().call_soon(self._commit_due, True)
+            return
+        self.commit()
 
     def commit(self) -> None:
         if self._commit_timer is not None:

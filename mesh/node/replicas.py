@@ -374,14 +374,14 @@ class Replicas(Component):
 
     # -- sending (end of each loop pass, after the ledger's commit) -------------------
     def flush(self) -> None:
-        """Acknowledge the copies written this pass; send this pass's REPLICATEs.
+        """Send this pass's REPLICATEs.
 
-        Copies are acknowledged once written, and committed with the ledger's next
-        commit (within RESULT_COMMIT_DELAY, 2 ms, or with the intakes of this pass),
-        as results are: losing an acknowledged copy takes its holder and this node
-        dying within those milliseconds. (Committing before each acknowledgement cost
-        a sqlite commit per copy batch, a fifth of the mesh's throughput.)"""
-        self.copies.flush_acks()
+        (The backup acknowledges copies once written, in Copies.on_replicate, and
+        commits them with the ledger's next commit (within RESULT_COMMIT_DELAY, 2 ms,
+        or with the intakes of this pass), as results are: losing an acknowledged copy
+        takes its holder and the backup dying within those milliseconds. Committing
+        before each acknowledgement cost a sqlite commit per copy batch, a fifth of
+        the mesh's throughput.)"""
         if self._out:
             busy = self._busy
             for backup in [b for b in self._out if b not in busy]:
@@ -491,7 +491,13 @@ class Replicas(Component):
                 self._reroute(sent.backup, sent.batch)
 
     def _give_up(self, now: float) -> None:
-        late = [t for t, since in self._gate_since.items() if now - since > COPY_TIMEOUT]
+        # _gate_since is in order of time (a task's first wait is kept): only its head
+        # can be late, so this reads a few entries, not every task in flight
+        late: list[str] = []
+        for t, since in self._gate_since.items():
+            if now - since <= COPY_TIMEOUT:
+                break
+            late.append(t)
         if late:
             self.single_copy += len(late)
             self._slowlog.warning("no backup confirmed the copy of %d task(s) within %g s: "

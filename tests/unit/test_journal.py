@@ -309,6 +309,19 @@ def test_a_copied_result_is_served_and_keeps_the_id_from_running_again(journal: 
     assert journal.counts() == {"open": 1, "results": 1}
 
 
+def test_copied_results_in_one_call_are_kept_as_one_at_a_time(journal: AnyJournal) -> None:
+    journal.copy_result("t0", "SUCCESS", b"r0", 1.0, "h")
+    journal.copy_results([("t1", "SUCCESS", b"r1", 2.0, "h"), ("t0", "FAILURE", b"late", 2.0, "h"),
+                          ("t2", "FAILURE", b"r2", 3.0, "g")])      # the first of t0 stays
+    journal.copy_results([])
+    journal.commit()
+    assert journal.get("t0") == ("SUCCESS", b"r0")
+    assert journal.get("t1") == ("SUCCESS", b"r1") and journal.get("t2") == ("FAILURE", b"r2")
+    assert not journal.add("t2", b"c", b"f", 4.0)              # finished on its holder
+    assert [r[1] for r in journal.results_of_peer("g", 0, 10)] == ["t2"]
+    assert journal.counts() == {"open": 0, "results": 3}
+
+
 def test_copied_results_expire_like_our_own(journal: AnyJournal) -> None:
     journal.copy_result("old", "SUCCESS", b"r", 1.0, "h")
     journal.copy_result("new", "SUCCESS", b"r", 100.0, "h")
