@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from typing import Any
@@ -153,6 +154,14 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         node = Node(app, config)
     except ConfigError as e:      # the app's components cannot be ordered
         die("meshnode", str(e), EXIT_USAGE)
+    # what was loaded so far (modules, the app) lives as long as the node: frozen, it
+    # is never walked by the cyclic collector again, in the node or in the children
+    # forked from it (fewer pages copied on write). Measured with gc.callbacks in the
+    # headline bench: a full collection in a node paused it 17 and 47 ms before, 7 to
+    # 9.5 ms after. Here, not in the node's code: an app that runs a node inside its
+    # own process keeps its collector as it was.
+    gc.collect()
+    gc.freeze()
     try:
         asyncio.run(node.run())
     except NodeStartError as e:

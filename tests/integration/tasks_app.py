@@ -122,6 +122,14 @@ def pid() -> int:
 
 
 @app.task
+def gc_frozen() -> int:
+    """Objects in the collector's permanent generation (meshnode freezes what it
+    loaded before forking its children)."""
+    import gc
+    return gc.get_freeze_count()
+
+
+@app.task
 def stamp() -> float:
     """When the task started, in unix time."""
     return time.time()

@@ -15,6 +15,13 @@ from mesh.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLost
 RESULT_TIMEOUT = 60.0
 
 
+def test_children_inherit_the_frozen_heap_of_the_node(start_node: Any, make_client: Any) -> None:
+    """meshnode freezes what it loaded (modules, the app) before its children are
+    forked: the cyclic collector never walks those objects again (mesh/cli/meshnode.py)."""
+    node = start_node(concurrency=1)
+    assert make_client(node).tasks.gc_frozen.delay().get(timeout=RESULT_TIMEOUT) > 10_000
+
+
 def test_child_exit_fails_its_task_and_the_pool_keeps_working(start_node: Any, make_client: Any) -> None:
     node = start_node(concurrency=1)
     t = make_client(node).tasks
