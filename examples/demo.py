@@ -36,7 +36,17 @@ def wait_ready(endpoints: list[str], procs: list[subprocess.Popen[bytes]], timeo
     sys.exit("demo: nodes did not answer in time")
 
 
+def _say(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except OSError:          # stdout closed (`demo.sh | head`): the nodes must stop all the same
+        pass
+
+
 def main() -> int:
+    # stopped by a signal (Ctrl-C, SIGTERM, a closed terminal): stop the nodes too
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     ports = [free_port(), free_port()]
     endpoints = [f"tcp://127.0.0.1:{p}" for p in ports]
     tmp = tempfile.mkdtemp(prefix="mesh-demo-")
@@ -102,7 +112,7 @@ def main() -> int:
         app.close()
         return 1 if wrong or ok != 180 or failed != 20 else 0
     finally:
-        print("== stopping nodes (SIGTERM)")
+        _say("== stopping nodes (SIGTERM)")
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -113,7 +123,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
                 codes.append(p.wait())
-        print(f"   nodes exited with codes {codes}")
+        _say(f"   nodes exited with codes {codes}")
 
 
 if __name__ == "__main__":

@@ -224,7 +224,9 @@ def test_tasks_held_with_one_copy_are_copied_when_a_peer_comes_and_survive_the_h
     gate = tmp_path / "gate"
     running = submit_and_exit([a], [("tasks_app.wait_for_file", [str(gate)], {})])
     wait_until(lambda: a.status()["busy"] == 1, what="the gated task to run")
-    later = submit_and_exit([a], [("tasks_app.add", [i, 1], {"countdown": 2.0}) for i in range(5)])
+    # due well after b joins (a loaded machine may take seconds to form the mesh): due
+    # ones would be shed to b, and their copies with them
+    later = submit_and_exit([a], [("tasks_app.add", [i, 1], {"countdown": 10.0}) for i in range(5)])
     wait_until(lambda: a.status()["held"] == 6, what="a to hold six tasks")
     b = start_node(name="b", concurrency=1, peers=a.endpoint)
     form_mesh(a, b)
