@@ -93,19 +93,21 @@ class Copies:
                                   msg.source[:100])
             return
         journal, now = node.journal, time.time()
-        held = node.ledger.held
         try:
+            for tid in msg.drop:                  # (older than the copies sent with them)
+                self._unkeep(tid)
             for tid, frame in zip(msg.task_ids, msg.tasks):
-                if tid in held:                   # handed here meanwhile: ours already
-                    continue
+                # kept even when this node holds the task too: it may be handing it to
+                # that holder, which copies it here before it answers the handoff (in
+                # a two-node mesh the giver is always the receiver's backup); then it
+                # is the only other copy. One held here is never run as a copy
+                # (``take_over``), and goes when it runs here or goes elsewhere.
                 self._keep(tid, msg.source)
                 self.frames[tid] = (frame, now)
             for tid, state, frame in zip(msg.result_ids, msg.result_states, msg.results):
                 if state not in states.READY_STATES:
                     continue
                 journal.copy_result(tid, state, frame, now, msg.source)
-                self._unkeep(tid)
-            for tid in msg.drop:
                 self._unkeep(tid)
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)

@@ -356,3 +356,34 @@ def test_copies_from_a_holder_declared_dead_are_not_kept() -> None:
             assert "late-task" not in b.replicas.copies.holder_of
             assert "late-task" not in b.ledger.held and b.replicas.copies.taken_over == 0
     run(main())
+
+
+def test_a_task_handed_to_a_node_whose_backup_is_the_giver_survives_the_receivers_death() -> None:
+    # Two nodes: the receiver of a handoff has the giver as the task's backup. Its
+    # copy reaches the giver before the handoff is answered, while the giver still
+    # holds the task: the giver must keep it (the new user's report: tasks shed back
+    # and forth, the receiver killed with -9, the task gone until it restarted).
+    async def main() -> None:
+        async with running_node(app, name="giver", autorun=False) as g, \
+                running_node(app, name="taker", autorun=False, peers=[g.address]) as t, \
+                dealer(g) as to_g:
+            await until(lambda: len(g.membership.alive_members()) == 2
+                        and len(t.membership.alive_members()) == 2, "the two to meet")
+            tid = "handed-1"
+            await to_g.send(_later(tid))
+            await until(lambda: tid in g.pool.scheduled
+                        and t.replicas.copies.holder_of.get(tid) == "giver",
+                        "the giver to hold it, the taker to keep its copy")
+            entry, target = g.pool.remove(tid), g.membership.member("taker")
+            assert entry is not None and target is not None
+            assert g.handoff.hand([entry], "test", target) == 1     # as shedding does
+            await until(lambda: tid not in g.ledger.held, "the giver to hand it on")
+            assert tid in t.ledger.held and g.journal.get(tid) is None
+            assert t.replicas.backup_of.get(tid) == "giver"
+            assert g.replicas.copies.holder_of.get(tid) == "taker"   # the taker's copy
+            await crash(t)
+            await until(lambda: _state(g, "taker") == MemberState.DEAD,
+                        "the giver to declare the taker dead")
+            g.replicas.copies.check_holders(time.monotonic())
+            assert tid in g.ledger.held and g.replicas.copies.taken_over == 1
+    run(main())
