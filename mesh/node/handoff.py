@@ -40,6 +40,7 @@ from mesh.membership import Member, MemberState
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.shedding import REASON as SHED_REASON
 from mesh.wire.protocol import Handoff, HandoffAck, Moved, Submit, decode, encode
 from mesh.workflow.plan import GROUP
 
@@ -249,6 +250,10 @@ class Handoffs(Component):
         if moved is None or time.monotonic() - moved[0] > MOVED_TTL:
             return None
         _, target, address, reason = moved
+        m = self.node.membership.member(target)
+        if m is not None and m.state == MemberState.DEAD:
+            return None     # it died: the owner's failover is right (this node may be the
+                            # task's backup, which runs it: mesh/node/copies.py)
         return Moved([task_id], self.node.name, address, target, reason)
 
     def taken_back(self, task_id: str) -> None:
@@ -296,6 +301,9 @@ class Handoffs(Component):
             node.replicas.after_copy(tid, functools.partial(copied, tid))
         if accepted:
             log.info("took %d task(s) from %s: %s", len(accepted), msg.source, msg.reason)
+            shedder = getattr(node, "shedder", None)
+            if shedder is not None and msg.reason == SHED_REASON:   # not straight back
+                shedder.took(msg.source, accepted, time.time())
 
     def _take(self, msg: Submit, frame: bytes) -> str | None:
         """Hold one handed task; None when held (or finished) here, else why not."""

@@ -7,10 +7,16 @@ registered (the meta says; mesh/capabilities.py). They go node to node
 (mesh/node/handoff.py): the peer journals them before this node forgets them, and
 their owners, if still there, are told where they went (MOVED). The submitter is
 never needed.
+
+Hysteresis (no ping-pong): gossiped loads are a moment old, so a node that took shed
+tasks may see the giver with room and shed back, and so on, every 0.1 s to 1 s. A
+task that came here by shedding is not shed again for ``SHED_HOLD`` seconds, and a
+peer that shed tasks here is not shed to for ``PEER_HOLD`` seconds.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import logging
 import time
@@ -32,6 +38,9 @@ SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a pe
 SHED_INTERVAL = 0.05
 MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
 REASON = "shed to a node with room"
+SHED_HOLD = 3.0        # s a task that came here by shedding is not shed again
+PEER_HOLD = 1.0        # s a peer that shed tasks here is not shed to
+HOLD_MAX = 100_000     # tasks remembered at most
 
 
 @dataclass
@@ -47,6 +56,20 @@ class Shedder(Component):
 
     def __init__(self) -> None:
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
+        # task id -> when it came here by shedding (oldest first); peer -> when it shed here
+        self._arrived: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._shed_from: dict[str, float] = {}
+
+    def took(self, source: str, task_ids: list[str], now: float) -> None:
+        """Peer ``source`` shed these tasks here (mesh/node/handoff.py): they stay for
+        SHED_HOLD s, and nothing is shed to it for PEER_HOLD s."""
+        self._shed_from[source] = now
+        arrived = self._arrived
+        for tid in task_ids:
+            arrived[tid] = now
+            arrived.move_to_end(tid)
+        while len(arrived) > HOLD_MAX:
+            arrived.popitem(last=False)
 
     async def start(self, node: "Node") -> None:
         self.node = node
@@ -72,10 +95,17 @@ class Shedder(Component):
         pool, ms = node.pool, node.membership
         if not pool.queue or pool.idle or node.stopping:
             return 0
-        if now - min(e.received for _, _, e in pool.queue) < SHED_AFTER:
+        arrived = self._arrived
+        while arrived and now - next(iter(arrived.values())) > SHED_HOLD:
+            arrived.popitem(last=False)
+        waiting = [item for item in pool.queue if item[2].task_id not in arrived] \
+            if arrived else pool.queue             # (those that came by shedding stay)
+        if not waiting or now - min(e.received for _, _, e in waiting) < SHED_AFTER:
             return 0
         rooms: list[_Room] = []
         for m in ms.alive_members(include_self=False):
+            if now - self._shed_from.get(m.id, -PEER_HOLD) < PEER_HOLD:
+                continue                           # it just shed here: it has no room
             meta = m.meta
             try:
                 total = min(int(meta.get("total", 0)), MAX_SHED_CHILDREN)   # a peer may lie
@@ -95,7 +125,7 @@ class Shedder(Component):
         # a task's queue matters only if some peer does not take every queue
         by_queue = any(from_meta(r.member.meta).queues is not None for r in rooms)
         # the tasks that would start next, each to the first peer with room that takes it
-        for item in heapq.nsmallest(sum(r.left for r in rooms), pool.queue):
+        for item in heapq.nsmallest(sum(r.left for r in rooms), waiting):
             entry = item[2]
             queue = self._queue_of(entry) if by_queue else ""
             for r in rooms:
