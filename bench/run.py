@@ -115,7 +115,7 @@ class Node:
     """One ``meshnode`` subprocess; ``stop()`` always leaves nothing behind."""
 
     def __init__(self, concurrency: int, loglevel: str, extra: list[str] | None = None,
-                 app: str = "bench.tasks"):
+                 app: str = "bench.tasks", tree: str | None = None):
         self.tmp = tempfile.mkdtemp(prefix="mesh-bench-")
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
@@ -126,8 +126,11 @@ class Node:
             "--data-dir", os.path.join(self.tmp, "data"), "--shutdown-timeout", "5",
             "--loglevel", loglevel, *(extra or [])]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        env = None
+        if tree is not None:     # --compare tree:PATH: mesh imported from another checkout
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+        self.proc = subprocess.Popen(self.cmd, cwd=tree or ROOT, stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.children: dict[int, psutil.Process] = {}   # every child seen, to reap leftovers
 
     def log_tail(self, n: int = 20) -> str:
@@ -234,9 +237,13 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
         init(os.path.join(made_keys, "k"))
         extra = ["--keys", os.path.join(made_keys, "k")]
     keys = extra[extra.index("--keys") + 1] if extra and "--keys" in extra[:-1] else None
+    tree = None
+    if extra and len(extra) == 1 and extra[0].startswith("tree:"):   # another checkout's nodes
+        tree, extra = extra[0][len("tree:"):], None
     flags = None if subscribe else extra
-    node = Node(args.concurrency, args.loglevel, flags)
-    others = [Node(args.concurrency, args.loglevel, [*(flags or []), "--peers", node.endpoint])
+    node = Node(args.concurrency, args.loglevel, flags, tree=tree)
+    others = [Node(args.concurrency, args.loglevel, [*(flags or []), "--peers", node.endpoint],
+                   tree=tree)
               for _ in range(args.nodes - 1)]        # --nodes: a mesh, seeded with the first
     sampler: RssSampler | None = None
     sub: subprocess.Popen[str] | None = None
@@ -470,7 +477,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "print both side by side (e.g. --compare=--no-journal); 'events' "
                          "runs the other side with a process subscribed to every event; "
                          "'keys' with a fresh key directory (CurveZMQ on node and client; "
-                         "--compare='--keys DIR' uses DIR)")
+                         "--compare='--keys DIR' uses DIR); 'tree:PATH' runs the other side's "
+                         "nodes from another checkout of mesh (e.g. a git worktree of main): "
+                         "before/after in one run")
     ap.add_argument("--json", nargs="?", const=DEFAULT_JSON, default=None, metavar="PATH",
                     help=f"write results and machine info as JSON (default path "
                          f"{os.path.relpath(DEFAULT_JSON, ROOT)})")

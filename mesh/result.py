@@ -289,8 +289,9 @@ class AsyncResult:
                 elif not ev.wait(timeout):
                     slot.remove_waiter(ev.set)
                     if slot.msg is None:
+                        why = self._why_unheld(slot)
                         raise TimeoutError(f"task {self.id} did not finish within {timeout} s "
-                                           f"(state {slot.state})")
+                                           f"(state {slot.state}{'; ' + why if why else ''})")
         assert slot.msg is not None
         return self._value(slot.msg, propagate)
 
@@ -332,15 +333,23 @@ class AsyncResult:
     def _say_if_unheld(self, slot: Slot, waited: float) -> None:
         """A caller has waited ``waited`` seconds: say so if no node holds the task
         (nothing is going to finish it unless a node comes back or takes it)."""
+        why = self._why_unheld(slot)
+        if why:
+            log.warning("still waiting for task %s after %.0f s: %s", self.id, waited, why)
+
+    def _why_unheld(self, slot: Slot) -> str:
+        """Why nothing is finishing the task, if that is so ("" otherwise)."""
         if slot.msg is not None or self.app is None:
-            return
+            return ""
         client = self.app.client
+        eps = ", ".join(client.endpoints())
+        if getattr(client, "_unreachable", False):
+            return f"no mesh node could be reached (tried {eps})"
         if slot.remote and slot.state == states.UNKNOWN:
-            log.warning("still waiting for task %s after %.0f s: no node holds it (nodes "
-                        "asked: %s)", self.id, waited, ", ".join(client.endpoints()))
-        elif not slot.remote and slot.state == states.PENDING:
-            log.warning("still waiting for task %s after %.0f s: no node has acknowledged it "
-                        "(nodes tried: %s)", self.id, waited, ", ".join(client.endpoints()))
+            return f"no node holds it (nodes asked: {eps})"
+        if not slot.remote and slot.state == states.PENDING:
+            return f"no node has acknowledged it (nodes tried: {eps})"
+        return ""
 
     def _require_slot(self) -> Slot:
         if self._slot is None:

@@ -1,7 +1,11 @@
 #!/bin/sh
 # Create .venv (once) and install mesh with its test tools into it. Idempotent.
 # pip's output goes to .venv/setup.log and is shown only when something fails.
+# `setup.sh --demo` (scripts/demo.sh): mesh alone, no test tools, no system packages.
 set -eu
+extras="[test]"
+demo=""
+if [ "${1:-}" = "--demo" ]; then extras=""; demo=1; fi
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -21,7 +25,7 @@ have iptables || need="$need iptables"
 # test_e2e_web_browser.py drives them with selenium; it skips with a reason without them)
 have chromium || need="$need chromium"
 have chromedriver || need="$need chromium-driver"
-if [ -n "$need" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+if [ -z "$demo" ] && [ -n "$need" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing$need (apt-get) for the cluster and browser tests"
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             --no-install-recommends $need; } >.venv/apt.log 2>&1; then
@@ -29,7 +33,7 @@ if [ -n "$need" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; t
     fi
 fi
 if ! { .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip &&
-       .venv/bin/python -m pip install --disable-pip-version-check -e '.[test]'; } >"$log" 2>&1; then
+       .venv/bin/python -m pip install --disable-pip-version-check -e ".$extras"; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "setup: pip install failed (log above, also in $log)" >&2
     exit 1

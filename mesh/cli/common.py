@@ -65,6 +65,10 @@ def find_app(spec: str) -> tuple[Any, str]:
     """The app for ``spec`` and where it was found (``module:attr``); LookupError
     with a message saying what was tried."""
     from mesh import Mesh
+    if spec.endswith(".py") and ":" not in spec:     # a file name, where a module is wanted
+        name = spec[:-3].replace("/", ".").strip(".")
+        raise LookupError(f"{spec!r} is a file name; --app takes a module: --app {name} "
+                          "(run from the directory that holds it, or put it on PYTHONPATH)")
     module_name, colon, attr = spec.partition(":")
     module = _import(module_name)
     if module is None and not colon and "." in module_name:   # module.attr, as Celery allows

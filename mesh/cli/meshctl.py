@@ -34,9 +34,41 @@ def _peers(ctx: click.Context) -> list[str]:
     return peers
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Meshctl(click.Group):
+    """``--json`` is meshctl's option, but ``meshctl status --json`` is what people
+    type: a ``--json`` after the command is taken as meshctl's."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else len(args)
+        if "--json" in args[1:cut] and not self._own_json(args[:cut]):
+            args = ["--json"] + [a for i, a in enumerate(args) if a != "--json" or i >= cut]
+        return super().parse_args(ctx, args)
+
+    def _own_json(self, args: list[str]) -> bool:
+        """Whether the command named in ``args`` has a ``--json`` of its own
+        (``meshctl keys list --json``): then it is left to it."""
+        cmd: click.Command = self
+        skip = False
+        for a in args:
+            if skip:                      # the value of the option before
+                skip = False
+                continue
+            if a.startswith("-"):
+                opt = next((p for p in cmd.params if a in getattr(p, "opts", ())), None)
+                skip = isinstance(opt, click.Option) and not opt.is_flag and "=" not in a
+                continue
+            sub = cmd.commands.get(a) if isinstance(cmd, click.Group) else None
+            if sub is None:
+                break
+            cmd = sub
+        return cmd is not self and any("--json" in getattr(p, "opts", ()) for p in cmd.params)
+
+
+@click.group(cls=_Meshctl,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--peers", metavar="tcp://H:P[,...]", help="Nodes to ask (default: MESH_PEERS).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output (also accepted after the command).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
               show_default=True, help="Seconds to wait for nodes to answer.")
 @click.option("--mesh", metavar="NAME", help="Without --peers: only nodes of this mesh (the "
@@ -220,6 +252,9 @@ def status(ctx: click.Context) -> int:
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         click.echo(f"{answered} of {len(rows)} node(s) answered")
+        for r in rows:             # why a node asked did not answer (keys, refusal, ...)
+            if r["state"] == "unreachable" and r.get("error"):
+                click.echo(f"{r['address']}: {r['error']}", err=True)
         for r in rows:             # a node that can run nothing is a mistake worth shouting
             if r["answered"] and not r.get("registered", True):
                 click.echo(f"WARNING: node {r['node']} registers no tasks (its app: "

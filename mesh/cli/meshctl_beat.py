@@ -71,9 +71,12 @@ def beat(ctx: click.Context) -> int:
     if not view["entries"]:
         click.echo(f"no periodic entries ({len(view['nodes'])} node(s) asked)")
         return EXIT_OK
-    head = f"{'ENTRY':24} {'SCHEDULE':24} {'NEXT RUN':27} {'LAST RUN':34} {'FIRES ON'}"
+    nexts = [f"{e.get('next_run_local', '?')} ({_ago(e.get('next_run'), now)})"
+             for e in view["entries"]]
+    w = max(len("NEXT RUN"), *map(len, nexts))
+    head = f"{'ENTRY':24} {'SCHEDULE':24} {'NEXT RUN':{w}} {'LAST RUN':34} {'FIRES ON'}"
     click.echo(head)
-    for e in view["entries"]:
+    for e, nxt in zip(view["entries"], nexts):
         last = e.get("last_run")
         if isinstance(last, dict):
             what = "skipped" if last.get("skipped") else f"by {last.get('fired_by')}"
@@ -85,8 +88,7 @@ def beat(ctx: click.Context) -> int:
             last_text = "never"
         fires = e["fires_on"] or " / ".join(f"{k} (per {','.join(v)})"
                                             for k, v in e["fires_on_views"].items())
-        nxt = f"{e.get('next_run_local', '?')} ({_ago(e.get('next_run'), now)})"
-        click.echo(f"{e['name'][:24]:24} {str(e.get('schedule'))[:24]:24} {nxt:27.27} "
+        click.echo(f"{e['name'][:24]:24} {str(e.get('schedule'))[:24]:24} {nxt:{w}} "
                    f"{last_text[:34]:34} {fires}")
     zones = {n.get("timezone") for n in view["nodes"].values()}
     digests = {n.get("schedule") for n in view["nodes"].values()}

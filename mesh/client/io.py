@@ -237,9 +237,10 @@ class Client(Links, Routing):
             msg = (f"mesh: {unacked} task(s) sent by this process were not acknowledged by any "
                    f"node within {linger:g} s and may never run (nodes tried: "
                    f"{', '.join(self.endpoints())})")
-            log.warning("%s", msg)
-            if at_exit:
-                print(msg, file=sys.stderr, flush=True)
+            if at_exit and not logging.getLogger("mesh").hasHandlers():
+                print(msg, file=sys.stderr, flush=True)   # (a warning without a handler
+            else:                                         # would print it a second time)
+                log.warning("%s", msg)
         return unacked
 
     def _wake(self) -> None:

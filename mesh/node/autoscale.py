@@ -127,7 +127,7 @@ class Autoscaler(Component):
         pool = self.node.pool
         assert self.range is not None
         mx, mn = self.range
-        busy, queued = pool.busy, len(pool.queue)
+        busy, queued = pool.busy, pool.queued
         if busy + queued < pool.size:
             if self.spare_since is None:
                 self.spare_since = now

@@ -7,10 +7,14 @@ a finished task from a lost one.
 """
 from __future__ import annotations
 
+import collections
 import socket
 import threading
 
 HEADER = 4
+# Tagged frames (never a protocol message: those are msgpack arrays, 0x9N or 0xdc):
+AHEAD_TAG = b"\x00"    # + task id: the next frame is a task sent ahead (mesh/node/pool_ahead.py)
+SKIP_TAG = b"\x01"     # + task id: do not start that task sent ahead (it was revoked)
 
 
 def pack(*frames: bytes) -> list[bytes]:
@@ -53,17 +57,37 @@ class BlockingChannel:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.reader = FrameReader()
-        self.pending: list[bytes] = []
+        self.pending: collections.deque[bytes] = collections.deque()
+        self._eof = False
         self._send_lock = threading.Lock()
 
     def recv(self) -> bytes | None:
         """The next frame, or None when the node closed the channel."""
         while not self.pending:
+            if self._eof:
+                return None
             data = self.sock.recv(1 << 16)
             if not data:
                 return None
             self.pending.extend(self.reader.feed(data))
-        return self.pending.pop(0)
+        return self.pending.popleft()
+
+    def skips(self) -> list[str]:
+        """Read what has arrived without waiting, and take out the skips among it
+        (the task ids), leaving every other frame in its order."""
+        try:
+            data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            data = None
+        if data == b"":
+            self._eof = True
+        elif data:
+            self.pending.extend(self.reader.feed(data))
+        if not any(f[:1] == SKIP_TAG for f in self.pending):
+            return []
+        out = [f[1:].decode() for f in self.pending if f[:1] == SKIP_TAG]
+        self.pending = collections.deque(f for f in self.pending if f[:1] != SKIP_TAG)
+        return out
 
     def send(self, *frames: bytes) -> None:
         data = b"".join(pack(*frames))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from mesh import signals, states
 from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
-from mesh.node.channel import BlockingChannel
+from mesh.node.channel import AHEAD_TAG, SKIP_TAG, BlockingChannel
 from mesh.node.child_runners import Runners
 from mesh.task import Request
 from mesh.trace import Outcome, execute
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from mesh.config import Config
 
 log = logging.getLogger("mesh.child")
+
+MAX_SKIPS = 1000    # skips remembered for tasks sent ahead (more: a skip that came late)
 
 
 def exc_info_of(e: BaseException) -> dict[str, Any]:
@@ -214,6 +216,8 @@ class Child:
 
     def _loop(self, chan: BlockingChannel) -> None:
         runners = Runners.for_child(self, chan)   # threads, async def tasks, cancels
+        ahead: str | None = None           # the next frame is this task, sent ahead
+        skips: set[str] = set()            # tasks sent ahead not to start (revoked)
         while True:
             try:
                 frame = chan.recv()
@@ -221,6 +225,23 @@ class Child:
                 continue
             if frame is None:                  # the node closed our channel: stop
                 return
+            tag = frame[:1]
+            if tag == AHEAD_TAG:
+                ahead = frame[1:].decode()
+                continue
+            if tag == SKIP_TAG:
+                if len(skips) > MAX_SKIPS:     # skips that came after their task ran
+                    skips.clear()
+                skips.add(frame[1:].decode())
+                continue
+            if ahead is not None:              # a skip may have come since it was sent
+                tid, ahead = ahead, None
+                skips.update(chan.skips())
+                if tid in skips:
+                    skips.discard(tid)
+                    res = Result(task_id=tid, state=states.REVOKED, node=self.node_name)
+                    chan.send(encode(ChildDone(tid, states.REVOKED, 0.0)), encode(res))
+                    continue
             if runners is not None and runners.take(frame):
                 continue
             self._busy = True

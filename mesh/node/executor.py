@@ -39,7 +39,13 @@ class Storage(Component):
         try:
             node.journal = open_journal(node.config)
         except JournalError as e:
-            raise NodeStartError(str(e)) from e
+            why = str(e)
+            if "in use by another node" in why and not node.config.data_dir:
+                # the default data dir is named after the node (or host and port): the
+                # same one means the same address, most likely already served
+                why += (f" (the default data dir follows the node's name and port: is another "
+                        f"node already serving {node.config.bind}?)")
+            raise NodeStartError(why) from e
 
     def close(self, node: "Node") -> None:
         node.journal.close()

@@ -53,8 +53,8 @@ class Keys(Component):
             raise NodeStartError(f"keys: {e}") from None
         ring = node.security.ring
         if ring is None:
-            if is_loopback(host_of(cfg.bind)):
-                log.warning("no keys: serving on loopback only (%s). To serve other machines, "
+            if is_loopback(host_of(cfg.bind)):      # the usual one-machine setup: a note
+                log.info("no keys: serving on loopback only (%s). To serve other machines, "
                             "make the mesh's keys (meshctl keys init DIR) and start nodes with "
                             "--keys DIR; --insecure serves beyond loopback without them",
                             cfg.bind)

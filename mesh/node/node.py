@@ -188,7 +188,7 @@ class Node:
         return task
 
     def load(self) -> list[int]:
-        return [self.pool.busy, self.pool.size, len(self.pool.queue)]
+        return [self.pool.busy, self.pool.size, self.pool.queued + self.pool.ahead_count]
 
     def members(self) -> list[dict[str, Any]]:
         return self.gossip.members()
@@ -238,6 +238,7 @@ class Node:
             "tasks_per_s": round(hb.rate, 1), "cpu_percent": round(hb.cpu, 1),
             "rss_bytes": hb.rss, "uptime": round(time.time() - self.started_at, 1),
             "children_started": pool.started_total, "refused_frames": self.front.refused,
+            "sent_ahead": pool.sent_ahead, "ahead": pool.ahead_count,
             "unauthorized_frames": self.front.unauthorized,
             "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
             "key_reloads": getattr(self.by_name.get("keys"), "reloads", 0),
@@ -268,6 +269,12 @@ class Node:
                             started.append(c)
                 except NodeStartError as e:
                     failed = e
+                    for c in reversed(started):    # stop what started (the children too)
+                        try:
+                            await self._call(c, "stop")
+                        except Exception:
+                            log.exception("stopping component %s after a failed start",
+                                          component_name(c))
                 else:
                     for sig in handled:
                         loop.add_signal_handler(sig, self.stop)

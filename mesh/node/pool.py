@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from mesh.node.channel import pack
 from mesh.node.child import Child, StopFlags
 from mesh.node.ledger import Entry
+from mesh.node.pool_ahead import PoolAhead
 from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status
 from mesh.node.pool_size import PoolSize
 from mesh.node.pool_stop import CANCEL_GRACE, STOPPED_IN_CHILD, PoolStop
@@ -56,7 +57,7 @@ LEAVE_GRACE = 5.0          # s a child that retires by itself has before it is t
 QueueItem = tuple[int, int, Entry]       # (-priority, seq, entry): a heap of these
 
 
-class Pool(PoolSize, PoolStop):
+class Pool(PoolSize, PoolStop, PoolAhead):
     def __init__(self, app: "Mesh", config: "Config", node_name: str, events: PoolEvents,
                  size: int):
         self.app = app
@@ -82,12 +83,50 @@ class Pool(PoolSize, PoolStop):
         self.limits: dict[str, TokenBucket] = {}     # task name -> rate limit, per node
         self.rate_limited = 0                        # starts put off by a rate limit
         self.stop_flags = StopFlags()                # which children the node itself stops
+        self._init_ahead()                           # tasks sent ahead (mesh/node/pool_ahead.py)
 
     @property
     def queue(self) -> list[QueueItem]:
         """Every task waiting for a slot, as (-priority, seq, entry); sorted() gives the
         order they would start in."""
         return self.squeue + self.aqueue if self.aqueue else self.squeue
+
+    @property
+    def queued(self) -> int:
+        """How many tasks wait for a slot (no list is built: the node's load, per pass)."""
+        return len(self.squeue) + len(self.aqueue)
+
+    def head(self, k: int) -> list[QueueItem]:
+        """The ``k`` queued tasks that would start next, in that order, in O(k log k)
+        whatever the queue's length (a walk down each heap from its root)."""
+        if k <= 0:
+            return []
+        out: list[QueueItem] = []
+        for q in (self.squeue, self.aqueue):
+            if not q:
+                continue
+            cand: list[tuple[QueueItem, int]] = [(q[0], 0)]
+            n = len(q)
+            taken = 0
+            while cand and taken < k:
+                item, i = heapq.heappop(cand)
+                out.append(item)
+                taken += 1
+                for j in (2 * i + 1, 2 * i + 2):
+                    if j < n:
+                        heapq.heappush(cand, (q[j], j))
+        if self.aqueue and self.squeue:
+            out.sort()
+            del out[k:]
+        return out
+
+    def discard(self, entries: set[int]) -> None:
+        """Take the queued tasks whose ``id(entry)`` is in ``entries`` out of the queue
+        (both heaps: plain and async tasks)."""
+        for q in (self.squeue, self.aqueue):
+            if q:
+                q[:] = [item for item in q if id(item[2]) not in entries]
+                heapq.heapify(q)
 
     # -- lifecycle --------------------------------------------------------------------
     async def run(self) -> None:
@@ -150,8 +189,8 @@ class Pool(PoolSize, PoolStop):
                 except Exception:
                     log.exception("bad message from child pid %d", child.pid)
 
-    def _send(self, child: ChildProc, frame: bytes) -> None:
-        bufs = pack(frame)
+    def _send(self, child: ChildProc, *frames: bytes) -> None:
+        bufs = pack(*frames)
         if child.wbuf:
             child.wbuf += b"".join(bufs)
             return
@@ -256,7 +295,9 @@ class Pool(PoolSize, PoolStop):
             elif a_child is not None:
                 self._launch(heapq.heappop(aq)[2], a_child, True)
             else:
-                return
+                break
+        if sq:
+            self._prefetch()        # every slot is taken: short tasks may go ahead
 
     def _find(self, is_async: bool) -> ChildProc | None:
         """A child with a free slot for a plain or an async task. Async tasks pack into
@@ -278,13 +319,14 @@ class Pool(PoolSize, PoolStop):
                 return c
         return None
 
-    def _launch(self, entry: Entry, child: ChildProc, is_async: bool) -> None:
-        """Start ``entry`` on ``child``, unless it expired or its rate limit says later."""
+    def _admit(self, entry: Entry) -> bool:
+        """May ``entry`` start now? Not if it expired (it fails) or its rate limit says
+        later (it goes back to the timers)."""
         if entry.expires is not None and time.time() > entry.expires:
             self.events.task_failed(entry, "TaskRevokedError",
                                     f"task {entry.task_id} expired before it started", "REVOKED",
                                     expired=True)
-            return
+            return False
         limits = self.limits
         if limits and not entry.reserved:
             bucket = limits.get(entry.name)
@@ -296,8 +338,21 @@ class Pool(PoolSize, PoolStop):
                     entry.eta = now + wait
                     entry.reserved = True
                     self.submit(entry)
-                    return
+                    return False
         entry.reserved = False
+        return True
+
+    def _arm(self, child: ChildProc, entry: Entry) -> None:
+        """``entry`` starts now on ``child``: its start time and hard time limit."""
+        entry.started = time.time()
+        if entry.time_limit:
+            entry.timer = asyncio.get_running_loop().call_later(
+                entry.time_limit, self._on_time_limit, child, entry)
+
+    def _launch(self, entry: Entry, child: ChildProc, is_async: bool) -> None:
+        """Start ``entry`` on ``child``, unless it expired or its rate limit says later."""
+        if not self._admit(entry):
+            return
         if not entry.acks_late:
             self.events.task_starting(entry)
         idle = self.idle
@@ -308,10 +363,7 @@ class Pool(PoolSize, PoolStop):
         child.running[entry.task_id] = entry
         if is_async:
             child.async_ids.add(entry.task_id)
-        entry.started = time.time()
-        if entry.time_limit:
-            entry.timer = asyncio.get_running_loop().call_later(
-                entry.time_limit, self._on_time_limit, child, entry)
+        self._arm(child, entry)
         self._send(child, entry.frame)
         self.events.task_started(entry, child.pid)
 
@@ -342,6 +394,8 @@ class Pool(PoolSize, PoolStop):
         if entry is None:
             log.error("child pid %d reported task %s it was not running", child.pid, tid)
             return
+        self._note_run(entry.name, msg.runtime)
+        self._next_ahead(child, bool(msg.retire))    # the task sent ahead starts now
         was_async = tid in child.async_ids
         child.async_ids.discard(tid)
         child.tasks += 1
@@ -393,12 +447,15 @@ class Pool(PoolSize, PoolStop):
             how = describe_status(status)
         except ChildProcessError:
             how = "exited"
-        # what it wrote before it died is still in the socket: read it first
-        self._read_rest(child)
-        loop.remove_reader(child.sock.fileno())
-        if child.wbuf:
-            loop.remove_writer(child.sock.fileno())
-        child.sock.close()
+        fd = child.sock.fileno()
+        if fd >= 0:           # (closed already when the node failed to start: close())
+            # what it wrote before it died is still in the socket: read it first
+            self._read_rest(child)
+            loop.remove_reader(fd)
+            if child.wbuf:
+                loop.remove_writer(fd)
+            child.sock.close()
+        self._requeue(child)         # tasks sent ahead that it never started
         self.children.pop(child.ident, None)
         self._not_idle(child)
         for handle in child.cancels.values():

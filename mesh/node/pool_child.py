@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class ChildProc:
     __slots__ = ("index", "ident", "pid", "pidfd", "sock", "reader", "wbuf", "done_hdr",
                  "running", "async_ids", "sync_slots", "ready", "killed_for", "reasons",
-                 "leaving", "tasks", "cancels")
+                 "leaving", "tasks", "cancels", "ahead")
 
     def __init__(self, index: int, ident: bytes, pid: int, pidfd: int, sock: socket.socket,
                  sync_slots: int = 1):
@@ -47,6 +47,8 @@ class ChildProc:
         self.leaving = False                  # takes no more work, exits after its tasks;
                                               # not replaced then (a replacement, if any,
                                               # was started when it was told to leave)
+        self.ahead: list[tuple[int, int, Entry]] = []   # queue items sent ahead, in the
+                                              # order it starts them (mesh/node/pool_ahead.py)
         self.tasks = 0                        # tasks finished
         self.cancels: dict[str, asyncio.TimerHandle] = {}   # ChildCancel sent: the backstop
 

@@ -101,7 +101,11 @@ class PoolStop:
         time limit, shutdown), or lost with its child."""
         where = (f"cancelled in child pid {child.pid}" if how == STOPPED_IN_CHILD
                  else f"child pid {child.pid} {how}")
-        if why == "revoked":
+        if why == "skipped":           # sent ahead, revoked before it started
+            self.events.task_failed(entry, "TaskRevokedError",
+                                    f"task {entry.name}[{entry.task_id}] was revoked before it "
+                                    f"started (skipped in child pid {child.pid})", "REVOKED")
+        elif why == "revoked":
             self.events.task_failed(entry, "TaskRevokedError",
                                     f"task {entry.name}[{entry.task_id}] was revoked and "
                                     f"terminated ({where})", "REVOKED", terminated=True)

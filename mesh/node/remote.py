@@ -165,6 +165,9 @@ class RemoteControl(Component):
                                         task_states.REVOKED)
             elif node.workflows is not None and node.workflows.revoke(tid):
                 dropped.append(tid)          # a group's coordinator: the group ends
+            elif entry.started is None and node.pool.skip(tid):
+                running.append(tid)          # sent ahead to a child: skipped there, unless
+                                             # it has started (mesh/node/pool_ahead.py)
             elif entry.started is not None:
                 if req.terminate and node.pool.terminate(tid, sig):
                     terminated.append(tid)
@@ -253,7 +256,9 @@ def active(state: ControlState, req: Any) -> list[TaskInfo]:
 def reserved(state: ControlState, req: Any) -> list[TaskInfo]:
     """Accepted tasks waiting for a free child."""
     node = state.node
-    return [_describe(node, e) for _, _, e in sorted(node.pool.queue)]
+    pool = node.pool
+    return [_describe(node, e) for e in pool.ahead_entries()] + \
+        [_describe(node, e) for _, _, e in sorted(pool.queue)]
 
 
 @register("scheduled", "inspect", builtin=True)

@@ -514,7 +514,10 @@ class Replicas(Component):
             restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
             for b in restarted:           # copies are kept in memory: a restarted backup
                 del self._boot_of[b]      # has none of them any more
-            for backup in [b for b in self.by_backup if b not in alive or b in restarted]:
+            # tasks held with one copy ("") look for a backup only when some node is
+            # alive: alone, that would walk every held task each second for nothing
+            for backup in [b for b in self.by_backup
+                           if (b not in alive and (b or alive)) or b in restarted]:
                 ids = self.by_backup.pop(backup)
                 held = node.ledger.held
                 for tid in ids:

@@ -1,6 +1,7 @@
 """Shedding: queued tasks move to peers with room when they wait here too long.
 
-Every ``SHED_INTERVAL``, if the oldest queued task has waited more than ``SHED_AFTER``
+Every ``SHED_INTERVAL``, if the oldest of the next ``HEAD_LOOK`` queued tasks (those that
+would start next) has waited more than ``SHED_AFTER``
 and no child is idle, the tasks that would start next go to peers whose gossiped load
 shows room and that take them: of our mesh, serving the task's queue, with its name
 registered (the meta says; mesh/capabilities.py). They go node to node
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
 import logging
 import time
 from dataclasses import dataclass
@@ -31,16 +31,19 @@ from mesh.wire.protocol import Submit, decode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
+    from mesh.node.pool import QueueItem
 
 log = logging.getLogger("mesh.node")
 
 SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a peer with room
 SHED_INTERVAL = 0.05
+HEAD_LOOK = 64         # queued tasks (those that start next) whose age decides shedding
 MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
 REASON = "shed to a node with room"
 SHED_HOLD = 3.0        # s a task that came here by shedding is not shed again
 PEER_HOLD = 1.0        # s a peer that shed tasks here is not shed to
 HOLD_MAX = 100_000     # tasks remembered at most
+HOLD_LOOK = 1024       # of those, how many are looked past at the head of the queue
 
 
 @dataclass
@@ -93,14 +96,17 @@ class Shedder(Component):
         were sent."""
         node = self.node
         pool, ms = node.pool, node.membership
-        if not pool.queue or pool.idle or node.stopping:
+        if not pool.queued or pool.idle or node.stopping:
             return 0
         arrived = self._arrived
         while arrived and now - next(iter(arrived.values())) > SHED_HOLD:
             arrived.popitem(last=False)
-        waiting = [item for item in pool.queue if item[2].task_id not in arrived] \
-            if arrived else pool.queue             # (those that came by shedding stay)
-        if not waiting or now - min(e.received for _, _, e in waiting) < SHED_AFTER:
+        # the oldest of the tasks that would start next (not a scan of the whole queue:
+        # this runs every SHED_INTERVAL, and a backlog may be a million tasks long),
+        # less those that came here by shedding lately: they stay
+        skip = min(len(arrived), HOLD_LOOK)
+        head = self._movable(pool.head(HEAD_LOOK + skip))
+        if not head or now - min(e.received for _, _, e in head) < SHED_AFTER:
             return 0
         rooms: list[_Room] = []
         for m in ms.alive_members(include_self=False):
@@ -125,7 +131,8 @@ class Shedder(Component):
         # a task's queue matters only if some peer does not take every queue
         by_queue = any(from_meta(r.member.meta).queues is not None for r in rooms)
         # the tasks that would start next, each to the first peer with room that takes it
-        for item in heapq.nsmallest(sum(r.left for r in rooms), waiting):
+        need = sum(r.left for r in rooms)
+        for item in self._movable(pool.head(need + skip))[:need]:
             entry = item[2]
             queue = self._queue_of(entry) if by_queue else ""
             for r in rooms:
@@ -138,8 +145,7 @@ class Shedder(Component):
                 break
         if not chosen:
             return 0
-        pool.queue[:] = [item for item in pool.queue if id(item[2]) not in chosen]
-        heapq.heapify(pool.queue)
+        pool.discard(chosen)       # from both heaps (async tasks' too)
         for r in rooms:
             taken = len(moved.get(r.member.id, ()))
             if taken:
@@ -151,6 +157,11 @@ class Shedder(Component):
         if n:
             log.info("shedding %d queued task(s) to %d peer(s) with room", n, len(moved))
         return n
+
+    def _movable(self, items: list[QueueItem]) -> list[QueueItem]:
+        """``items`` less the tasks that came here by shedding within SHED_HOLD s."""
+        arrived = self._arrived
+        return [it for it in items if it[2].task_id not in arrived] if arrived else items
 
     def _queue_of(self, entry: Entry) -> str:
         """The queue a held task was routed to (its SUBMIT's header, else our routes)."""

@@ -42,6 +42,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
+from mesh.node.checkpoint import BACKSTOP_PAGES, Checkpointer
 from mesh.node.journal import Journal, JournalError, Row, Stored
 from mesh.security.files import private_dir, private_file
 
@@ -153,6 +154,13 @@ class SqliteJournal(Journal):
         except sqlite3.Error as e:
             self._unlock()
             raise JournalError(f"cannot open the journal: {_explain(e, self.path)}") from e
+        # checkpoints off the node's loop (mesh/node/checkpoint.py)
+        self.checkpointer = Checkpointer(self.path)
+        if self.checkpointer.start():
+            try:
+                self.db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            except sqlite3.Error as e:
+                log.warning("journal: could not leave checkpoints to their thread: %s", e)
 
     def _migrate_from_1(self) -> None:
         """Version 1 kept results in the tasks rows (an UPDATE per result, which cost
@@ -216,6 +224,7 @@ class SqliteJournal(Journal):
             self._lockfd = -1
 
     def close(self) -> None:
+        self.checkpointer.stop()
         try:
             if self._in_tx:
                 self.commit()

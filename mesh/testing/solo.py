@@ -45,6 +45,7 @@ class SoloSlot(ChildProc):
         self.tasks = 0
         self.cancels = {}
         self.done_hdr = None
+        self.ahead = []
 
 
 def _soft_limit(signum: int, frame: Any) -> None:
@@ -52,6 +53,7 @@ def _soft_limit(signum: int, frame: Any) -> None:
 
 
 class SoloPool(Pool):
+    ahead_max = 0            # no tasks sent ahead: a slot runs what it was handed, on the loop
     def __init__(self, app: "Mesh", config: "Config", node_name: str, events: PoolEvents,
                  size: int, autorun: bool = True):
         super().__init__(app, config, node_name, events, size)
@@ -73,7 +75,7 @@ class SoloPool(Pool):
             self.idle.append(slot)
             self.dispatch()
 
-    def _send(self, child: ChildProc, frame: bytes) -> None:
+    def _send(self, child: ChildProc, *frames: bytes) -> None:
         if self.autorun:
             asyncio.get_running_loop().call_soon(self._run, child, child.entry)
 

@@ -240,3 +240,17 @@ def always_retry() -> None:
     """Retries by itself forever, 1, 2, 4, 8 ... s apart (capped): the backoff is read
     from its RETRY results."""
     raise OSError("always")
+
+
+@app.task
+def step(log: str, x: int, gate: str = "", die: bool = False) -> int:
+    """Short unless gated: waits for ``gate`` (if given), then records ``x`` in
+    ``log`` (one line per run) and returns it; ``die``: the child exits instead, after
+    the gate (tests of tasks sent ahead to a child, mesh/node/pool_ahead.py)."""
+    if gate:
+        wait_for_file(gate)
+    if die:
+        os._exit(1)
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    return x

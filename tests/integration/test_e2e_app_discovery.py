@@ -52,6 +52,7 @@ def test_an_app_with_no_tasks_says_so_loudly(start_node: NodeFactory) -> None:
     ("compat_nowhere", "compat_nowhere.celery"),
     ("compat_proj.celery:nothing", "has no attribute 'nothing'"),
     ("mesh_it_no_such_package", "cannot import 'mesh_it_no_such_package'"),
+    ("compat_proj/celery.py", "--app takes a module: --app compat_proj.celery"),
 ])
 def test_an_app_that_cannot_be_found_says_what_was_tried(spec: str, words: str, tmp_path: object) -> None:
     p = run_program(MESHNODE, "--app", spec, "--bind", f"tcp://127.0.0.1:{free_port()}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -152,6 +153,8 @@ def test_meshctl_beat_lists_entries(start_node: NodeFactory, beat_log: Path) -> 
     r = run_program(MESHCTL, "--peers", nodes[1].endpoint, "beat")
     assert r.returncode == 0, r.stderr
     assert "tick" in r.stdout and firer.name in r.stdout and "every 1 s" in r.stdout
+    row = next(x for x in r.stdout.splitlines() if x.startswith("tick"))
+    assert re.search(r"\((in )?\d+s( ago)?\)", row), row     # the next run's "(in Ns)", whole
 
 
 def test_a_restarted_mesh_does_not_replay_a_backlog(start_node: NodeFactory, beat_log: Path,

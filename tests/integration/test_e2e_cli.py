@@ -117,6 +117,15 @@ def test_meshctl_status_json(node: Any) -> None:
     assert rows[0]["total"] == 2
 
 
+def test_meshctl_takes_json_after_the_command_too(node: Any) -> None:
+    p = run_program(MESHCTL, "--peers", node.endpoint, "status", "--json")
+    assert p.returncode == EXIT_OK, p
+    assert [r["node"] for r in json.loads(p.stdout)] == [node.name]
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", "--args",
+                    "[2, 3]", "--wait", "--json")
+    assert p.returncode == EXIT_OK and json.loads(p.stdout)["result"] == 5, p
+
+
 def test_meshctl_status_with_one_node_down_still_exits_0(node: Any) -> None:
     dead = _dead_endpoint()
     p = run_program(MESHCTL, "--peers", f"{node.endpoint},{dead}", "--timeout", "1", "--json", "status")

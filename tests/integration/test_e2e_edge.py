@@ -54,7 +54,7 @@ def test_a_submitter_that_reaches_no_node_says_so_and_counts_at_exit() -> None:
     assert len(unreachable) == 1, p.stderr          # once, not every second
     assert dead in unreachable[0]
     report = [ln for ln in lines if "not acknowledged by any node" in ln]
-    assert report and "3 task(s)" in report[-1] and dead in report[-1], p.stderr
+    assert len(report) == 1 and "3 task(s)" in report[0] and dead in report[0], p.stderr
 
 
 def test_a_submitter_that_reaches_a_node_exits_quietly_and_its_task_runs(
@@ -91,3 +91,19 @@ def test_get_without_timeout_says_when_no_node_holds_a_task(start_node: Any) -> 
     p = run_python(GET_FOREVER, node.endpoint, "no-such-task-id", "4")
     said = [ln for ln in p.stderr.splitlines() if "no node holds it" in ln]
     assert said and node.endpoint in said[0], p.stderr
+
+
+def test_get_with_a_timeout_says_why_nothing_finished_the_task() -> None:
+    from mesh import Mesh
+    from mesh.exceptions import TimeoutError as MeshTimeout
+    dead = _dead()
+    with Mesh("edge-timeout", peers=[dead], mdns=False) as app:
+        r = app.send_task("tasks_app.add", (1, 2))
+        try:
+            r.get(timeout=0.5)
+        except MeshTimeout as e:
+            text = str(e)
+        else:
+            raise AssertionError("get() returned for a task no node could have run")
+        app.client.close(linger=0)
+    assert "state PENDING" in text and f"no node has acknowledged it (nodes tried: {dead})" in text

@@ -168,7 +168,9 @@ def test_the_holder_killed_for_good_loses_no_task_and_no_result(
     b = start_node(name="b", concurrency=2, peers=a.endpoint)
     form_mesh(a, b)
     done = submit_and_exit([a], [("tasks_app.add", [i, i], {}) for i in range(30)])
-    wait_until(lambda: a.status()["succeeded"] >= 30, what="a to finish the first tasks")
+    # a may shed some of them to b: count both
+    wait_until(lambda: a.status()["succeeded"] + b.status()["succeeded"] >= 30,
+               what="the first tasks to finish")
     gate = tmp_path / "gate"
     held = submit_and_exit([a], [("tasks_app.wait_for_file", [str(gate)], {})] * 4
                            + [("tasks_app.add", [i, 100], {}) for i in range(20)]
@@ -212,6 +214,30 @@ def test_an_owner_sends_a_dead_holders_tasks_to_their_backup_where_they_run_once
     runs = out.read_text().splitlines()
     assert sorted(runs) == sorted(f"t{i}" for i in range(60)), "a task ran twice, or never"
     assert owner.app.client.failovers >= len(on_a)
+
+
+def test_tasks_held_with_one_copy_are_copied_when_a_peer_comes_and_survive_the_holder(
+        start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
+    """A node alone holds its tasks with one copy (and does not look for backups while
+    alone); once a peer is alive they are copied to it, so killing the holder then
+    loses none of them. (Scheduled tasks: queued ones would be shed to the peer.)"""
+    a = start_node(name="a", concurrency=1)
+    gate = tmp_path / "gate"
+    running = submit_and_exit([a], [("tasks_app.wait_for_file", [str(gate)], {})])
+    wait_until(lambda: a.status()["busy"] == 1, what="the gated task to run")
+    # due well after b joins (a loaded machine may take seconds to form the mesh): due
+    # ones would be shed to b, and their copies with them
+    later = submit_and_exit([a], [("tasks_app.add", [i, 1], {"countdown": 10.0}) for i in range(5)])
+    wait_until(lambda: a.status()["held"] == 6, what="a to hold six tasks")
+    b = start_node(name="b", concurrency=1, peers=a.endpoint)
+    form_mesh(a, b)
+    wait_until(lambda: b.status()["copies_kept"] == 6, what="b to keep a copy of each of a's tasks")
+    a.send_signal(signal.SIGKILL)
+    a.wait(30)
+    gate.touch()
+    reader = make_client(b)
+    assert results(reader, later) == [i + 1 for i in range(5)]
+    assert results(reader, running) == ["opened"]
 
 
 def test_a_node_killed_right_after_tasks_were_shed_to_it_loses_none(

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MESHCTL, ROOT, clean_env, free_port, run_program, wait_until
+from harness import MESHCTL, MESHNODE, ROOT, clean_env, free_port, run_program, wait_until
 
 from mesh import Mesh, states
+from mesh.client.control import ControlClient
 from mesh.exceptions import MeshError, WorkerLostError
 from mesh.wire import codec
-from mesh.wire.protocol import Result, Submit, decode, encode
+from mesh.wire.protocol import ControlReply, Result, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 
@@ -454,3 +455,25 @@ def test_children_do_not_hold_the_journal_or_its_lock(start_node: Any) -> None:
         held = [f.path for f in child.open_files() if f.path.startswith(data)]
         assert held == [], f"child {child.pid} holds {held}"
     assert any(f.path.startswith(data) for f in psutil.Process(node.pid).open_files())
+
+
+def test_a_second_node_on_the_same_address_hears_why(tmp_path: Path) -> None:
+    """Two nodes started on one address without --data-dir share the default data dir
+    (named after host and port): the refusal says the address is likely taken."""
+    env = clean_env(XDG_DATA_HOME=str(tmp_path))
+    port = free_port()
+    first = subprocess.Popen([MESHNODE, "--app", "tasks_app", "--bind", f"tcp://127.0.0.1:{port}",
+                              "--no-mdns", "--concurrency", "1"], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with ControlClient() as cc:
+            wait_until(lambda: isinstance(cc.broadcast([f"tcp://127.0.0.1:{port}"], "ping",
+                                                       timeout=0.5)[f"tcp://127.0.0.1:{port}"],
+                                          ControlReply), what="the first node")
+        done = run_program(MESHNODE, "--app", "tasks_app", "--bind", f"tcp://127.0.0.1:{port}",
+                           "--no-mdns", "--concurrency", "1", env=env)
+        assert done.returncode == 3, done
+        assert f"is another node already serving tcp://127.0.0.1:{port}?" in done.stderr, done
+    finally:
+        first.terminate()
+        first.wait(30)

@@ -125,6 +125,9 @@ def test_roles_through_meshctl(start_node: NodeFactory, tmp_path: Path) -> None:
     assert p.returncode == EXIT_OK and p.stdout.strip() == "5", p
     p = run_program(MESHCTL, "--peers", ep, "ping")                             # no keys at all
     assert p.returncode == EXIT_FAILURE and "requires keys" in p.stderr, p
+    p = run_program(MESHCTL, "--peers", ep, "status")                           # says why, too
+    assert p.returncode == EXIT_FAILURE and "unreachable" in p.stdout, p
+    assert f"the node at {ep} requires keys" in p.stderr, p
     p = run_program(MESHCTL, "--keys", str(tmp_path / "nowhere"), "--peers", ep, "ping")
     assert p.returncode == EXIT_USAGE and "meshctl keys init" in p.stderr, p
 

@@ -200,5 +200,9 @@ def test_a_node_whose_http_port_is_taken_does_not_start(tmp_path) -> None:  # ty
                            "--http", f"127.0.0.1:{port}", env=clean_env(), timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert "cannot serve HTTP" in proc.stderr
+    # the children it had started are stopped cleanly first: no traceback from them or it
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert not [x for x in proc.stderr.splitlines() if "WARNING" in x and "mesh.pool" in x], \
+        proc.stderr
     bad = run_program(MESHNODE, "--app", "tasks_app", "--http", "localhost:http", env=clean_env())
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr

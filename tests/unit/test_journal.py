@@ -350,3 +350,27 @@ def test_a_journal_without_the_peer_column_gets_it(tmp_path: Path) -> None:
         assert [r[1] for r in j.results_of_peer("", 0, 10)] == ["old"]
     finally:
         j.close()
+
+
+def test_checkpoints_run_on_their_own_thread_not_in_the_nodes_commits(tmp_path: Path) -> None:
+    """The node's connection leaves WAL checkpoints to the checkpoint thread (a commit
+    that checkpoints a large journal stalled the node for seconds), and what was
+    committed is all there after a reopen."""
+    import time
+
+    j = Journal(str(tmp_path))
+    assert j.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 1000
+    for i in range(3000):
+        assert j.add(f"t{i}", b"c", b"x" * 200, 1.0)
+        if i % 100 == 99:
+            j.commit()
+    deadline = time.monotonic() + 30
+    while j.checkpointer.checkpoints == 0:
+        assert time.monotonic() < deadline, "no checkpoint by the checkpoint thread"
+        time.sleep(0.01)
+    j.close()
+    again = Journal(str(tmp_path))
+    try:
+        assert len(again.unfinished()) == 3000
+    finally:
+        again.close()

@@ -222,6 +222,22 @@ def test_tasks_held_by_a_node_that_crashes_run_on_another() -> None:
     run(main())
 
 
+def test_a_node_alone_does_not_walk_its_held_tasks_looking_for_backups() -> None:
+    """Tasks held with one copy ("" backup) look for a backup only once a peer is
+    alive: alone, a million queued tasks must not be walked every second."""
+    async def main() -> None:
+        async with running_node(app, name="alone", concurrency=1, autorun=False) as a, \
+                dealer(a) as s:
+            for i in range(5):
+                await s.send(submit(f"one-{i}"))
+            await until(lambda: len(a.ledger.held) == 5, "five held")
+            single = a.replicas.by_backup.get("")
+            assert single is not None and len(single) == 5
+            a.replicas.check_members(time.monotonic())
+            assert a.replicas.by_backup.get("") is single        # not taken apart and rebuilt
+            # (that they get a backup once a peer is alive: test_e2e_handoff.py)
+    run(main())
+
 
 def _later(task_id: str) -> bytes:
     """A task due in a minute: it waits on its node (not shed, not run) until handed."""
