@@ -8,8 +8,10 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   within 2 ms. Copies from a holder this node has declared dead (late, after a
   partition) are not kept: it sends them again once it is alive again.
 * A copy of a task this node holds itself (its owner sent it here when its holder
-  died) is never run as a copy; it goes when the task runs here (``forget_copy``) or
-  goes to a node other than that holder (``handed_on``).
+  died; or this node is handing it to that holder, which copies it here before it
+  answers: then it is the only other copy) is kept, never run as a copy; it goes
+  when the task runs here (``forget_copy``) or goes to a node other than that holder
+  (``handed_on``).
 * ``check_holders``: a holder declared dead has its copies without a result run here
   (``take_over``); a holder that left is given ``LEFT_GRACE`` plus our shutdown
   timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``.

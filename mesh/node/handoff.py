@@ -4,7 +4,8 @@ A node that sheds queued tasks, or stops (its queued and eta tasks, a retry that
 comes due while it drains, a task interrupted at its shutdown deadline), sends them
 to another node in a HANDOFF. The receiver journals each task it takes (and has its
 own backup confirm the copy), then answers HANDOFF_ACK; only then does the sender
-forget them (and drop their copies). Then it tells each owner that is still there
+forget them (and drop their copies; when the receiver's backup is the sender, the
+sender keeps the receiver's copy: mesh/node/copies.py). Then it tells each owner that is still there
 where its tasks went (MOVED), and the owner's ``get()`` follows them; an owner that
 is gone is not needed.
 
