@@ -9,8 +9,10 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   node's next commit, within 2 ms. Copies from a holder this node has declared dead (late, after a
   partition) are not kept: it sends them again once it is alive again.
 * A copy of a task this node holds itself (its owner sent it here when its holder
-  died) is never run as a copy; it goes when the task runs here (``forget_copy``) or
-  goes to a node other than that holder (``handed_on``).
+  died; or this node is handing it to that holder, which copies it here before it
+  answers: then it is the only other copy) is kept, never run as a copy; it goes
+  when the task runs here (``forget_copy``) or goes to a node other than that holder
+  (``handed_on``).
 * ``check_holders``: a holder declared dead has its copies without a result run here
   (``take_over``); a holder that left is given ``LEFT_GRACE`` plus our shutdown
   timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``.
@@ -86,11 +88,15 @@ class Copies:
                                   msg.source[:100])
             return
         journal, now = node.journal, time.time()
-        held = node.ledger.held
         try:
+            for tid in msg.drop:                  # (older than the copies sent with them)
+                self._unkeep(tid)
             for tid, frame in zip(msg.task_ids, msg.tasks):
-                if tid in held:                   # handed here meanwhile: ours already
-                    continue
+                # kept even when this node holds the task too: it may be handing it to
+                # that holder, which copies it here before it answers the handoff (in
+                # a two-node mesh the giver is always the receiver's backup); then it
+                # is the only other copy. One held here is never run as a copy
+                # (``take_over``), and goes when it runs here or goes elsewhere.
                 self._keep(tid, msg.source)
                 self.frames[tid] = (frame, now)
             ready, source = states.READY_STATES, msg.source
@@ -100,8 +106,6 @@ class Copies:
                 journal.copy_results(rows)
                 for row in rows:
                     self._unkeep(row[0])
-            for tid in msg.drop:
-                self._unkeep(tid)
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)
             return            # not acknowledged: the holder sends them again

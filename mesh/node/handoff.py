@@ -4,7 +4,8 @@ A node that sheds queued tasks, or stops (its queued and eta tasks, a retry that
 comes due while it drains, a task interrupted at its shutdown deadline), sends them
 to another node in a HANDOFF. The receiver journals each task it takes (and has its
 own backup confirm the copy), then answers HANDOFF_ACK; only then does the sender
-forget them (and drop their copies). Then it tells each owner that is still there
+forget them (and drop their copies; when the receiver's backup is the sender, the
+sender keeps the receiver's copy: mesh/node/copies.py). Then it tells each owner that is still there
 where its tasks went (MOVED), and the owner's ``get()`` follows them; an owner that
 is gone is not needed.
 
@@ -40,6 +41,7 @@ from mesh.membership import Member, MemberState
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.shedding import REASON as SHED_REASON
 from mesh.wire.protocol import Handoff, HandoffAck, Moved, Submit, decode, encode
 from mesh.workflow.plan import GROUP
 
@@ -249,6 +251,10 @@ class Handoffs(Component):
         if moved is None or time.monotonic() - moved[0] > MOVED_TTL:
             return None
         _, target, address, reason = moved
+        m = self.node.membership.member(target)
+        if m is not None and m.state == MemberState.DEAD:
+            return None     # it died: the owner's failover is right (this node may be the
+                            # task's backup, which runs it: mesh/node/copies.py)
         return Moved([task_id], self.node.name, address, target, reason)
 
     def taken_back(self, task_id: str) -> None:
@@ -296,6 +302,9 @@ class Handoffs(Component):
             node.replicas.after_copy(tid, functools.partial(copied, tid))
         if accepted:
             log.info("took %d task(s) from %s: %s", len(accepted), msg.source, msg.reason)
+            shedder = getattr(node, "shedder", None)
+            if shedder is not None and msg.reason == SHED_REASON:   # not straight back
+                shedder.took(msg.source, accepted, time.time())
 
     def _take(self, msg: Submit, frame: bytes) -> str | None:
         """Hold one handed task; None when held (or finished) here, else why not."""

@@ -8,10 +8,16 @@ registered (the meta says; mesh/capabilities.py). They go node to node
 (mesh/node/handoff.py): the peer journals them before this node forgets them, and
 their owners, if still there, are told where they went (MOVED). The submitter is
 never needed.
+
+Hysteresis (no ping-pong): gossiped loads are a moment old, so a node that took shed
+tasks may see the giver with room and shed back, and so on, every 0.1 s to 1 s. A
+task that came here by shedding is not shed again for ``SHED_HOLD`` seconds, and a
+peer that shed tasks here is not shed to for ``PEER_HOLD`` seconds.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from mesh.wire.protocol import Submit, decode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
+    from mesh.node.pool import QueueItem
 
 log = logging.getLogger("mesh.node")
 
@@ -33,6 +40,10 @@ SHED_INTERVAL = 0.05
 HEAD_LOOK = 64         # queued tasks (those that start next) whose age decides shedding
 MAX_SHED_CHILDREN = 1024   # a peer's gossiped pool size is believed up to this
 REASON = "shed to a node with room"
+SHED_HOLD = 3.0        # s a task that came here by shedding is not shed again
+PEER_HOLD = 1.0        # s a peer that shed tasks here is not shed to
+HOLD_MAX = 100_000     # tasks remembered at most
+HOLD_LOOK = 1024       # of those, how many are looked past at the head of the queue
 
 
 @dataclass
@@ -48,6 +59,20 @@ class Shedder(Component):
 
     def __init__(self) -> None:
         self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
+        # task id -> when it came here by shedding (oldest first); peer -> when it shed here
+        self._arrived: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._shed_from: dict[str, float] = {}
+
+    def took(self, source: str, task_ids: list[str], now: float) -> None:
+        """Peer ``source`` shed these tasks here (mesh/node/handoff.py): they stay for
+        SHED_HOLD s, and nothing is shed to it for PEER_HOLD s."""
+        self._shed_from[source] = now
+        arrived = self._arrived
+        for tid in task_ids:
+            arrived[tid] = now
+            arrived.move_to_end(tid)
+        while len(arrived) > HOLD_MAX:
+            arrived.popitem(last=False)
 
     async def start(self, node: "Node") -> None:
         self.node = node
@@ -73,12 +98,20 @@ class Shedder(Component):
         pool, ms = node.pool, node.membership
         if not pool.queued or pool.idle or node.stopping:
             return 0
+        arrived = self._arrived
+        while arrived and now - next(iter(arrived.values())) > SHED_HOLD:
+            arrived.popitem(last=False)
         # the oldest of the tasks that would start next (not a scan of the whole queue:
-        # this runs every SHED_INTERVAL, and a backlog may be a million tasks long)
-        if now - min(e.received for _, _, e in pool.head(HEAD_LOOK)) < SHED_AFTER:
+        # this runs every SHED_INTERVAL, and a backlog may be a million tasks long),
+        # less those that came here by shedding lately: they stay
+        skip = min(len(arrived), HOLD_LOOK)
+        head = self._movable(pool.head(HEAD_LOOK + skip))
+        if not head or now - min(e.received for _, _, e in head) < SHED_AFTER:
             return 0
         rooms: list[_Room] = []
         for m in ms.alive_members(include_self=False):
+            if now - self._shed_from.get(m.id, -PEER_HOLD) < PEER_HOLD:
+                continue                           # it just shed here: it has no room
             meta = m.meta
             try:
                 total = min(int(meta.get("total", 0)), MAX_SHED_CHILDREN)   # a peer may lie
@@ -98,7 +131,8 @@ class Shedder(Component):
         # a task's queue matters only if some peer does not take every queue
         by_queue = any(from_meta(r.member.meta).queues is not None for r in rooms)
         # the tasks that would start next, each to the first peer with room that takes it
-        for item in pool.head(sum(r.left for r in rooms)):
+        need = sum(r.left for r in rooms)
+        for item in self._movable(pool.head(need + skip))[:need]:
             entry = item[2]
             queue = self._queue_of(entry) if by_queue else ""
             for r in rooms:
@@ -123,6 +157,11 @@ class Shedder(Component):
         if n:
             log.info("shedding %d queued task(s) to %d peer(s) with room", n, len(moved))
         return n
+
+    def _movable(self, items: list[QueueItem]) -> list[QueueItem]:
+        """``items`` less the tasks that came here by shedding within SHED_HOLD s."""
+        arrived = self._arrived
+        return [it for it in items if it[2].task_id not in arrived] if arrived else items
 
     def _queue_of(self, entry: Entry) -> str:
         """The queue a held task was routed to (its SUBMIT's header, else our routes)."""

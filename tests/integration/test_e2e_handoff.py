@@ -14,6 +14,7 @@ Every result is read from a third process (the test, or meshctl) and checked.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -237,3 +238,33 @@ def test_tasks_held_with_one_copy_are_copied_when_a_peer_comes_and_survive_the_h
     reader = make_client(b)
     assert results(reader, later) == [i + 1 for i in range(5)]
     assert results(reader, running) == ["opened"]
+
+
+def test_a_node_killed_right_after_tasks_were_shed_to_it_loses_none(
+        start_node: NodeFactory, make_client: Any) -> None:
+    # The new user's report: two nodes, the submitter gone, the node that just took
+    # shed tasks killed with -9 and never restarted. Its backup for those tasks is the
+    # node that shed them (the only other one): it must have kept their copies, and
+    # run them. (Before: 1 or 2 of 8 stayed UNKNOWN on the survivor.)
+    a = start_node(name="a", concurrency=1)
+    b = start_node(name="b", concurrency=4, peers=a.endpoint)
+    form_mesh(a, b)
+    ids = submit_and_exit([a], [("tasks_app.sleep", [2.0], {})] * 10)
+    shed = re.compile(r"handed (\d+) task\(s\) to (a|b) ")
+    first: list[tuple[NodeProc, str]] = []
+
+    def a_shed() -> bool:
+        for node in (a, b):
+            m = shed.search(node.stderr())
+            if m:
+                first.append((node, m.group(2)))
+                return True
+        return False
+    wait_until(a_shed, what="a node to shed tasks to the other")
+    giver, to = first[0]
+    receiver = a if to == "a" else b
+    receiver.proc.kill()                 # -9 at once, never restarted
+    receiver.proc.wait(10)
+    reader = make_client(giver)          # a process that submitted nothing
+    assert results(reader, ids) == [2.0] * 10
+    assert giver.status()["taken_over"] >= 1

@@ -16,6 +16,7 @@ import zmq.asyncio
 from mesh import Mesh, states, testing
 from mesh.exceptions import TaskRevokedError
 from mesh.membership import MemberState
+from mesh.node import shedding
 from mesh.node.node import Node
 from mesh.rendezvous import backup_for
 from mesh.testing import running_node
@@ -371,4 +372,69 @@ def test_copies_from_a_holder_declared_dead_are_not_kept() -> None:
             b.replicas.copies.check_holders(time.monotonic())
             assert "late-task" not in b.replicas.copies.holder_of
             assert "late-task" not in b.ledger.held and b.replicas.copies.taken_over == 0
+    run(main())
+
+
+def test_a_task_handed_to_a_node_whose_backup_is_the_giver_survives_the_receivers_death() -> None:
+    # Two nodes: the receiver of a handoff has the giver as the task's backup. Its
+    # copy reaches the giver before the handoff is answered, while the giver still
+    # holds the task: the giver must keep it (the new user's report: tasks shed back
+    # and forth, the receiver killed with -9, the task gone until it restarted).
+    async def main() -> None:
+        async with running_node(app, name="giver", autorun=False) as g, \
+                running_node(app, name="taker", autorun=False, peers=[g.address]) as t, \
+                dealer(g) as to_g:
+            await until(lambda: len(g.membership.alive_members()) == 2
+                        and len(t.membership.alive_members()) == 2, "the two to meet")
+            tid = "handed-1"
+            await to_g.send(_later(tid))
+            await until(lambda: tid in g.pool.scheduled
+                        and t.replicas.copies.holder_of.get(tid) == "giver",
+                        "the giver to hold it, the taker to keep its copy")
+            entry, target = g.pool.remove(tid), g.membership.member("taker")
+            assert entry is not None and target is not None
+            assert g.handoff.hand([entry], "test", target) == 1     # as shedding does
+            await until(lambda: tid not in g.ledger.held, "the giver to hand it on")
+            assert tid in t.ledger.held and g.journal.get(tid) is None
+            assert t.replicas.backup_of.get(tid) == "giver"
+            assert g.replicas.copies.holder_of.get(tid) == "taker"   # the taker's copy
+            await crash(t)
+            await until(lambda: _state(g, "taker") == MemberState.DEAD,
+                        "the giver to declare the taker dead")
+            g.replicas.copies.check_holders(time.monotonic())
+            assert tid in g.ledger.held and g.replicas.copies.taken_over == 1
+    run(main())
+
+
+def test_tasks_shed_here_are_not_shed_straight_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hysteresis: b took two tasks a shed, then a has room again (by its gossip). b
+    # sheds nothing to a for PEER_HOLD s, and the tasks that came by shedding stay
+    # for SHED_HOLD s: only b's own queued task may go (the new user's logs showed
+    # tasks bouncing between two nodes every 0.1 s to 1 s). Only the test sheds.
+    monkeypatch.setattr(shedding, "SHED_INTERVAL", 3600.0)
+
+    async def main() -> None:
+        async with running_node(app, name="a", concurrency=1, autorun=False) as a, \
+                running_node(app, name="b", concurrency=1, autorun=False, peers=[a.address]) as b, \
+                dealer(a) as to_a, dealer(b) as to_b:
+            await until(lambda: [m for m in a.membership.alive_members(include_self=False)
+                                 if m.meta.get("tasks") == a.tasks_digest], "b's load in a's view")
+            for i in range(3):
+                await to_a.send(submit(f"p-{i}"))
+            await until(lambda: len(a.pool.queue) == 2, "two queued behind the running one")
+            assert a.shedder.shed(time.time() + 1.0) == 2
+            await until(lambda: {"p-1", "p-2"} <= set(b.ledger.held), "b to take them")
+            await to_b.send(submit("own-1"))            # b's own, queued there too
+            await until(lambda: len(b.pool.queue) == 2, "two queued on b")
+
+            def a_has_room() -> bool:
+                m = b.membership.member("a")
+                return m is not None and m.meta.get("queued") == 0 and m.meta.get("busy") == 1
+            await until(a_has_room, "a's room in b's view")
+            t = time.time()
+            assert b.shedder.shed(t + 0.5) == 0          # a just shed here
+            assert b.shedder.shed(t + shedding.PEER_HOLD + 0.5) == 1   # own-1 only
+            await until(lambda: "own-1" in a.ledger.held, "own-1 to reach a")
+            assert {"p-1", "p-2"} <= set(b.ledger.held)
+            assert b.shedder.shed(t + shedding.SHED_HOLD + 0.5) == 0   # a's room is used
     run(main())
