@@ -12,7 +12,7 @@ workers="${MESH_TEST_WORKERS:-4}"
 if [ "$workers" = "0" ]; then
     .venv/bin/python -m pytest -m "not slow" "$@"
 else
-    .venv/bin/python -m pytest -m "not slow" -n "$workers" --dist loadgroup "$@"
+    .venv/bin/python -m pytest -m "not slow" -n "$workers" "$@"
 fi
 rc=$?
 if [ "$rc" -eq 5 ]; then

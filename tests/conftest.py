@@ -13,13 +13,14 @@ When a test fails, the stderr of the nodes it used is added to its report.
 
 The suite runs in parallel (pytest-xdist, ``-n``, scripts/test.sh): most tests wait on
 real processes, not on the CPU. Tests that browse or announce real mDNS on loopback
-see every node announced on this machine, so they run one after another on one
-worker (``xdist_group("mdns")``, with ``--dist loadgroup``); the membership
-simulations share one worker too, so that their cached measurements are made once.
+see every node announced on this machine, so they run one at a time, whichever
+worker runs them (a file lock: ``_one_mdns_test_at_a_time``).
 """
 from __future__ import annotations
 
+import fcntl
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -102,14 +103,22 @@ def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
 MDNS_MODULES = {"test_e2e_discovery.py", "test_e2e_mdns.py", "test_e2e_membership.py",
                 "test_e2e_routing.py", "test_discovery.py", "test_config.py",
                 "test_cluster_basic.py", "test_cluster_membership.py"}
+MDNS_LOCK = Path(tempfile.gettempdir()) / "mesh-tests-mdns.lock"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in MDNS_MODULES:
-            item.add_marker(pytest.mark.xdist_group("mdns"))
-        elif item.path.name == "test_membership_sim.py":     # measure() is cached per process
-            item.add_marker(pytest.mark.xdist_group("membership-sim"))
+@pytest.fixture(autouse=True)
+def _one_mdns_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests of MDNS_MODULES run one at a time across the xdist workers (a file lock:
+    xdist's own grouping does not hold with pytest 9), so none sees another's nodes."""
+    if request.node.path.name not in MDNS_MODULES:
+        yield
+        return
+    with open(MDNS_LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -85,8 +85,14 @@ def test_a_signal_to_the_process_group_drains_the_node(
     assert len(children) == CHILDREN
     os.killpg(node.pid, sig)              # the whole group: the node and every child
     wait_until(lambda: "stopping" in node.stderr(), what="the node to begin its shutdown")
-    # the children got the signal too, and carry on: the running tasks are not lost
-    assert all(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+    # the children got the signal too, and carry on: the running tasks are not lost (the
+    # idle ones may be stopped by the node's shutdown already)
+    def alive(c: psutil.Process) -> bool:
+        try:
+            return c.is_running() and c.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    assert sum(map(alive, children)) >= RUNNING
     gate.touch()
     assert [r.get(timeout=60) for r in running] == ["opened"] * RUNNING
     assert node.wait(60) == EXIT_OK
