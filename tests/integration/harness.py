@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -352,3 +353,47 @@ def make_client_app(endpoints: list[str], tasks_module: ModuleType, **options: A
         options = dataclasses.asdict(task.options)
         setattr(ns, task.fun.__name__, app.task(**options)(task.fun))
     return ClientHandle(app, ns)
+
+
+class StreamingClient:
+    """A real client app submitting ``add(j, 1)`` in batches and checking every result,
+    in a thread until stopped: ``ok`` counts the right results, ``errors`` says what
+    went wrong (a wrong result, an exception). For "clients are served all along"."""
+
+    def __init__(self, endpoints: list[str], keys: str | None = None, key_name: str = "",
+                 batch: int = 10, pause: float = 0.02):
+        import tasks_app
+        self.handle = make_client_app(endpoints, tasks_app, keys=keys, key_name=key_name)
+        self.batch, self.pause = batch, pause
+        self.ok = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            try:
+                rs = [(j, self.handle.tasks.add.delay(j, 1)) for j in range(i, i + self.batch)]
+                for j, r in rs:
+                    got = r.get(timeout=60)
+                    if got != j + 1:
+                        self.errors.append(f"add({j}, 1) = {got!r}")
+                    else:
+                        self.ok += 1
+            except Exception as e:               # noqa: BLE001 -- the tests assert it empty
+                self.errors.append(f"{type(e).__name__}: {e}")
+            i += self.batch
+            time.sleep(self.pause)
+
+    def more(self, n: int = 30) -> None:
+        """Wait until ``n`` more tasks succeeded."""
+        target = self.ok + n
+        wait_until(lambda: self.ok >= target or self.errors, timeout=60, what=f"{n} more tasks")
+        assert not self.errors, self.errors
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(90)
+        self.handle.close()

@@ -11,7 +11,6 @@ import os
 import shutil
 import stat
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from harness import (
     MESHCTL,
     MESHNODE,
     NodeFactory,
+    StreamingClient,
     clean_env,
     free_port,
     make_client_app,
@@ -161,42 +161,6 @@ def test_an_app_with_a_key_the_mesh_does_not_know_fails_clearly(start_node: Node
 
 # ---- rotation with no downtime -----------------------------------------------------------
 
-class Submitter:
-    """A client app submitting and checking tasks in a thread until stopped."""
-
-    def __init__(self, endpoints: list[str], key_dir: str, key_name: str = ""):
-        import tasks_app
-        self.handle = make_client_app(endpoints, tasks_app, keys=key_dir, key_name=key_name)
-        self.ok, self.errors = 0, []  # type: int, list[str]
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            try:
-                rs = [(j, self.handle.tasks.add.delay(j, 1)) for j in range(i, i + 10)]
-                for j, r in rs:
-                    assert r.get(timeout=60) == j + 1
-                    self.ok += 1
-            except Exception as e:               # noqa: BLE001 -- asserted empty by the test
-                self.errors.append(f"{type(e).__name__}: {e}")
-            i += 10
-            time.sleep(0.02)
-
-    def more(self, n: int = 30) -> None:
-        """Wait until ``n`` more tasks succeeded."""
-        target = self.ok + n
-        wait_until(lambda: self.ok >= target or self.errors, timeout=60, what=f"{n} more tasks")
-        assert not self.errors, self.errors
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(90)
-        self.handle.close()
-
-
 def test_rotation_needs_no_downtime(start_node: NodeFactory, tmp_path: Path) -> None:
     d = str(tmp_path / "k")                  # one directory for both nodes: "copied" at once
     keys.init(d)
@@ -216,14 +180,14 @@ def test_rotation_needs_no_downtime(start_node: NodeFactory, tmp_path: Path) -> 
 
     old_copy = str(tmp_path / "before")      # what a machine that never got the new keys holds
     keys.copy_tree(d, old_copy)
-    first = Submitter(eps, d)
+    first = StreamingClient(eps, d)
     first.more()
 
     # 1. a client key replaced: add the new one, move the app, remove the old one
     r = reloads()
     keys.add(d, "client", "v2")
     wait_until(lambda: reloaded(r), what="nodes to read the new client key")
-    second = Submitter(eps, d, key_name="v2")
+    second = StreamingClient(eps, d, key_name="v2")
     second.more()
     first.stop()
     assert not first.errors, first.errors

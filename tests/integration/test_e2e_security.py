@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from typing import Any
 
 import pytest
 import zmq
-from harness import NodeFactory, NodeProc, make_client_app, wait_until
+from harness import NodeFactory, NodeProc, StreamingClient, make_client_app, wait_until
 
 from mesh.security.curve import Security
 from mesh.security.keys import ADMIN, CLIENT, KeyRing, export, init
@@ -110,44 +109,10 @@ def meshes(start_module_node: NodeFactory, key_dirs: dict[str, Path]) -> dict[st
     return out
 
 
-class Served:
-    """A real keyed client submitting and checking tasks in a thread, all along."""
-
-    def __init__(self, mesh: Mesh2):
-        import tasks_app
-        self.client = make_client_app([mesh.a.endpoint, mesh.b.endpoint], tasks_app,
-                                      keys=str(mesh.keys))
-        self.ok = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            try:
-                rs = [(j, self.client.tasks.add.delay(j, 1)) for j in range(i, i + 20)]
-                for j, r in rs:
-                    got = r.get(timeout=60)
-                    if got != j + 1:
-                        self.errors.append(f"add({j}, 1) = {got!r}")
-                    else:
-                        self.ok += 1
-            except Exception as e:                # noqa: BLE001 -- reported by the last test
-                self.errors.append(f"{type(e).__name__}: {e}")
-            i += 20
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.thread.join(90)
-        self.client.close()
-
-
 @pytest.fixture(scope="module")
-def served(meshes: dict[str, Mesh2]) -> Iterator[Served]:
-    s = Served(meshes["keyed"])
+def served(meshes: dict[str, Mesh2]) -> Iterator[StreamingClient]:
+    m = meshes["keyed"]
+    s = StreamingClient([m.a.endpoint, m.b.endpoint], keys=str(m.keys), batch=20, pause=0.05)
     yield s
     s.stop()
 
@@ -228,7 +193,7 @@ WAYS_IN = ["no key", "made-up key"]          # on the keyed mesh: no handshake a
 # ---- running tasks and reading what others run ------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
-def test_running_a_task_needs_a_key(meshes: dict[str, Mesh2], attacker: Any, served: Served,
+def test_running_a_task_needs_a_key(meshes: dict[str, Mesh2], attacker: Any, served: StreamingClient,
                                     mode: str) -> None:
     m = meshes[mode]
     for how in WAYS_IN:
@@ -250,7 +215,7 @@ def test_running_a_task_needs_a_key(meshes: dict[str, Mesh2], attacker: Any, ser
 
 @pytest.mark.parametrize("mode", MODES)
 def test_reading_someone_elses_result_needs_a_key(meshes: dict[str, Mesh2], attacker: Any,
-                                                  make_client: Any, served: Served,
+                                                  make_client: Any, served: StreamingClient,
                                                   mode: str) -> None:
     m = meshes[mode]
     victim = make_client(m.a, keys=str(m.keys) if m.keys else None)
@@ -272,7 +237,7 @@ def test_reading_someone_elses_result_needs_a_key(meshes: dict[str, Mesh2], atta
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("how", ["no key", "client key"])
 def test_the_events_stream_is_for_operators(meshes: dict[str, Mesh2], make_client: Any,
-                                            key_dirs: dict[str, Path], served: Served,
+                                            key_dirs: dict[str, Path], served: StreamingClient,
                                             mode: str, how: str) -> None:
     m = meshes[mode]
     if not m.keyed and how == "client key":
@@ -311,7 +276,7 @@ CONTROLS = [("pool_grow", {"n": 1000}), ("rate_limit", {"task": "tasks_app.add",
 
 
 def test_a_client_key_cannot_control_or_inspect(meshes: dict[str, Mesh2], attacker: Any,
-                                                served: Served) -> None:
+                                                served: StreamingClient) -> None:
     m = meshes["keyed"]
     for how in ["client key", *WAYS_IN]:
         raw = attacker(m, m.a, how)
@@ -341,7 +306,7 @@ def test_without_keys_one_frame_shuts_a_node_down(start_node: NodeFactory, attac
 
 @pytest.mark.parametrize("mode", MODES)
 def test_revoke_terminate_of_someone_elses_task(meshes: dict[str, Mesh2], attacker: Any,
-                                                make_client: Any, served: Served,
+                                                make_client: Any, served: StreamingClient,
                                                 mode: str) -> None:
     m = meshes[mode]
     victim = make_client(m.b, keys=str(m.keys) if m.keys else None)
@@ -363,7 +328,7 @@ def test_revoke_terminate_of_someone_elses_task(meshes: dict[str, Mesh2], attack
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_forged_death_at_the_highest_incarnation(meshes: dict[str, Mesh2], attacker: Any,
-                                                   served: Served, mode: str) -> None:
+                                                   served: StreamingClient, mode: str) -> None:
     m = meshes[mode]
     raw = attacker(m, m.a, "client key")
     for _ in range(3):
@@ -376,7 +341,7 @@ def test_a_forged_death_at_the_highest_incarnation(meshes: dict[str, Mesh2], att
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_forged_suspicion(meshes: dict[str, Mesh2], attacker: Any, served: Served,
+def test_a_forged_suspicion(meshes: dict[str, Mesh2], attacker: Any, served: StreamingClient,
                             mode: str) -> None:
     m = meshes[mode]
     inc = {x["node"]: x["incarnation"] for x in m.ask(m.a, "members")}[m.b.name]
@@ -395,7 +360,7 @@ def test_a_forged_suspicion(meshes: dict[str, Mesh2], attacker: Any, served: Ser
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_forged_member_gets_no_tasks(meshes: dict[str, Mesh2], attacker: Any, served: Served,
+def test_a_forged_member_gets_no_tasks(meshes: dict[str, Mesh2], attacker: Any, served: StreamingClient,
                                        mode: str) -> None:
     m = meshes[mode]
     ctx: zmq.Context[Any] = zmq.Context()
@@ -434,7 +399,7 @@ def test_a_forged_member_gets_no_tasks(meshes: dict[str, Mesh2], attacker: Any, 
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_forged_handoff_or_copy(meshes: dict[str, Mesh2], attacker: Any, served: Served,
+def test_a_forged_handoff_or_copy(meshes: dict[str, Mesh2], attacker: Any, served: StreamingClient,
                                   mode: str) -> None:
     """Node-to-node messages (handoff, copies) are for node keys only: a client key
     cannot make a node hold (and run) tasks as if a peer had handed them over, nor plant
@@ -498,7 +463,7 @@ def test_a_result_from_a_node_the_task_was_not_sent_to_is_dropped(start_node: No
 
 @pytest.mark.parametrize("mode", MODES)
 def test_big_tasks_beyond_the_quota_and_far_etas_are_refused(meshes: dict[str, Mesh2],
-                                                             attacker: Any, served: Served,
+                                                             attacker: Any, served: StreamingClient,
                                                              mode: str) -> None:
     m = meshes[mode]
     raw = attacker(m, m.b, "client key")
@@ -528,7 +493,7 @@ def test_big_tasks_beyond_the_quota_and_far_etas_are_refused(meshes: dict[str, M
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_data_dirs_and_journals_are_private(meshes: dict[str, Mesh2], served: Served,
+def test_data_dirs_and_journals_are_private(meshes: dict[str, Mesh2], served: StreamingClient,
                                             mode: str) -> None:
     m = meshes[mode]
     node = m.a
@@ -551,7 +516,7 @@ def test_member_ids_are_escaped_in_logs(start_node: NodeFactory, attacker: Any) 
 
 
 def test_keys_never_travel(meshes: dict[str, Mesh2], key_dirs: dict[str, Path],
-                           served: Served) -> None:
+                           served: StreamingClient) -> None:
     """Not in gossip (members' meta), not in any reply: neither secrets nor public keys
     (the fingerprint in ``status`` is 8 characters of the public key, to compare nodes)."""
     import json
@@ -567,7 +532,7 @@ def test_keys_never_travel(meshes: dict[str, Mesh2], key_dirs: dict[str, Path],
 
 # ---- and through all of it -----------------------------------------------------------------
 
-def test_real_clients_were_served_throughout(served: Served) -> None:
+def test_real_clients_were_served_throughout(served: StreamingClient) -> None:
     wait_until(lambda: served.ok >= 100, timeout=60, what="100 tasks of the real client")
     served.stop()
     assert served.errors == []
