@@ -69,9 +69,23 @@ def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking() -> Non
         client.close(linger=0)
         for t in threads:
             t.join(30)
-        # destroy, not term: under a loaded machine a scripted node may still hold its
-        # socket here, and term() would then block forever (no pytest timeout reaches it)
-        ctx.destroy(linger=0)
+        _end(ctx)
+
+
+_stuck: list[zmq.Context[Any]] = []    # contexts whose term() did not return (kept: see _end)
+
+
+def _end(ctx: zmq.Context[Any]) -> None:
+    """Close the scripted nodes' context. Under a loaded machine libzmq's term() has
+    been seen to block here for minutes after both sockets were closed (CI, once): it
+    runs in a thread, and a context that does not end within 10 s is kept referenced
+    (never collected, so no warning lands on a later test) rather than hang the run.
+    What the test checks was checked before this point."""
+    done = threading.Thread(target=ctx.destroy, kwargs={"linger": 0}, daemon=True)
+    done.start()
+    done.join(10)
+    if done.is_alive():
+        _stuck.append(ctx)
 
 
 def test_two_names_for_one_endpoint_through_its_own_link() -> None:
@@ -119,7 +133,7 @@ def test_two_names_for_one_endpoint_through_its_own_link() -> None:
         state["stop"] = True
         client.close(linger=0)
         t.join(30)
-        ctx.destroy(linger=0)
+        _end(ctx)
 
 
 def test_a_failed_io_thread_is_replaced_and_keeps_its_tasks(caplog: Any) -> None:
@@ -185,4 +199,4 @@ def test_a_failed_io_thread_is_replaced_and_keeps_its_tasks(caplog: Any) -> None
         state["stop"] = True
         client.close(linger=0)
         t.join(30)
-        ctx.destroy(linger=0)
+        _end(ctx)
