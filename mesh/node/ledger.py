@@ -324,23 +324,26 @@ class Ledger:
             self.faillog.warning("task %s %s: %s", task_id, state.lower(), message[:300])
         frame = self.failure(task_id, state, exc_type, message)
         if state == states.REVOKED and not event.get("terminated"):
-            self._revoked_signal(task_id, name, bool(event.get("expired")))
+            self.revoked_signal(task_id, name, expired=bool(event.get("expired")))
         if held:
             self.finish(task_id, ident, state, frame, name, **event)
         else:
             self.counts[state] += 1
             self.node.front.reply(ident, frame)
 
-    def _revoked_signal(self, task_id: str, name: str, expired: bool) -> None:
-        """Celery's ``task_revoked``, in the node, for a task revoked or expired before
-        any child ran it (a child terminated with a signal it can catch sends its own,
-        ``terminated=True``: mesh/node/child.py). A receiver that raises is logged."""
+    def revoked_signal(self, task_id: str, name: str, expired: bool = False,
+                       signum: int | None = None) -> None:
+        """Celery's ``task_revoked``, in the node: for a task revoked or expired before
+        any child ran it, and for one terminated with a signal its child cannot catch
+        (SIGKILL: ``signum``, ``terminated=True``). A child terminated with a signal it
+        can catch sends its own (mesh/node/child.py). A receiver that raises is logged."""
         sig = signals.task_revoked
         if not sig.has_receivers():
             return
         task = self.node.app.tasks.get(name)
         req = Request(id=task_id, task=name, hostname=self.node.name)
-        sig.send(sender=task, request=req, terminated=False, signum=None, expired=expired)
+        sig.send(sender=task, request=req, terminated=signum is not None, signum=signum,
+                 expired=expired)
 
     # -- retry ------------------------------------------------------------------------
     def retry(self, entry: Entry, result_frame: bytes, countdown: float) -> None:

@@ -84,6 +84,9 @@ class PoolEvents(Protocol):
         """Called just before an ``acks_late=False`` task goes to a child."""
     def task_started(self, entry: Entry, pid: int) -> None:
         """A child got the task."""
+    def revoked_signal(self, task_id: str, name: str, expired: bool = False,
+                       signum: int | None = None) -> None:
+        """Send ``task_revoked`` in the node (a signal the child cannot see)."""
 
 
 def async_task_names(app: "Mesh") -> frozenset[str]:

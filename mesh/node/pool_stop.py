@@ -136,6 +136,8 @@ class PoolStop:
             else:
                 self._mark_killed(c, "revoked", [task_id])
                 self._kill(c, sig)
+                if sig == signal.SIGKILL:        # the child cannot send task_revoked
+                    self.events.revoked_signal(task_id, entry.name, signum=sig)
             return True
         return False
 

@@ -160,6 +160,23 @@ def test_task_revoked_fires_in_the_child_terminated_with_sigterm(
     assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
 
 
+def test_task_revoked_fires_in_the_node_for_a_task_terminated_with_sigkill(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """SIGKILL (mesh's default signal for terminate) cannot be caught by the child: the
+    node sends task_revoked(terminated=True, signum=9), as Celery's main process does."""
+    node = signal_node(start_node, tmp_path, concurrency=1)
+    t = make_client(node).tasks
+    running = t.wait_for_file.delay(str(tmp_path / "never-opened"))
+    pre = one(tmp_path, "task_prerun", running.id)
+    running.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        running.get(timeout=RESULT_TIMEOUT)
+    rev = one(tmp_path, "task_revoked", running.id)
+    assert (rev["pid"], rev["sender"], rev["terminated"], rev["signum"], rev["expired"]) == \
+        (node.proc.pid, "tasks_app.wait_for_file", True, signal.SIGKILL, False)
+    assert rev["pid"] != pre["pid"]
+
+
 def test_task_revoked_fires_in_the_node_for_a_queued_task_revoked_or_expired(
         start_node: Any, make_client: Any, tmp_path: Path) -> None:
     """A task revoked or expired before any child ran it: the node sends task_revoked
