@@ -346,14 +346,20 @@ def test_a_forged_suspicion(meshes: dict[str, Mesh2], attacker: Any, served: Str
     m = meshes[mode]
     inc = {x["node"]: x["incarnation"] for x in m.ask(m.a, "members")}[m.b.name]
     raw = attacker(m, m.a, "client key")
+    denied = m.ask(m.a, "status").get("unauthorized_frames", 0)
     seen: set[str] = set()
+    sent = 0
     deadline = time.monotonic() + (QUIET if m.keyed else 30)
     while time.monotonic() < deadline and "suspect" not in seen:
         raw.send(Gossip("evil", [[1, m.b.name, inc, "", "evil"]]))
+        sent += 1
         seen.add(m.members(m.a)[m.b.name])
         inc = max(inc, {x["node"]: x["incarnation"] for x in m.ask(m.a, "members")}[m.b.name])
     if m.keyed:
-        assert seen == {"alive"} and _unauthorized(_after_barrier(raw))
+        assert _unauthorized(_after_barrier(raw))
+        # every forged frame was refused by the gate, none reached membership (a real
+        # suspicion, from a probe slowed by a loaded machine, may still show in ``seen``)
+        assert m.ask(m.a, "status")["unauthorized_frames"] - denied >= sent, (sent, seen)
     else:
         assert "suspect" in seen                 # only keys stop it (b refutes it, then)
     wait_until(lambda: m.members(m.a)[m.b.name] == "alive", what="b alive again")
