@@ -343,7 +343,7 @@ class AsyncResult:
             return ""
         client = self.app.client
         eps = ", ".join(client.endpoints())
-        if getattr(client, "_unreachable", False):
+        if client.unreachable:
             return f"no mesh node could be reached (tried {eps})"
         if slot.remote and slot.state == states.UNKNOWN:
             return f"no node holds it (nodes asked: {eps})"

@@ -202,6 +202,11 @@ class Links:
         self._placeable = [n for n in self.links.values() if n.state == "alive" and not n.refused
                            and (n.serves is None or mesh is None or n.serves.mesh == mesh)]
 
+    @property
+    def unreachable(self) -> bool:
+        """No node has been heard from for UNREACHABLE_AFTER seconds (and it was said)."""
+        return self._unreachable
+
     def _drain_monitor(self, link: NodeLink) -> None:
         """Connection events of a link. A link that connects again (the node restarted,
         or a cut network healed) may have lost frames in either direction: send it

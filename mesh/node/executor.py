@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mesh.node.component import Component, NodeStartError
-from mesh.node.journal import JournalError, open_journal
+from mesh.node.journal import DataDirInUse, JournalError, open_journal
 from mesh.node.pool import Pool
 from mesh.ratelimit import TokenBucket, parse_rate
 from mesh.security.files import private_dir
@@ -40,7 +40,7 @@ class Storage(Component):
             node.journal = open_journal(node.config)
         except JournalError as e:
             why = str(e)
-            if "in use by another node" in why and not node.config.data_dir:
+            if isinstance(e, DataDirInUse) and not node.config.data_dir:
                 # the default data dir is named after the node (or host and port): the
                 # same one means the same address, most likely already served
                 why += (f" (the default data dir follows the node's name and port: is another "

@@ -30,6 +30,10 @@ class JournalError(MeshError):
     """The journal cannot be read or written (disk full, read-only, corrupt, locked)."""
 
 
+class DataDirInUse(JournalError):
+    """Another node holds the data dir's lock."""
+
+
 class Row(NamedTuple):
     """An accepted, unfinished task (restart recovery)."""
     task_id: str

@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from mesh.node.checkpoint import BACKSTOP_PAGES, Checkpointer
-from mesh.node.journal import Journal, JournalError, Row, Stored
+from mesh.node.journal import DataDirInUse, Journal, JournalError, Row, Stored
 from mesh.security.files import private_dir, private_file
 
 log = logging.getLogger("mesh.journal")
@@ -211,7 +211,7 @@ class SqliteJournal(Journal):
             except OSError:
                 pass
             os.close(fd)
-            raise JournalError(f"data dir {self.directory} is in use by another node"
+            raise DataDirInUse(f"data dir {self.directory} is in use by another node"
                                + (f" (pid {holder})" if holder else "")
                                + "; give each node its own --data-dir") from None
         os.ftruncate(fd, 0)
