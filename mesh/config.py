@@ -51,6 +51,9 @@ class Config:
     quota_tasks: int = 100_000          # tasks one sender (connection) may have held by a node
     quota_bytes: int = 256 * 1024 * 1024  # bytes of tasks one sender may have held by a node
     max_eta: float = 30 * 86400.0       # s ahead an eta/countdown may be; 0 = no limit
+    queue_memory: int = 20_000          # queued tasks a node keeps in memory; beyond, plain
+                                        # tasks wait in the journal (mesh/node/spill.py);
+                                        # 0 = every queued task in memory
     # -- prefork pool -----------------------------------------------------------------
     concurrency: int = 0                # children; 0 means os.cpu_count()
     max_tasks_per_child: int = 0        # recycle a child after this many tasks; 0 = never
@@ -135,6 +138,8 @@ class Config:
             raise bad("shutdown_timeout must be >= 0")
         if self.quota_tasks < 1 or self.quota_bytes < 1024:
             raise bad("quota_tasks must be >= 1 and quota_bytes >= 1024")
+        if self.queue_memory < 0:
+            raise bad(f"queue_memory must be >= 0 (0: no limit), got {self.queue_memory}")
         if self.max_eta < 0:
             raise bad(f"max_eta must be >= 0 seconds (0: no limit), got {self.max_eta}")
         if self.replicas not in (1, 2):

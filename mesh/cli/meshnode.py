@@ -85,6 +85,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="Tasks one sender may have held by this node (default 100000).")
 @click.option("--quota-bytes", type=click.IntRange(min=1024), metavar="BYTES",
               help="Bytes of tasks one sender may have held by this node (default 256 MiB).")
+@click.option("--queue-memory", type=click.IntRange(min=0), metavar="N",
+              help="Queued tasks kept in memory (default 20000); beyond, plain tasks wait in the "
+                   "journal and are read back in order (0: all in memory).")
 @click.option("--max-eta", type=click.FloatRange(min=0), metavar="S",
               help="How far ahead an eta or countdown may be (default 2592000, 30 days; 0: no limit).")
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
@@ -99,7 +102,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              data_dir: str | None, no_journal: bool | None, journal_fsync: bool | None,
              result_expires: float | None, replicas: int | None, no_events: bool | None,
              http: str | None, keys: str | None, insecure: bool | None, quota_tasks: int | None,
-             quota_bytes: int | None, max_eta: float | None, loglevel: str | None,
+             quota_bytes: int | None, queue_memory: int | None, max_eta: float | None, loglevel: str | None,
              queues: str | None) -> int:
     """Run a mesh node for the tasks of an app.
 
@@ -129,7 +132,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
             result_expires=result_expires, replicas=replicas, events=False if no_events else None,
             http=http, keys=keys, insecure=insecure, quota_tasks=quota_tasks,
-            quota_bytes=quota_bytes, max_eta=max_eta,
+            quota_bytes=quota_bytes, queue_memory=queue_memory, max_eta=max_eta,
             loglevel=loglevel.upper() if loglevel else None, queues=queues)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)

@@ -210,6 +210,10 @@ class FrontDoor(Component):
             node.workflows.flush()
         node.ledger.flush()
         node.intake.flush_acks()
+        spill = node.spill
+        if spill.on_disk or spill.candidates:
+            spill.settle()        # out of memory once acknowledged (mesh/node/spill.py)
+            spill.refill()        # and back in order as the queue drains
         if node.replicas.started:
             node.replicas.flush()
         if node.handoff.started:

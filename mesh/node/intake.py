@@ -40,6 +40,7 @@ class Intake(Component):
 
     def __init__(self) -> None:
         self._acks: dict[bytes, list[str]] = {}
+        self._on_disk: set[str] = set()    # resent this pass, held on disk (mesh/node/spill.py)
 
     async def start(self, node: "Node") -> None:
         self.node = node
@@ -100,14 +101,22 @@ class Intake(Component):
         if over is not None:
             self.refuse_over_quota(ident, msg, over)
             return
+        spill = node.spill
+        disk = spill.wants(msg)        # a deep queue: it waits on disk (mesh/node/spill.py)
+        size = len(frame)
         try:
-            if not journal.add(tid, ident, frame, now):
+            if not (journal.add_spilled(tid, ident, frame, now) if disk
+                    else journal.add(tid, ident, frame, now)):
                 stored = journal.get(tid)
                 if stored is not None and stored.result is not None:
                     ledger.counts["answered_from_journal"] += 1   # finished here already
                     front.reply(ident, stored.result)
                     return
+                if spill.resent(ident, tid):       # held here, on disk
+                    self._on_disk.add(tid)
+                    return
                 journal.replace(tid, ident, frame, now)
+                disk = False
         except JournalError as e:
             front.refuse(ident, "journal", f"node {node.name} cannot write its journal, so it "
                          f"did not accept task {tid}: {e}", tid)
@@ -130,7 +139,10 @@ class Intake(Component):
         limit = msg.time_limit or task.options.time_limit or node.config.time_limit
         entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late)
+        entry.size = size              # what its sender sent (a time limit override aside)
         ledger.accept(entry, msg)
+        if disk:                       # in memory until its ACK is out, then on disk only
+            spill.candidates[tid] = entry
 
     def _refused(self, msg: Submit, tid: str, state: str, exc_type: str, why: str) -> None:
         """A workflow's step refused here ended all the same: what follows it is told."""
@@ -150,6 +162,12 @@ class Intake(Component):
             node.ledger.counts["answered_from_journal"] += 1
             node.front.reply(ident, stored.result)
             return
+        try:
+            if node.spill.resent(ident, tid):     # held here already, on disk
+                self._on_disk.add(tid)
+                return
+        except JournalError:
+            pass
         node.front.refuse(ident, "quota", why, tid)
         node.ledger.faillog.warning("task %s refused: %s", tid, why)
         node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=True, reason="quota")
@@ -163,11 +181,14 @@ class Intake(Component):
         held = node.ledger.held
         replicas = node.replicas
         acks, self._acks = self._acks, {}
+        disk, self._on_disk = self._on_disk, set()
         gates = replicas.gates              # (replicas.pending, read in one pass)
         for ident, ids in acks.items():
             now = []
             for t in ids:
                 if t not in held:
+                    if t in disk:            # held on disk (its copy confirmed long ago)
+                        now.append(t)
                     continue
                 waiting = gates.get(t)
                 if waiting is None:

@@ -43,6 +43,16 @@ class Row(NamedTuple):
     received: float
 
 
+class DiskRow(NamedTuple):
+    """A task read back from disk (mesh/node/spill.py)."""
+    task_id: str
+    client: bytes
+    frame: bytes
+    received: float
+    done: bool          # it has a result already (nothing to run)
+    revoked: bool       # its id was revoked
+
+
 class Stored(NamedTuple):
     state: str
     result: bytes | None     # the encoded Result when final
@@ -151,6 +161,33 @@ class Journal(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # -- tasks waiting on disk only (mesh/node/spill.py): sqlite only ------------------
+    spills = False     # this journal can keep queued tasks out of the node's memory
+
+    def add_spilled(self, task_id: str, client: bytes, frame: bytes, received: float) -> bool:
+        """``add``, for a task that waits on disk only (read back with ``spilled``)."""
+        raise JournalError("this journal keeps no tasks on disk")
+
+    def spilled(self, limit: int) -> list[DiskRow]:
+        """The oldest ``limit`` tasks waiting on disk only, in arrival order, each in
+        memory from then on."""
+        return []
+
+    def on_disk(self, task_id: str) -> bytes | None:
+        """The owner's routing id of a task waiting on disk only, or None."""
+        return None
+
+    def take_from_disk(self, task_id: str) -> DiskRow | None:
+        """One task waiting on disk only, in memory from then on."""
+        return None
+
+    def set_client(self, task_id: str, client: bytes) -> None:
+        """A task waiting on disk only is resent through another link."""
+
+    def disk_senders(self) -> list[tuple[bytes, int, int]]:
+        """``(owner, tasks, bytes)`` of the tasks waiting on disk only."""
+        return []
 
 
 def open_journal(config: "Config") -> Journal:

@@ -166,11 +166,14 @@ class Ledger:
             revoked = self.node.control.revoked
             pool = self.node.pool
             spread = self.spread
+            disk = self.node.spill.candidates     # to wait on disk: not to the pool
             away: dict[str, tuple[Any, list[Entry]]] = {}
             for entry in pending:
                 if entry.task_id in revoked:     # revoked in the same loop pass
                     self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was "
                                      "revoked", states.REVOKED)
+                elif disk and entry.task_id in disk:
+                    continue
                 elif entry.name == GROUP and self.node.workflows is not None:
                     self.node.workflows.begin(entry)     # coordinated here, not in a child
                 elif spread and entry.task_id in spread:
@@ -504,7 +507,8 @@ class Ledger:
             self.early.pop(tid, None)
             self.early[tid] = time.monotonic()
             self._forget_early()
-        return {"task_id": tid, "state": states.UNKNOWN}
+        waits = stored is not None and self.node.spill.on_disk    # queued, on disk
+        return {"task_id": tid, "state": states.RECEIVED if waits else states.UNKNOWN}
 
     def _watch(self, tid: str, ident: bytes) -> None:
         watchers = self.watchers.setdefault(tid, set())

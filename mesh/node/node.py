@@ -50,6 +50,7 @@ from mesh.node.remote import RemoteControl
 from mesh.node.replicas import Replicas
 from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
+from mesh.node.spill import Spill
 from mesh.node.view import NodeView
 from mesh.node.workflows import Workflows
 from mesh.security.curve import Security
@@ -81,6 +82,7 @@ BUILTIN: tuple[type[Component], ...] = (
     Executor,       # pool: the prefork children; at shutdown, the drain
     Intake,         # intake: SUBMITs into the ledger
     Workflows,      # workflows: what follows a workflow's step; group coordinators
+    Spill,          # spill: queued tasks beyond --queue-memory wait in the journal
     Recovery,       # recovery: the journal's unfinished tasks, held again
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
     Members,        # membership: SWIM over the front door and peer sockets
@@ -156,6 +158,7 @@ class Node:
         # and tasks given away go back to their owners
         self.replicas = Replicas.inert(self)
         self.handoff = Handoffs.inert(self)
+        self.spill = Spill.inert(self)            # nothing goes to disk until it starts
         self.events = Publisher(None, self.name)  # a socket once "events" binds one
         self.events_endpoint = ""
         self.tasks_digest = ""
@@ -188,7 +191,8 @@ class Node:
         return task
 
     def load(self) -> list[int]:
-        return [self.pool.busy, self.pool.size, self.pool.queued + self.pool.ahead_count]
+        return [self.pool.busy, self.pool.size,
+                self.pool.queued + self.pool.ahead_count + self.spill.on_disk]
 
     def members(self) -> list[dict[str, Any]]:
         return self.gossip.members()
@@ -228,7 +232,7 @@ class Node:
             "node": self.name, "address": self.address, "state": "left" if self.stopping else "alive",
             "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
             "busy": busy, "total": total, "queued": queued, "scheduled": len(pool.scheduled),
-            "held": len(ledger.held), "succeeded": c["SUCCESS"], "failed": c["FAILURE"],
+            "held": len(ledger.held) + self.spill.on_disk, "succeeded": c["SUCCESS"], "failed": c["FAILURE"],
             "revoked": c["REVOKED"], "retried": c["RETRY"],
             "answered_from_journal": c["answered_from_journal"],
             "journal": self.journal.path,
@@ -247,6 +251,7 @@ class Node:
             "components": [component_name(x) for x in self.components],
             **(self.replicas.status() if self.replicas.started else {}),
             **(self.handoff.status() if self.handoff.started else {}),
+            **self.spill.status(),
             **(self.workflows.status() if self.workflows is not None else {}),
         }
 

@@ -158,8 +158,13 @@ class RemoteControl(Component):
         for tid in ids:
             entry = node.ledger.held.get(tid)
             if entry is None:
+                entry = node.spill.take(tid)      # waiting on disk (mesh/node/spill.py)
+                if entry is not None:
+                    dropped.append(tid)
+                    node.ledger.task_failed(entry, "TaskRevokedError", f"task {tid} was "
+                                            "revoked", task_states.REVOKED)
                 continue
-            if node.pool.remove(tid) is not None:
+            if node.pool.remove(tid) is not None or node.spill.unqueue(tid):
                 dropped.append(tid)
                 node.ledger.task_failed(entry, "TaskRevokedError", f"task {tid} was revoked",
                                         task_states.REVOKED)

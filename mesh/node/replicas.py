@@ -268,6 +268,11 @@ class Replicas(Component):
                 batch.drop.add(tid)
             self._open(tid)
 
+    def spilled(self, task_id: str) -> None:
+        """A task whose copy is confirmed now waits on disk only (mesh/node/spill.py):
+        nothing is kept for it here until it is read back (then copied again)."""
+        self._untrack(task_id)
+
     def pending(self, task_id: str) -> bool:
         """Its copy is not confirmed yet: replies saying a node has it must wait."""
         return task_id in self.gates

@@ -21,7 +21,8 @@ A row per task id::
     frame     the Submit as it must run (a retry rewrites retries and eta)
     state     RECEIVED, STARTED (acks_late=False tasks, before they start) or final
     received  unix time of intake
-    result    the encoded Result, once final
+    disk      1 while the task waits on disk only, not in the node's memory (a deep
+              backlog: mesh/node/spill.py); a partial index keeps those rows in order
     finished  unix time of the result (results expire after ``result_expires``)
 
 and in the results table (a row per finished id, in finishing order) two more:
@@ -43,7 +44,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from mesh.node.checkpoint import BACKSTOP_PAGES, Checkpointer
-from mesh.node.journal import DataDirInUse, Journal, JournalError, Row, Stored
+from mesh.node.journal import DataDirInUse, DiskRow, Journal, JournalError, Row, Stored
 from mesh.security.files import private_dir, private_file
 
 log = logging.getLogger("mesh.journal")
@@ -59,7 +60,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     client   BLOB NOT NULL,
     frame    BLOB NOT NULL,
     state    TEXT NOT NULL,
-    received REAL NOT NULL
+    received REAL NOT NULL,
+    disk     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS results (
     task_id  TEXT NOT NULL UNIQUE,
@@ -151,6 +153,12 @@ class SqliteJournal(Journal):
             elif int(row[0]) > SCHEMA_VERSION:
                 raise JournalError(f"{self.path} was written by a newer mesh (schema {row[0]}, "
                                    f"this one reads {SCHEMA_VERSION})")
+            tcols = {r[1] for r in self.db.execute("PRAGMA table_info(tasks)")}
+            if "disk" not in tcols:  # 1: waiting on disk only (mesh/node/spill.py)
+                self.db.execute("ALTER TABLE tasks ADD COLUMN disk INTEGER NOT NULL DEFAULT 0")
+            # only the rows on disk are in it: in arrival (rowid) order, nothing to keep
+            # up to date for the rest
+            self.db.execute("CREATE INDEX IF NOT EXISTS tasks_disk ON tasks (disk) WHERE disk=1")
         except sqlite3.Error as e:
             self._unlock()
             raise JournalError(f"cannot open the journal: {_explain(e, self.path)}") from e
@@ -190,9 +198,10 @@ class SqliteJournal(Journal):
     def _new_tasks_table(self) -> None:
         db = self.db
         db.execute("CREATE TABLE tasks3 (task_id TEXT NOT NULL UNIQUE, client BLOB NOT NULL, "
-                   "frame BLOB NOT NULL, state TEXT NOT NULL, received REAL NOT NULL)")
-        db.execute("INSERT INTO tasks3 SELECT task_id, client, frame, state, received FROM tasks "
-                   "ORDER BY received")
+                   "frame BLOB NOT NULL, state TEXT NOT NULL, received REAL NOT NULL, "
+                   "disk INTEGER NOT NULL DEFAULT 0)")
+        db.execute("INSERT INTO tasks3 (task_id, client, frame, state, received) SELECT "
+                   "task_id, client, frame, state, received FROM tasks ORDER BY received")
         db.execute("DROP TABLE tasks")
         db.execute("ALTER TABLE tasks3 RENAME TO tasks")
 
@@ -256,6 +265,13 @@ class SqliteJournal(Journal):
         or finished: here, or on a node this one backs up)."""
         return self._write("INSERT OR IGNORE INTO tasks (task_id, client, frame, state, received) "
                            "SELECT ?, ?, ?, 'RECEIVED', ? WHERE NOT EXISTS "
+                           "(SELECT 1 FROM results WHERE task_id=?)",
+                           (task_id, client, frame, received, task_id)) == 1
+
+    def add_spilled(self, task_id: str, client: bytes, frame: bytes, received: float) -> bool:
+        """``add``, marked as waiting on disk only (read back with ``spilled``)."""
+        return self._write("INSERT OR IGNORE INTO tasks (task_id, client, frame, state, received, "
+                           "disk) SELECT ?, ?, ?, 'RECEIVED', ?, 1 WHERE NOT EXISTS "
                            "(SELECT 1 FROM results WHERE task_id=?)",
                            (task_id, client, frame, received, task_id)) == 1
 
@@ -382,11 +398,12 @@ class SqliteJournal(Journal):
     def unfinished(self) -> list[Row]:
         """Tasks accepted and not finished, oldest first (restart recovery): one scan
         at start, cheaper than an index of open tasks updated on every intake and
-        result."""
+        result. Not the ones waiting on disk only (``spilled``): those are read back
+        in order as the queue drains."""
         try:
             rows = self.db.execute(
-                "SELECT task_id, client, frame, state, received FROM tasks WHERE NOT EXISTS "
-                "(SELECT 1 FROM results WHERE results.task_id=tasks.task_id) "
+                "SELECT task_id, client, frame, state, received FROM tasks WHERE disk=0 AND "
+                "NOT EXISTS (SELECT 1 FROM results WHERE results.task_id=tasks.task_id) "
                 "ORDER BY received").fetchall()
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
@@ -427,3 +444,62 @@ class SqliteJournal(Journal):
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         return {"open": int(tasks), "results": int(results)}
+
+    # -- tasks waiting on disk only (a deep backlog: mesh/node/spill.py) ---------------
+    spills = True
+
+    def spilled(self, limit: int) -> list[DiskRow]:
+        """The oldest ``limit`` tasks waiting on disk only, in arrival order; each is
+        in memory from now on (its mark is cleared: commit with the next batch)."""
+        try:
+            rows = self.db.execute(
+                "SELECT t.rowid, t.task_id, t.client, t.frame, t.received, "
+                "EXISTS (SELECT 1 FROM results r WHERE r.task_id=t.task_id), "
+                "EXISTS (SELECT 1 FROM revoked v WHERE v.task_id=t.task_id) "
+                "FROM tasks t INDEXED BY tasks_disk WHERE t.disk=1 ORDER BY t.rowid "
+                "LIMIT ?", (limit,)).fetchall()
+            if rows:
+                self._begin()
+                self.db.executemany("UPDATE tasks SET disk=0 WHERE rowid=?",
+                                    [(r[0],) for r in rows])
+                self.writes += len(rows)
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return [DiskRow(r[1], bytes(r[2]), bytes(r[3]), r[4], bool(r[5]), bool(r[6]))
+                for r in rows]
+
+    def on_disk(self, task_id: str) -> bytes | None:
+        """The owner's routing id of a task waiting on disk only, or None."""
+        try:
+            row = self.db.execute("SELECT client FROM tasks WHERE task_id=? AND disk=1",
+                                  (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        return bytes(row[0]) if row else None
+
+    def take_from_disk(self, task_id: str) -> DiskRow | None:
+        """One task waiting on disk only, in memory from now on (a revoke)."""
+        try:
+            row = self.db.execute(
+                "SELECT rowid, task_id, client, frame, received FROM tasks "
+                "WHERE task_id=? AND disk=1", (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        if row is None:
+            return None
+        self._write("UPDATE tasks SET disk=0 WHERE rowid=?", (row[0],))
+        return DiskRow(row[1], bytes(row[2]), bytes(row[3]), row[4], False, False)
+
+    def set_client(self, task_id: str, client: bytes) -> None:
+        """A task waiting on disk is resent through another link: reply there."""
+        self._write("UPDATE tasks SET client=? WHERE task_id=?", (client, task_id))
+
+    def disk_senders(self) -> list[tuple[bytes, int, int]]:
+        """``(owner, tasks, bytes)`` of the tasks waiting on disk only (their owners'
+        quotas, at start)."""
+        try:
+            return [(bytes(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(
+                "SELECT client, count(*), sum(length(frame)) FROM tasks INDEXED BY tasks_disk "
+                "WHERE disk=1 GROUP BY client").fetchall()]
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e

@@ -1,0 +1,135 @@
+"""A deep backlog in bounded memory (mesh/node/spill.py): beyond ``--queue-memory``
+queued tasks, plain tasks wait in the journal and are read back in order.
+
+Real nodes with a window of 50, so a few hundred tasks put most of the queue on disk.
+One child, held by a gated task, so the queue's order is the order the tasks run in.
+"""
+from __future__ import annotations
+
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import wait_until
+
+from mesh import Mesh, states
+from mesh.exceptions import TaskRevokedError
+
+RESULT_TIMEOUT = 60.0
+WINDOW = 50
+N = 300
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _backlog(node: Any, c: Any, tmp_path: Path, n: int = N, prefix: str = "t") -> tuple[Any, list[Any], Path, Path]:
+    """A gated task on the one child, then ``n`` tasks queued behind it (ids known)."""
+    gate, out = tmp_path / "gate", tmp_path / "runs"
+    running = c.tasks.wait_for_file.delay(str(gate))
+    wait_until(lambda: node.status()["busy"] == 1, what="the gated task to start")
+    rs = [c.tasks.append_line.apply_async((str(out), f"line-{i}"), task_id=f"{prefix}-{i}")
+          for i in range(n)]
+    return running, rs, gate, out
+
+
+def test_a_backlog_beyond_the_window_waits_on_disk_and_runs_in_order(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1, queue_memory=WINDOW)
+    c = make_client(node)
+    running, rs, gate, out = _backlog(node, c, tmp_path)
+    wait_until(lambda: node.status()["queued"] == N, what=f"{N} tasks to queue")
+    st = node.status()
+    assert st["queued_on_disk"] == N - WINDOW, st      # the rest waits in the journal
+    assert st["held"] == N + 1 and st["queue_memory"] == WINDOW
+    assert c.app.client.flush(RESULT_TIMEOUT) == 0      # all acknowledged, then
+    c.close()                                           # the submitter is gone
+    # a resend of a task that waits on disk, from another process: held, not run twice
+    other = Mesh("mesh-it-other", peers=[node.endpoint], mdns=False)
+    try:
+        dup = other.task(name="tasks_app.append_line")(lambda path, line: line)
+        again = dup.apply_async((str(out), "line-200"), task_id="t-200")
+        assert other.client.flush(RESULT_TIMEOUT) == 0        # acknowledged: held there
+        assert other.AsyncResult("t-100").state == states.RECEIVED   # (it waits on disk)
+        st = node.status()
+        assert st["held"] == N + 1 and st["queued_on_disk"] == N - WINDOW, st
+        gate.touch()
+        assert again.get(timeout=RESULT_TIMEOUT) == "line-200"
+        assert [other.AsyncResult(f"t-{i}").get(timeout=RESULT_TIMEOUT) for i in range(N)] \
+            == [f"line-{i}" for i in range(N)]
+    finally:
+        other.close()
+    # first in, first out across memory and disk; every task ran once
+    assert _lines(out) == [f"line-{i}" for i in range(N)]
+    wait_until(lambda: node.status()["held"] == 0, what="the node to hold nothing")
+    st = node.status()
+    assert st["queued"] == 0 and st["queued_on_disk"] == 0
+    assert st["spilled_to_disk"] == N - WINDOW and st["read_back_from_disk"] == N - WINDOW
+
+
+def test_a_task_waiting_on_disk_can_be_revoked(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1, queue_memory=WINDOW)
+    c = make_client(node)
+    running, rs, gate, out = _backlog(node, c, tmp_path)
+    wait_until(lambda: node.status()["queued_on_disk"] == N - WINDOW, what="the disk part")
+    answers = c.app.control.revoke("t-150")
+    assert answers[node.name]["dropped"] == ["t-150"], answers
+    st = node.status()
+    assert st["queued"] == N - 1 and st["queued_on_disk"] == N - WINDOW - 1
+    with pytest.raises(TaskRevokedError):
+        rs[150].get(timeout=RESULT_TIMEOUT)
+    gate.touch()
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"
+    for i, r in enumerate(rs):
+        if i != 150:
+            assert r.get(timeout=RESULT_TIMEOUT) == f"line-{i}"
+    assert _lines(out) == [f"line-{i}" for i in range(N) if i != 150]
+
+
+def test_tasks_on_disk_survive_kill_9_and_run_once_in_order_after_a_restart(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1, queue_memory=WINDOW)
+    c = make_client(node)
+    running, rs, gate, out = _backlog(node, c, tmp_path)
+    wait_until(lambda: node.status()["queued_on_disk"] == N - WINDOW, what="the disk part")
+    node.send_signal(signal.SIGKILL)
+    node.wait(10)
+    gate.touch()
+    node = start_node.restart(node)
+    err = node.stderr()
+    assert "recovered 51 unfinished task(s)" in err          # the window, not the backlog
+    assert f"{N - WINDOW} queued task(s) wait on disk" in err
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(N)]
+    assert _lines(out) == [f"line-{i}" for i in range(N)]     # in order, each once
+    wait_until(lambda: node.status()["held"] == 0, what="the node to hold nothing")
+
+
+def test_tasks_going_to_disk_are_copied_to_the_backup_before_they_are_acknowledged(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """Two copies: a task that waits on disk has its copy on the backup too, so the
+    backup runs it when its holder dies (here: killed with its backlog on disk)."""
+    a = start_node(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
+    b = start_node(concurrency=1, peers=a.endpoint, replicas=2, profile="test")
+    wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
+    # b's one child busy too, so that a has no peer with room to shed its queue to
+    b_busy = make_client(b).tasks.wait_for_file.delay(str(tmp_path / "gate"))
+    wait_until(lambda: b.status()["busy"] == 1, what="b's child to be busy")
+    c = make_client(a)
+    running, rs, gate, out = _backlog(a, c, tmp_path, n=200, prefix=f"c{uuid.uuid4().hex[:6]}")
+    # (the client places some of its tasks on b: a holds the rest, most of them on disk)
+    assert c.app.client.flush(RESULT_TIMEOUT) == 0      # acknowledged: the promise is made
+    wait_until(lambda: a.status()["queued_on_disk"] >= 20, what="a's disk part")
+    held = a.status()["held"]
+    wait_until(lambda: b.status()["copies_kept"] >= held, what="b to keep a copy of each")
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    gate.touch()
+    # b, the backup, runs a's tasks (those on a's disk included): every result comes
+    assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in rs) == sorted(f"line-{i}" for i in range(200))
+    assert b_busy.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(200))    # each ran once
