@@ -5,17 +5,21 @@ raised so one client may queue a million tasks), whose two children are held by
 ``bench.hold`` tasks waiting for a gate file. Then, from this process:
 
   (a) submit ``bench.inc`` tasks in stages up to each mark (10,000, 100,000,
-      1,000,000 queued); after each, wait until the node says it holds them all
+      1,000,000 queued), at most one batch ahead of what the node holds
+      (``--no-pace``: as fast as the client goes); after each, wait until the node says it holds them all
       (status ``held``) and read the RSS of the node and of node + children:
       submit rate per stage = tasks of the stage / (first submit -> all held);
   (b) open the gate and time the drain: until ``held`` falls below each mark again,
       and to zero; drain rate per stage.
 
 If the cost per task is flat in the backlog, the stage rates stay the same; the RSS
-per queued task says what a queued task costs in memory (docs/performance.md).
+per queued task says what a queued task costs in memory (docs/performance.md). The
+node keeps ``--queue-memory`` queued tasks in memory (20,000 by default) and the rest
+in its journal (mesh/node/spill.py): ``--queue-memory 0`` measures all in memory.
 
     .venv/bin/python -m bench.backlog                 # 10k, 100k, 1M (a few minutes)
     .venv/bin/python -m bench.backlog --marks 10000,100000
+    .venv/bin/python -m bench.backlog --queue-memory 0   # every queued task in memory
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ def _rss(pid: int) -> tuple[int, int]:
     return own, own + kids
 
 
-def run(marks: list[int], concurrency: int, batch: int) -> list[dict[str, Any]]:
+def run(marks: list[int], concurrency: int, batch: int,
+        queue_memory: int | None = None, pace: bool = True) -> list[dict[str, Any]]:
     from bench.backlog_tasks import HOLD, make_app
     from bench.tasks import TASK_NAME
     from mesh.client.control import ControlClient
@@ -63,7 +68,9 @@ def run(marks: list[int], concurrency: int, batch: int) -> list[dict[str, Any]]:
 
     top = max(marks)
     node = Node(concurrency, "WARNING", ["--quota-tasks", str(2 * top),
-                                         "--quota-bytes", str(max(1 << 28, 2048 * top))],
+                                         "--quota-bytes", str(max(1 << 28, 2048 * top)),
+                                         *(["--queue-memory", str(queue_memory)]
+                                           if queue_memory is not None else [])],
                 app="bench.backlog_tasks")
     gate = os.path.join(tempfile.mkdtemp(prefix="mesh-backlog-"), "gate")
     app = None
@@ -89,6 +96,11 @@ def run(marks: list[int], concurrency: int, batch: int) -> list[dict[str, Any]]:
                     n = min(batch, mark - submitted)
                     results.extend(inc.delay(i) for i in range(submitted, submitted + n))
                     submitted += n
+                    # paced: at most one batch ahead of what the node holds, so that RSS
+                    # is what the node keeps for its backlog, not a client outrunning it
+                    # (messages buffered in zmq: up to the front door's RCVHWM)
+                    while pace and _status(cc, node.endpoint)["held"] < submitted - batch:
+                        time.sleep(0.01)
                 t_sub = time.perf_counter()
                 while _status(cc, node.endpoint)["held"] < mark + concurrency:
                     if node.proc.poll() is not None:
@@ -101,11 +113,13 @@ def run(marks: list[int], concurrency: int, batch: int) -> list[dict[str, Any]]:
                 rows.append({"queued": mark, "node_rss_mb": own / 2**20, "all_rss_mb": total / 2**20,
                              "bytes_per_task": (own - base_own) / mark,
                              "submit_per_s": stage / (t1 - t0), "client_submit_per_s": stage / (t_sub - t0),
-                             "node_queued": st["queued"]})
+                             "node_queued": st["queued"],
+                             "on_disk": st.get("queued_on_disk", 0)})
                 r = rows[-1]
                 print(f"{mark:>9,} queued: node RSS {r['node_rss_mb']:7.1f} MB (node + children "
                       f"{r['all_rss_mb']:7.1f} MB, {r['bytes_per_task']:,.0f} B per queued task), "
-                      f"stage submit {r['submit_per_s']:,.0f} tasks/s (held by the node)", flush=True)
+                      f"stage submit {r['submit_per_s']:,.0f} tasks/s (held by the node; "
+                      f"{r['on_disk']:,} on disk)", flush=True)
             # (b) drain
             t0 = time.perf_counter()
             open(gate, "w").close()
@@ -155,15 +169,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="queued-task counts to measure at (default 10000,100000,1000000)")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--batch", type=int, default=10000, help="tasks per submit burst")
+    ap.add_argument("--no-pace", action="store_true",
+                    help="submit without waiting for the node (the client may run far ahead)")
+    ap.add_argument("--queue-memory", type=int, default=None,
+                    help="the node's --queue-memory (default: the node's default)")
     args = ap.parse_args(argv)
     marks = sorted(int(x) for x in args.marks.split(","))
     os.chdir(ROOT)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    rows = run(marks, args.concurrency, args.batch)
-    print("\nqueued     node RSS MB  node+children MB  B/queued task  submit/s  drain/s")
+    rows = run(marks, args.concurrency, args.batch, args.queue_memory, not args.no_pace)
+    print("\nqueued     on disk    node RSS MB  node+children MB  B/queued task  submit/s  drain/s")
     for r in rows:
-        print(f"{r['queued']:>9,}  {r['node_rss_mb']:11.1f}  {r['all_rss_mb']:16.1f}  "
+        print(f"{r['queued']:>9,}  {r['on_disk']:>9,}  {r['node_rss_mb']:11.1f}  {r['all_rss_mb']:16.1f}  "
               f"{r['bytes_per_task']:13,.0f}  {r['submit_per_s']:8,.0f}  {r.get('drain_per_s', 0):7,.0f}")
     return 0
 

@@ -333,6 +333,8 @@ class Handoffs(Component):
                 stored = journal.get(tid)
                 if stored is not None and stored.result is not None:
                     return None         # finished here already
+                if node.spill.holds(tid):
+                    return None         # queued here already, on disk (mesh/node/spill.py)
                 journal.replace(tid, b"", frame, now)
         except JournalError as e:
             return f"node {node.name} cannot write its journal: {e}"

@@ -99,7 +99,7 @@ class Intake(Component):
         journal = node.journal
         over = ledger.over_quota(ident, len(frame))
         if over is not None:
-            self.refuse_over_quota(ident, msg, over)
+            self.refuse_over_quota(ident, msg, over, len(frame))
             return
         spill = node.spill
         disk = spill.wants(msg)        # a deep queue: it waits on disk (mesh/node/spill.py)
@@ -112,7 +112,7 @@ class Intake(Component):
                     ledger.counts["answered_from_journal"] += 1   # finished here already
                     front.reply(ident, stored.result)
                     return
-                if spill.resent(ident, tid):       # held here, on disk
+                if spill.resent(ident, tid, size):       # held here, on disk
                     self._on_disk.add(tid)
                     return
                 journal.replace(tid, ident, frame, now)
@@ -150,7 +150,7 @@ class Intake(Component):
         if wf is not None and ("wf" in msg.headers or msg.name == GROUP):
             wf.refused(msg, self.node.ledger.failure(tid, state, exc_type, why))
 
-    def refuse_over_quota(self, ident: bytes, msg: Submit, why: str) -> None:
+    def refuse_over_quota(self, ident: bytes, msg: Submit, why: str, size: int = 0) -> None:
         """A sender over its quota: a task finished here already is still answered;
         a new one is refused (ERROR ``quota``: the client may try another node)."""
         node, tid = self.node, msg.task_id
@@ -163,7 +163,7 @@ class Intake(Component):
             node.front.reply(ident, stored.result)
             return
         try:
-            if node.spill.resent(ident, tid):     # held here already, on disk
+            if node.spill.resent(ident, tid, size):     # held here already, on disk
                 self._on_disk.add(tid)
                 return
         except JournalError:

@@ -257,7 +257,9 @@ class Pool(PoolSize, PoolStop, PoolAhead):
             self.idle.remove(c)
 
     # -- work -------------------------------------------------------------------------
-    def submit(self, entry: Entry) -> None:
+    def submit(self, entry: Entry, dispatch: bool = True) -> None:
+        """Queue ``entry`` (or time it, with an eta ahead); ``dispatch=False``: the
+        caller dispatches once after queueing many (mesh/node/spill.py)."""
         now = time.time()
         if entry.eta is not None and entry.eta > now:
             loop = asyncio.get_running_loop()
@@ -265,7 +267,8 @@ class Pool(PoolSize, PoolStop, PoolAhead):
             self.scheduled[entry.task_id] = entry
             return
         self._enqueue(entry)
-        self.dispatch()
+        if dispatch:
+            self.dispatch()
 
     def _enqueue(self, entry: Entry) -> None:
         q = self.aqueue if entry.name in self.async_names else self.squeue

@@ -112,9 +112,9 @@ class Spill(Component):
         node = self.node
         return node.pool.queued + len(node.ledger.pending) >= self.window
 
-    def resent(self, ident: bytes, task_id: str) -> bool:
-        """A SUBMIT of an id that may wait on disk: True if it does (it is held here:
-        acknowledge it, do not accept it again)."""
+    def resent(self, ident: bytes, task_id: str, size: int) -> bool:
+        """A SUBMIT (of ``size`` bytes) of an id that may wait on disk: True if it
+        does (it is held here: acknowledge it, do not accept it again)."""
         if not self.on_disk:
             return False
         journal = self.node.journal
@@ -127,10 +127,17 @@ class Spill(Component):
             old = senders.get(client)
             if old is not None:
                 old[0] -= 1
+                old[1] -= size
                 if old[0] <= 0:
                     del senders[client]
-            senders.setdefault(ident, [0, 0])[0] += 1
+            new = senders.setdefault(ident, [0, 0])
+            new[0] += 1
+            new[1] += size
         return True
+
+    def holds(self, task_id: str) -> bool:
+        """Does this task wait on disk here?"""
+        return bool(self.on_disk) and self.node.journal.on_disk(task_id) is not None
 
     def unqueue(self, task_id: str) -> bool:
         """A revoke of a task accepted to go to disk that is still in memory: it is
@@ -184,21 +191,23 @@ class Spill(Component):
             entry = self.candidates.pop(row.task_id, None)
             if entry is not None:               # still in memory: straight to the queue
                 if node.ledger.held.get(row.task_id) is entry:
-                    pool.submit(entry)
+                    pool.submit(entry, dispatch=False)
                 continue
             if row.done:
                 continue
             self.on_disk -= 1
             self.read_back += 1
-            entry = self._hold(row)
-            if entry is None:
+            held = self._hold(row)
+            if held is None:
                 continue
-            node.replicas.accepted(entry)       # its copy goes to its backup again
+            entry, msg = held
+            node.replicas.accepted(entry, msg)  # its copy goes to its backup again
             if row.revoked or row.task_id in node.control.revoked:
                 node.ledger.task_failed(entry, "TaskRevokedError",
                                         f"task {row.task_id} was revoked", states.REVOKED)
             else:
-                pool.submit(entry)
+                pool.submit(entry, dispatch=False)
+        pool.dispatch()
         self.on_disk = 0 if every else max(self.on_disk, 0)
 
     def take(self, task_id: str) -> Entry | None:
@@ -214,9 +223,10 @@ class Spill(Component):
         if row is None:
             return None
         self.on_disk -= 1
-        return self._hold(row)
+        held = self._hold(row)
+        return held[0] if held is not None else None
 
-    def _hold(self, row: DiskRow) -> Entry | None:
+    def _hold(self, row: DiskRow) -> tuple[Entry, Submit] | None:
         """A task read back from disk, held again (its quota was never given back)."""
         node, ledger = self.node, self.node.ledger
         try:
@@ -254,7 +264,7 @@ class Spill(Component):
             ledger.task_failed(entry, "NotRegistered", f"task {msg.name!r} is no longer "
                                f"registered on node {node.name}")
             return None
-        return entry
+        return entry, msg
 
     async def _loop(self) -> None:
         while True:
