@@ -70,24 +70,32 @@ def test_a_backlog_beyond_the_window_waits_on_disk_and_runs_in_order(
     assert st["spilled_to_disk"] == N - WINDOW and st["read_back_from_disk"] == N - WINDOW
 
 
-def test_a_task_waiting_on_disk_can_be_revoked(
+def test_a_task_waiting_on_disk_can_be_revoked_and_new_tasks_queue_behind_the_disk(
         start_node: Any, make_client: Any, tmp_path: Path) -> None:
     node = start_node(concurrency=1, queue_memory=WINDOW)
     c = make_client(node)
     running, rs, gate, out = _backlog(node, c, tmp_path)
     wait_until(lambda: node.status()["queued_on_disk"] == N - WINDOW, what="the disk part")
-    answers = c.app.control.revoke("t-150")
+    answers = c.app.control.revoke("t-150")           # on disk
     assert answers[node.name]["dropped"] == ["t-150"], answers
     st = node.status()
     assert st["queued"] == N - 1 and st["queued_on_disk"] == N - WINDOW - 1
     with pytest.raises(TaskRevokedError):
         rs[150].get(timeout=RESULT_TIMEOUT)
+    # revokes of five tasks in memory leave room there (less than a chunk read back):
+    # tasks sent now still queue behind the ones on disk, first in, first out
+    gone = [f"t-{i}" for i in range(5)]
+    c.app.control.revoke(gone)
+    wait_until(lambda: node.status()["queued"] == N - 6, what="the revokes")
+    late = [c.tasks.append_line.apply_async((str(out), f"line-{i}"), task_id=f"t-{i}")
+            for i in range(N, N + 5)]
+    wait_until(lambda: node.status()["queued"] == N - 1, what="the late tasks to queue")
     gate.touch()
     assert running.get(timeout=RESULT_TIMEOUT) == "opened"
-    for i, r in enumerate(rs):
-        if i != 150:
+    for i, r in enumerate(rs + late):
+        if i != 150 and i >= 5:
             assert r.get(timeout=RESULT_TIMEOUT) == f"line-{i}"
-    assert _lines(out) == [f"line-{i}" for i in range(N) if i != 150]
+    assert _lines(out) == [f"line-{i}" for i in range(5, N + 5) if i != 150]
 
 
 def test_tasks_on_disk_survive_kill_9_and_run_once_in_order_after_a_restart(
