@@ -73,7 +73,7 @@ def test_every_field_can_be_set_from_env() -> None:
               "autoscale_max_cpu": "100", "async_concurrency": "7", "autoreload": "1",
               "app": "proj.tasks:app", "queues": "reports,celery", "replicas": "1",
               "keys": "/k", "key_name": "app", "insecure": "1", "quota_tasks": "9",
-              "quota_bytes": "4096", "max_eta": "10"}
+              "quota_bytes": "4096", "max_eta": "10", "queue_memory": "11"}
     values["concurrency"] = "0"          # --autoscale and --concurrency exclude each other
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
@@ -90,7 +90,7 @@ def test_every_field_can_be_set_from_env() -> None:
         "autoscale_max_cpu": 100.0, "async_concurrency": 7, "autoreload": True,
         "app": "proj.tasks:app", "queues": ("reports", "celery"), "replicas": 1,
         "keys": "/k", "key_name": "app", "insecure": True, "quota_tasks": 9,
-        "quota_bytes": 4096, "max_eta": 10.0}
+        "quota_bytes": 4096, "max_eta": 10.0, "queue_memory": 11}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,3 +323,8 @@ def test_pool_size_at_start() -> None:
     assert Config.build(env={}, pool="solo").pool_size == 1
     assert Config.build(env={}, pool="threads", concurrency=6).pool_size == 6
     assert Config.build(env={}, concurrency=4).autoscale_range is None
+
+
+def test_queue_memory_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="queue_memory"):
+        build({"MESH_QUEUE_MEMORY": "-1"})
