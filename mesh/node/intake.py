@@ -181,7 +181,9 @@ class Intake(Component):
         held = node.ledger.held
         replicas = node.replicas
         acks, self._acks = self._acks, {}
-        disk, self._on_disk = self._on_disk, set()
+        disk = self._on_disk
+        if disk:
+            self._on_disk = set()
         gates = replicas.gates              # (replicas.pending, read in one pass)
         for ident, ids in acks.items():
             now = []
