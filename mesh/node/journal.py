@@ -51,6 +51,7 @@ class DiskRow(NamedTuple):
     received: float
     done: bool          # it has a result already (nothing to run)
     revoked: bool       # its id was revoked
+    backup: str = ""    # the node that kept its copy when it went to disk
 
 
 class Stored(NamedTuple):
@@ -184,6 +185,9 @@ class Journal(abc.ABC):
 
     def set_client(self, task_id: str, client: bytes) -> None:
         """A task waiting on disk only is resent through another link."""
+
+    def set_backups(self, rows: Sequence[tuple[str, str]]) -> None:
+        """``(backup, task_id)``: the node that kept each copy when it went to disk."""
 
     def disk_senders(self) -> list[tuple[bytes, int, int]]:
         """``(owner, tasks, bytes)`` of the tasks waiting on disk only."""

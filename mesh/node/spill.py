@@ -153,6 +153,7 @@ class Spill(Component):
         node = self.node
         held, gates = node.ledger.held, node.replicas.gates
         gone: list[str] = []
+        backups: list[tuple[str, str]] = []
         out = 0
         for tid, entry in c.items():
             if held.get(tid) is not entry:     # finished or given back meanwhile
@@ -162,12 +163,19 @@ class Spill(Component):
             else:
                 gone.append(tid)
                 del held[tid]                   # (its sender's quota still counts it)
-                node.replicas.spilled(tid)
+                backup = node.replicas.spilled(tid)
+                if backup:
+                    backups.append((backup, tid))
                 out += 1
         for tid in gone:
             del c[tid]
         self.on_disk += out
         self.spilled += out
+        if backups:        # where its copy is: read back, a new backup's predecessor drops it
+            try:
+                node.journal.set_backups(backups)
+            except JournalError as e:
+                log.error("journal: cannot record the backups of tasks on disk: %s", e)
 
     def refill(self) -> None:
         """Read tasks back from disk, in arrival order, while the in-memory queue has
@@ -201,7 +209,7 @@ class Spill(Component):
             if held is None:
                 continue
             entry, msg = held
-            node.replicas.accepted(entry, msg)  # its copy goes to its backup again
+            node.replicas.read_back(entry, msg, row.backup)   # copied again
             if row.revoked or row.task_id in node.control.revoked:
                 node.ledger.task_failed(entry, "TaskRevokedError",
                                         f"task {row.task_id} was revoked", states.REVOKED)
@@ -224,7 +232,10 @@ class Spill(Component):
             return None
         self.on_disk -= 1
         held = self._hold(row)
-        return held[0] if held is not None else None
+        if held is None:
+            return None
+        self.node.replicas.read_back(held[0], held[1], row.backup)  # its result replaces
+        return held[0]                                            # the copy, wherever
 
     def _hold(self, row: DiskRow) -> tuple[Entry, Submit] | None:
         """A task read back from disk, held again (its quota was never given back)."""

@@ -23,6 +23,7 @@ A row per task id::
     received  unix time of intake
     disk      1 while the task waits on disk only, not in the node's memory (a deep
               backlog: mesh/node/spill.py); a partial index keeps those rows in order
+    backup    the node that kept its copy when it went to disk ('' none or unknown)
     finished  unix time of the result (results expire after ``result_expires``)
 
 and in the results table (a row per finished id, in finishing order) two more:
@@ -33,6 +34,9 @@ and in the results table (a row per finished id, in finishing order) two more:
 
 Errors from sqlite (a full disk, a read-only file, a corrupt database) become
 :class:`JournalError` with a message that says what happened and where.
+
+(A little over 500 lines: the deep backlog's reads of the tasks table, at the end,
+live with the rest of its SQL.)
 """
 from __future__ import annotations
 
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     frame    BLOB NOT NULL,
     state    TEXT NOT NULL,
     received REAL NOT NULL,
-    disk     INTEGER NOT NULL DEFAULT 0
+    disk     INTEGER NOT NULL DEFAULT 0,
+    backup   TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS results (
     task_id  TEXT NOT NULL UNIQUE,
@@ -156,6 +161,8 @@ class SqliteJournal(Journal):
             tcols = {r[1] for r in self.db.execute("PRAGMA table_info(tasks)")}
             if "disk" not in tcols:  # 1: waiting on disk only (mesh/node/spill.py)
                 self.db.execute("ALTER TABLE tasks ADD COLUMN disk INTEGER NOT NULL DEFAULT 0")
+            if "backup" not in tcols:
+                self.db.execute("ALTER TABLE tasks ADD COLUMN backup TEXT NOT NULL DEFAULT ''")
             # only the rows on disk are in it: in arrival (rowid) order, nothing to keep
             # up to date for the rest
             self.db.execute("CREATE INDEX IF NOT EXISTS tasks_disk ON tasks (disk) WHERE disk=1")
@@ -199,7 +206,7 @@ class SqliteJournal(Journal):
         db = self.db
         db.execute("CREATE TABLE tasks3 (task_id TEXT NOT NULL UNIQUE, client BLOB NOT NULL, "
                    "frame BLOB NOT NULL, state TEXT NOT NULL, received REAL NOT NULL, "
-                   "disk INTEGER NOT NULL DEFAULT 0)")
+                   "disk INTEGER NOT NULL DEFAULT 0, backup TEXT NOT NULL DEFAULT '')")
         db.execute("INSERT INTO tasks3 (task_id, client, frame, state, received) SELECT "
                    "task_id, client, frame, state, received FROM tasks ORDER BY received")
         db.execute("DROP TABLE tasks")
@@ -455,7 +462,7 @@ class SqliteJournal(Journal):
             rows = self.db.execute(
                 "SELECT t.rowid, t.task_id, t.client, t.frame, t.received, "
                 "EXISTS (SELECT 1 FROM results r WHERE r.task_id=t.task_id), "
-                "EXISTS (SELECT 1 FROM revoked v WHERE v.task_id=t.task_id) "
+                "EXISTS (SELECT 1 FROM revoked v WHERE v.task_id=t.task_id), t.backup "
                 "FROM tasks t INDEXED BY tasks_disk WHERE t.disk=1 ORDER BY t.rowid "
                 "LIMIT ?", (limit,)).fetchall()
             if rows:
@@ -465,7 +472,7 @@ class SqliteJournal(Journal):
                 self.writes += len(rows)
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
-        return [DiskRow(r[1], bytes(r[2]), bytes(r[3]), r[4], bool(r[5]), bool(r[6]))
+        return [DiskRow(r[1], bytes(r[2]), bytes(r[3]), r[4], bool(r[5]), bool(r[6]), r[7])
                 for r in rows]
 
     def on_disk(self, task_id: str) -> bytes | None:
@@ -481,14 +488,23 @@ class SqliteJournal(Journal):
         """One task waiting on disk only, in memory from now on (a revoke)."""
         try:
             row = self.db.execute(
-                "SELECT rowid, task_id, client, frame, received FROM tasks "
+                "SELECT rowid, task_id, client, frame, received, backup FROM tasks "
                 "WHERE task_id=? AND disk=1", (task_id,)).fetchone()
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         if row is None:
             return None
         self._write("UPDATE tasks SET disk=0 WHERE rowid=?", (row[0],))
-        return DiskRow(row[1], bytes(row[2]), bytes(row[3]), row[4], False, False)
+        return DiskRow(row[1], bytes(row[2]), bytes(row[3]), row[4], False, False, row[5])
+
+    def set_backups(self, rows: Sequence[tuple[str, str]]) -> None:
+        """``(backup, task_id)``: the node that kept each copy when it went to disk."""
+        try:
+            self._begin()
+            self.db.executemany("UPDATE tasks SET backup=? WHERE task_id=?", rows)
+        except sqlite3.Error as e:
+            raise JournalError(_explain(e, self.path)) from e
+        self.writes += len(rows)
 
     def set_client(self, task_id: str, client: bytes) -> None:
         """A task waiting on disk is resent through another link: reply there."""

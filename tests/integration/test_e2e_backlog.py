@@ -141,3 +141,30 @@ def test_tasks_going_to_disk_are_copied_to_the_backup_before_they_are_acknowledg
     assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in rs) == sorted(f"line-{i}" for i in range(200))
     assert b_busy.get(timeout=RESULT_TIMEOUT) == "opened"
     assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(200))    # each ran once
+
+
+def test_a_task_read_back_with_a_new_backup_has_its_old_copy_dropped(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """A node joins while tasks wait on disk: read back, some get it as their backup;
+    the node that kept their copy drops it, so no copy outlives its task."""
+    gate = tmp_path / "gate"
+    a = start_node(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
+    b = start_node(concurrency=1, peers=a.endpoint, replicas=2, profile="test")
+    wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
+    busy = [make_client(b).tasks.wait_for_file.delay(str(gate))]
+    wait_until(lambda: b.status()["busy"] == 1, what="b's child to be busy")
+    c = make_client(a)
+    running, rs, _, out = _backlog(a, c, tmp_path, n=200, prefix=f"n{uuid.uuid4().hex[:6]}")
+    assert c.app.client.flush(RESULT_TIMEOUT) == 0
+    wait_until(lambda: a.status()["queued_on_disk"] >= 20, what="a's disk part")
+    d = start_node(concurrency=1, peers=a.endpoint, replicas=2, profile="test")
+    busy.append(make_client(d).tasks.wait_for_file.delay(str(gate)))
+    wait_until(lambda: d.status()["busy"] == 1 and len(
+        [m for m in (a.request("members").payload or []) if m["state"] == "alive"]) == 3,
+        what="d to join, busy")
+    gate.touch()
+    assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in rs) == sorted(f"line-{i}" for i in range(200))
+    assert all(r.get(timeout=RESULT_TIMEOUT) == "opened" for r in busy + [running])
+    assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(200))
+    wait_until(lambda: all(n.status()["copies_kept"] == 0 for n in (a, b, d)),
+               what="no copy left anywhere")

@@ -75,6 +75,14 @@ def test_a_task_on_disk_is_known_by_id_and_can_be_taken_alone(journal: Journal) 
     assert [r.task_id for r in journal.spilled(10)] == ["b"]
 
 
+def test_a_task_on_disk_remembers_where_its_copy_is(journal: Journal) -> None:
+    journal.add_spilled("a", b"c", b"f", 1.0)
+    journal.add_spilled("b", b"c", b"f", 2.0)
+    journal.set_backups([("node-x", "a")])
+    journal.commit()
+    assert [(r.task_id, r.backup) for r in journal.spilled(10)] == [("a", "node-x"), ("b", "")]
+
+
 def test_the_owners_of_the_disk_part_are_counted_for_their_quotas(journal: Journal) -> None:
     journal.add_spilled("a", b"c1", b"12345", 1.0)
     journal.add_spilled("b", b"c1", b"123", 2.0)
@@ -105,7 +113,8 @@ def test_a_journal_without_the_disk_column_gets_it(tmp_path: Path) -> None:
     try:
         assert [r.task_id for r in j.unfinished()] == ["old"]
         assert j.add_spilled("new", b"c", b"f", 2.0)
-        assert [r.task_id for r in j.spilled(10)] == ["new"]
+        j.set_backups([("n", "new")])
+        assert [(r.task_id, r.backup) for r in j.spilled(10)] == [("new", "n")]
     finally:
         j.close()
 
