@@ -268,10 +268,18 @@ class Replicas(Component):
                 batch.drop.add(tid)
             self._open(tid)
 
-    def spilled(self, task_id: str) -> None:
+    def spilled(self, task_id: str) -> str:
         """A task whose copy is confirmed now waits on disk only (mesh/node/spill.py):
-        nothing is kept for it here until it is read back (then copied again)."""
-        self._untrack(task_id)
+        nothing is kept for it here until it is read back (then copied again). Its
+        backup ("" if none), which the journal keeps for ``read_back``."""
+        return self._untrack(task_id)
+
+    def read_back(self, entry: Entry, msg: Submit, was: str) -> None:
+        """A task read back from disk: copied to its backup again; the node that kept
+        its copy when it went to disk (``was``), if another one now, drops it."""
+        self.accepted(entry, msg)
+        if was and self.enabled and self.backup_of.get(entry.task_id) != was:
+            self._queue(was).drop.add(entry.task_id)
 
     def pending(self, task_id: str) -> bool:
         """Its copy is not confirmed yet: replies saying a node has it must wait."""
