@@ -129,11 +129,17 @@ class Pool(PoolSize, PoolStop, PoolAhead):
                 heapq.heapify(q)
 
     # -- lifecycle --------------------------------------------------------------------
-    async def run(self) -> None:
-        """Start the children and supervise them until cancelled."""
+    def start(self) -> None:
+        """Fork the first children (once; on the running loop)."""
+        if self.started_total:
+            return
         trim_heap()
         for i in range(1 if self.kind != "prefork" else self.size):
             self._spawn(i)
+
+    async def run(self) -> None:
+        """Start the children (unless :meth:`start` did) and supervise them until cancelled."""
+        self.start()
         await asyncio.get_running_loop().create_future()
 
     def _spawn(self, index: int) -> None:
