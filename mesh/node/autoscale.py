@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from mesh.node.commands import ControlState, register
 from mesh.node.component import Component
 from mesh.wire.control import AutoscaleArgs, AutoscaleReply, BadArgs
@@ -104,8 +106,6 @@ class Autoscaler(Component):
         self.range = cfg.autoscale_range
         self.keepalive = cfg.autoscale_keepalive
         self.max_cpu = cfg.autoscale_max_cpu
-        import psutil  # here, not at the top: after the pool forked its children
-
         psutil.cpu_percent(None)                       # the first reading is meaningless
         node.spawn(self._loop(), name="autoscaler")
 
@@ -133,8 +133,6 @@ class Autoscaler(Component):
                 self.spare_since = now
         else:
             self.spare_since = None
-        import psutil
-
         return PoolSample(queued, busy, pool.size, mn, mx, psutil.cpu_percent(None),
                           self.spare_since, now)
 

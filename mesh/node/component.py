@@ -24,7 +24,6 @@ documented view, and what they raise is logged, never fatal (docs/components.md)
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -57,34 +56,6 @@ class Component:
 
     def __repr__(self) -> str:
         return f"<component {component_name(self)}>"
-
-
-class Later(Component):
-    """Stands for one of the node's own components until the node starts it: only then
-    is its module imported (:func:`later`). Its name and requirements are the real
-    class's, so the node orders it as it would the real one."""
-
-    target = ""                     # "module:Class"
-
-    @classmethod
-    def real(cls) -> type[Component]:
-        module, _, attr = cls.target.partition(":")
-        found = getattr(importlib.import_module(module), attr)
-        if not (isinstance(found, type) and issubclass(found, Component)):
-            raise ComponentError(f"{cls.target} is not a component class")
-        return found
-
-    def load(self) -> Component:
-        """The real component, made now (its module imported if it was not)."""
-        return type(self).real()()
-
-
-def later(target: str, name: str, requires: tuple[str, ...]) -> type[Component]:
-    """A component class whose module (``target``, "module:Class") is imported when the
-    node starts it rather than when the node's module is: the node's components that
-    start after the pool, which forks the first children as it starts, so that what
-    only they import stays out of the children (docs/performance.md)."""
-    return type(f"Later_{name}", (Later,), {"target": target, "name": name, "requires": requires})
 
 
 def component_name(c: Component | type[Component]) -> str:

@@ -64,7 +64,6 @@ class Executor(Component):
             if rate is not None:
                 pool.limits[name] = TokenBucket(rate)
         node.pool = pool
-        pool.start()
         node.spawn(pool.run(), name="pool")
 
     async def stop(self, node: "Node") -> None:

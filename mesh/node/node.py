@@ -29,21 +29,32 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from mesh import __version__, signals
+from mesh.node.announce import Announcer
 from mesh.node.autoscale import Autoscaler
-from mesh.node.component import Component, Later, NodeStartError, component_name, later, order
+from mesh.node.beat import Beat
+from mesh.node.component import Component, NodeStartError, component_name, order
 from mesh.node.events import EventStream, Publisher
 from mesh.node.executor import Executor, Storage
+from mesh.node.expiry import Expiry
 from mesh.node.front import FrontDoor
+from mesh.node.gossip import Members
 from mesh.node.handoff import Handoffs
+from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
 from mesh.node.keys import Keys
 from mesh.node.ledger import Ledger
+from mesh.node.limits import Limits
+from mesh.node.recovery import Recovery
+from mesh.node.reload import Reloader
 from mesh.node.remote import RemoteControl
 from mesh.node.replicas import Replicas
 from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
 from mesh.node.view import NodeView
+from mesh.node.workflows import Workflows
 from mesh.security.curve import Security
+from mesh.web.commands import History, HistoryService
+from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
 from mesh.workflow.builtins import user_tasks
 
@@ -51,27 +62,15 @@ if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
     from mesh.membership import Membership
-    from mesh.node.beat import Beat
-    from mesh.node.gossip import Members
-    from mesh.node.heartbeat import Heartbeat
     from mesh.node.journal import Journal
-    from mesh.node.limits import Limits
     from mesh.node.peers import ZmqTransport
     from mesh.node.pool import Pool
-    from mesh.node.reload import Reloader
-    from mesh.node.workflows import Workflows
-    from mesh.web.commands import HistoryService
 
 __all__ = ["BUILTIN", "Node", "NodeStartError"]
 
 log = logging.getLogger("mesh.node")
 
 # The node's own components, in the order they start (each also names what it requires).
-# Those after the pool are ``later``: their modules are imported when the node starts
-# them, after the pool has forked its first children (Executor.start), so the children
-# do not carry what only the node uses (psutil, beat, workflows, the dashboard's
-# commands...): each MB a child inherits counts again in each child's RSS
-# (docs/performance.md). A ``later`` names what its class names (a unit test checks).
 BUILTIN: tuple[type[Component], ...] = (
     Keys,           # keys: loopback unless keys or --insecure; with keys, the ZAP guard
     Storage,        # journal: sqlite in the data dir, or in memory
@@ -79,37 +78,23 @@ BUILTIN: tuple[type[Component], ...] = (
     Routes,         # routing: this node's mesh, queues and task names (docs/routing.md)
     FrontDoor,      # front: the ROUTER, bound now, read once the node is ready
     EventStream,    # events: the XPUB
-    Executor,       # pool: the prefork children (forked as it starts); at shutdown, the drain
+    Executor,       # pool: the prefork children; at shutdown, the drain
     Intake,         # intake: SUBMITs into the ledger
-    later("mesh.node.workflows:Workflows", "workflows", ("journal", "front", "control", "pool")),
-                    # workflows: what follows a workflow's step; group coordinators
-    later("mesh.node.recovery:Recovery", "recovery", ("journal", "front", "pool")),
-                    # recovery: the journal's unfinished tasks, held again
-    later("mesh.node.heartbeat:Heartbeat", "heartbeat", ("events", "pool")),
-                    # heartbeat: throughput, CPU/RSS, node-heartbeat events
-    later("mesh.node.gossip:Members", "membership",
-          ("front", "events", "control", "routing", "pool", "heartbeat")),
-                    # membership: SWIM over the front door and peer sockets
+    Workflows,      # workflows: what follows a workflow's step; group coordinators
+    Recovery,       # recovery: the journal's unfinished tasks, held again
+    Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
+    Members,        # membership: SWIM over the front door and peer sockets
     Replicas,       # replicas: a copy of each held task and result on a backup node
     Handoffs,       # handoff: tasks to other nodes (shedding, stopping), and from them
     Shedder,        # shedding: queued tasks to peers with room
-    later("mesh.node.limits:Limits", "ratelimits", ("pool", "membership", "routing")),
-                    # ratelimits: per-node and mesh-wide rate limits (shares from gossip)
-    later("mesh.node.expiry:Expiry", "expiry", ("journal", "front")),
-                    # expiry: old results out of the journal
-    Autoscaler,     # autoscaler: the pool's size follows the work (--autoscale; replaceable;
-                    # not later: its module registers the autoscale command, which the
-                    # control component copies when it starts)
-    later("mesh.node.reload:Reloader", "reloader", ("pool", "control", "membership")),
-                    # reloader: new children for new code (--autoreload)
-    later("mesh.node.announce:Announcer", "discovery", ("membership", "routing")),
-                    # discovery: mDNS
-    later("mesh.node.beat:Beat", "beat", ("membership", "journal", "control")),
-                    # beat: periodic tasks, each due run fired by one node (mesh/node/beat.py)
-    later("mesh.web.commands:History", "history", ("journal", "control")),
-                    # history: the dashboard's web.* questions, answered by every node
-    later("mesh.web.steps:Http", "http", ("pool", "events", "membership", "history")),
-                    # http: the dashboard, JSON API and /metrics (--http; mesh/web)
+    Limits,         # ratelimits: per-node and mesh-wide rate limits (shares from gossip)
+    Expiry,         # expiry: old results out of the journal
+    Autoscaler,     # autoscaler: the pool's size follows the work (--autoscale; replaceable)
+    Reloader,       # reloader: new children for new code (--autoreload)
+    Announcer,      # discovery: mDNS
+    Beat,           # beat: periodic tasks, each due run fired by one node (mesh/node/beat.py)
+    History,        # history: the dashboard's web.* questions, answered by every node
+    Http,           # http: the dashboard, JSON API and /metrics (--http; mesh/web)
 )
 
 USER_HOOK_TIMEOUT = 10.0   # s an app component's start or stop may take before it is abandoned
@@ -122,11 +107,7 @@ def _replace_builtins(own: list[Component], users: list[Component]) -> None:
     index = {component_name(c): i for i, c in enumerate(own)}
     for u in list(users):
         i = index.get(component_name(u))
-        if i is None:
-            continue
-        mine = own[i]
-        builtin = type(mine).real() if isinstance(mine, Later) else type(mine)
-        if getattr(builtin, "replaceable", False) and isinstance(u, builtin):
+        if i is not None and getattr(own[i], "replaceable", False) and isinstance(u, type(own[i])):
             log.info("component %s: the app's %s replaces mesh's", component_name(u),
                      type(u).__qualname__)
             own[i] = u
@@ -283,9 +264,7 @@ class Node:
                 self._tg = tg
                 try:
                     signals.worker_init.send(sender=NodeView(self))
-                    for i, c in enumerate(self.components):
-                        if isinstance(c, Later):    # its module is imported now
-                            c = self.components[i] = self.by_name[component_name(c)] = c.load()
+                    for c in self.components:
                         if await self._start(c, started):
                             started.append(c)
                 except NodeStartError as e:

@@ -129,17 +129,11 @@ class Pool(PoolSize, PoolStop, PoolAhead):
                 heapq.heapify(q)
 
     # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> None:
-        """Fork the first children (once; on the running loop)."""
-        if self.started_total:
-            return
+    async def run(self) -> None:
+        """Start the children and supervise them until cancelled."""
         trim_heap()
         for i in range(1 if self.kind != "prefork" else self.size):
             self._spawn(i)
-
-    async def run(self) -> None:
-        """Start the children (unless :meth:`start` did) and supervise them until cancelled."""
-        self.start()
         await asyncio.get_running_loop().create_future()
 
     def _spawn(self, index: int) -> None:

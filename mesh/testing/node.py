@@ -26,7 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.config import Config
-from mesh.node.component import Component, component_name
+from mesh.node.announce import Announcer
+from mesh.node.component import Component
 from mesh.node.executor import Executor
 from mesh.node.node import BUILTIN, Node
 from mesh.ratelimit import TokenBucket, parse_rate
@@ -61,7 +62,7 @@ def solo_components(autorun: bool = True) -> list[Component]:
     for cls in BUILTIN:
         if cls is Executor:
             out.append(SoloExecutor(autorun))
-        elif component_name(cls) != "discovery":     # mDNS (mesh/node/announce.py)
+        elif cls is not Announcer:
             out.append(cls())
     return out
 

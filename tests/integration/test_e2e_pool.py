@@ -22,25 +22,6 @@ def test_children_inherit_the_frozen_heap_of_the_node(start_node: Any, make_clie
     assert make_client(node).tasks.gc_frozen.delay().get(timeout=RESULT_TIMEOUT) > 10_000
 
 
-# imported by the node's components that start after the pool (``later`` in
-# mesh/node/node.py, psutil in heartbeat/autoscale): the first children are forked
-# before, so they do not carry them (docs/performance.md, "Memory")
-NODE_ONLY = ["psutil", "mesh.node.heartbeat", "mesh.node.gossip", "mesh.node.workflows",
-             "mesh.node.beat", "mesh.schedules", "mesh.web.commands", "mesh.node.expiry",
-             "mesh.node.recovery", "mesh.node.limits", "mesh.node.reload", "mesh.node.announce",
-             "zeroconf", "aiohttp"]
-
-
-def test_children_are_forked_before_what_only_the_node_imports(start_node: Any,
-                                                              make_client: Any) -> None:
-    node = start_node(concurrency=1)
-    t = make_client(node).tasks
-    assert t.loaded.delay(NODE_ONLY).get(timeout=RESULT_TIMEOUT) == []
-    st = node.status()
-    assert {"heartbeat", "membership", "workflows", "beat", "history"} <= set(st["components"])
-    assert st["rss_bytes"] > 0            # the heartbeat (psutil) runs in the node
-
-
 def test_child_exit_fails_its_task_and_the_pool_keeps_working(start_node: Any, make_client: Any) -> None:
     node = start_node(concurrency=1)
     t = make_client(node).tasks
