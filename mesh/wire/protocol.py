@@ -269,11 +269,11 @@ def _make_build(cls: Any, hints: dict[str, Any]) -> Callable[[list[Any]], Messag
                            "_new": object.__new__, "cls": cls}
     lines = ["def build(values):", "    n = len(values)"]
     req = cls._required
-    if req:
+    if req:                 # (texts reach the generated code as names, never as source)
         lines.append(f"    if n < {req}:")
-        lines.append(f"        raise DecodeError(f\"{cls.__name__} is missing field "
-                     f"{{_names[n]!r}}\")")
+        lines.append("        raise DecodeError(_missing + repr(_names[n]))")
     env["_names"] = [name for name, _c, _d, _t in spec]
+    env["_missing"] = f"{cls.__name__} is missing field "
     for i, (name, check, default, tname) in enumerate(spec):
         v = f"v{i}"
         expr = _inline_check(hints[name])
@@ -282,8 +282,8 @@ def _make_build(cls: Any, hints: dict[str, Any]) -> Callable[[list[Any]], Messag
             test = f"_c{i}({v})"
         else:
             test = expr.format(v=v)
-        err = (f"raise DecodeError(f\"{cls.__name__}.{name} must be {tname}, got "
-               f"{{type({v}).__name__}}\")")
+        env[f"_e{i}"] = f"{cls.__name__}.{name} must be {tname}, got "
+        err = f"raise DecodeError(_e{i} + type({v}).__name__)"
         if default is _MISSING:
             lines.append(f"    {v} = values[{i}]")
             lines.append(f"    if not ({test}): {err}")
