@@ -96,18 +96,41 @@ class StopFlags:
     those signals unless its byte is set. So a signal sent to the whole process group
     (systemd's default KillMode=control-group, ``timeout``, Ctrl-C in a terminal)
     stops only the node, which then drains its children exactly as it does when it
-    alone gets SIGTERM: running tasks finish, no child dies mid-task."""
+    alone gets SIGTERM: running tasks finish, no child dies mid-task.
+
+    After those bytes, 4 per child slot count the SKIP frames the node has sent that
+    child (``skip_sent``): before it starts a task sent ahead, a child reads its
+    channel for SKIPs that came since (a system call, which mostly finds nothing)
+    only when that count is ahead of the SKIPs it has read (``skip_pending``)."""
 
     SIZE = 1 << 16            # child slots (a pool's indexes are below its size)
 
     def __init__(self) -> None:
-        self._mem = mmap.mmap(-1, self.SIZE)     # anonymous and shared: children see writes
+        # anonymous and shared: children see writes
+        self._mem = mmap.mmap(-1, self.SIZE + 4 * self.SIZE)
 
     def arm(self, index: int) -> None:
         self._mem[index] = 1
 
     def clear(self, index: int) -> None:
+        """A new child in slot ``index``: not stopped, no SKIP sent."""
         self._mem[index] = 0
+        at = self.SIZE + 4 * index
+        self._mem[at:at + 4] = bytes(4)
+
+    def skip_sent(self, index: int) -> None:
+        """(Node) one more SKIP frame queued for the child in slot ``index``; counted
+        once the frame is queued, so a child that sees the count reads its channel."""
+        at = self.SIZE + 4 * index
+        n = (int.from_bytes(self._mem[at:at + 4], "little") + 1) & 0xFFFFFFFF
+        self._mem[at:at + 4] = n.to_bytes(4, "little")
+
+    def skip_pending(self, index: int, read: int) -> bool:
+        """(Child) has the node sent more SKIPs than the ``read`` (mod 2**32) so far?
+        A count read while it is being written is either value: the old one only
+        delays the read to the next task sent ahead, as a SKIP still in flight does."""
+        at = self.SIZE + 4 * index
+        return int.from_bytes(self._mem[at:at + 4], "little") != read & 0xFFFFFFFF
 
     def armed(self, index: int) -> bool:
         return self._mem[index] == 1
@@ -218,6 +241,8 @@ class Child:
         runners = Runners.for_child(self, chan)   # threads, async def tasks, cancels
         ahead: str | None = None           # the next frame is this task, sent ahead
         skips: set[str] = set()            # tasks sent ahead not to start (revoked)
+        flags, index = self.stop_flags, self.index
+        skips_read = 0                     # SKIP frames read so far (see StopFlags)
         while True:
             try:
                 frame = chan.recv()
@@ -230,13 +255,17 @@ class Child:
                 ahead = frame[1:].decode()
                 continue
             if tag == SKIP_TAG:
+                skips_read += 1
                 if len(skips) > MAX_SKIPS:     # skips that came after their task ran
                     skips.clear()
                 skips.add(frame[1:].decode())
                 continue
             if ahead is not None:              # a skip may have come since it was sent
                 tid, ahead = ahead, None
-                skips.update(chan.skips())
+                if flags is None or flags.skip_pending(index, skips_read):
+                    found = chan.skips()
+                    skips_read += len(found)
+                    skips.update(found)
                 if tid in skips:
                     skips.discard(tid)
                     res = Result(task_id=tid, state=states.REVOKED, node=self.node_name)

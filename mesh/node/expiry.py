@@ -3,6 +3,12 @@
 Swept every ``EXPIRE_INTERVAL`` (or every half of ``result_expires`` if that is
 shorter), at most ``EXPIRE_BATCH`` results per sweep, so the loop is never held for
 long (the results are in finishing order: "nothing to expire" is a one-row read).
+
+The same loop gives memory back once the node has been idle (no task held, none
+finished) for ``IDLE_RELEASE`` seconds: the journal's page cache and the free pages
+of the C heap (``malloc_trim``), once per idle spell. Measured: a node that had run
+100,000 tasks went from 108 to 50 MiB RSS; the next tasks read the pages they need
+again (docs/performance.md, "Memory").
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
+from mesh.node.pool_child import trim_heap
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -21,6 +28,7 @@ log = logging.getLogger("mesh.node")
 
 EXPIRE_INTERVAL = 1.0      # s between sweeps of expired results from the journal
 EXPIRE_BATCH = 10_000      # results deleted per sweep at most (more than a node finishes per s)
+IDLE_RELEASE = 30.0        # s idle (nothing held, nothing finished) before memory is given back
 
 
 class Expiry(Component):
@@ -29,6 +37,10 @@ class Expiry(Component):
 
     async def start(self, node: "Node") -> None:
         self.node = node
+        self.releases = 0                  # times memory was given back (idle spells)
+        self._done = -1                    # tasks finished at the last look
+        self._since = time.monotonic()     # idle since (nothing held, nothing finished)
+        self._released = False             # in this idle spell
         node.spawn(self._loop(), name="expiry")
 
     async def _loop(self) -> None:
@@ -36,6 +48,22 @@ class Expiry(Component):
         while True:
             await asyncio.sleep(interval)
             self.expire(time.time())
+            self.release_if_idle(time.monotonic())
+
+    def release_if_idle(self, now: float, idle: float = IDLE_RELEASE) -> bool:
+        """Once per idle spell of ``idle`` s: the journal's cache and the C heap's free
+        pages go back to the system. True if it did now."""
+        node = self.node
+        done = node.ledger.processed()
+        if done != self._done or node.ledger.held:
+            self._done, self._since, self._released = done, now, False
+            return False
+        if self._released or now - self._since < idle or not node.journal.release_memory():
+            return False
+        self._released = True
+        self.releases += 1
+        trim_heap()
+        return True
 
     def expire(self, now: float) -> int:
         """Delete results older than result_expires from the journal; how many."""

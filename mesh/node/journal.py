@@ -160,6 +160,12 @@ class Journal(abc.ABC):
     def counts(self) -> dict[str, int]:
         """``{"open": unfinished tasks, "results": stored results}``."""
 
+    def release_memory(self) -> bool:
+        """Give back what the journal keeps in memory only to be faster (the node
+        calls it when it has been idle for a while); False if it could not now (try
+        again later). Nothing to give back by default."""
+        return True
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ class Entry:
                  eta: float | None, expires: float | None, time_limit: float | None,
                  acks_late: bool = True):
         self.task_id = task_id
-        self.name = name
+        self.name = sys.intern(name)          # one string per task name, not one per task
         self.client = client
         self.frame = frame
         self.priority = priority

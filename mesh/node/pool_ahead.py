@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from mesh.node.channel import AHEAD_TAG, SKIP_TAG
 
 if TYPE_CHECKING:
+    from mesh.node.child import StopFlags
     from mesh.node.ledger import Entry
     from mesh.node.pool_child import ChildProc, PoolEvents
 
@@ -57,6 +58,7 @@ class PoolAhead:
         events: PoolEvents
         children: dict[bytes, ChildProc]
         squeue: list[QueueItem]
+        stop_flags: StopFlags
 
         def _send(self, child: ChildProc, *frames: bytes) -> None: ...
         def _admit(self, entry: Entry) -> bool: ...
@@ -160,6 +162,7 @@ class PoolAhead:
                 if e.task_id == task_id:
                     c.reasons[task_id] = "skipped"
                     self._send(c, SKIP_TAG + task_id.encode())
+                    self.stop_flags.skip_sent(c.index)    # after the frame is queued
                     return True
         return False
 

@@ -40,6 +40,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -344,7 +345,7 @@ class Replicas(Component):
             headers = sub.headers if sub is not None else None
         else:
             headers = msg.headers
-        return str(routing.queue_for(entry.name, headers))
+        return sys.intern(str(routing.queue_for(entry.name, headers)))   # one per queue
 
     def _track(self, tid: str, backup: str) -> None:
         old = self.backup_of.get(tid)

@@ -130,6 +130,13 @@ def gc_frozen() -> int:
 
 
 @app.task
+def loaded(names: list[str]) -> list[str]:
+    """Which of these modules the child running the task has imported."""
+    import sys
+    return [n for n in names if n in sys.modules]
+
+
+@app.task
 def stamp() -> float:
     """When the task started, in unix time."""
     return time.time()

@@ -22,6 +22,19 @@ def test_children_inherit_the_frozen_heap_of_the_node(start_node: Any, make_clie
     assert make_client(node).tasks.gc_frozen.delay().get(timeout=RESULT_TIMEOUT) > 10_000
 
 
+# optional dependencies a node imports only for the feature that needs them (mDNS, the
+# dashboard and /metrics, crontab schedules, --autoreload): each MB the node holds
+# when it forks counts again in every child's RSS (docs/performance.md, "Memory")
+OPTIONAL = ["zeroconf", "ifaddr", "aiohttp", "prometheus_client", "croniter", "dateutil",
+            "watchfiles"]
+
+
+def test_children_of_a_plain_node_carry_no_optional_dependency(start_node: Any,
+                                                                make_client: Any) -> None:
+    node = start_node(concurrency=1)               # --no-mdns, no --http, no beat, no reload
+    assert make_client(node).tasks.loaded.delay(OPTIONAL).get(timeout=RESULT_TIMEOUT) == []
+
+
 def test_child_exit_fails_its_task_and_the_pool_keeps_working(start_node: Any, make_client: Any) -> None:
     node = start_node(concurrency=1)
     t = make_client(node).tasks

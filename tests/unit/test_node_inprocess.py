@@ -438,3 +438,33 @@ def test_tasks_shed_here_are_not_shed_straight_back(monkeypatch: pytest.MonkeyPa
             assert {"p-1", "p-2"} <= set(b.ledger.held)
             assert b.shedder.shed(t + shedding.SHED_HOLD + 0.5) == 0   # a's room is used
     run(main())
+
+
+def _sqlite_memory_used() -> int:
+    """Bytes sqlite has allocated in this process (the library the sqlite3 module uses)."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
+    return int(lib.sqlite3_memory_used())
+
+
+def test_an_idle_node_gives_back_the_journal_cache_once_per_idle_spell(tmp_path: Any) -> None:
+    async def main() -> None:
+        async with running_node(app, journal=True, data_dir=str(tmp_path)) as node, \
+                client(node) as c:
+            expiry = node.by_name["expiry"]
+            await asyncio.gather(*(c.send_task("fast.add", (i, 1)) for i in range(3000)))
+            await until(lambda: not node.journal.in_tx, "the results committed")
+            now = time.monotonic()
+            assert not expiry.release_if_idle(now)              # tasks finished: a new spell
+            grown = _sqlite_memory_used()
+            assert not expiry.release_if_idle(now + 29)         # not idle long enough yet
+            assert expiry.release_if_idle(now + 31)
+            assert _sqlite_memory_used() < grown / 2, (grown, _sqlite_memory_used())
+            assert not expiry.release_if_idle(now + 120)        # once per idle spell
+            assert await c.send_task("fast.add", (1, 1)) == 2   # the journal still works
+            assert not expiry.release_if_idle(now + 121)        # activity: a new spell
+            await until(lambda: not node.journal.in_tx, "the result committed")
+            assert expiry.release_if_idle(now + 152) and expiry.releases == 2
+    run(main())

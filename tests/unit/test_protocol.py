@@ -399,6 +399,22 @@ def test_control_validate_failures(req_id: str, command: str) -> None:
     expect_decode_error(encode(Control(req_id, command)))
 
 
+@pytest.mark.parametrize("field", ["task_ids", "result_ids", "drop"])
+@pytest.mark.parametrize("bad", ["", "t" * (MAX_ID_LEN + 1)])
+def test_replicate_ids_of_a_bad_length_are_refused(field: str, bad: str) -> None:
+    """Every id in a REPLICATE is 1..MAX_ID_LEN characters, wherever it sits in its list
+    (the check reads the shortest and longest of each list)."""
+    lists: dict[str, Any] = {"task_ids": ["t1", "t2"], "tasks": [b"f1", b"f2"],
+                             "result_ids": ["r1", "r2"], "result_states": ["SUCCESS"] * 2,
+                             "results": [b"x", b"y"], "drop": ["d1", "d2"]}
+    lists[field] = [lists[field][0], bad]
+    frame = encode(Replicate("b1", "n1", "tcp://10.0.0.1:7700", **lists))
+    with pytest.raises(DecodeError, match="task id must be 1"):
+        decode(frame)
+    lists[field] = [lists[field][0], "t" * MAX_ID_LEN]       # the longest allowed passes
+    decode(encode(Replicate("b1", "n1", "tcp://10.0.0.1:7700", **lists)))
+
+
 def test_encode_refuses_values_msgpack_cannot_hold() -> None:
     with pytest.raises(EncodeError, match="Submit"):
         encode(Submit("t", "n", b"", priority=2**64))
