@@ -135,6 +135,15 @@ class Spill(Component):
             new[1] += size
         return True
 
+    def moved(self, task_id: str, client: bytes) -> None:
+        """A task going to disk (in ``candidates``) was resent through another link:
+        its journal row names that link, so the task read back replies there and its
+        quota is given back to the sender that holds it now (``Ledger.move``)."""
+        try:
+            self.node.journal.set_client(task_id, client)
+        except JournalError as e:
+            log.error("journal: the new link of task %s was not recorded: %s", task_id, e)
+
     def holds(self, task_id: str) -> bool:
         """Does this task wait on disk here?"""
         return bool(self.on_disk) and self.node.journal.on_disk(task_id) is not None
