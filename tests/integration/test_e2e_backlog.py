@@ -250,3 +250,35 @@ def test_a_task_going_to_disk_resent_through_another_link_replies_there(
     wait_until(lambda: a.status()["held"] == 0, what="a to hold nothing")
     # (a few of the first tasks may have been shed to b, idle until stopped: no order)
     assert sorted(_lines(out)) == sorted([f"line-{i}" for i in range(2 * WINDOW)] + ["moved"])
+
+
+def test_a_task_revoked_before_it_left_memory_is_not_counted_on_disk_after_a_restart(
+        start_node: Any, make_client: Any, raw_dealer: Any, tmp_path: Path) -> None:
+    """A task accepted to go to disk and revoked at once finishes with its row still
+    marked; after kill -9 and a restart the node counts only the tasks that still wait
+    (journal.disk_senders): not the finished one, in its status, its log line and
+    its sender's quota."""
+    node = start_node(concurrency=1, queue_memory=WINDOW)
+    c = make_client(node)
+    running, rs, gate, out = _backlog(node, c, tmp_path, n=2 * WINDOW)
+    wait_until(lambda: node.status()["queued_on_disk"] > 0, what="the disk part")
+    sock = raw_dealer(node.endpoint)
+    tid = f"spill-revoked-{uuid.uuid4()}"
+    sock.send_multipart([_submit(tid, out, "revoked"),
+                         encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
+    _frames_until(sock, _result_of(tid))
+    sock.send(_submit("after", out, "after"))     # acknowledged once committed, with
+    _frames_until(sock, lambda fs: any(          # the revoked one's result
+        isinstance(f, Ack) and "after" in f.task_ids for f in fs))
+    on_disk = node.status()["queued_on_disk"]
+    node.send_signal(signal.SIGKILL)
+    node.wait(10)
+    node = start_node.restart(node)
+    assert f"journal: {on_disk} queued task(s) wait on disk" in node.stderr()
+    assert node.status()["queued_on_disk"] == on_disk
+    gate.touch()
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(2 * WINDOW)]
+    # (its RESULT went to the raw link's old routing id, which does not resend)
+    wait_until(lambda: node.status()["held"] == 0, what="the node to hold nothing")
+    assert _lines(out) == [f"line-{i}" for i in range(2 * WINDOW)] + ["after"]
+    assert node.status()["queued_on_disk"] == 0
