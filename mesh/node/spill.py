@@ -33,6 +33,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mesh import states
+from mesh.config import Config
 from mesh.exceptions import DecodeError
 from mesh.node.component import Component, NodeStartError
 from mesh.node.journal import DiskRow, JournalError
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.node")
 
+QUEUE_MEMORY_DEFAULT = next(f.default for f in dataclasses.fields(Config) if f.name == "queue_memory")
 CHUNK = 1000        # tasks read back from the journal at a time, at most
 TICK = 0.1          # s between checks that the in-memory queue has room (a safety net:
                     # every pass that finishes a task checks too)
@@ -78,6 +80,10 @@ class Spill(Component):
         node.spill = self
         journal = node.journal
         self.window = node.config.queue_memory if journal.spills else 0
+        asked = node.config.queue_memory
+        if not journal.spills and asked and asked != QUEUE_MEMORY_DEFAULT:   # never silent
+            log.warning("queue_memory %d (--queue-memory) does not apply: this node keeps no "
+                        "journal (--no-journal), so every queued task is kept in memory", asked)
         self.chunk = max(1, min(CHUNK, self.window // 4)) if self.window else CHUNK
         self.started = True
         try:

@@ -282,3 +282,15 @@ def test_a_task_revoked_before_it_left_memory_is_not_counted_on_disk_after_a_res
     wait_until(lambda: node.status()["held"] == 0, what="the node to hold nothing")
     assert _lines(out) == [f"line-{i}" for i in range(2 * WINDOW)] + ["after"]
     assert node.status()["queued_on_disk"] == 0
+
+
+def test_queue_memory_without_a_journal_says_it_does_not_apply(
+        start_node: Any, make_client: Any) -> None:
+    """--no-journal keeps every queued task in memory: a --queue-memory given with it
+    is said not to apply (never silent); the default says nothing."""
+    node = start_node(concurrency=1, no_journal=True, queue_memory=WINDOW)
+    assert make_client(node).tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
+    assert f"queue_memory {WINDOW} (--queue-memory) does not apply" in node.stderr()
+    assert node.status()["queue_memory"] == 0
+    plain = start_node(concurrency=1, no_journal=True)
+    assert "--queue-memory" not in plain.stderr()
