@@ -498,11 +498,13 @@ class SqliteJournal(Journal):
         return bytes(row[0]) if row else None
 
     def take_from_disk(self, task_id: str) -> DiskRow | None:
-        """One task waiting on disk only, in memory from now on (a revoke)."""
+        """One task waiting on disk only, in memory from now on (a revoke). Not one
+        finished already (its mark goes when the read back walks past it)."""
         try:
             row = self.db.execute(
                 "SELECT rowid, task_id, client, frame, received, backup FROM tasks "
-                "WHERE task_id=? AND disk=1", (task_id,)).fetchone()
+                "WHERE task_id=? AND disk=1 AND NOT EXISTS (SELECT 1 FROM results "
+                "WHERE results.task_id=?)", (task_id, task_id)).fetchone()
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         if row is None:

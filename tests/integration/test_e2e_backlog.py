@@ -198,7 +198,7 @@ def test_a_task_going_to_disk_submitted_and_revoked_in_one_pass_finishes_once(
         start_node: Any, make_client: Any, raw_dealer: Any, tmp_path: Path) -> None:
     """SUBMIT and revoke in one message while the backlog spills: the revoke finishes
     the task going to disk (Spill.unqueue); Ledger.flush must not finish it again
-    (a second REVOKED result, counted twice)."""
+    (a second REVOKED result, counted twice), nor a second revoke (Spill.take)."""
     node = start_node(concurrency=1, queue_memory=WINDOW)
     c = make_client(node)
     running, rs, gate, out = _backlog(node, c, tmp_path, n=2 * WINDOW)
@@ -208,6 +208,10 @@ def test_a_task_going_to_disk_submitted_and_revoked_in_one_pass_finishes_once(
     sock.send_multipart([_submit(tid, out, "revoked"),
                          encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
     got = _frames_until(sock, _result_of(tid))
+    # revoked again (meshctl asks every node, and each forwards to its peers): its row
+    # is still marked on disk, with a result; it is not taken back and revoked twice
+    again = c.app.control.revoke(tid)
+    assert again[node.name]["dropped"] == [], again
     gate.touch()
     assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(2 * WINDOW)]
     wait_until(lambda: node.status()["held"] == 0, what="the node to hold nothing")
