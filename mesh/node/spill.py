@@ -36,6 +36,7 @@ from mesh import states
 from mesh.config import Config
 from mesh.exceptions import DecodeError
 from mesh.node.component import Component, NodeStartError
+from mesh.node.copies import LEFT_GRACE
 from mesh.node.journal import DiskRow, JournalError
 from mesh.node.ledger import Entry
 from mesh.wire.protocol import Submit, decode, encode
@@ -103,7 +104,15 @@ class Spill(Component):
 
     async def stop(self, node: "Node") -> None:
         n = self.on_disk + len(self.candidates)
-        if n:
+        if not n:
+            return
+        replicas = node.replicas
+        if replicas.enabled and node.membership.alive_members(include_self=False):
+            grace = LEFT_GRACE + node.config.shutdown_timeout
+            log.warning("%d queued task(s) wait on disk in the journal (%s): they run when "
+                        "this node starts again, or on the nodes that keep their copies if "
+                        "it is not back within %.0f s", n, node.journal.path, grace)
+        else:
             log.warning("%d queued task(s) wait on disk in the journal (%s): they run when "
                         "this node starts again", n, node.journal.path)
 

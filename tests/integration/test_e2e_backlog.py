@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
-from harness import wait_until
+from harness import MESHCTL, run_program, wait_until
 
 from mesh import Mesh, states
 from mesh.exceptions import TaskRevokedError
@@ -49,6 +49,8 @@ def test_a_backlog_beyond_the_window_waits_on_disk_and_runs_in_order(
     st = node.status()
     assert st["queued_on_disk"] == N - WINDOW, st      # the rest waits in the journal
     assert st["held"] == N + 1 and st["queue_memory"] == WINDOW
+    table = run_program(MESHCTL, "--peers", node.endpoint, "status").stdout   # what a person sees
+    assert f"{N} ({N - WINDOW} on disk)" in table, table
     assert c.app.client.flush(RESULT_TIMEOUT) == 0      # all acknowledged, then
     c.close()                                           # the submitter is gone
     # a resend of a task that waits on disk, from another process: held, not run twice
