@@ -281,9 +281,12 @@ class Copies:
             log.error("journal: cannot take over the copies of %s on disk: %s", holder, e)
             return
         if not rows:
-            self._taking.pop(holder, None)
+            why = self._taking.pop(holder, "is gone")
             self.on_disk -= self.disk.pop(holder, 0)   # (a count off by some: recounted)
             self.on_disk = max(self.on_disk, 0)
+            log.warning("node %s %s: the copies of its tasks this node kept on disk are "
+                        "its own tasks now (%d taken over since start)", holder, why,
+                        self.taken_over)
             return
         self._count(holder, -len(rows))
         self.disk.setdefault(holder, 0)           # until a read finds none left
