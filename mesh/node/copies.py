@@ -30,6 +30,9 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   long after it finished elsewhere. (A holder's tasks waiting on its disk are copied
   again when read back: until then they have one copy, as before this module kept
   any on disk.)
+* A holder that restarts (its boot id changes) needs nothing here: its copies, in
+  memory or on disk, stay and are replaced as it copies its recovered tasks again
+  and reads its disk part back; its results drop them.
 * ``note_departures`` / ``repair_some``: when a node that kept the other copy of some
   of our results (our backup, or the holder of a copied result) is gone, those results
   are copied to another node, so that a second loss later loses nothing either; and
