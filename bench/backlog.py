@@ -20,6 +20,16 @@ in its journal (mesh/node/spill.py): ``--queue-memory 0`` measures all in memory
     .venv/bin/python -m bench.backlog                 # 10k, 100k, 1M (a few minutes)
     .venv/bin/python -m bench.backlog --marks 10000,100000
     .venv/bin/python -m bench.backlog --queue-memory 0   # every queued task in memory
+
+``--nodes 2``: two nodes, each the other's backup (two copies, the default), all four
+children held. The client places its tasks over both (each holds about half); the
+marks count the tasks held by both, and each node's RSS is reported: what a node's
+own backlog costs it plus what keeping the copies of the other's costs
+(mesh/node/copies.py). ``--tree PATH`` runs the nodes from another checkout (before
+and after a change, side by side).
+
+    .venv/bin/python -m bench.backlog --nodes 2 --marks 10000,100000
+    .venv/bin/python -m bench.backlog --nodes 2 --tree /work/main   # the code on main
 """
 from __future__ import annotations
 
@@ -46,6 +56,14 @@ def _status(cc: Any, endpoint: str) -> dict[str, Any]:
     return payload
 
 
+def _alive(cc: Any, endpoint: str) -> int:
+    from mesh.wire.protocol import ControlReply
+    reply = cc.broadcast([endpoint], "members", timeout=STATUS_TIMEOUT)[endpoint]
+    if not isinstance(reply, ControlReply) or not reply.ok:
+        return 0
+    return sum(1 for m in reply.payload or [] if m.get("state") == "alive")
+
+
 def _rss(pid: int) -> tuple[int, int]:
     """RSS of the node alone, and of the node plus its children."""
     p = psutil.Process(pid)
@@ -60,35 +78,50 @@ def _rss(pid: int) -> tuple[int, int]:
 
 
 def run(marks: list[int], concurrency: int, batch: int,
-        queue_memory: int | None = None, pace: bool = True) -> list[dict[str, Any]]:
+        queue_memory: int | None = None, pace: bool = True, nodes: int = 1,
+        tree: str | None = None) -> list[dict[str, Any]]:
     from bench.backlog_tasks import HOLD, make_app
     from bench.tasks import TASK_NAME
     from mesh.client.control import ControlClient
     from mesh.security.curve import Security
 
     top = max(marks)
-    node = Node(concurrency, "WARNING", ["--quota-tasks", str(2 * top),
-                                         "--quota-bytes", str(max(1 << 28, 2048 * top)),
-                                         *(["--queue-memory", str(queue_memory)]
-                                           if queue_memory is not None else [])],
-                app="bench.backlog_tasks")
+    extra = ["--quota-tasks", str(2 * top), "--quota-bytes", str(max(1 << 28, 2048 * top)),
+             *(["--queue-memory", str(queue_memory)] if queue_memory is not None else [])]
+    all_nodes = [Node(concurrency, "WARNING", extra, app="bench.backlog_tasks", tree=tree)]
     gate = os.path.join(tempfile.mkdtemp(prefix="mesh-backlog-"), "gate")
     app = None
     rows: list[dict[str, Any]] = []
     try:
-        node.wait_ready(concurrency, 30.0)
-        app = make_app(peers=[node.endpoint])
+        for _ in range(nodes - 1):
+            all_nodes.append(Node(concurrency, "WARNING", [*extra, "--peers", all_nodes[0].endpoint],
+                                  app="bench.backlog_tasks", tree=tree))
+        for n in all_nodes:
+            n.wait_ready(concurrency, 30.0)
+        node = all_nodes[0]
+        app = make_app(peers=[n.endpoint for n in all_nodes])
         inc, hold = app.tasks[TASK_NAME], app.tasks[HOLD]
         with ControlClient(security=Security(None)) as cc:
-            held = [hold.delay(gate) for _ in range(concurrency)]
-            deadline = time.monotonic() + 60
-            while _status(cc, node.endpoint)["busy"] < concurrency:
+            def held_now() -> int:
+                return sum(int(_status(cc, n.endpoint)["held"]) for n in all_nodes)
+
+            deadline = time.monotonic() + 60      # every node sees every other alive
+            while nodes > 1 and not all(_alive(cc, n.endpoint) >= nodes for n in all_nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the nodes did not see each other")
+                time.sleep(0.1)
+            time.sleep(1.5)       # (their backups are chosen over the alive peers, cached 1 s)
+            held = [hold.delay(gate) for _ in range(concurrency * nodes)]
+            deadline = time.monotonic() + 60       # (a node with two sheds one to the other)
+            while any(_status(cc, n.endpoint)["busy"] < concurrency for n in all_nodes):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the children did not take the hold tasks")
                 time.sleep(0.05)
-            base_own, base_all = _rss(node.proc.pid)
-            print(f"node ready, children held; node RSS {base_own / 2**20:.1f} MB, node + "
-                  f"children {base_all / 2**20:.1f} MB", flush=True)
+            base = [_rss(n.proc.pid) for n in all_nodes]
+            base_own, base_all = base[0]
+            for n, (own, total) in zip(all_nodes, base):
+                print(f"node {n.port} ready, children held; node RSS {own / 2**20:.1f} MB, node + "
+                      f"children {total / 2**20:.1f} MB", flush=True)
             submitted, results = 0, []
             for mark in marks:
                 t0 = time.perf_counter()
@@ -99,13 +132,17 @@ def run(marks: list[int], concurrency: int, batch: int,
                     # paced: at most one batch ahead of what the node holds, so that RSS
                     # is what the node keeps for its backlog, not a client outrunning it
                     # (messages buffered in zmq: up to the front door's RCVHWM)
-                    while pace and _status(cc, node.endpoint)["held"] < submitted - batch:
+                    while pace and held_now() < submitted - batch:
                         time.sleep(0.01)
                 t_sub = time.perf_counter()
-                while _status(cc, node.endpoint)["held"] < mark + concurrency:
-                    if node.proc.poll() is not None:
-                        raise RuntimeError(f"meshnode exited:\n{node.log_tail()}")
+                while held_now() < mark + concurrency * nodes:
+                    for n in all_nodes:
+                        if n.proc.poll() is not None:
+                            raise RuntimeError(f"meshnode exited:\n{n.log_tail()}")
                     time.sleep(0.05)
+                if nodes > 1:              # every copy confirmed (the backups' RSS with them)
+                    while any(_status(cc, n.endpoint).get("copies_waiting", 0) for n in all_nodes):
+                        time.sleep(0.05)
                 t1 = time.perf_counter()
                 own, total = _rss(node.proc.pid)
                 st = _status(cc, node.endpoint)
@@ -120,6 +157,20 @@ def run(marks: list[int], concurrency: int, batch: int,
                       f"{r['all_rss_mb']:7.1f} MB, {r['bytes_per_task']:,.0f} B per queued task), "
                       f"stage submit {r['submit_per_s']:,.0f} tasks/s (held by the node; "
                       f"{r['on_disk']:,} on disk)", flush=True)
+                if nodes > 1:
+                    per = []
+                    for n in all_nodes:
+                        s2 = _status(cc, n.endpoint)
+                        o, _ = _rss(n.proc.pid)
+                        per.append({"node": n.port, "rss_mb": o / 2**20, "held": s2["held"],
+                                    "on_disk": s2.get("queued_on_disk", 0),
+                                    "copies": s2.get("copies_kept", 0),
+                                    "copies_on_disk": s2.get("copies_on_disk", 0)})
+                        print(f"    node {n.port}: RSS {o / 2**20:7.1f} MB, holds {s2['held']:,} "
+                              f"({per[-1]['on_disk']:,} on disk), keeps {per[-1]['copies']:,} "
+                              f"copies of the other's ({per[-1]['copies_on_disk']:,} on disk)",
+                              flush=True)
+                    r["nodes"] = per
             # (b) drain
             t0 = time.perf_counter()
             open(gate, "w").close()
@@ -127,11 +178,12 @@ def run(marks: list[int], concurrency: int, batch: int,
             last_t, last_n = t0, top
             for m in downs:
                 while True:
-                    h = _status(cc, node.endpoint)["held"]
+                    h = held_now()
                     if h <= m:
                         break
-                    if node.proc.poll() is not None:
-                        raise RuntimeError(f"meshnode exited:\n{node.log_tail()}")
+                    for n in all_nodes:
+                        if n.proc.poll() is not None:
+                            raise RuntimeError(f"meshnode exited:\n{n.log_tail()}")
                     time.sleep(0.05)
                 now = time.perf_counter()
                 rate = (last_n - m) / (now - last_t) if now > last_t else float("nan")
@@ -154,7 +206,8 @@ def run(marks: list[int], concurrency: int, batch: int,
     finally:
         if app is not None:
             app.close()
-        node.stop()
+        for n in all_nodes:
+            n.stop()
         try:
             os.unlink(gate)
         except OSError:
@@ -173,16 +226,27 @@ def main(argv: list[str] | None = None) -> int:
                     help="submit without waiting for the node (the client may run far ahead)")
     ap.add_argument("--queue-memory", type=int, default=None,
                     help="the node's --queue-memory (default: the node's default)")
+    ap.add_argument("--nodes", type=int, default=1,
+                    help="nodes (2: each the other's backup; their RSS each)")
+    ap.add_argument("--tree", default=None,
+                    help="run the nodes from this checkout (e.g. /work/main: before a change)")
     args = ap.parse_args(argv)
     marks = sorted(int(x) for x in args.marks.split(","))
     os.chdir(ROOT)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    rows = run(marks, args.concurrency, args.batch, args.queue_memory, not args.no_pace)
+    rows = run(marks, args.concurrency, args.batch, args.queue_memory, not args.no_pace,
+               args.nodes, args.tree)
     print("\nqueued     on disk    node RSS MB  node+children MB  B/queued task  submit/s  drain/s")
     for r in rows:
         print(f"{r['queued']:>9,}  {r['on_disk']:>9,}  {r['node_rss_mb']:11.1f}  {r['all_rss_mb']:16.1f}  "
               f"{r['bytes_per_task']:13,.0f}  {r['submit_per_s']:8,.0f}  {r.get('drain_per_s', 0):7,.0f}")
+    if args.nodes > 1:
+        print("\nqueued (both)  node    RSS MB   holds (on disk)        copies kept (on disk)")
+        for r in rows:
+            for p in r["nodes"]:
+                print(f"{r['queued']:>13,}  {p['node']:>5}  {p['rss_mb']:7.1f}   {p['held']:>9,} "
+                      f"({p['on_disk']:>9,})  {p['copies']:>9,} ({p['copies_on_disk']:>9,})")
     return 0
 
 

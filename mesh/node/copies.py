@@ -2,8 +2,11 @@
 
 This node keeps copies of tasks other nodes hold, and the results of those tasks:
 
-* ``on_replicate``: task copies are kept in memory (``frames``), results in the
-  journal (``Journal.copy_result``, expiring like our own). Acknowledged as soon as
+* ``on_replicate``: task copies are kept in memory (``frames``), up to a window of
+  ``queue_memory`` (``--queue-memory``) of them; beyond it, in the journal's
+  ``copies`` table (mesh/node/copy_journal.py), with only a count per holder in
+  memory (a deep backlog on a holder costs its backup disk, not memory). Results go
+  to the journal (``Journal.copy_result``, expiring like our own). Acknowledged as soon as
   they are written (not at the end of the loop pass: a commit timer due in the same
   pass would run first, on the holder's owner's wait); the journal commits with the
   node's next commit, within 2 ms. Copies from a holder this node has declared dead (late, after a
@@ -15,7 +18,21 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   (``handed_on``).
 * ``check_holders``: a holder declared dead has its copies without a result run here
   (``take_over``); a holder that left is given ``LEFT_GRACE`` plus our shutdown
-  timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``.
+  timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``. The
+  copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
+  plain one (priority 0, no eta, no workflow) becomes a task waiting on this node's
+  disk (mesh/node/spill.py), read back in order as its queue drains, so a holder's
+  deep backlog does not fill the taker's memory either.
+* At start, the copies left on disk by this node's last run are dropped, as the
+  ones in its memory are lost: a holder copies its held tasks again when it sees this
+  node's new boot id, and sends nothing more for the old copies (a result while this
+  node was down went to another node or none), so kept ones could run a task again
+  long after it finished elsewhere. (A holder's tasks waiting on its disk are copied
+  again when read back: until then they have one copy, as before this module kept
+  any on disk.)
+* A holder that restarts (its boot id changes) needs nothing here: its copies, in
+  memory or on disk, stay and are replaced as it copies its recovered tasks again
+  and reads its disk part back; its results drop them.
 * ``note_departures`` / ``repair_some``: when a node that kept the other copy of some
   of our results (our backup, or the holder of a copied result) is gone, those results
   are copied to another node, so that a second loss later loses nothing either; and
@@ -45,6 +62,7 @@ LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a 
                          # that left are run here (it hands its tasks on as it stops)
 ORPHAN_AFTER = 30.0      # s before the copies of a holder no member knows are run here
 REPAIR_CHUNK = 2000      # results copied again per gone peer per tick, at most
+TAKE_CHUNK = 2000        # copies on disk taken over per dead holder per tick, at most
 
 
 class Copies:
@@ -62,12 +80,63 @@ class Copies:
         self._was_alive: set[str] = set()          # peers seen alive since start
         self._departed: set[str] = set()           # of those, the ones dead or left now
         self.taken_over = 0
+        self.window = 0                            # copies kept in memory; 0: all of them
+        self.disk: dict[str, int] = {}             # holder -> copies on disk (journal)
+        self.on_disk = 0                           # their sum
+        self._forget: set[str] = set()             # ids whose copy on disk may go (tick)
+        self._taking: dict[str, str] = {}          # holder -> why: disk takeover under way
         self._badlog = _RateLimitedLog("refused copies")
         self._deadlog = _RateLimitedLog("copies from dead holders", burst=3)
 
     @property
     def node(self) -> "Node":
         return self.replicas.node
+
+    def start(self) -> None:
+        """(The replicas component starts) the window; no copy from a last run."""
+        journal = self.node.journal
+        self.window = self.node.config.queue_memory if journal.spills else 0
+        try:
+            n = journal.clear_copies()
+        except JournalError as e:
+            log.error("journal: cannot drop the copies kept on disk before this start: %s", e)
+            n = 0
+        if n:
+            log.info("journal: dropped %d copie(s) of other nodes' tasks kept on disk before "
+                     "this start (their holders copy their held tasks here again)", n)
+
+    def _count(self, holder: str, n: int) -> None:
+        c = self.disk.get(holder, 0) + n
+        if c > 0:
+            self.disk[holder] = c
+        else:
+            self.disk.pop(holder, None)
+        self.on_disk = max(self.on_disk + n, 0)
+
+    def has(self, tid: str) -> bool:
+        """Is a copy of this task kept here (in memory or on disk)?"""
+        if tid in self.frames:
+            return True
+        if not self.on_disk or tid in self._forget:
+            return False
+        try:
+            return bool(self.node.journal.copy_holders([tid]))
+        except JournalError as e:
+            log.error("journal: cannot look a copy up: %s", e)
+            return False
+
+    def _drop_on_disk(self, ids: list[str]) -> None:
+        """These ids' copies on disk go (a result, a drop, run or held here)."""
+        if not ids or not self.on_disk:
+            return
+        for _tid, holder in self.node.journal.drop_copies(ids):
+            self._count(holder, -1)
+
+    def _flush_forgets(self) -> None:
+        if self._forget:
+            ids = list(self._forget)
+            self._forget.clear()
+            self._drop_on_disk(ids)
 
     def on_replicate(self, msg: Replicate) -> None:
         """Copies from a holder: kept in memory (see the module docstring), results
@@ -87,28 +156,49 @@ class Copies:
                                   "kept (it sends them again once it is alive again)",
                                   msg.source[:100])
             return
-        journal, now = node.journal, time.time()
+        journal, now, source = node.journal, time.time(), msg.source
         try:
+            self._flush_forgets()                 # (older than these copies)
             for tid in msg.drop:                  # (older than the copies sent with them)
                 self._unkeep(tid)
+            self._drop_on_disk([t for t in msg.drop if t not in self.holder_of])
+            window, frames, holder_of = self.window, self.frames, self.holder_of
+            # copies already on disk stay there (a resend, a retry's new Submit)
+            there = journal.copy_holders(msg.task_ids) if self.on_disk else {}
+            rows: list[tuple[str, str, bytes, float]] = []
             for tid, frame in zip(msg.task_ids, msg.tasks):
                 # kept even when this node holds the task too: it may be handing it to
                 # that holder, which copies it here before it answers the handoff (in
                 # a two-node mesh the giver is always the receiver's backup); then it
                 # is the only other copy. One held here is never run as a copy
                 # (``take_over``), and goes when it runs here or goes elsewhere.
-                self._keep(tid, msg.source)
-                self.frames[tid] = (frame, now)
-            ready, source = states.READY_STATES, msg.source
-            rows = [(tid, state, frame, now, source) for tid, state, frame
-                    in zip(msg.result_ids, msg.result_states, msg.results) if state in ready]
+                if window and (tid in there or (tid not in holder_of
+                                                and len(frames) >= window)):
+                    rows.append((tid, source, frame, now))     # beyond the window: on disk
+                    continue
+                self._keep(tid, source)
+                frames[tid] = (frame, now)
             if rows:
-                journal.copy_results(rows)
-                for row in rows:
+                journal.keep_copies(rows)
+                for tid, _, _, _ in rows:
+                    old = there.get(tid)
+                    if old != source:
+                        if old is not None:
+                            self._count(old, -1)
+                        self._count(source, 1)
+            ready = states.READY_STATES
+            results = [(tid, state, frame, now, source) for tid, state, frame
+                       in zip(msg.result_ids, msg.result_states, msg.results) if state in ready]
+            if results:
+                journal.copy_results(results)
+                for row in results:
                     self._unkeep(row[0])
+                self._drop_on_disk([r[0] for r in results if r[0] not in holder_of])
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)
             return            # not acknowledged: the holder sends them again
+        if journal.in_tx:     # committed by this pass's flush (within RESULT_COMMIT_DELAY):
+            node.front.schedule_flush()     # nothing else may flush an idle node soon
         self.replicas.sockets.send(msg.source_addr, encode(ReplicateAck(msg.batch, node.name)))
 
     def _keep(self, tid: str, holder: str) -> None:
@@ -120,8 +210,13 @@ class Copies:
 
     def forget_copy(self, tid: str) -> None:
         """The task is this node's own now (handed here), or it ran here: no longer a
-        copy."""
-        self._unkeep(tid)
+        copy. (One on disk goes at the next tick or REPLICATE, with others: this is
+        called for every task that finishes here. Until then a takeover skips it: it
+        is in this node's journal.)"""
+        if tid in self.holder_of:
+            self._unkeep(tid)
+        elif self.on_disk:
+            self._forget.add(tid)
 
     def handed_on(self, tid: str, to: str | None) -> None:
         """A task this node held went to node ``to`` (None: back to its owner). A copy
@@ -132,6 +227,13 @@ class Copies:
         run after a partition: holder, backup's receiver, backup)."""
         if self.holder_of.get(tid) not in (None, to):
             self._unkeep(tid)
+        elif tid not in self.holder_of and self.on_disk:
+            try:
+                holder = self.node.journal.copy_holders([tid]).get(tid)
+                if holder not in (None, to):
+                    self._drop_on_disk([tid])
+            except JournalError as e:
+                log.error("journal: cannot drop the copy of task %s: %s", tid, e)
 
     def _unkeep(self, tid: str) -> None:
         holder = self.holder_of.pop(tid, None)
@@ -145,57 +247,128 @@ class Copies:
 
     def take_over(self, holder: str, why: str) -> int:
         """Run here the copies of ``holder``'s tasks that have no result: they are
-        this node's tasks from now on. How many."""
-        node = self.node
+        this node's tasks from now on. How many (of those in memory: the ones on disk
+        follow, ``TAKE_CHUNK`` per tick, ``tick``)."""
         ids = self.copies_of.pop(holder, set())
+        if holder in self.disk and holder not in self._taking:
+            self._taking[holder] = why          # (a chunk each tick from now on)
         if not ids:
             return 0
-        journal, ledger = node.journal, node.ledger
         copies = [(tid, *self.frames.pop(tid)) for tid in ids if tid in self.frames]
         for tid in ids:
             self.holder_of.pop(tid, None)
         taken = failed = 0
         for tid, frame, received in sorted(copies, key=lambda c: c[2]):
-            if tid in ledger.held:
-                continue
-            sub = _submit(frame)
-            try:
-                if sub is None or not journal.add(tid, b"", frame, time.time()):
-                    continue                  # unreadable, or finished here already
-            except JournalError as e:
-                log.error("journal: cannot take over task %s of %s: %s", tid, holder, e)
-                continue
-            task = node.app.tasks.get(sub.name)
-            limit = sub.time_limit or (task.options.time_limit if task else None) \
-                or node.config.time_limit
-            entry = Entry(tid, sub.name, b"", frame, sub.priority, sub.eta, sub.expires,
-                          limit, task.options.acks_late if task else True)
-            entry.received = received
-            if task is None and sub.name != GROUP:     # (a group's coordinator is the node's)
-                ledger.held[tid] = entry
-                ledger.task_failed(entry, "NotRegistered", f"task {sub.name!r} is not "
-                                   f"registered on node {node.name}, which took it over")
-                failed += 1
-            elif not entry.acks_late:         # it may have run on the holder: never twice
-                ledger.held[tid] = entry
-                ledger.task_failed(entry, "WorkerLostError", f"node {holder} died holding task "
-                                   f"{tid}; it has acks_late=False, so it is not run again")
-                failed += 1
-            else:
-                ledger.accept(entry, sub)
-                taken += 1
+            r = self._take_one(tid, frame, received, holder, disk=False)
+            taken += r == 1
+            failed += r == 2
         self.taken_over += taken
-        node.front.schedule_flush()
+        self.node.front.schedule_flush()
         log.warning("node %s %s: running %d of its task(s) here (this node kept their "
-                    "copies)%s", holder, why, taken,
-                    f"; {failed} failed (acks_late=False or not registered)" if failed else "")
+                    "copies)%s%s", holder, why, taken,
+                    f"; {failed} failed (acks_late=False or not registered)" if failed else "",
+                    f"; {self.disk[holder]} more kept on disk follow" if holder in self.disk
+                    else "")
         return taken
+
+    def _take_chunk(self, holder: str) -> None:
+        """Up to TAKE_CHUNK of a dead holder's copies on disk become this node's tasks:
+        a plain one waits on this node's disk (read back in order as its queue drains),
+        the others are held in memory."""
+        journal = self.node.journal
+        try:
+            rows = journal.copies_by_holder(holder, TAKE_CHUNK)
+            if rows:
+                journal.drop_copies([r[0] for r in rows])
+        except JournalError as e:
+            log.error("journal: cannot take over the copies of %s on disk: %s", holder, e)
+            return
+        if not rows:
+            why = self._taking.pop(holder, "is gone")
+            self.on_disk -= self.disk.pop(holder, 0)   # (a count off by some: recounted)
+            self.on_disk = max(self.on_disk, 0)
+            log.warning("node %s %s: the copies of its tasks this node kept on disk are "
+                        "its own tasks now (%d taken over since start)", holder, why,
+                        self.taken_over)
+            return
+        self._count(holder, -len(rows))
+        self.disk.setdefault(holder, 0)           # until a read finds none left
+        taken = failed = 0
+        for tid, frame, received in rows:
+            r = self._take_one(tid, frame, received, holder, disk=True)
+            taken += r == 1
+            failed += r == 2
+        self.taken_over += taken
+        self.node.front.schedule_flush()
+        if failed:
+            log.warning("node %s %s: %d of its task(s) kept on disk here failed (acks_late="
+                        "False or not registered)", holder, self._taking[holder], failed)
+
+    def _take_one(self, tid: str, frame: bytes, received: float, holder: str,
+                  disk: bool) -> int:
+        """One copy of a gone holder's task, this node's task now: 1 taken (held, or
+        waiting on this node's disk when ``disk`` and it is plain), 2 failed at once,
+        0 not taken (unreadable; held or finished here already)."""
+        node = self.node
+        journal, ledger = node.journal, node.ledger
+        if tid in ledger.held:
+            return 0
+        sub = _submit(frame)
+        if sub is None:
+            return 0
+        task = node.app.tasks.get(sub.name)
+        plain = disk and task is not None and task.options.acks_late and not sub.priority \
+            and sub.eta is None and "wf" not in sub.headers
+        try:
+            if plain:
+                if not journal.add_spilled(tid, b"", frame, received):
+                    return 0                      # held or finished here already
+                spill = node.spill
+                spill.on_disk += 1                # its quota, like spill's (Spill.start)
+                q = ledger.senders.setdefault(b"", [0, 0])
+                q[0] += 1
+                q[1] += len(frame)
+                return 1
+            if not journal.add(tid, b"", frame, time.time()):
+                return 0                          # finished here already
+        except JournalError as e:
+            log.error("journal: cannot take over task %s of %s: %s", tid, holder, e)
+            return 0
+        limit = sub.time_limit or (task.options.time_limit if task else None) \
+            or node.config.time_limit
+        entry = Entry(tid, sub.name, b"", frame, sub.priority, sub.eta, sub.expires,
+                      limit, task.options.acks_late if task else True)
+        entry.received = received
+        if task is None and sub.name != GROUP:     # (a group's coordinator is the node's)
+            ledger.held[tid] = entry
+            ledger.task_failed(entry, "NotRegistered", f"task {sub.name!r} is not "
+                               f"registered on node {node.name}, which took it over")
+            return 2
+        if not entry.acks_late:                   # it may have run on the holder: never twice
+            ledger.held[tid] = entry
+            ledger.task_failed(entry, "WorkerLostError", f"node {holder} died holding task "
+                               f"{tid}; it has acks_late=False, so it is not run again")
+            return 2
+        ledger.accept(entry, sub)
+        return 1
+
+    def tick(self) -> None:
+        """(Each replicas tick) copies on disk of tasks run here go; dead holders'
+        copies on disk are taken over, a chunk each."""
+        try:
+            self._flush_forgets()
+        except JournalError as e:
+            log.error("journal: cannot drop copies on disk: %s", e)
+        for holder in list(self._taking):
+            self._take_chunk(holder)
 
     def check_holders(self, now: float) -> None:
         """Holders that are gone (dead; left long ago; unknown for long) are taken over."""
         ms = self.node.membership
         grace_left = LEFT_GRACE + self.node.config.shutdown_timeout
-        for holder in list(self.copies_of):
+        for holder in list(self.copies_of) + [h for h in self.disk if h not in self.copies_of]:
+            if holder in self._taking:
+                continue
             m = ms.member(holder)
             state = m.state if m is not None else None
             if state in (MemberState.ALIVE, MemberState.SUSPECT):
@@ -208,7 +381,7 @@ class Copies:
                 self.take_over(holder, f"left {grace_left:.0f} s ago without handing them on")
             elif state is None and now - since > ORPHAN_AFTER:
                 self.take_over(holder, "is unknown to the mesh")
-            if holder not in self.copies_of:
+            if holder not in self.copies_of and holder not in self.disk:
                 self._gone.pop(holder, None)
 
     def note_departures(self, alive: set[str]) -> None:

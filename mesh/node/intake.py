@@ -135,7 +135,7 @@ class Intake(Component):
             entry = Entry(tid, msg.name, ident, frame, msg.priority, None, None, None)
             # sent here first: start its members; a resend to the node that kept its copy
             # (its first holder died) asks the mesh first, as a takeover does
-            entry.fresh = tid not in node.replicas.copies.frames
+            entry.fresh = not node.replicas.copies.has(tid)
             ledger.accept(entry, msg)
             return
         limit = msg.time_limit or task.options.time_limit or node.config.time_limit

@@ -199,6 +199,31 @@ class Journal(abc.ABC):
         """``(owner, tasks, bytes)`` of the tasks waiting on disk only."""
         return []
 
+    # -- copies of other nodes' tasks kept on disk (mesh/node/copy_journal.py) ---------
+    def copy_holders(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """``task id -> holder`` of those of ``task_ids`` whose copy is on disk here."""
+        return {}
+
+    def keep_copies(self, rows: Sequence[tuple[str, str, bytes, float]]) -> None:
+        """``(task_id, holder, frame, received)``: copies kept on disk."""
+        raise JournalError("this journal keeps no copies on disk")
+
+    def drop_copies(self, task_ids: Iterable[str]) -> list[tuple[str, str]]:
+        """Forget these copies on disk; ``(task_id, holder)`` of those there were."""
+        return []
+
+    def copies_by_holder(self, holder: str, limit: int) -> list[tuple[str, bytes, float]]:
+        """The oldest ``limit`` copies of ``holder``'s tasks on disk."""
+        return []
+
+    def copy_counts(self) -> dict[str, int]:
+        """``holder -> copies on disk``."""
+        return {}
+
+    def clear_copies(self) -> int:
+        """Forget every copy on disk; how many there were. Commits."""
+        return 0
+
 
 def open_journal(config: "Config") -> Journal:
     """The journal ``config`` asks for: sqlite in the data dir, or in memory."""

@@ -145,6 +145,7 @@ class Replicas(Component):
         self.sockets = PeerSockets(node.ctx, f"data:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
                                    hwm=DATA_HWM, security=node.security)
         self.enabled = node.config.replicas >= 2
+        self.copies.start()
         self.started = True
         if not self.enabled:
             log.info("--replicas 1: tasks and results are kept on this node only (no backup)")
@@ -481,6 +482,7 @@ class Replicas(Component):
                 self._give_up(now)
                 if self.copies.repairs:
                     self.copies.repair_some()
+                self.copies.tick()
                 if now >= next_members:
                     next_members = now + MEMBERS_EVERY
                     self.check_members(now)
@@ -577,7 +579,8 @@ class Replicas(Component):
             log.info("tasks and results are kept in two copies: this node and a backup node")
 
     def status(self) -> dict[str, Any]:
-        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.holder_of),
+        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.holder_of) + self.copies.on_disk,
+                "copies_on_disk": self.copies.on_disk,
                 "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,

@@ -48,7 +48,8 @@ import time
 from collections.abc import Iterable, Sequence
 
 from mesh.node.checkpoint import BACKSTOP_PAGES, Checkpointer
-from mesh.node.journal import DataDirInUse, DiskRow, Journal, JournalError, Row, Stored
+from mesh.node.copy_journal import CopyRows
+from mesh.node.journal import DataDirInUse, DiskRow, JournalError, Row, Stored
 from mesh.security.files import private_dir, private_file
 
 log = logging.getLogger("mesh.journal")
@@ -110,7 +111,7 @@ def _explain(e: sqlite3.Error, path: str) -> str:
     return f"{path}: {text}"
 
 
-class SqliteJournal(Journal):
+class SqliteJournal(CopyRows):
     """One node's journal in a sqlite file in its data dir. Not thread-safe: the node's
     event loop is its only user."""
 
@@ -166,6 +167,7 @@ class SqliteJournal(Journal):
             # only the rows on disk are in it: in arrival (rowid) order, nothing to keep
             # up to date for the rest
             self.db.execute("CREATE INDEX IF NOT EXISTS tasks_disk ON tasks (disk) WHERE disk=1")
+            self._copies_schema()    # copies kept for other nodes (mesh/node/copy_journal.py)
         except sqlite3.Error as e:
             self._unlock()
             raise JournalError(f"cannot open the journal: {_explain(e, self.path)}") from e

@@ -334,7 +334,7 @@ class Groups:
         if st["state"] in (states.RECEIVED, states.STARTED, states.RETRY):
             return True
         replicas = getattr(self.node, "replicas", None)
-        return replicas is not None and tid in replicas.copies.frames
+        return replicas is not None and replicas.copies.has(tid)
 
     def _answer_local(self, g: Group, r: _Round) -> None:
         ledger = self.node.ledger

@@ -1,0 +1,114 @@
+"""A deep backlog's copies on its backup (mesh/node/copies.py): beyond the backup's
+window (``--queue-memory``) the copies wait in the backup's journal, not its memory.
+
+Two real nodes, both with a window of 50: a holds a few hundred tasks behind a gated
+one (most on its disk), b keeps their copies (most on its disk). b's one child is
+busy too, so a has no peer with room to shed its queue to.
+"""
+from __future__ import annotations
+
+import signal
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import wait_until
+from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _backlog, _lines
+
+from mesh import Mesh
+
+N = 400
+
+
+def _pair(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any, Any, Any, list[Any], Path, int]:
+    """a holding a backlog (acknowledged), b keeping its copies, most on b's disk."""
+    a = start_node(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
+    b = start_node(concurrency=1, queue_memory=WINDOW, peers=a.endpoint, replicas=2, profile="test")
+    wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
+    b_busy = make_client(b).tasks.wait_for_file.delay(str(tmp_path / "gate"))
+    wait_until(lambda: b.status()["busy"] == 1, what="b's child to be busy")
+    c = make_client(a)
+    _running, rs, _gate, out = _backlog(a, c, tmp_path, n=N, prefix=f"k{uuid.uuid4().hex[:6]}")
+    assert c.app.client.flush(RESULT_TIMEOUT) == 0      # acknowledged: the promise is made
+    # (the client places some of its tasks on b: a holds the rest, most of them on disk)
+    wait_until(lambda: a.status()["queued_on_disk"] >= 50, what="a's disk part")
+    held = a.status()["held"]
+    wait_until(lambda: b.status()["copies_kept"] >= held, what="b to keep a copy of each")
+    st = b.status()
+    # beyond b's window the copies are on b's disk: at most WINDOW of them in memory
+    assert st["copies_on_disk"] >= held - WINDOW > 0, st
+    assert st["copies_kept"] - st["copies_on_disk"] <= WINDOW, st
+    return a, b, c, b_busy, rs, out, held
+
+
+def _lines_once(out: Path) -> list[str]:
+    return sorted(_lines(out))
+
+
+def test_copies_beyond_the_window_wait_on_the_backups_disk_and_results_drop_them(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a, b, c, b_busy, rs, out, held = _pair(start_node, make_client, tmp_path)
+    (tmp_path / "gate").touch()
+    assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in rs) == sorted(f"line-{i}" for i in range(N))
+    assert b_busy.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert _lines_once(out) == sorted(f"line-{i}" for i in range(N))
+    # each result replaced its copy: none is left, in memory or on disk
+    wait_until(lambda: b.status()["copies_kept"] == 0 and b.status()["copies_on_disk"] == 0,
+               what="b to drop every copy")
+    assert b.status()["taken_over"] == 0
+
+
+@pytest.mark.parametrize("submitter", ["gone", "resends"])
+def test_the_holder_killed_the_backup_runs_each_task_once_from_its_disk(
+        start_node: Any, make_client: Any, tmp_path: Path, submitter: str) -> None:
+    """``gone``: nobody resends, b runs a's tasks from its copies alone (those on its
+    disk go to its own disk queue, read back as it drains). ``resends``: the owner
+    resends them to b meanwhile; a task is still run once."""
+    a, b, c, b_busy, rs, out, held = _pair(start_node, make_client, tmp_path)
+    ids = [r.id for r in rs]
+    if submitter == "gone":
+        c.close()
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    wait_until(lambda: "more kept on disk follow" in b.stderr(), what="b to take a's tasks over")
+    (tmp_path / "gate").touch()
+    other = Mesh("mesh-it-other", peers=[b.endpoint], mdns=False)
+    try:
+        assert sorted(other.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in ids) \
+            == sorted(f"line-{i}" for i in range(N))
+    finally:
+        other.close()
+    assert b_busy.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert _lines_once(out) == sorted(f"line-{i}" for i in range(N))     # each ran once
+    wait_until(lambda: b.status()["held"] == 0, what="b to hold nothing")
+    st = b.status()
+    assert st["copies_kept"] == 0 and st["copies_on_disk"] == 0 and st["queued_on_disk"] == 0, st
+    if submitter == "gone":
+        assert st["taken_over"] >= held - 1, st      # (all of a's but the gated one, maybe)
+
+
+def test_a_restarted_backup_drops_its_copies_on_disk_and_its_holder_copies_again(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """As with the copies in its memory: its holder sends nothing more for the old
+    ones, so kept, they could run a task again long after it finished."""
+    a, b, c, b_busy, rs, out, held = _pair(start_node, make_client, tmp_path)
+    on_disk = b.status()["copies_on_disk"]
+    b.send_signal(signal.SIGKILL)
+    b.wait(10)
+    db = sqlite3.connect(str(b.data_dir / "journal.sqlite3"))   # committed before the kill
+    try:
+        assert db.execute("SELECT count(*) FROM copies").fetchone()[0] == on_disk
+    finally:
+        db.close()
+    b = start_node.restart(b)
+    assert f"journal: dropped {on_disk} copie(s) of other nodes' tasks" in b.stderr()
+    assert b.status()["copies_on_disk"] == 0
+    # a copies its held tasks to b again (b's boot id changed)
+    wait_until(lambda: "restarted: copying" in a.stderr(), what="a to copy again")
+    (tmp_path / "gate").touch()
+    assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in rs) == sorted(f"line-{i}" for i in range(N))
+    assert _lines_once(out) == sorted(f"line-{i}" for i in range(N))
+    wait_until(lambda: b.status()["copies_kept"] == 0, what="b to drop every copy")
+    assert b.status()["taken_over"] == 0

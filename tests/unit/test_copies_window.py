@@ -1,0 +1,83 @@
+"""The backup's window (mesh/node/copies.py) in-process, on a real sqlite journal: a
+fast check of the bookkeeping next to tests/integration/test_e2e_backlog_copies.py
+(real nodes). What stands in for the node is only what ``on_replicate`` reads: the
+holder's membership record, the config, the data socket the ACK goes out on."""
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.membership import MemberState
+from mesh.node.copies import Copies
+from mesh.node.sqlite_journal import SqliteJournal
+from mesh.wire.protocol import Replicate
+
+WINDOW = 3
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.acks: list[bytes] = []
+
+    def send(self, address: str, frame: bytes) -> None:
+        self.acks.append(frame)
+
+
+@pytest.fixture
+def copies(tmp_path: Path) -> Iterator[Copies]:
+    journal = SqliteJournal(str(tmp_path / "d"))
+    holder = types.SimpleNamespace(address="tcp://h", state=MemberState.ALIVE)
+    node: Any = types.SimpleNamespace(
+        name="b", journal=journal, config=types.SimpleNamespace(queue_memory=WINDOW),
+        membership=types.SimpleNamespace(member=lambda name: holder if name == "h" else None),
+        front=types.SimpleNamespace(schedule_flush=journal.commit))
+    replicas: Any = types.SimpleNamespace(node=node, sockets=_Sent())
+    c = Copies(replicas)
+    c.start()
+    yield c
+    journal.close()
+
+
+def _rep(bid: str, tasks: dict[str, bytes], results: tuple[str, ...] | list[str] = (),
+         drop: tuple[str, ...] | list[str] = ()) -> Replicate:
+    return Replicate(bid, "h", "tcp://h", list(tasks), list(tasks.values()), list(results),
+                     ["SUCCESS"] * len(results), [b"r"] * len(results), list(drop))
+
+
+def test_beyond_the_window_copies_go_to_disk_counted_per_holder(copies: Copies) -> None:
+    copies.on_replicate(_rep("1", {f"t{i}": b"f%d" % i for i in range(10)}))
+    assert len(copies.frames) == WINDOW and copies.on_disk == 7 and copies.disk == {"h": 7}
+    assert copies.node.journal.copy_counts() == {"h": 7}
+    assert all(copies.has(f"t{i}") for i in range(10)) and not copies.has("nope")
+    assert len(copies.replicas.sockets.acks) == 1          # acknowledged
+
+
+def test_a_resent_batch_or_a_new_frame_replaces_the_copy_where_it_is(copies: Copies) -> None:
+    copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(10)}))
+    copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(10)}))     # the holder's resend
+    copies.on_replicate(_rep("2", {"t9": b"retry"}))                         # a retry's Submit
+    assert copies.on_disk == 7 and copies.node.journal.copy_counts() == {"h": 7}
+    # room in memory again: a copy already on disk stays there, not in both
+    copies.on_replicate(_rep("3", {}, results=["t0", "t1"]))
+    copies.on_replicate(_rep("4", {"t9": b"retry2", "t5": b"f"}))
+    assert "t9" not in copies.frames and "t5" not in copies.frames
+    assert copies.on_disk == 7 and len(copies.frames) == WINDOW - 2
+    assert {t: f for t, f, _ in copies.node.journal.copies_by_holder("h", 10)}["t9"] == b"retry2"
+
+
+def test_results_drops_and_runs_here_remove_copies_on_disk(copies: Copies) -> None:
+    copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(10)}))
+    copies.on_replicate(_rep("2", {}, results=["t5", "t0"], drop=["t6"]))
+    assert copies.on_disk == 5 and len(copies.frames) == WINDOW - 1
+    copies.forget_copy("t7")                  # it ran here: goes at the next tick
+    assert not copies.has("t7")
+    copies.tick()
+    assert copies.on_disk == 4 and copies.node.journal.copy_counts() == {"h": 4}
+    copies.handed_on("t8", "h")               # handed to its holder: kept
+    copies.handed_on("t9", "x")               # handed elsewhere: goes
+    assert copies.on_disk == 3 and sorted(copies.node.journal.copy_holders(
+        [f"t{i}" for i in range(10)])) == ["t3", "t4", "t8"]
