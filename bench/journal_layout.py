@@ -1,0 +1,82 @@
+"""The journal's cost per task on its own: ``add`` then ``finish`` of 10,000 tasks in
+batches of 64 (a commit after each batch's adds and after its finishes, as the node
+does under load), on a journal already holding ``--prefill`` finished tasks, with the
+node's own class and pragmas. CPU and wall time per task (wall includes the WAL
+writes' system calls and the page cache). Side by side with another checkout:
+``--compare PATH`` runs the same with that tree's ``mesh`` (a separate process).
+
+Run from the repo root:
+    .venv/bin/python -m bench.journal_layout [--prefill 100000] [-n 10000] [--repeat 3]
+                                             [--compare /work/main]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+
+def measure(prefill: int, n: int, batch: int) -> tuple[float, float]:
+    from mesh.node.sqlite_journal import SqliteJournal
+
+    frame, client, res = os.urandom(180), b"\x00" + os.urandom(4), os.urandom(40)
+    with tempfile.TemporaryDirectory() as d:
+        j = SqliteJournal(os.path.join(d, "data"))
+
+        def run(ids: list[str]) -> None:
+            now = time.time()
+            for t in ids:
+                j.add(t, client, frame, now)
+            j.commit()
+            for t in ids:
+                j.finish(t, "SUCCESS", res, now, "peer")
+            j.commit()
+
+        pre = [str(uuid.uuid4()) for _ in range(prefill)]
+        for i in range(0, prefill, 1000):
+            run(pre[i:i + 1000])
+        ids = [str(uuid.uuid4()) for _ in range(n)]
+        c0, w0 = time.process_time(), time.perf_counter()
+        for i in range(0, n, batch):
+            run(ids[i:i + batch])
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        j.close()
+    return cpu / n * 1e6, wall / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prefill", type=int, default=100_000)
+    ap.add_argument("-n", type=int, default=10_000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compare", default="", help="another checkout of mesh")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(*measure(a.prefill, a.n, a.batch))
+        return
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = [("this tree", here)] + ([("compare", os.path.abspath(a.compare))] if a.compare else [])
+    got: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in trees}
+    for _ in range(a.repeat):
+        for name, tree in trees:
+            out = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--prefill", str(a.prefill), "-n", str(a.n), "--batch", str(a.batch),
+                 "--one"], cwd=tree, capture_output=True, text=True, check=True,
+                env={**os.environ, "PYTHONPATH": tree}).stdout.split()
+            got[name].append((float(out[0]), float(out[1])))
+    for name, tree in trees:
+        cpu = statistics.median(c for c, _ in got[name])
+        wall = statistics.median(w for _, w in got[name])
+        print(f"{name:10s} {tree}: add+finish {cpu:6.1f} us CPU, {wall:6.1f} us wall per task "
+              f"(median of {a.repeat}; {a.prefill:,} finished before)")
+
+
+if __name__ == "__main__":
+    main()
