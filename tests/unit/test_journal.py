@@ -461,3 +461,18 @@ def test_a_result_of_a_task_with_no_row_is_kept_and_found(sqlite_journal: Journa
     assert sqlite_journal.get("never-added") == ("FAILURE", b"e")
     assert not sqlite_journal.add("never-added", b"c", b"f", 3.0)
     assert sqlite_journal.unfinished() == []
+
+
+def test_a_copied_result_of_a_task_held_here_too_finishes_it_here(
+        sqlite_journal: Journal) -> None:
+    # (copies are found by id alone, not through the task's row: both must agree)
+    journal = sqlite_journal
+    assert journal.add("t", b"c", b"f", 1.0)
+    journal.copy_result("t", "FAILURE", b"theirs", 2.0, "h")
+    journal.commit()
+    assert journal.get("t") == ("FAILURE", b"theirs")
+    assert journal.unfinished() == []
+    assert journal.counts()["open"] == 0
+    assert journal.expire(before=3.0) == 1
+    assert journal.get("t") is None                      # the task's row went with it
+    assert journal.add("t", b"c", b"f", 4.0)
