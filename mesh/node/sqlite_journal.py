@@ -571,10 +571,10 @@ class SqliteJournal(Journal):
                 "EXISTS (SELECT 1 FROM revoked v WHERE v.task_id=t.task_id), t.backup "
                 "FROM tasks t INDEXED BY tasks_disk WHERE t.disk=1 ORDER BY t.rowid "
                 "LIMIT ?", (limit,)).fetchall()
-            if rows:
+            if rows:      # the first rows on disk: all of them up to the last one read
                 self._begin()
-                self.db.executemany("UPDATE tasks SET disk=0 WHERE rowid=?",
-                                    [(r[0],) for r in rows])
+                self.db.execute("UPDATE tasks INDEXED BY tasks_disk SET disk=0 "
+                                "WHERE disk=1 AND rowid <= ?", (rows[-1][0],))
                 self.writes += len(rows)
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
