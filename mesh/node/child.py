@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mesh import signals, states
@@ -172,11 +173,15 @@ class Child:
         other._chan = self._chan
         return other
 
-    def main(self, sock: socket.socket, node_pid: int) -> NoReturn:
-        """Run in the forked child; never returns."""
+    def main(self, sock: socket.socket, node_pid: int,
+             mask: Iterable[int] = ()) -> NoReturn:
+        """Run in the forked child; never returns. The node forks with SIGTERM and
+        SIGINT blocked; ``mask`` is the signal mask to restore once this process has
+        its own handlers (what arrived meanwhile is handled by them then)."""
         code = 0
         try:
             self._setup_process(node_pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _close_inherited_sockets(keep=sock.fileno(), data_dir=self.config.data_path)
             signals.worker_process_init.send(sender=None)   # before ChildReady: no task yet
             chan = self._chan = BlockingChannel(sock)

@@ -50,6 +50,7 @@ log = logging.getLogger("mesh.pool")
 CRASH_WINDOW = 10.0        # s; more than CRASH_LIMIT deaths in it slow respawning down
 CRASH_LIMIT = 10
 RESPAWN_BACKOFF = 1.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)   # blocked across a fork
 
 
 LEAVE_GRACE = 5.0          # s a child that retires by itself has before it is told to
@@ -142,9 +143,18 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         self.stop_flags.clear(index)
         child = Child(self.app, self.config, self.node_name, self.stop_flags, index)
         node_pid = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            child.main(theirs, node_pid)            # never returns
+        # SIGTERM/SIGINT stay blocked across the fork until the child has its own
+        # handlers: one reaching a child still on the node's (a signal to the process
+        # group, right after a fork) would be written to the node's wakeup fd, which
+        # the child shares, and count as the node's second stop request
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                child.main(theirs, node_pid, old_mask)   # never returns
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         theirs.close()
         mine.setblocking(False)
         pidfd = os.pidfd_open(pid)
