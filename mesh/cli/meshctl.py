@@ -144,6 +144,12 @@ def _fmt_uptime(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _waiting(r: dict[str, Any]) -> str:
+    """Queued tasks, and how many of them wait on disk (beyond --queue-memory)."""
+    disk = r.get("queued_on_disk") or 0
+    return f"{r['queued']} ({disk} on disk)" if disk else str(r["queued"])
+
+
 def _queues(queues: Any) -> str:
     """The queues a node serves: ``*`` for every queue (status ``queues``: nil)."""
     return ",".join(map(str, queues)) if isinstance(queues, list) else "*"
@@ -245,7 +251,7 @@ def status(ctx: click.Context) -> int:
             table.append((r["node"], r["address"], r["state"], str(r.get("mesh", "-")),
                           _queues(r.get("queues")), str(r.get("pool", "-")), pool_range(r),
                           f"{r['busy']}/{r['total']}",
-                          str(r["queued"]), str(r["succeeded"]), str(r["failed"]),
+                          _waiting(r), str(r["succeeded"]), str(r["failed"]),
                           f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",
                           _fmt_bytes(r["rss_bytes"]), _fmt_uptime(r["uptime"]), r["version"]))
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]

@@ -60,6 +60,8 @@ class Intake(Component):
         acks.append(tid)
         held = ledger.held.get(tid)
         if held is not None:           # a resend of a task we already hold
+            if held.client != ident and tid in node.spill.candidates:
+                node.spill.moved(tid, ident)   # going to disk: its row names the new link
             ledger.move(held, ident)   # its owner may have reconnected through another link
             return
         moved = node.handoff.moved_to(tid)

@@ -171,8 +171,10 @@ class Ledger:
             away: dict[str, tuple[Any, list[Entry]]] = {}
             for entry in pending:
                 if entry.task_id in revoked:     # revoked in the same loop pass
-                    self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was "
-                                     "revoked", states.REVOKED)
+                    # (the revoke finished it already if it was going to disk: once)
+                    if self.held.get(entry.task_id) is entry:
+                        self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} "
+                                         "was revoked", states.REVOKED)
                 elif disk and entry.task_id in disk:
                     continue
                 elif entry.name == GROUP and self.node.workflows is not None:

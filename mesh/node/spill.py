@@ -33,8 +33,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from mesh import states
+from mesh.config import Config
 from mesh.exceptions import DecodeError
 from mesh.node.component import Component, NodeStartError
+from mesh.node.copies import LEFT_GRACE
 from mesh.node.journal import DiskRow, JournalError
 from mesh.node.ledger import Entry
 from mesh.wire.protocol import Submit, decode, encode
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.node")
 
+QUEUE_MEMORY_DEFAULT = next(f.default for f in dataclasses.fields(Config) if f.name == "queue_memory")
 CHUNK = 1000        # tasks read back from the journal at a time, at most
 TICK = 0.1          # s between checks that the in-memory queue has room (a safety net:
                     # every pass that finishes a task checks too)
@@ -78,6 +81,10 @@ class Spill(Component):
         node.spill = self
         journal = node.journal
         self.window = node.config.queue_memory if journal.spills else 0
+        asked = node.config.queue_memory
+        if not journal.spills and asked and asked != QUEUE_MEMORY_DEFAULT:   # never silent
+            log.warning("queue_memory %d (--queue-memory) does not apply: this node keeps no "
+                        "journal (--no-journal), so every queued task is kept in memory", asked)
         self.chunk = max(1, min(CHUNK, self.window // 4)) if self.window else CHUNK
         self.started = True
         try:
@@ -97,7 +104,15 @@ class Spill(Component):
 
     async def stop(self, node: "Node") -> None:
         n = self.on_disk + len(self.candidates)
-        if n:
+        if not n:
+            return
+        replicas = node.replicas
+        if replicas.enabled and node.membership.alive_members(include_self=False):
+            grace = LEFT_GRACE + node.config.shutdown_timeout
+            log.warning("%d queued task(s) wait on disk in the journal (%s): they run when "
+                        "this node starts again, or on the nodes that keep their copies if "
+                        "it is not back within %.0f s", n, node.journal.path, grace)
+        else:
             log.warning("%d queued task(s) wait on disk in the journal (%s): they run when "
                         "this node starts again", n, node.journal.path)
 
@@ -134,6 +149,15 @@ class Spill(Component):
             new[0] += 1
             new[1] += size
         return True
+
+    def moved(self, task_id: str, client: bytes) -> None:
+        """A task going to disk (in ``candidates``) was resent through another link:
+        its journal row names that link, so the task read back replies there and its
+        quota is given back to the sender that holds it now (``Ledger.move``)."""
+        try:
+            self.node.journal.set_client(task_id, client)
+        except JournalError as e:
+            log.error("journal: the new link of task %s was not recorded: %s", task_id, e)
 
     def holds(self, task_id: str) -> bool:
         """Does this task wait on disk here?"""

@@ -591,11 +591,13 @@ class SqliteJournal(Journal):
         return bytes(row[0]) if row else None
 
     def take_from_disk(self, task_id: str) -> DiskRow | None:
-        """One task waiting on disk only, in memory from now on (a revoke)."""
+        """One task waiting on disk only, in memory from now on (a revoke). Not one
+        finished already (its mark goes when the read back walks past it)."""
         try:
             row = self.db.execute(
                 "SELECT rowid, task_id, client, frame, received, backup FROM tasks "
-                "WHERE task_id=? AND disk=1", (task_id,)).fetchone()
+                "WHERE task_id=? AND disk=1 AND NOT EXISTS (SELECT 1 FROM results "
+                "WHERE results.task_id=?)", (task_id, task_id)).fetchone()
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         if row is None:
@@ -618,10 +620,12 @@ class SqliteJournal(Journal):
 
     def disk_senders(self) -> list[tuple[bytes, int, int]]:
         """``(owner, tasks, bytes)`` of the tasks waiting on disk only (their owners'
-        quotas, at start)."""
+        quotas, at start). Not those finished already (revoked before they left
+        memory, or run by another node): their marks go as they are read past."""
         try:
             return [(bytes(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(
-                "SELECT client, count(*), sum(length(frame)) FROM tasks INDEXED BY tasks_disk "
-                "WHERE disk=1 GROUP BY client").fetchall()]
+                "SELECT client, count(*), sum(length(frame)) FROM tasks t INDEXED BY "
+                "tasks_disk WHERE disk=1 AND NOT EXISTS (SELECT 1 FROM results r WHERE "
+                "r.task_id=t.task_id) GROUP BY client").fetchall()]
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e

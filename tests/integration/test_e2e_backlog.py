@@ -7,15 +7,19 @@ One child, held by a gated task, so the queue's order is the order the tasks run
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import wait_until
+import zmq
+from harness import MESHCTL, run_program, wait_until
 
 from mesh import Mesh, states
 from mesh.exceptions import TaskRevokedError
+from mesh.wire import codec
+from mesh.wire.protocol import Ack, Control, Result, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 WINDOW = 50
@@ -45,6 +49,8 @@ def test_a_backlog_beyond_the_window_waits_on_disk_and_runs_in_order(
     st = node.status()
     assert st["queued_on_disk"] == N - WINDOW, st      # the rest waits in the journal
     assert st["held"] == N + 1 and st["queue_memory"] == WINDOW
+    table = run_program(MESHCTL, "--peers", node.endpoint, "status").stdout   # what a person sees
+    assert f"{N} ({N - WINDOW} on disk)" in table, table
     assert c.app.client.flush(RESULT_TIMEOUT) == 0      # all acknowledged, then
     c.close()                                           # the submitter is gone
     # a resend of a task that waits on disk, from another process: held, not run twice
@@ -168,3 +174,129 @@ def test_a_task_read_back_with_a_new_backup_has_its_old_copy_dropped(
     assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(200))
     wait_until(lambda: all(n.status()["copies_kept"] == 0 for n in (a, b, d)),
                what="no copy left anywhere")
+
+
+def _frames_until(sock: zmq.Socket[bytes], done: Any, timeout: float = RESULT_TIMEOUT) -> list[Any]:
+    """Decoded frames from a raw link until ``done(messages)`` is true."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while not done(got):
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting; got {got!r}"[:2000]
+        if sock.poll(int(min(left, 1.0) * 1000)):
+            got += [decode(f) for f in sock.recv_multipart()]
+    return got
+
+
+def _submit(tid: str, out: Path, line: str) -> bytes:
+    return encode(Submit(tid, "tasks_app.append_line", codec.dump_call((str(out), line), {})))
+
+
+def _result_of(tid: str) -> Any:
+    return lambda fs: any(isinstance(f, Result) and f.task_id == tid for f in fs)
+
+
+def test_a_task_going_to_disk_submitted_and_revoked_in_one_pass_finishes_once(
+        start_node: Any, make_client: Any, raw_dealer: Any, tmp_path: Path) -> None:
+    """SUBMIT and revoke in one message while the backlog spills: the revoke finishes
+    the task going to disk (Spill.unqueue); Ledger.flush must not finish it again
+    (a second REVOKED result, counted twice), nor a second revoke (Spill.take)."""
+    node = start_node(concurrency=1, queue_memory=WINDOW)
+    c = make_client(node)
+    running, rs, gate, out = _backlog(node, c, tmp_path, n=2 * WINDOW)
+    wait_until(lambda: node.status()["queued_on_disk"] > 0, what="the disk part")
+    sock = raw_dealer(node.endpoint)
+    tid = f"spill-same-pass-{uuid.uuid4()}"
+    sock.send_multipart([_submit(tid, out, "revoked"),
+                         encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
+    got = _frames_until(sock, _result_of(tid))
+    # revoked again (meshctl asks every node, and each forwards to its peers): its row
+    # is still marked on disk, with a result; it is not taken back and revoked twice
+    again = c.app.control.revoke(tid)
+    assert again[node.name]["dropped"] == [], again
+    gate.touch()
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(2 * WINDOW)]
+    wait_until(lambda: node.status()["held"] == 0, what="the node to hold nothing")
+    while sock.poll(200):                      # whatever else came for it
+        got += [decode(f) for f in sock.recv_multipart()]
+    assert [f.state for f in got if isinstance(f, Result) and f.task_id == tid] == [states.REVOKED]
+    assert node.status()["revoked"] == 1
+    assert "revoked" not in _lines(out)
+
+
+def test_a_task_going_to_disk_resent_through_another_link_replies_there(
+        start_node: Any, raw_dealer: Any, tmp_path: Path) -> None:
+    """A task accepted to go to disk waits in memory for its copy; resent meanwhile
+    through another link (its owner reconnected), then read back from disk, its
+    RESULT goes to the new link (the journal row follows, Spill.moved), not to the
+    link that is gone."""
+    a = start_node(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
+    b = start_node(concurrency=1, peers=a.endpoint, replicas=2, profile="test")
+    wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
+    gate, out = tmp_path / "gate", tmp_path / "runs"
+    old, new = raw_dealer(a.endpoint), raw_dealer(a.endpoint)
+    old.send(encode(Submit("gate", "tasks_app.wait_for_file", codec.dump_call((str(gate),), {}))))
+    wait_until(lambda: a.status()["busy"] == 1, what="the gated task to start")
+    for i in range(2 * WINDOW):
+        old.send(_submit(f"s-{i}", out, f"line-{i}"))
+    wait_until(lambda: a.status()["queued_on_disk"] > 0 and a.status()["copies_waiting"] == 0,
+               what="the disk part, its copies confirmed")
+    b.send_signal(signal.SIGSTOP)     # no copy is confirmed now: the next task waits in
+    frame = _submit("moved", out, "moved")     # memory for it (up to COPY_TIMEOUT, 1 s)
+    old.send(frame)
+    new.send(frame)                   # its owner, through another link
+    # acknowledged once the copy is given up on: in the same pass it leaves memory
+    _frames_until(new, lambda fs: any(isinstance(f, Ack) and "moved" in f.task_ids for f in fs))
+    b.send_signal(signal.SIGKILL)
+    b.wait(10)
+    old.close(linger=0)               # the first link is gone
+    gate.touch()
+    got = _frames_until(new, _result_of("moved"))
+    assert [f.state for f in got if isinstance(f, Result) and f.task_id == "moved"] == [states.SUCCESS]
+    wait_until(lambda: a.status()["held"] == 0, what="a to hold nothing")
+    # (a few of the first tasks may have been shed to b, idle until stopped: no order)
+    assert sorted(_lines(out)) == sorted([f"line-{i}" for i in range(2 * WINDOW)] + ["moved"])
+
+
+def test_a_task_revoked_before_it_left_memory_is_not_counted_on_disk_after_a_restart(
+        start_node: Any, make_client: Any, raw_dealer: Any, tmp_path: Path) -> None:
+    """A task accepted to go to disk and revoked at once finishes with its row still
+    marked; after kill -9 and a restart the node counts only the tasks that still wait
+    (journal.disk_senders): not the finished one, in its status, its log line and
+    its sender's quota."""
+    node = start_node(concurrency=1, queue_memory=WINDOW)
+    c = make_client(node)
+    running, rs, gate, out = _backlog(node, c, tmp_path, n=2 * WINDOW)
+    wait_until(lambda: node.status()["queued_on_disk"] > 0, what="the disk part")
+    sock = raw_dealer(node.endpoint)
+    tid = f"spill-revoked-{uuid.uuid4()}"
+    sock.send_multipart([_submit(tid, out, "revoked"),
+                         encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
+    _frames_until(sock, _result_of(tid))
+    sock.send(_submit("after", out, "after"))     # acknowledged once committed, with
+    _frames_until(sock, lambda fs: any(          # the revoked one's result
+        isinstance(f, Ack) and "after" in f.task_ids for f in fs))
+    on_disk = node.status()["queued_on_disk"]
+    node.send_signal(signal.SIGKILL)
+    node.wait(10)
+    node = start_node.restart(node)
+    assert f"journal: {on_disk} queued task(s) wait on disk" in node.stderr()
+    assert node.status()["queued_on_disk"] == on_disk
+    gate.touch()
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(2 * WINDOW)]
+    # (its RESULT went to the raw link's old routing id, which does not resend)
+    wait_until(lambda: node.status()["held"] == 0, what="the node to hold nothing")
+    assert _lines(out) == [f"line-{i}" for i in range(2 * WINDOW)] + ["after"]
+    assert node.status()["queued_on_disk"] == 0
+
+
+def test_queue_memory_without_a_journal_says_it_does_not_apply(
+        start_node: Any, make_client: Any) -> None:
+    """--no-journal keeps every queued task in memory: a --queue-memory given with it
+    is said not to apply (never silent); the default says nothing."""
+    node = start_node(concurrency=1, no_journal=True, queue_memory=WINDOW)
+    assert make_client(node).tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
+    assert f"queue_memory {WINDOW} (--queue-memory) does not apply" in node.stderr()
+    assert node.status()["queue_memory"] == 0
+    plain = start_node(concurrency=1, no_journal=True)
+    assert "--queue-memory" not in plain.stderr()
