@@ -597,7 +597,8 @@ class SqliteJournal(Journal):
             row = self.db.execute(
                 "SELECT rowid, task_id, client, frame, received, backup FROM tasks "
                 "WHERE task_id=? AND disk=1 AND NOT EXISTS (SELECT 1 FROM results "
-                "WHERE results.task_id=?)", (task_id, task_id)).fetchone()
+                "WHERE results.task=tasks.rowid) AND NOT EXISTS (SELECT 1 FROM results "
+                "WHERE task_id=? AND copy=1)", (task_id, task_id)).fetchone()
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         if row is None:
@@ -626,6 +627,7 @@ class SqliteJournal(Journal):
             return [(bytes(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(
                 "SELECT client, count(*), sum(length(frame)) FROM tasks t INDEXED BY "
                 "tasks_disk WHERE disk=1 AND NOT EXISTS (SELECT 1 FROM results r WHERE "
-                "r.task_id=t.task_id) GROUP BY client").fetchall()]
+                "r.task=t.rowid) AND NOT EXISTS (SELECT 1 FROM results r WHERE "
+                "r.task_id=t.task_id AND r.copy=1) GROUP BY client").fetchall()]
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
