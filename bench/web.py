@@ -29,7 +29,7 @@ import psutil
 
 from mesh import states
 from mesh.client.control import ControlClient
-from mesh.node.journal import Journal
+from mesh.node.sqlite_journal import SqliteJournal as Journal
 from mesh.wire import codec
 from mesh.wire.protocol import ControlReply, Result, Submit, encode
 
@@ -71,9 +71,11 @@ def write_history(directory: str, n: int) -> tuple[float, list[str]]:
             ids.append(tid)
         if len(batch_t) >= 50_000 or i == n - 1:
             j.db.execute("BEGIN")
-            j.db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?, ?)", batch_t)
-            j.db.executemany("INSERT INTO results (task_id, state, result, finished) "
-                             "VALUES (?, ?, ?, ?)", batch_r)
+            j.db.executemany("INSERT INTO tasks (task_id, client, frame, state, received) "
+                             "VALUES (?, ?, ?, ?, ?)", batch_t)
+            # (schema 4: a result names its task's row)
+            j.db.executemany("INSERT INTO results (task, task_id, state, result, finished) "
+                             "SELECT rowid, ?1, ?2, ?3, ?4 FROM tasks WHERE task_id=?1", batch_r)
             j.db.execute("COMMIT")
             batch_t, batch_r = [], []
     j.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -264,7 +264,7 @@ def test_a_schema_2_journal_is_upgraded_to_a_rowid_table(tmp_path: Path) -> None
         assert not j.add("open", b"c", b"f", 3.0)        # ids stay unique
         sql = j.db.execute("SELECT sql FROM sqlite_master WHERE name='tasks'").fetchone()[0]
         assert "WITHOUT ROWID" not in sql and "UNIQUE" in sql
-        assert j.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "3"
+        assert j.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "4"
         plan = " ".join(str(r) for r in j.db.execute(
             "EXPLAIN QUERY PLAN SELECT state FROM tasks WHERE task_id=?", ("x",)))
         assert "USING INDEX" in plan                     # the id's own index, not the rows
@@ -387,3 +387,92 @@ def test_checkpoints_run_on_their_own_thread_not_in_the_nodes_commits(tmp_path: 
         assert len(again.unfinished()) == 3000
     finally:
         again.close()
+
+
+def test_a_schema_3_journal_is_upgraded_and_finds_every_result(tmp_path: Path) -> None:
+    # schema 3 (as main wrote it until round 4): results found by a UNIQUE index of the
+    # ids in results; schema 4 finds them by their task's row, copies by a partial index
+    d = tmp_path / "data"
+    d.mkdir()
+    db = sqlite3.connect(d / FILENAME)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '3');
+        CREATE TABLE tasks (task_id TEXT NOT NULL UNIQUE, client BLOB NOT NULL,
+            frame BLOB NOT NULL, state TEXT NOT NULL, received REAL NOT NULL,
+            disk INTEGER NOT NULL DEFAULT 0, backup TEXT NOT NULL DEFAULT '');
+        CREATE TABLE results (task_id TEXT NOT NULL UNIQUE, state TEXT NOT NULL,
+            result BLOB NOT NULL, finished REAL NOT NULL, peer TEXT NOT NULL DEFAULT '',
+            copy INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE revoked (task_id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+        CREATE INDEX revoked_at ON revoked (at);
+        CREATE INDEX tasks_disk ON tasks (disk) WHERE disk=1;
+        INSERT INTO tasks VALUES ('open', x'63', x'66', 'RECEIVED', 2.0, 0, '');
+        INSERT INTO tasks VALUES ('done', x'63', x'66', 'RECEIVED', 1.5, 0, '');
+        INSERT INTO tasks VALUES ('held', x'63', x'66', 'RECEIVED', 1.6, 0, '');
+        INSERT INTO tasks VALUES ('ondisk', x'63', x'66', 'RECEIVED', 1.7, 1, 'b');
+        INSERT INTO results VALUES ('done', 'SUCCESS', x'72', 3.0, 'p', 0);
+        INSERT INTO results VALUES ('copied', 'FAILURE', x'78', 3.5, 'h', 1);
+        INSERT INTO results VALUES ('held', 'SUCCESS', x'79', 3.6, 'h', 1);
+        INSERT INTO results VALUES ('orphan', 'SUCCESS', x'7a', 3.7, '', 0);
+    """)
+    db.commit()
+    db.close()
+    j = Journal(str(d))
+    try:
+        assert j.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0] == "4"
+        assert j.get("done") == ("SUCCESS", b"r")
+        assert j.get("copied") == ("FAILURE", b"x")
+        assert j.get("held") == ("SUCCESS", b"y")
+        assert j.get("orphan") == ("SUCCESS", b"z")
+        assert j.get("open") == ("RECEIVED", None)
+        for tid in ("open", "done", "copied", "held", "orphan"):
+            assert not j.add(tid, b"c", b"f", 4.0), tid      # ids stay unique
+        assert [r.task_id for r in j.unfinished()] == ["open"]
+        assert [r.task_id for r in j.spilled(10)] == ["ondisk"]
+        assert j.counts() == {"open": 2, "results": 4}
+        # finishing order kept (expiry and results_of_peer walk it)
+        assert [r[1] for r in j.results_of_peer("h", 0, 10)] == ["copied", "held"]
+        assert j.expire(before=3.55) == 2                  # done, copied
+        assert j.get("done") is None and j.get("copied") is None
+        assert j.get("held") == ("SUCCESS", b"y")
+    finally:
+        j.close()
+
+
+def test_a_result_is_found_through_its_tasks_row_not_an_index_of_ids(
+        sqlite_journal: Journal) -> None:
+    # the lever of schema 4: a finish writes no random page of an index of ids
+    indexes = {r[0]: r[1] for r in sqlite_journal.db.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='index' AND tbl_name='results'")}
+    assert set(indexes) == {"results_task", "results_copy"}, indexes
+    assert "WHERE copy=1" in indexes["results_copy"]
+    sqlite_journal.add("t", b"c", b"f", 1.0)
+    sqlite_journal.finish("t", "SUCCESS", b"r", 2.0)
+    sqlite_journal.commit()
+    assert sqlite_journal.db.execute("SELECT count(*) FROM results WHERE task IS NOT NULL "
+                                     "AND copy=0").fetchone()[0] == 1
+    assert sqlite_journal.get("t") == ("SUCCESS", b"r")
+
+
+def test_a_result_of_a_task_with_no_row_is_kept_and_found(sqlite_journal: Journal) -> None:
+    sqlite_journal.finish("never-added", "FAILURE", b"e", 2.0)
+    sqlite_journal.commit()
+    assert sqlite_journal.get("never-added") == ("FAILURE", b"e")
+    assert not sqlite_journal.add("never-added", b"c", b"f", 3.0)
+    assert sqlite_journal.unfinished() == []
+
+
+def test_a_copied_result_of_a_task_held_here_too_finishes_it_here(
+        sqlite_journal: Journal) -> None:
+    # (copies are found by id alone, not through the task's row: both must agree)
+    journal = sqlite_journal
+    assert journal.add("t", b"c", b"f", 1.0)
+    journal.copy_result("t", "FAILURE", b"theirs", 2.0, "h")
+    journal.commit()
+    assert journal.get("t") == ("FAILURE", b"theirs")
+    assert journal.unfinished() == []
+    assert journal.counts()["open"] == 0
+    assert journal.expire(before=3.0) == 1
+    assert journal.get("t") is None                      # the task's row went with it
+    assert journal.add("t", b"c", b"f", 4.0)
