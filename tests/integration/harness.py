@@ -27,11 +27,12 @@ from types import ModuleType, SimpleNamespace
 from typing import Any, TypeVar
 
 import psutil
+import zmq
 
 from mesh import Mesh
 from mesh.cli.common import EXIT_START
 from mesh.client.control import ControlClient
-from mesh.wire.protocol import ControlReply
+from mesh.wire.protocol import ControlReply, decode
 
 INTEGRATION_DIR = Path(__file__).resolve().parent
 ROOT = INTEGRATION_DIR.parents[1]
@@ -78,6 +79,36 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "a
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {value!r})")
         time.sleep(interval)
+
+
+def occupy(node: Any, client: Any, gate: Path, timeout: float = 60.0) -> list[Any]:
+    """Make ``node``'s one child busy with ``tasks_app.wait_for_file(gate)``, sent from
+    ``client`` (whose seed it is). The client may place a task on another node it
+    learnt of (as good a choice to it): send another until this node's child is busy.
+    Every task sent waits for the same gate; their results are returned."""
+    sent: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while not node.status()["busy"]:
+        assert time.monotonic() < deadline, f"{node.name}'s child never became busy"
+        sent.append(client.tasks.wait_for_file.delay(str(gate)))
+        end = time.monotonic() + 3.0
+        while not node.status()["busy"] and time.monotonic() < end:
+            time.sleep(0.02)
+    return sent
+
+
+def frames_until(sock: "zmq.Socket[bytes]", done: Callable[[list[Any]], bool],
+                 timeout: float = 60.0) -> list[Any]:
+    """Decoded frames from a raw link (a DEALER speaking the protocol) until
+    ``done(messages)`` is true; fail after ``timeout``."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while not done(got):
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting; got {got!r}"[:2000]
+        if sock.poll(int(min(left, 1.0) * 1000)):
+            got += [decode(f) for f in sock.recv_multipart()]
+    return got
 
 
 def clean_env(**extra: str) -> dict[str, str]:

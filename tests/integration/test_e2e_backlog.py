@@ -7,14 +7,12 @@ One child, held by a gated task, so the queue's order is the order the tasks run
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
-from harness import MESHCTL, run_program, wait_until
+from harness import MESHCTL, frames_until, occupy, run_program, wait_until
 
 from mesh import Mesh, states
 from mesh.exceptions import TaskRevokedError
@@ -131,8 +129,7 @@ def test_tasks_going_to_disk_are_copied_to_the_backup_before_they_are_acknowledg
     b = start_node(concurrency=1, peers=a.endpoint, replicas=2, profile="test")
     wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
     # b's one child busy too, so that a has no peer with room to shed its queue to
-    b_busy = make_client(b).tasks.wait_for_file.delay(str(tmp_path / "gate"))
-    wait_until(lambda: b.status()["busy"] == 1, what="b's child to be busy")
+    b_busy = occupy(b, make_client(b), tmp_path / "gate")
     c = make_client(a)
     running, rs, gate, out = _backlog(a, c, tmp_path, n=200, prefix=f"c{uuid.uuid4().hex[:6]}")
     # (the client places some of its tasks on b: a holds the rest, most of them on disk)
@@ -145,7 +142,7 @@ def test_tasks_going_to_disk_are_copied_to_the_backup_before_they_are_acknowledg
     gate.touch()
     # b, the backup, runs a's tasks (those on a's disk included): every result comes
     assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in rs) == sorted(f"line-{i}" for i in range(200))
-    assert b_busy.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert {r.get(timeout=RESULT_TIMEOUT) for r in b_busy} == {"opened"}
     assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(200))    # each ran once
 
 
@@ -157,15 +154,14 @@ def test_a_task_read_back_with_a_new_backup_has_its_old_copy_dropped(
     a = start_node(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
     b = start_node(concurrency=1, peers=a.endpoint, replicas=2, profile="test")
     wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
-    busy = [make_client(b).tasks.wait_for_file.delay(str(gate))]
-    wait_until(lambda: b.status()["busy"] == 1, what="b's child to be busy")
+    busy = occupy(b, make_client(b), gate)
     c = make_client(a)
     running, rs, _, out = _backlog(a, c, tmp_path, n=200, prefix=f"n{uuid.uuid4().hex[:6]}")
     assert c.app.client.flush(RESULT_TIMEOUT) == 0
     wait_until(lambda: a.status()["queued_on_disk"] >= 20, what="a's disk part")
     d = start_node(concurrency=1, peers=a.endpoint, replicas=2, profile="test")
-    busy.append(make_client(d).tasks.wait_for_file.delay(str(gate)))
-    wait_until(lambda: d.status()["busy"] == 1 and len(
+    busy += occupy(d, make_client(d), gate)
+    wait_until(lambda: len(
         [m for m in (a.request("members").payload or []) if m["state"] == "alive"]) == 3,
         what="d to join, busy")
     gate.touch()
@@ -175,17 +171,6 @@ def test_a_task_read_back_with_a_new_backup_has_its_old_copy_dropped(
     wait_until(lambda: all(n.status()["copies_kept"] == 0 for n in (a, b, d)),
                what="no copy left anywhere")
 
-
-def _frames_until(sock: zmq.Socket[bytes], done: Any, timeout: float = RESULT_TIMEOUT) -> list[Any]:
-    """Decoded frames from a raw link until ``done(messages)`` is true."""
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while not done(got):
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting; got {got!r}"[:2000]
-        if sock.poll(int(min(left, 1.0) * 1000)):
-            got += [decode(f) for f in sock.recv_multipart()]
-    return got
 
 
 def _submit(tid: str, out: Path, line: str) -> bytes:
@@ -209,7 +194,7 @@ def test_a_task_going_to_disk_submitted_and_revoked_in_one_pass_finishes_once(
     tid = f"spill-same-pass-{uuid.uuid4()}"
     sock.send_multipart([_submit(tid, out, "revoked"),
                          encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
-    got = _frames_until(sock, _result_of(tid))
+    got = frames_until(sock, _result_of(tid))
     # revoked again (meshctl asks every node, and each forwards to its peers): its row
     # is still marked on disk, with a result; it is not taken back and revoked twice
     again = c.app.control.revoke(tid)
@@ -246,12 +231,12 @@ def test_a_task_going_to_disk_resent_through_another_link_replies_there(
     old.send(frame)
     new.send(frame)                   # its owner, through another link
     # acknowledged once the copy is given up on: in the same pass it leaves memory
-    _frames_until(new, lambda fs: any(isinstance(f, Ack) and "moved" in f.task_ids for f in fs))
+    frames_until(new, lambda fs: any(isinstance(f, Ack) and "moved" in f.task_ids for f in fs))
     b.send_signal(signal.SIGKILL)
     b.wait(10)
     old.close(linger=0)               # the first link is gone
     gate.touch()
-    got = _frames_until(new, _result_of("moved"))
+    got = frames_until(new, _result_of("moved"))
     assert [f.state for f in got if isinstance(f, Result) and f.task_id == "moved"] == [states.SUCCESS]
     wait_until(lambda: a.status()["held"] == 0, what="a to hold nothing")
     # (a few of the first tasks may have been shed to b, idle until stopped: no order)
@@ -272,9 +257,9 @@ def test_a_task_revoked_before_it_left_memory_is_not_counted_on_disk_after_a_res
     tid = f"spill-revoked-{uuid.uuid4()}"
     sock.send_multipart([_submit(tid, out, "revoked"),
                          encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
-    _frames_until(sock, _result_of(tid))
+    frames_until(sock, _result_of(tid))
     sock.send(_submit("after", out, "after"))     # acknowledged once committed, with
-    _frames_until(sock, lambda fs: any(          # the revoked one's result
+    frames_until(sock, lambda fs: any(          # the revoked one's result
         isinstance(f, Ack) and "after" in f.task_ids for f in fs))
     on_disk = node.status()["queued_on_disk"]
     node.send_signal(signal.SIGKILL)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import tasks_app
 import zmq
-from harness import wait_until
+from harness import frames_until, wait_until
 from zmq.utils.monitor import parse_monitor_message
 
 from mesh import states
@@ -39,17 +39,6 @@ def members_of(node: Any) -> dict[str, str]:
         reply = cc.broadcast([node.endpoint], "members", timeout=5)[node.endpoint]
     return {m["node"]: m["state"] for m in getattr(reply, "payload", None) or []}
 
-
-def frames_until(sock: zmq.Socket[bytes], done: Any, timeout: float = RESULT_TIMEOUT) -> list[Any]:
-    """Decoded frames from ``sock`` until ``done(messages)`` is true."""
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while not done(got):
-        left = deadline - time.monotonic()
-        assert left > 0, f"timed out waiting; got {got!r}"[:2000]
-        if sock.poll(int(min(left, 1.0) * 1000)):
-            got += [decode(f) for f in sock.recv_multipart()]
-    return got
 
 
 # ---- (a) placement: nodes that are not alive take no new task -------------------------
