@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from mesh.node.journal import Journal, JournalError
+from mesh.node.sql_rows import SqlRows
 
 IN_CHUNK = 500      # ids per ``IN (...)`` (sqlite allows 32,766 variables; small is quick)
 
@@ -33,19 +33,8 @@ CREATE INDEX IF NOT EXISTS copies_holder ON copies (holder, received);
 """
 
 
-class CopyRows(Journal):
+class CopyRows(SqlRows):
     """The ``copies`` table's SQL, for :class:`mesh.node.sqlite_journal.SqliteJournal`."""
-
-    db: sqlite3.Connection
-    path: str
-    writes: int
-
-    def _begin(self) -> None:
-        raise NotImplementedError
-
-    def _error(self, e: sqlite3.Error) -> JournalError:
-        from mesh.node.sqlite_journal import _explain
-        return JournalError(_explain(e, self.path))
 
     def _copies_schema(self) -> None:
         self.db.executescript(SCHEMA)

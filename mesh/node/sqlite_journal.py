@@ -45,8 +45,10 @@ with schema 3 over 100,000 finished tasks, 23.7 against 41.4 us over 1,000,000.
 Errors from sqlite (a full disk, a read-only file, a corrupt database) become
 :class:`JournalError` with a message that says what happened and where.
 
-(Over 500 lines: the deep backlog's reads of the tasks table, at the end, and the
-schema's upgrades live with the rest of its SQL.)
+The SQL of a deep backlog's tasks on disk is in mesh/node/spill_journal.py, that of
+the copies a backup keeps in mesh/node/copy_journal.py, and what all three share (the
+transaction of a loop pass, errors in words) in mesh/node/sql_rows.py. (Over 500
+lines: the schema's upgrades live with the rest of the tasks' and results' SQL.)
 """
 from __future__ import annotations
 
@@ -59,7 +61,9 @@ from collections.abc import Iterable, Sequence
 
 from mesh.node.checkpoint import BACKSTOP_PAGES, Checkpointer
 from mesh.node.copy_journal import CopyRows
-from mesh.node.journal import DataDirInUse, DiskRow, JournalError, Row, Stored
+from mesh.node.journal import DataDirInUse, JournalError, Row, Stored
+from mesh.node.spill_journal import SpillRows
+from mesh.node.sql_rows import explain as _explain
 from mesh.security.files import private_dir, private_file
 
 log = logging.getLogger("mesh.journal")
@@ -122,19 +126,9 @@ def _flock(fd: int, wait: float) -> bool:
             time.sleep(0.05)
 
 
-def _explain(e: sqlite3.Error, path: str) -> str:
-    text = str(e)
-    low = text.lower()
-    if "full" in low:
-        return f"the disk holding {path} is full ({text})"
-    if "readonly" in low or "read-only" in low:
-        return f"{path} is read-only ({text})"
-    if "locked" in low:
-        return f"{path} is locked by another process ({text})"
-    return f"{path}: {text}"
 
 
-class SqliteJournal(CopyRows):
+class SqliteJournal(CopyRows, SpillRows):
     """One node's journal in a sqlite file in its data dir. Not thread-safe: the node's
     event loop is its only user."""
 
@@ -336,20 +330,6 @@ class SqliteJournal(CopyRows):
         self._unlock()
 
     # -- writes (batched: call commit() before telling anyone) -------------------------
-    def _begin(self) -> None:
-        if not self._in_tx:
-            self.db.execute("BEGIN")
-            self._in_tx = True
-
-    def _write(self, sql: str, params: tuple[object, ...]) -> int:
-        try:
-            self._begin()
-            cur = self.db.execute(sql, params)
-        except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e
-        self.writes += 1
-        return cur.rowcount
-
     def add(self, task_id: str, client: bytes, frame: bytes, received: float) -> bool:
         """Record an accepted task; False if the id is already in the journal (held,
         or finished: here, or on a node this one backs up)."""
@@ -558,78 +538,3 @@ class SqliteJournal(CopyRows):
         except sqlite3.Error as e:
             raise JournalError(_explain(e, self.path)) from e
         return {"open": int(tasks), "results": int(results)}
-
-    # -- tasks waiting on disk only (a deep backlog: mesh/node/spill.py) ---------------
-    spills = True
-
-    def spilled(self, limit: int) -> list[DiskRow]:
-        """The oldest ``limit`` tasks waiting on disk only, in arrival order; each is
-        in memory from now on (its mark is cleared: commit with the next batch)."""
-        try:
-            rows = self.db.execute(
-                "SELECT t.rowid, t.task_id, t.client, t.frame, t.received, "
-                "EXISTS (SELECT 1 FROM results r WHERE r.task=t.rowid) OR "
-                "EXISTS (SELECT 1 FROM results r WHERE r.task_id=t.task_id AND r.copy=1), "
-                "EXISTS (SELECT 1 FROM revoked v WHERE v.task_id=t.task_id), t.backup "
-                "FROM tasks t INDEXED BY tasks_disk WHERE t.disk=1 ORDER BY t.rowid "
-                "LIMIT ?", (limit,)).fetchall()
-            if rows:      # the first rows on disk: all of them up to the last one read
-                self._begin()
-                self.db.execute("UPDATE tasks INDEXED BY tasks_disk SET disk=0 "
-                                "WHERE disk=1 AND rowid <= ?", (rows[-1][0],))
-                self.writes += len(rows)
-        except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e
-        return [DiskRow(r[1], bytes(r[2]), bytes(r[3]), r[4], bool(r[5]), bool(r[6]), r[7])
-                for r in rows]
-
-    def on_disk(self, task_id: str) -> bytes | None:
-        """The owner's routing id of a task waiting on disk only, or None."""
-        try:
-            row = self.db.execute("SELECT client FROM tasks WHERE task_id=? AND disk=1",
-                                  (task_id,)).fetchone()
-        except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e
-        return bytes(row[0]) if row else None
-
-    def take_from_disk(self, task_id: str) -> DiskRow | None:
-        """One task waiting on disk only, in memory from now on (a revoke). Not one
-        finished already (its mark goes when the read back walks past it)."""
-        try:
-            row = self.db.execute(
-                "SELECT rowid, task_id, client, frame, received, backup FROM tasks "
-                "WHERE task_id=? AND disk=1 AND NOT EXISTS (SELECT 1 FROM results "
-                "WHERE results.task=tasks.rowid) AND NOT EXISTS (SELECT 1 FROM results "
-                "WHERE task_id=? AND copy=1)", (task_id, task_id)).fetchone()
-        except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e
-        if row is None:
-            return None
-        self._write("UPDATE tasks SET disk=0 WHERE rowid=?", (row[0],))
-        return DiskRow(row[1], bytes(row[2]), bytes(row[3]), row[4], False, False, row[5])
-
-    def set_backups(self, rows: Sequence[tuple[str, str]]) -> None:
-        """``(backup, task_id)``: the node that kept each copy when it went to disk."""
-        try:
-            self._begin()
-            self.db.executemany("UPDATE tasks SET backup=? WHERE task_id=?", rows)
-        except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e
-        self.writes += len(rows)
-
-    def set_client(self, task_id: str, client: bytes) -> None:
-        """A task waiting on disk is resent through another link: reply there."""
-        self._write("UPDATE tasks SET client=? WHERE task_id=?", (client, task_id))
-
-    def disk_senders(self) -> list[tuple[bytes, int, int]]:
-        """``(owner, tasks, bytes)`` of the tasks waiting on disk only (their owners'
-        quotas, at start). Not those finished already (revoked before they left
-        memory, or run by another node): their marks go as they are read past."""
-        try:
-            return [(bytes(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(
-                "SELECT client, count(*), sum(length(frame)) FROM tasks t INDEXED BY "
-                "tasks_disk WHERE disk=1 AND NOT EXISTS (SELECT 1 FROM results r WHERE "
-                "r.task=t.rowid) AND NOT EXISTS (SELECT 1 FROM results r WHERE "
-                "r.task_id=t.task_id AND r.copy=1) GROUP BY client").fetchall()]
-        except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e

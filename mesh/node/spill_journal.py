@@ -1,0 +1,92 @@
+"""Tasks waiting on disk only, a deep backlog's (mesh/node/spill.py): their SQL over the
+``tasks`` table, for :class:`mesh.node.sqlite_journal.SqliteJournal`.
+
+A task beyond the node's ``--queue-memory`` is written with ``disk=1``; a partial
+index (``tasks_disk``) holds only those rows, in arrival (rowid) order, so reading
+them back is a walk from its start. A row keeps its mark until the read back walks
+past it, also when the task finished meanwhile (revoked before it left memory, or run
+by another node): ``_FINISHED`` tells those apart.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from mesh.node.journal import DiskRow
+from mesh.node.sql_rows import SqlRows
+
+# the task of row ``t`` has a result here: its own, or a copy of one another node ran
+_FINISHED = ("(EXISTS (SELECT 1 FROM results r WHERE r.task=t.rowid) OR "
+             "EXISTS (SELECT 1 FROM results r WHERE r.task_id=t.task_id AND r.copy=1))")
+
+
+class SpillRows(SqlRows):
+    """The SQL of the tasks waiting on disk only."""
+
+    spills = True
+
+    def spilled(self, limit: int) -> list[DiskRow]:
+        """The oldest ``limit`` tasks waiting on disk only, in arrival order; each is
+        in memory from now on (its mark is cleared: commit with the next batch)."""
+        try:
+            rows = self.db.execute(
+                f"SELECT t.rowid, t.task_id, t.client, t.frame, t.received, {_FINISHED}, "
+                "EXISTS (SELECT 1 FROM revoked v WHERE v.task_id=t.task_id), t.backup "
+                "FROM tasks t INDEXED BY tasks_disk WHERE t.disk=1 ORDER BY t.rowid "
+                "LIMIT ?", (limit,)).fetchall()
+            if rows:      # the first rows on disk: all of them up to the last one read
+                self._begin()
+                self.db.execute("UPDATE tasks INDEXED BY tasks_disk SET disk=0 "
+                                "WHERE disk=1 AND rowid <= ?", (rows[-1][0],))
+                self.writes += len(rows)
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        return [DiskRow(r[1], bytes(r[2]), bytes(r[3]), r[4], bool(r[5]), bool(r[6]), r[7])
+                for r in rows]
+
+    def on_disk(self, task_id: str) -> bytes | None:
+        """The owner's routing id of a task waiting on disk only, or None."""
+        try:
+            row = self.db.execute("SELECT client FROM tasks WHERE task_id=? AND disk=1",
+                                  (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        return bytes(row[0]) if row else None
+
+    def take_from_disk(self, task_id: str) -> DiskRow | None:
+        """One task waiting on disk only, in memory from now on (a revoke). Not one
+        finished already (its mark goes when the read back walks past it)."""
+        try:
+            row = self.db.execute(
+                "SELECT t.rowid, t.task_id, t.client, t.frame, t.received, t.backup FROM tasks t "
+                f"WHERE t.task_id=? AND t.disk=1 AND NOT {_FINISHED}", (task_id,)).fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        if row is None:
+            return None
+        self._write("UPDATE tasks SET disk=0 WHERE rowid=?", (row[0],))
+        return DiskRow(row[1], bytes(row[2]), bytes(row[3]), row[4], False, False, row[5])
+
+    def set_backups(self, rows: Sequence[tuple[str, str]]) -> None:
+        """``(backup, task_id)``: the node that kept each copy when it went to disk."""
+        try:
+            self._begin()
+            self.db.executemany("UPDATE tasks SET backup=? WHERE task_id=?", rows)
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        self.writes += len(rows)
+
+    def set_client(self, task_id: str, client: bytes) -> None:
+        """A task waiting on disk is resent through another link: reply there."""
+        self._write("UPDATE tasks SET client=? WHERE task_id=?", (client, task_id))
+
+    def disk_senders(self) -> list[tuple[bytes, int, int]]:
+        """``(owner, tasks, bytes)`` of the tasks waiting on disk only (their owners'
+        quotas, at start). Not those finished already (revoked before they left
+        memory, or run by another node): their marks go as they are read past."""
+        try:
+            return [(bytes(r[0]), int(r[1]), int(r[2])) for r in self.db.execute(
+                "SELECT client, count(*), sum(length(frame)) FROM tasks t INDEXED BY "
+                f"tasks_disk WHERE disk=1 AND NOT {_FINISHED} GROUP BY client").fetchall()]
+        except sqlite3.Error as e:
+            raise self._error(e) from e
