@@ -181,6 +181,21 @@ def _result_of(tid: str) -> Any:
     return lambda fs: any(isinstance(f, Result) and f.task_id == tid for f in fs)
 
 
+def _revoked_at_intake(node: Any, c: Any, raw_dealer: Any, tmp_path: Path, prefix: str) -> tuple[
+        Any, str, list[Any], list[Any], Path, Path]:
+    """A backlog of 2 windows behind a gated task, then, from a raw link, a SUBMIT and
+    its revoke in one message (a task accepted to go to disk, revoked before it left
+    memory). Returns the link, its id, the frames until its result, the backlog's
+    results, its gate and its output file."""
+    running, rs, gate, out = _backlog(node, c, tmp_path, n=2 * WINDOW)
+    wait_until(lambda: node.status()["queued_on_disk"] > 0, what="the disk part")
+    sock = raw_dealer(node.endpoint)
+    tid = f"{prefix}-{uuid.uuid4()}"
+    sock.send_multipart([_submit(tid, out, "revoked"),
+                         encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
+    return sock, tid, frames_until(sock, _result_of(tid)), rs, gate, out
+
+
 def test_a_task_going_to_disk_submitted_and_revoked_in_one_pass_finishes_once(
         start_node: Any, make_client: Any, raw_dealer: Any, tmp_path: Path) -> None:
     """SUBMIT and revoke in one message while the backlog spills: the revoke finishes
@@ -188,13 +203,7 @@ def test_a_task_going_to_disk_submitted_and_revoked_in_one_pass_finishes_once(
     (a second REVOKED result, counted twice), nor a second revoke (Spill.take)."""
     node = start_node(concurrency=1, queue_memory=WINDOW)
     c = make_client(node)
-    running, rs, gate, out = _backlog(node, c, tmp_path, n=2 * WINDOW)
-    wait_until(lambda: node.status()["queued_on_disk"] > 0, what="the disk part")
-    sock = raw_dealer(node.endpoint)
-    tid = f"spill-same-pass-{uuid.uuid4()}"
-    sock.send_multipart([_submit(tid, out, "revoked"),
-                         encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
-    got = frames_until(sock, _result_of(tid))
+    sock, tid, got, rs, gate, out = _revoked_at_intake(node, c, raw_dealer, tmp_path, "spill-same-pass")
     # revoked again (meshctl asks every node, and each forwards to its peers): its row
     # is still marked on disk, with a result; it is not taken back and revoked twice
     again = c.app.control.revoke(tid)
@@ -251,13 +260,7 @@ def test_a_task_revoked_before_it_left_memory_is_not_counted_on_disk_after_a_res
     its sender's quota."""
     node = start_node(concurrency=1, queue_memory=WINDOW)
     c = make_client(node)
-    running, rs, gate, out = _backlog(node, c, tmp_path, n=2 * WINDOW)
-    wait_until(lambda: node.status()["queued_on_disk"] > 0, what="the disk part")
-    sock = raw_dealer(node.endpoint)
-    tid = f"spill-revoked-{uuid.uuid4()}"
-    sock.send_multipart([_submit(tid, out, "revoked"),
-                         encode(Control("r-1", "revoke", {"task_ids": [tid]}))])
-    frames_until(sock, _result_of(tid))
+    sock, _tid, _got, rs, gate, out = _revoked_at_intake(node, c, raw_dealer, tmp_path, "spill-revoked")
     sock.send(_submit("after", out, "after"))     # acknowledged once committed, with
     frames_until(sock, lambda fs: any(          # the revoked one's result
         isinstance(f, Ack) and "after" in f.task_ids for f in fs))
