@@ -104,7 +104,8 @@ def test_a_restarted_backup_drops_its_copies_on_disk_and_its_holder_copies_again
         db.close()
     b = start_node.restart(b)
     assert f"journal: dropped {on_disk} copie(s) of other nodes' tasks" in b.stderr()
-    assert b.status()["copies_on_disk"] == 0
+    # (not "copies_on_disk == 0" now: a, seeing b back, may have copied again already,
+    # and beyond b's window those copies are on its disk again)
     # a copies its held tasks to b again: b's boot id changed ("backup b restarted"), or,
     # on a loaded machine, a saw b suspect meanwhile and held them with one copy ("tasks
     # held with one copy") until b was alive again
