@@ -237,7 +237,9 @@ def test_a_task_going_to_disk_resent_through_another_link_replies_there(
                what="the disk part, its copies confirmed")
     b.send_signal(signal.SIGSTOP)     # no copy is confirmed now: the next task waits in
     frame = _submit("moved", out, "moved")     # memory for it (up to COPY_TIMEOUT, 1 s)
-    old.send(frame)
+    held = a.status()["held"]
+    old.send(frame)                   # (held by a before the resend: two links, no order)
+    wait_until(lambda: a.status()["held"] > held, what="a to hold it, from the first link")
     new.send(frame)                   # its owner, through another link
     # acknowledged once the copy is given up on: in the same pass it leaves memory
     frames_until(new, lambda fs: any(isinstance(f, Ack) and "moved" in f.task_ids for f in fs))
