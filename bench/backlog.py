@@ -30,14 +30,23 @@ and after a change, side by side).
 
     .venv/bin/python -m bench.backlog --nodes 2 --marks 10000,100000
     .venv/bin/python -m bench.backlog --nodes 2 --tree /work/main   # the code on main
+
+``--tracemalloc``: the nodes trace their Python allocations; at each mark the first
+node's traced bytes per queued task are printed, and the lines that grew most (what a
+held task and the copy of the other's cost in Python objects).
+
+    .venv/bin/python -m bench.backlog --nodes 2 --marks 10000 --queue-memory 0 --tracemalloc
 """
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import signal
 import sys
 import tempfile
 import time
+import tracemalloc
 from typing import Any
 
 import psutil
@@ -77,9 +86,40 @@ def _rss(pid: int) -> tuple[int, int]:
     return own, own + kids
 
 
+def _snapshot(pid: int, where: str) -> tracemalloc.Snapshot:
+    """A tracemalloc snapshot of node ``pid`` (bench/backlog_tasks.py dumps it)."""
+    before = set(glob.glob(os.path.join(where, f"{pid}-*.snap")))
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 60
+    while True:
+        new = set(glob.glob(os.path.join(where, f"{pid}-*.snap"))) - before
+        if new:
+            path = new.pop()
+            size = -1
+            while size != os.path.getsize(path):     # until the dump is written
+                size = os.path.getsize(path)
+                time.sleep(0.2)
+            return tracemalloc.Snapshot.load(path)
+        if time.monotonic() > deadline:
+            raise RuntimeError("the node did not dump a tracemalloc snapshot")
+        time.sleep(0.05)
+
+
+def _traced_growth(base: tracemalloc.Snapshot, now: tracemalloc.Snapshot, tasks: int) -> None:
+    stats = now.compare_to(base, "lineno")
+    total = sum(s.size_diff for s in stats)
+    print(f"    traced Python allocations: +{total / 2**20:.1f} MiB, {total / tasks:,.0f} B per "
+          "queued task; the lines that grew most (B per queued task):", flush=True)
+    for s in stats[:14]:
+        fr = s.traceback[0]
+        print(f"      {s.size_diff / tasks:7,.0f}  {s.count_diff / tasks:5.2f} blocks  "
+              f"{os.path.relpath(fr.filename, ROOT) if fr.filename.startswith(ROOT) else fr.filename}"
+              f":{fr.lineno}", flush=True)
+
+
 def run(marks: list[int], concurrency: int, batch: int,
         queue_memory: int | None = None, pace: bool = True, nodes: int = 1,
-        tree: str | None = None) -> list[dict[str, Any]]:
+        tree: str | None = None, trace: bool = False) -> list[dict[str, Any]]:
     from bench.backlog_tasks import HOLD, make_app
     from bench.tasks import TASK_NAME
     from mesh.client.control import ControlClient
@@ -88,14 +128,19 @@ def run(marks: list[int], concurrency: int, batch: int,
     top = max(marks)
     extra = ["--quota-tasks", str(2 * top), "--quota-bytes", str(max(1 << 28, 2048 * top)),
              *(["--queue-memory", str(queue_memory)] if queue_memory is not None else [])]
-    all_nodes = [Node(concurrency, "WARNING", extra, app="bench.backlog_tasks", tree=tree)]
     gate = os.path.join(tempfile.mkdtemp(prefix="mesh-backlog-"), "gate")
+    snaps = os.path.join(os.path.dirname(gate), "snapshots")
+    env = None
+    if trace:
+        os.mkdir(snaps)
+        env = {"PYTHONTRACEMALLOC": "1", "MESH_BENCH_SNAPSHOTS": snaps}
+    all_nodes = [Node(concurrency, "WARNING", extra, app="bench.backlog_tasks", tree=tree, env=env)]
     app = None
     rows: list[dict[str, Any]] = []
     try:
         for _ in range(nodes - 1):
             all_nodes.append(Node(concurrency, "WARNING", [*extra, "--peers", all_nodes[0].endpoint],
-                                  app="bench.backlog_tasks", tree=tree))
+                                  app="bench.backlog_tasks", tree=tree, env=env))
         for n in all_nodes:
             n.wait_ready(concurrency, 30.0)
         node = all_nodes[0]
@@ -119,6 +164,7 @@ def run(marks: list[int], concurrency: int, batch: int,
                 time.sleep(0.05)
             base = [_rss(n.proc.pid) for n in all_nodes]
             base_own, base_all = base[0]
+            base_snap = _snapshot(all_nodes[0].proc.pid, snaps) if trace else None
             for n, (own, total) in zip(all_nodes, base):
                 print(f"node {n.port} ready, children held; node RSS {own / 2**20:.1f} MB, node + "
                       f"children {total / 2**20:.1f} MB", flush=True)
@@ -171,6 +217,8 @@ def run(marks: list[int], concurrency: int, batch: int,
                               f"copies of the other's ({per[-1]['copies_on_disk']:,} on disk)",
                               flush=True)
                     r["nodes"] = per
+                if base_snap is not None:
+                    _traced_growth(base_snap, _snapshot(node.proc.pid, snaps), mark)
             # (b) drain
             t0 = time.perf_counter()
             open(gate, "w").close()
@@ -230,13 +278,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="nodes (2: each the other's backup; their RSS each)")
     ap.add_argument("--tree", default=None,
                     help="run the nodes from this checkout (e.g. /work/main: before a change)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="trace the nodes' Python allocations: traced bytes per queued task "
+                         "at each mark, and the lines that grew most")
     args = ap.parse_args(argv)
     marks = sorted(int(x) for x in args.marks.split(","))
     os.chdir(ROOT)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     rows = run(marks, args.concurrency, args.batch, args.queue_memory, not args.no_pace,
-               args.nodes, args.tree)
+               args.nodes, args.tree, args.tracemalloc)
     print("\nqueued     on disk    node RSS MB  node+children MB  B/queued task  submit/s  drain/s")
     for r in rows:
         print(f"{r['queued']:>9,}  {r['on_disk']:>9,}  {r['node_rss_mb']:11.1f}  {r['all_rss_mb']:16.1f}  "

@@ -115,7 +115,8 @@ class Node:
     """One ``meshnode`` subprocess; ``stop()`` always leaves nothing behind."""
 
     def __init__(self, concurrency: int, loglevel: str, extra: list[str] | None = None,
-                 app: str = "bench.tasks", tree: str | None = None):
+                 app: str = "bench.tasks", tree: str | None = None,
+                 env: dict[str, str] | None = None):
         self.tmp = tempfile.mkdtemp(prefix="mesh-bench-")
         self.port = free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
@@ -126,9 +127,10 @@ class Node:
             "--data-dir", os.path.join(self.tmp, "data"), "--shutdown-timeout", "5",
             "--loglevel", loglevel, *(extra or [])]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = None
         if tree is not None:     # --compare tree:PATH: mesh imported from another checkout
-            env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+            env = {**os.environ, **(env or {}), "PYTHONPATH": os.path.abspath(tree)}
+        elif env is not None:
+            env = {**os.environ, **env}
         self.proc = subprocess.Popen(self.cmd, cwd=tree or ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         self.children: dict[int, psutil.Process] = {}   # every child seen, to reap leftovers

@@ -41,6 +41,7 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -70,9 +71,10 @@ class Copies:
 
     def __init__(self, replicas: "Replicas"):
         self.replicas = replicas
-        self.copies_of: dict[str, set[str]] = {}   # holder -> task ids copied here
-        self.holder_of: dict[str, str] = {}        # task id -> its holder
-        self.frames: dict[str, tuple[bytes, float]] = {}   # task id -> (Submit, received)
+        # task id -> (Submit, received, holder): one record per copy (the float and the
+        # holder's name shared by a REPLICATE's copies), not three dict and set entries
+        self.frames: dict[str, tuple[bytes, float, str]] = {}
+        self.kept: dict[str, int] = {}             # holder -> its copies in ``frames``
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
         # results whose other copy was on a node that is gone: peer -> position reached
         self.repairs: dict[str, int] = {}
@@ -156,13 +158,13 @@ class Copies:
                                   "kept (it sends them again once it is alive again)",
                                   msg.source[:100])
             return
-        journal, now, source = node.journal, time.time(), msg.source
+        journal, now, source = node.journal, time.time(), sys.intern(msg.source)
         try:
             self._flush_forgets()                 # (older than these copies)
             for tid in msg.drop:                  # (older than the copies sent with them)
                 self._unkeep(tid)
-            self._drop_on_disk([t for t in msg.drop if t not in self.holder_of])
-            window, frames, holder_of = self.window, self.frames, self.holder_of
+            window, frames = self.window, self.frames
+            self._drop_on_disk([t for t in msg.drop if t not in frames])
             # copies already on disk stay there (a resend, a retry's new Submit)
             there = journal.copy_holders(msg.task_ids) if self.on_disk else {}
             rows: list[tuple[str, str, bytes, float]] = []
@@ -172,12 +174,11 @@ class Copies:
                 # a two-node mesh the giver is always the receiver's backup); then it
                 # is the only other copy. One held here is never run as a copy
                 # (``take_over``), and goes when it runs here or goes elsewhere.
-                if window and (tid in there or (tid not in holder_of
+                if window and (tid in there or (tid not in frames
                                                 and len(frames) >= window)):
                     rows.append((tid, source, frame, now))     # beyond the window: on disk
                     continue
-                self._keep(tid, source)
-                frames[tid] = (frame, now)
+                self._keep(tid, (frame, now, source))
             if rows:
                 journal.keep_copies(rows)
                 for tid, _, _, _ in rows:
@@ -193,7 +194,7 @@ class Copies:
                 journal.copy_results(results)
                 for row in results:
                     self._unkeep(row[0])
-                self._drop_on_disk([r[0] for r in results if r[0] not in holder_of])
+                self._drop_on_disk([r[0] for r in results if r[0] not in frames])
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)
             return            # not acknowledged: the holder sends them again
@@ -201,19 +202,31 @@ class Copies:
             node.front.schedule_flush()     # nothing else may flush an idle node soon
         self.replicas.sockets.send(msg.source_addr, encode(ReplicateAck(msg.batch, node.name)))
 
-    def _keep(self, tid: str, holder: str) -> None:
-        old = self.holder_of.get(tid)
-        if old is not None and old != holder:
-            self.copies_of.get(old, set()).discard(tid)
-        self.holder_of[tid] = holder
-        self.copies_of.setdefault(holder, set()).add(tid)
+    def _keep(self, tid: str, copy: tuple[bytes, float, str]) -> None:
+        old = self.frames.get(tid)
+        if old is not None:
+            self._uncount(old[2])
+        self.frames[tid] = copy
+        self.kept[copy[2]] = self.kept.get(copy[2], 0) + 1
+
+    def _uncount(self, holder: str) -> None:
+        n = self.kept.get(holder, 0) - 1
+        if n > 0:
+            self.kept[holder] = n
+        else:
+            self.kept.pop(holder, None)
+
+    def holder(self, tid: str) -> str | None:
+        """The holder whose copy of ``tid`` this node keeps in memory, if any."""
+        copy = self.frames.get(tid)
+        return copy[2] if copy is not None else None
 
     def forget_copy(self, tid: str) -> None:
         """The task is this node's own now (handed here), or it ran here: no longer a
         copy. (One on disk goes at the next tick or REPLICATE, with others: this is
         called for every task that finishes here. Until then a takeover skips it: it
         is in this node's journal.)"""
-        if tid in self.holder_of:
+        if tid in self.frames:
             self._unkeep(tid)
         elif self.on_disk:
             self._forget.add(tid)
@@ -225,9 +238,10 @@ class Copies:
         when that holder is declared dead, while the node it went to runs it too: the
         owner sends a dead holder's task to its backup, which may shed it on (a third
         run after a partition: holder, backup's receiver, backup)."""
-        if self.holder_of.get(tid) not in (None, to):
+        holder = self.holder(tid)
+        if holder not in (None, to):
             self._unkeep(tid)
-        elif tid not in self.holder_of and self.on_disk:
+        elif holder is None and self.on_disk:
             try:
                 holder = self.node.journal.copy_holders([tid]).get(tid)
                 if holder not in (None, to):
@@ -236,27 +250,22 @@ class Copies:
                 log.error("journal: cannot drop the copy of task %s: %s", tid, e)
 
     def _unkeep(self, tid: str) -> None:
-        holder = self.holder_of.pop(tid, None)
-        if holder is not None:
-            self.frames.pop(tid, None)
-            s = self.copies_of.get(holder)
-            if s is not None:
-                s.discard(tid)
-                if not s:
-                    del self.copies_of[holder]
+        copy = self.frames.pop(tid, None)
+        if copy is not None:
+            self._uncount(copy[2])
 
     def take_over(self, holder: str, why: str) -> int:
         """Run here the copies of ``holder``'s tasks that have no result: they are
         this node's tasks from now on. How many (of those in memory: the ones on disk
         follow, ``TAKE_CHUNK`` per tick, ``tick``)."""
-        ids = self.copies_of.pop(holder, set())
         if holder in self.disk and holder not in self._taking:
             self._taking[holder] = why          # (a chunk each tick from now on)
-        if not ids:
+        if not self.kept.pop(holder, 0):
             return 0
-        copies = [(tid, *self.frames.pop(tid)) for tid in ids if tid in self.frames]
-        for tid in ids:
-            self.holder_of.pop(tid, None)
+        frames = self.frames                    # (one walk: a holder is gone seldom)
+        copies = [(tid, c[0], c[1]) for tid, c in frames.items() if c[2] == holder]
+        for tid, _, _ in copies:
+            del frames[tid]
         taken = failed = 0
         for tid, frame, received in sorted(copies, key=lambda c: c[2]):
             r = self._take_one(tid, frame, received, holder, disk=False)
@@ -366,7 +375,7 @@ class Copies:
         """Holders that are gone (dead; left long ago; unknown for long) are taken over."""
         ms = self.node.membership
         grace_left = LEFT_GRACE + self.node.config.shutdown_timeout
-        for holder in list(self.copies_of) + [h for h in self.disk if h not in self.copies_of]:
+        for holder in list(self.kept) + [h for h in self.disk if h not in self.kept]:
             if holder in self._taking:
                 continue
             m = ms.member(holder)
@@ -381,7 +390,7 @@ class Copies:
                 self.take_over(holder, f"left {grace_left:.0f} s ago without handing them on")
             elif state is None and now - since > ORPHAN_AFTER:
                 self.take_over(holder, "is unknown to the mesh")
-            if holder not in self.copies_of and holder not in self.disk:
+            if holder not in self.kept and holder not in self.disk:
                 self._gone.pop(holder, None)
 
     def note_departures(self, alive: set[str]) -> None:

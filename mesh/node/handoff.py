@@ -152,7 +152,7 @@ class Handoffs(Component):
             peers = [m for m in peers if m.id not in exclude]
         if not peers:
             return None
-        backup = self.node.replicas.backup_of.get(entry.task_id)
+        backup = entry.backup
         for m in peers:
             if m.id == backup:
                 return m

@@ -13,7 +13,6 @@ with two copies, a task's ACK waits until its backup has confirmed the copy
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -194,14 +193,14 @@ class Intake(Component):
                     if t in disk:            # held on disk (its copy confirmed long ago)
                         now.append(t)
                     continue
-                waiting = gates.get(t)
-                if waiting is None:
+                if t not in gates:
                     now.append(t)
                 else:          # acknowledged once the backup has its copy too
-                    waiting.append(functools.partial(self._ack_later, ident, t))
+                    replicas.after_copy(t, ident)
             if now:
                 node.front.reply(ident, encode(Ack(now, node.name, load)))
 
-    def _ack_later(self, ident: bytes, task_id: str) -> None:
+    def ack_later(self, ident: bytes, task_id: str) -> None:
+        """(Its copy is confirmed) acknowledge ``task_id`` to ``ident`` in this pass."""
         self._acks.setdefault(ident, []).append(task_id)
         self.node.front.schedule_flush()

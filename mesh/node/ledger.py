@@ -49,7 +49,7 @@ class Entry:
 
     __slots__ = ("task_id", "name", "client", "frame", "priority", "eta", "expires",
                  "time_limit", "received", "started", "timer", "acks_late", "redelivered",
-                 "retried", "reserved", "size", "progress", "wf", "fresh")
+                 "retried", "reserved", "size", "progress", "wf", "fresh", "backup", "queue")
 
     def __init__(self, task_id: str, name: str, client: bytes, frame: bytes, priority: int,
                  eta: float | None, expires: float | None, time_limit: float | None,
@@ -76,6 +76,11 @@ class Entry:
                                               # (mesh/node/workflows.py drives what follows)
         self.fresh = False                    # a group sent here now (not recovered, taken
                                               # over or handed on: those ask the mesh first)
+        # two copies (mesh/node/replicas.py), kept here rather than in dicts keyed by
+        # task id: one record per held task (docs/performance.md, "Memory")
+        self.backup: str | None = None        # the node its copy goes to ("" none; None:
+                                              # not tracked: --replicas 1, finished, spilled)
+        self.queue: str | None = None         # its queue (routing), once asked
 
 
 def _headers(frame: bytes) -> dict[str, Any]:
@@ -275,7 +280,7 @@ class Ledger:
         # the result replaces the backup's copy (a task that keeps none: the copy goes);
         # a workflow step's, once what it starts is copied
         backup = replicas.finished(task_id, state, result_frame if keep else None,
-                                   hold=wf is not None)
+                                   hold=wf is not None, entry=entry)
         try:
             if keep:
                 node.journal.finish(task_id, state, result_frame, time.time(), backup)
@@ -388,10 +393,11 @@ class Ledger:
     def forget(self, entries: list[Entry], to: str | None = None) -> None:
         """These tasks are no longer ours (handed to node ``to``, or given back
         unstarted): out of the ledger, out of the journal, their copies dropped."""
+        gone = []
         for e in entries:
-            self.drop(e.task_id)
+            gone.append(self.drop(e.task_id) or e)
             self.watchers.pop(e.task_id, None)
-        self.node.replicas.forgotten((e.task_id for e in entries), to)
+        self.node.replicas.forgotten(gone, to)
         if entries:
             try:
                 self.node.journal.remove(e.task_id for e in entries)

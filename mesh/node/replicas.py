@@ -43,7 +43,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from mesh.exceptions import DecodeError
 from mesh.membership import Member, MemberState
@@ -71,6 +71,9 @@ DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
                                 # the message size limit)
 SETTLE_STEP = 0.02
+GATE_STAMP = 0.001       # s one time stamp serves the gates opened in a burst
+
+Gate: TypeAlias = "None | bytes | Callable[[], None] | list[bytes | Callable[[], None]]"
 
 
 @dataclasses.dataclass
@@ -100,26 +103,31 @@ class Replicas(Component):
     def __init__(self) -> None:
         self.enabled = False                       # sending copies (replicas == 2, started)
         self.started = False
-        # holder side
-        self.backup_of: dict[str, str] = {}        # held task id -> its backup ("" = none)
-        self.by_backup: dict[str, set[str]] = {}   # backup -> held task ids copied there
-        self.gates: dict[str, list[Callable[[], None]]] = {}   # replies waiting for a copy
+        # holder side: a held task's backup and queue are on its Entry (``backup``,
+        # ``queue``: one record per task, not a dict entry each); here, how many
+        # held tasks each backup has ("" = none), to replace a backup that is gone
+        self.per_backup: dict[str, int] = {}
+        # task id -> what waits for its copy's confirmation: None (nothing yet), an
+        # ACK to send (the owner's routing id: bytes) or a callable, or a list of those
+        # (no list nor closure per task for the usual one ACK)
+        self.gates: dict[str, Gate] = {}
         self._held_results: dict[str, tuple[str, str, bytes]] = {}   # workflow steps' results,
                                                    # until the steps they started are copied
         self._result_wait: set[str] = set()        # finished: replies wait for the result's copy
-        self._gate_since: dict[str, float] = {}
+        self._gate_since: dict[str, float] = {}   # (the float shared by a pass's tasks)
+        self._stamp = 0.0
         self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
         self._sent: dict[str, _Sent] = {}          # batch id -> what it carried
         self._busy: dict[str, str] = {}            # backup -> its batch in flight: one at a
                                                    # time, so batches grow under load
-        self._later: collections.deque[tuple[float, Entry]] = collections.deque()
-        self._later_timer: asyncio.TimerHandle | None = None   # copies waiting COPY_DELAY
+        self._later: collections.deque[tuple[float, list[Entry]]] = collections.deque()
+        self._later_timer: asyncio.TimerHandle | None = None   # copies waiting COPY_DELAY,
+                                                   # those of one moment in one list
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
         self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
         self._alive_members: list[Member] = []
         self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
-        self._queue_of: dict[str, str] = {}        # held task id -> its queue
         self._alive_at = -1.0
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
@@ -170,54 +178,75 @@ class Replicas(Component):
         if not self.enabled:
             return
         tid = entry.task_id
-        self._queue_of[tid] = self._queue_for(entry, msg)
+        entry.queue = self._queue_for(entry, msg)
         backup = self._choose(tid, entry)
-        self._track(tid, backup)
+        self._track(entry, backup)
         if backup:
             # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
             # copied as its result alone, one write at the backup instead of three
-            self._later.append((time.monotonic() + COPY_DELAY, entry))
+            now = self._now()
+            later = self._later
+            if later and later[-1][0] is now:       # (the same moment: one list)
+                later[-1][1].append(entry)
+            else:
+                later.append((now, [entry]))
             if self._later_timer is None:
                 self._later_timer = asyncio.get_running_loop().call_later(
                     COPY_DELAY, self._copy_due)
-            self.gates.setdefault(tid, [])
-            self._gate_since.setdefault(tid, time.monotonic())
+            self._gate(tid, now)
+
+    def _now(self) -> float:
+        """time.monotonic(), the same float object within GATE_STAMP (one per burst,
+        not one per task: a gate's start is kept until the copy is confirmed)."""
+        now = time.monotonic()
+        if now - self._stamp < GATE_STAMP:
+            return self._stamp
+        self._stamp = now
+        return now
+
+    def _gate(self, tid: str, since: float) -> None:
+        if tid not in self.gates:
+            self.gates[tid] = None
+        self._gate_since.setdefault(tid, since)
 
     def _copy_due(self) -> None:
         """Copies whose delay is over, of tasks still held here, go to their backups."""
         self._later_timer = None
-        now = time.monotonic()
+        due = time.monotonic() - COPY_DELAY
         later, held = self._later, self.node.ledger.held
-        while later and later[0][0] <= now:
-            _, entry = later.popleft()
-            tid = entry.task_id
-            backup = self.backup_of.get(tid)
-            if backup and held.get(tid) is entry:
-                self._queue(backup).tasks[tid] = entry.frame
+        while later and later[0][0] <= due:
+            for entry in later.popleft()[1]:
+                tid = entry.task_id
+                backup = entry.backup
+                if backup and held.get(tid) is entry:
+                    self._queue(backup).tasks[tid] = entry.frame
         if later:
             self._later_timer = asyncio.get_running_loop().call_later(
-                max(later[0][0] - now, 0.0005), self._copy_due)
+                max(later[0][0] - due, 0.0005), self._copy_due)
 
     def updated(self, entry: Entry) -> None:
         """A retry: the task runs again with a new Submit; the copy follows."""
-        backup = self.backup_of.get(entry.task_id)
+        backup = entry.backup
         if backup:
             self._queue(backup).tasks[entry.task_id] = entry.frame
 
     def finished(self, task_id: str, state: str, result_frame: bytes | None,
-                 hold: bool = False) -> str:
+                 hold: bool = False, entry: Entry | None = None) -> str:
         """A held task's final result: it replaces the copy at the backup (a copy not
         sent yet is not sent at all). The backup that keeps the result ("" if none).
         ``result_frame`` None: the task keeps no result (ignore_result); its copy goes,
         and nothing waits for the backup. ``hold``: keep it until ``release`` (a
-        workflow's step: see there)."""
+        workflow's step: see there). ``entry``: the task's, if it was held here."""
         self.copies.forget_copy(task_id)     # it ran here: a copy kept for another holder
         if not self.enabled:                 # must not run it again (mesh/node/copies.py)
             return ""
         if result_frame is None:
-            self.forgotten([task_id])
+            if entry is not None:
+                self.forgotten([entry])
+            else:
+                self._open(task_id)
             return ""
-        backup = self._untrack(task_id) or self._choose(task_id)
+        backup = (self._untrack(entry) if entry is not None else "") or self._choose(task_id)
         if backup:
             if hold:
                 self._held_results[task_id] = (backup, state, result_frame)
@@ -226,8 +255,7 @@ class Replicas(Component):
             # the owner gets its RESULT once the backup has the result too (not just the
             # task): else a holder dying in between would leave the backup to run it again
             self._result_wait.add(task_id)
-            self.gates.setdefault(task_id, [])
-            self._gate_since.setdefault(task_id, time.monotonic())
+            self._gate(task_id, self._now())
         return backup
 
     def _put_result(self, backup: str, task_id: str, state: str, result_frame: bytes) -> None:
@@ -257,49 +285,60 @@ class Replicas(Component):
         for t in list(waiting):
             self.after_copy(t, functools.partial(go, t))
 
-    def forgotten(self, task_ids: Iterable[str], to: str | None = None) -> None:
+    def forgotten(self, entries: Iterable[Entry], to: str | None = None) -> None:
         """Tasks that are no longer ours (handed on to node ``to``, given back): drop
         their copies (and a copy of them this node kept for another holder, unless
         ``to`` is that holder: ``Copies.handed_on``)."""
-        for tid in task_ids:
+        for entry in entries:
+            tid = entry.task_id
             self.copies.handed_on(tid, to)
-            backup = self._untrack(tid)
+            backup = self._untrack(entry)
             if backup:
                 batch = self._queue(backup)
                 batch.tasks.pop(tid, None)
                 batch.drop.add(tid)
             self._open(tid)
 
-    def spilled(self, task_id: str) -> str:
+    def spilled(self, entry: Entry) -> str:
         """A task whose copy is confirmed now waits on disk only (mesh/node/spill.py):
         nothing is kept for it here until it is read back (then copied again). Its
         backup ("" if none), which the journal keeps for ``read_back``."""
-        return self._untrack(task_id)
+        return self._untrack(entry)
 
     def read_back(self, entry: Entry, msg: Submit, was: str) -> None:
         """A task read back from disk: copied to its backup again; the node that kept
         its copy when it went to disk (``was``), if another one now, drops it."""
         self.accepted(entry, msg)
-        if was and self.enabled and self.backup_of.get(entry.task_id) != was:
+        if was and self.enabled and entry.backup != was:
             self._queue(was).drop.add(entry.task_id)
 
     def pending(self, task_id: str) -> bool:
         """Its copy is not confirmed yet: replies saying a node has it must wait."""
         return task_id in self.gates
 
-    def after_copy(self, task_id: str, fn: Callable[[], None]) -> None:
-        """Run ``fn`` once the task's copy is confirmed (at once if it is)."""
-        waiting = self.gates.get(task_id)
+    def after_copy(self, task_id: str, fn: Callable[[], None] | bytes) -> None:
+        """Run ``fn`` once the task's copy is confirmed (at once if it is); ``fn`` a
+        routing id (bytes): acknowledge the task to it then (``Intake.ack_later``)."""
+        gates = self.gates
+        if task_id not in gates:
+            if isinstance(fn, bytes):
+                self.node.intake.ack_later(fn, task_id)
+            else:
+                fn()
+            return
+        waiting = gates[task_id]
         if waiting is None:
-            fn()
-        else:
+            gates[task_id] = fn
+        elif isinstance(waiting, list):
             waiting.append(fn)
+        else:
+            gates[task_id] = [waiting, fn]
 
     def reply(self, task_id: str, ident: bytes, frame: bytes) -> None:
         """Send ``frame`` to ``ident`` once the task's copy is confirmed."""
         front = self.node.front
         if task_id in self.gates:
-            self.gates[task_id].append(lambda: front.reply(ident, frame))
+            self.after_copy(task_id, lambda: front.reply(ident, frame))
         else:
             front.reply(ident, frame)
 
@@ -327,9 +366,9 @@ class Replicas(Component):
         routing = getattr(self.node, "routing", None)
         if routing is None:
             return self._alive
-        queue = self._queue_of.get(entry.task_id)
+        queue = entry.queue
         if queue is None:
-            queue = self._queue_of[entry.task_id] = self._queue_for(entry, None)
+            queue = entry.queue = self._queue_for(entry, None)
         key = (queue, entry.name)
         takers = self._takers.get(key)
         if takers is None:
@@ -348,26 +387,32 @@ class Replicas(Component):
             headers = msg.headers
         return sys.intern(str(routing.queue_for(entry.name, headers)))   # one per queue
 
-    def _track(self, tid: str, backup: str) -> None:
-        old = self.backup_of.get(tid)
-        if old is not None:
-            s = self.by_backup.get(old)
-            if s is not None:
-                s.discard(tid)
-        self.backup_of[tid] = backup
-        self.by_backup.setdefault(backup, set()).add(tid)
+    def backup_of(self, task_id: str) -> str | None:
+        """The backup of a task held here ("" none; None: not held, or not tracked)."""
+        entry = self.node.ledger.held.get(task_id)
+        return entry.backup if entry is not None else None
 
-    def _untrack(self, tid: str) -> str:
-        self._queue_of.pop(tid, None)
-        backup = self.backup_of.pop(tid, None)
+    def _track(self, entry: Entry, backup: str) -> None:
+        if entry.backup is not None:
+            self._uncount(entry.backup)
+        entry.backup = backup
+        self.per_backup[backup] = self.per_backup.get(backup, 0) + 1
+
+    def _untrack(self, entry: Entry) -> str:
+        entry.queue = None
+        backup = entry.backup
         if backup is None:
             return ""
-        s = self.by_backup.get(backup)
-        if s is not None:
-            s.discard(tid)
-            if not s:
-                del self.by_backup[backup]
+        entry.backup = None
+        self._uncount(backup)
         return backup
+
+    def _uncount(self, backup: str) -> None:
+        n = self.per_backup.get(backup, 0) - 1
+        if n > 0:
+            self.per_backup[backup] = n
+        else:
+            self.per_backup.pop(backup, None)
 
     def _queue(self, backup: str) -> _Batch:
         batch = self._out.get(backup)
@@ -381,9 +426,14 @@ class Replicas(Component):
         self._result_wait.discard(tid)
         self._gate_since.pop(tid, None)
         waiting = self.gates.pop(tid, None)
-        for fn in waiting or ():
+        if waiting is None:
+            return
+        for fn in waiting if isinstance(waiting, list) else (waiting,):
             try:
-                fn()
+                if isinstance(fn, bytes):
+                    self.node.intake.ack_later(fn, tid)
+                else:
+                    fn()
             except Exception:
                 log.exception("a reply waiting for the copy of task %s failed", tid)
 
@@ -429,7 +479,7 @@ class Replicas(Component):
             entry = self.node.ledger.held.get(tid)
             if entry is not None:
                 new = self._choose(tid, entry)
-                self._track(tid, new)
+                self._track(entry, new)
                 if new:
                     self._queue(new).tasks[tid] = frame
                 else:
@@ -497,8 +547,10 @@ class Replicas(Component):
             member = self.node.membership.member(sent.backup)
             if member is not None and member.state == MemberState.ALIVE:
                 batch = self._queue(sent.backup)        # same backup, again
+                held = self.node.ledger.held
                 for tid, frame in sent.batch.tasks.items():
-                    if tid in self.node.ledger.held and self.backup_of.get(tid) == sent.backup:
+                    entry = held.get(tid)
+                    if entry is not None and entry.backup == sent.backup:
                         batch.tasks.setdefault(tid, frame)
                 for tid, result in sent.batch.results.items():
                     batch.results.setdefault(tid, result)
@@ -538,24 +590,35 @@ class Replicas(Component):
                 del self._boot_of[b]      # has none of them any more
             # tasks held with one copy ("") look for a backup only when some node is
             # alive: alone, that would walk every held task each second for nothing
-            for backup in [b for b in self.by_backup
-                           if (b not in alive and (b or alive)) or b in restarted]:
-                ids = self.by_backup.pop(backup)
-                held = node.ledger.held
-                for tid in ids:
-                    entry = held.get(tid)
-                    self.backup_of.pop(tid, None)
-                    if entry is None:
-                        continue
-                    new = self._choose(tid, entry)
-                    self._track(tid, new)
-                    if new:
-                        self._queue(new).tasks[tid] = entry.frame
-                if ids and alive:
-                    log.info("%s: copying %d task(s) to their backups now", "tasks held with "
-                             "one copy" if not backup else f"backup {backup} restarted"
-                             if backup in restarted else f"backup {backup} is gone", len(ids))
+            gone = {b for b in self.per_backup
+                    if (b not in alive and (b or alive)) or b in restarted}
+            if gone:
+                self._rebackup(gone, restarted, bool(alive))
         self.copies.check_holders(now)
+
+    def _rebackup(self, gone: set[str], restarted: set[str], alive: bool) -> None:
+        """The held tasks whose backup is in ``gone`` get a new one (one walk of the
+        held tasks: a backup is gone seldom)."""
+        moved: dict[str, int] = {}
+        chosen: set[str] = set()
+        for tid, entry in list(self.node.ledger.held.items()):
+            old = entry.backup
+            if old is None or old not in gone:
+                continue
+            moved[old] = moved.get(old, 0) + 1
+            new = self._choose(tid, entry)
+            self._track(entry, new)
+            chosen.add(new)
+            if new:
+                self._queue(new).tasks[tid] = entry.frame
+        for backup in gone:
+            if backup not in chosen:     # none left (a count of tasks no longer held goes)
+                self.per_backup.pop(backup, None)
+            n = moved.get(backup, 0)
+            if n and alive:
+                log.info("%s: copying %d task(s) to their backups now", "tasks held with "
+                         "one copy" if not backup else f"backup {backup} restarted"
+                         if backup in restarted else f"backup {backup} is gone", n)
 
     def sweep(self) -> int:
         """Close the handoff/copy sockets of peers membership no longer knows (churn
@@ -579,7 +642,7 @@ class Replicas(Component):
             log.info("tasks and results are kept in two copies: this node and a backup node")
 
     def status(self) -> dict[str, Any]:
-        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.holder_of) + self.copies.on_disk,
+        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.frames) + self.copies.on_disk,
                 "copies_on_disk": self.copies.on_disk,
                 "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,

@@ -187,7 +187,7 @@ class Spill(Component):
             else:
                 gone.append(tid)
                 del held[tid]                   # (its sender's quota still counts it)
-                backup = node.replicas.spilled(tid)
+                backup = node.replicas.spilled(entry)
                 if backup:
                     backups.append((backup, tid))
                 out += 1

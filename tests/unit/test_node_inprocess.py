@@ -17,6 +17,7 @@ from mesh import Mesh, states, testing
 from mesh.exceptions import TaskRevokedError
 from mesh.membership import MemberState
 from mesh.node import shedding
+from mesh.node.ledger import Entry
 from mesh.node.node import Node
 from mesh.rendezvous import backup_for
 from mesh.testing import running_node
@@ -222,6 +223,15 @@ def test_tasks_held_by_a_node_that_crashes_run_on_another() -> None:
     run(main())
 
 
+class _Walked(dict[str, Entry]):
+    """The ledger's held tasks, counting the walks over them."""
+    walks = 0
+
+    def items(self) -> Any:
+        self.walks += 1
+        return super().items()
+
+
 def test_a_node_alone_does_not_walk_its_held_tasks_looking_for_backups() -> None:
     """Tasks held with one copy ("" backup) look for a backup only once a peer is
     alive: alone, a million queued tasks must not be walked every second."""
@@ -231,10 +241,16 @@ def test_a_node_alone_does_not_walk_its_held_tasks_looking_for_backups() -> None
             for i in range(5):
                 await s.send(submit(f"one-{i}"))
             await until(lambda: len(a.ledger.held) == 5, "five held")
-            single = a.replicas.by_backup.get("")
-            assert single is not None and len(single) == 5
-            a.replicas.check_members(time.monotonic())
-            assert a.replicas.by_backup.get("") is single        # not taken apart and rebuilt
+            assert a.replicas.per_backup == {"": 5}
+            held = a.ledger.held
+            a.ledger.held = walked = _Walked(held)
+            try:
+                a.replicas.check_members(time.monotonic())
+            finally:
+                a.ledger.held = held
+            assert walked.walks == 0                     # not walked looking for backups
+            assert a.replicas.per_backup == {"": 5}
+            assert all(e.backup == "" for e in held.values())
             # (that they get a backup once a peer is alive: test_e2e_handoff.py)
     run(main())
 
@@ -270,7 +286,7 @@ def test_a_backup_that_hands_on_a_task_its_owner_sent_it_keeps_no_copy_to_run(to
             tid = next(t for t in (f"c-{i}" for i in range(100))
                        if backup_for(t, ["backup", "other"], "holder") == "backup")
             await to_h.send(_later(tid))
-            await until(lambda: b.replicas.copies.holder_of.get(tid) == "holder",
+            await until(lambda: b.replicas.copies.holder(tid) == "holder",
                         "the backup to keep the copy")
             await to_b.send(_later(tid))             # the owner's failover, same id
             await frames_until(to_b, lambda g: any(isinstance(m, Ack) for m in g))
@@ -302,7 +318,7 @@ def test_a_backup_that_ran_a_task_its_owner_sent_it_does_not_run_its_copy_again(
             await until(lambda: len(b.membership.alive_members()) == 2, "the two to meet")
             tid = "forgotten-1"
             await to_h.send(submit(tid, "fast.forget", (7,)))
-            await until(lambda: b.replicas.copies.holder_of.get(tid) == "holder",
+            await until(lambda: b.replicas.copies.holder(tid) == "holder",
                         "the backup to keep the copy")
             await to_b.send(submit(tid, "fast.forget", (7,)))    # the owner's failover
             await until(lambda: b.pool.ran == 1, "b to run it")
@@ -329,7 +345,7 @@ def test_an_owner_sending_a_task_its_backup_took_over_and_handed_on_follows_it()
             tid = next(t for t in (f"m-{i}" for i in range(100))
                        if backup_for(t, ["backup", "other"], "holder") == "backup")
             await to_h.send(_later(tid))
-            await until(lambda: b.replicas.copies.holder_of.get(tid) == "holder",
+            await until(lambda: b.replicas.copies.holder(tid) == "holder",
                         "the backup to keep the copy")
             await crash(h)
             await until(lambda: _state(b, "holder") == MemberState.DEAD,
@@ -370,7 +386,7 @@ def test_copies_from_a_holder_declared_dead_are_not_kept() -> None:
             await s.send(submit("after"))           # handled after it: then it was seen
             await frames_until(s, lambda g: any(isinstance(m, Ack) for m in g))
             b.replicas.copies.check_holders(time.monotonic())
-            assert "late-task" not in b.replicas.copies.holder_of
+            assert b.replicas.copies.holder("late-task") is None
             assert "late-task" not in b.ledger.held and b.replicas.copies.taken_over == 0
     run(main())
 
@@ -389,15 +405,15 @@ def test_a_task_handed_to_a_node_whose_backup_is_the_giver_survives_the_receiver
             tid = "handed-1"
             await to_g.send(_later(tid))
             await until(lambda: tid in g.pool.scheduled
-                        and t.replicas.copies.holder_of.get(tid) == "giver",
+                        and t.replicas.copies.holder(tid) == "giver",
                         "the giver to hold it, the taker to keep its copy")
             entry, target = g.pool.remove(tid), g.membership.member("taker")
             assert entry is not None and target is not None
             assert g.handoff.hand([entry], "test", target) == 1     # as shedding does
             await until(lambda: tid not in g.ledger.held, "the giver to hand it on")
             assert tid in t.ledger.held and g.journal.get(tid) is None
-            assert t.replicas.backup_of.get(tid) == "giver"
-            assert g.replicas.copies.holder_of.get(tid) == "taker"   # the taker's copy
+            assert t.replicas.backup_of(tid) == "giver"
+            assert g.replicas.copies.holder(tid) == "taker"   # the taker's copy
             await crash(t)
             await until(lambda: _state(g, "taker") == MemberState.DEAD,
                         "the giver to declare the taker dead")
