@@ -51,6 +51,7 @@ def _rep(bid: str, tasks: dict[str, bytes], results: tuple[str, ...] | list[str]
 def test_beyond_the_window_copies_go_to_disk_counted_per_holder(copies: Copies) -> None:
     copies.on_replicate(_rep("1", {f"t{i}": b"f%d" % i for i in range(10)}))
     assert len(copies.frames) == WINDOW and copies.on_disk == 7 and copies.disk == {"h": 7}
+    assert copies.kept == {"h": WINDOW} and copies.holder("t0") == "h"   # in memory, per holder
     assert copies.node.journal.copy_counts() == {"h": 7}
     assert all(copies.has(f"t{i}") for i in range(10)) and not copies.has("nope")
     assert len(copies.replicas.sockets.acks) == 1          # acknowledged
@@ -66,6 +67,7 @@ def test_a_resent_batch_or_a_new_frame_replaces_the_copy_where_it_is(copies: Cop
     copies.on_replicate(_rep("4", {"t9": b"retry2", "t5": b"f"}))
     assert "t9" not in copies.frames and "t5" not in copies.frames
     assert copies.on_disk == 7 and len(copies.frames) == WINDOW - 2
+    assert copies.kept == {"h": WINDOW - 2}       # a resend counted once, results uncounted
     assert {t: f for t, f, _ in copies.node.journal.copies_by_holder("h", 10)}["t9"] == b"retry2"
 
 
@@ -73,6 +75,7 @@ def test_results_drops_and_runs_here_remove_copies_on_disk(copies: Copies) -> No
     copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(10)}))
     copies.on_replicate(_rep("2", {}, results=["t5", "t0"], drop=["t6"]))
     assert copies.on_disk == 5 and len(copies.frames) == WINDOW - 1
+    assert copies.kept == {"h": WINDOW - 1}
     copies.forget_copy("t7")                  # it ran here: goes at the next tick
     assert not copies.has("t7")
     copies.tick()
