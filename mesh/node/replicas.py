@@ -73,7 +73,8 @@ BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well
 SETTLE_STEP = 0.02
 GATE_STAMP = 0.001       # s one time stamp serves the gates opened in a burst
 
-Gate: TypeAlias = "None | bytes | Callable[[], None] | list[bytes | Callable[[], None]]"
+Waiter: TypeAlias = "bytes | tuple[bytes, bytes] | Callable[[], None]"
+Gate: TypeAlias = "None | Waiter | list[Waiter]"
 
 
 @dataclasses.dataclass
@@ -108,8 +109,9 @@ class Replicas(Component):
         # held tasks each backup has ("" = none), to replace a backup that is gone
         self.per_backup: dict[str, int] = {}
         # task id -> what waits for its copy's confirmation: None (nothing yet), an
-        # ACK to send (the owner's routing id: bytes) or a callable, or a list of those
-        # (no list nor closure per task for the usual one ACK)
+        # ACK to send (the owner's routing id: bytes), a reply to send (routing id,
+        # frame) or a callable, or a list of those (no list nor closure per task for
+        # the usual one ACK or RESULT)
         self.gates: dict[str, Gate] = {}
         self._held_results: dict[str, tuple[str, str, bytes]] = {}   # workflow steps' results,
                                                    # until the steps they started are copied
@@ -316,15 +318,13 @@ class Replicas(Component):
         """Its copy is not confirmed yet: replies saying a node has it must wait."""
         return task_id in self.gates
 
-    def after_copy(self, task_id: str, fn: Callable[[], None] | bytes) -> None:
+    def after_copy(self, task_id: str, fn: Waiter) -> None:
         """Run ``fn`` once the task's copy is confirmed (at once if it is); ``fn`` a
-        routing id (bytes): acknowledge the task to it then (``Intake.ack_later``)."""
+        routing id (bytes): acknowledge the task to it then (``Intake.ack_later``);
+        (routing id, frame): send it that frame then."""
         gates = self.gates
         if task_id not in gates:
-            if isinstance(fn, bytes):
-                self.node.intake.ack_later(fn, task_id)
-            else:
-                fn()
+            self._run(task_id, fn)
             return
         waiting = gates[task_id]
         if waiting is None:
@@ -336,11 +336,18 @@ class Replicas(Component):
 
     def reply(self, task_id: str, ident: bytes, frame: bytes) -> None:
         """Send ``frame`` to ``ident`` once the task's copy is confirmed."""
-        front = self.node.front
         if task_id in self.gates:
-            self.after_copy(task_id, lambda: front.reply(ident, frame))
+            self.after_copy(task_id, (ident, frame))
         else:
-            front.reply(ident, frame)
+            self.node.front.reply(ident, frame)
+
+    def _run(self, task_id: str, fn: Waiter) -> None:
+        if isinstance(fn, bytes):
+            self.node.intake.ack_later(fn, task_id)
+        elif isinstance(fn, tuple):
+            self.node.front.reply(*fn)
+        else:
+            fn()
 
     # -- holder side: bookkeeping ----------------------------------------------------
     def _alive_ids(self) -> list[str]:
@@ -430,10 +437,7 @@ class Replicas(Component):
             return
         for fn in waiting if isinstance(waiting, list) else (waiting,):
             try:
-                if isinstance(fn, bytes):
-                    self.node.intake.ack_later(fn, tid)
-                else:
-                    fn()
+                self._run(tid, fn)
             except Exception:
                 log.exception("a reply waiting for the copy of task %s failed", tid)
 

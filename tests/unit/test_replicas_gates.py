@@ -32,9 +32,18 @@ class _Intake:
         self.acks.append((ident, task_id))
 
 
+class _Front:
+    def __init__(self) -> None:
+        self.replies: list[tuple[bytes, bytes]] = []
+
+    def reply(self, ident: bytes, frame: bytes) -> None:
+        self.replies.append((ident, frame))
+
+
 class _Node:
     def __init__(self) -> None:
         self.intake = _Intake()
+        self.front = _Front()
 
 
 def test_what_waits_for_a_copy_runs_once_it_is_confirmed_in_order() -> None:
@@ -50,11 +59,15 @@ def test_what_waits_for_a_copy_runs_once_it_is_confirmed_in_order() -> None:
     r.after_copy("t", b"owner")
     assert r.gates == {"t": b"owner", "u": None} and node.intake.acks == []
     r.after_copy("t", lambda: ran.append("result"))
+    r.reply("t", b"watcher", b"RESULT")
     r.after_copy("t", b"other")
     r._open("t")
     assert node.intake.acks == [(b"owner", "t"), (b"other", "t")] and ran == ["result"]
+    assert node.front.replies == [(b"watcher", b"RESULT")]
     r._open("u")                                # nothing waited
     assert not r.gates and not r._gate_since
     r.after_copy("v", b"owner")                 # no gate: at once
     r.after_copy("v", lambda: ran.append("now"))
+    r.reply("v", b"watcher", b"R2")
     assert node.intake.acks[-1] == (b"owner", "v") and ran == ["result", "now"]
+    assert node.front.replies[-1] == (b"watcher", b"R2")
