@@ -53,6 +53,7 @@ class WaitingRoom:
         self._probe_at = 0.0
         self._room_said = ""                   # the refusal that started this spell
         self.waited = 0                        # tasks that waited for room, since start
+        self.quota_refusals = 0                # ERROR quota answers, since start
 
     @property
     def waiting_for_room(self) -> int:
@@ -61,6 +62,7 @@ class WaitingRoom:
 
     def _on_quota(self, slot: Slot, link: Any, said: str) -> None:
         """``link`` refused ``slot``: it holds as much from us as its quota allows."""
+        self.quota_refusals += 1
         self._forget_one(link, slot.state != states.PENDING)
         slot.state = states.PENDING
         slot.node = None
