@@ -8,6 +8,7 @@ client overflow them.
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -70,4 +71,24 @@ def test_a_node_with_room_takes_what_waits(start_node: Any, make_client: Any,
     assert c.app.client.waiting_for_room == QUOTA
     gate.touch()
     assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == ["opened"] * 3 * QUOTA
+    assert c.app.client.waiting_for_room == 0
+
+
+def test_tasks_waiting_for_room_survive_the_death_of_a_full_node(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """Both nodes full, tasks waiting in the client; one node is killed (-9): its tasks
+    go on at the other (its backup), and what waited goes there as room comes. Every
+    task runs (at least once: the killed node's running ones may run again)."""
+    a = start_node(concurrency=1, quota_tasks=QUOTA)
+    b = start_node(concurrency=1, quota_tasks=QUOTA, peers=a.endpoint)
+    c = make_client(a, b)
+    wait_until(lambda: sum(n["state"] == "alive" and bool(n["node"])
+                           for n in c.app.client.nodes()) == 2, what="the client to know both")
+    out = tmp_path / "runs"
+    rs = [c.tasks.append_line.delay(str(out), f"line-{i}") for i in range(200)]
+    wait_until(lambda: c.app.client.waiting_for_room > 0, what="tasks to wait")
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(200)]
+    assert set(_lines(out)) == {f"line-{i}" for i in range(200)}
     assert c.app.client.waiting_for_room == 0
