@@ -230,6 +230,7 @@ class Client(Links, Routing, WaitingRoom):
         unacked = 0
         if threading.current_thread() is not self._thread and linger > 0:
             unacked = self.flush(linger)
+        waiting = len(self._room)
         self._linger = min(linger, 1.0)
         self._closing = True
         self._wake()
@@ -239,6 +240,10 @@ class Client(Links, Routing, WaitingRoom):
             msg = (f"mesh: {unacked} task(s) sent by this process were not acknowledged by any "
                    f"node within {linger:g} s and may never run (nodes tried: "
                    f"{', '.join(self.endpoints())})")
+            if waiting:
+                msg += (f"; {waiting} of them waited for room: the nodes held as many tasks from "
+                        "this process as their quotas allow (app.client.flush(timeout) waits "
+                        "until nodes have taken them all)")
             if at_exit and not logging.getLogger("mesh").hasHandlers():
                 print(msg, file=sys.stderr, flush=True)   # (a warning without a handler
             else:                                         # would print it a second time)

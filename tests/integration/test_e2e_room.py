@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import wait_until
+from harness import run_python, wait_until
 
 RESULT_TIMEOUT = 60.0
 QUOTA = 10
@@ -92,3 +92,32 @@ def test_tasks_waiting_for_room_survive_the_death_of_a_full_node(
     assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(200)]
     assert set(_lines(out)) == {f"line-{i}" for i in range(200)}
     assert c.app.client.waiting_for_room == 0
+
+
+SUBMIT_PAST_THE_QUOTA_AND_EXIT = """
+import sys
+import tasks_app
+from mesh import Mesh
+app = Mesh("room", peers=[sys.argv[1]], mdns=False)
+wait = app.task(name="tasks_app.wait_for_file")(tasks_app.wait_for_file.fun)
+rs = [wait.delay(sys.argv[2]) for _ in range(int(sys.argv[3]))]
+print(" ".join(r.id for r in rs), flush=True)
+"""
+
+
+def test_a_submitter_that_exits_with_tasks_waiting_for_room_says_how_many(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """The tasks a full node did not take need the submitter: one that exits first
+    says how many never reached a node, and why (not "the node was unreachable")."""
+    node = start_node(concurrency=1, quota_tasks=QUOTA)
+    gate = tmp_path / "gate"
+    p = run_python(SUBMIT_PAST_THE_QUOTA_AND_EXIT, node.endpoint, str(gate), str(QUOTA + 7))
+    report = [ln for ln in p.stderr.splitlines() if "not acknowledged by any node" in ln]
+    assert len(report) == 1, p.stderr
+    assert "7 task(s)" in report[0] and "7 of them waited for room" in report[0], report
+    assert "quotas allow" in report[0] and "flush(timeout)" in report[0], report
+    gate.touch()
+    c = make_client(node)
+    ids = p.stdout.split()
+    assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in ids[:QUOTA]] == ["opened"] * QUOTA
+    assert node.status()["held"] == 0                   # the other 7 never reached it
