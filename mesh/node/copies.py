@@ -205,16 +205,9 @@ class Copies:
     def _keep(self, tid: str, copy: tuple[bytes, float, str]) -> None:
         old = self.frames.get(tid)
         if old is not None:
-            self._uncount(old[2])
+            uncount(self.kept, old[2])
         self.frames[tid] = copy
         self.kept[copy[2]] = self.kept.get(copy[2], 0) + 1
-
-    def _uncount(self, holder: str) -> None:
-        n = self.kept.get(holder, 0) - 1
-        if n > 0:
-            self.kept[holder] = n
-        else:
-            self.kept.pop(holder, None)
 
     def holder(self, tid: str) -> str | None:
         """The holder whose copy of ``tid`` this node keeps in memory, if any."""
@@ -252,7 +245,7 @@ class Copies:
     def _unkeep(self, tid: str) -> None:
         copy = self.frames.pop(tid, None)
         if copy is not None:
-            self._uncount(copy[2])
+            uncount(self.kept, copy[2])
 
     def take_over(self, holder: str, why: str) -> int:
         """Run here the copies of ``holder``'s tasks that have no result: they are
@@ -442,6 +435,15 @@ class Copies:
                 log.error("journal: cannot record where results were copied: %s", e)
             self.repairs[peer] = rows[-1][0]
             self._repaired[peer] = self._repaired.get(peer, 0) + len(rows)
+
+
+def uncount(counts: dict[str, int], key: str) -> None:
+    """One less of ``key`` (gone from ``counts`` at none)."""
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 def _submit(frame: bytes) -> Submit | None:

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from mesh.exceptions import DecodeError
 from mesh.membership import Member, MemberState
 from mesh.node.component import Component
-from mesh.node.copies import Copies
+from mesh.node.copies import Copies, uncount
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
 from mesh.rendezvous import backup_for
@@ -401,7 +401,7 @@ class Replicas(Component):
 
     def _track(self, entry: Entry, backup: str) -> None:
         if entry.backup is not None:
-            self._uncount(entry.backup)
+            uncount(self.per_backup, entry.backup)
         entry.backup = backup
         self.per_backup[backup] = self.per_backup.get(backup, 0) + 1
 
@@ -411,15 +411,8 @@ class Replicas(Component):
         if backup is None:
             return ""
         entry.backup = None
-        self._uncount(backup)
+        uncount(self.per_backup, backup)
         return backup
-
-    def _uncount(self, backup: str) -> None:
-        n = self.per_backup.get(backup, 0) - 1
-        if n > 0:
-            self.per_backup[backup] = n
-        else:
-            self.per_backup.pop(backup, None)
 
     def _queue(self, backup: str) -> _Batch:
         batch = self._out.get(backup)
