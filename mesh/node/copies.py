@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from mesh import states
@@ -75,6 +76,7 @@ class Copies:
         # holder's name shared by a REPLICATE's copies), not three dict and set entries
         self.frames: dict[str, tuple[bytes, float, str]] = {}
         self.kept: dict[str, int] = {}             # holder -> its copies in ``frames``
+        self.holder_of = Holders(self.frames)     # task id -> its holder (a view)
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
         # results whose other copy was on a node that is gone: peer -> position reached
         self.repairs: dict[str, int] = {}
@@ -211,8 +213,7 @@ class Copies:
 
     def holder(self, tid: str) -> str | None:
         """The holder whose copy of ``tid`` this node keeps in memory, if any."""
-        copy = self.frames.get(tid)
-        return copy[2] if copy is not None else None
+        return self.holder_of.get(tid)
 
     def forget_copy(self, tid: str) -> None:
         """The task is this node's own now (handed here), or it ran here: no longer a
@@ -435,6 +436,26 @@ class Copies:
                 log.error("journal: cannot record where results were copied: %s", e)
             self.repairs[peer] = rows[-1][0]
             self._repaired[peer] = self._repaired.get(peer, 0) + len(rows)
+
+
+class Holders(Mapping[str, str]):
+    """Task id -> the holder whose copy of it is kept in memory: a view of
+    ``Copies.frames`` (no dict of its own)."""
+
+    def __init__(self, frames: dict[str, tuple[bytes, float, str]]):
+        self._frames = frames
+
+    def __getitem__(self, tid: str) -> str:
+        return self._frames[tid][2]
+
+    def __contains__(self, tid: object) -> bool:
+        return tid in self._frames
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._frames)
+
+    def __len__(self) -> int:
+        return len(self._frames)
 
 
 def uncount(counts: dict[str, int], key: str) -> None:

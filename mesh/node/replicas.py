@@ -4,7 +4,7 @@ members (mesh/rendezvous.py). Then the loss of any one machine, for good, loses 
 accepted task and no result, even when the submitter exited long ago.
 
 (This module is the holder's side and the batching; what a backup keeps and does when
-a holder dies is mesh/node/copies.py. It stays one module of ~600 lines because the
+a holder dies is mesh/node/copies.py. It stays one module of ~680 lines because the
 holder's send, confirm and resend paths share one in-flight state per backup.)
 
 Holder side (this node holds the task):

@@ -52,6 +52,7 @@ def test_beyond_the_window_copies_go_to_disk_counted_per_holder(copies: Copies) 
     copies.on_replicate(_rep("1", {f"t{i}": b"f%d" % i for i in range(10)}))
     assert len(copies.frames) == WINDOW and copies.on_disk == 7 and copies.disk == {"h": 7}
     assert copies.kept == {"h": WINDOW} and copies.holder("t0") == "h"   # in memory, per holder
+    assert dict(copies.holder_of) == {t: "h" for t in copies.frames} and "t9" not in copies.holder_of
     assert copies.node.journal.copy_counts() == {"h": 7}
     assert all(copies.has(f"t{i}") for i in range(10)) and not copies.has("nope")
     assert len(copies.replicas.sockets.acks) == 1          # acknowledged
