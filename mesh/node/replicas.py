@@ -188,7 +188,9 @@ class Replicas(Component):
             # copied as its result alone, one write at the backup instead of three
             now = self._now()
             later = self._later
-            if later and later[-1][0] is now:       # (the same moment: one list)
+            if later and later[-1][0] is now:       # (the same moment, within GATE_STAMP:
+                                                    # one list, copied together after
+                                                    # COPY_DELAY less up to GATE_STAMP)
                 later[-1][1].append(entry)
             else:
                 later.append((now, [entry]))
