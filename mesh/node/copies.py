@@ -300,6 +300,8 @@ class Copies:
             failed += r == 2
         self.taken_over += taken
         self.node.front.schedule_flush()
+        if taken:           # those now on this node's disk get their copy (disk_copies.py)
+            self.replicas.disk_copies.walk(from_start=False)
         if failed:
             log.warning("node %s %s: %d of its task(s) kept on disk here failed (acks_late="
                         "False or not registered)", holder, self._taking[holder], failed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from mesh.node.copy_journal import IN_CHUNK
 from mesh.node.journal import DiskRow
 from mesh.node.sql_rows import SqlRows
 
@@ -90,3 +91,30 @@ class SpillRows(SqlRows):
                 f"tasks_disk WHERE disk=1 AND NOT {_FINISHED} GROUP BY client").fetchall()]
         except sqlite3.Error as e:
             raise self._error(e) from e
+
+    def disk_walk(self, after: int, limit: int) -> list[tuple[int, str, str]]:
+        """``(position, task_id, backup)`` of the next ``limit`` tasks waiting on disk
+        only after position ``after`` (0: from the first), in arrival order: a walk of
+        the partial index, for copying again those whose backup is gone
+        (mesh/node/disk_copies.py). Finished ones are told apart by ``disk_frames``."""
+        try:
+            return [(int(r[0]), r[1], r[2]) for r in self.db.execute(
+                "SELECT rowid, task_id, backup FROM tasks INDEXED BY tasks_disk "
+                "WHERE disk=1 AND rowid > ? ORDER BY rowid LIMIT ?", (after, limit)).fetchall()]
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
+    def disk_frames(self, positions: Sequence[int]) -> list[tuple[str, bytes]]:
+        """``(task_id, frame)`` of the rows at these positions (from ``disk_walk``) that
+        still wait on disk only and have no result, in arrival order."""
+        out: list[tuple[str, bytes]] = []
+        try:
+            for s in range(0, len(positions), IN_CHUNK):
+                part = positions[s:s + IN_CHUNK]
+                out.extend((r[0], bytes(r[1])) for r in self.db.execute(
+                    f"SELECT t.task_id, t.frame FROM tasks t WHERE t.rowid IN "
+                    f"({','.join('?' * len(part))}) AND t.disk=1 AND NOT {_FINISHED} "
+                    "ORDER BY t.rowid", part).fetchall())
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        return out
