@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import occupy, wait_until
-from test_e2e_chaos import mesh_formed
 from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _backlog, _lines
+from test_e2e_chaos import mesh_formed
 
 N = 500
 
