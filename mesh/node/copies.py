@@ -22,14 +22,14 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
   plain one (priority 0, no eta, no workflow) becomes a task waiting on this node's
   disk (mesh/node/spill.py), read back in order as its queue drains, so a holder's
-  deep backlog does not fill the taker's memory either.
+  deep backlog does not fill the taker's memory either; this node's walk of its
+  disk part copies it to this node's backup (mesh/node/disk_copies.py).
 * At start, the copies left on disk by this node's last run are dropped, as the
   ones in its memory are lost: a holder copies its held tasks again when it sees this
   node's new boot id, and sends nothing more for the old copies (a result while this
   node was down went to another node or none), so kept ones could run a task again
   long after it finished elsewhere. (A holder's tasks waiting on its disk are copied
-  again when read back: until then they have one copy, as before this module kept
-  any on disk.)
+  again by its walk of them: mesh/node/disk_copies.py.)
 * A holder that restarts (its boot id changes) needs nothing here: its copies, in
   memory or on disk, stay and are replaced as it copies its recovered tasks again
   and reads its disk part back; its results drop them.

@@ -22,7 +22,8 @@ Holder side (this node holds the task):
 * ``forgotten``: the task went elsewhere (handed off, given back): the copy goes.
 * A backup that is no longer alive, or that restarted (its ``boot`` id in the
   gossiped meta changed), is replaced: its tasks are copied to their new backup (and
-  tasks held while no other node was alive get their copy once one is).
+  tasks held while no other node was alive get their copy once one is). The tasks
+  waiting on disk whose copy it kept follow, a chunk at a time (disk_copies.py).
 
 Backup side (this node keeps copies of others' tasks and their results; a holder's
 death; results copied again when a node is gone): mesh/node/copies.py.
