@@ -109,3 +109,20 @@ def test_tasks_taken_over_onto_a_nodes_disk_are_copied_to_its_backup(
     assert _on_disk_naming(b, "") == 0           # (read while b runs: committed rows)
     _gone(b)                                     # then b's machine goes too
     _each_ran_once(out, [c], tmp_path)
+
+
+def test_two_machines_gone_one_after_the_other_the_last_node_runs_every_task_once(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """b's machine goes: a copies the tasks on its disk that b kept the copies of to
+    c (b is dead), and takes b's copies over onto its disk, from where they are copied
+    to c too. Then a's machine goes: c alone runs every task, once."""
+    a, b, c, out = _three(start_node, make_client, tmp_path)
+    named = _on_disk_naming(a, b.name)
+    assert named > 0
+    _gone(b)
+    wait_until(lambda: a.status()["recopied_from_disk"] >= named, timeout=60,
+               what="a to copy its disk part again")
+    wait_until(lambda: not a.status()["recopying_disk"], timeout=60, what="a's walks to end")
+    assert _on_disk_naming(a, b.name) == 0 and _on_disk_naming(a, "") == 0
+    _gone(a)
+    _each_ran_once(out, [c], tmp_path)
