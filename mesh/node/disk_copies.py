@@ -79,7 +79,7 @@ class DiskCopies:
         """Walk the tasks on disk (again from the first, unless ``from_start`` is
         False: rows were added at the end); those whose backup is in ``stale`` are
         copied again too."""
-        if not self.node.spill.on_disk:
+        if not (self.replicas.enabled and self.node.spill.on_disk):   # (--replicas 1: no copies)
             return
         self.stale.update(stale)
         if from_start:

@@ -28,6 +28,7 @@ class _Replicas:
 
     def __init__(self, node: Any) -> None:
         self.node = node
+        self.enabled = True
         self._boot_of: dict[str, Any] = {}
         self.out: dict[str, dict[str, bytes]] = {}
 
@@ -143,6 +144,10 @@ def test_membership_starts_walks_and_none_runs_with_nobody_to_copy_to(
     dc.check({"b"}, set())                  # alive after alone: a walk, if tasks are on disk
     assert not dc.walking                   # (none are)
     _spill(dc, ["d"])
+    dc.replicas.enabled = False             # --replicas 1: no copies, no walk
+    dc.walk()
+    assert not dc.walking
+    dc.replicas.enabled = True
     dc.replicas._boot_of.update({"b": 1, "d": 1})
     dc.pos = 99                              # (where a last walk ended)
     dc.check({"b"}, set())
