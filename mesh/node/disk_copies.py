@@ -10,8 +10,9 @@ have one copy, this node's journal, until read back. ``DiskCopies`` walks the ta
 on disk in arrival order and copies those to the backup rendezvous hashing picks now
 (as their read back would), then records it in the journal.
 
-* A walk starts from the first task on disk when a backup restarts (a new boot id),
-  is dead or left, when another node is alive after none was (tasks that went to
+* A walk starts from the first task on disk when a backup restarts (a new boot id;
+  the journal keeps the one its copies were made to, so a restart while this node
+  was down counts too), is dead or left, when another node is alive after none was (tasks that went to
   disk while this node was alone), and once ``ORPHAN_AFTER`` after start (a backup
   of the last run that no member knows by then is gone too). Tasks taken over onto
   disk are at the walk's end: it goes on from where it was.
@@ -70,6 +71,8 @@ class DiskCopies:
         self._alone = True
         self._since = time.monotonic()
         self._orphans_checked = False
+        self._saved: dict[str, str] | None = None   # backup -> boot id, as in the journal
+        self._pending: dict[str, str] = {}          # backup -> boot id a walk copies to
 
     @property
     def node(self) -> "Node":
@@ -105,6 +108,51 @@ class DiskCopies:
         if not self._orphans_checked and time.monotonic() - self._since > ORPHAN_AFTER:
             self._orphans_checked = True
             self.walk()
+        self._boots(alive)
+
+    def _boots(self, alive: set[str]) -> None:
+        """A backup whose boot id is not the one the journal keeps for it restarted
+        (also while this node was down): a walk copies to it again, and once that walk
+        is over the journal keeps its new boot id."""
+        saved = self._saved
+        if saved is None:
+            try:
+                saved = self.node.journal.backup_boots()
+            except JournalError as e:
+                log.error("journal: cannot read the boot ids of the backups: %s", e)
+                saved = {}
+            self._saved = saved
+        ms, pending = self.node.membership, self._pending
+        new: dict[str, str] = {}
+        for b in alive.intersection(saved) | alive.intersection(self.replicas._boot_of):
+            m = ms.member(b)
+            boot = None if m is None else m.meta.get("boot")
+            if boot is None:
+                continue
+            boot = str(boot)
+            expected = pending.get(b, saved.get(b))
+            if expected is None:
+                new[b] = boot                       # first seen: its copies are fresh
+            elif expected != boot:
+                pending[b] = boot
+                self.walk(stale=[b])
+        if pending and not self.walking:            # (no walk: nothing on disk)
+            new.update(pending)
+            pending.clear()
+        self._save(new)
+
+    def _save(self, boots: dict[str, str]) -> None:
+        if not boots or self._saved is None:
+            return
+        node = self.node
+        try:
+            for b, boot in boots.items():
+                node.journal.set_backup_boot(b, boot)
+        except JournalError as e:
+            log.error("journal: cannot record the boot ids of the backups: %s", e)
+            return
+        self._saved.update(boots)
+        node.front.schedule_flush()                 # (committed by that pass)
 
     def _is_lost(self, backup: str, seen: dict[str, bool]) -> bool:
         """Is the copy this backup kept gone?"""
@@ -192,6 +240,8 @@ class DiskCopies:
     def _done(self) -> None:
         self.walking = False
         self.stale.clear()
+        self._save(self._pending)
+        self._pending = {}
         if self._walked:
             log.info("copied %d task(s) waiting on disk to their backups again (their "
                      "copies were lost or never made)", self._walked)

@@ -19,6 +19,7 @@ from mesh.node.sql_rows import SqlRows
 # the task of row ``t`` has a result here: its own, or a copy of one another node ran
 _FINISHED = ("(EXISTS (SELECT 1 FROM results r WHERE r.task=t.rowid) OR "
              "EXISTS (SELECT 1 FROM results r WHERE r.task_id=t.task_id AND r.copy=1))")
+_BOOT = "backup-boot:"     # meta keys: a backup's boot id (``backup_boots``)
 
 
 class SpillRows(SqlRows):
@@ -118,3 +119,17 @@ class SpillRows(SqlRows):
         except sqlite3.Error as e:
             raise self._error(e) from e
         return out
+
+    def backup_boots(self) -> dict[str, str]:
+        """``backup -> boot id`` it had when the copies of the tasks on disk that name
+        it were last known to be there (``set_backup_boot``): a backup that restarted
+        while this node was down is told by its boot id (mesh/node/disk_copies.py)."""
+        try:
+            return {r[0][len(_BOOT):]: r[1] for r in self.db.execute(
+                "SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                (_BOOT, _BOOT[:-1] + chr(ord(_BOOT[-1]) + 1))).fetchall()}
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
+    def set_backup_boot(self, backup: str, boot: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_BOOT + backup, boot))

@@ -20,6 +20,7 @@ from mesh.wire.protocol import Submit, decode, encode
 
 STATES = {"b": MemberState.ALIVE, "c": MemberState.ALIVE, "d": MemberState.DEAD,
           "l": MemberState.LEFT, "s": MemberState.SUSPECT}
+BOOTS = {"b": "b1", "c": "c1"}
 
 
 class _Replicas:
@@ -49,11 +50,17 @@ def dc(tmp_path: Path) -> Iterator[DiskCopies]:
         name="a", journal=journal, stopping=False,
         spill=types.SimpleNamespace(on_disk=0, candidates={}),
         membership=types.SimpleNamespace(
-            member=lambda n: types.SimpleNamespace(state=STATES[n]) if n in STATES else None),
+            member=lambda n: types.SimpleNamespace(state=STATES[n], meta={"boot": BOOTS.get(n)})
+            if n in STATES else None),
         front=types.SimpleNamespace(schedule_flush=journal.commit))
     d = DiskCopies(_Replicas(node))     # type: ignore[arg-type]
     yield d
     journal.close()
+
+
+def _restarted(dc: DiskCopies) -> DiskCopies:
+    """The same journal, a new DiskCopies (this node started again)."""
+    return DiskCopies(_Replicas(dc.node))    # type: ignore[arg-type]
 
 
 def _spill(dc: DiskCopies, backups: list[str], start: int = 0) -> list[str]:
@@ -160,3 +167,35 @@ def test_membership_starts_walks_and_none_runs_with_nobody_to_copy_to(
     monkeypatch.setattr(dc.replicas, "_alive_ids", lambda: [])
     dc.tick(0.0)
     assert dc.walking and not dc.replicas.out          # waits for a node to copy to
+
+
+def test_a_backup_restarted_while_this_node_was_down_is_told_by_its_boot_id(
+        dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
+    _spill(dc, ["b", "c"])
+    dc.replicas._boot_of.update({"b": "b1", "c": "c1"})
+    dc.check({"b", "c"}, set())              # (a walk: alive after alone; nothing is due)
+    dc.tick(0.0)
+    dc.tick(0.0)
+    assert not dc.walking and not dc.replicas.out
+    dc.check({"b", "c"}, set())              # the boot ids its copies were made to are kept
+    dc.node.journal.commit()
+    assert dc.node.journal.backup_boots() == {"b": "b1", "c": "c1"}
+    # this node stops; b restarts meanwhile; this node starts again
+    monkeypatch.setitem(BOOTS, "b", "b2")
+    again = _restarted(dc)
+    again._alone = False
+    again.check({"b", "c"}, set())
+    assert again.walking and again.stale == {"b"}
+    again.tick(0.0)
+    assert list(again.replicas.out) == ["b"] and list(again.replicas.out["b"]) == ["t0"]
+    again.confirmed("b", ["t0"])
+    again.tick(0.0)                          # the walk is over: b's new boot id is kept
+    assert not again.walking
+    again.check({"b", "c"}, set())
+    assert not again.walking
+    dc.node.journal.commit()
+    assert dc.node.journal.backup_boots() == {"b": "b2", "c": "c1"}
+    third = _restarted(dc)                   # started again, b not restarted: no walk
+    third._alone = False
+    third.check({"b", "c"}, set())
+    assert not third.walking

@@ -155,8 +155,16 @@ def test_the_walk_uses_the_partial_index_not_a_scan(journal: Journal) -> None:
     assert "tasks_disk" in str(plan) and "TEMP B-TREE" not in str(plan)
 
 
+def test_the_boot_ids_of_backups_are_kept_beside_the_schema(journal: Journal) -> None:
+    journal.set_backup_boot("b", "x")
+    journal.set_backup_boot("b", "y")
+    journal.set_backup_boot("c:9", "z")
+    journal.commit()
+    assert journal.backup_boots() == {"b": "y", "c:9": "z"}     # not the schema's row
+
+
 def test_the_memory_journal_keeps_nothing_on_disk() -> None:
     j = MemoryJournal()
     assert not j.spills
     assert j.spilled(10) == [] and j.on_disk("x") is None and j.disk_senders() == []
-    assert j.disk_walk(0, 10) == [] and j.disk_frames([1]) == []
+    assert j.disk_walk(0, 10) == [] and j.disk_frames([1]) == [] and j.backup_boots() == {}
