@@ -13,12 +13,13 @@ from __future__ import annotations
 import shutil
 import signal
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from harness import occupy, wait_until
-from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _backlog, _lines
+from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _lines
 from test_e2e_chaos import mesh_formed
 
 N = 500
@@ -32,11 +33,15 @@ def _three(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any,
     b = start_node(peers=a.endpoint, **flags)
     c = start_node(peers=a.endpoint, **flags)
     wait_until(mesh_formed([a, b, c]), what="the three to see each other")
-    for n in (b, c):
-        occupy(n, make_client(n), tmp_path / "gate")
+    gate = tmp_path / "gate"
+    for n in (a, b, c):
+        occupy(n, make_client(n), gate)
+    for n in (a, b, c):      # and one queued behind each: no node has room to be shed
+        _queue_one(n, make_client(n), gate)   # to (the backlog stays where it is placed)
     client = make_client(a)
-    _running, _rs, _gate, out = _backlog(a, client, tmp_path, n=N,
-                                         prefix=f"r{uuid.uuid4().hex[:6]}")
+    out, prefix = tmp_path / "runs", f"r{uuid.uuid4().hex[:6]}"
+    for i in range(N):
+        client.tasks.append_line.apply_async((str(out), f"line-{i}"), task_id=f"{prefix}-{i}")
     assert client.app.client.flush(RESULT_TIMEOUT) == 0     # acknowledged: the promise
     client.close()                                           # the submitter is gone
     wait_until(lambda: a.status()["queued_on_disk"] >= 40, what="a's disk part")
@@ -44,6 +49,17 @@ def _three(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any,
     wait_until(lambda: b.status()["copies_kept"] + c.status()["copies_kept"] >= held,
                what="a's copies on b and c")
     return a, b, c, out
+
+
+def _queue_one(node: Any, client: Any, gate: Path) -> None:
+    """A gated task queued on ``node`` (its one child busy already)."""
+    deadline = time.monotonic() + 60
+    while not node.status()["queued"]:
+        assert time.monotonic() < deadline, f"{node.name} never queued a task"
+        client.tasks.wait_for_file.delay(str(gate))
+        end = time.monotonic() + 3.0
+        while not node.status()["queued"] and time.monotonic() < end:
+            time.sleep(0.02)
 
 
 def _gone(node: Any) -> None:
