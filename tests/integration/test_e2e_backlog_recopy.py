@@ -5,7 +5,8 @@ disk copies them to its backup. Then the holder's machine can go (kill -9 and it
 data dir deleted): every task still runs, once.
 
 Three real nodes with a window of 50, one child each, all three busy behind one
-gate, so nothing runs and nothing is shed until the test opens it. The submitter is
+gate (and one more task queued on each, so no node has room to be shed to): nothing
+runs until the test opens the gate. The submitter is
 gone before a node dies: only the copies can save the tasks.
 """
 from __future__ import annotations
