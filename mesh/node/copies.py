@@ -15,7 +15,8 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   died; or this node is handing it to that holder, which copies it here before it
   answers: then it is the only other copy) is kept, never run as a copy; it goes
   when the task runs here (``forget_copy``) or goes to a node other than that holder
-  (``handed_on``).
+  (``handed_on``). A holder's drop takes only a copy kept for that holder: a task it
+  handed on may have been copied here by its new holder already.
 * ``check_holders``: a holder declared dead has its copies without a result run here
   (``take_over``); a holder that left is given ``LEFT_GRACE`` plus our shutdown
   timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``. The
@@ -125,10 +126,13 @@ class Copies:
             log.error("journal: cannot look a copy up: %s", e)
             return False
 
-    def _drop_on_disk(self, ids: list[str]) -> None:
-        """These ids' copies on disk go (a result, a drop, run or held here)."""
+    def _drop_on_disk(self, ids: list[str], holder: str | None = None) -> None:
+        """These ids' copies on disk go (a result, a drop, run or held here); with
+        ``holder``, only those kept for that holder (its drop)."""
         if not ids or not self.on_disk:
             return
+        if holder is not None:
+            ids = [t for t, h in self.node.journal.copy_holders(ids).items() if h == holder]
         for _tid, holder in self.node.journal.drop_copies(ids):
             self._count(holder, -1)
 
@@ -159,9 +163,13 @@ class Copies:
         journal, now, source = node.journal, time.time(), msg.source
         try:
             self._flush_forgets()                 # (older than these copies)
-            for tid in msg.drop:                  # (older than the copies sent with them)
-                self._unkeep(tid)
-            self._drop_on_disk([t for t in msg.drop if t not in self.holder_of])
+            # (drops are older than the copies sent with them.) A drop takes only a copy
+            # kept for its sender: a task handed on by the sender, copied here by the
+            # node it went to (or that handed it back), is that node's copy now
+            for tid in msg.drop:
+                if self.holder_of.get(tid) == source:
+                    self._unkeep(tid)
+            self._drop_on_disk([t for t in msg.drop if t not in self.holder_of], source)
             window, frames, holder_of = self.window, self.frames, self.holder_of
             # copies already on disk stay there (a resend, a retry's new Submit)
             there = journal.copy_holders(msg.task_ids) if self.on_disk else {}
