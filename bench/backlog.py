@@ -36,6 +36,14 @@ node's traced bytes per queued task are printed, and the lines that grew most (w
 held task and the copy of the other's cost in Python objects).
 
     .venv/bin/python -m bench.backlog --nodes 2 --marks 10000 --queue-memory 0 --tracemalloc
+
+``--restart-backup`` (with ``--nodes 2``): once the last mark is queued, the second
+node is killed (SIGKILL) and started again on its data dir, so the copies it kept of
+the first node's tasks are gone; then the first node copies its disk part again
+(mesh/node/disk_copies.py). Reported: how long that walk took, its rate, and the
+first node's ``status`` round trips meanwhile (how responsive its loop stays).
+
+    .venv/bin/python -m bench.backlog --nodes 2 --marks 100000 --restart-backup
 """
 from __future__ import annotations
 
@@ -43,6 +51,8 @@ import argparse
 import glob
 import os
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -117,9 +127,58 @@ def _traced_growth(base: tracemalloc.Snapshot, now: tracemalloc.Snapshot, tasks:
               f":{fr.lineno}", flush=True)
 
 
+def _restart_backup(cc: Any, holder: Node, backup: Node, concurrency: int,
+                    tree: str | None) -> dict[str, Any]:
+    """Kill ``backup`` and start it again on its data dir; time ``holder``'s walk that
+    copies its disk part to it again, and ``holder``'s status round trips meanwhile."""
+    st = _status(cc, holder.endpoint)
+    before = int(st.get("recopied_from_disk", 0))
+    on_disk = int(st.get("queued_on_disk", 0))
+    backup.note_children()
+    backup.proc.kill()
+    backup.proc.wait()
+    env = None if tree is None else {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+    backup.proc = subprocess.Popen(backup.cmd, cwd=tree or ROOT, stdout=backup._log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    t_restart = time.monotonic()
+    backup.wait_ready(concurrency, 300.0)
+    t_ready = time.monotonic()
+    rtts: list[float] = []
+    rss = 0
+    started = 0.0
+    deadline = t_ready + 600
+    while time.monotonic() < deadline:
+        t = time.perf_counter()
+        st = _status(cc, holder.endpoint)
+        rtts.append(time.perf_counter() - t)
+        rss = max(rss, _rss(holder.proc.pid)[0])
+        done = int(st.get("recopied_from_disk", 0)) - before
+        if st.get("recopying_disk") and not started:
+            started = time.monotonic()
+        if done and not st.get("recopying_disk"):
+            break
+        time.sleep(0.05)
+    else:
+        raise RuntimeError("the holder's disk part was not copied again within 600 s")
+    end = time.monotonic()
+    walk = end - (started or t_ready)
+    r = {"on_disk": on_disk, "recopied": done, "restart_to_ready_s": t_ready - t_restart,
+         "ready_to_done_s": end - t_ready, "walk_s": walk, "walk_per_s": done / walk,
+         "status_ms_p50": statistics.median(rtts) * 1000, "status_ms_max": max(rtts) * 1000,
+         "holder_rss_mb": rss / 2**20}
+    print(f"backup restarted: ready in {r['restart_to_ready_s']:.1f} s; the holder copied "
+          f"{done:,} of its {on_disk:,} tasks on disk again in {walk:.1f} s "
+          f"({r['walk_per_s']:,.0f}/s; {r['ready_to_done_s']:.1f} s after the backup was ready); "
+          f"its status round trip meanwhile p50 {r['status_ms_p50']:.1f} ms, max "
+          f"{r['status_ms_max']:.1f} ms ({len(rtts)} samples); its RSS at most "
+          f"{r['holder_rss_mb']:.1f} MB", flush=True)
+    return r
+
+
 def run(marks: list[int], concurrency: int, batch: int,
         queue_memory: int | None = None, pace: bool = True, nodes: int = 1,
-        tree: str | None = None, trace: bool = False) -> list[dict[str, Any]]:
+        tree: str | None = None, trace: bool = False,
+        restart_backup: bool = False) -> list[dict[str, Any]]:
     from bench.backlog_tasks import HOLD, make_app
     from bench.tasks import TASK_NAME
     from mesh.client.control import ControlClient
@@ -219,6 +278,9 @@ def run(marks: list[int], concurrency: int, batch: int,
                     r["nodes"] = per
                 if base_snap is not None:
                     _traced_growth(base_snap, _snapshot(node.proc.pid, snaps), mark)
+            if restart_backup and nodes > 1:
+                rows[-1]["restart"] = _restart_backup(cc, all_nodes[0], all_nodes[1], concurrency,
+                                                   tree)
             # (b) drain
             t0 = time.perf_counter()
             open(gate, "w").close()
@@ -276,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the node's --queue-memory (default: the node's default)")
     ap.add_argument("--nodes", type=int, default=1,
                     help="nodes (2: each the other's backup; their RSS each)")
+    ap.add_argument("--restart-backup", action="store_true",
+                    help="(--nodes 2) kill and restart the second node once the last mark is "
+                         "queued; time the first node's copying of its disk part again")
     ap.add_argument("--tree", default=None,
                     help="run the nodes from this checkout (e.g. /work/main: before a change)")
     ap.add_argument("--tracemalloc", action="store_true",
@@ -287,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
     rows = run(marks, args.concurrency, args.batch, args.queue_memory, not args.no_pace,
-               args.nodes, args.tree, args.tracemalloc)
+               args.nodes, args.tree, args.tracemalloc, args.restart_backup)
     print("\nqueued     on disk    node RSS MB  node+children MB  B/queued task  submit/s  drain/s")
     for r in rows:
         print(f"{r['queued']:>9,}  {r['on_disk']:>9,}  {r['node_rss_mb']:11.1f}  {r['all_rss_mb']:16.1f}  "

@@ -15,21 +15,22 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   died; or this node is handing it to that holder, which copies it here before it
   answers: then it is the only other copy) is kept, never run as a copy; it goes
   when the task runs here (``forget_copy``) or goes to a node other than that holder
-  (``handed_on``).
+  (``handed_on``). A holder's drop takes only a copy kept for that holder: a task it
+  handed on may have been copied here by its new holder already.
 * ``check_holders``: a holder declared dead has its copies without a result run here
   (``take_over``); a holder that left is given ``LEFT_GRACE`` plus our shutdown
   timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``. The
   copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
   plain one (priority 0, no eta, no workflow) becomes a task waiting on this node's
   disk (mesh/node/spill.py), read back in order as its queue drains, so a holder's
-  deep backlog does not fill the taker's memory either.
+  deep backlog does not fill the taker's memory either; this node's walk of its
+  disk part copies it to this node's backup (mesh/node/disk_copies.py).
 * At start, the copies left on disk by this node's last run are dropped, as the
   ones in its memory are lost: a holder copies its held tasks again when it sees this
   node's new boot id, and sends nothing more for the old copies (a result while this
   node was down went to another node or none), so kept ones could run a task again
   long after it finished elsewhere. (A holder's tasks waiting on its disk are copied
-  again when read back: until then they have one copy, as before this module kept
-  any on disk.)
+  again by its walk of them: mesh/node/disk_copies.py.)
 * A holder that restarts (its boot id changes) needs nothing here: its copies, in
   memory or on disk, stay and are replaced as it copies its recovered tasks again
   and reads its disk part back; its results drop them.
@@ -129,10 +130,13 @@ class Copies:
             log.error("journal: cannot look a copy up: %s", e)
             return False
 
-    def _drop_on_disk(self, ids: list[str]) -> None:
-        """These ids' copies on disk go (a result, a drop, run or held here)."""
+    def _drop_on_disk(self, ids: list[str], holder: str | None = None) -> None:
+        """These ids' copies on disk go (a result, a drop, run or held here); with
+        ``holder``, only those kept for that holder (its drop)."""
         if not ids or not self.on_disk:
             return
+        if holder is not None:
+            ids = [t for t, h in self.node.journal.copy_holders(ids).items() if h == holder]
         for _tid, holder in self.node.journal.drop_copies(ids):
             self._count(holder, -1)
 
@@ -163,10 +167,15 @@ class Copies:
         journal, now, source = node.journal, time.time(), sys.intern(msg.source)
         try:
             self._flush_forgets()                 # (older than these copies)
-            for tid in msg.drop:                  # (older than the copies sent with them)
-                self._unkeep(tid)
+            # (drops are older than the copies sent with them.) A drop takes only a copy
+            # kept for its sender: a task handed on by the sender, copied here by the
+            # node it went to (or that handed it back), is that node's copy now
+            for tid in msg.drop:
+                copy = self.frames.get(tid)
+                if copy is not None and copy[2] == source:
+                    self._unkeep(tid)
             window, frames = self.window, self.frames
-            self._drop_on_disk([t for t in msg.drop if t not in frames])
+            self._drop_on_disk([t for t in msg.drop if t not in frames], source)
             # copies already on disk stay there (a resend, a retry's new Submit)
             there = journal.copy_holders(msg.task_ids) if self.on_disk else {}
             rows: list[tuple[str, str, bytes, float]] = []
@@ -303,6 +312,8 @@ class Copies:
             failed += r == 2
         self.taken_over += taken
         self.node.front.schedule_flush()
+        if taken:           # those now on this node's disk get their copy (disk_copies.py)
+            self.replicas.disk_copies.walk(from_start=False)
         if failed:
             log.warning("node %s %s: %d of its task(s) kept on disk here failed (acks_late="
                         "False or not registered)", holder, self._taking[holder], failed)

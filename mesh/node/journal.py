@@ -199,6 +199,22 @@ class Journal(abc.ABC):
         """``(owner, tasks, bytes)`` of the tasks waiting on disk only."""
         return []
 
+    def backup_boots(self) -> dict[str, str]:
+        """``backup -> boot id`` its copies of the tasks on disk were made to."""
+        return {}
+
+    def set_backup_boot(self, backup: str, boot: str) -> None:
+        """Record ``backup_boots``."""
+
+    def disk_walk(self, after: int, limit: int) -> list[tuple[int, str, str]]:
+        """``(position, task_id, backup)`` of the next ``limit`` tasks waiting on disk
+        only after position ``after``, in arrival order."""
+        return []
+
+    def disk_frames(self, positions: Sequence[int]) -> list[tuple[str, bytes]]:
+        """``(task_id, frame)`` of those rows still waiting on disk, unfinished."""
+        return []
+
     # -- copies of other nodes' tasks kept on disk (mesh/node/copy_journal.py) ---------
     def copy_holders(self, task_ids: Sequence[str]) -> dict[str, str]:
         """``task id -> holder`` of those of ``task_ids`` whose copy is on disk here."""

@@ -22,7 +22,8 @@ Holder side (this node holds the task):
 * ``forgotten``: the task went elsewhere (handed off, given back): the copy goes.
 * A backup that is no longer alive, or that restarted (its ``boot`` id in the
   gossiped meta changed), is replaced: its tasks are copied to their new backup (and
-  tasks held while no other node was alive get their copy once one is).
+  tasks held while no other node was alive get their copy once one is). The tasks
+  waiting on disk whose copy it kept follow, a chunk at a time (disk_copies.py).
 
 Backup side (this node keeps copies of others' tasks and their results; a holder's
 death; results copied again when a node is gone): mesh/node/copies.py.
@@ -49,6 +50,7 @@ from mesh.exceptions import DecodeError
 from mesh.membership import Member, MemberState
 from mesh.node.component import Component
 from mesh.node.copies import Copies, uncount
+from mesh.node.disk_copies import DiskCopies
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
 from mesh.rendezvous import backup_for
@@ -134,6 +136,7 @@ class Replicas(Component):
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
         self.copies = Copies(self)                 # the backup side: mesh/node/copies.py
+        self.disk_copies = DiskCopies(self)        # tasks on disk whose copy was lost
         # figures (status)
         self.copies_sent = self.copies_confirmed = self.single_copy = 0
         self._alone: bool | None = None
@@ -378,12 +381,25 @@ class Replicas(Component):
         queue = entry.queue
         if queue is None:
             queue = entry.queue = self._queue_for(entry, None)
-        key = (queue, entry.name)
+        return self._takers_for(routing, queue, entry.name)
+
+    def _takers_for(self, routing: Any, queue: str, name: str) -> list[str]:
+        key = (queue, name)
         takers = self._takers.get(key)
         if takers is None:
             takers = self._takers[key] = [m.id for m in self._alive_members
-                                          if routing.peer_accepts(m.meta, queue, entry.name)]
+                                          if routing.peer_accepts(m.meta, queue, name)]
         return takers
+
+    def backup_now(self, task_id: str, msg: Submit) -> str:
+        """The backup rendezvous hashing picks now for a task not held in memory (one
+        waiting on disk: mesh/node/disk_copies.py), as ``accepted`` would; "" if none."""
+        peers = self._alive_ids()
+        routing = getattr(self.node, "routing", None)
+        if routing is not None:
+            queue = sys.intern(str(routing.queue_for(msg.name, msg.headers)))
+            peers = self._takers_for(routing, queue, msg.name)
+        return backup_for(task_id, peers, self.node.name) or ""
 
     def _queue_for(self, entry: Entry, msg: Submit | None) -> str:
         routing = getattr(self.node, "routing", None)
@@ -506,6 +522,8 @@ class Replicas(Component):
         for tid in sent.batch.results:
             self._result_wait.discard(tid)
             self._open(tid)
+        if self.disk_copies.inflight:
+            self.disk_copies.confirmed(sent.backup, sent.batch.tasks)
 
     # -- backup side (mesh/node/copies.py) --------------------------------------------
     def on_replicate(self, msg: Replicate) -> None:
@@ -532,6 +550,7 @@ class Replicas(Component):
                 if self.copies.repairs:
                     self.copies.repair_some()
                 self.copies.tick()
+                self.disk_copies.tick(now)
                 if now >= next_members:
                     next_members = now + MEMBERS_EVERY
                     self.check_members(now)
@@ -587,6 +606,7 @@ class Replicas(Component):
             restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
             for b in restarted:           # copies are kept in memory: a restarted backup
                 del self._boot_of[b]      # has none of them any more
+            self.disk_copies.check(alive, restarted)    # nor of the tasks on disk
             # tasks held with one copy ("") look for a backup only when some node is
             # alive: alone, that would walk every held task each second for nothing
             gone = {b for b in self.per_backup
@@ -646,7 +666,7 @@ class Replicas(Component):
                 "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
-                "taken_over": self.copies.taken_over}
+                "taken_over": self.copies.taken_over, **self.disk_copies.status()}
 
 
 def _split(batch: _Batch) -> list[_Batch]:

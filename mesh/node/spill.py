@@ -19,6 +19,9 @@ finishes REVOKED without running; its copy goes to its backup again.
 * A revoke of a task waiting on disk reads that one task back and finishes it REVOKED.
 * After a restart (even kill -9) the tasks on disk stay there and are read back in
   order; only what was in memory is recovered into memory (mesh/node/recovery.py).
+* Two copies: a task leaves memory once its backup confirmed its copy; when that
+  backup restarts, dies or leaves, the tasks on disk that named it are copied to
+  their backup now, a chunk at a time (mesh/node/disk_copies.py).
 * At a graceful stop the in-memory queue is handed off as before; the disk part
   stays in the journal and runs when the node starts again (with two copies, the
   backup runs it if this node is not back within its grace: docs/design.md).

@@ -12,12 +12,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
+from mesh.node.copy_journal import IN_CHUNK
 from mesh.node.journal import DiskRow
 from mesh.node.sql_rows import SqlRows
 
 # the task of row ``t`` has a result here: its own, or a copy of one another node ran
 _FINISHED = ("(EXISTS (SELECT 1 FROM results r WHERE r.task=t.rowid) OR "
              "EXISTS (SELECT 1 FROM results r WHERE r.task_id=t.task_id AND r.copy=1))")
+_BOOT = "backup-boot:"     # meta keys: a backup's boot id (``backup_boots``)
 
 
 class SpillRows(SqlRows):
@@ -90,3 +92,44 @@ class SpillRows(SqlRows):
                 f"tasks_disk WHERE disk=1 AND NOT {_FINISHED} GROUP BY client").fetchall()]
         except sqlite3.Error as e:
             raise self._error(e) from e
+
+    def disk_walk(self, after: int, limit: int) -> list[tuple[int, str, str]]:
+        """``(position, task_id, backup)`` of the next ``limit`` tasks waiting on disk
+        only after position ``after`` (0: from the first), in arrival order: a walk of
+        the partial index, for copying again those whose backup is gone
+        (mesh/node/disk_copies.py). Finished ones are told apart by ``disk_frames``."""
+        try:
+            return [(int(r[0]), r[1], r[2]) for r in self.db.execute(
+                "SELECT rowid, task_id, backup FROM tasks INDEXED BY tasks_disk "
+                "WHERE disk=1 AND rowid > ? ORDER BY rowid LIMIT ?", (after, limit)).fetchall()]
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
+    def disk_frames(self, positions: Sequence[int]) -> list[tuple[str, bytes]]:
+        """``(task_id, frame)`` of the rows at these positions (from ``disk_walk``) that
+        still wait on disk only and have no result, in arrival order."""
+        out: list[tuple[str, bytes]] = []
+        try:
+            for s in range(0, len(positions), IN_CHUNK):
+                part = positions[s:s + IN_CHUNK]
+                out.extend((r[0], bytes(r[1])) for r in self.db.execute(
+                    f"SELECT t.task_id, t.frame FROM tasks t WHERE t.rowid IN "
+                    f"({','.join('?' * len(part))}) AND t.disk=1 AND NOT {_FINISHED} "
+                    "ORDER BY t.rowid", part).fetchall())
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        return out
+
+    def backup_boots(self) -> dict[str, str]:
+        """``backup -> boot id`` it had when the copies of the tasks on disk that name
+        it were last known to be there (``set_backup_boot``): a backup that restarted
+        while this node was down is told by its boot id (mesh/node/disk_copies.py)."""
+        try:
+            return {r[0][len(_BOOT):]: r[1] for r in self.db.execute(
+                "SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                (_BOOT, _BOOT[:-1] + chr(ord(_BOOT[-1]) + 1))).fetchall()}
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
+    def set_backup_boot(self, backup: str, boot: str) -> None:
+        self._write("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_BOOT + backup, boot))

@@ -30,10 +30,11 @@ class _Sent:
 @pytest.fixture
 def copies(tmp_path: Path) -> Iterator[Copies]:
     journal = SqliteJournal(str(tmp_path / "d"))
-    holder = types.SimpleNamespace(address="tcp://h", state=MemberState.ALIVE)
+    holders = {n: types.SimpleNamespace(address=f"tcp://{n}", state=MemberState.ALIVE)
+               for n in ("h", "g")}
     node: Any = types.SimpleNamespace(
         name="b", journal=journal, config=types.SimpleNamespace(queue_memory=WINDOW),
-        membership=types.SimpleNamespace(member=lambda name: holder if name == "h" else None),
+        membership=types.SimpleNamespace(member=holders.get),
         front=types.SimpleNamespace(schedule_flush=journal.commit))
     replicas: Any = types.SimpleNamespace(node=node, sockets=_Sent())
     c = Copies(replicas)
@@ -43,8 +44,8 @@ def copies(tmp_path: Path) -> Iterator[Copies]:
 
 
 def _rep(bid: str, tasks: dict[str, bytes], results: tuple[str, ...] | list[str] = (),
-         drop: tuple[str, ...] | list[str] = ()) -> Replicate:
-    return Replicate(bid, "h", "tcp://h", list(tasks), list(tasks.values()), list(results),
+         drop: tuple[str, ...] | list[str] = (), source: str = "h") -> Replicate:
+    return Replicate(bid, source, f"tcp://{source}", list(tasks), list(tasks.values()), list(results),
                      ["SUCCESS"] * len(results), [b"r"] * len(results), list(drop))
 
 
@@ -85,3 +86,15 @@ def test_results_drops_and_runs_here_remove_copies_on_disk(copies: Copies) -> No
     copies.handed_on("t9", "x")               # handed elsewhere: goes
     assert copies.on_disk == 3 and sorted(copies.node.journal.copy_holders(
         [f"t{i}" for i in range(10)])) == ["t3", "t4", "t8"]
+
+
+def test_a_drop_takes_only_the_copy_kept_for_its_sender(copies: Copies) -> None:
+    """g handed t0..t9 to h and h copied them here (in memory up to the window, the
+    rest on disk); g's drop of its old copies, coming after, must not take h's: else a
+    task shed g -> h (or back) has no copy while its backup thinks it has one."""
+    copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(10)}))
+    copies.on_replicate(_rep("2", {}, drop=[f"t{i}" for i in range(10)], source="g"))
+    assert len(copies.frames) == WINDOW and copies.on_disk == 10 - WINDOW
+    assert len(copies.node.journal.copy_holders([f"t{i}" for i in range(10)])) == 10 - WINDOW
+    copies.on_replicate(_rep("3", {}, drop=["t0", "t9"]))      # h's own drop: gone
+    assert "t0" not in copies.frames and copies.on_disk == 10 - WINDOW - 1

@@ -92,10 +92,14 @@ def test_the_owners_of_the_disk_part_are_counted_for_their_quotas(journal: Journ
     assert sorted(journal.disk_senders()) == [(b"c1", 2, 8), (b"c2", 1, 1)]
 
 
-def test_the_read_uses_the_partial_index_not_a_scan(journal: Journal) -> None:
-    plan = journal.db.execute(
-        "EXPLAIN QUERY PLAN SELECT t.rowid FROM tasks t INDEXED BY tasks_disk WHERE t.disk=1 "
-        "ORDER BY t.rowid LIMIT 5").fetchall()
+@pytest.mark.parametrize("query", [
+    # the read back (spilled)
+    "SELECT t.rowid FROM tasks t INDEXED BY tasks_disk WHERE t.disk=1 ORDER BY t.rowid LIMIT 5",
+    # the walk that copies tasks on disk again (disk_walk)
+    "SELECT rowid, task_id, backup FROM tasks INDEXED BY tasks_disk WHERE disk=1 AND rowid > 5 "
+    "ORDER BY rowid LIMIT 5"])
+def test_the_reads_use_the_partial_index_not_a_scan(journal: Journal, query: str) -> None:
+    plan = journal.db.execute("EXPLAIN QUERY PLAN " + query).fetchall()
     assert "tasks_disk" in str(plan) and "TEMP B-TREE" not in str(plan)
 
 
@@ -119,7 +123,45 @@ def test_a_journal_without_the_disk_column_gets_it(tmp_path: Path) -> None:
         j.close()
 
 
+def test_the_walk_over_the_disk_part_goes_in_arrival_order_from_a_position(journal: Journal) -> None:
+    """mesh/node/disk_copies.py: which tasks on disk name which backup, a chunk at a
+    time; the frames of the ones to copy again, not those finished or in memory."""
+    for i in range(8):
+        if i % 4 == 0:
+            assert journal.add(f"m{i}", b"c", b"f", float(i))        # in memory: not walked
+        else:
+            assert journal.add_spilled(f"d{i}", b"c", b"f%d" % i, float(i))
+    journal.set_backups([("b", "d1"), ("x", "d2"), ("b", "d3"), ("b", "d5")])
+    journal.commit()
+    first = journal.disk_walk(0, 3)
+    assert [(t, b) for _, t, b in first] == [("d1", "b"), ("d2", "x"), ("d3", "b")]
+    rest = journal.disk_walk(first[-1][0], 100)        # goes on after the position reached
+    assert [(t, b) for _, t, b in rest] == [("d5", "b"), ("d6", ""), ("d7", "")]
+    assert journal.disk_walk(rest[-1][0], 100) == []
+    # d3 finished (its copy's result came back), d5 revoked stays due, d6 read back
+    journal.finish("d3", "SUCCESS", b"r", 9.0)
+    journal.copy_results([("d7", "SUCCESS", b"r", 9.0, "b")])    # run by another node
+    assert journal.take_from_disk("d6") is not None
+    pos = {t: p for p, t, _ in first + rest}
+    assert journal.disk_frames([pos[t] for t in ("d1", "d3", "d5", "d6", "d7")]) \
+        == [("d1", b"f1"), ("d5", b"f5")]
+    assert journal.disk_frames([]) == []
+    many = journal.disk_frames([p for p, _, _ in journal.disk_walk(0, 100)] * 300)   # > IN_CHUNK
+    assert [t for t, _ in many][:3] == ["d1", "d2", "d5"]
+    journal.set_backups([("y", "d1")])                  # the new backup, once confirmed
+    assert journal.disk_walk(0, 1)[0][1:] == ("d1", "y")
+
+
+def test_the_boot_ids_of_backups_are_kept_beside_the_schema(journal: Journal) -> None:
+    journal.set_backup_boot("b", "x")
+    journal.set_backup_boot("b", "y")
+    journal.set_backup_boot("c:9", "z")
+    journal.commit()
+    assert journal.backup_boots() == {"b": "y", "c:9": "z"}     # not the schema's row
+
+
 def test_the_memory_journal_keeps_nothing_on_disk() -> None:
     j = MemoryJournal()
     assert not j.spills
     assert j.spilled(10) == [] and j.on_disk("x") is None and j.disk_senders() == []
+    assert j.disk_walk(0, 10) == [] and j.disk_frames([1]) == [] and j.backup_boots() == {}

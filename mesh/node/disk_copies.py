@@ -1,0 +1,252 @@
+"""Two copies of a deep backlog's disk part (mesh/node/spill.py), kept up when a
+backup is lost.
+
+A task waiting on this node's disk only had its copy confirmed by its backup before
+it left memory, and the journal names that backup (``tasks.backup``). The copy is
+lost when that backup restarts (it drops the copies its last run kept) or is dead or
+left; and a task this node took over onto its disk from a dead holder
+(mesh/node/copies.py) had no copy here at all (``''``). Either way the task would
+have one copy, this node's journal, until read back. ``DiskCopies`` walks the tasks
+on disk in arrival order and copies those to the backup rendezvous hashing picks now
+(as their read back would), then records it in the journal.
+
+* A walk starts from the first task on disk when a backup restarts (a new boot id;
+  the journal keeps the one its copies were made to, so a restart while this node
+  was down counts too), is dead or left, when another node is alive after none was (tasks that went to
+  disk while this node was alone), and once ``ORPHAN_AFTER`` after start (a backup
+  of the last run that no member knows by then is gone too). Tasks taken over onto
+  disk are at the walk's end: it goes on from where it was.
+* A row is copied when its backup is ``''``, restarted since the walk began, dead,
+  left, or unknown that long. Not one finished (run elsewhere), or in memory.
+* Throttled: ``CHUNK`` rows read per tick (0.1 s, the replicas loop), the next chunk
+  only once the backups confirmed the last one. The holder keeps a chunk of frames
+  at most; the backup journals copies beyond its window (``copies`` table).
+* Confirmed copies: the journal names their new backup (``set_backups``), committed
+  with the next pass. Unconfirmed after ``RESEND_AFTER``: sent again (to a new
+  choice if their backup is no longer alive).
+* With no other node alive the walk waits. At a stop it is not finished: the
+  tasks' copies are made again when this node starts on its data dir (the start
+  walk) if their backup is gone by then.
+
+Status: ``recopying_disk`` (a walk under way), ``recopied_from_disk`` (copies made
+again since start).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from mesh.exceptions import DecodeError
+from mesh.membership import MemberState
+from mesh.node.copies import ORPHAN_AFTER
+from mesh.node.journal import JournalError
+from mesh.wire.protocol import Submit, decode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+    from mesh.node.replicas import Replicas
+
+log = logging.getLogger("mesh.replicas")
+
+CHUNK = 2000            # rows read per tick at most (like TAKE_CHUNK, REPAIR_CHUNK)
+RESEND_AFTER = 0.5      # s before unconfirmed copies are sent again
+_GONE = (MemberState.DEAD, MemberState.LEFT)
+
+
+class DiskCopies:
+    """The walk over the tasks on disk that copies the lost ones again."""
+
+    def __init__(self, replicas: "Replicas"):
+        self.replicas = replicas
+        self.walking = False
+        self.pos = 0                                # arrival position the walk reached
+        self.stale: set[str] = set()                # backups restarted since the walk began
+        self.inflight: dict[str, tuple[str, bytes]] = {}   # task id -> (backup, Submit)
+        self.sent_at = 0.0
+        self.recopied = 0                           # figures (status)
+        self._walked = 0                            # copies of this walk
+        self._gone: set[str] = set()                # backups seen dead or left
+        self._alone = True
+        self._since = time.monotonic()
+        self._orphans_checked = False
+        self._saved: dict[str, str] | None = None   # backup -> boot id, as in the journal
+        self._pending: dict[str, str] = {}          # backup -> boot id a walk copies to
+
+    @property
+    def node(self) -> "Node":
+        return self.replicas.node
+
+    def walk(self, from_start: bool = True, stale: Iterable[str] = ()) -> None:
+        """Walk the tasks on disk (again from the first, unless ``from_start`` is
+        False: rows were added at the end); those whose backup is in ``stale`` are
+        copied again too."""
+        if not (self.replicas.enabled and self.node.spill.on_disk):   # (--replicas 1: no copies)
+            return
+        self.stale.update(stale)
+        if from_start:
+            self.pos = 0
+        self.walking = True
+
+    def check(self, alive: set[str], restarted: set[str]) -> None:
+        """(Each membership check) what starts a walk: see the module docstring."""
+        ms = self.node.membership
+        if restarted:
+            self.walk(stale=restarted)
+        for b in list(self.replicas._boot_of) + list(self._gone):
+            m = ms.member(b)
+            if m is None or m.state in _GONE:
+                if b not in self._gone:
+                    self._gone.add(b)
+                    self.walk()
+            else:
+                self._gone.discard(b)
+        if alive and self._alone:
+            self.walk()
+        self._alone = not alive
+        if not self._orphans_checked and time.monotonic() - self._since > ORPHAN_AFTER:
+            self._orphans_checked = True
+            self.walk()
+        self._boots(alive)
+
+    def _boots(self, alive: set[str]) -> None:
+        """A backup whose boot id is not the one the journal keeps for it restarted
+        (also while this node was down): a walk copies to it again, and once that walk
+        is over the journal keeps its new boot id."""
+        saved = self._saved
+        if saved is None:
+            try:
+                saved = self.node.journal.backup_boots()
+            except JournalError as e:
+                log.error("journal: cannot read the boot ids of the backups: %s", e)
+                saved = {}
+            self._saved = saved
+        ms, pending = self.node.membership, self._pending
+        new: dict[str, str] = {}
+        for b in alive.intersection(saved) | alive.intersection(self.replicas._boot_of):
+            m = ms.member(b)
+            boot = None if m is None else m.meta.get("boot")
+            if boot is None:
+                continue
+            boot = str(boot)
+            expected = pending.get(b, saved.get(b))
+            if expected is None:
+                new[b] = boot                       # first seen: its copies are fresh
+            elif expected != boot:
+                pending[b] = boot
+                self.walk(stale=[b])
+        if pending and not self.walking:            # (no walk: nothing on disk)
+            new.update(pending)
+            pending.clear()
+        self._save(new)
+
+    def _save(self, boots: dict[str, str]) -> None:
+        if not boots or self._saved is None:
+            return
+        node = self.node
+        try:
+            for b, boot in boots.items():
+                node.journal.set_backup_boot(b, boot)
+        except JournalError as e:
+            log.error("journal: cannot record the boot ids of the backups: %s", e)
+            return
+        self._saved.update(boots)
+        node.front.schedule_flush()                 # (committed by that pass)
+
+    def _is_lost(self, backup: str, seen: dict[str, bool]) -> bool:
+        """Is the copy this backup kept gone?"""
+        lost = seen.get(backup)
+        if lost is None:
+            if not backup or backup in self.stale:
+                lost = True
+            else:
+                m = self.node.membership.member(backup)
+                lost = (time.monotonic() - self._since > ORPHAN_AFTER) if m is None \
+                    else m.state in _GONE
+            seen[backup] = lost
+        return lost
+
+    def tick(self, now: float) -> None:
+        """(Each replicas tick) resend what is unconfirmed, or copy the next chunk."""
+        if self.inflight:
+            if now - self.sent_at > RESEND_AFTER:
+                self._resend(now)
+            return
+        node = self.node
+        if not self.walking or node.stopping or not self.replicas._alive_ids():
+            return                                  # (nobody to copy to: it waits)
+        journal = node.journal
+        try:
+            rows = journal.disk_walk(self.pos, CHUNK)
+            if not rows:
+                self._done()
+                return
+            self.pos = rows[-1][0]
+            seen: dict[str, bool] = {}
+            going = node.spill.candidates
+            due = [p for p, tid, backup in rows
+                   if self._is_lost(backup, seen) and tid not in going]
+            frames = journal.disk_frames(due) if due else []
+        except JournalError as e:
+            log.error("journal: cannot read the tasks on disk to copy them again: %s", e)
+            return
+        for tid, frame in frames:
+            self._send(tid, frame)
+        self.sent_at = now
+
+    def _send(self, tid: str, frame: bytes) -> None:
+        try:
+            msg = decode(frame)
+        except DecodeError:
+            return                                  # (dropped when read back, said there)
+        if type(msg) is not Submit:
+            return
+        backup = self.replicas.backup_now(tid, msg)
+        if backup:
+            self.inflight[tid] = (backup, frame)
+            self.replicas._queue(backup).tasks[tid] = frame
+
+    def _resend(self, now: float) -> None:
+        alive = set(self.replicas._alive_ids())
+        for tid, (backup, frame) in list(self.inflight.items()):
+            if backup in alive:
+                self.replicas._queue(backup).tasks[tid] = frame
+            else:
+                del self.inflight[tid]
+                self._send(tid, frame)
+        self.sent_at = now
+
+    def confirmed(self, backup: str, task_ids: Iterable[str]) -> None:
+        """(A REPLICATE_ACK from ``backup``) these copies are kept there now."""
+        inflight = self.inflight
+        done = []
+        for tid in task_ids:
+            sent = inflight.get(tid)
+            if sent is not None and sent[0] == backup:
+                del inflight[tid]
+                done.append((backup, tid))
+        if not done:
+            return
+        node = self.node
+        try:
+            node.journal.set_backups(done)
+        except JournalError as e:
+            log.error("journal: cannot record the new backups of tasks on disk: %s", e)
+        node.front.schedule_flush()                 # (committed by that pass)
+        self.recopied += len(done)
+        self._walked += len(done)
+
+    def _done(self) -> None:
+        self.walking = False
+        self.stale.clear()
+        self._save(self._pending)
+        self._pending = {}
+        if self._walked:
+            log.info("copied %d task(s) waiting on disk to their backups again (their "
+                     "copies were lost or never made)", self._walked)
+        self._walked = 0
+
+    def status(self) -> dict[str, object]:
+        return {"recopying_disk": self.walking or bool(self.inflight),
+                "recopied_from_disk": self.recopied}

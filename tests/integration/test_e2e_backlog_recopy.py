@@ -1,0 +1,145 @@
+"""A deep backlog's disk part keeps two copies when a copy is lost
+(mesh/node/disk_copies.py): a holder whose backup restarted copies its tasks on disk
+to the backup again, and a node that took a dead holder's copies over onto its own
+disk copies them to its backup. Then the holder's machine can go (kill -9 and its
+data dir deleted): every task still runs, once.
+
+Three real nodes with a window of 50, one child each, all three busy behind one
+gate (and one more task queued on each, so no node has room to be shed to): nothing
+runs until the test opens the gate. The submitter is
+gone before a node dies: only the copies can save the tasks.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from harness import occupy, wait_until
+from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _lines
+from test_e2e_chaos import mesh_formed
+
+N = 500
+
+
+def _three(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any, Any, Path]:
+    """a, b, c with a backlog on a (most of it on a's disk; its copies on b and c,
+    beyond their windows on their disks), acknowledged, and its submitter gone."""
+    flags = dict(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
+    a = start_node(**flags)
+    b = start_node(peers=a.endpoint, **flags)
+    c = start_node(peers=a.endpoint, **flags)
+    wait_until(mesh_formed([a, b, c]), what="the three to see each other")
+    gate = tmp_path / "gate"
+    for n in (a, b, c):
+        occupy(n, make_client(n), gate)
+    for n in (a, b, c):      # and one queued behind each: no node has room to be shed
+        _queue_one(n, make_client(n), gate)   # to (the backlog stays where it is placed)
+    client = make_client(a)
+    out, prefix = tmp_path / "runs", f"r{uuid.uuid4().hex[:6]}"
+    for i in range(N):
+        client.tasks.append_line.apply_async((str(out), f"line-{i}"), task_id=f"{prefix}-{i}")
+    assert client.app.client.flush(RESULT_TIMEOUT) == 0     # acknowledged: the promise
+    client.close()                                           # the submitter is gone
+    wait_until(lambda: a.status()["queued_on_disk"] >= 40, what="a's disk part")
+    held = a.status()["held"]
+    wait_until(lambda: b.status()["copies_kept"] + c.status()["copies_kept"] >= held,
+               what="a's copies on b and c")
+    return a, b, c, out
+
+
+def _queue_one(node: Any, client: Any, gate: Path) -> None:
+    """A gated task queued on ``node`` (its one child busy already)."""
+    deadline = time.monotonic() + 60
+    while not node.status()["queued"]:
+        assert time.monotonic() < deadline, f"{node.name} never queued a task"
+        client.tasks.wait_for_file.delay(str(gate))
+        end = time.monotonic() + 3.0
+        while not node.status()["queued"] and time.monotonic() < end:
+            time.sleep(0.02)
+
+
+def _gone(node: Any) -> None:
+    """The machine is gone: the node killed, its disk with it."""
+    node.send_signal(signal.SIGKILL)
+    node.wait(10)
+    shutil.rmtree(node.data_dir)
+
+
+def _each_ran_once(out: Path, alive: list[Any], tmp_path: Path) -> None:
+    (tmp_path / "gate").touch()
+    want = sorted(f"line-{i}" for i in range(N))
+    wait_until(lambda: set(_lines(out)) >= set(want), timeout=RESULT_TIMEOUT,
+               what="every task to run")
+    for n in alive:
+        wait_until(lambda n=n: n.status()["held"] == 0, what=f"{n.name} to hold nothing")
+    assert sorted(_lines(out)) == want                      # each once
+
+
+def _on_disk_naming(node: Any, backup: str) -> int:
+    """Tasks waiting on ``node``'s disk whose copy the journal says ``backup`` keeps."""
+    db = sqlite3.connect(str(node.data_dir / "journal.sqlite3"))
+    try:
+        return int(db.execute("SELECT count(*) FROM tasks WHERE disk=1 AND backup=?",
+                              (backup,)).fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_a_holder_copies_its_disk_part_again_to_a_restarted_backup(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a, b, c, out = _three(start_node, make_client, tmp_path)
+    named = _on_disk_naming(a, b.name)
+    assert named > 0
+    b.send_signal(signal.SIGKILL)
+    b.wait(10)
+    b = start_node.restart(b)            # its copies of a's tasks are gone (dropped at start)
+    assert "journal: dropped" in b.stderr()
+    # a sees b's new boot id (or b dead, then back): it copies them again, in chunks
+    wait_until(lambda: a.status()["recopied_from_disk"] >= named, timeout=60,
+               what="a to copy its disk part again")
+    wait_until(lambda: not a.status()["recopying_disk"], what="a's walk to end")
+    assert "task(s) waiting on disk to their backups again" in a.stderr()
+    assert b.status()["copies_on_disk"] > 0                   # beyond b's window: its disk
+    _gone(a)
+    _each_ran_once(out, [b, c], tmp_path)
+
+
+def test_tasks_taken_over_onto_a_nodes_disk_are_copied_to_its_backup(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a, b, c, out = _three(start_node, make_client, tmp_path)
+    assert b.status()["copies_on_disk"] > 0 and c.status()["copies_on_disk"] > 0
+    _gone(a)
+    # b and c take a's copies over: those on their disks go to their disk queues, and
+    # from there to their backup (the other one), in chunks
+    for n in (b, c):
+        wait_until(lambda n=n: "are its own tasks now" in n.stderr(), timeout=60,
+                   what=f"{n.name} to take a's copies on disk over")
+        wait_until(lambda n=n: n.status()["recopied_from_disk"] > 0
+                   and not n.status()["recopying_disk"], timeout=60,
+                   what=f"{n.name} to copy them to its backup")
+    assert b.status()["queued_on_disk"] > 0
+    assert _on_disk_naming(b, "") == 0           # (read while b runs: committed rows)
+    _gone(b)                                     # then b's machine goes too
+    _each_ran_once(out, [c], tmp_path)
+
+
+def test_two_machines_gone_one_after_the_other_the_last_node_runs_every_task_once(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """b's machine goes: a copies the tasks on its disk that b kept the copies of to
+    c (b is dead), and takes b's copies over onto its disk, from where they are copied
+    to c too. Then a's machine goes: c alone runs every task, once."""
+    a, b, c, out = _three(start_node, make_client, tmp_path)
+    named = _on_disk_naming(a, b.name)
+    assert named > 0
+    _gone(b)
+    wait_until(lambda: a.status()["recopied_from_disk"] >= named, timeout=60,
+               what="a to copy its disk part again")
+    wait_until(lambda: not a.status()["recopying_disk"], timeout=60, what="a's walks to end")
+    assert _on_disk_naming(a, b.name) == 0 and _on_disk_naming(a, "") == 0
+    _gone(a)
+    _each_ran_once(out, [c], tmp_path)

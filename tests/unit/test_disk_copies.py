@@ -1,0 +1,201 @@
+"""The walk that copies a deep backlog's tasks on disk again (mesh/node/disk_copies.py)
+in-process, on a real sqlite journal: a fast check of which rows it copies, the
+throttle and the journal's record, next to tests/integration/test_e2e_backlog_recopy.py
+(real nodes). What stands in for the node is only what the walk reads: membership
+states, the spill's counters, the REPLICATE batches the copies go into."""
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.membership import MemberState
+from mesh.node import disk_copies
+from mesh.node.disk_copies import DiskCopies
+from mesh.node.sqlite_journal import SqliteJournal
+from mesh.wire.protocol import Submit, decode, encode
+
+STATES = {"b": MemberState.ALIVE, "c": MemberState.ALIVE, "d": MemberState.DEAD,
+          "l": MemberState.LEFT, "s": MemberState.SUSPECT}
+BOOTS = {"b": "b1", "c": "c1"}
+
+
+class _Replicas:
+    """What DiskCopies uses of Replicas: the alive peers, the backup it picks now (the
+    first alive one, here), the next REPLICATE per backup."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.enabled = True
+        self._boot_of: dict[str, Any] = {}
+        self.out: dict[str, dict[str, bytes]] = {}
+
+    def _alive_ids(self) -> list[str]:
+        return sorted(m for m, s in STATES.items() if s == MemberState.ALIVE)
+
+    def backup_now(self, task_id: str, msg: Submit) -> str:
+        return self._alive_ids()[0] if self._alive_ids() else ""
+
+    def _queue(self, backup: str) -> Any:
+        return types.SimpleNamespace(tasks=self.out.setdefault(backup, {}))
+
+
+@pytest.fixture
+def dc(tmp_path: Path) -> Iterator[DiskCopies]:
+    journal = SqliteJournal(str(tmp_path / "d"))
+    node: Any = types.SimpleNamespace(
+        name="a", journal=journal, stopping=False,
+        spill=types.SimpleNamespace(on_disk=0, candidates={}),
+        membership=types.SimpleNamespace(
+            member=lambda n: types.SimpleNamespace(state=STATES[n], meta={"boot": BOOTS.get(n)})
+            if n in STATES else None),
+        front=types.SimpleNamespace(schedule_flush=journal.commit))
+    d = DiskCopies(_Replicas(node))     # type: ignore[arg-type]
+    yield d
+    journal.close()
+
+
+def _restarted(dc: DiskCopies) -> DiskCopies:
+    """The same journal, a new DiskCopies (this node started again)."""
+    return DiskCopies(_Replicas(dc.node))    # type: ignore[arg-type]
+
+
+def _spill(dc: DiskCopies, backups: list[str], start: int = 0) -> list[str]:
+    j = dc.node.journal
+    ids = []
+    for i, backup in enumerate(backups, start):
+        tid = f"t{i}"
+        assert j.add_spilled(tid, b"o", encode(Submit(tid, "x", b"\x92\x90\x80")), float(i))
+        if backup:
+            j.set_backups([(backup, tid)])
+        ids.append(tid)
+    j.commit()
+    dc.node.spill.on_disk += len(backups)
+    return ids
+
+
+def _backups(dc: DiskCopies) -> dict[str, str]:
+    return {t: b for _, t, b in dc.node.journal.disk_walk(0, 1000)}
+
+
+def test_the_walk_copies_the_tasks_whose_copy_is_lost_and_records_their_new_backup(
+        dc: DiskCopies) -> None:
+    ids = _spill(dc, ["b", "", "d", "l", "s", "c", "r"])
+    dc.node.spill.candidates["t0"] = object()          # (still in memory: its copy is made)
+    dc.walk(stale=["r"])                                # r restarted
+    dc.tick(1.0)
+    sent = dc.replicas.out["b"]                         # the backup picked now
+    # lost: none (""), dead, left, restarted; kept: alive, suspect
+    assert sorted(sent) == ["t1", "t2", "t3", "t6"]
+    assert decode(sent["t1"]) == Submit("t1", "x", b"\x92\x90\x80")
+    assert dc.status() == {"recopying_disk": True, "recopied_from_disk": 0}
+    dc.tick(1.1)                                        # unconfirmed: no next chunk yet
+    assert _backups(dc)["t1"] == ""
+    dc.confirmed("c", ["t1"])                           # (not where it went: ignored)
+    dc.confirmed("b", list(sent))
+    assert _backups(dc) == dict(zip(ids, ["b", "b", "b", "b", "s", "c", "b"]))
+    assert dc.recopied == 4 and not dc.inflight
+    dc.tick(1.2)                                        # nothing after: the walk ends
+    assert dc.status() == {"recopying_disk": False, "recopied_from_disk": 4}
+    assert not dc.stale
+
+
+def test_a_chunk_at_a_time_each_once_the_last_is_confirmed(
+        dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(disk_copies, "CHUNK", 3)
+    _spill(dc, [""] * 7)
+    dc.walk()
+    for expect in (["t0", "t1", "t2"], ["t3", "t4", "t5"], ["t6"]):
+        dc.replicas.out.clear()
+        dc.tick(0.0)
+        assert sorted(dc.replicas.out["b"]) == expect
+        dc.confirmed("b", expect)
+    dc.tick(0.0)
+    assert not dc.walking and dc.recopied == 7
+
+
+def test_rows_added_at_the_end_are_walked_from_where_the_walk_was(dc: DiskCopies) -> None:
+    """A takeover puts a dead holder's copies on this node's disk with no backup: the
+    walk goes on from its position (mesh/node/copies.py calls walk(from_start=False))."""
+    _spill(dc, ["", "b"])
+    dc.walk()
+    dc.tick(0.0)
+    dc.confirmed("b", ["t0"])
+    dc.tick(0.0)
+    assert not dc.walking
+    _spill(dc, ["", ""], start=2)
+    dc.replicas.out.clear()
+    dc.walk(from_start=False)
+    dc.tick(0.0)
+    assert sorted(dc.replicas.out["b"]) == ["t2", "t3"]     # not t0 again
+
+
+def test_unconfirmed_copies_are_sent_again_to_a_backup_alive_now(
+        dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
+    _spill(dc, [""])
+    dc.walk()
+    dc.tick(10.0)
+    dc.replicas.out.clear()
+    dc.tick(10.0 + disk_copies.RESEND_AFTER / 2)
+    assert not dc.replicas.out                          # not yet
+    monkeypatch.setitem(STATES, "b", MemberState.DEAD)  # its backup died meanwhile
+    dc.tick(11.0)
+    assert list(dc.replicas.out) == ["c"] and dc.inflight["t0"][0] == "c"
+
+
+def test_membership_starts_walks_and_none_runs_with_nobody_to_copy_to(
+        dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
+    dc.check({"b"}, set())                  # alive after alone: a walk, if tasks are on disk
+    assert not dc.walking                   # (none are)
+    _spill(dc, ["d"])
+    dc.replicas.enabled = False             # --replicas 1: no copies, no walk
+    dc.walk()
+    assert not dc.walking
+    dc.replicas.enabled = True
+    dc.replicas._boot_of.update({"b": 1, "d": 1})
+    dc.pos = 99                              # (where a last walk ended)
+    dc.check({"b"}, set())
+    assert dc.walking and dc.pos == 0        # d is dead: from the first task on disk
+    dc.walking = False
+    dc.check({"b"}, set())
+    assert not dc.walking                    # once per departure
+    dc.check({"b"}, {"b"})                   # b restarted
+    assert dc.walking and dc.stale == {"b"}
+    monkeypatch.setattr(dc.replicas, "_alive_ids", lambda: [])
+    dc.tick(0.0)
+    assert dc.walking and not dc.replicas.out          # waits for a node to copy to
+
+
+def test_a_backup_restarted_while_this_node_was_down_is_told_by_its_boot_id(
+        dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
+    _spill(dc, ["b", "c"])
+    dc.replicas._boot_of.update({"b": "b1", "c": "c1"})
+    dc.check({"b", "c"}, set())              # (a walk: alive after alone; nothing is due)
+    dc.tick(0.0)
+    dc.tick(0.0)
+    assert not dc.walking and not dc.replicas.out
+    dc.check({"b", "c"}, set())              # the boot ids its copies were made to are kept
+    dc.node.journal.commit()
+    assert dc.node.journal.backup_boots() == {"b": "b1", "c": "c1"}
+    # this node stops; b restarts meanwhile; this node starts again
+    monkeypatch.setitem(BOOTS, "b", "b2")
+    again = _restarted(dc)
+    again._alone = False
+    again.check({"b", "c"}, set())
+    assert again.walking and again.stale == {"b"}
+    again.tick(0.0)
+    assert list(again.replicas.out) == ["b"] and list(again.replicas.out["b"]) == ["t0"]
+    again.confirmed("b", ["t0"])
+    again.tick(0.0)                          # the walk is over: b's new boot id is kept
+    assert not again.walking
+    again.check({"b", "c"}, set())
+    assert not again.walking
+    dc.node.journal.commit()
+    assert dc.node.journal.backup_boots() == {"b": "b2", "c": "c1"}
+    third = _restarted(dc)                   # started again, b not restarted: no walk
+    third._alone = False
+    third.check({"b", "c"}, set())
+    assert not third.walking
