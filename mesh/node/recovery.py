@@ -63,7 +63,8 @@ def recover(node: "Node") -> int:
             ledger.task_failed(entry, "WorkerLostError", f"node {node.name} stopped while task "
                                f"{row.task_id} ran; it has acks_late=False, so it is not run again")
         else:
-            ledger.accept(entry)
+            node.reclaim.hold(entry)      # run unless another node took it over meanwhile
+    node.reclaim.start()                  # (mesh/node/reclaim.py)
     if rows:
         log.info("journal: recovered %d unfinished task(s) (%d started with acks_late=False, "
                  "failed)", len(rows), lost)
