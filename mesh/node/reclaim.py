@@ -29,9 +29,11 @@ mesh says which of them another node has:
 At least once stays the floor: a member that does not answer in time, or no member at
 all (the taker is gone too), leaves the tasks to run here. A resend of a waiting task
 by its owner meanwhile is not run twice: it only names the link its answer goes to.
-Known gaps (docs/handoff.md): a task that keeps no result (``ignore_result``) leaves
-no trace once it ran elsewhere, and runs again here; tasks waiting on this node's disk
-(the deep backlog, mesh/node/spill.py) are not asked about.
+Tasks waiting on this node's disk (the deep backlog, mesh/node/spill.py) are asked
+about too, and not read back until the answers are in (``ANSWER_WAIT`` grows with
+the number of ids, up to ``ANSWER_WAIT_MAX``). A known gap (docs/handoff.md): a task
+that keeps no result (``ignore_result``) leaves no trace once it ran elsewhere, and
+runs again here.
 """
 from __future__ import annotations
 
@@ -54,7 +56,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.replicas")
 
 JOIN_WAIT = 3.0        # s to learn an alive member before asking
-ANSWER_WAIT = 2.0      # s the members' answers are waited for, at most
+ANSWER_WAIT = 2.0      # s the members' answers are waited for, at most, plus
+PER_ID = 1 / 20_000    # s per id asked about (a deep backlog on disk: its lookups),
+ANSWER_WAIT_MAX = 8.0  # up to this in all
 CHUNK = 5_000          # ids per RECLAIM
 STEP = 0.02
 HELD = (states.RECEIVED, states.STARTED, states.RETRY)
@@ -66,7 +70,9 @@ class Reclaimer:
 
     def __init__(self, node: "Node"):
         self.node = node
-        self.waiting: dict[str, Entry] = {}
+        self.waiting: dict[str, Entry] = {}        # recovered into memory
+        self.disk: dict[str, tuple[bytes, int]] = {}   # waiting on disk: id -> (owner,
+                                                   # bytes); not read back until answered
         self._round = 0
         self._expected: dict[str, int] = {}        # member -> RECLAIMED parts still due
         self._results: dict[str, tuple[str, bytes]] = {}   # id -> (node, RESULT frame)
@@ -80,8 +86,14 @@ class Reclaimer:
         self.waiting[entry.task_id] = entry
 
     def start(self) -> None:
-        """(Recovery, at start) ask the mesh once the node is ready."""
-        if self.waiting:
+        """(Recovery, at start) ask the mesh once the node is ready, about these and
+        the tasks waiting on disk."""
+        try:
+            self.disk = {t: (c, n) for t, c, n in self.node.journal.disk_tasks()}
+        except JournalError as e:
+            log.error("journal: cannot list the tasks waiting on disk (they run here, "
+                      "whichever node ran them while this one was down): %s", e)
+        if self.waiting or self.disk:
             self.node.spawn(self._run(), name="reclaim")
 
     def resent(self, task_id: str, ident: bytes) -> bool:
@@ -93,6 +105,13 @@ class Reclaimer:
         return True
 
     async def _run(self) -> None:
+        try:
+            await self._ask()
+        except Exception:          # (never left waiting: the disk part would never be read)
+            log.exception("asking the mesh about the recovered tasks failed: they run here")
+        self._resolve()
+
+    async def _ask(self) -> None:
         node = self.node
         await node.ready.wait()
         ms = node.membership
@@ -103,32 +122,32 @@ class Reclaimer:
                 await asyncio.sleep(STEP)
                 peers = ms.alive_members(include_self=False)
         self._round += 1
-        ids = list(self.waiting)
+        ids = [*self.waiting, *self.disk]
         for m in peers:
             for s in range(0, len(ids), CHUNK):
                 frame = encode(Reclaim(node.name, node.address, self._round, ids[s:s + CHUNK]))
                 node.replicas.sockets.send(m.address, frame)
                 self._expected[m.id] = self._expected.get(m.id, 0) + 1
+        wait = answer_wait(len(ids))
         log.info("journal: %d recovered task(s) wait until %d other node(s) say which of "
-                 "them they took over (%g s at most)", len(ids), len(peers),
-                 ANSWER_WAIT if peers else 0)
-        deadline = time.monotonic() + ANSWER_WAIT
+                 "them they took over (%.1f s at most)", len(ids), len(peers),
+                 wait if peers else 0)
+        deadline = time.monotonic() + wait
         while self._expected and time.monotonic() < deadline:
             await asyncio.sleep(STEP)
         if self._expected:
-            log.warning("journal: no answer from %s within %g s: the recovered tasks they may "
-                        "have taken over run here too (at least once)",
-                        ", ".join(sorted(self._expected))[:300], ANSWER_WAIT)
-        self._resolve()
+            log.warning("journal: no answer from %s within %.1f s: the recovered tasks they "
+                        "may have taken over run here too (at least once)",
+                        ", ".join(sorted(self._expected))[:300], wait)
 
     def on_reclaimed(self, msg: Reclaimed) -> None:
         if msg.round != self._round or msg.source not in self._expected:
             return            # late, or from a node not asked
         for tid in msg.held:
-            if tid in self.waiting:
+            if tid in self.waiting or tid in self.disk:
                 self._held.setdefault(tid, msg.source)
         for tid, frame in zip(msg.result_ids, msg.results):
-            if tid in self.waiting:
+            if tid in self.waiting or tid in self.disk:
                 self._results.setdefault(tid, (msg.source, frame))
         left = self._expected[msg.source] - 1
         if left > 0:
@@ -140,46 +159,67 @@ class Reclaimer:
         node = self.node
         ledger, journal, front = node.ledger, node.journal, node.front
         waiting, self.waiting = self.waiting, {}
+        disk, self.disk = self.disk, {}
         results, self._results = self._results, {}
         held, self._held = self._held, {}
         self._expected.clear()
         moved: dict[tuple[bytes, str], list[str]] = {}
         finished = 0
-        for tid, entry in waiting.items():
-            got = results.get(tid)
+        for tid in [*waiting, *disk]:
+            entry = waiting.get(tid)
+            got, where = results.get(tid), held.get(tid)
             state = _final_state(tid, got[1]) if got is not None else None
+            if state is None and where is None:
+                if entry is not None:
+                    ledger.accept(entry)      # no node has it: it runs here
+                continue                      # (on disk: read back in order)
             try:
+                client = entry.client if entry is not None else \
+                    journal.on_disk(tid) or disk[tid][0]    # (its latest link)
                 if got is not None and state is not None:
                     journal.finish(tid, state, got[1], time.time(), got[0])
                     finished += 1
-                    if entry.client:
-                        front.reply(entry.client, got[1])
+                    if client:
+                        front.reply(client, got[1])
                     for ident in ledger.watchers.pop(tid, ()):
                         front.reply(ident, got[1])
-                    continue
-                where = held.get(tid)
-                if where is not None:
+                else:
                     journal.remove([tid])
-                    moved.setdefault((entry.client, where), []).append(tid)
-                    continue
+                    moved.setdefault((client, str(where)), []).append(tid)
             except JournalError as e:
                 log.error("journal: task %s, taken over elsewhere, is run here: %s", tid, e)
-            ledger.accept(entry)
+                if entry is not None:
+                    ledger.accept(entry)
+                continue
+            if entry is None:
+                self._off_disk(client, disk[tid][1])
         for (client, where), ids in moved.items():
             m = node.membership.member(where)
             address = m.address if m is not None else ""
             node.handoff.remember(ids, where, address, REASON)
             if client and address:
                 front.reply(client, encode(Moved(ids, node.name, address, where, REASON)))
+        total = len(waiting) + len(disk)
         n_moved = sum(len(v) for v in moved.values())
         self.counts["finished_elsewhere"] += finished
         self.counts["held_elsewhere"] += n_moved
-        self.counts["run_here"] += len(waiting) - finished - n_moved
+        self.counts["run_here"] += total - finished - n_moved
         ledger.commit()
         front.schedule_flush()
-        log.info("journal: of %d recovered task(s), %d finished on another node, %d are held "
-                 "by another node (not run here); %d run here", len(waiting), finished,
-                 n_moved, len(waiting) - finished - n_moved)
+        log.info("journal: of %d recovered task(s) (%d of them on disk), %d finished on "
+                 "another node and %d are held by another node: not run here; %d run here",
+                 total, len(disk), finished, n_moved, total - finished - n_moved)
+
+    def _off_disk(self, client: bytes, size: int) -> None:
+        """A task that waited on disk will not be read back: out of the counts."""
+        spill, senders = self.node.spill, self.node.ledger.senders
+        spill.on_disk = max(spill.on_disk - 1, 0)
+        q = senders.get(client)
+        if q is not None:
+            q[0] -= 1
+            q[1] -= size
+            if q[0] <= 0:
+                del senders[client]
 
     # -- another node, back after a crash, asks ---------------------------------------
     def answer(self, msg: Reclaim) -> None:
@@ -207,10 +247,15 @@ class Reclaimer:
             Reclaimed(node.name, msg.round, held, result_ids, results)))
 
     def status(self) -> dict[str, int]:
-        return {"reclaim_waiting": len(self.waiting),
+        return {"reclaim_waiting": len(self.waiting) + len(self.disk),
                 "reclaim_finished_elsewhere": self.counts["finished_elsewhere"],
                 "reclaim_held_elsewhere": self.counts["held_elsewhere"],
                 "reclaim_run_here": self.counts["run_here"]}
+
+
+def answer_wait(n: int) -> float:
+    """How long a returning holder waits for the answers about ``n`` ids."""
+    return min(ANSWER_WAIT + n * PER_ID, ANSWER_WAIT_MAX)
 
 
 def _final_state(task_id: str, frame: bytes) -> str | None:

@@ -3,17 +3,21 @@
 * its backup took its tasks over and ran them (or is still running them): the holder
   runs none of them again, under its old name or a new one, and serves the results
   it did not run;
-* its backup is gone too: the holder runs every recovered task (none is lost).
+* its backup is gone too: the holder runs every recovered task (none is lost);
+* its deep backlog waited on its disk: none of what its backup ran is read back and run.
 
 Every task records each run (a line in a file): the tests count them.
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import NodeFactory, NodeProc, wait_until
+from test_e2e_backlog import _lines
+from test_e2e_backlog_copies import N, _lines_once, _pair
 from test_e2e_handoff import form_mesh, submit_and_exit
 
 from mesh.client.control import ControlClient
@@ -88,3 +92,25 @@ def test_a_holder_back_when_its_backup_is_gone_too_runs_every_recovered_task(
     wait_until(lambda: a2.status()["held"] == 0, what="a to be done")
     assert sorted(runs(log)) == list(range(20)), "a task ran twice, or never"
     assert a2.status()["reclaim_run_here"] == 20
+
+
+def test_a_holder_back_runs_none_of_its_disk_backlog_that_its_backup_ran(
+        start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
+    # a deep backlog, most of it on a's disk (mesh/node/spill.py), its copies on b
+    a, b, c, _b_busy, rs, out, held = _pair(start_node, make_client, tmp_path)
+    on_disk = a.status()["queued_on_disk"]
+    c.close()                             # nobody resends: b runs them from its copies
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    wait_until(lambda: "more kept on disk follow" in b.stderr(), what="b to take a's tasks over")
+    (tmp_path / "gate").touch()
+    wait_until(lambda: len(_lines(out)) >= N and b.status()["held"] == 0, timeout=RUN_TIMEOUT,
+               what="b to run every task")
+    a2 = start_node.restart(a)
+    wait_until(lambda: reclaimed(a2) >= held - 1, timeout=RUN_TIMEOUT,
+               what="a to settle its recovered tasks")
+    wait_until(lambda: a2.status()["held"] == 0, what="a to hold nothing")
+    assert _lines_once(out) == sorted(f"line-{i}" for i in range(N)), "a task ran twice"
+    st = a2.status()
+    assert st["reclaim_run_here"] == 0 and st["queued_on_disk"] == 0, st
+    assert st["reclaim_finished_elsewhere"] >= on_disk, st
