@@ -235,6 +235,8 @@ class Reclaimer:
         result_ids: list[str] = []
         results: list[bytes] = []
         for tid in msg.ids:
+            if tid in self.waiting or tid in self.disk:
+                continue        # back after a crash too: both run it, rather than neither
             st = ledger.task_state(b"", tid, False)
             if "result" in st:
                 result_ids.append(tid)
