@@ -212,14 +212,9 @@ class Reclaimer:
 
     def _off_disk(self, client: bytes, size: int) -> None:
         """A task that waited on disk will not be read back: out of the counts."""
-        spill, senders = self.node.spill, self.node.ledger.senders
+        spill = self.node.spill
         spill.on_disk = max(spill.on_disk - 1, 0)
-        q = senders.get(client)
-        if q is not None:
-            q[0] -= 1
-            q[1] -= size
-            if q[0] <= 0:
-                del senders[client]
+        self.node.ledger.unquota(client, size)
 
     # -- another node, back after a crash, asks ---------------------------------------
     def answer(self, msg: Reclaim) -> None:

@@ -5,14 +5,33 @@ that is not a member, or one that does not decode, changes nothing and hurts not
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import msgpack
+import zmq.asyncio
 from test_node_inprocess import _later, _state, app, dealer, frames_until, run, submit, until
 
 from mesh.membership import MemberState
+from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
 from mesh.wire.protocol import Ack, Error, Reclaim, encode
+
+
+@asynccontextmanager
+async def holder_and_backup(*ids: str) -> AsyncIterator[tuple[Node, Node, zmq.asyncio.Socket]]:
+    """Two nodes; the holder holds ``ids`` (due in a minute), the backup keeps their
+    copies. The holder, the backup, and a DEALER to the backup."""
+    async with running_node(app, name="holder", autorun=False) as h, \
+            running_node(app, name="backup", autorun=False, peers=[h.address]) as b, \
+            dealer(h) as to_h, dealer(b) as to_b:
+        await until(lambda: len(b.membership.alive_members()) == 2, "the two to meet")
+        for tid in ids:
+            await to_h.send(_later(tid))
+        await until(lambda: set(ids) <= set(b.replicas.copies.holder_of),
+                    "the backup to keep the copies")
+        yield h, b, to_b
 
 
 def test_copies_a_returning_holder_reclaimed_are_not_taken_over_when_it_is_declared_dead() -> None:
@@ -20,14 +39,7 @@ def test_copies_a_returning_holder_reclaimed_are_not_taken_over_when_it_is_decla
     # old process dead: the backup must drop the copies, else its takeover runs them
     # while the holder runs them too.
     async def main() -> None:
-        async with running_node(app, name="holder", autorun=False) as h, \
-                running_node(app, name="backup", autorun=False, peers=[h.address]) as b, \
-                dealer(h) as to_h, dealer(b) as to_b:
-            await until(lambda: len(b.membership.alive_members()) == 2, "the two to meet")
-            await to_h.send(_later("kept-1"))
-            await to_h.send(_later("kept-2"))
-            await until(lambda: {"kept-1", "kept-2"} <= set(b.replicas.copies.holder_of),
-                        "the backup to keep the copies")
+        async with holder_and_backup("kept-1", "kept-2") as (h, b, to_b):
             address = h.address
             await crash(h)
             await to_b.send(encode(Reclaim("holder", address, 1, ["kept-1"])))
@@ -45,12 +57,7 @@ def test_copies_a_returning_holder_reclaimed_are_not_taken_over_when_it_is_decla
 
 def test_a_reclaim_from_a_stranger_or_that_does_not_decode_changes_nothing() -> None:
     async def main() -> None:
-        async with running_node(app, name="holder", autorun=False) as h, \
-                running_node(app, name="backup", autorun=False, peers=[h.address]) as b, \
-                dealer(h) as to_h, dealer(b) as to_b:
-            await until(lambda: len(b.membership.alive_members()) == 2, "the two to meet")
-            await to_h.send(_later("kept-3"))
-            await until(lambda: "kept-3" in b.replicas.copies.holder_of, "the copy")
+        async with holder_and_backup("kept-3") as (h, b, to_b):
             # a name no member has, a member at another address
             await to_b.send(encode(Reclaim("stranger", "tcp://127.0.0.1:9", 1, ["kept-3"])))
             await to_b.send(encode(Reclaim("holder", "tcp://127.0.0.1:9", 1, ["kept-3"])))
