@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgpack
 import zmq.asyncio
@@ -16,7 +17,7 @@ from mesh.membership import MemberState
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
-from mesh.wire.protocol import Ack, Error, Reclaim, encode
+from mesh.wire.protocol import Ack, Error, Reclaim, Result, encode
 
 
 @asynccontextmanager
@@ -68,4 +69,27 @@ def test_a_reclaim_from_a_stranger_or_that_does_not_decode_changes_nothing() -> 
             assert [m.code for m in got if isinstance(m, Error)] == ["decode", "decode"]
             assert b.reclaim.counts["answered"] == 0
             assert b.replicas.copies.holder_of.get("kept-3") == "holder"
+    run(main())
+
+
+def test_a_recovered_task_its_owner_resends_while_the_node_asks_runs_once(tmp_path: Any) -> None:
+    # The node restarts alone with a task in its journal: it waits up to JOIN_WAIT for
+    # a peer to ask. Its owner resends the task meanwhile: the answer goes to that
+    # link, and the task runs once (not once for the resend and once after the wait).
+    async def main() -> None:
+        async with running_node(app, concurrency=1, autorun=False, shutdown_timeout=0.05,
+                                journal=True, data_dir=str(tmp_path)) as a, dealer(a) as s:
+            await s.send(submit("back-1"))
+            await until(lambda: "back-1" in a.ledger.held, "a to hold it")
+            a.stop()
+            await a.finished()                 # alone: kept in the journal
+        async with running_node(app, concurrency=1, journal=True, data_dir=str(tmp_path)) as a2, \
+                dealer(a2) as s2:
+            assert "back-1" in a2.reclaim.waiting
+            await s2.send(submit("back-1"))    # the owner, through a new link
+            got = await frames_until(s2, lambda g: any(isinstance(m, Result) for m in g))
+            assert [m.task_id for m in got if isinstance(m, Result)] == ["back-1"]
+            assert a2.reclaim.counts["run_here"] == 1
+            await until(lambda: not a2.ledger.held, "a2 to be done")
+            assert a2.pool.ran == 1 and a2.ledger.counts["SUCCESS"] == 1
     run(main())
