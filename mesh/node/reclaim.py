@@ -60,6 +60,8 @@ ANSWER_WAIT = 2.0      # s the members' answers are waited for, at most, plus
 PER_ID = 1 / 20_000    # s per id asked about (a deep backlog on disk: its lookups),
 ANSWER_WAIT_MAX = 8.0  # up to this in all
 CHUNK = 5_000          # ids per RECLAIM
+RESULT_BYTES = 4 * 1024 * 1024   # of RESULT frames in one RECLAIMED at most (the others
+                                 # are answered as held: a lookup by id finds them there)
 STEP = 0.02
 HELD = (states.RECEIVED, states.STARTED, states.RETRY)
 REASON = "taken over while this node was down"
@@ -229,13 +231,17 @@ class Reclaimer:
         held: list[str] = []
         result_ids: list[str] = []
         results: list[bytes] = []
+        size = 0
         for tid in msg.ids:
             if tid in self.waiting or tid in self.disk:
                 continue        # back after a crash too: both run it, rather than neither
             st = ledger.task_state(b"", tid, False)
-            if "result" in st:
+            if "result" in st and size + len(st["result"]) <= RESULT_BYTES:
                 result_ids.append(tid)
                 results.append(st["result"])
+                size += len(st["result"])
+            elif "result" in st:      # (past the answer's size: it is found here, by id)
+                held.append(tid)
             elif st["state"] in HELD or tid in others or handoff.moved_to(tid) is not None:
                 held.append(tid)
         self.counts["answered"] += 1
