@@ -44,6 +44,7 @@ import zmq
 from mesh import states
 from mesh.client import handshakes
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
+from mesh.client.room import WaitingRoom
 from mesh.client.routes import Routing
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
@@ -91,7 +92,7 @@ def _close_at_exit(ref: "weakref.ref[Client]") -> None:
         client.close(at_exit=True)
 
 
-class Client(Links, Routing):
+class Client(Links, Routing, WaitingRoom):
     def __init__(self, config: Config, seeds: list[str], mesh: str | None = None,
                  security: Security | None = None):
         if not seeds:
@@ -133,6 +134,7 @@ class Client(Links, Routing):
         self._closing = False
         self._linger = 5.0
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
+        self._init_room()                               # tasks no node has room for (room.py)
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []
         self._fits: dict[tuple[str, str], list[NodeLink]] = {}   # (queue, name) -> links that
@@ -228,6 +230,7 @@ class Client(Links, Routing):
         unacked = 0
         if threading.current_thread() is not self._thread and linger > 0:
             unacked = self.flush(linger)
+        waiting = len(self._room)
         self._linger = min(linger, 1.0)
         self._closing = True
         self._wake()
@@ -237,6 +240,10 @@ class Client(Links, Routing):
             msg = (f"mesh: {unacked} task(s) sent by this process were not acknowledged by any "
                    f"node within {linger:g} s and may never run (nodes tried: "
                    f"{', '.join(self.endpoints())})")
+            if waiting:
+                msg += (f"; {waiting} of them waited for room: the nodes held as many tasks from "
+                        "this process as their quotas allow (app.client.flush(timeout) waits "
+                        "until nodes have taken them all)")
             if at_exit and not logging.getLogger("mesh").hasHandlers():
                 print(msg, file=sys.stderr, flush=True)   # (a warning without a handler
             else:                                         # would print it a second time)
@@ -313,6 +320,7 @@ class Client(Links, Routing):
             # its first handshake is no reconnect: the tasks are resent below, once
             link.down, link.connected, link.inflight = False, 0, 0
         self._update_placeable()
+        self._room.clear()                     # (placed again below, with the others)
         for req in list(self._queries):
             self._end_query(req)
         for slot in list(self._slots.values()):
@@ -329,6 +337,8 @@ class Client(Links, Routing):
             due = self._next_refresh
             if self._retry:
                 due = min(due, min(t for t, _ in self._retry))
+            if self._full:
+                due = min(due, self._probe_at)
             timeout = max(0.0, due - now) * 1000
             for sock_or_fd, _ev in self._poller.poll(int(timeout) + 1 if timeout else 0):
                 if sock_or_fd == self._efd:
@@ -346,6 +356,8 @@ class Client(Links, Routing):
             now = time.monotonic()
             if self._retry:
                 self._resend_due(now)
+            if self._full:
+                self._probe(now)
             if now >= self._next_refresh:
                 self._refresh_members(now)
             if self._closing:
@@ -408,6 +420,8 @@ class Client(Links, Routing):
                 self._fail(slot, "MeshError", link.refused)
                 continue
             link.inflight += 1
+            if link.credit:                     # room made at a full node (room.py)
+                link.credit -= 1
             slot.node = link.endpoint
             batch = batches.get(link)
             if batch is None:
@@ -442,6 +456,8 @@ class Client(Links, Routing):
             self._fail(slot, "MeshError", link.refused)
             return
         link.inflight += 1
+        if link.credit:
+            link.credit -= 1
         slot.node = link.endpoint
         link.sock.send(slot.frame, zmq.NOBLOCK)
 
@@ -511,6 +527,8 @@ class Client(Links, Routing):
             owner = self.links.get(slot.node or "")
             if owner is not None:
                 self._forget_one(owner, was_acked)
+                if self._full:
+                    self._room_freed(owner)
         elif type(msg) is Ack:
             if len(msg.load) >= 3:
                 link.busy, link.total, link.queued = msg.load[0], msg.load[1], msg.load[2]
@@ -534,12 +552,15 @@ class Client(Links, Routing):
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:
-            log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code,
-                        printable(msg.message, 300))
             slot = self._slots.get(msg.ref) if msg.ref else None
             if slot is not None and slot.node != link.endpoint:
                 slot = None                   # about a task this node does not hold for us
-            if slot is not None and msg.code in ("journal", "queue", "quota"):
+            if slot is not None and msg.code == "quota":     # full: the task waits (room.py,
+                self._on_quota(slot, link, printable(msg.message, 300))   # which says so once)
+                return
+            log.warning("node at %s refused a frame: %s: %s", link.endpoint, msg.code,
+                        printable(msg.message, 300))
+            if slot is not None and msg.code in ("journal", "queue"):
                 self._on_refused(slot, link, msg.code, msg.message)
                 return
             if slot is not None:

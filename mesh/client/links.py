@@ -55,7 +55,7 @@ class NodeLink:
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
                  "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
-                 "refused_at")
+                 "refused_at", "credit")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -83,6 +83,7 @@ class NodeLink:
         self.strikes = 0              # handshakes failed in a row with the key tried now
         self.refused = ""             # why the node refused our handshake ("": it did not)
         self.refused_at = 0.0
+        self.credit = 0               # tasks it has room for while it is full (room.py)
 
     @property
     def score(self) -> float:
@@ -120,6 +121,7 @@ class Links:
     if TYPE_CHECKING:           # Client's and Routing's (mesh/client/routes.py), used here
         mesh: str | None
         _fits: dict[tuple[str, str], list[NodeLink]]
+        _full: dict[str, NodeLink]
 
         def _send(self, slot: Slot, link: NodeLink | None) -> None: ...
         def _requery(self, now: float) -> None: ...
@@ -130,6 +132,7 @@ class Links:
         def _learn_mesh(self, members: list[Any], answering: Any) -> bool: ...
         def _not_ours(self, endpoint: str, node_id: Any, mesh: str) -> None: ...
         def _unplaceable(self, slot: Slot, kind: str, said: str) -> None: ...
+        def _with_room(self, pool: list[NodeLink], slot: Slot | None) -> list[NodeLink] | None: ...
         def _wrong_key(self, link: NodeLink) -> None: ...
         def _link_refused(self, link: NodeLink, why: str) -> None: ...
         def _retry_refused(self, now: float) -> None: ...
@@ -423,6 +426,11 @@ class Links:
                 if not pool:
                     self._unplaceable(slot, kind, said)
                     return None
+                if self._full:      # nodes without room for more from us (room.py)
+                    roomy = self._with_room(pool, slot)
+                    if roomy is None:
+                        return None
+                    pool = roomy
             elif slot.refused:          # no alive node known: the seeds that did not refuse
                 seeds = [ep for ep in seeds if ep not in slot.refused]
                 if not seeds:
