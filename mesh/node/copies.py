@@ -52,6 +52,7 @@ from mesh.exceptions import DecodeError
 from mesh.membership import MemberState
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.reclaim import live_elsewhere
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
 from mesh.workflow.plan import GROUP
 
@@ -251,6 +252,26 @@ class Copies:
                     self._drop_on_disk([tid])
             except JournalError as e:
                 log.error("journal: cannot drop the copy of task %s: %s", tid, e)
+
+    def reclaim(self, asker: str, ids: list[str]) -> set[str]:
+        """A holder back after a crash (``asker``: mesh/node/reclaim.py) holds these ids
+        again: the copies of them kept here for a holder that is gone (or for the asker)
+        go, so no takeover runs them too (the asker copies them again as it runs them).
+        The ids whose copy is kept for another live holder (that one holds them)."""
+        node = self.node
+        others = {t for t in ids if t in self.holder_of
+                  and live_elsewhere(node, self.holder_of[t], asker)}
+        for tid in ids:
+            if tid in self.holder_of and tid not in others:
+                self._unkeep(tid)
+        if self.on_disk:
+            try:
+                on_disk = node.journal.copy_holders(ids)
+                others.update(t for t, h in on_disk.items() if live_elsewhere(node, h, asker))
+                self._drop_on_disk([t for t in on_disk if t not in others])
+            except JournalError as e:
+                log.error("journal: cannot drop the copies a returning holder reclaims: %s", e)
+        return others
 
     def _unkeep(self, tid: str) -> None:
         copy = self.frames.pop(tid, None)

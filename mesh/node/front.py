@@ -39,6 +39,8 @@ from mesh.wire.protocol import (
     Error,
     Handoff,
     HandoffAck,
+    Reclaim,
+    Reclaimed,
     Replicate,
     ReplicateAck,
     Submit,
@@ -233,6 +235,8 @@ _NODE_DATA: dict[type, Any] = {
     WfReport: lambda node, msg: node.workflows.on_message(msg),
     WfPull: lambda node, msg: node.workflows.on_message(msg),
     WfPulled: lambda node, msg: node.workflows.on_message(msg),
+    Reclaim: lambda node, msg: node.reclaim.answer(msg),
+    Reclaimed: lambda node, msg: node.reclaim.on_reclaimed(msg),
 }
 
 

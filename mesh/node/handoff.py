@@ -198,12 +198,7 @@ class Handoffs(Component):
             ledger.forget(moved, msg.node)     # the copies at our backup go with them
             self.handed += len(moved)
             address = msg.address if msg.address.startswith("tcp://") else out.address
-            now = time.monotonic()
-            for e in moved:
-                self._moved[e.task_id] = (now, msg.node, address, out.reason)
-                self._moved.move_to_end(e.task_id)
-            while len(self._moved) > MOVED_MAX:
-                self._moved.popitem(last=False)
+            self.remember([e.task_id for e in moved], msg.node, address, out.reason)
             by_owner: dict[bytes, list[str]] = {}
             for e in moved:
                 if e.client:
@@ -243,6 +238,16 @@ class Handoffs(Component):
             for out in self._out.values():
                 if out.target == m.id:
                     out.refused_by |= refused_by
+
+    def remember(self, task_ids: list[str], target: str, address: str, reason: str) -> None:
+        """These tasks are held by node ``target`` (at ``address``) now: an owner sending
+        one here within MOVED_TTL is answered MOVED."""
+        now = time.monotonic()
+        for tid in task_ids:
+            self._moved[tid] = (now, target, address, reason)
+            self._moved.move_to_end(tid)
+        while len(self._moved) > MOVED_MAX:
+            self._moved.popitem(last=False)
 
     def moved_to(self, task_id: str) -> Moved | None:
         """The MOVED that answers an owner sending ``task_id`` here again, if this node

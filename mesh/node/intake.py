@@ -63,6 +63,8 @@ class Intake(Component):
                 node.spill.moved(tid, ident)   # going to disk: its row names the new link
             ledger.move(held, ident)   # its owner may have reconnected through another link
             return
+        if node.reclaim.resent(tid, ident):   # recovered, asking the mesh first
+            return                     # (mesh/node/reclaim.py): answered once it knows
         moved = node.handoff.moved_to(tid)
         if moved is not None:          # handed on lately (taken over, then shed): follow it
             front.reply(ident, encode(moved))

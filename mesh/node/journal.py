@@ -215,6 +215,10 @@ class Journal(abc.ABC):
         """``(task_id, frame)`` of those rows still waiting on disk, unfinished."""
         return []
 
+    def disk_tasks(self) -> list[tuple[str, bytes, int]]:
+        """``(task id, owner, bytes)`` of the tasks waiting on disk only, unfinished."""
+        return []
+
     # -- copies of other nodes' tasks kept on disk (mesh/node/copy_journal.py) ---------
     def copy_holders(self, task_ids: Sequence[str]) -> dict[str, str]:
         """``task id -> holder`` of those of ``task_ids`` whose copy is on disk here."""

@@ -235,12 +235,16 @@ class Ledger:
         return entry
 
     def _unquota(self, entry: Entry) -> None:
-        q = self.senders.get(entry.client)
+        self.unquota(entry.client, entry.size)
+
+    def unquota(self, client: bytes, size: int) -> None:
+        """A task of ``size`` bytes from ``client`` no longer counts for its quota."""
+        q = self.senders.get(client)
         if q is not None:
             q[0] -= 1
-            q[1] -= entry.size
+            q[1] -= size
             if q[0] <= 0:
-                del self.senders[entry.client]
+                del self.senders[client]
 
     def move(self, entry: Entry, client: bytes) -> None:
         """A held task's owner now speaks through another link (it resent the task)."""

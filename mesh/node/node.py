@@ -44,6 +44,7 @@ from mesh.node.intake import Intake
 from mesh.node.keys import Keys
 from mesh.node.ledger import Ledger
 from mesh.node.limits import Limits
+from mesh.node.reclaim import Reclaimer
 from mesh.node.recovery import Recovery
 from mesh.node.reload import Reloader
 from mesh.node.remote import RemoteControl
@@ -153,6 +154,7 @@ class Node:
         self.boot = os.urandom(6).hex()          # this process: peers tell a restart by it
         self.ready = asyncio.Event()
         self.ledger = Ledger(self)
+        self.reclaim = Reclaimer(self)            # recovered tasks another node may have
         self.security = Security(None)            # the key ring once "keys" has read it
         # until their components start (or in a node built without them): no copies,
         # and tasks given away go back to their owners
@@ -252,6 +254,7 @@ class Node:
             **(self.replicas.status() if self.replicas.started else {}),
             **(self.handoff.status() if self.handoff.started else {}),
             **self.spill.status(),
+            **self.reclaim.status(),
             **(self.workflows.status() if self.workflows is not None else {}),
         }
 

@@ -1,7 +1,8 @@
 """Recovery: after a restart, run again what the journal holds unfinished.
 
 A task the journal shows as accepted and not finished is held again and handed to
-the pool; one that had started with ``acks_late=False`` fails with WorkerLostError
+the pool, unless another node took it over while this node was down (the mesh is
+asked first, a few seconds at most: mesh/node/reclaim.py); one that had started with ``acks_late=False`` fails with WorkerLostError
 instead (it may have run: never twice); one whose task is no longer registered fails
 with NotRegistered. Replies go to the owners' routing ids, which clients keep.
 """
@@ -63,7 +64,8 @@ def recover(node: "Node") -> int:
             ledger.task_failed(entry, "WorkerLostError", f"node {node.name} stopped while task "
                                f"{row.task_id} ran; it has acks_late=False, so it is not run again")
         else:
-            ledger.accept(entry)
+            node.reclaim.hold(entry)      # run unless another node took it over meanwhile
+    node.reclaim.start()                  # (mesh/node/reclaim.py)
     if rows:
         log.info("journal: recovered %d unfinished task(s) (%d started with acks_late=False, "
                  "failed)", len(rows), lost)

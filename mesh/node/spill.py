@@ -210,7 +210,7 @@ class Spill(Component):
         if not (self.on_disk or self.candidates):
             return
         node = self.node
-        if node.stopping:
+        if node.stopping or node.reclaim.disk:   # (after a crash: mesh/node/reclaim.py)
             return
         room = (self.window - node.pool.queued) if self.window else self.chunk
         if room < self.chunk and room < self.on_disk + len(self.candidates):

@@ -82,6 +82,16 @@ class SpillRows(SqlRows):
         """A task waiting on disk is resent through another link: reply there."""
         self._write("UPDATE tasks SET client=? WHERE task_id=?", (client, task_id))
 
+    def disk_tasks(self) -> list[tuple[str, bytes, int]]:
+        """``(task id, owner, bytes)`` of the tasks waiting on disk only, unfinished (a
+        holder back after a crash asks the mesh about them: mesh/node/reclaim.py)."""
+        try:
+            return [(str(r[0]), bytes(r[1]), int(r[2])) for r in self.db.execute(
+                "SELECT task_id, client, length(frame) FROM tasks t INDEXED BY tasks_disk "
+                f"WHERE disk=1 AND NOT {_FINISHED} ORDER BY rowid").fetchall()]
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+
     def disk_senders(self) -> list[tuple[bytes, int, int]]:
         """``(owner, tasks, bytes)`` of the tasks waiting on disk only (their owners'
         quotas, at start). Not those finished already (revoked before they left

@@ -82,6 +82,9 @@ class MsgType(enum.IntEnum):
     WF_REPORT = 50        # member's node -> group's coordinator: these members ended
     WF_PULL = 51          # coordinator -> node: what do you know of these ids?
     WF_PULLED = 52        # node -> coordinator: the answer to WF_PULL
+    # a holder back after a crash (mesh/node/reclaim.py)
+    RECLAIM = 53          # returning holder -> node: which of these ids did you take over?
+    RECLAIMED = 54        # node -> returning holder: the answer to RECLAIM
 
 
 # ---- field validation -----------------------------------------------------------------
@@ -841,6 +844,42 @@ class WfPulled(Message):
         _check_parallel("WfPulled", self.indexes, self.results)
         if len(self.held) > MAX_WF_ITEMS:
             raise DecodeError(f"WfPulled holds {len(self.held)} ids, more than {MAX_WF_ITEMS}")
+
+
+@message
+class Reclaim(Message):
+    """A holder back after a crash (its journal recovered) asks a node which of these
+    ids it took over, holds, or has the result of; the node also drops the copies of
+    them it kept for a holder that is gone (the asker holds them again). The answer,
+    RECLAIMED, goes to ``source_addr``."""
+    TYPE = MsgType.RECLAIM
+    source: str
+    source_addr: str
+    round: int
+    ids: list[str]
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_address(self.source_addr, "source_addr")
+        _check_parallel("Reclaim", self.ids)
+
+
+@message
+class Reclaimed(Message):
+    """The answer to RECLAIM: the ids this node holds (or handed on lately, or keeps a
+    copy of for another live holder), and the stored RESULT frames of those that
+    finished here (``results[k]`` for ``result_ids[k]``)."""
+    TYPE = MsgType.RECLAIMED
+    source: str
+    round: int
+    held: list[str]
+    result_ids: list[str]
+    results: list[bytes]
+
+    def validate(self) -> None:
+        _short(self.source, MAX_ID_LEN, "source")
+        _check_parallel("Reclaimed", self.held)
+        _check_parallel("Reclaimed", self.result_ids, self.results)
 
 
 def encode(msg: Message) -> bytes:

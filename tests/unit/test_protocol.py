@@ -42,6 +42,8 @@ from mesh.wire.protocol import (
     PingReq,
     PushPull,
     PushPullReply,
+    Reclaim,
+    Reclaimed,
     Release,
     Replicate,
     ReplicateAck,
@@ -107,6 +109,8 @@ SAMPLES: list[Message] = [
     WfPull(source="n1", source_addr="tcp://10.0.0.1:7700", group="g1", round=2,
            ids=["a", "b"], indexes=[0, -1]),
     WfPulled(source="n2", group="g1", round=2, held=["b"], indexes=[3], results=[b"\x93"]),
+    Reclaim(source="n1", source_addr="tcp://10.0.0.1:7700", round=1, ids=["a", "b"]),
+    Reclaimed(source="n2", round=1, held=["a"], result_ids=["b"], results=[b"\x93"]),
     Moved(task_ids=["x"], node="n1", target="tcp://10.0.0.2:7700", target_node="n2",
           reason="shed to a node with room"),
     Handoff(batch="b1", source="n1", source_addr="tcp://10.0.0.1:7700",
@@ -132,6 +136,7 @@ def test_message_type_numbers_are_fixed() -> None:
         "PING": 30, "PING_REQ": 31, "PING_ACK": 32, "PING_NACK": 33, "GOSSIP": 34,
         "PUSH_PULL": 35, "PUSH_PULL_REPLY": 36, "MOVED": 9, "HANDOFF": 40, "HANDOFF_ACK": 41,
         "REPLICATE": 42, "REPLICATE_ACK": 43, "WF_REPORT": 50, "WF_PULL": 51, "WF_PULLED": 52,
+        "RECLAIM": 53, "RECLAIMED": 54,
     }
 
 

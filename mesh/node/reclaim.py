@@ -1,0 +1,280 @@
+"""Reclaim: a holder back after a crash runs again only what no other node took over.
+
+A node killed (or cut off) while it held tasks is declared dead by membership; the
+backup of each task runs its copy (mesh/node/copies.py, "takeover"), and an owner that
+was still there sent its tasks to that backup. When the node starts again on its data
+dir (same ``--name`` or not), its journal still has those tasks unfinished. Run as they
+are, every one of them would run twice.
+
+So the tasks recovery finds (mesh/node/recovery.py) wait here (``hold``) until the
+mesh says which of them another node has:
+
+1. once the node is ready, it waits up to ``JOIN_WAIT`` s to know an alive member (its
+   seeds answer, mDNS finds one, or a peer that had it as a seed joins it again); with
+   none by then, nothing is asked;
+2. it sends every alive member a RECLAIM with the waiting ids (``CHUNK`` per message);
+3. each answers RECLAIMED (``answer``): the ids it holds (taken over, queued, on its
+   disk, running), handed on lately, or keeps a copy of for *another* live holder, and
+   the stored RESULT frames of those that finished there. In the same step it drops the
+   copies of these ids it kept for a holder that is gone (or for the asker): the asker
+   holds them again, and copies them again once it runs them, so the takeover that
+   would come later does not run them a second time;
+4. after every member answered, or ``ANSWER_WAIT`` s, each waiting task is:
+   * finished elsewhere (a RESULT came): the result is stored here too (a lookup or a
+     resend of the id here gets it), the owner gets it, nothing runs;
+   * held elsewhere: out of the journal, remembered as moved (an owner resending it
+     here gets MOVED to that node, and is sent one now), nothing runs;
+   * otherwise: held and run here, as before.
+
+At least once stays the floor: a member that does not answer in time, or no member at
+all (the taker is gone too), leaves the tasks to run here. A resend of a waiting task
+by its owner meanwhile is not run twice: it only names the link its answer goes to.
+Tasks waiting on this node's disk (the deep backlog, mesh/node/spill.py) are asked
+about too, and not read back until the answers are in (``ANSWER_WAIT`` grows with
+the number of ids, up to ``ANSWER_WAIT_MAX``). A known gap (docs/handoff.md): a task
+that keeps no result (``ignore_result``) leaves no trace once it ran elsewhere, and
+runs again here.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from mesh import states
+from mesh.exceptions import DecodeError
+from mesh.membership import MemberState
+from mesh.node.journal import JournalError
+from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.wire.protocol import Moved, Reclaim, Reclaimed, Result, decode, encode
+
+if TYPE_CHECKING:
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.replicas")
+
+JOIN_WAIT = 3.0        # s to learn an alive member before asking
+ANSWER_WAIT = 2.0      # s the members' answers are waited for, at most, plus
+PER_ID = 1 / 20_000    # s per id asked about (a deep backlog on disk: its lookups),
+ANSWER_WAIT_MAX = 8.0  # up to this in all
+CHUNK = 5_000          # ids per RECLAIM
+RESULT_BYTES = 4 * 1024 * 1024   # of RESULT frames in one RECLAIMED at most (the others
+                                 # are answered as held: a lookup by id finds them there)
+STEP = 0.02
+HELD = (states.RECEIVED, states.STARTED, states.RETRY)
+REASON = "taken over while this node was down"
+
+
+class Reclaimer:
+    """The recovered tasks waiting for the mesh's answer, and the answers to others."""
+
+    def __init__(self, node: "Node"):
+        self.node = node
+        self.waiting: dict[str, Entry] = {}        # recovered into memory
+        self.disk: dict[str, tuple[bytes, int]] = {}   # waiting on disk: id -> (owner,
+                                                   # bytes); not read back until answered
+        self._round = 0
+        self._expected: dict[str, int] = {}        # member -> RECLAIMED parts still due
+        self._results: dict[str, tuple[str, bytes]] = {}   # id -> (node, RESULT frame)
+        self._held: dict[str, str] = {}            # id -> a node that holds it
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._badlog = _RateLimitedLog("refused reclaims")
+
+    # -- the returning holder ---------------------------------------------------------
+    def hold(self, entry: Entry) -> None:
+        """(Recovery) a task to run unless another node has it."""
+        self.waiting[entry.task_id] = entry
+
+    def start(self) -> None:
+        """(Recovery, at start) ask the mesh once the node is ready, about these and
+        the tasks waiting on disk."""
+        try:
+            self.disk = {t: (c, n) for t, c, n in self.node.journal.disk_tasks()}
+        except JournalError as e:
+            log.error("journal: cannot list the tasks waiting on disk (they run here, "
+                      "whichever node ran them while this one was down): %s", e)
+        if self.waiting or self.disk:
+            self.node.spawn(self._run(), name="reclaim")
+
+    def resent(self, task_id: str, ident: bytes) -> bool:
+        """An owner sent a waiting task again: its answer goes to that link (True)."""
+        entry = self.waiting.get(task_id)
+        if entry is None:
+            return False
+        entry.client = ident
+        return True
+
+    async def _run(self) -> None:
+        try:
+            await self._ask()
+        except Exception:          # (never left waiting: the disk part would never be read)
+            log.exception("asking the mesh about the recovered tasks failed: they run here")
+        self._resolve()
+
+    async def _ask(self) -> None:
+        node = self.node
+        await node.ready.wait()
+        ms = node.membership
+        peers = ms.alive_members(include_self=False)
+        if not peers:
+            deadline = time.monotonic() + JOIN_WAIT
+            while not peers and time.monotonic() < deadline:
+                await asyncio.sleep(STEP)
+                peers = ms.alive_members(include_self=False)
+        self._round += 1
+        ids = [*self.waiting, *self.disk]
+        for m in peers:
+            for s in range(0, len(ids), CHUNK):
+                frame = encode(Reclaim(node.name, node.address, self._round, ids[s:s + CHUNK]))
+                node.replicas.sockets.send(m.address, frame)
+                self._expected[m.id] = self._expected.get(m.id, 0) + 1
+        wait = answer_wait(len(ids))
+        log.info("journal: %d recovered task(s) wait until %d other node(s) say which of "
+                 "them they took over (%.1f s at most)", len(ids), len(peers),
+                 wait if peers else 0)
+        deadline = time.monotonic() + wait
+        while self._expected and time.monotonic() < deadline:
+            await asyncio.sleep(STEP)
+        if self._expected:
+            log.warning("journal: no answer from %s within %.1f s: the recovered tasks they "
+                        "may have taken over run here too (at least once)",
+                        ", ".join(sorted(self._expected))[:300], wait)
+
+    def on_reclaimed(self, msg: Reclaimed) -> None:
+        if msg.round != self._round or msg.source not in self._expected:
+            return            # late, or from a node not asked
+        for tid in msg.held:
+            if tid in self.waiting or tid in self.disk:
+                self._held.setdefault(tid, msg.source)
+        for tid, frame in zip(msg.result_ids, msg.results):
+            if tid in self.waiting or tid in self.disk:
+                self._results.setdefault(tid, (msg.source, frame))
+        left = self._expected[msg.source] - 1
+        if left > 0:
+            self._expected[msg.source] = left
+        else:
+            del self._expected[msg.source]
+
+    def _resolve(self) -> None:
+        node = self.node
+        ledger, journal, front = node.ledger, node.journal, node.front
+        waiting, self.waiting = self.waiting, {}
+        disk, self.disk = self.disk, {}
+        results, self._results = self._results, {}
+        held, self._held = self._held, {}
+        self._expected.clear()
+        moved: dict[tuple[bytes, str], list[str]] = {}
+        finished = 0
+        for tid in [*waiting, *disk]:
+            entry = waiting.get(tid)
+            got, where = results.get(tid), held.get(tid)
+            state = _final_state(tid, got[1]) if got is not None else None
+            if state is None and where is None:
+                if entry is not None:
+                    ledger.accept(entry)      # no node has it: it runs here
+                continue                      # (on disk: read back in order)
+            try:
+                client = entry.client if entry is not None else \
+                    journal.on_disk(tid) or disk[tid][0]    # (its latest link)
+                if got is not None and state is not None:
+                    journal.finish(tid, state, got[1], time.time(), got[0])
+                    finished += 1
+                    if client:
+                        front.reply(client, got[1])
+                    for ident in ledger.watchers.pop(tid, ()):
+                        front.reply(ident, got[1])
+                else:
+                    journal.remove([tid])
+                    moved.setdefault((client, str(where)), []).append(tid)
+            except JournalError as e:
+                log.error("journal: task %s, taken over elsewhere, is run here: %s", tid, e)
+                if entry is not None:
+                    ledger.accept(entry)
+                continue
+            if entry is None:
+                self._off_disk(client, disk[tid][1])
+        for (client, where), ids in moved.items():
+            m = node.membership.member(where)
+            address = m.address if m is not None else ""
+            node.handoff.remember(ids, where, address, REASON)
+            if client and address:
+                front.reply(client, encode(Moved(ids, node.name, address, where, REASON)))
+        total = len(waiting) + len(disk)
+        n_moved = sum(len(v) for v in moved.values())
+        self.counts["finished_elsewhere"] += finished
+        self.counts["held_elsewhere"] += n_moved
+        self.counts["run_here"] += total - finished - n_moved
+        ledger.commit()
+        front.schedule_flush()
+        log.info("journal: of %d recovered task(s) (%d of them on disk), %d finished on "
+                 "another node and %d are held by another node: not run here; %d run here",
+                 total, len(disk), finished, n_moved, total - finished - n_moved)
+
+    def _off_disk(self, client: bytes, size: int) -> None:
+        """A task that waited on disk will not be read back: out of the counts."""
+        spill = self.node.spill
+        spill.on_disk = max(spill.on_disk - 1, 0)
+        self.node.ledger.unquota(client, size)
+
+    # -- another node, back after a crash, asks ---------------------------------------
+    def answer(self, msg: Reclaim) -> None:
+        node = self.node
+        member = node.membership.member(msg.source)
+        if member is None or member.address != msg.source_addr or msg.source == node.name:
+            self._badlog.warning("refused a reclaim from %r: not a member at that address",
+                                 msg.source[:100])
+            return
+        others = node.replicas.copies.reclaim(msg.source, msg.ids)
+        ledger, handoff = node.ledger, node.handoff
+        held: list[str] = []
+        result_ids: list[str] = []
+        results: list[bytes] = []
+        size = 0
+        for tid in msg.ids:
+            if tid in self.waiting or tid in self.disk:
+                continue        # back after a crash too: both run it, rather than neither
+            st = ledger.task_state(b"", tid, False)
+            if "result" in st and size + len(st["result"]) <= RESULT_BYTES:
+                result_ids.append(tid)
+                results.append(st["result"])
+                size += len(st["result"])
+            elif "result" in st:      # (past the answer's size: it is found here, by id)
+                held.append(tid)
+            elif st["state"] in HELD or tid in others or handoff.moved_to(tid) is not None:
+                held.append(tid)
+        self.counts["answered"] += 1
+        self.counts["answered_taken"] += len(held) + len(result_ids)
+        node.replicas.sockets.send(msg.source_addr, encode(
+            Reclaimed(node.name, msg.round, held, result_ids, results)))
+
+    def status(self) -> dict[str, int]:
+        return {"reclaim_waiting": len(self.waiting) + len(self.disk),
+                "reclaim_finished_elsewhere": self.counts["finished_elsewhere"],
+                "reclaim_held_elsewhere": self.counts["held_elsewhere"],
+                "reclaim_run_here": self.counts["run_here"]}
+
+
+def answer_wait(n: int) -> float:
+    """How long a returning holder waits for the answers about ``n`` ids."""
+    return min(ANSWER_WAIT + n * PER_ID, ANSWER_WAIT_MAX)
+
+
+def _final_state(task_id: str, frame: bytes) -> str | None:
+    """The final state a RESULT frame for ``task_id`` carries, or None (not one)."""
+    try:
+        msg = decode(frame)
+    except DecodeError:
+        return None
+    if type(msg) is not Result or msg.task_id != task_id or msg.state not in states.READY_STATES:
+        return None
+    return msg.state
+
+
+def live_elsewhere(node: "Node", holder: str, asker: str) -> bool:
+    """Is ``holder`` a live member other than ``asker`` (it holds its tasks itself)?"""
+    if holder == asker:
+        return False
+    m = node.membership.member(holder)
+    return m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT)

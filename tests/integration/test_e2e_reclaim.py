@@ -1,0 +1,116 @@
+"""A holder killed with -9 comes back on its data dir (mesh/node/reclaim.py):
+
+* its backup took its tasks over and ran them (or is still running them): the holder
+  runs none of them again, under its old name or a new one, and serves the results
+  it did not run;
+* its backup is gone too: the holder runs every recovered task (none is lost);
+* its deep backlog waited on its disk: none of what its backup ran is read back and run.
+
+Every task records each run (a line in a file): the tests count them.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import NodeFactory, NodeProc, wait_until
+from test_e2e_backlog import _lines
+from test_e2e_backlog_copies import N, _lines_once, _pair
+from test_e2e_handoff import form_mesh, submit_and_exit
+
+from mesh.client.control import ControlClient
+from mesh.wire.protocol import ControlReply, Result, decode
+
+RUN_TIMEOUT = 90.0
+
+
+def runs(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def reclaimed(node: NodeProc) -> int:
+    st = node.status()
+    if st["reclaim_waiting"]:
+        return 0
+    return int(st["reclaim_finished_elsewhere"] + st["reclaim_held_elsewhere"] + st["reclaim_run_here"])
+
+
+def steps(log: Path, xs: range, gate: Path | None = None) -> list[tuple[str, list[Any], dict[str, Any]]]:
+    # not due for a while: the holder is killed before it runs any
+    return [("tasks_app.step", [str(log), x, *([str(gate)] if gate else [])], {"countdown": 3.0})
+            for x in xs]
+
+
+def two_nodes(start_node: NodeFactory) -> tuple[NodeProc, NodeProc]:
+    a = start_node(name="a", concurrency=1)
+    b = start_node(name="b", concurrency=3, peers=a.endpoint)
+    form_mesh(a, b)
+    return a, b
+
+
+@pytest.mark.parametrize("new_name", [False, True], ids=["same-name", "new-name"])
+def test_a_holder_back_after_a_kill_runs_none_of_what_its_backup_took_over(
+        start_node: NodeFactory, control: ControlClient, tmp_path: Path, new_name: bool) -> None:
+    a, b = two_nodes(start_node)
+    log, gate = tmp_path / "runs", tmp_path / "gate"
+    ids = submit_and_exit([a], steps(log, range(20)) + steps(log, range(100, 102), gate))
+    a.proc.kill()                         # -9 while it holds all 22
+    a.proc.wait(10)
+    # b declares a dead, runs the 20 and is still running the 2 gated ones
+    wait_until(lambda: len(runs(log)) >= 20 and b.status()["busy"] == 2, timeout=RUN_TIMEOUT,
+               what="b to take a's tasks over")
+    a2 = start_node.restart(a, name="a-again" if new_name else None)
+    wait_until(lambda: reclaimed(a2) == 22, timeout=RUN_TIMEOUT, what="a to settle its recovered tasks")
+    gate.touch()
+    wait_until(lambda: len(runs(log)) >= 22 and b.status()["held"] + a2.status()["held"] == 0,
+               timeout=RUN_TIMEOUT, what="the gated tasks to end on b")
+    assert sorted(runs(log)) == [*range(20), 100, 101], "a task ran twice, or never"
+    st = a2.status()
+    assert (st["reclaim_finished_elsewhere"], st["reclaim_held_elsewhere"],
+            st["reclaim_run_here"]) == (20, 2, 0), st
+    # a serves the results it did not run (they were sent with b's answer)
+    reply = control.broadcast([a2.endpoint], "result", {"task_id": ids[7]}, timeout=5)[a2.endpoint]
+    assert isinstance(reply, ControlReply) and reply.ok, reply
+    assert reply.payload["state"] == "SUCCESS", reply.payload
+    result = decode(reply.payload["result"])
+    assert isinstance(result, Result) and result.node == "b"
+
+
+def test_a_holder_back_when_its_backup_is_gone_too_runs_every_recovered_task(
+        start_node: NodeFactory, tmp_path: Path) -> None:
+    a, b = two_nodes(start_node)
+    log = tmp_path / "runs"
+    submit_and_exit([a], steps(log, range(20)))
+    a.proc.kill()
+    b.proc.kill()                         # before their eta: b ran none of them
+    a.proc.wait(10)
+    b.proc.wait(10)
+    a2 = start_node.restart(a)            # nobody to ask: it waits a moment, then runs them
+    wait_until(lambda: len(runs(log)) >= 20, timeout=RUN_TIMEOUT, what="a to run its tasks")
+    wait_until(lambda: a2.status()["held"] == 0, what="a to be done")
+    assert sorted(runs(log)) == list(range(20)), "a task ran twice, or never"
+    assert a2.status()["reclaim_run_here"] == 20
+
+
+def test_a_holder_back_runs_none_of_its_disk_backlog_that_its_backup_ran(
+        start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
+    # a deep backlog, most of it on a's disk (mesh/node/spill.py), its copies on b
+    a, b, c, _b_busy, rs, out, held = _pair(start_node, make_client, tmp_path)
+    on_disk = a.status()["queued_on_disk"]
+    c.close()                             # nobody resends: b runs them from its copies
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    wait_until(lambda: "more kept on disk follow" in b.stderr(), what="b to take a's tasks over")
+    (tmp_path / "gate").touch()
+    wait_until(lambda: len(_lines(out)) >= N and b.status()["held"] == 0, timeout=RUN_TIMEOUT,
+               what="b to run every task")
+    a2 = start_node.restart(a)
+    wait_until(lambda: reclaimed(a2) >= held - 1, timeout=RUN_TIMEOUT,
+               what="a to settle its recovered tasks")
+    wait_until(lambda: a2.status()["held"] == 0, what="a to hold nothing")
+    assert _lines_once(out) == sorted(f"line-{i}" for i in range(N)), "a task ran twice"
+    st = a2.status()
+    assert st["reclaim_run_here"] == 0 and st["queued_on_disk"] == 0, st
+    assert st["reclaim_finished_elsewhere"] >= on_disk, st

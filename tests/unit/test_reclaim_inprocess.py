@@ -1,0 +1,95 @@
+"""RECLAIM at the node that is asked (mesh/node/reclaim.py), in this process: the
+copies a returning holder reclaims are not taken over later; a RECLAIM from a node
+that is not a member, or one that does not decode, changes nothing and hurts nothing.
+(The returning holder's side, with real processes: tests/integration/test_e2e_reclaim.py.)"""
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgpack
+import zmq.asyncio
+from test_node_inprocess import _later, _state, app, dealer, frames_until, run, submit, until
+
+from mesh.membership import MemberState
+from mesh.node.node import Node
+from mesh.testing import running_node
+from mesh.testing.node import crash
+from mesh.wire.protocol import Ack, Error, Reclaim, Result, encode
+
+
+@asynccontextmanager
+async def holder_and_backup(*ids: str) -> AsyncIterator[tuple[Node, Node, zmq.asyncio.Socket]]:
+    """Two nodes; the holder holds ``ids`` (due in a minute), the backup keeps their
+    copies. The holder, the backup, and a DEALER to the backup."""
+    async with running_node(app, name="holder", autorun=False) as h, \
+            running_node(app, name="backup", autorun=False, peers=[h.address]) as b, \
+            dealer(h) as to_h, dealer(b) as to_b:
+        await until(lambda: len(b.membership.alive_members()) == 2, "the two to meet")
+        for tid in ids:
+            await to_h.send(_later(tid))
+        await until(lambda: set(ids) <= set(b.replicas.copies.holder_of),
+                    "the backup to keep the copies")
+        yield h, b, to_b
+
+
+def test_copies_a_returning_holder_reclaimed_are_not_taken_over_when_it_is_declared_dead() -> None:
+    # The holder comes back (here: its RECLAIM arrives) before its backup declared its
+    # old process dead: the backup must drop the copies, else its takeover runs them
+    # while the holder runs them too.
+    async def main() -> None:
+        async with holder_and_backup("kept-1", "kept-2") as (h, b, to_b):
+            address = h.address
+            await crash(h)
+            await to_b.send(encode(Reclaim("holder", address, 1, ["kept-1"])))
+            await to_b.send(submit("after"))        # handled after it: then it was seen
+            await frames_until(to_b, lambda g: any(isinstance(m, Ack) for m in g))
+            assert b.reclaim.counts["answered"] == 1
+            await until(lambda: _state(b, "holder") == MemberState.DEAD,
+                        "b to declare the holder dead")
+            b.replicas.copies.check_holders(time.monotonic())
+            assert "kept-1" not in b.ledger.held            # reclaimed: not run here
+            assert "kept-2" in b.ledger.held                # not reclaimed: taken over
+            assert b.replicas.copies.taken_over == 1
+    run(main())
+
+
+def test_a_reclaim_from_a_stranger_or_that_does_not_decode_changes_nothing() -> None:
+    async def main() -> None:
+        async with holder_and_backup("kept-3") as (h, b, to_b):
+            # a name no member has, a member at another address
+            await to_b.send(encode(Reclaim("stranger", "tcp://127.0.0.1:9", 1, ["kept-3"])))
+            await to_b.send(encode(Reclaim("holder", "tcp://127.0.0.1:9", 1, ["kept-3"])))
+            await to_b.send(msgpack.packb([1, 53, "holder", h.address, 1, [7]]))
+            await to_b.send(msgpack.packb([1, 54, "holder", 1, [], ["x"], []]))
+            await to_b.send(submit("after-2"))
+            got = await frames_until(to_b, lambda g: any(isinstance(m, Ack) for m in g))
+            assert [m.code for m in got if isinstance(m, Error)] == ["decode", "decode"]
+            assert b.reclaim.counts["answered"] == 0
+            assert b.replicas.copies.holder_of.get("kept-3") == "holder"
+    run(main())
+
+
+def test_a_recovered_task_its_owner_resends_while_the_node_asks_runs_once(tmp_path: Any) -> None:
+    # The node restarts alone with a task in its journal: it waits up to JOIN_WAIT for
+    # a peer to ask. Its owner resends the task meanwhile: the answer goes to that
+    # link, and the task runs once (not once for the resend and once after the wait).
+    async def main() -> None:
+        async with running_node(app, concurrency=1, autorun=False, shutdown_timeout=0.05,
+                                journal=True, data_dir=str(tmp_path)) as a, dealer(a) as s:
+            await s.send(submit("back-1"))
+            await until(lambda: "back-1" in a.ledger.held, "a to hold it")
+            a.stop()
+            await a.finished()                 # alone: kept in the journal
+        async with running_node(app, concurrency=1, journal=True, data_dir=str(tmp_path)) as a2, \
+                dealer(a2) as s2:
+            assert "back-1" in a2.reclaim.waiting
+            await s2.send(submit("back-1"))    # the owner, through a new link
+            got = await frames_until(s2, lambda g: any(isinstance(m, Result) for m in g))
+            assert [m.task_id for m in got if isinstance(m, Result)] == ["back-1"]
+            assert a2.reclaim.counts["run_here"] == 1
+            await until(lambda: not a2.ledger.held, "a2 to be done")
+            assert a2.pool.ran == 1 and a2.ledger.counts["SUCCESS"] == 1
+    run(main())
