@@ -175,9 +175,9 @@ class WaitingRoom:
         """One of our tasks finished at ``link``: if it was full, the task waiting
         longest goes (by our count: as many as it has room for)."""
         if link.endpoint in self._full:
-            if link.counted:
+            if link.counted:                   # as many as our count says it has room for
                 link.freed_at = time.monotonic()
-                self._release(len(self._room))
+                self._release(max(1, link.quota_tasks - link.held))
             else:
                 link.credit += 1
                 self._release(1)
