@@ -181,6 +181,7 @@ class WaitingRoom:
             else:
                 link.credit += 1
                 self._release(1)
+
     def _release(self, n: int) -> None:
         """Send up to ``n`` waiting tasks, longest waiting first; stop at the first
         that no node has room for (it stays first)."""
