@@ -206,3 +206,22 @@ def test_a_quota_said_badly_is_no_quota() -> None:
     for bad in ({}, {"quota": None}, {"quota": [1000]}, {"quota": [True, 5]},
                 {"quota": [0, 5]}, {"quota": "1000"}, None, [1, 2]):
         assert quota_of(bad) == (0, 0), bad
+
+
+def test_a_node_full_by_our_count_is_offered_one_anyway_only_once_nothing_finishes_there() -> None:
+    """While results come from it, our count says when it has room (no offer past it,
+    which it would refuse); a second without one, and it gets one anyway (the counts
+    may disagree: every wait ends)."""
+    c = _Client(["a"])
+    _said_quota(c, 2)
+    for i in range(5):
+        c.submit(f"t{i}")
+    assert c.waiting_for_room == 3
+    c.finish("t0")                                # t2 goes: room by our count
+    assert c.sent[-1] == ("t2", "a") and c.waiting_for_room == 2
+    sent = len(c.sent)
+    c._probe(c._probe_at)                         # a result came within the second: no offer
+    assert len(c.sent) == sent and c.links["a"].held == 2
+    c._probe(c._probe_at)                         # a second later, none since: one anyway
+    assert c.sent[sent:] == [("t3", "a")] and c.links["a"].held == 3
+    assert c.quota_refusals == 0
