@@ -218,6 +218,25 @@ class Client(Links, Routing, WaitingRoom):
                 return n
             time.sleep(0.005)
 
+    def _flush_while_taken(self, linger: float) -> int:
+        """``flush`` for as long as nodes keep acknowledging: the wait ends ``linger``
+        seconds after the last task a node took, not ``linger`` after it began. A burst
+        past the nodes' quotas waits in this process for room (mesh/client/room.py),
+        and goes as tasks finish: a script that submits it and exits must not drop the
+        rest while the nodes are still taking it. Says once that it waits longer."""
+        n, said = self.unacknowledged(), False
+        while n:
+            left = self.flush(linger)
+            if left == 0 or left >= n or not self._thread.is_alive():
+                return left
+            if not said:
+                said = True
+                log.warning("mesh: waiting for the nodes to take %d more task(s) sent by this "
+                            "process (%d wait for room: the nodes' quotas) before it exits; "
+                            "they take them as earlier ones finish", left, len(self._room))
+            n = left
+        return 0
+
     def endpoints(self) -> list[str]:
         """The node endpoints this client knows (seeds first)."""
         return list(dict.fromkeys([*self.seeds, *list(self.links)]))
@@ -231,7 +250,7 @@ class Client(Links, Routing, WaitingRoom):
             return 0
         unacked = 0
         if threading.current_thread() is not self._thread and linger > 0:
-            unacked = self.flush(linger)
+            unacked = self._flush_while_taken(linger)
         waiting = len(self._room)
         self._linger = min(linger, 1.0)
         self._closing = True

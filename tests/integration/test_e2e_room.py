@@ -167,3 +167,33 @@ def test_a_submitter_that_exits_with_tasks_waiting_for_room_says_how_many(
     ids = p.stdout.split()
     assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in ids[:QUOTA]] == ["opened"] * QUOTA
     assert node.status()["held"] == 0                   # the other 7 never reached it
+
+
+SUBMIT_SLOW_TASKS_AND_EXIT = """
+import sys
+import tasks_app
+from mesh import Mesh
+app = Mesh("room", peers=[sys.argv[1]], mdns=False)
+sleep = app.task(name="tasks_app.sleep")(tasks_app.sleep.fun)
+rs = [sleep.delay(0.05) for _ in range(int(sys.argv[2]))]
+print(" ".join(r.id for r in rs), flush=True)
+"""
+
+
+def test_a_submitter_that_exits_waits_while_the_nodes_take_what_waits(
+        start_node: Any, make_client: Any) -> None:
+    """Found by a new user: a script that submitted past the quota and exited dropped
+    the tasks still waiting after 5 s, while the node was taking them steadily. At
+    exit the client waits as long as nodes keep taking its tasks (5 s with none
+    taken ends it), and says so once."""
+    node = start_node(concurrency=1, quota_tasks=5)
+    n = 150                                     # ~7.5 s of work: more than the 5 s linger
+    p = run_python(SUBMIT_SLOW_TASKS_AND_EXIT, node.endpoint, str(n), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "not acknowledged by any node" not in p.stderr, p.stderr
+    said = [ln for ln in p.stderr.splitlines() if "waiting for the nodes to take" in ln]
+    assert len(said) == 1 and "wait for room" in said[0], p.stderr
+    c = make_client(node)
+    ids = p.stdout.split()
+    assert len(ids) == n
+    assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in ids] == [0.05] * n
