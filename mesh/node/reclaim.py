@@ -227,7 +227,7 @@ class Reclaimer:
                                  msg.source[:100])
             return
         others = node.replicas.copies.reclaim(msg.source, msg.ids)
-        ledger, handoff = node.ledger, node.handoff
+        ledger = node.ledger
         held: list[str] = []
         result_ids: list[str] = []
         results: list[bytes] = []
@@ -242,8 +242,13 @@ class Reclaimer:
                 size += len(st["result"])
             elif "result" in st:      # (past the answer's size: it is found here, by id)
                 held.append(tid)
-            elif st["state"] in HELD or tid in others or handoff.moved_to(tid) is not None:
+            elif st["state"] in HELD or tid in others:
                 held.append(tid)
+            # (Not a task this node handed on lately: that says where it went then, not
+            # who has it now. It may have gone to the asker itself, whose journal has it
+            # because of that handoff, or on from there to the asker; counted as held
+            # elsewhere, the asker dropped it and no node had it. The node it went to is
+            # asked too, and answers for itself.)
         self.counts["answered"] += 1
         self.counts["answered_taken"] += len(held) + len(result_ids)
         node.replicas.sockets.send(msg.source_addr, encode(

@@ -14,6 +14,7 @@ import zmq.asyncio
 from test_node_inprocess import _later, _state, app, dealer, frames_until, run, submit, until
 
 from mesh.membership import MemberState
+from mesh.node import shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
@@ -92,4 +93,39 @@ def test_a_recovered_task_its_owner_resends_while_the_node_asks_runs_once(tmp_pa
             assert a2.reclaim.counts["run_here"] == 1
             await until(lambda: not a2.ledger.held, "a2 to be done")
             assert a2.pool.ran == 1 and a2.ledger.counts["SUCCESS"] == 1
+    run(main())
+
+
+def test_a_task_shed_to_a_node_that_restarts_runs_there(tmp_path: Any) -> None:
+    # The giver sheds a task to the taker, which journals it and answers; the giver
+    # forgets it and remembers it moved there. The taker is killed and starts again on
+    # its data dir (same name, same address) before anyone declared it dead: it asks
+    # the giver about the task. "Handed on lately" to the asker itself is not "held
+    # elsewhere": counted so, the taker dropped the task and no node had it.
+    async def main() -> None:
+        tid = "shed-then-restart"
+        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+                dealer(g) as to_g:
+            async with running_node(app, name="taker", autorun=False, journal=True,
+                                    data_dir=str(tmp_path), peers=[g.address]) as t:
+                await until(lambda: len(g.membership.alive_members()) == 2
+                            and len(t.membership.alive_members()) == 2, "the two to meet")
+                await to_g.send(submit("busy"))           # its one child busy: tid queued
+                await to_g.send(submit(tid))
+                await until(lambda: tid in g.ledger.held and not g.replicas.pending(tid)
+                            and g.pool.queued == 1, "the giver to hold it, queued, copied")
+                entry, target = g.pool.remove(tid), g.membership.member("taker")
+                assert entry is not None and target is not None
+                assert g.handoff.hand([entry], shedding.REASON, target) == 1   # as shedding does
+                await until(lambda: tid not in g.ledger.held, "the giver to hand it on")
+                assert g.handoff.moved_to(tid) is not None
+                address = t.address
+                await crash(t)
+            async with running_node(app, name="taker", journal=True, data_dir=str(tmp_path),
+                                    peers=[g.address], bind=address) as t2:
+                await until(lambda: not t2.reclaim.waiting and t2.reclaim.counts,
+                            "the taker to hear the giver's answer")
+                assert t2.reclaim.counts["held_elsewhere"] == 0
+                assert t2.reclaim.counts["run_here"] == 1
+                await until(lambda: t2.ledger.counts["SUCCESS"] == 1, "the task to run")
     run(main())
