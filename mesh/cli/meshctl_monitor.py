@@ -17,9 +17,10 @@ from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die
 
 
 def short_id(task_id: str) -> str:
-    """``0c41…244ea2``: mesh ids from one process share their start and count at
-    their end, so both ends are shown."""
-    return task_id if len(task_id) <= 12 else task_id[:4] + "…" + task_id[-6:]
+    """``…7c2e9f244ea2``: a mesh id starts with the time it was made (ids of the same
+    hours share their start) and ends at random, so its end tells tasks apart; ids a
+    program chooses most often differ at the end too (``invoice-2026-000123``)."""
+    return task_id if len(task_id) <= 12 else "…" + task_id[-11:]
 
 
 def fmt_clock(ts: Any) -> str:

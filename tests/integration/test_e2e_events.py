@@ -436,7 +436,7 @@ def test_meshctl_events_prints_readable_lines(node: NodeProc, client: ClientHand
     lines = p.stdout.splitlines()
     assert len(lines) == 2, p.stdout
     for line in lines:
-        # "02:31:04.123 ev-node task-succeeded [1d74…f274d6] 0.3 ms -> 5"
+        # "02:31:04.123 ev-node task-succeeded […7c2e9f244ea2] 0.3 ms -> 5"
         clock, node_name, type_, rest = line.split(" ", 3)
         assert len(clock) == 12 and clock[2] == clock[5] == ":" and clock[8] == "."
         assert (node_name, type_) == ("ev-node", "task-succeeded")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -212,17 +213,23 @@ def test_printable() -> None:
     assert len(printable("x" * 1000)) == 120
 
 
-def test_task_ids_are_128_random_bits_and_unrelated() -> None:
+def test_task_ids_are_80_random_bits_after_the_time_and_unrelated() -> None:
+    before = time.time_ns() // 1_000_000
     ids = [new_task_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for tid in ids[:100]:
         parts = tid.split("-")
         assert [len(p) for p in parts] == [8, 4, 4, 4, 12]
         int(tid.replace("-", ""), 16)
-    # consecutive ids share nothing beyond chance: no per-process prefix, no counter
-    same = sum(a[:8] == b[:8] for a, b in zip(ids, ids[1:]))
-    assert same == 0
-    digits = [int(t.replace("-", "")[i], 16) for t in ids[:4000] for i in (12, 16, 31)]
+    # the first 12 digits are the time in ms: ids sort in the order they were made
+    stamps = [int(t.replace("-", "")[:12], 16) for t in ids]
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert stamps == sorted(stamps)
+    # the other 80 bits share nothing beyond chance: no per-process prefix, no counter
+    tails = [t.replace("-", "")[12:] for t in ids]
+    assert sum(a[:8] == b[:8] for a, b in zip(tails, tails[1:])) == 0
+    digits = [int(t[i], 16) for t in tails[:4000] for i in (0, 4, 19)]
     assert len(set(digits)) == 16                       # no fixed version/variant nibble
 
 

@@ -165,7 +165,7 @@ function taskRow(t) {
   const res = t.state === "SUCCESS" ? t.result : (t.exception || t.result || "");
   return el("tr", {"data-uuid": t.uuid, class: t.fresh ? "fresh" : ""},
     el("td", {}, badge(t.state)), el("td", {}, t.name || ""),
-    el("td", {class: "mono"}, el("a", {href: "#/task/" + t.uuid}, t.uuid.slice(0, 13) + "…")),
+    el("td", {class: "mono"}, el("a", {href: "#/task/" + t.uuid}, (t.uuid.length > 13 ? "…" + t.uuid.slice(-12) : t.uuid))),
     el("td", {class: "mono clip"}, t.args === undefined ? "" : `${t.args}${t.kwargs && t.kwargs !== "{}" ? " " + t.kwargs : ""}`),
     el("td", {class: "mono clip"}, res || ""), el("td", {}, t.worker || ""),
     el("td", {}, fmtTime(t.received)), el("td", {}, fmtRuntime(t.runtime)));
