@@ -21,10 +21,15 @@ import tempfile
 import time
 
 
-def measure(prefill: int, n: int, batch: int) -> tuple[float, float, float]:
-    # the ids the product makes (that tree's)
+def measure(prefill: int, n: int, batch: int, random_ids: bool = False) -> tuple[float, float, float]:
+    import uuid
+
+    # the ids the product makes (that tree's), or ids a program chose at random
     from mesh.app import new_task_id
     from mesh.node.sqlite_journal import SqliteJournal
+    if random_ids:
+        def new_task_id() -> str:
+            return str(uuid.uuid4())
 
     frame, client, res = os.urandom(180), b"\x00" + os.urandom(4), os.urandom(40)
     with tempfile.TemporaryDirectory() as d:
@@ -66,10 +71,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--compare", default="", help="another checkout of mesh")
+    ap.add_argument("--random-ids", action="store_true",
+                    help="uuid4 ids (as a program that chooses its own might) instead of mesh's")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(*measure(a.prefill, a.n, a.batch))
+        print(*measure(a.prefill, a.n, a.batch, a.random_ids))
         return
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     trees = [("this tree", here)] + ([("compare", os.path.abspath(a.compare))] if a.compare else [])
@@ -78,7 +85,7 @@ def main() -> None:
         for name, tree in trees:
             out = subprocess.run(
                 [sys.executable, os.path.abspath(__file__), "--prefill", str(a.prefill), "-n", str(a.n), "--batch", str(a.batch),
-                 "--one"], cwd=tree, capture_output=True, text=True, check=True,
+                 "--one", *(["--random-ids"] if a.random_ids else [])], cwd=tree, capture_output=True, text=True, check=True,
                 env={**os.environ, "PYTHONPATH": tree}).stdout.split()
             got[name].append((float(out[0]), float(out[1]), float(out[2])))
     for name, tree in trees:

@@ -109,6 +109,8 @@ _RESULT_OF = ("(SELECT r.state, r.result FROM tasks t JOIN results r ON r.task=t
               "WHERE task_id=?1 AND copy=1)")
 
 
+CACHE_KIB = 2048    # sqlite's page cache per journal connection (PRAGMA cache_size)
+
 LOCK_WAIT = 2.0     # s a starting node waits for the data dir lock: the children of a node
                     # killed a moment ago may still be going away
 
@@ -159,7 +161,11 @@ class SqliteJournal(CopyRows, SpillRows):
             # NORMAL locking (not EXCLUSIVE): the node is the only writer (the flock
             # above), and readers (the dashboard, mesh/web/history.py) can open the
             # file while it runs. Measured: about 4 us more per commit.
-            self.db.execute("PRAGMA cache_size=-65536")
+            # 2 MiB of page cache (sqlite's default size): with task ids in time order
+            # the pages in use are the ends of the b-trees; a larger cache only kept
+            # pages written once (64 MiB before: 5 MiB more RSS at the headline's peak,
+            # ~70 MiB more at 300k queued, and no faster; docs/performance.md round 6)
+            self.db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self.db.executescript(_SCHEMA)
             cols = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
             if "peer" not in cols and "task_id" in cols:   # the node holding the other copy (mesh/node/replicas.py)
@@ -305,9 +311,9 @@ class SqliteJournal(CopyRows, SpillRows):
 
     def release_memory(self) -> bool:
         """Empty sqlite's page cache (``PRAGMA shrink_memory``): it fills as the
-        journal is used, up to ``cache_size`` (64 MiB), and is never given back
-        otherwise: a node that had run 100,000 tasks held ~53 MiB of it, idle. Pages
-        are read again from the file (the OS's cache) as they are needed."""
+        journal is used, up to ``cache_size`` (``CACHE_KIB``), and is never given back
+        otherwise. Pages are read again from the file (the OS's cache) as they are
+        needed."""
         if self._in_tx:                     # a commit is due: after it
             return False
         try:
