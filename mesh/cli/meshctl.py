@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import click
@@ -396,9 +395,6 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
         app.close()
 
 
-INSPECT = ("active", "reserved", "scheduled", "registered", "stats", "revoked")
-
-
 def _controller(ctx: click.Context) -> Any:
     from mesh.client.control import Controller
     peers = _peers(ctx)
@@ -418,59 +414,6 @@ def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) ->
                 render(node, a)
     ok = [a for a in answers.values() if not (isinstance(a, dict) and set(a) == {"error"})]
     return EXIT_OK if ok else EXIT_FAILURE
-
-
-def _render_tasks(node: str, items: Any) -> None:
-    items = items if isinstance(items, list) else []
-    click.echo(f"{node}: {len(items)} task(s)")
-    now = time.time()
-    for t in items:
-        if not isinstance(t, dict):
-            continue
-        extra = ""
-        if t.get("started"):
-            extra = f" running {now - float(t['started']):.1f} s, pid {t.get('pid')}"
-        elif t.get("eta"):
-            extra = f" eta in {float(t['eta']) - now:.1f} s"
-        click.echo(f"  {t.get('name')}[{t.get('id')}] args={t.get('args')} "
-                   f"kwargs={t.get('kwargs')}{extra}")
-
-
-@meshctl.command()
-@click.argument("what", type=click.Choice(INSPECT))
-@click.option("--node", "nodes", multiple=True, metavar="NAME", help="Only these nodes (repeatable).")
-@click.pass_context
-def inspect(ctx: click.Context, what: str, nodes: tuple[str, ...]) -> int:
-    """Ask every node what it holds: active (running), reserved (waiting for a
-    child), scheduled (waiting for an eta), registered (task names and limits),
-    stats (as status), revoked (ids). Exit 1 when no node answers.
-
-    \b
-    Example:
-      meshctl --peers tcp://127.0.0.1:7700 inspect active
-      meshctl --json inspect registered --node node-a
-    """
-    answers = _controller(ctx).ask(what, destination=nodes or None)
-
-    def render(node: str, a: Any) -> None:
-        if what in ("active", "reserved", "scheduled"):
-            _render_tasks(node, a)
-        elif what == "registered":
-            click.echo(f"{node}:")
-            for t in a if isinstance(a, list) else []:
-                limits = ", ".join(f"{k}={t[k]}" for k in ("rate_limit", "time_limit",
-                                   "soft_time_limit") if isinstance(t, dict) and t.get(k))
-                click.echo(f"  {t.get('name') if isinstance(t, dict) else t}"
-                           + (f" ({limits})" if limits else ""))
-        elif what == "revoked":
-            ids = a if isinstance(a, list) else []
-            click.echo(f"{node}: {len(ids)} revoked" + "".join(f"\n  {i}" for i in ids))
-        else:
-            click.echo(f"{node}:")
-            for k in sorted(a) if isinstance(a, dict) else []:
-                click.echo(f"  {k}: {a[k]}")
-
-    return _print_per_node(ctx, answers, render)
 
 
 @meshctl.command()
@@ -501,10 +444,12 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
 
 from mesh.cli.meshctl_beat import beat  # noqa: E402
 from mesh.cli.meshctl_control import control  # noqa: E402
+from mesh.cli.meshctl_inspect import inspect  # noqa: E402
 from mesh.cli.meshctl_keys import keys  # noqa: E402
 from mesh.cli.meshctl_monitor import events, top  # noqa: E402
 
 meshctl.add_command(control)
+meshctl.add_command(inspect)
 meshctl.add_command(events)
 meshctl.add_command(top)
 meshctl.add_command(beat)
