@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die, run_cli
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, die, run_cli
 
 
 def _peers(ctx: click.Context) -> list[str]:
@@ -108,6 +108,19 @@ def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:
     from mesh.client.control import ControlClient
     with ControlClient() as cc:
         return cc.broadcast(_peers(ctx), command, timeout=ctx.obj["timeout"])
+
+
+def _reachable_peers(ctx: click.Context) -> list[str]:
+    """The peers, once one of them answered a ping within --timeout (a refusal is an
+    answer too); else say that no node could be reached and exit EXIT_UNREACHABLE."""
+    from mesh.client.control import ControlClient
+    peers = _peers(ctx)
+    with ControlClient() as cc:
+        replies = cc.broadcast(peers, "ping", timeout=ctx.obj["timeout"])
+    if all(isinstance(r, str) and r.startswith("no answer") for r in replies.values()):
+        die("meshctl", "no mesh node could be reached ("
+            + "; ".join(f"{ep}: {r}" for ep, r in replies.items()) + ")", EXIT_UNREACHABLE)
+    return peers
 
 
 @meshctl.command()
@@ -279,7 +292,8 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
          result_timeout: float) -> int:
     """Submit a task by name. Prints the task id, or with --wait the result as JSON;
     exit 1 if the task failed or timed out, or (without --wait) if no node
-    acknowledged it within max(--timeout, 5) seconds.
+    acknowledged it within max(--timeout, 5) seconds; exit 4 if no node could be
+    reached (none answered a ping within --timeout).
 
     \b
     Example:
@@ -293,7 +307,7 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         die("meshctl", "--args must be a JSON array and --kwargs a JSON object", EXIT_USAGE)
     from mesh import Mesh
-    app = Mesh("meshctl", peers=_peers(ctx))
+    app = Mesh("meshctl", peers=_reachable_peers(ctx))
     try:
         r = app.send_task(task_name, args=args, kwargs=kwargs)
         if not wait:
@@ -369,15 +383,17 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
 def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
            tree: bool = False) -> int:
     """Look up a task by id on every node, from any machine: prints its result as
-    JSON when it is done, else its state (UNKNOWN when no node knows it). Exit 1
-    when it failed, is UNKNOWN, or --wait timed out.
+    JSON when it is done, else its state (UNKNOWN when the nodes were asked and none
+    knows it). Exit 1 when it failed, is UNKNOWN, or --wait timed out; exit 4 when
+    no node could be reached (nothing was asked).
 
     \b
     Example:
-      meshctl --peers tcp://127.0.0.1:7700 result 5f0c...e1 --wait
+      meshctl --peers tcp://127.0.0.1:7700 result 01a22f7a-63ef-eaf0-2fab-7cf25ef72963 --wait
     """
     from mesh import Mesh, states
-    app = Mesh("meshctl", peers=_peers(ctx))
+    from mesh.exceptions import UnreachableError
+    app = Mesh("meshctl", peers=_reachable_peers(ctx))
     try:
         if tree:
             from mesh.cli.meshctl_tree import tree as show_tree
@@ -391,6 +407,8 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
                 click.echo(state)
             return EXIT_FAILURE if state == states.UNKNOWN else EXIT_OK
         return _report(ctx, r, result_timeout if wait else None)
+    except UnreachableError as e:        # the nodes went away after the ping
+        die("meshctl", str(e), EXIT_UNREACHABLE)
     finally:
         app.close()
 
@@ -429,7 +447,7 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
 
     \b
     Example:
-      meshctl --peers tcp://127.0.0.1:7700 revoke 5f0c...e1 --terminate
+      meshctl --peers tcp://127.0.0.1:7700 revoke 01a22f7a-63ef-eaf0-2fab-7cf25ef72963 --terminate
     """
     answers = _controller(ctx).ask("revoke", {"task_ids": list(task_ids),
                                                     "terminate": terminate, "signal": sig})
