@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class Config:
     # -- lifecycle --------------------------------------------------------------------
     shutdown_timeout: float = 30.0      # on SIGTERM, how long running tasks may finish
     data_dir: str = ""                  # journal and results; "" = ~/.local/share/mesh/NAME
-                                        # (or HOST-portPORT when no name is given)
+                                        # (or HOST-MESH-portPORT when no name is given)
     journal: bool = True                # keep accepted tasks and results in sqlite (see
                                         # mesh/journal.py); off: faster, but a node that dies
                                         # forgets what it held and keeps no results
@@ -181,13 +182,24 @@ class Config:
     @property
     def data_path(self) -> str:
         """--data-dir; else by --name; else by host and port, so a node restarted on
-        the same port (its default name has a new pid) finds its journal again."""
+        the same port (its default name has a new pid) finds its journal again. A node
+        settles it with its mesh's name first (``for_mesh``)."""
         if self.data_dir:
             return self.data_dir
         if self.name:
             return default_data_dir(self.name)
-        port = self.bind.rsplit(":", 1)[-1]
-        return default_data_dir(f"{socket.gethostname()}-port{port}")
+        return default_data_dir(f"{socket.gethostname()}-port{self._port}")
+
+    @property
+    def _port(self) -> str:
+        return self.bind.rsplit(":", 1)[-1]
+
+    def mesh_data_path(self, mesh: str) -> str:
+        """The default data dir of a node of ``mesh`` named by host and port: the mesh
+        in it too, so two apps served on one port in turn (a tutorial, then one's own
+        app) never share a journal (mesh/node/data_dir.py)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", mesh) or "mesh"
+        return default_data_dir(f"{socket.gethostname()}-{safe}-port{self._port}")
 
     # -- building ---------------------------------------------------------------------
     @classmethod

@@ -45,7 +45,7 @@ class Slot:
     and callers (readers/waiters) under ``Slot.lock``."""
 
     __slots__ = ("task_id", "frame", "state", "msg", "node", "waiters", "remote", "refused",
-                 "meta", "submit", "name", "queue")
+                 "meta", "submit", "name", "queue", "held_at", "held_size")
     lock = threading.Lock()   # one lock for all slots: waits are rare, updates are short
 
     def __init__(self, task_id: str, frame: bytes | None, remote: bool = False,
@@ -60,6 +60,9 @@ class Slot:
                                       # not registered there)
         self.msg: Result | None = None
         self.node: str | None = None  # endpoint it was last sent to
+        self.held_at: Any = None      # (client I/O thread) the NodeLink whose count of our
+        self.held_size = 0            # tasks it is in, and the bytes it counts there
+                                      # (mesh/client/room.py: quotas)
         self.waiters: list[Callable[[], None]] | None = None
         self.meta: bytes | None = None     # codec bytes of the meta of a reported state
         self.submit: bytes | None = None   # the Submit once the frame is let go (or a

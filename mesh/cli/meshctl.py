@@ -254,7 +254,9 @@ def status(ctx: click.Context) -> int:
         table = [header]
         for r in rows:
             if not r["answered"]:
-                load = r.get("load")
+                # a dead or departed node's last gossiped load is stale: its tasks were
+                # taken over (shown as busy/waiting there, they read as stuck)
+                load = r.get("load") if r["state"] not in ("dead", "left") else None
                 busy = f"{load[0]}/{load[1]}" if load else "-"
                 queue = str(load[2]) if load else "-"
                 table.append((r["node"], r["address"], r["state"], "-", "-", "-", "-", busy, queue)

@@ -20,7 +20,7 @@ def short_id(task_id: str) -> str:
     """``…7c2e9f244ea2``: a mesh id starts with the time it was made (ids of the same
     hours share their start) and ends at random, so its end tells tasks apart; ids a
     program chooses most often differ at the end too (``invoice-2026-000123``)."""
-    return task_id if len(task_id) <= 12 else "…" + task_id[-11:]
+    return task_id if len(task_id) <= 13 else "…" + task_id[-12:]
 
 
 def fmt_clock(ts: Any) -> str:

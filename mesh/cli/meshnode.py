@@ -56,8 +56,9 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
               help="Soft time limit: raise SoftTimeLimitExceeded in the task.")
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), metavar="S",
               help="On SIGTERM, how long running tasks may finish (default 30).")
-@click.option("--data-dir", metavar="DIR", help="Journal and results (default ~/.local/share/mesh/NAME, or HOST-portPORT "
-                   "without --name: a node restarted on the same port finds its journal).")
+@click.option("--data-dir", metavar="DIR", help="Journal and results (default ~/.local/share/mesh/NAME, or HOST-MESH-portPORT "
+                   "without --name: a node restarted on the same port finds its journal). A "
+                   "journal belongs to one mesh: a node of another refuses to start on it.")
 @click.option("--no-journal", is_flag=True, default=None,
               help="Keep no journal: faster, but a node that dies forgets the tasks it held "
                    "(their clients still resend them) and keeps no results.")

@@ -44,7 +44,7 @@ import zmq
 from mesh import states
 from mesh.client import handshakes
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
-from mesh.client.room import WaitingRoom
+from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
@@ -211,7 +211,9 @@ class Client(Links, Routing, WaitingRoom):
     def nodes(self) -> list[dict[str, Any]]:
         """A snapshot of the nodes this client knows, for display and tests."""
         return [{"node": n.node_id, "endpoint": n.endpoint, "state": n.state, "busy": n.busy,
-                 "total": n.total, "queued": n.queued, "inflight": n.inflight}
+                 "total": n.total, "queued": n.queued, "inflight": n.inflight,
+                 "held": n.held, "held_bytes": n.held_bytes,
+                 "quota": [n.quota_tasks, n.quota_bytes]}
                 for n in list(self.links.values())]
 
     def unacknowledged(self) -> int:
@@ -231,6 +233,25 @@ class Client(Links, Routing, WaitingRoom):
                 return n
             time.sleep(0.005)
 
+    def _flush_while_taken(self, linger: float) -> int:
+        """``flush`` for as long as nodes keep acknowledging: the wait ends ``linger``
+        seconds after the last task a node took, not ``linger`` after it began. A burst
+        past the nodes' quotas waits in this process for room (mesh/client/room.py),
+        and goes as tasks finish: a script that submits it and exits must not drop the
+        rest while the nodes are still taking it. Says once that it waits longer."""
+        n, said = self.unacknowledged(), False
+        while n:
+            left = self.flush(linger)
+            if left == 0 or left >= n or not self._thread.is_alive():
+                return left
+            if not said:
+                said = True
+                log.warning("mesh: waiting for the nodes to take %d more task(s) sent by this "
+                            "process (%d wait for room: the nodes' quotas) before it exits; "
+                            "they take them as earlier ones finish", left, len(self._room))
+            n = left
+        return 0
+
     def endpoints(self) -> list[str]:
         """The node endpoints this client knows (seeds first)."""
         return list(dict.fromkeys([*self.seeds, *list(self.links)]))
@@ -244,7 +265,7 @@ class Client(Links, Routing, WaitingRoom):
             return 0
         unacked = 0
         if threading.current_thread() is not self._thread and linger > 0:
-            unacked = self.flush(linger)
+            unacked = self._flush_while_taken(linger)
         waiting = len(self._room)
         self._linger = min(linger, 1.0)
         self._closing = True
@@ -438,6 +459,7 @@ class Client(Links, Routing, WaitingRoom):
             if link.credit:                     # room made at a full node (room.py)
                 link.credit -= 1
             slot.node = link.endpoint
+            hold(slot, link)                    # what it holds from us (quotas: room.py)
             batch = batches.get(link)
             if batch is None:
                 batch = batches[link] = []
@@ -474,6 +496,7 @@ class Client(Links, Routing, WaitingRoom):
         if link.credit:
             link.credit -= 1
         slot.node = link.endpoint
+        hold(slot, link)
         link.sock.send(slot.frame, zmq.NOBLOCK)
 
     def _drain_socket(self, link: NodeLink) -> None:
@@ -539,6 +562,7 @@ class Client(Links, Routing, WaitingRoom):
                 except zmq.ZMQError:
                     pass
                 return
+            let_go(slot)
             owner = self.links.get(slot.node or "")
             if owner is not None:
                 self._forget_one(owner, was_acked)
@@ -591,6 +615,7 @@ class Client(Links, Routing, WaitingRoom):
     @staticmethod
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
         """Complete a slot with a failure decided here, in the client."""
+        let_go(slot)
         slot.complete(Result(task_id=slot.task_id, state=states.FAILURE, node=node, exc={
             "type": exc_type, "module": "mesh.exceptions", "message": message},
             date_done=time.time()))
@@ -628,6 +653,7 @@ class Client(Links, Routing, WaitingRoom):
             if slot is None or slot.msg is not None or slot.node != link.endpoint:
                 continue                      # not ours, done, or not held there
             self._forget_one(link, slot.state != states.PENDING)
+            let_go(slot)
             slot.state = states.PENDING
             shed_to = self._shed_target(target)
             if shed_to is not None:
@@ -652,9 +678,11 @@ class Client(Links, Routing, WaitingRoom):
             self._forget_one(link, slot.state != states.PENDING)
             if target is not None:
                 slot.node = target.endpoint        # held there: not counted as in flight
+                hold(slot, target)
                 target.sock.send(slot.frame, zmq.NOBLOCK)
                 followed += 1
             else:       # cannot reach where it went: it may run twice rather than never
+                let_go(slot)
                 slot.state = states.PENDING
                 self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
         log.info("node %s handed %d of our task(s) to %s (%s): %s", msg.node, followed,

@@ -31,6 +31,7 @@ from mesh import states
 from mesh.capabilities import Serves, from_meta
 from mesh.client.fit import fits
 from mesh.client.placement import choose_from
+from mesh.client.room import let_go, quota_of, room_for
 from mesh.config import Config
 from mesh.exceptions import DecodeError
 from mesh.node.peers import literal_host
@@ -55,7 +56,8 @@ class NodeLink:
     __slots__ = ("endpoint", "node_id", "state", "busy", "total", "queued", "inflight",
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
                  "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
-                 "refused_at", "credit")
+                 "refused_at", "credit", "held", "held_bytes", "quota_tasks", "quota_bytes",
+                 "counted", "freed_at")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -84,6 +86,12 @@ class NodeLink:
         self.refused = ""             # why the node refused our handshake ("": it did not)
         self.refused_at = 0.0
         self.credit = 0               # tasks it has room for while it is full (room.py)
+        self.held = 0                 # our tasks it holds (sent, not finished, not moved)
+        self.held_bytes = 0           # and their bytes: what its quota counts (room.py)
+        self.quota_tasks = 0          # its quota per sender, as its members entry says
+        self.quota_bytes = 0          # (0: not said, an older node: refusals tell)
+        self.counted = False          # full by our count (not by a refusal): room.py
+        self.freed_at = 0.0           # when one of our tasks last finished there, while full
 
     @property
     def score(self) -> float:
@@ -133,6 +141,7 @@ class Links:
         def _not_ours(self, endpoint: str, node_id: Any, mesh: str) -> None: ...
         def _unplaceable(self, slot: Slot, kind: str, said: str) -> None: ...
         def _with_room(self, pool: list[NodeLink], slot: Slot | None) -> list[NodeLink] | None: ...
+        def _at_quota(self, link: NodeLink) -> None: ...
         def _wrong_key(self, link: NodeLink) -> None: ...
         def _link_refused(self, link: NodeLink, why: str) -> None: ...
         def _retry_refused(self, now: float) -> None: ...
@@ -300,6 +309,7 @@ class Links:
                 self._send(slot, by_id[backup] if backup is not None else
                            self._pick(avoid=link.endpoint, slot=slot))
             else:           # nowhere to go yet: keep trying (the node may come back)
+                let_go(slot)
                 slot.node = None
                 self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
             moved += 1
@@ -372,8 +382,11 @@ class Links:
             if link is None:
                 if state != "alive":
                     continue              # no need to connect to a node that is gone
-                if any(n.node_id == nid for n in self.links.values()):
-                    continue              # known already, through another address (a seed)
+                known = [n for n in self.links.values() if n.node_id == nid]
+                for n in known:           # known already, through another address (a seed)
+                    n.quota_tasks, n.quota_bytes = quota_of(m.get("meta"))
+                if known:
+                    continue
                 if not literal_host(ep):
                     continue              # names are resolved on libzmq's one I/O thread:
                                           # only seeds (configured) may be host names
@@ -394,6 +407,7 @@ class Links:
                 link.node_id = nid
             if link.serves != serves:
                 link.serves, changed = serves, True
+            link.quota_tasks, link.quota_bytes = quota_of(m.get("meta"))   # (room.py)
             load = m.get("load")
             if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
                 link.busy, link.total, link.queued = load[0], load[1], load[2]
@@ -413,6 +427,7 @@ class Links:
         ``said`` are what the last node to refuse it answered."""
         pool = self._placeable
         seeds = self.seeds
+        counted = False
         if slot is not None and slot.name:
             if pool:
                 if slot.refused:
@@ -431,6 +446,7 @@ class Links:
                     if roomy is None:
                         return None
                     pool = roomy
+                    counted = True  # (each has room for it by our count)
             elif slot.refused:          # no alive node known: the seeds that did not refuse
                 seeds = [ep for ep in seeds if ep not in slot.refused]
                 if not seeds:
@@ -444,7 +460,11 @@ class Links:
             pool = fresh or pool
         choice = choose_from(pool, self._rng)
         if choice is None:  # membership knows no alive node: keep trying the seeds
-            choice = self.links[self._rng.choice(seeds)]
+            return self.links[self._rng.choice(seeds)]
+        if choice.quota_tasks and not counted and slot is not None and slot.name and \
+                not room_for(choice, slot):
+            self._at_quota(choice)      # full by our count: choose again among the others
+            return self._pick(avoid, slot, kind, said)      # (room.py), or wait
         return choice
 
     def _shed_target(self, target: Any) -> NodeLink | None:

@@ -22,6 +22,7 @@ from mesh import states
 from mesh.capabilities import from_meta
 from mesh.client.fit import fits, unplaceable
 from mesh.client.placement import choose_from
+from mesh.client.room import let_go
 from mesh.result import Slot
 
 log = logging.getLogger("mesh.client")
@@ -105,6 +106,7 @@ class Routing:
             self._rechecked[slot.task_id] = now
             self._refresh_members(now)
         if maybe or fresh or not self._members_known.is_set():
+            let_go(slot)
             slot.node = None
             slot.state = states.PENDING
             self._retry.append((now + RETRY_DELAY, slot))
@@ -122,6 +124,7 @@ class Routing:
         left, fail it with the node's words and the nodes considered, so the submitter
         knows (never silent loss)."""
         self._forget_one(link, slot.state != states.PENDING)
+        let_go(slot)
         if slot.refused is None:
             slot.refused = set()
         slot.refused.add(link.endpoint)

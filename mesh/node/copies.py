@@ -152,6 +152,12 @@ class Copies:
         journalled; acknowledged at once."""
         node = self.node
         member = node.membership.member(msg.source)
+        if member is None and msg.source != node.name:
+            # a node (re)started a moment ago copies before membership here has heard
+            # of it: not acknowledged, so it sends them again once it is a member
+            self._badlog.info("copies from %r at %r wait: not a member here yet",
+                              msg.source[:100], msg.source_addr[:100])
+            return
         if member is None or member.address != msg.source_addr or msg.source == node.name:
             self._badlog.warning("refused copies from %r at %r: not a member at that address",
                                  msg.source[:100], msg.source_addr[:100])

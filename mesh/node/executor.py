@@ -40,12 +40,20 @@ class Storage(Component):
             node.journal = open_journal(node.config)
         except JournalError as e:
             why = str(e)
-            if isinstance(e, DataDirInUse) and not node.config.data_dir:
+            if isinstance(e, DataDirInUse) and not node.data_dir_given:
                 # the default data dir is named after the node (or host and port): the
                 # same one means the same address, most likely already served
                 why += (f" (the default data dir follows the node's name and port: is another "
                         f"node already serving {node.config.bind}?)")
             raise NodeStartError(why) from e
+        other = node.journal.claim(node.app.main)
+        if other is not None:
+            node.journal.close()
+            raise NodeStartError(
+                f"the data dir {path} holds the journal of mesh {other!r}, and this node "
+                f"serves mesh {node.app.main!r}: it would fail that mesh's tasks as not "
+                f"registered. Give this node its own --data-dir (or --name), or start a "
+                f"node of mesh {other!r} on it to finish them")
 
     def close(self, node: "Node") -> None:
         node.journal.close()

@@ -88,6 +88,8 @@ class Members(Component):
                 "events": node.events_endpoint, "clock": node.events.clock,
                 "beat": node.beat.advertised() if node.beat is not None else "",
                 "boot": node.boot,
+                # what one sender may have held here: clients send no more (client/room.py)
+                "quota": [node.config.quota_tasks, node.config.quota_bytes],
                 **node.routing.meta}      # mesh, queues, task names (mesh/capabilities.py)
 
     def members(self) -> list[dict[str, Any]]:

@@ -332,6 +332,7 @@ class Handoffs(Component):
         refusal = routing.refusal(msg) if routing is not None else None
         if refusal is not None:          # another queue than ours
             return str(refusal)
+        node.reclaim.handed_here(tid)   # (back after a crash: ours now, whatever was said)
         journal, now = node.journal, time.time()
         try:
             if not journal.add(tid, b"", frame, now):

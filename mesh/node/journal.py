@@ -169,6 +169,11 @@ class Journal(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None: ...
 
+    def claim(self, mesh: str) -> str | None:
+        """Record that this journal belongs to ``mesh`` (mesh/node/data_dir.py); the
+        other mesh it belongs to already, if so (nothing recorded then)."""
+        return None
+
     # -- tasks waiting on disk only (mesh/node/spill.py): sqlite only ------------------
     spills = False     # this journal can keep queued tasks out of the node's memory
 

@@ -100,6 +100,12 @@ class _RateLimitedLog:
         self.start, self.count, self.suppressed = 0.0, 0, 0
 
     def warning(self, fmt: str, *args: Any) -> None:
+        self.log(logging.WARNING, fmt, *args)
+
+    def info(self, fmt: str, *args: Any) -> None:
+        self.log(logging.INFO, fmt, *args)
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
         now = time.monotonic()
         if now - self.start > self.window:
             if self.suppressed:
@@ -107,7 +113,7 @@ class _RateLimitedLog:
             self.start, self.count, self.suppressed = now, 0, 0
         self.count += 1
         if self.count <= self.burst:
-            log.warning(fmt, *args)
+            log.log(level, fmt, *args)
         else:
             self.suppressed += 1
 

@@ -33,6 +33,7 @@ from mesh.node.announce import Announcer
 from mesh.node.autoscale import Autoscaler
 from mesh.node.beat import Beat
 from mesh.node.component import Component, NodeStartError, component_name, order
+from mesh.node.data_dir import settle
 from mesh.node.events import EventStream, Publisher
 from mesh.node.executor import Executor, Storage
 from mesh.node.expiry import Expiry
@@ -147,7 +148,8 @@ class Node:
         register_builtins(app)       # mesh.map, mesh.starmap: before the children fork
         self.handle_signals = handle_signals    # SIGTERM/SIGINT stop the node (meshnode)
         self._run_task: asyncio.Task[Any] | None = None
-        self.config = config
+        self.data_dir_given = bool(config.data_dir)       # --data-dir, not a default
+        self.config = config = settle(config, app.main)   # the data dir of this mesh
         self.name = config.node_name
         self.address = config.bind
         self.started_at = time.time()

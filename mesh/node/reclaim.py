@@ -14,17 +14,19 @@ mesh says which of them another node has:
    none by then, nothing is asked;
 2. it sends every alive member a RECLAIM with the waiting ids (``CHUNK`` per message);
 3. each answers RECLAIMED (``answer``): the ids it holds (taken over, queued, on its
-   disk, running), handed on lately, or keeps a copy of for *another* live holder, and
-   the stored RESULT frames of those that finished there. In the same step it drops the
-   copies of these ids it kept for a holder that is gone (or for the asker): the asker
-   holds them again, and copies them again once it runs them, so the takeover that
-   would come later does not run them a second time;
+   disk, running) or keeps a copy of for *another* live holder (not what it handed on
+   lately: that may be the asker, see ``answer``), and the stored RESULT frames of
+   those that finished there. In the same step it drops the copies of these ids it
+   kept for a holder that is gone (or for the asker): the asker holds them again, and
+   copies them again once it runs them, so the takeover that would come later does
+   not run them a second time;
 4. after every member answered, or ``ANSWER_WAIT`` s, each waiting task is:
    * finished elsewhere (a RESULT came): the result is stored here too (a lookup or a
      resend of the id here gets it), the owner gets it, nothing runs;
    * held elsewhere: out of the journal, remembered as moved (an owner resending it
      here gets MOVED to that node, and is sent one now), nothing runs;
-   * otherwise: held and run here, as before.
+   * otherwise: held and run here, as before;
+   a task handed here meanwhile is held here, whatever was answered (``handed_here``).
 
 At least once stays the floor: a member that does not answer in time, or no member at
 all (the taker is gone too), leaves the tasks to run here. A resend of a waiting task
@@ -97,6 +99,15 @@ class Reclaimer:
                       "whichever node ran them while this one was down): %s", e)
         if self.waiting or self.disk:
             self.node.spawn(self._run(), name="reclaim")
+
+    def handed_here(self, task_id: str) -> None:
+        """Another node hands this node a task that waits for the answers (it held
+        it: taken over, and shed here now): the handoff is the latest word, whatever
+        that node answered before it, and its sender forgets the task once answered.
+        So the answers do not settle it: it is held as the handoff holds it (one on
+        disk is read back in turn). Settled as "held elsewhere", it would be dropped."""
+        if self.waiting.pop(task_id, None) is None:
+            self.disk.pop(task_id, None)
 
     def resent(self, task_id: str, ident: bytes) -> bool:
         """An owner sent a waiting task again: its answer goes to that link (True)."""
@@ -227,7 +238,7 @@ class Reclaimer:
                                  msg.source[:100])
             return
         others = node.replicas.copies.reclaim(msg.source, msg.ids)
-        ledger, handoff = node.ledger, node.handoff
+        ledger = node.ledger
         held: list[str] = []
         result_ids: list[str] = []
         results: list[bytes] = []
@@ -242,8 +253,13 @@ class Reclaimer:
                 size += len(st["result"])
             elif "result" in st:      # (past the answer's size: it is found here, by id)
                 held.append(tid)
-            elif st["state"] in HELD or tid in others or handoff.moved_to(tid) is not None:
+            elif st["state"] in HELD or tid in others:
                 held.append(tid)
+            # (Not a task this node handed on lately: that says where it went then, not
+            # who has it now. It may have gone to the asker itself, whose journal has it
+            # because of that handoff, or on from there to the asker; counted as held
+            # elsewhere, the asker dropped it and no node had it. The node it went to is
+            # asked too, and answers for itself.)
         self.counts["answered"] += 1
         self.counts["answered_taken"] += len(held) + len(result_ids)
         node.replicas.sockets.send(msg.source_addr, encode(

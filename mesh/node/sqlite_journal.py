@@ -316,6 +316,16 @@ class SqliteJournal(CopyRows, SpillRows):
             log.debug("journal: shrink_memory failed: %s", e)
         return True
 
+    def claim(self, mesh: str) -> str | None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key='mesh'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('mesh', ?)", (mesh,))
+                return None
+        except sqlite3.Error as e:
+            raise JournalError(f"cannot read the journal's mesh: {_explain(e, self.path)}") from e
+        return None if row[0] == mesh else str(row[0])
+
     def close(self) -> None:
         self.checkpointer.stop()
         try:

@@ -77,8 +77,8 @@ async def running_node(app: "Mesh", *, autorun: bool = True, name: str = "solo",
         options.setdefault("journal", False)
         options.setdefault("concurrency", 2)
         options.setdefault("shutdown_timeout", 1.0)
-        config = Config.build(env={}, name=name, bind="tcp://127.0.0.1:*", mdns=False,
-                              profile="test", **options)
+        options.setdefault("bind", "tcp://127.0.0.1:*")   # (a restart: the old address)
+        config = Config.build(env={}, name=name, mdns=False, profile="test", **options)
         node = Node(app, config, components=solo_components(autorun), handle_signals=False)
         task = asyncio.create_task(node.run(), name=f"node {name}")
         ready = asyncio.create_task(node.ready.wait())

@@ -866,9 +866,9 @@ class Reclaim(Message):
 
 @message
 class Reclaimed(Message):
-    """The answer to RECLAIM: the ids this node holds (or handed on lately, or keeps a
-    copy of for another live holder), and the stored RESULT frames of those that
-    finished here (``results[k]`` for ``result_ids[k]``)."""
+    """The answer to RECLAIM: the ids this node holds (or keeps a copy of for another
+    live holder), and the stored RESULT frames of those that finished here
+    (``results[k]`` for ``result_ids[k]``)."""
     TYPE = MsgType.RECLAIMED
     source: str
     round: int

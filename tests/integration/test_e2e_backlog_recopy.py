@@ -6,11 +6,13 @@ data dir deleted): every task still runs, once.
 
 Three real nodes with a window of 50, one child each, all three busy behind one
 gate (and one more task queued on each, so no node has room to be shed to): nothing
-runs until the test opens the gate. The submitter is
-gone before a node dies: only the copies can save the tasks.
+runs until the test opens the gate; or (``shed``) b and c with room for one queued
+task each, so a's backlog is shed around while b restarts. The submitter is gone
+before a node dies: only the copies can save the tasks.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import sqlite3
@@ -19,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import occupy, wait_until
 from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _lines
 from test_e2e_chaos import mesh_formed
@@ -26,9 +29,12 @@ from test_e2e_chaos import mesh_formed
 N = 500
 
 
-def _three(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any, Any, Path]:
+def _three(start_node: Any, make_client: Any, tmp_path: Path,
+           shed: bool = False) -> tuple[Any, Any, Any, Path]:
     """a, b, c with a backlog on a (most of it on a's disk; its copies on b and c,
-    beyond their windows on their disks), acknowledged, and its submitter gone."""
+    beyond their windows on their disks), acknowledged, and its submitter gone.
+    ``shed``: b and c have room for one queued task each, so a sheds its backlog's
+    head to them (and they on) while the test kills and restarts nodes."""
     flags = dict(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
     a = start_node(**flags)
     b = start_node(peers=a.endpoint, **flags)
@@ -37,8 +43,9 @@ def _three(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any,
     gate = tmp_path / "gate"
     for n in (a, b, c):
         occupy(n, make_client(n), gate)
-    for n in (a, b, c):      # and one queued behind each: no node has room to be shed
-        _queue_one(n, make_client(n), gate)   # to (the backlog stays where it is placed)
+    if not shed:
+        for n in (a, b, c):      # and one queued behind each: no node has room to be shed
+            _queue_one(n, make_client(n), gate)   # to (the backlog stays where it is placed)
     client = make_client(a)
     out, prefix = tmp_path / "runs", f"r{uuid.uuid4().hex[:6]}"
     for i in range(N):
@@ -90,9 +97,10 @@ def _on_disk_naming(node: Any, backup: str) -> int:
         db.close()
 
 
+@pytest.mark.parametrize("shed", [False, True])
 def test_a_holder_copies_its_disk_part_again_to_a_restarted_backup(
-        start_node: Any, make_client: Any, tmp_path: Path) -> None:
-    a, b, c, out = _three(start_node, make_client, tmp_path)
+        start_node: Any, make_client: Any, tmp_path: Path, shed: bool) -> None:
+    a, b, c, out = _three(start_node, make_client, tmp_path, shed)
     named = _on_disk_naming(a, b.name)
     assert named > 0
     b.send_signal(signal.SIGKILL)
@@ -104,7 +112,9 @@ def test_a_holder_copies_its_disk_part_again_to_a_restarted_backup(
                what="a to copy its disk part again")
     wait_until(lambda: not a.status()["recopying_disk"], what="a's walk to end")
     assert "task(s) waiting on disk to their backups again" in a.stderr()
-    assert b.status()["copies_on_disk"] > 0                   # beyond b's window: its disk
+    if not shed:     # (shed: b, busy with a handoff when killed, may be declared dead
+        # before it is back, and a copies them to c then, rightly: seen in 1 run of 23)
+        assert b.status()["copies_on_disk"] > 0               # beyond b's window: its disk
     _gone(a)
     _each_ran_once(out, [b, c], tmp_path)
 
@@ -143,3 +153,39 @@ def test_two_machines_gone_one_after_the_other_the_last_node_runs_every_task_onc
     assert _on_disk_naming(a, b.name) == 0 and _on_disk_naming(a, "") == 0
     _gone(a)
     _each_ran_once(out, [c], tmp_path)
+
+
+def test_tasks_shed_to_a_node_that_restarts_run_once(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """A backlog on a, every task waiting for one gate (most of it on a's disk), and
+    its submitter gone. b and c join: a sheds to each what it has room for (one
+    running, one queued) and forgets them once answered. b is killed with -9 and
+    starts again on its data dir before anyone declared it dead: it asks a and c which
+    of its recovered tasks they have. That a handed those to b is not "held
+    elsewhere" (until 2026-12 it was: b dropped them, and no node had them).
+
+    b keeps no copy of its tasks elsewhere (``--replicas 1``): then, declared dead or
+    not before it is back, no node takes them over and only b can run them (with
+    copies, a takeover that beats b's restart holds them, rightly: "held elsewhere")."""
+    flags = dict(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
+    gate, out, n = tmp_path / "gate", tmp_path / "runs", 4 * WINDOW
+    a = start_node(**flags)
+    client = make_client(a)                    # a alone: every task is sent to a
+    for i in range(n):
+        client.tasks.step.apply_async((str(out), i, str(gate)), task_id=f"g-{i}")
+    assert client.app.client.flush(RESULT_TIMEOUT) == 0     # acknowledged: the promise
+    client.close()                                           # the submitter is gone
+    wait_until(lambda: a.status()["queued_on_disk"] > 0, what="a's disk part")
+    b = start_node(peers=a.endpoint, **{**flags, "replicas": 1})   # (below)
+    start_node(peers=a.endpoint, **flags)                         # c
+    shed_to_b = re.compile(rf"handed \d+ task\(s\) to {b.name} .*shed to a node with room")
+    wait_until(lambda: shed_to_b.search(a.stderr()), what="a to shed tasks to b, answered")
+    b.send_signal(signal.SIGKILL)
+    b.wait(10)
+    b = start_node.restart(b)
+    wait_until(lambda: "journal: of " in b.stderr(), what="b to hear what the others have")
+    gate.touch()
+    want = [str(i) for i in range(n)]
+    wait_until(lambda: set(_lines(out)) >= set(want), timeout=RESULT_TIMEOUT,
+               what="every task to run")
+    assert sorted(_lines(out), key=int) == want                # each once

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program
+from harness import MESHCTL, MESHNODE, clean_env, free_port, occupy, run_program, wait_until
+from test_e2e_chaos import mesh_formed
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_START, EXIT_USAGE
 
@@ -232,3 +234,26 @@ def test_meshctl_bad_usage_exits_2(args: list[str]) -> None:
     p = run_program(MESHCTL, *args)
     assert p.returncode == EXIT_USAGE, p
     _one_error_line(p.stderr, "meshctl")
+
+
+def test_meshctl_status_shows_no_stale_load_for_a_dead_node(start_node: Any, make_client: Any,
+                                                            tmp_path: Path) -> None:
+    # found by a new user: a killed node's row said "2/2 24" (its last gossiped load)
+    # after the survivor had taken its tasks over: 24 tasks that read as stuck
+    a = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    wait_until(mesh_formed([a, b]), what="the two to see each other")
+    client = make_client(b)
+    occupy(b, client, tmp_path / "gate")
+    wait_until(lambda: b.status()["busy"] == 1, what="b busy")
+
+    def b_row() -> dict[str, Any]:
+        p = run_program(MESHCTL, "--peers", a.endpoint, "--timeout", "1", "status")
+        line = next(x for x in p.stdout.splitlines() if x.startswith(b.name + " "))
+        cells = line.split()
+        return {"state": cells[2], "busy": cells[7], "waiting": cells[8]}
+
+    wait_until(lambda: b_row()["busy"] == "1/1", what="b's load gossiped to a")
+    b.send_signal(signal.SIGKILL)
+    row = wait_until(lambda: (r := b_row())["state"] == "dead" and r, timeout=30, what="b dead")
+    assert (row["busy"], row["waiting"]) == ("-", "-"), row

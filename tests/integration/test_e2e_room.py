@@ -97,6 +97,49 @@ def test_tasks_waiting_for_room_survive_the_death_of_a_full_node(
     assert c.app.client.waiting_for_room == 0
 
 
+def _know_quotas(client: Any, n: int, tasks: int) -> None:
+    """Until the client has the quota of ``n`` alive nodes from their members entries."""
+    wait_until(lambda: sum(x["state"] == "alive" and x["quota"][0] == tasks
+                           for x in client.nodes()) == n, what="the client to know the quotas")
+
+
+def test_a_client_that_knows_the_quotas_sends_no_burst_that_is_refused(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """The nodes say their quota (members); the client counts what each holds of its
+    tasks and sends none past it: a burst far past both quotas waits in the client
+    instead of being refused once per node, and every task runs once."""
+    a = start_node(concurrency=2, quota_tasks=QUOTA)
+    b = start_node(concurrency=2, quota_tasks=QUOTA, peers=a.endpoint)
+    c = make_client(a, b)
+    client = c.app.client
+    _know_quotas(client, 2, QUOTA)
+    out = tmp_path / "runs"
+    rs = [c.tasks.append_line.delay(str(out), f"line-{i}") for i in range(400)]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(400)]
+    assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(400))    # each once
+    assert client.waited >= 400 - 2 * QUOTA, client.waited
+    # (without the count: a refusal or two per task that waited; a few may come from
+    # the once-a-second offer, should no result come from a full node for a second)
+    assert client.quota_refusals <= 4, client.quota_refusals
+    assert all(n["held"] == 0 and n["held_bytes"] == 0 for n in client.nodes())
+    assert client.waiting_for_room == 0 and a.status()["held"] == b.status()["held"] == 0
+
+
+def test_a_known_bytes_quota_is_kept_too(start_node: Any, make_client: Any,
+                                         tmp_path: Path) -> None:
+    node = start_node(concurrency=1, quota_tasks=100_000, quota_bytes=1024)
+    c = make_client(node)
+    client = c.app.client
+    _know_quotas(client, 1, 100_000)
+    out = tmp_path / "runs"
+    rs = [c.tasks.append_line.delay(str(out), f"line-{i}-" + "x" * 100) for i in range(100)]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}-" + "x" * 100
+                                                           for i in range(100)]
+    assert client.waited > 50 and client.quota_refusals <= 2, (client.waited,
+                                                               client.quota_refusals)
+    assert len(_lines(out)) == 100
+
+
 SUBMIT_PAST_THE_QUOTA_AND_EXIT = """
 import sys
 import tasks_app
@@ -124,3 +167,33 @@ def test_a_submitter_that_exits_with_tasks_waiting_for_room_says_how_many(
     ids = p.stdout.split()
     assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in ids[:QUOTA]] == ["opened"] * QUOTA
     assert node.status()["held"] == 0                   # the other 7 never reached it
+
+
+SUBMIT_SLOW_TASKS_AND_EXIT = """
+import sys
+import tasks_app
+from mesh import Mesh
+app = Mesh("room", peers=[sys.argv[1]], mdns=False)
+sleep = app.task(name="tasks_app.sleep")(tasks_app.sleep.fun)
+rs = [sleep.delay(0.05) for _ in range(int(sys.argv[2]))]
+print(" ".join(r.id for r in rs), flush=True)
+"""
+
+
+def test_a_submitter_that_exits_waits_while_the_nodes_take_what_waits(
+        start_node: Any, make_client: Any) -> None:
+    """Found by a new user: a script that submitted past the quota and exited dropped
+    the tasks still waiting after 5 s, while the node was taking them steadily. At
+    exit the client waits as long as nodes keep taking its tasks (5 s with none
+    taken ends it), and says so once."""
+    node = start_node(concurrency=1, quota_tasks=5)
+    n = 150                                     # ~7.5 s of work: more than the 5 s linger
+    p = run_python(SUBMIT_SLOW_TASKS_AND_EXIT, node.endpoint, str(n), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "not acknowledged by any node" not in p.stderr, p.stderr
+    said = [ln for ln in p.stderr.splitlines() if "waiting for the nodes to take" in ln]
+    assert len(said) == 1 and "wait for room" in said[0], p.stderr
+    c = make_client(node)
+    ids = p.stdout.split()
+    assert len(ids) == n
+    assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in ids] == [0.05] * n

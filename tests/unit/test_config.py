@@ -293,6 +293,15 @@ def test_without_a_name_the_data_dir_is_keyed_by_host_and_port(monkeypatch: pyte
     assert build(bind="tcp://127.0.0.1:7802").data_path != c.data_path
 
 
+def test_a_node_of_a_mesh_names_its_default_data_dir_by_mesh_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # two apps served on one port in turn must not share a journal (mesh/node/data_dir.py)
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+    c = build(bind="tcp://127.0.0.1:7801")
+    assert c.mesh_data_path("billing") == f"/srv/data/mesh/{socket.gethostname()}-billing-port7801"
+    assert c.mesh_data_path("a/../b c") == f"/srv/data/mesh/{socket.gethostname()}-a_.._b_c-port7801"
+    assert c.mesh_data_path("") == f"/srv/data/mesh/{socket.gethostname()}-mesh-port7801"
+
+
 def test_default_bind_is_loopback_without_keys_and_every_interface_with_them() -> None:
     assert build().bind == f"tcp://127.0.0.1:{DEFAULT_PORT}"
     assert build(keys="/some/dir").bind == f"tcp://0.0.0.0:{DEFAULT_PORT}"

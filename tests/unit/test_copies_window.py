@@ -4,6 +4,7 @@ fast check of the bookkeeping next to tests/integration/test_e2e_backlog_copies.
 holder's membership record, the config, the data socket the ACK goes out on."""
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +99,22 @@ def test_a_drop_takes_only_the_copy_kept_for_its_sender(copies: Copies) -> None:
     assert len(copies.node.journal.copy_holders([f"t{i}" for i in range(10)])) == 10 - WINDOW
     copies.on_replicate(_rep("3", {}, drop=["t0", "t9"]))      # h's own drop: gone
     assert "t0" not in copies.frames and copies.on_disk == 10 - WINDOW - 1
+
+
+def test_copies_from_a_node_not_yet_a_member_wait_quietly(copies: Copies,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # a holder (re)started a moment ago copies before this node's membership has heard
+    # of it: nothing kept or acknowledged (it sends them again), and no WARNING (a
+    # new user read it as a misconfiguration on every restart); a member at another
+    # address is still refused with one
+    caplog.set_level("INFO", logger="mesh.node")
+    sent: Any = copies.replicas.sockets
+    copies.on_replicate(_rep("1", {"t0": b"f"}, source="new"))
+    assert not copies.frames and not sent.acks
+    assert [r.levelname for r in caplog.records] == ["INFO"], caplog.text
+    assert "wait: not a member here yet" in caplog.text
+    caplog.clear()
+    rep = _rep("2", {"t1": b"f"})
+    copies.on_replicate(dataclasses.replace(rep, source_addr="tcp://elsewhere"))
+    assert not copies.frames and not sent.acks
+    assert [r.levelname for r in caplog.records] == ["WARNING"], caplog.text

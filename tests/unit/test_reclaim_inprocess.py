@@ -14,6 +14,7 @@ import zmq.asyncio
 from test_node_inprocess import _later, _state, app, dealer, frames_until, run, submit, until
 
 from mesh.membership import MemberState
+from mesh.node import shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
@@ -92,4 +93,79 @@ def test_a_recovered_task_its_owner_resends_while_the_node_asks_runs_once(tmp_pa
             assert a2.reclaim.counts["run_here"] == 1
             await until(lambda: not a2.ledger.held, "a2 to be done")
             assert a2.pool.ran == 1 and a2.ledger.counts["SUCCESS"] == 1
+    run(main())
+
+
+def test_a_task_shed_to_a_node_that_restarts_runs_there(tmp_path: Any) -> None:
+    # The giver sheds a task to the taker, which journals it and answers; the giver
+    # forgets it and remembers it moved there. The taker is killed and starts again on
+    # its data dir (same name, same address) before anyone declared it dead: it asks
+    # the giver about the task. "Handed on lately" to the asker itself is not "held
+    # elsewhere": counted so, the taker dropped the task and no node had it.
+    async def main() -> None:
+        tid = "shed-then-restart"
+        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+                dealer(g) as to_g:
+            async with running_node(app, name="taker", autorun=False, journal=True,
+                                    data_dir=str(tmp_path), peers=[g.address]) as t:
+                await until(lambda: len(g.membership.alive_members()) == 2
+                            and len(t.membership.alive_members()) == 2, "the two to meet")
+                await to_g.send(submit("busy"))           # its one child busy: tid queued
+                await to_g.send(submit(tid))
+                await until(lambda: tid in g.ledger.held and not g.replicas.pending(tid)
+                            and g.pool.queued == 1, "the giver to hold it, queued, copied")
+                entry, target = g.pool.remove(tid), g.membership.member("taker")
+                assert entry is not None and target is not None
+                assert g.handoff.hand([entry], shedding.REASON, target) == 1   # as shedding does
+                await until(lambda: tid not in g.ledger.held, "the giver to hand it on")
+                assert g.handoff.moved_to(tid) is not None
+                address = t.address
+                await crash(t)
+            async with running_node(app, name="taker", journal=True, data_dir=str(tmp_path),
+                                    peers=[g.address], bind=address) as t2:
+                await until(lambda: not t2.reclaim.waiting and t2.reclaim.counts,
+                            "the taker to hear the giver's answer")
+                assert t2.reclaim.counts["held_elsewhere"] == 0
+                assert t2.reclaim.counts["run_here"] == 1
+                await until(lambda: t2.ledger.counts["SUCCESS"] == 1, "the task to run")
+    run(main())
+
+
+def test_a_task_handed_to_a_node_while_it_waits_for_the_answers_stays(tmp_path: Any) -> None:
+    # The taker restarts with tasks waiting on its disk, and asks. The giver holds one
+    # of them (as a node that took it over would), answers "held", then sheds it to
+    # the taker before the taker has every answer (here: the silent node's). The
+    # taker takes it (on its disk already) and the giver forgets it: the stale
+    # "held" must not make the taker drop it.
+    async def main() -> None:
+        tid = "d-3"
+        data = str(tmp_path / "taker")
+        async with running_node(app, name="taker", autorun=False, journal=True, concurrency=1,
+                                data_dir=data, queue_memory=2) as t, dealer(t) as to_t:
+            for i in ("busy", "d-0", "d-1", "d-2", tid):
+                await to_t.send(submit(i))
+            await until(lambda: t.spill.on_disk == 2, "two tasks on the taker's disk")
+            await crash(t)
+        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+                running_node(app, name="silent", autorun=False, peers=[g.address]) as s, \
+                dealer(g) as to_g:
+            g.shedder.shed = lambda now: 0              # the test sheds, when it says
+            s.reclaim.answer = lambda msg: None         # the taker waits for it
+            await to_g.send(submit("g-busy"))
+            await to_g.send(submit(tid))
+            await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+            async with running_node(app, name="taker", autorun=False, journal=True,
+                                    concurrency=1, data_dir=data, queue_memory=2,
+                                    peers=[g.address, s.address]) as t2:
+                assert tid in t2.reclaim.disk
+                await until(lambda: "giver" in t2.reclaim._held.values()
+                            and list(t2.reclaim._expected) == ["silent"],
+                            "the giver's answer (held), not the silent node's")
+                entry, target = g.pool.remove(tid), g.membership.member("taker")
+                assert entry is not None and target is not None
+                assert g.handoff.hand([entry], shedding.REASON, target) == 1
+                await until(lambda: tid not in g.ledger.held, "the giver to hand it on")
+                await until(lambda: not t2.reclaim.disk, "the taker to settle", timeout=15)
+                assert t2.reclaim.counts["held_elsewhere"] == 0
+                assert t2.spill.holds(tid)              # waits on its disk, to run here
     run(main())
