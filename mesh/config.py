@@ -326,6 +326,10 @@ def http_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# a host name, an IPv4 address, an [IPv6] one (with its %zone), an interface name, or *
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_*:%[]")
+
+
 def check_endpoint(ep: str) -> str:
     """Validate a ``tcp://host:port`` endpoint (port may be ``*`` for bind)."""
     if not isinstance(ep, str) or not ep.startswith("tcp://"):
@@ -333,6 +337,11 @@ def check_endpoint(ep: str) -> str:
     host, sep, port = ep[6:].rpartition(":")
     if not sep or not host:
         raise ConfigError(f"endpoint {ep!r} must look like tcp://HOST:PORT")
+    odd = sorted(set(host) - _HOST_CHARS)
+    if odd:
+        raise ConfigError(f"endpoint {ep!r}: host {host!r} has characters no host name or "
+                          f"address has ({' '.join(map(repr, odd))}); must look like "
+                          "tcp://HOST:PORT, several separated by commas: tcp://H1:P1,tcp://H2:P2")
     if port != "*":
         if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError(f"endpoint {ep!r}: port must be 1..65535")

@@ -31,6 +31,12 @@ class TimeoutError(MeshError, builtins.TimeoutError):
     """Waiting for a result took longer than the caller allowed."""
 
 
+class UnreachableError(MeshError, ConnectionError):
+    """No mesh node could be reached to ask (``AsyncResult.state`` of a task sent
+    elsewhere, when none of the nodes answered): not the same as UNKNOWN, which
+    means the nodes were asked and none knows the task."""
+
+
 class TaskError(MeshError):
     """A task failed remotely with an exception whose type is not importable here.
 

@@ -17,7 +17,14 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
-from mesh.exceptions import MeshError, RemoteTraceback, ResultIgnored, TaskError, TimeoutError
+from mesh.exceptions import (
+    MeshError,
+    RemoteTraceback,
+    ResultIgnored,
+    TaskError,
+    TimeoutError,
+    UnreachableError,
+)
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, decode
 
@@ -145,19 +152,28 @@ class AsyncResult:
         self._slot = slot       # None until needed for a task this process did not submit
 
     def __repr__(self) -> str:
-        return f"<AsyncResult {self.id} {self.state}>"
+        try:
+            state = self.state
+        except UnreachableError:
+            state = "(no node reachable)"
+        return f"<AsyncResult {self.id} {state}>"
 
     # -- state ------------------------------------------------------------------------
     @property
     def state(self) -> str:
         """The task's state. For a task submitted by another process, the nodes are
-        asked (up to LOOKUP_TIMEOUT); an id that no node knows is UNKNOWN."""
+        asked (up to LOOKUP_TIMEOUT, longer while none has answered); an id that the
+        nodes asked do not know is UNKNOWN. Raises UnreachableError when no node
+        answered (none could be reached)."""
         slot = self._slot
         if slot is None or (slot.remote and slot.msg is None):
             if self.app is None:
                 return states.UNKNOWN
             slot = self._require_slot()
-            self.app.client.query(slot, wait=LOOKUP_TIMEOUT)
+            client = self.app.client
+            if not client.query(slot, wait=LOOKUP_TIMEOUT) and slot.msg is None:
+                raise UnreachableError(f"cannot look task {self.id} up: no mesh node could be "
+                                       f"reached (tried {', '.join(client.endpoints())})")
         return slot.state
 
     status = state

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1        # the command ran and the answer is "no" (no node answered, task failed)
 EXIT_USAGE = 2          # bad flags or values, an --app that does not import
 EXIT_START = 3          # the node could not start (address in use, data dir)
+EXIT_UNREACHABLE = 4    # no node could be reached to ask (not the same as a "no" answer)
 
 
 def die(prog: str, message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import click
 
-from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die, run_cli
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, die, run_cli
 
 
 def _peers(ctx: click.Context) -> list[str]:
@@ -109,6 +108,19 @@ def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:
     from mesh.client.control import ControlClient
     with ControlClient() as cc:
         return cc.broadcast(_peers(ctx), command, timeout=ctx.obj["timeout"])
+
+
+def _reachable_peers(ctx: click.Context) -> list[str]:
+    """The peers, once one of them answered a ping within --timeout (a refusal is an
+    answer too); else say that no node could be reached and exit EXIT_UNREACHABLE."""
+    from mesh.client.control import ControlClient
+    peers = _peers(ctx)
+    with ControlClient() as cc:
+        replies = cc.broadcast(peers, "ping", timeout=ctx.obj["timeout"])
+    if all(isinstance(r, str) and r.startswith("no answer") for r in replies.values()):
+        die("meshctl", "no mesh node could be reached ("
+            + "; ".join(f"{ep}: {r}" for ep, r in replies.items()) + ")", EXIT_UNREACHABLE)
+    return peers
 
 
 @meshctl.command()
@@ -282,7 +294,8 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
          result_timeout: float) -> int:
     """Submit a task by name. Prints the task id, or with --wait the result as JSON;
     exit 1 if the task failed or timed out, or (without --wait) if no node
-    acknowledged it within max(--timeout, 5) seconds.
+    acknowledged it within max(--timeout, 5) seconds; exit 4 if no node could be
+    reached (none answered a ping within --timeout).
 
     \b
     Example:
@@ -296,7 +309,7 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         die("meshctl", "--args must be a JSON array and --kwargs a JSON object", EXIT_USAGE)
     from mesh import Mesh
-    app = Mesh("meshctl", peers=_peers(ctx))
+    app = Mesh("meshctl", peers=_reachable_peers(ctx))
     try:
         r = app.send_task(task_name, args=args, kwargs=kwargs)
         if not wait:
@@ -372,15 +385,17 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
 def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
            tree: bool = False) -> int:
     """Look up a task by id on every node, from any machine: prints its result as
-    JSON when it is done, else its state (UNKNOWN when no node knows it). Exit 1
-    when it failed, is UNKNOWN, or --wait timed out.
+    JSON when it is done, else its state (UNKNOWN when the nodes were asked and none
+    knows it). Exit 1 when it failed, is UNKNOWN, or --wait timed out; exit 4 when
+    no node could be reached (nothing was asked).
 
     \b
     Example:
-      meshctl --peers tcp://127.0.0.1:7700 result 5f0c...e1 --wait
+      meshctl --peers tcp://127.0.0.1:7700 result 01a22f7a-63ef-eaf0-2fab-7cf25ef72963 --wait
     """
     from mesh import Mesh, states
-    app = Mesh("meshctl", peers=_peers(ctx))
+    from mesh.exceptions import UnreachableError
+    app = Mesh("meshctl", peers=_reachable_peers(ctx))
     try:
         if tree:
             from mesh.cli.meshctl_tree import tree as show_tree
@@ -394,11 +409,10 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
                 click.echo(state)
             return EXIT_FAILURE if state == states.UNKNOWN else EXIT_OK
         return _report(ctx, r, result_timeout if wait else None)
+    except UnreachableError as e:        # the nodes went away after the ping
+        die("meshctl", str(e), EXIT_UNREACHABLE)
     finally:
         app.close()
-
-
-INSPECT = ("active", "reserved", "scheduled", "registered", "stats", "revoked")
 
 
 def _controller(ctx: click.Context) -> Any:
@@ -422,59 +436,6 @@ def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) ->
     return EXIT_OK if ok else EXIT_FAILURE
 
 
-def _render_tasks(node: str, items: Any) -> None:
-    items = items if isinstance(items, list) else []
-    click.echo(f"{node}: {len(items)} task(s)")
-    now = time.time()
-    for t in items:
-        if not isinstance(t, dict):
-            continue
-        extra = ""
-        if t.get("started"):
-            extra = f" running {now - float(t['started']):.1f} s, pid {t.get('pid')}"
-        elif t.get("eta"):
-            extra = f" eta in {float(t['eta']) - now:.1f} s"
-        click.echo(f"  {t.get('name')}[{t.get('id')}] args={t.get('args')} "
-                   f"kwargs={t.get('kwargs')}{extra}")
-
-
-@meshctl.command()
-@click.argument("what", type=click.Choice(INSPECT))
-@click.option("--node", "nodes", multiple=True, metavar="NAME", help="Only these nodes (repeatable).")
-@click.pass_context
-def inspect(ctx: click.Context, what: str, nodes: tuple[str, ...]) -> int:
-    """Ask every node what it holds: active (running), reserved (waiting for a
-    child), scheduled (waiting for an eta), registered (task names and limits),
-    stats (as status), revoked (ids). Exit 1 when no node answers.
-
-    \b
-    Example:
-      meshctl --peers tcp://127.0.0.1:7700 inspect active
-      meshctl --json inspect registered --node node-a
-    """
-    answers = _controller(ctx).ask(what, destination=nodes or None)
-
-    def render(node: str, a: Any) -> None:
-        if what in ("active", "reserved", "scheduled"):
-            _render_tasks(node, a)
-        elif what == "registered":
-            click.echo(f"{node}:")
-            for t in a if isinstance(a, list) else []:
-                limits = ", ".join(f"{k}={t[k]}" for k in ("rate_limit", "time_limit",
-                                   "soft_time_limit") if isinstance(t, dict) and t.get(k))
-                click.echo(f"  {t.get('name') if isinstance(t, dict) else t}"
-                           + (f" ({limits})" if limits else ""))
-        elif what == "revoked":
-            ids = a if isinstance(a, list) else []
-            click.echo(f"{node}: {len(ids)} revoked" + "".join(f"\n  {i}" for i in ids))
-        else:
-            click.echo(f"{node}:")
-            for k in sorted(a) if isinstance(a, dict) else []:
-                click.echo(f"  {k}: {a[k]}")
-
-    return _print_per_node(ctx, answers, render)
-
-
 @meshctl.command()
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--terminate", is_flag=True, help="Also kill the child running it (it is replaced).")
@@ -488,7 +449,7 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
 
     \b
     Example:
-      meshctl --peers tcp://127.0.0.1:7700 revoke 5f0c...e1 --terminate
+      meshctl --peers tcp://127.0.0.1:7700 revoke 01a22f7a-63ef-eaf0-2fab-7cf25ef72963 --terminate
     """
     answers = _controller(ctx).ask("revoke", {"task_ids": list(task_ids),
                                                     "terminate": terminate, "signal": sig})
@@ -503,10 +464,12 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
 
 from mesh.cli.meshctl_beat import beat  # noqa: E402
 from mesh.cli.meshctl_control import control  # noqa: E402
+from mesh.cli.meshctl_inspect import inspect  # noqa: E402
 from mesh.cli.meshctl_keys import keys  # noqa: E402
 from mesh.cli.meshctl_monitor import events, top  # noqa: E402
 
 meshctl.add_command(control)
+meshctl.add_command(inspect)
 meshctl.add_command(events)
 meshctl.add_command(top)
 meshctl.add_command(beat)

@@ -221,8 +221,20 @@ class Controller:
                 timeout: float | None = None) -> "Inspect":
         return Inspect(self, destination, timeout)
 
-    def ping(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
-        return self.ask("ping", destination=destination)
+    def ping(self, destination: Iterable[str] | None = None, timeout: float = 1.0,
+             **kwargs: Any) -> list[dict[str, Any]]:
+        """Celery's ``control.ping``: ``[{node: {"ok": "pong"}}, ...]``, one item per
+        node that answered within ``timeout`` seconds (``[]`` when none did). Each
+        node's name, address and version: ``ask("ping")``."""
+        return [{node: reply} for node, reply in self.pongs(destination, timeout).items()]
+
+    def pongs(self, destination: Iterable[str] | None = None,
+              timeout: float | None = None) -> dict[str, Any]:
+        """``{node: {"ok": "pong"}}`` for the nodes that answered ``ping`` (Celery's
+        ``inspect().ping()`` shape); the ones that did not are left out."""
+        return {node: PONG for node, reply in self.ask("ping", destination=destination,
+                                                       timeout=timeout).items()
+                if not is_error(reply)}
 
     def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
                signal: str = "SIGKILL") -> dict[str, Any]:
@@ -294,3 +306,39 @@ class Inspect:
 
     def revoked(self) -> dict[str, Any]:
         return self._ask("revoked")
+
+    def ping(self) -> dict[str, Any] | None:
+        """``{node: {"ok": "pong"}}`` for each node that answered; None when none did
+        (as Celery's)."""
+        return self._c.pongs(self._dest, self._timeout) or None
+
+    def active_queues(self) -> dict[str, Any]:
+        """``{node: [queue, ...]}``: the queues each node takes, each as Celery's
+        ``Queue.as_dict`` (name, exchange, routing_key, ...). A node started without
+        --queues takes every queue: it lists the ones its app names."""
+        return {node: queue_dicts(a) if not is_error(a) else a
+                for node, a in self._ask("active_queues").items()}
+
+
+PONG = {"ok": "pong"}
+
+
+def is_error(answer: Any) -> bool:
+    """Whether a node's answer (from ``Controller.ask``) says it did not answer."""
+    return isinstance(answer, dict) and set(answer) == {"error"}
+
+
+def queue_dicts(answer: Any) -> list[dict[str, Any]]:
+    """A node's ``active_queues`` answer as Celery's list of queue dicts (kombu's
+    ``Queue.as_dict(recurse=True)`` keys: mesh has no exchanges, each queue is shown
+    bound to a direct exchange of its name, as Celery declares a default queue)."""
+    names = answer.get("queues") if isinstance(answer, dict) else None
+    return [{"name": q, "exchange": {"name": q, "type": "direct", "arguments": None,
+                                      "durable": True, "passive": False, "auto_delete": False,
+                                      "delivery_mode": None, "no_declare": False},
+             "routing_key": q, "queue_arguments": None, "binding_arguments": None,
+             "consumer_arguments": None, "durable": True, "exclusive": False,
+             "auto_delete": False, "no_ack": False, "alias": None, "bindings": [],
+             "no_declare": None, "expires": None, "message_ttl": None, "max_length": None,
+             "max_length_bytes": None, "max_priority": None}
+            for q in (names if isinstance(names, list) else []) if isinstance(q, str)]

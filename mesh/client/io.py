@@ -79,6 +79,12 @@ _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.
                states.STARTED: 4}
 
 
+class Lookup(threading.Event):
+    """A result query someone waits for: set when it ends; ``answers``: how many
+    nodes answered it (none: no node could be reached)."""
+    answers = 0
+
+
 def _rank(state: str) -> int:
     return _STATE_RANK.get(state, 5)
 
@@ -175,9 +181,12 @@ class Client(Links, Routing, WaitingRoom):
             self._watched[task_id] = [slot]
             return slot
 
-    def query(self, slot: Slot, wait: float | None) -> None:
+    def query(self, slot: Slot, wait: float | None) -> bool:
         """Ask every alive node about a watched task (and to send us its result when
-        done). With ``wait``, block until all answered or ``wait`` seconds passed."""
+        done). With ``wait``, block until all answered or ``wait`` seconds passed; if no
+        node has answered by then, on until one does or the query ends (QUERY_TTL, or
+        sooner once the client knows no node can be reached). False when, waiting, no
+        node answered: none could be reached (True without ``wait``)."""
         if self._closing:
             raise RuntimeError("the mesh client is closed")
         if wait and not self._members_known.is_set():   # a new client knows only its
@@ -187,11 +196,17 @@ class Client(Links, Routing, WaitingRoom):
             slots = self._watched.setdefault(slot.task_id, [])
             if slot not in slots:
                 slots.append(slot)
-        event = threading.Event() if wait else None
-        self._outbox.append(("query", slot, event))
+        lookup = Lookup() if wait else None
+        self._outbox.append(("query", slot, lookup))
         self._wake()
-        if event is not None:
-            event.wait(wait)
+        if lookup is None:
+            return True
+        lookup.wait(wait)
+        deadline = time.monotonic() + QUERY_TTL + 1.0
+        while (not lookup.answers and not lookup.is_set() and not self.unreachable
+               and time.monotonic() < deadline):
+            lookup.wait(0.05)
+        return lookup.answers > 0
 
     def nodes(self) -> list[dict[str, Any]]:
         """A snapshot of the nodes this client knows, for display and tests."""
@@ -685,7 +700,7 @@ class Client(Links, Routing, WaitingRoom):
     def _targets(self) -> list[NodeLink]:
         return self._placeable or [self.links[ep] for ep in self.seeds]
 
-    def _send_query(self, slot: Slot, event: threading.Event | None) -> None:
+    def _send_query(self, slot: Slot, event: Lookup | None) -> None:
         links = self._targets()
         req = uuid.uuid4().hex
         self._queries[req] = [slot, len(links), event, states.UNKNOWN, time.monotonic(), None]
@@ -702,6 +717,8 @@ class Client(Links, Routing, WaitingRoom):
         q = self._queries[msg.req_id]
         slot: Slot = q[0]
         q[1] -= 1
+        if q[2] is not None:
+            q[2].answers += 1
         payload = msg.payload
         if msg.ok and isinstance(payload, dict) and payload.get("task_id") == slot.task_id:
             state = payload.get("state")

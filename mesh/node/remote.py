@@ -8,6 +8,7 @@ function (mesh/node/commands.py) and answers with a CONTROL_REPLY (unless
 ``inspect`` and ``control``:
 
     ping, status (= stats), members, result           (what a node is and knows)
+    active_queues                                     (the queues it takes)
     active, reserved, scheduled, registered, revoked  (inspect)
     revoke, rate_limit, time_limit, pool_grow, pool_shrink, shutdown   (control)
     autoscale                                          (control; mesh/node/autoscale.py)
@@ -225,6 +226,13 @@ def ping(state: ControlState, req: Any) -> PingReply:
     """The node's name, address, version and events endpoint."""
     n = state.node
     return PingReply(n.name, n.address, __version__, PROTOCOL_VERSION, n.events_endpoint)
+
+
+@register("active_queues", "inspect", builtin=True)
+def active_queues(state: ControlState, req: Any) -> dict[str, Any]:
+    """The queues the node takes (--queues; else every queue: the ones its app names)."""
+    queues: dict[str, Any] = state.node.routing.active_queues()
+    return queues
 
 
 @register("status", "inspect", builtin=True)

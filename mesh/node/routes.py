@@ -107,6 +107,18 @@ class Routes(Component):
     def serves_queue(self, queue: str) -> bool:
         return self.queues is None or queue in self.queues
 
+    def active_queues(self) -> dict[str, Any]:
+        """The queues this node takes (the ``active_queues`` command): its --queues; or,
+        when it takes every queue, the ones its app names (the default queue, and the
+        queues its tasks declare), with ``every`` true."""
+        if self.queues is not None:
+            return {"queues": sorted(self.queues), "every": False}
+        app = self.node.app
+        named = {str(app.conf["task_default_queue"])}
+        named.update(q for t in app.tasks.values()
+                     if isinstance(q := getattr(t.options, "queue", None), str))
+        return {"queues": sorted(named), "every": True}
+
     def status(self) -> dict[str, Any]:
         return {"mesh": self.mesh,
                 "queues": None if self.queues is None else sorted(self.queues)}

@@ -13,6 +13,7 @@ Flower's (same paths and parameters; POST for what changes something):
     POST /api/task/rate-limit/NAME?ratelimit=10/m[&workername=NODE]
     POST /api/task/timeout/NAME?soft=S&hard=S[&workername=NODE]
     GET  /api/tasks?limit&workername&taskname&state&received_start&received_end&search
+         (limit: at most that many tasks in all, the newest, as Flower's)
     GET  /api/task/types                 GET /api/queues/length
 
 The dashboard's (docs/dashboard.md): /api/mesh/nodes, /api/mesh/tasks (paged with a
@@ -21,7 +22,6 @@ cursor), /api/mesh/task/ID, /api/mesh/series, /api/mesh/summary, /api/periodic.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import json
 import time
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mesh import states
+from mesh.web import paging
 from mesh.web.server import SERVER_KEY, error, json_response
 
 if TYPE_CHECKING:
@@ -157,29 +158,9 @@ def _query_args(p: dict[str, Any]) -> dict[str, Any]:
             "until": _time(p, "received_end") or _time(p, "until")}
 
 
-def _cursor_in(text: str | None) -> dict[str, int | None] | None:
-    if not text:
-        return None
-    try:
-        c = json.loads(base64.urlsafe_b64decode(text.encode() + b"==="))
-        if isinstance(c, dict) and all(isinstance(k, str) and (v is None or type(v) is int)
-                                       for k, v in c.items()):
-            return c
-    except ValueError:
-        pass
-    raise web.HTTPBadRequest(text='{"error": "bad cursor: pass back the one a page gave"}',
-                             content_type="application/json")
-
-
-def _cursor_out(c: dict[str, int | None]) -> str | None:
-    if not any(v is not None for v in c.values()):
-        return None
-    return base64.urlsafe_b64encode(json.dumps(c).encode()).decode().rstrip("=")
-
-
 async def _gather_tasks(request: web.Request, p: dict[str, Any]) -> dict[str, Any]:
-    """Tasks from every node (or one), merged newest first, with the cursor of the next
-    page (per node: where its journal page stopped) and each node's error, if any."""
+    """At most ``limit`` tasks from every node (or one), merged newest first, with the
+    cursor of the next page and each node's error, if any (mesh/web/paging.py)."""
     s = _server(request)
     limit = int(_num(p, "limit", 100) or 100)
     if not 1 <= limit <= 1000:
@@ -187,39 +168,26 @@ async def _gather_tasks(request: web.Request, p: dict[str, Any]) -> dict[str, An
                                  content_type="application/json")
     args = {**_query_args(p), "limit": limit}
     only = p.get("workername") or p.get("node") or None
-    cursor = _cursor_in(p.get("cursor"))
-    if cursor is not None:                     # a next page: only nodes with more rows
+    try:
+        cursor = paging.cursor_in(p.get("cursor"))
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "bad cursor: pass back the one a page gave"}',
+                                 content_type="application/json") from None
+    if cursor is not None and not cursor["held"]:   # a next page: only nodes with more rows
         answers: dict[str, Any] = {}
-        for name, at in cursor.items():
+        for name, at in cursor["at"].items():
             if at is not None and (only is None or only == name):
                 answers.update(await s.asker.everywhere("web.tasks", {**args, "cursor": at},
                                                         only=name))
-    else:
+    else:                                      # a first page (again, past held tasks shown)
+        if cursor is not None:
+            args["limit"] = min(limit + cursor["held"], 1000)
         try:
             answers = await s.asker.everywhere("web.tasks", args, only=only)
         except ValueError as e:
             raise web.HTTPBadRequest(text=json.dumps({"error": str(e)}),
                                      content_type="application/json") from None
-    held: list[dict[str, Any]] = []
-    done: list[dict[str, Any]] = []
-    errors: dict[str, str] = {}
-    next_cursor: dict[str, int | None] = {}
-    for name, a in answers.items():
-        if not isinstance(a, dict) or "error" in a:
-            errors[name] = str(a.get("error") if isinstance(a, dict) else a)
-            continue
-        held += a.get("held") or []
-        done += a.get("tasks") or []
-        next_cursor[name] = a.get("cursor")
-    held.sort(key=lambda t: t.get("received") or 0.0, reverse=True)
-    done.sort(key=lambda t: t.get("timestamp") or 0.0, reverse=True)
-    seen: set[str] = set()
-    merged = []
-    for t in held + done:                      # a task run twice (failover): the first
-        if t["uuid"] not in seen:
-            seen.add(t["uuid"])
-            merged.append(t)
-    return {"tasks": merged, "cursor": _cursor_out(next_cursor), "errors": errors}
+    return paging.merge(answers, limit, cursor["held"] if cursor is not None else 0)
 
 
 async def tasks(request: web.Request) -> web.StreamResponse:

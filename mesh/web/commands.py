@@ -145,7 +145,8 @@ class HistoryService:
         cursor = args.get("cursor")
         if cursor is not None and type(cursor) is not int:
             raise ValueError("cursor must be an integer from a previous page")
-        out: dict[str, Any] = {"node": self.node.name, "held": [], "tasks": [], "cursor": None}
+        out: dict[str, Any] = {"node": self.node.name, "held": [], "tasks": [], "rowids": [],
+                               "cursor": None}
         if cursor is None:
             out["held"] = self.held(q, limit)
         if q.wants_finished() and self.node.journal.path is not None:

@@ -229,13 +229,14 @@ class JournalReader:
     def page(self, q: Query, limit: int = 100, cursor: int | None = None,
              budget: float = BUDGET) -> dict[str, Any]:
         """Finished tasks matching ``q``, newest first, from below ``cursor`` (a rowid;
-        None: the newest). Returns ``{"tasks", "cursor", "scanned"}``; ``cursor`` is
-        None when the oldest row was reached."""
+        None: the newest). Returns ``{"tasks", "rowids", "cursor", "scanned"}``
+        (``rowids``: each task's, so a page cut shorter goes on from the first left out);
+        ``cursor`` is None when the oldest row was reached."""
         if not q.wants_finished():
-            return {"tasks": [], "cursor": None, "scanned": 0}
+            return {"tasks": [], "rowids": [], "cursor": None, "scanned": 0}
         top = self._run("SELECT max(rowid) FROM results")[0][0]
         if top is None:
-            return {"tasks": [], "cursor": None, "scanned": 0}
+            return {"tasks": [], "rowids": [], "cursor": None, "scanned": 0}
         hi = top if cursor is None else min(cursor, top)
         if q.until is not None:     # nothing received by then finished later than max_lag
             hi = min(hi, self.first_rowid_at(q.until + self.max_lag() + 1.0))
@@ -263,22 +264,24 @@ class JournalReader:
                "FROM results r LEFT JOIN tasks t ON t.task_id = r.task_id WHERE "
                + " AND ".join(where) + " ORDER BY r.rowid DESC LIMIT :n")
         out: list[dict[str, Any]] = []
+        rowids: list[int] = []
         deadline = self._clock() + budget
         start = hi
         while hi >= floor and len(out) < limit:
             lo = max(hi - WINDOW, floor - 1)
             want = limit - len(out)
             rows = self._run(sql, {**params, "hi": hi, "lo": lo, "n": want})
-            for _rowid, tid, state, finished, frame, received, blob in rows:
+            for rowid, tid, state, finished, frame, received, blob in rows:
                 t = task_row(tid, state, finished, frame, received, blob, self.node, LIST_REPR)
                 if q.name is not None and t.get("name") != q.name:
                     continue                  # the name's bytes were in the arguments
                 out.append(t)
+                rowids.append(rowid)
             # the window goes on below the last row read when LIMIT cut it short
             hi = rows[-1][0] - 1 if len(rows) == want else lo
             if self._clock() > deadline:
                 break
-        return {"tasks": out, "cursor": hi if hi >= max(floor, 1) else None,
+        return {"tasks": out, "rowids": rowids, "cursor": hi if hi >= max(floor, 1) else None,
                 "scanned": start - hi}
 
     def max_lag(self) -> float:

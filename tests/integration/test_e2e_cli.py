@@ -47,6 +47,27 @@ def test_meshnode_bad_usage_exits_2_with_one_line(args: list[str], tmp_path: Pat
     _one_error_line(p.stderr, "meshnode")
 
 
+SEMICOLON_PEERS = "tcp://127.0.0.1:17701;tcp://127.0.0.1:17702"
+
+
+@pytest.mark.parametrize("program, args, env", [
+    pytest.param(MESHNODE, ["--app", "tasks_app", "--no-mdns", "--peers", SEMICOLON_PEERS], {},
+                 id="meshnode --peers"),
+    pytest.param(MESHNODE, ["--app", "tasks_app", "--no-mdns"], {"MESH_PEERS": SEMICOLON_PEERS},
+                 id="meshnode MESH_PEERS"),
+    pytest.param(MESHCTL, ["--peers", SEMICOLON_PEERS, "ping"], {}, id="meshctl --peers"),
+    pytest.param(MESHCTL, ["ping"], {"MESH_PEERS": SEMICOLON_PEERS}, id="meshctl MESH_PEERS"),
+])
+def test_peers_not_separated_by_commas_exit_2_naming_the_comma(
+        program: str, args: list[str], env: dict[str, str], tmp_path: Path) -> None:
+    if program == MESHNODE:
+        args = [*args, "--bind", _dead_endpoint(), "--data-dir", str(tmp_path / "data")]
+    p = run_program(program, *args, env=clean_env(**env), timeout=30)
+    assert p.returncode == EXIT_USAGE, p
+    line = _one_error_line(p.stderr, "meshnode" if program == MESHNODE else "meshctl")
+    assert "';'" in line and "separated by commas" in line, line
+
+
 @pytest.mark.parametrize("spec, words", [
     pytest.param("mesh_it_no_such_module", "cannot import", id="module missing"),
     pytest.param("tasks_app:no_such_attr", "no_such_attr", id="attribute missing"),

@@ -1,15 +1,18 @@
 """No silent loss at the edge (real processes): a submitter that cannot reach any
 node says so, once, with the endpoints it tried; at exit it says how many tasks no
-node acknowledged; ``meshctl call`` without --wait exits 1 then; and ``get()``
+node acknowledged; ``meshctl call`` and ``result`` exit 4 (no node could be reached)
+in --timeout, not after --result-timeout; ``AsyncResult.state`` raises
+UnreachableError instead of saying UNKNOWN; and ``get()``
 without a timeout keeps waiting but says when no node holds the task. A submitter
 that reaches a node exits quietly, and its fire-and-forget task runs."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from harness import MESHCTL, free_port, run_program, run_python
 
-from mesh.cli.common import EXIT_FAILURE, EXIT_OK
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE
 
 SUBMIT_AND_EXIT = """
 import logging, sys, time
@@ -67,15 +70,46 @@ def test_a_submitter_that_reaches_a_node_exits_quietly_and_its_task_runs(
     assert [c.app.AsyncResult(t).get(timeout=30) for t in ids] == [0, 2, 4]
 
 
-def test_meshctl_call_exits_1_when_no_node_acknowledged(start_node: Any) -> None:
+def _says_unreachable(p: Any, dead: str) -> None:
+    assert p.returncode == EXIT_UNREACHABLE, p
+    assert p.stdout == "", p                     # no UNKNOWN, no {"state": ...}, no task id
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("meshctl: error: no mesh node could be "
+                                                   "reached") and dead in lines[0], p.stderr
+
+
+def test_meshctl_call_and_result_exit_4_when_no_node_can_be_reached(start_node: Any) -> None:
     dead = _dead()
-    p = run_program(MESHCTL, "--peers", dead, "call", "tasks_app.add", "--args", "[1, 2]")
-    assert p.returncode == EXIT_FAILURE, p
-    assert "no node acknowledged task" in p.stderr and dead in p.stderr, p.stderr
+    for wait in ([], ["--wait"]):     # --wait: at once, not after --result-timeout (60 s)
+        p = run_program(MESHCTL, "--peers", dead, "call", "tasks_app.add", "--args", "[1, 2]",
+                        *wait, timeout=40)
+        _says_unreachable(p, dead)
+    tid = "01a22f7a-63ef-eaf0-2fab-7cf25ef72963"
+    _says_unreachable(run_program(MESHCTL, "--peers", dead, "result", tid), dead)
+    _says_unreachable(run_program(MESHCTL, "--peers", dead, "--json", "result", tid), dead)
     node = start_node()
     p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", "--args", "[1, 2]")
     assert p.returncode == EXIT_OK, p
     assert p.stderr == "", p.stderr
+    p = run_program(MESHCTL, "--peers", node.endpoint, "--json", "result", tid)
+    assert p.returncode == EXIT_FAILURE and json.loads(p.stdout)["state"] == "UNKNOWN", p
+
+
+def test_state_raises_when_no_node_can_be_reached(start_node: Any) -> None:
+    from mesh import Mesh, states
+    from mesh.exceptions import UnreachableError
+    dead = _dead()
+    tid = "01a22f7a-63ef-eaf0-2fab-7cf25ef72963"
+    with Mesh("edge-state", peers=[dead], mdns=False) as app:
+        try:
+            state = app.AsyncResult(tid).state
+        except UnreachableError as e:
+            assert dead in str(e) and "no mesh node could be reached" in str(e)
+        else:
+            raise AssertionError(f"state was {state} with no node reachable")
+    node = start_node()
+    with Mesh("edge-state", peers=[node.endpoint], mdns=False) as app:
+        assert app.AsyncResult(tid).state == states.UNKNOWN     # asked, and none knows it
 
 
 def test_get_without_timeout_says_when_no_node_acknowledged_the_task() -> None:

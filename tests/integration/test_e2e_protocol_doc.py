@@ -65,6 +65,7 @@ def test_control_replies_have_exactly_the_documented_keys(
 
     assert set(ask(control, node, "ping")) == keys["ping"]
     assert set(ask(control, node, "status")) == keys["status"]
+    assert set(ask(control, node, "active_queues")) == keys["active_queues"]
     members = ask(control, node, "members")
     assert members and all(set(m) == keys["members"] for m in members)
     assert all(set(m["meta"]) == tables["members"][1] for m in members)

@@ -206,3 +206,41 @@ def test_a_node_whose_http_port_is_taken_does_not_start(tmp_path) -> None:  # ty
         proc.stderr
     bad = run_program(MESHNODE, "--app", "tasks_app", "--http", "localhost:http", env=clean_env())
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
+
+
+def test_limit_is_for_the_whole_mesh_and_pages_lose_nothing(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    # Flower's limit: at most N tasks in all (merged newest first, then cut), not N per node
+    a = start_web_node(start_node, name="la")
+    b = start_web_node(start_node, name="lb", peers=a.endpoint)
+    web = _web(a)
+    wait_for(lambda: len(web.get("/api/workers?status=true")) == 2, what="two members")
+    ran, held = [], []
+    for node in (a, b):
+        c = make_client(node)
+        ran += [c.tasks.add.delay(i, 1) for i in range(12)]
+        held += [c.tasks.add.apply_async((i, 2), countdown=600) for i in range(3)]
+        assert [r.get(timeout=60) for r in ran[-12:]] == [i + 1 for i in range(12)]
+    want = {r.id for r in ran + held}
+    wait_for(lambda: {t["uuid"] for t in all_tasks(web)} == want, what="every task listed")
+    assert {t["worker"] for t in all_tasks(web)} == {"la", "lb"}
+
+    flower = web.get("/api/tasks?limit=10")
+    assert len(flower) == 10, len(flower)
+    assert {r.id for r in held} <= set(flower)          # held ones first, then the newest
+    done = {t["uuid"]: t for t in all_tasks(web) if t["uuid"] not in {r.id for r in held}}
+    shown = [done[u]["timestamp"] for u in flower if u in done]
+    assert min(shown) >= max(t["timestamp"] for u, t in done.items() if u not in flower)
+
+    pages, cursor = [], None                            # 30 tasks, 4 a page: 8 pages
+    for _ in range(20):
+        page = web.get("/api/mesh/tasks?limit=4" + (f"&cursor={cursor}" if cursor else ""))
+        assert not page["errors"] and len(page["tasks"]) <= 4, page
+        pages.append([t["uuid"] for t in page["tasks"]])
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    listed = [u for p in pages for u in p]
+    assert sorted(listed) == sorted(want), (len(listed), len(want))    # each once, none lost
+    assert len(pages) == 8 and all(len(p) == 4 for p in pages[:-1])
+    for r in held:
+        r.revoke()

@@ -36,3 +36,16 @@ def test_meshnode_help_has_an_example() -> None:
     assert result.exit_code == 0 and "Example" in result.output
     for flag in ("--no-journal", "--result-expires", "--no-events", "--data-dir"):
         assert flag in result.output
+
+
+@pytest.mark.parametrize("command", ["result", "revoke"])
+def test_examples_show_a_task_id_as_mesh_makes_them(command: str) -> None:
+    # ids start with the time in ms (48 bits): the example's must be a recent time
+    import re
+    import time
+    result = CliRunner().invoke(meshctl, [command, "--help"])
+    example = result.output.split("Example", 1)[1]
+    ids = re.findall(r"\b([0-9a-f]{8})-([0-9a-f]{4})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", example)
+    assert ids, example
+    ms = int(ids[0][0] + ids[0][1], 16)
+    assert time.mktime((2024, 1, 1, 0, 0, 0, 0, 0, 0)) < ms / 1000 < time.time() + 86400

@@ -236,7 +236,9 @@ def test_good_endpoints(ep: str) -> None:
 
 @pytest.mark.parametrize("ep", ["127.0.0.1:7700", "udp://h:1", "tcp://h", "tcp://:7700", "tcp://h:",
                                 "tcp://h:0", "tcp://h:65536", "tcp://h:http", "tcp://h:-1",
-                                "tcp://h: 80", "ipc:///tmp/x", "", "TCP://h:1"])
+                                "tcp://h: 80", "ipc:///tmp/x", "", "TCP://h:1",
+                                "tcp://127.0.0.1:17701;tcp://127.0.0.1:17702",
+                                "tcp://a:1 tcp://b:2", "tcp://h/x:1", "tcp://h,:1"])
 def test_bad_endpoints(ep: str) -> None:
     with pytest.raises(ConfigError, match="endpoint"):
         check_endpoint(ep)
@@ -263,7 +265,8 @@ def test_check_endpoint_only_raises_config_error(ep: str) -> None:
         check_endpoint(ep)
     except ConfigError:
         return
-    port = ep.rpartition(":")[2]
+    host, _, port = ep[6:].rpartition(":")
+    assert host and all(c.isascii() and (c.isalnum() or c in ".-_*:%[]") for c in host)
     assert port == "*" or (port.isascii() and port.isdigit() and 0 < int(port) < 65536)
 
 
