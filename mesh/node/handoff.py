@@ -332,22 +332,23 @@ class Handoffs(Component):
         refusal = routing.refusal(msg) if routing is not None else None
         if refusal is not None:          # another queue than ours
             return str(refusal)
-        node.reclaim.handed_here(tid)   # (back after a crash: ours now, whatever was said)
+        # (back after a crash: ours now, whatever was said; its owner's link kept)
+        owner = node.reclaim.handed_here(tid)
         journal, now = node.journal, time.time()
         try:
-            if not journal.add(tid, b"", frame, now):
+            if not journal.add(tid, owner, frame, now):
                 stored = journal.get(tid)
                 if stored is not None and stored.result is not None:
                     return None         # finished here already
                 if node.spill.holds(tid):
                     return None         # queued here already, on disk (mesh/node/spill.py)
-                journal.replace(tid, b"", frame, now)
+                journal.replace(tid, owner, frame, now)
         except JournalError as e:
             return f"node {node.name} cannot write its journal: {e}"
         node.replicas.forget_copy(tid)     # we were its backup: it is ours now
         limit = msg.time_limit or (task.options.time_limit if task else None) \
             or node.config.time_limit
-        entry = Entry(tid, msg.name, b"", frame, msg.priority, msg.eta, msg.expires, limit,
+        entry = Entry(tid, msg.name, owner, frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late if task else True)
         ledger.accept(entry, msg)
         return None

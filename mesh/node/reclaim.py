@@ -100,14 +100,19 @@ class Reclaimer:
         if self.waiting or self.disk:
             self.node.spawn(self._run(), name="reclaim")
 
-    def handed_here(self, task_id: str) -> None:
+    def handed_here(self, task_id: str) -> bytes:
         """Another node hands this node a task that waits for the answers (it held
         it: taken over, and shed here now): the handoff is the latest word, whatever
         that node answered before it, and its sender forgets the task once answered.
         So the answers do not settle it: it is held as the handoff holds it (one on
-        disk is read back in turn). Settled as "held elsewhere", it would be dropped."""
-        if self.waiting.pop(task_id, None) is None:
-            self.disk.pop(task_id, None)
+        disk is read back in turn). Settled as "held elsewhere", it would be dropped.
+        The owner's link this node knows for it (its own, or the one it resent the
+        task on while waiting: ``resent``), so that its result still goes there."""
+        entry = self.waiting.pop(task_id, None)
+        if entry is not None:
+            return entry.client
+        self.disk.pop(task_id, None)
+        return b""
 
     def resent(self, task_id: str, ident: bytes) -> bool:
         """An owner sent a waiting task again: its answer goes to that link (True)."""

@@ -169,3 +169,44 @@ def test_a_task_handed_to_a_node_while_it_waits_for_the_answers_stays(tmp_path: 
                 assert t2.reclaim.counts["held_elsewhere"] == 0
                 assert t2.spill.holds(tid)              # waits on its disk, to run here
     run(main())
+
+
+def test_a_task_handed_to_a_node_while_it_waits_keeps_its_owners_link(tmp_path: Any) -> None:
+    # As above, recovered into memory, and its owner sent it again to the returning
+    # node while it waited (reclaim.resent: the answer goes to that link). The giver's
+    # handoff carries no owner (its MOVED goes to the link it knew): the task held
+    # here must keep the link the owner resent on, else its result goes to nobody.
+    async def main() -> None:
+        tid = "m-1"
+        data = str(tmp_path / "taker")
+        async with running_node(app, name="taker", autorun=False, journal=True, concurrency=1,
+                                data_dir=data) as t, dealer(t) as to_t:
+            for i in ("busy", tid):
+                await to_t.send(submit(i))
+            await until(lambda: tid in t.ledger.held, "the taker to hold it")
+            await crash(t)
+        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+                running_node(app, name="silent", autorun=False, peers=[g.address]) as s, \
+                dealer(g) as to_g:
+            g.shedder.shed = lambda now: 0
+            s.reclaim.answer = lambda msg: None         # the taker waits for it
+            await to_g.send(submit("g-busy"))
+            await to_g.send(submit(tid))
+            await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+            async with running_node(app, name="taker", autorun=False, journal=True,
+                                    concurrency=1, data_dir=data,
+                                    peers=[g.address, s.address]) as t2, dealer(t2) as owner:
+                await until(lambda: "giver" in t2.reclaim._held.values()
+                            and list(t2.reclaim._expected) == ["silent"],
+                            "the giver's answer (held), not the silent node's")
+                before = t2.reclaim.waiting[tid].client
+                await owner.send(submit(tid))           # the owner resends it here
+                await until(lambda: t2.reclaim.waiting[tid].client != before, "the resend")
+                link = t2.reclaim.waiting[tid].client
+                entry, target = g.pool.remove(tid), g.membership.member("taker")
+                assert entry is not None and target is not None
+                assert g.handoff.hand([entry], shedding.REASON, target) == 1
+                await until(lambda: tid in t2.ledger.held and tid not in t2.reclaim.waiting,
+                            "the taker to hold it as handed")
+                assert t2.ledger.held[tid].client == link
+    run(main())
