@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import os
 import re
 import socket
@@ -21,6 +22,7 @@ from mesh.exceptions import ConfigError
 from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 DEFAULT_PORT = 7700
+MESH_IN_PATH = 64       # characters of the mesh's name in its default data dir's name
 
 
 def default_data_dir(name: str) -> str:
@@ -183,7 +185,7 @@ class Config:
     def data_path(self) -> str:
         """--data-dir; else by --name; else by host and port, so a node restarted on
         the same port (its default name has a new pid) finds its journal again. A node
-        settles it with its mesh's name first (``for_mesh``)."""
+        names it by its mesh too (``mesh_data_path``, mesh/node/data_dir.py)."""
         if self.data_dir:
             return self.data_dir
         if self.name:
@@ -198,8 +200,11 @@ class Config:
         """The default data dir of a node of ``mesh`` named by host and port: the mesh
         in it too, so two apps served on one port in turn (a tutorial, then one's own
         app) never share a journal (mesh/node/data_dir.py)."""
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", mesh) or "mesh"
-        return default_data_dir(f"{socket.gethostname()}-{safe}-port{self._port}")
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", mesh)[:MESH_IN_PATH] or "mesh"
+        if safe != mesh:    # cleaned or cut: two names must not meet in one dir
+            safe += "-" + hashlib.blake2b(mesh.encode("utf-8", "surrogatepass"),
+                                          digest_size=4).hexdigest()
+        return default_data_dir(f"{socket.gethostname()[:64]}-{safe}-port{self._port}")
 
     # -- building ---------------------------------------------------------------------
     @classmethod
