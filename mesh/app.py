@@ -450,10 +450,13 @@ class Mesh:
     def _lookup_slot(self, task_id: str) -> Slot | None:
         return self._client.lookup(task_id) if self._client is not None else None
 
-    def close(self) -> None:
-        """Stop the client's I/O thread and close its sockets."""
+    def close(self, patient: bool = True) -> None:
+        """Stop the client's I/O thread and close its sockets, once nodes have taken
+        every task sent: for as long as they keep taking them (tasks waiting for room
+        under the nodes' quotas go as earlier ones finish; up to 10 minutes), or with
+        ``patient=False`` for 5 s at most (a server's shutdown with a deadline)."""
         if self._client is not None:
-            self._client.close()
+            self._client.close(patient=patient)
             self._client = None
 
     def __enter__(self) -> "Mesh":

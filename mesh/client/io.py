@@ -73,6 +73,9 @@ QUERY_TTL = 5.0             # seconds a result query waits for its answers
 MEMBERS_WAIT = 2.0           # seconds a result lookup waits for the first members answer
 TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client
 TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting a new thread
+EXIT_WAIT_MAX = 600.0       # s a closing client waits at most for nodes to take its tasks
+EXIT_WAIT_REPORT = 10.0     # s between two lines saying that it still waits
+EXIT_IDLE_MAX = 60.0        # s it waits with none taken while nodes hold some of its tasks
 # when several nodes know a task, the most advanced state is the one to report; a
 # task's own states (update_state: PROGRESS...) come after STARTED
 _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
@@ -138,6 +141,7 @@ class Client(Links, Routing, WaitingRoom):
         self._wake_pending = False
         self._efd_lock = threading.Lock()
         self._closing = False
+        self._in_close = False      # a close is waiting (a signal's exit may interrupt it)
         self._linger = 5.0
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
         self._init_room()                               # tasks no node has room for (room.py)
@@ -233,39 +237,65 @@ class Client(Links, Routing, WaitingRoom):
                 return n
             time.sleep(0.005)
 
-    def _flush_while_taken(self, linger: float) -> int:
-        """``flush`` for as long as nodes keep acknowledging: the wait ends ``linger``
-        seconds after the last task a node took, not ``linger`` after it began. A burst
-        past the nodes' quotas waits in this process for room (mesh/client/room.py),
-        and goes as tasks finish: a script that submits it and exits must not drop the
-        rest while the nodes are still taking it. Says once that it waits longer."""
-        n, said = self.unacknowledged(), False
+    def _flush_while_taken(self, linger: float) -> tuple[int, float]:
+        """``flush`` for as long as nodes keep taking this process's tasks, or will:
+        a burst past the nodes' quotas waits in this process for room
+        (mesh/client/room.py) and goes as earlier tasks finish, so a script that
+        submits it and exits must not drop the rest while the nodes work through it.
+        The wait goes on while tasks wait for room and alive nodes hold some of this
+        process's tasks (their ends make room), up to ``EXIT_IDLE_MAX`` s with none
+        taken (tasks that long, or stuck); it ends once no node took a task for
+        ``linger`` s otherwise (no node reachable, nothing of ours held), and after
+        ``EXIT_WAIT_MAX`` s in all. Says that it waits, and how
+        it goes every ``EXIT_WAIT_REPORT`` s. (The tasks left, the last idle span.)"""
+        start = last = said = time.monotonic()
+        n = self.unacknowledged()
         while n:
-            left = self.flush(linger)
-            if left == 0 or left >= n or not self._thread.is_alive():
-                return left
-            if not said:
-                said = True
+            left = self.flush(min(linger, max(0.0, start + EXIT_WAIT_MAX - time.monotonic())))
+            now = time.monotonic()
+            if left == 0 or not self._thread.is_alive() or now - start >= EXIT_WAIT_MAX:
+                return left, now - last
+            if left < n:
+                last = now
+            elif now - last >= linger and (not self._room_will_come()
+                                            or now - last >= EXIT_IDLE_MAX):
+                return left, now - last
+            if said == start or now - said >= EXIT_WAIT_REPORT:
                 log.warning("mesh: waiting for the nodes to take %d more task(s) sent by this "
                             "process (%d wait for room: the nodes' quotas) before it exits; "
-                            "they take them as earlier ones finish", left, len(self._room))
+                            "they take them as earlier ones finish (%.0f s so far)",
+                            left, len(self._room), now - start)
+                said = now
             n = left
-        return 0
+        return 0, 0.0
+
+    def _room_will_come(self) -> bool:
+        """Tasks wait for room, and an alive node holds some of ours: its ends free it."""
+        return bool(self._room) and any(link.state == "alive" and link.held > 0
+                                        for link in list(self.links.values()))
 
     def endpoints(self) -> list[str]:
         """The node endpoints this client knows (seeds first)."""
         return list(dict.fromkeys([*self.seeds, *list(self.links)]))
 
-    def close(self, linger: float = 5.0, at_exit: bool = False) -> int:
-        """Wait up to ``linger`` seconds until every task sent is acknowledged by a
-        node, then stop the I/O thread. Returns how many tasks no node acknowledged,
-        and says so (a warning; on stderr too at interpreter exit): those may never
-        run, since nothing holds them once this process is gone."""
+    def close(self, linger: float = 5.0, at_exit: bool = False, patient: bool = True) -> int:
+        """Wait until every task sent is acknowledged by a node, then stop the I/O
+        thread: for as long as nodes keep taking them when ``patient`` (the default,
+        and at interpreter exit: ``_flush_while_taken``), else up to ``linger`` s.
+        Returns how many tasks no node acknowledged, and says so (a warning; on
+        stderr too at interpreter exit): those may never run, since nothing holds
+        them once this process is gone."""
         if self._closing:
             return 0
-        unacked = 0
-        if threading.current_thread() is not self._thread and linger > 0:
-            unacked = self._flush_while_taken(linger)
+        unacked, window = 0, linger
+        interrupted, self._in_close = self._in_close, True   # (then: no second wait)
+        if threading.current_thread() is not self._thread and linger > 0 and not interrupted:
+            if patient:
+                unacked, window = self._flush_while_taken(linger)
+            else:
+                unacked = self.flush(linger)
+        elif interrupted:
+            unacked = self.unacknowledged()
         waiting = len(self._room)
         self._linger = min(linger, 1.0)
         self._closing = True
@@ -273,8 +303,10 @@ class Client(Links, Routing, WaitingRoom):
         if threading.current_thread() is not self._thread:
             self._thread.join(linger + 5)
         if unacked:
+            why = ("its wait at exit was interrupted" if interrupted
+                   else f"no node took one for {window:.3g} s")
             msg = (f"mesh: {unacked} task(s) sent by this process were not acknowledged by any "
-                   f"node within {linger:g} s and may never run (nodes tried: "
+                   f"node ({why}) and may never run (nodes tried: "
                    f"{', '.join(self.endpoints())})")
             if waiting:
                 msg += (f"; {waiting} of them waited for room: the nodes held as many tasks from "

@@ -309,8 +309,8 @@ class Node:
                 loop.remove_signal_handler(sig)
             for c in reversed(started):
                 self._close(c)
-            if self._client_app is not None:
-                self._client_app.close()
+            if self._client_app is not None:      # (a stop has systemd's deadline)
+                self._client_app.close(patient=False)
             self.ctx.term()
 
     def _user(self, c: Component) -> bool:

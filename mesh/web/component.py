@@ -89,7 +89,7 @@ class Submitter:
 
     def close(self) -> None:
         if self._app is not None:
-            self._app.close()
+            self._app.close(patient=False)      # (the node's stop has a deadline)
             self._app = None
 
 

@@ -143,7 +143,9 @@ def test_a_known_bytes_quota_is_kept_too(start_node: Any, make_client: Any,
 SUBMIT_PAST_THE_QUOTA_AND_EXIT = """
 import sys
 import tasks_app
+import mesh.client.io
 from mesh import Mesh
+mesh.client.io.EXIT_IDLE_MAX = 6.0    # (a minute by default: the node's child is stuck)
 app = Mesh("room", peers=[sys.argv[1]], mdns=False)
 wait = app.task(name="tasks_app.wait_for_file")(tasks_app.wait_for_file.fun)
 rs = [wait.delay(sys.argv[2]) for _ in range(int(sys.argv[3]))]
@@ -175,8 +177,11 @@ import tasks_app
 from mesh import Mesh
 app = Mesh("room", peers=[sys.argv[1]], mdns=False)
 sleep = app.task(name="tasks_app.sleep")(tasks_app.sleep.fun)
-rs = [sleep.delay(0.05) for _ in range(int(sys.argv[2]))]
+rs = [sleep.delay(float(sys.argv[3])) for _ in range(int(sys.argv[2]))]
 print(" ".join(r.id for r in rs), flush=True)
+if len(sys.argv) > 4:           # the first ones taken before it exits
+    import time
+    time.sleep(float(sys.argv[4]))
 """
 
 
@@ -188,7 +193,7 @@ def test_a_submitter_that_exits_waits_while_the_nodes_take_what_waits(
     taken ends it), and says so once."""
     node = start_node(concurrency=1, quota_tasks=5)
     n = 150                                     # ~7.5 s of work: more than the 5 s linger
-    p = run_python(SUBMIT_SLOW_TASKS_AND_EXIT, node.endpoint, str(n), timeout=120)
+    p = run_python(SUBMIT_SLOW_TASKS_AND_EXIT, node.endpoint, str(n), "0.05", timeout=120)
     assert p.returncode == 0, p.stderr
     assert "not acknowledged by any node" not in p.stderr, p.stderr
     said = [ln for ln in p.stderr.splitlines() if "waiting for the nodes to take" in ln]
@@ -197,3 +202,15 @@ def test_a_submitter_that_exits_waits_while_the_nodes_take_what_waits(
     ids = p.stdout.split()
     assert len(ids) == n
     assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in ids] == [0.05] * n
+
+
+def test_a_submitter_that_exits_waits_for_room_that_long_tasks_free(
+        start_node: Any, make_client: Any) -> None:
+    """Found in review: tasks longer than the 5 s linger free room seldom, and the wait
+    at exit gave up between two of them. While a node holds some of the process's
+    tasks, room will come: the wait goes on (up to a minute with none taken)."""
+    node = start_node(concurrency=1, quota_tasks=1)
+    p = run_python(SUBMIT_SLOW_TASKS_AND_EXIT, node.endpoint, "2", "7", "1", timeout=120)
+    assert "not acknowledged by any node" not in p.stderr, p.stderr
+    c = make_client(node)
+    assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in p.stdout.split()] == [7] * 2
