@@ -424,7 +424,7 @@ class Client(Links, Routing, WaitingRoom):
             now = time.monotonic()
             if self._retry:
                 self._resend_due(now)
-            if self._full:
+            if self._full or self._room_warned:     # (a spell ends at a probe's tick)
                 self._probe(now)
             if now >= self._next_refresh:
                 self._refresh_members(now)

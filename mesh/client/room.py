@@ -182,9 +182,11 @@ class WaitingRoom:
                 link.credit += 1
                 self._release(1)
 
-    def _release(self, n: int) -> None:
+    def _release(self, n: int, probe: bool = False) -> None:
         """Send up to ``n`` waiting tasks, longest waiting first; stop at the first
-        that no node has room for (it stays first)."""
+        that no node has room for (it stays first). ``probe``: sent on trial (the
+        once-a-second offer), so a room emptied by it ends the spell only quietly
+        (``_room_over``)."""
         room = self._room
         while n > 0 and room:
             slot = room.popleft()
@@ -199,13 +201,19 @@ class WaitingRoom:
                 self.waited -= 1
                 break
         if not room:
-            self._room_over()
+            self._room_over(tentative=probe)
 
-    def _room_over(self) -> None:
+    def _room_over(self, tentative: bool = False) -> None:
+        """No task waits: every node is open again. ``tentative``: the last ones went
+        on trial and may be refused again (a node at its quota running long tasks is
+        offered one every second): the spell's lines wait for the next second, so a
+        refusal then continues it instead of a WARNING and an INFO every second."""
         for link in self._full.values():
             link.credit = 0
             link.counted = False
         self._full.clear()
+        if tentative:
+            return                              # _probe says it next second, if still so
         if self._room_warned:
             log.info("every task that waited for room has gone to a node")
         self._room_said = ""
@@ -228,4 +236,4 @@ class WaitingRoom:
             if link.counted and now - link.freed_at < PROBE:
                 continue                       # results come: our count says when it has room
             link.credit = max(link.credit, 1)
-        self._release(len(self._room))
+        self._release(len(self._room), probe=True)

@@ -225,3 +225,28 @@ def test_a_node_full_by_our_count_is_offered_one_anyway_only_once_nothing_finish
     c._probe(c._probe_at)                         # a second later, none since: one anyway
     assert c.sent[sent:] == [("t3", "a")] and c.links["a"].held == 3
     assert c.quota_refusals == 0
+
+
+def test_the_last_waiting_task_offered_and_refused_again_says_nothing_new(caplog: Any) -> None:
+    # found in review: a node at its quota running long tasks was offered the one task
+    # left every second; the room emptied (INFO "every task ... has gone"), the node
+    # refused it (a new spell: WARNING): two lines a second for as long as it lasted.
+    # The spell ends (its INFO) only at the next second, if nothing waits then.
+    caplog.set_level("INFO", logger="mesh.client")
+    c = _Client(["a"])
+    c.submit("held")
+    c.submit("w0")
+    c.refuse("w0")
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    for _ in range(3):                    # offered, refused again, each second
+        c._probe(c._probe_at)
+        assert c.waiting_for_room == 0 and c.sent[-1] == ("w0", "a")
+        c.refuse("w0")
+        assert c.waiting_for_room == 1
+    assert [r.levelname for r in caplog.records] == ["WARNING"], caplog.text
+    c._probe(c._probe_at)                 # taken at last (no refusal this time)
+    assert c.waiting_for_room == 0
+    c._probe(c._probe_at)                 # still nothing waits a second later: over
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"], caplog.text
+    c.submit("n1")                        # a is open again: no wait
+    assert c.sent[-1] == ("n1", "a") and c.waiting_for_room == 0
