@@ -36,6 +36,34 @@ async def holder_and_backup(*ids: str) -> AsyncIterator[tuple[Node, Node, zmq.as
         yield h, b, to_b
 
 
+@asynccontextmanager
+async def giver_holding(tid: str) -> AsyncIterator[tuple[Node, Node]]:
+    """A giver holding ``tid`` queued (behind a busy child; it sheds only when a test
+    says) and a silent member that never answers a RECLAIM (the taker waits for it)."""
+    async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+            running_node(app, name="silent", autorun=False, peers=[g.address]) as s, \
+            dealer(g) as to_g:
+        g.shedder.shed = lambda now: 0
+        s.reclaim.answer = lambda msg: None
+        await to_g.send(submit("g-busy"))
+        await to_g.send(submit(tid))
+        await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+        yield g, s
+
+
+async def held_by_giver_silent_waited(taker: Node) -> None:
+    await until(lambda: "giver" in taker.reclaim._held.values()
+                and list(taker.reclaim._expected) == ["silent"],
+                "the giver's answer (held), not the silent node's")
+
+
+async def hand_to_taker(g: Node, tid: str) -> None:
+    """The giver sheds ``tid`` to the taker now."""
+    entry, target = g.pool.remove(tid), g.membership.member("taker")
+    assert entry is not None and target is not None
+    assert g.handoff.hand([entry], shedding.REASON, target) == 1
+
+
 def test_copies_a_returning_holder_reclaimed_are_not_taken_over_when_it_is_declared_dead() -> None:
     # The holder comes back (here: its RECLAIM arrives) before its backup declared its
     # old process dead: the backup must drop the copies, else its takeover runs them
@@ -146,24 +174,13 @@ def test_a_task_handed_to_a_node_while_it_waits_for_the_answers_stays(tmp_path: 
                 await to_t.send(submit(i))
             await until(lambda: t.spill.on_disk == 2, "two tasks on the taker's disk")
             await crash(t)
-        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
-                running_node(app, name="silent", autorun=False, peers=[g.address]) as s, \
-                dealer(g) as to_g:
-            g.shedder.shed = lambda now: 0              # the test sheds, when it says
-            s.reclaim.answer = lambda msg: None         # the taker waits for it
-            await to_g.send(submit("g-busy"))
-            await to_g.send(submit(tid))
-            await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+        async with giver_holding(tid) as (g, s):
             async with running_node(app, name="taker", autorun=False, journal=True,
                                     concurrency=1, data_dir=data, queue_memory=2,
                                     peers=[g.address, s.address]) as t2:
                 assert tid in t2.reclaim.disk
-                await until(lambda: "giver" in t2.reclaim._held.values()
-                            and list(t2.reclaim._expected) == ["silent"],
-                            "the giver's answer (held), not the silent node's")
-                entry, target = g.pool.remove(tid), g.membership.member("taker")
-                assert entry is not None and target is not None
-                assert g.handoff.hand([entry], shedding.REASON, target) == 1
+                await held_by_giver_silent_waited(t2)
+                await hand_to_taker(g, tid)
                 await until(lambda: tid not in g.ledger.held, "the giver to hand it on")
                 await until(lambda: not t2.reclaim.disk, "the taker to settle", timeout=15)
                 assert t2.reclaim.counts["held_elsewhere"] == 0
@@ -185,27 +202,16 @@ def test_a_task_handed_to_a_node_while_it_waits_keeps_its_owners_link(tmp_path: 
                 await to_t.send(submit(i))
             await until(lambda: tid in t.ledger.held, "the taker to hold it")
             await crash(t)
-        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
-                running_node(app, name="silent", autorun=False, peers=[g.address]) as s, \
-                dealer(g) as to_g:
-            g.shedder.shed = lambda now: 0
-            s.reclaim.answer = lambda msg: None         # the taker waits for it
-            await to_g.send(submit("g-busy"))
-            await to_g.send(submit(tid))
-            await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+        async with giver_holding(tid) as (g, s):
             async with running_node(app, name="taker", autorun=False, journal=True,
                                     concurrency=1, data_dir=data,
                                     peers=[g.address, s.address]) as t2, dealer(t2) as owner:
-                await until(lambda: "giver" in t2.reclaim._held.values()
-                            and list(t2.reclaim._expected) == ["silent"],
-                            "the giver's answer (held), not the silent node's")
+                await held_by_giver_silent_waited(t2)
                 before = t2.reclaim.waiting[tid].client
                 await owner.send(submit(tid))           # the owner resends it here
                 await until(lambda: t2.reclaim.waiting[tid].client != before, "the resend")
                 link = t2.reclaim.waiting[tid].client
-                entry, target = g.pool.remove(tid), g.membership.member("taker")
-                assert entry is not None and target is not None
-                assert g.handoff.hand([entry], shedding.REASON, target) == 1
+                await hand_to_taker(g, tid)
                 await until(lambda: tid in t2.ledger.held and tid not in t2.reclaim.waiting,
                             "the taker to hold it as handed")
                 assert t2.ledger.held[tid].client == link
