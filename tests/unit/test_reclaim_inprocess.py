@@ -51,6 +51,16 @@ async def giver_holding(tid: str) -> AsyncIterator[tuple[Node, Node]]:
         yield g, s
 
 
+async def taker_crashed(data: str, ids: tuple[str, ...], ready: Any, **options: Any) -> None:
+    """A taker on ``data`` sent ``ids``, crashed once ``ready(node)`` holds."""
+    async with running_node(app, name="taker", autorun=False, journal=True, concurrency=1,
+                            data_dir=data, **options) as t, dealer(t) as to_t:
+        for i in ids:
+            await to_t.send(submit(i))
+        await until(lambda: ready(t), "the taker to hold what it was sent")
+        await crash(t)
+
+
 async def held_by_giver_silent_waited(taker: Node) -> None:
     await until(lambda: "giver" in taker.reclaim._held.values()
                 and list(taker.reclaim._expected) == ["silent"],
@@ -168,12 +178,8 @@ def test_a_task_handed_to_a_node_while_it_waits_for_the_answers_stays(tmp_path: 
     async def main() -> None:
         tid = "d-3"
         data = str(tmp_path / "taker")
-        async with running_node(app, name="taker", autorun=False, journal=True, concurrency=1,
-                                data_dir=data, queue_memory=2) as t, dealer(t) as to_t:
-            for i in ("busy", "d-0", "d-1", "d-2", tid):
-                await to_t.send(submit(i))
-            await until(lambda: t.spill.on_disk == 2, "two tasks on the taker's disk")
-            await crash(t)
+        await taker_crashed(data, ("busy", "d-0", "d-1", "d-2", tid),
+                            lambda t: t.spill.on_disk == 2, queue_memory=2)
         async with giver_holding(tid) as (g, s):
             async with running_node(app, name="taker", autorun=False, journal=True,
                                     concurrency=1, data_dir=data, queue_memory=2,
@@ -196,12 +202,7 @@ def test_a_task_handed_to_a_node_while_it_waits_keeps_its_owners_link(tmp_path: 
     async def main() -> None:
         tid = "m-1"
         data = str(tmp_path / "taker")
-        async with running_node(app, name="taker", autorun=False, journal=True, concurrency=1,
-                                data_dir=data) as t, dealer(t) as to_t:
-            for i in ("busy", tid):
-                await to_t.send(submit(i))
-            await until(lambda: tid in t.ledger.held, "the taker to hold it")
-            await crash(t)
+        await taker_crashed(data, ("busy", tid), lambda t: tid in t.ledger.held)
         async with giver_holding(tid) as (g, s):
             async with running_node(app, name="taker", autorun=False, journal=True,
                                     concurrency=1, data_dir=data,
