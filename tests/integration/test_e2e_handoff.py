@@ -82,9 +82,11 @@ def nodes_of(reader: ClientHandle, ids: list[str]) -> list[str | None]:
 def test_shedding_hands_queued_tasks_to_an_idle_node(start_node: NodeFactory,
                                                      make_client: Any) -> None:
     a = start_node(name="a", concurrency=1)
+    # all sent to a while it is alone (a submitter that knew b would place some there
+    # itself: seen under load in CI), then b joins, idle, and a sheds to it
+    ids = submit_and_exit([a], [("tasks_app.sleep", [0.2], {})] * 40)
     b = start_node(name="b", concurrency=1, peers=a.endpoint)
     form_mesh(a, b)
-    ids = submit_and_exit([a], [("tasks_app.sleep", [0.2], {})] * 40)
     reader = make_client(b)          # a third process's view: it did not submit them
     assert results(reader, ids) == [0.2] * 40
     ran = nodes_of(reader, ids)
