@@ -242,8 +242,8 @@ class Client(Links, Routing, WaitingRoom):
         a burst past the nodes' quotas waits in this process for room
         (mesh/client/room.py) and goes as earlier tasks finish, so a script that
         submits it and exits must not drop the rest while the nodes work through it.
-        The wait goes on while alive nodes hold some of this process's tasks (their
-        ends make room for what waits), up to ``EXIT_IDLE_MAX`` s with none
+        The wait goes on while tasks wait for room and alive nodes hold some of this
+        process's tasks (their ends make room), up to ``EXIT_IDLE_MAX`` s with none
         taken (tasks that long, or stuck); it ends once no node took a task for
         ``linger`` s otherwise (no node reachable, nothing of ours held), and after
         ``EXIT_WAIT_MAX`` s in all. Says that it waits, and how
@@ -270,9 +270,11 @@ class Client(Links, Routing, WaitingRoom):
         return 0, 0.0
 
     def _room_will_come(self) -> bool:
-        """An alive node holds some of ours: their ends free room for what waits (in
-        the room, or on trial at a full node: not in the room for that moment)."""
-        return any(link.state == "alive" and link.held > 0 for link in list(self.links.values()))
+        """Tasks wait for room (a spell is on: the last one may be on trial at a full
+        node, out of the room for that moment), and an alive node holds some of ours:
+        their ends free room for what waits."""
+        return self._room_warned and any(link.state == "alive" and link.held > 0
+                                         for link in list(self.links.values()))
 
     def endpoints(self) -> list[str]:
         """The node endpoints this client knows (seeds first)."""
