@@ -179,9 +179,10 @@ app = Mesh("room", peers=[sys.argv[1]], mdns=False)
 sleep = app.task(name="tasks_app.sleep")(tasks_app.sleep.fun)
 rs = [sleep.delay(float(sys.argv[3])) for _ in range(int(sys.argv[2]))]
 print(" ".join(r.id for r in rs), flush=True)
-if len(sys.argv) > 4:           # the first ones taken before it exits
+if len(sys.argv) > 4:           # until a node took the first ones (then it exits)
     import time
-    time.sleep(float(sys.argv[4]))
+    while app.client.unacknowledged() > int(sys.argv[4]):
+        time.sleep(0.01)
 """
 
 
@@ -210,7 +211,7 @@ def test_a_submitter_that_exits_waits_for_room_that_long_tasks_free(
     at exit gave up between two of them. While a node holds some of the process's
     tasks, room will come: the wait goes on (up to a minute with none taken)."""
     node = start_node(concurrency=1, quota_tasks=1)
-    p = run_python(SUBMIT_SLOW_TASKS_AND_EXIT, node.endpoint, "2", "7", "1", timeout=120)
+    p = run_python(SUBMIT_SLOW_TASKS_AND_EXIT, node.endpoint, "2", "7", "1", timeout=120)   # 1 waits
     assert "not acknowledged by any node" not in p.stderr, p.stderr
     c = make_client(node)
     assert [c.app.AsyncResult(t).get(timeout=RESULT_TIMEOUT) for t in p.stdout.split()] == [7] * 2
