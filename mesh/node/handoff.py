@@ -56,6 +56,7 @@ TICK = 0.1
 BATCH_BYTES = 4 * 1024 * 1024
 MOVED_TTL = 30.0         # s a task handed on is remembered (an owner sending it here follows)
 MOVED_MAX = 100_000      # tasks remembered at most
+GIVEN_UP_MAX = 1_000     # handoffs given up on, remembered at most (for a late answer)
 STOP_REASON = "node is shutting down"
 
 
@@ -81,6 +82,9 @@ class Handoffs(Component):
     def __init__(self) -> None:
         self.started = False
         self._out: dict[str, _Out] = {}
+        # batch -> the handoff given up on (not answered in time), for MOVED_TTL: a
+        # late answer (the receiver took it after all) must not leave it on two nodes
+        self._given_up: collections.OrderedDict[str, _Out] = collections.OrderedDict()
         self._answers: list[tuple[str, bytes]] = []      # (sender address, HANDOFF_ACK)
         self._ids = itertools.count()
         self._prefix = f"h{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
@@ -181,21 +185,65 @@ class Handoffs(Component):
         for chunk in chunks:
             bid = self._prefix + str(next(self._ids))
             frame = encode(Handoff(bid, node.name, node.address, [x.frame for x in chunk],
-                                   reason))
+                                   reason, str(m.meta.get("boot") or "")))
             self._out[bid] = _Out(m.id, m.address, {x.task_id: x for x in chunk}, reason,
                                   frame, time.monotonic())
             node.replicas.sockets.send(m.address, frame)
 
     def on_ack(self, msg: HandoffAck) -> None:
         out = self._out.pop(msg.batch, None)
-        if out is None or out.target != msg.node:
+        if out is None:
+            self._late_ack(msg)
+            return
+        if out.target != msg.node:
+            self._out[msg.batch] = out       # not the receiver's to answer
             return
         node = self.node
         ledger = node.ledger
         moved = [out.entries[t] for t in msg.accepted if t in out.entries]
         moved = [e for e in moved if ledger.held.get(e.task_id) is e]   # still ours
+        self._moved_on(moved, msg, out)
+        refused = [e for t, e in out.entries.items() if t not in msg.accepted
+                   and ledger.held.get(t) is e]
+        if refused:
+            why = {str(v) for v in msg.refused.values()} or {"no answer for them"}
+            log.info("node %s did not take %d task(s): %s", msg.node, len(refused),
+                     "; ".join(sorted(why))[:300])
+            self._again(refused, out.reason, out.refused_by | {out.target})
+
+    def _late_ack(self, msg: HandoffAck) -> None:
+        """The answer to a handoff given up on (no answer in time: its tasks went back
+        to the queue). The receiver holds what it accepted: those not started here
+        since leave the queue as if answered in time; a started one runs on both nodes,
+        which is said."""
+        out = self._given_up.pop(msg.batch, None)
+        if out is None or out.target != msg.node:
+            return
+        ledger, pool = self.node.ledger, self.node.pool
+        moved, twice = [], []
+        for tid in msg.accepted:
+            e = out.entries.get(tid)
+            if e is None or ledger.held.get(tid) is not e:
+                continue
+            if pool.remove(tid) is e:
+                moved.append(e)
+            else:
+                twice.append(tid)
         if moved:
-            ledger.forget(moved, msg.node)     # the copies at our backup go with them
+            log.warning("node %s answered a handoff after it was given up: it holds %d of "
+                        "its task(s), taken out of the queue here", msg.node, len(moved))
+        if twice:
+            log.warning("node %s answered a handoff after it was given up: %d of its task(s) "
+                        "could not be taken back here (started, handed on or on disk "
+                        "meanwhile) and may run on both nodes, e.g. %s", msg.node, len(twice),
+                        twice[0])
+        self._moved_on(moved, msg, out)
+
+    def _moved_on(self, moved: list[Entry], msg: HandoffAck, out: _Out) -> None:
+        """``moved`` are held by the receiver now: forgotten here, owners told."""
+        node = self.node
+        if moved:
+            node.ledger.forget(moved, msg.node)     # the copies at our backup go with them
             self.handed += len(moved)
             address = msg.address if msg.address.startswith("tcp://") else out.address
             self.remember([e.task_id for e in moved], msg.node, address, out.reason)
@@ -212,13 +260,6 @@ class Handoffs(Component):
                                      target=address, reason=out.reason)
             log.info("handed %d task(s) to %s (%s): %s", len(moved), msg.node, address,
                      out.reason)
-        refused = [e for t, e in out.entries.items() if t not in msg.accepted
-                   and ledger.held.get(t) is e]
-        if refused:
-            why = {str(v) for v in msg.refused.values()} or {"no answer for them"}
-            log.info("node %s did not take %d task(s): %s", msg.node, len(refused),
-                     "; ".join(sorted(why))[:300])
-            self._again(refused, out.reason, out.refused_by | {out.target})
 
     def _again(self, entries: list[Entry], reason: str, refused_by: set[str]) -> None:
         """Tasks a receiver did not take: elsewhere when stopping, else back to the queue."""
@@ -276,6 +317,20 @@ class Handoffs(Component):
             return
         accepted: list[str] = []
         refused: dict[str, Any] = {}
+        if msg.target_boot and msg.target_boot != node.boot:
+            # queued for an earlier run of this node (killed, restarted): the sender
+            # gave it up and runs the tasks itself, or takes them back on this answer
+            log.info("refused a handoff of %d task(s) from %s: it was sent to this node's "
+                     "previous run", len(msg.tasks), msg.source)
+            earlier = f"sent to a previous run of node {node.name}"
+            for frame in msg.tasks:
+                handed = _submit_or_none(frame, node.config.max_message_size)
+                if handed is not None:
+                    refused[handed.task_id] = earlier
+            self._answers.append((msg.source_addr, encode(HandoffAck(
+                msg.batch, node.name, [], refused, node.address))))
+            node.front.schedule_flush()
+            return
         new: list[str] = []
         for frame in msg.tasks:
             try:
@@ -387,7 +442,13 @@ class Handoffs(Component):
             if entries:
                 log.warning("node %s did not answer a handoff of %d task(s) in time",
                             out.target, len(entries))
+                out.at = now
+                self._given_up[bid] = out
                 self._again(entries, out.reason, out.refused_by | {out.target})
+        given_up = self._given_up
+        while given_up and (now - next(iter(given_up.values())).at > MOVED_TTL
+                            or len(given_up) > GIVEN_UP_MAX):
+            given_up.popitem(last=False)
 
     async def settle(self, timeout: float) -> None:
         """(Stopping) wait up to ``timeout`` s for the answers to what was handed, then
@@ -421,3 +482,11 @@ def _queue_of(routing: Any, entry: Entry) -> str:
     except DecodeError:
         msg = None
     return str(routing.queue_for(entry.name, msg.headers if isinstance(msg, Submit) else None))
+
+
+def _submit_or_none(frame: bytes, max_size: int) -> Submit | None:
+    try:
+        sub = decode(frame, max_size)
+    except DecodeError:
+        return None
+    return sub if type(sub) is Submit else None

@@ -689,19 +689,24 @@ class Handoff(Message):
     """Hold these tasks: ``tasks`` are SUBMIT frames, as the sender holds them (a
     retried task carries its ``retries`` and ``eta``). The receiver journals each
     one it takes and then answers HANDOFF_ACK(batch) to ``source_addr``; until that
-    answer the sender keeps them (and sends the batch again, or to another node)."""
+    answer the sender keeps them (and sends the batch again, or to another node).
+    A receiver whose boot id is not ``target_boot`` refuses them all: the batch was
+    sent to an earlier run of it (queued while it was down), which the sender gave up."""
     TYPE = MsgType.HANDOFF
     batch: str
     source: str
     source_addr: str
     tasks: list[bytes]
     reason: str = ""
+    target_boot: str = ""     # the receiver's boot id as the sender knew it ("": any)
 
     def validate(self) -> None:
         _short(self.batch, MAX_ID_LEN, "batch")
         _short(self.source, MAX_ID_LEN, "source")
         _check_address(self.source_addr, "source_addr")
         _check_batch("Handoff", self.tasks)
+        if len(self.target_boot) > MAX_ID_LEN:
+            raise DecodeError(f"Handoff.target_boot longer than {MAX_ID_LEN} characters")
 
 
 @message

@@ -1,0 +1,87 @@
+"""A HANDOFF that arrives where the sender no longer expects it (mesh/node/handoff.py),
+in this process: one queued for an earlier run of the receiver, and an answer that
+comes after the sender gave the batch up. Either way a task is held by one node.
+(CI's chaos run saw the first: a shed batch zmq queued while the receiver was down was
+taken by its next run, and the four tasks ran on both nodes.)"""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from test_node_inprocess import app, dealer, run, submit, until
+
+from mesh.node import handoff as handoff_mod
+from mesh.node import shedding
+from mesh.node.node import Node
+from mesh.testing import running_node
+from mesh.wire.protocol import Handoff
+
+
+@asynccontextmanager
+async def giver_and_taker(tid: str) -> AsyncIterator[tuple[Node, Node]]:
+    """A giver holding ``tid`` queued (it sheds only when a test says) and a taker."""
+    async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+            running_node(app, name="taker", autorun=False, peers=[g.address]) as t, \
+            dealer(g) as to_g:
+        g.shedder.shed = lambda now: 0
+        t.shedder.shed = lambda now: 0
+        await until(lambda: g.membership.member("taker") is not None
+                    and g.membership.member("taker").meta.get("boot") == t.boot,   # type: ignore[union-attr]
+                    "the giver to know the taker's boot id")
+        await to_g.send(submit("g-busy"))
+        await to_g.send(submit(tid))
+        await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+        yield g, t
+
+
+def hand(g: Node, tid: str) -> None:
+    entry, target = g.pool.remove(tid), g.membership.member("taker")
+    assert entry is not None and target is not None
+    assert g.handoff.hand([entry], shedding.REASON, target) == 1
+
+
+def test_a_handoff_sent_to_an_earlier_run_of_the_receiver_is_refused() -> None:
+    async def main() -> None:
+        async with giver_and_taker("h-stale") as (g, t):
+            t.boot = "0123456789ab"      # a later run than the one the giver knows
+            hand(g, "h-stale")
+            await until(lambda: not g.handoff._out, "the taker's answer")
+            assert "h-stale" not in t.ledger.held and t.journal.get("h-stale") is None
+            assert g.ledger.held.get("h-stale") is not None        # back in the giver's queue
+            assert g.pool.queued == 1 and t.handoff.received == 0
+    run(main())
+
+
+def test_a_handoff_to_the_receivers_current_run_is_taken() -> None:
+    async def main() -> None:
+        async with giver_and_taker("h-now") as (g, t):
+            hand(g, "h-now")
+            await until(lambda: "h-now" in t.ledger.held, "the taker to hold it")
+            await until(lambda: "h-now" not in g.ledger.held, "the giver to forget it")
+            assert g.pool.queued == 0 and g.handoff.handed == 1
+    run(main())
+
+
+def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+    caplog.set_level(logging.INFO, "mesh.handoff")
+
+    async def main() -> None:
+        async with giver_and_taker("h-late") as (g, t):
+            held_back: list[Handoff] = []
+            take = t.handoff.on_handoff
+            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
+            hand(g, "h-late")
+            await until(lambda: not g.handoff._out, "the giver to give it up")
+            assert g.pool.queued == 1 and len(held_back) == handoff_mod.TRIES   # sent 3 times
+            take(held_back[0])                            # the taker takes it after all
+            await until(lambda: "h-late" not in g.ledger.held, "the giver to forget it")
+            assert "h-late" in t.ledger.held and g.pool.queued == 0
+            assert not g.handoff._given_up
+    run(main())
+    late = [r.getMessage() for r in caplog.records if "after it was given up" in r.getMessage()]
+    assert late == ["node taker answered a handoff after it was given up: it holds 1 of its "
+                    "task(s), taken out of the queue here"], late
