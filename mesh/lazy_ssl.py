@@ -17,8 +17,9 @@ real module on first use of any of its names and then puts it in asyncio's place
   ``SSLSyscallError``, for a tuple it only uses inside a live TLS connection) are
   placeholders until the real module loads, then asyncio's tuple is the real one.
 
-Nothing is done when asyncio or ssl is already imported, or when this Python has no
-``_ssl`` (asyncio then sees no ssl, as it would anyway).
+Nothing is done when asyncio or ssl is already imported, when this Python has no
+``_ssl`` (asyncio then sees no ssl, as it would anyway), or on a Python newer than
+those checked (``VERIFIED_BELOW``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ class _NotYet(Exception):
 
 
 _lock = threading.Lock()
+# asyncio's module-level use of ssl (the names above) checked on 3.11, 3.12 and 3.13
+# (a TLS round trip after the stand-in: tests/unit/test_lazy_imports.py); a later
+# Python gets no stand-in until someone checks it
+VERIFIED_BELOW = (3, 14)
 
 
 class _LazySSL(types.ModuleType):
@@ -74,6 +79,8 @@ def _fix_sslproto(real: types.ModuleType) -> None:
 def import_asyncio() -> bool:
     """Import asyncio with the stand-in for ``ssl``; True if the stand-in is in use."""
     if "asyncio" in sys.modules or "ssl" in sys.modules or importlib.util.find_spec("_ssl") is None:
+        return False
+    if sys.version_info >= VERIFIED_BELOW:     # asyncio's use of ssl not checked there
         return False
     _proxy.SSLWantReadError = _proxy.SSLSyscallError = _NotYet  # type: ignore[attr-defined]
     sys.modules["ssl"] = _proxy
