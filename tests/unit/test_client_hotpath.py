@@ -166,3 +166,40 @@ def test_task_ids_carry_the_millisecond_they_were_made(monkeypatch: pytest.Monke
     assert first[:14] == again[:14] == stamp(ms[0] - 1) == "018bcfe5-6800-"
     assert later[:14] == stamp(ms[0])
     assert len({first[14:], again[14:], later[14:]}) == 3
+
+
+# ---- the I/O thread's frames (mesh/client/frames.py) ---------------------------------
+
+def test_frames_go_and_come_as_pyzmqs_multipart_calls_would() -> None:
+    import zmq
+
+    from mesh.client.frames import recv_frames, send_frames
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        assert recv_frames(dealer) is None              # nothing waiting: None, no raise
+        batch = [b"first", b"", b"x" * 5000, b"last"]
+        send_frames(dealer, batch)
+        send_frames(dealer, [b"alone"])
+        assert router.poll(10_000)
+        rid, *got = router.recv_multipart()
+        assert got == batch                             # one message of four frames
+        assert router.poll(10_000)
+        assert router.recv_multipart()[1:] == [b"alone"]
+        router.send_multipart([rid, b"a", b"b"])
+        router.send_multipart([rid, b"c"])
+        assert dealer.poll(10_000)
+        deadline = time.monotonic() + 10
+        messages: list[list[bytes]] = []
+        while len(messages) < 2 and time.monotonic() < deadline:
+            m = recv_frames(dealer)
+            if m is not None:
+                messages.append(m)
+        assert messages == [[b"a", b"b"], [b"c"]]
+        assert recv_frames(dealer) is None
+    finally:
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()
