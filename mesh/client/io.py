@@ -145,6 +145,7 @@ class Client(Links, Routing, WaitingRoom):
         self._in_close = False      # a close is waiting (a signal's exit may interrupt it)
         self._linger = 5.0
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
+        self._released_at = 0.0                         # when a node last gave work back
         self._init_room()                               # tasks no node has room for (room.py)
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []
@@ -682,7 +683,7 @@ class Client(Links, Routing, WaitingRoom):
         one (shedding), else to another node (shutdown)."""
         target = msg.target
         if not target:
-            link.released_at = time.monotonic()
+            link.released_at = self._released_at = time.monotonic()
         for tid in msg.task_ids:
             slot = self._slots.get(tid)
             if slot is None or slot.msg is not None or slot.node != link.endpoint:
