@@ -145,7 +145,6 @@ class Client(Links, Routing, WaitingRoom):
         self._in_close = False      # a close is waiting (a signal's exit may interrupt it)
         self._linger = 5.0
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
-        self._released_at = 0.0                         # when a node last gave work back
         self._init_room()                               # tasks no node has room for (room.py)
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []

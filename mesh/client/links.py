@@ -126,7 +126,7 @@ class Links:
     _heard: float
     _heard_since: bool
     _unreachable: bool
-    _released_at: float           # the latest released_at of any link (monotonic)
+    _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
 
     if TYPE_CHECKING:           # Client's and Routing's (mesh/client/routes.py), used here
         mesh: str | None
