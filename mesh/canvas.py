@@ -216,9 +216,15 @@ class Signature(Canvas):
         return out
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the task here, in this process, as a plain call (Celery's ``sig()``)."""
+        """Run the task here, in this process, as a plain call (Celery's ``sig()``):
+        ``task.map(it)()`` is ``[task(x) for x in it]``, ``task.starmap(it)()``
+        ``[task(*x) for x in it]`` (the builtins, which a Celery app always has)."""
         app = self.app
         task = app.tasks.get(self.task) if app is not None else None
+        if task is None and app is not None and self.task in (MAP, STARMAP):
+            from mesh.workflow.builtins import register_builtins
+            register_builtins(app)      # as a node and eager mode do
+            task = app.tasks.get(self.task)
         if task is None:
             raise ConfigError(f"{self.task} is not registered in this process: a signature "
                               "called directly runs the task here (use apply_async to send it)")
@@ -257,6 +263,8 @@ class _Tasks(Canvas):
         return self.app or next((t._find_app() for t in self.tasks if t._find_app()), None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Send it (Celery's ``chain(...)(*args, **kwargs)``: arguments for its first
+        task); runs here with ``task_always_eager``."""
         return self.apply_async(args, kwargs)
 
     def to_dict(self, compact: bool = False) -> dict[str, Any]:
@@ -284,6 +292,12 @@ class group(_Tasks):  # noqa: N801
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    def __call__(self, *args: Any, **options: Any) -> Any:
+        """Send it, as Celery's ``group(...)(*partial_args, **options)``: keywords are
+        options (``countdown=``...), not task arguments; runs here with
+        ``task_always_eager``."""
+        return self.apply_async(args, **options)
 
     def __repr__(self) -> str:
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"

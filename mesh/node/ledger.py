@@ -309,15 +309,16 @@ class Ledger:
                 replicas.release(task_id, started)
 
     def notify(self, task_id: str, result_frame: bytes, name: str, state: str,
-               client: bytes = b"", **event: Any) -> None:
-        """A result is known: events, and the processes watching the id."""
+               client: bytes = b"", internal: bool = False, **event: Any) -> None:
+        """A result is known: events (none for an ``internal`` one: a workflow's
+        record), and the processes watching the id."""
         node = self.node
         self.early.pop(task_id, None)
         ev = node.events
         if ev.prefixes or ev.listeners:
             ev.publish_result(task_id, result_frame)
             kind = FINAL_EVENTS.get(state)
-            if kind is not None and ev.wants(kind):
+            if kind is not None and not internal and ev.wants(kind):
                 if state == states.REVOKED:
                     event = {"expired": False, "terminated": False, **event}
                 ev.emit(kind, **result_fields(task_id, result_frame), name=name, **event)

@@ -41,7 +41,6 @@ from mesh.rendezvous import ranked
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, decode, encode
 from mesh.workflow.describe import describe_group
-from mesh.workflow.ids import record_id
 from mesh.workflow.plan import GROUP, NIL, list_of, member_id, uid, units
 
 if TYPE_CHECKING:
@@ -129,8 +128,7 @@ class Groups:
         unit = {"task": GROUP, "subtask_type": "group", "kwargs": {"tasks": members},
                 "options": {"task_id": gid}}
         try:
-            self.wf.store(record_id(gid), states.SUCCESS, codec.dumps(describe_group(unit)),
-                          "mesh.record", raw=True)
+            self.wf.keep_record(gid, codec.dumps(describe_group(unit)))
         except Exception as e:
             log.warning("group %s: its record was not kept: %s", gid, e)
         if g.size == 0:

@@ -37,7 +37,7 @@ from mesh.node.wf_commands import exc_repr, frame_task_id, mesh_exc, register, r
 from mesh.node.wf_groups import Groups
 from mesh.rendezvous import ranked
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, WfReport, decode, encode
-from mesh.workflow.ids import derive, record_id
+from mesh.workflow.ids import RECORD_NAME, RECORD_OWNER, derive, record_id
 from mesh.workflow.plan import (
     GROUP,
     NIL,
@@ -146,7 +146,7 @@ class Workflows(Component):
         root = headers.get("root_id") if isinstance(headers.get("root_id"), str) else tid
         tree = (headers.get("wf") or {}).get("tree")
         if isinstance(tree, bytes) and root:
-            self.store(record_id(root), states.SUCCESS, tree, "mesh.record", raw=True)
+            self.keep_record(root, tree)
         if name == GROUP:
             chord_from = self.groups.ended(tid)
         else:
@@ -335,7 +335,15 @@ class Workflows(Component):
     def fail_frame(self, tid: str, state: str, exc: dict[str, Any], tb: str | None) -> bytes:
         return encode(Result(task_id=tid, state=state, exc=exc, traceback=tb, node=self.node.name))
 
-    def store(self, tid: str, state: str, result: bytes, name: str, raw: bool = False) -> None:
+    def keep_record(self, workflow_id: str, desc: bytes) -> None:
+        """Keep a workflow's description (codec bytes) under ``record_id(workflow_id)``:
+        lookups and watchers get it as any result, but it is internal: no event, not
+        counted, its journal row marked (RECORD_OWNER) so the dashboard leaves it out."""
+        self.store(record_id(workflow_id), states.SUCCESS, desc, RECORD_NAME, raw=True,
+                   internal=True)
+
+    def store(self, tid: str, state: str, result: bytes, name: str, raw: bool = False,
+              internal: bool = False) -> None:
         """Keep a result for ``tid`` that no task produced here (a failure recorded for a
         step that will never run; a workflow's record): the journal serves it to
         lookups and resends, watchers get it. ``raw``: ``result`` is the value's codec
@@ -355,11 +363,15 @@ class Workflows(Component):
             if node.journal.get(tid) is not None:
                 return
             backup = node.replicas.finished(tid, state, frame)    # its second copy
-            node.journal.finish(tid, state, frame, time.time(), backup)
+            now = time.time()
+            if internal:
+                node.journal.add(tid, RECORD_OWNER, b"", now)
+            node.journal.finish(tid, state, frame, now, backup)
         except JournalError as e:
             log.error("journal: result of %s not stored: %s", tid, e)
-        ledger.counts[state] += 1
-        ledger.notify(tid, frame, name, state)
+        if not internal:
+            ledger.counts[state] += 1
+        ledger.notify(tid, frame, name, state, internal=internal)
 
     # -- reports to coordinators --------------------------------------------------------
     def report(self, rep: list[Any], frame: bytes, res: Result | None = None) -> None:

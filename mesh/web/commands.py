@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mesh import states
 from mesh.node.commands import Command, ControlState
 from mesh.node.component import Component
+from mesh.web.chartlines import chart_lines
 from mesh.web.history import INFO_REPR, LIST_REPR, HistoryError, JournalReader, Query, submit_fields
 from mesh.wire.protocol import ControlReply, encode
 
@@ -181,11 +183,12 @@ class HistoryService:
         step = _int(args, "step", 10, 1, 86400)
         if not isinstance(since, (int, float)) or isinstance(since, bool):
             raise ValueError("web.series needs 'since' (unix time)")
-        import time
         if (time.time() - since) / step > MAX_STEP_BUCKETS:
             raise ValueError(f"at most {MAX_STEP_BUCKETS} buckets: a longer step, or a later since")
         points = await self.read(lambda r: r.series(float(since), step))
-        return {"node": self.node.name, "step": step, "series": points}
+        lines = chart_lines(points, float(since), time.time(), step, self.node.started_at)
+        return {"node": self.node.name, "step": step, "series": points, "lines": lines,
+                "up_since": self.node.started_at}
 
     async def summary(self, args: dict[str, Any]) -> dict[str, Any]:
         node = self.node

@@ -32,6 +32,7 @@ from mesh.exceptions import DecodeError
 from mesh.node.events import short_repr
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, decode
+from mesh.workflow.ids import RECORD_OWNER
 
 log = logging.getLogger("mesh.web.history")
 
@@ -44,6 +45,9 @@ FINAL = (states.SUCCESS, states.FAILURE, states.REVOKED)
 # latency bins (s) for the charts' percentiles: counted by sqlite, per time bucket
 BINS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
+
+# a workflow's record (mesh/workflow/ids.py) is not a task: no row, no count, no chart
+NOT_RECORD = "coalesce(t.client, x'') != :rec"
 
 _WHEN = {states.SUCCESS: "succeeded", states.FAILURE: "failed", states.REVOKED: "revoked"}
 
@@ -241,8 +245,8 @@ class JournalReader:
         if q.until is not None:     # nothing received by then finished later than max_lag
             hi = min(hi, self.first_rowid_at(q.until + self.max_lag() + 1.0))
         floor = self.first_rowid_at(q.since) if q.since is not None else 1
-        where = ["r.rowid <= :hi", "r.rowid > :lo", "r.copy = 0"]   # (copy: another node ran it)
-        params: dict[str, Any] = {}
+        where = ["r.rowid <= :hi", "r.rowid > :lo", "r.copy = 0", NOT_RECORD]   # (copy: another node ran it)
+        params: dict[str, Any] = {"rec": RECORD_OWNER}
         states_ = [s for s in q.states if s in FINAL]
         if states_:
             marks = ",".join(f":s{i}" for i in range(len(states_)))
@@ -334,7 +338,8 @@ class JournalReader:
             "SELECT CAST(r.finished / :step AS INTEGER) AS b, r.rowid AS rid, "
             "max(0, r.finished - coalesce(t.received, r.finished)) AS lat "
             "FROM results r LEFT JOIN tasks t ON t.task_id = r.task_id WHERE r.rowid > :last "
-            "AND r.copy = 0) GROUP BY b", {"step": step, "last": last})
+            "AND r.copy = 0 AND " + NOT_RECORD + ") GROUP BY b",
+            {"step": step, "last": last, "rec": RECORD_OWNER})
         for b, n, total, mx, rid, *counts in rows:
             acc = buckets.get(b)
             if acc is None:
@@ -365,8 +370,9 @@ class JournalReader:
         if self._summary is not None and now - self._summary[0] < SUMMARY_TTL:
             return self._summary[1]
         by_state = {s: int(n) for s, n in self._run(
-            "SELECT state, count(*) FROM results WHERE copy = 0 GROUP BY state")}
-        tasks = int(self._run("SELECT count(*) FROM tasks")[0][0])
+            "SELECT r.state, count(*) FROM results r LEFT JOIN tasks t ON t.rowid = r.task "
+            "WHERE r.copy = 0 AND " + NOT_RECORD + " GROUP BY r.state", {"rec": RECORD_OWNER})}
+        tasks = int(self._run("SELECT count(*) FROM tasks WHERE client != ?", (RECORD_OWNER,))[0][0])
         oldest = self._run("SELECT finished FROM results ORDER BY rowid LIMIT 1")
         out = {"finished": by_state, "rows": tasks, "open_rows": max(0, tasks - sum(by_state.values())),
                "oldest": oldest[0][0] if oldest else None, "bytes": self.size()}

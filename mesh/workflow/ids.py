@@ -12,6 +12,11 @@ import hashlib
 
 # keys under which a node keeps a workflow's own records (not tasks)
 RECORD = "m"        # derive(workflow id, RECORD): the workflow's description (tree, members)
+# A record is internal: no event, no count, no row in the dashboard's history
+# (docs/workflows.md). Its journal row is marked by this owner in place of a client's
+# routing id (no link is named so: a client's are its id and a number, a peer's its name).
+RECORD_NAME = "mesh.record"
+RECORD_OWNER = b"\xffmesh.record"
 
 
 def derive(parent: str, key: str | int) -> str:

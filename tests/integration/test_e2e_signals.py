@@ -58,8 +58,13 @@ def test_worker_process_init_runs_once_in_every_child_recycled_and_replaced_ones
     ran = [r.get(timeout=RESULT_TIMEOUT) for r in [t.pid.delay() for _ in range(14)]]
     with pytest.raises(WorkerLostError):                  # a child dies mid-task
         t.exit_child.delay(3).get(timeout=RESULT_TIMEOUT)
-    victim = wait_until(lambda: psutil.Process(node.pid).children(), what="a child")[0]
-    victim.kill()                                         # and one is killed from outside
+    # and one is killed from outside: one that has run its init (a child killed as it is
+    # forked, before its worker_process_init, would leave the count short forever)
+    def an_initialised_child() -> list[psutil.Process]:
+        inited = {r["pid"] for r in records(tmp_path, "worker_process_init")}
+        return [c for c in psutil.Process(node.pid).children() if c.pid in inited]
+    victim = wait_until(an_initialised_child, what="a child that ran its init")[0]
+    victim.kill()
     wait_until(lambda: victim.pid not in [c.pid for c in psutil.Process(node.pid).children()]
                and len(psutil.Process(node.pid).children()) == 2, what="the killed child replaced")
     ran += [r.get(timeout=RESULT_TIMEOUT) for r in [t.pid.delay() for _ in range(4)]]

@@ -244,3 +244,39 @@ def test_limit_is_for_the_whole_mesh_and_pages_lose_nothing(start_node, make_cli
     assert len(pages) == 8 and all(len(p) == 4 for p in pages[:-1])
     for r in held:
         r.revoke()
+
+
+def test_a_workflows_records_show_nowhere(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    """A chain and a chord on two nodes: the history, totals, charts, /metrics and
+    status show the steps sent (and the chord's group, mesh.group), never the
+    workflow's records (results under record_id, internal: docs/workflows.md)."""
+    from mesh import chain, chord
+    from mesh.workflow.ids import record_id
+    a = start_web_node(start_node, name="ra")
+    b = start_web_node(start_node, name="rb", peers=a.endpoint)
+    web_a, web_b = _web(a), _web(b)
+    wait_for(lambda: len(web_a.get("/api/workers?status=true")) == 2, what="two members")
+    client = make_client(a, b)
+    add, echo = client.tasks.add, client.tasks.echo
+    r = chain(add.s(1, 1), add.s(10), echo.s()).apply_async()
+    c = chord([add.s(i, i) for i in range(4)], echo.s()).apply_async()
+    assert r.get(timeout=60) == 12 and c.get(timeout=60) == [0, 2, 4, 6]
+    steps = {r.id, r.parent.id, r.parent.parent.id, c.id, *(x.id for x in c.parent.results)}
+    group_id = c.parent.id
+    assert client.app.AsyncResult(record_id(r.id)).get(timeout=30)   # a record: still read
+    want = steps | {group_id}
+    wait_for(lambda: {t["uuid"] for t in all_tasks(web_a)} == want,
+             what="the steps and the group in the history")
+    listed = all_tasks(web_b)
+    assert {t["uuid"] for t in listed} == want, listed
+    assert sorted(t["name"] for t in listed) == sorted(
+        ["tasks_app.add"] * 6 + ["tasks_app.echo"] * 2 + ["mesh.group"])
+    summary = web_a.get("/api/mesh/summary")
+    assert sum(s["journal"]["finished"].get("SUCCESS", 0) for s in summary.values()) == 9
+    series = web_a.get("/api/mesh/series?window=600&step=5")
+    assert sum(p[1] for s in series["nodes"].values() for p in s["series"]) == 9
+    assert sum(n.status()["succeeded"] for n in (a, b)) == 9
+    for web in (web_a, web_b):
+        m = web.metrics()
+        assert not [k for k in m if "mesh.record" in str(k)], m
+    assert sum(metric_sum(w.metrics(), "celery_task_succeeded_total") for w in (web_a, web_b)) == 9

@@ -99,3 +99,53 @@ def test_the_page_shows_nodes_and_tasks_and_updates_live(browser, start_node, ma
     _shot(browser, "task.png", tmp_path)
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors
+
+
+def test_the_charts_break_where_a_node_was_down(browser, start_node, make_client,
+                                                tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A node ran tasks, was down for minutes, and runs again: its throughput line
+    has a gap there (not a straight line across), and runs on at 0 while it is idle.
+    The minutes down are made by moving the first run's journal rows 5 minutes back
+    while the node is stopped (a real wait of minutes has no place in a test)."""
+    import sqlite3
+
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="gap-a", http=http)
+    client = make_client(a)
+    assert [r.get(timeout=30) for r in [client.tasks.add.delay(i, i) for i in range(6)]] == \
+        [2 * i for i in range(6)]
+    assert a.stop() == 0
+    db = sqlite3.connect(a.data_dir / "journal.sqlite3")
+    with db:
+        assert db.execute("UPDATE results SET finished = finished - 300").rowcount == 6
+        db.execute("UPDATE tasks SET received = received - 300")
+    db.close()
+    a = start_node.restart(a)
+    client = make_client(a)
+    assert client.tasks.add.delay(1, 2).get(timeout=30) == 3
+
+    browser.get(f"http://{http}/")
+
+    def pieces() -> list[str]:
+        """The separate pieces of gap-a's throughput line: subpaths and lone points."""
+        css = '#chart-rate svg [data-node="gap-a"]'
+        out = []
+        for e in browser.find_elements(By.CSS_SELECTOR, css):
+            if e.tag_name == "path":
+                out += ["M" + d for d in e.get_attribute("d").split("M") if d]
+            else:
+                out.append(f"dot {e.get_attribute('cx')}")
+        return out
+
+    wait_for(lambda: pieces(), what="gap-a's throughput line")
+    got = pieces()
+    _shot(browser, "charts-gap.png", tmp_path)
+    # before the gap: the first run (a point, or a line over its buckets); after it:
+    # from the restart to now (0 when idle), apart
+    assert len(got) == 2, got
+    first_x = float(got[0].split()[-1]) if got[0].startswith("dot") else float(got[0][1:].split(",")[0])
+    second_x = float(got[1].split()[-1]) if got[1].startswith("dot") else float(got[1][1:].split(",")[0])
+    assert second_x - first_x > 100, got       # 5 of the window's 15 minutes: ~170 px
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors

@@ -169,3 +169,29 @@ def test_query_arguments_are_checked() -> None:
     for bad in ({"since": "yesterday"}, {"name": 3}, {"states": [1]}):
         with pytest.raises(ValueError):
             Query.from_args(bad)
+
+
+def test_chart_lines_break_where_there_is_no_data(journal: Journal) -> None:
+    """A node ran tasks (T0..T0+29), was down (no rows), started at T0+100 and ran
+    more from T0+130: the charts' lines have a gap while it was down, 0 tasks/s
+    while it ran idle, and no latency where nothing finished."""
+    from mesh.web.chartlines import chart_lines
+    for i in [*range(30), *range(130, 150)]:
+        tid = f"g{i}"
+        journal.add(tid, b"c", _submit(tid, "tasks.add", i, i), T0 + i)
+        journal.finish(tid, states.SUCCESS, _result(tid, states.SUCCESS, 2 * i), T0 + i + 0.5)
+    journal.commit()
+    r = JournalReader(journal.path, "n1")
+    lines = chart_lines(r.series(T0, 10), T0, T0 + 159, 10, up_since=T0 + 100)
+    rate = {int(t - T0): v for t, v in lines["rate"]}
+    lat = {int(t - T0): v for t, v in lines["latency"]}
+    assert sorted(rate) == list(range(5, 160, 10))          # every bucket: its middle
+    assert [rate[m] for m in (5, 15, 25)] == [1.0, 1.0, 1.0]
+    assert [rate[m] for m in (35, 45, 55, 65, 75, 85, 95)] == [None] * 7   # down: a gap
+    assert [rate[m] for m in (105, 115, 125)] == [0.0] * 3  # up and idle
+    assert [rate[m] for m in (135, 145, 155)] == [1.0, 1.0, 0.0]
+    assert all(lat[m] is None for m in range(35, 130, 10))  # nothing finished: no latency
+    assert all(isinstance(lat[m], float) for m in (5, 15, 25, 135, 145))
+    # a node running the whole window: no gap, zeros where it was idle
+    whole = chart_lines(r.series(T0, 10), T0, T0 + 159, 10, up_since=T0 - 1)["rate"]
+    assert None not in [v for _, v in whole]

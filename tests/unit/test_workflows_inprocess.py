@@ -508,3 +508,46 @@ def test_header_results_that_expire_before_the_body_runs_do_not_matter() -> None
             finally:
                 await asyncio.to_thread(c.close)
     run(main())
+
+
+def test_workflow_records_stay_internal() -> None:
+    """A workflow's records (its description, kept under record_id) are results no
+    user submitted: no event, no count, no row in the dashboard's history; a lookup
+    of one still works (GroupResult from its id)."""
+    from mesh.web.history import JournalReader, Query
+    from mesh.workflow.ids import record_id
+
+    async def main() -> None:
+        async with mesh(journal=True) as (node, c):
+            seen: list[dict[str, Any]] = []
+            node.events.listen(seen.append)
+            r = chain(sig(c, "wf.add", 1, 1), sig(c, "wf.add", 10)).apply_async()
+            assert await get(r) == 12
+            g = group(sig(c, "wf.add", i, i) for i in range(3)).apply_async()
+            assert await get(g) == [0, 2, 4]
+            ch = chord((sig(c, "wf.add", i) for i in range(2)), sig(c, "wf.tsum")).apply_async()
+            assert await get(ch) == 1
+            again = c.GroupResult(g.id)           # read from the group's record
+            assert [x.id for x in await asyncio.to_thread(lambda: again.results)] == \
+                [x.id for x in g.results]
+            assert node.journal.get(record_id(r.id)) is not None
+            user = {"wf.add", "wf.tsum"}
+            ends = [e for e in seen if e["type"] == "task-succeeded"]
+            # 2 chain steps, 3 + 2 members, the body; a group is one task of its own
+            assert sorted(e["name"] for e in ends if e["name"] in user) == ["wf.add"] * 7 + ["wf.tsum"]
+            assert {e["name"] for e in ends} <= user | {"mesh.group"}
+            groups = sum(1 for e in ends if e["name"] == "mesh.group")
+            assert node.ledger.counts[states.SUCCESS] == 8 + groups == len(ends)
+            node.journal.commit()
+            reader = JournalReader(str(node.journal.path), node.name)
+            try:
+                rows = reader.page(Query())["tasks"]
+                assert sorted(t.get("name", "") for t in rows if t.get("name") in user) == \
+                    ["wf.add"] * 7 + ["wf.tsum"]
+                assert all(t.get("name") in user | {"mesh.group"} for t in rows), rows
+                assert reader.summary()["finished"] == {states.SUCCESS: len(rows)}
+                assert reader.summary()["open_rows"] == 0
+                assert sum(b[1] for b in reader.series(time.time() - 600, 60)) == len(rows)
+            finally:
+                reader.close()
+    run(main())

@@ -110,8 +110,11 @@ async function loadCharts() {
   const now = Date.now() / 1000, rate = [], lat = [];
   for (const [node, a] of Object.entries(data.nodes).sort()) {
     if (!a || a.error) continue;
-    rate.push({name: node, points: a.series.map(p => [p[0] + a.step / 2, p[1] / a.step])});
-    lat.push({name: node, points: a.series.map(p => [p[0] + a.step / 2, p[5]])});
+    // lines: one point per bucket, null where there is no data (a gap: not joined)
+    const lines = a.lines || {rate: a.series.map(p => [p[0] + a.step / 2, p[1] / a.step]),
+                              latency: a.series.map(p => [p[0] + a.step / 2, p[5]])};
+    rate.push({name: node, points: lines.rate});
+    lat.push({name: node, points: lines.latency});
   }
   lineChart($("#chart-rate"), {series: rate, from: now - win, to: now, label: "throughput"});
   lineChart($("#chart-latency"), {series: lat, from: now - win, to: now, unit: "s", label: "latency"});

@@ -1,5 +1,6 @@
 // Line charts drawn as inline SVG: one line per series, a time axis, a value axis.
 // lineChart(element, {series: [{name, points: [[unix seconds, value], ...]}], unit, from, to})
+// A null value is a gap: the line breaks there.
 "use strict";
 
 const COLORS = ["#2f6fde", "#d9480f", "#2b8a3e", "#ae3ec9", "#e67700", "#1098ad", "#c2255c", "#5c940d"];
@@ -36,12 +37,29 @@ function formatClock(t, span) {
   return span > 2 * 86400 ? `${d.getMonth() + 1}/${d.getDate()} ${hh}:${mm}` : `${hh}:${mm}`;
 }
 
+// The runs of points with a value: a point whose value is null (no data: the node
+// was down, or nothing finished) breaks the line, so a gap is never drawn across.
+function runs(points) {
+  const out = [];
+  let cur = [];
+  for (const p of points) {
+    if (p[1] === null || p[1] === undefined) {
+      if (cur.length) out.push(cur);
+      cur = [];
+    } else {
+      cur.push(p);
+    }
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
+
 function lineChart(container, opts) {
   const W = 560, H = 220, L = 56, R = 12, T = 12, B = 40;
   const series = opts.series || [];
   const from = opts.from, to = opts.to;
   let max = 0;
-  for (const s of series) for (const p of s.points) if (p[1] > max) max = p[1];
+  for (const s of series) for (const p of s.points) if (p[1] !== null && p[1] > max) max = p[1];
   if (max <= 0) max = opts.unit === "s" ? 0.01 : 1;
   const step = niceStep(max, 4);
   max = Math.ceil(max / step) * step;
@@ -63,19 +81,22 @@ function lineChart(container, opts) {
   svg.appendChild(svgEl("line", {x1: L, x2: W - R, y1: H - B, y2: H - B, class: "baseline"}));
   series.forEach((s, i) => {
     const color = COLORS[i % COLORS.length];
-    const pts = s.points.filter(p => p[0] >= from && p[0] <= to);
-    if (pts.length === 1) {
-      svg.appendChild(svgEl("circle", {cx: x(pts[0][0]), cy: y(pts[0][1]), r: 3, fill: color}));
-    } else if (pts.length > 1) {
-      const d = pts.map((p, j) => `${j ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("");
+    const segs = runs(s.points.filter(p => p[0] >= from && p[0] <= to));
+    const d = segs.filter(g => g.length > 1).map(
+      g => g.map((p, j) => `${j ? "L" : "M"}${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join("")).join("");
+    if (d) {
       svg.appendChild(svgEl("path", {d, stroke: color, fill: "none", "stroke-width": 2,
                                      class: "series", "data-node": s.name}));
+    }
+    for (const g of segs.filter(g => g.length === 1)) {     // a point alone between gaps
+      svg.appendChild(svgEl("circle", {cx: x(g[0][0]), cy: y(g[0][1]), r: 3, fill: color,
+                                       "data-node": s.name}));
     }
     const lx = L + 8 + (i % 4) * 125, ly = H - 8 - Math.floor(i / 4) * 14;
     svg.appendChild(svgEl("rect", {x: lx, y: ly - 8, width: 10, height: 10, fill: color}));
     svg.appendChild(svgEl("text", {x: lx + 14, y: ly + 1, class: "legend"}, s.name));
   });
-  if (!series.some(s => s.points.length)) {
+  if (!series.some(s => s.points.some(p => p[1]))) {
     svg.appendChild(svgEl("text", {x: (L + W) / 2, y: H / 2, class: "nodata", "text-anchor": "middle"},
                           opts.empty || "no tasks finished in this window"));
   }
