@@ -15,10 +15,13 @@ Run from the repo root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 
@@ -37,9 +40,11 @@ def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
     return out
 
 
-def run_once(args: argparse.Namespace, tree: str | None) -> dict[str, float]:
-    """One two-node mesh: CPU us per task of each role (holder and backup are both
-    roles of both nodes: each holds about half the tasks and backs up the rest)."""
+@contextlib.contextmanager
+def two_nodes(args: argparse.Namespace, tree: str | None
+              ) -> Iterator[tuple[Node, Node, Any]]:
+    """A two-node mesh (the nodes of ``tree``: None for this checkout) and this
+    checkout's client, warmed up: (first node, second node, the bench task)."""
     app = None
     first = Node(args.concurrency, "WARNING", None, tree=tree)
     second = Node(args.concurrency, "WARNING", ["--peers", first.endpoint], tree=tree)
@@ -51,6 +56,18 @@ def run_once(args: argparse.Namespace, tree: str | None) -> dict[str, float]:
         inc = app.tasks[TASK_NAME]
         for i in range(200):                         # warm-up
             inc.delay(i).get(timeout=60)
+        yield first, second, inc
+    finally:
+        if app is not None:
+            app.close()
+        second.stop()
+        first.stop()
+
+
+def run_once(args: argparse.Namespace, tree: str | None) -> dict[str, float]:
+    """One two-node mesh: CPU us per task of each role (holder and backup are both
+    roles of both nodes: each holds about half the tasks and backs up the rest)."""
+    with two_nodes(args, tree) as (first, second, inc):
         procs: dict[str, psutil.Process] = {}
         for label, node in (("nodes", first), ("nodes'", second)):
             p = psutil.Process(node.proc.pid)
@@ -89,11 +106,6 @@ def run_once(args: argparse.Namespace, tree: str | None) -> dict[str, float]:
                 **{f"thr_{k}": v for k, v in thr.items()},
                 **{f"rt_{k}": v for k, v in rt.items()},
                 "p50_ms": lat[len(lat) // 2] * 1e3}
-    finally:
-        if app is not None:
-            app.close()
-        second.stop()
-        first.stop()
 
 
 COLUMNS = [("tasks/s", "tasks_per_s", "{:,.0f}"), ("p50 ms", "p50_ms", "{:.3f}"),
@@ -103,12 +115,17 @@ COLUMNS = [("tasks/s", "tasks_per_s", "{:,.0f}"), ("p50 ms", "p50_ms", "{:.3f}")
            ("rt client", "rt_client", "{:.0f}"), ("rt total", "rt_total", "{:.0f}")]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """The arguments of a run (also bench.client_cpu's)."""
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("-n", "--tasks", type=int, default=20000)
     ap.add_argument("--latency", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_args(ap)
     ap.add_argument("--compare", metavar="tree:PATH", default=None,
                     help="also run the nodes of another checkout, alternating")
     args = ap.parse_args()

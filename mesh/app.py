@@ -24,7 +24,7 @@ from mesh.routing import AppRoutes
 from mesh.signals import Signal
 from mesh.task import CALL_KNOWN, OPTION_PROPERTIES, Task
 from mesh.wire import codec
-from mesh.wire.protocol import Submit, encode
+from mesh.wire.protocol import encode_submit
 
 
 class _TaskIds:
@@ -41,12 +41,14 @@ class _TaskIds:
     BATCH = 256
 
     def __init__(self) -> None:
-        self._random: list[str] = []
+        self._random: list[str] = []           # the random parts, dashes in place
+        self._stamp = (-1, "")                 # (ms, its part: "xxxxxxxx-xxxx-")
         os.register_at_fork(after_in_child=self._random.clear)
 
     def _refill(self) -> None:
         h = os.urandom(10 * self.BATCH).hex()
-        self._random.extend([h[i:i + 20] for i in range(0, len(h), 20)])
+        self._random.extend([f"{h[i:i + 4]}-{h[i + 4:i + 8]}-{h[i + 8:i + 20]}"
+                             for i in range(0, len(h), 20)])
 
     def __call__(self) -> str:
         while True:
@@ -55,8 +57,12 @@ class _TaskIds:
                 break
             except IndexError:
                 self._refill()
-        t = f"{time.time_ns() // 1_000_000:012x}"
-        return f"{t[:8]}-{t[8:]}-{r[:4]}-{r[4:8]}-{r[8:]}"
+        ms = time.time_ns() // 1_000_000
+        stamp = self._stamp                    # (one tuple: threads never mix two halves)
+        if stamp[0] != ms:
+            t = f"{ms:012x}"
+            stamp = self._stamp = (ms, f"{t[:8]}-{t[8:]}-")
+        return stamp[1] + r
 
 
 new_task_id = _TaskIds()
@@ -119,6 +125,7 @@ class Mesh:
         self._tasks: dict[str, Task] = {}
         self.components = Components()   # the app's own node components (mesh.Component)
         self._routes = AppRoutes()       # task_routes, prepared (mesh/routing.py)
+        self._sent_event = (-1, False)   # (app.conf's version, task_send_sent_event)
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._security: Any = None
@@ -394,37 +401,35 @@ class Mesh:
         q = self._routes.queue(self.conf, name, call_queue=queue, args=args or (),
                                kwargs=kwargs, task=self.tasks.get(name))
         headers["queue"] = q
-        if self.conf.task_send_sent_event:    # the node publishes task-sent for us
+        conf = self.conf
+        if self._sent_event[0] != conf.version:       # (read again when app.conf changes)
+            self._sent_event = (conf.version, bool(conf.task_send_sent_event))
+        if self._sent_event[1]:                       # the node publishes task-sent for us
             headers["sent_at"] = now
             headers["sent_by"] = f"{socket.gethostname()}:{os.getpid()}"
         expires_t = _abs_time(expires, now, "expires")
-        tid = task_id or new_task_id()
         body = None                        # the publish signals' body, when someone listens
         if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
             from mesh.client import publish
             body, headers = publish.before(        # with the queue the task was routed to
-                name, tid, args or (), kwargs if kwargs is not None else {}, headers, q,
+                name, task_id, args or (), kwargs if kwargs is not None else {}, headers, q,
                 priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
                 soft_time_limit=soft_time_limit)
             args, kwargs = body[0], body[1]
-        msg = Submit(
-            task_id=tid, name=name, payload=codec.dump_call(args, kwargs), priority=priority or 0,
-            eta=eta_t, expires=expires_t, time_limit=time_limit,
-            soft_time_limit=soft_time_limit, headers=headers)
-        msg.validate()
+        # encode(Submit(...)) with its checks, without the message object
+        frame = encode_submit(task_id, name, codec.dump_call(args, kwargs), priority or 0, eta_t,
+                              expires_t, time_limit, soft_time_limit, 0, headers)
         if self._client is not None and self._client.lookup(task_id):
             raise ConfigError(f"task id {task_id} is already outstanding in this client")
-        frame = encode(msg)
-        config = self.config
-        if len(frame) > config.max_message_size:
+        if len(frame) > self.config.max_message_size:
             raise EncodeError(f"task {name} is {len(frame)} bytes encoded, over the limit of "
-                              f"{config.max_message_size} (max_message_size)")
-        slot = Slot(msg.task_id, frame, name=name, queue=q)
+                              f"{self.config.max_message_size} (max_message_size)")
+        slot = Slot(task_id, frame, name=name, queue=q)
         self.client.submit(slot)
         if body is not None:
             from mesh.client import publish
             publish.after(name, body, q)
-        return AsyncResult(msg.task_id, self, slot)
+        return AsyncResult(task_id, self, slot)
 
     @property
     def control(self) -> Any:

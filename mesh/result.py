@@ -295,18 +295,21 @@ class AsyncResult:
         if slot.msg is None:
             if timeout is None and self.app is not None:
                 timeout = self.app.config.result_timeout
-            ev = threading.Event()
-            if slot.add_waiter(ev.set):
+            # a held lock that completion releases: lighter than an Event (a Condition
+            # and a lock per wait) on both sides of a handoff made once per get()
+            done = threading.Lock()
+            done.acquire()
+            if slot.add_waiter(done.release):
                 if slot.remote and self.app is not None:    # ask now; the client asks again
                     self.app.client.query(slot, wait=None)  # while we wait
                 if timeout is None:        # as Celery: wait for ever, but not silently
                     waited, step = 0.0, UNHELD_LOG_AFTER
-                    while not ev.wait(step):
+                    while not done.acquire(timeout=step):
                         waited += step
                         self._say_if_unheld(slot, waited)
                         step = min(step * 2, UNHELD_LOG_MAX)
-                elif not ev.wait(timeout):
-                    slot.remove_waiter(ev.set)
+                elif not done.acquire(timeout=max(timeout, 0.0)):
+                    slot.remove_waiter(done.release)
                     if slot.msg is None:
                         why = self._why_unheld(slot)
                         raise TimeoutError(f"task {self.id} did not finish within {timeout} s "

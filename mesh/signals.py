@@ -110,8 +110,9 @@ class Signal:
         return [fn for _k, _s, ref in entries if (fn := ref()) is not None]
 
     def has_receivers(self) -> bool:
-        with self._lock:
-            return bool(self._receivers)
+        # no lock: the list is replaced, never changed in place (send() reads it so too),
+        # and delay() asks two signals per task
+        return bool(self._receivers)
 
     def send(self, sender: Any = None, **named: Any) -> list[tuple[Receiver, Any]]:
         """Call every receiver for ``sender``; never raises on a receiver's account."""

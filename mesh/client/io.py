@@ -43,6 +43,7 @@ import zmq
 
 from mesh import states
 from mesh.client import handshakes
+from mesh.client.frames import recv_frames, send_frames
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
 from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing
@@ -500,11 +501,11 @@ class Client(Links, Routing, WaitingRoom):
             if slot.frame is not None:
                 batch.append(slot.frame)
             if len(batch) >= BATCH:
-                link.sock.send_multipart(batch, zmq.NOBLOCK)
+                send_frames(link.sock, batch)
                 batches[link] = []
         for link, batch in batches.items():
             if batch:
-                link.sock.send_multipart(batch, zmq.NOBLOCK)
+                send_frames(link.sock, batch)
 
     @staticmethod
     def _forget_one(link: NodeLink, acked: bool) -> None:
@@ -540,11 +541,11 @@ class Client(Links, Routing, WaitingRoom):
             if link.sock is not sock:  # a frame just read made us reset this link (its node
                 return                 # is dead): the old socket is closed, stop reading it
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+                frames = recv_frames(sock)
             except zmq.ZMQError as e:
                 log.warning("receiving from %s failed: %s", link.endpoint, e)
+                return
+            if frames is None:
                 return
             for frame in frames:       # each frame is one message
                 try:
@@ -681,7 +682,7 @@ class Client(Links, Routing, WaitingRoom):
         one (shedding), else to another node (shutdown)."""
         target = msg.target
         if not target:
-            link.released_at = time.monotonic()
+            link.released_at = self._released_at = time.monotonic()
         for tid in msg.task_ids:
             slot = self._slots.get(tid)
             if slot is None or slot.msg is not None or slot.node != link.endpoint:

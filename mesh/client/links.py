@@ -48,6 +48,7 @@ LINK_GRACE = 60.0           # seconds a dead/left node's link is kept before it 
 HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link is noticed)
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
 UNREACHABLE_AFTER = 5.0     # s without a frame from any node before the client says so (once)
+RELEASED_AVOID = 5.0        # s a node that gave work back (shutting down) gets no new task
 
 
 class NodeLink:
@@ -125,6 +126,7 @@ class Links:
     _heard: float
     _heard_since: bool
     _unreachable: bool
+    _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
 
     if TYPE_CHECKING:           # Client's and Routing's (mesh/client/routes.py), used here
         mesh: str | None
@@ -456,8 +458,9 @@ class Links:
             pool = [n for n in pool if n.endpoint != avoid]
         if len(pool) > 1:   # skip nodes that are shutting down, while others remain
             now = time.monotonic()
-            fresh = [n for n in pool if now - n.released_at > 5.0]
-            pool = fresh or pool
+            if now - self._released_at <= RELEASED_AVOID:   # (one gave work back lately)
+                fresh = [n for n in pool if now - n.released_at > RELEASED_AVOID]
+                pool = fresh or pool
         choice = choose_from(pool, self._rng)
         if choice is None:  # membership knows no alive node: keep trying the seeds
             return self.links[self._rng.choice(seeds)]

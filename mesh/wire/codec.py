@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import threading
 from typing import Any
 
 import msgpack
@@ -86,9 +87,9 @@ _CONTAINERS = frozenset({dict, list, tuple})
 MAX_DEPTH = 500   # msgpack's packer refuses deeper nesting too
 
 
-def _check_keys(value: Any) -> None:
+def _check_keys(value: Any, depth: int = 0) -> None:
     """Map keys must decode as hashable values: no lists, tuples or maps as keys."""
-    stack = [(value, 0)]
+    stack = [(value, depth)]
     while stack:
         v, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -107,13 +108,45 @@ def _check_keys(value: Any) -> None:
                     stack.append((x, depth + 1))
 
 
+class ThreadPacker:
+    """``msgpack.packb(value, **options)`` with one Packer per thread, kept between
+    calls: packb builds a Packer (and its buffer) per call, which cost more than the
+    packing of a task's arguments or of a wire message. A Packer resets itself when
+    packing fails; one that grew past ``KEEP`` bytes is dropped (a thread does not
+    keep a large buffer for ever), and a call made while this thread's Packer is busy
+    (a signal handler that sends a task, in the middle of another pack) gets its own."""
+
+    KEEP = 64 * 1024
+
+    def __init__(self, **options: Any):
+        self._options = options
+        self._local = threading.local()
+
+    def __call__(self, value: Any) -> bytes:
+        local = self._local
+        packer = getattr(local, "packer", None)
+        if packer is None:
+            packer = msgpack.Packer(buf_size=16 * 1024, **self._options)
+        local.packer = None               # busy: a re-entrant call builds its own
+        data: bytes = packer.pack(value)  # (raises: the packer has reset itself)
+        if len(data) <= self.KEEP:
+            local.packer = packer
+        return data
+
+
+_pack = ThreadPacker(default=_default, use_bin_type=True, datetime=False)
+
+
 def dumps(value: Any) -> bytes:
     """Encode a value (task arguments, a result) to bytes; EncodeError if impossible."""
     if type(value) in _CONTAINERS:
         _check_keys(value)
+    return _packed(value)
+
+
+def _packed(value: Any) -> bytes:
     try:
-        data: bytes = msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)
-        return data
+        return _pack(value)
     except EncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as e:
@@ -132,8 +165,17 @@ def loads(data: bytes) -> Any:
 
 
 def dump_call(args: Any, kwargs: Any) -> bytes:
-    """The payload of a task: ``[args, kwargs]``."""
-    return dumps([list(args or ()), dict(kwargs or {})])
+    """The payload of a task: ``[args, kwargs]`` (a tuple packs as the list would).
+    Map keys are checked where maps can be: in kwargs, and in args that hold containers."""
+    a = args if type(args) is tuple or type(args) is list else list(args or ())
+    k = kwargs if type(kwargs) is dict else dict(kwargs or {})
+    for x in a:
+        if type(x) in _CONTAINERS:
+            _check_keys(a, 1)
+            break
+    if k:
+        _check_keys(k, 1)
+    return _packed([a, k])
 
 
 def load_call(data: bytes) -> tuple[list[Any], dict[str, Any]]:

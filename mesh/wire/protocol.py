@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import msgpack
 
 from mesh.exceptions import DecodeError, EncodeError
+from mesh.wire.codec import ThreadPacker
 
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
@@ -333,16 +334,23 @@ class Submit(Message):
     headers: dict[str, Any] = field(default_factory=dict)  # extensible: parent_id, ...
 
     def validate(self) -> None:
-        _short(self.task_id, MAX_ID_LEN, "task_id")
-        _short(self.name, MAX_NAME_LEN, "task name")
-        if not 0 <= self.priority <= 9:
-            raise DecodeError(f"priority must be 0..9, got {self.priority}")
-        for n in ("time_limit", "soft_time_limit"):
-            v = getattr(self, n)
-            if v is not None and not v > 0:
-                raise DecodeError(f"{n} must be > 0, got {v}")
-        if self.retries < 0:
-            raise DecodeError("retries must be >= 0")
+        _check_submit(self.task_id, self.name, self.priority, self.time_limit,
+                      self.soft_time_limit, self.retries)
+
+
+def _check_submit(task_id: str, name: str, priority: int, time_limit: float | None,
+                  soft_time_limit: float | None, retries: int) -> None:
+    """Submit's own checks (validate), also made by encode_submit."""
+    _short(task_id, MAX_ID_LEN, "task_id")
+    _short(name, MAX_NAME_LEN, "task name")
+    if not 0 <= priority <= 9:
+        raise DecodeError(f"priority must be 0..9, got {priority}")
+    if time_limit is not None and not time_limit > 0:
+        raise DecodeError(f"time_limit must be > 0, got {time_limit}")
+    if soft_time_limit is not None and not soft_time_limit > 0:
+        raise DecodeError(f"soft_time_limit must be > 0, got {soft_time_limit}")
+    if retries < 0:
+        raise DecodeError("retries must be >= 0")
 
 
 @message
@@ -887,14 +895,39 @@ class Reclaimed(Message):
         _check_parallel("Reclaimed", self.result_ids, self.results)
 
 
+_pack = ThreadPacker(use_bin_type=True)
+
+
 def encode(msg: Message) -> bytes:
     """Encode a message to one frame."""
     try:
-        frame: bytes = msgpack.packb((PROTOCOL_VERSION, msg.TYPE.value, *type(msg)._values(msg)),
-                                     use_bin_type=True)
-        return frame
+        return _pack((PROTOCOL_VERSION, msg.TYPE.value, *type(msg)._values(msg)))
     except (TypeError, ValueError, OverflowError) as e:
         raise EncodeError(f"cannot encode {type(msg).__name__}: {e}") from e
+
+
+_SUBMIT_FIELDS = ("task_id", "name", "payload", "priority", "eta", "expires", "time_limit",
+                  "soft_time_limit", "retries", "headers")
+if tuple(name for name, _c, _d, _t in Submit._spec) != _SUBMIT_FIELDS:   # (at import)
+    raise TypeError("encode_submit must list Submit's fields in their order")
+_SUBMIT_TYPE = MsgType.SUBMIT.value
+
+
+def encode_submit(task_id: str, name: str, payload: bytes, priority: int = 0,
+                  eta: float | None = None, expires: float | None = None,
+                  time_limit: float | None = None, soft_time_limit: float | None = None,
+                  retries: int = 0, headers: dict[str, Any] | None = None) -> bytes:
+    """``encode(Submit(...))`` after its ``validate()``, without building the message:
+    the same checks, the same errors, the same bytes (a client's ``delay()`` makes one
+    per task; the frozen dataclass's ``__init__`` cost more than the encoding)."""
+    _check_submit(task_id, name, priority, time_limit, soft_time_limit, retries)
+    try:
+        return _pack((PROTOCOL_VERSION, _SUBMIT_TYPE, task_id, name, payload, priority, eta,
+                      expires, time_limit, soft_time_limit, retries,
+                      headers if headers is not None else {}))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise EncodeError(f"cannot encode Submit: {e}") from e
+
 
 
 def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
