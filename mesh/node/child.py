@@ -171,6 +171,8 @@ class StopFlags:
 def _signal_soft_limit(soft: float | None) -> float | None:
     """The soft time limit SIGALRM gives a task on the main thread; None on the threads
     pool's threads, whose watchdog gives them theirs (mesh/node/child_runners.py)."""
+    if soft is None:
+        return None
     return soft if threading.current_thread() is threading.main_thread() else None
 
 
@@ -307,10 +309,13 @@ class Child:
                     res = Result(task_id=tid, state=states.REVOKED, node=self.node_name)
                     chan.send(encode(ChildDone(tid, states.REVOKED, 0.0)), encode(res))
                     continue
-            if runners is not None and runners.take(frame):
-                continue
+            msg = None
+            if runners is not None:
+                if runners.take(frame):
+                    continue
+                msg = runners.decoded          # (decoded there already)
             self._busy = True
-            done, result = self.run_frame(frame)
+            done, result = self.run_frame(frame, msg)
             retire = self.finished(chan, done, result)
             self._busy = False
             if retire and not (runners is not None and runners.busy):
@@ -343,13 +348,16 @@ class Child:
             self._proc = psutil.Process()
         return int(self._proc.memory_info().rss)
 
-    def run_frame(self, frame: bytes) -> tuple[ChildDone, bytes]:
-        """Run one Submit frame; return the header for the node and the Result frame."""
+    def run_frame(self, frame: bytes, msg: Submit | None = None) -> tuple[ChildDone, bytes]:
+        """Run one Submit frame (``msg``: the frame decoded, if it was already); return
+        the header for the node and the Result frame."""
         t0 = time.perf_counter()
         try:
-            msg = decode(frame)
-            if type(msg) is not Submit:
-                raise TypeError(f"child expected a Submit, got {type(msg).__name__}")
+            if msg is None:
+                decoded = decode(frame)
+                if type(decoded) is not Submit:
+                    raise TypeError(f"child expected a Submit, got {type(decoded).__name__}")
+                msg = decoded
         except Exception as e:   # the node validated it; this is a bug, report it anyway
             log.error("child got a bad task frame: %s", e)
             signals.task_rejected.send(sender=None, message=frame, exc=e)

@@ -118,3 +118,47 @@ def test_one_dispatch_writes_each_child_once_launched_task_first() -> None:
     assert sorted(events.started) == sorted(c.entry.task_id for c in pool.children.values()
                                             if c.entry is not None)
     assert pool.queued >= len(pool.children)   # as many left as there are children
+
+
+@app.task(name="cp.coro")
+async def coro(x: int) -> int:           # an async def task: the child has Runners
+    return x
+
+
+def test_a_plain_task_in_a_child_with_async_tasks_is_decoded_once(monkeypatch: Any) -> None:
+    import threading
+
+    from mesh.node import child as child_mod
+    from mesh.node import child_runners
+    from mesh.node.channel import BlockingChannel, pack
+
+    calls: list[int] = []
+    real = child_mod.decode
+
+    def counting(frame: bytes, *a: Any) -> Any:
+        calls.append(1)
+        return real(frame, *a)
+    monkeypatch.setattr(child_mod, "decode", counting)
+    monkeypatch.setattr(child_runners, "decode", counting)
+    config = Config.build(env={}, name="cp", bind="tcp://127.0.0.1:*", mdns=False)
+    child = Child(app, config, "cp")
+    mine, theirs = socket.socketpair()
+    loop = threading.Thread(target=child._loop, args=(BlockingChannel(theirs),), daemon=True)
+    loop.start()
+    frames: list[bytes] = []
+    try:
+        for i in range(3):
+            mine.sendall(b"".join(pack(encode(Submit(task_id=f"p{i}", name="cp.add",
+                                                      payload=codec.dump_call([i, 1], {}))))))
+        reader = FrameReader()
+        mine.settimeout(30)
+        while len(frames) < 6:              # a ChildDone and a Result per task
+            frames += reader.feed(mine.recv(1 << 16))
+    finally:
+        mine.close()                        # the child's loop ends on EOF
+        loop.join(30)
+        theirs.close()
+    results = [decode(f) for f in frames[1::2]]
+    assert [(r.task_id, codec.loads(r.result)) for r in results  # type: ignore[attr-defined]
+            ] == [("p0", 1), ("p1", 2), ("p2", 3)]
+    assert len(calls) == 3                  # one decode per task, not two
