@@ -12,7 +12,9 @@ mesh says which of them another node has:
 1. once the node is ready, it waits up to ``JOIN_WAIT`` s to know an alive member (its
    seeds answer, mDNS finds one, or a peer that had it as a seed joins it again); with
    none by then, nothing is asked;
-2. it sends every alive member a RECLAIM with the waiting ids (``CHUNK`` per message);
+2. it sends every alive member a RECLAIM with the waiting ids (``CHUNK`` per message),
+   and so to each member that becomes alive while it waits: until every seed
+   (``--peers``) has been asked, or ``SETTLE`` s, the answers are not all in;
 3. each answers RECLAIMED (``answer``): the ids it holds (taken over, queued, on its
    disk, running) or keeps a copy of for *another* live holder (not what it handed on
    lately: that may be the asker, see ``answer``), and the stored RESULT frames of
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING
 
 from mesh import states
 from mesh.exceptions import DecodeError
-from mesh.membership import MemberState
+from mesh.membership import Member, MemberState
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.wire.protocol import Moved, Reclaim, Reclaimed, Result, decode, encode
@@ -65,6 +67,8 @@ CHUNK = 5_000          # ids per RECLAIM
 RESULT_BYTES = 4 * 1024 * 1024   # of RESULT frames in one RECLAIMED at most (the others
                                  # are answered as held: a lookup by id finds them there)
 STEP = 0.02
+SETTLE = 1.0           # s more members may become alive and be asked, when not every
+                       # seed is a member yet
 HELD = (states.RECEIVED, states.STARTED, states.RETRY)
 REASON = "taken over while this node was down"
 
@@ -141,22 +145,41 @@ class Reclaimer:
                 peers = ms.alive_members(include_self=False)
         self._round += 1
         ids = [*self.waiting, *self.disk]
-        for m in peers:
-            for s in range(0, len(ids), CHUNK):
-                frame = encode(Reclaim(node.name, node.address, self._round, ids[s:s + CHUNK]))
-                node.replicas.sockets.send(m.address, frame)
-                self._expected[m.id] = self._expected.get(m.id, 0) + 1
+        asked: dict[str, str] = {}                  # member id -> its address
+        self._send(peers, ids, asked)
         wait = answer_wait(len(ids))
         log.info("journal: %d recovered task(s) wait until %d other node(s) say which of "
                  "them they took over (%.1f s at most)", len(ids), len(peers),
                  wait if peers else 0)
-        deadline = time.monotonic() + wait
-        while self._expected and time.monotonic() < deadline:
+        if not peers:
+            return
+        # a member that becomes alive meanwhile (a seed that answers later) is asked
+        # too: until every seed has been asked, or SETTLE s, the answers are not all in
+        start = time.monotonic()
+        deadline, settle = start + wait, start + SETTLE
+        seeds = set(node.config.peers) - {node.address}
+        while time.monotonic() < deadline:
+            self._send(ms.alive_members(include_self=False), ids, asked)
+            if not self._expected and (seeds <= set(asked.values())
+                                       or time.monotonic() >= settle):
+                break
             await asyncio.sleep(STEP)
         if self._expected:
             log.warning("journal: no answer from %s within %.1f s: the recovered tasks they "
                         "may have taken over run here too (at least once)",
                         ", ".join(sorted(self._expected))[:300], wait)
+
+    def _send(self, peers: list[Member], ids: list[str], asked: dict[str, str]) -> None:
+        """RECLAIM ``ids`` to each of ``peers`` not asked yet this round."""
+        node = self.node
+        for m in peers:
+            if m.id in asked:
+                continue
+            asked[m.id] = m.address
+            for s in range(0, len(ids), CHUNK):
+                frame = encode(Reclaim(node.name, node.address, self._round, ids[s:s + CHUNK]))
+                node.replicas.sockets.send(m.address, frame)
+                self._expected[m.id] = self._expected.get(m.id, 0) + 1
 
     def on_reclaimed(self, msg: Reclaimed) -> None:
         if msg.round != self._round or msg.source not in self._expected:

@@ -217,3 +217,30 @@ def test_a_task_handed_to_a_node_while_it_waits_keeps_its_owners_link(tmp_path: 
                             "the taker to hold it as handed")
                 assert t2.ledger.held[tid].client == link
     run(main())
+
+
+def test_a_member_that_becomes_alive_while_the_node_waits_is_asked_too(tmp_path: Any) -> None:
+    # The returning node knows only a silent member when it asks; the node that took
+    # its task over joins a moment later. It is asked too (else the task runs twice:
+    # CI saw a returning node ask only the first of its two seeds to answer).
+    async def main() -> None:
+        tid = "late-1"
+        data = str(tmp_path / "taker")
+        await taker_crashed(data, ("busy", tid), lambda t: tid in t.ledger.held)
+        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+                dealer(g) as to_g, running_node(app, name="silent", autorun=False) as s:
+            g.shedder.shed = lambda now: 0
+            s.reclaim.answer = lambda msg: None
+            await to_g.send(submit("g-busy"))
+            await to_g.send(submit(tid))
+            await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+            async with running_node(app, name="taker", autorun=False, journal=True,
+                                    concurrency=1, data_dir=data, peers=[s.address]) as t2:
+                await until(lambda: list(t2.reclaim._expected) == ["silent"],
+                            "the taker to ask the silent node")
+                g.membership.join([t2.address])            # the giver joins now
+                await until(lambda: "giver" in t2.reclaim._held.values(),
+                            "the late member's answer (held)")
+                await until(lambda: not t2.reclaim.waiting, "the taker to settle")
+                assert tid not in t2.ledger.held and t2.reclaim.counts["held_elsewhere"] == 1
+    run(main())
