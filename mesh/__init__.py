@@ -3,6 +3,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from mesh import lazy_ssl as _lazy_ssl  # noqa: E402
+
+_lazy_ssl.import_asyncio()   # before anything imports asyncio: see mesh/lazy_ssl.py
+
 from mesh import signals, states  # noqa: E402
 from mesh.app import Mesh  # noqa: E402
 from mesh.canvas import Signature, chain, chord, chunks, group, signature  # noqa: E402

@@ -26,10 +26,11 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from mesh.digest import blake2b
 
 NAME_HASH_BYTES = 4
 MAX_SHOWN = 8               # queues or nodes named in one message at most
@@ -37,8 +38,8 @@ MAX_SHOWN = 8               # queues or nodes named in one message at most
 
 @functools.lru_cache(maxsize=4096)
 def name_hash(name: str) -> bytes:
-    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"),
-                           digest_size=NAME_HASH_BYTES).digest()
+    return blake2b(name.encode("utf-8", "surrogatepass"),
+                   digest_size=NAME_HASH_BYTES).digest()
 
 
 def encode_names(names: Iterable[str]) -> str:

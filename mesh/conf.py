@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import difflib
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
@@ -116,6 +115,7 @@ def check_name(name: str) -> str:
         raise ConfigError(f"setting names are strings, got {name!r}")
     if not_taken(name) is not None:
         return name
+    import difflib
     hint = difflib.get_close_matches(name, [*DEFAULTS, *FIXED, *NOT_USED, *NOT_YET], n=1)
     raise ConfigError(f"unknown setting {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
 

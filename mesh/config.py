@@ -9,8 +9,6 @@ option fails with a hint naming the closest known one.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import hashlib
 import os
 import re
 import socket
@@ -18,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.digest import blake2b
 from mesh.exceptions import ConfigError
 from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
@@ -202,8 +201,8 @@ class Config:
         app) never share a journal (mesh/node/data_dir.py)."""
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", mesh)[:MESH_IN_PATH] or "mesh"
         if safe != mesh:    # cleaned or cut: two names must not meet in one dir
-            safe += "-" + hashlib.blake2b(mesh.encode("utf-8", "surrogatepass"),
-                                          digest_size=4).hexdigest()
+            safe += "-" + blake2b(mesh.encode("utf-8", "surrogatepass"),
+                                  digest_size=4).hexdigest()
         return default_data_dir(f"{socket.gethostname()[:64]}-{safe}-port{self._port}")
 
     # -- building ---------------------------------------------------------------------
@@ -224,6 +223,7 @@ class Config:
                 values[fname] = _parse(f, raw, "MESH_" + fname.upper())
         for key, value in kwargs.items():
             if key not in names:
+                import difflib
                 hint = difflib.get_close_matches(key, names, n=1)
                 raise ConfigError(f"unknown option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
             if value is None:

@@ -13,7 +13,6 @@ code are laid over it (the same name: the one added in code wins).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 import uuid
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mesh.canvas import Signature
+from mesh.digest import sha1
 from mesh.exceptions import ConfigError, EncodeError
 from mesh.schedules import BaseSchedule, to_schedule, zone
 from mesh.wire import codec
@@ -198,7 +198,7 @@ def build(app: "Mesh") -> Schedule:
     entries: dict[str, Entry] = {name: entry_from_conf(name, spec) for name, spec in conf.items()}
     entries.update(app._periodic)
     tz = zone(app.conf.timezone)
-    h = hashlib.sha1(str(tz).encode())
+    h = sha1(str(tz).encode())
     for name in sorted(entries):
         h.update(entries[name].key().encode())
     return Schedule(entries, tz, h.hexdigest()[:12] if entries else "")

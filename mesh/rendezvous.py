@@ -12,14 +12,15 @@ to the same node (so the task is already there and runs once).
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
+
+from mesh.digest import blake2b
 
 
 def weight(key: str, node: str) -> int:
     """The weight of ``node`` for ``key``: 64 bits of BLAKE2b over both (stable across
     processes, machines and Python versions, unlike ``hash()``)."""
-    digest = hashlib.blake2b(f"{node}\0{key}".encode(), digest_size=8).digest()
+    digest = blake2b(f"{node}\0{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 

@@ -31,7 +31,6 @@ import datetime as dt
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from mesh.exceptions import ConfigError
 
@@ -60,6 +59,7 @@ def zone(name: str | dt.tzinfo | None) -> dt.tzinfo:
         raise ConfigError(f"timezone must be a zone name like 'Europe/Berlin', got {name!r}")
     if name.upper() == "UTC":
         return UTC
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # (with sysconfig) for a named zone only
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:

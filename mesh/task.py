@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import datetime
-import difflib
 import functools
 import inspect
 import logging
@@ -109,6 +108,7 @@ HANDLERS = ("before_start", "on_success", "on_failure", "on_retry", "after_retur
 def make_options(name: str, kwargs: Mapping[str, Any], what: str = "task option") -> TaskOptions:
     for key in kwargs:
         if key not in OPTION_NAMES:
+            import difflib
             hint = difflib.get_close_matches(key, OPTION_NAMES, n=1)
             raise ConfigError(f"unknown {what} {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
     values = dict(kwargs)

@@ -4,7 +4,6 @@ means (mesh/discovery/mdns.py does the announcing and browsing)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import re
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 import ifaddr
 from zeroconf import InterfaceChoice
 
+from mesh.digest import sha256
 from mesh.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 log = logging.getLogger("mesh.discovery")
@@ -123,7 +123,7 @@ def instance_name(node_id: str) -> str:
     Deterministic: a restarted node takes the same name."""
     if len(node_id) <= MAX_LABEL and _SAFE_LABEL.match(node_id):
         return node_id
-    digest = hashlib.sha256(node_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    digest = sha256(node_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     safe = re.sub(r"[^a-z0-9_-]+", "-", node_id.lower()).strip("-_")[:MAX_LABEL - 9]
     return f"{safe}-{digest}" if safe else f"node-{digest}"
 

@@ -5,13 +5,13 @@ sqlite file next to the journal, and told to peers).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import sqlite3
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from mesh.digest import blake2b, sha1
 from mesh.schedules import BaseSchedule
 from mesh.security.files import private_file
 
@@ -26,7 +26,7 @@ def hrw(key: str, candidates: Iterable[str]) -> str | None:
     and when a candidate goes, only the keys it won move (to their second choice)."""
     best, best_score = None, b""
     for c in candidates:
-        score = hashlib.blake2b(f"{key}\x00{c}".encode(), digest_size=16).digest()
+        score = blake2b(f"{key}\x00{c}".encode(), digest_size=16).digest()
         if best is None or score > best_score:
             best, best_score = c, score
     return best
@@ -86,7 +86,7 @@ class Fired(NamedTuple):
 
 
 def entry_key(key_text: str) -> str:
-    return hashlib.sha1(key_text.encode()).hexdigest()[:12]
+    return sha1(key_text.encode()).hexdigest()[:12]
 
 
 class LastFirings:

@@ -9,12 +9,12 @@ closes the sockets of peers membership has forgotten (``sweep``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from mesh.digest import sha1
 from mesh.membership import Member, Membership, MemberState, profile
 from mesh.node.component import Component
 from mesh.node.peers import PeerSockets, ZmqTransport
@@ -31,7 +31,7 @@ SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 
 def tasks_digest(names: Iterable[str]) -> str:
     """A digest of the registered task names (in the gossiped meta)."""
-    return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
+    return sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
 
 
 class Members(Component):

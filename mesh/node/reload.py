@@ -23,7 +23,6 @@ import importlib.util
 import logging
 import os
 import sys
-import sysconfig
 import traceback
 from collections.abc import Iterable
 from types import ModuleType
@@ -157,6 +156,8 @@ def _update_rate_limits(node: "Node", old: "Mesh", new: "Mesh") -> None:
 
 def _excluded() -> list[str]:
     """Where code that is not the app's lives: the interpreter, installed packages, mesh."""
+    import sysconfig  # only with --autoreload: not in every child
+
     import mesh
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(mesh.__file__)}
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):

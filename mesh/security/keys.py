@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -373,6 +372,7 @@ def rotate(directory: str, step: str) -> str:
 
 def copy_tree(src: str, dst: str) -> None:
     """Copy a key directory keeping it private (tests and examples)."""
+    import shutil  # (with bz2 and lzma) only when keys are copied
     shutil.copytree(src, dst, dirs_exist_ok=True)
     for root, _dirs, files in os.walk(dst):
         os.chmod(root, 0o700)

@@ -8,7 +8,7 @@ node that already holds or finished one of them answers instead of running it tw
 """
 from __future__ import annotations
 
-import hashlib
+from mesh.digest import blake2b
 
 # keys under which a node keeps a workflow's own records (not tasks)
 RECORD = "m"        # derive(workflow id, RECORD): the workflow's description (tree, members)
@@ -22,7 +22,7 @@ RECORD_OWNER = b"\xffmesh.record"
 def derive(parent: str, key: str | int) -> str:
     """The id of child ``key`` of ``parent``: 128 bits of BLAKE2b over both, shaped as a
     version-5-style UUID. Stable across processes, machines and Python versions."""
-    d = bytearray(hashlib.blake2b(f"{parent}\0{key}".encode(), digest_size=16).digest())
+    d = bytearray(blake2b(f"{parent}\0{key}".encode(), digest_size=16).digest())
     d[6] = (d[6] & 0x0F) | 0x50     # version 5 (name-based)
     d[8] = (d[8] & 0x3F) | 0x80     # RFC 4122 variant
     h = d.hex()
