@@ -24,6 +24,8 @@ import traceback
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import msgpack
+
 from mesh import signals, states
 from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
 from mesh.node.channel import AHEAD_TAG, SKIP_TAG, BlockingChannel
@@ -31,7 +33,17 @@ from mesh.node.child_runners import Runners
 from mesh.task import Request
 from mesh.trace import Outcome, execute
 from mesh.wire import codec
-from mesh.wire.protocol import ChildDone, ChildReady, ChildState, Result, Submit, decode, encode
+from mesh.wire.protocol import (
+    PROTOCOL_VERSION,
+    ChildDone,
+    ChildReady,
+    ChildState,
+    MsgType,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -40,6 +52,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("mesh.child")
 
 MAX_SKIPS = 1000    # skips remembered for tasks sent ahead (more: a skip that came late)
+
+# A finished task's Result frame is packed from its fields in the wire's order, without
+# the Result object encode() would read them from (a task's hot path, docs/performance.md
+# "Round 7b"); a change to Result's fields must change this, not go unnoticed:
+_RESULT_FIELDS = ("task_id", "state", "result", "exc", "traceback", "runtime", "node",
+                  "retries", "eta", "date_done", "payload")
+if tuple(spec[0] for spec in Result._spec) != _RESULT_FIELDS:
+    raise RuntimeError("mesh.wire.protocol.Result changed: update child._result_frame")
+_RESULT_HEAD = (PROTOCOL_VERSION, MsgType.RESULT.value)
+_packb = msgpack.packb
+
+
+def _result_frame(task_id: str, state: str, result: bytes | None, exc: dict[str, Any] | None,
+                  tb: str | None, runtime: float, node: str, retries: int,
+                  date_done: float | None, payload: bytes | None) -> bytes:
+    """``encode(Result(...))`` of a task the child ran (no eta: the node sets it)."""
+    frame: bytes = _packb((*_RESULT_HEAD, task_id, state, result, exc, tb, runtime, node,
+                           retries, None, date_done, payload), use_bin_type=True)
+    return frame
 
 
 def exc_info_of(e: BaseException) -> dict[str, Any]:
@@ -140,6 +171,8 @@ class StopFlags:
 def _signal_soft_limit(soft: float | None) -> float | None:
     """The soft time limit SIGALRM gives a task on the main thread; None on the threads
     pool's threads, whose watchdog gives them theirs (mesh/node/child_runners.py)."""
+    if soft is None:
+        return None
     return soft if threading.current_thread() is threading.main_thread() else None
 
 
@@ -276,10 +309,13 @@ class Child:
                     res = Result(task_id=tid, state=states.REVOKED, node=self.node_name)
                     chan.send(encode(ChildDone(tid, states.REVOKED, 0.0)), encode(res))
                     continue
-            if runners is not None and runners.take(frame):
-                continue
+            msg = None
+            if runners is not None:
+                if runners.take(frame):
+                    continue
+                msg = runners.decoded          # (decoded there already)
             self._busy = True
-            done, result = self.run_frame(frame)
+            done, result = self.run_frame(frame, msg)
             retire = self.finished(chan, done, result)
             self._busy = False
             if retire and not (runners is not None and runners.busy):
@@ -312,13 +348,16 @@ class Child:
             self._proc = psutil.Process()
         return int(self._proc.memory_info().rss)
 
-    def run_frame(self, frame: bytes) -> tuple[ChildDone, bytes]:
-        """Run one Submit frame; return the header for the node and the Result frame."""
+    def run_frame(self, frame: bytes, msg: Submit | None = None) -> tuple[ChildDone, bytes]:
+        """Run one Submit frame (``msg``: the frame decoded, if it was already); return
+        the header for the node and the Result frame."""
         t0 = time.perf_counter()
         try:
-            msg = decode(frame)
-            if type(msg) is not Submit:
-                raise TypeError(f"child expected a Submit, got {type(msg).__name__}")
+            if msg is None:
+                decoded = decode(frame)
+                if type(decoded) is not Submit:
+                    raise TypeError(f"child expected a Submit, got {type(decoded).__name__}")
+                msg = decoded
         except Exception as e:   # the node validated it; this is a bug, report it anyway
             log.error("child got a bad task frame: %s", e)
             signals.task_rejected.send(sender=None, message=frame, exc=e)
@@ -333,12 +372,11 @@ class Child:
     def frames(self, msg: Submit, state: str, value: bytes | None, exc: dict[str, Any] | None,
                tb: str | None, runtime: float) -> tuple[ChildDone, bytes]:
         """The header for the node and the Result frame of a run that just ended."""
-        res = Result(task_id=msg.task_id, state=state, result=value, exc=exc, traceback=tb,
-                     runtime=runtime, node=self.node_name, retries=msg.retries,
-                     date_done=None if state == states.RETRY else time.time(),
-                     payload=self._next_call)
-        return (ChildDone(msg.task_id, state, runtime, countdown=self._countdown, keep=self._keep),
-                encode(res))
+        res = _result_frame(msg.task_id, state, value, exc, tb, runtime, self.node_name,
+                            msg.retries, None if state == states.RETRY else time.time(),
+                            self._next_call)
+        return (ChildDone(msg.task_id, state, runtime, None, 0, self._countdown, self._keep),
+                res)
 
     def _state_sink(self, task_id: str) -> Any:
         """update_state and track_started: a CHILD_STATE to the node, at once."""
@@ -379,9 +417,10 @@ class Child:
         except Exception as e:
             signals.task_rejected.send(sender=None, message=msg, exc=e)
             raise
+        options = task.options
         soft = msg.soft_time_limit
         if soft is None:
-            soft = task.options.soft_time_limit
+            soft = options.soft_time_limit
         if soft is None:
             soft = self.config.soft_time_limit
         req = Request(
@@ -390,7 +429,7 @@ class Child:
             time_limit=msg.time_limit, soft_time_limit=soft, headers=msg.headers,
             called_directly=False)
         req.state_sink = self._state_sink(msg.task_id)
-        if task.options.track_started:
+        if options.track_started:
             req.state_sink(states.STARTED, codec.dumps({"pid": os.getpid(), "hostname": self.node_name}))
         return task, req, soft
 

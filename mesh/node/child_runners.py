@@ -217,6 +217,7 @@ class Runners:
         self.async_names = async_task_names(child.app)
         self.threads = ThreadRunner(child, self.report) if child.config.pool == "threads" else None
         self.aio: AsyncRunner | None = None       # started with the first async task
+        self.decoded: Submit | None = None       # the Submit take() left to the main thread
 
     @classmethod
     def for_child(cls, child: "Child", chan: "BlockingChannel") -> "Runners | None":
@@ -233,7 +234,9 @@ class Runners:
                     or (self.aio is not None and self.aio.runs))
 
     def take(self, frame: bytes) -> bool:
-        """Run ``frame`` here if it is ours (True); False: the main thread runs it."""
+        """Run ``frame`` here if it is ours (True); False: the main thread runs it (a
+        Submit decoded here is left in ``decoded`` for it, not decoded twice)."""
+        self.decoded = None
         kind = peek_type(frame)
         if kind == MsgType.CHILD_CANCEL:
             msg = decode(frame)
@@ -256,6 +259,7 @@ class Runners:
         if self.threads is not None:
             self.threads.submit(msg, frame)
             return True
+        self.decoded = msg
         return False
 
     def report(self, done: ChildDone, result: bytes) -> None:

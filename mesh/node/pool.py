@@ -84,6 +84,7 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         self.limits: dict[str, TokenBucket] = {}     # task name -> rate limit, per node
         self.rate_limited = 0                        # starts put off by a rate limit
         self.stop_flags = StopFlags()                # which children the node itself stops
+        self._out: dict[ChildProc, list[bytes]] | None = None   # a dispatch's frames to send
         self._init_ahead()                           # tasks sent ahead (mesh/node/pool_ahead.py)
 
     @property
@@ -300,18 +301,31 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         """Hand queued tasks to children with a free slot, highest priority first."""
         if self.stopping:
             return
+        out = self._out
+        if out is not None:             # again, from an event of the dispatch under way:
+            self._dispatch(out)         # its frames go after the outer one's, in order
+            return
+        self._out = out = {}            # frames per child, each child's sent in one write
+        try:
+            self._dispatch(out)
+        finally:                        # (what was launched is sent, whatever raised)
+            self._out = None
+            for child, frames in out.items():
+                self._send(child, *frames)
+
+    def _dispatch(self, out: dict[ChildProc, list[bytes]]) -> None:
         sq, aq = self.squeue, self.aqueue
         while sq or aq:
             s_child = self._find(False) if sq else None
             a_child = self._find(True) if aq else None
             if s_child is not None and (a_child is None or sq[0] <= aq[0]):
-                self._launch(heapq.heappop(sq)[2], s_child, False)
+                self._launch(heapq.heappop(sq)[2], s_child, False, out)
             elif a_child is not None:
-                self._launch(heapq.heappop(aq)[2], a_child, True)
+                self._launch(heapq.heappop(aq)[2], a_child, True, out)
             else:
                 break
         if sq:
-            self._prefetch()        # every slot is taken: short tasks may go ahead
+            self._prefetch(out)         # every slot is taken: short tasks may go ahead
 
     def _find(self, is_async: bool) -> ChildProc | None:
         """A child with a free slot for a plain or an async task. Async tasks pack into
@@ -363,8 +377,11 @@ class Pool(PoolSize, PoolStop, PoolAhead):
             entry.timer = asyncio.get_running_loop().call_later(
                 entry.time_limit, self._on_time_limit, child, entry)
 
-    def _launch(self, entry: Entry, child: ChildProc, is_async: bool) -> None:
-        """Start ``entry`` on ``child``, unless it expired or its rate limit says later."""
+    def _launch(self, entry: Entry, child: ChildProc, is_async: bool,
+                out: dict[ChildProc, list[bytes]]) -> None:
+        """Start ``entry`` on ``child``, unless it expired or its rate limit says later;
+        its frame goes in ``out`` (sent by ``dispatch`` with the tasks sent ahead to the
+        same child, in one write)."""
         if not self._admit(entry):
             return
         if not entry.acks_late:
@@ -378,7 +395,11 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         if is_async:
             child.async_ids.add(entry.task_id)
         self._arm(child, entry)
-        self._send(child, entry.frame)
+        frames = out.get(child)
+        if frames is None:
+            out[child] = [entry.frame]
+        else:
+            frames.append(entry.frame)
         self.events.task_started(entry, child.pid)
 
     # -- messages from children -------------------------------------------------------

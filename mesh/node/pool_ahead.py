@@ -73,9 +73,11 @@ class PoolAhead:
         self._short = {}
 
     # -- sending ahead ----------------------------------------------------------------
-    def _prefetch(self) -> None:
+    def _prefetch(self, out: dict[ChildProc, list[bytes]]) -> None:
         """After every free slot got a task: send queued ones ahead, one per eligible
-        child in turn, while the queue stays at least as long as there are children."""
+        child in turn, while the queue stays at least as long as there are children.
+        Their frames go in ``out``, after any task just launched on the same child
+        (``Pool.dispatch`` sends each child's in one write)."""
         sq = self.squeue
         n = len(self.children)
         if len(sq) <= n or self.threaded or self.stopping or not self.ahead_max:
@@ -87,7 +89,6 @@ class PoolAhead:
                 and short.get(next(iter(c.running.values())).name, 0) >= SHORT_RUNS]
         if not kids:
             return
-        out: dict[int, list[bytes]] = {}
         while kids and len(sq) > n:
             entry = sq[0][2]
             if (not entry.acks_late or entry.wf is not None
@@ -100,13 +101,12 @@ class PoolAhead:
             c.ahead.append(item)
             self.ahead_count += 1
             self.sent_ahead += 1
-            out.setdefault(id(c), []).extend((AHEAD_TAG + entry.task_id.encode(), entry.frame))
+            frames = out.get(c)
+            if frames is None:
+                out[c] = frames = []
+            frames += (AHEAD_TAG + entry.task_id.encode(), entry.frame)
             if len(c.ahead) < self.ahead_max:
                 kids.append(c)              # round robin: the children fill evenly
-        for c in self.children.values():
-            frames = out.get(id(c))
-            if frames:
-                self._send(c, *frames)
 
     def _note_run(self, name: str, runtime: float) -> None:
         n = self._short.get(name, 0)
