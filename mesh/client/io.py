@@ -5,8 +5,7 @@ outbox and wakes the I/O thread through an eventfd, at most once per batch. The 
 thread sends, receives ACK/RESULT/RELEASE/MOVED/ERROR and completes slots. The client
 owns every task it submitted until its result arrives: it keeps the encoded frame; a
 task a node gives back unstarted (RELEASE) is sent again elsewhere, and one a node
-handed to another node (MOVED) is followed there. The links to the nodes and the
-membership view are in mesh/client/links.py.
+handed to another node (MOVED) is followed there.
 
 Only the node a task was sent to (or given to: shedding, MOVED, failover to its backup)
 may speak for it: an ACK, RESULT, STATE, RELEASE, MOVED or ERROR about a task from any
@@ -15,13 +14,18 @@ client's key; handshakes that fail are mesh/client/handshakes.py's business.
 
 The I/O thread must never die on what a node does; if it ever fails all the same (a
 bug), it says so (CRITICAL) and a new thread takes over its tasks (``_take_over``).
-At close, and at interpreter exit, the client waits until a node has acknowledged
-every task it sent, and says how many none did.
 
-(About 700 lines: the loop, sending, and what each reply does, which all share the
-slots and links the one I/O thread owns; membership and links (links.py), routes
-(routes.py) and keys' handshakes (handshakes.py) are split off already. The lookups
-of results owned elsewhere are the next piece to move.)
+``Client`` is this module's loop plus mixins, one concern each, all sharing the slots
+and links the one I/O thread owns: the links to the nodes and the membership view
+(links.py), routes and refusals (routes.py), tasks waiting for room at full nodes
+(room.py), lookups of results owned elsewhere (lookups.py), and closing: the wait at
+close and at interpreter exit until a node has acknowledged every task sent
+(closing.py). Keys' handshakes are in handshakes.py.
+
+(About 570 lines: the loop, sending, what each reply does and the takeover of a
+failed thread, which all read and write the same slots and link counters on every
+frame. The next piece to move, if it grows: following RELEASE and MOVED, or the
+takeover.)
 """
 from __future__ import annotations
 
@@ -32,7 +36,6 @@ import itertools
 import logging
 import os
 import random
-import sys
 import threading
 import time
 import uuid
@@ -43,10 +46,12 @@ import zmq
 
 from mesh import states
 from mesh.client import handshakes
+from mesh.client.closing import Closing, _close_at_exit
 from mesh.client.frames import recv_frames, send_frames
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
+from mesh.client.lookups import Lookups
 from mesh.client.room import WaitingRoom, hold, let_go
-from mesh.client.routes import Routing
+from mesh.client.routes import Routing, not_registered
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
 from mesh.result import Slot
@@ -70,39 +75,11 @@ from mesh.wire.protocol import (
 log = logging.getLogger("mesh.client")
 
 BATCH = 256                 # most frames sent to a node in one zmq message
-QUERY_TTL = 5.0             # seconds a result query waits for its answers
-MEMBERS_WAIT = 2.0           # seconds a result lookup waits for the first members answer
 TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client
 TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting a new thread
-EXIT_WAIT_MAX = 600.0       # s a closing client waits at most for nodes to take its tasks
-EXIT_WAIT_REPORT = 10.0     # s between two lines saying that it still waits
-EXIT_IDLE_MAX = 60.0        # s it waits with none taken while nodes hold some of its tasks
-# when several nodes know a task, the most advanced state is the one to report; a
-# task's own states (update_state: PROGRESS...) come after STARTED
-_STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.RETRY: 3,
-               states.STARTED: 4}
 
 
-class Lookup(threading.Event):
-    """A result query someone waits for: set when it ends; ``answers``: how many
-    nodes answered it (none: no node could be reached)."""
-    answers = 0
-
-
-def _rank(state: str) -> int:
-    return _STATE_RANK.get(state, 5)
-
-
-def _close_at_exit(ref: "weakref.ref[Client]") -> None:
-    """Before the interpreter exits, wait (up to 5 s) until a node has acknowledged
-    every task this process sent (fire-and-forget delay()); say on stderr how many
-    no node acknowledged."""
-    client = ref()
-    if client is not None:
-        client.close(at_exit=True)
-
-
-class Client(Links, Routing, WaitingRoom):
+class Client(Links, Routing, WaitingRoom, Lookups, Closing):
     def __init__(self, config: Config, seeds: list[str], mesh: str | None = None,
                  security: Security | None = None):
         if not seeds:
@@ -127,14 +104,10 @@ class Client(Links, Routing, WaitingRoom):
         self._heard = time.monotonic()                  # when some node last sent us anything
         self._heard_since = False                       # a frame arrived since the last check
         self._unreachable = False                       # "cannot reach any node" was logged
-        self._watched: dict[str, list[Slot]] = {}       # tasks owned elsewhere that we look up
-                                                        # (one slot per AsyncResult asking)
-        self._watch_lock = threading.Lock()
+        self._init_lookups()                            # results owned elsewhere (lookups.py)
         self._members_known = threading.Event()         # a members answer has arrived
         self._rechecked: dict[str, float] = {}          # task id -> when a fresh member list
                                                         # was asked for it (routes.py)
-        self._queries: dict[str, list[Any]] = {}        # req id -> [slot, pending, event, state,
-                                                        # t, meta]
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
         self._outbox: collections.deque[Any] = collections.deque()
@@ -174,45 +147,6 @@ class Client(Links, Routing, WaitingRoom):
     def lookup(self, task_id: str) -> Slot | None:
         return self._slots.get(task_id)
 
-    def watch(self, task_id: str) -> Slot:
-        """The slot through which this process follows a task it does not own (submitted
-        by another process): nodes are asked for it, and the one holding it sends its
-        result here when it is done."""
-        with self._watch_lock:
-            slots = self._watched.get(task_id)
-            if slots:
-                return slots[0]
-            slot = Slot(task_id, None, remote=True)
-            self._watched[task_id] = [slot]
-            return slot
-
-    def query(self, slot: Slot, wait: float | None) -> bool:
-        """Ask every alive node about a watched task (and to send us its result when
-        done). With ``wait``, block until all answered or ``wait`` seconds passed; if no
-        node has answered by then, on until one does or the query ends (QUERY_TTL, or
-        sooner once the client knows no node can be reached). False when, waiting, no
-        node answered: none could be reached (True without ``wait``)."""
-        if self._closing:
-            raise RuntimeError("the mesh client is closed")
-        if wait and not self._members_known.is_set():   # a new client knows only its
-            self._members_known.wait(min(wait, MEMBERS_WAIT))   # seeds: learn every node
-        # (without ``wait`` nobody blocks: get() and await are asked again each second)
-        with self._watch_lock:
-            slots = self._watched.setdefault(slot.task_id, [])
-            if slot not in slots:
-                slots.append(slot)
-        lookup = Lookup() if wait else None
-        self._outbox.append(("query", slot, lookup))
-        self._wake()
-        if lookup is None:
-            return True
-        lookup.wait(wait)
-        deadline = time.monotonic() + QUERY_TTL + 1.0
-        while (not lookup.answers and not lookup.is_set() and not self.unreachable
-               and time.monotonic() < deadline):
-            lookup.wait(0.05)
-        return lookup.answers > 0
-
     def nodes(self) -> list[dict[str, Any]]:
         """A snapshot of the nodes this client knows, for display and tests."""
         return [{"node": n.node_id, "endpoint": n.endpoint, "state": n.state, "busy": n.busy,
@@ -221,105 +155,9 @@ class Client(Links, Routing, WaitingRoom):
                  "quota": [n.quota_tasks, n.quota_bytes]}
                 for n in list(self.links.values())]
 
-    def unacknowledged(self) -> int:
-        """Tasks submitted here that no node has acknowledged yet (nor finished): the
-        ones that would be lost if this process exited now."""
-        queued = sum(1 for x in list(self._outbox) if type(x) is not tuple)
-        return queued + sum(1 for s in list(self._slots.values())
-                            if s.msg is None and s.state == states.PENDING)
-
-    def flush(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds until a node has acknowledged (journalled)
-        every task submitted so far; the number still unacknowledged."""
-        deadline = time.monotonic() + timeout
-        while True:
-            n = self.unacknowledged()
-            if n == 0 or not self._thread.is_alive() or time.monotonic() >= deadline:
-                return n
-            time.sleep(0.005)
-
-    def _flush_while_taken(self, linger: float) -> tuple[int, float]:
-        """``flush`` for as long as nodes keep taking this process's tasks, or will:
-        a burst past the nodes' quotas waits in this process for room
-        (mesh/client/room.py) and goes as earlier tasks finish, so a script that
-        submits it and exits must not drop the rest while the nodes work through it.
-        The wait goes on while tasks wait for room and alive nodes hold some of this
-        process's tasks (their ends make room), up to ``EXIT_IDLE_MAX`` s with none
-        taken (tasks that long, or stuck); it ends once no node took a task for
-        ``linger`` s otherwise (no node reachable, nothing of ours held), and after
-        ``EXIT_WAIT_MAX`` s in all. Says that it waits, and how
-        it goes every ``EXIT_WAIT_REPORT`` s. (The tasks left, the last idle span.)"""
-        start = last = said = time.monotonic()
-        n = self.unacknowledged()
-        while n:
-            left = self.flush(min(linger, max(0.0, start + EXIT_WAIT_MAX - time.monotonic())))
-            now = time.monotonic()
-            if left == 0 or not self._thread.is_alive() or now - start >= EXIT_WAIT_MAX:
-                return left, now - last
-            if left < n:
-                last = now
-            elif now - last >= linger and (not self._room_will_come()
-                                            or now - last >= EXIT_IDLE_MAX):
-                return left, now - last
-            if said == start or now - said >= EXIT_WAIT_REPORT:
-                log.warning("mesh: waiting for the nodes to take %d more task(s) sent by this "
-                            "process (%d wait for room: the nodes' quotas) before it exits; "
-                            "they take them as earlier ones finish (%.0f s so far)",
-                            left, len(self._room), now - start)
-                said = now
-            n = left
-        return 0, 0.0
-
-    def _room_will_come(self) -> bool:
-        """Tasks wait for room (a spell is on: the last one may be on trial at a full
-        node, out of the room for that moment), and an alive node holds some of ours:
-        their ends free room for what waits."""
-        return self._room_warned and any(link.state == "alive" and link.held > 0
-                                         for link in list(self.links.values()))
-
     def endpoints(self) -> list[str]:
         """The node endpoints this client knows (seeds first)."""
         return list(dict.fromkeys([*self.seeds, *list(self.links)]))
-
-    def close(self, linger: float = 5.0, at_exit: bool = False, patient: bool = True) -> int:
-        """Wait until every task sent is acknowledged by a node, then stop the I/O
-        thread: for as long as nodes keep taking them when ``patient`` (the default,
-        and at interpreter exit: ``_flush_while_taken``), else up to ``linger`` s.
-        Returns how many tasks no node acknowledged, and says so (a warning; on
-        stderr too at interpreter exit): those may never run, since nothing holds
-        them once this process is gone."""
-        if self._closing:
-            return 0
-        unacked, window = 0, linger
-        interrupted, self._in_close = self._in_close, True   # (then: no second wait)
-        if threading.current_thread() is not self._thread and linger > 0 and not interrupted:
-            if patient:
-                unacked, window = self._flush_while_taken(linger)
-            else:
-                unacked = self.flush(linger)
-        elif interrupted:
-            unacked = self.unacknowledged()
-        waiting = len(self._room)
-        self._linger = min(linger, 1.0)
-        self._closing = True
-        self._wake()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(linger + 5)
-        if unacked:
-            why = ("its wait at exit was interrupted" if interrupted
-                   else f"no node took one for {window:.3g} s")
-            msg = (f"mesh: {unacked} task(s) sent by this process were not acknowledged by any "
-                   f"node ({why}) and may never run (nodes tried: "
-                   f"{', '.join(self.endpoints())})")
-            if waiting:
-                msg += (f"; {waiting} of them waited for room: the nodes held as many tasks from "
-                        "this process as their quotas allow (app.client.flush(timeout) waits "
-                        "until nodes have taken them all)")
-            if at_exit and not logging.getLogger("mesh").hasHandlers():
-                print(msg, file=sys.stderr, flush=True)   # (a warning without a handler
-            else:                                         # would print it a second time)
-                log.warning("%s", msg)
-        return unacked
 
     def _wake(self) -> None:
         if not self._wake_pending:
@@ -451,11 +289,7 @@ class Client(Links, Routing, WaitingRoom):
             self._fail(slot, "MeshError", f"the mesh client was closed before task "
                        f"{slot.task_id} finished")
         self._slots.clear()
-        with self._watch_lock:
-            watched, self._watched = [s for ss in self._watched.values() for s in ss], {}
-        for slot in watched:
-            self._fail(slot, "MeshError", f"the mesh client was closed while waiting for "
-                       f"task {slot.task_id}")
+        self._fail_watched()
         for link in self.links.values():
             try:
                 link.sock.disable_monitor()
@@ -577,7 +411,7 @@ class Client(Links, Routing, WaitingRoom):
             if slot is not None and slot.node != link.endpoint:
                 self._from_elsewhere(msg, link)          # only its holder speaks for a task
                 return
-            if msg.exc is not None and msg.traceback is None and _not_registered(msg):
+            if msg.exc is not None and msg.traceback is None and not_registered(msg):
                 slot = self._slots.get(msg.task_id)    # refused there: another node may have it
                 if slot is not None and slot.msg is None:
                     self._on_refused(slot, link, "NotRegistered", str(msg.exc.get("message")))
@@ -723,7 +557,6 @@ class Client(Links, Routing, WaitingRoom):
         log.info("node %s handed %d of our task(s) to %s (%s): %s", msg.node, followed,
                  msg.target_node or msg.target[:100], msg.target[:100], msg.reason)
 
-
     def _resend_due(self, now: float) -> None:
         due = [s for t, s in self._retry if t <= now]
         self._retry = [(t, s) for t, s in self._retry if t > now]
@@ -731,87 +564,3 @@ class Client(Links, Routing, WaitingRoom):
             if slot.msg is None:
                 self._send(slot, self._pick(slot=slot))
 
-    # -- results of tasks owned elsewhere ---------------------------------------------
-    def _targets(self) -> list[NodeLink]:
-        return self._placeable or [self.links[ep] for ep in self.seeds]
-
-    def _send_query(self, slot: Slot, event: Lookup | None) -> None:
-        links = self._targets()
-        req = uuid.uuid4().hex
-        self._queries[req] = [slot, len(links), event, states.UNKNOWN, time.monotonic(), None]
-        frame = encode(Control(req, "result", {"task_id": slot.task_id, "watch": True}))
-        for link in links:
-            try:
-                link.sock.send(frame, zmq.NOBLOCK)
-            except zmq.ZMQError:
-                self._queries[req][1] -= 1
-        if self._queries[req][1] <= 0:
-            self._end_query(req)
-
-    def _on_query_reply(self, msg: ControlReply) -> None:
-        q = self._queries[msg.req_id]
-        slot: Slot = q[0]
-        q[1] -= 1
-        if q[2] is not None:
-            q[2].answers += 1
-        payload = msg.payload
-        if msg.ok and isinstance(payload, dict) and payload.get("task_id") == slot.task_id:
-            state = payload.get("state")
-            frame = payload.get("result")
-            submit = payload.get("submit")
-            if isinstance(submit, bytes) and slot.submit is None:
-                slot.submit = submit              # name, args, kwargs (result_extended)
-            if isinstance(frame, bytes):
-                try:
-                    res = decode(frame, self.config.max_message_size)
-                except DecodeError as e:
-                    log.warning("node %s sent an unreadable stored result: %s", msg.node, e)
-                else:
-                    if type(res) is Result and res.task_id == slot.task_id:
-                        self._complete_watched(res)
-                        slot.complete(res)
-            elif isinstance(state, str) and _rank(state) > _rank(q[3]):
-                q[3] = state
-                meta = payload.get("meta")
-                q[5] = meta if isinstance(meta, bytes) else None
-        if q[1] <= 0 or slot.msg is not None:
-            self._end_query(msg.req_id)
-
-    def _end_query(self, req: str) -> None:
-        slot, _pending, event, state, _t, meta = self._queries.pop(req)
-        if slot.msg is None:
-            slot.state, slot.meta = state, meta
-        if event is not None:
-            event.set()
-
-    def _requery(self, now: float) -> None:
-        """Once a second: drop queries nobody answered, and ask again about watched
-        tasks someone waits for (the node holding one may have died, and its owner
-        sent it elsewhere). Watched tasks nobody waits for are forgotten."""
-        for req in [r for r, q in self._queries.items() if now - q[4] > QUERY_TTL]:
-            self._end_query(req)
-        asked = {q[0].task_id for q in self._queries.values()}
-        with self._watch_lock:
-            for tid, slots in list(self._watched.items()):
-                waiting = [s for s in slots if s.msg is None and s.waiters]
-                if not waiting:
-                    if tid not in asked:
-                        del self._watched[tid]
-                    continue
-                if tid not in asked:
-                    self._send_query(waiting[0], None)
-
-    def _complete_watched(self, msg: Result) -> bool:
-        """A final result for a task looked up here: complete every slot asking."""
-        with self._watch_lock:
-            slots = self._watched.pop(msg.task_id, None) or []
-        done = False
-        for s in slots:
-            done = s.complete(msg) or done
-        return done
-
-
-def _not_registered(msg: Result) -> bool:
-    """A node's own NotRegistered refusal (not an exception a task raised)."""
-    exc = msg.exc or {}
-    return exc.get("type") == "NotRegistered" and exc.get("module") == "mesh.exceptions"

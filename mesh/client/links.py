@@ -128,7 +128,7 @@ class Links:
     _unreachable: bool
     _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
 
-    if TYPE_CHECKING:           # Client's and Routing's (mesh/client/routes.py), used here
+    if TYPE_CHECKING:           # Client's and its other mixins', used here
         mesh: str | None
         _fits: dict[tuple[str, str], list[NodeLink]]
         _full: dict[str, NodeLink]

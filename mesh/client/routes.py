@@ -24,6 +24,7 @@ from mesh.client.fit import fits, unplaceable
 from mesh.client.placement import choose_from
 from mesh.client.room import let_go
 from mesh.result import Slot
+from mesh.wire.protocol import Result
 
 log = logging.getLogger("mesh.client")
 
@@ -140,3 +141,9 @@ class Routing:
         self._fail(slot, "NotRegistered" if kind == "NotRegistered" else "MeshError", message,
                    link.node_id)
 
+
+def not_registered(msg: Result) -> bool:
+    """A node's own NotRegistered refusal (not an exception a task raised): the client
+    tries another node (``_on_refused``) rather than taking it as the task's result."""
+    exc = msg.exc or {}
+    return exc.get("type") == "NotRegistered" and exc.get("module") == "mesh.exceptions"

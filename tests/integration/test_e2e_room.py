@@ -143,9 +143,9 @@ def test_a_known_bytes_quota_is_kept_too(start_node: Any, make_client: Any,
 SUBMIT_PAST_THE_QUOTA_AND_EXIT = """
 import sys
 import tasks_app
-import mesh.client.io
+import mesh.client.closing
 from mesh import Mesh
-mesh.client.io.EXIT_IDLE_MAX = 6.0    # (a minute by default: the node's child is stuck)
+mesh.client.closing.EXIT_IDLE_MAX = 6.0    # (a minute by default: the node's child is stuck)
 app = Mesh("room", peers=[sys.argv[1]], mdns=False)
 wait = app.task(name="tasks_app.wait_for_file")(tasks_app.wait_for_file.fun)
 rs = [wait.delay(sys.argv[2]) for _ in range(int(sys.argv[3]))]
