@@ -10,8 +10,8 @@ default, and at exit), a burst waiting for room at full nodes (mesh/client/room.
 included; then it stops the I/O thread, and says how many tasks no node took (those
 may never run). ``flush(timeout)`` is the same wait for a caller that goes on.
 
-``unacknowledged``, ``flush`` and ``close`` are called from any thread but the I/O
-thread (``close`` from it only skips the wait).
+``flush`` and ``close`` are for the callers' threads (``close`` on the I/O thread
+skips the wait); ``unacknowledged`` is read from any thread.
 """
 from __future__ import annotations
 
