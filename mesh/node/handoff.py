@@ -377,6 +377,8 @@ class Handoffs(Component):
                 mine = out.entries.pop(tid, None)   # before our handoff was answered), it
                 if mine is not None and not node.stopping:   # stays here: the answer to
                     node.pool.submit(mine)   # ours must not make us forget it
+            for out in self._given_up.values():  # nor a late answer to one given up
+                out.entries.pop(tid, None)       # (its tasks are in our queue already)
             return None
         if tid in node.control.revoked:
             return None                 # revoked: nothing to run

@@ -16,7 +16,7 @@ from mesh.node import handoff as handoff_mod
 from mesh.node import shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
-from mesh.wire.protocol import Handoff
+from mesh.wire.protocol import Handoff, HandoffAck
 
 
 @asynccontextmanager
@@ -85,3 +85,37 @@ def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
     late = [r.getMessage() for r in caplog.records if "after it was given up" in r.getMessage()]
     assert late == ["node taker answered a handoff after it was given up: it holds 1 of its "
                     "task(s), taken out of the queue here"], late
+
+
+def test_a_late_answer_does_not_take_away_a_task_handed_back_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The giver gives a batch up (the task back in its queue); the taker took it after
+    all and hands it back to the giver (stopping, shedding) before the giver reads the
+    taker's late answer. The giver, holding the task again, must keep it: the taker
+    forgot it when the giver took it back (else it is held by no node)."""
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        async with giver_and_taker("h-back") as (g, t), dealer(t) as to_t:
+            for busy in ("t-busy1", "t-busy2"):               # the taker's two slots
+                await to_t.send(submit(busy))
+            await until(lambda: len(t.pool.active()) == 2, "the taker to be busy")
+            held_back: list[Handoff] = []
+            take = t.handoff.on_handoff
+            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
+            hand(g, "h-back")
+            await until(lambda: not g.handoff._out, "the giver to give it up")
+            t.handoff.on_handoff = take                    # type: ignore[method-assign]
+            late: list[HandoffAck] = []
+            answer = g.handoff.on_ack
+            g.handoff.on_ack = late.append                 # type: ignore[method-assign]
+            take(held_back[0])                             # the taker takes it after all
+            await until(lambda: late, "the taker's (late) answer")
+            g.handoff.on_ack = answer                      # type: ignore[method-assign]
+            back, giver = t.pool.remove("h-back"), t.membership.member("giver")
+            assert back is not None and giver is not None
+            assert t.handoff.hand([back], handoff_mod.STOP_REASON, giver) == 1
+            await until(lambda: "h-back" not in t.ledger.held, "the taker to hand it back")
+            answer(late[0])                                # the late answer, read now
+            assert "h-back" in g.ledger.held and g.pool.queued == 1
+    run(main())
