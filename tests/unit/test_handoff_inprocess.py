@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from test_node_inprocess import app, dealer, run, submit, until
@@ -20,9 +21,9 @@ from mesh.wire.protocol import Handoff, HandoffAck
 
 
 @asynccontextmanager
-async def giver_and_taker(tid: str) -> AsyncIterator[tuple[Node, Node]]:
+async def giver_and_taker(tid: str, **giver: Any) -> AsyncIterator[tuple[Node, Node]]:
     """A giver holding ``tid`` queued (it sheds only when a test says) and a taker."""
-    async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+    async with running_node(app, name="giver", autorun=False, concurrency=1, **giver) as g, \
             running_node(app, name="taker", autorun=False, peers=[g.address]) as t, \
             dealer(g) as to_g:
         g.shedder.shed = lambda now: 0
@@ -118,4 +119,30 @@ def test_a_late_answer_does_not_take_away_a_task_handed_back_meanwhile(
             await until(lambda: "h-back" not in t.ledger.held, "the taker to hand it back")
             answer(late[0])                                # the late answer, read now
             assert "h-back" in g.ledger.held and g.pool.queued == 1
+    run(main())
+
+
+def test_a_late_answer_while_the_giver_drains_takes_the_task_it_keeps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopping giver gives its unstarted task away; the taker does not answer in
+    time, no other node is there: the giver keeps it for its next start. The taker's
+    answer comes while the giver still drains its running task: the taker holds the
+    task, so the giver must not keep it too (it would run it again at its next start)."""
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        async with giver_and_taker("h-drain", shutdown_timeout=20.0) as (g, t):
+            held_back: list[Handoff] = []
+            take = t.handoff.on_handoff
+            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
+            g.stop()                                       # g-busy runs on: the drain
+            await until(lambda: len(held_back) == handoff_mod.TRIES and not g.handoff._out,
+                        "the stopping giver to give the handoff up")
+            assert "h-drain" in g.ledger.held              # kept for its next start
+            t.handoff.on_handoff = take                    # type: ignore[method-assign]
+            take(held_back[0])                             # the taker takes it after all
+            await until(lambda: "h-drain" in t.ledger.held and not g.handoff._given_up,
+                        "the taker's late answer")             # (read in one go)
+            assert "h-drain" not in g.ledger.held          # held by the taker only
+            assert g.pool.finish_running("g-busy") == 1    # (the drain ends)
     run(main())
