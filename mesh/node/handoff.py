@@ -216,9 +216,10 @@ class Handoffs(Component):
         to the queue, or, stopping, are kept here for the next start). The receiver
         holds what it accepted: those not started here since leave the queue (or the
         journal) as if answered in time; a started one runs on both nodes, which is said."""
-        out = self._given_up.pop(msg.batch, None)
+        out = self._given_up.get(msg.batch)
         if out is None or out.target != msg.node:
-            return
+            return                      # (not the receiver's to answer: kept for its own)
+        del self._given_up[msg.batch]
         ledger, pool = self.node.ledger, self.node.pool
         moved, twice = [], []
         busy = self._busy_while_stopping()

@@ -146,3 +146,25 @@ def test_a_late_answer_while_the_giver_drains_takes_the_task_it_keeps(
             assert "h-drain" not in g.ledger.held          # held by the taker only
             assert g.pool.finish_running("g-busy") == 1    # (the drain ends)
     run(main())
+
+
+def test_a_late_answer_from_another_node_does_not_void_the_receivers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A HANDOFF_ACK naming a batch given up on, from a node it was not sent to (a
+    forged or misdirected answer), is not the receiver's: the receiver's own late
+    answer still takes the task out of the giver's queue."""
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        async with giver_and_taker("h-forged") as (g, t):
+            held_back: list[Handoff] = []
+            take = t.handoff.on_handoff
+            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
+            hand(g, "h-forged")
+            await until(lambda: not g.handoff._out, "the giver to give it up")
+            g.handoff.on_ack(HandoffAck(held_back[0].batch, "someone-else", ["h-forged"]))
+            assert "h-forged" in g.ledger.held and g.pool.queued == 1
+            take(held_back[0])                             # the taker takes it after all
+            await until(lambda: "h-forged" not in g.ledger.held, "the giver to forget it")
+            assert "h-forged" in t.ledger.held and g.pool.queued == 0
+    run(main())
