@@ -6,7 +6,7 @@ taken by its next run, and the four tasks ran on both nodes.)"""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,6 +43,23 @@ def hand(g: Node, tid: str) -> None:
     assert g.handoff.hand([entry], shedding.REASON, target) == 1
 
 
+def withhold(t: Node) -> tuple[list[Handoff], Callable[[Handoff], None]]:
+    """The taker reads no HANDOFF (they are kept in the list) until a test hands one to
+    the function returned (its own ``on_handoff``)."""
+    held_back: list[Handoff] = []
+    take = t.handoff.on_handoff
+    t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
+    return held_back, take
+
+
+async def given_up(g: Node, t: Node, tid: str) -> tuple[list[Handoff], Callable[[Handoff], None]]:
+    """The giver hands ``tid`` to a taker that does not answer, and gives the batch up."""
+    held_back, take = withhold(t)
+    hand(g, tid)
+    await until(lambda: not g.handoff._out, "the giver to give it up")
+    return held_back, take
+
+
 def test_a_handoff_sent_to_an_earlier_run_of_the_receiver_is_refused() -> None:
     async def main() -> None:
         async with giver_and_taker("h-stale") as (g, t):
@@ -72,11 +89,7 @@ def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
 
     async def main() -> None:
         async with giver_and_taker("h-late") as (g, t):
-            held_back: list[Handoff] = []
-            take = t.handoff.on_handoff
-            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
-            hand(g, "h-late")
-            await until(lambda: not g.handoff._out, "the giver to give it up")
+            held_back, take = await given_up(g, t, "h-late")
             assert g.pool.queued == 1 and len(held_back) == handoff_mod.TRIES   # sent 3 times
             take(held_back[0])                            # the taker takes it after all
             await until(lambda: "h-late" not in g.ledger.held, "the giver to forget it")
@@ -101,11 +114,7 @@ def test_a_late_answer_does_not_take_away_a_task_handed_back_meanwhile(
             for busy in ("t-busy1", "t-busy2"):               # the taker's two slots
                 await to_t.send(submit(busy))
             await until(lambda: len(t.pool.active()) == 2, "the taker to be busy")
-            held_back: list[Handoff] = []
-            take = t.handoff.on_handoff
-            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
-            hand(g, "h-back")
-            await until(lambda: not g.handoff._out, "the giver to give it up")
+            held_back, take = await given_up(g, t, "h-back")
             t.handoff.on_handoff = take                    # type: ignore[method-assign]
             late: list[HandoffAck] = []
             answer = g.handoff.on_ack
@@ -132,9 +141,7 @@ def test_a_late_answer_while_the_giver_drains_takes_the_task_it_keeps(
 
     async def main() -> None:
         async with giver_and_taker("h-drain", shutdown_timeout=20.0) as (g, t):
-            held_back: list[Handoff] = []
-            take = t.handoff.on_handoff
-            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
+            held_back, take = withhold(t)
             g.stop()                                       # g-busy runs on: the drain
             await until(lambda: len(held_back) == handoff_mod.TRIES and not g.handoff._out,
                         "the stopping giver to give the handoff up")
@@ -157,11 +164,7 @@ def test_a_late_answer_from_another_node_does_not_void_the_receivers(
 
     async def main() -> None:
         async with giver_and_taker("h-forged") as (g, t):
-            held_back: list[Handoff] = []
-            take = t.handoff.on_handoff
-            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
-            hand(g, "h-forged")
-            await until(lambda: not g.handoff._out, "the giver to give it up")
+            held_back, take = await given_up(g, t, "h-forged")
             g.handoff.on_ack(HandoffAck(held_back[0].batch, "someone-else", ["h-forged"]))
             assert "h-forged" in g.ledger.held and g.pool.queued == 1
             take(held_back[0])                             # the taker takes it after all
