@@ -73,6 +73,11 @@ def _result_frame(task_id: str, state: str, result: bytes | None, exc: dict[str,
     return frame
 
 
+def _utf8(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (lone surrogates) as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def exc_info_of(e: BaseException) -> dict[str, Any]:
     """The wire description of an exception (see protocol.Result)."""
     cls = type(e)
@@ -372,9 +377,15 @@ class Child:
     def frames(self, msg: Submit, state: str, value: bytes | None, exc: dict[str, Any] | None,
                tb: str | None, runtime: float) -> tuple[ChildDone, bytes]:
         """The header for the node and the Result frame of a run that just ended."""
-        res = _result_frame(msg.task_id, state, value, exc, tb, runtime, self.node_name,
-                            msg.retries, None if state == states.RETRY else time.time(),
-                            self._next_call)
+        done_at = None if state == states.RETRY else time.time()
+        try:
+            res = _result_frame(msg.task_id, state, value, exc, tb, runtime, self.node_name,
+                                msg.retries, done_at, self._next_call)
+        except UnicodeEncodeError:      # a lone surrogate in the exception's text (a file
+            if exc is not None:         # name os.fsdecode made): escaped, not the child's end
+                exc = {k: _utf8(v) if isinstance(v, str) else v for k, v in exc.items()}
+            res = _result_frame(msg.task_id, state, value, exc, _utf8(tb) if tb else tb,
+                                runtime, self.node_name, msg.retries, done_at, self._next_call)
         return (ChildDone(msg.task_id, state, runtime, None, 0, self._countdown, self._keep),
                 res)
 

@@ -213,19 +213,21 @@ class Handoffs(Component):
 
     def _late_ack(self, msg: HandoffAck) -> None:
         """The answer to a handoff given up on (no answer in time: its tasks went back
-        to the queue). The receiver holds what it accepted: those not started here
-        since leave the queue as if answered in time; a started one runs on both nodes,
-        which is said."""
-        out = self._given_up.pop(msg.batch, None)
+        to the queue, or, stopping, are kept here for the next start). The receiver
+        holds what it accepted: those not started here since leave the queue (or the
+        journal) as if answered in time; a started one runs on both nodes, which is said."""
+        out = self._given_up.get(msg.batch)
         if out is None or out.target != msg.node:
-            return
+            return                      # (not the receiver's to answer: kept for its own)
+        del self._given_up[msg.batch]
         ledger, pool = self.node.ledger, self.node.pool
         moved, twice = [], []
+        busy = self._busy_while_stopping()
         for tid in msg.accepted:
             e = out.entries.get(tid)
             if e is None or ledger.held.get(tid) is not e:
                 continue
-            if pool.remove(tid) is e:
+            if pool.remove(tid) is e or (busy is not None and tid not in busy):
                 moved.append(e)
             else:
                 twice.append(tid)
@@ -238,6 +240,17 @@ class Handoffs(Component):
                         "meanwhile) and may run on both nodes, e.g. %s", msg.node, len(twice),
                         twice[0])
         self._moved_on(moved, msg, out)
+
+    def _busy_while_stopping(self) -> set[str] | None:
+        """(Stopping) the held tasks that are not only kept here for the next start:
+        running, sent ahead to a child, or in a handoff in flight. None when not
+        stopping (a task not in the queue then is busy somewhere)."""
+        node = self.node
+        if not node.stopping:
+            return None
+        busy = {e.task_id for e in (*node.pool.active(), *node.pool.ahead_entries())}
+        busy.update(t for out in self._out.values() for t in out.entries)
+        return busy
 
     def _moved_on(self, moved: list[Entry], msg: HandoffAck, out: _Out) -> None:
         """``moved`` are held by the receiver now: forgotten here, owners told."""
@@ -377,6 +390,8 @@ class Handoffs(Component):
                 mine = out.entries.pop(tid, None)   # before our handoff was answered), it
                 if mine is not None and not node.stopping:   # stays here: the answer to
                     node.pool.submit(mine)   # ours must not make us forget it
+            for out in self._given_up.values():  # nor a late answer to one given up
+                out.entries.pop(tid, None)       # (its tasks are in our queue already)
             return None
         if tid in node.control.revoked:
             return None                 # revoked: nothing to run

@@ -54,6 +54,13 @@ def fail(message: str, code: int) -> None:
 
 
 @app.task
+def fail_file_not_utf8() -> None:
+    """Fails with a text that is not valid UTF-8: a lone surrogate, as os.fsdecode
+    makes of a file name in another encoding."""
+    raise ValueError("cannot read " + os.fsdecode(b"caf\xe9.csv"))
+
+
+@app.task
 def fail_node_only(message: str) -> None:
     """Raise an exception whose type lives in a module that exists only here."""
     cls = type("NodeOnlyError", (Exception,), {"__module__": NODE_ONLY_MODULE})

@@ -75,6 +75,17 @@ def test_task_exception_comes_back_with_its_type_and_traceback(client: Any) -> N
     assert isinstance(r.result, tasks_app.CustomError)
 
 
+def test_an_exception_whose_text_is_not_utf8_comes_back(client: Any) -> None:
+    """A lone surrogate in the exception's text (a file name): the task fails with its
+    own error, its child does not die over the Result frame (WorkerLostError)."""
+    r = client.tasks.fail_file_not_utf8.delay()
+    with pytest.raises(ValueError) as info:
+        r.get(timeout=RESULT_TIMEOUT)
+    assert "cannot read caf" in str(info.value) and ".csv" in str(info.value)
+    assert "fail_file_not_utf8" in (r.traceback or "")
+    assert r.state == states.FAILURE
+
+
 def test_builtin_exception_type_comes_back_as_itself(client: Any) -> None:
     r = client.tasks.add.delay("text", 1)
     with pytest.raises(TypeError) as info:

@@ -6,8 +6,9 @@ taken by its next run, and the four tasks ran on both nodes.)"""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from test_node_inprocess import app, dealer, run, submit, until
@@ -16,13 +17,13 @@ from mesh.node import handoff as handoff_mod
 from mesh.node import shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
-from mesh.wire.protocol import Handoff
+from mesh.wire.protocol import Handoff, HandoffAck
 
 
 @asynccontextmanager
-async def giver_and_taker(tid: str) -> AsyncIterator[tuple[Node, Node]]:
+async def giver_and_taker(tid: str, **giver: Any) -> AsyncIterator[tuple[Node, Node]]:
     """A giver holding ``tid`` queued (it sheds only when a test says) and a taker."""
-    async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+    async with running_node(app, name="giver", autorun=False, concurrency=1, **giver) as g, \
             running_node(app, name="taker", autorun=False, peers=[g.address]) as t, \
             dealer(g) as to_g:
         g.shedder.shed = lambda now: 0
@@ -40,6 +41,23 @@ def hand(g: Node, tid: str) -> None:
     entry, target = g.pool.remove(tid), g.membership.member("taker")
     assert entry is not None and target is not None
     assert g.handoff.hand([entry], shedding.REASON, target) == 1
+
+
+def withhold(t: Node) -> tuple[list[Handoff], Callable[[Handoff], None]]:
+    """The taker reads no HANDOFF (they are kept in the list) until a test hands one to
+    the function returned (its own ``on_handoff``)."""
+    held_back: list[Handoff] = []
+    take = t.handoff.on_handoff
+    t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
+    return held_back, take
+
+
+async def given_up(g: Node, t: Node, tid: str) -> tuple[list[Handoff], Callable[[Handoff], None]]:
+    """The giver hands ``tid`` to a taker that does not answer, and gives the batch up."""
+    held_back, take = withhold(t)
+    hand(g, tid)
+    await until(lambda: not g.handoff._out, "the giver to give it up")
+    return held_back, take
 
 
 def test_a_handoff_sent_to_an_earlier_run_of_the_receiver_is_refused() -> None:
@@ -71,11 +89,7 @@ def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
 
     async def main() -> None:
         async with giver_and_taker("h-late") as (g, t):
-            held_back: list[Handoff] = []
-            take = t.handoff.on_handoff
-            t.handoff.on_handoff = held_back.append        # type: ignore[method-assign]
-            hand(g, "h-late")
-            await until(lambda: not g.handoff._out, "the giver to give it up")
+            held_back, take = await given_up(g, t, "h-late")
             assert g.pool.queued == 1 and len(held_back) == handoff_mod.TRIES   # sent 3 times
             take(held_back[0])                            # the taker takes it after all
             await until(lambda: "h-late" not in g.ledger.held, "the giver to forget it")
@@ -85,3 +99,75 @@ def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
     late = [r.getMessage() for r in caplog.records if "after it was given up" in r.getMessage()]
     assert late == ["node taker answered a handoff after it was given up: it holds 1 of its "
                     "task(s), taken out of the queue here"], late
+
+
+def test_a_late_answer_does_not_take_away_a_task_handed_back_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The giver gives a batch up (the task back in its queue); the taker took it after
+    all and hands it back to the giver (stopping, shedding) before the giver reads the
+    taker's late answer. The giver, holding the task again, must keep it: the taker
+    forgot it when the giver took it back (else it is held by no node)."""
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        async with giver_and_taker("h-back") as (g, t), dealer(t) as to_t:
+            for busy in ("t-busy1", "t-busy2"):               # the taker's two slots
+                await to_t.send(submit(busy))
+            await until(lambda: len(t.pool.active()) == 2, "the taker to be busy")
+            held_back, take = await given_up(g, t, "h-back")
+            t.handoff.on_handoff = take                    # type: ignore[method-assign]
+            late: list[HandoffAck] = []
+            answer = g.handoff.on_ack
+            g.handoff.on_ack = late.append                 # type: ignore[method-assign]
+            take(held_back[0])                             # the taker takes it after all
+            await until(lambda: late, "the taker's (late) answer")
+            g.handoff.on_ack = answer                      # type: ignore[method-assign]
+            back, giver = t.pool.remove("h-back"), t.membership.member("giver")
+            assert back is not None and giver is not None
+            assert t.handoff.hand([back], handoff_mod.STOP_REASON, giver) == 1
+            await until(lambda: "h-back" not in t.ledger.held, "the taker to hand it back")
+            answer(late[0])                                # the late answer, read now
+            assert "h-back" in g.ledger.held and g.pool.queued == 1
+    run(main())
+
+
+def test_a_late_answer_while_the_giver_drains_takes_the_task_it_keeps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopping giver gives its unstarted task away; the taker does not answer in
+    time, no other node is there: the giver keeps it for its next start. The taker's
+    answer comes while the giver still drains its running task: the taker holds the
+    task, so the giver must not keep it too (it would run it again at its next start)."""
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        async with giver_and_taker("h-drain", shutdown_timeout=20.0) as (g, t):
+            held_back, take = withhold(t)
+            g.stop()                                       # g-busy runs on: the drain
+            await until(lambda: len(held_back) == handoff_mod.TRIES and not g.handoff._out,
+                        "the stopping giver to give the handoff up")
+            assert "h-drain" in g.ledger.held              # kept for its next start
+            t.handoff.on_handoff = take                    # type: ignore[method-assign]
+            take(held_back[0])                             # the taker takes it after all
+            await until(lambda: "h-drain" in t.ledger.held and not g.handoff._given_up,
+                        "the taker's late answer")             # (read in one go)
+            assert "h-drain" not in g.ledger.held          # held by the taker only
+            assert g.pool.finish_running("g-busy") == 1    # (the drain ends)
+    run(main())
+
+
+def test_a_late_answer_from_another_node_does_not_void_the_receivers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A HANDOFF_ACK naming a batch given up on, from a node it was not sent to (a
+    forged or misdirected answer), is not the receiver's: the receiver's own late
+    answer still takes the task out of the giver's queue."""
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+
+    async def main() -> None:
+        async with giver_and_taker("h-forged") as (g, t):
+            held_back, take = await given_up(g, t, "h-forged")
+            g.handoff.on_ack(HandoffAck(held_back[0].batch, "someone-else", ["h-forged"]))
+            assert "h-forged" in g.ledger.held and g.pool.queued == 1
+            take(held_back[0])                             # the taker takes it after all
+            await until(lambda: "h-forged" not in g.ledger.held, "the giver to forget it")
+            assert "h-forged" in t.ledger.held and g.pool.queued == 0
+    run(main())
