@@ -119,6 +119,13 @@ class Copies:
             self.disk.pop(holder, None)
         self.on_disk = max(self.on_disk + n, 0)
 
+    def per_holder(self) -> dict[str, int]:
+        """Holder -> the copies of its tasks kept here, in memory and on disk."""
+        out = dict(self.kept)
+        for holder, n in self.disk.items():
+            out[holder] = out.get(holder, 0) + n
+        return out
+
     def has(self, tid: str) -> bool:
         """Is a copy of this task kept here (in memory or on disk)?"""
         if tid in self.frames:

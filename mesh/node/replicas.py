@@ -662,7 +662,7 @@ class Replicas(Component):
 
     def status(self) -> dict[str, Any]:
         return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.frames) + self.copies.on_disk,
-                "copies_on_disk": self.copies.on_disk,
+                "copies_on_disk": self.copies.on_disk, "copies_kept_for": self.copies.per_holder(),
                 "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,

@@ -60,6 +60,17 @@ def test_beyond_the_window_copies_go_to_disk_counted_per_holder(copies: Copies) 
     assert len(copies.replicas.sockets.acks) == 1          # acknowledged
 
 
+def test_the_copies_kept_for_each_holder_count_memory_and_disk(copies: Copies) -> None:
+    """(status ``copies_kept_for``: what a test compares with a holder's ``held``)"""
+    copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(5)}))
+    copies.on_replicate(_rep("2", {f"u{i}": b"f" for i in range(4)}, source="g"))
+    assert copies.per_holder() == {"h": 5, "g": 4}             # h: 3 in memory, 2 on disk
+    copies.on_replicate(_rep("3", {}, drop=["t0", "t4"]))      # one from memory, one on disk
+    copies.on_replicate(_rep("4", {}, drop=["u0"]))            # g's copy: not h's to drop
+    assert copies.per_holder() == {"h": 3, "g": 4}
+    assert sum(copies.per_holder().values()) == len(copies.frames) + copies.on_disk
+
+
 def test_a_resent_batch_or_a_new_frame_replaces_the_copy_where_it_is(copies: Copies) -> None:
     copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(10)}))
     copies.on_replicate(_rep("1", {f"t{i}": b"f" for i in range(10)}))     # the holder's resend
