@@ -164,8 +164,12 @@ def test_an_app_with_a_key_the_mesh_does_not_know_fails_clearly(start_node: Node
 def test_rotation_needs_no_downtime(start_node: NodeFactory, tmp_path: Path) -> None:
     d = str(tmp_path / "k")                  # one directory for both nodes: "copied" at once
     keys.init(d)
-    a = start_node(keys=d, profile="test")
-    b = start_node(keys=d, profile="test", peers=a.endpoint)
+    # the default (LAN) membership profile, as users run it: the two nodes read the key
+    # directory each on its own clock (RELOAD_INTERVAL, 2 s), so for up to that long
+    # one serves the new mesh key and the other the old, and their probes fail; the
+    # test profile declares a member dead after ~1 s of that (CI, on a loaded machine)
+    a = start_node(keys=d, profile="lan")
+    b = start_node(keys=d, profile="lan", peers=a.endpoint)
     eps = [a.endpoint, b.endpoint]
 
     def status(n: Any) -> dict[str, Any]:
