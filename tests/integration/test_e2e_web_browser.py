@@ -149,3 +149,22 @@ def test_the_charts_break_where_a_node_was_down(browser, start_node, make_client
     assert second_x - first_x > 100, got       # 5 of the window's 15 minutes: ~170 px
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors
+
+
+def test_tasks_a_node_ran_as_it_joined_show_up(browser, start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    """The node serving the page looks for other nodes' event streams every 2 s: a node
+    that joins while the page is open runs tasks before their events reach the page.
+    The page syncs its task list for a while once it sees a new node."""
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="join-a", http=http)
+    browser.get(f"http://{http}/")
+    wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+             what="the live indicator")
+    b = start_node(name="join-b", peers=a.endpoint, concurrency=1)
+    client = make_client(b)
+    early = [client.tasks.echo.delay(f"early-{i}") for i in range(4)]
+    for r in early:
+        r.get(timeout=30)
+    wait_for(lambda: all(browser.find_elements(By.CSS_SELECTOR, f'tr[data-uuid="{r.id}"]')
+                         for r in early), timeout=30, what="the tasks b ran as it joined")

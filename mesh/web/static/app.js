@@ -4,8 +4,9 @@
 
 const $ = (sel, root) => (root || document).querySelector(sel);
 const state = {nodes: {}, members: [], tasks: new Map(), cursor: null, filters: {},
-               view: "overview", events: 0, taskId: null};
+               view: "overview", events: 0, taskId: null, syncUntil: 0};
 const FINAL = new Set(["SUCCESS", "FAILURE", "REVOKED"]);
+const SYNC_FOR = 15000;   // ms the task list is synced on each refresh after a new node or stream
 const EVENT_STATE = {"task-sent": "PENDING", "task-received": "RECEIVED", "task-started": "STARTED",
   "task-succeeded": "SUCCESS", "task-failed": "FAILURE", "task-retried": "RETRY",
   "task-revoked": "REVOKED", "task-rejected": "REJECTED"};
@@ -52,6 +53,7 @@ async function loadNodes() {
   $("#here").textContent = "on " + data.node;
   state.members = data.members;
   for (const m of data.members) {
+    if (!(m.node in state.nodes)) state.syncUntil = Date.now() + SYNC_FOR;   // a new node
     const st = m.status && !m.status.error ? m.status : {};
     state.nodes[m.node] = Object.assign(state.nodes[m.node] || {}, {
       name: m.node, state: m.state, address: m.endpoint, active: st.busy ?? m.load[0],
@@ -164,6 +166,25 @@ async function loadTasks(more) {
     errs ? el("span", {class: "error"}, " " + errs) : "");
 }
 
+// The newest tasks, merged into the list (nothing cleared, the cursor kept), for tasks
+// the live stream did not bring: the node serving this page looks for the other nodes'
+// event streams every 2 s, so a node that has just joined (or that this page has just
+// started watching) runs tasks before their events flow; a browser that fell behind
+// loses events too. Without this they would show only after a reload.
+async function syncTasks() {
+  const q = new URLSearchParams(Object.assign({limit: "50"}, state.filters));
+  const data = await api("/api/mesh/tasks?" + q);
+  let changed = false;
+  for (const t of data.tasks) {
+    const known = state.tasks.get(t.uuid);
+    if (!known || (FINAL.has(t.state) && !FINAL.has(known.state))) {
+      state.tasks.set(t.uuid, Object.assign(known || {}, t));
+      changed = true;
+    }
+  }
+  if (changed && state.view !== "task") renderTasks();
+}
+
 function taskRow(t) {
   const res = t.state === "SUCCESS" ? t.result : (t.exception || t.result || "");
   return el("tr", {"data-uuid": t.uuid, class: t.fresh ? "fresh" : ""},
@@ -256,7 +277,10 @@ function onEvent(e) {
 function connectLive() {
   const live = $("#live");
   const src = new EventSource("/api/events");
-  src.onopen = () => { live.className = "live on"; live.textContent = "live"; };
+  src.onopen = () => {
+    live.className = "live on"; live.textContent = "live";
+    state.syncUntil = Date.now() + SYNC_FOR;     // (its peers' streams come a moment later)
+  };
   src.onerror = () => { live.className = "live off"; live.textContent = "reconnecting"; };
   src.onmessage = msg => {
     const batch = JSON.parse(msg.data);
@@ -265,6 +289,7 @@ function connectLive() {
     if (dirty.has("nodes")) renderNodes();
     if (dirty.has("tasks") && state.view !== "task") renderTasks();
     live.textContent = `live · ${state.events} events` + (batch.lost ? ` · ${batch.lost} missed` : "");
+    if (batch.lost) syncTasks().catch(showError);
   };
 }
 
@@ -283,6 +308,7 @@ async function refresh() {
   try {
     await loadNodes();
     if (state.view !== "task") await Promise.all([loadTotals(), loadCharts()]);
+    if (Date.now() < state.syncUntil) await syncTasks();
     showError(null);
   } catch (e) { showError(e); }
 }
