@@ -42,7 +42,15 @@ from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.shedding import REASON as SHED_REASON
-from mesh.wire.protocol import Handoff, HandoffAck, Moved, Submit, decode, encode
+from mesh.wire.protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Handoff,
+    HandoffAck,
+    Moved,
+    Submit,
+    decode,
+    encode,
+)
 from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
@@ -492,14 +500,12 @@ class Handoffs(Component):
 
 def _queue_of(routing: Any, entry: Entry) -> str:
     """The queue a held task was routed to (its SUBMIT's header, else our routes)."""
-    try:
-        msg = decode(entry.frame)
-    except DecodeError:
-        msg = None
-    return str(routing.queue_for(entry.name, msg.headers if isinstance(msg, Submit) else None))
+    msg = _submit_or_none(entry.frame)
+    return str(routing.queue_for(entry.name, msg.headers if msg is not None else None))
 
 
-def _submit_or_none(frame: bytes, max_size: int) -> Submit | None:
+def _submit_or_none(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Submit | None:
+    """The SUBMIT ``frame`` holds, or None (it does not decode, or is something else)."""
     try:
         sub = decode(frame, max_size)
     except DecodeError:

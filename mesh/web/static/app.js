@@ -152,11 +152,16 @@ function matches(t) {
   return true;
 }
 
-async function loadTasks(more) {
+// A page of tasks as the filters select them: the newest, or those after ``cursor``.
+function fetchTasks(cursor) {
   const q = new URLSearchParams(Object.assign({limit: "50"}, state.filters));
-  if (more && state.cursor) q.set("cursor", state.cursor);
+  if (cursor) q.set("cursor", cursor);
+  return api("/api/mesh/tasks?" + q);
+}
+
+async function loadTasks(more) {
   if (!more) state.tasks.clear();
-  const data = await api("/api/mesh/tasks?" + q);
+  const data = await fetchTasks(more ? state.cursor : null);
   for (const t of data.tasks) state.tasks.set(t.uuid, t);
   state.cursor = data.cursor;
   renderTasks();
@@ -172,8 +177,7 @@ async function loadTasks(more) {
 // started watching) runs tasks before their events flow; a browser that fell behind
 // loses events too. Without this they would show only after a reload.
 async function syncTasks() {
-  const q = new URLSearchParams(Object.assign({limit: "50"}, state.filters));
-  const data = await api("/api/mesh/tasks?" + q);
+  const data = await fetchTasks(null);
   let changed = false;
   for (const t of data.tasks) {
     const known = state.tasks.get(t.uuid);
