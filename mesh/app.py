@@ -333,6 +333,20 @@ class Mesh:
                                      "old value; set it before the first task is sent")
         return self._client
 
+    def _in_node(self, seeds: list[str], keys: str) -> None:
+        """This process is a node's child: a task that sends tasks (``add.delay()`` in a
+        task) reaches the mesh through its node (its front door, then its seeds) unless
+        the app names peers of its own, and with the node's keys unless it has its own.
+        Without this a child looked for nodes by mDNS only, and a node started with
+        ``--peers``/``--no-mdns`` failed every task that sends one."""
+        cfg = self.config
+        if not cfg.peers:
+            self._options = {**self._options, "peers": seeds, "mdns": False}
+        if keys and not cfg.keys:
+            self._options = {**self._options, "keys": keys, "key_name": "mesh"}
+        self._config_version = -1       # rebuilt from the new options at the next use
+        self._client, self._security = None, None
+
     def _seeds(self) -> list[str]:
         """Where the client starts: configured peers, else the nodes of this app's mesh
         (``Mesh("billing")``: nodes of mesh billing) found by mDNS."""

@@ -133,10 +133,7 @@ class Canvas:
         every header task of a group or chord, to the first task of a chain. Returns
         an AsyncResult (a task, a chain: its last step, a chord: its body) or a
         GroupResult (a group)."""
-        app = app or self._find_app()
-        if app is None:
-            raise ConfigError(f"{self!r} has no app to be sent with: build it from a task "
-                              "(add.s(...)), with app.signature(...), or pass apply_async(app=app)")
+        app = app or self._find_app() or _current_app()   # by name: the current app, as Celery
         from mesh.workflow.submit import apply_async
         return apply_async(app, self, args, kwargs, options)
 
@@ -147,9 +144,7 @@ class Canvas:
               app: "Mesh | None" = None, **options: Any) -> Any:
         """Run it here and now (eager mode, mesh/workflow/eager.py): every task must be
         registered in this process. Returns EagerResult / EagerGroupResult."""
-        app = app or self._find_app()
-        if app is None:
-            raise ConfigError(f"{self!r} has no app to find its tasks in: pass apply(app=app)")
+        app = app or self._find_app() or _current_app()
         from mesh.workflow.eager import apply
         from mesh.workflow.submit import partial
         c = partial(self, args, kwargs)
@@ -438,3 +433,10 @@ def signature(task: Any, args: Iterable[Any] | None = None, kwargs: Mapping[str,
 
 __all__ = ["Canvas", "Signature", "chain", "chord", "chunks", "from_dict", "group",
            "maybe_signature", "signature", "xmap", "xstarmap"]
+
+
+def _current_app() -> "Mesh":
+    """The app a signature with none of its own is sent through: the current one (the
+    last ``Mesh`` made, as Celery's ``current_app``): ``signature("tasks.add").delay()``."""
+    from mesh.shared import current_app
+    return current_app()

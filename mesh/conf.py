@@ -96,6 +96,8 @@ CLIENT_OPTIONS = ("peers", "mdns", "mdns_interfaces", "discovery_timeout", "resu
 
 def not_taken(name: str) -> str | None:
     """Why mesh does not take a Celery setting (None if it does, or knows no such name)."""
+    if name in DEFAULTS:
+        return None          # taken, even where its family is not (beat_schedule, beat_*)
     if name in NOT_USED:
         return f"setting {name!r} is not used by mesh: {NOT_USED[name]}"
     if name in NOT_YET:

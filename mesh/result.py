@@ -143,6 +143,9 @@ class AsyncResult:
     __slots__ = ("id", "app", "_slot", "parent", "children")
 
     def __init__(self, task_id: str, app: "Mesh | None" = None, slot: Slot | None = None):
+        if app is None and slot is None:     # AsyncResult(id) in a web view: the current
+            from mesh.shared import current_app  # app asks the nodes, as Celery's does
+            app = current_app()
         self.id = task_id
         self.app = app
         self.parent: Any = None     # the previous step of a chain (Celery's ``parent``)
@@ -288,9 +291,14 @@ class AsyncResult:
         return result
 
     # -- waiting ----------------------------------------------------------------------
-    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float = 0.5, no_ack: bool = True, follow_parents: bool = True,
+            disable_sync_subtasks: bool = True) -> Any:
         """Wait for the task; return its value or raise its exception (``propagate``).
-        Raises :class:`mesh.exceptions.TimeoutError` after ``timeout`` seconds."""
+        Raises :class:`mesh.exceptions.TimeoutError` after ``timeout`` seconds.
+        ``interval``, ``no_ack``, ``follow_parents`` and ``disable_sync_subtasks`` are
+        Celery's and taken so its calls move over: a node pushes the result (nothing is
+        polled or acked), and a chain's earlier steps fail the chain themselves."""
         slot = self._require_slot()
         if slot.msg is None:
             if timeout is None and self.app is not None:

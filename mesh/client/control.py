@@ -286,19 +286,36 @@ class Inspect:
     def _ask(self, command: str) -> dict[str, Any]:
         return self._c.ask(command, destination=self._dest, timeout=self._timeout)
 
-    def active(self) -> dict[str, Any]:
-        """Running tasks: id, name, args, kwargs, started, pid, node."""
-        return self._ask("active")
+    def _tasks(self, command: str) -> dict[str, Any]:
+        return {node: [celery_info(t) for t in a] if isinstance(a, list) else a
+                for node, a in self._ask(command).items()}
 
-    def reserved(self) -> dict[str, Any]:
-        """Accepted, waiting for a free child."""
-        return self._ask("reserved")
+    def active(self, safe: bool | None = None) -> dict[str, Any]:
+        """Running tasks: id, name, args, kwargs (as reprs), started, pid, node, and
+        Celery's keys for the same (hostname, time_start, worker_pid, type...)."""
+        return self._tasks("active")
 
-    def scheduled(self) -> dict[str, Any]:
-        """Waiting for their eta (countdown, retries, rate limits)."""
-        return self._ask("scheduled")
+    def reserved(self, safe: bool | None = None) -> dict[str, Any]:
+        """Accepted, waiting for a free child (the same keys as ``active``)."""
+        return self._tasks("reserved")
 
-    def registered(self) -> dict[str, Any]:
+    def scheduled(self, safe: bool | None = None) -> dict[str, Any]:
+        """Waiting for their eta (countdown, retries, rate limits): each task's keys
+        and ``eta`` (a Unix time), and Celery's ``request`` (the task, as ``active``)."""
+        return {node: [{**t, "request": t} for t in tasks] if isinstance(tasks, list) else tasks
+                for node, tasks in self._tasks("scheduled").items()}
+
+    def registered(self, *taskinfoitems: str) -> dict[str, Any]:
+        """``{node: [task name, ...]}``, sorted, as Celery's; with ``taskinfoitems``
+        (``"rate_limit"``, ``"time_limit"``, ``"soft_time_limit"``, ``"acks_late"``,
+        ``"max_retries"``) each task that has one is ``"name [rate_limit=0.5 ...]"``
+        (rates per second). Each task's limits as maps: ``registered_tasks()``."""
+        return {node: [_task_line(t, taskinfoitems) for t in a] if isinstance(a, list) else a
+                for node, a in self._ask("registered").items()}
+
+    def registered_tasks(self) -> dict[str, Any]:
+        """``{node: [{"name", "rate_limit", "time_limit", ...}, ...]}``: mesh's own
+        answer, each task's options as a map (``meshctl --json inspect registered``)."""
         return self._ask("registered")
 
     def stats(self) -> dict[str, Any]:
@@ -321,6 +338,26 @@ class Inspect:
 
 
 PONG = {"ok": "pong"}
+
+
+def celery_info(t: Any) -> Any:
+    """A task of ``active``/``reserved``/``scheduled`` with Celery's keys added (its
+    ``Request.info``): ``hostname``, ``time_start``, ``worker_pid``, ``type``,
+    ``acknowledged``, ``delivery_info``. mesh's keys stay (``args`` and ``kwargs`` are
+    reprs, as Celery's ``safe`` answer)."""
+    if not isinstance(t, dict):
+        return t
+    return {**t, "hostname": t.get("node"), "time_start": t.get("started"),
+            "worker_pid": t.get("pid"), "type": t.get("name"), "acknowledged": True,
+            "delivery_info": {"priority": t.get("priority"), "redelivered": False}}
+
+
+def _task_line(t: Any, items: tuple[str, ...]) -> Any:
+    """A registered task as Celery lists it: its name, then the asked-for options it has."""
+    if not isinstance(t, dict):
+        return t
+    info = " ".join(f"{k}={t[k]}" for k in items if t.get(k) is not None)
+    return f"{t.get('name')} [{info}]" if info else t.get("name")
 
 
 def is_error(answer: Any) -> bool:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from mesh.config import Config
 
 log = logging.getLogger("mesh.child")
+task_log = logging.getLogger("mesh.task")     # a task's end, as Celery's worker logs it
 
 MAX_SKIPS = 1000    # skips remembered for tasks sent ahead (more: a skip that came late)
 
@@ -86,6 +87,20 @@ def exc_info_of(e: BaseException) -> dict[str, Any]:
     except Exception:
         args = None
     return {"type": cls.__qualname__, "module": cls.__module__, "message": str(e), "args": args}
+
+
+def _log_end(msg: Submit, state: str, exc: dict[str, Any] | None, tb: str | None,
+             countdown: float | None) -> None:
+    """A task that failed or retries leaves a line in the node's log, as in Celery's
+    worker: ERROR with the traceback for a failure, INFO for a retry (a success is
+    DEBUG, above). Without it a failure was seen only by whoever asked for the result."""
+    what = f"{exc.get('type')}: {exc.get('message')}" if exc else ""
+    if state == states.FAILURE:
+        task_log.error("Task %s[%s] raised unexpected: %s%s", msg.name, msg.task_id, what,
+                       f"\n{tb.rstrip()}" if tb else "")
+    elif state == states.RETRY:
+        task_log.info("Task %s[%s] retry: Retry in %gs: %s", msg.name, msg.task_id,
+                      countdown or 0, what)
 
 
 def _die_with_parent() -> None:
@@ -203,6 +218,7 @@ class Child:
         self._done_lock = threading.Lock()
         self._busy = False                 # between taking a task and sending its result
         self._running: tuple[Any, Request] | None = None   # (task, request) while it runs
+        self.home = ""            # the node's front door ("": not known, e.g. in a test)
 
     def twin(self) -> "Child":
         """A Child for another thread of this process: its own per-run state, the same
@@ -221,6 +237,8 @@ class Child:
             self._setup_process(node_pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _close_inherited_sockets(keep=sock.fileno(), data_dir=self.config.data_path)
+            if self.home:           # tasks that send tasks go through this node
+                self.app._in_node([self.home, *self.config.peers], self.config.keys)
             signals.worker_process_init.send(sender=None)   # before ChildReady: no task yet
             chan = self._chan = BlockingChannel(sock)
             chan.send(encode(ChildReady(pid=os.getpid())))
@@ -377,6 +395,10 @@ class Child:
     def frames(self, msg: Submit, state: str, value: bytes | None, exc: dict[str, Any] | None,
                tb: str | None, runtime: float) -> tuple[ChildDone, bytes]:
         """The header for the node and the Result frame of a run that just ended."""
+        if state != states.SUCCESS:
+            _log_end(msg, state, exc, tb, self._countdown)
+        elif task_log.isEnabledFor(logging.DEBUG):
+            task_log.debug("Task %s[%s] succeeded in %.6fs", msg.name, msg.task_id, runtime)
         done_at = None if state == states.RETRY else time.time()
         try:
             res = _result_frame(msg.task_id, state, value, exc, tb, runtime, self.node_name,

@@ -67,6 +67,7 @@ class Executor(Component):
 
     async def start(self, node: "Node") -> None:
         pool = Pool(node.app, node.config, node.name, node.ledger, node.config.pool_size)
+        pool.home = node.address
         for name, task in node.app.tasks.items():
             rate = parse_rate(task.options.rate_limit)
             if rate is not None:

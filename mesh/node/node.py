@@ -208,7 +208,8 @@ class Node:
             self._client_app = Mesh(f"{self.app.main}@{self.name}",
                                     peers=[self.address, *self.config.peers], mdns=False,
                                     max_message_size=self.config.max_message_size,
-                                    keys=self.config.keys, key_name="mesh" if self.config.keys else "")
+                                    keys=self.config.keys, key_name="mesh" if self.config.keys else "",
+                                    set_as_current=False)   # shared tasks keep the user's app
         return self._client_app
 
     def pool_fields(self) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         self.app = app
         self.config = config
         self.node_name = node_name
+        self.home = ""            # the node's front door: where a task's own sends go first
         self.events = events
         self.kind = config.pool                      # prefork, threads, solo
         self.threaded = self.kind == "threads"       # one child, ``size`` threads
@@ -143,6 +144,7 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.stop_flags.clear(index)
         child = Child(self.app, self.config, self.node_name, self.stop_flags, index)
+        child.home = self.home
         node_pid = os.getpid()
         # SIGTERM/SIGINT stay blocked across the fork until the child has its own
         # handlers: one reaching a child still on the node's (a signal to the process

@@ -38,6 +38,9 @@ class GroupResult:
 
     def __init__(self, id: str, results: list[Handle] | None = None, app: "Mesh | None" = None,
                  parent: Handle = None, desc: Mapping[str, Any] | None = None):
+        if app is None and results is None and desc is None:   # GroupResult(id): the
+            from mesh.shared import current_app  # current app, as Celery
+            app = current_app()
         self.id = id
         self.app = app
         self.parent = parent
@@ -124,7 +127,9 @@ class GroupResult:
         return [known.get(i, states.UNKNOWN) for i in ids]
 
     # -- waiting ----------------------------------------------------------------------
-    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float = 0.5, no_ack: bool = True, follow_parents: bool = True,
+            disable_sync_subtasks: bool = True) -> list[Any]:
         """The members' results, in order. A failed member: its exception is raised
         (``propagate``), or, with ``propagate=False``, each member's result or
         exception in its place."""

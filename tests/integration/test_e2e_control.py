@@ -45,7 +45,7 @@ def test_inspect_active_reserved_scheduled_and_registered(
     assert [r["id"] for r in ins.reserved()[node.name]] == [waiting.id]
     sched = ins.scheduled()[node.name]
     assert [s["id"] for s in sched] == [later.id] and sched[0]["eta"] > time.time() + 30
-    names = {r["name"] for r in ins.registered()[node.name]}
+    names = set(ins.registered()[node.name])                  # names, as Celery lists them
     assert {"tasks_app.add", "tasks_app.wait_for_file"} <= names
     assert ins.stats()[node.name]["busy"] == 1
     # the same from the command line

@@ -11,7 +11,6 @@ import pytest
 from mesh import Mesh, states
 from mesh.exceptions import (
     ConfigError,
-    MeshError,
     RemoteTraceback,
     TaskError,
     TimeLimitExceeded,
@@ -183,11 +182,14 @@ def test_successful_result_through_async_result() -> None:
     assert r.successful() and r.get(timeout=0) == {"sum": 5} and r.result == {"sum": 5}
 
 
-def test_unknown_task_id_state() -> None:
-    r = AsyncResult("nobody-knows")
-    assert r.state == states.UNKNOWN and r.result is None and not r.ready()
-    with pytest.raises(MeshError):
-        r.get(timeout=0)
+def test_an_async_result_made_without_an_app_uses_the_current_one() -> None:
+    # Celery's AsyncResult(id) (a web view's) looks the task up through the current
+    # app; it said UNKNOWN without asking any node (tests/integration/
+    # test_e2e_celery_trial.py asks real nodes)
+    from mesh.shared import current_app
+    app = Mesh("current-for-results", mdns=False)
+    assert AsyncResult("nobody-knows").app is app is current_app()
+    assert AsyncResult("with-a-slot", slot=Slot("with-a-slot", None)).app is None
 
 
 # ---- tasks: options ------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Celery's ``celery.utils`` names that task code imports (``mesh.utils.log``)."""
