@@ -115,10 +115,11 @@ from mesh import signature
 from mesh.result import AsyncResult, GroupResult
 r = AsyncResult({ids[0]!r})
 value = r.get(timeout=60, interval=0.1, disable_sync_subtasks=False)   # Celery's keywords
-print(json.dumps([r.state, value, GroupResult({ids[1]!r}).get(timeout=60),
+g = GroupResult({ids[1]!r})
+print(json.dumps([r.state, value, g.get(timeout=60), sorted(g.revoke()),
                   signature("{TASKS}.add", args=(2, 3)).delay().get(timeout=60)]))
 """)
-    assert out == ["SUCCESS", 42, [0, 2, 4], 5]
+    assert out == ["SUCCESS", 42, [0, 2, 4], sorted(n.name for n in nodes), 5]
 
 
 def test_inspect_answers_in_celerys_shapes(nodes: list[NodeProc]) -> None:
