@@ -283,11 +283,20 @@ class AsyncResult:
         msg = self._slot.msg if self._slot else None
         return msg.node if msg else None
 
-    def revoke(self, terminate: bool = False, signal: str = "SIGKILL") -> dict[str, Any]:
-        """Revoke this task on every node (see ``app.control.revoke``)."""
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: str | None = None,
+               wait: bool = False, timeout: float | None = None) -> dict[str, Any]:
+        """Revoke this task on every node (see ``app.control.revoke``), with Celery's
+        arguments: ``connection`` is not used (no broker), and the nodes' answers are
+        always waited for (``wait``), up to ``timeout`` s."""
         if self.app is None:
             raise MeshError("this AsyncResult has no app to revoke through")
-        result: dict[str, Any] = self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+        control = self.app.control
+        if timeout is None:
+            result: dict[str, Any] = control.revoke(self.id, terminate=terminate,
+                                                    signal=signal or "SIGKILL")
+        else:
+            result = control.ask("revoke", {"task_ids": [self.id], "terminate": terminate,
+                                            "signal": signal or "SIGKILL"}, timeout=timeout)
         return result
 
     # -- waiting ----------------------------------------------------------------------

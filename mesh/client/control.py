@@ -236,13 +236,16 @@ class Controller:
                                                        timeout=timeout).items()
                 if not is_error(reply)}
 
-    def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
-               signal: str = "SIGKILL") -> dict[str, Any]:
+    def revoke(self, task_id: str | Iterable[str], destination: Iterable[str] | None = None,
+               terminate: bool = False, signal: str = "SIGKILL") -> dict[str, Any]:
         """Revoke tasks everywhere: not started ones never run (on any node, now or
-        later); with ``terminate``, a running one is killed (its child is replaced)."""
+        later); with ``terminate``, a running one is killed (its child is replaced),
+        by SIGKILL unless ``signal`` says (Celery's default is SIGTERM). Celery's order
+        of arguments; ``destination`` only chooses who answers: every node learns a
+        revoke from the others."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         return self.ask("revoke", {"task_ids": ids, "terminate": terminate,
-                                         "signal": signal})
+                                   "signal": signal}, destination)
 
     def forget(self, task_id: str | Iterable[str]) -> dict[str, Any]:
         """Drop finished tasks' results on every node (``AsyncResult.forget``)."""

@@ -155,3 +155,30 @@ print(json.dumps([sorted(names), active, sched, limits]))
     assert task["worker_pid"] == task["pid"] > 0 and task["time_start"] == task["started"] > 0
     assert [s["request"]["name"] for s in sched] == [f"{TASKS}.add"]
     assert f"{TASKS}.charge [max_retries=1]" in limits
+
+
+def test_revoke_takes_celerys_arguments(nodes: list[NodeProc]) -> None:
+    # r.revoke(terminate=True, wait=True, timeout=...) and control.revoke(id,
+    # destination=[...]) raised TypeError
+    out = script(nodes, f"""
+import json, time
+from {APP}.celery import app
+from {TASKS} import sleeper
+from mesh.exceptions import TaskRevokedError
+a, b = sleeper.delay(30), sleeper.delay(30)
+for _ in range(100):
+    running = {{t["id"]: t["hostname"] for ts in app.control.inspect().active().values() for t in ts}}
+    if {{a.id, b.id}} <= set(running):
+        break
+    time.sleep(0.1)
+answered = app.control.revoke(b.id, destination=[running[b.id]], terminate=True, signal="SIGTERM")
+a.revoke(terminate=True, wait=True, timeout=5)
+out = []
+for r in (a, b):
+    try:
+        r.get(timeout=30)
+    except TaskRevokedError:
+        out.append(r.state)
+print(json.dumps([out, sorted(answered) == [running[b.id]]]))
+""")
+    assert out == [["REVOKED", "REVOKED"], True]
