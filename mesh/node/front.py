@@ -19,6 +19,7 @@ address is known from then on) and read from the moment the node is ready.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +92,13 @@ class FrontDoor(Component):
         except zmq.ZMQError as e:
             front.close(linger=0)
             self.sock = None
-            raise NodeStartError(f"cannot bind {cfg.bind}: {e.strerror}") from e
+            hint = ""
+            if e.errno == errno.EADDRINUSE:     # a second node on a machine (Celery's workers
+                # share a broker; nodes each need a port)
+                hint = (": another node (or program) has that port; give each node on a "
+                        "machine its own, e.g. --bind "
+                        f"{_next_port(cfg.bind)} (they find each other by mDNS or --peers)")
+            raise NodeStartError(f"cannot bind {cfg.bind}: {e.strerror}{hint}") from e
         self.bound = front.getsockopt_string(zmq.LAST_ENDPOINT)
         node.address = advertised_endpoint(self.bound, cfg.advertise)
         self.node = node
@@ -274,3 +281,9 @@ def _guess_ref(frame: bytes) -> str | None:
     except Exception:
         pass
     return None
+
+
+def _next_port(endpoint: str) -> str:
+    """``tcp://HOST:PORT`` with the next port (for the hint when PORT is taken)."""
+    host, _, port = endpoint.rpartition(":")
+    return f"{host}:{int(port) + 1}" if port.isdigit() else "tcp://127.0.0.1:7701"

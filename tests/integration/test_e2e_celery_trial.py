@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ROOT, NodeFactory, NodeProc, clean_env, wait_until
+from harness import MESHNODE, ROOT, NodeFactory, NodeProc, clean_env, run_program, wait_until
 
+from mesh.cli.common import EXIT_START
 from mesh.wire.protocol import ControlReply
 
 APP = "trial_proj"
@@ -182,3 +184,16 @@ for r in (a, b):
 print(json.dumps([out, sorted(answered) == [running[b.id]]]))
 """)
     assert out == [["REVOKED", "REVOKED"], True]
+
+
+def test_a_second_node_on_the_same_port_says_what_to_do(nodes: list[NodeProc],
+                                                        tmp_path: Path) -> None:
+    # Celery's workers on one machine share a broker; a second `meshnode -A proj` on
+    # the default port said only "Address already in use"
+    port = int(nodes[0].endpoint.rsplit(":", 1)[1])
+    p = run_program(MESHNODE, "-A", APP, "--bind", nodes[0].endpoint, "--no-mdns",
+                    "--data-dir", str(tmp_path / "second"), "-n", "second")
+    assert p.returncode == EXIT_START, p.stderr
+    assert f"cannot bind {nodes[0].endpoint}: Address already in use" in p.stderr
+    assert "another node (or program) has that port; give each node" in p.stderr
+    assert f"--bind tcp://127.0.0.1:{port + 1}" in p.stderr
