@@ -78,13 +78,17 @@ def _forget_client(ref: "weakref.ref[Mesh]") -> None:
 _UNIX_TIME_THRESHOLD = 1e9
 
 
+def aware(value: _dt.datetime) -> _dt.datetime:
+    """A naive datetime is UTC, as in Celery (``maybe_make_aware``): code that passes
+    ``eta=datetime.utcnow() + ...`` runs when it meant on a machine in any zone."""
+    return value.replace(tzinfo=_dt.UTC) if value.tzinfo is None else value
+
+
 def _abs_time(value: Any, now: float, what: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            return value.timestamp()   # naive: local time, as datetime.timestamp() does
-        return value.timestamp()
+        return aware(value).timestamp()
     if isinstance(value, _dt.timedelta):
         return now + value.total_seconds()
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -339,7 +339,12 @@ class Task:
                 f"can't retry {self.name}[{req.id}]: {req.retries} retries, max_retries={limit}")
         if countdown is None:
             if eta is not None:
-                when = eta.timestamp() if isinstance(eta, datetime.datetime) else float(eta)
+                if isinstance(eta, datetime.datetime):
+                    if eta.tzinfo is None:               # naive: UTC, as in Celery
+                        eta = eta.replace(tzinfo=datetime.UTC)
+                    when = eta.timestamp()
+                else:
+                    when = float(eta)
                 countdown = max(0.0, when - time.time())
             else:
                 countdown = self.options.default_retry_delay

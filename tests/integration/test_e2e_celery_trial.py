@@ -36,12 +36,13 @@ def alive(node: NodeProc) -> set[str]:
     return {m["node"] for m in reply.payload if m["state"] == "alive"}
 
 
-def script(nodes: list[NodeProc], code: str, timeout: float = 90.0) -> Any:
+def script(nodes: list[NodeProc], code: str, timeout: float = 90.0,
+           env: dict[str, str] | None = None) -> Any:
     """Run ``code`` as a user's script (MESH_PEERS names the first node, as the README
     says) and return what it printed as JSON on its last line."""
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=timeout, check=False, cwd=ROOT, stdin=subprocess.DEVNULL,
-                       env=clean_env(MESH_PEERS=nodes[0].endpoint))
+                       env=clean_env(MESH_PEERS=nodes[0].endpoint, **(env or {})))
     assert p.returncode == 0, f"the script exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -197,3 +198,23 @@ def test_a_second_node_on_the_same_port_says_what_to_do(nodes: list[NodeProc],
     assert f"cannot bind {nodes[0].endpoint}: Address already in use" in p.stderr
     assert "another node (or program) has that port; give each node" in p.stderr
     assert f"--bind tcp://127.0.0.1:{port + 1}" in p.stderr
+
+
+@pytest.mark.parametrize("zone", ["Etc/GMT+9", "Etc/GMT-9"])
+def test_a_naive_eta_and_expires_are_utc(nodes: list[NodeProc], zone: str) -> None:
+    # Celery reads a naive eta/expires as UTC (maybe_make_aware); mesh read it as the
+    # sending machine's local time, so eta=datetime.utcnow() + 1 s waited 9 hours (UTC-9)
+    # and expires=datetime.utcnow() + 60 s had expired 9 hours ago (UTC+9)
+    out = script(nodes, f"""
+import json
+from datetime import datetime, timedelta
+from mesh.exceptions import TaskRevokedError
+from {TASKS} import add
+soon = datetime.utcnow() + timedelta(seconds=1)
+r = add.apply_async((1, 2), eta=soon, expires=datetime.utcnow() + timedelta(seconds=60))
+try:
+    print(json.dumps(r.get(timeout=20)))
+except TaskRevokedError as e:
+    print(json.dumps(str(e)))
+""", env={"TZ": zone})
+    assert out == 3
