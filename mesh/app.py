@@ -401,6 +401,9 @@ class Mesh:
               queue: str | None = None) -> AsyncResult:
         if not isinstance(name, str) or not name:
             raise NotRegistered(f"task name must be a non-empty string, got {name!r}")
+        if priority is not None and (type(priority) is not int or not 0 <= priority <= 9):
+            raise ConfigError(f"priority must be 0..9 (9 runs first), got {priority!r}: mesh "
+                              "has no broker's range (RabbitMQ's x-max-priority, Redis's steps)")
         now = time.time()
         if countdown is not None and eta is not None:
             raise ConfigError("give countdown or eta, not both")

@@ -218,3 +218,18 @@ except TaskRevokedError as e:
     print(json.dumps(str(e)))
 """, env={"TZ": zone})
     assert out == 3
+
+
+def test_a_priority_out_of_range_is_the_callers_error(nodes: list[NodeProc]) -> None:
+    # priority=10 (RabbitMQ's x-max-priority=10, common in Celery projects) raised
+    # DecodeError, an error that reads as a bad message from a node
+    out = script(nodes, f"""
+import json
+from mesh.exceptions import ConfigError
+from {TASKS} import add
+try:
+    add.apply_async((1, 1), priority=10)
+except ConfigError as e:
+    print(json.dumps(str(e)))
+""")
+    assert out.startswith("priority must be 0..9 (9 runs first), got 10")
