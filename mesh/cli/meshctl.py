@@ -77,17 +77,24 @@ class _Meshctl(click.Group):
                    "meshctl uses the directory's admin key (its client key if it has none).")
 @click.option("--key-name", metavar="NAME",
               help="Which key pair of --keys to use when it holds several; MESH_KEY_NAME too.")
+@click.option("-A", "--app", "app_spec", metavar="MODULE[:ATTR]",
+              help="Your app, found as meshnode -A finds it (celery -A's habit): its peers, "
+                   "keys and mesh name are the defaults of --peers, --keys and --mesh.")
 @click.pass_context
 def meshctl(ctx: click.Context, peers: str | None, as_json: bool, timeout: float,
-            mesh: str | None, keys: str | None, key_name: str | None) -> None:
+            mesh: str | None, keys: str | None, key_name: str | None,
+            app_spec: str | None) -> None:
     """Look at and talk to a running mesh.
 
     \b
     Example:
       meshctl --peers tcp://127.0.0.1:7700 status
       meshctl --keys ~/.mesh-keys --peers tcp://10.0.0.5:7700 status
+      meshctl -A proj inspect active        # the nodes proj's app would send to
     """
     ctx.ensure_object(dict)
+    if app_spec:
+        peers, mesh, keys, key_name = _from_app(app_spec, peers, mesh, keys, key_name)
     ctx.obj.update(peers=peers, json=as_json, timeout=timeout, mesh=mesh)
     # every socket meshctl makes (ControlClient, the client of `call`, events) reads
     # MESH_KEYS: --keys is the same thing, for this process
@@ -102,6 +109,22 @@ def meshctl(ctx: click.Context, peers: str | None, as_json: bool, timeout: float
             Security.from_env()
         except ConfigError as e:
             die("meshctl", f"--keys: {e}", EXIT_USAGE)
+
+
+def _from_app(spec: str, peers: str | None, mesh: str | None, keys: str | None,
+              key_name: str | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """--peers, --mesh, --keys and --key-name, each from the app named by -A where
+    not given (nor set in the environment): where the app's own client would look."""
+    from mesh.cli.common import load_app
+    app, _where = load_app(spec)
+    cfg = app.config                       # Mesh(peers=...), app.conf, MESH_* variables
+    if not peers and not os.environ.get("MESH_PEERS") and cfg.peers:
+        peers = ",".join(cfg.peers)
+    if mesh is None and not peers and cfg.mdns:
+        mesh = app.main or None            # mDNS: only the nodes of the app's mesh
+    if not keys and not os.environ.get("MESH_KEYS") and cfg.keys:
+        keys, key_name = cfg.keys, key_name or cfg.key_name or None
+    return peers, mesh, keys, key_name
 
 
 def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:

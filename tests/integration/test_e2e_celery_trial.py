@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MESHNODE, ROOT, NodeFactory, NodeProc, clean_env, run_program, wait_until
+from harness import (
+    MESHCTL,
+    MESHNODE,
+    ROOT,
+    NodeFactory,
+    NodeProc,
+    clean_env,
+    run_program,
+    wait_until,
+)
 
 from mesh.cli.common import EXIT_START
 from mesh.wire.protocol import ControlReply
@@ -233,3 +242,18 @@ except ConfigError as e:
     print(json.dumps(str(e)))
 """)
     assert out.startswith("priority must be 0..9 (9 runs first), got 10")
+
+
+def test_meshctl_takes_the_app_as_celery_does(nodes: list[NodeProc], tmp_path: Path) -> None:
+    # `celery -A proj inspect active` by habit: meshctl said "No such option '-A'";
+    # with -A it asks the nodes the app's client would send to
+    (tmp_path / "ctl_proj.py").write_text(
+        "from mesh import Mesh\n"
+        f"app = Mesh('trial_proj', peers=[{nodes[1].endpoint!r}], mdns=False)\n")
+    p = subprocess.run([MESHCTL, "-A", "ctl_proj", "--json", "inspect", "registered"],
+                       capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+                       env=clean_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    answers = json.loads(p.stdout)
+    assert set(answers) == {n.name for n in nodes}
+    assert f"{TASKS}.fan_out" in {t["name"] for t in answers[nodes[0].name]}
