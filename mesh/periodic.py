@@ -13,6 +13,7 @@ code are laid over it (the same name: the one added in code wins).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import uuid
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mesh.canvas import Signature
+from mesh.conf_names import CALL_OPTIONS
 from mesh.digest import sha1
 from mesh.exceptions import ConfigError, EncodeError
 from mesh.schedules import BaseSchedule, to_schedule, zone
@@ -28,6 +30,8 @@ from mesh.wire.protocol import Submit
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
+
+log = logging.getLogger("mesh.beat")
 
 # protocol: changing it changes every periodic run's task id
 RUN_NAMESPACE = uuid.UUID("6c3f1f5e-8a52-5b8e-9a3c-2f0d6b1c7e41")
@@ -38,14 +42,13 @@ HEADER_DUE = "periodic_due"
 
 ENTRY_KEYS = {"task", "schedule", "args", "kwargs", "options", "relative", "catch_up"}
 # apply_async options an entry may carry, and what each means for a run
-OPTION_KEYS = {"priority", "expires", "time_limit", "soft_time_limit"}
+OPTION_KEYS = {"priority", "expires", "time_limit", "soft_time_limit", "queue"}
 REFUSED_OPTIONS = {
     "countdown": "a periodic run starts at its due time; use the schedule to shift it",
     "eta": "a periodic run starts at its due time; use the schedule to shift it",
     "task_id": "a periodic run's id is derived from (entry name, due time)",
     "link": "callbacks are not available in this version of mesh yet",
     "link_error": "callbacks are not available in this version of mesh yet",
-    "queue": "queues are not available to periodic entries in this version of mesh yet",
 }
 
 
@@ -72,12 +75,14 @@ class Entry:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     catch_up: float | None = None       # s: a run later than this is skipped; None: no limit
+    queue: str | None = None            # the queue its runs go to (None: task_routes decide)
 
     def key(self) -> str:
         """Everything that makes the entry what it is, as stable text."""
         return repr((self.name, self.task, self.schedule.key(), self.args,
                      sorted((self.kwargs or {}).items()), self.priority, self.expires,
-                     self.time_limit, self.soft_time_limit, self.catch_up))
+                     self.time_limit, self.soft_time_limit, self.catch_up,
+                     *((self.queue,) if self.queue is not None else ())))
 
     def run_id(self, due: float) -> str:
         return run_id(self.name, due)
@@ -90,7 +95,8 @@ class Entry:
             priority=self.priority,
             expires=due + self.expires if self.expires is not None else None,
             time_limit=self.time_limit, soft_time_limit=self.soft_time_limit,
-            headers={HEADER_ENTRY: self.name, HEADER_DUE: due})
+            headers={HEADER_ENTRY: self.name, HEADER_DUE: due,
+                     **({"queue": self.queue} if self.queue is not None else {})})
         msg.validate()
         return msg
 
@@ -126,6 +132,9 @@ def make_entry(name: str, task: str, schedule: Any, args: Any = (), kwargs: Any 
     except EncodeError as e:
         raise ConfigError(f"{where}: its arguments cannot be sent: {e}") from None
     opts = dict(options or {})
+    for key in [k for k in opts if k in CALL_OPTIONS and k not in OPTION_KEYS]:
+        log.warning("%s: option %s=%r is not used by mesh: %s", where, key, opts.pop(key),
+                    CALL_OPTIONS[key])      # a broker's (routing_key, exchange...), as apply_async
     for key in opts:
         if key in REFUSED_OPTIONS:
             raise ConfigError(f"{where}: option {key!r} is refused: {REFUSED_OPTIONS[key]}")
@@ -134,12 +143,15 @@ def make_entry(name: str, task: str, schedule: Any, args: Any = (), kwargs: Any 
     priority = opts.get("priority") or 0
     if type(priority) is not int or not 0 <= priority <= 9:
         raise ConfigError(f"{where}: priority must be 0..9, got {priority!r}")
+    queue = opts.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise ConfigError(f"{where}: queue must be a queue's name, got {queue!r}")
     return Entry(name=name, task=task, schedule=sched, args=tuple(args),
                  kwargs=dict(kwargs or {}), priority=priority,
                  expires=_seconds(opts.get("expires"), f"{where}: expires"),
                  time_limit=_seconds(opts.get("time_limit"), f"{where}: time_limit"),
                  soft_time_limit=_seconds(opts.get("soft_time_limit"), f"{where}: soft_time_limit"),
-                 catch_up=_seconds(catch_up, f"{where}: catch_up"))
+                 catch_up=_seconds(catch_up, f"{where}: catch_up"), queue=queue)
 
 
 def entry_from_signature(schedule: Any, sig: Any, args: Any = (), kwargs: Any = None,

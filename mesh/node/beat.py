@@ -153,11 +153,13 @@ class Beat(Component):
         me = [self.node.name] if self.settled else []
         return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest]
 
-    def _targets(self, task: str | None = None) -> dict[str, str]:
+    def _targets(self, task: str | None = None, queue: str | None = None) -> dict[str, str]:
         """Node id -> address of the nodes a run may go to: alive, with our tasks, and
-        for a run of ``task``, serving the queue it is routed to (docs/routing.md)."""
+        for a run of ``task``, serving ``queue`` (the entry's), else the queue the task
+        is routed to (docs/routing.md)."""
         routing = self.node.routing
-        queue = routing.queue_for(task) if task else None
+        if queue is None and task:
+            queue = routing.queue_for(task)
         out = {}
         if queue is None or routing.serves_queue(queue):
             out[self.node.name] = self.node.address
@@ -170,7 +172,8 @@ class Beat(Component):
     def _pick_target(self, task_id: str, avoid: set[str]) -> tuple[str, str] | None:
         run = self.outbox.runs.get(task_id) if self.outbox is not None else None
         entry = self.schedule.entries.get(run.entry) if run and self.schedule else None
-        targets = {k: v for k, v in self._targets(entry.task if entry else None).items()
+        targets = {k: v for k, v in self._targets(entry.task if entry else None,
+                                                  entry.queue if entry else None).items()
                    if k not in avoid}
         chosen = hrw(task_id, targets)
         return None if chosen is None else (chosen, targets[chosen])

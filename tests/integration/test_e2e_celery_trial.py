@@ -257,3 +257,17 @@ def test_meshctl_takes_the_app_as_celery_does(nodes: list[NodeProc], tmp_path: P
     answers = json.loads(p.stdout)
     assert set(answers) == {n.name for n in nodes}
     assert f"{TASKS}.fan_out" in {t["name"] for t in answers[nodes[0].name]}
+
+
+def test_a_periodic_entry_goes_to_its_queue(start_node: NodeFactory, tmp_path: Path) -> None:
+    # beat_schedule's "options": {"queue": "reports"} (Celery's way to send a periodic
+    # task to a queue) was refused: the node would not start
+    log = tmp_path / "runs"
+    env = {"TRIAL_BEAT_LOG": str(log)}
+    other = start_node(app="trial_beat_app", concurrency=1, queues="celery", env=env)
+    reports = start_node(app="trial_beat_app", concurrency=1, queues="reports", env=env,
+                         peers=other.endpoint)
+    wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 3, timeout=30,
+               what="three runs")
+    assert set(log.read_text().splitlines()) == {f"{reports.name} reports"}
+    assert "routing_key='reports' is not used by mesh" in reports.stderr()
