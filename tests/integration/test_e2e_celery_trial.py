@@ -271,3 +271,18 @@ def test_a_periodic_entry_goes_to_its_queue(start_node: NodeFactory, tmp_path: P
                what="three runs")
     assert set(log.read_text().splitlines()) == {f"{reports.name} reports"}
     assert "routing_key='reports' is not used by mesh" in reports.stderr()
+
+
+def test_a_task_that_sends_tasks_on_a_keyed_mesh(start_node: NodeFactory, tmp_path: Path) -> None:
+    # the child's client uses the node's keys when the app names none: a task's own
+    # sends get through a keyed node's door
+    from mesh.security import keys
+    d = str(tmp_path / "k")
+    keys.init(d)
+    node = start_node(app=APP, keys=d, concurrency=2)
+    out = script([node], f"""
+import json
+from {TASKS} import fan_out
+print(json.dumps(fan_out.delay(3).get(timeout=60)))
+""", env={"MESH_KEYS": d})
+    assert out == 0 + 2 + 4
