@@ -219,6 +219,8 @@ class Child:
         self._busy = False                 # between taking a task and sending its result
         self._running: tuple[Any, Request] | None = None   # (task, request) while it runs
         self.home = ""            # the node's front door ("": not known, e.g. in a test)
+        self.unrun = False        # this run failed before the task ran (prepare: not
+        #                           registered, arguments that do not decode)
 
     def twin(self) -> "Child":
         """A Child for another thread of this process: its own per-run state, the same
@@ -396,7 +398,10 @@ class Child:
                tb: str | None, runtime: float) -> tuple[ChildDone, bytes]:
         """The header for the node and the Result frame of a run that just ended."""
         if state != states.SUCCESS:
-            _log_end(msg, state, exc, tb, self._countdown)
+            # a failure before the task ran: its traceback is mesh's, not the task's (and
+            # the frame may be a hostile peer's): the line without it
+            _log_end(msg, state, exc, None if self.unrun else tb, self._countdown)
+            self.unrun = False
         elif task_log.isEnabledFor(logging.DEBUG):
             task_log.debug("Task %s[%s] succeeded in %.6fs", msg.name, msg.task_id, runtime)
         done_at = None if state == states.RETRY else time.time()
@@ -425,6 +430,7 @@ class Child:
         try:
             task, req, soft = self.prepare(msg)
         except Exception as e:
+            self.unrun = True
             return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
         self._running = (task, req)        # for task_revoked, if we are terminated
         try:

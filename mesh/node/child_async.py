@@ -145,6 +145,7 @@ class AsyncRunner:
         try:
             task, req, soft = child.prepare(run.msg)
         except Exception as e:
+            child.unrun = True
             return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
         timer: asyncio.TimerHandle | None = None
 
