@@ -220,9 +220,13 @@ def test_meshctl_with_no_live_node_exits_1(command: str) -> None:
 @pytest.mark.parametrize("command", ["ping", "status"])
 def test_meshctl_with_no_peers_and_no_node_on_mdns_exits_1(command: str) -> None:
     # no --peers, no MESH_PEERS: meshctl browses mDNS (on loopback here) and finds none
-    p = run_program(MESHCTL, "--timeout", "0.5", command)
+    # of a mesh no node serves (without --mesh it would take any mesh's nodes, and other
+    # tests' nodes advertise on loopback at the same time: CI saw one found)
+    nobody = f"cli-nobody-{uuid.uuid4().hex[:8]}"
+    p = run_program(MESHCTL, "--timeout", "0.5", "--mesh", nobody, command)
     assert p.returncode == EXIT_FAILURE, p
-    assert "MESH_PEERS" in _one_error_line(p.stderr, "meshctl")
+    line = _one_error_line(p.stderr, "meshctl")
+    assert "MESH_PEERS" in line and nobody in line, line
 
 
 @pytest.mark.parametrize("args", [

@@ -37,25 +37,34 @@ def reclaimed(node: NodeProc) -> int:
     return int(st["reclaim_finished_elsewhere"] + st["reclaim_held_elsewhere"] + st["reclaim_run_here"])
 
 
-def steps(log: Path, xs: range, gate: Path | None = None) -> list[tuple[str, list[Any], dict[str, Any]]]:
+def steps(log: Path, xs: range, gate: Path | None = None,
+          countdown: float = 3.0) -> list[tuple[str, list[Any], dict[str, Any]]]:
     # not due for a while: the holder is killed before it runs any
-    return [("tasks_app.step", [str(log), x, *([str(gate)] if gate else [])], {"countdown": 3.0})
+    return [("tasks_app.step", [str(log), x, *([str(gate)] if gate else [])], {"countdown": countdown})
             for x in xs]
 
 
-def two_nodes(start_node: NodeFactory) -> tuple[NodeProc, NodeProc]:
+def held_by_a(start_node: NodeFactory, calls: list[tuple[str, list[Any], dict[str, Any]]],
+              ) -> tuple[NodeProc, NodeProc, list[str]]:
+    """a holds every one of ``calls`` and b keeps their copies. They are sent while a is
+    alone: a submitter that knows b places some on b itself (CI saw a recover 5 of 20,
+    the rest died with b). b then joins and a copies them to it."""
     a = start_node(name="a", concurrency=1)
+    ids = submit_and_exit([a], calls)
     b = start_node(name="b", concurrency=3, peers=a.endpoint)
     form_mesh(a, b)
-    return a, b
+    wait_until(lambda: b.status()["copies_kept_for"].get(a.name, 0) == len(calls),
+               what="a's copies on b")
+    assert a.status()["held"] == len(calls)
+    return a, b, ids
 
 
 @pytest.mark.parametrize("new_name", [False, True], ids=["same-name", "new-name"])
 def test_a_holder_back_after_a_kill_runs_none_of_what_its_backup_took_over(
         start_node: NodeFactory, control: ControlClient, tmp_path: Path, new_name: bool) -> None:
-    a, b = two_nodes(start_node)
     log, gate = tmp_path / "runs", tmp_path / "gate"
-    ids = submit_and_exit([a], steps(log, range(20)) + steps(log, range(100, 102), gate))
+    a, b, ids = held_by_a(start_node, steps(log, range(20), countdown=10.0)
+                          + steps(log, range(100, 102), gate, countdown=10.0))
     a.proc.kill()                         # -9 while it holds all 22
     a.proc.wait(10)
     # b declares a dead, runs the 20 and is still running the 2 gated ones
@@ -80,9 +89,8 @@ def test_a_holder_back_after_a_kill_runs_none_of_what_its_backup_took_over(
 
 def test_a_holder_back_when_its_backup_is_gone_too_runs_every_recovered_task(
         start_node: NodeFactory, tmp_path: Path) -> None:
-    a, b = two_nodes(start_node)
     log = tmp_path / "runs"
-    submit_and_exit([a], steps(log, range(20)))
+    a, b, _ = held_by_a(start_node, steps(log, range(20), countdown=10.0))
     a.proc.kill()
     b.proc.kill()                         # before their eta: b ran none of them
     a.proc.wait(10)
