@@ -90,7 +90,7 @@ def test_beat_schedule_in_celerys_format() -> None:
     ({"task": "tasks.add"}, "needs 'schedule'"),
     ({"task": "tasks.add", "schedule": 5, "sched": 1}, "unknown key"),
     ({"task": "tasks.add", "schedule": 5, "options": {"countdown": 3}}, "refused"),
-    ({"task": "tasks.add", "schedule": 5, "options": {"queue": "x"}}, "refused"),
+    ({"task": "tasks.add", "schedule": 5, "options": {"queue": ""}}, "queue must be"),
     ({"task": "tasks.add", "schedule": 5, "options": {"prio": 3}}, "unknown option"),
     ({"task": "tasks.add", "schedule": 5, "options": {"priority": 12}}, "priority"),
     ({"task": "tasks.add", "schedule": 5, "relative": True}, "relative"),
