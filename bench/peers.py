@@ -174,6 +174,7 @@ def run_peer(system: str, n: int, latency: int, workers: int = 2,
             if v != i + 1:
                 raise RuntimeError(f"{system}: task {i} returned {v!r}")
         t1 = time.perf_counter()
+        sampler.pause()                  # as bench.run: no sample lands on a round trip
         lat: list[float] = []
         for i in range(latency):
             a = time.perf_counter()
@@ -182,6 +183,7 @@ def run_peer(system: str, n: int, latency: int, workers: int = 2,
             if v != i + 1:
                 raise RuntimeError(f"{system}: round trip {i} returned {v!r}")
         lat.sort()
+        sampler.resume()
         sampler.sample()
         return {"tasks": n, "latency_samples": latency, "ready_s": ready_s,
                 "tasks_per_s": n / (t1 - t0), "submit_per_s": n / (t_sub - t0),

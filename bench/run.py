@@ -7,7 +7,8 @@ on a free loopback port, temp data dir), waits for it with control pings, then:
       check it is ``i + 1``; tasks/s = N / (first submit -> last result), and the
       submit-only rate (N / time of the submit loop);
   (b) latency: sequential ``inc.delay(i).get()`` round trips; p50/p99/max in ms;
-  (c) peak RSS of the node plus its children, sampled every ~50 ms for the whole run.
+  (c) peak RSS of the node plus its children, sampled every ~50 ms (not during (b),
+      whose round trips the sampler would delay; once before and once after it).
 
 The medians over ``--repeat`` runs are printed next to the reference figures from
 ../shared/BENCHMARKS.md. See bench/README.md.
@@ -69,12 +70,49 @@ def meshnode_cmd() -> list[str]:
     return [sys.executable, "-m", "mesh.cli.meshnode"]
 
 
+def _lists_children() -> bool:
+    me = os.getpid()
+    return os.path.exists(f"/proc/{me}/task/{me}/children")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid``. On Linux from ``/proc/PID/task/TID/children`` (the
+    children of each thread), a few small reads; psutil's ``children(recursive=True)``
+    reads the stat file of every process on the machine instead (2.5 ms of CPU with
+    ~100 processes, tens of ms when the machine is loaded). psutil where the kernel does
+    not list children."""
+    if not _lists_children():
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue                       # ended meanwhile
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue                   # the thread ended meanwhile
+            out += kids
+            todo += kids
+    return out
+
+
 class RssSampler(threading.Thread):
     """Every ``interval`` s, the summed RSS of a process and all its descendants; keeps
-    the peak. Children are re-listed each time, so replaced children are counted."""
+    the peak. Children are re-listed each time, so replaced children are counted.
+
+    ``pause()`` stops sampling until ``resume()`` (the latency phase: the sampler shares
+    the client's GIL and CPU, and a sample landing on a round trip delayed it; see
+    docs/performance.md, "Round 8a"). Sampling is cheap (``descendants``) but not free."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         super().__init__(name="rss-sampler", daemon=True)
+        self.pid = pid
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
@@ -82,32 +120,57 @@ class RssSampler(threading.Thread):
         self.samples = 0
         self.last = 0
         self._stop_ev = threading.Event()
+        self._running = threading.Event()       # clear while paused
+        self._running.set()
+        self._lock = threading.Lock()            # one sample at a time; pause() waits for it
+        self._procs: dict[int, psutil.Process] = {pid: self.proc}
 
-    def sample(self) -> int:
-        total, count = 0, 0
-        try:
-            procs = [self.proc] + self.proc.children(recursive=True)
-        except psutil.Error:
-            return 0
-        for p in procs:
+    def sample(self, only_if_running: bool = False) -> int:
+        with self._lock:
+            if only_if_running and not self._running.is_set():
+                return self.last             # paused since this thread last looked
+            total, count = 0, 0
             try:
-                total += p.memory_info().rss
-                count += 1
+                pids = [self.pid, *descendants(self.pid)]
             except psutil.Error:
-                pass
-        self.samples += 1
-        self.last = total
-        if total > self.peak:
-            self.peak, self.peak_procs = total, count
-        return total
+                return 0
+            procs = self._procs
+            for gone in procs.keys() - set(pids):
+                del procs[gone]
+            for pid in pids:
+                try:
+                    p = procs.get(pid)
+                    if p is None:
+                        p = procs[pid] = psutil.Process(pid)
+                    total += p.memory_info().rss
+                    count += 1
+                except psutil.Error:
+                    procs.pop(pid, None)
+            self.samples += 1
+            self.last = total
+            if total > self.peak:
+                self.peak, self.peak_procs = total, count
+            return total
 
     def run(self) -> None:
         while not self._stop_ev.is_set():
-            self.sample()
+            self._running.wait()
+            if self._stop_ev.is_set():
+                break
+            self.sample(only_if_running=True)
             self._stop_ev.wait(self.interval)
+
+    def pause(self) -> None:
+        """Take one sample now, then none until ``resume()``."""
+        self._running.clear()
+        self.sample()
+
+    def resume(self) -> None:
+        self._running.set()
 
     def stop(self) -> None:
         self._stop_ev.set()
+        self._running.set()
         self.join(2)
 
 
@@ -297,7 +360,10 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
         del results
         check_alive()
 
-        # (b) latency
+        # (b) latency, with the RSS sampler paused (a sample on the client's GIL delayed
+        # the trip it landed on: round 8a); the node holds at most one task meanwhile,
+        # and a sample is taken before and after
+        sampler.pause()
         lat: list[float] = []
         pc = time.perf_counter
         for i in range(args.latency):
@@ -308,6 +374,7 @@ def run_once(args: argparse.Namespace, extra: list[str] | None = None) -> dict[s
                 raise RuntimeError(f"latency: task {i} returned {v!r}, expected {i + 1}")
         lat.sort()
         check_alive()
+        sampler.resume()
         sampler.sample()
         pss = 0
         try:
