@@ -166,7 +166,9 @@ def test_queued_tasks_are_shed_to_a_peer_with_room() -> None:
             assert {"s-1", "s-2"} <= set(b.ledger.held) | {t for t in ("s-1", "s-2")
                                                            if b.journal.get(t)}
             assert sorted(a.ledger.held) == ["s-0", "s-3", "s-4"]
-            assert a.journal.get("s-1") is None                   # forgotten here
+            # forgotten here: a keeps no task row for it (a may keep a copy of its result
+            # by now, as b's backup, if b already ran it: seen under load)
+            assert a.journal.frame("s-1") is None and a.journal.frame("s-3") is not None
             assert a.shedder.shed(time.time() + 1.0) == 0         # b's room is used until it reports
     run(main())
 
