@@ -263,6 +263,10 @@ class Replicas(Component):
             # task): else a holder dying in between would leave the backup to run it again
             self._result_wait.add(task_id)
             self._gate(task_id, self._now())
+        else:
+            # no other node alive (its peers dead, or only suspected for a moment): the
+            # result is kept in one copy, and copied once a node is alive again
+            self.copies.kept_alone()
         return backup
 
     def _put_result(self, backup: str, task_id: str, state: str, result_frame: bytes) -> None:
@@ -499,12 +503,16 @@ class Replicas(Component):
                     self._queue(new).tasks[tid] = frame
                 else:
                     self._open(tid)            # nobody to copy to: one copy for now
+        moved: dict[str, list[str]] = {}
         for tid, result in batch.results.items():
             new = self._choose(tid)
             if new:
                 self._queue(new).results[tid] = result
             else:
                 self._open(tid)
+            moved.setdefault(new, []).append(tid)
+        if moved:
+            self.copies.results_moved(moved)
 
     def on_ack(self, msg: ReplicateAck) -> None:
         sent = self._sent.get(msg.batch)

@@ -23,7 +23,18 @@ from mesh.rendezvous import backup_for
 from mesh.testing import running_node
 from mesh.testing.node import crash
 from mesh.wire import codec
-from mesh.wire.protocol import Ack, Moved, Release, Replicate, Result, Submit, decode, encode
+from mesh.wire.protocol import (
+    UPDATE_SUSPECT,
+    Ack,
+    Gossip,
+    Moved,
+    Release,
+    Replicate,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
 
 T = TypeVar("T")
 
@@ -486,4 +497,50 @@ def test_an_idle_node_gives_back_the_journal_cache_once_per_idle_spell(tmp_path:
             assert not expiry.release_if_idle(now + 121)        # activity: a new spell
             await until(lambda: not node.journal.in_tx, "the result committed")
             assert expiry.release_if_idle(now + 152) and expiry.releases == 2
+    run(main())
+
+
+@pytest.mark.parametrize(("journal", "rebackup"), [(False, True), (True, True), (True, False)])
+def test_a_result_kept_alone_while_the_only_peer_was_suspected_is_copied_when_it_is_back(
+        journal: bool, rebackup: bool) -> None:
+    # The cluster handoff chaos test lost a result: its holder's only other live peer
+    # was suspected for 0.4 s (a busy machine), the task finished then and its result
+    # was kept in one copy; the peer was alive again at once, having never departed,
+    # so the result was never copied, and the holder's death 13 s later lost it
+    # (its submitter had exited). Once a node is alive again, it is copied. Two ways
+    # there: the task's backup was replaced ("" : none alive) before it finished
+    # (``rebackup``), or its result was on its way to the backup when that was
+    # suspected (sent elsewhere: nowhere; the journal named the suspected backup).
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False, journal=journal) as h, \
+                running_node(app, name="peer", peers=[h.address], journal=journal) as p, \
+                dealer(h) as s:
+            await until(lambda: len(h.membership.alive_members()) == 2
+                        and len(p.membership.alive_members()) == 2, "the two to meet")
+            tid = "alone-1"
+            await s.send(submit(tid))
+            await until(lambda: any(c.entry is not None and c.entry.task_id == tid
+                                    for c in h.pool.children.values())
+                        and not h.replicas.pending(tid), "it to run on h, its copy on p")
+            h.replicas.check_members(time.monotonic())     # (each second: it saw p alive,
+            await until(lambda: not h.replicas.copies.repairs,   # and copied what it kept
+                        "h's first copies of what it kept alone")   # before: nothing)
+            # a third node says the peer is suspect (as gossip does): h has no peer alive
+            m = h.membership.member("peer")
+            assert m is not None
+            h.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "peer", m.incarnation, "", "x"]]))
+            assert _state(h, "peer") == MemberState.SUSPECT
+            h.replicas._alive_at = -1.0          # (its 50 ms cache of alive peers: expired)
+            if rebackup:                         # (its check each second came meanwhile)
+                h.replicas.check_members(time.monotonic())
+                assert h.replicas.backup_of(tid) == ""
+            assert h.pool.finish_running(tid) == 1          # finishes now, alone
+            if rebackup:
+                assert [r[1] for r in h.journal.results_of_peer("", 0, 10)] == [tid]
+            await until(lambda: _state(h, "peer") == MemberState.ALIVE, "the peer to refute")
+            await until(lambda: [r[1] for r in h.journal.results_of_peer("peer", 0, 10)] == [tid],
+                        "h to copy the result to the peer")
+            await until(lambda: (st := p.journal.get(tid)) is not None and st.result is not None,
+                        "the peer to keep the result")
+            assert h.journal.results_of_peer("", 0, 10) == []
     run(main())
