@@ -129,6 +129,8 @@ class Replicas(Component):
                                                    # those of one moment in one list
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
+        self._parked: dict[str, set[str]] = {}     # backup not alive -> ids whose copy there
+                                                   # goes once it is alive again (replaced)
         self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
         self._alive_members: list[Member] = []
         self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
@@ -493,7 +495,9 @@ class Replicas(Component):
 
     def _reroute(self, backup: str, batch: _Batch) -> None:
         """A batch for a backup that is gone: its copies and results go to the tasks'
-        new backups (drops are moot: the old backup is gone)."""
+        new backups; its drops wait until it is alive again (moot if it never is)."""
+        if batch.drop:
+            self._parked.setdefault(backup, set()).update(batch.drop)
         for tid, frame in batch.tasks.items():
             entry = self.node.ledger.held.get(tid)
             if entry is not None:
@@ -621,6 +625,8 @@ class Replicas(Component):
                     if (b not in alive and (b or alive)) or b in restarted}
             if gone:
                 self._rebackup(gone, restarted, bool(alive))
+            if self._parked:
+                self._unpark(restarted)
         self.copies.check_holders(now)
 
     def _rebackup(self, gone: set[str], restarted: set[str], alive: bool) -> None:
@@ -635,6 +641,11 @@ class Replicas(Component):
             moved[old] = moved.get(old, 0) + 1
             new = self._choose(tid, entry)
             self._track(entry, new)
+            if old and old not in restarted and new != old:
+                # a backup merely suspected comes back with its copy: dropped then, else
+                # it runs the task again when this node is declared dead later, though
+                # the task finished here long before (its result went to the new backup)
+                self._parked.setdefault(old, set()).add(tid)
             chosen.add(new)
             if new:
                 self._queue(new).tasks[tid] = entry.frame
@@ -646,6 +657,21 @@ class Replicas(Component):
                 log.info("%s: copying %d task(s) to their backups now", "tasks held with "
                          "one copy" if not backup else f"backup {backup} restarted"
                          if backup in restarted else f"backup {backup} is gone", n)
+
+    def _unpark(self, restarted: set[str]) -> None:
+        """Drops for backups that were replaced go to those alive again (not for a copy
+        they keep as the task's backup now); those gone for good, or restarted (their
+        copies went with their memory), are forgotten."""
+        ms, held = self.node.membership, self.node.ledger.held
+        for b in list(self._parked):
+            m = ms.member(b)
+            if m is None or m.state == MemberState.LEFT or b in restarted:
+                del self._parked[b]
+            elif m.state == MemberState.ALIVE:
+                ids = self._parked.pop(b)
+                drop = {t for t in ids if (e := held.get(t)) is None or e.backup != b}
+                if drop:
+                    self._queue(b).drop.update(drop)
 
     def sweep(self) -> int:
         """Close the handoff/copy sockets of peers membership no longer knows (churn

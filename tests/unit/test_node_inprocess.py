@@ -544,3 +544,32 @@ def test_a_result_kept_alone_while_the_only_peer_was_suspected_is_copied_when_it
                         "the peer to keep the result")
             assert h.journal.results_of_peer("", 0, 10) == []
     run(main())
+
+
+def test_a_backup_replaced_while_it_was_suspected_drops_its_copy_when_it_is_back() -> None:
+    # The cluster chaos test: c's backup a was suspected for a second (a busy machine),
+    # c copied the tasks a kept to b instead, finished them (their results went to b);
+    # a, alive again, kept its copies, and ran them all when c was cut off later:
+    # thousands of tasks that had finished long before ran again.
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False) as h, \
+                running_node(app, name="b1", peers=[h.address]) as b1, \
+                running_node(app, name="b2", peers=[h.address]) as b2, \
+                dealer(h) as s:
+            await until(lambda: all(len(n.membership.alive_members()) == 3 for n in (h, b1, b2)),
+                        "the three to meet")
+            tid = next(t for t in (f"p-{i}" for i in range(100))
+                       if backup_for(t, ["b1", "b2"], "holder") == "b1")
+            await s.send(_later(tid))
+            await until(lambda: b1.replicas.copies.holder(tid) == "holder", "b1 to keep the copy")
+            m = h.membership.member("b1")
+            assert m is not None
+            h.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "b1", m.incarnation, "", "x"]]))
+            h.replicas._alive_at = -1.0          # (its 50 ms cache of alive peers: expired)
+            h.replicas.check_members(time.monotonic())      # (its check each second)
+            assert h.replicas.backup_of(tid) == "b2"
+            await until(lambda: b2.replicas.copies.holder(tid) == "holder", "b2 to keep the copy")
+            await until(lambda: _state(h, "b1") == MemberState.ALIVE, "b1 to refute")
+            await until(lambda: b1.replicas.copies.holder(tid) is None, "b1 to drop its copy")
+            assert b2.replicas.copies.holder(tid) == "holder" and tid in h.ledger.held
+    run(main())
