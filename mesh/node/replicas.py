@@ -641,10 +641,11 @@ class Replicas(Component):
             moved[old] = moved.get(old, 0) + 1
             new = self._choose(tid, entry)
             self._track(entry, new)
-            if old and old not in restarted and new != old:
+            if old and new and old not in restarted and new != old:
                 # a backup merely suspected comes back with its copy: dropped then, else
                 # it runs the task again when this node is declared dead later, though
-                # the task finished here long before (its result went to the new backup)
+                # the task finished here long before (its result went to the new backup).
+                # (Not when none replaced it: it gets the task again when it is back.)
                 self._parked.setdefault(old, set()).add(tid)
             chosen.add(new)
             if new:
