@@ -447,6 +447,26 @@ class Copies:
                 self._departed.add(peer)
                 self.repairs.setdefault(peer, 0)
 
+    def kept_alone(self) -> None:
+        """A result of ours was kept in one copy (no other node alive when it
+        finished): it is copied once one is. (Being alone is not only the departure of
+        every peer: a peer merely suspected for a moment leaves none alive either, and
+        comes back without having departed; the cluster chaos test lost a result so.)"""
+        self.repairs.setdefault("", 0)        # rows after the walk's position: reached
+
+    def results_moved(self, moved: Mapping[str, list[str]]) -> None:
+        """Results sent to another node than the one the journal names as their other
+        copy (that one was gone before it confirmed): the journal says where they went,
+        so that a later departure of that node copies them again; those that went
+        nowhere ("": none alive) are copied once a node is alive."""
+        try:
+            for new, tids in moved.items():
+                self.node.journal.set_peer(tids, new)
+        except JournalError as e:
+            log.error("journal: cannot record where results were copied: %s", e)
+        if "" in moved:
+            self.repairs[""] = 0              # (rows before the walk's position too)
+
     def repair_some(self) -> None:
         """Copy up to REPAIR_CHUNK results per gone peer to their new backups."""
         journal = self.node.journal

@@ -129,6 +129,8 @@ class Replicas(Component):
                                                    # those of one moment in one list
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
+        self._parked: dict[str, set[str]] = {}     # backup not alive -> ids whose copy there
+                                                   # goes once it is alive again (replaced)
         self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
         self._alive_members: list[Member] = []
         self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
@@ -263,6 +265,10 @@ class Replicas(Component):
             # task): else a holder dying in between would leave the backup to run it again
             self._result_wait.add(task_id)
             self._gate(task_id, self._now())
+        else:
+            # no other node alive (its peers dead, or only suspected for a moment): the
+            # result is kept in one copy, and copied once a node is alive again
+            self.copies.kept_alone()
         return backup
 
     def _put_result(self, backup: str, task_id: str, state: str, result_frame: bytes) -> None:
@@ -489,7 +495,9 @@ class Replicas(Component):
 
     def _reroute(self, backup: str, batch: _Batch) -> None:
         """A batch for a backup that is gone: its copies and results go to the tasks'
-        new backups (drops are moot: the old backup is gone)."""
+        new backups; its drops wait until it is alive again (moot if it never is)."""
+        if batch.drop:
+            self._parked.setdefault(backup, set()).update(batch.drop)
         for tid, frame in batch.tasks.items():
             entry = self.node.ledger.held.get(tid)
             if entry is not None:
@@ -499,12 +507,16 @@ class Replicas(Component):
                     self._queue(new).tasks[tid] = frame
                 else:
                     self._open(tid)            # nobody to copy to: one copy for now
+        moved: dict[str, list[str]] = {}
         for tid, result in batch.results.items():
             new = self._choose(tid)
             if new:
                 self._queue(new).results[tid] = result
             else:
                 self._open(tid)
+            moved.setdefault(new, []).append(tid)
+        if moved:
+            self.copies.results_moved(moved)
 
     def on_ack(self, msg: ReplicateAck) -> None:
         sent = self._sent.get(msg.batch)
@@ -613,6 +625,8 @@ class Replicas(Component):
                     if (b not in alive and (b or alive)) or b in restarted}
             if gone:
                 self._rebackup(gone, restarted, bool(alive))
+            if self._parked:
+                self._unpark(restarted)
         self.copies.check_holders(now)
 
     def _rebackup(self, gone: set[str], restarted: set[str], alive: bool) -> None:
@@ -627,6 +641,12 @@ class Replicas(Component):
             moved[old] = moved.get(old, 0) + 1
             new = self._choose(tid, entry)
             self._track(entry, new)
+            if old and new and old not in restarted and new != old:
+                # a backup merely suspected comes back with its copy: dropped then, else
+                # it runs the task again when this node is declared dead later, though
+                # the task finished here long before (its result went to the new backup).
+                # (Not when none replaced it: it gets the task again when it is back.)
+                self._parked.setdefault(old, set()).add(tid)
             chosen.add(new)
             if new:
                 self._queue(new).tasks[tid] = entry.frame
@@ -638,6 +658,21 @@ class Replicas(Component):
                 log.info("%s: copying %d task(s) to their backups now", "tasks held with "
                          "one copy" if not backup else f"backup {backup} restarted"
                          if backup in restarted else f"backup {backup} is gone", n)
+
+    def _unpark(self, restarted: set[str]) -> None:
+        """Drops for backups that were replaced go to those alive again (not for a copy
+        they keep as the task's backup now); those gone for good, or restarted (their
+        copies went with their memory), are forgotten."""
+        ms, held = self.node.membership, self.node.ledger.held
+        for b in list(self._parked):
+            m = ms.member(b)
+            if m is None or m.state == MemberState.LEFT or b in restarted:
+                del self._parked[b]
+            elif m.state == MemberState.ALIVE:
+                ids = self._parked.pop(b)
+                drop = {t for t in ids if (e := held.get(t)) is None or e.backup != b}
+                if drop:
+                    self._queue(b).drop.update(drop)
 
     def sweep(self) -> int:
         """Close the handoff/copy sockets of peers membership no longer knows (churn

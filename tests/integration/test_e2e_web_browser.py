@@ -144,8 +144,9 @@ def test_the_charts_break_where_a_node_was_down(browser, start_node, make_client
     # before the gap: the first run (a point, or a line over its buckets); after it:
     # from the restart to now (0 when idle), apart
     assert len(got) == 2, got
-    first_x = float(got[0].split()[-1]) if got[0].startswith("dot") else float(got[0][1:].split(",")[0])
-    second_x = float(got[1].split()[-1]) if got[1].startswith("dot") else float(got[1][1:].split(",")[0])
+    # (in time order, not the page's: a lone point is a circle, drawn after the paths)
+    first_x, second_x = sorted(float(p.split()[-1]) if p.startswith("dot")
+                               else float(p[1:].split(",")[0]) for p in got)
     assert second_x - first_x > 100, got       # 5 of the window's 15 minutes: ~170 px
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert not errors, errors

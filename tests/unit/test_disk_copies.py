@@ -49,6 +49,7 @@ def dc(tmp_path: Path) -> Iterator[DiskCopies]:
     node: Any = types.SimpleNamespace(
         name="a", journal=journal, stopping=False,
         spill=types.SimpleNamespace(on_disk=0, candidates={}),
+        reclaim=types.SimpleNamespace(disk={}),
         membership=types.SimpleNamespace(
             member=lambda n: types.SimpleNamespace(state=STATES[n], meta={"boot": BOOTS.get(n)})
             if n in STATES else None),
@@ -101,6 +102,24 @@ def test_the_walk_copies_the_tasks_whose_copy_is_lost_and_records_their_new_back
     dc.tick(1.2)                                        # nothing after: the walk ends
     assert dc.status() == {"recopying_disk": False, "recopied_from_disk": 4}
     assert not dc.stale
+
+
+def test_the_walk_waits_while_the_tasks_on_disk_wait_for_the_reclaim_answers(
+        dc: DiskCopies) -> None:
+    # Back after a crash, this node asks the others which of its recovered tasks they
+    # hold now (mesh/node/reclaim.py). One it copied meanwhile replaced, at the backup,
+    # the copy its new holder had made there; that holder died, nobody took it over,
+    # this node dropped it as held elsewhere: it never ran (test_e2e_backlog_recopy).
+    _spill(dc, ["", "d"])
+    dc.node.reclaim.disk = {"t0": (b"o", 10), "t1": (b"o", 10)}
+    dc.walk()
+    dc.tick(1.0)
+    assert not dc.replicas.out and dc.walking           # waits
+    dc.node.reclaim.disk = {}                           # answered: t1 is held elsewhere
+    dc.node.journal.remove(["t1"])
+    dc.node.journal.commit()
+    dc.tick(1.1)
+    assert sorted(dc.replicas.out["b"]) == ["t0"]       # what stays is copied then
 
 
 def test_a_chunk_at_a_time_each_once_the_last_is_confirmed(

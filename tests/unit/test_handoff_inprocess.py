@@ -6,6 +6,7 @@ taken by its next run, and the four tasks ran on both nodes.)"""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,11 +14,12 @@ from typing import Any
 import pytest
 from test_node_inprocess import app, dealer, run, submit, until
 
+from mesh.membership import MemberState
 from mesh.node import handoff as handoff_mod
 from mesh.node import shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
-from mesh.wire.protocol import Handoff, HandoffAck
+from mesh.wire.protocol import UPDATE_SUSPECT, Gossip, Handoff, HandoffAck
 
 
 @asynccontextmanager
@@ -170,4 +172,28 @@ def test_a_late_answer_from_another_node_does_not_void_the_receivers(
             take(held_back[0])                             # the taker takes it after all
             await until(lambda: "h-forged" not in g.ledger.held, "the giver to forget it")
             assert "h-forged" in t.ledger.held and g.pool.queued == 0
+    run(main())
+
+
+def test_a_handoff_to_a_receiver_merely_suspected_is_sent_again_not_given_up() -> None:
+    # The cluster chaos test: a node shed tasks to a busy peer, which was suspected for
+    # half a second (not dead); the sender gave the batch up at its first timeout and
+    # ran the tasks, and the peer, which had taken them, ran them too. A suspected
+    # receiver gets the batch again, as an alive one does (up to TRIES sends: 3 s).
+    async def main() -> None:
+        async with giver_and_taker("h-sus") as (g, t):
+            held_back, take = withhold(t)
+            hand(g, "h-sus")
+            await until(lambda: held_back, "the taker to get it (it does not answer yet)")
+            m = g.membership.member("taker")
+            assert m is not None
+            g.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "taker", m.incarnation, "", "x"]]))
+            assert g.membership.member("taker").state == MemberState.SUSPECT   # type: ignore[union-attr]
+            g.handoff._check(time.monotonic() + handoff_mod.HANDOFF_TIMEOUT + 0.01)   # (its tick)
+            assert [o.tries for o in g.handoff._out.values()] == [2] and not g.handoff._given_up
+            assert "h-sus" not in g.pool.scheduled and g.pool.queued == 0   # not back in the queue
+            await until(lambda: len(held_back) == 2, "the batch to reach the taker again")
+            take(held_back[-1])
+            await until(lambda: "h-sus" not in g.ledger.held, "the giver to forget it")
+            assert "h-sus" in t.ledger.held and g.handoff.handed == 1
     run(main())

@@ -23,7 +23,18 @@ from mesh.rendezvous import backup_for
 from mesh.testing import running_node
 from mesh.testing.node import crash
 from mesh.wire import codec
-from mesh.wire.protocol import Ack, Moved, Release, Replicate, Result, Submit, decode, encode
+from mesh.wire.protocol import (
+    UPDATE_SUSPECT,
+    Ack,
+    Gossip,
+    Moved,
+    Release,
+    Replicate,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
 
 T = TypeVar("T")
 
@@ -488,4 +499,79 @@ def test_an_idle_node_gives_back_the_journal_cache_once_per_idle_spell(tmp_path:
             assert not expiry.release_if_idle(now + 121)        # activity: a new spell
             await until(lambda: not node.journal.in_tx, "the result committed")
             assert expiry.release_if_idle(now + 152) and expiry.releases == 2
+    run(main())
+
+
+@pytest.mark.parametrize(("journal", "rebackup"), [(False, True), (True, True), (True, False)])
+def test_a_result_kept_alone_while_the_only_peer_was_suspected_is_copied_when_it_is_back(
+        journal: bool, rebackup: bool) -> None:
+    # The cluster handoff chaos test lost a result: its holder's only other live peer
+    # was suspected for 0.4 s (a busy machine), the task finished then and its result
+    # was kept in one copy; the peer was alive again at once, having never departed,
+    # so the result was never copied, and the holder's death 13 s later lost it
+    # (its submitter had exited). Once a node is alive again, it is copied. Two ways
+    # there: the task's backup was replaced ("" : none alive) before it finished
+    # (``rebackup``), or its result was on its way to the backup when that was
+    # suspected (sent elsewhere: nowhere; the journal named the suspected backup).
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False, journal=journal) as h, \
+                running_node(app, name="peer", peers=[h.address], journal=journal) as p, \
+                dealer(h) as s:
+            await until(lambda: len(h.membership.alive_members()) == 2
+                        and len(p.membership.alive_members()) == 2, "the two to meet")
+            tid = "alone-1"
+            await s.send(submit(tid))
+            await until(lambda: any(c.entry is not None and c.entry.task_id == tid
+                                    for c in h.pool.children.values())
+                        and not h.replicas.pending(tid), "it to run on h, its copy on p")
+            h.replicas.check_members(time.monotonic())     # (each second: it saw p alive,
+            await until(lambda: not h.replicas.copies.repairs,   # and copied what it kept
+                        "h's first copies of what it kept alone")   # before: nothing)
+            # a third node says the peer is suspect (as gossip does): h has no peer alive
+            m = h.membership.member("peer")
+            assert m is not None
+            h.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "peer", m.incarnation, "", "x"]]))
+            assert _state(h, "peer") == MemberState.SUSPECT
+            h.replicas._alive_at = -1.0          # (its 50 ms cache of alive peers: expired)
+            if rebackup:                         # (its check each second came meanwhile)
+                h.replicas.check_members(time.monotonic())
+                assert h.replicas.backup_of(tid) == ""
+            assert h.pool.finish_running(tid) == 1          # finishes now, alone
+            if rebackup:
+                assert [r[1] for r in h.journal.results_of_peer("", 0, 10)] == [tid]
+            await until(lambda: _state(h, "peer") == MemberState.ALIVE, "the peer to refute")
+            await until(lambda: [r[1] for r in h.journal.results_of_peer("peer", 0, 10)] == [tid],
+                        "h to copy the result to the peer")
+            await until(lambda: (st := p.journal.get(tid)) is not None and st.result is not None,
+                        "the peer to keep the result")
+            assert h.journal.results_of_peer("", 0, 10) == []
+    run(main())
+
+
+def test_a_backup_replaced_while_it_was_suspected_drops_its_copy_when_it_is_back() -> None:
+    # The cluster chaos test: c's backup a was suspected for a second (a busy machine),
+    # c copied the tasks a kept to b instead, finished them (their results went to b);
+    # a, alive again, kept its copies, and ran them all when c was cut off later:
+    # thousands of tasks that had finished long before ran again.
+    async def main() -> None:
+        async with running_node(app, name="holder", autorun=False) as h, \
+                running_node(app, name="b1", peers=[h.address]) as b1, \
+                running_node(app, name="b2", peers=[h.address]) as b2, \
+                dealer(h) as s:
+            await until(lambda: all(len(n.membership.alive_members()) == 3 for n in (h, b1, b2)),
+                        "the three to meet")
+            tid = next(t for t in (f"p-{i}" for i in range(100))
+                       if backup_for(t, ["b1", "b2"], "holder") == "b1")
+            await s.send(_later(tid))
+            await until(lambda: b1.replicas.copies.holder(tid) == "holder", "b1 to keep the copy")
+            m = h.membership.member("b1")
+            assert m is not None
+            h.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "b1", m.incarnation, "", "x"]]))
+            h.replicas._alive_at = -1.0          # (its 50 ms cache of alive peers: expired)
+            h.replicas.check_members(time.monotonic())      # (its check each second)
+            assert h.replicas.backup_of(tid) == "b2"
+            await until(lambda: b2.replicas.copies.holder(tid) == "holder", "b2 to keep the copy")
+            await until(lambda: _state(h, "b1") == MemberState.ALIVE, "b1 to refute")
+            await until(lambda: b1.replicas.copies.holder(tid) is None, "b1 to drop its copy")
+            assert b2.replicas.copies.holder(tid) == "holder" and tid in h.ledger.held
     run(main())
