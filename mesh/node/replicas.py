@@ -663,14 +663,18 @@ class Replicas(Component):
         """Drops for backups that were replaced go to those alive again (not for a copy
         they keep as the task's backup now); those gone for good, or restarted (their
         copies went with their memory), are forgotten."""
-        ms, held = self.node.membership, self.node.ledger.held
+        ms, held, journal = self.node.membership, self.node.ledger.held, self.node.journal
         for b in list(self._parked):
             m = ms.member(b)
             if m is None or m.state == MemberState.LEFT or b in restarted:
                 del self._parked[b]
             elif m.state == MemberState.ALIVE:
                 ids = self._parked.pop(b)
-                drop = {t for t in ids if (e := held.get(t)) is None or e.backup != b}
+                # not one waiting on this node's disk now (it is out of ``held`` there,
+                # and its copy may be the one b keeps for it: kept, at worst one copy
+                # too many, never one too few)
+                drop = {t for t in ids if (e := held.get(t)) is not None and e.backup != b
+                        or e is None and journal.on_disk(t) is None}
                 if drop:
                     self._queue(b).drop.update(drop)
 
