@@ -129,12 +129,19 @@ _M_MMAP_THRESHOLD = -3
 
 
 def trim_heap() -> None:
-    """Give the free pages of the C heap back to the system (glibc's malloc_trim)
-    before the first children are forked: each child would count them in its RSS
-    too (measured: ~1 MB a process after the node's imports). Only at start: with a
-    large backlog it walks a large heap. Elsewhere than glibc, nothing."""
-    try:
-        import ctypes
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    """Give the free pages of the C heap back to the system (glibc's malloc_trim):
+    before the first children are forked (each child would count them in its RSS
+    too: measured ~1 MB a process after the node's imports), once a node is idle, and
+    as it grows (mesh/node/expiry.py, ``GrowthTrim``). Elsewhere than glibc, nothing."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None     # glibc's malloc_trim once looked up; False: there is none
