@@ -97,10 +97,14 @@ class Expiry(Component):
             self.release_if_idle(time.monotonic())
 
     async def _trim_loop(self) -> None:
-        look = self.trim.look
+        ledger, look = self.node.ledger, self.trim.look
+        seen = -1
         while True:
             await asyncio.sleep(TRIM_EVERY)
-            look()
+            done = ledger.processed()
+            if done != seen or ledger.held:      # not idle: look (an idle node reads nothing)
+                seen = done
+                look()
 
     def release_if_idle(self, now: float, idle: float = IDLE_RELEASE) -> bool:
         """Once per idle spell of ``idle`` s: the journal's cache and the C heap's free

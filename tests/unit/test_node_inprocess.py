@@ -582,17 +582,22 @@ def test_a_backup_replaced_while_it_was_suspected_drops_its_copy_when_it_is_back
                     reason="glibc's malloc_trim and /proc/self/statm only")
 def test_a_growing_node_gives_back_the_free_pages_of_its_heap() -> None:
     """Expiry's trim loop: RSS grown by TRIM_STEP (here: the process touched 16 MiB of
-    heap and freed it below a block in use) -> the free pages go back within a look."""
+    heap and freed it below a block in use) while the node works -> the free pages go
+    back within a look; an idle node does not look."""
     async def main() -> None:
-        async with running_node(app) as node:
+        async with running_node(app) as node, client(node) as c:
             trim = node.by_name["expiry"].trim
             assert trim.enabled
-            await asyncio.sleep(2 * expiry.TRIM_EVERY)      # its low: the node as started
+            assert await c.send_task("fast.add", (1, 1)) == 2
+            await asyncio.sleep(3 * expiry.TRIM_EVERY)      # its low: the node as started
             n = trim.trims
             blocks = [bytearray(64 * 1024) for _ in range(256)]   # from the heap (< 128 KiB)
             pin = bytearray(64 * 1024)
             grown = trim.rss()
             del blocks
+            await asyncio.sleep(3 * expiry.TRIM_EVERY)
+            assert trim.trims == n                           # idle: not even a look
+            assert await c.send_task("fast.add", (1, 2)) == 3
             await until(lambda: trim.trims > n, "a trim")
             assert trim.rss() < grown - 8 * 2**20
             del pin
