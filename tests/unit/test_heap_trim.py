@@ -19,7 +19,7 @@ def holes(mib: int) -> bytearray:
     """``mib`` MiB of the heap touched and freed, below a block still in use: the
     pages stay in the RSS (free() gives back only the top of the heap)."""
     blocks = [bytearray(64 * 1024) for _ in range(mib * 16)]   # under the mmap threshold
-    last = bytearray(64 * 1024)
+    last = blocks.pop()          # the last allocated: on top of the others
     del blocks
     return last
 

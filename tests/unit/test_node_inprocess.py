@@ -592,7 +592,7 @@ def test_a_growing_node_gives_back_the_free_pages_of_its_heap() -> None:
             await asyncio.sleep(3 * expiry.TRIM_EVERY)      # its low: the node as started
             n = trim.trims
             blocks = [bytearray(64 * 1024) for _ in range(256)]   # from the heap (< 128 KiB)
-            pin = bytearray(64 * 1024)
+            pin = blocks.pop()                   # the last allocated: on top of the others
             grown = trim.rss()
             del blocks
             await asyncio.sleep(3 * expiry.TRIM_EVERY)
