@@ -115,7 +115,6 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     from mesh.config import Config
     from mesh.exceptions import ConfigError
     from mesh.node.node import Node, NodeStartError
-    from mesh.node.pool_child import fix_mmap_threshold
 
     app, where = load_app(app_spec)
     app.origin = where
@@ -167,11 +166,6 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     # own process keeps its collector as it was.
     gc.collect()
     gc.freeze()
-    # large blocks always mmapped, so a freed one goes back to the system rather than
-    # leaving a hole in the heap (docs/performance.md, "Round 8b": ~2 MiB off the
-    # headline's peak); here too, not in the node's code: an app's own allocator is
-    # its own business
-    fix_mmap_threshold()
     try:
         asyncio.run(node.run())
     except NodeStartError as e:

@@ -9,18 +9,11 @@ finished) for ``IDLE_RELEASE`` seconds: the journal's page cache and the free pa
 of the C heap (``malloc_trim``), once per idle spell. Measured: a node that had run
 100,000 tasks went from 108 to 50 MiB RSS; the next tasks read the pages they need
 again (docs/performance.md, "Memory").
-
-And while the node grows (a burst of tasks held and copies kept), its RSS is looked
-at every ``TRIM_EVERY``: past ``TRIM_STEP`` more than at the last look's low, the C
-heap's free pages go back then too (``GrowthTrim``): the holes that the burst's
-freed buffers leave in the heap and in zmq's thread arena would otherwise count in
-the node's peak (docs/performance.md, "Round 8b").
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -36,42 +29,6 @@ log = logging.getLogger("mesh.node")
 EXPIRE_INTERVAL = 1.0      # s between sweeps of expired results from the journal
 EXPIRE_BATCH = 10_000      # results deleted per sweep at most (more than a node finishes per s)
 IDLE_RELEASE = 30.0        # s idle (nothing held, nothing finished) before memory is given back
-TRIM_EVERY = 0.05          # s between looks at the node's RSS (a read of /proc/self/statm)
-TRIM_STEP = 1 << 20        # bytes of RSS growth after which the C heap's free pages go back
-
-
-class GrowthTrim:
-    """Trims the C heap (``trim_heap``) each time the process's RSS has grown by
-    ``step`` bytes over the lowest seen since the last trim. Where there is no
-    /proc/self/statm (not Linux), never."""
-
-    def __init__(self, step: int = TRIM_STEP):
-        self.step = step
-        self.trims = 0
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-        rss = self.rss()
-        self.enabled = rss is not None
-        self._low = rss or 0
-
-    def rss(self) -> int | None:
-        try:
-            with open("/proc/self/statm", "rb") as f:
-                return int(f.read().split()[1]) * self._page
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def look(self) -> bool:
-        """Trim if grown by ``step`` since the low; True if it did now."""
-        rss = self.rss() if self.enabled else None
-        if rss is None:
-            return False
-        if rss < self._low + self.step:
-            self._low = min(self._low, rss)
-            return False
-        trim_heap()
-        self.trims += 1
-        self._low = self.rss() or rss
-        return True
 
 
 class Expiry(Component):
@@ -84,10 +41,7 @@ class Expiry(Component):
         self._done = -1                    # tasks finished at the last look
         self._since = time.monotonic()     # idle since (nothing held, nothing finished)
         self._released = False             # in this idle spell
-        self.trim = GrowthTrim()
         node.spawn(self._loop(), name="expiry")
-        if self.trim.enabled:
-            node.spawn(self._trim_loop(), name="trim")
 
     async def _loop(self) -> None:
         interval = min(EXPIRE_INTERVAL, self.node.config.result_expires / 2)
@@ -95,16 +49,6 @@ class Expiry(Component):
             await asyncio.sleep(interval)
             self.expire(time.time())
             self.release_if_idle(time.monotonic())
-
-    async def _trim_loop(self) -> None:
-        ledger, look = self.node.ledger, self.trim.look
-        seen = -1
-        while True:
-            await asyncio.sleep(TRIM_EVERY)
-            done = ledger.processed()
-            if done != seen or ledger.held:      # not idle: look (an idle node reads nothing)
-                seen = done
-                look()
 
     def release_if_idle(self, now: float, idle: float = IDLE_RELEASE) -> bool:
         """Once per idle spell of ``idle`` s: the journal's cache and the C heap's free

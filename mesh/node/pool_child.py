@@ -104,44 +104,13 @@ def describe_status(status: int) -> str:
     return f"exited with code {os.WEXITSTATUS(status)}"
 
 
-MMAP_THRESHOLD = 128 * 1024   # bytes: a block this large or larger is mmapped, and unmapped
-                              # when freed (glibc's default, before it adapts)
-
-
-def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
-    """Keep glibc's mmap threshold at ``nbytes`` (``mallopt(M_MMAP_THRESHOLD)``).
-
-    By default glibc raises the threshold to the size of each mmapped block freed (up
-    to 32 MiB), so after the first large block the next ones come from the heap, and
-    the holes they leave when freed stay in the process's RSS: in a node, the
-    REPLICATE batches (a megabyte each at the headline bench's peak), their zmq and
-    msgpack buffers, the tables of dicts of thousands of tasks. With the threshold
-    fixed, each goes back to the system when freed (docs/performance.md, "Round 8b").
-    Inherited by the children forked after it. False where it is not glibc."""
+def trim_heap() -> None:
+    """Give the free pages of the C heap back to the system (glibc's malloc_trim)
+    before the first children are forked: each child would count them in its RSS
+    too (measured: ~1 MB a process after the node's imports). Only at start: with a
+    large backlog it walks a large heap. Elsewhere than glibc, nothing."""
     try:
         import ctypes
-        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, nbytes))
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):
-        return False
-
-
-_M_MMAP_THRESHOLD = -3
-
-
-def trim_heap() -> None:
-    """Give the free pages of the C heap back to the system (glibc's malloc_trim):
-    before the first children are forked (each child would count them in its RSS
-    too: measured ~1 MB a process after the node's imports), once a node is idle, and
-    as it grows (mesh/node/expiry.py, ``GrowthTrim``). Elsewhere than glibc, nothing."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None     # glibc's malloc_trim once looked up; False: there is none
+        pass

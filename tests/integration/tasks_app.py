@@ -137,29 +137,6 @@ def gc_frozen() -> int:
 
 
 @app.task
-def big_blocks_mmapped() -> bool:
-    """A large block allocated after one as large was freed is mmapped still (meshnode
-    fixes glibc's mmap threshold, which its children inherit): by default glibc raises
-    the threshold to the freed block's size and the next one comes from the heap."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks",
-                                                    "hblkhd", "usmblks", "fsmblks",
-                                                    "uordblks", "fordblks", "keepcost")]
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = MallInfo2
-    size = 4 * 2**20
-    first = bytearray(size)            # over glibc's default threshold: mmapped
-    del first                          # (freed: glibc adapts its threshold, unless fixed)
-    before = libc.mallinfo2().hblkhd
-    second = bytearray(size - 2**16)
-    mmapped = libc.mallinfo2().hblkhd - before >= len(second)
-    del second
-    return mmapped
-
-
-@app.task
 def loaded(names: list[str]) -> list[str]:
     """Which of these modules the child running the task has imported."""
     import sys

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import collections
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +20,6 @@ def test_children_inherit_the_frozen_heap_of_the_node(start_node: Any, make_clie
     forked: the cyclic collector never walks those objects again (mesh/cli/meshnode.py)."""
     node = start_node(concurrency=1)
     assert make_client(node).tasks.gc_frozen.delay().get(timeout=RESULT_TIMEOUT) > 10_000
-
-
-def test_children_inherit_the_fixed_mmap_threshold_of_the_node(start_node: Any,
-                                                                 make_client: Any) -> None:
-    """meshnode keeps glibc's mmap threshold fixed, so a large block freed goes back to
-    the system instead of leaving a hole in the heap (docs/performance.md, "Round 8b");
-    its children, forked after, inherit it."""
-    if sys.platform != "linux" or not platform.libc_ver()[0] == "glibc":
-        pytest.skip("glibc's malloc only")
-    node = start_node(concurrency=1)
-    assert make_client(node).tasks.big_blocks_mmapped.delay().get(timeout=RESULT_TIMEOUT)
 
 
 # optional dependencies a node imports only for the feature that needs them (mDNS, the

@@ -4,8 +4,6 @@ behaviours have real-process tests in tests/integration; these sit next to them.
 from __future__ import annotations
 
 import asyncio
-import platform
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -18,7 +16,7 @@ import zmq.asyncio
 from mesh import Mesh, states, testing
 from mesh.exceptions import TaskRevokedError
 from mesh.membership import MemberState
-from mesh.node import expiry, shedding
+from mesh.node import shedding
 from mesh.node.ledger import Entry
 from mesh.node.node import Node
 from mesh.rendezvous import backup_for
@@ -576,29 +574,4 @@ def test_a_backup_replaced_while_it_was_suspected_drops_its_copy_when_it_is_back
             await until(lambda: _state(h, "b1") == MemberState.ALIVE, "b1 to refute")
             await until(lambda: b1.replicas.copies.holder(tid) is None, "b1 to drop its copy")
             assert b2.replicas.copies.holder(tid) == "holder" and tid in h.ledger.held
-
-
-@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
-                    reason="glibc's malloc_trim and /proc/self/statm only")
-def test_a_growing_node_gives_back_the_free_pages_of_its_heap() -> None:
-    """Expiry's trim loop: RSS grown by TRIM_STEP (here: the process touched 16 MiB of
-    heap and freed it below a block in use) while the node works -> the free pages go
-    back within a look; an idle node does not look."""
-    async def main() -> None:
-        async with running_node(app) as node, client(node) as c:
-            trim = node.by_name["expiry"].trim
-            assert trim.enabled
-            assert await c.send_task("fast.add", (1, 1)) == 2
-            await asyncio.sleep(3 * expiry.TRIM_EVERY)      # its low: the node as started
-            n = trim.trims
-            blocks = [bytearray(64 * 1024) for _ in range(256)]   # from the heap (< 128 KiB)
-            pin = blocks.pop()                   # the last allocated: on top of the others
-            grown = trim.rss()
-            del blocks
-            await asyncio.sleep(3 * expiry.TRIM_EVERY)
-            assert trim.trims == n                           # idle: not even a look
-            assert await c.send_task("fast.add", (1, 2)) == 3
-            await until(lambda: trim.trims > n, "a trim")
-            assert trim.rss() < grown - 8 * 2**20
-            del pin
     run(main())
