@@ -24,7 +24,7 @@ from mesh.routing import AppRoutes
 from mesh.signals import Signal
 from mesh.task import CALL_KNOWN, OPTION_PROPERTIES, Task
 from mesh.wire import codec
-from mesh.wire.protocol import encode_submit
+from mesh.wire.protocol import MAX_TIME_LIMIT, encode_submit
 
 
 class _TaskIds:
@@ -404,6 +404,9 @@ class Mesh:
         if priority is not None and (type(priority) is not int or not 0 <= priority <= 9):
             raise ConfigError(f"priority must be 0..9 (9 runs first), got {priority!r}: mesh "
                               "has no broker's range (RabbitMQ's x-max-priority, Redis's steps)")
+        for what, limit in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit)):
+            if limit is not None and not 0 < limit < MAX_TIME_LIMIT:
+                raise ConfigError(f"{what} must be > 0 and under {MAX_TIME_LIMIT:g} s, got {limit!r}")
         now = time.time()
         if countdown is not None and eta is not None:
             raise ConfigError("give countdown or eta, not both")

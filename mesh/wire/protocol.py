@@ -338,6 +338,11 @@ class Submit(Message):
                       self.soft_time_limit, self.retries)
 
 
+# a time limit's ceiling (about 115 days, as the time_limit command's): a child's
+# timer cannot take an infinite or astronomical one (setitimer's OverflowError)
+MAX_TIME_LIMIT = 1e7
+
+
 def _check_submit(task_id: str, name: str, priority: int, time_limit: float | None,
                   soft_time_limit: float | None, retries: int) -> None:
     """Submit's own checks (validate), also made by encode_submit."""
@@ -345,10 +350,11 @@ def _check_submit(task_id: str, name: str, priority: int, time_limit: float | No
     _short(name, MAX_NAME_LEN, "task name")
     if not 0 <= priority <= 9:
         raise DecodeError(f"priority must be 0..9, got {priority}")
-    if time_limit is not None and not time_limit > 0:
-        raise DecodeError(f"time_limit must be > 0, got {time_limit}")
-    if soft_time_limit is not None and not soft_time_limit > 0:
-        raise DecodeError(f"soft_time_limit must be > 0, got {soft_time_limit}")
+    if time_limit is not None and not 0 < time_limit < MAX_TIME_LIMIT:
+        raise DecodeError(f"time_limit must be > 0 and under {MAX_TIME_LIMIT:g} s, got {time_limit}")
+    if soft_time_limit is not None and not 0 < soft_time_limit < MAX_TIME_LIMIT:
+        raise DecodeError(f"soft_time_limit must be > 0 and under {MAX_TIME_LIMIT:g} s, "
+                          f"got {soft_time_limit}")
     if retries < 0:
         raise DecodeError("retries must be >= 0")
 

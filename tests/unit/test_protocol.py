@@ -20,6 +20,7 @@ from mesh.wire.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_ID_LEN,
     MAX_NAME_LEN,
+    MAX_TIME_LIMIT,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Ack,
@@ -373,6 +374,9 @@ def test_msgpack_timestamp_ext_in_the_envelope_is_refused(where: str) -> None:
     (dict(time_limit=math.nan), "time_limit"),
     (dict(soft_time_limit=0.0), "soft_time_limit"),
     (dict(soft_time_limit=-3), "soft_time_limit"),
+    (dict(soft_time_limit=math.inf), "soft_time_limit"),       # a child's timer cannot take
+    (dict(soft_time_limit=1e300), "soft_time_limit"),          # them (a hostile frame: CI)
+    (dict(time_limit=math.inf), "time_limit"),
     (dict(retries=-1), "retries"),
 ])
 def test_submit_validate_failures(kwargs: dict[str, object], fragment: str) -> None:
@@ -440,7 +444,7 @@ def plain(max_leaves: int = 10) -> st.SearchStrategy[object]:
 
 
 ids = st.text(min_size=1, max_size=MAX_ID_LEN)
-limits = st.none() | st.floats(min_value=1e-9, max_value=1e9) | st.integers(1, 10**9)
+limits = st.none() | st.floats(min_value=1e-9, max_value=MAX_TIME_LIMIT, exclude_max=True) | st.integers(1, int(MAX_TIME_LIMIT) - 1)
 times = st.none() | st.floats(allow_nan=False) | st.integers(0, 2**40)
 
 submits = st.builds(
