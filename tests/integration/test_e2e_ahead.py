@@ -32,13 +32,28 @@ def _ran(log: Path) -> list[int]:
 
 def _held_behind_a_gate(node: Any, c: Any, tmp_path: Path, n: int, die: bool = False
                         ) -> tuple[Any, list[Any], Path, Path]:
-    """One child runs a gated ``step``; ``n`` more wait, some of them sent ahead to it."""
-    log, gate = tmp_path / "ran.log", tmp_path / "gate"
-    _warm(c, log)
-    blocker = c.tasks.step.delay(str(log), 1000, gate=str(gate), die=die)
-    rest = [c.tasks.step.delay(str(log), i) for i in range(n)]
-    wait_until(lambda: node.status()["ahead"] >= 2, 60, "tasks sent ahead to the busy child")
-    return blocker, rest, log, gate
+    """One child runs a gated ``step``; ``n`` more wait, some of them sent ahead to it.
+    Tasks go ahead only after their name's last 8 runs each took under 5 ms in the
+    child: on a loaded machine one warm-up run can take longer (CI), and none goes
+    ahead. Then the round is drained and tried again, with a new log and gate."""
+    for attempt in range(3):
+        log, gate = tmp_path / f"ran-{attempt}.log", tmp_path / f"gate-{attempt}"
+        _warm(c, log)
+        blocker = c.tasks.step.delay(str(log), 1000, gate=str(gate), die=die)
+        rest = [c.tasks.step.delay(str(log), i) for i in range(n)]
+        try:
+            wait_until(lambda: node.status()["ahead"] >= 2, 20, "tasks sent ahead to the busy child")
+            return blocker, rest, log, gate
+        except AssertionError:
+            if attempt == 2:
+                raise
+        gate.touch()
+        for r in [blocker, *rest]:
+            try:
+                r.get(timeout=60)
+            except WorkerLostError:
+                pass
+    raise AssertionError("unreachable")
 
 
 def test_tasks_sent_ahead_all_run_once_and_a_revoked_one_is_skipped(start_node: Any, make_client: Any,
