@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import psutil
+from harness import wait_until
 
 from bench.run import RssSampler, descendants
 
@@ -15,16 +16,9 @@ def _children(pid: int) -> set[int]:
     return {c.pid for c in psutil.Process(pid).children(recursive=True)}
 
 
-def _wait_for(cond: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "never happened"
-        time.sleep(0.01)
-
-
 def test_descendants_are_the_node_s_children(start_node: Any) -> None:
     node = start_node(concurrency=2)
-    _wait_for(lambda: len(_children(node.pid)) >= 2)
+    wait_until(lambda: len(_children(node.pid)) >= 2, what="the node's children")
     found = set(descendants(node.pid))
     assert found == _children(node.pid)
     assert len(found) >= 2 and node.pid not in found
@@ -32,18 +26,18 @@ def test_descendants_are_the_node_s_children(start_node: Any) -> None:
 
 def test_a_paused_sampler_takes_no_sample(start_node: Any) -> None:
     node = start_node(concurrency=2)
-    _wait_for(lambda: len(_children(node.pid)) >= 2)
+    wait_until(lambda: len(_children(node.pid)) >= 2, what="the node's children")
     sampler = RssSampler(node.pid, interval=0.005)
     sampler.start()
     try:
-        _wait_for(lambda: sampler.samples >= 3)
+        wait_until(lambda: sampler.samples >= 3, what="three samples")
         assert sampler.peak > 0 and sampler.peak_procs >= 3      # the node and 2 children
         sampler.pause()                     # takes one sample, then none
         paused_at = sampler.samples
         time.sleep(0.2)                     # ~40 intervals
         assert sampler.samples == paused_at
         sampler.resume()
-        _wait_for(lambda: sampler.samples > paused_at)
+        wait_until(lambda: sampler.samples > paused_at, what="a sample after resume")
     finally:
         sampler.stop()
     assert not sampler.is_alive()
