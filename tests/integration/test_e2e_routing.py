@@ -252,17 +252,22 @@ def _rate_run(start_node: NodeFactory, seconds: float) -> None:
         count = int(rate * seconds)
         rs = [c.send_task("routing_app.limited") for _ in range(count)]
         starts = sorted(r.get(timeout=seconds * 3 + RESULT_TIMEOUT) for r in rs)
-        assert len({r.node for r in rs}) == 3
+        placed = collections.Counter(r.node for r in rs)
+        assert len(placed) == 3
     finally:
         c.close()
     per_second = collections.Counter(int(t - starts[0]) for t in starts)
     worst = max(per_second.values())
     span = starts[-1] - starts[0]
     print(f"mesh-wide limit {rate:g}/s over 3 nodes: {count} starts in {span:.1f} s "
-          f"({(count - 1) / span:.2f}/s), busiest second {worst}")
+          f"({(count - 1) / span:.2f}/s), busiest second {worst}, placed {dict(placed)}")
     assert worst <= rate + len(nodes), per_second
     assert (count - len(nodes)) / span <= rate * 1.05, span        # the limit held overall
-    assert (count - 1) / span >= rate * 0.7, span                   # ... and was used
+    # ... and was used: each node starts its tasks at its share (rate / 3), so the run
+    # lasts as long as the node given the most takes (the client places by load, and a
+    # share is not lent to a node with more: mesh/node/limits.py)
+    fair_span = (max(placed.values()) - 1) / (rate / len(nodes))
+    assert span <= fair_span / 0.7, (span, fair_span, dict(placed))
 
 
 def test_a_mesh_wide_rate_limit_holds_across_three_nodes(start_node: NodeFactory) -> None:
