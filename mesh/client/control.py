@@ -279,7 +279,9 @@ class Controller:
         """Revoke every task waiting in a node's queue that has not started, on every
         alive node (Celery's purge: its waits end in ``TaskRevokedError``); only those
         routed to ``queues``, less ``exclude``. Returns how many, those waiting on
-        disk included (purged just after the reply: mesh/node/purge.py). Running,
+        disk included (purged just after the reply: mesh/node/purge.py; with
+        ``queues`` or ``exclude`` every task on disk is counted, as it is looked at
+        after the reply: the node logs how many it purged). Running,
         scheduled (eta, countdown, retry) and sent-ahead tasks are not purged.
         ``connection`` is Celery's and not used. A node that refused or did not answer
         is an error, after the others have purged."""
