@@ -252,12 +252,15 @@ def test_a_task_going_to_disk_resent_through_another_link_replies_there(
     assert [f.state for f in got if isinstance(f, Result) and f.task_id == "moved"] == [states.SUCCESS]
     wait_until(lambda: a.status()["held"] == 0, what="a to hold nothing")
     # (a few of the first tasks may have been shed to b, idle until stopped: no order;
-    # one b ran before it was stopped, whose result had not reached a, its backup, runs
-    # again on a when b dies: acks_late, at least once. CI: line-0 twice)
+    # one b ran before it was stopped, whose result (or handoff ack) had not reached a
+    # runs again on a when b dies: acks_late, at least once. CI: line-0 twice, and 2
+    # twice with a's handed_off still 0: b took them, its ack never came.) Shedding
+    # takes the head of the queue, at most 2 per load b gossips (2 x its one child)
     runs = collections.Counter(_lines(out))
     assert set(runs) == {f"line-{i}" for i in range(2 * WINDOW)} | {"moved"}
     twice = [line for line, n in runs.items() if n > 1]
-    assert max(runs.values()) <= 2 and len(twice) <= a.status()["handed_off"], runs
+    assert max(runs.values()) <= 2 and len(twice) <= 4, runs
+    assert all(int(line.split("-")[1]) < 8 for line in twice), twice
     assert runs["moved"] == 1
 
 
