@@ -10,8 +10,8 @@ Frames are read and sent through pyzmq's backend (``zmq.backend.Socket``'s ``rec
 ``send`` and ``get``) with integer flags, as the client does (mesh/client/frames.py):
 pyzmq's ``send_multipart`` ORs ``SNDMORE | flags`` as enum flags and goes through the
 Python ``Socket.send`` wrapper for each frame, and ``recv_multipart`` asks ``RCVMORE``
-through ``get``, which makes an enum of the option (round 9 of docs/performance.md:
-3.4 against 0.5 us a frame sent, 3.1 against 1.4 to 1.9 read, in 256-frame messages).
+through ``get``, which makes an enum of the option, for each frame (round 9 of
+docs/performance.md; ``python -m bench.node_frames``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
 _send = _Base.send
 _recv = _Base.recv
 _get = _Base.get
@@ -53,13 +52,16 @@ def send_frame(sock: zmq.Socket[bytes], frame: bytes) -> None:
 
 def recv_frames(sock: zmq.Socket[bytes], copy: bool = True) -> list[Any]:
     """``sock.recv_multipart(zmq.NOBLOCK, copy=copy)``, cheaper: bytes, or zmq.Frame
-    objects with ``copy=False`` (raises as it would; zmq.Again when none waits)."""
+    objects with ``copy=False`` (raises as it would; zmq.Again when none waits). Each
+    frame is read as a zmq.Frame, whose ``more`` needs no getsockopt (``RCVMORE``
+    through ``get`` makes an enum of the option each time)."""
+    frame: Any = _recv(sock, _NOBLOCK, False)
     if copy:
-        parts: list[Any] = [_recv(sock, _NOBLOCK, True)]
-        while cast(int, _get(sock, _RCVMORE)):
-            parts.append(_recv(sock, _NOBLOCK, True))
+        parts: list[Any] = [frame.bytes]
+        while frame.more:
+            frame = _recv(sock, _NOBLOCK, False)
+            parts.append(frame.bytes)
         return parts
-    frame: Any = _recv(sock, _NOBLOCK, False)      # .more: no getsockopt
     parts = [frame]
     while frame.more:
         frame = _recv(sock, _NOBLOCK, False)
