@@ -139,9 +139,10 @@ class Intake(Component):
             entry.fresh = not node.replicas.copies.has(tid)
             ledger.accept(entry, msg)
             return
-        limit = msg.time_limit or task.options.time_limit or node.config.time_limit
+        options = task.options         # (a property: resolved against app.conf each read)
+        limit = msg.time_limit or options.time_limit or node.config.time_limit
         entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
-                      task.options.acks_late)
+                      options.acks_late)
         entry.size = size              # what its sender sent (a time limit override aside)
         ledger.accept(entry, msg)
         if disk:                       # in memory until its ACK is out, then on disk only

@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 
 from mesh.membership.transport import Receiver, Transport
+from mesh.node.zmqloop import send_frame
 from mesh.security.curve import Security
 
 log = logging.getLogger("mesh.peers")
@@ -150,10 +151,10 @@ class PeerSockets:
             if s is None:              # its host name is being looked up
                 self.dropped += 1
                 return False
-            s.send(frame, zmq.NOBLOCK)
+            send_frame(s, frame)
             for alt in self.alternates.get(address, ()):
                 try:
-                    alt.send(frame, zmq.NOBLOCK)
+                    send_frame(alt, frame)
                 except zmq.ZMQError:
                     pass
         except zmq.ZMQError as e:     # queue full, bad address

@@ -5,15 +5,23 @@ must read ZMQ_EVENTS and drain every pending message. A send may also consume th
 signal, so after sending we schedule one more look. Messages are taken in batches
 with NOBLOCK straight from the loop's reader callback, which is what makes a Python
 node fast: no task switch, no future per message.
+
+Frames are read and sent through pyzmq's backend (``zmq.backend.Socket``'s ``recv``,
+``send`` and ``get``) with integer flags, as the client does (mesh/client/frames.py):
+pyzmq's ``send_multipart`` ORs ``SNDMORE | flags`` as enum flags and goes through the
+Python ``Socket.send`` wrapper for each frame, and ``recv_multipart`` asks ``RCVMORE``
+through ``get``, which makes an enum of the option, for each frame (round 9 of
+docs/performance.md; ``python -m bench.node_frames``).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
+from zmq.backend import Socket as _Base
 
 log = logging.getLogger("mesh.zmqloop")
 
@@ -21,6 +29,44 @@ log = logging.getLogger("mesh.zmqloop")
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+_send = _Base.send
+_recv = _Base.recv
+_get = _Base.get
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """``sock.send_multipart(frames, zmq.NOBLOCK)``, cheaper (raises as it would:
+    zmq.Again when the message cannot be queued; a message is queued whole or not at
+    all, so only its first frame can fail so)."""
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], _MORE)
+    _send(sock, frames[last], _NOBLOCK)
+
+
+def send_frame(sock: zmq.Socket[bytes], frame: bytes) -> None:
+    """``sock.send(frame, zmq.NOBLOCK)``, cheaper (raises as it would)."""
+    _send(sock, frame, _NOBLOCK)
+
+
+def recv_frames(sock: zmq.Socket[bytes], copy: bool = True) -> list[Any]:
+    """``sock.recv_multipart(zmq.NOBLOCK, copy=copy)``, cheaper: bytes, or zmq.Frame
+    objects with ``copy=False`` (raises as it would; zmq.Again when none waits). Each
+    frame is read as a zmq.Frame, whose ``more`` needs no getsockopt (``RCVMORE``
+    through ``get`` makes an enum of the option each time)."""
+    frame: Any = _recv(sock, _NOBLOCK, False)
+    if copy:
+        parts: list[Any] = [frame.bytes]
+        while frame.more:
+            frame = _recv(sock, _NOBLOCK, False)
+            parts.append(frame.bytes)
+        return parts
+    parts = [frame]
+    while frame.more:
+        frame = _recv(sock, _NOBLOCK, False)
+        parts.append(frame)
+    return parts
 
 
 class SocketDriver:
@@ -62,9 +108,9 @@ class SocketDriver:
         self._scheduled = False
         sock, on_frames, copy = self.sock, self._on_frames, self._copy
         n = 0
-        while int(sock.get(_EVENTS)) & _POLLIN:
+        while cast(int, _get(sock, _EVENTS)) & _POLLIN:
             try:
-                frames = sock.recv_multipart(_NOBLOCK, copy=copy)
+                frames = recv_frames(sock, copy)
             except zmq.Again:
                 break
             try:
@@ -84,7 +130,7 @@ class SocketDriver:
     def send(self, frames: list[bytes]) -> bool:
         """Send without blocking; False (and counted) if it could not be queued."""
         try:
-            self.sock.send_multipart(frames, _NOBLOCK)
+            send_frames(self.sock, frames)
             return True
         except zmq.ZMQError as e:
             self.dropped += 1

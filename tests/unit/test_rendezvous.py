@@ -51,3 +51,16 @@ def test_a_node_leaving_moves_only_its_own_tasks() -> None:
             assert b0 == "n3"          # only the tasks the leaver backed up move
             moved += 1
     assert 700 < moved < 1300          # about a fifth of them
+
+
+def test_one_candidate_is_the_backup_the_hashing_would_choose() -> None:
+    # (backup_for skips the hashing when one node is left: a two-node mesh)
+    for i in range(50):
+        key = f"t{i}"
+        assert backup_for(key, ["a", "b"], "a") == "b"
+        assert backup_for(key, ["b", "a"], "a") == "b"
+        assert backup_for(key, ["b"], "a") == "b"          # the holder not listed
+        assert backup_for(key, ["a", "a"], "a") is None
+        three = ["a", "b", "c"]
+        assert backup_for(key, three, "a") == max(
+            ("b", "c"), key=lambda n: (weight(key, n), n))
