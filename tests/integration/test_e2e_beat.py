@@ -248,3 +248,29 @@ def test_runs_no_node_takes_are_a_warning_and_run_when_a_node_comes(
     wait_until(lambda: "runs of tick are taken by a node again" in a.stderr(), 30,
                "the all-clear in the log")
     check_runs(read_runs(beat_log))
+
+
+def test_nodes_stopped_together_with_runs_in_flight_exit(
+        start_node: NodeFactory, beat_log: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A user trial) two nodes stopped at once while runs were in flight: the beat
+    stops first, then the node drains; a run whose target left was sent again during
+    the drain on a socket opened after the beat had closed its sockets, and the node
+    logged "stopped" and then hung for ever in its ZeroMQ context's term()."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("BEAT_GATE", str(gate))     # every run waits: runs stay in flight
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    nodes = start_mesh(start_node, 2)
+    firer = firing_node(nodes)
+    wait_until(lambda: beat_view(firer)["in_flight"] >= 3, 60, "runs in flight", interval=0.2)
+    for n in nodes:
+        n.send_signal(signal.SIGTERM)
+    time.sleep(2.0)                  # both drain (their children wait at the gate)
+    gate.touch()
+    for n in nodes:
+        try:
+            code = n.wait(30)
+        except Exception as e:       # subprocess.TimeoutExpired
+            raise AssertionError(f"{n.name} did not exit after stopping:\n"
+                                 f"{n.stderr_tail(15)}") from e
+        assert code == 0, n.stderr_tail(30)
