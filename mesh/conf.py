@@ -96,16 +96,29 @@ CLIENT_OPTIONS = ("peers", "mdns", "mdns_interfaces", "discovery_timeout", "resu
 
 def not_taken(name: str) -> str | None:
     """Why mesh does not take a Celery setting (None if it does, or knows no such name)."""
+    r = _not_taken(name)
+    return None if r is None else _say([repr(name)], r[0], r[1])
+
+
+def _not_taken(name: str) -> tuple[str, str] | None:
+    """(``used``: how it is not taken, why) of a Celery setting mesh does not take."""
     if name in DEFAULTS:
         return None          # taken, even where its family is not (beat_schedule, beat_*)
     if name in NOT_USED:
-        return f"setting {name!r} is not used by mesh: {NOT_USED[name]}"
+        return "is not used by mesh", NOT_USED[name]
     if name in NOT_YET:
-        return f"setting {name!r} is not available in this version of mesh yet: {NOT_YET[name]}"
+        return "is not available in this version of mesh yet", NOT_YET[name]
     for prefix, why in NOT_USED_PREFIXES.items():
         if name.startswith(prefix):
-            return f"setting {name!r} is not used by mesh: {why}"
+            return "is not used by mesh", why
     return None
+
+
+def _say(shown: list[str], used: str, why: str) -> str:
+    if len(shown) == 1:
+        return f"setting {shown[0]} {used}: {why}"
+    verb = used.replace("is not", "are not", 1)
+    return f"settings {', '.join(shown)} {verb}: {why}"
 
 
 def check_name(name: str) -> str:
@@ -264,10 +277,31 @@ def check_value(name: str, value: Any) -> Any:
 def ignored_because(name: str, value: Any) -> str | None:
     """Why setting ``name`` to ``value`` changes nothing in mesh (logged as a warning
     when it is set), or None if mesh uses it."""
+    r = _ignored(name, value)
+    return None if r is None else _say([r[0]], r[1], r[2])
+
+
+def _ignored(name: str, value: Any) -> tuple[str, str, str] | None:
+    """(the setting as shown, how it is not taken, why), or None if mesh uses it."""
     if name in FIXED:
         fixed, why = FIXED[name]
-        return None if value == fixed else f"setting {name}={value!r} is not used: mesh: {why}"
-    return not_taken(name)
+        return None if value == fixed else (f"{name}={value!r}", "is not used", f"mesh: {why}")
+    r = _not_taken(name)
+    return None if r is None else (repr(name), r[0], r[1])
+
+
+def ignored_summary(values: Mapping[str, Any]) -> str | None:
+    """One line for every setting of ``values`` mesh does not take, those with the
+    same reason together (a Celery config module sets several: one warning, not one
+    per setting, in every process that loads it)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, value in values.items():
+        r = _ignored(name, value)
+        if r is not None:
+            groups.setdefault((r[1], r[2]), []).append(r[0])
+    if not groups:
+        return None
+    return "; ".join(_say(shown, used, why) for (used, why), shown in groups.items())
 
 
 # ---- the settings ---------------------------------------------------------------------
@@ -318,11 +352,11 @@ class Settings(MutableMapping[str, Any]):
             if why is not None and value != self._get(name):
                 raise ConfigError(f"setting {name!r} can no longer change: {why}")
             out[name] = check_value(name, value)
-        for name, value in out.items():
-            why = ignored_because(name, value)
-            if why is not None and name not in self._warned:
-                self._warned.add(name)
-                log.warning("%s%s", f"{what}: " if what else "", why)
+        new = {n: v for n, v in out.items() if n not in self._warned}
+        why = ignored_summary(new)
+        if why is not None:
+            self._warned.update(n for n, v in new.items() if _ignored(n, v) is not None)
+            log.warning("%s%s", f"{what}: " if what else "", why)
         return out
 
     def _bump(self, names: Mapping[str, Any]) -> None:

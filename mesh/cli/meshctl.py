@@ -485,6 +485,60 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
     return _print_per_node(ctx, answers, render)
 
 
+def _queue_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [q.strip() for q in value.split(",") if q.strip()]
+    if not names:
+        raise click.BadParameter("give one or more queue names, separated by commas")
+    return names
+
+
+@meshctl.command()
+@click.option("-Q", "--queues", metavar="Q1,Q2", help="Only tasks routed to these queues.")
+@click.option("-X", "--exclude-queues", "exclude", metavar="Q1,Q2",
+              help="Not tasks routed to these queues.")
+@click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def purge(ctx: click.Context, queues: str | None, exclude: str | None, force: bool) -> int:
+    """Revoke every task waiting in a node's queue that has not started, on every
+    node (Celery's purge). Their owners get REVOKED (TaskRevokedError). Running
+    tasks, tasks sent ahead to a child and tasks waiting for an eta, a countdown, a
+    retry or a rate limit stay (revoke those by id). Exit 1 when a node does not
+    answer or refuses.
+
+    \b
+    Example:
+      meshctl --peers tcp://127.0.0.1:7700 purge -Q emails -f
+    """
+    only, skip = _queue_list(queues), _queue_list(exclude)
+    if not force:
+        which = f"queue(s) {', '.join(only)}" if only else "every queue"
+        if skip:
+            which += f" except {', '.join(skip)}"
+        click.confirm(f"Revoke every task waiting in {which} on every node? There is no "
+                      "undo", abort=True, err=True)
+    args: dict[str, Any] = {}
+    if only is not None:
+        args["queues"] = only
+    if skip is not None:
+        args["exclude"] = skip
+    answers = _controller(ctx).ask("purge", args)
+
+    def render(node: str, a: Any) -> None:
+        disk = a.get("on_disk", 0) if isinstance(a, dict) else 0
+        click.echo(f"{node}: {a.get('purged', 0) if isinstance(a, dict) else a} task(s) purged"
+                   + (f", and {disk} waiting on disk being purged" if disk else ""))
+
+    code = _print_per_node(ctx, answers, render)
+    if not ctx.obj["json"]:
+        total = sum(int(a.get("purged", 0)) + int(a.get("on_disk", 0)) for a in answers.values()
+                    if isinstance(a, dict) and "error" not in a)
+        click.echo(f"{total} task(s) purged on {len(answers)} node(s)")
+    failed = any(isinstance(a, dict) and "error" in a for a in answers.values())
+    return EXIT_FAILURE if failed else code
+
+
 from mesh.cli.meshctl_beat import beat  # noqa: E402
 from mesh.cli.meshctl_control import control  # noqa: E402
 from mesh.cli.meshctl_inspect import inspect  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from mesh.exceptions import ConfigError, DecodeError
+from mesh.exceptions import ConfigError, DecodeError, MeshError
 from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, Security
 from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
 
@@ -273,6 +273,31 @@ class Controller:
                   destination: Iterable[str] | None = None) -> dict[str, Any]:
         """Autoscale the pools between ``min`` and ``max`` workers (Celery's name)."""
         return self.ask("autoscale", {"max": max, "min": min}, destination)
+
+    def purge(self, connection: Any = None, queues: Iterable[str] | None = None,
+              exclude: Iterable[str] | None = None) -> int:
+        """Revoke every task waiting in a node's queue that has not started, on every
+        alive node (Celery's purge: its waits end in ``TaskRevokedError``); only those
+        routed to ``queues``, less ``exclude``. Returns how many, those waiting on
+        disk included (purged just after the reply: mesh/node/purge.py; with
+        ``queues`` or ``exclude`` every task on disk is counted, as it is looked at
+        after the reply: the node logs how many it purged). Running,
+        scheduled (eta, countdown, retry) and sent-ahead tasks are not purged.
+        ``connection`` is Celery's and not used. A node that refused or did not answer
+        is an error, after the others have purged."""
+        args: dict[str, Any] = {}
+        if queues is not None:
+            args["queues"] = [queues] if isinstance(queues, str) else list(queues)
+        if exclude is not None:
+            args["exclude"] = [exclude] if isinstance(exclude, str) else list(exclude)
+        answers = self.ask("purge", args)
+        total = sum(int(a.get("purged", 0)) + int(a.get("on_disk", 0))
+                    for a in answers.values() if isinstance(a, dict) and "error" not in a)
+        failed = {n: a["error"] for n, a in answers.items() if isinstance(a, dict) and "error" in a}
+        if failed:
+            raise MeshError(f"purge: {total} task(s) purged, but not on every node: " +
+                            "; ".join(f"{n}: {e}" for n, e in sorted(failed.items())))
+        return total
 
     def shutdown(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
         """Warm shutdown of the nodes (as SIGTERM)."""

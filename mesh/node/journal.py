@@ -220,6 +220,10 @@ class Journal(abc.ABC):
         """``(task_id, frame)`` of those rows still waiting on disk, unfinished."""
         return []
 
+    def disk_last(self) -> int:
+        """The position of the newest task waiting on disk only (0: none)."""
+        return 0
+
     def disk_tasks(self) -> list[tuple[str, bytes, int]]:
         """``(task id, owner, bytes)`` of the tasks waiting on disk only, unfinished."""
         return []

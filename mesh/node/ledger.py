@@ -337,11 +337,13 @@ class Ledger:
 
     def fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
              state: str = states.FAILURE, held: bool = False, name: str = "",
-             **event: Any) -> None:
+             logged: bool = True, **event: Any) -> None:
         """Fail a task with a mesh exception: a held one through ``finish``; one refused
-        at intake (never held) with a reply only."""
+        at intake (never held) with a reply only. ``logged=False``: the caller logs a
+        summary instead of a line per task (a purge)."""
         if held:
-            log.info("task %s %s: %s", task_id, state.lower(), message)
+            if logged:
+                log.info("task %s %s: %s", task_id, state.lower(), message)
         else:                     # refused at intake: a stream of these must not flood the log
             self.faillog.warning("task %s %s: %s", task_id, state.lower(), message[:300])
         frame = self.failure(task_id, state, exc_type, message)
@@ -453,9 +455,9 @@ class Ledger:
         taskstate.progress(self.node, entry, state, meta)
 
     def task_failed(self, entry: Entry, exc_type: str, message: str,
-                    state: str = states.FAILURE, **event: Any) -> None:
+                    state: str = states.FAILURE, logged: bool = True, **event: Any) -> None:
         self.fail(entry.client, entry.task_id, exc_type, message, state, held=True,
-                  name=entry.name, **event)
+                  name=entry.name, logged=logged, **event)
 
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
         """Its child died mid-run. acks_late tasks go back to their owner at shutdown

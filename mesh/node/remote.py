@@ -14,6 +14,7 @@ function (mesh/node/commands.py) and answers with a CONTROL_REPLY (unless
     autoscale                                          (control; mesh/node/autoscale.py)
     duplicate                                         (a client reports a late result)
     forget                                            (AsyncResult.forget: drop a result)
+    purge                                             (control; mesh/node/purge.py)
 
 A bad argument is a clear error in the reply, never an exception that escapes into
 the node; so is a command that raises.
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import __version__
 from mesh import states as task_states
+from mesh.node import purge as _purge  # noqa: F401  (registers the purge command)
 from mesh.node import taskstate
 from mesh.node.commands import ControlState, register
 from mesh.node.commands import registry as default_registry

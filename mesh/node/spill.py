@@ -69,6 +69,7 @@ class Spill(Component):
         # accepted this pass or waiting for their copy's confirmation, marked on disk
         # in the journal, still in memory until their ACK is out (``settle``)
         self.candidates: dict[str, Entry] = {}
+        self.purging = 0                       # purges walking the disk: no read back meanwhile
         self.spilled = self.read_back = 0     # figures (status)
         self.started = False
 
@@ -210,8 +211,8 @@ class Spill(Component):
         if not (self.on_disk or self.candidates):
             return
         node = self.node
-        if node.stopping or node.reclaim.disk:   # (after a crash: mesh/node/reclaim.py)
-            return
+        if node.stopping or node.reclaim.disk or self.purging:   # (after a crash:
+            return                                   # mesh/node/reclaim.py; mesh/node/purge.py)
         room = (self.window - node.pool.queued) if self.window else self.chunk
         if room < self.chunk and room < self.on_disk + len(self.candidates):
             return

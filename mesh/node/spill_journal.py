@@ -115,6 +115,15 @@ class SpillRows(SqlRows):
         except sqlite3.Error as e:
             raise self._error(e) from e
 
+    def disk_last(self) -> int:
+        """The position of the newest task waiting on disk only (0: none)."""
+        try:
+            row = self.db.execute("SELECT max(rowid) FROM tasks INDEXED BY tasks_disk "
+                                  "WHERE disk=1").fetchone()
+        except sqlite3.Error as e:
+            raise self._error(e) from e
+        return int(row[0]) if row and row[0] is not None else 0
+
     def disk_frames(self, positions: Sequence[int]) -> list[tuple[str, bytes]]:
         """``(task_id, frame)`` of the rows at these positions (from ``disk_walk``) that
         still wait on disk only and have no result, in arrival order."""

@@ -6,6 +6,7 @@ One child, held by a gated task, so the queue's order is the order the tasks run
 """
 from __future__ import annotations
 
+import collections
 import signal
 import uuid
 from pathlib import Path
@@ -250,8 +251,14 @@ def test_a_task_going_to_disk_resent_through_another_link_replies_there(
     got = frames_until(new, _result_of("moved"))
     assert [f.state for f in got if isinstance(f, Result) and f.task_id == "moved"] == [states.SUCCESS]
     wait_until(lambda: a.status()["held"] == 0, what="a to hold nothing")
-    # (a few of the first tasks may have been shed to b, idle until stopped: no order)
-    assert sorted(_lines(out)) == sorted([f"line-{i}" for i in range(2 * WINDOW)] + ["moved"])
+    # (a few of the first tasks may have been shed to b, idle until stopped: no order;
+    # one b ran before it was stopped, whose result had not reached a, its backup, runs
+    # again on a when b dies: acks_late, at least once. CI: line-0 twice)
+    runs = collections.Counter(_lines(out))
+    assert set(runs) == {f"line-{i}" for i in range(2 * WINDOW)} | {"moved"}
+    twice = [line for line, n in runs.items() if n > 1]
+    assert max(runs.values()) <= 2 and len(twice) <= a.status()["handed_off"], runs
+    assert runs["moved"] == 1
 
 
 def test_a_task_revoked_before_it_left_memory_is_not_counted_on_disk_after_a_restart(

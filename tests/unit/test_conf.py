@@ -244,3 +244,27 @@ def test_keyword_arguments_to_mesh_win_over_conf(monkeypatch: pytest.MonkeyPatch
 def test_a_bad_mesh_keyword_still_fails_at_once() -> None:
     with pytest.raises(ConfigError, match="did you mean 'peers'"):
         Mesh("x", peer=["tcp://a:1"])
+
+
+def test_a_celery_config_gets_one_warning_for_the_settings_mesh_does_not_take(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A Celery config module sets several settings mesh does not take: one warning
+    line per load (in every web worker that loads it), grouped by reason, not one each."""
+    caplog.set_level(logging.WARNING, "mesh.conf")
+    conf = Settings()
+    celery_config = {"broker_url": "redis://localhost:6379/0", "accept_content": ["json"],
+                     "task_serializer": "json", "result_serializer": "json",
+                     "broker_connection_retry_on_startup": True, "task_acks_late": True}
+    conf.add_source("config_from_object('cconf')", lambda: celery_config, force=True)
+    assert len(caplog.records) == 1, caplog.text
+    text = caplog.records[0].getMessage()
+    assert text.startswith("config_from_object('cconf'): settings "), text
+    assert "settings 'accept_content', 'task_serializer', 'result_serializer' are not " \
+           "used by mesh: mesh always encodes with msgpack" in text
+    assert "settings 'broker_url', 'broker_connection_retry_on_startup' are not used by " \
+           "mesh: mesh has no broker" in text
+    assert "task_acks_late" not in text and conf.task_acks_late is True
+    caplog.clear()
+    conf.add_source("again", lambda: {"broker_url": "x", "result_backend": "y"}, force=True)
+    assert caplog.text.count("not used by mesh") == 1        # broker_url was said already
+    assert "setting 'result_backend' is not used by mesh" in caplog.text

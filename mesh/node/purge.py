@@ -1,0 +1,153 @@
+"""Purge: the ``purge`` control command (Celery's ``celery purge``, ``app.control.purge()``).
+
+Celery's purge deletes the messages waiting in the broker's queues. mesh has no broker:
+the tasks waiting for a child are in each node's queue (in memory, and beyond
+``--queue-memory`` on disk: mesh/node/spill.py). A purge takes every one of those that
+has not started, of every queue or of the ``queues`` named (less ``exclude``), out of
+this node and finishes it REVOKED, as a revoke of a queued task does: its owner's wait
+ends with ``TaskRevokedError`` (every wait ends in a result or an error), its backup
+drops its copy, and the result is kept like any other. Not purged, as in Celery (where
+the worker holds them, not the broker): running tasks, tasks sent ahead to a child
+(about to start), and tasks waiting for an eta, a countdown, a retry or a rate limit
+(``inspect scheduled``; revoke those by id).
+
+Tasks waiting on disk are purged in chunks on the node's loop after the reply
+(``DISK_CHUNK`` per pass), so that a purge of a million-task backlog does not stop
+the node: the reply says how many were waiting on disk, and the node logs the count
+purged when the walk ends.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mesh import states
+from mesh.node.commands import ControlState, register
+from mesh.node.journal import JournalError
+from mesh.wire.control import BadArgs
+from mesh.wire.protocol import Submit, decode
+
+if TYPE_CHECKING:
+    from mesh.node.ledger import Entry
+    from mesh.node.node import Node
+
+log = logging.getLogger("mesh.node")
+
+DISK_CHUNK = 2_000        # tasks on disk purged per loop pass
+MAX_QUEUES = 100
+
+
+@dataclass(frozen=True)
+class PurgeArgs:
+    queues: list[str] | None = None      # only these queues (None: every queue)
+    exclude: list[str] | None = None     # not these
+
+    def __post_init__(self) -> None:
+        for key in ("queues", "exclude"):
+            v = getattr(self, key)
+            if v is not None and (len(v) > MAX_QUEUES or not all(0 < len(q) <= 500 for q in v)):
+                raise BadArgs(f"purge: {key!r} must be a list of up to {MAX_QUEUES} "
+                              "non-empty queue names")
+
+
+@dataclass(frozen=True)
+class PurgeReply:
+    purged: int          # tasks taken out of the queue in memory, finished REVOKED
+    on_disk: int         # tasks waiting on disk when asked: purged after the reply
+
+
+class _Filter:
+    """Which queued tasks a purge takes, by the queue each was routed to."""
+
+    def __init__(self, node: "Node", req: PurgeArgs) -> None:
+        self.node = node
+        self.only = set(req.queues) if req.queues is not None else None
+        self.exclude = set(req.exclude or ())
+
+    @property
+    def everything(self) -> bool:
+        return self.only is None and not self.exclude
+
+    def takes(self, name: str, frame: bytes) -> bool:
+        if self.everything:
+            return True
+        try:
+            msg = decode(frame)
+        except Exception:
+            msg = None
+        headers = msg.headers if isinstance(msg, Submit) else None
+        queue = self.node.routing.queue_for(name, headers)
+        return (self.only is None or queue in self.only) and queue not in self.exclude
+
+
+def _finish(node: "Node", entry: "Entry") -> None:
+    node.ledger.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} was purged",
+                            states.REVOKED, logged=False)    # one line per purge
+
+
+def purge(node: "Node", req: PurgeArgs) -> PurgeReply:
+    """Take this node's queued tasks (not started, no eta) out and finish them REVOKED."""
+    keep = _Filter(node, req)
+    pool, spill = node.pool, node.spill
+    taken = [item[2] for item in pool.queue if keep.takes(item[2].name, item[2].frame)]
+    if taken:
+        pool.discard({id(e) for e in taken})
+    for tid, entry in list(spill.candidates.items()):    # going to disk, still in memory
+        if keep.takes(entry.name, entry.frame) and spill.unqueue(tid):
+            taken.append(entry)
+    for entry in taken:
+        _finish(node, entry)
+    on_disk = spill.on_disk
+    if on_disk:      # (no read back until the walk is done: it would take tasks past it)
+        try:
+            last = node.journal.disk_last()
+        except JournalError as e:
+            raise RuntimeError(f"{len(taken)} queued task(s) purged; those waiting on disk "
+                               f"could not be read ({e})") from e
+        spill.purging += 1
+        node.spawn(_purge_disk(node, keep, last), name="purge-disk")
+    if taken or on_disk:
+        log.info("purge: %d queued task(s) revoked%s", len(taken),
+                 f"; {on_disk} waiting on disk are being purged" if on_disk else "")
+    return PurgeReply(len(taken), on_disk)
+
+
+async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
+    """The tasks waiting on disk up to position ``last`` (those there when the purge
+    was asked: not those sent since), in arrival order, a chunk per loop pass."""
+    journal, spill = node.journal, node.spill
+    after, n = 0, 0
+    try:
+        while spill.on_disk and not node.stopping and after < last:
+            rows = [r for r in journal.disk_walk(after, DISK_CHUNK) if r[0] <= last]
+            if not rows:
+                break
+            after = rows[-1][0]
+            for tid, frame in journal.disk_frames([r[0] for r in rows]):
+                try:
+                    msg = decode(frame)
+                except Exception:
+                    msg = None
+                name = msg.name if isinstance(msg, Submit) else ""
+                if not keep.takes(name, frame):
+                    continue
+                entry = spill.take(tid)       # held in memory again, then finished
+                if entry is not None:
+                    _finish(node, entry)
+                    n += 1
+            await asyncio.sleep(0)
+    except JournalError as e:
+        log.error("purge: the tasks waiting on disk could not all be read (%s): %d purged", e, n)
+        return
+    finally:
+        spill.purging -= 1
+        node.front.schedule_flush()          # read back what is left (refill runs there)
+    log.info("purge: %d task(s) waiting on disk revoked", n)
+
+
+@register("purge", "control", PurgeArgs, builtin=True)
+def purge_command(state: ControlState, req: PurgeArgs) -> Any:
+    """Revoke every queued task that has not started (Celery's purge); -Q/-X by queue."""
+    return purge(state.node, req)

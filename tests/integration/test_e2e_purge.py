@@ -1,0 +1,143 @@
+"""Purge (Celery's ``celery purge`` / ``app.control.purge()``) on real nodes: every
+queued task that has not started is revoked, in memory and on disk, by queue; its
+owner's wait ends in TaskRevokedError, its backup's copy goes (a node that dies after
+a purge does not run them elsewhere); running and scheduled tasks stay."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import MESHCTL, run_program, wait_until
+
+from mesh import Mesh, states
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK
+from mesh.exceptions import TaskRevokedError
+
+RESULT_TIMEOUT = 60.0
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _gated(node: Any, t: Any, tmp_path: Path) -> tuple[Any, Path, Path]:
+    """The node's one child held by a task waiting for the gate file: what is sent
+    next queues."""
+    gate, out = tmp_path / "gate", tmp_path / "runs"
+    running = t.wait_for_file.delay(str(gate))
+    wait_until(lambda: node.status()["busy"] == 1, what="the gated task to start")
+    return running, gate, out
+
+
+def _revoked(r: Any) -> bool:
+    with pytest.raises(TaskRevokedError, match="purged"):
+        r.get(timeout=RESULT_TIMEOUT)
+    return r.state == states.REVOKED
+
+
+def test_meshctl_purge_revokes_queued_tasks_and_leaves_running_and_scheduled_ones(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    node = start_node(concurrency=1)
+    t = make_client(node).tasks
+    running, gate, out = _gated(node, t, tmp_path)
+    queued = [t.append_line.delay(str(out), f"q{i}") for i in range(20)]
+    later = t.append_line.apply_async((str(out), "later"), countdown=120)
+    wait_until(lambda: node.status()["queued"] == 20 and node.status()["scheduled"] == 1,
+               what="20 queued tasks and one scheduled")
+    # without --force it asks; no answer (stdin closed) purges nothing
+    asked = run_program(MESHCTL, "--peers", node.endpoint, "purge")
+    assert asked.returncode != EXIT_OK and "Revoke every task waiting in every queue" in asked.stderr
+    assert node.status()["queued"] == 20
+    done = run_program(MESHCTL, "--peers", node.endpoint, "purge", "-f")
+    assert done.returncode == EXIT_OK, done.stderr
+    assert f"{node.name}: 20 task(s) purged" in done.stdout
+    assert "20 task(s) purged on 1 node(s)" in done.stdout
+    assert all(_revoked(r) for r in queued)
+    st = node.status()
+    assert st["queued"] == 0 and st["scheduled"] == 1 and st["busy"] == 1   # those stay
+    gate.touch()
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"       # running: not purged
+    assert later.state == states.RECEIVED                        # scheduled: not purged
+    later.revoke()
+    assert _lines(out) == []                                     # no purged task ran
+    assert "purge: 20 queued task(s) revoked" in node.stderr()
+
+
+def test_purge_by_queue_through_app_control(start_node: Any, make_client: Any,
+                                            tmp_path: Path) -> None:
+    node = start_node(concurrency=1, queues="celery,bulk")
+    t = make_client(node).tasks
+    running, gate, out = _gated(node, t, tmp_path)
+    bulk = [t.append_line.apply_async((str(out), f"b{i}"), queue="bulk") for i in range(5)]
+    plain = [t.append_line.delay(str(out), f"p{i}") for i in range(3)]
+    wait_until(lambda: node.status()["queued"] == 8, what="8 queued tasks")
+    control = Mesh("ctl", peers=[node.endpoint], mdns=False).control
+    assert control.purge(queues=["bulk"]) == 5
+    assert all(_revoked(r) for r in bulk)
+    assert control.purge(exclude="celery") == 0                 # nothing else on bulk
+    gate.touch()
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in plain] == ["p0", "p1", "p2"]
+    assert sorted(_lines(out)) == ["p0", "p1", "p2"]
+    # a bad argument is a clear error, and a bad flag too
+    bad = run_program(MESHCTL, "--peers", node.endpoint, "purge", "-f", "-Q", ",")
+    assert bad.returncode != EXIT_OK and "give one or more queue names" in bad.stderr
+
+
+def test_purged_tasks_waiting_on_disk_are_revoked_too(start_node: Any, make_client: Any,
+                                                      tmp_path: Path) -> None:
+    node = start_node(concurrency=1, queue_memory=10)
+    t = make_client(node).tasks
+    running, gate, out = _gated(node, t, tmp_path)
+    queued = [t.append_line.delay(str(out), f"q{i}") for i in range(60)]
+    wait_until(lambda: node.status()["queued"] == 60 and node.status()["queued_on_disk"] > 0,
+               what="60 tasks queued, some on disk")     # ("queued" counts those on disk)
+    answers = Mesh("ctl", peers=[node.endpoint], mdns=False).control.ask("purge")
+    a = answers[node.name]
+    assert a["on_disk"] > 0 and a["purged"] + a["on_disk"] == 60, a
+    assert all(_revoked(r) for r in queued)
+    wait_until(lambda: node.status()["queued_on_disk"] == 0 and node.status()["queued"] == 0,
+               what="the disk part purged")
+    gate.touch()
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert t.append_line.delay(str(out), "after").get(timeout=RESULT_TIMEOUT) == "after"
+    assert _lines(out) == ["after"]
+    assert f"purge: {a['on_disk']} task(s) waiting on disk revoked" in node.stderr()
+
+
+def test_a_purged_task_does_not_run_on_the_backup_when_its_holder_dies(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    a = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    c = make_client(a, b)
+    gate, out = tmp_path / "gate", tmp_path / "runs"
+    blockers = [c.tasks.wait_for_file.delay(str(gate)) for _ in range(2)]
+    wait_until(lambda: a.status()["busy"] == 1 and b.status()["busy"] == 1, what="both nodes busy")
+    queued = [c.tasks.append_line.delay(str(out), f"q{i}") for i in range(10)]
+    wait_until(lambda: a.status()["queued"] + b.status()["queued"] == 10
+               and a.status()["copies_kept"] + b.status()["copies_kept"] == 12,
+               what="10 queued tasks, each node keeping copies of the other's")
+    a_ids = {t["id"] for t in c.app.control.inspect().active()[a.name]}
+    assert c.app.control.purge() == 10
+    assert all(_revoked(r) for r in queued)
+    wait_until(lambda: a.status()["copies_kept"] == 1 and b.status()["copies_kept"] == 1,
+               what="each node to keep only the copy of the other's gated task")
+    a.send_signal(signal.SIGKILL)       # b would run the copies of a's queued tasks
+    a.wait(10)
+    wait_until(lambda: f"node {a.name} is dead: running" in b.stderr(), 30,
+               "b to take over a's tasks")
+    assert f"node {a.name} is dead: running 0 of its task(s)" in b.stderr()   # (a's gated
+    gate.touch()                                                 # task had started: not rerun)
+    on_b = [r for r in blockers if r.id not in a_ids]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in on_b] == ["opened"]
+    time.sleep(1)
+    assert _lines(out) == []                                    # none of the purged ran
+    assert b.status()["queued"] == 0
+
+
+def test_purge_with_no_node_answering_is_an_error(tmp_path: Path) -> None:
+    out = run_program(MESHCTL, "--peers", "tcp://127.0.0.1:9", "--timeout", "0.5", "purge", "-f")
+    assert out.returncode == EXIT_FAILURE
