@@ -237,6 +237,7 @@ def merge_views(views: Mapping[str, Any]) -> dict[str, Any]:
                 continue
             merged = entries.setdefault(row["name"], {**row, "fires_on_views": {}})
             merged["fires_on_views"].setdefault(str(row.get("fires_on")), []).append(node)
+            merged["waiting"] = max(merged.get("waiting") or 0, row.get("waiting") or 0)
             for key in ("last_run", "last_result"):
                 new, best = row.get(key), merged.get(key)
                 if isinstance(new, Mapping) and (not isinstance(best, Mapping)

@@ -23,7 +23,7 @@ def reserve(item: str, quantity: int) -> dict[str, object]:
     return {"item": item, "reserved": quantity}
 
 
-@shared_task
+@shared_task(track_started=True)     # /jobs/{id} shows STARTED in every web worker
 def slow(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

@@ -90,6 +90,11 @@ def beat(ctx: click.Context) -> int:
                                             for k, v in e["fires_on_views"].items())
         click.echo(f"{e['name'][:24]:24} {str(e.get('schedule'))[:24]:24} {nxt:{w}} "
                    f"{last_text[:34]:34} {fires}")
+    for e in view["entries"]:
+        if e.get("waiting"):
+            click.echo(f"WARNING: {e['name']}: {e['waiting']} run(s) waiting: no alive node "
+                       f"takes its task {e.get('task')!r} (the queue it goes to is served by "
+                       f"no node that has the task; see the node's log)")
     zones = {n.get("timezone") for n in view["nodes"].values()}
     digests = {n.get("schedule") for n in view["nodes"].values()}
     click.echo(f"{len(view['nodes'])} node(s); zone {', '.join(sorted(map(str, zones)))}"

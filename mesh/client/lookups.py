@@ -49,8 +49,11 @@ _STATE_RANK = {states.UNKNOWN: 0, states.PENDING: 1, states.RECEIVED: 2, states.
 
 class Lookup(threading.Event):
     """A result query someone waits for: set when it ends; ``answers``: how many
-    nodes answered it (none: no node could be reached)."""
+    nodes answered it (none: no node could be reached); ``best`` and ``meta``: the
+    most advanced state answered so far, for a caller whose wait ends first."""
     answers = 0
+    best = states.UNKNOWN
+    meta: bytes | None = None
 
 
 def _rank(state: str) -> int:
@@ -121,6 +124,14 @@ class Lookups:
         while (not lookup.answers and not lookup.is_set() and not self.unreachable
                and time.monotonic() < deadline):
             lookup.wait(0.05)
+        best, meta = lookup.best, lookup.meta
+        if not lookup.is_set() and best != states.UNKNOWN:
+            # a node did not answer in time (one killed but not yet declared dead): the
+            # state is what the others answered (its backup: RECEIVED), not the slot's
+            # UNKNOWN or a previous query's state
+            with Slot.lock:
+                if slot.msg is None and not lookup.is_set():
+                    slot.state, slot.meta = best, meta
         return lookup.answers > 0
 
     # -- the I/O thread ---------------------------------------------------------------
@@ -166,6 +177,8 @@ class Lookups:
                 q[3] = state
                 meta = payload.get("meta")
                 q[5] = meta if isinstance(meta, bytes) else None
+                if q[2] is not None:
+                    q[2].meta, q[2].best = q[5], state
         if q[1] <= 0 or slot.msg is not None:
             self._end_query(msg.req_id)
 

@@ -71,6 +71,7 @@ class Beat(Component):
         self.settled = False
         self._swept = self.clock.time()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stuck: set[str] = set()     # entries whose runs no node takes (warned once)
 
     # -- component interface ------------------------------------------------------------
     async def start(self, node: "Node") -> None:
@@ -189,6 +190,9 @@ class Beat(Component):
         for peer in new:
             self._sync_to(alive[peer])
         self.outbox.check(now, set(alive) | {self.node.name})
+        for name in [n for n in self._stuck if not self.waiting(n)]:
+            self._stuck.discard(name)
+            log.info("beat: runs of %s are taken by a node again", name)
         if now - self._swept > SWEEP_INTERVAL:
             self._swept = now
             self.outbox.sweep(set(self._targets().values()))
@@ -237,10 +241,34 @@ class Beat(Component):
         self.counts["fired"] += 1
         log.info("beat: fired %s (due %s) as %s on %s", entry.name,
                  _iso(due, self.schedule.timezone), msg.task_id, run.target or "(no node yet)")
+        self._say_waiting(entry)
         f = Fired(entry.name, due, msg.task_id, self.node.name, now, self.keys[entry.name])
         self._learn(f)
         self._tell(Control(f"beat-{self.node.name}-{time.monotonic_ns()}", "beat-fired",
                            {**f.to_wire(), "noreply": True}), self._alive_addresses())
+
+    def waiting(self, entry: str) -> int:
+        """Runs of ``entry`` this node fired that no node has taken yet (none alive
+        serves the queue its task goes to, or has its task)."""
+        return sum(1 for r in self.outbox.runs.values()
+                   if r.entry == entry and not r.target) if self.outbox is not None else 0
+
+    def _say_waiting(self, entry: Entry) -> None:
+        """Never silent: an entry whose runs no node takes is a WARNING (once, until a
+        node takes one again), not an INFO line per run (a user trial: a beat entry whose
+        task went to a queue no node served fired "on (no node yet)" for ever)."""
+        n = self.waiting(entry.name)
+        if not n or entry.name in self._stuck:
+            return      # (tick says when they are taken again)
+        self._stuck.add(entry.name)
+        routing = self.node.routing
+        queue = entry.queue or routing.queue_for(entry.task)
+        mine = routing.queues
+        log.warning("beat: no alive node takes the runs of %s: none serving queue %r has task "
+                    "%r (this node serves %s). %d run(s) wait here and are sent when such a "
+                    "node is alive (meshnode --queues, or the entry's options={'queue': ...})",
+                    entry.name, queue, entry.task,
+                    "every queue" if mine is None else ", ".join(sorted(mine)), n)
 
     def _done(self, run: Run, state: str, node: str) -> None:
         self.results[run.entry] = (state, node, run.due)
@@ -310,6 +338,7 @@ class Beat(Component):
                     "fired_by": last.node, "fired_at": last.at, "skipped": not last.task_id},
                 "last_result": None if result is None else {
                     "state": result[0], "node": result[1], "due": result[2]},
+                "waiting": self.waiting(name),
             })
         return {"node": self.node.name, "schedule": self.digest, "timezone": str(tz),
                 "settled": self.settled, "firers": sorted(firers),

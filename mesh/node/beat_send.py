@@ -67,6 +67,7 @@ class Outbox:
         self.done = done
         self.spawn = spawn
         self.runs: dict[str, Run] = {}
+        self.closed = False        # (the node stops) no socket is opened any more
         self.socks: dict[str, list[tuple[zmq.Socket[bytes], asyncio.Task[None]]]] = {}
         self.resent = 0
 
@@ -75,6 +76,12 @@ class Outbox:
         """Send (or resend) a run to the node its id picks; False if no node can take it
         now (it stays owned and is tried again by check())."""
         self.runs[run.task_id] = run           # first: pick reads the run (its task's queue)
+        if self.closed:
+            # the node is stopping (its beat stopped first, while the node drains): a
+            # socket opened now would never be closed, and the node would hang in its
+            # context's term() after "stopped" (a user trial: a run resent because its
+            # target left at the same time). The runs of its entries are other nodes' now.
+            return False
         choice = self.pick(run.task_id, avoid or set())
         run.sent_at = now
         if choice is None:
@@ -128,13 +135,20 @@ class Outbox:
             self.forget_socket(address)
 
     def close(self) -> None:
+        """For good (the node stops): close every socket; nothing is sent any more."""
+        self.closed = True
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
         for address in list(self.socks):
             self.forget_socket(address)
 
     def reset(self, now: float) -> None:
         """New keys: close every socket and send every run again (same id) on new ones;
         its target answers with an ACK (then it is watched again) or its result."""
-        self.close()
+        if self.closed:
+            return
+        self._close_sockets()
         for run in list(self.runs.values()):
             if run.target:
                 self.send(run, now)

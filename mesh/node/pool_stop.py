@@ -126,8 +126,17 @@ class PoolStop:
         replaced), or cancel it in the child it shares."""
         for c in self.children.values():
             entry = c.running.get(task_id)
-            if entry is None or c.killed_for is not None:
+            if entry is None:
                 continue
+            if c.killed_for is not None:
+                # being killed already. For this task's revoke (a second revoke, such as
+                # the one a peer forwards after meshctl's own reached this node) it is
+                # being terminated, not left running; the signal goes again, so that
+                # SIGKILL ends a task that ignored a first revoke's SIGTERM
+                if c.reasons.get(task_id) != "revoked":
+                    return False
+                self._kill(c, sig)
+                return True
             log.warning("terminating task %s (%s): %s", task_id, entry.name,
                         f"cancelling it in child pid {c.pid}" if self._shares(c, task_id)
                         else f"signal {sig} to child pid {c.pid}")

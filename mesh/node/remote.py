@@ -255,7 +255,7 @@ def members(state: ControlState, req: Any) -> list[dict[str, Any]]:
 @register("result", "inspect", ResultArgs, builtin=True)
 def result(state: ControlState, req: ResultArgs) -> TaskStateReply:
     """What this node knows of a task id; with watch, the RESULT when it finishes."""
-    answer = state.node.ledger.task_state(state.sender, req.task_id, req.watch)
+    answer = taskstate.lookup(state.node, state.sender, req.task_id, req.watch)
     return TaskStateReply(answer["task_id"], answer["state"], answer.get("result"),
                           answer.get("meta"), answer.get("submit"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from mesh import states
 from mesh.node.journal import JournalError
 from mesh.wire.control import BadArgs
 from mesh.wire.protocol import State, encode
@@ -55,6 +56,25 @@ def finished_state(node: "Node", task_id: str, state: str, result: bytes) -> dic
     except JournalError as e:
         log.error("journal: cannot read task %s: %s", task_id, e)
     return _with_submit(node, out, frame, len(result))
+
+
+def lookup(node: "Node", ident: bytes, task_id: str, watch: bool) -> dict[str, Any]:
+    """The answer to a ``result`` lookup (the ``result`` control command): what the
+    ledger knows (held, finished), else, when this node keeps the task's copy as its
+    holder's backup, RECEIVED: the mesh has the task, and this node runs it if its
+    holder dies. (An UNKNOWN here told a web app asking while the holder was being
+    killed that the task did not exist, though it was about to run here.) With
+    ``watch`` the asker is told the result if the task runs here (the ledger's wait
+    for a task not here yet)."""
+    answer = node.ledger.task_state(ident, task_id, watch)
+    if answer["state"] != states.UNKNOWN or "result" in answer:
+        return answer
+    replicas = getattr(node, "replicas", None)
+    if replicas is None or not replicas.copies.has(task_id):
+        return answer
+    copy = replicas.copies.frames.get(task_id)
+    return _with_submit(node, {"task_id": task_id, "state": states.RECEIVED},
+                        copy[0] if copy is not None else None, 0)
 
 
 def forget(node: "Node", task_ids: list[str]) -> dict[str, list[str]]:

@@ -48,6 +48,18 @@ def test_a_job_is_followed_by_id(client: Any) -> None:
     assert client.get("/jobs/no-such-job").status_code == 404
 
 
+def test_the_submitting_worker_sees_a_running_job_as_started(client: Any) -> None:
+    """(A user trial, uvicorn --workers 2) another worker sees a running task as
+    STARTED (its node answers the lookup); the worker that submitted it saw RECEIVED
+    until the end unless the task has track_started, so a page polling /jobs/{id}
+    showed RECEIVED and STARTED in turn. The example's slow task has it."""
+    job_id = client.post("/jobs", params={"seconds": 2.0}).json()["id"]
+    assert wait_until(lambda: client.get(f"/jobs/{job_id}").json()["state"] == "STARTED",
+                      30, f"job {job_id} to be STARTED in the worker that sent it")
+    assert wait_until(lambda: client.get(f"/jobs/{job_id}").json()["state"] == "SUCCESS",
+                      30, f"job {job_id} to end")
+
+
 def test_the_lifespan_closes_the_mesh_client(node: NodeProc) -> None:
     from fastapi.testclient import TestClient
 
@@ -58,3 +70,4 @@ def test_the_lifespan_closes_the_mesh_client(node: NodeProc) -> None:
         mesh = api.state.mesh
         assert mesh._client is not None
     assert mesh._client is None       # closed at shutdown: its I/O thread is gone
+

@@ -19,6 +19,10 @@ app = Mesh("mesh-beat-it", mdns=False)
 def tick(self: Any) -> float:
     headers = self.request.headers
     due = headers.get("periodic_due")
+    gate = os.environ.get("BEAT_GATE")        # runs wait for this file (runs in flight)
+    deadline = time.monotonic() + 60
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
     path = os.environ.get("BEAT_LOG")
     if path:
         line = (f"{due!r} {headers.get('periodic_entry')} {os.getppid()} {self.request.id} "

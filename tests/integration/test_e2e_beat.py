@@ -222,3 +222,55 @@ def test_the_dashboard_lists_periodic_entries(start_node: NodeFactory, beat_log:
     assert data["available"] is True and entry["name"] == "tick" and entry["task"] == "beat_app.tick"
     assert entry["fires_on"] == firer.name and entry["node"] in (a.name, b.name)
     assert entry["next_run"] > entry["last_run"]
+
+
+def test_runs_no_node_takes_are_a_warning_and_run_when_a_node_comes(
+        start_node: NodeFactory, beat_log: Path) -> None:
+    """(A user trial) an entry whose task goes to a queue no node serves (here the
+    default queue, on a node started with --queues emails): the node said only
+    "fired tick ... on (no node yet)" at INFO, once per run, for ever. Now one WARNING
+    says why, meshctl beat says runs wait, and a node that serves the queue runs them."""
+    a = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-q", queues="emails")
+    wait_until(lambda: beat_view(a)["entries"][0]["waiting"] >= 3, 60, "3 runs waiting",
+               interval=0.2)
+    log = a.stderr()
+    warnings = [line for line in log.splitlines() if "no alive node takes the runs of tick" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], log
+    assert "queue 'celery'" in warnings[0] and "serves emails" in warnings[0], warnings[0]
+    r = run_program(MESHCTL, "--peers", a.endpoint, "beat")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"WARNING: tick: \d+ run\(s\) waiting", r.stdout), r.stdout
+    assert read_runs(beat_log) == []
+
+    start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-all",
+               peers=a.endpoint)          # serves every queue: the waiting runs go there
+    wait_until(lambda: len(read_runs(beat_log)) >= 3, 60, "the waiting runs to run", interval=0.2)
+    wait_until(lambda: "runs of tick are taken by a node again" in a.stderr(), 30,
+               "the all-clear in the log")
+    check_runs(read_runs(beat_log))
+
+
+def test_nodes_stopped_together_with_runs_in_flight_exit(
+        start_node: NodeFactory, beat_log: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A user trial) two nodes stopped at once while runs were in flight: the beat
+    stops first, then the node drains; a run whose target left was sent again during
+    the drain on a socket opened after the beat had closed its sockets, and the node
+    logged "stopped" and then hung for ever in its ZeroMQ context's term()."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("BEAT_GATE", str(gate))     # every run waits: runs stay in flight
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    nodes = start_mesh(start_node, 2)
+    firer = firing_node(nodes)
+    wait_until(lambda: beat_view(firer)["in_flight"] >= 3, 60, "runs in flight", interval=0.2)
+    for n in nodes:
+        n.send_signal(signal.SIGTERM)
+    time.sleep(2.0)                  # both drain (their children wait at the gate)
+    gate.touch()
+    for n in nodes:
+        try:
+            code = n.wait(30)
+        except Exception as e:       # subprocess.TimeoutExpired
+            raise AssertionError(f"{n.name} did not exit after stopping:\n"
+                                 f"{n.stderr_tail(15)}") from e
+        assert code == 0, n.stderr_tail(30)

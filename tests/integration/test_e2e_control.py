@@ -196,3 +196,31 @@ def test_bad_control_arguments_get_clear_errors(start_node: Any) -> None:
     assert "'n'" in ctl.broadcast("pool_grow", {"n": -3})[node.name]["error"]
     assert "unknown command" in ctl.broadcast("explode")[node.name]["error"]
     assert node.ping()
+
+
+def test_a_second_revoke_of_a_task_being_terminated_says_terminated_and_escalates(
+        start_node: Any, tmp_path: Path) -> None:
+    """(A user trial) meshctl revoke --terminate on a two-node mesh reaches the holder
+    twice (directly, and forwarded by the other node); the second answer said
+    'still_running' for a task being killed, and sent no signal: a task that ignores
+    SIGTERM could not then be ended with SIGKILL."""
+    import revoke_app
+    from harness import make_client_app
+    node = start_node(app="revoke_app", concurrency=1)
+    c = make_client_app([node.endpoint], revoke_app)
+    try:
+        started = tmp_path / "started"
+        r = c.tasks.stubborn.delay(str(started))
+        wait_until(started.exists, what="the task to start")
+        first = r.revoke(terminate=True, signal="SIGTERM")
+        assert first[node.name]["terminated"] == [r.id], first
+        time.sleep(0.5)
+        assert not r.ready() and node.status()["busy"] == 1     # it ignores SIGTERM
+        second = r.revoke(terminate=True, signal="SIGKILL")
+        assert second[node.name]["terminated"] == [r.id], second
+        assert not second[node.name]["still_running"], second
+        with pytest.raises(TaskRevokedError) as info:
+            r.get(timeout=30)
+        assert "terminated" in str(info.value)
+    finally:
+        c.close()
