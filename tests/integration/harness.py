@@ -9,6 +9,15 @@ then SIGKILL, then any child process the node left behind.
 Nodes import the test tasks as ``tasks_app`` (this directory is put on their
 PYTHONPATH) and the tests import the same module under the same name, so exception
 types defined there come back to the caller as themselves.
+
+Keeping what a failed test leaves (``MESH_TEST_KEEP=DIR``): when a test using
+``start_node`` fails, its whole temporary directory (each node's data dir with its
+journal, each node's full stderr, the test's own files) is copied to
+``DIR/<test>-<time>`` once its nodes are stopped, and the failure report names it.
+A test that deletes a node's data dir to play "the machine is gone" calls
+:func:`remove_data_dir`, which moves it aside (``<dir>.gone-N``, out of the node's
+reach all the same) instead when ``MESH_TEST_KEEP`` is set. For chaos runs repeated
+until a rare failure shows up, so that it can be traced from the journals.
 """
 from __future__ import annotations
 
@@ -164,6 +173,38 @@ def _flag_args(flags: dict[str, Any]) -> list[str]:
         elif value is not None and value is not False:
             out += [opt, str(value)]
     return out
+
+
+def keep_dir() -> Path | None:
+    """Where failed tests' directories are copied (``MESH_TEST_KEEP``), or None."""
+    value = os.environ.get("MESH_TEST_KEEP", "")
+    return Path(value) if value else None
+
+
+def remove_data_dir(path: Path) -> None:
+    """A node's data dir gone (its machine lost): deleted, or with ``MESH_TEST_KEEP``
+    renamed aside so that a failure can still be traced from its journal."""
+    if keep_dir() is None:
+        shutil.rmtree(path)
+        return
+    for i in range(1, 100):
+        aside = path.with_name(f"{path.name}.gone-{i}")
+        if not aside.exists():
+            path.rename(aside)
+            return
+    raise AssertionError(f"{path} moved aside 99 times already")
+
+
+def keep_failed(base_dir: Path, test_name: str) -> Path | None:
+    """Copy ``base_dir`` (a failed test's nodes and files) to ``MESH_TEST_KEEP``; where."""
+    keep = keep_dir()
+    if keep is None:
+        return None
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in test_name)[-150:]
+    dest = keep / f"{safe}-{time.strftime('%H%M%S')}-{os.getpid()}"
+    shutil.copytree(base_dir, dest, symlinks=True, ignore_dangling_symlinks=True,
+                    dirs_exist_ok=True)
+    return dest
 
 
 # ---- nodes ----------------------------------------------------------------------------

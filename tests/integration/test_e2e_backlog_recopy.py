@@ -13,7 +13,6 @@ before a node dies: only the copies can save the tasks.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import sqlite3
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import occupy, wait_until
+from harness import occupy, remove_data_dir, wait_until
 from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _lines
 from test_e2e_chaos import mesh_formed
 
@@ -89,7 +88,7 @@ def _gone(node: Any) -> None:
     """The machine is gone: the node killed, its disk with it."""
     node.send_signal(signal.SIGKILL)
     node.wait(10)
-    shutil.rmtree(node.data_dir)
+    remove_data_dir(node.data_dir)
 
 
 def _each_ran_once(out: Path, alive: list[Any], tmp_path: Path) -> None:
