@@ -117,8 +117,10 @@ class Reclaimer:
         task on while waiting: ``resent``), so that its result still goes there."""
         entry = self.waiting.pop(task_id, None)
         if entry is not None:
+            self.counts["handed_here"] += 1
             return entry.client
-        self.disk.pop(task_id, None)
+        if self.disk.pop(task_id, None) is not None:
+            self.counts["handed_here"] += 1
         return b""
 
     def resent(self, task_id: str, ident: bytes) -> bool:
@@ -310,7 +312,8 @@ class Reclaimer:
         return {"reclaim_waiting": len(self.waiting) + len(self.disk),
                 "reclaim_finished_elsewhere": self.counts["finished_elsewhere"],
                 "reclaim_held_elsewhere": self.counts["held_elsewhere"],
-                "reclaim_run_here": self.counts["run_here"]}
+                "reclaim_run_here": self.counts["run_here"],
+                "reclaim_handed_here": self.counts["handed_here"]}
 
 
 def answer_wait(n: int) -> float:
