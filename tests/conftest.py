@@ -9,7 +9,9 @@ Integration fixtures run the real programs (see tests/integration/harness.py):
   with the test tasks registered on it (``c.tasks.add.delay(2, 3)``); closed at teardown
 * ``raw_dealer``   -- ``raw_dealer(endpoint)``: a bare zmq DEALER for speaking garbage
 
-When a test fails, the stderr of the nodes it used is added to its report.
+When a test fails, the stderr of the nodes it used is added to its report; with
+``MESH_TEST_KEEP=DIR`` its whole directory (journals, full node logs) is also copied
+to DIR once its nodes are stopped (see tests/integration/harness.py).
 
 The suite runs in parallel (pytest-xdist, ``-n``, scripts/test.sh): most tests wait on
 real processes, not on the CPU. Tests that browse or announce real mDNS on loopback
@@ -32,7 +34,7 @@ INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 if str(INTEGRATION_DIR) not in sys.path:   # tasks_app and harness, under the names nodes use
     sys.path.insert(0, str(INTEGRATION_DIR))
 
-from harness import ClientHandle, NodeFactory, NodeProc, make_client_app
+from harness import ClientHandle, NodeFactory, NodeProc, keep_failed, make_client_app
 from harness import free_port as _free_port
 
 from mesh.client.control import ControlClient
@@ -49,11 +51,19 @@ def free_port() -> int:
     return _free_port()
 
 
+FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
-def start_node(tmp_path: Path, control: ControlClient) -> Iterator[NodeFactory]:
+def start_node(request: pytest.FixtureRequest, tmp_path: Path,
+               control: ControlClient) -> Iterator[NodeFactory]:
     factory = NodeFactory(tmp_path, control)
     yield factory
     factory.close()
+    if request.node.stash.get(FAILED, False):
+        kept = keep_failed(tmp_path, request.node.nodeid)
+        if kept is not None:
+            print(f"\n[MESH_TEST_KEEP] {request.node.nodeid}: kept in {kept}", file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +135,7 @@ def _one_mdns_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed and report.when in ("setup", "call"):
+        item.stash[FAILED] = True
         for value in getattr(item, "funcargs", {}).values():
             nodes = (value.nodes if isinstance(value, NodeFactory)
                      else [value] if isinstance(value, NodeProc) else [])

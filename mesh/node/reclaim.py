@@ -19,9 +19,11 @@ mesh says which of them another node has:
    disk, running) or keeps a copy of for *another* live holder (not what it handed on
    lately: that may be the asker, see ``answer``), and the stored RESULT frames of
    those that finished there. In the same step it drops the copies of these ids it
-   kept for a holder that is gone (or for the asker): the asker holds them again, and
-   copies them again once it runs them, so the takeover that would come later does
-   not run them a second time;
+   kept for a holder that is gone (or for the asker): the asker holds them again, so
+   the takeover that would come later does not run them a second time. It copies
+   them again: those in memory as it holds them, those on its disk by a walk of them
+   (mesh/node/disk_copies.py) once the answers are in (until 2026-12 those waited
+   with one copy, the asker's journal, until read back);
 4. after every member answered, or ``ANSWER_WAIT`` s, each waiting task is:
    * finished elsewhere (a RESULT came): the result is stored here too (a lookup or a
      resend of the id here gets it), the owner gets it, nothing runs;
@@ -86,6 +88,7 @@ class Reclaimer:
         self._results: dict[str, tuple[str, bytes]] = {}   # id -> (node, RESULT frame)
         self._held: dict[str, str] = {}            # id -> a node that holds it
         self.counts: collections.Counter[str] = collections.Counter()
+        self._asked: dict[str, str] = {}           # member id -> address, asked this round
         self._badlog = _RateLimitedLog("refused reclaims")
 
     # -- the returning holder ---------------------------------------------------------
@@ -114,8 +117,10 @@ class Reclaimer:
         task on while waiting: ``resent``), so that its result still goes there."""
         entry = self.waiting.pop(task_id, None)
         if entry is not None:
+            self.counts["handed_here"] += 1
             return entry.client
-        self.disk.pop(task_id, None)
+        if self.disk.pop(task_id, None) is not None:
+            self.counts["handed_here"] += 1
         return b""
 
     def resent(self, task_id: str, ident: bytes) -> bool:
@@ -145,7 +150,7 @@ class Reclaimer:
                 peers = ms.alive_members(include_self=False)
         self._round += 1
         ids = [*self.waiting, *self.disk]
-        asked: dict[str, str] = {}                  # member id -> its address
+        asked = self._asked = {}                    # member id -> its address
         self._send(peers, ids, asked)
         wait = answer_wait(len(ids))
         log.info("journal: %d recovered task(s) wait until %d other node(s) say which of "
@@ -205,7 +210,7 @@ class Reclaimer:
         held, self._held = self._held, {}
         self._expected.clear()
         moved: dict[tuple[bytes, str], list[str]] = {}
-        finished = 0
+        finished = disk_here = 0
         for tid in [*waiting, *disk]:
             entry = waiting.get(tid)
             got, where = results.get(tid), held.get(tid)
@@ -213,7 +218,9 @@ class Reclaimer:
             if state is None and where is None:
                 if entry is not None:
                     ledger.accept(entry)      # no node has it: it runs here
-                continue                      # (on disk: read back in order)
+                else:
+                    disk_here += 1            # (on disk: read back in order)
+                continue
             try:
                 client = entry.client if entry is not None else \
                     journal.on_disk(tid) or disk[tid][0]    # (its latest link)
@@ -231,6 +238,8 @@ class Reclaimer:
                 log.error("journal: task %s, taken over elsewhere, is run here: %s", tid, e)
                 if entry is not None:
                     ledger.accept(entry)
+                else:
+                    disk_here += 1
                 continue
             if entry is None:
                 self._off_disk(client, disk[tid][1])
@@ -247,6 +256,12 @@ class Reclaimer:
         self.counts["run_here"] += total - finished - n_moved
         ledger.commit()
         front.schedule_flush()
+        if disk_here:
+            # every member asked dropped the copies it kept of them (``answer``): those
+            # run here are copied again, those in memory as they are held (``accept``),
+            # those on disk by a walk of them (else one copy, this journal, until read
+            # back: a deep backlog's, for hours; test_e2e_backlog_recopy.py)
+            node.replicas.disk_copies.walk(stale=self._asked)
         log.info("journal: of %d recovered task(s) (%d of them on disk), %d finished on "
                  "another node and %d are held by another node: not run here; %d run here",
                  total, len(disk), finished, n_moved, total - finished - n_moved)
@@ -297,7 +312,8 @@ class Reclaimer:
         return {"reclaim_waiting": len(self.waiting) + len(self.disk),
                 "reclaim_finished_elsewhere": self.counts["finished_elsewhere"],
                 "reclaim_held_elsewhere": self.counts["held_elsewhere"],
-                "reclaim_run_here": self.counts["run_here"]}
+                "reclaim_run_here": self.counts["run_here"],
+                "reclaim_handed_here": self.counts["handed_here"]}
 
 
 def answer_wait(n: int) -> float:

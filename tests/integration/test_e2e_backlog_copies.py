@@ -33,8 +33,24 @@ def _pair(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any, 
     assert c.app.client.flush(RESULT_TIMEOUT) == 0      # acknowledged: the promise is made
     # (the client places some of its tasks on b: a holds the rest, most of them on disk)
     wait_until(lambda: a.status()["queued_on_disk"] >= 50, what="a's disk part")
-    held = a.status()["held"]
-    wait_until(lambda: b.status()["copies_kept"] >= held, what="b to keep a copy of each")
+    # a's count and b's read together, each time (a may shed or read back meanwhile);
+    # on a time-out, what each says (seen once under load, 2026-12-01, not explained:
+    # the kept journals showed nothing missing on disk, the in-memory part is gone)
+    seen: list[Any] = []
+
+    def copied() -> bool:
+        sa, sb = a.status(), b.status()
+        seen[:] = [sa, sb]
+        return sa["handoffs_in_flight"] == 0 and sb["copies_kept_for"].get(a.name, 0) >= sa["held"]
+    try:
+        wait_until(copied, what="b to keep a copy of each")
+    except AssertionError as e:
+        keys = ("held", "queued", "queued_on_disk", "busy", "copies_kept", "copies_on_disk",
+                "copies_kept_for", "handed_off", "taken_from_peers", "handoffs_in_flight",
+                "copies_waiting", "single_copy_acks", "read_back_from_disk")
+        raise AssertionError(f"{e}; " + "; ".join(
+            f"{n}: {({k: st.get(k) for k in keys})}" for n, st in zip("ab", seen))) from None
+    held = seen[0]["held"]
     st = b.status()
     # beyond b's window the copies are on b's disk: at most WINDOW of them in memory
     assert st["copies_on_disk"] >= held - WINDOW > 0, st
@@ -69,6 +85,9 @@ def test_the_holder_killed_the_backup_runs_each_task_once_from_its_disk(
     ids = [r.id for r in rs]
     if submitter == "gone":
         c.close()
+    # read again just before the kill: a may have shed some to b since _pair read it
+    # (once under load: 208 taken over, 210 held at _pair's read; not traced further)
+    held = a.status()["held"]
     a.send_signal(signal.SIGKILL)
     a.wait(10)
     wait_until(lambda: "more kept on disk follow" in b.stderr(), what="b to take a's tasks over")

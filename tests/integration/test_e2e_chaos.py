@@ -470,7 +470,10 @@ def test_kill_9_restart_after_failover_runs_nothing_b_holds_twice(
     # it does not suspect yet): zmq keeps those queued and delivers them on reconnect
     st = a.status()
     assert st["reclaim_run_here"] == 0, st
-    assert st["reclaim_held_elsewhere"] + st["reclaim_finished_elsewhere"] == len(in_journal), st
+    # (b may shed some of them back to a, restarted with room, before a asks: a holds
+    # those as handed, not settled by the answers; seen once under load, 4 of 98)
+    assert st["reclaim_held_elsewhere"] + st["reclaim_finished_elsewhere"] \
+        + st["reclaim_handed_here"] == len(in_journal), st
     tracker.check_runs(may_run_twice=sent_to_dead_a)
     assert figures["failovers"] >= len(in_journal)
     dropped = figures["duplicate_results_dropped"] + figures["late_results_dropped"]
