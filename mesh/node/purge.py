@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from mesh.node.commands import ControlState, register
 from mesh.node.journal import JournalError
 from mesh.wire.control import BadArgs
 from mesh.wire.protocol import Submit, decode
+from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.ledger import Entry
@@ -90,12 +92,14 @@ def _finish(node: "Node", entry: "Entry") -> None:
 def purge(node: "Node", req: PurgeArgs) -> PurgeReply:
     """Take this node's queued tasks (not started, no eta) out and finish them REVOKED."""
     keep = _Filter(node, req)
-    pool, spill = node.pool, node.spill
+    pool, spill, held = node.pool, node.spill, node.ledger.held
     taken = [item[2] for item in pool.queue if keep.takes(item[2].name, item[2].frame)]
     if taken:
         pool.discard({id(e) for e in taken})
+    taken += _accepted(node, keep)       # (before ``candidates`` is emptied below)
     for tid, entry in list(spill.candidates.items()):    # going to disk, still in memory
-        if keep.takes(entry.name, entry.frame) and spill.unqueue(tid):
+        if held.get(tid) is entry and keep.takes(entry.name, entry.frame) \
+                and spill.unqueue(tid):
             taken.append(entry)
     for entry in taken:
         _finish(node, entry)
@@ -112,6 +116,21 @@ def purge(node: "Node", req: PurgeArgs) -> PurgeReply:
         log.info("purge: %d queued task(s) revoked%s", len(taken),
                  f"; {on_disk} waiting on disk are being purged" if on_disk else "")
     return PurgeReply(len(taken), on_disk)
+
+
+def _accepted(node: "Node", keep: _Filter) -> list["Entry"]:
+    """Tasks accepted in this loop pass, before the purge, on their way to the queue
+    at the end of the pass (``Ledger.flush``, which skips them once finished): sent
+    before the purge, they are purged. Not those going to disk (``candidates``, taken
+    above), to another member (a group's), a group's coordinator or one with an eta."""
+    ledger = node.ledger
+    if not ledger.pending:
+        return []
+    held, disk, spread, now = ledger.held, node.spill.candidates, ledger.spread, time.time()
+    return [e for e in ledger.pending
+            if held.get(e.task_id) is e and e.task_id not in disk and e.task_id not in spread
+            and e.name != GROUP and (e.eta is None or e.eta <= now)
+            and keep.takes(e.name, e.frame)]
 
 
 async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
