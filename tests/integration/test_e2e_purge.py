@@ -190,3 +190,34 @@ def test_a_task_submitted_with_the_purge_in_one_pass_is_purged_once_and_never_ru
         got += [decode(f) for f in sock.recv_multipart()]
     assert _results(got, tid) == [states.REVOKED]      # once, and never run
     assert _lines(out) == ["later"]
+
+
+def test_a_node_stopped_while_it_purges_its_disk_does_not_run_those_tasks_after_a_restart(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """SIGTERM just after a purge's reply, while the tasks on disk are being walked:
+    the walk must not simply stop there (the rest waited on disk and ran when the node
+    started again, after its reply had counted them purged)."""
+    node = start_node(concurrency=1, queue_memory=10)
+    t = make_client(node).tasks
+    running, gate, out = _gated(node, t, tmp_path)
+    queued = [t.append_line.delay(str(out), f"q{i}") for i in range(10000)]
+    wait_until(lambda: node.status()["queued"] == 10000, what="10000 tasks queued")
+    a = Mesh("ctl", peers=[node.endpoint], mdns=False).control.ask("purge")[node.name]
+    node.send_signal(signal.SIGTERM)
+    gate.touch()
+    assert a["on_disk"] > 9900, a
+    node.wait(60)
+    assert "purge: the node is stopping" in node.stderr()
+    node = start_node.restart(node)
+    wait_until(lambda: node.status()["queued"] == 0 and node.status()["held"] == 0,
+               what="nothing left on the restarted node")
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert all(_revoked_or_purged(r) for r in queued)
+    assert t.append_line.delay(str(out), "after").get(timeout=RESULT_TIMEOUT) == "after"
+    assert _lines(out) == ["after"]
+
+
+def _revoked_or_purged(r: Any) -> bool:
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=RESULT_TIMEOUT)
+    return r.state == states.REVOKED
