@@ -116,7 +116,8 @@ def purge(node: "Node", req: PurgeArgs) -> PurgeReply:
         node.spawn(_purge_disk(node, keep, last), name="purge-disk")
     if taken or on_disk:
         log.info("purge: %d queued task(s) revoked%s", len(taken),
-                 f"; {on_disk} waiting on disk are being purged" if on_disk else "")
+                 "" if not on_disk else f"; {on_disk} waiting on disk are being purged"
+                 if keep.everything else f"; {on_disk} waiting on disk are being looked at")
     return PurgeReply(len(taken), on_disk)
 
 
@@ -144,24 +145,30 @@ async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
     after, n = 0, 0
     try:
         while spill.on_disk and after < last:
-            if node.stopping:
-                _revoke_rest(node, keep, after, last, n)
-                return
             rows = [r for r in journal.disk_walk(after, DISK_CHUNK) if r[0] <= last]
             if not rows:
                 break
-            began, pos = time.monotonic(), {tid: p for p, tid, _ in rows}
-            for tid, frame in journal.disk_frames([r[0] for r in rows]):
-                after = pos[tid]
+            pos = {tid: p for p, tid, _ in rows}
+            frames = journal.disk_frames([r[0] for r in rows])
+            i, began = 0, time.monotonic()
+            while i < len(frames):
+                if node.stopping:             # from the first not looked at
+                    _revoke_rest(node, keep, pos[frames[i][0]] - 1, last, n)
+                    return
+                tid, frame = frames[i]
+                i += 1
                 if keep.everything or keep.takes(_name(frame), frame):
                     entry = spill.take(tid)       # held in memory again, then finished
                     if entry is not None:
                         _finish(node, entry)
                         n += 1
                 if time.monotonic() - began > PASS_TIME:
-                    break
-            else:
-                after = max(after, rows[-1][0])
+                    await asyncio.sleep(0)       # the node serves, then on
+                    began = time.monotonic()
+            after = rows[-1][0]
+            if node.stopping:
+                _revoke_rest(node, keep, after, last, n)
+                return
             await asyncio.sleep(0)
     except JournalError as e:
         log.error("purge: the tasks waiting on disk could not all be read (%s): %d purged; "
