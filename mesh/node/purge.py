@@ -174,6 +174,10 @@ async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
         log.error("purge: the tasks waiting on disk could not all be read (%s): %d purged; "
                   "the others wait on disk still", e, n)
         return
+    except Exception:                # (in the node's TaskGroup: never the node's end)
+        log.exception("purge: the walk of the tasks waiting on disk failed: %d purged; the "
+                      "others wait on disk still", n)
+        return
     finally:
         spill.purging -= 1
         node.front.schedule_flush()          # read back what is left (refill runs there)
