@@ -525,16 +525,26 @@ def purge(ctx: click.Context, queues: str | None, exclude: str | None, force: bo
         args["exclude"] = skip
     answers = _controller(ctx).ask("purge", args)
 
+    filtered = bool(only or skip)       # the tasks on disk are looked at after the reply
+
     def render(node: str, a: Any) -> None:
         disk = a.get("on_disk", 0) if isinstance(a, dict) else 0
         click.echo(f"{node}: {a.get('purged', 0) if isinstance(a, dict) else a} task(s) purged"
-                   + (f", and {disk} waiting on disk being purged" if disk else ""))
+                   + ("" if not disk else
+                      f"; {disk} waiting on disk are being looked at, those of the queues "
+                      "asked purged (the node logs how many)" if filtered else
+                      f", and {disk} waiting on disk being purged"))
 
     code = _print_per_node(ctx, answers, render)
     if not ctx.obj["json"]:
-        total = sum(int(a.get("purged", 0)) + int(a.get("on_disk", 0)) for a in answers.values()
-                    if isinstance(a, dict) and "error" not in a)
-        click.echo(f"{total} task(s) purged on {len(answers)} node(s)")
+        ok = [a for a in answers.values() if isinstance(a, dict) and "error" not in a]
+        total = sum(int(a.get("purged", 0)) for a in ok)
+        disk = sum(int(a.get("on_disk", 0)) for a in ok)
+        if filtered and disk:
+            click.echo(f"{total} task(s) purged on {len(answers)} node(s), and up to {disk} "
+                       "waiting on disk")
+        else:
+            click.echo(f"{total + disk} task(s) purged on {len(answers)} node(s)")
     failed = any(isinstance(a, dict) and "error" in a for a in answers.values())
     return EXIT_FAILURE if failed else code
 

@@ -180,12 +180,16 @@ class Ledger:
             spread = self.spread
             disk = self.node.spill.candidates     # to wait on disk: not to the pool
             away: dict[str, tuple[Any, list[Entry]]] = {}
+            held = self.held
             for entry in pending:
+                if held.get(entry.task_id) is not entry:   # finished in this pass already
+                    if spread:                   # (a purge: mesh/node/purge.py): not run
+                        spread.pop(entry.task_id, None)
+                    continue
                 if entry.task_id in revoked:     # revoked in the same loop pass
                     # (the revoke finished it already if it was going to disk: once)
-                    if self.held.get(entry.task_id) is entry:
-                        self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} "
-                                         "was revoked", states.REVOKED)
+                    self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} "
+                                     "was revoked", states.REVOKED)
                 elif disk and entry.task_id in disk:
                     continue
                 elif entry.name == GROUP and self.node.workflows is not None:

@@ -7,15 +7,18 @@ from __future__ import annotations
 import re
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MESHCTL, run_program, wait_until
+from harness import MESHCTL, frames_until, run_program, wait_until
 
 from mesh import Mesh, states
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK
 from mesh.exceptions import TaskRevokedError
+from mesh.wire import codec
+from mesh.wire.protocol import Control, ControlReply, Result, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 
@@ -143,3 +146,78 @@ def test_a_purged_task_does_not_run_on_the_backup_when_its_holder_dies(
 def test_purge_with_no_node_answering_is_an_error(tmp_path: Path) -> None:
     out = run_program(MESHCTL, "--peers", "tcp://127.0.0.1:9", "--timeout", "0.5", "purge", "-f")
     assert out.returncode == EXIT_FAILURE
+
+
+def _submit(tid: str, out: Path, line: str) -> bytes:
+    return encode(Submit(tid, "tasks_app.append_line", codec.dump_call((str(out), line), {})))
+
+
+def _results(got: list[Any], tid: str) -> list[str]:
+    return [f.state for f in got if isinstance(f, Result) and f.task_id == tid]
+
+
+@pytest.mark.parametrize("queue_memory", [0, 10], ids=["in-memory", "going-to-disk"])
+def test_a_task_submitted_with_the_purge_in_one_pass_is_purged_once_and_never_runs(
+        start_node: Any, make_client: Any, raw_dealer: Any, tmp_path: Path,
+        queue_memory: int) -> None:
+    """SUBMIT then CONTROL purge in one ZeroMQ message: the node takes both in one loop
+    pass, the task accepted but not yet in the queue (``Ledger.pending``), or, while
+    the backlog spills, in ``Spill.candidates`` on its way to disk. The purge must take
+    it (its owner sent it before the purge), finish it once, and it must not run."""
+    node = start_node(concurrency=1, **({"queue_memory": queue_memory} if queue_memory else {}))
+    t = make_client(node).tasks
+    running, gate, out = _gated(node, t, tmp_path)
+    backlog = [t.append_line.delay(str(out), f"b{i}") for i in range(30)]
+    wait_until(lambda: node.status()["queued"] == 30, what="30 queued tasks")
+    if queue_memory:
+        assert node.status()["queued_on_disk"] > 0
+    sock = raw_dealer(node.endpoint)
+    tid = f"purge-same-pass-{uuid.uuid4()}"
+    sock.send_multipart([_submit(tid, out, "same-pass"), encode(Control("p-1", "purge", {}))])
+    got = frames_until(sock, lambda fs: any(isinstance(f, ControlReply) for f in fs)
+                       and _results(fs, tid))
+    reply = next(f for f in got if isinstance(f, ControlReply))
+    assert reply.ok, reply
+    assert reply.payload["purged"] + reply.payload["on_disk"] == 31, reply.payload
+    assert all(_revoked(r) for r in backlog)
+    wait_until(lambda: node.status()["queued"] == 0, what="nothing queued")
+    gate.touch()
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"
+    later = f"after-{uuid.uuid4()}"
+    sock.send(_submit(later, out, "later"))
+    got += frames_until(sock, lambda fs: bool(_results(fs, later)))
+    while sock.poll(300):                      # whatever else came for it
+        got += [decode(f) for f in sock.recv_multipart()]
+    assert _results(got, tid) == [states.REVOKED]      # once, and never run
+    assert _lines(out) == ["later"]
+
+
+def test_a_node_stopped_while_it_purges_its_disk_does_not_run_those_tasks_after_a_restart(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """SIGTERM just after a purge's reply, while the tasks on disk are being walked:
+    the walk must not simply stop there (the rest waited on disk and ran when the node
+    started again, after its reply had counted them purged)."""
+    node = start_node(concurrency=1, queue_memory=10)
+    t = make_client(node).tasks
+    running, gate, out = _gated(node, t, tmp_path)
+    queued = [t.append_line.delay(str(out), f"q{i}") for i in range(10000)]
+    wait_until(lambda: node.status()["queued"] == 10000, what="10000 tasks queued")
+    a = Mesh("ctl", peers=[node.endpoint], mdns=False).control.ask("purge")[node.name]
+    node.send_signal(signal.SIGTERM)
+    gate.touch()
+    assert a["on_disk"] > 9900, a
+    node.wait(60)
+    assert "purge: the node is stopping" in node.stderr()
+    node = start_node.restart(node)
+    wait_until(lambda: node.status()["queued"] == 0 and node.status()["held"] == 0,
+               what="nothing left on the restarted node")
+    assert running.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert all(_revoked_or_purged(r) for r in queued)
+    assert t.append_line.delay(str(out), "after").get(timeout=RESULT_TIMEOUT) == "after"
+    assert _lines(out) == ["after"]
+
+
+def _revoked_or_purged(r: Any) -> bool:
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=RESULT_TIMEOUT)
+    return r.state == states.REVOKED

@@ -156,6 +156,8 @@ def _kind(name: str) -> str | None:
     (CLIENT, Control("r", "active"), False),
     (CLIENT, Control("r", "revoke", {"task_ids": ["t"]}), False),
     (CLIENT, Control("r", "shutdown"), False),
+    (CLIENT, Control("r", "purge"), False),             # (Celery's purge: an admin's)
+    (ADMIN, Control("r", "purge", {"queues": ["q"]}), True),
     (CLIENT, Control("r", "pool_grow", {"n": 1}), False),
     (CLIENT, Control("r", "no-such-command"), False),
     (CLIENT, Gossip("n", []), False),
@@ -169,6 +171,12 @@ def _kind(name: str) -> str | None:
 ])
 def test_the_gate(role: str | None, msg: object, allowed: bool) -> None:
     assert (gate.refusal(role, msg, _kind) is None) is allowed
+
+
+def test_the_commands_that_change_a_node_are_not_a_clients() -> None:
+    import mesh.node.remote  # noqa: F401  (registers mesh's commands, purge among them)
+    for name in ("revoke", "purge", "shutdown", "forget"):
+        assert _kind(name) == "control", name
 
 
 def test_every_message_type_is_node_only_unless_listed() -> None:
