@@ -12,9 +12,15 @@ the worker holds them, not the broker): running tasks, tasks sent ahead to a chi
 (``inspect scheduled``; revoke those by id).
 
 Tasks waiting on disk are purged in chunks on the node's loop after the reply
-(``DISK_CHUNK`` per pass), so that a purge of a million-task backlog does not stop
-the node: the reply says how many were waiting on disk, and the node logs the count
-purged when the walk ends.
+(``PASS_TIME`` of work per pass), so that a purge of a million-task backlog does not
+stop the node: the reply says how many were waiting on disk, and the node logs the
+count purged when the walk ends.
+
+Not purged either (known, not fixed): a task in a handoff between two nodes when the
+purge reaches them (shedding to a peer with room, a node stopping): it is in neither
+queue. It escapes the purge if the receiver took the purge before the task, or the
+task comes back to its sender refused; the window is a handoff's round trip (up to
+its timeouts when the receiver does not answer). Revoke such a task by id.
 """
 from __future__ import annotations
 

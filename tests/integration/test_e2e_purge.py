@@ -121,9 +121,23 @@ def test_a_purged_task_does_not_run_on_the_backup_when_its_holder_dies(
     blockers = [c.tasks.wait_for_file.delay(str(gate)) for _ in range(2)]
     wait_until(lambda: a.status()["busy"] == 1 and b.status()["busy"] == 1, what="both nodes busy")
     queued = [c.tasks.append_line.delay(str(out), f"q{i}") for i in range(10)]
-    wait_until(lambda: a.status()["queued"] + b.status()["queued"] == 10
-               and a.status()["copies_kept"] + b.status()["copies_kept"] == 12,
-               what="10 queued tasks, each node keeping copies of the other's")
+    # (a node may shed a few to the other on a load gossiped before its child was busy:
+    # a task in a handoff in flight is in neither queue and escapes a purge, as
+    # documented; wait until the counts have held still with no handoff in flight.
+    # Under load the purge counted 8 of 10 here.)
+    since: list[float] = []
+
+    def settled() -> bool:
+        sa, sb = a.status(), b.status()
+        ok = (sa["queued"] + sb["queued"] == 10 and sa["copies_kept"] + sb["copies_kept"] == 12
+              and sa["handoffs_in_flight"] == 0 and sb["handoffs_in_flight"] == 0)
+        if not ok:
+            since.clear()
+            return False
+        since.append(time.monotonic())
+        return since[-1] - since[0] >= 1.0
+    wait_until(settled, what="10 queued tasks, each node keeping copies of the other's, "
+               "no handoff in flight for 1 s")
     a_ids = {t["id"] for t in c.app.control.inspect().active()[a.name]}
     assert c.app.control.purge() == 10
     assert all(_revoked(r) for r in queued)
