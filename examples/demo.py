@@ -21,19 +21,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(endpoints: list[str], procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+def wait_ready(endpoints: list[str], procs: list[subprocess.Popen[bytes]], logs: list[str],
+               timeout: float = 30) -> None:
     from mesh.client.control import ControlClient
     from mesh.wire.protocol import ControlReply
     deadline = time.monotonic() + timeout
     with ControlClient() as cc:
         while time.monotonic() < deadline:
-            for p in procs:
+            for p, path in zip(procs, logs):
                 if p.poll() is not None:
-                    sys.exit(f"demo: a node exited early with code {p.returncode}")
+                    sys.exit(f"demo: a node exited early with code {p.returncode}; {path}:\n"
+                             + "\n".join(_lines(path)[-15:]))
             replies = cc.broadcast(endpoints, "ping", timeout=0.5)
             if all(isinstance(r, ControlReply) for r in replies.values()):
                 return
     sys.exit("demo: nodes did not answer in time")
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
 
 
 def _say(text: str) -> None:
@@ -50,15 +60,21 @@ def main() -> int:
     ports = [free_port(), free_port()]
     endpoints = [f"tcp://127.0.0.1:{p}" for p in ports]
     tmp = tempfile.mkdtemp(prefix="mesh-demo-")
-    print(f"== starting 2 nodes: {', '.join(endpoints)}")
-    # node 2 knows only node 1; membership (SWIM gossip) makes them one mesh
-    procs = [subprocess.Popen(
-        [os.path.join(BIN, "meshnode"), "--app", "examples.tasks", "--name", f"demo-{i + 1}",
-         "--bind", ep, "--concurrency", "2", "--no-mdns", "--data-dir", os.path.join(tmp, f"n{i}"),
-         "--loglevel", "WARNING", *(["--peers", endpoints[0]] if i else [])])
-        for i, ep in enumerate(endpoints)]
+    logs = [os.path.join(tmp, f"demo-{i + 1}.log") for i in range(2)]
+    print(f"== starting 2 nodes: {', '.join(endpoints)} (their logs: {', '.join(logs)})")
+    # node 2 knows only node 1; membership (SWIM gossip) makes them one mesh. Their logs
+    # go to files: a failing task is logged at ERROR with its traceback (as Celery's
+    # worker does), and the checkouts below fail 20 times on purpose
+    procs = []
+    for i, ep in enumerate(endpoints):
+        with open(logs[i], "wb") as log:
+            procs.append(subprocess.Popen(
+                [os.path.join(BIN, "meshnode"), "--app", "examples.tasks", "--name", f"demo-{i + 1}",
+                 "--bind", ep, "--concurrency", "2", "--no-mdns",
+                 "--data-dir", os.path.join(tmp, f"n{i}"), *(["--peers", endpoints[0]] if i else [])],
+                stdout=log, stderr=log))
     try:
-        wait_ready(endpoints, procs)
+        wait_ready(endpoints, procs, logs)
         os.environ["MESH_PEERS"] = endpoints[1]   # one seed: the client learns the rest
         from examples.tasks import InvalidOrder, add, app, checkout, whoami
 
@@ -96,6 +112,10 @@ def main() -> int:
         if first_error:
             print(f"   first failure: {first_error[0]!r}; remote traceback ends with:")
             print("     " + first_error[1].strip().splitlines()[-1])
+        errors = [line for path in logs for line in _lines(path) if " ERROR " in line]
+        print(f"   the nodes logged {len(errors)} failure(s) at ERROR, with tracebacks, e.g.:")
+        if errors:
+            print("     " + errors[0][:160])
 
         print("== send_task by name, and a bound task that sees its own request")
         print(f"   send_task('examples.tasks.add', (40, 2)) -> {app.send_task('examples.tasks.add', (40, 2)).get(timeout=30)}")
@@ -124,6 +144,9 @@ def main() -> int:
                 p.kill()
                 codes.append(p.wait())
         _say(f"   nodes exited with codes {codes}")
+        for path, code in zip(logs, codes):
+            if code != 0:       # what went wrong, where a person looks first
+                _say(f"   {path}, last lines:\n" + "\n".join(_lines(path)[-15:]))
 
 
 if __name__ == "__main__":
