@@ -15,6 +15,13 @@ LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
+def _queue_names(value: str | None) -> str | None:
+    """``-Q ""`` (or only commas) names no queue: an error, not every queue."""
+    if value is not None and not any(q.strip() for q in value.split(",")):
+        raise click.BadParameter(f"{value!r} names no queue; leave -Q out to take every queue")
+    return value
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--app", "-A", "app_spec", required=True, metavar="MODULE[:ATTR]",
               help="Module holding the mesh app (ATTR defaults to 'app').")
@@ -74,7 +81,7 @@ POSITIVE = click.FloatRange(min=0, min_open=True)
 @click.option("--http", "http", metavar="HOST:PORT",
               help="Serve the dashboard (/), JSON API (/api/...), Prometheus /metrics and /healthz "
                    "here (PORT alone: loopback). Off by default.")
-@click.option("--queues", "-Q", metavar="Q1[,Q2...]",
+@click.option("--queues", "-Q", metavar="Q1[,Q2...]", callback=lambda ctx, param, v: _queue_names(v),
               help="Take only tasks routed to these queues (default: every queue); MESH_QUEUES too.")
 @click.option("--keys", "keys", metavar="DIR",
               help="The mesh's keys (meshctl keys init DIR): every plane CurveZMQ-authenticated "

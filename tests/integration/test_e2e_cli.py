@@ -40,6 +40,8 @@ def _dead_endpoint() -> str:
     pytest.param(["--app", "tasks_app", "--bind", "localhost:7700"], id="bind without tcp://"),
     pytest.param(["--app", "tasks_app", "--loglevel", "LOUD"], id="unknown loglevel"),
     pytest.param(["--concurrency", "1"], id="no --app"),
+    pytest.param(["--app", "tasks_app", "-Q", ""], id="-Q naming no queue"),    # was every queue
+    pytest.param(["--app", "tasks_app", "--queues", " , "], id="--queues of commas"),
 ])
 def test_meshnode_bad_usage_exits_2_with_one_line(args: list[str], tmp_path: Path) -> None:
     p = run_program(MESHNODE, *args, "--data-dir", str(tmp_path / "data"), "--no-mdns")
