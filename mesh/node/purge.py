@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.node.commands import ControlState, register
-from mesh.node.journal import JournalError
+from mesh.node.journal import Journal, JournalError
 from mesh.wire.control import BadArgs
 from mesh.wire.protocol import Submit, decode
 from mesh.workflow.plan import GROUP
@@ -80,15 +80,19 @@ class _Filter:
     def everything(self) -> bool:
         return self.only is None and not self.exclude
 
-    def takes(self, name: str, frame: bytes) -> bool:
+    def takes(self, frame: bytes, name: str | None = None) -> bool:
+        """Whether the task of this SUBMIT ``frame`` is purged (``name``: its task's, if
+        known; else read from the frame, decoded once for both)."""
         if self.everything:
             return True
         try:
             msg = decode(frame)
         except Exception:
             msg = None
-        headers = msg.headers if isinstance(msg, Submit) else None
-        queue = self.node.routing.queue_for(name, headers)
+        sub = msg if isinstance(msg, Submit) else None
+        queue = self.node.routing.queue_for(name if name is not None else
+                                            sub.name if sub else "",
+                                            sub.headers if sub else None)
         return (self.only is None or queue in self.only) and queue not in self.exclude
 
 
@@ -101,12 +105,12 @@ def purge(node: "Node", req: PurgeArgs) -> PurgeReply:
     """Take this node's queued tasks (not started, no eta) out and finish them REVOKED."""
     keep = _Filter(node, req)
     pool, spill, held = node.pool, node.spill, node.ledger.held
-    taken = [item[2] for item in pool.queue if keep.takes(item[2].name, item[2].frame)]
+    taken = [item[2] for item in pool.queue if keep.takes(item[2].frame, item[2].name)]
     if taken:
         pool.discard({id(e) for e in taken})
     taken += _accepted(node, keep)       # (before ``candidates`` is emptied below)
     for tid, entry in list(spill.candidates.items()):    # going to disk, still in memory
-        if held.get(tid) is entry and keep.takes(entry.name, entry.frame) \
+        if held.get(tid) is entry and keep.takes(entry.frame, entry.name) \
                 and spill.unqueue(tid):
             taken.append(entry)
     for entry in taken:
@@ -121,9 +125,9 @@ def purge(node: "Node", req: PurgeArgs) -> PurgeReply:
         spill.purging += 1
         node.spawn(_purge_disk(node, keep, last), name="purge-disk")
     if taken or on_disk:
+        disk = "purged" if keep.everything else "looked at"
         log.info("purge: %d queued task(s) revoked%s", len(taken),
-                 "" if not on_disk else f"; {on_disk} waiting on disk are being purged"
-                 if keep.everything else f"; {on_disk} waiting on disk are being looked at")
+                 f"; {on_disk} waiting on disk are being {disk}" if on_disk else "")
     return PurgeReply(len(taken), on_disk)
 
 
@@ -139,7 +143,7 @@ def _accepted(node: "Node", keep: _Filter) -> list["Entry"]:
     return [e for e in ledger.pending
             if held.get(e.task_id) is e and e.task_id not in disk and e.task_id not in spread
             and e.name != GROUP and (e.eta is None or e.eta <= now)
-            and keep.takes(e.name, e.frame)]
+            and keep.takes(e.frame, e.name)]
 
 
 async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
@@ -151,7 +155,7 @@ async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
     after, n = 0, 0
     try:
         while spill.on_disk and after < last:
-            rows = [r for r in journal.disk_walk(after, DISK_CHUNK) if r[0] <= last]
+            rows = _rows(journal, after, last)
             if not rows:
                 break
             pos = {tid: p for p, tid, _ in rows}
@@ -163,7 +167,7 @@ async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
                     return
                 tid, frame = frames[i]
                 i += 1
-                if keep.everything or keep.takes(_name(frame), frame):
+                if keep.takes(frame):
                     entry = spill.take(tid)       # held in memory again, then finished
                     if entry is not None:
                         _finish(node, entry)
@@ -190,12 +194,9 @@ async def _purge_disk(node: "Node", keep: _Filter, last: int) -> None:
     log.info("purge: %d task(s) waiting on disk revoked", n)
 
 
-def _name(frame: bytes) -> str:
-    try:
-        msg = decode(frame)
-    except Exception:
-        return ""
-    return msg.name if isinstance(msg, Submit) else ""
+def _rows(journal: Journal, after: int, last: int) -> list[tuple[int, str, str]]:
+    """The next chunk of the disk walk after ``after``, up to position ``last``."""
+    return [r for r in journal.disk_walk(after, DISK_CHUNK) if r[0] <= last]
 
 
 def _revoke_rest(node: "Node", keep: _Filter, after: int, last: int, n: int) -> None:
@@ -204,7 +205,7 @@ def _revoke_rest(node: "Node", keep: _Filter, after: int, last: int, n: int) -> 
     after a restart; sent to the peers, so a backup does not run its copy)."""
     journal, ids = node.journal, []
     while after < last:
-        rows = [r for r in journal.disk_walk(after, DISK_CHUNK) if r[0] <= last]
+        rows = _rows(journal, after, last)
         if not rows:
             break
         after = rows[-1][0]
@@ -212,7 +213,7 @@ def _revoke_rest(node: "Node", keep: _Filter, after: int, last: int, n: int) -> 
             ids += [r[1] for r in rows]
         else:
             ids += [tid for tid, frame in journal.disk_frames([r[0] for r in rows])
-                    if keep.takes(_name(frame), frame)]
+                    if keep.takes(frame)]
     if ids:
         journal.revoke(ids, time.time())
         node.ledger.commit()
