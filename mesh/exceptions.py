@@ -118,6 +118,12 @@ class TaskRevokedError(MeshError):
     """The task was revoked before or while it ran."""
 
 
+def revoked_message(task_id: str, name: str = "", how: str = "was revoked") -> str:
+    """The one wording of a revoked task's error, wherever a node ends it: ``task
+    NAME[ID] was revoked ...`` (the id alone when the node never saw the name)."""
+    return f"task {name}[{task_id}] {how}" if name else f"task {task_id} {how}"
+
+
 class ChordError(MeshError):
     """A chord's header failed (a member raised, was revoked or expired), so its body
     did not run; the message names the member and its exception (Celery's name)."""

@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from mesh import states
+from mesh.exceptions import revoked_message
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
@@ -70,10 +71,12 @@ class Intake(Component):
             front.reply(ident, encode(moved))
             return
         if tid in node.control.revoked:
-            ledger.fail(ident, tid, "TaskRevokedError", f"task {tid} was revoked", states.REVOKED)
+            ledger.fail(ident, tid, "TaskRevokedError", revoked_message(tid, msg.name),
+                        states.REVOKED)
             node.events.emit("task-revoked", uuid=tid, name=msg.name, expired=False,
                              terminated=False)
-            self._refused(msg, tid, states.REVOKED, "TaskRevokedError", f"task {tid} was revoked")
+            self._refused(msg, tid, states.REVOKED, "TaskRevokedError",
+                          revoked_message(tid, msg.name))
             return
         if node.routing.queues is not None:      # not every queue: is this one ours?
             refused = node.routing.refusal(msg)

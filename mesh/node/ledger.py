@@ -23,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh import signals, states
+from mesh.exceptions import revoked_message
 from mesh.node import taskstate
 from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
 from mesh.node.journal import JournalError
@@ -188,8 +189,8 @@ class Ledger:
                     continue
                 if entry.task_id in revoked:     # revoked in the same loop pass
                     # (the revoke finished it already if it was going to disk: once)
-                    self.task_failed(entry, "TaskRevokedError", f"task {entry.task_id} "
-                                     "was revoked", states.REVOKED)
+                    self.task_failed(entry, "TaskRevokedError",
+                                     revoked_message(entry.task_id, entry.name), states.REVOKED)
                 elif disk and entry.task_id in disk:
                     continue
                 elif entry.name == GROUP and self.node.workflows is not None:
@@ -516,7 +517,7 @@ class Ledger:
             stored = node.journal.get(tid)
             if stored is None or stored.result is None:   # revoked before it got here
                 frame = self.failure(tid, states.REVOKED, "TaskRevokedError",
-                                     f"task {tid} was revoked")
+                                     revoked_message(tid))
                 return {"task_id": tid, "state": states.REVOKED, "result": frame}
         entry = self.held.get(tid)
         if entry is not None:

@@ -29,6 +29,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from mesh.exceptions import revoked_message
 from mesh.node.channel import pack
 from mesh.node.child import Child, StopFlags
 from mesh.node.ledger import Entry
@@ -354,7 +355,8 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         later (it goes back to the timers)."""
         if entry.expires is not None and time.time() > entry.expires:
             self.events.task_failed(entry, "TaskRevokedError",
-                                    f"task {entry.task_id} expired before it started", "REVOKED",
+                                    revoked_message(entry.task_id, entry.name,
+                                                    "expired before it started"), "REVOKED",
                                     expired=True)
             return False
         limits = self.limits

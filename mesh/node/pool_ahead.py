@@ -35,6 +35,7 @@ import heapq
 import logging
 from typing import TYPE_CHECKING
 
+from mesh.exceptions import revoked_message
 from mesh.node.channel import AHEAD_TAG, SKIP_TAG
 
 if TYPE_CHECKING:
@@ -146,8 +147,8 @@ class PoolAhead:
         for item in items:
             e = item[2]
             if child.reasons.pop(e.task_id, None) == "skipped":     # revoked meanwhile
-                self.events.task_failed(e, "TaskRevokedError", f"task {e.name}[{e.task_id}] "
-                                        "was revoked before it started", "REVOKED")
+                self.events.task_failed(e, "TaskRevokedError", revoked_message(
+                    e.task_id, e.name, "was revoked before it started"), "REVOKED")
             else:
                 heapq.heappush(self.squeue, item)
         log.debug("%d task(s) sent ahead to child pid %d go back to the queue", len(items),

@@ -15,6 +15,7 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
+from mesh.exceptions import revoked_message
 from mesh.wire.protocol import ChildCancel, encode
 
 if TYPE_CHECKING:
@@ -103,12 +104,14 @@ class PoolStop:
                  else f"child pid {child.pid} {how}")
         if why == "skipped":           # sent ahead, revoked before it started
             self.events.task_failed(entry, "TaskRevokedError",
-                                    f"task {entry.name}[{entry.task_id}] was revoked before it "
-                                    f"started (skipped in child pid {child.pid})", "REVOKED")
+                                    revoked_message(entry.task_id, entry.name,
+                                                    "was revoked before it started (skipped "
+                                                    f"in child pid {child.pid})"), "REVOKED")
         elif why == "revoked":
             self.events.task_failed(entry, "TaskRevokedError",
-                                    f"task {entry.name}[{entry.task_id}] was revoked and "
-                                    f"terminated ({where})", "REVOKED", terminated=True)
+                                    revoked_message(entry.task_id, entry.name,
+                                                    f"was revoked and terminated ({where})"),
+                                    "REVOKED", terminated=True)
         elif why == "time limit":
             self.events.task_failed(entry, "TimeLimitExceeded",
                                     f"task {entry.name}[{entry.task_id}] exceeded its hard time "

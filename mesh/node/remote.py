@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import __version__
 from mesh import states as task_states
+from mesh.exceptions import revoked_message
 from mesh.node import purge as _purge  # noqa: F401  (registers the purge command)
 from mesh.node import taskstate
 from mesh.node.commands import ControlState, register
@@ -164,13 +165,14 @@ class RemoteControl(Component):
                 entry = node.spill.take(tid)      # waiting on disk (mesh/node/spill.py)
                 if entry is not None:
                     dropped.append(tid)
-                    node.ledger.task_failed(entry, "TaskRevokedError", f"task {tid} was "
-                                            "revoked", task_states.REVOKED)
+                    node.ledger.task_failed(entry, "TaskRevokedError",
+                                            revoked_message(tid, entry.name),
+                                            task_states.REVOKED)
                 continue
             if node.pool.remove(tid) is not None or node.spill.unqueue(tid):
                 dropped.append(tid)
-                node.ledger.task_failed(entry, "TaskRevokedError", f"task {tid} was revoked",
-                                        task_states.REVOKED)
+                node.ledger.task_failed(entry, "TaskRevokedError",
+                                        revoked_message(tid, entry.name), task_states.REVOKED)
             elif node.workflows is not None and node.workflows.revoke(tid):
                 dropped.append(tid)          # a group's coordinator: the group ends
             elif entry.started is None and node.pool.skip(tid):

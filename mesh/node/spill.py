@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from mesh import states
 from mesh.config import Config
-from mesh.exceptions import DecodeError
+from mesh.exceptions import DecodeError, revoked_message
 from mesh.node.component import Component, NodeStartError
 from mesh.node.copies import LEFT_GRACE
 from mesh.node.journal import DiskRow, JournalError
@@ -240,7 +240,8 @@ class Spill(Component):
             node.replicas.read_back(entry, msg, row.backup)   # copied again
             if row.revoked or row.task_id in node.control.revoked:
                 node.ledger.task_failed(entry, "TaskRevokedError",
-                                        f"task {row.task_id} was revoked", states.REVOKED)
+                                        revoked_message(row.task_id, entry.name),
+                                        states.REVOKED)
             else:
                 pool.submit(entry, dispatch=False)
         pool.dispatch()

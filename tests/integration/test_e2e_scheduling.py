@@ -68,7 +68,7 @@ def test_expires_in_the_past_is_revoked(start_node: Any, make_client: Any, expir
     node = start_node(concurrency=1)
     t = make_client(node).tasks
     r = t.add.apply_async((1, 2), expires=expires())
-    with pytest.raises(TaskRevokedError):
+    with pytest.raises(TaskRevokedError, match=rf"^task tasks_app\.add\[{r.id}\] expired"):
         r.get(timeout=RESULT_TIMEOUT)
     assert r.state == states.REVOKED and r.ready() and not r.successful()
     assert node.status()["revoked"] == 1
