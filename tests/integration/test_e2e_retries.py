@@ -75,7 +75,9 @@ def test_a_retried_task_given_back_at_shutdown_keeps_its_retry_count(
     a = start_node(concurrency=1, profile="test")
     client = make_client(a)
     counter = tmp_path / "released-retry"
-    r = client.tasks.flaky.delay(str(counter), 1, 3.0)    # on a: fails once, retries 3 s later
+    # on a: fails once, retries 8 s later (b's start and the client learning it took
+    # over 3 s on a loaded machine: the retry then ran on a before a was stopped)
+    r = client.tasks.flaky.delay(str(counter), 1, 8.0)
     wait_until(lambda: r.state == states.RETRY, timeout=20, what="the RETRY state")
     b = start_node(concurrency=1, profile="test", peers=a.endpoint)
     wait_until(lambda: b.endpoint in {n["endpoint"] for n in client.app.client.nodes()},
