@@ -110,6 +110,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                                                         # was asked for it (routes.py)
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
+        self._queued: dict[str, Slot] = {}              # submitted, not yet in _slots: callers
+                                                        # add, the I/O thread takes (lookup)
         self._outbox: collections.deque[Any] = collections.deque()
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_pending = False
@@ -139,13 +141,17 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
     def submit(self, slot: Slot) -> None:
         if self._closing:
             raise RuntimeError("the mesh client is closed")
-        self._outbox.append(slot)
-        self._wake()
+        self._queued[slot.task_id] = slot     # AsyncResult(id) in this process finds it
+        self._outbox.append(slot)             # before the I/O thread has it (not a lookup
+        self._wake()                          # the nodes could only answer UNKNOWN)
         if self._efd < 0 and slot.msg is None:     # close() finished meanwhile
             self._fail(slot, "MeshError", "the mesh client was closed")
 
     def lookup(self, task_id: str) -> Slot | None:
-        return self._slots.get(task_id)
+        """The slot of a task this client owns (submitted and not finished), if any."""
+        # _queued first: the I/O thread puts a slot in _slots before it takes it from
+        # _queued, so a slot moving meanwhile is found in one or the other
+        return self._queued.get(task_id) or self._slots.get(task_id)
 
     def nodes(self) -> list[dict[str, Any]]:
         """A snapshot of the nodes this client knows, for display and tests."""
@@ -285,6 +291,7 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                     item[2].set()
                 continue
             self._slots.setdefault(item.task_id, item)
+        self._queued.clear()
         for slot in list(self._slots.values()):
             self._fail(slot, "MeshError", f"the mesh client was closed before task "
                        f"{slot.task_id} finished")
@@ -307,16 +314,22 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         of up to BATCH frames; each frame is one protocol message)."""
         popleft = self._outbox.popleft
         batches: dict[NodeLink, list[bytes]] = {}
+        queries: list[tuple[Any, ...]] = []
         while self._outbox:
             slot = popleft()
-            if type(slot) is tuple:             # ("query", slot, event)
-                self._send_query(slot[1], slot[2])
+            if type(slot) is tuple:             # ("query", slot, event): sent after the
+                queries.append(slot)            # tasks queued before it, not ahead of them
                 continue
-            if slot.task_id in self._slots:     # the caller reused an outstanding id
-                self._fail(slot, "ConfigError", f"task id {slot.task_id} is already outstanding "
+            tid = slot.task_id
+            if tid in self._slots:              # the caller reused an outstanding id
+                if self._queued.get(tid) is slot:
+                    del self._queued[tid]
+                self._fail(slot, "ConfigError", f"task id {tid} is already outstanding "
                            "in this client; give each call its own id")
                 continue
-            self._slots[slot.task_id] = slot
+            self._slots[tid] = slot
+            if self._queued.get(tid) is slot:
+                del self._queued[tid]
             link = self._pick(slot=slot)
             if link is None:
                 continue
@@ -340,6 +353,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         for link, batch in batches.items():
             if batch:
                 send_frames(link.sock, batch)
+        for query in queries:
+            self._send_query(query[1], query[2])
 
     @staticmethod
     def _forget_one(link: NodeLink, acked: bool) -> None:

@@ -191,6 +191,27 @@ def test_without_track_started_the_sender_sees_received(
     assert r.get(timeout=60) == "opened"
 
 
+def test_a_task_looked_up_by_id_in_the_process_that_just_sent_it_is_never_unknown(
+        node: NodeProc, gate: Callable[[str], str]) -> None:
+    # A web app's POST /jobs sends a task and a GET /jobs/{id} from the same worker looks
+    # it up at once (the FastAPI example's test, on a loaded machine: a 404). A brand-new
+    # client's first task waits for the I/O thread (and the node's handshake): looked up
+    # by id before that, the nodes were asked and, not knowing it yet, said UNKNOWN.
+    fresh = make_client_app([node.endpoint], compat_app)
+    g = gate("lookup")
+    try:
+        sent, seen = [], []
+        for _ in range(20):
+            sent.append(fresh.tasks.gated.delay(g))
+            seen.append(fresh.app.AsyncResult(sent[-1].id).state)
+        assert states.UNKNOWN not in seen, seen
+        open_gate(g)
+        assert [fresh.app.AsyncResult(r.id).get(timeout=60) for r in sent] == ["opened"] * 20
+    finally:
+        open_gate(g)
+        fresh.close()
+
+
 # ---- results kept, ignored, forgotten --------------------------------------------------
 
 def test_ignore_result_keeps_nothing_and_get_says_so(
