@@ -373,8 +373,15 @@ class Links:
         self.members_applied += 1
         changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []
+        named = {m.get("node") for m in members if isinstance(m, dict)}
         for ep, (state, nid, m) in self._by_endpoint(members).items():
             link = self.links.get(ep)
+            if (link is not None and state != "alive" and not link.down and link.node_id
+                    and nid != link.node_id and link.node_id not in named):
+                # a node restarted under a new name there, heard from by us (and still
+                # connected) before the answerer heard of it: the death it reports is the
+                # old incarnation's, not the live link's (its tasks are with the new one)
+                continue
             serves = from_meta(m.get("meta") if isinstance(m.get("meta"), dict) else None)
             if self.mesh is not None and serves.mesh != self.mesh:
                 self._not_ours(ep, nid, serves.mesh)

@@ -136,6 +136,63 @@ def test_two_names_for_one_endpoint_through_its_own_link() -> None:
         _end(ctx)
 
 
+def test_a_dead_old_name_from_a_node_that_has_not_heard_of_the_new_one_is_not_a_failover() -> None:
+    """A node killed and restarted under a new name at the same address: the client
+    reconnects and hears from the new one ("new", here through its members answer)
+    before another node, slow to declare the old one dead, sends a members list that
+    names the address dead under the old name and does not know the new one yet. That
+    death is the old incarnation's: the link the client talks to "new" through must not
+    be reset (its tasks failed over from a live node). Seen on a loaded machine in
+    test_e2e_restart_new_name: each client reset the live link once."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    (sa, pa), (sb, pb) = _bound_router(ctx), _bound_router(ctx)
+    ea, eb = f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pb}"
+    state = {"stop": False, "a": 0, "b": 0}
+
+    def node(s: zmq.Socket[bytes], name: str) -> None:
+        try:
+            while not state["stop"]:
+                if not s.poll(20):
+                    continue
+                ident, *frames = s.recv_multipart()
+                for f in frames:
+                    m = decode(f)
+                    if not (isinstance(m, Control) and m.command == "members"):
+                        continue
+                    me = {"node": "B", "endpoint": eb, "state": "alive", "load": [0, 1, 0]}
+                    if name == "A":       # the new incarnation knows itself
+                        members = [{"node": "new", "endpoint": ea, "state": "alive", "load": [0, 1, 0]}, me]
+                    elif state["a"]:      # B: the old name dead there, the new one unknown
+                        members = [{"node": "old", "endpoint": ea, "state": "dead", "load": [0, 1, 0]}, me]
+                    else:                 # (until the client has heard from "new")
+                        members = [me]
+                    s.send_multipart([ident, encode(ControlReply(m.req_id, True, name if name == "B" else "new",
+                                                                 members))])
+                    state["a" if name == "A" else "b"] += 1 if name == "A" or state["a"] else 0
+        finally:
+            s.close(linger=0)
+
+    threads = [threading.Thread(target=node, args=(s, n), daemon=True)
+               for s, n in ((sa, "A"), (sb, "B"))]
+    for t in threads:
+        t.start()
+    client = Client(Config(), [ea, eb])
+    try:
+        wait_until(lambda: state["b"] >= 3 or not client._thread.is_alive(), timeout=60,
+                   what="three answers from B naming the old incarnation dead")
+        wait_until(lambda: client.members_applied >= state["a"] + state["b"], what="them applied")
+        link = client.links[ea]
+        assert client._thread.is_alive()
+        assert link.node_id == "new" and link.state == "alive"
+        assert link.resets == 0 and client.failovers == 0, "the live endpoint was treated as dead"
+    finally:
+        state["stop"] = True
+        client.close(linger=0)
+        for t in threads:
+            t.join(30)
+        _end(ctx)
+
+
 def test_a_failed_io_thread_is_replaced_and_keeps_its_tasks(caplog: Any) -> None:
     """If the I/O thread ever fails (a bug), it says so loudly (CRITICAL) and a new
     thread takes over: same routing ids, the tasks it owned sent again, and they
