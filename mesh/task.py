@@ -167,9 +167,49 @@ class Request:
 
     @property
     def group(self) -> str | None:
-        rep = (self.headers.get("wf") or {}).get("report") if isinstance(self.headers.get("wf"), dict) \
-            else None
-        return rep[0] if isinstance(rep, list) and rep else self.headers.get("group")
+        rep = self._report()
+        return rep[0] if rep else self.headers.get("group")
+
+    @property
+    def group_index(self) -> int | None:
+        """This task's place in its group (Celery's ``group_index``), else None."""
+        rep = self._report()
+        return rep[1] if rep and len(rep) > 1 and type(rep[1]) is int else None
+
+    def _report(self) -> list[Any] | None:
+        wf = self.headers.get("wf")
+        rep = wf.get("report") if isinstance(wf, dict) else None
+        return rep if isinstance(rep, list) and rep else None
+
+    # Celery's other request fields that code reads (``self.request.delivery_info[...]``)
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        """Celery's ``delivery_info``: ``routing_key`` and ``queue`` are the queue the
+        task was sent to (mesh has no exchanges: ``exchange`` is ``""``), ``priority``
+        its priority; in eager mode ``is_eager`` is True, as in Celery."""
+        q = self.headers.get("queue")
+        info: dict[str, Any] = {"exchange": "", "routing_key": q, "queue": q,
+                                "priority": self.priority}
+        if self.is_eager:
+            info["is_eager"] = True
+        return info
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The task's id, as in Celery."""
+        return self.id
+
+    @property
+    def timelimit(self) -> tuple[float | None, float | None]:
+        """``(time_limit, soft_time_limit)``, Celery's pair."""
+        return self.time_limit, self.soft_time_limit
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self.request.get("x", default)``, as Celery's Context: a field, else
+        ``default``."""
+        if key.startswith("_"):
+            return default
+        return getattr(self, key, default)
 
 
 _current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(

@@ -1,0 +1,60 @@
+"""Celery's semantics where Celery code relies on them, on real meshnode processes
+(tasks: tests/integration/celery_sem_app.py): a signature changed in place by ``set``
+and ``link`` (Celery's canvas), ``self.request``'s fields, ResultSet and GroupResult's
+``save``/``restore``. Callbacks' runs are read from files, never believed."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from harness import wait_until
+
+from mesh import Mesh, chain, group, signature
+
+APP = "celery_sem_app"
+TIMEOUT = 60.0
+
+
+def S(app: Mesh, name: str, *args: Any, **kwargs: Any) -> Any:
+    return signature(name, args, kwargs, app=app)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_set_and_link_change_the_signature_in_place_as_celery(start_node: Any,
+                                                              tmp_path: Path) -> None:
+    node = start_node(app=APP)
+    done = tmp_path / "done"
+    with Mesh("cs-client", peers=[node.endpoint], mdns=False) as app:
+        s = S(app, "cs.add", 2, 2)
+        s.link(S(app, "cs.record", str(done)))          # Celery's canvas guide, verbatim
+        s.set(task_id="cs-in-place-1")
+        r = s.delay()
+        assert r.id == "cs-in-place-1" and r.get(timeout=TIMEOUT) == 4
+        wait_until(lambda: lines(done), timeout=TIMEOUT, what="the callback linked in place")
+        assert lines(done) == ["4"]
+        # apply_async's own options and arguments leave the signature as it was
+        t = S(app, "cs.add", 1)
+        assert t.apply_async((1,), task_id="cs-once").get(timeout=TIMEOUT) == 2
+        assert t.options == {} and t.args == (1,)
+        # set(immutable=True): a chain passes it no result
+        last = S(app, "cs.add", 5, 5)
+        last.set(immutable=True)
+        assert chain(S(app, "cs.add", 1, 1), last).delay().get(timeout=TIMEOUT) == 10
+
+
+def test_request_has_celerys_fields(start_node: Any) -> None:
+    node = start_node(app=APP)
+    with Mesh("cs-client", peers=[node.endpoint], mdns=False) as app:
+        one = S(app, "cs.request", 1, k=2).apply_async(priority=4, time_limit=30,
+                                                       soft_time_limit=20).get(timeout=TIMEOUT)
+        assert one["correlation_id"] == one["id"] and one["args"] == [1]
+        assert one["delivery_info"] == {"exchange": "", "routing_key": "celery",
+                                        "queue": "celery", "priority": 4}
+        assert one["timelimit"] == [30, 20] and one["group_index"] is None
+        assert one["get"] == [one["id"], "dflt", one["delivery_info"]]
+        members = group(S(app, "cs.request"), S(app, "cs.request")).delay().get(timeout=TIMEOUT)
+        assert [m["group_index"] for m in members] == [0, 1]
+        assert members[0]["group"] == members[1]["group"] is not None
