@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import wait_until
 
 from mesh import Mesh, chain, group, signature
+from mesh.exceptions import MeshError
+from mesh.result import GroupResult, ResultSet
 
 APP = "celery_sem_app"
 TIMEOUT = 60.0
@@ -36,9 +39,10 @@ def test_set_and_link_change_the_signature_in_place_as_celery(start_node: Any,
         wait_until(lambda: lines(done), timeout=TIMEOUT, what="the callback linked in place")
         assert lines(done) == ["4"]
         # apply_async's own options and arguments leave the signature as it was
-        t = S(app, "cs.add", 1)
-        assert t.apply_async((1,), task_id="cs-once").get(timeout=TIMEOUT) == 2
-        assert t.options == {} and t.args == (1,)
+        t = S(app, "cs.add", 1, 1)
+        assert t.apply_async(task_id="cs-once").get(timeout=TIMEOUT) == 2
+        assert t.options == {} and t.args == (1, 1)
+        assert S(app, "cs.add", 1).apply_async((1,)).get(timeout=TIMEOUT) == 2
         # set(immutable=True): a chain passes it no result
         last = S(app, "cs.add", 5, 5)
         last.set(immutable=True)
@@ -58,3 +62,38 @@ def test_request_has_celerys_fields(start_node: Any) -> None:
         members = group(S(app, "cs.request"), S(app, "cs.request")).delay().get(timeout=TIMEOUT)
         assert [m["group_index"] for m in members] == [0, 1]
         assert members[0]["group"] == members[1]["group"] is not None
+
+
+def test_results_as_celery_code_reads_them(start_node: Any) -> None:
+    """``r.task_id``, ``AsyncResult == id``, ResultSet, GroupResult.save/restore."""
+    node = start_node(app=APP)
+    with Mesh("cs-client", peers=[node.endpoint], mdns=False) as app:
+        r = S(app, "cs.add", 1, 2).delay()
+        assert r.task_id == r.id and r == r.id and r == app.AsyncResult(r.task_id)
+        assert r in {app.AsyncResult(r.id)}
+        bad = S(app, "cs.boom", 1).delay()
+        rs = ResultSet([r, S(app, "cs.add", 3, 4).delay()])
+        assert rs.get(timeout=TIMEOUT) == [3, 7] and rs.join(timeout=TIMEOUT) == [3, 7]
+        assert rs.ready() and rs.successful() and rs.completed_count() == 2
+        rs.add(bad)
+        rs.add(app.AsyncResult(bad.id))              # the same id: added once
+        assert len(rs) == 3
+        with pytest.raises(ValueError, match="boom"):
+            rs.get(timeout=TIMEOUT)
+        values = rs.get(timeout=TIMEOUT, propagate=False)
+        assert values[:2] == [3, 7] and isinstance(values[2], ValueError)
+        assert rs.failed() and not rs.successful() and rs.completed_count() == 2
+        rs.discard(bad.id)
+        assert len(rs) == 2
+        with pytest.raises(TimeoutError):
+            ResultSet([S(app, "cs.sleep", 5).delay()]).get(timeout=0.5)
+
+        g = group(S(app, "cs.add", i, i) for i in range(4)).delay()
+        assert g.save() is g
+        with pytest.raises(MeshError, match="made here"):
+            app.GroupResult("made-here", [r]).save()
+    with Mesh("cs-reader", peers=[node.endpoint], mdns=False) as reader:   # sent nothing
+        back = GroupResult.restore(g.id, app=reader)
+        assert back is not None and back.get(timeout=TIMEOUT) == [0, 2, 4, 6]
+        assert [x.id for x in back.results] == [x.id for x in g.results]
+        assert GroupResult.restore("no-such-group", app=reader) is None
