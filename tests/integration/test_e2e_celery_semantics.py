@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from harness import wait_until
 
-from mesh import Mesh, chain, group, signature
-from mesh.exceptions import MeshError
+from mesh import Mesh, chain, chord, group, signature
+from mesh.exceptions import ChordError, MeshError
 from mesh.result import GroupResult, ResultSet
 
 APP = "celery_sem_app"
@@ -97,3 +97,33 @@ def test_results_as_celery_code_reads_them(start_node: Any) -> None:
         assert back is not None and back.get(timeout=TIMEOUT) == [0, 2, 4, 6]
         assert [x.id for x in back.results] == [x.id for x in g.results]
         assert GroupResult.restore("no-such-group", app=reader) is None
+
+
+def test_nested_chains_and_chords_run_every_step(start_node: Any, tmp_path: Path) -> None:
+    """A group, chain or chord in the last place of a chain, or a chord as a chord's
+    body, derived ids that a step before it had: the later step was taken for a
+    repeat of the earlier one and never ran, so ``get()`` waited for ever, or (a chain
+    ending in a group) returned the earlier steps' values."""
+    node = start_node(app=APP)
+    with Mesh("cs-client", peers=[node.endpoint], mdns=False) as app:
+        def A(*a: int) -> Any:
+            return S(app, "cs.add", *a)
+        T = S(app, "cs.tsum")
+        shapes = [
+            (chain(chain(A(1, 1), A(1)), chain(A(10), A(100))), 113),
+            (chain(A(1, 1), chain(A(10), A(100))), 112),
+            (chain(A(1, 1), chord([A(1), A(2)], chain(T, A(100)))), 107),
+            (chain(A(1, 1), A(1)) | group(A(1), A(2)), [4, 5]),      # was [2, 3]
+            (chain(A(1, 1), chain(A(1), group(A(1), A(2)))), [4, 5]),
+            (group(A(1, 1), A(2, 2)) | chord([A(1), A(2)], T), 0),     # below
+            (chord([A(1, 1), A(2, 2)], chord([A(1), A(2)], T)), 0),
+        ]
+        results = [c.delay() for c, _ in shapes]
+        for (c, want), r in zip(shapes[:5], results[:5]):
+            assert r.get(timeout=TIMEOUT) == want, c
+        # a chord whose body is a chord: the header's list is the first argument of
+        # every task of the inner header, as in Celery: add([2, 4], 1) fails, so the
+        # inner chord fails (and not a wait without end)
+        for r in results[5:]:
+            with pytest.raises(ChordError, match="can only concatenate list"):
+                r.get(timeout=TIMEOUT)
