@@ -109,6 +109,19 @@ class Canvas:
         else:
             raise ConfigError(f"a chord cannot be made immutable: {self!r}")
 
+    def freeze(self, _id: str | None = None, **_: Any) -> Any:
+        """Celery's ``freeze``: give this signature its id now (its ``task_id`` option,
+        set in place, or ``_id``) and return the handle ``apply_async`` will return
+        for it (AsyncResult; GroupResult for a group; a chord's body's AsyncResult),
+        so its ids are known before it is sent."""
+        from mesh.app import new_task_id
+        from mesh.workflow.describe import describe
+        from mesh.workflow.results import handle
+        tid = _id or self.options.get("task_id") or new_task_id()
+        self.set(task_id=tid)
+        app = self._find_app() or _current_app()
+        return handle(app, describe(self.to_dict(compact=True), tid, stubs=False))
+
     def _merged(self, options: Mapping[str, Any]) -> Self:
         """A copy with these options added (this one is left as it is)."""
         return self._with(options={**self.options, **options}) if options else self

@@ -130,3 +130,25 @@ def test_nested_chains_and_chords_run_every_step(start_node: Any, tmp_path: Path
     # a group that is a later step starts its members after asking the mesh: not a
     # loss, so no WARNING (it said "known to no node: started again" for each)
     assert "known to no node" not in node.stderr()
+
+
+def test_freeze_gives_the_ids_before_sending(start_node: Any) -> None:
+    node = start_node(app=APP)
+    with Mesh("cs-client", peers=[node.endpoint], mdns=False) as app:
+        def A(*a: int) -> Any:
+            return S(app, "cs.add", *a)
+        s = A(1, 2)
+        r = s.freeze()
+        assert s.id == r.id and s.delay().id == r.id and r.get(timeout=TIMEOUT) == 3
+        g = group(A(1, 1), A(2, 2))
+        gr = g.freeze()
+        sent = g.delay()
+        assert sent.id == gr.id and [x.id for x in sent.results] == [x.id for x in gr.results]
+        assert gr.get(timeout=TIMEOUT) == [2, 4] and gr.results[1].get(timeout=TIMEOUT) == 4
+        c = chain(A(1, 1), group(A(1), A(2)))
+        cr = c.freeze()
+        c.delay()
+        assert cr.get(timeout=TIMEOUT) == [3, 4] and cr.parent.get(timeout=TIMEOUT) == 2
+        ch = chord([A(1, 1), A(2, 2)], S(app, "cs.tsum"))
+        body = ch.freeze("my-chord")
+        assert ch.delay().id == body.id == "my-chord" and body.get(timeout=TIMEOUT) == 6
