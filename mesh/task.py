@@ -49,6 +49,8 @@ class TaskOptions:
     default_retry_delay: float = 180.0  # s before a retry, when no countdown/backoff says
     autoretry_for: tuple[type[BaseException], ...] = ()  # retry on these exceptions by itself
     dont_autoretry_for: tuple[type[BaseException], ...] = ()  # ... but never on these
+    throws: tuple[type[BaseException], ...] = ()  # expected errors: the task fails, and the
+                                       # node logs it at INFO without a traceback (Celery's)
     retry_kwargs: Mapping[str, Any] = field(default_factory=dict)  # for autoretry: countdown,
                                        # max_retries (the task's own otherwise)
     retry_backoff: bool | float = False  # exponential backoff: True (1, 2, 4 s...) or a factor
@@ -74,7 +76,7 @@ class TaskOptions:
             raise ConfigError(f"priority must be 0..9, got {self.priority}")
         if self.max_retries is not None and (type(self.max_retries) is not int or self.max_retries < 0):
             raise ConfigError(f"max_retries must be an integer >= 0 or None, got {self.max_retries!r}")
-        for n in ("autoretry_for", "dont_autoretry_for"):
+        for n in _TUPLES:
             if not all(isinstance(c, type) and issubclass(c, BaseException) for c in getattr(self, n)):
                 raise ConfigError(f"{n} must be a tuple of exception classes")
         if not isinstance(self.retry_kwargs, Mapping) or not set(self.retry_kwargs) <= _RETRY_KWARGS:
@@ -95,7 +97,7 @@ class TaskOptions:
 
 _RETRY_KWARGS = {"countdown", "max_retries", "eta"}
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions)) - {"name"}
-_TUPLES = ("autoretry_for", "dont_autoretry_for")
+_TUPLES = ("autoretry_for", "dont_autoretry_for", "throws")
 
 # app.conf settings that give a task option its default (Celery's Task.from_config)
 FROM_CONF = {"acks_late": "task_acks_late", "reject_on_worker_lost": "task_reject_on_worker_lost",

@@ -61,3 +61,18 @@ def request(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         "group_index", "delivery_info", "hostname", "correlation_id", "timelimit")}
     out["get"] = [r.get("id"), r.get("no_such_field", "dflt"), r.get("delivery_info")]
     return out
+
+
+@app.task(name="cs.expected", throws=(KeyError,))
+def expected(key: str) -> None:
+    """Celery's ``throws``: a KeyError is an expected failure, anything else is not."""
+    if key == "other":
+        raise ValueError("not expected")
+    raise KeyError(key)
+
+
+@app.task(name="cs.options", trail=True, send_events=True, store_eager_result=True,
+          acks_on_failure_or_timeout=True, resultrepr_maxsize=100)
+def options() -> str:
+    """Celery task options mesh has no use for: taken (and logged), not refused."""
+    return "ok"

@@ -152,3 +152,24 @@ def test_freeze_gives_the_ids_before_sending(start_node: Any) -> None:
         ch = chord([A(1, 1), A(2, 2)], S(app, "cs.tsum"))
         body = ch.freeze("my-chord")
         assert ch.delay().id == body.id == "my-chord" and body.get(timeout=TIMEOUT) == 6
+
+
+def test_throws_logs_an_expected_error_without_its_traceback(start_node: Any) -> None:
+    """``throws=(KeyError,)``: the task fails as any other (the caller gets the
+    KeyError), and the node logs ``raised expected`` at INFO without a traceback,
+    where any other error is ERROR with one (Celery's worker). The task options mesh
+    has no use for (trail, send_events...) are taken: a module using them imports."""
+    node = start_node(app=APP)
+    with Mesh("cs-client", peers=[node.endpoint], mdns=False) as app:
+        r = S(app, "cs.expected", "k1").delay()
+        with pytest.raises(KeyError):
+            r.get(timeout=TIMEOUT)
+        assert r.state == "FAILURE"
+        with pytest.raises(ValueError):
+            S(app, "cs.expected", "other").delay().get(timeout=TIMEOUT)
+        assert S(app, "cs.options").delay().get(timeout=TIMEOUT) == "ok"
+    log = node.stderr()
+    line = next(x for x in log.splitlines() if r.id in x)
+    assert " INFO " in line and "raised expected: KeyError" in line, line
+    assert "raised unexpected: KeyError" not in log and "raise KeyError" not in log
+    assert "raised unexpected: ValueError: not expected" in log
