@@ -2,8 +2,9 @@
 ``task.si``, ``chain``, ``group``, ``chord``, ``chunks``, ``task.map``, ``task.starmap``.
 
 A signature names a task by its name, its arguments and its options; composites hold
-signatures. They are values: ``set()``, ``clone()``, ``link()`` and ``|`` return new
-ones (Celery changes a signature in place: write ``sig = sig.set(...)``). Each one
+signatures. As in Celery, ``set()``, ``link()``, ``link_error()``/``on_error()`` and
+``set_immutable()`` change the signature they are called on (and return it), while
+``clone()``, ``|`` and ``apply_async(**options)`` leave it as it is. Each one
 has ``to_dict()``, a map of plain, msgpack-encodable values in Celery's shape, and
 ``signature(d)`` rebuilds it, so a workflow can be built and sent by a process that
 does not import the tasks' code. ``apply_async`` hands the workflow to the mesh
@@ -86,23 +87,64 @@ class Canvas:
         out: Self = new
         return out
 
-    def set(self, **options: Any) -> Self:
-        """The same with these options added (``sig.set(countdown=1)``)."""
-        return self._with(options={**self.options, **options})
+    def set(self, immutable: bool | None = None, **options: Any) -> Self:
+        """Add these options to this signature, in place, and return it, as Celery's
+        ``set`` does: ``sig.set(countdown=1); sig.delay()`` sends it with the
+        countdown. ``immutable=`` is ``set_immutable``. (``clone(**options)`` makes a
+        changed copy instead.)"""
+        if immutable is not None:
+            self.set_immutable(immutable)
+        if options:
+            object.__setattr__(self, "options", _options({**self.options, **options}))
+        return self
+
+    def set_immutable(self, immutable: bool) -> None:
+        """Celery's ``set_immutable``: an immutable signature gets no parent's result
+        (a chain's or group's: each of its tasks)."""
+        if isinstance(self, Signature):
+            object.__setattr__(self, "immutable", bool(immutable))
+        elif isinstance(self, _Tasks):
+            for t in self.tasks:
+                t.set_immutable(immutable)
+        else:
+            raise ConfigError(f"a chord cannot be made immutable: {self!r}")
+
+    def freeze(self, _id: str | None = None, **_: Any) -> Any:
+        """Celery's ``freeze``: give this signature its id now (its ``task_id`` option,
+        set in place, or ``_id``) and return the handle ``apply_async`` will return
+        for it (AsyncResult; GroupResult for a group; a chord's body's AsyncResult),
+        so its ids are known before it is sent."""
+        from mesh.app import new_task_id
+        from mesh.workflow.describe import describe
+        from mesh.workflow.results import handle
+        tid = _id or self.options.get("task_id") or new_task_id()
+        self.set(task_id=tid)
+        app = self._find_app() or _current_app()
+        return handle(app, describe(self.to_dict(compact=True), tid, stubs=False))
+
+    def _merged(self, options: Mapping[str, Any]) -> Self:
+        """A copy with these options added (this one is left as it is)."""
+        return self._with(options={**self.options, **options}) if options else self
 
     def _add(self, key: str, sig: Any) -> Self:
-        return self.set(**{key: (*self.options.get(key, ()), maybe_signature(sig))})
+        opts = {**self.options, key: (*self.options.get(key, ()), maybe_signature(sig))}
+        object.__setattr__(self, "options", _options(opts))
+        return self
 
     def link(self, callback: Any) -> Self:
-        """The same with ``callback`` applied to its result when it succeeds."""
+        """Apply ``callback`` to this one's result when it succeeds: added in place,
+        as in Celery (which returns ``callback``; this returns the signature)."""
         return self._add("link", callback)
 
     def link_error(self, errback: Any) -> Self:
-        """The same with ``errback`` run when it fails, with Celery's arguments
-        ``(request, exc, traceback)`` (or ``(task_id,)`` for a one-argument task)."""
+        """Run ``errback`` when this one fails, with Celery's arguments ``(request,
+        exc, traceback)`` (or ``(task_id,)`` for a one-argument task): added in place,
+        as in Celery (which returns ``errback``; this returns the signature)."""
         return self._add("link_error", errback)
 
-    on_error = link_error
+    def on_error(self, errback: Any) -> Self:
+        """``link_error``, returning this signature, as Celery's."""
+        return self.link_error(errback)
 
     def __or__(self, other: Any) -> "Canvas":
         other = maybe_signature(other)
@@ -148,7 +190,7 @@ class Canvas:
         from mesh.workflow.eager import apply
         from mesh.workflow.submit import partial
         c = partial(self, args, kwargs)
-        return apply(app, c.set(**options) if options else c)
+        return apply(app, c._merged(options))
 
     def to_dict(self, compact: bool = False) -> dict[str, Any]:
         """A map of plain values in Celery's shape (``signature(d)`` rebuilds it);
@@ -417,7 +459,7 @@ def signature(task: Any, args: Iterable[Any] | None = None, kwargs: Mapping[str,
         if isinstance(task, Signature):
             s: Canvas = task.clone(args, kwargs, **{**(options or {}), **more_options})
         else:
-            s = task.set(**{**(options or {}), **more_options})
+            s = task._merged({**(options or {}), **more_options})
         return s.bind(app) if app else s
     if isinstance(task, Mapping):
         s = from_dict(task)

@@ -129,6 +129,12 @@ TASK_OPTIONS: dict[str, str] = {
     "typing": "arguments are not checked against the signature when sent",
     "lazy": "tasks are registered when decorated",
     "routing_key": _NO_BROKER, "exchange": _NO_BROKER,
+    "trail": "the results a task started are found through workflows (parent, children)",
+    "send_events": "every node publishes its tasks' events (meshctl events)",
+    "store_eager_result": "an eager run's result is its EagerResult, not stored",
+    "resultrepr_maxsize": "results are not logged",
+    "acks_on_failure_or_timeout": "a failed or timed-out task is done, as Celery's default "
+                                  "(acks_on_failure_or_timeout=True)",
 }
 
 

@@ -109,6 +109,18 @@ class EagerResult:
     def __repr__(self) -> str:
         return f"<EagerResult {self.id} {self._state}>"
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to a result of the same id, or to the id itself, as in Celery."""
+        if isinstance(other, str):
+            return other == self.id
+        other_id = getattr(other, "id", None)
+        if isinstance(other_id, str) and hasattr(other, "get"):
+            return other_id == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     def _set_state(self, state: str, meta: bytes | None) -> None:
         self._state = state
         self._meta = codec.loads(meta) if meta is not None else None

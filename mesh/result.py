@@ -154,6 +154,22 @@ class AsyncResult:
             slot = app._lookup_slot(task_id)
         self._slot = slot       # None until needed for a task this process did not submit
 
+    @property
+    def task_id(self) -> str:
+        """The task's id (Celery's ``task_id``, the same as ``id``)."""
+        return self.id
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a result of the same id, or to the id itself, as in Celery."""
+        if isinstance(other, AsyncResult):
+            return other.id == self.id
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     def __repr__(self) -> str:
         try:
             state = self.state
@@ -415,6 +431,6 @@ class AsyncResult:
         return err
 
 
-from mesh.workflow.results import GroupResult  # noqa: E402  (it builds on AsyncResult)
+from mesh.workflow.results import GroupResult, ResultSet  # noqa: E402  (they build on AsyncResult)
 
-__all__ = ["AsyncResult", "GroupResult", "Slot", "rebuild_exception"]
+__all__ = ["AsyncResult", "GroupResult", "ResultSet", "Slot", "rebuild_exception"]

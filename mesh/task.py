@@ -49,6 +49,8 @@ class TaskOptions:
     default_retry_delay: float = 180.0  # s before a retry, when no countdown/backoff says
     autoretry_for: tuple[type[BaseException], ...] = ()  # retry on these exceptions by itself
     dont_autoretry_for: tuple[type[BaseException], ...] = ()  # ... but never on these
+    throws: tuple[type[BaseException], ...] = ()  # expected errors: the task fails, and the
+                                       # node logs it at INFO without a traceback (Celery's)
     retry_kwargs: Mapping[str, Any] = field(default_factory=dict)  # for autoretry: countdown,
                                        # max_retries (the task's own otherwise)
     retry_backoff: bool | float = False  # exponential backoff: True (1, 2, 4 s...) or a factor
@@ -74,7 +76,7 @@ class TaskOptions:
             raise ConfigError(f"priority must be 0..9, got {self.priority}")
         if self.max_retries is not None and (type(self.max_retries) is not int or self.max_retries < 0):
             raise ConfigError(f"max_retries must be an integer >= 0 or None, got {self.max_retries!r}")
-        for n in ("autoretry_for", "dont_autoretry_for"):
+        for n in _TUPLES:
             if not all(isinstance(c, type) and issubclass(c, BaseException) for c in getattr(self, n)):
                 raise ConfigError(f"{n} must be a tuple of exception classes")
         if not isinstance(self.retry_kwargs, Mapping) or not set(self.retry_kwargs) <= _RETRY_KWARGS:
@@ -95,7 +97,7 @@ class TaskOptions:
 
 _RETRY_KWARGS = {"countdown", "max_retries", "eta"}
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions)) - {"name"}
-_TUPLES = ("autoretry_for", "dont_autoretry_for")
+_TUPLES = ("autoretry_for", "dont_autoretry_for", "throws")
 
 # app.conf settings that give a task option its default (Celery's Task.from_config)
 FROM_CONF = {"acks_late": "task_acks_late", "reject_on_worker_lost": "task_reject_on_worker_lost",
@@ -167,9 +169,49 @@ class Request:
 
     @property
     def group(self) -> str | None:
-        rep = (self.headers.get("wf") or {}).get("report") if isinstance(self.headers.get("wf"), dict) \
-            else None
-        return rep[0] if isinstance(rep, list) and rep else self.headers.get("group")
+        rep = self._report()
+        return rep[0] if rep else self.headers.get("group")
+
+    @property
+    def group_index(self) -> int | None:
+        """This task's place in its group (Celery's ``group_index``), else None."""
+        rep = self._report()
+        return rep[1] if rep and len(rep) > 1 and type(rep[1]) is int else None
+
+    def _report(self) -> list[Any] | None:
+        wf = self.headers.get("wf")
+        rep = wf.get("report") if isinstance(wf, dict) else None
+        return rep if isinstance(rep, list) and rep else None
+
+    # Celery's other request fields that code reads (``self.request.delivery_info[...]``)
+    @property
+    def delivery_info(self) -> dict[str, Any]:
+        """Celery's ``delivery_info``: ``routing_key`` and ``queue`` are the queue the
+        task was sent to (mesh has no exchanges: ``exchange`` is ``""``), ``priority``
+        its priority; in eager mode ``is_eager`` is True, as in Celery."""
+        q = self.headers.get("queue")
+        info: dict[str, Any] = {"exchange": "", "routing_key": q, "queue": q,
+                                "priority": self.priority}
+        if self.is_eager:
+            info["is_eager"] = True
+        return info
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The task's id, as in Celery."""
+        return self.id
+
+    @property
+    def timelimit(self) -> tuple[float | None, float | None]:
+        """``(time_limit, soft_time_limit)``, Celery's pair."""
+        return self.time_limit, self.soft_time_limit
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self.request.get("x", default)``, as Celery's Context: a field, else
+        ``default``."""
+        if key.startswith("_"):
+            return default
+        return getattr(self, key, default)
 
 
 _current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(

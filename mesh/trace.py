@@ -48,6 +48,7 @@ class Outcome:
     call: tuple[list[Any], dict[str, Any]] | None = None   # RETRY: new arguments, if changed
     keep: bool = True                       # the node keeps the result in its journal
     retry: Retry | None = None              # RETRY: the Retry raised (its reason)
+    expected: bool = False                  # FAILURE: an error of the task's ``throws``
 
     @property
     def traceback(self) -> str | None:
@@ -192,8 +193,10 @@ def _raised(task: Task, req: Request, e: BaseException) -> Outcome:
 
 
 def _failure(task: Task, e: BaseException, ignore: bool) -> Outcome:
-    keep = not ignore or task.options.store_errors_even_if_ignored
-    return Outcome(states.FAILURE, e, exc=e, einfo=ExceptionInfo.of(e), keep=keep)
+    o = task.options
+    keep = not ignore or o.store_errors_even_if_ignored
+    return Outcome(states.FAILURE, e, exc=e, einfo=ExceptionInfo.of(e), keep=keep,
+                   expected=bool(o.throws) and isinstance(e, o.throws))
 
 
 def _retry(r: Retry) -> Outcome:

@@ -90,12 +90,15 @@ def exc_info_of(e: BaseException) -> dict[str, Any]:
 
 
 def _log_end(msg: Submit, state: str, exc: dict[str, Any] | None, tb: str | None,
-             countdown: float | None) -> None:
+             countdown: float | None, expected: bool = False) -> None:
     """A task that failed or retries leaves a line in the node's log, as in Celery's
-    worker: ERROR with the traceback for a failure, INFO for a retry (a success is
-    DEBUG, above). Without it a failure was seen only by whoever asked for the result."""
+    worker: ERROR with the traceback for a failure, INFO without it for an error the
+    task declares in ``throws``, INFO for a retry (a success is DEBUG, above). Without
+    it a failure was seen only by whoever asked for the result."""
     what = f"{exc.get('type')}: {exc.get('message')}" if exc else ""
-    if state == states.FAILURE:
+    if state == states.FAILURE and expected:
+        task_log.info("Task %s[%s] raised expected: %s", msg.name, msg.task_id, what)
+    elif state == states.FAILURE:
         task_log.error("Task %s[%s] raised unexpected: %s%s", msg.name, msg.task_id, what,
                        f"\n{tb.rstrip()}" if tb else "")
     elif state == states.RETRY:
@@ -219,6 +222,7 @@ class Child:
         self._busy = False                 # between taking a task and sending its result
         self._running: tuple[Any, Request] | None = None   # (task, request) while it runs
         self.home = ""            # the node's front door ("": not known, e.g. in a test)
+        self.expected = False     # this run failed with an error of the task's ``throws``
         self.unrun = False        # this run failed before the task ran (prepare: not
         #                           registered, arguments that do not decode)
 
@@ -400,8 +404,8 @@ class Child:
         if state != states.SUCCESS:
             # a failure before the task ran: its traceback is mesh's, not the task's (and
             # the frame may be a hostile peer's): the line without it
-            _log_end(msg, state, exc, None if self.unrun else tb, self._countdown)
-            self.unrun = False
+            _log_end(msg, state, exc, None if self.unrun else tb, self._countdown, self.expected)
+            self.unrun = self.expected = False
         elif task_log.isEnabledFor(logging.DEBUG):
             task_log.debug("Task %s[%s] succeeded in %.6fs", msg.name, msg.task_id, runtime)
         done_at = None if state == states.RETRY else time.time()
@@ -476,6 +480,7 @@ class Child:
         """What a run came to, as the Result's state, value, exception and traceback
         (and this run's countdown, keep and next arguments, for ``frames``)."""
         self._countdown, self._keep, self._next_call = o.countdown, o.keep, None
+        self.expected = o.expected
         if o.call is not None:
             try:
                 self._next_call = codec.dump_call(*o.call)

@@ -359,9 +359,12 @@ class Groups:
             g.known = alive
             lost = [i for i in pulled if g.values[i] is None and i not in alive]
             self.wf.counts["redriven"] += len(lost)
-            if lost:
+            if lost and alive:
                 log.warning("group %s: %d of %d members are known to no node: started again",
                             g.id, len(lost), g.size)
+            elif lost:        # none started yet: a workflow's later step starting its group
+                log.debug("group %s: no member is known to any node: starting all %d",
+                          g.id, len(lost))
             g.next_i = 0
             self._expand(g)
             return

@@ -9,7 +9,12 @@ is ``[a, group(b, c), d]``; a chord ``chord(header, body)`` is the chain
 ``[group(header), body]`` (Celery: a group followed by a task is a chord). Each unit
 gets its id: the last unit of a chain gets the chain's id, the others
 ``derive(chain id, position)``; a chord's body gets the chord's id and its header
-``derive(chord id, "header")``; member ``i`` of a group ``derive(group id, i)``;
+``derive(chord id, "header")``; member ``i`` of a group ``derive(group id, i)``; a
+chain or chord that is a chain's last step, or a chord that is a chord's body, takes
+its parent's id for its handle but derives the others from ``derive(parent,
+"tail")`` / ``derive(parent, "body")``, and a chain whose last step is a group, chain
+or chord derives its other steps from ``derive(chain id, "steps")`` (else two units
+would share an id: the later one was taken for a repeat and never ran);
 callbacks ``derive(step id, "link0")``, ``"err0"``... (keys never collide: positions
 are numbers, the rest words).
 
@@ -83,16 +88,27 @@ def _inherit(d: Mapping[str, Any], parent_opts: Mapping[str, Any], keys: tuple[s
     return out
 
 
-def units(d: Mapping[str, Any], hid: str, depth: int = 0) -> list[dict[str, Any]]:
+def _takes_over(d: Any) -> bool:
+    """A composite that derives ids of its own from the handle id it is given."""
+    return isinstance(d, Mapping) and kind(d) in ("chain", "chord")
+
+
+def units(d: Mapping[str, Any], hid: str, depth: int = 0,
+          ns: str | None = None) -> list[dict[str, Any]]:
     """``d`` (a to_dict() map) as its list of units, each with its task_id set; ``hid``
-    is the id of what ``d`` returns (its handle)."""
+    is the id of what ``d`` returns (its handle). ``ns`` is what the ids ``d`` derives
+    for its other units come from (default ``hid``): a composite that takes its
+    parent's handle id (a chain's last step, a chord's body) derives from a key of its
+    own, or ``chain(a, chain(b, c))`` gave ``a`` and ``b`` one id (``b`` never ran)."""
     if depth > MAX_DEPTH:
         raise ConfigError(f"workflow nested more than {MAX_DEPTH} levels deep")
     if not isinstance(d, Mapping):
         raise ConfigError(f"a workflow step must be a signature map, got {type(d).__name__}")
     k = kind(d)
     opts = d.get("options") or {}
-    hid = opts.get("task_id") or hid
+    own = opts.get("task_id")
+    hid = own or hid
+    ns = own or ns or hid
     if k is None or k == "group":
         if k is None and not isinstance(d.get("task"), str):
             raise ConfigError(f"a signature needs a task name, got {d.get('task')!r}")
@@ -106,18 +122,27 @@ def units(d: Mapping[str, Any], hid: str, depth: int = 0) -> list[dict[str, Any]
         if body is None:
             return units(header, hid, depth + 1)
         body = _callbacks_to(body, opts)
-        return units(header, derive(hid, "header"), depth + 1) + units(body, hid, depth + 1)
+        body_ns = derive(ns, "body") if isinstance(body, Mapping) and kind(body) == "chord" else ns
+        return units(header, derive(ns, "header"), depth + 1) + units(body, hid, depth + 1, body_ns)
     if k == "chain":
         tasks = list((d.get("kwargs") or {}).get("tasks") or ())
         if not tasks:
             raise ConfigError("an empty chain has nothing to run")
         out: list[dict[str, Any]] = []
         n = len(tasks)
+        # a group in the last place takes the chain's id, and its members derive(id, i):
+        # the steps before it derive from a key of their own
+        last = tasks[-1]
+        steps = derive(ns, "steps") if isinstance(last, Mapping) and kind(last) in (
+            "chain", "chord", "group") else ns
         for i, t in enumerate(tasks):
             t = _inherit(t, opts, INHERITED + (FIRST_ONLY if i == 0 else ()))
             if i == n - 1 and opts.get("link"):
                 t = _with_opts(t, link=[*(t.get("options") or {}).get("link", ()), *opts["link"]])
-            out += units(t, hid if i == n - 1 else derive(hid, i), depth + 1)
+            if i < n - 1:
+                out += units(t, derive(steps, i), depth + 1)
+            else:
+                out += units(t, hid, depth + 1, derive(ns, "tail") if _takes_over(t) else ns)
         errbacks = list(opts.get("link_error") or ())
         if errbacks:                 # a chain's errbacks: run once, by the unit that fails
             out = [_with_opts(u, chain_link_error=[*(u["options"].get("chain_link_error") or ()),

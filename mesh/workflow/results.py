@@ -10,6 +10,7 @@ process sent the group, else read from the mesh.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ class GroupResult:
         self.app = app
         self.parent = parent
         self._results = list(results) if results is not None else None
+        self._local = results is not None and desc is None    # made here from a list
         self._desc = desc          # the group's description: members made when asked for
         self._coord = AsyncResult(id, app)
 
@@ -158,6 +160,132 @@ class GroupResult:
 
     def as_tuple(self) -> tuple[str, list[str]]:
         return self.id, [r.id for r in self.results]
+
+    # -- Celery's save/restore: the mesh keeps a group's record from the moment it is sent
+    def save(self) -> "GroupResult":
+        """Celery's ``save()``, so that ``GroupResult.restore(id)`` finds the group
+        later: a group sent to the mesh is kept there already (its record, for
+        ``result_expires``), so this only checks that it was sent; a GroupResult made
+        here from a list of results was not, and raises MeshError (keep its ids
+        yourself, or use a ResultSet)."""
+        if self._local:
+            raise MeshError(f"GroupResult {self.id} was made here from a list of results, "
+                            "not sent as a group: the mesh has no record of it to restore "
+                            "(keep the members' ids, or send a group)")
+        return self
+
+    @classmethod
+    def restore(cls, id: str, backend: Any = None, app: "Mesh | None" = None) -> "GroupResult | None":
+        """Celery's ``GroupResult.restore(id)``: the group sent with this id, read from
+        the mesh (``app``, else the current app); None when no node knows it (after
+        waiting up to RECORD_WAIT for its record, which a group just sent may not
+        have yet)."""
+        if app is None:
+            from mesh.shared import current_app
+            app = current_app()
+        g = cls(id, None, app)
+        try:
+            g.results  # noqa: B018  (read its record now: None when there is none)
+        except MeshError:
+            return None
+        return g
+
+
+class ResultSet:
+    """Celery's ResultSet: results of tasks sent one by one, waited for together.
+    ``get()``/``join()`` return their values in order (``timeout`` for the whole
+    wait), ``ready()``, ``successful()``, ``failed()``, ``waiting()``,
+    ``completed_count()``, ``revoke()``; ``add``, ``remove``, ``discard``, ``update``,
+    ``clear`` change the set."""
+
+    def __init__(self, results: list[Handle] | None = None, app: "Mesh | None" = None, **_: Any):
+        self.results: list[Handle] = list(results or ())
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<ResultSet [{', '.join(r.id for r in self.results)}]>"
+
+    def add(self, result: Handle) -> None:
+        if result not in self.results:
+            self.results.append(result)
+
+    def remove(self, result: Handle | str) -> None:
+        rid = result if isinstance(result, str) else result.id
+        for i, r in enumerate(self.results):
+            if r.id == rid:
+                del self.results[i]
+                return
+        raise KeyError(rid)                  # as Celery's
+
+    def discard(self, result: Handle | str) -> None:
+        try:
+            self.remove(result)
+        except KeyError:
+            pass
+
+    def update(self, results: list[Handle]) -> None:
+        self.results.extend(r for r in results if r not in self.results)
+
+    def clear(self) -> None:
+        self.results.clear()
+
+    def __iter__(self) -> Iterator[Handle]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> Handle:
+        return self.results[i]
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self) -> int:
+        return sum(1 for r in self.results if r.successful())
+
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            interval: float = 0.5, callback: Any = None, no_ack: bool = True,
+            disable_sync_subtasks: bool = True, **_: Any) -> list[Any]:
+        """Each result's value, in order (Celery's ``join``): the first failure is
+        raised (``propagate``), else put in its place; ``timeout`` bounds the whole
+        wait (TimeoutError); ``callback(task_id, value)`` is called for each instead
+        of collecting the values, as in Celery."""
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        out: list[Any] = []
+        for r in self.results:
+            left = None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"ResultSet: not every result arrived within {timeout} s "
+                                       f"({len(out)} of {len(self.results)})")
+            value = r.get(timeout=left, propagate=propagate)
+            if callback is not None:
+                callback(r.id, value)
+            else:
+                out.append(value)
+        return out
+
+    join = get
+    join_native = get
+
+    def revoke(self, terminate: bool = False, signal: str = "SIGKILL") -> Any:
+        if not self.results:
+            return None
+        app = self.app or next((r.app for r in self.results if r.app is not None), None)
+        if app is None:
+            raise MeshError("this ResultSet has no app to revoke through")
+        return app.control.revoke([r.id for r in self.results], terminate=terminate, signal=signal)
 
 
 def states_of(app: "Mesh", ids: list[str]) -> dict[str, str]:

@@ -44,9 +44,7 @@ def partial(c: Canvas, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | N
 
 def apply_async(app: "Mesh", c: Canvas, args: Iterable[Any] | None,
                 kwargs: Mapping[str, Any] | None, options: Mapping[str, Any]) -> Any:
-    c = partial(c, args, kwargs)
-    if options:
-        c = c.set(**options)
+    c = partial(c, args, kwargs)._merged(options)     # the caller's signature unchanged
     if isinstance(c, Signature) and not any(k in c.options for k in ("link", "link_error")):
         return _plain(app, c)               # a task: as Task.apply_async / send_task
     if app.conf["task_always_eager"]:

@@ -27,7 +27,7 @@ def make_app() -> tuple[Mesh, Any]:
 
 # -- signatures ------------------------------------------------------------------------
 
-def test_signatures_are_frozen_plain_data() -> None:
+def test_signatures_are_plain_data_changed_only_by_set() -> None:
     _app, add = make_app()
     s = add.s(1, y=2)
     assert s == Signature("tasks.add", (1,), {"y": 2})
@@ -36,7 +36,9 @@ def test_signatures_are_frozen_plain_data() -> None:
         s.args = (3,)   # type: ignore[misc]
     with pytest.raises(TypeError):
         s.kwargs["y"] = 5   # type: ignore[index]
-    assert s.set(priority=3).options == {"priority": 3} and s.options == {}
+    c = s.clone(priority=3)                                 # a changed copy
+    assert c.options == {"priority": 3} and s.options == {}
+    assert s.set(priority=3) is s and s.options == {"priority": 3}   # Celery: in place
     assert s.clone((5,)).args == (5, 1)                     # Celery: partial args go first
     assert add.si(1, 1).clone((5,)).args == (1, 1)          # immutable: nothing added
     assert signature("tasks.add", args=(2, 3)) == add.s(2, 3)
