@@ -2,6 +2,7 @@
 exit 0 (tests/integration/test_e2e_handoff.py has submitters that exit first)."""
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,10 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
     assert a.wait(30) == EXIT_OK
     assert [r.get(timeout=RESULT_TIMEOUT) for r in queued] == [i + 100 for i in range(10)]
     assert {r.node for r in queued} == {b.name}
-    assert f"handed {on_a} task(s) to {b.name}" in a.stderr()
+    # node to node: at the stop, or some just before it by shedding (b's queue was
+    # shorter: once, 2 shed and 3 at the stop)
+    handed = re.findall(rf"handed (\d+) task\(s\) to {re.escape(b.name)} ", a.stderr())
+    assert sum(map(int, handed)) == on_a, handed
 
 
 def test_a_task_running_past_the_shutdown_timeout_goes_to_another_node(
