@@ -305,3 +305,19 @@ def test_a_run_its_target_hands_on_is_followed_not_sent_again(
     log = firer.stderr()
     assert f"{victim.name} handed run" in log, log
     assert f"{victim.name} died holding run" not in log, log
+
+
+def test_a_node_slow_to_start_learns_the_mesh_before_it_fires(start_node: NodeFactory,
+                                                              beat_log: Path) -> None:
+    """A node whose event loop is blocked while it starts (heavy imports in a component;
+    the dashboard's took 2.4 s in the LAN trial) must not count that time as time spent
+    learning the mesh: b settled at once when it became ready, before mDNS had found a,
+    and fired tick alone while a fired it too (a run executed on both)."""
+    a = start_node(app="beat_app_slow", concurrency=1, profile="lan", name="slow-a", mdns=True)
+    runs_after(beat_log, 0, 1, "a started")
+    b = start_node(app="beat_app_slow", concurrency=1, profile="lan", name="slow-b", mdns=True,
+                   env={"BEAT_SLOW_START": "3.5"})      # > the lan profile's 3 s to settle
+    wait_until(lambda: len(beat_view(a)["firers"]) == 2 and len(beat_view(b)["firers"]) == 2,
+               30, "a and b to count each other as firers", interval=0.1)
+    runs_after(beat_log, time.time(), 1, "b settled")
+    check_runs(read_runs(beat_log))
