@@ -97,3 +97,37 @@ def test_a_handoff_queued_for_the_killed_process_is_refused_at_once(cluster: Clu
     assert "refused a handoff from 'a': not a member" not in b2_log, b2_log
     assert "did not answer a handoff" not in a_log, a_log
     assert "node b2 did not take" in a_log and "sent to a previous run at" in a_log, a_log
+
+
+def test_a_new_name_on_the_same_journal_is_answered_which_tasks_were_taken_over(
+        cluster: ClusterFactory) -> None:
+    # the systemd case: kill -9, the same data dir, a new name (host-pid), mDNS. The
+    # new node learns its peers from the traffic queued for its address (their pings
+    # carry gossip) before they learn of it: its RECLAIM came first and was refused
+    # ("not a member at that address"), so after 2 s without answers it ran every
+    # recovered task again, also those its peers had taken over (or finished)
+    cl = cluster(3)
+    a, b, c = cl.hosts
+    cl.start_nodes(peers=False, mdns=True, profile="lan")
+    wait_until(lambda: all(all(view(o).get(h.name) == "alive" for h in cl.hosts) for o in cl.hosts),
+               timeout=30, what="a full mesh of three, by mDNS")
+    c.run_python(f"_c = client([{a.endpoint!r}, {b.endpoint!r}, {c.endpoint!r}]); "
+                 f"_rs = [_c.send_task('tasks_app.sleep', args=(0.5,)) for _ in range(24)]")
+
+    def b_holds_queued() -> bool:
+        reply = b.control([b.endpoint], "status")[b.endpoint]
+        return bool(reply.get("ok")) and int(reply["payload"].get("queued", 0)) >= 2
+    wait_until(b_holds_queued, timeout=10, interval=0.02, what="b to hold queued tasks")
+    b.kill(signal.SIGKILL)
+    b.node.proc.wait(10)
+    # b2 has no discovery of its own (no seeds, mDNS off): it hears of its peers only
+    # from their traffic to the address, as b2 of a LAN trial did (its mDNS was slower)
+    b2 = b.start_node(name="b2", profile="lan", data_dir=b.nodes[0].data_dir)
+    values = c.run_python("[r.get(timeout=60) for r in _rs]", timeout=90)
+    assert values == [0.5] * 24
+    wait_until(lambda: "recovered task(s) (" in b2.stderr(), timeout=20,
+               what="b2 to say what became of its recovered tasks")
+    log = b2.stderr()
+    assert "recovered" in log and "no answer from" not in log, log
+    for h in (a, c):
+        assert "refused a reclaim" not in h.nodes[0].stderr(), h.nodes[0].stderr()
