@@ -344,7 +344,13 @@ class Handoffs(Component):
             self._refuse_earlier(msg)
             return
         if node.membership.member(msg.source) is None:
-            self._badlog.warning("refused a handoff from %r: not a member", msg.source[:100])
+            if msg.target_boot == node.boot:
+                # meant for this process by a node that knows it, before this one has
+                # heard of that node (just started): not answered, so sent again
+                self._badlog.info("a handoff from %r waits: not a member here yet (it is "
+                                  "sent again)", msg.source[:100])
+            else:
+                self._badlog.warning("refused a handoff from %r: not a member", msg.source[:100])
             return
         accepted: list[str] = []
         refused: dict[str, Any] = {}
