@@ -202,48 +202,54 @@ def _ok(r: Any) -> bool:
 def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     """One row per node the mesh knows: nodes answer ``status`` directly; members
     learned from their ``members`` lists are asked too, and those that do not answer
-    are shown with the state the membership gives them."""
+    are shown with the state the membership gives them. An address can carry two names
+    (a node restarted there under a new name: the old one dead, the new one alive):
+    each gets its own row, with its own state."""
     from mesh.client.control import ControlClient
     with ControlClient() as cc:
         statuses = cc.broadcast(peers, "status", timeout=timeout)
         answered = [ep for ep, r in statuses.items() if _ok(r)]
-        members: dict[str, dict[str, Any]] = {}
+        members: dict[str, dict[str, dict[str, Any]]] = {}      # endpoint -> node -> record
         for r in cc.broadcast(answered, "members", timeout=timeout).values():
             if not _ok(r) or not isinstance(r.payload, list):   # type: ignore[union-attr]
                 continue
             for m in r.payload:                                  # type: ignore[union-attr]
                 if not isinstance(m, dict) or not isinstance(m.get("endpoint"), str):
                     continue
-                old = members.get(m["endpoint"])
+                at = members.setdefault(m["endpoint"], {})
+                name = str(m.get("node", "?"))
+                old = at.get(name)
                 key = (m.get("incarnation", 0), _STATE_RANK.get(m.get("state", ""), 0))
                 if old is None or key > (old.get("incarnation", 0), _STATE_RANK.get(old.get("state", ""), 0)):
-                    members[m["endpoint"]] = m
+                    at[name] = m
         answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}  # type: ignore[union-attr]
-        more = [ep for ep, m in members.items() if ep not in statuses and m.get("state") == "alive"
-                and m.get("node") not in answered_ids]
+        more = [ep for ep, at in members.items() if ep not in statuses and any(
+            m.get("state") == "alive" and m.get("node") not in answered_ids for m in at.values())]
         statuses.update(cc.broadcast(more, "status", timeout=timeout))
     rows = []
     seen: set[str] = set()       # a node reached through a seed and its advertised address: once
     for ep in dict.fromkeys([*peers, *members]):
         r = statuses.get(ep)  # type: ignore[assignment]
-        m = members.get(ep)
-        node_id = r.payload.get("node") if _ok(r) else (m or {}).get("node")  # type: ignore[union-attr]
-        if node_id:
-            if node_id in seen:
-                continue
-            seen.add(node_id)
+        at = members.get(ep, {})
+        node_id = str(r.payload.get("node")) if _ok(r) else ""  # type: ignore[union-attr]
         if _ok(r):
-            row = dict(r.payload)                                # type: ignore[union-attr]
-            if m is not None and row.get("state") == "alive":
-                row["state"] = m.get("state", "alive")           # what the mesh thinks of it
-            rows.append(row)
-        elif m is not None:
-            load = m.get("load") if isinstance(m.get("load"), list) else None
-            rows.append({"node": m.get("node", "?"), "address": ep, "state": m.get("state", "?"),
-                         "answered": False, "load": load, "error": str(r) if r else None})
-        else:
+            if node_id not in seen:
+                seen.add(node_id)
+                row = dict(r.payload)                            # type: ignore[union-attr]
+                m = at.get(node_id)
+                if m is not None and row.get("state") == "alive":
+                    row["state"] = m.get("state", "alive")       # what the mesh thinks of it
+                rows.append(row)
+        elif not at:
             rows.append({"node": "?", "address": ep, "state": "unreachable", "answered": False,
                          "error": str(r)})
+        for name, m in at.items():                               # the names that did not answer
+            if name in seen:
+                continue
+            seen.add(name)
+            load = m.get("load") if isinstance(m.get("load"), list) else None
+            rows.append({"node": m.get("node", "?"), "address": ep, "state": m.get("state", "?"),
+                         "answered": False, "load": load, "error": str(r) if r and not _ok(r) else None})
     for row in rows:
         row.setdefault("answered", True)
     return rows

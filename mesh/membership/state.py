@@ -141,6 +141,8 @@ class StateMachine:
             if gossip_new:
                 self.queue.put(member_id, alive_update(node))
             self.notify(node, None)
+            if address == me.address and not self.left:
+                self._displaced(node, now)
         elif self._leap(member_id, inc, node.incarnation):
             return
         elif inc > node.incarnation:
@@ -152,6 +154,18 @@ class StateMachine:
             node.meta, node.meta_version = meta, version
             self.queue.put(member_id, alive_update(node), META)
             self.notify(node, node.state)
+
+    def _displaced(self, node: Node, now: float) -> None:
+        """A member new to this node, alive at this node's own address: an earlier process
+        there (killed, and restarted under a new name), since one process holds an address.
+        Declared dead at once, by the one node that knows it: its peers would otherwise
+        suspect it for a suspicion timeout while their probes reach this node, which
+        ignores them as meant for another id, and keep sending it work meanwhile. Only
+        once, when it is new here: should it be alive after all (two nodes given one
+        address), it refutes and stays alive."""
+        log.info("membership: %s declares %s dead: this node holds its address %s now",
+                 self.me.id, printable(node.id, 64), printable(node.address, 100))
+        self.dead(node.id, node.incarnation, self.me.id, now, left=False)
 
     def suspect(self, member_id: str, inc: int, origin: str, now: float) -> None:
         if member_id == self.me.id:

@@ -62,6 +62,8 @@ class Beat(Component):
         self.keys: dict[str, str] = {}
         self.settle = 0.0
         self.started = self.clock.time()
+        self.settle_from = self.started
+        self._saw_ready = False
         self.store: LastFirings | None = None
         self.outbox: Outbox | None = None
         self.next_look: dict[str, float] = {}      # entry -> no run is due before this
@@ -84,7 +86,7 @@ class Beat(Component):
         self.digest = self.schedule.digest
         self.keys = {name: entry_key(e.key()) for name, e in self.schedule.entries.items()}
         self.settle = SETTLE_PROBES * profile(node.config.profile).probe_interval
-        self.started = self.clock.time()
+        self.started = self.settle_from = self.clock.time()
         cfg = node.config
         self.store = LastFirings(cfg.data_path if cfg.journal else None)
         for name, kind, fn in (("beat", "inspect", lambda state, args: self.describe()),
@@ -200,7 +202,15 @@ class Beat(Component):
         if not self.schedule.entries or self.node.stopping:
             return TICK
         if not self.settled:
-            if now - self.started < self.settle:   # learn the mesh before firing anything
+            ready = getattr(self.node, "ready", None)
+            if ready is not None and not self._saw_ready:
+                # the settle time counts from the first look at a ready node: its other
+                # parts (discovery among them) start first, and a start that blocked the
+                # event loop (heavy imports) taught it nothing about the mesh
+                if not ready.is_set():
+                    return TICK
+                self._saw_ready, self.settle_from = True, now
+            if now - self.settle_from < self.settle:   # learn the mesh before firing anything
                 return TICK
             self.settled = True                    # from now on peers count us as a firer
             if self.node.membership is not None:

@@ -8,8 +8,9 @@ second firing of a run is recognised and not executed twice.
 
 The outbox owns each run as a client owns its tasks: one DEALER per target node
 (replies come back on it), resent with the same id when the target refuses it, gives
-it back (shedding, shutdown), does not acknowledge it in time, or is declared dead
-before the result came. After the ACK it asks the target to be told the result
+it back, does not acknowledge it in time, or is declared dead before the result came;
+followed to its new holder when the target hands it on (MOVED: shedding, shutdown).
+After the ACK it asks the target to be told the result
 (``result`` with ``watch``), since a second firer's resend makes that firer the
 owner the target answers. An ACK or a result counts only from the node the run was
 sent to (any node may say anything about an id; only the holder's word is taken).
@@ -32,7 +33,17 @@ from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.node.zmqloop import SocketDriver
 from mesh.security.curve import Security
-from mesh.wire.protocol import Ack, Control, ControlReply, Error, Release, Result, decode, encode
+from mesh.wire.protocol import (
+    Ack,
+    Control,
+    ControlReply,
+    Error,
+    Moved,
+    Release,
+    Result,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("mesh.beat")
 
@@ -70,6 +81,7 @@ class Outbox:
         self.closed = False        # (the node stops) no socket is opened any more
         self.socks: dict[str, list[tuple[zmq.Socket[bytes], asyncio.Task[None]]]] = {}
         self.resent = 0
+        self._now = 0.0            # the time of the last check() (a MOVED's resend is timed from it)
 
     # -- sending ----------------------------------------------------------------------
     def send(self, run: Run, now: float, avoid: set[str] | None = None) -> bool:
@@ -173,6 +185,8 @@ class Outbox:
                 p = msg.payload
                 if msg.ok and isinstance(p, dict) and isinstance(p.get("task_id"), str):
                     self._result(p["task_id"], str(p.get("state")), msg.node, address)
+            elif isinstance(msg, Moved):
+                self._moved(msg, address)
             elif isinstance(msg, Release):
                 for tid in msg.task_ids:
                     run = self.runs.get(tid)
@@ -195,6 +209,29 @@ class Outbox:
                               run.entry, run.target, msg.code, msg.message)
                     self.runs.pop(run.task_id, None)
                     self.done(run, "REFUSED", run.target)
+
+    def _moved(self, msg: Moved, address: str) -> None:
+        """The target handed runs on (shedding, stopping): follow them, as a client
+        does: the run goes to its new holder, which acknowledges it (then it is watched
+        there) or answers its stored result. Without this the run stayed owned by the
+        node it had left, and was sent again (and executed twice) when that node died
+        or left, long after it had run elsewhere."""
+        if self.closed or not msg.target.startswith("tcp://"):
+            return
+        for tid in msg.task_ids:
+            run = self.runs.get(tid)
+            if run is None or run.address != address:
+                continue                     # only the holder's word is taken
+            log.info("beat: %s handed run %s of %s to %s (%s)", msg.node, tid, run.entry,
+                     msg.target_node or msg.target, msg.reason)
+            run.target, run.address = msg.target_node or run.target, msg.target
+            run.acked, run.sent_at = False, max(run.sent_at, self._now)
+            try:
+                for sock in self._socks(run.address):
+                    sock.send(run.frame, zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                log.warning("beat: could not send run %s of %s to %s: %s", tid, run.entry,
+                            run.target, e)
 
     def _watch(self, run: Run) -> None:
         req = encode(Control(f"beat-watch-{run.task_id}", "result",
@@ -223,6 +260,7 @@ class Outbox:
     # -- timers -------------------------------------------------------------------------
     def check(self, now: float, alive: set[str]) -> None:
         """Resend runs whose target died, or that were not acknowledged in time."""
+        self._now = now
         for run in list(self.runs.values()):
             if run.target and run.target not in alive:
                 log.info("beat: %s died holding run %s of %s; sending it again", run.target,

@@ -203,9 +203,11 @@ class Handoffs(Component):
         if out is None:
             self._late_ack(msg)
             return
-        if out.target != msg.node:
+        if out.target != msg.node and (msg.accepted or msg.address != out.address):
             self._out[msg.batch] = out       # not the receiver's to answer
             return
+        # (a node at the receiver's address under another name, restarted there, refuses
+        # what was queued for the one before: taken back now, not after the retries)
         node = self.node
         ledger = node.ledger
         moved = [out.entries[t] for t in msg.accepted if t in out.entries]
@@ -333,25 +335,25 @@ class Handoffs(Component):
     def on_handoff(self, msg: Handoff) -> None:
         """Tasks from another node: hold them (journal, copy to our backup), then say so."""
         node = self.node
-        if msg.source == node.name or node.membership.member(msg.source) is None:
+        if msg.source == node.name:
             self._badlog.warning("refused a handoff from %r: not a member", msg.source[:100])
+            return
+        if msg.target_boot and msg.target_boot != node.boot:
+            # (answered even when the sender is not a member here yet: a node restarted
+            # under a new name gets at once what its peers queued for the killed one)
+            self._refuse_earlier(msg)
+            return
+        if node.membership.member(msg.source) is None:
+            if msg.target_boot == node.boot:
+                # meant for this process by a node that knows it, before this one has
+                # heard of that node (just started): not answered, so sent again
+                self._badlog.info("a handoff from %r waits: not a member here yet (it is "
+                                  "sent again)", msg.source[:100])
+            else:
+                self._badlog.warning("refused a handoff from %r: not a member", msg.source[:100])
             return
         accepted: list[str] = []
         refused: dict[str, Any] = {}
-        if msg.target_boot and msg.target_boot != node.boot:
-            # queued for an earlier run of this node (killed, restarted): the sender
-            # gave it up and runs the tasks itself, or takes them back on this answer
-            log.info("refused a handoff of %d task(s) from %s: it was sent to this node's "
-                     "previous run", len(msg.tasks), msg.source)
-            earlier = f"sent to a previous run of node {node.name}"
-            for frame in msg.tasks:
-                handed = _submit_or_none(frame, node.config.max_message_size)
-                if handed is not None:
-                    refused[handed.task_id] = earlier
-            self._answers.append((msg.source_addr, encode(HandoffAck(
-                msg.batch, node.name, [], refused, node.address))))
-            node.front.schedule_flush()
-            return
         new: list[str] = []
         for frame in msg.tasks:
             try:
@@ -386,6 +388,23 @@ class Handoffs(Component):
             shedder = getattr(node, "shedder", None)
             if shedder is not None and msg.reason == SHED_REASON:   # not straight back
                 shedder.took(msg.source, accepted, time.time())
+
+    def _refuse_earlier(self, msg: Handoff) -> None:
+        """A handoff queued for an earlier run at this address (killed, then restarted,
+        maybe under another name): all refused, so the sender takes its tasks back at
+        once; it gives them up or runs them itself."""
+        node = self.node
+        log.info("refused a handoff of %d task(s) from %s: it was sent to the previous "
+                 "process at this address", len(msg.tasks), msg.source[:100])
+        earlier = f"sent to a previous run at {node.address} (node {node.name} now)"
+        refused: dict[str, Any] = {}
+        for frame in msg.tasks:
+            handed = _submit_or_none(frame, node.config.max_message_size)
+            if handed is not None:
+                refused[handed.task_id] = earlier
+        self._answers.append((msg.source_addr, encode(HandoffAck(
+            msg.batch, node.name, [], refused, node.address))))
+        node.front.schedule_flush()
 
     def _take(self, msg: Submit, frame: bytes) -> str | None:
         """Hold one handed task; None when held (or finished) here, else why not."""

@@ -72,6 +72,8 @@ STEP = 0.02
 SETTLE = 1.0           # s more members may become alive and be asked, when not every
                        # seed is a member yet
 HELD = (states.RECEIVED, states.STARTED, states.RETRY)
+DEFER = 3.0            # s a RECLAIM from a node not a member here yet waits for it to be one
+DEFER_MAX = 256        # such RECLAIMs kept at most
 REASON = "taken over while this node was down"
 
 
@@ -90,6 +92,10 @@ class Reclaimer:
         self.counts: collections.Counter[str] = collections.Counter()
         self._asked: dict[str, str] = {}           # member id -> address, asked this round
         self._badlog = _RateLimitedLog("refused reclaims")
+        # RECLAIMs from nodes not members here yet (a node restarted under a new name
+        # learns its peers from the traffic queued for its address before they learn of
+        # it), answered once they are: (when it came, the message)
+        self._deferred: list[tuple[float, Reclaim]] = []
 
     # -- the returning holder ---------------------------------------------------------
     def hold(self, entry: Entry) -> None:
@@ -276,6 +282,11 @@ class Reclaimer:
     def answer(self, msg: Reclaim) -> None:
         node = self.node
         member = node.membership.member(msg.source)
+        if member is None and msg.source != node.name and len(self._deferred) < DEFER_MAX:
+            if not self._deferred:
+                asyncio.get_running_loop().call_later(STEP * 5, self._answer_deferred)
+            self._deferred.append((time.monotonic(), msg))
+            return
         if member is None or member.address != msg.source_addr or msg.source == node.name:
             self._badlog.warning("refused a reclaim from %r: not a member at that address",
                                  msg.source[:100])
@@ -307,6 +318,30 @@ class Reclaimer:
         self.counts["answered_taken"] += len(held) + len(result_ids)
         node.replicas.sockets.send(msg.source_addr, encode(
             Reclaimed(node.name, msg.round, held, result_ids, results)))
+
+    def _answer_deferred(self) -> None:
+        """The deferred RECLAIMs whose sender is a member now are answered; those still
+        waiting after DEFER s are refused (the asker runs the tasks: at least once)."""
+        now, waiting = time.monotonic(), []
+        ms = self.node.membership
+        for at, msg in self._deferred:
+            if ms.member(msg.source) is not None or now - at > DEFER:
+                self._deferred_answer(msg)
+            else:
+                waiting.append((at, msg))
+        self._deferred = waiting
+        if waiting:
+            asyncio.get_running_loop().call_later(STEP * 5, self._answer_deferred)
+
+    def _deferred_answer(self, msg: Reclaim) -> None:
+        try:
+            if self.node.membership.member(msg.source) is None:
+                self._badlog.warning("refused a reclaim from %r: not a member within %.0f s",
+                                     msg.source[:100], DEFER)
+            else:
+                self.answer(msg)
+        except Exception:            # (a timer callback: never let it end the loop's work)
+            log.exception("answering a deferred reclaim from %r failed", msg.source[:100])
 
     def status(self) -> dict[str, int]:
         return {"reclaim_waiting": len(self.waiting) + len(self.disk),

@@ -274,3 +274,50 @@ def test_nodes_stopped_together_with_runs_in_flight_exit(
             raise AssertionError(f"{n.name} did not exit after stopping:\n"
                                  f"{n.stderr_tail(15)}") from e
         assert code == 0, n.stderr_tail(30)
+
+
+def test_a_run_its_target_hands_on_is_followed_not_sent_again(
+        start_node: NodeFactory, beat_log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that holds queued runs stops (SIGTERM): it hands them to the others and
+    tells their owner, the firing node, where they went (MOVED). The firer follows them
+    there; it used to keep them as held by the node that left, and sent them again when
+    it saw that node gone (a trial saw a run executed 24 s after it had run, when the
+    node that had shed it was cut off)."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("BEAT_GATE", str(gate))     # runs wait for it: the next ones queue
+    nodes = start_mesh(start_node, 3)
+    firer = firing_node(nodes)
+
+    def holder() -> NodeProc | None:
+        for n in nodes:
+            r = n.request("status", timeout=2.0)
+            if n is not firer and not isinstance(r, str) and r.ok and r.payload.get("queued", 0) >= 1:
+                return n
+        return None
+    victim = wait_until(holder, 30, "a node other than the firer to hold a queued run", interval=0.05)
+    victim.send_signal(signal.SIGTERM)
+    wait_until(lambda: "handed" in victim.stderr(), 15, f"{victim.name} to hand its runs on")
+    gate.touch()
+    assert victim.wait(30) == 0
+    since = time.time()
+    runs_after(beat_log, since, 3, f"{victim.name} stopped")
+    check_runs(read_runs(beat_log))
+    log = firer.stderr()
+    assert f"{victim.name} handed run" in log, log
+    assert f"{victim.name} died holding run" not in log, log
+
+
+def test_a_node_slow_to_start_learns_the_mesh_before_it_fires(start_node: NodeFactory,
+                                                              beat_log: Path) -> None:
+    """A node whose event loop is blocked while it starts (heavy imports in a component;
+    the dashboard's took 2.4 s in the LAN trial) must not count that time as time spent
+    learning the mesh: b settled at once when it became ready, before mDNS had found a,
+    and fired tick alone while a fired it too (a run executed on both)."""
+    a = start_node(app="beat_app_slow", concurrency=1, profile="lan", name="slow-a", mdns=True)
+    runs_after(beat_log, 0, 1, "a started")
+    b = start_node(app="beat_app_slow", concurrency=1, profile="lan", name="slow-b", mdns=True,
+                   env={"BEAT_SLOW_START": "3.5"})      # > the lan profile's 3 s to settle
+    wait_until(lambda: len(beat_view(a)["firers"]) == 2 and len(beat_view(b)["firers"]) == 2,
+               30, "a and b to count each other as firers", interval=0.1)
+    runs_after(beat_log, time.time(), 1, "b settled")
+    check_runs(read_runs(beat_log))

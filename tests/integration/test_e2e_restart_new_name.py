@@ -5,10 +5,11 @@ threads live on, and the address is not failed over again and again (membership
 names it twice: the old name dead, the new one alive)."""
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
-from harness import ClientHandle, NodeFactory, wait_until
+from harness import MESHCTL, ClientHandle, NodeFactory, run_program, wait_until
 
 STREAM_PAUSE = 0.004      # s between submits of one streaming client
 
@@ -84,3 +85,25 @@ def test_restart_under_a_new_name_while_clients_stream(start_node: NodeFactory,
     print(f"[restart-new-name] sent={sent} all completed; "
           f"duplicates={sum(c.app.client.duplicates for c in clients)} "
           f"failovers={sum(c.app.client.failovers for c in clients)}")
+
+
+def test_meshctl_status_names_the_new_node_alive_and_the_old_name_dead(start_node: NodeFactory) -> None:
+    # the address carries two names now: each gets its row and its own state (the
+    # table took the graver state of the two for the one row it showed: "a2 dead")
+    b = start_node(name="b", profile="test")
+    a = start_node(name="a1", peers=b.endpoint, profile="test")
+    wait_until(lambda: {m["node"]: m["state"] for m in b.request("members").payload}.get("a1") == "alive",
+               what="b to see a1")
+    a.proc.kill()
+    a.proc.wait(10)
+    start_node.restart(a, name="a2")
+
+    def states() -> dict[str, str]:
+        return {m["node"]: m["state"] for m in b.request("members").payload}
+    wait_until(lambda: states().get("a1") == "dead" and states().get("a2") == "alive",
+               what="b to see a1 dead and a2 alive")
+    p = run_program(MESHCTL, "--peers", b.endpoint, "--json", "status")
+    assert p.returncode == 0, p
+    rows = sorted((r["node"], r["address"], r["state"], r["answered"]) for r in json.loads(p.stdout))
+    assert rows == [("a1", a.endpoint, "dead", False), ("a2", a.endpoint, "alive", True),
+                    ("b", b.endpoint, "alive", True)], p.stdout

@@ -512,6 +512,34 @@ def test_quick_restart_before_detection_takes_over_the_old_record() -> None:
     assert ("n2", DEAD) not in sim.seen and reborn.incarnation >= 1
 
 
+def test_a_new_name_at_a_dead_members_address_declares_it_dead_at_once() -> None:
+    # kill -9, then the same host starts a node under a new name at the same address
+    # before anyone noticed: the newcomer knows the old record is an earlier process
+    sim = cluster(4)
+    sim.crash("n2")
+    t0 = sim.now
+    sim.add("fresh", address=sim.address_of("n2"), join=[sim.address_of("n1")])
+    assert sim.run_until(lambda: sim.seen_by_all("fresh", ALIVE) and all(
+        _state(m, "n2") is DEAD for m in sim.live_nodes()), timeout=2.0)
+    # dead well before a suspicion could end, and never suspected on the way
+    assert max(sim.when_seen("n2", DEAD, t0)) < TEST.probe_interval
+    assert ("n2", SUSPECT) not in sim.seen
+
+
+def test_a_member_at_this_address_that_refutes_stays_alive() -> None:
+    # two live nodes given one address (a mistake): declared dead once, it refutes and
+    # stays alive; no war of declarations
+    sim = cluster(3)
+    twin = sim.add("twin", address="mem://twin")
+    twin.join([sim.address_of("n0")])
+    sim.run_until(lambda: sim.seen_by_all("twin", ALIVE), timeout=2.0)
+    clash = Membership("clash", twin.address, TEST, _Late(), sim.clock, random.Random(3))
+    clash.handle("x", Gossip("x", [[0, "twin", twin.incarnation, twin.address, "x"]]), sim.now)
+    assert _state(clash, "twin") is DEAD
+    clash.handle("x", Gossip("x", [[0, "twin", twin.incarnation + 1, twin.address, "x"]]), sim.now)
+    assert _state(clash, "twin") is ALIVE
+
+
 def test_meta_updates_spread_with_their_own_version() -> None:
     sim = cluster(6)
     load = {"free": 4, "total": 4, "queued": 0}
