@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -493,8 +494,13 @@ def _hostile_test(start_node: Any, make_client: Any, seconds: float, warmup: flo
     assert fig.frames_after_warmup >= MIN_FRAMES
     assert grown[0] < RSS_BOUND, f"node RSS grew by {grown[0] / MIB:.1f} MiB after the warm-up"
     assert grown[1] < 2 * RSS_BOUND, f"node + children RSS grew by {grown[1] / MIB:.1f} MiB"
-    log = node.stderr()
-    assert "Traceback" not in log, "the node logged a traceback:\n" + node.stderr_tail(80)
+    # a task's own failure is logged with its traceback, as Celery's worker logs it (a
+    # mutated frame can give a real task a soft time limit of a microsecond: the soak
+    # saw SoftTimeLimitExceeded raised at once); any other traceback is the node's
+    records = re.split(r"\n(?=\[\d{4}-\d\d-\d\d )", node.stderr())
+    own = [r for r in records if "Traceback" in r and not re.match(
+        r"\[[^\]]* ERROR \S+ mesh\.task\] Task .*? raised unexpected: ", r, re.S)]
+    assert not own, "the node logged a traceback:\n" + "\n".join(own[:3])
 
 
 def test_random_and_mutated_frames_do_not_hurt_a_node_or_its_clients(
