@@ -347,6 +347,8 @@ def _check_submit(task_id: str, name: str, priority: int, time_limit: float | No
                   soft_time_limit: float | None, retries: int) -> None:
     """Submit's own checks (validate), also made by encode_submit."""
     _short(task_id, MAX_ID_LEN, "task_id")
+    if not task_id.isprintable():      # every log line names it: no line feeds in logs
+        raise DecodeError(f"task_id must be printable text, got {task_id[:MAX_ID_LEN]!r}")
     _short(name, MAX_NAME_LEN, "task name")
     if not 0 <= priority <= 9:
         raise DecodeError(f"priority must be 0..9, got {priority}")

@@ -367,6 +367,8 @@ def test_msgpack_timestamp_ext_in_the_envelope_is_refused(where: str) -> None:
     (dict(priority=2**40), "priority"),
     (dict(task_id=""), "task_id"),
     (dict(task_id="x" * (MAX_ID_LEN + 1)), "task_id"),
+    (dict(task_id="t\n[2026-12-01 INFO forged] a line"), "task_id must be printable"),   # nodes
+    (dict(task_id="t\x1b[2J"), "task_id must be printable"),                          # log ids
     (dict(name=""), "task name"),
     (dict(name="n" * (MAX_NAME_LEN + 1)), "task name"),
     (dict(time_limit=0), "time_limit"),
@@ -444,11 +446,15 @@ def plain(max_leaves: int = 10) -> st.SearchStrategy[object]:
 
 
 ids = st.text(min_size=1, max_size=MAX_ID_LEN)
+# a task's id is printable text (nodes log it): no control, format or separator
+# characters but the space
+task_ids = st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
+                   | st.just(" "), min_size=1, max_size=MAX_ID_LEN)
 limits = st.none() | st.floats(min_value=1e-9, max_value=MAX_TIME_LIMIT, exclude_max=True) | st.integers(1, int(MAX_TIME_LIMIT) - 1)
 times = st.none() | st.floats(allow_nan=False) | st.integers(0, 2**40)
 
 submits = st.builds(
-    Submit, task_id=ids, name=st.text(min_size=1, max_size=MAX_NAME_LEN), payload=st.binary(max_size=64),
+    Submit, task_id=task_ids, name=st.text(min_size=1, max_size=MAX_NAME_LEN), payload=st.binary(max_size=64),
     priority=st.integers(0, 9), eta=times, expires=times, time_limit=limits,
     soft_time_limit=limits, retries=st.integers(0, 2**63 - 1),
     headers=st.dictionaries(st.text(max_size=10), plain(), max_size=4))
