@@ -111,6 +111,27 @@ def test_a_reclaim_from_a_stranger_or_that_does_not_decode_changes_nothing() -> 
     run(main())
 
 
+def test_reclaims_from_a_stranger_kept_waiting_are_bounded_in_size() -> None:
+    """RECLAIMs from a node not a member yet wait up to DEFER s for it to become one
+    (a node restarted under a new name): what they keep is bounded by their size too,
+    not only their number, or a peer sending big ones (each up to the message size)
+    would have the node hold hundreds of MB for nothing. Those past the bound are
+    refused at once, as before the wait existed."""
+    from mesh.node import reclaim
+
+    async def main() -> None:
+        async with holder_and_backup("kept-4") as (_h, b, to_b):
+            ids = [f"{i:06d}" + "x" * 144 for i in range(20_000)]     # ~3 MB a message
+            for r in range(12):
+                await to_b.send(encode(Reclaim("stranger", "tcp://127.0.0.1:9", r, ids)))
+            await to_b.send(submit("after-4"))
+            await frames_until(to_b, lambda g: any(isinstance(m, Ack) for m in g))
+            kept = sum(reclaim.deferred_size(m) for _, m in b.reclaim._deferred)
+            assert 0 < kept <= reclaim.DEFER_MAX_BYTES, kept
+            assert b.reclaim.counts["answered"] == 0
+    run(main())
+
+
 def test_a_recovered_task_its_owner_resends_while_the_node_asks_runs_once(tmp_path: Any) -> None:
     # The node restarts alone with a task in its journal: it waits up to JOIN_WAIT for
     # a peer to ask. Its owner resends the task meanwhile: the answer goes to that
