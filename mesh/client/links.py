@@ -376,12 +376,13 @@ class Links:
         named = {m.get("node") for m in members if isinstance(m, dict)}
         for ep, (state, nid, m) in self._by_endpoint(members).items():
             link = self.links.get(ep)
-            if (link is not None and state != "alive" and not link.down and link.node_id
-                    and nid != link.node_id and link.node_id not in named):
-                # a node restarted under a new name there, heard from by us (and still
-                # connected) before the answerer heard of it: the death it reports is the
-                # old incarnation's, not the live link's (its tasks are with the new one)
-                continue
+            # a node restarted under a new name there, heard from by us (and still
+            # connected) before the answerer heard of it: what it says of the address is
+            # the old incarnation's, not the live link's (its tasks are with the new one)
+            other = (link is not None and not link.down and bool(link.node_id)
+                     and nid != link.node_id and link.node_id not in named)
+            if other and state != "alive":
+                continue          # its death is not the link's
             serves = from_meta(m.get("meta") if isinstance(m.get("meta"), dict) else None)
             if self.mesh is not None and serves.mesh != self.mesh:
                 self._not_ours(ep, nid, serves.mesh)
@@ -410,7 +411,9 @@ class Links:
                 link.gone_since = 0.0 if state == "alive" else time.monotonic()
                 if state == "dead" and old != "dead":
                     dead.append(link)
-            if isinstance(nid, str) and nid != link.node_id:
+            if isinstance(nid, str) and nid != link.node_id and not other:
+                # (the old name alive, from an answerer that has not seen it die: not the
+                # link's name, or its death, said next, is taken for the live link's)
                 if link.node_id:
                     log.info("the node at %s is now %s (was %s)", ep, nid[:100], link.node_id)
                 link.node_id = nid

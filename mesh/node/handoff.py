@@ -65,6 +65,7 @@ BATCH_BYTES = 4 * 1024 * 1024
 MOVED_TTL = 30.0         # s a task handed on is remembered (an owner sending it here follows)
 MOVED_MAX = 100_000      # tasks remembered at most
 GIVEN_UP_MAX = 1_000     # handoffs given up on, remembered at most (for a late answer)
+STRANGERS_MAX = 64       # addresses of non-members answered (refusals) kept a socket to, at most
 STOP_REASON = "node is shutting down"
 
 
@@ -94,6 +95,10 @@ class Handoffs(Component):
         # late answer (the receiver took it after all) must not leave it on two nodes
         self._given_up: collections.OrderedDict[str, _Out] = collections.OrderedDict()
         self._answers: list[tuple[str, bytes]] = []      # (sender address, HANDOFF_ACK)
+        # addresses of senders not members here that were refused a handoff (a socket
+        # was opened to each): past STRANGERS_MAX the oldest is closed unless a member
+        # is there by then (made-up addresses must not pile up sockets, fds)
+        self._strangers: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._ids = itertools.count()
         self._prefix = f"h{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
         self._spread = itertools.count()
@@ -404,7 +409,22 @@ class Handoffs(Component):
                 refused[handed.task_id] = earlier
         self._answers.append((msg.source_addr, encode(HandoffAck(
             msg.batch, node.name, [], refused, node.address))))
+        if node.membership.member(msg.source) is None:
+            self._strangers[msg.source_addr] = None
+            self._strangers.move_to_end(msg.source_addr)
         node.front.schedule_flush()
+
+    def _forget_strangers(self) -> None:
+        """(After the answers are sent) close the sockets to the oldest non-members'
+        addresses past STRANGERS_MAX, unless a member is there now."""
+        if len(self._strangers) <= STRANGERS_MAX:
+            return
+        members = {m.address for m in self.node.membership.members()}
+        sockets = self.node.replicas.sockets
+        while len(self._strangers) > STRANGERS_MAX:
+            address, _ = self._strangers.popitem(last=False)
+            if address not in members:
+                sockets.forget(address)
 
     def _take(self, msg: Submit, frame: bytes) -> str | None:
         """Hold one handed task; None when held (or finished) here, else why not."""
@@ -457,6 +477,7 @@ class Handoffs(Component):
             answers, self._answers = self._answers, []
             for address, frame in answers:
                 self.node.replicas.sockets.send(address, frame)
+            self._forget_strangers()
 
     async def _loop(self) -> None:
         while True:

@@ -74,6 +74,7 @@ SETTLE = 1.0           # s more members may become alive and be asked, when not 
 HELD = (states.RECEIVED, states.STARTED, states.RETRY)
 DEFER = 3.0            # s a RECLAIM from a node not a member here yet waits for it to be one
 DEFER_MAX = 256        # such RECLAIMs kept at most
+DEFER_MAX_BYTES = 32 * 1024 * 1024    # and their ids' size (deferred_size), at most
 REASON = "taken over while this node was down"
 
 
@@ -96,6 +97,7 @@ class Reclaimer:
         # learns its peers from the traffic queued for its address before they learn of
         # it), answered once they are: (when it came, the message)
         self._deferred: list[tuple[float, Reclaim]] = []
+        self._deferred_bytes = 0                   # their deferred_size, summed
 
     # -- the returning holder ---------------------------------------------------------
     def hold(self, entry: Entry) -> None:
@@ -283,10 +285,13 @@ class Reclaimer:
         node = self.node
         member = node.membership.member(msg.source)
         if member is None and msg.source != node.name and len(self._deferred) < DEFER_MAX:
-            if not self._deferred:
-                asyncio.get_running_loop().call_later(STEP * 5, self._answer_deferred)
-            self._deferred.append((time.monotonic(), msg))
-            return
+            size = deferred_size(msg)
+            if self._deferred_bytes + size <= DEFER_MAX_BYTES:
+                if not self._deferred:
+                    asyncio.get_running_loop().call_later(STEP * 5, self._answer_deferred)
+                self._deferred.append((time.monotonic(), msg))
+                self._deferred_bytes += size
+                return
         if member is None or member.address != msg.source_addr or msg.source == node.name:
             self._badlog.warning("refused a reclaim from %r: not a member at that address",
                                  msg.source[:100])
@@ -330,6 +335,7 @@ class Reclaimer:
             else:
                 waiting.append((at, msg))
         self._deferred = waiting
+        self._deferred_bytes = sum(deferred_size(m) for _, m in waiting)
         if waiting:
             asyncio.get_running_loop().call_later(STEP * 5, self._answer_deferred)
 
@@ -349,6 +355,11 @@ class Reclaimer:
                 "reclaim_held_elsewhere": self.counts["held_elsewhere"],
                 "reclaim_run_here": self.counts["run_here"],
                 "reclaim_handed_here": self.counts["handed_here"]}
+
+
+def deferred_size(msg: Reclaim) -> int:
+    """What a deferred RECLAIM keeps, about: its ids, and a str object's overhead each."""
+    return sum(len(i) for i in msg.ids) + 64 * len(msg.ids)
 
 
 def answer_wait(n: int) -> float:

@@ -193,6 +193,65 @@ def test_a_dead_old_name_from_a_node_that_has_not_heard_of_the_new_one_is_not_a_
         _end(ctx)
 
 
+def test_an_old_name_said_alive_then_dead_by_a_slow_node_is_not_a_failover() -> None:
+    """As the test above, but the slow node first still has the old name alive at the
+    address (it has not noticed the death yet), and only later dead; the new node says
+    nothing in between (the client happened to ask the slow one twice). The alive entry
+    must not rename the live link to the old name: the dead one would then be taken for
+    the link's own death, its link reset and its tasks failed over from a live node."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    (sa, pa), (sb, pb) = _bound_router(ctx), _bound_router(ctx)
+    ea, eb = f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pb}"
+    state = {"stop": False, "a": 0, "b": 0}
+
+    def node(s: zmq.Socket[bytes], name: str) -> None:
+        try:
+            while not state["stop"]:
+                if not s.poll(20):
+                    continue
+                ident, *frames = s.recv_multipart()
+                for f in frames:
+                    m = decode(f)
+                    if not (isinstance(m, Control) and m.command == "members"):
+                        continue
+                    me = {"node": "B", "endpoint": eb, "state": "alive", "load": [0, 1, 0]}
+                    if name == "A":
+                        if state["a"]:    # the new incarnation: heard once, then silent
+                            continue
+                        members = [{"node": "new", "endpoint": ea, "state": "alive", "load": [0, 1, 0]}, me]
+                        state["a"] += 1
+                    elif not state["a"]:  # B, until the client has heard from "new"
+                        members = [me]
+                    else:                 # B: the old name alive there, then dead
+                        old = "alive" if state["b"] < 2 else "dead"
+                        members = [{"node": "old", "endpoint": ea, "state": old, "load": [0, 1, 0]}, me]
+                        state["b"] += 1
+                    s.send_multipart([ident, encode(ControlReply(m.req_id, True, name if name == "B" else "new",
+                                                                 members))])
+        finally:
+            s.close(linger=0)
+
+    threads = [threading.Thread(target=node, args=(s, n), daemon=True)
+               for s, n in ((sa, "A"), (sb, "B"))]
+    for t in threads:
+        t.start()
+    client = Client(Config(), [ea, eb])
+    try:
+        wait_until(lambda: state["b"] >= 5 or not client._thread.is_alive(), timeout=60,
+                   what="two answers from B naming the old incarnation alive, three dead")
+        wait_until(lambda: client.members_applied >= state["a"] + state["b"], what="them applied")
+        link = client.links[ea]
+        assert client._thread.is_alive()
+        assert link.resets == 0 and client.failovers == 0, "the live endpoint was treated as dead"
+        assert link.node_id == "new" and link.state == "alive"
+    finally:
+        state["stop"] = True
+        client.close(linger=0)
+        for t in threads:
+            t.join(30)
+        _end(ctx)
+
+
 def test_a_failed_io_thread_is_replaced_and_keeps_its_tasks(caplog: Any) -> None:
     """If the I/O thread ever fails (a bug), it says so loudly (CRITICAL) and a new
     thread takes over: same routing ids, the tasks it owned sent again, and they

@@ -111,6 +111,53 @@ def test_a_reclaim_from_a_stranger_or_that_does_not_decode_changes_nothing() -> 
     run(main())
 
 
+def test_reclaims_from_a_stranger_kept_waiting_are_bounded_in_size() -> None:
+    """RECLAIMs from a node not a member yet wait up to DEFER s for it to become one
+    (a node restarted under a new name): what they keep is bounded by their size too,
+    not only their number, or a peer sending big ones (each up to the message size)
+    would have the node hold hundreds of MB for nothing. Those past the bound are
+    refused at once, as before the wait existed."""
+    from mesh.node import reclaim
+
+    async def main() -> None:
+        async with holder_and_backup("kept-4") as (_h, b, to_b):
+            ids = [f"{i:06d}" + "x" * 144 for i in range(20_000)]     # ~3 MB a message
+            for r in range(12):
+                await to_b.send(encode(Reclaim("stranger", "tcp://127.0.0.1:9", r, ids)))
+            await to_b.send(submit("after-4"))
+            await frames_until(to_b, lambda g: any(isinstance(m, Ack) for m in g))
+            kept = sum(reclaim.deferred_size(m) for _, m in b.reclaim._deferred)
+            assert 0 < kept <= reclaim.DEFER_MAX_BYTES, kept
+            assert b.reclaim.counts["answered"] == 0
+    run(main())
+
+
+def test_handoffs_for_an_earlier_run_from_strangers_keep_no_socket_open_for_each() -> None:
+    """A HANDOFF queued for the process that held this address before is refused at
+    once, also when its sender is not a member here yet (05b6b79): the refusal goes to
+    the address the sender names. From senders no member is, a socket per address
+    named must not be kept for ever (every one a file descriptor, reconnecting every
+    2 s): a stream of them with made-up addresses would use up the node's fds."""
+    from mesh.node import handoff
+    from mesh.wire.protocol import Handoff
+
+    async def main() -> None:
+        async with holder_and_backup("kept-5") as (_h, b, to_b):
+            before = len(b.replicas.sockets.socks)
+            n = handoff.STRANGERS_MAX + 40
+            for i in range(n):
+                await to_b.send(encode(Handoff(f"batch-{i}", f"stranger-{i}",
+                                               f"tcp://127.0.0.1:{20000 + i}", [], "",
+                                               "an-earlier-boot")))
+            await to_b.send(submit("after-5"))
+            await frames_until(to_b, lambda g: any(isinstance(m, Ack) for m in g))
+            await until(lambda: any(a.endswith(f":{20000 + n - 1}") for a in b.replicas.sockets.socks)
+                        or b.replicas.sockets.dropped, "the last refusal to be sent")
+            opened = len(b.replicas.sockets.socks) - before
+            assert opened <= handoff.STRANGERS_MAX, opened
+    run(main())
+
+
 def test_a_recovered_task_its_owner_resends_while_the_node_asks_runs_once(tmp_path: Any) -> None:
     # The node restarts alone with a task in its journal: it waits up to JOIN_WAIT for
     # a peer to ask. Its owner resends the task meanwhile: the answer goes to that
