@@ -33,6 +33,7 @@ from mesh.node.beat_send import Outbox, Run
 from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, hrw
 from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
+from mesh.node.copies import LEFT_GRACE
 from mesh.periodic import Entry, Schedule
 from mesh.wire.protocol import Control, encode
 
@@ -191,7 +192,10 @@ class Beat(Component):
         self._peers = set(alive)
         for peer in new:
             self._sync_to(alive[peer])
-        self.outbox.check(now, set(alive) | {self.node.name})
+        ms = self.node.membership
+        leaving = {m.id for m in ms.members()[1:] if m.state == MemberState.LEFT} if ms else set()
+        self.outbox.check(now, {**alive, self.node.name: self.node.address}, leaving,
+                          LEFT_GRACE + self.node.config.shutdown_timeout)
         for name in [n for n in self._stuck if not self.waiting(n)]:
             self._stuck.discard(name)
             log.info("beat: runs of %s are taken by a node again", name)

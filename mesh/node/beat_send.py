@@ -23,7 +23,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,7 @@ class Outbox:
         self.socks: dict[str, list[tuple[zmq.Socket[bytes], asyncio.Task[None]]]] = {}
         self.resent = 0
         self._now = 0.0            # the time of the last check() (a MOVED's resend is timed from it)
+        self._left: dict[str, float] = {}    # target that left -> when first seen so
 
     # -- sending ----------------------------------------------------------------------
     def send(self, run: Run, now: float, avoid: set[str] | None = None) -> bool:
@@ -225,13 +226,17 @@ class Outbox:
             log.info("beat: %s handed run %s of %s to %s (%s)", msg.node, tid, run.entry,
                      msg.target_node or msg.target, msg.reason)
             run.target, run.address = msg.target_node or run.target, msg.target
-            run.acked, run.sent_at = False, max(run.sent_at, self._now)
-            try:
-                for sock in self._socks(run.address):
-                    sock.send(run.frame, zmq.NOBLOCK)
-            except zmq.ZMQError as e:
-                log.warning("beat: could not send run %s of %s to %s: %s", tid, run.entry,
-                            run.target, e)
+            self._send_to(run, max(run.sent_at, self._now))
+
+    def _send_to(self, run: Run, now: float) -> None:
+        """(Re)send a run to the node it is owned by now; it is acknowledged again."""
+        run.acked, run.sent_at = False, now
+        try:
+            for sock in self._socks(run.address):
+                sock.send(run.frame, zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warning("beat: could not send run %s of %s to %s: %s", run.task_id, run.entry,
+                        run.target, e)
 
     def _watch(self, run: Run) -> None:
         req = encode(Control(f"beat-watch-{run.task_id}", "result",
@@ -258,11 +263,37 @@ class Outbox:
             self.done(run, state, node)
 
     # -- timers -------------------------------------------------------------------------
-    def check(self, now: float, alive: set[str]) -> None:
-        """Resend runs whose target died, or that were not acknowledged in time."""
+    def check(self, now: float, alive: Mapping[str, str], leaving: Set[str] = frozenset(),
+              grace: float = 0.0) -> None:
+        """Resend runs whose target died, or that were not acknowledged in time
+        (``alive``: node id -> address).
+
+        A target that left (``leaving``: it stops gracefully) still finishes the runs
+        it is running and answers their results, and hands its queued ones on (MOVED):
+        its acknowledged runs are waited for ``grace`` seconds, as the nodes wait for a
+        departed holder's copies (mesh/node/copies.py). Sent again at once, a run
+        already running there ran twice (a CI run: due 17:42:19 executed on the
+        stopping node and on the one the run was resent to). A target back alive
+        within the grace (restarted under its name) is sent the run again, same id:
+        it answers the result from its journal or acknowledges it."""
         self._now = now
+        for name in [n for n in self._left if n in alive or n not in leaving]:
+            if name not in alive and any(r.target == name for r in self.runs.values()):
+                continue                  # forgotten by the membership: still in its grace
+            since = self._left.pop(name)
+            for run in [r for r in self.runs.values() if r.target == name and r.acked]:
+                run.address = alive.get(name) or run.address
+                log.info("beat: %s is back (it left %.0f s ago); sending it run %s of %s again",
+                         name, now - since, run.task_id, run.entry)
+                self._send_to(run, now)
         for run in list(self.runs.values()):
-            if run.target and run.target not in alive:
+            if run.acked and (run.target in leaving or run.target in self._left):
+                since = self._left.setdefault(run.target, now)
+                if now - since > grace:
+                    log.info("beat: %s left %.0f s ago without answering run %s of %s; "
+                             "sending it again", run.target, now - since, run.task_id, run.entry)
+                    self.send(run, now, avoid={run.target})
+            elif run.target and run.target not in alive:
                 log.info("beat: %s died holding run %s of %s; sending it again", run.target,
                          run.task_id, run.entry)
                 self.send(run, now, avoid={run.target})
