@@ -102,6 +102,12 @@ class StateMachine:
                 self.alive(u, now, not quiet)
             elif state == UPDATE_LEFT:
                 self.dead(u[1], u[2], source, now, left=True)
+            elif state == UPDATE_SUSPECT and u[3] == self.me.address and u[1] != self.me.id \
+                    and not self.left and self.table.get(u[1]) is None:
+                # suspected at this node's address: the earlier process here, which the
+                # others began to suspect before this one joined (a CI run: b2 never
+                # heard of b alive, and b waited out its suspicion). Declared dead now.
+                self.alive([UPDATE_ALIVE, u[1], u[2], u[3], "", 0, {}], now, False)
             else:      # suspect or dead: suspect it ourselves rather than trust it (memberlist)
                 self.suspect(u[1], u[2], source, now)
 

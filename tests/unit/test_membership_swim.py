@@ -526,6 +526,25 @@ def test_a_new_name_at_a_dead_members_address_declares_it_dead_at_once() -> None
     assert ("n2", SUSPECT) not in sim.seen
 
 
+def test_a_member_suspected_at_this_address_when_this_node_joins_is_declared_dead() -> None:
+    # the others already suspect the killed process when the new one joins: the member
+    # list it is given names it suspect, never alive (a CI run on namespaces: b2 never
+    # heard of b as alive, so nobody declared b dead until its suspicion timed out)
+    t = _Late()
+    m = Membership("b2", "mem://b", TEST, t, FakeClock(0.0), random.Random(1))
+    m.handle("x", PushPullReply("a", [[0, "a", 0, "mem://a"], [1, "b", 0, "mem://b", ""]]), 0.0)
+    assert _state(m, "b") is DEAD
+    now = 0.0
+    for _ in range(5):
+        now = m.next_deadline()
+        m.tick(now)
+    told = [u for _a, msg in t.sent for u in getattr(msg, "updates", ())]
+    assert [2, "b", 0, "", "b2"] in told, told           # and the others are told so
+    # a suspect elsewhere is suspected here, not declared dead (memberlist's rule)
+    m.handle("x", PushPullReply("a", [[1, "c", 0, "mem://c", ""]]), 0.0)
+    assert _state(m, "c") is not DEAD
+
+
 def test_a_member_at_this_address_that_refutes_stays_alive() -> None:
     # two live nodes given one address (a mistake): declared dead once, it refutes and
     # stays alive; no war of declarations
