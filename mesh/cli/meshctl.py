@@ -19,8 +19,13 @@ def _peers(ctx: click.Context) -> list[str]:
     if not peers:
         from mesh.discovery.mdns import browse_sync
         ifaces = [i.strip() for i in os.environ.get("MESH_MDNS_INTERFACES", "").split(",") if i.strip()]
+        meshes: set[str] = set()
         peers = list(browse_sync(timeout=ctx.obj["timeout"], interfaces=ifaces or None,
-                                 mesh=ctx.obj.get("mesh")).values())
+                                 mesh=ctx.obj.get("mesh"), meshes=meshes).values())
+        if len(meshes) > 1:
+            names = ", ".join(repr(m) for m in sorted(meshes))
+            click.echo(f"meshctl: mDNS found nodes of {len(meshes)} meshes ({names}); talking to "
+                       "all of them: --mesh NAME picks one", err=True)
     if not peers:
         which = f" of mesh {ctx.obj['mesh']!r}" if ctx.obj.get("mesh") is not None else ""
         die("meshctl", f"no nodes{which} found: mDNS found none within --timeout; use --peers "

@@ -459,11 +459,13 @@ def mesh_of(props: Mapping[str, str]) -> str:
 
 
 async def browse(timeout: float, interfaces: Interfaces | None = None, *,
-                 settle: float = DEFAULT_SETTLE, mesh: str | None = None) -> dict[str, str]:
+                 settle: float = DEFAULT_SETTLE, mesh: str | None = None,
+                 meshes: set[str] | None = None) -> dict[str, str]:
     """Find mesh nodes once: ``{node_id: endpoint}``. Returns as soon as at least
     one node was found and nothing new appeared for ``settle`` seconds, or at
     ``timeout`` (``{}`` if none answered). ``interfaces=None`` means all interfaces
     (loopback included). ``mesh``: only nodes of that mesh (others are ignored).
+    ``meshes``: filled with the meshes of the nodes returned.
     Raises DiscoveryError if mDNS cannot run."""
     ifaces: Interfaces = InterfaceChoice.All if interfaces is None else (
         interfaces if isinstance(interfaces, InterfaceChoice) else list(interfaces))
@@ -481,6 +483,8 @@ async def browse(timeout: float, interfaces: Interfaces | None = None, *,
         if found.get(node_id) != endpoint:
             found[node_id] = endpoint
             last_new = loop.time()
+            if meshes is not None:
+                meshes.add(mesh_of(props))
 
     aiozc = _make_zeroconf(ifaces)
     watcher = _Watcher(aiozc, ifaces, on_found)
@@ -509,7 +513,8 @@ async def browse(timeout: float, interfaces: Interfaces | None = None, *,
 
 
 def browse_sync(timeout: float, interfaces: Interfaces | None = None, *,
-                settle: float = DEFAULT_SETTLE, mesh: str | None = None) -> dict[str, str]:
+                settle: float = DEFAULT_SETTLE, mesh: str | None = None,
+                meshes: set[str] | None = None) -> dict[str, str]:
     """:func:`browse` for code without an event loop (a CLI, a plain thread, or
     even a thread whose loop is running: the work runs on a private loop in a
     short-lived thread of its own, so the caller's loop state is left alone)."""
@@ -518,7 +523,8 @@ def browse_sync(timeout: float, interfaces: Interfaces | None = None, *,
 
     def run() -> None:
         try:
-            result.update(asyncio.run(browse(timeout, interfaces, settle=settle, mesh=mesh)))
+            result.update(asyncio.run(browse(timeout, interfaces, settle=settle, mesh=mesh,
+                                             meshes=meshes)))
         except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread below
             error.append(e)
 

@@ -39,3 +39,21 @@ def test_meshctl_without_peers_finds_a_node_by_mdns(start_node: NodeFactory) -> 
     p = run_program(MESHCTL, "--timeout", "5", "--mesh", "mesh-it", "--json", "ping")
     assert p.returncode == 0, p
     assert node.endpoint in json.loads(p.stdout)
+
+
+def test_meshctl_says_when_mdns_found_more_than_one_mesh(start_node: NodeFactory) -> None:
+    ours = start_node(mdns=True, name="mdns-it-one")
+    other = start_node(app="routing_app", mdns=True, name="mdns-it-other")
+    for _attempt in range(3):                # mDNS may settle before the second answers
+        p = run_program(MESHCTL, "--timeout", "8", "--json", "ping")
+        assert p.returncode == 0, p
+        if {ours.endpoint, other.endpoint} <= set(json.loads(p.stdout)):
+            break
+    assert {ours.endpoint, other.endpoint} <= set(json.loads(p.stdout)), p
+    said = p.stderr.split("meshes (", 1)[-1]          # (another mesh on the machine counts too)
+    assert "'mesh-it'" in said and "'routing-it'" in said and "--mesh NAME picks one" in said, \
+        p.stderr
+    p = run_program(MESHCTL, "--timeout", "8", "--mesh", "routing-it", "--json", "ping")
+    assert p.returncode == 0, p
+    assert other.endpoint in json.loads(p.stdout) and ours.endpoint not in p.stdout
+    assert "meshes" not in p.stderr, p.stderr
