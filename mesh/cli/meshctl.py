@@ -120,7 +120,14 @@ def _from_app(spec: str, peers: str | None, mesh: str | None, keys: str | None,
               key_name: str | None) -> tuple[str | None, str | None, str | None, str | None]:
     """--peers, --mesh, --keys and --key-name, each from the app named by -A where
     not given (nor set in the environment): where the app's own client would look."""
+    import logging
+
     from mesh.cli.common import load_app
+    # the app's Celery settings that mesh does not use (broker_url, result_backend...)
+    # are for its nodes and web processes to log: meshctl reads only where the nodes
+    # are, and printed that paragraph on every run (a probe, `meshctl -A proj inspect
+    # ping`, every few seconds). A misspelt setting still fails (ConfigError).
+    logging.getLogger("mesh.conf").setLevel(logging.ERROR)
     app, _where = load_app(spec)
     cfg = app.config                       # Mesh(peers=...), app.conf, MESH_* variables
     if not peers and not os.environ.get("MESH_PEERS") and cfg.peers:

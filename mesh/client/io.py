@@ -106,6 +106,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         self._unreachable = False                       # "cannot reach any node" was logged
         self._init_lookups()                            # results owned elsewhere (lookups.py)
         self._members_known = threading.Event()         # a members answer has arrived
+        self._refusals: dict[str, list[float]] = {}     # task name -> [first refusal logged,
+                                                        # refusals since] (routes.py)
         self._rechecked: dict[str, float] = {}          # task id -> when a fresh member list
                                                         # was asked for it (routes.py)
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
