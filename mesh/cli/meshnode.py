@@ -206,7 +206,7 @@ def setup_logging(app: Any, config: Any) -> None:
     default, as in Celery) the root logger's handlers are replaced; without it, handlers
     the app set up are kept and only mesh's loggers get the level."""
     fmt = (app.conf["worker_log_format"]
-           or f"[%(asctime)s %(levelname)s {config.node_name} %(name)s] %(message)s")
+           or f"[%(asctime)s %(levelname)s {config.node_name.replace('%', '%%')} %(name)s] %(message)s")
     root = logging.getLogger()
     if app.conf["worker_hijack_root_logger"] or not root.handlers:
         logging.basicConfig(level=config.loglevel, stream=sys.stderr, format=fmt, force=True)
