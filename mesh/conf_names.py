@@ -33,7 +33,6 @@ FIXED: dict[str, tuple[Any, str]] = {
     "result_extended": (True, "a result always knows its task's name, args, kwargs, node and "
                               "date_done"),
     "task_remote_tracebacks": (True, "a failed task's traceback always comes back with it"),
-    "task_store_eager_result": (False, "an eager task's result lives in its EagerResult"),
     "task_acks_on_failure_or_timeout": (True, "a task that failed or hit its time limit is "
                                               "finished; use retries to run it again"),
     "worker_enable_remote_control": (True, "every node answers control commands"),
