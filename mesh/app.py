@@ -244,6 +244,16 @@ class Mesh:
         """Make this the app that ``@shared_task`` proxies send through."""
         shared.set_current(self)
 
+    def set_default(self) -> None:
+        """Celery's ``app.set_default()`` (Flask's Celery guide calls it): the same as
+        ``set_current`` (mesh has one current app per process, not one per thread)."""
+        shared.set_current(self)
+
+    @property
+    def current_task(self) -> Task | None:
+        """Celery's ``app.current_task``: the task running here, None outside a task."""
+        return shared.running_task()
+
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
     @overload

@@ -69,6 +69,18 @@ except Exception as e:
     assert "prefer a chain or a chord" in message
 
 
+def test_current_task_in_a_helper_on_a_node(node: NodeProc) -> None:
+    # `from celery import current_task` in a helper a task calls: no such name in mesh
+    p = run(node, f"""
+import json
+from {TASKS} import whoami
+r = whoami.delay()
+print(json.dumps([r.id, r.get(timeout=60)]))
+""")
+    task_id, (seen_id, name, hostname) = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (seen_id, name, hostname) == (task_id, f"{TASKS}.whoami", node.name)
+
+
 def test_meshctl_with_the_app_does_not_repeat_its_unused_settings(node: NodeProc) -> None:
     # `meshctl -A proj inspect ping` (a liveness probe) printed the paragraph about
     # broker_url and result_backend on every run; the node logs it, once
@@ -80,6 +92,15 @@ def test_meshctl_with_the_app_does_not_repeat_its_unused_settings(node: NodeProc
     assert "OK pong" in p.stdout
     assert "not used by mesh" not in p.stderr, p.stderr
     assert "'broker_url' is not used by mesh" in node.stderr()
+
+
+def test_meshctl_takes_timeout_after_the_command(node: NodeProc) -> None:
+    # `celery -A proj inspect active --timeout 5` moved over: "No such option '--timeout'"
+    # (it was meshctl's, before the command, only)
+    p = run_program(MESHCTL, "--peers", node.endpoint, "inspect", "active", "--timeout", "5",
+                    "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {node.name: []}
 
 
 @pytest.mark.parametrize("argv, said", [
