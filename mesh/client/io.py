@@ -84,7 +84,9 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                  security: Security | None = None):
         if not seeds:
             raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
-                              "set MESH_PEERS, or start a node that mDNS can find")
+                              "set MESH_PEERS or the app's 'peers' setting (CELERY_PEERS in "
+                              "Django's settings read with namespace='CELERY'; there is no "
+                              "broker_url), or start a node that mDNS can find")
         self.config = config
         self.security = (security if security is not None
                          else Security.load(config.keys, CLIENT, config.key_name))
