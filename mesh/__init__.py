@@ -13,9 +13,9 @@ from mesh.canvas import Signature, chain, chord, chunks, group, signature  # noq
 from mesh.node.commands import control_command, inspect_command  # noqa: E402
 from mesh.node.component import Component  # noqa: E402
 from mesh.result import AsyncResult, GroupResult  # noqa: E402
-from mesh.shared import current_app, shared_task  # noqa: E402
+from mesh.shared import current_app, current_task, shared_task  # noqa: E402
 from mesh.task import Task  # noqa: E402
 
 __all__ = ["Mesh", "AsyncResult", "Component", "GroupResult", "Signature", "Task", "chain",
-           "chord", "chunks", "control_command", "current_app", "group", "inspect_command",
-           "shared_task", "signature", "signals", "states", "__version__"]
+           "chord", "chunks", "control_command", "current_app", "current_task", "group",
+           "inspect_command", "shared_task", "signature", "signals", "states", "__version__"]

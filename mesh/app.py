@@ -131,6 +131,7 @@ class Mesh:
         self._routes = AppRoutes()       # task_routes, prepared (mesh/routing.py)
         self._sent_event = (-1, False)   # (app.conf's version, task_send_sent_event)
         self._client: Any = None
+        self._eager_kept: dict[str, Slot] = {}   # task_store_eager_result (mesh/eager.py)
         self._client_lock = threading.Lock()
         self._security: Any = None
         for kwarg, setting, value in (("broker", "broker_url", broker),
@@ -242,6 +243,16 @@ class Mesh:
     def set_current(self) -> None:
         """Make this the app that ``@shared_task`` proxies send through."""
         shared.set_current(self)
+
+    def set_default(self) -> None:
+        """Celery's ``app.set_default()`` (Flask's Celery guide calls it): the same as
+        ``set_current`` (mesh has one current app per process, not one per thread)."""
+        shared.set_current(self)
+
+    @property
+    def current_task(self) -> Task | None:
+        """Celery's ``app.current_task``: the task running here, None outside a task."""
+        return shared.running_task()
 
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
@@ -477,6 +488,9 @@ class Mesh:
         return signature(task, *args, **kwargs)
 
     def _lookup_slot(self, task_id: str) -> Slot | None:
+        kept = self._eager_kept.get(task_id) if self._eager_kept else None
+        if kept is not None:
+            return kept
         return self._client.lookup(task_id) if self._client is not None else None
 
     def close(self, patient: bool = True) -> None:

@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "task_annotations": None,
     "task_always_eager": False,         # apply_async/delay run here, now (Task.apply)
     "task_eager_propagates": False,     # ... and an eager failure raises at once
+    "task_store_eager_result": False,   # ... and AsyncResult(id) in this process finds its
+                                        # result (kept here: mesh/eager.py)
     "task_acks_late": True,             # mesh's default (Celery's is False): docs/design.md
     "task_reject_on_worker_lost": False,
     "task_ignore_result": False,

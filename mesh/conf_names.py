@@ -20,7 +20,8 @@ _NO_BACKEND = ("mesh keeps results on the nodes that ran the tasks (their journa
 _MSGPACK = "mesh always encodes with msgpack (never pickle): docs/protocol.md, section 7"
 _QUEUES = ("a queue exists by being served (meshnode --queues); tasks are routed with queue=, "
            "task_routes and task_default_queue (docs/routing.md)")
-_WORKFLOWS = "chords come with workflows"
+_CHORDS = ("the nodes send a chord's body when its header's last result is in "
+           "(docs/workflows.md): nothing joins or polls")
 _NO_BEAT = ("mesh has no beat process: every node carries the schedule (beat_schedule) and "
             "exactly one fires each run")
 _EVENTS = "nodes publish events on their own socket (docs/events.md); there is no event queue"
@@ -33,7 +34,6 @@ FIXED: dict[str, tuple[Any, str]] = {
     "result_extended": (True, "a result always knows its task's name, args, kwargs, node and "
                               "date_done"),
     "task_remote_tracebacks": (True, "a failed task's traceback always comes back with it"),
-    "task_store_eager_result": (False, "an eager task's result lives in its EagerResult"),
     "task_acks_on_failure_or_timeout": (True, "a task that failed or hit its time limit is "
                                               "finished; use retries to run it again"),
     "worker_enable_remote_control": (True, "every node answers control commands"),
@@ -45,9 +45,11 @@ FIXED: dict[str, tuple[Any, str]] = {
 # Celery ideas that mesh will have; setting them now would do nothing, so it is refused
 NOT_YET: dict[str, str] = {
     "worker_direct": "a queue per node (meshnode --queues with the node's own name does it by hand)",
-    "task_inherit_parent_priority": "parent tasks come with workflows",
-    "result_chord_join_timeout": _WORKFLOWS, "result_chord_retry_interval": _WORKFLOWS,
-    "task_allow_error_cb_on_chord_header": _WORKFLOWS,
+    "task_inherit_parent_priority": ("a task sent from a task takes its own priority (a "
+                                     "workflow's steps take the workflow's: docs/workflows.md)"),
+    "task_allow_error_cb_on_chord_header": ("errbacks of a chord's header tasks (a failed header "
+                                            "task fails the chord, and the body's link_error "
+                                            "runs: docs/workflows.md)"),
     "worker_soft_shutdown_timeout": "meshnode --shutdown-timeout says how long running tasks "
                                     "may finish",
     "security_key": "CurveZMQ keys (meshnode --keys)", "security_certificate": "meshnode --keys",
@@ -56,6 +58,7 @@ NOT_YET: dict[str, str] = {
 }
 
 NOT_USED: dict[str, str] = {
+    "result_chord_join_timeout": _CHORDS, "result_chord_retry_interval": _CHORDS,
     "worker_autoscaler": ("meshnode --autoscale MAX,MIN autoscales; for another policy, "
                           "subclass mesh.node.autoscale.Autoscaler and app.components.add it "
                           "(docs/pools.md)"),

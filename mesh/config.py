@@ -24,6 +24,23 @@ DEFAULT_PORT = 7700
 MESH_IN_PATH = 64       # characters of the mesh's name in its default data dir's name
 
 
+def expand_node_name(name: str) -> str:
+    """Celery's node name patterns (``-n worker1@%h``): ``%h`` the host name, ``%n`` its
+    first label, ``%d`` the rest (the domain), ``%%`` a percent sign. Any other ``%``
+    is a ConfigError: kept as it is, every machine's node would have the same name."""
+    host = socket.gethostname()                     # as Celery's %h
+    short, _, domain = host.partition(".")
+    keys = {"h": host, "n": short, "d": domain, "%": "%"}
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) not in keys:
+            raise ConfigError(f"node name {name!r}: unknown pattern %{m.group(1)} (Celery's "
+                              "patterns: %h the host name, %n its first label, %d the domain, "
+                              "%% a percent sign)")
+        return keys[m.group(1)]
+    return re.sub(r"%(.?)", one, name)
+
+
 def default_data_dir(name: str) -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "mesh", name)
@@ -100,6 +117,8 @@ class Config:
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
             return ConfigError(what)
+        if "%" in self.name:          # Celery's -n worker1@%h, in a unit moved over
+            object.__setattr__(self, "name", expand_node_name(self.name))
         if self.bind == "":           # frozen: the derived default is set once, here
             host = "0.0.0.0" if self.keys or self.insecure else "127.0.0.1"
             object.__setattr__(self, "bind", f"tcp://{host}:{DEFAULT_PORT}")

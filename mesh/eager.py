@@ -71,9 +71,39 @@ def apply(task: Task, args: Iterable[Any] | None, kwargs: dict[str, Any] | None,
         if outcome.call is not None:
             call_args, call_kwargs = codec.load_call(codec.dump_call(*outcome.call))
     result._finish(outcome, call_args, call_kwargs, retries)
+    if task.app.conf["task_store_eager_result"]:
+        keep(task.app, result)
     if throw and outcome.state == states.FAILURE and outcome.exc is not None:
         raise outcome.exc
     return result
+
+
+EAGER_KEPT_MAX = 10_000     # eager results one app keeps with task_store_eager_result
+
+
+def keep(app: Any, result: "EagerResult") -> None:
+    """``task_store_eager_result``: keep an eager run's result in this process, as the
+    nodes keep a task's, so that ``AsyncResult(id)`` here (a view that shows a task's
+    state by id, in a test run in eager mode) finds it instead of asking the nodes
+    (Celery stores it in its result backend). The newest ``EAGER_KEPT_MAX`` are kept."""
+    from mesh.node.child import exc_info_of
+    from mesh.result import Slot
+    from mesh.wire.protocol import Result, Submit, encode
+    o = result._outcome
+    if o is None:
+        return
+    exc = exc_info_of(o.exc) if o.state == states.FAILURE and o.exc is not None else None
+    slot = Slot(result.id, None, name=result.name)
+    slot.submit = encode(Submit(task_id=result.id, name=result.name, retries=result.retries,
+                                payload=codec.dump_call(result.args or [], result.kwargs or {})))
+    slot.complete(Result(task_id=result.id, state=o.state, result=o.encoded, exc=exc,
+                         traceback=o.traceback, node=result.worker, retries=result.retries,
+                         date_done=time.time()))
+    kept = app._eager_kept
+    kept.pop(result.id, None)
+    kept[result.id] = slot
+    while len(kept) > EAGER_KEPT_MAX:
+        del kept[next(iter(kept))]
 
 
 def _execute_async(task: Task, req: Request) -> Outcome:

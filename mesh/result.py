@@ -404,7 +404,20 @@ class AsyncResult:
             return f"no node holds it (nodes asked: {eps})"
         if not slot.remote and slot.state == states.PENDING:
             return f"no node has acknowledged it (nodes tried: {eps})"
-        return ""
+        return self._why_in_task()
+
+    @staticmethod
+    def _why_in_task() -> str:
+        """When get() runs inside a task on a node (Celery refuses that: "Never call
+        result.get() within a task!"; mesh allows it), what the wait holds."""
+        from mesh.task import _current_request
+        req = _current_request.get()
+        if req is None or req.called_directly or req.is_eager:
+            return ""
+        return (f"this get() runs inside task {req.task}[{req.id}] on {req.hostname}, whose "
+                "worker it holds while it waits: when every worker of the nodes waits so, "
+                "the tasks waited for stay queued behind them; prefer a chain or a chord "
+                "(docs/migrating-from-celery.md, 'What differs')")
 
     def _require_slot(self) -> Slot:
         if self._slot is None:

@@ -81,6 +81,50 @@ def current_app() -> "Mesh":
         return _default
 
 
+def running_task() -> "Task | None":
+    """The task this thread (or asyncio task) is running, None outside a task: what
+    Celery's ``current_task`` stands for. Found by the running call's name in the
+    current app, then in the other apps."""
+    from mesh.task import _current_request
+    req = _current_request.get()
+    if req is None or not req.task:
+        return None
+    with _lock:
+        apps = [current_app(), *_apps]
+    for app in apps:
+        task = app._tasks.get(req.task)
+        if task is not None:
+            return task
+    return None
+
+
+class CurrentTask:
+    """Celery's ``current_task`` (``from mesh import current_task``): stands for the
+    task running here. ``current_task.request.id``, ``current_task.name`` are the
+    running task's; outside a task it is false (``if current_task:``) and its
+    attributes raise AttributeError, as Celery's proxy of None does."""
+
+    def _get_current_object(self) -> "Task | None":
+        return running_task()
+
+    def __bool__(self) -> bool:
+        return running_task() is not None
+
+    def __getattr__(self, attr: str) -> Any:
+        task = running_task()
+        if task is None:
+            raise AttributeError(f"no task is running here: current_task.{attr} is only "
+                                 "there inside a task")
+        return getattr(task, attr)
+
+    def __repr__(self) -> str:
+        task = running_task()
+        return f"<current_task {task.name if task is not None else None}>"
+
+
+current_task = CurrentTask()
+
+
 class SharedTask:
     """Stands for a shared task in the current app: attribute access, calls and
     ``delay``/``apply_async`` go to ``current_app().tasks[name]``, resolved anew on

@@ -39,18 +39,40 @@ def _peers(ctx: click.Context) -> list[str]:
 
 
 class _Meshctl(click.Group):
-    """``--json`` is meshctl's option, but ``meshctl status --json`` is what people
-    type: a ``--json`` after the command is taken as meshctl's."""
+    """``--json`` and ``--timeout`` are meshctl's options, but ``meshctl status --json``
+    and ``meshctl inspect active --timeout 5`` (Celery's ``celery inspect active
+    --timeout 5``) are what people type: after the command they are taken as meshctl's
+    (unless that command has its own)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         cut = args.index("--") if "--" in args else len(args)
         if "--json" in args[1:cut] and not self._own_json(args[:cut]):
             args = ["--json"] + [a for i, a in enumerate(args) if a != "--json" or i >= cut]
-        return super().parse_args(ctx, args)
+            cut = args.index("--") if "--" in args else len(args)
+        moved: list[str] = []
+        rest: list[str] = []
+        i = 0
+        command_seen = False
+        while i < len(args):
+            a = args[i]
+            if i >= cut:
+                rest += args[i:]
+                break
+            if not command_seen and not a.startswith("-"):
+                command_seen = a in self.commands
+            elif command_seen and (a.startswith("--timeout=") or a == "--timeout" and i + 1 < cut) \
+                    and not self._own_json(args[:cut], "--timeout"):
+                take = 1 if "=" in a else 2
+                moved += args[i:i + take]
+                i += take
+                continue
+            rest.append(a)
+            i += 1
+        return super().parse_args(ctx, moved + rest)
 
-    def _own_json(self, args: list[str]) -> bool:
-        """Whether the command named in ``args`` has a ``--json`` of its own
-        (``meshctl keys list --json``): then it is left to it."""
+    def _own_json(self, args: list[str], option: str = "--json") -> bool:
+        """Whether the command named in ``args`` has an ``option`` (``--json``) of its
+        own (``meshctl keys list --json``): then it is left to it."""
         cmd: click.Command = self
         skip = False
         for a in args:
@@ -65,7 +87,7 @@ class _Meshctl(click.Group):
             if sub is None:
                 break
             cmd = sub
-        return cmd is not self and any("--json" in getattr(p, "opts", ()) for p in cmd.params)
+        return cmd is not self and any(option in getattr(p, "opts", ()) for p in cmd.params)
 
 
 @click.group(cls=_Meshctl,
@@ -120,7 +142,14 @@ def _from_app(spec: str, peers: str | None, mesh: str | None, keys: str | None,
               key_name: str | None) -> tuple[str | None, str | None, str | None, str | None]:
     """--peers, --mesh, --keys and --key-name, each from the app named by -A where
     not given (nor set in the environment): where the app's own client would look."""
+    import logging
+
     from mesh.cli.common import load_app
+    # the app's Celery settings that mesh does not use (broker_url, result_backend...)
+    # are for its nodes and web processes to log: meshctl reads only where the nodes
+    # are, and printed that paragraph on every run (a probe, `meshctl -A proj inspect
+    # ping`, every few seconds). A misspelt setting still fails (ConfigError).
+    logging.getLogger("mesh.conf").setLevel(logging.ERROR)
     app, _where = load_app(spec)
     cfg = app.config                       # Mesh(peers=...), app.conf, MESH_* variables
     if not peers and not os.environ.get("MESH_PEERS") and cfg.peers:

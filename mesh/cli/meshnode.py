@@ -15,6 +15,14 @@ LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case
 POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
+CELERY_COMMANDS = {
+    "worker": "meshnode is the worker: `celery -A {app} worker ...` is "
+              "`meshnode -A {app} ...` (drop 'worker')",
+    "beat": "mesh has no beat process: every node carries the app's beat_schedule and exactly "
+            "one fires each run; start nodes with `meshnode -A {app}` (docs/periodic.md)",
+}
+
+
 def _queue_names(value: str | None) -> str | None:
     """``-Q ""`` (or only commas) names no queue: an error, not every queue."""
     if value is not None and not any(q.strip() for q in value.split(",")):
@@ -99,6 +107,10 @@ def _queue_names(value: str | None) -> str | None:
 @click.option("--max-eta", type=click.FloatRange(min=0), metavar="S",
               help="How far ahead an eta or countdown may be (default 2592000, 30 days; 0: no limit).")
 @click.option("--loglevel", "-l", type=LOGLEVELS, help="Log level (default INFO).")
+@click.option("--beat", "-B", is_flag=True, default=False,
+              help="Celery's embedded beat: not needed (every node carries the beat "
+                   "schedule and exactly one fires each run); taken and logged.")
+@click.argument("extra", nargs=-1, metavar="")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
              no_mdns: bool | None, profile: str | None, concurrency: int | None,
@@ -111,7 +123,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              result_expires: float | None, replicas: int | None, no_events: bool | None,
              http: str | None, keys: str | None, insecure: bool | None, quota_tasks: int | None,
              quota_bytes: int | None, queue_memory: int | None, max_eta: float | None, loglevel: str | None,
-             queues: str | None) -> int:
+             queues: str | None, beat: bool, extra: tuple[str, ...]) -> int:
     """Run a mesh node for the tasks of an app.
 
     \b
@@ -123,6 +135,10 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     from mesh.exceptions import ConfigError
     from mesh.node.node import Node, NodeStartError
 
+    if extra:   # `meshnode -A proj worker ...`: Celery's command with the program changed
+        if extra[0] in CELERY_COMMANDS:
+            raise click.UsageError(f"{extra[0]!r} is a Celery subcommand: {CELERY_COMMANDS[extra[0]].format(app=app_spec)}")
+        raise click.UsageError(f"unexpected argument(s): {' '.join(extra)}")
     app, where = load_app(app_spec)
     app.origin = where
     try:
@@ -155,6 +171,11 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         except ConfigError as e:
             die("meshnode", f"--keys: {e}", EXIT_USAGE)
     setup_logging(app, config)
+    if beat:
+        logging.getLogger("mesh.node").warning(
+            "-B (Celery's embedded beat) is not used by mesh: there is no beat process; every "
+            "node carries the app's beat_schedule and exactly one fires each run "
+            "(docs/periodic.md)")
     if not app.tasks:
         logging.getLogger("mesh.node").warning(
             "THE APP %s (from --app %s) REGISTERS NO TASKS: this node can run nothing. "
@@ -185,7 +206,7 @@ def setup_logging(app: Any, config: Any) -> None:
     default, as in Celery) the root logger's handlers are replaced; without it, handlers
     the app set up are kept and only mesh's loggers get the level."""
     fmt = (app.conf["worker_log_format"]
-           or f"[%(asctime)s %(levelname)s {config.node_name} %(name)s] %(message)s")
+           or f"[%(asctime)s %(levelname)s {config.node_name.replace('%', '%%')} %(name)s] %(message)s")
     root = logging.getLogger()
     if app.conf["worker_hijack_root_logger"] or not root.handlers:
         logging.basicConfig(level=config.loglevel, stream=sys.stderr, format=fmt, force=True)

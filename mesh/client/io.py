@@ -84,7 +84,9 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                  security: Security | None = None):
         if not seeds:
             raise ConfigError("no nodes to send tasks to: pass peers=['tcp://HOST:PORT'] to Mesh, "
-                              "set MESH_PEERS, or start a node that mDNS can find")
+                              "set MESH_PEERS or the app's 'peers' setting (CELERY_PEERS in "
+                              "Django's settings read with namespace='CELERY'; there is no "
+                              "broker_url), or start a node that mDNS can find")
         self.config = config
         self.security = (security if security is not None
                          else Security.load(config.keys, CLIENT, config.key_name))
@@ -106,6 +108,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         self._unreachable = False                       # "cannot reach any node" was logged
         self._init_lookups()                            # results owned elsewhere (lookups.py)
         self._members_known = threading.Event()         # a members answer has arrived
+        self._refusals: dict[str, list[float]] = {}     # task name -> [first refusal logged,
+                                                        # refusals since] (routes.py)
         self._rechecked: dict[str, float] = {}          # task id -> when a fresh member list
                                                         # was asked for it (routes.py)
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)

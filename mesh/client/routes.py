@@ -30,6 +30,8 @@ log = logging.getLogger("mesh.client")
 
 RETRY_DELAY = 0.5      # s before a task no node takes now is placed again (a suspect node, or
                        # no word from the mesh yet)
+REFUSED_LOG_SPAN = 60.0  # s over which a task name's refusals after the first are counted, not
+                         # each logged (a loop sending an unknown name logs a line a minute)
 
 
 class Routing:
@@ -45,6 +47,7 @@ class Routing:
     _rng: random.Random
     _members_known: threading.Event
     _rechecked: dict[str, float]
+    _refusals: dict[str, list[float]]
 
     # what the I/O thread provides
     def _refresh_members(self, now: float) -> None: ...
@@ -116,7 +119,7 @@ class Routing:
         exc, message = unplaceable(self._placeable, self.mesh, slot.queue, slot.name,
                                    slot.refused, kind, said)
         self._slots.pop(slot.task_id, None)
-        self._fail(slot, exc, message)
+        self._refuse(slot, exc, message)
 
     def _on_refused(self, slot: Slot, link: Any, kind: str, message: str) -> None:
         """A node did not take the task: it could not journal it (``journal``: a full
@@ -138,8 +141,31 @@ class Routing:
             self._send(slot, choose_from(others, self._rng) or others[0])
             return
         self._slots.pop(slot.task_id, None)
-        self._fail(slot, "NotRegistered" if kind == "NotRegistered" else "MeshError", message,
-                   link.node_id)
+        self._refuse(slot, "NotRegistered" if kind == "NotRegistered" else "MeshError", message,
+                     link.node_id)
+
+    def _refuse(self, slot: Slot, exc: str, message: str, node: str = "") -> None:
+        """Fail a task no node took (no node has it, serves its queue, or could journal
+        it), and say so in this process's log: it will never run, and a sender that
+        does not wait for its result (a web request, a script that exits) would not
+        know (Celery's worker logs an unregistered task at ERROR). The first refusal of
+        a task name in ``REFUSED_LOG_SPAN`` s is logged with its id; the next ones in
+        that span are counted in the next line."""
+        self._fail(slot, exc, message, node)
+        now = time.monotonic()
+        seen = self._refusals.get(slot.name)
+        if seen is not None and now - seen[0] < REFUSED_LOG_SPAN:
+            seen[1] += 1
+            return
+        more = ""
+        if seen is not None and seen[1]:
+            more = (f" ({int(seen[1])} more task(s) of that name were refused in the last "
+                    f"{now - seen[0]:.0f} s)")
+        if len(self._refusals) > 1000:
+            self._refusals.clear()
+        self._refusals[slot.name] = [now, 0]
+        log.warning("task %s[%s] was refused and will not run: %s: %s%s", slot.name or "?",
+                    slot.task_id, exc, message, more)
 
 
 def not_registered(msg: Result) -> bool:

@@ -333,16 +333,18 @@ class Ledger:
                 if ident != client:
                     node.replicas.reply(task_id, ident, result_frame)
 
-    def failure(self, task_id: str, state: str, exc_type: str, message: str) -> bytes:
-        """The encoded Result of a failure decided by the node (a mesh exception)."""
+    def failure(self, task_id: str, state: str, exc_type: str, message: str,
+                runtime: float = 0.0) -> bytes:
+        """The encoded Result of a failure decided by the node (a mesh exception);
+        ``runtime``: how long it ran before the node stopped it or lost its child."""
         exc = {"type": exc_type, "module": "mesh.exceptions", "message": message,
                "args": codec.dumps([message])}
         return encode(Result(task_id=task_id, state=state, exc=exc, node=self.node.name,
-                             date_done=time.time()))
+                             runtime=runtime, date_done=time.time()))
 
     def fail(self, ident: bytes, task_id: str, exc_type: str, message: str,
              state: str = states.FAILURE, held: bool = False, name: str = "",
-             logged: bool = True, **event: Any) -> None:
+             logged: bool = True, runtime: float = 0.0, **event: Any) -> None:
         """Fail a task with a mesh exception: a held one through ``finish``; one refused
         at intake (never held) with a reply only. ``logged=False``: the caller logs a
         summary instead of a line per task (a purge)."""
@@ -351,7 +353,7 @@ class Ledger:
                 log.info("task %s %s: %s", task_id, state.lower(), message)
         else:                     # refused at intake: a stream of these must not flood the log
             self.faillog.warning("task %s %s: %s", task_id, state.lower(), message[:300])
-        frame = self.failure(task_id, state, exc_type, message)
+        frame = self.failure(task_id, state, exc_type, message, runtime)
         if state == states.REVOKED and not event.get("terminated"):
             self.revoked_signal(task_id, name, expired=bool(event.get("expired")))
         if held:
@@ -461,8 +463,11 @@ class Ledger:
 
     def task_failed(self, entry: Entry, exc_type: str, message: str,
                     state: str = states.FAILURE, logged: bool = True, **event: Any) -> None:
+        # a task stopped mid-run (hard time limit, revoke --terminate, its child lost)
+        # ran until now: the dashboard showed a runtime of 0 for a task killed at 1 s
+        runtime = max(0.0, time.time() - entry.started) if entry.started else 0.0
         self.fail(entry.client, entry.task_id, exc_type, message, state, held=True,
-                  name=entry.name, logged=logged, **event)
+                  name=entry.name, logged=logged, runtime=runtime, **event)
 
     def task_lost(self, entry: Entry, message: str, shutdown: bool = False) -> None:
         """Its child died mid-run. acks_late tasks go back to their owner at shutdown

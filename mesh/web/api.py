@@ -209,7 +209,8 @@ async def _find_task(s: "HttpServer", tid: str) -> dict[str, Any] | None:
     found.sort(key=lambda t: (t.get("state") in states.READY_STATES, not t.get("copy"),
                               t.get("timestamp") or 0.0), reverse=True)
     best = dict(found[0])
-    best["seen_on"] = [t.get("worker") for t in found]
+    best["seen_on"] = list(dict.fromkeys(t.get("worker") for t in found))  # each once: a
+    # backup's copy names the node that ran the task too
     return best
 
 

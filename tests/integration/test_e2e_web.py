@@ -280,3 +280,22 @@ def test_a_workflows_records_show_nowhere(start_node, make_client) -> None:  # t
         m = web.metrics()
         assert not [k for k in m if "mesh.record" in str(k)], m
     assert sum(metric_sum(w.metrics(), "celery_task_succeeded_total") for w in (web_a, web_b)) == 9
+
+
+def test_a_task_killed_at_its_time_limit_shows_how_long_it_ran(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    # the task's page said "runtime 0" for a task killed after its 1 s hard limit, and
+    # "node t10b, t10b" (the node that ran it, once per node holding a copy)
+    a = start_web_node(start_node, name="tla")
+    b = start_node(name="tlb", peers=a.endpoint)
+    client = make_client(a, b)
+    wait_for(lambda: len(_web(a).get("/api/workers?status=true")) == 2, what="two members")
+    r = client.tasks.sleep.apply_async((30,), time_limit=0.5)
+    with pytest.raises(Exception, match="hard time limit"):
+        r.get(timeout=60)
+    web = _web(a)
+    wait_for(lambda: len(web.get(f"/api/task/info/{r.id}")["seen_on"]) >= 1,  # noqa: B023
+             what="the task's page")
+    info = web.get(f"/api/task/info/{r.id}")
+    assert info["state"] == states.FAILURE
+    assert 0.4 < info["runtime"] < 30, info
+    assert len(info["seen_on"]) == len(set(info["seen_on"])), info

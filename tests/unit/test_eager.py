@@ -100,6 +100,36 @@ def test_arguments_and_results_go_through_the_codec_as_on_the_mesh(app: Mesh) ->
     assert isinstance(kind.apply(({1, 2},)).result, EncodeError)
 
 
+def test_task_store_eager_result_lets_asyncresult_by_id_find_it(app: Mesh) -> None:
+    # a Django test in eager mode: one view sends the task and returns its id, another
+    # shows AsyncResult(id).state; the second asked the nodes (none in a test) and said
+    # UNKNOWN, and the Celery setting that fixes it was "not used" (Celery keeps an eager
+    # result in its backend with task_store_eager_result)
+    from mesh.result import AsyncResult
+
+    @app.task(name="tasks.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="tasks.boom")
+    def boom(what: str) -> None:
+        raise KeyError(what)
+    app.conf.update(task_always_eager=True, task_store_eager_result=True)
+    sent = add.delay(2, y=3).id
+    failed = boom.delay("gone").id
+    r = AsyncResult(sent, app=app)
+    assert (r.state, r.get(), r.name, r.args, r.kwargs) == (
+        states.SUCCESS, 5, "tasks.add", [2], {"y": 3})
+    assert r.worker is not None and r.worker.startswith("eager@")
+    f = app.AsyncResult(failed)
+    assert f.failed() and isinstance(f.result, KeyError) and "KeyError" in (f.traceback or "")
+    with pytest.raises(KeyError):
+        f.get()
+    assert app._client is None            # nothing went on the wire
+    app.conf.task_store_eager_result = False      # the default: nothing kept
+    assert app._lookup_slot(add.delay(1, 1).id) is None
+
+
 def test_eager_results_can_be_awaited(app: Mesh) -> None:
     @app.task
     def add(x: int, y: int) -> int:

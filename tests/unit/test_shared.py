@@ -58,6 +58,32 @@ def test_the_proxy_follows_the_current_app() -> None:
     assert repr(mul) == "<@shared_task shared.mul>"
 
 
+def test_set_default_and_current_task_as_celery_has_them() -> None:
+    # Flask's Celery guide calls celery_app.set_default() (AttributeError), and
+    # `from celery import current_task` (current_task.request.id in a helper or a log
+    # filter) had no mesh name
+    from mesh import current_task
+
+    a, b = make("a"), make("b")
+    a.set_default()
+    assert current_app() is a
+
+    def helper() -> tuple[str | None, str]:
+        return current_task.request.id, current_task.name
+
+    @shared_task(name="shared.who")
+    def who() -> tuple[str | None, str, bool]:
+        tid, name = helper()
+        return tid, name, a.current_task is a.tasks["shared.who"]
+
+    assert not current_task and a.current_task is None
+    with pytest.raises(AttributeError, match="no task is running here"):
+        current_task.request  # noqa: B018
+    r = who.apply(task_id="t-7")
+    assert r.get() == ["t-7", "shared.who", True]
+    assert b.tasks["shared.who"] is not None
+
+
 def test_with_no_app_a_default_one_is_made() -> None:
     @shared_task
     def one() -> int:

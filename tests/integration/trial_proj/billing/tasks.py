@@ -46,3 +46,21 @@ def charge(self, order):
 def sleeper(seconds):
     time.sleep(seconds)
     return seconds
+
+
+@shared_task
+def waits_on_add(timeout):
+    """A task that waits on a task it sends (Celery refuses that by default): on a node
+    whose every worker waits so, the task waited for stays queued until the timeout."""
+    return add.delay(1, 1).get(timeout=timeout)
+
+
+def _whoami():
+    from mesh import current_task  # was: from celery import current_task
+    return [current_task.request.id, current_task.name, current_task.request.hostname]
+
+
+@shared_task
+def whoami():
+    """A task whose helper reads the running task (Celery's current_task)."""
+    return _whoami()
