@@ -71,6 +71,7 @@ class Lookups:
     _members_known: threading.Event
     _outbox: collections.deque[Any]
     _closing: bool
+    _efd: int
 
     if TYPE_CHECKING:           # Client's and Links's, used here
         @property
@@ -117,6 +118,11 @@ class Lookups:
         lookup = Lookup() if wait else None
         self._outbox.append(("query", slot, lookup))
         self._wake()
+        if self._efd < 0:         # the client shut down meanwhile (Client._shut_down):
+            self._fail_watched()  # nothing will ask or answer; fail, as it did the others
+            if lookup is not None:
+                lookup.set()
+            return False
         if lookup is None:
             return True
         lookup.wait(wait)
