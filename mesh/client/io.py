@@ -33,7 +33,6 @@ import atexit
 import collections
 import dataclasses
 import itertools
-import logging
 import os
 import random
 import threading
@@ -57,7 +56,7 @@ from mesh.exceptions import ConfigError, DecodeError
 from mesh.result import Slot
 from mesh.security.curve import Security
 from mesh.security.keys import CLIENT
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
     Ack,
     Control,
@@ -72,7 +71,7 @@ from mesh.wire.protocol import (
     encode,
 )
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 BATCH = 256                 # most frames sent to a node in one zmq message
 TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client

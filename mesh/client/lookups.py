@@ -20,7 +20,6 @@ thread); the rest runs on the I/O thread.
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 import uuid
@@ -32,12 +31,13 @@ from mesh import states
 from mesh.config import Config
 from mesh.exceptions import DecodeError
 from mesh.result import Slot
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, ControlReply, Result, decode, encode
 
 if TYPE_CHECKING:
     from mesh.client.links import NodeLink
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 QUERY_TTL = 5.0             # seconds a result query waits for its answers
 MEMBERS_WAIT = 2.0          # seconds a result lookup waits for the first members answer

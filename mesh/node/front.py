@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -34,7 +33,7 @@ from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
 from mesh.security import gate
 from mesh.security.curve import FRONT_DOMAIN
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
     Control,
     Error,
@@ -55,7 +54,7 @@ from mesh.wire.protocol import (
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 MAX_FRAMES_PER_SEND = 512     # frames for one peer per zmq message at most
 REBIND_WAIT = 5.0             # s to bind the same address again when the mesh key changes

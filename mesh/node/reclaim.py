@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -54,12 +53,13 @@ from mesh.exceptions import DecodeError
 from mesh.membership import Member, MemberState
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Moved, Reclaim, Reclaimed, Result, decode, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.replicas")
+log = safe_logger("mesh.replicas")
 
 JOIN_WAIT = 3.0        # s to learn an alive member before asking
 ANSWER_WAIT = 3.5      # s the members' answers are waited for, at most, plus
