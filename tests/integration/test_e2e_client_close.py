@@ -27,7 +27,7 @@ from mesh.client import lookups as client_lookups
 from mesh.exceptions import MeshError
 from mesh.exceptions import TimeoutError as MeshTimeout
 
-HOLD = 15.0     # s a held thread waits at most for the other (then goes on: no hang)
+HOLD = 60.0     # s a held thread waits at most for the other (then goes on: no hang)
 
 
 def _line_of(fn: Callable[..., Any], text: str) -> int:

@@ -155,5 +155,6 @@ def test_a_frame_of_empty_containers_does_not_blow_the_node_up(
         assert time.monotonic() < deadline, "no answer to the frame"
     errors, _ = _collect(raw, 1, set())
     assert [e.code for e in errors] == ["decode"]
+    print(f"RSS {base:.0f} -> peak {peak:.0f} MiB")
     assert peak - base < 48, f"the node's RSS grew by {peak - base:.0f} MiB for one 2 MiB frame"
     assert c.tasks.add.delay(2, 2).get(timeout=RESULT_TIMEOUT) == 4
