@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import copy
 import datetime
-import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from mesh.conf_names import FIXED, NOT_USED, NOT_USED_PREFIXES, NOT_YET
 from mesh.exceptions import ConfigError
+from mesh.security.text import safe_logger
 
-log = logging.getLogger("mesh.conf")
+log = safe_logger("mesh.conf")
 
 # name -> default. Grouped as Celery's configuration reference groups them.
 DEFAULTS: dict[str, Any] = {

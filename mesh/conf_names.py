@@ -8,10 +8,11 @@ mesh does not have (``NOT_USED``, ``NOT_USED_PREFIXES``: the broker, result back
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-log = logging.getLogger("mesh.conf")
+from mesh.security.text import safe_logger
+
+log = safe_logger("mesh.conf")
 
 _NO_BROKER = ("mesh has no broker: clients send tasks straight to nodes, found by mDNS or "
               "given as peers (Mesh(peers=[...]), the 'peers' setting or MESH_PEERS)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime
-import logging
 import socket
 import time
 from collections.abc import Generator, Iterable
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.exceptions import MeshError, ResultIgnored
+from mesh.security.text import safe_logger
 from mesh.task import Request, Task
 from mesh.trace import Outcome, execute, execute_async, is_async_task
 from mesh.wire import codec
@@ -31,7 +31,7 @@ from mesh.wire import codec
 if TYPE_CHECKING:
     from mesh.einfo import ExceptionInfo
 
-log = logging.getLogger("mesh.eager")
+log = safe_logger("mesh.eager")
 
 def apply(task: Task, args: Iterable[Any] | None, kwargs: dict[str, Any] | None, *,
           task_id: str | None, retries: int, throw: bool | None,

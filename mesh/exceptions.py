@@ -20,7 +20,11 @@ class ConfigError(MeshError, ValueError):
 
 class DecodeError(MeshError, ValueError):
     """A frame could not be decoded: not msgpack, wrong shape, bad field, too large,
-    or an unsupported protocol version. Raised at the edge; never crashes a node."""
+    or an unsupported protocol version. Raised at the edge; never crashes a node.
+    ``ref``: the task or request id the frame names (its third item, a str of at most
+    200 characters), when it was msgpack at all; for the ERROR that refuses it."""
+
+    ref: str | None = None
 
 
 class EncodeError(MeshError, TypeError):

@@ -13,7 +13,6 @@ code are laid over it (the same name: the one added in code wins).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
 import uuid
 from collections.abc import Mapping
@@ -25,13 +24,14 @@ from mesh.conf_names import CALL_OPTIONS
 from mesh.digest import sha1
 from mesh.exceptions import ConfigError, EncodeError
 from mesh.schedules import BaseSchedule, to_schedule, zone
+from mesh.security.text import safe_logger
 from mesh.wire import codec
 from mesh.wire.protocol import Submit
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
 
-log = logging.getLogger("mesh.beat")
+log = safe_logger("mesh.beat")
 
 # protocol: changing it changes every periodic run's task id
 RUN_NAMESPACE = uuid.UUID("6c3f1f5e-8a52-5b8e-9a3c-2f0d6b1c7e41")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import logging
 import sys
 import threading
 from collections.abc import Callable, Generator
@@ -25,6 +24,7 @@ from mesh.exceptions import (
     TimeoutError,
     UnreachableError,
 )
+from mesh.security.text import safe_logger
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, decode
 
@@ -37,7 +37,7 @@ UNHELD_LOG_AFTER = 30.0  # s a get() without a timeout waits before it says no n
                          # task (then again after twice as long, up to UNHELD_LOG_MAX)
 UNHELD_LOG_MAX = 600.0
 
-log = logging.getLogger("mesh.result")
+log = safe_logger("mesh.result")
 
 
 class Slot:

@@ -25,15 +25,15 @@ Celery uses it (``match``, from the start of the name).
 from __future__ import annotations
 
 import importlib
-import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mesh.exceptions import ConfigError
+from mesh.security.text import safe_logger
 
-log = logging.getLogger("mesh.routing")
+log = safe_logger("mesh.routing")
 
 MAX_QUEUE_LEN = 200          # characters in a queue name
 Router = Callable[..., Any]   # (name, args, kwargs, options, task=None) -> route | None

@@ -23,13 +23,14 @@ a closure that nothing else keeps alive.
 """
 from __future__ import annotations
 
-import logging
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("mesh.signals")
+from mesh.security.text import safe_logger
+
+log = safe_logger("mesh.signals")
 
 Receiver = Callable[..., Any]
 

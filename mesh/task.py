@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import functools
 import inspect
-import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from mesh import states
 from mesh.conf_names import CALL_OPTIONS, ignore_options
 from mesh.exceptions import ConfigError, MaxRetriesExceededError, Retry
 from mesh.ratelimit import parse_rate
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mesh.eager import EagerResult
     from mesh.result import AsyncResult
 
-log = logging.getLogger("mesh.task")
+log = safe_logger("mesh.task")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,10 +27,11 @@ from mesh import signals, states
 from mesh.einfo import ExceptionInfo
 from mesh.exceptions import Ignore, Reject, Retry
 from mesh.retry import backoff_delay
+from mesh.security.text import safe_logger
 from mesh.task import Request, Task, _current_request
 from mesh.wire import codec
 
-log = logging.getLogger("mesh.trace")
+log = safe_logger("mesh.trace")
 
 REQUEUE_DELAY = 1.0     # s before a task that raised Reject(requeue=True) runs again
 

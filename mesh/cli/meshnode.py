@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from mesh.cli.common import EXIT_OK, EXIT_START, EXIT_USAGE, die, load_app, run_cli
+from mesh.security.text import safe_logger
 
 LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -177,7 +178,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             "node carries the app's beat_schedule and exactly one fires each run "
             "(docs/periodic.md)")
     if not app.tasks:
-        logging.getLogger("mesh.node").warning(
+        safe_logger("mesh.node").warning(
             "THE APP %s (from --app %s) REGISTERS NO TASKS: this node can run nothing. "
             "Define them with @app.task in that module, list the modules that hold them in "
             "Mesh(include=[...]) or the 'imports' setting, or point --app at another module",

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.result import Slot
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.client.links import NodeLink
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 EXIT_WAIT_MAX = 600.0       # s a closing client waits at most for nodes to take its tasks
 EXIT_WAIT_REPORT = 10.0     # s between two lines saying that it still waits

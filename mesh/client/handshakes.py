@@ -18,7 +18,6 @@ client (``client`` is the ``Client``), kept here so io.py stays about the I/O lo
 """
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -26,13 +25,14 @@ from mesh import states
 from mesh.client.placement import choose_from
 from mesh.exceptions import ConfigError
 from mesh.security.curve import FAILED_KEY
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Result
 
 if TYPE_CHECKING:
     from mesh.client.io import Client
     from mesh.client.links import NodeLink
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 KEY_STRIKES = 3             # handshakes failed in a row before a link tries another mesh key
                             # (one failure may be a node that died mid-handshake)

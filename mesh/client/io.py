@@ -33,7 +33,6 @@ import atexit
 import collections
 import dataclasses
 import itertools
-import logging
 import os
 import random
 import threading
@@ -57,7 +56,7 @@ from mesh.exceptions import ConfigError, DecodeError
 from mesh.result import Slot
 from mesh.security.curve import Security
 from mesh.security.keys import CLIENT
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
     Ack,
     Control,
@@ -72,7 +71,7 @@ from mesh.wire.protocol import (
     encode,
 )
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 BATCH = 256                 # most frames sent to a node in one zmq message
 TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client
@@ -286,6 +285,13 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
     def _shut_down(self) -> None:
         """The I/O thread's last act: fail what can no longer finish, close sockets."""
         self._closing = True       # submit(), watch() and query() refuse from now on
+        # a caller past submit()'s check of _closing may queue a slot still: the eventfd
+        # goes first, so that such a slot is either in the outbox drained below or
+        # failed by submit() itself (it sees _efd < 0 after queueing it), never left
+        # behind while the sockets linger
+        with self._efd_lock:
+            os.close(self._efd)
+            self._efd = -1
         # tasks still without a result will never get one through this client:
         # fail them, so nobody waits forever on get()
         while self._outbox:
@@ -309,9 +315,6 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             except zmq.ZMQError:
                 pass
         self._ctx.term()
-        with self._efd_lock:
-            os.close(self._efd)
-            self._efd = -1
 
     def _drain_outbox(self) -> None:
         """Send what callers queued, frames for one node together (one zmq message

@@ -17,7 +17,6 @@ sitting): everything here runs on the client's I/O thread.
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 import threading
 import time
@@ -38,9 +37,10 @@ from mesh.node.peers import literal_host
 from mesh.rendezvous import backup_for
 from mesh.result import Slot
 from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, HANDSHAKE_EVENTS, Security
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, Submit, decode, encode
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 RELEASE_RETRY_DELAY = 0.5   # seconds before resending a released task to the node it left
 MEMBERS_INTERVAL = 1.0      # seconds between membership refreshes from a node

@@ -20,7 +20,6 @@ thread); the rest runs on the I/O thread.
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 import uuid
@@ -32,12 +31,13 @@ from mesh import states
 from mesh.config import Config
 from mesh.exceptions import DecodeError
 from mesh.result import Slot
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, ControlReply, Result, decode, encode
 
 if TYPE_CHECKING:
     from mesh.client.links import NodeLink
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 QUERY_TTL = 5.0             # seconds a result query waits for its answers
 MEMBERS_WAIT = 2.0          # seconds a result lookup waits for the first members answer
@@ -71,6 +71,7 @@ class Lookups:
     _members_known: threading.Event
     _outbox: collections.deque[Any]
     _closing: bool
+    _efd: int
 
     if TYPE_CHECKING:           # Client's and Links's, used here
         @property
@@ -117,6 +118,11 @@ class Lookups:
         lookup = Lookup() if wait else None
         self._outbox.append(("query", slot, lookup))
         self._wake()
+        if self._efd < 0:         # the client shut down meanwhile (Client._shut_down):
+            self._fail_watched()  # nothing will ask or answer; fail, as it did the others
+            if lookup is not None:
+                lookup.set()
+            return False
         if lookup is None:
             return True
         lookup.wait(wait)

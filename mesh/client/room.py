@@ -34,14 +34,14 @@ always; a process that exits with tasks still waiting says how many no node took
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from typing import Any
 
 from mesh import states
 from mesh.result import Slot
+from mesh.security.text import safe_logger
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 PROBE = 1.0     # s between offers of a waiting task to each full node
 

@@ -24,9 +24,10 @@ from mesh.client.fit import fits, unplaceable
 from mesh.client.placement import choose_from
 from mesh.client.room import let_go
 from mesh.result import Slot
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Result
 
-log = logging.getLogger("mesh.client")
+log = safe_logger("mesh.client")
 
 RETRY_DELAY = 0.5      # s before a task no node takes now is placed again (a suspect node, or
                        # no word from the mesh yet)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import secrets
 import threading
 import time
@@ -137,9 +136,10 @@ from mesh.discovery.records import (
 from mesh.discovery.records import (
     split_endpoint as split_endpoint,
 )
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
-log = logging.getLogger("mesh.discovery")
+log = safe_logger("mesh.discovery")
 
 
 def _make_zeroconf(interfaces: Interfaces) -> AsyncZeroconf:

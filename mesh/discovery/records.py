@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import logging
 import re
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -15,9 +14,10 @@ import ifaddr
 from zeroconf import InterfaceChoice
 
 from mesh.digest import sha256
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
-log = logging.getLogger("mesh.discovery")
+log = safe_logger("mesh.discovery")
 
 SERVICE_TYPE = "_meshnode._tcp.local."
 RESERVED_KEYS = frozenset({"id", "proto", "ep", "boot", "seq"})

@@ -19,15 +19,15 @@ inside the test's transaction) leaves the caller's connections alone.
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from mesh import signals
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
 
-log = logging.getLogger("mesh.django")
+log = safe_logger("mesh.django")
 
 # Connections inherited over fork: kept referenced so that they are never closed (nor
 # garbage collected, which would close them) in the child. One per alias per child.

@@ -21,7 +21,6 @@ a forged "dead at 2^63-1" would otherwise be final, since nobody can refute it.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from mesh.membership import timing
@@ -39,7 +38,7 @@ from mesh.membership.table import (
     Node,
     Suspicion,
 )
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
     MAX_INCARNATION,
     UPDATE_ALIVE,
@@ -47,7 +46,7 @@ from mesh.wire.protocol import (
     UPDATE_SUSPECT,
 )
 
-log = logging.getLogger("mesh.membership")
+log = safe_logger("mesh.membership")
 
 Notify = Callable[[Node, "MemberState | None"], None]
 

@@ -32,7 +32,6 @@ The protocol (hashicorp/memberlist's SWIM + Lifeguard; docs/membership.md has mo
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -58,7 +57,7 @@ from mesh.membership.table import (
     not_left,
 )
 from mesh.membership.transport import Transport
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     UPDATE_DEAD,
@@ -76,7 +75,7 @@ from mesh.wire.protocol import (
     encode,
 )
 
-log = logging.getLogger("mesh.membership")
+log = safe_logger("mesh.membership")
 
 # the message types a Membership handles: a node routes these from its front door to it
 MESSAGE_TYPES: frozenset[type[Message]] = frozenset(

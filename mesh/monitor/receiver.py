@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -48,9 +47,10 @@ from mesh.monitor.state import (
     _is_number,
 )
 from mesh.security.curve import Security
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import ControlReply, Result, decode
 
-log = logging.getLogger("mesh.monitor")
+log = safe_logger("mesh.monitor")
 
 __all__ = [
     "EVENTS_LOST",

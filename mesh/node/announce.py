@@ -8,17 +8,16 @@ and now sees none alive announces itself again (at most every
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from mesh.node.component import Component
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 REANNOUNCE_INTERVAL = 10.0   # s between mDNS re-announcements of a node with no live peer
 CHECK_INTERVAL = 1.0         # s between looks at whether this node is alone

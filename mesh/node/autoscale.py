@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,12 +34,13 @@ import psutil
 
 from mesh.node.commands import ControlState, register
 from mesh.node.component import Component
+from mesh.security.text import safe_logger
 from mesh.wire.control import AutoscaleArgs, AutoscaleReply, BadArgs
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.autoscale")
+log = safe_logger("mesh.autoscale")
 
 TICK = 1.0                  # s between samples (less with a short keep-alive)
 

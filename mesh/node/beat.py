@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +34,13 @@ from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
 from mesh.node.copies import LEFT_GRACE
 from mesh.periodic import Entry, Schedule
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.beat")
+log = safe_logger("mesh.beat")
 
 TICK = 0.1             # s between looks at the schedule and membership, at most
 SETTLE_PROBES = 10     # a starting node fires nothing for this many probe intervals

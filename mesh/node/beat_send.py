@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import os
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.node.zmqloop import SocketDriver
 from mesh.security.curve import Security
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import (
     Ack,
     Control,
@@ -45,7 +45,7 @@ from mesh.wire.protocol import (
     encode,
 )
 
-log = logging.getLogger("mesh.beat")
+log = safe_logger("mesh.beat")
 
 ACK_TIMEOUT = 5.0      # s without an ACK before a run is sent again (same id)
 

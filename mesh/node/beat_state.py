@@ -5,7 +5,6 @@ sqlite file next to the journal, and told to peers).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -14,8 +13,9 @@ from typing import Any, NamedTuple
 from mesh.digest import blake2b, sha1
 from mesh.schedules import BaseSchedule
 from mesh.security.files import private_file
+from mesh.security.text import safe_logger
 
-log = logging.getLogger("mesh.beat")
+log = safe_logger("mesh.beat")
 
 STORE_FILE = "beat.sqlite3"
 

@@ -14,11 +14,12 @@ Nothing about durability changes: a commit is durable when it is in the WAL.
 """
 from __future__ import annotations
 
-import logging
 import sqlite3
 import threading
 
-log = logging.getLogger("mesh.journal")
+from mesh.security.text import safe_logger
+
+log = safe_logger("mesh.journal")
 
 INTERVAL = 0.25            # s between checkpoints
 BACKSTOP_PAGES = 65536     # the node's own connection checkpoints past this (256 MiB of WAL)

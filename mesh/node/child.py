@@ -30,6 +30,7 @@ from mesh import signals, states
 from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
 from mesh.node.channel import AHEAD_TAG, SKIP_TAG, BlockingChannel
 from mesh.node.child_runners import Runners
+from mesh.security.text import MULTILINE, printable, safe_logger
 from mesh.task import Request
 from mesh.trace import Outcome, execute
 from mesh.wire import codec
@@ -49,8 +50,8 @@ if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
 
-log = logging.getLogger("mesh.child")
-task_log = logging.getLogger("mesh.task")     # a task's end, as Celery's worker logs it
+log = safe_logger("mesh.child")
+task_log = safe_logger("mesh.task")     # a task's end, as Celery's worker logs it
 
 MAX_SKIPS = 1000    # skips remembered for tasks sent ahead (more: a skip that came late)
 
@@ -99,8 +100,11 @@ def _log_end(msg: Submit, state: str, exc: dict[str, Any] | None, tb: str | None
     if state == states.FAILURE and expected:
         task_log.info("Task %s[%s] raised expected: %s", msg.name, msg.task_id, what)
     elif state == states.FAILURE:
-        task_log.error("Task %s[%s] raised unexpected: %s%s", msg.name, msg.task_id, what,
-                       f"\n{tb.rstrip()}" if tb else "")
+        # the traceback's lines are meant (MULTILINE: not made one line), the first
+        # line's text is escaped here
+        task_log.error("Task %s[%s] raised unexpected: %s%s", msg.name, msg.task_id,
+                       printable(what, 2000), f"\n{tb.rstrip()}" if tb else "",
+                       extra=MULTILINE)
     elif state == states.RETRY:
         task_log.info("Task %s[%s] retry: Retry in %gs: %s", msg.name, msg.task_id,
                       countdown or 0, what)

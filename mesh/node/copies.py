@@ -41,7 +41,6 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
 """
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -53,6 +52,7 @@ from mesh.membership import MemberState
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.reclaim import live_elsewhere
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
 from mesh.workflow.plan import GROUP
 
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from mesh.node.node import Node
     from mesh.node.replicas import Replicas
 
-log = logging.getLogger("mesh.replicas")
+log = safe_logger("mesh.replicas")
 
 LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a holder
                          # that left are run here (it hands its tasks on as it stops)

@@ -15,17 +15,17 @@ never leaves unfinished tasks behind in a dir nobody opens.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sqlite3
 from typing import TYPE_CHECKING
 
 from mesh.node.sqlite_journal import FILENAME
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.config import Config
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 MESH_KEY = "mesh"       # the journal's meta key naming its mesh
 

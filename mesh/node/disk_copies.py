@@ -34,7 +34,6 @@ again since start).
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -43,13 +42,14 @@ from mesh.exceptions import DecodeError
 from mesh.membership import MemberState
 from mesh.node.copies import ORPHAN_AFTER
 from mesh.node.journal import JournalError
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
     from mesh.node.replicas import Replicas
 
-log = logging.getLogger("mesh.replicas")
+log = safe_logger("mesh.replicas")
 
 CHUNK = 2000            # rows read per tick at most (like TAKE_CHUNK, REPAIR_CHUNK)
 RESEND_AFTER = 0.5      # s before unconfirmed copies are sent again

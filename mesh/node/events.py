@@ -19,7 +19,6 @@ only: events carry every task's arguments and results.
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -32,13 +31,14 @@ from mesh.exceptions import DecodeError
 from mesh.node.component import Component, NodeStartError
 from mesh.node.zmqloop import SocketDriver
 from mesh.security.curve import EVENTS_DOMAIN
+from mesh.security.text import safe_logger
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, decode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.events")
+log = safe_logger("mesh.events")
 
 SNDHWM = 10_000              # events queued per subscriber before ZeroMQ drops them
 HEARTBEAT_INTERVAL = 2.0     # s between node-heartbeat events (Celery's default)

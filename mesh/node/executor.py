@@ -7,7 +7,6 @@ data dir, or in memory with ``--no-journal``) and closes it last.
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from mesh.node.component import Component, NodeStartError
@@ -15,11 +14,12 @@ from mesh.node.journal import DataDirInUse, JournalError, open_journal
 from mesh.node.pool import Pool
 from mesh.ratelimit import TokenBucket, parse_rate
 from mesh.security.files import private_dir
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 HANDOFF_SETTLE = 5.0     # s a stopping node waits for the answers of other nodes to its
                          # handoffs and copies, after its running tasks finished

@@ -13,18 +13,18 @@ again (docs/performance.md, "Memory").
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING
 
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.pool_child import trim_heap
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 EXPIRE_INTERVAL = 1.0      # s between sweeps of expired results from the journal
 EXPIRE_BATCH = 10_000      # results deleted per sweep at most (more than a node finishes per s)

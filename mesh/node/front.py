@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import zmq
 
 from mesh.config import advertised_endpoint
@@ -34,7 +32,7 @@ from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
 from mesh.security import gate
 from mesh.security.curve import FRONT_DOMAIN
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
     Control,
     Error,
@@ -55,7 +53,7 @@ from mesh.wire.protocol import (
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 MAX_FRAMES_PER_SEND = 512     # frames for one peer per zmq message at most
 REBIND_WAIT = 5.0             # s to bind the same address again when the mesh key changes
@@ -157,7 +155,7 @@ class FrontDoor(Component):
             self.refused += 1
             code = "too-large" if len(frame) > node.config.max_message_size else "decode"
             self._badlog.warning("refused a frame of %d bytes from %r: %s", len(frame), ident[:16], e)
-            self.refuse(ident, code, str(e), _guess_ref(frame) if code == "decode" else None)
+            self.refuse(ident, code, str(e), e.ref if code == "decode" else None)
             return
         if role != "":
             why = gate.refusal(role, msg, node.control.kind_of)
@@ -270,17 +268,6 @@ def _ref(msg: Any) -> str | None:
     """The task or request id a refused message names (the sender's reference)."""
     ref = getattr(msg, "task_id", None) or getattr(msg, "req_id", None)
     return ref if isinstance(ref, str) else None
-
-
-def _guess_ref(frame: bytes) -> str | None:
-    """The task/request id of a frame we could not decode, if it can be read at all."""
-    try:
-        raw: Any = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-        if isinstance(raw, list) and len(raw) > 2 and isinstance(raw[2], str) and len(raw[2]) <= 200:
-            return str(raw[2])
-    except Exception:
-        pass
-    return None
 
 
 def _next_port(endpoint: str) -> str:

@@ -19,12 +19,12 @@ from mesh.membership import Member, Membership, MemberState, profile
 from mesh.node.component import Component
 from mesh.node.peers import PeerSockets, ZmqTransport
 from mesh.node.scope import MeshScope
-from mesh.security.text import printable
+from mesh.security.text import printable, safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 

@@ -31,7 +31,6 @@ import collections
 import dataclasses
 import functools
 import itertools
-import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -42,6 +41,7 @@ from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.shedding import REASON as SHED_REASON
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Handoff,
@@ -56,7 +56,7 @@ from mesh.workflow.plan import GROUP
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.handoff")
+log = safe_logger("mesh.handoff")
 
 HANDOFF_TIMEOUT = 1.0    # s a HANDOFF waits for its answer before it is sent again
 TRIES = 3                # sends of one HANDOFF to one receiver before trying elsewhere

@@ -13,7 +13,6 @@ with two copies, a task's ACK waits until its backup has confirmed the copy
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from mesh.exceptions import revoked_message
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Ack, Release, Submit, encode
 from mesh.workflow.builtins import user_tasks
 from mesh.workflow.plan import GROUP
@@ -29,7 +29,7 @@ from mesh.workflow.plan import GROUP
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 
 class Intake(Component):

@@ -17,7 +17,6 @@ node's context, and reads the directory again every ``RELOAD_INTERVAL`` seconds:
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,11 +25,12 @@ from mesh.node.component import Component, NodeStartError
 from mesh.security.curve import Guard, Security
 from mesh.security.exposure import host_of, is_loopback, refusal
 from mesh.security.keys import NODE
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.security")
+log = safe_logger("mesh.security")
 
 RELOAD_INTERVAL = 2.0      # s between looks at the key directory
 

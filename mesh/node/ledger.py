@@ -27,6 +27,7 @@ from mesh.exceptions import revoked_message
 from mesh.node import taskstate
 from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
 from mesh.node.journal import JournalError
+from mesh.security.text import safe_logger
 from mesh.task import Request
 from mesh.wire import codec
 from mesh.wire.protocol import Release, Result, Submit, decode, encode
@@ -35,7 +36,7 @@ from mesh.workflow.plan import GROUP  # a group's coordinator: run by the node i
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 MAX_REDELIVERIES = 3       # reject_on_worker_lost: runs of a task whose child keeps dying
 MAX_WATCHERS = 64          # processes told of one task's result when it is done

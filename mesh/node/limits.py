@@ -18,17 +18,17 @@ holds a child. A start time reserved before a share shrank is kept.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
 from mesh.membership import MemberState
 from mesh.node.component import Component
 from mesh.ratelimit import TokenBucket, mesh_share, parse_rate
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 REBALANCE_INTERVAL = 0.5     # s between looks at the members running mesh-limited tasks
 _COUNTED = (MemberState.ALIVE, MemberState.SUSPECT)   # a suspect may still be starting tasks

@@ -19,7 +19,6 @@ and what they raise is logged, never fatal.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import time
@@ -56,6 +55,7 @@ from mesh.node.spill import Spill
 from mesh.node.view import NodeView
 from mesh.node.workflows import Workflows
 from mesh.security.curve import Security
+from mesh.security.text import safe_logger
 from mesh.web.commands import History, HistoryService
 from mesh.web.steps import Http
 from mesh.wire.protocol import PROTOCOL_VERSION
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTIN", "Node", "NodeStartError"]
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 # The node's own components, in the order they start (each also names what it requires).
 BUILTIN: tuple[type[Component], ...] = (

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
-import logging
 import socket
 import time
 from typing import Any
@@ -29,8 +28,9 @@ import zmq
 from mesh.membership.transport import Receiver, Transport
 from mesh.node.zmqloop import send_frame
 from mesh.security.curve import Security
+from mesh.security.text import safe_logger
 
-log = logging.getLogger("mesh.peers")
+log = safe_logger("mesh.peers")
 
 SNDHWM = 64                 # frames queued per peer before new ones are dropped
 HEARTBEAT_IVL_MS = 1000

@@ -38,6 +38,7 @@ from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, descri
 from mesh.node.pool_size import PoolSize
 from mesh.node.pool_stop import CANCEL_GRACE, STOPPED_IN_CHILD, PoolStop
 from mesh.ratelimit import TokenBucket
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import ChildDone, ChildReady, ChildState, decode
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CANCEL_GRACE", "ChildProc", "Pool", "PoolEvents"]
 
-log = logging.getLogger("mesh.pool")
+log = safe_logger("mesh.pool")
 
 CRASH_WINDOW = 10.0        # s; more than CRASH_LIMIT deaths in it slow respawning down
 CRASH_LIMIT = 10

@@ -32,18 +32,18 @@ task ends as a running one does.
 from __future__ import annotations
 
 import heapq
-import logging
 from typing import TYPE_CHECKING
 
 from mesh.exceptions import revoked_message
 from mesh.node.channel import AHEAD_TAG, SKIP_TAG
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.child import StopFlags
     from mesh.node.ledger import Entry
     from mesh.node.pool_child import ChildProc, PoolEvents
 
-log = logging.getLogger("mesh.pool")
+log = safe_logger("mesh.pool")
 
 AHEAD_MAX = 4          # tasks a child may have been sent behind the one it runs
 SHORT_TASK = 0.005     # s: a run under this is short

@@ -10,12 +10,12 @@ killed, and the tasks beside it are lost with it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 from typing import TYPE_CHECKING
 
 from mesh.exceptions import revoked_message
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import ChildCancel, encode
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mesh.node.ledger import Entry
     from mesh.node.pool_child import ChildProc, PoolEvents
 
-log = logging.getLogger("mesh.pool")
+log = safe_logger("mesh.pool")
 
 CANCEL_GRACE = 2.0         # s a cancelled task that shares its child has to stop before
                            # the child (and every task in it) is killed

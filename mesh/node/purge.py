@@ -25,7 +25,6 @@ its timeouts when the receiver does not answer). Revoke such a task by id.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mesh import states
 from mesh.node.commands import ControlState, register
 from mesh.node.journal import Journal, JournalError
+from mesh.security.text import safe_logger
 from mesh.wire.control import BadArgs
 from mesh.wire.protocol import Submit, decode
 from mesh.workflow.plan import GROUP
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from mesh.node.ledger import Entry
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 DISK_CHUNK = 2_000        # tasks on disk read at a time
 PASS_TIME = 0.02          # s of purging per loop pass, at most (measured: ~0.65 ms a task,

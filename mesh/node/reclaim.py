@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -54,15 +53,16 @@ from mesh.exceptions import DecodeError
 from mesh.membership import Member, MemberState
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Moved, Reclaim, Reclaimed, Result, decode, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.replicas")
+log = safe_logger("mesh.replicas")
 
 JOIN_WAIT = 3.0        # s to learn an alive member before asking
-ANSWER_WAIT = 2.0      # s the members' answers are waited for, at most, plus
+ANSWER_WAIT = 3.5      # s the members' answers are waited for, at most, plus
 PER_ID = 1 / 20_000    # s per id asked about (a deep backlog on disk: its lookups),
 ANSWER_WAIT_MAX = 8.0  # up to this in all
 CHUNK = 5_000          # ids per RECLAIM
@@ -72,7 +72,13 @@ STEP = 0.02
 SETTLE = 1.0           # s more members may become alive and be asked, when not every
                        # seed is a member yet
 HELD = (states.RECEIVED, states.STARTED, states.RETRY)
-DEFER = 3.0            # s a RECLAIM from a node not a member here yet waits for it to be one
+DEFER_MARGIN = 0.5     # s: a deferred answer's way back, and timers' slack
+DEFER = ANSWER_WAIT - DEFER_MARGIN   # s a RECLAIM from a node not a member here yet waits
+                       # for it to be one (3 s): its asker waits longer for the answers
+                       # (``answer_wait``), so a deferred answer comes while it still
+                       # waits. (With 2 s against 3 s, one answered in between came too
+                       # late: the asker had run every task, those the answerer held too,
+                       # and the answer dropped the copies the answerer kept for it.)
 DEFER_MAX = 256        # such RECLAIMs kept at most
 DEFER_MAX_BYTES = 32 * 1024 * 1024    # and their ids' size (deferred_size), at most
 REASON = "taken over while this node was down"

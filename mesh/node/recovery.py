@@ -8,7 +8,6 @@ with NotRegistered. Replies go to the owners' routing ids, which clients keep.
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from mesh import states
@@ -16,13 +15,14 @@ from mesh.exceptions import DecodeError
 from mesh.node.component import Component, NodeStartError
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode
 from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 
 class Recovery(Component):

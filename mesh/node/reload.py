@@ -32,12 +32,13 @@ from mesh.node.commands import registry as default_registry
 from mesh.node.component import Component
 from mesh.node.gossip import tasks_digest
 from mesh.ratelimit import TokenBucket, parse_rate
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.reload")
+log = safe_logger("mesh.reload")
 
 RETRY = 2.0          # s before watching again after the watcher failed
 

@@ -21,7 +21,6 @@ the node; so is a command that raises.
 """
 from __future__ import annotations
 
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from mesh.node.events import short_repr
 from mesh.node.journal import JournalError
 from mesh.node.view import NodeView
 from mesh.ratelimit import parse_rate
+from mesh.security.text import safe_logger
 from mesh.wire import codec
 from mesh.wire.control import (
     MAX_IDS_PER_REVOKE,
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from mesh.node.ledger import Entry
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.remote")
+log = safe_logger("mesh.remote")
 
 MAX_REVOKED = 100_000        # revoked ids a node remembers in memory (the journal keeps them too)
 FORWARD_CHUNK = 5_000        # ids per forwarded revoke message

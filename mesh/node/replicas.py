@@ -54,12 +54,13 @@ from mesh.node.disk_copies import DiskCopies
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.peers import PeerSockets
 from mesh.rendezvous import backup_for
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.replicas")
+log = safe_logger("mesh.replicas")
 
 COPY_TIMEOUT = 1.0       # s the owner's ACK waits for the backup's confirmation at most
 COPY_DELAY = 0.002       # s a held task waits before its copy is sent (if it finishes

@@ -12,7 +12,6 @@ send it a task.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,13 +22,14 @@ from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
 from mesh.ratelimit import parse_rate
 from mesh.routing import AppRoutes, check_queue, prepare
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit
 from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 MAX_MESH_NAME = 200          # bytes of UTF-8: the name travels in an mDNS TXT string
 

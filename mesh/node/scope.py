@@ -19,6 +19,7 @@ from typing import Any
 
 from mesh.membership import Membership
 from mesh.membership.transport import Transport
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import (
     UPDATE_ALIVE,
     Gossip,
@@ -30,7 +31,7 @@ from mesh.wire.protocol import (
     encode,
 )
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 LOG_EVERY = 60.0          # s between two log lines about the same foreign sender
 MAX_REMEMBERED = 1000     # foreign senders remembered for that

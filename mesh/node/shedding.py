@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,13 +26,14 @@ from mesh.capabilities import from_meta
 from mesh.membership import Member
 from mesh.node.component import Component
 from mesh.node.ledger import Entry
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
     from mesh.node.pool import QueueItem
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 SHED_AFTER = 0.05      # s a queued task may wait before the node looks for a peer with room
 SHED_INTERVAL = 0.05

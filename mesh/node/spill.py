@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from typing import TYPE_CHECKING
 
 from mesh import states
@@ -42,13 +41,14 @@ from mesh.node.component import Component, NodeStartError
 from mesh.node.copies import LEFT_GRACE
 from mesh.node.journal import DiskRow, JournalError
 from mesh.node.ledger import Entry
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode, encode
 from mesh.workflow.plan import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 QUEUE_MEMORY_DEFAULT = next(f.default for f in dataclasses.fields(Config) if f.name == "queue_memory")
 CHUNK = 1000        # tasks read back from the journal at a time, at most

@@ -53,7 +53,6 @@ lines: the schema's upgrades live with the rest of the tasks' and results' SQL.)
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 import time
@@ -65,8 +64,9 @@ from mesh.node.journal import DataDirInUse, JournalError, Row, Stored
 from mesh.node.spill_journal import SpillRows
 from mesh.node.sql_rows import explain as _explain
 from mesh.security.files import private_dir, private_file
+from mesh.security.text import safe_logger
 
-log = logging.getLogger("mesh.journal")
+log = safe_logger("mesh.journal")
 
 SCHEMA_VERSION = 4
 FILENAME = "journal.sqlite3"

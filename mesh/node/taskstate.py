@@ -7,11 +7,11 @@ Functions of the node, kept apart from it so that node.py only calls them.
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.node.journal import JournalError
+from mesh.security.text import safe_logger
 from mesh.wire.control import BadArgs
 from mesh.wire.protocol import State, encode
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from mesh.node.ledger import Entry
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.node")
+log = safe_logger("mesh.node")
 
 def progress(node: "Node", entry: "Entry", state: str, meta: bytes | None) -> None:
     """The running task reported ``state``: remember it for lookups (other processes

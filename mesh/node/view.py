@@ -21,9 +21,10 @@ a loop started with ``spawn`` is logged and ends that loop only.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
+
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from mesh.node.node import Node
     from mesh.result import AsyncResult
 
-log = logging.getLogger("mesh.components")
+log = safe_logger("mesh.components")
 
 
 class NodeView:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.node.ledger import Entry
 from mesh.rendezvous import ranked
+from mesh.security.text import safe_logger
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, decode, encode
 from mesh.workflow.describe import describe_group
@@ -46,7 +46,7 @@ from mesh.workflow.plan import GROUP, NIL, list_of, member_id, uid, units
 if TYPE_CHECKING:
     from mesh.node.workflows import Workflows
 
-log = logging.getLogger("mesh.workflows")
+log = safe_logger("mesh.workflows")
 
 WINDOW = 5_000         # members started and not ended, per group, at most
 CHUNK = 500            # members started per loop pass, per group (a pass stays short)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from mesh.node.peers import PeerSockets
 from mesh.node.wf_commands import exc_repr, frame_task_id, mesh_exc, register, request_of
 from mesh.node.wf_groups import Groups
 from mesh.rendezvous import ranked
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, WfReport, decode, encode
 from mesh.workflow.ids import RECORD_NAME, RECORD_OWNER, derive, record_id
 from mesh.workflow.plan import (
@@ -54,7 +54,7 @@ from mesh.workflow.plan import (
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.workflows")
+log = safe_logger("mesh.workflows")
 
 DATA_HWM = 10_000       # frames queued per peer for workflow messages
 TICK = 0.5              # s between checks of groups (pulls)

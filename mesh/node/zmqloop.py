@@ -16,14 +16,15 @@ docs/performance.md; ``python -m bench.node_frames``).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any, cast
 
 import zmq
 from zmq.backend import Socket as _Base
 
-log = logging.getLogger("mesh.zmqloop")
+from mesh.security.text import safe_logger
+
+log = safe_logger("mesh.zmqloop")
 
 # plain ints: pyzmq's enum wrappers cost more than the calls themselves
 _EVENTS = int(zmq.EVENTS)

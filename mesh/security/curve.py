@@ -18,7 +18,6 @@ its ``User-Id``.
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -26,8 +25,9 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from mesh.security.keys import ADMIN, CLIENT, NODE, KeyRing
+from mesh.security.text import safe_logger
 
-log = logging.getLogger("mesh.security")
+log = safe_logger("mesh.security")
 
 FRONT_DOMAIN = "mesh"           # ZAP domain of a node's front door: every role connects
 EVENTS_DOMAIN = "mesh-events"   # the events XPUB: what every task carries, for admins and nodes
@@ -127,7 +127,7 @@ class Guard(ThreadAuthenticator):
     node's KeyRing by domain. A refused connection is logged (at most a few a minute)."""
 
     def __init__(self, ctx: zmq.Context[Any], security: Security):
-        super().__init__(ctx, log=logging.getLogger("mesh.security.zap"))
+        super().__init__(ctx, log=safe_logger("mesh.security.zap"))
         self.security = security
         self.refused = 0
         self._address = ""

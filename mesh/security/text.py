@@ -1,15 +1,29 @@
-"""Peer-supplied text made safe for logs: member ids, addresses, reasons.
+"""Peer-supplied text made safe for logs: member ids, addresses, reasons, task and
+queue names, error messages, control commands' arguments.
 
-A node logs what peers tell it (a member's id, its address). Without escaping, a
-peer could end a log line and forge the next one (``"x\\n[... ERROR ...] forged"``),
-or move a terminal's cursor with escape sequences. ``printable`` keeps printable
-characters, escapes the rest as ``repr`` does, and bounds the length.
+A node logs what peers tell it (a member's id, its address, a handoff's reason, the
+message of an ERROR). Without escaping, a peer could end a log line and forge the next
+one (``"x\\n[... ERROR ...] forged"``), or move a terminal's cursor with escape
+sequences. Two tools:
+
+* ``printable(value, limit)`` keeps printable characters, escapes the rest as ``repr``
+  does, and bounds the length: for a field that is known to come from a peer;
+* ``safe_logger(name)``: every logger of mesh is made with it (never
+  ``logging.getLogger`` with a name of mesh; tests/unit/test_log_text.py checks the
+  sources).
+  Its filter (``OneLine``) escapes the control characters of each record's message
+  once its arguments are in, so that no log line of mesh spans two lines or carries
+  a terminal escape, whatever a peer sent and whichever call logs it. Tracebacks
+  (``exc_info``) are left as they are; a record that means to span lines (a task's
+  traceback in its failure line) says so with ``extra=MULTILINE``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 MAX = 120
+MULTILINE = {"multiline": True}     # ``extra=`` of a record whose lines are meant
 
 
 def printable(value: Any, limit: int = MAX) -> str:
@@ -20,3 +34,31 @@ def printable(value: Any, limit: int = MAX) -> str:
     if len(text) > limit:
         text = text[:limit - 3] + "..."
     return text
+
+
+class OneLine(logging.Filter):
+    """Escapes the control characters (line feeds, carriage returns, ESC...) of a
+    record's message, its arguments put in: one log line per record. Records that
+    are printable already (nearly all) are left as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get("multiline"):
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:           # (a wrong format: logging reports it as it would)
+            return True
+        if not text.isprintable():
+            record.msg, record.args = repr(text)[1:-1], None
+        return True
+
+
+ONE_LINE = OneLine()
+
+
+def safe_logger(name: str) -> logging.Logger:
+    """The logger ``name`` with the ``OneLine`` filter (added once)."""
+    logger = logging.getLogger(name)
+    if ONE_LINE not in logger.filters:
+        logger.addFilter(ONE_LINE)
+    return logger

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mesh import states
 from mesh.node.commands import Command, ControlState
 from mesh.node.component import Component
+from mesh.security.text import safe_logger
 from mesh.web.chartlines import chart_lines
 from mesh.web.history import INFO_REPR, LIST_REPR, HistoryError, JournalReader, Query, submit_fields
 from mesh.wire.protocol import ControlReply, encode
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mesh.node.ledger import Entry
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.web")
+log = safe_logger("mesh.web")
 
 T = TypeVar("T")
 MAX_LIMIT = 1000

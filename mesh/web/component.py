@@ -9,7 +9,6 @@ they have ended.)
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from mesh import states
 from mesh.config import http_address
+from mesh.security.text import safe_logger
 from mesh.web.live import LiveHub, Timelines
 from mesh.web.metrics import NodeMetrics
 from mesh.web.peers import MeshAsker
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.web")
+log = safe_logger("mesh.web")
 
 
 class Submitter:

@@ -19,7 +19,6 @@ Submit frame by sqlite's ``instr``, then checked on the decoded frame), free tex
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sqlite3
 import time
@@ -30,11 +29,12 @@ import msgpack
 from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.node.events import short_repr
+from mesh.security.text import safe_logger
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, decode
 from mesh.workflow.ids import RECORD_OWNER
 
-log = logging.getLogger("mesh.web.history")
+log = safe_logger("mesh.web.history")
 
 WINDOW = 20_000            # rowids scanned per sqlite query
 BUDGET = 0.25              # s a page may spend scanning before it returns what it found

@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
 from mesh.monitor.receiver import EventReceiver
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
-log = logging.getLogger("mesh.web.live")
+log = safe_logger("mesh.web.live")
 
 MAX_TIMELINES = 5_000      # tasks whose events are kept
 MAX_TIMELINE = 32          # events kept per task

@@ -44,6 +44,12 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 MAX_ID_LEN = 200
 MAX_NAME_LEN = 500
 MAX_NESTING = 100        # containers in containers, in any one field value
+# msgpack makes a one-byte empty array a list of ~60 bytes that the collector tracks:
+# a frame of them under the size limit was millions of lists (16 MiB: over a GiB and a
+# minute of a blocked loop). A frame over COUNTED_FROM bytes may hold one array or map
+# per BYTES_PER_CONTAINER bytes, at most; one under it, COUNTED_FROM of them (~5 MB).
+COUNTED_FROM = 64 * 1024
+BYTES_PER_CONTAINER = 16
 
 
 class MsgType(enum.IntEnum):
@@ -943,24 +949,51 @@ def decode(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
     if len(frame) > max_size:
         raise DecodeError(f"frame of {len(frame)} bytes is over the limit of {max_size}")
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, timestamp=0,
-                              ext_hook=_no_ext)
+        if len(frame) <= COUNTED_FROM:
+            raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, timestamp=0,
+                                  ext_hook=_no_ext)
+        else:                   # (the hooks cost a call per array or map: big frames only)
+            count = _Containers(len(frame) // BYTES_PER_CONTAINER)
+            raw = msgpack.unpackb(frame, raw=False, strict_map_key=False, timestamp=0,
+                                  ext_hook=_no_ext, list_hook=count, object_hook=count)
     except DecodeError:
         raise
     except Exception as e:
         raise DecodeError(f"frame is not msgpack: {type(e).__name__}: {e}") from e
     if type(raw) is not list or len(raw) < 2:
         raise DecodeError("frame must be a msgpack array [version, type, fields...]")
-    version, mtype = raw[0], raw[1]
-    if type(version) is not int or not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
-        raise DecodeError(f"unsupported protocol version {version!r} "
-                          f"(this side speaks {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION})")
-    cls = _REGISTRY.get(mtype) if type(mtype) is int else None
-    if cls is None:
-        raise DecodeError(f"unknown message type {mtype!r}")
-    # the fields' checks, defaults and validate(): generated per type (_make_build);
-    # fields past the ones this side knows (from a newer peer) are ignored
-    return cls._build(raw[2:])
+    try:
+        version, mtype = raw[0], raw[1]
+        if type(version) is not int or not MIN_PROTOCOL_VERSION <= version <= PROTOCOL_VERSION:
+            raise DecodeError(f"unsupported protocol version {version!r} "
+                              f"(this side speaks {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION})")
+        cls = _REGISTRY.get(mtype) if type(mtype) is int else None
+        if cls is None:
+            raise DecodeError(f"unknown message type {mtype!r}")
+        # the fields' checks, defaults and validate(): generated per type (_make_build);
+        # fields past the ones this side knows (from a newer peer) are ignored
+        return cls._build(raw[2:])
+    except DecodeError as e:       # the id it names, for the ERROR (never unpacked again)
+        ref = raw[2] if len(raw) > 2 else None
+        e.ref = ref if type(ref) is str and len(ref) <= MAX_ID_LEN else None
+        raise
+
+
+class _Containers:
+    """msgpack's list and map hook for a big frame: refuses it past ``left`` arrays
+    and maps in all (unpacking stops there, before the rest is built)."""
+
+    __slots__ = ("left", "budget")
+
+    def __init__(self, budget: int):
+        self.left = self.budget = budget
+
+    def __call__(self, value: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise DecodeError(f"more than {self.budget} arrays and maps in a frame of that "
+                              f"size (one per {BYTES_PER_CONTAINER} bytes at most)")
+        return value
 
 
 def _no_ext(code: int, data: bytes) -> Any:

@@ -128,3 +128,33 @@ def test_a_flood_of_garbage_does_not_starve_a_client(
     errors, _ = _collect(raw, count, set())
     assert len(errors) == count
     assert node.status()["refused_frames"] == count
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * 4096 / MIB
+
+
+def test_a_frame_of_empty_containers_does_not_blow_the_node_up(
+        start_node: Any, make_client: Any, raw_dealer: Any) -> None:
+    """Under the size limit, msgpack expands an empty array (one byte) to a list of
+    ~60 bytes, tracked by the collector: a 2 MiB frame of them was 2 million lists,
+    ~150 MiB and seconds of a blocked loop (16 MiB, the limit: over a GiB, a minute).
+    A frame past 64 KiB may hold one container per 16 bytes, else it is refused
+    (decode) before the rest is built. The RSS peak is sampled while the node reads it."""
+    node = start_node(concurrency=1)
+    c = make_client(node)
+    assert c.tasks.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
+    base = peak = _rss_mib(node.pid)
+    frame = b"\x93\x01\x01\xdd" + (2 * MIB).to_bytes(4, "big") + b"\x90" * (2 * MIB)
+    raw = raw_dealer(node.endpoint)
+    raw.send(frame)
+    deadline = time.monotonic() + 120
+    while not raw.poll(20, zmq.POLLIN):
+        peak = max(peak, _rss_mib(node.pid))
+        assert time.monotonic() < deadline, "no answer to the frame"
+    errors, _ = _collect(raw, 1, set())
+    assert [e.code for e in errors] == ["decode"]
+    print(f"RSS {base:.0f} -> peak {peak:.0f} MiB")
+    assert peak - base < 48, f"the node's RSS grew by {peak - base:.0f} MiB for one 2 MiB frame"
+    assert c.tasks.add.delay(2, 2).get(timeout=RESULT_TIMEOUT) == 4

@@ -3,7 +3,9 @@
 Several raw DEALERs (random routing ids; some connect, send a burst and vanish at
 once) send the node a stream of zmq messages of one to hundreds of frames each:
 real Submit, Control and membership frames (PING .. PUSH_PULL_REPLY, addressed to
-this node by its name, about made-up members at made-up addresses), mutated by bit
+this node by its name, about made-up members at made-up addresses), node-to-node
+frames (HANDOFF .. WF_PULLED, from a made-up member or, in a second test, in the name
+of a real member at its address) and frames only clients get (ACK, RESULT...), mutated by bit
 flips, byte overwrites, truncation, extension, splicing two frames, and replacing
 fields, or items of membership updates, with other msgpack values; plus plain
 random bytes. Frames that still decode reach the node's intake, its control
@@ -41,16 +43,29 @@ from harness import wait_until
 from mesh.exceptions import DecodeError
 from mesh.wire import codec
 from mesh.wire.protocol import (
+    Ack,
     Control,
     ControlReply,
+    Error,
     Gossip,
+    Handoff,
+    HandoffAck,
+    Moved,
     Ping,
     PingAck,
     PingNack,
     PingReq,
     PushPull,
     PushPullReply,
+    Reclaim,
+    Reclaimed,
+    Replicate,
+    ReplicateAck,
+    Result,
     Submit,
+    WfPull,
+    WfPulled,
+    WfReport,
     decode,
     encode,
 )
@@ -91,10 +106,17 @@ class Mutator:
     raws: list[list[Any]] = field(default_factory=list)
     skipped: int = 0
     member_ids: set[str] = field(default_factory=set)
+    # a real member (name, address) that node-to-node frames claim to come from: the
+    # node handles them as a member's (copies kept, reclaims and pulls answered, to
+    # it); None: from hostile-a, a made-up member the node answers at the sink
+    peer: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         r, me, sink = self.rng, self.node_name, self.sink
+        src, src_addr = self.peer or ("hostile-a", sink)
         meta = {"busy": 0, "total": 2, "queued": 0, "rate": 0.0, "cpu": 1, "rss": 1, "tasks": "0" * 12}
+        task = encode(Submit("hostile-handed", "tasks_app.add", codec.dump_call((2, 3), None)))
+        done = encode(Result("hostile-done", "SUCCESS", codec.dumps(5), node="hostile-a"))
         # Made-up members live at addresses that are not tcp://: a member said to be
         # alive at a tcp:// address is somewhere clients send tasks (there is no
         # authentication yet), and a test of the node's robustness must not turn
@@ -117,6 +139,27 @@ class Mutator:
             Gossip("hostile-a", updates),
             PushPull("hostile-a", sink, updates, join=True),
             PushPullReply("hostile-a", updates),
+            # node to node, from a made-up member (hostile-a: a member at mem://, so
+            # the node answers at the sink) and from strangers: handoffs, copies,
+            # reclaims, workflow reports and pulls, and the answers to each
+            Handoff("hostile-batch", src, src_addr, [task], "tasks shed", ""),
+            Handoff("hostile-batch", "hostile-z", sink, [task, b"\x93junk"], "x", "an-earlier-boot"),
+            HandoffAck("h1.2.0", src, ["hostile-task", "x"], {"y": "no room"}, src_addr),
+            Replicate("hostile-copy", src, src_addr, task_ids=["hostile-kept"], tasks=[task],
+                      result_ids=["hostile-done"], result_states=["SUCCESS"], results=[done],
+                      drop=["hostile-kept", "x"]),
+            ReplicateAck("hostile-copy", src),
+            Reclaim(src, src_addr, 1, ["hostile-task", "hostile-kept", "x"]),
+            Reclaimed(src, 1, ["hostile-task"], ["hostile-done"], [done]),
+            WfReport(src, ["hostile-group"], [0], [done]),
+            WfPull(src, src_addr, "hostile-group", 1, ["hostile-task"], [0]),
+            WfPulled(src, "hostile-group", 1, ["hostile-task"], [0], [done]),
+            # what nodes send clients, sent to a node (refused: "bad-request")
+            Ack(["hostile-task"], "hostile-a", [1, 2]),
+            Result("hostile-task", "SUCCESS", codec.dumps(3), node="hostile-a"),
+            Error("hostile", "no such thing", "hostile-task"),
+            Moved(["hostile-task"], "hostile-a", sink, "hostile-b", "why not"),
+            ControlReply("hostile-req", True, "hostile-a", {"x": [1]}),
         ]
         self.seeds = [encode(m) for m in msgs]
         self.raws = [msgpack.unpackb(f, raw=False) for f in self.seeds]
@@ -124,7 +167,7 @@ class Mutator:
         # still decodes is work the node accepts, runs and journals; too many and
         # the real client's tasks wait behind them (a flood of work is not the
         # nonsense this test is about).
-        self.weights = [1 if isinstance(m, Submit) else 8 for m in msgs]
+        self.weights = [1 if isinstance(m, (Submit, Handoff, Replicate)) else 8 for m in msgs]
         self.member_ids = {me, "hostile-a", "hostile-b", "hostile-c", *(f"hostile-{i}" for i in range(50))}
         self.junk = _junk_values(r)
 
@@ -161,9 +204,10 @@ class Mutator:
         except DecodeError:
             return False
         replies = [getattr(msg, a) for a in ("source_addr", "target_addr") if hasattr(msg, a)]
+        allowed = {self.sink, *([self.peer[1]] if self.peer else [])}
         updates = [u for ups in (getattr(msg, "updates", None), getattr(msg, "members", None))
                    for u in ups or ()]
-        return (any(a.startswith("tcp") and a != self.sink for a in replies)
+        return (any(a.startswith("tcp") and a not in allowed for a in replies)
                 or any(u[3].startswith("tcp") for u in updates)
                 or any(u[0] == 0 and u[1] not in self.member_ids for u in updates))
 
@@ -367,13 +411,14 @@ class Link:
                 self.waiting = None
 
 
-def hostile_run(node: Any, seconds: float, warmup: float, seed: int) -> Figures:
+def hostile_run(node: Any, seconds: float, warmup: float, seed: int,
+                peer: tuple[str, str] | None = None) -> Figures:
     rng = random.Random(seed)
     ctx: zmq.Context[Any] = zmq.Context()
     sink = ctx.socket(zmq.ROUTER)             # where made-up members "live": it reads, drops
     sink.setsockopt(zmq.LINGER, 0)
     sink_port = sink.bind_to_random_port("tcp://127.0.0.1")
-    mutator = Mutator(node.name, f"tcp://127.0.0.1:{sink_port}", rng)
+    mutator = Mutator(node.name, f"tcp://127.0.0.1:{sink_port}", rng, peer=peer)
     links = [Link(ctx, node.endpoint, rng) for _ in range(PERSISTENT_DEALERS)]
     poller = zmq.Poller()
     for link in links:
@@ -461,13 +506,19 @@ def hostile_run(node: Any, seconds: float, warmup: float, seed: int) -> Figures:
     return fig
 
 
-def _hostile_test(start_node: Any, make_client: Any, seconds: float, warmup: float, seed: int) -> None:
+def _hostile_test(start_node: Any, make_client: Any, seconds: float, warmup: float, seed: int,
+                  with_peer: bool = False) -> None:
     node = start_node(concurrency=2)
+    peer = start_node(concurrency=1, peers=node.endpoint) if with_peer else None
+    if peer is not None:
+        wait_until(lambda: _members(node).get(peer.name) == "alive"
+                   and _members(peer).get(node.name) == "alive", what="the two to meet")
     client = RealClient(make_client(node).tasks)
     refused_before = node.status()["refused_frames"]
     client.start()
     try:
-        fig = hostile_run(node, seconds, warmup, seed)
+        fig = hostile_run(node, seconds, warmup, seed,
+                          (peer.name, peer.endpoint) if peer is not None else None)
     finally:
         client.stop.set()
         client.join(RESULT_TIMEOUT + 10)
@@ -497,15 +548,27 @@ def _hostile_test(start_node: Any, make_client: Any, seconds: float, warmup: flo
     # a task's own failure is logged with its traceback, as Celery's worker logs it (a
     # mutated frame can give a real task a soft time limit of a microsecond: the soak
     # saw SoftTimeLimitExceeded raised at once); any other traceback is the node's
-    records = re.split(r"\n(?=\[\d{4}-\d\d-\d\d )", node.stderr())
-    own = [r for r in records if "Traceback" in r and not re.match(
-        r"\[[^\]]* ERROR \S+ mesh\.task\] Task .*? raised unexpected: ", r, re.S)]
-    assert not own, "the node logged a traceback:\n" + "\n".join(own[:3])
+    for n in (node, *([peer] if peer is not None else [])):
+        assert n.proc.poll() is None and n.ping(timeout=5.0), f"{n.name} died"
+        records = re.split(r"\n(?=\[\d{4}-\d\d-\d\d )", n.stderr())
+        own = [r for r in records if "Traceback" in r and not re.match(
+            r"\[[^\]]* ERROR \S+ mesh\.task\] Task .*? raised unexpected: ", r, re.S)]
+        assert not own, f"{n.name} logged a traceback:\n" + "\n".join(own[:3])
 
 
 def test_random_and_mutated_frames_do_not_hurt_a_node_or_its_clients(
         start_node: Any, make_client: Any) -> None:
     _hostile_test(start_node, make_client, DEFAULT_SECONDS, WARMUP_SECONDS, seed=20240601)
+
+
+def test_node_to_node_frames_in_a_members_name_do_not_hurt_either_node(
+        start_node: Any, make_client: Any) -> None:
+    """The node-to-node frames (handoffs and their answers, copies, reclaims, workflow
+    reports and pulls) claim to come from a real member, b, at its address (both are
+    public): the node handles them as b's (copies kept, reclaims and pulls answered to
+    b), and b gets answers to what it never sent. Neither logs a traceback."""
+    _hostile_test(start_node, make_client, DEFAULT_SECONDS / 2, WARMUP_SECONDS, seed=20261201,
+                  with_peer=True)
 
 
 @pytest.mark.slow

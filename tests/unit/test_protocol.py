@@ -565,3 +565,21 @@ def test_membership_updates_at_the_edges_are_accepted(update: list[Any]) -> None
 def test_membership_updates_past_the_edges_are_refused(update: list[Any], fragment: str) -> None:
     with pytest.raises(DecodeError, match=fragment):
         decode(encode(Gossip("n2", [update])))
+
+
+def test_a_big_frame_may_hold_one_container_per_16_bytes() -> None:
+    """Past COUNTED_FROM bytes a frame may hold len // BYTES_PER_CONTAINER arrays and
+    maps: a frame of empty arrays (one byte each; a decoder's list of ~60) is refused
+    before it is built; a real big frame (a handoff of 4 MiB) decodes; a small frame of
+    empty arrays still reaches the field checks (refused there, with its id)."""
+    n = 2 * 1024 * 1024
+    empties = b"\x93\x01\x01\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+    with pytest.raises(DecodeError, match="arrays and maps in a frame"):
+        decode(empties)
+    task = encode(Submit("t" * 36, "tasks_app.add", b"\x92\x90\x80" * 20))
+    big = Handoff("b", "n", "tcp://127.0.0.1:1", [task] * (4 * 1024 * 1024 // len(task)), "r")
+    assert decode(encode(big)) == big
+    small = msgpack.packb([1, 1, "the-id", [[]] * 1000])
+    with pytest.raises(DecodeError) as e:
+        decode(small)
+    assert "arrays and maps" not in str(e.value) and e.value.ref == "the-id"

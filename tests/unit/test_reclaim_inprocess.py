@@ -4,6 +4,7 @@ that is not a member, or one that does not decode, changes nothing and hurts not
 (The returning holder's side, with real processes: tests/integration/test_e2e_reclaim.py.)"""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -290,4 +291,35 @@ def test_a_member_that_becomes_alive_while_the_node_waits_is_asked_too(tmp_path:
                             "the late member's answer (held)")
                 await until(lambda: not t2.reclaim.waiting, "the taker to settle")
                 assert tid not in t2.ledger.held and t2.reclaim.counts["held_elsewhere"] == 1
+    run(main())
+
+
+def test_an_answer_deferred_until_the_asker_is_a_member_comes_while_the_asker_waits(
+        tmp_path: Any) -> None:
+    # The taker restarts under a new name on its journal: a member that does not know
+    # the new name yet keeps its RECLAIM up to DEFER s (answered once it knows it).
+    # Here the giver, which holds the task now (taken over), answers 2.5 s after the
+    # RECLAIM came, as a giver that learns of the new name that late does. The taker
+    # must still be waiting then: before, it waited 2 s (ANSWER_WAIT) against the
+    # giver's 3 s, ran the task as well (twice in the mesh), and the giver's late
+    # answer could drop the copies it kept for the taker meanwhile (copies.reclaim).
+    # (The rule this test guards: reclaim.answer_wait(n) > reclaim.DEFER.)
+    async def main() -> None:
+        tid = "n-1"
+        data = str(tmp_path / "taker")
+        await taker_crashed(data, ("busy", tid), lambda t: tid in t.ledger.held)
+        async with running_node(app, name="giver", autorun=False, concurrency=1) as g, \
+                dealer(g) as to_g:
+            g.shedder.shed = lambda now: 0
+            await to_g.send(submit("g-busy"))
+            await to_g.send(submit(tid))
+            await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
+            late = g.reclaim.answer
+            loop = asyncio.get_running_loop()
+            g.reclaim.answer = lambda msg: loop.call_later(2.5, late, msg)  # type: ignore[method-assign]
+            async with running_node(app, name="taker-2", autorun=False, journal=True,
+                                    concurrency=1, data_dir=data, peers=[g.address]) as t2:
+                await until(lambda: t2.reclaim.counts, "the taker to settle", timeout=15)
+                assert t2.reclaim.counts["held_elsewhere"] == 1, t2.reclaim.counts
+                assert tid not in t2.ledger.held and tid in g.ledger.held
     run(main())
