@@ -145,11 +145,12 @@ def _from_app(spec: str, peers: str | None, mesh: str | None, keys: str | None,
     import logging
 
     from mesh.cli.common import load_app
+    from mesh.security.text import safe_logger
     # the app's Celery settings that mesh does not use (broker_url, result_backend...)
     # are for its nodes and web processes to log: meshctl reads only where the nodes
     # are, and printed that paragraph on every run (a probe, `meshctl -A proj inspect
     # ping`, every few seconds). A misspelt setting still fails (ConfigError).
-    logging.getLogger("mesh.conf").setLevel(logging.ERROR)
+    safe_logger("mesh.conf").setLevel(logging.ERROR)
     app, _where = load_app(spec)
     cfg = app.config                       # Mesh(peers=...), app.conf, MESH_* variables
     if not peers and not os.environ.get("MESH_PEERS") and cfg.peers:

@@ -173,7 +173,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             die("meshnode", f"--keys: {e}", EXIT_USAGE)
     setup_logging(app, config)
     if beat:
-        logging.getLogger("mesh.node").warning(
+        safe_logger("mesh.node").warning(
             "-B (Celery's embedded beat) is not used by mesh: there is no beat process; every "
             "node carries the app's beat_schedule and exactly one fires each run "
             "(docs/periodic.md)")
