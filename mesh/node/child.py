@@ -373,9 +373,9 @@ class Child:
 
     def _rss(self) -> int:
         if self._proc is None:
-            import psutil
-            self._proc = psutil.Process()
-        return int(self._proc.memory_info().rss)
+            from mesh.node.procstat import Proc
+            self._proc = Proc()
+        return int(self._proc.rss())
 
     def run_frame(self, frame: bytes, msg: Submit | None = None) -> tuple[ChildDone, bytes]:
         """Run one Submit frame (``msg``: the frame decoded, if it was already); return
