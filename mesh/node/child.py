@@ -35,6 +35,7 @@ from mesh.trace import Outcome, execute
 from mesh.wire import codec
 from mesh.wire.protocol import (
     PROTOCOL_VERSION,
+    ChildCancel,
     ChildDone,
     ChildReady,
     ChildState,
@@ -43,11 +44,16 @@ from mesh.wire.protocol import (
     Submit,
     decode,
     encode,
+    prepare,
 )
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
+
+# what a child decodes and builds, generated here, in the node before it forks them:
+# a child then compiles nothing (docs/performance.md, "Round 11")
+prepare(Submit, ChildCancel, ChildReady, ChildDone, ChildState, Result)
 
 log = logging.getLogger("mesh.child")
 task_log = logging.getLogger("mesh.task")     # a task's end, as Celery's worker logs it

@@ -204,7 +204,7 @@ class Message:
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is self.__class__:
-            return bool(type(self)._values(self) == type(other)._values(other))  # type: ignore[attr-defined]
+            return bool(type(self)._values(self) == type(other)._values(other))
         return NotImplemented
 
     def __hash__(self) -> int:
@@ -298,14 +298,28 @@ def _lazy_build(cls: Any, hints: dict[str, Any]) -> Callable[[list[Any]], Messag
         real = _make_build(cls, hints)
         cls._build = real
         return real(values)
+    build.hints = hints                                  # type: ignore[attr-defined]
     return build
+
+
+def prepare(*classes: type[Message]) -> None:
+    """Generate these classes' ``__init__`` and decoder now, not on first use: for a
+    process about to fork children that use them (mesh/node/child.py). Generated in
+    each child, they would be private copies there, and the compiler's code (~0.6 MiB
+    of libpython) would join each child's RSS."""
+    for cls in classes:
+        hints = getattr(cls._build, "hints", None)
+        if hints is not None:
+            cls._build = _make_build(cls, hints)
+        if cls.__init__ is _lazy_init:
+            cls.__init__ = _make_init(cls)               # type: ignore[method-assign]
 
 
 def _lazy_init(self: Message, *args: Any, **kwargs: Any) -> None:
     """A stand-in for a message's ``__init__`` that generates it on its first call."""
     cls = type(self)
     init = _make_init(cls)
-    cls.__init__ = init                                  # type: ignore[misc]
+    cls.__init__ = init                                  # type: ignore[method-assign]
     init(self, *args, **kwargs)
 
 
