@@ -30,10 +30,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from mesh.node.commands import ControlState, register
 from mesh.node.component import Component
+from mesh.node.procstat import machine_cpu_percent
 from mesh.security.text import safe_logger
 from mesh.wire.control import AutoscaleArgs, AutoscaleReply, BadArgs
 
@@ -106,7 +105,7 @@ class Autoscaler(Component):
         self.range = cfg.autoscale_range
         self.keepalive = cfg.autoscale_keepalive
         self.max_cpu = cfg.autoscale_max_cpu
-        psutil.cpu_percent(None)                       # the first reading is meaningless
+        machine_cpu_percent()                          # the first reading is meaningless
         node.spawn(self._loop(), name="autoscaler")
 
     def decide(self, sample: PoolSample) -> int:
@@ -133,7 +132,7 @@ class Autoscaler(Component):
                 self.spare_since = now
         else:
             self.spare_since = None
-        return PoolSample(queued, busy, pool.size, mn, mx, psutil.cpu_percent(None),
+        return PoolSample(queued, busy, pool.size, mn, mx, machine_cpu_percent(),
                           self.spare_since, now)
 
     def tick(self, now: float) -> int:

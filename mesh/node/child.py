@@ -36,6 +36,7 @@ from mesh.trace import Outcome, execute
 from mesh.wire import codec
 from mesh.wire.protocol import (
     PROTOCOL_VERSION,
+    ChildCancel,
     ChildDone,
     ChildReady,
     ChildState,
@@ -44,11 +45,16 @@ from mesh.wire.protocol import (
     Submit,
     decode,
     encode,
+    prepare,
 )
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
+
+# what a child decodes and builds, generated here, in the node before it forks them:
+# a child then compiles nothing (docs/performance.md, "Round 11")
+prepare(Submit, ChildCancel, ChildReady, ChildDone, ChildState, Result)
 
 log = safe_logger("mesh.child")
 task_log = safe_logger("mesh.task")     # a task's end, as Celery's worker logs it
@@ -377,9 +383,9 @@ class Child:
 
     def _rss(self) -> int:
         if self._proc is None:
-            import psutil
-            self._proc = psutil.Process()
-        return int(self._proc.memory_info().rss)
+            from mesh.node.procstat import Proc
+            self._proc = Proc()
+        return int(self._proc.rss())
 
     def run_frame(self, frame: bytes, msg: Submit | None = None) -> tuple[ChildDone, bytes]:
         """Run one Submit frame (``msg``: the frame decoded, if it was already); return

@@ -1,7 +1,7 @@
 """Heartbeat: the node's load and resources, measured once a second.
 
 Throughput (finished tasks/s, smoothed), CPU and RSS of the node and its children
-(psutil), a ``node-heartbeat`` event every ``HEARTBEAT_INTERVAL`` (Celery's
+(mesh/node/procstat.py), a ``node-heartbeat`` event every ``HEARTBEAT_INTERVAL`` (Celery's
 worker-heartbeat) with the Lamport clock merged with the clocks peers gossip.
 ``status`` reads these figures; gossip carries them (``Members.local_meta``).
 """
@@ -12,11 +12,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from mesh import __version__
 from mesh.node.component import Component
 from mesh.node.events import HEARTBEAT_INTERVAL
+from mesh.node.procstat import Proc, ProcessGone
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -33,8 +32,8 @@ class Heartbeat(Component):
         self.rate = 0.0                            # finished tasks/s, smoothed
         self.cpu = 0.0
         self.rss = 0
-        self._proc = psutil.Process()
-        self._child_procs: dict[int, psutil.Process] = {}
+        self._proc = Proc()
+        self._child_procs: dict[int, Proc] = {}
         self._sampled = 0.0
         self._heartbeat_at = 0.0
 
@@ -46,7 +45,7 @@ class Heartbeat(Component):
     async def _loop(self) -> None:
         node = self.node
         last_done, last_t = node.ledger.processed(), time.monotonic()
-        self._proc.cpu_percent(None)
+        self._proc.cpu_percent()
         while True:
             await asyncio.sleep(TICK)
             now, done = time.monotonic(), node.ledger.processed()
@@ -76,16 +75,16 @@ class Heartbeat(Component):
         for pid in list(self._child_procs):
             if pid not in pids:
                 del self._child_procs[pid]
-        cpu, rss = self._proc.cpu_percent(None), self._proc.memory_info().rss
+        cpu, rss = self._proc.cpu_percent(), self._proc.rss()
         for pid in pids:
             p = self._child_procs.get(pid)
             try:
                 if p is None:
-                    p = self._child_procs[pid] = psutil.Process(pid)
-                    p.cpu_percent(None)
-                cpu += p.cpu_percent(None)
-                rss += p.memory_info().rss
-            except psutil.Error:
+                    p = self._child_procs[pid] = Proc(pid)
+                    p.cpu_percent()
+                cpu += p.cpu_percent()
+                rss += p.rss()
+            except ProcessGone:
                 pass
         self.cpu, self.rss = cpu, rss
         self._sampled = time.monotonic()

@@ -13,8 +13,10 @@ import dataclasses
 import signal as _signal
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from mesh.wire.frozen import Frozen, frozen
 
 MAX_IDS_PER_REVOKE = 10_000
 MAX_ID = 200
@@ -138,13 +140,13 @@ def signal_number(name: str) -> int:
 
 # ---- requests ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class NoArgs:
+@frozen
+class NoArgs(Frozen):
     """A command that takes no arguments."""
 
 
-@dataclass(frozen=True)
-class ResultArgs:
+@frozen
+class ResultArgs(Frozen):
     task_id: str
     watch: bool = False            # also send the RESULT when the task finishes here
 
@@ -153,8 +155,8 @@ class ResultArgs:
             raise BadArgs("result needs args {'task_id': '<id>'}")
 
 
-@dataclass(frozen=True)
-class RevokeArgs:
+@frozen
+class RevokeArgs(Frozen):
     task_ids: list[str] | str
     terminate: bool = False
     signal: str = "SIGKILL"
@@ -172,8 +174,8 @@ class RevokeArgs:
         return typing.cast(list[str], self.task_ids)
 
 
-@dataclass(frozen=True)
-class RateLimitArgs:
+@frozen
+class RateLimitArgs(Frozen):
     task: str
     rate: str | int | float | None = None   # "10/s", "100/m", a number per second, or None
 
@@ -181,8 +183,8 @@ class RateLimitArgs:
         _name(self.task, "task", "rate_limit")
 
 
-@dataclass(frozen=True)
-class TimeLimitArgs:
+@frozen
+class TimeLimitArgs(Frozen):
     task: str
     soft: float | None = None
     hard: float | None = None
@@ -196,16 +198,16 @@ class TimeLimitArgs:
                           f"({self.hard:g} s)")
 
 
-@dataclass(frozen=True)
-class PoolArgs:
+@frozen
+class PoolArgs(Frozen):
     n: int = 1
 
     def __post_init__(self) -> None:
         _count(self.n)
 
 
-@dataclass(frozen=True)
-class AutoscaleArgs:
+@frozen
+class AutoscaleArgs(Frozen):
     """Celery's ``autoscale max min``: the pool's range of workers."""
     max: int
     min: int = 1
@@ -216,8 +218,8 @@ class AutoscaleArgs:
                           f"min={self.min!r}")
 
 
-@dataclass(frozen=True)
-class DuplicateArgs:
+@frozen
+class DuplicateArgs(Frozen):
     task_id: str
     first_node: Any = None
 
@@ -228,8 +230,8 @@ class DuplicateArgs:
 MAX_IDS_PER_FORGET = 10_000
 
 
-@dataclass(frozen=True)
-class ForgetArgs:
+@frozen
+class ForgetArgs(Frozen):
     task_ids: list[str] | str
 
     def __post_init__(self) -> None:
@@ -241,8 +243,8 @@ class ForgetArgs:
 
 # ---- replies -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class PingReply:
+@frozen
+class PingReply(Frozen):
     node: str
     address: str
     version: str
@@ -250,8 +252,8 @@ class PingReply:
     events: str
 
 
-@dataclass(frozen=True)
-class TaskStateReply:
+@frozen
+class TaskStateReply(Frozen):
     task_id: str
     state: str
     result: bytes | None = field(default=None, metadata=OMIT_NONE)  # the RESULT frame, when final
@@ -259,8 +261,8 @@ class TaskStateReply:
     submit: bytes | None = field(default=None, metadata=OMIT_NONE)  # the SUBMIT frame, if kept
 
 
-@dataclass(frozen=True)
-class TaskInfo:
+@frozen
+class TaskInfo(Frozen):
     """A task in ``active``, ``reserved`` or ``scheduled``."""
     id: str
     name: str
@@ -275,8 +277,8 @@ class TaskInfo:
     eta: float | None = field(default=None, metadata=OMIT_NONE)       # scheduled
 
 
-@dataclass(frozen=True)
-class RegisteredTask:
+@frozen
+class RegisteredTask(Frozen):
     name: str
     rate_limit: float | None
     time_limit: float | None
@@ -285,47 +287,47 @@ class RegisteredTask:
     max_retries: int | None
 
 
-@dataclass(frozen=True)
-class RevokeReply:
+@frozen
+class RevokeReply(Frozen):
     revoked: list[str]
     dropped: list[str]
     terminated: list[str]
     still_running: list[str]
 
 
-@dataclass(frozen=True)
-class ForgetReply:
+@frozen
+class ForgetReply(Frozen):
     forgotten: list[str]           # ids whose result this node dropped
     running: list[str]             # ids it holds unfinished (they keep their result)
 
 
-@dataclass(frozen=True)
-class RateLimitReply:
+@frozen
+class RateLimitReply(Frozen):
     task: str
     rate_per_s: float | None
 
 
-@dataclass(frozen=True)
-class TimeLimitReply:
+@frozen
+class TimeLimitReply(Frozen):
     task: str
     soft: float | None
     hard: float | None
 
 
-@dataclass(frozen=True)
-class PoolSizeReply:
+@frozen
+class PoolSizeReply(Frozen):
     size: int
 
 
-@dataclass(frozen=True)
-class AutoscaleReply:
+@frozen
+class AutoscaleReply(Frozen):
     ok: str                        # Celery's reply: "autoscale now max=8 min=2"
     max: int
     min: int
     size: int                      # workers now
 
 
-@dataclass(frozen=True)
-class ShutdownReply:
+@frozen
+class ShutdownReply(Frozen):
     node: str
     stopping: bool

@@ -183,8 +183,15 @@ def _check_for(tp: Any) -> Callable[[Any], bool]:
 
 
 class Message:
-    """Base of all wire messages. Subclasses are frozen dataclasses with a TYPE."""
+    """Base of all wire messages. Subclasses are frozen dataclasses with a TYPE.
 
+    Frozen here, not by ``dataclass(frozen=True)``, and compared, hashed and shown by
+    the methods below rather than by ones generated per class: the generated ones cost
+    ~35 ms of CPU and ~0.2 MiB of heap at import, in every process (docs/performance.md,
+    "Round 11"). Each message class's ``__init__`` and decoder are generated on first
+    use (:func:`message`)."""
+
+    __slots__ = ()
     TYPE: ClassVar[MsgType]
     _spec: ClassVar[tuple[tuple[str, Callable[[Any], bool], Any, str], ...]]
     _required: ClassVar[int]
@@ -193,6 +200,32 @@ class Message:
 
     def validate(self) -> None:
         """Extra per-type checks after field types are known good; raise DecodeError."""
+
+    # what dataclass(frozen=True, eq=True) would generate, once for every class
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return bool(type(self)._values(self) == type(other)._values(other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(type(self)._values(self))
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{s[0]}={v!r}" for s, v in zip(self._spec, type(self)._values(self)))
+        return f"{type(self).__qualname__}({values})"
+
+    def __getstate__(self) -> tuple[Any, ...]:        # pickle, copy: through the slots
+        return type(self)._values(self)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for s, v in zip(self._spec, state):
+            object.__setattr__(self, s[0], v)
 
 
 _REGISTRY: dict[int, type[Message]] = {}
@@ -208,16 +241,38 @@ class _Factory:
 
 
 _M = typing.TypeVar("_M", bound=type)
+_HINTS: dict[str, Any] = {}       # an annotation's text -> its type (a handful of texts)
 
 
-@typing.dataclass_transform(field_specifiers=(field,))
+def _hint(text: Any) -> Any:
+    """The type an annotation of this module names (``from __future__ import
+    annotations`` keeps them as text): evaluated once per distinct text, not per field
+    as ``typing.get_type_hints`` does."""
+    if not isinstance(text, str):
+        return text
+    tp = _HINTS.get(text)
+    if tp is None:
+        tp = _HINTS[text] = eval(text, globals())        # noqa: S307 (our own annotations)
+    return tp
+
+
+@typing.dataclass_transform(field_specifiers=(field,), frozen_default=True)
 def message(cls: _M) -> _M:
-    """Class decorator: make ``cls`` a frozen, slotted dataclass and register it."""
-    dc: Any = dataclass(frozen=True, slots=True)(cls)
-    hints = typing.get_type_hints(dc)
+    """Class decorator: make ``cls`` a frozen, slotted dataclass and register it.
+
+    Its ``__init__`` and its decoder (``_build``) are generated on first use: a child,
+    a client or meshctl uses a few of the ~30 types, and each generated function is
+    compiled code kept for the process's life."""
+    if "__post_init__" in cls.__dict__ or "__init__" in cls.__dict__:
+        raise TypeError(f"{cls.__name__}: a message may not define __post_init__ or "
+                        "__init__ (decode builds messages slot by slot; put checks in "
+                        "validate())")
+    dc: Any = dataclass(slots=True, init=False, repr=False, eq=False)(cls)
     spec: list[tuple[str, Callable[[Any], bool], Any, str]] = []
+    hints: dict[str, Any] = {}
     required = 0
     for f in dataclasses.fields(dc):
+        tp = hints[f.name] = _hint(f.type)
         if f.default is not dataclasses.MISSING:
             default: Any = f.default
         elif f.default_factory is not dataclasses.MISSING:
@@ -227,10 +282,11 @@ def message(cls: _M) -> _M:
                 raise TypeError("required fields must come before optional ones")
             default = _MISSING
             required += 1
-        spec.append((f.name, _check_for(hints[f.name]), default, str(hints[f.name])))
+        spec.append((f.name, _check_for(tp), default, str(tp)))
     dc._spec = tuple(spec)
     dc._required = required
-    dc._build = _make_build(dc, hints)
+    dc._build = _lazy_build(dc, hints)
+    dc.__init__ = _lazy_init
     names = [name for name, _c, _d, _t in spec]
     getter = operator.attrgetter(*names) if names else None
     dc._values = (getter if len(names) > 1                 # (read through the class:
@@ -240,6 +296,61 @@ def message(cls: _M) -> _M:
         raise RuntimeError(f"duplicate message type {dc.TYPE}")
     _REGISTRY[int(dc.TYPE)] = dc
     return typing.cast(_M, dc)
+
+
+def _lazy_build(cls: Any, hints: dict[str, Any]) -> Callable[[list[Any]], Message]:
+    """A stand-in for ``cls._build`` that generates it on the first decode of ``cls``."""
+    def build(values: list[Any]) -> Message:
+        real = _make_build(cls, hints)
+        cls._build = real
+        return real(values)
+    build.hints = hints                                  # type: ignore[attr-defined]
+    return build
+
+
+def prepare(*classes: type[Message]) -> None:
+    """Generate these classes' ``__init__`` and decoder now, not on first use: for a
+    process about to fork children that use them (mesh/node/child.py). Generated in
+    each child, they would be private copies there, and the compiler's code (~0.6 MiB
+    of libpython) would join each child's RSS."""
+    for cls in classes:
+        hints = getattr(cls._build, "hints", None)
+        if hints is not None:
+            cls._build = _make_build(cls, hints)
+        if cls.__init__ is _lazy_init:
+            cls.__init__ = _make_init(cls)               # type: ignore[method-assign]
+
+
+def _lazy_init(self: Message, *args: Any, **kwargs: Any) -> None:
+    """A stand-in for a message's ``__init__`` that generates it on its first call."""
+    cls = type(self)
+    init = _make_init(cls)
+    cls.__init__ = init                                  # type: ignore[method-assign]
+    init(self, *args, **kwargs)
+
+
+def _make_init(cls: Any) -> Callable[..., None]:
+    """``cls.__init__`` as dataclass(frozen=True) makes it (the same parameters,
+    defaults and default factories), storing each field in its slot directly."""
+    env: dict[str, Any] = {"_NOARG": _MISSING}
+    params, body = ["self"], []
+    for i, (name, _c, default, _t) in enumerate(cls._spec):
+        env[f"_s{i}"] = getattr(cls, name).__set__       # the slot's descriptor
+        if default is _MISSING:
+            params.append(name)
+        elif type(default) is _Factory:
+            env[f"_f{i}"] = default.make
+            params.append(f"{name}=_NOARG")
+            body.append(f"    if {name} is _NOARG: {name} = _f{i}()")
+        else:
+            env[f"_d{i}"] = default
+            params.append(f"{name}=_d{i}")
+        body.append(f"    _s{i}(self, {name})")
+    text = f"def __init__({', '.join(params)}):\n" + "\n".join(body or ["    pass"])
+    exec(text, env)                                     # noqa: S102 (our own text)
+    init: Callable[..., None] = env["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
 
 
 # The checks of a type, inline (the fast path of decode: one generated function per
@@ -271,9 +382,6 @@ def _make_build(cls: Any, hints: dict[str, Any]) -> Callable[[list[Any]], Messag
     ``__init__`` (one slot store per field), and runs ``validate``. Same errors, same
     result; about 2.5x faster for a SUBMIT (the node, the child and the client decode
     several frames per task)."""
-    if hasattr(cls, "__post_init__"):       # it would be skipped: say so at import
-        raise TypeError(f"{cls.__name__}: a message may not define __post_init__ (decode "
-                        "builds messages slot by slot; put checks in validate())")
     spec = cls._spec
     env: dict[str, Any] = {"DecodeError": DecodeError, "_Factory": _Factory,
                            "_new": object.__new__, "cls": cls}
@@ -453,6 +561,7 @@ class Control(Message):
 
 @message
 class ControlReply(Message):
+    """The answer to CONTROL ``req_id``: ``payload`` when ``ok``, else ``error``."""
     TYPE = MsgType.CONTROL_REPLY
     req_id: str
     ok: bool
