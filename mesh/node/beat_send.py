@@ -101,18 +101,10 @@ class Outbox:
             run.target, run.address = "", ""
             return False
         run.target, run.address = choice
-        run.acked = False
         run.sends += 1
         if run.sends > 1:
             self.resent += 1
-        try:
-            for sock in self._socks(run.address):
-                sock.send(run.frame, zmq.NOBLOCK)
-        except zmq.ZMQError as e:
-            log.warning("beat: could not send run %s of %s to %s: %s", run.task_id, run.entry,
-                        run.target, e)
-            return False
-        return True
+        return self._send_to(run, now)
 
     def _socks(self, address: str) -> list[zmq.Socket[bytes]]:
         entry = self.socks.get(address)
@@ -228,7 +220,7 @@ class Outbox:
             run.target, run.address = msg.target_node or run.target, msg.target
             self._send_to(run, max(run.sent_at, self._now))
 
-    def _send_to(self, run: Run, now: float) -> None:
+    def _send_to(self, run: Run, now: float) -> bool:
         """(Re)send a run to the node it is owned by now; it is acknowledged again."""
         run.acked, run.sent_at = False, now
         try:
@@ -237,6 +229,8 @@ class Outbox:
         except zmq.ZMQError as e:
             log.warning("beat: could not send run %s of %s to %s: %s", run.task_id, run.entry,
                         run.target, e)
+            return False
+        return True
 
     def _watch(self, run: Run) -> None:
         req = encode(Control(f"beat-watch-{run.task_id}", "result",
