@@ -23,7 +23,7 @@ import asyncio
 import functools
 import os
 from collections.abc import Callable, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -61,6 +61,10 @@ class Run:
     sent_at: float = 0.0
     acked: bool = False
     sends: int = 0
+    # nodes that said they do not hold it (they handed it on, gave it back) or are gone,
+    # since its last ACK: not sent to again, so a MOVED that points back at a node that
+    # gave it back does not send it round that loop (a CI run: 1,000 times a second)
+    avoid: set[str] = field(default_factory=set)
 
 
 # (task_ids, excluded node) -> (node id, address) or None
@@ -83,6 +87,8 @@ class Outbox:
         self.resent = 0
         self._now = 0.0            # the time of the last check() (a MOVED's resend is timed from it)
         self._left: dict[str, float] = {}    # target that left -> when first seen so
+        self._alive: Mapping[str, str] = {}  # as of the last check()
+        self._leaving: Set[str] = frozenset()
 
     # -- sending ----------------------------------------------------------------------
     def send(self, run: Run, now: float, avoid: set[str] | None = None) -> bool:
@@ -95,7 +101,11 @@ class Outbox:
             # context's term() after "stopped" (a user trial: a run resent because its
             # target left at the same time). The runs of its entries are other nodes' now.
             return False
-        choice = self.pick(run.task_id, avoid or set())
+        if avoid:
+            run.avoid |= avoid
+        choice = self.pick(run.task_id, run.avoid)
+        if choice is None and run.avoid:
+            run.avoid = set()                  # every node was tried: all again next time
         run.sent_at = now
         if choice is None:
             run.target, run.address = "", ""
@@ -171,6 +181,7 @@ class Outbox:
                     run = self.runs.get(tid)
                     if run is not None and not run.acked and run.address == address:
                         run.acked = True
+                        run.avoid.clear()
                         self._watch(run)
             elif isinstance(msg, Result):
                 self._result(msg.task_id, msg.state, msg.node, address)
@@ -217,7 +228,16 @@ class Outbox:
                 continue                     # only the holder's word is taken
             log.info("beat: %s handed run %s of %s to %s (%s)", msg.node, tid, run.entry,
                      msg.target_node or msg.target, msg.reason)
-            run.target, run.address = msg.target_node or run.target, msg.target
+            run.avoid.add(msg.node)
+            target = msg.target_node
+            if target and (target in run.avoid or (
+                    self._alive and target not in self._alive and target not in self._leaving)):
+                # handed to a node that gave it back or is gone: it is elsewhere now (the
+                # node it went to handed it on) or nowhere; sent to another node (one that
+                # holds it acknowledges it; else it runs there)
+                self.send(run, max(run.sent_at, self._now), avoid={target})
+                continue
+            run.target, run.address = target or run.target, msg.target
             self._send_to(run, max(run.sent_at, self._now))
 
     def _send_to(self, run: Run, now: float) -> bool:
@@ -270,7 +290,7 @@ class Outbox:
         stopping node and on the one the run was resent to). A target back alive
         within the grace (restarted under its name) is sent the run again, same id:
         it answers the result from its journal or acknowledges it."""
-        self._now = now
+        self._now, self._alive, self._leaving = now, alive, leaving
         for name in [n for n in self._left if n in alive or n not in leaving]:
             if name not in alive and any(r.target == name for r in self.runs.values()):
                 continue                  # forgotten by the membership: still in its grace

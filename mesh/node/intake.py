@@ -50,7 +50,13 @@ class Intake(Component):
         node = self.node
         front, ledger = node.front, node.ledger
         if node.stopping:
-            front.reply(ident, encode(Release([msg.task_id], node.name, "node is shutting down")))
+            # a task this node handed on (its stop hands its queue on) is followed there:
+            # given back instead, its owner sent it again to the node that had handed it
+            # here, which pointed back here (a beat run went round that loop, 1,000 times
+            # a second, until this node was gone)
+            moved = node.handoff.moved_to(msg.task_id)
+            front.reply(ident, encode(moved if moved is not None else Release(
+                [msg.task_id], node.name, "node is shutting down")))
             return
         tid = msg.task_id
         acks = self._acks.get(ident)

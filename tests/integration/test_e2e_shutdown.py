@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from harness import wait_until
 
 from mesh.cli.common import EXIT_OK
 from mesh.exceptions import WorkerLostError
+from mesh.wire.protocol import Moved, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 
@@ -29,6 +31,23 @@ def _meshed(a: Any, b: Any) -> None:
     wait_until(lambda: all({m["node"] for m in n.request("members").payload
                             if m["state"] == "alive"} == names for n in (a, b)),
                what="the two nodes to form a mesh")
+
+
+def _resend_to(endpoint: str, task_ids: list[str]) -> list[Any]:
+    """Send SUBMITs of these ids to a node, as an owner resending them; its replies."""
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    try:
+        for tid in task_ids:
+            s.send(encode(Submit(tid, "tasks_app.add", b"\x92\x92\x01\x02\x80")))
+        out = []
+        while len(out) < len(task_ids) and s.poll(5000):
+            out.append(decode(s.recv()))
+        return out
+    finally:
+        s.close()
 
 
 def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
@@ -56,6 +75,12 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
                    what="the handed tasks to reach b while a drains")
         assert a.proc.poll() is None, "a must wait for its running task"
         assert a.status()["state"] == "left"
+        # a, stopping, asked again for the tasks it handed on, says where they went
+        # (MOVED), not "given back": given back, an owner sent them again to a node
+        # that pointed back at a (a beat run went round that loop, test_e2e_beat)
+        replies = _resend_to(a.endpoint, [r.id for r in queued])
+        moved = [m for m in replies if isinstance(m, Moved)]
+        assert len(moved) == on_a and {m.target_node for m in moved} == {b.name}, replies
     finally:
         gate.touch()
     assert [r.get(timeout=RESULT_TIMEOUT) for r in running] == ["opened", "opened"]

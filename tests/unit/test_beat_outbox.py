@@ -9,6 +9,7 @@ from typing import Any
 import zmq
 
 from mesh.node.beat_send import Outbox, Run
+from mesh.wire.protocol import Ack, Moved, Release, encode
 
 
 def _received(router: zmq.Socket[bytes]) -> int:
@@ -72,3 +73,52 @@ def test_a_run_held_by_a_node_that_died_is_sent_again_at_once() -> None:
         out.check(1.0, {"me": ""}, set(), grace=10.0)
         assert run.target == "" and run.sent_at == 1.0
     asyncio.run(_scenario(steps))
+
+
+def test_a_run_pointed_back_at_a_node_that_gave_it_back_goes_to_another() -> None:
+    """a handed the run to b; b, stopping, gives it back; a, asked again, points at b
+    again (its record of the handoff): the run goes to c, not round a and b (a CI run
+    sent it round that loop 1,000 times a second until b was gone)."""
+    async def run_it() -> None:
+        ctx: zmq.Context[Any] = zmq.Context()
+        routers, addrs = {}, {}
+        for name in "abc":
+            r: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+            r.setsockopt(zmq.LINGER, 0)
+            addrs[name] = f"tcp://127.0.0.1:{r.bind_to_random_port('tcp://127.0.0.1')}"
+            routers[name] = r
+        loop = asyncio.get_running_loop()
+
+        def pick(_tid: str, avoid: set[str]) -> tuple[str, str] | None:
+            name = next((n for n in "abc" if n not in avoid), None)
+            return None if name is None else (name, addrs[name])
+        out = Outbox(ctx, "me", pick, lambda *_: None, loop.create_task)
+        sent: list[str] = []             # where the run's frame went, in order
+        replies: dict[str, Any] = {"a": Moved(["t1"], "a", addrs["b"], "b", "shed"),
+                                   "b": Release(["t1"], "b", "node is shutting down"),
+                                   "c": Ack(["t1"], "c")}
+        try:
+            out.check(0.0, {"me": "", **addrs}, set())
+            assert out.send(Run("t1", "tick", 0.0, b"frame"), 0.0)
+            deadline = loop.time() + 3.0
+            while loop.time() < deadline and len(sent) < 20:
+                for name, r in routers.items():
+                    while r.poll(0):
+                        ident, frame = r.recv_multipart()
+                        if frame == b"frame":
+                            sent.append(name)
+                            r.send_multipart([ident, encode(replies[name])])
+                await asyncio.sleep(0.005)
+            assert sent == ["a", "b", "c"], sent
+            run = out.runs["t1"]
+            assert (run.target, run.acked) == ("c", True)
+        finally:
+            out.close()
+            for _ in range(50):
+                if all(t.done() for t in asyncio.all_tasks() if t is not asyncio.current_task()):
+                    break
+                await asyncio.sleep(0.01)
+            for r in routers.values():
+                r.close()
+            ctx.term()
+    asyncio.run(run_it())
