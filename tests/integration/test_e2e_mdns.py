@@ -5,7 +5,7 @@ import json
 import os
 
 import tasks_app
-from harness import MESHCTL, NodeFactory, clean_env, run_program
+from harness import MESHCTL, NodeFactory, clean_env, run_program, wait_until
 
 from mesh import Mesh
 
@@ -44,7 +44,11 @@ def test_meshctl_without_peers_finds_a_node_by_mdns(start_node: NodeFactory) -> 
 def test_meshctl_says_when_mdns_found_more_than_one_mesh(start_node: NodeFactory) -> None:
     ours = start_node(mdns=True, name="mdns-it-one")
     other = start_node(app="routing_app", mdns=True, name="mdns-it-other")
-    for _attempt in range(3):                # mDNS may settle before the second answers
+    for mesh, node in (("mesh-it", ours), ("routing-it", other)):    # both announced
+        wait_until(lambda: node.endpoint in run_program(
+            MESHCTL, "--timeout", "5", "--mesh", mesh, "--json", "ping").stdout, 60,
+            f"mDNS to find {node.name}", interval=0.5)
+    for _attempt in range(6):                # mDNS may settle before the second answers
         p = run_program(MESHCTL, "--timeout", "8", "--json", "ping")
         assert p.returncode == 0, p
         if {ours.endpoint, other.endpoint} <= set(json.loads(p.stdout)):
