@@ -75,6 +75,11 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
                    what="the handed tasks to reach b while a drains")
         assert a.proc.poll() is None, "a must wait for its running task"
         assert a.status()["state"] == "left"
+        # b counts them queued before its HANDOFF_ACK reaches a (b copies them to its
+        # backup, a, first); until then a still holds them and says so (a fresh-clone CI
+        # run asked in that gap: every reply was Release)
+        wait_until(lambda: a.status()["handoffs_in_flight"] == 0, timeout=15,
+                   what="a to hear that b holds the handed tasks")
         # a, stopping, asked again for the tasks it handed on, says where they went
         # (MOVED), not "given back": given back, an owner sent them again to a node
         # that pointed back at a (a beat run went round that loop, test_e2e_beat)
