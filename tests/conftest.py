@@ -109,18 +109,17 @@ def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
     ctx.term()
 
 
-# modules that announce or browse real mDNS on the machine's loopback
-MDNS_MODULES = {"test_e2e_discovery.py", "test_e2e_mdns.py", "test_e2e_membership.py",
-                "test_e2e_routing.py", "test_discovery.py", "test_config.py",
-                "test_cluster_basic.py", "test_cluster_membership.py"}
+# tests that announce or browse real mDNS on the machine's loopback are marked `mdns`
 MDNS_LOCK = Path(tempfile.gettempdir()) / "mesh-tests-mdns.lock"
 
 
 @pytest.fixture(autouse=True)
 def _one_mdns_test_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Tests of MDNS_MODULES run one at a time across the xdist workers (a file lock:
-    xdist's own grouping does not hold with pytest 9), so none sees another's nodes."""
-    if request.node.path.name not in MDNS_MODULES:
+    """Tests marked ``mdns`` run one at a time across the xdist workers (a file lock:
+    xdist's own grouping does not hold with pytest 9), so none sees another's nodes.
+    Only those tests: locking their whole modules held a worker waiting up to ~45 s at
+    a time in a default run, for tests that use no mDNS."""
+    if request.node.get_closest_marker("mdns") is None:
         yield
         return
     with open(MDNS_LOCK, "a") as f:

@@ -17,11 +17,12 @@ def _peers(ctx: click.Context) -> list[str]:
     raw = ctx.obj["peers"] or os.environ.get("MESH_PEERS", "")
     peers = [p.strip() for p in raw.split(",") if p.strip()]
     if not peers:
-        from mesh.discovery.mdns import browse_sync
+        from mesh.discovery.mdns import EVERY_NODE_SETTLE, browse_sync
         ifaces = [i.strip() for i in os.environ.get("MESH_MDNS_INTERFACES", "").split(",") if i.strip()]
         meshes: set[str] = set()
         peers = list(browse_sync(timeout=ctx.obj["timeout"], interfaces=ifaces or None,
-                                 mesh=ctx.obj.get("mesh"), meshes=meshes).values())
+                                 settle=EVERY_NODE_SETTLE, mesh=ctx.obj.get("mesh"),
+                                 meshes=meshes).values())
         if len(meshes) > 1:
             names = ", ".join(repr(m) for m in sorted(meshes))
             click.echo(f"meshctl: mDNS found nodes of {len(meshes)} meshes ({names}); talking to "

@@ -59,6 +59,9 @@ from mesh.discovery.records import (
     DEFAULT_SETTLE as DEFAULT_SETTLE,
 )
 from mesh.discovery.records import (
+    EVERY_NODE_SETTLE as EVERY_NODE_SETTLE,
+)
+from mesh.discovery.records import (
     MAX_LABEL as MAX_LABEL,
 )
 from mesh.discovery.records import (

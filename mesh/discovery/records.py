@@ -26,6 +26,10 @@ MAX_LABEL = 63               # one DNS label
 RESOLVE_TIMEOUT = 3.0        # s, one attempt to get SRV+TXT+A of a service
 RESOLVE_ATTEMPTS = 3         # then give up until the service's records change
 DEFAULT_SETTLE = 0.3         # s, browse(): stop once nothing new was found for this long
+# s, a look meant to see every node (meshctl): past zeroconf's second query (~1 s after
+# its first), so one answer lost or late under load does not drop that node from the
+# look (a loaded CI run: `meshctl ping` answered for one of two nodes, six times)
+EVERY_NODE_SETTLE = 1.3
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 _SAFE_LABEL = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
 

@@ -141,6 +141,7 @@ def test_partition_between_two_hosts_only(three: Cluster) -> None:
     wait_until(lambda: a.ping(b, timeout=0.5), timeout=10, what="a to reach b after the heal")
 
 
+@pytest.mark.mdns
 def test_mdns_finds_nodes_on_other_hosts(cluster: ClusterFactory) -> None:
     cl = cluster(2)
     a, b = cl.hosts

@@ -92,6 +92,7 @@ def test_partition_between_two_hosts_kills_nobody(mesh3: Cluster) -> None:
     print(f"\npartition a|b for 12 s: {len(verdicts)} views sampled, {suspects} suspect entries, 0 dead")
 
 
+@pytest.mark.mdns
 def test_mdns_only_mesh_heals_after_a_cut(cluster: ClusterFactory) -> None:
     """No seeds at all: the hosts find each other by mDNS across the bridge; a host cut
     off is declared dead, and once restored it announces itself again and is alive."""

@@ -99,6 +99,7 @@ def test_a_handoff_queued_for_the_killed_process_is_refused_at_once(cluster: Clu
     assert "node b2 did not take" in a_log and "sent to a previous run at" in a_log, a_log
 
 
+@pytest.mark.mdns
 def test_a_new_name_on_the_same_journal_is_answered_which_tasks_were_taken_over(
         cluster: ClusterFactory) -> None:
     # the systemd case: kill -9, the same data dir, a new name (host-pid), mDNS. The

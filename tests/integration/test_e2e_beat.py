@@ -313,6 +313,7 @@ def test_a_run_its_target_hands_on_is_followed_not_sent_again(
     assert f"{victim.name} died holding run" not in log, log
 
 
+@pytest.mark.mdns
 def test_a_node_slow_to_start_learns_the_mesh_before_it_fires(start_node: NodeFactory,
                                                               beat_log: Path) -> None:
     """A node whose event loop is blocked while it starts (heavy imports in a component;

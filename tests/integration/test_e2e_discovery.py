@@ -24,6 +24,8 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 from mesh.discovery.mdns import SERVICE_TYPE, Discovery, browse, browse_sync
 from mesh.wire.protocol import PROTOCOL_VERSION
 
+pytestmark = pytest.mark.mdns
+
 LOOPBACK = ["127.0.0.1"]
 DEADLINE = 8.0       # s for anything to be seen; typical times are well under 2 s
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import tasks_app
 from harness import MESHCTL, NodeFactory, clean_env, run_program, wait_until
 
 from mesh import Mesh
+
+pytestmark = pytest.mark.mdns
 
 
 def test_client_without_peers_finds_a_node_by_mdns(start_node: NodeFactory) -> None:

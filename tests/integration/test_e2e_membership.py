@@ -8,6 +8,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import tasks_app
 from harness import ClientHandle, NodeFactory, NodeProc, wait_until
 
@@ -50,6 +51,7 @@ def test_killed_node_is_dead_and_stopped_node_has_left(start_node: NodeFactory) 
     assert b.wait(timeout=30) == 0
 
 
+@pytest.mark.mdns
 def test_mdns_alone_makes_a_mesh(start_node: NodeFactory) -> None:
     nodes = [start_node(profile="test", concurrency=1, mdns=True) for _ in range(3)]
     everyone = {n.name: "alive" for n in nodes}

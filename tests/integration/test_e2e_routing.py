@@ -56,6 +56,7 @@ def lan(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield suffix
 
 
+@pytest.mark.mdns
 def test_two_apps_on_one_lan_never_meet(start_node: NodeFactory, lan: str) -> None:
     a = start_node(app="lan_a", mdns=True, name=f"lan-a1-{lan}", concurrency=1)
     b1 = start_node(app="lan_b", mdns=True, name=f"lan-b1-{lan}", concurrency=1)
@@ -279,6 +280,7 @@ def test_a_mesh_wide_rate_limit_holds_for_a_minute(start_node: NodeFactory) -> N
     _rate_run(start_node, 60.0)
 
 
+@pytest.mark.mdns
 def test_the_mdns_client_of_another_mesh_is_not_used(start_node: NodeFactory,
                                                       lan: str) -> None:
     """An app whose name matches no node finds none by mDNS: a clear error, not work

@@ -16,6 +16,10 @@ from typing import IO
 import pytest
 from harness import free_port
 
+# a wheel build and a venv with pip installing it from the registry: ~40-60 s on a quiet
+# machine, past the default 120 s timeout under load (a 6-worker run timed out)
+pytestmark = pytest.mark.timeout(300)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TASKS = '''
