@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -150,6 +151,9 @@ def events(ctx: click.Context, types: tuple[str, ...], task_id: str | None, as_j
     peers = _peers(ctx)
     printed = 0
     state = State(max_tasks=10_000)         # task id -> name for the lines
+    # SIGTERM (`kill`, a service manager, a container's stop) ends it as Ctrl-C does:
+    # killed outright, a `meshctl events > file` lost the lines still in stdout's buffer
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with EventReceiver(peers, topics, control_timeout=ctx.obj["timeout"]) as recv:
             if not recv.nodes:
@@ -184,6 +188,10 @@ def events(ctx: click.Context, types: tuple[str, ...], task_id: str | None, as_j
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     return EXIT_OK
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 # ---- meshctl top ----------------------------------------------------------------------

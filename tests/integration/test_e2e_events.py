@@ -9,6 +9,7 @@ test first runs probe tasks until the receiver sees one of their events
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -457,6 +458,34 @@ def test_meshctl_events_filters_by_task_id(node: NodeProc, client: ClientHandle)
     assert p.returncode == EXIT_OK, p
     evs = [json.loads(line) for line in p.stdout.splitlines()]
     assert len(evs) == 4 and all(e["uuid"].startswith(prefix) for e in evs), evs
+
+
+def test_meshctl_events_to_a_file_keeps_every_line_when_terminated(
+        node: NodeProc, client: ClientHandle, tmp_path: Path) -> None:
+    """`meshctl events > file` stopped by SIGTERM (kill, a service manager) writes the
+    lines it printed: killed outright, it lost what was still in stdout's buffer (a
+    few KiB: here, every line)."""
+    out_path = tmp_path / "events.txt"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([MESHCTL, "--peers", node.endpoint, "events", "--type",
+                                 "task-succeeded"], stdout=out, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True, env=clean_env())
+    try:
+        assert proc.stderr is not None
+        assert "listening to 1 node(s)" in proc.stderr.readline()
+        # (it subscribed as it said so; the first events may still pass it by)
+        sent = [client.tasks.add.delay(i, 1) for i in range(20)]
+        assert [r.get(timeout=30) for r in sent] == [i + 1 for i in range(20)]
+        time.sleep(1.0)          # their events, published as each finished, to reach it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == EXIT_OK
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    text = out_path.read_text()
+    assert sum(r.id[-12:] in text for r in sent) >= 10, text
 
 
 def test_meshctl_events_without_a_node_exits_1(free_port: int, start_node: NodeFactory) -> None:
