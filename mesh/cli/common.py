@@ -4,10 +4,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 # Exit codes (named so tests and scripts can rely on them)
 EXIT_OK = 0
@@ -15,6 +18,17 @@ EXIT_FAILURE = 1        # the command ran and the answer is "no" (no node answer
 EXIT_USAGE = 2          # bad flags or values, an --app that does not import
 EXIT_START = 3          # the node could not start (address in use, data dir)
 EXIT_UNREACHABLE = 4    # no node could be reached to ask (not the same as a "no" answer)
+
+
+def node_option(help: str) -> Callable[[_F], _F]:
+    """``--node NAME`` (repeatable), also spelt as Celery's ``-d/--destination`` with
+    names separated by commas (``celery inspect active -d w1@h,w2@h``)."""
+    return click.option("--node", "-d", "--destination", "nodes", multiple=True,
+                        metavar="NAME", callback=_names, help=help)
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n.strip() for v in value for n in v.split(",") if n.strip())
 
 
 def die(prog: str, message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -40,16 +40,17 @@ def _peers(ctx: click.Context) -> list[str]:
 
 
 class _Meshctl(click.Group):
-    """``--json`` and ``--timeout`` are meshctl's options, but ``meshctl status --json``
-    and ``meshctl inspect active --timeout 5`` (Celery's ``celery inspect active
-    --timeout 5``) are what people type: after the command they are taken as meshctl's
-    (unless that command has its own)."""
+    """``--json`` and ``--timeout`` (``-j``, ``-t``) are meshctl's options, but
+    ``meshctl status --json`` and ``meshctl inspect active -t 5 -j`` (Celery's ``celery
+    inspect active --timeout 5 --json``) are what people type: after the command they
+    are taken as meshctl's (unless that command has its own)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         cut = args.index("--") if "--" in args else len(args)
-        if "--json" in args[1:cut] and not self._own_json(args[:cut]):
-            args = ["--json"] + [a for i, a in enumerate(args) if a != "--json" or i >= cut]
-            cut = args.index("--") if "--" in args else len(args)
+        for flag in ("--json", "-j"):
+            if flag in args[1:cut] and not self._own_json(args[:cut], flag):
+                args = ["--json"] + [a for i, a in enumerate(args) if a != flag or i >= cut]
+                cut = args.index("--") if "--" in args else len(args)
         moved: list[str] = []
         rest: list[str] = []
         i = 0
@@ -61,8 +62,8 @@ class _Meshctl(click.Group):
                 break
             if not command_seen and not a.startswith("-"):
                 command_seen = a in self.commands
-            elif command_seen and (a.startswith("--timeout=") or a == "--timeout" and i + 1 < cut) \
-                    and not self._own_json(args[:cut], "--timeout"):
+            elif command_seen and (a.startswith("--timeout=") or a in ("--timeout", "-t")
+                                   and i + 1 < cut) and not self._own_json(args[:cut], a.split("=", 1)[0]):
                 take = 1 if "=" in a else 2
                 moved += args[i:i + take]
                 i += take
@@ -94,9 +95,9 @@ class _Meshctl(click.Group):
 @click.group(cls=_Meshctl,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--peers", metavar="tcp://H:P[,...]", help="Nodes to ask (default: MESH_PEERS).")
-@click.option("--json", "as_json", is_flag=True,
+@click.option("-j", "--json", "as_json", is_flag=True,
               help="Machine-readable output (also accepted after the command).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
               show_default=True, help="Seconds to wait for nodes to answer.")
 @click.option("--mesh", metavar="NAME", help="Without --peers: only nodes of this mesh (the "
               "app's name), of those mDNS finds.")

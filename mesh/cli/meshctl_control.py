@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mesh.cli.common import EXIT_USAGE, die
+from mesh.cli.common import EXIT_USAGE, die, node_option
 from mesh.cli.meshctl import _controller, _print_per_node
 
 
@@ -70,8 +70,7 @@ def _control_cmd(ctx: click.Context, command: str, args: dict[str, Any],
     return _print_per_node(ctx, answers, lambda node, a: click.echo(f"{node}: {json.dumps(a)}"))
 
 
-NODE_OPTION = click.option("--node", "nodes", multiple=True, metavar="NAME",
-                           help="Only these nodes (repeatable; default: all).")
+NODE_OPTION = node_option("Only these nodes (repeatable, or NAME,NAME; default: all).")
 
 
 @control.command("rate-limit")

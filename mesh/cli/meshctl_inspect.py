@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from mesh.cli.common import node_option
 from mesh.cli.meshctl import _controller, _print_per_node
 
 INSPECT = ("active", "reserved", "scheduled", "registered", "stats", "revoked", "ping",
@@ -58,7 +59,7 @@ def _render(what: str, node: str, a: Any) -> None:
 
 @click.command()
 @click.argument("what", type=click.Choice(INSPECT))
-@click.option("--node", "nodes", multiple=True, metavar="NAME", help="Only these nodes (repeatable).")
+@node_option("Only these nodes (repeatable, or NAME,NAME).")
 @click.pass_context
 def inspect(ctx: click.Context, what: str, nodes: tuple[str, ...]) -> int:
     """Ask every node what it holds: active (running), reserved (waiting for a

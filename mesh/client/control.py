@@ -141,10 +141,23 @@ class ControlClient:
                 s.close()
 
 
-def alive_endpoints(cc: ControlClient, seeds: Iterable[str], timeout: float = 2.0) -> list[str]:
+def alive_endpoints(cc: ControlClient, seeds: Iterable[str], timeout: float = 2.0,
+                    destination: Iterable[str] | None = None) -> list[str]:
     """Every alive node's endpoint, from the first seed that answers ``members``.
-    The seeds themselves when none knows members (a lone node answers for itself)."""
+    The seeds themselves when none knows members (a lone node answers for itself).
+    With ``destination``, only the endpoints of the nodes it names (none if none of
+    them is alive): a command for one node must not reach the others."""
     seeds = list(dict.fromkeys(seeds))
+    found = _alive_members(cc, seeds, timeout)
+    if destination is not None:
+        want = set(destination)
+        return [ep for node, ep in found.items() if node in want]
+    return list(found.values()) or seeds
+
+
+def _alive_members(cc: ControlClient, seeds: list[str], timeout: float) -> dict[str, str]:
+    """``{node: endpoint}`` of the alive members the seeds name, and of the seeds
+    that answered."""
     replies = cc.broadcast(seeds, "members", timeout=timeout)
     found: dict[str, str] = {}               # node id -> endpoint
     for ep, reply in replies.items():
@@ -155,7 +168,7 @@ def alive_endpoints(cc: ControlClient, seeds: Iterable[str], timeout: float = 2.
                     and isinstance(m.get("endpoint"), str)):
                 found.setdefault(m["node"], m["endpoint"])
         found.setdefault(reply.node, ep)
-    return list(found.values()) or seeds
+    return found
 
 
 class Controller:
@@ -188,11 +201,7 @@ class Controller:
             return self.ask(command, args, destination, timeout)
         timeout = self.timeout if timeout is None else timeout
         with ControlClient(security=self.security) as cc:
-            eps = alive_endpoints(cc, self._seeds(), timeout)
-            if destination is not None:
-                want = set(destination)
-                names = cc.broadcast(eps, "ping", timeout=timeout)
-                eps = [ep for ep, r in names.items() if isinstance(r, ControlReply) and r.node in want]
+            eps = alive_endpoints(cc, self._seeds(), timeout, destination)
             cc.send(eps, command, {**(args or {}), "noreply": True})
         return None
 
@@ -204,7 +213,9 @@ class Controller:
         want = set(destination) if destination is not None else None
         out: dict[str, Any] = {}
         with ControlClient(security=self.security) as cc:
-            eps = alive_endpoints(cc, self._seeds(), timeout)
+            # only the named nodes are sent it: filtering the replies instead, a
+            # `meshctl control shutdown --node a` stopped every node of the mesh
+            eps = alive_endpoints(cc, self._seeds(), timeout, want)
             for ep, reply in cc.broadcast(eps, command, args, timeout=timeout).items():
                 if isinstance(reply, ControlReply):
                     if want is not None and reply.node not in want:

@@ -103,6 +103,28 @@ def test_meshctl_takes_timeout_after_the_command(node: NodeProc) -> None:
     assert json.loads(p.stdout) == {node.name: []}
 
 
+def test_meshctl_takes_celerys_short_options_after_the_command(start_node: NodeFactory,
+                                                               node: NodeProc) -> None:
+    # `celery -A proj inspect active -t 5 -j -d w1@h,w2@h`, moved over: "No such option
+    # -t" (and -j, -d); Celery's --destination is a comma-separated list
+    other = start_node(concurrency=1, name="habits-other")
+    peers = f"{node.endpoint},{other.endpoint}"
+    p = run_program(MESHCTL, "--peers", peers, "inspect", "ping", "-t", "5", "-j",
+                    "-d", f"{node.name},{other.name}")
+    assert p.returncode == 0, p.stderr
+    assert set(json.loads(p.stdout)) == {node.name, other.name}
+    p = run_program(MESHCTL, "--peers", peers, "inspect", "active", "-j", "-d", other.name)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {other.name: []}
+    # a command for one node reaches that node only (it reached every node, and only
+    # the replies were filtered: this shut the whole mesh down)
+    p = run_program(MESHCTL, "--peers", peers, "-j", "control", "shutdown",
+                    "--destination", other.name)
+    assert p.returncode == 0, p
+    assert other.wait(30) == 0
+    assert node.proc.poll() is None and node.status()["state"] == "alive"
+
+
 @pytest.mark.parametrize("argv, said", [
     (["worker", "-l", "INFO"], "meshnode is the worker"),
     (["beat"], "no beat process"),
