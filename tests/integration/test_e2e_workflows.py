@@ -114,6 +114,35 @@ def test_the_coordinating_node_killed_and_restarted_mid_chord_runs_the_body_once
     assert set(members) == {f"member {i}" for i in range(n)}   # at least once each
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(reason="known, not fixed (session 11): the coordinator restarted within "
+                   "the suspicion window starts again ~70 of 200 members another node ran",
+                   strict=False)
+def test_the_coordinator_of_two_killed_and_restarted_mid_chord_runs_each_member_once(
+        start_node: Any, tmp_path: Path) -> None:
+    """A chord's coordinator, one of two nodes, killed (-9) with its members spread over
+    both and restarted under its name at once. Every member still runs (at least once,
+    test above); this asks for once. Two runs in session 11: 70 and 74 of 200 members
+    ran twice (workflow_redriven 139 on the restarted node, workflow_duplicate_reports
+    69 and 82): the peer declared it dead meanwhile and took its copies over."""
+    a = start_node(app=APP, concurrency=2)
+    b = start_node(app=APP, concurrency=2, peers=a.endpoint)
+    runs = tmp_path / "runs"
+    n = 200
+    with client(a) as app:
+        c = chord([S(app, "wf.append", str(runs), i, 0.02) for i in range(n)],
+                  S(app, "wf.body", str(runs))).apply_async()
+        wait_until(lambda: len(lines(runs)) >= 60, what="some header tasks to run")
+        coord = a if a.status()["workflow_groups"] else b
+        coord.send_signal(signal.SIGKILL)
+        coord.wait(10)
+        start_node.restart(coord)
+        assert c.get(timeout=RESULT_TIMEOUT) == sum(range(n))
+    members = [x for x in lines(runs) if x.startswith("member")]
+    assert set(members) == {f"member {i}" for i in range(n)}
+    assert sorted(members) == sorted(set(members)), "members ran twice"
+
+
 def test_meshctl_result_tree_shows_each_step(start_node: Any) -> None:
     node = start_node(app=APP)
     with client(node) as app:
