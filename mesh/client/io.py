@@ -572,10 +572,13 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                 hold(slot, target)
                 target.sock.send(slot.frame, zmq.NOBLOCK)
                 followed += 1
-            else:       # cannot reach where it went: it may run twice rather than never
-                let_go(slot)
+            else:       # where it went has left (or died, or cannot be reached): that
+                let_go(slot)     # node handed it to its backup (or its backup runs it)
                 slot.state = states.PENDING
-                self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
+                if msg.target_node:
+                    self._to_backup(slot, msg.target_node, link)
+                else:   # (a node that does not say whose: it may run twice rather than never)
+                    self._send(slot, self._pick(avoid=link.endpoint, slot=slot))
         log.info("node %s handed %d of our task(s) to %s (%s): %s", msg.node, followed,
                  msg.target_node or msg.target[:100], msg.target[:100], msg.reason)
 

@@ -127,6 +127,8 @@ class Links:
     _heard_since: bool
     _unreachable: bool
     _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
+    _gone: frozenset[str] = frozenset()   # endpoints the last members answer said are
+                                          # dead or left (none of ours need be linked)
 
     if TYPE_CHECKING:           # Client's and its other mixins', used here
         mesh: str | None
@@ -292,7 +294,6 @@ class Links:
         if not mine:
             return
         link.inflight = link.busy = link.queued = 0
-        others = [n for n in self._placeable if n is not link]
         moved = 0
         for slot in mine:
             if slot.state != states.PENDING and not _acks_late(slot.frame):
@@ -302,22 +303,29 @@ class Links:
                 self._slots.pop(slot.task_id, None)
                 continue
             slot.state = states.PENDING
-            if others:
-                # the node that keeps the copy of the task (rendezvous hashing over the
-                # alive nodes that take it) runs it now: send it there, where it runs once
-                takers = fits(others, slot.queue, slot.name) if slot.name else others
-                by_id = {n.node_id: n for n in takers if n.node_id}
-                backup = backup_for(slot.task_id, by_id, link.node_id)
-                self._send(slot, by_id[backup] if backup is not None else
-                           self._pick(avoid=link.endpoint, slot=slot))
-            else:           # nowhere to go yet: keep trying (the node may come back)
-                let_go(slot)
-                slot.node = None
-                self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
+            self._to_backup(slot, link.node_id, link)
             moved += 1
         self.failovers += moved
         log.warning("node %s (%s) is dead: sent %d of its task(s) to other nodes",
                     link.node_id, link.endpoint, moved)
+
+    def _to_backup(self, slot: Slot, holder: str, avoid: NodeLink) -> None:
+        """Send ``slot``, held by ``holder`` (dead, or gone), to the node that keeps its
+        copy: rendezvous hashing over the alive nodes that take it, ``avoid`` aside. A
+        dead holder's copy runs there, and a stopping holder handed its queue there
+        (mesh/node/handoff.py): the task is there already and runs once. With no other
+        node, it is tried again shortly (the node may come back)."""
+        others = [n for n in self._placeable if n is not avoid]
+        if not others:
+            let_go(slot)
+            slot.node = None
+            self._retry.append((time.monotonic() + RELEASE_RETRY_DELAY, slot))
+            return
+        takers = fits(others, slot.queue, slot.name) if slot.name else others
+        by_id = {n.node_id: n for n in takers if n.node_id}
+        backup = backup_for(slot.task_id, by_id, holder)
+        self._send(slot, by_id[backup] if backup is not None else
+                   self._pick(avoid=avoid.endpoint, slot=slot))
 
     def _refresh_members(self, now: float) -> None:
         """Ask one node (an alive one we know, else a seed) for the membership."""
@@ -374,7 +382,10 @@ class Links:
         changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []
         named = {m.get("node") for m in members if isinstance(m, dict)}
-        for ep, (state, nid, m) in self._by_endpoint(members).items():
+        by_endpoint = self._by_endpoint(members)
+        self._gone = frozenset(ep for ep, (state, _, _) in by_endpoint.items()
+                               if state in ("dead", "left"))
+        for ep, (state, nid, m) in by_endpoint.items():
             link = self.links.get(ep)
             # a node restarted under a new name there, heard from by us (and still
             # connected) before the answerer heard of it: what it says of the address is
@@ -488,6 +499,8 @@ class Links:
         link = self.links.get(target)
         if link is not None:
             return link if link.state == "alive" else None
+        if target in self._gone:
+            return None           # (never linked: it left or died before we knew it)
         if not literal_host(target):
             return None
         try:

@@ -212,7 +212,8 @@ class Handoffs(Component):
             self._out[msg.batch] = out       # not the receiver's to answer
             return
         # (a node at the receiver's address under another name, restarted there, refuses
-        # what was queued for the one before: taken back now, not after the retries)
+        # what was queued for the one before: taken back now, not after the retries. Not
+        # bound to a member: it may not be one yet; an honest node names its own address)
         node = self.node
         ledger = node.ledger
         moved = [out.entries[t] for t in msg.accepted if t in out.entries]

@@ -54,6 +54,7 @@ PULL_CHUNK = 5_000     # ids per WF_PULL
 ROUND_TIMEOUT = 3.0    # s for every node to answer a pull round
 STALL_AFTER = 10.0     # s without a report before a group asks where its members are
 STALL_MAX = 120.0
+JOIN_WAIT = 3.0        # s a group taken over waits to know an alive peer before it asks
 MAX_WATCHES = 200_000  # member ids another coordinator asked to be told about
 
 
@@ -74,7 +75,7 @@ class _Round:
 
 class Group:
     __slots__ = ("id", "entry", "root", "size", "values", "done", "members", "value",
-                 "next_i", "fresh", "last", "stall", "round", "known", "ended")
+                 "next_i", "fresh", "last", "stall", "round", "known", "ended", "began")
 
     def __init__(self, gid: str, entry: Entry, root: str, members: list[Any], value: bytes | None,
                  fresh: bool):
@@ -88,7 +89,7 @@ class Group:
         self.value = value
         self.next_i = 0 if fresh else -1             # -1: ask the mesh before starting
         self.fresh = fresh
-        self.last = time.monotonic()
+        self.last = self.began = time.monotonic()
         self.stall = STALL_AFTER
         self.round: _Round | None = None
         self.known: set[int] = set()                 # members some node holds
@@ -135,7 +136,7 @@ class Groups:
             self._succeed(g)
         elif g.fresh:
             self._expand(g)
-        else:
+        elif not self._alone(g, time.monotonic()):
             self._pull(g, range(g.size), time.monotonic())
 
     def _members(self, g: Group) -> list[Any]:
@@ -295,6 +296,8 @@ class Groups:
                 if r.complete() or now > r.deadline:
                     self._round_done(g, r.complete())
                 continue
+            if g.next_i < 0 and self._alone(g, now):
+                continue
             if g.next_i < 0 or (g.done < min(g.next_i, g.size) and now - g.last > g.stall):
                 pending = [i for i in range(min(g.next_i, g.size) if g.next_i >= 0 else g.size)
                            if g.values[i] is None]
@@ -302,6 +305,17 @@ class Groups:
                     g.stall = min(g.stall * 2, STALL_MAX)
                     g.last = now
                     self._pull(g, pending, now)
+
+    def _alone(self, g: Group, now: float) -> bool:
+        """A group taken over (a restart's recovery: before the node has heard of its
+        peers) waits up to JOIN_WAIT s to know an alive peer before it asks where its
+        members are: asked of no node, every member some peer holds or ran would be
+        "known to no node" and started again (a restart mid-chord ran 70 of 200 members
+        a second time so)."""
+        if now - g.began >= JOIN_WAIT:
+            return False
+        ms = getattr(self.node, "membership", None)
+        return ms is not None and not ms.alive_members(include_self=False)
 
     def _pull(self, g: Group, indexes: Any, now: float) -> None:
         r = _Round(next(self._rounds), now + ROUND_TIMEOUT)

@@ -1,7 +1,9 @@
-"""The client's real path against two scripted ROUTER 'nodes' (a real ``Mesh`` client;
+"""The client's real path against scripted ROUTER 'nodes' (a real ``Mesh`` client;
 the nodes say exactly what a test needs, when it needs it):
 
 * placement: a node that membership calls suspect or dead gets no new task;
+* a MOVED to a node that has left is not followed there: the task goes to that
+  node's backup (where it handed it), as after a death;
 * first result wins: two nodes both have a result for one task (it ran twice: on a
   node that failed over and on the one that came back); the caller sees the first
   one, always, and the second is counted and reported to its sender."""
@@ -17,21 +19,33 @@ import zmq
 from harness import wait_until
 
 from mesh import Mesh, states
+from mesh.rendezvous import backup_for
 from mesh.wire import codec
-from mesh.wire.protocol import Ack, Control, ControlReply, Release, Result, Submit, decode, encode
+from mesh.wire.protocol import (
+    Ack,
+    Control,
+    ControlReply,
+    Moved,
+    Release,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
 
 TID = "first-result-wins-0001"
 DEADLINE = 30.0
 
 
 class Scripted:
-    """Two ROUTERs, A and B, answered from the test's thread."""
+    """ROUTERs (two: A and B, unless ``names`` says others), answered from the test's
+    thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: tuple[str, ...] = ("A", "B")) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.socks: dict[str, zmq.Socket[bytes]] = {}
         self.endpoints: dict[str, str] = {}
-        for name in ("A", "B"):
+        for name in names:
             s = self.ctx.socket(zmq.ROUTER)
             s.setsockopt(zmq.LINGER, 0)
             port = s.bind_to_random_port("tcp://127.0.0.1")
@@ -40,11 +54,12 @@ class Scripted:
         for s in self.socks.values():
             self.poller.register(s, zmq.POLLIN)
 
-        self.states = {"A": "alive", "B": "alive"}     # what the members answer says
+        self.states = dict.fromkeys(names, "alive")     # what the members answer says
+        self.loads = dict.fromkeys(names, [0, 1, 0])
 
     def members(self) -> list[dict[str, Any]]:
-        return [{"node": n, "endpoint": ep, "state": self.states[n], "load": [0, 1, 0]}
-                for n, ep in self.endpoints.items()]
+        return [{"node": n, "endpoint": ep, "state": self.states[n], "load": self.loads[n]}
+                for n, ep in self.endpoints.items() if self.states[n]]
 
     def pump(self, until: Any, timeout: float = DEADLINE) -> list[tuple[str, bytes, Any]]:
         """Answer ``members`` requests; return the other frames, (node, ident, message),
@@ -193,3 +208,47 @@ def test_a_reader_keeps_the_first_result_when_a_second_node_answers_with_another
         assert r.result == "from A" and r.get(timeout=1) == "from A"
     finally:
         app.close()
+
+
+def _held_by_y(prefix: str) -> str:
+    """A task id whose backup on X (rendezvous over its peers A, Y, Z) is Y: where X,
+    stopping, hands it (mesh/node/handoff.py: the task's backup first)."""
+    return next(t for t in (f"{prefix}-{i}" for i in range(1000))
+                if backup_for(t, ["A", "Y", "Z"], "X") == "Y")
+
+
+@pytest.mark.parametrize("seen", [False, True], ids=["never-seen", "seen-alive"])
+def test_a_moved_to_a_node_that_left_goes_where_that_node_handed_it(seen: bool) -> None:
+    """A handed a task to X, and X, stopping, handed it on to its backup Y and exited;
+    the owner sends it to A again (its MOVED was lost, or another process resubmits the
+    id) and A, which cannot know Y, answers MOVED to X. The client does not follow it
+    to X, which membership says has left (never answered: the wait had no end), nor to
+    any node (a node that does not hold it runs it again): it sends it where X handed
+    it, X's rendezvous backup among the others, as it does when a node dies."""
+    nodes = Scripted(("A", "X", "Y", "Z"))
+    tid = _held_by_y(f"moved-left-{seen}")
+    for n in ("X", "Y", "Z"):
+        nodes.states[n] = "alive" if seen else ""     # not listed yet
+    app = Mesh("follower", peers=[nodes.endpoints["A"]], mdns=False)
+    try:
+        client = app.client
+        if seen:
+            nodes.pump(lambda got: len(client._placeable) == 4)
+            nodes.states.update(X="suspect", Y="suspect", Z="suspect")   # (the task goes to A)
+        nodes.pump(lambda got: [n.node_id for n in client._placeable] == ["A"])
+        r = app.send_task("t.any", task_id=tid)
+        (_, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        nodes.send("A", ident, Ack([tid], "A", [0, 1, 0]))
+        # X has left; Y and Z are alive, Z the less loaded (any node would be Z)
+        nodes.states.update(X="left", Y="alive", Z="alive")
+        nodes.loads["Y"] = [3, 1, 0]
+        nodes.pump(lambda got: sorted(n.node_id for n in client._placeable) == ["A", "Y", "Z"])
+        nodes.send("A", ident, Moved([tid], "A", nodes.endpoints["X"], "X", "shed"))
+        got = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        sent = [(n, i, m) for n, i, m in got if isinstance(m, Submit)]
+        assert [(n, m.task_id) for n, _, m in sent] == [("Y", tid)]
+        nodes.send("Y", sent[0][1], Result(tid, states.SUCCESS, codec.dumps("from Y"), node="Y"))
+        assert r.get(timeout=DEADLINE) == "from Y"
+    finally:
+        app.close()
+        nodes.close()
