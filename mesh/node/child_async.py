@@ -79,13 +79,14 @@ class Interruptible:
 class _Run:
     """One async task on the loop."""
 
-    __slots__ = ("msg", "atask", "runner", "stopping")
+    __slots__ = ("msg", "atask", "runner", "stopping", "started")
 
     def __init__(self, msg: Submit):
         self.msg = msg
         self.atask: asyncio.Task[None] | None = None
         self.runner: Interruptible | None = None    # once the coroutine exists
         self.stopping = False                       # cancelled at the node's request
+        self.started = False                        # its coroutine has taken a step
 
 
 class AsyncRunner:
@@ -119,6 +120,12 @@ class AsyncRunner:
         run = self.runs.get(task_id)
         if run is not None and run.atask is not None:
             run.stopping = True
+            if not run.started:
+                # cancelled before its first step, the coroutine would end unseen: no
+                # report, and the node would wait for the task for ever (a submit and
+                # its cancel handled in one pass of the loop). Once it has started:
+                self.loop.call_soon(self._cancel, task_id)
+                return
             run.atask.cancel()
 
     def _soft_limit(self, run: _Run) -> None:
@@ -127,6 +134,7 @@ class AsyncRunner:
 
     async def _execute(self, run: _Run) -> None:
         msg, child = run.msg, self.child
+        run.started = True
         t0 = time.perf_counter()
         try:
             state, value, exc, tb = await self._run(run)

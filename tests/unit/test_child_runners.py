@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 import time
 from typing import Any
 
@@ -158,6 +159,21 @@ def test_async_runner_runs_many_at_once_with_soft_limits_cancels_and_retries() -
     assert (got["retry"][0].state, got["retry"][0].countdown) == (states.RETRY, 7)
     assert got["nope"][0].state == states.FAILURE
     assert "not registered" in str(got["nope"][1].exc)
+
+
+def test_async_runner_reports_a_task_cancelled_before_it_started() -> None:
+    # its submit and its cancel handled in one pass of the runner's loop (a loaded CI
+    # run): the task was cancelled before its first step, its coroutine ended unseen,
+    # and no result was ever reported (the node would wait for it for ever)
+    q, report = _collect()
+    runner = AsyncRunner(_child(), report)
+    gate = threading.Event()
+    runner.loop.call_soon_threadsafe(gate.wait, 10)    # the loop, held
+    runner.submit(_msg("early", "r.nap", 30))
+    runner.cancel("early")
+    gate.set()
+    done, _res = q.get(timeout=10)
+    assert (done.task_id, done.state) == ("early", states.REVOKED)
 
 
 def test_thread_runner_runs_tasks_on_threads_with_soft_limits_and_cancels() -> None:
