@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 import zmq
 from harness import wait_until
 
+import mesh.client.links
 from mesh.client.io import Client
 from mesh.config import Config
 from mesh.wire.protocol import Ack, Control, ControlReply, decode, encode
@@ -21,7 +23,16 @@ def _bound_router(ctx: zmq.Context[Any]) -> tuple[zmq.Socket[bytes], int]:
     return s, s.bind_to_random_port("tcp://127.0.0.1")
 
 
-def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking() -> None:
+def _ask_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client asks for the membership every 0.3 s, not every second: for tests that
+    count answers, each as good as the next (a late answer, dropped as stale, only means
+    one more question). Not for a scripted node that answers once."""
+    monkeypatch.setattr(mesh.client.links, "MEMBERS_INTERVAL", 0.3)
+
+
+def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _ask_often(monkeypatch)
     ctx: zmq.Context[Any] = zmq.Context()
     (sa, pa), (sb, pb) = _bound_router(ctx), _bound_router(ctx)
     ea, eb = f"tcp://127.0.0.1:{pa}", f"tcp://127.0.0.1:{pb}"
@@ -88,12 +99,13 @@ def _end(ctx: zmq.Context[Any]) -> None:
         _stuck.append(ctx)
 
 
-def test_two_names_for_one_endpoint_through_its_own_link() -> None:
+def test_two_names_for_one_endpoint_through_its_own_link(monkeypatch: pytest.MonkeyPatch) -> None:
     """A node restarted under a new name at the same address: the members list it
     sends (through the client's link to that very address) names the old name dead and
     the new one alive. The client treats the endpoint as alive (no reset, no failover)
     and its I/O thread lives. (Before: every answer reset the link while it was being
     read, and the next read raised ZMQError ENOTSOCK, which killed the thread.)"""
+    _ask_often(monkeypatch)
     ctx: zmq.Context[Any] = zmq.Context()
     sa, pa = _bound_router(ctx)
     ea = f"tcp://127.0.0.1:{pa}"
