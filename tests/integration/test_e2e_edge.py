@@ -18,6 +18,9 @@ SUBMIT_AND_EXIT = """
 import logging, sys, time
 logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
 import tasks_app
+import mesh.client.links
+if len(sys.argv) > 4:                # s without a frame before it says so (5 by default)
+    mesh.client.links.UNREACHABLE_AFTER = float(sys.argv[4])
 from mesh import Mesh
 app = Mesh("edge", peers=[sys.argv[1]], mdns=False)
 add = app.task(name="tasks_app.add")(tasks_app.add.fun)
@@ -51,7 +54,10 @@ def _dead() -> str:
 
 def test_a_submitter_that_reaches_no_node_says_so_and_counts_at_exit() -> None:
     dead = _dead()
-    p = run_python(SUBMIT_AND_EXIT, dead, "3", "7")
+    # said after 1 s without a frame, not 5: the I/O thread checks every second and runs
+    # on through the 5 s exit wait as well, so the sleep (2 s) and that wait leave it
+    # seven chances to say it once more, as before (7 s of sleep, and the exit wait)
+    p = run_python(SUBMIT_AND_EXIT, dead, "3", "2", "1")
     lines = p.stderr.splitlines()
     unreachable = [ln for ln in lines if "cannot reach any mesh node" in ln]
     assert len(unreachable) == 1, p.stderr          # once, not every second
@@ -80,13 +86,16 @@ def _says_unreachable(p: Any, dead: str) -> None:
 
 def test_meshctl_call_and_result_exit_4_when_no_node_can_be_reached(start_node: Any) -> None:
     dead = _dead()
+    # --timeout 0.5: how long meshctl waits for a ping's answer (2 s by default); nothing
+    # listens on ``dead``, so no wait can turn into an answer, only make the test longer
+    quick = ("--peers", dead, "--timeout", "0.5")
     for wait in ([], ["--wait"]):     # --wait: at once, not after --result-timeout (60 s)
-        p = run_program(MESHCTL, "--peers", dead, "call", "tasks_app.add", "--args", "[1, 2]",
+        p = run_program(MESHCTL, *quick, "call", "tasks_app.add", "--args", "[1, 2]",
                         *wait, timeout=40)
         _says_unreachable(p, dead)
     tid = "01a22f7a-63ef-eaf0-2fab-7cf25ef72963"
-    _says_unreachable(run_program(MESHCTL, "--peers", dead, "result", tid), dead)
-    _says_unreachable(run_program(MESHCTL, "--peers", dead, "--json", "result", tid), dead)
+    _says_unreachable(run_program(MESHCTL, *quick, "result", tid), dead)
+    _says_unreachable(run_program(MESHCTL, *quick, "--json", "result", tid), dead)
     node = start_node()
     p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", "--args", "[1, 2]")
     assert p.returncode == EXIT_OK, p
