@@ -271,10 +271,14 @@ def test_a_node_killed_right_after_tasks_were_shed_to_it_loses_none(
     # shed tasks killed with -9 and never restarted. Its backup for those tasks is the
     # node that shed them (the only other one): it must have kept their copies, and
     # run them. (Before: 1 or 2 of 8 stayed UNKNOWN on the survivor.)
-    a = start_node(name="a", concurrency=1)
-    b = start_node(name="b", concurrency=4, peers=a.endpoint)
+    # The test profile sees the kill in about a second (the lan profile: ~3 s), and the
+    # tasks last 1 s: the survivor runs most of the ten one after the other (concurrency
+    # 1); the receiver cannot have finished what it took when it is killed (four
+    # children, the kill follows its log line at once: a second wave still runs).
+    a = start_node(name="a", concurrency=1, profile="test")
+    b = start_node(name="b", concurrency=4, peers=a.endpoint, profile="test")
     form_mesh(a, b)
-    ids = submit_and_exit([a], [("tasks_app.sleep", [2.0], {})] * 10)
+    ids = submit_and_exit([a], [("tasks_app.sleep", [1.0], {})] * 10)
     shed = re.compile(r"handed (\d+) task\(s\) to (a|b) ")
     first: list[tuple[NodeProc, str]] = []
 
@@ -291,5 +295,5 @@ def test_a_node_killed_right_after_tasks_were_shed_to_it_loses_none(
     receiver.proc.kill()                 # -9 at once, never restarted
     receiver.proc.wait(10)
     reader = make_client(giver)          # a process that submitted nothing
-    assert results(reader, ids) == [2.0] * 10
+    assert results(reader, ids) == [1.0] * 10
     assert giver.status()["taken_over"] >= 1
