@@ -90,11 +90,14 @@ def test_a_retried_task_given_back_at_shutdown_keeps_its_retry_count(
 
 def test_close_fails_what_is_still_outstanding(client: ClientHandle, tmp_path: Path) -> None:
     from mesh.exceptions import MeshError
-    r = client.app.send_task(tasks_app.wait_for_file.name, args=(str(tmp_path / "never"),))
+    gate = tmp_path / "never"
+    r = client.app.send_task(tasks_app.wait_for_file.name, args=(str(gate),))
     wait_until(lambda: r.state == states.RECEIVED, timeout=20, what="the task to be received")
     client.app.close()
     with pytest.raises(MeshError, match="closed"):
         r.get(timeout=10)
+    gate.touch()        # the node's child ends the task: the node stops at once at teardown,
+    #                     not after the harness's 10 s grace (a running task delays a stop)
 
 
 def test_an_outstanding_task_id_cannot_be_reused(client: ClientHandle, tmp_path: Path) -> None:
