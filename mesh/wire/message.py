@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import operator
 import sys
 import types
 import typing
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 import msgpack
 
 from mesh.exceptions import DecodeError
+from mesh.wire.frozen import FrozenBase, values_getter
 
 MAX_NESTING = 100        # containers in containers, in any one field value
 
@@ -113,43 +113,23 @@ def _check_for(tp: Any) -> Callable[[Any], bool]:
     raise TypeError(f"unsupported field type {tp!r}")
 
 
-class Message:
+class Message(FrozenBase):
     """Base of all wire messages. Subclasses are frozen dataclasses with a TYPE.
 
-    Frozen here, not by ``dataclass(frozen=True)``, and compared, hashed and shown by
-    the methods below rather than by ones generated per class: the generated ones cost
-    ~35 ms of CPU and ~0.2 MiB of heap at import, in every process (docs/performance.md,
-    "Round 11"). Each message class's ``__init__`` and decoder are generated on first
-    use (:func:`message`)."""
+    Frozen, compared, hashed and shown by :class:`FrozenBase` (through ``_values``,
+    every field, as ``encode`` sends them), not by ``dataclass(frozen=True)``, whose
+    methods generated per class cost ~35 ms of CPU and ~0.2 MiB of heap at import, in
+    every process (docs/performance.md, "Round 11"). Each message class's ``__init__``
+    and decoder are generated on first use (:func:`message`)."""
 
     __slots__ = ()
     TYPE: ClassVar[enum.IntEnum]     # (the schema's MsgType)
     _spec: ClassVar[tuple[tuple[str, Callable[[Any], bool], Any, str], ...]]
     _required: ClassVar[int]
     _build: ClassVar[Callable[[list[Any]], "Message"]]   # checked fields -> message
-    _values: ClassVar[Callable[["Message"], tuple[Any, ...]]]   # message -> fields
 
     def validate(self) -> None:
         """Extra per-type checks after field types are known good; raise DecodeError."""
-
-    # what dataclass(frozen=True, eq=True) would generate, once for every class
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return bool(type(self)._values(self) == type(other)._values(other))
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(type(self)._values(self))
-
-    def __repr__(self) -> str:
-        values = ", ".join(f"{s[0]}={v!r}" for s, v in zip(self._spec, type(self)._values(self)))
-        return f"{type(self).__qualname__}({values})"
 
     def __getstate__(self) -> tuple[Any, ...]:        # pickle, copy: through the slots
         return type(self)._values(self)
@@ -221,10 +201,8 @@ def message(cls: _M) -> _M:
     dc._build = _lazy_build(dc, hints)
     dc.__init__ = _lazy_init
     names = [name for name, _c, _d, _t in spec]
-    getter = operator.attrgetter(*names) if names else None
-    dc._values = (getter if len(names) > 1                 # (read through the class:
-                  else (lambda m: (getter(m),)) if getter  # never bound to a message)
-                  else (lambda m: ()))
+    dc._values = values_getter(names)
+    dc._shown = tuple(names)
     if dc.TYPE in _REGISTRY:
         raise RuntimeError(f"duplicate message type {dc.TYPE}")
     _REGISTRY[int(dc.TYPE)] = dc
