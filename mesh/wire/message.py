@@ -35,27 +35,22 @@ def _plain(value: Any, depth: int = 0) -> bool:
     raise RecursionError, and re-encoding them may fail.) Scalars in a container are
     passed over without a call (most of what a frame holds)."""
     t = type(value)
-    if t is dict:
+    if t is dict or t is list:
         if not value:
             return True
         if depth >= MAX_NESTING:
             raise DecodeError(f"values nested over {MAX_NESTING} deep are not allowed")
         d = depth + 1
-        for k, v in value.items():
-            if type(k) not in _SCALARS:
-                _plain(k, d)
-            if type(v) not in _SCALARS:
-                _plain(v, d)
-        return True
-    if t is list:
-        if not value:
-            return True
-        if depth >= MAX_NESTING:
-            raise DecodeError(f"values nested over {MAX_NESTING} deep are not allowed")
-        d = depth + 1
-        for v in value:
-            if type(v) not in _SCALARS:
-                _plain(v, d)
+        if t is dict:
+            for k, v in value.items():
+                if type(k) not in _SCALARS:
+                    _plain(k, d)
+                if type(v) not in _SCALARS:
+                    _plain(v, d)
+        else:
+            for v in value:
+                if type(v) not in _SCALARS:
+                    _plain(v, d)
         return True
     if t is msgpack.Timestamp:
         raise DecodeError("extension type -1 (msgpack Timestamp) is not allowed in a message envelope")
