@@ -84,10 +84,26 @@ def frozen(cls: _T) -> _T:
     if cls.__doc__ is None:       # (dataclass would make one from inspect.signature)
         cls.__doc__ = f"{cls.__name__}({', '.join(cls.__dict__.get('__annotations__', {}))})"
     dc: Any = dataclasses.dataclass(init=False, repr=False, eq=False)(cls)
-    fields = dataclasses.fields(dc)
-    dc._values = values_getter([f.name for f in fields if f.compare])
-    dc._shown = tuple(f.name for f in fields if f.repr)
+    dc._values, dc._shown = _LAZY_VALUES, _LAZY_SHOWN     # (its own, not a base's)
     return typing.cast(_T, dc)
+
+
+class _OnFirstUse:
+    """A class attribute of a ``@frozen`` class made from its dataclass fields when
+    first read, then stored on the class (nothing is made at import)."""
+
+    def __init__(self, name: str, make: Callable[[tuple[dataclasses.Field[Any], ...]], Any]):
+        self.name, self.make = name, make
+
+    def __get__(self, obj: object, cls: type) -> Any:
+        value = self.make(dataclasses.fields(cls))
+        setattr(cls, self.name, value)
+        return value
+
+
+_LAZY_VALUES = _OnFirstUse("_values", lambda fields: values_getter(
+    [f.name for f in fields if f.compare]))
+_LAZY_SHOWN = _OnFirstUse("_shown", lambda fields: tuple(f.name for f in fields if f.repr))
 
 
 def _make_init(cls: Any) -> Callable[..., None]:
