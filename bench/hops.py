@@ -196,21 +196,25 @@ def analyse(directory: str, trips: list[tuple[int, int]], client_pid: int,
         backup = next((p for p in node_pids if p != holder), None)
         procs = {"c": [client_pid], "h": [holder], "b": [backup] if backup else [],
                  "k": list(child_pids)}
+        seen: dict[tuple[str, str], int] = {("c", "c.delay"): a}
 
         def first(who: str, name: str, after: int, procs: dict[str, list[int]] = procs,
                   window: dict[int, list[tuple[int, str]]] = window) -> int | None:
             return min((ts for p in procs[who] for ts, n in window.get(p, [])
                         if n == name and ts >= after), default=None)
-        seen: dict[tuple[str, str], int] = {("c", "c.delay"): a}
-        t = a
-        ok = True
-        for name, who in PATH[1:BACKUP_ACK]:
-            found = first(who, name, t)
-            if found is None:
-                ok = False
-                break
-            seen[who, name] = t = found
-        if not ok:
+
+        def walk(part: list[tuple[str, str]], t: int, first: Any = first,
+                 seen: dict[tuple[str, str], int] = seen) -> int | None:
+            """Each step of ``part`` in order from ``t`` (into ``seen``): the last one's
+            time, or None if one is missing."""
+            for name, who in part:
+                found = first(who, name, t)
+                if found is None:
+                    return None
+                seen[who, name] = t = found
+            return t
+        t = walk(PATH[1:BACKUP_ACK], a)
+        if t is None:
             continue
         from_holder, from_backup = first("c", "c.Result", t), first("c", "c.Result.b", t)
         if from_backup is not None and (from_holder is None or from_backup < from_holder):
@@ -218,13 +222,7 @@ def analyse(directory: str, trips: list[tuple[int, int]], client_pid: int,
             by_backup += 1
         else:
             path = PATH
-        for name, who in path[BACKUP_ACK:-1]:
-            found = first(who, name, t)
-            if found is None:
-                ok = False
-                break
-            seen[who, name] = t = found
-        if not ok:
+        if walk(path[BACKUP_ACK:-1], t) is None:
             continue
         complete += 1
         seen["c", "c.got"] = b

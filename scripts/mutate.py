@@ -49,6 +49,8 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() els
 AUTO_TESTS: dict[str, list[str]] = {
     "mesh/wire/protocol.py": ["tests/unit/test_protocol.py", "tests/unit/test_protocol_doc.py",
                               "tests/unit/test_protocol_fuzz.py"],
+    "mesh/wire/message.py": ["tests/unit/test_protocol.py", "tests/unit/test_protocol_classes.py",
+                             "tests/unit/test_protocol_fuzz.py"],
     "mesh/wire/codec.py": ["tests/unit/test_codec.py", "tests/unit/test_protocol_doc.py"],
     "mesh/node/sqlite_journal.py": ["tests/unit/test_journal.py", "tests/unit/test_journal_messages.py",
                                     "tests/integration/test_e2e_journal.py",

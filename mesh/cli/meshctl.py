@@ -207,147 +207,6 @@ def ping(ctx: click.Context) -> int:
     return EXIT_OK if ok else EXIT_FAILURE
 
 
-def _fmt_bytes(n: int) -> str:
-    return f"{n / (1024 * 1024):.0f}M"
-
-
-def _fmt_uptime(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def _waiting(r: dict[str, Any]) -> str:
-    """Queued tasks, and how many of them wait on disk (beyond --queue-memory)."""
-    disk = r.get("queued_on_disk") or 0
-    return f"{r['queued']} ({disk} on disk)" if disk else str(r["queued"])
-
-
-def _queues(queues: Any) -> str:
-    """The queues a node serves: ``*`` for every queue (status ``queues``: nil)."""
-    return ",".join(map(str, queues)) if isinstance(queues, list) else "*"
-
-
-# when two nodes disagree about a third at the same incarnation, the graver state wins
-_STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
-
-
-def _ok(r: Any) -> bool:
-    from mesh.wire.protocol import ControlReply
-    return isinstance(r, ControlReply) and r.ok
-
-
-def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
-    """One row per node the mesh knows: nodes answer ``status`` directly; members
-    learned from their ``members`` lists are asked too, and those that do not answer
-    are shown with the state the membership gives them. An address can carry two names
-    (a node restarted there under a new name: the old one dead, the new one alive):
-    each gets its own row, with its own state."""
-    from mesh.client.control import ControlClient
-    with ControlClient() as cc:
-        statuses = cc.broadcast(peers, "status", timeout=timeout)
-        answered = [ep for ep, r in statuses.items() if _ok(r)]
-        members: dict[str, dict[str, dict[str, Any]]] = {}      # endpoint -> node -> record
-        for r in cc.broadcast(answered, "members", timeout=timeout).values():
-            if not _ok(r) or not isinstance(r.payload, list):   # type: ignore[union-attr]
-                continue
-            for m in r.payload:                                  # type: ignore[union-attr]
-                if not isinstance(m, dict) or not isinstance(m.get("endpoint"), str):
-                    continue
-                at = members.setdefault(m["endpoint"], {})
-                name = str(m.get("node", "?"))
-                old = at.get(name)
-                key = (m.get("incarnation", 0), _STATE_RANK.get(m.get("state", ""), 0))
-                if old is None or key > (old.get("incarnation", 0), _STATE_RANK.get(old.get("state", ""), 0)):
-                    at[name] = m
-        answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}  # type: ignore[union-attr]
-        more = [ep for ep, at in members.items() if ep not in statuses and any(
-            m.get("state") == "alive" and m.get("node") not in answered_ids for m in at.values())]
-        statuses.update(cc.broadcast(more, "status", timeout=timeout))
-    rows = []
-    seen: set[str] = set()       # a node reached through a seed and its advertised address: once
-    for ep in dict.fromkeys([*peers, *members]):
-        r = statuses.get(ep)  # type: ignore[assignment]
-        at = members.get(ep, {})
-        node_id = str(r.payload.get("node")) if _ok(r) else ""  # type: ignore[union-attr]
-        if _ok(r):
-            if node_id not in seen:
-                seen.add(node_id)
-                row = dict(r.payload)                            # type: ignore[union-attr]
-                m = at.get(node_id)
-                if m is not None and row.get("state") == "alive":
-                    row["state"] = m.get("state", "alive")       # what the mesh thinks of it
-                rows.append(row)
-        elif not at:
-            rows.append({"node": "?", "address": ep, "state": "unreachable", "answered": False,
-                         "error": str(r)})
-        for name, m in at.items():                               # the names that did not answer
-            if name in seen:
-                continue
-            seen.add(name)
-            load = m.get("load") if isinstance(m.get("load"), list) else None
-            rows.append({"node": m.get("node", "?"), "address": ep, "state": m.get("state", "?"),
-                         "answered": False, "load": load, "error": str(r) if r and not _ok(r) else None})
-    for row in rows:
-        row.setdefault("answered", True)
-    return rows
-
-
-def pool_range(row: dict[str, Any]) -> str:
-    """``2-8`` for an autoscaled pool (min-max), ``4`` for a fixed one, ``-`` if unknown."""
-    rng = row.get("pool_range")
-    if not (isinstance(rng, list) and len(rng) == 2):
-        return "-"
-    return f"{rng[0]}-{rng[1]}" if row.get("pool_autoscale") else str(rng[1])
-
-
-@meshctl.command()
-@click.pass_context
-def status(ctx: click.Context) -> int:
-    """One row per node the mesh knows (alive, suspect, dead, left); exit 1 when no
-    node answers.
-
-    \b
-    Example:
-      meshctl --peers tcp://127.0.0.1:7700,tcp://127.0.0.1:7701 status --json
-    """
-    rows = gather_status(_peers(ctx), ctx.obj["timeout"])
-    answered = sum(1 for r in rows if r["answered"])
-    if ctx.obj["json"]:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        header = ("NODE", "ADDRESS", "STATE", "MESH", "QUEUES", "KIND", "RANGE", "BUSY", "WAITING",
-                  "DONE", "FAILED", "TASKS/S", "CPU%", "MEM", "UPTIME", "VERSION")
-        table = [header]
-        for r in rows:
-            if not r["answered"]:
-                # a dead or departed node's last gossiped load is stale: its tasks were
-                # taken over (shown as busy/waiting there, they read as stuck)
-                load = r.get("load") if r["state"] not in ("dead", "left") else None
-                busy = f"{load[0]}/{load[1]}" if load else "-"
-                queue = str(load[2]) if load else "-"
-                table.append((r["node"], r["address"], r["state"], "-", "-", "-", "-", busy, queue)
-                             + ("-",) * 7)
-                continue
-            table.append((r["node"], r["address"], r["state"], str(r.get("mesh", "-")),
-                          _queues(r.get("queues")), str(r.get("pool", "-")), pool_range(r),
-                          f"{r['busy']}/{r['total']}",
-                          _waiting(r), str(r["succeeded"]), str(r["failed"]),
-                          f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",
-                          _fmt_bytes(r["rss_bytes"]), _fmt_uptime(r["uptime"]), r["version"]))
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        for row in table:
-            click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        click.echo(f"{answered} of {len(rows)} node(s) answered")
-        for r in rows:             # why a node asked did not answer (keys, refusal, ...)
-            if r["state"] == "unreachable" and r.get("error"):
-                click.echo(f"{r['address']}: {r['error']}", err=True)
-        for r in rows:             # a node that can run nothing is a mistake worth shouting
-            if r["answered"] and not r.get("registered", True):
-                click.echo(f"WARNING: node {r['node']} registers no tasks (its app: "
-                           f"{r.get('app') or '?'}): it can run nothing; check its --app", err=True)
-    return EXIT_OK if answered else EXIT_FAILURE
-
-
 @meshctl.command()
 @click.argument("task_name")
 @click.option("--args", "args_json", default="[]", metavar="JSON", help="Positional arguments, a JSON array.")
@@ -597,7 +456,9 @@ from mesh.cli.meshctl_control import control  # noqa: E402
 from mesh.cli.meshctl_inspect import inspect  # noqa: E402
 from mesh.cli.meshctl_keys import keys  # noqa: E402
 from mesh.cli.meshctl_monitor import events, top  # noqa: E402
+from mesh.cli.meshctl_status import gather_status, pool_range, status  # noqa: E402,F401
 
+meshctl.add_command(status)
 meshctl.add_command(control)
 meshctl.add_command(inspect)
 meshctl.add_command(events)

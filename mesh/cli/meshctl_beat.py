@@ -32,7 +32,7 @@ def merge_beat(replies: dict[str, Any]) -> dict[str, Any]:
 
 def gather_beat(peers: list[str], timeout: float) -> dict[str, Any]:
     """Ask every node in ``peers`` (and every alive member they know) for its view."""
-    from mesh.cli.meshctl import gather_status
+    from mesh.cli.meshctl_status import gather_status
     from mesh.client.control import ControlClient
     endpoints = [row["address"] for row in gather_status(peers, timeout)
                  if row.get("state") == "alive" and isinstance(row.get("address"), str)]

@@ -210,7 +210,7 @@ class StatusPoller:
         self._thread.start()
 
     def _run(self) -> None:
-        from mesh.cli.meshctl import gather_status
+        from mesh.cli.meshctl_status import gather_status
         from mesh.client.control import ControlClient
         from mesh.wire.protocol import ControlReply
         while not self._stop.is_set():

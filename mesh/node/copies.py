@@ -470,7 +470,7 @@ class Copies:
     def repair_some(self) -> None:
         """Copy up to REPAIR_CHUNK results per gone peer to their new backups."""
         journal = self.node.journal
-        alive = set(self.replicas._alive_ids())
+        alive = set(self.replicas.choice.alive_ids())
         if not alive:
             return
         for peer, after in list(self.repairs.items()):
@@ -491,7 +491,7 @@ class Copies:
                 continue
             moved: dict[str, list[str]] = {}
             for _pos, tid, state, frame in rows:
-                new = self.replicas._choose(tid)
+                new = self.replicas.choice.choose(tid)
                 self.replicas._queue(new).results[tid] = (state, frame)
                 moved.setdefault(new, []).append(tid)
             try:

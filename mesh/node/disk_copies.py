@@ -175,7 +175,7 @@ class DiskCopies:
                 self._resend(now)
             return
         node = self.node
-        if not self.walking or node.stopping or not self.replicas._alive_ids():
+        if not self.walking or node.stopping or not self.replicas.choice.alive_ids():
             return                                  # (nobody to copy to: it waits)
         if node.reclaim.disk:
             # back after a crash, its tasks on disk wait for the other nodes' answers
@@ -211,13 +211,13 @@ class DiskCopies:
             return                                  # (dropped when read back, said there)
         if type(msg) is not Submit:
             return
-        backup = self.replicas.backup_now(tid, msg)
+        backup = self.replicas.choice.backup_now(tid, msg)
         if backup:
             self.inflight[tid] = (backup, frame)
             self.replicas._queue(backup).tasks[tid] = frame
 
     def _resend(self, now: float) -> None:
-        alive = set(self.replicas._alive_ids())
+        alive = set(self.replicas.choice.alive_ids())
         for tid, (backup, frame) in list(self.inflight.items()):
             if backup in alive:
                 self.replicas._queue(backup).tasks[tid] = frame

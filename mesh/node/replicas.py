@@ -3,9 +3,11 @@ on a second node, the task's *backup*, chosen by rendezvous hashing over the ali
 members (mesh/rendezvous.py). Then the loss of any one machine, for good, loses no
 accepted task and no result, even when the submitter exited long ago.
 
-(This module is the holder's side and the batching; what a backup keeps and does when
-a holder dies is mesh/node/copies.py. It stays one module of ~680 lines because the
-holder's send, confirm and resend paths share one in-flight state per backup.)
+(This module is the holder's side and the batching: its send, confirm and resend
+paths share one in-flight state per backup. Which node is a task's backup is
+mesh/node/backup_choice.py; the replies that wait for a copy's confirmation,
+mesh/node/copy_gates.py (a mixin of ``Replicas``); what a backup keeps and does when
+a holder dies, mesh/node/copies.py.)
 
 Holder side (this node holds the task):
 
@@ -41,32 +43,32 @@ import functools
 import itertools
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from mesh.exceptions import DecodeError
-from mesh.membership import Member, MemberState
+from mesh.membership import MemberState
+from mesh.node.backup_choice import ALIVE_TTL as ALIVE_TTL  # (importable from here as before)
+from mesh.node.backup_choice import BackupChoice
 from mesh.node.component import Component
 from mesh.node.copies import Copies, uncount
+from mesh.node.copy_gates import COPY_TIMEOUT as COPY_TIMEOUT
+from mesh.node.copy_gates import GATE_STAMP as GATE_STAMP
+from mesh.node.copy_gates import CopyGates
 from mesh.node.disk_copies import DiskCopies
-from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.ledger import Entry
 from mesh.node.peers import PeerSockets
-from mesh.rendezvous import backup_for
 from mesh.security.text import safe_logger
-from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
+from mesh.wire.protocol import Replicate, ReplicateAck, Submit, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
 
 log = safe_logger("mesh.replicas")
 
-COPY_TIMEOUT = 1.0       # s the owner's ACK waits for the backup's confirmation at most
 COPY_DELAY = 0.002       # s a held task waits before its copy is sent (if it finishes
                          # sooner, its result is sent instead: most tasks are short)
 RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
-ALIVE_TTL = 0.05         # s the list of alive peers is reused for choosing backups
 TICK = 0.1               # s between checks of unconfirmed copies
 MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
 SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
@@ -74,10 +76,6 @@ DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
                                 # the message size limit)
 SETTLE_STEP = 0.02
-GATE_STAMP = 0.001       # s one time stamp serves the gates opened in a burst
-
-Waiter: TypeAlias = "bytes | tuple[bytes, bytes] | Callable[[], None]"
-Gate: TypeAlias = "None | Waiter | list[Waiter]"
 
 
 @dataclasses.dataclass
@@ -98,29 +96,22 @@ class _Sent:
     at: float
 
 
-class Replicas(Component):
+class Replicas(CopyGates, Component):
     """The second copy of held tasks and results; the backup's takeover."""
 
     name = "replicas"
     requires = ("journal", "front", "pool", "membership")
 
     def __init__(self) -> None:
+        CopyGates.__init__(self)                   # replies waiting for copies: copy_gates.py
         self.enabled = False                       # sending copies (replicas == 2, started)
         self.started = False
         # holder side: a held task's backup and queue are on its Entry (``backup``,
         # ``queue``: one record per task, not a dict entry each); here, how many
         # held tasks each backup has ("" = none), to replace a backup that is gone
         self.per_backup: dict[str, int] = {}
-        # task id -> what waits for its copy's confirmation: None (nothing yet), an
-        # ACK to send (the owner's routing id: bytes), a reply to send (routing id,
-        # frame) or a callable, or a list of those (no list nor closure per task for
-        # the usual one ACK or RESULT)
-        self.gates: dict[str, Gate] = {}
         self._held_results: dict[str, tuple[str, str, bytes]] = {}   # workflow steps' results,
                                                    # until the steps they started are copied
-        self._result_wait: set[str] = set()        # finished: replies wait for the result's copy
-        self._gate_since: dict[str, float] = {}   # (the float shared by a pass's tasks)
-        self._stamp = 0.0
         self._out: dict[str, _Batch] = {}          # backup -> its next REPLICATE
         self._sent: dict[str, _Sent] = {}          # batch id -> what it carried
         self._busy: dict[str, str] = {}            # backup -> its batch in flight: one at a
@@ -132,18 +123,14 @@ class Replicas(Component):
                                                    # the copies it kept in memory)
         self._parked: dict[str, set[str]] = {}     # backup not alive -> ids whose copy there
                                                    # goes once it is alive again (replaced)
-        self._alive: list[str] = []                # alive peers (cached for ALIVE_TTL)
-        self._alive_members: list[Member] = []
-        self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
-        self._alive_at = -1.0
+        self.choice = BackupChoice(self)           # a task's backup: backup_choice.py
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
         self.copies = Copies(self)                 # the backup side: mesh/node/copies.py
         self.disk_copies = DiskCopies(self)        # tasks on disk whose copy was lost
         # figures (status)
-        self.copies_sent = self.copies_confirmed = self.single_copy = 0
+        self.copies_sent = self.copies_confirmed = 0
         self._alone: bool | None = None
-        self._slowlog = _RateLimitedLog("unconfirmed copies")
 
     @classmethod
     def inert(cls, node: "Node") -> "Replicas":
@@ -186,8 +173,8 @@ class Replicas(Component):
         if not self.enabled:
             return
         tid = entry.task_id
-        entry.queue = self._queue_for(entry, msg)
-        backup = self._choose(tid, entry)
+        entry.queue = self.choice.queue_for(entry, msg)
+        backup = self.choice.choose(tid, entry)
         self._track(entry, backup)
         if backup:
             # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
@@ -204,20 +191,6 @@ class Replicas(Component):
                 self._later_timer = asyncio.get_running_loop().call_later(
                     COPY_DELAY, self._copy_due)
             self._gate(tid, now)
-
-    def _now(self) -> float:
-        """time.monotonic(), the same float object within GATE_STAMP (one per burst,
-        not one per task: a gate's start is kept until the copy is confirmed)."""
-        now = time.monotonic()
-        if now - self._stamp < GATE_STAMP:
-            return self._stamp
-        self._stamp = now
-        return now
-
-    def _gate(self, tid: str, since: float) -> None:
-        if tid not in self.gates:
-            self.gates[tid] = None
-        self._gate_since.setdefault(tid, since)
 
     def _copy_due(self) -> None:
         """Copies whose delay is over, of tasks still held here, go to their backups."""
@@ -256,7 +229,7 @@ class Replicas(Component):
             else:
                 self._open(task_id)
             return ""
-        backup = (self._untrack(entry) if entry is not None else "") or self._choose(task_id)
+        backup = (self._untrack(entry) if entry is not None else "") or self.choice.choose(task_id)
         if backup:
             if hold:
                 self._held_results[task_id] = (backup, state, result_frame)
@@ -326,99 +299,7 @@ class Replicas(Component):
         if was and self.enabled and entry.backup != was:
             self._queue(was).drop.add(entry.task_id)
 
-    def pending(self, task_id: str) -> bool:
-        """Its copy is not confirmed yet: replies saying a node has it must wait."""
-        return task_id in self.gates
-
-    def after_copy(self, task_id: str, fn: Waiter) -> None:
-        """Run ``fn`` once the task's copy is confirmed (at once if it is); ``fn`` a
-        routing id (bytes): acknowledge the task to it then (``Intake.ack_later``);
-        (routing id, frame): send it that frame then."""
-        gates = self.gates
-        if task_id not in gates:
-            self._run(task_id, fn)
-            return
-        waiting = gates[task_id]
-        if waiting is None:
-            gates[task_id] = fn
-        elif isinstance(waiting, list):
-            waiting.append(fn)
-        else:
-            gates[task_id] = [waiting, fn]
-
-    def reply(self, task_id: str, ident: bytes, frame: bytes) -> None:
-        """Send ``frame`` to ``ident`` once the task's copy is confirmed."""
-        if task_id in self.gates:
-            self.after_copy(task_id, (ident, frame))
-        else:
-            self.node.front.reply(ident, frame)
-
-    def _run(self, task_id: str, fn: Waiter) -> None:
-        if isinstance(fn, bytes):
-            self.node.intake.ack_later(fn, task_id)
-        elif isinstance(fn, tuple):
-            self.node.front.reply(*fn)
-        else:
-            fn()
-
     # -- holder side: bookkeeping ----------------------------------------------------
-    def _alive_ids(self) -> list[str]:
-        now = time.monotonic()
-        if now - self._alive_at > ALIVE_TTL:
-            ms = self.node.membership
-            self._alive_members = ms.alive_members(include_self=False)
-            self._alive = [m.id for m in self._alive_members]
-            self._takers = {}
-            self._alive_at = now
-        return self._alive
-
-    def _choose(self, task_id: str, entry: Entry | None = None) -> str:
-        """The backup for a task (among the alive nodes that take it: its backup may
-        have to run it) or for a result (any alive node); "" when there is none."""
-        peers = self._alive_ids()
-        if entry is not None:
-            peers = self._takers_of(entry)
-        return backup_for(task_id, peers, self.node.name) or ""
-
-    def _takers_of(self, entry: Entry) -> list[str]:
-        """Alive peers that would take this task (mesh, queue, name: docs/routing.md)."""
-        routing = getattr(self.node, "routing", None)
-        if routing is None:
-            return self._alive
-        queue = entry.queue
-        if queue is None:
-            queue = entry.queue = self._queue_for(entry, None)
-        return self._takers_for(routing, queue, entry.name)
-
-    def _takers_for(self, routing: Any, queue: str, name: str) -> list[str]:
-        key = (queue, name)
-        takers = self._takers.get(key)
-        if takers is None:
-            takers = self._takers[key] = [m.id for m in self._alive_members
-                                          if routing.peer_accepts(m.meta, queue, name)]
-        return takers
-
-    def backup_now(self, task_id: str, msg: Submit) -> str:
-        """The backup rendezvous hashing picks now for a task not held in memory (one
-        waiting on disk: mesh/node/disk_copies.py), as ``accepted`` would; "" if none."""
-        peers = self._alive_ids()
-        routing = getattr(self.node, "routing", None)
-        if routing is not None:
-            queue = sys.intern(str(routing.queue_for(msg.name, msg.headers)))
-            peers = self._takers_for(routing, queue, msg.name)
-        return backup_for(task_id, peers, self.node.name) or ""
-
-    def _queue_for(self, entry: Entry, msg: Submit | None) -> str:
-        routing = getattr(self.node, "routing", None)
-        if routing is None:
-            return ""
-        if msg is None:
-            sub = _submit(entry.frame)
-            headers = sub.headers if sub is not None else None
-        else:
-            headers = msg.headers
-        return sys.intern(str(routing.queue_for(entry.name, headers)))   # one per queue
-
     def backup_of(self, task_id: str) -> str | None:
         """The backup of a task held here ("" none; None: not held, or not tracked)."""
         entry = self.node.ledger.held.get(task_id)
@@ -445,19 +326,6 @@ class Replicas(Component):
             batch = self._out[backup] = _Batch()
             self.node.front.schedule_flush()
         return batch
-
-    def _open(self, tid: str) -> None:
-        """The copy is confirmed (or we stop waiting for it): send what waited."""
-        self._result_wait.discard(tid)
-        self._gate_since.pop(tid, None)
-        waiting = self.gates.pop(tid, None)
-        if waiting is None:
-            return
-        for fn in waiting if isinstance(waiting, list) else (waiting,):
-            try:
-                self._run(tid, fn)
-            except Exception:
-                log.exception("a reply waiting for the copy of task %s failed", tid)
 
     # -- sending (end of each loop pass, after the ledger's commit) -------------------
     def flush(self) -> None:
@@ -502,7 +370,7 @@ class Replicas(Component):
         for tid, frame in batch.tasks.items():
             entry = self.node.ledger.held.get(tid)
             if entry is not None:
-                new = self._choose(tid, entry)
+                new = self.choice.choose(tid, entry)
                 self._track(entry, new)
                 if new:
                     self._queue(new).tasks[tid] = frame
@@ -510,7 +378,7 @@ class Replicas(Component):
                     self._open(tid)            # nobody to copy to: one copy for now
         moved: dict[str, list[str]] = {}
         for tid, result in batch.results.items():
-            new = self._choose(tid)
+            new = self.choice.choose(tid)
             if new:
                 self._queue(new).results[tid] = result
             else:
@@ -589,22 +457,6 @@ class Replicas(Component):
             else:
                 self._reroute(sent.backup, sent.batch)
 
-    def _give_up(self, now: float) -> None:
-        # _gate_since is in order of time (a task's first wait is kept): only its head
-        # can be late, so this reads a few entries, not every task in flight
-        late: list[str] = []
-        for t, since in self._gate_since.items():
-            if now - since <= COPY_TIMEOUT:
-                break
-            late.append(t)
-        if late:
-            self.single_copy += len(late)
-            self._slowlog.warning("no backup confirmed the copy of %d task(s) within %g s: "
-                                  "acknowledged with one copy for now (still copying)",
-                                  len(late), COPY_TIMEOUT)
-            for tid in late:
-                self._open(tid)
-
     def check_members(self, now: float) -> None:
         """Backups that are gone are replaced; holders that are gone are taken over."""
         if not self.started:
@@ -613,7 +465,7 @@ class Replicas(Component):
         ms = node.membership
         if self.enabled:
             self._say_copies()
-            alive = set(self._alive_ids())
+            alive = set(self.choice.alive_ids())
             self.copies.note_departures(alive)
             boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
             restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
@@ -640,7 +492,7 @@ class Replicas(Component):
             if old is None or old not in gone:
                 continue
             moved[old] = moved.get(old, 0) + 1
-            new = self._choose(tid, entry)
+            new = self.choice.choose(tid, entry)
             self._track(entry, new)
             if old and new and old not in restarted and new != old:
                 # a backup merely suspected comes back with its copy: dropped then, else
@@ -689,7 +541,7 @@ class Replicas(Component):
         return len(gone)
 
     def _say_copies(self, first: bool = False) -> None:
-        alone = not self._alive_ids()
+        alone = not self.choice.alive_ids()
         if alone == self._alone:
             return
         self._alone = alone
@@ -732,10 +584,3 @@ def _split(batch: _Batch) -> list[_Batch]:
     parts.append(cur)
     return parts
 
-
-def _submit(frame: bytes) -> Submit | None:
-    try:
-        msg = decode(frame)
-    except DecodeError:
-        return None
-    return msg if type(msg) is Submit else None

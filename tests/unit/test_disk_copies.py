@@ -24,20 +24,21 @@ BOOTS = {"b": "b1", "c": "c1"}
 
 
 class _Replicas:
-    """What DiskCopies uses of Replicas: the alive peers, the backup it picks now (the
-    first alive one, here), the next REPLICATE per backup."""
+    """What DiskCopies uses of Replicas: the alive peers and the backup it picks now
+    (the first alive one, here: its ``choice``), the next REPLICATE per backup."""
 
     def __init__(self, node: Any) -> None:
         self.node = node
+        self.choice = self
         self.enabled = True
         self._boot_of: dict[str, Any] = {}
         self.out: dict[str, dict[str, bytes]] = {}
 
-    def _alive_ids(self) -> list[str]:
+    def alive_ids(self) -> list[str]:
         return sorted(m for m, s in STATES.items() if s == MemberState.ALIVE)
 
     def backup_now(self, task_id: str, msg: Submit) -> str:
-        return self._alive_ids()[0] if self._alive_ids() else ""
+        return self.alive_ids()[0] if self.alive_ids() else ""
 
     def _queue(self, backup: str) -> Any:
         return types.SimpleNamespace(tasks=self.out.setdefault(backup, {}))
@@ -183,7 +184,7 @@ def test_membership_starts_walks_and_none_runs_with_nobody_to_copy_to(
     assert not dc.walking                    # once per departure
     dc.check({"b"}, {"b"})                   # b restarted
     assert dc.walking and dc.stale == {"b"}
-    monkeypatch.setattr(dc.replicas, "_alive_ids", lambda: [])
+    monkeypatch.setattr(dc.replicas, "alive_ids", lambda: [])
     dc.tick(0.0)
     assert dc.walking and not dc.replicas.out          # waits for a node to copy to
 

@@ -535,7 +535,7 @@ def test_a_result_kept_alone_while_the_only_peer_was_suspected_is_copied_when_it
             assert m is not None
             h.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "peer", m.incarnation, "", "x"]]))
             assert _state(h, "peer") == MemberState.SUSPECT
-            h.replicas._alive_at = -1.0          # (its 50 ms cache of alive peers: expired)
+            h.replicas.choice._alive_at = -1.0         # (its 50 ms cache of alive peers: expired)
             if rebackup:                         # (its check each second came meanwhile)
                 h.replicas.check_members(time.monotonic())
                 assert h.replicas.backup_of(tid) == ""
@@ -570,7 +570,7 @@ def test_a_backup_replaced_while_it_was_suspected_drops_its_copy_when_it_is_back
             m = h.membership.member("b1")
             assert m is not None
             h.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "b1", m.incarnation, "", "x"]]))
-            h.replicas._alive_at = -1.0          # (its 50 ms cache of alive peers: expired)
+            h.replicas.choice._alive_at = -1.0         # (its 50 ms cache of alive peers: expired)
             h.replicas.check_members(time.monotonic())      # (its check each second)
             assert h.replicas.backup_of(tid) == "b2"
             await until(lambda: b2.replicas.copies.holder(tid) == "holder", "b2 to keep the copy")

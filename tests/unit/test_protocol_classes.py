@@ -1,4 +1,4 @@
-"""What a message class is, now that mesh/wire/protocol.py generates neither repr, eq,
+"""What a message class is, now that mesh/wire/message.py generates neither repr, eq,
 hash nor frozen-ness per class (Message has them once) and makes each class's
 ``__init__`` and decoder on first use (docs/performance.md, "Round 11"): the same
 behaviour as ``dataclass(frozen=True, slots=True)`` gave, and nothing generated at
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import os
 import pickle
 import subprocess
@@ -116,6 +117,31 @@ def test_messages_are_not_subclassed_with_their_own_init() -> None:
 
             def __init__(self) -> None:
                 pass
+
+
+Names = list[str]          # a name only this module knows
+
+
+class _Elsewhere(enum.IntEnum):
+    TYPE = 990
+
+
+def test_annotations_are_read_in_the_module_that_declares_the_message() -> None:
+    """The machinery (mesh/wire/message.py) reads ``from __future__ import annotations``
+    text in the declaring module's names: the schema's in mesh.wire.protocol, these
+    here, not its own."""
+    try:
+        @protocol.message
+        class Declared(Message):
+            TYPE = _Elsewhere.TYPE
+            names: Names
+            more: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+        assert decode(encode(Declared(["a"]))) == Declared(["a"], {})   # type: ignore[call-arg]
+        with pytest.raises(protocol.DecodeError, match="Declared.names must be list"):
+            decode(encode(Declared([1])))                                # type: ignore[call-arg]
+    finally:
+        protocol._REGISTRY.pop(990, None)
 
 
 def test_nothing_is_generated_at_import_only_on_first_use() -> None:

@@ -414,7 +414,7 @@ def test_a_steps_result_reaches_its_backup_only_after_the_next_steps_copy() -> N
                 running_node(app, name="rb", concurrency=1, peers=[a.address]) as b:
             await until(lambda: a.membership.alive_members(include_self=False)
                         and b.membership.alive_members(include_self=False), "the mesh")
-            await until(lambda: a.replicas._alive_ids(), "b as a's backup")
+            await until(lambda: a.replicas.choice.alive_ids(), "b as a's backup")
             c = Mesh("wf-client4", peers=[a.address], mdns=False)
             import zmq
             import zmq.asyncio
