@@ -36,6 +36,10 @@ class BackupChoice:
     def node(self) -> "Node":
         return self.replicas.node
 
+    def refresh(self) -> None:
+        """The next choice reads the membership, not the list cached for ALIVE_TTL."""
+        self._alive_at = -1.0
+
     def alive_ids(self) -> list[str]:
         """The ids of the alive peers (not this node)."""
         now = time.monotonic()

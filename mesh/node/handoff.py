@@ -67,6 +67,7 @@ MOVED_MAX = 100_000      # tasks remembered at most
 GIVEN_UP_MAX = 1_000     # handoffs given up on, remembered at most (for a late answer)
 STRANGERS_MAX = 64       # addresses of non-members answered (refusals) kept a socket to, at most
 STOP_REASON = "node is shutting down"
+NO_BACKUP_REASON = "no other node is alive here to keep its copy: it stays where it is"
 
 
 @dataclasses.dataclass
@@ -361,6 +362,9 @@ class Handoffs(Component):
         accepted: list[str] = []
         refused: dict[str, Any] = {}
         new: list[str] = []
+        shed = msg.reason == SHED_REASON
+        if shed:
+            node.replicas.choice.refresh()   # (who is alive now: _take asks who copies)
         for frame in msg.tasks:
             try:
                 sub = decode(frame, node.config.max_message_size)
@@ -369,7 +373,7 @@ class Handoffs(Component):
                 continue
             if type(sub) is not Submit:
                 continue
-            why = self._take(sub, frame)
+            why = self._take(sub, frame, shed)
             if why is None:
                 accepted.append(sub.task_id)
                 if node.replicas.pending(sub.task_id):
@@ -427,7 +431,7 @@ class Handoffs(Component):
             if address not in members:
                 sockets.forget(address)
 
-    def _take(self, msg: Submit, frame: bytes) -> str | None:
+    def _take(self, msg: Submit, frame: bytes, shed: bool = False) -> str | None:
         """Hold one handed task; None when held (or finished) here, else why not."""
         node = self.node
         ledger, tid = node.ledger, msg.task_id
@@ -450,6 +454,13 @@ class Handoffs(Component):
         refusal = routing.refusal(msg) if routing is not None else None
         if refusal is not None:          # another queue than ours
             return str(refusal)
+        replicas = node.replicas
+        if shed and replicas.enabled and not replicas.choice.backup_now(tid, msg):
+            # taken, it would be held in one copy (here): we know no alive node to copy
+            # it to (the giver, the likeliest, merely suspected here under load), and the
+            # giver forgets it at our answer; killed then, we lose it (a loaded run:
+            # a task shed to a node killed at once stayed RECEIVED on the survivor)
+            return NO_BACKUP_REASON
         # (back after a crash: ours now, whatever was said; its owner's link kept)
         owner = node.reclaim.handed_here(tid)
         journal, now = node.journal, time.time()

@@ -33,6 +33,9 @@ async def giver_and_taker(tid: str, **giver: Any) -> AsyncIterator[tuple[Node, N
         await until(lambda: g.membership.member("taker") is not None
                     and g.membership.member("taker").meta.get("boot") == t.boot,   # type: ignore[union-attr]
                     "the giver to know the taker's boot id")
+        # and the taker to count the giver alive (it takes a shed task only when it has
+        # a node to copy it to: mesh/node/handoff.py, NO_BACKUP_REASON)
+        await until(lambda: "giver" in t.replicas.choice.alive_ids(), "the taker to know the giver")
         await to_g.send(submit("g-busy"))
         await to_g.send(submit(tid))
         await until(lambda: g.pool.queued == 1, "the giver to hold it, queued")
@@ -202,6 +205,24 @@ def test_a_handoff_to_a_receiver_merely_suspected_is_sent_again_not_given_up() -
             take(held_back[-1])
             await until(lambda: "h-sus" not in g.ledger.held, "the giver to forget it")
             assert "h-sus" in t.ledger.held and g.handoff.handed == 1
+    run(main())
+
+
+def test_a_shed_task_is_not_taken_where_it_would_be_held_in_one_copy() -> None:
+    # A loaded run: a node shed tasks to a peer that suspected it (busy), so knew no
+    # alive node to copy them to; it took them in one copy, the giver forgot them at its
+    # answer, and the peer was killed: a task stayed RECEIVED on the survivor for good.
+    # Refused, the task stays with the giver (its copy at the taker), and runs there.
+    async def main() -> None:
+        async with giver_and_taker("h-one") as (g, t):
+            m = t.membership.member("giver")
+            assert m is not None
+            t.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "giver", m.incarnation, "", "x"]]))
+            assert t.membership.member("giver").state == MemberState.SUSPECT   # type: ignore[union-attr]
+            hand(g, "h-one")
+            await until(lambda: not g.handoff._out, "the taker's answer")
+            assert "h-one" not in t.ledger.held and t.journal.get("h-one") is None
+            assert g.ledger.held.get("h-one") is not None and g.handoff.handed == 0
     run(main())
 
 

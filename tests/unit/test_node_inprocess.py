@@ -164,6 +164,8 @@ def test_queued_tasks_are_shed_to_a_peer_with_room() -> None:
                 dealer(a) as s:
             await until(lambda: [m for m in a.membership.alive_members(include_self=False)
                                  if m.meta.get("tasks") == a.tasks_digest], "b's load in a's view")
+            # (b takes a shed task only with a node to copy it to: a, alive in its view)
+            await until(lambda: "busy" in b.replicas.choice.alive_ids(), "a alive in b's view")
             for i in range(5):
                 await s.send(submit(f"s-{i}"))
             await until(lambda: len(a.pool.queue) == 4, "four queued behind the running one")
@@ -451,6 +453,7 @@ def test_tasks_shed_here_are_not_shed_straight_back(monkeypatch: pytest.MonkeyPa
                 dealer(a) as to_a, dealer(b) as to_b:
             await until(lambda: [m for m in a.membership.alive_members(include_self=False)
                                  if m.meta.get("tasks") == a.tasks_digest], "b's load in a's view")
+            await until(lambda: "a" in b.replicas.choice.alive_ids(), "a alive in b's view")
             for i in range(3):
                 await to_a.send(submit(f"p-{i}"))
             await until(lambda: len(a.pool.queue) == 2, "two queued behind the running one")
