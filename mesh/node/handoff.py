@@ -226,7 +226,12 @@ class Handoffs(Component):
             why = {str(v) for v in msg.refused.values()} or {"no answer for them"}
             log.info("node %s did not take %d task(s): %s", msg.node, len(refused),
                      "; ".join(sorted(why))[:300])
-            self._again(refused, out.reason, out.refused_by | {out.target})
+            if node.stopping and why == {NO_BACKUP_REASON}:
+                # shed, refused for want of a second copy there, but this node is leaving
+                # now: one copy there beats none (kept here until this node starts again)
+                self._again(refused, STOP_REASON, out.refused_by)
+            else:
+                self._again(refused, out.reason, out.refused_by | {out.target})
 
     def _late_ack(self, msg: HandoffAck) -> None:
         """The answer to a handoff given up on (no answer in time: its tasks went back
@@ -362,7 +367,9 @@ class Handoffs(Component):
         accepted: list[str] = []
         refused: dict[str, Any] = {}
         new: list[str] = []
-        shed = msg.reason == SHED_REASON
+        giver = node.membership.member(msg.source)
+        # (shed by a node that is leaving now: taken even in one copy, as at its stop)
+        shed = msg.reason == SHED_REASON and giver is not None and giver.state != MemberState.LEFT
         if shed:
             node.replicas.choice.refresh()   # (who is alive now: _take asks who copies)
         for frame in msg.tasks:

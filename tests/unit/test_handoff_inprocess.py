@@ -5,6 +5,7 @@ comes after the sender gave the batch up. Either way a task is held by one node.
 taken by its next run, and the four tasks ran on both nodes.)"""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -223,6 +224,27 @@ def test_a_shed_task_is_not_taken_where_it_would_be_held_in_one_copy() -> None:
             await until(lambda: not g.handoff._out, "the taker's answer")
             assert "h-one" not in t.ledger.held and t.journal.get("h-one") is None
             assert g.ledger.held.get("h-one") is not None and g.handoff.handed == 0
+    run(main())
+
+
+def test_a_shed_refused_for_want_of_a_copy_is_sent_again_when_the_giver_stops() -> None:
+    # The cluster rename test, once: a shed the taker refused (no copy possible there)
+    # came back to a giver that had begun to stop; with no other peer it kept the tasks
+    # in its journal "until it starts again", and their owner waited for good. Leaving,
+    # the giver sends them again as a stop's handoff, which is taken in one copy.
+    async def main() -> None:
+        async with giver_and_taker("h-stop") as (g, t):
+            held_back, take = await in_flight(g, t, "h-stop")
+            m = t.membership.member("giver")
+            assert m is not None
+            t.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "giver", m.incarnation, "", "x"]]))
+            g._stop.set()                        # the giver begins to stop meanwhile
+            take(held_back[0])                   # refused: no node to copy it to
+            await until(lambda: len(held_back) >= 2, "the giver to send it again")
+            await asyncio.sleep(0.2)             # (and what else its stop hands on)
+            for again in held_back[1:]:
+                take(again)
+            await until(lambda: "h-stop" in t.ledger.held, "the taker to hold it")
     run(main())
 
 
