@@ -61,8 +61,12 @@ def test_worker_process_init_runs_once_in_every_child_recycled_and_replaced_ones
     # and one is killed from outside: one that has run its init (a child killed as it is
     # forked, before its worker_process_init, would leave the count short forever)
     def an_initialised_child() -> list[psutil.Process]:
+        # (not one retiring: its worker_process_shutdown runs as it goes, and a
+        # fresh-clone run picked one that had just been told to retire)
         inited = {r["pid"] for r in records(tmp_path, "worker_process_init")}
-        return [c for c in psutil.Process(node.pid).children() if c.pid in inited]
+        log = node.stderr()
+        return [c for c in psutil.Process(node.pid).children() if c.pid in inited
+                and f"child pid {c.pid} retires" not in log]
     victim = wait_until(an_initialised_child, what="a child that ran its init")[0]
     victim.kill()
     wait_until(lambda: victim.pid not in [c.pid for c in psutil.Process(node.pid).children()]
