@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import click
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, die, run_cli
+
+if __name__ == "__main__":
+    # `python -m mesh.cli.meshctl`: the subcommands' modules import mesh.cli.meshctl,
+    # which is not this copy (__main__); run that module, as the console script does
+    # (this copy, going on, failed with a circular ImportError)
+    from mesh.cli.meshctl import main as _main
+    _main()
 
 
 def _peers(ctx: click.Context) -> list[str]:
@@ -469,8 +475,3 @@ meshctl.add_command(keys)
 
 def main() -> None:
     run_cli(meshctl, "meshctl")
-
-
-if __name__ == "__main__":
-    main()
-    sys.exit(EXIT_OK)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,12 @@ def test_meshctl_status_shows_no_stale_load_for_a_dead_node(start_node: Any, mak
     b.send_signal(signal.SIGKILL)
     row = wait_until(lambda: (r := b_row())["state"] == "dead" and r, timeout=30, what="b dead")
     assert (row["busy"], row["waiting"]) == ("-", "-"), row
+
+
+@pytest.mark.parametrize("module", ["mesh.cli.meshctl", "mesh.cli.meshnode"])
+def test_the_programs_run_as_python_modules(module: str) -> None:
+    # `python -m mesh.cli.meshctl` failed with a circular ImportError (its subcommands'
+    # modules import mesh.cli.meshctl, which was not the copy running as __main__)
+    p = run_program(sys.executable, "-m", module, "--help")
+    assert p.returncode == 0, p.stderr
+    assert f"Usage: {module.rsplit('.', 1)[1]}" in p.stdout, p.stdout
