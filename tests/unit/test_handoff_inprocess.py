@@ -49,6 +49,14 @@ def hand(g: Node, tid: str) -> None:
     assert g.handoff.hand([entry], shedding.REASON, target) == 1
 
 
+def suspect(view: Node, name: str) -> None:
+    """``view`` hears (gossip) that member ``name`` is suspected."""
+    m = view.membership.member(name)
+    assert m is not None
+    view.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, name, m.incarnation, "", "x"]]))
+    assert view.membership.member(name).state == MemberState.SUSPECT   # type: ignore[union-attr]
+
+
 def withhold(t: Node) -> tuple[list[Handoff], Callable[[Handoff], None]]:
     """The taker reads no HANDOFF (they are kept in the list) until a test hands one to
     the function returned (its own ``on_handoff``)."""
@@ -195,10 +203,7 @@ def test_a_handoff_to_a_receiver_merely_suspected_is_sent_again_not_given_up() -
     async def main() -> None:
         async with giver_and_taker("h-sus") as (g, t):
             held_back, take = await in_flight(g, t, "h-sus")
-            m = g.membership.member("taker")
-            assert m is not None
-            g.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "taker", m.incarnation, "", "x"]]))
-            assert g.membership.member("taker").state == MemberState.SUSPECT   # type: ignore[union-attr]
+            suspect(g, "taker")
             g.handoff._check(time.monotonic() + handoff_mod.HANDOFF_TIMEOUT + 0.01)   # (its tick)
             assert [o.tries for o in g.handoff._out.values()] == [2] and not g.handoff._given_up
             assert "h-sus" not in g.pool.scheduled and g.pool.queued == 0   # not back in the queue
@@ -216,10 +221,7 @@ def test_a_shed_task_is_not_taken_where_it_would_be_held_in_one_copy() -> None:
     # Refused, the task stays with the giver (its copy at the taker), and runs there.
     async def main() -> None:
         async with giver_and_taker("h-one") as (g, t):
-            m = t.membership.member("giver")
-            assert m is not None
-            t.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "giver", m.incarnation, "", "x"]]))
-            assert t.membership.member("giver").state == MemberState.SUSPECT   # type: ignore[union-attr]
+            suspect(t, "giver")
             hand(g, "h-one")
             await until(lambda: not g.handoff._out, "the taker's answer")
             assert "h-one" not in t.ledger.held and t.journal.get("h-one") is None
@@ -235,9 +237,7 @@ def test_a_shed_refused_for_want_of_a_copy_is_sent_again_when_the_giver_stops() 
     async def main() -> None:
         async with giver_and_taker("h-stop") as (g, t):
             held_back, take = await in_flight(g, t, "h-stop")
-            m = t.membership.member("giver")
-            assert m is not None
-            t.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "giver", m.incarnation, "", "x"]]))
+            suspect(t, "giver")
             g._stop.set()                        # the giver begins to stop meanwhile
             take(held_back[0])                   # refused: no node to copy it to
             await until(lambda: len(held_back) >= 2, "the giver to send it again")
