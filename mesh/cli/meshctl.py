@@ -68,8 +68,10 @@ class _Meshctl(click.Group):
                 break
             if not command_seen and not a.startswith("-"):
                 command_seen = a in self.commands
-            elif command_seen and (a.startswith("--timeout=") or a in ("--timeout", "-t")
-                                   and i + 1 < cut) and not self._own_json(args[:cut], a.split("=", 1)[0]):
+            elif command_seen and (a.startswith("--timeout=") or a in ("--timeout", "-t")) \
+                    and not self._own_json(args[:cut], a.split("=", 1)[0]):
+                if a in ("--timeout", "-t") and i + 1 >= cut:   # (not "No such option")
+                    raise click.UsageError(f"Option '{a}' requires an argument.", ctx)
                 take = 1 if "=" in a else 2
                 moved += args[i:i + take]
                 i += take

@@ -113,6 +113,8 @@ def test_meshctl_takes_celerys_short_options_after_the_command(start_node: NodeF
                     "-d", f"{node.name},{other.name}")
     assert p.returncode == 0, p.stderr
     assert set(json.loads(p.stdout)) == {node.name, other.name}
+    p = run_program(MESHCTL, "--peers", peers, "inspect", "ping", "-t")    # its value left out
+    assert p.returncode == EXIT_USAGE and "requires an argument" in p.stderr, p.stderr
     p = run_program(MESHCTL, "--peers", peers, "inspect", "active", "-j", "-d", other.name)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == {other.name: []}
