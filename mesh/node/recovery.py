@@ -40,13 +40,14 @@ def recover(node: "Node") -> int:
         rows = journal.unfinished()
     except JournalError as e:
         raise NodeStartError(f"cannot read the journal: {e}") from e
-    lost = 0
+    lost = unregistered = groups = dropped = 0
     for row in rows:
         try:
             msg = decode(row.frame)
         except DecodeError as e:
             log.error("journal: task %s cannot be read back (%s): dropped", row.task_id, e)
             journal.remove([row.task_id])
+            dropped += 1
             continue
         assert isinstance(msg, Submit)
         task = node.app.tasks.get(msg.name)
@@ -55,8 +56,10 @@ def recover(node: "Node") -> int:
                       msg.expires, limit, task.options.acks_late if task else True)
         entry.received = row.received
         if msg.name == GROUP:             # a group's coordinator: coordinated here again
+            groups += 1
             ledger.accept(entry)
         elif task is None:
+            unregistered += 1
             ledger.task_failed(entry, "NotRegistered", f"task {msg.name!r} is no longer "
                                f"registered on node {node.name}")
         elif row.state == states.STARTED:    # acks_late=False: it may have run; never twice
@@ -67,7 +70,11 @@ def recover(node: "Node") -> int:
             node.reclaim.hold(entry)      # run unless another node took it over meanwhile
     node.reclaim.start()                  # (mesh/node/reclaim.py)
     if rows:
-        log.info("journal: recovered %d unfinished task(s) (%d started with acks_late=False, "
-                 "failed)", len(rows), lost)
+        # the reclaim's own line ("of N recovered task(s) ...") counts those held here
+        log.info("journal: recovered %d unfinished task(s): %d held until the mesh says "
+                 "which run here, %d group(s) coordinated here again, %d failed (%d started "
+                 "with acks_late=False, %d no longer registered), %d unreadable",
+                 len(rows), len(rows) - groups - lost - unregistered - dropped, groups,
+                 lost + unregistered, lost, unregistered, dropped)
     node.front.schedule_flush()   # the ledger hands them to the pool once the loop runs
     return len(rows)

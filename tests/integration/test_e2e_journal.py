@@ -57,7 +57,8 @@ def test_a_node_killed_with_tasks_runs_them_after_a_restart(
     assert running.get(timeout=RESULT_TIMEOUT) == "opened"     # acks_late: it runs again
     assert [r.get(timeout=RESULT_TIMEOUT) for r in queued] == [f"line-{i}" for i in range(20)]
     assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(20))   # each ran once
-    assert "recovered 21 unfinished task(s)" in node.stderr()
+    assert ("recovered 21 unfinished task(s): 21 held until the mesh says which run here, "
+            "0 group(s)" in node.stderr())
 
 
 def test_a_client_killed_after_submitting_leaves_results_for_others(
