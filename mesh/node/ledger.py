@@ -415,9 +415,13 @@ class Ledger:
         """These tasks are no longer ours (handed to node ``to``, or given back
         unstarted): out of the ledger, out of the journal, their copies dropped."""
         gone = []
+        wf = self.node.workflows
         for e in entries:
             gone.append(self.drop(e.task_id) or e)
             self.watchers.pop(e.task_id, None)
+            if e.name == GROUP and wf is not None:
+                wf.groups.ended(e.task_id)   # its coordinator is the taker's now: no pull
+                                             # rounds or restarts of members from here
         self.node.replicas.forgotten(gone, to)
         if entries:
             try:

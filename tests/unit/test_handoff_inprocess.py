@@ -21,6 +21,7 @@ from mesh.node import shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.wire.protocol import UPDATE_SUSPECT, Gossip, Handoff, HandoffAck
+from mesh.workflow.plan import GROUP
 
 
 @asynccontextmanager
@@ -277,4 +278,23 @@ def test_a_refusal_from_the_process_now_at_the_receivers_address_is_taken() -> N
             g.handoff.on_ack(HandoffAck(held_back[0].batch, "taker-2", [],
                                         {"h-restarted": "sent to a previous run"}, t.address))
             assert not g.handoff._out and g.pool.queued == 1     # back in the queue at once
+    run(main())
+
+
+def test_a_group_handed_away_is_no_longer_coordinated_by_the_giver() -> None:
+    # A stopping node hands the groups it coordinates to another node (workflows.stop);
+    # it kept each one's state while it drained, and went on asking the mesh where the
+    # members were and starting those it found nowhere, beside the taker doing the same.
+    gid = "h-group"
+    members = [{"task": "fast.add", "args": [i, 1]} for i in range(3)]
+    async def main() -> None:
+        async with giver_and_taker("h-other") as (g, t), dealer(g) as to_g:
+            assert g.workflows is not None and t.workflows is not None
+            await to_g.send(submit(gid, name=GROUP, args=(members,)))
+            await until(lambda: gid in g.workflows.groups.groups, "the giver to coordinate it")
+            g.handoff.give_away([g.ledger.held[gid]], "node is shutting down")
+            await until(lambda: gid in t.ledger.held, "the taker to hold the group")
+            await until(lambda: gid not in g.ledger.held, "the giver to forget it")
+            await until(lambda: gid in t.workflows.groups.groups, "the taker to coordinate it")
+            assert gid not in g.workflows.groups.groups
     run(main())
