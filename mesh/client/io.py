@@ -123,6 +123,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         self._in_close = False      # a close is waiting (a signal's exit may interrupt it)
         self._linger = 5.0
         self._retry: list[tuple[float, Slot]] = []     # (not before, slot) for released tasks
+        self._followed: dict[str, str] = {}             # task id -> endpoint a MOVED sent it
+                                                        # to, until that node acknowledges it
         self._init_room()                               # tasks no node has room for (room.py)
         self._rng = random.Random()
         self._placeable: list[NodeLink] = []
@@ -454,6 +456,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                     pass
                 return
             let_go(slot)
+            if self._followed:
+                self._followed.pop(msg.task_id, None)
             owner = self.links.get(slot.node or "")
             if owner is not None:
                 self._forget_one(owner, was_acked)
@@ -463,7 +467,10 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             if len(msg.load) >= 3:
                 link.busy, link.total, link.queued = msg.load[0], msg.load[1], msg.load[2]
             link.node_id = msg.node
+            followed = self._followed
             for tid in msg.task_ids:
+                if followed and followed.get(tid) == link.endpoint:
+                    del followed[tid]
                 slot = self._slots.get(tid)
                 if slot is not None and slot.state == states.PENDING and slot.node == link.endpoint:
                     slot.state = states.RECEIVED
@@ -569,6 +576,7 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             self._forget_one(link, slot.state != states.PENDING)
             if target is not None:
                 slot.node = target.endpoint        # held there: not counted as in flight
+                self._followed[tid] = target.endpoint   # (until it acknowledges: _left)
                 hold(slot, target)
                 target.sock.send(slot.frame, zmq.NOBLOCK)
                 followed += 1

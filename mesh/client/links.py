@@ -134,6 +134,10 @@ class Links:
         mesh: str | None
         _fits: dict[tuple[str, str], list[NodeLink]]
         _full: dict[str, NodeLink]
+        _followed: dict[str, str]
+
+        @staticmethod
+        def _forget_one(link: NodeLink, acked: bool) -> None: ...
 
         def _send(self, slot: Slot, link: NodeLink | None) -> None: ...
         def _requery(self, now: float) -> None: ...
@@ -296,6 +300,7 @@ class Links:
         link.inflight = link.busy = link.queued = 0
         moved = 0
         for slot in mine:
+            self._followed.pop(slot.task_id, None)
             if slot.state != states.PENDING and not _acks_late(slot.frame):
                 self._fail(slot, "WorkerLostError", f"node {link.node_id or link.endpoint} died "
                            f"holding task {slot.task_id}; it has acks_late=False, so it is not "
@@ -308,6 +313,28 @@ class Links:
         self.failovers += moved
         log.warning("node %s (%s) is dead: sent %d of its task(s) to other nodes",
                     link.node_id, link.endpoint, moved)
+
+    def _left(self, link: NodeLink) -> None:
+        """Membership says the node left: it is stopping, and hands its queue to its
+        tasks' backups. A task sent to it that it has not acknowledged (sent as it
+        stopped, or followed there from a MOVED a moment before) may never be read
+        (the node exits): it goes where that node hands its queue, as after a death.
+        Had the node read it, it answers RELEASE or MOVED, which no longer apply (the
+        task is not held there for us now), or it took it first and hands it to that
+        same backup, which holds one task per id. Tasks it acknowledged are its own
+        (run before it exits, or handed on with a MOVED to us)."""
+        ep, followed = link.endpoint, self._followed
+        mine = [s for s in self._slots.values() if s.node == ep and s.msg is None
+                and (s.state == states.PENDING or followed.get(s.task_id) == ep)]
+        for slot in mine:
+            followed.pop(slot.task_id, None)
+            self._forget_one(link, slot.state != states.PENDING)
+            let_go(slot)
+            slot.state = states.PENDING
+            self._to_backup(slot, link.node_id, link)
+        if mine:
+            log.warning("node %s (%s) left before it acknowledged %d of our task(s): sent "
+                        "where it hands its queue", link.node_id, ep, len(mine))
 
     def _to_backup(self, slot: Slot, holder: str, avoid: NodeLink) -> None:
         """Send ``slot``, held by ``holder`` (dead, or gone), to the node that keeps its
@@ -381,6 +408,7 @@ class Links:
         self.members_applied += 1
         changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []
+        left: list[NodeLink] = []
         named = {m.get("node") for m in members if isinstance(m, dict)}
         by_endpoint = self._by_endpoint(members)
         self._gone = frozenset(ep for ep, (state, _, _) in by_endpoint.items()
@@ -422,6 +450,8 @@ class Links:
                 link.gone_since = 0.0 if state == "alive" else time.monotonic()
                 if state == "dead" and old != "dead":
                     dead.append(link)
+                elif state == "left" and old != "left":
+                    left.append(link)
             if isinstance(nid, str) and nid != link.node_id and not other:
                 # (the old name alive, from an answerer that has not seen it die: not the
                 # link's name, or its death, said next, is taken for the live link's)
@@ -439,6 +469,8 @@ class Links:
         self._members_known.set()
         for link in dead:
             self._failover(link)
+        for link in left:
+            self._left(link)
 
     def _pick(self, avoid: str | None = None, slot: Slot | None = None,
               kind: str = "", said: str = "") -> NodeLink | None:

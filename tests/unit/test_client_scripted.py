@@ -259,3 +259,68 @@ def test_a_moved_to_a_node_that_left_goes_where_that_node_handed_it(seen: bool) 
     finally:
         app.close()
         nodes.close()
+
+
+@pytest.mark.parametrize("how", ["fresh", "followed"])
+def test_a_task_a_node_never_acknowledged_before_it_left_goes_to_its_backup(how: str) -> None:
+    """The client sent X a task (``fresh``: X was the pick; ``followed``: A answered
+    MOVED to X a moment before X began to stop, while the client still saw X alive),
+    and X exits without reading it. Membership then says X left: the task goes where
+    X hands its queue, its backup among the others (Y), instead of waiting on X for
+    ever (the wait had no end)."""
+    nodes = Scripted(("A", "X", "Y", "Z"))
+    tid = _held_by_y(f"left-unacked-{how}")
+    first = "A" if how == "followed" else "X"
+    nodes.states.update({n: "suspect" for n in ("A", "X", "Y", "Z") if n != first})
+    app = Mesh("leaver", peers=[nodes.endpoints["A"]], mdns=False)
+    try:
+        client = app.client
+        nodes.pump(lambda got: [n.node_id for n in client._placeable] == [first])
+        r = app.send_task("t.any", task_id=tid)
+        (at, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        assert at == first
+        nodes.states.update(A="alive", X="alive", Y="alive", Z="alive")
+        nodes.pump(lambda got: len(client._placeable) == 4)
+        if how == "followed":
+            nodes.send("A", ident, Ack([tid], "A", [0, 1, 0]))
+            nodes.send("A", ident, Moved([tid], "A", nodes.endpoints["X"], "X", "shed"))
+            got = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+            assert [(n, m.task_id) for n, _, m in got if isinstance(m, Submit)] == [("X", tid)]
+        nodes.loads["Y"] = [3, 1, 0]          # (any node but the backup would be Z)
+        nodes.states["X"] = "left"            # X never answers: it exited
+        got = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        sent = [(n, i, m) for n, i, m in got if isinstance(m, Submit)]
+        assert [(n, m.task_id) for n, _, m in sent] == [("Y", tid)]
+        nodes.send("Y", sent[0][1], Result(tid, states.SUCCESS, codec.dumps("from Y"), node="Y"))
+        assert r.get(timeout=DEADLINE) == "from Y"
+        assert not client._followed
+    finally:
+        close_at_once(app)
+        nodes.close()
+
+
+def test_a_task_a_leaving_node_acknowledged_stays_with_it() -> None:
+    """X acknowledged the task, then began to stop (membership: left): it runs what it
+    holds before it exits, or hands it on with a MOVED. The client does not send it
+    elsewhere meanwhile (it would run twice), and takes X's result."""
+    nodes = Scripted(("A", "X", "Y", "Z"))
+    tid = _held_by_y("left-acked")
+    nodes.states.update(A="suspect", Y="suspect", Z="suspect")
+    app = Mesh("leaver", peers=[nodes.endpoints["A"]], mdns=False)
+    try:
+        client = app.client
+        nodes.pump(lambda got: [n.node_id for n in client._placeable] == ["X"])
+        r = app.send_task("t.any", task_id=tid)
+        (at, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        assert at == "X"
+        nodes.send("X", ident, Ack([tid], "X", [1, 1, 0]))
+        wait_until(lambda: r.state == states.RECEIVED, DEADLINE, "X's ACK to be read")
+        nodes.states.update(A="alive", X="left", Y="alive", Z="alive")
+        before = client.members_applied
+        got = nodes.pump(lambda got: client.members_applied >= before + 2)
+        assert not [m for _, _, m in got if isinstance(m, Submit)]
+        nodes.send("X", ident, Result(tid, states.SUCCESS, codec.dumps("from X"), node="X"))
+        assert r.get(timeout=DEADLINE) == "from X"
+    finally:
+        close_at_once(app)
+        nodes.close()
