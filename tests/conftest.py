@@ -29,6 +29,14 @@ from typing import Any
 
 import pytest
 import zmq
+from hypothesis import HealthCheck, settings
+
+# Hypothesis's timing checks (a slow example, a slow draw) fail a property test on a
+# loaded machine (CI under load, parallel workers) without saying anything about mesh:
+# off for every property test; each test's own settings still apply on top of these.
+settings.register_profile("mesh", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mesh")
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 if str(INTEGRATION_DIR) not in sys.path:   # tasks_app and harness, under the names nodes use
