@@ -109,8 +109,11 @@ class Mesh:
                  mdns: bool | None = None, broker: Any = None, backend: Any = None,
                  include: Iterable[str] | None = None, config_source: Any = None,
                  namespace: str | None = None, task_cls: type[Task] | str | None = None,
-                 set_as_current: bool = True, **options: Any):
+                 set_as_current: bool = True, strict_typing: bool = True, **options: Any):
         self.main = main
+        # (Celery's) a task's arguments are checked against its function's parameters
+        # when it is sent, unless the task says ``typing=False`` (mesh/task.py)
+        self.strict_typing = bool(strict_typing)
         self.origin: str | None = None   # where meshnode found this app (module:attr)
         self._options = {"peers": peers, "mdns": mdns, **options}
         self._config = Config.build(**self._options)   # a bad option fails here, at once

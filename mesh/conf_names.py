@@ -130,7 +130,6 @@ CALL_OPTIONS: dict[str, str] = {
 }
 TASK_OPTIONS: dict[str, str] = {
     "serializer": _MSGPACK, "shared": "every task is registered on the app that defines it",
-    "typing": "arguments are not checked against the signature when sent",
     "lazy": "tasks are registered when decorated",
     "routing_key": _NO_BROKER, "exchange": _NO_BROKER,
     "trail": "the results a task started are found through workflows (parent, children)",

@@ -70,6 +70,10 @@ class TaskOptions:
     ignore_result: bool = False        # the value is not kept (nor sent); get() says so
     store_errors_even_if_ignored: bool = False  # ignore_result, but keep failures
     track_started: bool = False        # the caller sees STARTED when a child takes it
+    typing: bool | None = None         # check the arguments against the function's
+                                       # parameters when sent: a bad call raises TypeError
+                                       # in the caller (Celery's); None: the app's
+                                       # strict_typing (True unless Mesh(strict_typing=False))
 
     def __post_init__(self) -> None:
         if type(self.priority) is not int or not 0 <= self.priority <= 9:
@@ -230,6 +234,7 @@ class Task:
 
     name: str = ""
     _app: "Mesh | None" = None        # set on app.Task, the app's own subclass
+    _header: Callable[..., None] | None = None   # check_arguments' function, once built
 
     def __init__(self, app: "Mesh | None" = None, fun: Callable[..., Any] | None = None,
                  options: TaskOptions | None = None):
@@ -475,6 +480,10 @@ class Task:
                            self.app.conf._warned)
         o = self.options                          # (cached until app.conf changes)
         assert self._cache is not None
+        if o.typing if o.typing is not None else self.app.strict_typing:
+            if args is not None and type(args) is not tuple and type(args) is not list:
+                args = tuple(args)                # (a generator: read once, here)
+            self.check_arguments(args, kwargs)
         if self._cache[3]:                        # task_always_eager
             return self.apply(args, kwargs, task_id=task_id, headers=headers, shadow=shadow,  # type: ignore[return-value]
                               ignore_result=ignore_result)
@@ -495,6 +504,22 @@ class Task:
             time_limit=time_limit if time_limit is not None else o.time_limit,
             soft_time_limit=soft_time_limit if soft_time_limit is not None else o.soft_time_limit,
             link=link, link_error=link_error, headers=hdr)
+
+    @property
+    def typed(self) -> bool:
+        """Its arguments are checked when it is sent (``typing``, else the app's
+        ``strict_typing``)."""
+        typing = self.options.typing
+        return typing if typing is not None else self.app.strict_typing
+
+    def check_arguments(self, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        """Raise TypeError, as calling the task's function would, if it does not take
+        these arguments (Celery's ``typing``; ``self`` left out for ``bind=True``)."""
+        check = self._header
+        if check is None:
+            check = self._header = header_of(self.fun, self.options.bind and
+                                             not isinstance(self.fun, functools.partial))
+        check(*(args or ()), **(kwargs or {}))
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None,
               task_id: str | None = None, retries: int = 0, throw: bool | None = None,
@@ -530,6 +555,40 @@ class Task:
         except TypeError as e:
             raise ConfigError(f"apply_async_on_commit: {e}") from None
         on_commit(functools.partial(self.apply_async, args, kwargs, **options), using=using)
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "_d"
+
+
+def header_of(fun: Callable[..., Any], bound: bool) -> Callable[..., None]:
+    """A function with ``fun``'s name and parameters (without its first, when
+    ``bound``) that does nothing: called with a task's arguments, it raises the
+    TypeError calling ``fun`` would (Celery's ``head_from_fun``). Cheaper than
+    ``inspect.Signature.bind`` on every send."""
+    try:
+        sig = inspect.signature(fun)
+    except (TypeError, ValueError):     # (a builtin without one): not checked
+        return _no_check
+    params = list(sig.parameters.values())
+    if bound and params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                               inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        params = params[1:]
+    d, empty = _Default(), inspect.Parameter.empty
+    plain = sig.replace(parameters=[p.replace(annotation=empty, default=empty if p.default
+                                              is empty else d) for p in params],
+                        return_annotation=empty)
+    name = getattr(getattr(fun, "func", fun), "__name__", "")     # (a partial: run's)
+    name = name if isinstance(name, str) and name.isidentifier() else "task"
+    namespace: dict[str, Any] = {}
+    exec(f"def {name}{plain}:\n    pass\n", {"_d": None}, namespace)   # noqa: S102
+    check: Callable[..., None] = namespace[name]
+    return check
+
+
+def _no_check(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 CALL_KNOWN = ("args, kwargs, task_id, countdown, eta, expires, priority, time_limit, "

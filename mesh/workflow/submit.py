@@ -14,7 +14,7 @@ from mesh.canvas import Canvas, Signature, chain, chord, group
 from mesh.exceptions import ConfigError
 from mesh.wire import codec
 from mesh.workflow.describe import describe
-from mesh.workflow.plan import GROUP, callbacks, group_members, kind, uid, units, wf_header
+from mesh.workflow.plan import GROUP, callbacks, group_members, kind, members, uid, units, wf_header
 from mesh.workflow.results import handle
 
 if TYPE_CHECKING:
@@ -47,14 +47,15 @@ def apply_async(app: "Mesh", c: Canvas, args: Iterable[Any] | None,
     c = partial(c, args, kwargs)._merged(options)     # the caller's signature unchanged
     if isinstance(c, Signature) and not any(k in c.options for k in ("link", "link_error")):
         return _plain(app, c)               # a task: as Task.apply_async / send_task
-    if app.conf["task_always_eager"]:
-        from mesh.workflow.eager import apply
-        return apply(app, c)
     from mesh.app import new_task_id
     d = c.to_dict(compact=True)
     hid = (d.get("options") or {}).get("task_id") or new_task_id()
     us = units(d, hid)
     first, rest = us[0], us[1:]
+    _check_arguments(app, first)
+    if app.conf["task_always_eager"]:
+        from mesh.workflow.eager import apply
+        return apply(app, c)
     headers: dict[str, Any] = {"root_id": hid}
     wf = wf_header(rest, None, callbacks(first))
     desc = describe(d, hid, stubs=False)
@@ -64,6 +65,20 @@ def apply_async(app: "Mesh", c: Canvas, args: Iterable[Any] | None,
         headers["wf"] = wf
     send(app, first, headers)
     return handle(app, desc)
+
+
+def _check_arguments(app: "Mesh", u: Mapping[str, Any]) -> None:
+    """Celery's ``typing`` for what is sent now, with the arguments it is sent with:
+    a chain's first task, each task of a group (a chord's header). A bad call raises
+    TypeError here, before anything is sent. (Later steps get a result first: not
+    checked, as in Celery.)"""
+    for m in (members(u) if kind(u) == "group" else [u]):
+        if kind(m) is not None:
+            continue                      # a workflow in a group: sent as its own unit
+        name = m.get("task")
+        task = app.tasks.get(name) if isinstance(name, str) else None
+        if task is not None and task.app is app and task.typed:
+            task.check_arguments(m.get("args"), m.get("kwargs"))
 
 
 def _plain(app: "Mesh", s: Signature) -> Any:

@@ -155,3 +155,20 @@ def test_a_name_pattern_celery_does_not_have_is_refused() -> None:
     p = run_program(MESHNODE, "-A", APP, "-n", "w@%q")
     assert p.returncode == EXIT_USAGE, p.stderr
     assert "%q" in p.stderr
+
+
+def test_a_call_with_the_wrong_arguments_fails_in_the_caller(node: NodeProc) -> None:
+    # Celery checks a call against the task's parameters when it is sent (``typing``,
+    # on by default): add.delay(1) raises TypeError in the web request, nothing is
+    # queued. mesh sent it, and the failure came back only to a get() nobody made.
+    p = run(node, f"""
+import {APP}
+from {APP}.billing.tasks import add
+try:
+    add.delay(1)
+except TypeError as e:
+    print("TypeError:", e)
+print(add.delay(2, 3).get(timeout=30))
+""")
+    assert p.stdout.splitlines() == ["TypeError: add() missing 1 required positional argument: 'y'",
+                                     "5"]
