@@ -310,15 +310,19 @@ class EventReceiver:
         with self._lock:              # read by the discovery thread
             self._fallback = [addresses[n] for n in wanted if n in addresses]
         self.unavailable = dict(why)
-        for node, ep in list(self.nodes.items()):
-            if wanted.get(node) != ep:
-                for sock in self._socks:
-                    try:
-                        sock.disconnect(ep)
-                    except zmq.ZMQError:
-                        pass
-                del self.nodes[node]
-                log.debug("events: dropped %s (%s)", node, ep)
+        gone = [(node, ep) for node, ep in self.nodes.items() if wanted.get(node) != ep]
+        if gone:
+            # what those nodes sent last (node-offline, its last tasks' events) may be
+            # in the sockets already: read before the disconnect drops it
+            self._drain()
+        for node, ep in gone:
+            for sock in self._socks:
+                try:
+                    sock.disconnect(ep)
+                except zmq.ZMQError:
+                    pass
+            del self.nodes[node]
+            log.debug("events: dropped %s (%s)", node, ep)
         connected = set(self.nodes.values())
         for node, ep in wanted.items():
             if node in self.nodes or ep in connected:
@@ -336,6 +340,16 @@ class EventReceiver:
             connected.add(ep)
             log.debug("events: subscribed to %s (%s)", node, ep)
 
+    def _drain(self) -> None:
+        """Take every event that has arrived, without waiting."""
+        for sock in self._socks:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.ZMQError:       # (Again: nothing more)
+                    break
+                self._take(frames)
+
     # -- receiving ------------------------------------------------------------------------
     def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next event, waiting up to ``timeout`` seconds (None: forever; 0: only
@@ -345,6 +359,8 @@ class EventReceiver:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._apply_update()
+            if self._pending:                  # (read before a node was dropped)
+                return self._pending.popleft()
             if deadline is None:
                 wait = POLL_SLICE
             else:
