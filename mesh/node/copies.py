@@ -379,9 +379,9 @@ class Copies:
                 return 1
             if not journal.add(tid, b"", frame, time.time()):
                 return 0                          # finished here already
-        except JournalError as e:
-            log.error("journal: cannot take over task %s of %s: %s", tid, holder, e)
-            return 0
+        except JournalError as e:     # its holder is gone: it runs from memory here
+            log.error("journal: task %s taken over from %s not journalled (it runs from "
+                      "memory): %s", tid, holder, e)
         limit = sub.time_limit or (task.options.time_limit if task else None) \
             or node.config.time_limit
         entry = Entry(tid, sub.name, b"", frame, sub.priority, sub.eta, sub.expires,

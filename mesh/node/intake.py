@@ -146,14 +146,14 @@ class Intake(Component):
             # sent here first: start its members; a resend to the node that kept its copy
             # (its first holder died) asks the mesh first, as a takeover does
             entry.fresh = not node.replicas.copies.has(tid)
-            ledger.accept(entry, msg)
+            ledger.accept(entry, msg, submitted=True)
             return
         options = task.options         # (a property: resolved against app.conf each read)
         limit = msg.time_limit or options.time_limit or node.config.time_limit
         entry = Entry(tid, msg.name, ident, frame, msg.priority, msg.eta, msg.expires, limit,
                       options.acks_late)
         entry.size = size              # what its sender sent (a time limit override aside)
-        ledger.accept(entry, msg)
+        ledger.accept(entry, msg, submitted=True)
         if disk:                       # in memory until its ACK is out, then on disk only
             spill.candidates[tid] = entry
 

@@ -130,6 +130,8 @@ class Ledger:
         self.counts: collections.Counter[str] = collections.Counter()
         self.watchers: dict[str, set[bytes]] = {}  # task id -> who asked to hear its result
         self.pending: list[Entry] = []             # accepted this pass: to the pool once journalled
+        self.submitted: set[str] = set()           # of them, sent by a process that sends a
+                                                   # refused task elsewhere (intake's SUBMITs)
         self.early: dict[str, float] = {}          # id not held here -> when a watcher asked
         self.spread: dict[str, Any] = {}           # accepted here, to go to this member once
                                                    # journalled (a group's members: handoff)
@@ -137,10 +139,13 @@ class Ledger:
         self.faillog = _RateLimitedLog("tasks refused at intake")
 
     # -- accept -----------------------------------------------------------------------
-    def accept(self, entry: Entry, msg: Submit | None = None) -> None:
+    def accept(self, entry: Entry, msg: Submit | None = None, submitted: bool = False) -> None:
         """Hold a task the journal has (or will have in this pass); it goes to the
-        pool at the end of the pass (``flush``), once the journal has committed it."""
+        pool at the end of the pass (``flush``), once the journal has committed it.
+        ``submitted``: its sender sends it elsewhere if the commit fails (a SUBMIT)."""
         self.held[entry.task_id] = entry
+        if submitted:
+            self.submitted.add(entry.task_id)
         q = self.senders.get(entry.client)
         if q is None:
             q = self.senders[entry.client] = [0, 0]
@@ -177,6 +182,7 @@ class Ledger:
                     RESULT_COMMIT_DELAY, self._commit_due)
         if self.pending:
             pending, self.pending = self.pending, []
+            self.submitted.clear()
             revoked = self.node.control.revoked
             pool = self.node.pool
             spread = self.spread
@@ -224,12 +230,19 @@ class Ledger:
             self.journal_failed(e)
 
     def journal_failed(self, e: JournalError) -> None:
-        """A batch did not reach the journal: refuse the tasks it accepted (their owners
-        try another node or report the error); results already went to their owners."""
+        """A batch did not reach the journal: refuse the tasks of this batch that came
+        in a SUBMIT (their senders try another node or report the error); results
+        already went to their owners. The others (a workflow's next step, a takeover, a
+        handoff taken, a recovered task) have nobody to send them again: they run from
+        memory, as a result that cannot be journalled is still delivered."""
         log.error("journal commit failed: %s", e)
         node = self.node
         pending, self.pending = self.pending, []
+        submitted, self.submitted = self.submitted, set()
         for entry in pending:
+            if entry.task_id not in submitted:
+                self.pending.append(entry)        # to the pool at the end of this pass
+                continue
             self.drop(entry.task_id)
             self.watchers.pop(entry.task_id, None)
             node.front.refuse(entry.client, "journal", f"node {node.name} cannot write its "
@@ -237,6 +250,10 @@ class Ledger:
                               entry.task_id)
             node.events.emit("task-rejected", uuid=entry.task_id, name=entry.name,
                              requeue=True, reason=f"journal: {e}")
+        if self.pending:
+            log.warning("%d task(s) this node took on itself (a workflow's next step, a "
+                        "takeover, a handoff) are not in its journal: they run from memory "
+                        "(a restart before they finish would not know them)", len(self.pending))
 
     # -- who holds what: senders' quotas ------------------------------------------------
     def drop(self, task_id: str) -> Entry | None:

@@ -29,20 +29,28 @@ class SqlRows(Journal):
     path: str
     writes: int
     _in_tx: bool
+    _lost: str | None     # why sqlite rolled back this pass's transaction (commit fails)
 
     def _begin(self) -> None:
         if not self._in_tx:
             self.db.execute("BEGIN")
             self._in_tx = True
+        elif not self.db.in_transaction:     # rolled back by sqlite after a failed write:
+            self.db.execute("BEGIN")         # later writes wait for commit() too (which fails)
 
     def _write(self, sql: str, params: tuple[object, ...]) -> int:
         try:
             self._begin()
             cur = self.db.execute(sql, params)
         except sqlite3.Error as e:
-            raise JournalError(explain(e, self.path)) from e
+            raise self._error(e) from e
         self.writes += 1
         return cur.rowcount
 
     def _error(self, e: sqlite3.Error) -> JournalError:
-        return JournalError(explain(e, self.path))
+        """A failed statement. On a full disk sqlite may roll back the whole transaction
+        (every write of this pass): then commit() must fail too, saying why."""
+        text = explain(e, self.path)
+        if self._in_tx and self._lost is None and not self.db.in_transaction:
+            self._lost = text
+        return JournalError(text)

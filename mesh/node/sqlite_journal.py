@@ -141,6 +141,7 @@ class SqliteJournal(CopyRows, SpillRows):
         self.path = os.path.join(directory, FILENAME)
         self._lockfd = -1
         self._in_tx = False
+        self._lost: str | None = None
         self.writes = 0            # statements since the last commit
         self.commits = 0
         try:
@@ -429,7 +430,7 @@ class SqliteJournal(CopyRows, SpillRows):
                 "INSERT OR IGNORE INTO results (task_id, state, result, finished, peer, copy) "
                 "VALUES (?, ?, ?, ?, ?, 1)", rows)
         except sqlite3.Error as e:
-            raise JournalError(_explain(e, self.path)) from e
+            raise self._error(e) from e
         self.writes += len(rows)
 
     def results_of_peer(self, peer: str, after: int, limit: int) -> list[tuple[int, str, str, bytes]]:
@@ -463,6 +464,10 @@ class SqliteJournal(CopyRows, SpillRows):
     def commit(self) -> None:
         if not self._in_tx:
             return
+        if self._lost is not None:           # sqlite rolled the transaction back already
+            lost = self._lost
+            self.rollback()
+            raise JournalError(lost)
         try:
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
@@ -478,6 +483,7 @@ class SqliteJournal(CopyRows, SpillRows):
         except sqlite3.Error:
             pass
         self._in_tx = False
+        self._lost = None
         self.writes = 0
 
     # -- reads ------------------------------------------------------------------------

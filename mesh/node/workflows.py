@@ -265,9 +265,9 @@ class Workflows(Component):
         task = node.app.tasks.get(msg.name)
         try:
             journal.add(tid, b"", frame, time.time())
-        except JournalError as e:
-            log.error("journal: workflow step %s not accepted: %s", tid, e)
-            return None
+        except JournalError as e:     # nobody would send it again: it runs from memory
+            log.error("journal: workflow step %s not journalled (it runs from memory): %s",
+                      tid, e)
         limit = msg.time_limit or (task.options.time_limit if task else None) or node.config.time_limit
         entry = Entry(tid, msg.name, b"", frame, msg.priority, msg.eta, msg.expires, limit,
                       task.options.acks_late if task is not None else True)

@@ -86,6 +86,13 @@ def wait_for_file(path: str, timeout: float = GATE_TIMEOUT) -> str:
 
 
 @app.task
+def blob(size: int, gate: str) -> str:
+    """``size`` bytes of text, once ``gate`` exists: a big value made from a small frame."""
+    wait_for_file(gate)
+    return "x" * size
+
+
+@app.task
 def spin_until_soft_limit(cap: float = 30.0) -> str:
     """Burn CPU until the soft time limit interrupts us; return a marker."""
     deadline = time.monotonic() + cap

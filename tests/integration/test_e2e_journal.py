@@ -304,17 +304,7 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
         node = start_node(data_dir=str(mnt / "node"))
         t = make_client(node).tasks
         assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
-        filler = mnt / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)   # fill the disk to the last block
-        try:
-            for size in (65536, 512):
-                try:
-                    while True:
-                        os.write(fd, b"\0" * size)
-                except OSError:
-                    pass
-        finally:
-            os.close(fd)
+        filler = _fill(mnt)
         big = "x" * 300_000                    # needs new pages in the journal
         r = t.echo.delay(big)
         with pytest.raises(MeshError) as info:
@@ -323,6 +313,48 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
         assert node.ping()                     # the node goes on
         filler.unlink()
         assert t.echo.delay(big).get(timeout=RESULT_TIMEOUT) == big
+    finally:
+        for n in start_node.nodes:
+            n.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(mnt: Path) -> Path:
+    """Fill the file system at ``mnt`` to its last block; the filler file."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_workflow_step_started_while_the_disk_is_full_still_runs(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    # the step after an accepted one is started by the node (no client to resend it):
+    # a journal commit that fails must not drop it, or the workflow never ends
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        node = start_node(data_dir=str(mnt / "node"))
+        c = make_client(node)
+        t = c.tasks
+        gate = tmp_path / "gate"
+        size = 1_000_000          # the next step's frame: more than any commit so far
+        r = (t.blob.si(size, str(gate)) | t.echo.s()).apply_async()
+        wait_until(lambda: node.status()["busy"] == 1, what="the first step to start")
+        _fill(mnt)
+        gate.touch()
+        assert r.get(timeout=30) == "x" * size
+        assert "journal commit failed" in node.stderr()
     finally:
         for n in start_node.nodes:
             n.stop()

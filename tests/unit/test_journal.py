@@ -476,3 +476,27 @@ def test_a_copied_result_of_a_task_held_here_too_finishes_it_here(
     assert journal.expire(before=3.0) == 1
     assert journal.get("t") is None                      # the task's row went with it
     assert journal.add("t", b"c", b"f", 4.0)
+
+
+def test_a_write_that_fills_the_disk_fails_the_whole_pass_and_its_commit_says_why(
+        sqlite_journal: Journal) -> None:
+    # on a full disk sqlite rolls back the whole transaction by itself: the writes of
+    # the pass before the failed one are gone, those after it must not be committed on
+    # their own, and commit() must fail with the reason (not "no transaction is active")
+    j = sqlite_journal
+    j.add("a", b"c", b"x" * 10, 1.0)
+    j.commit()
+    pages = j.db.execute("PRAGMA page_count").fetchone()[0]
+    j.db.execute(f"PRAGMA max_page_count={pages + 2}")      # a disk with two pages left
+    j.add("before", b"c", b"y" * 100, 2.0)
+    with pytest.raises(JournalError, match="full"):
+        j.add("big", b"c", b"z" * 100_000, 2.0)
+    j.add("after", b"c", b"w" * 100, 2.0)
+    with pytest.raises(JournalError, match="is full"):
+        j.commit()
+    assert [j.get(t) for t in ("before", "big", "after")] == [None, None, None]
+    assert not j.in_tx
+    j.db.execute("PRAGMA max_page_count=1073741823")          # room again: it goes on
+    j.add("later", b"c", b"v" * 100, 3.0)
+    j.commit()
+    assert j.get("later") == ("RECEIVED", None)
