@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = safe_logger("mesh.node")
 
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
+SEED_PROBES = 20           # probe intervals (6 s on lan) for a seed to answer before a warning
 
 
 def tasks_digest(names: Iterable[str]) -> str:
@@ -59,8 +60,20 @@ class Members(Component):
         self.transport.attach(self.scope)
         if node.config.peers:
             self.membership.join(node.config.peers)
+            node.spawn(self._seeds_answer(node.config.peers, SEED_PROBES * prof.probe_interval),
+                       name="seeds")
         node.spawn(self.membership.run(), name="membership")
         node.spawn(self._sweeper(), name="sweeper")
+
+    async def _seeds_answer(self, seeds: Iterable[str], wait: float) -> None:
+        """Say so once when no node at all has answered ``wait`` s after the start: a
+        mistyped seed (or a firewall) otherwise leaves the node alone without a word."""
+        await asyncio.sleep(wait)
+        if not self.membership.alive_members(include_self=False):
+            log.warning("no other node has answered in %.0f s: check the seeds (--peers, "
+                        "MESH_PEERS) %s (address, port, firewall; keys, mesh name): this node "
+                        "runs alone and keeps trying them", wait,
+                        ", ".join(printable(s) for s in seeds))
 
     async def stop(self, node: "Node") -> None:
         self.membership.leave()      # others see "left" at once and stop sending

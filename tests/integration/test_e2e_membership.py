@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import tasks_app
-from harness import ClientHandle, NodeFactory, NodeProc, wait_until
+from harness import ClientHandle, NodeFactory, NodeProc, free_port, wait_until
 
 from mesh.wire.protocol import ControlReply
 
@@ -33,6 +33,18 @@ def test_three_nodes_join_through_one_seed(start_node: NodeFactory) -> None:
     everyone = {a.name: "alive", b.name: "alive", c.name: "alive"}
     for n in (a, b, c):       # b and c only knew a: they learn each other through it
         wait_until(sees(n, everyone), timeout=20, what=f"{n.name} to see all three alive")
+
+
+def test_a_node_whose_seeds_never_answer_says_so(start_node: NodeFactory) -> None:
+    nobody = f"tcp://127.0.0.1:{free_port()}"          # a mistyped seed: nothing there
+    a = start_node(profile="test", concurrency=1)
+    b = start_node(profile="test", concurrency=1, peers=f"{a.endpoint},{nobody}")
+    lone = start_node(profile="test", concurrency=1, peers=nobody)
+    said = "no other node has answered in 4 s: check the seeds"
+    wait_until(lambda: said in lone.stderr(), timeout=20, what="the lone node to warn")
+    assert nobody in lone.stderr()
+    wait_until(sees(b, {a.name: "alive", b.name: "alive"}), timeout=20, what="b to see a")
+    assert said not in b.stderr()        # one seed answered: no warning
 
 
 def test_killed_node_is_dead_and_stopped_node_has_left(start_node: NodeFactory) -> None:
