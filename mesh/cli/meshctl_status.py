@@ -31,6 +31,8 @@ def _queues(queues: Any) -> str:
     return ",".join(map(str, queues)) if isinstance(queues, list) else "*"
 
 
+JOURNAL_ERROR_RECENT = 60.0     # s: a journal error older than this is not warned about
+
 # when two nodes disagree about a third at the same incarnation, the graver state wins
 _STATE_RANK = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
 
@@ -146,6 +148,13 @@ def status(ctx: click.Context) -> int:
         for r in rows:             # why a node asked did not answer (keys, refusal, ...)
             if r["state"] == "unreachable" and r.get("error"):
                 click.echo(f"{r['address']}: {r['error']}", err=True)
+        for r in rows:             # a journal that failed lately: a full or read-only disk
+            age = r.get("journal_error_age") if r["answered"] else None
+            if isinstance(age, (int, float)) and age < JOURNAL_ERROR_RECENT:
+                click.echo(f"WARNING: node {r['node']}: its journal failed {age:.0f} s ago "
+                           f"({r.get('journal_errors', '?')} time(s) since start): "
+                           f"{r.get('journal_error')}; it refuses new tasks while it fails",
+                           err=True)
         for r in rows:             # a node that can run nothing is a mistake worth shouting
             if r["answered"] and not r.get("registered", True):
                 click.echo(f"WARNING: node {r['node']} registers no tasks (its app: "

@@ -17,6 +17,7 @@ it could not commit and logs the rest, it never stops on a journal error.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -64,6 +65,14 @@ class Journal(abc.ABC):
     over both). Not thread-safe: the node's event loop is its only user."""
 
     path: str | None = None    # the file, for status; None when nothing is on disk
+    errors = 0                 # failed reads and writes since start (status)
+    last_error: str | None = None     # the latest, in a user's words, and when (time.time())
+    last_error_at = 0.0
+
+    def note_error(self, text: str) -> None:
+        """A read or write failed (a full or read-only disk): status says so."""
+        self.errors += 1
+        self.last_error, self.last_error_at = text, time.time()
 
     # -- writes (batched: commit() before telling anyone) -----------------------------
     @abc.abstractmethod

@@ -240,7 +240,10 @@ class Node:
             "held": len(ledger.held) + self.spill.on_disk, "succeeded": c["SUCCESS"], "failed": c["FAILURE"],
             "revoked": c["REVOKED"], "retried": c["RETRY"],
             "answered_from_journal": c["answered_from_journal"],
-            "journal": self.journal.path,
+            "journal": self.journal.path, "journal_errors": self.journal.errors,
+            "journal_error": self.journal.last_error,
+            "journal_error_age": round(time.time() - self.journal.last_error_at, 1)
+            if self.journal.last_error else None,
             "events": self.events_endpoint, "events_sent": self.events.sent,
             "peer_sockets": len(self.transport.sockets.socks),
             "clock": self.events.clock,

@@ -53,4 +53,5 @@ class SqlRows(Journal):
         text = explain(e, self.path)
         if self._in_tx and self._lost is None and not self.db.in_transaction:
             self._lost = text
+        self.note_error(text)
         return JournalError(text)

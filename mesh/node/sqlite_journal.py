@@ -472,7 +472,7 @@ class SqliteJournal(CopyRows, SpillRows):
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self.rollback()
-            raise JournalError(_explain(e, self.path)) from e
+            raise self._error(e) from e
         self._in_tx = False
         self.writes = 0
         self.commits += 1

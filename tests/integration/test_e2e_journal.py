@@ -311,6 +311,9 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
             r.get(timeout=RESULT_TIMEOUT)
         assert "full" in str(info.value) and node.name in str(info.value)
         assert node.ping()                     # the node goes on
+        shown = run_program(MESHCTL, "--peers", node.endpoint, "status")   # and says so
+        assert f"WARNING: node {node.name}: its journal failed" in shown.stderr
+        assert "is full" in shown.stderr, shown.stderr
         filler.unlink()
         assert t.echo.delay(big).get(timeout=RESULT_TIMEOUT) == big
     finally:
