@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -294,28 +295,16 @@ def _state_on(node: Any, task_id: str) -> str:
 
 # ---- a full disk --------------------------------------------------------------------
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
-        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+@pytest.fixture
+def small_disk(start_node: Any, tmp_path: Path) -> Iterator[Path]:
+    """A 4 MB tmpfs for a node's data dir (root only); its nodes stop before it goes."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
     try:
-        node = start_node(data_dir=str(mnt / "node"))
-        t = make_client(node).tasks
-        assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
-        filler = _fill(mnt)
-        big = "x" * 300_000                    # needs new pages in the journal
-        r = t.echo.delay(big)
-        with pytest.raises(MeshError) as info:
-            r.get(timeout=RESULT_TIMEOUT)
-        assert "full" in str(info.value) and node.name in str(info.value)
-        assert node.ping()                     # the node goes on
-        shown = run_program(MESHCTL, "--peers", node.endpoint, "status")   # and says so
-        assert f"WARNING: node {node.name}: its journal failed" in shown.stderr
-        assert "is full" in shown.stderr, shown.stderr
-        filler.unlink()
-        assert t.echo.delay(big).get(timeout=RESULT_TIMEOUT) == big
+        yield mnt
     finally:
         for n in start_node.nodes:
             n.stop()
@@ -338,30 +327,39 @@ def _fill(mnt: Path) -> Path:
     return filler
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
+        start_node: Any, make_client: Any, small_disk: Path) -> None:
+    node = start_node(data_dir=str(small_disk / "node"))
+    t = make_client(node).tasks
+    assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
+    filler = _fill(small_disk)
+    big = "x" * 300_000                    # needs new pages in the journal
+    r = t.echo.delay(big)
+    with pytest.raises(MeshError) as info:
+        r.get(timeout=RESULT_TIMEOUT)
+    assert "full" in str(info.value) and node.name in str(info.value)
+    assert node.ping()                     # the node goes on
+    shown = run_program(MESHCTL, "--peers", node.endpoint, "status")   # and says so
+    assert f"WARNING: node {node.name}: its journal failed" in shown.stderr
+    assert "is full" in shown.stderr, shown.stderr
+    filler.unlink()
+    assert t.echo.delay(big).get(timeout=RESULT_TIMEOUT) == big
+
+
 def test_a_workflow_step_started_while_the_disk_is_full_still_runs(
-        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+        start_node: Any, make_client: Any, small_disk: Path, tmp_path: Path) -> None:
     # the step after an accepted one is started by the node (no client to resend it):
     # a journal commit that fails must not drop it, or the workflow never ends
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
-    try:
-        node = start_node(data_dir=str(mnt / "node"))
-        c = make_client(node)
-        t = c.tasks
-        gate = tmp_path / "gate"
-        size = 1_000_000          # the next step's frame: more than any commit so far
-        r = (t.blob.si(size, str(gate)) | t.echo.s()).apply_async()
-        wait_until(lambda: node.status()["busy"] == 1, what="the first step to start")
-        _fill(mnt)
-        gate.touch()
-        assert r.get(timeout=30) == "x" * size
-        assert "journal commit failed" in node.stderr()
-    finally:
-        for n in start_node.nodes:
-            n.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    node = start_node(data_dir=str(small_disk / "node"))
+    t = make_client(node).tasks
+    gate = tmp_path / "gate"
+    size = 1_000_000          # the next step's frame: more than any commit so far
+    r = (t.blob.si(size, str(gate)) | t.echo.s()).apply_async()
+    wait_until(lambda: node.status()["busy"] == 1, what="the first step to start")
+    _fill(small_disk)
+    gate.touch()
+    assert r.get(timeout=30) == "x" * size
+    assert "journal commit failed" in node.stderr()
 
 
 # ---- churn does not grow sockets ------------------------------------------------------
