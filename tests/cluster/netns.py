@@ -8,7 +8,9 @@ against every address already in use on the machine), ``lo`` up and a multicast 
 
 Everything is named ``meshc-<pid>-<token>-<k>-<host>``: unique per test run and per
 cluster, and recognisable later, so a namespace left behind by a run that was SIGKILLed
-is swept by the next run (:func:`sweep_stale`).
+is swept by the next run (:func:`sweep_stale`). ``MESH_TEST_NETNS_PREFIX=NAME-`` puts
+NAME- in front of every name (several people sharing one machine: each run sweeps only
+the stale namespaces under its own prefix).
 
 Each host has an *agent*: a long-lived Python process inside its namespace that executes
 snippets sent over a pipe and answers in JSON (``host.run_python(code)``; about 1 ms a
@@ -59,7 +61,7 @@ from harness import MESHCTL, MESHNODE, ROOT, NodeProc, _flag_args, clean_env, wa
 from mesh.wire.protocol import ControlReply
 
 CLUSTER_DIR = Path(__file__).resolve().parent
-PREFIX = "meshc-"                                           # every cluster namespace starts so
+PREFIX = os.environ.get("MESH_TEST_NETNS_PREFIX", "") + "meshc-"   # every cluster namespace starts so
 RUN_PREFIX = f"{PREFIX}{os.getpid()}-{secrets.token_hex(2)}-"   # ... and this run's like this
 _STALE_RE = re.compile(rf"^{re.escape(PREFIX)}(\d+)-[0-9a-f]+-")
 
