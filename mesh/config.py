@@ -57,6 +57,10 @@ class Config:
     peers: tuple[str, ...] = ()         # static seeds, tcp://host:port; MESH_PEERS=a,b
     mdns: bool = True                   # multicast discovery (zeroconf)
     profile: str = "lan"                # membership timings: lan, local or test (mesh.membership.profiles)
+    dead_node_reclaim: float | None = None  # s a dead or departed member is remembered (listed,
+                                        # its sockets kept, pinged now and then in case a
+                                        # partition heals) before it is forgotten; None = the
+                                        # profile's (60 s lan, 30 s local, 10 s test)
     discovery_timeout: float = 3.0      # s a client without peers browses mDNS for nodes
     mdns_interfaces: tuple[str, ...] = ()  # IPs to use mDNS on; () = from --bind (nodes), all (clients)
     queues: tuple[str, ...] = ()        # the queues a node takes tasks from; () = every queue
@@ -173,6 +177,8 @@ class Config:
             from mesh.routing import check_queue
             for q in self.queues:
                 check_queue(q, "queues")
+        if self.dead_node_reclaim is not None and not self.dead_node_reclaim > 0:
+            raise bad(f"dead_node_reclaim must be > 0 seconds, got {self.dead_node_reclaim}")
         if self.profile not in ("lan", "local", "test"):
             raise bad(f"profile must be one of lan, local, test, got {self.profile!r}")
         if self.http:

@@ -45,6 +45,10 @@ def _queue_names(value: str | None) -> str | None:
 @click.option("--no-mdns", is_flag=True, default=None, help="No multicast discovery.")
 @click.option("--profile", type=click.Choice(["lan", "local", "test"]),
               help="Membership timings (default lan: a dead node is known in about 2 s).")
+@click.option("--dead-node-reclaim", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Seconds a dead or departed member is remembered (listed, pinged now and "
+                   "then in case it comes back) before it is forgotten and its sockets closed "
+                   "(default: the profile's, 60 s on lan).")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1),
               help="Workers: prefork children, or threads with --pool threads (default: CPU count).")
 @click.option("--pool", "-P", "pool", type=click.Choice(["prefork", "threads", "solo"]),
@@ -114,7 +118,8 @@ def _queue_names(value: str | None) -> str | None:
 @click.argument("extra", nargs=-1, metavar="")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
-             no_mdns: bool | None, profile: str | None, concurrency: int | None,
+             no_mdns: bool | None, profile: str | None, dead_node_reclaim: float | None,
+             concurrency: int | None,
              pool: str | None, autoscale: str | None, autoscale_keepalive: float | None,
              autoscale_max_cpu: float | None, async_concurrency: int | None,
              autoreload: bool | None, max_tasks_per_child: int | None,
@@ -147,7 +152,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         config = Config.build(
             defaults=app.conf.node_options(),   # what the app's code set; flags win
             name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
-            profile=profile,
+            profile=profile, dead_node_reclaim=dead_node_reclaim,
             concurrency=concurrency, pool=pool, autoscale=autoscale,
             autoscale_keepalive=autoscale_keepalive, autoscale_max_cpu=autoscale_max_cpu,
             async_concurrency=async_concurrency, autoreload=autoreload, app=app_spec,

@@ -9,6 +9,7 @@ closes the sockets of peers membership has forgotten (``sweep``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = safe_logger("mesh.node")
 
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
+SWEEP_FLOOR = 0.5          # ... at least (a short --dead-node-reclaim)
 SEED_PROBES = 20           # probe intervals (6 s on lan) for a seed to answer before a warning
 
 
@@ -50,6 +52,8 @@ class Members(Component):
                             security=node.security)
         node.transport = self.transport = ZmqTransport(peers, node.address)
         prof = profile(node.config.profile)
+        if node.config.dead_node_reclaim is not None:      # --dead-node-reclaim
+            prof = dataclasses.replace(prof, dead_node_reclaim=node.config.dead_node_reclaim)
         self._reclaim = prof.dead_node_reclaim
         node.membership = self.membership = Membership(
             node.name, node.address, prof, self.transport, on_change=self._on_change,
@@ -123,7 +127,7 @@ class Members(Component):
 
     async def _sweeper(self) -> None:
         while True:
-            await asyncio.sleep(min(SWEEP_INTERVAL, self._reclaim / 2))
+            await asyncio.sleep(max(SWEEP_FLOOR, min(SWEEP_INTERVAL, self._reclaim / 2)))
             self.sweep()
 
     def sweep(self) -> int:

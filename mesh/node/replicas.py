@@ -72,6 +72,7 @@ RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
 TICK = 0.1               # s between checks of unconfirmed copies
 MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
 SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
+SWEEP_FLOOR = 0.5        # ... at least (a short --dead-node-reclaim)
 DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
                                 # the message size limit)
@@ -424,7 +425,7 @@ class Replicas(CopyGates, Component):
             try:
                 now = time.monotonic()
                 if now >= next_sweep:
-                    next_sweep = now + SWEEP_EVERY
+                    next_sweep = now + self._sweep_every()
                     self.sweep()
                 self._resend(now)
                 self._give_up(now)
@@ -530,6 +531,11 @@ class Replicas(CopyGates, Component):
                         or e is None and journal.on_disk(t) is None}
                 if drop:
                     self._queue(b).drop.update(drop)
+
+    def _sweep_every(self) -> float:
+        """SWEEP_EVERY, or half of a shorter dead_node_reclaim (at least SWEEP_FLOOR)."""
+        reclaim = self.node.membership.config.dead_node_reclaim
+        return max(SWEEP_FLOOR, min(SWEEP_EVERY, reclaim / 2))
 
     def sweep(self) -> int:
         """Close the handoff/copy sockets of peers membership no longer knows (churn

@@ -264,6 +264,10 @@ def test_meshctl_status_shows_no_stale_load_for_a_dead_node(start_node: Any, mak
     b.send_signal(signal.SIGKILL)
     row = wait_until(lambda: (r := b_row())["state"] == "dead" and r, timeout=30, what="b dead")
     assert (row["busy"], row["waiting"]) == ("-", "-"), row
+    # a took b's task over and runs it: open its gate, so that a stops at once at
+    # teardown (not after the harness's 10 s grace for a node whose task still runs)
+    (tmp_path / "gate").touch()
+    wait_until(lambda: a.status()["busy"] == 0, what="a to finish b's task")
 
 
 @pytest.mark.parametrize("module", ["mesh.cli.meshctl", "mesh.cli.meshnode"])

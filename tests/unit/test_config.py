@@ -74,7 +74,8 @@ def test_every_field_can_be_set_from_env() -> None:
               "autoscale_max_cpu": "100", "async_concurrency": "7", "autoreload": "1",
               "app": "proj.tasks:app", "queues": "reports,celery", "replicas": "1",
               "keys": "/k", "key_name": "app", "insecure": "1", "quota_tasks": "9",
-              "quota_bytes": "4096", "max_eta": "10", "queue_memory": "11"}
+              "quota_bytes": "4096", "max_eta": "10", "queue_memory": "11",
+              "dead_node_reclaim": "2.5"}
     values["concurrency"] = "0"          # --autoscale and --concurrency exclude each other
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
@@ -91,7 +92,8 @@ def test_every_field_can_be_set_from_env() -> None:
         "autoscale_max_cpu": 100.0, "async_concurrency": 7, "autoreload": True,
         "app": "proj.tasks:app", "queues": ("reports", "celery"), "replicas": 1,
         "keys": "/k", "key_name": "app", "insecure": True, "quota_tasks": 9,
-        "quota_bytes": 4096, "max_eta": 10.0, "queue_memory": 11}
+        "quota_bytes": 4096, "max_eta": 10.0, "queue_memory": 11,
+        "dead_node_reclaim": 2.5}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,6 +188,9 @@ def test_unknown_option_is_refused_even_when_none() -> None:
     (dict(concurrency="many"), "concurrency"),
     (dict(time_limit="soon"), "time_limit"),
     (dict(mdns="maybe"), "mdns"),
+    (dict(dead_node_reclaim=0), "dead_node_reclaim"),
+    (dict(dead_node_reclaim=-1), "dead_node_reclaim"),
+    (dict(dead_node_reclaim=float("nan")), "dead_node_reclaim"),
 ])
 def test_bad_values(kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):

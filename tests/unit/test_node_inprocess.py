@@ -581,3 +581,16 @@ def test_a_backup_replaced_while_it_was_suspected_drops_its_copy_when_it_is_back
             await until(lambda: b1.replicas.copies.holder(tid) is None, "b1 to drop its copy")
             assert b2.replicas.copies.holder(tid) == "holder" and tid in h.ledger.held
     run(main())
+
+
+def test_dead_node_reclaim_sets_how_long_membership_keeps_a_dead_member() -> None:
+    # --dead-node-reclaim: the membership forgets a dead member after that, and the
+    # sockets of forgotten peers are swept at half of it (at least every 0.5 s)
+    async def main() -> None:
+        async with running_node(app) as node:                   # the test profile's
+            assert node.membership.config.dead_node_reclaim == 10.0
+            assert node.replicas._sweep_every() == 5.0
+        async with running_node(app, dead_node_reclaim=3) as node:
+            assert node.membership.config.dead_node_reclaim == 3.0
+            assert node.replicas._sweep_every() == 1.5
+    run(main())
