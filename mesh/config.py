@@ -95,6 +95,9 @@ class Config:
     app: str = ""                       # the --app MODULE[:ATTR] (autoreload imports it again)
     # -- lifecycle --------------------------------------------------------------------
     shutdown_timeout: float = 30.0      # on SIGTERM, how long running tasks may finish
+    workflow_stall: float = 10.0        # s a group (chord header) coordinated here waits
+                                        # without a member's report before it asks the mesh
+                                        # where its members are (doubling, up to 120 s)
     data_dir: str = ""                  # journal and results; "" = ~/.local/share/mesh/NAME
                                         # (or HOST-MESH-portPORT when no name is given)
     journal: bool = True                # keep accepted tasks and results in sqlite (see
@@ -159,6 +162,8 @@ class Config:
                 raise bad(f"{n} must be > 0 seconds, got {v}")
         if self.result_expires <= 0:
             raise bad(f"result_expires must be > 0 seconds, got {self.result_expires}")
+        if not self.workflow_stall > 0:
+            raise bad(f"workflow_stall must be > 0 seconds, got {self.workflow_stall}")
         if self.shutdown_timeout < 0:
             raise bad("shutdown_timeout must be >= 0")
         if self.quota_tasks < 1 or self.quota_bytes < 1024:

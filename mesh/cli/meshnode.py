@@ -49,6 +49,9 @@ def _queue_names(value: str | None) -> str | None:
               help="Seconds a dead or departed member is remembered (listed, pinged now and "
                    "then in case it comes back) before it is forgotten and its sockets closed "
                    "(default: the profile's, 60 s on lan).")
+@click.option("--workflow-stall", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Seconds a group or chord coordinated here waits without news of its members "
+                   "before it asks the mesh where they are (default 10; doubling up to 120).")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1),
               help="Workers: prefork children, or threads with --pool threads (default: CPU count).")
 @click.option("--pool", "-P", "pool", type=click.Choice(["prefork", "threads", "solo"]),
@@ -119,7 +122,7 @@ def _queue_names(value: str | None) -> str | None:
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
              no_mdns: bool | None, profile: str | None, dead_node_reclaim: float | None,
-             concurrency: int | None,
+             workflow_stall: float | None, concurrency: int | None,
              pool: str | None, autoscale: str | None, autoscale_keepalive: float | None,
              autoscale_max_cpu: float | None, async_concurrency: int | None,
              autoreload: bool | None, max_tasks_per_child: int | None,
@@ -152,7 +155,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         config = Config.build(
             defaults=app.conf.node_options(),   # what the app's code set; flags win
             name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
-            profile=profile, dead_node_reclaim=dead_node_reclaim,
+            profile=profile, dead_node_reclaim=dead_node_reclaim, workflow_stall=workflow_stall,
             concurrency=concurrency, pool=pool, autoscale=autoscale,
             autoscale_keepalive=autoscale_keepalive, autoscale_max_cpu=autoscale_max_cpu,
             async_concurrency=async_concurrency, autoreload=autoreload, app=app_spec,

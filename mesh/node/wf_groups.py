@@ -23,8 +23,8 @@ A coordinator that took a group over (a restart, the backup of a dead node, a
 handoff) first asks every node what it knows of the members (WF_PULL: held, or
 finished with a stored result); members no node knows are started again (their ids
 are the same: nothing runs twice that some node still has). The same question is
-asked when members go quiet (``STALL_AFTER`` without a report, doubling up to
-``STALL_MAX``), which finds reports lost with a node.
+asked when members go quiet (``--workflow-stall`` s, 10 by default, without a report,
+doubling up to ``STALL_MAX``), which finds reports lost with a node.
 """
 from __future__ import annotations
 
@@ -52,8 +52,7 @@ WINDOW = 5_000         # members started and not ended, per group, at most
 CHUNK = 500            # members started per loop pass, per group (a pass stays short)
 PULL_CHUNK = 5_000     # ids per WF_PULL
 ROUND_TIMEOUT = 3.0    # s for every node to answer a pull round
-STALL_AFTER = 10.0     # s without a report before a group asks where its members are
-STALL_MAX = 120.0
+STALL_MAX = 120.0      # s: the wait without a report (--workflow-stall) doubles up to this
 JOIN_WAIT = 3.0        # s a group taken over waits to know an alive peer before it asks
 MAX_WATCHES = 200_000  # member ids another coordinator asked to be told about
 
@@ -78,7 +77,7 @@ class Group:
                  "next_i", "fresh", "last", "stall", "round", "known", "ended", "began")
 
     def __init__(self, gid: str, entry: Entry, root: str, members: list[Any], value: bytes | None,
-                 fresh: bool):
+                 fresh: bool, stall: float):
         self.id = gid
         self.entry = entry
         self.root = root
@@ -90,7 +89,7 @@ class Group:
         self.next_i = 0 if fresh else -1             # -1: ask the mesh before starting
         self.fresh = fresh
         self.last = self.began = time.monotonic()
-        self.stall = STALL_AFTER
+        self.stall = stall                           # s without a report before it asks
         self.round: _Round | None = None
         self.known: set[int] = set()                 # members some node holds
         self.ended: tuple[str, str, Result] | None = None   # the member that failed it
@@ -124,7 +123,8 @@ class Groups:
         headers = sub.headers
         root = headers.get("root_id")
         root = root if isinstance(root, str) else gid
-        g = Group(gid, entry, root, members, value, fresh=entry.fresh)
+        g = Group(gid, entry, root, members, value, fresh=entry.fresh,
+                  stall=self.node.config.workflow_stall)
         self.groups[gid] = g
         unit = {"task": GROUP, "subtask_type": "group", "kwargs": {"tasks": members},
                 "options": {"task_id": gid}}
@@ -222,7 +222,7 @@ class Groups:
         if not isinstance(res, Result):
             return
         g.last = time.monotonic()
-        g.stall = STALL_AFTER
+        g.stall = self.node.config.workflow_stall
         if res.state == states.SUCCESS:
             g.values[index] = res.result if res.result is not None else NIL
             g.done += 1
@@ -302,7 +302,7 @@ class Groups:
                 pending = [i for i in range(min(g.next_i, g.size) if g.next_i >= 0 else g.size)
                            if g.values[i] is None]
                 if pending:
-                    g.stall = min(g.stall * 2, STALL_MAX)
+                    g.stall = min(g.stall * 2, max(STALL_MAX, self.node.config.workflow_stall))
                     g.last = now
                     self._pull(g, pending, now)
 

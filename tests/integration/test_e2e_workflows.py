@@ -187,8 +187,11 @@ def coordinator(nodes: list[Any], group_id: str) -> Any:
 
 
 def chord_with_a_death(start_node: Any, tmp_path: Path, victim: str) -> None:
-    nodes = [start_node(app=APP, concurrency=2)]
-    nodes += [start_node(app=APP, concurrency=2, peers=nodes[0].endpoint) for _ in range(2)]
+    # --workflow-stall 2: reports lost with the dead node are asked for after 2 s of
+    # silence, not 10 (the pull that finds them is what these tests go through)
+    nodes = [start_node(app=APP, concurrency=2, workflow_stall=2)]
+    nodes += [start_node(app=APP, concurrency=2, workflow_stall=2, peers=nodes[0].endpoint)
+              for _ in range(2)]
     names = {n.name for n in nodes}
     wait_until(lambda: all(alive(n) == names for n in nodes), what="the mesh to form")
     runs, n = tmp_path / "runs", 300

@@ -75,7 +75,7 @@ def test_every_field_can_be_set_from_env() -> None:
               "app": "proj.tasks:app", "queues": "reports,celery", "replicas": "1",
               "keys": "/k", "key_name": "app", "insecure": "1", "quota_tasks": "9",
               "quota_bytes": "4096", "max_eta": "10", "queue_memory": "11",
-              "dead_node_reclaim": "2.5"}
+              "dead_node_reclaim": "2.5", "workflow_stall": "1.5"}
     values["concurrency"] = "0"          # --autoscale and --concurrency exclude each other
     assert set(values) == {f.name for f in dataclasses.fields(Config)}
     c = build({"MESH_" + k.upper(): v for k, v in values.items()})
@@ -93,7 +93,7 @@ def test_every_field_can_be_set_from_env() -> None:
         "app": "proj.tasks:app", "queues": ("reports", "celery"), "replicas": 1,
         "keys": "/k", "key_name": "app", "insecure": True, "quota_tasks": 9,
         "quota_bytes": 4096, "max_eta": 10.0, "queue_memory": 11,
-        "dead_node_reclaim": 2.5}
+        "dead_node_reclaim": 2.5, "workflow_stall": 1.5}
 
 
 def test_os_environ_is_the_default_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,6 +191,8 @@ def test_unknown_option_is_refused_even_when_none() -> None:
     (dict(dead_node_reclaim=0), "dead_node_reclaim"),
     (dict(dead_node_reclaim=-1), "dead_node_reclaim"),
     (dict(dead_node_reclaim=float("nan")), "dead_node_reclaim"),
+    (dict(workflow_stall=0), "workflow_stall"),
+    (dict(workflow_stall=float("nan")), "workflow_stall"),
 ])
 def test_bad_values(kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
