@@ -188,7 +188,10 @@ def test_nodes_of_two_meshes_never_become_members() -> None:
                 await until(lambda: all(link.serves is not None for link in c.client.links.values()
                                         if link.state == "alive"), "every node heard from")
                 ours = {"rt-mesh-a", "rt-mesh-a2"} if mesh == "routing-fast" else {"rt-mesh-b"}
-                assert {link.node_id for link in c.client._placeable} <= ours
+                # (read from this thread while the client's I/O thread sets a link's mesh
+                # and then recomputes the nodes it places on: wait for the second)
+                await until(lambda: {link.node_id for link in c.client._placeable} <= ours,
+                            "only this mesh's nodes to be placeable")
                 rs = [c.send_task("rt.where") for _ in range(20)]
                 answers = {await asyncio.wait_for(r, 20) for r in rs}
                 assert answers == ({"ran"} if mesh == "routing-fast" else {"other"})
