@@ -97,6 +97,23 @@ class Ignore(MeshError):
     IGNORED (Celery's ``Ignore``). ``get()`` raises ResultIgnored."""
 
 
+class Replace(Ignore):
+    """Raised by ``Task.replace(sig)``: the task ends without a result of its own and
+    ``sig`` runs in its place; its result becomes the task's (docs/workflows.md). An
+    Ignore, as in Celery (code that catches Ignore catches it too). ``sig`` is the
+    signature's map (``to_dict``)."""
+
+    def __init__(self, message: str, sig: dict[str, object]):
+        super().__init__(message)
+        self.sig = sig
+        self.canvas: object = None       # the Canvas itself (eager mode runs it)
+
+
+class ReplaceNestingError(MeshError):
+    """A task replaced itself (``Task.replace``) more than MAX_NESTING (100) times over:
+    a replacement that replaces itself for ever (mesh/workflow/replace.py)."""
+
+
 class Reject(MeshError):
     """Raised by a task to refuse its message (Celery's ``Reject``): the task ends
     (state FAILURE, and ``get()`` raises this exception; Celery says REJECTED). With

@@ -18,6 +18,9 @@ RETRY = "RETRY"
 REVOKED = "REVOKED"
 IGNORED = "IGNORED"      # the task raised Ignore: final, no result
 UNKNOWN = "UNKNOWN"
+# internal, never a task's state: a child tells its node that the task called
+# ``self.replace(sig)`` (the Result's value is the signature's map; docs/protocol.md)
+REPLACED = "REPLACED"
 
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED, IGNORED})
 UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, RETRY})

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.conf_names import CALL_OPTIONS, ignore_options
-from mesh.exceptions import ConfigError, MaxRetriesExceededError, Retry
+from mesh.exceptions import ConfigError, MaxRetriesExceededError, Replace, Retry
 from mesh.ratelimit import parse_rate
 from mesh.security.text import safe_logger
 
@@ -170,6 +170,13 @@ class Request:
     @property
     def parent_id(self) -> str | None:
         return self.headers.get("parent_id")
+
+    @property
+    def replaced_task_nesting(self) -> int:
+        """How many replacements deep this task runs (``Task.replace``): 0 for a task
+        that replaces none."""
+        from mesh.workflow.replace import nesting
+        return nesting(self)
 
     @property
     def group(self) -> str | None:
@@ -404,6 +411,17 @@ class Task:
             req.retry_later = r
             return r
         raise r
+
+    def replace(self, sig: Any) -> Replace:
+        """End this run without a result of its own: ``sig`` (a signature, chain, group
+        or chord) runs in its place and its result becomes this task's, under this
+        task's id (use as ``raise self.replace(sig)``; it raises by itself, so
+        ``return self.replace(sig)`` does the same). A chain's later steps, a group
+        this task belongs to and its callbacks get the replacement's value. Eager
+        mode runs ``sig.apply().get()`` here. A plain call raises ConfigError
+        (docs/workflows.md, "Replacing a task")."""
+        from mesh.workflow.replace import replacement
+        raise replacement(self, self.request, sig)
 
     def update_state(self, task_id: str | None = None, state: str | None = None,
                      meta: Any = None, **kwargs: Any) -> None:

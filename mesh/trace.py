@@ -25,7 +25,7 @@ from typing import Any
 
 from mesh import signals, states
 from mesh.einfo import ExceptionInfo
-from mesh.exceptions import Ignore, Reject, Retry
+from mesh.exceptions import Ignore, Reject, Replace, Retry
 from mesh.retry import backoff_delay
 from mesh.security.text import safe_logger
 from mesh.task import Request, Task, _current_request
@@ -33,15 +33,17 @@ from mesh.wire import codec
 
 log = safe_logger("mesh.trace")
 
+REPLACED = states.REPLACED  # internal: the task called replace(sig) (not a task's state)
 REQUEUE_DELAY = 1.0     # s before a task that raised Reject(requeue=True) runs again
 
 
 @dataclasses.dataclass(slots=True)
 class Outcome:
     """What one run of a task came to."""
-    state: str                              # SUCCESS FAILURE RETRY IGNORED
+    state: str                              # SUCCESS FAILURE RETRY IGNORED REPLACED
     value: Any = None                       # SUCCESS: the return value; else the exception
     encoded: bytes | None = None            # SUCCESS: codec bytes of value; None: not kept
+                                            # (REPLACED: of the replacement's map)
     exc: BaseException | None = None        # the exception (for RETRY: its cause)
     einfo: ExceptionInfo | None = None
     countdown: float | None = None          # RETRY: seconds until the next run
@@ -100,7 +102,7 @@ def _signals(task: Task, req: Request, o: Outcome) -> None:
                                   kwargs=req.kwargs, traceback=o.exc.__traceback__,
                                   einfo=o.einfo)
     signals.task_postrun.send(sender=task, task_id=req.id, task=task, args=req.args,
-                              kwargs=req.kwargs, retval=retval, state=o.state)
+                              kwargs=req.kwargs, retval=retval, state=_celery_state(o))
 
 
 def _retry_einfo(o: Outcome) -> ExceptionInfo | None:
@@ -177,6 +179,8 @@ def _raised(task: Task, req: Request, e: BaseException) -> Outcome:
     """The task raised ``e``: a retry, Ignore, Reject, an autoretry, or its failure."""
     if isinstance(e, Retry):
         return _retry(e)
+    if isinstance(e, Replace):
+        return _replaced(task, req, e)
     if isinstance(e, Ignore):
         return Outcome(states.IGNORED, None, exc=e, keep=False)
     failed = e
@@ -190,6 +194,20 @@ def _raised(task: Task, req: Request, e: BaseException) -> Outcome:
     except BaseException as final:   # no retries left: the task fails with this
         failed = final
     return _failure(task, failed, ignores_result(task, req))
+
+
+def _replaced(task: Task, req: Request, e: Replace) -> Outcome:
+    """``raise self.replace(sig)``: on a node, REPLACED (the node runs ``sig`` in the
+    task's place, mesh/workflow/replace.py); in eager mode ``sig`` runs here and its
+    value is the task's."""
+    if not req.is_eager:
+        return Outcome(REPLACED, None, codec.dumps(e.sig), exc=e)
+    from mesh.workflow.replace import run_eagerly
+    try:
+        value = run_eagerly(e, task.app)
+    except BaseException as failed:      # the replacement's failure is the task's
+        return _failure(task, failed, ignores_result(task, req))
+    return _returned(task, req, value)
 
 
 def _failure(task: Task, e: BaseException, ignore: bool) -> Outcome:
@@ -236,7 +254,14 @@ def _handlers(task: Task, req: Request, o: Outcome, handlers: dict[str, Callable
         _call(task, handlers, "on_retry", o.exc, tid, args, kwargs, _retry_einfo(o))
     elif o.state == states.FAILURE:
         _call(task, handlers, "on_failure", o.exc, tid, args, kwargs, o.einfo)
-    _call(task, handlers, "after_return", o.state, o.value, tid, args, kwargs, o.einfo)
+    _call(task, handlers, "after_return", _celery_state(o), o.value, tid, args, kwargs,
+          o.einfo)
+
+
+def _celery_state(o: Outcome) -> str:
+    """The state handlers and signals see: a replaced task's is IGNORED (Celery's
+    replace raises Ignore)."""
+    return states.IGNORED if o.state == REPLACED else o.state
 
 
 def _call(task: Task, handlers: dict[str, Callable[..., Any]], name: str, *args: Any) -> None:

@@ -114,6 +114,8 @@ def _log_end(msg: Submit, state: str, exc: dict[str, Any] | None, tb: str | None
     elif state == states.RETRY:
         task_log.info("Task %s[%s] retry: Retry in %gs: %s", msg.name, msg.task_id,
                       countdown or 0, what)
+    elif state == states.REPLACED:
+        task_log.info("Task %s[%s] replaced by a new task", msg.name, msg.task_id)
 
 
 def _die_with_parent() -> None:
@@ -496,7 +498,7 @@ class Child:
                 self._next_call = codec.dump_call(*o.call)
             except Exception as e:          # retry(args=...) with what cannot be sent
                 return states.FAILURE, None, exc_info_of(e), "".join(traceback.format_exception(e))
-        if o.state == states.SUCCESS or o.state == states.IGNORED:
-            return o.state, o.encoded, None, None
+        if o.state == states.SUCCESS or o.state == states.IGNORED or o.state == states.REPLACED:
+            return o.state, o.encoded, None, None   # REPLACED: the replacement's map
         assert o.exc is not None
         return o.state, None, exc_info_of(o.exc), o.traceback

@@ -54,7 +54,7 @@ from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.reclaim import live_elsewhere
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, decode, encode
-from mesh.workflow.plan import GROUP
+from mesh.workflow.plan import GROUP, REPLACED_BY
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -366,7 +366,7 @@ class Copies:
             return 0
         task = node.app.tasks.get(sub.name)
         plain = disk and task is not None and task.options.acks_late and not sub.priority \
-            and sub.eta is None and "wf" not in sub.headers
+            and sub.eta is None and "wf" not in sub.headers and REPLACED_BY not in sub.headers
         try:
             if plain:
                 if not journal.add_spilled(tid, b"", frame, received):

@@ -31,7 +31,7 @@ from mesh.security.text import safe_logger
 from mesh.task import Request
 from mesh.wire import codec
 from mesh.wire.protocol import Release, Result, Submit, decode, encode
-from mesh.workflow.plan import GROUP  # a group's coordinator: run by the node itself
+from mesh.workflow.plan import GROUP, REPLACED_BY  # coordinated by the node itself
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -153,7 +153,7 @@ class Ledger:
         q[1] += entry.size
         self.pending.append(entry)
         headers = msg.headers if msg is not None else _headers(entry.frame)
-        if "wf" in headers or entry.name == GROUP:
+        if "wf" in headers or entry.name == GROUP or REPLACED_BY in headers:
             entry.wf = headers
         self.node.replicas.accepted(entry, msg)  # a copy to the backup; replies wait for it
         self.node.handoff.taken_back(entry.task_id)
@@ -200,7 +200,8 @@ class Ledger:
                                      revoked_message(entry.task_id, entry.name), states.REVOKED)
                 elif disk and entry.task_id in disk:
                     continue
-                elif entry.name == GROUP and self.node.workflows is not None:
+                elif (entry.name == GROUP or (entry.wf is not None and REPLACED_BY in entry.wf)) \
+                        and self.node.workflows is not None:
                     self.node.workflows.begin(entry)     # coordinated here, not in a child
                 elif spread and entry.task_id in spread:
                     m = spread.pop(entry.task_id)
@@ -436,7 +437,7 @@ class Ledger:
         for e in entries:
             gone.append(self.drop(e.task_id) or e)
             self.watchers.pop(e.task_id, None)
-            if e.name == GROUP and wf is not None:
+            if wf is not None and e.task_id in wf.groups.groups:
                 wf.groups.ended(e.task_id)   # its coordinator is the taker's now: no pull
                                              # rounds or restarts of members from here
         self.node.replicas.forgotten(gone, to)
@@ -477,6 +478,12 @@ class Ledger:
                   countdown: float | None = None, keep: bool = True) -> None:
         if state == states.RETRY:
             self.retry(entry, result_frame, countdown or 0.0)
+            return
+        if state == states.REPLACED:        # replace(sig): sig runs in its place
+            if self.node.workflows is not None:
+                self.node.workflows.replaced(entry, result_frame)
+            else:
+                self.task_failed(entry, "ConfigError", "replace() needs a node that runs workflows")
             return
         self.finish(entry.task_id, entry.client, state, result_frame, entry.name, keep=keep)
 

@@ -17,7 +17,7 @@ from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode
-from mesh.workflow.plan import GROUP
+from mesh.workflow.plan import GROUP, REPLACED_BY
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -55,7 +55,8 @@ def recover(node: "Node") -> int:
         entry = Entry(row.task_id, msg.name, row.client, row.frame, msg.priority, msg.eta,
                       msg.expires, limit, task.options.acks_late if task else True)
         entry.received = row.received
-        if msg.name == GROUP:             # a group's coordinator: coordinated here again
+        if msg.name == GROUP or REPLACED_BY in msg.headers:
+            # a group's coordinator, a replaced task: coordinated here again
             groups += 1
             ledger.accept(entry)
         elif task is None:

@@ -25,6 +25,13 @@ finished with a stored result); members no node knows are started again (their i
 are the same: nothing runs twice that some node still has). The same question is
 asked when members go quiet (``--workflow-stall`` s, 10 by default, without a report,
 doubling up to ``STALL_MAX``), which finds reports lost with a node.
+
+A task that called ``replace(sig)`` (mesh/workflow/replace.py) is coordinated the same
+way, as a group of one (``single``): its entry (the task's own, its Submit's
+``replaced_by`` header holding ``sig``'s map) is held here, ``sig`` is its member
+(id ``member_id(task id, 0, sig)``), and the task ends with the member's value (not a
+list of one) or its failure. A restart, a takeover or a handoff coordinates it again
+from that header, without running the task again.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ from mesh.security.text import safe_logger
 from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, decode, encode
 from mesh.workflow.describe import describe_group
-from mesh.workflow.plan import GROUP, NIL, list_of, member_id, uid, units
+from mesh.workflow.plan import GROUP, NIL, REPLACED_BY, list_of, member_id, uid, units
 
 if TYPE_CHECKING:
     from mesh.node.workflows import Workflows
@@ -74,7 +81,8 @@ class _Round:
 
 class Group:
     __slots__ = ("id", "entry", "root", "size", "values", "done", "members", "value",
-                 "next_i", "fresh", "last", "stall", "round", "known", "ended", "began")
+                 "next_i", "fresh", "last", "stall", "round", "known", "ended", "began",
+                 "single")
 
     def __init__(self, gid: str, entry: Entry, root: str, members: list[Any], value: bytes | None,
                  fresh: bool, stall: float):
@@ -93,6 +101,22 @@ class Group:
         self.round: _Round | None = None
         self.known: set[int] = set()                 # members some node holds
         self.ended: tuple[str, str, Result] | None = None   # the member that failed it
+        self.single = entry.name != GROUP            # a replaced task: a group of one
+
+
+def _read(sub: Submit) -> tuple[list[Any], bytes | None]:
+    """A coordinated task's members and the value given them first (codec bytes):
+    a group's from its arguments; a replaced task's replacement from its header."""
+    if sub.name != GROUP:
+        m = sub.headers.get(REPLACED_BY)
+        if not isinstance(m, dict):
+            raise DecodeError(f"task {sub.task_id} has no replacement map")
+        return [m], None
+    args, _ = codec.load_call(sub.payload)
+    members = args[-1]
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise DecodeError("the members are not a list of signature maps")
+    return members, codec.dumps(args[0]) if len(args) == 2 else None
 
 
 class Groups:
@@ -112,26 +136,23 @@ class Groups:
         try:
             sub = decode(entry.frame)
             assert isinstance(sub, Submit)
-            args, _ = codec.load_call(sub.payload)
-            members = args[-1]
-            if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
-                raise DecodeError("the members are not a list of signature maps")
+            members, value = _read(sub)
         except Exception as e:
             self.node.ledger.task_failed(entry, "DecodeError", f"group {gid}: {e}")
             return
-        value = codec.dumps(args[0]) if len(args) == 2 else None
         headers = sub.headers
         root = headers.get("root_id")
         root = root if isinstance(root, str) else gid
         g = Group(gid, entry, root, members, value, fresh=entry.fresh,
                   stall=self.node.config.workflow_stall)
         self.groups[gid] = g
-        unit = {"task": GROUP, "subtask_type": "group", "kwargs": {"tasks": members},
-                "options": {"task_id": gid}}
-        try:
-            self.wf.keep_record(gid, codec.dumps(describe_group(unit)))
-        except Exception as e:
-            log.warning("group %s: its record was not kept: %s", gid, e)
+        if not g.single:
+            unit = {"task": GROUP, "subtask_type": "group", "kwargs": {"tasks": members},
+                    "options": {"task_id": gid}}
+            try:
+                self.wf.keep_record(gid, codec.dumps(describe_group(unit)))
+            except Exception as e:
+                log.warning("group %s: its record was not kept: %s", gid, e)
         if g.size == 0:
             self._succeed(g)
         elif g.fresh:
@@ -143,7 +164,7 @@ class Groups:
         if g.members is None:          # dropped after starting them all: read them again
             sub = decode(g.entry.frame)
             assert isinstance(sub, Submit)
-            g.members = codec.load_call(sub.payload)[0][-1]
+            g.members = _read(sub)[0]
         assert g.members is not None
         return g.members
 
@@ -159,7 +180,9 @@ class Groups:
             g.next_i += 1
             if g.values[i] is not None or i in g.known:
                 continue
-            self._start_member(g, i, members[i], peers, new=g.fresh)
+            # (a replaced task's member is looked up: a takeover before its
+            # backup had the replacement runs the task again, which replaces again)
+            self._start_member(g, i, members[i], peers, new=g.fresh and not g.single)
             started += 1
         if g.next_i >= g.size:
             g.members = None
@@ -243,7 +266,10 @@ class Groups:
             return "?"
 
     def _succeed(self, g: Group) -> None:
-        value = list_of([v if v is not None else NIL for v in g.values])
+        if g.single:                  # a replaced task: its replacement's value
+            value = g.values[0] if g.values[0] is not None else NIL
+        else:
+            value = list_of([v if v is not None else NIL for v in g.values])
         frame = encode(Result(task_id=g.id, state=states.SUCCESS, result=value, node=self.node.name))
         limit = self.node.config.max_message_size
         if len(frame) > limit:
@@ -259,10 +285,10 @@ class Groups:
     def _finish(self, g: Group, frame: bytes, state: str) -> None:
         ledger = self.node.ledger
         entry = ledger.held.get(g.id)
-        if entry is None:
+        if entry is None or g.single:
             self.groups.pop(g.id, None)
-            return
-        ledger.finish(g.id, entry.client, state, frame, GROUP)
+        if entry is not None:
+            ledger.finish(g.id, entry.client, state, frame, entry.name)
 
     def ended(self, gid: str) -> tuple[str, str, Result] | None:
         """The group's task ended (the ledger finished it): forget it; the member that
@@ -274,7 +300,7 @@ class Groups:
         g = self.groups.get(gid)
         if g is None:
             return False
-        msg = f"group {gid} was revoked"
+        msg = f"{'task' if g.single else 'group'} {gid} was revoked"
         exc = {"type": "TaskRevokedError", "module": "mesh.exceptions", "message": msg,
                "args": codec.dumps([msg])}
         self._finish(g, encode(Result(task_id=gid, state=states.REVOKED, exc=exc,
@@ -286,7 +312,7 @@ class Groups:
         if g is None:
             return {"id": gid, "coordinated": False}
         return {"id": gid, "coordinated": True, "size": g.size, "succeeded": g.done,
-                "started": max(g.next_i, 0)}
+                "started": max(g.next_i, 0), **({"replaced": True} if g.single else {})}
 
     # -- asking the mesh --------------------------------------------------------------
     def tick(self, now: float) -> None:

@@ -15,12 +15,14 @@ killed in between has both or neither. Its id is derived from the workflow's
 (mesh/workflow/ids.py), and a unit whose id this node already holds or has finished
 is not started again, so driving a workflow twice duplicates nothing here.
 
-Groups are coordinated by mesh/node/wf_groups.py (a ``mesh.group`` task held here).
+Groups are coordinated by mesh/node/wf_groups.py (a ``mesh.group`` task held here),
+and so is a task that called ``replace(sig)`` (``replaced``: a group of one).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,11 +38,13 @@ from mesh.node.wf_commands import exc_repr, frame_task_id, mesh_exc, register, r
 from mesh.node.wf_groups import Groups
 from mesh.rendezvous import ranked
 from mesh.security.text import safe_logger
+from mesh.wire import codec
 from mesh.wire.protocol import Result, Submit, WfPull, WfPulled, WfReport, decode, encode
 from mesh.workflow.ids import RECORD_NAME, RECORD_OWNER, derive, record_id
 from mesh.workflow.plan import (
     GROUP,
     NIL,
+    REPLACED_BY,
     Wf,
     call_payload,
     callbacks,
@@ -110,6 +114,50 @@ class Workflows(Component):
         """A held ``mesh.group`` task is to run: coordinate it here."""
         self.groups.begin(entry)
 
+    def replaced(self, entry: Entry, frame: bytes) -> None:
+        """Held task ``entry`` called ``replace(sig)`` (``frame``: its REPLACED Result,
+        whose value is ``sig``'s map): it stays held, ``sig`` is kept in its Submit's
+        ``replaced_by`` header (journalled, copied to its backup) and it is coordinated
+        here as a group of one; it ends with what ``sig`` comes to. A task run again
+        that had been replaced already (its header says so) keeps its first
+        replacement, whose id some node may hold: asked of the mesh before it starts."""
+        node, tid = self.node, entry.task_id
+        try:
+            res = decode(frame)
+            msg = decode(entry.frame)
+            if not isinstance(res, Result) or not isinstance(msg, Submit):
+                raise TypeError("not a Result and a Submit")
+            sig = codec.loads(res.result) if res.result is not None else None
+            if not isinstance(sig, dict):
+                raise TypeError(f"the replacement is a {type(sig).__name__}, not a signature map")
+        except Exception as e:
+            node.ledger.task_failed(entry, "DecodeError", f"task {tid} replaced by what cannot "
+                                    f"be read: {e}")
+            return
+        self.counts["replaced"] += 1
+        entry.fresh = REPLACED_BY not in msg.headers
+        if entry.fresh:
+            headers = {**msg.headers, REPLACED_BY: sig}
+            new = encode(dataclasses.replace(msg, headers=headers))
+            if len(new) > node.config.max_message_size:
+                node.ledger.task_failed(entry, "EncodeError", f"task {tid} ({entry.name}) with "
+                                        f"its replacement is {len(new)} bytes encoded, over "
+                                        f"max_message_size ({node.config.max_message_size})")
+                return
+            entry.frame, entry.wf = new, headers
+            try:
+                node.journal.update_frame(tid, new)
+            except JournalError as e:
+                log.error("journal: the replacement of task %s was not stored: %s", tid, e)
+            node.replicas.updated(entry)      # its backup coordinates it if we die
+        else:
+            entry.wf = msg.headers
+        if node.stopping:                     # another node coordinates it
+            node.handoff.give_away([entry])
+        else:
+            self.groups.begin(entry)
+            node.front.schedule_flush()       # its replacement goes to the pool this pass
+
     def finished(self, entry: Entry, state: str, frame: bytes) -> list[str]:
         """A held unit of a workflow ended (its result is journalled in this pass);
         the ids of the units it started here (its result's copy waits for theirs)."""
@@ -147,10 +195,9 @@ class Workflows(Component):
         tree = (headers.get("wf") or {}).get("tree")
         if isinstance(tree, bytes) and root:
             self.keep_record(root, tree)
-        if name == GROUP:
-            chord_from = self.groups.ended(tid)
-        else:
-            chord_from = None
+        chord_from = self.groups.ended(tid)   # a coordinated task ended: forgotten
+        if name != GROUP:                     # (a replaced task fails with its
+            chord_from = None                 # replacement's error, not a ChordError)
         if state == states.SUCCESS:
             res = decode(frame)
             assert isinstance(res, Result)
@@ -250,6 +297,9 @@ class Workflows(Component):
             headers["wf"] = wf
         if errback:
             headers["errback"] = True
+        nesting = u.get("replaced_task_nesting")   # a replacement's task (mesh/workflow/replace.py)
+        if type(nesting) is int:
+            headers["replaced_task_nesting"] = nesting
         try:
             msg = self.build(u, value, headers)
             frame = encode(msg)

@@ -60,3 +60,45 @@ def body(values: list[int], path: str) -> int:
 def on_error(request: Request, exc: BaseException, traceback: str | None, path: str) -> str:
     _append(path, f"error {request.id} {request.task} {type(exc).__name__} {exc}")
     return "handled"
+
+
+@app.task(name="wf.slow")
+def slow(path: str, value: int, pause: float) -> int:
+    """Record its start, sleep ``pause`` s, record its end: the test counts runs."""
+    _append(path, f"start {value}")
+    time.sleep(pause)
+    _append(path, f"member {value}")
+    return value
+
+
+@app.task(name="wf.replaced", bind=True)
+def replaced(self: Any, x: int, how: str = "task", path: str = "", pause: float = 0.0) -> Any:
+    """Replace itself (Task.replace) with what ``how`` names; records its runs in
+    ``path`` (with its replaced_task_nesting) when given."""
+    from mesh import chain, chord, group
+    if path:
+        _append(path, f"replaced {x} {self.request.replaced_task_nesting}")
+    if how == "task":
+        raise self.replace(add.s(x, 100))
+    if how == "chain":
+        return self.replace(chain(add.s(x, 1), add.s(10)))
+    if how == "group":
+        raise self.replace(group(add.s(x, i) for i in range(3)))
+    if how == "chord":
+        raise self.replace(chord((add.s(x, i) for i in range(3)), tsum.s()))
+    if how == "fail":
+        raise self.replace(boom.s(x))
+    if how == "slow":           # on the queue "slowq" (only some nodes serve it)
+        raise self.replace(slow.s(path, x, pause).set(queue="slowq"))
+    if how == "twice":          # a replacement that replaces itself once more
+        raise self.replace(replaced.s(x, "task", path))
+    if how == "forever":
+        raise self.replace(replaced.s(x, "forever", path))
+    return x
+
+
+@app.task(name="wf.record")
+def record(value: Any, path: str) -> Any:
+    """A link callback that records the value it was given."""
+    _append(path, f"linked {value}")
+    return value
