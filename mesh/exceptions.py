@@ -110,7 +110,7 @@ class Replace(Ignore):
 
 
 class ReplaceNestingError(MeshError):
-    """A task replaced itself (``Task.replace``) more than MAX_NESTING (100) times over:
+    """A task replaced itself (``Task.replace``) more than MAX_NESTING (50) times over:
     a replacement that replaces itself for ever (mesh/workflow/replace.py)."""
 
 

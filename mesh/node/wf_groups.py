@@ -215,6 +215,10 @@ class Groups:
         node = self.node
         msg = self.wf.start_unit(us[0], g.value, g.id, g.root, us[1:], [g.id, i, node.name],
                                  new=new)
+        if g.single and g.fresh and msg is not None and msg.name == GROUP:
+            started = node.ledger.held.get(first)   # a replaced task's first replacement:
+            if started is not None:                 # its group is new too (asking the
+                started.fresh = True                # mesh first cost JOIN_WAIT alone)
         if not peers or msg is None or first in node.ledger.spread or first not in node.ledger.held:
             return
         routing = getattr(node, "routing", None)

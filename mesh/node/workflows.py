@@ -328,8 +328,8 @@ class Workflows(Component):
         routing = getattr(node, "routing", None)
         if isinstance(queue, str) and routing is not None and not routing.serves_queue(queue):
             self._route_away(entry, queue)
+        node.front.schedule_flush()      # to the pool at the end of this pass
         return msg
-        node.front.schedule_flush()
 
     def _route_away(self, entry: Entry, queue: str) -> None:
         """A step for a queue this node does not serve goes (once journalled here) to

@@ -27,7 +27,8 @@ from mesh.workflow.plan import kind, units
 if TYPE_CHECKING:
     from mesh.task import Request, Task
 
-MAX_NESTING = 100     # replacements of replacements, at most
+MAX_NESTING = 50      # replacements of replacements, at most (eager mode nests
+                      # Python calls: ~12 frames a level, under the recursion limit)
 NESTING = "replaced_task_nesting"      # the header and the signature option
 _eager_depth: contextvars.ContextVar[int] = contextvars.ContextVar("mesh_replace_depth",
                                                                    default=0)

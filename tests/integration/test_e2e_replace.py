@@ -105,7 +105,7 @@ def test_nested_replacements_count_and_endless_ones_end(start_node: Any, tmp_pat
         with pytest.raises(Exception) as info:
             r.get(timeout=TIMEOUT)
         assert type(info.value).__name__ == "ReplaceNestingError", info.value
-        assert "more than 100 times over" in str(info.value)
+        assert "more than 50 times over" in str(info.value)
 
 
 def _replaced_then_killed(start_node: Any, runs: Path, nodes: list[Any], b: Any) -> Any:
