@@ -108,18 +108,24 @@ def test_nested_replacements_count_and_endless_ones_end(start_node: Any, tmp_pat
         assert "more than 50 times over" in str(info.value)
 
 
-def _replaced_then_killed(start_node: Any, runs: Path, nodes: list[Any], b: Any) -> Any:
+def _replaced_then_killed(start_node: Any, runs: Path, nodes: list[Any], b: Any,
+                          how: str = "kill") -> Any:
     """``wf.replaced`` (queue tq: not node ``b``) replaces itself with ``wf.slow`` of
     queue slowq (only ``b``); once the replacement runs, the node coordinating the
-    replaced task is killed (-9). Its id, and the node killed."""
+    replaced task is killed (-9), or stopped (``how="stop"``: SIGTERM). Its id, and
+    the node killed."""
     with client(*nodes) as app:
         wait_until(lambda: len(app.control.ping()) == len(nodes), what="the mesh to form")
         r = S(app, "wf.replaced", 9, "slow", str(runs), 2.0).set(queue="tq").delay()
         wait_until(lambda: "start 9" in lines(runs), what="the replacement to start")
         holder = next(n for n in nodes if n.status()["workflow_groups"] == 1)
         assert holder is not b
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(10)
+        if how == "stop":                   # a graceful stop hands it on
+            holder.send_signal(signal.SIGTERM)
+            assert holder.wait(60) == 0
+        else:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
         return r.id, holder
 
 
@@ -140,16 +146,23 @@ def test_the_holder_killed_and_restarted_while_its_task_waits_for_its_replacemen
     assert sorted(lines(runs)) == ["member 9", "replaced 9 0", "start 9"]
 
 
-def test_the_holder_killed_for_good_while_its_task_waits_for_its_replacement(
-        start_node: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_the_holder_killed_for_good_or_stopped_while_its_task_waits_for_its_replacement(
+        start_node: Any, tmp_path: Path, how: str) -> None:
     """As above, on three nodes, the holder never restarted: T's backup (the other
-    node of queue tq) has T's copy with its replacement and coordinates it."""
+    node of queue tq) has T's copy with its replacement and coordinates it; or the
+    holder stops (SIGTERM) and hands T, coordinated, to that node (handoff)."""
     a = start_node(app=APP, queues="celery,tq")
     c = start_node(app=APP, queues="celery,tq", peers=a.endpoint)
     b = start_node(app=APP, queues="celery,slowq", peers=a.endpoint)
     runs = tmp_path / "runs"
-    tid, dead = _replaced_then_killed(start_node, runs, [a, c, b], b)
+    tid, dead = _replaced_then_killed(start_node, runs, [a, c, b], b, how)
     alive = [n for n in (a, c, b) if n is not dead]
     with client(*alive) as reader:
         assert reader.AsyncResult(tid).get(timeout=TIMEOUT) == 9
     assert sorted(lines(runs)) == ["member 9", "replaced 9 0", "start 9"]
+    other = next(n for n in (a, c) if n is not dead).status()     # T's node now
+    if how == "stop":               # handed on by the stopping node, not taken over later
+        assert (other["taken_from_peers"], other["taken_over"]) == (1, 0), other
+    else:
+        assert other["taken_over"] == 1, other
