@@ -61,7 +61,10 @@ def replacement(task: "Task", req: "Request", sig: Any) -> Replace:
     opts.pop("task_id", None)       # its id is derived from the task's (a rerun: the same)
     d["options"] = opts
     d = _nested(d, n + 1)
-    units(d, "check")               # a bad map fails the task here, with its reason
+    from mesh.workflow.submit import _check_arguments
+    # a bad map, or arguments its first task does not take (Celery's typing, as when
+    # it is sent), fail the task here, with the reason
+    _check_arguments(task.app, units(d, "check")[0])
     e = Replace(f"Replaced by new task ({sig!r})", d)
     e.canvas = sig
     return e

@@ -57,6 +57,8 @@ def replaced(self: Any, x: int, how: str = "task") -> Any:
         raise self.replace(replaced.s(x, "forever"))
     if how == "bad":
         raise self.replace(42)
+    if how == "badargs":
+        raise self.replace(add.s(1, 2, 3))
     return x
 
 
@@ -99,6 +101,8 @@ def test_replace_in_a_plain_call_or_with_no_signature_is_a_clear_error() -> None
     r = replaced.apply((1, "bad"))
     assert r.state == "FAILURE" and isinstance(r.result, ConfigError)
     assert "takes a signature, chain, group or chord, got int" in str(r.result)
+    r = replaced.apply((1, "badargs"))        # Celery's typing, as when it is sent
+    assert r.state == "FAILURE" and isinstance(r.result, TypeError)
 
 
 # -- a node in this process ------------------------------------------------------------
