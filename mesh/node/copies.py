@@ -392,7 +392,9 @@ class Copies:
             ledger.task_failed(entry, "NotRegistered", f"task {sub.name!r} is not "
                                f"registered on node {node.name}, which took it over")
             return 2
-        if not entry.acks_late:                   # it may have run on the holder: never twice
+        if not entry.acks_late and REPLACED_BY not in sub.headers:
+            # it may have run on the holder: never twice (a replaced task is not run
+            # again: its replacement is coordinated)
             ledger.held[tid] = entry
             ledger.task_failed(entry, "WorkerLostError", f"node {holder} died holding task "
                                f"{tid}; it has acks_late=False, so it is not run again")

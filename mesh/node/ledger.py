@@ -76,8 +76,9 @@ class Entry:
                                               # (track_started, update_state) and meta
         self.wf: dict[str, Any] | None = None  # a workflow's unit: its Submit headers
                                               # (mesh/node/workflows.py drives what follows)
-        self.fresh = False                    # a group sent here now (not recovered, taken
-                                              # over or handed on: those ask the mesh first)
+        self.fresh = False                    # a group sent here now, a task replaced here
+                                              # now (not recovered, taken over or handed
+                                              # on: those ask the mesh first)
         # two copies (mesh/node/replicas.py), kept here rather than in dicts keyed by
         # task id: one record per held task (docs/performance.md, "Memory")
         self.backup: str | None = None        # the node its copy goes to ("" none; None:

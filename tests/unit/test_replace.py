@@ -41,25 +41,22 @@ def boom(x: int) -> None:
 @app.task(name="rp.replaced", bind=True)
 def replaced(self: Any, x: int, how: str = "task") -> Any:
     SEEN.append((x, how, self.request.replaced_task_nesting))
-    if how == "task":
-        raise self.replace(add.s(x, 100))
     if how == "chain":
-        return self.replace(chain(add.s(x, 1), add.s(10)))
-    if how == "group":
-        raise self.replace(group(add.s(x, i) for i in range(3)))
-    if how == "chord":
-        raise self.replace(chord((add.s(x, i) for i in range(3)), tsum.s()))
-    if how == "fail":
-        raise self.replace(boom.s(x))
-    if how == "twice":
-        raise self.replace(replaced.s(x, "task"))
-    if how == "forever":
-        raise self.replace(replaced.s(x, "forever"))
-    if how == "bad":
-        raise self.replace(42)
-    if how == "badargs":
-        raise self.replace(add.s(1, 2, 3))
-    return x
+        return self.replace(REPLACEMENTS[how](x))      # replace raises: the same
+    raise self.replace(REPLACEMENTS[how](x))
+
+
+REPLACEMENTS: dict[str, Any] = {
+    "task": lambda x: add.s(x, 100),
+    "chain": lambda x: chain(add.s(x, 1), add.s(10)),
+    "group": lambda x: group(add.s(x, i) for i in range(3)),
+    "chord": lambda x: chord((add.s(x, i) for i in range(3)), tsum.s()),
+    "fail": lambda x: boom.s(x),
+    "twice": lambda x: replaced.s(x, "task"),
+    "forever": lambda x: replaced.s(x, "forever"),
+    "bad": lambda x: 42,                       # not a signature
+    "badargs": lambda x: add.s(1, 2, 3),       # add takes two
+}
 
 
 CASES = [("task", 101), ("chain", 13), ("group", [2, 3, 4]), ("chord", 2 + 3 + 4)]
@@ -162,3 +159,33 @@ def test_a_unit_a_finished_step_starts_goes_to_the_pool_in_the_same_loop_pass() 
             in_pool = {e.task_id for _, _, e in node.pool.queue} | {e.task_id for e in node.pool.active()}
             assert "unit-1" in in_pool
     run(main())
+
+
+def test_a_replaced_task_waiting_for_its_replacement_can_be_revoked() -> None:
+    from mesh.exceptions import TaskRevokedError
+    from mesh.workflow.ids import derive
+
+    async def main() -> None:
+        async with running_node(app, autorun=False) as node:
+            c = Mesh("replace-client2", peers=[node.address], mdns=False)
+            try:
+                r = S(c, "rp.replaced", 1, "task").delay()
+                await until_true(lambda: node.pool.finish_running(r.id), "the task to run")
+                await until_true(lambda: r.id in node.workflows.groups.groups, "its coordinator")
+                member = derive(r.id, 0)       # its replacement, queued, not run
+                assert member in node.ledger.held and r.id in node.ledger.held
+                assert await asyncio.to_thread(lambda: r.state) == "RECEIVED"   # not ready
+                progress = node.workflows.groups.progress(r.id)
+                assert progress["replaced"] is True and progress["size"] == 1
+                await asyncio.to_thread(r.revoke)
+                with pytest.raises(TaskRevokedError, match="was revoked"):
+                    await get(r)
+                assert not node.workflows.groups.groups
+            finally:
+                await asyncio.to_thread(c.close)
+    run(main())
+
+
+async def until_true(pred: Any, what: str) -> Any:
+    from mesh import testing
+    return await testing.until(pred, what, 10.0)
