@@ -496,4 +496,4 @@ class Workflows(Component):
                 "workflow_deduplicated": c["deduplicated"],
                 "workflow_duplicate_reports": c["duplicate_reports"],
                 "workflow_redriven": c["redriven"], "workflow_chord_errors": c["chord_errors"],
-                "workflow_pull_rounds": c["pull_rounds"]}
+                "workflow_pull_rounds": c["pull_rounds"], "workflow_replaced": c["replaced"]}

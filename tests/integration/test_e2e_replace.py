@@ -119,7 +119,7 @@ def _replaced_then_killed(start_node: Any, runs: Path, nodes: list[Any], b: Any,
         r = S(app, "wf.replaced", 9, "slow", str(runs), 2.0).set(queue="tq").delay()
         wait_until(lambda: "start 9" in lines(runs), what="the replacement to start")
         holder = next(n for n in nodes if n.status()["workflow_groups"] == 1)
-        assert holder is not b
+        assert holder is not b and holder.status()["workflow_replaced"] == 1
         if how == "stop":                   # a graceful stop hands it on
             holder.send_signal(signal.SIGTERM)
             assert holder.wait(60) == 0
