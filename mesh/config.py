@@ -262,6 +262,31 @@ class Config:
         return cls(**values)
 
 
+def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
+    """``MESH_*`` variables in ``env`` that nothing reads (a typo: ``MESH_REPLICA``),
+    each with a hint: one line each, for the node to log (a variable is otherwise
+    ignored without a word). Known: the options (``MESH_<FIELD>``), the app's settings
+    read with ``namespace="MESH"`` (``MESH_TASK_ALWAYS_EAGER``), and ``MESH_TEST_*``."""
+    from mesh.conf import DEFAULTS
+    from mesh.conf_names import FIXED, NOT_USED, NOT_USED_PREFIXES, NOT_YET
+    env = os.environ if env is None else env
+    known = {f.name.upper() for f in dataclasses.fields(Config)}
+    known.update(k.upper() for table in (DEFAULTS, FIXED, NOT_USED, NOT_YET) for k in table)
+    prefixes = tuple(p.upper() for p in NOT_USED_PREFIXES) + ("TEST_", "HOPS")
+    out = []
+    for var in sorted(env):
+        if not var.startswith("MESH_"):
+            continue
+        name = var[5:]
+        if name in known or name.startswith(prefixes):
+            continue
+        import difflib
+        hint = difflib.get_close_matches(name, known, n=1)
+        out.append(f"environment variable {var} is not one mesh reads: ignored"
+                   + (f" (did you mean MESH_{hint[0]}?)" if hint else ""))
+    return out
+
+
 POOLS = ("prefork", "threads", "solo")
 MAX_WORKERS = 1000              # the largest pool --autoscale and pool_grow may reach
 

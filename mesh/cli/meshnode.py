@@ -180,6 +180,9 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         except ConfigError as e:
             die("meshnode", f"--keys: {e}", EXIT_USAGE)
     setup_logging(app, config)
+    from mesh.config import unknown_env
+    for line in unknown_env():
+        safe_logger("mesh.node").warning("%s", line)
     if beat:
         safe_logger("mesh.node").warning(
             "-B (Celery's embedded beat) is not used by mesh: there is no beat process; every "

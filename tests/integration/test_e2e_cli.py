@@ -277,3 +277,11 @@ def test_the_programs_run_as_python_modules(module: str) -> None:
     p = run_program(sys.executable, "-m", module, "--help")
     assert p.returncode == 0, p.stderr
     assert f"Usage: {module.rsplit('.', 1)[1]}" in p.stdout, p.stdout
+
+
+def test_meshnode_names_a_misspelt_mesh_variable(start_node: Any) -> None:
+    # MESH_REPLICA=1 (for MESH_REPLICAS) was ignored without a word: the node ran with
+    # two copies and the operator believed it ran with one
+    node = start_node(concurrency=1, env={"MESH_REPLICA": "1"})
+    assert ("environment variable MESH_REPLICA is not one mesh reads: ignored (did you mean "
+            "MESH_REPLICAS?)") in node.stderr()

@@ -354,3 +354,17 @@ def test_pool_size_at_start() -> None:
 def test_queue_memory_must_not_be_negative() -> None:
     with pytest.raises(ConfigError, match="queue_memory"):
         build({"MESH_QUEUE_MEMORY": "-1"})
+
+
+def test_a_misspelt_mesh_variable_is_named_with_a_hint() -> None:
+    from mesh.config import unknown_env
+    said = unknown_env({"MESH_REPLICA": "2", "MESH_REPLICAS": "2", "MESH_PEERS": "tcp://a:1",
+                        "MESH_KEYS": "/k", "MESH_TASK_ALWAYS_EAGER": "1", "MESH_BROKER_URL": "x",
+                        "MESH_TEST_KEEP": "/t", "MESH_CONCURENCY": "3", "MESH_ZZZ": "1",
+                        "PATH": "/bin"})
+    assert said == [
+        "environment variable MESH_CONCURENCY is not one mesh reads: ignored (did you mean "
+        "MESH_CONCURRENCY?)",
+        "environment variable MESH_REPLICA is not one mesh reads: ignored (did you mean "
+        "MESH_REPLICAS?)",
+        "environment variable MESH_ZZZ is not one mesh reads: ignored"]
