@@ -272,7 +272,11 @@ def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
     known = {f.name.upper() for f in dataclasses.fields(Config)}
     known.update(k.upper() for table in (DEFAULTS, FIXED, NOT_USED, NOT_YET) for k in table)
-    prefixes = tuple(p.upper() for p in NOT_USED_PREFIXES) + ("TEST_", "HOPS")
+    # the project's own test and bench knobs (tests/, bench/), and the usual name for
+    # app.config_from_envvar's module
+    prefixes = tuple(p.upper() for p in NOT_USED_PREFIXES) + (
+        "TEST_", "HOPS", "BENCH_", "CHAOS_", "HANDOFF_CHAOS_", "SOAK_", "HOSTILE_",
+        "WEB_SCREENSHOT", "SETTINGS")
     out = []
     for var in sorted(env):
         if not var.startswith("MESH_"):
