@@ -138,6 +138,8 @@ class Ledger:
                                                    # journalled (a group's members: handoff)
         self._commit_timer: asyncio.Handle | None = None
         self.faillog = _RateLimitedLog("tasks refused at intake")
+        # a full disk fails every pass's commit (hundreds a minute under load)
+        self.commitlog = _RateLimitedLog("failed journal commits", burst=5)
 
     # -- accept -----------------------------------------------------------------------
     def accept(self, entry: Entry, msg: Submit | None = None, submitted: bool = False) -> None:
@@ -237,7 +239,7 @@ class Ledger:
         already went to their owners. The others (a workflow's next step, a takeover, a
         handoff taken, a recovered task) have nobody to send them again: they run from
         memory, as a result that cannot be journalled is still delivered."""
-        log.error("journal commit failed: %s", e)
+        self.commitlog.log(logging.ERROR, "journal commit failed: %s", e)
         node = self.node
         pending, self.pending = self.pending, []
         submitted, self.submitted = self.submitted, set()

@@ -338,6 +338,10 @@ def test_a_full_disk_refuses_tasks_with_a_clear_error_and_loses_nothing(
     with pytest.raises(MeshError) as info:
         r.get(timeout=RESULT_TIMEOUT)
     assert "full" in str(info.value) and node.name in str(info.value)
+    for i in range(20):                    # one failed commit each: the log says a few
+        with pytest.raises(MeshError):
+            t.echo.delay(big + str(i)).get(timeout=RESULT_TIMEOUT)
+    assert 1 <= node.stderr().count("journal commit failed") <= 5, node.stderr()
     assert node.ping()                     # the node goes on
     shown = run_program(MESHCTL, "--peers", node.endpoint, "status")   # and says so
     assert f"WARNING: node {node.name}: its journal failed" in shown.stderr
