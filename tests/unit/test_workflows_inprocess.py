@@ -551,3 +551,25 @@ def test_workflow_records_stay_internal() -> None:
             finally:
                 reader.close()
     run(main())
+
+
+def test_a_group_whose_member_report_was_lost_asks_where_it_is_after_the_stall() -> None:
+    # A member's report can be lost with a node (it ran and reported to a coordinator
+    # that died; the report's sender died): after --workflow-stall without a report, the
+    # coordinator asks the mesh where its members are and finds the result.
+    async def main() -> None:
+        async with mesh(workflow_stall=0.5) as (node, c):
+            assert node.workflows is not None
+            groups = node.workflows.groups
+            deliver, lost = groups.deliver, []
+
+            def lose_the_first(gid: str, index: int, *rest: Any) -> None:
+                if index == 0 and not lost:
+                    lost.append(index)          # this report never arrives
+                    return
+                deliver(gid, index, *rest)
+            groups.deliver = lose_the_first     # type: ignore[method-assign]
+            g = group(sig(c, "wf.add", i, i) for i in range(4)).apply_async()
+            assert await get(g, 10) == [0, 2, 4, 6]
+            assert lost == [0]
+    run(main())
