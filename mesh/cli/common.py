@@ -60,8 +60,15 @@ def load_app(spec: str) -> tuple[Any, str]:
         sys.path.insert(0, os.getcwd())
     try:
         return find_app(spec)
+    except AppConfigError as e:   # the app loads, its configuration is wrong: say that
+        raise click.UsageError(str(e)) from None
     except LookupError as e:
         raise click.BadParameter(str(e), param_hint="--app") from None
+
+
+class AppConfigError(LookupError):
+    """Importing the app raised ConfigError (a bad MESH_* value, a misspelt setting):
+    the configuration is wrong, not --app."""
 
 
 def _import(module_name: str) -> ModuleType | None:
@@ -73,6 +80,9 @@ def _import(module_name: str) -> ModuleType | None:
             return None
         raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
     except Exception as e:
+        from mesh.exceptions import ConfigError
+        if isinstance(e, ConfigError):
+            raise AppConfigError(f"{e} (while importing the app's module {module_name!r})") from None
         raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
 
 

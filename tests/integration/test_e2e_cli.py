@@ -285,3 +285,15 @@ def test_meshnode_names_a_misspelt_mesh_variable(start_node: Any) -> None:
     node = start_node(concurrency=1, env={"MESH_REPLICA": "1"})
     assert ("environment variable MESH_REPLICA is not one mesh reads: ignored (did you mean "
             "MESH_REPLICAS?)") in node.stderr()
+
+
+def test_a_bad_mesh_variable_is_named_not_blamed_on_the_app(tmp_path: Path) -> None:
+    # the app's Mesh(...) reads MESH_* as it is imported: the error was "Invalid value
+    # for --app: cannot import 'tasks_app': ConfigError: ...", as if --app were wrong
+    p = run_program(MESHNODE, "--app", "tasks_app", "--bind", _dead_endpoint(), "--no-mdns",
+                    "--data-dir", str(tmp_path / "data"),
+                    env=clean_env(MESH_CONCURRENCY="abc"))
+    assert p.returncode == EXIT_USAGE, p
+    line = _one_error_line(p.stderr, "meshnode")
+    assert line.startswith("meshnode: error: MESH_CONCURRENCY: bad value 'abc'"), line
+    assert "--app" not in line and "while importing the app's module 'tasks_app'" in line
