@@ -55,6 +55,7 @@ class Members(Component):
         if node.config.dead_node_reclaim is not None:      # --dead-node-reclaim
             prof = dataclasses.replace(prof, dead_node_reclaim=node.config.dead_node_reclaim)
         self._reclaim = prof.dead_node_reclaim
+        self._answered = False        # some other node has been alive here (seeds)
         node.membership = self.membership = Membership(
             node.name, node.address, prof, self.transport, on_change=self._on_change,
             get_local_meta=self.local_meta)
@@ -73,7 +74,7 @@ class Members(Component):
         """Say so once when no node at all has answered ``wait`` s after the start: a
         mistyped seed (or a firewall) otherwise leaves the node alone without a word."""
         await asyncio.sleep(wait)
-        if not self.membership.alive_members(include_self=False):
+        if not self._answered:    # (one that answered and then left or died: not this)
             log.warning("no other node has answered in %.0f s: check the seeds (--peers, "
                         "MESH_PEERS) %s (address, port, firewall; keys, mesh name): this node "
                         "runs alone and keeps trying them", wait,
@@ -87,6 +88,8 @@ class Members(Component):
 
     def _on_change(self, member: Member, old: MemberState | None, new: MemberState) -> None:
         node = self.node
+        if new == MemberState.ALIVE and member.id != node.name:
+            self._answered = True
         if new == MemberState.ALIVE and old in (None, MemberState.DEAD, MemberState.LEFT) \
                 and member.id != node.name:
             node.control.share_with(member.address)   # what we revoked must not run there

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def test_a_node_whose_seeds_never_answer_says_so(start_node: NodeFactory) -> Non
     assert nobody in lone.stderr()
     wait_until(sees(b, {a.name: "alive", b.name: "alive"}), timeout=20, what="b to see a")
     assert said not in b.stderr()        # one seed answered: no warning
+    # a seed that answered and then left before the check is no mistyped seed (CI saw
+    # the warning on a node whose only peer had stopped a second after they met)
+    d = start_node(profile="test", concurrency=1)
+    c = start_node(profile="test", concurrency=1, peers=d.endpoint)
+    wait_until(sees(c, {d.name: "alive"}), timeout=20, what="c to see d")
+    d.send_signal(signal.SIGTERM)        # d leaves at once, before c's check
+    wait_until(sees(c, {d.name: "left"}), timeout=20, what="c to see d leave")
+    time.sleep(5)                        # past the check (4 s after c's start)
+    assert "no other node has answered" not in c.stderr(), c.stderr()
 
 
 def test_killed_node_is_dead_and_stopped_node_has_left(start_node: NodeFactory) -> None:
