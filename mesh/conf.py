@@ -133,8 +133,13 @@ def check_name(name: str) -> str:
     if not_taken(name) is not None:
         return name
     import difflib
-    hint = difflib.get_close_matches(name, [*DEFAULTS, *FIXED, *NOT_USED, *NOT_YET], n=1)
+    hint = difflib.get_close_matches(name, setting_names(), n=1)
     raise ConfigError(f"unknown setting {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+
+
+def setting_names() -> list[str]:
+    """Every setting name mesh knows (Celery's, taken or not): the hints of a typo."""
+    return [*DEFAULTS, *FIXED, *NOT_USED, *NOT_YET]
 
 
 # ---- values ---------------------------------------------------------------------------

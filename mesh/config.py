@@ -262,32 +262,38 @@ class Config:
         return cls(**values)
 
 
+# MESH_* names of the project's own test and bench knobs (tests/, bench/), and the usual
+# name of app.config_from_envvar's module: not warned about
+OWN_ENV = ("TEST_", "HOPS", "BENCH_", "CHAOS_", "HANDOFF_CHAOS_", "SOAK_", "HOSTILE_",
+           "WEB_SCREENSHOT", "SETTINGS")
+
+
 def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
     """``MESH_*`` variables in ``env`` that nothing reads (a typo: ``MESH_REPLICA``),
     each with a hint: one line each, for the node to log (a variable is otherwise
     ignored without a word). Known: the options (``MESH_<FIELD>``), the app's settings
-    read with ``namespace="MESH"`` (``MESH_TASK_ALWAYS_EAGER``), and ``MESH_TEST_*``."""
-    from mesh.conf import DEFAULTS
-    from mesh.conf_names import FIXED, NOT_USED, NOT_USED_PREFIXES, NOT_YET
+    read with ``namespace="MESH"`` (``MESH_TASK_ALWAYS_EAGER``: ``conf.check_name``),
+    and ``OWN_ENV``."""
+    import difflib
+
+    from mesh.conf import check_name, setting_names
     env = os.environ if env is None else env
-    known = {f.name.upper() for f in dataclasses.fields(Config)}
-    known.update(k.upper() for table in (DEFAULTS, FIXED, NOT_USED, NOT_YET) for k in table)
-    # the project's own test and bench knobs (tests/, bench/), and the usual name for
-    # app.config_from_envvar's module
-    prefixes = tuple(p.upper() for p in NOT_USED_PREFIXES) + (
-        "TEST_", "HOPS", "BENCH_", "CHAOS_", "HANDOFF_CHAOS_", "SOAK_", "HOSTILE_",
-        "WEB_SCREENSHOT", "SETTINGS")
+    fields = [f.name for f in dataclasses.fields(Config)]
     out = []
     for var in sorted(env):
-        if not var.startswith("MESH_"):
+        if not var.startswith("MESH_") or var[5:].startswith(OWN_ENV):
             continue
-        name = var[5:]
-        if name in known or name.startswith(prefixes):
+        name = var[5:].lower()
+        if name in fields:
             continue
-        import difflib
-        hint = difflib.get_close_matches(name, known, n=1)
+        try:
+            check_name(name)
+            continue
+        except ConfigError:
+            pass
+        hint = difflib.get_close_matches(name, [*fields, *setting_names()], n=1)
         out.append(f"environment variable {var} is not one mesh reads: ignored"
-                   + (f" (did you mean MESH_{hint[0]}?)" if hint else ""))
+                   + (f" (did you mean MESH_{hint[0].upper()}?)" if hint else ""))
     return out
 
 
