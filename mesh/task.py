@@ -535,6 +535,7 @@ class Task:
         these arguments (Celery's ``typing``; ``self`` left out for ``bind=True``)."""
         check = self._header
         if check is None:
+            from mesh.call_check import header_of
             check = self._header = header_of(self.fun, self.options.bind and
                                              not isinstance(self.fun, functools.partial))
         check(*(args or ()), **(kwargs or {}))
@@ -573,40 +574,6 @@ class Task:
         except TypeError as e:
             raise ConfigError(f"apply_async_on_commit: {e}") from None
         on_commit(functools.partial(self.apply_async, args, kwargs, **options), using=using)
-
-
-class _Default:
-    def __repr__(self) -> str:
-        return "_d"
-
-
-def header_of(fun: Callable[..., Any], bound: bool) -> Callable[..., None]:
-    """A function with ``fun``'s name and parameters (without its first, when
-    ``bound``) that does nothing: called with a task's arguments, it raises the
-    TypeError calling ``fun`` would (Celery's ``head_from_fun``). Cheaper than
-    ``inspect.Signature.bind`` on every send."""
-    try:
-        sig = inspect.signature(fun)
-    except (TypeError, ValueError):     # (a builtin without one): not checked
-        return _no_check
-    params = list(sig.parameters.values())
-    if bound and params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                               inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        params = params[1:]
-    d, empty = _Default(), inspect.Parameter.empty
-    plain = sig.replace(parameters=[p.replace(annotation=empty, default=empty if p.default
-                                              is empty else d) for p in params],
-                        return_annotation=empty)
-    name = getattr(getattr(fun, "func", fun), "__name__", "")     # (a partial: run's)
-    name = name if isinstance(name, str) and name.isidentifier() else "task"
-    namespace: dict[str, Any] = {}
-    exec(f"def {name}{plain}:\n    pass\n", {"_d": None}, namespace)   # noqa: S102
-    check: Callable[..., None] = namespace[name]
-    return check
-
-
-def _no_check(*args: Any, **kwargs: Any) -> None:
-    pass
 
 
 CALL_KNOWN = ("args, kwargs, task_id, countdown, eta, expires, priority, time_limit, "
