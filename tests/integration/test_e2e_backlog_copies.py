@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -115,15 +116,29 @@ def test_the_holder_killed_the_backup_runs_each_task_once_from_its_disk(
             {k: st[k] for k in ("taken_over", "taken_from_peers")})
 
 
+def _same_twice(read: Any) -> tuple[Any] | None:
+    """``(value,)`` when two reads 0.2 s apart agree, else None."""
+    first = read()
+    time.sleep(0.2)
+    return (first,) if read() == first else None
+
+
 def test_a_restarted_backup_drops_its_copies_on_disk_and_its_holder_copies_again(
         start_node: Any, make_client: Any, tmp_path: Path) -> None:
     """As with the copies in its memory: its holder sends nothing more for the old
     ones, so kept, they could run a task again long after it finished."""
     a, b, c, b_busy, rs, out, held = _pair(start_node, make_client, tmp_path)
-    on_disk = b.status()["copies_on_disk"]
-    copied = a.stderr().count("task(s) to their backups now")
-    b.send_signal(signal.SIGKILL)
-    b.wait(10)
+    # a paused while b's count is read and b killed: a shed to b between the two changed
+    # b's copies (a fresh-clone run: 150 on disk, 152 counted a moment before)
+    a.send_signal(signal.SIGSTOP)
+    try:
+        on_disk = wait_until(lambda: _same_twice(lambda: b.status()["copies_on_disk"]),
+                             what="b's copies on disk to settle")[0]
+        copied = a.stderr().count("task(s) to their backups now")
+        b.send_signal(signal.SIGKILL)
+        b.wait(10)
+    finally:
+        a.send_signal(signal.SIGCONT)
     db = sqlite3.connect(str(b.data_dir / "journal.sqlite3"))   # committed before the kill
     try:
         assert db.execute("SELECT count(*) FROM copies").fetchone()[0] == on_disk
