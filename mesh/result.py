@@ -9,10 +9,11 @@ a module named by the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import sys
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
@@ -446,4 +447,14 @@ class AsyncResult:
 
 from mesh.workflow.results import GroupResult, ResultSet  # noqa: E402  (they build on AsyncResult)
 
-__all__ = ["AsyncResult", "GroupResult", "ResultSet", "Slot", "rebuild_exception"]
+
+@contextlib.contextmanager
+def allow_join_result() -> Iterator[None]:
+    """Celery's ``with allow_join_result(): r.get()`` in a task. mesh never refuses a
+    ``get()`` in a task (it holds the child while it waits: prefer a chain or a chord),
+    so there is nothing to allow."""
+    yield
+
+
+__all__ = ["AsyncResult", "GroupResult", "ResultSet", "Slot", "allow_join_result",
+           "rebuild_exception"]

@@ -172,11 +172,67 @@ worker_shutdown = Signal("worker_shutdown")
 worker_process_init = Signal("worker_process_init")
 worker_process_shutdown = Signal("worker_process_shutdown", ("pid", "exitcode"))
 
+# meshnode's start, in Celery's order: import_modules (the app's include and imports),
+# setup_logging (a receiver configures logging itself: meshnode then configures nothing)
+# or after_setup_logger and after_setup_task_logger (the root logger and mesh.task, once
+# configured), celeryd_init (sender: the node's name), then in the node worker_init,
+# celeryd_after_setup and worker_ready
+import_modules = Signal("import_modules")
+_LOGGING = ("loglevel", "logfile", "format", "colorize")
+setup_logging = Signal("setup_logging", _LOGGING)
+after_setup_logger = Signal("after_setup_logger", ("logger", *_LOGGING))
+after_setup_task_logger = Signal("after_setup_task_logger", ("logger", *_LOGGING))
+celeryd_init = Signal("celeryd_init", ("instance", "conf", "options"))
+celeryd_after_setup = Signal("celeryd_after_setup", ("instance", "conf"))
+
+
+class UnsentSignal(Signal):
+    """A Celery signal mesh never sends: importable, so a moved project's module loads,
+    and connecting a receiver logs a warning saying why it will not run (once per
+    signal in a process) instead of staying silent."""
+
+    def __init__(self, name: str, why: str, providing_args: tuple[str, ...] = ()):
+        super().__init__(name, providing_args)
+        self.why = why
+        self._warned = False
+
+    def connect(self, receiver: Receiver | None = None, *, sender: Any = None,
+                weak: bool = True, dispatch_uid: str | None = None) -> Any:
+        if receiver is not None and not self._warned:
+            self._warned = True
+            log.warning("signal %s is never sent by mesh: %s; %s will not run (docs/signals.md)",
+                        self.name, self.why, getattr(receiver, "__qualname__", receiver))
+        return super().connect(receiver, sender=sender, weak=weak, dispatch_uid=dispatch_uid)
+
+
+_NO_BEAT = "mesh has no beat process (every node carries the schedule)"
+task_received = UnsentSignal(
+    "task_received", "a node takes a task in its event loop, where no user code runs; "
+    "task_prerun (in the child) is a task's first signal, and meshctl events shows "
+    "task-received", ("request",))
+task_internal_error = UnsentSignal(
+    "task_internal_error", "mesh's children do not send it: a failure around a task is "
+    "logged by its node", ("task_id", "args", "kwargs", "request", "exception",
+                                     "traceback", "einfo"))
+beat_init = UnsentSignal("beat_init", _NO_BEAT)
+beat_embedded_init = UnsentSignal("beat_embedded_init", _NO_BEAT)
+heartbeat_sent = UnsentSignal("heartbeat_sent", "a node's heartbeats are membership pings "
+                              "(node-heartbeat events: meshctl events)")
+worker_shutting_down = UnsentSignal(
+    "worker_shutting_down", "use worker_shutdown, sent in the node as it stops",
+    ("sig", "how", "exitcode"))
+worker_before_create_process = UnsentSignal(
+    "worker_before_create_process", "use worker_process_init, sent in each child")
+
 __all__ = [
-    "Signal",
-    "after_task_publish", "before_task_publish",
+    "Signal", "UnsentSignal",
+    "after_setup_logger", "after_setup_task_logger", "after_task_publish",
+    "before_task_publish", "celeryd_after_setup", "celeryd_init", "import_modules",
+    "setup_logging",
     "task_failure", "task_postrun", "task_prerun", "task_rejected", "task_retry",
     "task_revoked", "task_success", "task_unknown",
     "worker_init", "worker_process_init", "worker_process_shutdown", "worker_ready",
     "worker_shutdown",
+    "beat_embedded_init", "beat_init", "heartbeat_sent", "task_internal_error",
+    "task_received", "worker_before_create_process", "worker_shutting_down",
 ]

@@ -9,7 +9,9 @@ from typing import Any
 
 import click
 
+from mesh.cli import worker_habits
 from mesh.cli.common import EXIT_OK, EXIT_START, EXIT_USAGE, die, load_app, run_cli
+from mesh.exceptions import ConfigError
 from mesh.security.text import safe_logger
 
 LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
@@ -34,7 +36,8 @@ def _queue_names(value: str | None) -> str | None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--app", "-A", "app_spec", required=True, metavar="MODULE[:ATTR]",
               help="Module holding the mesh app (ATTR defaults to 'app').")
-@click.option("--name", "-n", help="Node id; default hostname-pid.")
+@click.option("--name", "-n", "--hostname", "name",
+              help="Node id; default hostname-pid. Celery's patterns: worker1@%h.")
 @click.option("--bind", "-b", metavar="tcp://HOST:PORT",
               help="Front door to bind (default: with --keys or --insecure tcp://0.0.0.0:7700, every "
                    "interface, advertised as this machine's LAN address; without them "
@@ -118,6 +121,7 @@ def _queue_names(value: str | None) -> str | None:
 @click.option("--beat", "-B", is_flag=True, default=False,
               help="Celery's embedded beat: not needed (every node carries the beat "
                    "schedule and exactly one fires each run); taken and logged.")
+@worker_habits.options
 @click.argument("extra", nargs=-1, metavar="")
 def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str | None,
              peers: str | None,
@@ -132,7 +136,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              result_expires: float | None, replicas: int | None, no_events: bool | None,
              http: str | None, keys: str | None, insecure: bool | None, quota_tasks: int | None,
              quota_bytes: int | None, queue_memory: int | None, max_eta: float | None, loglevel: str | None,
-             queues: str | None, beat: bool, extra: tuple[str, ...]) -> int:
+             queues: str | None, beat: bool, extra: tuple[str, ...], logfile: str | None,
+             pidfile: str | None, detach: bool, **habits: Any) -> int:
     """Run a mesh node for the tasks of an app.
 
     \b
@@ -140,18 +145,21 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
       meshnode --app examples.tasks --bind tcp://127.0.0.1:7700 --concurrency 2
       meshnode --app examples.tasks --autoscale 8,2 --autoreload
     """
+    from mesh import signals
     from mesh.config import Config
-    from mesh.exceptions import ConfigError
     from mesh.node.node import Node, NodeStartError
 
     if extra:   # `meshnode -A proj worker ...`: Celery's command with the program changed
         if extra[0] in CELERY_COMMANDS:
             raise click.UsageError(f"{extra[0]!r} is a Celery subcommand: {CELERY_COMMANDS[extra[0]].format(app=app_spec)}")
         raise click.UsageError(f"unexpected argument(s): {' '.join(extra)}")
+    if detach:
+        raise click.UsageError(f"--detach: {worker_habits.DETACH}")
     app, where = load_app(app_spec)
     app.origin = where
     try:
         app.import_modules()           # the settings imports and include: more tasks
+        signals.import_modules.send(sender=app)
         config = Config.build(
             defaults=app.conf.node_options(),   # what the app's code set; flags win
             name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
@@ -179,10 +187,19 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             KeyRing(config.keys, NODE)
         except ConfigError as e:
             die("meshnode", f"--keys: {e}", EXIT_USAGE)
-    setup_logging(app, config)
+    try:
+        if pidfile:
+            worker_habits.write_pidfile(worker_habits.expand_file_name(pidfile, config.node_name))
+        logfile = worker_habits.expand_file_name(logfile, config.node_name) if logfile else None
+        setup_logging(app, config, logfile)
+    except ConfigError as e:
+        die("meshnode", str(e), EXIT_USAGE)
     from mesh.config import unknown_env
     for line in unknown_env():
         safe_logger("mesh.node").warning("%s", line)
+    said = worker_habits.not_used(habits)
+    if said:
+        safe_logger("mesh.node").warning("%s", said)
     if beat:
         safe_logger("mesh.node").warning(
             "-B (Celery's embedded beat) is not used by mesh: there is no beat process; every "
@@ -198,6 +215,9 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         node = Node(app, config)
     except ConfigError as e:      # the app's components cannot be ordered
         die("meshnode", str(e), EXIT_USAGE)
+    from mesh.node.view import NodeView
+    signals.celeryd_init.send(sender=node.name, instance=NodeView(node), conf=app.conf,
+                              options=dict(click.get_current_context().params))
     # what was loaded so far (modules, the app) lives as long as the node: frozen, it
     # is never walked by the cyclic collector again, in the node or in the children
     # forked from it (fewer pages copied on write). Measured with gc.callbacks in the
@@ -213,17 +233,35 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     return EXIT_OK
 
 
-def setup_logging(app: Any, config: Any) -> None:
-    """The node logs to stderr. With the setting ``worker_hijack_root_logger`` (the
-    default, as in Celery) the root logger's handlers are replaced; without it, handlers
-    the app set up are kept and only mesh's loggers get the level."""
+def setup_logging(app: Any, config: Any, logfile: str | None = None) -> None:
+    """The node logs to stderr, or to ``logfile`` (Celery's --logfile). With the setting
+    ``worker_hijack_root_logger`` (the default, as in Celery) the root logger's handlers
+    are replaced; without it, handlers the app set up are kept and only mesh's loggers
+    get the level. As in Celery, a receiver of the ``setup_logging`` signal takes the
+    whole job (mesh then configures nothing), and ``after_setup_logger`` /
+    ``after_setup_task_logger`` are sent once mesh has configured the root logger."""
+    from mesh import signals
     fmt = (app.conf["worker_log_format"]
            or f"[%(asctime)s %(levelname)s {config.node_name.replace('%', '%%')} %(name)s] %(message)s")
+    about = {"loglevel": logging.getLevelName(config.loglevel), "logfile": logfile,
+             "format": fmt, "colorize": False}
+    if signals.setup_logging.send(sender=None, **about):
+        return
     root = logging.getLogger()
     if app.conf["worker_hijack_root_logger"] or not root.handlers:
-        logging.basicConfig(level=config.loglevel, stream=sys.stderr, format=fmt, force=True)
+        if logfile:
+            try:
+                handler: logging.Handler = logging.FileHandler(logfile, encoding="utf-8")
+            except OSError as e:
+                raise ConfigError(f"--logfile {logfile}: {e.strerror or e}") from e
+        else:
+            handler = logging.StreamHandler(sys.stderr)
+        logging.basicConfig(level=config.loglevel, handlers=[handler], format=fmt, force=True)
     else:
         logging.getLogger("mesh").setLevel(config.loglevel)
+    signals.after_setup_logger.send(sender=None, logger=root, **about)
+    signals.after_setup_task_logger.send(sender=None, logger=logging.getLogger("mesh.task"),
+                                         **about)
 
 
 def main() -> None:

@@ -248,15 +248,16 @@ class Controller:
                 if not is_error(reply)}
 
     def revoke(self, task_id: str | Iterable[str], destination: Iterable[str] | None = None,
-               terminate: bool = False, signal: str = "SIGKILL") -> dict[str, Any]:
+               terminate: bool = False, signal: str = "SIGKILL", reply: bool = True,
+               timeout: float | None = None) -> Any:
         """Revoke tasks everywhere: not started ones never run (on any node, now or
         later); with ``terminate``, a running one is killed (its child is replaced),
         by SIGKILL unless ``signal`` says (Celery's default is SIGTERM). Celery's order
         of arguments; ``destination`` only chooses who answers: every node learns a
         revoke from the others."""
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        return self.ask("revoke", {"task_ids": ids, "terminate": terminate,
-                                   "signal": signal}, destination)
+        return self.broadcast("revoke", {"task_ids": ids, "terminate": terminate,
+                                         "signal": signal}, destination, timeout, reply=reply)
 
     def forget(self, task_id: str | Iterable[str]) -> dict[str, Any]:
         """Drop finished tasks' results on every node (``AsyncResult.forget``)."""
@@ -264,26 +265,34 @@ class Controller:
         return self.ask("forget", {"task_ids": ids})
 
     def rate_limit(self, task_name: str, rate: str | float | None,
-                   destination: Iterable[str] | None = None) -> dict[str, Any]:
-        """Per node, as in Celery: "100/m", "10/s", a number per second, or None."""
-        return self.ask("rate_limit", {"task": task_name, "rate": rate}, destination)
+                   destination: Iterable[str] | None = None, reply: bool = True,
+                   timeout: float | None = None) -> Any:
+        """Per node, as in Celery: "100/m", "10/s", a number per second, or None.
+        ``reply``/``timeout`` as Celery's (``reply=False``: send, return None); so for
+        the commands below."""
+        return self.broadcast("rate_limit", {"task": task_name, "rate": rate}, destination,
+                              timeout, reply=reply)
 
     def time_limit(self, task_name: str, soft: float | None = None, hard: float | None = None,
-                   destination: Iterable[str] | None = None) -> dict[str, Any]:
+                   destination: Iterable[str] | None = None, reply: bool = True,
+                   timeout: float | None = None) -> Any:
         """New limits for tasks received from now on."""
-        return self.ask("time_limit", {"task": task_name, "soft": soft, "hard": hard},
-                              destination)
+        return self.broadcast("time_limit", {"task": task_name, "soft": soft, "hard": hard},
+                              destination, timeout, reply=reply)
 
-    def pool_grow(self, n: int = 1, destination: Iterable[str] | None = None) -> dict[str, Any]:
-        return self.ask("pool_grow", {"n": n}, destination)
+    def pool_grow(self, n: int = 1, destination: Iterable[str] | None = None,
+                  reply: bool = True, timeout: float | None = None) -> Any:
+        return self.broadcast("pool_grow", {"n": n}, destination, timeout, reply=reply)
 
-    def pool_shrink(self, n: int = 1, destination: Iterable[str] | None = None) -> dict[str, Any]:
-        return self.ask("pool_shrink", {"n": n}, destination)
+    def pool_shrink(self, n: int = 1, destination: Iterable[str] | None = None,
+                    reply: bool = True, timeout: float | None = None) -> Any:
+        return self.broadcast("pool_shrink", {"n": n}, destination, timeout, reply=reply)
 
-    def autoscale(self, max: int, min: int = 1,
-                  destination: Iterable[str] | None = None) -> dict[str, Any]:
+    def autoscale(self, max: int, min: int = 1, destination: Iterable[str] | None = None,
+                  reply: bool = True, timeout: float | None = None) -> Any:
         """Autoscale the pools between ``min`` and ``max`` workers (Celery's name)."""
-        return self.ask("autoscale", {"max": max, "min": min}, destination)
+        return self.broadcast("autoscale", {"max": max, "min": min}, destination, timeout,
+                              reply=reply)
 
     def purge(self, connection: Any = None, queues: Iterable[str] | None = None,
               exclude: Iterable[str] | None = None) -> int:
@@ -310,9 +319,10 @@ class Controller:
                             "; ".join(f"{n}: {e}" for n, e in sorted(failed.items())))
         return total
 
-    def shutdown(self, destination: Iterable[str] | None = None) -> dict[str, Any]:
+    def shutdown(self, destination: Iterable[str] | None = None, reply: bool = True,
+                 timeout: float | None = None) -> Any:
         """Warm shutdown of the nodes (as SIGTERM)."""
-        return self.ask("shutdown", destination=destination)
+        return self.broadcast("shutdown", None, destination, timeout, reply=reply)
 
 
 class Inspect:

@@ -278,6 +278,8 @@ class Node:
                 self._tg = tg
                 try:
                     signals.worker_init.send(sender=NodeView(self))
+                    signals.celeryd_after_setup.send(sender=self.name, instance=NodeView(self),
+                                                     conf=self.app.conf)
                     for c in self.components:
                         if await self._start(c, started):
                             started.append(c)

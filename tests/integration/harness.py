@@ -167,7 +167,7 @@ def run_python(code: str, *args: str, timeout: float = 60.0,
 def _flag_args(flags: dict[str, Any]) -> list[str]:
     out: list[str] = []
     for key, value in flags.items():
-        opt = "--" + key.replace("_", "-")
+        opt = "-" + key if len(key) == 1 else "--" + key.replace("_", "-")   # O="fair": -O fair
         if value is True:
             out.append(opt)
         elif value is not None and value is not False:

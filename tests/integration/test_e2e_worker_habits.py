@@ -1,0 +1,123 @@
+"""A Celery project's worker startup, moved over (the trial of session 13): its logging
+and startup signals (``from celery.signals import setup_logging``: no such name, so the
+project did not import), and the worker flags of its systemd unit or Procfile
+(``--logfile``, ``--pidfile``, ``-E``, ``-O fair``, ``--without-gossip``..., ``--hostname``:
+"No such option", so the node did not start). Real nodes, loading
+tests/integration/worker_habits_app.py."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness import MESHNODE, ROOT, NodeFactory, NodeProc, clean_env, run_program, wait_until
+
+from mesh.cli.common import EXIT_USAGE
+
+APP = "worker_habits_app"
+
+
+def records(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    path = directory / "habits.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            out.setdefault(rec["signal"], []).append(rec)
+    return out
+
+
+def say(node: NodeProc, text: str) -> None:
+    code = (f"import {APP}\n{APP}.app.conf.peers = [{node.endpoint!r}]\n"
+            f"assert {APP}.say.delay({text!r}).get(timeout=60) == {text!r}\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+
+
+def test_startup_and_logging_signals_are_sent_in_celerys_order(start_node: NodeFactory,
+                                                                tmp_path: Path) -> None:
+    node = start_node(app=APP, concurrency=1, env={"HABITS_DIR": str(tmp_path)})
+    wait_until(lambda: "celeryd_after_setup" in records(tmp_path), timeout=30,
+               what="celeryd_after_setup")
+    got = records(tmp_path)
+    assert [r["sender"] for r in got["import_modules"]] == ["habits"]
+    (root,) = got["after_setup_logger"]
+    assert (root["logger"], root["loglevel"], root["logfile"]) == ("root", 20, None)
+    assert [r["logger"] for r in got["after_setup_task_logger"]] == ["mesh.task"]
+    (init,) = got["celeryd_init"]
+    assert (init["sender"], init["instance"], init["concurrency"], init["conf"]) == \
+        (node.name, node.name, 1, True)
+    (after,) = got["celeryd_after_setup"]
+    assert (after["sender"], after["instance"], after["conf"]) == (node.name, node.name, True)
+    assert all(r["pid"] == node.pid for rs in got.values() for r in rs)   # in the node itself
+    order = [json.loads(ln)["signal"] for ln in (tmp_path / "habits.jsonl").read_text().splitlines()]
+    assert order == ["import_modules", "after_setup_logger", "after_setup_task_logger",
+                     "celeryd_init", "celeryd_after_setup"]
+    # a signal mesh never sends says so, where Celery would have called the receiver
+    said = [ln for ln in node.stderr().splitlines() if "signal task_received is never sent" in ln]
+    assert len(said) == 1 and "received will not run" in said[0], node.stderr()
+
+
+def test_a_setup_logging_receiver_configures_logging_itself(start_node: NodeFactory,
+                                                            tmp_path: Path) -> None:
+    # Celery's rule: with a setup_logging receiver, the worker configures no logging
+    node = start_node(app=APP, concurrency=1,
+                      env={"HABITS_DIR": str(tmp_path), "HABITS_SETUP_LOGGING": "1"})
+    say(node, "hello")
+    own = (tmp_path / "own.log").read_text()
+    assert f"HABITS INFO mesh.node node {node.name} ready" in own, own
+    assert "HABITS WARNING worker_habits_app task says hello" in own, own   # from the child
+    assert f"{node.name} mesh.node] node {node.name} ready" not in node.stderr()
+    got = records(tmp_path)
+    assert [(r["loglevel"], r["logfile"]) for r in got["setup_logging"]] == [(20, None)]
+    assert "after_setup_logger" not in got and "after_setup_task_logger" not in got
+
+
+def test_a_systemd_units_worker_flags(start_node: NodeFactory, tmp_path: Path) -> None:
+    # celery -A proj worker --hostname ... --logfile=/var/log/celery/%n%I.log
+    #   --pidfile=/run/celery/%n.pid -E -O fair --without-gossip --without-mingle
+    #   --without-heartbeat --prefetch-multiplier 1
+    node = start_node(app=APP, concurrency=1, name="w1@%h",
+                      logfile=str(tmp_path / "%n%I.log"), pidfile=str(tmp_path / "%n.pid"),
+                      task_events=True, O="fair", without_gossip=True, without_mingle=True,
+                      without_heartbeat=True, prefetch_multiplier=1)
+    assert node.name == "w1@%h"
+    host = socket.gethostname()
+    assert (tmp_path / "w1.pid").read_text() == f"{node.pid}\n"
+    say(node, "to the file")
+    log = tmp_path / "w1.log"
+    text = log.read_text()
+    assert f"w1@{host} mesh.node] node w1@{host} ready" in text, text
+    assert "worker_habits_app] task says to the file" in text, text     # the child's line
+    assert "ready on" not in node.stderr()                              # not on stderr
+    (flags,) = [ln for ln in text.splitlines() if "Celery's worker flags not used" in ln]
+    for flag in ("-E:", "-O:", "--without-gossip:", "--without-mingle:", "--without-heartbeat:",
+                 "--prefetch-multiplier:"):
+        assert flag in flags, flags
+    assert node.stop() == 0
+    assert not (tmp_path / "w1.pid").exists()       # removed at exit, as Celery's
+
+
+def test_a_pidfile_of_a_running_process_refuses_the_start(tmp_path: Path) -> None:
+    pidfile = tmp_path / "node.pid"
+    pidfile.write_text(f"{os.getpid()}\n")          # this process runs
+    p = run_program(MESHNODE, "-A", APP, "--no-mdns", "--bind", "tcp://127.0.0.1:9",
+                    "--data-dir", str(tmp_path / "data"), "--pidfile", str(pidfile),
+                    timeout=20)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert f"pidfile {pidfile} already exists and its process {os.getpid()} runs" in p.stderr
+    assert pidfile.read_text() == f"{os.getpid()}\n"
+
+
+def test_detach_and_hostname() -> None:
+    p = run_program(MESHNODE, "-A", APP, "--detach")
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert "meshnode does not detach" in p.stderr and "systemd" in p.stderr
+    p = run_program(MESHNODE, "-A", APP, "--hostname", "w@%q")   # --hostname is -n
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert "node name 'w@%q': unknown pattern %q" in p.stderr, p.stderr
