@@ -121,3 +121,37 @@ def test_detach_and_hostname() -> None:
     p = run_program(MESHNODE, "-A", APP, "--hostname", "w@%q")   # --hostname is -n
     assert p.returncode == EXIT_USAGE, p.stderr
     assert "node name 'w@%q': unknown pattern %q" in p.stderr, p.stderr
+
+
+def test_celerys_other_everyday_names(start_node: NodeFactory) -> None:
+    # names a Celery project imports or calls that mesh lacked: ImportError at the
+    # import line, or TypeError ("unexpected keyword argument 'reply'") at the call
+    node = start_node(app=APP, concurrency=1)
+    code = f"""
+import json
+from mesh import maybe_signature, uuid, xmap, xstarmap
+from mesh.result import allow_join_result
+from mesh.states import PROPAGATE_STATES
+from mesh.utils import uuid as utils_uuid
+from {APP} import app, say
+app.conf.peers = [{node.endpoint!r}]
+task_id = uuid()
+r = say.apply_async(("x",), task_id=task_id)
+with allow_join_result():
+    got = [r.id == task_id, r.get(timeout=60)]
+got.append(maybe_signature(say.s("m").to_dict()).delay().get(timeout=60))
+got.append(xmap(say, ["a", "b"]).delay().get(timeout=60))
+got.append(xstarmap(say, [["c"]]).delay().get(timeout=60))
+got.append(app.control.rate_limit(say.name, "10/s", reply=True, timeout=5))
+got.append(app.control.rate_limit(say.name, None, reply=False))
+got.append(app.control.revoke(utils_uuid(), terminate=True, reply=False))
+got.append(sorted(PROPAGATE_STATES))
+print(json.dumps(got))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got == [True, "x", "m", ["a", "b"], ["c"],
+                   {node.name: {"task": f"{APP}.say", "rate_per_s": 10.0}}, None, None,
+                   ["FAILURE", "REVOKED"]]
