@@ -217,14 +217,25 @@ def ping(ctx: click.Context) -> int:
 
 @meshctl.command()
 @click.argument("task_name")
-@click.option("--args", "args_json", default="[]", metavar="JSON", help="Positional arguments, a JSON array.")
-@click.option("--kwargs", "kwargs_json", default="{}", metavar="JSON", help="Keyword arguments, a JSON object.")
+@click.option("--args", "-a", "args_json", default="[]", metavar="JSON",
+              help="Positional arguments, a JSON array.")
+@click.option("--kwargs", "-k", "kwargs_json", default="{}", metavar="JSON",
+              help="Keyword arguments, a JSON object.")
+@click.option("--countdown", type=click.FloatRange(min=0), metavar="S",
+              help="Run it no sooner than S seconds from now.")
+@click.option("--eta", type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z",
+                                            "%Y-%m-%d %H:%M:%S"]),
+              help="Run it no sooner than this ISO 8601 time (UTC without a zone, as Celery's).")
+@click.option("--expires", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Revoke it if it has not started S seconds from now.")
+@click.option("--queue", "-Q", metavar="QUEUE", help="Route it to this queue.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
 @click.option("--result-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
               show_default=True, help="With --wait, seconds to wait for the result.")
 @click.pass_context
-def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, wait: bool,
-         result_timeout: float) -> int:
+def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
+         countdown: float | None, eta: Any, expires: float | None, queue: str | None,
+         wait: bool, result_timeout: float) -> int:
     """Submit a task by name. Prints the task id, or with --wait the result as JSON;
     exit 1 if the task failed or timed out, or (without --wait) if no node
     acknowledged it within max(--timeout, 5) seconds; exit 4 if no node could be
@@ -244,7 +255,8 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str, w
     from mesh import Mesh
     app = Mesh("meshctl", peers=_reachable_peers(ctx))
     try:
-        r = app.send_task(task_name, args=args, kwargs=kwargs)
+        r = app.send_task(task_name, args=args, kwargs=kwargs, countdown=countdown, eta=eta,
+                          expires=expires, queue=queue)
         if not wait:
             click.echo(r.id)
             # a node has it only once it acknowledged it (journalled): until then, this

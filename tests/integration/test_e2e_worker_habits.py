@@ -11,10 +11,20 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from harness import MESHNODE, ROOT, NodeFactory, NodeProc, clean_env, run_program, wait_until
+from harness import (
+    MESHCTL,
+    MESHNODE,
+    ROOT,
+    NodeFactory,
+    NodeProc,
+    clean_env,
+    run_program,
+    wait_until,
+)
 
 from mesh.cli.common import EXIT_USAGE
 
@@ -155,3 +165,22 @@ print(json.dumps(got))
     assert got == [True, "x", "m", ["a", "b"], ["c"],
                    {node.name: {"task": f"{APP}.say", "rate_per_s": 10.0}}, None, None,
                    ["FAILURE", "REVOKED"]]
+
+
+def test_celery_call_options_on_meshctl_call(start_node: NodeFactory) -> None:
+    # celery -A proj call proj.tasks.add -a '[2, 2]' --countdown 30 --queue q: "No such
+    # option '-a'", and no --countdown, --eta, --expires or --queue
+    node = start_node(app=APP, concurrency=1)
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", f"{APP}.say", "-a", '["now"]',
+                    "-k", "{}", "-Q", "celery", "--wait")
+    assert (p.returncode, p.stdout.strip()) == (0, '"now"'), p.stderr
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", f"{APP}.say", "-a", '["later"]',
+                    "--countdown", "600", "--expires", "900")
+    assert p.returncode == 0, p.stderr
+    task_id = p.stdout.strip()
+    scheduled = node.control.broadcast([node.endpoint], "scheduled")[node.endpoint]
+    assert [t["id"] for t in scheduled.payload] == [task_id], scheduled
+    assert 590 < scheduled.payload[0]["eta"] - time.time() <= 600
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", f"{APP}.say", "-a", '["x"]',
+                    "--eta", "2020-01-01T00:00:00", "--wait")   # in the past: runs now
+    assert (p.returncode, p.stdout.strip()) == (0, '"x"'), p.stderr
