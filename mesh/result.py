@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -319,12 +320,60 @@ class AsyncResult:
     # -- waiting ----------------------------------------------------------------------
     def get(self, timeout: float | None = None, propagate: bool = True,
             interval: float = 0.5, no_ack: bool = True, follow_parents: bool = True,
+            callback: Callable[[str, Any], Any] | None = None,
+            on_message: Callable[[dict[str, Any]], Any] | None = None,
+            on_interval: Callable[[], Any] | None = None,
             disable_sync_subtasks: bool = True) -> Any:
         """Wait for the task; return its value or raise its exception (``propagate``).
         Raises :class:`mesh.exceptions.TimeoutError` after ``timeout`` seconds.
-        ``interval``, ``no_ack``, ``follow_parents`` and ``disable_sync_subtasks`` are
-        Celery's and taken so its calls move over: a node pushes the result (nothing is
-        polled or acked), and a chain's earlier steps fail the chain themselves."""
+        ``no_ack``, ``follow_parents`` and ``disable_sync_subtasks`` are Celery's and
+        taken so its calls move over: a node pushes the result (nothing is acked), and
+        a chain's earlier steps fail the chain themselves. As in Celery, ``on_message``
+        is called with each state the task reaches (``update_state``'s PROGRESS, then
+        the final one) as Celery's message (``status``, ``result``, ``traceback``,
+        ``task_id``, ``date_done``, ``children``), ``on_interval`` every ``interval``
+        seconds of the wait, and ``callback(task_id, value)`` once it ends."""
+        if on_message is not None or on_interval is not None:
+            self._watch(timeout, interval, on_message, on_interval)
+        value = self._get(timeout, propagate)
+        if callback is not None:
+            callback(self.id, value)
+        return value
+
+    def _watch(self, timeout: float | None, interval: float,
+               on_message: Callable[[dict[str, Any]], Any] | None,
+               on_interval: Callable[[], Any] | None) -> None:
+        """Wait in steps of ``interval`` until the task ends or ``timeout``, telling
+        ``on_message`` of each state not told yet (the final one too) and calling
+        ``on_interval`` after each step. A task sent from this process has its states
+        pushed to it; one sent elsewhere is looked up at each step."""
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        told: tuple[str, bytes | None] | None = None
+        step = max(interval, 0.01)
+        while True:
+            state = self.state
+            slot = self._require_slot()
+            with Slot.lock:
+                seen, done = (state, slot.meta), slot.msg is not None
+            if on_message is not None and seen != told:
+                told = seen
+                on_message({"task_id": self.id, "status": state, "result": self.result,
+                            "traceback": self.traceback if done else None,
+                            "date_done": self.date_done if done else None, "children": []})
+            if done:
+                return
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return                     # _get raises the TimeoutError, saying why
+            woken = threading.Lock()
+            woken.acquire()
+            if slot.add_waiter(woken.release):
+                woken.acquire(timeout=step if left is None else min(step, left))
+                slot.remove_waiter(woken.release)
+            if on_interval is not None:
+                on_interval()
+
+    def _get(self, timeout: float | None, propagate: bool) -> Any:
         slot = self._require_slot()
         if slot.msg is None:
             if timeout is None and self.app is not None:

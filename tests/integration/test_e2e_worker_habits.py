@@ -184,3 +184,45 @@ def test_celery_call_options_on_meshctl_call(start_node: NodeFactory) -> None:
     p = run_program(MESHCTL, "--peers", node.endpoint, "call", f"{APP}.say", "-a", '["x"]',
                     "--eta", "2020-01-01T00:00:00", "--wait")   # in the past: runs now
     assert (p.returncode, p.stdout.strip()) == (0, '"x"'), p.stderr
+
+
+def test_get_on_message_reports_progress(start_node: NodeFactory) -> None:
+    # Celery's progress recipe: r.get(on_message=print_progress, propagate=False) was a
+    # TypeError ("unexpected keyword argument 'on_message'"). Seen by the sender (states
+    # pushed to it) and by a process that only has the id (looked up at each interval)
+    node = start_node(app=APP, concurrency=1)
+    watch = f"""
+import json, sys
+from mesh.result import AsyncResult
+from {APP} import app, steps
+app.conf.peers = [{node.endpoint!r}]
+seen, ticks = [], []
+r = steps.delay(8, 0.3) if len(sys.argv) < 2 else AsyncResult(sys.argv[1])
+value = r.get(timeout=60, interval=0.1, propagate=False, on_interval=lambda: ticks.append(1),
+              on_message=lambda m: seen.append([m["status"], m["result"], m["task_id"] == r.id]),
+              callback=lambda task_id, v: seen.append(["callback", v, task_id == r.id]))
+print(json.dumps([value, seen, len(ticks) > 0]))
+"""
+
+    def run(*argv: str) -> Any:
+        p = subprocess.run([sys.executable, "-c", watch, *argv], capture_output=True, text=True,
+                           timeout=90, check=False, cwd=ROOT, env=clean_env(),
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    for value, seen, ticked in (run(), run(submit_and_exit(node))):
+        assert value == 8 and ticked, seen
+        assert seen[-2:] == [["SUCCESS", 8, True], ["callback", 8, True]], seen
+        progress = [s[1]["current"] for s in seen if s[0] == "PROGRESS"]
+        assert progress and progress == sorted(set(progress)), seen
+        assert all(s[2] for s in seen), seen
+
+
+def submit_and_exit(node: NodeProc) -> str:
+    code = (f"from {APP} import app, steps\napp.conf.peers = [{node.endpoint!r}]\n"
+            "print(steps.delay(8, 0.3).id)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip().splitlines()[-1]

@@ -93,3 +93,12 @@ def received(sender: Any = None, request: Any = None, **kw: Any) -> None:
 def say(text: str) -> str:
     logger.warning("task says %s", text)
     return text
+
+
+@app.task(bind=True)
+def steps(self: Any, n: int, pause: float) -> int:
+    import time
+    for i in range(n):
+        self.update_state(state="PROGRESS", meta={"current": i, "total": n})
+        time.sleep(pause)
+    return n
