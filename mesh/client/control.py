@@ -354,6 +354,25 @@ class Inspect:
         return {node: [{**t, "request": t} for t in tasks] if isinstance(tasks, list) else tasks
                 for node, tasks in self._tasks("scheduled").items()}
 
+    def query_task(self, *ids: str | Iterable[str]) -> dict[str, Any]:
+        """Celery's: ``{node: {task_id: [kind, info]}}`` for the given ids each node
+        holds unfinished: ``"active"`` (running) or ``"reserved"`` (waiting for a child,
+        or for its eta, which Celery's worker holds as reserved too); ``info`` as
+        ``active()`` gives it. A node holding none of them answers ``{}``; a finished
+        task is in no node's list (``AsyncResult(id)`` says how it ended)."""
+        wanted = {i for x in ids for i in ([x] if isinstance(x, str) else x)}
+        out: dict[str, Any] = {}
+        for kind, command in (("active", "active"), ("reserved", "reserved"),
+                              ("reserved", "scheduled")):
+            for node, tasks in self._tasks(command).items():
+                found = out.setdefault(node, {} if isinstance(tasks, list) else tasks)
+                if not isinstance(tasks, list) or is_error(found):
+                    continue
+                for t in tasks:
+                    if isinstance(t, dict) and t.get("id") in wanted and t["id"] not in found:
+                        found[t["id"]] = [kind, t]
+        return out
+
     def registered(self, *taskinfoitems: str) -> dict[str, Any]:
         """``{node: [task name, ...]}``, sorted, as Celery's; with ``taskinfoitems``
         (``"rate_limit"``, ``"time_limit"``, ``"soft_time_limit"``, ``"acks_late"``,

@@ -226,3 +226,33 @@ def submit_and_exit(node: NodeProc) -> str:
                        check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     return p.stdout.strip().splitlines()[-1]
+
+
+def test_inspect_query_task(start_node: NodeFactory) -> None:
+    # app.control.inspect().query_task(task_id): AttributeError
+    node = start_node(app=APP, concurrency=1)
+    code = f"""
+import json, time
+from mesh.exceptions import TimeoutError
+from {APP} import app, say, steps
+app.conf.peers = [{node.endpoint!r}]
+running = steps.delay(30, 0.2)
+later = say.apply_async(("later",), countdown=600)
+for _ in range(200):
+    if app.control.inspect().active()[{node.name!r}]:
+        break
+    time.sleep(0.05)
+answer = app.control.inspect().query_task(running.id, [later.id, "no-such-id"])
+running.revoke(terminate=True)
+later.revoke()
+print(json.dumps([running.id, later.id, answer]))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    running, later, answer = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(answer) == {node.name}, answer
+    got = answer[node.name]
+    assert sorted(got) == sorted([running, later]), got
+    assert got[running][0] == "active" and got[running][1]["name"] == f"{APP}.steps"
+    assert got[later][0] == "reserved" and got[later][1]["type"] == f"{APP}.say"
