@@ -68,9 +68,11 @@ class PoolStop:
         if child.running.get(tid) is not entry or child.killed_for is not None:
             return
         shares = self._shares(child, tid)
-        log.warning("task %s (%s) exceeded its time limit of %ss: %s child pid %d", tid,
-                    entry.name, entry.time_limit, "cancelling it in" if shares else "killing",
-                    child.pid)
+        # an ERROR, in Celery's words: its worker logs "Hard time limit (Ns) exceeded for
+        # NAME[ID]" at ERROR, and no other line says that the task failed
+        log.error("Hard time limit (%ss) exceeded for %s[%s]: %s child pid %d",
+                  entry.time_limit, entry.name, tid,
+                  "cancelling it in" if shares else "killing", child.pid)
         if shares:
             self._cancel(child, tid, "time limit", signal.SIGKILL)
         else:

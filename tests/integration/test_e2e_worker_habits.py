@@ -256,3 +256,25 @@ print(json.dumps([running.id, later.id, answer]))
     assert sorted(got) == sorted([running, later]), got
     assert got[running][0] == "active" and got[running][1]["name"] == f"{APP}.steps"
     assert got[later][0] == "reserved" and got[later][1]["type"] == f"{APP}.say"
+
+
+def test_a_hard_time_limit_is_logged_as_an_error(start_node: NodeFactory) -> None:
+    # Celery's worker logs "Hard time limit (1s) exceeded for NAME[ID]" at ERROR: a
+    # project alerting on ERROR lines saw only WARNINGs in the node's log for such a task
+    node = start_node(app=APP, concurrency=1)
+    code = f"""
+from mesh.exceptions import TimeLimitExceeded
+from {APP} import app, overruns
+app.conf.peers = [{node.endpoint!r}]
+r = overruns.delay()
+try:
+    r.get(timeout=60)
+except TimeLimitExceeded:
+    print(r.id)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    task_id = p.stdout.strip().splitlines()[-1]
+    (line,) = [ln for ln in node.stderr().splitlines() if task_id in ln and " ERROR " in ln]
+    assert f"Hard time limit (1s) exceeded for {APP}.overruns[{task_id}]: killing child" in line

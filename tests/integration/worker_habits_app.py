@@ -102,3 +102,9 @@ def steps(self: Any, n: int, pause: float) -> int:
         self.update_state(state="PROGRESS", meta={"current": i, "total": n})
         time.sleep(pause)
     return n
+
+
+@app.task(time_limit=1)
+def overruns() -> None:
+    import time
+    time.sleep(60)
