@@ -215,6 +215,10 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         node = Node(app, config)
     except ConfigError as e:      # the app's components cannot be ordered
         die("meshnode", str(e), EXIT_USAGE)
+    # tasks this process sends (a worker_ready receiver's sender.app.send_task, Celery's
+    # way to run a task at start) go through this node, as its children's do: without
+    # peers of the app's own, a node started with --peers or --no-mdns had none to send to
+    app._in_node([node.address, *config.peers], config.keys)
     from mesh.node.view import NodeView
     signals.celeryd_init.send(sender=node.name, instance=NodeView(node), conf=app.conf,
                               options=dict(click.get_current_context().params))

@@ -278,3 +278,20 @@ except TimeLimitExceeded:
     task_id = p.stdout.strip().splitlines()[-1]
     (line,) = [ln for ln in node.stderr().splitlines() if task_id in ln and " ERROR " in ln]
     assert f"Hard time limit (1s) exceeded for {APP}.overruns[{task_id}]: killing child" in line
+
+
+def test_a_task_sent_from_worker_ready_runs(start_node: NodeFactory, tmp_path: Path) -> None:
+    # @worker_ready.connect def at_start(sender, **kw): sender.app.send_task(...) -- on a
+    # node started with --no-mdns (or --peers) and an app without peers, the node
+    # process had no node to send to: "no nodes to send tasks to", logged by the signal
+    node = start_node(app=APP, concurrency=1,
+                      env={"HABITS_DIR": str(tmp_path), "HABITS_AT_START": "1"})
+    wait_until(lambda: "at_start" in records(tmp_path), timeout=30, what="at_start")
+    (rec,) = records(tmp_path)["at_start"]
+    code = (f"from mesh.result import AsyncResult\nfrom {APP} import app\n"
+            f"app.conf.peers = [{node.endpoint!r}]\n"
+            f"print(AsyncResult({rec['task_id']!r}).get(timeout=60))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
+    assert (p.returncode, p.stdout.strip()) == (0, "at start"), p.stderr
+    assert "receiver at_start raised" not in node.stderr()

@@ -24,6 +24,7 @@ from mesh.signals import (
     import_modules,
     setup_logging,
     task_received,
+    worker_ready,
 )
 from mesh.utils.log import get_task_logger
 
@@ -82,6 +83,13 @@ def init(sender: Any = None, instance: Any = None, conf: Any = None, options: An
 def after_setup(sender: Any = None, instance: Any = None, conf: Any = None, **kw: Any) -> None:
     _record("celeryd_after_setup", sender=sender, instance=instance.name,
             conf=conf is app.conf)
+
+
+if os.environ.get("HABITS_AT_START") == "1":
+    @worker_ready.connect
+    def at_start(sender: Any = None, **kw: Any) -> None:
+        # Celery's recipe for a task run as a worker starts
+        _record("at_start", task_id=sender.app.send_task(f"{__name__}.say", args=("at start",)).id)
 
 
 @task_received.connect
