@@ -30,15 +30,21 @@ def expand_node_name(name: str) -> str:
     is a ConfigError: kept as it is, every machine's node would have the same name."""
     host = socket.gethostname()                     # as Celery's %h
     short, _, domain = host.partition(".")
-    keys = {"h": host, "n": short, "d": domain, "%": "%"}
+    return expand_patterns(f"node name {name!r}", name, {"h": host, "n": short, "d": domain},
+                           "%h the host name, %n its first label, %d the domain")
 
+
+def expand_patterns(what: str, text: str, keys: dict[str, str], known: str) -> str:
+    """``text`` with each ``%x`` replaced by ``keys[x]`` and ``%%`` by a percent sign;
+    another ``%`` is a ConfigError naming ``what`` and the ``known`` patterns."""
     def one(m: re.Match[str]) -> str:
+        if m.group(1) == "%":
+            return "%"
         if m.group(1) not in keys:
-            raise ConfigError(f"node name {name!r}: unknown pattern %{m.group(1)} (Celery's "
-                              "patterns: %h the host name, %n its first label, %d the domain, "
-                              "%% a percent sign)")
+            raise ConfigError(f"{what}: unknown pattern %{m.group(1)} (Celery's patterns: "
+                              f"{known}, %% a percent sign)")
         return keys[m.group(1)]
-    return re.sub(r"%(.?)", one, name)
+    return re.sub(r"%(.?)", one, text)
 
 
 def default_data_dir(name: str) -> str:

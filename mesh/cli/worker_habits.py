@@ -7,13 +7,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import re
 import socket
 from typing import Any
 
 import click
 
 from mesh.conf_names import NOT_USED
+from mesh.config import expand_patterns
 from mesh.exceptions import ConfigError
 
 DETACH = ("meshnode does not detach (daemonize): run it in the foreground under systemd, "
@@ -87,15 +87,10 @@ def expand_file_name(pattern: str, node_name: str) -> str:
     percent sign; another ``%`` is a ConfigError."""
     host = socket.gethostname()
     keys = {"p": node_name, "n": node_name.split("@", 1)[0], "h": host,
-            "d": host.partition(".")[2], "i": "0", "I": "", "%": "%"}
-
-    def one(m: re.Match[str]) -> str:
-        if m.group(1) not in keys:
-            raise ConfigError(f"file name {pattern!r}: unknown pattern %{m.group(1)} (Celery's "
-                              "patterns: %p the node name, %n its part before @, %h the host, "
-                              "%d the domain, %i, %I, %% a percent sign)")
-        return keys[m.group(1)]
-    return re.sub(r"%(.?)", one, pattern)
+            "d": host.partition(".")[2], "i": "0", "I": ""}
+    return expand_patterns(f"file name {pattern!r}", pattern, keys,
+                           "%p the node name, %n its part before @, %h the host, %d the "
+                           "domain, %i, %I")
 
 
 def write_pidfile(path: str) -> None:
