@@ -264,7 +264,7 @@ def setup_logging(app: Any, config: Any, logfile: str | None = None) -> None:
     else:
         logging.getLogger("mesh").setLevel(config.loglevel)
     signals.after_setup_logger.send(sender=None, logger=root, **about)
-    signals.after_setup_task_logger.send(sender=None, logger=logging.getLogger("mesh.task"),
+    signals.after_setup_task_logger.send(sender=None, logger=safe_logger("mesh.task"),
                                          **about)
 
 

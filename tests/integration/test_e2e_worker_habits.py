@@ -197,7 +197,7 @@ from mesh.result import AsyncResult
 from {APP} import app, steps
 app.conf.peers = [{node.endpoint!r}]
 seen, ticks = [], []
-r = steps.delay(8, 0.3) if len(sys.argv) < 2 else AsyncResult(sys.argv[1])
+r = steps.delay(20, 0.3) if len(sys.argv) < 2 else AsyncResult(sys.argv[1])
 value = r.get(timeout=60, interval=0.1, propagate=False, on_interval=lambda: ticks.append(1),
               on_message=lambda m: seen.append([m["status"], m["result"], m["task_id"] == r.id]),
               callback=lambda task_id, v: seen.append(["callback", v, task_id == r.id]))
@@ -212,8 +212,8 @@ print(json.dumps([value, seen, len(ticks) > 0]))
         return json.loads(p.stdout.strip().splitlines()[-1])
 
     for value, seen, ticked in (run(), run(submit_and_exit(node))):
-        assert value == 8 and ticked, seen
-        assert seen[-2:] == [["SUCCESS", 8, True], ["callback", 8, True]], seen
+        assert value == 20 and ticked, seen
+        assert seen[-2:] == [["SUCCESS", 20, True], ["callback", 20, True]], seen
         progress = [s[1]["current"] for s in seen if s[0] == "PROGRESS"]
         assert progress and progress == sorted(set(progress)), seen
         assert all(s[2] for s in seen), seen
@@ -221,7 +221,7 @@ print(json.dumps([value, seen, len(ticks) > 0]))
 
 def submit_and_exit(node: NodeProc) -> str:
     code = (f"from {APP} import app, steps\napp.conf.peers = [{node.endpoint!r}]\n"
-            "print(steps.delay(8, 0.3).id)\n")
+            "print(steps.delay(20, 0.3).id)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
                        check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
