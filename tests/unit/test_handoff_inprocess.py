@@ -101,9 +101,9 @@ def test_a_task_the_receiver_refused_is_copied_to_its_backup_again() -> None:
     same backup under its own name (one copy per task id there), and that copy went
     when the receiver, back, reclaimed the task (held by the giver, it said). The
     giver, holding the task again, copies it again; else its only copy is the giver's
-    (test_e2e_backlog_recopy's shed case: the giver's machine gone, 1 or 2 of 500
-    tasks never ran). Here the taker is the backup too, and its copy is dropped by
-    hand while the handoff is on its way."""
+    (the giver's machine then gone, the task ran nowhere: the likely cause of a CI
+    failure of test_e2e_backlog_recopy's shed case). Here the taker is the backup too,
+    and its copy is dropped by hand while the handoff is on its way."""
     async def main() -> None:
         async with giver_and_taker("h-recopy") as (g, t):
             copies = t.replicas.copies
