@@ -41,12 +41,23 @@ def records(directory: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def script(code: str, *argv: str) -> str:
+    """Run ``code`` as a user's script; what it printed (it must exit 0)."""
+    p = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                       timeout=90, check=False, cwd=ROOT, env=clean_env(),
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def last_json(out: str) -> Any:
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def say(node: NodeProc, text: str) -> None:
     code = (f"import {APP}\n{APP}.app.conf.peers = [{node.endpoint!r}]\n"
             f"assert {APP}.say.delay({text!r}).get(timeout=60) == {text!r}\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p.stderr
+    script(code)
 
 
 def test_startup_and_logging_signals_are_sent_in_celerys_order(start_node: NodeFactory,
@@ -158,10 +169,7 @@ got.append(app.control.revoke(utils_uuid(), terminate=True, reply=False))
 got.append(sorted(PROPAGATE_STATES))
 print(json.dumps(got))
 """
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p.stderr
-    got = json.loads(p.stdout.strip().splitlines()[-1])
+    got = last_json(script(code))
     assert got == [True, "x", "m", ["a", "b"], ["c"],
                    {node.name: {"task": f"{APP}.say", "rate_per_s": 10.0}}, None, None,
                    ["FAILURE", "REVOKED"]]
@@ -204,14 +212,8 @@ value = r.get(timeout=60, interval=0.1, propagate=False, on_interval=lambda: tic
 print(json.dumps([value, seen, len(ticks) > 0]))
 """
 
-    def run(*argv: str) -> Any:
-        p = subprocess.run([sys.executable, "-c", watch, *argv], capture_output=True, text=True,
-                           timeout=90, check=False, cwd=ROOT, env=clean_env(),
-                           stdin=subprocess.DEVNULL)
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout.strip().splitlines()[-1])
-
-    for value, seen, ticked in (run(), run(submit_and_exit(node))):
+    for value, seen, ticked in (last_json(script(watch)),
+                                last_json(script(watch, submit_and_exit(node)))):
         assert value == 20 and ticked, seen
         assert seen[-2:] == [["SUCCESS", 20, True], ["callback", 20, True]], seen
         progress = [s[1]["current"] for s in seen if s[0] == "PROGRESS"]
@@ -222,10 +224,7 @@ print(json.dumps([value, seen, len(ticks) > 0]))
 def submit_and_exit(node: NodeProc) -> str:
     code = (f"from {APP} import app, steps\napp.conf.peers = [{node.endpoint!r}]\n"
             "print(steps.delay(20, 0.3).id)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.strip().splitlines()[-1]
+    return script(code).strip().splitlines()[-1]
 
 
 def test_inspect_query_task(start_node: NodeFactory) -> None:
@@ -247,10 +246,7 @@ running.revoke(terminate=True)
 later.revoke()
 print(json.dumps([running.id, later.id, answer]))
 """
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p.stderr
-    running, later, answer = json.loads(p.stdout.strip().splitlines()[-1])
+    running, later, answer = last_json(script(code))
     assert set(answer) == {node.name}, answer
     got = answer[node.name]
     assert sorted(got) == sorted([running, later]), got
@@ -272,10 +268,7 @@ try:
 except TimeLimitExceeded:
     print(r.id)
 """
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p.stderr
-    task_id = p.stdout.strip().splitlines()[-1]
+    task_id = script(code).strip().splitlines()[-1]
     (line,) = [ln for ln in node.stderr().splitlines() if task_id in ln and " ERROR " in ln]
     assert f"Hard time limit (1s) exceeded for {APP}.overruns[{task_id}]: killing child" in line
 
@@ -291,7 +284,5 @@ def test_a_task_sent_from_worker_ready_runs(start_node: NodeFactory, tmp_path: P
     code = (f"from mesh.result import AsyncResult\nfrom {APP} import app\n"
             f"app.conf.peers = [{node.endpoint!r}]\n"
             f"print(AsyncResult({rec['task_id']!r}).get(timeout=60))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                       check=False, cwd=ROOT, env=clean_env(), stdin=subprocess.DEVNULL)
-    assert (p.returncode, p.stdout.strip()) == (0, "at start"), p.stderr
+    assert script(code).strip() == "at start"
     assert "receiver at_start raised" not in node.stderr()
