@@ -1,5 +1,14 @@
-"""mesh: a task queue for Python with no broker."""
+"""mesh: a task queue for Python with no broker.
+
+The public names (``from mesh import Mesh, group, ...``) are imported on first use
+(PEP 562): ``meshctl`` and other tools that import a submodule (``mesh.cli``,
+``mesh.client.control``) then load what they use, not the app, the canvas and the
+node's commands (a third of meshctl's start). ``import mesh`` still imports asyncio
+first, with mesh/lazy_ssl.py's stand-in for ``ssl``.
+"""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -8,14 +17,42 @@ from mesh import lazy_ssl as _lazy_ssl  # noqa: E402
 _lazy_ssl.import_asyncio()   # before anything imports asyncio: see mesh/lazy_ssl.py
 
 from mesh import signals, states  # noqa: E402
-from mesh.app import Mesh  # noqa: E402
-from mesh.canvas import Signature, chain, chord, chunks, group, signature  # noqa: E402
-from mesh.node.commands import control_command, inspect_command  # noqa: E402
-from mesh.node.component import Component  # noqa: E402
-from mesh.result import AsyncResult, GroupResult  # noqa: E402
-from mesh.shared import current_app, current_task, shared_task  # noqa: E402
-from mesh.task import Task  # noqa: E402
+
+if TYPE_CHECKING:
+    from mesh.app import Mesh
+    from mesh.canvas import Signature, chain, chord, chunks, group, signature
+    from mesh.node.commands import control_command, inspect_command
+    from mesh.node.component import Component
+    from mesh.result import AsyncResult, GroupResult
+    from mesh.shared import current_app, current_task, shared_task
+    from mesh.task import Task
+
+# public name -> the module that defines it
+_WHERE = {
+    "Mesh": "mesh.app",
+    "Signature": "mesh.canvas", "chain": "mesh.canvas", "chord": "mesh.canvas",
+    "chunks": "mesh.canvas", "group": "mesh.canvas", "signature": "mesh.canvas",
+    "control_command": "mesh.node.commands", "inspect_command": "mesh.node.commands",
+    "Component": "mesh.node.component",
+    "AsyncResult": "mesh.result", "GroupResult": "mesh.result",
+    "current_app": "mesh.shared", "current_task": "mesh.shared", "shared_task": "mesh.shared",
+    "Task": "mesh.task",
+}
 
 __all__ = ["Mesh", "AsyncResult", "Component", "GroupResult", "Signature", "Task", "chain",
            "chord", "chunks", "control_command", "current_app", "current_task", "group",
            "inspect_command", "shared_task", "signature", "signals", "states", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value          # once: the next lookup is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
