@@ -76,6 +76,7 @@ log = safe_logger("mesh.client")
 BATCH = 256                 # most frames sent to a node in one zmq message
 TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client
 TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting a new thread
+FIRST_PLACE_WAIT = 0.5      # s a new client's first tasks wait for the mesh's members list
 
 
 class Client(Links, Routing, WaitingRoom, Lookups, Closing):
@@ -132,6 +133,10 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                                                         # take it (reset with _placeable)
         self._members_req = ""
         self._next_refresh = 0.0
+        # the first tasks wait (FIRST_PLACE_WAIT at most) for the first members answer:
+        # a script that sends a burst and exits would put all of it on its seed
+        self._holding = True
+        self._hold_until = time.monotonic() + FIRST_PLACE_WAIT
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._by_sock: dict[zmq.Socket[bytes], NodeLink] = {}
@@ -259,6 +264,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                 due = min(due, min(t for t, _ in self._retry))
             if self._full:
                 due = min(due, self._probe_at)
+            if self._holding:
+                due = min(due, self._hold_until)
             timeout = max(0.0, due - now) * 1000
             for sock_or_fd, _ev in self._poller.poll(int(timeout) + 1 if timeout else 0):
                 if sock_or_fd == self._efd:
@@ -274,6 +281,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                     self._drain_monitor(self._by_monitor[sock_or_fd])
                 # else: a socket closed earlier in this batch (a failover reset it)
             now = time.monotonic()
+            if self._holding and (self._members_known.is_set() or now >= self._hold_until):
+                self._drain_outbox()
             if self._retry:
                 self._resend_due(now)
             if self._full or self._room_warned:     # (a spell ends at a probe's tick)
@@ -320,7 +329,14 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
 
     def _drain_outbox(self) -> None:
         """Send what callers queued, frames for one node together (one zmq message
-        of up to BATCH frames; each frame is one protocol message)."""
+        of up to BATCH frames; each frame is one protocol message). A new client
+        holds them until the mesh has said which nodes it has (FIRST_PLACE_WAIT at
+        most), so that a first burst is spread over them, not all sent to a seed."""
+        if self._holding:
+            if not (self._members_known.is_set() or self._closing
+                    or time.monotonic() >= self._hold_until):
+                return
+            self._holding = False
         popleft = self._outbox.popleft
         batches: dict[NodeLink, list[bytes]] = {}
         queries: list[tuple[Any, ...]] = []

@@ -49,6 +49,8 @@ HEARTBEAT_IVL = 1000        # ms between ZMTP heartbeats on a link (a cut link i
 HEARTBEAT_TIMEOUT = 4000    # ms without traffic after which a link counts as disconnected
 UNREACHABLE_AFTER = 5.0     # s without a frame from any node before the client says so (once)
 RELEASED_AVOID = 5.0        # s a node that gave work back (shutting down) gets no new task
+UNLISTED_DEAD = 2           # members answers in a row without a node whose link is down:
+                            # it was forgotten (dead), not yet heard of by the answerer
 
 
 class NodeLink:
@@ -58,7 +60,7 @@ class NodeLink:
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
                  "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
                  "refused_at", "credit", "held", "held_bytes", "quota_tasks", "quota_bytes",
-                 "counted", "freed_at")
+                 "counted", "freed_at", "unlisted")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -93,6 +95,7 @@ class NodeLink:
         self.quota_bytes = 0          # (0: not said, an older node: refusals tell)
         self.counted = False          # full by our count (not by a refusal): room.py
         self.freed_at = 0.0           # when one of our tasks last finished there, while full
+        self.unlisted = 0             # members answers in a row not listing it, its link down
 
     @property
     def score(self) -> float:
@@ -464,6 +467,10 @@ class Links:
             load = m.get("load")
             if isinstance(load, list) and len(load) >= 3 and all(type(x) is int for x in load[:3]):
                 link.busy, link.total, link.queued = load[0], load[1], load[2]
+        for link in self._forgotten(by_endpoint, named):
+            changed = True
+            link.state, link.gone_since = "dead", time.monotonic()
+            dead.append(link)
         if changed:
             self._update_placeable()
         self._members_known.set()
@@ -471,6 +478,27 @@ class Links:
             self._failover(link)
         for link in left:
             self._left(link)
+
+    def _forgotten(self, by_endpoint: dict[str, Any], named: set[Any]) -> list[NodeLink]:
+        """Nodes the mesh has forgotten: not listed at all (by address or by name) in
+        UNLISTED_DEAD answers in a row while our own link to them is down. The mesh
+        forgets a node dead or left for its --dead-node-reclaim, which may be shorter
+        than our refresh: we never saw it dead, and its tasks would wait for ever. A node
+        not listed while our link to it is up is alive: the answerer has not heard of it
+        yet (it joined a moment ago, and another node told us), and its tasks stay."""
+        out: list[NodeLink] = []
+        for ep, link in self.links.items():
+            if (ep in by_endpoint or not link.node_id or link.node_id in named
+                    or link.state in ("dead", "left") or not link.down):
+                link.unlisted = 0
+                continue
+            link.unlisted += 1
+            if link.unlisted >= UNLISTED_DEAD:
+                link.unlisted = 0
+                log.warning("node %s (%s) is no longer a member and does not answer: "
+                            "taken as dead", link.node_id, ep)
+                out.append(link)
+        return out
 
     def _pick(self, avoid: str | None = None, slot: Slot | None = None,
               kind: str = "", said: str = "") -> NodeLink | None:

@@ -214,6 +214,15 @@ class Replicas(CopyGates, Component):
         if backup:
             self._queue(backup).tasks[entry.task_id] = entry.frame
 
+    def taken_back(self, entries: Iterable[Entry]) -> None:
+        """Tasks a receiver refused (mesh/node/handoff.py), held here again: copied to
+        their backup again, which may have lost the copy made before the handoff (a
+        backup keeps one copy per task id: the receiver's, then none). Not after a
+        handoff given up on without an answer: the receiver may hold the task, and its
+        copy, then overwritten by ours, would go with our drop once it answers."""
+        for entry in entries:
+            self.updated(entry)
+
     def finished(self, task_id: str, state: str, result_frame: bytes | None,
                  hold: bool = False, entry: Entry | None = None) -> str:
         """A held task's final result: it replaces the copy at the backup (a copy not

@@ -9,6 +9,7 @@ their probes reach the new process (which ignores pings meant for another id), a
 not keep sending work there meanwhile."""
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
@@ -96,7 +97,15 @@ def test_a_handoff_queued_for_the_killed_process_is_refused_at_once(cluster: Clu
     a_log, b2_log = a.nodes[0].stderr(), b2.stderr()
     assert "refused a handoff from 'a': not a member" not in b2_log, b2_log
     assert "did not answer a handoff" not in a_log, a_log
-    assert "node b2 did not take" in a_log and "sent to a previous run at" in a_log, a_log
+    # a, going on, reads b2's messages (queued for it while it was stopped) and acts on
+    # SIGTERM in the same few loop passes, in no set order. Stopping first, it hands its
+    # tasks to b, at b2's address: refused at once, then handed to b2 (the case here).
+    # Having heard of b2 first (b2 declared b dead), it hands them straight to b2, as it
+    # should (CI: "member b2 ... new -> alive" 2 ms before "node a stopping")
+    heard = a_log.find("member b2 (")
+    if heard == -1 or heard > a_log.find("node a stopping"):
+        assert "node b2 did not take" in a_log and "sent to a previous run at" in a_log, a_log
+    assert re.search(r"handed \d+ task\(s\) to b2 ", a_log), a_log
 
 
 @pytest.mark.mdns

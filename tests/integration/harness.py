@@ -244,9 +244,34 @@ class NodeProc:
     def status(self) -> dict[str, Any]:
         reply = self.request("status", timeout=10.0)
         if not isinstance(reply, ControlReply) or not reply.ok:
-            raise AssertionError(f"node {self.name} did not answer status: {reply!r}")
+            raise AssertionError(f"node {self.name} did not answer status: {reply!r}; "
+                                 f"{self.why_silent()}")
         payload: dict[str, Any] = reply.payload
         return payload
+
+    def why_silent(self) -> str:
+        """What the node's process is doing, for a node that did not answer: its exit
+        code (a signal: killed), or its state (``stopped``: SIGSTOP) and, where py-spy
+        is installed, where its threads are (a blocked loop shows there)."""
+        rc = self.proc.poll()
+        if rc is not None:
+            how = f" ({signal.Signals(-rc).name})" if rc < 0 and -rc in signal.valid_signals() else ""
+            return f"it exited with code {rc}{how}"
+        try:
+            proc = psutil.Process(self.pid)
+            parts = [f"its process is {proc.status()}, cpu {proc.cpu_times()}"]
+            pids = [self.pid] + [c.pid for c in proc.children(recursive=True)]
+        except psutil.Error as e:
+            return f"its process cannot be read: {e}"
+        spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        for pid in pids if spy else ():
+            try:
+                dump = subprocess.run([spy, "dump", "--nonblocking", "--pid", str(pid)], capture_output=True,
+                                      text=True, timeout=30, check=False)
+                parts.append(f"py-spy dump --pid {pid}:\n{dump.stdout}{dump.stderr}")
+            except (OSError, subprocess.SubprocessError) as e:
+                parts.append(f"py-spy dump --pid {pid}: {e}")
+        return "\n".join(parts)
 
     # -- its process --------------------------------------------------------------------
     def send_signal(self, sig: int) -> None:

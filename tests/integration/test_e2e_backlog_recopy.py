@@ -94,8 +94,11 @@ def _gone(node: Any) -> None:
 def _each_ran_once(out: Path, alive: list[Any], tmp_path: Path) -> None:
     (tmp_path / "gate").touch()
     want = sorted(f"line-{i}" for i in range(N))
-    wait_until(lambda: set(_lines(out)) >= set(want), timeout=RESULT_TIMEOUT,
-               what="every task to run")
+    try:
+        wait_until(lambda: set(_lines(out)) >= set(want), timeout=RESULT_TIMEOUT,
+                   what="every task to run")
+    except AssertionError as e:          # which ones (CI saw this once, and not which)
+        raise AssertionError(f"{e}: missing {sorted(set(want) - set(_lines(out)))}") from None
     for n in alive:
         wait_until(lambda n=n: n.status()["held"] == 0, what=f"{n.name} to hold nothing")
     assert sorted(_lines(out)) == want                      # each once

@@ -372,9 +372,10 @@ def test_sockets_to_departed_nodes_are_closed(
         start_node: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import mesh.client.links
     monkeypatch.setattr(mesh.client.links, "LINK_GRACE", 0.5)
-    # (not --dead-node-reclaim 1: a forgot b before the client's next members answer
-    # said it was dead, and the client kept its link to b: a fresh-clone CI run)
-    a = start_node(profile="test")
+    # --dead-node-reclaim 1: a forgets b 1 s after it is dead (10 s on the test profile),
+    # maybe before the client reads an answer that says b is dead (it then takes b as
+    # dead when answers stop listing it and its own link to b is down)
+    a = start_node(profile="test", dead_node_reclaim=1)
     b = start_node(profile="test", peers=a.endpoint)
     c = make_client(a)
     wait_until(lambda: len(c.app.client.links) == 2, what="the client to learn b")
@@ -385,7 +386,7 @@ def test_sockets_to_departed_nodes_are_closed(
     b.send_signal(signal.SIGKILL)
     b.wait(10)
     # the client drops its link once b is dead for LINK_GRACE; a drops its socket
-    # once membership forgets b (dead_node_reclaim, 10 s on the test profile)
+    # once membership forgets b (--dead-node-reclaim)
     wait_until(lambda: b.endpoint not in c.app.client.links, timeout=30,
                what="the client to close its link to b")
     wait_until(lambda: a.status()["peer_sockets"] == 0, timeout=60, interval=0.5,
@@ -393,6 +394,32 @@ def test_sockets_to_departed_nodes_are_closed(
     assert c.tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3
     wait_until(lambda: a.status()["data_sockets"] == 0, timeout=30, interval=0.5,
                what="a to close its handoff/copy socket to b")
+
+
+def test_a_node_forgotten_before_the_client_saw_it_dead_still_has_its_tasks_run(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    # --dead-node-reclaim 1: the mesh forgets b about as fast as the client refreshes
+    # its members (1 s), so its answers may never say b is dead; they stop listing it.
+    # The client, its own link to b down, takes b as dead and sends b's tasks on
+    a = start_node(profile="test", dead_node_reclaim=1)
+    b = start_node(profile="test", dead_node_reclaim=1, peers=a.endpoint)
+    c = make_client(a, b)
+    client = c.app.client
+    wait_until(lambda: len(client._placeable) == 2, what="the client to use both nodes")
+    gate = tmp_path / "gate"
+    rs = [c.tasks.wait_for_file.delay(str(gate)) for _ in range(12)]
+    wait_until(lambda: any(s.node == b.endpoint and s.state != "PENDING"
+                           for s in list(client._slots.values())), what="b to hold some")
+    b.send_signal(signal.SIGKILL)
+    b.wait(10)
+
+    def listed() -> set[str]:
+        reply = a.request("members")
+        assert isinstance(reply, ControlReply) and reply.ok, reply
+        return {m["node"] for m in reply.payload}
+    wait_until(lambda: b.name not in listed(), timeout=30, what="a to forget b")
+    gate.touch()
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == ["opened"] * 12
 
 
 def test_tasks_sent_to_a_node_that_just_died_do_not_run_there_when_it_returns(

@@ -316,15 +316,18 @@ def test_copies_and_takeover_in_a_keyed_mesh(start_node: NodeFactory, make_clien
     d = str(tmp_path / "k")
     keys.init(d)
     a = start_node(keys=d, name="ka", concurrency=2, profile="test")
+    owner = make_client(a, keys=d)
+    gate = tmp_path / "gate"
+    # sent while a is alone, so that a holds them all (a client spreads its tasks over
+    # the nodes it knows): its two children gated, ten queued
+    held = [owner.tasks.wait_for_file.delay(str(gate)) for _ in range(2)]
+    held += [owner.tasks.add.delay(i, 100) for i in range(10)]
+    wait_until(lambda: a.status()["busy"] == 2, what="a running the gated tasks")
     b = start_node(keys=d, name="kb", concurrency=2, profile="test", peers=a.endpoint)
     wait_until(lambda: {m["node"] for m in a.request("members").payload  # type: ignore[union-attr]
                         if m["state"] == "alive"} == {"ka", "kb"}, what="the keyed mesh")
-    owner = make_client(a, keys=d)
-    gate = tmp_path / "gate"
-    held = [owner.tasks.wait_for_file.delay(str(gate)) for _ in range(2)]
-    held += [owner.tasks.add.delay(i, 100) for i in range(10)]
-    # b keeps a copy of each task a holds, or holds it itself: a sheds queued tasks to
-    # b while b has room (its children are idle), over CurveZMQ too (CI)
+    # once b joins, it keeps a copy of each task a holds, or holds it itself: a sheds
+    # queued tasks to b while b has room (its children are idle), over CurveZMQ too (CI)
     def on_b() -> bool:
         st = b.status()
         return st["copies_kept"] + st["taken_from_peers"] >= len(held)

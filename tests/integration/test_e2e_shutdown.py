@@ -55,7 +55,8 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
     a = start_node(concurrency=1)
     b = start_node(concurrency=1, peers=a.endpoint)
     _meshed(a, b)
-    t = make_client(a, b).tasks
+    c = make_client(a, b)
+    t = c.tasks
     gate = tmp_path / "gate"
     # one long task per node (the client alternates between the nodes) ...
     running = [t.wait_for_file.delay(str(gate)) for _ in range(2)]
@@ -96,9 +97,12 @@ def test_sigterm_finishes_running_work_and_a_second_node_takes_the_rest(
     assert [r.get(timeout=RESULT_TIMEOUT) for r in queued] == [i + 100 for i in range(10)]
     assert {r.node for r in queued} == {b.name}
     # node to node: at the stop, or some just before it by shedding (b's queue was
-    # shorter: once, 2 shed and 3 at the stop)
+    # shorter: once, 2 shed and 3 at the stop); b may shed one to a after on_a was read,
+    # which a hands back (a CI run: 6 handed, 5 counted), so at least on_a; and none
+    # sent again by the client
     handed = re.findall(rf"handed (\d+) task\(s\) to {re.escape(b.name)} ", a.stderr())
-    assert sum(map(int, handed)) == on_a, handed
+    assert sum(map(int, handed)) >= on_a, handed
+    assert c.app.client.failovers == 0 and c.app.client.resent == 0
 
 
 def test_a_task_running_past_the_shutdown_timeout_goes_to_another_node(

@@ -81,6 +81,12 @@ class Scripted:
         wait_until(check, timeout, "the client's frames", interval=0)
         return got
 
+    def kill(self, name: str) -> None:
+        """The node dies: its socket closes (the client's link goes down)."""
+        s = self.socks.pop(name)
+        self.poller.unregister(s)
+        s.close(0)
+
     def send(self, name: str, ident: bytes, msg: Any) -> None:
         self.socks[name].send_multipart([ident, encode(msg)])
 
@@ -319,6 +325,68 @@ def test_a_task_a_leaving_node_acknowledged_stays_with_it() -> None:
         before = client.members_applied
         got = nodes.pump(lambda got: client.members_applied >= before + 2)
         assert not [m for _, _, m in got if isinstance(m, Submit)]
+        nodes.send("X", ident, Result(tid, states.SUCCESS, codec.dumps("from X"), node="X"))
+        assert r.get(timeout=DEADLINE) == "from X"
+    finally:
+        close_at_once(app)
+        nodes.close()
+
+
+def _acked_at_x(nodes: Scripted, app: Mesh, tid: str) -> tuple[Any, bytes]:
+    """``tid`` sent to X (the others suspect) and acknowledged; then all four alive."""
+    client = app.client
+    nodes.states.update(A="suspect", Y="suspect", Z="suspect")
+    nodes.pump(lambda got: [n.node_id for n in client._placeable] == ["X"])
+    r = app.send_task("t.any", task_id=tid)
+    (at, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+    assert at == "X"
+    nodes.send("X", ident, Ack([tid], "X", [1, 1, 0]))
+    wait_until(lambda: r.state == states.RECEIVED, DEADLINE, "X's ACK to be read")
+    nodes.states.update(A="alive", Y="alive", Z="alive")
+    nodes.pump(lambda got: len(client._placeable) == 4)
+    return r, ident
+
+
+def test_a_node_the_mesh_forgot_before_we_saw_it_die_is_failed_over() -> None:
+    """X dies and the mesh forgets it (dead for its --dead-node-reclaim) before any
+    members answer the client reads says dead: the answers stop listing X at all. With
+    its own link to X down too, the client takes X as dead and sends its task to X's
+    backup (the wait had no end)."""
+    nodes = Scripted(("A", "X", "Y", "Z"))
+    tid = _held_by_y("forgotten")
+    app = Mesh("forgotten", peers=[nodes.endpoints["A"]], mdns=False)
+    try:
+        client = app.client
+        r, _ = _acked_at_x(nodes, app, tid)
+        nodes.kill("X")
+        nodes.states["X"] = ""                 # forgotten: not listed at all
+        nodes.loads["Y"] = [3, 1, 0]           # (any node but the backup would be Z)
+        got = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+        sent = [(n, i, m) for n, i, m in got if isinstance(m, Submit)]
+        assert [(n, m.task_id) for n, _, m in sent] == [("Y", tid)]
+        assert client.links[nodes.endpoints["X"]].state == "dead"
+        nodes.send("Y", sent[0][1], Result(tid, states.SUCCESS, codec.dumps("from Y"), node="Y"))
+        assert r.get(timeout=DEADLINE) == "from Y"
+    finally:
+        close_at_once(app)
+        nodes.close()
+
+
+def test_a_node_an_answerer_has_not_heard_of_keeps_its_tasks() -> None:
+    """The answerer does not list X (it has not heard of it yet: X joined a moment ago
+    and another node told the client), but the client's link to X is up: X is alive, and
+    its task stays with it (sent elsewhere, it could run twice)."""
+    nodes = Scripted(("A", "X", "Y", "Z"))
+    tid = _held_by_y("unheard")
+    app = Mesh("unheard", peers=[nodes.endpoints["A"]], mdns=False)
+    try:
+        client = app.client
+        r, ident = _acked_at_x(nodes, app, tid)
+        nodes.states["X"] = ""
+        before = client.members_applied
+        got = nodes.pump(lambda got: client.members_applied >= before + 4)
+        assert not [m for _, _, m in got if isinstance(m, Submit)]
+        assert client.links[nodes.endpoints["X"]].state == "alive"
         nodes.send("X", ident, Result(tid, states.SUCCESS, codec.dumps("from X"), node="X"))
         assert r.get(timeout=DEADLINE) == "from X"
     finally:

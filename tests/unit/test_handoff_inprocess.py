@@ -95,6 +95,33 @@ def test_a_handoff_sent_to_an_earlier_run_of_the_receiver_is_refused() -> None:
     run(main())
 
 
+def test_a_task_the_receiver_refused_is_copied_to_its_backup_again() -> None:
+    """The copy a giver made of a task can be gone from its backup by the time the
+    receiver refuses the task: the receiver's earlier run took it and copied it to the
+    same backup under its own name (one copy per task id there), and that copy went
+    when the receiver, back, reclaimed the task (held by the giver, it said). The
+    giver, holding the task again, copies it again; else its only copy is the giver's
+    (the giver's machine then gone, the task ran nowhere: the likely cause of a CI
+    failure of test_e2e_backlog_recopy's shed case). Here the taker is the backup too,
+    and its copy is dropped by hand while the handoff is on its way."""
+    async def main() -> None:
+        async with giver_and_taker("h-recopy") as (g, t):
+            copies = t.replicas.copies
+            await until(lambda: copies.holder("h-recopy") == "giver", "the backup to keep its copy")
+            held_back, take = withhold(t)
+            hand(g, "h-recopy")
+            await until(lambda: held_back, "the taker to get it (it does not answer yet)")
+            copies.forget_copy("h-recopy")                 # the copy is gone meanwhile
+            boot, t.boot = t.boot, "0123456789ab"   # a later run than the giver knows: refused
+            take(held_back[0])
+            t.boot = boot      # (the taker is the backup here: a new boot id gossiped would
+                               # have the giver copy every task it backs up again anyway)
+            await until(lambda: not g.handoff._out, "the taker's answer")
+            assert g.ledger.held.get("h-recopy") is not None        # back in the giver's queue
+            await until(lambda: copies.holder("h-recopy") == "giver", "the giver to copy it again")
+    run(main())
+
+
 def test_a_handoff_to_the_receivers_current_run_is_taken() -> None:
     async def main() -> None:
         async with giver_and_taker("h-now") as (g, t):

@@ -340,25 +340,30 @@ def test_a_task_handed_back_before_its_handoff_is_answered_stays_held() -> None:
     from mesh.wire.protocol import encode as _encode
 
     async def main() -> None:
-        async with running_node(app, name="ha", concurrency=1, autorun=False) as a, \
-                running_node(app, name="hb", concurrency=1, autorun=False, peers=[a.address]) as b:
-            await until(lambda: [m for m in a.membership.alive_members(include_self=False)
-                                 if m.meta.get("tasks") == a.tasks_digest], "b in a's view")
-            peer = a.membership.alive_members(include_self=False)[0]
+        async with running_node(app, name="ha", concurrency=1, autorun=False) as a:
+            a.shedder.shed = lambda now: 0     # X is moved by hand here: b joins, and a
+                                               # would shed X to it (b has room) first
             c = Mesh("wf-client3", peers=[a.address], mdns=False)
             try:
-                for i in range(2):       # the first runs (held "running"), X waits in the queue
+                # sent while a is alone (a client spreads its tasks over the nodes it
+                # knows): the first runs (held "running"), X waits in the queue
+                for i in range(2):
                     c.send_task("wf.add", (i, i), task_id=f"x-{i}")
                 await until(lambda: len(a.pool.queue) == 1, "x-1 queued on a")
-                entry = a.pool.remove("x-1")
-                assert entry is not None
-                a.handoff.hand([entry], "test", peer)                 # a -> b, unanswered yet
-                sub = _Submit(task_id="x-1", name="wf.add", payload=_codec.dump_call((1, 1), {}))
-                assert a.handoff._take(sub, _encode(sub)) is None      # b -> a, "shed back"
-                await until(lambda: "x-1" in b.ledger.held, "b to hold x-1")
-                await until(lambda: not a.handoff._out, "b's answer to a")
-                assert "x-1" in a.ledger.held                          # still a's
-                assert any(e.task_id == "x-1" for _, _, e in a.pool.queue)   # and it will run
+                async with running_node(app, name="hb", concurrency=1, autorun=False,
+                                        peers=[a.address]) as b:
+                    await until(lambda: [m for m in a.membership.alive_members(include_self=False)
+                                         if m.meta.get("tasks") == a.tasks_digest], "b in a's view")
+                    peer = a.membership.alive_members(include_self=False)[0]
+                    entry = a.pool.remove("x-1")
+                    assert entry is not None
+                    a.handoff.hand([entry], "test", peer)                 # a -> b, unanswered yet
+                    sub = _Submit(task_id="x-1", name="wf.add", payload=_codec.dump_call((1, 1), {}))
+                    assert a.handoff._take(sub, _encode(sub)) is None      # b -> a, "shed back"
+                    await until(lambda: "x-1" in b.ledger.held, "b to hold x-1")
+                    await until(lambda: not a.handoff._out, "b's answer to a")
+                    assert "x-1" in a.ledger.held                          # still a's
+                    assert any(e.task_id == "x-1" for _, _, e in a.pool.queue)   # and it will run
             finally:
                 await asyncio.to_thread(c.close)
     run(main())
