@@ -38,6 +38,16 @@ settings.register_profile("mesh", deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("mesh")
 
+# pytest rewrites the asserts of every test module it imports and caches the result
+# in __pycache__ (*-pytest-*.pyc), unless bytecode writing is off: with
+# PYTHONDONTWRITEBYTECODE set (as in CI sandboxes) every pytest process, each xdist
+# worker, rewrote all ~130 test modules again: 12.2 s of CPU to collect tests/unit and
+# tests/integration, 5.1 s with the cache (`pytest --collect-only -q`, 2026-12-02).
+# The rewritten modules are written here, as scripts/setup.sh compiles mesh/ and
+# tests/ (what a module imports at run time is compiled already); the programs the
+# tests start keep the environment's setting. pytest writes each file atomically.
+sys.dont_write_bytecode = False
+
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 if str(INTEGRATION_DIR) not in sys.path:   # tasks_app and harness, under the names nodes use
     sys.path.insert(0, str(INTEGRATION_DIR))
@@ -119,6 +129,29 @@ def raw_dealer() -> Iterator[Callable[[str], zmq.Socket[bytes]]]:
 
 # tests that announce or browse real mDNS on the machine's loopback are marked `mdns`
 MDNS_LOCK = Path(tempfile.gettempdir()) / "mesh-tests-mdns.lock"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``mdns`` tests first (the others keep their order): with the work-stealing
+    schedule below they are all in the first worker's share and run one after another
+    there, instead of a worker waiting on another's at the lock."""
+    items.sort(key=lambda item: item.get_closest_marker("mdns") is None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n N`` runs with xdist's work-stealing schedule (``--dist worksteal``) unless
+    another ``--dist`` than the default is asked for. Each worker gets a contiguous
+    share of the tests and takes half of another's rest when it runs out. With the
+    default round robin, the mdns tests (run one at a time, a file lock) were spread
+    over every worker, which waited for each other's at the lock: 20 to 45 s of setup
+    each in a CI run (tests/integration/test_e2e_discovery.py, test_e2e_membership.py);
+    and a module's shared nodes (``start_module_node``) were started on every worker
+    that got one of its tests."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+    return WorkStealingScheduling(config, log)
 
 
 @pytest.fixture(autouse=True)

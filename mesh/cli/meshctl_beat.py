@@ -15,11 +15,11 @@ from typing import Any
 import click
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK
-from mesh.periodic import merge_views
 
 
 def merge_beat(replies: dict[str, Any]) -> dict[str, Any]:
     """Merge ``beat`` replies (endpoint -> ControlReply or error text); see merge_views."""
+    from mesh.periodic import merge_views  # (the canvas and schedules: not every meshctl)
     from mesh.wire.protocol import ControlReply
     views: dict[str, Any] = {}
     for ep, r in replies.items():

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING
 
 from mesh.exceptions import ConfigError
 from mesh.node.component import Component, NodeStartError
-from mesh.security.curve import Guard, Security
+from mesh.security.curve import Security
 from mesh.security.exposure import host_of, is_loopback, refusal
 from mesh.security.keys import NODE
 from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
+    from mesh.security.guard import Guard
 
 log = safe_logger("mesh.security")
 
@@ -62,6 +63,7 @@ class Keys(Component):
                 log.warning("no keys and --insecure: anyone who reaches %s may run tasks, read "
                             "results and events, and control this node (docs/security.md)", cfg.bind)
             return
+        from mesh.security.guard import Guard  # (zmq.auth.thread: only with keys)
         self.guard = Guard(node.ctx, node.security)
         self.guard.start()
         log.info("keys %s: mesh key %s, %d client and %d admin key(s) accepted", ring.path,

@@ -9,7 +9,7 @@ rotated a process trusts up to three mesh keys (``server_keys()``, current first
 connectors either open one socket per key (only the right one completes its
 handshake) or switch keys when a handshake fails (the client's links).
 
-The :class:`Guard` is pyzmq's ZAP authenticator (``zmq.auth``), in a thread of the
+The guard (mesh/security/guard.py) is pyzmq's ZAP authenticator (``zmq.auth``), in a thread of the
 node: a connection completes its handshake only if its key is in the key directory,
 in a role that the domain admits (``mesh``: every role, the front door; ``events``:
 admin and node keys). What each role may *send* is the gate's business
@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 from mesh.security.keys import ADMIN, CLIENT, NODE, KeyRing
 from mesh.security.text import safe_logger
@@ -120,33 +119,3 @@ class Security:
             return f"the node at {endpoint} has no keys, and this process does ({where})"
         return (f"the node at {endpoint} does not hold a mesh key this process trusts "
                 f"({where})")
-
-
-class Guard(ThreadAuthenticator):
-    """pyzmq's ZAP authenticator in a thread of the node, admitting the keys of the
-    node's KeyRing by domain. A refused connection is logged (at most a few a minute)."""
-
-    def __init__(self, ctx: zmq.Context[Any], security: Security):
-        super().__init__(ctx, log=safe_logger("mesh.security.zap"))
-        self.security = security
-        self.refused = 0
-        self._address = ""
-        for domain in DOMAIN_ROLES:
-            self.configure_curve_callback(domain, self)
-
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        self._address = msg[3].decode(errors="replace")[:64] if len(msg) > 3 else ""
-        await super().handle_zap_message(msg)
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        """Admit ``key`` (z85) on ``domain``? (called by the authenticator)."""
-        role = self.security.role(key.decode(errors="replace"))
-        if role is not None and role in DOMAIN_ROLES.get(domain, ()):
-            return True
-        self.refused += 1
-        if self.refused <= 20 or self.refused % 1000 == 0:
-            log.warning("refused a connection from %s on %s: key %s... is %s (refused so far: %d)",
-                        self._address, domain, key[:8].decode(errors="replace"),
-                        f"a {role} key, not admitted there" if role else
-                        "not in the mesh's key directory", self.refused)
-        return False

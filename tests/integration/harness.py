@@ -323,10 +323,15 @@ class NodeProc:
         if psutil.pid_exists(pgid):
             known = [p for p in known if p.pid != pgid]
             pgid = -1                      # (its group is not this node's: no scan)
-        for p in psutil.process_iter(["create_time"]) if pgid > 0 else ():
+        # (the group of each pid first, one system call, and a Process only for the
+        # group's: psutil.process_iter read every process's /proc stat file, 20 ms of
+        # the test process's CPU per node stopped with ~120 processes on the machine)
+        for pid in psutil.pids() if pgid > 0 else ():
             try:
-                if (p.pid != os.getpid() and os.getpgid(p.pid) == pgid
-                        and p.info["create_time"] >= self.started_at - 1.0):
+                if pid == os.getpid() or os.getpgid(pid) != pgid:
+                    continue
+                p = psutil.Process(pid)
+                if p.create_time() >= self.started_at - 1.0:
                     known.append(p)
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue

@@ -109,3 +109,33 @@ def test_asyncio_tls_round_trip_after_import_mesh(tmp_path: Path) -> None:
         print(version)
     """)
     assert out.strip().startswith("TLS")
+
+
+# what meshctl's requests need none of: mesh's public names are imported on first use
+# (mesh/__init__.py), the client's I/O thread too (mesh/client/__init__.py), and the
+# node's ZAP guard lives apart (mesh/security/guard.py): a third of meshctl's start
+NOT_FOR_MESHCTL = ("mesh.app", "mesh.canvas", "mesh.task", "mesh.result", "mesh.node.commands",
+                   "mesh.client.io", "mesh.periodic", "zmq.auth.thread")
+
+
+def test_meshctl_loads_no_app_and_every_public_name_is_still_there() -> None:
+    out = run_fresh(f"""
+        import sys
+        import mesh.cli.meshctl, mesh.client.control
+        print(sorted(m for m in {NOT_FOR_MESHCTL!r} if m in sys.modules))
+        import mesh
+        from mesh import Mesh, chain, shared_task, signals, states
+        from mesh.app import Mesh as AppMesh
+        from mesh.canvas import chain as canvas_chain
+        assert Mesh is AppMesh and mesh.Mesh is AppMesh and chain is canvas_chain
+        assert all(getattr(mesh, name) is not None for name in mesh.__all__)
+        assert set(mesh.__all__) <= set(dir(mesh))
+        try:
+            mesh.no_such_name
+        except AttributeError as e:
+            print(e)
+        from mesh.client import Client
+        from mesh.client.io import Client as IoClient
+        assert Client is IoClient
+    """)
+    assert out.splitlines() == ["[]", "module 'mesh' has no attribute 'no_such_name'"]
