@@ -305,22 +305,35 @@ def test_a_task_a_node_never_acknowledged_before_it_left_goes_to_its_backup(how:
         nodes.close()
 
 
+def _acked_at_x(nodes: Scripted, app: Mesh, tid: str,
+                then_alive: bool = True) -> tuple[Any, bytes]:
+    """``tid`` sent to X (the others suspect) and acknowledged; then (``then_alive``)
+    all four alive."""
+    client = app.client
+    nodes.states.update(A="suspect", Y="suspect", Z="suspect")
+    nodes.pump(lambda got: [n.node_id for n in client._placeable] == ["X"])
+    r = app.send_task("t.any", task_id=tid)
+    (at, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
+    assert at == "X"
+    nodes.send("X", ident, Ack([tid], "X", [1, 1, 0]))
+    wait_until(lambda: r.state == states.RECEIVED, DEADLINE, "X's ACK to be read")
+    if not then_alive:
+        return r, ident
+    nodes.states.update(A="alive", Y="alive", Z="alive")
+    nodes.pump(lambda got: len(client._placeable) == 4)
+    return r, ident
+
+
 def test_a_task_a_leaving_node_acknowledged_stays_with_it() -> None:
     """X acknowledged the task, then began to stop (membership: left): it runs what it
     holds before it exits, or hands it on with a MOVED. The client does not send it
     elsewhere meanwhile (it would run twice), and takes X's result."""
     nodes = Scripted(("A", "X", "Y", "Z"))
     tid = _held_by_y("left-acked")
-    nodes.states.update(A="suspect", Y="suspect", Z="suspect")
     app = Mesh("leaver", peers=[nodes.endpoints["A"]], mdns=False)
     try:
         client = app.client
-        nodes.pump(lambda got: [n.node_id for n in client._placeable] == ["X"])
-        r = app.send_task("t.any", task_id=tid)
-        (at, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
-        assert at == "X"
-        nodes.send("X", ident, Ack([tid], "X", [1, 1, 0]))
-        wait_until(lambda: r.state == states.RECEIVED, DEADLINE, "X's ACK to be read")
+        r, ident = _acked_at_x(nodes, app, tid, then_alive=False)
         nodes.states.update(A="alive", X="left", Y="alive", Z="alive")
         before = client.members_applied
         got = nodes.pump(lambda got: client.members_applied >= before + 2)
@@ -330,21 +343,6 @@ def test_a_task_a_leaving_node_acknowledged_stays_with_it() -> None:
     finally:
         close_at_once(app)
         nodes.close()
-
-
-def _acked_at_x(nodes: Scripted, app: Mesh, tid: str) -> tuple[Any, bytes]:
-    """``tid`` sent to X (the others suspect) and acknowledged; then all four alive."""
-    client = app.client
-    nodes.states.update(A="suspect", Y="suspect", Z="suspect")
-    nodes.pump(lambda got: [n.node_id for n in client._placeable] == ["X"])
-    r = app.send_task("t.any", task_id=tid)
-    (at, ident, _sub), = nodes.pump(lambda got: any(isinstance(m, Submit) for _, _, m in got))
-    assert at == "X"
-    nodes.send("X", ident, Ack([tid], "X", [1, 1, 0]))
-    wait_until(lambda: r.state == states.RECEIVED, DEADLINE, "X's ACK to be read")
-    nodes.states.update(A="alive", Y="alive", Z="alive")
-    nodes.pump(lambda got: len(client._placeable) == 4)
-    return r, ident
 
 
 def test_a_node_the_mesh_forgot_before_we_saw_it_die_is_failed_over() -> None:
