@@ -212,6 +212,10 @@ def import_fresh(spec: str, roots: list[str]) -> "Mesh":
     saved = app_modules(roots)
     for name in saved:
         del sys.modules[name]
+    for mod in saved.values():     # (a file saved again within the second it was
+        file = mod.__file__            # compiled, to the same size, passes for its .pyc)
+        if file is not None and file.endswith(".py"):
+            _drop_bytecode(file)
     importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
