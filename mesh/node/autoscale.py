@@ -24,7 +24,6 @@ range at run time, and turns autoscaling on for a node started without it.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.node.commands import ControlState, register
 from mesh.node.component import Component
+from mesh.node.naps import aligned
 from mesh.node.procstat import machine_cpu_percent
 from mesh.security.text import safe_logger
 from mesh.wire.control import AutoscaleArgs, AutoscaleReply, BadArgs
@@ -115,7 +115,7 @@ class Autoscaler(Component):
     async def _loop(self) -> None:
         tick = max(0.05, min(TICK, self.keepalive / 4))
         while True:
-            await asyncio.sleep(tick)
+            await aligned(tick)                  # (with the node's other 1 s looks)
             if self.range is not None and not self.node.stopping:
                 try:
                     self.tick(time.monotonic())

@@ -33,6 +33,7 @@ from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, hrw
 from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
 from mesh.node.copies import LEFT_GRACE
+from mesh.node.naps import IDLE_CAP, aligned
 from mesh.periodic import Entry, Schedule
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, encode
@@ -129,7 +130,10 @@ class Beat(Component):
             except Exception:
                 log.exception("beat: tick failed")
                 wait = 1.0
-            await asyncio.sleep(wait)
+            if wait >= IDLE_CAP:
+                await aligned(IDLE_CAP)          # (with the node's other 1 s looks)
+            else:
+                await asyncio.sleep(wait)
 
     def _spawn(self, coro: Any) -> "asyncio.Task[None]":
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name="beat-socket")
@@ -203,6 +207,8 @@ class Beat(Component):
             self._swept = now
             self.outbox.sweep(set(self._targets().values()))
         assert self.schedule is not None
+        if not self.schedule.entries and not self.outbox.runs:
+            return IDLE_CAP     # nothing to fire here: new peers are told within a second
         if not self.schedule.entries or self.node.stopping:
             return TICK
         if not self.settled:

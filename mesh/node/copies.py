@@ -297,6 +297,7 @@ class Copies:
         follow, ``TAKE_CHUNK`` per tick, ``tick``)."""
         if holder in self.disk and holder not in self._taking:
             self._taking[holder] = why          # (a chunk each tick from now on)
+            self.replicas.nap.poke()
         if not self.kept.pop(holder, 0):
             return 0
         frames = self.frames                    # (one walk: a holder is gone seldom)
@@ -412,6 +413,10 @@ class Copies:
         for holder in list(self._taking):
             self._take_chunk(holder)
 
+    def working(self) -> bool:
+        """Work for the replicas loop's ticks: repairs, takeovers, drops on disk."""
+        return bool(self.repairs or self._taking or self._forget)
+
     def check_holders(self, now: float) -> None:
         """Holders that are gone (dead; left long ago; unknown for long) are taken over."""
         ms = self.node.membership
@@ -455,6 +460,7 @@ class Copies:
         every peer: a peer merely suspected for a moment leaves none alive either, and
         comes back without having departed; the cluster chaos test lost a result so.)"""
         self.repairs.setdefault("", 0)        # rows after the walk's position: reached
+        self.replicas.nap.poke()
 
     def results_moved(self, moved: Mapping[str, list[str]]) -> None:
         """Results sent to another node than the one the journal names as their other

@@ -89,6 +89,7 @@ class DiskCopies:
         if from_start:
             self.pos = 0
         self.walking = True
+        self.replicas.nap.poke()
 
     def check(self, alive: set[str], restarted: set[str]) -> None:
         """(Each membership check) what starts a walk: see the module docstring."""

@@ -12,12 +12,12 @@ again (docs/performance.md, "Memory").
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
+from mesh.node.naps import aligned
 from mesh.node.pool_child import trim_heap
 from mesh.security.text import safe_logger
 
@@ -46,7 +46,7 @@ class Expiry(Component):
     async def _loop(self) -> None:
         interval = min(EXPIRE_INTERVAL, self.node.config.result_expires / 2)
         while True:
-            await asyncio.sleep(interval)
+            await aligned(interval)              # (with the node's other 1 s looks)
             self.expire(time.time())
             self.release_if_idle(time.monotonic())
 

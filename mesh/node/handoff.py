@@ -40,6 +40,7 @@ from mesh.membership import Member, MemberState
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.naps import Nap
 from mesh.node.shedding import REASON as SHED_REASON
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import (
@@ -92,6 +93,7 @@ class Handoffs(Component):
     def __init__(self) -> None:
         self.started = False
         self._out: dict[str, _Out] = {}
+        self.nap = Nap()          # poked as a handoff goes out: the loop ticks while one waits
         # batch -> the handoff given up on (not answered in time), for MOVED_TTL: a
         # late answer (the receiver took it after all) must not leave it on two nodes
         self._given_up: collections.OrderedDict[str, _Out] = collections.OrderedDict()
@@ -202,6 +204,7 @@ class Handoffs(Component):
                                    reason, str(m.meta.get("boot") or "")))
             self._out[bid] = _Out(m.id, m.address, {x.task_id: x for x in chunk}, reason,
                                   frame, time.monotonic())
+            self.nap.poke()
             node.replicas.sockets.send(m.address, frame)
 
     def on_ack(self, msg: HandoffAck) -> None:
@@ -504,7 +507,9 @@ class Handoffs(Component):
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(TICK)
+            # ticks while a handoff waits for its answer; the rest (what was moved or
+            # given up, remembered for a while) is only trimmed, at least once a nap
+            await self.nap.until_busy(bool(self._out), TICK)
             try:
                 self._check(time.monotonic())
             except Exception:

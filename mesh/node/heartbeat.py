@@ -7,7 +7,6 @@ worker-heartbeat) with the Lamport clock merged with the clocks peers gossip.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mesh import __version__
 from mesh.node.component import Component
 from mesh.node.events import HEARTBEAT_INTERVAL
+from mesh.node.naps import aligned
 from mesh.node.procstat import Proc, ProcessGone
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Heartbeat(Component):
         last_done, last_t = node.ledger.processed(), time.monotonic()
         self._proc.cpu_percent()
         while True:
-            await asyncio.sleep(TICK)
+            await aligned(TICK)                  # (with the node's other 1 s looks)
             now, done = time.monotonic(), node.ledger.processed()
             inst = (done - last_done) / max(now - last_t, 1e-6)
             self.rate = inst if self.rate == 0 else 0.5 * self.rate + 0.5 * inst

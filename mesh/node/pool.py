@@ -33,6 +33,7 @@ from mesh.exceptions import revoked_message
 from mesh.node.channel import pack
 from mesh.node.child import Child, StopFlags
 from mesh.node.ledger import Entry
+from mesh.node.naps import Nap
 from mesh.node.pool_ahead import PoolAhead
 from mesh.node.pool_child import ChildProc, PoolEvents, async_task_names, describe_status, trim_heap
 from mesh.node.pool_size import PoolSize
@@ -77,6 +78,7 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         self.idle: list[ChildProc] = []              # open children running nothing
         self.squeue: list[QueueItem] = []            # plain tasks waiting for a slot
         self.aqueue: list[QueueItem] = []            # async def tasks waiting for a slot
+        self.waiting = Nap()                         # poked as tasks queue (the shedder's)
         self.scheduled: dict[str, Entry] = {}        # eta tasks waiting for their time
         self._seq = itertools.count()
         self._gen = itertools.count()
@@ -288,6 +290,7 @@ class Pool(PoolSize, PoolStop, PoolAhead):
     def _enqueue(self, entry: Entry) -> None:
         q = self.aqueue if entry.name in self.async_names else self.squeue
         heapq.heappush(q, (-entry.priority, next(self._seq), entry))
+        self.waiting.poke()
 
     def take_next(self) -> Entry:
         """Remove and return the queued task that would start next (to shed it)."""

@@ -41,6 +41,7 @@ from mesh.security.text import safe_logger
 if TYPE_CHECKING:
     from mesh.node.child import StopFlags
     from mesh.node.ledger import Entry
+    from mesh.node.naps import Nap
     from mesh.node.pool_child import ChildProc, PoolEvents
 
 log = safe_logger("mesh.pool")
@@ -60,6 +61,7 @@ class PoolAhead:
         children: dict[bytes, ChildProc]
         squeue: list[QueueItem]
         stop_flags: StopFlags
+        waiting: Nap
 
         def _send(self, child: ChildProc, *frames: bytes) -> None: ...
         def _admit(self, entry: Entry) -> bool: ...
@@ -151,6 +153,7 @@ class PoolAhead:
                     e.task_id, e.name, "was revoked before it started"), "REVOKED")
             else:
                 heapq.heappush(self.squeue, item)
+                self.waiting.poke()
         log.debug("%d task(s) sent ahead to child pid %d go back to the queue", len(items),
                   child.pid)
 

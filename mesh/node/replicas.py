@@ -57,6 +57,7 @@ from mesh.node.copy_gates import GATE_STAMP as GATE_STAMP
 from mesh.node.copy_gates import CopyGates
 from mesh.node.disk_copies import DiskCopies
 from mesh.node.ledger import Entry
+from mesh.node.naps import Nap
 from mesh.node.peers import PeerSockets
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, encode
@@ -106,6 +107,7 @@ class Replicas(CopyGates, Component):
     def __init__(self) -> None:
         CopyGates.__init__(self)                   # replies waiting for copies: copy_gates.py
         self.enabled = False                       # sending copies (replicas == 2, started)
+        self.nap = Nap()                           # the loop's: poked as work for it starts
         self.started = False
         # holder side: a held task's backup and queue are on its Entry (``backup``,
         # ``queue``: one record per task, not a dict entry each); here, how many
@@ -367,6 +369,7 @@ class Replicas(CopyGates, Component):
                             list(results), [r[0] for r in results.values()],
                             [r[1] for r in results.values()], sorted(part.drop))
             self._sent[bid] = _Sent(backup, part, time.monotonic())
+            self.nap.poke()
             self._busy[backup] = bid
             self._boot_of.setdefault(backup, member.meta.get("boot"))
             self.copies_sent += len(part.tasks)
@@ -430,7 +433,10 @@ class Replicas(CopyGates, Component):
         next_members = 0.0
         next_sweep = time.monotonic() + SWEEP_EVERY
         while True:
-            await asyncio.sleep(TICK)
+            # ticks while a copy waits for its confirmation or a walk/repair/takeover is
+            # under way; else a nap until one starts or the next membership check
+            now = time.monotonic()
+            await self.nap.until_busy(self._working(), TICK, min(next_members, next_sweep) - now)
             try:
                 now = time.monotonic()
                 if now >= next_sweep:
@@ -447,6 +453,12 @@ class Replicas(CopyGates, Component):
                     self.check_members(now)
             except Exception:
                 log.exception("replication check failed")
+
+    def _working(self) -> bool:
+        """Something for the loop's next tick: a copy unconfirmed, a repair, a takeover
+        of copies on disk, copies on disk to drop, a walk of the disk part."""
+        d = self.disk_copies
+        return bool(self._sent or self.copies.working() or d.inflight or d.walking)
 
     def _resend(self, now: float) -> None:
         for bid in [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]:

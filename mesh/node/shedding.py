@@ -16,7 +16,6 @@ peer that shed tasks here is not shed to for ``PEER_HOLD`` seconds.
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import time
 from dataclasses import dataclass
@@ -80,8 +79,10 @@ class Shedder(Component):
         node.spawn(self._loop(), name="shedding")
 
     async def _loop(self) -> None:
+        pool = self.node.pool
         while True:
-            await asyncio.sleep(SHED_INTERVAL)
+            # ticks while tasks wait; the pool pokes its nap when a dispatch leaves some
+            await pool.waiting.until_busy(pool.queued > 0, SHED_INTERVAL)
             try:
                 self.shed(time.time())
             except Exception:

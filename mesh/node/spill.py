@@ -30,7 +30,6 @@ finishes REVOKED without running; its copy goes to its backup again.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import TYPE_CHECKING
 
@@ -41,6 +40,7 @@ from mesh.node.component import Component, NodeStartError
 from mesh.node.copies import LEFT_GRACE
 from mesh.node.journal import DiskRow, JournalError
 from mesh.node.ledger import Entry
+from mesh.node.naps import Nap
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode, encode
 from mesh.workflow.plan import GROUP
@@ -72,6 +72,7 @@ class Spill(Component):
         self.purging = 0                       # purges walking the disk: no read back meanwhile
         self.spilled = self.read_back = 0     # figures (status)
         self.started = False
+        self.nap = Nap()          # poked as tasks go to disk: the loop ticks while some wait
 
     @classmethod
     def inert(cls, node: "Node") -> "Spill":
@@ -199,6 +200,8 @@ class Spill(Component):
             del c[tid]
         self.on_disk += out
         self.spilled += out
+        if out:
+            self.nap.poke()
         if backups:        # where its copy is: read back, a new backup's predecessor drops it
             try:
                 node.journal.set_backups(backups)
@@ -308,7 +311,7 @@ class Spill(Component):
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(TICK)
+            await self.nap.until_busy(self.on_disk > 0, TICK)
             if self.on_disk and not self.node.stopping:
                 self.node.front.schedule_flush()      # refill() runs in the flush
 

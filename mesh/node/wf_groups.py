@@ -146,6 +146,7 @@ class Groups:
         g = Group(gid, entry, root, members, value, fresh=entry.fresh,
                   stall=self.node.config.workflow_stall)
         self.groups[gid] = g
+        self.wf.nap.poke()
         if not g.single:
             unit = {"task": GROUP, "subtask_type": "group", "kwargs": {"tasks": members},
                     "options": {"task_id": gid}}

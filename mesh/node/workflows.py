@@ -20,7 +20,6 @@ and so is a task that called ``replace(sig)`` (``replaced``: a group of one).
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import os
@@ -33,6 +32,7 @@ from mesh.exceptions import ConfigError
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
+from mesh.node.naps import Nap
 from mesh.node.peers import PeerSockets
 from mesh.node.wf_commands import exc_repr, frame_task_id, mesh_exc, register, request_of
 from mesh.node.wf_groups import Groups
@@ -83,6 +83,7 @@ class Workflows(Component):
         # with keys, CurveZMQ as the node (mesh/security); a routing id nobody can guess
         self.sockets = PeerSockets(node.ctx, f"wf:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
                                    hwm=DATA_HWM, security=node.security)
+        self.nap = Nap()          # poked as a group begins: the loop ticks while groups run
         self.groups = Groups(self)
         self.started = True
         for name in ("wf.states", "wf.progress"):
@@ -103,7 +104,7 @@ class Workflows(Component):
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(TICK)
+            await self.nap.until_busy(bool(self.groups.groups), TICK)
             try:
                 self.groups.tick(time.monotonic())
             except Exception:

@@ -14,6 +14,7 @@ import pytest
 
 from mesh.membership import MemberState
 from mesh.node.copies import Copies
+from mesh.node.naps import Nap
 from mesh.node.sqlite_journal import SqliteJournal
 from mesh.wire.protocol import Replicate
 
@@ -37,7 +38,7 @@ def copies(tmp_path: Path) -> Iterator[Copies]:
         name="b", journal=journal, config=types.SimpleNamespace(queue_memory=WINDOW),
         membership=types.SimpleNamespace(member=holders.get),
         front=types.SimpleNamespace(schedule_flush=journal.commit))
-    replicas: Any = types.SimpleNamespace(node=node, sockets=_Sent())
+    replicas: Any = types.SimpleNamespace(node=node, sockets=_Sent(), nap=Nap())
     c = Copies(replicas)
     c.start()
     yield c

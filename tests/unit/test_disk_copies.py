@@ -15,6 +15,7 @@ import pytest
 from mesh.membership import MemberState
 from mesh.node import disk_copies
 from mesh.node.disk_copies import DiskCopies
+from mesh.node.naps import Nap
 from mesh.node.sqlite_journal import SqliteJournal
 from mesh.wire.protocol import Submit, decode, encode
 
@@ -33,6 +34,7 @@ class _Replicas:
         self.enabled = True
         self._boot_of: dict[str, Any] = {}
         self.out: dict[str, dict[str, bytes]] = {}
+        self.nap = Nap()
 
     def alive_ids(self) -> list[str]:
         return sorted(m for m, s in STATES.items() if s == MemberState.ALIVE)

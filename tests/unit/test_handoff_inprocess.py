@@ -17,7 +17,7 @@ from test_node_inprocess import app, dealer, run, submit, until
 
 from mesh.membership import MemberState
 from mesh.node import handoff as handoff_mod
-from mesh.node import shedding
+from mesh.node import naps, shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.wire.protocol import UPDATE_SUSPECT, Gossip, Handoff, HandoffAck
@@ -135,6 +135,10 @@ def test_a_handoff_to_the_receivers_current_run_is_taken() -> None:
 def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+    # the giver's handoff loop napped while it had nothing out (mesh/node/naps.py): the
+    # handoff wakes it, and it sends again and gives up at its ticks (no nap ends by
+    # itself within the test)
+    monkeypatch.setattr(naps, "IDLE_CAP", 3600.0)
     caplog.set_level(logging.INFO, "mesh.handoff")
 
     async def main() -> None:

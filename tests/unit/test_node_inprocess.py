@@ -16,7 +16,7 @@ import zmq.asyncio
 from mesh import Mesh, states, testing
 from mesh.exceptions import TaskRevokedError
 from mesh.membership import MemberState
-from mesh.node import shedding
+from mesh.node import naps, shedding
 from mesh.node.ledger import Entry
 from mesh.node.node import Node
 from mesh.rendezvous import backup_for
@@ -183,6 +183,26 @@ def test_queued_tasks_are_shed_to_a_peer_with_room() -> None:
             # by now, as b's backup, if b already ran it: seen under load)
             assert a.journal.frame("s-1") is None and a.journal.frame("s-3") is not None
             assert a.shedder.shed(time.time() + 1.0) == 0         # b's room is used until it reports
+    run(main())
+
+
+def test_the_shedder_wakes_from_its_nap_when_tasks_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an idle node's shedder naps (mesh/node/naps.py); tasks queued behind a busy child
+    # wake it, and its own loop sheds them (here no nap ends by itself within the test)
+    monkeypatch.setattr(naps, "IDLE_CAP", 3600.0)
+
+    async def main() -> None:
+        async with running_node(app, name="busy", concurrency=1, autorun=False) as a, \
+                running_node(app, name="free", concurrency=1, peers=[a.address]) as b, \
+                dealer(a) as s:
+            await until(lambda: [m for m in a.membership.alive_members(include_self=False)
+                                 if m.meta.get("tasks") == a.tasks_digest], "b's load in a's view")
+            await until(lambda: "busy" in b.replicas.choice.alive_ids(), "a alive in b's view")
+            await asyncio.sleep(0.2)                          # a's shedder naps by now
+            for i in range(5):
+                await s.send(submit(f"w-{i}"))
+            got = await frames_until(s, lambda g: any(isinstance(m, Moved) for m in g))
+            assert [m.target_node for m in got if isinstance(m, Moved)] == ["free"]
     run(main())
 
 
