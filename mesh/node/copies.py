@@ -15,11 +15,22 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   died; or this node is handing it to that holder, which copies it here before it
   answers: then it is the only other copy) is kept, never run as a copy; it goes
   when the task runs here (``forget_copy``) or goes to a node other than that holder
-  (``handed_on``). A holder's drop takes only a copy kept for that holder: a task it
-  handed on may have been copied here by its new holder already.
+  (``handed_on``).
+* Copies are kept per task id *and holder*: two nodes may both hold one id (a handoff
+  given up on and answered late, or whose receiver crashed before answering and
+  came back; a takeover of a holder declared dead that was not; an owner's resend to
+  another node), and with the same backup (the id's highest-ranked node other than
+  each of them: most often the same one), each has its copy here. A holder's drop,
+  reclaim or takeover takes only its own copy: until 2026-12 a second holder's copy
+  replaced the first's, and its drop (a handoff on, a reclaim after its restart)
+  then left the first holder's task with no copy anywhere, lost with its machine.
+  A result, from either, replaces every copy of the id (results are first-wins by
+  id: a task run by both is delivered once). The second holder's copy is kept
+  apart (``more``), so the one-holder case costs what it did.
 * ``check_holders``: a holder declared dead has its copies without a result run here
-  (``take_over``); a holder that left is given ``LEFT_GRACE`` plus our shutdown
-  timeout to hand its tasks on first; one no member knows, ``ORPHAN_AFTER``. The
+  (``take_over``; not one another live holder keeps a copy of here too: it holds
+  it); a holder that left is given ``LEFT_GRACE`` plus our shutdown timeout to hand
+  its tasks on first; one no member knows, ``ORPHAN_AFTER``. The
   copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
   plain one (priority 0, no eta, no workflow) becomes a task waiting on this node's
   disk (mesh/node/spill.py), read back in order as its queue drains, so a holder's
@@ -77,8 +88,11 @@ class Copies:
         # task id -> (Submit, received, holder): one record per copy (the float and the
         # holder's name shared by a REPLICATE's copies), not three dict and set entries
         self.frames: dict[str, tuple[bytes, float, str]] = {}
-        self.kept: dict[str, int] = {}             # holder -> its copies in ``frames``
-        self.holder_of = Holders(self.frames)     # task id -> its holder (a view)
+        # copies of an id in ``frames`` for other holders too (rare: two nodes that
+        # both hold it): task id -> holder -> copy
+        self.more: dict[str, dict[str, tuple[bytes, float, str]]] = {}
+        self.kept: dict[str, int] = {}             # holder -> its copies in memory
+        self.holder_of = Holders(self.frames)     # task id -> a holder (a view)
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
         # results whose other copy was on a node that is gone: peer -> position reached
         self.repairs: dict[str, int] = {}
@@ -138,15 +152,20 @@ class Copies:
             log.error("journal: cannot look a copy up: %s", e)
             return False
 
+    def in_memory(self) -> int:
+        """How many copies are kept in memory."""
+        return len(self.frames) + sum(len(m) for m in self.more.values())
+
     def _drop_on_disk(self, ids: list[str], holder: str | None = None) -> None:
         """These ids' copies on disk go (a result, a drop, run or held here); with
         ``holder``, only those kept for that holder (its drop)."""
         if not ids or not self.on_disk:
             return
-        if holder is not None:
-            ids = [t for t, h in self.node.journal.copy_holders(ids).items() if h == holder]
-        for _tid, holder in self.node.journal.drop_copies(ids):
-            self._count(holder, -1)
+        journal = self.node.journal
+        gone = journal.drop_copies(ids) if holder is None else \
+            journal.drop_copy_pairs([(t, holder) for t in ids])
+        for _tid, h in gone:
+            self._count(h, -1)
 
     def _flush_forgets(self) -> None:
         if self._forget:
@@ -184,14 +203,13 @@ class Copies:
             # (drops are older than the copies sent with them.) A drop takes only a copy
             # kept for its sender: a task handed on by the sender, copied here by the
             # node it went to (or that handed it back), is that node's copy now
-            for tid in msg.drop:
-                copy = self.frames.get(tid)
-                if copy is not None and copy[2] == source:
-                    self._unkeep(tid)
+            unkeep = self._unkeep
+            drop = [t for t in msg.drop if not unkeep(t, source)]
             window, frames = self.window, self.frames
-            self._drop_on_disk([t for t in msg.drop if t not in frames], source)
+            self._drop_on_disk(drop, source)
             # copies already on disk stay there (a resend, a retry's new Submit)
-            there = journal.copy_holders(msg.task_ids) if self.on_disk else {}
+            there = {t for t, h in journal.copy_holders(msg.task_ids) if h == source} \
+                if self.on_disk else set()
             rows: list[tuple[str, str, bytes, float]] = []
             for tid, frame in zip(msg.task_ids, msg.tasks):
                 # kept even when this node holds the task too: it may be handing it to
@@ -207,19 +225,17 @@ class Copies:
             if rows:
                 journal.keep_copies(rows)
                 for tid, _, _, _ in rows:
-                    old = there.get(tid)
-                    if old != source:
-                        if old is not None:
-                            self._count(old, -1)
+                    if tid not in there:
                         self._count(source, 1)
             ready = states.READY_STATES
             results = [(tid, state, frame, now, source) for tid, state, frame
                        in zip(msg.result_ids, msg.result_states, msg.results) if state in ready]
             if results:
                 journal.copy_results(results)
-                for row in results:
-                    self._unkeep(row[0])
-                self._drop_on_disk([r[0] for r in results if r[0] not in frames])
+                for row in results:           # (every holder's copy: the task is done)
+                    unkeep(row[0])
+                if self.on_disk:
+                    self._drop_on_disk([r[0] for r in results])
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)
             return            # not acknowledged: the holder sends them again
@@ -228,24 +244,41 @@ class Copies:
         self.replicas.sockets.send(msg.source_addr, encode(ReplicateAck(msg.batch, node.name)))
 
     def _keep(self, tid: str, copy: tuple[bytes, float, str]) -> None:
-        old = self.frames.get(tid)
-        if old is not None:
-            uncount(self.kept, old[2])
-        self.frames[tid] = copy
-        self.kept[copy[2]] = self.kept.get(copy[2], 0) + 1
+        """Keep ``copy`` (frame, received, holder) of ``tid``, over its holder's older one."""
+        frames, holder = self.frames, copy[2]
+        old = frames.get(tid)
+        if old is None or old[2] == holder:
+            frames[tid] = copy
+            if old is not None:
+                return
+        else:                                 # another holder's copy is there: both kept
+            more = self.more.setdefault(tid, {})
+            fresh = holder not in more
+            more[holder] = copy
+            if not fresh:
+                return
+        self.kept[holder] = self.kept.get(holder, 0) + 1
 
     def holder(self, tid: str) -> str | None:
-        """The holder whose copy of ``tid`` this node keeps in memory, if any."""
+        """A holder whose copy of ``tid`` this node keeps in memory, if any."""
         return self.holder_of.get(tid)
+
+    def holders(self, tid: str) -> list[str]:
+        """Every holder whose copy of ``tid`` this node keeps in memory."""
+        copy = self.frames.get(tid)
+        if copy is None:
+            return []
+        more = self.more.get(tid) if self.more else None
+        return [copy[2], *more] if more else [copy[2]]
 
     def forget_copy(self, tid: str) -> None:
         """The task is this node's own now (handed here), or it ran here: no longer a
         copy. (One on disk goes at the next tick or REPLICATE, with others: this is
         called for every task that finishes here. Until then a takeover skips it: it
-        is in this node's journal.)"""
+        is in this node's journal.) Every holder's copy goes."""
         if tid in self.frames:
             self._unkeep(tid)
-        elif self.on_disk:
+        if self.on_disk:
             self._forget.add(tid)
 
     def handed_on(self, tid: str, to: str | None) -> None:
@@ -255,14 +288,14 @@ class Copies:
         when that holder is declared dead, while the node it went to runs it too: the
         owner sends a dead holder's task to its backup, which may shed it on (a third
         run after a partition: holder, backup's receiver, backup)."""
-        holder = self.holder(tid)
-        if holder not in (None, to):
-            self._unkeep(tid)
-        elif holder is None and self.on_disk:
+        for holder in self.holders(tid):
+            if holder != to:
+                self._unkeep(tid, holder)
+        if self.on_disk:
             try:
-                holder = self.node.journal.copy_holders([tid]).get(tid)
-                if holder not in (None, to):
-                    self._drop_on_disk([tid])
+                for _tid, holder in self.node.journal.copy_holders([tid]):
+                    if holder != to:
+                        self._drop_on_disk([tid], holder)
             except JournalError as e:
                 log.error("journal: cannot drop the copy of task %s: %s", tid, e)
 
@@ -272,24 +305,59 @@ class Copies:
         go, so no takeover runs them too (the asker copies them again as it runs them).
         The ids whose copy is kept for another live holder (that one holds them)."""
         node = self.node
-        others = {t for t in ids if t in self.holder_of
-                  and live_elsewhere(node, self.holder_of[t], asker)}
+        others: set[str] = set()
         for tid in ids:
-            if tid in self.holder_of and tid not in others:
-                self._unkeep(tid)
+            for holder in self.holders(tid):
+                if live_elsewhere(node, holder, asker):
+                    others.add(tid)          # (its copy stays: that holder holds it)
+                else:
+                    self._unkeep(tid, holder)
         if self.on_disk:
             try:
-                on_disk = node.journal.copy_holders(ids)
-                others.update(t for t, h in on_disk.items() if live_elsewhere(node, h, asker))
-                self._drop_on_disk([t for t in on_disk if t not in others])
+                gone: list[tuple[str, str]] = []
+                for tid, holder in node.journal.copy_holders(ids):
+                    if live_elsewhere(node, holder, asker):
+                        others.add(tid)
+                    else:
+                        gone.append((tid, holder))
+                for _tid, holder in node.journal.drop_copy_pairs(gone):
+                    self._count(holder, -1)
             except JournalError as e:
                 log.error("journal: cannot drop the copies a returning holder reclaims: %s", e)
         return others
 
-    def _unkeep(self, tid: str) -> None:
-        copy = self.frames.pop(tid, None)
-        if copy is not None:
+    def _unkeep(self, tid: str, holder: str | None = None) -> bool:
+        """The copy of ``tid`` kept in memory for ``holder`` goes (None: every
+        holder's); was there one?"""
+        frames = self.frames
+        copy = frames.get(tid)
+        if copy is None:
+            return False
+        more = self.more.pop(tid, None) if self.more else None
+        if holder is None:
+            del frames[tid]
             uncount(self.kept, copy[2])
+            for h in more or ():
+                uncount(self.kept, h)
+            return True
+        if copy[2] == holder:
+            if more:                            # another holder's copy takes its place
+                frames[tid] = more.popitem()[1]
+            else:
+                del frames[tid]
+        elif more is None or more.pop(holder, None) is None:
+            if more:
+                self.more[tid] = more
+            return False
+        if more:
+            self.more[tid] = more
+        uncount(self.kept, holder)
+        return True
+
+    def _live_holders(self, tid: str, but: str) -> bool:
+        """Is a copy of ``tid`` kept here for a live holder other than ``but`` (which
+        holds the task, then)?"""
+        return any(live_elsewhere(self.node, h, but) for h in self.holders(tid))
 
     def take_over(self, holder: str, why: str) -> int:
         """Run here the copies of ``holder``'s tasks that have no result: they are
@@ -298,12 +366,18 @@ class Copies:
         if holder in self.disk and holder not in self._taking:
             self._taking[holder] = why          # (a chunk each tick from now on)
             self.replicas.nap.poke()
-        if not self.kept.pop(holder, 0):
+        if not self.kept.get(holder, 0):
             return 0
         frames = self.frames                    # (one walk: a holder is gone seldom)
         copies = [(tid, c[0], c[1]) for tid, c in frames.items() if c[2] == holder]
+        copies += [(tid, c[0], c[1]) for tid, m in self.more.items()
+                   if (c := m.get(holder)) is not None]
         for tid, _, _ in copies:
-            del frames[tid]
+            self._unkeep(tid, holder)
+        self.kept.pop(holder, None)
+        # only this holder's copies; one another live holder keeps here too is held
+        # there (two holders after a race): not run a second time here
+        copies = [c for c in copies if not self._live_holders(c[0], holder)]
         taken = failed = 0
         for tid, frame, received in sorted(copies, key=lambda c: c[2]):
             r = self._take_one(tid, frame, received, holder, disk=False)
@@ -325,8 +399,12 @@ class Copies:
         journal = self.node.journal
         try:
             rows = journal.copies_by_holder(holder, TAKE_CHUNK)
+            held: set[str] = set()
             if rows:
-                journal.drop_copies([r[0] for r in rows])
+                journal.drop_copy_pairs([(r[0], holder) for r in rows])
+                # (a copy another live holder keeps here too: that one holds the task)
+                held = {t for t, h in journal.copy_holders([r[0] for r in rows])
+                        if live_elsewhere(self.node, h, holder)}
         except JournalError as e:
             log.error("journal: cannot take over the copies of %s on disk: %s", holder, e)
             return
@@ -342,6 +420,8 @@ class Copies:
         self.disk.setdefault(holder, 0)           # until a read finds none left
         taken = failed = 0
         for tid, frame, received in rows:
+            if tid in held or self._live_holders(tid, holder):
+                continue
             r = self._take_one(tid, frame, received, holder, disk=True)
             taken += r == 1
             failed += r == 2

@@ -229,9 +229,8 @@ class Handoffs(Component):
             why = {str(v) for v in msg.refused.values()} or {"no answer for them"}
             log.info("node %s did not take %d task(s): %s", msg.node, len(refused),
                      "; ".join(sorted(why))[:300])
-            # held here again: copied again, as their copy may be gone from their backup
-            # (an earlier run of the receiver took them and copied them there under its
-            # own name, one copy per id; that copy went when it, back, reclaimed them)
+            # held here again: copied again (Replicas.taken_back: made when a backup kept
+            # one copy per id, which the receiver's earlier run had replaced and reclaimed)
             node.replicas.taken_back(refused)
             if node.stopping and why == {NO_BACKUP_REASON}:
                 # shed, refused for want of a second copy there, but this node is leaving

@@ -238,16 +238,21 @@ class Journal(abc.ABC):
         return []
 
     # -- copies of other nodes' tasks kept on disk (mesh/node/copy_journal.py) ---------
-    def copy_holders(self, task_ids: Sequence[str]) -> dict[str, str]:
-        """``task id -> holder`` of those of ``task_ids`` whose copy is on disk here."""
-        return {}
+    def copy_holders(self, task_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """``(task id, holder)`` of the copies of ``task_ids`` on disk here."""
+        return []
 
     def keep_copies(self, rows: Sequence[tuple[str, str, bytes, float]]) -> None:
         """``(task_id, holder, frame, received)``: copies kept on disk."""
         raise JournalError("this journal keeps no copies on disk")
 
     def drop_copies(self, task_ids: Iterable[str]) -> list[tuple[str, str]]:
-        """Forget these copies on disk; ``(task_id, holder)`` of those there were."""
+        """Forget these ids' copies on disk (every holder's); ``(task_id, holder)`` of
+        those there were."""
+        return []
+
+    def drop_copy_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Forget these ``(task_id, holder)`` copies on disk; those there were."""
         return []
 
     def copies_by_holder(self, holder: str, limit: int) -> list[tuple[str, bytes, float]]:

@@ -218,10 +218,11 @@ class Replicas(CopyGates, Component):
 
     def taken_back(self, entries: Iterable[Entry]) -> None:
         """Tasks a receiver refused (mesh/node/handoff.py), held here again: copied to
-        their backup again, which may have lost the copy made before the handoff (a
-        backup keeps one copy per task id: the receiver's, then none). Not after a
-        handoff given up on without an answer: the receiver may hold the task, and its
-        copy, then overwritten by ours, would go with our drop once it answers."""
+        their backup again. (Made when a backup kept one copy per task id: an earlier
+        run of the receiver had replaced ours with its own, then reclaimed it, leaving
+        none. A backup keeps a copy per id and holder since 2026-12 (mesh/node/copies.py),
+        so ours is still there in that case; this replaces it with itself, a copy per
+        refused task, and covers a copy gone by a path not foreseen.)"""
         for entry in entries:
             self.updated(entry)
 
@@ -580,7 +581,7 @@ class Replicas(CopyGates, Component):
             log.info("tasks and results are kept in two copies: this node and a backup node")
 
     def status(self) -> dict[str, Any]:
-        return {"replicas": 2 if self.enabled else 1, "copies_kept": len(self.copies.frames) + self.copies.on_disk,
+        return {"replicas": 2 if self.enabled else 1, "copies_kept": self.copies.in_memory() + self.copies.on_disk,
                 "copies_on_disk": self.copies.on_disk, "copies_kept_for": self.copies.per_holder(),
                 "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -157,8 +158,15 @@ def test_a_purged_task_does_not_run_on_the_backup_when_its_holder_dies(
 
 
 def test_purge_with_no_node_answering_is_an_error(tmp_path: Path) -> None:
-    out = run_program(MESHCTL, "--peers", "tcp://127.0.0.1:9", "--timeout", "0.5", "purge", "-f")
-    assert out.returncode == EXIT_FAILURE
+    # A port bound here and never listened on: a connection to it is refused, and no
+    # other process can listen on it while the test runs. (It used port 9, assumed
+    # closed: once something listened there.)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        peer = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+        out = run_program(MESHCTL, "--peers", peer, "--timeout", "0.5", "purge", "-f")
+    assert out.returncode == EXIT_FAILURE, out
+    assert f"{peer}: ERROR no answer" in out.stdout, out
 
 
 def _submit(tid: str, out: Path, line: str) -> bytes:

@@ -98,7 +98,7 @@ def test_results_drops_and_runs_here_remove_copies_on_disk(copies: Copies) -> No
     copies.handed_on("t8", "h")               # handed to its holder: kept
     copies.handed_on("t9", "x")               # handed elsewhere: goes
     assert copies.on_disk == 3 and sorted(copies.node.journal.copy_holders(
-        [f"t{i}" for i in range(10)])) == ["t3", "t4", "t8"]
+        [f"t{i}" for i in range(10)])) == [("t3", "h"), ("t4", "h"), ("t8", "h")]
 
 
 def test_a_drop_takes_only_the_copy_kept_for_its_sender(copies: Copies) -> None:
@@ -111,6 +111,52 @@ def test_a_drop_takes_only_the_copy_kept_for_its_sender(copies: Copies) -> None:
     assert len(copies.node.journal.copy_holders([f"t{i}" for i in range(10)])) == 10 - WINDOW
     copies.on_replicate(_rep("3", {}, drop=["t0", "t9"]))      # h's own drop: gone
     assert "t0" not in copies.frames and copies.on_disk == 10 - WINDOW - 1
+
+
+def test_two_holders_of_one_id_each_keep_their_copy(copies: Copies) -> None:
+    """Two nodes both hold t0..t4 (a handoff given up on and answered late, or whose
+    receiver crashed and came back; a takeover of a holder that was not dead) and
+    this node is the backup of both (the ids' highest-ranked node other than each):
+    each keeps its copy. A drop, a reclaim or a handoff on by one of them takes only
+    its own: until 2026-12 the second copy replaced the first, and g's drop left h's
+    tasks with no copy (lost with h's machine). In memory (t0..t2) and on disk."""
+    ids = [f"t{i}" for i in range(5)]
+    copies.on_replicate(_rep("1", {t: b"h" for t in ids}))
+    copies.on_replicate(_rep("2", {t: b"g" for t in ids}, source="g"))
+    assert copies.per_holder() == {"h": 5, "g": 5}
+    assert copies.holders("t0") == ["h", "g"] and copies.in_memory() == 2 * WINDOW
+    copies.on_replicate(_rep("3", {}, drop=ids, source="g"))      # g handed them on
+    assert copies.per_holder() == {"h": 5}
+    assert all(copies.has(t) for t in ids) and copies.holders("t0") == ["h"]
+    assert sorted(copies.node.journal.copy_holders(ids)) == [("t3", "h"), ("t4", "h")]
+    # g takes them again, then reclaims them after its restart: h's stay (h holds them,
+    # so the reclaim answers them as held elsewhere)
+    copies.on_replicate(_rep("4", {t: b"g2" for t in ids}, source="g"))
+    assert copies.reclaim("g", ids) == set(ids)
+    assert copies.per_holder() == {"h": 5}
+    assert {t: f for t, f, _ in copies.node.journal.copies_by_holder("h", 10)} == \
+        {"t3": b"h", "t4": b"h"}
+    assert copies.frames["t0"][0] == b"h"
+    # h's own drop: gone (g's drop before did not take them, h's does)
+    copies.on_replicate(_rep("5", {}, drop=["t0", "t4"]))
+    assert copies.per_holder() == {"h": 3} and not copies.has("t0") and not copies.has("t4")
+
+
+def test_a_result_from_either_holder_replaces_every_copy_of_the_id(copies: Copies) -> None:
+    """(Results are first-wins by id: a task both holders ran is done, delivered once;
+    neither holder's death runs it again here.)"""
+    ids = [f"t{i}" for i in range(5)]
+    copies.on_replicate(_rep("1", {t: b"h" for t in ids}))
+    copies.on_replicate(_rep("2", {t: b"g" for t in ids}, source="g"))
+    copies.on_replicate(_rep("3", {}, results=["t0", "t4"], source="g"))
+    assert copies.per_holder() == {"h": 3, "g": 3}
+    assert not copies.has("t0") and not copies.has("t4")
+    copies.handed_on("t1", "g")           # this node held t1 and handed it to g: g's stays
+    assert copies.holders("t1") == ["g"]
+    copies.forget_copy("t2")              # it ran here: every copy goes
+    copies.tick()
+    assert copies.per_holder() == {"h": 1, "g": 2} and not copies.has("t2")
+    assert copies.in_memory() + copies.on_disk == 3 and not copies.more
 
 
 def test_copies_from_a_node_not_yet_a_member_wait_quietly(copies: Copies,

@@ -23,11 +23,40 @@ def test_copies_are_kept_counted_per_holder_and_found_by_id(journal: Journal) ->
     journal.keep_copies([("t1", "a", b"f1", 3.0), ("t2", "a", b"f2", 1.0), ("t3", "b", b"f3", 2.0)])
     journal.commit()
     assert journal.copy_counts() == {"a": 2, "b": 1}
-    assert journal.copy_holders(["t1", "t3", "nope"]) == {"t1": "a", "t3": "b"}
-    # a copy sent again (a retry's new Submit; another holder) replaces the row
-    journal.keep_copies([("t1", "b", b"f1'", 4.0)])
-    assert journal.copy_counts() == {"a": 1, "b": 2}
-    assert journal.copies_by_holder("b", 10) == [("t3", b"f3", 2.0), ("t1", b"f1'", 4.0)]
+    assert sorted(journal.copy_holders(["t1", "t3", "nope"])) == [("t1", "a"), ("t3", "b")]
+    # a copy sent again by its holder (a retry's new Submit) replaces its row
+    journal.keep_copies([("t1", "a", b"f1'", 3.5)])
+    assert journal.copy_counts() == {"a": 2, "b": 1}
+    # another holder's copy of the same id is a row of its own: each holder's drop
+    # takes only its own (a race left two nodes holding it: mesh/node/copies.py)
+    journal.keep_copies([("t1", "b", b"f1''", 4.0)])
+    assert journal.copy_counts() == {"a": 2, "b": 2}
+    assert journal.copies_by_holder("b", 10) == [("t3", b"f3", 2.0), ("t1", b"f1''", 4.0)]
+    assert sorted(journal.copy_holders(["t1"])) == [("t1", "a"), ("t1", "b")]
+    assert journal.drop_copy_pairs([("t1", "b"), ("t2", "b")]) == [("t1", "b")]
+    assert journal.copies_by_holder("a", 10) == [("t2", b"f2", 1.0), ("t1", b"f1'", 3.5)]
+    assert sorted(journal.drop_copies(["t1", "t3"])) == [("t1", "a"), ("t3", "b")]
+    assert journal.copy_counts() == {"a": 1}
+
+
+def test_a_copies_table_keyed_by_the_id_alone_is_made_again(tmp_path: Path) -> None:
+    """(Before 2026-12 a row per id: a second holder's copy replaced the first's.) Its
+    rows would go at the start anyway (``clear_copies``): the table is made again."""
+    j = Journal(str(tmp_path / "d"))
+    j.db.executescript("DROP INDEX copies_holder; DROP TABLE copies; CREATE TABLE copies ("
+                       "task_id TEXT PRIMARY KEY, holder TEXT NOT NULL, frame BLOB NOT NULL, "
+                       "received REAL NOT NULL) WITHOUT ROWID;")
+    j.db.execute("INSERT INTO copies VALUES ('old', 'a', x'00', 1.0)")
+    j.close()
+    j = Journal(str(tmp_path / "d"))
+    try:
+        assert j.copy_counts() == {}
+        j.keep_copies([("t", "a", b"f", 1.0), ("t", "b", b"f", 2.0)])
+        assert j.copy_counts() == {"a": 1, "b": 1}
+        assert "copies_holder" in {r[0] for r in j.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='index'")}
+    finally:
+        j.close()
 
 
 def test_a_holders_copies_are_read_oldest_first_a_chunk_at_a_time(journal: Journal) -> None:
@@ -73,8 +102,9 @@ def test_the_read_by_holder_uses_its_index(journal: Journal) -> None:
 
 def test_the_memory_journal_keeps_no_copies_on_disk() -> None:
     j = MemoryJournal()
-    assert not j.spills and j.copy_counts() == {} and j.copy_holders(["t"]) == {}
+    assert not j.spills and j.copy_counts() == {} and j.copy_holders(["t"]) == []
     assert j.drop_copies(["t"]) == [] and j.copies_by_holder("a", 5) == []
+    assert j.drop_copy_pairs([("t", "a")]) == []
     with pytest.raises(JournalError):
         j.keep_copies([("t", "a", b"f", 1.0)])
 

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
+import pytest
 import zmq.asyncio
 from test_node_inprocess import _later, _state, app, dealer, frames_until, run, submit, until
 
@@ -323,3 +324,86 @@ def test_an_answer_deferred_until_the_asker_is_a_member_comes_while_the_asker_wa
                 assert t2.reclaim.counts["held_elsewhere"] == 1, t2.reclaim.counts
                 assert tid not in t2.ledger.held and tid in g.ledger.held
     run(main())
+
+
+@pytest.mark.parametrize("where", ["in-memory", "on-disk"])
+@pytest.mark.parametrize("then", ["taker-reclaims", "taker-dies"])
+def test_a_task_two_nodes_held_keeps_its_copy_when_one_reclaims_it(tmp_path: Any, then: str,
+                                                                    where: str) -> None:
+    # The giver hands a task to the taker, which journals it, copies it to the task's
+    # backup (the backup of both: the id's highest-ranked node) and answers; the answer
+    # is lost (here: the giver does not read it), so after 3 s the giver gives the
+    # handoff up and holds the task again: two holders of one id, one backup. The taker
+    # is killed and starts again (same name, data dir, address): its reclaim finds the
+    # task held by the giver (dropped there) and has the backup drop the copy kept for
+    # it. The giver's copy must still be on the backup: until 2026-12 the backup kept
+    # one copy per id, the taker's had replaced the giver's, and with it gone, the
+    # giver's death lost the task (nothing ran it). Or the taker is not back and is
+    # declared dead: its copy is taken over, not the giver's, and not run at the
+    # backup (the giver, alive, holds the task: it would run there too). On disk: the
+    # backup's window is one copy (the giver's busy task's), so both copies of the
+    # task go to its journal (mesh/node/copy_journal.py).
+    tid = "two-holders-0"               # ranked: backup > giver, taker (mesh/rendezvous.py)
+
+    async def main() -> None:
+        data = str(tmp_path / "taker")
+        disk: dict[str, Any] = dict(journal=True, data_dir=str(tmp_path / "backup"),
+                                    queue_memory=1) if where == "on-disk" else {}
+        async with running_node(app, name="backup", autorun=False, **disk) as b, \
+                running_node(app, name="giver", autorun=False, concurrency=1,
+                             peers=[b.address]) as g, dealer(g) as to_g:
+            g.shedder.shed = lambda now: 0
+            async with running_node(app, name="taker", autorun=False, journal=True,
+                                    concurrency=1, data_dir=data,
+                                    peers=[b.address, g.address]) as t:
+                t.shedder.shed = lambda now: 0
+                await until(lambda: all(len(n.membership.alive_members()) == 3
+                                        for n in (b, g, t)), "the three to meet")
+                await to_g.send(submit("g-busy-0"))       # (its backup: b, too)
+                await until(lambda: b.replicas.copies.has("g-busy-0"), "the first copy")
+                await to_g.send(submit(tid))
+                await until(lambda: g.pool.queued == 1 and b.replicas.copies.has(tid),
+                            "the giver to hold it, queued, copied to the backup")
+                g.handoff.on_ack = lambda msg: None    # type: ignore[method-assign]
+                await hand_to_taker(g, tid)
+                await until(lambda: tid in t.ledger.held and not t.replicas.pending(tid),
+                            "the taker to hold it, its copy confirmed")
+                await until(lambda: g.pool.queued == 1 and g.handoff._given_up,
+                            "the giver to give the handoff up, holding the task again")
+                assert sorted(holders(b, tid)) == ["giver", "taker"]
+                address = t.address
+                await crash(t)
+            if then == "taker-dies":
+                await until(lambda: _state(b, "taker") == MemberState.DEAD,
+                            "the backup to declare the taker dead", timeout=20)
+                b.replicas.copies.check_holders(time.monotonic())
+                await until(lambda: holders(b, tid) == ["giver"] and not b.replicas.copies.disk
+                            .get("taker"), "the taker's copies to be taken over (on disk: a tick)")
+                assert tid not in b.ledger.held and not b.spill.holds(tid)   # the giver has it
+                await giver_dies(b, g, tid)
+                return
+            async with running_node(app, name="taker", autorun=False, journal=True,
+                                    concurrency=1, data_dir=data, bind=address,
+                                    peers=[b.address, g.address]) as t2:
+                await until(lambda: t2.reclaim.counts, "the taker to settle", timeout=15)
+                assert t2.reclaim.counts["held_elsewhere"] == 1, t2.reclaim.counts
+                assert tid not in t2.ledger.held and tid in g.ledger.held
+                assert holders(b, tid) == ["giver"]
+                await giver_dies(b, g, tid)
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+async def giver_dies(b: Node, g: Node, tid: str) -> None:
+    """The giver is killed: its backup ``b`` runs ``tid`` from the copy it kept."""
+    await crash(g)
+    await until(lambda: _state(b, "giver") == MemberState.DEAD,
+                "the backup to declare the giver dead", timeout=20)
+    b.replicas.copies.check_holders(time.monotonic())
+    await until(lambda: tid in b.ledger.held or b.spill.holds(tid),
+                "the backup to take it over (it runs there)")
+
+
+def holders(b: Node, tid: str) -> list[str]:
+    """The holders whose copy of ``tid`` ``b`` keeps, in memory or on disk."""
+    copies = b.replicas.copies
+    return copies.holders(tid) + [h for _, h in b.journal.copy_holders([tid])]
