@@ -23,6 +23,24 @@ def test_a_poke_wakes_a_napping_loop_long_before_the_cap(monkeypatch: pytest.Mon
     asyncio.run(main())
 
 
+def test_a_poke_ends_the_nap_one_tick_later_not_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # work that comes and goes within a tick (a lone task queued and started at once)
+    # must not cost the loop a look each time: a poke cuts the nap to one tick
+    monkeypatch.setattr(naps, "IDLE_CAP", 3600.0)
+
+    async def main() -> None:
+        nap = Nap()
+        waiter = asyncio.create_task(nap.until_busy(False, 0.5))
+        await asyncio.sleep(0)
+        nap.poke()
+        nap.poke()                                # (a second poke changes nothing)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not waiter.done()
+        await asyncio.wait_for(waiter, 10)
+    asyncio.run(main())
+
+
 def test_a_poke_before_the_nap_is_not_kept_for_a_later_idle_spell(monkeypatch: pytest.MonkeyPatch) -> None:
     # the loop tests ``busy`` just before it naps: an old poke must not end that nap
     monkeypatch.setattr(naps, "IDLE_CAP", 3600.0)
