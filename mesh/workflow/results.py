@@ -11,7 +11,7 @@ process sent the group, else read from the mesh.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
@@ -130,11 +130,19 @@ class GroupResult:
 
     # -- waiting ----------------------------------------------------------------------
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float = 0.5, no_ack: bool = True, follow_parents: bool = True,
-            disable_sync_subtasks: bool = True) -> list[Any]:
+            interval: float = 0.5, callback: Callable[[str, Any], Any] | None = None,
+            no_ack: bool = True, on_message: Callable[[dict[str, Any]], Any] | None = None,
+            disable_sync_subtasks: bool = True,
+            on_interval: Callable[[], Any] | None = None,
+            follow_parents: bool = True) -> list[Any]:
         """The members' results, in order. A failed member: its exception is raised
         (``propagate``), or, with ``propagate=False``, each member's result or
-        exception in its place."""
+        exception in its place. ``callback``, ``on_message``, ``on_interval``: as
+        :meth:`ResultSet.get` (the members waited for one by one, as in Celery)."""
+        if callback is not None or on_message is not None or on_interval is not None:
+            return ResultSet(self.results, app=self.app).get(
+                timeout, propagate, interval, callback, on_message=on_message,
+                on_interval=on_interval)
         try:
             value = self._coord.get(timeout=timeout, propagate=True)
         except TimeoutError:
@@ -254,12 +262,17 @@ class ResultSet:
         return sum(1 for r in self.results if r.successful())
 
     def get(self, timeout: float | None = None, propagate: bool = True,
-            interval: float = 0.5, callback: Any = None, no_ack: bool = True,
-            disable_sync_subtasks: bool = True, **_: Any) -> list[Any]:
+            interval: float = 0.5, callback: Callable[[str, Any], Any] | None = None,
+            no_ack: bool = True, on_message: Callable[[dict[str, Any]], Any] | None = None,
+            disable_sync_subtasks: bool = True,
+            on_interval: Callable[[], Any] | None = None) -> list[Any]:
         """Each result's value, in order (Celery's ``join``): the first failure is
         raised (``propagate``), else put in its place; ``timeout`` bounds the whole
         wait (TimeoutError); ``callback(task_id, value)`` is called for each instead
-        of collecting the values, as in Celery."""
+        of collecting the values, as in Celery. ``on_message`` is told of each state
+        each task reaches (Celery's message: ``task_id``, ``status``, ``result``, ...),
+        ``on_interval`` called every ``interval`` s of the wait (AsyncResult.get's).
+        (Celery's signature: an unknown keyword is a TypeError, never ignored.)"""
         deadline = time.monotonic() + timeout if timeout is not None else None
         out: list[Any] = []
         for r in self.results:
@@ -269,7 +282,11 @@ class ResultSet:
                 if left <= 0:
                     raise TimeoutError(f"ResultSet: not every result arrived within {timeout} s "
                                        f"({len(out)} of {len(self.results)})")
-            value = r.get(timeout=left, propagate=propagate)
+            if on_message is not None or on_interval is not None:
+                value = r.get(timeout=left, propagate=propagate, interval=interval,
+                              on_message=on_message, on_interval=on_interval)
+            else:
+                value = r.get(timeout=left, propagate=propagate)
             if callback is not None:
                 callback(r.id, value)
             else:

@@ -221,6 +221,43 @@ print(json.dumps([value, seen, len(ticks) > 0]))
         assert all(s[2] for s in seen), seen
 
 
+def test_resultset_and_group_get_take_celerys_callbacks(start_node: NodeFactory) -> None:
+    # ResultSet.get(on_message=..., on_interval=...) took them and ignored them without
+    # a word (a **kwargs); GroupResult.get(callback=...) was a TypeError. Now each
+    # member's states reach on_message, and callback gets each (id, value), as Celery
+    node = start_node(app=APP, concurrency=2)
+    code = f"""
+import json
+from mesh import group
+from mesh.result import ResultSet
+from {APP} import app, steps
+app.conf.peers = [{node.endpoint!r}]
+seen, ticks, called = [], [], []
+rs = ResultSet([steps.delay(4, 0.2), steps.delay(3, 0.2)])
+values = rs.get(timeout=60, interval=0.1, on_interval=lambda: ticks.append(1),
+                on_message=lambda m: seen.append([m["task_id"], m["status"]]))
+g = group(steps.s(2, 0.1), steps.s(1, 0.1)).apply_async()
+gvalues = g.get(timeout=60, callback=lambda task_id, v: called.append([task_id, v]))
+ids = [r.id for r in rs.results]
+try:
+    rs.get(timeout=5, on_mesage=print)
+    typo = "ignored"
+except TypeError as e:
+    typo = "TypeError"
+print(json.dumps([values, ids, seen, len(ticks) > 0, gvalues, called,
+                  [r.id for r in g.results], typo]))
+"""
+    values, ids, seen, ticked, gvalues, called, gids, typo = last_json(script(code))
+    assert values == [4, 3] and ticked, seen
+    # waited for in order, as Celery's join: the first's progress, then each one's end
+    # (the second may be done by the time the first is)
+    assert "PROGRESS" in [st for i, st in seen if i == ids[0]], seen
+    assert [st for i, st in seen if st == "SUCCESS"] == ["SUCCESS", "SUCCESS"], seen
+    assert [i for i, st in seen if st == "SUCCESS"] == ids, seen
+    assert gvalues == [] and called == [[gids[0], 2], [gids[1], 1]], called
+    assert typo == "TypeError"
+
+
 def submit_and_exit(node: NodeProc) -> str:
     code = (f"from {APP} import app, steps\napp.conf.peers = [{node.endpoint!r}]\n"
             "print(steps.delay(20, 0.3).id)\n")
