@@ -454,7 +454,21 @@ class AsyncResult:
             return f"no node holds it (nodes asked: {eps})"
         if not slot.remote and slot.state == states.PENDING:
             return f"no node has acknowledged it (nodes tried: {eps})"
-        return self._why_in_task()
+        return self._why_rate_limited(slot) or self._why_in_task()
+
+    def _why_rate_limited(self, slot: Slot) -> str:
+        """A task waiting in a node's queue under its rate limit: say so."""
+        if slot.state != states.RECEIVED or self.app is None:
+            return ""
+        task = self.app.tasks.get(slot.name) if slot.name else None
+        options = getattr(task, "options", None)
+        limits = [f"{kind} {rate!r}" for kind, rate in (
+            ("rate_limit", getattr(options, "rate_limit", None)),
+            ("mesh_rate_limit", getattr(options, "mesh_rate_limit", None))) if rate]
+        if not limits:
+            return ""
+        return (f"task {slot.name} has {' and '.join(limits)}: it waits in a node's queue "
+                "for its turn")
 
     @staticmethod
     def _why_in_task() -> str:

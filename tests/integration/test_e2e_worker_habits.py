@@ -258,6 +258,28 @@ print(json.dumps([values, ids, seen, len(ticks) > 0, gvalues, called,
     assert typo == "TypeError"
 
 
+def test_a_get_timing_out_on_a_rate_limited_task_says_so(start_node: NodeFactory) -> None:
+    # "did not finish within 2 s (state RECEIVED)" left the user to guess why
+    node = start_node(app=APP, concurrency=2)
+    code = f"""
+import json
+from mesh.exceptions import TimeoutError
+from {APP} import app, slowly
+app.conf.peers = [{node.endpoint!r}]
+first, second = slowly.delay(1), slowly.delay(2)
+value = first.get(timeout=30)
+try:
+    second.get(timeout=2)
+    why = "finished"
+except TimeoutError as e:
+    why = str(e)
+print(json.dumps([value, why]))
+"""
+    value, why = last_json(script(code))
+    assert value == 1
+    assert "state RECEIVED" in why and "has rate_limit '1/m'" in why, why
+
+
 def submit_and_exit(node: NodeProc) -> str:
     code = (f"from {APP} import app, steps\napp.conf.peers = [{node.endpoint!r}]\n"
             "print(steps.delay(20, 0.3).id)\n")

@@ -116,3 +116,8 @@ def steps(self: Any, n: int, pause: float) -> int:
 def overruns() -> None:
     import time
     time.sleep(60)
+
+
+@app.task(rate_limit="1/m")
+def slowly(x: int) -> int:
+    return x
