@@ -314,6 +314,19 @@ class Controller:
         return self.broadcast("cancel_consumer", {"queue": queue}, destination, timeout,
                               reply=reply)
 
+    def enable_events(self, destination: Iterable[str] | None = None, reply: bool = True,
+                      timeout: float | None = None, **kwargs: Any) -> Any:
+        """Celery's: the nodes send task events (``task-*``) again, until they restart;
+        a node started with --no-events starts publishing. ``{node: {"ok": "task
+        events enabled"}}`` (or ``"task events already enabled"``)."""
+        return self.broadcast("enable_events", {}, destination, timeout, reply=reply)
+
+    def disable_events(self, destination: Iterable[str] | None = None, reply: bool = True,
+                       timeout: float | None = None, **kwargs: Any) -> Any:
+        """Celery's: the nodes send no task events to subscribers (``meshctl events``,
+        monitors) until ``enable_events`` or a restart; node events go on."""
+        return self.broadcast("disable_events", {}, destination, timeout, reply=reply)
+
     def purge(self, connection: Any = None, queues: Iterable[str] | None = None,
               exclude: Iterable[str] | None = None) -> int:
         """Revoke every task waiting in a node's queue that has not started, on every

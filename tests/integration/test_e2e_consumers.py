@@ -118,3 +118,62 @@ def test_cancel_consumer_on_a_node_of_every_queue_and_a_restart_forgets_it(
     a = start_node.restart(a)
     wait_until(lambda: _meta_queues(b, a) == (None, []), what="a's restart to be gossiped")
     assert a.status()["excluded_queues"] == []
+
+
+# ---- enable_events / disable_events -----------------------------------------------------
+
+def _task_events(recv: Any, client: Any, n: int = 3) -> set[str]:
+    """The task ids of ``n`` tasks run now whose task-succeeded the receiver saw (it
+    reads for a second after the last one: the stream is quicker than that)."""
+    rs = [client.tasks.echo.delay(i) for i in range(n)]
+    ids = {r.id for r in rs}
+    for r in rs:
+        r.get(timeout=RESULT_TIMEOUT)
+    seen: set[str] = set()
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        ev = recv.next_event(max(0.0, end - time.monotonic()))
+        if ev is not None and ev["type"] == "task-succeeded" and ev.get("uuid") in ids:
+            seen.add(ev["uuid"])
+    return seen
+
+
+def _is_heartbeat(ev: Any) -> bool:
+    return ev is not None and ev["type"] == "node-heartbeat"
+
+
+def _until_task_events(recv: Any, client: Any) -> None:
+    """Until the receiver's subscription reaches the node (it sees a task's events)."""
+    wait_until(lambda: bool(_task_events(recv, client, 1)), timeout=30,
+               what="the subscriber to see task events")
+
+
+def test_disable_and_enable_events_stop_and_bring_back_task_events(
+        start_node: Any, make_client: Any) -> None:
+    from mesh.monitor.receiver import EventReceiver
+    node = start_node(concurrency=1)
+    c = make_client(node)
+    control = c.app.control
+    with EventReceiver([node.endpoint]) as recv:
+        _until_task_events(recv, c)
+        assert control.disable_events() == {node.name: {"ok": "task events disabled"}}
+        assert control.disable_events() == {node.name: {"ok": "task events already disabled"}}
+        assert _task_events(recv, c) == set()              # tasks run, no task events
+        wait_until(lambda: _is_heartbeat(recv.next_event(0.5)), timeout=20,   # node events go on
+                   what="a node-heartbeat while task events are off")
+        assert control.enable_events() == {node.name: {"ok": "task events enabled"}}
+        assert len(_task_events(recv, c)) == 3
+        assert control.enable_events() == {node.name: {"ok": "task events already enabled"}}
+
+
+def test_enable_events_on_a_node_started_without_events(start_node: Any, make_client: Any) -> None:
+    from mesh.monitor.receiver import EventReceiver
+    node = start_node(concurrency=1, no_events=True)
+    c = make_client(node)
+    assert node.request("ping").payload["events"] == ""
+    out = run_program(MESHCTL, "--peers", node.endpoint, "--json", "control", "enable_events")
+    assert out.returncode == EXIT_OK, out.stderr
+    assert json.loads(out.stdout) == {node.name: {"ok": "task events enabled"}}
+    assert node.request("ping").payload["events"].startswith("tcp://127.0.0.1:")
+    with EventReceiver([node.endpoint]) as recv:
+        _until_task_events(recv, c)
