@@ -5,9 +5,18 @@ the pool, unless another node took it over while this node was down (the mesh is
 asked first, a few seconds at most: mesh/node/reclaim.py); one that had started with ``acks_late=False`` fails with WorkerLostError
 instead (it may have run: never twice); one whose task is no longer registered fails
 with NotRegistered. Replies go to the owners' routing ids, which clients keep.
+
+``meshnode --purge`` (Celery's: the queued messages are deleted as the worker starts)
+finishes every recovered task ``REVOKED`` instead of holding it again (its owner's wait
+ends in TaskRevokedError, its backup drops its copy), those waiting on disk too (they
+are revoked in the journal, and finish REVOKED when read back), and logs how many.
+Not purged: a group or chord coordinated here (its members are tasks of their own),
+a task that had started with ``acks_late=False`` (it fails as above), and copies this
+node keeps for other nodes (their tasks, not its queue).
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from mesh import states
@@ -40,7 +49,8 @@ def recover(node: "Node") -> int:
         rows = journal.unfinished()
     except JournalError as e:
         raise NodeStartError(f"cannot read the journal: {e}") from e
-    lost = unregistered = groups = dropped = 0
+    lost = unregistered = groups = dropped = purged = 0
+    purge = node.config.purge
     for row in rows:
         try:
             msg = decode(row.frame)
@@ -67,8 +77,17 @@ def recover(node: "Node") -> int:
             lost += 1
             ledger.task_failed(entry, "WorkerLostError", f"node {node.name} stopped while task "
                                f"{row.task_id} ran; it has acks_late=False, so it is not run again")
+        elif purge:
+            purged += 1
+            ledger.task_failed(entry, "TaskRevokedError",
+                               f"task {row.task_id} was purged (meshnode --purge)",
+                               states.REVOKED, logged=False)
         else:
             node.reclaim.hold(entry)      # run unless another node took it over meanwhile
+    if purge:
+        purged += purge_disk(node)
+        log.warning("--purge: %d task(s) this node held unfinished (queued, or on disk) were "
+                    "purged: they finish REVOKED and do not run", purged)
     node.reclaim.start()                  # (mesh/node/reclaim.py)
     if rows:
         # the reclaim's own line ("of N recovered task(s) ...") counts those held here
@@ -79,3 +98,17 @@ def recover(node: "Node") -> int:
                  lost + unregistered, lost, unregistered, dropped)
     node.front.schedule_flush()   # the ledger hands them to the pool once the loop runs
     return len(rows)
+
+
+def purge_disk(node: "Node") -> int:
+    """--purge: revoke, in the journal, the tasks waiting on disk (they finish REVOKED
+    as they are read back: mesh/node/spill.py); how many."""
+    journal = node.journal
+    try:
+        ids = [tid for tid, _, _ in journal.disk_tasks()]
+        if ids:
+            journal.revoke(ids, time.time())
+            node.ledger.commit()
+    except JournalError as e:
+        raise NodeStartError(f"--purge: cannot revoke the tasks waiting on disk: {e}") from e
+    return len(ids)

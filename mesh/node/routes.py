@@ -50,7 +50,7 @@ class Routes(Component):
             raise NodeStartError(f"the app's name {self.mesh[:40]!r}... is the mesh's name and may "
                                  f"be at most {MAX_MESH_NAME} bytes")
         self.queues: frozenset[str] | None = frozenset(node.config.queues) or None
-        self.excluded: frozenset[str] = frozenset(getattr(node.config, "exclude_queues", ()))
+        self.excluded: frozenset[str] = frozenset(node.config.exclude_queues)
         if self.queues is not None:            # Celery's -Q a,b -X b: a
             self.queues, self.excluded = self.queues - self.excluded, frozenset()
         self.routes = AppRoutes()
