@@ -279,6 +279,13 @@ def setup_logging(app: Any, config: Any, logfile: str | None = None) -> None:
         logging.basicConfig(level=config.loglevel, handlers=[handler], format=fmt, force=True)
     else:
         logging.getLogger("mesh").setLevel(config.loglevel)
+        if logfile:          # (Celery adds no handler then either, and says nothing)
+            safe_logger("mesh.node").warning(
+                "--logfile %s is not used: the app keeps its own logging handlers "
+                "(worker_hijack_root_logger = False, and the root logger has handlers: %s), "
+                "so they decide where the node's lines go. Add a FileHandler among them, "
+                "or leave worker_hijack_root_logger at True for --logfile to take over",
+                logfile, ", ".join(type(h).__name__ for h in root.handlers))
     signals.after_setup_logger.send(sender=None, logger=root, **about)
     signals.after_setup_task_logger.send(sender=None, logger=safe_logger("mesh.task"),
                                          **about)
