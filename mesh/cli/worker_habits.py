@@ -24,7 +24,8 @@ _MEMBERSHIP = ("mesh's membership (its pings) finds dead nodes and keeps two cop
                "task: it is not switched off")
 WHY: dict[str, str] = {
     "-E": "a node publishes task events whenever someone listens (meshctl events, meshctl "
-          "top); --no-events turns them off",
+          "top); --no-events turns them off, app.control.disable_events()/enable_events() "
+          "at run time",
     "-O": NOT_USED["worker_prefetch_multiplier"],
     "--prefetch-multiplier": NOT_USED["worker_prefetch_multiplier"],
     "--without-gossip": _MEMBERSHIP,
