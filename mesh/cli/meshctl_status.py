@@ -139,7 +139,8 @@ def status(ctx: click.Context) -> int:
                              + ("-",) * 7)
                 continue
             table.append((r["node"], r["address"], r["state"], str(r.get("mesh", "-")),
-                          _queues(r.get("queues"), r.get("excluded_queues")), str(r.get("pool", "-")), pool_range(r),
+                          _queues(r.get("queues"), r.get("excluded_queues")),
+                          str(r.get("pool", "-")), pool_range(r),
                           f"{r['busy']}/{r['total']}",
                           _waiting(r), str(r["succeeded"]), str(r["failed"]),
                           f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",

@@ -149,7 +149,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              http: str | None, keys: str | None, insecure: bool | None, quota_tasks: int | None,
              quota_bytes: int | None, queue_memory: int | None, max_eta: float | None, loglevel: str | None,
              queues: str | None, exclude_queues: str | None, purge: bool | None,
-             uid: str | None, gid: str | None, beat: bool, extra: tuple[str, ...], logfile: str | None,
+             uid: str | None, gid: str | None, beat: bool, extra: tuple[str, ...],
+             logfile: str | None,
              pidfile: str | None, detach: bool, **habits: Any) -> int:
     """Run a mesh node for the tasks of an app.
 

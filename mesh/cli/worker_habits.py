@@ -134,8 +134,9 @@ def drop_privileges(uid: str | None, gid: str | None) -> None:
         if gid is not None:
             group = grp.getgrgid(int(gid)) if gid.isdigit() else grp.getgrnam(gid)
     except KeyError:
-        which = ("--gid", gid, "group") if user is not None or uid is None else ("--uid", uid, "user")
-        raise ConfigError(f"{which[0]} {which[1]}: no such {which[2]}") from None
+        flag, value, what = (("--gid", gid, "group") if user is not None or uid is None
+                             else ("--uid", uid, "user"))
+        raise ConfigError(f"{flag} {value}: no such {what}") from None
     except OverflowError:
         raise ConfigError(f"--uid/--gid: {uid or gid} is out of range") from None
     new_gid = group.gr_gid if group is not None else user.pw_gid if user is not None else None

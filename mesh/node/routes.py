@@ -9,8 +9,8 @@ and the ``status`` report. Intake asks ``refusal(msg)`` of every SUBMIT when the
 does not take every queue: a task for another queue is refused with ERROR ``queue``,
 and its owner sends it to a node that serves that queue. ``add_consumer`` and
 ``cancel_consumer`` (Celery's control commands) change the queues at run time and
-gossip the change at once; a restart goes back to the flags, as Celery's worker does. Shedding and the beat ask ``peer_accepts`` of a member before they
-send it a task.
+gossip the change at once; a restart goes back to the flags, as Celery's worker does.
+Shedding and the beat ask ``peer_accepts`` of a member before they send it a task.
 """
 from __future__ import annotations
 
