@@ -7,12 +7,14 @@ instead (it may have run: never twice); one whose task is no longer registered f
 with NotRegistered. Replies go to the owners' routing ids, which clients keep.
 
 ``meshnode --purge`` (Celery's: the queued messages are deleted as the worker starts)
-finishes every recovered task ``REVOKED`` instead of holding it again (its owner's wait
-ends in TaskRevokedError, its backup drops its copy), those waiting on disk too (they
-are revoked in the journal, and finish REVOKED when read back), and logs how many.
-Not purged: a group or chord coordinated here (its members are tasks of their own),
-a task that had started with ``acks_late=False`` (it fails as above), and copies this
-node keeps for other nodes (their tasks, not its queue).
+finishes ``REVOKED``, instead of running them, the recovered tasks the mesh's answer
+leaves to this node (its owner's wait ends in TaskRevokedError, its backup drops its
+copy), those waiting on disk too (revoked in the journal: they finish REVOKED when
+read back), and logs how many (``purge_recovered``). Not purged: what another node
+took over while this one was down (it is that node's now), a group or chord
+coordinated here (its members are tasks of their own), a task that had started with
+``acks_late=False`` (it fails as above), and copies this node keeps for other nodes
+(their tasks, not its queue).
 """
 from __future__ import annotations
 
@@ -49,8 +51,8 @@ def recover(node: "Node") -> int:
         rows = journal.unfinished()
     except JournalError as e:
         raise NodeStartError(f"cannot read the journal: {e}") from e
-    lost = unregistered = groups = dropped = purged = 0
-    purge = node.config.purge
+    lost = unregistered = groups = dropped = 0
+    node.reclaim.purge = node.config.purge     # (decided once the mesh answered)
     for row in rows:
         try:
             msg = decode(row.frame)
@@ -77,17 +79,8 @@ def recover(node: "Node") -> int:
             lost += 1
             ledger.task_failed(entry, "WorkerLostError", f"node {node.name} stopped while task "
                                f"{row.task_id} ran; it has acks_late=False, so it is not run again")
-        elif purge:
-            purged += 1
-            ledger.task_failed(entry, "TaskRevokedError",
-                               f"task {row.task_id} was purged (meshnode --purge)",
-                               states.REVOKED, logged=False)
         else:
             node.reclaim.hold(entry)      # run unless another node took it over meanwhile
-    if purge:
-        purged += purge_disk(node)
-        log.warning("--purge: %d task(s) this node held unfinished (queued, or on disk) were "
-                    "purged: they finish REVOKED and do not run", purged)
     node.reclaim.start()                  # (mesh/node/reclaim.py)
     if rows:
         # the reclaim's own line ("of N recovered task(s) ...") counts those held here
@@ -100,15 +93,23 @@ def recover(node: "Node") -> int:
     return len(rows)
 
 
-def purge_disk(node: "Node") -> int:
-    """--purge: revoke, in the journal, the tasks waiting on disk (they finish REVOKED
-    as they are read back: mesh/node/spill.py); how many."""
-    journal = node.journal
-    try:
-        ids = [tid for tid, _, _ in journal.disk_tasks()]
-        if ids:
-            journal.revoke(ids, time.time())
-            node.ledger.commit()
-    except JournalError as e:
-        raise NodeStartError(f"--purge: cannot revoke the tasks waiting on disk: {e}") from e
-    return len(ids)
+def purge_recovered(node: "Node", entries: list[Entry], on_disk: list[str],
+                    elsewhere: int) -> None:
+    """--purge, once the mesh said which recovered tasks run here: finish those REVOKED
+    (``entries`` in memory; ``on_disk``: revoked in the journal, they finish REVOKED as
+    they are read back: mesh/node/spill.py), and say how many."""
+    for entry in entries:
+        node.ledger.task_failed(entry, "TaskRevokedError",
+                                f"task {entry.task_id} was purged (meshnode --purge)",
+                                states.REVOKED, logged=False)
+    if on_disk:
+        try:
+            node.journal.revoke(on_disk, time.time())
+        except JournalError as e:
+            log.error("--purge: the %d task(s) waiting on disk could not be revoked, they "
+                      "will run: %s", len(on_disk), e)
+            on_disk = []
+    log.warning("--purge: %d task(s) this node held unfinished were purged (%d waiting on "
+                "disk): they finish REVOKED and do not run%s", len(entries) + len(on_disk),
+                len(on_disk), f"; {elsewhere} finished or taken over on other nodes while "
+                "this one was down were left to them" if elsewhere else "")

@@ -114,3 +114,36 @@ def test_uid_and_gid_drop_root_before_the_node_opens_anything(
     assert psutil.Process(child).uids().effective == nobody.pw_uid
     journal = next((data / "node").iterdir())
     assert journal.stat().st_uid == nobody.pw_uid            # its files are the user's
+
+
+def test_purge_leaves_what_another_node_took_over(start_node: Any, make_client: Any,
+                                                  tmp_path: Path) -> None:
+    """A node killed with tasks queued: its backup runs them (takeover). Restarted with
+    --purge, it asks the mesh first (reclaim) and purges only what would run here."""
+    a = start_node(concurrency=1)
+    b = start_node(concurrency=1, peers=a.endpoint)
+    c = make_client(a, b)
+    gate = tmp_path / "gate"
+    blockers = [c.tasks.wait_for_file.delay(str(gate)) for _ in range(2)]
+    wait_until(lambda: a.status()["busy"] == 1 and b.status()["busy"] == 1, what="both busy")
+    queued = [c.tasks.add.delay(i, 1) for i in range(6)]
+    wait_until(lambda: a.status()["queued"] + b.status()["queued"] == 6, what="6 queued")
+    on_a = a.status()["queued"]
+    assert on_a > 0
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+    gate.touch()
+    assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in queued) == [1, 2, 3, 4, 5, 6]
+    assert [r.get(timeout=RESULT_TIMEOUT) for r in blockers] == ["opened", "opened"]
+    a.argv.append("--purge")
+    a = start_node.restart(a)
+    wait_until(lambda: "--purge: 0 task(s)" in a.stderr(), what="the purge's log line")
+    assert "finished or taken over on other nodes while this one was down were left" \
+        in a.stderr()
+    assert sorted(r.get(timeout=RESULT_TIMEOUT) for r in queued) == [1, 2, 3, 4, 5, 6]
+
+
+def test_purge_with_nothing_to_purge_says_so(start_node: Any) -> None:
+    node = start_node(concurrency=1, purge=True)
+    wait_until(lambda: "--purge: this node held no unfinished task" in node.stderr(),
+               what="the purge's log line")
