@@ -1,7 +1,7 @@
 """Celery's ``AsyncResult.children`` for ``link`` callbacks, on a real node: once the
 parent succeeded, its children are the callbacks' results, in the sending process and
-in any other (a script that looks the parent up by id); and ``except CeleryError``
-(moved by its import) catches what mesh raises."""
+in any other (a script that looks the parent up by id); ``except CeleryError`` (moved
+by its import) catches what mesh raises; ``group.skew`` spaces a group's members out."""
 from __future__ import annotations
 
 import subprocess
@@ -55,3 +55,14 @@ def test_celery_error_catches_what_mesh_raises(start_node: Any, make_client: Any
     with pytest.raises(CeleryError) as info:          # Celery's habit: except CeleryError
         r.get(timeout=RESULT_TIMEOUT)
     assert isinstance(info.value, TaskRevokedError)
+
+
+def test_group_skew_spaces_the_members_out(start_node: Any, make_client: Any) -> None:
+    from mesh import group
+    node = start_node(concurrency=2)
+    c = make_client(node)
+    g = group(c.tasks.stamp.s() for _ in range(3)).skew(start=0, step=1.5)
+    assert [t.options["countdown"] for t in g.tasks] == [0.0, 1.5, 3.0]
+    stamps = g.apply_async().get(timeout=RESULT_TIMEOUT)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert all(1.2 < gap < 3.0 for gap in gaps), gaps       # each started ~1.5 s later
