@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import tempfile
 from pathlib import Path
@@ -103,17 +104,22 @@ def test_uid_and_gid_drop_root_before_the_node_opens_anything(
     # the node's Python must be readable by nobody once it is nobody: the test's may
     # live under /root (pyenv); the system's, with the venv's packages, is
     python, site = _python_for_everyone()
-    node = start_node(concurrency=1, uid="nobody", gid=str(nobody.pw_gid),
-                      data_dir=str(data / "node"), env={"PYTHONPATH": site},
-                      program=[python, "-c", "from mesh.cli.meshnode import main; main()"])
-    proc = psutil.Process(node.pid)
-    assert proc.uids().real == proc.uids().effective == nobody.pw_uid
-    assert proc.gids().real == nobody.pw_gid
-    c = make_client(node)
-    child = c.tasks.pid.delay().get(timeout=RESULT_TIMEOUT)
-    assert psutil.Process(child).uids().effective == nobody.pw_uid
-    journal = next((data / "node").iterdir())
-    assert journal.stat().st_uid == nobody.pw_uid            # its files are the user's
+    try:
+        node = start_node(concurrency=1, uid="nobody", gid=str(nobody.pw_gid),
+                          data_dir=str(data / "node"), env={"PYTHONPATH": site},
+                          program=[python, "-c", "from mesh.cli.meshnode import main; main()"])
+        proc = psutil.Process(node.pid)
+        assert proc.uids().real == proc.uids().effective == nobody.pw_uid
+        assert proc.gids().real == nobody.pw_gid
+        c = make_client(node)
+        child = c.tasks.pid.delay().get(timeout=RESULT_TIMEOUT)
+        assert psutil.Process(child).uids().effective == nobody.pw_uid
+        journal = next((data / "node").iterdir())
+        assert journal.stat().st_uid == nobody.pw_uid        # its files are the user's
+        c.close()
+        node.stop()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_purge_leaves_what_another_node_took_over(start_node: Any, make_client: Any,
