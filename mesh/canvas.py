@@ -330,6 +330,17 @@ class group(_Tasks):  # noqa: N801
     def __len__(self) -> int:
         return len(self.tasks)
 
+    def skew(self, start: float = 1.0, stop: float | None = None, step: float = 1.0) -> Self:
+        """Celery's: give the members countdowns ``start``, ``start + step``... (up to
+        ``stop``, then ``stop`` again for the rest), in place; returns the group."""
+        cur = float(start)
+        last = cur
+        for task in self.tasks:
+            if not stop or cur <= stop:
+                last, cur = cur, cur + step
+            task.set(countdown=last)
+        return self
+
     def __call__(self, *args: Any, **options: Any) -> Any:
         """Send it, as Celery's ``group(...)(*partial_args, **options)``: keywords are
         options (``countdown=``...), not task arguments; runs here with

@@ -12,6 +12,8 @@ Meta keys (docs/routing.md):
 ``mesh``    the mesh's name (the app's name: ``Mesh("billing")``); absent: ``""``
 ``queues``  the queues the node takes (``meshnode --queues``), sorted; absent or nil:
             every queue
+``xq``      with ``queues`` nil: the queues it does not take (``meshnode -X``,
+            ``cancel_consumer``), sorted; empty or absent: none
 ``names``   the task names it registered, as a set one can test: base64 of the sorted
             4-byte BLAKE2b hashes of the names (100 tasks: 536 characters); absent: not
             told (a node that does not say is asked, and refuses if it must)
@@ -69,13 +71,20 @@ def show(items: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class Serves:
-    """What one node serves. ``queues`` None: every queue; ``names`` None: not told."""
+    """What one node serves. ``queues`` None: every queue but ``excluded``; ``names``
+    None: not told."""
     mesh: str = ""
     queues: frozenset[str] | None = None
     names: frozenset[bytes] | None = None
+    excluded: frozenset[str] = frozenset()
+
+    @property
+    def every(self) -> bool:
+        """Whether it takes every queue (its queue never keeps a task from it)."""
+        return self.queues is None and not self.excluded
 
     def serves_queue(self, queue: str) -> bool:
-        return self.queues is None or queue in self.queues
+        return queue not in self.excluded if self.queues is None else queue in self.queues
 
     def has(self, name: str) -> bool | None:
         """Whether the node registered ``name``: True, False, or None (it did not say)."""
@@ -84,32 +93,46 @@ class Serves:
     def accepts(self, queue: str, name: str) -> bool:
         """May a task of ``name`` routed to ``queue`` go there? (A node that did not
         say what it registered may: it refuses if it must.)"""
-        return (self.queues is None or queue in self.queues) and \
+        return self.serves_queue(queue) and \
             (self.names is None or name_hash(name) in self.names)
 
     def why_not(self, queue: str, name: str) -> str:
         """Why it does not accept the task, in words ("" when it does)."""
         reasons = []
         if not self.serves_queue(queue):
-            reasons.append(f"serves queue(s) {show(sorted(self.queues or ()))}, not {queue!r}")
+            reasons.append(f"serves every queue but {show(sorted(self.excluded))}"
+                           if self.queues is None else
+                           f"serves queue(s) {show(sorted(self.queues))}, not {queue!r}"
+                           if self.queues else "serves no queue")
         if self.has(name) is False:
             reasons.append(f"has no task {name!r}")
         return " and ".join(reasons)
 
     def describe_queues(self) -> str:
-        return "*" if self.queues is None else ",".join(sorted(self.queues))
+        if self.queues is None:
+            return "*" + "".join(f",-{q}" for q in sorted(self.excluded))
+        return ",".join(sorted(self.queues))
 
 
-def meta(mesh: str, queues: Iterable[str] | None, names: Iterable[str]) -> dict[str, Any]:
+def meta(mesh: str, queues: Iterable[str] | None, names: Iterable[str],
+         excluded: Iterable[str] = ()) -> dict[str, Any]:
     """The meta keys a node gossips (merged into its load meta)."""
     return {"mesh": mesh, "queues": None if queues is None else sorted(set(queues)),
+            "xq": [] if queues is not None else sorted(set(excluded)),
             "names": encode_names(names)}
 
 
+def _strings(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, (list, tuple)) and all(isinstance(q, str) for q in value):
+        return tuple(value)
+    return None
+
+
 @functools.lru_cache(maxsize=1024)
-def _serves(mesh: str, queues: tuple[str, ...] | None, names: str | None) -> Serves:
+def _serves(mesh: str, queues: tuple[str, ...] | None, names: str | None,
+            excluded: tuple[str, ...] = ()) -> Serves:
     return Serves(mesh, None if queues is None else frozenset(queues),
-                  None if names is None else decode_names(names))
+                  None if names is None else decode_names(names), frozenset(excluded))
 
 
 def from_meta(meta: Mapping[str, Any] | None) -> Serves:
@@ -120,9 +143,7 @@ def from_meta(meta: Mapping[str, Any] | None) -> Serves:
     mesh = meta.get("mesh", "")
     queues = meta.get("queues")
     names = meta.get("names")
-    if isinstance(queues, (list, tuple)) and all(isinstance(q, str) for q in queues):
-        qs: tuple[str, ...] | None = tuple(queues)
-    else:
-        qs = None
+    qs = _strings(queues)
     return _serves(mesh if isinstance(mesh, str) else "", qs,
-                   names if isinstance(names, str) else None)
+                   names if isinstance(names, str) else None,
+                   (_strings(meta.get("xq")) or ()) if qs is None else ())

@@ -71,6 +71,10 @@ class Config:
     mdns_interfaces: tuple[str, ...] = ()  # IPs to use mDNS on; () = from --bind (nodes), all (clients)
     queues: tuple[str, ...] = ()        # the queues a node takes tasks from; () = every queue
                                         # (docs/routing.md)
+    exclude_queues: tuple[str, ...] = ()  # the queues it does not take (Celery's -X): of every
+                                        # queue, or of ``queues``
+    purge: bool = False                 # at start, revoke the tasks its journal holds that
+                                        # have not finished (Celery's --purge; docs/routing.md)
     # -- security (docs/security.md) ---------------------------------------------------
     keys: str = ""                      # the mesh's key directory (meshctl keys init): every
                                         # plane CurveZMQ-authenticated and encrypted; "" = none
@@ -184,10 +188,15 @@ class Config:
             raise bad("max_message_size must be at least 1024 bytes")
         for ep in (self.bind, *self.peers, *((self.advertise,) if self.advertise else ())):
             check_endpoint(ep)
-        if self.queues:
+        if self.queues or self.exclude_queues:
             from mesh.routing import check_queue
             for q in self.queues:
                 check_queue(q, "queues")
+            for q in self.exclude_queues:
+                check_queue(q, "exclude_queues")
+            if self.queues and not set(self.queues) - set(self.exclude_queues):
+                raise bad(f"--exclude-queues {','.join(self.exclude_queues)} leaves none of "
+                          f"--queues {','.join(self.queues)}: the node would take no task")
         if self.dead_node_reclaim is not None and not self.dead_node_reclaim > 0:
             raise bad(f"dead_node_reclaim must be > 0 seconds, got {self.dead_node_reclaim}")
         if self.profile not in ("lan", "local", "test"):
@@ -341,8 +350,8 @@ def _coerce(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
         try:
             return tuple(value)
         except TypeError:
-            what = {"peers": "tcp://HOST:PORT strings", "queues": "queue names"}.get(f.name,
-                                                                                    "strings")
+            what = {"peers": "tcp://HOST:PORT strings", "queues": "queue names",
+                    "exclude_queues": "queue names"}.get(f.name, "strings")
             raise ConfigError(f"{where} must be a list of {what} or a "
                               f"comma-separated string, got {type(value).__name__}") from None
     return value

@@ -4,6 +4,14 @@ Every error mesh raises on purpose derives from :class:`MeshError`, so callers c
 catch "anything mesh said" in one place. Task-side errors (the ones a task's caller
 sees through ``AsyncResult.get``) derive from :class:`TaskError` when they describe
 what happened to a task rather than a bug in mesh.
+
+Every name of ``celery.exceptions`` is here too, so ``from celery.exceptions import X``
+moves by its import: ``CeleryError`` is ``MeshError`` (``except CeleryError`` catches
+what mesh raises), ``ImproperlyConfigured`` is ``ConfigError``, ``TaskPredicate`` is
+the base of ``Retry``, ``Ignore`` and ``Reject``, as in Celery. The ones about parts
+mesh does not have (a broker, a result backend, worker shutdown by exception) exist
+so that code which catches or defines them imports; mesh never raises them
+(``CELERY_ONLY`` lists them).
 """
 from __future__ import annotations
 
@@ -14,8 +22,14 @@ class MeshError(Exception):
     """Base class of every error raised by mesh itself."""
 
 
+CeleryError = MeshError          # Celery's base class: the same tree
+
+
 class ConfigError(MeshError, ValueError):
     """A setting, flag or environment variable has a bad value or an unknown name."""
+
+
+ImproperlyConfigured = ConfigError   # Celery's name for it
 
 
 class DecodeError(MeshError, ValueError):
@@ -79,7 +93,12 @@ class WorkerLostError(MeshError):
     it reported a result."""
 
 
-class Retry(MeshError):
+class TaskPredicate(MeshError):
+    """Celery's base of the exceptions a task raises to say how it ends (Retry,
+    Ignore, Reject)."""
+
+
+class Retry(TaskPredicate):
     """Raised by ``Task.retry`` to ask for the task to run again after ``countdown``
     seconds; ``exc`` is the exception that caused it, if any; ``call`` the next run's
     ``(args, kwargs)`` when retry() changed them."""
@@ -92,7 +111,7 @@ class Retry(MeshError):
         self.call: tuple[list[object], dict[str, object]] | None = None
 
 
-class Ignore(MeshError):
+class Ignore(TaskPredicate):
     """Raised by a task to end without a result: nothing is kept and its state is
     IGNORED (Celery's ``Ignore``). ``get()`` raises ResultIgnored."""
 
@@ -114,7 +133,7 @@ class ReplaceNestingError(MeshError):
     a replacement that replaces itself for ever (mesh/workflow/replace.py)."""
 
 
-class Reject(MeshError):
+class Reject(TaskPredicate):
     """Raised by a task to refuse its message (Celery's ``Reject``): the task ends
     (state FAILURE, and ``get()`` raises this exception; Celery says REJECTED). With
     ``requeue=True`` it runs again instead, after a second, at most ``max_retries``
@@ -160,3 +179,117 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n" + self.tb.rstrip("\n") + "\n(the traceback above is from the node that ran the task)"
+
+
+# ---- the rest of celery.exceptions: importable, never raised by mesh ---------------------
+
+class SecurityError(MeshError):
+    """Celery's message-signing error (mesh's security is CurveZMQ keys: a refused key
+    is a handshake that fails, docs/security.md)."""
+
+
+class AlreadyRegistered(MeshError):
+    """Celery's: a task of this name is already registered (mesh replaces it)."""
+
+
+class QueueNotFound(MeshError, KeyError):
+    """Celery's: a queue not in ``task_queues`` (mesh has none to declare: a queue
+    exists by being served)."""
+
+
+class IncompleteStream(MeshError):
+    """Celery's: the end of a stream of data was not found."""
+
+
+class InvalidTaskError(MeshError):
+    """Celery's: a task message is malformed (mesh refuses such a frame with ERROR)."""
+
+
+class OperationalError(MeshError):
+    """Celery's (kombu's) broker connection error: mesh has no broker."""
+
+
+class BackendError(MeshError):
+    """Celery's result backend error: mesh has no result backend."""
+
+
+class BackendGetMetaError(BackendError):
+    """Celery's: reading a result from the backend failed."""
+
+
+class BackendStoreError(BackendError):
+    """Celery's: storing a result in the backend failed."""
+
+
+class Terminated(MeshError):
+    """Billiard's: the task's process was terminated (mesh says TaskRevokedError for
+    a revoke with terminate)."""
+
+
+class WorkerShutdown(SystemExit):
+    """Celery's: raised in a worker to stop it warmly (stop a node with SIGTERM or
+    ``app.control.shutdown()``)."""
+
+
+class WorkerTerminate(SystemExit):
+    """Celery's: raised in a worker to stop it at once."""
+
+
+SystemTerminate = WorkerTerminate
+
+
+class CeleryCommandException(MeshError):
+    """Celery's command-line error, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class CeleryWarning(UserWarning):
+    """Celery's base warning."""
+
+
+class AlwaysEagerIgnored(CeleryWarning):
+    """Celery's: send_task ignores task_always_eager (mesh does not: it runs a
+    registered task here)."""
+
+
+class DuplicateNodenameWarning(CeleryWarning):
+    """Celery's: two workers share a name (mesh's membership tells them apart)."""
+
+
+class FixupWarning(CeleryWarning):
+    """Celery's: a fixup (its Django one) could not be applied."""
+
+
+class NotConfigured(CeleryWarning):
+    """Celery's: the app is used without configuration."""
+
+
+class SecurityWarning(CeleryWarning):
+    """Celery's: an insecure setting."""
+
+
+class CPendingDeprecationWarning(PendingDeprecationWarning):
+    """Celery's."""
+
+
+class CDeprecationWarning(DeprecationWarning):
+    """Celery's."""
+
+
+def reraise(tp: type[BaseException] | None, value: BaseException, tb: object = None) -> None:
+    """Celery's: raise ``value`` again, with traceback ``tb``."""
+    if value.__traceback__ is not tb:
+        raise value.with_traceback(tb)  # type: ignore[arg-type]
+    raise value
+
+
+CELERY_ONLY = ("SecurityError", "AlreadyRegistered", "QueueNotFound", "IncompleteStream",
+               "InvalidTaskError", "OperationalError", "BackendError", "BackendGetMetaError",
+               "BackendStoreError", "Terminated", "WorkerShutdown", "WorkerTerminate",
+               "SystemTerminate", "CeleryCommandException", "CeleryWarning",
+               "AlwaysEagerIgnored", "DuplicateNodenameWarning", "FixupWarning",
+               "NotConfigured", "SecurityWarning", "CPendingDeprecationWarning",
+               "CDeprecationWarning")

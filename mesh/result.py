@@ -142,7 +142,7 @@ def rebuild_exception(exc: dict[str, Any] | None, tb: str | None) -> BaseExcepti
 class AsyncResult:
     """The state and result of one task, by id."""
 
-    __slots__ = ("id", "app", "_slot", "parent", "children")
+    __slots__ = ("id", "app", "_slot", "parent", "_children")
 
     def __init__(self, task_id: str, app: "Mesh | None" = None, slot: Slot | None = None):
         if app is None and slot is None:     # AsyncResult(id) in a web view: the current
@@ -151,7 +151,7 @@ class AsyncResult:
         self.id = task_id
         self.app = app
         self.parent: Any = None     # the previous step of a chain (Celery's ``parent``)
-        self.children: list[Any] | None = None   # the steps it started (known here)
+        self._children: list[Any] | None = None  # the steps it started (known here)
         if slot is None and app is not None:
             slot = app._lookup_slot(task_id)
         self._slot = slot       # None until needed for a task this process did not submit
@@ -269,6 +269,39 @@ class AsyncResult:
         if msg is None or msg.date_done is None:
             return None
         return datetime.datetime.fromtimestamp(msg.date_done, datetime.UTC)
+
+    @property
+    def children(self) -> list[Any] | None:
+        """Celery's: the results this task started. A workflow's next step (known where
+        the workflow was sent) and, once the task succeeded, the results of its
+        ``link`` callbacks (their ids derive from the task's: found in any process);
+        None when there are none (as Celery's before the task is done)."""
+        kids = list(self._children or ())
+        if self._slot is not None or self.app is not None:
+            known = {k.id for k in kids if hasattr(k, "id")}
+            kids += [r for r in self._link_results() if r.id not in known]
+        return kids or None
+
+    @children.setter
+    def children(self, value: list[Any] | None) -> None:
+        self._children = value
+
+    def _link_results(self) -> list["AsyncResult"]:
+        """The results of the link callbacks, once this task succeeded (a node starts
+        them then: mesh/node/workflows.py, ``derive(id, "link<j>")``)."""
+        if self.state != states.SUCCESS:
+            return []
+        msg = self._submit()
+        wf = msg.headers.get("wf") if msg is not None else None
+        cb = wf.get("cb") if isinstance(wf, dict) else None
+        if not isinstance(cb, bytes):
+            return []
+        try:
+            links = codec.loads(cb).get("link") or ()
+        except Exception:
+            return []
+        from mesh.workflow.ids import derive
+        return [AsyncResult(derive(self.id, f"link{j}"), self.app) for j in range(len(links))]
 
     @property
     def worker(self) -> str | None:

@@ -1,4 +1,5 @@
-"""Schedules for periodic tasks: ``crontab`` and ``interval`` (Celery's ``schedule``).
+"""Schedules for periodic tasks: ``crontab``, ``interval`` (Celery's ``schedule``) and
+``solar``.
 
 Every schedule is pure maths on unix time, with time passed in (mesh.clock):
 
@@ -279,16 +280,100 @@ def instant(wall: dt.datetime, tz: dt.tzinfo) -> float:
     return float(hi)
 
 
+# solar events: (the sun's altitude at the event, degrees; -1 morning, 0 noon, 1 evening)
+SOLAR_EVENTS: dict[str, tuple[float, int]] = {
+    "dawn_astronomical": (-18.0, -1), "dawn_nautical": (-12.0, -1), "dawn_civil": (-6.0, -1),
+    "sunrise": (-0.833, -1), "solar_noon": (0.0, 0), "sunset": (-0.833, 1),
+    "dusk_civil": (-6.0, 1), "dusk_nautical": (-12.0, 1), "dusk_astronomical": (-18.0, 1)}
+J2000 = 2451545.0           # the Julian date of 2000-01-01 12:00 UTC
+UNIX_JD = 2440587.5         # the Julian date of unix time 0
+SOLAR_SEARCH_DAYS = 400     # days looked through for the next event (polar nights)
+
+
+class solar(BaseSchedule):
+    """Celery's ``solar(event, lat, lon)``: due at a solar event where the given
+    latitude and longitude (degrees, north and east positive) are, every day it
+    happens: ``sunrise``, ``sunset``, ``solar_noon``, ``dawn_civil``/``dusk_civil``
+    (the sun 6 degrees below the horizon), ``_nautical`` (12), ``_astronomical`` (18).
+    Computed with the sunrise equation (NOAA's simplified formulae, within about a
+    minute of Celery's ``ephem``), without a dependency; the same on every node. A day
+    without the event (polar day or night) has no run."""
+
+    def __init__(self, event: str, lat: float, lon: float, nowfun: Any = None,
+                 app: Any = None):
+        if event not in SOLAR_EVENTS:
+            raise ConfigError(f"solar: unknown event {event!r}; one of "
+                              f"{', '.join(SOLAR_EVENTS)}")
+        if not isinstance(lat, (int, float)) or not -90 <= lat <= 90:
+            raise ConfigError(f"solar: latitude must be from -90 to 90 degrees, got {lat!r}")
+        if not isinstance(lon, (int, float)) or not -180 <= lon <= 180:
+            raise ConfigError(f"solar: longitude must be from -180 to 180 degrees, got {lon!r}")
+        self.event, self.lat, self.lon = event, float(lat), float(lon)
+
+    def at(self, day: int) -> float | None:
+        """The event's unix time on day ``day`` (days since 2000-01-01, the solar
+        noon of that day where ``lon`` is), or None when it does not happen."""
+        altitude, side = SOLAR_EVENTS[self.event]
+        jstar = day - self.lon / 360.0
+        m = math.radians((357.5291 + 0.98560028 * jstar) % 360.0)
+        c = 1.9148 * math.sin(m) + 0.0200 * math.sin(2 * m) + 0.0003 * math.sin(3 * m)
+        ecl = math.radians((math.degrees(m) + c + 180.0 + 102.9372) % 360.0)
+        transit = J2000 + jstar + 0.0053 * math.sin(m) - 0.0069 * math.sin(2 * ecl)
+        if side:
+            sin_d = math.sin(ecl) * math.sin(math.radians(23.4397))
+            cos_d = math.cos(math.asin(sin_d))
+            phi = math.radians(self.lat)
+            cos_w = ((math.sin(math.radians(altitude)) - math.sin(phi) * sin_d)
+                     / (math.cos(phi) * cos_d)) if math.cos(phi) > 1e-12 else 2.0
+            if not -1.0 <= cos_w <= 1.0:
+                return None
+            transit += side * math.degrees(math.acos(cos_w)) / 360.0
+        return round((transit - UNIX_JD) * 86400.0, 3)
+
+    def _day(self, t: float) -> int:
+        return math.floor(t / 86400.0 + UNIX_JD - J2000 + self.lon / 360.0)
+
+    def next_after(self, t: float, tz: dt.tzinfo = UTC) -> float:
+        first = self._day(t) - 1
+        for day in range(first, first + SOLAR_SEARCH_DAYS):
+            at = self.at(day)
+            if at is not None and at > t:
+                return at
+        return math.inf             # (the event does not happen there for a year)
+
+    def last_at_or_before(self, t: float, tz: dt.tzinfo = UTC) -> float | None:
+        last = self._day(t) + 1
+        for day in range(last, last - SOLAR_SEARCH_DAYS, -1):
+            at = self.at(day)
+            if at is not None and at <= t:
+                return at
+        return None
+
+    def __repr__(self) -> str:
+        return f"<solar: {self.event} at latitude {self.lat:g}, longitude {self.lon:g}>"
+
+    def describe(self) -> str:
+        return f"solar {self.event} ({self.lat:g}, {self.lon:g})"
+
+    def key(self) -> str:
+        return f"solar({self.event!r}, {self.lat!r}, {self.lon!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, solar) and other.key() == self.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+
 def to_schedule(value: Any) -> BaseSchedule:
     """A schedule from what Celery accepts: a schedule, seconds, or a timedelta."""
     if isinstance(value, BaseSchedule):
         return value
     if isinstance(value, (int, float, dt.timedelta)) and not isinstance(value, bool):
         return interval(value)
-    if type(value).__name__ in ("solar",):
-        raise ConfigError("solar schedules are not available in mesh (use crontab)")
     raise ConfigError(f"a schedule is a crontab, an interval, a number of seconds or a "
                       f"timedelta; got {type(value).__name__} {value!r}")
 
 
-__all__ = ["BaseSchedule", "crontab", "instant", "interval", "schedule", "to_schedule", "zone"]
+__all__ = ["BaseSchedule", "crontab", "instant", "interval", "schedule", "solar", "to_schedule",
+           "zone"]

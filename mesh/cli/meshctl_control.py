@@ -164,3 +164,37 @@ def shutdown(ctx: click.Context, nodes: tuple[str, ...]) -> int:
       meshctl control shutdown --node node-a
     """
     return _control_cmd(ctx, "shutdown", {}, nodes)
+
+
+@control.command("add-consumer")
+@click.argument("queue")
+@click.argument("broker_words", nargs=-1, metavar="[EXCHANGE [TYPE [ROUTING_KEY]]]")
+@NODE_OPTION
+@click.pass_context
+def add_consumer(ctx: click.Context, queue: str, broker_words: tuple[str, ...],
+                 nodes: tuple[str, ...]) -> int:
+    """Take tasks routed to QUEUE from now on, until the node restarts (Celery's
+    add_consumer; its EXCHANGE, TYPE and ROUTING_KEY are taken and not used).
+
+    \b
+    Example:
+      meshctl control add-consumer reports -d node-a
+    """
+    if len(broker_words) > 3:
+        die("meshctl", "add-consumer takes QUEUE [EXCHANGE [TYPE [ROUTING_KEY]]]", EXIT_USAGE)
+    return _control_cmd(ctx, "add_consumer", {"queue": queue}, nodes)
+
+
+@control.command("cancel-consumer")
+@click.argument("queue")
+@NODE_OPTION
+@click.pass_context
+def cancel_consumer(ctx: click.Context, queue: str, nodes: tuple[str, ...]) -> int:
+    """Take no more tasks routed to QUEUE, until the node restarts (Celery's
+    cancel_consumer; tasks the node holds still run).
+
+    \b
+    Example:
+      meshctl control cancel-consumer reports -d node-a
+    """
+    return _control_cmd(ctx, "cancel_consumer", {"queue": queue}, nodes)

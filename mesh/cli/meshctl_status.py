@@ -26,9 +26,12 @@ def _waiting(r: dict[str, Any]) -> str:
     return f"{r['queued']} ({disk} on disk)" if disk else str(r["queued"])
 
 
-def _queues(queues: Any) -> str:
-    """The queues a node serves: ``*`` for every queue (status ``queues``: nil)."""
-    return ",".join(map(str, queues)) if isinstance(queues, list) else "*"
+def _queues(queues: Any, excluded: Any = None) -> str:
+    """The queues a node serves: ``*`` for every queue (status ``queues``: nil), then
+    ``-q`` for each it does not take (-X, cancel_consumer)."""
+    if isinstance(queues, list):
+        return ",".join(map(str, queues))
+    return "*" + "".join(f",-{q}" for q in excluded) if isinstance(excluded, list) else "*"
 
 
 JOURNAL_ERROR_RECENT = 60.0     # s: a journal error older than this is not warned about
@@ -136,7 +139,8 @@ def status(ctx: click.Context) -> int:
                              + ("-",) * 7)
                 continue
             table.append((r["node"], r["address"], r["state"], str(r.get("mesh", "-")),
-                          _queues(r.get("queues")), str(r.get("pool", "-")), pool_range(r),
+                          _queues(r.get("queues"), r.get("excluded_queues")),
+                          str(r.get("pool", "-")), pool_range(r),
                           f"{r['busy']}/{r['total']}",
                           _waiting(r), str(r["succeeded"]), str(r["failed"]),
                           f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",

@@ -26,10 +26,11 @@ CELERY_COMMANDS = {
 }
 
 
-def _queue_names(value: str | None) -> str | None:
+def _queue_names(value: str | None, flag: str = "-Q") -> str | None:
     """``-Q ""`` (or only commas) names no queue: an error, not every queue."""
     if value is not None and not any(q.strip() for q in value.split(",")):
-        raise click.BadParameter(f"{value!r} names no queue; leave -Q out to take every queue")
+        raise click.BadParameter(f"{value!r} names no queue; leave {flag} out to "
+                                 + ("take every queue" if flag == "-Q" else "exclude none"))
     return value
 
 
@@ -102,6 +103,17 @@ def _queue_names(value: str | None) -> str | None:
                    "here (PORT alone: loopback). Off by default.")
 @click.option("--queues", "-Q", metavar="Q1[,Q2...]", callback=lambda ctx, param, v: _queue_names(v),
               help="Take only tasks routed to these queues (default: every queue); MESH_QUEUES too.")
+@click.option("--exclude-queues", "-X", metavar="Q1[,Q2...]",
+              callback=lambda ctx, param, v: _queue_names(v, "-X"),
+              help="Take every queue but these (of --queues, if given), as Celery's -X; "
+                   "MESH_EXCLUDE_QUEUES too.")
+@click.option("--purge", "--discard", "purge", is_flag=True, default=None,
+              help="At start, revoke every task this node's journal holds unfinished (queued, "
+                   "or on disk): they finish REVOKED and do not run; logs how many.")
+@click.option("--uid", metavar="USER", help="Run as this user (name or id) once started, as "
+                                             "Celery's --uid (needs root).")
+@click.option("--gid", metavar="GROUP", help="Run as this group (name or id); default with "
+                                              "--uid: the user's group.")
 @click.option("--keys", "keys", metavar="DIR",
               help="The mesh's keys (meshctl keys init DIR): every plane CurveZMQ-authenticated "
                    "and encrypted; MESH_KEYS too.")
@@ -136,7 +148,9 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              result_expires: float | None, replicas: int | None, no_events: bool | None,
              http: str | None, keys: str | None, insecure: bool | None, quota_tasks: int | None,
              quota_bytes: int | None, queue_memory: int | None, max_eta: float | None, loglevel: str | None,
-             queues: str | None, beat: bool, extra: tuple[str, ...], logfile: str | None,
+             queues: str | None, exclude_queues: str | None, purge: bool | None,
+             uid: str | None, gid: str | None, beat: bool, extra: tuple[str, ...],
+             logfile: str | None,
              pidfile: str | None, detach: bool, **habits: Any) -> int:
     """Run a mesh node for the tasks of an app.
 
@@ -174,7 +188,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
             result_expires=result_expires, replicas=replicas, events=False if no_events else None,
             http=http, keys=keys, insecure=insecure, quota_tasks=quota_tasks,
             quota_bytes=quota_bytes, queue_memory=queue_memory, max_eta=max_eta,
-            loglevel=loglevel.upper() if loglevel else None, queues=queues)
+            loglevel=loglevel.upper() if loglevel else None, queues=queues,
+            exclude_queues=exclude_queues, purge=purge)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
     from mesh.security.exposure import refusal
@@ -188,6 +203,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         except ConfigError as e:
             die("meshnode", f"--keys: {e}", EXIT_USAGE)
     try:
+        # as Celery's worker: the files it opens (pidfile, logfile, journal) are the user's
+        worker_habits.drop_privileges(uid, gid)
         if pidfile:
             worker_habits.write_pidfile(worker_habits.expand_file_name(pidfile, config.node_name))
         logfile = worker_habits.expand_file_name(logfile, config.node_name) if logfile else None
@@ -263,6 +280,13 @@ def setup_logging(app: Any, config: Any, logfile: str | None = None) -> None:
         logging.basicConfig(level=config.loglevel, handlers=[handler], format=fmt, force=True)
     else:
         logging.getLogger("mesh").setLevel(config.loglevel)
+        if logfile:          # (Celery adds no handler then either, and says nothing)
+            safe_logger("mesh.node").warning(
+                "--logfile %s is not used: the app keeps its own logging handlers "
+                "(worker_hijack_root_logger = False, and the root logger has handlers: %s), "
+                "so they decide where the node's lines go. Add a FileHandler among them, "
+                "or leave worker_hijack_root_logger at True for --logfile to take over",
+                logfile, ", ".join(type(h).__name__ for h in root.handlers))
     signals.after_setup_logger.send(sender=None, logger=root, **about)
     signals.after_setup_task_logger.send(sender=None, logger=safe_logger("mesh.task"),
                                          **about)

@@ -24,7 +24,8 @@ _MEMBERSHIP = ("mesh's membership (its pings) finds dead nodes and keeps two cop
                "task: it is not switched off")
 WHY: dict[str, str] = {
     "-E": "a node publishes task events whenever someone listens (meshctl events, meshctl "
-          "top); --no-events turns them off",
+          "top); --no-events turns them off, app.control.disable_events()/enable_events() "
+          "at run time",
     "-O": NOT_USED["worker_prefetch_multiplier"],
     "--prefetch-multiplier": NOT_USED["worker_prefetch_multiplier"],
     "--without-gossip": _MEMBERSHIP,
@@ -115,6 +116,46 @@ def write_pidfile(path: str) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(path)
     atexit.register(remove)
+
+
+def drop_privileges(uid: str | None, gid: str | None) -> None:
+    """Celery's --uid/--gid (``maybe_drop_privileges``): become that user (a name or a
+    number) and group (default: the user's), with the user's supplementary groups,
+    before anything is opened; then root must be out of reach. A ConfigError says
+    which value is wrong, or that this process may not switch."""
+    import grp
+    import pwd
+    if uid is None and gid is None:
+        return
+    user = group = None
+    try:
+        if uid is not None:
+            user = pwd.getpwuid(int(uid)) if uid.isdigit() else pwd.getpwnam(uid)
+        if gid is not None:
+            group = grp.getgrgid(int(gid)) if gid.isdigit() else grp.getgrnam(gid)
+    except KeyError:
+        flag, value, what = (("--gid", gid, "group") if user is not None or uid is None
+                             else ("--uid", uid, "user"))
+        raise ConfigError(f"{flag} {value}: no such {what}") from None
+    except OverflowError:
+        raise ConfigError(f"--uid/--gid: {uid or gid} is out of range") from None
+    new_gid = group.gr_gid if group is not None else user.pw_gid if user is not None else None
+    try:
+        if new_gid is not None:
+            os.setgid(new_gid)
+            if user is not None:
+                os.initgroups(user.pw_name, new_gid)
+        if user is not None:
+            os.setuid(user.pw_uid)
+    except PermissionError as e:
+        raise ConfigError(f"--uid/--gid: cannot become {uid or ''}{':' if uid and gid else ''}"
+                          f"{gid or ''}: {e.strerror} (only root may switch users)") from None
+    if user is not None and user.pw_uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return                     # as it must be: root is out of reach
+        raise ConfigError(f"--uid {uid}: root could be regained after dropping privileges")
 
 
 def _alive(pid: int) -> bool:

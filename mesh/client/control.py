@@ -294,6 +294,39 @@ class Controller:
         return self.broadcast("autoscale", {"max": max, "min": min}, destination, timeout,
                               reply=reply)
 
+    def add_consumer(self, queue: str, exchange: str | None = None,
+                     exchange_type: str = "direct", routing_key: str | None = None,
+                     options: dict[str, Any] | None = None,
+                     destination: Iterable[str] | None = None, reply: bool = True,
+                     timeout: float | None = None, **kwargs: Any) -> Any:
+        """Celery's: the nodes take tasks routed to ``queue`` from now on, until they
+        restart; ``{node: {"ok": "add consumer QUEUE"}}``. ``exchange``,
+        ``exchange_type``, ``routing_key`` and ``options`` are broker words, not used."""
+        return self.broadcast("add_consumer", {"queue": queue}, destination, timeout,
+                              reply=reply)
+
+    def cancel_consumer(self, queue: str, destination: Iterable[str] | None = None,
+                        reply: bool = True, timeout: float | None = None,
+                        **kwargs: Any) -> Any:
+        """Celery's: the nodes take no more tasks routed to ``queue`` (until they
+        restart; tasks they hold still run); ``{node: {"ok": "no longer consuming from
+        QUEUE"}}``."""
+        return self.broadcast("cancel_consumer", {"queue": queue}, destination, timeout,
+                              reply=reply)
+
+    def enable_events(self, destination: Iterable[str] | None = None, reply: bool = True,
+                      timeout: float | None = None, **kwargs: Any) -> Any:
+        """Celery's: the nodes send task events (``task-*``) again, until they restart;
+        a node started with --no-events starts publishing. ``{node: {"ok": "task
+        events enabled"}}`` (or ``"task events already enabled"``)."""
+        return self.broadcast("enable_events", {}, destination, timeout, reply=reply)
+
+    def disable_events(self, destination: Iterable[str] | None = None, reply: bool = True,
+                       timeout: float | None = None, **kwargs: Any) -> Any:
+        """Celery's: the nodes send no task events to subscribers (``meshctl events``,
+        monitors) until ``enable_events`` or a restart; node events go on."""
+        return self.broadcast("disable_events", {}, destination, timeout, reply=reply)
+
     def purge(self, connection: Any = None, queues: Iterable[str] | None = None,
               exclude: Iterable[str] | None = None) -> int:
         """Revoke every task waiting in a node's queue that has not started, on every
@@ -400,7 +433,8 @@ class Inspect:
     def active_queues(self) -> dict[str, Any]:
         """``{node: [queue, ...]}``: the queues each node takes, each as Celery's
         ``Queue.as_dict`` (name, exchange, routing_key, ...). A node started without
-        --queues takes every queue: it lists the ones its app names."""
+        --queues takes every queue: it lists the ones its app names, less those it
+        was told not to take (-X, cancel_consumer)."""
         return {node: queue_dicts(a) if not is_error(a) else a
                 for node, a in self._ask("active_queues").items()}
 

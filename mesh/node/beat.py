@@ -283,12 +283,11 @@ class Beat(Component):
         self._stuck.add(entry.name)
         routing = self.node.routing
         queue = entry.queue or routing.queue_for(entry.task)
-        mine = routing.queues
         log.warning("beat: no alive node takes the runs of %s: none serving queue %r has task "
                     "%r (this node serves %s). %d run(s) wait here and are sent when such a "
                     "node is alive (meshnode --queues, or the entry's options={'queue': ...})",
                     entry.name, queue, entry.task,
-                    "every queue" if mine is None else ", ".join(sorted(mine)), n)
+                    routing.describe(), n)
 
     def _done(self, run: Run, state: str, node: str) -> None:
         self.results[run.entry] = (state, node, run.due)

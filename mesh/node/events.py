@@ -15,6 +15,11 @@ mesh nobody watches pays nothing. A subscriber that falls behind never slows the
 node: past the high-water mark, ZeroMQ drops its messages, and ``seq`` shows the gap.
 With keys the XPUB is a CurveZMQ server whose ZAP domain admits admin and node keys
 only: events carry every task's arguments and results.
+
+Celery's ``disable_events`` control command turns the task events (``task-*``) off
+for subscribers, ``enable_events`` back on (and binds the XPUB of a node started with
+``--no-events``); node events and results over pub/sub go on, and so do the node's
+own in-process listeners (its dashboard). Until a restart, as in Celery.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import zmq
 
 from mesh import states
 from mesh.exceptions import DecodeError
+from mesh.node.commands import ControlState, register
 from mesh.node.component import Component, NodeStartError
 from mesh.node.zmqloop import SocketDriver
 from mesh.security.curve import EVENTS_DOMAIN
@@ -128,6 +134,7 @@ class Publisher:
         self.sent = 0
         self.dropped = 0
         self._any = False            # someone subscribed to everything ("")
+        self.task_events = True      # task-* events go to subscribers (disable_events)
         self._types: dict[str, bool] = {}           # event type -> anyone subscribed (cache)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []   # in-process (listen())
 
@@ -157,18 +164,27 @@ class Publisher:
     def wants(self, topic: str) -> bool:
         """Is anyone (a subscriber, or a listener in this process) interested in an
         event type?"""
-        if self._any or self.listeners:
+        if self.listeners:
             return True
         return self._subscribed(topic)
 
     def _subscribed(self, topic: str) -> bool:
-        if self._any:
-            return True
         cached = self._types.get(topic)
         if cached is None:
             t = topic.encode()
-            cached = self._types[topic] = any(t.startswith(p) for p in self.prefixes)
+            cached = self._types[topic] = \
+                (self.task_events or not t.startswith(b"task-")) \
+                and (self._any or any(t.startswith(p) for p in self.prefixes))
         return cached
+
+    def set_task_events(self, on: bool) -> bool:
+        """Send task-* events to subscribers or not (enable_events, disable_events);
+        whether that changed anything."""
+        if self.task_events == on:
+            return False
+        self.task_events = on
+        self._types = {}
+        return True
 
     def wants_result(self, task_id: str) -> bool:
         if self._any:
@@ -233,6 +249,12 @@ class EventStream(Component):
     async def start(self, node: "Node") -> None:
         if not node.config.events:
             return                    # node.events stays a publisher with no socket
+        self.bind(node)
+        node.spawn(self._online(node), name="events-online")
+
+    def bind(self, node: "Node") -> None:
+        """Bind the XPUB and advertise it (at start; or at run time, enable_events on a
+        node started with --no-events)."""
         xpub = node.ctx.socket(zmq.XPUB)
         self.sock = xpub
         xpub.setsockopt(zmq.LINGER, 500)
@@ -248,9 +270,8 @@ class EventStream(Component):
         self.bound = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         port = self.bound.rsplit(":", 1)[1]
         node.events_endpoint = node.address.rsplit(":", 1)[0] + ":" + port
-        node.events = Publisher(xpub, node.name)
+        node.events.sock = xpub        # (the publisher others hold: its clock goes on)
         node.spawn(SocketDriver(xpub, node.events.on_subscription, "events").run(), name="events")
-        node.spawn(self._online(node), name="events-online")
 
     async def _online(self, node: "Node") -> None:
         await node.ready.wait()
@@ -270,3 +291,35 @@ class EventStream(Component):
         if self.sock is not None:
             from mesh.node.front import rebind
             rebind(self.sock, self.bound, lambda s: node.security.server(s, EVENTS_DOMAIN))
+
+
+# ---- enable_events / disable_events (Celery's control commands) -------------------------
+
+@register("enable_events", "control", builtin=True)
+def enable_events(state: ControlState, req: Any) -> dict[str, Any]:
+    """Send task events (task-*) from now on, until a restart; a node started with
+    --no-events binds its events port now."""
+    node = state.node
+    bound = False
+    if node.events.sock is None:
+        stream = node.by_name.get("events")
+        if not isinstance(stream, EventStream):
+            raise RuntimeError("this node has no events component")
+        stream.bind(node)
+        bound = True
+        node.membership.update_local_meta()        # (its events endpoint, for monitors)
+    if node.events.set_task_events(True) or bound:
+        log.info("task events enabled by remote control%s",
+                 f" (events port {node.events_endpoint})" if bound else "")
+        return {"ok": "task events enabled"}
+    return {"ok": "task events already enabled"}
+
+
+@register("disable_events", "control", builtin=True)
+def disable_events(state: ControlState, req: Any) -> dict[str, Any]:
+    """Send no task events (task-*) to subscribers from now on, until a restart (node
+    events and results go on)."""
+    if state.node.events.set_task_events(False):
+        log.info("task events disabled by remote control")
+        return {"ok": "task events disabled"}
+    return {"ok": "task events already disabled"}

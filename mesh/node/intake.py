@@ -84,7 +84,7 @@ class Intake(Component):
             self._refused(msg, tid, states.REVOKED, "TaskRevokedError",
                           revoked_message(tid, msg.name))
             return
-        if node.routing.queues is not None:      # not every queue: is this one ours?
+        if not node.routing.takes_every:         # not every queue: is this one ours?
             refused = node.routing.refusal(msg)
             if refused is not None:
                 front.refuse(ident, "queue", refused, tid)

@@ -104,6 +104,7 @@ class Reclaimer:
         # it), answered once they are: (when it came, the message)
         self._deferred: list[tuple[float, Reclaim]] = []
         self._deferred_bytes = 0                   # their deferred_size, summed
+        self.purge = False     # meshnode --purge: what would run here is revoked instead
 
     # -- the returning holder ---------------------------------------------------------
     def hold(self, entry: Entry) -> None:
@@ -120,6 +121,9 @@ class Reclaimer:
                       "whichever node ran them while this one was down): %s", e)
         if self.waiting or self.disk:
             self.node.spawn(self._run(), name="reclaim")
+        elif self.purge:
+            self.purge = False
+            log.warning("--purge: this node held no unfinished task: nothing to purge")
 
     def handed_here(self, task_id: str) -> bytes:
         """Another node hands this node a task that waits for the answers (it held
@@ -225,15 +229,23 @@ class Reclaimer:
         self._expected.clear()
         moved: dict[tuple[bytes, str], list[str]] = {}
         finished = disk_here = 0
+        purge, self.purge = self.purge, False
+        purged: list[Entry] = []
+        purged_disk: list[str] = []
         for tid in [*waiting, *disk]:
             entry = waiting.get(tid)
             got, where = results.get(tid), held.get(tid)
             state = _final_state(tid, got[1]) if got is not None else None
             if state is None and where is None:
                 if entry is not None:
-                    ledger.accept(entry)      # no node has it: it runs here
+                    if purge:
+                        purged.append(entry)
+                    else:
+                        ledger.accept(entry)  # no node has it: it runs here
                 else:
                     disk_here += 1            # (on disk: read back in order)
+                    if purge:
+                        purged_disk.append(tid)
                 continue
             try:
                 client = entry.client if entry is not None else \
@@ -268,6 +280,9 @@ class Reclaimer:
         self.counts["finished_elsewhere"] += finished
         self.counts["held_elsewhere"] += n_moved
         self.counts["run_here"] += total - finished - n_moved
+        if purge:
+            from mesh.node.recovery import purge_recovered
+            purge_recovered(node, purged, purged_disk, finished + n_moved)
         ledger.commit()
         front.schedule_flush()
         if disk_here:

@@ -5,9 +5,20 @@ the pool, unless another node took it over while this node was down (the mesh is
 asked first, a few seconds at most: mesh/node/reclaim.py); one that had started with ``acks_late=False`` fails with WorkerLostError
 instead (it may have run: never twice); one whose task is no longer registered fails
 with NotRegistered. Replies go to the owners' routing ids, which clients keep.
+
+``meshnode --purge`` (Celery's: the queued messages are deleted as the worker starts)
+finishes ``REVOKED``, instead of running them, the recovered tasks the mesh's answer
+leaves to this node (its owner's wait ends in TaskRevokedError, its backup drops its
+copy), those waiting on disk too (revoked in the journal: they finish REVOKED when
+read back), and logs how many (``purge_recovered``). Not purged: what another node
+took over while this one was down (it is that node's now), a group or chord
+coordinated here (its members are tasks of their own), a task that had started with
+``acks_late=False`` (it fails as above), and copies this node keeps for other nodes
+(their tasks, not its queue).
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from mesh import states
@@ -41,6 +52,7 @@ def recover(node: "Node") -> int:
     except JournalError as e:
         raise NodeStartError(f"cannot read the journal: {e}") from e
     lost = unregistered = groups = dropped = 0
+    node.reclaim.purge = node.config.purge     # (decided once the mesh answered)
     for row in rows:
         try:
             msg = decode(row.frame)
@@ -79,3 +91,25 @@ def recover(node: "Node") -> int:
                  lost + unregistered, lost, unregistered, dropped)
     node.front.schedule_flush()   # the ledger hands them to the pool once the loop runs
     return len(rows)
+
+
+def purge_recovered(node: "Node", entries: list[Entry], on_disk: list[str],
+                    elsewhere: int) -> None:
+    """--purge, once the mesh said which recovered tasks run here: finish those REVOKED
+    (``entries`` in memory; ``on_disk``: revoked in the journal, they finish REVOKED as
+    they are read back: mesh/node/spill.py), and say how many."""
+    for entry in entries:
+        node.ledger.task_failed(entry, "TaskRevokedError",
+                                f"task {entry.task_id} was purged (meshnode --purge)",
+                                states.REVOKED, logged=False)
+    if on_disk:
+        try:
+            node.journal.revoke(on_disk, time.time())
+        except JournalError as e:
+            log.error("--purge: the %d task(s) waiting on disk could not be revoked, they "
+                      "will run: %s", len(on_disk), e)
+            on_disk = []
+    log.warning("--purge: %d task(s) this node held unfinished were purged (%d waiting on "
+                "disk): they finish REVOKED and do not run%s", len(entries) + len(on_disk),
+                len(on_disk), f"; {elsewhere} finished or taken over on other nodes while "
+                "this one was down were left to them" if elsewhere else "")

@@ -15,6 +15,7 @@ function (mesh/node/commands.py) and answers with a CONTROL_REPLY (unless
     duplicate                                         (a client reports a late result)
     forget                                            (AsyncResult.forget: drop a result)
     purge                                             (control; mesh/node/purge.py)
+    add_consumer, cancel_consumer                     (control; mesh/node/consumers.py)
 
 A bad argument is a clear error in the reply, never an exception that escapes into
 the node; so is a command that raises.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from mesh import __version__
 from mesh import states as task_states
 from mesh.exceptions import revoked_message
+from mesh.node import consumers as _consumers  # noqa: F401  (registers add_consumer...)
 from mesh.node import purge as _purge  # noqa: F401  (registers the purge command)
 from mesh.node import taskstate
 from mesh.node.commands import ControlState, register

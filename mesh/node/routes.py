@@ -2,13 +2,15 @@
 tells the mesh about them (docs/routing.md).
 
 The ``routing`` component works out, once at start, what the node serves: its mesh
-(the app's name), its queues (``--queues``; none given: every queue) and its task names
-(and the mesh-wide rate limits its tasks declare). Those go into the member meta
-(``meta``, merged by the membership component) and the ``status`` report. Intake asks
-``refusal(msg)`` of every SUBMIT when the node does not take every queue: a task for
-another queue is refused with ERROR ``queue``, and its owner sends it to a node that
-serves that queue. Shedding and the beat ask ``peer_accepts`` of a member before they
-send it a task.
+(the app's name), its queues (``--queues``; none given: every queue, less
+``--exclude-queues``) and its task names (and the mesh-wide rate limits its tasks
+declare). Those go into the member meta (``meta``, merged by the membership component)
+and the ``status`` report. Intake asks ``refusal(msg)`` of every SUBMIT when the node
+does not take every queue: a task for another queue is refused with ERROR ``queue``,
+and its owner sends it to a node that serves that queue. ``add_consumer`` and
+``cancel_consumer`` (Celery's control commands) change the queues at run time and
+gossip the change at once; a restart goes back to the flags, as Celery's worker does.
+Shedding and the beat ask ``peer_accepts`` of a member before they send it a task.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mesh import capabilities
-from mesh.capabilities import Serves, show
+from mesh.capabilities import show
 from mesh.exceptions import ConfigError
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
@@ -48,7 +50,9 @@ class Routes(Component):
             raise NodeStartError(f"the app's name {self.mesh[:40]!r}... is the mesh's name and may "
                                  f"be at most {MAX_MESH_NAME} bytes")
         self.queues: frozenset[str] | None = frozenset(node.config.queues) or None
-        self.serves = Serves(self.mesh, self.queues, None)
+        self.excluded: frozenset[str] = frozenset(node.config.exclude_queues)
+        if self.queues is not None:            # Celery's -Q a,b -X b: a
+            self.queues, self.excluded = self.queues - self.excluded, frozenset()
         self.routes = AppRoutes()
         self.refresh(app)
         try:                                   # a bad task_routes stops the node at once
@@ -57,16 +61,63 @@ class Routes(Component):
         except ConfigError as e:
             raise NodeStartError(str(e)) from e
         node.routing = self
-        log.info("node %s: mesh %r, queues: %s", node.name, self.mesh,
-                 "every queue" if self.queues is None else ", ".join(sorted(self.queues)))
+        log.info("node %s: mesh %r, queues: %s", node.name, self.mesh, self.describe())
+
+    def describe(self) -> str:
+        """The queues it takes, in words."""
+        if self.queues is None:
+            return "every queue" + (f" but {', '.join(sorted(self.excluded))}"
+                                    if self.excluded else "")
+        return ", ".join(sorted(self.queues)) or "no queue"
+
+    @property
+    def takes_every(self) -> bool:
+        return self.queues is None and not self.excluded
 
     def refresh(self, app: Any) -> None:
         """What the node tells the mesh it serves, from the app's tasks (at start, and
         again when --autoreload loads new code)."""
         self.mesh_limits = mesh_limits(app.tasks)
         # every node coordinates groups (mesh.group, mesh/node/wf_groups.py)
-        self.meta = capabilities.meta(self.mesh, self.queues, [*app.tasks, GROUP])
+        self.meta = capabilities.meta(self.mesh, self.queues, [*app.tasks, GROUP], self.excluded)
         self.meta["rl"] = self.mesh_limits
+
+    # -- add_consumer / cancel_consumer -------------------------------------------------
+    def add(self, queue: str) -> bool:
+        """Take ``queue`` from now on; whether that changed anything."""
+        if self.queues is None:
+            if queue not in self.excluded:
+                return False
+            self.excluded = self.excluded - {queue}
+        elif queue in self.queues:
+            return False
+        else:
+            self.queues = self.queues | {queue}
+        self._changed(f"started consuming from {queue}")
+        return True
+
+    def cancel(self, queue: str) -> bool:
+        """Take no more tasks of ``queue`` (the ones it holds still run here); whether
+        that changed anything."""
+        if self.queues is None:
+            if queue in self.excluded:
+                return False
+            self.excluded = self.excluded | {queue}
+        elif queue not in self.queues:
+            return False
+        else:
+            self.queues = self.queues - {queue}
+        self._changed(f"no longer consuming from {queue}")
+        return True
+
+    def _changed(self, what: str) -> None:
+        """Tell the mesh at once (gossip: peers and clients stop or start sending)."""
+        self.refresh(self.node.app)
+        membership = getattr(self.node, "membership", None)
+        if membership is not None:
+            membership.update_local_meta()
+        log.info("%s: queues now: %s (until a restart: the flags decide again then)",
+                 what, self.describe())
 
     # -- what intake asks ---------------------------------------------------------------
     def queue_for(self, name: str, headers: Mapping[str, Any] | None = None) -> str:
@@ -86,14 +137,15 @@ class Routes(Component):
 
     def refusal(self, msg: Submit) -> str | None:
         """Why this node does not take ``msg`` (another queue), or None when it does."""
-        if self.queues is None:
+        if self.takes_every:
             return None
         queue = self.queue_for(msg.name, msg.headers)
-        if queue in self.queues:
+        if self.serves_queue(queue):
             return None
+        serves = (f"every queue but {show(sorted(self.excluded))}" if self.queues is None
+                  else show(sorted(self.queues)) or "no queue")
         return (f"node {self.node.name} does not serve queue {queue!r} (it serves "
-                f"{show(sorted(self.queues))}), so it did not accept task {msg.task_id} "
-                f"({msg.name})")
+                f"{serves}), so it did not accept task {msg.task_id} ({msg.name})")
 
     # -- what shedding and the beat ask ------------------------------------------------
     def peer_accepts(self, meta: Mapping[str, Any], queue: str, name: str) -> bool:
@@ -105,23 +157,26 @@ class Routes(Component):
             and serves.accepts(queue, name)
 
     def serves_queue(self, queue: str) -> bool:
-        return self.queues is None or queue in self.queues
+        return queue not in self.excluded if self.queues is None else queue in self.queues
 
     def active_queues(self) -> dict[str, Any]:
         """The queues this node takes (the ``active_queues`` command): its --queues; or,
         when it takes every queue, the ones its app names (the default queue, and the
-        queues its tasks declare), with ``every`` true."""
+        queues its tasks declare) less the ones excluded (-X, cancel_consumer), with
+        ``every`` true and ``excluded``."""
         if self.queues is not None:
-            return {"queues": sorted(self.queues), "every": False}
+            return {"queues": sorted(self.queues), "every": False, "excluded": []}
         app = self.node.app
         named = {str(app.conf["task_default_queue"])}
         named.update(q for t in app.tasks.values()
                      if isinstance(q := getattr(t.options, "queue", None), str))
-        return {"queues": sorted(named), "every": True}
+        return {"queues": sorted(named - self.excluded), "every": True,
+                "excluded": sorted(self.excluded)}
 
     def status(self) -> dict[str, Any]:
         return {"mesh": self.mesh,
-                "queues": None if self.queues is None else sorted(self.queues)}
+                "queues": None if self.queues is None else sorted(self.queues),
+                "excluded_queues": sorted(self.excluded)}
 
 
 def mesh_limits(tasks: Mapping[str, Any]) -> dict[str, float]:

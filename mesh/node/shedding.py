@@ -130,7 +130,7 @@ class Shedder(Component):
         accepts = node.routing.peer_accepts
         chosen: set[int] = set()
         # a task's queue matters only if some peer does not take every queue
-        by_queue = any(from_meta(r.member.meta).queues is not None for r in rooms)
+        by_queue = any(not from_meta(r.member.meta).every for r in rooms)
         # the tasks that would start next, each to the first peer with room that takes it
         need = sum(r.left for r in rooms)
         for item in self._movable(pool.head(need + skip))[:need]:

@@ -16,6 +16,8 @@ import typing
 from dataclasses import field
 from typing import Any
 
+from mesh.exceptions import ConfigError
+from mesh.routing import check_queue
 from mesh.wire.frozen import Frozen, frozen
 
 MAX_IDS_PER_REVOKE = 10_000
@@ -181,6 +183,19 @@ class RateLimitArgs(Frozen):
 
     def __post_init__(self) -> None:
         _name(self.task, "task", "rate_limit")
+
+
+@frozen
+class QueueArgs(Frozen):
+    """add_consumer / cancel_consumer: one queue (Celery's ``exchange``,
+    ``exchange_type`` and ``routing_key`` are broker words, taken and not used)."""
+    queue: str
+
+    def __post_init__(self) -> None:
+        try:
+            check_queue(self.queue, "queue")
+        except ConfigError as e:
+            raise BadArgs(str(e)) from None
 
 
 @frozen

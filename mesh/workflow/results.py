@@ -334,5 +334,5 @@ def handle(app: "Mesh | None", desc: Mapping[str, Any], parent: Handle = None) -
     r = AsyncResult(str(desc["id"]), app)
     r.parent = parent
     if parent is not None and isinstance(parent, AsyncResult):
-        parent.children = [*(parent.children or ()), r]
+        parent.children = [*(parent._children or ()), r]      # (no lookup: just sent)
     return r

@@ -38,3 +38,7 @@ def tick(self: Any) -> float:
 @app.on_after_configure.connect
 def setup_periodic_tasks(sender: Mesh, **kwargs: Any) -> None:
     sender.add_periodic_task(float(os.environ.get("BEAT_EVERY", "1")), tick.s(), name="tick")
+    lon = os.environ.get("BEAT_SOLAR_NOON_LON")       # Celery's solar schedule, by longitude
+    if lon:
+        from mesh.schedules import solar
+        sender.add_periodic_task(solar("solar_noon", 0.0, float(lon)), tick.s(), name="noon")

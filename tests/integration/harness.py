@@ -368,16 +368,18 @@ class NodeFactory:
 
     def __call__(self, *, app: str = TASKS_MODULE, concurrency: int | None = 2, name: str | None = None,
                  ready_timeout: float = READY_TIMEOUT, mdns: bool = False,
-                 env: dict[str, str] | None = None, cwd: Path | None = None, **flags: Any) -> NodeProc:
+                 env: dict[str, str] | None = None, cwd: Path | None = None,
+                 program: list[str] | None = None, **flags: Any) -> NodeProc:
         """``env``: extra environment variables (a PYTHONPATH given is put first);
-        ``cwd``: where the node runs (default: the repository)."""
+        ``cwd``: where the node runs (default: the repository); ``program``: how to
+        run meshnode (default: the venv's script)."""
         for _attempt in range(3):
             port = free_port()
             node_name = name or f"it-{port}"
             endpoint = f"tcp://127.0.0.1:{port}"
             data_dir = self.base_dir / f"{node_name}-{port}.data"
             stderr_path = self.base_dir / f"{node_name}-{port}.stderr"
-            argv = [MESHNODE, "--app", app, "--bind", endpoint, *([] if mdns else ["--no-mdns"]),
+            argv = [*(program or [MESHNODE]), "--app", app, "--bind", endpoint, *([] if mdns else ["--no-mdns"]),
                     *(["--concurrency", str(concurrency)] if concurrency is not None else []),
                     "--data-dir", str(data_dir),
                     "--name", node_name, *_flag_args(flags)]

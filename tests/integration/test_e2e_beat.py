@@ -328,3 +328,39 @@ def test_a_node_slow_to_start_learns_the_mesh_before_it_fires(start_node: NodeFa
                30, "a and b to count each other as firers", interval=0.1)
     runs_after(beat_log, time.time(), 1, "b settled")
     check_runs(read_runs(beat_log))
+
+
+def _longitude_with_noon_at(target: float) -> tuple[float, float]:
+    """A longitude (on the equator) whose solar noon is ``target`` (unix time), and
+    that noon as the schedule computes it: 240 s of time per degree."""
+    from mesh.schedules import solar
+    lon, noon = 0.0, 0.0
+    for _ in range(60):
+        noon = solar("solar_noon", 0.0, lon).next_after(target - 43_200)
+        if abs(noon - target) < 0.05:
+            break
+        lon = (lon + (noon - target) / 240.0 + 180.0) % 360.0 - 180.0
+    return lon, noon
+
+
+def test_a_solar_schedule_fires_at_its_event(start_node: NodeFactory, beat_log: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery's solar(event, lat, lon): a node's beat runs the entry at the event (here
+    the solar noon of a longitude where it is noon a few seconds from now), once."""
+    lon, noon = _longitude_with_noon_at(time.time() + 10)
+    monkeypatch.setenv("BEAT_SOLAR_NOON_LON", repr(lon))
+    monkeypatch.setenv("BEAT_EVERY", "3600")
+    node = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-solar")
+    assert time.time() < noon, "the node took too long to start"
+    wait_until(lambda: any(line.split()[1] == "noon" for line in _lines(beat_log)), 30,
+               "the solar entry's run", interval=0.1)
+    (run,) = [line.split() for line in _lines(beat_log) if line.split()[1] == "noon"]
+    assert abs(float(run[0]) - noon) < 0.01                    # its due time: the event
+    assert float(run[4]) >= noon - 0.01                        # not before it
+    view = beat_view(node)
+    assert any(e["name"] == "noon" and "solar solar_noon" in e["schedule"]
+               for e in view["entries"])
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

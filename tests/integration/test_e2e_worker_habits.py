@@ -124,6 +124,20 @@ def test_a_systemd_units_worker_flags(start_node: NodeFactory, tmp_path: Path) -
     assert not (tmp_path / "w1.pid").exists()       # removed at exit, as Celery's
 
 
+def test_a_logfile_the_apps_own_handlers_keep_it_from_is_said(start_node: NodeFactory,
+                                                              tmp_path: Path) -> None:
+    """worker_hijack_root_logger=False and handlers of the app's: they decide where lines
+    go (as Celery, whose --logfile then adds nothing), and the node says so."""
+    logfile = tmp_path / "node.log"
+    node = start_node(app=APP, concurrency=1, logfile=str(logfile),
+                      env={"HABITS_DIR": str(tmp_path), "HABITS_OWN_HANDLERS": "1"})
+    own = (tmp_path / "own.log").read_text()
+    assert f"OWN WARNING mesh.node --logfile {logfile} is not used" in own
+    assert "worker_hijack_root_logger" in own
+    assert f"node {node.name} ready" in (tmp_path / "own.log").read_text()
+    assert not logfile.exists()
+
+
 def test_a_pidfile_of_a_running_process_refuses_the_start(tmp_path: Path) -> None:
     pidfile = tmp_path / "node.pid"
     pidfile.write_text(f"{os.getpid()}\n")          # this process runs

@@ -5,7 +5,9 @@ test_e2e_worker_habits. Nodes load it as ``--app worker_habits_app``.
 Each receiver appends one JSON line to ``$HABITS_DIR/habits.jsonl``. With
 ``HABITS_SETUP_LOGGING=1`` a ``setup_logging`` receiver configures logging itself (the
 Django-settings LOGGING recipe), writing ``HABITS <level> <logger> <message>`` lines
-to ``$HABITS_DIR/own.log``.
+to ``$HABITS_DIR/own.log``; with ``HABITS_OWN_HANDLERS=1`` the app adds a handler of its
+own to the root logger as it is imported (``OWN <level> <logger> <message>`` lines, to
+the same file) and sets ``worker_hijack_root_logger = False``.
 """
 from __future__ import annotations
 
@@ -55,6 +57,15 @@ if os.environ.get("HABITS_SETUP_LOGGING") == "1":
                                  "filename": os.path.join(os.environ["HABITS_DIR"], "own.log")}},
             "root": {"handlers": ["own"], "level": "INFO"},
         })
+
+
+if os.environ.get("HABITS_OWN_HANDLERS") == "1":
+    # an app that set up its logging as it is imported, and keeps it
+    app.conf.worker_hijack_root_logger = False
+    _own = logging.FileHandler(os.path.join(os.environ["HABITS_DIR"], "own.log"))
+    _own.setFormatter(logging.Formatter("OWN %(levelname)s %(name)s %(message)s"))
+    logging.getLogger().addHandler(_own)
+    logging.getLogger().setLevel(logging.INFO)
 
 
 @after_setup_logger.connect

@@ -72,7 +72,8 @@ def test_every_field_can_be_set_from_env() -> None:
               "events": "no", "http": "127.0.0.1:8080", "http_token": "t",
               "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": "0.5",
               "autoscale_max_cpu": "100", "async_concurrency": "7", "autoreload": "1",
-              "app": "proj.tasks:app", "queues": "reports,celery", "replicas": "1",
+              "app": "proj.tasks:app", "queues": "reports,celery", "exclude_queues": "celery",
+              "purge": "1", "replicas": "1",
               "keys": "/k", "key_name": "app", "insecure": "1", "quota_tasks": "9",
               "quota_bytes": "4096", "max_eta": "10", "queue_memory": "11",
               "dead_node_reclaim": "2.5", "workflow_stall": "1.5"}
@@ -90,7 +91,8 @@ def test_every_field_can_be_set_from_env() -> None:
         "events": False, "http": "127.0.0.1:8080", "http_token": "t",
         "pool": "threads", "autoscale": "8,2", "autoscale_keepalive": 0.5,
         "autoscale_max_cpu": 100.0, "async_concurrency": 7, "autoreload": True,
-        "app": "proj.tasks:app", "queues": ("reports", "celery"), "replicas": 1,
+        "app": "proj.tasks:app", "queues": ("reports", "celery"), "exclude_queues": ("celery",),
+        "purge": True, "replicas": 1,
         "keys": "/k", "key_name": "app", "insecure": True, "quota_tasks": 9,
         "quota_bytes": 4096, "max_eta": 10.0, "queue_memory": 11,
         "dead_node_reclaim": 2.5, "workflow_stall": 1.5}

@@ -177,6 +177,12 @@ def test_names_round_trip_as_a_hash_set() -> None:
     (meta("b", None, []), Serves("b", None, frozenset())),
     ({"mesh": 5, "queues": "q", "names": 7}, Serves("", None, None)),   # junk: not said
     ({"mesh": "b", "queues": ["q", 5]}, Serves("b", None, None)),
+    # every queue but some (-X, cancel_consumer); xq means nothing next to queues
+    (meta("b", None, [], ["x2", "x1"]), Serves("b", None, frozenset(), frozenset({"x1", "x2"}))),
+    (meta("b", ["q"], [], ["x"]), Serves("b", frozenset({"q"}), frozenset())),
+    ({"mesh": "b", "queues": ["q"], "xq": ["q"]}, Serves("b", frozenset({"q"}), None)),
+    ({"mesh": "b", "xq": "x"}, Serves("b", None, None)),                 # junk: not said
+    (meta("b", None, []), Serves("b", None, frozenset())),
 ])
 def test_from_meta(m: Any, expected: Serves) -> None:
     assert from_meta(m) == expected
@@ -190,6 +196,9 @@ def test_from_meta(m: Any, expected: Serves) -> None:
     (Serves("m", None, frozenset({name_hash("x")})), "b", "y", False, "has no task 'y'"),
     (Serves("m", frozenset({"a"}), frozenset()), "b", "y", False,
      "serves queue(s) a, not 'b' and has no task 'y'"),
+    (Serves("m", None, None, frozenset({"b"})), "a", "x", True, ""),
+    (Serves("m", None, None, frozenset({"b"})), "b", "x", False, "serves every queue but b"),
+    (Serves("m", frozenset(), None), "a", "x", False, "serves no queue"),
 ])
 def test_serves_accepts(serves: Serves, queue: str, name: str, accepts: bool, why: str) -> None:
     assert serves.accepts(queue, name) is accepts

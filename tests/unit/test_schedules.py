@@ -15,7 +15,7 @@ import pytest
 
 from mesh.clock import FakeClock
 from mesh.exceptions import ConfigError
-from mesh.schedules import crontab, instant, interval, schedule, to_schedule, zone
+from mesh.schedules import crontab, instant, interval, schedule, solar, to_schedule, zone
 
 BERLIN, NY, LH = zone("Europe/Berlin"), zone("America/New_York"), zone("Australia/Lord_Howe")
 
@@ -169,3 +169,55 @@ def test_a_node_without_crontabs_never_imports_croniter() -> None:
             "s.crontab(minute='*/5')\n"
             "assert 'croniter' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---- solar (Celery's), by the sunrise equation -------------------------------------------
+
+def _utc(*a: int) -> float:
+    return dt.datetime(*a, tzinfo=dt.UTC).timestamp()
+
+
+@pytest.mark.parametrize("event, lat, lon, after, expected", [
+    # published times (timeanddate.com), to the minute
+    ("sunrise", 51.5074, -0.1278, _utc(2024, 6, 21), _utc(2024, 6, 21, 3, 43)),     # London
+    ("sunset", 51.5074, -0.1278, _utc(2024, 6, 21), _utc(2024, 6, 21, 20, 21)),
+    ("solar_noon", 51.5074, -0.1278, _utc(2024, 6, 21), _utc(2024, 6, 21, 12, 2)),
+    ("dawn_civil", 51.5074, -0.1278, _utc(2024, 6, 21), _utc(2024, 6, 21, 2, 55)),
+    ("dusk_civil", 51.5074, -0.1278, _utc(2024, 6, 21), _utc(2024, 6, 21, 21, 9)),
+    ("sunrise", 40.7128, -74.006, _utc(2024, 12, 21), _utc(2024, 12, 21, 12, 17)),  # New York
+    ("sunset", 40.7128, -74.006, _utc(2024, 12, 21), _utc(2024, 12, 21, 21, 32)),
+    ("sunrise", 35.6762, 139.6503, _utc(2024, 3, 19, 12), _utc(2024, 3, 19, 20, 45)),  # Tokyo
+    ("sunrise", -33.8688, 151.2093, _utc(2024, 6, 20, 12), _utc(2024, 6, 20, 20, 59)),  # Sydney
+])
+def test_solar_events_within_two_minutes(event: str, lat: float, lon: float, after: float,
+                                         expected: float) -> None:
+    assert abs(solar(event, lat, lon).next_after(after) - expected) <= 120
+
+
+def test_solar_runs_are_daily_and_consistent() -> None:
+    s = solar("sunset", 48.8566, 2.3522)
+    a = _utc(2024, 9, 1)
+    runs = s.due_between(a, a + 3 * 86400)
+    assert len(runs) == 3 and all(80_000 < b - r < 93_000 for r, b in zip(runs, runs[1:]))
+    for r in runs:
+        assert s.next_after(r - 1) == r and s.last_at_or_before(r) == r
+        assert s.last_at_or_before(r - 1) < r - 80_000
+    assert to_schedule(s) is s and s == solar("sunset", 48.8566, 2.3522)
+    assert s.key() != solar("sunrise", 48.8566, 2.3522).key()
+
+
+def test_solar_polar_night_skips_the_days_without_the_event() -> None:
+    s = solar("sunrise", 78.2232, 15.6267)                 # Longyearbyen
+    first = s.next_after(_utc(2024, 12, 1))
+    assert _utc(2025, 2, 10) < first < _utc(2025, 2, 20)   # the first sunrise after the night
+
+
+@pytest.mark.parametrize("args, says", [
+    (("noon", 0, 0), "unknown event 'noon'"),
+    (("sunrise", 91, 0), "latitude"),
+    (("sunrise", 0, -181), "longitude"),
+    (("sunrise", "0", 0), "latitude"),
+])
+def test_bad_solar_schedules_say_why(args: tuple[object, ...], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        solar(*args)
