@@ -198,3 +198,18 @@ def cancel_consumer(ctx: click.Context, queue: str, nodes: tuple[str, ...]) -> i
       meshctl control cancel-consumer reports -d node-a
     """
     return _control_cmd(ctx, "cancel_consumer", {"queue": queue}, nodes)
+
+
+def _events_command(name: str, on: bool) -> None:
+    @control.command(name)
+    @NODE_OPTION
+    @click.pass_context
+    def run(ctx: click.Context, nodes: tuple[str, ...]) -> int:
+        return _control_cmd(ctx, name.replace("-", "_"), {}, nodes)
+    run.help = (f"{'Publish' if on else 'Stop publishing'} task events (task-*) to subscribers, "
+                f"until the node restarts (Celery's {name.replace('-', '_')}).\n\n"
+                f"\b\nExample:\n  meshctl control {name} -d node-a")
+
+
+_events_command("enable-events", True)
+_events_command("disable-events", False)

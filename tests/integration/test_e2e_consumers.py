@@ -157,7 +157,11 @@ def test_disable_and_enable_events_stop_and_bring_back_task_events(
     with EventReceiver([node.endpoint]) as recv:
         _until_task_events(recv, c)
         assert control.disable_events() == {node.name: {"ok": "task events disabled"}}
-        assert control.disable_events() == {node.name: {"ok": "task events already disabled"}}
+        # meshctl's spelling as its other subcommands (it was "unknown command")
+        out = run_program(MESHCTL, "--peers", node.endpoint, "--json", "control",
+                          "disable-events", "-d", node.name)
+        assert out.returncode == EXIT_OK, out.stderr
+        assert json.loads(out.stdout) == {node.name: {"ok": "task events already disabled"}}
         assert _task_events(recv, c) == set()              # tasks run, no task events
         wait_until(lambda: _is_heartbeat(recv.next_event(0.5)), timeout=20,   # node events go on
                    what="a node-heartbeat while task events are off")
