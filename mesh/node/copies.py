@@ -379,6 +379,14 @@ class Copies:
         # still on the way; with the drop, this one runs here (dropped now, no copy was
         # left and no node held the task)
         copies = [c for c in copies if not self._live_holders(c[0], holder)]
+        if copies and self.on_disk:             # (the other holder's copy may be on disk)
+            try:
+                held = {t for t, h in self.node.journal.copy_holders([c[0] for c in copies])
+                        if live_elsewhere(self.node, h, holder)}
+            except JournalError as e:
+                log.error("journal: cannot look the copies of %s's tasks up: %s", holder, e)
+                return 0                        # (the next check tries again)
+            copies = [c for c in copies if c[0] not in held]
         if not copies:
             return 0
         for tid, _, _ in copies:

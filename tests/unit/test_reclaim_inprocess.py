@@ -377,12 +377,14 @@ def test_a_task_two_nodes_held_keeps_its_copy_when_one_reclaims_it(tmp_path: Any
                 await until(lambda: _state(b, "taker") == MemberState.DEAD,
                             "the backup to declare the taker dead", timeout=20)
                 b.replicas.copies.check_holders(time.monotonic())
-                await until(lambda: not b.replicas.copies.disk.get("taker"),
-                            "the taker's copies to be taken over (on disk: a tick)")
+                await until(lambda: "taker" not in b.replicas.copies._taking,
+                            "the taker's copies to be taken over (on disk: ticks)")
                 assert tid not in b.ledger.held and not b.spill.holds(tid)   # the giver has it
                 # (the taker's copy waits, in memory, for the giver's to go: a drop of it
                 # would mean the giver had handed the task to the taker, then dead)
                 assert sorted(holders(b, tid)) == ["giver", "taker"]
+                b.replicas.copies.check_holders(time.monotonic())   # (the next check)
+                assert tid not in b.ledger.held and not b.spill.holds(tid)
                 await giver_dies(b, g, tid)
                 return
             async with running_node(app, name="taker", autorun=False, journal=True,
@@ -460,8 +462,8 @@ def test_a_task_handed_to_a_holder_that_dies_before_the_givers_drop_arrives_runs
             await until(lambda: _state(b, "taker") == MemberState.DEAD,
                         "the backup to declare the taker dead", timeout=20)
             copies.check_holders(time.monotonic())        # (its loop does, each second)
-            await until(lambda: not copies.disk.get("taker"),
-                        "the taker's copies to be taken over (on disk: a tick)")
+            await until(lambda: "taker" not in copies._taking,
+                        "the taker's copies to be taken over (on disk: ticks)")
             assert tid not in b.ledger.held and not b.spill.holds(tid)   # the giver's copy
             copies.on_replicate = keep                    # type: ignore[method-assign]
             for msg in late:                              # the giver's drop arrives
