@@ -466,8 +466,8 @@ def test_tasks_shed_here_are_not_shed_straight_back(monkeypatch: pytest.MonkeyPa
     # for SHED_HOLD s: only b's own queued task may go (the new user's logs showed
     # tasks bouncing between two nodes every 0.1 s to 1 s). Only the test sheds: the
     # shedders' loops never look (a SHED_INTERVAL of an hour is not enough since their
-    # naps, mesh/node/naps.py: a loop that napped looks once as tasks queue, and sheds
-    # them if its wake-up came SHED_AFTER late)
+    # naps, mesh/node/naps.py: an idle shedder looks at the next whole second, or a tick
+    # after a poke, and sheds what has waited SHED_AFTER by then)
     async def never(self: shedding.Shedder) -> None:
         await asyncio.Event().wait()
     monkeypatch.setattr(shedding.Shedder, "_loop", never)
