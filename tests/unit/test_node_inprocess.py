@@ -464,8 +464,13 @@ def test_tasks_shed_here_are_not_shed_straight_back(monkeypatch: pytest.MonkeyPa
     # Hysteresis: b took two tasks a shed, then a has room again (by its gossip). b
     # sheds nothing to a for PEER_HOLD s, and the tasks that came by shedding stay
     # for SHED_HOLD s: only b's own queued task may go (the new user's logs showed
-    # tasks bouncing between two nodes every 0.1 s to 1 s). Only the test sheds.
-    monkeypatch.setattr(shedding, "SHED_INTERVAL", 3600.0)
+    # tasks bouncing between two nodes every 0.1 s to 1 s). Only the test sheds: the
+    # shedders' loops never look (a SHED_INTERVAL of an hour is not enough since their
+    # naps, mesh/node/naps.py: an idle shedder looks at the next whole second, or a tick
+    # after a poke, and sheds what has waited SHED_AFTER by then)
+    async def never(self: shedding.Shedder) -> None:
+        await asyncio.Event().wait()
+    monkeypatch.setattr(shedding.Shedder, "_loop", never)
 
     async def main() -> None:
         async with running_node(app, name="a", concurrency=1, autorun=False) as a, \

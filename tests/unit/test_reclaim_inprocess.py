@@ -377,9 +377,14 @@ def test_a_task_two_nodes_held_keeps_its_copy_when_one_reclaims_it(tmp_path: Any
                 await until(lambda: _state(b, "taker") == MemberState.DEAD,
                             "the backup to declare the taker dead", timeout=20)
                 b.replicas.copies.check_holders(time.monotonic())
-                await until(lambda: holders(b, tid) == ["giver"] and not b.replicas.copies.disk
-                            .get("taker"), "the taker's copies to be taken over (on disk: a tick)")
+                await until(lambda: "taker" not in b.replicas.copies._taking,
+                            "the taker's copies to be taken over (on disk: ticks)")
                 assert tid not in b.ledger.held and not b.spill.holds(tid)   # the giver has it
+                # (the taker's copy waits, in memory, for the giver's to go: a drop of it
+                # would mean the giver had handed the task to the taker, then dead)
+                assert sorted(holders(b, tid)) == ["giver", "taker"]
+                b.replicas.copies.check_holders(time.monotonic())   # (the next check)
+                assert tid not in b.ledger.held and not b.spill.holds(tid)
                 await giver_dies(b, g, tid)
                 return
             async with running_node(app, name="taker", autorun=False, journal=True,
@@ -407,3 +412,63 @@ def holders(b: Node, tid: str) -> list[str]:
     """The holders whose copy of ``tid`` ``b`` keeps, in memory or on disk."""
     copies = b.replicas.copies
     return copies.holders(tid) + [h for _, h in b.journal.copy_holders([tid])]
+
+
+@pytest.mark.parametrize("where", ["in-memory", "on-disk"])
+def test_a_task_handed_to_a_holder_that_dies_before_the_givers_drop_arrives_runs_at_the_backup(
+        tmp_path: Any, where: str) -> None:
+    # The giver hands a task to the taker; both have the same backup (the id's
+    # highest-ranked node other than each). The taker journals it, copies it to the
+    # backup and answers; the giver forgets it, and its drop of its own copy goes to the
+    # backup with its next REPLICATE. That one is held up here (in a run: the giver's
+    # batch to the backup in flight unanswered, or the backup suspected by the giver a
+    # moment, its drops parked until it is alive again), and meanwhile the taker is
+    # killed and declared dead: the backup keeps the copies of both, and its takeover of
+    # the taker's finds the giver's copy (a live holder: "it holds it") and runs nothing.
+    # Then the giver's drop arrives: no copy is left, no node holds the task, nothing
+    # runs it (its owner may be gone). The taker's copy must wait for the giver's to go.
+    # On disk: the backup's window is one copy (the giver's busy task's).
+    tid = "two-holders-0"               # ranked: backup > giver, taker (mesh/rendezvous.py)
+
+    async def main() -> None:
+        disk: dict[str, Any] = dict(journal=True, data_dir=str(tmp_path / "backup"),
+                                    queue_memory=1) if where == "on-disk" else {}
+        async with running_node(app, name="backup", autorun=False, **disk) as b, \
+                running_node(app, name="giver", autorun=False, concurrency=1,
+                             peers=[b.address]) as g, dealer(g) as to_g:
+            g.shedder.shed = lambda now: 0
+            copies = b.replicas.copies
+            keep = copies.on_replicate
+            late: list[Any] = []
+            async with running_node(app, name="taker", autorun=False, concurrency=1,
+                                    peers=[b.address, g.address]) as t:
+                t.shedder.shed = lambda now: 0
+                await until(lambda: all(len(n.membership.alive_members()) == 3
+                                        for n in (b, g, t)), "the three to meet")
+                await to_g.send(submit("g-busy-0"))
+                await until(lambda: copies.has("g-busy-0"), "the first copy")
+                await to_g.send(submit(tid))
+                await until(lambda: g.pool.queued == 1 and copies.has(tid),
+                            "the giver to hold it, queued, copied to the backup")
+                # from now on the giver's REPLICATEs reach the backup late
+                copies.on_replicate = lambda msg: (late if msg.source == "giver"   # type: ignore[method-assign]
+                                                   else [keep(msg)]).append(msg)
+                await hand_to_taker(g, tid)
+                await until(lambda: tid in t.ledger.held and tid not in g.ledger.held,
+                            "the taker to hold it, the giver to forget it")
+                await until(lambda: any(tid in m.drop for m in late), "the giver's drop")
+                assert sorted(holders(b, tid)) == ["giver", "taker"]
+                await crash(t)
+            await until(lambda: _state(b, "taker") == MemberState.DEAD,
+                        "the backup to declare the taker dead", timeout=20)
+            copies.check_holders(time.monotonic())        # (its loop does, each second)
+            await until(lambda: "taker" not in copies._taking,
+                        "the taker's copies to be taken over (on disk: ticks)")
+            assert tid not in b.ledger.held and not b.spill.holds(tid)   # the giver's copy
+            copies.on_replicate = keep                    # type: ignore[method-assign]
+            for msg in late:                              # the giver's drop arrives
+                keep(msg)
+            copies.check_holders(time.monotonic())
+            await until(lambda: tid in b.ledger.held or b.spill.holds(tid),
+                        "the backup to run the taker's task")
+    asyncio.run(asyncio.wait_for(main(), 60))
