@@ -381,15 +381,17 @@ class AsyncResult:
         ``on_interval`` after each step. A task sent from this process has its states
         pushed to it; one sent elsewhere is looked up at each step."""
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        told: tuple[str, bytes | None] | None = None
+        # every (state, meta) told: a lookup of a task sent elsewhere may answer an older
+        # state after a newer one (PROGRESS, STARTED, PROGRESS): each is told once
+        told: set[tuple[str, bytes | None]] = set()
         step = max(interval, 0.01)
         while True:
             state = self.state
             slot = self._require_slot()
             with Slot.lock:
                 seen, done = (state, slot.meta), slot.msg is not None
-            if on_message is not None and seen != told:
-                told = seen
+            if on_message is not None and seen not in told:
+                told.add(seen)
                 on_message({"task_id": self.id, "status": state, "result": self.result,
                             "traceback": self.traceback if done else None,
                             "date_done": self.date_done if done else None, "children": []})
