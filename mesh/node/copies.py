@@ -303,13 +303,15 @@ class Copies:
         """A holder back after a crash (``asker``: mesh/node/reclaim.py) holds these ids
         again: the copies of them kept here for a holder that is gone (or for the asker)
         go, so no takeover runs them too (the asker copies them again as it runs them).
-        The ids whose copy is kept for another live holder (that one holds them)."""
+        The ids whose copy is kept for another live holder, which stays (that holder
+        may hold them, or may have handed them to the asker: its copy goes with its
+        drop; the reclaim is not answered "held" for these, the holder answers)."""
         node = self.node
         others: set[str] = set()
         for tid in ids:
             for holder in self.holders(tid):
                 if live_elsewhere(node, holder, asker):
-                    others.add(tid)          # (its copy stays: that holder holds it)
+                    others.add(tid)          # (its copy stays: that holder's drop takes it)
                 else:
                     self._unkeep(tid, holder)
         if self.on_disk:

@@ -16,10 +16,11 @@ mesh says which of them another node has:
    and so to each member that becomes alive while it waits: until every seed
    (``--peers``) has been asked, or ``SETTLE`` s, the answers are not all in;
 3. each answers RECLAIMED (``answer``): the ids it holds (taken over, queued, on its
-   disk, running) or keeps a copy of for *another* live holder (not what it handed on
-   lately: that may be the asker, see ``answer``), and the stored RESULT frames of
-   those that finished there. In the same step it drops the copies of these ids it
-   kept for a holder that is gone (or for the asker): the asker holds them again, so
+   disk, running), and the stored RESULT frames of those that finished there (not
+   what it handed on lately, nor what it keeps a copy of for another holder: either
+   may be the asker's now, see ``answer``; the holder answers for itself). In the
+   same step it drops the copies of these ids it kept for a holder that is gone (or
+   for the asker; another live holder's stay): the asker holds them again, so
    the takeover that would come later does not run them a second time. It copies
    them again: those in memory as it holds them, those on its disk by a walk of them
    (mesh/node/disk_copies.py) once the answers are in (until 2026-12 those waited
@@ -317,7 +318,8 @@ class Reclaimer:
             self._badlog.warning("refused a reclaim from %r: not a member at that address",
                                  msg.source[:100])
             return
-        others = node.replicas.copies.reclaim(msg.source, msg.ids)
+        # (the copies kept here for another live holder stay, and say nothing: below)
+        node.replicas.copies.reclaim(msg.source, msg.ids)
         ledger = node.ledger
         held: list[str] = []
         result_ids: list[str] = []
@@ -333,13 +335,20 @@ class Reclaimer:
                 size += len(st["result"])
             elif "result" in st:      # (past the answer's size: it is found here, by id)
                 held.append(tid)
-            elif st["state"] in HELD or tid in others:
+            elif st["state"] in HELD:
                 held.append(tid)
             # (Not a task this node handed on lately: that says where it went then, not
             # who has it now. It may have gone to the asker itself, whose journal has it
             # because of that handoff, or on from there to the asker; counted as held
             # elsewhere, the asker dropped it and no node had it. The node it went to is
-            # asked too, and answers for itself.)
+            # asked too, and answers for itself. Nor one this node keeps a copy of for
+            # another live holder, for the same reason: that holder may have handed it
+            # to the asker, its drop of the copy still on the way. Answered held, the
+            # asker dropped it, this node dropped the asker's copy (reclaimed), and the
+            # drop then took the last one (until 2026-12; test_a_task_handed_to_a_holder_
+            # that_restarts_before_the_givers_drop_arrives_runs_there). That holder is
+            # asked too and answers for itself: held there, the asker drops it; not
+            # answered in time, both run it, rather than neither.)
         self.counts["answered"] += 1
         self.counts["answered_taken"] += len(held) + len(result_ids)
         node.replicas.sockets.send(msg.source_addr, encode(

@@ -129,8 +129,8 @@ def test_two_holders_of_one_id_each_keep_their_copy(copies: Copies) -> None:
     assert copies.per_holder() == {"h": 5}
     assert all(copies.has(t) for t in ids) and copies.holders("t0") == ["h"]
     assert sorted(copies.node.journal.copy_holders(ids)) == [("t3", "h"), ("t4", "h")]
-    # g takes them again, then reclaims them after its restart: h's stay (h holds them,
-    # so the reclaim answers them as held elsewhere)
+    # g takes them again, then reclaims them after its restart: h's stay (h may hold
+    # them: asked too, it answers for itself; or its drop takes them)
     copies.on_replicate(_rep("4", {t: b"g2" for t in ids}, source="g"))
     assert copies.reclaim("g", ids) == set(ids)
     assert copies.per_holder() == {"h": 5}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -326,6 +326,26 @@ def test_an_answer_deferred_until_the_asker_is_a_member_comes_while_the_asker_wa
     run(main())
 
 
+@asynccontextmanager
+async def three_met(tmp_path: Any, where: str, **taker: Any
+                    ) -> AsyncIterator[tuple[Node, Node, zmq.asyncio.Socket, Node]]:
+    """A backup, a giver (and a DEALER to it) and a taker (``taker``: its options),
+    met, neither holder shedding. On disk: the backup's window is one copy (the
+    giver's busy task's), the others go to its journal (mesh/node/copy_journal.py)."""
+    disk: dict[str, Any] = dict(journal=True, data_dir=str(tmp_path / "backup"),
+                                queue_memory=1) if where == "on-disk" else {}
+    async with running_node(app, name="backup", autorun=False, **disk) as b, \
+            running_node(app, name="giver", autorun=False, concurrency=1,
+                         peers=[b.address]) as g, dealer(g) as to_g, \
+            running_node(app, name="taker", autorun=False, concurrency=1,
+                         peers=[b.address, g.address], **taker) as t:
+        g.shedder.shed = lambda now: 0
+        t.shedder.shed = lambda now: 0
+        await until(lambda: all(len(n.membership.alive_members()) == 3
+                                for n in (b, g, t)), "the three to meet")
+        yield b, g, to_g, t
+
+
 @pytest.mark.parametrize("where", ["in-memory", "on-disk"])
 @pytest.mark.parametrize("then", ["taker-reclaims", "taker-dies"])
 def test_a_task_two_nodes_held_keeps_its_copy_when_one_reclaims_it(tmp_path: Any, then: str,
@@ -347,32 +367,21 @@ def test_a_task_two_nodes_held_keeps_its_copy_when_one_reclaims_it(tmp_path: Any
 
     async def main() -> None:
         data = str(tmp_path / "taker")
-        disk: dict[str, Any] = dict(journal=True, data_dir=str(tmp_path / "backup"),
-                                    queue_memory=1) if where == "on-disk" else {}
-        async with running_node(app, name="backup", autorun=False, **disk) as b, \
-                running_node(app, name="giver", autorun=False, concurrency=1,
-                             peers=[b.address]) as g, dealer(g) as to_g:
-            g.shedder.shed = lambda now: 0
-            async with running_node(app, name="taker", autorun=False, journal=True,
-                                    concurrency=1, data_dir=data,
-                                    peers=[b.address, g.address]) as t:
-                t.shedder.shed = lambda now: 0
-                await until(lambda: all(len(n.membership.alive_members()) == 3
-                                        for n in (b, g, t)), "the three to meet")
-                await to_g.send(submit("g-busy-0"))       # (its backup: b, too)
-                await until(lambda: b.replicas.copies.has("g-busy-0"), "the first copy")
-                await to_g.send(submit(tid))
-                await until(lambda: g.pool.queued == 1 and b.replicas.copies.has(tid),
-                            "the giver to hold it, queued, copied to the backup")
-                g.handoff.on_ack = lambda msg: None    # type: ignore[method-assign]
-                await hand_to_taker(g, tid)
-                await until(lambda: tid in t.ledger.held and not t.replicas.pending(tid),
-                            "the taker to hold it, its copy confirmed")
-                await until(lambda: g.pool.queued == 1 and g.handoff._given_up,
-                            "the giver to give the handoff up, holding the task again")
-                assert sorted(holders(b, tid)) == ["giver", "taker"]
-                address = t.address
-                await crash(t)
+        async with three_met(tmp_path, where, journal=True, data_dir=data) as (b, g, to_g, t):
+            await to_g.send(submit("g-busy-0"))       # (its backup: b, too)
+            await until(lambda: b.replicas.copies.has("g-busy-0"), "the first copy")
+            await to_g.send(submit(tid))
+            await until(lambda: g.pool.queued == 1 and b.replicas.copies.has(tid),
+                        "the giver to hold it, queued, copied to the backup")
+            g.handoff.on_ack = lambda msg: None    # type: ignore[method-assign]
+            await hand_to_taker(g, tid)
+            await until(lambda: tid in t.ledger.held and not t.replicas.pending(tid),
+                        "the taker to hold it, its copy confirmed")
+            await until(lambda: g.pool.queued == 1 and g.handoff._given_up,
+                        "the giver to give the handoff up, holding the task again")
+            assert sorted(holders(b, tid)) == ["giver", "taker"]
+            address = t.address
+            await crash(t)
             if then == "taker-dies":
                 await until(lambda: _state(b, "taker") == MemberState.DEAD,
                             "the backup to declare the taker dead", timeout=20)
@@ -414,6 +423,42 @@ def holders(b: Node, tid: str) -> list[str]:
     return copies.holders(tid) + [h for _, h in b.journal.copy_holders([tid])]
 
 
+@asynccontextmanager
+async def handed_on_drop_late(tmp_path: Any, where: str, tid: str, **taker: Any
+                              ) -> AsyncIterator[tuple[Node, Node, str, Callable[[], None]]]:
+    """A backup and a giver; the giver has handed ``tid`` to a taker (``taker``: its
+    options), which holds it, its copy at the backup confirmed; the giver forgot it,
+    and its REPLICATEs (its drop of its own copy among them) reach the backup only when
+    the test calls ``deliver()``. The taker is killed then. The backup, the giver,
+    the taker's address, ``deliver``."""
+    async with three_met(tmp_path, where, **taker) as (b, g, to_g, t):
+        copies = b.replicas.copies
+        keep = copies.on_replicate
+        late: list[Any] = []
+        await to_g.send(submit("g-busy-0"))
+        await until(lambda: copies.has("g-busy-0"), "the first copy")
+        await to_g.send(submit(tid))
+        await until(lambda: g.pool.queued == 1 and copies.has(tid),
+                    "the giver to hold it, queued, copied to the backup")
+        # from now on the giver's REPLICATEs reach the backup late
+        copies.on_replicate = lambda msg: (late if msg.source == "giver"   # type: ignore[method-assign]
+                                           else [keep(msg)]).append(msg)
+        await hand_to_taker(g, tid)
+        await until(lambda: tid in t.ledger.held and tid not in g.ledger.held
+                    and not t.replicas.pending(tid),
+                    "the taker to hold it (copied), the giver to forget it")
+        await until(lambda: any(tid in m.drop for m in late), "the giver's drop")
+        assert sorted(holders(b, tid)) == ["giver", "taker"]
+        address = t.address
+        await crash(t)
+
+        def deliver() -> None:
+            copies.on_replicate = keep                    # type: ignore[method-assign]
+            for msg in late:
+                keep(msg)
+        yield b, g, address, deliver
+
+
 @pytest.mark.parametrize("where", ["in-memory", "on-disk"])
 def test_a_task_handed_to_a_holder_that_dies_before_the_givers_drop_arrives_runs_at_the_backup(
         tmp_path: Any, where: str) -> None:
@@ -427,48 +472,50 @@ def test_a_task_handed_to_a_holder_that_dies_before_the_givers_drop_arrives_runs
     # the taker's finds the giver's copy (a live holder: "it holds it") and runs nothing.
     # Then the giver's drop arrives: no copy is left, no node holds the task, nothing
     # runs it (its owner may be gone). The taker's copy must wait for the giver's to go.
-    # On disk: the backup's window is one copy (the giver's busy task's).
     tid = "two-holders-0"               # ranked: backup > giver, taker (mesh/rendezvous.py)
 
     async def main() -> None:
-        disk: dict[str, Any] = dict(journal=True, data_dir=str(tmp_path / "backup"),
-                                    queue_memory=1) if where == "on-disk" else {}
-        async with running_node(app, name="backup", autorun=False, **disk) as b, \
-                running_node(app, name="giver", autorun=False, concurrency=1,
-                             peers=[b.address]) as g, dealer(g) as to_g:
-            g.shedder.shed = lambda now: 0
+        async with handed_on_drop_late(tmp_path, where, tid) as (b, _g, _address, deliver):
             copies = b.replicas.copies
-            keep = copies.on_replicate
-            late: list[Any] = []
-            async with running_node(app, name="taker", autorun=False, concurrency=1,
-                                    peers=[b.address, g.address]) as t:
-                t.shedder.shed = lambda now: 0
-                await until(lambda: all(len(n.membership.alive_members()) == 3
-                                        for n in (b, g, t)), "the three to meet")
-                await to_g.send(submit("g-busy-0"))
-                await until(lambda: copies.has("g-busy-0"), "the first copy")
-                await to_g.send(submit(tid))
-                await until(lambda: g.pool.queued == 1 and copies.has(tid),
-                            "the giver to hold it, queued, copied to the backup")
-                # from now on the giver's REPLICATEs reach the backup late
-                copies.on_replicate = lambda msg: (late if msg.source == "giver"   # type: ignore[method-assign]
-                                                   else [keep(msg)]).append(msg)
-                await hand_to_taker(g, tid)
-                await until(lambda: tid in t.ledger.held and tid not in g.ledger.held,
-                            "the taker to hold it, the giver to forget it")
-                await until(lambda: any(tid in m.drop for m in late), "the giver's drop")
-                assert sorted(holders(b, tid)) == ["giver", "taker"]
-                await crash(t)
             await until(lambda: _state(b, "taker") == MemberState.DEAD,
                         "the backup to declare the taker dead", timeout=20)
             copies.check_holders(time.monotonic())        # (its loop does, each second)
             await until(lambda: "taker" not in copies._taking,
                         "the taker's copies to be taken over (on disk: ticks)")
             assert tid not in b.ledger.held and not b.spill.holds(tid)   # the giver's copy
-            copies.on_replicate = keep                    # type: ignore[method-assign]
-            for msg in late:                              # the giver's drop arrives
-                keep(msg)
+            deliver()                                     # the giver's drop arrives
             copies.check_holders(time.monotonic())
             await until(lambda: tid in b.ledger.held or b.spill.holds(tid),
                         "the backup to run the taker's task")
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
+@pytest.mark.parametrize("where", ["in-memory", "on-disk"])
+def test_a_task_handed_to_a_holder_that_restarts_before_the_givers_drop_arrives_runs_there(
+        tmp_path: Any, where: str) -> None:
+    # As above, but the taker is not declared dead: it is killed and starts again on
+    # its data dir (same name, address) while the giver's drop of its old copy is still
+    # on the way to the backup, and asks (RECLAIM) about the task in its journal. The
+    # giver forgot it (handed on: it answers nothing). The backup keeps a copy of it for
+    # the giver, a live holder: until 2026-12 it answered "held" on the strength of that
+    # copy alone, so the taker dropped the task, the backup dropped the taker's copy
+    # (reclaimed), and the giver's drop then took the last one: no node held the task,
+    # nothing ran it. A copy is second-hand: the holder it was kept for is asked too
+    # and answers for itself.
+    tid = "two-holders-0"               # ranked: backup > giver, taker (mesh/rendezvous.py)
+
+    async def main() -> None:
+        data = str(tmp_path / "taker")
+        async with handed_on_drop_late(tmp_path, where, tid, journal=True,
+                                       data_dir=data) as (b, g, address, deliver):
+            async with running_node(app, name="taker", journal=True, concurrency=1,
+                                    data_dir=data, bind=address,
+                                    peers=[b.address, g.address]) as t2:
+                await until(lambda: t2.reclaim.counts, "the taker to settle", timeout=15)
+                deliver()                                 # the giver's drop arrives
+                assert "giver" not in holders(b, tid)
+                assert tid in t2.ledger.held or t2.ledger.counts["SUCCESS"] or \
+                    holders(b, tid), "lost: held by no node, no copy left"
+                assert t2.reclaim.counts["held_elsewhere"] == 0, t2.reclaim.counts
+                await until(lambda: t2.ledger.counts["SUCCESS"] == 1, "the task to run")
     asyncio.run(asyncio.wait_for(main(), 60))
