@@ -103,8 +103,11 @@ class Routing:
         now = time.monotonic()
         # before saying no node has it, look once at a fresh member list: a node may
         # have just registered the task (a deploy, --autoreload) after our last look
-        # (only when our view alone says so: a node's own refusal keeps its words)
-        fresh = not slot.refused and slot.task_id not in self._rechecked
+        # (only when our view alone says so: a node's own refusal keeps its words), or
+        # taken its queue (add_consumer) as the one that refused it gave it up: a queue
+        # moved, Celery's way, by add_consumer on one node and cancel_consumer on the
+        # other, back to back, failed the tasks sent in the second before our next look
+        fresh = (not slot.refused or kind == "queue") and slot.task_id not in self._rechecked
         if fresh:
             if len(self._rechecked) > 10_000:
                 self._rechecked.clear()
