@@ -191,16 +191,16 @@ class SecurityError(MeshError):
     is a handshake that fails, docs/security.md)."""
 
 
-class AlreadyRegistered(MeshError):
+class AlreadyRegistered(TaskError):
     """Celery's: a task of this name is already registered (mesh replaces it)."""
 
 
-class QueueNotFound(MeshError, KeyError):
+class QueueNotFound(TaskError, KeyError):
     """Celery's: a queue not in ``task_queues`` (mesh has none to declare: a queue
     exists by being served)."""
 
 
-class IncompleteStream(MeshError):
+class IncompleteStream(TaskError):
     """Celery's: the end of a stream of data was not found."""
 
 

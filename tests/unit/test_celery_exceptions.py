@@ -41,6 +41,8 @@ def test_the_relations_code_relies_on() -> None:
                 mx.MaxRetriesExceededError, mx.ChordError, mx.InvalidTaskError):
         assert issubclass(exc, mx.TaskError), exc
         assert str(exc("task x[1] was revoked")) == "task x[1] was revoked"
+    for exc in (mx.QueueNotFound, mx.IncompleteStream, mx.AlreadyRegistered):
+        assert issubclass(exc, mx.TaskError), exc
     assert issubclass(mx.NotRegistered, KeyError) and issubclass(mx.QueueNotFound, KeyError)
     assert issubclass(mx.TimeoutError, builtins.TimeoutError)
     assert issubclass(mx.WorkerShutdown, SystemExit) and mx.SystemTerminate is mx.WorkerTerminate
