@@ -45,10 +45,6 @@ class EncodeError(MeshError, TypeError):
     """A value cannot be put on the wire (not a msgpack type, or too large)."""
 
 
-class TimeoutError(MeshError, builtins.TimeoutError):
-    """Waiting for a result took longer than the caller allowed."""
-
-
 class UnreachableError(MeshError, ConnectionError):
     """No mesh node could be reached to ask (``AsyncResult.state`` of a task sent
     elsewhere, when none of the nodes answered): not the same as UNKNOWN, which
@@ -57,6 +53,9 @@ class UnreachableError(MeshError, ConnectionError):
 
 class TaskError(MeshError):
     """A task failed remotely with an exception whose type is not importable here.
+    As in Celery, also the base of the errors about a task (``except TaskError``
+    catches TimeoutError, NotRegistered, TaskRevokedError, MaxRetriesExceededError,
+    ChordError, InvalidTaskError); those have no ``type_name``.
 
     ``type_name`` is the remote exception's ``module.QualName``; the remote traceback
     is on ``remote_traceback`` and chained as ``__cause__``.
@@ -72,7 +71,11 @@ class TaskError(MeshError):
         return f"{self.type_name}: {msg}" if self.type_name else msg
 
 
-class NotRegistered(MeshError, KeyError):
+class TimeoutError(TaskError, builtins.TimeoutError):
+    """Waiting for a result took longer than the caller allowed."""
+
+
+class NotRegistered(TaskError, KeyError):
     """No task of this name is registered on the node (or in the local app)."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
@@ -150,11 +153,11 @@ class ResultIgnored(MeshError):
     raised Ignore. Its state still says how it ended."""
 
 
-class MaxRetriesExceededError(MeshError):
+class MaxRetriesExceededError(TaskError):
     """A task asked to retry more often than its ``max_retries`` allows."""
 
 
-class TaskRevokedError(MeshError):
+class TaskRevokedError(TaskError):
     """The task was revoked before or while it ran."""
 
 
@@ -164,7 +167,7 @@ def revoked_message(task_id: str, name: str = "", how: str = "was revoked") -> s
     return f"task {name}[{task_id}] {how}" if name else f"task {task_id} {how}"
 
 
-class ChordError(MeshError):
+class ChordError(TaskError):
     """A chord's header failed (a member raised, was revoked or expired), so its body
     did not run; the message names the member and its exception (Celery's name)."""
 
@@ -188,20 +191,20 @@ class SecurityError(MeshError):
     is a handshake that fails, docs/security.md)."""
 
 
-class AlreadyRegistered(MeshError):
+class AlreadyRegistered(TaskError):
     """Celery's: a task of this name is already registered (mesh replaces it)."""
 
 
-class QueueNotFound(MeshError, KeyError):
+class QueueNotFound(TaskError, KeyError):
     """Celery's: a queue not in ``task_queues`` (mesh has none to declare: a queue
     exists by being served)."""
 
 
-class IncompleteStream(MeshError):
+class IncompleteStream(TaskError):
     """Celery's: the end of a stream of data was not found."""
 
 
-class InvalidTaskError(MeshError):
+class InvalidTaskError(TaskError):
     """Celery's: a task message is malformed (mesh refuses such a frame with ERROR)."""
 
 

@@ -288,6 +288,18 @@ SOLAR_EVENTS: dict[str, tuple[float, int]] = {
 J2000 = 2451545.0           # the Julian date of 2000-01-01 12:00 UTC
 UNIX_JD = 2440587.5         # the Julian date of unix time 0
 SOLAR_SEARCH_DAYS = 400     # days looked through for the next event (polar nights)
+PRECESSION = math.radians(1.3969713 / 36525.0)   # of the equinox, per day (ephem's
+                            # declination is of the date's equinox, not J2000's: 0.1 degree
+                            # apart in 2024, a day late on the first day an event is back)
+SIN_OBLIQUITY = math.sin(math.radians(23.4397))
+SOLAR_PASSES = 4            # the event's time, from the declination at the last guess
+
+
+def _sun(j: float) -> tuple[float, float]:
+    """The sun's mean anomaly and ecliptic longitude (radians), ``j`` days after J2000."""
+    m = math.radians((357.5291 + 0.98560028 * j) % 360.0)
+    c = 1.9148 * math.sin(m) + 0.0200 * math.sin(2 * m) + 0.0003 * math.sin(3 * m)
+    return m, math.radians((math.degrees(m) + c + 180.0 + 102.9372) % 360.0)
 
 
 class solar(BaseSchedule):
@@ -295,9 +307,10 @@ class solar(BaseSchedule):
     latitude and longitude (degrees, north and east positive) are, every day it
     happens: ``sunrise``, ``sunset``, ``solar_noon``, ``dawn_civil``/``dusk_civil``
     (the sun 6 degrees below the horizon), ``_nautical`` (12), ``_astronomical`` (18).
-    Computed with the sunrise equation (NOAA's simplified formulae, within about a
-    minute of Celery's ``ephem``), without a dependency; the same on every node. A day
-    without the event (polar day or night) has no run."""
+    Computed with the sunrise equation (NOAA's simplified formulae, the declination at
+    the event's time and of the date's equinox: within about a minute of Celery's
+    ``ephem`` at mid latitudes, a few near the poles), without a dependency; the same
+    on every node. A day without the event (polar day or night) has no run."""
 
     def __init__(self, event: str, lat: float, lon: float, nowfun: Any = None,
                  app: Any = None):
@@ -312,22 +325,29 @@ class solar(BaseSchedule):
 
     def at(self, day: int) -> float | None:
         """The event's unix time on day ``day`` (days since 2000-01-01, the solar
-        noon of that day where ``lon`` is), or None when it does not happen."""
+        noon of that day where ``lon`` is), or None when it does not happen. The sun's
+        declination is taken at the event's time, found in a few passes from noon's:
+        taken at noon, the first day of an event after a polar day or night (it
+        happens near midnight then) was missed, a day later than ephem's."""
         altitude, side = SOLAR_EVENTS[self.event]
         jstar = day - self.lon / 360.0
-        m = math.radians((357.5291 + 0.98560028 * jstar) % 360.0)
-        c = 1.9148 * math.sin(m) + 0.0200 * math.sin(2 * m) + 0.0003 * math.sin(3 * m)
-        ecl = math.radians((math.degrees(m) + c + 180.0 + 102.9372) % 360.0)
+        m, ecl = _sun(jstar)
         transit = J2000 + jstar + 0.0053 * math.sin(m) - 0.0069 * math.sin(2 * ecl)
         if side:
-            sin_d = math.sin(ecl) * math.sin(math.radians(23.4397))
-            cos_d = math.cos(math.asin(sin_d))
             phi = math.radians(self.lat)
-            cos_w = ((math.sin(math.radians(altitude)) - math.sin(phi) * sin_d)
-                     / (math.cos(phi) * cos_d)) if math.cos(phi) > 1e-12 else 2.0
+            if math.cos(phi) <= 1e-12:
+                return None
+            cos_w, w, j = 2.0, 0.0, jstar
+            for _ in range(SOLAR_PASSES):
+                sin_d = math.sin(_sun(j)[1] + PRECESSION * j) * SIN_OBLIQUITY
+                cos_w = ((math.sin(math.radians(altitude)) - math.sin(phi) * sin_d)
+                         / (math.cos(phi) * math.sqrt(1.0 - sin_d * sin_d)))
+                # out of range: the nearest the sun comes to it, at noon or midnight
+                w = math.degrees(math.acos(min(1.0, max(-1.0, cos_w))))
+                j = jstar + side * w / 360.0
             if not -1.0 <= cos_w <= 1.0:
                 return None
-            transit += side * math.degrees(math.acos(cos_w)) / 360.0
+            transit += side * w / 360.0
         return round((transit - UNIX_JD) * 86400.0, 3)
 
     def _day(self, t: float) -> int:

@@ -147,6 +147,9 @@ def drop_privileges(uid: str | None, gid: str | None) -> None:
                 os.initgroups(user.pw_name, new_gid)
         if user is not None:
             os.setuid(user.pw_uid)
+            # ~ is the user's from now on (as su sets it): the default data dir is under
+            # it, and root's home, kept, is one the user may not write
+            os.environ["HOME"] = user.pw_dir
     except PermissionError as e:
         raise ConfigError(f"--uid/--gid: cannot become {uid or ''}{':' if uid and gid else ''}"
                           f"{gid or ''}: {e.strerror} (only root may switch users)") from None

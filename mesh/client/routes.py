@@ -21,6 +21,7 @@ from typing import Any
 from mesh import states
 from mesh.capabilities import from_meta
 from mesh.client.fit import fits, unplaceable
+from mesh.client.links import MEMBERS_INTERVAL
 from mesh.client.placement import choose_from
 from mesh.client.room import let_go
 from mesh.result import Slot
@@ -31,6 +32,7 @@ log = safe_logger("mesh.client")
 
 RETRY_DELAY = 0.5      # s before a task no node takes now is placed again (a suspect node, or
                        # no word from the mesh yet)
+LOOK_SPACING = 0.05     # s: at most one fresh member list asked for in this long
 REFUSED_LOG_SPAN = 60.0  # s over which a task name's refusals after the first are counted, not
                          # each logged (a loop sending an unknown name logs a line a minute)
 
@@ -48,6 +50,7 @@ class Routing:
     _rng: random.Random
     _members_known: threading.Event
     _rechecked: dict[str, float]
+    _next_refresh: float
     _refusals: dict[str, list[float]]
 
     # what the I/O thread provides
@@ -103,13 +106,18 @@ class Routing:
         now = time.monotonic()
         # before saying no node has it, look once at a fresh member list: a node may
         # have just registered the task (a deploy, --autoreload) after our last look
-        # (only when our view alone says so: a node's own refusal keeps its words)
-        fresh = not slot.refused and slot.task_id not in self._rechecked
+        # (only when our view alone says so: a node's own refusal keeps its words), or
+        # taken its queue (add_consumer) as the one that refused it gave it up: a queue
+        # moved, Celery's way, by add_consumer on one node and cancel_consumer on the
+        # other, back to back, failed the tasks sent in the second before our next look
+        fresh = (not slot.refused or kind == "queue") and slot.task_id not in self._rechecked
         if fresh:
             if len(self._rechecked) > 10_000:
                 self._rechecked.clear()
             self._rechecked[slot.task_id] = now
-            self._refresh_members(now)
+            # (a burst of such tasks asks once per LOOK_SPACING, not once each)
+            if now >= self._next_refresh - MEMBERS_INTERVAL + LOOK_SPACING:
+                self._refresh_members(now)
         if maybe or fresh or not self._members_known.is_set():
             let_go(slot)
             slot.node = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -348,9 +349,12 @@ class Beat(Component):
         for name, entry in sorted(self.schedule.entries.items()):
             last = self.store.get(name) if self.store is not None else None
             result = self.results.get(name)
-            nxt = entry.schedule.next_after(now, tz)
+            nxt: float | None = entry.schedule.next_after(now, tz)
+            if nxt is not None and not math.isfinite(nxt):
+                nxt = None         # no run ahead (a solar event that never happens there)
             rows.append({
-                **entry.describe(), "next_run": nxt, "next_run_local": _iso(nxt, tz),
+                **entry.describe(), "next_run": nxt,
+                "next_run_local": "never" if nxt is None else _iso(nxt, tz),
                 "fires_on": hrw(name, firers),
                 "last_run": None if last is None or last.key != self.keys[name] else {
                     "due": last.due, "due_local": _iso(last.due, tz), "task_id": last.task_id or None,

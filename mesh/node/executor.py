@@ -7,6 +7,7 @@ data dir, or in memory with ``--no-journal``) and closes it last.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from mesh.node.component import Component, NodeStartError
@@ -35,7 +36,10 @@ class Storage(Component):
         try:
             private_dir(path)
         except OSError as e:
-            raise NodeStartError(f"cannot create data dir {path}: {e.strerror}") from e
+            hint = "" if node.data_dir_given else (
+                f" (the default, under the home of user {_user()}: give --data-dir a "
+                "directory it may write)")
+            raise NodeStartError(f"cannot create data dir {path}: {e.strerror}{hint}") from e
         try:
             node.journal = open_journal(node.config)
         except JournalError as e:
@@ -89,3 +93,12 @@ class Executor(Component):
 
     def close(self, node: "Node") -> None:
         node.pool.close()
+
+
+def _user() -> str:
+    """The name of the user this process runs as (its id when it has none)."""
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

@@ -42,3 +42,6 @@ def setup_periodic_tasks(sender: Mesh, **kwargs: Any) -> None:
     if lon:
         from mesh.schedules import solar
         sender.add_periodic_task(solar("solar_noon", 0.0, float(lon)), tick.s(), name="noon")
+    if os.environ.get("BEAT_SOLAR_POLE"):            # a solar event with no run ahead
+        from mesh.schedules import solar
+        sender.add_periodic_task(solar("sunrise", -90.0, 0.0), tick.s(), name="pole")

@@ -362,5 +362,26 @@ def test_a_solar_schedule_fires_at_its_event(start_node: NodeFactory, beat_log: 
                for e in view["entries"])
 
 
+def test_an_entry_with_no_run_ahead_is_listed_as_never(start_node: NodeFactory,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A solar event the schedule finds no day of (the sunrise at the South Pole):
+    its next run is infinitely far. The node's beat view said so with an OverflowError
+    (a datetime of infinity): `meshctl beat` answered "no node answered" for a mesh
+    whose every node carried the entry. Now its next run is "never"."""
+    monkeypatch.setenv("BEAT_SOLAR_POLE", "1")
+    monkeypatch.setenv("BEAT_EVERY", "3600")
+    node = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-pole")
+    (pole,) = [e for e in beat_view(node)["entries"] if e["name"] == "pole"]
+    assert (pole["next_run"], pole["next_run_local"]) == (None, "never")
+    out = run_program(MESHCTL, "--peers", node.endpoint, "beat")
+    assert out.returncode == 0, out.stderr
+    (line,) = [ln for ln in out.stdout.splitlines() if ln.startswith("pole ")]
+    assert "never" in line
+    out = run_program(MESHCTL, "--peers", node.endpoint, "--json", "beat")
+    assert out.returncode == 0, out.stderr
+    json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert "OverflowError" not in node.stderr()
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []

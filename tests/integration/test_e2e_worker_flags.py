@@ -14,9 +14,9 @@ from typing import Any
 
 import psutil
 import pytest
-from harness import MESHNODE, run_program, wait_until
+from harness import MESHNODE, clean_env, free_port, run_program, wait_until
 
-from mesh.cli.common import EXIT_USAGE
+from mesh.cli.common import EXIT_START, EXIT_USAGE
 from mesh.exceptions import MeshError, TaskRevokedError
 
 RESULT_TIMEOUT = 60.0
@@ -120,6 +120,28 @@ def test_uid_and_gid_drop_root_before_the_node_opens_anything(
         node.stop()
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+def test_uid_without_data_dir_uses_the_users_home_not_roots(tmp_path: Path) -> None:
+    """The default data dir is under ~: once the node is that user, ~ is the user's
+    home (as su sets HOME), not root's, which the user may not write: `meshnode --uid
+    nobody` said 'cannot create data dir /root/.local/share/mesh/...'. The error names
+    the user's home, and says to give --data-dir."""
+    nobody = pwd.getpwnam("nobody")
+    python, site = _python_for_everyone()
+    env = clean_env(PYTHONPATH=os.pathsep.join([clean_env()["PYTHONPATH"], site]),
+                    HOME="/root")
+    env.pop("XDG_DATA_HOME", None)
+    p = run_program(python, "-c", "from mesh.cli.meshnode import main; main()", "--app",
+                    "tasks_app", "--uid", "nobody", "--no-mdns", "--name", "uid-home",
+                    "--bind", f"tcp://127.0.0.1:{free_port()}", env=env)
+    if Path(nobody.pw_dir).exists():
+        pytest.skip(f"nobody's home {nobody.pw_dir} exists: the node would start")
+    assert p.returncode == EXIT_START, p
+    error = p.stderr.strip().splitlines()[-1]
+    assert f"cannot create data dir {nobody.pw_dir}/.local/share/mesh/uid-home" in error
+    assert "--data-dir" in error and "nobody" in error
 
 
 def test_purge_leaves_what_another_node_took_over(start_node: Any, make_client: Any,

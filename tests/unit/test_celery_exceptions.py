@@ -35,6 +35,14 @@ def test_the_relations_code_relies_on() -> None:
     for exc in (mx.TaskRevokedError, mx.NotRegistered, mx.TimeoutError, mx.ChordError,
                 mx.SecurityError, mx.BackendStoreError, mx.QueueNotFound):
         assert issubclass(exc, mx.CeleryError), exc
+    # Celery's TaskError is the base of the errors about a task: `except TaskError`
+    # caught none of them (mesh's TaskError was only a remote type not importable here)
+    for exc in (mx.TimeoutError, mx.NotRegistered, mx.TaskRevokedError,
+                mx.MaxRetriesExceededError, mx.ChordError, mx.InvalidTaskError):
+        assert issubclass(exc, mx.TaskError), exc
+        assert str(exc("task x[1] was revoked")) == "task x[1] was revoked"
+    for exc in (mx.QueueNotFound, mx.IncompleteStream, mx.AlreadyRegistered):
+        assert issubclass(exc, mx.TaskError), exc
     assert issubclass(mx.NotRegistered, KeyError) and issubclass(mx.QueueNotFound, KeyError)
     assert issubclass(mx.TimeoutError, builtins.TimeoutError)
     assert issubclass(mx.WorkerShutdown, SystemExit) and mx.SystemTerminate is mx.WorkerTerminate

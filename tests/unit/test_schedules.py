@@ -206,6 +206,24 @@ def test_solar_runs_are_daily_and_consistent() -> None:
     assert s.key() != solar("sunrise", 48.8566, 2.3522).key()
 
 
+@pytest.mark.parametrize("event, lat, lon, after, expected", [
+    # the first day an event is back after a polar day or night (or the summer's weeks
+    # without an astronomical dusk), when it happens near midnight; the times are
+    # ephem 4.2.1's with Celery's observer (horizon -0:34 or the centre's -6/-12/-18,
+    # pressure 0). Taking the sun's declination at noon, and of J2000's equinox, the
+    # schedule said the event did not happen that day: its first run a day late.
+    ("dusk_astronomical", 51.5074, -0.1278, _utc(2024, 7, 1), _utc(2024, 7, 20, 23, 51)),
+    ("sunset", 69.6492, 18.9553, _utc(2024, 7, 10), _utc(2024, 7, 25, 22, 22)),    # Tromsø
+    ("sunset", 78.2232, 15.6267, _utc(2024, 8, 1), _utc(2024, 8, 24, 22, 10)),     # Longyearbyen
+    ("dusk_civil", 78.2232, 15.6267, _utc(2024, 8, 1), _utc(2024, 9, 7, 22, 16)),
+    ("dusk_nautical", 60.1699, 24.9384, _utc(2024, 7, 1), _utc(2024, 8, 1, 22, 4)),  # Helsinki
+    ("sunset", -77.846, 166.676, _utc(2024, 2, 1), _utc(2024, 2, 20, 12, 13)),     # McMurdo
+])
+def test_solar_the_first_day_an_event_is_back(event: str, lat: float, lon: float,
+                                              after: float, expected: float) -> None:
+    assert abs(solar(event, lat, lon).next_after(after) - expected) <= 300
+
+
 def test_solar_polar_night_skips_the_days_without_the_event() -> None:
     s = solar("sunrise", 78.2232, 15.6267)                 # Longyearbyen
     first = s.next_after(_utc(2024, 12, 1))
