@@ -374,25 +374,12 @@ class Copies:
         copies = [(tid, c[0], c[1]) for tid, c in frames.items() if c[2] == holder]
         copies += [(tid, c[0], c[1]) for tid, m in self.more.items()
                    if (c := m.get(holder)) is not None]
-        # only this holder's copies; one another live holder keeps here too is held
-        # there (two holders after a race): not run a second time here. It stays kept
-        # (and this holder is looked at again each check) until that copy goes: it may
-        # be one the other holder sent before it handed the task to this one, its drop
-        # still on the way; with the drop, this one runs here (dropped now, no copy was
-        # left and no node held the task)
-        copies = [c for c in copies if not self._live_holders(c[0], holder)]
-        if copies and self.on_disk:             # (the other holder's copy may be on disk)
-            try:
-                held = {t for t, h in self.node.journal.copy_holders([c[0] for c in copies])
-                        if live_elsewhere(self.node, h, holder)}
-            except JournalError as e:
-                log.error("journal: cannot look the copies of %s's tasks up: %s", holder, e)
-                return 0                        # (the next check tries again)
-            copies = [c for c in copies if c[0] not in held]
-        if not copies:
-            return 0
         for tid, _, _ in copies:
             self._unkeep(tid, holder)
+        self.kept.pop(holder, None)
+        # only this holder's copies; one another live holder keeps here too is held
+        # there (two holders after a race): not run a second time here
+        copies = [c for c in copies if not self._live_holders(c[0], holder)]
         taken = failed = 0
         for tid, frame, received in sorted(copies, key=lambda c: c[2]):
             r = self._take_one(tid, frame, received, holder, disk=False)
@@ -436,10 +423,6 @@ class Copies:
         taken = failed = 0
         for tid, frame, received in rows:
             if tid in held or self._live_holders(tid, holder):
-                # held by that other holder, unless its copy goes with its drop (it
-                # handed the task to this one): kept until then, in memory (as rare
-                # as the race that made two holders), looked at each check (take_over)
-                self._keep(tid, (frame, received, holder))
                 continue
             r = self._take_one(tid, frame, received, holder, disk=True)
             taken += r == 1

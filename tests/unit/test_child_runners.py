@@ -8,6 +8,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -176,6 +177,40 @@ def test_async_runner_reports_a_task_cancelled_before_it_started() -> None:
     assert (done.task_id, done.state) == ("early", states.REVOKED)
 
 
+def _in_a_fork(body: Callable[[], None]) -> Callable[[], None]:
+    """Run a ThreadRunner test in a forked process: its worker and watchdog threads
+    outlive it (nothing stops them), and after them, in the same pytest process, a
+    client's tasks were never acknowledged and an event subscriber saw nothing (two
+    fresh-clone CI runs, session 14: the cause is not understood; test_e2e_client_close
+    red after this module alone). The fork keeps that out of every later test."""
+    import functools
+    import multiprocessing
+
+    @functools.wraps(body)
+    def run() -> None:
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.SimpleQueue()
+
+        def child() -> None:
+            try:
+                body()
+                out.put("")
+            except BaseException:           # noqa: BLE001 -- reported to the parent
+                import traceback
+                out.put(traceback.format_exc())
+
+        p = ctx.Process(target=child)
+        p.start()
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+            raise AssertionError("the test did not end within 60 s")
+        err = out.get() if not out.empty() else f"no report (exit code {p.exitcode})"
+        assert not err, err
+    return run
+
+
+@_in_a_fork
 def test_thread_runner_runs_tasks_on_threads_with_soft_limits_and_cancels() -> None:
     q, report = _collect()
     runner = ThreadRunner(_child("threads"), report)
@@ -196,6 +231,7 @@ def test_thread_runner_runs_tasks_on_threads_with_soft_limits_and_cancels() -> N
     assert q.get(timeout=10)[0].state == states.SUCCESS and runner.threads == 3
 
 
+@_in_a_fork
 def test_a_soft_limit_raised_in_a_thread_reaches_its_owner_as_soft_time_limit_exceeded() -> None:
     q, report = _collect()
     runner = ThreadRunner(_child("threads"), report)

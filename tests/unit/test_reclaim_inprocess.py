@@ -346,8 +346,18 @@ async def three_met(tmp_path: Any, where: str, **taker: Any
         yield b, g, to_g, t
 
 
+KEPT_COPY_NOT_TAKEN = pytest.mark.xfail(strict=True, reason=(
+    "known, not fixed (session 14): the rule these test (a takeover keeps a dead holder's "
+    "copy while another live holder keeps one too, and runs it when that copy goes) was "
+    "merged from review14 and taken back out: in the cluster chaos test (a host cut off, "
+    "its tasks failed over by their owner) it ran tasks a third time, twice in two CI "
+    "runs. Without it, a task handed to a holder that dies before the giver's drop of "
+    "its copy reaches the backup runs nowhere (a narrow window)."))
+
+
 @pytest.mark.parametrize("where", ["in-memory", "on-disk"])
-@pytest.mark.parametrize("then", ["taker-reclaims", "taker-dies"])
+@pytest.mark.parametrize("then", ["taker-reclaims",
+                                  pytest.param("taker-dies", marks=KEPT_COPY_NOT_TAKEN)])
 def test_a_task_two_nodes_held_keeps_its_copy_when_one_reclaims_it(tmp_path: Any, then: str,
                                                                     where: str) -> None:
     # The giver hands a task to the taker, which journals it, copies it to the task's
@@ -459,6 +469,7 @@ async def handed_on_drop_late(tmp_path: Any, where: str, tid: str, **taker: Any
         yield b, g, address, deliver
 
 
+@KEPT_COPY_NOT_TAKEN
 @pytest.mark.parametrize("where", ["in-memory", "on-disk"])
 def test_a_task_handed_to_a_holder_that_dies_before_the_givers_drop_arrives_runs_at_the_backup(
         tmp_path: Any, where: str) -> None:
