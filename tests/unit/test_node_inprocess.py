@@ -157,15 +157,23 @@ def test_revoke_drops_a_queued_task_terminates_a_running_one_and_refuses_it_late
     run(main())
 
 
+@asynccontextmanager
+async def busy_and_free() -> AsyncIterator[tuple[Node, Node, zmq.asyncio.Socket]]:
+    """A busy node a (one child, tasks not run) that knows b's load, a free node b that
+    counts a alive (it takes a shed task only with a node to copy it to), and a dealer
+    to a."""
+    async with running_node(app, name="busy", concurrency=1, autorun=False) as a, \
+            running_node(app, name="free", concurrency=1, peers=[a.address]) as b, \
+            dealer(a) as s:
+        await until(lambda: [m for m in a.membership.alive_members(include_self=False)
+                             if m.meta.get("tasks") == a.tasks_digest], "b's load in a's view")
+        await until(lambda: "busy" in b.replicas.choice.alive_ids(), "a alive in b's view")
+        yield a, b, s
+
+
 def test_queued_tasks_are_shed_to_a_peer_with_room() -> None:
     async def main() -> None:
-        async with running_node(app, name="busy", concurrency=1, autorun=False) as a, \
-                running_node(app, name="free", concurrency=1, peers=[a.address]) as b, \
-                dealer(a) as s:
-            await until(lambda: [m for m in a.membership.alive_members(include_self=False)
-                                 if m.meta.get("tasks") == a.tasks_digest], "b's load in a's view")
-            # (b takes a shed task only with a node to copy it to: a, alive in its view)
-            await until(lambda: "busy" in b.replicas.choice.alive_ids(), "a alive in b's view")
+        async with busy_and_free() as (a, b, s):
             for i in range(5):
                 await s.send(submit(f"s-{i}"))
             await until(lambda: len(a.pool.queue) == 4, "four queued behind the running one")
@@ -192,13 +200,8 @@ def test_the_shedder_wakes_from_its_nap_when_tasks_queue(monkeypatch: pytest.Mon
     monkeypatch.setattr(naps, "IDLE_CAP", 3600.0)
 
     async def main() -> None:
-        async with running_node(app, name="busy", concurrency=1, autorun=False) as a, \
-                running_node(app, name="free", concurrency=1, peers=[a.address]) as b, \
-                dealer(a) as s:
-            await until(lambda: [m for m in a.membership.alive_members(include_self=False)
-                                 if m.meta.get("tasks") == a.tasks_digest], "b's load in a's view")
-            await until(lambda: "busy" in b.replicas.choice.alive_ids(), "a alive in b's view")
-            await asyncio.sleep(0.2)                          # a's shedder naps by now
+        async with busy_and_free() as (a, _b, s):
+            await until(lambda: a.pool.waiting._waiter is not None, "a's shedder to nap")
             for i in range(5):
                 await s.send(submit(f"w-{i}"))
             got = await frames_until(s, lambda g: any(isinstance(m, Moved) for m in g))
