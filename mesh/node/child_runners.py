@@ -66,11 +66,31 @@ class TaskStopped(BaseException):
 _INTERRUPTS = (ThreadSoftTimeLimit, TaskStopped)
 
 
-def _raise_in_thread(ident: int, exc: type[BaseException] | None) -> None:
-    """Have thread ``ident`` raise ``exc`` at its next instruction (None: forget a
-    pending one)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None)
+def _raise_in_thread(ident: int, exc: type[BaseException]) -> int:
+    """Have thread ``ident`` raise ``exc`` at its next instruction (replacing one set
+    but not raised yet); 0 if there is no such thread."""
+    return int(ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                           ctypes.py_object(exc)))
+
+
+class _Flush(BaseException):
+    """Raised by a thread in itself, to drop an interruption set but not raised yet."""
+
+
+def _drop_pending() -> None:
+    """Drop an interruption set for this thread and not raised yet. Not by
+    ``PyThreadState_SetAsyncExc(ident, NULL)``: before Python 3.13 that leaves the
+    interpreter's "an exception is pending" flag set with none pending (only raising
+    one clears it), and with that flag set a trace function (``sys.settrace``,
+    ``threading.settrace``: coverage, pdb, a tracing profiler) spins the thread it
+    traces for ever on CPython 3.11. This thread sets one of its own instead,
+    replacing any pending, and raises it at once: the next check, a jump back."""
+    try:
+        if _raise_in_thread(threading.get_ident(), _Flush):
+            while True:
+                pass
+    except _Flush:
+        pass
 
 
 class Watchdog:
@@ -179,7 +199,7 @@ class ThreadRunner:
             except BaseException as e:    # an interruption that landed outside the task
                 done, result = _failed(msg, e, child.node_name)
             finally:
-                self._forget(tid, ident)
+                self._forget(tid)
             if tid in self.stopping:
                 self.stopping.discard(tid)
                 if done.state == states.FAILURE:
@@ -188,14 +208,14 @@ class ThreadRunner:
             with self.lock:
                 self.waiting += 1
 
-    def _forget(self, task_id: str, ident: int) -> None:
+    def _forget(self, task_id: str) -> None:
         """The task is over: no interruption may reach this thread for it any more."""
         while True:
             try:
                 self.watchdog.disarm(task_id)
                 with self.lock:
                     self.current.pop(task_id, None)
-                    _raise_in_thread(ident, None)   # one set but not raised yet: dropped
+                    _drop_pending()
                 return
             except _INTERRUPTS:
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -171,3 +172,27 @@ def pid() -> int:
 @app.task
 def add(x: int, y: int) -> int:
     return x + y
+
+
+@app.task
+def traced(n: int) -> int:
+    """Count the calls of a loop under a trace function (what coverage, pdb or a tracing
+    profiler does in a task); after an earlier task, on a threads pool's thread, this
+    spun for ever on CPython 3.11 until 2026-12 (mesh/node/child_runners.py)."""
+    calls = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal calls
+        calls += event == "call"
+        return None
+
+    def step(i: int) -> int:
+        return i
+
+    sys.settrace(trace)
+    try:
+        for i in range(n):
+            step(i)
+    finally:
+        sys.settrace(None)
+    return calls

@@ -202,6 +202,19 @@ def test_threads_pool_honours_time_limits(start_node: Any, pools_client: Any, tm
     assert t.pid.delay().get(timeout=RESULT_TIMEOUT) != before
 
 
+def test_a_task_on_the_threads_pool_can_trace_after_other_tasks(
+        start_node: Any, pools_client: Any) -> None:
+    # after each task a thread dropped an interruption it might still have pending, by
+    # PyThreadState_SetAsyncExc(id, NULL): on CPython 3.11 that leaves the interpreter
+    # flagged, and a trace function then spins its thread for ever (coverage, pdb)
+    node = start_node(app="pools_app", pool="threads", concurrency=2)
+    t = pools_client(node)
+    assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
+    with pytest.raises(SoftTimeLimitExceeded):         # one interrupted, too
+        t.spin.apply_async((30,), soft_time_limit=0.2).get(timeout=RESULT_TIMEOUT)
+    assert t.traced.delay(100).get(timeout=20) == 100          # (was: spun for ever)
+
+
 def test_solo_pool_runs_one_task_at_a_time_and_honours_time_limits(
         start_node: Any, pools_client: Any) -> None:
     node = start_node(app="pools_app", pool="solo", concurrency=None)
