@@ -21,8 +21,6 @@ from mesh.discovery.mdns import (
 )
 from mesh.wire.protocol import PROTOCOL_VERSION
 
-pytestmark = pytest.mark.mdns
-
 
 def _noop(node_id: str, endpoint: str, props: dict[str, str]) -> None:
     pass
