@@ -151,7 +151,8 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
              queues: str | None, exclude_queues: str | None, purge: bool | None,
              uid: str | None, gid: str | None, beat: bool, extra: tuple[str, ...],
              logfile: str | None,
-             pidfile: str | None, detach: bool, **habits: Any) -> int:
+             pidfile: str | None, detach: bool, umask: str | None, workdir: str | None,
+             **habits: Any) -> int:
     """Run a mesh node for the tasks of an app.
 
     \b
@@ -169,6 +170,10 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         raise click.UsageError(f"unexpected argument(s): {' '.join(extra)}")
     if detach:
         raise click.UsageError(f"--detach: {worker_habits.DETACH}")
+    try:
+        worker_habits.enter(workdir, umask)
+    except ConfigError as e:
+        die("meshnode", str(e), EXIT_USAGE)
     app, where = load_app(app_spec)
     app.origin = where
     try:

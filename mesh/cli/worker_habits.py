@@ -49,6 +49,11 @@ def options(f: Any) -> Any:
                      help="Write the node's pid to FILE (removed at exit); a FILE whose pid "
                           "runs refuses the start (patterns as --logfile)."),
         click.option("--detach", "-D", is_flag=True, default=False, hidden=True),
+        click.option("--umask", metavar="MASK",
+                     help="The file mode mask of the node and its children, as Celery's "
+                          "(octal with a leading 0, e.g. 0027; else decimal)."),
+        click.option("--workdir", metavar="DIR",
+                     help="Change to DIR before loading the app, as Celery's --workdir."),
         click.option("--task-events", "-E", "task_events", is_flag=True, default=False,
                      help="Celery's: events are published anyway; taken and logged."),
         click.option("-O", "optimization", type=click.Choice(["default", "fair"]),
@@ -79,6 +84,30 @@ def not_used(given: dict[str, Any]) -> str | None:
     if not said:
         return None
     return "Celery's worker flags not used by mesh: " + "; ".join(said)
+
+
+def enter(workdir: str | None, umask: str | None) -> None:
+    """Celery's --workdir (change to it before the app is loaded: ``-A proj`` is looked
+    for there) and --umask (octal with a leading zero, as ``0027`` or ``0o027``, else
+    decimal, as Celery's DaemonContext reads it). Celery applies them when it detaches;
+    meshnode, which does not detach, applies them as it starts. A ConfigError says
+    which value is wrong."""
+    if umask is not None:
+        text = umask.strip().lower()
+        try:
+            mask = (int(text[2:], 8) if text.startswith("0o")
+                    else int(text, 8) if text.startswith("0") else int(text))
+        except ValueError:
+            raise ConfigError(f"--umask {umask!r}: not a mask (octal with a leading 0, "
+                              "e.g. 0027, or decimal)") from None
+        if not 0 <= mask <= 0o777:
+            raise ConfigError(f"--umask {umask!r}: out of range (0 to 0777)")
+        os.umask(mask)
+    if workdir is not None:
+        try:
+            os.chdir(workdir)
+        except OSError as e:
+            raise ConfigError(f"--workdir {workdir}: {e.strerror or e}") from None
 
 
 def expand_file_name(pattern: str, node_name: str) -> str:

@@ -16,6 +16,7 @@ import psutil
 import pytest
 from harness import MESHNODE, clean_env, free_port, run_program, wait_until
 
+from mesh import Mesh
 from mesh.cli.common import EXIT_START, EXIT_USAGE
 from mesh.exceptions import MeshError, TaskRevokedError
 
@@ -53,6 +54,10 @@ def test_exclude_queues_takes_every_queue_but_those(start_node: Any, make_client
     pytest.param(["--uid", "no-such-user-x"], "--uid no-such-user-x: no such user", id="--uid unknown"),
     pytest.param(["--gid", "no-such-group-x"], "--gid no-such-group-x: no such group",
                  id="--gid unknown"),
+    pytest.param(["--umask", "0989"], "--umask '0989': not a mask", id="--umask not octal"),
+    pytest.param(["--umask", "01000"], "--umask '01000': out of range", id="--umask too large"),
+    pytest.param(["--workdir", "/no/such/dir-x"], "--workdir /no/such/dir-x: No such file",
+                 id="--workdir missing"),
 ])
 def test_bad_worker_flags_exit_2_with_one_line(args: list[str], says: str, tmp_path: Path) -> None:
     p = run_program(MESHNODE, "--app", "tasks_app", *args, "--data-dir", str(tmp_path / "data"),
@@ -81,6 +86,38 @@ def test_purge_at_start_revokes_what_the_journal_held(start_node: Any, make_clie
     gate.touch()
     assert c.tasks.add.delay(2, 2).get(timeout=RESULT_TIMEOUT) == 4     # it serves on
     assert node.status()["succeeded"] == 1
+
+
+WORKDIR_APP = """
+import os
+from mesh import Mesh
+app = Mesh("mesh-it-workdir", mdns=False)
+
+@app.task(name="workdir.write")
+def write(name):
+    with open(name, "w") as f:
+        f.write("x")
+    return [os.getcwd(), os.stat(name).st_mode & 0o777]
+"""
+
+
+def test_workdir_and_umask_apply_to_the_node_and_its_children(start_node: Any,
+                                                              tmp_path: Path) -> None:
+    # Celery's --workdir (the app is looked for there) and --umask (octal with a leading
+    # 0); a systemd unit moved from Celery passes them
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "workdir_app.py").write_text(WORKDIR_APP)     # importable only from there
+    node = start_node(app="workdir_app", concurrency=1, workdir=str(proj), umask="0027")
+    client = Mesh("mesh-it-workdir-client", peers=[node.endpoint], mdns=False)
+    try:
+        cwd, mode = client.send_task("workdir.write", args=["out.txt"]).get(timeout=RESULT_TIMEOUT)
+    finally:
+        client.close()
+    assert (cwd, oct(mode)) == (str(proj), oct(0o640))
+    files = [f for f in node.data_dir.rglob("*") if f.is_file()]
+    assert files and all(f.stat().st_mode & 0o027 == 0 for f in files), \
+        [(f.name, oct(f.stat().st_mode)) for f in files]
 
 
 def _python_for_everyone() -> tuple[str, str]:
