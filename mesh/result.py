@@ -272,36 +272,53 @@ class AsyncResult:
 
     @property
     def children(self) -> list[Any] | None:
-        """Celery's: the results this task started. A workflow's next step (known where
-        the workflow was sent) and, once the task succeeded, the results of its
-        ``link`` callbacks (their ids derive from the task's: found in any process);
-        None when there are none (as Celery's before the task is done)."""
+        """Celery's: the results this task started. Once it succeeded, Celery's shape:
+        its ``link`` callbacks (one: its result; two or more: a GroupResult of them, each
+        group among them its own GroupResult first, as Celery's worker applies them),
+        then the workflow's next step. Their ids derive from the task's: found in any
+        process. Before that, the next step where the workflow was sent (Celery has
+        none until the task is done); None when there are none."""
         kids = list(self._children or ())
         if self._slot is not None or self.app is not None:
-            known = {k.id for k in kids if hasattr(k, "id")}
-            kids += [r for r in self._link_results() if r.id not in known]
+            known = {getattr(k, "id", None): k for k in kids}   # (those made here first)
+            started = [known.get(k.id, k) for k in self._started()]
+            ids = {k.id for k in started}
+            kids = [*started, *(k for k in kids if getattr(k, "id", None) not in ids)]
         return kids or None
 
     @children.setter
     def children(self, value: list[Any] | None) -> None:
         self._children = value
 
-    def _link_results(self) -> list["AsyncResult"]:
-        """The results of the link callbacks, once this task succeeded (a node starts
-        them then: mesh/node/workflows.py, ``derive(id, "link<j>")``)."""
+    def _started(self) -> list[Any]:
+        """What this task started once it succeeded (a node starts its callbacks then,
+        ``derive(id, "link<j>")``, and the next unit: mesh/node/workflows.py), from its
+        Submit's workflow header."""
         if self.state != states.SUCCESS:
             return []
         msg = self._submit()
         wf = msg.headers.get("wf") if msg is not None else None
-        cb = wf.get("cb") if isinstance(wf, dict) else None
-        if not isinstance(cb, bytes):
+        if not isinstance(wf, dict):
             return []
+        from mesh.workflow.describe import describe
+        from mesh.workflow.ids import derive
+        from mesh.workflow.plan import Wf, kind, uid
+        from mesh.workflow.results import GroupResult, handle
         try:
-            links = codec.loads(cb).get("link") or ()
+            w = Wf.of(wf)
+            links = [handle(self.app, describe(d, derive(self.id, f"link{j}"), stubs=False))
+                     for j, d in enumerate(w.cb.get("link") or ())]
+            nxt = [handle(self.app, describe(w.next[0], uid(w.next[0]), stubs=False))] \
+                if w.next else []
+            grouped = [kind(d) == "group" for d in w.cb.get("link") or ()]
         except Exception:
             return []
-        from mesh.workflow.ids import derive
-        return [AsyncResult(derive(self.id, f"link{j}"), self.app) for j in range(len(links))]
+        if len(links) > 1:       # Celery: each group applied alone, the rest as one group
+            rest = [h for h, g in zip(links, grouped) if not g]
+            links = [h for h, g in zip(links, grouped) if g]
+            if rest:
+                links.append(GroupResult(derive(self.id, "links"), rest, self.app))
+        return [*links, *nxt]
 
     @property
     def worker(self) -> str | None:

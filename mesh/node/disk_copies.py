@@ -17,7 +17,8 @@ on disk in arrival order and copies those to the backup rendezvous hashing picks
   of the last run that no member knows by then is gone too). Tasks taken over onto
   disk are at the walk's end: it goes on from where it was.
 * A row is copied when its backup is ``''``, restarted since the walk began, dead,
-  left, or unknown that long. Not one finished (run elsewhere), or in memory.
+  left, or unknown that long. Not one finished (run elsewhere), revoked (``meshnode
+  --purge``; it finishes REVOKED when read back), or in memory.
 * Throttled: ``CHUNK`` rows read per tick (0.1 s, the replicas loop), the next chunk
   only once the backups confirmed the last one. The holder keeps a chunk of frames
   at most; the backup journals copies beyond its window (``copies`` table).
@@ -197,7 +198,10 @@ class DiskCopies:
             going = node.spill.candidates
             due = [p for p, tid, backup in rows
                    if self._is_lost(backup, seen) and tid not in going]
-            frames = journal.disk_frames(due) if due else []
+            # (not one revoked: --purge at start revokes the tasks on disk, and the
+            # members asked dropped their copies; copied again, a backup would run
+            # one if this node died before reading it back: nothing told it)
+            frames = journal.disk_frames(due, revoked=False) if due else []
         except JournalError as e:
             log.error("journal: cannot read the tasks on disk to copy them again: %s", e)
             return

@@ -225,8 +225,10 @@ class Journal(abc.ABC):
         only after position ``after``, in arrival order."""
         return []
 
-    def disk_frames(self, positions: Sequence[int]) -> list[tuple[str, bytes]]:
-        """``(task_id, frame)`` of those rows still waiting on disk, unfinished."""
+    def disk_frames(self, positions: Sequence[int], revoked: bool = True
+                    ) -> list[tuple[str, bytes]]:
+        """``(task_id, frame)`` of those rows still waiting on disk, unfinished (and
+        not revoked, with ``revoked`` False)."""
         return []
 
     def disk_last(self) -> int:

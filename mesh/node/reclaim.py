@@ -281,9 +281,9 @@ class Reclaimer:
         self.counts["finished_elsewhere"] += finished
         self.counts["held_elsewhere"] += n_moved
         self.counts["run_here"] += total - finished - n_moved
-        if purge:
+        if purge:       # (those on disk revoked: not copied again, they finish REVOKED)
             from mesh.node.recovery import purge_recovered
-            purge_recovered(node, purged, purged_disk, finished + n_moved)
+            disk_here -= purge_recovered(node, purged, purged_disk, finished + n_moved)
         ledger.commit()
         front.schedule_flush()
         if disk_here:

@@ -94,10 +94,11 @@ def recover(node: "Node") -> int:
 
 
 def purge_recovered(node: "Node", entries: list[Entry], on_disk: list[str],
-                    elsewhere: int) -> None:
+                    elsewhere: int) -> int:
     """--purge, once the mesh said which recovered tasks run here: finish those REVOKED
     (``entries`` in memory; ``on_disk``: revoked in the journal, they finish REVOKED as
-    they are read back: mesh/node/spill.py), and say how many."""
+    they are read back: mesh/node/spill.py), and say how many. How many of those on
+    disk were revoked (none if the journal failed: they run)."""
     for entry in entries:
         node.ledger.task_failed(entry, "TaskRevokedError",
                                 f"task {entry.task_id} was purged (meshnode --purge)",
@@ -113,3 +114,4 @@ def purge_recovered(node: "Node", entries: list[Entry], on_disk: list[str],
                 "disk): they finish REVOKED and do not run%s", len(entries) + len(on_disk),
                 len(on_disk), f"; {elsewhere} finished or taken over on other nodes while "
                 "this one was down were left to them" if elsewhere else "")
+    return len(on_disk)

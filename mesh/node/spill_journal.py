@@ -124,17 +124,21 @@ class SpillRows(SqlRows):
             raise self._error(e) from e
         return int(row[0]) if row and row[0] is not None else 0
 
-    def disk_frames(self, positions: Sequence[int]) -> list[tuple[str, bytes]]:
+    def disk_frames(self, positions: Sequence[int], revoked: bool = True
+                    ) -> list[tuple[str, bytes]]:
         """``(task_id, frame)`` of the rows at these positions (from ``disk_walk``) that
-        still wait on disk only and have no result, in arrival order."""
+        still wait on disk only and have no result, in arrival order; with ``revoked``
+        False, not those revoked either (they finish REVOKED when read back)."""
         out: list[tuple[str, bytes]] = []
+        unrevoked = "" if revoked else \
+            " AND NOT EXISTS (SELECT 1 FROM revoked v WHERE v.task_id=t.task_id)"
         try:
             for s in range(0, len(positions), IN_CHUNK):
                 part = positions[s:s + IN_CHUNK]
                 out.extend((r[0], bytes(r[1])) for r in self.db.execute(
                     f"SELECT t.task_id, t.frame FROM tasks t WHERE t.rowid IN "
-                    f"({','.join('?' * len(part))}) AND t.disk=1 AND NOT {_FINISHED} "
-                    "ORDER BY t.rowid", part).fetchall())
+                    f"({','.join('?' * len(part))}) AND t.disk=1 AND NOT {_FINISHED}"
+                    f"{unrevoked} ORDER BY t.rowid", part).fetchall())
         except sqlite3.Error as e:
             raise self._error(e) from e
         return out

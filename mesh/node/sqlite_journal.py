@@ -144,6 +144,9 @@ class SqliteJournal(CopyRows, SpillRows):
         self._lost: str | None = None
         self.writes = 0            # statements since the last commit
         self.commits = 0
+        self._changes = 0          # rows changed by the commits the checkpointer knows of
+        # checkpoints off the node's loop (mesh/node/checkpoint.py), started once open
+        self.checkpointer = Checkpointer(self.path)
         try:
             private_dir(directory)
         except OSError as e:
@@ -196,8 +199,6 @@ class SqliteJournal(CopyRows, SpillRows):
         except sqlite3.Error as e:
             self._unlock()
             raise JournalError(f"cannot open the journal: {_explain(e, self.path)}") from e
-        # checkpoints off the node's loop (mesh/node/checkpoint.py)
-        self.checkpointer = Checkpointer(self.path)
         if self.checkpointer.start():
             try:
                 self.db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
@@ -476,6 +477,10 @@ class SqliteJournal(CopyRows, SpillRows):
         self._in_tx = False
         self.writes = 0
         self.commits += 1
+        changes = self.db.total_changes      # (a commit that changed no row, such as
+        if changes != self._changes:         # the expiry's each second on an idle node,
+            self._changes = changes          # added nothing to the WAL)
+            self.checkpointer.written()
 
     def rollback(self) -> None:
         try:

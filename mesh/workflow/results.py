@@ -95,11 +95,18 @@ class GroupResult:
     @property
     def state(self) -> str:
         """The coordinator's state: SUCCESS once every member succeeded, FAILURE (or
-        REVOKED) once one did not, else a waiting state."""
+        REVOKED) once one did not, else a waiting state. (Made here from a list of
+        results: no coordinator, the members say.)"""
+        if self._local:
+            rs = ResultSet(self.results, self.app)
+            return states.FAILURE if rs.failed() else states.SUCCESS if rs.successful() \
+                else states.PENDING
         return self._coord.state
 
     def ready(self) -> bool:
         """True when every member has finished (as Celery: all ready)."""
+        if self._local:
+            return ResultSet(self.results, self.app).ready()
         st = self._coord.state
         if st == states.SUCCESS:
             return True
@@ -111,13 +118,19 @@ class GroupResult:
         return not self.ready()
 
     def successful(self) -> bool:
+        if self._local:
+            return ResultSet(self.results, self.app).successful()
         return self._coord.state == states.SUCCESS
 
     def failed(self) -> bool:
+        if self._local:
+            return ResultSet(self.results, self.app).failed()
         return self._coord.state in (states.FAILURE, states.REVOKED)
 
     def completed_count(self) -> int:
         """How many members succeeded."""
+        if self._local:
+            return ResultSet(self.results, self.app).completed_count()
         if self._coord.state == states.SUCCESS:
             return len(self.results)
         return sum(1 for s in self._member_states() if s == states.SUCCESS)
@@ -139,7 +152,8 @@ class GroupResult:
         (``propagate``), or, with ``propagate=False``, each member's result or
         exception in its place. ``callback``, ``on_message``, ``on_interval``: as
         :meth:`ResultSet.get` (the members waited for one by one, as in Celery)."""
-        if callback is not None or on_message is not None or on_interval is not None:
+        if callback is not None or on_message is not None or on_interval is not None \
+                or self._local:   # (made here from a list of results: no coordinator)
             return ResultSet(self.results, app=self.app).get(
                 timeout, propagate, interval, callback, on_message=on_message,
                 on_interval=on_interval)
@@ -157,7 +171,12 @@ class GroupResult:
     join_native = get
 
     def __await__(self) -> Any:
+        if self._local:
+            return self._members().__await__()
         return self._coord.__await__()
+
+    async def _members(self) -> list[Any]:
+        return [await r for r in self.results]
 
     def revoke(self, terminate: bool = False, signal: str = "SIGKILL") -> Any:
         """Revoke the group and every member."""

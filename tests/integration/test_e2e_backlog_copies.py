@@ -23,14 +23,15 @@ from mesh import Mesh
 N = 400
 
 
-def _pair(start_node: Any, make_client: Any, tmp_path: Path) -> tuple[Any, Any, Any, Any, list[Any], Path, int]:
-    """a holding a backlog (acknowledged), b keeping its copies, most on b's disk."""
+def _pair(start_node: Any, make_client: Any, tmp_path: Path, n: int = N,
+          ) -> tuple[Any, Any, Any, Any, list[Any], Path, int]:
+    """a holding a backlog of ``n`` (acknowledged), b keeping its copies, most on b's disk."""
     a = start_node(concurrency=1, queue_memory=WINDOW, replicas=2, profile="test")
     b = start_node(concurrency=1, queue_memory=WINDOW, peers=a.endpoint, replicas=2, profile="test")
     wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
     b_busy = occupy(b, make_client(b), tmp_path / "gate")
     c = make_client(a)
-    _running, rs, _gate, out = _backlog(a, c, tmp_path, n=N, prefix=f"k{uuid.uuid4().hex[:6]}")
+    _running, rs, _gate, out = _backlog(a, c, tmp_path, n=n, prefix=f"k{uuid.uuid4().hex[:6]}")
     assert c.app.client.flush(RESULT_TIMEOUT) == 0      # acknowledged: the promise is made
     # (the client places some of its tasks on b: a holds the rest, most of them on disk)
     wait_until(lambda: a.status()["queued_on_disk"] >= 50, what="a's disk part")

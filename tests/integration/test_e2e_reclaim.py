@@ -4,13 +4,18 @@
   runs none of them again, under its old name or a new one, and serves the results
   it did not run;
 * its backup is gone too: the holder runs every recovered task (none is lost);
-* its deep backlog waited on its disk: none of what its backup ran is read back and run.
+* its deep backlog waited on its disk: none of what its backup ran is read back and run;
+* back with ``--purge``: the purged tasks on its disk are not copied again (a backup
+  would run them if the holder died again before reading them back).
 
 Every task records each run (a line in a file): the tests count them.
 """
 from __future__ import annotations
 
+import re
 import signal
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,10 @@ from mesh.client.control import ControlClient
 from mesh.wire.protocol import ControlReply, Result, decode
 
 RUN_TIMEOUT = 90.0
+# a holder back after a crash, once the mesh answered (mesh/node/reclaim.py, _resolve)
+RECLAIM_DONE = re.compile(r"journal: of (\d+) recovered task\(s\) \((\d+) of them on disk\), "
+                          r"(\d+) finished on another node and (\d+) are held by another "
+                          r"node: not run here; (\d+) run here")
 
 
 def runs(path: Path) -> list[int]:
@@ -105,24 +114,85 @@ def test_a_holder_back_when_its_backup_is_gone_too_runs_every_recovered_task(
 def test_a_holder_back_runs_none_of_its_disk_backlog_that_its_backup_ran(
         start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
     # a deep backlog, most of it on a's disk (mesh/node/spill.py), its copies on b
-    a, b, c, _b_busy, rs, out, held = _pair(start_node, make_client, tmp_path)
-    on_disk = a.status()["queued_on_disk"]
+    a, b, c, _b_busy, rs, out, _held = _pair(start_node, make_client, tmp_path)
     c.close()                             # nobody resends: b runs them from its copies
-    # read again just before the kill, as test_e2e_backlog_copies does: a may have shed
-    # some to b since _pair read it (under load: 198 reclaimed of 200 held at that read,
-    # 2 shed to b meanwhile)
-    held = a.status()["held"]
+    # What a holds (in memory, on disk) is not read here: until the kill it may shed some
+    # to b, or read some back from its disk (198 reclaimed of 200 held at a read, 2 shed
+    # meanwhile). What a recovers is what its journal had at the kill: a2 says so.
     a.send_signal(signal.SIGKILL)
     a.wait(10)
     wait_until(lambda: "more kept on disk follow" in b.stderr(), what="b to take a's tasks over")
     (tmp_path / "gate").touch()
     wait_until(lambda: len(_lines(out)) >= N and b.status()["held"] == 0, timeout=RUN_TIMEOUT,
                what="b to run every task")
+    before = len(a.stderr())
     a2 = start_node.restart(a)
-    wait_until(lambda: reclaimed(a2) >= held - 1, timeout=RUN_TIMEOUT,
-               what="a to settle its recovered tasks")
+    settled = wait_until(lambda: RECLAIM_DONE.search(a2.stderr()[before:]), timeout=RUN_TIMEOUT,
+                         what="a to settle its recovered tasks")
+    total, on_disk, finished, moved, run_here = map(int, settled.groups())
     wait_until(lambda: a2.status()["held"] == 0, what="a to hold nothing")
     assert _lines_once(out) == sorted(f"line-{i}" for i in range(N)), "a task ran twice"
+    # its disk backlog was recovered too, and every task finished on b: none runs here
+    assert on_disk > 0 and (finished, moved, run_here) == (total, 0, 0), settled.group(0)
     st = a2.status()
-    assert st["reclaim_run_here"] == 0 and st["queued_on_disk"] == 0, st
-    assert st["reclaim_finished_elsewhere"] >= on_disk, st
+    assert (st["reclaim_finished_elsewhere"], st["reclaim_run_here"]) == (total, 0), st
+    assert st["queued_on_disk"] == 0, st
+
+
+def test_a_holder_back_with_purge_copies_none_of_its_purged_disk_backlog_again(
+        start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
+    """``meshnode --purge`` revokes the recovered tasks waiting on disk (they finish
+    REVOKED as they are read back), and b, asked, dropped the copies it kept of them.
+    None is copied to b again: the copy walk after a reclaim, ahead of the read back on
+    a deep backlog, copied them (1,133 of ~2,000 here), and a dying before it read them
+    back left b to run them (nothing told b they were purged: 454 ran, seen on main)."""
+    a, b, c, _b_busy, rs, out, _held = _pair(start_node, make_client, tmp_path, n=3000)
+    c.close()
+    # b does not take a's tasks over while a is down: stopped meanwhile, it answers a's
+    # question once it goes on
+    b.send_signal(signal.SIGSTOP)
+    try:
+        a.send_signal(signal.SIGKILL)
+        a.wait(10)
+        purged = _unfinished(a.data_dir)       # what a recovers, and purges
+        a.argv.append("--purge")
+        before = len(a.stderr())
+        a2 = start_node.restart(a)
+    finally:
+        b.send_signal(signal.SIGCONT)
+    settled = wait_until(lambda: RECLAIM_DONE.search(a2.stderr()[before:]), timeout=RUN_TIMEOUT,
+                         what="a to settle its recovered tasks")
+    total, on_disk, finished, moved, run_here = map(int, settled.groups())
+    assert on_disk > 1000 and (finished, moved, run_here) == (0, 0, total), settled.group(0)
+    assert total == len(purged) and f"--purge: {total} task(s)" in a2.stderr()[before:]
+    time.sleep(0.3)      # (a moment: the walk had copied 658 to 1,133 of them by then)
+    st = a2.status()
+    a2.send_signal(signal.SIGKILL)
+    a2.wait(10)
+    assert st["recopied_from_disk"] == 0, st["queued_on_disk"]
+    # b takes a over, then runs what it holds (its own, placed there by the client)
+    (tmp_path / "gate").touch()
+    ran_on_b = sorted(f"line-{i}" for i, r in enumerate(rs) if r.id not in purged)
+    wait_until(lambda: _state_in(b, a2.name) == "dead", what="b to see a dead")
+    wait_until(lambda: len(_lines(out)) >= len(ran_on_b) and b.status()["held"] == 0,
+               timeout=RUN_TIMEOUT, what="b to run its tasks")
+    assert _lines_once(out) == ran_on_b, "a purged task ran"
+    assert b.status()["taken_over"] == 0
+
+
+def _state_in(node: NodeProc, name: str) -> str | None:
+    """``name``'s state in ``node``'s membership."""
+    reply = node.request("members")
+    assert isinstance(reply, ControlReply) and reply.ok, reply
+    return next((m["state"] for m in reply.payload if m["node"] == name), None)
+
+
+def _unfinished(data_dir: Path) -> set[str]:
+    """The ids a killed node's journal holds unfinished (its next run recovers them)."""
+    db = sqlite3.connect(str(data_dir / "journal.sqlite3"))
+    try:
+        return {r[0] for r in db.execute(
+            "SELECT task_id FROM tasks t WHERE NOT EXISTS (SELECT 1 FROM results r WHERE "
+            "r.task=t.rowid OR (r.task_id=t.task_id AND r.copy=1))")}
+    finally:
+        db.close()

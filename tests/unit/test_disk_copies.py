@@ -125,6 +125,22 @@ def test_the_walk_waits_while_the_tasks_on_disk_wait_for_the_reclaim_answers(
     assert sorted(dc.replicas.out["b"]) == ["t0"]       # what stays is copied then
 
 
+def test_the_walk_copies_no_revoked_task(dc: DiskCopies) -> None:
+    """``meshnode --purge`` revokes the recovered tasks waiting on disk (they finish
+    REVOKED when read back), and the members asked dropped their copies. Copied again,
+    a backup would keep one and run it if this node died before reading it back."""
+    _spill(dc, ["", "", "d"])
+    dc.node.journal.revoke(["t0", "t2"], 1.0)
+    dc.node.journal.commit()
+    dc.walk()
+    dc.tick(1.0)
+    assert sorted(dc.replicas.out["b"]) == ["t1"]
+    dc.confirmed("b", ["t1"])
+    dc.tick(1.1)
+    assert dc.status() == {"recopying_disk": False, "recopied_from_disk": 1}
+    assert _backups(dc) == {"t0": "", "t1": "b", "t2": "d"}
+
+
 def test_a_chunk_at_a_time_each_once_the_last_is_confirmed(
         dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(disk_copies, "CHUNK", 3)

@@ -500,3 +500,41 @@ def test_a_write_that_fills_the_disk_fails_the_whole_pass_and_its_commit_says_wh
     j.add("later", b"c", b"v" * 100, 3.0)
     j.commit()
     assert j.get("later") == ("RECEIVED", None)
+
+
+def test_the_checkpoint_thread_sleeps_while_nothing_is_written_and_a_commit_wakes_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle node's checkpoint thread does not wake every INTERVAL: its sleep doubles
+    while nothing is written (up to IDLE_MAX), and a commit ends it: what was written
+    is checkpointed then, not after the sleep."""
+    import time
+
+    from mesh.node import checkpoint
+
+    monkeypatch.setattr(checkpoint, "INTERVAL", 0.01)
+    monkeypatch.setattr(checkpoint, "IDLE_MAX", 60.0)
+    j = Journal(str(tmp_path))
+    try:
+        cp = j.checkpointer
+        start, rounds = time.monotonic(), cp.rounds
+        time.sleep(1.0)
+        idle_rounds = cp.rounds - rounds
+        # every 10 ms, 100 or so (sleeps only get longer on a loaded machine); doubling
+        # from 10 ms, at most 7 in a second
+        assert idle_rounds <= 8, (idle_rounds, time.monotonic() - start)
+        for n in range(2):           # each commit ends its sleep (not the sleep's end)
+            # asleep, for 0.3 s or more (its sleep doubles from 10 ms after a commit)
+            while not (cp._idle and cp.sleep >= 0.3):
+                time.sleep(0.005)
+            slept, done = cp.slept, cp.checkpoints
+            assert j.add(f"t{n}", b"c", b"x" * 200, 1.0)
+            j.commit()
+            deadline = time.monotonic() + 20
+            while cp.checkpoints == done:
+                assert time.monotonic() < deadline, "no checkpoint after a commit"
+                time.sleep(0.005)
+            assert cp.slept == slept, "the checkpoint came when the sleep ran out"
+        assert cp.woken >= 1
+    finally:
+        j.close()
+    assert cp._thread is None

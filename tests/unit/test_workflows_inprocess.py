@@ -181,6 +181,47 @@ def test_link_and_link_error_on_a_task() -> None:
     run(main())
 
 
+def test_children_have_celerys_shape() -> None:
+    """One link: its result; two or more: one GroupResult of them (a group among them
+    its own GroupResult, first); then a chain's next step, as a Celery worker applies
+    them. A GroupResult made here from results (no coordinator) waits on them."""
+    from mesh.result import AsyncResult, GroupResult
+    from mesh.workflow.ids import derive
+
+    async def main() -> None:
+        async with mesh(journal=True) as (node, c):   # (it keeps each task's Submit)
+            one = c.send_task("wf.add", (1, 1), link=sig(c, "wf.add", 10))
+            assert await get(one) == 2
+            kids = await asyncio.to_thread(lambda: one.children)
+            assert [(type(k), k.id) for k in kids] == [(AsyncResult, derive(one.id, "link0"))]
+            two = c.send_task("wf.add", (1, 2), link=[sig(c, "wf.add", 10), sig(c, "wf.add", 100)])
+            assert await get(two) == 3
+            kids = await asyncio.to_thread(lambda: two.children)
+            assert [type(k) for k in kids] == [GroupResult]
+            assert [k.id for k in kids[0]] == [derive(two.id, "link0"), derive(two.id, "link1")]
+            assert await get(kids[0]) == [13, 103]
+            assert await asyncio.to_thread(kids[0].get, 10) == [13, 103]
+            assert await asyncio.to_thread(kids[0].ready)
+            assert await asyncio.to_thread(kids[0].completed_count) == 2
+            last = chain(sig(c, "wf.add", 1, 1).set(link=[sig(c, "wf.add", 10),
+                                                          group(sig(c, "wf.add", 1)),
+                                                          sig(c, "wf.add", 100)]),
+                         sig(c, "wf.add", 1000)).apply_async()
+            assert await get(last) == 1002
+            fresh = AsyncResult(last.parent.id, c)    # looked up: the node's copy of its Submit
+            for r in (fresh, last.parent):
+                kids = await asyncio.to_thread(lambda r=r: r.children)
+                assert [type(k) for k in kids] == [GroupResult, GroupResult, AsyncResult], kids
+                assert await get(kids[0]) == [3] and await get(kids[1]) == [12, 102]
+                assert kids[2].id == last.id
+            assert (await asyncio.to_thread(lambda: last.parent.children))[2] is last
+            failed = c.send_task("wf.boom", (1,), link=[sig(c, "wf.add", 1), sig(c, "wf.add", 2)])
+            with pytest.raises(ValueError):
+                await get(failed)
+            assert await asyncio.to_thread(lambda: failed.children) is None
+    run(main())
+
+
 def test_nesting_groups_of_chains_chains_of_chords_chords_in_chord_headers() -> None:
     async def main() -> None:
         async with mesh() as (node, c):
