@@ -201,6 +201,15 @@ def test_meshctl_call_of_an_unknown_task_exits_1(node: Any) -> None:
     assert "tasks_app.nope" in p.stderr
 
 
+def test_meshctl_call_of_an_unknown_task_without_wait_exits_1(node: Any) -> None:
+    """No node took it and none ever will: a script that calls without --wait must not
+    be told it went well (it exited 0, with only the client's warning on stderr)."""
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.nope")
+    assert p.returncode == EXIT_FAILURE, p
+    uuid.UUID(p.stdout.strip())              # the id is still printed
+    assert "NotRegistered" in p.stderr and "tasks_app.nope" in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize("flag, value", [
     pytest.param("--args", "[1, 2", id="args not JSON"),
     pytest.param("--args", '{"x": 1}', id="args not an array"),
