@@ -194,7 +194,9 @@ def _reachable_peers(ctx: click.Context) -> list[str]:
 @meshctl.command()
 @click.pass_context
 def ping(ctx: click.Context) -> int:
-    """Ping every node; exit 1 when none answers.
+    """Ping the nodes given (--peers, MESH_PEERS, or those mDNS finds), not the
+    rest of the mesh (meshctl inspect ping asks every node the mesh knows); exit 1
+    when none answers.
 
     \b
     Example:
