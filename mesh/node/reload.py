@@ -110,6 +110,8 @@ class Reloader(Component):
             log.error("autoreload: the new code does not load: %s. The node keeps serving "
                       "with the code it had; fix the file and it reloads.", e)
             return False
+        from mesh.workflow.builtins import register_builtins
+        register_builtins(app)         # mesh.map, mesh.starmap: a node's, as Node() does
         old = node.app
         node.app = app
         replaced = node.pool.reload(app)
