@@ -160,3 +160,27 @@ def test_map_and_starmap_still_run_after_a_reload(start_node: Any, tmp_path: Pat
     assert xstarmap(slow, [(0,), (0,)]).apply_async().get(timeout=RESULT_TIMEOUT) == [2, 2]
     assert "gone:" not in node.stderr()
     client.close()
+
+
+def test_a_celery_layout_found_by_its_package_reloads(start_node: Any, tmp_path: Path) -> None:
+    """`meshnode -A proj --autoreload` on Celery's layout (the app in proj/celery.py,
+    proj/__init__.py importing it as celery_app): the reload finds the app as -A did.
+    It looked for `proj.app` only, so every reload failed ('proj has no mesh.Mesh app
+    named 'app' any more') and the node kept the old code."""
+    src = tmp_path / "src"
+    (src / "proj").mkdir(parents=True)
+    (src / "proj" / "__init__.py").write_text(
+        "from .celery import app as celery_app\n\n__all__ = ('celery_app',)\n")
+    (src / "proj" / "celery.py").write_text(
+        "from mesh import Mesh\n\napp = Mesh('mesh-it-proj', mdns=False, include=['proj.tasks'])\n")
+    tasks = src / "proj" / "tasks.py"
+    tasks.write_text("from .celery import app\n\n\n@app.task\ndef version():\n    return 1\n")
+    path = os.pathsep.join([str(src), str(INTEGRATION_DIR), str(ROOT)])
+    node = start_node(app="proj", concurrency=1, autoreload=True, env={"PYTHONPATH": path})
+    client = Mesh("reload-client", peers=[node.endpoint], mdns=False)
+    assert client.send_task("proj.tasks.version").get(timeout=RESULT_TIMEOUT) == 1
+    tasks.write_text(tasks.read_text().replace("return 1", "return 2"))
+    wait_until(lambda: client.send_task("proj.tasks.version").get(timeout=RESULT_TIMEOUT) == 2,
+               what="the node to run the new code")
+    assert node.status()["reload_error"] is None
+    client.close()
