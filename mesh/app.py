@@ -371,9 +371,20 @@ class Mesh:
         if self.config.peers or not self.config.mdns:
             return list(self.config.peers)
         from mesh.discovery.mdns import browse_sync
-        return list(browse_sync(timeout=self.config.discovery_timeout,
-                                interfaces=list(self.config.mdns_interfaces) or None,
-                                mesh=self.main).values())
+        others: set[str] = set()
+        found = list(browse_sync(timeout=self.config.discovery_timeout,
+                                 interfaces=list(self.config.mdns_interfaces) or None,
+                                 mesh=self.main, ignored=others).values())
+        if not found:      # say what mDNS saw: a node whose app has another name is no peer
+            seen = (f" (only nodes of mesh {', '.join(map(repr, sorted(others)))}: a node "
+                    "serves the mesh its app is named for, Mesh(NAME))" if others else "")
+            raise ConfigError(
+                f"no nodes to send tasks to: mDNS found no node of mesh {self.main!r} within "
+                f"{self.config.discovery_timeout:g} s{seen}; start a node with this app, or "
+                "pass peers=['tcp://HOST:PORT'] to Mesh, set MESH_PEERS or the app's 'peers' "
+                "setting (CELERY_PEERS in Django's settings read with namespace='CELERY'; "
+                "there is no broker_url)")
+        return found
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: dict[str, Any] | None = None, task_id: str | None = None,

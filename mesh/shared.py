@@ -68,7 +68,7 @@ def set_current(app: "Mesh") -> None:
         _current = weakref.ref(app)
 
 
-def current_app() -> "Mesh":
+def get_current_app() -> "Mesh":
     """The current app: the last one made or set current; a default one if none is alive."""
     global _default
     with _lock:
@@ -90,12 +90,40 @@ def running_task() -> "Task | None":
     if req is None or not req.task:
         return None
     with _lock:
-        apps = [current_app(), *_apps]
+        apps = [get_current_app(), *_apps]
     for app in apps:
         task = app._tasks.get(req.task)
         if task is not None:
             return task
     return None
+
+
+class CurrentApp:
+    """Celery's ``current_app`` (``from mesh import current_app``): stands for the
+    current app, so ``current_app.send_task(...)``, ``current_app.conf``,
+    ``current_app.control`` and ``current_app.AsyncResult(id)`` are the current app's,
+    as with Celery's proxy; ``current_app()`` returns the app itself."""
+
+    def __call__(self) -> "Mesh":
+        return get_current_app()
+
+    def _get_current_object(self) -> "Mesh":
+        return get_current_app()
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(get_current_app(), attr)
+
+    def __eq__(self, other: object) -> bool:
+        return get_current_app() == other
+
+    def __hash__(self) -> int:
+        return hash(get_current_app())
+
+    def __repr__(self) -> str:
+        return f"<current_app {get_current_app()!r}>"
+
+
+current_app = CurrentApp()
 
 
 class CurrentTask:
@@ -137,7 +165,7 @@ class SharedTask:
         self.__module__ = fun.__module__
 
     def _get_current_object(self) -> "Task":
-        app = current_app()
+        app = get_current_app()
         task = app._tasks.get(self.name)
         if task is None:   # only if registering it with this app failed, and said why
             from mesh.exceptions import NotRegistered

@@ -25,7 +25,7 @@ from typing import Any
 
 from mesh import signals, states
 from mesh.einfo import ExceptionInfo
-from mesh.exceptions import Ignore, Reject, Replace, Retry
+from mesh.exceptions import EncodeError, Ignore, Reject, Replace, Retry
 from mesh.retry import backoff_delay
 from mesh.security.text import safe_logger
 from mesh.task import Request, Task, _current_request
@@ -35,6 +35,8 @@ log = safe_logger("mesh.trace")
 
 REPLACED = states.REPLACED  # internal: the task called replace(sig) (not a task's state)
 REQUEUE_DELAY = 1.0     # s before a task that raised Reject(requeue=True) runs again
+SMALL_RESULT = 1 << 20  # bytes: a result this small needs no look at max_message_size
+RESULT_HEADROOM = 64 * 1024   # bytes of a RESULT frame besides the value (ids, names)
 
 
 @dataclasses.dataclass(slots=True)
@@ -171,8 +173,22 @@ def _returned(task: Task, req: Request, value: Any) -> Outcome:
         return _raised(task, req, req.retry_later)
     ignore = ignores_result(task, req)
     feeds = "wf" in req.headers     # a workflow's step passes its value on even when its
-    return Outcome(states.SUCCESS, value,   # result is not kept
-                   None if ignore and not feeds else codec.dumps(value), keep=not ignore)
+    data = None if ignore and not feeds else codec.dumps(value)   # result is not kept
+    if data is not None and len(data) > SMALL_RESULT:
+        _check_size(task, data)
+    return Outcome(states.SUCCESS, value, data, keep=not ignore)
+
+
+def _check_size(task: Task, data: bytes) -> None:
+    """A value too big for a RESULT frame could never reach anyone: every receiver
+    refuses frames over max_message_size (the sender waited until its timeout, and
+    ZeroMQ cut its link off past twice that). The task fails instead, saying why."""
+    limit = task.app.config.max_message_size - RESULT_HEADROOM
+    if len(data) > limit:
+        raise EncodeError(f"the result of {task.name} is {len(data):,} bytes encoded, more "
+                          f"than a result may be ({limit:,}: max_message_size less "
+                          f"{RESULT_HEADROOM:,}); return a reference to it (a path, a key) "
+                          "instead, or raise max_message_size on every node and client")
 
 
 def _raised(task: Task, req: Request, e: BaseException) -> Outcome:

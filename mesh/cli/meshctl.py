@@ -194,7 +194,9 @@ def _reachable_peers(ctx: click.Context) -> list[str]:
 @meshctl.command()
 @click.pass_context
 def ping(ctx: click.Context) -> int:
-    """Ping every node; exit 1 when none answers.
+    """Ping the nodes given (--peers, MESH_PEERS, or those mDNS finds), not the
+    rest of the mesh (meshctl inspect ping asks every node the mesh knows); exit 1
+    when none answers.
 
     \b
     Example:
@@ -237,8 +239,9 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
          countdown: float | None, eta: Any, expires: float | None, queue: str | None,
          wait: bool, result_timeout: float) -> int:
     """Submit a task by name. Prints the task id, or with --wait the result as JSON;
-    exit 1 if the task failed or timed out, or (without --wait) if no node
-    acknowledged it within max(--timeout, 5) seconds; exit 4 if no node could be
+    exit 1 if the task failed or timed out, or (without --wait) if no node took it:
+    none acknowledged it within max(--timeout, 5) seconds, or it was refused (no
+    alive node has that task or serves its queue); exit 4 if no node could be
     reached (none answered a ping within --timeout).
 
     \b
@@ -268,6 +271,8 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
                            err=True)
                 app.client.close(linger=0)
                 return EXIT_FAILURE
+            if r.failed() and not r.traceback:   # refused (no node ran it): it never will
+                return _report(ctx, r, None)
             return EXIT_OK
         return _report(ctx, r, result_timeout)
     finally:

@@ -91,18 +91,30 @@ def rate_limit(ctx: click.Context, task_name: str, rate: str, nodes: tuple[str, 
 
 @control.command("time-limit")
 @click.argument("task_name")
+@click.argument("limits", nargs=-1, metavar="[SOFT [HARD]]",
+                type=click.FloatRange(min=0, min_open=True))
 @click.option("--soft", type=click.FloatRange(min=0, min_open=True), help="Soft limit, seconds.")
 @click.option("--hard", type=click.FloatRange(min=0, min_open=True), help="Hard limit, seconds.")
 @NODE_OPTION
 @click.pass_context
-def time_limit(ctx: click.Context, task_name: str, soft: float | None, hard: float | None,
-               nodes: tuple[str, ...]) -> int:
-    """Set TASK_NAME's time limits for tasks received from now on.
+def time_limit(ctx: click.Context, task_name: str, limits: tuple[float, ...],
+               soft: float | None, hard: float | None, nodes: tuple[str, ...]) -> int:
+    """Set TASK_NAME's time limits for tasks received from now on (a limit not
+    given is none). SOFT [HARD] is Celery's form (celery control time_limit TASK
+    SOFT HARD).
 
     \b
     Example:
       meshctl control time-limit reports.build --soft 50 --hard 60
+      meshctl control time_limit reports.build 50 60
     """
+    if limits:
+        if len(limits) > 2:
+            die("meshctl", "time-limit takes TASK_NAME [SOFT [HARD]]", EXIT_USAGE)
+        if soft is not None or hard is not None:
+            die("meshctl", "time-limit: give the limits as SOFT [HARD] or as --soft/--hard, "
+                "not both", EXIT_USAGE)
+        soft, hard = limits[0], (limits[1] if len(limits) > 1 else None)
     return _control_cmd(ctx, "time_limit", {"task": task_name, "soft": soft, "hard": hard}, nodes)
 
 

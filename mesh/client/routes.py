@@ -127,7 +127,6 @@ class Routing:
         self._rechecked.pop(slot.task_id, None)
         exc, message = unplaceable(self._placeable, self.mesh, slot.queue, slot.name,
                                    slot.refused, kind, said)
-        self._slots.pop(slot.task_id, None)
         self._refuse(slot, exc, message)
 
     def _on_refused(self, slot: Slot, link: Any, kind: str, message: str) -> None:
@@ -149,7 +148,6 @@ class Routing:
         if others:
             self._send(slot, choose_from(others, self._rng) or others[0])
             return
-        self._slots.pop(slot.task_id, None)
         self._refuse(slot, "NotRegistered" if kind == "NotRegistered" else "MeshError", message,
                      link.node_id)
 
@@ -159,8 +157,12 @@ class Routing:
         does not wait for its result (a web request, a script that exits) would not
         know (Celery's worker logs an unregistered task at ERROR). The first refusal of
         a task name in ``REFUSED_LOG_SPAN`` s is logged with its id; the next ones in
-        that span are counted in the next line."""
+        that span are counted in the next line. The slot is failed before it leaves
+        ``_slots``: ``flush()`` (the tasks still pending) never sees it as neither pending
+        nor failed (``meshctl call`` reads it right after)."""
         self._fail(slot, exc, message, node)
+        if self._slots.get(slot.task_id) is slot:
+            del self._slots[slot.task_id]
         now = time.monotonic()
         seen = self._refusals.get(slot.name)
         if seen is not None and now - seen[0] < REFUSED_LOG_SPAN:

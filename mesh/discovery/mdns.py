@@ -463,12 +463,14 @@ def mesh_of(props: Mapping[str, str]) -> str:
 
 async def browse(timeout: float, interfaces: Interfaces | None = None, *,
                  settle: float = DEFAULT_SETTLE, mesh: str | None = None,
-                 meshes: set[str] | None = None) -> dict[str, str]:
+                 meshes: set[str] | None = None,
+                 ignored: set[str] | None = None) -> dict[str, str]:
     """Find mesh nodes once: ``{node_id: endpoint}``. Returns as soon as at least
     one node was found and nothing new appeared for ``settle`` seconds, or at
     ``timeout`` (``{}`` if none answered). ``interfaces=None`` means all interfaces
     (loopback included). ``mesh``: only nodes of that mesh (others are ignored).
-    ``meshes``: filled with the meshes of the nodes returned.
+    ``meshes``: filled with the meshes of the nodes returned; ``ignored``: with
+    those of the nodes left out for being of another mesh.
     Raises DiscoveryError if mDNS cannot run."""
     ifaces: Interfaces = InterfaceChoice.All if interfaces is None else (
         interfaces if isinstance(interfaces, InterfaceChoice) else list(interfaces))
@@ -480,6 +482,8 @@ async def browse(timeout: float, interfaces: Interfaces | None = None, *,
     def on_found(node_id: str, endpoint: str, props: dict[str, str]) -> None:
         nonlocal last_new
         if mesh is not None and mesh_of(props) != mesh:
+            if ignored is not None:
+                ignored.add(mesh_of(props))
             log.debug("mDNS: ignoring node %s at %s: it belongs to mesh %r, not %r", node_id,
                       endpoint, mesh_of(props), mesh)
             return
@@ -517,7 +521,8 @@ async def browse(timeout: float, interfaces: Interfaces | None = None, *,
 
 def browse_sync(timeout: float, interfaces: Interfaces | None = None, *,
                 settle: float = DEFAULT_SETTLE, mesh: str | None = None,
-                meshes: set[str] | None = None) -> dict[str, str]:
+                meshes: set[str] | None = None,
+                ignored: set[str] | None = None) -> dict[str, str]:
     """:func:`browse` for code without an event loop (a CLI, a plain thread, or
     even a thread whose loop is running: the work runs on a private loop in a
     short-lived thread of its own, so the caller's loop state is left alone)."""
@@ -527,7 +532,7 @@ def browse_sync(timeout: float, interfaces: Interfaces | None = None, *,
     def run() -> None:
         try:
             result.update(asyncio.run(browse(timeout, interfaces, settle=settle, mesh=mesh,
-                                             meshes=meshes)))
+                                             meshes=meshes, ignored=ignored)))
         except BaseException as e:  # noqa: BLE001 -- re-raised in the caller's thread below
             error.append(e)
 

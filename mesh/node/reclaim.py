@@ -278,9 +278,11 @@ class Reclaimer:
                 front.reply(client, encode(Moved(ids, node.name, address, where, REASON)))
         total = len(waiting) + len(disk)
         n_moved = sum(len(v) for v in moved.values())
+        n_purged = len(purged) + len(purged_disk)
+        here = total - finished - n_moved - n_purged
         self.counts["finished_elsewhere"] += finished
         self.counts["held_elsewhere"] += n_moved
-        self.counts["run_here"] += total - finished - n_moved
+        self.counts["run_here"] += here
         if purge:       # (those on disk revoked: not copied again, they finish REVOKED)
             from mesh.node.recovery import purge_recovered
             disk_here -= purge_recovered(node, purged, purged_disk, finished + n_moved)
@@ -293,8 +295,9 @@ class Reclaimer:
             # back: a deep backlog's, for hours; test_e2e_backlog_recopy.py)
             node.replicas.disk_copies.walk(stale=self._asked)
         log.info("journal: of %d recovered task(s) (%d of them on disk), %d finished on "
-                 "another node and %d are held by another node: not run here; %d run here",
-                 total, len(disk), finished, n_moved, total - finished - n_moved)
+                 "another node and %d are held by another node: not run here; %d run here%s",
+                 total, len(disk), finished, n_moved, here,
+                 f", {n_purged} purged (--purge)" if purge else "")
 
     def _off_disk(self, client: bytes, size: int) -> None:
         """A task that waited on disk will not be read back: out of the counts."""

@@ -110,6 +110,8 @@ class Reloader(Component):
             log.error("autoreload: the new code does not load: %s. The node keeps serving "
                       "with the code it had; fix the file and it reloads.", e)
             return False
+        from mesh.workflow.builtins import register_builtins
+        register_builtins(app)         # mesh.map, mesh.starmap: a node's, as Node() does
         old = node.app
         node.app = app
         replaced = node.pool.reload(app)
@@ -207,8 +209,7 @@ def watch_dirs(modules: Iterable[ModuleType]) -> list[str]:
 def import_fresh(spec: str, roots: list[str]) -> "Mesh":
     """Import the ``--app`` module again, with every app module fresh; on failure put
     the old modules back and raise ReloadError naming the file and line."""
-    from mesh.app import Mesh
-    module_name, _, attr = spec.partition(":")
+    from mesh.cli.common import find_app
     saved = app_modules(roots)
     for name in saved:
         del sys.modules[name]
@@ -218,10 +219,12 @@ def import_fresh(spec: str, roots: list[str]) -> "Mesh":
             _drop_bytecode(file)
     importlib.invalidate_caches()
     try:
-        module = importlib.import_module(module_name)
-        app = getattr(module, attr or "app", None)
-        if not isinstance(app, Mesh):
-            raise ReloadError(f"{module_name} has no mesh.Mesh app named {attr or 'app'!r} any more")
+        try:               # found as meshnode -A found it: -A proj is proj.celery's app
+            app: Mesh = find_app(spec)[0]
+        except LookupError as e:           # what the import raised, with its file and line
+            cause = e.__context__
+            raise ReloadError(where(cause, roots) if cause is not None
+                              else f"--app {spec}: {e}") from cause
         more = getattr(app, "import_modules", None)    # the app's include/imports settings
         if callable(more):
             more()

@@ -12,7 +12,7 @@ from typing import Any
 
 from harness import INTEGRATION_DIR, ROOT, NodeProc, wait_until
 
-from mesh import Mesh
+from mesh import Mesh, xmap, xstarmap
 
 RESULT_TIMEOUT = 60.0
 
@@ -142,4 +142,45 @@ def test_a_syntax_error_keeps_the_node_serving_the_old_code(start_node: Any, tmp
     assert client.send_task("reload_app.added", args=(5,)).get(timeout=RESULT_TIMEOUT) == ["added", 5]
     s = node.status()
     assert s["reload_error"] is None and "reload_app.added" in s["registered"]
+    client.close()
+
+
+def test_map_and_starmap_still_run_after_a_reload(start_node: Any, tmp_path: Path) -> None:
+    """The builtin tasks behind task.map/starmap/chunks are the node's, not the app
+    module's: the reloaded app must have them too (a reload dropped them: 'gone:
+    mesh.map, mesh.starmap' in its log, then NotRegistered for every map)."""
+    node, module = _start(start_node, tmp_path, concurrency=1)
+    client = Mesh("reload-client", peers=[node.endpoint], mdns=False)
+    slow = client.signature("reload_app.slow")
+    assert xmap(slow, [0, 0]).apply_async().get(timeout=RESULT_TIMEOUT) == [1, 1]
+    _write(module, "2")
+    wait_until(lambda: client.send_task("reload_app.version").get(timeout=RESULT_TIMEOUT) == 2,
+               what="the node to run the new code")
+    assert xmap(slow, [0, 0]).apply_async().get(timeout=RESULT_TIMEOUT) == [2, 2]
+    assert xstarmap(slow, [(0,), (0,)]).apply_async().get(timeout=RESULT_TIMEOUT) == [2, 2]
+    assert "gone:" not in node.stderr()
+    client.close()
+
+
+def test_a_celery_layout_found_by_its_package_reloads(start_node: Any, tmp_path: Path) -> None:
+    """`meshnode -A proj --autoreload` on Celery's layout (the app in proj/celery.py,
+    proj/__init__.py importing it as celery_app): the reload finds the app as -A did.
+    It looked for `proj.app` only, so every reload failed ('proj has no mesh.Mesh app
+    named 'app' any more') and the node kept the old code."""
+    src = tmp_path / "src"
+    (src / "proj").mkdir(parents=True)
+    (src / "proj" / "__init__.py").write_text(
+        "from .celery import app as celery_app\n\n__all__ = ('celery_app',)\n")
+    (src / "proj" / "celery.py").write_text(
+        "from mesh import Mesh\n\napp = Mesh('mesh-it-proj', mdns=False, include=['proj.tasks'])\n")
+    tasks = src / "proj" / "tasks.py"
+    tasks.write_text("from .celery import app\n\n\n@app.task\ndef version():\n    return 1\n")
+    path = os.pathsep.join([str(src), str(INTEGRATION_DIR), str(ROOT)])
+    node = start_node(app="proj", concurrency=1, autoreload=True, env={"PYTHONPATH": path})
+    client = Mesh("reload-client", peers=[node.endpoint], mdns=False)
+    assert client.send_task("proj.tasks.version").get(timeout=RESULT_TIMEOUT) == 1
+    tasks.write_text(tasks.read_text().replace("return 1", "return 2"))
+    wait_until(lambda: client.send_task("proj.tasks.version").get(timeout=RESULT_TIMEOUT) == 2,
+               what="the node to run the new code")
+    assert node.status()["reload_error"] is None
     client.close()

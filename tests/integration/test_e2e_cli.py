@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import sys
@@ -82,6 +83,25 @@ def test_meshnode_app_that_does_not_load_exits_2_with_one_line(
                     "--data-dir", str(tmp_path / "data"))
     assert p.returncode == EXIT_USAGE, p
     assert words in _one_error_line(p.stderr, "meshnode")
+
+
+def test_meshnode_app_that_raises_at_import_names_the_line(tmp_path: Path) -> None:
+    """A bug in the app's module (a setting read, a missing dependency) said only
+    'cannot import 'app': KeyError: ...': where, in which of its files, is the question."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "raising_app.py").write_text("from raising_helper import VALUE\n")
+    (code / "raising_helper.py").write_text("import os\n\nVALUE = os.environ['MESH_IT_NOT_SET']\n")
+    (code / "missing_dep_app.py").write_text("from mesh import Mesh\nimport mesh_it_no_such_dep\n")
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(code), clean_env()["PYTHONPATH"]]))
+    for app, words, at in (("raising_app", "KeyError: 'MESH_IT_NOT_SET'", "raising_helper.py line 3"),
+                           ("missing_dep_app", "No module named 'mesh_it_no_such_dep'",
+                            "missing_dep_app.py line 2")):
+        p = run_program(MESHNODE, "--app", app, "--bind", _dead_endpoint(), "--no-mdns",
+                        "--data-dir", str(tmp_path / "data"), env=env)
+        assert p.returncode == EXIT_USAGE, p
+        line = _one_error_line(p.stderr, "meshnode")
+        assert words in line and f"(at {code / at})" in line, line
 
 
 def test_meshnode_on_a_port_in_use_exits_3(tmp_path: Path) -> None:
@@ -199,6 +219,15 @@ def test_meshctl_call_of_an_unknown_task_exits_1(node: Any) -> None:
     p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.nope", "--wait")
     assert p.returncode == EXIT_FAILURE, p
     assert "tasks_app.nope" in p.stderr
+
+
+def test_meshctl_call_of_an_unknown_task_without_wait_exits_1(node: Any) -> None:
+    """No node took it and none ever will: a script that calls without --wait must not
+    be told it went well (it exited 0, with only the client's warning on stderr)."""
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.nope")
+    assert p.returncode == EXIT_FAILURE, p
+    uuid.UUID(p.stdout.strip())              # the id is still printed
+    assert "NotRegistered" in p.stderr and "tasks_app.nope" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("flag, value", [

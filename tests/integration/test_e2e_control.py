@@ -13,7 +13,7 @@ import pytest
 from harness import MESHCTL, run_program, wait_until
 
 from mesh import Mesh, states
-from mesh.cli.common import EXIT_OK
+from mesh.cli.common import EXIT_OK, EXIT_USAGE
 from mesh.exceptions import TaskRevokedError, TimeLimitExceeded
 
 RESULT_TIMEOUT = 60.0
@@ -156,6 +156,29 @@ def test_time_limit_at_run_time(start_node: Any, make_client: Any) -> None:
     with pytest.raises(TimeLimitExceeded):
         t.sleep.delay(30).get(timeout=RESULT_TIMEOUT)
     assert t.add.delay(1, 1).get(timeout=RESULT_TIMEOUT) == 2
+
+
+def test_time_limit_takes_celerys_positional_soft_and_hard(start_node: Any) -> None:
+    """`celery control time_limit TASK SOFT HARD` is what a Celery user types: the
+    same words set the same limits (they failed with "Got unexpected extra argument")."""
+    node = start_node(concurrency=1)
+    done = run_program(MESHCTL, "--peers", node.endpoint, "control", "time_limit",
+                       "tasks_app.sleep", "20", "30")
+    assert done.returncode == EXIT_OK, done.stdout + done.stderr
+    assert json.loads(done.stdout.split(": ", 1)[1]) == {
+        "task": "tasks_app.sleep", "soft": 20.0, "hard": 30.0}
+    limits = next(t for t in _control(node).inspect().registered_tasks()[node.name]
+                  if t["name"] == "tasks_app.sleep")
+    assert (limits["soft_time_limit"], limits["time_limit"]) == (20.0, 30.0)
+    soft_only = run_program(MESHCTL, "--peers", node.endpoint, "control", "time-limit",
+                            "tasks_app.sleep", "5")
+    assert '"soft": 5.0, "hard": null' in soft_only.stdout, soft_only.stdout + soft_only.stderr
+    both = run_program(MESHCTL, "--peers", node.endpoint, "control", "time-limit",
+                       "tasks_app.sleep", "5", "--hard", "6")
+    assert both.returncode == EXIT_USAGE and "not both" in both.stderr, both.stderr
+    three = run_program(MESHCTL, "--peers", node.endpoint, "control", "time-limit",
+                        "tasks_app.sleep", "1", "2", "3")
+    assert three.returncode == EXIT_USAGE and "[SOFT [HARD]]" in three.stderr, three.stderr
 
 
 def test_pool_grow_and_shrink(start_node: Any, make_client: Any, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import msgpack
+import pytest
 import zmq
 
 from mesh import states
@@ -158,3 +159,22 @@ def test_a_frame_of_empty_containers_does_not_blow_the_node_up(
     print(f"RSS {base:.0f} -> peak {peak:.0f} MiB")
     assert peak - base < 48, f"the node's RSS grew by {peak - base:.0f} MiB for one 2 MiB frame"
     assert c.tasks.add.delay(2, 2).get(timeout=RESULT_TIMEOUT) == 4
+
+
+def test_a_result_too_big_to_send_fails_the_task_saying_so(
+        start_node: Any, make_client: Any, tmp_path: Any) -> None:
+    """A task whose value encodes to more than max_message_size (16 MiB) could never
+    reach its sender: the client refused the frame, and the sender waited until its
+    timeout ('no mesh node could be reached'). It fails, with the reason, and the
+    client's link keeps serving."""
+    from mesh.exceptions import EncodeError
+    node = start_node(concurrency=1)
+    c = make_client(node)
+    gate = tmp_path / "gate"
+    gate.touch()
+    r = c.tasks.blob.delay(17 * MIB, str(gate))
+    with pytest.raises(EncodeError, match="max_message_size"):
+        r.get(timeout=20)
+    assert r.state == states.FAILURE
+    assert c.tasks.blob.delay(1000, str(gate)).get(timeout=RESULT_TIMEOUT) == "x" * 1000
+    assert c.tasks.add.delay(1, 2).get(timeout=RESULT_TIMEOUT) == 3

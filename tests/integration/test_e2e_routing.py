@@ -285,11 +285,15 @@ def test_a_mesh_wide_rate_limit_holds_for_a_minute(start_node: NodeFactory) -> N
 def test_the_mdns_client_of_another_mesh_is_not_used(start_node: NodeFactory,
                                                       lan: str) -> None:
     """An app whose name matches no node finds none by mDNS: a clear error, not work
-    sent to another app's nodes."""
+    sent to another app's nodes. It names the mesh looked for and the one found (a
+    node runs an app of another name: it said only 'start a node that mDNS can find')."""
     start_node(app="lan_a", mdns=True, name=f"lan-alone-{lan}", concurrency=1)
     client = Mesh(f"routing-it-lan-nobody-{lan}", discovery_timeout=3)
     try:
-        with pytest.raises(MeshError, match="no nodes to send tasks to"):
+        with pytest.raises(MeshError, match="no nodes to send tasks to") as e:
             client.send_task("lan.add", args=(1, 1))
+        assert f"no node of mesh 'routing-it-lan-nobody-{lan}'" in str(e.value)
+        assert "(only nodes of mesh" in str(e.value), e.value
+        assert f"'routing-it-lan-a-{lan}'" in str(e.value), e.value
     finally:
         client.close()

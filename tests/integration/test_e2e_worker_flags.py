@@ -83,6 +83,10 @@ def test_purge_at_start_revokes_what_the_journal_held(start_node: Any, make_clie
     for r in [running, *queued]:
         with pytest.raises(TaskRevokedError):
             r.get(timeout=RESULT_TIMEOUT)
+    # the reclaim's summary agrees: none of them runs here (it said '4 run here' right
+    # after the purge's line)
+    assert "not run here; 0 run here, 4 purged (--purge)" in node.stderr(), node.stderr()
+    assert node.status()["reclaim_run_here"] == 0
     gate.touch()
     assert c.tasks.add.delay(2, 2).get(timeout=RESULT_TIMEOUT) == 4     # it serves on
     assert node.status()["succeeded"] == 1

@@ -88,5 +88,5 @@ def test_an_app_that_is_gone_is_an_error(project: Path) -> None:
     roots = app_roots(spec)
     import_fresh(spec, roots)
     (project / "tasks.py").write_text("x = 1\n")
-    with pytest.raises(ReloadError, match="no mesh.Mesh app named 'app'"):
+    with pytest.raises(ReloadError, match="has no attribute 'app'"):
         import_fresh(spec, roots)

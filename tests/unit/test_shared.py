@@ -197,3 +197,20 @@ def test_mesh_itself_never_imports_django() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_current_app_is_a_proxy_as_celerys_is() -> None:
+    """Celery code says `from celery import current_app; current_app.send_task(...)`,
+    `current_app.conf.x`, `current_app.control.inspect()`: the import line changes, the
+    rest must not ('function' object has no attribute 'control', as the Django example
+    found)."""
+    a = make("a")
+    assert current_app.main == "a" and current_app.conf is a.conf
+    assert current_app.tasks == a.tasks and type(current_app.control).__name__ == "Controller"
+    assert current_app() is a and current_app._get_current_object() is a
+    assert current_app == a and hash(current_app) == hash(a)
+    b = make("b")
+    assert current_app.main == "b" and current_app != a
+    current_app.conf.task_always_eager = True            # reaches the app itself
+    assert b.conf.task_always_eager is True
+    assert "b" in repr(current_app)
