@@ -422,6 +422,25 @@ async def taker_taken_over(b: Node, tid: str) -> None:
     assert tid not in b.ledger.held and not b.spill.holds(tid)
 
 
+@asynccontextmanager
+async def four_met() -> AsyncIterator[tuple[Node, Node, zmq.asyncio.Socket, Node]]:
+    """``three_met`` in memory, and a helper (not shedding either) that each of them
+    knows as a node that takes their tasks (its registered names gossiped): the
+    backup, the giver (and a DEALER to it), the taker."""
+    async with three_met(None, "in-memory") as (b, g, to_g, t), \
+            running_node(app, name="helper", autorun=False,
+                         peers=[b.address, g.address]) as f:
+        f.shedder.shed = lambda now: 0
+        nodes = (b, g, t, f)
+
+        def takers(n: Node) -> set[str]:
+            r = n.routing
+            return {m.id for m in n.membership.alive_members(include_self=False)
+                    if r.peer_accepts(m.meta, r.queue_for("fast.add"), "fast.add")}
+        await until(lambda: all(len(takers(n)) == 3 for n in nodes), "the four to meet")
+        yield b, g, to_g, t
+
+
 @pytest.mark.parametrize("why", ["backup-replaced", "given-back"])
 def test_a_dead_holders_waiting_copy_does_not_run_when_the_other_copy_goes_otherwise(
         why: str) -> None:
@@ -439,12 +458,7 @@ def test_a_dead_holders_waiting_copy_does_not_run_when_the_other_copy_goes_other
     tid = "two-holders-0"       # ranked: backup > helper > taker > giver (mesh/rendezvous.py)
 
     async def main() -> None:
-        async with three_met(None, "in-memory") as (b, g, to_g, t), \
-                running_node(app, name="helper", autorun=False,
-                             peers=[b.address, g.address]) as f:
-            f.shedder.shed = lambda now: 0
-            await until(lambda: all(len(n.membership.alive_members()) == 4
-                                    for n in (b, g, t, f)), "the four to meet")
+        async with four_met() as (b, g, to_g, t):
             await both_hold(b, g, to_g, t, tid)
             await crash(t)
             await taker_taken_over(b, tid)
@@ -491,12 +505,7 @@ def test_a_task_handed_on_after_its_backup_was_replaced_runs_at_the_old_one_if_t
     tid = "two-holders-0"       # ranked: backup > helper > taker > giver (mesh/rendezvous.py)
 
     async def main() -> None:
-        async with three_met(None, "in-memory") as (b, g, to_g, t), \
-                running_node(app, name="helper", autorun=False,
-                             peers=[b.address, g.address]) as f:
-            f.shedder.shed = lambda now: 0
-            await until(lambda: all(len(n.membership.alive_members()) == 4
-                                    for n in (b, g, t, f)), "the four to meet")
+        async with four_met() as (b, g, to_g, t):
             await to_g.send(submit("g-busy-0"))
             await to_g.send(submit(tid))
             await until(lambda: g.pool.queued == 1 and b.replicas.copies.has(tid),
