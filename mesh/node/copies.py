@@ -271,12 +271,13 @@ class Copies:
         the id goes (the drop's holder holds it still, ran it, gave it back or handed
         it to another node: run here, it would run a third time)."""
         waiting = self.waiting
+        hits = [t for t in msg.drop if t in waiting]
+        if not hits:
+            return []
         to_of = dict(zip(msg.drop, msg.handed_to)) if msg.handed_to else {}
         again = set(msg.task_ids)               # (held by that holder again: copied now)
         due = []
-        for tid in msg.drop:
-            if tid not in waiting:
-                continue
+        for tid in hits:
             try:
                 if self._held_elsewhere([tid], ""):
                     continue                    # another live holder's copy: its drop decides
