@@ -527,6 +527,43 @@ def test_a_task_handed_on_after_its_backup_was_replaced_runs_at_the_old_one_if_t
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
+def test_a_dead_holders_copy_in_memory_waits_for_a_live_holders_copy_on_disk(tmp_path: Any
+                                                                              ) -> None:
+    # The backup's window is one copy: the giver's copy of the task went to its disk
+    # (the window held the giver's busy task's), the taker's, sent when that one had
+    # finished, to its memory. The taker dies: its takeover in memory must see the
+    # giver's copy on disk (the giver holds the task), or the backup runs it too.
+    tid = "two-holders-0"               # ranked: backup > giver, taker (mesh/rendezvous.py)
+
+    async def main() -> None:
+        async with three_met(tmp_path, "on-disk") as (b, g, to_g, t):
+            copies = b.replicas.copies
+            await to_g.send(submit("g-busy-0"))
+            await until(lambda: copies.has("g-busy-0"), "the first copy (the window's)")
+            await to_g.send(submit("g-busy-4"))   # (its backup: b too)
+            await to_g.send(submit(tid))
+            await until(lambda: g.pool.queued == 2 and copies.disk.get("giver") == 2,
+                        "the giver's copies of the others on disk")
+            g.pool.finish_running("g-busy-0")     # (its result frees the window)
+            await until(lambda: not copies.frames and g.pool.queued == 1,
+                        "the busy task's result at the backup, the next one running")
+            g.handoff.on_ack = lambda msg: None    # type: ignore[method-assign]
+            await hand_to_taker(g, tid)
+            await until(lambda: tid in t.ledger.held and not t.replicas.pending(tid),
+                        "the taker to hold it, its copy confirmed")
+            await until(lambda: g.handoff._given_up and tid in g.ledger.held,
+                        "the giver to give the handoff up, holding the task again")
+            assert copies.holders(tid) == ["taker"]                       # in memory
+            assert [h for _, h in b.journal.copy_holders([tid])] == ["giver"]   # on disk
+            await crash(t)
+            await until(lambda: _state(b, "taker") == MemberState.DEAD,
+                        "the backup to declare the taker dead", timeout=20)
+            copies.check_holders(time.monotonic())
+            assert tid not in b.ledger.held, "run at the backup while the giver holds it"
+            assert list(copies.waiting.get(tid, ())) == ["taker"]
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 async def giver_dies(b: Node, g: Node, tid: str) -> None:
     """The giver is killed: its backup ``b`` runs ``tid`` from the copy it kept."""
     await crash(g)
