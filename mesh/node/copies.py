@@ -28,10 +28,19 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   id: a task run by both is delivered once). The second holder's copy is kept
   apart (``more``), so the one-holder case costs what it did.
 * ``check_holders``: a holder declared dead has its copies without a result run here
-  (``take_over``; not one another live holder keeps a copy of here too: it holds
-  it); a holder that left is given ``LEFT_GRACE`` plus our shutdown timeout to hand
-  its tasks on first; one no member knows, ``ORPHAN_AFTER``. The
-  copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
+  (``take_over``). Not one another live holder keeps a copy of here too (in memory or
+  on disk): that holder holds the task, and it would run a third time. That copy
+  waits (``waiting``, in memory: as rare as the race that made two holders) for the
+  other holder's drop: a drop saying it handed the task to the dead holder
+  (``Replicate.handed_to``: its drop was late, no live node holds the task) runs it
+  here; any other end of the other copy (a result; a drop for another reason: given
+  back, its copy moved to another backup; that holder's own takeover) drops it.
+  (Until 2026-12 it was dropped at the takeover, and a task handed to a holder that
+  died before the giver's drop arrived ran nowhere. Review14's rule ran it whenever
+  the other copy went, for any reason, and was backed out after the cluster chaos
+  test ran tasks three times with it.) A holder that left is given ``LEFT_GRACE``
+  plus our shutdown timeout to hand its tasks on first; one no member knows,
+  ``ORPHAN_AFTER``. The copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
   plain one (priority 0, no eta, no workflow) becomes a task waiting on this node's
   disk (mesh/node/spill.py), read back in order as its queue drains, so a holder's
   deep backlog does not fill the taker's memory either; this node's walk of its
@@ -105,6 +114,9 @@ class Copies:
         self.on_disk = 0                           # their sum
         self._forget: set[str] = set()             # ids whose copy on disk may go (tick)
         self._taking: dict[str, str] = {}          # holder -> why: disk takeover under way
+        # a dead holder's copy that another live holder keeps here too: task id ->
+        # holder -> (frame, received), until that holder's drop (``_drops_came``)
+        self.waiting: dict[str, dict[str, tuple[bytes, float]]] = {}
         self._badlog = _RateLimitedLog("refused copies")
         self._deadlog = _RateLimitedLog("copies from dead holders", burst=3)
 
@@ -154,7 +166,8 @@ class Copies:
 
     def in_memory(self) -> int:
         """How many copies are kept in memory."""
-        return len(self.frames) + sum(len(m) for m in self.more.values())
+        return len(self.frames) + sum(len(m) for m in self.more.values()) + \
+            sum(len(w) for w in self.waiting.values())
 
     def _drop_on_disk(self, ids: list[str], holder: str | None = None) -> None:
         """These ids' copies on disk go (a result, a drop, run or held here); with
@@ -198,6 +211,7 @@ class Copies:
                                   msg.source[:100])
             return
         journal, now, source = node.journal, time.time(), sys.intern(msg.source)
+        due: list[tuple[str, tuple[bytes, float], str]] = []
         try:
             self._flush_forgets()                 # (older than these copies)
             # (drops are older than the copies sent with them.) A drop takes only a copy
@@ -207,6 +221,8 @@ class Copies:
             drop = [t for t in msg.drop if not unkeep(t, source)]
             window, frames = self.window, self.frames
             self._drop_on_disk(drop, source)
+            if self.waiting:
+                due = self._drops_came(msg)
             # copies already on disk stay there (a resend, a retry's new Submit)
             there = {t for t, h in journal.copy_holders(msg.task_ids) if h == source} \
                 if self.on_disk else set()
@@ -234,14 +250,82 @@ class Copies:
                 journal.copy_results(results)
                 for row in results:           # (every holder's copy: the task is done)
                     unkeep(row[0])
+                    self._unwait(row[0])
                 if self.on_disk:
                     self._drop_on_disk([r[0] for r in results])
         except JournalError as e:
             log.error("journal: copies from %s were not kept: %s", msg.source, e)
             return            # not acknowledged: the holder sends them again
+        finally:
+            for tid, copy, holder in due:     # (out of ``waiting`` now: also on an error)
+                self._run_waiting(tid, copy, holder, msg.source)
         if journal.in_tx:     # committed by this pass's flush (within RESULT_COMMIT_DELAY):
             node.front.schedule_flush()     # nothing else may flush an idle node soon
         self.replicas.sockets.send(msg.source_addr, encode(ReplicateAck(msg.batch, node.name)))
+
+    def _drops_came(self, msg: Replicate) -> list[tuple[str, tuple[bytes, float], str]]:
+        """(A holder's drops, applied) the waiting copies of these ids (``take_over``):
+        once no live holder keeps a copy of the id here any more, the one kept for the
+        node the task was handed to runs here if that node is still not alive (due:
+        id, copy, holder); back alive, it keeps its copy; every other waiting copy of
+        the id goes (the drop's holder holds it still, ran it, gave it back or handed
+        it to another node: run here, it would run a third time)."""
+        waiting = self.waiting
+        hits = [t for t in msg.drop if t in waiting]
+        if not hits:
+            return []
+        to_of = dict(zip(msg.drop, msg.handed_to)) if msg.handed_to else {}
+        again = set(msg.task_ids)               # (held by that holder again: copied now)
+        due = []
+        for tid in hits:
+            try:
+                if self._held_elsewhere([tid], ""):
+                    continue                    # another live holder's copy: its drop decides
+            except JournalError as e:
+                log.error("journal: cannot look the copies of task %s up: %s", tid, e)
+                continue
+            copies = waiting.pop(tid)
+            to = to_of.get(tid, "")
+            copy = copies.get(to) if to and tid not in again else None
+            if copy is None:
+                continue
+            m = self.node.membership.member(to)
+            if m is not None and m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                self._keep(tid, (copy[0], copy[1], to))     # (back: it holds the task)
+            else:
+                due.append((tid, copy, to))
+        return due
+
+    def _run_waiting(self, tid: str, copy: tuple[bytes, float], holder: str,
+                     giver: str) -> None:
+        r = self._take_one(tid, copy[0], copy[1], holder, disk=False)
+        self.taken_over += r == 1
+        self.node.front.schedule_flush()
+        log.warning("node %s handed task %s to node %s, which is gone: %s here (this node "
+                    "kept %s's copy until %s's drop came)", giver, tid, holder,
+                    "running it" if r == 1 else "it failed" if r == 2 else "held or run here",
+                    holder, giver)
+
+    def _wait(self, tid: str, holder: str, frame: bytes, received: float) -> None:
+        """A dead ``holder``'s copy of ``tid``, which another live holder keeps here
+        too, waits for that holder's drop (``_drops_came``)."""
+        self.waiting.setdefault(tid, {})[holder] = (frame, received)
+
+    def _unwait(self, tid: str) -> None:
+        """The waiting copies of ``tid`` go (a result, run or held here, reclaimed)."""
+        if self.waiting:
+            self.waiting.pop(tid, None)
+
+    def _held_elsewhere(self, tids: list[str], holder: str) -> set[str]:
+        """The ids of ``tids`` of which a copy is kept here (in memory or on disk) for
+        a live holder other than ``holder`` (that holder holds the task). Raises
+        JournalError."""
+        held = {t for t in tids if self._live_holders(t, holder)}
+        if self.on_disk:
+            node = self.node
+            held.update(t for t, h in node.journal.copy_holders(tids)
+                        if live_elsewhere(node, h, holder))
+        return held
 
     def _keep(self, tid: str, copy: tuple[bytes, float, str]) -> None:
         """Keep ``copy`` (frame, received, holder) of ``tid``, over its holder's older one."""
@@ -278,6 +362,7 @@ class Copies:
         is in this node's journal.) Every holder's copy goes."""
         if tid in self.frames:
             self._unkeep(tid)
+        self._unwait(tid)
         if self.on_disk:
             self._forget.add(tid)
 
@@ -291,6 +376,7 @@ class Copies:
         for holder in self.holders(tid):
             if holder != to:
                 self._unkeep(tid, holder)
+        self._unwait(tid)
         if self.on_disk:
             try:
                 for _tid, holder in self.node.journal.copy_holders([tid]):
@@ -309,6 +395,7 @@ class Copies:
         node = self.node
         others: set[str] = set()
         for tid in ids:
+            self._unwait(tid)                # (the asker holds it again)
             for holder in self.holders(tid):
                 if live_elsewhere(node, holder, asker):
                     others.add(tid)          # (its copy stays: that holder's drop takes it)
@@ -374,15 +461,24 @@ class Copies:
         copies = [(tid, c[0], c[1]) for tid, c in frames.items() if c[2] == holder]
         copies += [(tid, c[0], c[1]) for tid, m in self.more.items()
                    if (c := m.get(holder)) is not None]
+        # only this holder's copies; one another live holder keeps here too (in memory,
+        # or on disk) is held there (two holders after a race): not run a second time
+        # here, it waits for that holder's drop (the module docstring)
+        try:
+            held = self._held_elsewhere([c[0] for c in copies], holder)
+        except JournalError as e:
+            log.error("journal: cannot look the copies of %s's tasks up: %s", holder, e)
+            return 0                            # (the next check tries again)
         for tid, _, _ in copies:
             self._unkeep(tid, holder)
         self.kept.pop(holder, None)
-        # only this holder's copies; one another live holder keeps here too is held
-        # there (two holders after a race): not run a second time here
-        copies = [c for c in copies if not self._live_holders(c[0], holder)]
         taken = failed = 0
         for tid, frame, received in sorted(copies, key=lambda c: c[2]):
+            if tid in held:
+                self._wait(tid, holder, frame, received)
+                continue
             r = self._take_one(tid, frame, received, holder, disk=False)
+            self._unwait(tid)                   # (another dead holder's: this one ran)
             taken += r == 1
             failed += r == 2
         self.taken_over += taken
@@ -423,8 +519,10 @@ class Copies:
         taken = failed = 0
         for tid, frame, received in rows:
             if tid in held or self._live_holders(tid, holder):
-                continue
+                self._wait(tid, holder, frame, received)    # (in memory: as rare as the
+                continue                                    # race that made two holders)
             r = self._take_one(tid, frame, received, holder, disk=True)
+            self._unwait(tid)
             taken += r == 1
             failed += r == 2
         self.taken_over += taken

@@ -85,7 +85,8 @@ class _Batch:
     """What goes to one backup in its next REPLICATE."""
     tasks: dict[str, bytes] = dataclasses.field(default_factory=dict)
     results: dict[str, tuple[str, bytes]] = dataclasses.field(default_factory=dict)
-    drop: set[str] = dataclasses.field(default_factory=set)
+    # id -> the node it was handed to ("": not handed on; Replicate.handed_to)
+    drop: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.tasks or self.results or self.drop)
@@ -124,8 +125,8 @@ class Replicas(CopyGates, Component):
                                                    # those of one moment in one list
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
-        self._parked: dict[str, set[str]] = {}     # backup not alive -> ids whose copy there
-                                                   # goes once it is alive again (replaced)
+        self._parked: dict[str, dict[str, str]] = {}   # backup not alive -> drops (id ->
+                                                   # handed to) that go once it is alive again
         self.choice = BackupChoice(self)           # a task's backup: backup_choice.py
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
@@ -289,14 +290,21 @@ class Replicas(CopyGates, Component):
         """Tasks that are no longer ours (handed on to node ``to``, given back): drop
         their copies (and a copy of them this node kept for another holder, unless
         ``to`` is that holder: ``Copies.handed_on``)."""
+        parked = self._parked if to else None
         for entry in entries:
             tid = entry.task_id
             self.copies.handed_on(tid, to)
+            if parked:                # (its old backup, replaced while suspected, learns
+                for ids in parked.values():     # where it went too: copies.py)
+                    if tid in ids:
+                        ids[tid] = to or ""
             backup = self._untrack(entry)
             if backup:
                 batch = self._queue(backup)
                 batch.tasks.pop(tid, None)
-                batch.drop.add(tid)
+                # (who it went to: a backup that kept the copy of a holder it was handed
+                # to, declared dead meanwhile, runs that copy on this drop: copies.py)
+                batch.drop[tid] = to or ""
             self._open(tid)
 
     def spilled(self, entry: Entry) -> str:
@@ -310,7 +318,7 @@ class Replicas(CopyGates, Component):
         its copy when it went to disk (``was``), if another one now, drops it."""
         self.accepted(entry, msg)
         if was and self.enabled and entry.backup != was:
-            self._queue(was).drop.add(entry.task_id)
+            self._queue(was).drop[entry.task_id] = ""
 
     # -- holder side: bookkeeping ----------------------------------------------------
     def backup_of(self, task_id: str) -> str | None:
@@ -366,9 +374,12 @@ class Replicas(CopyGates, Component):
         for part in _split(batch):
             bid = self._prefix + str(next(self._ids))
             results = part.results
+            drop = sorted(part.drop)
+            handed_to = [part.drop[t] for t in drop]
             msg = Replicate(bid, node.name, node.address, list(part.tasks), list(part.tasks.values()),
                             list(results), [r[0] for r in results.values()],
-                            [r[1] for r in results.values()], sorted(part.drop))
+                            [r[1] for r in results.values()], drop,
+                            handed_to if any(handed_to) else [])
             self._sent[bid] = _Sent(backup, part, time.monotonic())
             self.nap.poke()
             self._busy[backup] = bid
@@ -380,7 +391,7 @@ class Replicas(CopyGates, Component):
         """A batch for a backup that is gone: its copies and results go to the tasks'
         new backups; its drops wait until it is alive again (moot if it never is)."""
         if batch.drop:
-            self._parked.setdefault(backup, set()).update(batch.drop)
+            self._parked.setdefault(backup, {}).update(batch.drop)
         for tid, frame in batch.tasks.items():
             entry = self.node.ledger.held.get(tid)
             if entry is not None:
@@ -476,7 +487,8 @@ class Replicas(CopyGates, Component):
                         batch.tasks.setdefault(tid, frame)
                 for tid, result in sent.batch.results.items():
                     batch.results.setdefault(tid, result)
-                batch.drop |= sent.batch.drop
+                for tid, to in sent.batch.drop.items():
+                    batch.drop.setdefault(tid, to)      # (a newer drop of it says more)
             else:
                 self._reroute(sent.backup, sent.batch)
 
@@ -522,7 +534,7 @@ class Replicas(CopyGates, Component):
                 # it runs the task again when this node is declared dead later, though
                 # the task finished here long before (its result went to the new backup).
                 # (Not when none replaced it: it gets the task again when it is back.)
-                self._parked.setdefault(old, set()).add(tid)
+                self._parked.setdefault(old, {})[tid] = ""   # (held here: not handed on)
             chosen.add(new)
             if new:
                 self._queue(new).tasks[tid] = entry.frame
@@ -549,10 +561,12 @@ class Replicas(CopyGates, Component):
                 # not one waiting on this node's disk now (it is out of ``held`` there,
                 # and its copy may be the one b keeps for it: kept, at worst one copy
                 # too many, never one too few)
-                drop = {t for t in ids if (e := held.get(t)) is not None and e.backup != b
-                        or e is None and journal.on_disk(t) is None}
+                drop = {t: to for t, to in ids.items() if (e := held.get(t)) is not None
+                        and e.backup != b or e is None and journal.on_disk(t) is None}
                 if drop:
-                    self._queue(b).drop.update(drop)
+                    batch = self._queue(b)
+                    for tid, to in drop.items():
+                        batch.drop.setdefault(tid, to)     # (a newer drop of it says more)
 
     def _sweep_every(self) -> float:
         """SWEEP_EVERY, or half of a shorter dead_node_reclaim (at least SWEEP_FLOOR)."""
@@ -596,7 +610,7 @@ def _split(batch: _Batch) -> list[_Batch]:
     if size <= BATCH_BYTES:
         return [batch]
     parts: list[_Batch] = []
-    cur, n = _Batch(drop=set(batch.drop)), 0
+    cur, n = _Batch(drop=dict(batch.drop)), 0
     for tid, frame in batch.tasks.items():
         if n and n + len(frame) > BATCH_BYTES:
             parts.append(cur)

@@ -543,10 +543,13 @@ class Replicate(Message):
     for an id replaces the copy), replace the copies of finished tasks with their
     results (``result_ids``, ``result_states`` and the RESULT frames ``results``, in
     the same order), and forget the copies of ``drop`` (ids the holder no longer
-    holds: handed to another node, or given back). Ids and states travel next to the
-    frames so that the backup stores them without decoding them. The backup journals
-    all of it, then answers REPLICATE_ACK(batch) to ``source_addr``. When membership
-    declares the holder dead, the backup runs the copies that have no result."""
+    holds: handed to another node, or given back). ``handed_to``: empty, or as long
+    as ``drop``: the node each dropped id was handed to ("" when it was not handed
+    on: given back, run without a result, its copy moved to another backup). Ids and
+    states travel next to the frames so that the backup stores them without decoding
+    them. The backup journals all of it, then answers REPLICATE_ACK(batch) to
+    ``source_addr``. When membership declares the holder dead, the backup runs the
+    copies that have no result."""
     TYPE = MsgType.REPLICATE
     batch: str
     source: str
@@ -557,12 +560,19 @@ class Replicate(Message):
     result_states: list[str] = field(default_factory=list)
     results: list[bytes] = field(default_factory=list)
     drop: list[str] = field(default_factory=list)
+    handed_to: list[str] = field(default_factory=list)   # (appended: old peers send none)
 
     def validate(self) -> None:
         _short(self.batch, MAX_ID_LEN, "batch")
         _short(self.source, MAX_ID_LEN, "source")
         _check_address(self.source_addr, "source_addr")
         _check_batch("Replicate", self.tasks, self.results, self.drop)
+        if self.handed_to:
+            if len(self.handed_to) != len(self.drop):
+                raise DecodeError("Replicate: handed_to must be empty or as long as drop")
+            if max(map(len, self.handed_to)) > MAX_ID_LEN:
+                raise DecodeError(f"Replicate: a handed_to name is longer than {MAX_ID_LEN} "
+                                  "characters")
         if len(self.task_ids) != len(self.tasks):
             raise DecodeError("Replicate: task_ids and tasks must be as long as each other")
         if not len(self.result_ids) == len(self.result_states) == len(self.results):

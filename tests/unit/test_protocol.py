@@ -120,7 +120,7 @@ SAMPLES: list[Message] = [
                address="tcp://10.0.0.2:7700"),
     Replicate(batch="r1", source="n1", source_addr="tcp://10.0.0.1:7700", task_ids=["t1"],
               tasks=[b"\x01"], result_ids=["t2"], result_states=["SUCCESS"], results=[b"\x02"],
-              drop=["z"]),
+              drop=["z"], handed_to=["n3"]),
     ReplicateAck(batch="r1", node="n2"),
 ]
 
@@ -424,6 +424,24 @@ def test_replicate_ids_of_a_bad_length_are_refused(field: str, bad: str) -> None
         decode(frame)
     lists[field] = [lists[field][0], "t" * MAX_ID_LEN]       # the longest allowed passes
     decode(encode(Replicate("b1", "n1", "tcp://10.0.0.1:7700", **lists)))
+
+
+def test_replicate_handed_to_is_empty_or_beside_drop_and_absent_from_older_senders() -> None:
+    """``handed_to`` (field 11, appended): an older sender's frame has none (every drop
+    then says nothing of where the task went); given, it is as long as ``drop``, names
+    of at most MAX_ID_LEN characters, else the frame is refused (``decode``), never a
+    crash of the backup that reads it."""
+    older = msgpack.packb([1, int(MsgType.REPLICATE), "b1", "n1", "tcp://10.0.0.1:7700",
+                           [], [], [], [], [], ["d1", "d2"]])
+    msg = decode(older)
+    assert isinstance(msg, Replicate) and msg.drop == ["d1", "d2"] and msg.handed_to == []
+    ok = Replicate("b1", "n1", "tcp://10.0.0.1:7700", drop=["d1", "d2"], handed_to=["", "n2"])
+    assert decode(encode(ok)) == ok
+    for bad in (["n2"], ["", "n2", "n3"], ["", "n" * (MAX_ID_LEN + 1)]):
+        expect_decode_error(encode(Replicate("b1", "n1", "tcp://10.0.0.1:7700",
+                                             drop=["d1", "d2"], handed_to=bad)))
+    expect_decode_error(msgpack.packb([1, int(MsgType.REPLICATE), "b1", "n1",
+                                       "tcp://10.0.0.1:7700", [], [], [], [], [], ["d1"], [7]]))
 
 
 def test_encode_refuses_values_msgpack_cannot_hold() -> None:
