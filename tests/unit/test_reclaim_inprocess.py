@@ -463,7 +463,7 @@ def test_a_dead_holders_waiting_copy_does_not_run_when_the_other_copy_goes_other
             await crash(t)
             await taker_taken_over(b, tid)
             if why == "backup-replaced":
-                backup_replaced(g, tid)              # (its parked drop goes at once)
+                await backup_replaced(g, tid)        # (its parked drop goes at once)
             else:
                 entry = g.pool.remove(tid)
                 assert entry is not None
@@ -476,13 +476,18 @@ def test_a_dead_holders_waiting_copy_does_not_run_when_the_other_copy_goes_other
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def backup_replaced(g: Node, tid: str) -> None:
+async def backup_replaced(g: Node, tid: str) -> None:
     """The giver's check of its backups finds the backup not alive (suspected a
     moment: here only in the giver's cache of alive peers, so that the other nodes do
     not hear of it): ``tid`` gets the helper (a fourth node) as its backup, and the
     drop of its copy at the old one is parked until that one is alive again (at once
-    here: the membership has it alive, unless the test holds ``_unpark``)."""
+    here: the membership has it alive, unless the test holds ``_unpark``). Once the
+    giver sees the helper alive (a loaded CI run: suspected a moment, the taker got
+    the copy); nothing yields after that look."""
+    await until(lambda: "helper" in {m.id for m in g.membership.alive_members(include_self=False)},
+                "the giver to see the helper alive")
     choice = g.replicas.choice
+    choice.refresh()
     choice.alive_ids()
     choice._alive_members = [m for m in choice._alive_members if m.id != "backup"]
     choice._alive, choice._takers = [m.id for m in choice._alive_members], {}
@@ -512,7 +517,7 @@ def test_a_task_handed_on_after_its_backup_was_replaced_runs_at_the_old_one_if_t
                         "the giver to hold it, queued, copied to the backup")
             unpark = g.replicas._unpark
             g.replicas._unpark = lambda restarted: None   # type: ignore[method-assign]
-            backup_replaced(g, tid)
+            await backup_replaced(g, tid)
             assert g.replicas._parked["backup"] == {tid: ""}
             await hand_to_taker(g, tid)
             await until(lambda: tid in t.ledger.held and tid not in g.ledger.held
