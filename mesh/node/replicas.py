@@ -505,6 +505,11 @@ class Replicas(CopyGates, Component):
             else:
                 self._reroute(sent.backup, sent.batch)
 
+    def unconfirmed_results(self) -> int:
+        """Results in memory for their backups, not confirmed yet (to send or sent)."""
+        return sum(len(b.results) for b in self._out.values()) + \
+            sum(len(s.batch.results) for s in self._sent.values())
+
     def _forget_stalls(self) -> None:
         """The time since a backup last confirmed is kept while it is alive or suspected
         (a member that answers probes now and then but never confirms a copy, as the
