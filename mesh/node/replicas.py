@@ -17,7 +17,14 @@ Holder side (this node holds the task):
   confirms (REPLICATE_ACK), the replies that say "a node has it" wait: the owner's
   ACK, and a RESULT that came first (``after_copy``). A backup that does not confirm
   within ``COPY_TIMEOUT`` does not hold the owner up for ever: the replies go (one
-  copy for now, said in the log) and the copy is sent again until it is confirmed.
+  copy for now, said in the log) and the copy is sent again until it is confirmed,
+  or until the backup has confirmed nothing for ``COPY_STALL`` while alive or
+  suspected (a member that answers probes but not copies: a made-up one, a broken
+  data path): then its unconfirmed results are no longer kept for it in memory
+  (before, every result sent to it, twice a second, for as long as it was not
+  dead, and round again through the journal at each suspicion: the hostile soak's
+  node grew by ~1 KiB per task run). They stay in one copy here; the journal names that backup as
+  their other copy, so they are copied to another node if it goes (dead or left).
 * ``updated``: a retry's new Submit (retries + 1, its eta) replaces the copy.
 * ``finished``: the result replaces the copy at the backup, which serves it like its
   own (``result`` lookups from any process, a resend of the id).
@@ -56,7 +63,7 @@ from mesh.node.copy_gates import COPY_TIMEOUT as COPY_TIMEOUT
 from mesh.node.copy_gates import GATE_STAMP as GATE_STAMP
 from mesh.node.copy_gates import CopyGates
 from mesh.node.disk_copies import DiskCopies
-from mesh.node.ledger import Entry
+from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
 from mesh.node.peers import PeerSockets
 from mesh.security.text import safe_logger
@@ -70,6 +77,8 @@ log = safe_logger("mesh.replicas")
 COPY_DELAY = 0.002       # s a held task waits before its copy is sent (if it finishes
                          # sooner, its result is sent instead: most tasks are short)
 RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
+COPY_STALL = 10.0        # s a backup not dead may confirm nothing before the results
+                         # it has not confirmed stop being sent again (one copy for now)
 TICK = 0.1               # s between checks of unconfirmed copies
 MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
 SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
@@ -123,6 +132,9 @@ class Replicas(CopyGates, Component):
         self._later: collections.deque[tuple[float, list[Entry]]] = collections.deque()
         self._later_timer: asyncio.TimerHandle | None = None   # copies waiting COPY_DELAY,
                                                    # those of one moment in one list
+        self._unconfirmed_since: dict[str, float] = {}   # backup -> its first REPLICATE
+                                                   # since its last confirmation (kept while
+                                                   # it is suspected: see check_members)
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
         self._parked: dict[str, dict[str, str]] = {}   # backup not alive -> drops (id ->
@@ -134,6 +146,8 @@ class Replicas(CopyGates, Component):
         self.disk_copies = DiskCopies(self)        # tasks on disk whose copy was lost
         # figures (status)
         self.copies_sent = self.copies_confirmed = 0
+        self.results_given_up = 0                  # unconfirmed by a stalled backup
+        self._stall_log = _RateLimitedLog("stalled backups")
         self._alone: bool | None = None
 
     @classmethod
@@ -371,6 +385,7 @@ class Replicas(CopyGates, Component):
         if member is None or member.state != MemberState.ALIVE:
             self._reroute(backup, batch)
             return
+        self._unconfirmed_since.setdefault(backup, time.monotonic())
         for part in _split(batch):
             bid = self._prefix + str(next(self._ids))
             results = part.results
@@ -402,13 +417,19 @@ class Replicas(CopyGates, Component):
                 else:
                     self._open(tid)            # nobody to copy to: one copy for now
         moved: dict[str, list[str]] = {}
+        now = time.monotonic()
+        stalled: dict[str, dict[str, tuple[str, bytes]]] = {}
         for tid, result in batch.results.items():
             new = self.choice.choose(tid)
-            if new:
+            if new and self._is_stalled(new, now):
+                stalled.setdefault(new, {})[tid] = result    # (the journal names it)
+            elif new:
                 self._queue(new).results[tid] = result
             else:
                 self._open(tid)
             moved.setdefault(new, []).append(tid)
+        for new, results in stalled.items():
+            self._stalled(new, results, now)
         if moved:
             self.copies.results_moved(moved)
 
@@ -417,6 +438,7 @@ class Replicas(CopyGates, Component):
         if sent is None or sent.backup != msg.node:
             return
         del self._sent[msg.batch]
+        self._unconfirmed_since.pop(sent.backup, None)
         if self._busy.get(sent.backup) == msg.batch:
             del self._busy[sent.backup]
             if sent.backup in self._out:
@@ -485,12 +507,54 @@ class Replicas(CopyGates, Component):
                     entry = held.get(tid)
                     if entry is not None and entry.backup == sent.backup:
                         batch.tasks.setdefault(tid, frame)
-                for tid, result in sent.batch.results.items():
-                    batch.results.setdefault(tid, result)
+                if self._is_stalled(sent.backup, now):
+                    self._stalled(sent.backup, sent.batch.results, now)
+                else:
+                    for tid, result in sent.batch.results.items():
+                        batch.results.setdefault(tid, result)
                 for tid, to in sent.batch.drop.items():
                     batch.drop.setdefault(tid, to)      # (a newer drop of it says more)
             else:
                 self._reroute(sent.backup, sent.batch)
+
+    def unconfirmed_results(self) -> int:
+        """Results in memory for their backups, not confirmed yet (to send or sent)."""
+        return sum(len(b.results) for b in self._out.values()) + \
+            sum(len(s.batch.results) for s in self._sent.values())
+
+    def _forget_stalls(self) -> None:
+        """The time since a backup last confirmed is kept while it is alive or suspected
+        (a member that answers probes now and then but never confirms a copy, as the
+        hostile soak's made-up ones did, flickers between the two: a stall counted from
+        each return to alive never came, and its results went round, kept in memory,
+        for ever); forgotten once it is dead, left or unknown (back later, it starts
+        afresh)."""
+        ms = self.node.membership
+        for b in list(self._unconfirmed_since):
+            m = ms.member(b)
+            if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
+                del self._unconfirmed_since[b]
+
+    def _is_stalled(self, backup: str, now: float) -> bool:
+        """``backup`` has confirmed no copy for COPY_STALL (while alive or suspected)."""
+        return now - self._unconfirmed_since.get(backup, now) > COPY_STALL
+
+    def _stalled(self, backup: str, results: dict[str, tuple[str, bytes]], now: float) -> None:
+        """``backup`` has confirmed no copy for COPY_STALL: the results it did not
+        confirm are not sent again (nor kept for it), also when they come back to it
+        from a reroute (it was suspected a moment). They stay in one copy
+        here; the journal names ``backup`` as their other copy, so its departure
+        copies them to another node (Copies.note_departures). Replies waiting for
+        them go now. (Held tasks are still sent again: they are held anyway.)"""
+        if not results:
+            return
+        self.results_given_up += len(results)
+        for tid in results:
+            self._open(tid)
+        self._stall_log.warning(
+            "backup %s, not dead, confirmed no copy for %.0f s: %d result(s) it did not "
+            "confirm stay in one copy here (copied to another node if it goes)",
+            backup, now - self._unconfirmed_since.get(backup, now), len(results))
 
     def check_members(self, now: float) -> None:
         """Backups that are gone are replaced; holders that are gone are taken over."""
@@ -500,6 +564,7 @@ class Replicas(CopyGates, Component):
         ms = node.membership
         if self.enabled:
             self._say_copies()
+            self._forget_stalls()
             alive = set(self.choice.alive_ids())
             self.copies.note_departures(alive)
             boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
@@ -600,6 +665,7 @@ class Replicas(CopyGates, Component):
                 "data_sockets": len(self.sockets.socks),
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
+                "results_given_up": self.results_given_up,
                 "taken_over": self.copies.taken_over, **self.disk_copies.status()}
 
 

@@ -120,16 +120,24 @@ def test_no_false_dead_while_a_node_burns_all_its_cores(cluster: ClusterFactory)
     cpus = os.cpu_count() or 2
     cl = cluster(3)
     a, b, c = cl.hosts
+    # The spin tasks go to a queue only c takes (a and b take every queue but it): a
+    # client spreads its tasks over the members it learns of, even one seeded with c
+    # alone, so "sent straight to c" put one of them on a or b (c's busy stayed 1 of 2)
     for h in cl.hosts:
         others = [o.endpoint for o in cl.hosts if o is not h]
-        h.start_node(peers=others, profile="lan", concurrency=cpus if h is c else 1)
+        h.start_node(peers=others, profile="lan", concurrency=cpus if h is c else 1,
+                     exclude_queues=None if h is c else "burn")
     wait_until(lambda: all(all_see(cl, [a, b, c], h.name, "alive") for h in cl.hosts),
                timeout=20, what="a full mesh of three")
-    # every child of c spins for the whole window (sent straight to c)
-    c.run_python(f"burn = [client([{c.endpoint!r}]).send_task('tasks_app.spin', args=[{seconds}]) "
-                 f"for _ in range({cpus})]")
-    wait_until(lambda: c.control([c.endpoint], "status")[c.endpoint]["payload"]["busy"] == cpus,
-               timeout=20, what="c's children to be busy")
+
+    def c_busy() -> int:
+        payload = c.control([c.endpoint], "status")[c.endpoint]["payload"]   # None: no answer in 2 s
+        return int(payload["busy"]) if payload else -1
+
+    # every child of c spins for the whole window and a little longer (still busy at its end)
+    c.run_python(f"burn = [client([{c.endpoint!r}]).send_task('tasks_app.spin', args=[{seconds + 10}], "
+                 f"queue='burn') for _ in range({cpus})]")
+    wait_until(lambda: c_busy() == cpus, timeout=20, what="c's children to be busy")
     views = suspects = 0
     dead: list[tuple[str, dict[str, str]]] = []
     deadline = time.monotonic() + seconds
@@ -144,3 +152,4 @@ def test_no_false_dead_while_a_node_burns_all_its_cores(cluster: ClusterFactory)
     print(f"\n{seconds:.0f} s with c's {cpus} children burning CPU: {views} views sampled, "
           f"{suspects} suspect entries, {len(dead)} views with a dead member")
     assert not dead, dead[:3]
+    assert c_busy() == cpus, "c's children were not all busy to the end of the window"
