@@ -17,8 +17,14 @@ on disk in arrival order and copies those to the backup rendezvous hashing picks
   of the last run that no member knows by then is gone too). Tasks taken over onto
   disk are at the walk's end: it goes on from where it was.
 * A row is copied when its backup is ``''``, restarted since the walk began, dead,
-  left, or unknown that long. Not one finished (run elsewhere), revoked (``meshnode
-  --purge``; it finishes REVOKED when read back), or in memory.
+  left, or unknown that long; or was seen dead or left when the walk began, even if it
+  is alive again by the walk's tick: back as a new process, it dropped the copies (at
+  its start), and this node tells a restart only at its next membership check, by the
+  boot id (until 2026-12 those rows were skipped then, and a holder lost within that
+  second lost them: test_e2e_backlog_recopy, 70 of 500 tasks; a backup back from a
+  partition with its copies gets them again, kept as a resend). Not one finished (run
+  elsewhere), revoked (``meshnode --purge``; it finishes REVOKED when read back), or in
+  memory.
 * Throttled: ``CHUNK`` rows read per tick (0.1 s, the replicas loop), the next chunk
   only once the backups confirmed the last one. The holder keeps a chunk of frames
   at most; the backup journals copies beyond its window (``copies`` table).
@@ -102,7 +108,9 @@ class DiskCopies:
             if m is None or m.state in _GONE:
                 if b not in self._gone:
                     self._gone.add(b)
-                    self.walk()
+                    # (stale: copied even if it is alive again by the walk's tick, a
+                    # new process before its boot id is seen here, which dropped them)
+                    self.walk(stale=[b])
             else:
                 self._gone.discard(b)
         if alive and self._alone:

@@ -666,7 +666,10 @@ class Replicas(CopyGates, Component):
                 "copies_sent": self.copies_sent, "copies_confirmed": self.copies_confirmed,
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
                 "results_given_up": self.results_given_up,
-                "taken_over": self.copies.taken_over, **self.disk_copies.status()}
+                "taken_over": self.copies.taken_over,
+                # (dead holders' copies that another live holder keeps too: copies.py)
+                "copies_waiting_for_a_drop": sum(len(w) for w in self.copies.waiting.values()),
+                **self.disk_copies.status()}
 
 
 def _split(batch: _Batch) -> list[_Batch]:
