@@ -95,8 +95,12 @@ def test_cut_host_then_restore(three: Cluster) -> None:
     finally:
         c.restore()
     wait_until(lambda: a.ping(c, timeout=0.5), timeout=10, what="host c to answer again")
+    wait_until(lambda: c_state() == "alive", timeout=15, what="host c to be seen alive again")
+    # a client seeded with c alone is served: c answers it (the task may run on any
+    # node: a client spreads its tasks over the members c names, and c may shed it;
+    # a CI run saw it run on b)
     again = a.run_tasks([c.endpoint], [("tasks_app.add", [40, 2], {})], timeout=20)
-    assert again[0]["value"] == 42 and again[0]["node"] == "c", again
+    assert again[0]["value"] == 42, again
 
 
 @pytest.mark.parametrize("method", ["link", "bridge"])
