@@ -524,7 +524,9 @@ def test_the_checkpoint_thread_sleeps_while_nothing_is_written_and_a_commit_wake
         assert idle_rounds <= 8, (idle_rounds, time.monotonic() - start)
         for n in range(2):           # each commit ends its sleep (not the sleep's end)
             # asleep, for 0.3 s or more (its sleep doubles from 10 ms after a commit)
+            deadline = time.monotonic() + 20
             while not (cp._idle and cp.sleep >= 0.3):
+                assert time.monotonic() < deadline, "the thread never slept 0.3 s idle"
                 time.sleep(0.005)
             slept, done = cp.slept, cp.checkpoints
             assert j.add(f"t{n}", b"c", b"x" * 200, 1.0)
