@@ -507,6 +507,25 @@ class Mesh:
             return kept
         return self._client.lookup(task_id) if self._client is not None else None
 
+    def start(self, argv: Iterable[str] | None = None) -> int:
+        """Celery's: run a command for this app, ``argv`` being what follows ``celery``
+        (``sys.argv`` when None): ``worker ...`` runs ``meshnode -A <this app> ...``,
+        anything else ``meshctl -A <this app> ...`` (``inspect active``), here, in this
+        process. So ``if __name__ == '__main__': app.start()`` at the end of
+        ``proj/celery.py`` makes ``python -m proj.celery worker -l INFO`` a node.
+        Returns 0 once the command ended well; exits with its status otherwise."""
+        from mesh.cli.start import start
+        return start(self, argv)
+
+    def worker_main(self, argv: Iterable[str] | None = None) -> int:
+        """Celery's: ``app.worker_main(['worker', '--loglevel=INFO'])`` runs a node for
+        this app (``meshnode -A <this app> --loglevel=INFO``); see ``start``."""
+        args = list(sys.argv if argv is None else argv)
+        if "worker" not in args:
+            raise ValueError("The worker sub-command must be specified in argv.\n"
+                             "Use app.start() to programmatically start other commands.")
+        return self.start(args)
+
     def close(self, patient: bool = True) -> None:
         """Stop the client's I/O thread and close its sockets, once nodes have taken
         every task sent: for as long as they keep taking them (tasks waiting for room

@@ -172,6 +172,10 @@ class AsyncResult:
     def __hash__(self) -> int:
         return hash(self.id)
 
+    def __str__(self) -> str:
+        """The id, as Celery's (``str(r)``, ``f"/status/{r}"``): asks no node."""
+        return str(self.id)
+
     def __repr__(self) -> str:
         try:
             state = self.state

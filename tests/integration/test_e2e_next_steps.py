@@ -1,0 +1,142 @@
+"""Celery's "Next Steps" guide and the shell shortcuts of its "Canvas" guide, on real nodes.
+
+tests/integration/next_steps/proj is the guide's project, verbatim but for the import
+line; its ``proj/celery.py`` ends with ``if __name__ == '__main__': app.start()``, so
+``python -m proj.celery worker -l INFO`` is how that project starts a worker (and
+``python -m proj.celery inspect registered`` asks the nodes). The client's lines are the
+guides' pycon lines: ``~sig`` (``sig.apply_async().get()``), ``chunks(...).group()``
+with ``skew``, and ``str(result)`` being the task's id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import (
+    INTEGRATION_DIR,
+    ROOT,
+    NodeFactory,
+    NodeProc,
+    clean_env,
+    free_port,
+)
+
+NEXT_STEPS = INTEGRATION_DIR / "next_steps"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return clean_env(PYTHONPATH=os.pathsep.join([str(NEXT_STEPS), str(ROOT)]), **extra)
+
+
+def _start(factory: NodeFactory, argv: list[str], cwd: Path, name: str) -> NodeProc:
+    """A node started by ``argv`` (the app's own module, not meshnode), once it answers."""
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    data_dir = factory.base_dir / f"{name}.data"
+    stderr_path = factory.base_dir / f"{name}.stderr"
+    argv = [*argv, "-b", endpoint, "--no-mdns", "--data-dir", str(data_dir), "-n", name]
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=cwd,
+                                env=_env(), start_new_session=True)
+    node = NodeProc(name, endpoint, proc, stderr_path, data_dir, factory.control, argv, None)
+    factory.nodes.append(node)
+    assert factory._wait_ready(node, 30.0), node.stderr_tail()
+    return node
+
+
+@pytest.fixture(scope="module")
+def worker(start_module_node: NodeFactory) -> Iterator[NodeProc]:
+    """$ python -m proj.celery worker -l INFO -c 2   (Celery: celery -A proj worker)"""
+    yield _start(start_module_node, [sys.executable, "-m", "proj.celery", "worker", "-l", "INFO",
+                                     "-c", "2"], NEXT_STEPS, "next-steps")
+
+
+def client(worker: NodeProc, code: str, cwd: Path = NEXT_STEPS) -> list[object]:
+    """``code`` run as the guide's shell session; its last line printed as JSON."""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
+                       check=False, cwd=cwd, stdin=subprocess.DEVNULL,
+                       env=_env(MESH_PEERS=worker.endpoint))
+    assert p.returncode == 0, f"the script exited {p.returncode}:\n{p.stdout}\n{p.stderr}"
+    out: list[object] = json.loads(p.stdout.strip().splitlines()[-1])
+    return out
+
+
+def test_app_start_runs_the_worker_and_the_other_commands(worker: NodeProc) -> None:
+    # `if __name__ == '__main__': app.start()` ended in AttributeError: 'Mesh' object has no
+    # attribute 'start'. The node it started loaded proj.celery:app with its include
+    assert "tasks: proj.tasks.add, proj.tasks.mul, proj.tasks.xsum" in worker.stderr()
+    assert client(worker, """
+import json
+from proj.tasks import add
+print(json.dumps([add.delay(2, 2).get(timeout=30)]))
+""") == [4]
+    p = subprocess.run([sys.executable, "-m", "proj.celery", "inspect", "registered"],
+                       capture_output=True, text=True, timeout=60, check=False, cwd=NEXT_STEPS,
+                       stdin=subprocess.DEVNULL, env=_env(MESH_PEERS=worker.endpoint))
+    assert p.returncode == 0, p.stderr
+    assert "next-steps:" in p.stdout and "proj.tasks.xsum" in p.stdout, p.stdout
+
+
+def test_app_start_stops_as_the_node_does(start_node: NodeFactory) -> None:
+    node = _start(start_node, [sys.executable, "-m", "proj.celery", "worker", "-c", "1"],
+                  NEXT_STEPS, "next-steps-stop")
+    node.send_signal(signal.SIGTERM)
+    assert node.wait(30) == 0, node.stderr_tail()
+
+
+def test_worker_main_of_a_script_run_as_a_file(start_node: NodeFactory, tmp_path: Path) -> None:
+    # `python tasks.py` with app.worker_main(argv=['worker', '--loglevel=INFO']) (a Docker
+    # entrypoint's habit), run from another directory: the node loads tasks:app, where
+    # the script is
+    (tmp_path / "wm_tasks.py").write_text(
+        "from mesh import Mesh as Celery\n"
+        "app = Celery('wm')\n\n"
+        "@app.task\n"
+        "def add(x, y):\n"
+        "    return x + y\n\n"
+        "if __name__ == '__main__':\n"
+        "    import sys\n"
+        "    app.worker_main(argv=['worker', '--loglevel=INFO', *sys.argv[1:]])\n")
+    node = _start(start_node, [sys.executable, str(tmp_path / "wm_tasks.py"), "-c", "1"], ROOT,
+                  "worker-main")
+    assert "tasks: wm_tasks.add" in node.stderr()
+    assert client(node, """
+import json
+from wm_tasks import add
+print(json.dumps([add.delay(2, 3).get(timeout=30)]))
+""", cwd=tmp_path) == [5]
+
+
+def test_the_canvas_guides_shortcuts(worker: NodeProc) -> None:
+    # ~sig: TypeError (bad operand type for unary ~); chunks(...).group(): AttributeError
+    # ('group' object has no attribute 'group'); str(result): '<AsyncResult ID STATE>'
+    # where Celery gives the id (a web view's {"task_id": str(r)})
+    (map_, starmap, skewed, countdowns, untouched, ids) = client(worker, """
+import json
+from mesh import group
+from proj.tasks import add, xsum
+map_ = ~xsum.map([list(range(10)), list(range(100))])
+starmap = ~add.starmap(zip(range(10), range(10)))
+c = add.chunks(zip(range(6), range(6)), 2)
+g = c.group()
+g.skew(start=1, stop=10)
+countdowns = [t.options.get("countdown") for t in g.tasks]
+untouched = [t.options.get("countdown") for t in c.tasks]
+skewed = g().get(timeout=30)
+r = add.delay(1, 1)
+gr = group(add.s(1, 1), add.s(2, 2)).apply_async()
+r.get(timeout=30)
+ids = [str(r) == r.id, f"{r}" == r.id, str(gr) == gr.id]
+print(json.dumps([map_, starmap, skewed, countdowns, untouched, ids]))
+""")
+    assert map_ == [45, 4950]
+    assert starmap == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    assert skewed == [[0, 2], [4, 6], [8, 10]]
+    assert countdowns == [1.0, 2.0, 3.0] and untouched == [None, None, None]
+    assert ids == [True, True, True]
