@@ -257,6 +257,35 @@ class Mesh:
         """Celery's ``app.current_task``: the task running here, None outside a task."""
         return shared.running_task()
 
+    @property
+    def current_worker_task(self) -> Task | None:
+        """Celery's: the task a node's worker runs here; None outside one (and in eager
+        mode, ``Task.apply``)."""
+        task = shared.running_task()
+        request = getattr(task, "request", None) if task is not None else None
+        return None if request is None or request.is_eager else task
+
+    @property
+    def timezone(self) -> _dt.tzinfo:
+        """Celery's: the zone of ``conf.timezone`` (UTC unless set), in which crontab
+        entries are read."""
+        from mesh.schedules import zone
+        return zone(self.conf.timezone)
+
+    def now(self) -> _dt.datetime:
+        """Celery's: the time now, aware, in the app's ``timezone``."""
+        return _dt.datetime.now(self.timezone)
+
+    def uses_utc_timezone(self) -> bool:
+        """Celery's: True when the app's timezone is UTC."""
+        return str(self.timezone) in ("UTC", "Etc/UTC")
+
+    def finalize(self, auto: bool = False) -> None:
+        """Celery's: tasks are registered as they are declared here, so what is left is
+        what Celery's sends then: ``on_after_configure`` and ``on_after_finalize``, once
+        (the periodic entries their receivers add are read then)."""
+        self.periodic_schedule()
+
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
     @overload

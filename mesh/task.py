@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.conf_names import CALL_OPTIONS, ignore_options
-from mesh.exceptions import ConfigError, MaxRetriesExceededError, Replace, Retry
+from mesh.exceptions import ConfigError, MaxRetriesExceededError, OperationalError, Replace, Retry
 from mesh.ratelimit import parse_rate
 from mesh.security.text import safe_logger
 
@@ -241,6 +241,11 @@ class Task:
 
     name: str = ""
     _app: "Mesh | None" = None        # set on app.Task, the app's own subclass
+    # Celery's, for `except add.MaxRetriesExceededError` and the Calling guide's
+    # `except add.OperationalError` around delay() (mesh never raises the latter: a
+    # client keeps what no node took yet and says so)
+    MaxRetriesExceededError = MaxRetriesExceededError
+    OperationalError = OperationalError
     _header: Callable[..., None] | None = None   # check_arguments' function, once built
 
     def __init__(self, app: "Mesh | None" = None, fun: Callable[..., Any] | None = None,

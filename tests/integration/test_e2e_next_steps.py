@@ -140,3 +140,39 @@ print(json.dumps([map_, starmap, skewed, countdowns, untouched, ids]))
     assert skewed == [[0, 2], [4, 6], [8, 10]]
     assert countdowns == [1.0, 2.0, 3.0] and untouched == [None, None, None]
     assert ids == [True, True, True]
+
+
+GUIDES_APP = """\
+from mesh import Mesh as Celery
+app = Celery('guides')
+app.conf.timezone = 'Europe/Oslo'
+
+
+@app.task
+def where():
+    task = app.current_worker_task
+    return [task.name if task else None, str(app.now().tzinfo)]
+"""
+
+
+def test_the_app_and_task_names_of_the_calling_and_application_guides(
+        start_node: NodeFactory, tmp_path: Path) -> None:
+    # the Calling guide's `except add.OperationalError` around delay(), app.now(),
+    # app.timezone, app.uses_utc_timezone(), app.current_worker_task, app.finalize():
+    # each an AttributeError
+    (tmp_path / "guides.py").write_text(GUIDES_APP)
+    node = start_node(app="guides", env={"PYTHONPATH": str(tmp_path)}, concurrency=1)
+    assert client(node, """
+import json
+from guides import app, where
+app.finalize()
+try:
+    r = where.delay()
+except where.OperationalError as exc:
+    raise SystemExit(f'Sending task raised: {exc!r}')
+print(json.dumps([r.get(timeout=30), str(app.timezone), app.uses_utc_timezone(),
+                  app.now().utcoffset() == app.timezone.utcoffset(app.now().replace(tzinfo=None)),
+                  where.apply().get()[0], app.current_worker_task,
+                  where.MaxRetriesExceededError.__name__, where.OperationalError.__name__]))
+""", cwd=tmp_path) == [["guides.where", "Europe/Oslo"], "Europe/Oslo", False, True, None, None,
+                       "MaxRetriesExceededError", "OperationalError"]
