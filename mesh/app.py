@@ -489,7 +489,7 @@ class Mesh:
         body = None                        # the publish signals' body, when someone listens
         if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
             from mesh.client import publish
-            body, headers = publish.before(        # with the queue the task was routed to
+            body, headers, told = publish.before(        # with the queue the task was routed to
                 name, task_id, args or (), kwargs if kwargs is not None else {}, headers, q,
                 priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
                 soft_time_limit=soft_time_limit)
@@ -506,7 +506,7 @@ class Mesh:
         self.client.submit(slot)
         if body is not None:
             from mesh.client import publish
-            publish.after(name, body, q)
+            publish.after(name, body, told, q)
         return AsyncResult(task_id, self, slot)
 
     @property
