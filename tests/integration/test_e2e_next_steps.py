@@ -25,6 +25,7 @@ from harness import (
     NodeProc,
     clean_env,
     free_port,
+    wait_until,
 )
 
 NEXT_STEPS = INTEGRATION_DIR / "next_steps"
@@ -176,3 +177,47 @@ print(json.dumps([r.get(timeout=30), str(app.timezone), app.uses_utc_timezone(),
                   where.MaxRetriesExceededError.__name__, where.OperationalError.__name__]))
 """, cwd=tmp_path) == [["guides.where", "Europe/Oslo"], "Europe/Oslo", False, True, None, None,
                        "MaxRetriesExceededError", "OperationalError"]
+
+
+PERIODIC_APP = """\
+import os
+from datetime import timedelta
+from mesh import Mesh as Celery
+from mesh.schedules import schedule
+app = Celery('periodic_guide')
+
+
+@app.on_after_configure.connect
+def setup_periodic_tasks(sender, **kwargs):
+    sender.add_periodic_task(schedule(timedelta(seconds=1), relative=True), test.s('sched'),
+                             name='relative schedule')
+
+
+@app.task
+def test(arg):
+    with open(os.environ['GUIDE_LOG'], 'a') as f:
+        f.write(arg + '\\n')
+
+
+app.conf.beat_schedule = {
+    'every-second-by-the-clock': {
+        'task': 'periodic_guide.test',
+        'schedule': 1.0,
+        'args': ('entry',),
+        'relative': True,
+    },
+}
+"""
+
+
+def test_the_periodic_guides_relative_entries_run(start_node: NodeFactory, tmp_path: Path) -> None:
+    # Celery's 'relative': True (an interval run by the clock, what mesh's intervals are)
+    # stopped the node at start ("'relative' is not supported"), and schedule(...,
+    # relative=True) was a TypeError
+    (tmp_path / "periodic_guide.py").write_text(PERIODIC_APP)
+    log = tmp_path / "runs"
+    node = start_node(app="periodic_guide", concurrency=1, profile="test",
+                      env={"PYTHONPATH": str(tmp_path), "GUIDE_LOG": str(log)})
+    wait_until(lambda: log.exists() and {"entry", "sched"} <= set(log.read_text().split()),
+               timeout=60, what="both entries to run")
+    assert node.proc.poll() is None
