@@ -1,4 +1,6 @@
-"""Celery's "Next Steps" guide and the shell shortcuts of its "Canvas" guide, on real nodes.
+"""Celery's guides moved over by their imports, on real nodes: "Next Steps", the shell
+shortcuts of "Canvas", names of the "Calling", "Application" and "Periodic Tasks"
+guides, and "Testing"'s ``start_worker``.
 
 tests/integration/next_steps/proj is the guide's project, verbatim but for the import
 line; its ``proj/celery.py`` ends with ``if __name__ == '__main__': app.start()``, so
@@ -221,3 +223,55 @@ def test_the_periodic_guides_relative_entries_run(start_node: NodeFactory, tmp_p
     wait_until(lambda: log.exists() and {"entry", "sched"} <= set(log.read_text().split()),
                timeout=60, what="both entries to run")
     assert node.proc.poll() is None
+
+
+CELERY_TESTING_GUIDE = """\
+import unittest
+from mesh import Mesh as Celery
+from mesh.testing import start_worker      # was: from celery.contrib.testing.worker import ...
+
+app = Celery('guide_tests')
+
+
+@app.task
+def multiply(x, y):
+    return x * y
+
+
+@app.task
+def xsum(numbers):
+    return sum(numbers)
+
+
+class MyTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.celery_worker = start_worker(app, perform_ping_check=False)
+        cls.celery_worker.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        cls.celery_worker.__exit__(None, None, None)
+
+    def test_multiply(self):
+        self.assertEqual(multiply.delay(4, 4).get(timeout=10), 16)
+
+    def test_a_chord(self):
+        from mesh import chord
+        self.assertEqual(chord(multiply.s(i, i) for i in range(4))(xsum.s()).get(timeout=10), 14)
+"""
+
+
+def test_the_testing_guides_start_worker(tmp_path: Path) -> None:
+    # `from celery.contrib.testing.worker import start_worker` had no counterpart: a test
+    # suite's setUpClass started a worker for the app in its own process; now
+    # mesh.testing.start_worker does (a real node in a thread, the solo pool), its
+    # tasks defined in the test module itself
+    (tmp_path / "test_guide.py").write_text(CELERY_TESTING_GUIDE)
+    p = subprocess.run([sys.executable, "-m", "unittest", "-v", "test_guide"], capture_output=True,
+                       text=True, timeout=120, check=False, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                       env=_env())
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Ran 2 tests" in p.stderr and "OK" in p.stderr
