@@ -275,3 +275,60 @@ def test_the_testing_guides_start_worker(tmp_path: Path) -> None:
                        env=_env())
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Ran 2 tests" in p.stderr and "OK" in p.stderr
+
+
+TASKS_GUIDE_APP = """\
+from mesh import Mesh as Celery, states
+from mesh.exceptions import Ignore
+app = Celery('tasks_guide')
+
+
+@app.task(bind=True)
+def get_tweets(self, user):
+    timeline = ['tweet of ' + user]
+    if not self.request.called_directly:
+        self.update_state(state=states.SUCCESS, meta=timeline)
+    raise Ignore()
+
+
+@app.task(bind=True)
+def custom_fail(self):
+    self.update_state(state=states.FAILURE, meta={'exc_type': 'ValueError',
+                                                  'exc_message': ['bad', 'input'],
+                                                  'exc_module': 'builtins'})
+    raise Ignore()
+
+
+@app.task(bind=True)
+def ignored(self):
+    raise Ignore()
+"""
+
+
+def test_the_tasks_guides_update_state_then_ignore(start_node: NodeFactory, tmp_path: Path) -> None:
+    # the Tasks guide's Ignore recipe: update_state(state=SUCCESS, meta=...) then raise
+    # Ignore(), so the result is what update_state stored; and the FAILURE form with
+    # Celery's exc_type/exc_message. mesh refused the final states (the task failed with
+    # ConfigError "update_state cannot set SUCCESS")
+    (tmp_path / "tasks_guide.py").write_text(TASKS_GUIDE_APP)
+    node = start_node(app="tasks_guide", env={"PYTHONPATH": str(tmp_path)}, concurrency=1)
+    out = client(node, """
+import json
+from mesh.exceptions import ResultIgnored
+from tasks_guide import app, get_tweets, custom_fail, ignored
+r = get_tweets.delay('bob')
+value = r.get(timeout=30)
+other = app.AsyncResult(r.id)
+failed = custom_fail.delay()
+err = failed.get(timeout=30, propagate=False)
+i = ignored.delay()
+try:
+    i.get(timeout=30)
+    said = None
+except ResultIgnored:
+    said = i.state
+print(json.dumps([value, r.state, other.state, other.result, type(err).__name__, list(err.args),
+                  failed.state, said]))
+""", cwd=tmp_path)
+    assert out == [["tweet of bob"], "SUCCESS", "SUCCESS", ["tweet of bob"], "ValueError",
+                   ["bad", "input"], "FAILURE", "IGNORED"]
