@@ -332,3 +332,23 @@ print(json.dumps([value, r.state, other.state, other.result, type(err).__name__,
 """, cwd=tmp_path)
     assert out == [["tweet of bob"], "SUCCESS", "SUCCESS", ["tweet of bob"], "ValueError",
                    ["bad", "input"], "FAILURE", "IGNORED"]
+
+
+def test_a_route_with_only_celerys_broker_keys_says_it_routes_nothing(start_node: NodeFactory) -> None:
+    # the Routing guide's routes by exchange and routing_key (a broker binds them to a
+    # queue): mesh routes by queue only, and such a route sent the task to the default
+    # queue without a word
+    node = start_node(app="tasks_app", concurrency=1)
+    p = subprocess.run([sys.executable, "-c", """
+import tasks_app
+tasks_app.app.conf.task_routes = {'tasks_app.add': {'exchange': 'media',
+                                                    'routing_key': 'media.video'}}
+print(sum(tasks_app.add.delay(i, i).get(timeout=30) for i in range(3)))
+"""], capture_output=True, text=True, timeout=90, check=False, cwd=ROOT,
+                       stdin=subprocess.DEVNULL, env=clean_env(MESH_PEERS=node.endpoint))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["6"]
+    said = [ln for ln in p.stderr.splitlines() if "names no queue" in ln]
+    assert len(said) == 1, p.stderr
+    assert "task_routes['tasks_app.add']" in said[0], said
+    assert "routing_key='media.video'" in said[0] and "add 'queue': NAME" in said[0]
