@@ -69,6 +69,8 @@ def command(app: Any, argv: Iterable[str] | None) -> tuple[str, list[str]]:
     spec: str | None = None
     front: list[str] = []
     while args and args[0].startswith("-"):        # Celery's options before the command
+        if args[0] in ("-h", "--help"):
+            return "meshctl", ["-A", spec or app_spec(app), "--help"]
         opt, _, value = args.pop(0).partition("=")
         if opt not in (*APP_OPTIONS, WORKDIR):
             raise ConfigError(f"app.start(): {opt} before the command is not one mesh takes "
@@ -85,6 +87,8 @@ def command(app: Any, argv: Iterable[str] | None) -> tuple[str, list[str]]:
     spec = spec or app_spec(app)
     if args and args[0] == "worker":
         return "meshnode", ["-A", spec, *front, *args[1:]]
+    if not args:                                   # `python -m proj.celery`: the commands
+        args = ["--help"]
     if front:
         os.chdir(front[1])
     return "meshctl", ["-A", spec, *args]
@@ -94,6 +98,9 @@ def start(app: Any, argv: Iterable[str] | None = None) -> int:
     """Run the command; returns 0 when it ended well (a node stopped by SIGTERM),
     exits with its status otherwise (a usage error: 2), as the command would."""
     prog, args = command(app, argv)
+    if args[-1:] == ["--help"] and prog == "meshctl":
+        print(f"app.start(): 'worker [meshnode's options]' runs a node for {args[1]}; the other "
+              "commands are meshctl's:\n", file=sys.stderr)
     if prog == "meshnode":
         from mesh.cli.meshnode import meshnode as cmd
     else:
