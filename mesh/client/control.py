@@ -24,6 +24,13 @@ from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
 _FAILURES = FAILED_AUTH | FAILED_KEY | FAILED_PROTOCOL
 
 
+class Refusal(str):
+    """Why a node turned us down (``"refused: ..."``): its handshake failed on keys (we
+    have none, others, or one it does not accept) or it answered with an Error (a
+    client key asking what only an admin may). The node is there, unlike a silence
+    (``"no answer within ..."``), and the words say what to change."""
+
+
 def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], frame: bytes,
            req_id: str, timeout: float) -> dict[str, ControlReply | str]:
     """Send one Control ``frame`` to every endpoint and gather the replies whose
@@ -74,7 +81,7 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                     poller.unregister(dealer)
                     open_per_ep[ep] -= 1
                     if open_per_ep[ep] <= 0 and ep not in out:
-                        out[ep] = f"refused: {problem}"
+                        out[ep] = Refusal(f"refused: {problem}")
                     continue
                 ep = socks[s]
                 try:
@@ -87,11 +94,11 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                     out[ep] = msg
                     poller.unregister(s)
                 elif isinstance(msg, Error):
-                    out[ep] = f"refused: {msg.code}: {msg.message}"
+                    out[ep] = Refusal(f"refused: {msg.code}: {msg.message}")
                     poller.unregister(s)
         for ep in eps:
-            if ep in problems:
-                out.setdefault(ep, f"no answer within {timeout:g} s: {problems[ep]}")
+            if ep in problems:     # every handshake failed on its mesh key till the end
+                out.setdefault(ep, Refusal(f"refused: {problems[ep]}"))
             out.setdefault(ep, f"no answer within {timeout:g} s")
         return out
     finally:

@@ -126,10 +126,37 @@ def test_roles_through_meshctl(start_node: NodeFactory, tmp_path: Path) -> None:
     p = run_program(MESHCTL, "--peers", ep, "ping")                             # no keys at all
     assert p.returncode == EXIT_FAILURE and "requires keys" in p.stderr, p
     p = run_program(MESHCTL, "--peers", ep, "status")                           # says why, too
-    assert p.returncode == EXIT_FAILURE and "unreachable" in p.stdout, p
+    assert p.returncode == EXIT_FAILURE and "refused" in p.stdout, p
     assert f"the node at {ep} requires keys" in p.stderr, p
     p = run_program(MESHCTL, "--keys", str(tmp_path / "nowhere"), "--peers", ep, "ping")
     assert p.returncode == EXIT_USAGE and "meshctl keys init" in p.stderr, p
+
+
+def test_status_says_a_keyed_node_refused_us_and_why(start_node: NodeFactory,
+                                                     tmp_path: Path) -> None:
+    """A node that turned meshctl down (no keys, another mesh's keys, a client key
+    asking what only an admin may) is there: status says "refused" and why, not
+    "unreachable" (a new user's report, session 16); a silent address stays
+    unreachable."""
+    d, other, client_only = str(tmp_path / "k"), str(tmp_path / "other"), str(tmp_path / "c")
+    keys.init(d)
+    keys.init(other)
+    keys.export(d, client_only, "client", "default")
+    node = start_node(keys=d)
+    ep, silent = node.endpoint, f"tcp://127.0.0.1:{free_port()}"
+    for flags, why in (((), f"the node at {ep} requires keys"),
+                       (("--keys", other), f"the node at {ep} does not hold a mesh key"),
+                       (("--keys", client_only), "needs an admin key")):
+        p = run_program(MESHCTL, *flags, "--peers", f"{ep},{silent}", "--timeout", "1", "status")
+        assert p.returncode == EXIT_FAILURE, p
+        states = {line.split()[1]: line.split()[2] for line in p.stdout.splitlines()[1:3]}
+        assert states == {ep: "refused", silent: "unreachable"}, p
+        assert "0 of 2 node(s) answered; 1 refused us" in p.stdout, p
+        assert f"{ep} refused us: " in p.stderr and why in p.stderr, p
+        p = run_program(MESHCTL, *flags, "--peers", ep, "--timeout", "1", "--json", "status")
+        rows = json.loads(p.stdout)
+        assert [(r["address"], r["state"], r["answered"]) for r in rows] == [(ep, "refused", False)]
+        assert why in rows[0]["error"], rows
 
 
 def test_an_app_with_a_key_the_mesh_does_not_know_fails_clearly(start_node: NodeFactory,
