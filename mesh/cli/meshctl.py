@@ -372,7 +372,9 @@ def _controller(ctx: click.Context) -> Any:
 
 
 def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) -> int:
-    """One block per node; exit 1 if no node answered."""
+    """One block per node; exit 1 if no node answered, or a node named (-d) is none
+    of the mesh's (its block says which there are: a misspelt name is not a "yes")."""
+    from mesh.client.control import NO_SUCH_NODE
     if ctx.obj["json"]:
         click.echo(json.dumps(answers, indent=2, default=str, sort_keys=True))
     else:
@@ -383,7 +385,9 @@ def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) ->
             else:
                 render(node, a)
     ok = [a for a in answers.values() if not (isinstance(a, dict) and set(a) == {"error"})]
-    return EXIT_OK if ok else EXIT_FAILURE
+    unknown = [a for a in answers.values() if isinstance(a, dict) and set(a) == {"error"}
+               and str(a["error"]).startswith(NO_SUCH_NODE)]
+    return EXIT_OK if ok and not unknown else EXIT_FAILURE
 
 
 @meshctl.command()

@@ -12,7 +12,7 @@ import sys
 import pytest
 from harness import MESHCTL, MESHNODE, ROOT, NodeFactory, NodeProc, clean_env, run_program
 
-from mesh.cli.common import EXIT_USAGE
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 APP = "trial_proj"
 TASKS = "trial_proj.billing.tasks"
@@ -125,6 +125,22 @@ def test_meshctl_takes_celerys_short_options_after_the_command(start_node: NodeF
     assert p.returncode == 0, p
     assert other.wait(30) == 0
     assert node.proc.poll() is None and node.status()["state"] == "alive"
+
+
+def test_a_destination_that_is_no_node_says_so_and_names_the_nodes(node: NodeProc) -> None:
+    # `meshctl inspect active -d nosuch` (a new user, session 16) printed "nosuch: ERROR
+    # no such node answered"; with a real node named too, it exited 0
+    for dest, rc in (("nosuch", EXIT_FAILURE), (f"nosuch,{node.name}", EXIT_FAILURE)):
+        p = run_program(MESHCTL, "--peers", node.endpoint, "inspect", "active", "-d", dest)
+        assert p.returncode == rc, p
+        assert f"nosuch: ERROR no such node named 'nosuch'; the mesh's nodes: {node.name}" \
+            in p.stdout.splitlines(), p
+    p = run_program(MESHCTL, "--peers", node.endpoint, "-j", "control", "pool-grow", "-d", "nosuch")
+    assert p.returncode == EXIT_FAILURE, p
+    assert json.loads(p.stdout) == {"nosuch": {
+        "error": f"no such node named 'nosuch'; the mesh's nodes: {node.name}"}}
+    assert run_program(MESHCTL, "--peers", node.endpoint, "inspect", "active", "-d",
+                       node.name).returncode == EXIT_OK
 
 
 @pytest.mark.parametrize("argv, said", [
