@@ -5,6 +5,7 @@ and scripts that submit and exit, as a web request does."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -90,8 +91,23 @@ def test_meshctl_with_the_app_does_not_repeat_its_unused_settings(node: NodeProc
                        stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     assert "OK pong" in p.stdout
-    assert "not used by mesh" not in p.stderr, p.stderr
-    assert "'broker_url' is not used by mesh" in node.stderr()
+    assert "settings are ignored" not in p.stderr, p.stderr
+    assert "  broker_url: mesh has no broker" in node.stderr()
+
+
+def test_the_settings_mesh_ignores_are_one_readable_warning_in_the_nodes_log(
+        node: NodeProc) -> None:
+    # a new user (session 16): the warning came out bare, above the node's first line
+    # (no time, level or node: logged as the app was imported, before meshnode set up
+    # its logging), the settings and reasons run together with "; "
+    log = node.stderr().splitlines()
+    i = next(i for i, line in enumerate(log) if "settings are ignored" in line)
+    assert re.fullmatch(
+        rf"\[\S+ \S+ WARNING {node.name} mesh.conf\] config_from_object\('trial_proj.settings', "
+        r"namespace='CELERY'\): 2 settings are ignored, mesh does not use them "
+        r"\(docs/configuration.md, \"Names that are not mesh's\"\):", log[i]), log[i]
+    assert log[i + 1].startswith("  broker_url: mesh has no broker: "), log
+    assert log[i + 2].startswith("  result_backend: mesh keeps results on the nodes "), log
 
 
 def test_meshctl_takes_timeout_after_the_command(node: NodeProc) -> None:
