@@ -106,6 +106,37 @@ def test_meshctl_keys_init_list_add_remove_export(tmp_path: Path) -> None:
     assert p.returncode == EXIT_USAGE and "rotate" in p.stderr
 
 
+def test_meshctl_keys_takes_a_key_as_words_or_options_in_add_remove_and_export(
+        tmp_path: Path) -> None:
+    """``keys add DIR client NAME`` and ``keys export DIR OUT --client NAME`` spelt the
+    same key two ways, each command one of them (a new user, session 16): each takes
+    both now, and the contract's spellings still work."""
+    d = str(tmp_path / "k")
+    assert run_program(MESHCTL, "keys", "init", d).returncode == EXIT_OK
+    for argv in (("add", d, "--client", "billing"), ("add", d, "client", "reports"),
+                 ("add", d, "--admin", "ops")):
+        p = run_program(MESHCTL, "keys", *argv)
+        assert p.returncode == EXIT_OK, p
+    for out, role in (("words", ("client", "billing")), ("options", ("--client", "billing")),
+                      ("node-word", ("node",)), ("node-option", ("--node",)),
+                      ("admin", ("admin", "ops"))):
+        p = run_program(MESHCTL, "keys", "export", d, str(tmp_path / out), *role)
+        assert p.returncode == EXIT_OK, p
+    assert {(k.role, k.name, k.secret is not None) for k in keys.scan(str(tmp_path / "words"))} \
+        == {(k.role, k.name, k.secret is not None) for k in keys.scan(str(tmp_path / "options"))} \
+        == {("node", "mesh", False), ("client", "billing", True)}
+    assert ("node", "mesh", True) in {(k.role, k.name, k.secret is not None)
+                                      for k in keys.scan(str(tmp_path / "node-word"))}
+    assert run_program(MESHCTL, "keys", "remove", d, "--client", "billing").returncode == EXIT_OK
+    assert run_program(MESHCTL, "keys", "remove", d, "admin", "ops").returncode == EXIT_OK
+    assert {(k.role, k.name) for k in keys.scan(d)} == {
+        ("node", "mesh"), ("client", "default"), ("client", "reports"), ("admin", "operator")}
+    p = run_program(MESHCTL, "keys", "add", d, "--client", "a", "--admin", "b")
+    assert p.returncode == EXIT_USAGE and "give one role" in p.stderr, p
+    p = run_program(MESHCTL, "keys", "add", "--help")
+    assert "--client NAME" in p.stdout and "client|admin NAME" in p.stdout, p
+
+
 # ---- roles --------------------------------------------------------------------------------
 
 def test_roles_through_meshctl(start_node: NodeFactory, tmp_path: Path) -> None:
