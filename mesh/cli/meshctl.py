@@ -180,13 +180,17 @@ def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:
 
 def _reachable_peers(ctx: click.Context) -> list[str]:
     """The peers, once one of them answered a ping within --timeout (a refusal is an
-    answer too); else say that no node could be reached and exit EXIT_UNREACHABLE."""
-    from mesh.client.control import ControlClient
+    answer too, but not one at the handshake: such a node takes no message of ours);
+    else say that no node could be reached and why, and exit EXIT_UNREACHABLE."""
+    from mesh.client.control import ControlClient, KeyRefusal
     peers = _peers(ctx)
     with ControlClient() as cc:
         replies = cc.broadcast(peers, "ping", timeout=ctx.obj["timeout"])
-    if all(isinstance(r, str) and r.startswith("no answer") for r in replies.values()):
-        die("meshctl", "no mesh node could be reached ("
+    if all(isinstance(r, KeyRefusal) or (isinstance(r, str) and r.startswith("no answer"))
+           for r in replies.values()):
+        keys = " or would take our keys" if any(isinstance(r, KeyRefusal)
+                                                for r in replies.values()) else ""
+        die("meshctl", f"no mesh node could be reached{keys} ("
             + "; ".join(f"{ep}: {r}" for ep, r in replies.items()) + ")", EXIT_UNREACHABLE)
     return peers
 

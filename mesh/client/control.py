@@ -31,6 +31,10 @@ class Refusal(str):
     (``"no answer within ..."``), and the words say what to change."""
 
 
+class KeyRefusal(Refusal):
+    """A Refusal at the handshake (keys): the node would take no message of ours."""
+
+
 def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], frame: bytes,
            req_id: str, timeout: float) -> dict[str, ControlReply | str]:
     """Send one Control ``frame`` to every endpoint and gather the replies whose
@@ -81,7 +85,7 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                     poller.unregister(dealer)
                     open_per_ep[ep] -= 1
                     if open_per_ep[ep] <= 0 and ep not in out:
-                        out[ep] = Refusal(f"refused: {problem}")
+                        out[ep] = KeyRefusal(f"refused: {problem}")
                     continue
                 ep = socks[s]
                 try:
@@ -98,7 +102,7 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                     poller.unregister(s)
         for ep in eps:
             if ep in problems:     # every handshake failed on its mesh key till the end
-                out.setdefault(ep, Refusal(f"refused: {problems[ep]}"))
+                out.setdefault(ep, KeyRefusal(f"refused: {problems[ep]}"))
             out.setdefault(ep, f"no answer within {timeout:g} s")
         return out
     finally:

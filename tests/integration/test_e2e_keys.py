@@ -28,7 +28,7 @@ from harness import (
     wait_until,
 )
 
-from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from mesh.client.control import ControlClient
 from mesh.exceptions import MeshError
 from mesh.security import keys
@@ -188,6 +188,12 @@ def test_status_says_a_keyed_node_refused_us_and_why(start_node: NodeFactory,
         rows = json.loads(p.stdout)
         assert [(r["address"], r["state"], r["answered"]) for r in rows] == [(ep, "refused", False)]
         assert why in rows[0]["error"], rows
+    # a node that refused our handshake takes no message of ours: `result` and `call`
+    # stop there, at once and saying why (exit 4, nothing was asked)
+    for flags in ((), ("--keys", other)):
+        p = run_program(MESHCTL, *flags, "--peers", ep, "--timeout", "1", "result", "some-id")
+        assert p.returncode == EXIT_UNREACHABLE, p
+        assert "no mesh node could be reached or would take our keys" in p.stderr, p
 
 
 def test_an_app_with_a_key_the_mesh_does_not_know_fails_clearly(start_node: NodeFactory,
