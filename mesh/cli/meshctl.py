@@ -246,7 +246,7 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
     exit 1 if the task failed or timed out, or (without --wait) if no node took it:
     none acknowledged it within max(--timeout, 5) seconds, or it was refused (no
     alive node has that task or serves its queue); exit 4 if no node could be
-    reached (none answered a ping within --timeout).
+    reached (none answered a ping within --timeout, or each refused our keys).
 
     \b
     Example:
@@ -341,7 +341,7 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
     """Look up a task by id on every node, from any machine: prints its result as
     JSON when it is done, else its state (UNKNOWN when the nodes were asked and none
     knows it). Exit 1 when it failed, is UNKNOWN, or --wait timed out; exit 4 when
-    no node could be reached (nothing was asked).
+    no node could be reached or each refused our keys (nothing was asked).
 
     \b
     Example:
