@@ -55,32 +55,34 @@ def is_own_address(seed: str, bound: str, advertised: str, seed_ips: Iterable[st
 
 
 async def own_seeds(seeds: Iterable[str], bound: str, advertised: str) -> list[str]:
-    """The seeds that are this node itself (host names resolved, 2 s at most each)."""
-    import ipaddress
+    """The seeds that are this node itself (host names resolved at once, 2 s at most)."""
     import socket
 
     import psutil
     local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
              if a.family in (socket.AF_INET, socket.AF_INET6)}
-    bound_port = bound.rpartition(":")[2]
-    loop = asyncio.get_running_loop()
-    out = []
-    for seed in dict.fromkeys(seeds):
-        host, _, port = seed[6:].rpartition(":")
-        ips: set[str] = set()
-        if port == bound_port and seed not in (bound, advertised):
-            host = host.strip("[]")
-            try:
-                ips = {str(ipaddress.ip_address(host.split("%")[0]))}
-            except ValueError:          # a name: resolve it (a name that does not resolve
-                try:                    # is no address of ours)
-                    infos = await asyncio.wait_for(loop.getaddrinfo(host, None), 2.0)
-                    ips = {str(i[4][0]).split("%")[0] for i in infos}
-                except (OSError, UnicodeError):     # (TimeoutError is an OSError)
-                    pass
-        if is_own_address(seed, bound, advertised, ips, local):
-            out.append(seed)
-    return out
+    seeds = list(dict.fromkeys(seeds))
+    ips = await asyncio.gather(*(_ips(s, bound, advertised) for s in seeds))
+    return [s for s, found in zip(seeds, ips) if is_own_address(s, bound, advertised, found, local)]
+
+
+async def _ips(seed: str, bound: str, advertised: str) -> set[str]:
+    """What the seed's host is, as addresses: only for a seed on our own port (a name
+    that does not resolve in 2 s is no address of ours)."""
+    import ipaddress
+    host, _, port = seed[6:].rpartition(":")
+    if port != bound.rpartition(":")[2] or seed in (bound, advertised):
+        return set()
+    host = host.strip("[]")
+    try:
+        return {str(ipaddress.ip_address(host.split("%")[0]))}
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, None), 2.0)
+    except (OSError, UnicodeError):     # (TimeoutError is an OSError)
+        return set()
+    return {str(i[4][0]).split("%")[0] for i in infos}
 
 
 class Members(Component):
