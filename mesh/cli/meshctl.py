@@ -102,7 +102,9 @@ class _Meshctl(click.Group):
 
 @click.group(cls=_Meshctl,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--peers", metavar="tcp://H:P[,...]", help="Nodes to ask (default: MESH_PEERS).")
+@click.option("--peers", metavar="tcp://H:P[,...]",
+              help="Nodes to ask (default: MESH_PEERS, else the nodes mDNS finds on this "
+                   "machine's network; --mesh NAME keeps those of one mesh).")
 @click.option("-j", "--json", "as_json", is_flag=True,
               help="Machine-readable output (also accepted after the command).")
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,

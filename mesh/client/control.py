@@ -22,6 +22,11 @@ from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, Securi
 from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
 
 _FAILURES = FAILED_AUTH | FAILED_KEY | FAILED_PROTOCOL
+# Celery's argument names for the commands its Workers guide broadcasts
+# (app.control.broadcast("rate_limit", arguments={"task_name": ..., "rate_limit": ...}))
+CELERY_ARGS = {"rate_limit": {"task_name": "task", "rate_limit": "rate"},
+               "time_limit": {"task_name": "task"},
+               "revoke": {"task_id": "task_ids"}}
 
 
 class Refusal(str):
@@ -228,6 +233,9 @@ class Controller:
         if args is not None and not isinstance(args, dict):
             from mesh.wire.control import to_args
             args = to_args(args)
+        names = CELERY_ARGS.get(command)
+        if names and args:
+            args = {names.get(k, k): v for k, v in args.items()}
         if reply:
             return self.ask(command, args, destination, timeout)
         timeout = self.timeout if timeout is None else timeout
@@ -292,6 +300,13 @@ class Controller:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         return self.broadcast("revoke", {"task_ids": ids, "terminate": terminate,
                                          "signal": signal}, destination, timeout, reply=reply)
+
+    def terminate(self, task_id: str | Iterable[str], destination: Iterable[str] | None = None,
+                  signal: str = "SIGKILL", **kwargs: Any) -> Any:
+        """Celery's: ``revoke(task_id, terminate=True, signal=signal)`` (SIGKILL unless
+        ``signal`` says, as mesh's revoke; Celery's default is SIGTERM)."""
+        return self.revoke(task_id, destination=destination, terminate=True, signal=signal,
+                           **kwargs)
 
     def forget(self, task_id: str | Iterable[str]) -> dict[str, Any]:
         """Drop finished tasks' results on every node (``AsyncResult.forget``)."""
@@ -385,6 +400,8 @@ class Controller:
             raise MeshError(f"purge: {total} task(s) purged, but not on every node: " +
                             "; ".join(f"{n}: {e}" for n, e in sorted(failed.items())))
         return total
+
+    discard_all = purge             # Celery's old name
 
     def shutdown(self, destination: Iterable[str] | None = None, reply: bool = True,
                  timeout: float | None = None) -> Any:
