@@ -31,6 +31,10 @@ class BackupChoice:
         self._alive_members: list[Member] = []
         self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
         self._alive_at = -1.0
+        # peers that were alive and are not now (suspected, mostly; gossip.py notes
+        # them): a task given a backup meanwhile may not have its first-ranked one,
+        # which it gets back once that peer is alive again (Replicas._copy_back)
+        self.missed: set[str] = set()
 
     @property
     def node(self) -> "Node":

@@ -49,22 +49,25 @@ class Intake(Component):
     def submit(self, ident: bytes, msg: Submit, frame: bytes) -> None:
         node = self.node
         front, ledger = node.front, node.ledger
-        if node.stopping:
+        tid = msg.task_id
+        held = ledger.held.get(tid)
+        if node.stopping and held is None:
             # a task this node handed on (its stop hands its queue on) is followed there:
             # given back instead, its owner sent it again to the node that had handed it
             # here, which pointed back here (a beat run went round that loop, 1,000 times
-            # a second, until this node was gone)
-            moved = node.handoff.moved_to(msg.task_id)
+            # a second, until this node was gone). (One still held here is acknowledged
+            # below, as always: it runs here, or the stop hands it on and the MOVED goes
+            # to this link. Given back, its owner sent it elsewhere while this node ran it
+            # or handed it to a third: two runs.)
+            moved = node.handoff.moved_to(tid)
             front.reply(ident, encode(moved if moved is not None else Release(
-                [msg.task_id], node.name, "node is shutting down")))
+                [tid], node.name, "node is shutting down")))
             return
-        tid = msg.task_id
         acks = self._acks.get(ident)
         if acks is None:
             acks = self._acks[ident] = []
             front.schedule_flush()
         acks.append(tid)
-        held = ledger.held.get(tid)
         if held is not None:           # a resend of a task we already hold
             if held.client != ident and tid in node.spill.candidates:
                 node.spill.moved(tid, ident)   # going to disk: its row names the new link

@@ -602,4 +602,18 @@ def test_pings_from_many_reply_addresses_do_not_cut_a_node_off(start_node: Any, 
     b = start_node(profile="test", concurrency=1, peers=a.endpoint)
     wait_until(lambda: _members(a).get(b.name) == "alive" and _members(b).get(a.name) == "alive",
                timeout=30.0, what="a and b to see each other alive", interval=0.1)
-    assert psutil.Process(a.pid).num_fds() < fds + 200
+    # ... and the descriptors of the sockets it closed are given back. ZeroMQ closes a
+    # socket in its own threads (the reaper, the I/O thread), after zmq_close returns:
+    # b can be seen a moment after the sweep while most are still open (a CI run under
+    # load counted 946 descriptors then, of 1,021 sockets closed; the node's log said it
+    # had closed them all). Locally they are gone within 0.2 s.
+    counts: list[int] = []
+
+    def given_back() -> bool:
+        counts.append(psutil.Process(a.pid).num_fds())
+        return counts[-1] < fds + 200
+    try:
+        wait_until(given_back, timeout=30.0, interval=0.1,
+                   what=f"a's descriptors to be fewer than {fds} + 200")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: counted {counts[:3]} ... {counts[-3:]}") from None

@@ -13,14 +13,23 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from test_node_inprocess import app, dealer, run, submit, until
+from test_node_inprocess import app, dealer, frames_until, run, submit, until
 
 from mesh.membership import MemberState
 from mesh.node import handoff as handoff_mod
 from mesh.node import naps, shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
-from mesh.wire.protocol import UPDATE_SUSPECT, Gossip, Handoff, HandoffAck
+from mesh.wire.protocol import (
+    UPDATE_SUSPECT,
+    Ack,
+    Gossip,
+    Handoff,
+    HandoffAck,
+    Moved,
+    Release,
+    Result,
+)
 from mesh.workflow.plan import GROUP
 
 
@@ -206,6 +215,36 @@ def test_a_late_answer_while_the_giver_drains_takes_the_task_it_keeps(
                         "the taker's late answer")             # (read in one go)
             assert "h-drain" not in g.ledger.held          # held by the taker only
             assert g.pool.finish_running("g-busy") == 1    # (the drain ends)
+    run(main())
+
+
+def test_an_owner_resending_a_task_a_stopping_node_holds_is_told_where_it_goes() -> None:
+    """An owner sends a task again, through another link (a client that reconnected;
+    the beat's outbox following a MOVED), to a node that holds it and has begun to
+    stop. The node runs it (started) or hands it on (queued), as it would have: the
+    owner is told there, ACK then the RESULT, or the MOVED. It answered RELEASE
+    ("node is shutting down") instead, and the owner sent the task to another node,
+    while the node ran it or handed it to a third: two runs, unless both picked the
+    same one (tests/integration/test_e2e_beat.py's victim gave a run back so, under
+    load, the firer's resend having come just after its SIGTERM)."""
+    async def main() -> None:
+        async with giver_and_taker("h-resent", shutdown_timeout=20.0) as (g, t), \
+                dealer(g) as again:
+            held_back, take = withhold(t)
+            g.stop()                                    # g-busy runs on: the drain
+            await until(lambda: held_back, "the stopping giver to hand its queued task on")
+            for tid in ("h-resent", "g-busy"):          # queued and handed; running
+                await again.send(submit(tid))
+                got = await frames_until(again, lambda fs: fs)
+                assert [type(m) for m in got] == [Ack], got     # not given back
+            take(held_back[0])                          # the taker answers: it holds it
+            got = await frames_until(again, lambda fs: any(isinstance(m, Moved) for m in fs))
+            moved = next(m for m in got if isinstance(m, Moved))
+            assert moved.task_ids == ["h-resent"] and moved.target_node == "taker"
+            assert g.pool.finish_running("g-busy") == 1      # (the drain ends)
+            got = await frames_until(again, lambda fs: any(isinstance(m, Result) for m in fs))
+            assert [m.task_id for m in got if isinstance(m, Result)] == ["g-busy"]
+            assert not any(isinstance(m, Release) for m in got)
     run(main())
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq.asyncio
-from test_node_inprocess import _later, _state, app, dealer, frames_until, run, submit, until
+from test_node_inprocess import _later, _state, app, dealer, frames_until, met, run, submit, until
 
 from mesh.membership import MemberState
 from mesh.node import shedding
@@ -341,8 +341,7 @@ async def three_met(tmp_path: Any, where: str, **taker: Any
                          peers=[b.address, g.address], **taker) as t:
         g.shedder.shed = lambda now: 0
         t.shedder.shed = lambda now: 0
-        await until(lambda: all(len(n.membership.alive_members()) == 3
-                                for n in (b, g, t)), "the three to meet")
+        await met((b, g, t), "the three to meet")   # (each a taker of the others' tasks)
         yield b, g, to_g, t
 
 
@@ -431,13 +430,7 @@ async def four_met() -> AsyncIterator[tuple[Node, Node, zmq.asyncio.Socket, Node
             running_node(app, name="helper", autorun=False,
                          peers=[b.address, g.address]) as f:
         f.shedder.shed = lambda now: 0
-        nodes = (b, g, t, f)
-
-        def takers(n: Node) -> set[str]:
-            r = n.routing
-            return {m.id for m in n.membership.alive_members(include_self=False)
-                    if r.peer_accepts(m.meta, r.queue_for("fast.add"), "fast.add")}
-        await until(lambda: all(len(takers(n)) == 3 for n in nodes), "the four to meet")
+        await met((b, g, t, f), "the four to meet")
         yield b, g, to_g, t
 
 
