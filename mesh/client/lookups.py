@@ -226,12 +226,12 @@ class Lookups:
         tid = q[0].task_id if q is not None else ref
         with self._watch_lock:
             slots = self._watched.pop(tid, None) or []
-        if q is not None:
-            if q[0] not in slots:
-                slots.append(q[0])
-            self._end_query(ref)
+        if q is not None and q[0] not in slots:
+            slots.append(q[0])
         for s in slots:
             self._fail(s, "ResultTooLarge", text)
+        if q is not None:
+            self._end_query(ref)          # (after: whoever it wakes finds the slots failed)
         return bool(slots)
 
     def _complete_watched(self, msg: Result) -> bool:
