@@ -48,6 +48,7 @@ from mesh.wire.message import prepare as prepare
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+MIN_MAX_MESSAGE_SIZE = 1024           # the smallest max_message_size a peer may have or say
 REPLY_TOO_LARGE = "reply-too-large"   # ERROR code: a reply over the receiver's stated limit
 MAX_ID_LEN = 200
 MAX_NAME_LEN = 500
@@ -103,6 +104,11 @@ class MsgType(enum.IntEnum):
 
 
 
+def _bad_limit(said: int) -> DecodeError:
+    return DecodeError(f"max_message_size must be 0 (not said) or at least {MIN_MAX_MESSAGE_SIZE}, "
+                       f"got {said}")
+
+
 def _short(s: str, n: int, what: str) -> None:
     if not s or len(s) > n:
         raise DecodeError(f"{what} must be 1..{n} characters, got {len(s)}")
@@ -154,8 +160,8 @@ def _check_submit(task_id: str, name: str, priority: int, time_limit: float | No
                           f"got {soft_time_limit}")
     if retries < 0:
         raise DecodeError("retries must be >= 0")
-    if max_message_size < 0:
-        raise DecodeError("max_message_size must be >= 0")
+    if max_message_size and not MIN_MAX_MESSAGE_SIZE <= max_message_size:
+        raise _bad_limit(max_message_size)
 
 
 @message
@@ -242,8 +248,8 @@ class Control(Message):
     def validate(self) -> None:
         _short(self.req_id, MAX_ID_LEN, "req_id")
         _short(self.command, 64, "command")
-        if self.max_message_size < 0:
-            raise DecodeError("max_message_size must be >= 0")
+        if self.max_message_size and not MIN_MAX_MESSAGE_SIZE <= self.max_message_size:
+            raise _bad_limit(self.max_message_size)
 
 
 @message

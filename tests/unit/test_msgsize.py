@@ -4,6 +4,7 @@ no bigger frame by a node: the front door's replacement of a reply over it, and 
 test_e2e_msgsize.py and the scripted-node tests in tests/unit/test_client_scripted.py)."""
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -43,11 +44,15 @@ def test_the_limit_travels_as_the_last_field_and_older_frames_say_none() -> None
 
 
 @pytest.mark.parametrize("msg", [Submit("t", "n", b"", max_message_size=-1),
-                                 Control("r", "ping", {}, -1)], ids=["submit", "control"])
-def test_a_negative_limit_is_refused(msg: Any) -> None:
-    with pytest.raises(DecodeError, match="max_message_size must be >= 0") as e:
+                                 Submit("t", "n", b"", max_message_size=1023),
+                                 Control("r", "ping", {}, 5)], ids=["submit", "tiny", "control"])
+def test_a_limit_under_what_a_peer_may_have_is_refused(msg: Any) -> None:
+    """(A peer saying 5 bytes would be sent ERRORs for every reply, even a ping's.)"""
+    with pytest.raises(DecodeError, match="max_message_size must be 0 .not said. or at least "
+                                          "1024, got") as e:
         decode(encode(msg))
     assert e.value.ref in ("t", "r")
+    assert decode(encode(dataclasses.replace(msg, max_message_size=1024))) is not None
 
 
 # ---- the front door -----------------------------------------------------------------
