@@ -13,14 +13,14 @@ speak membership, and a removed key is refused on its next message.
 
 Replies are gathered per peer and sent together, as one multipart zmq message, at the
 end of each event-loop pass (``flush``), after the ledger has committed the pass's
-intakes to the journal.
+intakes to the journal. The socket is bound when the component starts (the node's
+address is known from then on) and read from the moment the node is ready.
 
 A client says in its SUBMIT and CONTROL frames the largest frame it reads (its
 ``max_message_size``). One set below this node's is remembered per routing id
 (``limits``), and a reply over it is not sent: libzmq would end that client's
 connection on it, for good. An ERROR ``reply-too-large`` goes instead (a STATE is
-dropped), naming the sizes; the result stays stored here (docs/protocol.md, section 9). The socket is bound when the component starts (the node's
-address is known from then on) and read from the moment the node is ready.
+dropped), naming the sizes; the result stays stored here (docs/protocol.md, section 9).
 """
 from __future__ import annotations
 

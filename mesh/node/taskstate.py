@@ -84,7 +84,7 @@ def fit(answer: dict[str, Any], limit: int) -> dict[str, Any]:
     without the SUBMIT frame, then without the stored result (``result_size`` says how
     big it is: the asker fails it, saying so; it stays stored here), then without the
     meta, until it fits."""
-    room = limit - REPLY_HEADROOM
+    room = limit - min(REPLY_HEADROOM, limit // 4)
     sizes = {k: len(v) for k in ("submit", "result", "meta") if type(v := answer.get(k)) is bytes}
     if sum(sizes.values()) <= room:
         return answer

@@ -133,3 +133,5 @@ def test_a_lookup_answer_fits_the_asker_submit_first_then_the_result() -> None:
     assert fit(answer, room - 1) == {"task_id": "t", "state": "SUCCESS", "result_size": 50 * KIB}
     held = {"task_id": "t", "state": "PROGRESS", "meta": b"m" * 50 * KIB}
     assert fit(held, 10 * KIB) == {"task_id": "t", "state": "PROGRESS"}
+    small = {"task_id": "t", "state": "SUCCESS", "result": b"r" * 100}
+    assert fit(small, 1024) is small                  # (the least limit: room for 100 bytes)
