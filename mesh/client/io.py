@@ -242,7 +242,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         """(In a new I/O thread) new sockets for every link, same routing ids, and
         every owned task sent again to where it was, or placed anew."""
         for link in self.links.values():
-            link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key)
+            link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key,
+                                                           link.rebuilt > 0)
             self._by_sock[link.sock] = link
             self._by_monitor[link.monitor] = link
             # its first handshake is no reconnect: the tasks are resent below, once

@@ -20,7 +20,10 @@ sitting): everything here runs on the client's I/O thread.
   send refused that way, or a disconnect after which a send is refused
   (``DROPPED_WAIT`` later: a connection libzmq tries again keeps taking frames), has
   the link rebuilt: new sockets, the same routing id, its tasks sent again once it
-  connects (``_put``, ``_rebuild_lost``).
+  connects (``_put``, ``_rebuild_lost``). A rebuilt link takes frames of up to
+  ``WIDE_MAXMSGSIZE`` (twice a node's default limit): the node sends the same big
+  result again when the task is sent again, and read, it fails its task
+  (ResultTooLarge, io.py) instead of ending the link again, and again.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from mesh.rendezvous import backup_for
 from mesh.result import Slot
 from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, HANDSHAKE_EVENTS, Security
 from mesh.security.text import safe_logger
-from mesh.wire.protocol import Control, Submit, decode, encode
+from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE, Control, Submit, decode, encode
 
 log = safe_logger("mesh.client")
 
@@ -63,6 +66,7 @@ UNLISTED_DEAD = 2           # members answers in a row without a node whose link
 DROPPED_WAIT = 0.5          # s after a disconnect before a send tells whether libzmq ended
                             # the connection for good (then the link is rebuilt)
 LOST_SAID = 60.0            # s between two log lines about one link rebuilt that way
+WIDE_MAXMSGSIZE = 2 * DEFAULT_MAX_MESSAGE_SIZE   # a rebuilt link's ZMQ_MAXMSGSIZE, at least
 
 
 class NodeLink:
@@ -189,16 +193,18 @@ class Links:
             self._update_placeable()
         return link
 
-    def _open(self, endpoint: str, routing_id: bytes, key: bytes | None
+    def _open(self, endpoint: str, routing_id: bytes, key: bytes | None, wide: bool = False
               ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], bytes | None]:
         """A DEALER to ``endpoint`` (speaking to it with mesh key ``key``, with keys;
-        None: the current one), the monitor of its connection events, and the key."""
+        None: the current one), the monitor of its connection events, and the key.
+        ``wide``: for a link libzmq ended on a frame too big (the module's docs)."""
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, routing_id)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
+        most = self.config.max_message_size * 2
+        s.setsockopt(zmq.MAXMSGSIZE, max(most, WIDE_MAXMSGSIZE) if wide else most)
         s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
         keys = self.security.server_keys()
@@ -230,7 +236,8 @@ class Links:
         self._close_sockets(link)
         # the same routing id: a node restarted from its journal answers the tasks it
         # recovers to it, and the client counts those late results as duplicates
-        link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key)
+        link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key,
+                                                       link.rebuilt > 0)
         self._by_sock[link.sock] = link
         self._by_monitor[link.monitor] = link
         link.down = True                        # its next handshake is a reconnect
@@ -272,15 +279,19 @@ class Links:
         for link in lost:
             if self.links.get(link.endpoint) is not link or link.refused or self._closing:
                 continue
+            limit = self.config.max_message_size
+            cap = max(2 * limit, WIDE_MAXMSGSIZE) if link.rebuilt else 2 * limit
             link.rebuilt += 1
             if now - link.rebuilt_said >= LOST_SAID:
                 mine = sum(1 for s in self._slots.values()
                            if s.node == link.endpoint and s.msg is None)
                 log.warning("the connection to node %s (%s) was ended by ZeroMQ, which does not "
-                            "connect it again (a frame from the node over %d bytes, twice this "
-                            "client's max_message_size, ends a connection so): connecting again, "
-                            "and sending its %d task(s) again (%d time(s) so far)",
-                            link.node_id or "?", link.endpoint, 2 * self.config.max_message_size,
+                            "connect it again (a frame from the node over %d bytes ends it so; "
+                            "this client's max_message_size is %d, and the node did not honour "
+                            "it: an older node?): connecting again, taking frames of up to %d "
+                            "bytes from it (a result over %d fails its task), and sending its %d "
+                            "task(s) again (%d time(s) so far)", link.node_id or "?",
+                            link.endpoint, cap, limit, max(2 * limit, WIDE_MAXMSGSIZE), limit,
                             mine, link.rebuilt)
                 link.rebuilt_said = now
             self._reset_link(link)
