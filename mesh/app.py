@@ -257,6 +257,35 @@ class Mesh:
         """Celery's ``app.current_task``: the task running here, None outside a task."""
         return shared.running_task()
 
+    @property
+    def current_worker_task(self) -> Task | None:
+        """Celery's: the task a node's worker runs here; None outside one (and in eager
+        mode, ``Task.apply``)."""
+        task = shared.running_task()
+        request = getattr(task, "request", None) if task is not None else None
+        return None if request is None or request.is_eager else task
+
+    @property
+    def timezone(self) -> _dt.tzinfo:
+        """Celery's: the zone of ``conf.timezone`` (UTC unless set), in which crontab
+        entries are read."""
+        from mesh.schedules import zone
+        return zone(self.conf.timezone)
+
+    def now(self) -> _dt.datetime:
+        """Celery's: the time now, aware, in the app's ``timezone``."""
+        return _dt.datetime.now(self.timezone)
+
+    def uses_utc_timezone(self) -> bool:
+        """Celery's: True when the app's timezone is UTC."""
+        return str(self.timezone) in ("UTC", "Etc/UTC")
+
+    def finalize(self, auto: bool = False) -> None:
+        """Celery's: tasks are registered as they are declared here, so what is left is
+        what Celery's sends then: ``on_after_configure`` and ``on_after_finalize``, once
+        (the periodic entries their receivers add are read then)."""
+        self.periodic_schedule()
+
     @overload
     def task(self, fun: Callable[..., Any]) -> Task: ...
     @overload
@@ -460,7 +489,7 @@ class Mesh:
         body = None                        # the publish signals' body, when someone listens
         if signals.before_task_publish.has_receivers() or signals.after_task_publish.has_receivers():
             from mesh.client import publish
-            body, headers = publish.before(        # with the queue the task was routed to
+            body, headers, told = publish.before(        # with the queue the task was routed to
                 name, task_id, args or (), kwargs if kwargs is not None else {}, headers, q,
                 priority or 0, eta=eta_t, expires=expires_t, time_limit=time_limit,
                 soft_time_limit=soft_time_limit)
@@ -479,7 +508,7 @@ class Mesh:
         self.client.submit(slot)
         if body is not None:
             from mesh.client import publish
-            publish.after(name, body, q)
+            publish.after(name, body, told, q)
         return AsyncResult(task_id, self, slot)
 
     @property
@@ -508,6 +537,25 @@ class Mesh:
         if kept is not None:
             return kept
         return self._client.lookup(task_id) if self._client is not None else None
+
+    def start(self, argv: Iterable[str] | None = None) -> int:
+        """Celery's: run a command for this app, ``argv`` being what follows ``celery``
+        (``sys.argv`` when None): ``worker ...`` runs ``meshnode -A <this app> ...``,
+        anything else ``meshctl -A <this app> ...`` (``inspect active``), here, in this
+        process. So ``if __name__ == '__main__': app.start()`` at the end of
+        ``proj/celery.py`` makes ``python -m proj.celery worker -l INFO`` a node.
+        Returns 0 once the command ended well; exits with its status otherwise."""
+        from mesh.cli.start import start
+        return start(self, argv)
+
+    def worker_main(self, argv: Iterable[str] | None = None) -> int:
+        """Celery's: ``app.worker_main(['worker', '--loglevel=INFO'])`` runs a node for
+        this app (``meshnode -A <this app> --loglevel=INFO``); see ``start``."""
+        args = list(sys.argv if argv is None else argv)
+        if "worker" not in args:
+            raise ValueError("The worker sub-command must be specified in argv.\n"
+                             "Use app.start() to programmatically start other commands.")
+        return self.start(args)
 
     def close(self, patient: bool = True) -> None:
         """Stop the client's I/O thread and close its sockets, once nodes have taken

@@ -182,6 +182,10 @@ class Canvas:
     def delay(self, *args: Any, **kwargs: Any) -> Any:
         return self.apply_async(args, kwargs)
 
+    def __invert__(self) -> Any:
+        """Celery's ``~sig``, a shell's shortcut: ``sig.apply_async().get()``."""
+        return self.apply_async().get()
+
     def apply(self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
               app: "Mesh | None" = None, **options: Any) -> Any:
         """Run it here and now (eager mode, mesh/workflow/eager.py): every task must be
@@ -351,6 +355,23 @@ class group(_Tasks):  # noqa: N801
         return f"group([{', '.join(repr(t) for t in self.tasks)}])"
 
 
+_group = group      # the class, where a method named group hides it
+
+
+@dataclass(frozen=True, eq=True, init=False)
+class _Chunks(group):
+    """What ``chunks`` makes: a group of ``mesh.starmap`` tasks that also has Celery's
+    ``chunks.group()``."""
+
+    def group(self) -> _Tasks:
+        """A plain group of copies of the parts (Celery's ``chunks.group()``), to change
+        without changing this one: ``add.chunks(items, 10).group().skew(start=1)()``."""
+        g = _group(*(t.clone() if isinstance(t, Signature) else t for t in self.tasks),
+                   **self.options)
+        out: _Tasks = g.bind(self.app) if self.app else g
+        return out
+
+
 @dataclass(frozen=True, eq=True, init=False)
 class chord(Canvas):  # noqa: N801
     """A group (the header) and a body run with the list of the header's results once
@@ -394,7 +415,8 @@ class chord(Canvas):  # noqa: N801
 
 def chunks(task: Any, it: Iterable[Any], n: int) -> group:
     """``task`` over the argument tuples of ``it`` in parts of ``n``: a group of
-    ``mesh.starmap`` tasks, one per part; its result is a list of lists."""
+    ``mesh.starmap`` tasks, one per part; its result is a list of lists. Its
+    ``group()`` is a plain group of them (Celery's ``chunks.group()``, to ``skew``)."""
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"chunks: n must be a positive integer, got {n!r}")
     sig = maybe_signature(task)
@@ -407,7 +429,7 @@ def chunks(task: Any, it: Iterable[Any], n: int) -> group:
         if not part:
             break
         parts.append(xstarmap(sig, part))
-    g = group(*parts)
+    g = _Chunks(*parts)
     return g.bind(sig.app) if sig.app else g
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from mesh.conf_names import FIXED, NOT_USED, NOT_USED_PREFIXES, NOT_YET
 from mesh.exceptions import ConfigError
-from mesh.security.text import safe_logger
+from mesh.security.text import MULTILINE, printable, safe_logger
 
 log = safe_logger("mesh.conf")
 
@@ -99,7 +99,7 @@ CLIENT_OPTIONS = ("peers", "mdns", "mdns_interfaces", "discovery_timeout", "resu
 def not_taken(name: str) -> str | None:
     """Why mesh does not take a Celery setting (None if it does, or knows no such name)."""
     r = _not_taken(name)
-    return None if r is None else _say([repr(name)], r[0], r[1])
+    return None if r is None else f"setting {name!r} {r[0]}: {r[1]}"
 
 
 def _not_taken(name: str) -> tuple[str, str] | None:
@@ -114,13 +114,6 @@ def _not_taken(name: str) -> tuple[str, str] | None:
         if name.startswith(prefix):
             return "is not used by mesh", why
     return None
-
-
-def _say(shown: list[str], used: str, why: str) -> str:
-    if len(shown) == 1:
-        return f"setting {shown[0]} {used}: {why}"
-    verb = used.replace("is not", "are not", 1)
-    return f"settings {', '.join(shown)} {verb}: {why}"
 
 
 def check_name(name: str) -> str:
@@ -281,34 +274,38 @@ def check_value(name: str, value: Any) -> Any:
     return value if check is None else check(name, value)
 
 
-def ignored_because(name: str, value: Any) -> str | None:
-    """Why setting ``name`` to ``value`` changes nothing in mesh (logged as a warning
-    when it is set), or None if mesh uses it."""
-    r = _ignored(name, value)
-    return None if r is None else _say([r[0]], r[1], r[2])
+WHERE_TO_READ = 'docs/configuration.md, "Names that are not mesh\'s"'
 
 
-def _ignored(name: str, value: Any) -> tuple[str, str, str] | None:
-    """(the setting as shown, how it is not taken, why), or None if mesh uses it."""
+def _ignored(name: str, value: Any) -> tuple[str, str] | None:
+    """(the setting as shown, why mesh does not use it), or None if mesh uses it."""
     if name in FIXED:
         fixed, why = FIXED[name]
-        return None if value == fixed else (f"{name}={value!r}", "is not used", f"mesh: {why}")
+        return None if value == fixed else (f"{name}={value!r}", f"mesh takes only {fixed!r}: {why}")
     r = _not_taken(name)
-    return None if r is None else (repr(name), r[0], r[1])
+    if r is None:
+        return None
+    used, why = r
+    return name, (why if used == "is not used by mesh" else f"{used.removeprefix('is ')}: {why}")
 
 
-def ignored_summary(values: Mapping[str, Any]) -> str | None:
-    """One line for every setting of ``values`` mesh does not take, those with the
-    same reason together (a Celery config module sets several: one warning, not one
-    per setting, in every process that loads it)."""
-    groups: dict[tuple[str, str], list[str]] = {}
+def ignored_summary(values: Mapping[str, Any], what: str = "") -> str | None:
+    """The warning for the settings of ``values`` mesh does not take: a line that says
+    how many are ignored and where to read about it, then one line per reason with the
+    settings it covers (a Celery config module sets several: one warning, not one per
+    setting, in every process that loads it); None when mesh takes them all."""
+    groups: dict[str, list[str]] = {}
     for name, value in values.items():
         r = _ignored(name, value)
         if r is not None:
-            groups.setdefault((r[1], r[2]), []).append(r[0])
+            groups.setdefault(r[1], []).append(printable(r[0]))
     if not groups:
         return None
-    return "; ".join(_say(shown, used, why) for (used, why), shown in groups.items())
+    n = sum(len(shown) for shown in groups.values())
+    head = (f"{what}: " if what else "") + (
+        f"{n} settings are ignored, mesh does not use them" if n > 1 else
+        "1 setting is ignored, mesh does not use it") + f" ({WHERE_TO_READ}):"
+    return "\n".join([head, *(f"  {', '.join(shown)}: {why}" for why, shown in groups.items())])
 
 
 # ---- the settings ---------------------------------------------------------------------
@@ -360,10 +357,10 @@ class Settings(MutableMapping[str, Any]):
                 raise ConfigError(f"setting {name!r} can no longer change: {why}")
             out[name] = check_value(name, value)
         new = {n: v for n, v in out.items() if n not in self._warned}
-        why = ignored_summary(new)
-        if why is not None:
+        said = ignored_summary(new, what)
+        if said is not None:
             self._warned.update(n for n, v in new.items() if _ignored(n, v) is not None)
-            log.warning("%s%s", f"{what}: " if what else "", why)
+            log.warning("%s", said, extra=MULTILINE)
         return out
 
     def _bump(self, names: Mapping[str, Any]) -> None:

@@ -139,6 +139,9 @@ class EagerResult:
     def __repr__(self) -> str:
         return f"<EagerResult {self.id} {self._state}>"
 
+    def __str__(self) -> str:
+        return str(self.id)
+
     def __eq__(self, other: object) -> bool:
         """Equal to a result of the same id, or to the id itself, as in Celery."""
         if isinstance(other, str):

@@ -180,9 +180,11 @@ def entry_from_conf(name: str, spec: Any) -> Entry:
     for need in ("task", "schedule"):
         if need not in spec:
             raise ConfigError(f"beat_schedule[{name!r}] needs {need!r}")
-    if spec.get("relative"):
-        raise ConfigError(f"beat_schedule[{name!r}]: 'relative' is not supported: mesh's "
-                          "intervals are due at fixed multiples of their period")
+    if not isinstance(spec.get("relative", False), bool):
+        raise ConfigError(f"beat_schedule[{name!r}]: relative must be True or False")
+    # Celery's relative=True runs an interval "by the clock", which mesh's intervals always
+    # do (due at fixed multiples of their period); relative=False counts from the beat's
+    # start in Celery, which a mesh of peers cannot agree on (docs/periodic.md): the same
     options = spec.get("options") or {}
     if not isinstance(options, Mapping):
         raise ConfigError(f"beat_schedule[{name!r}]: options must be a dict")

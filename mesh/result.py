@@ -105,6 +105,26 @@ class Slot:
                 self.waiters.remove(fn)
 
 
+def retry_meta(res: Result) -> bytes | None:
+    """The meta a RETRY carries (codec bytes): the exception it retries for and its
+    traceback, which ``r.info`` and ``r.traceback`` give until the task runs again
+    (Celery's RETRY meta)."""
+    if res.state != states.RETRY or not res.exc:
+        return None
+    return codec.dumps({"exc": res.exc, "traceback": res.traceback})
+
+
+def _retry_cause(meta: bytes) -> tuple[BaseException | None, str | None]:
+    try:
+        d = codec.loads(meta)
+    except Exception:
+        return None, None
+    if not isinstance(d, dict) or not isinstance(d.get("exc"), dict):
+        return None, None
+    tb = d.get("traceback") if isinstance(d.get("traceback"), str) else None
+    return rebuild_exception(d["exc"], tb), tb
+
+
 def rebuild_exception(exc: dict[str, Any] | None, tb: str | None) -> BaseException:
     """The remote exception as a local one (see module docstring)."""
     exc = exc or {}
@@ -172,6 +192,10 @@ class AsyncResult:
     def __hash__(self) -> int:
         return hash(self.id)
 
+    def __str__(self) -> str:
+        """The id, as Celery's (``str(r)``, ``f"/status/{r}"``): asks no node."""
+        return str(self.id)
+
     def __repr__(self) -> str:
         try:
             state = self.state
@@ -220,6 +244,8 @@ class AsyncResult:
         msg = slot.msg
         if msg is None:
             meta = slot.meta
+            if meta is not None and slot.state == states.RETRY:
+                return _retry_cause(meta)[0]     # the exception it retries for
             return codec.loads(meta) if meta is not None else None
         return self._value(msg, propagate=False)
 
@@ -342,7 +368,10 @@ class AsyncResult:
     @property
     def traceback(self) -> str | None:
         self.state  # noqa: B018  (looks the task up when submitted elsewhere)
-        msg = self._slot.msg if self._slot else None
+        slot = self._slot
+        msg = slot.msg if slot else None
+        if msg is None and slot is not None and slot.state == states.RETRY and slot.meta:
+            return _retry_cause(slot.meta)[1]    # the retry's cause's traceback
         return msg.traceback if msg else None
 
     @property
@@ -572,4 +601,4 @@ def allow_join_result() -> Iterator[None]:
 
 
 __all__ = ["AsyncResult", "GroupResult", "ResultSet", "Slot", "allow_join_result",
-           "rebuild_exception"]
+           "rebuild_exception", "retry_meta"]

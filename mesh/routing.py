@@ -38,6 +38,7 @@ log = safe_logger("mesh.routing")
 MAX_QUEUE_LEN = 200          # characters in a queue name
 Router = Callable[..., Any]   # (name, args, kwargs, options, task=None) -> route | None
 _NOT_USED = frozenset({"routing_key", "exchange", "exchange_type", "delivery_mode", "priority"})
+_said: set[str] = set()      # routes that name no queue (their broker keys), said once each
 
 
 def check_queue(queue: Any, where: str) -> str:
@@ -69,6 +70,12 @@ def _queue_of(route: Any, where: str) -> str | None:
         if extra:
             raise ConfigError(f"{where}: mesh routes take only 'queue' (and ignores "
                               f"{', '.join(sorted(_NOT_USED))}), got {sorted(extra)}")
+        given = ", ".join(f"{k}={route[k]!r}" for k in ("exchange", "routing_key") if k in route)
+        if queue is None and given and given not in _said:
+            _said.add(given)      # Celery's broker routes by them; here it is not routed
+            log.warning("%s: this route names no queue (%s): mesh routes by queue only, so "
+                        "the task goes where the next router or task_default_queue says; "
+                        "add 'queue': NAME", where, given)
         return None if queue is None else check_queue(queue, where)
     raise ConfigError(f"{where}: a route must be a queue name or a dict with 'queue', "
                       f"got {type(route).__name__}")

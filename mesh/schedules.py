@@ -100,7 +100,12 @@ class BaseSchedule:
 class interval(BaseSchedule):
     """Every ``run_every`` (seconds or a timedelta), due at ``anchor + k * run_every``."""
 
-    def __init__(self, run_every: float | dt.timedelta, anchor: float | dt.datetime = 0.0):
+    def __init__(self, run_every: float | dt.timedelta, anchor: float | dt.datetime = 0.0,
+                 relative: bool = False):
+        # relative: Celery's schedule(run_every, relative=True) asks for runs "by the
+        # clock", which these always are; taken either way (docs/periodic.md)
+        if not isinstance(relative, bool):
+            raise ConfigError(f"relative must be True or False, got {relative!r}")
         if isinstance(run_every, dt.timedelta):
             period = run_every.total_seconds()
         elif isinstance(run_every, (int, float)) and not isinstance(run_every, bool):

@@ -152,7 +152,7 @@ def _strong(receiver: Receiver) -> Callable[[], Receiver]:
 # Client process (where apply_async/delay/send_task runs)
 before_task_publish = Signal("before_task_publish", (
     "body", "exchange", "routing_key", "headers", "properties", "declare", "retry_policy"))
-after_task_publish = Signal("after_task_publish", ("body", "exchange", "routing_key"))
+after_task_publish = Signal("after_task_publish", ("body", "headers", "exchange", "routing_key"))
 
 # Child process, around each task run
 task_prerun = Signal("task_prerun", ("task_id", "task", "args", "kwargs"))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import states
 from mesh.conf_names import CALL_OPTIONS, ignore_options
-from mesh.exceptions import ConfigError, MaxRetriesExceededError, Replace, Retry
+from mesh.exceptions import ConfigError, MaxRetriesExceededError, OperationalError, Replace, Retry
 from mesh.ratelimit import parse_rate
 from mesh.security.text import safe_logger
 
@@ -130,7 +130,7 @@ class Request:
 
     __slots__ = ("id", "task", "args", "kwargs", "retries", "eta", "expires", "hostname",
                  "priority", "time_limit", "soft_time_limit", "headers", "called_directly",
-                 "is_eager", "shadow", "state_sink", "retry_later", "entered")
+                 "is_eager", "shadow", "state_sink", "retry_later", "entered", "final")
 
     def __init__(self, id: str | None = None, task: str = "", args: Iterable[Any] = (),
                  kwargs: dict[str, Any] | None = None, retries: int = 0, eta: float | None = None,
@@ -158,6 +158,9 @@ class Request:
         self.state_sink: Callable[[str, bytes | None], None] | None = None
         self.retry_later: Retry | None = None   # retry(throw=False): retried when it returns
         self.entered = False                    # Task.__call__ already ran for this request
+        # update_state(SUCCESS or FAILURE, meta) then raise Ignore(): the task ends so
+        # (Celery's recipe: its backend keeps what update_state stored)
+        self.final: tuple[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"<Request {self.task}[{self.id}] retries={self.retries} on {self.hostname}>"
@@ -241,6 +244,11 @@ class Task:
 
     name: str = ""
     _app: "Mesh | None" = None        # set on app.Task, the app's own subclass
+    # Celery's, for `except add.MaxRetriesExceededError` and the Calling guide's
+    # `except add.OperationalError` around delay() (mesh never raises the latter: a
+    # client keeps what no node took yet and says so)
+    MaxRetriesExceededError = MaxRetriesExceededError
+    OperationalError = OperationalError
     _header: Callable[..., None] | None = None   # check_arguments' function, once built
 
     def __init__(self, app: "Mesh | None" = None, fun: Callable[..., Any] | None = None,
@@ -436,9 +444,13 @@ class Task:
             raise ConfigError(f"update_state needs state=: a string of 1..100 characters, got {state!r}")
         if state in _NOT_SETTABLE:
             raise ConfigError(f"update_state cannot set {state}: a task ends by returning "
-                              "(SUCCESS), raising (FAILURE) or retry() (RETRY)")
+                              "(SUCCESS), raising (FAILURE) or retry() (RETRY); SUCCESS or "
+                              "FAILURE followed by raise Ignore() ends it in that state")
         from mesh.wire import codec
         encoded = codec.dumps(meta) if meta is not None else None   # as on the wire
+        if state in _FINAL_BY_IGNORE:        # kept until the task ends (mesh/trace.py)
+            req.final = (state, meta)
+            return
         if req.state_sink is not None:
             req.state_sink(state, encoded)
 
@@ -578,7 +590,9 @@ class Task:
 
 CALL_KNOWN = ("args, kwargs, task_id, countdown, eta, expires, priority, time_limit, "
               "soft_time_limit, link, link_error, headers, shadow, ignore_result, queue")
-_NOT_SETTABLE = frozenset({*states.READY_STATES, states.PENDING, states.UNKNOWN, states.RETRY})
+_FINAL_BY_IGNORE = frozenset({states.SUCCESS, states.FAILURE})
+_NOT_SETTABLE = frozenset({*states.READY_STATES, states.PENDING, states.UNKNOWN,
+                           states.RETRY}) - _FINAL_BY_IGNORE
 
 # task.max_retries etc. read the effective options (a task's class holds these, over any
 # class attribute of its base)

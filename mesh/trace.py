@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from mesh import signals, states
@@ -198,6 +198,8 @@ def _raised(task: Task, req: Request, e: BaseException) -> Outcome:
     if isinstance(e, Replace):
         return _replaced(task, req, e)
     if isinstance(e, Ignore):
+        if req.final is not None:    # update_state(SUCCESS or FAILURE, meta) came first
+            return _final(task, req, *req.final)
         return Outcome(states.IGNORED, None, exc=e, keep=False)
     failed = e
     try:
@@ -210,6 +212,25 @@ def _raised(task: Task, req: Request, e: BaseException) -> Outcome:
     except BaseException as final:   # no retries left: the task fails with this
         failed = final
     return _failure(task, failed, ignores_result(task, req))
+
+
+def _final(task: Task, req: Request, state: str, meta: Any) -> Outcome:
+    """Celery's recipe ``self.update_state(state=SUCCESS or FAILURE, meta=...)`` then
+    ``raise Ignore()``: the task ends in that state, SUCCESS with ``meta`` as its value,
+    FAILURE with the exception ``meta`` describes in Celery's keys (``exc_type``,
+    ``exc_message``, ``exc_module``; else an Exception of its text)."""
+    from mesh.result import rebuild_exception
+    req.final = None
+    if state == states.SUCCESS:
+        return _returned(task, req, meta)
+    info = meta if isinstance(meta, Mapping) else {}
+    message = info.get("exc_message", meta)
+    args = list(message) if isinstance(message, (list, tuple)) else [message]
+    err = rebuild_exception({"type": str(info.get("exc_type") or "Exception"),
+                             "module": str(info.get("exc_module") or "builtins"),
+                             "message": " ".join(str(a) for a in args),
+                             "args": codec.dumps(args)}, None)
+    return _failure(task, err, ignores_result(task, req))
 
 
 def _replaced(task: Task, req: Request, e: Replace) -> Outcome:

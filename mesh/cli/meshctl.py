@@ -102,7 +102,9 @@ class _Meshctl(click.Group):
 
 @click.group(cls=_Meshctl,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--peers", metavar="tcp://H:P[,...]", help="Nodes to ask (default: MESH_PEERS).")
+@click.option("--peers", metavar="tcp://H:P[,...]",
+              help="Nodes to ask (default: MESH_PEERS, else the nodes mDNS finds on this "
+                   "machine's network; --mesh NAME keeps those of one mesh).")
 @click.option("-j", "--json", "as_json", is_flag=True,
               help="Machine-readable output (also accepted after the command).")
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
@@ -180,13 +182,17 @@ def _broadcast(ctx: click.Context, command: str) -> dict[str, Any]:
 
 def _reachable_peers(ctx: click.Context) -> list[str]:
     """The peers, once one of them answered a ping within --timeout (a refusal is an
-    answer too); else say that no node could be reached and exit EXIT_UNREACHABLE."""
-    from mesh.client.control import ControlClient
+    answer too, but not one at the handshake: such a node takes no message of ours);
+    else say that no node could be reached and why, and exit EXIT_UNREACHABLE."""
+    from mesh.client.control import ControlClient, KeyRefusal
     peers = _peers(ctx)
     with ControlClient() as cc:
         replies = cc.broadcast(peers, "ping", timeout=ctx.obj["timeout"])
-    if all(isinstance(r, str) and r.startswith("no answer") for r in replies.values()):
-        die("meshctl", "no mesh node could be reached ("
+    if all(isinstance(r, KeyRefusal) or (isinstance(r, str) and r.startswith("no answer"))
+           for r in replies.values()):
+        keys = " or would take our keys" if any(isinstance(r, KeyRefusal)
+                                                for r in replies.values()) else ""
+        die("meshctl", f"no mesh node could be reached{keys} ("
             + "; ".join(f"{ep}: {r}" for ep, r in replies.items()) + ")", EXIT_UNREACHABLE)
     return peers
 
@@ -242,7 +248,7 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
     exit 1 if the task failed or timed out, or (without --wait) if no node took it:
     none acknowledged it within max(--timeout, 5) seconds, or it was refused (no
     alive node has that task or serves its queue); exit 4 if no node could be
-    reached (none answered a ping within --timeout).
+    reached (none answered a ping within --timeout, or each refused our keys).
 
     \b
     Example:
@@ -337,7 +343,7 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
     """Look up a task by id on every node, from any machine: prints its result as
     JSON when it is done, else its state (UNKNOWN when the nodes were asked and none
     knows it). Exit 1 when it failed, is UNKNOWN, or --wait timed out; exit 4 when
-    no node could be reached (nothing was asked).
+    no node could be reached or each refused our keys (nothing was asked).
 
     \b
     Example:
@@ -372,7 +378,9 @@ def _controller(ctx: click.Context) -> Any:
 
 
 def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) -> int:
-    """One block per node; exit 1 if no node answered."""
+    """One block per node; exit 1 if no node answered, or a node named (-d) is none
+    of the mesh's (its block says which there are: a misspelt name is not a "yes")."""
+    from mesh.client.control import NO_SUCH_NODE
     if ctx.obj["json"]:
         click.echo(json.dumps(answers, indent=2, default=str, sort_keys=True))
     else:
@@ -383,7 +391,9 @@ def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) ->
             else:
                 render(node, a)
     ok = [a for a in answers.values() if not (isinstance(a, dict) and set(a) == {"error"})]
-    return EXIT_OK if ok else EXIT_FAILURE
+    unknown = [a for a in answers.values() if isinstance(a, dict) and set(a) == {"error"}
+               and str(a["error"]).startswith(NO_SUCH_NODE)]
+    return EXIT_OK if ok and not unknown else EXIT_FAILURE
 
 
 @meshctl.command()

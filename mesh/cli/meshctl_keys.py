@@ -6,6 +6,10 @@
     meshctl keys remove [DIR] client|admin NAME nodes refuse it within seconds
     meshctl keys export [DIR] OUT --node | --client NAME | --admin NAME
                                                 what one machine needs, and nothing more
+
+Each of add, remove and export takes the key both ways: the words ``client NAME``
+(``admin NAME``, ``node``) or the options ``--client NAME`` (``--admin NAME``,
+``--node``).
     meshctl keys rotate [DIR] begin|commit|finish   a new mesh key, with no downtime
 
 DIR defaults to MESH_KEYS (``meshctl --keys DIR keys list`` works too). The steps of
@@ -96,26 +100,63 @@ def list_(directory: str | None, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _dir_role_name(args: tuple[str, ...], what: str) -> tuple[str, str, str]:
-    if len(args) == 3:
-        return args[0], args[1], args[2]
-    if len(args) == 2:
-        return _dir(None), args[0], args[1]
-    die("meshctl", f"keys {what} [DIR] client|admin NAME", EXIT_USAGE)
+# A key's role and name, spelt either way: words at the end (``client billing``, as
+# ``keys add`` and ``keys remove`` were) or options (``--client billing``, as ``keys
+# export`` was); each command takes both (docs/security.md).
+CLIENT_OPTION = click.option("--client", "client", metavar="NAME",
+                             help="The client pair NAME (an app's); the same as the words "
+                                  "'client NAME'.")
+ADMIN_OPTION = click.option("--admin", "admin", metavar="NAME",
+                            help="The admin pair NAME (an operator's); the same as the words "
+                                 "'admin NAME'.")
+
+
+def _role(args: tuple[str, ...], usage: str, client: str | None = None,
+          admin: str | None = None, node: bool = False,
+          node_word: bool = False) -> tuple[list[str], str, str]:
+    """(the arguments before the role, role, name): from one of the options, else from
+    the words at the end of ``args``: ``client NAME``, ``admin NAME`` (``node NAME``
+    too, which keys.add refuses with a hint), or with ``node_word`` ``node`` alone."""
+    given = [(r, n) for r, n, on in (("node", "", node), ("client", client, client is not None),
+                                     ("admin", admin, admin is not None)) if on]
+    if len(given) > 1:
+        die("meshctl", f"{usage}: give one role, not {' and '.join('--' + r for r, _ in given)}",
+            EXIT_USAGE)
+    if given:
+        return list(args), given[0][0], given[0][1] or ""
+    if node_word and args and args[-1] == "node":
+        return list(args[:-1]), "node", ""
+    if len(args) >= 2 and args[-2] in ("client", "admin", "node") and not node_word:
+        return list(args[:-2]), args[-2], args[-1]
+    if len(args) >= 2 and args[-2] in ("client", "admin"):
+        return list(args[:-2]), args[-2], args[-1]
+    die("meshctl", f"{usage}: which key? (see --help)", EXIT_USAGE)
+
+
+def _dir_role_name(args: tuple[str, ...], what: str, client: str | None,
+                   admin: str | None) -> tuple[str, str, str]:
+    usage = f"keys {what} [DIR] client|admin NAME (or --client NAME, --admin NAME)"
+    rest, role, name = _role(args, usage, client, admin)
+    if len(rest) > 1:
+        die("meshctl", usage, EXIT_USAGE)
+    return (rest[0] if rest else _dir(None)), role, name
 
 
 @keys.command()
 @click.argument("args", nargs=-1, metavar="[DIR] client|admin NAME")
-def add(args: tuple[str, ...]) -> int:
+@CLIENT_OPTION
+@ADMIN_OPTION
+def add(args: tuple[str, ...], client: str | None, admin: str | None) -> int:
     """Make a new client or admin key pair in DIR. Running nodes read DIR every few
     seconds and accept it from then on (copy DIR to nodes on other machines).
 
     \b
     Example:
       meshctl keys add ~/.mesh-keys client billing
+      meshctl keys add ~/.mesh-keys --client billing     # the same
     """
     from mesh.security import keys as k
-    d, role, name = _dir_role_name(args, "add")
+    d, role, name = _dir_role_name(args, "add", client, admin)
     key = _run(k.add, d, role, name)
     assert isinstance(key, k.Key)
     click.echo(f"added {role} key {name} ({key.fingerprint}...): {key.path}")
@@ -124,16 +165,19 @@ def add(args: tuple[str, ...]) -> int:
 
 @keys.command()
 @click.argument("args", nargs=-1, metavar="[DIR] client|admin NAME")
-def remove(args: tuple[str, ...]) -> int:
+@CLIENT_OPTION
+@ADMIN_OPTION
+def remove(args: tuple[str, ...], client: str | None, admin: str | None) -> int:
     """Remove a client or admin key from DIR: running nodes refuse it within seconds
     (its next message, and its events subscription).
 
     \b
     Example:
       meshctl keys remove ~/.mesh-keys client billing
+      meshctl keys remove ~/.mesh-keys --client billing  # the same
     """
     from mesh.security import keys as k
-    d, role, name = _dir_role_name(args, "remove")
+    d, role, name = _dir_role_name(args, "remove", client, admin)
     key = _run(k.remove, d, role, name)
     assert isinstance(key, k.Key)
     click.echo(f"removed {role} key {name} ({key.fingerprint}...)")
@@ -141,26 +185,28 @@ def remove(args: tuple[str, ...]) -> int:
 
 
 @keys.command()
-@click.argument("args", nargs=-1, metavar="[DIR] OUT")
-@click.option("--node", "as_node", is_flag=True, help="For a node: the mesh pair and every public key.")
-@click.option("--client", "client", metavar="NAME", help="For an app: this client pair and the mesh's public keys.")
-@click.option("--admin", "admin", metavar="NAME", help="For an operator: this admin pair and the mesh's public keys.")
+@click.argument("args", nargs=-1, metavar="[DIR] OUT [node | client NAME | admin NAME]")
+@click.option("--node", "as_node", is_flag=True,
+              help="For a node: the mesh pair and every public key; the same as the word 'node'.")
+@CLIENT_OPTION
+@ADMIN_OPTION
 def export(args: tuple[str, ...], as_node: bool, client: str | None, admin: str | None) -> int:
     """Copy into OUT what one machine needs and nothing more (a client or an admin
-    machine never holds the mesh secret). Copy OUT over a channel you trust.
+    machine never holds the mesh secret): for a node (--node), an app (--client NAME)
+    or an operator (--admin NAME). Copy OUT over a channel you trust.
 
     \b
     Example:
       meshctl keys export ~/.mesh-keys /tmp/billing-keys --client billing
+      meshctl keys export ~/.mesh-keys /tmp/billing-keys client billing   # the same
+      meshctl keys export ~/.mesh-keys /tmp/node-keys --node
     """
     from mesh.security import keys as k
-    if len(args) not in (1, 2):
-        die("meshctl", "keys export [DIR] OUT --node | --client NAME | --admin NAME", EXIT_USAGE)
-    d, out = (args[0], args[1]) if len(args) == 2 else (_dir(None), args[0])
-    if sum(bool(x) for x in (as_node, client, admin)) != 1:
-        die("meshctl", "keys export: give one of --node, --client NAME, --admin NAME", EXIT_USAGE)
-    role, name = ((k.NODE, "") if as_node else (k.CLIENT, client or "") if client
-                  else (k.ADMIN, admin or ""))
+    usage = "keys export [DIR] OUT --node | --client NAME | --admin NAME (or node, client NAME, admin NAME)"
+    rest, role, name = _role(args, usage, client, admin, as_node, node_word=True)
+    if len(rest) not in (1, 2):
+        die("meshctl", usage, EXIT_USAGE)
+    d, out = (rest[0], rest[1]) if len(rest) == 2 else (_dir(None), rest[0])
     made = _run(k.export, d, out, role, name)
     assert isinstance(made, list)
     click.echo(f"exported {len(made)} key(s) to {out} for a {role}"

@@ -51,7 +51,7 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     are shown with the state the membership gives them. An address can carry two names
     (a node restarted there under a new name: the old one dead, the new one alive):
     each gets its own row, with its own state."""
-    from mesh.client.control import ControlClient
+    from mesh.client.control import ControlClient, Refusal
     with ControlClient() as cc:
         statuses = cc.broadcast(peers, "status", timeout=timeout)
         answered = [ep for ep, r in statuses.items() if _ok(r)]
@@ -87,8 +87,8 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
                     row["state"] = m.get("state", "alive")       # what the mesh thinks of it
                 rows.append(row)
         elif not at:
-            rows.append({"node": "?", "address": ep, "state": "unreachable", "answered": False,
-                         "error": str(r)})
+            rows.append({"node": "?", "address": ep, "answered": False, "error": str(r),
+                         "state": "refused" if isinstance(r, Refusal) else "unreachable"})
         for name, m in at.items():                               # the names that did not answer
             if name in seen:
                 continue
@@ -112,8 +112,10 @@ def pool_range(row: dict[str, Any]) -> str:
 @click.command()
 @click.pass_context
 def status(ctx: click.Context) -> int:
-    """One row per node the mesh knows (alive, suspect, dead, left); exit 1 when no
-    node answers.
+    """One row per node the mesh knows (alive, suspect, dead, left; unreachable for
+    an address that did not answer, refused for a node that turned us down: keys
+    missing, other or not accepted, said below the table); exit 1 when no node
+    answers.
 
     \b
     Example:
@@ -148,9 +150,14 @@ def status(ctx: click.Context) -> int:
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        click.echo(f"{answered} of {len(rows)} node(s) answered")
+        refused = sum(1 for r in rows if r["state"] == "refused")
+        click.echo(f"{answered} of {len(rows)} node(s) answered"
+                   + (f"; {refused} refused us (why below)" if refused else ""))
         for r in rows:             # why a node asked did not answer (keys, refusal, ...)
-            if r["state"] == "unreachable" and r.get("error"):
+            if r["state"] == "refused" and r.get("error"):
+                why = str(r["error"]).removeprefix("refused: ")
+                click.echo(f"{r['address']} refused us: {why}", err=True)
+            elif r["state"] == "unreachable" and r.get("error"):
                 click.echo(f"{r['address']}: {r['error']}", err=True)
         for r in rows:             # a journal that failed lately: a full or read-only disk
             age = r.get("journal_error_age") if r["answered"] else None

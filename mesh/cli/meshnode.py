@@ -5,7 +5,7 @@ import asyncio
 import gc
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -174,48 +174,58 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         worker_habits.enter(workdir, umask)
     except ConfigError as e:
         die("meshnode", str(e), EXIT_USAGE)
-    app, where = load_app(app_spec)
-    app.origin = where
+    early = EarlyLogs.hold()        # the app's import logs before the node's logging is set
+
+    def fail(message: str) -> NoReturn:   # what the app's import logged, then the error
+        early.replay()
+        die("meshnode", message, EXIT_USAGE)
+
     try:
-        app.import_modules()           # the settings imports and include: more tasks
-        signals.import_modules.send(sender=app)
-        config = Config.build(
-            defaults=app.conf.node_options(),   # what the app's code set; flags win
-            name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
-            profile=profile, dead_node_reclaim=dead_node_reclaim, workflow_stall=workflow_stall,
-            concurrency=concurrency, pool=pool, autoscale=autoscale,
-            autoscale_keepalive=autoscale_keepalive, autoscale_max_cpu=autoscale_max_cpu,
-            async_concurrency=async_concurrency, autoreload=autoreload, app=app_spec,
-            max_tasks_per_child=max_tasks_per_child,
-            max_memory_per_child=max_memory_per_child, time_limit=time_limit,
-            soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
-            data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
-            result_expires=result_expires, replicas=replicas, events=False if no_events else None,
-            http=http, keys=keys, insecure=insecure, quota_tasks=quota_tasks,
-            quota_bytes=quota_bytes, queue_memory=queue_memory, max_eta=max_eta,
-            loglevel=loglevel.upper() if loglevel else None, queues=queues,
-            exclude_queues=exclude_queues, purge=purge)
-    except ConfigError as e:
-        die("meshnode", str(e), EXIT_USAGE)
-    from mesh.security.exposure import refusal
-    why = refusal(config)
-    if why is not None:
-        die("meshnode", why, EXIT_USAGE)
-    if config.keys:                    # a directory that is not one: say so now (exit 2)
-        from mesh.security.keys import NODE, KeyRing
+        app, where = load_app(app_spec)
+        app.origin = where
         try:
-            KeyRing(config.keys, NODE)
+            app.import_modules()           # the settings imports and include: more tasks
+            signals.import_modules.send(sender=app)
+            config = Config.build(
+                defaults=app.conf.node_options(),   # what the app's code set; flags win
+                name=name, bind=bind, advertise=advertise, peers=peers, mdns=False if no_mdns else None,
+                profile=profile, dead_node_reclaim=dead_node_reclaim, workflow_stall=workflow_stall,
+                concurrency=concurrency, pool=pool, autoscale=autoscale,
+                autoscale_keepalive=autoscale_keepalive, autoscale_max_cpu=autoscale_max_cpu,
+                async_concurrency=async_concurrency, autoreload=autoreload, app=app_spec,
+                max_tasks_per_child=max_tasks_per_child,
+                max_memory_per_child=max_memory_per_child, time_limit=time_limit,
+                soft_time_limit=soft_time_limit, shutdown_timeout=shutdown_timeout,
+                data_dir=data_dir, journal=False if no_journal else None, journal_fsync=journal_fsync,
+                result_expires=result_expires, replicas=replicas, events=False if no_events else None,
+                http=http, keys=keys, insecure=insecure, quota_tasks=quota_tasks,
+                quota_bytes=quota_bytes, queue_memory=queue_memory, max_eta=max_eta,
+                loglevel=loglevel.upper() if loglevel else None, queues=queues,
+                exclude_queues=exclude_queues, purge=purge)
         except ConfigError as e:
-            die("meshnode", f"--keys: {e}", EXIT_USAGE)
-    try:
-        # as Celery's worker: the files it opens (pidfile, logfile, journal) are the user's
-        worker_habits.drop_privileges(uid, gid)
-        if pidfile:
-            worker_habits.write_pidfile(worker_habits.expand_file_name(pidfile, config.node_name))
-        logfile = worker_habits.expand_file_name(logfile, config.node_name) if logfile else None
-        setup_logging(app, config, logfile)
-    except ConfigError as e:
-        die("meshnode", str(e), EXIT_USAGE)
+            fail(str(e))
+        from mesh.security.exposure import refusal
+        why = refusal(config)
+        if why is not None:
+            fail(why)
+        if config.keys:                    # a directory that is not one: say so now (exit 2)
+            from mesh.security.keys import NODE, KeyRing
+            try:
+                KeyRing(config.keys, NODE)
+            except ConfigError as e:
+                fail(f"--keys: {e}")
+        try:
+            # as Celery's worker: the files it opens (pidfile, logfile, journal) are the user's
+            worker_habits.drop_privileges(uid, gid)
+            if pidfile:
+                worker_habits.write_pidfile(worker_habits.expand_file_name(pidfile, config.node_name))
+            logfile = worker_habits.expand_file_name(logfile, config.node_name) if logfile else None
+            setup_logging(app, config, logfile)
+        except ConfigError as e:
+            fail(str(e))
+        early.configured = True
+    finally:
+        early.replay()
     from mesh.config import unknown_env
     for line in unknown_env():
         safe_logger("mesh.node").warning("%s", line)
@@ -257,6 +267,41 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
     except NodeStartError as e:
         die("meshnode", str(e), EXIT_START)
     return EXIT_OK
+
+
+class EarlyLogs(logging.Handler):
+    """Holds the records logged before the node's logging is set up: importing the app
+    (a Celery config's settings mesh ignores, the app's own warnings). Python's
+    last-resort handler printed them bare, without time, level or node, above the
+    node's first formatted line. ``replay()`` sends them through the node's handlers
+    once ``configured``, else (meshnode exits before that) prints them as before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.configured = False
+
+    @classmethod
+    def hold(cls) -> "EarlyLogs":
+        held = cls()
+        if not logging.getLogger().handlers:   # (handlers set up already: they print them)
+            logging.getLogger().addHandler(held)
+        return held
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers == [self]:  # no other handler took it (the app's)
+            self.records.append(record)
+
+    def replay(self) -> None:      # (not release(): a Handler's, its lock's)
+        logging.getLogger().removeHandler(self)
+        for record in self.records:
+            logger = logging.getLogger(record.name)
+            if not self.configured:
+                if logging.lastResort is not None:
+                    logging.lastResort.handle(record)
+            elif record.levelno >= logger.getEffectiveLevel():
+                logger.handle(record)
+        self.records.clear()
 
 
 def setup_logging(app: Any, config: Any, logfile: str | None = None) -> None:

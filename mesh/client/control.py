@@ -22,6 +22,22 @@ from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, Securi
 from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
 
 _FAILURES = FAILED_AUTH | FAILED_KEY | FAILED_PROTOCOL
+# Celery's argument names for the commands its Workers guide broadcasts
+# (app.control.broadcast("rate_limit", arguments={"task_name": ..., "rate_limit": ...}))
+CELERY_ARGS = {"rate_limit": {"task_name": "task", "rate_limit": "rate"},
+               "time_limit": {"task_name": "task"},
+               "revoke": {"task_id": "task_ids"}}
+
+
+class Refusal(str):
+    """Why a node turned us down (``"refused: ..."``): its handshake failed on keys (we
+    have none, others, or one it does not accept) or it answered with an Error (a
+    client key asking what only an admin may). The node is there, unlike a silence
+    (``"no answer within ..."``), and the words say what to change."""
+
+
+class KeyRefusal(Refusal):
+    """A Refusal at the handshake (keys): the node would take no message of ours."""
 
 
 def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], frame: bytes,
@@ -74,7 +90,7 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                     poller.unregister(dealer)
                     open_per_ep[ep] -= 1
                     if open_per_ep[ep] <= 0 and ep not in out:
-                        out[ep] = f"refused: {problem}"
+                        out[ep] = KeyRefusal(f"refused: {problem}")
                     continue
                 ep = socks[s]
                 try:
@@ -87,11 +103,11 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                     out[ep] = msg
                     poller.unregister(s)
                 elif isinstance(msg, Error):
-                    out[ep] = f"refused: {msg.code}: {msg.message}"
+                    out[ep] = Refusal(f"refused: {msg.code}: {msg.message}")
                     poller.unregister(s)
         for ep in eps:
-            if ep in problems:
-                out.setdefault(ep, f"no answer within {timeout:g} s: {problems[ep]}")
+            if ep in problems:     # every handshake failed on its mesh key till the end
+                out.setdefault(ep, KeyRefusal(f"refused: {problems[ep]}"))
             out.setdefault(ep, f"no answer within {timeout:g} s")
         return out
     finally:
@@ -141,34 +157,54 @@ class ControlClient:
                 s.close()
 
 
+NO_SUCH_NODE = "no such node"    # the start of the error for a destination no member has
+
+
 def alive_endpoints(cc: ControlClient, seeds: Iterable[str], timeout: float = 2.0,
-                    destination: Iterable[str] | None = None) -> list[str]:
+                    destination: Iterable[str] | None = None,
+                    members: dict[str, tuple[str, str]] | None = None) -> list[str]:
     """Every alive node's endpoint, from the first seed that answers ``members``.
     The seeds themselves when none knows members (a lone node answers for itself).
     With ``destination``, only the endpoints of the nodes it names (none if none of
-    them is alive): a command for one node must not reach the others."""
+    them is alive): a command for one node must not reach the others. ``members``
+    (optional, filled in): every member the seeds know, ``{node: (endpoint, state)}``."""
     seeds = list(dict.fromkeys(seeds))
-    found = _alive_members(cc, seeds, timeout)
+    known = _members(cc, seeds, timeout)
+    if members is not None:
+        members.update(known)
+    found = {node: ep for node, (ep, state) in known.items() if state == "alive"}
     if destination is not None:
         want = set(destination)
         return [ep for node, ep in found.items() if node in want]
     return list(found.values()) or seeds
 
 
-def _alive_members(cc: ControlClient, seeds: list[str], timeout: float) -> dict[str, str]:
-    """``{node: endpoint}`` of the alive members the seeds name, and of the seeds
-    that answered."""
+def _members(cc: ControlClient, seeds: list[str], timeout: float) -> dict[str, tuple[str, str]]:
+    """``{node: (endpoint, state)}`` of the members the seeds name (alive where any
+    seed sees it alive), and of the seeds that answered (alive)."""
     replies = cc.broadcast(seeds, "members", timeout=timeout)
-    found: dict[str, str] = {}               # node id -> endpoint
+    found: dict[str, tuple[str, str]] = {}
     for ep, reply in replies.items():
         if not isinstance(reply, ControlReply) or not reply.ok or not isinstance(reply.payload, list):
             continue
         for m in reply.payload:
-            if (isinstance(m, dict) and m.get("state") == "alive" and isinstance(m.get("node"), str)
+            if (isinstance(m, dict) and isinstance(m.get("node"), str)
                     and isinstance(m.get("endpoint"), str)):
-                found.setdefault(m["node"], m["endpoint"])
-        found.setdefault(reply.node, ep)
+                state = str(m.get("state", "?"))
+                old = found.get(m["node"])
+                if old is None or (state == "alive" and old[1] != "alive"):
+                    found[m["node"]] = (m["endpoint"], state)
+        if found.get(reply.node, ("", ""))[1] != "alive":
+            found[reply.node] = (ep, "alive")
     return found
+
+
+def no_such_node(name: str, members: dict[str, tuple[str, str]]) -> str:
+    """The error for a destination that names no member: the names there are."""
+    names = ", ".join(n if state == "alive" else f"{n} ({state})"
+                      for n, (_, state) in sorted(members.items()))
+    return (f"{NO_SUCH_NODE} named {name!r}; the mesh's nodes: {names}" if names else
+            f"{NO_SUCH_NODE} named {name!r}, and no node answered to say which there are")
 
 
 class Controller:
@@ -197,6 +233,9 @@ class Controller:
         if args is not None and not isinstance(args, dict):
             from mesh.wire.control import to_args
             args = to_args(args)
+        names = CELERY_ARGS.get(command)
+        if names and args:
+            args = {names.get(k, k): v for k, v in args.items()}
         if reply:
             return self.ask(command, args, destination, timeout)
         timeout = self.timeout if timeout is None else timeout
@@ -215,7 +254,8 @@ class Controller:
         with ControlClient(security=self.security) as cc:
             # only the named nodes are sent it: filtering the replies instead, a
             # `meshctl control shutdown --node a` stopped every node of the mesh
-            eps = alive_endpoints(cc, self._seeds(), timeout, want)
+            members: dict[str, tuple[str, str]] = {}
+            eps = alive_endpoints(cc, self._seeds(), timeout, want, members)
             for ep, reply in cc.broadcast(eps, command, args, timeout=timeout).items():
                 if isinstance(reply, ControlReply):
                     if want is not None and reply.node not in want:
@@ -224,8 +264,10 @@ class Controller:
                 elif want is None:
                     out[ep] = {"error": reply}
         if want is not None:
-            for name in want - set(out):
-                out[name] = {"error": "no such node answered"}
+            for name in sorted(want - set(out)):
+                state = members[name][1] if name in members else None
+                out[name] = {"error": no_such_node(name, members) if state is None else
+                             f"it did not answer (the mesh sees it {state})"}
         return out
 
     def inspect(self, destination: Iterable[str] | None = None,
@@ -258,6 +300,13 @@ class Controller:
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
         return self.broadcast("revoke", {"task_ids": ids, "terminate": terminate,
                                          "signal": signal}, destination, timeout, reply=reply)
+
+    def terminate(self, task_id: str | Iterable[str], destination: Iterable[str] | None = None,
+                  signal: str = "SIGKILL", **kwargs: Any) -> Any:
+        """Celery's: ``revoke(task_id, terminate=True, signal=signal)`` (SIGKILL unless
+        ``signal`` says, as mesh's revoke; Celery's default is SIGTERM)."""
+        return self.revoke(task_id, destination=destination, terminate=True, signal=signal,
+                           **kwargs)
 
     def forget(self, task_id: str | Iterable[str]) -> dict[str, Any]:
         """Drop finished tasks' results on every node (``AsyncResult.forget``)."""
@@ -351,6 +400,8 @@ class Controller:
             raise MeshError(f"purge: {total} task(s) purged, but not on every node: " +
                             "; ".join(f"{n}: {e}" for n, e in sorted(failed.items())))
         return total
+
+    discard_all = purge             # Celery's old name
 
     def shutdown(self, destination: Iterable[str] | None = None, reply: bool = True,
                  timeout: float | None = None) -> Any:

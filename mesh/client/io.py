@@ -53,7 +53,7 @@ from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing, not_registered
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError, result_too_large
-from mesh.result import Slot
+from mesh.result import Slot, retry_meta
 from mesh.security.curve import Security
 from mesh.security.keys import CLIENT
 from mesh.security.text import printable, safe_logger
@@ -456,7 +456,7 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                 self._from_elsewhere(msg, link)
             elif slot is not None and slot.msg is None:
                 slot.state = states.RETRY
-                slot.meta = None
+                slot.meta = retry_meta(msg)        # r.info: the exception it retries for
                 if slot.frame is not None:     # keep what a resend must carry: retries + 1
                     sub = decode(slot.frame)
                     if isinstance(sub, Submit):

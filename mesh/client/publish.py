@@ -18,7 +18,8 @@ words are given the meaning they have here (docs/signals.md):
   client owns the task and resends it until a node has it: docs/protocol.md s. 12).
 
 ``after_task_publish`` is sent once the task is handed to the client's I/O thread,
-which sends it (the client owns it from then on), with the same ``body``.
+which sends it (the client owns it from then on), with the same ``body`` and
+``headers`` (Celery's signals guide reads ``headers["id"]`` there).
 """
 from __future__ import annotations
 
@@ -49,9 +50,10 @@ def describe(name: str, task_id: str, args: Any, kwargs: dict[str, Any], *, eta:
 
 def before(name: str, task_id: str, args: Any, kwargs: dict[str, Any],
            headers: dict[str, Any], routing_key: str, priority: int, **times: Any
-           ) -> tuple[tuple[Any, dict[str, Any], dict[str, Any]], dict[str, Any]]:
+           ) -> tuple[tuple[Any, dict[str, Any], dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Send before_task_publish; return the body (its args and kwargs are what to
-    encode) and the headers to send with the task."""
+    encode), the headers to send with the task, and the message headers the receivers
+    saw (for after_task_publish)."""
     args = list(args)                      # (any iterable: read it once)
     described = describe(name, task_id, args, kwargs, **times)
     message_headers = {**described, **headers}
@@ -64,9 +66,9 @@ def before(name: str, task_id: str, args: Any, kwargs: dict[str, Any],
     _missing = object()
     sent = {k: v for k, v in message_headers.items()
             if k in headers or described.get(k, _missing) != v}
-    return body, sent
+    return body, sent, message_headers
 
 
-def after(name: str, body: Any, routing_key: str) -> None:
-    signals.after_task_publish.send(sender=name, body=body, exchange=EXCHANGE,
+def after(name: str, body: Any, headers: dict[str, Any], routing_key: str) -> None:
+    signals.after_task_publish.send(sender=name, body=body, headers=headers, exchange=EXCHANGE,
                                     routing_key=routing_key)

@@ -46,6 +46,8 @@ log = safe_logger("mesh.beat")
 
 TICK = 0.1             # s between looks at the schedule and membership, at most
 SETTLE_PROBES = 10     # a starting node fires nothing for this many probe intervals
+HOLD_PROBES = 2        # then holds the runs it would fire for this many, as peers learn it settled
+HELD_MAX = 3           # runs of one entry held at most (the newest)
 MAX_SYNC = 500         # firings per beat-sync message
 SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
 
@@ -74,6 +76,9 @@ class Beat(Component):
         self.counts: collections.Counter[str] = collections.Counter()
         self._peers: set[str] = set()
         self.settled = False
+        self.settled_at = -math.inf
+        self.hold = 0.0
+        self._held: dict[str, list[float]] = {}   # entry -> dues held since settling
         self._swept = self.clock.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stuck: set[str] = set()     # entries whose runs no node takes (warned once)
@@ -89,6 +94,7 @@ class Beat(Component):
         self.digest = self.schedule.digest
         self.keys = {name: entry_key(e.key()) for name, e in self.schedule.entries.items()}
         self.settle = SETTLE_PROBES * profile(node.config.profile).probe_interval
+        self.hold = HOLD_PROBES * profile(node.config.profile).probe_interval
         self.started = self.settle_from = self.clock.time()
         cfg = node.config
         self.store = LastFirings(cfg.data_path if cfg.journal else None)
@@ -223,20 +229,61 @@ class Beat(Component):
                 self._saw_ready, self.settle_from = True, now
             if now - self.settle_from < self.settle:   # learn the mesh before firing anything
                 return TICK
-            self.settled = True                    # from now on peers count us as a firer
+            self.settled, self.settled_at = True, now   # from now on peers count us as a firer
             if self.node.membership is not None:
                 self.node.membership.update_local_meta()
         firers = self.firers()
         wait = TICK
+        holding = now - self.settled_at < self.hold
         for name, entry in self.schedule.entries.items():
+            mine = hrw(name, firers) == self.node.name
+            if name in self._held and not holding:
+                self._fire_held(entry, mine, firers, now)
             look = self.next_look.get(name)
             if look is not None and now < look:
                 wait = min(wait, look - now)
                 continue
-            if hrw(name, firers) != self.node.name:
+            if not mine:
                 continue            # not ours: look again next tick (membership may change)
-            self._consider(entry, now)
+            if holding:
+                self._hold(entry, now)
+            else:
+                self._consider(entry, now)
+        if holding:
+            wait = min(wait, self.settled_at + self.hold - now)
         return max(wait, 0.001)
+
+    def _hold(self, entry: Entry, now: float) -> None:
+        """Just settled: note the run this node would fire, and fire nothing yet. Its
+        peers learn that it settled (its meta, gossiped) and it learns theirs, within a
+        few gossip rounds; nodes started together settle together, each seeing the
+        other unsettled, and both fired the first run (it ran once: same id), both
+        logging "fired" (a new user's report, session 16). After the hold the views
+        agree on one firer, which fires what it held (``_fire_held``)."""
+        assert self.store is not None and self.schedule is not None
+        last = self.store.get(entry.name)
+        last_due = last.due if last is not None and last.key == self.keys[entry.name] else None
+        due, _skipped = due_to_fire(entry.schedule, self.schedule.timezone, now, last_due,
+                                    self.started, entry.catch_up)
+        held = self._held.setdefault(entry.name, [])
+        if due is not None and due not in held:
+            held[:] = sorted([*held, due])[-HELD_MAX:]
+
+    def _fire_held(self, entry: Entry, mine: bool, firers: list[str], now: float) -> None:
+        """The hold is over: fire the held runs that no node fired meanwhile, if the
+        entry is still ours; else say at debug why not (the node that fires it does)."""
+        assert self.store is not None and self.schedule is not None
+        tz = self.schedule.timezone
+        for due in self._held.pop(entry.name):
+            last = self.store.get(entry.name)
+            if last is not None and last.key == self.keys[entry.name] and due <= last.due:
+                log.debug("beat: %s fired %s (due %s): not fired here", last.node, entry.name,
+                          _iso(due, tz))
+            elif not mine:
+                log.debug("beat: %s fires %s now (the nodes settled together): its run due "
+                          "%s is not fired here", hrw(entry.name, firers), entry.name, _iso(due, tz))
+            else:
+                self.fire(entry, due, now)
 
     def _consider(self, entry: Entry, now: float) -> None:
         assert self.store is not None and self.schedule is not None
@@ -304,7 +351,12 @@ class Beat(Component):
         return False
 
     def on_fired(self, args: dict[str, Any]) -> None:
-        self._learn(Fired.from_wire(args))
+        f = Fired.from_wire(args)
+        ours = self.store.get(f.entry) if self.store is not None else None
+        if ours is not None and ours.due == f.due and ours.node == self.node.name != f.node:
+            log.debug("beat: %s fired %s (due %s) too, as this node did: it runs once (one id)",
+                      f.node, f.entry, f.due)
+        self._learn(f)
 
     def on_sync(self, args: dict[str, Any]) -> dict[str, int]:
         fired = args.get("fired")

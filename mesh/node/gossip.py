@@ -37,6 +37,54 @@ def tasks_digest(names: Iterable[str]) -> str:
     return sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
 
 
+def is_own_address(seed: str, bound: str, advertised: str, seed_ips: Iterable[str],
+                   local_ips: Iterable[str]) -> bool:
+    """Whether ``seed`` reaches this node's own front door: the advertised endpoint
+    itself, or the bound port at an address it listens on (``seed_ips``: what the
+    seed's host resolves to; ``local_ips``: this machine's addresses, for a wildcard
+    bind)."""
+    if seed == advertised or seed == bound:
+        return True
+    host, _, port = seed[6:].rpartition(":")
+    bound_host, _, bound_port = bound[6:].rpartition(":")
+    if port != bound_port:
+        return False
+    wildcard = bound_host in ("0.0.0.0", "*", "[::]", "::")
+    listening = set(local_ips) if wildcard else {bound_host.strip("[]")}
+    return bool(set(seed_ips) & listening) or host.strip("[]") in listening
+
+
+async def own_seeds(seeds: Iterable[str], bound: str, advertised: str) -> list[str]:
+    """The seeds that are this node itself (host names resolved at once, 2 s at most)."""
+    import socket
+
+    import psutil
+    local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+             if a.family in (socket.AF_INET, socket.AF_INET6)}
+    seeds = list(dict.fromkeys(seeds))
+    ips = await asyncio.gather(*(_ips(s, bound, advertised) for s in seeds))
+    return [s for s, found in zip(seeds, ips) if is_own_address(s, bound, advertised, found, local)]
+
+
+async def _ips(seed: str, bound: str, advertised: str) -> set[str]:
+    """What the seed's host is, as addresses: only for a seed on our own port (a name
+    that does not resolve in 2 s is no address of ours)."""
+    import ipaddress
+    host, _, port = seed[6:].rpartition(":")
+    if port != bound.rpartition(":")[2] or seed in (bound, advertised):
+        return set()
+    host = host.strip("[]")
+    try:
+        return {str(ipaddress.ip_address(host.split("%")[0]))}
+    except ValueError:
+        pass
+    try:
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(host, None), 2.0)
+    except (OSError, UnicodeError):     # (TimeoutError is an OSError)
+        return set()
+    return {str(i[4][0]).split("%")[0] for i in infos}
+
+
 class Members(Component):
     name = "membership"
     requires = ("front", "events", "control", "routing", "pool", "heartbeat")
@@ -63,9 +111,18 @@ class Members(Component):
         self.scope = MeshScope(node.routing.mesh, self.membership, self.transport,
                                node.config.peers)
         self.transport.attach(self.scope)
-        if node.config.peers:
-            self.membership.join(node.config.peers)
-            node.spawn(self._seeds_answer(node.config.peers, SEED_PROBES * prof.probe_interval),
+        # one config file copied to every machine lists each machine's own address too:
+        # not a seed (it never answers as another node), said at INFO, not warned about
+        front = getattr(node, "front", None)
+        mine = await own_seeds(node.config.peers, getattr(front, "bound", node.address),
+                               node.address)
+        if mine:
+            log.info("%s: this node's own address, not used as a seed",
+                     ("seed " if len(mine) == 1 else "seeds ") + ", ".join(printable(s) for s in mine))
+        self.seeds = [s for s in node.config.peers if s not in mine]
+        if self.seeds:
+            self.membership.join(self.seeds)
+            node.spawn(self._seeds_answer(self.seeds, SEED_PROBES * prof.probe_interval),
                        name="seeds")
         node.spawn(self.membership.run(), name="membership")
         node.spawn(self._sweeper(), name="sweeper")

@@ -41,6 +41,7 @@ from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
+from mesh.node.shedding import CROSS_REASON
 from mesh.node.shedding import REASON as SHED_REASON
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import (
@@ -206,6 +207,9 @@ class Handoffs(Component):
                                   frame, time.monotonic())
             self.nap.poke()
             node.replicas.sockets.send(m.address, frame)
+        shedder = getattr(node, "shedder", None)
+        if shedder is not None and reason == SHED_REASON:
+            shedder.sent(m.id, time.time())       # a shed from it now crosses this one
 
     def on_ack(self, msg: HandoffAck) -> None:
         out = self._out.pop(msg.batch, None)
@@ -376,6 +380,17 @@ class Handoffs(Component):
         giver = node.membership.member(msg.source)
         # (shed by a node that is leaving now: taken even in one copy, as at its stop)
         shed = msg.reason == SHED_REASON and giver is not None and giver.state != MemberState.LEFT
+        shedder = getattr(node, "shedder", None)
+        if shed and shedder is not None and shedder.crossing(msg.source, time.time()):
+            # it shed to us as we shed to it (each saw the other idle): refused, so no
+            # task is swapped between two busy nodes (mesh/node/shedding.py)
+            log.info("refused %d shed task(s) from %s: %s", len(msg.tasks), msg.source,
+                     CROSS_REASON)
+            ids = [s.task_id for s in map(_submit_or_none, msg.tasks) if s is not None]
+            self._answers.append((msg.source_addr, encode(HandoffAck(
+                msg.batch, node.name, [], dict.fromkeys(ids, CROSS_REASON), node.address))))
+            node.front.schedule_flush()
+            return
         if shed:
             node.replicas.choice.refresh()   # (who is alive now: _take asks who copies)
         for frame in msg.tasks:
@@ -565,8 +580,10 @@ class Handoffs(Component):
                     "(%s); they run when this node starts again", len(kept), node.journal.path)
 
     def status(self) -> dict[str, Any]:
+        shedder = getattr(self.node, "shedder", None)
         return {"handed_off": self.handed, "taken_from_peers": self.received,
-                "handoffs_in_flight": len(self._out)}
+                "handoffs_in_flight": len(self._out),
+                "shed_crossings": shedder.crossings if shedder is not None else 0}
 
 
 def _queue_of(routing: Any, entry: Entry) -> str:

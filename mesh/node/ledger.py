@@ -27,6 +27,7 @@ from mesh.exceptions import revoked_message
 from mesh.node import taskstate
 from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
 from mesh.node.journal import JournalError
+from mesh.result import retry_meta
 from mesh.security.text import safe_logger
 from mesh.task import Request
 from mesh.wire import codec
@@ -419,7 +420,8 @@ class Ledger:
         entry.frame = encode(dataclasses.replace(msg, retries=msg.retries + 1, eta=eta,
                                                  payload=payload))
         entry.eta, entry.started, entry.received = eta, None, time.time()
-        entry.progress = None
+        # lookups see RETRY with its cause (taskstate.held_state) until it runs again
+        entry.progress = (states.RETRY, retry_meta(res)) if isinstance(res, Result) else None
         entry.retried = True
         try:
             node.journal.update_frame(entry.task_id, entry.frame)

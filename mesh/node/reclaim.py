@@ -181,7 +181,8 @@ class Reclaimer:
         # too: until every seed has been asked, or SETTLE s, the answers are not all in
         start = time.monotonic()
         deadline, settle = start + wait, start + SETTLE
-        seeds = set(node.config.peers) - {node.address}
+        gossip = getattr(node, "gossip", None)       # (not the seeds that are this node)
+        seeds = set(getattr(gossip, "seeds", node.config.peers)) - {node.address}
         while time.monotonic() < deadline:
             self._send(ms.alive_members(include_self=False), ids, asked)
             if not self._expected and (seeds <= set(asked.values())

@@ -13,6 +13,13 @@ Hysteresis (no ping-pong): gossiped loads are a moment old, so a node that took 
 tasks may see the giver with room and shed back, and so on, every 0.1 s to 1 s. A
 task that came here by shedding is not shed again for ``SHED_HOLD`` seconds, and a
 peer that shed tasks here is not shed to for ``PEER_HOLD`` seconds.
+
+Crossings: two equally busy nodes that each see the other idle (gossip a moment old,
+as a burst begins on both) shed to each other at once, before either batch arrives;
+they swapped tasks and both stayed as busy (seen with two real nodes, 4 tasks each
+way at the start of a burst). A shed that arrives from a peer this node shed to
+within ``CROSS_WINDOW`` seconds is refused (mesh/node/handoff.py): each keeps its
+own tasks, and neither sheds to the other for ``PEER_HOLD``.
 """
 from __future__ import annotations
 
@@ -43,6 +50,11 @@ SHED_HOLD = 3.0        # s a task that came here by shedding is not shed again
 PEER_HOLD = 1.0        # s a peer that shed tasks here is not shed to
 HOLD_MAX = 100_000     # tasks remembered at most
 HOLD_LOOK = 1024       # of those, how many are looked past at the head of the queue
+# s after shedding to a peer in which a shed from it is refused: a batch in flight
+# (under PEER_HOLD: a peer that took ours sheds back no sooner than PEER_HOLD after)
+CROSS_WINDOW = 0.5
+CROSS_REASON = ("it crossed a shed the other way (each node saw the other with room): both "
+                "keep their own")
 
 
 @dataclass
@@ -61,6 +73,22 @@ class Shedder(Component):
         # task id -> when it came here by shedding (oldest first); peer -> when it shed here
         self._arrived: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._shed_from: dict[str, float] = {}
+        self._sent_to: dict[str, float] = {}     # peer -> when we last shed to it
+        self.crossings = 0                       # sheds refused as crossings (status)
+
+    def sent(self, target: str, now: float) -> None:
+        """A shed to ``target`` went out (mesh/node/handoff.py)."""
+        self._sent_to[target] = now
+
+    def crossing(self, source: str, now: float) -> bool:
+        """Whether a shed arriving from ``source`` crosses one of ours to it: we shed to
+        it within CROSS_WINDOW s, both seeing the other with room. Refused (each keeps
+        its own tasks), and ``source`` is not shed to for PEER_HOLD s."""
+        if now - self._sent_to.get(source, -CROSS_WINDOW) >= CROSS_WINDOW:
+            return False
+        self._shed_from[source] = now
+        self.crossings += 1
+        return True
 
     def took(self, source: str, task_ids: list[str], now: float) -> None:
         """Peer ``source`` shed these tasks here (mesh/node/handoff.py): they stay for

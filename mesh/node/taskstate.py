@@ -42,7 +42,8 @@ def held_state(node: "Node", entry: "Entry", state: str) -> dict[str, Any]:
     (a custom one such as PROGRESS, with its meta) while it runs."""
     out: dict[str, Any] = {"task_id": entry.task_id, "state": state}
     used = 0
-    if entry.progress is not None and entry.started:
+    # a running task's own state; a retry's cause while it waits to run again
+    if entry.progress is not None and (entry.progress[0] == states.RETRY) != bool(entry.started):
         out["state"], meta = entry.progress
         if meta is not None:
             out["meta"] = meta

@@ -222,8 +222,12 @@ class Workflows(Component):
         request = request_of(tid, name, sub_frame, headers, self.node.name)
         exc: dict[str, Any] = res.exc or {}
         tb = res.traceback
-        if chord_from is not None:            # a group failed: its member's error
-            exc, tb = chord_from[2].exc or exc, chord_from[2].traceback
+        if chord_from is not None:            # a group failed: its member's error, and
+            member, mname, mres = chord_from  # request, as Celery's errback (on every
+            exc, tb = mres.exc or exc, mres.traceback   # member) gets them
+            request = {**request, "id": member, "task": mname, "args": None, "kwargs": None,
+                       "retries": mres.retries, "group": tid,
+                       "hostname": mres.node or request["hostname"]}
         errbacks = [*wf.cb.get("link_error", ()), *wf.cb.get("chain_link_error", ())]
         if res.state == states.IGNORED:       # Ignore is not an error (Celery runs none)
             errbacks = []
@@ -235,7 +239,6 @@ class Workflows(Component):
             return
         # every later unit is recorded as failed: waits on them end
         if chord_from is not None:
-            member, mname, mres = chord_from
             how = (f"was revoked ({mres.exc.get('message', '')})" if mres.state == states.REVOKED
                    and mres.exc else f"raised {exc_repr(mres.exc)}")
             message = f"Dependency {member} ({mname}) {how}"

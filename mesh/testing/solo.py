@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import os
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -85,11 +86,15 @@ class SoloPool(Pool):
         frame = entry.frame
         if child.running.get(entry.task_id) is not entry:
             return
-        old = signal.signal(signal.SIGALRM, _soft_limit)
+        # soft time limits (SIGALRM) need the main thread: a node of start_worker runs
+        # in a thread of its own, and its tasks have none
+        main = threading.current_thread() is threading.main_thread()
+        old = signal.signal(signal.SIGALRM, _soft_limit) if main else None
         try:
             done, result = self.child.run_frame(frame)
         finally:
-            signal.signal(signal.SIGALRM, old)
+            if main:
+                signal.signal(signal.SIGALRM, old)
         self.ran += 1
         self._task_done(child, done, result)
         self.dispatch()                      # as the real pool does after a child's frames

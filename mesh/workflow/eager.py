@@ -47,6 +47,9 @@ class EagerGroupResult:
     def __repr__(self) -> str:
         return f"<EagerGroupResult {self.id} [{len(self.results)} results]>"
 
+    def __str__(self) -> str:
+        return str(self.id)
+
     def __iter__(self) -> Any:
         return iter(self.results)
 

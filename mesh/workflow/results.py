@@ -55,6 +55,10 @@ class GroupResult:
             self._desc["n"] if self._desc is not None else "?"
         return f"<GroupResult {self.id} [{n} results]>"
 
+    def __str__(self) -> str:
+        """The group's id, as Celery's."""
+        return str(self.id)
+
     # -- members ----------------------------------------------------------------------
     @property
     def results(self) -> list[Handle]:

@@ -5,6 +5,7 @@ and scripts that submit and exit, as a web request does."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import sys
 import pytest
 from harness import MESHCTL, MESHNODE, ROOT, NodeFactory, NodeProc, clean_env, run_program
 
-from mesh.cli.common import EXIT_USAGE
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 APP = "trial_proj"
 TASKS = "trial_proj.billing.tasks"
@@ -90,8 +91,23 @@ def test_meshctl_with_the_app_does_not_repeat_its_unused_settings(node: NodeProc
                        stdin=subprocess.DEVNULL)
     assert p.returncode == 0, p.stderr
     assert "OK pong" in p.stdout
-    assert "not used by mesh" not in p.stderr, p.stderr
-    assert "'broker_url' is not used by mesh" in node.stderr()
+    assert "settings are ignored" not in p.stderr, p.stderr
+    assert "  broker_url: mesh has no broker" in node.stderr()
+
+
+def test_the_settings_mesh_ignores_are_one_readable_warning_in_the_nodes_log(
+        node: NodeProc) -> None:
+    # a new user (session 16): the warning came out bare, above the node's first line
+    # (no time, level or node: logged as the app was imported, before meshnode set up
+    # its logging), the settings and reasons run together with "; "
+    log = node.stderr().splitlines()
+    i = next(i for i, line in enumerate(log) if "settings are ignored" in line)
+    assert re.fullmatch(
+        rf"\[\S+ \S+ WARNING {node.name} mesh.conf\] config_from_object\('trial_proj.settings', "
+        r"namespace='CELERY'\): 2 settings are ignored, mesh does not use them "
+        r"\(docs/configuration.md, \"Names that are not mesh's\"\):", log[i]), log[i]
+    assert log[i + 1].startswith("  broker_url: mesh has no broker: "), log
+    assert log[i + 2].startswith("  result_backend: mesh keeps results on the nodes "), log
 
 
 def test_meshctl_takes_timeout_after_the_command(node: NodeProc) -> None:
@@ -125,6 +141,22 @@ def test_meshctl_takes_celerys_short_options_after_the_command(start_node: NodeF
     assert p.returncode == 0, p
     assert other.wait(30) == 0
     assert node.proc.poll() is None and node.status()["state"] == "alive"
+
+
+def test_a_destination_that_is_no_node_says_so_and_names_the_nodes(node: NodeProc) -> None:
+    # `meshctl inspect active -d nosuch` (a new user, session 16) printed "nosuch: ERROR
+    # no such node answered"; with a real node named too, it exited 0
+    for dest, rc in (("nosuch", EXIT_FAILURE), (f"nosuch,{node.name}", EXIT_FAILURE)):
+        p = run_program(MESHCTL, "--peers", node.endpoint, "inspect", "active", "-d", dest)
+        assert p.returncode == rc, p
+        assert f"nosuch: ERROR no such node named 'nosuch'; the mesh's nodes: {node.name}" \
+            in p.stdout.splitlines(), p
+    p = run_program(MESHCTL, "--peers", node.endpoint, "-j", "control", "pool-grow", "-d", "nosuch")
+    assert p.returncode == EXIT_FAILURE, p
+    assert json.loads(p.stdout) == {"nosuch": {
+        "error": f"no such node named 'nosuch'; the mesh's nodes: {node.name}"}}
+    assert run_program(MESHCTL, "--peers", node.endpoint, "inspect", "active", "-d",
+                       node.name).returncode == EXIT_OK
 
 
 @pytest.mark.parametrize("argv, said", [

@@ -250,3 +250,26 @@ def test_a_second_revoke_of_a_task_being_terminated_says_terminated_and_escalate
         assert "terminated" in str(info.value)
     finally:
         c.close()
+
+
+def test_the_workers_guides_broadcasts_and_terminate(start_node: Any, make_client: Any,
+                                                     tmp_path: Path) -> None:
+    # Celery's Workers guide: app.control.broadcast('rate_limit', arguments={'task_name':
+    # ..., 'rate_limit': '200/m'}) was refused ("rate_limit needs 'task'": mesh's own
+    # names only); app.control.terminate(id) was an AttributeError
+    node = start_node(concurrency=1)
+    c = make_client(node)
+    ctl = c.app.control
+    answer = ctl.broadcast("rate_limit", arguments={"task_name": "tasks_app.add",
+                                                    "rate_limit": "200/m"}, reply=True)
+    assert answer[node.name].get("rate_per_s") == pytest.approx(200 / 60), answer
+    answer = ctl.broadcast("time_limit", arguments={"task_name": "tasks_app.add", "soft": 60,
+                                                    "hard": 120}, reply=True)
+    assert answer[node.name] == {"task": "tasks_app.add", "soft": 60, "hard": 120}
+    r = c.tasks.wait_for_file.delay(str(tmp_path / "never"))
+    wait_until(lambda: node.status()["busy"] == 1, what="the task to start")
+    assert ctl.terminate(r.id)[node.name]["terminated"] == [r.id]
+    with pytest.raises(TaskRevokedError):
+        r.get(timeout=RESULT_TIMEOUT)
+    assert ctl.broadcast("revoke", arguments={"task_id": "gone-1"},
+                         reply=True)[node.name]["revoked"] == ["gone-1"]

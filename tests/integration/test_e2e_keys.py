@@ -28,7 +28,7 @@ from harness import (
     wait_until,
 )
 
-from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from mesh.client.control import ControlClient
 from mesh.exceptions import MeshError
 from mesh.security import keys
@@ -106,6 +106,37 @@ def test_meshctl_keys_init_list_add_remove_export(tmp_path: Path) -> None:
     assert p.returncode == EXIT_USAGE and "rotate" in p.stderr
 
 
+def test_meshctl_keys_takes_a_key_as_words_or_options_in_add_remove_and_export(
+        tmp_path: Path) -> None:
+    """``keys add DIR client NAME`` and ``keys export DIR OUT --client NAME`` spelt the
+    same key two ways, each command one of them (a new user, session 16): each takes
+    both now, and the contract's spellings still work."""
+    d = str(tmp_path / "k")
+    assert run_program(MESHCTL, "keys", "init", d).returncode == EXIT_OK
+    for argv in (("add", d, "--client", "billing"), ("add", d, "client", "reports"),
+                 ("add", d, "--admin", "ops")):
+        p = run_program(MESHCTL, "keys", *argv)
+        assert p.returncode == EXIT_OK, p
+    for out, role in (("words", ("client", "billing")), ("options", ("--client", "billing")),
+                      ("node-word", ("node",)), ("node-option", ("--node",)),
+                      ("admin", ("admin", "ops"))):
+        p = run_program(MESHCTL, "keys", "export", d, str(tmp_path / out), *role)
+        assert p.returncode == EXIT_OK, p
+    assert {(k.role, k.name, k.secret is not None) for k in keys.scan(str(tmp_path / "words"))} \
+        == {(k.role, k.name, k.secret is not None) for k in keys.scan(str(tmp_path / "options"))} \
+        == {("node", "mesh", False), ("client", "billing", True)}
+    assert ("node", "mesh", True) in {(k.role, k.name, k.secret is not None)
+                                      for k in keys.scan(str(tmp_path / "node-word"))}
+    assert run_program(MESHCTL, "keys", "remove", d, "--client", "billing").returncode == EXIT_OK
+    assert run_program(MESHCTL, "keys", "remove", d, "admin", "ops").returncode == EXIT_OK
+    assert {(k.role, k.name) for k in keys.scan(d)} == {
+        ("node", "mesh"), ("client", "default"), ("client", "reports"), ("admin", "operator")}
+    p = run_program(MESHCTL, "keys", "add", d, "--client", "a", "--admin", "b")
+    assert p.returncode == EXIT_USAGE and "give one role" in p.stderr, p
+    p = run_program(MESHCTL, "keys", "add", "--help")
+    assert "--client NAME" in p.stdout and "client|admin NAME" in p.stdout, p
+
+
 # ---- roles --------------------------------------------------------------------------------
 
 def test_roles_through_meshctl(start_node: NodeFactory, tmp_path: Path) -> None:
@@ -126,10 +157,43 @@ def test_roles_through_meshctl(start_node: NodeFactory, tmp_path: Path) -> None:
     p = run_program(MESHCTL, "--peers", ep, "ping")                             # no keys at all
     assert p.returncode == EXIT_FAILURE and "requires keys" in p.stderr, p
     p = run_program(MESHCTL, "--peers", ep, "status")                           # says why, too
-    assert p.returncode == EXIT_FAILURE and "unreachable" in p.stdout, p
+    assert p.returncode == EXIT_FAILURE and "refused" in p.stdout, p
     assert f"the node at {ep} requires keys" in p.stderr, p
     p = run_program(MESHCTL, "--keys", str(tmp_path / "nowhere"), "--peers", ep, "ping")
     assert p.returncode == EXIT_USAGE and "meshctl keys init" in p.stderr, p
+
+
+def test_status_says_a_keyed_node_refused_us_and_why(start_node: NodeFactory,
+                                                     tmp_path: Path) -> None:
+    """A node that turned meshctl down (no keys, another mesh's keys, a client key
+    asking what only an admin may) is there: status says "refused" and why, not
+    "unreachable" (a new user's report, session 16); a silent address stays
+    unreachable."""
+    d, other, client_only = str(tmp_path / "k"), str(tmp_path / "other"), str(tmp_path / "c")
+    keys.init(d)
+    keys.init(other)
+    keys.export(d, client_only, "client", "default")
+    node = start_node(keys=d)
+    ep, silent = node.endpoint, f"tcp://127.0.0.1:{free_port()}"
+    for flags, why in (((), f"the node at {ep} requires keys"),
+                       (("--keys", other), f"the node at {ep} does not hold a mesh key"),
+                       (("--keys", client_only), "needs an admin key")):
+        p = run_program(MESHCTL, *flags, "--peers", f"{ep},{silent}", "--timeout", "1", "status")
+        assert p.returncode == EXIT_FAILURE, p
+        states = {line.split()[1]: line.split()[2] for line in p.stdout.splitlines()[1:3]}
+        assert states == {ep: "refused", silent: "unreachable"}, p
+        assert "0 of 2 node(s) answered; 1 refused us" in p.stdout, p
+        assert f"{ep} refused us: " in p.stderr and why in p.stderr, p
+        p = run_program(MESHCTL, *flags, "--peers", ep, "--timeout", "1", "--json", "status")
+        rows = json.loads(p.stdout)
+        assert [(r["address"], r["state"], r["answered"]) for r in rows] == [(ep, "refused", False)]
+        assert why in rows[0]["error"], rows
+    # a node that refused our handshake takes no message of ours: `result` and `call`
+    # stop there, at once and saying why (exit 4, nothing was asked)
+    for flags in ((), ("--keys", other)):
+        p = run_program(MESHCTL, *flags, "--peers", ep, "--timeout", "1", "result", "some-id")
+        assert p.returncode == EXIT_UNREACHABLE, p
+        assert "no mesh node could be reached or would take our keys" in p.stderr, p
 
 
 def test_an_app_with_a_key_the_mesh_does_not_know_fails_clearly(start_node: NodeFactory,

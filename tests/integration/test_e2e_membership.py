@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import collections
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import tasks_app
-from harness import ClientHandle, NodeFactory, NodeProc, free_port, wait_until
+from harness import (
+    MESHNODE,
+    ROOT,
+    ClientHandle,
+    NodeFactory,
+    NodeProc,
+    clean_env,
+    free_port,
+    wait_until,
+)
 
+from mesh.client.control import ControlClient
 from mesh.wire.protocol import ControlReply
 
 
@@ -55,6 +66,41 @@ def test_a_node_whose_seeds_never_answer_says_so(start_node: NodeFactory) -> Non
     wait_until(sees(c, {d.name: "left"}), timeout=20, what="c to see d leave")
     time.sleep(5)                        # past the check (4 s after c's start)
     assert "no other node has answered" not in c.stderr(), c.stderr()
+
+
+def test_a_node_whose_seeds_name_itself_ignores_them_quietly(tmp_path: Path) -> None:
+    """One config file copied to every machine lists each machine's own address among
+    the seeds: a node whose only seed was itself warned "no other node has answered
+    ... check the seeds" (a new user, session 16). Its own address, however spelt, is
+    no seed: one INFO line, no warning; its other seeds are still warned about."""
+    port, nobody = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    for seeds, warned in ((f"tcp://127.0.0.1:{port},tcp://localhost:{port}", False),
+                          (f"tcp://localhost:{port},{nobody}", True)):
+        err = tmp_path / f"node-{warned}.stderr"
+        with open(err, "wb") as f:
+            proc = subprocess.Popen(
+                [MESHNODE, "--app", "tasks_app", "--bind", f"tcp://127.0.0.1:{port}", "--no-mdns",
+                 "--concurrency", "1", "--profile", "test", "--peers", seeds, "--name", "self-seed",
+                 "--data-dir", str(tmp_path / f"data-{warned}")],
+                stdout=f, stderr=f, stdin=subprocess.DEVNULL, env=clean_env(), cwd=ROOT)
+        cc, ep = ControlClient(), f"tcp://127.0.0.1:{port}"
+        try:
+            def uptime() -> float:
+                r = cc.broadcast([ep], "status", timeout=1.0)[ep]
+                return float(r.payload["uptime"]) if isinstance(r, ControlReply) else 0.0
+            wait_until(lambda: uptime() > 5.0, 30, "the node to be up past its seed check (4 s)",
+                       interval=0.2)
+            text = err.read_text()
+            assert f"seed tcp://localhost:{port}: this node's own address, not used as a seed" \
+                in text or f"seeds tcp://127.0.0.1:{port}, tcp://localhost:{port}: this node's " \
+                "own address, not used as a seed" in text, text
+            assert ("no other node has answered" in text) == warned, text
+            if warned:
+                assert f"check the seeds (--peers, MESH_PEERS) {nobody} (" in text, text
+        finally:
+            cc.close()
+            proc.terminate()
+            assert proc.wait(30) == 0
 
 
 def test_killed_node_is_dead_and_stopped_node_has_left(start_node: NodeFactory) -> None:

@@ -110,3 +110,21 @@ def test_an_outstanding_task_id_cannot_be_reused(client: ClientHandle, tmp_path:
         client.app.send_task(tasks_app.add.name, args=(1, 2), task_id="same-id")
     gate.write_text("open")
     assert r.get(timeout=30) == "opened"
+
+
+def test_retry_info_is_the_exception_it_retries_for(client: ClientHandle, tmp_path: Path) -> None:
+    # Celery's RETRY meta: r.info is the exception the task retries for, r.traceback its
+    # traceback, for the sender and for any process that looks it up; mesh gave None
+    counter = tmp_path / "slow-retry"
+    r = client.tasks.flaky.delay(str(counter), 1, 5.0)   # one retry, 5 s later
+    wait_until(lambda: r.state == states.RETRY, timeout=20, what="the RETRY state")
+    assert isinstance(r.info, OSError) and str(r.info) == "flaky, attempt 1"
+    assert "OSError: flaky, attempt 1" in (r.traceback or "")
+    from mesh import Mesh
+    with Mesh("reader", peers=client.app.config.peers, mdns=False) as reader:
+        other = reader.AsyncResult(r.id)
+        assert other.state == states.RETRY
+        assert isinstance(other.info, OSError) and str(other.info) == "flaky, attempt 1"
+        assert "OSError: flaky, attempt 1" in (other.traceback or "")
+    assert r.get(timeout=30) == {"retries": 1}
+    assert r.info == {"retries": 1} and r.traceback is None

@@ -278,6 +278,9 @@ def test_publish_signals_fire_in_the_client_with_celerys_arguments(
     before, after = got.calls[0][1], got.calls[1][1]
     assert before["sender"] == after["sender"] == "signals_app.headers"
     assert before["body"] is after["body"] and before["body"][:2] == ([], {})
+    # Celery's signals guide: `info = headers if 'task' in headers else body; info['id']`
+    # in an after_task_publish receiver (mesh sent it no headers: TypeError, logged)
+    assert after["headers"] is before["headers"] and after["headers"]["id"] == r.id
     assert before["exchange"] == after["exchange"] == ""
     assert before["routing_key"] == after["routing_key"] == "celery"
     h = before["headers"]

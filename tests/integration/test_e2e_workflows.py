@@ -275,3 +275,22 @@ def test_each_step_of_a_workflow_runs_on_a_node_serving_its_queue(start_node: An
         r2 = chain(t.si(), S("routing_app.where")).apply_async()
         assert r2.get(timeout=RESULT_TIMEOUT) == "wq-default"
         assert r2.parent.get(timeout=RESULT_TIMEOUT) == "wq-media"
+
+
+def test_a_groups_errback_is_told_of_the_member_that_failed(start_node: Any, tmp_path: Path) -> None:
+    # Celery puts a group's link_error on every member: the errback's request is the
+    # failed member's (its id, its task, request.group the group's id); an old-style
+    # errback gets that member's id. mesh runs it once for the group, and told it of the
+    # group itself (request.id the group's id, request.task 'mesh.group')
+    node = start_node(app=APP)
+    errors = tmp_path / "errors"
+    with client(node) as app:
+        g = group(S(app, "wf.add", 1, 1), S(app, "wf.boom", 7)).apply_async(
+            link_error=[S(app, "wf.on_error_in_group", str(errors)),
+                        S(app, "wf.old_style_errback", str(errors))])
+        with pytest.raises(Exception, match="boom"):
+            g.get(timeout=RESULT_TIMEOUT)
+        failed = g.results[1].id
+        wait_until(lambda: len(lines(errors)) == 2, what="the group's errbacks")
+        assert sorted(lines(errors)) == [f"error {failed} wf.boom {g.id} StepError boom [7]",
+                                         f"old {failed}"]

@@ -62,6 +62,16 @@ def on_error(request: Request, exc: BaseException, traceback: str | None, path: 
     return "handled"
 
 
+@app.task(name="wf.on_error_in_group")
+def on_error_in_group(request: Request, exc: BaseException, traceback: str | None, path: str) -> None:
+    _append(path, f"error {request.id} {request.task} {request.group} {type(exc).__name__} {exc}")
+
+
+@app.task(name="wf.old_style_errback")
+def old_style_errback(task_id: str, path: str) -> None:
+    _append(path, f"old {task_id}")
+
+
 @app.task(name="wf.slow")
 def slow(path: str, value: int, pause: float) -> int:
     """Record its start, sleep ``pause`` s, record its end: the test counts runs."""

@@ -31,6 +31,14 @@ def test_the_contract_commands_exist() -> None:
     assert {"status", "ping", "events", "inspect", "revoke", "call", "result", "top"} <= names
 
 
+def test_meshctl_peers_help_says_where_nodes_come_from_without_it() -> None:
+    # "--peers: Nodes to ask (default: MESH_PEERS)", though meshctl without either finds
+    # nodes by mDNS (a new user's meshctl status found nodes it was told nothing of)
+    result = CliRunner().invoke(meshctl, ["--help"])
+    peers = " ".join(result.output.split("--peers", 1)[1].split("-j, --json")[0].split())
+    assert "MESH_PEERS" in peers and "mDNS" in peers and "--mesh" in peers, peers
+
+
 def test_meshnode_help_has_an_example() -> None:
     result = CliRunner().invoke(meshnode, ["--help"])
     assert result.exit_code == 0 and "Example" in result.output

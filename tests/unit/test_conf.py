@@ -79,7 +79,7 @@ def test_mesh_broker_argument_says_mesh_has_no_broker(caplog: pytest.LogCaptureF
 def test_not_yet_settings_say_so(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "mesh.conf")
     Settings({"worker_autoscaler": "x"})
-    assert "not used by mesh" in caplog.text and "--autoscale" in caplog.text
+    assert "mesh does not use it" in caplog.text and "--autoscale" in caplog.text
 
 
 def test_routing_settings_are_taken_and_checked(caplog: pytest.LogCaptureFixture) -> None:
@@ -257,14 +257,20 @@ def test_a_celery_config_gets_one_warning_for_the_settings_mesh_does_not_take(
                      "broker_connection_retry_on_startup": True, "task_acks_late": True}
     conf.add_source("config_from_object('cconf')", lambda: celery_config, force=True)
     assert len(caplog.records) == 1, caplog.text
-    text = caplog.records[0].getMessage()
-    assert text.startswith("config_from_object('cconf'): settings "), text
-    assert "settings 'accept_content', 'task_serializer', 'result_serializer' are not " \
-           "used by mesh: mesh always encodes with msgpack" in text
-    assert "settings 'broker_url', 'broker_connection_retry_on_startup' are not used by " \
-           "mesh: mesh has no broker" in text
-    assert "task_acks_late" not in text and conf.task_acks_late is True
+    lines = caplog.records[0].getMessage().splitlines()   # a head, then a line per reason
+    assert lines[0] == ("config_from_object('cconf'): 5 settings are ignored, mesh does not "
+                        "use them (docs/configuration.md, \"Names that are not mesh's\"):")
+    assert lines[1].startswith("  broker_url, broker_connection_retry_on_startup: mesh has "
+                               "no broker: "), lines
+    assert lines[2].startswith("  accept_content, task_serializer, result_serializer: mesh "
+                               "always encodes with msgpack"), lines
+    assert len(lines) == 3 and conf.task_acks_late is True
     caplog.clear()
     conf.add_source("again", lambda: {"broker_url": "x", "result_backend": "y"}, force=True)
-    assert caplog.text.count("not used by mesh") == 1        # broker_url was said already
-    assert "setting 'result_backend' is not used by mesh" in caplog.text
+    assert caplog.text.count("mesh has no broker") == 0        # broker_url was said already
+    assert "again: 1 setting is ignored, mesh does not use it" in caplog.text
+    assert "\n  result_backend: mesh keeps results" in caplog.text
+    caplog.clear()
+    Settings({"enable_utc": False, "worker_direct": True})
+    assert "\n  enable_utc=False: mesh takes only True: times travel" in caplog.text
+    assert "\n  worker_direct: not available in this version of mesh yet: " in caplog.text

@@ -436,7 +436,7 @@ def test_update_state_reaches_the_eager_result_and_refuses_final_states(app: Mes
     def progress(self: Task, result_box: list[Any]) -> str:
         self.update_state(state="PROGRESS", meta={"done": 1})
         states_seen.append("updated")
-        for bad in (states.SUCCESS, states.FAILURE, states.PENDING, "", "x" * 101):
+        for bad in (states.REVOKED, states.RETRY, states.PENDING, "", "x" * 101):
             with pytest.raises(ConfigError):
                 self.update_state(state=bad)
         with pytest.raises(ConfigError, match="only set the state of the task that is running"):

@@ -329,3 +329,53 @@ def test_a_group_handed_away_is_no_longer_coordinated_by_the_giver() -> None:
             await until(lambda: gid in t.workflows.groups.groups, "the taker to coordinate it")
             assert gid not in g.workflows.groups.groups
     run(main())
+
+
+def test_two_nodes_that_shed_to_each_other_at_once_keep_their_own_tasks() -> None:
+    """Two equally busy nodes, each seeing the other idle (gossip a moment old), shed to
+    each other before either batch arrived: the tasks were swapped and both stayed as
+    busy (two real nodes at the start of a burst: 4 tasks each way, session 16). A shed
+    that crosses one of ours is refused: both keep their own, and neither sheds to the
+    other for PEER_HOLD."""
+    async def main() -> None:
+        async with giver_and_taker("x-g") as (g, t), dealer(t) as to_t:
+            for i in range(16):                   # the taker busy, with a task queued too
+                if t.pool.queued:
+                    break
+                await to_t.send(submit(f"t-{i}"))
+                await until(lambda i=i: f"t-{i}" in t.ledger.held, "the taker to hold it")
+            await until(lambda: t.pool.queued == 1, "the taker to queue one")
+            mine = t.pool.head(1)[0][2].task_id
+            held_g, take_g = withhold(g)
+            held_t, take_t = withhold(t)
+            hand(g, "x-g")                                          # giver -> taker
+            entry = t.pool.remove(mine)
+            assert entry is not None
+            giver = t.membership.member("giver")
+            assert giver is not None
+            assert t.handoff.hand([entry], shedding.REASON, giver) == 1    # taker -> giver, at once
+            await until(lambda: held_g and held_t, "both batches to arrive")
+            take_t(held_t[0])
+            take_g(held_g[0])
+            await until(lambda: not g.handoff._out and not t.handoff._out, "both answers")
+            assert "x-g" in g.ledger.held and "x-g" not in t.ledger.held
+            assert mine in t.ledger.held and mine not in g.ledger.held
+            assert g.pool.queued == 1 and t.pool.queued == 1           # back in their queues
+            assert g.handoff.handed == t.handoff.handed == 0
+            assert g.handoff.status()["shed_crossings"] == t.handoff.status()["shed_crossings"] == 1
+            now = time.time()          # and neither sheds to the other for a while
+            assert now - g.shedder._shed_from["taker"] < shedding.PEER_HOLD
+            assert now - t.shedder._shed_from["giver"] < shedding.PEER_HOLD
+    run(main())
+
+
+@pytest.mark.parametrize(("sent_ago", "crossing"), [(None, False), (0.0, True), (0.4, True),
+                                                    (shedding.CROSS_WINDOW, False), (5.0, False)])
+def test_a_shed_crosses_one_of_ours_only_within_the_window(sent_ago: float | None,
+                                                           crossing: bool) -> None:
+    s = shedding.Shedder()
+    if sent_ago is not None:
+        s.sent("peer", 100.0 - sent_ago)
+    assert s.crossing("peer", 100.0) is crossing
+    assert ("peer" in s._shed_from) is crossing and s.crossings == int(crossing)
+    assert not s.crossing("other", 100.0)

@@ -857,3 +857,27 @@ def test_arbitrary_updates_decode_or_raise_decode_error(updates: list[list[objec
             decode(frame)
         except DecodeError:
             pass
+
+
+def test_a_failed_probe_with_no_member_to_ask_does_not_stretch_the_suspicion() -> None:
+    # Two nodes: the prober has nobody to ask for an indirect probe, so a failed probe
+    # says nothing about its own health. memberlist raises the awareness by one then:
+    # the suspicion it starts took twice as long (two real nodes: a killed one declared
+    # dead after 2.2 to 2.4 s instead of about 1.4 s; a new user saw up to 4.9 s).
+    t = _Late()
+    m = Membership("a", "mem://a", TEST, t, FakeClock(0.0), random.Random(1))
+    m.handle("x", PushPullReply("x", [[0, "b", 0, "mem://b"]]), 0.0)
+    now = 0.0
+    while _state(m, "b") is ALIVE:
+        now = m.next_deadline()
+        m.tick(now)
+    assert not any(isinstance(msg, PingReq) for _a, msg in t.sent)     # nobody to ask
+    assert _state(m, "b") is SUSPECT and m.awareness == 0
+    suspicion = m._table.nodes["b"].suspicion
+    lo, _hi = timing.suspicion_bounds(TEST.suspicion_mult, TEST.suspicion_max_timeout_mult, 2,
+                                      TEST.probe_interval)
+    assert suspicion is not None and suspicion.deadline == pytest.approx(now + lo)  # k=0: min
+    while _state(m, "b") is SUSPECT:          # and dead at its end, not twice as late
+        now = m.next_deadline()
+        m.tick(now)
+    assert _state(m, "b") is DEAD and now == pytest.approx(suspicion.deadline)

@@ -95,7 +95,7 @@ def test_beat_schedule_in_celerys_format() -> None:
     ({"task": "tasks.add", "schedule": 5, "options": {"queue": ""}}, "queue must be"),
     ({"task": "tasks.add", "schedule": 5, "options": {"prio": 3}}, "unknown option"),
     ({"task": "tasks.add", "schedule": 5, "options": {"priority": 12}}, "priority"),
-    ({"task": "tasks.add", "schedule": 5, "relative": True}, "relative"),
+    ({"task": "tasks.add", "schedule": 5, "relative": "yes"}, "relative must be"),
     ({"task": "tasks.add", "schedule": "daily"}, "a schedule is"),
     ({"task": "tasks.add", "schedule": 0.01}, "at least"),
     ({"task": "tasks.add", "schedule": 5, "args": "ab"}, "args must be"),

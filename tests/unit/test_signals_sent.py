@@ -123,9 +123,11 @@ def test_publish_headers_keep_only_what_receivers_add_or_change() -> None:
         body[0].append(3)
     signals.before_task_publish.connect(add_trace)
     try:
-        body, sent = publish.before("t.add", "id-9", iter([1, 2]), {}, {"mine": 1}, "celery", 0,
-                                    eta=None, expires=None, time_limit=None, soft_time_limit=None)
+        body, sent, told = publish.before("t.add", "id-9", iter([1, 2]), {}, {"mine": 1}, "celery",
+                                          0, eta=None, expires=None, time_limit=None,
+                                          soft_time_limit=None)
     finally:
         signals.before_task_publish.disconnect(add_trace)
     assert sent == {"mine": 1, "traceparent": "00-1-2-01", "parent_id": "p-1"}
     assert body[0] == [1, 2, 3]               # a generator of args is read once
+    assert told["id"] == "id-9" and told["traceparent"] == "00-1-2-01"   # for after_task_publish

@@ -1,0 +1,130 @@
+"""Two nodes that settle at the same moment (started together) must not both fire
+the first run: each saw the other unsettled, so each was the only firer in its own
+view, and both sent the run and logged "fired" (it ran once: one id). A node that
+has just settled holds the runs it would fire for HOLD_PROBES probe intervals, as
+the views converge; then the one firer fires what it held (a new user's report,
+session 16). In-process: two Beat components with a fake membership view each and a
+FakeClock; the real nodes' beat is in tests/integration/test_e2e_beat.py."""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mesh import Mesh
+from mesh.clock import FakeClock
+from mesh.membership import MemberState
+from mesh.membership.member import Member
+from mesh.node.beat import HOLD_PROBES, SETTLE_PROBES, Beat
+from mesh.node.beat_state import LastFirings, entry_key, hrw
+from mesh.wire.protocol import decode
+
+PROBE = 0.2                       # the test profile's probe interval
+START = 1_000_000.0
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.runs: dict[str, Any] = {}
+        self.sent: list[Any] = []
+        self.resent = 0
+
+    def send(self, run: Any, now: float) -> bool:
+        self.sent.append(run)
+        return True
+
+    def check(self, *args: Any) -> None: ...
+
+    def sweep(self, keep: set[str]) -> None: ...
+
+
+class _View:
+    """One node's membership view: itself, then the peer with the meta it knows."""
+
+    def __init__(self, me: str, peer: str) -> None:
+        self.me, self.peer, self.peer_meta = me, peer, {"beat": ""}
+
+    def members(self) -> list[Member]:
+        return [_member(self.me, {}), _member(self.peer, self.peer_meta)]
+
+    def update_local_meta(self) -> bool:
+        return True
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, address: str, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+def _member(name: str, meta: dict[str, Any]) -> Member:
+    return Member(name, f"tcp://{name}", 1, MemberState.ALIVE, meta, 1, 0.0)
+
+
+def _beat(name: str, peer: str, clock: FakeClock) -> Beat:
+    app = Mesh("beat-settle", mdns=False)
+
+    @app.task(name="tick")
+    def tick() -> None: ...
+
+    app.add_periodic_task(1.0, tick.s(), name="tick")
+    b = Beat(clock)
+    b.schedule = app.periodic_schedule()
+    b.digest = b.schedule.digest
+    b.keys = {n: entry_key(e.key()) for n, e in b.schedule.entries.items()}
+    b.settle, b.hold = SETTLE_PROBES * PROBE, HOLD_PROBES * PROBE
+    b.started = b.settle_from = clock.time()
+    b.store, b.outbox = LastFirings(None), _Outbox()  # type: ignore[assignment]
+    b.node = SimpleNamespace(name=name, address=f"tcp://{name}", membership=_View(name, peer),
+                             config=SimpleNamespace(shutdown_timeout=1.0), stopping=False,
+                             transport=_Transport(), routing=None)
+    return b
+
+
+def _deliver(src: Beat, dst: Beat) -> None:
+    """What ``src`` told its peers (beat-fired), received by ``dst``."""
+    for frame in src.node.transport.frames:
+        msg = decode(frame)
+        if msg.command == "beat-fired":          # type: ignore[union-attr]
+            dst.on_fired(msg.args)                # type: ignore[union-attr]
+    src.node.transport.frames.clear()
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_two_nodes_that_settle_together_fire_the_first_run_once(
+        hold: bool, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    clock = FakeClock(START)
+    a, b = _beat("a", "b", clock), _beat("b", "a", clock)
+    if not hold:
+        a.hold = b.hold = 0.0            # the rule off: what happened before it
+    clock.advance(a.settle + 0.05)       # both settle now, each seeing the other unsettled
+    for n in (a, b):
+        n.tick(clock.time())
+    _deliver(a, b)
+    _deliver(b, a)
+    for n, peer in ((a, b), (b, a)):     # then each learns that the other settled
+        n.node.membership.peer_meta = {"beat": peer.digest}
+    for _ in range(int(a.hold / 0.1) + 2):        # the ticks of the hold, and after it
+        clock.advance(0.1)
+        for n in (a, b):
+            n.tick(clock.time())
+        _deliver(a, b)
+        _deliver(b, a)
+    first = START + a.settle           # the run due as they settled (a whole second)
+    sent = {n.node.name: [r.due for r in n.outbox.sent] for n in (a, b)}
+    firing = [msg for msg in caplog.messages if msg.startswith("beat: fired tick")]
+    if not hold:
+        assert sent == {"a": [first], "b": [first]}, sent       # both sent it
+        assert len(firing) == 2
+        return
+    winner = hrw("tick", ["a", "b"])
+    assert sent == {"a": [first] if winner == "a" else [],
+                    "b": [first] if winner == "b" else []}, sent
+    assert len(firing) == 1, caplog.messages                 # "fired" on one node only
+    assert f"beat: {winner} fires tick now (the nodes settled together): its run due " \
+           in "\n".join(caplog.messages)                   # the other says why, at debug
