@@ -495,13 +495,15 @@ class Mesh:
                 soft_time_limit=soft_time_limit)
             args, kwargs = body[0], body[1]
         # encode(Submit(...)) with its checks, without the message object
+        # (with the largest frame this client reads: no node sends it a bigger one)
+        limit = self.config.max_message_size
         frame = encode_submit(task_id, name, codec.dump_call(args, kwargs), priority or 0, eta_t,
-                              expires_t, time_limit, soft_time_limit, 0, headers)
+                              expires_t, time_limit, soft_time_limit, 0, headers, limit)
         if self._client is not None and self._client.lookup(task_id):
             raise ConfigError(f"task id {task_id} is already outstanding in this client")
-        if len(frame) > self.config.max_message_size:
+        if len(frame) > limit:
             raise EncodeError(f"task {name} is {len(frame)} bytes encoded, over the limit of "
-                              f"{self.config.max_message_size} (max_message_size)")
+                              f"{limit} (max_message_size)")
         slot = Slot(task_id, frame, name=name, queue=q)
         self.client.submit(slot)
         if body is not None:

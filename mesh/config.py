@@ -18,7 +18,7 @@ from typing import Any
 
 from mesh.digest import blake2b
 from mesh.exceptions import ConfigError
-from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE
+from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE
 
 DEFAULT_PORT = 7700
 MESH_IN_PATH = 64       # characters of the mesh's name in its default data dir's name
@@ -184,8 +184,8 @@ class Config:
             raise bad(f"max_eta must be >= 0 seconds (0: no limit), got {self.max_eta}")
         if self.replicas not in (1, 2):
             raise bad(f"replicas must be 1 or 2, got {self.replicas}")
-        if self.max_message_size < 1024:
-            raise bad("max_message_size must be at least 1024 bytes")
+        if self.max_message_size < MIN_MAX_MESSAGE_SIZE:
+            raise bad(f"max_message_size must be at least {MIN_MAX_MESSAGE_SIZE} bytes")
         for ep in (self.bind, *self.peers, *((self.advertise,) if self.advertise else ())):
             check_endpoint(ep)
         if self.queues or self.exclude_queues:

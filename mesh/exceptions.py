@@ -153,6 +153,20 @@ class ResultIgnored(MeshError):
     raised Ignore. Its state still says how it ended."""
 
 
+class ResultTooLarge(MeshError):
+    """A task's result is larger than this client's ``max_message_size``: no node sends
+    it here (the node keeps it, and a client with a larger limit reads it by id)."""
+
+
+def result_too_large(task_id: str, size: int, limit: int, node: str) -> str:
+    """The one wording of a result too big for the client that wants it, on the node
+    that declines to send it (protocol ERROR ``reply-too-large``) and in the client."""
+    return (f"the result of task {task_id} is {size:,} bytes, over this client's "
+            f"max_message_size ({limit:,}); it stays stored on node {node}: raise the "
+            f"client's max_message_size to {size:,} or more to read it (AsyncResult by id), "
+            "or return a smaller result")
+
+
 class MaxRetriesExceededError(TaskError):
     """A task asked to retry more often than its ``max_retries`` allows."""
 

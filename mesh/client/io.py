@@ -46,18 +46,19 @@ import zmq
 from mesh import states
 from mesh.client import handshakes
 from mesh.client.closing import Closing, _close_at_exit
-from mesh.client.frames import recv_frames, send_frames
+from mesh.client.frames import recv_frames
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
 from mesh.client.lookups import Lookups
 from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing, not_registered
 from mesh.config import Config
-from mesh.exceptions import ConfigError, DecodeError
+from mesh.exceptions import ConfigError, DecodeError, result_too_large
 from mesh.result import Slot, retry_meta
 from mesh.security.curve import Security
 from mesh.security.keys import CLIENT
 from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
+    REPLY_TOO_LARGE,
     Ack,
     Control,
     ControlReply,
@@ -142,6 +143,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         self._by_sock: dict[zmq.Socket[bytes], NodeLink] = {}
         self._by_monitor: dict[zmq.Socket[bytes], NodeLink] = {}
         self._link_ids = itertools.count()
+        self._drops: dict[NodeLink, float] = {}        # disconnected links -> when to check
+        self._lost: list[NodeLink] = []                 # links libzmq ended: rebuilt (links.py)
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -239,11 +242,14 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         """(In a new I/O thread) new sockets for every link, same routing ids, and
         every owned task sent again to where it was, or placed anew."""
         for link in self.links.values():
-            link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key)
+            link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key,
+                                                           link.rebuilt > 0)
             self._by_sock[link.sock] = link
             self._by_monitor[link.monitor] = link
             # its first handshake is no reconnect: the tasks are resent below, once
             link.down, link.connected, link.inflight = False, 0, 0
+        self._drops.clear()
+        self._lost.clear()
         self._update_placeable()
         self._room.clear()                     # (placed again below, with the others)
         for req in list(self._queries):
@@ -266,6 +272,10 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                 due = min(due, self._probe_at)
             if self._holding:
                 due = min(due, self._hold_until)
+            if self._drops:
+                due = min(due, min(self._drops.values()))
+            if self._lost:
+                due = now
             timeout = max(0.0, due - now) * 1000
             for sock_or_fd, _ev in self._poller.poll(int(timeout) + 1 if timeout else 0):
                 if sock_or_fd == self._efd:
@@ -281,6 +291,10 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                     self._drain_monitor(self._by_monitor[sock_or_fd])
                 # else: a socket closed earlier in this batch (a failover reset it)
             now = time.monotonic()
+            if self._drops:
+                self._check_drops(now)
+            if self._lost:
+                self._rebuild_lost()
             if self._holding and (self._members_known.is_set() or now >= self._hold_until):
                 self._drain_outbox()
             if self._retry:
@@ -373,11 +387,11 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             if slot.frame is not None:
                 batch.append(slot.frame)
             if len(batch) >= BATCH:
-                send_frames(link.sock, batch)
+                self._put(link, batch)
                 batches[link] = []
         for link, batch in batches.items():
             if batch:
-                send_frames(link.sock, batch)
+                self._put(link, batch)
         for query in queries:
             self._send_query(query[1], query[2])
 
@@ -406,7 +420,7 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             link.credit -= 1
         slot.node = link.endpoint
         hold(slot, link)
-        link.sock.send(slot.frame, zmq.NOBLOCK)
+        self._put(link, slot.frame)
 
     def _drain_socket(self, link: NodeLink) -> None:
         sock = link.sock
@@ -425,7 +439,10 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                 try:
                     msg = decode(frame, self.config.max_message_size)
                 except DecodeError as e:
-                    log.warning("dropped a bad frame from %s: %s", link.endpoint, e)
+                    if len(frame) > self.config.max_message_size:
+                        self._oversized(frame, link)    # (from a node that does not know)
+                    else:
+                        log.warning("dropped a bad frame from %s: %s", link.endpoint, e)
                     continue
                 try:
                     self._handle(msg, link)
@@ -465,11 +482,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             if slot is None or not slot.complete(msg):
                 self.duplicates += 1       # first result won; tell its sender (an event)
                 log.info("dropped a duplicate result for task %s from %s", msg.task_id, msg.node)
-                try:
-                    link.sock.send(encode(Control("dup", "duplicate", {
-                        "task_id": msg.task_id, "noreply": True})), zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
+                self._put(link, encode(Control("dup", "duplicate", {
+                    "task_id": msg.task_id, "noreply": True}, self.config.max_message_size)))
                 return
             let_go(slot)
             if self._followed:
@@ -505,6 +519,9 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:
+            if msg.code == REPLY_TOO_LARGE:   # a reply over our max_message_size, not sent
+                self._too_large(msg.ref, printable(msg.message, 500), link)
+                return
             slot = self._slots.get(msg.ref) if msg.ref else None
             if slot is not None and slot.node != link.endpoint:
                 slot = None                   # about a task this node does not hold for us
@@ -525,6 +542,49 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                            link.endpoint)
         else:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
+
+    def _oversized(self, frame: bytes, link: NodeLink) -> None:
+        """A frame over our max_message_size (up to twice it: libzmq refuses more),
+        from a node that was not told our limit (an older one): it is read, only for
+        whose it is. A result fails its task, saying so, as a node's ERROR
+        ``reply-too-large`` would; the node keeps it."""
+        limit = self.config.max_message_size
+        msg: Any
+        try:
+            msg = decode(frame, len(frame))
+        except DecodeError as e:
+            msg = e
+        if type(msg) is Result and msg.state != states.RETRY:
+            self._too_large(msg.task_id, result_too_large(msg.task_id, len(frame), limit,
+                                                          msg.node or link.node_id), link)
+        elif type(msg) is ControlReply and msg.req_id in self._queries:
+            self._too_large(msg.req_id, f"the answer of node {msg.node} to a result lookup is "
+                            f"{len(frame):,} bytes, over this client's max_message_size "
+                            f"({limit:,}): raise it to read that result", link)
+        else:
+            log.warning("dropped a frame of %d bytes from %s, over this client's "
+                        "max_message_size (%d): %s", len(frame), link.endpoint, limit,
+                        type(msg).__name__ if not isinstance(msg, Exception) else msg)
+
+    def _too_large(self, ref: str | None, text: str, link: NodeLink) -> None:
+        """A reply about ``ref`` was over our max_message_size: the node sent an ERROR
+        ``reply-too-large`` instead (``text``: its words), or an older node sent it
+        (``_oversized``). The task it is about, ours or looked up here, fails with
+        ResultTooLarge; the node keeps its result, for a client with a larger limit."""
+        slot = self._slots.get(ref) if ref else None
+        if slot is not None and slot.node == link.endpoint and slot.msg is None:
+            del self._slots[slot.task_id]
+            owner = self.links.get(slot.node or "") or link
+            self._forget_one(owner, slot.state != states.PENDING)
+            if self._followed:
+                self._followed.pop(slot.task_id, None)
+            self._fail(slot, "ResultTooLarge", text, link.node_id)
+            if self._full:
+                self._room_freed(owner)
+            return
+        if ref is None or not self._too_large_elsewhere(ref, text):
+            log.warning("node at %s did not send a reply over this client's "
+                        "max_message_size: %s", link.endpoint, text)
 
     @staticmethod
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
@@ -594,7 +654,7 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                 slot.node = target.endpoint        # held there: not counted as in flight
                 self._followed[tid] = target.endpoint   # (until it acknowledges: _left)
                 hold(slot, target)
-                target.sock.send(slot.frame, zmq.NOBLOCK)
+                self._put(target, slot.frame)
                 followed += 1
             else:       # where it went has left (or died, or cannot be reached): that
                 let_go(slot)     # node handed it to its backup (or its backup runs it)

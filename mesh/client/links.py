@@ -13,6 +13,17 @@ sitting): everything here runs on the client's I/O thread.
   new sockets and its tasks go to their rendezvous backup (``_failover``).
 * No node heard from for ``UNREACHABLE_AFTER`` seconds is said once, with the
   endpoints tried (``_check_reachable``).
+* libzmq ends a connection for good, without connecting again, when the node sends a
+  frame over the DEALER's ``ZMQ_MAXMSGSIZE`` (twice this client's max_message_size; a
+  node this client told its limit sends none, an older one may). The DEALER then
+  refuses every send (zmq.Again: with no send high-water mark nothing else does). A
+  send refused that way, or a disconnect after which a send is refused
+  (``DROPPED_WAIT`` later: a connection libzmq tries again keeps taking frames), has
+  the link rebuilt: new sockets, the same routing id, its tasks sent again once it
+  connects (``_put``, ``_rebuild_lost``). A rebuilt link takes frames of up to
+  ``WIDE_MAXMSGSIZE`` (twice a node's default limit): the node sends the same big
+  result again when the task is sent again, and read, it fails its task
+  (ResultTooLarge, io.py) instead of ending the link again, and again.
 """
 from __future__ import annotations
 
@@ -29,6 +40,7 @@ from zmq.utils.monitor import parse_monitor_message
 from mesh import states
 from mesh.capabilities import Serves, from_meta
 from mesh.client.fit import fits
+from mesh.client.frames import send_frames
 from mesh.client.placement import choose_from
 from mesh.client.room import let_go, quota_of, room_for
 from mesh.config import Config
@@ -38,7 +50,7 @@ from mesh.rendezvous import backup_for
 from mesh.result import Slot
 from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, HANDSHAKE_EVENTS, Security
 from mesh.security.text import safe_logger
-from mesh.wire.protocol import Control, Submit, decode, encode
+from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE, Control, Submit, decode, encode
 
 log = safe_logger("mesh.client")
 
@@ -51,6 +63,10 @@ UNREACHABLE_AFTER = 5.0     # s without a frame from any node before the client 
 RELEASED_AVOID = 5.0        # s a node that gave work back (shutting down) gets no new task
 UNLISTED_DEAD = 2           # members answers in a row without a node whose link is down:
                             # it was forgotten (dead), not yet heard of by the answerer
+DROPPED_WAIT = 0.5          # s after a disconnect before a send tells whether libzmq ended
+                            # the connection for good (then the link is rebuilt)
+LOST_SAID = 60.0            # s between two log lines about one link rebuilt that way
+WIDE_MAXMSGSIZE = 2 * DEFAULT_MAX_MESSAGE_SIZE   # a rebuilt link's ZMQ_MAXMSGSIZE, at least
 
 
 class NodeLink:
@@ -60,7 +76,7 @@ class NodeLink:
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
                  "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
                  "refused_at", "credit", "held", "held_bytes", "quota_tasks", "quota_bytes",
-                 "counted", "freed_at", "unlisted")
+                 "counted", "freed_at", "unlisted", "rebuilt", "rebuilt_said")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -96,6 +112,8 @@ class NodeLink:
         self.counted = False          # full by our count (not by a refusal): room.py
         self.freed_at = 0.0           # when one of our tasks last finished there, while full
         self.unlisted = 0             # members answers in a row not listing it, its link down
+        self.rebuilt = 0              # times libzmq ended its connection for good (_put)
+        self.rebuilt_said = 0.0       # when that was last logged (monotonic)
 
     @property
     def score(self) -> float:
@@ -129,6 +147,9 @@ class Links:
     _heard: float
     _heard_since: bool
     _unreachable: bool
+    _drops: dict[NodeLink, float]   # links disconnected -> when to see whether for good
+    _lost: list[NodeLink]           # links whose DEALER refuses sends: rebuilt (_rebuild_lost)
+    _closing: bool
     _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
     _gone: frozenset[str] = frozenset()   # endpoints the last members answer said are
                                           # dead or left (none of ours need be linked)
@@ -172,16 +193,18 @@ class Links:
             self._update_placeable()
         return link
 
-    def _open(self, endpoint: str, routing_id: bytes, key: bytes | None
+    def _open(self, endpoint: str, routing_id: bytes, key: bytes | None, wide: bool = False
               ) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], bytes | None]:
         """A DEALER to ``endpoint`` (speaking to it with mesh key ``key``, with keys;
-        None: the current one), the monitor of its connection events, and the key."""
+        None: the current one), the monitor of its connection events, and the key.
+        ``wide``: for a link libzmq ended on a frame too big (the module's docs)."""
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, routing_id)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size * 2)
+        most = self.config.max_message_size * 2
+        s.setsockopt(zmq.MAXMSGSIZE, max(most, WIDE_MAXMSGSIZE) if wide else most)
         s.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT)
         keys = self.security.server_keys()
@@ -213,11 +236,65 @@ class Links:
         self._close_sockets(link)
         # the same routing id: a node restarted from its journal answers the tasks it
         # recovers to it, and the client counts those late results as duplicates
-        link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key)
+        link.sock, link.monitor, link.key = self._open(link.endpoint, link.rid, link.key,
+                                                       link.rebuilt > 0)
         self._by_sock[link.sock] = link
         self._by_monitor[link.monitor] = link
         link.down = True                        # its next handshake is a reconnect
         link.resets += 1
+        self._drops.pop(link, None)
+
+    def _put(self, link: NodeLink, frames: bytes | list[bytes]) -> bool:
+        """Send one frame, or several as one zmq message, on ``link`` without blocking.
+        False when its DEALER refuses them: libzmq ended the connection for good (the
+        module's docs). The link is then rebuilt at the loop's next pass: its tasks go
+        again once it connects (these frames' tasks with them)."""
+        try:
+            if type(frames) is bytes:
+                link.sock.send(frames, zmq.NOBLOCK)
+            else:
+                send_frames(link.sock, frames)      # type: ignore[arg-type]
+            return True
+        except zmq.ZMQError:
+            if link not in self._lost:
+                self._lost.append(link)
+            return False
+
+    def _check_drops(self, now: float) -> None:
+        """Links disconnected DROPPED_WAIT ago, not connected since: a send says whether
+        libzmq will connect them again (it takes the frame, and sends it then: a ``ping``
+        the node answers nothing to), or ended them for good (refused: rebuilt)."""
+        for link, due in list(self._drops.items()):
+            if due <= now:
+                del self._drops[link]
+                if self.links.get(link.endpoint) is link and not link.refused:
+                    self._put(link, encode(Control("probe", "ping", {"noreply": True},
+                                                   self.config.max_message_size)))
+
+    def _rebuild_lost(self) -> None:
+        """New sockets (the same routing id) for links whose DEALER refused a send: once
+        connected, every task held there for us is sent again (``_drain_monitor``)."""
+        lost, self._lost = self._lost, []
+        now = time.monotonic()
+        for link in lost:
+            if self.links.get(link.endpoint) is not link or link.refused or self._closing:
+                continue
+            limit = self.config.max_message_size
+            cap = max(2 * limit, WIDE_MAXMSGSIZE) if link.rebuilt else 2 * limit
+            link.rebuilt += 1
+            if now - link.rebuilt_said >= LOST_SAID:
+                mine = sum(1 for s in self._slots.values()
+                           if s.node == link.endpoint and s.msg is None)
+                log.warning("the connection to node %s (%s) was ended by ZeroMQ, which does not "
+                            "connect it again (a frame from the node over %d bytes ends it so; "
+                            "this client's max_message_size is %d, and the node did not honour "
+                            "it: an older node?): connecting again, taking frames of up to %d "
+                            "bytes from it (a result over %d fails its task), and sending its %d "
+                            "task(s) again (%d time(s) so far)", link.node_id or "?",
+                            link.endpoint, cap, limit, max(2 * limit, WIDE_MAXMSGSIZE), limit,
+                            mine, link.rebuilt)
+                link.rebuilt_said = now
+            self._reset_link(link)
 
     def _update_placeable(self) -> None:
         self._fits = {}
@@ -250,12 +327,15 @@ class Links:
                 continue
             if event == zmq.EVENT_DISCONNECTED:
                 link.down = True
+                if not link.refused:    # (a refused handshake is tried again: handshakes.py)
+                    self._drops[link] = time.monotonic() + DROPPED_WAIT
             elif event == FAILED_KEY:
                 self._wrong_key(link)           # may reset the link: the loop then ends
             elif event in (FAILED_AUTH, FAILED_PROTOCOL):
                 self._link_refused(link, self.security.handshake_problem(event, link.endpoint))
             elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._heard_since = True
+                self._drops.pop(link, None)
                 link.keys_failed.clear()
                 link.strikes = 0
                 if link.refused:
@@ -367,10 +447,8 @@ class Links:
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
         self._members_req = uuid.uuid4().hex
-        try:
-            link.sock.send(encode(Control(self._members_req, "members")), zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+        self._put(link, encode(Control(self._members_req, "members", {},
+                                       self.config.max_message_size)))
 
     def _check_reachable(self, now: float) -> None:
         """Say once when no node has sent anything for UNREACHABLE_AFTER seconds (with

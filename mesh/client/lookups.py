@@ -13,6 +13,9 @@ thread's module stays about the tasks this client owns).
 * Once a second (``_requery``, from the membership refresh) watched tasks someone
   waits for are asked about again: the node holding one may have died, and its owner
   sent it elsewhere. Watched tasks nobody waits for are forgotten.
+* A result over this client's max_message_size is not sent here: the node answers
+  with its size instead (``result_size``), or an ERROR ``reply-too-large`` for a
+  result it sends when the task ends. Those waiting fail with ResultTooLarge.
 
 ``watch`` and ``query`` are called from any thread (they queue the query for the I/O
 thread); the rest runs on the I/O thread.
@@ -25,11 +28,9 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import zmq
-
 from mesh import states
 from mesh.config import Config
-from mesh.exceptions import DecodeError
+from mesh.exceptions import DecodeError, result_too_large
 from mesh.result import Slot
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, ControlReply, Result, decode, encode
@@ -79,6 +80,7 @@ class Lookups:
         def _wake(self) -> None: ...
         @staticmethod
         def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None: ...
+        def _put(self, link: NodeLink, frames: bytes | list[bytes]) -> bool: ...
 
     def _init_lookups(self) -> None:
         self._watched: dict[str, list[Slot]] = {}       # tasks owned elsewhere that we look up
@@ -148,11 +150,10 @@ class Lookups:
         links = self._targets()
         req = uuid.uuid4().hex
         self._queries[req] = [slot, len(links), event, states.UNKNOWN, time.monotonic(), None]
-        frame = encode(Control(req, "result", {"task_id": slot.task_id, "watch": True}))
+        frame = encode(Control(req, "result", {"task_id": slot.task_id, "watch": True},
+                               self.config.max_message_size))
         for link in links:
-            try:
-                link.sock.send(frame, zmq.NOBLOCK)
-            except zmq.ZMQError:
+            if not self._put(link, frame):
                 self._queries[req][1] -= 1
         if self._queries[req][1] <= 0:
             self._end_query(req)
@@ -170,6 +171,11 @@ class Lookups:
             submit = payload.get("submit")
             if isinstance(submit, bytes) and slot.submit is None:
                 slot.submit = submit              # name, args, kwargs (result_extended)
+            size = payload.get("result_size")
+            if type(size) is int and isinstance(state, str):    # too big to be sent here
+                self._too_large_elsewhere(msg.req_id, result_too_large(
+                    slot.task_id, size, self.config.max_message_size, msg.node))
+                return
             if isinstance(frame, bytes):
                 try:
                     res = decode(frame, self.config.max_message_size)
@@ -211,6 +217,22 @@ class Lookups:
                     continue
                 if tid not in asked:
                     self._send_query(waiting[0], None)
+
+    def _too_large_elsewhere(self, ref: str, text: str) -> bool:
+        """A result over this client's max_message_size, for a lookup (``ref``: its
+        request id, or the task id of a watched task): every slot waiting for that
+        task fails with ResultTooLarge (``text`` says why). False: nobody waits here."""
+        q = self._queries.get(ref)
+        tid = q[0].task_id if q is not None else ref
+        with self._watch_lock:
+            slots = self._watched.pop(tid, None) or []
+        if q is not None and q[0] not in slots:
+            slots.append(q[0])
+        for s in slots:
+            self._fail(s, "ResultTooLarge", text)
+        if q is not None:
+            self._end_query(ref)          # (after: whoever it wakes finds the slots failed)
+        return bool(slots)
 
     def _complete_watched(self, msg: Result) -> bool:
         """A final result for a task looked up here: complete every slot asking."""

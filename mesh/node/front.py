@@ -15,6 +15,12 @@ Replies are gathered per peer and sent together, as one multipart zmq message, a
 end of each event-loop pass (``flush``), after the ledger has committed the pass's
 intakes to the journal. The socket is bound when the component starts (the node's
 address is known from then on) and read from the moment the node is ready.
+
+A client says in its SUBMIT and CONTROL frames the largest frame it reads (its
+``max_message_size``). One set below this node's is remembered per routing id
+(``limits``), and a reply over it is not sent: libzmq would end that client's
+connection on it, for good. An ERROR ``reply-too-large`` goes instead (a STATE is
+dropped), naming the sizes; the result stays stored here (docs/protocol.md, section 9).
 """
 from __future__ import annotations
 
@@ -24,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from mesh import states
 from mesh.config import advertised_endpoint
-from mesh.exceptions import DecodeError
+from mesh.exceptions import DecodeError, result_too_large
 from mesh.membership import MESSAGE_TYPES
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
@@ -34,6 +41,7 @@ from mesh.security import gate
 from mesh.security.curve import FRONT_DOMAIN
 from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
+    REPLY_TOO_LARGE,
     Control,
     Error,
     Handoff,
@@ -42,6 +50,8 @@ from mesh.wire.protocol import (
     Reclaimed,
     Replicate,
     ReplicateAck,
+    Result,
+    State,
     Submit,
     WfPull,
     WfPulled,
@@ -57,6 +67,10 @@ log = safe_logger("mesh.node")
 
 MAX_FRAMES_PER_SEND = 512     # frames for one peer per zmq message at most
 REBIND_WAIT = 5.0             # s to bind the same address again when the mesh key changes
+LIMITS_KEPT = 10_000          # routing ids whose smaller max_message_size is remembered (the
+                              # oldest is forgotten past it: that client's link is cut on a
+                              # big reply, it connects again and says its limit again)
+_FINAL = frozenset((states.SUCCESS, states.FAILURE, states.REVOKED, states.IGNORED))
 
 
 class FrontDoor(Component):
@@ -74,9 +88,15 @@ class FrontDoor(Component):
         self.unauthorized = 0                  # frames refused by the gate since start
         self.sock: zmq.Socket[bytes] | None = None
         self.bound = ""                        # the endpoint bound (rekey binds it again)
+        self.limits: dict[bytes, int] = {}     # routing id -> the max_message_size it said,
+                                               # when below this node's (oldest first)
+        self.too_large = 0                     # replies not sent: over their receiver's limit
+        self._own_limit = 0                    # this node's max_message_size
+        self._biglog = _RateLimitedLog("replies too large for their receiver")
 
     async def start(self, node: "Node") -> None:
         cfg = node.config
+        self._own_limit = cfg.max_message_size
         front = node.ctx.socket(zmq.ROUTER)
         self.sock = front
         front.setsockopt(zmq.LINGER, 2000)
@@ -166,10 +186,16 @@ class FrontDoor(Component):
                 self.refuse(ident, "unauthorized", why, _ref(msg))
                 return
         if type(msg) is Submit:
+            said = msg.max_message_size
+            if said and said < self._own_limit and self.limits.get(ident) != said:
+                self._said(ident, said)
             node.intake.submit(ident, msg, frame)
         elif type(msg) in MESSAGE_TYPES:
             node.transport.deliver(ident.hex(), msg)
         elif type(msg) is Control:
+            said = msg.max_message_size
+            if said and said < self._own_limit and self.limits.get(ident) != said:
+                self._said(ident, said)
             node.control.handle(ident, msg)
         elif type(msg) in _NODE_DATA:          # node to node: handoff, copies, workflows
             try:
@@ -181,19 +207,66 @@ class FrontDoor(Component):
             self.refused += 1
             self.refuse(ident, "bad-request", f"a node does not accept {type(msg).__name__} messages")
 
+    def _said(self, ident: bytes, limit: int) -> None:
+        """``ident`` reads frames of ``limit`` bytes at most (less than this node's)."""
+        limits = self.limits
+        limits.pop(ident, None)
+        if len(limits) >= LIMITS_KEPT:
+            del limits[next(iter(limits))]
+        limits[ident] = limit
+
+    def limit_of(self, ident: bytes) -> int:
+        """The largest frame ``ident`` reads, as far as this node knows (its own limit
+        when that peer said none, or one as large)."""
+        return self.limits.get(ident, self._own_limit)
+
     # -- outbound ---------------------------------------------------------------------
     def refuse(self, ident: bytes, code: str, message: str, ref: str | None = None) -> None:
         self.reply(ident, encode(Error(code=code, message=message[:500], ref=ref)))
 
     def reply(self, ident: bytes, frame: bytes) -> None:
         """Queue a frame for a peer. Frames for one peer go out together, as one
-        multipart zmq message, once the loop has finished what it is doing."""
+        multipart zmq message, once the loop has finished what it is doing. A frame over
+        the max_message_size the peer said is replaced (``_too_large``)."""
+        limits = self.limits
+        if limits and len(frame) > limits.get(ident, len(frame)):
+            replaced = self._too_large(ident, frame, limits[ident])
+            if replaced is None:
+                return
+            frame = replaced
         out = self._out.get(ident)
         if out is None:
             out = self._out[ident] = []
         out.append(frame)
         if not self._flush_scheduled:
             self.schedule_flush()
+
+    def _too_large(self, ident: bytes, frame: bytes, limit: int) -> bytes | None:
+        """What goes to ``ident`` instead of ``frame``, over the ``limit`` it said: an
+        ERROR ``reply-too-large`` naming the sizes and the task (or request) id, or
+        nothing for a STATE (a later state, or the result, follows it)."""
+        self.too_large += 1
+        try:
+            msg = decode(frame, len(frame))      # (ours: only for its type and id)
+        except DecodeError:
+            msg = None
+        who = printable(ident[:40])
+        if type(msg) is State:
+            self._biglog.warning("did not send %s the state %s of task %s: %d bytes, over the "
+                                 "max_message_size it said (%d)", who, msg.state, msg.task_id,
+                                 len(frame), limit)
+            return None
+        ref = _ref(msg)
+        if type(msg) is Result and msg.state in _FINAL:
+            text = result_too_large(msg.task_id, len(frame), limit, self.node.name)
+        else:
+            what = type(msg).__name__.upper() if msg is not None else "reply"
+            text = (f"a {what}{f' about {ref}' if ref else ''} of {len(frame):,} bytes is over "
+                    f"this client's max_message_size ({limit:,}): not sent; raise the client's "
+                    f"max_message_size to {len(frame):,} or more")
+        self._biglog.warning("sent %s an ERROR %s instead of a reply of %d bytes: %s", who,
+                             REPLY_TOO_LARGE, len(frame), text)
+        return encode(Error(REPLY_TOO_LARGE, text[:500], ref))
 
     @property
     def flush_pending(self) -> bool:

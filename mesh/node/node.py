@@ -252,6 +252,7 @@ class Node:
             "children_started": pool.started_total, "refused_frames": self.front.refused,
             "sent_ahead": pool.sent_ahead, "ahead": pool.ahead_count,
             "unauthorized_frames": self.front.unauthorized,
+            "replies_too_large": self.front.too_large,
             "keys": self.security.ring.identity.fingerprint if self.security.ring else "",
             "key_reloads": getattr(self.by_name.get("keys"), "reloads", 0),
             "registered": user_tasks(self.app.tasks), "app": self.app.origin or self.app.main,

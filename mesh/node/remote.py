@@ -261,7 +261,7 @@ def result(state: ControlState, req: ResultArgs) -> TaskStateReply:
     """What this node knows of a task id; with watch, the RESULT when it finishes."""
     answer = taskstate.lookup(state.node, state.sender, req.task_id, req.watch)
     return TaskStateReply(answer["task_id"], answer["state"], answer.get("result"),
-                          answer.get("meta"), answer.get("submit"))
+                          answer.get("meta"), answer.get("submit"), answer.get("result_size"))
 
 
 @register("active", "inspect", builtin=True)

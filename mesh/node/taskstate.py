@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from mesh.node.node import Node
 
 log = safe_logger("mesh.node")
+REPLY_HEADROOM = 4096        # bytes of a lookup's answer besides its frames (ids, names)
+
 
 def progress(node: "Node", entry: "Entry", state: str, meta: bytes | None) -> None:
     """The running task reported ``state``: remember it for lookups (other processes
@@ -30,7 +32,7 @@ def progress(node: "Node", entry: "Entry", state: str, meta: bytes | None) -> No
 
 def _with_submit(node: "Node", out: dict[str, Any], frame: bytes | None, used: int) -> dict[str, Any]:
     """Add the Submit frame when the reply stays well under the message size limit."""
-    if frame is not None and used + len(frame) < node.config.max_message_size - 4096:
+    if frame is not None and used + len(frame) < node.config.max_message_size - REPLY_HEADROOM:
         out["submit"] = frame
     return out
 
@@ -66,16 +68,35 @@ def lookup(node: "Node", ident: bytes, task_id: str, watch: bool) -> dict[str, A
     holder dies. (An UNKNOWN here told a web app asking while the holder was being
     killed that the task did not exist, though it was about to run here.) With
     ``watch`` the asker is told the result if the task runs here (the ledger's wait
-    for a task not here yet)."""
+    for a task not here yet). Made to fit the asker's max_message_size (``fit``)."""
     answer = node.ledger.task_state(ident, task_id, watch)
     if answer["state"] != states.UNKNOWN or "result" in answer:
-        return answer
+        return fit(answer, node.front.limit_of(ident))
     replicas = getattr(node, "replicas", None)
     if replicas is None or not replicas.copies.has(task_id):
         return answer
     copy = replicas.copies.frames.get(task_id)
-    return _with_submit(node, {"task_id": task_id, "state": states.RECEIVED},
-                        copy[0] if copy is not None else None, 0)
+    return fit(_with_submit(node, {"task_id": task_id, "state": states.RECEIVED},
+                            copy[0] if copy is not None else None, 0), node.front.limit_of(ident))
+
+
+def fit(answer: dict[str, Any], limit: int) -> dict[str, Any]:
+    """A lookup's answer for an asker that reads frames of ``limit`` bytes at most:
+    without the SUBMIT frame, then without the stored result (``result_size`` says how
+    big it is: the asker fails it, saying so; it stays stored here), then without the
+    meta, until it fits."""
+    room = limit - min(REPLY_HEADROOM, limit // 4)
+    sizes = {k: len(v) for k in ("submit", "result", "meta") if type(v := answer.get(k)) is bytes}
+    if sum(sizes.values()) <= room:
+        return answer
+    answer = dict(answer)
+    for key, size in list(sizes.items()):       # (in that order)
+        if sum(sizes.values()) <= room:
+            break
+        del answer[key], sizes[key]
+        if key == "result":
+            answer["result_size"] = size
+    return answer
 
 
 def forget(node: "Node", task_ids: list[str]) -> dict[str, list[str]]:

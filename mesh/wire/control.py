@@ -274,6 +274,8 @@ class TaskStateReply(Frozen):
     result: bytes | None = field(default=None, metadata=OMIT_NONE)  # the RESULT frame, when final
     meta: bytes | None = field(default=None, metadata=OMIT_NONE)    # a reported state's meta
     submit: bytes | None = field(default=None, metadata=OMIT_NONE)  # the SUBMIT frame, if kept
+    result_size: int | None = field(default=None, metadata=OMIT_NONE)   # instead of result: its
+                                    # size, over the asker's max_message_size (not sent)
 
 
 @frozen

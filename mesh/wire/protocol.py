@@ -48,6 +48,8 @@ from mesh.wire.message import prepare as prepare
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+MIN_MAX_MESSAGE_SIZE = 1024           # the smallest max_message_size a peer may have or say
+REPLY_TOO_LARGE = "reply-too-large"   # ERROR code: a reply over the receiver's stated limit
 MAX_ID_LEN = 200
 MAX_NAME_LEN = 500
 # MAX_NESTING (containers in containers, in any one field value): mesh/wire/message.py
@@ -102,6 +104,11 @@ class MsgType(enum.IntEnum):
 
 
 
+def _bad_limit(said: int) -> DecodeError:
+    return DecodeError(f"max_message_size must be 0 (not said) or at least {MIN_MAX_MESSAGE_SIZE}, "
+                       f"got {said}")
+
+
 def _short(s: str, n: int, what: str) -> None:
     if not s or len(s) > n:
         raise DecodeError(f"{what} must be 1..{n} characters, got {len(s)}")
@@ -124,10 +131,12 @@ class Submit(Message):
     soft_time_limit: float | None = None  # seconds; None = node default
     retries: int = 0                      # how many times this task was retried
     headers: dict[str, Any] = field(default_factory=dict)  # extensible: parent_id, ...
+    max_message_size: int = 0             # the largest frame the sender reads (its own
+                                          # max_message_size); 0: not said (section 9)
 
     def validate(self) -> None:
         _check_submit(self.task_id, self.name, self.priority, self.time_limit,
-                      self.soft_time_limit, self.retries)
+                      self.soft_time_limit, self.retries, self.max_message_size)
 
 
 # a time limit's ceiling (about 115 days, as the time_limit command's): a child's
@@ -136,7 +145,7 @@ MAX_TIME_LIMIT = 1e7
 
 
 def _check_submit(task_id: str, name: str, priority: int, time_limit: float | None,
-                  soft_time_limit: float | None, retries: int) -> None:
+                  soft_time_limit: float | None, retries: int, max_message_size: int = 0) -> None:
     """Submit's own checks (validate), also made by encode_submit."""
     _short(task_id, MAX_ID_LEN, "task_id")
     if not task_id.isprintable():      # every log line names it: no line feeds in logs
@@ -151,6 +160,8 @@ def _check_submit(task_id: str, name: str, priority: int, time_limit: float | No
                           f"got {soft_time_limit}")
     if retries < 0:
         raise DecodeError("retries must be >= 0")
+    if max_message_size and not MIN_MAX_MESSAGE_SIZE <= max_message_size:
+        raise _bad_limit(max_message_size)
 
 
 @message
@@ -217,7 +228,8 @@ class Release(Message):
 class Error(Message):
     """The node refused a frame. ``code`` is a short stable word (``decode``,
     ``too-large``, ``version``, ``bad-request``); ``ref`` is the task or request
-    id when it could be read."""
+    id when it could be read. (``reply-too-large``: a reply to the receiver was over
+    the max_message_size it said, and this went instead: section 9.)"""
     TYPE = MsgType.ERROR
     code: str
     message: str
@@ -231,10 +243,13 @@ class Control(Message):
     req_id: str
     command: str
     args: dict[str, Any] = field(default_factory=dict)
+    max_message_size: int = 0     # the largest frame the sender reads; 0: not said
 
     def validate(self) -> None:
         _short(self.req_id, MAX_ID_LEN, "req_id")
         _short(self.command, 64, "command")
+        if self.max_message_size and not MIN_MAX_MESSAGE_SIZE <= self.max_message_size:
+            raise _bad_limit(self.max_message_size)
 
 
 @message
@@ -715,7 +730,7 @@ def encode(msg: Message) -> bytes:
 
 
 _SUBMIT_FIELDS = ("task_id", "name", "payload", "priority", "eta", "expires", "time_limit",
-                  "soft_time_limit", "retries", "headers")
+                  "soft_time_limit", "retries", "headers", "max_message_size")
 if tuple(name for name, _c, _d, _t in Submit._spec) != _SUBMIT_FIELDS:   # (at import)
     raise TypeError("encode_submit must list Submit's fields in their order")
 _SUBMIT_TYPE = MsgType.SUBMIT.value
@@ -724,15 +739,17 @@ _SUBMIT_TYPE = MsgType.SUBMIT.value
 def encode_submit(task_id: str, name: str, payload: bytes, priority: int = 0,
                   eta: float | None = None, expires: float | None = None,
                   time_limit: float | None = None, soft_time_limit: float | None = None,
-                  retries: int = 0, headers: dict[str, Any] | None = None) -> bytes:
+                  retries: int = 0, headers: dict[str, Any] | None = None,
+                  max_message_size: int = 0) -> bytes:
     """``encode(Submit(...))`` after its ``validate()``, without building the message:
     the same checks, the same errors, the same bytes (a client's ``delay()`` makes one
     per task; the frozen dataclass's ``__init__`` cost more than the encoding)."""
-    _check_submit(task_id, name, priority, time_limit, soft_time_limit, retries)
+    _check_submit(task_id, name, priority, time_limit, soft_time_limit, retries,
+                  max_message_size)
     try:
         return _pack((PROTOCOL_VERSION, _SUBMIT_TYPE, task_id, name, payload, priority, eta,
                       expires, time_limit, soft_time_limit, retries,
-                      headers if headers is not None else {}))
+                      headers if headers is not None else {}, max_message_size))
     except (TypeError, ValueError, OverflowError) as e:
         raise EncodeError(f"cannot encode Submit: {e}") from e
 

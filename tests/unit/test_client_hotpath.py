@@ -118,6 +118,7 @@ SUBMITS = [
     dict(task_id="t-2", name="n", payload=b"", priority=9, eta=1.5e9, expires=2e9,
          time_limit=3, soft_time_limit=2.5, retries=4, headers={"queue": "q", "x": [1, {}]}),
     dict(task_id="t" * 200, name="n" * 500, payload=b"p", priority=0, headers=None),
+    dict(task_id="t-3", name="n", payload=b"", max_message_size=1024 * 1024),
 ]
 
 
@@ -130,7 +131,7 @@ def test_encode_submit_makes_the_bytes_of_encode(fields: dict[str, Any]) -> None
 @pytest.mark.parametrize("bad", [
     dict(task_id=""), dict(task_id="t" * 201), dict(name=""), dict(name="n" * 501),
     dict(priority=10), dict(priority=-1), dict(time_limit=0), dict(soft_time_limit=-1.0),
-    dict(retries=-1),
+    dict(retries=-1), dict(max_message_size=-1),
 ])
 def test_encode_submit_refuses_what_validate_refuses(bad: dict[str, Any]) -> None:
     fields = {"task_id": "t", "name": "n", "payload": b"", **bad}

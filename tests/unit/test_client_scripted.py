@@ -6,7 +6,9 @@ the nodes say exactly what a test needs, when it needs it):
   node's backup (where it handed it), as after a death;
 * first result wins: two nodes both have a result for one task (it ran twice: on a
   node that failed over and on the one that came back); the caller sees the first
-  one, always, and the second is counted and reported to its sender."""
+  one, always, and the second is counted and reported to its sender;
+* a client below a node's max_message_size: a link libzmq ended on a frame too big
+  is rebuilt, a result too big fails its task saying so (ResultTooLarge)."""
 from __future__ import annotations
 
 import logging
@@ -18,13 +20,17 @@ import pytest
 import zmq
 from harness import wait_until
 
+import mesh.client.links
 from mesh import Mesh, states
+from mesh.exceptions import ResultTooLarge
 from mesh.rendezvous import backup_for
 from mesh.wire import codec
 from mesh.wire.protocol import (
+    REPLY_TOO_LARGE,
     Ack,
     Control,
     ControlReply,
+    Error,
     Moved,
     Release,
     Result,
@@ -48,7 +54,8 @@ class Scripted:
         for name in names:
             s = self.ctx.socket(zmq.ROUTER)
             s.setsockopt(zmq.LINGER, 0)
-            port = s.bind_to_random_port("tcp://127.0.0.1")
+            s.setsockopt(zmq.ROUTER_HANDOVER, 1)     # as a node's front door: a client's
+            port = s.bind_to_random_port("tcp://127.0.0.1")   # new connection takes its id
             self.socks[name], self.endpoints[name] = s, f"tcp://127.0.0.1:{port}"
         self.poller = zmq.Poller()
         for s in self.socks.values():
@@ -387,6 +394,104 @@ def test_a_node_an_answerer_has_not_heard_of_keeps_its_tasks() -> None:
         assert client.links[nodes.endpoints["X"]].state == "alive"
         nodes.send("X", ident, Result(tid, states.SUCCESS, codec.dumps("from X"), node="X"))
         assert r.get(timeout=DEADLINE) == "from X"
+    finally:
+        close_at_once(app)
+        nodes.close()
+
+
+# ---- a client whose max_message_size is below what a node sends (docs/protocol.md, 9) ----
+
+MIB = 1024 * 1024
+
+
+def _small_client(nodes: Scripted, name: str) -> Mesh:
+    return Mesh(name, peers=[nodes.endpoints["A"]], mdns=False, max_message_size=MIB)
+
+
+def _submits(got: list[tuple[str, bytes, Any]], tid: str | None = None) -> list[Submit]:
+    return [m for _, _, m in got if isinstance(m, Submit) and tid in (None, m.task_id)]
+
+
+def _big_result(tid: str, size: int) -> bytes:
+    return encode(Result(tid, states.SUCCESS, codec.dumps(b"x" * size), node="A"))
+
+
+@pytest.mark.parametrize("meanwhile", ["a task sent", "nothing sent"])
+def test_a_link_zeromq_ended_on_a_frame_too_big_is_rebuilt_and_its_tasks_sent_again(
+        meanwhile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that does not know the client's limit (an older one) sends a result over
+    twice it: libzmq ends the connection for good, and the DEALER refuses every send
+    after. The link is rebuilt (same routing id) and its tasks are sent again, a task
+    sent meanwhile too; the I/O thread never fails. With nothing sent (and no members
+    question for 10 minutes), the disconnect is what tells. The node answers the resent
+    task with the same big result: the rebuilt link reads it (ZMQ_MAXMSGSIZE 32 MiB
+    now) and the task fails with ResultTooLarge, once, instead of the link ending again
+    at each resend. (Before: nothing was sent again, and the next task's send killed
+    the I/O thread: a CRITICAL line and a takeover.)"""
+    if meanwhile == "nothing sent":
+        monkeypatch.setattr(mesh.client.links, "MEMBERS_INTERVAL", 600.0)
+    nodes = Scripted(("A",))
+    app = _small_client(nodes, "ended")
+    try:
+        big = app.send_task("t.any", task_id="ended-1")
+        got = nodes.pump(lambda got: _submits(got))
+        ident = got[0][1]
+        assert _submits(got)[0].max_message_size == MIB       # the client says its limit
+        nodes.socks["A"].send_multipart([ident, _big_result("ended-1", 3 * MIB)])
+        tids = {"ended-1"}
+        if meanwhile == "a task sent":
+            small = app.send_task("t.any", task_id="ended-2")
+            tids.add("ended-2")
+        again = nodes.pump(lambda got: tids <= {m.task_id for m in _submits(got)})
+        assert {i for _, i, m in again if isinstance(m, Submit)} == {ident}   # the same id
+        nodes.socks["A"].send_multipart([ident, _big_result("ended-1", 3 * MIB)])
+        with pytest.raises(ResultTooLarge, match="it stays stored on node A"):
+            big.get(timeout=DEADLINE)
+        if meanwhile == "a task sent":
+            nodes.send("A", ident, Result("ended-2", states.SUCCESS, codec.dumps(2), node="A"))
+            assert small.get(timeout=DEADLINE) == 2
+        assert app.client.takeovers == 0
+        assert app.client.links[nodes.endpoints["A"]].rebuilt == 1
+    finally:
+        close_at_once(app)
+        nodes.close()
+
+
+def test_a_result_under_twice_the_limit_from_an_older_node_fails_saying_so() -> None:
+    """Over the client's max_message_size but under twice it, libzmq delivers the frame
+    (the DEALER's ZMQ_MAXMSGSIZE is twice the limit): it fails its task with
+    ResultTooLarge, naming both sizes. (Before: dropped as a bad frame; get() timed out.)"""
+    nodes = Scripted(("A",))
+    app = _small_client(nodes, "between")
+    try:
+        r = app.send_task("t.any", task_id="between-1")
+        ident = nodes.pump(lambda got: _submits(got))[0][1]
+        frame = _big_result("between-1", 3 * MIB // 2)
+        nodes.socks["A"].send_multipart([ident, frame])
+        with pytest.raises(ResultTooLarge, match=f"is {len(frame):,} bytes, over this client's "
+                           f"max_message_size \\({MIB:,}\\); it stays stored on node A"):
+            r.get(timeout=DEADLINE)
+        small = app.send_task("t.any", task_id="between-2")
+        nodes.pump(lambda got: _submits(got, "between-2"))
+        nodes.send("A", ident, Result("between-2", states.SUCCESS, codec.dumps(2), node="A"))
+        assert small.get(timeout=DEADLINE) == 2
+    finally:
+        close_at_once(app)
+        nodes.close()
+
+
+def test_a_reply_too_large_error_fails_the_task_with_the_nodes_words() -> None:
+    """A node that knows the client's limit sends ERROR ``reply-too-large`` instead of
+    the RESULT: the task fails with ResultTooLarge and that text (not DecodeError)."""
+    nodes = Scripted(("A",))
+    app = _small_client(nodes, "said")
+    try:
+        r = app.send_task("t.any", task_id="said-1")
+        ident = nodes.pump(lambda got: _submits(got))[0][1]
+        text = "the result of task said-1 is 3,000,000 bytes, over this client's ..."
+        nodes.send("A", ident, Error(REPLY_TOO_LARGE, text, "said-1"))
+        with pytest.raises(ResultTooLarge, match="3,000,000 bytes"):
+            r.get(timeout=DEADLINE)
     finally:
         close_at_once(app)
         nodes.close()

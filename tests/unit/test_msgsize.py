@@ -1,0 +1,137 @@
+"""A peer that says its max_message_size (the last field of SUBMIT and CONTROL) is sent
+no bigger frame by a node: the front door's replacement of a reply over it, and a
+``result`` lookup's answer made to fit (the real parts: tests/integration/
+test_e2e_msgsize.py and the scripted-node tests in tests/unit/test_client_scripted.py)."""
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mesh.exceptions import DecodeError
+from mesh.node.front import LIMITS_KEPT, FrontDoor
+from mesh.node.taskstate import REPLY_HEADROOM, fit
+from mesh.wire import codec
+from mesh.wire.protocol import (
+    REPLY_TOO_LARGE,
+    Control,
+    ControlReply,
+    Error,
+    Result,
+    State,
+    Submit,
+    decode,
+    encode,
+)
+
+KIB = 1024
+OWN = 16 * KIB * KIB
+
+
+# ---- the fields ---------------------------------------------------------------------
+
+def test_the_limit_travels_as_the_last_field_and_older_frames_say_none() -> None:
+    sub = Submit("t", "n", b"", max_message_size=KIB * KIB)
+    assert decode(encode(sub)).max_message_size == KIB * KIB      # type: ignore[attr-defined]
+    old = encode(Submit("t", "n", b""))[:-1]                        # (the 0 left off)
+    old = bytes([old[0] - 1]) + old[1:]                             # one element fewer
+    assert decode(old) == Submit("t", "n", b"")
+    ctl = Control("r", "result", {"task_id": "t"}, 5000)
+    assert decode(encode(ctl)) == ctl
+    assert decode(encode(Control("r", "ping"))).max_message_size == 0   # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("msg", [Submit("t", "n", b"", max_message_size=-1),
+                                 Submit("t", "n", b"", max_message_size=1023),
+                                 Control("r", "ping", {}, 5)], ids=["submit", "tiny", "control"])
+def test_a_limit_under_what_a_peer_may_have_is_refused(msg: Any) -> None:
+    """(A peer saying 5 bytes would be sent ERRORs for every reply, even a ping's.)"""
+    with pytest.raises(DecodeError, match="max_message_size must be 0 .not said. or at least "
+                                          "1024, got") as e:
+        decode(encode(msg))
+    assert e.value.ref in ("t", "r")
+    assert decode(encode(dataclasses.replace(msg, max_message_size=1024))) is not None
+
+
+# ---- the front door -----------------------------------------------------------------
+
+def _front(own: int = OWN) -> FrontDoor:
+    front = FrontDoor()
+    front._own_limit = own
+    front._flush_scheduled = True          # (no event loop here: nothing is flushed)
+    front.node = SimpleNamespace(        # type: ignore[assignment]
+        name="n1", config=SimpleNamespace(max_message_size=own),
+        intake=SimpleNamespace(submit=lambda *a: None),
+        control=SimpleNamespace(handle=lambda *a: None))
+    return front
+
+
+def _sent(front: FrontDoor, ident: bytes) -> list[Any]:
+    return [decode(f, OWN) for f in front._out.get(ident, [])]
+
+
+def _result(tid: str, size: int, state: str = "SUCCESS") -> bytes:
+    return encode(Result(tid, state, codec.dumps(b"x" * size), node="n1"))
+
+
+def test_a_reply_over_the_limit_a_peer_said_becomes_an_error_naming_the_sizes() -> None:
+    front = _front()
+    front._said(b"small", 10 * KIB)
+    big = _result("t-big", 20 * KIB)
+    front.reply(b"small", big)
+    front.reply(b"small", _result("t-ok", 1 * KIB))
+    front.reply(b"other", big)                       # said nothing: sent as it is
+    err, ok = _sent(front, b"small")
+    assert isinstance(err, Error) and err.code == REPLY_TOO_LARGE and err.ref == "t-big"
+    assert err.message == (f"the result of task t-big is {len(big):,} bytes, over this client's "
+                           f"max_message_size ({10 * KIB:,}); it stays stored on node n1: raise "
+                           f"the client's max_message_size to {len(big):,} or more to read it "
+                           "(AsyncResult by id), or return a smaller result")
+    assert isinstance(ok, Result) and ok.task_id == "t-ok"
+    assert front._out[b"other"] == [big]
+    assert front.too_large == 1
+
+
+def test_a_control_reply_names_its_request_and_a_state_is_not_sent() -> None:
+    front = _front()
+    front._said(b"small", 10 * KIB)
+    front.reply(b"small", encode(ControlReply("req-1", True, "n1", {"x": b"y" * 20 * KIB})))
+    front.reply(b"small", encode(State("t", "PROGRESS", b"m" * 20 * KIB, "n1")))
+    front.reply(b"small", _result("t-retry", 20 * KIB, "RETRY"))
+    ctl, retry = _sent(front, b"small")
+    assert isinstance(ctl, Error) and ctl.ref == "req-1" and "CONTROLREPLY" in ctl.message
+    assert isinstance(retry, Error) and retry.ref == "t-retry" and "a RESULT" in retry.message
+    assert front.too_large == 3
+
+
+def test_only_limits_below_the_nodes_own_are_kept_and_at_most_so_many() -> None:
+    front = _front(own=OWN)
+    front._on_message(b"a", encode(Submit("t", "n", b"", max_message_size=OWN)))
+    front._on_message(b"b", encode(Control("r", "ping", {}, 2 * OWN)))
+    front._on_message(b"c", encode(Submit("t", "n", b"", max_message_size=KIB * KIB)))
+    front._on_message(b"d", encode(Control("r", "ping", {}, 64 * KIB)))
+    front._on_message(b"e", encode(Submit("t", "n", b"")))            # (an older client)
+    assert front.limits == {b"c": KIB * KIB, b"d": 64 * KIB}
+    assert front.limit_of(b"a") == OWN and front.limit_of(b"c") == KIB * KIB
+    for i in range(LIMITS_KEPT + 5):
+        front._said(b"peer-%d" % i, 4 * KIB)
+    assert len(front.limits) == LIMITS_KEPT and b"c" not in front.limits
+    front._on_message(b"peer-7", encode(Control("r", "ping", {}, 8 * KIB)))   # said anew:
+    assert list(front.limits)[-1] == b"peer-7" and front.limits[b"peer-7"] == 8 * KIB  # kept longest
+
+
+# ---- a result lookup's answer ---------------------------------------------------------
+
+def test_a_lookup_answer_fits_the_asker_submit_first_then_the_result() -> None:
+    answer = {"task_id": "t", "state": "SUCCESS", "result": b"r" * 50 * KIB,
+              "submit": b"s" * 30 * KIB}
+    assert fit(answer, OWN) is answer
+    room = 50 * KIB + REPLY_HEADROOM
+    assert fit(answer, room) == {"task_id": "t", "state": "SUCCESS", "result": b"r" * 50 * KIB}
+    assert fit(answer, room - 1) == {"task_id": "t", "state": "SUCCESS", "result_size": 50 * KIB}
+    held = {"task_id": "t", "state": "PROGRESS", "meta": b"m" * 50 * KIB}
+    assert fit(held, 10 * KIB) == {"task_id": "t", "state": "PROGRESS"}
+    small = {"task_id": "t", "state": "SUCCESS", "result": b"r" * 100}
+    assert fit(small, 1024) is small                  # (the least limit: room for 100 bytes)
