@@ -520,7 +520,8 @@ class Replicas(CopyGates, Component):
         return bool(self._sent or self.copies.working() or d.inflight or d.walking)
 
     def _resend(self, now: float) -> None:
-        for bid in [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]:
+        due = [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]
+        for bid in due:
             sent = self._sent.pop(bid)
             if self._busy.get(sent.backup) == bid:
                 del self._busy[sent.backup]
@@ -541,6 +542,11 @@ class Replicas(CopyGates, Component):
                     batch.drop.setdefault(tid, to)      # (a newer drop of it says more)
             else:
                 self._reroute(sent.backup, sent.batch)
+        if due:
+            # (its backup is free again: what was queued for it meanwhile, in a batch
+            # _queue had made while this one was in flight, goes now, as on_ack does;
+            # before, it waited for some other flush, for ever on an idle node)
+            self.node.front.schedule_flush()
 
     def unconfirmed_results(self) -> int:
         """Results in memory for their backups, not confirmed yet (to send or sent)."""

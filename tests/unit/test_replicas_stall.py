@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,13 +19,23 @@ import zmq.asyncio
 from test_node_inprocess import app, dealer, frames_until, submit, until
 
 from mesh.membership import MemberState
-from mesh.node import copies, replicas
+from mesh.node import copies, copy_gates, replicas, shedding
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
 from mesh.wire.protocol import Result
 
 STALL = 1.0
+
+
+@pytest.fixture(autouse=True)
+def no_shedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder runs every task it is sent: under load its queue waits past
+    shedding.SHED_AFTER, and tasks shed to silent or other (MOVED to the DEALER, whose
+    RESULTs then never come here) left ``three`` waiting for them (seen at load 11)."""
+    async def never(self: shedding.Shedder) -> None:
+        await asyncio.Event().wait()
+    monkeypatch.setattr(shedding.Shedder, "_loop", never)
 
 
 def _kept_for(h: Node, backup: str) -> set[str]:
@@ -93,7 +104,9 @@ def test_results_an_alive_backup_never_confirms_are_not_kept_for_it_for_ever(
     stall counted afresh at each return never came); the journal still names the
     silent backup as their other copy, so once it is dead they are copied to another
     node. A backup that confirms keeps getting its copies."""
-    monkeypatch.setattr(replicas, "COPY_STALL", 3 * STALL)  # (still to come when it flickers)
+    # no stall until the holder's copies see it flicker (a fixed COPY_STALL of 3 s
+    # could pass before, on a loaded machine: 60 tasks and their replies took longer)
+    monkeypatch.setattr(replicas, "COPY_STALL", 1000.0)
 
     async def main() -> None:
         async with three(60) as (h, s, o, to_h):
@@ -104,6 +117,9 @@ def test_results_an_alive_backup_never_confirms_are_not_kept_for_it_for_ever(
             silent = {row[1] for row in h.journal.results_of_peer("silent", 0, 1000)}
             assert 0 < len(silent) < len(ids)                  # rendezvous: some on each
             assert _kept_for(h, "silent") == silent            # (the replies went: COPY_TIMEOUT)
+            # the stall comes 3 s from now, counted from silent's first unconfirmed copy
+            since = h.replicas._unconfirmed_since["silent"]
+            monkeypatch.setattr(replicas, "COPY_STALL", time.monotonic() - since + 3 * STALL)
             await until(lambda: not _kept_for(h, "silent"), "the silent backup's results to go",
                         timeout=3 * STALL + 5)
             view[0].flicker = False
@@ -148,8 +164,40 @@ def test_results_copied_again_wait_for_the_last_ones_to_be_confirmed(monkeypatch
             def repaired() -> bool:
                 most[0] = max(most[0], h.replicas.unconfirmed_results())
                 return not h.journal.results_of_peer("other", 0, 1000)
-            await until(repaired, "other's results to be copied again", timeout=12)
+            await until(repaired, "other's results to be copied again", timeout=30)
             assert {row[1] for row in h.journal.results_of_peer("silent", 0, 1000)} >= of_other
             assert 0 < most[0] <= 5, most[0]
 
     asyncio.run(asyncio.wait_for(main(), 90))      # (run()'s 30 s: too short on a busy machine)
+
+
+def test_a_batch_queued_while_one_was_in_flight_goes_when_that_one_is_resent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result queued for a backup while its REPLICATE was in flight waits in the
+    backup's next batch; once the one in flight is resent (RESEND_AFTER, unconfirmed),
+    that batch goes. It waited for some other flush of the node (another task, a
+    reply): on an idle holder, for ever, neither resent nor found stalled (seen as 30
+    results stuck for silent in ``three``, under load: replies had gone)."""
+    monkeypatch.setattr(copy_gates, "COPY_TIMEOUT", 0.05)     # replies go: nothing else flushes
+    monkeypatch.setattr(replicas, "RESEND_AFTER", 1000.0)   # (until both are where they must be)
+
+    async def main() -> None:
+        async with running_node(app, name="holder") as h, \
+                running_node(app, name="silent", peers=[h.address]) as s, dealer(h) as to_h:
+            s.replicas.on_replicate = lambda msg: None
+            await until(lambda: h.replicas.choice.alive_ids() == ["silent"], "the two to meet")
+            r = h.replicas
+            await to_h.send(submit("t1"))
+            await frames_until(to_h, lambda got: any(isinstance(m, Result) for m in got))
+            assert "silent" in r._busy and set(r._sent[r._busy["silent"]].batch.results) == {"t1"}
+            # (the boot id of a backup first sent to is saved in a flush: done with)
+            await until(lambda: "silent" in (r.disk_copies._saved or {}), "silent's boot id saved")
+            await to_h.send(submit("t2"))
+            await frames_until(to_h, lambda got: any(isinstance(m, Result) for m in got))
+            await until(lambda: not r.gates and not h.front.flush_pending, "the node to be idle")
+            assert set(r._out["silent"].results) == {"t2"}        # (behind t1's batch)
+            monkeypatch.setattr(replicas, "RESEND_AFTER", 0.2)
+            await until(lambda: "silent" not in r._out, "the queued batch to be sent", timeout=5)
+            assert set(r._sent[r._busy["silent"]].batch.results) == {"t1", "t2"}   # (sent together)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
