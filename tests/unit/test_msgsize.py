@@ -159,3 +159,20 @@ def test_a_lookup_answer_is_cut_only_for_an_asker_that_said_a_smaller_limit() ->
     assert lookup(node, b"small", "t", False) == {      # type: ignore[arg-type]
         "task_id": "t", "state": "SUCCESS", "result_size": len(result)}
 
+
+def test_a_peer_that_says_a_limit_as_large_as_the_nodes_later_is_sent_everything() -> None:
+    """The limit remembered is the last one said: a routing id that said a smaller one,
+    then one as large as the node's (its client's setting raised, the same identity
+    connecting again), is forgotten. Before, it kept the smaller one, and every big
+    reply to it was an ERROR reply-too-large telling it to raise what it had raised."""
+    front = _front()
+    front._on_message(b"c", encode(Submit("t", "n", b"", max_message_size=KIB * KIB)))
+    assert front.limits == {b"c": KIB * KIB}
+    front._on_message(b"c", encode(Control("r", "ping", {}, 2 * OWN)))
+    assert front.limits == {}
+    big = _result("t-big", 2 * KIB * KIB)
+    front.reply(b"c", big)
+    assert front._out[b"c"] == [big] and front.too_large == 0
+    front._on_message(b"c", encode(Submit("t", "n", b"", max_message_size=KIB * KIB)))
+    front._on_message(b"c", encode(Submit("t", "n", b"")))        # (says none: kept)
+    assert front.limits == {b"c": KIB * KIB}
