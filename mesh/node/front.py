@@ -189,7 +189,7 @@ class FrontDoor(Component):
             said = msg.max_message_size
             if said and said < self._own_limit and self.limits.get(ident) != said:
                 self._said(ident, said)
-            elif said and self.limits and ident in self.limits:
+            elif said >= self._own_limit and self.limits and ident in self.limits:
                 del self.limits[ident]        # (raised since: as large as this node's)
             node.intake.submit(ident, msg, frame)
         elif type(msg) in MESSAGE_TYPES:
@@ -198,7 +198,7 @@ class FrontDoor(Component):
             said = msg.max_message_size
             if said and said < self._own_limit and self.limits.get(ident) != said:
                 self._said(ident, said)
-            elif said and self.limits and ident in self.limits:
+            elif said >= self._own_limit and self.limits and ident in self.limits:
                 del self.limits[ident]        # (raised since: as large as this node's)
             node.control.handle(ident, msg)
         elif type(msg) in _NODE_DATA:          # node to node: handoff, copies, workflows
