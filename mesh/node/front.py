@@ -189,6 +189,8 @@ class FrontDoor(Component):
             said = msg.max_message_size
             if said and said < self._own_limit and self.limits.get(ident) != said:
                 self._said(ident, said)
+            elif said >= self._own_limit and self.limits and ident in self.limits:
+                del self.limits[ident]        # (raised since: as large as this node's)
             node.intake.submit(ident, msg, frame)
         elif type(msg) in MESSAGE_TYPES:
             node.transport.deliver(ident.hex(), msg)
@@ -196,6 +198,8 @@ class FrontDoor(Component):
             said = msg.max_message_size
             if said and said < self._own_limit and self.limits.get(ident) != said:
                 self._said(ident, said)
+            elif said >= self._own_limit and self.limits and ident in self.limits:
+                del self.limits[ident]        # (raised since: as large as this node's)
             node.control.handle(ident, msg)
         elif type(msg) in _NODE_DATA:          # node to node: handoff, copies, workflows
             try:

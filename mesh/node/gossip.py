@@ -150,7 +150,8 @@ class Members(Component):
         if new == MemberState.ALIVE and old in (None, MemberState.DEAD, MemberState.LEFT) \
                 and member.id != node.name:
             node.control.share_with(member.address)   # what we revoked must not run there
-        if old == MemberState.ALIVE and new != MemberState.ALIVE and member.id != node.name:
+        if old == MemberState.ALIVE and new != MemberState.ALIVE and member.id != node.name \
+                and node.replicas.enabled:    # (no copies: nothing would ever clear it)
             node.replicas.choice.missed.add(member.id)   # (copies go elsewhere meanwhile)
         if old != new:
             level = logging.WARNING if new in (MemberState.DEAD, MemberState.SUSPECT) else logging.INFO

@@ -68,16 +68,20 @@ def lookup(node: "Node", ident: bytes, task_id: str, watch: bool) -> dict[str, A
     holder dies. (An UNKNOWN here told a web app asking while the holder was being
     killed that the task did not exist, though it was about to run here.) With
     ``watch`` the asker is told the result if the task runs here (the ledger's wait
-    for a task not here yet). Made to fit the asker's max_message_size (``fit``)."""
+    for a task not here yet). Made to fit the max_message_size the asker said, if it
+    said one below this node's (``fit``); an asker that said none (an older client)
+    is answered as before, the stored result always in."""
     answer = node.ledger.task_state(ident, task_id, watch)
+    said = node.front.limits.get(ident)
     if answer["state"] != states.UNKNOWN or "result" in answer:
-        return fit(answer, node.front.limit_of(ident))
+        return fit(answer, said) if said else answer
     replicas = getattr(node, "replicas", None)
     if replicas is None or not replicas.copies.has(task_id):
         return answer
     copy = replicas.copies.frames.get(task_id)
-    return fit(_with_submit(node, {"task_id": task_id, "state": states.RECEIVED},
-                            copy[0] if copy is not None else None, 0), node.front.limit_of(ident))
+    answer = _with_submit(node, {"task_id": task_id, "state": states.RECEIVED},
+                          copy[0] if copy is not None else None, 0)
+    return fit(answer, said) if said else answer
 
 
 def fit(answer: dict[str, Any], limit: int) -> dict[str, Any]:

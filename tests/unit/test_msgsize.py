@@ -135,3 +135,45 @@ def test_a_lookup_answer_fits_the_asker_submit_first_then_the_result() -> None:
     assert fit(held, 10 * KIB) == {"task_id": "t", "state": "PROGRESS"}
     small = {"task_id": "t", "state": "SUCCESS", "result": b"r" * 100}
     assert fit(small, 1024) is small                  # (the least limit: room for 100 bytes)
+
+
+def test_a_lookup_answer_is_cut_only_for_an_asker_that_said_a_smaller_limit() -> None:
+    """An asker that said no limit (an older client, meshctl) or one as large as the
+    node's gets the stored result as before: ``result_size`` is for a limit said
+    (docs/protocol.md 5.7). Before, a result within REPLY_HEADROOM of the node's own
+    limit was left out for every asker: an older client saw a final state without its
+    result, and a client with the node's own limit was told to raise it to a size
+    below it."""
+    from mesh.node.taskstate import lookup
+    front = _front()
+    result = b"r" * (OWN - REPLY_HEADROOM // 2)
+    node = SimpleNamespace(front=front, ledger=SimpleNamespace(
+        task_state=lambda ident, tid, watch: {"task_id": tid, "state": "SUCCESS",
+                                              "result": result}))
+    for ident in (b"older", b"same"):
+        if ident == b"same":
+            front._on_message(ident, encode(Control("r", "result", {"task_id": "t"}, OWN)))
+        answer = lookup(node, ident, "t", False)          # type: ignore[arg-type]
+        assert answer["result"] is result and "result_size" not in answer
+    front._said(b"small", 10 * KIB)
+    assert lookup(node, b"small", "t", False) == {      # type: ignore[arg-type]
+        "task_id": "t", "state": "SUCCESS", "result_size": len(result)}
+
+
+def test_a_peer_that_says_a_limit_as_large_as_the_nodes_later_is_sent_everything() -> None:
+    """The limit remembered is the last one said: a routing id that said a smaller one,
+    then one as large as the node's (its client's setting raised, the same identity
+    connecting again), is forgotten. Before, it kept the smaller one, and every big
+    reply to it was an ERROR reply-too-large telling it to raise what it had raised."""
+    front = _front()
+    front._on_message(b"c", encode(Submit("t", "n", b"", max_message_size=KIB * KIB)))
+    front._on_message(b"c", encode(Submit("t", "n", b"", max_message_size=KIB * KIB)))
+    assert front.limits == {b"c": KIB * KIB}            # (said again: kept)
+    front._on_message(b"c", encode(Control("r", "ping", {}, 2 * OWN)))
+    assert front.limits == {}
+    big = _result("t-big", 2 * KIB * KIB)
+    front.reply(b"c", big)
+    assert front._out[b"c"] == [big] and front.too_large == 0
+    front._on_message(b"c", encode(Submit("t", "n", b"", max_message_size=KIB * KIB)))
+    front._on_message(b"c", encode(Submit("t", "n", b"")))        # (says none: kept)
+    assert front.limits == {b"c": KIB * KIB}
