@@ -19,7 +19,10 @@ from zmq.utils.monitor import parse_monitor_message
 
 from mesh.exceptions import ConfigError, DecodeError, MeshError
 from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, Security
+from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, ControlReply, Error, decode, encode
+
+log = safe_logger("mesh.client")
 
 _FAILURES = FAILED_AUTH | FAILED_KEY | FAILED_PROTOCOL
 # Celery's argument names for the commands its Workers guide broadcasts
@@ -64,7 +67,14 @@ def gather(ctx: zmq.Context[Any], security: Security, endpoints: Iterable[str], 
                 security.client(s, key)
                 mon = s.get_monitor_socket(_FAILURES, addr=f"inproc://mesh-ctl-{uuid.uuid4().hex}")
                 s.connect(ep)
-                s.send(frame)
+                try:
+                    # never a blocking send: a handshake that fails before it (a node
+                    # that will not take our keys, on a loaded machine) leaves the socket
+                    # no pipe, libzmq does not connect again, and a blocking send waited
+                    # for ever (a cluster test's meshctl ping, 30 s); the monitor says why
+                    s.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
                 socks[s] = ep
                 mons[mon] = (ep, s)
                 open_per_ep[ep] += 1
@@ -153,7 +163,11 @@ class ControlClient:
                 s.setsockopt(zmq.LINGER, 1000)
                 self.security.client(s, key)
                 s.connect(ep)
-                s.send(frame)
+                try:
+                    s.send(frame, zmq.NOBLOCK)     # (never blocking: see gather)
+                except zmq.Again:
+                    log.warning("control %s not sent to %s: its handshake failed (keys?)",
+                                command, ep)
                 s.close()
 
 
