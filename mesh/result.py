@@ -125,6 +125,15 @@ def _retry_cause(meta: bytes) -> tuple[BaseException | None, str | None]:
     return rebuild_exception(d["exc"], tb), tb
 
 
+def _meta_value(state: str, meta: bytes | None) -> Any:
+    """What ``AsyncResult.result`` gives for a task not finished, from its meta."""
+    if meta is None:
+        return None
+    if state == states.RETRY:
+        return _retry_cause(meta)[0]
+    return codec.loads(meta)
+
+
 def rebuild_exception(exc: dict[str, Any] | None, tb: str | None) -> BaseException:
     """The remote exception as a local one (see module docstring)."""
     exc = exc or {}
@@ -243,10 +252,9 @@ class AsyncResult:
             return None
         msg = slot.msg
         if msg is None:
-            meta = slot.meta
-            if meta is not None and slot.state == states.RETRY:
-                return _retry_cause(meta)[0]     # the exception it retries for
-            return codec.loads(meta) if meta is not None else None
+            with Slot.lock:
+                state, meta = slot.state, slot.meta
+            return _meta_value(state, meta)     # (a RETRY's: the exception it retries for)
         return self._value(msg, propagate=False)
 
     info = result
@@ -432,13 +440,15 @@ class AsyncResult:
         told: set[tuple[str, bytes | None]] = set()
         step = max(interval, 0.01)
         while True:
-            state = self.state
+            self.state    # noqa: B018  (looks the task up when submitted elsewhere)
             slot = self._require_slot()
-            with Slot.lock:
-                seen, done = (state, slot.meta), slot.msg is not None
+            with Slot.lock:   # state and meta as one pair (read apart, a PROGRESS was told
+                state, meta, done = slot.state, slot.meta, slot.msg is not None   # twice)
+            seen = (state, meta)
             if on_message is not None and seen not in told:
                 told.add(seen)
-                on_message({"task_id": self.id, "status": state, "result": self.result,
+                result = self.result if done else _meta_value(state, meta)
+                on_message({"task_id": self.id, "status": state, "result": result,
                             "traceback": self.traceback if done else None,
                             "date_done": self.date_done if done else None, "children": []})
             if done:

@@ -455,8 +455,9 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             if slot is not None and slot.node != link.endpoint:
                 self._from_elsewhere(msg, link)
             elif slot is not None and slot.msg is None:
-                slot.state = states.RETRY
-                slot.meta = retry_meta(msg)        # r.info: the exception it retries for
+                meta = retry_meta(msg)             # r.info: the exception it retries for
+                with Slot.lock:
+                    slot.state, slot.meta = states.RETRY, meta
                 if slot.frame is not None:     # keep what a resend must carry: retries + 1
                     sub = decode(slot.frame)
                     if isinstance(sub, Submit):
@@ -601,7 +602,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         if slot is not None and slot.msg is None and slot.node == link.endpoint:
             if slot.state == states.PENDING and link.inflight > 0:   # it implies the ACK
                 link.inflight -= 1
-            slot.state, slot.meta = msg.state, msg.meta
+            with Slot.lock:        # (a pair: a watcher reads them together, result.py _watch)
+                slot.state, slot.meta = msg.state, msg.meta
 
     # -- keys: handshakes that fail, frames from elsewhere (mesh/client/handshakes.py) --
     def _wrong_key(self, link: NodeLink) -> None:

@@ -197,7 +197,8 @@ class Lookups:
     def _end_query(self, req: str) -> None:
         slot, _pending, event, state, _t, meta = self._queries.pop(req)
         if slot.msg is None:
-            slot.state, slot.meta = state, meta
+            with Slot.lock:
+                slot.state, slot.meta = state, meta
         if event is not None:
             event.set()
 
