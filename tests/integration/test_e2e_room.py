@@ -115,9 +115,12 @@ def test_a_client_that_knows_the_quotas_sends_no_burst_that_is_refused(
     _know_quotas(client, 2, QUOTA)
     out = tmp_path / "runs"
     rs = [c.tasks.append_line.delay(str(out), f"line-{i}") for i in range(400)]
+    # a task that finished while the burst was being sent made room for a later one,
+    # which went without waiting (ci5, loaded: 379 waited, not 380)
+    early = sum(r.ready() for r in rs)
     assert [r.get(timeout=RESULT_TIMEOUT) for r in rs] == [f"line-{i}" for i in range(400)]
     assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(400))    # each once
-    assert client.waited >= 400 - 2 * QUOTA, client.waited
+    assert client.waited >= 400 - 2 * QUOTA - early, (client.waited, early)
     # (without the count: a refusal or two per task that waited; a few may come from
     # the once-a-second offer, should no result come from a full node for a second)
     assert client.quota_refusals <= 4, client.quota_refusals
