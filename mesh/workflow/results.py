@@ -59,6 +59,24 @@ class GroupResult:
         """The group's id, as Celery's."""
         return str(self.id)
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to a GroupResult of the same id, or to the id itself, as in Celery.
+        (Celery also compares the members: a group's id names its members here, read
+        from its record, so two handles of one id hold the same; compared only when both
+        already know them, so ``==`` asks no node.)"""
+        if isinstance(other, GroupResult):
+            if other.id != self.id:
+                return False
+            if self._results is not None and other._results is not None:
+                return self._results == other._results
+            return True
+        if isinstance(other, str):
+            return other == self.id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
     # -- members ----------------------------------------------------------------------
     @property
     def results(self) -> list[Handle]:
@@ -235,6 +253,14 @@ class ResultSet:
 
     def __repr__(self) -> str:
         return f"<ResultSet [{', '.join(r.id for r in self.results)}]>"
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a ResultSet of the same results in the same order, as in Celery."""
+        if isinstance(other, ResultSet):
+            return other.results == self.results
+        return NotImplemented
+
+    __hash__ = None     # type: ignore[assignment]   # (mutable, as Celery's)
 
     def add(self, result: Handle) -> None:
         if result not in self.results:

@@ -14,6 +14,7 @@ import pytest
 from mesh import Mesh, chain, chord, group, signature, states, testing
 from mesh.exceptions import ChordError, TaskRevokedError
 from mesh.node.node import Node
+from mesh.result import ResultSet
 from mesh.task import Request
 from mesh.testing import running_node
 
@@ -112,6 +113,11 @@ def test_group_results_in_order_and_group_result_from_its_id() -> None:
             assert await asyncio.to_thread(again.get, 10) == [2 * i for i in range(20)]
             restored = await asyncio.to_thread(lambda: again.results)
             assert [r.id for r in restored] == [r.id for r in g.results]
+            # compared as Celery's: by id, or with the id itself; a set of them dedups
+            assert again == g and g == g.id and str(g) == g.id and len({g, again}) == 1
+            assert g != c.GroupResult("another-group", results=[])
+            assert ResultSet(g.results) == ResultSet(list(restored))
+            assert ResultSet(g.results) != ResultSet(g.results[::-1])
             assert await asyncio.to_thread(again.ready)
             assert await asyncio.to_thread(again.completed_count) == 20
     run(main())
