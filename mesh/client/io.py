@@ -53,7 +53,7 @@ from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing, not_registered
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError, result_too_large
-from mesh.result import Slot, retry_meta
+from mesh.result import Slot, retry_meta, trim_retry
 from mesh.security.curve import Security
 from mesh.security.keys import CLIENT
 from mesh.security.text import printable, safe_logger
@@ -555,7 +555,10 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             msg = decode(frame, len(frame))
         except DecodeError as e:
             msg = e
-        if type(msg) is Result and msg.state != states.RETRY:
+        retry = type(msg) is Result and msg.state == states.RETRY
+        if retry and (small := trim_retry(msg, len(frame), limit)) is not None:
+            self._handle(small, link)        # not final: cut short, as a node that knows
+        elif type(msg) is Result and not retry:      # our limit does, never failing its task
             self._too_large(msg.task_id, result_too_large(msg.task_id, len(frame), limit,
                                                           msg.node or link.node_id), link)
         elif type(msg) is ControlReply and msg.req_id in self._queries:

@@ -20,7 +20,8 @@ A client says in its SUBMIT and CONTROL frames the largest frame it reads (its
 ``max_message_size``). One set below this node's is remembered per routing id
 (``limits``), and a reply over it is not sent: libzmq would end that client's
 connection on it, for good. An ERROR ``reply-too-large`` goes instead (a STATE is
-dropped), naming the sizes; the result stays stored here (docs/protocol.md, section 9).
+dropped, a RETRY goes cut short: the task runs on), naming the sizes; the result stays
+stored here (docs/protocol.md, section 9).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from mesh.membership import MESSAGE_TYPES
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
+from mesh.result import trim_retry
 from mesh.security import gate
 from mesh.security.curve import FRONT_DOMAIN
 from mesh.security.text import printable, safe_logger
@@ -260,6 +262,8 @@ class FrontDoor(Component):
                                  "max_message_size it said (%d)", who, msg.state, msg.task_id,
                                  len(frame), limit)
             return None
+        if type(msg) is Result and msg.state == states.RETRY:
+            return self._retry_trimmed(ident, msg, len(frame), limit)
         ref = _ref(msg)
         if type(msg) is Result and msg.state in _FINAL:
             text = result_too_large(msg.task_id, len(frame), limit, self.node.name)
@@ -271,6 +275,25 @@ class FrontDoor(Component):
         self._biglog.warning("sent %s an ERROR %s instead of a reply of %d bytes: %s", who,
                              REPLY_TOO_LARGE, len(frame), text)
         return encode(Error(REPLY_TOO_LARGE, text[:500], ref))
+
+    def _retry_trimmed(self, ident: bytes, msg: Result, size: int, limit: int) -> bytes | None:
+        """A RETRY over the ``limit`` ``ident`` said: not final (the task runs again and
+        its result follows), so no ERROR (the client would fail the task): the notice
+        trimmed to fit (mesh.result.trim_retry: its cause cut short, saying so; retries,
+        eta and the next run's arguments kept for a resend), or nothing if it cannot."""
+        small = trim_retry(msg, size, limit)
+        who = printable(ident[:40])
+        if small is None:
+            self._biglog.warning("did not send %s the RETRY of task %s: %d bytes, over the "
+                                 "max_message_size it said (%d), even cut short", who,
+                                 msg.task_id, size, limit)
+            return None
+        dropped = " and without the next run's arguments" if small.payload is None and \
+            msg.payload is not None else ""
+        self._biglog.warning("sent %s the RETRY of task %s cut short%s: %d bytes, over the "
+                             "max_message_size it said (%d); the task runs again", who,
+                             msg.task_id, dropped, size, limit)
+        return encode(small)
 
     @property
     def flush_pending(self) -> bool:

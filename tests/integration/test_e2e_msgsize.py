@@ -76,3 +76,32 @@ def test_a_watcher_below_the_limit_is_told_when_the_task_it_waits_for_ends_too_b
     assert owner.tasks.blob.delay(3, str(gate)).get(timeout=RESULT_TIMEOUT) == "xxx"
     assert r.get(timeout=RESULT_TIMEOUT) == "x" * 3 * MIB
     assert small.tasks.add.delay(2, 2).get(timeout=RESULT_TIMEOUT) == 4
+
+
+def test_a_retry_notice_over_the_clients_limit_does_not_fail_the_task(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    """A task retries for an exception whose message (or traceback) is over the client's
+    max_message_size: the RETRY is not final, the task runs again on the node, so the
+    client must not fail it. The node sends the RETRY trimmed (its state, when, the
+    next run's arguments; the cause's type and the start of its message) and the final
+    result follows. (Before: the node sent ERROR reply-too-large instead, and the client
+    failed the task with ResultTooLarge while it ran again.)"""
+    node = start_node(concurrency=1)
+    limit = 64 * 1024                       # (a cause of 40 KiB: the RETRY carries it in its
+    c = make_client(node, max_message_size=limit)   # message, args and traceback: ~120 KiB)
+    counter, gate = tmp_path / "runs", _gate(tmp_path, opened=False)
+    r = c.tasks.retry_loudly.delay(40 * 1024, str(counter), str(gate))
+    wait_until(lambda: counter.exists() and counter.read_text() == "2", RESULT_TIMEOUT,
+               "the second run to start")
+    wait_until(lambda: r.state not in (states.PENDING, states.RECEIVED), RESULT_TIMEOUT,
+               "the client to hear of the retry")
+    assert r.state == states.RETRY, r.state     # (the second run waits for the gate)
+    info = r.info
+    assert isinstance(info, ValueError), info
+    assert str(info).startswith("r" * 200 + "... [cut: this RETRY notice was "), str(info)[:300]
+    assert f"over this client's max_message_size ({limit:,})" in str(info), str(info)[-300:]
+    assert r.traceback is not None and r.traceback.startswith("...")
+    gate.touch()
+    assert r.get(timeout=RESULT_TIMEOUT) == "done after 1 retry"
+    assert c.app.client.duplicates == 0
+    assert node.status()["replies_too_large"] == 1

@@ -495,3 +495,36 @@ def test_a_reply_too_large_error_fails_the_task_with_the_nodes_words() -> None:
     finally:
         close_at_once(app)
         nodes.close()
+
+
+def test_a_retry_over_the_limit_from_an_older_node_is_taken_cut_short() -> None:
+    """An older node (it does not know the client's limit) sends a RETRY over it (under
+    twice it: libzmq reads it): not final, so it fails nothing; the client takes it cut
+    short, as a node that knows the limit sends it (r.state RETRY, r.info its cause's
+    start saying so; the kept SUBMIT takes its retries), and the final result follows.
+    (Before: dropped with a warning; r.state stayed as it was, the resend's retries 0.)"""
+    nodes = Scripted(("A",))
+    app = _small_client(nodes, "retry-big")
+    try:
+        r = app.send_task("t.any", task_id="retry-big-1")
+        ident = nodes.pump(lambda got: _submits(got))[0][1]
+        cause = "c" * (MIB // 2)
+        frame = encode(Result("retry-big-1", states.RETRY, exc={
+            "type": "OSError", "module": "builtins", "message": cause,
+            "args": codec.dumps([cause])}, traceback="Traceback...\n" + cause, node="A",
+            retries=0, eta=1.7e9))
+        assert MIB < len(frame) < 2 * MIB
+        nodes.socks["A"].send_multipart([ident, frame])
+        wait_until(lambda: r.state == states.RETRY, DEADLINE, "the RETRY to be taken")
+        assert isinstance(r.info, OSError)
+        assert str(r.info).startswith("c" * 200 + f"... [cut: this RETRY notice was {len(frame):,}")
+        slot = app.client.lookup("retry-big-1")
+        assert slot is not None and slot.frame is not None
+        kept = decode(slot.frame)
+        assert isinstance(kept, Submit) and (kept.retries, kept.eta) == (1, 1.7e9)
+        nodes.send("A", ident, Result("retry-big-1", states.SUCCESS, codec.dumps(7), node="A"))
+        assert r.get(timeout=DEADLINE) == 7
+        assert app.client.takeovers == 0 and app.client.duplicates == 0
+    finally:
+        close_at_once(app)
+        nodes.close()
