@@ -45,6 +45,7 @@ import zmq
 
 from mesh import states
 from mesh.client import handshakes
+from mesh.client.alone import Alone, names
 from mesh.client.closing import Closing, _close_at_exit
 from mesh.client.frames import recv_frames
 from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
@@ -80,7 +81,7 @@ TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting
 FIRST_PLACE_WAIT = 0.5      # s a new client's first tasks wait for the mesh's members list
 
 
-class Client(Links, Routing, WaitingRoom, Lookups, Closing):
+class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
     def __init__(self, config: Config, seeds: list[str], mesh: str | None = None,
                  security: Security | None = None):
         if not seeds:
@@ -145,6 +146,8 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         self._link_ids = itertools.count()
         self._drops: dict[NodeLink, float] = {}        # disconnected links -> when to check
         self._lost: list[NodeLink] = []                 # links libzmq ended: rebuilt (links.py)
+        self._ended: dict[str, int] = {}                # task id -> ends of its link while it
+                                                        # was sent there alone (alone.py)
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -441,11 +444,15 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                 except DecodeError as e:
                     if len(frame) > self.config.max_message_size:
                         self._oversized(frame, link)    # (from a node that does not know)
+                        if link.lone and link.lone not in self._slots:
+                            self._answered_alone(link)  # (failed: too big, read: alone.py)
                     else:
                         log.warning("dropped a bad frame from %s: %s", link.endpoint, e)
                     continue
                 try:
                     self._handle(msg, link)
+                    if link.lone and names(msg, link.lone):     # (alone.py)
+                        self._answered_alone(link)
                 except Exception:
                     log.exception("error handling %s from %s", type(msg).__name__, link.endpoint)
 

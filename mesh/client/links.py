@@ -23,7 +23,9 @@ sitting): everything here runs on the client's I/O thread.
   connects (``_put``, ``_rebuild_lost``). A rebuilt link takes frames of up to
   ``WIDE_MAXMSGSIZE`` (twice a node's default limit): the node sends the same big
   result again when the task is sent again, and read, it fails its task
-  (ResultTooLarge, io.py) instead of ending the link again, and again.
+  (ResultTooLarge, io.py) instead of ending the link again, and again. A rebuilt link
+  ended again (a result over even that, from an older node set above 16 MiB) sends its
+  tasks again one at a time, and the one whose answer ends it fails (alone.py).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from mesh import states
 from mesh.capabilities import Serves, from_meta
+from mesh.client.alone import ENDED_MAX
 from mesh.client.fit import fits
 from mesh.client.frames import send_frames
 from mesh.client.placement import choose_from
@@ -76,7 +79,8 @@ class NodeLink:
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
                  "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
                  "refused_at", "credit", "held", "held_bytes", "quota_tasks", "quota_bytes",
-                 "counted", "freed_at", "unlisted", "rebuilt", "rebuilt_said")
+                 "counted", "freed_at", "unlisted", "rebuilt", "rebuilt_said", "alone", "lone",
+                 "lone_at", "queue")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -114,6 +118,10 @@ class NodeLink:
         self.unlisted = 0             # members answers in a row not listing it, its link down
         self.rebuilt = 0              # times libzmq ended its connection for good (_put)
         self.rebuilt_said = 0.0       # when that was last logged (monotonic)
+        self.alone = False            # its tasks go again one at a time (alone.py)
+        self.lone = ""                # the task sent alone, until a frame about it comes
+        self.lone_at = 0.0            # when it was sent (monotonic)
+        self.queue: list[str] = []    # the tasks to send alone after it
 
     @property
     def score(self) -> float:
@@ -177,6 +185,9 @@ class Links:
         def _wrong_key(self, link: NodeLink) -> None: ...
         def _link_refused(self, link: NodeLink, why: str) -> None: ...
         def _retry_refused(self, now: float) -> None: ...
+        def _ended_alone(self, link: NodeLink, cap: int) -> None: ...
+        def _resend_alone(self, link: NodeLink, slots: list[Slot]) -> None: ...
+        def _check_alone(self, now: float) -> None: ...
 
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
@@ -281,6 +292,8 @@ class Links:
                 continue
             limit = self.config.max_message_size
             cap = max(2 * limit, WIDE_MAXMSGSIZE) if link.rebuilt else 2 * limit
+            if link.rebuilt:        # ended again, over even that: tasks go one at a time,
+                self._ended_alone(link, cap)       # the one that ends it fails (alone.py)
             link.rebuilt += 1
             if now - link.rebuilt_said >= LOST_SAID:
                 mine = sum(1 for s in self._slots.values()
@@ -290,9 +303,11 @@ class Links:
                             "this client's max_message_size is %d, and the node did not honour "
                             "it: an older node?): connecting again, taking frames of up to %d "
                             "bytes from it (a result over %d fails its task), and sending its %d "
-                            "task(s) again (%d time(s) so far)", link.node_id or "?",
+                            "task(s) again%s (%d time(s) so far)", link.node_id or "?",
                             link.endpoint, cap, limit, max(2 * limit, WIDE_MAXMSGSIZE), limit,
-                            mine, link.rebuilt)
+                            mine, " one at a time (one whose result ends the connection "
+                            f"{ENDED_MAX} times fails with ResultTooLarge)" if link.alone else "",
+                            link.rebuilt)
                 link.rebuilt_said = now
             self._reset_link(link)
 
@@ -355,6 +370,9 @@ class Links:
                                  len(mine))
                         self.resent += len(mine)
                         link.inflight = 0
+                        if link.alone:      # (one at a time: alone.py)
+                            self._resend_alone(link, mine)
+                            continue
                         for slot in mine:
                             self._send(slot, link)
 
@@ -444,6 +462,7 @@ class Links:
         self._requery(now)
         self._close_gone_links(now)
         self._retry_refused(now)
+        self._check_alone(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
         self._members_req = uuid.uuid4().hex

@@ -528,3 +528,77 @@ def test_a_retry_over_the_limit_from_an_older_node_is_taken_cut_short() -> None:
     finally:
         close_at_once(app)
         nodes.close()
+
+
+class OlderNode(threading.Thread):
+    """A scripted node from before the client's stated limit, set above 16 MiB: it
+    answers each SUBMIT of ``big`` with that task's stored result of ``size`` bytes,
+    every other SUBMIT with an ACK, ``members`` with itself; the replies of one pass go
+    as one multipart message, as a real node's (an ACK beside the big result is lost
+    with it when libzmq ends the connection)."""
+
+    def __init__(self, big: str, size: int) -> None:
+        super().__init__(daemon=True)
+        self.nodes = Scripted(("A",))
+        self.endpoint = self.nodes.endpoints["A"]
+        self.result = encode(Result(big, states.SUCCESS, codec.dumps(b"x" * size), node="A"))
+        self.big, self.submits, self.running = big, [], True
+        self.start()
+
+    def run(self) -> None:
+        sock = self.nodes.socks["A"]
+        while self.running:
+            if not sock.poll(20):
+                continue
+            out: dict[bytes, list[bytes]] = {}
+            while sock.poll(0):
+                ident, *frames = sock.recv_multipart()
+                for f in frames:
+                    m = decode(f)
+                    if isinstance(m, Control) and m.command == "members":
+                        out.setdefault(ident, []).append(encode(ControlReply(
+                            m.req_id, True, "A", self.nodes.members())))
+                    elif isinstance(m, Submit):
+                        self.submits.append(m.task_id)
+                        out.setdefault(ident, []).append(
+                            self.result if m.task_id == self.big
+                            else encode(Ack([m.task_id], "A", [1, 1, 0])))
+            for ident, frames in out.items():
+                sock.send_multipart([ident, *frames])
+
+    def stop(self) -> None:
+        self.running = False
+        self.join(5)
+        self.nodes.close()
+
+
+def test_a_result_over_what_a_rebuilt_link_takes_fails_its_task_after_a_few_rebuilds() -> None:
+    """An older node set above 16 MiB sends a result over the 32 MiB a rebuilt link
+    takes: the connection ends at every resend of its task. After a few rebuilds the
+    task that ends it (sent alone: an ACK beside it is lost with it) fails with
+    ResultTooLarge, saying what to do, and is not sent again; a task held there beside
+    it is not failed, and the link keeps serving. (Before: rebuilt every ~0.5 s for ever,
+    and the other task's get() waited.)"""
+    node = OlderNode("ender-big", 33 * MIB)
+    app = Mesh("ender", peers=[node.endpoint], mdns=False, max_message_size=MIB)
+    try:
+        running = app.send_task("t.any", task_id="ender-running")
+        wait_until(lambda: running.state == states.RECEIVED, DEADLINE, "its ACK")
+        big = app.send_task("t.any", task_id="ender-big")
+        with pytest.raises(ResultTooLarge) as e:
+            big.get(timeout=DEADLINE)
+        text = str(e.value)
+        assert "ender-big" in text and "max_message_size" in text, text
+        assert "AsyncResult" in text and "larger" in text, text
+        link = app.client.links[node.endpoint]
+        rebuilt = link.rebuilt
+        assert 2 <= rebuilt <= 6, rebuilt
+        sent = node.submits.count("ender-big")
+        assert running.state == states.RECEIVED and not running.ready()
+        late = app.send_task("t.any", task_id="ender-late")    # the link serves
+        wait_until(lambda: late.state == states.RECEIVED, DEADLINE, "the later task's ACK")
+        assert node.submits.count("ender-big") == sent            # not asked for again
+        assert link.rebuilt == rebuilt and app.client.takeovers == 0
+    finally:
+        close_at_once(app)
+        node.stop()
