@@ -48,7 +48,7 @@ from mesh.client import handshakes
 from mesh.client.alone import Alone, names
 from mesh.client.closing import Closing, _close_at_exit
 from mesh.client.frames import recv_frames
-from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
+from mesh.client.links import MEMBERS_REQ, RELEASE_RETRY_DELAY, Links, NodeLink
 from mesh.client.lookups import Lookups
 from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing, not_registered
@@ -568,6 +568,9 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
         elif type(msg) is Result and not retry:      # our limit does, never failing its task
             self._too_large(msg.task_id, result_too_large(msg.task_id, len(frame), limit,
                                                           msg.node or link.node_id), link)
+        elif type(msg) is ControlReply and msg.req_id.startswith(MEMBERS_REQ):
+            self._members_too_large(f"it is {len(frame):,} bytes, over this client's "
+                                    f"max_message_size ({limit:,})", link)
         elif type(msg) is ControlReply and msg.req_id in self._queries:
             self._too_large(msg.req_id, f"the answer of node {msg.node} to a result lookup is "
                             f"{len(frame):,} bytes, over this client's max_message_size "
@@ -582,6 +585,9 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
         ``reply-too-large`` instead (``text``: its words), or an older node sent it
         (``_oversized``). The task it is about, ours or looked up here, fails with
         ResultTooLarge; the node keeps its result, for a client with a larger limit."""
+        if ref is not None and ref.startswith(MEMBERS_REQ):     # (said once: links.py)
+            self._members_too_large(text, link)
+            return
         slot = self._slots.get(ref) if ref else None
         if slot is not None and slot.node == link.endpoint and slot.msg is None:
             del self._slots[slot.task_id]

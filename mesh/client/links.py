@@ -70,6 +70,7 @@ DROPPED_WAIT = 0.5          # s after a disconnect before a send tells whether l
                             # the connection for good (then the link is rebuilt)
 LOST_SAID = 60.0            # s between two log lines about one link rebuilt that way
 WIDE_MAXMSGSIZE = 2 * DEFAULT_MAX_MESSAGE_SIZE   # a rebuilt link's ZMQ_MAXMSGSIZE, at least
+MEMBERS_REQ = "members-"    # the req_id of each members question starts so
 
 
 class NodeLink:
@@ -159,6 +160,7 @@ class Links:
     _lost: list[NodeLink]           # links whose DEALER refuses sends: rebuilt (_rebuild_lost)
     _closing: bool
     _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
+    _members_big_said = False     # "the members answer is too big" said, none fitted since
     _gone: frozenset[str] = frozenset()   # endpoints the last members answer said are
                                           # dead or left (none of ours need be linked)
 
@@ -465,7 +467,7 @@ class Links:
         self._check_alone(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
-        self._members_req = uuid.uuid4().hex
+        self._members_req = MEMBERS_REQ + uuid.uuid4().hex
         self._put(link, encode(Control(self._members_req, "members", {},
                                        self.config.max_message_size)))
 
@@ -502,9 +504,29 @@ class Links:
                 out[ep] = (state, nid, m)
         return out
 
+    def _members_too_large(self, text: str, link: NodeLink) -> None:
+        """The answer to our members question was over our max_message_size (``text``:
+        the node's ERROR ``reply-too-large``, or what an older node's frame was). Said
+        once, until an answer fits again (asked each second, it would be said each
+        second); the client goes on with the nodes it knows."""
+        if self._members_big_said:
+            log.debug("members answer from %s too large again: %s", link.endpoint, text)
+            return
+        self._members_big_said = True
+        who = f"node {link.node_id} ({link.endpoint})" if link.node_id else link.endpoint
+        log.warning("the mesh's members answer from %s was not read: %s. Until one fits, "
+                    "this client does not learn the mesh's nodes (nor when one dies) and "
+                    "sends its tasks to the %d node(s) it knows. Raise the client's "
+                    "max_message_size (Mesh(max_message_size=...), MESH_MAX_MESSAGE_SIZE) to "
+                    "that size or more. (Said once; it asks again each second.)", who, text,
+                    len(self._placeable) or len(self.seeds))
+
     def _apply_members(self, members: Any, answering: NodeLink | None = None) -> None:
         if not isinstance(members, list):
             return
+        if self._members_big_said:
+            self._members_big_said = False
+            log.info("the mesh's members answer fits this client's max_message_size again")
         self.members_applied += 1
         changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []

@@ -95,6 +95,8 @@ class FrontDoor(Component):
         self.too_large = 0                     # replies not sent: over their receiver's limit
         self._own_limit = 0                    # this node's max_message_size
         self._biglog = _RateLimitedLog("replies too large for their receiver")
+        self._told: set[bytes] = set()         # routing ids told of a reply too large that
+                                               # is not a result (logged once each)
 
     async def start(self, node: "Node") -> None:
         cfg = node.config
@@ -265,6 +267,7 @@ class FrontDoor(Component):
         if type(msg) is Result and msg.state == states.RETRY:
             return self._retry_trimmed(ident, msg, len(frame), limit)
         ref = _ref(msg)
+        once = False
         if type(msg) is Result and msg.state in _FINAL:
             text = result_too_large(msg.task_id, len(frame), limit, self.node.name)
         else:
@@ -272,8 +275,15 @@ class FrontDoor(Component):
             text = (f"a {what}{f' about {ref}' if ref else ''} of {len(frame):,} bytes is over "
                     f"this client's max_message_size ({limit:,}): not sent; raise the client's "
                     f"max_message_size to {len(frame):,} or more")
-        self._biglog.warning("sent %s an ERROR %s instead of a reply of %d bytes: %s", who,
-                             REPLY_TOO_LARGE, len(frame), text)
+            once = ident in self._told      # (a members answer, asked each second)
+            if not once:
+                if len(self._told) >= LIMITS_KEPT:
+                    self._told.clear()
+                self._told.add(ident)
+        (log.debug if once else self._biglog.warning)(
+            "sent %s an ERROR %s instead of a reply of %d bytes: %s%s", who, REPLY_TOO_LARGE,
+            len(frame), text, "" if once else " (said once for this peer's replies that are "
+            "not results)")
         return encode(Error(REPLY_TOO_LARGE, text[:500], ref))
 
     def _retry_trimmed(self, ident: bytes, msg: Result, size: int, limit: int) -> bytes | None:
