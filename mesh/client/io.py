@@ -79,6 +79,7 @@ BATCH = 256                 # most frames sent to a node in one zmq message
 TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client
 TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting a new thread
 FIRST_PLACE_WAIT = 0.5      # s a new client's first tasks wait for the mesh's members list
+DROPPED_SAID = 60.0         # s between two WARNINGs about frames of a kind dropped too big
 
 
 class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
@@ -146,6 +147,8 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
         self._link_ids = itertools.count()
         self._drops: dict[NodeLink, float] = {}        # disconnected links -> when to check
         self._lost: list[NodeLink] = []                 # links libzmq ended: rebuilt (links.py)
+        self._dropped_said: dict[str, float] = {}      # frame kind -> when a frame of it
+                                                        # too big was last said dropped
         self._ended: dict[str, int] = {}                # task id -> ends of its link while it
                                                         # was sent there alone (alone.py)
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
@@ -576,9 +579,27 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
                             f"{len(frame):,} bytes, over this client's max_message_size "
                             f"({limit:,}): raise it to read that result", link)
         else:
-            log.warning("dropped a frame of %d bytes from %s, over this client's "
-                        "max_message_size (%d): %s", len(frame), link.endpoint, limit,
-                        type(msg).__name__ if not isinstance(msg, Exception) else msg)
+            self._dropped_oversized(msg, len(frame), link)
+
+    def _dropped_oversized(self, msg: Any, size: int, link: NodeLink) -> None:
+        """Say (once a minute per kind of frame) that a frame over our limit, from a
+        node that does not know it, was dropped, and what to do."""
+        kind = type(msg).__name__.upper() if not isinstance(msg, Exception) else "frame"
+        now = time.monotonic()
+        if now - self._dropped_said.get(kind, -DROPPED_SAID) < DROPPED_SAID:
+            log.debug("dropped a %s of %d bytes from %s", kind, size, link.endpoint)
+            return
+        self._dropped_said[kind] = now
+        ref = getattr(msg, "task_id", None) or getattr(msg, "req_id", None)
+        about = f" about {printable(ref, 100)}" if isinstance(ref, str) else ""
+        why = f" ({printable(str(msg), 200)})" if isinstance(msg, Exception) else ""
+        log.warning("dropped a %s%s of %d bytes from %s%s: over this client's max_message_size "
+                    "(%d), from a node that does not know that limit (an older one). Raise "
+                    "the client's max_message_size (Mesh(max_message_size=...), "
+                    "MESH_MAX_MESSAGE_SIZE) to %d or more, or read the task by id "
+                    "(AsyncResult) from a client with a larger max_message_size. (Said at "
+                    "most once a minute for a %s.)", kind, about, size, link.endpoint, why,
+                    self.config.max_message_size, size, kind)
 
     def _too_large(self, ref: str | None, text: str, link: NodeLink) -> None:
         """A reply about ``ref`` was over our max_message_size: the node sent an ERROR

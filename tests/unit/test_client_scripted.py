@@ -34,6 +34,7 @@ from mesh.wire.protocol import (
     Moved,
     Release,
     Result,
+    State,
     Submit,
     decode,
     encode,
@@ -602,3 +603,34 @@ def test_a_result_over_what_a_rebuilt_link_takes_fails_its_task_after_a_few_rebu
     finally:
         close_at_once(app)
         node.stop()
+
+
+def test_a_frame_over_the_limit_from_an_older_node_is_said_dropped_with_what_to_do(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An older node sends a STATE (a task's progress meta) over the client's limit,
+    under twice it (libzmq reads it): dropped, and the WARNING says what to do (raise
+    max_message_size to its size, or read the task by id from a client with a larger
+    limit), once a minute at most, not once per frame; the task goes on and its result
+    comes. (Before: 'dropped a frame of N bytes ...: State', with no advice, each time.)"""
+    caplog.set_level(logging.DEBUG, "mesh.client")
+    nodes = Scripted(("A",))
+    app = _small_client(nodes, "state-big")
+    try:
+        r = app.send_task("t.any", task_id="state-big-1")
+        ident = nodes.pump(lambda got: _submits(got))[0][1]
+        frame = encode(State("state-big-1", "PROGRESS", codec.dumps(b"m" * (MIB // 2 * 3)), "A"))
+        for _ in range(3):
+            nodes.socks["A"].send_multipart([ident, frame])
+        nodes.send("A", ident, Result("state-big-1", states.SUCCESS, codec.dumps(3), node="A"))
+        assert r.get(timeout=DEADLINE) == 3
+        said = [m for m in (r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+                if m.startswith("dropped a STATE")]
+        assert len(said) == 1, said
+        assert said[0].startswith(f"dropped a STATE about state-big-1 of {len(frame)} bytes from "), said
+        assert f"max_message_size (Mesh(max_message_size=...), MESH_MAX_MESSAGE_SIZE) to " \
+               f"{len(frame)} or more" in said[0], said
+        assert "(AsyncResult) from a client with a larger max_message_size" in said[0], said
+        assert app.client.takeovers == 0
+    finally:
+        close_at_once(app)
+        nodes.close()
