@@ -223,10 +223,11 @@ class FrontDoor(Component):
             del limits[next(iter(limits))]
         limits[ident] = limit
 
-    def limit_of(self, ident: bytes) -> int:
-        """The largest frame ``ident`` reads, as far as this node knows (its own limit
-        when that peer said none, or one as large)."""
-        return self.limits.get(ident, self._own_limit)
+    def said_limit(self, ident: bytes) -> int | None:
+        """The max_message_size ``ident`` said, when below this node's: what its
+        replies must fit (a result lookup's answer is made to: taskstate.lookup); None
+        when it said none, or one as large as this node's."""
+        return self.limits.get(ident)
 
     # -- outbound ---------------------------------------------------------------------
     def refuse(self, ident: bytes, code: str, message: str, ref: str | None = None) -> None:

@@ -148,7 +148,13 @@ def test_only_limits_below_the_nodes_own_are_kept_and_at_most_so_many() -> None:
     front._on_message(b"d", encode(Control("r", "ping", {}, 64 * KIB)))
     front._on_message(b"e", encode(Submit("t", "n", b"")))            # (an older client)
     assert front.limits == {b"c": KIB * KIB, b"d": 64 * KIB}
-    assert front.limit_of(b"a") == OWN and front.limit_of(b"c") == KIB * KIB
+    big = _result("t-big", 2 * KIB * KIB)                   # over c's and d's, under OWN
+    for ident in (b"a", b"b", b"c", b"d", b"e"):
+        front.reply(ident, big)
+    assert {i: type(m).__name__ for i in (b"a", b"b", b"c", b"d", b"e")
+            for m in _sent(front, i)} == {b"a": "Result", b"b": "Result", b"c": "Error",
+                                          b"d": "Error", b"e": "Result"}
+    front._out.clear()
     for i in range(LIMITS_KEPT + 5):
         front._said(b"peer-%d" % i, 4 * KIB)
     assert len(front.limits) == LIMITS_KEPT and b"c" not in front.limits
