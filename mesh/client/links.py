@@ -374,9 +374,9 @@ class Links:
                         link.inflight = 0
                         if link.alone:      # (one at a time: alone.py)
                             self._resend_alone(link, mine)
-                            continue
-                        for slot in mine:
-                            self._send(slot, link)
+                        else:
+                            for slot in mine:
+                                self._send(slot, link)
 
     def _close_gone_links(self, now: float) -> None:
         """Close links to nodes dead or left for over LINK_GRACE seconds that hold
