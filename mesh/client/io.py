@@ -446,9 +446,9 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
                     msg = decode(frame, self.config.max_message_size)
                 except DecodeError as e:
                     if len(frame) > self.config.max_message_size:
-                        self._oversized(frame, link)    # (from a node that does not know)
-                        if link.lone and link.lone not in self._slots:
-                            self._answered_alone(link)  # (failed: too big, read: alone.py)
+                        read = self._oversized(frame, link)   # (from a node that does
+                        if link.lone and names(read, link.lone):   # not know our limit)
+                            self._answered_alone(link)  # (alone.py)
                     else:
                         log.warning("dropped a bad frame from %s: %s", link.endpoint, e)
                     continue
@@ -554,11 +554,12 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
         else:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
 
-    def _oversized(self, frame: bytes, link: NodeLink) -> None:
+    def _oversized(self, frame: bytes, link: NodeLink) -> Any:
         """A frame over our max_message_size (up to twice it: libzmq refuses more),
         from a node that was not told our limit (an older one): it is read, only for
         whose it is. A result fails its task, saying so, as a node's ERROR
-        ``reply-too-large`` would; the node keeps it."""
+        ``reply-too-large`` would; the node keeps it. Returns what it was (the message,
+        or the DecodeError)."""
         limit = self.config.max_message_size
         msg: Any
         try:
@@ -571,15 +572,16 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
         elif type(msg) is Result and not retry:      # our limit does, never failing its task
             self._too_large(msg.task_id, result_too_large(msg.task_id, len(frame), limit,
                                                           msg.node or link.node_id), link)
-        elif type(msg) is ControlReply and msg.req_id.startswith(MEMBERS_REQ):
-            self._members_too_large(f"it is {len(frame):,} bytes, over this client's "
-                                    f"max_message_size ({limit:,})", link)
         elif type(msg) is ControlReply and msg.req_id in self._queries:
             self._too_large(msg.req_id, f"the answer of node {msg.node} to a result lookup is "
                             f"{len(frame):,} bytes, over this client's max_message_size "
                             f"({limit:,}): raise it to read that result", link)
+        elif type(msg) is ControlReply and msg.req_id.startswith(MEMBERS_REQ):
+            self._members_too_large(f"it is {len(frame):,} bytes, over this client's "
+                                    f"max_message_size ({limit:,})", link)
         else:
             self._dropped_oversized(msg, len(frame), link)
+        return msg
 
     def _dropped_oversized(self, msg: Any, size: int, link: NodeLink) -> None:
         """Say (once a minute per kind of frame) that a frame over our limit, from a
@@ -606,9 +608,6 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
         ``reply-too-large`` instead (``text``: its words), or an older node sent it
         (``_oversized``). The task it is about, ours or looked up here, fails with
         ResultTooLarge; the node keeps its result, for a client with a larger limit."""
-        if ref is not None and ref.startswith(MEMBERS_REQ):     # (said once: links.py)
-            self._members_too_large(text, link)
-            return
         slot = self._slots.get(ref) if ref else None
         if slot is not None and slot.node == link.endpoint and slot.msg is None:
             del self._slots[slot.task_id]
@@ -620,9 +619,13 @@ class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
             if self._full:
                 self._room_freed(owner)
             return
-        if ref is None or not self._too_large_elsewhere(ref, text):
-            log.warning("node at %s did not send a reply over this client's "
-                        "max_message_size: %s", link.endpoint, text)
+        if ref is not None and self._too_large_elsewhere(ref, text):
+            return
+        if ref is not None and ref.startswith(MEMBERS_REQ):    # our members question (a
+            self._members_too_large(text, link)                # task id looking so is
+            return                                             # one of the above first)
+        log.warning("node at %s did not send a reply over this client's "
+                    "max_message_size: %s", link.endpoint, text)
 
     @staticmethod
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
