@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import sys
 import threading
@@ -28,7 +29,7 @@ from mesh.exceptions import (
 )
 from mesh.security.text import safe_logger
 from mesh.wire import codec
-from mesh.wire.protocol import Result, Submit, decode
+from mesh.wire.protocol import Result, Submit, decode, encode
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
@@ -112,6 +113,38 @@ def retry_meta(res: Result) -> bytes | None:
     if res.state != states.RETRY or not res.exc:
         return None
     return codec.dumps({"exc": res.exc, "traceback": res.traceback})
+
+
+RETRY_KEPT = 200        # characters of a RETRY's cause kept when the notice is trimmed
+RETRY_TB_KEPT = 2000    # characters of the end of its traceback kept then
+
+
+def trim_retry(res: Result, size: int, limit: int) -> Result | None:
+    """A RETRY notice (``res``, ``size`` bytes encoded) small enough for a receiver
+    that reads frames of ``limit`` bytes at most: the state, ``retries``, ``eta`` and the
+    next run's ``payload`` as they are (what a resend must carry: docs/protocol.md
+    12.1); of its cause the type and the start of its message, saying it was cut, and
+    the end of its traceback. When the next run's arguments alone are over ``limit``,
+    they are left out too (the receiver keeps the ones it has); None when even that is
+    over it. The task runs again: a notice too big must not fail it (the final RESULT
+    follows)."""
+    note = (f" [cut: this RETRY notice was {size:,} bytes, over this client's "
+            f"max_message_size ({limit:,}), and not sent whole; the task runs again]")
+    exc = res.exc if isinstance(res.exc, dict) else {}
+    message = str(exc.get("message") or "")
+    cause = {"type": str(exc.get("type") or "Exception")[:RETRY_KEPT],
+             "module": str(exc.get("module") or "")[:RETRY_KEPT],
+             "message": (message[:RETRY_KEPT] + ("..." if len(message) > RETRY_KEPT else "")
+                         + note), "args": None}
+    tb = res.traceback
+    if tb and len(tb) > RETRY_TB_KEPT:
+        tb = "..." + tb[-RETRY_TB_KEPT:]
+    for traceback, payload in ((tb, res.payload), (None, res.payload), (tb, None), (None, None)):
+        small = dataclasses.replace(res, result=None, exc=cause, traceback=traceback,
+                                    payload=payload)
+        if len(encode(small)) <= limit:
+            return small
+    return None
 
 
 def _retry_cause(meta: bytes) -> tuple[BaseException | None, str | None]:

@@ -45,15 +45,16 @@ import zmq
 
 from mesh import states
 from mesh.client import handshakes
+from mesh.client.alone import Alone, names
 from mesh.client.closing import Closing, _close_at_exit
 from mesh.client.frames import recv_frames
-from mesh.client.links import RELEASE_RETRY_DELAY, Links, NodeLink
+from mesh.client.links import MEMBERS_REQ, RELEASE_RETRY_DELAY, Links, NodeLink
 from mesh.client.lookups import Lookups
 from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing, not_registered
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError, result_too_large
-from mesh.result import Slot, retry_meta
+from mesh.result import Slot, retry_meta, trim_retry
 from mesh.security.curve import Security
 from mesh.security.keys import CLIENT
 from mesh.security.text import printable, safe_logger
@@ -78,9 +79,10 @@ BATCH = 256                 # most frames sent to a node in one zmq message
 TAKEOVER_LIMIT = 5          # I/O thread failures within TAKEOVER_WINDOW s before the client
 TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting a new thread
 FIRST_PLACE_WAIT = 0.5      # s a new client's first tasks wait for the mesh's members list
+DROPPED_SAID = 60.0         # s between two WARNINGs about frames of a kind dropped too big
 
 
-class Client(Links, Routing, WaitingRoom, Lookups, Closing):
+class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing):
     def __init__(self, config: Config, seeds: list[str], mesh: str | None = None,
                  security: Security | None = None):
         if not seeds:
@@ -145,6 +147,10 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         self._link_ids = itertools.count()
         self._drops: dict[NodeLink, float] = {}        # disconnected links -> when to check
         self._lost: list[NodeLink] = []                 # links libzmq ended: rebuilt (links.py)
+        self._dropped_said: dict[str, float] = {}      # frame kind -> when a frame of it
+                                                        # too big was last said dropped
+        self._ended: dict[str, int] = {}                # task id -> ends of its link while it
+                                                        # was sent there alone (alone.py)
         self._thread = threading.Thread(target=self._run, name="mesh-client-io", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
@@ -440,12 +446,16 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
                     msg = decode(frame, self.config.max_message_size)
                 except DecodeError as e:
                     if len(frame) > self.config.max_message_size:
-                        self._oversized(frame, link)    # (from a node that does not know)
+                        read = self._oversized(frame, link)   # (from a node that does
+                        if link.lone and names(read, link.lone):   # not know our limit)
+                            self._answered_alone(link)  # (alone.py)
                     else:
                         log.warning("dropped a bad frame from %s: %s", link.endpoint, e)
                     continue
                 try:
                     self._handle(msg, link)
+                    if link.lone and names(msg, link.lone):     # (alone.py)
+                        self._answered_alone(link)
                 except Exception:
                     log.exception("error handling %s from %s", type(msg).__name__, link.endpoint)
 
@@ -544,28 +554,54 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
         else:
             log.debug("ignored %s from %s", type(msg).__name__, link.endpoint)
 
-    def _oversized(self, frame: bytes, link: NodeLink) -> None:
+    def _oversized(self, frame: bytes, link: NodeLink) -> Any:
         """A frame over our max_message_size (up to twice it: libzmq refuses more),
         from a node that was not told our limit (an older one): it is read, only for
         whose it is. A result fails its task, saying so, as a node's ERROR
-        ``reply-too-large`` would; the node keeps it."""
+        ``reply-too-large`` would; the node keeps it. Returns what it was (the message,
+        or the DecodeError)."""
         limit = self.config.max_message_size
         msg: Any
         try:
             msg = decode(frame, len(frame))
         except DecodeError as e:
             msg = e
-        if type(msg) is Result and msg.state != states.RETRY:
+        retry = type(msg) is Result and msg.state == states.RETRY
+        if retry and (small := trim_retry(msg, len(frame), limit)) is not None:
+            self._handle(small, link)        # not final: cut short, as a node that knows
+        elif type(msg) is Result and not retry:      # our limit does, never failing its task
             self._too_large(msg.task_id, result_too_large(msg.task_id, len(frame), limit,
                                                           msg.node or link.node_id), link)
         elif type(msg) is ControlReply and msg.req_id in self._queries:
             self._too_large(msg.req_id, f"the answer of node {msg.node} to a result lookup is "
                             f"{len(frame):,} bytes, over this client's max_message_size "
                             f"({limit:,}): raise it to read that result", link)
+        elif type(msg) is ControlReply and msg.req_id.startswith(MEMBERS_REQ):
+            self._members_too_large(f"it is {len(frame):,} bytes, over this client's "
+                                    f"max_message_size ({limit:,})", link)
         else:
-            log.warning("dropped a frame of %d bytes from %s, over this client's "
-                        "max_message_size (%d): %s", len(frame), link.endpoint, limit,
-                        type(msg).__name__ if not isinstance(msg, Exception) else msg)
+            self._dropped_oversized(msg, len(frame), link)
+        return msg
+
+    def _dropped_oversized(self, msg: Any, size: int, link: NodeLink) -> None:
+        """Say (once a minute per kind of frame) that a frame over our limit, from a
+        node that does not know it, was dropped, and what to do."""
+        kind = type(msg).__name__.upper() if not isinstance(msg, Exception) else "frame"
+        now = time.monotonic()
+        if now - self._dropped_said.get(kind, -DROPPED_SAID) < DROPPED_SAID:
+            log.debug("dropped a %s of %d bytes from %s", kind, size, link.endpoint)
+            return
+        self._dropped_said[kind] = now
+        ref = getattr(msg, "task_id", None) or getattr(msg, "req_id", None)
+        about = f" about {printable(ref, 100)}" if isinstance(ref, str) else ""
+        why = f" ({printable(str(msg), 200)})" if isinstance(msg, Exception) else ""
+        log.warning("dropped a %s%s of %d bytes from %s%s: over this client's max_message_size "
+                    "(%d), from a node that does not know that limit (an older one). Raise "
+                    "the client's max_message_size (Mesh(max_message_size=...), "
+                    "MESH_MAX_MESSAGE_SIZE) to %d or more, or read the task by id "
+                    "(AsyncResult) from a client with a larger max_message_size. (Said at "
+                    "most once a minute for a %s.)", kind, about, size, link.endpoint, why,
+                    self.config.max_message_size, size, kind)
 
     def _too_large(self, ref: str | None, text: str, link: NodeLink) -> None:
         """A reply about ``ref`` was over our max_message_size: the node sent an ERROR
@@ -583,9 +619,13 @@ class Client(Links, Routing, WaitingRoom, Lookups, Closing):
             if self._full:
                 self._room_freed(owner)
             return
-        if ref is None or not self._too_large_elsewhere(ref, text):
-            log.warning("node at %s did not send a reply over this client's "
-                        "max_message_size: %s", link.endpoint, text)
+        if ref is not None and self._too_large_elsewhere(ref, text):
+            return
+        if ref is not None and ref.startswith(MEMBERS_REQ):    # our members question (a
+            self._members_too_large(text, link)                # task id looking so is
+            return                                             # one of the above first)
+        log.warning("node at %s did not send a reply over this client's "
+                    "max_message_size: %s", link.endpoint, text)
 
     @staticmethod
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:

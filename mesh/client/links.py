@@ -23,7 +23,9 @@ sitting): everything here runs on the client's I/O thread.
   connects (``_put``, ``_rebuild_lost``). A rebuilt link takes frames of up to
   ``WIDE_MAXMSGSIZE`` (twice a node's default limit): the node sends the same big
   result again when the task is sent again, and read, it fails its task
-  (ResultTooLarge, io.py) instead of ending the link again, and again.
+  (ResultTooLarge, io.py) instead of ending the link again, and again. A rebuilt link
+  ended again (a result over even that, from an older node set above 16 MiB) sends its
+  tasks again one at a time, and the one whose answer ends it fails (alone.py).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from mesh import states
 from mesh.capabilities import Serves, from_meta
+from mesh.client.alone import ENDED_MAX
 from mesh.client.fit import fits
 from mesh.client.frames import send_frames
 from mesh.client.placement import choose_from
@@ -67,6 +70,7 @@ DROPPED_WAIT = 0.5          # s after a disconnect before a send tells whether l
                             # the connection for good (then the link is rebuilt)
 LOST_SAID = 60.0            # s between two log lines about one link rebuilt that way
 WIDE_MAXMSGSIZE = 2 * DEFAULT_MAX_MESSAGE_SIZE   # a rebuilt link's ZMQ_MAXMSGSIZE, at least
+MEMBERS_REQ = "members-"    # the req_id of each members question starts so
 
 
 class NodeLink:
@@ -76,7 +80,8 @@ class NodeLink:
                  "sock", "released_at", "monitor", "connected", "reconnects", "gone_since",
                  "down", "resets", "rid", "serves", "key", "keys_failed", "strikes", "refused",
                  "refused_at", "credit", "held", "held_bytes", "quota_tasks", "quota_bytes",
-                 "counted", "freed_at", "unlisted", "rebuilt", "rebuilt_said")
+                 "counted", "freed_at", "unlisted", "rebuilt", "rebuilt_said", "alone", "lone",
+                 "lone_at", "queue")
 
     def __init__(self, endpoint: str, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes],
                  rid: bytes):
@@ -114,6 +119,10 @@ class NodeLink:
         self.unlisted = 0             # members answers in a row not listing it, its link down
         self.rebuilt = 0              # times libzmq ended its connection for good (_put)
         self.rebuilt_said = 0.0       # when that was last logged (monotonic)
+        self.alone = False            # its tasks go again one at a time (alone.py)
+        self.lone = ""                # the task sent alone, until a frame about it comes
+        self.lone_at = 0.0            # when it was sent (monotonic)
+        self.queue: list[str] = []    # the tasks to send alone after it
 
     @property
     def score(self) -> float:
@@ -151,6 +160,7 @@ class Links:
     _lost: list[NodeLink]           # links whose DEALER refuses sends: rebuilt (_rebuild_lost)
     _closing: bool
     _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
+    _members_big_said = False     # "the members answer is too big" said, none fitted since
     _gone: frozenset[str] = frozenset()   # endpoints the last members answer said are
                                           # dead or left (none of ours need be linked)
 
@@ -177,6 +187,9 @@ class Links:
         def _wrong_key(self, link: NodeLink) -> None: ...
         def _link_refused(self, link: NodeLink, why: str) -> None: ...
         def _retry_refused(self, now: float) -> None: ...
+        def _ended_alone(self, link: NodeLink, cap: int) -> None: ...
+        def _resend_alone(self, link: NodeLink, slots: list[Slot]) -> None: ...
+        def _check_alone(self, now: float) -> None: ...
 
     def _link(self, endpoint: str) -> NodeLink:
         link = self.links.get(endpoint)
@@ -281,6 +294,8 @@ class Links:
                 continue
             limit = self.config.max_message_size
             cap = max(2 * limit, WIDE_MAXMSGSIZE) if link.rebuilt else 2 * limit
+            if link.rebuilt:        # ended again, over even that: tasks go one at a time,
+                self._ended_alone(link, cap)       # the one that ends it fails (alone.py)
             link.rebuilt += 1
             if now - link.rebuilt_said >= LOST_SAID:
                 mine = sum(1 for s in self._slots.values()
@@ -290,9 +305,11 @@ class Links:
                             "this client's max_message_size is %d, and the node did not honour "
                             "it: an older node?): connecting again, taking frames of up to %d "
                             "bytes from it (a result over %d fails its task), and sending its %d "
-                            "task(s) again (%d time(s) so far)", link.node_id or "?",
+                            "task(s) again%s (%d time(s) so far)", link.node_id or "?",
                             link.endpoint, cap, limit, max(2 * limit, WIDE_MAXMSGSIZE), limit,
-                            mine, link.rebuilt)
+                            mine, " one at a time (one whose result ends the connection "
+                            f"{ENDED_MAX} times fails with ResultTooLarge)" if link.alone else "",
+                            link.rebuilt)
                 link.rebuilt_said = now
             self._reset_link(link)
 
@@ -355,8 +372,11 @@ class Links:
                                  len(mine))
                         self.resent += len(mine)
                         link.inflight = 0
-                        for slot in mine:
-                            self._send(slot, link)
+                        if link.alone:      # (one at a time: alone.py)
+                            self._resend_alone(link, mine)
+                        else:
+                            for slot in mine:
+                                self._send(slot, link)
 
     def _close_gone_links(self, now: float) -> None:
         """Close links to nodes dead or left for over LINK_GRACE seconds that hold
@@ -444,9 +464,10 @@ class Links:
         self._requery(now)
         self._close_gone_links(now)
         self._retry_refused(now)
+        self._check_alone(now)
         pool = self._placeable or [self.links[ep] for ep in self.seeds]
         link = self._rng.choice(pool)
-        self._members_req = uuid.uuid4().hex
+        self._members_req = MEMBERS_REQ + uuid.uuid4().hex
         self._put(link, encode(Control(self._members_req, "members", {},
                                        self.config.max_message_size)))
 
@@ -483,9 +504,29 @@ class Links:
                 out[ep] = (state, nid, m)
         return out
 
+    def _members_too_large(self, text: str, link: NodeLink) -> None:
+        """The answer to our members question was over our max_message_size (``text``:
+        the node's ERROR ``reply-too-large``, or what an older node's frame was). Said
+        once, until an answer fits again (asked each second, it would be said each
+        second); the client goes on with the nodes it knows."""
+        if self._members_big_said:
+            log.debug("members answer from %s too large again: %s", link.endpoint, text)
+            return
+        self._members_big_said = True
+        who = f"node {link.node_id} ({link.endpoint})" if link.node_id else link.endpoint
+        log.warning("the mesh's members answer from %s was not read: %s. Until one fits, "
+                    "this client does not learn the mesh's nodes (nor when one dies) and "
+                    "sends its tasks to the %d node(s) it knows. Raise the client's "
+                    "max_message_size (Mesh(max_message_size=...), MESH_MAX_MESSAGE_SIZE) to "
+                    "that size or more. (Said once; it asks again each second.)", who, text,
+                    len(self._placeable) or len(self.seeds))
+
     def _apply_members(self, members: Any, answering: NodeLink | None = None) -> None:
         if not isinstance(members, list):
             return
+        if self._members_big_said:
+            self._members_big_said = False
+            log.info("the mesh's members answer fits this client's max_message_size again")
         self.members_applied += 1
         changed = self._learn_mesh(members, answering)
         dead: list[NodeLink] = []

@@ -20,7 +20,8 @@ A client says in its SUBMIT and CONTROL frames the largest frame it reads (its
 ``max_message_size``). One set below this node's is remembered per routing id
 (``limits``), and a reply over it is not sent: libzmq would end that client's
 connection on it, for good. An ERROR ``reply-too-large`` goes instead (a STATE is
-dropped), naming the sizes; the result stays stored here (docs/protocol.md, section 9).
+dropped, a RETRY goes cut short: the task runs on), naming the sizes; the result stays
+stored here (docs/protocol.md, section 9).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from mesh.membership import MESSAGE_TYPES
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
+from mesh.result import trim_retry
 from mesh.security import gate
 from mesh.security.curve import FRONT_DOMAIN
 from mesh.security.text import printable, safe_logger
@@ -93,6 +95,8 @@ class FrontDoor(Component):
         self.too_large = 0                     # replies not sent: over their receiver's limit
         self._own_limit = 0                    # this node's max_message_size
         self._biglog = _RateLimitedLog("replies too large for their receiver")
+        self._told: set[bytes] = set()         # routing ids told of a reply too large that
+                                               # is not a result (logged once each)
 
     async def start(self, node: "Node") -> None:
         cfg = node.config
@@ -219,10 +223,11 @@ class FrontDoor(Component):
             del limits[next(iter(limits))]
         limits[ident] = limit
 
-    def limit_of(self, ident: bytes) -> int:
-        """The largest frame ``ident`` reads, as far as this node knows (its own limit
-        when that peer said none, or one as large)."""
-        return self.limits.get(ident, self._own_limit)
+    def said_limit(self, ident: bytes) -> int | None:
+        """The max_message_size ``ident`` said, when below this node's: what its
+        replies must fit (a result lookup's answer is made to: taskstate.lookup); None
+        when it said none, or one as large as this node's."""
+        return self.limits.get(ident)
 
     # -- outbound ---------------------------------------------------------------------
     def refuse(self, ident: bytes, code: str, message: str, ref: str | None = None) -> None:
@@ -260,7 +265,10 @@ class FrontDoor(Component):
                                  "max_message_size it said (%d)", who, msg.state, msg.task_id,
                                  len(frame), limit)
             return None
+        if type(msg) is Result and msg.state == states.RETRY:
+            return self._retry_trimmed(ident, msg, len(frame), limit)
         ref = _ref(msg)
+        once = False
         if type(msg) is Result and msg.state in _FINAL:
             text = result_too_large(msg.task_id, len(frame), limit, self.node.name)
         else:
@@ -268,9 +276,35 @@ class FrontDoor(Component):
             text = (f"a {what}{f' about {ref}' if ref else ''} of {len(frame):,} bytes is over "
                     f"this client's max_message_size ({limit:,}): not sent; raise the client's "
                     f"max_message_size to {len(frame):,} or more")
-        self._biglog.warning("sent %s an ERROR %s instead of a reply of %d bytes: %s", who,
-                             REPLY_TOO_LARGE, len(frame), text)
+            once = ident in self._told      # (a members answer, asked each second)
+            if not once:
+                if len(self._told) >= LIMITS_KEPT:
+                    self._told.clear()
+                self._told.add(ident)
+        (log.debug if once else self._biglog.warning)(
+            "sent %s an ERROR %s instead of a reply of %d bytes: %s%s", who, REPLY_TOO_LARGE,
+            len(frame), text, "" if once else " (said once for this peer's replies that are "
+            "not results)")
         return encode(Error(REPLY_TOO_LARGE, text[:500], ref))
+
+    def _retry_trimmed(self, ident: bytes, msg: Result, size: int, limit: int) -> bytes | None:
+        """A RETRY over the ``limit`` ``ident`` said: not final (the task runs again and
+        its result follows), so no ERROR (the client would fail the task): the notice
+        trimmed to fit (mesh.result.trim_retry: its cause cut short, saying so; retries,
+        eta and the next run's arguments kept for a resend), or nothing if it cannot."""
+        small = trim_retry(msg, size, limit)
+        who = printable(ident[:40])
+        if small is None:
+            self._biglog.warning("did not send %s the RETRY of task %s: %d bytes, over the "
+                                 "max_message_size it said (%d), even cut short", who,
+                                 msg.task_id, size, limit)
+            return None
+        dropped = " and without the next run's arguments" if small.payload is None and \
+            msg.payload is not None else ""
+        self._biglog.warning("sent %s the RETRY of task %s cut short%s: %d bytes, over the "
+                             "max_message_size it said (%d); the task runs again", who,
+                             msg.task_id, dropped, size, limit)
+        return encode(small)
 
     @property
     def flush_pending(self) -> bool:

@@ -72,7 +72,7 @@ def lookup(node: "Node", ident: bytes, task_id: str, watch: bool) -> dict[str, A
     said one below this node's (``fit``); an asker that said none (an older client)
     is answered as before, the stored result always in."""
     answer = node.ledger.task_state(ident, task_id, watch)
-    said = node.front.limits.get(ident)
+    said = node.front.said_limit(ident)
     if answer["state"] != states.UNKNOWN or "result" in answer:
         return fit(answer, said) if said else answer
     replicas = getattr(node, "replicas", None)

@@ -190,6 +190,16 @@ def flaky(self: Any, path: str, fail_times: int, countdown: float = 0.05) -> dic
     return {"retries": self.request.retries}
 
 
+@app.task(bind=True)
+def retry_loudly(self: Any, size: int, path: str, gate: str) -> str:
+    """The first run asks for a retry for an exception whose message is ``size``
+    bytes (a big RETRY notice); the next waits for ``gate``, then returns."""
+    if _bump(path) <= 1:
+        raise self.retry(exc=ValueError("r" * size), countdown=0.05)
+    wait_for_file(gate)
+    return f"done after {self.request.retries} retry"
+
+
 @app.task(bind=True, max_retries=2)
 def retry_then_fail(self: Any) -> None:
     raise self.retry(exc=ValueError(f"still broken after {self.request.retries} retries"),

@@ -99,11 +99,45 @@ def test_a_control_reply_names_its_request_and_a_state_is_not_sent() -> None:
     front._said(b"small", 10 * KIB)
     front.reply(b"small", encode(ControlReply("req-1", True, "n1", {"x": b"y" * 20 * KIB})))
     front.reply(b"small", encode(State("t", "PROGRESS", b"m" * 20 * KIB, "n1")))
-    front.reply(b"small", _result("t-retry", 20 * KIB, "RETRY"))
-    ctl, retry = _sent(front, b"small")
+    ctl, = _sent(front, b"small")
     assert isinstance(ctl, Error) and ctl.ref == "req-1" and "CONTROLREPLY" in ctl.message
-    assert isinstance(retry, Error) and retry.ref == "t-retry" and "a RESULT" in retry.message
-    assert front.too_large == 3
+    assert "raise the client's max_message_size to" in ctl.message
+    assert front.too_large == 2
+
+
+def _retry(tid: str, cause: int, tb: int, payload: int = 0) -> Result:
+    return Result(tid, "RETRY", exc={"type": "OSError", "module": "builtins",
+                                     "message": "m" * cause, "args": codec.dumps(["m" * cause])},
+                  traceback="Traceback...\n" + "t" * tb, node="n1", retries=2, eta=1.7e9,
+                  payload=codec.dumps([[b"p" * payload], {}]) if payload else None)
+
+
+@pytest.mark.parametrize("payload", [0, 100, 20 * KIB], ids=["same-args", "new-args", "big-args"])
+def test_a_retry_over_the_limit_goes_cut_short_never_as_an_error(payload: int) -> None:
+    """A RETRY is not final (the task runs again, its result follows): an ERROR in its
+    place failed the task at the client (ResultTooLarge) while it ran on. It goes cut
+    short instead: what a resend must carry whole (retries, eta, the next run's
+    arguments: docs/protocol.md 12.1), the start of its cause's message saying so, the
+    end of its traceback. Next-run arguments alone over the limit are left out."""
+    front = _front()
+    front._said(b"small", 10 * KIB)
+    big = _retry("t-retry", 8 * KIB, 8 * KIB, payload)
+    frame = encode(big)
+    front.reply(b"small", frame)
+    (sent,) = front._out[b"small"]
+    assert len(sent) <= 10 * KIB
+    retry = decode(sent)
+    assert isinstance(retry, Result) and retry.state == "RETRY" and retry.task_id == "t-retry"
+    assert (retry.retries, retry.eta) == (2, 1.7e9)
+    assert retry.payload == (big.payload if payload < 10 * KIB else None)
+    assert retry.exc is not None and retry.exc["type"] == "OSError" and retry.exc["args"] is None
+    assert retry.exc["message"] == ("m" * 200 + f"... [cut: this RETRY notice was {len(frame):,} "
+                                    f"bytes, over this client's max_message_size ({10 * KIB:,}), "
+                                    "and not sent whole; the task runs again]")
+    assert retry.traceback == "..." + "t" * 2000
+    assert front.too_large == 1
+    front.reply(b"small", encode(_retry("t-small", 10, 10)))     # one that fits: as it is
+    assert decode(front._out[b"small"][1]) == _retry("t-small", 10, 10)
 
 
 def test_only_limits_below_the_nodes_own_are_kept_and_at_most_so_many() -> None:
@@ -114,7 +148,13 @@ def test_only_limits_below_the_nodes_own_are_kept_and_at_most_so_many() -> None:
     front._on_message(b"d", encode(Control("r", "ping", {}, 64 * KIB)))
     front._on_message(b"e", encode(Submit("t", "n", b"")))            # (an older client)
     assert front.limits == {b"c": KIB * KIB, b"d": 64 * KIB}
-    assert front.limit_of(b"a") == OWN and front.limit_of(b"c") == KIB * KIB
+    big = _result("t-big", 2 * KIB * KIB)                   # over c's and d's, under OWN
+    for ident in (b"a", b"b", b"c", b"d", b"e"):
+        front.reply(ident, big)
+    assert {i: type(m).__name__ for i in (b"a", b"b", b"c", b"d", b"e")
+            for m in _sent(front, i)} == {b"a": "Result", b"b": "Result", b"c": "Error",
+                                          b"d": "Error", b"e": "Result"}
+    front._out.clear()
     for i in range(LIMITS_KEPT + 5):
         front._said(b"peer-%d" % i, 4 * KIB)
     assert len(front.limits) == LIMITS_KEPT and b"c" not in front.limits
