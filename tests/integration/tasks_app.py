@@ -248,13 +248,6 @@ def append_line(path: str, line: str) -> str:
     return line
 
 
-@app.task(ignore_result=True)
-def append_line_quiet(path: str, line: str) -> None:
-    """``append_line`` keeping no result (fire-and-forget work: no result replaces the
-    copy at a backup, so only its holder's drop or takeover ends that copy)."""
-    append_line(path, line)
-
-
 @app.task(bind=True)
 def retry_after_gate(self: Any, gate: str, marker: str, countdown: float = 0.5) -> dict[str, Any]:
     """Wait for ``gate``; the first run then asks for a retry (leaving ``marker``),

@@ -197,12 +197,11 @@ def _state_in(node: NodeProc, name: str) -> str | None:
     return next((m["state"] for m in reply.payload if m["node"] == name), None)
 
 
-def _task_ids(data_dir: Path, where: str = "") -> set[str]:
-    """The ids a running node's journal has held (finished or not; ``where``: an SQL
-    condition on the tasks table, ``disk = 1`` for those waiting on its disk)."""
+def _task_ids(data_dir: Path) -> set[str]:
+    """The ids a running node's journal has held (finished or not)."""
     db = sqlite3.connect(f"file:{data_dir / 'journal.sqlite3'}?mode=ro", uri=True, timeout=10)
     try:
-        return {r[0] for r in db.execute("SELECT task_id FROM tasks" + (f" WHERE {where}" if where else ""))}
+        return {r[0] for r in db.execute("SELECT task_id FROM tasks")}
     finally:
         db.close()
 
