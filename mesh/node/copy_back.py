@@ -108,10 +108,11 @@ class CopyBack:
             self._back(back)
         if not missed:
             self.chosen_while.clear()
-        if joined:
+        held = replicas.node.ledger.held
+        if joined and held:
             self.joined |= joined
-            self._walk = list(replicas.node.ledger.held)   # (again from the start: the
-            replicas.choice.refresh()                       # new joiners see every task)
+            self._walk = list(held)     # (again from the start: the new ones see every task)
+            replicas.choice.refresh()
             replicas.nap.poke()
 
     def _back(self, back: set[str]) -> None:
@@ -149,10 +150,10 @@ class CopyBack:
         if joined:
             for tid in chunk:
                 entry = held.get(tid)
-                if entry is None or not entry.backup or entry.backup in joined:
+                if entry is None or not entry.backup:
                     continue
                 new = choose(tid, entry)
-                if new in joined:
+                if new != entry.backup and new in joined:
                     self.back_to(entry, new)
                     walked[new] = walked.get(new, 0) + 1
         if not walk:
