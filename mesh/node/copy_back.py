@@ -15,10 +15,12 @@ The ranking changes when a peer comes into the alive list:
   those (replaced for it, ``Replicas._parked``, or accepted meanwhile,
   ``chosen_while``) are looked at, not every held task: a flapping peer comes back
   often.
-* **joining**: a node new to this one, or back after it was declared dead or left
-  (membership forgot its suspicion; its copies may be gone with its process). Every
-  held task whose first-ranked backup it is now is copied to it, by a walk of the held
-  tasks, ``WALK_CHUNK`` per replicas tick. Until 2026-12 a joiner got only the copies
+* **joining**: a peer alive at a membership check that was neither alive at the last
+  one nor noted as suspected: new to this node, or back after it was declared dead or
+  left (no longer noted then; its copies may be gone with its process). Every held
+  task whose first-ranked backup it is now, and that has another, is copied to it, by
+  a walk of the held tasks, ``WALK_CHUNK`` per replicas tick (none when nothing is
+  held: a node's first check sees every alive peer as new). Until 2026-12 a joiner got only the copies
   of tasks accepted after it joined: a holder killed soon after a node joined had
   about 1/N of its tasks run twice (tests/integration/test_e2e_joiner.py: 12 of 24).
   The walk costs one rendezvous choice per held task, as accepting it did: measured
