@@ -31,9 +31,9 @@ class BackupChoice:
         self._alive_members: list[Member] = []
         self._takers: dict[tuple[str, str], list[str]] = {}   # (queue, name) -> alive takers
         self._alive_at = -1.0
-        # peers that were alive and are not now (suspected, mostly; gossip.py notes
-        # them): a task given a backup meanwhile may not have its first-ranked one,
-        # which it gets back once that peer is alive again (Replicas._copy_back)
+        # peers that were alive and are not now (gossip.py notes them; the suspected
+        # ones are kept: copy_back.py): a task given a backup meanwhile may not have its
+        # first-ranked one, which it gets back once that peer is alive again
         self.missed: set[str] = set()
 
     @property

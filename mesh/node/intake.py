@@ -60,14 +60,18 @@ class Intake(Component):
             # to this link. Given back, its owner sent it elsewhere while this node ran it
             # or handed it to a third: two runs.)
             moved = node.handoff.moved_to(tid)
+            if moved is None and self._waits_on_disk(ident, tid, len(frame)):
+                # held here still: the disk part of a deep backlog is not handed on at a
+                # stop (it runs at the next start, or its backups run their copies once
+                # this node is gone for their LEFT_GRACE). Given back, its owner sent it
+                # to another node, which ran it, and so did the backup that keeps its
+                # copy (tests/integration/test_e2e_joiner.py)
+                self._ack(ident, tid)
+                return
             front.reply(ident, encode(moved if moved is not None else Release(
                 [tid], node.name, "node is shutting down")))
             return
-        acks = self._acks.get(ident)
-        if acks is None:
-            acks = self._acks[ident] = []
-            front.schedule_flush()
-        acks.append(tid)
+        self._ack(ident, tid)
         if held is not None:           # a resend of a task we already hold
             if held.client != ident and tid in node.spill.candidates:
                 node.spill.moved(tid, ident)   # going to disk: its row names the new link
@@ -160,6 +164,27 @@ class Intake(Component):
         if disk:                       # in memory until its ACK is out, then on disk only
             spill.candidates[tid] = entry
 
+    def _ack(self, ident: bytes, tid: str) -> None:
+        """Acknowledge ``tid`` to ``ident`` in this pass's ``flush_acks`` if it is held
+        here by then (in memory, or on disk: ``_on_disk``)."""
+        acks = self._acks.get(ident)
+        if acks is None:
+            acks = self._acks[ident] = []
+            self.node.front.schedule_flush()
+        acks.append(tid)
+
+    def _waits_on_disk(self, ident: bytes, tid: str, size: int) -> bool:
+        """Does ``tid`` wait on this node's disk? Then its row names ``ident`` now, and
+        it is acknowledged with this pass's acks (the caller added it to them)."""
+        try:
+            if not self.node.spill.resent(ident, tid, size):
+                return False
+        except JournalError as e:
+            log.error("journal: cannot look task %s up on disk: %s", tid, e)
+            return False
+        self._on_disk.add(tid)
+        return True
+
     def _refused(self, msg: Submit, tid: str, state: str, exc_type: str, why: str) -> None:
         """A workflow's step refused here ended all the same: what follows it is told."""
         wf = self.node.workflows
@@ -178,12 +203,8 @@ class Intake(Component):
             node.ledger.counts["answered_from_journal"] += 1
             node.front.reply(ident, stored.result)
             return
-        try:
-            if node.spill.resent(ident, tid, size):     # held here already, on disk
-                self._on_disk.add(tid)
-                return
-        except JournalError:
-            pass
+        if self._waits_on_disk(ident, tid, size):      # held here already, on disk
+            return
         node.front.refuse(ident, "quota", why, tid)
         node.ledger.faillog.warning("task %s refused: %s", tid, why)
         node.events.emit("task-rejected", uuid=tid, name=msg.name, requeue=True, reason="quota")

@@ -6,8 +6,10 @@ accepted task and no result, even when the submitter exited long ago.
 (This module is the holder's side and the batching: its send, confirm and resend
 paths share one in-flight state per backup. Which node is a task's backup is
 mesh/node/backup_choice.py; the replies that wait for a copy's confirmation,
-mesh/node/copy_gates.py (a mixin of ``Replicas``); what a backup keeps and does when
-a holder dies, mesh/node/copies.py.)
+mesh/node/copy_gates.py (a mixin of ``Replicas``); a held task's copy moved to the
+node that ranks first for it now (a joiner, a peer back from a moment out),
+mesh/node/copy_back.py; what a backup keeps and does when a holder dies,
+mesh/node/copies.py.)
 
 Holder side (this node holds the task):
 
@@ -59,6 +61,7 @@ from mesh.node.backup_choice import ALIVE_TTL as ALIVE_TTL  # (importable from h
 from mesh.node.backup_choice import BackupChoice
 from mesh.node.component import Component
 from mesh.node.copies import Copies, uncount
+from mesh.node.copy_back import CopyBack
 from mesh.node.copy_gates import COPY_TIMEOUT as COPY_TIMEOUT
 from mesh.node.copy_gates import GATE_STAMP as GATE_STAMP
 from mesh.node.copy_gates import CopyGates
@@ -87,7 +90,6 @@ DATA_HWM = 10_000        # frames queued per peer for handoff and replication
 BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
                                 # the message size limit)
 SETTLE_STEP = 0.02
-CHOSEN_WHILE_MAX = 100_000   # tasks accepted while a peer was out, looked at on its return
 
 
 @dataclasses.dataclass
@@ -138,15 +140,10 @@ class Replicas(CopyGates, Component):
                                                    # it is suspected: see check_members)
         self._boot_of: dict[str, Any] = {}         # backup -> its process (a restart loses
                                                    # the copies it kept in memory)
-        # held task -> the backup it had before it went back to its first-ranked one
-        # (``_back_to``): that one drops its copy once the new one is confirmed
-        self._moving: dict[str, list[str]] = {}
-        # tasks given a backup while a peer was out of the alive list (``choice.missed``):
-        # the ones to look at when it is back (``_copy_back``), CHOSEN_WHILE_MAX at most
-        self._chosen_while: set[str] = set()
         self._parked: dict[str, dict[str, str]] = {}   # backup not alive -> drops (id ->
                                                    # handed to) that go once it is alive again
         self.choice = BackupChoice(self)           # a task's backup: backup_choice.py
+        self.back = CopyBack(self)                 # its copy follows the ranking: copy_back.py
         self._ids = itertools.count()
         self._prefix = f"{os.getpid():x}.{int(time.time() * 1000) & 0xFFFFFF:x}."
         self.copies = Copies(self)                 # the backup side: mesh/node/copies.py
@@ -201,8 +198,7 @@ class Replicas(CopyGates, Component):
         entry.queue = self.choice.queue_for(entry, msg)
         backup = self.choice.choose(tid, entry)
         self._track(entry, backup)
-        if self.choice.missed and len(self._chosen_while) < CHOSEN_WHILE_MAX:
-            self._chosen_while.add(tid)      # (a peer is out: maybe not its first-ranked)
+        self.back.accepted(tid)              # (a peer is out: maybe not its first-ranked)
         if backup:
             # the copy goes after COPY_DELAY: a task that finishes sooner (most do) is
             # copied as its result alone, one write at the backup instead of three
@@ -266,8 +262,8 @@ class Replicas(CopyGates, Component):
             else:
                 self._open(task_id)
             return ""
-        if self._moving:
-            self._moved_off(task_id, "")
+        if self.back.moving:
+            self.back.moved_off(task_id, "")
         backup = (self._untrack(entry) if entry is not None else "") or self.choice.choose(task_id)
         if backup:
             if hold:
@@ -323,8 +319,8 @@ class Replicas(CopyGates, Component):
                 for ids in parked.values():     # where it went too: copies.py)
                     if tid in ids:
                         ids[tid] = to or ""
-            if self._moving:
-                self._moved_off(tid, to or "")
+            if self.back.moving:
+                self.back.moved_off(tid, to or "")
             backup = self._untrack(entry)
             if backup:
                 batch = self._queue(backup)
@@ -338,8 +334,8 @@ class Replicas(CopyGates, Component):
         """A task whose copy is confirmed now waits on disk only (mesh/node/spill.py):
         nothing is kept for it here until it is read back (then copied again). Its
         backup ("" if none), which the journal keeps for ``read_back``."""
-        if self._moving:
-            self._moved_off(entry.task_id, "")
+        if self.back.moving:
+            self.back.moved_off(entry.task_id, "")
         return self._untrack(entry)
 
     def read_back(self, entry: Entry, msg: Submit, was: str) -> None:
@@ -467,16 +463,8 @@ class Replicas(CopyGates, Component):
             self._open(tid)
         if self.disk_copies.inflight:
             self.disk_copies.confirmed(sent.backup, sent.batch.tasks)
-        if self._moving:
-            held, moving = self.node.ledger.held, self._moving
-            for tid in sent.batch.tasks:
-                olds = moving.get(tid)
-                if olds is not None and (e := held.get(tid)) is not None \
-                        and e.backup == sent.backup:     # (its backup's confirmation)
-                    del moving[tid]
-                    for old in olds:
-                        if old != sent.backup:
-                            self._drop_at(old, tid, "")
+        if self.back.moving:
+            self.back.confirmed(sent.backup, list(sent.batch.tasks))
 
     # -- backup side (mesh/node/copies.py) --------------------------------------------
     def on_replicate(self, msg: Replicate) -> None:
@@ -507,6 +495,7 @@ class Replicas(CopyGates, Component):
                     self.copies.repair_some()
                 self.copies.tick()
                 self.disk_copies.tick(now)
+                self.back.tick()
                 if now >= next_members:
                     next_members = now + MEMBERS_EVERY
                     self.check_members(now)
@@ -515,9 +504,11 @@ class Replicas(CopyGates, Component):
 
     def _working(self) -> bool:
         """Something for the loop's next tick: a copy unconfirmed, a repair, a takeover
-        of copies on disk, copies on disk to drop, a walk of the disk part."""
+        of copies on disk, copies on disk to drop, a walk of the disk part or of the held
+        tasks for a joiner."""
         d = self.disk_copies
-        return bool(self._sent or self.copies.working() or d.inflight or d.walking)
+        return bool(self._sent or self.copies.working() or d.inflight or d.walking
+                    or self.back.working())
 
     def _resend(self, now: float) -> None:
         due = [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]
@@ -609,8 +600,7 @@ class Replicas(CopyGates, Component):
                     if (b not in alive and (b or alive)) or b in restarted}
             if gone:
                 self._rebackup(gone, restarted, bool(alive))
-            if self.choice.missed:
-                self._copy_back(alive)
+            self.back.check(alive)
             if self._parked:
                 self._unpark(restarted)
         self.copies.check_holders(now)
@@ -647,7 +637,7 @@ class Replicas(CopyGates, Component):
 
     def _unpark(self, restarted: set[str]) -> None:
         """Drops for backups that were replaced go to those alive again (not for a copy
-        they keep as the task's backup now: ``_copy_back`` ran first); those gone for
+        they keep as the task's backup now: ``CopyBack.check`` ran first); those gone for
         good, or restarted (their copies went with their memory), are forgotten."""
         ms, held, journal = self.node.membership, self.node.ledger.held, self.node.journal
         for b in list(self._parked):
@@ -665,68 +655,6 @@ class Replicas(CopyGates, Component):
                     batch = self._queue(b)
                     for tid, to in drop.items():
                         batch.drop.setdefault(tid, to)     # (a newer drop of it says more)
-
-    def _copy_back(self, alive: set[str]) -> None:
-        """Peers alive again after they were out of the alive list (suspected for a
-        moment, mostly): the held tasks whose first-ranked backup is one of them again,
-        and that have another now, go back to it (``_back_to``). Only the tasks given a
-        backup while it was out are looked at: those it was replaced for (``_parked``)
-        and those accepted meanwhile (``_chosen_while``), not every held task (a walk
-        of 20,000 took 0.16 s on a loaded machine: at each return of a flapping peer)."""
-        missed, ms = self.choice.missed, self.node.membership
-        back = missed & alive
-        for b in list(missed - back):
-            m = ms.member(b)
-            if m is None or m.state == MemberState.LEFT:
-                missed.discard(b)               # (gone for good: nothing to come back to)
-        if back:
-            missed -= back
-            self.choice.refresh()               # (a choice from now on sees them alive)
-            held, choose = self.node.ledger.held, self.choice.choose
-            ids = set(self._chosen_while)
-            for b in back:
-                ids.update(self._parked.get(b, ()))
-            moved: dict[str, int] = {}
-            for tid in ids:
-                entry = held.get(tid)
-                if entry is None or entry.backup is None or entry.backup in back:
-                    continue
-                new = choose(tid, entry)
-                if new in back:
-                    self._back_to(entry, new)
-                    moved[new] = moved.get(new, 0) + 1
-            for b, n in moved.items():
-                log.info("backup %s is alive again: %d task(s) copied back to it", b, n)
-        if not missed:
-            self._chosen_while.clear()
-
-    def _back_to(self, entry: Entry, b: str) -> None:
-        """``b``, the task's first-ranked backup, is alive again after the task was
-        given another (replaced while ``b`` was suspected, or accepted then): ``b`` is its
-        backup again (copied now; it may have kept its old copy), and the other drops
-        its own once ``b`` confirmed (``on_ack``; or when the task leaves first). An
-        owner whose holder dies sends the task where rendezvous hashing over the alive
-        nodes says its copy is (mesh/client/links.py): ``b``. Left on the other node, the
-        copy ran there at the takeover and the owner's failover ran the task on ``b``
-        too (and the holder, cut off, a third time)."""
-        tid, old = entry.task_id, entry.backup
-        self._track(entry, b)
-        self._queue(b).tasks[tid] = entry.frame
-        if old:
-            olds = self._moving.setdefault(tid, [])
-            if old not in olds:
-                olds.append(old)
-
-    def _moved_off(self, tid: str, to: str) -> None:
-        """A task going back to its first-ranked backup left this node (ran, handed on
-        to ``to``, given back) before that backup confirmed: the old one drops it now."""
-        for old in self._moving.pop(tid, ()):
-            self._drop_at(old, tid, to)
-
-    def _drop_at(self, backup: str, tid: str, to: str) -> None:
-        batch = self._queue(backup)
-        batch.tasks.pop(tid, None)
-        batch.drop.setdefault(tid, to)
 
     def _sweep_every(self) -> float:
         """SWEEP_EVERY, or half of a shorter dead_node_reclaim (at least SWEEP_FLOOR)."""
@@ -762,6 +690,10 @@ class Replicas(CopyGates, Component):
                 "copies_waiting": len(self.gates), "single_copy_acks": self.single_copy,
                 "results_given_up": self.results_given_up,
                 "taken_over": self.copies.taken_over,
+                # (copy_back.py) held tasks copied to a node that joined; suspected
+                # peers noted, and tasks given a backup while one was out
+                "copied_to_joiners": self.back.to_joiners, "peers_out": len(self.choice.missed),
+                "chosen_while_out": len(self.back.chosen_while),
                 # (dead holders' copies that another live holder keeps too: copies.py)
                 "copies_waiting_for_a_drop": sum(len(w) for w in self.copies.waiting.values()),
                 **self.disk_copies.status()}

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import occupy, wait_until
-from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _backlog, _lines
+import zmq
+from harness import frames_until, occupy, wait_until
+from test_e2e_backlog import RESULT_TIMEOUT, WINDOW, _backlog, _lines, _result_of, _submit
 
 from mesh import Mesh
+from mesh.wire import codec
+from mesh.wire.protocol import Ack, Release, Result, Submit, encode
 
 N = 400
 
@@ -176,3 +179,63 @@ def test_a_restarted_backup_drops_its_copies_on_disk_and_its_holder_copies_again
     assert _lines_once(out) == sorted(f"line-{i}" for i in range(N))
     wait_until(lambda: b.status()["copies_kept"] == 0, what="b to drop every copy")
     assert b.status()["taken_over"] == 0
+
+
+def test_a_stopping_node_acknowledges_a_resent_task_that_waits_on_its_disk(
+        start_node: Any, raw_dealer: Any, tmp_path: Path) -> None:
+    """A stopping node keeps the tasks waiting on its disk (they run at its next start,
+    or their backups run their copies once it is gone for their LEFT_GRACE plus their
+    shutdown timeout: docs/handoff.md). One sent to it again while it stops (its owner
+    through another link) is acknowledged, as any resend of a task it holds, and its
+    result goes to that link. Until 2026-12 it was given back (RELEASE): its owner sent
+    it to another node, which ran it, while the node ran it at its next start (its
+    reclaim did not ask a node it did not see yet) or a backup that kept its copy ran
+    it as well (the node gone for good, the owner's pick not that backup)."""
+    a = start_node(name="a", concurrency=1, queue_memory=WINDOW, shutdown_timeout=60,
+                   profile="test")
+    b = start_node(name="b", concurrency=1, peers=a.endpoint, profile="test")
+    wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
+    old = raw_dealer(a.endpoint)
+    ctx: zmq.Context[Any] = zmq.Context()
+    new: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)     # a routing id of its own, as a
+    new.setsockopt(zmq.ROUTING_ID, b"owner-" + uuid.uuid4().bytes)   # client's: a's
+    new.setsockopt(zmq.LINGER, 0)                       # next run answers it too
+    new.connect(a.endpoint)
+    try:
+        _resent_while_stopping(start_node, a, b, old, raw_dealer(b.endpoint), new, tmp_path)
+    finally:
+        new.close(linger=0)
+        ctx.term()
+
+
+def _resent_while_stopping(start_node: Any, a: Any, b: Any, old: Any, to_b: Any, new: Any,
+                           tmp_path: Path) -> None:
+    gate, out = tmp_path / "gate", tmp_path / "runs"
+    old.send(encode(Submit("gate", "tasks_app.wait_for_file", codec.dump_call((str(gate),), {}))))
+    wait_until(lambda: a.status()["busy"] == 1, what="the gated task to start")
+    b_gate = tmp_path / "b-gate"              # b busy: a sheds none of its queue to it
+    to_b.send(encode(Submit("b-gate", "tasks_app.wait_for_file", codec.dump_call((str(b_gate),), {}))))
+    wait_until(lambda: b.status()["busy"] == 1, what="b's gated task to start")
+    frames = {i: _submit(f"s-{i}", out, f"line-{i}") for i in range(2 * WINDOW)}
+    for frame in frames.values():
+        old.send(frame)
+    wait_until(lambda: a.status()["queued_on_disk"] > 0 and a.status()["copies_waiting"] == 0
+               and not a.status()["recopying_disk"], what="the disk part, its copies confirmed")
+    last = 2 * WINDOW - 1                     # (the last sent: on disk, not shed)
+    a.send_signal(signal.SIGTERM)             # it waits for its running task (the gate)
+    wait_until(lambda: "stopping: finishing running tasks" in a.stderr(), what="a to stop")
+    new.send(frames[last])                    # its owner, through another link
+    got = frames_until(new, lambda fs: any(isinstance(f, (Ack, Release)) for f in fs), timeout=30)
+    assert [type(f).__name__ for f in got if isinstance(f, (Ack, Release))] == ["Ack"], got
+    old.close(linger=0)
+    gate.touch()
+    assert a.wait(60) == 0
+    a2 = start_node.restart(a)                # back on its data dir: it runs its disk part
+    b_gate.touch()
+    wait_until(lambda: f"line-{last}" in _lines(out), timeout=RESULT_TIMEOUT, what="the task to run")
+    new.send(frames[last])     # (a client sends its tasks again on a new link; the RESULT
+    # of the run may have gone before this link was connected to a's new run)
+    result = frames_until(new, _result_of(f"s-{last}"), timeout=RESULT_TIMEOUT)
+    assert [f.node for f in result if isinstance(f, Result) and f.task_id == f"s-{last}"] == ["a"]
+    wait_until(lambda: a2.status()["held"] + b.status()["held"] == 0, what="a and b to be done")
+    assert _lines(out).count(f"line-{last}") == 1

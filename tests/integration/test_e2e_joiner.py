@@ -1,0 +1,101 @@
+"""A node that joins ranks first, by rendezvous hashing, as the backup of some of the
+tasks already held (mesh/node/copy_back.py): it is given their copies, and the old
+backup drops its own once the joiner confirmed. An owner whose holder dies sends each
+task where rendezvous hashing over the alive nodes says its copy is (mesh/client/
+links.py): with the copy left on the old backup, that one ran the task at the takeover
+and the joiner ran it again from the owner's failover.
+
+Real nodes on loopback; every task records each run (a line in a file).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import NodeFactory, wait_until
+from test_e2e_handoff import alive_members, form_mesh
+from test_e2e_reclaim import runs
+
+from mesh.rendezvous import backup_for
+
+N = 24
+RUN_TIMEOUT = 90.0
+
+
+def test_a_joiner_gets_the_copies_it_ranks_first_for_and_a_holders_death_runs_each_once(
+        start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
+    log = tmp_path / "runs"
+    a = start_node(name="a", concurrency=1)
+    owner = make_client(a)               # it stays: its failover follows the copies
+    # all held by a (sent while it is alone), not due before a is killed
+    rs = [owner.tasks.step.apply_async((str(log), x), countdown=25.0) for x in range(N)]
+    assert owner.app.client.flush(30) == 0
+    b = start_node(name="b", concurrency=2, peers=a.endpoint)
+    form_mesh(a, b)
+    wait_until(lambda: b.status()["copies_kept_for"].get("a", 0) == N, what="a's copies on b")
+    c = start_node(name="c", concurrency=2, peers=a.endpoint)
+    form_mesh(a, b, c)
+    to_c = sum(backup_for(r.id, ["b", "c"], "a") == "c" for r in rs)
+    assert 0 < to_c < N, to_c            # (fixed ids would make this fixed; random: rare)
+    wait_until(lambda: len(owner.app.client._placeable) == 3, what="the owner to see all three")
+    # the copies follow the ranking: c keeps those it ranks first for, b the others
+    kept = None
+
+    def moved() -> bool:
+        nonlocal kept
+        kept = (b.status()["copies_kept_for"].get("a", 0), c.status()["copies_kept_for"].get("a", 0))
+        return kept == (N - to_c, to_c)
+    deadline = time.monotonic() + 15
+    while not moved() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    a.proc.kill()                        # -9 while it holds all N
+    a.proc.wait(10)
+    # b and c declare a dead and take its tasks over; the owner sends them to the node
+    # rendezvous hashing over {b, c} picks; each runs at its eta
+    wait_until(lambda: len(runs(log)) >= N and b.status()["held"] + c.status()["held"] == 0,
+               timeout=RUN_TIMEOUT, what="every task to run")
+    assert [r.get(timeout=30) for r in rs] == list(range(N))
+    # (a second run of a task would come within moments of the first: both are due)
+    wait_until(lambda: b.status()["held"] + c.status()["held"] == 0, what="b and c to be idle")
+    got = runs(log)
+    assert sorted(got) == list(range(N)), f"ran more than once: {sorted(x for x in set(got) if got.count(x) > 1)}"
+    assert kept == (N - to_c, to_c), f"copies of a's tasks kept on (b, c) before the kill: {kept}"
+
+
+
+def test_a_dead_peer_is_not_kept_as_missed_and_back_it_gets_the_copies_it_ranks_first_for(
+        start_node: NodeFactory, make_client: Any, tmp_path: Path) -> None:
+    """A peer declared dead is not kept in the backup choice's ``missed`` (suspected
+    peers, whose return moves back the copies of the tasks chosen meanwhile): until
+    2026-12 it stayed there until membership forgot it (60 s), and every task the node
+    accepted meanwhile was noted for its return. Back (the same name, a new process), it
+    is a joiner: the tasks held here that rank it first are copied to it."""
+    log = tmp_path / "runs"
+    a = start_node(name="a", concurrency=1)
+    owner = make_client(a)
+    rs = [owner.tasks.step.apply_async((str(log), x), countdown=60.0) for x in range(N)]
+    assert owner.app.client.flush(30) == 0          # (all on a: it is alone)
+    b = start_node(name="b", concurrency=1, peers=a.endpoint)
+    c = start_node(name="c", concurrency=1, peers=a.endpoint)
+    form_mesh(a, b, c)
+    to_c = sum(backup_for(r.id, ["b", "c"], "a") == "c" for r in rs)
+    assert 0 < to_c < N, to_c
+    wait_until(lambda: c.status()["copies_kept_for"].get("a", 0) == to_c, what="a's copies on c")
+    c.proc.kill()
+    c.proc.wait(10)
+    wait_until(lambda: alive_members(a) == {"a", "b"}, what="a to declare c dead")
+    wait_until(lambda: a.status()["peers_out"] == 0, what="a to forget c as a suspect")
+    more = [owner.tasks.step.apply_async((str(log), x), countdown=60.0) for x in range(N, N + 10)]
+    assert owner.app.client.flush(30) == 0 and len(more) == 10
+    assert a.status()["chosen_while_out"] == 0, a.status()
+    wait_until(lambda: b.status()["copies_kept_for"].get("a", 0) == a.status()["held"],
+               what="a's copies on b alone")
+    c2 = start_node.restart(c)                      # the same name, a new process
+    form_mesh(a, b, c2)
+    # back, it is a joiner: a's tasks that rank it first have their copy on it again
+    wait_until(lambda: c2.status()["copies_kept_for"].get("a", 0) >= to_c
+               and b.status()["copies_kept_for"].get("a", 0)
+               + c2.status()["copies_kept_for"].get("a", 0) == a.status()["held"],
+               what="a's copies on b and c again")
+
