@@ -259,38 +259,59 @@ class Beat(Component):
         few gossip rounds; nodes started together settle together, each seeing the
         other unsettled, and both fired the first run (it ran once: same id), both
         logging "fired" (a new user's report, session 16). After the hold the views
-        agree on one firer, which fires what it held (``_fire_held``)."""
+        agree on one firer, which fires the latest run due (``_fire_held``)."""
         assert self.store is not None and self.schedule is not None
-        last = self.store.get(entry.name)
-        last_due = last.due if last is not None and last.key == self.keys[entry.name] else None
-        due, _skipped = due_to_fire(entry.schedule, self.schedule.timezone, now, last_due,
-                                    self.started, entry.catch_up)
+        due, _skipped = due_to_fire(entry.schedule, self.schedule.timezone, now,
+                                    self._last_due(entry.name), self.started, entry.catch_up)
         held = self._held.setdefault(entry.name, [])
         if due is not None and due not in held:
             held[:] = sorted([*held, due])[-HELD_MAX:]
 
     def _fire_held(self, entry: Entry, mine: bool, firers: list[str], now: float) -> None:
-        """The hold is over: fire the held runs that no node fired meanwhile, if the
-        entry is still ours; else say at debug why not (the node that fires it does)."""
+        """The hold is over. No backlog here either: if the entry is still ours, only
+        the latest run due now that no node fired is fired (``_consider``: the newest
+        held, or one due since), never each run held (a short-period entry fired up
+        to HELD_MAX runs at once, a session-18 finding). What is not fired here is
+        said: held runs left for the latest at INFO, runs another node fired or fires
+        at DEBUG."""
         assert self.store is not None and self.schedule is not None
         tz = self.schedule.timezone
-        for due in self._held.pop(entry.name):
-            last = self.store.get(entry.name)
-            if last is not None and last.key == self.keys[entry.name] and due <= last.due:
-                log.debug("beat: %s fired %s (due %s): not fired here", last.node, entry.name,
-                          _iso(due, tz))
-            elif not mine:
-                log.debug("beat: %s fires %s now (the nodes settled together): its run due "
-                          "%s is not fired here", hrw(entry.name, firers), entry.name, _iso(due, tz))
-            else:
-                self.fire(entry, due, now)
+        held = self._held.pop(entry.name)
+        last_due = self._last_due(entry.name)
+        fired = [d for d in held if last_due is not None and d <= last_due]
+        left = [d for d in held if d not in fired]
+        last = self.store.get(entry.name)
+        if fired and last is not None:
+            log.debug("beat: %s fired %s (due %s): not fired here", last.node, entry.name,
+                      _iso(max(fired), tz))
+        if not mine:
+            if left:
+                log.debug("beat: %s fires %s now: its run%s due %s, held while this node "
+                          "settled, %s not fired here", hrw(entry.name, firers), entry.name,
+                          "s" if len(left) > 1 else "", _dues(left, tz),
+                          "are" if len(left) > 1 else "is")
+            return
+        fire, late = due_to_fire(entry.schedule, tz, now, last_due, self.started, entry.catch_up)
+        older = [d for d in left if d not in (fire, late)]
+        if older:
+            log.info("beat: %s: run%s due %s, held while this node settled, %s not fired: "
+                     "only the latest due run is (no backlog)", entry.name,
+                     "s" if len(older) > 1 else "", _dues(older, tz),
+                     "are" if len(older) > 1 else "is")
+        self._consider(entry, now)
+
+    def _last_due(self, name: str) -> float | None:
+        """The due time of the last known firing of entry ``name``, if it was of the
+        entry as defined here."""
+        assert self.store is not None
+        last = self.store.get(name)
+        return last.due if last is not None and last.key == self.keys[name] else None
 
     def _consider(self, entry: Entry, now: float) -> None:
         assert self.store is not None and self.schedule is not None
         tz = self.schedule.timezone
-        last = self.store.get(entry.name)
-        last_due = last.due if last is not None and last.key == self.keys[entry.name] else None
-        fire, skipped = due_to_fire(entry.schedule, tz, now, last_due, self.started, entry.catch_up)
+        fire, skipped = due_to_fire(entry.schedule, tz, now, self._last_due(entry.name),
+                                    self.started, entry.catch_up)
         if fire is not None:
             self.fire(entry, fire, now)
         elif skipped is not None:      # remembered below, so said once per run
@@ -423,4 +444,11 @@ class Beat(Component):
 
 
 def _iso(t: float, tz: dt.tzinfo) -> str:
-    return dt.datetime.fromtimestamp(t, tz).isoformat(timespec="seconds")
+    """``t`` in ``tz``, to the second, or to the millisecond when it is not a whole
+    second (runs of an entry every 0.5 s are told apart in the log)."""
+    return dt.datetime.fromtimestamp(t, tz).isoformat(
+        timespec="seconds" if t == math.floor(t) else "milliseconds")
+
+
+def _dues(dues: list[float], tz: dt.tzinfo) -> str:
+    return ", ".join(_iso(d, tz) for d in sorted(dues))

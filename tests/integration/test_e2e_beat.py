@@ -7,6 +7,7 @@ time across nodes that are killed with SIGKILL.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import json
 import os
 import re
@@ -192,6 +193,40 @@ def test_a_restarted_mesh_does_not_replay_a_backlog(start_node: NodeFactory, bea
     missed_window = [d for d in after if d < node.started_at]
     assert len(missed_window) <= 1, (after, node.started_at)
     assert os.path.exists(node.data_dir / "beat.sqlite3")
+
+
+FIRED_LINE = re.compile(r"^\[(\S+ \S+) INFO \S+ mesh\.beat\] beat: fired (\S+) \(due (\S+)\)", re.M)
+
+
+def fired_lines(node: NodeProc) -> list[tuple[float, str, float]]:
+    """(when the node logged it, entry, due) per "fired" line of the node's log."""
+    out = []
+    for stamp, entry, due in FIRED_LINE.findall(node.stderr()):
+        at = time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S"))
+        out.append((at + int(stamp.split(",")[1]) / 1000, entry,
+                    dt.datetime.fromisoformat(due).timestamp()))
+    return out
+
+
+def test_a_node_fires_no_backlog_after_its_hold(start_node: NodeFactory, beat_log: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starting node holds the runs it would fire for 2 probe intervals (0.6 s on
+    lan) after it settles; an entry every 0.25 s falls due 3 times meanwhile, and the
+    node fired the 3 held runs at once when the hold ended, contrary to "no backlog"
+    (the oldest over 0.5 s late, 2 newer runs due). Now it fires the latest run due
+    then, and says at INFO which held runs it did not fire. Each run fired is the
+    latest due when fired: logged before the next one falls due (``stall`` allows
+    for the node descheduled between its look at the clock and the log line)."""
+    every, stall = 0.25, 0.1
+    monkeypatch.setenv("BEAT_EVERY", str(every))
+    node = start_node(app="beat_app", concurrency=1, profile="lan", name="beat-hold")
+    wait_until(lambda: len(fired_lines(node)) >= 10, 30, "10 runs fired", interval=0.1)
+    lines = fired_lines(node)[:10]
+    late = [(round(at - due, 3), due) for at, _entry, due in lines if at - due >= every + stall]
+    assert not late, f"runs fired after a newer run was due (lateness, due): {late}\n" \
+                     f"{node.stderr_tail(30)}"
+    assert "held while this node settled" in node.stderr(), node.stderr_tail(30)
+    check_runs(read_runs(beat_log))
 
 
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:

@@ -65,13 +65,13 @@ def _member(name: str, meta: dict[str, Any]) -> Member:
     return Member(name, f"tcp://{name}", 1, MemberState.ALIVE, meta, 1, 0.0)
 
 
-def _beat(name: str, peer: str, clock: FakeClock) -> Beat:
+def _beat(name: str, peer: str, clock: FakeClock, every: float = 1.0) -> Beat:
     app = Mesh("beat-settle", mdns=False)
 
     @app.task(name="tick")
     def tick() -> None: ...
 
-    app.add_periodic_task(1.0, tick.s(), name="tick")
+    app.add_periodic_task(every, tick.s(), name="tick")
     b = Beat(clock)
     b.schedule = app.periodic_schedule()
     b.digest = b.schedule.digest
@@ -126,5 +126,33 @@ def test_two_nodes_that_settle_together_fire_the_first_run_once(
     assert sent == {"a": [first] if winner == "a" else [],
                     "b": [first] if winner == "b" else []}, sent
     assert len(firing) == 1, caplog.messages                 # "fired" on one node only
-    assert f"beat: {winner} fires tick now (the nodes settled together): its run due " \
+    assert f"beat: {winner} fires tick now: its run due " \
            in "\n".join(caplog.messages)                   # the other says why, at debug
+
+
+@pytest.mark.parametrize("every", [0.1, 0.25, 0.5])
+def test_after_the_hold_only_the_latest_due_run_is_fired(
+        every: float, caplog: pytest.LogCaptureFixture) -> None:
+    """No backlog after the hold either: a node alone, whose entry fell due several
+    times while it held, fires only the latest run due when the hold ends (it fired
+    every run held, up to HELD_MAX, at once), and says at INFO which it did not."""
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    clock = FakeClock(START + 0.05)
+    a = _beat("a", "b", clock, every)          # b: a member not settled, so a fires alone
+    clock.advance(a.settle + 0.01)
+    ticks = []
+    while not a.outbox.sent:
+        a.tick(clock.time())
+        ticks.append(clock.time())
+        clock.advance(0.1)
+        assert len(ticks) < 100, "nothing fired"
+    fired_at = ticks[-1]
+    assert fired_at >= a.settled_at + a.hold                       # not during the hold
+    due = [r.due for r in a.outbox.sent]
+    latest = a.schedule.entries["tick"].schedule.last_at_or_before(fired_at)
+    assert due == [latest], (due, fired_at)                        # one run: the latest
+    assert [m for m in caplog.messages if m.startswith("beat: fired")] == \
+        [m for m in caplog.messages if m.startswith("beat: fired tick")][:1]
+    held = [r for r in caplog.records if "held while this node settled" in r.getMessage()]
+    assert len(held) == 1 and held[0].levelno == logging.INFO, caplog.messages
+    assert "not fired: only the latest due run is (no backlog)" in held[0].getMessage()
