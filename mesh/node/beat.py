@@ -46,7 +46,8 @@ log = safe_logger("mesh.beat")
 
 TICK = 0.1             # s between looks at the schedule and membership, at most
 SETTLE_PROBES = 10     # a starting node fires nothing for this many probe intervals
-HOLD_PROBES = 2        # then holds the runs it would fire for this many, as peers learn it settled
+HOLD_PROBES = 2        # then holds the runs it would fire for this many, as peers learn it settled,
+HOLD_MAX_PROBES = 10   # and, at most this many, until every alive peer confirmed that it counts it
 HELD_MAX = 3           # runs of one entry held at most (the newest)
 MAX_SYNC = 500         # firings per beat-sync message
 SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
@@ -78,6 +79,11 @@ class Beat(Component):
         self.settled = False
         self.settled_at = -math.inf
         self.hold = 0.0
+        self.hold_max = 0.0
+        self.probe = 0.0
+        self._unconfirmed: set[str] = set()   # peers yet to confirm they count us as a firer
+        self._told_settled = -math.inf        # when we last told them we settled
+        self._counted: dict[str, str] = {}    # peer -> boot: said it settled, before its meta did
         self._held: dict[str, list[float]] = {}   # entry -> dues held since settling
         self._swept = self.clock.time()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,7 +100,9 @@ class Beat(Component):
         self.digest = self.schedule.digest
         self.keys = {name: entry_key(e.key()) for name, e in self.schedule.entries.items()}
         self.settle = SETTLE_PROBES * profile(node.config.profile).probe_interval
-        self.hold = HOLD_PROBES * profile(node.config.profile).probe_interval
+        self.probe = profile(node.config.profile).probe_interval
+        self.hold = HOLD_PROBES * self.probe
+        self.hold_max = HOLD_MAX_PROBES * self.probe
         self.started = self.settle_from = self.clock.time()
         cfg = node.config
         self.store = LastFirings(cfg.data_path if cfg.journal else None)
@@ -164,9 +172,11 @@ class Beat(Component):
         return self.digest if self.settled else ""
 
     def firers(self) -> list[str]:
-        """The nodes that may fire our entries: settled, alive, carrying the same schedule."""
+        """The nodes that may fire our entries: settled, alive, carrying the same schedule
+        (their meta says so, or they told us so themselves: ``on_sync``)."""
         me = [self.node.name] if self.settled else []
-        return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest]
+        return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest
+                     or self._counted.get(m.id, None) == m.meta.get("boot", "")]
 
     def _targets(self, task: str | None = None, queue: str | None = None) -> dict[str, str]:
         """Node id -> address of the nodes a run may go to: alive, with our tasks, and
@@ -200,6 +210,8 @@ class Beat(Component):
         assert self.outbox is not None
         alive = {m.id: m.address for m in self._alive()}
         new = set(alive) - self._peers
+        for gone in self._peers - set(alive):
+            self._counted.pop(gone, None)
         self._peers = set(alive)
         for peer in new:
             self._sync_to(alive[peer])
@@ -232,9 +244,10 @@ class Beat(Component):
             self.settled, self.settled_at = True, now   # from now on peers count us as a firer
             if self.node.membership is not None:
                 self.node.membership.update_local_meta()
+            self._unconfirmed = set(alive)
+        holding = now - self.settled_at < self.hold or self._awaiting(now, alive)
         firers = self.firers()
         wait = TICK
-        holding = now - self.settled_at < self.hold
         for name, entry in self.schedule.entries.items():
             mine = hrw(name, firers) == self.node.name
             if name in self._held and not holding:
@@ -249,9 +262,38 @@ class Beat(Component):
                 self._hold(entry, now)
             else:
                 self._consider(entry, now)
-        if holding:
+        if now - self.settled_at < self.hold:
             wait = min(wait, self.settled_at + self.hold - now)
         return max(wait, 0.001)
+
+    def _awaiting(self, now: float, alive: dict[str, str]) -> bool:
+        """Whether this node, settled, still waits for alive peers to confirm that they
+        count it as a firer; tells them again (every probe interval) that it settled.
+
+        Its meta says so too, but by gossip: a peer that fired an entry this node takes
+        over fired on until the gossip reached it, and when that took longer than the
+        hold both fired (and logged) a run. A peer that confirmed stopped firing the
+        entries this node takes, and told us everything it fired before (``on_sync``),
+        so after the confirmations exactly one node fires each run. A peer that does not
+        confirm within HOLD_MAX_PROBES (an older mesh version, or one cut off) is said
+        at INFO, and the node fires anyway."""
+        self._unconfirmed &= set(alive)          # a peer gone need not confirm
+        if not self._unconfirmed:
+            return False
+        if now - self.settled_at >= self.hold_max:
+            log.info("beat: %s did not confirm within %g s that %s counted this node as a "
+                     "firer: firing anyway (a run may be fired by both, once; it runs once)",
+                     ", ".join(sorted(self._unconfirmed)),
+                     self.hold_max, "it" if len(self._unconfirmed) == 1 else "they")
+            self._unconfirmed.clear()
+            return False
+        if now - self._told_settled >= self.probe:
+            self._told_settled = now
+            for peer in sorted(self._unconfirmed):
+                self._tell(self._sync_message([], settled={
+                    "node": self.node.name, "digest": self.digest, "boot": self.node.boot}),
+                    [alive[peer]])
+        return True
 
     def _hold(self, entry: Entry, now: float) -> None:
         """Just settled: note the run this node would fire, and fire nothing yet. Its
@@ -380,6 +422,9 @@ class Beat(Component):
         self._learn(f)
 
     def on_sync(self, args: dict[str, Any]) -> dict[str, int]:
+        """A peer's firings; with ``settled`` (node, digest, boot), the peer says it has
+        settled and fires from now on; with ``counted`` (a boot) and ``node``, a peer
+        confirms that it counts this node (that boot of it) as a firer."""
         fired = args.get("fired")
         if not isinstance(fired, list):
             raise ValueError("beat-sync needs 'fired': a list of firings")
@@ -389,15 +434,47 @@ class Beat(Component):
                 learnt += self._learn(Fired.from_wire(item))
             except ValueError as e:
                 log.warning("beat: a peer sent a bad firing: %s", e)
+        if "settled" in args:
+            self._on_settled(args["settled"])
+        if "counted" in args:
+            peer = _text(args, "node")
+            if _text(args, "counted") == self.node.boot and peer in self._unconfirmed:
+                self._unconfirmed.discard(peer)
+                log.debug("beat: %s counts this node as a firer", peer)
         return {"learnt": learnt}
 
-    def _sync_to(self, address: str) -> None:
-        if self.store is None or not self.store.last:
+    def _on_settled(self, said: Any) -> None:
+        """A peer says it settled: count it as a firer at once (its meta says so only
+        when gossip brings it), and confirm, with everything this node fired before.
+        Only a member alive here, that boot of it: it asks again until then."""
+        if not isinstance(said, dict):
+            raise ValueError("beat-sync 'settled' must be a map (node, digest, boot)")
+        peer, digest, boot = _text(said, "node"), _text(said, "digest"), _text(said, "boot")
+        member = next((m for m in self._alive() if m.id == peer), None)
+        if member is None or member.meta.get("boot") != boot:
+            log.debug("beat: %s says it settled, but that process is not an alive member "
+                      "here yet: not counted (it says so again)", peer)
             return
-        items = [f.to_wire() for f in self.store.last.values()]
-        for i in range(0, len(items), MAX_SYNC):
-            self._tell(Control(f"beat-sync-{self.node.name}-{time.monotonic_ns()}", "beat-sync",
-                               {"fired": items[i:i + MAX_SYNC], "noreply": True}), [address])
+        if digest == self.digest and self._counted.get(peer) != boot:
+            self._counted[peer] = boot
+            log.debug("beat: %s settled: it fires its entries from now on", peer)
+        self._sync_to(member.address, counted=boot)
+
+    def _sync_message(self, fired: list[dict[str, Any]], **extra: Any) -> Control:
+        return Control(f"beat-sync-{self.node.name}-{time.monotonic_ns()}", "beat-sync",
+                       {"fired": fired, "noreply": True, **extra})
+
+    def _sync_to(self, address: str, counted: str | None = None) -> None:
+        """Every firing known here, to ``address``; with ``counted``, in its last
+        message, the confirmation that it counts that boot of the peer as a firer."""
+        items = [f.to_wire() for f in self.store.last.values()] if self.store is not None else []
+        if not items and counted is None:
+            return
+        chunks = [items[i:i + MAX_SYNC] for i in range(0, len(items), MAX_SYNC)] or [[]]
+        for n, chunk in enumerate(chunks, 1):
+            extra = {"counted": counted, "node": self.node.name} \
+                if counted is not None and n == len(chunks) else {}
+            self._tell(self._sync_message(chunk, **extra), [address])
 
     def _alive_addresses(self) -> list[str]:
         return [m.address for m in self._alive()]
@@ -441,6 +518,13 @@ class Beat(Component):
                 "fired": self.counts["fired"], "skipped": self.counts["skipped"],
                 "resent": self.outbox.resent if self.outbox else 0,
                 "in_flight": len(self.outbox.runs) if self.outbox else 0, "entries": rows}
+
+
+def _text(args: dict[str, Any], name: str) -> str:
+    v = args.get(name)
+    if not isinstance(v, str) or not v or len(v) > 200:
+        raise ValueError(f"beat-sync field {name!r} is missing or bad: {v!r}"[:200])
+    return v
 
 
 def _iso(t: float, tz: dt.tzinfo) -> str:
