@@ -229,6 +229,56 @@ def test_a_node_fires_no_backlog_after_its_hold(start_node: NodeFactory, beat_lo
     check_runs(read_runs(beat_log))
 
 
+def _pair_the_joiner_wins(attempt: int) -> tuple[str, str]:
+    """Names of a settled node and a joiner that rendezvous hashing makes tick's firer."""
+    from mesh.node.beat_state import hrw
+    for i in range(100):
+        old, new = f"held-{attempt}-{i}", f"joiner-{attempt}-{i}"
+        if hrw("tick", [old, new]) == new:
+            return old, new
+    raise AssertionError("no pair of names found")
+
+
+def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
+        start_node: NodeFactory, beat_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node joining a mesh (its peer settled long ago) takes tick over when it settles.
+    Its peer learnt that from its meta, by gossip; a peer slow to hear it (here stopped,
+    SIGSTOP, for 1 s as the joiner settles: a busy node, a lost message, several rounds
+    of gossip in a large mesh) fired tick on, as the joiner did once its 0.6 s hold was
+    over: both fired and logged a run (3 of 3 tries on main). Now the joiner tells
+    its peers itself and holds until they confirm: each run is fired by one node. A try
+    in which the joiner declared the stopped peer dead proves nothing (a node declared
+    dead that comes back fires too, by design: docs/periodic.md) and is made again."""
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    for attempt in range(3):
+        old_name, new_name = _pair_the_joiner_wins(attempt)
+        old = start_node(app="beat_app", concurrency=1, profile="lan", name=old_name)
+        wait_until(lambda: len(fired_lines(old)) >= 2, 30, f"{old_name} to fire", interval=0.1)
+        new = start_node(app="beat_app", concurrency=1, profile="lan", name=new_name,
+                         peers=old.endpoint)
+        ready = time.time()         # it settles 3 s (10 lan probe intervals) after
+        wait_until(lambda: time.time() > ready + 2.8, 10, "the joiner about to settle",
+                   interval=0.01)
+        old.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.0)         # below the ~1.3 s it takes to be declared dead
+        finally:
+            old.send_signal(signal.SIGCONT)
+        wait_until(lambda: len(fired_lines(new)) >= 4, 30, f"{new_name} to fire", interval=0.1)
+        if f"declares {old_name} dead" in new.stderr():
+            old.stop()
+            new.stop()
+            continue
+        time.sleep(1.0)
+        dues = collections.Counter(due for n in (old, new) for _at, _e, due in fired_lines(n))
+        both = sorted(d for d, count in dues.items() if count > 1)
+        assert not both, f"runs fired by both nodes: {both}\n{old_name}:\n" \
+                         f"{old.stderr_tail(20)}\n{new_name}:\n{new.stderr_tail(20)}"
+        check_runs(read_runs(beat_log))
+        return
+    pytest.fail("the stopped node was declared dead in every try")
+
+
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
     from mesh.cli.common import EXIT_START
     from tests.integration.harness import MESHNODE, free_port
