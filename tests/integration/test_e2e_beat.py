@@ -468,5 +468,31 @@ def test_an_entry_with_no_run_ahead_is_listed_as_never(start_node: NodeFactory,
     assert "OverflowError" not in node.stderr()
 
 
+def test_meshctl_beat_shows_long_entry_names_whole(start_node: NodeFactory,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`meshctl beat` cut entry names (and schedules) at 24 characters: two entries
+    that differ only at the end of their names read as one. Names up to 32 characters
+    now widen the column; a longer one stands whole on a line of its own, its row
+    below it, so the table stays narrow for the others."""
+    from tests.integration.beat_app import LONG_NAMES
+    monkeypatch.setenv("BEAT_LONG_NAMES", "1")
+    node = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-names")
+    wait_until(lambda: beat_view(node)["settled"], 30, "the node to settle", interval=0.1)
+    out = run_program(MESHCTL, "--peers", node.endpoint, "beat")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    medium, *longer = LONG_NAMES
+    (row,) = [ln for ln in lines if ln.startswith(medium + " ")]
+    assert "every" in row and "beat-names" in row, out.stdout       # one row, whole
+    for name in longer:
+        i = lines.index(name)                  # whole, on a line of its own...
+        below = lines[i + 1]                   # ...and its row below, under the columns
+        assert below.startswith(" " * len(medium)) and "every" in below \
+            and below.rstrip().endswith("beat-names"), out.stdout
+    header = lines[0]
+    assert header.index("SCHEDULE") == row.index("every") == lines[lines.index(longer[0]) + 1] \
+        .index("every"), out.stdout            # the columns line up
+
+
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
