@@ -245,7 +245,8 @@ class Beat(Component):
             if self.node.membership is not None:
                 self.node.membership.update_local_meta()
             self._unconfirmed = set(alive)
-        holding = now - self.settled_at < self.hold or self._awaiting(now, alive)
+        awaiting = self._awaiting(now, alive)      # (tells the peers at once when settling)
+        holding = awaiting or now - self.settled_at < self.hold
         firers = self.firers()
         wait = TICK
         for name, entry in self.schedule.entries.items():

@@ -181,9 +181,14 @@ def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
     old.started = old.settle_from = old.settled_at = START - 100.0
     old.settled = old._saw_ready = True
     new.node.membership.peer_meta = {"beat": old.digest, "boot": "boot-old"}   # old settled
+    told = False
     for _ in range(int((new.settle + new.hold_max) / 0.1) + 20):
         for n in (old, new):
             n.tick(clock.time())
+        if new.settled and not told:      # it tells its peer in the tick it settles
+            told = any(m.command == "beat-sync" and "settled" in m.args      # type: ignore[union-attr]
+                       for m in map(decode, new.node.transport.frames))
+            assert told, "settled, and its peer not told"
         _deliver(old, new)
         _deliver(new, old if not cut else None)
         clock.advance(0.1)
