@@ -435,13 +435,16 @@ class Beat(Component):
                 learnt += self._learn(Fired.from_wire(item))
             except ValueError as e:
                 log.warning("beat: a peer sent a bad firing: %s", e)
-        if "settled" in args:
-            self._on_settled(args["settled"])
-        if "counted" in args:
-            peer = _text(args, "node")
-            if _text(args, "counted") == self.node.boot and peer in self._unconfirmed:
-                self._unconfirmed.discard(peer)
-                log.debug("beat: %s counts this node as a firer", peer)
+        try:
+            if "settled" in args:
+                self._on_settled(args["settled"])
+            if "counted" in args:
+                peer = _text(args, "node")
+                if _text(args, "counted") == self.node.boot and peer in self._unconfirmed:
+                    self._unconfirmed.discard(peer)
+                    log.debug("beat: %s counts this node as a firer", peer)
+        except ValueError as e:
+            log.warning("beat: a peer sent a bad beat-sync: %s", e)
         return {"learnt": learnt}
 
     def _on_settled(self, said: Any) -> None:

@@ -203,3 +203,23 @@ def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
     assert not both, f"runs fired by both nodes: {both}"
     assert max(sent["old"]) < min(sent["new"])       # a handover: old until new took it
     assert all(b - a == 0.5 for a, b in zip(sent["new"], sent["new"][1:])), sent["new"]
+
+
+@pytest.mark.parametrize("args", [
+    {"fired": [], "settled": "yes"},
+    {"fired": [], "settled": {"node": "old", "digest": 7, "boot": "boot-old"}},
+    {"fired": [], "settled": {"node": "x" * 300, "digest": "d", "boot": "b"}},
+    {"fired": [], "counted": "boot-new"},                   # no node
+    {"fired": [], "counted": ["boot-new"], "node": "old"},
+])
+def test_a_bad_settled_or_counted_is_a_warning(args: dict[str, Any],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Never silent, never fatal: what a peer sends that is not a notice or an answer
+    is one WARNING line, and changes nothing."""
+    clock = FakeClock(START)
+    new = _beat("new", "old", clock)
+    new._unconfirmed = {"old"}
+    assert new.on_sync(args) == {"learnt": 0}
+    assert new._unconfirmed == {"old"} and not new._counted
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("beat: a peer sent a bad beat-sync: ")
