@@ -12,6 +12,11 @@ every alive peer the last firing of each entry (``beat-fired``), tells a member 
 appears everything it knows (``beat-sync``), and keeps it in ``beat.sqlite3`` in its
 data dir: a node that takes an entry over neither fires a run again nor skips one.
 
+A starting node fires nothing until it has settled (learnt the mesh); then it tells its
+peers itself (a ``beat-sync`` with ``settled``) and holds the runs it would fire until they
+have confirmed that they count it as a firer, so a node joining a mesh and the node that
+fired its entries until then never fire the same run (docs/periodic.md, Settling).
+
 No backlog: when a node takes over, or the mesh starts after being down, only the latest
 due run is fired (and only within the entry's ``catch_up`` window, if it has one). The
 task sees the due time in ``self.request.headers["periodic_due"]`` (unix time) and the
