@@ -47,6 +47,47 @@ def _ago(t: float | None, now: float) -> str:
     return f"in {-d:.0f}s" if d < 0 else f"{d:.0f}s ago"
 
 
+NAME_WIDTH = 32   # a longer entry name is printed whole on a line of its own, its row below
+
+
+def _table(entries: list[dict[str, Any]], now: float) -> list[str]:
+    """The entries as a table whose columns fit what they hold: nothing is cut (a name
+    or schedule cut at 24 characters made entries that differ only at the end look the
+    same). A name longer than NAME_WIDTH stands whole on its own line, and its row
+    follows, indented, so the other entries' rows stay narrow."""
+    rows = []
+    for e in entries:
+        last = e.get("last_run")
+        if isinstance(last, dict):
+            what = "skipped" if last.get("skipped") else f"by {last.get('fired_by')}"
+            result = e.get("last_result")
+            if isinstance(result, dict) and result.get("due") == last.get("due"):
+                what += f" {result.get('state')}"
+            last_text = f"{_ago(last.get('due'), now)} {what}"
+        else:
+            last_text = "never"
+        fires = e["fires_on"] or " / ".join(f"{k} (per {','.join(v)})"
+                                            for k, v in e["fires_on_views"].items())
+        if fires == "None":      # (every view: no node has settled yet)
+            fires = "no node yet (settling)"
+        rows.append([str(e["name"]), str(e.get("schedule")),
+                     f"{e.get('next_run_local', '?')} ({_ago(e.get('next_run'), now)})",
+                     last_text, str(fires)])
+    heads = ["ENTRY", "SCHEDULE", "NEXT RUN", "LAST RUN", "FIRES ON"]
+    widths = [max([len(heads[i])] + [len(r[i]) for r in rows
+                                      if i or len(r[i]) <= NAME_WIDTH]) for i in range(4)]
+
+    def line(cells: list[str]) -> str:
+        return " ".join(f"{c:{w}}" for c, w in zip(cells, widths)) + f" {cells[4]}"
+    out = [line(heads)]
+    for r in rows:
+        if len(r[0]) > widths[0]:
+            out.append(r[0])
+            r = ["", *r[1:]]
+        out.append(line(r))
+    return out
+
+
 @click.command()
 @click.pass_context
 def beat(ctx: click.Context) -> int:
@@ -71,25 +112,8 @@ def beat(ctx: click.Context) -> int:
     if not view["entries"]:
         click.echo(f"no periodic entries ({len(view['nodes'])} node(s) asked)")
         return EXIT_OK
-    nexts = [f"{e.get('next_run_local', '?')} ({_ago(e.get('next_run'), now)})"
-             for e in view["entries"]]
-    w = max(len("NEXT RUN"), *map(len, nexts))
-    head = f"{'ENTRY':24} {'SCHEDULE':24} {'NEXT RUN':{w}} {'LAST RUN':34} {'FIRES ON'}"
-    click.echo(head)
-    for e, nxt in zip(view["entries"], nexts):
-        last = e.get("last_run")
-        if isinstance(last, dict):
-            what = "skipped" if last.get("skipped") else f"by {last.get('fired_by')}"
-            result = e.get("last_result")
-            if isinstance(result, dict) and result.get("due") == last.get("due"):
-                what += f" {result.get('state')}"
-            last_text = f"{_ago(last.get('due'), now)} {what}"
-        else:
-            last_text = "never"
-        fires = e["fires_on"] or " / ".join(f"{k} (per {','.join(v)})"
-                                            for k, v in e["fires_on_views"].items())
-        click.echo(f"{e['name'][:24]:24} {str(e.get('schedule'))[:24]:24} {nxt:{w}} "
-                   f"{last_text[:34]:34} {fires}")
+    for line in _table(view["entries"], now):
+        click.echo(line)
     for e in view["entries"]:
         if e.get("waiting"):
             click.echo(f"WARNING: {e['name']}: {e['waiting']} run(s) waiting: no alive node "

@@ -12,6 +12,11 @@ every alive peer the last firing of each entry (``beat-fired``), tells a member 
 appears everything it knows (``beat-sync``), and keeps it in ``beat.sqlite3`` in its
 data dir: a node that takes an entry over neither fires a run again nor skips one.
 
+A starting node fires nothing until it has settled (learnt the mesh); then it tells its
+peers itself (a ``beat-sync`` with ``settled``) and holds the runs it would fire until they
+have confirmed that they count it as a firer, so a node joining a mesh and the node that
+fired its entries until then never fire the same run (docs/periodic.md, Settling).
+
 No backlog: when a node takes over, or the mesh starts after being down, only the latest
 due run is fired (and only within the entry's ``catch_up`` window, if it has one). The
 task sees the due time in ``self.request.headers["periodic_due"]`` (unix time) and the
@@ -46,7 +51,8 @@ log = safe_logger("mesh.beat")
 
 TICK = 0.1             # s between looks at the schedule and membership, at most
 SETTLE_PROBES = 10     # a starting node fires nothing for this many probe intervals
-HOLD_PROBES = 2        # then holds the runs it would fire for this many, as peers learn it settled
+HOLD_PROBES = 2        # then holds the runs it would fire for this many, as peers learn it settled,
+HOLD_MAX_PROBES = 10   # and, at most this many, until every alive peer confirmed that it counts it
 HELD_MAX = 3           # runs of one entry held at most (the newest)
 MAX_SYNC = 500         # firings per beat-sync message
 SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
@@ -78,6 +84,11 @@ class Beat(Component):
         self.settled = False
         self.settled_at = -math.inf
         self.hold = 0.0
+        self.hold_max = 0.0
+        self.probe = 0.0
+        self._unconfirmed: set[str] = set()   # peers yet to confirm they count us as a firer
+        self._told_settled = -math.inf        # when we last told them we settled
+        self._counted: dict[str, str] = {}    # peer -> boot: said it settled, before its meta did
         self._held: dict[str, list[float]] = {}   # entry -> dues held since settling
         self._swept = self.clock.time()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,7 +105,9 @@ class Beat(Component):
         self.digest = self.schedule.digest
         self.keys = {name: entry_key(e.key()) for name, e in self.schedule.entries.items()}
         self.settle = SETTLE_PROBES * profile(node.config.profile).probe_interval
-        self.hold = HOLD_PROBES * profile(node.config.profile).probe_interval
+        self.probe = profile(node.config.profile).probe_interval
+        self.hold = HOLD_PROBES * self.probe
+        self.hold_max = HOLD_MAX_PROBES * self.probe
         self.started = self.settle_from = self.clock.time()
         cfg = node.config
         self.store = LastFirings(cfg.data_path if cfg.journal else None)
@@ -164,9 +177,11 @@ class Beat(Component):
         return self.digest if self.settled else ""
 
     def firers(self) -> list[str]:
-        """The nodes that may fire our entries: settled, alive, carrying the same schedule."""
+        """The nodes that may fire our entries: settled, alive, carrying the same schedule
+        (their meta says so, or they told us so themselves: ``on_sync``)."""
         me = [self.node.name] if self.settled else []
-        return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest]
+        return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest
+                     or self._counted.get(m.id, None) == m.meta.get("boot", "")]
 
     def _targets(self, task: str | None = None, queue: str | None = None) -> dict[str, str]:
         """Node id -> address of the nodes a run may go to: alive, with our tasks, and
@@ -200,6 +215,8 @@ class Beat(Component):
         assert self.outbox is not None
         alive = {m.id: m.address for m in self._alive()}
         new = set(alive) - self._peers
+        for gone in self._peers - set(alive):
+            self._counted.pop(gone, None)
         self._peers = set(alive)
         for peer in new:
             self._sync_to(alive[peer])
@@ -232,9 +249,11 @@ class Beat(Component):
             self.settled, self.settled_at = True, now   # from now on peers count us as a firer
             if self.node.membership is not None:
                 self.node.membership.update_local_meta()
+            self._unconfirmed = set(alive)
+        awaiting = self._awaiting(now, alive)      # (tells the peers at once when settling)
+        holding = awaiting or now - self.settled_at < self.hold
         firers = self.firers()
         wait = TICK
-        holding = now - self.settled_at < self.hold
         for name, entry in self.schedule.entries.items():
             mine = hrw(name, firers) == self.node.name
             if name in self._held and not holding:
@@ -249,9 +268,38 @@ class Beat(Component):
                 self._hold(entry, now)
             else:
                 self._consider(entry, now)
-        if holding:
+        if now - self.settled_at < self.hold:
             wait = min(wait, self.settled_at + self.hold - now)
         return max(wait, 0.001)
+
+    def _awaiting(self, now: float, alive: dict[str, str]) -> bool:
+        """Whether this node, settled, still waits for alive peers to confirm that they
+        count it as a firer; tells them again (every probe interval) that it settled.
+
+        Its meta says so too, but by gossip: a peer that fired an entry this node takes
+        over fired on until the gossip reached it, and when that took longer than the
+        hold both fired (and logged) a run. A peer that confirmed stopped firing the
+        entries this node takes, and told us everything it fired before (``on_sync``),
+        so after the confirmations exactly one node fires each run. A peer that does not
+        confirm within HOLD_MAX_PROBES (an older mesh version, or one cut off) is said
+        at INFO, and the node fires anyway."""
+        self._unconfirmed &= set(alive)          # a peer gone need not confirm
+        if not self._unconfirmed:
+            return False
+        if now - self.settled_at >= self.hold_max:
+            log.info("beat: %s did not confirm within %g s that %s counted this node as a "
+                     "firer: firing anyway (a run may be fired by both, once; it runs once)",
+                     ", ".join(sorted(self._unconfirmed)),
+                     self.hold_max, "it" if len(self._unconfirmed) == 1 else "they")
+            self._unconfirmed.clear()
+            return False
+        if now - self._told_settled >= self.probe:
+            self._told_settled = now
+            for peer in sorted(self._unconfirmed):
+                self._tell(self._sync_message([], settled={
+                    "node": self.node.name, "digest": self.digest, "boot": self.node.boot}),
+                    [alive[peer]])
+        return True
 
     def _hold(self, entry: Entry, now: float) -> None:
         """Just settled: note the run this node would fire, and fire nothing yet. Its
@@ -259,38 +307,59 @@ class Beat(Component):
         few gossip rounds; nodes started together settle together, each seeing the
         other unsettled, and both fired the first run (it ran once: same id), both
         logging "fired" (a new user's report, session 16). After the hold the views
-        agree on one firer, which fires what it held (``_fire_held``)."""
+        agree on one firer, which fires the latest run due (``_fire_held``)."""
         assert self.store is not None and self.schedule is not None
-        last = self.store.get(entry.name)
-        last_due = last.due if last is not None and last.key == self.keys[entry.name] else None
-        due, _skipped = due_to_fire(entry.schedule, self.schedule.timezone, now, last_due,
-                                    self.started, entry.catch_up)
+        due, _skipped = due_to_fire(entry.schedule, self.schedule.timezone, now,
+                                    self._last_due(entry.name), self.started, entry.catch_up)
         held = self._held.setdefault(entry.name, [])
         if due is not None and due not in held:
             held[:] = sorted([*held, due])[-HELD_MAX:]
 
     def _fire_held(self, entry: Entry, mine: bool, firers: list[str], now: float) -> None:
-        """The hold is over: fire the held runs that no node fired meanwhile, if the
-        entry is still ours; else say at debug why not (the node that fires it does)."""
+        """The hold is over. No backlog here either: if the entry is still ours, only
+        the latest run due now that no node fired is fired (``_consider``: the newest
+        held, or one due since), never each run held (a short-period entry fired up
+        to HELD_MAX runs at once, a session-18 finding). What is not fired here is
+        said: held runs left for the latest at INFO, runs another node fired or fires
+        at DEBUG."""
         assert self.store is not None and self.schedule is not None
         tz = self.schedule.timezone
-        for due in self._held.pop(entry.name):
-            last = self.store.get(entry.name)
-            if last is not None and last.key == self.keys[entry.name] and due <= last.due:
-                log.debug("beat: %s fired %s (due %s): not fired here", last.node, entry.name,
-                          _iso(due, tz))
-            elif not mine:
-                log.debug("beat: %s fires %s now (the nodes settled together): its run due "
-                          "%s is not fired here", hrw(entry.name, firers), entry.name, _iso(due, tz))
-            else:
-                self.fire(entry, due, now)
+        held = self._held.pop(entry.name)
+        last_due = self._last_due(entry.name)
+        fired = [d for d in held if last_due is not None and d <= last_due]
+        left = [d for d in held if d not in fired]
+        last = self.store.get(entry.name)
+        if fired and last is not None:
+            log.debug("beat: %s fired %s (due %s): not fired here", last.node, entry.name,
+                      _iso(max(fired), tz))
+        if not mine:
+            if left:
+                log.debug("beat: %s fires %s now: its run%s due %s, held while this node "
+                          "settled, %s not fired here", hrw(entry.name, firers), entry.name,
+                          "s" if len(left) > 1 else "", _dues(left, tz),
+                          "are" if len(left) > 1 else "is")
+            return
+        fire, late = due_to_fire(entry.schedule, tz, now, last_due, self.started, entry.catch_up)
+        older = [d for d in left if d not in (fire, late)]
+        if older:
+            log.info("beat: %s: run%s due %s, held while this node settled, %s not fired: "
+                     "only the latest due run is (no backlog)", entry.name,
+                     "s" if len(older) > 1 else "", _dues(older, tz),
+                     "are" if len(older) > 1 else "is")
+        self._consider(entry, now)
+
+    def _last_due(self, name: str) -> float | None:
+        """The due time of the last known firing of entry ``name``, if it was of the
+        entry as defined here."""
+        assert self.store is not None
+        last = self.store.get(name)
+        return last.due if last is not None and last.key == self.keys[name] else None
 
     def _consider(self, entry: Entry, now: float) -> None:
         assert self.store is not None and self.schedule is not None
         tz = self.schedule.timezone
-        last = self.store.get(entry.name)
-        last_due = last.due if last is not None and last.key == self.keys[entry.name] else None
-        fire, skipped = due_to_fire(entry.schedule, tz, now, last_due, self.started, entry.catch_up)
+        fire, skipped = due_to_fire(entry.schedule, tz, now, self._last_due(entry.name),
+                                    self.started, entry.catch_up)
         if fire is not None:
             self.fire(entry, fire, now)
         elif skipped is not None:      # remembered below, so said once per run
@@ -359,6 +428,9 @@ class Beat(Component):
         self._learn(f)
 
     def on_sync(self, args: dict[str, Any]) -> dict[str, int]:
+        """A peer's firings; with ``settled`` (node, digest, boot), the peer says it has
+        settled and fires from now on; with ``counted`` (a boot) and ``node``, a peer
+        confirms that it counts this node (that boot of it) as a firer."""
         fired = args.get("fired")
         if not isinstance(fired, list):
             raise ValueError("beat-sync needs 'fired': a list of firings")
@@ -368,15 +440,50 @@ class Beat(Component):
                 learnt += self._learn(Fired.from_wire(item))
             except ValueError as e:
                 log.warning("beat: a peer sent a bad firing: %s", e)
+        try:
+            if "settled" in args:
+                self._on_settled(args["settled"])
+            if "counted" in args:
+                peer = _text(args, "node")
+                if _text(args, "counted") == self.node.boot and peer in self._unconfirmed:
+                    self._unconfirmed.discard(peer)
+                    log.debug("beat: %s counts this node as a firer", peer)
+        except ValueError as e:
+            log.warning("beat: a peer sent a bad beat-sync: %s", e)
         return {"learnt": learnt}
 
-    def _sync_to(self, address: str) -> None:
-        if self.store is None or not self.store.last:
+    def _on_settled(self, said: Any) -> None:
+        """A peer says it settled: count it as a firer at once (its meta says so only
+        when gossip brings it), and confirm, with everything this node fired before.
+        Only a member alive here, that boot of it: it asks again until then."""
+        if not isinstance(said, dict):
+            raise ValueError("beat-sync 'settled' must be a map (node, digest, boot)")
+        peer, digest, boot = _text(said, "node"), _text(said, "digest"), _text(said, "boot")
+        member = next((m for m in self._alive() if m.id == peer), None)
+        if member is None or member.meta.get("boot") != boot:
+            log.debug("beat: %s says it settled, but that process is not an alive member "
+                      "here yet: not counted (it says so again)", peer)
             return
-        items = [f.to_wire() for f in self.store.last.values()]
-        for i in range(0, len(items), MAX_SYNC):
-            self._tell(Control(f"beat-sync-{self.node.name}-{time.monotonic_ns()}", "beat-sync",
-                               {"fired": items[i:i + MAX_SYNC], "noreply": True}), [address])
+        if digest == self.digest and self._counted.get(peer) != boot:
+            self._counted[peer] = boot
+            log.debug("beat: %s settled: it fires its entries from now on", peer)
+        self._sync_to(member.address, counted=boot)
+
+    def _sync_message(self, fired: list[dict[str, Any]], **extra: Any) -> Control:
+        return Control(f"beat-sync-{self.node.name}-{time.monotonic_ns()}", "beat-sync",
+                       {"fired": fired, "noreply": True, **extra})
+
+    def _sync_to(self, address: str, counted: str | None = None) -> None:
+        """Every firing known here, to ``address``; with ``counted``, in its last
+        message, the confirmation that it counts that boot of the peer as a firer."""
+        items = [f.to_wire() for f in self.store.last.values()] if self.store is not None else []
+        if not items and counted is None:
+            return
+        chunks = [items[i:i + MAX_SYNC] for i in range(0, len(items), MAX_SYNC)] or [[]]
+        for n, chunk in enumerate(chunks, 1):
+            extra = {"counted": counted, "node": self.node.name} \
+                if counted is not None and n == len(chunks) else {}
+            self._tell(self._sync_message(chunk, **extra), [address])
 
     def _alive_addresses(self) -> list[str]:
         return [m.address for m in self._alive()]
@@ -422,5 +529,19 @@ class Beat(Component):
                 "in_flight": len(self.outbox.runs) if self.outbox else 0, "entries": rows}
 
 
+def _text(args: dict[str, Any], name: str) -> str:
+    v = args.get(name)
+    if not isinstance(v, str) or not v or len(v) > 200:
+        raise ValueError(f"beat-sync field {name!r} is missing or bad: {v!r}"[:200])
+    return v
+
+
 def _iso(t: float, tz: dt.tzinfo) -> str:
-    return dt.datetime.fromtimestamp(t, tz).isoformat(timespec="seconds")
+    """``t`` in ``tz``, to the second, or to the millisecond when it is not a whole
+    second (runs of an entry every 0.5 s are told apart in the log)."""
+    return dt.datetime.fromtimestamp(t, tz).isoformat(
+        timespec="seconds" if t == math.floor(t) else "milliseconds")
+
+
+def _dues(dues: list[float], tz: dt.tzinfo) -> str:
+    return ", ".join(_iso(d, tz) for d in sorted(dues))

@@ -7,6 +7,7 @@ time across nodes that are killed with SIGKILL.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import json
 import os
 import re
@@ -192,6 +193,90 @@ def test_a_restarted_mesh_does_not_replay_a_backlog(start_node: NodeFactory, bea
     missed_window = [d for d in after if d < node.started_at]
     assert len(missed_window) <= 1, (after, node.started_at)
     assert os.path.exists(node.data_dir / "beat.sqlite3")
+
+
+FIRED_LINE = re.compile(r"^\[(\S+ \S+) INFO \S+ mesh\.beat\] beat: fired (\S+) \(due (\S+)\)", re.M)
+
+
+def fired_lines(node: NodeProc) -> list[tuple[float, str, float]]:
+    """(when the node logged it, entry, due) per "fired" line of the node's log."""
+    out = []
+    for stamp, entry, due in FIRED_LINE.findall(node.stderr()):
+        at = time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S"))
+        out.append((at + int(stamp.split(",")[1]) / 1000, entry,
+                    dt.datetime.fromisoformat(due).timestamp()))
+    return out
+
+
+def test_a_node_fires_no_backlog_after_its_hold(start_node: NodeFactory, beat_log: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starting node holds the runs it would fire for 2 probe intervals (0.6 s on
+    lan) after it settles; an entry every 0.25 s falls due 3 times meanwhile, and the
+    node fired the 3 held runs at once when the hold ended, contrary to "no backlog"
+    (the oldest over 0.5 s late, 2 newer runs due). Now it fires the latest run due
+    then, and says at INFO which held runs it did not fire. Each run fired is the
+    latest due when fired: logged before the next one falls due (``stall`` allows
+    for the node descheduled between its look at the clock and the log line)."""
+    every, stall = 0.25, 0.1
+    monkeypatch.setenv("BEAT_EVERY", str(every))
+    node = start_node(app="beat_app", concurrency=1, profile="lan", name="beat-hold")
+    wait_until(lambda: len(fired_lines(node)) >= 10, 30, "10 runs fired", interval=0.1)
+    lines = fired_lines(node)[:10]
+    late = [(round(at - due, 3), due) for at, _entry, due in lines if at - due >= every + stall]
+    assert not late, f"runs fired after a newer run was due (lateness, due): {late}\n" \
+                     f"{node.stderr_tail(30)}"
+    assert "held while this node settled" in node.stderr(), node.stderr_tail(30)
+    check_runs(read_runs(beat_log))
+
+
+def _pair_the_joiner_wins(attempt: int) -> tuple[str, str]:
+    """Names of a settled node and a joiner that rendezvous hashing makes tick's firer."""
+    from mesh.node.beat_state import hrw
+    for i in range(100):
+        old, new = f"held-{attempt}-{i}", f"joiner-{attempt}-{i}"
+        if hrw("tick", [old, new]) == new:
+            return old, new
+    raise AssertionError("no pair of names found")
+
+
+def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
+        start_node: NodeFactory, beat_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node joining a mesh (its peer settled long ago) takes tick over when it settles.
+    Its peer learnt that from its meta, by gossip; a peer slow to hear it (here stopped,
+    SIGSTOP, for 1 s as the joiner settles: a busy node, a lost message, several rounds
+    of gossip in a large mesh) fired tick on, as the joiner did once its 0.6 s hold was
+    over: both fired and logged a run (3 of 3 tries on main). Now the joiner tells
+    its peers itself and holds until they confirm: each run is fired by one node. A try
+    in which the joiner declared the stopped peer dead proves nothing (a node declared
+    dead that comes back fires too, by design: docs/periodic.md) and is made again."""
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    for attempt in range(3):
+        old_name, new_name = _pair_the_joiner_wins(attempt)
+        old = start_node(app="beat_app", concurrency=1, profile="lan", name=old_name)
+        wait_until(lambda: len(fired_lines(old)) >= 2, 30, f"{old_name} to fire", interval=0.1)
+        new = start_node(app="beat_app", concurrency=1, profile="lan", name=new_name,
+                         peers=old.endpoint)
+        ready = time.time()         # it settles 3 s (10 lan probe intervals) after
+        wait_until(lambda: time.time() > ready + 2.8, 10, "the joiner about to settle",
+                   interval=0.01)
+        old.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.0)         # below the ~1.3 s it takes to be declared dead
+        finally:
+            old.send_signal(signal.SIGCONT)
+        wait_until(lambda: len(fired_lines(new)) >= 4, 30, f"{new_name} to fire", interval=0.1)
+        if f"declares {old_name} dead" in new.stderr():
+            old.stop()
+            new.stop()
+            continue
+        time.sleep(1.0)
+        dues = collections.Counter(due for n in (old, new) for _at, _e, due in fired_lines(n))
+        both = sorted(d for d, count in dues.items() if count > 1)
+        assert not both, f"runs fired by both nodes: {both}\n{old_name}:\n" \
+                         f"{old.stderr_tail(20)}\n{new_name}:\n{new.stderr_tail(20)}"
+        check_runs(read_runs(beat_log))
+        return
+    pytest.fail("the stopped node was declared dead in every try")
 
 
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
@@ -381,6 +466,32 @@ def test_an_entry_with_no_run_ahead_is_listed_as_never(start_node: NodeFactory,
     assert out.returncode == 0, out.stderr
     json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert "OverflowError" not in node.stderr()
+
+
+def test_meshctl_beat_shows_long_entry_names_whole(start_node: NodeFactory,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`meshctl beat` cut entry names (and schedules) at 24 characters: two entries
+    that differ only at the end of their names read as one. Names up to 32 characters
+    now widen the column; a longer one stands whole on a line of its own, its row
+    below it, so the table stays narrow for the others."""
+    from tests.integration.beat_app import LONG_NAMES
+    monkeypatch.setenv("BEAT_LONG_NAMES", "1")
+    node = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-names")
+    wait_until(lambda: beat_view(node)["settled"], 30, "the node to settle", interval=0.1)
+    out = run_program(MESHCTL, "--peers", node.endpoint, "beat")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    medium, *longer = LONG_NAMES
+    (row,) = [ln for ln in lines if ln.startswith(medium + " ")]
+    assert "every" in row and "beat-names" in row, out.stdout       # one row, whole
+    for name in longer:
+        i = lines.index(name)                  # whole, on a line of its own...
+        below = lines[i + 1]                   # ...and its row below, under the columns
+        assert below.startswith(" " * len(medium)) and "every" in below \
+            and below.rstrip().endswith("beat-names"), out.stdout
+    header = lines[0]
+    assert header.index("SCHEDULE") == row.index("every") == lines[lines.index(longer[0]) + 1] \
+        .index("every"), out.stdout            # the columns line up
 
 
 def _lines(path: Path) -> list[str]:

@@ -17,7 +17,7 @@ from mesh import Mesh
 from mesh.clock import FakeClock
 from mesh.membership import MemberState
 from mesh.membership.member import Member
-from mesh.node.beat import HOLD_PROBES, SETTLE_PROBES, Beat
+from mesh.node.beat import HOLD_MAX_PROBES, HOLD_PROBES, SETTLE_PROBES, Beat
 from mesh.node.beat_state import LastFirings, entry_key, hrw
 from mesh.wire.protocol import decode
 
@@ -44,7 +44,7 @@ class _View:
     """One node's membership view: itself, then the peer with the meta it knows."""
 
     def __init__(self, me: str, peer: str) -> None:
-        self.me, self.peer, self.peer_meta = me, peer, {"beat": ""}
+        self.me, self.peer, self.peer_meta = me, peer, {"beat": "", "boot": f"boot-{peer}"}
 
     def members(self) -> list[Member]:
         return [_member(self.me, {}), _member(self.peer, self.peer_meta)]
@@ -65,32 +65,37 @@ def _member(name: str, meta: dict[str, Any]) -> Member:
     return Member(name, f"tcp://{name}", 1, MemberState.ALIVE, meta, 1, 0.0)
 
 
-def _beat(name: str, peer: str, clock: FakeClock) -> Beat:
+def _beat(name: str, peer: str, clock: FakeClock, every: float = 1.0) -> Beat:
     app = Mesh("beat-settle", mdns=False)
 
     @app.task(name="tick")
     def tick() -> None: ...
 
-    app.add_periodic_task(1.0, tick.s(), name="tick")
+    app.add_periodic_task(every, tick.s(), name="tick")
     b = Beat(clock)
     b.schedule = app.periodic_schedule()
     b.digest = b.schedule.digest
     b.keys = {n: entry_key(e.key()) for n, e in b.schedule.entries.items()}
-    b.settle, b.hold = SETTLE_PROBES * PROBE, HOLD_PROBES * PROBE
+    b.settle, b.hold, b.hold_max = SETTLE_PROBES * PROBE, HOLD_PROBES * PROBE, HOLD_MAX_PROBES * PROBE
+    b.probe = PROBE
     b.started = b.settle_from = clock.time()
     b.store, b.outbox = LastFirings(None), _Outbox()  # type: ignore[assignment]
     b.node = SimpleNamespace(name=name, address=f"tcp://{name}", membership=_View(name, peer),
+                             boot=f"boot-{name}",
                              config=SimpleNamespace(shutdown_timeout=1.0), stopping=False,
                              transport=_Transport(), routing=None)
     return b
 
 
-def _deliver(src: Beat, dst: Beat) -> None:
-    """What ``src`` told its peers (beat-fired), received by ``dst``."""
+def _deliver(src: Beat, dst: Beat | None) -> None:
+    """What ``src`` told its peers (beat-fired, beat-sync), received by ``dst`` (None:
+    lost on the way)."""
     for frame in src.node.transport.frames:
         msg = decode(frame)
-        if msg.command == "beat-fired":          # type: ignore[union-attr]
-            dst.on_fired(msg.args)                # type: ignore[union-attr]
+        if dst is not None and msg.command == "beat-fired":      # type: ignore[union-attr]
+            dst.on_fired(msg.args)                                # type: ignore[union-attr]
+        elif dst is not None and msg.command == "beat-sync":      # type: ignore[union-attr]
+            dst.on_sync(msg.args)                                 # type: ignore[union-attr]
     src.node.transport.frames.clear()
 
 
@@ -101,14 +106,14 @@ def test_two_nodes_that_settle_together_fire_the_first_run_once(
     clock = FakeClock(START)
     a, b = _beat("a", "b", clock), _beat("b", "a", clock)
     if not hold:
-        a.hold = b.hold = 0.0            # the rule off: what happened before it
+        a.hold = b.hold = a.hold_max = b.hold_max = 0.0   # the rules off: what happened before
     clock.advance(a.settle + 0.05)       # both settle now, each seeing the other unsettled
     for n in (a, b):
         n.tick(clock.time())
     _deliver(a, b)
     _deliver(b, a)
     for n, peer in ((a, b), (b, a)):     # then each learns that the other settled
-        n.node.membership.peer_meta = {"beat": peer.digest}
+        n.node.membership.peer_meta = {"beat": peer.digest, "boot": peer.node.boot}
     for _ in range(int(a.hold / 0.1) + 2):        # the ticks of the hold, and after it
         clock.advance(0.1)
         for n in (a, b):
@@ -126,5 +131,95 @@ def test_two_nodes_that_settle_together_fire_the_first_run_once(
     assert sent == {"a": [first] if winner == "a" else [],
                     "b": [first] if winner == "b" else []}, sent
     assert len(firing) == 1, caplog.messages                 # "fired" on one node only
-    assert f"beat: {winner} fires tick now (the nodes settled together): its run due " \
-           in "\n".join(caplog.messages)                   # the other says why, at debug
+    assert f"beat: {winner} settled: it fires its entries from now on" \
+           in caplog.messages                               # the other says why, at debug
+
+
+@pytest.mark.parametrize("every", [0.1, 0.25, 0.5])
+def test_after_the_hold_only_the_latest_due_run_is_fired(
+        every: float, caplog: pytest.LogCaptureFixture) -> None:
+    """No backlog after the hold either: a node alone, whose entry fell due several
+    times while it held, fires only the latest run due when the hold ends (it fired
+    every run held, up to HELD_MAX, at once), and says at INFO which it did not."""
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    clock = FakeClock(START + 0.05)
+    a = _beat("a", "b", clock, every)          # b: a member not settled, so a fires alone
+    clock.advance(a.settle + 0.01)
+    ticks = []
+    while not a.outbox.sent:
+        a.tick(clock.time())
+        ticks.append(clock.time())
+        clock.advance(0.1)
+        assert len(ticks) < 100, "nothing fired"
+    fired_at = ticks[-1]
+    assert fired_at >= a.settled_at + a.hold                       # not during the hold
+    due = [r.due for r in a.outbox.sent]
+    latest = a.schedule.entries["tick"].schedule.last_at_or_before(fired_at)
+    assert due == [latest], (due, fired_at)                        # one run: the latest
+    assert [m for m in caplog.messages if m.startswith("beat: fired")] == \
+        [m for m in caplog.messages if m.startswith("beat: fired tick")][:1]
+    held = [r for r in caplog.records if "held while this node settled" in r.getMessage()]
+    assert len(held) == 1 and held[0].levelno == logging.INFO, caplog.messages
+    assert "not fired: only the latest due run is (no backlog)" in held[0].getMessage()
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
+        cut: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """"new" joins a mesh where "old" has fired tick (every 0.5 s) for long; "new"
+    wins tick once it settles. Its meta says it settled, but by gossip: while that
+    had not reached "old" when the hold ended (a large mesh, several rounds; a lost
+    message), both fired the same runs, each logging "fired". Here the gossip never
+    comes in time: "new" tells "old" directly that it settled, and fires only once
+    "old" confirmed that it counts it (and sent what it fired). ``cut``: "old" hears
+    nothing from "new" (cut off, or an older version that does not answer): "new"
+    fires after HOLD_MAX_PROBES, and says why at INFO."""
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    clock = FakeClock(START + 0.05)
+    old, new = _beat("old", "new", clock, 0.5), _beat("new", "old", clock, 0.5)
+    assert hrw("tick", ["old", "new"]) == "new"
+    old.started = old.settle_from = old.settled_at = START - 100.0
+    old.settled = old._saw_ready = True
+    new.node.membership.peer_meta = {"beat": old.digest, "boot": "boot-old"}   # old settled
+    told = False
+    for _ in range(int((new.settle + new.hold_max) / 0.1) + 20):
+        for n in (old, new):
+            n.tick(clock.time())
+        if new.settled and not told:      # it tells its peer in the tick it settles
+            told = any(m.command == "beat-sync" and "settled" in m.args      # type: ignore[union-attr]
+                       for m in map(decode, new.node.transport.frames))
+            assert told, "settled, and its peer not told"
+        _deliver(old, new)
+        _deliver(new, old if not cut else None)
+        clock.advance(0.1)
+    sent = {n.node.name: [r.due for r in n.outbox.sent] for n in (old, new)}
+    assert new.settled and sent["new"], sent
+    both = sorted(set(sent["old"]) & set(sent["new"]))
+    if cut:
+        assert both, sent                            # fired by both: "old" never knew
+        assert any(m.startswith("beat: old did not confirm within 2 s that it counted this "
+                                "node as a firer: firing anyway") for m in caplog.messages)
+        return
+    assert not both, f"runs fired by both nodes: {both}"
+    assert max(sent["old"]) < min(sent["new"])       # a handover: old until new took it
+    assert all(b - a == 0.5 for a, b in zip(sent["new"], sent["new"][1:])), sent["new"]
+
+
+@pytest.mark.parametrize("args", [
+    {"fired": [], "settled": "yes"},
+    {"fired": [], "settled": {"node": "old", "digest": 7, "boot": "boot-old"}},
+    {"fired": [], "settled": {"node": "x" * 300, "digest": "d", "boot": "b"}},
+    {"fired": [], "counted": "boot-new"},                   # no node
+    {"fired": [], "counted": ["boot-new"], "node": "old"},
+])
+def test_a_bad_settled_or_counted_is_a_warning(args: dict[str, Any],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Never silent, never fatal: what a peer sends that is not a notice or an answer
+    is one WARNING line, and changes nothing."""
+    clock = FakeClock(START)
+    new = _beat("new", "old", clock)
+    new._unconfirmed = {"old"}
+    assert new.on_sync(args) == {"learnt": 0}
+    assert new._unconfirmed == {"old"} and not new._counted
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("beat: a peer sent a bad beat-sync: ")
