@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import free_port
+from harness import free_port, occupy
 from webclient import Web, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -169,3 +170,85 @@ def test_tasks_a_node_ran_as_it_joined_show_up(browser, start_node, make_client)
         r.get(timeout=30)
     wait_for(lambda: all(browser.find_elements(By.CSS_SELECTOR, f'tr[data-uuid="{r.id}"]')
                          for r in early), timeout=30, what="the tasks b ran as it joined")
+
+
+def test_a_task_handed_to_another_node_shows_there_not_rejected(browser, start_node, make_client,
+                                                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) a node that hands a queued task on (shedding, or a warm shutdown)
+    publishes task-rejected (requeue) once the receiver has taken it: after the
+    receiver's task-received. The page took every event as the newest, so the task
+    showed REJECTED, on the node that no longer had it, for as long as it waited
+    (and a user read "rejected" as "lost"). Here a stops with tasks queued; b takes
+    them while its only child is busy, and its page must show them RECEIVED on b."""
+    import signal
+
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    b = start_node(name="move-b", http=http, concurrency=1)
+    a = start_node(name="move-a", peers=b.endpoint, concurrency=1)
+    web = Web("http://" + http)
+    wait_for(lambda: len(web.get("/api/workers?status=true")) == 2, what="two members")
+    gate = tmp_path / "gate"
+    held = occupy(b, make_client(b), gate) + occupy(a, make_client(a), gate)
+    client = make_client(a, b)
+    queued = []
+    while a.status()["queued"] < 2:                 # tasks waiting on a (both children busy)
+        assert len(queued) < 40, "a never queued two tasks"
+        queued.append(client.tasks.wait_for_file.delay(str(gate)))
+        wait_for(lambda: a.status()["queued"] + b.status()["queued"] >= len(queued),
+                 what="the task queued on a node")
+
+    browser.get(f"http://{http}/")
+    wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+             what="the live indicator")
+    browser.execute_script("""window.seen = []; const s = new EventSource("/api/events");
+        s.onmessage = m => window.seen.push(...JSON.parse(m.data).events);""")
+    wait_for(lambda: browser.execute_script("return state.nodes['move-a'] && "
+                                            "state.nodes['move-a'].state === 'alive'"),
+             what="a on the page")
+    time.sleep(2.5)          # the page's node subscribes to a's events (it looks every 2 s)
+    a.send_signal(signal.SIGTERM)                   # a hands its queued tasks to b
+
+    def handed() -> list[str]:
+        return browser.execute_script(
+            "return window.seen.filter(e => e.type === 'task-rejected' && e.node === 'move-a')"
+            ".map(e => e.uuid)")
+    moved = wait_for(lambda: len(handed()) >= 2 and handed(), what="a's task-rejected events")
+    for uuid in moved:
+        row = f'tr[data-uuid="{uuid}"]'
+        wait_for(lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, row + " td")][:1] == ["RECEIVED"]
+                 and "move-b" in browser.find_element(By.CSS_SELECTOR, row).text, timeout=10,
+                 what=f"{uuid} RECEIVED on move-b (last: "
+                      f"{[e.text for e in browser.find_elements(By.CSS_SELECTOR, row)]})")
+    _shot(browser, "handed.png", tmp_path)
+    gate.touch()
+    assert {r.get(timeout=60) for r in held + queued} == {"opened"}
+    assert a.wait(60) == 0
+
+
+@pytest.mark.parametrize("order", ["receiver first", "rejection first"])
+def test_the_page_keeps_a_handed_on_task_with_its_receiver_in_either_order(
+        browser, start_node, order) -> None:  # type: ignore[no-untyped-def]
+    """The page's own merge of events (onEvent, in the browser) fed the events of a shed
+    as a user trial saw them (times from it: the rejection is published after the
+    receiver's task-started), in both orders the nodes' streams may deliver them."""
+    http = f"127.0.0.1:{free_port()}"
+    start_node(name="order-a", http=http)
+    browser.get(f"http://{http}/")
+    wait_for(lambda: browser.execute_script("return typeof onEvent === 'function'"),
+             what="the page's script")
+    receiver = [{"type": "task-received", "node": "d1", "timestamp": 54.8444, "uuid": "t1",
+                 "name": "slow"},
+                {"type": "task-started", "node": "d1", "timestamp": 54.8467, "uuid": "t1"}]
+    rejected = [{"type": "task-rejected", "node": "d2", "timestamp": 54.854, "uuid": "t1",
+                 "requeue": True, "target": "tcp://d1", "reason": "shed to a node with room"}]
+    events = receiver + rejected if order == "receiver first" else rejected + receiver
+    got = browser.execute_script(
+        "for (const e of arguments[0]) onEvent(e); const t = state.tasks.get('t1');"
+        "return [t.state, t.worker];", events)
+    assert got == ["STARTED", "d1"]
+    # an older event from the node that had it, arriving late, does not take it back
+    got = browser.execute_script(
+        "onEvent({type: 'task-received', node: 'd2', timestamp: 54.80, uuid: 't1'});"
+        "const t = state.tasks.get('t1'); return [t.state, t.worker];")
+    assert got == ["STARTED", "d1"]

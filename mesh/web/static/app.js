@@ -255,6 +255,19 @@ async function revoke(id, terminate) {
 }
 
 // ---- live -----------------------------------------------------------------------------
+// Does what the page holds of a task, from another node, stand over this event? The
+// nodes' streams reach the page each at its own pace, so a node's event can arrive after
+// a newer one from the node that holds the task now: an older event from another node
+// does not take the row back (wall time, as mesh.monitor.State), nor does a requeue
+// rejection from another node (a shed or a stop hands the task on, and says so once the
+// receiver has taken it: after the receiver's own task-received). Once a node has handed
+// the task on, the receiver's events take the row whatever their time.
+const handedOn = e => e.type === "task-rejected" && Boolean(e.requeue);
+function superseded(t, e) {
+  if (!t.worker || t.worker === e.node || t.handedOn) return false;
+  return handedOn(e) || (e.timestamp || 0) < (t.timestamp || 0);
+}
+
 function onEvent(e) {
   state.events++;
   if (e.type.startsWith("node-")) {
@@ -268,12 +281,15 @@ function onEvent(e) {
   if (!st || !e.uuid) return null;
   let t = state.tasks.get(e.uuid);
   if (!t) { t = {uuid: e.uuid, state: st, fresh: true}; state.tasks.set(e.uuid, t); }
-  if (!FINAL.has(t.state) || FINAL.has(st)) t.state = st;
   for (const k of ["name", "args", "kwargs", "result", "exception", "runtime", "retries"]) if (e[k] !== undefined) t[k] = e[k];
-  t.worker = e.node;
-  if (st === "RECEIVED") t.received = e.timestamp;
-  if (st === "STARTED") t.started = e.timestamp;
-  t.timestamp = e.timestamp;
+  if (FINAL.has(st) || (!FINAL.has(t.state) && !superseded(t, e))) {
+    t.state = st;
+    t.worker = e.node;
+    if (st === "RECEIVED") t.received = e.timestamp;
+    if (st === "STARTED") t.started = e.timestamp;
+    t.timestamp = e.timestamp;
+    t.handedOn = handedOn(e);
+  }
   if (state.taskId === e.uuid) setTimeout(() => loadTask(e.uuid).catch(showError), 200);
   return "tasks";
 }
