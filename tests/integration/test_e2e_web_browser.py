@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -191,35 +190,43 @@ def test_a_task_handed_to_another_node_shows_there_not_rejected(browser, start_n
     gate = tmp_path / "gate"
     held = occupy(b, make_client(b), gate) + occupy(a, make_client(a), gate)
     client = make_client(a, b)
-    queued = []
-    while a.status()["queued"] < 2:                 # tasks waiting on a (both children busy)
-        assert len(queued) < 40, "a never queued two tasks"
-        queued.append(client.tasks.wait_for_file.delay(str(gate)))
-        wait_for(lambda: a.status()["queued"] + b.status()["queued"] >= len(queued),
-                 what="the task queued on a node")
+    queued: list[Any] = []
+
+    def fill() -> None:
+        # tasks waiting on each node: neither then has room for the other's (a node with
+        # one child has room below two tasks, running and queued: mesh/node/shedding.py)
+        while a.status()["queued"] < 2 or b.status()["queued"] < 2:
+            assert len(queued) < 40, "tasks never waited on each node"
+            queued.append(client.tasks.wait_for_file.delay(str(gate)))
+            wait_for(lambda: a.status()["queued"] + b.status()["queued"] >= len(queued),
+                     what="the task queued on a node")
+    fill()
 
     browser.get(f"http://{http}/")
     wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
              what="the live indicator")
-    browser.execute_script("""window.seen = []; const s = new EventSource("/api/events");
-        s.onmessage = m => window.seen.push(...JSON.parse(m.data).events);""")
-    wait_for(lambda: browser.execute_script("return state.nodes['move-a'] && "
-                                            "state.nodes['move-a'].state === 'alive'"),
-             what="a on the page")
-    time.sleep(2.5)          # the page's node subscribes to a's events (it looks every 2 s)
+    # the events as the page takes them (its own onEvent, wrapped)
+    browser.execute_script("window.seen = []; const take = onEvent;"
+                           "onEvent = e => { window.seen.push(e); return take(e); };")
+    # the page's node subscribes to a's events (it looks every 2 s): a's heartbeats come
+    wait_for(lambda: browser.execute_script(
+        "return window.seen.some(e => e.type === 'node-heartbeat' && e.node === 'move-a')"),
+        what="a's events on the page")
+    fill()
     a.send_signal(signal.SIGTERM)                   # a hands its queued tasks to b
 
     def handed() -> list[str]:
         return browser.execute_script(
             "return window.seen.filter(e => e.type === 'task-rejected' && e.node === 'move-a')"
             ".map(e => e.uuid)")
-    moved = wait_for(lambda: len(handed()) >= 2 and handed(), what="a's task-rejected events")
+    moved = wait_for(handed, what="a's task-rejected events")
+    def row(uuid: str) -> list[str]:       # state, ..., node (read at once: rows are redrawn)
+        return browser.execute_script(
+            "const r = document.querySelector(`tr[data-uuid='${arguments[0]}']`);"
+            "return r ? [...r.cells].map(c => c.textContent) : [];", uuid)
     for uuid in moved:
-        row = f'tr[data-uuid="{uuid}"]'
-        wait_for(lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, row + " td")][:1] == ["RECEIVED"]
-                 and "move-b" in browser.find_element(By.CSS_SELECTOR, row).text, timeout=10,
-                 what=f"{uuid} RECEIVED on move-b (last: "
-                      f"{[e.text for e in browser.find_elements(By.CSS_SELECTOR, row)]})")
+        wait_for(lambda: row(uuid)[:1] == ["RECEIVED"] and row(uuid)[5] == "move-b", timeout=10,
+                 what=f"{uuid} RECEIVED on move-b (last: {row(uuid)})")
     _shot(browser, "handed.png", tmp_path)
     gate.touch()
     assert {r.get(timeout=60) for r in held + queued} == {"opened"}
@@ -252,3 +259,41 @@ def test_the_page_keeps_a_handed_on_task_with_its_receiver_in_either_order(
         "onEvent({type: 'task-received', node: 'd2', timestamp: 54.80, uuid: 't1'});"
         "const t = state.tasks.get('t1'); return [t.state, t.worker];")
     assert got == ["STARTED", "d1"]
+
+
+def test_a_dead_node_is_shown_as_such_and_its_missing_history_said(browser, start_node,
+                                                                    make_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) a node killed with -9: its row kept its last load ("2 / 2" busy,
+    for a node that runs nothing), and on the next load its tasks were gone from the
+    list and its counts from the totals (which went down) with nothing saying why.
+    Its journal cannot be read while it is down: the page now says so."""
+    import signal
+
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="dead-a", http=http)
+    b = start_node(name="dead-b", peers=a.endpoint)
+    web = Web("http://" + http)
+    wait_for(lambda: len(web.get("/api/workers?status=true")) == 2, what="two members")
+    client = make_client(b)
+    ran = [r for r in (client.tasks.add.delay(i, i) for i in range(6))]
+    assert [r.get(timeout=30) for r in ran] == [2 * i for i in range(6)]
+    b.send_signal(signal.SIGKILL)
+    wait_for(lambda: any(m["node"] == "dead-b" and m["state"] == "dead"
+                         for m in web.get("/api/mesh/nodes")["members"]), what="b dead")
+
+    browser.get(f"http://{http}/")
+
+    def text(css: str) -> str:
+        return "\n".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, css))
+    wait_for(lambda: "dead" in text('tr[data-node="dead-b"]'), what="b's row, dead")
+    cells = [e.text for e in browser.find_elements(By.CSS_SELECTOR, 'tr[data-node="dead-b"] td')]
+    assert cells[3:9] == [""] * 6, cells          # no busy/children, queue, rate... of a dead node
+    wait_for(lambda: "dead-b is down" in text("#tasks-away"), timeout=10,
+             what=f"the task list saying b's tasks are not there (last: {text('#view-tasks h2')!r})")
+    wait_for(lambda: "dead-b is down: not counted" in text("#totals"), timeout=10,
+             what=f"the totals saying b is not counted (last: {text('#totals')!r})")
+    # (same trial) an app with no periodic entries showed an empty table's header
+    wait_for(lambda: "No periodic entries" in text("#periodic"), timeout=10,
+             what=f"the periodic section saying there are none (last: {text('#periodic')!r})")
+    _shot(browser, "dead.png", tmp_path)

@@ -68,20 +68,31 @@ async function loadNodes() {
   renderNodes();
 }
 
+// Nodes the mesh knows but cannot ask (dead, or left): their journals, so the tasks they
+// ran and their counts, are out of the list and the totals until they are back.
+const unreachable = () => Object.values(state.nodes).filter(n => n.state === "dead" || n.state === "left")
+  .map(n => n.name).sort();
+const awayNote = what => { const away = unreachable();
+  return away.length ? `${away.join(", ")} ${away.length > 1 ? "are" : "is"} down: ${what}` : ""; };
+
 function renderNodes() {
-  const rows = Object.values(state.nodes).sort((a, b) => a.name.localeCompare(b.name)).map(n =>
-    el("tr", {"data-node": n.name},
+  const rows = Object.values(state.nodes).sort((a, b) => a.name.localeCompare(b.name)).map(n => {
+    const up = n.state === "alive" || n.state === "suspect";   // a dead node's last figures are not now's
+    return el("tr", {"data-node": n.name},
       el("td", {}, n.name), el("td", {}, el("span", {class: "member m-" + n.state}, n.state)),
-      el("td", {class: "mono"}, n.address || ""), el("td", {}, `${n.active ?? "?"} / ${n.total ?? "?"}`),
-      el("td", {}, n.queued ?? ""), el("td", {}, n.tasks_per_s ?? ""), el("td", {}, n.processed ?? ""),
-      el("td", {}, n.cpu_percent !== undefined ? Math.round(n.cpu_percent) + "%" : ""),
-      el("td", {}, fmtBytes(n.rss_bytes)),
+      el("td", {class: "mono"}, n.address || ""), el("td", {}, up ? `${n.active ?? "?"} / ${n.total ?? "?"}` : ""),
+      el("td", {}, up ? n.queued ?? "" : ""), el("td", {}, up ? n.tasks_per_s ?? "" : ""),
+      el("td", {}, up ? n.processed ?? "" : ""),
+      el("td", {}, up && n.cpu_percent !== undefined ? Math.round(n.cpu_percent) + "%" : ""),
+      el("td", {}, up ? fmtBytes(n.rss_bytes) : ""),
       el("td", {class: "buttons"}, n.state === "alive" ? [
         el("button", {title: "one more child", onclick: () => control(`/api/worker/pool/grow/${n.name}?n=1`)}, "+1"),
         el("button", {title: "one child less", onclick: () => control(`/api/worker/pool/shrink/${n.name}?n=1`)}, "−1"),
         el("button", {class: "danger", onclick: () => confirm(`Shut down ${n.name}?`) && control(`/api/worker/shutdown/${n.name}`)}, "stop"),
-      ] : "")));
+      ] : ""));
+  });
   $("#nodes tbody").replaceChildren(...rows);
+  $("#tasks-away").textContent = awayNote("the tasks it ran are listed again when it is back");
 }
 
 async function control(path) {
@@ -100,9 +111,10 @@ async function loadTotals() {
     bytes += (s.journal || {}).bytes || 0;
   }
   const box = (label, value, cls) => el("div", {class: "total " + (cls || "")}, el("b", {}, value), label);
+  const away = awayNote("not counted");
   $("#totals").replaceChildren(box("held now", held), box("succeeded", sum.SUCCESS || 0, "ok"),
     box("failed", sum.FAILURE || 0, "bad"), box("revoked", sum.REVOKED || 0),
-    box("in journals", fmtBytes(bytes) || "0 KiB"));
+    box("in journals", fmtBytes(bytes) || "0 KiB"), away ? el("p", {class: "muted away"}, away) : "");
 }
 
 // ---- charts ---------------------------------------------------------------------------
@@ -126,6 +138,11 @@ async function loadPeriodic() {
   const data = await api("/api/periodic");
   const box = $("#periodic");
   if (!data.available) { box.className = "empty"; box.textContent = "No periodic entries: " + data.reason + "."; return; }
+  if (!data.entries.length) {
+    box.className = "empty";
+    box.textContent = "No periodic entries (app.conf.beat_schedule or app.add_periodic_task: docs/periodic.md).";
+    return;
+  }
   box.className = "";
   box.replaceChildren(el("table", {class: "grid"}, el("tr", {}, el("th", {}, "entry"), el("th", {}, "task"),
     el("th", {}, "last run"), el("th", {}, "next run"), el("th", {}, "fired by")),
