@@ -297,3 +297,34 @@ def test_a_dead_node_is_shown_as_such_and_its_missing_history_said(browser, star
     wait_for(lambda: "No periodic entries" in text("#periodic"), timeout=10,
              what=f"the periodic section saying there are none (last: {text('#periodic')!r})")
     _shot(browser, "dead.png", tmp_path)
+
+
+def test_back_from_a_tasks_page_the_list_shows_what_happened_meanwhile(
+        browser, start_node, make_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) a running task's page, "Revoke and terminate", then back to the
+    list: the row still read STARTED (the list is not redrawn while a task's page is
+    shown, and going back did not redraw it), though the page knew it was REVOKED."""
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="back-a", http=http)
+    client = make_client(a)
+    browser.get(f"http://{http}/")
+    wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+             what="the live indicator")
+    r = client.tasks.wait_for_file.delay(str(tmp_path / "never"))
+
+    def row() -> list[str]:
+        return browser.execute_script(
+            "const r = document.querySelector(`tr[data-uuid='${arguments[0]}']`);"
+            "return r ? [...r.cells].map(c => c.textContent) : [];", r.id)
+    wait_for(lambda: row()[:1] == ["STARTED"], what="the task STARTED in the list")
+    browser.find_element(By.CSS_SELECTOR, f'tr[data-uuid="{r.id}"] a').click()
+    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#task-actions button")) == 2,
+             what="the task's page with its buttons")
+    browser.find_elements(By.CSS_SELECTOR, "#task-actions button")[1].click()   # and terminate
+    wait_for(lambda: "REVOKED" in browser.find_element(By.ID, "task-title").text,
+             what="the task's page saying REVOKED")
+    assert r.state == "REVOKED"
+    browser.find_element(By.LINK_TEXT, "← tasks").click()
+    wait_for(lambda: row()[:1] == ["REVOKED"], timeout=10,
+             what=f"the row REVOKED back in the list (last: {row()})")

@@ -339,6 +339,7 @@ function route() {
   for (const v of ["overview", "tasks", "task"]) $("#view-" + v).hidden = state.view !== v;
   if (state.view === "overview") $("#view-tasks").hidden = false;   // the overview shows tasks too
   if (state.taskId) loadTask(state.taskId).catch(showError);
+  else renderTasks();   // not redrawn while a task's page was shown: what happened meanwhile
 }
 
 async function refresh() {
