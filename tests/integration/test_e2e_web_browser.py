@@ -328,3 +328,37 @@ def test_back_from_a_tasks_page_the_list_shows_what_happened_meanwhile(
     browser.find_element(By.LINK_TEXT, "← tasks").click()
     wait_for(lambda: row()[:1] == ["REVOKED"], timeout=10,
              what=f"the row REVOKED back in the list (last: {row()})")
+
+
+def test_the_token_page_flow_and_odd_guesses(browser, start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial, MESH_HTTP_TOKEN) the page opened once as /?token=TOKEN works (the
+    cookie), but the token stayed in the address bar and the history; it now
+    redirects to / once the cookie is set (a task's #/task/ID fragment stays). A guess
+    with a non-ASCII character (?token=é, a Bearer or a CSRF header so) was a 500 with a
+    traceback in the node's log: it is the 401 (403) any wrong token gets."""
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="tok-a", http=http, env={"MESH_HTTP_TOKEN": "s3cret-token"})
+    web = Web("http://" + http)
+    wait_for(lambda: web.request("GET", "/healthz")[0] == 200, what="the dashboard")
+    assert web.request("GET", "/api/workers")[0] == 401
+    assert web.request("GET", "/api/workers",
+                       headers={"Authorization": "Bearer s3cret-token"})[0] == 200
+    for path, headers in [("/?token=%C3%A9", {}), ("/api/workers", {"Authorization": "Bearer é"})]:
+        status, body = web.request("GET", path, headers=headers)
+        assert status == 401 and "needs its token" in body["error"], (path, status, body)
+    status, body = web.request("POST", "/api/worker/pool/grow/tok-a", csrf=False,
+                               headers={"Authorization": "Bearer s3cret-token",
+                                        "X-CSRF-Token": "é", "Cookie": "mesh_csrf=x"})
+    assert status == 403 and "CSRF" in body["error"], (status, body)
+    assert "Traceback" not in a.stderr()
+
+    browser.get(f"http://{http}/?token=s3cret-token#/tasks")
+    wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+             what="the page, live, with its cookie")
+    wait_for(lambda: browser.execute_script("return Object.keys(state.nodes)") == ["tok-a"],
+             what="the nodes read with the cookie")
+    assert browser.current_url == f"http://{http}/#/tasks", browser.current_url
+    browser.get(f"http://{http}/")                  # later visits: the cookie alone
+    wait_for(lambda: "tok-a" in browser.find_element(By.CSS_SELECTOR, "#nodes tbody").text,
+             what="the page again, without the token in its address")
