@@ -226,7 +226,7 @@ def test_a_task_handed_to_another_node_shows_there_not_rejected(browser, start_n
             "return r ? [...r.cells].map(c => c.textContent) : [];", uuid)
     for uuid in moved:
         wait_for(lambda: row(uuid)[:1] == ["RECEIVED"] and row(uuid)[5] == "move-b", timeout=10,
-                 what=f"{uuid} RECEIVED on move-b (last: {row(uuid)})")
+                 what=lambda: f"{uuid} RECEIVED on move-b (last row: {row(uuid)})")
     _shot(browser, "handed.png", tmp_path)
     gate.touch()
     assert {r.get(timeout=60) for r in held + queued} == {"opened"}
@@ -290,12 +290,12 @@ def test_a_dead_node_is_shown_as_such_and_its_missing_history_said(browser, star
     cells = [e.text for e in browser.find_elements(By.CSS_SELECTOR, 'tr[data-node="dead-b"] td')]
     assert cells[3:9] == [""] * 6, cells          # no busy/children, queue, rate... of a dead node
     wait_for(lambda: "dead-b is down" in text("#tasks-away"), timeout=10,
-             what=f"the task list saying b's tasks are not there (last: {text('#view-tasks h2')!r})")
+             what=lambda: f"the task list saying b's tasks are not there (it says {text('#tasks-away')!r})")
     wait_for(lambda: "dead-b is down: not counted" in text("#totals"), timeout=10,
-             what=f"the totals saying b is not counted (last: {text('#totals')!r})")
+             what=lambda: f"the totals saying b is not counted (they say {text('#totals')!r})")
     # (same trial) an app with no periodic entries showed an empty table's header
     wait_for(lambda: "No periodic entries" in text("#periodic"), timeout=10,
-             what=f"the periodic section saying there are none (last: {text('#periodic')!r})")
+             what=lambda: f"the periodic section saying there are none (it says {text('#periodic')!r})")
     _shot(browser, "dead.png", tmp_path)
 
 
@@ -327,7 +327,7 @@ def test_back_from_a_tasks_page_the_list_shows_what_happened_meanwhile(
     assert r.state == "REVOKED"
     browser.find_element(By.LINK_TEXT, "← tasks").click()
     wait_for(lambda: row()[:1] == ["REVOKED"], timeout=10,
-             what=f"the row REVOKED back in the list (last: {row()})")
+             what=lambda: f"the row REVOKED back in the list (last row: {row()})")
 
 
 def test_the_token_page_flow_and_odd_guesses(browser, start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -362,3 +362,26 @@ def test_the_token_page_flow_and_odd_guesses(browser, start_node, tmp_path) -> N
     browser.get(f"http://{http}/")                  # later visits: the cookie alone
     wait_for(lambda: "tok-a" in browser.find_element(By.CSS_SELECTOR, "#nodes tbody").text,
              what="the page again, without the token in its address")
+
+
+def test_the_page_says_when_its_own_node_is_gone_and_recovers(browser, start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) the node serving the page killed: the page said only "Failed to
+    fetch" (the browser's words). It now says which node it cannot reach, and the page
+    comes back by itself once the node is started again."""
+    import signal
+
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="gone-a", http=http)
+    browser.get(f"http://{http}/")
+    wait_for(lambda: "gone-a" in browser.find_element(By.CSS_SELECTOR, "#nodes tbody").text,
+             what="the page")
+    a.send_signal(signal.SIGKILL)
+    a.wait(30)
+    def error() -> str:
+        return browser.find_element(By.ID, "error").text
+    wait_for(lambda: f"cannot reach {http}, the node serving this page" in error(), timeout=20,
+             what=lambda: f"the page saying its node is gone (it says {error()!r})")
+    start_node.restart(a)
+    wait_for(lambda: not browser.find_element(By.ID, "error").is_displayed(), timeout=30,
+             what="the page back without a reload")

@@ -29,7 +29,12 @@ function cookie(name) {
 async function api(path, opts) {
   const init = Object.assign({headers: {}}, opts || {});
   if (init.method === "POST") init.headers["X-CSRF-Token"] = cookie("mesh_csrf");
-  const resp = await fetch(path, init);
+  let resp;
+  try { resp = await fetch(path, init); }
+  catch (e) {   // the browser's own words ("Failed to fetch") do not say what is down
+    throw new Error(`cannot reach ${location.host}, the node serving this page (stopped or ` +
+                    `restarting?): the page goes on trying (${e.message})`);
+  }
   const body = await resp.json().catch(() => ({error: resp.statusText}));
   if (!resp.ok) throw new Error(body.error || resp.statusText);
   return body;
