@@ -269,7 +269,6 @@ def test_a_dead_node_is_shown_as_such_and_its_missing_history_said(browser, star
     Its journal cannot be read while it is down: the page now says so."""
     import signal
 
-    from selenium.webdriver.common.by import By
     http = f"127.0.0.1:{free_port()}"
     a = start_node(name="dead-a", http=http)
     b = start_node(name="dead-b", peers=a.endpoint)
@@ -284,10 +283,12 @@ def test_a_dead_node_is_shown_as_such_and_its_missing_history_said(browser, star
 
     browser.get(f"http://{http}/")
 
-    def text(css: str) -> str:
-        return "\n".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, css))
+    def text(css: str) -> str:     # read at once in the page: rows are redrawn all the time
+        return browser.execute_script("return [...document.querySelectorAll(arguments[0])]"
+                                      ".map(e => e.innerText).join('\\n')", css)
     wait_for(lambda: "dead" in text('tr[data-node="dead-b"]'), what="b's row, dead")
-    cells = [e.text for e in browser.find_elements(By.CSS_SELECTOR, 'tr[data-node="dead-b"] td')]
+    cells = browser.execute_script("return [...document.querySelectorAll("
+                                   "'tr[data-node=\"dead-b\"] td')].map(c => c.innerText)")
     assert cells[3:9] == [""] * 6, cells          # no busy/children, queue, rate... of a dead node
     wait_for(lambda: "dead-b is down" in text("#tasks-away"), timeout=10,
              what=lambda: f"the task list saying b's tasks are not there (it says {text('#tasks-away')!r})")
@@ -318,10 +319,13 @@ def test_back_from_a_tasks_page_the_list_shows_what_happened_meanwhile(
             "const r = document.querySelector(`tr[data-uuid='${arguments[0]}']`);"
             "return r ? [...r.cells].map(c => c.textContent) : [];", r.id)
     wait_for(lambda: row()[:1] == ["STARTED"], what="the task STARTED in the list")
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-uuid="{r.id}"] a').click()
-    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#task-actions button")) == 2,
-             what="the task's page with its buttons")
-    browser.find_elements(By.CSS_SELECTOR, "#task-actions button")[1].click()   # and terminate
+    # clicked in the page at once (the list and the buttons are redrawn as events come)
+    browser.execute_script("document.querySelector(`tr[data-uuid='${arguments[0]}'] a`).click()",
+                           r.id)
+    wait_for(lambda: browser.execute_script(
+        "return document.querySelectorAll('#task-actions button').length") == 2,
+        what="the task's page with its buttons")
+    browser.execute_script("document.querySelectorAll('#task-actions button')[1].click()")
     wait_for(lambda: "REVOKED" in browser.find_element(By.ID, "task-title").text,
              what="the task's page saying REVOKED")
     assert r.state == "REVOKED"
