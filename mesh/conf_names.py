@@ -99,7 +99,11 @@ NOT_USED: dict[str, str] = {
     "event_queue_ttl": _EVENTS, "event_queue_expires": _EVENTS, "event_queue_prefix": _EVENTS,
     "event_exchange": _EVENTS, "control_queue_ttl": _EVENTS, "control_queue_expires": _EVENTS,
     "control_exchange": _EVENTS,
-    "beat_scheduler": _NO_BEAT, "beat_schedule_filename": _NO_BEAT, "beat_sync_every": _NO_BEAT,
+    "beat_scheduler": ("mesh loads no scheduler class: entries a scheduler keeps elsewhere "
+                       "(django_celery_beat's DatabaseScheduler: its tables, its admin) do "
+                       "not run; put them in beat_schedule, which every node carries "
+                       "(docs/periodic.md)"),
+    "beat_schedule_filename": _NO_BEAT, "beat_sync_every": _NO_BEAT,
     "beat_max_loop_interval": _NO_BEAT, "beat_cron_starting_deadline": _NO_BEAT,
     "override_backends": _NO_BACKEND,
 }

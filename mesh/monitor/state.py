@@ -73,6 +73,7 @@ class TaskState:
     duplicates: int = 0
     clock: int = 0                     # of the event that set ``state``
     timestamp: float = 0.0             # of the event that set ``state``
+    handed_on: bool = False            # ``state`` is a requeue rejection: the task moves on
 
     @property
     def ready(self) -> bool:
@@ -125,6 +126,8 @@ def _order_newer(ev_node: str, ev_clock: int, ev_ts: float, task: TaskState) -> 
         return True
     if ev_node == task.node:
         return ev_clock > task.clock
+    if task.handed_on:
+        return True          # its node handed it on: the next node's events take it
     return (ev_ts, ev_clock) >= (task.timestamp, task.clock)
 
 
@@ -252,8 +255,15 @@ class State:
         # node does not undo SUCCESS), otherwise the newest event wins
         if new is None or t.ready:
             return
+        # A requeue rejection (a shed, a stop: the task goes on to another node) is
+        # published once the receiver has taken the task, after the receiver's own
+        # events: from another node than the one holding the task, it changes nothing.
+        handed_on = type_ == "task-rejected" and ev.get("requeue") is True
+        if handed_on and t.node is not None and t.node != node:
+            return
         if new in states.READY_STATES or _order_newer(node, clock, ts, t):
             t.state, t.node, t.clock, t.timestamp = new, node, clock, ts
+            t.handed_on = handed_on
             if new in states.READY_STATES:
                 self._finished[uuid] = None
 

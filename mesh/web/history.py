@@ -13,8 +13,10 @@ oldest row; its ``cursor`` says where the next page starts. Response time is thu
 bounded whatever the size of the history and however rare the matches.
 
 Filters: state (sqlite compares a column), name (the encoded name is searched in the
-Submit frame by sqlite's ``instr``, then checked on the decoded frame), free text
-(``instr`` over the frame: names and argument texts), received time.
+Submit frame by sqlite's ``instr``, then checked on the decoded frame), free text (in the
+task's name and its arguments' repr texts, as the page shows them: ``frame_matches``,
+a function of the connection, decodes each frame; bytes of the frame would miss every
+number, msgpack keeps those in binary, and find the task's id), received time.
 """
 from __future__ import annotations
 
@@ -170,6 +172,17 @@ def task_row(task_id: str, state: str, finished: float | None, frame: bytes | No
     return t
 
 
+def frame_matches(frame: bytes | None, text: str) -> int:
+    """The free-text filter, as sqlite's ``mesh_search(frame, text)``: 1 when ``text`` is
+    in the task's name or its arguments' repr texts (what the page shows and the filter
+    of held tasks reads: mesh/web/commands.py), else 0. Never raises (inside sqlite)."""
+    try:
+        f = submit_fields(frame, INFO_REPR)
+        return int(text in f"{f.get('name', '')} {f.get('args', '')} {f.get('kwargs', '')}")
+    except Exception:
+        return 0
+
+
 class JournalReader:
     """Read-only queries on one journal file. Use it from one thread only."""
 
@@ -191,6 +204,7 @@ class JournalReader:
                 db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1.0)
                 db.execute("PRAGMA query_only=1")
                 db.execute("PRAGMA cache_size=-16384")
+                db.create_function("mesh_search", 2, frame_matches, deterministic=True)
                 db.execute("SELECT 1 FROM results LIMIT 1").fetchall()
             except sqlite3.Error as e:
                 raise HistoryError(f"cannot read the journal {self.path}: {e}") from e
@@ -256,8 +270,8 @@ class JournalReader:
             where.append("instr(t.frame, :name) > 0")
             params["name"] = msgpack.packb(q.name)
         if q.search is not None:
-            where.append("instr(t.frame, :search) > 0")
-            params["search"] = q.search.encode()
+            where.append("mesh_search(t.frame, :search)")
+            params["search"] = q.search
         if q.since is not None:
             where.append("t.received >= :since")
             params["since"] = q.since

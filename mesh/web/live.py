@@ -34,7 +34,7 @@ IDLE_STOP = 30.0           # s without a browser before peers' events are unsubs
 KEEP_FIELDS = ("type", "node", "timestamp", "uuid", "name", "args", "kwargs", "runtime",
                "result", "exception", "reason", "retries", "eta", "pid", "active", "total",
                "queued", "processed", "tasks_per_s", "cpu_percent", "rss_bytes", "address",
-               "missed", "of_type", "target", "sender", "expired", "terminated")
+               "missed", "of_type", "target", "requeue", "sender", "expired", "terminated")
 
 
 def compact(ev: dict[str, Any]) -> dict[str, Any]:

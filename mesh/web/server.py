@@ -65,6 +65,14 @@ def _host_only(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+def _same(given: str, token: str) -> bool:
+    """A token given (any text: hmac.compare_digest refuses str with non-ASCII characters,
+    which made a guess like ?token=é a 500) equals the token (or the CSRF cookie), in
+    constant time."""
+    return bool(given) and hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                               token.encode("utf-8", "surrogateescape"))
+
+
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
@@ -78,10 +86,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         bearer = given[7:] if given.startswith("Bearer ") else ""
         cookie = request.cookies.get(TOKEN_COOKIE, "")
         query = request.query.get("token", "") if request.method == "GET" else ""
-        if not any(v and hmac.compare_digest(v, token) for v in (bearer, cookie, query)):
+        if not any(_same(v, token) for v in (bearer, cookie, query)):
             return error(401, "this dashboard needs its token: Authorization: Bearer TOKEN, "
                               "or open it once with ?token=TOKEN")
-        set_token = bool(query) and not cookie
+        set_token = _same(query, token) and not _same(cookie, token)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         if request.method != "POST":
             return error(405, "state-changing calls are POST")
@@ -90,10 +98,15 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             return error(403, f"cross-site request refused (Origin {origin!r})")
         cookie = request.cookies.get(CSRF_COOKIE, "")
         header = request.headers.get(CSRF_HEADER, "")
-        if not cookie or not header or not hmac.compare_digest(cookie, header):
+        if not cookie or not _same(header, cookie):
             return error(403, f"missing CSRF token: send the {CSRF_COOKIE} cookie's value in "
                               f"the {CSRF_HEADER} header (GET /api/csrf gives both)")
-    resp = await handler(request)
+    if token and request.path == "/" and "token" in request.query:
+        # the page opened once with ?token=: the cookie holds it now; the address bar,
+        # the history and a shared screen should not (the fragment, #/task/ID, stays)
+        resp: web.StreamResponse = web.Response(status=303, headers={"Location": "/"})
+    else:
+        resp = await handler(request)
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("X-Frame-Options", "DENY")
     resp.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -299,3 +299,29 @@ def test_a_task_killed_at_its_time_limit_shows_how_long_it_ran(start_node, make_
     assert info["state"] == states.FAILURE
     assert 0.4 < info["runtime"] < 30, info
     assert len(info["seen_on"]) == len(set(info["seen_on"])), info
+
+
+def test_the_text_filter_finds_numbers_in_arguments_and_not_ids(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) the page's text filter says "in name or arguments": searching an
+    order number (an int argument) found nothing, because the journal's Submit frames
+    were searched as bytes and msgpack keeps ints in binary; and a text found tasks
+    whose id held it ("-1" was in every id). It now matches the name and the argument
+    texts the page shows, as the filter of tasks still held does."""
+    from urllib.parse import quote
+    a = start_web_node(start_node, name="ws")
+    web = _web(a)
+    client = make_client(a)
+    order = client.tasks.add.delay(4099, -1)
+    others = [client.tasks.add.delay(i, i) for i in range(5)] + [client.tasks.echo.delay("4099x")]
+    assert order.get(timeout=30) == 4098 and [r.get(timeout=30) for r in others[:5]] == \
+        [2 * i for i in range(5)]
+    assert others[5].get(timeout=30) == "4099x"
+    wait_for(lambda: len(all_tasks(web)) == 7, what="the seven tasks in the history")
+
+    def found(text: str, **filters: str) -> set[str]:
+        return {t["uuid"] for t in all_tasks(web, search=quote(text), **filters)}
+    assert found("(4099, -1)") == {order.id}
+    assert found("4099") == {order.id, others[5].id}          # an int, and inside a str
+    assert found("4099", name="tasks_app.add") == {order.id}
+    assert found("tasks_app.echo") == {others[5].id}            # the name
+    assert found(order.id[-12:]) == set()                       # not the id

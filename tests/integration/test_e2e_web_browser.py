@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import free_port
+from harness import free_port, occupy
 from webclient import Web, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -169,3 +169,223 @@ def test_tasks_a_node_ran_as_it_joined_show_up(browser, start_node, make_client)
         r.get(timeout=30)
     wait_for(lambda: all(browser.find_elements(By.CSS_SELECTOR, f'tr[data-uuid="{r.id}"]')
                          for r in early), timeout=30, what="the tasks b ran as it joined")
+
+
+def test_a_task_handed_to_another_node_shows_there_not_rejected(browser, start_node, make_client,
+                                                                 tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) a node that hands a queued task on (shedding, or a warm shutdown)
+    publishes task-rejected (requeue) once the receiver has taken it: after the
+    receiver's task-received. The page took every event as the newest, so the task
+    showed REJECTED, on the node that no longer had it, for as long as it waited
+    (and a user read "rejected" as "lost"). Here a stops with tasks queued; b takes
+    them while its only child is busy, and its page must show them RECEIVED on b."""
+    import signal
+
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    b = start_node(name="move-b", http=http, concurrency=1)
+    a = start_node(name="move-a", peers=b.endpoint, concurrency=1)
+    web = Web("http://" + http)
+    wait_for(lambda: len(web.get("/api/workers?status=true")) == 2, what="two members")
+    gate = tmp_path / "gate"
+    held = occupy(b, make_client(b), gate) + occupy(a, make_client(a), gate)
+    client = make_client(a, b)
+    queued: list[Any] = []
+
+    def fill() -> None:
+        # tasks waiting on each node: neither then has room for the other's (a node with
+        # one child has room below two tasks, running and queued: mesh/node/shedding.py)
+        while a.status()["queued"] < 2 or b.status()["queued"] < 2:
+            assert len(queued) < 40, "tasks never waited on each node"
+            queued.append(client.tasks.wait_for_file.delay(str(gate)))
+            wait_for(lambda: a.status()["queued"] + b.status()["queued"] >= len(queued),
+                     what="the task queued on a node")
+    fill()
+
+    browser.get(f"http://{http}/")
+    wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+             what="the live indicator")
+    # the events as the page takes them (its own onEvent, wrapped)
+    browser.execute_script("window.seen = []; const take = onEvent;"
+                           "onEvent = e => { window.seen.push(e); return take(e); };")
+    # the page's node subscribes to a's events (it looks every 2 s): a's heartbeats come
+    wait_for(lambda: browser.execute_script(
+        "return window.seen.some(e => e.type === 'node-heartbeat' && e.node === 'move-a')"),
+        what="a's events on the page")
+    fill()
+    a.send_signal(signal.SIGTERM)                   # a hands its queued tasks to b
+
+    def handed() -> list[str]:
+        return browser.execute_script(
+            "return window.seen.filter(e => e.type === 'task-rejected' && e.node === 'move-a')"
+            ".map(e => e.uuid)")
+    moved = wait_for(handed, what="a's task-rejected events")
+    def row(uuid: str) -> list[str]:       # state, ..., node (read at once: rows are redrawn)
+        return browser.execute_script(
+            "const r = document.querySelector(`tr[data-uuid='${arguments[0]}']`);"
+            "return r ? [...r.cells].map(c => c.textContent) : [];", uuid)
+    for uuid in moved:
+        wait_for(lambda: row(uuid)[:1] == ["RECEIVED"] and row(uuid)[5] == "move-b", timeout=10,
+                 what=lambda: f"{uuid} RECEIVED on move-b (last row: {row(uuid)})")
+    _shot(browser, "handed.png", tmp_path)
+    gate.touch()
+    assert {r.get(timeout=60) for r in held + queued} == {"opened"}
+    assert a.wait(60) == 0
+
+
+@pytest.mark.parametrize("order", ["receiver first", "rejection first"])
+def test_the_page_keeps_a_handed_on_task_with_its_receiver_in_either_order(
+        browser, start_node, order) -> None:  # type: ignore[no-untyped-def]
+    """The page's own merge of events (onEvent, in the browser) fed the events of a shed
+    as a user trial saw them (times from it: the rejection is published after the
+    receiver's task-started), in both orders the nodes' streams may deliver them."""
+    http = f"127.0.0.1:{free_port()}"
+    start_node(name="order-a", http=http)
+    browser.get(f"http://{http}/")
+    wait_for(lambda: browser.execute_script("return typeof onEvent === 'function'"),
+             what="the page's script")
+    receiver = [{"type": "task-received", "node": "d1", "timestamp": 54.8444, "uuid": "t1",
+                 "name": "slow"},
+                {"type": "task-started", "node": "d1", "timestamp": 54.8467, "uuid": "t1"}]
+    rejected = [{"type": "task-rejected", "node": "d2", "timestamp": 54.854, "uuid": "t1",
+                 "requeue": True, "target": "tcp://d1", "reason": "shed to a node with room"}]
+    events = receiver + rejected if order == "receiver first" else rejected + receiver
+    got = browser.execute_script(
+        "for (const e of arguments[0]) onEvent(e); const t = state.tasks.get('t1');"
+        "return [t.state, t.worker];", events)
+    assert got == ["STARTED", "d1"]
+    # an older event from the node that had it, arriving late, does not take it back
+    got = browser.execute_script(
+        "onEvent({type: 'task-received', node: 'd2', timestamp: 54.80, uuid: 't1'});"
+        "const t = state.tasks.get('t1'); return [t.state, t.worker];")
+    assert got == ["STARTED", "d1"]
+
+
+def test_a_dead_node_is_shown_as_such_and_its_missing_history_said(browser, start_node,
+                                                                    make_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) a node killed with -9: its row kept its last load ("2 / 2" busy,
+    for a node that runs nothing), and on the next load its tasks were gone from the
+    list and its counts from the totals (which went down) with nothing saying why.
+    Its journal cannot be read while it is down: the page now says so."""
+    import signal
+
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="dead-a", http=http)
+    b = start_node(name="dead-b", peers=a.endpoint)
+    web = Web("http://" + http)
+    wait_for(lambda: len(web.get("/api/workers?status=true")) == 2, what="two members")
+    client = make_client(b)
+    ran = [r for r in (client.tasks.add.delay(i, i) for i in range(6))]
+    assert [r.get(timeout=30) for r in ran] == [2 * i for i in range(6)]
+    b.send_signal(signal.SIGKILL)
+    wait_for(lambda: any(m["node"] == "dead-b" and m["state"] == "dead"
+                         for m in web.get("/api/mesh/nodes")["members"]), what="b dead")
+
+    browser.get(f"http://{http}/")
+
+    def text(css: str) -> str:     # read at once in the page: rows are redrawn all the time
+        return browser.execute_script("return [...document.querySelectorAll(arguments[0])]"
+                                      ".map(e => e.innerText).join('\\n')", css)
+    wait_for(lambda: "dead" in text('tr[data-node="dead-b"]'), what="b's row, dead")
+    cells = browser.execute_script("return [...document.querySelectorAll("
+                                   "'tr[data-node=\"dead-b\"] td')].map(c => c.innerText)")
+    assert cells[3:9] == [""] * 6, cells          # no busy/children, queue, rate... of a dead node
+    wait_for(lambda: "dead-b is down" in text("#tasks-away"), timeout=10,
+             what=lambda: f"the task list saying b's tasks are not there (it says {text('#tasks-away')!r})")
+    wait_for(lambda: "dead-b is down: not counted" in text("#totals"), timeout=10,
+             what=lambda: f"the totals saying b is not counted (they say {text('#totals')!r})")
+    # (same trial) an app with no periodic entries showed an empty table's header
+    wait_for(lambda: "No periodic entries" in text("#periodic"), timeout=10,
+             what=lambda: f"the periodic section saying there are none (it says {text('#periodic')!r})")
+    _shot(browser, "dead.png", tmp_path)
+
+
+def test_back_from_a_tasks_page_the_list_shows_what_happened_meanwhile(
+        browser, start_node, make_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) a running task's page, "Revoke and terminate", then back to the
+    list: the row still read STARTED (the list is not redrawn while a task's page is
+    shown, and going back did not redraw it), though the page knew it was REVOKED."""
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="back-a", http=http)
+    client = make_client(a)
+    browser.get(f"http://{http}/")
+    wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+             what="the live indicator")
+    r = client.tasks.wait_for_file.delay(str(tmp_path / "never"))
+
+    def row() -> list[str]:
+        return browser.execute_script(
+            "const r = document.querySelector(`tr[data-uuid='${arguments[0]}']`);"
+            "return r ? [...r.cells].map(c => c.textContent) : [];", r.id)
+    wait_for(lambda: row()[:1] == ["STARTED"], what="the task STARTED in the list")
+    # clicked in the page at once (the list and the buttons are redrawn as events come)
+    browser.execute_script("document.querySelector(`tr[data-uuid='${arguments[0]}'] a`).click()",
+                           r.id)
+    wait_for(lambda: browser.execute_script(
+        "return document.querySelectorAll('#task-actions button').length") == 2,
+        what="the task's page with its buttons")
+    browser.execute_script("document.querySelectorAll('#task-actions button')[1].click()")
+    wait_for(lambda: "REVOKED" in browser.find_element(By.ID, "task-title").text,
+             what="the task's page saying REVOKED")
+    assert r.state == "REVOKED"
+    browser.find_element(By.LINK_TEXT, "← tasks").click()
+    wait_for(lambda: row()[:1] == ["REVOKED"], timeout=10,
+             what=lambda: f"the row REVOKED back in the list (last row: {row()})")
+
+
+def test_the_token_page_flow_and_odd_guesses(browser, start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial, MESH_HTTP_TOKEN) the page opened once as /?token=TOKEN works (the
+    cookie), but the token stayed in the address bar and the history; it now
+    redirects to / once the cookie is set (a task's #/task/ID fragment stays). A guess
+    with a non-ASCII character (?token=é, a Bearer or a CSRF header so) was a 500 with a
+    traceback in the node's log: it is the 401 (403) any wrong token gets."""
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="tok-a", http=http, env={"MESH_HTTP_TOKEN": "s3cret-token"})
+    web = Web("http://" + http)
+    wait_for(lambda: web.request("GET", "/healthz")[0] == 200, what="the dashboard")
+    assert web.request("GET", "/api/workers")[0] == 401
+    assert web.request("GET", "/api/workers",
+                       headers={"Authorization": "Bearer s3cret-token"})[0] == 200
+    for path, headers in [("/?token=%C3%A9", {}), ("/api/workers", {"Authorization": "Bearer é"})]:
+        status, body = web.request("GET", path, headers=headers)
+        assert status == 401 and "needs its token" in body["error"], (path, status, body)
+    status, body = web.request("POST", "/api/worker/pool/grow/tok-a", csrf=False,
+                               headers={"Authorization": "Bearer s3cret-token",
+                                        "X-CSRF-Token": "é", "Cookie": "mesh_csrf=x"})
+    assert status == 403 and "CSRF" in body["error"], (status, body)
+    assert "Traceback" not in a.stderr()
+
+    browser.get(f"http://{http}/?token=s3cret-token#/tasks")
+    wait_for(lambda: "on" in browser.find_element(By.ID, "live").get_attribute("class"),
+             what="the page, live, with its cookie")
+    wait_for(lambda: browser.execute_script("return Object.keys(state.nodes)") == ["tok-a"],
+             what="the nodes read with the cookie")
+    assert browser.current_url == f"http://{http}/#/tasks", browser.current_url
+    browser.get(f"http://{http}/")                  # later visits: the cookie alone
+    wait_for(lambda: "tok-a" in browser.find_element(By.CSS_SELECTOR, "#nodes tbody").text,
+             what="the page again, without the token in its address")
+
+
+def test_the_page_says_when_its_own_node_is_gone_and_recovers(browser, start_node, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """(A user trial) the node serving the page killed: the page said only "Failed to
+    fetch" (the browser's words). It now says which node it cannot reach, and the page
+    comes back by itself once the node is started again."""
+    import signal
+
+    from selenium.webdriver.common.by import By
+    http = f"127.0.0.1:{free_port()}"
+    a = start_node(name="gone-a", http=http)
+    browser.get(f"http://{http}/")
+    wait_for(lambda: "gone-a" in browser.find_element(By.CSS_SELECTOR, "#nodes tbody").text,
+             what="the page")
+    a.send_signal(signal.SIGKILL)
+    a.wait(30)
+    def error() -> str:
+        return browser.find_element(By.ID, "error").text
+    wait_for(lambda: f"cannot reach {http}, the node serving this page" in error(), timeout=20,
+             what=lambda: f"the page saying its node is gone (it says {error()!r})")
+    start_node.restart(a)
+    wait_for(lambda: not browser.find_element(By.ID, "error").is_displayed(), timeout=30,
+             what="the page back without a reload")

@@ -82,12 +82,14 @@ def all_tasks(web: Web, **filters: Any) -> list[dict[str, Any]]:
     raise AssertionError("cursor never ended")
 
 
-def wait_for(fn: Any, timeout: float = 30.0, what: str = "a condition") -> Any:
+def wait_for(fn: Any, timeout: float = 30.0, what: Any = "a condition") -> Any:
+    """``what``: a text, or a function giving it at the timeout (what was seen last)."""
     deadline = time.monotonic() + timeout
     while True:
         v = fn()
         if v:
             return v
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {v!r})")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out waiting for {said} (last: {v!r})")
         time.sleep(0.1)

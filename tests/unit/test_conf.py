@@ -274,3 +274,19 @@ def test_a_celery_config_gets_one_warning_for_the_settings_mesh_does_not_take(
     Settings({"enable_utc": False, "worker_direct": True})
     assert "\n  enable_utc=False: mesh takes only True: times travel" in caplog.text
     assert "\n  worker_direct: not available in this version of mesh yet: " in caplog.text
+
+
+def test_a_database_beat_scheduler_is_said_not_to_run_its_entries(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """(A user trial: Celery's Django guide with django-celery-beat) the settings'
+    CELERY_BEAT_SCHEDULER was logged as 'no beat process: every node carries the
+    schedule', which does not tell a user that the entries in the database (made in
+    its admin) will never run."""
+    caplog.set_level(logging.WARNING, "mesh.conf")
+    Settings().add_source("config_from_object('django.conf:settings', namespace='CELERY')",
+                          lambda: {"beat_scheduler":
+                                   "django_celery_beat.schedulers:DatabaseScheduler"},
+                          force=True)
+    assert ("beat_scheduler: mesh loads no scheduler class: entries a scheduler keeps "
+            "elsewhere (django_celery_beat's DatabaseScheduler: its tables, its admin) do not "
+            "run; put them in beat_schedule") in caplog.text, caplog.text

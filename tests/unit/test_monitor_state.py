@@ -207,6 +207,31 @@ def test_across_nodes_wall_time_orders_a_task_handed_over() -> None:
     assert s3.tasks["t"].state == REJECTED
 
 
+@pytest.mark.parametrize("order", ["receiver first", "rejection first"])
+def test_a_task_handed_on_stays_with_the_receiver_whatever_the_order(order: str) -> None:
+    """(A user trial, three nodes and a dashboard) a node publishes the requeue
+    rejection of a task it hands on once the receiver has acknowledged it: after the
+    receiver's task-received and often its task-started (times from the trial). The
+    rejection took the task back, which showed as REJECTED on the node that no longer
+    had it for as long as it ran (30 s there)."""
+    receiver = [ev("task-received", node="d1", clock=5, ts=54.8444, uuid="t", name="slow"),
+                ev("task-started", node="d1", clock=6, ts=54.8467, uuid="t", pid=12718)]
+    rejected = [ev("task-rejected", node="d2", clock=9, ts=54.854, uuid="t", requeue=True,
+                   target="tcp://d1", reason="shed to a node with room")]
+    s = State()
+    for e in (receiver + rejected if order == "receiver first" else rejected + receiver):
+        s.event(e)
+    t = s.tasks["t"]
+    assert (t.state, t.node, t.pid, t.reason) == (states.STARTED, "d1", 12718,
+                                                  "shed to a node with room")
+    # handed back and forth (two nodes each seeing the other with room): the last holder
+    s.event(ev("task-rejected", node="d1", clock=7, ts=55.9, uuid="t", requeue=True))
+    s.event(ev("task-received", node="d2", clock=10, ts=55.8, uuid="t"))
+    assert (t.state, t.node) == (states.RECEIVED, "d2")
+    s.event(ev("task-received", node="d1", clock=8, ts=55.7, uuid="t"))   # an old one, late
+    assert (t.state, t.node) == (states.RECEIVED, "d2")
+
+
 def test_the_first_final_state_stands_over_a_duplicate_run() -> None:
     s = State()
     s.event(ev("task-succeeded", node="a", clock=5, ts=10.0, uuid="t", result="1", runtime=0.1))

@@ -29,7 +29,12 @@ function cookie(name) {
 async function api(path, opts) {
   const init = Object.assign({headers: {}}, opts || {});
   if (init.method === "POST") init.headers["X-CSRF-Token"] = cookie("mesh_csrf");
-  const resp = await fetch(path, init);
+  let resp;
+  try { resp = await fetch(path, init); }
+  catch (e) {   // the browser's own words ("Failed to fetch") do not say what is down
+    throw new Error(`cannot reach ${location.host}, the node serving this page (stopped or ` +
+                    `restarting?): the page goes on trying (${e.message})`);
+  }
   const body = await resp.json().catch(() => ({error: resp.statusText}));
   if (!resp.ok) throw new Error(body.error || resp.statusText);
   return body;
@@ -68,20 +73,31 @@ async function loadNodes() {
   renderNodes();
 }
 
+// Nodes the mesh knows but cannot ask (dead, or left): their journals, so the tasks they
+// ran and their counts, are out of the list and the totals until they are back.
+const unreachable = () => Object.values(state.nodes).filter(n => n.state === "dead" || n.state === "left")
+  .map(n => n.name).sort();
+const awayNote = what => { const away = unreachable();
+  return away.length ? `${away.join(", ")} ${away.length > 1 ? "are" : "is"} down: ${what}` : ""; };
+
 function renderNodes() {
-  const rows = Object.values(state.nodes).sort((a, b) => a.name.localeCompare(b.name)).map(n =>
-    el("tr", {"data-node": n.name},
+  const rows = Object.values(state.nodes).sort((a, b) => a.name.localeCompare(b.name)).map(n => {
+    const up = n.state === "alive" || n.state === "suspect";   // a dead node's last figures are not now's
+    return el("tr", {"data-node": n.name},
       el("td", {}, n.name), el("td", {}, el("span", {class: "member m-" + n.state}, n.state)),
-      el("td", {class: "mono"}, n.address || ""), el("td", {}, `${n.active ?? "?"} / ${n.total ?? "?"}`),
-      el("td", {}, n.queued ?? ""), el("td", {}, n.tasks_per_s ?? ""), el("td", {}, n.processed ?? ""),
-      el("td", {}, n.cpu_percent !== undefined ? Math.round(n.cpu_percent) + "%" : ""),
-      el("td", {}, fmtBytes(n.rss_bytes)),
+      el("td", {class: "mono"}, n.address || ""), el("td", {}, up ? `${n.active ?? "?"} / ${n.total ?? "?"}` : ""),
+      el("td", {}, up ? n.queued ?? "" : ""), el("td", {}, up ? n.tasks_per_s ?? "" : ""),
+      el("td", {}, up ? n.processed ?? "" : ""),
+      el("td", {}, up && n.cpu_percent !== undefined ? Math.round(n.cpu_percent) + "%" : ""),
+      el("td", {}, up ? fmtBytes(n.rss_bytes) : ""),
       el("td", {class: "buttons"}, n.state === "alive" ? [
         el("button", {title: "one more child", onclick: () => control(`/api/worker/pool/grow/${n.name}?n=1`)}, "+1"),
         el("button", {title: "one child less", onclick: () => control(`/api/worker/pool/shrink/${n.name}?n=1`)}, "−1"),
         el("button", {class: "danger", onclick: () => confirm(`Shut down ${n.name}?`) && control(`/api/worker/shutdown/${n.name}`)}, "stop"),
-      ] : "")));
+      ] : ""));
+  });
   $("#nodes tbody").replaceChildren(...rows);
+  $("#tasks-away").textContent = awayNote("the tasks it ran are listed again when it is back");
 }
 
 async function control(path) {
@@ -100,9 +116,10 @@ async function loadTotals() {
     bytes += (s.journal || {}).bytes || 0;
   }
   const box = (label, value, cls) => el("div", {class: "total " + (cls || "")}, el("b", {}, value), label);
+  const away = awayNote("not counted");
   $("#totals").replaceChildren(box("held now", held), box("succeeded", sum.SUCCESS || 0, "ok"),
     box("failed", sum.FAILURE || 0, "bad"), box("revoked", sum.REVOKED || 0),
-    box("in journals", fmtBytes(bytes) || "0 KiB"));
+    box("in journals", fmtBytes(bytes) || "0 KiB"), away ? el("p", {class: "muted away"}, away) : "");
 }
 
 // ---- charts ---------------------------------------------------------------------------
@@ -126,6 +143,11 @@ async function loadPeriodic() {
   const data = await api("/api/periodic");
   const box = $("#periodic");
   if (!data.available) { box.className = "empty"; box.textContent = "No periodic entries: " + data.reason + "."; return; }
+  if (!data.entries.length) {
+    box.className = "empty";
+    box.textContent = "No periodic entries (app.conf.beat_schedule or app.add_periodic_task: docs/periodic.md).";
+    return;
+  }
   box.className = "";
   box.replaceChildren(el("table", {class: "grid"}, el("tr", {}, el("th", {}, "entry"), el("th", {}, "task"),
     el("th", {}, "last run"), el("th", {}, "next run"), el("th", {}, "fired by")),
@@ -255,6 +277,19 @@ async function revoke(id, terminate) {
 }
 
 // ---- live -----------------------------------------------------------------------------
+// Does what the page holds of a task, from another node, stand over this event? The
+// nodes' streams reach the page each at its own pace, so a node's event can arrive after
+// a newer one from the node that holds the task now: an older event from another node
+// does not take the row back (wall time, as mesh.monitor.State), nor does a requeue
+// rejection from another node (a shed or a stop hands the task on, and says so once the
+// receiver has taken it: after the receiver's own task-received). Once a node has handed
+// the task on, the receiver's events take the row whatever their time.
+const handedOn = e => e.type === "task-rejected" && Boolean(e.requeue);
+function superseded(t, e) {
+  if (!t.worker || t.worker === e.node || t.handedOn) return false;
+  return handedOn(e) || (e.timestamp || 0) < (t.timestamp || 0);
+}
+
 function onEvent(e) {
   state.events++;
   if (e.type.startsWith("node-")) {
@@ -268,12 +303,15 @@ function onEvent(e) {
   if (!st || !e.uuid) return null;
   let t = state.tasks.get(e.uuid);
   if (!t) { t = {uuid: e.uuid, state: st, fresh: true}; state.tasks.set(e.uuid, t); }
-  if (!FINAL.has(t.state) || FINAL.has(st)) t.state = st;
   for (const k of ["name", "args", "kwargs", "result", "exception", "runtime", "retries"]) if (e[k] !== undefined) t[k] = e[k];
-  t.worker = e.node;
-  if (st === "RECEIVED") t.received = e.timestamp;
-  if (st === "STARTED") t.started = e.timestamp;
-  t.timestamp = e.timestamp;
+  if (FINAL.has(st) || (!FINAL.has(t.state) && !superseded(t, e))) {
+    t.state = st;
+    t.worker = e.node;
+    if (st === "RECEIVED") t.received = e.timestamp;
+    if (st === "STARTED") t.started = e.timestamp;
+    t.timestamp = e.timestamp;
+    t.handedOn = handedOn(e);
+  }
   if (state.taskId === e.uuid) setTimeout(() => loadTask(e.uuid).catch(showError), 200);
   return "tasks";
 }
@@ -306,6 +344,7 @@ function route() {
   for (const v of ["overview", "tasks", "task"]) $("#view-" + v).hidden = state.view !== v;
   if (state.view === "overview") $("#view-tasks").hidden = false;   // the overview shows tasks too
   if (state.taskId) loadTask(state.taskId).catch(showError);
+  else renderTasks();   // not redrawn while a task's page was shown: what happened meanwhile
 }
 
 async function refresh() {
