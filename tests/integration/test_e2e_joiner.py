@@ -9,7 +9,6 @@ Real nodes on loopback; every task records each run (a line in a file).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +45,8 @@ def test_a_joiner_gets_the_copies_it_ranks_first_for_and_a_holders_death_runs_ea
         nonlocal kept
         kept = (b.status()["copies_kept_for"].get("a", 0), c.status()["copies_kept_for"].get("a", 0))
         return kept == (N - to_c, to_c)
-    deadline = time.monotonic() + 15
-    while not moved() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(moved, timeout=15, what="the copies to follow the ranking (b, c)",
+               interval=0.1)
     a.proc.kill()                        # -9 while it holds all N
     a.proc.wait(10)
     # b and c declare a dead and take its tasks over; the owner sends them to the node
