@@ -40,7 +40,7 @@ This node keeps copies of tasks other nodes hold, and the results of those tasks
   the other copy went, for any reason, and was backed out after the cluster chaos
   test ran tasks three times with it.) A holder that left is given ``LEFT_GRACE``
   plus its shutdown timeout (gossiped; ours if it does not say) to hand its tasks on
-  first; one no member knows,
+  first, even once the membership has forgotten it (``dead_node_reclaim`` shorter); one no member knows,
   ``ORPHAN_AFTER``. The copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
   plain one (priority 0, no eta, no workflow) becomes a task waiting on this node's
   disk (mesh/node/spill.py), read back in order as its queue drains, so a holder's
@@ -105,6 +105,7 @@ class Copies:
         self.kept: dict[str, int] = {}             # holder -> its copies in memory
         self.holder_of = Holders(self.frames)     # task id -> a holder (a view)
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
+        self._left: dict[str, float] = {}          # holder seen left -> its grace (s)
         # results whose other copy was on a node that is gone: peer -> position reached
         self.repairs: dict[str, int] = {}
         self._repaired: dict[str, int] = {}        # peer -> results copied again so far
@@ -610,17 +611,22 @@ class Copies:
             state = m.state if m is not None else None
             if state in (MemberState.ALIVE, MemberState.SUSPECT):
                 self._gone.pop(holder, None)
+                self._left.pop(holder, None)
                 continue
             since = self._gone.setdefault(holder, now)
+            if m is not None and state == MemberState.LEFT:     # its grace (its own timeout),
+                self._left[holder] = LEFT_GRACE + shutdown_timeout_of(m.meta, own)
+            grace = self._left.get(holder)      # kept if the membership forgets it first
             if state == MemberState.DEAD:
                 self.take_over(holder, "is dead")
-            elif m is not None and state == MemberState.LEFT and now - since > (
-                    grace := LEFT_GRACE + shutdown_timeout_of(m.meta, own)):   # (its own)
-                self.take_over(holder, f"left {grace:.0f} s ago without handing them on")
+            elif grace is not None and state in (MemberState.LEFT, None):
+                if now - since > grace:
+                    self.take_over(holder, f"left {grace:.0f} s ago without handing them on")
             elif state is None and now - since > ORPHAN_AFTER:
                 self.take_over(holder, "is unknown to the mesh")
             if holder not in self.kept and holder not in self.disk:
                 self._gone.pop(holder, None)
+                self._left.pop(holder, None)
 
     def note_departures(self, alive: set[str]) -> None:
         """Members that went (dead or left) since the last check: the results whose

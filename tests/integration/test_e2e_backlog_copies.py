@@ -242,16 +242,18 @@ def _resent_while_stopping(start_node: Any, a: Any, b: Any, old: Any, to_b: Any,
     assert _lines(out).count(f"line-{last}") == 1
 
 
+@pytest.mark.parametrize("timeout", [1, 20], ids=["before-reclaim", "after-reclaim"])
 def test_a_stopping_nodes_backup_runs_its_disk_part_after_the_grace_the_node_says(
-        start_node: Any, raw_dealer: Any, tmp_path: Path) -> None:
+        start_node: Any, raw_dealer: Any, tmp_path: Path, timeout: int) -> None:
     """A stopping node keeps its disk part and says how long its backups wait for it:
     ``LEFT_GRACE`` + its ``--shutdown-timeout`` (how long it may run tasks once it has
     left). Its backup waits that, whatever its own ``--shutdown-timeout``: the node says
-    its own in the gossiped meta (``stop``). Here a (1 s) and b (60 s): a says 16 s,
-    and b runs the copies after 16 s, saying so. (Before: b waited 15 + its own 60 s,
-    and a's message named a bound no backup used; on the ``local`` profile b forgot a
-    first, and ran them as a node "unknown to the mesh".)"""
-    a = start_node(name="a", concurrency=1, queue_memory=WINDOW, shutdown_timeout=1,
+    its own in the gossiped meta (``stop``). Here a (1 s, or 20 s) and b (60 s): a says
+    16 s (35 s), and b runs the copies after that, saying so; with 35 s, after the
+    ``local`` profile's membership has forgotten a (30 s), b still waits a's grace.
+    (Before: b waited 15 + its own 60 s, and a's message named a bound no backup used;
+    b forgot a at 30 s and ran them then, as a node "unknown to the mesh".)"""
+    a = start_node(name="a", concurrency=1, queue_memory=WINDOW, shutdown_timeout=timeout,
                    profile="local")
     b = start_node(name="b", concurrency=1, peers=a.endpoint, shutdown_timeout=60,
                    profile="local")
@@ -275,10 +277,11 @@ def test_a_stopping_nodes_backup_runs_its_disk_part_after_the_grace_the_node_say
                      r"node starts again, or on the nodes that keep their copies if it is not "
                      r"back within (\d+) s", a.stderr())
     assert said is not None, a.stderr_tail()
-    assert (int(said[1]), int(said[2])) == (on_disk, 16)
+    grace = 15 + timeout
+    assert (int(said[1]), int(said[2])) == (on_disk, grace)
     took = r"node a (left (\d+) s ago without handing them on|is unknown to the mesh): running"
     wait_until(lambda: re.search(took, b.stderr()), timeout=120, what="b to take a's tasks over")
-    assert re.search(took, b.stderr())[1] == "left 16 s ago without handing them on"
+    assert re.search(took, b.stderr())[1] == f"left {grace} s ago without handing them on"
     b_gate.touch()
     wait_until(lambda: len(_lines(out)) >= 2 * WINDOW, timeout=RESULT_TIMEOUT,
                what="a's tasks to run on b")
