@@ -23,7 +23,7 @@ sitting): everything here runs on the client's I/O thread.
   connects (``_put``, ``_rebuild_lost``). A rebuilt link takes frames of up to
   ``WIDE_MAXMSGSIZE`` (twice a node's default limit): the node sends the same big
   result again when the task is sent again, and read, it fails its task
-  (ResultTooLarge, io.py) instead of ending the link again, and again. A rebuilt link
+  (ResultTooLarge, replies.py) instead of ending the link again, and again. A rebuilt link
   ended again (a result over even that, from an older node set above 16 MiB) sends its
   tasks again one at a time, and the one whose answer ends it fails (alone.py).
 """
@@ -159,7 +159,7 @@ class Links:
     _drops: dict[NodeLink, float]   # links disconnected -> when to see whether for good
     _lost: list[NodeLink]           # links whose DEALER refuses sends: rebuilt (_rebuild_lost)
     _closing: bool
-    _released_at = 0.0            # the latest released_at of any link (monotonic; io.py)
+    _released_at = 0.0            # the latest released_at of any link (monotonic; replies.py)
     _members_big_said = False     # "the members answer is too big" said, none fitted since
     _gone: frozenset[str] = frozenset()   # endpoints the last members answer said are
                                           # dead or left (none of ours need be linked)
