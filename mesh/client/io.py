@@ -18,11 +18,11 @@ bug), it says so (CRITICAL) and a new thread takes over its tasks (``_take_over`
 ``Client`` is this module's loop plus mixins, one concern each, all sharing the slots
 and links the one I/O thread owns: what each frame from a node does (ACK, RESULT,
 STATE, RELEASE and MOVED followed, ERROR, frames over the limit: replies.py), the
-links to the nodes and the membership view (links.py), routes and refusals
-(routes.py), tasks waiting for room at full nodes (room.py), lookups of results owned
-elsewhere (lookups.py), and closing: the wait at close and at interpreter exit until
-a node has acknowledged every task sent (closing.py). Keys' handshakes are in
-handshakes.py.
+links to the nodes (links.py), the membership view and what a node's death or
+leaving does to its tasks (members.py), routes and refusals (routes.py), tasks
+waiting for room at full nodes (room.py), lookups of results owned elsewhere
+(lookups.py), and closing: the wait at close and at interpreter exit until a node
+has acknowledged every task sent (closing.py). Keys' handshakes are in handshakes.py.
 
 (About 470 lines: the loop, sending and the takeover of a failed thread. The next
 piece to move, if it grows: the takeover.)
@@ -49,6 +49,7 @@ from mesh.client.closing import Closing, _close_at_exit
 from mesh.client.frames import recv_frames
 from mesh.client.links import Links, NodeLink
 from mesh.client.lookups import Lookups
+from mesh.client.members import Members
 from mesh.client.replies import Replies
 from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing
@@ -68,7 +69,7 @@ TAKEOVER_WINDOW = 60.0      # gives up (and fails its tasks) instead of starting
 FIRST_PLACE_WAIT = 0.5      # s a new client's first tasks wait for the mesh's members list
 
 
-class Client(Links, Alone, Routing, WaitingRoom, Lookups, Closing, Replies):
+class Client(Links, Members, Alone, Routing, WaitingRoom, Lookups, Closing, Replies):
     def __init__(self, config: Config, seeds: list[str], mesh: str | None = None,
                  security: Security | None = None):
         if not seeds:

@@ -6,7 +6,7 @@ Runs on the I/O thread only.
   RESULT completes the task's slot (the first result wins: a duplicate is said to its
   node); a RETRY is not final: the slot keeps what a resend must carry (retries + 1);
   a STATE (STARTED, PROGRESS...) is the task's state until its result; answers to the
-  members question and to result lookups go to links.py and lookups.py. Only the node
+  members question and to result lookups go to members.py and lookups.py. Only the node
   a task was sent to (or followed to) speaks for it: the same from another link is
   mesh/client/handshakes.py's ``foreign``.
 * RELEASE: tasks given back unstarted go to the node named (shedding), else to
@@ -27,7 +27,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
-from mesh.client.links import MEMBERS_REQ, RELEASE_RETRY_DELAY, NodeLink
+from mesh.client.links import NodeLink
+from mesh.client.members import MEMBERS_REQ, RELEASE_RETRY_DELAY
 from mesh.client.room import hold, let_go
 from mesh.client.routes import not_registered
 from mesh.config import Config
