@@ -54,20 +54,30 @@ TAKE_CHUNK = 2000        # copies on disk taken over per dead holder per tick, a
 
 
 class Takeover:
-    if TYPE_CHECKING:               # what Copies has
-        replicas: Replicas
-        frames: dict[str, tuple[bytes, float, str]]
-        more: dict[str, dict[str, tuple[bytes, float, str]]]
-        kept: dict[str, int]
-        disk: dict[str, int]
-        on_disk: int
+    # what Copies has, used here (declared in the open, overridden by Copies: mypyc,
+    # bench/mypyc_tree.py, takes no ``if TYPE_CHECKING`` in a class body)
+    replicas: Replicas
+    frames: dict[str, tuple[bytes, float, str]]
+    more: dict[str, dict[str, tuple[bytes, float, str]]]
+    kept: dict[str, int]
+    disk: dict[str, int]
+    on_disk: int
 
-        @property
-        def node(self) -> Node: ...
-        def _count(self, holder: str, n: int) -> None: ...
-        def _keep(self, tid: str, copy: tuple[bytes, float, str]) -> None: ...
-        def _unkeep(self, tid: str, holder: str | None = None) -> bool: ...
-        def holders(self, tid: str) -> list[str]: ...
+    @property
+    def node(self) -> Node:
+        raise NotImplementedError
+
+    def _count(self, holder: str, n: int) -> None:
+        raise NotImplementedError
+
+    def _keep(self, tid: str, copy: tuple[bytes, float, str]) -> None:
+        raise NotImplementedError
+
+    def _unkeep(self, tid: str, holder: str | None = None) -> bool:
+        raise NotImplementedError
+
+    def holders(self, tid: str) -> list[str]:
+        raise NotImplementedError
 
     def _init_takeover(self) -> None:
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
