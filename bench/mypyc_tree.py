@@ -31,6 +31,7 @@ MODULES = [
     "mesh/node/intake.py",
     "mesh/node/ledger.py",
     "mesh/node/copies.py",
+    "mesh/node/takeover.py",
     "mesh/node/copy_gates.py",
     "mesh/node/replicas.py",
     "mesh/node/zmqloop.py",

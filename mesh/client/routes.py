@@ -21,7 +21,7 @@ from typing import Any
 from mesh import states
 from mesh.capabilities import from_meta
 from mesh.client.fit import fits, unplaceable
-from mesh.client.links import MEMBERS_INTERVAL
+from mesh.client.members import MEMBERS_INTERVAL
 from mesh.client.placement import choose_from
 from mesh.client.room import let_go
 from mesh.result import Slot

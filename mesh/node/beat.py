@@ -38,8 +38,8 @@ from mesh.node.beat_send import Outbox, Run
 from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, hrw
 from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
-from mesh.node.copies import LEFT_GRACE
 from mesh.node.naps import IDLE_CAP, aligned
+from mesh.node.takeover import LEFT_GRACE
 from mesh.periodic import Entry, Schedule
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, encode

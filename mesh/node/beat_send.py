@@ -285,7 +285,7 @@ class Outbox:
         A target that left (``leaving``: it stops gracefully) still finishes the runs
         it is running and answers their results, and hands its queued ones on (MOVED):
         its acknowledged runs are waited for ``grace`` seconds, as the nodes wait for a
-        departed holder's copies (mesh/node/copies.py). Sent again at once, a run
+        departed holder's copies (mesh/node/takeover.py). Sent again at once, a run
         already running there ran twice (a CI run: due 17:42:19 executed on the
         stopping node and on the one the run was resent to). A target back alive
         within the grace (restarted under its name) is sent the run again, same id:

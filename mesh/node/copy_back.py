@@ -3,7 +3,7 @@
 A holder copies each task to its first-ranked backup: rendezvous hashing over the alive
 peers that take it (mesh/node/backup_choice.py). An owner whose holder dies sends its
 tasks where the same hashing, over the nodes it sees alive, says their copies are
-(mesh/client/links.py), so that the copy there and the resend are one task. When the
+(mesh/client/members.py), so that the copy there and the resend are one task. When the
 ranking changes while a task is held, its copy moves to the node that ranks first now,
 or the copy runs at the takeover and the owner's resend runs on the other node too
 (twice; three times if the holder was only cut off and runs it as well).

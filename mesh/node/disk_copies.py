@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING
 
 from mesh.exceptions import DecodeError
 from mesh.membership import MemberState
-from mesh.node.copies import ORPHAN_AFTER
 from mesh.node.journal import JournalError
+from mesh.node.takeover import ORPHAN_AFTER
 from mesh.rendezvous import weight
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode

@@ -345,7 +345,7 @@ class Handoffs(Component):
         m = self.node.membership.member(target)
         if m is not None and m.state == MemberState.DEAD:
             return None     # it died: the owner's failover is right (this node may be the
-                            # task's backup, which runs it: mesh/node/copies.py)
+                            # task's backup, which runs it: mesh/node/takeover.py)
         return Moved([task_id], self.node.name, address, target, reason)
 
     def taken_back(self, task_id: str) -> None:

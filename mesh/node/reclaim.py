@@ -1,7 +1,7 @@
 """Reclaim: a holder back after a crash runs again only what no other node took over.
 
 A node killed (or cut off) while it held tasks is declared dead by membership; the
-backup of each task runs its copy (mesh/node/copies.py, "takeover"), and an owner that
+backup of each task runs its copy (mesh/node/takeover.py), and an owner that
 was still there sent its tasks to that backup. When the node starts again on its data
 dir (same ``--name`` or not), its journal still has those tasks unfinished. Run as they
 are, every one of them would run twice.

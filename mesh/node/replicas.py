@@ -9,7 +9,7 @@ mesh/node/backup_choice.py; the replies that wait for a copy's confirmation,
 mesh/node/copy_gates.py (a mixin of ``Replicas``); a held task's copy moved to the
 node that ranks first for it now (a joiner, a peer back from a moment out),
 mesh/node/copy_back.py; what a backup keeps and does when a holder dies,
-mesh/node/copies.py.)
+mesh/node/copies.py and takeover.py.)
 
 Holder side (this node holds the task):
 
@@ -37,7 +37,8 @@ Holder side (this node holds the task):
   waiting on disk whose copy it kept follow, a chunk at a time (disk_copies.py).
 
 Backup side (this node keeps copies of others' tasks and their results; a holder's
-death; results copied again when a node is gone): mesh/node/copies.py.
+death; results copied again when a node is gone): mesh/node/copies.py (the keeping)
+and mesh/node/takeover.py (a node gone).
 
 A task may run twice (its holder was declared dead but was not); its result is
 delivered once (results are first-wins by task id). ``--replicas 1`` sends no copies
@@ -316,7 +317,7 @@ class Replicas(CopyGates, Component):
             tid = entry.task_id
             self.copies.handed_on(tid, to)
             if parked:                # (its old backup, replaced while suspected, learns
-                for ids in parked.values():     # where it went too: copies.py)
+                for ids in parked.values():     # where it went too: takeover.py)
                     if tid in ids:
                         ids[tid] = to or ""
             if self.back.moving:
@@ -326,7 +327,7 @@ class Replicas(CopyGates, Component):
                 batch = self._queue(backup)
                 batch.tasks.pop(tid, None)
                 # (who it went to: a backup that kept the copy of a holder it was handed
-                # to, declared dead meanwhile, runs that copy on this drop: copies.py)
+                # to, declared dead meanwhile, runs that copy on this drop: takeover.py)
                 batch.drop[tid] = to or ""
             self._open(tid)
 
@@ -695,7 +696,7 @@ class Replicas(CopyGates, Component):
                 # peers noted, and tasks given a backup while one was out
                 "copied_to_joiners": self.back.to_joiners, "peers_out": len(self.choice.missed),
                 "chosen_while_out": len(self.back.chosen_while),
-                # (dead holders' copies that another live holder keeps too: copies.py)
+                # (dead holders' copies that another live holder keeps too: takeover.py)
                 "copies_waiting_for_a_drop": sum(len(w) for w in self.copies.waiting.values()),
                 **self.disk_copies.status()}
 

@@ -37,10 +37,10 @@ from mesh import states
 from mesh.config import Config
 from mesh.exceptions import DecodeError, revoked_message
 from mesh.node.component import Component, NodeStartError
-from mesh.node.copies import LEFT_GRACE
 from mesh.node.journal import DiskRow, JournalError
 from mesh.node.ledger import Entry
 from mesh.node.naps import Nap
+from mesh.node.takeover import LEFT_GRACE
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode, encode
 from mesh.workflow.plan import GROUP

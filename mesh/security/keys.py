@@ -242,6 +242,11 @@ class KeyRing:
         self._read()
         return before != (self.roles, self.identity, self.server_keys)
 
+    @property
+    def rotating(self) -> bool:
+        """A mesh key rotation is begun and not committed (mesh-next is here)."""
+        return any(k.role == NODE and k.name == NEXT for k in self.keys)
+
     def role_of(self, public: str) -> str | None:
         """The role of an authorized public key (z85 text), None if it is not."""
         return self.roles.get(public)

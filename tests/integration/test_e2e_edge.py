@@ -18,9 +18,9 @@ SUBMIT_AND_EXIT = """
 import logging, sys, time
 logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
 import tasks_app
-import mesh.client.links
+import mesh.client.members
 if len(sys.argv) > 4:                # s without a frame before it says so (5 by default)
-    mesh.client.links.UNREACHABLE_AFTER = float(sys.argv[4])
+    mesh.client.members.UNREACHABLE_AFTER = float(sys.argv[4])
 from mesh import Mesh
 app = Mesh("edge", peers=[sys.argv[1]], mdns=False)
 add = app.task(name="tasks_app.add")(tasks_app.add.fun)

@@ -2,7 +2,7 @@
 tasks already held (mesh/node/copy_back.py): it is given their copies, and the old
 backup drops its own once the joiner confirmed. An owner whose holder dies sends each
 task where rendezvous hashing over the alive nodes says its copy is (mesh/client/
-links.py): with the copy left on the old backup, that one ran the task at the takeover
+members.py): with the copy left on the old backup, that one ran the task at the takeover
 and the joiner ran it again from the owner's failover.
 
 Real nodes on loopback; every task records each run (a line in a file).

@@ -370,8 +370,8 @@ def test_a_workflow_step_started_while_the_disk_is_full_still_runs(
 
 def test_sockets_to_departed_nodes_are_closed(
         start_node: Any, make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mesh.client.links
-    monkeypatch.setattr(mesh.client.links, "LINK_GRACE", 0.5)
+    import mesh.client.members
+    monkeypatch.setattr(mesh.client.members, "LINK_GRACE", 0.5)
     # --dead-node-reclaim 1: a forgets b 1 s after it is dead (10 s on the test profile),
     # maybe before the client reads an answer that says b is dead (it then takes b as
     # dead when answers stop listing it and its own link to b is down)

@@ -229,9 +229,10 @@ def test_rotation_needs_no_downtime(start_node: NodeFactory, tmp_path: Path) -> 
     d = str(tmp_path / "k")                  # one directory for both nodes: "copied" at once
     keys.init(d)
     # the default (LAN) membership profile, as users run it: the two nodes read the key
-    # directory each on its own clock (RELOAD_INTERVAL, 2 s), so for up to that long
-    # one serves the new mesh key and the other the old, and their probes fail; the
-    # test profile declares a member dead after ~1 s of that (CI, on a loaded machine)
+    # directory each on its own clock (RELOAD_INTERVAL, 2 s; ROTATING_INTERVAL, 0.25 s,
+    # while a rotation is begun), so for up to that long one serves the new mesh key and
+    # the other the old, and their probes fail; the test profile declares a member dead
+    # after ~1 s of that, and so did the default profile on the 2 s clock (CI, stop 30)
     a = start_node(keys=d, profile="lan")
     b = start_node(keys=d, profile="lan", peers=a.endpoint)
     eps = [a.endpoint, b.endpoint]

@@ -10,7 +10,7 @@ import pytest
 import zmq
 from harness import wait_until
 
-import mesh.client.links
+import mesh.client.members
 from mesh.client.io import Client
 from mesh.config import Config
 from mesh.wire.protocol import Ack, Control, ControlReply, decode, encode
@@ -87,7 +87,7 @@ def _ask_often(monkeypatch: pytest.MonkeyPatch) -> None:
     """The client asks for the membership every 0.3 s, not every second: for tests that
     count answers, each as good as the next (a late answer, dropped as stale, only means
     one more question). Not for a scripted node that answers once."""
-    monkeypatch.setattr(mesh.client.links, "MEMBERS_INTERVAL", 0.3)
+    monkeypatch.setattr(mesh.client.members, "MEMBERS_INTERVAL", 0.3)
 
 
 def test_the_io_thread_survives_a_node_declared_dead_that_keeps_talking(

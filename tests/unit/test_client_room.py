@@ -129,7 +129,7 @@ def test_a_task_that_finds_no_room_when_let_go_stays_first() -> None:
 
 
 def _said_quota(c: _Client, tasks: int, size: int = 1 << 20) -> None:
-    """Every node's members entry said this quota (what Links._apply_members reads)."""
+    """Every node's members entry said this quota (what Members._apply_members reads)."""
     for link in c.links.values():
         link.quota_tasks, link.quota_bytes = quota_of({"quota": [tasks, size]})
 

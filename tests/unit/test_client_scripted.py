@@ -20,7 +20,7 @@ import pytest
 import zmq
 from harness import wait_until
 
-import mesh.client.links
+import mesh.client.members
 from mesh import Mesh, states
 from mesh.exceptions import ResultTooLarge
 from mesh.rendezvous import backup_for
@@ -430,7 +430,7 @@ def test_a_link_zeromq_ended_on_a_frame_too_big_is_rebuilt_and_its_tasks_sent_ag
     at each resend. (Before: nothing was sent again, and the next task's send killed
     the I/O thread: a CRITICAL line and a takeover.)"""
     if meanwhile == "nothing sent":
-        monkeypatch.setattr(mesh.client.links, "MEMBERS_INTERVAL", 600.0)
+        monkeypatch.setattr(mesh.client.members, "MEMBERS_INTERVAL", 600.0)
     nodes = Scripted(("A",))
     app = _small_client(nodes, "ended")
     try:
@@ -487,7 +487,7 @@ def test_a_reply_too_large_error_fails_the_task_with_the_nodes_words(tid: str) -
     """A node that knows the client's limit sends ERROR ``reply-too-large`` instead of
     the RESULT: the task fails with ResultTooLarge and that text (not DecodeError),
     whatever its id (one that looks like the client's members questions' too: those
-    are said once, links.py, but a task of ours comes first)."""
+    are said once, members.py, but a task of ours comes first)."""
     nodes = Scripted(("A",))
     app = _small_client(nodes, "said")
     try:

@@ -654,7 +654,7 @@ def test_a_task_whose_first_ranked_backup_was_suspected_is_copied_to_it_when_it_
     # meanwhile). Back alive, the first had its copy dropped (or never had one), and the
     # copy stayed on the second. Then the holder died (or was cut off): the second took
     # the task over and ran it, and the owner's failover, sent where rendezvous hashing
-    # over the alive nodes says the copy is (the first: mesh/client/links.py), ran it
+    # over the alive nodes says the copy is (the first: mesh/client/members.py), ran it
     # there too, and the holder, cut off, a third time. Now the copy goes to the first
     # once it is alive again, and the second drops its own.
     async def main() -> None:

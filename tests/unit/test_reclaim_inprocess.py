@@ -574,7 +574,7 @@ async def giver_dies(b: Node, g: Node, tid: str) -> None:
 
 def holders(b: Node, tid: str) -> list[str]:
     """The holders whose copy of ``tid`` ``b`` keeps, in memory or on disk, or that
-    waits for another holder's drop (a dead holder's: mesh/node/copies.py)."""
+    waits for another holder's drop (a dead holder's: mesh/node/takeover.py)."""
     copies = b.replicas.copies
     return copies.holders(tid) + [h for _, h in b.journal.copy_holders([tid])] + \
         list(copies.waiting.get(tid, ()))

@@ -19,7 +19,7 @@ import zmq.asyncio
 from test_node_inprocess import app, dealer, frames_until, submit, until
 
 from mesh.membership import MemberState
-from mesh.node import copies, copy_gates, replicas, shedding
+from mesh.node import copy_gates, replicas, shedding, takeover
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
@@ -150,7 +150,7 @@ def test_results_copied_again_wait_for_the_last_ones_to_be_confirmed(monkeypatch
     at once (the hostile soak's node sent 39,786 to a made-up member just alive,
     and kept them in memory until it was found stalled)."""
     monkeypatch.setattr(replicas, "COPY_STALL", STALL)
-    monkeypatch.setattr(copies, "REPAIR_CHUNK", 5)
+    monkeypatch.setattr(takeover, "REPAIR_CHUNK", 5)
 
     async def main() -> None:
         async with three(60) as (h, s, o, to_h):

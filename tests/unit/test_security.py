@@ -127,6 +127,21 @@ def test_rotation_steps(kdir: str) -> None:
         keys.rotate(kdir, "finish")
 
 
+def test_a_node_looks_for_the_commit_often_while_a_rotation_is_begun(kdir: str) -> None:
+    # the node's reload loop waits reload_interval(ring) between looks: on the 2 s clock
+    # two nodes switched to the committed key up to 2 s apart and one declared the other
+    # dead (test_e2e_keys.py's rotation test, seen in CI)
+    from mesh.node.keys import RELOAD_INTERVAL, ROTATING_INTERVAL, reload_interval
+    ring = KeyRing(kdir, NODE)
+    assert not ring.rotating and reload_interval(ring) == RELOAD_INTERVAL
+    keys.rotate(kdir, "begin")
+    ring.reload()
+    assert ring.rotating and reload_interval(ring) == ROTATING_INTERVAL < 0.5
+    keys.rotate(kdir, "commit")
+    ring.reload()
+    assert not ring.rotating and reload_interval(ring) == RELOAD_INTERVAL
+
+
 def test_security_without_keys_changes_no_socket() -> None:
     sec = Security(None)
     assert not sec.enabled and sec.server_keys() == [None] and sec.role("x") is None
