@@ -30,7 +30,7 @@ from mesh import signals, states
 from mesh.exceptions import NotRegistered, SoftTimeLimitExceeded
 from mesh.node.channel import AHEAD_TAG, SKIP_TAG, BlockingChannel
 from mesh.node.child_runners import Runners
-from mesh.security.text import MULTILINE, printable, safe_logger
+from mesh.security.text import MULTILINE, clipped, clipped_lines, printable, safe_logger
 from mesh.task import Request
 from mesh.trace import Outcome, execute
 from mesh.wire import codec
@@ -102,14 +102,17 @@ def _log_end(msg: Submit, state: str, exc: dict[str, Any] | None, tb: str | None
     worker: ERROR with the traceback for a failure, INFO without it for an error the
     task declares in ``throws``, INFO for a retry (a success is DEBUG, above). Without
     it a failure was seen only by whoever asked for the result."""
-    what = f"{exc.get('type')}: {exc.get('message')}" if exc else ""
+    # the exception's text is the task's, of any size: cut for the log (the result
+    # keeps it whole)
+    what = f"{clipped(str(exc.get('type')))}: {clipped(str(exc.get('message')))}" \
+        if exc else ""
     if state == states.FAILURE and expected:
         task_log.info("Task %s[%s] raised expected: %s", msg.name, msg.task_id, what)
     elif state == states.FAILURE:
         # the traceback's lines are meant (MULTILINE: not made one line), the first
         # line's text is escaped here
         task_log.error("Task %s[%s] raised unexpected: %s%s", msg.name, msg.task_id,
-                       printable(what, 2000), f"\n{tb.rstrip()}" if tb else "",
+                       printable(what, 2000), f"\n{clipped_lines(tb.rstrip())}" if tb else "",
                        extra=MULTILINE)
     elif state == states.RETRY:
         task_log.info("Task %s[%s] retry: Retry in %gs: %s", msg.name, msg.task_id,

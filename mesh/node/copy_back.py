@@ -34,9 +34,10 @@ own (``Replicas.on_ack``; or until the task leaves this node first: ``moved_off`
 then the old one is sent a drop. So a task is never in fewer copies while two nodes
 are alive; for a moment it is in three.
 
-Not covered: the tasks waiting on this node's disk (a deep backlog, mesh/node/spill.py)
-keep the backup their copy went to until they are read back (then copied to the one
-ranked first then, the old one dropping its copy: ``Replicas.read_back``).
+The tasks waiting on this node's disk (a deep backlog, mesh/node/spill.py) follow a
+joiner by a walk of the disk part (mesh/node/disk_copies.py); the ones read back are
+copied to the one ranked first then, the old one dropping its copy
+(``Replicas.read_back``).
 
 ``missed`` holds suspected peers only: one declared dead or left, or no longer known,
 is forgotten at the next membership check (back later, it is a joiner, and the walk

@@ -25,6 +25,14 @@ on disk in arrival order and copies those to the backup rendezvous hashing picks
   partition with its copies gets them again, kept as a resend). Not one finished (run
   elsewhere), revoked (``meshnode --purge``; it finishes REVOKED when read back), or in
   memory.
+* A node that joins (alive at a membership check, neither alive at the last one nor
+  a suspect back: as for the held tasks, mesh/node/copy_back.py) starts a walk too:
+  a row whose backup is alive but ranks below a joiner for it (rendezvous weights,
+  then ``backup_now`` on its frame) is copied to the joiner, and once the joiner
+  confirmed, its old backup is sent a drop. An owner whose holder dies sends its task
+  where the ranking says its copy is: with the copy left on the old backup, that one
+  ran it at the takeover and the joiner ran it again from the owner's failover (until
+  2026-12 such a task kept its old backup until read back).
 * Throttled: ``CHUNK`` rows read per tick (0.1 s, the replicas loop), the next chunk
   only once the backups confirmed the last one. The holder keeps a chunk of frames
   at most; the backup journals copies beyond its window (``copies`` table).
@@ -49,6 +57,7 @@ from mesh.exceptions import DecodeError
 from mesh.membership import MemberState
 from mesh.node.journal import JournalError
 from mesh.node.takeover import ORPHAN_AFTER
+from mesh.rendezvous import weight
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode
 
@@ -81,6 +90,10 @@ class DiskCopies:
         self._orphans_checked = False
         self._saved: dict[str, str] | None = None   # backup -> boot id, as in the journal
         self._pending: dict[str, str] = {}          # backup -> boot id a walk copies to
+        self.joined: set[str] = set()               # joiners this walk moves copies to
+        self._seen: set[str] | None = None          # alive peers at the last check
+        self._old: dict[str, str] = {}              # task id -> the backup it moves from
+        self._to_joiners: dict[str, int] = {}       # joiner -> copies moved to it (this walk)
 
     @property
     def node(self) -> "Node":
@@ -98,11 +111,19 @@ class DiskCopies:
         self.walking = True
         self.replicas.nap.poke()
 
-    def check(self, alive: set[str], restarted: set[str]) -> None:
-        """(Each membership check) what starts a walk: see the module docstring."""
+    def check(self, alive: set[str], restarted: set[str], missed: Iterable[str] = ()) -> None:
+        """(Each membership check) what starts a walk: see the module docstring
+        (``missed``: suspected peers, not joiners when back)."""
         ms = self.node.membership
         if restarted:
             self.walk(stale=restarted)
+        # (not at the first check: every peer is new then, and the walks at start
+        # copy what lost its copy)
+        joined = alive - self._seen - set(missed) if self._seen is not None else set()
+        self._seen = set(alive)
+        if joined and self.node.spill.on_disk:
+            self.joined |= joined
+            self.walk()
         for b in list(self.replicas._boot_of) + list(self._gone):
             m = ms.member(b)
             if m is None or m.state in _GONE:
@@ -165,6 +186,12 @@ class DiskCopies:
         self._saved.update(boots)
         node.front.schedule_flush()                 # (committed by that pass)
 
+    def _outranked(self, tid: str, backup: str, joined: set[str]) -> bool:
+        """Does a joiner weigh more than ``backup`` for this task (it may rank first
+        now: ``backup_now`` on its frame says)?"""
+        w = weight(tid, backup)
+        return any(weight(tid, j) > w for j in joined if j != backup)
+
     def _is_lost(self, backup: str, seen: dict[str, bool]) -> bool:
         """Is the copy this backup kept gone?"""
         lost = seen.get(backup)
@@ -204,8 +231,16 @@ class DiskCopies:
             self.pos = rows[-1][0]
             seen: dict[str, bool] = {}
             going = node.spill.candidates
-            due = [p for p, tid, backup in rows
-                   if self._is_lost(backup, seen) and tid not in going]
+            joined = self.joined & set(self.replicas.choice.alive_ids())
+            due, moving = [], {}
+            for p, tid, backup in rows:
+                if tid in going:
+                    continue
+                if self._is_lost(backup, seen):
+                    due.append(p)
+                elif joined and self._outranked(tid, backup, joined):
+                    due.append(p)
+                    moving[tid] = backup
             # (not one revoked: --purge at start revokes the tasks on disk, and the
             # members asked dropped their copies; copied again, a backup would run
             # one if this node died before reading it back: nothing told it)
@@ -214,10 +249,13 @@ class DiskCopies:
             log.error("journal: cannot read the tasks on disk to copy them again: %s", e)
             return
         for tid, frame in frames:
-            self._send(tid, frame)
+            self._send(tid, frame, moving.get(tid, ""), joined)
         self.sent_at = now
 
-    def _send(self, tid: str, frame: bytes) -> None:
+    def _send(self, tid: str, frame: bytes, old: str = "", joined: set[str] | None = None,
+              ) -> None:
+        """Copy a task on disk to the backup ranked first now; ``old``: its copy is
+        kept there (not lost), moved only to a joiner that ranks first (``joined``)."""
         try:
             msg = decode(frame)
         except DecodeError:
@@ -225,6 +263,10 @@ class DiskCopies:
         if type(msg) is not Submit:
             return
         backup = self.replicas.choice.backup_now(tid, msg)
+        if old:
+            if backup == old or joined is None or backup not in joined:
+                return
+            self._old[tid] = old
         if backup:
             self.inflight[tid] = (backup, frame)
             self.replicas._queue(backup).tasks[tid] = frame
@@ -248,6 +290,12 @@ class DiskCopies:
             if sent is not None and sent[0] == backup:
                 del inflight[tid]
                 done.append((backup, tid))
+                old = self._old.pop(tid, "")
+                if old and old != backup:           # moved to a joiner: the old drops it
+                    self._to_joiners[backup] = self._to_joiners.get(backup, 0) + 1
+                    entry = self.node.ledger.held.get(tid)    # (unless read back with
+                    if entry is None or entry.backup != old:  # the old as its backup)
+                        self.replicas._queue(old).drop[tid] = ""
         if not done:
             return
         node = self.node
@@ -264,10 +312,16 @@ class DiskCopies:
         self.stale.clear()
         self._save(self._pending)
         self._pending = {}
-        if self._walked:
+        moved = sum(self._to_joiners.values())
+        if self._walked - moved > 0:
             log.info("copied %d task(s) waiting on disk to their backups again (their "
-                     "copies were lost or never made)", self._walked)
+                     "copies were lost or never made)", self._walked - moved)
+        for b, n in self._to_joiners.items():
+            log.info("node %s joined: %d task(s) waiting on disk copied to it (it ranks "
+                     "first as their backup now; their old backups drop theirs)", b, n)
         self._walked = 0
+        self._to_joiners.clear()
+        self.joined.clear()
 
     def status(self) -> dict[str, object]:
         return {"recopying_disk": self.walking or bool(self.inflight),

@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mesh.digest import sha1
@@ -30,6 +30,17 @@ log = safe_logger("mesh.node")
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 SWEEP_FLOOR = 0.5          # ... at least (a short --dead-node-reclaim)
 SEED_PROBES = 20           # probe intervals (6 s on lan) for a seed to answer before a warning
+
+
+def shutdown_timeout_of(meta: Any, own: float) -> float:
+    """The ``--shutdown-timeout`` a member says in its meta (``"stop"``): how long it
+    may run its tasks once it leaves. ``own`` for a member that does not say it (a
+    node from before 2026-12) or says something that is not a number >= 0."""
+    said = meta.get("stop") if isinstance(meta, Mapping) else None
+    if isinstance(said, (int, float)) and not isinstance(said, bool) \
+            and 0 <= said < float("inf"):
+        return float(said)
+    return own
 
 
 def tasks_digest(names: Iterable[str]) -> str:
@@ -170,6 +181,9 @@ class Members(Component):
                 "boot": node.boot,
                 # what one sender may have held here: clients send no more (client/room.py)
                 "quota": [node.config.quota_tasks, node.config.quota_bytes],
+                # how long it may run tasks once it leaves: the nodes keeping copies of
+                # its tasks wait that (and LEFT_GRACE) before running them (copies.py)
+                "stop": node.config.shutdown_timeout,
                 **node.routing.meta}      # mesh, queues, task names (mesh/capabilities.py)
 
     def members(self) -> list[dict[str, Any]]:

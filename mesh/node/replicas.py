@@ -594,7 +594,8 @@ class Replicas(CopyGates, Component):
             restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
             for b in restarted:           # copies are kept in memory: a restarted backup
                 del self._boot_of[b]      # has none of them any more
-            self.disk_copies.check(alive, restarted)    # nor of the tasks on disk
+            self.disk_copies.check(alive, restarted,    # nor of the tasks on disk
+                                   self.choice.missed)
             # tasks held with one copy ("") look for a backup only when some node is
             # alive: alone, that would walk every held task each second for nothing
             gone = {b for b in self.per_backup

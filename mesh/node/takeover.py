@@ -14,7 +14,9 @@ tasks run here, and our results whose other copy a gone node kept are copied aga
   died before the giver's drop arrived ran nowhere. Review14's rule ran it whenever
   the other copy went, for any reason, and was backed out after the cluster chaos
   test ran tasks three times with it.) A holder that left is given ``LEFT_GRACE``
-  plus our shutdown timeout to hand its tasks on first; one no member knows,
+  plus its shutdown timeout (gossiped; ours if it does not say) to hand its tasks on
+  first, even once the membership has forgotten it (``dead_node_reclaim`` shorter);
+  one no member knows,
   ``ORPHAN_AFTER``. The copies on disk are taken over ``TAKE_CHUNK`` at a time (each tick, ``tick``): a
   plain one (priority 0, no eta, no workflow) becomes a task waiting on this node's
   disk (mesh/node/spill.py), read back in order as its queue drains, so a holder's
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from mesh.exceptions import DecodeError
 from mesh.membership import MemberState
+from mesh.node.gossip import shutdown_timeout_of
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
 from mesh.node.reclaim import live_elsewhere
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
 
 log = safe_logger("mesh.replicas")
 
-LEFT_GRACE = 15.0        # s (plus our shutdown timeout) before the copies of a holder
+LEFT_GRACE = 15.0        # s (plus its shutdown timeout) before the copies of a holder
                          # that left are run here (it hands its tasks on as it stops)
 ORPHAN_AFTER = 30.0      # s before the copies of a holder no member knows are run here
 REPAIR_CHUNK = 2000      # results copied again per gone peer per tick, at most
@@ -81,6 +84,7 @@ class Takeover:
 
     def _init_takeover(self) -> None:
         self._gone: dict[str, float] = {}          # holder -> when first seen not alive
+        self._left: dict[str, float] = {}          # holder seen left -> its grace (s)
         # results whose other copy was on a node that is gone: peer -> position reached
         self.repairs: dict[str, int] = {}
         self._repaired: dict[str, int] = {}        # peer -> results copied again so far
@@ -299,7 +303,7 @@ class Takeover:
     def check_holders(self, now: float) -> None:
         """Holders that are gone (dead; left long ago; unknown for long) are taken over."""
         ms = self.node.membership
-        grace_left = LEFT_GRACE + self.node.config.shutdown_timeout
+        own = self.node.config.shutdown_timeout
         for holder in list(self.kept) + [h for h in self.disk if h not in self.kept]:
             if holder in self._taking:
                 continue
@@ -307,16 +311,22 @@ class Takeover:
             state = m.state if m is not None else None
             if state in (MemberState.ALIVE, MemberState.SUSPECT):
                 self._gone.pop(holder, None)
+                self._left.pop(holder, None)
                 continue
             since = self._gone.setdefault(holder, now)
+            if m is not None and state == MemberState.LEFT:     # its grace (its own timeout),
+                self._left[holder] = LEFT_GRACE + shutdown_timeout_of(m.meta, own)
+            grace = self._left.get(holder)      # kept if the membership forgets it first
             if state == MemberState.DEAD:
                 self.take_over(holder, "is dead")
-            elif state == MemberState.LEFT and now - since > grace_left:
-                self.take_over(holder, f"left {grace_left:.0f} s ago without handing them on")
+            elif grace is not None and state in (MemberState.LEFT, None):
+                if now - since > grace:
+                    self.take_over(holder, f"left {grace:.0f} s ago without handing them on")
             elif state is None and now - since > ORPHAN_AFTER:
                 self.take_over(holder, "is unknown to the mesh")
             if holder not in self.kept and holder not in self.disk:
                 self._gone.pop(holder, None)
+                self._left.pop(holder, None)
 
     def note_departures(self, alive: set[str]) -> None:
         """Members that went (dead or left) since the last check: the results whose

@@ -16,6 +16,10 @@ sequences. Two tools:
   a terminal escape, whatever a peer sent and whichever call logs it. Tracebacks
   (``exc_info``) are left as they are; a record that means to span lines (a task's
   traceback in its failure line) says so with ``extra=MULTILINE``.
+
+A task's exception text (its message, its traceback) is the task's, of any size: the
+node logs it cut (``clipped``, ``clipped_lines``: ``LOG_KEPT`` characters of each line,
+and how long it was), never a line of megabytes; the result keeps it whole.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from typing import Any
 
 MAX = 120
 MULTILINE = {"multiline": True}     # ``extra=`` of a record whose lines are meant
+LOG_KEPT = 300          # characters of a task's exception text a log line keeps
+LOG_TB_LINES = 100      # lines of a task's traceback logged at each end, at most
 
 
 def printable(value: Any, limit: int = MAX) -> str:
@@ -34,6 +40,23 @@ def printable(value: Any, limit: int = MAX) -> str:
     if len(text) > limit:
         text = text[:limit - 3] + "..."
     return text
+
+
+def clipped(text: str, limit: int = LOG_KEPT) -> str:
+    """``text`` as it is, or its first ``limit`` characters and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def clipped_lines(text: str, limit: int = LOG_KEPT, lines: int = LOG_TB_LINES) -> str:
+    """``text`` (a traceback) with each line ``clipped``, and its first and last
+    ``lines`` lines only, saying how many were left out between."""
+    rows = text.split("\n")
+    if len(rows) > 2 * lines:
+        rows = [*rows[:lines], f"... ({len(rows) - 2 * lines:,} lines left out)",
+                *rows[-lines:]]
+    return "\n".join(clipped(row, limit) for row in rows)
 
 
 class OneLine(logging.Filter):

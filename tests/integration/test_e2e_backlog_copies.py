@@ -7,6 +7,7 @@ busy too, so a has no peer with room to shed its queue to.
 """
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import time
@@ -239,3 +240,49 @@ def _resent_while_stopping(start_node: Any, a: Any, b: Any, old: Any, to_b: Any,
     assert [f.node for f in result if isinstance(f, Result) and f.task_id == f"s-{last}"] == ["a"]
     wait_until(lambda: a2.status()["held"] + b.status()["held"] == 0, what="a and b to be done")
     assert _lines(out).count(f"line-{last}") == 1
+
+
+@pytest.mark.parametrize("timeout", [1, 20], ids=["before-reclaim", "after-reclaim"])
+def test_a_stopping_nodes_backup_runs_its_disk_part_after_the_grace_the_node_says(
+        start_node: Any, raw_dealer: Any, tmp_path: Path, timeout: int) -> None:
+    """A stopping node keeps its disk part and says how long its backups wait for it:
+    ``LEFT_GRACE`` + its ``--shutdown-timeout`` (how long it may run tasks once it has
+    left). Its backup waits that, whatever its own ``--shutdown-timeout``: the node says
+    its own in the gossiped meta (``stop``). Here a (1 s, or 20 s) and b (60 s): a says
+    16 s (35 s), and b runs the copies after that, saying so; with 35 s, after the
+    ``local`` profile's membership has forgotten a (30 s), b still waits a's grace.
+    (Before: b waited 15 + its own 60 s, and a's message named a bound no backup used;
+    b forgot a at 30 s and ran them then, as a node "unknown to the mesh".)"""
+    a = start_node(name="a", concurrency=1, queue_memory=WINDOW, shutdown_timeout=timeout,
+                   profile="local")
+    b = start_node(name="b", concurrency=1, peers=a.endpoint, shutdown_timeout=60,
+                   profile="local")
+    wait_until(lambda: "kept in two copies" in a.stderr(), what="a to see b")
+    to_a, to_b = raw_dealer(a.endpoint), raw_dealer(b.endpoint)
+    gate, b_gate, out = tmp_path / "gate", tmp_path / "b-gate", tmp_path / "runs"
+    to_a.send(encode(Submit("gate", "tasks_app.wait_for_file", codec.dump_call((str(gate),), {}))))
+    wait_until(lambda: a.status()["busy"] == 1, what="the gated task to start")
+    to_b.send(encode(Submit("b-gate", "tasks_app.wait_for_file",   # b busy: a sheds
+                            codec.dump_call((str(b_gate),), {}))))   # nothing to it
+    wait_until(lambda: b.status()["busy"] == 1, what="b's gated task to start")
+    for i in range(2 * WINDOW):
+        to_a.send(_submit(f"g-{i}", out, f"line-{i}"))
+    wait_until(lambda: a.status()["queued_on_disk"] > 0 and a.status()["copies_waiting"] == 0
+               and not a.status()["recopying_disk"], what="the disk part, its copies confirmed")
+    on_disk = a.status()["queued_on_disk"]
+    a.send_signal(signal.SIGTERM)
+    gate.touch()
+    assert a.wait(60) == 0
+    said = re.search(r"(\d+) queued task\(s\) wait on disk in the journal .*: they run when this "
+                     r"node starts again, or on the nodes that keep their copies if it is not "
+                     r"back within (\d+) s", a.stderr())
+    assert said is not None, a.stderr_tail()
+    grace = 15 + timeout
+    assert (int(said[1]), int(said[2])) == (on_disk, grace)
+    took = r"node a (left (\d+) s ago without handing them on|is unknown to the mesh): running"
+    wait_until(lambda: re.search(took, b.stderr()), timeout=120, what="b to take a's tasks over")
+    assert re.search(took, b.stderr())[1] == f"left {grace} s ago without handing them on"
+    b_gate.touch()
+    wait_until(lambda: len(_lines(out)) >= 2 * WINDOW, timeout=RESULT_TIMEOUT,
+               what="a's tasks to run on b")
+    assert sorted(_lines(out)) == sorted(f"line-{i}" for i in range(2 * WINDOW))

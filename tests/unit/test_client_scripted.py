@@ -542,12 +542,13 @@ class OlderNode(threading.Thread):
     as one multipart message, as a real node's (an ACK beside the big result is lost
     with it when libzmq ends the connection)."""
 
-    def __init__(self, big: str, size: int) -> None:
+    def __init__(self, big: str, size: int, silent: str = "") -> None:
         super().__init__(daemon=True)
         self.nodes = Scripted(("A",))
         self.endpoint = self.nodes.endpoints["A"]
         self.result = encode(Result(big, states.SUCCESS, codec.dumps(b"x" * size), node="A"))
         self.big, self.submits, self.running = big, [], True
+        self.silent = silent        # a task it never answers (its answers lost, say)
         self.start()
 
     def run(self) -> None:
@@ -565,6 +566,8 @@ class OlderNode(threading.Thread):
                             m.req_id, True, "A", self.nodes.members())))
                     elif isinstance(m, Submit):
                         self.submits.append(m.task_id)
+                        if m.task_id == self.silent:
+                            continue
                         out.setdefault(ident, []).append(
                             self.result if m.task_id == self.big
                             else encode(Ack([m.task_id], "A", [1, 1, 0])))
@@ -604,6 +607,38 @@ def test_a_result_over_what_a_rebuilt_link_takes_fails_its_task_after_a_few_rebu
         wait_until(lambda: late.state == states.RECEIVED, DEADLINE, "the later task's ACK")
         assert node.submits.count("ender-big") == sent            # not asked for again
         assert link.rebuilt == rebuilt and app.client.takeovers == 0
+    finally:
+        close_at_once(app)
+        node.stop()
+
+
+def test_a_task_sent_alone_without_an_answer_does_not_hold_up_the_others() -> None:
+    """Once the link to an older node has ended again, its tasks go one at a time, the
+    next once a frame about the one before came. A task the node never answers (held
+    first: it goes first) holds the others up ``ALONE_WAIT`` (5 s) only: then the next
+    goes, here the task whose result ends the link, which fails after its ends
+    (ResultTooLarge) as it would have gone first; the silent task is not failed, and
+    the link serves. (mesh/client/alone.py, ``_check_alone``: without it, the big task
+    was never sent again and its get() waited for ever.)"""
+    node = OlderNode("alone-big", 33 * MIB, silent="alone-silent")
+    app = Mesh("alone", peers=[node.endpoint], mdns=False, max_message_size=MIB)
+    try:
+        silent = app.send_task("t.any", task_id="alone-silent")
+        wait_until(lambda: "alone-silent" in node.submits, DEADLINE, "the silent task sent")
+        big = app.send_task("t.any", task_id="alone-big")
+        with pytest.raises(ResultTooLarge, match="alone-big"):
+            big.get(timeout=DEADLINE)
+        link = app.client.links[node.endpoint]
+        assert link.rebuilt >= 2 and app.client.takeovers == 0
+        # sent one at a time from the second end on: the silent task first (held first,
+        # no ends against it), nothing after it until the wait, then the big one
+        # sent: with the others (its first send, after the first end), then alone: the
+        # silent task, nothing for ALONE_WAIT, the big one; ended once, it goes first
+        sent = node.submits
+        assert sent[:7] == ["alone-silent", "alone-big"] * 3 + ["alone-big"], sent
+        assert not silent.ready() and silent.state == states.PENDING
+        late = app.send_task("t.any", task_id="alone-late")        # the link serves
+        wait_until(lambda: late.state == states.RECEIVED, DEADLINE, "the later task's ACK")
     finally:
         close_at_once(app)
         node.stop()

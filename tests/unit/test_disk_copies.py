@@ -17,6 +17,7 @@ from mesh.node import disk_copies
 from mesh.node.disk_copies import DiskCopies
 from mesh.node.naps import Nap
 from mesh.node.sqlite_journal import SqliteJournal
+from mesh.rendezvous import backup_for
 from mesh.wire.protocol import Submit, decode, encode
 
 STATES = {"b": MemberState.ALIVE, "c": MemberState.ALIVE, "d": MemberState.DEAD,
@@ -260,3 +261,35 @@ def test_a_backup_restarted_while_this_node_was_down_is_told_by_its_boot_id(
     third._alone = False
     third.check({"b", "c"}, set())
     assert not third.walking
+
+
+def test_a_joiner_gets_the_copies_it_outranks_their_backup_for_and_the_old_drops_them(
+        dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that joins ranks first (rendezvous hashing) for some tasks on disk whose
+    copy is kept, alive, elsewhere: a walk copies those to it, and once it confirmed
+    the old backup drops its copy (an owner fails a task over to where the ranking
+    says; the old copy would run it a second time at the takeover)."""
+    drops: dict[str, dict[str, str]] = {}
+    dc.replicas._queue = lambda b: types.SimpleNamespace(      # type: ignore[method-assign]
+        tasks=dc.replicas.out.setdefault(b, {}), drop=drops.setdefault(b, {}))
+    dc.node.ledger = types.SimpleNamespace(held={})
+    monkeypatch.setattr(dc.replicas, "backup_now",
+                        lambda tid, msg: backup_for(tid, dc.replicas.alive_ids(), "a"))
+    ids = _spill(dc, ["b"] * 40)
+    dc.check({"b"}, set())                      # (the first check: no joiner; alive
+    dc.tick(0.5)                                # after alone, a walk: nothing is lost)
+    dc.tick(0.6)
+    assert not dc.walking and not dc.replicas.out
+    monkeypatch.setitem(STATES, "j", MemberState.ALIVE)
+    dc.check({"b", "c", "j"}, set(), missed={"c"})      # j joins; c: a suspect back
+    assert dc.walking
+    dc.tick(1.0)
+    to_j = sorted(t for t in ids if backup_for(t, ["b", "c", "j"], "a") == "j")
+    assert 0 < len(to_j) < len(ids) and sorted(dc.replicas.out) == ["j"]
+    assert sorted(dc.replicas.out["j"]) == to_j     # (not those c ranks first for: not a joiner)
+    assert not any(drops.values())                  # (the old keeps its copy until then)
+    dc.confirmed("j", to_j)
+    assert sorted(drops["b"]) == to_j
+    assert _backups(dc) == {t: "j" if t in to_j else "b" for t in ids}
+    dc.tick(1.1)
+    assert not dc.walking and not dc.joined and dc.recopied == len(to_j)

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from mesh.security.text import MULTILINE, safe_logger
+from mesh.security.text import (
+    LOG_KEPT,
+    LOG_TB_LINES,
+    MULTILINE,
+    clipped,
+    clipped_lines,
+    safe_logger,
+)
 
 MESH = Path(__file__).resolve().parents[2] / "mesh"
 
@@ -71,3 +78,17 @@ def test_a_printable_record_keeps_its_arguments_and_a_multiline_one_its_lines(
     assert seen[0].args == (3, "b") and seen[0].msg == "took %d task(s) from %s"
     assert out.getvalue().splitlines() == ["[INFO] took 3 task(s) from b", "[ERROR] Task t raised",
                                            "Traceback (most recent call last):"]
+
+
+def test_a_tasks_exception_text_is_clipped_for_the_log() -> None:
+    """A message of megabytes, and a traceback of a million lines (a message of line
+    feeds), come to the log as their start and length, their first and last lines."""
+    assert clipped("short") == "short"
+    assert clipped("x" * 2_000_000) == "x" * LOG_KEPT + "... (2,000,000 characters)"
+    tb = "Traceback (most recent call last):\n" + "line\n" * 1_000_000 + "E: " + "y" * 5000
+    rows = clipped_lines(tb).split("\n")
+    assert len(rows) == 2 * LOG_TB_LINES + 1 and max(map(len, rows)) < 2 * LOG_KEPT
+    assert rows[0] == "Traceback (most recent call last):"
+    assert rows[LOG_TB_LINES] == f"... ({1_000_002 - 2 * LOG_TB_LINES:,} lines left out)"
+    assert rows[-1] == "E: " + "y" * (LOG_KEPT - 3) + "... (5,003 characters)"
+    assert clipped_lines("a\nb") == "a\nb"
