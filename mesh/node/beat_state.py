@@ -18,6 +18,7 @@ from mesh.security.text import safe_logger
 log = safe_logger("mesh.beat")
 
 STORE_FILE = "beat.sqlite3"
+LAST_TIME = 32_503_680_000.0   # 3000-01-01 (unix time): a peer's due or time past it is no time
 
 
 def hrw(key: str, candidates: Iterable[str]) -> str | None:
@@ -78,7 +79,10 @@ class Fired(NamedTuple):
 
         def number(name: str) -> float:
             v = d.get(name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            # (a time: not inf, nan or 1e300, which, learnt, stopped the entry on every
+            # node, and made each one's `beat` view raise, even after a restart)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or not 0.0 <= v <= LAST_TIME:
                 raise ValueError(f"firing field {name!r} is missing or bad: {v!r}"[:200])
             return float(v)
         return cls(text("entry"), number("due"), text("task_id"), text("node"), number("at"),

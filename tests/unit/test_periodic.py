@@ -181,7 +181,11 @@ def test_a_firing_from_a_peer_is_checked() -> None:
     assert Fired.from_wire(good) == Fired("tick", 10.0, "id", "n1", 11.0, "k")
     assert Fired.from_wire({**good, "due": 10}).due == 10.0
     for bad in ({**good, "due": "soon"}, {**good, "entry": ""}, {**good, "node": 5},
-                {k: v for k, v in good.items() if k != "key"}, [1, 2], {**good, "due": True}):
+                {k: v for k, v in good.items() if k != "key"}, [1, 2], {**good, "due": True},
+                # not a time: learnt, the entry's last due was inf (or 1e300): no node
+                # fired it again, and every node's `beat` view raised (kept on disk too)
+                {**good, "due": float("inf")}, {**good, "due": float("nan")},
+                {**good, "at": float("-inf")}, {**good, "due": 1e300}):
         with pytest.raises(ValueError):
             Fired.from_wire(bad)
 
