@@ -180,8 +180,9 @@ class Beat(Component):
         """The nodes that may fire our entries: settled, alive, carrying the same schedule
         (their meta says so, or they told us so themselves: ``on_sync``)."""
         me = [self.node.name] if self.settled else []
+        counted = self._counted
         return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest
-                     or self._counted.get(m.id, None) == m.meta.get("boot", "")]
+                     or (m.id in counted and counted[m.id] == m.meta.get("boot"))]
 
     def _targets(self, task: str | None = None, queue: str | None = None) -> dict[str, str]:
         """Node id -> address of the nodes a run may go to: alive, with our tasks, and

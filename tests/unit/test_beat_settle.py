@@ -223,3 +223,17 @@ def test_a_bad_settled_or_counted_is_a_warning(args: dict[str, Any],
     assert new._unconfirmed == {"old"} and not new._counted
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.getMessage().startswith("beat: a peer sent a bad beat-sync: ")
+
+
+def test_a_peer_that_did_not_say_it_settled_is_no_firer() -> None:
+    """A peer is counted as a firer when its meta carries our schedule's digest, or when
+    it said it settled (that boot of it): not because a meta without a boot text (nil
+    there: another implementation, a hostile peer) equals "nothing said"."""
+    clock = FakeClock(START)
+    a = _beat("a", "b", clock)
+    a.settled = True
+    a.node.membership.peer_meta = {"beat": "", "boot": None}
+    assert a.firers() == ["a"]
+    a._counted["b"] = "boot-b"              # it said it settled, that boot of it
+    a.node.membership.peer_meta = {"beat": "", "boot": "boot-b"}
+    assert a.firers() == ["a", "b"]
