@@ -202,6 +202,21 @@ def test_last_firings_keep_the_newest_and_survive_a_restart(tmp_path: Any) -> No
     assert LastFirings(None).get("tick") is None
 
 
+def test_a_stored_firing_that_is_no_time_is_not_loaded(tmp_path: Any) -> None:
+    """beat.sqlite3 may hold a firing learnt before peers' times were checked (due 1e300,
+    inf): loaded, the entry fired no more on this node and its `beat` view raised, at
+    every start. It is left out (said at WARNING); the others load."""
+    store = LastFirings(str(tmp_path))
+    for f in (Fired("tick", 20.0, "c", "n2", 20.1, "k"), Fired("bad", 1e300, "d", "n2", 1.0, "k"),
+              Fired("worse", float("inf"), "e", "n2", 1.0, "k")):
+        store.learn(f)
+    store.close()
+    again = LastFirings(str(tmp_path))
+    assert again.get("tick") == Fired("tick", 20.0, "c", "n2", 20.1, "k")
+    assert again.get("bad") is None and again.get("worse") is None
+    again.close()
+
+
 def test_merge_views_takes_the_newest_last_run_and_shows_disagreement() -> None:
     from mesh.periodic import merge_views
 
