@@ -421,7 +421,11 @@ class Beat(Component):
         return False
 
     def on_fired(self, args: dict[str, Any]) -> None:
-        f = Fired.from_wire(args)
+        try:
+            f = Fired.from_wire(args)
+        except ValueError as e:        # (one line, as in a beat-sync: not a traceback)
+            log.warning("beat: a peer sent a bad firing: %s", e)
+            return
         ours = self.store.get(f.entry) if self.store is not None else None
         if ours is not None and ours.due == f.due and ours.node == self.node.name != f.node:
             log.debug("beat: %s fired %s (due %s) too, as this node did: it runs once (one id)",
