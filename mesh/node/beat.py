@@ -180,8 +180,9 @@ class Beat(Component):
         """The nodes that may fire our entries: settled, alive, carrying the same schedule
         (their meta says so, or they told us so themselves: ``on_sync``)."""
         me = [self.node.name] if self.settled else []
+        counted = self._counted
         return me + [m.id for m in self._alive() if m.meta.get("beat") == self.digest
-                     or self._counted.get(m.id, None) == m.meta.get("boot", "")]
+                     or (m.id in counted and counted[m.id] == m.meta.get("boot"))]
 
     def _targets(self, task: str | None = None, queue: str | None = None) -> dict[str, str]:
         """Node id -> address of the nodes a run may go to: alive, with our tasks, and
@@ -420,7 +421,11 @@ class Beat(Component):
         return False
 
     def on_fired(self, args: dict[str, Any]) -> None:
-        f = Fired.from_wire(args)
+        try:
+            f = Fired.from_wire(args)
+        except ValueError as e:        # (one line, as in a beat-sync: not a traceback)
+            log.warning("beat: a peer sent a bad firing: %s", e)
+            return
         ours = self.store.get(f.entry) if self.store is not None else None
         if ours is not None and ours.due == f.due and ours.node == self.node.name != f.node:
             log.debug("beat: %s fired %s (due %s) too, as this node did: it runs once (one id)",

@@ -8,7 +8,7 @@ import datetime as dt
 import os
 import sqlite3
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from mesh.digest import blake2b, sha1
 from mesh.schedules import BaseSchedule
@@ -18,6 +18,7 @@ from mesh.security.text import safe_logger
 log = safe_logger("mesh.beat")
 
 STORE_FILE = "beat.sqlite3"
+LAST_TIME = 32_503_680_000.0   # 3000-01-01 (unix time): a peer's due or time past it is no time
 
 
 def hrw(key: str, candidates: Iterable[str]) -> str | None:
@@ -78,11 +79,18 @@ class Fired(NamedTuple):
 
         def number(name: str) -> float:
             v = d.get(name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if not is_time(v):
                 raise ValueError(f"firing field {name!r} is missing or bad: {v!r}"[:200])
             return float(v)
         return cls(text("entry"), number("due"), text("task_id"), text("node"), number("at"),
                    text("key"))
+
+
+def is_time(v: Any) -> TypeGuard[float]:
+    """A unix time: not inf, nan or 1e300, which, learnt as a firing's due, stopped its
+    entry on every node (no run after it) and made each one's `beat` view raise, also
+    after a restart (kept in beat.sqlite3)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and 0.0 <= v <= LAST_TIME
 
 
 def entry_key(key_text: str) -> str:
@@ -107,7 +115,11 @@ class LastFirings:
             db.execute("CREATE TABLE IF NOT EXISTS fired (entry TEXT PRIMARY KEY, due REAL, "
                        "task_id TEXT, node TEXT, at REAL, key TEXT)")
             for row in db.execute("SELECT entry, due, task_id, node, at, key FROM fired"):
-                self.last[row[0]] = Fired(*row)
+                if is_time(row[1]) and is_time(row[4]):
+                    self.last[row[0]] = Fired(*row)
+                else:          # (learnt before peers' times were checked: is_time)
+                    log.warning("beat: %s: the last firing of %r kept there is not at a "
+                                "time (due %r, at %r): left out", path, row[0], row[1], row[4])
             self._db = db
         except (sqlite3.Error, OSError) as e:
             log.error("beat: cannot use %s (%s): last firings are kept in memory only", path, e)

@@ -30,7 +30,15 @@ from mesh.node.commands import Command, ControlState
 from mesh.node.component import Component
 from mesh.security.text import safe_logger
 from mesh.web.chartlines import chart_lines
-from mesh.web.history import INFO_REPR, LIST_REPR, HistoryError, JournalReader, Query, submit_fields
+from mesh.web.history import (
+    INFO_REPR,
+    LIST_REPR,
+    HistoryError,
+    JournalReader,
+    Query,
+    frame_matches,
+    submit_fields,
+)
 from mesh.wire.protocol import ControlReply, encode
 
 if TYPE_CHECKING:
@@ -41,6 +49,9 @@ log = safe_logger("mesh.web")
 
 T = TypeVar("T")
 MAX_LIMIT = 1000
+SEARCHED_MIN = 200              # held tasks (the newest) a text filter looks at, on the loop,
+HELD_BUDGET = 0.05              # then for this many seconds at most (1-2 ms a task with large
+SEARCHED_HELD = 2 * MAX_LIMIT   # arguments, 60 us a small one), and this many at most
 MAX_STEP_BUCKETS = 2000          # a chart asks for at most this many buckets
 COMMANDS = ("web.tasks", "web.task", "web.series", "web.summary")
 
@@ -136,10 +147,21 @@ class HistoryService:
             if q.matches_open(e.name, state, e.received):
                 found.append(e)
         found.sort(key=lambda e: e.received, reverse=True)
-        out = [self.describe(e) for e in found[:limit * 2]]
-        if q.search is not None:
-            out = [t for t in out if q.search in str(t.get("args")) + str(t.get("kwargs")) + t["name"]]
-        return out[:limit]
+        if q.search is None:
+            return [self.describe(e) for e in found[:limit]]
+        # newest first, as the journal's are searched (frame_matches), SEARCHED_MIN at
+        # least, then as many as HELD_BUDGET allows on the loop, SEARCHED_HELD at most:
+        # not the newest 2 x limit, which missed a match a few tasks older than a small page
+        out = []
+        stop = time.monotonic() + HELD_BUDGET
+        for n, e in enumerate(found[:SEARCHED_HELD]):
+            if n >= SEARCHED_MIN and time.monotonic() > stop:
+                break
+            if frame_matches(e.frame, q.search):
+                out.append(self.describe(e))
+                if len(out) == limit:
+                    break
+        return out
 
     async def tasks(self, args: dict[str, Any]) -> dict[str, Any]:
         q = Query.from_args(args)

@@ -10,7 +10,9 @@ the rowid order is the finishing order), joined with their ``tasks`` row (the Su
 name, arguments, received time). Pages are read newest first in windows of rowids:
 a page stops when it has ``limit`` matches, when the time budget is spent, or at the
 oldest row; its ``cursor`` says where the next page starts. Response time is thus
-bounded whatever the size of the history and however rare the matches.
+bounded whatever the size of the history and however rare the matches. (A free-text
+search decodes each frame: its windows are as many rows as the budget left affords at
+the pace measured, from SEARCH_FIRST, not WINDOW.)
 
 Filters: state (sqlite compares a column), name (the encoded name is searched in the
 Submit frame by sqlite's ``instr``, then checked on the decoded frame), free text (in the
@@ -39,6 +41,8 @@ from mesh.workflow.ids import RECORD_OWNER
 log = safe_logger("mesh.web.history")
 
 WINDOW = 20_000            # rowids scanned per sqlite query
+SEARCH_FIRST = 100         # ... by a free-text search's first query (it decodes each frame
+                           # in Python: the next ones look at what the budget left affords)
 BUDGET = 0.25              # s a page may spend scanning before it returns what it found
 SUMMARY_TTL = 10.0         # s a summary (counts by state: full scans) is reused
 LIST_REPR = 200            # characters of args/result text in a list row
@@ -183,6 +187,15 @@ def frame_matches(frame: bytes | None, text: str) -> int:
         return 0
 
 
+def _affordable(looked: int, spent: float, left: float, window: int) -> int:
+    """Rows the next query of a search may look at: as many as the ``left`` of the
+    budget affords at the pace of the last one (``looked`` rows in ``spent`` s), and
+    WINDOW at most (twice the last window when it took no measurable time)."""
+    if looked <= 0 or spent <= 0:
+        return min(WINDOW, 2 * window)
+    return max(1, min(WINDOW, int(looked * left / spent)))
+
+
 class JournalReader:
     """Read-only queries on one journal file. Use it from one thread only."""
 
@@ -285,9 +298,11 @@ class JournalReader:
         rowids: list[int] = []
         deadline = self._clock() + budget
         start = hi
+        window = WINDOW if q.search is None else SEARCH_FIRST
         while hi >= floor and len(out) < limit:
-            lo = max(hi - WINDOW, floor - 1)
+            lo = max(hi - window, floor - 1)
             want = limit - len(out)
+            top, began = hi, self._clock() if q.search is not None else 0.0
             rows = self._run(sql, {**params, "hi": hi, "lo": lo, "n": want})
             for rowid, tid, state, finished, frame, received, blob in rows:
                 t = task_row(tid, state, finished, frame, received, blob, self.node, LIST_REPR)
@@ -297,8 +312,11 @@ class JournalReader:
                 rowids.append(rowid)
             # the window goes on below the last row read when LIMIT cut it short
             hi = rows[-1][0] - 1 if len(rows) == want else lo
-            if self._clock() > deadline:
+            now = self._clock()
+            if now > deadline:
                 break
+            if q.search is not None:    # (a window of 20,000 decoded frames took seconds)
+                window = _affordable(top - hi, now - began, deadline - now, window)
         return {"tasks": out, "rowids": rowids, "cursor": hi if hi >= max(floor, 1) else None,
                 "scanned": start - hi}
 

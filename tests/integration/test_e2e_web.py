@@ -325,3 +325,22 @@ def test_the_text_filter_finds_numbers_in_arguments_and_not_ids(start_node, make
     assert found("4099", name="tasks_app.add") == {order.id}
     assert found("tasks_app.echo") == {others[5].id}            # the name
     assert found(order.id[-12:]) == set()                       # not the id
+
+
+def test_the_text_filter_searches_held_tasks_beyond_the_newest_few(start_node, make_client) -> None:  # type: ignore[no-untyped-def]
+    """A node holds 120 tasks (due in 5 min); the oldest one has the argument searched
+    for. The filter of held tasks looked at the newest 2 x limit only, so with a page
+    of 5 it was not found (nor with the dashboard's 100 among 250). The newest 200
+    held at least are searched now (then up to 2,000 as 50 ms on the loop allow)."""
+    a = start_web_node(start_node, name="wh")
+    web = _web(a)
+    client = make_client(a)
+    oldest = client.tasks.add.apply_async((777001, 1), countdown=300)
+    assert client.app.client.flush(30) == 0
+    rest = [client.tasks.add.apply_async((i, i), countdown=300) for i in range(119)]
+    assert client.app.client.flush(30) == 0 and len(rest) == 119
+    wait_for(lambda: len(web.get("/api/mesh/tasks?limit=1000")["tasks"]) == 120,
+             what="the 120 held tasks listed")
+    page = web.get("/api/mesh/tasks?search=777001&limit=5")
+    assert not page["errors"], page["errors"]
+    assert [t["uuid"] for t in page["tasks"]] == [oldest.id], page["tasks"]

@@ -223,3 +223,36 @@ def test_a_bad_settled_or_counted_is_a_warning(args: dict[str, Any],
     assert new._unconfirmed == {"old"} and not new._counted
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.getMessage().startswith("beat: a peer sent a bad beat-sync: ")
+
+
+def test_a_peer_that_did_not_say_it_settled_is_no_firer() -> None:
+    """A peer is counted as a firer when its meta carries our schedule's digest, or when
+    it said it settled (that boot of it): not because a meta without a boot text (nil
+    there: another implementation, a hostile peer) equals "nothing said"."""
+    clock = FakeClock(START)
+    a = _beat("a", "b", clock)
+    a.settled = True
+    a.node.membership.peer_meta = {"beat": "", "boot": None}
+    assert a.firers() == ["a"]
+    a._counted["b"] = "boot-b"              # it said it settled, that boot of it
+    a.node.membership.peer_meta = {"beat": "", "boot": "boot-b"}
+    assert a.firers() == ["a", "b"]
+
+
+@pytest.mark.parametrize("args", [
+    {"entry": "tick", "due": float("inf"), "task_id": "x", "node": "old", "at": 1.0, "key": "k"},
+    {"entry": "tick", "due": "soon", "task_id": "x", "node": "old", "at": 1.0, "key": "k"},
+    {"noreply": True},
+])
+def test_a_bad_beat_fired_is_a_warning(args: dict[str, Any],
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A peer's beat-fired that is not a firing is one WARNING line and changes nothing,
+    as a bad firing in a beat-sync is: not a ValueError out of the handler (the node
+    logged a traceback for each such message)."""
+    clock = FakeClock(START)
+    b = _beat("new", "old", clock)
+    b.on_fired(args)
+    assert b.store is not None and b.store.get("tick") is None
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage().startswith("beat: a peer sent a bad firing: ")

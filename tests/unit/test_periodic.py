@@ -181,7 +181,11 @@ def test_a_firing_from_a_peer_is_checked() -> None:
     assert Fired.from_wire(good) == Fired("tick", 10.0, "id", "n1", 11.0, "k")
     assert Fired.from_wire({**good, "due": 10}).due == 10.0
     for bad in ({**good, "due": "soon"}, {**good, "entry": ""}, {**good, "node": 5},
-                {k: v for k, v in good.items() if k != "key"}, [1, 2], {**good, "due": True}):
+                {k: v for k, v in good.items() if k != "key"}, [1, 2], {**good, "due": True},
+                # not a time: learnt, the entry's last due was inf (or 1e300): no node
+                # fired it again, and every node's `beat` view raised (kept on disk too)
+                {**good, "due": float("inf")}, {**good, "due": float("nan")},
+                {**good, "at": float("-inf")}, {**good, "due": 1e300}):
         with pytest.raises(ValueError):
             Fired.from_wire(bad)
 
@@ -196,6 +200,21 @@ def test_last_firings_keep_the_newest_and_survive_a_restart(tmp_path: Any) -> No
     assert again.get("tick") == Fired("tick", 20.0, "c", "n2", 20.1, "k")
     again.close()
     assert LastFirings(None).get("tick") is None
+
+
+def test_a_stored_firing_that_is_no_time_is_not_loaded(tmp_path: Any) -> None:
+    """beat.sqlite3 may hold a firing learnt before peers' times were checked (due 1e300,
+    inf): loaded, the entry fired no more on this node and its `beat` view raised, at
+    every start. It is left out (said at WARNING); the others load."""
+    store = LastFirings(str(tmp_path))
+    for f in (Fired("tick", 20.0, "c", "n2", 20.1, "k"), Fired("bad", 1e300, "d", "n2", 1.0, "k"),
+              Fired("worse", float("inf"), "e", "n2", 1.0, "k")):
+        store.learn(f)
+    store.close()
+    again = LastFirings(str(tmp_path))
+    assert again.get("tick") == Fired("tick", 20.0, "c", "n2", 20.1, "k")
+    assert again.get("bad") is None and again.get("worse") is None
+    again.close()
 
 
 def test_merge_views_takes_the_newest_last_run_and_shows_disagreement() -> None:
