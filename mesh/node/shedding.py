@@ -241,9 +241,10 @@ class Shedder(Component):
         # a task's queue matters only if some peer does not take every queue
         by_queue = any(not from_meta(r.member.meta).every for r in rooms)
         # the tasks that would start next, each to the least loaded peer it fits that
-        # takes it (our load goes down by each one)
+        # takes it (our load goes down by each one), until none fits: past those no
+        # peer takes (another queue, a name it has not), HEAD_LOOK at least
         need = sum(room(ours, ours_total, r.load, r.total) for r in rooms)
-        for item in self._movable(pool.head(need + skip))[:need]:
+        for item in head if need <= HEAD_LOOK else self._movable(pool.head(need + skip)):
             entry = item[2]
             queue = self._queue_of(entry) if by_queue else ""
             fit = [r for r in rooms if fits(ours, ours_total, r.load, r.total)]
