@@ -179,6 +179,9 @@ class Members(Component):
                 "events": node.events_endpoint, "clock": node.events.clock,
                 "beat": node.beat.advertised() if node.beat is not None else "",
                 "boot": node.boot,
+                # tasks taken from peers: a shedder counts what it sent until this shows
+                # them (mesh/node/shedding.py)
+                "took": node.handoff.received,
                 # what one sender may have held here: clients send no more (client/room.py)
                 "quota": [node.config.quota_tasks, node.config.quota_bytes],
                 # how long it may run tasks once it leaves: the nodes keeping copies of

@@ -236,6 +236,9 @@ class Handoffs(Component):
             # held here again: copied again (Replicas.taken_back: made when a backup kept
             # one copy per id, which the receiver's earlier run had replaced and reclaimed)
             node.replicas.taken_back(refused)
+            shedder = getattr(node, "shedder", None)
+            if shedder is not None and out.reason == SHED_REASON:   # not in its load
+                shedder.refused(out.target, len(refused))
             if node.stopping and why == {NO_BACKUP_REASON}:
                 # shed, refused for want of a second copy there, but this node is leaving
                 # now: one copy there beats none (kept here until this node starts again)

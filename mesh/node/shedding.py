@@ -2,23 +2,40 @@
 
 Every ``SHED_INTERVAL``, if the oldest of the next ``HEAD_LOOK`` queued tasks (those that
 would start next) has waited more than ``SHED_AFTER``
-and no child is idle, the tasks that would start next go to peers whose gossiped load
-shows room and that take them: of our mesh, serving the task's queue, with its name
+and no child is idle, the tasks that would start next go to peers that are less loaded
+and that take them: of our mesh, serving the task's queue, with its name
 registered (the meta says; mesh/capabilities.py). They go node to node
 (mesh/node/handoff.py): the peer journals them before this node forgets them, and
 their owners, if still there, are told where they went (MOVED). The submitter is
 never needed.
 
+Even loads (``fits``): a node's load is its tasks (running and queued) per child. A
+peer is sent a task only if it is then no more loaded than this node is without it,
+counting what we sent it that its gossiped load does not show yet; so a peer as loaded
+as we are is sent nothing, and after a shed neither side sees the other with room
+(nothing comes back). At most twice its children in tasks (a short queue on a free
+node beats waiting here behind a stuck child; a long backlog goes over a batch per
+report). Before (session 18), room was ``2*total - busy - queued``: a peer whose
+children were all busy and whose queue was empty had room for ``total`` tasks, so two
+full nodes (2 children each, 6 tasks of 20 s) passed tasks back and forth, 14
+handoffs in 20 s.
+
+What the gossiped load shows: each node gossips ``took``, the tasks it has taken from
+peers (mesh/node/gossip.py). What we sent a peer counts on top of its gossiped load
+until its ``took`` has grown by as much (a report older than our shed, gossiped after
+it, showed the peer emptier than it is, and we sent more: then it sent them back);
+from a node without ``took``, until its next report.
+
 Hysteresis (no ping-pong): gossiped loads are a moment old, so a node that took shed
-tasks may see the giver with room and shed back, and so on, every 0.1 s to 1 s. A
-task that came here by shedding is not shed again for ``SHED_HOLD`` seconds, and a
-peer that shed tasks here is not shed to for ``PEER_HOLD`` seconds.
+tasks may see the giver with room and shed back. A task that came here by shedding
+is not shed again for ``SHED_HOLD`` seconds, and a peer that shed tasks here is not
+shed to for ``PEER_HOLD`` seconds.
 
 Crossings: two equally busy nodes that each see the other idle (gossip a moment old,
 as a burst begins on both) shed to each other at once, before either batch arrives;
 they swapped tasks and both stayed as busy (seen with two real nodes, 4 tasks each
-way at the start of a burst). A shed that arrives from a peer this node shed to
-within ``CROSS_WINDOW`` seconds is refused (mesh/node/handoff.py): each keeps its
+way at the start of a burst). A shed that arrives from a peer this node shed to within
+``CROSS_WINDOW`` seconds is refused (mesh/node/handoff.py): each keeps its
 own tasks, and neither sheds to the other for ``PEER_HOLD``.
 """
 from __future__ import annotations
@@ -55,13 +72,45 @@ HOLD_LOOK = 1024       # of those, how many are looked past at the head of the q
 CROSS_WINDOW = 0.5
 CROSS_REASON = ("it crossed a shed the other way (each node saw the other with room): both "
                 "keep their own")
+SENT_TTL = 5.0         # s after our last shed to a peer: what its load does not show is forgotten
+
+
+def fits(ours: int, our_total: int, theirs: int, their_total: int) -> bool:
+    """Whether one more task moved from this node (``ours`` tasks, running and queued,
+    on ``our_total`` children) to a peer (``theirs`` on ``their_total``) leaves the peer
+    no more loaded per child than this node, and under twice its children in tasks."""
+    return (theirs + 1 <= 2 * their_total
+            and (theirs + 1) * our_total <= (ours - 1) * their_total)
+
+
+def room(ours: int, our_total: int, theirs: int, their_total: int) -> int:
+    """How many tasks in a row ``fits`` lets this node move to that peer."""
+    if our_total <= 0 or their_total <= 0:
+        return 0
+    even = (their_total * ours - our_total * theirs) // (our_total + their_total)
+    return max(0, min(even, 2 * their_total - theirs))
+
+
+def _count(value: object) -> int | None:
+    """A gossiped counter (a peer may lie: not a count, None)."""
+    return value if type(value) is int and value >= 0 else None
+
+
+@dataclass
+class _Given:
+    """Tasks shed to one peer that its gossiped load may not show yet."""
+    version: int         # its meta version when we last looked
+    took: int | None     # its ``took`` then (None: a node that does not gossip it)
+    n: int               # tasks sent since, not shown
+    at: float            # when we last shed to it
 
 
 @dataclass
 class _Room:
     member: Member
-    left: int            # tasks it may still be given now
-    sent: int            # tasks sent to it since its last report
+    total: int           # its children (as gossiped, believed up to MAX_SHED_CHILDREN)
+    load: int            # its tasks, running and queued, and those we sent it since
+    sent: int            # of those, what we sent it this round
 
 
 class Shedder(Component):
@@ -69,7 +118,7 @@ class Shedder(Component):
     requires = ("pool", "membership", "routing", "handoff")
 
     def __init__(self) -> None:
-        self._shed_to: dict[str, tuple[int, int]] = {}   # peer -> (its meta version, tasks sent since)
+        self._given: dict[str, _Given] = {}   # peer -> what we shed it that its load does not show
         # task id -> when it came here by shedding (oldest first); peer -> when it shed here
         self._arrived: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._shed_from: dict[str, float] = {}
@@ -79,6 +128,39 @@ class Shedder(Component):
     def sent(self, target: str, now: float) -> None:
         """A shed to ``target`` went out (mesh/node/handoff.py)."""
         self._sent_to[target] = now
+
+    def refused(self, target: str, n: int) -> None:
+        """``target`` did not take ``n`` tasks we shed it (mesh/node/handoff.py): they
+        are not in its load."""
+        g = self._given.get(target)
+        if g is not None:
+            g.n = max(0, g.n - n)
+
+    def gave(self, m: Member, n: int, now: float) -> None:
+        """We shed ``n`` tasks to ``m`` (as its gossiped meta is now): in its load until
+        it shows them."""
+        g = self._given.setdefault(m.id, _Given(m.meta_version, _count(m.meta.get("took")), 0, now))
+        g.n += n
+        g.at = now
+
+    def unshown(self, m: Member, now: float) -> int:
+        """The tasks we shed to ``m`` that its gossiped load does not show yet: until
+        its ``took`` has grown by as many (else until a fresh report), SENT_TTL at most."""
+        g = self._given.get(m.id)
+        if g is None:
+            return 0
+        fresh = m.meta_version != g.version
+        took = _count(m.meta.get("took"))
+        if took is not None and g.took is not None:
+            g.n = max(0, g.n - max(0, took - g.took))    # taken there since: in its load
+        elif fresh:
+            g.n = 0
+        if fresh and now - g.at > SENT_TTL:        # (an answer lost: it may never show)
+            g.n = 0
+        g.version, g.took = m.meta_version, took
+        if not g.n:
+            del self._given[m.id]
+        return g.n
 
     def crossing(self, source: str, now: float) -> bool:
         """Whether a shed arriving from ``source`` crosses one of ours to it: we shed to
@@ -118,11 +200,10 @@ class Shedder(Component):
 
     def shed(self, now: float) -> int:
         """Give queued (not started) tasks that have waited longer than SHED_AFTER
-        to peers with room: by their gossiped load, fewer tasks than twice their
-        children (a short queue on a free node beats waiting here behind a stuck
-        child), less what we sent them since that report. They are handed over node
-        to node; those a peer does not take come back to the queue. Returns how many
-        were sent."""
+        to peers less loaded than this node: each task to a peer it ``fits`` (no more
+        loaded than we are after the move, by its gossiped load and what we sent it
+        that the load does not show yet). They are handed over node to node; those a
+        peer does not take come back to the queue. Returns how many were sent."""
         node = self.node
         pool, ms = node.pool, node.membership
         if not pool.queued or pool.idle or node.stopping:
@@ -137,6 +218,8 @@ class Shedder(Component):
         head = self._movable(pool.head(HEAD_LOOK + skip))
         if not head or now - min(e.received for _, _, e in head) < SHED_AFTER:
             return 0
+        busy, ours_total, queued = node.load()
+        ours = busy + queued
         rooms: list[_Room] = []
         for m in ms.alive_members(include_self=False):
             if now - self._shed_from.get(m.id, -PEER_HOLD) < PEER_HOLD:
@@ -144,14 +227,12 @@ class Shedder(Component):
             meta = m.meta
             try:
                 total = min(int(meta.get("total", 0)), MAX_SHED_CHILDREN)   # a peer may lie
-                free = 2 * total - int(meta.get("busy", 0)) - int(meta.get("queued", 0))
+                load = max(0, int(meta.get("busy", 0))) + max(0, int(meta.get("queued", 0)))
             except (TypeError, ValueError):
                 continue
-            version, sent = self._shed_to.get(m.id, (-1, 0))
-            if version != m.meta_version:    # a fresh report: it counts what we sent
-                sent = 0
-            if free - sent > 0:
-                rooms.append(_Room(m, free - sent, sent))
+            load += self.unshown(m, now)       # (so at most 2 * total tasks go to one peer)
+            if room(ours, ours_total, load, total) > 0:
+                rooms.append(_Room(m, total, load, 0))
         if not rooms:
             return 0
         moved: dict[str, list[Entry]] = {}          # target id -> entries
@@ -159,32 +240,37 @@ class Shedder(Component):
         chosen: set[int] = set()
         # a task's queue matters only if some peer does not take every queue
         by_queue = any(not from_meta(r.member.meta).every for r in rooms)
-        # the tasks that would start next, each to the first peer with room that takes it
-        need = sum(r.left for r in rooms)
-        for item in self._movable(pool.head(need + skip))[:need]:
+        # the tasks that would start next, each to the least loaded peer it fits that
+        # takes it (our load goes down by each one), until none fits: past those no
+        # peer takes (another queue, a name it has not), HEAD_LOOK at least
+        need = sum(room(ours, ours_total, r.load, r.total) for r in rooms)
+        for item in head if need <= HEAD_LOOK else self._movable(pool.head(need + skip)):
             entry = item[2]
             queue = self._queue_of(entry) if by_queue else ""
-            for r in rooms:
-                if r.left > 0 and accepts(r.member.meta, queue, entry.name):
+            fit = [r for r in rooms if fits(ours, ours_total, r.load, r.total)]
+            if not fit:
+                break
+            fit.sort(key=lambda r: r.load / r.total)
+            for r in fit:
+                if accepts(r.member.meta, queue, entry.name):
                     moved.setdefault(r.member.id, []).append(entry)
                     chosen.add(id(entry))
-                    r.left -= 1
+                    r.load += 1
+                    r.sent += 1
+                    ours -= 1
                     break
-            if not any(r.left > 0 for r in rooms):
-                break
         if not chosen:
             return 0
         pool.discard(chosen)       # from both heaps (async tasks' too)
         for r in rooms:
-            taken = len(moved.get(r.member.id, ()))
-            if taken:
-                self._shed_to[r.member.id] = (r.member.meta_version, r.sent + taken)
+            if r.sent:
+                self.gave(r.member, r.sent, now)
         members = {r.member.id: r.member for r in rooms}
         for target, entries in moved.items():
             node.handoff.hand(entries, REASON, members[target])
         n = sum(len(v) for v in moved.values())
         if n:
-            log.info("shedding %d queued task(s) to %d peer(s) with room", n, len(moved))
+            log.info("shedding %d queued task(s) to %d peer(s) less loaded", n, len(moved))
         return n
 
     def _movable(self, items: list[QueueItem]) -> list[QueueItem]:

@@ -31,6 +31,7 @@ from harness import (
 )
 
 from mesh.cli.common import EXIT_OK
+from mesh.node import shedding
 from mesh.wire.protocol import ControlReply
 
 RESULT_TIMEOUT = 60.0
@@ -95,6 +96,41 @@ def test_shedding_hands_queued_tasks_to_an_idle_node(start_node: NodeFactory,
     sa, sb = a.status(), b.status()      # (b may shed some back to a)
     assert sb["taken_from_peers"] - sb["handed_off"] == ran.count("b")
     assert sa["handed_off"] - sa["taken_from_peers"] == ran.count("b")
+
+
+def test_two_full_nodes_do_not_pass_tasks_back_and_forth(start_node: NodeFactory,
+                                                         make_client: Any, tmp_path: Path) -> None:
+    """Two nodes of 2 children, six long tasks all sent to a: a sheds three to b (then
+    each runs two and has one queued, equally loaded) and nothing more moves, either
+    way, while they run. Before, room was 2*total - busy - queued: a sent b four (b,
+    all busy with an empty queue, had "room" for 2), and b, seeing a all busy with an
+    empty queue, sent two back once they had waited there SHED_HOLD, and so on (6 tasks
+    of 20 s: 14 handoffs in 20 s; here a handed 4 at once, and b sent tasks back within
+    the wait below). The tasks wait on a gate, so none finishes (and legitimately frees
+    a child) while the handoffs are counted."""
+    # all sent to a while it is alone (a submitter that knew b would place some there
+    # itself, as b's load in a's view is a moment old: a then sent b one, and b one
+    # back, legitimately by its fresher view), then b joins, idle, and a sheds to it
+    a = start_node(name="a", concurrency=2, profile="test")
+    gate = tmp_path / "gate"
+    ids = submit_and_exit([a], [("tasks_app.wait_for_file", [str(gate)], {})] * 6)
+    wait_until(lambda: a.status()["queued"] == 4, what="two running on a, four queued")
+    b = start_node(name="b", concurrency=2, peers=a.endpoint, profile="test")
+    form_mesh(a, b)
+    wait_until(lambda: a.status()["busy"] == 2 and b.status()["busy"] == 2,
+               what="both nodes' children busy")
+    # long enough for a task that came by shedding, and a peer that shed here, to be
+    # shed to again (SHED_HOLD, PEER_HOLD), and for fresh reports both ways
+    time.sleep(shedding.SHED_HOLD + shedding.PEER_HOLD + 1.0)
+    sa, sb = a.status(), b.status()
+    moved = {"a": (sa["handed_off"], sa["taken_from_peers"]),
+             "b": (sb["handed_off"], sb["taken_from_peers"])}
+    assert moved == {"a": (3, 0), "b": (0, 3)}, moved          # three each, moved once
+    assert (sa["held"], sb["held"]) == (3, 3)
+    gate.touch()
+    reader = make_client(b)
+    assert results(reader, ids) == ["opened"] * 6
+    assert sorted(nodes_of(reader, ids)) == ["a"] * 3 + ["b"] * 3
 
 
 def _a_busy_with_work_then_b(start_node: NodeFactory, gate: Path, countdown: float) -> Any:

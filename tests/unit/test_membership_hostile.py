@@ -72,7 +72,7 @@ values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
     max_leaves=5)
 # the keys the node reads from a peer's meta (its load, placement and shedding) and others
-metas = (st.dictionaries(st.sampled_from(["busy", "total", "queued", "rate", "cpu", "rss", "tasks"])
+metas = (st.dictionaries(st.sampled_from(["busy", "total", "queued", "rate", "cpu", "rss", "tasks", "took"])
                          | st.text(max_size=5), values, max_size=6)
          | st.just({f"k{i}": i for i in range(64)}) | st.just({}))
 
