@@ -433,9 +433,13 @@ class Client(Links, Members, Alone, Routing, WaitingRoom, Lookups, Closing, Repl
                     msg = decode(frame, self.config.max_message_size)
                 except DecodeError as e:
                     if len(frame) > self.config.max_message_size:
-                        read = self._oversized(frame, link)   # (from a node that does
-                        if link.lone and names(read, link.lone):   # not know our limit)
-                            self._answered_alone(link)  # (alone.py)
+                        try:                 # (from a node that does not know our limit)
+                            read = self._oversized(frame, link)
+                            if link.lone and names(read, link.lone):
+                                self._answered_alone(link)  # (alone.py)
+                        except Exception:    # never the end of this thread
+                            log.exception("error handling a frame of %d bytes (over this "
+                                          "client's limit) from %s", len(frame), link.endpoint)
                     else:
                         log.warning("dropped a bad frame from %s: %s", link.endpoint, e)
                     continue

@@ -38,6 +38,7 @@ from mesh.node.beat_send import Outbox, Run
 from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, hrw
 from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
+from mesh.node.gossip import shutdown_timeout_of
 from mesh.node.naps import IDLE_CAP, aligned
 from mesh.node.takeover import LEFT_GRACE
 from mesh.periodic import Entry, Schedule
@@ -222,9 +223,11 @@ class Beat(Component):
         for peer in new:
             self._sync_to(alive[peer])
         ms = self.node.membership
-        leaving = {m.id for m in ms.members()[1:] if m.state == MemberState.LEFT} if ms else set()
-        self.outbox.check(now, {**alive, self.node.name: self.node.address}, leaving,
-                          LEFT_GRACE + self.node.config.shutdown_timeout)
+        own = self.node.config.shutdown_timeout
+        left = [m for m in ms.members()[1:] if m.state == MemberState.LEFT] if ms else []
+        self.outbox.check(now, {**alive, self.node.name: self.node.address},
+                          {m.id for m in left}, LEFT_GRACE + own,
+                          {m.id: LEFT_GRACE + shutdown_timeout_of(m.meta, own) for m in left})
         for name in [n for n in self._stuck if not self.waiting(n)]:
             self._stuck.discard(name)
             log.info("beat: runs of %s are taken by a node again", name)

@@ -59,6 +59,20 @@ def test_a_run_held_by_a_node_that_left_waits_its_grace_then_goes_elsewhere() ->
     asyncio.run(_scenario(steps))
 
 
+def test_a_run_held_by_a_node_that_left_waits_that_nodes_own_grace() -> None:
+    """A node that left says its own --shutdown-timeout (meta "stop"): its runs are
+    waited for its grace, not ours, also once the membership forgot it (before: ours,
+    so a run still running on a node with a longer timeout was sent again and ran twice)."""
+    async def steps(out: Outbox, run: Run, addr: str, router: zmq.Socket[bytes]) -> None:
+        out.check(1.0, {"me": ""}, {"a"}, grace=10.0, graces={"a": 30.0})
+        out.check(5.0, {"me": ""}, set(), grace=10.0)          # forgotten by the membership
+        out.check(11.5, {"me": ""}, set(), grace=10.0)         # past ours, within a's
+        assert (run.target, run.acked, run.sends) == ("a", True, 1)
+        out.check(31.5, {"me": ""}, set(), grace=10.0)         # past a's own
+        assert run.target == "" and run.sent_at == 31.5
+    asyncio.run(_scenario(steps))
+
+
 def test_a_node_back_within_the_grace_is_sent_the_run_again() -> None:
     async def steps(out: Outbox, run: Run, addr: str, router: zmq.Socket[bytes]) -> None:
         out.check(1.0, {"me": ""}, {"a"}, grace=10.0)

@@ -535,6 +535,30 @@ def test_a_retry_over_the_limit_from_an_older_node_is_taken_cut_short() -> None:
         nodes.close()
 
 
+def test_an_oversized_frame_the_client_cannot_take_does_not_end_its_io_thread() -> None:
+    """An older node's RETRY over the client's limit whose retries (2**64-1) overflow
+    the kept SUBMIT's re-encoding: handling it raises. Said in the log, like any frame
+    whose handling fails, and the I/O thread goes on (before: the exception left
+    _drain_socket, the thread ended and another took over: takeovers 1)."""
+    nodes = Scripted(("A",))
+    app = _small_client(nodes, "retry-hostile")
+    try:
+        r = app.send_task("t.any", task_id="retry-hostile-1")
+        ident = nodes.pump(lambda got: _submits(got))[0][1]
+        cause = "c" * (MIB // 2)
+        frame = encode(Result("retry-hostile-1", states.RETRY, exc={
+            "type": "OSError", "module": "builtins", "message": cause + cause + "c"}, node="A",
+            retries=2**64 - 1, eta=1.7e9))
+        assert MIB < len(frame) < 2 * MIB
+        nodes.socks["A"].send_multipart([ident, frame])
+        nodes.send("A", ident, Result("retry-hostile-1", states.SUCCESS, codec.dumps(7), node="A"))
+        assert r.get(timeout=DEADLINE) == 7
+        assert app.client.takeovers == 0
+    finally:
+        close_at_once(app)
+        nodes.close()
+
+
 class OlderNode(threading.Thread):
     """A scripted node from before the client's stated limit, set above 16 MiB: it
     answers each SUBMIT of ``big`` with that task's stored result of ``size`` bytes,
