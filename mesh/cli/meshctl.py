@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, die, run_cli
+from mesh.security.text import json_text
 
 if __name__ == "__main__":
     # `python -m mesh.cli.meshctl`: the subcommands' modules import mesh.cli.meshctl,
@@ -212,7 +213,7 @@ def ping(ctx: click.Context) -> int:
     replies = _broadcast(ctx, "ping")
     ok = {ep: r for ep, r in replies.items() if isinstance(r, ControlReply) and r.ok}
     if ctx.obj["json"]:
-        click.echo(json.dumps({ep: (r.payload if isinstance(r, ControlReply) else {"error": r})
+        click.echo(json_text({ep: (r.payload if isinstance(r, ControlReply) else {"error": r})
                                for ep, r in replies.items()}, indent=2))
     else:
         for ep, r in replies.items():
@@ -293,14 +294,14 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
         value = r.get(timeout=timeout) if timeout is not None else r.get(timeout=0.001)
     except ResultIgnored as e:     # it ended well, keeping no value (ignore_result, Ignore)
         if ctx.obj["json"]:
-            click.echo(json.dumps({"id": r.id, "state": r.state, "result": None, "ignored": True}))
+            click.echo(json_text({"id": r.id, "state": r.state, "result": None, "ignored": True}))
         else:
             click.echo(f"meshctl: {e}", err=True)
         return EXIT_OK
     except MeshError as e:
         state = r.state
         if ctx.obj["json"]:
-            click.echo(json.dumps({"id": r.id, "state": state, "error": str(e),
+            click.echo(json_text({"id": r.id, "state": state, "error": str(e),
                                    "traceback": r.traceback}))
         elif state in states.READY_STATES:
             if r.traceback:
@@ -316,7 +317,7 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
         return EXIT_FAILURE
     except Exception as e:   # the task's own exception type, rebuilt here
         if ctx.obj["json"]:
-            click.echo(json.dumps({"id": r.id, "state": r.state, "error": f"{type(e).__name__}: {e}",
+            click.echo(json_text({"id": r.id, "state": r.state, "error": f"{type(e).__name__}: {e}",
                                    "traceback": r.traceback}))
         else:
             if r.traceback:
@@ -324,9 +325,9 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
             click.echo(f"meshctl: task {r.id} {r.state}: {type(e).__name__}: {e}", err=True)
         return EXIT_FAILURE
     if ctx.obj["json"]:
-        click.echo(json.dumps({"id": r.id, "state": r.state, "result": value}, default=str))
+        click.echo(json_text({"id": r.id, "state": r.state, "result": value}, default=str))
     else:
-        click.echo(json.dumps(value, default=str))
+        click.echo(json_text(value, default=str))
     return EXIT_OK
 
 
@@ -360,7 +361,7 @@ def result(ctx: click.Context, task_id: str, wait: bool, result_timeout: float,
         state = r.state                  # asks every node
         if not wait and state not in states.READY_STATES:
             if ctx.obj["json"]:
-                click.echo(json.dumps({"id": task_id, "state": state}))
+                click.echo(json_text({"id": task_id, "state": state}))
             else:
                 click.echo(state)
             return EXIT_FAILURE if state == states.UNKNOWN else EXIT_OK
@@ -382,7 +383,7 @@ def _print_per_node(ctx: click.Context, answers: dict[str, Any], render: Any) ->
     of the mesh's (its block says which there are: a misspelt name is not a "yes")."""
     from mesh.client.control import NO_SUCH_NODE
     if ctx.obj["json"]:
-        click.echo(json.dumps(answers, indent=2, default=str, sort_keys=True))
+        click.echo(json_text(answers, indent=2, default=str, sort_keys=True))
     else:
         for node in sorted(answers):
             a = answers[node]

@@ -9,12 +9,12 @@ view is listed).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any
 
 import click
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK
+from mesh.security.text import json_text
 
 
 def merge_beat(replies: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def beat(ctx: click.Context) -> int:
     from mesh.cli.meshctl import _peers
     view = gather_beat(_peers(ctx), ctx.obj["timeout"])
     if ctx.obj["json"]:
-        click.echo(json.dumps(view, indent=2, default=str))
+        click.echo(json_text(view, indent=2, default=str))
         return EXIT_OK if view["nodes"] else EXIT_FAILURE
     if not view["nodes"]:
         for ep, err in view["errors"].items():

@@ -14,6 +14,7 @@ import click
 
 from mesh.cli.common import EXIT_USAGE, die, node_option
 from mesh.cli.meshctl import _controller, _print_per_node
+from mesh.security.text import json_text
 
 
 class ControlGroup(click.Group):
@@ -67,7 +68,7 @@ def _control_cmd(ctx: click.Context, command: str, args: dict[str, Any],
                  nodes: tuple[str, ...]) -> int:
     ctx = ctx.find_root()
     answers = _controller(ctx).ask(command, args, destination=nodes or None)
-    return _print_per_node(ctx, answers, lambda node, a: click.echo(f"{node}: {json.dumps(a)}"))
+    return _print_per_node(ctx, answers, lambda node, a: click.echo(f"{node}: {json_text(a)}"))
 
 
 NODE_OPTION = node_option("Only these nodes (repeatable, or NAME,NAME; default: all).")

@@ -1,7 +1,6 @@
 """``meshctl events`` and ``meshctl top``: watch a running mesh (docs/events.md)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -13,6 +12,7 @@ from typing import Any
 import click
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die
+from mesh.security.text import json_text
 
 # ---- formatting -------------------------------------------------------------------------
 
@@ -115,7 +115,7 @@ def event_json(ev: dict[str, Any]) -> str:
             except Exception as e:
                 out["value_error"] = f"{type(e).__name__}: {e}"
         ev = out
-    return json.dumps(ev, default=repr, ensure_ascii=False)
+    return json_text(ev, default=repr, ensure_ascii=False)
 
 
 # ---- meshctl events -------------------------------------------------------------------

@@ -3,27 +3,46 @@ answer and the members they know of (``gather_status``, also what ``meshctl top`
 ``meshctl beat`` read)."""
 from __future__ import annotations
 
-import json
+import math
 from typing import Any
 
 import click
 
 from mesh.cli.common import EXIT_FAILURE, EXIT_OK
+from mesh.security.text import json_text
 
 
-def _fmt_bytes(n: int) -> str:
-    return f"{n / (1024 * 1024):.0f}M"
+def _number(v: Any) -> float | None:
+    """A number a node's status gave, else None (missing, not a number, inf or nan:
+    an older or odd node's reply prints ``-`` in its cell, never a traceback)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return v
 
 
-def _fmt_uptime(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+def _cell(v: Any, fmt: str = "{:.0f}") -> str:
+    n = _number(v)
+    return "-" if n is None else fmt.format(n)
+
+
+def _fmt_bytes(n: Any) -> str:
+    v = _number(n)
+    return "-" if v is None else f"{v / (1024 * 1024):.0f}M"
+
+
+def _fmt_uptime(s: Any) -> str:
+    v = _number(s)
+    if v is None:
+        return "-"
+    t = int(v)
+    return f"{t // 3600}h{t % 3600 // 60:02d}m" if t >= 3600 else f"{t // 60}m{t % 60:02d}s"
 
 
 def _waiting(r: dict[str, Any]) -> str:
     """Queued tasks, and how many of them wait on disk (beyond --queue-memory)."""
-    disk = r.get("queued_on_disk") or 0
-    return f"{r['queued']} ({disk} on disk)" if disk else str(r["queued"])
+    disk = _number(r.get("queued_on_disk")) or 0
+    queued = _cell(r.get("queued"))
+    return f"{queued} ({disk:.0f} on disk)" if disk else queued
 
 
 def _queues(queues: Any, excluded: Any = None) -> str:
@@ -82,6 +101,9 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
             if node_id not in seen:
                 seen.add(node_id)
                 row = dict(r.payload)                            # type: ignore[union-attr]
+                row["node"] = node_id           # (the table prints what any node sends)
+                row["address"] = str(row.get("address") or ep)
+                row["state"] = str(row.get("state") or "alive")
                 m = at.get(node_id)
                 if m is not None and row.get("state") == "alive":
                     row["state"] = m.get("state", "alive")       # what the mesh thinks of it
@@ -125,7 +147,7 @@ def status(ctx: click.Context) -> int:
     rows = gather_status(_peers(ctx), ctx.obj["timeout"])
     answered = sum(1 for r in rows if r["answered"])
     if ctx.obj["json"]:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows, indent=2))
     else:
         header = ("NODE", "ADDRESS", "STATE", "MESH", "QUEUES", "KIND", "RANGE", "BUSY", "WAITING",
                   "DONE", "FAILED", "TASKS/S", "CPU%", "MEM", "UPTIME", "VERSION")
@@ -143,10 +165,11 @@ def status(ctx: click.Context) -> int:
             table.append((r["node"], r["address"], r["state"], str(r.get("mesh", "-")),
                           _queues(r.get("queues"), r.get("excluded_queues")),
                           str(r.get("pool", "-")), pool_range(r),
-                          f"{r['busy']}/{r['total']}",
-                          _waiting(r), str(r["succeeded"]), str(r["failed"]),
-                          f"{r['tasks_per_s']:.0f}", f"{r['cpu_percent']:.0f}",
-                          _fmt_bytes(r["rss_bytes"]), _fmt_uptime(r["uptime"]), r["version"]))
+                          f"{_cell(r.get('busy'))}/{_cell(r.get('total'))}",
+                          _waiting(r), _cell(r.get("succeeded")), _cell(r.get("failed")),
+                          _cell(r.get("tasks_per_s")), _cell(r.get("cpu_percent")),
+                          _fmt_bytes(r.get("rss_bytes")), _fmt_uptime(r.get("uptime")),
+                          str(r.get("version", "-"))))
         widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

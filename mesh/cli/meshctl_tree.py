@@ -7,7 +7,6 @@ is summed up by state rather than listed.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
@@ -15,6 +14,7 @@ import click
 
 from mesh import states
 from mesh.exceptions import MeshError, TimeoutError
+from mesh.security.text import json_text
 from mesh.workflow.describe import group_member_descs, task_ids
 from mesh.workflow.ids import record_id
 from mesh.workflow.results import states_of
@@ -34,7 +34,7 @@ def tree(app: Any, task_id: str, as_json: bool) -> int:
     st = states_of(app, ids)
     annotated = _annotate(desc, st)
     if as_json:
-        click.echo(json.dumps(annotated, indent=2, default=str))
+        click.echo(json_text(annotated, indent=2, default=str))
     else:
         for line in _render(annotated, 0):
             click.echo(line)

@@ -23,7 +23,9 @@ and how long it was), never a line of megabytes; the result keeps it whole.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 from typing import Any
 
 MAX = 120
@@ -77,6 +79,31 @@ class OneLine(logging.Filter):
 
 
 ONE_LINE = OneLine()
+
+
+def json_text(data: Any, **kwargs: Any) -> str:
+    """``data`` as strict JSON (``json.dumps`` keywords in ``kwargs``), whatever peers
+    put in it (a member's meta, their events, a status): inf and nan are not JSON
+    (json.dumps wrote Infinity, which browsers' JSON.parse and jq refuse) and become
+    null; a key that is not text (bytes) becomes its ``str``; other values their
+    ``str``. The dashboard's API and ``meshctl --json`` write with it."""
+    kwargs.setdefault("default", str)
+    try:
+        return json.dumps(data, allow_nan=False, **kwargs)
+    except (ValueError, TypeError):
+        return json.dumps(_plain(data), allow_nan=False, **kwargs)
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as JSON can say it: a float that is inf or nan as null, a key that is not
+    a string as its ``str``."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 def safe_logger(name: str) -> logging.Logger:

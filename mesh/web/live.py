@@ -17,8 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from mesh.monitor.receiver import EventReceiver
-from mesh.security.text import safe_logger
-from mesh.web.server import json_text
+from mesh.security.text import json_text, safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
