@@ -31,8 +31,10 @@ OPTIONAL = ["zeroconf", "ifaddr", "aiohttp", "prometheus_client", "croniter", "d
 # and what only a rare path of the node uses (docs/performance.md, "Round 14"): a wrong
 # MESH_* name's hint (difflib), key files (zmq.auth: only with --keys), the machine's
 # addresses (psutil: only for a wildcard bind with a seed on its own port; not at all
-# for the node's CPU and RSS on Linux, mesh/node/procstat.py)
-RARE = ["difflib", "zmq.auth", *(["psutil"] if sys.platform.startswith("linux") else [])]
+# for the node's CPU and RSS on Linux, mesh/node/procstat.py), signatures (mesh.canvas:
+# the beat component's mesh.periodic loads it for add_periodic_task only)
+RARE = ["difflib", "zmq.auth", "mesh.canvas",
+        *(["psutil"] if sys.platform.startswith("linux") else [])]
 
 
 def test_children_of_a_plain_node_carry_no_optional_dependency(start_node: Any,
