@@ -289,8 +289,6 @@ def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
     ignored without a word). Known: the options (``MESH_<FIELD>``), the app's settings
     read with ``namespace="MESH"`` (``MESH_TASK_ALWAYS_EAGER``: ``conf.check_name``),
     and ``OWN_ENV``."""
-    import difflib
-
     from mesh.conf import check_name, setting_names
     env = os.environ if env is None else env
     fields = [f.name for f in dataclasses.fields(Config)]
@@ -306,6 +304,7 @@ def unknown_env(env: Mapping[str, str] | None = None) -> list[str]:
             continue
         except ConfigError:
             pass
+        import difflib  # (only for a name nothing reads: meshnode calls this before its fork)
         hint = difflib.get_close_matches(name, [*fields, *setting_names()], n=1)
         out.append(f"environment variable {var} is not one mesh reads: ignored"
                    + (f" (did you mean MESH_{hint[0].upper()}?)" if hint else ""))

@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mesh.canvas import Signature
 from mesh.conf_names import CALL_OPTIONS
 from mesh.digest import sha1
 from mesh.exceptions import ConfigError, EncodeError
@@ -158,6 +157,8 @@ def entry_from_signature(schedule: Any, sig: Any, args: Any = (), kwargs: Any = 
                          name: str | None = None, catch_up: Any = None, **options: Any) -> Entry:
     """What ``app.add_periodic_task`` takes, as in Celery: ``sig`` is a signature
     (``add.s(1, 1)``) or a task; ``args``/``kwargs`` are added to it."""
+    # (here: the beat component loads this module before a node forks its children)
+    from mesh.canvas import Signature
     if isinstance(sig, Signature):
         sig = sig.clone(args or None, kwargs)
     elif isinstance(getattr(sig, "name", None), str) and callable(sig):

@@ -29,6 +29,7 @@ log = safe_logger("mesh.node")
 
 SWEEP_INTERVAL = 30.0      # s between closing the sockets of forgotten peers
 SWEEP_FLOOR = 0.5          # ... at least (a short --dead-node-reclaim)
+WILDCARDS = ("0.0.0.0", "*", "[::]", "::")   # a bind on every address of the machine
 SEED_PROBES = 20           # probe intervals (6 s on lan) for a seed to answer before a warning
 
 
@@ -68,21 +69,28 @@ def is_own_address(seed: str, bound: str, advertised: str, seed_ips: Iterable[st
     bound_host, _, bound_port = bound[6:].rpartition(":")
     if port != bound_port:
         return False
-    wildcard = bound_host in ("0.0.0.0", "*", "[::]", "::")
+    wildcard = bound_host in WILDCARDS
     listening = set(local_ips) if wildcard else {bound_host.strip("[]")}
     return bool(set(seed_ips) & listening) or host.strip("[]") in listening
 
 
 async def own_seeds(seeds: Iterable[str], bound: str, advertised: str) -> list[str]:
     """The seeds that are this node itself (host names resolved at once, 2 s at most)."""
+    seeds = list(dict.fromkeys(seeds))
+    ips = await asyncio.gather(*(_ips(s, bound, advertised) for s in seeds))
+    # the machine's addresses only for a wildcard bind and a seed on our port: psutil
+    # loaded before the fork is ~0.9 MiB in the node and in each child (docs/performance.md)
+    local = _local_ips() if any(ips) and bound[6:].rpartition(":")[0] in WILDCARDS else set()
+    return [s for s, found in zip(seeds, ips) if is_own_address(s, bound, advertised, found, local)]
+
+
+def _local_ips() -> set[str]:
+    """This machine's IPv4 and IPv6 addresses."""
     import socket
 
     import psutil
-    local = {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
-             if a.family in (socket.AF_INET, socket.AF_INET6)}
-    seeds = list(dict.fromkeys(seeds))
-    ips = await asyncio.gather(*(_ips(s, bound, advertised) for s in seeds))
-    return [s for s, found in zip(seeds, ips) if is_own_address(s, bound, advertised, found, local)]
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family in (socket.AF_INET, socket.AF_INET6)}
 
 
 async def _ips(seed: str, bound: str, advertised: str) -> set[str]:

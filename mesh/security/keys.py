@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import zmq
-import zmq.auth
 
 from mesh.exceptions import ConfigError
 
@@ -103,6 +102,7 @@ def _check_private(path: str) -> None:
 
 
 def _load(path: str, role: str, name: str) -> Key:
+    import zmq.auth  # (here: a node without --keys forks its children without it)
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as e:

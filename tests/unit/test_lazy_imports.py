@@ -39,9 +39,11 @@ def test_digests_are_hashlibs() -> None:
 
 
 # loaded only where used: a wrong name's hint, a named time zone, --autoreload, copied
-# keys, a Decimal argument (7 MiB of RSS for a node and two children with OpenSSL's two)
+# keys, a Decimal argument (7 MiB of RSS for a node and two children with OpenSSL's two);
+# key files (zmq.auth: only with --keys) and signatures (mesh.canvas: mesh.periodic's
+# add_periodic_task), round 14 (what a running node's children carry: test_e2e_pool)
 NOT_AT_IMPORT = ("ssl", "_ssl", "hashlib", "_hashlib", "difflib", "zoneinfo", "sysconfig",
-                 "shutil", "bz2", "lzma", "decimal")
+                 "shutil", "bz2", "lzma", "decimal", "zmq.auth", "mesh.canvas")
 
 
 def test_import_mesh_loads_no_openssl_and_nothing_unused() -> None:

@@ -3,10 +3,17 @@ file copied to every machine lists each machine's own address among the seeds; t
 node leaves it out, quietly, instead of warning that no seed answered."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
 from mesh.node.gossip import is_own_address
 
+ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ["127.0.0.1", "10.0.0.5", "::1", "fe80::1"]
 
 
@@ -30,3 +37,23 @@ LOCAL = ["127.0.0.1", "10.0.0.5", "::1", "fe80::1"]
 def test_is_own_address(seed: str, bound: str, advertised: str, seed_ips: list[str],
                         own: bool) -> None:
     assert is_own_address(seed, bound, advertised, seed_ips, LOCAL) is own
+
+
+def test_own_seeds_reads_the_machines_addresses_only_for_a_wildcard_bind() -> None:
+    """own_seeds asks psutil for the machine's addresses only when they can decide (a
+    wildcard bind, a seed on its port): imported before the fork, psutil is ~0.9 MiB in
+    the node and in each child (docs/performance.md, "Round 14")."""
+    code = textwrap.dedent("""
+        import asyncio, sys
+        from mesh.node.gossip import own_seeds
+        seeds = ["tcp://127.0.0.1:7701", "tcp://10.0.0.6:7700", "tcp://127.0.0.1:7700"]
+        print(asyncio.run(own_seeds(seeds, "tcp://127.0.0.1:7700", "tcp://127.0.0.1:7700")),
+              "psutil" in sys.modules)
+        print(asyncio.run(own_seeds(seeds, "tcp://0.0.0.0:7700", "tcp://10.0.0.5:7700")),
+              "psutil" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["['tcp://127.0.0.1:7700'] False",
+                                       "['tcp://127.0.0.1:7700'] True"]
