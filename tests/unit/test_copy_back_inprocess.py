@@ -4,16 +4,29 @@ it is alive again: the held tasks that rank it first are copied back to it all t
 same (by the walk of the held tasks, not by the note of the tasks chosen meanwhile)."""
 from __future__ import annotations
 
+import tempfile
 import time
 
 import pytest
-from test_node_inprocess import _later, _state, app, dealer, met, run, until
+from test_node_inprocess import (
+    _later,
+    _state,
+    app,
+    dealer,
+    drain,
+    frames_until,
+    met,
+    run,
+    submit,
+    until,
+)
 
 from mesh.membership import MemberState
-from mesh.node import copy_back
+from mesh.node import copy_back, copy_gates
+from mesh.node.node import Node
 from mesh.rendezvous import backup_for
 from mesh.testing import running_node
-from mesh.wire.protocol import UPDATE_SUSPECT, Gossip
+from mesh.wire.protocol import UPDATE_SUSPECT, Ack, Gossip, Replicate
 
 
 def test_suspected_peers_beyond_the_cap_are_forgotten_and_back_they_get_their_copies(
@@ -60,4 +73,73 @@ def test_suspected_peers_beyond_the_cap_are_forgotten_and_back_they_get_their_co
             others = [n for n in (b1, b2, b3) if n is not node]
             await until(lambda: not any(n.replicas.copies.holder(t) for n in others for t in ranked),
                         "the old backups to drop theirs")
+    run(main())
+
+
+def _held_back(node: Node) -> list[Replicate]:
+    """``node`` keeps the copies it is sent unanswered, in the returned list, until
+    ``_answer`` (a backup slow to confirm)."""
+    held: list[Replicate] = []
+    node.replicas.on_replicate = held.append      # type: ignore[method-assign]
+    return held
+
+
+def _answer(node: Node, held: list[Replicate]) -> None:
+    del node.replicas.on_replicate                # (the class's again)
+    for msg in held:
+        node.replicas.on_replicate(msg)
+
+
+def test_a_task_going_to_disk_while_its_copy_moves_keeps_the_old_copy_until_the_new_one_is_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A task accepted to go to disk (the holder's window is one queued task) is given
+    # its backup b1 while j, which ranks first for it, is out for a moment; j is back
+    # before b1 confirmed, so the copy moves to j (CopyBack.back_to). b1 confirms, the
+    # owner's ACK goes: until 2026-12 the task went to disk then (Spill.settle) and b1
+    # was told to drop its copy at once, while j had not confirmed its own: one copy
+    # for a moment (the disk walk healed it when j did not confirm). It stays in memory
+    # now until j has its copy; then b1 drops its own and the task goes to disk.
+    monkeypatch.setattr(copy_gates, "COPY_TIMEOUT", 60.0)   # (b1 answers when told)
+    tid = next(t for t in (f"s-{i}" for i in range(100))
+               if backup_for(t, ["b1", "j"], "holder") == "j")
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as data:
+            async with running_node(app, name="holder", autorun=False, concurrency=1,
+                                    journal=True, data_dir=data, queue_memory=1) as h, \
+                    running_node(app, name="b1", autorun=False, peers=[h.address]) as b1, \
+                    running_node(app, name="j", autorun=False, peers=[h.address]) as j, \
+                    dealer(h) as s:
+                h.shedder.shed = lambda now: 0          # (its queue stays: no peer takes it)
+                await met((h, b1, j), "the three to meet")
+                m = h.membership.member("j")
+                assert m is not None
+                h.membership.handle("x", Gossip("x", [[UPDATE_SUSPECT, "j", m.incarnation, "", "x"]]))
+                h.replicas.choice._alive_at = -1.0
+                h.replicas.check_members(time.monotonic())
+                assert h.replicas.choice.missed == {"j"}
+                at_b1, at_j = _held_back(b1), _held_back(j)
+                for busy in ("busy-0", "busy-1"):      # held running; queued: the window is full
+                    await s.send(submit(busy))
+                await until(lambda: h.pool.queued == 1, "a task to be queued")
+                await s.send(submit(tid))               # to disk, once its copy is confirmed
+                await until(lambda: tid in h.spill.candidates and h.replicas.backup_of(tid) == "b1",
+                            "the task to wait for b1's confirmation")
+                await until(lambda: _state(h, "j") == MemberState.ALIVE, "j to refute")
+                h.replicas.choice._alive_at = -1.0
+                h.replicas.check_members(time.monotonic())     # (its check each second)
+                assert h.replicas.backup_of(tid) == "j" and h.replicas.back.moving[tid] == ["b1"]
+                await until(lambda: at_j, "the copy to go to j")
+                _answer(b1, at_b1)                      # b1 confirms: the owner's ACK goes
+                await frames_until(s, lambda got: any(isinstance(f, Ack) and tid in f.task_ids
+                                                      for f in got))
+                await drain(s)                          # (loop passes: a drop would go)
+                assert tid in h.ledger.held and tid in h.spill.candidates
+                assert b1.replicas.copies.holder(tid) == "holder"
+                _answer(j, at_j)                        # j confirms: b1 drops, the task goes
+                await until(lambda: tid not in h.ledger.held and h.spill.on_disk == 1,
+                            "the task to go to disk")
+                await until(lambda: b1.replicas.copies.holder(tid) is None, "b1 to drop its copy")
+                assert j.replicas.copies.holder(tid) == "holder"
+                assert h.journal.disk_walk(0, 10)[-1][1:] == (tid, "j")
     run(main())
