@@ -40,8 +40,9 @@ one never confirmed).
 
 The tasks waiting on this node's disk (a deep backlog, mesh/node/spill.py) follow a
 joiner by a walk of the disk part (mesh/node/disk_copies.py); the ones read back are
-copied to the one ranked first then, the old one dropping its copy
-(``Replicas.read_back``).
+copied to the one ranked first then, the old one dropping its copy once that one
+confirmed (``Replicas.read_back``: a moving copy; until 2026-12 the drop went with the
+copy, one copy until it was confirmed).
 
 ``missed`` holds suspected peers only: one declared dead or left, or no longer known,
 is forgotten at the next membership check (back later, it is a joiner, and the walk
