@@ -32,12 +32,17 @@ The ranking changes when a peer comes into the alive list:
 Either way the task keeps the copy on its old backup until the new one confirmed its
 own (``Replicas.on_ack``; or until the task leaves this node first: ``moved_off``);
 then the old one is sent a drop. So a task is never in fewer copies while two nodes
-are alive; for a moment it is in three.
+are alive; for a moment it is in three. A task on its way to disk (mesh/node/spill.py)
+whose copy is moving stays in memory until the new one confirmed: until 2026-12 it
+went to disk once its old backup had confirmed, and that one dropped its copy at once,
+the new one's not there yet (one copy for a moment; the disk walk healed it if the new
+one never confirmed).
 
 The tasks waiting on this node's disk (a deep backlog, mesh/node/spill.py) follow a
 joiner by a walk of the disk part (mesh/node/disk_copies.py); the ones read back are
-copied to the one ranked first then, the old one dropping its copy
-(``Replicas.read_back``).
+copied to the one ranked first then, the old one dropping its copy once that one
+confirmed (``Replicas.read_back``: a moving copy; until 2026-12 the drop went with the
+copy, one copy until it was confirmed).
 
 ``missed`` holds suspected peers only: one declared dead or left, or no longer known,
 is forgotten at the next membership check (back later, it is a joiner, and the walk

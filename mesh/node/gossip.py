@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -190,14 +191,17 @@ class Members(Component):
         node = self.node
         busy, total, queued = node.load()
         hb = node.heartbeat
+        shedder = getattr(node, "shedder", None)
         return {"busy": busy, "total": total, "queued": queued, "rate": round(hb.rate, 1),
                 "cpu": round(hb.cpu), "rss": hb.rss, "tasks": node.tasks_digest,
                 "events": node.events_endpoint, "clock": node.events.clock,
                 "beat": node.beat.advertised() if node.beat is not None else "",
                 "boot": node.boot,
-                # tasks taken from peers: a shedder counts what it sent until this shows
-                # them (mesh/node/shedding.py)
+                # tasks taken from peers, and by shedding from each of the latest
+                # givers: a shedder counts what it sent until these show them
+                # (mesh/node/shedding.py; ``took`` for nodes from before 2026-12)
                 "took": node.handoff.received,
+                "took_from": shedder.took_meta(time.time()) if shedder is not None else {},
                 # what one sender may have held here: clients send no more (client/room.py)
                 "quota": [node.config.quota_tasks, node.config.quota_bytes],
                 # how long it may run tasks once it leaves: the nodes keeping copies of

@@ -342,10 +342,14 @@ class Replicas(CopyGates, Component):
 
     def read_back(self, entry: Entry, msg: Submit, was: str) -> None:
         """A task read back from disk: copied to its backup again; the node that kept
-        its copy when it went to disk (``was``), if another one now, drops it."""
+        its copy when it went to disk (``was``), if another one now, drops it once
+        that one confirmed (as a moving copy: copy_back.py; until 2026-12 at once)."""
         self.accepted(entry, msg)
         if was and self.enabled and entry.backup != was:
-            self._queue(was).drop[entry.task_id] = ""
+            if entry.backup:
+                self.back.moving.setdefault(entry.task_id, []).append(was)
+            else:                     # (none alive: parked until was is)
+                self._queue(was).drop[entry.task_id] = ""
 
     # -- holder side: bookkeeping ----------------------------------------------------
     def backup_of(self, task_id: str) -> str | None:

@@ -20,11 +20,16 @@ children were all busy and whose queue was empty had room for ``total`` tasks, s
 full nodes (2 children each, 6 tasks of 20 s) passed tasks back and forth, 14
 handoffs in 20 s.
 
-What the gossiped load shows: each node gossips ``took``, the tasks it has taken from
-peers (mesh/node/gossip.py). What we sent a peer counts on top of its gossiped load
-until its ``took`` has grown by as much (a report older than our shed, gossiped after
-it, showed the peer emptier than it is, and we sent more: then it sent them back);
-from a node without ``took``, until its next report.
+What the gossiped load shows: each node gossips ``took_from``, the tasks it has taken
+by shedding from each of the last ``TOOK_FROM_MAX`` givers (each for ``TOOK_FROM_KEEP``
+after its last shed there), and ``took``, those it has taken from all peers
+(mesh/node/gossip.py). What we sent a peer counts on top of its gossiped load until
+its count of ours has grown by as much (a report older than our shed, gossiped after
+it, showed the peer emptier than it is, and we sent more: then it sent them back).
+From a node without ``took_from`` (before 2026-12), until its ``took`` has grown by as
+much: with other nodes shedding to it at once, their tasks grew it too, and ours
+counted as shown before they were (we sent more: an overshoot); from a node without
+either, until its next report.
 
 Hysteresis (no ping-pong): gossiped loads are a moment old, so a node that took shed
 tasks may see the giver with room and shed back. A task that came here by shedding
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,6 +79,8 @@ CROSS_WINDOW = 0.5
 CROSS_REASON = ("it crossed a shed the other way (each node saw the other with room): both "
                 "keep their own")
 SENT_TTL = 5.0         # s after our last shed to a peer: what its load does not show is forgotten
+TOOK_FROM_MAX = 16     # givers a node gossips its count of (``took_from``), the latest
+TOOK_FROM_KEEP = 60.0  # s a giver stays there after its last shed (well past SENT_TTL)
 
 
 def fits(ours: int, our_total: int, theirs: int, their_total: int) -> bool:
@@ -100,7 +108,7 @@ def _count(value: object) -> int | None:
 class _Given:
     """Tasks shed to one peer that its gossiped load may not show yet."""
     version: int         # its meta version when we last looked
-    took: int | None     # its ``took`` then (None: a node that does not gossip it)
+    took: int | None     # what it took from us then (``Shedder.took_of``; None: unknown)
     n: int               # tasks sent since, not shown
     at: float            # when we last shed to it
 
@@ -124,6 +132,11 @@ class Shedder(Component):
         self._shed_from: dict[str, float] = {}
         self._sent_to: dict[str, float] = {}     # peer -> when we last shed to it
         self.crossings = 0                       # sheds refused as crossings (status)
+        self.me = ""                             # this node's name (started)
+        # giver -> tasks taken from it by shedding, and when it last shed here (the
+        # latest last: gossiped as ``took_from``, TOOK_FROM_MAX at most)
+        self._took_from: dict[str, int] = {}
+        self._took_at: dict[str, float] = {}
 
     def sent(self, target: str, now: float) -> None:
         """A shed to ``target`` went out (mesh/node/handoff.py)."""
@@ -139,21 +152,31 @@ class Shedder(Component):
     def gave(self, m: Member, n: int, now: float) -> None:
         """We shed ``n`` tasks to ``m`` (as its gossiped meta is now): in its load until
         it shows them."""
-        g = self._given.setdefault(m.id, _Given(m.meta_version, _count(m.meta.get("took")), 0, now))
+        g = self._given.setdefault(m.id, _Given(m.meta_version, self.took_of(m), 0, now))
         g.n += n
         g.at = now
 
+    def took_of(self, m: Member) -> int | None:
+        """What ``m`` says it took from us: its ``took_from`` count of us (0 if it
+        does not list us); from an older node, its ``took`` (from every peer: with
+        others shedding to it too, it grows by theirs); None if it says neither."""
+        per = m.meta.get("took_from")
+        if isinstance(per, Mapping):
+            return _count(per.get(self.me, 0))
+        return _count(m.meta.get("took"))
+
     def unshown(self, m: Member, now: float) -> int:
         """The tasks we shed to ``m`` that its gossiped load does not show yet: until
-        its ``took`` has grown by as many (else until a fresh report), SENT_TTL at most."""
+        its count of what it took from us has grown by as many (else until a fresh
+        report), SENT_TTL at most."""
         g = self._given.get(m.id)
         if g is None:
             return 0
         fresh = m.meta_version != g.version
-        took = _count(m.meta.get("took"))
-        if took is not None and g.took is not None:
-            g.n = max(0, g.n - max(0, took - g.took))    # taken there since: in its load
-        elif fresh:
+        took = self.took_of(m)
+        if took is not None and g.took is not None and took >= g.took:
+            g.n = max(0, g.n - (took - g.took))    # taken there since: in its load
+        elif fresh:          # no count; or a lower one (it restarted, or forgot us)
             g.n = 0
         if fresh and now - g.at > SENT_TTL:        # (an answer lost: it may never show)
             g.n = 0
@@ -182,10 +205,29 @@ class Shedder(Component):
             arrived.move_to_end(tid)
         while len(arrived) > HOLD_MAX:
             arrived.popitem(last=False)
+        took, at = self._took_from, self._took_at
+        took[source] = took.pop(source, 0) + len(task_ids)     # (the latest last)
+        at.pop(source, None)
+        at[source] = now
+        while len(took) > TOOK_FROM_MAX:
+            oldest = next(iter(took))
+            del took[oldest], at[oldest]
+
+    def took_meta(self, now: float) -> dict[str, int]:
+        """Giver -> the tasks taken from it by shedding (gossiped ``took_from``): the
+        last TOOK_FROM_MAX givers, each for TOOK_FROM_KEEP s after its last shed."""
+        took, at = self._took_from, self._took_at
+        while at:
+            oldest, when = next(iter(at.items()))
+            if now - when <= TOOK_FROM_KEEP:
+                break
+            del took[oldest], at[oldest]
+        return dict(took)
 
     async def start(self, node: "Node") -> None:
         self.node = node
         node.shedder = self
+        self.me = node.name
         node.spawn(self._loop(), name="shedding")
 
     async def _loop(self) -> None:

@@ -19,7 +19,9 @@ finishes REVOKED without running; its copy goes to its backup again.
 * A revoke of a task waiting on disk reads that one task back and finishes it REVOKED.
 * After a restart (even kill -9) the tasks on disk stay there and are read back in
   order; only what was in memory is recovered into memory (mesh/node/recovery.py).
-* Two copies: a task leaves memory once its backup confirmed its copy; when that
+* Two copies: a task leaves memory once its backup confirmed its copy (and, when
+  its copy is moving to a node that ranks first for it now, once that one did: its
+  old backup keeps its own until then, mesh/node/copy_back.py); when that
   backup restarts, dies or leaves, the tasks on disk that named it are copied to
   their backup now, a chunk at a time (mesh/node/disk_copies.py).
 * At a graceful stop the in-memory queue is handed off as before; the disk part
@@ -180,7 +182,7 @@ class Spill(Component):
         if not c:
             return
         node = self.node
-        held, gates = node.ledger.held, node.replicas.gates
+        held, gates, moving = node.ledger.held, node.replicas.gates, node.replicas.back.moving
         gone: list[str] = []
         backups: list[tuple[str, str]] = []
         out = 0
@@ -189,6 +191,11 @@ class Spill(Component):
                 gone.append(tid)
             elif tid in gates:                  # copies are confirmed in order: wait
                 break
+            elif moving and tid in moving and entry.backup:
+                # its copy moves to a new backup (a joiner: mesh/node/copy_back.py), not
+                # confirmed yet: it stays (in order: read back from memory if the queue
+                # drains first) until it is, else the old backup's drop goes now
+                continue
             else:
                 gone.append(tid)
                 del held[tid]                   # (its sender's quota still counts it)

@@ -92,3 +92,39 @@ def test_what_a_peer_never_shows_is_forgotten_after_sent_ttl() -> None:
     assert s.unshown(member({"took": 0}, 2), 100.0 + shedding.SENT_TTL / 2) == 2
     assert s.unshown(member({"took": 0}, 2), 100.0 + shedding.SENT_TTL + 1) == 2   # no fresh report
     assert s.unshown(member({"took": 0}, 3), 100.0 + shedding.SENT_TTL + 1) == 0
+
+
+def test_what_other_givers_sent_the_peer_does_not_show_ours() -> None:
+    """Three nodes shed to b at once. b's ``took`` grows by what c and d sent it before
+    ours arrives: counting from ``took``, a took that growth for its own tasks shown,
+    saw b with room again and sent more (an overshoot). b says what it took from each
+    giver (``took_from``): a's count there is a's tasks only."""
+    s = Shedder()
+    s.me = "a"
+    s.gave(member({"busy": 0, "took": 0, "took_from": {}}, 7), 2, 100.0)
+    # c's and d's tasks are in b's load; ours are not (on their way)
+    seen = member({"busy": 4, "took": 4, "took_from": {"c": 2, "d": 2}}, 8)
+    assert s.unshown(seen, 100.1) == 2
+    assert s.unshown(member({"busy": 6, "took": 6, "took_from": {"c": 2, "d": 2, "a": 2}}, 9),
+                     100.2) == 0
+
+
+def test_a_count_of_ours_that_went_down_is_a_peer_that_restarted_or_forgot_us() -> None:
+    """b restarted (its counts start again) or no longer lists us (past
+    TOOK_FROM_MAX givers, or TOOK_FROM_KEEP after our last shed): its fresh report is
+    believed as it is, as from a node without the count."""
+    s = Shedder()
+    s.me = "a"
+    s.gave(member({"took_from": {"a": 5}}, 7), 2, 100.0)
+    assert s.unshown(member({"took_from": {"a": 5}}, 7), 100.1) == 2
+    assert s.unshown(member({"took_from": {}}, 8), 100.2) == 0
+
+
+def test_a_peer_lists_the_latest_givers_it_took_from_and_forgets_old_ones() -> None:
+    s = Shedder()
+    for i in range(shedding.TOOK_FROM_MAX + 2):
+        s.took(f"g{i}", ["t"] * (i + 1), 100.0 + i)
+    s.took("g2", ["t"], 120.0)             # (the latest last: g0 and g1 were dropped)
+    assert list(s.took_meta(121.0)) == [f"g{i}" for i in range(3, shedding.TOOK_FROM_MAX + 2)] + ["g2"]
+    assert s.took_meta(121.0)["g2"] == 4
+    assert s.took_meta(120.0 + shedding.TOOK_FROM_KEEP + 1) == {}
