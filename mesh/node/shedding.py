@@ -270,7 +270,7 @@ class Shedder(Component):
             try:
                 total = min(int(meta.get("total", 0)), MAX_SHED_CHILDREN)   # a peer may lie
                 load = max(0, int(meta.get("busy", 0))) + max(0, int(meta.get("queued", 0)))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):   # (inf: OverflowError)
                 continue
             load += self.unshown(m, now)       # (so at most 2 * total tasks go to one peer)
             if room(ours, ours_total, load, total) > 0:

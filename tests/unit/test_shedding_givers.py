@@ -77,3 +77,34 @@ def test_a_giver_counts_its_shed_until_the_peer_shows_it_not_until_another_giver
             m = a.membership.member("b")
             assert m is not None and a.shedder.unshown(m, later) == 0
     run(main())
+
+
+@pytest.mark.parametrize("key", ["total", "busy", "queued"])
+def test_a_peer_gossiping_an_infinite_load_is_not_shed_to_and_breaks_no_shedding(
+        key: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a peer's meta is anything it says: int(inf) raised OverflowError, which the
+    # shedder did not catch, so every pass failed ("shedding failed", a traceback every
+    # 50 ms: review20) and the node shed to no peer while that one was up. Now that
+    # peer is skipped and the others are shed to
+    async def never(self: shedding.Shedder) -> None:
+        await asyncio.Event().wait()
+    monkeypatch.setattr(shedding.Shedder, "_loop", never)       # only the test sheds
+
+    async def main() -> None:
+        async with running_node(app, name="liar", concurrency=2, autorun=False) as liar, \
+                running_node(app, name="idle", concurrency=2, autorun=False,
+                             peers=[liar.address]) as idle, \
+                running_node(app, name="full", concurrency=1, autorun=False,
+                             peers=[liar.address]) as full, dealer(full) as to_full:
+            await met((liar, idle, full), "the three to meet")
+            liar.routing.meta[key] = float("inf")
+            liar.membership.update_local_meta()
+            await until(lambda: (m := full.membership.member("liar")) is not None
+                        and m.meta.get(key) == float("inf"), "full to know the liar's meta")
+            for i in range(3):
+                await to_full.send(submit(f"f-{i}"))
+            await until(lambda: full.pool.queued == 2, "full: 1 running + 2 queued")
+            assert full.shedder.shed(time.time() + 1.0) > 0     # to idle, not to the liar
+            await until(lambda: len(idle.ledger.held) > 0, "idle to take full's shed")
+            assert len(liar.ledger.held) == 0
+    run(main())
