@@ -279,6 +279,45 @@ def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
     pytest.fail("the stopped node was declared dead in every try")
 
 
+def test_every_run_due_as_a_node_joins_executes_once(
+        start_node: NodeFactory, beat_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node joins a mesh whose one node has fired tick (every 0.2 s) for long, and
+    takes it over. The old firer stops when it counts the joiner (the joiner told it
+    that it settled); the joiner holds its runs for 2 probe intervals at least (0.6 s
+    on lan) and until the old firer confirmed. The runs due between the two fired on
+    no node: the joiner fired only the latest due after its hold (2 or 3 runs missed
+    per join on main, CONTRACT: "exactly one fires each due run"). Now it fires each
+    run its peer did not, in order. Every run due around the join (2 s either side of
+    the joiner's first firing) executes once, and no run is logged fired by both."""
+    from mesh.schedules import interval
+    every = 0.2
+    monkeypatch.setenv("BEAT_EVERY", str(every))
+    old_name, new_name = _pair_the_joiner_wins(0)
+    old = start_node(app="beat_app", concurrency=1, profile="lan", name=old_name)
+    wait_until(lambda: len(fired_lines(old)) >= 3, 30, f"{old_name} to fire", interval=0.1)
+    new = start_node(app="beat_app", concurrency=1, profile="lan", name=new_name,
+                     peers=old.endpoint)
+    wait_until(lambda: len(fired_lines(new)) >= 3, 30, f"{new_name} to fire", interval=0.1)
+    first = min(due for _at, _e, due in fired_lines(new))
+    expected = {round(d, 3) for d in interval(every).due_between(first - 2.0, first + 2.0)}
+    wait_until(lambda: time.time() > first + 3.0, 10, "the runs after the join", interval=0.1)
+    try:                # (what did not execute by then is said below, with the logs)
+        wait_until(lambda: expected <= {round(d, 3) for d, _p, _t in read_runs(beat_log)}, 5,
+                   "every run due around the join to execute", interval=0.1)
+    except AssertionError:
+        pass
+    ran = collections.Counter(round(d, 3) for d, _p, _t in read_runs(beat_log))
+    logs = f"{old_name}:\n{old.stderr_tail(25)}\n{new_name}:\n{new.stderr_tail(25)}"
+    missing = sorted(expected - set(ran))
+    assert not missing, f"runs due around the join never executed: {missing}\n{logs}"
+    twice = sorted(d for d in expected if ran[d] > 1)
+    assert not twice, f"runs executed more than once: {twice}\n{logs}"
+    fired = collections.Counter(due for n in (old, new) for _at, _e, due in fired_lines(n))
+    both = sorted(d for d, count in fired.items() if count > 1)
+    assert not both, f"runs fired by both nodes: {both}\n{logs}"
+    assert f"declares {old_name} dead" not in new.stderr(), logs
+
+
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
     from mesh.cli.common import EXIT_START
     from tests.integration.harness import MESHNODE, free_port
