@@ -60,6 +60,7 @@ HELD_MAX = 3           # runs of one entry held at most (the newest)
 HANDED_MAX = 50        # runs of one entry handed over by a peer fired at most (the newest)
 MAX_SYNC = 500         # firings per beat-sync message
 MAX_HANDED = 100_000   # entry names in a beat-sync's handed
+AHEAD_MAX = 10.0       # s: a peer's firing due further ahead of this node's clock is not learnt
 SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
 
 
@@ -99,6 +100,7 @@ class Beat(Component):
         self._swept = self.clock.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stuck: set[str] = set()     # entries whose runs no node takes (warned once)
+        self._ahead: set[str] = set()     # nodes whose firings were due far ahead (warned once)
 
     # -- component interface ------------------------------------------------------------
     async def start(self, node: "Node") -> None:
@@ -479,7 +481,24 @@ class Beat(Component):
         if ours is not None and ours.due == f.due and ours.node == self.node.name != f.node:
             log.debug("beat: %s fired %s (due %s) too, as this node did: it runs once (one id)",
                       f.node, f.entry, f.due)
-        self._learn(f)
+        self._learn_told(f)
+
+    def _learn_told(self, f: Fired) -> bool:
+        """``_learn`` a firing a peer told of, unless it is due more than AHEAD_MAX ahead
+        of this node's clock: the firing node's clock is ahead (or this one's behind),
+        and learnt, it stopped the entry here (no run is due after it) until this clock
+        reached it, also after a takeover, and was told on to every node. Said in one
+        WARNING per firing node, then at DEBUG."""
+        ahead = f.due - self.clock.time()
+        if ahead <= AHEAD_MAX:
+            return self._learn(f)
+        say = log.debug if f.node in self._ahead else log.warning
+        if len(self._ahead) < MAX_SYNC:      # (names a peer sends: a bounded set)
+            self._ahead.add(f.node)
+        say("beat: a firing of %s by %s is due %.0f s ahead of this node's clock: not learnt "
+            "(firings due over %g s ahead are refused: is %s's clock, or this node's, wrong?)",
+            f.entry, f.node, ahead, AHEAD_MAX, f.node)
+        return False
 
     def on_sync(self, args: dict[str, Any]) -> dict[str, int]:
         """A peer's firings; with ``settled`` (node, digest, boot), the peer says it has
@@ -491,7 +510,7 @@ class Beat(Component):
         learnt = 0
         for item in fired[:MAX_SYNC]:
             try:
-                learnt += self._learn(Fired.from_wire(item))
+                learnt += self._learn_told(Fired.from_wire(item))
             except ValueError as e:
                 log.warning("beat: a peer sent a bad firing: %s", e)
         try:

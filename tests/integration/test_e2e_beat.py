@@ -318,6 +318,34 @@ def test_every_run_due_as_a_node_joins_executes_once(
     assert f"declares {old_name} dead" not in new.stderr(), logs
 
 
+def test_a_firing_due_far_ahead_of_the_clock_is_not_learnt(
+        start_node: NodeFactory, beat_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer whose clock is an hour ahead tells of a firing of tick due an hour from
+    now. Learnt as tick's last firing, it stopped tick on this node (no run is due
+    after it until then), and on every node it reached, for the hour: here the node
+    refuses it, says so in one WARNING naming that peer (not one per message), and
+    fires on."""
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    node = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-clock")
+    runs_after(beat_log, 0, 2, "the start")
+    db = sqlite3.connect(str(node.data_dir / "beat.sqlite3"))
+    try:
+        (key,), = db.execute("SELECT key FROM fired WHERE entry='tick'").fetchall()
+    finally:
+        db.close()
+    ahead = time.time() + 3600.0
+    for n in range(2):
+        node.control.send([node.endpoint], "beat-fired", {
+            "entry": "tick", "due": ahead + n, "task_id": f"ahead-{n}", "node": "clock-ahead",
+            "at": ahead + n, "key": key, "noreply": True})
+    sent = time.time()
+    wait_until(lambda: sum(1 for due, _, _ in read_runs(beat_log) if due > sent + 1) >= 3, 15,
+               "3 runs after the far-ahead firing", interval=0.1)
+    said = [line for line in node.stderr().splitlines() if "clock-ahead" in line]
+    assert len(said) == 1 and " WARNING " in said[0], node.stderr_tail(20)
+    assert beat_view(node)["entries"][0]["last_run"]["due"] < sent + 60
+
+
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
     from mesh.cli.common import EXIT_START
     from tests.integration.harness import MESHNODE, free_port

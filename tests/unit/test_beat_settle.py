@@ -17,7 +17,7 @@ from mesh import Mesh
 from mesh.clock import FakeClock
 from mesh.membership import MemberState
 from mesh.membership.member import Member
-from mesh.node.beat import HOLD_MAX_PROBES, HOLD_PROBES, SETTLE_PROBES, Beat
+from mesh.node.beat import AHEAD_MAX, HOLD_MAX_PROBES, HOLD_PROBES, SETTLE_PROBES, Beat
 from mesh.node.beat_state import LastFirings, entry_key, hrw
 from mesh.wire.protocol import decode
 
@@ -320,3 +320,29 @@ def test_a_bad_beat_fired_is_a_warning(args: dict[str, Any],
     (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.levelno == logging.WARNING
     assert warning.getMessage().startswith("beat: a peer sent a bad firing: ")
+
+
+def test_a_firing_due_far_ahead_of_the_clock_is_not_learnt(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A peer whose clock is ahead tells of firings due in its future, in beat-fired
+    or in a beat-sync: learnt, one stopped the entry here until this clock reached it.
+    Refused beyond AHEAD_MAX, with one WARNING per firing node; a firing within it (a
+    clock a little ahead) is learnt."""
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    clock = FakeClock(START)
+    b = _beat("new", "old", clock)
+    key = b.keys["tick"]
+
+    def firing(due: float, node: str = "old") -> dict[str, Any]:
+        return {"entry": "tick", "due": due, "task_id": "t", "node": node, "at": due, "key": key}
+    b.on_fired(firing(START + 3600))
+    assert b.on_sync({"fired": [firing(START + 3601)]}) == {"learnt": 0}
+    assert b.store is not None and b.store.get("tick") is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["beat: a firing of tick by old is due 3600 s ahead of this node's "
+                        "clock: not learnt (firings due over 10 s ahead are refused: is old's "
+                        "clock, or this node's, wrong?)"]
+    assert b.on_sync({"fired": [firing(START + AHEAD_MAX)]}) == {"learnt": 1}
+    b.on_fired(firing(START + 7200, "other"))
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    assert b.store.get("tick").due == START + AHEAD_MAX      # type: ignore[union-attr]
