@@ -346,6 +346,24 @@ def test_a_firing_due_far_ahead_of_the_clock_is_not_learnt(
     assert beat_view(node)["entries"][0]["last_run"]["due"] < sent + 60
 
 
+def test_nodes_with_the_longest_names_fire_their_runs(start_node: NodeFactory, beat_log: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node names of 200 characters (the most the wire takes), of 4 bytes each in
+    UTF-8: a node's sockets are named after it, and ZeroMQ takes 255 bytes at most.
+    The beat's socket (the whole name) could not send a run ("Invalid argument"), nor
+    could gossip's (its first 64 characters: 256 bytes) reach a peer: no mesh."""
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    a = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="\U0001d52b" * 199 + "a")
+    b = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="\U0001d52b" * 199 + "b",
+                   peers=a.endpoint)
+    firing_node([a, b])                   # they see each other, settled, and agree
+    t = time.time()
+    runs_after(beat_log, t, 3, "both nodes settled")
+    check_runs(read_runs(beat_log))
+    for n in (a, b):
+        assert "Invalid argument" not in n.stderr(), n.stderr_tail(10)
+
+
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
     from mesh.cli.common import EXIT_START
     from tests.integration.harness import MESHNODE, free_port
