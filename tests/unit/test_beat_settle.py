@@ -17,7 +17,8 @@ from mesh import Mesh
 from mesh.clock import FakeClock
 from mesh.membership import MemberState
 from mesh.membership.member import Member
-from mesh.node.beat import AHEAD_MAX, HOLD_MAX_PROBES, HOLD_PROBES, SETTLE_PROBES, Beat
+from mesh.node.beat import HOLD_MAX_PROBES, HOLD_PROBES, SETTLE_PROBES, Beat
+from mesh.node.beat_peers import AHEAD_MAX
 from mesh.node.beat_state import LastFirings, entry_key, hrw
 from mesh.wire.protocol import decode
 
