@@ -371,7 +371,8 @@ class Beat(PeerTalk, Component):
         """Fire, in order, each run of ``entry`` due since ``peer`` last fired it: the
         peer stopped firing it when it counted this node, and this node held its runs
         until the peer confirmed; coalesced into the latest one, the runs between
-        were lost (3 of every 0.2 s on lan; CONTRACT: exactly one fires each due run).
+        were lost (2 or 3 of an entry every 0.2 s on lan; CONTRACT: exactly one fires each
+        due run).
         Bounded: the hold lasts HOLD_MAX_PROBES at most, a run due more than that
         before this node settled was not handed over, and HANDED_MAX runs are fired at
         most (the newest), the others said in a WARNING."""
