@@ -335,8 +335,12 @@ _TYPE_CHECKS = {
     "str": lambda v: isinstance(v, str),
     "bool": lambda v: isinstance(v, bool),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "float | None": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)),
+    # (not nan: every comparison with it is false, so it passed each ">= 0" check below:
+    # --shutdown-timeout nan said "up to nan s" and was gossiped to the peers (meta
+    # "stop"), --time-limit nan was no limit at all)
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v == v,
+    "float | None": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            and v == v),
     "tuple[str, ...]": lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v),
 }
 _TYPE_NAMES = {"str": "a string", "bool": "true or false", "int": "an integer",

@@ -68,6 +68,17 @@ def set_current(app: "Mesh") -> None:
         _current = weakref.ref(app)
 
 
+def swap_current(obj: Any) -> Any:
+    """Make ``obj`` (an app, or mesh.testing.pytest's trap; None: no current app)
+    current and return what was, to be put back the same way (the pytest plugin's
+    fixtures)."""
+    global _current
+    with _lock:
+        was = _current() if _current is not None else None
+        _current = weakref.ref(obj) if obj is not None else None
+        return was
+
+
 def get_current_app() -> "Mesh":
     """The current app: the last one made or set current; a default one if none is alive."""
     global _default

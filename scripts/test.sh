@@ -16,10 +16,11 @@ echo "test.sh: ruff (lint) and mypy --strict on mesh/"
 wait "$warm" || true
 set +e
 workers="${MESH_TEST_WORKERS:-4}"
+# the 20 slowest tests are listed at the end: where the run's time goes (docs/testing.md)
 if [ "$workers" = "0" ]; then
-    .venv/bin/python -m pytest -m "not slow" "$@"
+    .venv/bin/python -m pytest -m "not slow" --durations=20 "$@"
 else
-    .venv/bin/python -m pytest -m "not slow" -n "$workers" "$@"
+    .venv/bin/python -m pytest -m "not slow" -n "$workers" --durations=20 "$@"
 fi
 rc=$?
 if [ "$rc" -eq 5 ]; then

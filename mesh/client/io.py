@@ -100,8 +100,9 @@ class Client(Links, Members, Alone, Routing, WaitingRoom, Lookups, Closing, Repl
         self._members_known = threading.Event()         # a members answer has arrived
         self._refusals: dict[str, list[float]] = {}     # task name -> [first refusal logged,
                                                         # refusals since] (routes.py)
-        self._rechecked: dict[str, float] = {}          # task id -> when a fresh member list
-                                                        # was asked for it (routes.py)
+        self._rechecked: dict[str, float] = {}          # task id -> when no alive node took it
+                                                        # first (a fresh member list is asked
+                                                        # for after that: routes.py)
         self.links: dict[str, NodeLink] = {}            # endpoint -> link (I/O thread only)
         self._slots: dict[str, Slot] = {}               # I/O thread writes; others read
         self._queued: dict[str, Slot] = {}              # submitted, not yet in _slots: callers

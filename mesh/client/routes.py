@@ -110,13 +110,19 @@ class Routing:
         # taken its queue (add_consumer) as the one that refused it gave it up: a queue
         # moved, Celery's way, by add_consumer on one node and cancel_consumer on the
         # other, back to back, failed the tasks sent in the second before our next look
-        fresh = (not slot.refused or kind == "queue") and slot.task_id not in self._rechecked
+        # (a list asked for before the task was first found unplaceable does not count:
+        # a task sent within LOOK_SPACING of the last look, just after a worker's
+        # reload(), failed at its retry although no list had been asked for since)
+        asked = self._next_refresh - MEMBERS_INTERVAL   # when the latest list was asked for
+        first = self._rechecked.get(slot.task_id)
+        fresh = (not slot.refused or kind == "queue") and (first is None or asked < first)
         if fresh:
-            if len(self._rechecked) > 10_000:
-                self._rechecked.clear()
-            self._rechecked[slot.task_id] = now
+            if first is None:
+                if len(self._rechecked) > 10_000:
+                    self._rechecked.clear()
+                self._rechecked[slot.task_id] = now
             # (a burst of such tasks asks once per LOOK_SPACING, not once each)
-            if now >= self._next_refresh - MEMBERS_INTERVAL + LOOK_SPACING:
+            if now >= asked + LOOK_SPACING:
                 self._refresh_members(now)
         if maybe or fresh or not self._members_known.is_set():
             let_go(slot)

@@ -38,7 +38,7 @@ from types import MappingProxyType
 from typing import Any
 
 from mesh.clock import Clock
-from mesh.exceptions import DecodeError
+from mesh.exceptions import DecodeError, EncodeError
 from mesh.membership import timing
 from mesh.membership.broadcast import META, BroadcastQueue, Update
 from mesh.membership.member import WIRE_STATE, Member, MembershipStats, MemberState
@@ -83,6 +83,7 @@ MESSAGE_TYPES: frozenset[type[Message]] = frozenset(
 
 _INF = float("inf")
 DIRECT_FANOUT = 64     # members told directly, at once, that this node joined or leaves
+ENCODE_SAY_EVERY = 60.0  # s between two log lines for messages of one type that cannot be encoded
 
 OnChange = Callable[[Member, "MemberState | None", MemberState], None]
 GetMeta = Callable[[], Mapping[str, Any]]
@@ -135,6 +136,7 @@ class Membership:
         self._announce = False          # a join reply is due: announce ourselves then
         self._join_quiet = False        # ... and we knew no live member when we asked
         self._told: dict[str, float] = {}           # members told they are suspect/dead -> when
+        self._encode_said: dict[str, float] = {}    # message type -> when one failed to encode
         self._next_gossip = now + rng.random() * config.gossip_interval
         self._next_push_pull = now + rng.random() * config.push_pull_interval
         self._next_meta = now + config.meta_refresh_interval
@@ -432,7 +434,18 @@ class Membership:
         return out
 
     def _send(self, address: str, msg: Message) -> None:
-        frame = encode(msg)
+        try:
+            frame = encode(msg)
+        except EncodeError as e:
+            # a value that cannot go on the wire (this node's own meta, a number a peer
+            # pushed past msgpack's range) loses this message, never the membership
+            # loop: its end was the node's (a peer's Lamport clock of 2**64 - 1, review20)
+            now = self._clock.monotonic()
+            if now - self._encode_said.get(msg.TYPE.name, -_INF) >= ENCODE_SAY_EVERY:
+                self._encode_said[msg.TYPE.name] = now
+                log.error("membership: a %s to %s is not sent: %s (said once a minute)",
+                          msg.TYPE.name, address, e)
+            return
         c = self._counts
         c["sent"] += 1
         c["bytes_sent"] += len(frame)

@@ -48,6 +48,10 @@ log = safe_logger("mesh.events")
 
 SNDHWM = 10_000              # events queued per subscriber before ZeroMQ drops them
 HEARTBEAT_INTERVAL = 2.0     # s between node-heartbeat events (Celery's default)
+MAX_CLOCK = 2**53 - 1        # a peer's clock is taken up to this (JSON's exact integers; a
+                             # million events a second for 285 years): past it, it is not
+                             # a clock (2**64 - 1, taken, made the next event's 2**64, which
+                             # msgpack cannot encode, nor then the node's gossiped meta)
 MAX_REPR = 1000              # characters of args/result/exception text in an event
 
 # task-sent: published by the node a client submits to, when the client opts in
@@ -195,10 +199,14 @@ class Publisher:
         return any(t.startswith(p) for p in self.prefixes)
 
     # -- sending ----------------------------------------------------------------------
-    def tick(self, peer_clock: int) -> None:
-        """Lamport merge with a clock seen from a peer."""
+    def tick(self, peer_clock: int) -> bool:
+        """Lamport merge with a clock seen from a peer; False if it is past MAX_CLOCK
+        (not taken)."""
+        if peer_clock > MAX_CLOCK:
+            return False
         if peer_clock > self.clock:
             self.clock = peer_clock
+        return True
 
     def emit(self, type_: str, **fields: Any) -> None:
         """Send an event if anyone wants it. Fields must be msgpack-able."""

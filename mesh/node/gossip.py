@@ -42,6 +42,14 @@ def shutdown_timeout_of(meta: Any, own: float) -> float:
     return own
 
 
+def boot_of(meta: Any) -> str | None:
+    """The ``boot`` a member says in its meta (the id of its process: another one
+    means it restarted), None if it says none or what is not text. (Compared as
+    said, a nan was never equal to itself: the member 'restarted' at every look.)"""
+    said = meta.get("boot") if isinstance(meta, Mapping) else None
+    return said if isinstance(said, str) else None
+
+
 def tasks_digest(names: Iterable[str]) -> str:
     """A digest of the registered task names (in the gossiped meta)."""
     return sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]

@@ -183,7 +183,7 @@ class Handoffs(Component):
             try:
                 return (int(meta.get("busy", 0)) + int(meta.get("queued", 0))) / \
                     max(int(meta.get("total", 1)), 1)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):   # a peer may lie (inf: Overflow)
                 return 1e9
         best = min(load(m) for m in peers)
         ties = [m for m in peers if load(m) == best]

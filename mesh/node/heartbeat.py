@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from mesh import __version__
 from mesh.node.component import Component
-from mesh.node.events import HEARTBEAT_INTERVAL
+from mesh.node.events import HEARTBEAT_INTERVAL, MAX_CLOCK
 from mesh.node.naps import aligned
 from mesh.node.procstat import Proc, ProcessGone
+from mesh.security.text import printable, safe_logger
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
+
+log = safe_logger("mesh.events")
 
 TICK = 1.0           # s between samples
 STALE = 0.5          # s after which status samples again rather than use the last figures
@@ -36,6 +39,7 @@ class Heartbeat(Component):
         self._child_procs: dict[int, Proc] = {}
         self._sampled = 0.0
         self._heartbeat_at = 0.0
+        self._bad_clocks: set[str] = set()         # peers whose clock was said not taken
 
     async def start(self, node: "Node") -> None:
         self.node = node
@@ -62,8 +66,10 @@ class Heartbeat(Component):
         """Lamport: our clock is never behind a peer's (gossiped in its meta)."""
         for m in self.node.membership.alive_members(include_self=False):
             c = m.meta.get("clock")
-            if type(c) is int:
-                self.node.events.tick(c)
+            if type(c) is int and not self.node.events.tick(c) and m.id not in self._bad_clocks:
+                self._bad_clocks.add(m.id)
+                log.warning("member %s gossips a clock of %d, past any real one (%d): not "
+                            "taken (said once)", printable(m.id), c, MAX_CLOCK)
 
     def fresh(self) -> None:
         """Sample now unless the figures are recent (status asks for them)."""

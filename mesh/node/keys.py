@@ -82,17 +82,19 @@ class Keys(Component):
         self.guard.start()
         log.info("keys %s: mesh key %s, %d client and %d admin key(s) accepted", ring.path,
                  ring.identity.fingerprint, _count(ring.roles, "client"), _count(ring.roles, "admin"))
-        node.spawn(self._reload_loop(node), name="keys-reload")
+        node.spawn(self._reload_loop(node, ring), name="keys-reload")
 
     def close(self, node: "Node") -> None:
         if self.guard is not None:
             self.guard.stop()
             self.guard = None
 
-    async def _reload_loop(self, node: "Node") -> None:
+    async def _reload_loop(self, node: "Node", ring: "KeyRing") -> None:
+        """(Started only with keys.) ``ring`` is the node's for its whole run: nothing
+        replaces ``node.security`` once ``start`` made it, and ``reload`` reads the
+        directory again into the same ring."""
         while True:
-            ring = node.security.ring
-            await asyncio.sleep(RELOAD_INTERVAL if ring is None else reload_interval(ring))
+            await asyncio.sleep(reload_interval(ring))
             try:
                 self.reload(node)
             except Exception:            # never the end of the node: the old keys stay

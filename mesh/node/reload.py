@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -115,10 +115,7 @@ class Reloader(Component):
         old = node.app
         node.app = app
         replaced = node.pool.reload(app)
-        _update_rate_limits(node, old, app)
-        node.tasks_digest = tasks_digest(app.tasks)
-        node.routing.refresh(app)               # the task names peers and clients see
-        node.membership.update_local_meta()
+        serve_tasks(node, old.tasks)
         node.control.commands = default_registry.copy()   # the app's commands, as re-registered
         self.reloads += 1
         self.error = None
@@ -141,18 +138,25 @@ def _drop_bytecode(path: str) -> None:
         pass
 
 
-def _update_rate_limits(node: "Node", old: "Mesh", new: "Mesh") -> None:
-    """A task whose rate_limit option changed gets the new one."""
+def serve_tasks(node: "Node", before: Mapping[str, Any]) -> None:
+    """The node serves its app's tasks as they are now (new code loaded, or tasks
+    registered since it started: mesh.testing's ``worker.reload()``): a task whose
+    rate_limit is new or changed since ``before`` (name -> task) gets it, and the
+    gossiped digest and the task names peers and clients see follow."""
+    app = node.app
     limits = node.pool.limits
-    for name, task in new.tasks.items():
+    for name, task in app.tasks.items():
         rate = parse_rate(task.options.rate_limit)
-        before = old.tasks.get(name)
-        if before is not None and parse_rate(before.options.rate_limit) == rate:
+        was = before.get(name)
+        if was is not None and parse_rate(was.options.rate_limit) == rate:
             continue
         if rate is None:
             limits.pop(name, None)
         else:
             limits[name] = TokenBucket(rate)
+    node.tasks_digest = tasks_digest(app.tasks)
+    node.routing.refresh(app)               # the task names peers and clients see
+    node.membership.update_local_meta()
 
 
 # ---- which modules are the app's -------------------------------------------------------

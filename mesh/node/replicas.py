@@ -67,6 +67,7 @@ from mesh.node.copy_gates import COPY_TIMEOUT as COPY_TIMEOUT
 from mesh.node.copy_gates import GATE_STAMP as GATE_STAMP
 from mesh.node.copy_gates import CopyGates
 from mesh.node.disk_copies import DiskCopies
+from mesh.node.gossip import boot_of
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
 from mesh.node.peers import PeerSockets, routing_id
@@ -410,7 +411,7 @@ class Replicas(CopyGates, Component):
             self._sent[bid] = _Sent(backup, part, time.monotonic())
             self.nap.poke()
             self._busy[backup] = bid
-            self._boot_of.setdefault(backup, member.meta.get("boot"))
+            self._boot_of.setdefault(backup, boot_of(member.meta))
             self.copies_sent += len(part.tasks)
             self.sockets.send(member.address, encode(msg))
 
@@ -590,7 +591,7 @@ class Replicas(CopyGates, Component):
             self._forget_stalls()
             alive = set(self.choice.alive_ids())
             self.copies.note_departures(alive)
-            boots = {m.id: m.meta.get("boot") for m in ms.alive_members(include_self=False)}
+            boots = {m.id: boot_of(m.meta) for m in ms.alive_members(include_self=False)}
             restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
             for b in restarted:           # copies are kept in memory: a restarted backup
                 del self._boot_of[b]      # has none of them any more

@@ -14,16 +14,21 @@ memory, the ``test`` membership profile, no mDNS, loopback only.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import importlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mesh.exceptions import ConfigError
+from mesh.security.text import safe_logger
 
 if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.node.node import Node
+
+log = safe_logger("mesh.testing")
 
 START_TIMEOUT = 30.0
 # Celery's start_worker keywords that have no use here: its broker, logging and the
@@ -33,23 +38,71 @@ NOT_USED = frozenset({"loglevel", "logfile", "perform_ping_check", "ping_task_ti
                       "without_gossip"})
 
 
+class TestWorker:
+    """What ``start_worker`` yields: the node (``node``; its attributes read through,
+    e.g. ``address``, ``name``) and Celery's ``reload()``."""
+
+    __test__ = False    # (not a pytest test class)
+
+    def __init__(self, node: "Node", loop: asyncio.AbstractEventLoop):
+        self.node = node
+        self._loop = loop
+        self._known = dict(node.app.tasks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    def reload(self, modules: Iterable[str] | None = None, reload: bool = False,
+               reloader: Any = None) -> None:
+        """Celery's ``worker.reload()``: import ``modules`` (again, with ``reload``),
+        then serve every task the app has now, such as tasks a test defined after the
+        worker started (Celery's testing guide does so); clients see them at their next
+        look at the membership (a task sent meanwhile waits for it)."""
+        for name in modules or ():
+            module = importlib.import_module(name)
+            if reload:
+                importlib.reload(module)
+        from mesh.node.reload import serve_tasks
+        before, self._known = self._known, dict(self.node.app.tasks)
+        done = concurrent.futures.Future[None]()
+
+        def refresh() -> None:
+            try:
+                serve_tasks(self.node, before)
+                done.set_result(None)
+            except BaseException as e:     # said to the caller, not lost in the loop
+                done.set_exception(e)
+        self._loop.call_soon_threadsafe(refresh)
+        done.result(START_TIMEOUT)
+
+
 @contextlib.contextmanager
-def start_worker(app: "Mesh", concurrency: int = 1, **kwargs: Any) -> Iterator["Node"]:
+def start_worker(app: "Mesh", concurrency: int = 1, *, queues: Iterable[str] | str = (),
+                 exclude_queues: Iterable[str] | str = (), hostname: str = "start_worker",
+                 **kwargs: Any) -> Iterator[TestWorker]:
     """Run a node for ``app`` in a thread of this process until the block ends; yields
-    the node (its ``address`` is where ``app`` sends meanwhile). Celery's keywords
+    the worker (its ``address`` is where ``app`` sends meanwhile). Celery's keywords
     (``perform_ping_check``, ``pool``, ``loglevel``, ``shutdown_timeout``...) are taken;
-    the pool is always the solo pool, ``concurrency`` its slots."""
+    the pool is always the solo pool, ``concurrency`` its slots; ``queues`` (and
+    ``exclude_queues``) are the queues it takes, as ``meshnode -Q`` (``-X``)."""
     unknown = set(kwargs) - NOT_USED
     if unknown:
         raise ConfigError(f"start_worker: unknown keyword(s) {sorted(unknown)}")
+    if kwargs.get("pool") not in (None, "solo"):
+        log.warning("start_worker: pool %r is not used: a test worker runs its tasks in this "
+                    "process (the solo pool)", kwargs["pool"])
     started = threading.Event()
     box: dict[str, Any] = {}
+    options: dict[str, Any] = {"concurrency": concurrency}
+    for key, value in (("queues", queues), ("exclude_queues", exclude_queues)):
+        if value:
+            options[key] = (value,) if isinstance(value, str) else tuple(value)
 
     def run() -> None:
         async def main() -> None:
             from mesh.testing.node import running_node
             try:
-                async with running_node(app, name="start_worker", concurrency=concurrency) as node:
+                async with running_node(app, name=hostname, **options) as node:
                     box["node"], box["loop"], box["stop"] = node, asyncio.get_running_loop(), asyncio.Event()
                     started.set()
                     await box["stop"].wait()
@@ -63,15 +116,15 @@ def start_worker(app: "Mesh", concurrency: int = 1, **kwargs: Any) -> Iterator["
     if not started.wait(START_TIMEOUT) or "error" in box:
         raise RuntimeError(f"start_worker: the node did not start: {box.get('error')!r}")
     node = box["node"]
-    options = app._options
+    app_options = app._options
     app.close(patient=False)
-    app._options = {**options, "peers": [node.address], "mdns": False}
+    app._options = {**app_options, "peers": [node.address], "mdns": False}
     app._config_version = -1
     try:
-        yield node
+        yield TestWorker(node, box["loop"])
     finally:
         app.close(patient=False)
-        app._options = options
+        app._options = app_options
         app._config_version = -1
         box["loop"].call_soon_threadsafe(box["stop"].set)
         thread.join(START_TIMEOUT)

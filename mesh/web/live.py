@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import threading
 from typing import TYPE_CHECKING, Any
 
 from mesh.monitor.receiver import EventReceiver
 from mesh.security.text import safe_logger
+from mesh.web.server import json_text
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -187,7 +187,7 @@ class LiveHub:
                 if b.queue or b.lost:
                     events = list(b.queue)
                     b.queue.clear()
-                    body = json.dumps({"events": events, "lost": b.lost}, default=str)
+                    body = json_text({"events": events, "lost": b.lost})   # (peers' events)
                     b.lost = 0
                     await write(f"data: {body}\n\n".encode())
                     quiet_since = loop.time()

@@ -18,6 +18,7 @@ import hmac
 import importlib.resources
 import ipaddress
 import json
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -51,8 +52,30 @@ def is_loopback(host: str) -> bool:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, default=str), status=status,
-                        content_type="application/json")
+    return web.Response(text=json_text(data), status=status, content_type="application/json")
+
+
+def json_text(data: Any) -> str:
+    """``data`` as JSON a browser parses. What peers say (a member's meta, shown whole;
+    their events) is anything: inf and nan are not JSON (json.dumps wrote Infinity,
+    which the page's resp.json() and JSON.parse refuse: one peer's meta made the node
+    view fail on every node of the mesh), and a key that is bytes made it raise."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except (ValueError, TypeError):
+        return json.dumps(_plain(data), default=str, allow_nan=False)
+
+
+def _plain(v: Any) -> Any:
+    """``v`` as JSON can say it: a float that is inf or nan as null, a key that is not
+    a string as its ``str``."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k if isinstance(k, str) else str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 def error(status: int, message: str) -> web.Response:

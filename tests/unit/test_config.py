@@ -195,6 +195,13 @@ def test_unknown_option_is_refused_even_when_none() -> None:
     (dict(dead_node_reclaim=float("nan")), "dead_node_reclaim"),
     (dict(workflow_stall=0), "workflow_stall"),
     (dict(workflow_stall=float("nan")), "workflow_stall"),
+    # nan passed every ">= 0" check (each comparison with it is false)
+    (dict(shutdown_timeout=float("nan")), "shutdown_timeout"),
+    (dict(time_limit=float("nan")), "time_limit"),
+    (dict(soft_time_limit=float("nan")), "soft_time_limit"),
+    (dict(autoscale_keepalive=float("nan")), "autoscale_keepalive"),
+    (dict(max_eta=float("nan")), "max_eta"),
+    (dict(result_expires=float("nan")), "result_expires"),
 ])
 def test_bad_values(kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):

@@ -418,3 +418,32 @@ def test_a_shed_crosses_one_of_ours_only_within_the_window(sent_ago: float | Non
     assert s.crossing("peer", 100.0) is crossing
     assert ("peer" in s._shed_from) is crossing and s.crossings == int(crossing)
     assert not s.crossing("other", 100.0)
+
+
+@pytest.mark.parametrize("key", ["total", "busy"])
+def test_a_stopping_node_hands_its_tasks_on_though_a_peer_gossips_an_infinite_load(key: str) -> None:
+    """A peer's meta is anything it says (a float where a count goes: inf). The load a
+    stopping node reads from it to choose where each task goes (``Handoffs._pick``)
+    took ``int(inf)``, whose OverflowError was not among the errors it caught: the
+    node's stop raised out of its executor's stop hook, the tasks it was handing on
+    stayed unsent and the node ended with a traceback. A load it cannot read counts
+    as the highest (another peer is chosen first), as a load that is not a number
+    did already."""
+    async def main() -> None:
+        async with running_node(app, name="liar") as liar:
+            liar.routing.meta[key] = float("inf")      # what it gossips (the meta's last word)
+            liar.membership.update_local_meta()
+            async with running_node(app, name="giver", autorun=False, concurrency=1,
+                                    peers=[liar.address]) as g, dealer(g) as to_g:
+                g.shedder.shed = lambda now: 0
+                await until(lambda: (m := g.membership.member("liar")) is not None
+                            and m.meta.get(key) == float("inf"), "the giver to know the liar's meta")
+                await until(lambda: "giver" in liar.replicas.choice.alive_ids(),
+                            "the liar to know the giver (it takes tasks it can copy)")
+                for i in range(4):          # (one taken by its child, three queued)
+                    await to_g.send(submit(f"inf-{i}"))
+                await until(lambda: g.pool.queued == 3, "the giver to hold three queued")
+            # the giver stopped (no OverflowError out of its stop) and handed them on:
+            # the three queued, and the one its child had, interrupted by the stop
+            await until(lambda: liar.handoff.received == 4, "the liar to take the four")
+    run(main())

@@ -881,3 +881,25 @@ def test_a_failed_probe_with_no_member_to_ask_does_not_stretch_the_suspicion() -
         now = m.next_deadline()
         m.tick(now)
     assert _state(m, "b") is DEAD and now == pytest.approx(suspicion.deadline)
+
+
+def test_a_meta_that_cannot_be_encoded_loses_messages_not_the_membership(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # an encode failure in the node's own gossip ended the membership loop, and so the
+    # node (review20: a peer's Lamport clock of 2**64 - 1, incremented past msgpack's
+    # range); now the message is not sent, said once a minute, and the loop goes on
+    sim = cluster(3)
+    meta: dict[str, Any] = {"free": 1}
+    n1 = sim.add("odd", join=[sim.address_of("n0")], get_meta=lambda: dict(meta))
+    sim.run_until(lambda: sim.seen_by_all("odd", ALIVE), timeout=2.0)
+    meta["clock"] = 2**64            # msgpack cannot encode it
+    with caplog.at_level(logging.ERROR, logger="mesh.membership"):
+        assert n1.update_local_meta() is True
+        sim.run_for(3.0)             # probes, gossip, push-pulls: each would encode it
+    said = [r for r in caplog.records if "is not sent" in r.getMessage()]
+    assert said and len(said) <= 4, [r.getMessage() for r in said]   # once per message type
+    meta.pop("clock")                # fixed: the node gossips again, nobody declared it dead
+    assert n1.update_local_meta() is True
+    assert sim.run_until(lambda: all(m.member("odd").meta.get("free") == 1  # type: ignore[union-attr]
+                                     and m.member("odd").state is ALIVE      # type: ignore[union-attr]
+                                     for m in sim.live_nodes() if m is not n1), timeout=5.0)
