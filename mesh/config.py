@@ -18,7 +18,7 @@ from typing import Any
 
 from mesh.digest import blake2b
 from mesh.exceptions import ConfigError
-from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE
+from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MIN_MAX_MESSAGE_SIZE
 
 DEFAULT_PORT = 7700
 MESH_IN_PATH = 64       # characters of the mesh's name in its default data dir's name
@@ -136,6 +136,9 @@ class Config:
             return ConfigError(what)
         if "%" in self.name:          # Celery's -n worker1@%h, in a unit moved over
             object.__setattr__(self, "name", expand_node_name(self.name))
+        if len(self.name) > MAX_ID_LEN:   # (the wire's: a peer refuses every frame naming it)
+            raise bad(f"name must be at most {MAX_ID_LEN} characters (nodes name each other in "
+                      f"every message), got {len(self.name)}: {self.name[:40]!r}...")
         if self.bind == "":           # frozen: the derived default is set once, here
             host = "0.0.0.0" if self.keys or self.insecure else "127.0.0.1"
             object.__setattr__(self, "bind", f"tcp://{host}:{DEFAULT_PORT}")

@@ -15,7 +15,10 @@ data dir: a node that takes an entry over neither fires a run again nor skips on
 A starting node fires nothing until it has settled (learnt the mesh); then it tells its
 peers itself (a ``beat-sync`` with ``settled``) and holds the runs it would fire until they
 have confirmed that they count it as a firer, so a node joining a mesh and the node that
-fired its entries until then never fire the same run (docs/periodic.md, Settling).
+fired its entries until then never fire the same run; the confirmation names the entries
+the peer fired until then, and the joiner fires each of their runs due since the peer's
+last, so none is lost either (docs/periodic.md, Settling). What a node tells its peers
+and hears from them is in mesh/node/beat_peers.py.
 
 No backlog: when a node takes over, or the mesh starts after being down, only the latest
 due run is fired (and only within the entry's ``catch_up`` window, if it has one). The
@@ -34,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 from mesh.clock import Clock
 from mesh.exceptions import MeshError
 from mesh.membership import MemberState, profile
+from mesh.node.beat_peers import PeerTalk
 from mesh.node.beat_send import Outbox, Run
-from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, hrw
+from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, handed_runs, hrw
 from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
 from mesh.node.gossip import shutdown_timeout_of
@@ -55,11 +59,11 @@ SETTLE_PROBES = 10     # a starting node fires nothing for this many probe inter
 HOLD_PROBES = 2        # then holds the runs it would fire for this many, as peers learn it settled,
 HOLD_MAX_PROBES = 10   # and, at most this many, until every alive peer confirmed that it counts it
 HELD_MAX = 3           # runs of one entry held at most (the newest)
-MAX_SYNC = 500         # firings per beat-sync message
+HANDED_MAX = 50        # runs of one entry handed over by a peer fired at most (the newest)
 SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
 
 
-class Beat(Component):
+class Beat(PeerTalk, Component):
     """The beat component of one node: ``start`` reads the app's schedule, registers the
     beat commands and spawns ``run`` (the loop) in the node's TaskGroup."""
 
@@ -91,9 +95,11 @@ class Beat(Component):
         self._told_settled = -math.inf        # when we last told them we settled
         self._counted: dict[str, str] = {}    # peer -> boot: said it settled, before its meta did
         self._held: dict[str, list[float]] = {}   # entry -> dues held since settling
+        self._handed: dict[str, str] = {}     # entry -> the peer that fired it until it counted us
         self._swept = self.clock.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stuck: set[str] = set()     # entries whose runs no node takes (warned once)
+        self._ahead: set[str] = set()     # nodes whose firings were due far ahead (warned once)
 
     # -- component interface ------------------------------------------------------------
     async def start(self, node: "Node") -> None:
@@ -272,6 +278,8 @@ class Beat(Component):
                 self._hold(entry, now)
             else:
                 self._consider(entry, now)
+        if not holding:
+            self._handed.clear()
         if now - self.settled_at < self.hold:
             wait = min(wait, self.settled_at + self.hold - now)
         return max(wait, 0.001)
@@ -320,7 +328,10 @@ class Beat(Component):
             held[:] = sorted([*held, due])[-HELD_MAX:]
 
     def _fire_held(self, entry: Entry, mine: bool, firers: list[str], now: float) -> None:
-        """The hold is over. No backlog here either: if the entry is still ours, only
+        """The hold is over. An entry a peer handed over (it fired the entry until it
+        counted this node, ``_handing``) gets each run due since that no node fired
+        (``_fire_handed``). Otherwise no backlog here either (a node alone, nodes
+        started together, a peer that did not confirm): if the entry is still ours, only
         the latest run due now that no node fired is fired (``_consider``: the newest
         held, or one due since), never each run held (a short-period entry fired up
         to HELD_MAX runs at once, a session-18 finding). What is not fired here is
@@ -329,6 +340,7 @@ class Beat(Component):
         assert self.store is not None and self.schedule is not None
         tz = self.schedule.timezone
         held = self._held.pop(entry.name)
+        handed_by = self._handed.pop(entry.name, None)
         last_due = self._last_due(entry.name)
         fired = [d for d in held if last_due is not None and d <= last_due]
         left = [d for d in held if d not in fired]
@@ -343,6 +355,9 @@ class Beat(Component):
                           "s" if len(left) > 1 else "", _dues(left, tz),
                           "are" if len(left) > 1 else "is")
             return
+        if handed_by is not None:
+            self._fire_handed(entry, handed_by, now)
+            return
         fire, late = due_to_fire(entry.schedule, tz, now, last_due, self.started, entry.catch_up)
         older = [d for d in left if d not in (fire, late)]
         if older:
@@ -351,6 +366,39 @@ class Beat(Component):
                      "s" if len(older) > 1 else "", _dues(older, tz),
                      "are" if len(older) > 1 else "is")
         self._consider(entry, now)
+
+    def _fire_handed(self, entry: Entry, peer: str, now: float) -> None:
+        """Fire, in order, each run of ``entry`` due since ``peer`` last fired it: the
+        peer stopped firing it when it counted this node, and this node held its runs
+        until the peer confirmed; coalesced into the latest one, the runs between
+        were lost (2 or 3 of an entry every 0.2 s on lan; CONTRACT: exactly one fires each
+        due run).
+        Bounded: the hold lasts HOLD_MAX_PROBES at most, a run due more than that
+        before this node settled was not handed over, and HANDED_MAX runs are fired at
+        most (the newest), the others said in a WARNING."""
+        assert self.schedule is not None
+        tz = self.schedule.timezone
+        fire, over, late = handed_runs(entry.schedule, tz, now, self._last_due(entry.name),
+                                       self.settled_at - self.hold_max, entry.catch_up,
+                                       HANDED_MAX)
+        if over:
+            log.warning("beat: %s: %d run%s due %s .. %s, handed over by %s as this node "
+                        "settled, %s not fired: only the newest %d are", entry.name, len(over),
+                        "s" if len(over) > 1 else "", _iso(over[0], tz), _iso(over[-1], tz),
+                        peer, "are" if len(over) > 1 else "is", HANDED_MAX)
+        if late:
+            self.counts["skipped"] += len(late)
+            log.warning("beat: %s: run%s due %s, handed over by %s as this node settled, "
+                        "%s later than its catch_up of %g s: skipped", entry.name,
+                        "s" if len(late) > 1 else "", _dues(late, tz), peer,
+                        "are" if len(late) > 1 else "is", entry.catch_up)
+            self._learn(Fired(entry.name, late[-1], "", self.node.name, now, self.keys[entry.name]))
+        if fire:
+            log.debug("beat: %s fired %s until it counted this node: runs due since, %s, "
+                      "are fired here", peer, entry.name, _dues(fire, tz))
+        for due in fire:
+            self.fire(entry, due, now)
+        self._consider(entry, now)       # (fires nothing more: looks for the next run)
 
     def _last_due(self, name: str) -> float | None:
         """The due time of the last known firing of entry ``name``, if it was of the
@@ -413,97 +461,6 @@ class Beat(Component):
     def _done(self, run: Run, state: str, node: str) -> None:
         self.results[run.entry] = (state, node, run.due)
 
-    # -- what peers say -------------------------------------------------------------------
-    def _learn(self, f: Fired) -> bool:
-        assert self.store is not None
-        if self.keys.get(f.entry) != f.key:
-            return False               # not our entry, or defined differently here
-        if self.store.learn(f):
-            self.next_look.pop(f.entry, None)
-            return True
-        return False
-
-    def on_fired(self, args: dict[str, Any]) -> None:
-        try:
-            f = Fired.from_wire(args)
-        except ValueError as e:        # (one line, as in a beat-sync: not a traceback)
-            log.warning("beat: a peer sent a bad firing: %s", e)
-            return
-        ours = self.store.get(f.entry) if self.store is not None else None
-        if ours is not None and ours.due == f.due and ours.node == self.node.name != f.node:
-            log.debug("beat: %s fired %s (due %s) too, as this node did: it runs once (one id)",
-                      f.node, f.entry, f.due)
-        self._learn(f)
-
-    def on_sync(self, args: dict[str, Any]) -> dict[str, int]:
-        """A peer's firings; with ``settled`` (node, digest, boot), the peer says it has
-        settled and fires from now on; with ``counted`` (a boot) and ``node``, a peer
-        confirms that it counts this node (that boot of it) as a firer."""
-        fired = args.get("fired")
-        if not isinstance(fired, list):
-            raise ValueError("beat-sync needs 'fired': a list of firings")
-        learnt = 0
-        for item in fired[:MAX_SYNC]:
-            try:
-                learnt += self._learn(Fired.from_wire(item))
-            except ValueError as e:
-                log.warning("beat: a peer sent a bad firing: %s", e)
-        try:
-            if "settled" in args:
-                self._on_settled(args["settled"])
-            if "counted" in args:
-                peer = _text(args, "node")
-                if _text(args, "counted") == self.node.boot and peer in self._unconfirmed:
-                    self._unconfirmed.discard(peer)
-                    log.debug("beat: %s counts this node as a firer", peer)
-        except ValueError as e:
-            log.warning("beat: a peer sent a bad beat-sync: %s", e)
-        return {"learnt": learnt}
-
-    def _on_settled(self, said: Any) -> None:
-        """A peer says it settled: count it as a firer at once (its meta says so only
-        when gossip brings it), and confirm, with everything this node fired before.
-        Only a member alive here, that boot of it: it asks again until then."""
-        if not isinstance(said, dict):
-            raise ValueError("beat-sync 'settled' must be a map (node, digest, boot)")
-        peer, digest, boot = _text(said, "node"), _text(said, "digest"), _text(said, "boot")
-        member = next((m for m in self._alive() if m.id == peer), None)
-        if member is None or member.meta.get("boot") != boot:
-            log.debug("beat: %s says it settled, but that process is not an alive member "
-                      "here yet: not counted (it says so again)", peer)
-            return
-        if digest == self.digest and self._counted.get(peer) != boot:
-            self._counted[peer] = boot
-            log.debug("beat: %s settled: it fires its entries from now on", peer)
-        self._sync_to(member.address, counted=boot)
-
-    def _sync_message(self, fired: list[dict[str, Any]], **extra: Any) -> Control:
-        return Control(f"beat-sync-{self.node.name}-{time.monotonic_ns()}", "beat-sync",
-                       {"fired": fired, "noreply": True, **extra})
-
-    def _sync_to(self, address: str, counted: str | None = None) -> None:
-        """Every firing known here, to ``address``; with ``counted``, in its last
-        message, the confirmation that it counts that boot of the peer as a firer."""
-        items = [f.to_wire() for f in self.store.last.values()] if self.store is not None else []
-        if not items and counted is None:
-            return
-        chunks = [items[i:i + MAX_SYNC] for i in range(0, len(items), MAX_SYNC)] or [[]]
-        for n, chunk in enumerate(chunks, 1):
-            extra = {"counted": counted, "node": self.node.name} \
-                if counted is not None and n == len(chunks) else {}
-            self._tell(self._sync_message(chunk, **extra), [address])
-
-    def _alive_addresses(self) -> list[str]:
-        return [m.address for m in self._alive()]
-
-    def _tell(self, msg: Control, addresses: list[str]) -> None:
-        transport = self.node.transport
-        if transport is None:
-            return
-        frame = encode(msg)
-        for address in addresses:
-            transport.send(address, frame)
-
     # -- what meshctl beat shows --------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """This node's view of every entry: schedule, next and last run, who fires it."""
@@ -535,13 +492,6 @@ class Beat(Component):
                 "fired": self.counts["fired"], "skipped": self.counts["skipped"],
                 "resent": self.outbox.resent if self.outbox else 0,
                 "in_flight": len(self.outbox.runs) if self.outbox else 0, "entries": rows}
-
-
-def _text(args: dict[str, Any], name: str) -> str:
-    v = args.get(name)
-    if not isinstance(v, str) or not v or len(v) > 200:
-        raise ValueError(f"beat-sync field {name!r} is missing or bad: {v!r}"[:200])
-    return v
 
 
 def _iso(t: float, tz: dt.tzinfo) -> str:

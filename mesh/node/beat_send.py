@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ import zmq
 
 from mesh import states
 from mesh.exceptions import DecodeError
+from mesh.node.peers import routing_id
 from mesh.node.zmqloop import SocketDriver
 from mesh.security.curve import Security
 from mesh.security.text import safe_logger
@@ -77,7 +77,7 @@ class Outbox:
                  spawn: Callable[[Any], "asyncio.Task[None]"], security: Security | None = None):
         self.ctx = ctx
         self.security = security or Security(None)
-        self.routing_id = f"beat:{node_name}:{os.urandom(4).hex()}".encode()
+        self.routing_id = routing_id("beat", node_name)
         self.pick = pick
         self.done = done
         self.spawn = spawn

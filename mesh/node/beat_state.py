@@ -53,6 +53,26 @@ def due_to_fire(sched: BaseSchedule, tz: dt.tzinfo, now: float, last_due: float 
     return due, None
 
 
+def handed_runs(sched: BaseSchedule, tz: dt.tzinfo, now: float, last_due: float | None,
+                since: float, catch_up: float | None,
+                cap: int) -> tuple[list[float], list[float], list[float]]:
+    """``(fire, over, late)`` for an entry a peer handed to this node as it settled: the
+    runs due in (``last_due``, ``now``], and after ``since``, oldest first. The peer fired
+    every run due until it counted this node as a firer (``last_due`` is its last), and
+    none after, so each run here fell due during the handover and no node fired it.
+    ``fire`` holds the newest ``cap`` of them not more than ``catch_up`` seconds late;
+    ``over``, older ones beyond the cap; ``late``, those beyond ``catch_up``."""
+    lower = since if last_due is None else max(last_due, since)
+    dues: list[float] = []
+    t = sched.next_after(lower, tz)
+    while t <= now:                 # (a solar event that never happens: inf, none)
+        dues.append(t)
+        t = sched.next_after(t, tz)
+    late = [d for d in dues if catch_up is not None and now - d > catch_up]
+    timely = [d for d in dues if d not in late]
+    return timely[-cap:], timely[:-cap], late
+
+
 class Fired(NamedTuple):
     """The last firing of an entry: its run due at ``due`` was sent as ``task_id`` by
     ``node`` at ``at``; ``key`` names the entry's definition (a hash of Entry.key())."""

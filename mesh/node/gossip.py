@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.digest import sha1
 from mesh.membership import Member, Membership, MemberState, profile
 from mesh.node.component import Component
-from mesh.node.peers import PeerSockets, ZmqTransport
+from mesh.node.peers import PeerSockets, ZmqTransport, routing_id
 from mesh.node.scope import MeshScope
 from mesh.security.text import printable, safe_logger
 
@@ -124,7 +123,7 @@ class Members(Component):
         node.tasks_digest = tasks_digest(node.app.tasks)
         # a routing id nobody can guess: a peer that took it over (ROUTER_HANDOVER)
         # would cut this node's link to that peer
-        peers = PeerSockets(node.ctx, f"node:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
+        peers = PeerSockets(node.ctx, routing_id("node", node.name),
                             security=node.security)
         node.transport = self.transport = ZmqTransport(peers, node.address)
         prof = profile(node.config.profile)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
+import os
 import socket
 import time
 from typing import Any
@@ -39,6 +40,14 @@ RESOLVE_OK_TTL = 300.0      # s a host name's address is reused before it is loo
 RESOLVE_FAIL_TTL = 30.0     # s a name that did not resolve is not tried again
 MAX_RESOLVING = 8           # name lookups in flight at once; more names wait their turn
 MAX_NAMES = 1024            # names remembered
+
+
+def routing_id(kind: str, name: str) -> bytes:
+    """The ZeroMQ routing id of a node's socket: ``kind``, the first 64 bytes of the
+    node's name, and 8 random bytes. ZeroMQ takes 255 bytes at most, and a name may
+    be 200 characters of 4 bytes each (mesh.wire.protocol.MAX_ID_LEN): cut at 64
+    characters it was 256 bytes, and no socket so named could be opened."""
+    return f"{kind}:".encode() + name.encode()[:64] + f":{os.urandom(8).hex()}".encode()
 
 
 def literal_host(address: str) -> bool:

@@ -70,7 +70,7 @@ from mesh.node.disk_copies import DiskCopies
 from mesh.node.gossip import boot_of
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
-from mesh.node.peers import PeerSockets
+from mesh.node.peers import PeerSockets, routing_id
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Replicate, ReplicateAck, Submit, encode
 
@@ -169,7 +169,7 @@ class Replicas(CopyGates, Component):
         self.node = node
         node.replicas = self
         # with keys, CurveZMQ as the node (mesh/security); a routing id nobody can guess
-        self.sockets = PeerSockets(node.ctx, f"data:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
+        self.sockets = PeerSockets(node.ctx, routing_id("data", node.name),
                                    hwm=DATA_HWM, security=node.security)
         self.enabled = node.config.replicas >= 2
         self.copies.start()

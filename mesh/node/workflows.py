@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from mesh.node.component import Component
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
-from mesh.node.peers import PeerSockets
+from mesh.node.peers import PeerSockets, routing_id
 from mesh.node.wf_commands import exc_repr, frame_task_id, mesh_exc, register, request_of
 from mesh.node.wf_groups import Groups
 from mesh.rendezvous import ranked
@@ -81,7 +80,7 @@ class Workflows(Component):
         self.node = node
         node.workflows = self
         # with keys, CurveZMQ as the node (mesh/security); a routing id nobody can guess
-        self.sockets = PeerSockets(node.ctx, f"wf:{node.name[:64]}:{os.urandom(8).hex()}".encode(),
+        self.sockets = PeerSockets(node.ctx, routing_id("wf", node.name),
                                    hwm=DATA_HWM, security=node.security)
         self.nap = Nap()          # poked as a group begins: the loop ticks while groups run
         self.groups = Groups(self)

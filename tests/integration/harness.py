@@ -377,8 +377,9 @@ class NodeFactory:
             port = free_port()
             node_name = name or f"it-{port}"
             endpoint = f"tcp://127.0.0.1:{port}"
-            data_dir = self.base_dir / f"{node_name}-{port}.data"
-            stderr_path = self.base_dir / f"{node_name}-{port}.stderr"
+            stem = node_name if len(node_name.encode()) <= 100 else "long-name"   # (a file name
+            data_dir = self.base_dir / f"{stem}-{port}.data"                     # is 255 bytes)
+            stderr_path = self.base_dir / f"{stem}-{port}.stderr"
             argv = [*(program or [MESHNODE]), "--app", app, "--bind", endpoint, *([] if mdns else ["--no-mdns"]),
                     *(["--concurrency", str(concurrency)] if concurrency is not None else []),
                     "--data-dir", str(data_dir),

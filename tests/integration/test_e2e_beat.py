@@ -279,6 +279,91 @@ def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
     pytest.fail("the stopped node was declared dead in every try")
 
 
+def test_every_run_due_as_a_node_joins_executes_once(
+        start_node: NodeFactory, beat_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node joins a mesh whose one node has fired tick (every 0.2 s) for long, and
+    takes it over. The old firer stops when it counts the joiner (the joiner told it
+    that it settled); the joiner holds its runs for 2 probe intervals at least (0.6 s
+    on lan) and until the old firer confirmed. The runs due between the two fired on
+    no node: the joiner fired only the latest due after its hold (2 or 3 runs missed
+    per join on main, CONTRACT: "exactly one fires each due run"). Now it fires each
+    run its peer did not, in order. Every run due around the join (2 s either side of
+    the joiner's first firing) executes once, and no run is logged fired by both."""
+    from mesh.schedules import interval
+    every = 0.2
+    monkeypatch.setenv("BEAT_EVERY", str(every))
+    old_name, new_name = _pair_the_joiner_wins(0)
+    old = start_node(app="beat_app", concurrency=1, profile="lan", name=old_name)
+    wait_until(lambda: len(fired_lines(old)) >= 3, 30, f"{old_name} to fire", interval=0.1)
+    new = start_node(app="beat_app", concurrency=1, profile="lan", name=new_name,
+                     peers=old.endpoint)
+    wait_until(lambda: len(fired_lines(new)) >= 3, 30, f"{new_name} to fire", interval=0.1)
+    first = min(due for _at, _e, due in fired_lines(new))
+    expected = {round(d, 3) for d in interval(every).due_between(first - 2.0, first + 2.0)}
+    wait_until(lambda: time.time() > first + 3.0, 10, "the runs after the join", interval=0.1)
+    try:                # (what did not execute by then is said below, with the logs)
+        wait_until(lambda: expected <= {round(d, 3) for d, _p, _t in read_runs(beat_log)}, 5,
+                   "every run due around the join to execute", interval=0.1)
+    except AssertionError:
+        pass
+    ran = collections.Counter(round(d, 3) for d, _p, _t in read_runs(beat_log))
+    logs = f"{old_name}:\n{old.stderr_tail(25)}\n{new_name}:\n{new.stderr_tail(25)}"
+    missing = sorted(expected - set(ran))
+    assert not missing, f"runs due around the join never executed: {missing}\n{logs}"
+    twice = sorted(d for d in expected if ran[d] > 1)
+    assert not twice, f"runs executed more than once: {twice}\n{logs}"
+    fired = collections.Counter(due for n in (old, new) for _at, _e, due in fired_lines(n))
+    both = sorted(d for d, count in fired.items() if count > 1)
+    assert not both, f"runs fired by both nodes: {both}\n{logs}"
+    assert f"declares {old_name} dead" not in new.stderr(), logs
+
+
+def test_a_firing_due_far_ahead_of_the_clock_is_not_learnt(
+        start_node: NodeFactory, beat_log: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer whose clock is an hour ahead tells of a firing of tick due an hour from
+    now. Learnt as tick's last firing, it stopped tick on this node (no run is due
+    after it until then), and on every node it reached, for the hour: here the node
+    refuses it, says so in one WARNING naming that peer (not one per message), and
+    fires on."""
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    node = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-clock")
+    runs_after(beat_log, 0, 2, "the start")
+    db = sqlite3.connect(str(node.data_dir / "beat.sqlite3"))
+    try:
+        (key,), = db.execute("SELECT key FROM fired WHERE entry='tick'").fetchall()
+    finally:
+        db.close()
+    ahead = time.time() + 3600.0
+    for n in range(2):
+        node.control.send([node.endpoint], "beat-fired", {
+            "entry": "tick", "due": ahead + n, "task_id": f"ahead-{n}", "node": "clock-ahead",
+            "at": ahead + n, "key": key, "noreply": True})
+    sent = time.time()
+    wait_until(lambda: sum(1 for due, _, _ in read_runs(beat_log) if due > sent + 1) >= 3, 15,
+               "3 runs after the far-ahead firing", interval=0.1)
+    said = [line for line in node.stderr().splitlines() if "clock-ahead" in line]
+    assert len(said) == 1 and " WARNING " in said[0], node.stderr_tail(20)
+    assert beat_view(node)["entries"][0]["last_run"]["due"] < sent + 60
+
+
+def test_nodes_with_the_longest_names_fire_their_runs(start_node: NodeFactory, beat_log: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node names of 200 characters (the most the wire takes), of 4 bytes each in
+    UTF-8: a node's sockets are named after it, and ZeroMQ takes 255 bytes at most.
+    The beat's socket (the whole name) could not send a run ("Invalid argument"), nor
+    could gossip's (its first 64 characters: 256 bytes) reach a peer: no mesh."""
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    a = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="\U0001d52b" * 199 + "a")
+    b = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="\U0001d52b" * 199 + "b",
+                   peers=a.endpoint)
+    firing_node([a, b])                   # they see each other, settled, and agree
+    t = time.time()
+    runs_after(beat_log, t, 3, "both nodes settled")
+    check_runs(read_runs(beat_log))
+    for n in (a, b):
+        assert "Invalid argument" not in n.stderr(), n.stderr_tail(10)
+
+
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:
     from mesh.cli.common import EXIT_START
     from tests.integration.harness import MESHNODE, free_port

@@ -189,6 +189,16 @@ def test_a_name_pattern_celery_does_not_have_is_refused() -> None:
     assert "%q" in p.stderr
 
 
+def test_a_node_name_longer_than_the_wire_takes_is_refused() -> None:
+    # Nodes name each other in every message (a membership update, a ping's source, a
+    # beat firing), and refuse a name over 200 characters: a node so named started,
+    # then every peer refused its frames ("source must be 1..200 characters") and it
+    # never joined; at 250 it could not even send its periodic runs to itself.
+    p = run_program(MESHNODE, "-A", APP, "-n", "w" * 199 + "@%h", "--no-mdns", timeout=30)
+    assert p.returncode == EXIT_USAGE, p.stderr
+    assert "name must be at most 200 characters" in p.stderr, p.stderr
+
+
 def test_a_call_with_the_wrong_arguments_fails_in_the_caller(node: NodeProc) -> None:
     # Celery checks a call against the task's parameters when it is sent (``typing``,
     # on by default): add.delay(1) raises TypeError in the web request, nothing is

@@ -18,6 +18,7 @@ from mesh.clock import FakeClock
 from mesh.membership import MemberState
 from mesh.membership.member import Member
 from mesh.node.beat import HOLD_MAX_PROBES, HOLD_PROBES, SETTLE_PROBES, Beat
+from mesh.node.beat_peers import AHEAD_MAX
 from mesh.node.beat_state import LastFirings, entry_key, hrw
 from mesh.wire.protocol import decode
 
@@ -87,16 +88,43 @@ def _beat(name: str, peer: str, clock: FakeClock, every: float = 1.0) -> Beat:
     return b
 
 
-def _deliver(src: Beat, dst: Beat | None) -> None:
+def _deliver(src: Beat, dst: Beat | None, older: bool = False) -> None:
     """What ``src`` told its peers (beat-fired, beat-sync), received by ``dst`` (None:
-    lost on the way)."""
+    lost on the way). ``older``: ``src`` is of a version that does not say which
+    entries it hands over (no ``handed``)."""
     for frame in src.node.transport.frames:
         msg = decode(frame)
         if dst is not None and msg.command == "beat-fired":      # type: ignore[union-attr]
             dst.on_fired(msg.args)                                # type: ignore[union-attr]
         elif dst is not None and msg.command == "beat-sync":      # type: ignore[union-attr]
-            dst.on_sync(msg.args)                                 # type: ignore[union-attr]
+            args = dict(msg.args)                                 # type: ignore[union-attr]
+            if older:
+                args.pop("handed", None)
+            dst.on_sync(args)
     src.node.transport.frames.clear()
+
+
+def _join(every: float, cut: bool = False, older: bool = False) -> tuple[Beat, Beat]:
+    """"new" joins a mesh where "old" has fired tick (every ``every`` s) for long, and
+    wins tick once it settles; the clock runs until new's hold is long over."""
+    clock = FakeClock(START + 0.05)
+    old, new = _beat("old", "new", clock, every), _beat("new", "old", clock, every)
+    assert hrw("tick", ["old", "new"]) == "new"
+    old.started = old.settle_from = old.settled_at = START - 100.0
+    old.settled = old._saw_ready = True
+    new.node.membership.peer_meta = {"beat": old.digest, "boot": "boot-old"}   # old settled
+    told = False
+    for _ in range(int((new.settle + new.hold_max) / 0.1) + 20):
+        for n in (old, new):
+            n.tick(clock.time())
+        if new.settled and not told:      # it tells its peer in the tick it settles
+            told = any(m.command == "beat-sync" and "settled" in m.args      # type: ignore[union-attr]
+                       for m in map(decode, new.node.transport.frames))
+            assert told, "settled, and its peer not told"
+        _deliver(old, new, older)
+        _deliver(new, old if not cut else None)
+        clock.advance(0.1)
+    return old, new
 
 
 @pytest.mark.parametrize("hold", [True, False])
@@ -175,23 +203,7 @@ def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
     nothing from "new" (cut off, or an older version that does not answer): "new"
     fires after HOLD_MAX_PROBES, and says why at INFO."""
     caplog.set_level(logging.DEBUG, "mesh.beat")
-    clock = FakeClock(START + 0.05)
-    old, new = _beat("old", "new", clock, 0.5), _beat("new", "old", clock, 0.5)
-    assert hrw("tick", ["old", "new"]) == "new"
-    old.started = old.settle_from = old.settled_at = START - 100.0
-    old.settled = old._saw_ready = True
-    new.node.membership.peer_meta = {"beat": old.digest, "boot": "boot-old"}   # old settled
-    told = False
-    for _ in range(int((new.settle + new.hold_max) / 0.1) + 20):
-        for n in (old, new):
-            n.tick(clock.time())
-        if new.settled and not told:      # it tells its peer in the tick it settles
-            told = any(m.command == "beat-sync" and "settled" in m.args      # type: ignore[union-attr]
-                       for m in map(decode, new.node.transport.frames))
-            assert told, "settled, and its peer not told"
-        _deliver(old, new)
-        _deliver(new, old if not cut else None)
-        clock.advance(0.1)
+    old, new = _join(0.5, cut)
     sent = {n.node.name: [r.due for r in n.outbox.sent] for n in (old, new)}
     assert new.settled and sent["new"], sent
     both = sorted(set(sent["old"]) & set(sent["new"]))
@@ -205,7 +217,60 @@ def test_a_node_joining_a_settled_mesh_fires_no_run_its_peer_fires(
     assert all(b - a == 0.5 for a, b in zip(sent["new"], sent["new"][1:])), sent["new"]
 
 
+@pytest.mark.parametrize("every", [0.1, 0.2, 0.3])
+def test_every_run_due_across_a_handover_is_fired_once(
+        every: float, caplog: pytest.LogCaptureFixture) -> None:
+    """"old" stops firing tick when it counts "new" (told that it settled); "new" holds
+    its runs until "old" confirmed and 2 probe intervals at least. It fired only the
+    latest run due then: the runs due between were fired by no node (CONTRACT: exactly
+    one fires each due run). "old" says, with its confirmation, that it fired tick
+    until then: "new" fires each run due since its last, in order, at once."""
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    old, new = _join(every)
+    sent = sorted(r.due for n in (old, new) for r in n.outbox.sent)
+    sched = old.schedule.entries["tick"].schedule
+    assert sent == [sent[0], *sched.due_between(sent[0], sent[-1])], \
+        (sorted(r.due for r in old.outbox.sent), sorted(r.due for r in new.outbox.sent))
+    assert max(r.due for r in old.outbox.sent) < min(r.due for r in new.outbox.sent)
+    assert "beat: old counts this node as a firer, and fired until then 1 entry it takes" \
+           in caplog.messages
+    assert not [m for m in caplog.messages if "held while this node settled" in m]
+
+
+def test_runs_handed_over_beyond_the_cap_are_a_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Bounded: at most HANDED_MAX runs of an entry are fired after the hold (the
+    newest); the older ones are one WARNING line, never silent."""
+    monkeypatch.setattr("mesh.node.beat.HANDED_MAX", 2)
+    old, new = _join(0.1)
+    sent = sorted(r.due for n in (old, new) for r in n.outbox.sent)
+    sched = old.schedule.entries["tick"].schedule
+    missed = [d for d in sched.due_between(sent[0], sent[-1]) if d not in sent]
+    (over,) = [r for r in caplog.records if "handed over by old" in r.getMessage()]
+    assert over.levelno == logging.WARNING and missed, (missed, caplog.messages)
+    assert over.getMessage().startswith(f"beat: tick: {len(missed)} runs due ")
+    assert "are not fired: only the newest 2 are" in over.getMessage()
+
+
+def test_a_peer_that_does_not_say_what_it_hands_over_leaves_no_backlog(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An older "old" confirms without ``handed``: "new" cannot tell a peer that fired
+    tick until it counted "new" from nodes started together, and fires only the latest
+    run due after its hold, as before (the others said at INFO)."""
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    old, new = _join(0.1, older=True)
+    sent = sorted(r.due for n in (old, new) for r in n.outbox.sent)
+    sched = old.schedule.entries["tick"].schedule
+    assert len(sent) < len(sched.due_between(sent[0], sent[-1])) + 1
+    assert not set(r.due for r in old.outbox.sent) & set(r.due for r in new.outbox.sent)
+    (held,) = [r for r in caplog.records if "held while this node settled" in r.getMessage()]
+    assert held.levelno == logging.INFO
+
+
 @pytest.mark.parametrize("args", [
+    {"fired": [], "counted": "boot-new", "node": "old", "handed": "tick"},
+    {"fired": [], "counted": "boot-new", "node": "old", "handed": ["tick", 7]},
+    {"fired": [], "counted": "boot-new", "node": "old", "handed": ["x" * 201]},
     {"fired": [], "settled": "yes"},
     {"fired": [], "settled": {"node": "old", "digest": 7, "boot": "boot-old"}},
     {"fired": [], "settled": {"node": "x" * 300, "digest": "d", "boot": "b"}},
@@ -256,3 +321,29 @@ def test_a_bad_beat_fired_is_a_warning(args: dict[str, Any],
     (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.levelno == logging.WARNING
     assert warning.getMessage().startswith("beat: a peer sent a bad firing: ")
+
+
+def test_a_firing_due_far_ahead_of_the_clock_is_not_learnt(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A peer whose clock is ahead tells of firings due in its future, in beat-fired
+    or in a beat-sync: learnt, one stopped the entry here until this clock reached it.
+    Refused beyond AHEAD_MAX, with one WARNING per firing node; a firing within it (a
+    clock a little ahead) is learnt."""
+    caplog.set_level(logging.DEBUG, "mesh.beat")
+    clock = FakeClock(START)
+    b = _beat("new", "old", clock)
+    key = b.keys["tick"]
+
+    def firing(due: float, node: str = "old") -> dict[str, Any]:
+        return {"entry": "tick", "due": due, "task_id": "t", "node": node, "at": due, "key": key}
+    b.on_fired(firing(START + 3600))
+    assert b.on_sync({"fired": [firing(START + 3601)]}) == {"learnt": 0}
+    assert b.store is not None and b.store.get("tick") is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["beat: a firing of tick by old is due 3600 s ahead of this node's "
+                        "clock: not learnt (firings due over 10 s ahead are refused: is old's "
+                        "clock, or this node's, wrong?)"]
+    assert b.on_sync({"fired": [firing(START + AHEAD_MAX)]}) == {"learnt": 1}
+    b.on_fired(firing(START + 7200, "other"))
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    assert b.store.get("tick").due == START + AHEAD_MAX      # type: ignore[union-attr]

@@ -377,3 +377,12 @@ def test_a_misspelt_mesh_variable_is_named_with_a_hint() -> None:
         "environment variable MESH_REPLICA is not one mesh reads: ignored (did you mean "
         "MESH_REPLICAS?)",
         "environment variable MESH_ZZZ is not one mesh reads: ignored"]
+
+
+def test_a_node_name_longer_than_the_wire_takes_is_a_config_error() -> None:
+    """Peers refuse a frame naming a node over 200 characters (mesh.wire.protocol
+    MAX_ID_LEN): a node so named started and never joined. Refused at start instead;
+    200 characters, of any width, are a name."""
+    assert Config(name="\U0001d52b" * 200).name == "\U0001d52b" * 200
+    with pytest.raises(ConfigError, match="name must be at most 200 characters .* got 201"):
+        Config(name="n" * 201)

@@ -10,7 +10,7 @@ import pytest
 from mesh import Mesh
 from mesh.canvas import Signature, signature
 from mesh.exceptions import ConfigError
-from mesh.node.beat_state import Fired, LastFirings, due_to_fire, hrw
+from mesh.node.beat_state import Fired, LastFirings, due_to_fire, handed_runs, hrw
 from mesh.periodic import HEADER_DUE, HEADER_ENTRY, run_id
 from mesh.schedules import crontab, interval, zone
 from mesh.wire import codec
@@ -162,6 +162,20 @@ EVERY_10 = interval(10)
 def test_due_to_fire(now: float, last_due: float | None, floor: float, catch_up: float | None,
                      expected: tuple[float | None, float | None]) -> None:
     assert due_to_fire(EVERY_10, UTC, now, last_due, floor, catch_up) == expected
+
+
+@pytest.mark.parametrize("now, last_due, since, catch_up, cap, expected", [
+    (1035.0, 1000.0, 990.0, None, 5, ([1010.0, 1020.0, 1030.0], [], [])),  # each, in order
+    (1035.0, 1030.0, 990.0, None, 5, ([], [], [])),                         # all fired
+    (1035.0, 1000.0, 1015.0, None, 5, ([1020.0, 1030.0], [], [])),  # none due before since
+    (1035.0, None, 1015.0, None, 5, ([1020.0, 1030.0], [], [])),    # (no firing known)
+    (1035.0, 1000.0, 990.0, None, 2, ([1020.0, 1030.0], [1010.0], [])),  # the newest cap
+    (1035.0, 1000.0, 990.0, 20.0, 5, ([1020.0, 1030.0], [], [1010.0])),  # catch_up
+    (1030.0, 1000.0, 990.0, None, 5, ([1010.0, 1020.0, 1030.0], [], [])),  # one due now
+])
+def test_handed_runs(now: float, last_due: float | None, since: float, catch_up: float | None,
+                     cap: int, expected: tuple[list[float], list[float], list[float]]) -> None:
+    assert handed_runs(EVERY_10, UTC, now, last_due, since, catch_up, cap) == expected
 
 
 def test_rendezvous_choice_moves_only_what_the_departed_member_held() -> None:
