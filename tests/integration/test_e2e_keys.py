@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +176,8 @@ def test_status_says_a_keyed_node_refused_us_and_why(start_node: NodeFactory,
     keys.export(d, client_only, "client", "default")
     node = start_node(keys=d)
     ep, silent = node.endpoint, f"tcp://127.0.0.1:{free_port()}"
-    for flags, why in (((), f"the node at {ep} requires keys"),
-                       (("--keys", other), f"the node at {ep} does not hold a mesh key"),
-                       (("--keys", client_only), "needs an admin key")):
+
+    def says_refused(flags: tuple[str, ...], why: str) -> None:
         p = run_program(MESHCTL, *flags, "--peers", f"{ep},{silent}", "--timeout", "1", "status")
         assert p.returncode == EXIT_FAILURE, p
         states = {line.split()[1]: line.split()[2] for line in p.stdout.splitlines()[1:3]}
@@ -188,12 +188,23 @@ def test_status_says_a_keyed_node_refused_us_and_why(start_node: NodeFactory,
         rows = json.loads(p.stdout)
         assert [(r["address"], r["state"], r["answered"]) for r in rows] == [(ep, "refused", False)]
         assert why in rows[0]["error"], rows
+
     # a node that refused our handshake takes no message of ours: `result` and `call`
     # stop there, at once and saying why (exit 4, nothing was asked)
-    for flags in ((), ("--keys", other)):
+    def stops_there(flags: tuple[str, ...]) -> None:
         p = run_program(MESHCTL, *flags, "--peers", ep, "--timeout", "1", "result", "some-id")
         assert p.returncode == EXIT_UNREACHABLE, p
         assert "no mesh node could be reached or would take our keys" in p.stderr, p
+
+    # each meshctl waits out its 1 s timeout: the five cases run side by side
+    with ThreadPoolExecutor(5) as pool:
+        runs = [pool.submit(says_refused, flags, why) for flags, why in (
+                    ((), f"the node at {ep} requires keys"),
+                    (("--keys", other), f"the node at {ep} does not hold a mesh key"),
+                    (("--keys", client_only), "needs an admin key"))]
+        runs += [pool.submit(stops_there, flags) for flags in ((), ("--keys", other))]
+        for run in runs:
+            run.result()
 
 
 def test_an_app_with_a_key_the_mesh_does_not_know_fails_clearly(start_node: NodeFactory,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,19 +51,21 @@ def test_a_node_whose_seeds_never_answer_says_so(start_node: NodeFactory) -> Non
     a = start_node(profile="test", concurrency=1)
     b = start_node(profile="test", concurrency=1, peers=f"{a.endpoint},{nobody}")
     lone = start_node(profile="test", concurrency=1, peers=nobody)
-    said = "no other node has answered in 4 s: check the seeds"
-    wait_until(lambda: said in lone.stderr(), timeout=20, what="the lone node to warn")
-    assert nobody in lone.stderr()
-    wait_until(sees(b, {a.name: "alive", b.name: "alive"}), timeout=20, what="b to see a")
-    assert said not in b.stderr()        # one seed answered: no warning
     # a seed that answered and then left before the check is no mistyped seed (CI saw
-    # the warning on a node whose only peer had stopped a second after they met)
+    # the warning on a node whose only peer had stopped a second after they met); c and
+    # d start with the others, so that c's check (4 s after its start) and lone's overlap
     d = start_node(profile="test", concurrency=1)
     c = start_node(profile="test", concurrency=1, peers=d.endpoint)
     wait_until(sees(c, {d.name: "alive"}), timeout=20, what="c to see d")
     d.send_signal(signal.SIGTERM)        # d leaves at once, before c's check
     wait_until(sees(c, {d.name: "left"}), timeout=20, what="c to see d leave")
-    time.sleep(5)                        # past the check (4 s after c's start)
+    said = "no other node has answered in 4 s: check the seeds"
+    wait_until(lambda: said in lone.stderr(), timeout=20, what="the lone node to warn")
+    assert nobody in lone.stderr()
+    wait_until(sees(b, {a.name: "alive", b.name: "alive"}), timeout=20, what="b to see a")
+    assert said not in b.stderr()        # one seed answered: no warning
+    wait_until(lambda: float(c.status()["uptime"]) > 5.0, timeout=30, interval=0.2,
+               what="c to be up past its seed check (4 s after its start)")
     assert "no other node has answered" not in c.stderr(), c.stderr()
 
 
@@ -73,33 +74,41 @@ def test_a_node_whose_seeds_name_itself_ignores_them_quietly(tmp_path: Path) -> 
     the seeds: a node whose only seed was itself warned "no other node has answered
     ... check the seeds" (a new user, session 16). Its own address, however spelt, is
     no seed: one INFO line, no warning; its other seeds are still warned about."""
-    port, nobody = free_port(), f"tcp://127.0.0.1:{free_port()}"
-    for seeds, warned in ((f"tcp://127.0.0.1:{port},tcp://localhost:{port}", False),
-                          (f"tcp://localhost:{port},{nobody}", True)):
-        err = tmp_path / f"node-{warned}.stderr"
-        with open(err, "wb") as f:
-            proc = subprocess.Popen(
-                [MESHNODE, "--app", "tasks_app", "--bind", f"tcp://127.0.0.1:{port}", "--no-mdns",
-                 "--concurrency", "1", "--profile", "test", "--peers", seeds, "--name", "self-seed",
-                 "--data-dir", str(tmp_path / f"data-{warned}")],
-                stdout=f, stderr=f, stdin=subprocess.DEVNULL, env=clean_env(), cwd=ROOT)
-        cc, ep = ControlClient(), f"tcp://127.0.0.1:{port}"
-        try:
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    # both nodes at once, each on its own port: their seed checks (4 s) overlap
+    ports = {warned: free_port() for warned in (False, True)}
+    procs: dict[bool, subprocess.Popen[bytes]] = {}
+    cc = ControlClient()
+    try:
+        for warned, port in ports.items():
+            seeds = (f"tcp://127.0.0.1:{port},tcp://localhost:{port}" if not warned
+                     else f"tcp://localhost:{port},{nobody}")
+            with open(tmp_path / f"node-{warned}.stderr", "wb") as f:
+                procs[warned] = subprocess.Popen(
+                    [MESHNODE, "--app", "tasks_app", "--bind", f"tcp://127.0.0.1:{port}",
+                     "--no-mdns", "--concurrency", "1", "--profile", "test", "--peers", seeds,
+                     "--name", f"self-seed-{warned}", "--data-dir", str(tmp_path / f"data-{warned}")],
+                    stdout=f, stderr=f, stdin=subprocess.DEVNULL, env=clean_env(), cwd=ROOT)
+        for warned, port in ports.items():
+            ep = f"tcp://127.0.0.1:{port}"
+
             def uptime() -> float:
                 r = cc.broadcast([ep], "status", timeout=1.0)[ep]
                 return float(r.payload["uptime"]) if isinstance(r, ControlReply) else 0.0
             wait_until(lambda: uptime() > 5.0, 30, "the node to be up past its seed check (4 s)",
                        interval=0.2)
-            text = err.read_text()
+            text = (tmp_path / f"node-{warned}.stderr").read_text()
             assert f"seed tcp://localhost:{port}: this node's own address, not used as a seed" \
                 in text or f"seeds tcp://127.0.0.1:{port}, tcp://localhost:{port}: this node's " \
                 "own address, not used as a seed" in text, text
             assert ("no other node has answered" in text) == warned, text
             if warned:
                 assert f"check the seeds (--peers, MESH_PEERS) {nobody} (" in text, text
-        finally:
-            cc.close()
+    finally:
+        cc.close()
+        for proc in procs.values():
             proc.terminate()
+        for proc in procs.values():
             assert proc.wait(30) == 0
 
 

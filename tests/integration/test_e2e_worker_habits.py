@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -211,8 +212,9 @@ def test_celery_call_options_on_meshctl_call(start_node: NodeFactory) -> None:
 def test_get_on_message_reports_progress(start_node: NodeFactory) -> None:
     # Celery's progress recipe: r.get(on_message=print_progress, propagate=False) was a
     # TypeError ("unexpected keyword argument 'on_message'"). Seen by the sender (states
-    # pushed to it) and by a process that only has the id (looked up at each interval)
-    node = start_node(app=APP, concurrency=1)
+    # pushed to it) and by a process that only has the id (looked up at each interval);
+    # the two watch at the same time, their tasks each on a child of the node's two
+    node = start_node(app=APP, concurrency=2)
     watch = f"""
 import json, sys
 from mesh.result import AsyncResult
@@ -226,8 +228,11 @@ value = r.get(timeout=60, interval=0.1, propagate=False, on_interval=lambda: tic
 print(json.dumps([value, seen, len(ticks) > 0]))
 """
 
-    for value, seen, ticked in (last_json(script(watch)),
-                                last_json(script(watch, submit_and_exit(node)))):
+    with ThreadPoolExecutor(2) as pool:
+        by_sender = pool.submit(script, watch)
+        by_id = pool.submit(lambda: script(watch, submit_and_exit(node)))
+        outs = [by_sender.result(), by_id.result()]
+    for value, seen, ticked in map(last_json, outs):
         assert value == 20 and ticked, seen
         assert seen[-2:] == [["SUCCESS", 20, True], ["callback", 20, True]], seen
         progress = [s[1]["current"] for s in seen if s[0] == "PROGRESS"]

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OPTIONAL = {
     "django": "mesh/django is the Django integration: only a Django project imports it",
     "django_tasks": "mesh/django/tasks_api.py: Django's task API backport, for Django < 6",
+    "pytest": "mesh/testing/pytest.py is Celery's pytest plugin for mesh: only a test suite "
+              "that names it (pytest_plugins) imports it, under pytest",
     "_sha2": "CPython's own module (3.12+; _sha256 on 3.11, hashlib after that)",
     "_sha256": "CPython's own module on 3.11",
 }
