@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import collections
 import itertools
+import math
 import os
 import random
 import threading
@@ -123,6 +124,8 @@ class Client(Links, Members, Alone, Routing, WaitingRoom, Lookups, Closing, Repl
         self._fits: dict[tuple[str, str], list[NodeLink]] = {}   # (queue, name) -> links that
                                                         # take it (reset with _placeable)
         self._members_req = ""
+        self._members_asked = -math.inf     # when the latest members question was asked,
+        self._members_answered = -math.inf  # and when the one last answered was (routes.py)
         self._next_refresh = 0.0
         # the first tasks wait (FIRST_PLACE_WAIT at most) for the first members answer:
         # a script that sends a burst and exits would put all of it on its seed

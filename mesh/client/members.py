@@ -64,6 +64,7 @@ class Members:
     _rng: random.Random
     _next_refresh: float
     _members_req: str
+    _members_asked: float
     _members_known: threading.Event
     _heard: float
     _heard_since: bool
@@ -182,6 +183,7 @@ class Members:
     def _refresh_members(self, now: float) -> None:
         """Ask one node (an alive one we know, else a seed) for the membership."""
         self._next_refresh = now + MEMBERS_INTERVAL
+        self._members_asked = now
         self._check_reachable(now)
         self._requery(now)
         self._close_gone_links(now)

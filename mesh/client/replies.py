@@ -71,6 +71,8 @@ class Replies:
         _full: dict[str, NodeLink]
         _queries: dict[str, list[Any]]
         _members_req: str
+        _members_asked: float
+        _members_answered: float
         _released_at: float
 
         @staticmethod
@@ -162,6 +164,7 @@ class Replies:
             if msg.req_id == self._members_req and msg.ok:
                 link.node_id = msg.node
                 self._apply_members(msg.payload, link)
+                self._members_answered = self._members_asked
             elif msg.req_id in self._queries:
                 self._on_query_reply(msg)
         elif type(msg) is Error:

@@ -21,7 +21,6 @@ from typing import Any
 from mesh import states
 from mesh.capabilities import from_meta
 from mesh.client.fit import fits, unplaceable
-from mesh.client.members import MEMBERS_INTERVAL
 from mesh.client.placement import choose_from
 from mesh.client.room import let_go
 from mesh.result import Slot
@@ -33,6 +32,7 @@ log = safe_logger("mesh.client")
 RETRY_DELAY = 0.5      # s before a task no node takes now is placed again (a suspect node, or
                        # no word from the mesh yet)
 LOOK_SPACING = 0.05     # s: at most one fresh member list asked for in this long
+RECHECK_MAX = 3.0       # s a task no node takes waits for a fresh member list's answer
 REFUSED_LOG_SPAN = 60.0  # s over which a task name's refusals after the first are counted, not
                          # each logged (a loop sending an unknown name logs a line a minute)
 
@@ -50,7 +50,8 @@ class Routing:
     _rng: random.Random
     _members_known: threading.Event
     _rechecked: dict[str, float]
-    _next_refresh: float
+    _members_asked: float
+    _members_answered: float
     _refusals: dict[str, list[float]]
 
     # what the I/O thread provides
@@ -110,19 +111,20 @@ class Routing:
         # taken its queue (add_consumer) as the one that refused it gave it up: a queue
         # moved, Celery's way, by add_consumer on one node and cancel_consumer on the
         # other, back to back, failed the tasks sent in the second before our next look
-        # (a list asked for before the task was first found unplaceable does not count:
-        # a task sent within LOOK_SPACING of the last look, just after a worker's
-        # reload(), failed at its retry although no list had been asked for since)
-        asked = self._next_refresh - MEMBERS_INTERVAL   # when the latest list was asked for
+        # (only a list asked for after the task was first found unplaceable, and answered,
+        # counts: one asked before, or whose answer had not come, failed a task sent just
+        # after a worker's reload() registered it, and the tasks of one burst one by one;
+        # RECHECK_MAX bounds the wait for an answer)
         first = self._rechecked.get(slot.task_id)
-        fresh = (not slot.refused or kind == "queue") and (first is None or asked < first)
+        fresh = (not slot.refused or kind == "queue") and (
+            first is None or (self._members_answered < first and now - first < RECHECK_MAX))
         if fresh:
             if first is None:
                 if len(self._rechecked) > 10_000:
                     self._rechecked.clear()
                 self._rechecked[slot.task_id] = now
             # (a burst of such tasks asks once per LOOK_SPACING, not once each)
-            if now >= asked + LOOK_SPACING:
+            if now >= self._members_asked + LOOK_SPACING:
                 self._refresh_members(now)
         if maybe or fresh or not self._members_known.is_set():
             let_go(slot)
