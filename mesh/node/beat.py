@@ -232,7 +232,6 @@ class Beat(PeerTalk, Component):
         own = self.node.config.shutdown_timeout
         left = [m for m in ms.members()[1:] if m.state == MemberState.LEFT] if ms else []
         self.outbox.check(now, {**alive, self.node.name: self.node.address},
-                          {m.id for m in left}, LEFT_GRACE + own,
                           {m.id: LEFT_GRACE + shutdown_timeout_of(m.meta, own) for m in left})
         for name in [n for n in self._stuck if not self.waiting(n)]:
             self._stuck.discard(name)

@@ -86,7 +86,7 @@ class Outbox:
         self.socks: dict[str, list[tuple[zmq.Socket[bytes], asyncio.Task[None]]]] = {}
         self.resent = 0
         self._now = 0.0            # the time of the last check() (a MOVED's resend is timed from it)
-        self._graces: dict[str, float] = {}  # target that left -> its own grace, if said
+        self._graces: dict[str, float] = {}  # target that left, holding runs -> its grace
         self._left: dict[str, float] = {}    # target that left -> when first seen so
         self._alive: Mapping[str, str] = {}  # as of the last check()
         self._leaving: Set[str] = frozenset()
@@ -278,37 +278,39 @@ class Outbox:
             self.done(run, state, node)
 
     # -- timers -------------------------------------------------------------------------
-    def check(self, now: float, alive: Mapping[str, str], leaving: Set[str] = frozenset(),
-              grace: float = 0.0, graces: Mapping[str, float] | None = None) -> None:
+    def check(self, now: float, alive: Mapping[str, str],
+              leaving: Mapping[str, float] | None = None) -> None:
         """Resend runs whose target died, or that were not acknowledged in time
         (``alive``: node id -> address).
 
-        A target that left (``leaving``: it stops gracefully) still finishes the runs
-        it is running and answers their results, and hands its queued ones on (MOVED):
-        its acknowledged runs are waited for ``grace`` seconds (``graces[name]`` where
-        given: the grace of that node's own shutdown timeout, which it gossips), as the
-        nodes wait for a departed holder's copies (mesh/node/takeover.py). Sent again at once, a run
-        already running there ran twice (a CI run: due 17:42:19 executed on the
-        stopping node and on the one the run was resent to). A target back alive
-        within the grace (restarted under its name) is sent the run again, same id:
-        it answers the result from its journal or acknowledges it."""
-        self._now, self._alive, self._leaving = now, alive, leaving
-        if graces:                        # kept if the membership forgets the node first
-            self._graces.update((n, g) for n, g in graces.items() if n in leaving)
+        A target that left (``leaving``: node id -> its grace; it stops gracefully)
+        still finishes the runs it is running and answers their results, and hands its
+        queued ones on (MOVED): its acknowledged runs are waited for its grace (that of
+        its own shutdown timeout, which it gossips), also once the membership forgot
+        it, as the nodes wait for a departed holder's copies (mesh/node/takeover.py).
+        Sent again at once, a run already running there ran twice (a CI run: due
+        17:42:19 executed on the stopping node and on the one the run was resent to).
+        A target back alive within the grace (restarted under its name) is sent the
+        run again, same id: it answers the result from its journal or acknowledges it."""
+        leaving = leaving or {}
+        self._now, self._alive, self._leaving = now, alive, frozenset(leaving)
         for name in [n for n in self._left if n in alive or n not in leaving]:
             if name not in alive and any(r.target == name for r in self.runs.values()):
                 continue                  # forgotten by the membership: still in its grace
             since = self._left.pop(name)
-            self._graces.pop(name, None)
             for run in [r for r in self.runs.values() if r.target == name and r.acked]:
                 run.address = alive.get(name) or run.address
                 log.info("beat: %s is back (it left %.0f s ago); sending it run %s of %s again",
                          name, now - since, run.task_id, run.entry)
                 self._send_to(run, now)
+        # a grace is kept while the node holds runs of ours (the membership may forget
+        # it first), not for every node ever seen leaving
+        self._graces = {n: g for n, g in {**self._graces, **leaving}.items()
+                        if n in leaving or n in self._left}
         for run in list(self.runs.values()):
             if run.acked and (run.target in leaving or run.target in self._left):
                 since = self._left.setdefault(run.target, now)
-                if now - since > self._graces.get(run.target, grace):
+                if now - since > self._graces.get(run.target, 0.0):
                     log.info("beat: %s left %.0f s ago without answering run %s of %s; "
                              "sending it again", run.target, now - since, run.task_id, run.entry)
                     self.send(run, now, avoid={run.target})

@@ -49,11 +49,11 @@ async def _scenario(steps: Any) -> None:
 
 def test_a_run_held_by_a_node_that_left_waits_its_grace_then_goes_elsewhere() -> None:
     async def steps(out: Outbox, run: Run, addr: str, router: zmq.Socket[bytes]) -> None:
-        out.check(1.0, {"me": ""}, {"a"}, grace=10.0)         # "a" left: it finishes its runs
+        out.check(1.0, {"me": ""}, {"a": 10.0})         # "a" left: it finishes its runs
         assert (run.target, run.acked, run.sends) == ("a", True, 1)
-        out.check(5.0, {"me": ""}, set(), grace=10.0)          # forgotten by the membership
+        out.check(5.0, {"me": ""})          # forgotten by the membership
         assert (run.target, run.sends) == ("a", 1)
-        out.check(11.5, {"me": ""}, set(), grace=10.0)         # no answer within the grace
+        out.check(11.5, {"me": ""})         # no answer within the grace
         assert run.target == "" and run.sent_at == 11.5     # sent elsewhere (no node: kept)
         assert "t1" in out.runs
     asyncio.run(_scenario(steps))
@@ -64,19 +64,32 @@ def test_a_run_held_by_a_node_that_left_waits_that_nodes_own_grace() -> None:
     waited for its grace, not ours, also once the membership forgot it (before: ours,
     so a run still running on a node with a longer timeout was sent again and ran twice)."""
     async def steps(out: Outbox, run: Run, addr: str, router: zmq.Socket[bytes]) -> None:
-        out.check(1.0, {"me": ""}, {"a"}, grace=10.0, graces={"a": 30.0})
-        out.check(5.0, {"me": ""}, set(), grace=10.0)          # forgotten by the membership
-        out.check(11.5, {"me": ""}, set(), grace=10.0)         # past ours, within a's
+        out.check(1.0, {"me": ""}, {"a": 30.0})
+        out.check(5.0, {"me": ""})          # forgotten by the membership
+        out.check(11.5, {"me": ""})         # past 10 s, within a's 30
         assert (run.target, run.acked, run.sends) == ("a", True, 1)
-        out.check(31.5, {"me": ""}, set(), grace=10.0)         # past a's own
+        out.check(31.5, {"me": ""})         # past a's own
         assert run.target == "" and run.sent_at == 31.5
+    asyncio.run(_scenario(steps))
+
+
+def test_graces_are_kept_for_nodes_holding_runs_only() -> None:
+    """A grace was kept for every node ever seen leaving (review20: one entry per
+    departed node name, for the node's life); now only while it holds runs of ours."""
+    async def steps(out: Outbox, run: Run, addr: str, router: zmq.Socket[bytes]) -> None:
+        out.check(1.0, {"me": ""}, {"a": 10.0, **{f"gone-{i}": 10.0 for i in range(100)}})
+        out.check(2.0, {"me": ""})          # all forgotten by the membership
+        assert out._graces == {"a": 10.0}    # "a" holds our run, the others nothing
+        out.check(11.5, {"me": ""})         # a's grace over: the run goes elsewhere
+        out.check(12.0, {"me": ""})
+        assert out._graces == {}
     asyncio.run(_scenario(steps))
 
 
 def test_a_node_back_within_the_grace_is_sent_the_run_again() -> None:
     async def steps(out: Outbox, run: Run, addr: str, router: zmq.Socket[bytes]) -> None:
-        out.check(1.0, {"me": ""}, {"a"}, grace=10.0)
-        out.check(3.0, {"me": "", "a": addr}, set(), grace=10.0)    # restarted under its name
+        out.check(1.0, {"me": ""}, {"a": 10.0})
+        out.check(3.0, {"me": "", "a": addr})    # restarted under its name
         assert (run.target, run.acked, run.sent_at) == ("a", False, 3.0)
         assert await asyncio.to_thread(_received, router) == 1      # same id, same node
     asyncio.run(_scenario(steps))
@@ -84,7 +97,7 @@ def test_a_node_back_within_the_grace_is_sent_the_run_again() -> None:
 
 def test_a_run_held_by_a_node_that_died_is_sent_again_at_once() -> None:
     async def steps(out: Outbox, run: Run, addr: str, router: zmq.Socket[bytes]) -> None:
-        out.check(1.0, {"me": ""}, set(), grace=10.0)
+        out.check(1.0, {"me": ""})
         assert run.target == "" and run.sent_at == 1.0
     asyncio.run(_scenario(steps))
 
@@ -112,7 +125,7 @@ def test_a_run_pointed_back_at_a_node_that_gave_it_back_goes_to_another() -> Non
                                    "b": Release(["t1"], "b", "node is shutting down"),
                                    "c": Ack(["t1"], "c")}
         try:
-            out.check(0.0, {"me": "", **addrs}, set())
+            out.check(0.0, {"me": "", **addrs})
             assert out.send(Run("t1", "tick", 0.0, b"frame"), 0.0)
             deadline = loop.time() + 3.0
             while loop.time() < deadline and len(sent) < 20:
