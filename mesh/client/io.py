@@ -449,10 +449,13 @@ class Client(Links, Members, Alone, Routing, WaitingRoom, Lookups, Closing, Repl
                     continue
                 try:
                     self._handle(msg, link)
+                except Exception:
+                    log.exception("error handling %s from %s", type(msg).__name__, link.endpoint)
+                try:              # (the node answered, whatever handling its answer did)
                     if link.lone and names(msg, link.lone):     # (alone.py)
                         self._answered_alone(link)
                 except Exception:
-                    log.exception("error handling %s from %s", type(msg).__name__, link.endpoint)
+                    log.exception("error sending the next task alone to %s", link.endpoint)
 
     @staticmethod
     def _fail(slot: Slot, exc_type: str, message: str, node: str = "") -> None:
