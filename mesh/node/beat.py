@@ -117,7 +117,7 @@ class Beat(PeerTalk, Component):
         self.hold_max = HOLD_MAX_PROBES * self.probe
         self.started = self.settle_from = self.clock.time()
         cfg = node.config
-        self.store = LastFirings(cfg.data_path if cfg.journal else None)
+        self.store = LastFirings(cfg.data_path if cfg.journal else None, self.clock.time())
         for name, kind, fn in (("beat", "inspect", lambda state, args: self.describe()),
                                ("beat-fired", "control", lambda state, args: self.on_fired(args)),
                                ("beat-sync", "control", lambda state, args: self.on_sync(args))):

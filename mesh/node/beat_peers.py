@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from mesh.clock import Clock
-from mesh.node.beat_state import Fired, LastFirings, hrw
+from mesh.node.beat_state import AHEAD_MAX, Fired, LastFirings, hrw
 from mesh.periodic import Schedule
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, encode
@@ -19,7 +19,6 @@ log = safe_logger("mesh.beat")
 
 MAX_SYNC = 500         # firings per beat-sync message
 MAX_HANDED = 100_000   # entry names in a beat-sync's handed
-AHEAD_MAX = 10.0       # s: a peer's firing due further ahead of this node's clock is not learnt
 
 
 class PeerTalk:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple, TypeGuard
 
@@ -14,6 +15,9 @@ from mesh.digest import blake2b, sha1
 from mesh.schedules import BaseSchedule
 from mesh.security.files import private_file
 from mesh.security.text import safe_logger
+
+AHEAD_MAX = 10.0       # s: a firing due further ahead of this node's clock is not learnt
+                       # (from a peer: mesh/node/beat_peers.py) nor loaded (from disk)
 
 log = safe_logger("mesh.beat")
 
@@ -121,8 +125,9 @@ class LastFirings:
     """entry name -> the newest Fired known here; written through to sqlite when
     ``directory`` is given (a node's data dir), so a restarted node knows them."""
 
-    def __init__(self, directory: str | None):
+    def __init__(self, directory: str | None, now: float | None = None):
         self.last: dict[str, Fired] = {}
+        now = time.time() if now is None else now
         self._db: sqlite3.Connection | None = None
         if directory is None:
             return
@@ -135,11 +140,19 @@ class LastFirings:
             db.execute("CREATE TABLE IF NOT EXISTS fired (entry TEXT PRIMARY KEY, due REAL, "
                        "task_id TEXT, node TEXT, at REAL, key TEXT)")
             for row in db.execute("SELECT entry, due, task_id, node, at, key FROM fired"):
-                if is_time(row[1]) and is_time(row[4]):
-                    self.last[row[0]] = Fired(*row)
-                else:          # (learnt before peers' times were checked: is_time)
+                if not (is_time(row[1]) and is_time(row[4])):
+                    # (learnt before peers' times were checked: is_time)
                     log.warning("beat: %s: the last firing of %r kept there is not at a "
                                 "time (due %r, at %r): left out", path, row[0], row[1], row[4])
+                elif row[1] > now + AHEAD_MAX:
+                    # kept while this machine's clock (or a peer's, before AHEAD_MAX was
+                    # checked) was ahead, and corrected since: loaded, it would stop the
+                    # entry on this node until the clock gets there
+                    log.warning("beat: %s: the last firing of %r kept there is due %.0f s "
+                                "ahead of this machine's clock (a clock corrected since?): "
+                                "left out", path, row[0], row[1] - now)
+                else:
+                    self.last[row[0]] = Fired(*row)
             self._db = db
         except (sqlite3.Error, OSError) as e:
             log.error("beat: cannot use %s (%s): last firings are kept in memory only", path, e)

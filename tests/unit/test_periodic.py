@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import pytest
@@ -228,6 +229,25 @@ def test_a_stored_firing_that_is_no_time_is_not_loaded(tmp_path: Any) -> None:
     again = LastFirings(str(tmp_path))
     assert again.get("tick") == Fired("tick", 20.0, "c", "n2", 20.1, "k")
     assert again.get("bad") is None and again.get("worse") is None
+    again.close()
+
+
+def test_a_stored_firing_due_ahead_of_the_clock_is_not_loaded(tmp_path: Any,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A firing kept while the machine's clock was an hour ahead, loaded after the clock
+    was corrected, stopped the entry on this node for that hour (beat20's finding: a
+    peer's far-ahead firing is not learnt, AHEAD_MAX; one on disk was). Left out, said at
+    WARNING; one due within AHEAD_MAX loads."""
+    now = 1_700_000_000.0
+    store = LastFirings(str(tmp_path), now)
+    store.learn(Fired("tick", now + 3600.0, "c", "n1", now + 3600.0, "k"))
+    store.learn(Fired("near", now + 5.0, "d", "n1", now + 5.0, "k"))
+    store.close()
+    with caplog.at_level(logging.WARNING, logger="mesh.beat"):
+        again = LastFirings(str(tmp_path), now)
+    assert again.get("tick") is None
+    assert again.get("near") == Fired("near", now + 5.0, "d", "n1", now + 5.0, "k")
+    assert "'tick'" in caplog.text and "3600 s ahead" in caplog.text
     again.close()
 
 
