@@ -63,9 +63,7 @@ def app_created(app: "Mesh", set_as_current: bool) -> None:
 
 
 def set_current(app: "Mesh") -> None:
-    global _current
-    with _lock:
-        _current = weakref.ref(app)
+    swap_current(app)
 
 
 def swap_current(obj: Any) -> Any:

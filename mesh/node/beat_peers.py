@@ -7,7 +7,7 @@ takes: ``handed``). ``PeerTalk`` is a part of mesh.node.beat.Beat, kept here.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh.clock import Clock
 from mesh.node.beat_state import AHEAD_MAX, Fired, LastFirings, hrw
@@ -39,11 +39,9 @@ class PeerTalk:
     _handed: dict[str, str]
     _ahead: set[str]
 
-    def _alive(self) -> list[Any]:
-        raise NotImplementedError
-
-    def firers(self) -> list[str]:
-        raise NotImplementedError
+    if TYPE_CHECKING:                   # (Beat's)
+        def _alive(self) -> list[Any]: ...
+        def firers(self) -> list[str]: ...
 
     def _learn(self, f: Fired) -> bool:
         assert self.store is not None
