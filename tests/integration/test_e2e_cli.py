@@ -265,6 +265,12 @@ def test_meshctl_with_no_peers_and_no_node_on_mdns_exits_1(command: str) -> None
     pytest.param(["--no-such-flag", "ping"], id="unknown flag"),
     pytest.param(["--peers", "localhost:7700", "ping"], id="peer without tcp://"),
     pytest.param(["--peers", "tcp://127.0.0.1:1", "frobnicate"], id="unknown command"),
+    # (nan passed click's ranges: -t nan and -t inf ended in a traceback as meshctl
+    # waited for answers; call --countdown nan sent the task, which ran at once)
+    pytest.param(["--peers", "tcp://127.0.0.1:1", "-t", "nan", "status"], id="timeout nan"),
+    pytest.param(["--peers", "tcp://127.0.0.1:1", "-t", "inf", "ping"], id="timeout inf"),
+    pytest.param(["--peers", "tcp://127.0.0.1:1", "call", "t", "--countdown", "nan"],
+                 id="countdown nan"),
 ])
 def test_meshctl_bad_usage_exits_2(args: list[str]) -> None:
     p = run_program(MESHCTL, *args)
