@@ -40,7 +40,7 @@ NOT_USED = frozenset({"loglevel", "logfile", "perform_ping_check", "ping_task_ti
 
 class TestWorker:
     """What ``start_worker`` yields: the node (``node``; its attributes read through,
-    e.g. ``address``, ``name``) and Celery's ``reload()``."""
+    e.g. ``address``, ``name``), Celery's ``hostname`` and ``reload()``."""
 
     __test__ = False    # (not a pytest test class)
 
@@ -51,6 +51,12 @@ class TestWorker:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.node, name)
+
+    @property
+    def hostname(self) -> str:
+        """The node's name, as Celery's worker's ``hostname``: what control commands'
+        ``destination`` takes (``inspect(destination=[celery_worker.hostname])``)."""
+        return self.node.name
 
     def reload(self, modules: Iterable[str] | None = None, reload: bool = False,
                reloader: Any = None) -> None:

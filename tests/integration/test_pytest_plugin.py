@@ -181,3 +181,13 @@ def test_a_pool_the_test_worker_does_not_have_is_said(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="mesh.testing"), start_worker(app, pool="prefork"):
         pass
     assert "pool 'prefork' is not used" in caplog.text
+
+
+def test_the_worker_has_celerys_hostname() -> None:
+    # Celery's suites name their worker in control commands' destination by its
+    # 'hostname' (an AttributeError on the node before)
+    app = Mesh("hostname_asked", set_as_current=False, mdns=False)
+    with start_worker(app, hostname="w1@host") as worker:
+        assert worker.hostname == "w1@host"
+        assert app.control.ping(destination=[worker.hostname], timeout=10) == \
+            [{"w1@host": {"ok": "pong"}}]
