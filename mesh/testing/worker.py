@@ -90,7 +90,8 @@ def start_worker(app: "Mesh", concurrency: int = 1, *, queues: Iterable[str] | s
     the worker (its ``address`` is where ``app`` sends meanwhile). Celery's keywords
     (``perform_ping_check``, ``pool``, ``loglevel``, ``shutdown_timeout``...) are taken;
     the pool is always the solo pool, ``concurrency`` its slots; ``queues`` (and
-    ``exclude_queues``) are the queues it takes, as ``meshnode -Q`` (``-X``)."""
+    ``exclude_queues``) are the queues it takes, as ``meshnode -Q`` (``-X``): names, or
+    one text of names with commas, as Celery takes them."""
     unknown = set(kwargs) - NOT_USED
     if unknown:
         raise ConfigError(f"start_worker: unknown keyword(s) {sorted(unknown)}")
@@ -102,7 +103,8 @@ def start_worker(app: "Mesh", concurrency: int = 1, *, queues: Iterable[str] | s
     options: dict[str, Any] = {"concurrency": concurrency}
     for key, value in (("queues", queues), ("exclude_queues", exclude_queues)):
         if value:
-            options[key] = (value,) if isinstance(value, str) else tuple(value)
+            # (a text is NAME,NAME as Celery's WorkController takes it: str_to_list)
+            options[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
 
     def run() -> None:
         async def main() -> None:

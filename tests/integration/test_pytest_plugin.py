@@ -191,3 +191,18 @@ def test_the_worker_has_celerys_hostname() -> None:
         assert worker.hostname == "w1@host"
         assert app.control.ping(destination=[worker.hostname], timeout=10) == \
             [{"w1@host": {"ok": "pong"}}]
+
+
+def test_the_worker_takes_queues_as_one_text_with_commas() -> None:
+    # Celery's WorkController splits queues='a,b' (str_to_list), as -Q does: a
+    # celery_worker_parameters of {"queues": "high,low"} was one queue named 'high,low'
+    # (the node refused it: ConfigError, no worker)
+    app = Mesh("queues_text", set_as_current=False, mdns=False)
+
+    @app.task(queue="low")
+    def low() -> str:
+        return "low"
+
+    with start_worker(app, queues="high,low", exclude_queues="celery") as worker:
+        assert worker.routing.describe() == "high, low"
+        assert low.delay().get(timeout=10) == "low"
