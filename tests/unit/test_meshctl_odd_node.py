@@ -75,3 +75,21 @@ def test_status_json_is_strict_json(odd_node: str) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     rows = json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert rows[0]["node"] == "odd" and rows[0]["busy"] is None and rows[0]["queued"] is None
+
+
+@pytest.mark.parametrize("status,members", [
+    pytest.param([1, 2], MEMBERS, id="status a list"),
+    pytest.param("text", MEMBERS, id="status a text"),
+    # two records of one member: an incarnation and a state that are not comparable
+    pytest.param(STATUS, [{"node": "odd", "state": [1], "incarnation": "x"},
+                          {"node": "odd", "state": "alive", "incarnation": 1}], id="odd members"),
+])
+def test_status_of_a_node_answering_what_is_not_a_status(
+        status: Any, members: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "STATUS", status)
+    monkeypatch.setattr(sys.modules[__name__], "MEMBERS", members)
+    odd = request.getfixturevalue("odd_node")
+    p = _meshctl("--peers", odd, "status")
+    assert "Traceback" not in p.stderr, p.stderr
+    assert odd in p.stdout, p.stdout
