@@ -101,7 +101,7 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
                 old = at.get(name)
                 if old is None or _rank(m) > _rank(old):
                     at[name] = m
-        answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}  # type: ignore[union-attr]
+        answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}
         more = [ep for ep, at in members.items() if ep not in statuses and any(
             m.get("state") == "alive" and m.get("node") not in answered_ids for m in at.values())]
         statuses.update(_statuses(cc, more, timeout))
