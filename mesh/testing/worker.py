@@ -32,10 +32,19 @@ log = safe_logger("mesh.testing")
 
 START_TIMEOUT = 30.0
 # Celery's start_worker keywords that have no use here: its broker, logging and the
-# worker's own knobs; taken, as Celery's tests pass them
+# worker's own knobs; taken, as Celery's tests pass them (celery_worker_parameters):
+# start_worker's own, then its WorkController's (setup_defaults, setup_instance), which
+# Celery takes whatever they are
 NOT_USED = frozenset({"loglevel", "logfile", "perform_ping_check", "ping_task_timeout",
                       "shutdown_timeout", "pool", "without_heartbeat", "without_mingle",
-                      "without_gossip"})
+                      "without_gossip",
+                      "task_events", "consumer_cls", "timer_cls", "timer_precision",
+                      "autoscaler_cls", "pool_putlocks", "pool_restarts", "optimization", "O",
+                      "statedb", "state_db", "time_limit", "soft_time_limit", "task_time_limit",
+                      "task_soft_time_limit", "scheduler", "scheduler_cls", "schedule_filename",
+                      "pool_cls", "max_tasks_per_child", "prefetch_multiplier",
+                      "disable_rate_limits", "worker_lost_wait", "max_memory_per_child",
+                      "ready_callback", "pidfile", "use_eventloop"})
 
 
 class TestWorker:

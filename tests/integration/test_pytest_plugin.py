@@ -14,6 +14,7 @@ from harness import clean_env
 
 from mesh import Mesh
 from mesh.client import routes
+from mesh.exceptions import ConfigError
 from mesh.testing import start_worker
 
 CONFTEST = """\
@@ -206,3 +207,21 @@ def test_the_worker_takes_queues_as_one_text_with_commas() -> None:
     with start_worker(app, queues="high,low", exclude_queues="celery") as worker:
         assert worker.routing.describe() == "high, low"
         assert low.delay().get(timeout=10) == "low"
+
+
+def test_celerys_worker_keywords_are_taken() -> None:
+    # Celery's WorkController takes any keyword (celery_worker_parameters such as
+    # prefetch_multiplier): a Celery suite's failed here ('unknown keyword(s)'); a
+    # name Celery does not know either is still refused
+    app = Mesh("worker_keywords", set_as_current=False, mdns=False)
+
+    @app.task
+    def one() -> int:
+        return 1
+
+    with start_worker(app, prefetch_multiplier=1, task_events=True, max_tasks_per_child=10,
+                      without_heartbeat=True):
+        assert one.delay().get(timeout=10) == 1
+    with pytest.raises(ConfigError, match="prefetch_multiplyer"), \
+            start_worker(app, prefetch_multiplyer=1):
+        pass
