@@ -271,10 +271,16 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         die("meshctl", "--args must be a JSON array and --kwargs a JSON object", EXIT_USAGE)
     from mesh import Mesh
+    from mesh.exceptions import ConfigError, EncodeError, NotRegistered
     app = Mesh("meshctl", peers=_reachable_peers(ctx))
     try:
-        r = app.send_task(task_name, args=args, kwargs=kwargs, countdown=countdown, eta=eta,
-                          expires=expires, queue=queue)
+        try:
+            r = app.send_task(task_name, args=args, kwargs=kwargs, countdown=countdown,
+                              eta=eta, expires=expires, queue=queue)
+        except (ConfigError, EncodeError, NotRegistered) as e:
+            # refused here, before it went: an empty task name, a queue name no node
+            # can have ('', 'a,b'), an integer msgpack cannot carry (a traceback before)
+            die("meshctl", str(e), EXIT_USAGE)
         if not wait:
             click.echo(r.id)
             # a node has it only once it acknowledged it (journalled): until then, this

@@ -234,9 +234,15 @@ def test_meshctl_call_of_an_unknown_task_without_wait_exits_1(node: Any) -> None
     pytest.param("--args", "[1, 2", id="args not JSON"),
     pytest.param("--args", '{"x": 1}', id="args not an array"),
     pytest.param("--kwargs", "[1]", id="kwargs not an object"),
+    # refused by send_task before it went (tracebacks before)
+    pytest.param("--queue", "", id="queue empty"),
+    pytest.param("--queue", "a,b", id="queue with a comma"),
+    pytest.param("--args", "[100000000000000000000000, 1]", id="int past msgpack"),
+    pytest.param("", "", id="task name empty"),
 ])
 def test_meshctl_call_with_bad_json_exits_2(node: Any, flag: str, value: str) -> None:
-    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", flag, value, "--wait")
+    call = ["call", "tasks_app.add", flag, value] if flag else ["call", ""]
+    p = run_program(MESHCTL, "--peers", node.endpoint, *call, "--wait")
     assert p.returncode == EXIT_USAGE, p
     _one_error_line(p.stderr, "meshctl")
 
