@@ -39,6 +39,8 @@ def _dead_endpoint() -> str:
     pytest.param(["--app", "tasks_app", "--no-such-flag"], id="unknown flag"),
     pytest.param(["--app", "tasks_app", "--concurrency", "0"], id="concurrency 0"),
     pytest.param(["--app", "tasks_app", "--time-limit", "soon"], id="time limit not a number"),
+    # (it started, and each task failed: OverflowError from the child's timer)
+    pytest.param(["--app", "tasks_app", "--soft-time-limit", "inf"], id="soft time limit inf"),
     pytest.param(["--app", "tasks_app", "--bind", "localhost:7700"], id="bind without tcp://"),
     pytest.param(["--app", "tasks_app", "--loglevel", "LOUD"], id="unknown loglevel"),
     pytest.param(["--concurrency", "1"], id="no --app"),
