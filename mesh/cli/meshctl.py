@@ -225,8 +225,9 @@ def ping(ctx: click.Context) -> int:
                                for ep, r in replies.items()}, indent=2))
     else:
         for ep, r in replies.items():
-            if isinstance(r, ControlReply):
-                click.echo(f"{ep}: pong from {r.node} (mesh {r.payload.get('version')})")
+            if isinstance(r, ControlReply):      # (an odd node's answer: not a map)
+                said = r.payload if isinstance(r.payload, dict) else {}
+                click.echo(f"{ep}: pong from {r.node} (mesh {said.get('version')})")
             else:
                 click.echo(f"{ep}: {r}", err=True)
     return EXIT_OK if ok else EXIT_FAILURE

@@ -19,6 +19,7 @@ from mesh.wire.protocol import Control, ControlReply, decode, encode
 
 STATUS: dict[str, Any] = {"node": "odd", "busy": float("inf"), "queued": float("nan"),
                           "rss_bytes": "lots", "uptime": None}     # no total, no version...
+PING: Any = {"ok": "pong", "version": "odd"}
 MEMBERS = [{"node": "odd", "endpoint": "", "state": "alive", "incarnation": 0,
             "load": [float("inf"), 2, 0]}]
 
@@ -43,7 +44,8 @@ def odd_node() -> Iterator[str]:
                     continue
                 if isinstance(msg, Control):
                     members = [{**m, "endpoint": endpoint} for m in MEMBERS]
-                    payload = {"status": STATUS, "members": members}.get(msg.command, {})
+                    payload = {"status": STATUS, "members": members,
+                               "ping": PING}.get(msg.command, {})
                     sock.send_multipart([ident, encode(ControlReply(msg.req_id, True, "odd",
                                                                     payload))])
     thread = threading.Thread(target=serve, daemon=True)
@@ -93,3 +95,13 @@ def test_status_of_a_node_answering_what_is_not_a_status(
     p = _meshctl("--peers", odd, "status")
     assert "Traceback" not in p.stderr, p.stderr
     assert odd in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("ping", [[1, 2], "text", None], ids=["a list", "a text", "none"])
+def test_ping_of_a_node_answering_what_is_not_a_map(
+        ping: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "PING", ping)
+    odd = request.getfixturevalue("odd_node")
+    p = _meshctl("--peers", odd, "ping")
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.stdout.startswith(f"{odd}: pong from odd"), p.stdout
