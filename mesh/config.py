@@ -18,7 +18,12 @@ from typing import Any
 
 from mesh.digest import blake2b
 from mesh.exceptions import ConfigError
-from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE, MAX_ID_LEN, MIN_MAX_MESSAGE_SIZE
+from mesh.wire.protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_ID_LEN,
+    MAX_TIME_LIMIT,
+    MIN_MAX_MESSAGE_SIZE,
+)
 
 DEFAULT_PORT = 7700
 MESH_IN_PATH = 64       # characters of the mesh's name in its default data dir's name
@@ -171,8 +176,10 @@ class Config:
             raise bad("max_tasks_per_child and max_memory_per_child must be >= 0")
         for n in ("time_limit", "soft_time_limit"):
             v = getattr(self, n)
-            if v is not None and v <= 0:
-                raise bad(f"{n} must be > 0 seconds, got {v}")
+            # (as a task's own and a control's: --soft-time-limit inf failed every task,
+            # OverflowError from the child's timer)
+            if v is not None and not 0 < v < MAX_TIME_LIMIT:
+                raise bad(f"{n} must be > 0 and under {MAX_TIME_LIMIT:g} seconds, got {v}")
         if self.result_expires <= 0:
             raise bad(f"result_expires must be > 0 seconds, got {self.result_expires}")
         if not self.workflow_stall > 0:

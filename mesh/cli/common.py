@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +19,23 @@ EXIT_FAILURE = 1        # the command ran and the answer is "no" (no node answer
 EXIT_USAGE = 2          # bad flags or values, an --app that does not import
 EXIT_START = 3          # the node could not start (address in use, data dir)
 EXIT_UNREACHABLE = 4    # no node could be reached to ask (not the same as a "no" answer)
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds (a ``click.FloatRange``) that is a number: nan passed every
+    range check (each comparison with it is false), and ``-t nan`` or ``-t inf`` ended
+    meshctl in a traceback as it waited for answers; ``finite``: not inf either."""
+
+    def __init__(self, *args: Any, finite: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.finite = finite
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if math.isnan(rv) or (self.finite and math.isinf(rv)):
+            self.fail(f"{value!r} is not a {'finite ' if self.finite else ''}number of seconds",
+                      param, ctx)
+        return rv
 
 
 def node_option(help: str) -> Callable[[_F], _F]:

@@ -7,7 +7,15 @@ from typing import Any
 
 import click
 
-from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, die, run_cli
+from mesh.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Seconds,
+    die,
+    run_cli,
+)
 from mesh.security.text import json_text
 
 if __name__ == "__main__":
@@ -108,7 +116,7 @@ class _Meshctl(click.Group):
                    "machine's network; --mesh NAME keeps those of one mesh).")
 @click.option("-j", "--json", "as_json", is_flag=True,
               help="Machine-readable output (also accepted after the command).")
-@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
+@click.option("-t", "--timeout", type=Seconds(min=0, min_open=True, finite=True), default=2.0,
               show_default=True, help="Seconds to wait for nodes to answer.")
 @click.option("--mesh", metavar="NAME", help="Without --peers: only nodes of this mesh (the "
               "app's name), of those mDNS finds.")
@@ -217,8 +225,9 @@ def ping(ctx: click.Context) -> int:
                                for ep, r in replies.items()}, indent=2))
     else:
         for ep, r in replies.items():
-            if isinstance(r, ControlReply):
-                click.echo(f"{ep}: pong from {r.node} (mesh {r.payload.get('version')})")
+            if isinstance(r, ControlReply):      # (an odd node's answer: not a map)
+                said = r.payload if isinstance(r.payload, dict) else {}
+                click.echo(f"{ep}: pong from {r.node} (mesh {said.get('version')})")
             else:
                 click.echo(f"{ep}: {r}", err=True)
     return EXIT_OK if ok else EXIT_FAILURE
@@ -230,16 +239,16 @@ def ping(ctx: click.Context) -> int:
               help="Positional arguments, a JSON array.")
 @click.option("--kwargs", "-k", "kwargs_json", default="{}", metavar="JSON",
               help="Keyword arguments, a JSON object.")
-@click.option("--countdown", type=click.FloatRange(min=0), metavar="S",
+@click.option("--countdown", type=Seconds(min=0), metavar="S",
               help="Run it no sooner than S seconds from now.")
 @click.option("--eta", type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z",
                                             "%Y-%m-%d %H:%M:%S"]),
               help="Run it no sooner than this ISO 8601 time (UTC without a zone, as Celery's).")
-@click.option("--expires", type=click.FloatRange(min=0, min_open=True), metavar="S",
+@click.option("--expires", type=Seconds(min=0, min_open=True), metavar="S",
               help="Revoke it if it has not started S seconds from now.")
 @click.option("--queue", "-Q", metavar="QUEUE", help="Route it to this queue.")
 @click.option("--wait", is_flag=True, help="Wait for the result and print it.")
-@click.option("--result-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+@click.option("--result-timeout", type=Seconds(min=0, min_open=True), default=60.0,
               show_default=True, help="With --wait, seconds to wait for the result.")
 @click.pass_context
 def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
@@ -263,10 +272,16 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         die("meshctl", "--args must be a JSON array and --kwargs a JSON object", EXIT_USAGE)
     from mesh import Mesh
+    from mesh.exceptions import ConfigError, EncodeError, NotRegistered
     app = Mesh("meshctl", peers=_reachable_peers(ctx))
     try:
-        r = app.send_task(task_name, args=args, kwargs=kwargs, countdown=countdown, eta=eta,
-                          expires=expires, queue=queue)
+        try:
+            r = app.send_task(task_name, args=args, kwargs=kwargs, countdown=countdown,
+                              eta=eta, expires=expires, queue=queue)
+        except (ConfigError, EncodeError, NotRegistered) as e:
+            # refused here, before it went: an empty task name, a queue name no node
+            # can have ('', 'a,b'), an integer msgpack cannot carry (a traceback before)
+            die("meshctl", str(e), EXIT_USAGE)
         if not wait:
             click.echo(r.id)
             # a node has it only once it acknowledged it (journalled): until then, this
@@ -334,7 +349,7 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
 @meshctl.command()
 @click.argument("task_id")
 @click.option("--wait", is_flag=True, help="Wait for the task to finish.")
-@click.option("--result-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+@click.option("--result-timeout", type=Seconds(min=0, min_open=True), default=60.0,
               show_default=True, help="With --wait, seconds to wait for the result.")
 @click.option("--tree", is_flag=True, help="A workflow (what apply_async returned): its steps "
               "and the state of each.")

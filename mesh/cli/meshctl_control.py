@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mesh.cli.common import EXIT_USAGE, die, node_option
+from mesh.cli.common import EXIT_USAGE, Seconds, die, node_option
 from mesh.cli.meshctl import _controller, _print_per_node
 from mesh.security.text import json_text
 
@@ -93,9 +93,9 @@ def rate_limit(ctx: click.Context, task_name: str, rate: str, nodes: tuple[str, 
 @control.command("time-limit")
 @click.argument("task_name")
 @click.argument("limits", nargs=-1, metavar="[SOFT [HARD]]",
-                type=click.FloatRange(min=0, min_open=True))
-@click.option("--soft", type=click.FloatRange(min=0, min_open=True), help="Soft limit, seconds.")
-@click.option("--hard", type=click.FloatRange(min=0, min_open=True), help="Hard limit, seconds.")
+                type=Seconds(min=0, min_open=True))
+@click.option("--soft", type=Seconds(min=0, min_open=True), help="Soft limit, seconds.")
+@click.option("--hard", type=Seconds(min=0, min_open=True), help="Hard limit, seconds.")
 @NODE_OPTION
 @click.pass_context
 def time_limit(ctx: click.Context, task_name: str, limits: tuple[float, ...],

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, die
+from mesh.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Seconds, die
 from mesh.security.text import json_text
 
 # ---- formatting -------------------------------------------------------------------------
@@ -128,7 +128,7 @@ def event_json(ev: dict[str, Any]) -> str:
               "the start or the end of it).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (also: meshctl --json events).")
 @click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop after N events.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+@click.option("--duration", type=Seconds(min=0, min_open=True), metavar="S",
               help="Stop after S seconds.")
 @click.pass_context
 def events(ctx: click.Context, types: tuple[str, ...], task_id: str | None, as_json: bool,
@@ -318,9 +318,9 @@ def render(width: int, height: int, rows: list[dict[str, Any]], state: Any,
 
 
 @click.command()
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="S",
+@click.option("--duration", type=Seconds(min=0, min_open=True), metavar="S",
               help="Quit after S seconds (for scripts and tests).")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+@click.option("--interval", type=Seconds(min=0.1, finite=True), default=1.0, show_default=True,
               metavar="S", help="Seconds between screen refreshes.")
 @click.pass_context
 def top(ctx: click.Context, duration: float | None, interval: float) -> int:

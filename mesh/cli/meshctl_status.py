@@ -64,6 +64,21 @@ def _ok(r: Any) -> bool:
     return isinstance(r, ControlReply) and r.ok
 
 
+def _rank(m: dict[str, Any]) -> tuple[float, int]:
+    """The newer of two records of a member: its incarnation, then its state."""
+    state = m.get("state")
+    return (_number(m.get("incarnation")) or 0,
+            _STATE_RANK.get(state, 0) if isinstance(state, str) else 0)
+
+
+def _statuses(cc: Any, peers: list[str], timeout: float) -> dict[str, Any]:
+    """``status`` asked of ``peers``: endpoint -> reply, or what went wrong; a reply that
+    is not a map (an odd node's) is said as such, not read (a traceback before)."""
+    return {ep: r if not _ok(r) or isinstance(r.payload, dict)
+            else f"its status is not a map but {type(r.payload).__name__}"
+            for ep, r in cc.broadcast(peers, "status", timeout=timeout).items()}
+
+
 def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     """One row per node the mesh knows: nodes answer ``status`` directly; members
     learned from their ``members`` lists are asked too, and those that do not answer
@@ -72,7 +87,7 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
     each gets its own row, with its own state."""
     from mesh.client.control import ControlClient, Refusal
     with ControlClient() as cc:
-        statuses = cc.broadcast(peers, "status", timeout=timeout)
+        statuses = _statuses(cc, peers, timeout)
         answered = [ep for ep, r in statuses.items() if _ok(r)]
         members: dict[str, dict[str, dict[str, Any]]] = {}      # endpoint -> node -> record
         for r in cc.broadcast(answered, "members", timeout=timeout).values():
@@ -84,13 +99,12 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
                 at = members.setdefault(m["endpoint"], {})
                 name = str(m.get("node", "?"))
                 old = at.get(name)
-                key = (m.get("incarnation", 0), _STATE_RANK.get(m.get("state", ""), 0))
-                if old is None or key > (old.get("incarnation", 0), _STATE_RANK.get(old.get("state", ""), 0)):
+                if old is None or _rank(m) > _rank(old):
                     at[name] = m
-        answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}  # type: ignore[union-attr]
+        answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}
         more = [ep for ep, at in members.items() if ep not in statuses and any(
             m.get("state") == "alive" and m.get("node") not in answered_ids for m in at.values())]
-        statuses.update(cc.broadcast(more, "status", timeout=timeout))
+        statuses.update(_statuses(cc, more, timeout))
     rows = []
     seen: set[str] = set()       # a node reached through a seed and its advertised address: once
     for ep in dict.fromkeys([*peers, *members]):
@@ -116,7 +130,7 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
                 continue
             seen.add(name)
             load = m.get("load") if isinstance(m.get("load"), list) else None
-            rows.append({"node": m.get("node", "?"), "address": ep, "state": m.get("state", "?"),
+            rows.append({"node": name, "address": ep, "state": str(m.get("state", "?")),
                          "answered": False, "load": load, "error": str(r) if r and not _ok(r) else None})
     for row in rows:
         row.setdefault("answered", True)

@@ -31,7 +31,6 @@ import asyncio
 import collections
 import datetime as dt
 import math
-import time
 from typing import TYPE_CHECKING, Any
 
 from mesh.clock import Clock
@@ -44,6 +43,7 @@ from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
 from mesh.node.gossip import shutdown_timeout_of
 from mesh.node.naps import IDLE_CAP, aligned
+from mesh.node.peers import request_id
 from mesh.node.takeover import LEFT_GRACE
 from mesh.periodic import Entry, Schedule
 from mesh.security.text import safe_logger
@@ -432,7 +432,7 @@ class Beat(PeerTalk, Component):
         self._say_waiting(entry)
         f = Fired(entry.name, due, msg.task_id, self.node.name, now, self.keys[entry.name])
         self._learn(f)
-        self._tell(Control(f"beat-{self.node.name}-{time.monotonic_ns()}", "beat-fired",
+        self._tell(Control(request_id("beat", self.node.name), "beat-fired",
                            {**f.to_wire(), "noreply": True}), self._alive_addresses())
 
     def waiting(self, entry: str) -> int:

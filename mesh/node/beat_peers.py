@@ -6,11 +6,11 @@ takes: ``handed``). ``PeerTalk`` is a part of mesh.node.beat.Beat, kept here.
 """
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from mesh.clock import Clock
 from mesh.node.beat_state import AHEAD_MAX, Fired, LastFirings, hrw
+from mesh.node.peers import request_id
 from mesh.periodic import Schedule
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Control, encode
@@ -143,7 +143,7 @@ class PeerTalk:
                 if hrw(name, firers) == peer and hrw(name, without) == self.node.name]
 
     def _sync_message(self, fired: list[dict[str, Any]], **extra: Any) -> Control:
-        return Control(f"beat-sync-{self.node.name}-{time.monotonic_ns()}", "beat-sync",
+        return Control(request_id("beat-sync", self.node.name), "beat-sync",
                        {"fired": fired, "noreply": True, **extra})
 
     def _sync_to(self, address: str, counted: str | None = None,

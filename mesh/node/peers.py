@@ -50,6 +50,14 @@ def routing_id(kind: str, name: str) -> bytes:
     return f"{kind}:".encode() + name.encode()[:64] + f":{os.urandom(8).hex()}".encode()
 
 
+def request_id(kind: str, name: str) -> str:
+    """The id of a request a node sends its peers (beat-fired, beat-sync, a revoke
+    told on): ``kind``, the first 64 characters of the node's name, a clock. The wire
+    takes ids of MAX_ID_LEN (200) characters, and a node's name may be that long: with
+    the whole name, every peer refused them ('req_id must be 1..200 characters')."""
+    return f"{kind}-{name[:64]}-{time.monotonic_ns()}"
+
+
 def literal_host(address: str) -> bool:
     """True if a tcp://HOST:PORT address names an IP literal (no DNS needed)."""
     host = address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")

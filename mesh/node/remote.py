@@ -36,6 +36,7 @@ from mesh.node.commands import registry as default_registry
 from mesh.node.component import Component
 from mesh.node.events import short_repr
 from mesh.node.journal import JournalError
+from mesh.node.peers import request_id
 from mesh.node.view import NodeView
 from mesh.ratelimit import parse_rate
 from mesh.security.text import safe_logger
@@ -199,7 +200,7 @@ class RemoteControl(Component):
         if to is None:
             to = [m.address for m in node.membership.alive_members(include_self=False)]
         for i in range(0, len(ids), FORWARD_CHUNK):
-            frame = encode(Control(f"revoke-{node.name}-{time.monotonic_ns()}", "revoke", {
+            frame = encode(Control(request_id("revoke", node.name), "revoke", {
                 "task_ids": ids[i:i + FORWARD_CHUNK], "terminate": terminate, "signal": sig,
                 "forwarded": True, "noreply": True}))
             for address in to:

@@ -32,15 +32,24 @@ log = safe_logger("mesh.testing")
 
 START_TIMEOUT = 30.0
 # Celery's start_worker keywords that have no use here: its broker, logging and the
-# worker's own knobs; taken, as Celery's tests pass them
+# worker's own knobs; taken, as Celery's tests pass them (celery_worker_parameters):
+# start_worker's own, then its WorkController's (setup_defaults, setup_instance), which
+# Celery takes whatever they are
 NOT_USED = frozenset({"loglevel", "logfile", "perform_ping_check", "ping_task_timeout",
                       "shutdown_timeout", "pool", "without_heartbeat", "without_mingle",
-                      "without_gossip"})
+                      "without_gossip",
+                      "task_events", "consumer_cls", "timer_cls", "timer_precision",
+                      "autoscaler_cls", "pool_putlocks", "pool_restarts", "optimization", "O",
+                      "statedb", "state_db", "time_limit", "soft_time_limit", "task_time_limit",
+                      "task_soft_time_limit", "scheduler", "scheduler_cls", "schedule_filename",
+                      "pool_cls", "max_tasks_per_child", "prefetch_multiplier",
+                      "disable_rate_limits", "worker_lost_wait", "max_memory_per_child",
+                      "ready_callback", "pidfile", "use_eventloop"})
 
 
 class TestWorker:
     """What ``start_worker`` yields: the node (``node``; its attributes read through,
-    e.g. ``address``, ``name``) and Celery's ``reload()``."""
+    e.g. ``address``, ``name``), Celery's ``hostname`` and ``reload()``."""
 
     __test__ = False    # (not a pytest test class)
 
@@ -51,6 +60,12 @@ class TestWorker:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.node, name)
+
+    @property
+    def hostname(self) -> str:
+        """The node's name, as Celery's worker's ``hostname``: what control commands'
+        ``destination`` takes (``inspect(destination=[celery_worker.hostname])``)."""
+        return self.node.name
 
     def reload(self, modules: Iterable[str] | None = None, reload: bool = False,
                reloader: Any = None) -> None:
@@ -84,7 +99,8 @@ def start_worker(app: "Mesh", concurrency: int = 1, *, queues: Iterable[str] | s
     the worker (its ``address`` is where ``app`` sends meanwhile). Celery's keywords
     (``perform_ping_check``, ``pool``, ``loglevel``, ``shutdown_timeout``...) are taken;
     the pool is always the solo pool, ``concurrency`` its slots; ``queues`` (and
-    ``exclude_queues``) are the queues it takes, as ``meshnode -Q`` (``-X``)."""
+    ``exclude_queues``) are the queues it takes, as ``meshnode -Q`` (``-X``): names, or
+    one text of names with commas, as Celery takes them."""
     unknown = set(kwargs) - NOT_USED
     if unknown:
         raise ConfigError(f"start_worker: unknown keyword(s) {sorted(unknown)}")
@@ -96,7 +112,8 @@ def start_worker(app: "Mesh", concurrency: int = 1, *, queues: Iterable[str] | s
     options: dict[str, Any] = {"concurrency": concurrency}
     for key, value in (("queues", queues), ("exclude_queues", exclude_queues)):
         if value:
-            options[key] = (value,) if isinstance(value, str) else tuple(value)
+            # (a text is NAME,NAME as Celery's WorkController takes it: str_to_list)
+            options[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
 
     def run() -> None:
         async def main() -> None:

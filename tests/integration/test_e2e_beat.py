@@ -365,6 +365,9 @@ def test_nodes_with_the_longest_names_fire_their_runs(start_node: NodeFactory, b
     check_runs(read_runs(beat_log))
     for n in (a, b):
         assert "Invalid argument" not in n.stderr(), n.stderr_tail(10)
+        # (each beat-sync and beat-fired named the whole node in its request id: every
+        # peer refused it, 'req_id must be 1..200 characters')
+        assert "refused a frame" not in n.stderr(), "a peer's frames were refused"
 
 
 def test_a_node_with_a_bad_schedule_refuses_to_start(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ def _dead_endpoint() -> str:
     pytest.param(["--app", "tasks_app", "--no-such-flag"], id="unknown flag"),
     pytest.param(["--app", "tasks_app", "--concurrency", "0"], id="concurrency 0"),
     pytest.param(["--app", "tasks_app", "--time-limit", "soon"], id="time limit not a number"),
+    # (it started, and each task failed: OverflowError from the child's timer)
+    pytest.param(["--app", "tasks_app", "--soft-time-limit", "inf"], id="soft time limit inf"),
     pytest.param(["--app", "tasks_app", "--bind", "localhost:7700"], id="bind without tcp://"),
     pytest.param(["--app", "tasks_app", "--loglevel", "LOUD"], id="unknown loglevel"),
     pytest.param(["--concurrency", "1"], id="no --app"),
@@ -234,9 +236,15 @@ def test_meshctl_call_of_an_unknown_task_without_wait_exits_1(node: Any) -> None
     pytest.param("--args", "[1, 2", id="args not JSON"),
     pytest.param("--args", '{"x": 1}', id="args not an array"),
     pytest.param("--kwargs", "[1]", id="kwargs not an object"),
+    # refused by send_task before it went (tracebacks before)
+    pytest.param("--queue", "", id="queue empty"),
+    pytest.param("--queue", "a,b", id="queue with a comma"),
+    pytest.param("--args", "[100000000000000000000000, 1]", id="int past msgpack"),
+    pytest.param("", "", id="task name empty"),
 ])
 def test_meshctl_call_with_bad_json_exits_2(node: Any, flag: str, value: str) -> None:
-    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", flag, value, "--wait")
+    call = ["call", "tasks_app.add", flag, value] if flag else ["call", ""]
+    p = run_program(MESHCTL, "--peers", node.endpoint, *call, "--wait")
     assert p.returncode == EXIT_USAGE, p
     _one_error_line(p.stderr, "meshctl")
 
@@ -265,6 +273,12 @@ def test_meshctl_with_no_peers_and_no_node_on_mdns_exits_1(command: str) -> None
     pytest.param(["--no-such-flag", "ping"], id="unknown flag"),
     pytest.param(["--peers", "localhost:7700", "ping"], id="peer without tcp://"),
     pytest.param(["--peers", "tcp://127.0.0.1:1", "frobnicate"], id="unknown command"),
+    # (nan passed click's ranges: -t nan and -t inf ended in a traceback as meshctl
+    # waited for answers; call --countdown nan sent the task, which ran at once)
+    pytest.param(["--peers", "tcp://127.0.0.1:1", "-t", "nan", "status"], id="timeout nan"),
+    pytest.param(["--peers", "tcp://127.0.0.1:1", "-t", "inf", "ping"], id="timeout inf"),
+    pytest.param(["--peers", "tcp://127.0.0.1:1", "call", "t", "--countdown", "nan"],
+                 id="countdown nan"),
 ])
 def test_meshctl_bad_usage_exits_2(args: list[str]) -> None:
     p = run_program(MESHCTL, *args)

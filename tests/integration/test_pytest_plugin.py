@@ -14,6 +14,7 @@ from harness import clean_env
 
 from mesh import Mesh
 from mesh.client import routes
+from mesh.exceptions import ConfigError
 from mesh.testing import start_worker
 
 CONFTEST = """\
@@ -181,3 +182,46 @@ def test_a_pool_the_test_worker_does_not_have_is_said(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="mesh.testing"), start_worker(app, pool="prefork"):
         pass
     assert "pool 'prefork' is not used" in caplog.text
+
+
+def test_the_worker_has_celerys_hostname() -> None:
+    # Celery's suites name their worker in control commands' destination by its
+    # 'hostname' (an AttributeError on the node before)
+    app = Mesh("hostname_asked", set_as_current=False, mdns=False)
+    with start_worker(app, hostname="w1@host") as worker:
+        assert worker.hostname == "w1@host"
+        assert app.control.ping(destination=[worker.hostname], timeout=10) == \
+            [{"w1@host": {"ok": "pong"}}]
+
+
+def test_the_worker_takes_queues_as_one_text_with_commas() -> None:
+    # Celery's WorkController splits queues='a,b' (str_to_list), as -Q does: a
+    # celery_worker_parameters of {"queues": "high,low"} was one queue named 'high,low'
+    # (the node refused it: ConfigError, no worker)
+    app = Mesh("queues_text", set_as_current=False, mdns=False)
+
+    @app.task(queue="low")
+    def low() -> str:
+        return "low"
+
+    with start_worker(app, queues="high,low", exclude_queues="celery") as worker:
+        assert worker.routing.describe() == "high, low"
+        assert low.delay().get(timeout=10) == "low"
+
+
+def test_celerys_worker_keywords_are_taken() -> None:
+    # Celery's WorkController takes any keyword (celery_worker_parameters such as
+    # prefetch_multiplier): a Celery suite's failed here ('unknown keyword(s)'); a
+    # name Celery does not know either is still refused
+    app = Mesh("worker_keywords", set_as_current=False, mdns=False)
+
+    @app.task
+    def one() -> int:
+        return 1
+
+    with start_worker(app, prefetch_multiplier=1, task_events=True, max_tasks_per_child=10,
+                      without_heartbeat=True):
+        assert one.delay().get(timeout=10) == 1
+    with pytest.raises(ConfigError, match="prefetch_multiplyer"), \
+            start_worker(app, prefetch_multiplyer=1):
+        pass

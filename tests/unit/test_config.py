@@ -199,6 +199,9 @@ def test_unknown_option_is_refused_even_when_none() -> None:
     (dict(shutdown_timeout=float("nan")), "shutdown_timeout"),
     (dict(time_limit=float("nan")), "time_limit"),
     (dict(soft_time_limit=float("nan")), "soft_time_limit"),
+    # (a task's own limits are under MAX_TIME_LIMIT: inf failed every task, OverflowError)
+    (dict(soft_time_limit=float("inf")), "soft_time_limit"),
+    (dict(time_limit=1e300), "time_limit"),
     (dict(autoscale_keepalive=float("nan")), "autoscale_keepalive"),
     (dict(max_eta=float("nan")), "max_eta"),
     (dict(result_expires=float("nan")), "result_expires"),

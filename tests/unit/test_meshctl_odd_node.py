@@ -19,6 +19,7 @@ from mesh.wire.protocol import Control, ControlReply, decode, encode
 
 STATUS: dict[str, Any] = {"node": "odd", "busy": float("inf"), "queued": float("nan"),
                           "rss_bytes": "lots", "uptime": None}     # no total, no version...
+PING: Any = {"ok": "pong", "version": "odd"}
 MEMBERS = [{"node": "odd", "endpoint": "", "state": "alive", "incarnation": 0,
             "load": [float("inf"), 2, 0]}]
 
@@ -43,7 +44,8 @@ def odd_node() -> Iterator[str]:
                     continue
                 if isinstance(msg, Control):
                     members = [{**m, "endpoint": endpoint} for m in MEMBERS]
-                    payload = {"status": STATUS, "members": members}.get(msg.command, {})
+                    payload = {"status": STATUS, "members": members,
+                               "ping": PING}.get(msg.command, {})
                     sock.send_multipart([ident, encode(ControlReply(msg.req_id, True, "odd",
                                                                     payload))])
     thread = threading.Thread(target=serve, daemon=True)
@@ -75,3 +77,31 @@ def test_status_json_is_strict_json(odd_node: str) -> None:
     assert p.returncode == 0, p.stdout + p.stderr
     rows = json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
     assert rows[0]["node"] == "odd" and rows[0]["busy"] is None and rows[0]["queued"] is None
+
+
+@pytest.mark.parametrize("status,members", [
+    pytest.param([1, 2], MEMBERS, id="status a list"),
+    pytest.param("text", MEMBERS, id="status a text"),
+    # two records of one member: an incarnation and a state that are not comparable
+    pytest.param(STATUS, [{"node": "odd", "state": [1], "incarnation": "x"},
+                          {"node": "odd", "state": "alive", "incarnation": 1}], id="odd members"),
+])
+def test_status_of_a_node_answering_what_is_not_a_status(
+        status: Any, members: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
+        request: pytest.FixtureRequest) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "STATUS", status)
+    monkeypatch.setattr(sys.modules[__name__], "MEMBERS", members)
+    odd = request.getfixturevalue("odd_node")
+    p = _meshctl("--peers", odd, "status")
+    assert "Traceback" not in p.stderr, p.stderr
+    assert odd in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("ping", [[1, 2], "text", None], ids=["a list", "a text", "none"])
+def test_ping_of_a_node_answering_what_is_not_a_map(
+        ping: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "PING", ping)
+    odd = request.getfixturevalue("odd_node")
+    p = _meshctl("--peers", odd, "ping")
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.stdout.startswith(f"{odd}: pong from odd"), p.stdout
