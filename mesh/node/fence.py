@@ -13,10 +13,12 @@ So, before it starts any more of them, the node looks at itself:
 
 * the loop stalled: each ``STEP`` s a tick notes when the next look is due at the
   latest (``Pool.fence_at``: now + ``limit``, the profile's shortest suspicion timeout,
-  less than any peer needs to declare this node dead); the pool checks it before it
-  starts a task (``Pool.dispatch``: after a stall, a child's report that its task
-  ended is read before any timer runs), shedding before it hands tasks on, and the
-  tick itself (an eta task's timer);
+  less than any peer needs to declare this node dead); the tick checks it, and so
+  do the pool before it starts a task (``Pool.dispatch``) and shedding before it
+  hands tasks on. (After SIGSTOP the timers run first: CPython's ``select`` returns
+  no event once its timeout has passed, EINTR and PEP 475. After a pause inside a
+  callback, a GC pause, the sockets come first: a child's report that its task ended
+  would start the next one, and the pool's check is what catches that.)
 * or the membership says it refuted news of its own death (``told_dead``: a peer did
   declare it dead, a partition or a loop that ran but slowly), seen at the next tick.
 
