@@ -41,7 +41,11 @@ have passed, each task set aside is:
   back in the pool, where it runs here.
 
 A member that does not answer in time leaves the tasks to run here (at least once):
-the wait is bounded, and the tasks set aside never wait for longer than that. Tasks
+the wait is bounded, and the tasks set aside never wait for longer than that. A node
+that begins to stop meanwhile hands them on with the rest of its queue (``release``;
+before, a stop right after a stall kept them out of its handoff, and then handed them
+to a peer as it exited, unanswered: tests/cluster/test_cluster_rename.py's stalled
+node, whose owner waited in vain). Tasks
 accepted while the fence is up are not set aside: they came after the stall.
 
 Not helped: a task already running when the node stalled (or sent ahead to a child,
@@ -183,14 +187,14 @@ class Fence:
         try:
             deadline = time.monotonic() + wait
             ms = self.node.membership
-            while self._expected and time.monotonic() < deadline:
+            while self._expected and self.aside and time.monotonic() < deadline:
                 for mid in list(self._expected):      # (one gone meanwhile answers nothing)
                     m = ms.member(mid)
                     if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
                         del self._expected[mid]
                 if self._expected:
                     await asyncio.sleep(POLL)
-            if self._expected:
+            if self._expected and self.aside:
                 log.warning("no answer from %s within %.1f s: the queued tasks they may have "
                             "taken over run here too (at least once)",
                             ", ".join(sorted(self._expected))[:300], wait)
@@ -203,6 +207,12 @@ class Fence:
             return            # late, or from a node not asked
         self.answers.note(msg, self.aside)
 
+    def release(self) -> list[Entry]:
+        """(The node stops) the tasks set aside, for the stop's handoff with the rest of
+        the queue (given away as any queued task: the wait for the answers ends)."""
+        aside, self.aside = self.aside, {}
+        return [e for t, e in aside.items() if self.node.ledger.held.get(t) is e]
+
     def holds(self, task_id: str) -> bool:
         """Is ``task_id`` set aside here (a member that asks about it is not told it is
         held here: both ask, and both run it rather than neither)."""
@@ -213,6 +223,8 @@ class Fence:
         ledger, journal, front, pool = node.ledger, node.journal, node.front, node.pool
         aside, self.aside = self.aside, {}
         held, results = self.answers.take()
+        if not aside:
+            return                          # (released: the node stops)
         moved: dict[tuple[bytes, str], list[str]] = {}
         finished = here = 0
         revoked = node.control.revoked

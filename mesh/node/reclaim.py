@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Mapping
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from mesh import states
@@ -216,9 +216,7 @@ class Reclaimer:
             return
         if msg.round != self._round or msg.source not in self._expected:
             return            # late, or from a node not asked
-        waiting = self.waiting
-        asked = waiting if not self.disk else collections.ChainMap(waiting, self.disk)
-        self.answers.note(msg, asked)
+        self.answers.note(msg, self.waiting, self.disk)
 
     def _resolve(self) -> None:
         node = self.node
@@ -403,14 +401,15 @@ class Answers:
         self.held: dict[str, str] = {}               # id -> a node that holds it
         self.results: dict[str, tuple[str, bytes]] = {}   # id -> (node, RESULT frame)
 
-    def note(self, msg: Reclaimed, asked: Mapping[str, object]) -> None:
-        """A member's RECLAIMED: which ids of ``asked`` it holds, and which it finished
-        (the first answer for an id stays); one part less is due from it."""
+    def note(self, msg: Reclaimed, *asked: Container[str]) -> None:
+        """A member's RECLAIMED: which ids asked about (in any of ``asked``) it holds,
+        and which it finished (the first answer for an id stays); one part less is due
+        from it."""
         for tid in msg.held:
-            if tid in asked:
+            if any(tid in a for a in asked):
                 self.held.setdefault(tid, msg.source)
         for tid, frame in zip(msg.result_ids, msg.results):
-            if tid in asked:
+            if any(tid in a for a in asked):
                 self.results.setdefault(tid, (msg.source, frame))
         left = self.expected[msg.source] - 1
         if left > 0:
