@@ -144,3 +144,16 @@ def test_a_member_that_does_not_answer_holds_the_tasks_back_for_a_bounded_time()
             assert h.reclaim.status()["fence_run_here"] == 3
             await until(lambda: h.pool.busy == 1, "the first of them to start here")
     run(main())
+
+
+def test_a_holder_that_stops_while_its_fence_waits_hands_the_tasks_set_aside_on() -> None:
+    """A stop while the answers are awaited (a SIGTERM acted on as the stalled node goes
+    on): the tasks set aside go with the stop's handoff, as the rest of a queue does."""
+    async def main() -> None:
+        async with holding() as (h, b, _to_h):
+            b.reclaim.answer = lambda msg: None          # (the wait would last 3.5 s)
+            await stall(h)
+            h.stop()
+            await until(lambda: set(QUEUED) <= set(b.ledger.held), "the backup to take them")
+            assert h.handoff.handed == 3
+    run(main())
