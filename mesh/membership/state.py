@@ -42,6 +42,7 @@ from mesh.security.text import printable, safe_logger
 from mesh.wire.protocol import (
     MAX_INCARNATION,
     UPDATE_ALIVE,
+    UPDATE_DEAD,
     UPDATE_LEFT,
     UPDATE_SUSPECT,
 )
@@ -74,6 +75,7 @@ class StateMachine:
         self.notify = notify
         self.left = False
         self.suspicions = self.refutations = 0
+        self.told_dead = 0      # dead updates about this node refuted (it was declared dead)
         self.members_refused = 0        # new members ignored: the table was full (max_members)
         self.leaps_refused = 0          # updates ignored: their incarnation leapt (MAX_INCARNATION_STEP)
 
@@ -107,6 +109,8 @@ class StateMachine:
                 # others began to suspect before this one joined (a CI run: b2 never
                 # heard of b alive, and b waited out its suspicion). Declared dead now.
                 self.alive([UPDATE_ALIVE, u[1], u[2], u[3], "", 0, {}], now, False)
+            elif state == UPDATE_DEAD and u[1] == self.me.id:
+                self.dead(u[1], u[2], source, now, left=False)   # (refuted, and counted)
             else:      # suspect or dead: suspect it ourselves rather than trust it (memberlist)
                 self.suspect(u[1], u[2], source, now)
 
@@ -211,6 +215,8 @@ class StateMachine:
         if member_id == self.me.id:
             if not self.left and inc >= self.me.incarnation and \
                     not self._leap(member_id, inc, self.me.incarnation):
+                if not left:
+                    self.told_dead += 1     # (the node's fence asks what was taken over)
                 self.refute(inc)
             return
         node = self.table.get(member_id)

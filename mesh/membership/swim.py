@@ -167,6 +167,12 @@ class Membership:
         return self._awareness.score
 
     @property
+    def told_dead(self) -> int:
+        """How many times this node refuted news that it is dead (another member had
+        declared it dead: its backups may have taken its tasks over)."""
+        return self._state.told_dead
+
+    @property
     def has_left(self) -> bool:
         return self._state.left
 

@@ -81,7 +81,8 @@ class Executor(Component):
 
     async def stop(self, node: "Node") -> None:
         # unstarted tasks go to other nodes (kept in the journal when none is alive)
-        node.handoff.give_away(node.pool.begin_stop())
+        # (and those set aside by a fence: mesh/node/fence.py)
+        node.handoff.give_away(node.pool.begin_stop() + node.reclaim.fence.release())
         node.front.flush()
         await node.pool.finish(node.config.shutdown_timeout)
         node.front.flush()

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mesh.exceptions import revoked_message
@@ -61,6 +62,10 @@ LEAVE_GRACE = 5.0          # s a child that retires by itself has before it is t
 QueueItem = tuple[int, int, Entry]       # (-priority, seq, entry): a heap of these
 
 
+def _nothing() -> None:
+    """(Pool.on_late with no fence: a node built without one)"""
+
+
 class Pool(PoolSize, PoolStop, PoolAhead):
     def __init__(self, app: "Mesh", config: "Config", node_name: str, events: PoolEvents,
                  size: int):
@@ -90,6 +95,10 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         self.rate_limited = 0                        # starts put off by a rate limit
         self.stop_flags = StopFlags()                # which children the node itself stops
         self._out: dict[ChildProc, list[bytes]] | None = None   # a dispatch's frames to send
+        # the loop's next look at itself is due by then (0: none): later, it stalled,
+        # and ``on_late`` sets its queued tasks aside first (mesh/node/fence.py)
+        self.fence_at = 0.0
+        self.on_late: Callable[[], None] = _nothing
         self._init_ahead()                           # tasks sent ahead (mesh/node/pool_ahead.py)
 
     @property
@@ -308,6 +317,8 @@ class Pool(PoolSize, PoolStop, PoolAhead):
         """Hand queued tasks to children with a free slot, highest priority first."""
         if self.stopping:
             return
+        if self.fence_at and time.monotonic() > self.fence_at:
+            self.on_late()              # (a node declared dead while it stalled: fence.py)
         out = self._out
         if out is not None:             # again, from an event of the dispatch under way:
             self._dispatch(out)         # its frames go after the outer one's, in order

@@ -47,11 +47,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from mesh import states
 from mesh.exceptions import DecodeError
 from mesh.membership import Member, MemberState
+from mesh.node import fence  # (a module: fence.py uses this one's too)
 from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.security.text import safe_logger
@@ -94,9 +96,8 @@ class Reclaimer:
         self.disk: dict[str, tuple[bytes, int]] = {}   # waiting on disk: id -> (owner,
                                                    # bytes); not read back until answered
         self._round = 0
-        self._expected: dict[str, int] = {}        # member -> RECLAIMED parts still due
-        self._results: dict[str, tuple[str, bytes]] = {}   # id -> (node, RESULT frame)
-        self._held: dict[str, str] = {}            # id -> a node that holds it
+        self.answers = Answers()
+        self._expected = self.answers.expected      # member -> RECLAIMED parts still due
         self.counts: collections.Counter[str] = collections.Counter()
         self._asked: dict[str, str] = {}           # member id -> address, asked this round
         self._badlog = _RateLimitedLog("refused reclaims")
@@ -106,6 +107,8 @@ class Reclaimer:
         self._deferred: list[tuple[float, Reclaim]] = []
         self._deferred_bytes = 0                   # their deferred_size, summed
         self.purge = False     # meshnode --purge: what would run here is revoked instead
+        # the same question, from a node declared dead while it only stalled
+        self.fence = fence.Fence(node)             # (mesh/node/fence.py)
 
     # -- the returning holder ---------------------------------------------------------
     def hold(self, entry: Entry) -> None:
@@ -115,6 +118,7 @@ class Reclaimer:
     def start(self) -> None:
         """(Recovery, at start) ask the mesh once the node is ready, about these and
         the tasks waiting on disk."""
+        self.fence.start()
         try:
             self.disk = {t: (c, n) for t, c, n in self.node.journal.disk_tasks()}
         except JournalError as e:
@@ -207,28 +211,19 @@ class Reclaimer:
                 self._expected[m.id] = self._expected.get(m.id, 0) + 1
 
     def on_reclaimed(self, msg: Reclaimed) -> None:
+        if msg.round < 0:     # (the fence's rounds: mesh/node/fence.py)
+            self.fence.on_answer(msg)
+            return
         if msg.round != self._round or msg.source not in self._expected:
             return            # late, or from a node not asked
-        for tid in msg.held:
-            if tid in self.waiting or tid in self.disk:
-                self._held.setdefault(tid, msg.source)
-        for tid, frame in zip(msg.result_ids, msg.results):
-            if tid in self.waiting or tid in self.disk:
-                self._results.setdefault(tid, (msg.source, frame))
-        left = self._expected[msg.source] - 1
-        if left > 0:
-            self._expected[msg.source] = left
-        else:
-            del self._expected[msg.source]
+        self.answers.note(msg, self.waiting, self.disk)
 
     def _resolve(self) -> None:
         node = self.node
         ledger, journal, front = node.ledger, node.journal, node.front
         waiting, self.waiting = self.waiting, {}
         disk, self.disk = self.disk, {}
-        results, self._results = self._results, {}
-        held, self._held = self._held, {}
-        self._expected.clear()
+        held, results = self.answers.take()
         moved: dict[tuple[bytes, str], list[str]] = {}
         finished = disk_here = 0
         purge, self.purge = self.purge, False
@@ -237,7 +232,7 @@ class Reclaimer:
         for tid in [*waiting, *disk]:
             entry = waiting.get(tid)
             got, where = results.get(tid), held.get(tid)
-            state = _final_state(tid, got[1]) if got is not None else None
+            state = final_state(tid, got[1]) if got is not None else None
             if state is None and where is None:
                 if entry is not None:
                     if purge:
@@ -271,14 +266,8 @@ class Reclaimer:
                 continue
             if entry is None:
                 self._off_disk(client, disk[tid][1])
-        for (client, where), ids in moved.items():
-            m = node.membership.member(where)
-            address = m.address if m is not None else ""
-            node.handoff.remember(ids, where, address, REASON)
-            if client and address:
-                front.reply(client, encode(Moved(ids, node.name, address, where, REASON)))
+        n_moved = tell_moved(node, moved, REASON)
         total = len(waiting) + len(disk)
-        n_moved = sum(len(v) for v in moved.values())
         n_purged = len(purged) + len(purged_disk)
         here = total - finished - n_moved - n_purged
         self.counts["finished_elsewhere"] += finished
@@ -329,9 +318,11 @@ class Reclaimer:
         result_ids: list[str] = []
         results: list[bytes] = []
         size = 0
+        aside = self.fence.aside
         for tid in msg.ids:
-            if tid in self.waiting or tid in self.disk:
-                continue        # back after a crash too: both run it, rather than neither
+            if tid in self.waiting or tid in self.disk or tid in aside:
+                continue        # back after a crash (or a stall) too: both run it, rather
+                                # than neither
             st = ledger.task_state(b"", tid, False)
             if "result" in st and size + len(st["result"]) <= RESULT_BYTES:
                 result_ids.append(tid)
@@ -388,7 +379,8 @@ class Reclaimer:
                 "reclaim_finished_elsewhere": self.counts["finished_elsewhere"],
                 "reclaim_held_elsewhere": self.counts["held_elsewhere"],
                 "reclaim_run_here": self.counts["run_here"],
-                "reclaim_handed_here": self.counts["handed_here"]}
+                "reclaim_handed_here": self.counts["handed_here"],
+                **self.fence.status()}
 
 
 def deferred_size(msg: Reclaim) -> int:
@@ -401,7 +393,52 @@ def answer_wait(n: int) -> float:
     return min(ANSWER_WAIT + n * PER_ID, ANSWER_WAIT_MAX)
 
 
-def _final_state(task_id: str, frame: bytes) -> str | None:
+class Answers:
+    """The members' answers to one round of RECLAIMs (a returning holder's, a fence's)."""
+
+    def __init__(self) -> None:
+        self.expected: dict[str, int] = {}           # member -> RECLAIMED parts still due
+        self.held: dict[str, str] = {}               # id -> a node that holds it
+        self.results: dict[str, tuple[str, bytes]] = {}   # id -> (node, RESULT frame)
+
+    def note(self, msg: Reclaimed, *asked: Container[str]) -> None:
+        """A member's RECLAIMED: which ids asked about (in any of ``asked``) it holds,
+        and which it finished (the first answer for an id stays); one part less is due
+        from it."""
+        for tid in msg.held:
+            if any(tid in a for a in asked):
+                self.held.setdefault(tid, msg.source)
+        for tid, frame in zip(msg.result_ids, msg.results):
+            if any(tid in a for a in asked):
+                self.results.setdefault(tid, (msg.source, frame))
+        left = self.expected[msg.source] - 1
+        if left > 0:
+            self.expected[msg.source] = left
+        else:
+            del self.expected[msg.source]
+
+    def take(self) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+        """(held, results) so far; none is due any more."""
+        held, results = self.held, self.results
+        self.held, self.results = {}, {}
+        self.expected.clear()
+        return held, results
+
+
+def tell_moved(node: "Node", moved: dict[tuple[bytes, str], list[str]], reason: str) -> int:
+    """Tasks held by another node now (``moved``: (owner, node) -> ids), out of this
+    one: remembered as moved (a resend here gets MOVED), and their owner told now.
+    How many."""
+    for (client, where), ids in moved.items():
+        m = node.membership.member(where)
+        address = m.address if m is not None else ""
+        node.handoff.remember(ids, where, address, reason)
+        if client and address:
+            node.front.reply(client, encode(Moved(ids, node.name, address, where, reason)))
+    return sum(len(v) for v in moved.values())
+
+
+def final_state(task_id: str, frame: bytes) -> str | None:
     """The final state a RESULT frame for ``task_id`` carries, or None (not one)."""
     try:
         msg = decode(frame)

@@ -248,6 +248,7 @@ class Shedder(Component):
         peer does not take come back to the queue. Returns how many were sent."""
         node = self.node
         pool, ms = node.pool, node.membership
+        node.reclaim.fence.check()    # (stalled: what a backup took over is set aside)
         if not pool.queued or pool.idle or node.stopping:
             return 0
         arrived = self._arrived

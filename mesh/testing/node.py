@@ -80,6 +80,9 @@ async def running_node(app: "Mesh", *, autorun: bool = True, name: str = "solo",
         options.setdefault("bind", "tcp://127.0.0.1:*")   # (a restart: the old address)
         config = Config.build(env={}, name=name, mdns=False, profile="test", **options)
         node = Node(app, config, components=solo_components(autorun), handle_signals=False)
+        # nodes in one process stall together (a test that holds the loop): none is
+        # declared dead for it by another (mesh/node/fence.py)
+        node.reclaim.fence.watch_loop = False
         task = asyncio.create_task(node.run(), name=f"node {name}")
         ready = asyncio.create_task(node.ready.wait())
         done, _ = await asyncio.wait({task, ready}, timeout=READY_TIMEOUT,

@@ -64,7 +64,7 @@ async def taker_crashed(data: str, ids: tuple[str, ...], ready: Any, **options: 
 
 
 async def held_by_giver_silent_waited(taker: Node) -> None:
-    await until(lambda: "giver" in taker.reclaim._held.values()
+    await until(lambda: "giver" in taker.reclaim.answers.held.values()
                 and list(taker.reclaim._expected) == ["silent"],
                 "the giver's answer (held), not the silent node's")
 
@@ -288,7 +288,7 @@ def test_a_member_that_becomes_alive_while_the_node_waits_is_asked_too(tmp_path:
                 await until(lambda: list(t2.reclaim._expected) == ["silent"],
                             "the taker to ask the silent node")
                 g.membership.join([t2.address])            # the giver joins now
-                await until(lambda: "giver" in t2.reclaim._held.values(),
+                await until(lambda: "giver" in t2.reclaim.answers.held.values(),
                             "the late member's answer (held)")
                 await until(lambda: not t2.reclaim.waiting, "the taker to settle")
                 assert tid not in t2.ledger.held and t2.reclaim.counts["held_elsewhere"] == 1
