@@ -11,9 +11,13 @@ is gone is not needed.
 
 A task refused by the receiver (it does not have the task, it is stopping) or not
 answered within ``HANDOFF_TIMEOUT`` (sent again up to ``TRIES`` times while the
-receiver is alive) goes back to the queue, or, when stopping, to another node. A
-stopping node with no peer alive keeps its unstarted tasks in its journal, says so,
-and runs them when it starts again.
+receiver is alive, and for as long as it is suspected) goes back to the queue, or,
+when stopping, to another node. A stopping node with no peer alive keeps its
+unstarted tasks in its journal, says so, and runs them when it starts again. One not
+answered by a receiver declared dead (or gone) goes to the receiver's backup for it
+instead (``_to_its_backup``): the receiver may have taken it, its answer lost as it
+was cut off, and that backup then runs the copy it keeps (mesh/node/takeover.py);
+run here too, it ran three times (the receiver, cut off, runs it as well).
 
 Where tasks go when the node stops: to each task's backup (it has the copy already,
 and it is where the owner would resend it), else to the least loaded alive peer with
@@ -43,6 +47,7 @@ from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
 from mesh.node.shedding import CROSS_REASON
 from mesh.node.shedding import REASON as SHED_REASON
+from mesh.rendezvous import backup_for
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -62,6 +67,8 @@ log = safe_logger("mesh.handoff")
 
 HANDOFF_TIMEOUT = 1.0    # s a HANDOFF waits for its answer before it is sent again
 TRIES = 3                # sends of one HANDOFF to one receiver before trying elsewhere
+SUSPECT_TRIES = 30       # sends at most while the receiver is suspected (until it is
+                         # alive again, or dead: its backup has what it took)
 TICK = 0.1
 BATCH_BYTES = 4 * 1024 * 1024
 MOVED_TTL = 30.0         # s a task handed on is remembered (an owner sending it here follows)
@@ -70,6 +77,9 @@ GIVEN_UP_MAX = 1_000     # handoffs given up on, remembered at most (for a late 
 STRANGERS_MAX = 64       # addresses of non-members answered (refusals) kept a socket to, at most
 STOP_REASON = "node is shutting down"
 NO_BACKUP_REASON = "no other node is alive here to keep its copy: it stays where it is"
+# (not a shed: the node it goes to takes it even if it shed to the giver a moment ago)
+UNANSWERED_REASON = ("handed to a node that did not answer and is gone: sent to the node "
+                     "that keeps its copy there")
 
 
 @dataclasses.dataclass
@@ -83,6 +93,9 @@ class _Out:
     at: float
     tries: int = 1
     refused_by: set[str] = dataclasses.field(default_factory=set)
+    # the tasks of a handoff to this node that went unanswered, sent to its backup for
+    # them (``_to_its_backup``): not sent on again if this one goes unanswered too
+    unanswered_by: str = ""
 
 
 class Handoffs(Component):
@@ -189,7 +202,7 @@ class Handoffs(Component):
         ties = [m for m in peers if load(m) == best]
         return ties[next(self._spread) % len(ties)]
 
-    def _send(self, m: Member, entries: list[Entry], reason: str) -> None:
+    def _send(self, m: Member, entries: list[Entry], reason: str, unanswered_by: str = "") -> None:
         node = self.node
         chunks: list[list[Entry]] = [[]]
         size = 0
@@ -204,7 +217,7 @@ class Handoffs(Component):
             frame = encode(Handoff(bid, node.name, node.address, [x.frame for x in chunk],
                                    reason, str(m.meta.get("boot") or "")))
             self._out[bid] = _Out(m.id, m.address, {x.task_id: x for x in chunk}, reason,
-                                  frame, time.monotonic())
+                                  frame, time.monotonic(), unanswered_by=unanswered_by)
             self.nap.poke()
             node.replicas.sockets.send(m.address, frame)
         shedder = getattr(node, "shedder", None)
@@ -327,6 +340,42 @@ class Handoffs(Component):
             for out in self._out.values():
                 if out.target == m.id:
                     out.refused_by |= refused_by
+
+    def _to_its_backup(self, out: _Out, entries: list[Entry]) -> list[Entry]:
+        """(A handoff to ``out.target`` went unanswered, and the target is dead or left)
+        each task goes to the node the target copied it to if it took it: its
+        backup there, the alive node ranked first for it among those that take it, this
+        one included (mesh/rendezvous.py). The target may hold the task, its answer lost
+        (cut off as it answered: it runs the task, unreachable), and once it is declared
+        dead that node runs its copy; run here as well, the task ran three times (the
+        cluster chaos test saw it). There it runs once: held there already (taken
+        over), or taken now, and then the copy is not run at the takeover (held here
+        already). Returns the tasks that stay here (this node is that backup, or that
+        node refused them before)."""
+        node = self.node
+        routing = getattr(node, "routing", None)
+        # (a peer merely suspected here may have been alive there: it keeps the copy)
+        peers = [m for m in node.membership.members() if m.id not in (out.target, node.name)
+                 and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+        groups: dict[str, tuple[Member, list[Entry]]] = {}
+        stay: list[Entry] = []
+        for e in entries:
+            takers = peers
+            if routing is not None:
+                queue = _queue_of(routing, e)
+                takers = [m for m in peers if routing.peer_accepts(m.meta, queue, e.name)]
+            by_id = {m.id: m for m in takers}
+            m = by_id.get(backup_for(e.task_id, [*by_id, node.name], out.target) or "")
+            if m is None or m.id in out.refused_by:
+                stay.append(e)
+            else:
+                groups.setdefault(m.id, (m, []))[1].append(e)
+        for m, group in groups.values():
+            log.info("node %s did not answer a handoff: %d of its task(s) go to %s, its "
+                     "backup for them (which runs them once if %s took them and is declared "
+                     "dead)", out.target, len(group), m.id, out.target)
+            self._send(m, group, UNANSWERED_REASON, unanswered_by=out.target)
+        return stay
 
     def remember(self, task_ids: list[str], target: str, address: str, reason: str) -> None:
         """These tasks are held by node ``target`` (at ``address``) now: an owner sending
@@ -543,9 +592,12 @@ class Handoffs(Component):
             m = self.node.membership.member(out.target)
             # sent again to a receiver merely suspected, too: a busy node is suspected
             # for a moment, and giving up on it then made both nodes run the tasks it
-            # took meanwhile (the cluster chaos test saw tasks run three times so)
-            if entries and out.tries < TRIES and m is not None and \
-                    m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            # took meanwhile (the cluster chaos test saw tasks run three times so); and
+            # for as long as it is suspected (SUSPECT_TRIES at most): it is alive again
+            # (it answers), or declared dead (its backup has the tasks it took, below)
+            if entries and m is not None and (
+                    (m.state == MemberState.ALIVE and out.tries < TRIES)
+                    or (m.state == MemberState.SUSPECT and out.tries < SUSPECT_TRIES)):
                 out.tries += 1                  # the same batch again: a receiver that
                 out.at = now                    # took it answers again, the same way
                 self.node.replicas.sockets.send(out.address, out.frame)
@@ -556,7 +608,11 @@ class Handoffs(Component):
                             out.target, len(entries))
                 out.at = now
                 self._given_up[bid] = out
-                self._again(entries, out.reason, out.refused_by | {out.target})
+                if not out.unanswered_by and (m is None or m.state in (MemberState.DEAD,
+                                                                       MemberState.LEFT)):
+                    entries = self._to_its_backup(out, entries)
+                if entries:
+                    self._again(entries, out.reason, out.refused_by | {out.target})
         given_up = self._given_up
         while given_up and (now - next(iter(given_up.values())).at > MOVED_TTL
                             or len(given_up) > GIVEN_UP_MAX):
