@@ -77,9 +77,13 @@ GIVEN_UP_MAX = 1_000     # handoffs given up on, remembered at most (for a late 
 STRANGERS_MAX = 64       # addresses of non-members answered (refusals) kept a socket to, at most
 STOP_REASON = "node is shutting down"
 NO_BACKUP_REASON = "no other node is alive here to keep its copy: it stays where it is"
-# (not a shed: the node it goes to takes it even if it shed to the giver a moment ago)
+# (not sheds: the node they go to takes them even if it shed to the giver a moment ago)
 UNANSWERED_REASON = ("handed to a node that did not answer and is gone: sent to the node "
                      "that keeps its copy there")
+GIVER_GONE_REASON = ("its giver was declared dead, maybe before it had this node's answer: "
+                     "sent to the node that keeps the giver's copy")
+GIVER_TTL = 30.0         # s a task taken from a giver goes to its backup if it is declared
+                         # dead meanwhile (as long as a giver may send a batch again)
 
 
 @dataclasses.dataclass
@@ -124,6 +128,8 @@ class Handoffs(Component):
         # task id -> (when, its node, that node's address, why): handed on lately
         self._moved: collections.OrderedDict[str, tuple[float, str, str, str]] = \
             collections.OrderedDict()
+        # task id -> (when, its giver): taken from another node lately (``_givers_gone``)
+        self._from: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
 
     @classmethod
     def inert(cls, node: "Node") -> "Handoffs":
@@ -343,19 +349,26 @@ class Handoffs(Component):
 
     def _to_its_backup(self, out: _Out, entries: list[Entry]) -> list[Entry]:
         """(A handoff to ``out.target`` went unanswered, and the target is dead or left)
-        each task goes to the node the target copied it to if it took it: its
-        backup there, the alive node ranked first for it among those that take it, this
-        one included (mesh/rendezvous.py). The target may hold the task, its answer lost
-        (cut off as it answered: it runs the task, unreachable), and once it is declared
+        each task goes to the node the target copied it to if it took it: its backup
+        there (``_to_backup_of``). The target may hold the task, its answer lost (cut
+        off as it answered: it runs the task, unreachable), and once it is declared
         dead that node runs its copy; run here as well, the task ran three times (the
         cluster chaos test saw it). There it runs once: held there already (taken
-        over), or taken now, and then the copy is not run at the takeover (held here
-        already). Returns the tasks that stay here (this node is that backup, or that
-        node refused them before)."""
+        over), or taken now, and then the copy is not run at the takeover (held there
+        already). Returns the tasks that stay here."""
+        return self._to_backup_of(out.target, entries, UNANSWERED_REASON, out.refused_by)
+
+    def _to_backup_of(self, holder: str, entries: list[Entry], reason: str,
+                      refused_by: set[str] | None = None) -> list[Entry]:
+        """Send each of ``entries`` to ``holder``'s backup for it: the node ranked first
+        for it (mesh/rendezvous.py) among those alive or suspected here that take it,
+        this one included, where ``holder`` keeps its copy if it holds the task. Returns
+        those for which that is this node, or a node in ``refused_by``."""
         node = self.node
         routing = getattr(node, "routing", None)
+        refused_by = refused_by or set()
         # (a peer merely suspected here may have been alive there: it keeps the copy)
-        peers = [m for m in node.membership.members() if m.id not in (out.target, node.name)
+        peers = [m for m in node.membership.members() if m.id not in (holder, node.name)
                  and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
         groups: dict[str, tuple[Member, list[Entry]]] = {}
         stay: list[Entry] = []
@@ -365,17 +378,61 @@ class Handoffs(Component):
                 queue = _queue_of(routing, e)
                 takers = [m for m in peers if routing.peer_accepts(m.meta, queue, e.name)]
             by_id = {m.id: m for m in takers}
-            m = by_id.get(backup_for(e.task_id, [*by_id, node.name], out.target) or "")
-            if m is None or m.id in out.refused_by:
+            m = by_id.get(backup_for(e.task_id, [*by_id, node.name], holder) or "")
+            if m is None or m.id in refused_by:
                 stay.append(e)
             else:
                 groups.setdefault(m.id, (m, []))[1].append(e)
         for m, group in groups.values():
-            log.info("node %s did not answer a handoff: %d of its task(s) go to %s, its "
-                     "backup for them (which runs them once if %s took them and is declared "
-                     "dead)", out.target, len(group), m.id, out.target)
-            self._send(m, group, UNANSWERED_REASON, unanswered_by=out.target)
+            if reason == UNANSWERED_REASON:
+                log.info("node %s did not answer a handoff: %d of its task(s) go to %s, its "
+                         "backup for them (which runs them once if %s took them and is "
+                         "declared dead)", holder, len(group), m.id, holder)
+            else:
+                log.info("node %s, which handed %d queued task(s) here lately, is dead: they "
+                         "go to %s, its backup for them (where its copies and its owners' "
+                         "failover go)", holder, len(group), m.id)
+            self._send(m, group, reason, unanswered_by=holder)
         return stay
+
+    def _givers_gone(self, now: float) -> None:
+        """Tasks taken from a giver within GIVER_TTL s that is declared dead now, and
+        that have not started here, go to its backup for them (``_to_backup_of``). The
+        giver may not have had our answer (cut off as it came): then it runs them (cut
+        off, it cannot know), its copy of each is at its backup, and its owners send
+        them there (the failover): run here as well, three runs. There they run once
+        (the failover is a resend of a held task, the copy is skipped at the takeover).
+        Had it our answer, they run there instead of here: once all the same."""
+        taken = self._from
+        while taken and now - next(iter(taken.values()))[0] > GIVER_TTL:
+            taken.popitem(last=False)
+        if not taken:
+            return
+        ms = self.node.membership
+        gone: dict[str, set[str]] = {}
+        for tid, (_, giver) in taken.items():
+            m = ms.member(giver)
+            if m is not None and m.state == MemberState.DEAD:
+                gone.setdefault(giver, set()).add(tid)
+        if not gone:
+            return
+        node = self.node
+        pool, held = node.pool, node.ledger.held
+        for giver, ids in gone.items():
+            for tid in ids:
+                del taken[tid]
+            ids &= held.keys()
+            if not ids or node.stopping:
+                continue
+            # not started: waiting for its eta, or queued (one walk of the queues)
+            entries = [e for t in ids if t in pool.scheduled
+                       and (e := pool.remove(t)) is not None]
+            queued = [item[2] for q in (pool.squeue, pool.aqueue) for item in q
+                      if item[2].task_id in ids]
+            if queued:
+                pool.discard({id(e) for e in queued})
+            for e in self._to_backup_of(giver, entries + queued, GIVER_GONE_REASON):
+                pool.submit(e)
 
     def remember(self, task_ids: list[str], target: str, address: str, reason: str) -> None:
         """These tasks are held by node ``target`` (at ``address``) now: an owner sending
@@ -475,6 +532,14 @@ class Handoffs(Component):
             node.replicas.after_copy(tid, functools.partial(copied, tid))
         if accepted:
             log.info("took %d task(s) from %s: %s", len(accepted), msg.source, msg.reason)
+            now = time.monotonic()
+            taken = self._from
+            for tid in accepted:
+                taken[tid] = (now, msg.source)
+                taken.move_to_end(tid)
+            while len(taken) > MOVED_MAX:
+                taken.popitem(last=False)
+            self.nap.poke()
             shedder = getattr(node, "shedder", None)
             if shedder is not None and msg.reason == SHED_REASON:   # not straight back
                 shedder.took(msg.source, accepted, time.time())
@@ -575,13 +640,14 @@ class Handoffs(Component):
         while True:
             # ticks while a handoff waits for its answer; the rest (what was moved or
             # given up, remembered for a while) is only trimmed, at least once a nap
-            await self.nap.until_busy(bool(self._out), TICK)
+            await self.nap.until_busy(bool(self._out) or bool(self._from), TICK)
             try:
                 self._check(time.monotonic())
             except Exception:
                 log.exception("handoff check failed")
 
     def _check(self, now: float) -> None:
+        self._givers_gone(now)
         moved = self._moved
         while moved and now - next(iter(moved.values()))[0] > MOVED_TTL:
             moved.popitem(last=False)

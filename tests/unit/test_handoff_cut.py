@@ -11,13 +11,14 @@ import time
 from typing import Any
 
 from test_handoff_inprocess import giver_and_taker, in_flight, suspect
-from test_node_inprocess import _state, run, submit, until
+from test_node_inprocess import _state, dealer, frames_until, run, submit, until
 from test_reclaim_inprocess import hand_to_taker, holders, three_met
 
 from mesh.membership import MemberState
 from mesh.node import handoff as handoff_mod
 from mesh.rendezvous import ranked
 from mesh.testing.node import crash
+from mesh.wire.protocol import Ack
 
 # ranked taker > backup > giver (mesh/rendezvous.py): the giver's copy goes to the
 # taker (its first-ranked other node), the taker's to the backup
@@ -102,3 +103,50 @@ def test_a_handoff_to_a_receiver_suspected_for_long_is_sent_again_until_it_answe
             await until(lambda: "h-long" not in g.ledger.held, "the giver to forget it")
             assert "h-long" in t.ledger.held and g.handoff.handed == 1
     run(main())
+
+
+def test_a_task_taken_from_a_giver_then_cut_off_goes_to_the_givers_backup() -> None:
+    # The giver (cut off next) sheds a task to the taker; the taker journals it, its
+    # backup confirms the copy, and it answers; the answer is lost (the giver reads
+    # none from it; then it is killed). The giver, cut off, would run the task (it
+    # holds it again: the one run nothing prevents). Its copy stays at its backup
+    # (the id ranks backup > taker > giver: the backup of both), where its takeover
+    # makes it wait (the taker, alive, keeps a copy there too); but the owner, told
+    # nothing (no MOVED: the giver had no answer), sends the task there too (its
+    # failover), and the backup accepts it as a new task. Until session 21 the taker
+    # ran it as well: three runs. The taker, seeing the giver dead, sends the tasks it
+    # took from it lately and has not started to the giver's backup for them, which
+    # holds it already (the failover) or takes it: one run there.
+    tid = "two-holders-0"
+    assert ranked(tid, ["backup", "giver", "taker"]) == ["backup", "taker", "giver"]
+
+    async def main() -> None:
+        async with three_met(None, "in-memory") as (b, g, to_g, t), dealer(t) as to_t, \
+                dealer(b) as to_b:
+            await to_t.send(submit("t-busy-0"))        # (its one child busy: tid waits)
+            await to_g.send(submit("g-busy-0"))
+            await until(lambda: "t-busy-0" in t.ledger.held and "g-busy-0" in g.ledger.held
+                        and not g.replicas.pending("g-busy-0"), "the busy tasks")
+            await to_g.send(submit(tid))
+            await until(lambda: g.pool.queued == 1 and b.replicas.copies.has(tid),
+                        "the giver to hold it, queued, its copy at the backup")
+            g.handoff.on_ack = lambda msg: None       # type: ignore[method-assign]
+            await hand_to_taker(g, tid)
+            await until(lambda: tid in t.ledger.held and not t.replicas.pending(tid)
+                        and t.pool.queued == 1 and sorted(holders(b, tid)) == ["giver", "taker"],
+                        "the taker to hold it, queued, its copy at the backup confirmed")
+            await crash(g)
+            await until(lambda: _state(b, "giver") == MemberState.DEAD
+                        and _state(t, "giver") == MemberState.DEAD,
+                        "the backup and the taker to declare the giver dead", timeout=20)
+            b.replicas.copies.check_holders(time.monotonic())    # (its loop: each second)
+            assert tid not in b.ledger.held                 # the giver's copy waits
+            await to_b.send(submit(tid))                     # the owner's failover
+            await frames_until(to_b, lambda got: any(isinstance(m, Ack) and tid in m.task_ids
+                                                     for m in got))
+            assert tid in b.ledger.held                     # accepted there
+            t.handoff._check(time.monotonic())              # (its loop: each 0.1 s)
+            await until(lambda: not t.handoff._out, "the taker's handoff to be answered")
+            assert tid not in t.ledger.held, "the taker runs it too (with the giver's: three runs)"
+            assert tid in b.ledger.held and t.handoff.handed == 1
+    asyncio.run(asyncio.wait_for(main(), 60))
