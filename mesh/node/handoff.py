@@ -128,8 +128,10 @@ class Handoffs(Component):
         # task id -> (when, its node, that node's address, why): handed on lately
         self._moved: collections.OrderedDict[str, tuple[float, str, str, str]] = \
             collections.OrderedDict()
-        # task id -> (when, its giver): taken from another node lately (``_givers_gone``)
+        # task id -> (when, its giver): taken from another node lately (``_givers_gone``);
+        # giver -> when it last handed us tasks (its state is looked at, not each task's)
         self._from: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
+        self._givers: dict[str, float] = {}
 
     @classmethod
     def inert(cls, node: "Node") -> "Handoffs":
@@ -403,19 +405,24 @@ class Handoffs(Component):
         them there (the failover): run here as well, three runs. There they run once
         (the failover is a resend of a held task, the copy is skipped at the takeover).
         Had it our answer, they run there instead of here: once all the same."""
-        taken = self._from
+        taken, givers = self._from, self._givers
         while taken and now - next(iter(taken.values()))[0] > GIVER_TTL:
             taken.popitem(last=False)
-        if not taken:
-            return
         ms = self.node.membership
+        dead = set()
+        for giver, at in list(givers.items()):
+            m = ms.member(giver)
+            if now - at > GIVER_TTL:
+                del givers[giver]
+            elif m is not None and m.state == MemberState.DEAD:
+                del givers[giver]           # (its tasks here are seen to now, once)
+                dead.add(giver)
+        if not dead:
+            return
         gone: dict[str, set[str]] = {}
         for tid, (_, giver) in taken.items():
-            m = ms.member(giver)
-            if m is not None and m.state == MemberState.DEAD:
+            if giver in dead:
                 gone.setdefault(giver, set()).add(tid)
-        if not gone:
-            return
         node = self.node
         pool, held = node.pool, node.ledger.held
         for giver, ids in gone.items():
@@ -537,6 +544,7 @@ class Handoffs(Component):
             for tid in accepted:
                 taken[tid] = (now, msg.source)
                 taken.move_to_end(tid)
+            self._givers[msg.source] = now
             while len(taken) > MOVED_MAX:
                 taken.popitem(last=False)
             self.nap.poke()
@@ -640,7 +648,7 @@ class Handoffs(Component):
         while True:
             # ticks while a handoff waits for its answer; the rest (what was moved or
             # given up, remembered for a while) is only trimmed, at least once a nap
-            await self.nap.until_busy(bool(self._out) or bool(self._from), TICK)
+            await self.nap.until_busy(bool(self._out) or bool(self._givers), TICK)
             try:
                 self._check(time.monotonic())
             except Exception:
