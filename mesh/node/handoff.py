@@ -11,9 +11,13 @@ is gone is not needed.
 
 A task refused by the receiver (it does not have the task, it is stopping) or not
 answered within ``HANDOFF_TIMEOUT`` (sent again up to ``TRIES`` times while the
-receiver is alive) goes back to the queue, or, when stopping, to another node. A
-stopping node with no peer alive keeps its unstarted tasks in its journal, says so,
-and runs them when it starts again.
+receiver is alive, and for as long as it is suspected) goes back to the queue, or,
+when stopping, to another node. A stopping node with no peer alive keeps its
+unstarted tasks in its journal, says so, and runs them when it starts again. One not
+answered by a receiver declared dead (or gone) goes to the receiver's backup for it
+instead (``_to_its_backup``): the receiver may have taken it, its answer lost as it
+was cut off, and that backup then runs the copy it keeps (mesh/node/takeover.py);
+run here too, it ran three times (the receiver, cut off, runs it as well).
 
 Where tasks go when the node stops: to each task's backup (it has the copy already,
 and it is where the owner would resend it), else to the least loaded alive peer with
@@ -43,6 +47,7 @@ from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
 from mesh.node.shedding import CROSS_REASON
 from mesh.node.shedding import REASON as SHED_REASON
+from mesh.rendezvous import backup_for
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -62,6 +67,8 @@ log = safe_logger("mesh.handoff")
 
 HANDOFF_TIMEOUT = 1.0    # s a HANDOFF waits for its answer before it is sent again
 TRIES = 3                # sends of one HANDOFF to one receiver before trying elsewhere
+SUSPECT_TRIES = 30       # sends at most while the receiver is suspected (until it is
+                         # alive again, or dead: its backup has what it took)
 TICK = 0.1
 BATCH_BYTES = 4 * 1024 * 1024
 MOVED_TTL = 30.0         # s a task handed on is remembered (an owner sending it here follows)
@@ -70,6 +77,13 @@ GIVEN_UP_MAX = 1_000     # handoffs given up on, remembered at most (for a late 
 STRANGERS_MAX = 64       # addresses of non-members answered (refusals) kept a socket to, at most
 STOP_REASON = "node is shutting down"
 NO_BACKUP_REASON = "no other node is alive here to keep its copy: it stays where it is"
+# (not sheds: the node they go to takes them even if it shed to the giver a moment ago)
+UNANSWERED_REASON = ("handed to a node that did not answer and is gone: sent to the node "
+                     "that keeps its copy there")
+GIVER_GONE_REASON = ("its giver was declared dead, maybe before it had this node's answer: "
+                     "sent to the node that keeps the giver's copy")
+GIVER_TTL = 30.0         # s a task taken from a giver goes to its backup if it is declared
+                         # dead meanwhile (as long as a giver may send a batch again)
 
 
 @dataclasses.dataclass
@@ -83,6 +97,9 @@ class _Out:
     at: float
     tries: int = 1
     refused_by: set[str] = dataclasses.field(default_factory=set)
+    # the tasks of a handoff to this node that went unanswered, sent to its backup for
+    # them (``_to_its_backup``): not sent on again if this one goes unanswered too
+    unanswered_by: str = ""
 
 
 class Handoffs(Component):
@@ -111,6 +128,10 @@ class Handoffs(Component):
         # task id -> (when, its node, that node's address, why): handed on lately
         self._moved: collections.OrderedDict[str, tuple[float, str, str, str]] = \
             collections.OrderedDict()
+        # task id -> (when, its giver): taken from another node lately (``_givers_gone``);
+        # giver -> when it last handed us tasks (its state is looked at, not each task's)
+        self._from: collections.OrderedDict[str, tuple[float, str]] = collections.OrderedDict()
+        self._givers: dict[str, float] = {}
 
     @classmethod
     def inert(cls, node: "Node") -> "Handoffs":
@@ -189,7 +210,7 @@ class Handoffs(Component):
         ties = [m for m in peers if load(m) == best]
         return ties[next(self._spread) % len(ties)]
 
-    def _send(self, m: Member, entries: list[Entry], reason: str) -> None:
+    def _send(self, m: Member, entries: list[Entry], reason: str, unanswered_by: str = "") -> None:
         node = self.node
         chunks: list[list[Entry]] = [[]]
         size = 0
@@ -204,7 +225,7 @@ class Handoffs(Component):
             frame = encode(Handoff(bid, node.name, node.address, [x.frame for x in chunk],
                                    reason, str(m.meta.get("boot") or "")))
             self._out[bid] = _Out(m.id, m.address, {x.task_id: x for x in chunk}, reason,
-                                  frame, time.monotonic())
+                                  frame, time.monotonic(), unanswered_by=unanswered_by)
             self.nap.poke()
             node.replicas.sockets.send(m.address, frame)
         shedder = getattr(node, "shedder", None)
@@ -328,6 +349,98 @@ class Handoffs(Component):
                 if out.target == m.id:
                     out.refused_by |= refused_by
 
+    def _to_its_backup(self, out: _Out, entries: list[Entry]) -> list[Entry]:
+        """(A handoff to ``out.target`` went unanswered, and the target is dead or left)
+        each task goes to the node the target copied it to if it took it: its backup
+        there (``_to_backup_of``). The target may hold the task, its answer lost (cut
+        off as it answered: it runs the task, unreachable), and once it is declared
+        dead that node runs its copy; run here as well, the task ran three times (the
+        cluster chaos test saw it). There it runs once: held there already (taken
+        over), or taken now, and then the copy is not run at the takeover (held there
+        already). Returns the tasks that stay here."""
+        return self._to_backup_of(out.target, entries, UNANSWERED_REASON, out.refused_by)
+
+    def _to_backup_of(self, holder: str, entries: list[Entry], reason: str,
+                      refused_by: set[str] | None = None) -> list[Entry]:
+        """Send each of ``entries`` to ``holder``'s backup for it: the node ranked first
+        for it (mesh/rendezvous.py) among those alive or suspected here that take it,
+        this one included, where ``holder`` keeps its copy if it holds the task. Returns
+        those for which that is this node, or a node in ``refused_by``."""
+        node = self.node
+        routing = getattr(node, "routing", None)
+        refused_by = refused_by or set()
+        # (a peer merely suspected here may have been alive there: it keeps the copy)
+        peers = [m for m in node.membership.members() if m.id not in (holder, node.name)
+                 and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
+        groups: dict[str, tuple[Member, list[Entry]]] = {}
+        stay: list[Entry] = []
+        for e in entries:
+            takers = peers
+            if routing is not None:
+                queue = _queue_of(routing, e)
+                takers = [m for m in peers if routing.peer_accepts(m.meta, queue, e.name)]
+            by_id = {m.id: m for m in takers}
+            m = by_id.get(backup_for(e.task_id, [*by_id, node.name], holder) or "")
+            if m is None or m.id in refused_by:
+                stay.append(e)
+            else:
+                groups.setdefault(m.id, (m, []))[1].append(e)
+        for m, group in groups.values():
+            if reason == UNANSWERED_REASON:
+                log.info("node %s did not answer a handoff: %d of its task(s) go to %s, its "
+                         "backup for them (which runs them once if %s took them and is "
+                         "declared dead)", holder, len(group), m.id, holder)
+            else:
+                log.info("node %s, which handed %d queued task(s) here lately, is dead: they "
+                         "go to %s, its backup for them (where its copies and its owners' "
+                         "failover go)", holder, len(group), m.id)
+            self._send(m, group, reason, unanswered_by=holder)
+        return stay
+
+    def _givers_gone(self, now: float) -> None:
+        """Tasks taken from a giver within GIVER_TTL s that is declared dead now, and
+        that have not started here, go to its backup for them (``_to_backup_of``). The
+        giver may not have had our answer (cut off as it came): then it runs them (cut
+        off, it cannot know), its copy of each is at its backup, and its owners send
+        them there (the failover): run here as well, three runs. There they run once
+        (the failover is a resend of a held task, the copy is skipped at the takeover).
+        Had it our answer, they run there instead of here: once all the same."""
+        taken, givers = self._from, self._givers
+        while taken and now - next(iter(taken.values()))[0] > GIVER_TTL:
+            taken.popitem(last=False)
+        ms = self.node.membership
+        dead = set()
+        for giver, at in list(givers.items()):
+            m = ms.member(giver)
+            if now - at > GIVER_TTL:
+                del givers[giver]
+            elif m is not None and m.state == MemberState.DEAD:
+                del givers[giver]           # (its tasks here are seen to now, once)
+                dead.add(giver)
+        if not dead:
+            return
+        gone: dict[str, set[str]] = {}
+        for tid, (_, giver) in taken.items():
+            if giver in dead:
+                gone.setdefault(giver, set()).add(tid)
+        node = self.node
+        pool, held = node.pool, node.ledger.held
+        for giver, ids in gone.items():
+            for tid in ids:
+                del taken[tid]
+            ids &= held.keys()
+            if not ids or node.stopping:
+                continue
+            # not started: waiting for its eta, or queued (one walk of the queues)
+            entries = [e for t in ids if t in pool.scheduled
+                       and (e := pool.remove(t)) is not None]
+            queued = [item[2] for q in (pool.squeue, pool.aqueue) for item in q
+                      if item[2].task_id in ids]
+            if queued:
+                pool.discard({id(e) for e in queued})
+            for e in self._to_backup_of(giver, entries + queued, GIVER_GONE_REASON):
+                pool.submit(e)
+
     def remember(self, task_ids: list[str], target: str, address: str, reason: str) -> None:
         """These tasks are held by node ``target`` (at ``address``) now: an owner sending
         one here within MOVED_TTL is answered MOVED."""
@@ -426,6 +539,15 @@ class Handoffs(Component):
             node.replicas.after_copy(tid, functools.partial(copied, tid))
         if accepted:
             log.info("took %d task(s) from %s: %s", len(accepted), msg.source, msg.reason)
+            now = time.monotonic()
+            taken = self._from
+            for tid in accepted:
+                taken[tid] = (now, msg.source)
+                taken.move_to_end(tid)
+            self._givers[msg.source] = now
+            while len(taken) > MOVED_MAX:
+                taken.popitem(last=False)
+            self.nap.poke()
             shedder = getattr(node, "shedder", None)
             if shedder is not None and msg.reason == SHED_REASON:   # not straight back
                 shedder.took(msg.source, accepted, time.time())
@@ -526,13 +648,14 @@ class Handoffs(Component):
         while True:
             # ticks while a handoff waits for its answer; the rest (what was moved or
             # given up, remembered for a while) is only trimmed, at least once a nap
-            await self.nap.until_busy(bool(self._out), TICK)
+            await self.nap.until_busy(bool(self._out) or bool(self._givers), TICK)
             try:
                 self._check(time.monotonic())
             except Exception:
                 log.exception("handoff check failed")
 
     def _check(self, now: float) -> None:
+        self._givers_gone(now)
         moved = self._moved
         while moved and now - next(iter(moved.values()))[0] > MOVED_TTL:
             moved.popitem(last=False)
@@ -543,9 +666,12 @@ class Handoffs(Component):
             m = self.node.membership.member(out.target)
             # sent again to a receiver merely suspected, too: a busy node is suspected
             # for a moment, and giving up on it then made both nodes run the tasks it
-            # took meanwhile (the cluster chaos test saw tasks run three times so)
-            if entries and out.tries < TRIES and m is not None and \
-                    m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            # took meanwhile (the cluster chaos test saw tasks run three times so); and
+            # for as long as it is suspected (SUSPECT_TRIES at most): it is alive again
+            # (it answers), or declared dead (its backup has the tasks it took, below)
+            if entries and m is not None and (
+                    (m.state == MemberState.ALIVE and out.tries < TRIES)
+                    or (m.state == MemberState.SUSPECT and out.tries < SUSPECT_TRIES)):
                 out.tries += 1                  # the same batch again: a receiver that
                 out.at = now                    # took it answers again, the same way
                 self.node.replicas.sockets.send(out.address, out.frame)
@@ -556,7 +682,11 @@ class Handoffs(Component):
                             out.target, len(entries))
                 out.at = now
                 self._given_up[bid] = out
-                self._again(entries, out.reason, out.refused_by | {out.target})
+                if not out.unanswered_by and (m is None or m.state in (MemberState.DEAD,
+                                                                       MemberState.LEFT)):
+                    entries = self._to_its_backup(out, entries)
+                if entries:
+                    self._again(entries, out.reason, out.refused_by | {out.target})
         given_up = self._given_up
         while given_up and (now - next(iter(given_up.values())).at > MOVED_TTL
                             or len(given_up) > GIVEN_UP_MAX):

@@ -13,8 +13,11 @@ too if its connection survived the cut. What must hold: no task lost, every resu
 right, and no result delivered twice to get() (a second result is dropped and counted
 in ``client.duplicates``); a task runs twice only if c held it (the client's view at
 the cut, a resend to c, or c's own journal: a task handed between c and another node
-as the cut came, whose answer was lost, is taken back by its sender and run by both),
-and never three times.
+as the cut came, whose answer was lost, runs on both sides: c's, and a's or b's),
+and never three times (a task a or b handed to c goes to c's backup for it once c is
+declared dead, not back to the sender's queue: before session 21 it could run on the
+sender, on c, and on c's backup at its takeover; docs/handoff.md, "A receiver cut off
+as it answers").
 
 Cut off long enough, c declares a and b dead in turn and runs the copies it kept of
 their tasks (they run them too): a duplicate each that no client resend explains. So
@@ -304,24 +307,33 @@ def _cut_one_of_three(cl: Cluster, n: int, name: str, result_timeout: float,
     # the rare paths of two holders of one id (docs/handoff.md): seen in this run?
     waiting = {h: s.get("copies_waiting_for_a_drop", 0) for h, s in statuses.items()}
     drop_came = sum(h.node.stderr().count("drop came") for h in cl.hosts)
+    # handoffs whose answer the cut lost, either way, and those whose tasks went on to
+    # the receiver's backup (its receiver dead: mesh/node/handoff.py, _to_its_backup)
+    logs = {h.name: h.node.stderr() for h in cl.hosts}
+    lost_answers = {h: len(re.findall(r"did not answer a handoff of", t)) for h, t in logs.items()}
+    sent_on = {h: sum(int(k) for k in re.findall(r"did not answer a handoff: (\d+) of its", t))
+               for h, t in logs.items()}
     print(f"[chaos {name}] cut c when {ran_at_cut} tasks had run and the client had "
           f"{at_cut['received']} results (the cut took {cut_took:.2f} s), "
           f"the client having {on_c} task(s) on c; c took {taken_by_c} over; "
           f"results by node: {final['by_node']}; copies waiting for a drop {waiting}, "
-          f"run on a drop {drop_came}\n[chaos {name}] {timeline()}")
+          f"run on a drop {drop_came}; unanswered handoffs {lost_answers}, their tasks "
+          f"sent to the receiver's backup {sent_on}\n[chaos {name}] {timeline()}")
 
     # a task runs twice only if c held it: when it was cut (c ran it, unreachable, and
     # the client sent it elsewhere), or the client sent it to c afterwards, or it was
     # handed between c and a or b as the cut came (c journalled it, the answer was
-    # lost, the sender took it back: at least once). Never three times: the holder c,
-    # and its backup (copy, failover, or where the backup shed it) once between them.
+    # lost: c runs it, and c's backup for it, where the sender sends it once c is
+    # dead). Never three times: the holder c, and its backup (copy, failover, the
+    # sender's batch, or where the backup shed it) once between them.
     lines = {f"t{i}" for i in range(n)}
     allowed = set(final["may_run_twice"])
     again = {line: k for line, k in runs.items() if k > 1}
     # each second run: the client sent a task of c's again (failover, resend), or c ran
     # a copy of a's or b's tasks, having declared them dead while cut off, or a or b
-    # took back a task whose handoff to c went unanswered as the cut came (c ran it
-    # too: once, 4 runs over the first two, with 6 such tasks)
+    # handed c a task whose answer was lost as the cut came (c ran it, and c's backup,
+    # which a or b sends it to once c is dead, or the sender itself if it is that
+    # backup: once, 4 runs over the first two, with 6 such tasks)
     unanswered = sum(int(k) for h in (a, b) for k in re.findall(
         rf"node {re.escape(c.node.name)} did not answer a handoff of (\d+) task", h.node.stderr()))
     explained = figures["failovers"] + figures["resent"] + taken_by_c + unanswered
