@@ -43,7 +43,9 @@ from typing import Any
 
 from mesh.exceptions import ConfigError
 from mesh.wire import codec
-from mesh.workflow.ids import GROUP, REPLACED_BY, derive  # noqa: F401  (GROUP, REPLACED_BY: ids.py)
+from mesh.workflow.ids import GROUP as GROUP  # (defined in ids.py: the node reads them)
+from mesh.workflow.ids import REPLACED_BY as REPLACED_BY
+from mesh.workflow.ids import derive
 
 # options of a group or chain that its members inherit (their own win)
 INHERITED = ("expires", "priority", "time_limit", "soft_time_limit")
