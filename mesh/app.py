@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from mesh import shared, signals
 from mesh.conf import Settings
@@ -19,12 +19,15 @@ from mesh.config import Config
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.loader import Discovery
 from mesh.node.component import Components
-from mesh.result import AsyncResult, Slot
 from mesh.routing import AppRoutes
 from mesh.signals import Signal
+from mesh.slot import Slot
 from mesh.task import CALL_KNOWN, OPTION_PROPERTIES, Task
 from mesh.wire import codec
 from mesh.wire.protocol import MAX_TIME_LIMIT, encode_submit
+
+if TYPE_CHECKING:
+    from mesh.result import AsyncResult
 
 
 class _TaskIds:
@@ -509,6 +512,7 @@ class Mesh:
         if body is not None:
             from mesh.client import publish
             publish.after(name, body, told, q)
+        from mesh.result import AsyncResult  # not in a node before it forks (round 15)
         return AsyncResult(task_id, self, slot)
 
     @property
@@ -518,6 +522,7 @@ class Mesh:
         return Controller(self._seeds, security=self.security)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:
+        from mesh.result import AsyncResult
         return AsyncResult(task_id, self)
 
     def GroupResult(self, group_id: str, results: list[Any] | None = None) -> Any:

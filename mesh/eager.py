@@ -87,7 +87,7 @@ def keep(app: Any, result: "EagerResult") -> None:
     state by id, in a test run in eager mode) finds it instead of asking the nodes
     (Celery stores it in its result backend). The newest ``EAGER_KEPT_MAX`` are kept."""
     from mesh.node.child import exc_info_of
-    from mesh.result import Slot
+    from mesh.slot import Slot
     from mesh.wire.protocol import Result, Submit, encode
     o = result._outcome
     if o is None:

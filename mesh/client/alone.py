@@ -26,7 +26,7 @@ from mesh.wire.protocol import Ack, Error, Moved, Release, Result, State
 if TYPE_CHECKING:
     from mesh.client.links import NodeLink
     from mesh.config import Config
-    from mesh.result import Slot
+    from mesh.slot import Slot
 
 ENDED_MAX = 2        # ends of a link while a task was the one in flight there: it fails
 ALONE_WAIT = 5.0     # s without an answer about the task sent alone before the next goes

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh import states
-from mesh.result import Slot
 from mesh.security.text import safe_logger
+from mesh.slot import Slot
 
 if TYPE_CHECKING:
     from mesh.client.links import NodeLink

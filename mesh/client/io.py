@@ -56,10 +56,10 @@ from mesh.client.room import WaitingRoom, hold, let_go
 from mesh.client.routes import Routing
 from mesh.config import Config
 from mesh.exceptions import ConfigError, DecodeError
-from mesh.result import Slot
 from mesh.security.curve import Security
 from mesh.security.keys import CLIENT
 from mesh.security.text import safe_logger
+from mesh.slot import Slot
 from mesh.wire.protocol import Result, decode
 
 log = safe_logger("mesh.client")

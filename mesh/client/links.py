@@ -40,9 +40,9 @@ from mesh.client.placement import choose_from
 from mesh.client.room import room_for
 from mesh.config import Config
 from mesh.node.peers import literal_host
-from mesh.result import Slot
 from mesh.security.curve import FAILED_AUTH, FAILED_KEY, FAILED_PROTOCOL, HANDSHAKE_EVENTS, Security
 from mesh.security.text import safe_logger
+from mesh.slot import Slot
 from mesh.wire.protocol import DEFAULT_MAX_MESSAGE_SIZE, Control, encode
 
 log = safe_logger("mesh.client")

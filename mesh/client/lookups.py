@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from mesh import states
 from mesh.config import Config
 from mesh.exceptions import DecodeError, result_too_large
-from mesh.result import Slot
 from mesh.security.text import safe_logger
+from mesh.slot import Slot
 from mesh.wire.protocol import Control, ControlReply, Result, decode, encode
 
 if TYPE_CHECKING:

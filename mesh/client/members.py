@@ -34,8 +34,8 @@ from mesh.config import Config
 from mesh.exceptions import DecodeError
 from mesh.node.peers import literal_host
 from mesh.rendezvous import backup_for
-from mesh.result import Slot
 from mesh.security.text import safe_logger
+from mesh.slot import Slot
 from mesh.wire.protocol import Control, Submit, decode, encode
 
 log = safe_logger("mesh.client")

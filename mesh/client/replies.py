@@ -33,8 +33,8 @@ from mesh.client.room import hold, let_go
 from mesh.client.routes import not_registered
 from mesh.config import Config
 from mesh.exceptions import DecodeError, result_too_large
-from mesh.result import Slot, retry_meta, trim_retry
 from mesh.security.text import printable, safe_logger
+from mesh.slot import Slot, retry_meta, trim_retry
 from mesh.wire.protocol import (
     REPLY_TOO_LARGE,
     Ack,

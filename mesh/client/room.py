@@ -38,8 +38,8 @@ import time
 from typing import Any
 
 from mesh import states
-from mesh.result import Slot
 from mesh.security.text import safe_logger
+from mesh.slot import Slot
 
 log = safe_logger("mesh.client")
 

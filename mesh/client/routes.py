@@ -23,8 +23,8 @@ from mesh.capabilities import from_meta
 from mesh.client.fit import fits, unplaceable
 from mesh.client.placement import choose_from
 from mesh.client.room import let_go
-from mesh.result import Slot
 from mesh.security.text import safe_logger
+from mesh.slot import Slot
 from mesh.wire.protocol import Result
 
 log = safe_logger("mesh.client")

@@ -38,10 +38,10 @@ from mesh.membership import MESSAGE_TYPES
 from mesh.node.component import Component, NodeStartError
 from mesh.node.ledger import _RateLimitedLog
 from mesh.node.zmqloop import SocketDriver
-from mesh.result import trim_retry
 from mesh.security import gate
 from mesh.security.curve import FRONT_DOMAIN
 from mesh.security.text import printable, safe_logger
+from mesh.slot import trim_retry
 from mesh.wire.protocol import (
     REPLY_TOO_LARGE,
     Control,
@@ -290,7 +290,7 @@ class FrontDoor(Component):
     def _retry_trimmed(self, ident: bytes, msg: Result, size: int, limit: int) -> bytes | None:
         """A RETRY over the ``limit`` ``ident`` said: not final (the task runs again and
         its result follows), so no ERROR (the client would fail the task): the notice
-        trimmed to fit (mesh.result.trim_retry: its cause cut short, saying so; retries,
+        trimmed to fit (mesh.slot.trim_retry: its cause cut short, saying so; retries,
         eta and the next run's arguments kept for a resend), or nothing if it cannot."""
         small = trim_retry(msg, size, limit)
         who = printable(ident[:40])

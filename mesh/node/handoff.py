@@ -58,7 +58,7 @@ from mesh.wire.protocol import (
     decode,
     encode,
 )
-from mesh.workflow.plan import GROUP
+from mesh.workflow.ids import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node

@@ -24,7 +24,7 @@ from mesh.node.ledger import Entry
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Ack, Release, Submit, encode
 from mesh.workflow.builtins import user_tasks
-from mesh.workflow.plan import GROUP
+from mesh.workflow.ids import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node

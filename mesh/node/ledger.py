@@ -27,12 +27,12 @@ from mesh.exceptions import revoked_message
 from mesh.node import taskstate
 from mesh.node.events import FINAL_EVENTS, received_fields, result_fields, sent_fields
 from mesh.node.journal import JournalError
-from mesh.result import retry_meta
 from mesh.security.text import safe_logger
+from mesh.slot import retry_meta
 from mesh.task import Request
 from mesh.wire import codec
 from mesh.wire.protocol import Release, Result, Submit, decode, encode
-from mesh.workflow.plan import GROUP, REPLACED_BY  # coordinated by the node itself
+from mesh.workflow.ids import GROUP, REPLACED_BY  # coordinated by the node itself
 
 if TYPE_CHECKING:
     from mesh.node.node import Node

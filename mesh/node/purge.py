@@ -35,7 +35,7 @@ from mesh.node.journal import Journal, JournalError
 from mesh.security.text import safe_logger
 from mesh.wire.control import BadArgs
 from mesh.wire.protocol import Submit, decode
-from mesh.workflow.plan import GROUP
+from mesh.workflow.ids import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.ledger import Entry

@@ -28,7 +28,7 @@ from mesh.node.journal import JournalError
 from mesh.node.ledger import Entry
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode
-from mesh.workflow.plan import GROUP, REPLACED_BY
+from mesh.workflow.ids import GROUP, REPLACED_BY
 
 if TYPE_CHECKING:
     from mesh.node.node import Node

@@ -26,7 +26,7 @@ from mesh.ratelimit import parse_rate
 from mesh.routing import AppRoutes, check_queue, prepare
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit
-from mesh.workflow.plan import GROUP
+from mesh.workflow.ids import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node

@@ -45,7 +45,7 @@ from mesh.node.naps import Nap
 from mesh.node.takeover import LEFT_GRACE
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Submit, decode, encode
-from mesh.workflow.plan import GROUP
+from mesh.workflow.ids import GROUP
 
 if TYPE_CHECKING:
     from mesh.node.node import Node

@@ -41,7 +41,7 @@ from mesh.node.ledger import Entry
 from mesh.node.reclaim import live_elsewhere
 from mesh.security.text import safe_logger
 from mesh.wire.protocol import Replicate, Submit, decode
-from mesh.workflow.plan import GROUP, REPLACED_BY
+from mesh.workflow.ids import GROUP, REPLACED_BY
 
 if TYPE_CHECKING:
     from mesh.node.node import Node

@@ -17,6 +17,11 @@ RECORD = "m"        # derive(workflow id, RECORD): the workflow's description (t
 # routing id (no link is named so: a client's are its id and a number, a peer's its name).
 RECORD_NAME = "mesh.record"
 RECORD_OWNER = b"\xffmesh.record"
+# names the node looks for in every task (here: a node loads the rest of
+# mesh.workflow only where it drives a workflow: docs/performance.md, round 15)
+GROUP = "mesh.group"            # the coordinator's task name (run by the node, never a child)
+REPLACED_BY = "replaced_by"     # header of a task that called replace(sig): sig's map
+                                # (its node coordinates it as a group of one)
 
 
 def derive(parent: str, key: str | int) -> str:

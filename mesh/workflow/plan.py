@@ -43,11 +43,10 @@ from typing import Any
 
 from mesh.exceptions import ConfigError
 from mesh.wire import codec
+from mesh.workflow.ids import GROUP as GROUP  # (defined in ids.py: the node reads them)
+from mesh.workflow.ids import REPLACED_BY as REPLACED_BY
 from mesh.workflow.ids import derive
 
-GROUP = "mesh.group"            # the coordinator's task name (run by the node, never a child)
-REPLACED_BY = "replaced_by"     # header of a task that called replace(sig): sig's map
-                                # (its node coordinates it as a group of one)
 # options of a group or chain that its members inherit (their own win)
 INHERITED = ("expires", "priority", "time_limit", "soft_time_limit")
 FIRST_ONLY = ("countdown", "eta")            # a chain's: its first unit only

@@ -55,6 +55,34 @@ def test_import_mesh_loads_no_openssl_and_nothing_unused() -> None:
     assert out.strip() == "[]"
 
 
+# imported by the node only after its pool forked the children (round 15): the beat's
+# and the workflows' modules as their components start (mesh/node/late.py), and
+# AsyncResult's never (the node uses mesh/slot.py's Slot, retry_meta, trim_retry)
+AFTER_FORK = ("mesh.node.beat", "mesh.node.beat_peers", "mesh.node.beat_send",
+              "mesh.node.beat_state", "mesh.periodic", "mesh.schedules", "mesh.node.workflows",
+              "mesh.node.wf_groups", "mesh.node.wf_commands", "mesh.workflow.plan",
+              "mesh.workflow.describe", "mesh.workflow.results", "mesh.result")
+
+
+def test_a_node_imports_no_beat_workflow_or_asyncresult_before_it_forks() -> None:
+    out = run_fresh(f"""
+        import sys
+        import mesh, mesh.node.node, mesh.cli.meshnode, bench.tasks
+        from mesh.node.node import BUILTIN, Node
+        from mesh.config import Config
+        node = Node(bench.tasks.app, Config(bind="tcp://127.0.0.1:1", data_dir="/nonexistent"))
+        print(sorted(m for m in {AFTER_FORK!r} if m in sys.modules))
+        from mesh.node.beat import Beat
+        from mesh.node.workflows import Workflows
+        by_name = {{type(c).__name__: c for c in node.components}}
+        for late, real in ((by_name["LateBeat"], Beat), (by_name["LateWorkflows"], Workflows)):
+            assert late.target == f"{{real.__module__}}:{{real.__qualname__}}", late.target
+            assert (late.name, late.requires) == (real.name, real.requires)
+        print("ok")
+    """)
+    assert out.splitlines() == ["[]", "ok"]
+
+
 def test_ssl_still_imports_and_asyncio_gets_it() -> None:
     out = run_fresh("""
         import mesh, asyncio.sslproto, asyncio.base_events, asyncio.selector_events
@@ -141,3 +169,18 @@ def test_meshctl_loads_no_app_and_every_public_name_is_still_there() -> None:
         assert Client is IoClient
     """)
     assert out.splitlines() == ["[]", "module 'mesh' has no attribute 'no_such_name'"]
+
+
+@pytest.mark.parametrize("first", ["mesh.workflow.results", "mesh.result", "mesh.app"])
+def test_results_and_group_results_import_in_any_order(first: str) -> None:
+    """mesh.app no longer loads mesh.result, so a process may import GroupResult's
+    module first (``app.GroupResult(...)``): no import cycle either way."""
+    out = run_fresh(f"""
+        import {first}
+        from mesh.result import AsyncResult, GroupResult, ResultSet
+        from mesh.result import *
+        import mesh, mesh.workflow.results as r
+        assert GroupResult is r.GroupResult is mesh.GroupResult and ResultSet is r.ResultSet
+        print(AsyncResult.__name__)
+    """)
+    assert out.strip() == "AsyncResult"
