@@ -42,7 +42,6 @@ from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, han
 from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
 from mesh.node.gossip import shutdown_timeout_of
-from mesh.node.late import LateBeat
 from mesh.node.naps import IDLE_CAP, aligned
 from mesh.node.peers import request_id
 from mesh.node.takeover import LEFT_GRACE
@@ -68,8 +67,8 @@ class Beat(PeerTalk, Component):
     """The beat component of one node: ``start`` reads the app's schedule, registers the
     beat commands and spawns ``run`` (the loop) in the node's TaskGroup."""
 
-    name = LateBeat.name            # the node starts it through LateBeat (mesh/node/late.py)
-    requires = LateBeat.requires
+    name = "beat"
+    requires = ("membership", "journal", "control")
 
     def __init__(self, clock: Clock | None = None):
         self.clock = clock or Clock()

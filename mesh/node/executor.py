@@ -77,7 +77,6 @@ class Executor(Component):
             if rate is not None:
                 pool.limits[name] = TokenBucket(rate)
         node.pool = pool
-        pool.fork_children()    # now: the components after this one load after the fork
         node.spawn(pool.run(), name="pool")
 
     async def stop(self, node: "Node") -> None:

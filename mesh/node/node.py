@@ -30,6 +30,7 @@ import zmq
 from mesh import __version__, signals
 from mesh.node.announce import Announcer
 from mesh.node.autoscale import Autoscaler
+from mesh.node.beat import Beat
 from mesh.node.component import Component, NodeStartError, component_name, order
 from mesh.node.data_dir import settle
 from mesh.node.events import EventStream, Publisher
@@ -41,7 +42,6 @@ from mesh.node.handoff import Handoffs
 from mesh.node.heartbeat import Heartbeat
 from mesh.node.intake import Intake
 from mesh.node.keys import Keys
-from mesh.node.late import LateBeat, LateWorkflows
 from mesh.node.ledger import Ledger
 from mesh.node.limits import Limits
 from mesh.node.reclaim import Reclaimer
@@ -53,6 +53,7 @@ from mesh.node.routes import Routes
 from mesh.node.shedding import Shedder
 from mesh.node.spill import Spill
 from mesh.node.view import NodeView
+from mesh.node.workflows import Workflows
 from mesh.security.curve import Security
 from mesh.security.text import safe_logger
 from mesh.web.commands import History, HistoryService
@@ -64,11 +65,9 @@ if TYPE_CHECKING:
     from mesh.app import Mesh
     from mesh.config import Config
     from mesh.membership import Membership
-    from mesh.node.beat import Beat
     from mesh.node.journal import Journal
     from mesh.node.peers import ZmqTransport
     from mesh.node.pool import Pool
-    from mesh.node.workflows import Workflows
 
 __all__ = ["BUILTIN", "Node", "NodeStartError"]
 
@@ -84,8 +83,7 @@ BUILTIN: tuple[type[Component], ...] = (
     EventStream,    # events: the XPUB
     Executor,       # pool: the prefork children; at shutdown, the drain
     Intake,         # intake: SUBMITs into the ledger
-    LateWorkflows,  # workflows: what follows a workflow's step; group coordinators (imported
-                    # as it starts, after the pool forked: mesh/node/late.py)
+    Workflows,      # workflows: what follows a workflow's step; group coordinators
     Spill,          # spill: queued tasks beyond --queue-memory wait in the journal
     Recovery,       # recovery: the journal's unfinished tasks, held again
     Heartbeat,      # heartbeat: throughput, CPU/RSS, node-heartbeat events
@@ -98,8 +96,7 @@ BUILTIN: tuple[type[Component], ...] = (
     Autoscaler,     # autoscaler: the pool's size follows the work (--autoscale; replaceable)
     Reloader,       # reloader: new children for new code (--autoreload)
     Announcer,      # discovery: mDNS
-    LateBeat,       # beat: periodic tasks, each due run fired by one node (mesh/node/beat.py;
-                    # imported as it starts, as the workflows)
+    Beat,           # beat: periodic tasks, each due run fired by one node (mesh/node/beat.py)
     History,        # history: the dashboard's web.* questions, answered by every node
     Http,           # http: the dashboard, JSON API and /metrics (--http; mesh/web)
 )
@@ -137,8 +134,8 @@ class Node:
     gossip: Members
     history: HistoryService
     http: Any = None                 # the HttpServer with --http (mesh/web/component.py)
-    beat: "Beat | None" = None       # set by the beat component
-    workflows: "Workflows | None" = None   # set by the workflows component
+    beat: Beat | None = None         # set by the beat component
+    workflows: Workflows | None = None   # set by the workflows component
     autoscaler: Autoscaler | None = None   # set by the autoscaler component
     reloader: Reloader | None = None       # set by the reloader component
     ctx: "zmq.Context[Any]"

@@ -30,7 +30,6 @@ from mesh.app import _abs_time
 from mesh.exceptions import ConfigError
 from mesh.node.component import Component
 from mesh.node.journal import JournalError
-from mesh.node.late import LateWorkflows
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
 from mesh.node.peers import PeerSockets, routing_id
@@ -66,8 +65,8 @@ TICK = 0.5              # s between checks of groups (pulls)
 class Workflows(Component):
     """Drives workflows: continuations, callbacks, failures, group coordinators."""
 
-    name = LateWorkflows.name       # the node starts it through LateWorkflows (mesh/node/late.py)
-    requires = LateWorkflows.requires
+    name = "workflows"
+    requires = ("journal", "front", "control", "pool")
 
     def __init__(self) -> None:
         self.started = False

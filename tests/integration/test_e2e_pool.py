@@ -35,13 +35,9 @@ OPTIONAL = ["zeroconf", "ifaddr", "aiohttp", "prometheus_client", "croniter", "d
 # the beat component's mesh.periodic loads it for add_periodic_task only)
 RARE = ["difflib", "zmq.auth", "mesh.canvas",
         *(["psutil"] if sys.platform.startswith("linux") else [])]
-# and what the node imports after its pool forked (round 15): the beat's and the
-# workflows' modules (their components import them as they start: mesh/node/late.py),
-# and AsyncResult's (mesh.result: a node needs only mesh/slot.py's helpers)
-AFTER_FORK = ["mesh.node.beat", "mesh.node.beat_send", "mesh.node.beat_state", "mesh.periodic",
-              "mesh.schedules", "mesh.node.workflows", "mesh.node.wf_groups",
-              "mesh.workflow.plan", "mesh.workflow.describe", "mesh.result",
-              "mesh.workflow.results"]
+# and what a node never imports (round 15): AsyncResult's module (mesh.result: a node
+# needs only mesh/slot.py's helpers) and the workflows' results
+NOT_IN_NODE = ["mesh.result", "mesh.workflow.results"]
 
 
 def test_children_of_a_plain_node_carry_no_optional_dependency(start_node: Any,
@@ -49,7 +45,7 @@ def test_children_of_a_plain_node_carry_no_optional_dependency(start_node: Any,
     a = start_node(concurrency=1)                  # --no-mdns, no --http, no beat, no reload
     b = start_node(concurrency=1, peers=a.endpoint)          # one seeded, as in the bench
     for node in (a, b):
-        assert make_client(node).tasks.loaded.delay(OPTIONAL + RARE + AFTER_FORK).get(
+        assert make_client(node).tasks.loaded.delay(OPTIONAL + RARE + NOT_IN_NODE).get(
             timeout=RESULT_TIMEOUT) == []
 
 

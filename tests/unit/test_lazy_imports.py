@@ -55,32 +55,21 @@ def test_import_mesh_loads_no_openssl_and_nothing_unused() -> None:
     assert out.strip() == "[]"
 
 
-# imported by the node only after its pool forked the children (round 15): the beat's
-# and the workflows' modules as their components start (mesh/node/late.py), and
-# AsyncResult's never (the node uses mesh/slot.py's Slot, retry_meta, trim_retry)
-AFTER_FORK = ("mesh.node.beat", "mesh.node.beat_peers", "mesh.node.beat_send",
-              "mesh.node.beat_state", "mesh.periodic", "mesh.schedules", "mesh.node.workflows",
-              "mesh.node.wf_groups", "mesh.node.wf_commands", "mesh.workflow.plan",
-              "mesh.workflow.describe", "mesh.workflow.results", "mesh.result")
+# never imported by a node (round 15): AsyncResult's module (the node uses mesh/slot.py's
+# Slot, retry_meta, trim_retry) and the workflows' results
+NOT_IN_NODE = ("mesh.workflow.results", "mesh.result")
 
 
-def test_a_node_imports_no_beat_workflow_or_asyncresult_before_it_forks() -> None:
+def test_a_node_imports_no_asyncresult() -> None:
     out = run_fresh(f"""
         import sys
         import mesh, mesh.node.node, mesh.cli.meshnode, bench.tasks
-        from mesh.node.node import BUILTIN, Node
+        from mesh.node.node import Node
         from mesh.config import Config
         node = Node(bench.tasks.app, Config(bind="tcp://127.0.0.1:1", data_dir="/nonexistent"))
-        print(sorted(m for m in {AFTER_FORK!r} if m in sys.modules))
-        from mesh.node.beat import Beat
-        from mesh.node.workflows import Workflows
-        by_name = {{type(c).__name__: c for c in node.components}}
-        for late, real in ((by_name["LateBeat"], Beat), (by_name["LateWorkflows"], Workflows)):
-            assert late.target == f"{{real.__module__}}:{{real.__qualname__}}", late.target
-            assert (late.name, late.requires) == (real.name, real.requires)
-        print("ok")
+        print(sorted(m for m in {NOT_IN_NODE!r} if m in sys.modules))
     """)
-    assert out.splitlines() == ["[]", "ok"]
+    assert out.splitlines() == ["[]"]
 
 
 def test_ssl_still_imports_and_asyncio_gets_it() -> None:
