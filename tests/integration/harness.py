@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import shutil
 import signal
 import socket
@@ -71,35 +70,8 @@ MESHCTL = _program("meshctl")
 
 # ---- small helpers --------------------------------------------------------------------
 
-def _ephemeral_low() -> int:
-    """The first port of the kernel's ephemeral range (32768 by default)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-FREE_PORTS = range(20_000, max(20_001, min(_ephemeral_low(), 32_768)))
-_PORT_PICKS = random.SystemRandom()   # (not the global random: pytest-randomly and hypothesis
-#                                       seed it alike in every xdist worker)
-
-
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago: a random one below the
-    kernel's ephemeral range. The kernel's own pick (bind to port 0) came from that
-    range, which every outgoing connection's local port comes from too: a node's
-    connection to a peer took a port between its pick and a node's bind (its
-    ``--http`` port: "address already in use", seen in a default run; a node
-    restarted on its old port likewise). Below the range only explicit binds compete."""
-    for _ in range(50):
-        port = _PORT_PICKS.choice(FREE_PORTS)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
