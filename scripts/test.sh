@@ -21,7 +21,9 @@ echo "test.sh: ruff (lint); mypy --strict on mesh/ runs beside the tests (said a
 .venv/bin/python -m ruff check .
 wait "$warm" || true
 set +e
-workers="${MESH_TEST_WORKERS:-4}"
+# 6 xdist workers on the 2 cores CI has: the run mostly waits on its nodes (4 left the
+# cores ~45 % idle; docs/testing.md, "Where a default run's time goes")
+workers="${MESH_TEST_WORKERS:-6}"
 # the 20 slowest tests are listed at the end: where the run's time goes (docs/testing.md)
 if [ "$workers" = "0" ]; then
     .venv/bin/python -m pytest -m "not slow" --durations=20 "$@"

@@ -292,18 +292,27 @@ class NodeProc:
 
     def stop(self, grace: float = STOP_GRACE) -> int:
         """Stop the node however it takes, and everything it started."""
+        return self.end_stop(self.begin_stop(), time.monotonic() + grace)
+
+    def begin_stop(self) -> list[psutil.Process]:
+        """SIGTERM the node if it runs; its children then (for :meth:`end_stop`)."""
         leftovers: list[psutil.Process] = []
         if self.proc.poll() is None:
             try:
                 leftovers = psutil.Process(self.proc.pid).children(recursive=True)
             except psutil.Error:
                 pass
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            self.proc.send_signal(signal.SIGTERM)
+        return leftovers
+
+    def end_stop(self, leftovers: list[psutil.Process], deadline: float) -> int:
+        """Wait for the node to exit until ``deadline`` (then SIGKILL it), and kill
+        what it started that is left."""
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
         self._kill_leftovers(leftovers)
         return self.proc.returncode
 
@@ -434,11 +443,22 @@ class NodeFactory:
                                      f" its stderr:\n{node.stderr_tail()}")
 
     def close(self) -> None:
+        """Stop every node: all SIGTERMed first, then each waited for (its STOP_GRACE
+        from its signal), as the machines of a mesh stop. One after another, each
+        waited its exit before the next was signalled: ~7 % of the test time of the
+        files with three nodes (docs/testing.md)."""
         errors = []
+        stopping: list[tuple[NodeProc, list[psutil.Process]]] = []
         for node in reversed(self.nodes):
             try:
-                node.stop()
+                stopping.append((node, node.begin_stop()))
             except (OSError, psutil.Error, subprocess.SubprocessError) as e:   # stop the others too
+                errors.append(f"{node!r}: {type(e).__name__}: {e}")
+        deadline = time.monotonic() + STOP_GRACE
+        for node, leftovers in stopping:
+            try:
+                node.end_stop(leftovers, deadline)
+            except (OSError, psutil.Error, subprocess.SubprocessError) as e:
                 errors.append(f"{node!r}: {type(e).__name__}: {e}")
         for cc in self._keyed.values():
             cc.close()
