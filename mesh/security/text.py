@@ -86,23 +86,30 @@ def json_text(data: Any, **kwargs: Any) -> str:
     put in it (a member's meta, their events, a status): inf and nan are not JSON
     (json.dumps wrote Infinity, which browsers' JSON.parse and jq refuse) and become
     null; a key that is not text (bytes) becomes its ``str``; other values their
-    ``str``. The dashboard's API and ``meshctl --json`` write with it."""
+    ``str``; what is nested deeper than JSON_DEPTH (msgpack decodes 1,024 levels, more
+    than json.dumps can write) the text ``"..."``. The dashboard's API and ``meshctl
+    --json`` write with it."""
     kwargs.setdefault("default", str)
     try:
         return json.dumps(data, allow_nan=False, **kwargs)
-    except (ValueError, TypeError):
-        return json.dumps(_plain(data), allow_nan=False, **kwargs)
+    except (ValueError, TypeError, RecursionError):
+        return json.dumps(_plain(data, 0), allow_nan=False, **kwargs)
 
 
-def _plain(v: Any) -> Any:
+JSON_DEPTH = 100
+
+
+def _plain(v: Any, depth: int) -> Any:
     """``v`` as JSON can say it: a float that is inf or nan as null, a key that is not
-    a string as its ``str``."""
+    a string as its ``str``, a list or map deeper than JSON_DEPTH as ``"..."``."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None
+    if isinstance(v, (dict, list, tuple)) and depth >= JSON_DEPTH:
+        return "..."
     if isinstance(v, dict):
-        return {k if isinstance(k, str) else str(k): _plain(x) for k, x in v.items()}
+        return {k if isinstance(k, str) else str(k): _plain(x, depth + 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [_plain(x, depth + 1) for x in v]
     return v
 
 

@@ -105,3 +105,18 @@ def test_ping_of_a_node_answering_what_is_not_a_map(
     p = _meshctl("--peers", odd, "ping")
     assert "Traceback" not in p.stderr, p.stderr
     assert p.stdout.startswith(f"{odd}: pong from odd"), p.stdout
+
+
+def test_json_of_data_nested_deeper_than_json_can_write() -> None:
+    # msgpack decodes a hostile peer's frame nested 1,000 levels deep; json.dumps raises
+    # RecursionError on it, and meshctl --json and the dashboard's API write with json_text
+    from mesh.security.text import JSON_DEPTH, json_text
+    deep: Any = [1]
+    for _ in range(2000):
+        deep = [deep]
+    out = json.loads(json_text({"status": {"odd": deep, "busy": float("inf")}}))
+    assert out["status"]["busy"] is None
+    inner = out["status"]["odd"]
+    for _ in range(JSON_DEPTH - 3):       # the list at depth 2 (a map, a map, it)
+        inner = inner[0]
+    assert inner == ["..."]
