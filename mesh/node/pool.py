@@ -145,19 +145,11 @@ class Pool(PoolSize, PoolStop, PoolAhead):
                 heapq.heapify(q)
 
     # -- lifecycle --------------------------------------------------------------------
-    def fork_children(self) -> None:
-        """Fork the first children, as the ``pool`` component starts (mesh/node/executor.py):
-        what the components after it import and allocate as they start is then the
-        node's alone, not counted again in each child's RSS (docs/performance.md, round 15)."""
+    async def run(self) -> None:
+        """Start the children and supervise them until cancelled."""
         trim_heap()
         for i in range(1 if self.kind != "prefork" else self.size):
             self._spawn(i)
-
-    async def run(self) -> None:
-        """Supervise the children until cancelled (forking them first if
-        ``fork_children`` has not)."""
-        if not self.started_total:
-            self.fork_children()
         await asyncio.get_running_loop().create_future()
 
     def _spawn(self, index: int) -> None:
