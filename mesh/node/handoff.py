@@ -232,6 +232,10 @@ class Handoffs(Component):
         if shedder is not None and reason == SHED_REASON:
             shedder.sent(m.id, time.time())       # a shed from it now crosses this one
 
+    def going_to(self, target: str) -> set[str]:
+        """The tasks in handoffs to ``target`` not answered yet (it may hold them now)."""
+        return {t for out in self._out.values() if out.target == target for t in out.entries}
+
     def on_ack(self, msg: HandoffAck) -> None:
         out = self._out.pop(msg.batch, None)
         if out is None:

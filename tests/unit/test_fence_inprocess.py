@@ -17,7 +17,16 @@ from test_node_inprocess import app, dealer, drain, frames_until, run, submit, u
 
 from mesh.node.node import Node
 from mesh.testing import running_node
-from mesh.wire.protocol import UPDATE_DEAD, Gossip, Moved, PushPullReply, Result
+from mesh.wire.protocol import (
+    UPDATE_DEAD,
+    Gossip,
+    Moved,
+    PushPullReply,
+    Reclaim,
+    Reclaimed,
+    Result,
+    decode,
+)
 
 QUEUED = ("q1", "q2", "q3")
 
@@ -155,5 +164,28 @@ def test_a_holder_that_stops_while_its_fence_waits_hands_the_tasks_set_aside_on(
             await stall(h)
             h.stop()
             await until(lambda: set(QUEUED) <= set(b.ledger.held), "the backup to take them")
-            assert h.handoff.handed == 3
+            # (b holds them as it answers: the answer reaches h a moment later)
+            await until(lambda: h.handoff.handed == 3, "the holder to have b's answer")
+    run(main())
+
+
+def test_a_task_being_handed_to_the_asker_is_not_answered_held() -> None:
+    # ci10 lost a task: c2 shed it to b as b's loop stalled; b's fence asked c2, whose
+    # handoff to b was not answered yet, so c2 answered "held"; b dropped it, then c2
+    # dropped it at b's answer to the handoff: no node had it
+    async def main() -> None:
+        async with holding() as (h, b, _to_h):
+            entry = h.ledger.held["q1"]
+            h.pool.discard({id(entry)})                     # as shedding takes it out
+            backup = next(m for m in h.membership.alive_members(include_self=False))
+            assert h.handoff.hand([entry], "shed to a node with room", backup) == 1
+            sent: list[bytes] = []
+            real = h.replicas.sockets.send
+            h.replicas.sockets.send = lambda addr, frame: sent.append(frame)   # type: ignore[method-assign]
+            try:                  # b asks before the loop turns: the handoff is unanswered
+                h.reclaim.answer(Reclaim("backup", b.address, -1, ["q1", "q2"]))
+            finally:
+                h.replicas.sockets.send = real              # type: ignore[method-assign]
+            (answer,) = [m for m in map(decode, sent) if isinstance(m, Reclaimed)]
+            assert answer.held == ["q2"], answer      # q1: b has it, or will answer for it
     run(main())
