@@ -319,9 +319,10 @@ class Reclaimer:
         results: list[bytes] = []
         size = 0
         aside = self.fence.aside
-        # being handed to the asker, not answered yet: the asker may hold it already
-        # (a fence raised as it took it), and answered held it dropped it, then this
-        # node dropped it at the handoff's answer: no node had it (ci10, a loss)
+        # being handed to the asker, not answered yet (or given up on): the asker may
+        # hold it already (a fence raised as it took it), and answered held it dropped
+        # it, then this node dropped it at the handoff's (late) answer: no node had it
+        # (ci10, a loss). Not answered, both may run it, rather than neither
         going = node.handoff.going_to(msg.source)
         for tid in msg.ids:
             if tid in self.waiting or tid in self.disk or tid in aside or tid in going:
