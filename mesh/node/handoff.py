@@ -233,10 +233,17 @@ class Handoffs(Component):
             shedder.sent(m.id, time.time())       # a shed from it now crosses this one
 
     def going_to(self, target: str) -> set[str]:
-        """The tasks in handoffs to ``target`` not answered yet, or given up on (it may
-        hold them now: its late answer takes them out of this node's queue)."""
-        outs = [*self._out.values(), *self._given_up.values()]
-        return {t for out in outs if out.target == target for t in out.entries}
+        """The tasks in handoffs to ``target`` not answered yet (it may hold them now)."""
+        return {t for out in self._out.values() if out.target == target for t in out.entries}
+
+    def keep(self, target: str, task_ids: list[str]) -> None:
+        """``target`` was told this node holds ``task_ids`` (a reclaim's answer): it drops
+        them, so its late answer to a handoff of them given up on does not take them out
+        of this node's queue (no node would run them)."""
+        for out in self._given_up.values():
+            if out.target == target:
+                for tid in task_ids:
+                    out.entries.pop(tid, None)
 
     def on_ack(self, msg: HandoffAck) -> None:
         out = self._out.pop(msg.batch, None)

@@ -319,10 +319,11 @@ class Reclaimer:
         results: list[bytes] = []
         size = 0
         aside = self.fence.aside
-        # being handed to the asker, not answered yet (or given up on): the asker may
-        # hold it already (a fence raised as it took it), and answered held it dropped
-        # it, then this node dropped it at the handoff's (late) answer: no node had it
-        # (ci10, a loss). Not answered, both may run it, rather than neither
+        # being handed to the asker, not answered yet: the asker may hold it already (a
+        # fence raised as it took it), and answered held it dropped it, then this node
+        # dropped it at the handoff's answer: no node had it (ci10, a loss). Not
+        # answered, both may run it, rather than neither. (One given up on is answered
+        # held, and the asker's late answer then leaves it here: ``keep`` below.)
         going = node.handoff.going_to(msg.source)
         for tid in msg.ids:
             if tid in self.waiting or tid in self.disk or tid in aside or tid in going:
@@ -349,6 +350,7 @@ class Reclaimer:
             # that_restarts_before_the_givers_drop_arrives_runs_there). That holder is
             # asked too and answers for itself: held there, the asker drops it; not
             # answered in time, both run it, rather than neither.)
+        node.handoff.keep(msg.source, held)
         self.counts["answered"] += 1
         self.counts["answered_taken"] += len(held) + len(result_ids)
         node.replicas.sockets.send(msg.source_addr, encode(

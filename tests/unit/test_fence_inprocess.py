@@ -20,6 +20,7 @@ from mesh.testing import running_node
 from mesh.wire.protocol import (
     UPDATE_DEAD,
     Gossip,
+    HandoffAck,
     Moved,
     PushPullReply,
     Reclaim,
@@ -184,16 +185,19 @@ def test_a_task_being_handed_to_the_asker_is_not_answered_held() -> None:
             h.replicas.sockets.send = lambda addr, frame: sent.append(frame)   # type: ignore[method-assign]
             try:                  # b asks before the loop turns: the handoff is unanswered
                 h.reclaim.answer(Reclaim("backup", b.address, -1, ["q1", "q2"]))
-                # and once h gave the handoff up (q1 in its queue again): b's late
-                # answer would take q1 out of h's queue
-                (out,) = h.handoff._out.values()
+                # once h gave the handoff up (q1 in its queue again), q1 is answered
+                # held (b drops it), and b's late answer to the handoff then leaves it
+                # in h's queue (it took it out, and b had dropped it: no node had it)
+                ((bid, out),) = h.handoff._out.items()
                 out.tries, out.at = 99, 0.0
                 h.handoff._check(time.monotonic())
                 assert h.ledger.held.get("q1") is entry and not h.handoff._out
                 h.reclaim.answer(Reclaim("backup", b.address, -2, ["q1", "q2"]))
+                h.handoff.on_ack(HandoffAck(bid, "backup", ["q1"], address=b.address))
             finally:
                 h.replicas.sockets.send = real              # type: ignore[method-assign]
             answers = [m for m in map(decode, sent) if isinstance(m, Reclaimed)]
-            # q1: b has it, or will answer for it
-            assert [(a.round, a.held) for a in answers] == [(-1, ["q2"]), (-2, ["q2"])]
+            # -1: q1 not held (b has it, or will answer for it); -2: held here
+            assert [(a.round, a.held) for a in answers] == [(-1, ["q2"]), (-2, ["q1", "q2"])]
+            assert h.ledger.held.get("q1") is entry and h.pool.queued == 3
     run(main())
