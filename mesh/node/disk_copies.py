@@ -278,6 +278,10 @@ class DiskCopies:
                 self.replicas._queue(backup).tasks[tid] = frame
             else:
                 del self.inflight[tid]
+                old = self._old.pop(tid, "")
+                if old in alive:
+                    continue    # moving to a joiner gone before it confirmed: the old
+                                # backup never dropped its copy
                 self._send(tid, frame)
         self.sent_at = now
 

@@ -293,3 +293,30 @@ def test_a_joiner_gets_the_copies_it_outranks_their_backup_for_and_the_old_drops
     assert _backups(dc) == {t: "j" if t in to_j else "b" for t in ids}
     dc.tick(1.1)
     assert not dc.walking and not dc.joined and dc.recopied == len(to_j)
+
+
+def test_a_joiner_that_dies_before_it_confirms_leaves_the_copies_where_they_were(
+        dc: DiskCopies, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The copies moving to a joiner that is gone before it confirmed them stay with
+    their old backup (which never dropped them): not sent to it again, nothing left
+    remembered of the move (``_old``)."""
+    drops: dict[str, dict[str, str]] = {}
+    dc.replicas._queue = lambda b: types.SimpleNamespace(      # type: ignore[method-assign]
+        tasks=dc.replicas.out.setdefault(b, {}), drop=drops.setdefault(b, {}))
+    dc.node.ledger = types.SimpleNamespace(held={})
+    monkeypatch.setattr(dc.replicas, "backup_now",
+                        lambda tid, msg: backup_for(tid, dc.replicas.alive_ids(), "a"))
+    ids = _spill(dc, ["b"] * 40)
+    dc.check({"b"}, set())
+    dc.tick(0.5)
+    dc.tick(0.6)
+    monkeypatch.setitem(STATES, "j", MemberState.ALIVE)
+    dc.check({"b", "j"}, set())
+    dc.tick(1.0)
+    assert dc.replicas.out.get("j") and dc.inflight
+    monkeypatch.setitem(STATES, "j", MemberState.DEAD)      # gone before it confirmed
+    dc.replicas.out.clear()
+    dc.tick(1.0 + disk_copies.RESEND_AFTER + 0.1)
+    assert not dc.inflight and not dc._old
+    assert not dc.replicas.out.get("b") and not any(drops.values())
+    assert _backups(dc) == {t: "b" for t in ids}
