@@ -269,17 +269,7 @@ def test_a_joiner_gets_the_copies_it_outranks_their_backup_for_and_the_old_drops
     copy is kept, alive, elsewhere: a walk copies those to it, and once it confirmed
     the old backup drops its copy (an owner fails a task over to where the ranking
     says; the old copy would run it a second time at the takeover)."""
-    drops: dict[str, dict[str, str]] = {}
-    dc.replicas._queue = lambda b: types.SimpleNamespace(      # type: ignore[method-assign]
-        tasks=dc.replicas.out.setdefault(b, {}), drop=drops.setdefault(b, {}))
-    dc.node.ledger = types.SimpleNamespace(held={})
-    monkeypatch.setattr(dc.replicas, "backup_now",
-                        lambda tid, msg: backup_for(tid, dc.replicas.alive_ids(), "a"))
-    ids = _spill(dc, ["b"] * 40)
-    dc.check({"b"}, set())                      # (the first check: no joiner; alive
-    dc.tick(0.5)                                # after alone, a walk: nothing is lost)
-    dc.tick(0.6)
-    assert not dc.walking and not dc.replicas.out
+    drops, ids = _ranked_on_b(dc, monkeypatch)
     monkeypatch.setitem(STATES, "j", MemberState.ALIVE)
     dc.check({"b", "c", "j"}, set(), missed={"c"})      # j joins; c: a suspect back
     assert dc.walking
@@ -300,16 +290,7 @@ def test_a_joiner_that_dies_before_it_confirms_leaves_the_copies_where_they_were
     """The copies moving to a joiner that is gone before it confirmed them stay with
     their old backup (which never dropped them): not sent to it again, nothing left
     remembered of the move (``_old``)."""
-    drops: dict[str, dict[str, str]] = {}
-    dc.replicas._queue = lambda b: types.SimpleNamespace(      # type: ignore[method-assign]
-        tasks=dc.replicas.out.setdefault(b, {}), drop=drops.setdefault(b, {}))
-    dc.node.ledger = types.SimpleNamespace(held={})
-    monkeypatch.setattr(dc.replicas, "backup_now",
-                        lambda tid, msg: backup_for(tid, dc.replicas.alive_ids(), "a"))
-    ids = _spill(dc, ["b"] * 40)
-    dc.check({"b"}, set())
-    dc.tick(0.5)
-    dc.tick(0.6)
+    drops, ids = _ranked_on_b(dc, monkeypatch)
     monkeypatch.setitem(STATES, "j", MemberState.ALIVE)
     dc.check({"b", "j"}, set())
     dc.tick(1.0)
@@ -320,3 +301,22 @@ def test_a_joiner_that_dies_before_it_confirms_leaves_the_copies_where_they_were
     assert not dc.inflight and not dc._old
     assert not dc.replicas.out.get("b") and not any(drops.values())
     assert _backups(dc) == {t: "b" for t in ids}
+
+
+def _ranked_on_b(dc: DiskCopies, monkeypatch: pytest.MonkeyPatch,
+                 ) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """40 tasks on disk, their copies on b, the backups ranked by rendezvous hashing
+    over the alive members (a joiner outranks b for some): the drops sent per backup,
+    the ids."""
+    drops: dict[str, dict[str, str]] = {}
+    dc.replicas._queue = lambda b: types.SimpleNamespace(      # type: ignore[method-assign]
+        tasks=dc.replicas.out.setdefault(b, {}), drop=drops.setdefault(b, {}))
+    dc.node.ledger = types.SimpleNamespace(held={})
+    monkeypatch.setattr(dc.replicas, "backup_now",
+                        lambda tid, msg: backup_for(tid, dc.replicas.alive_ids(), "a"))
+    ids = _spill(dc, ["b"] * 40)
+    dc.check({"b"}, set())                      # (the first check: no joiner; alive
+    dc.tick(0.5)                                # after alone, a walk: nothing is lost)
+    dc.tick(0.6)
+    assert not dc.walking and not dc.replicas.out
+    return drops, ids
