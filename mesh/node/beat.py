@@ -245,7 +245,8 @@ class Beat(PeerTalk, Component):
         own = self.node.config.shutdown_timeout
         left = [m for m in ms.members()[1:] if m.state == MemberState.LEFT] if ms else []
         self.outbox.check(now, {**alive, self.node.name: self.node.address},
-                          {m.id: LEFT_GRACE + shutdown_timeout_of(m.meta, own) for m in left})
+                          {m.id: LEFT_GRACE + shutdown_timeout_of(m.meta, own, m.id)
+                           for m in left})
         for name in [n for n in self._stuck if not self.waiting(n)]:
             self._stuck.discard(name)
             log.info("beat: runs of %s are taken by a node again", name)
