@@ -14,15 +14,9 @@ import time
 import pytest
 
 from mesh.node.gossip import STOP_MAX, shutdown_timeout_of
-from tests.integration.harness import ControlReply, NodeFactory, NodeProc, wait_until
+from tests.integration.harness import NodeFactory, NodeProc, wait_until
 
 PROFILE = "test"
-
-
-def alive_members(node: NodeProc) -> set[str]:
-    reply = node.request("members")
-    assert isinstance(reply, ControlReply) and reply.ok, reply
-    return {m["node"] for m in reply.payload if m["state"] == "alive"}
 
 
 def said_of(node: NodeProc, peer: str) -> list[str]:
@@ -37,7 +31,7 @@ def test_peers_saying_an_endless_shutdown_timeout_are_waited_for_a_bounded_time(
                    shutdown_timeout="1e300")
     c = start_node(concurrency=1, profile=PROFILE, name="stop-inf", peers=a.endpoint,
                    shutdown_timeout="inf")
-    wait_until(lambda: alive_members(a) == {"stop-a", "stop-huge", "stop-inf"}, 30,
+    wait_until(lambda: a.alive_members() == {"stop-a", "stop-huge", "stop-inf"}, 30,
                "the mesh to form")
     for n in (b, c):
         assert n.stop() == 0, n.stderr_tail(20)        # they leave: a waits for their tasks
