@@ -38,7 +38,15 @@ from mesh.exceptions import MeshError
 from mesh.membership import MemberState, profile
 from mesh.node.beat_peers import PeerTalk
 from mesh.node.beat_send import Outbox, Run
-from mesh.node.beat_state import Fired, LastFirings, due_to_fire, entry_key, handed_runs, hrw
+from mesh.node.beat_state import (
+    AHEAD_MAX,
+    Fired,
+    LastFirings,
+    due_to_fire,
+    entry_key,
+    handed_runs,
+    hrw,
+)
 from mesh.node.commands import Command
 from mesh.node.component import Component, NodeStartError
 from mesh.node.gossip import shutdown_timeout_of
@@ -61,6 +69,8 @@ HOLD_MAX_PROBES = 10   # and, at most this many, until every alive peer confirme
 HELD_MAX = 3           # runs of one entry held at most (the newest)
 HANDED_MAX = 50        # runs of one entry handed over by a peer fired at most (the newest)
 SWEEP_INTERVAL = 30.0  # s between closing the outbox's sockets to departed nodes
+CLOCK_BACK = AHEAD_MAX # s: the wall clock going back further than this against time.monotonic
+                       # between two looks is a clock set back (_clock_check)
 
 
 class Beat(PeerTalk, Component):
@@ -100,6 +110,7 @@ class Beat(PeerTalk, Component):
         self._tasks: set[asyncio.Task[None]] = set()
         self._stuck: set[str] = set()     # entries whose runs no node takes (warned once)
         self._ahead: set[str] = set()     # nodes whose firings were due far ahead (warned once)
+        self._skew: float | None = None   # wall - monotonic clock at the last look
 
     # -- component interface ------------------------------------------------------------
     async def start(self, node: "Node") -> None:
@@ -153,7 +164,9 @@ class Beat(PeerTalk, Component):
         """Until cancelled: fire what is due here, resend what is unanswered."""
         while True:
             try:
-                wait = self.tick(self.clock.time())
+                now = self.clock.time()
+                self.clock_check(now, self.clock.monotonic())
+                wait = self.tick(now)
             except Exception:
                 log.exception("beat: tick failed")
                 wait = 1.0
@@ -232,7 +245,8 @@ class Beat(PeerTalk, Component):
         own = self.node.config.shutdown_timeout
         left = [m for m in ms.members()[1:] if m.state == MemberState.LEFT] if ms else []
         self.outbox.check(now, {**alive, self.node.name: self.node.address},
-                          {m.id: LEFT_GRACE + shutdown_timeout_of(m.meta, own) for m in left})
+                          {m.id: LEFT_GRACE + shutdown_timeout_of(m.meta, own, m.id)
+                           for m in left})
         for name in [n for n in self._stuck if not self.waiting(n)]:
             self._stuck.discard(name)
             log.info("beat: runs of %s are taken by a node again", name)
@@ -282,6 +296,54 @@ class Beat(PeerTalk, Component):
         if now - self.settled_at < self.hold:
             wait = min(wait, self.settled_at + self.hold - now)
         return max(wait, 0.001)
+
+    def clock_check(self, now: float, monotonic: float) -> None:
+        """Notice this machine's clock set back while the node runs, and reschedule from
+        the current clock. Its last firings were then due ahead of the clock, and no run
+        was due after them until the clock got back there (an hour back: an hour without
+        a run of any entry; a restart was the cure), and the times it keeps (settling,
+        holding, runs in flight) were ahead too.
+
+        A step back of more than CLOCK_BACK against time.monotonic (which NTP or an
+        operator does not move) is said in one WARNING; the times kept move back with
+        the clock, the last firing of each entry due more than AHEAD_MAX ahead of the
+        clock is forgotten (as a restarted node leaves it out of beat.sqlite3), and
+        each entry fires its runs due from now on: not the runs missed, nor those
+        between its last firing and now again (one run per due time, as for the
+        repeated hour when a zone's clocks go back: a run due at a time the entry
+        fired before has that run's id, and its target answers it without running it
+        again). Smaller steps are not said: the entry waits for the clock at most
+        AHEAD_MAX (the tolerance for a peer's firings)."""
+        skew, last = now - monotonic, self._skew
+        self._skew = skew
+        if last is None or last - skew <= CLOCK_BACK:
+            return
+        back = last - skew
+        assert self.store is not None
+        ahead = {name: f.due for name in self.keys
+                 if (f := self.store.get(name)) is not None and f.due > now + AHEAD_MAX}
+        which = "periodic entries are"
+        if ahead:
+            which = (f"entr{'y' if len(ahead) == 1 else 'ies'} {', '.join(sorted(ahead))}, "
+                     f"fired until {_iso(max(ahead.values()), self._tz())}, "
+                     f"{'is' if len(ahead) == 1 else 'are'}")
+        log.warning("beat: this machine's clock went back %.0f s while the node ran: %s "
+                    "rescheduled from the current clock: each fires its runs due from now on "
+                    "(keep the clocks synchronised: NTP)", back, which)
+        for name in ahead:
+            self.store.forget(name)
+        self.started = now          # (an entry with no last firing fires runs due from now)
+        self.settle_from -= back
+        self.settled_at -= back
+        self._told_settled -= back
+        self._swept -= back
+        self.next_look.clear()
+        if self.outbox is not None:
+            self.outbox.shift(-back)
+
+    def _tz(self) -> dt.tzinfo:
+        assert self.schedule is not None
+        return self.schedule.timezone
 
     def _awaiting(self, now: float, alive: dict[str, str]) -> bool:
         """Whether this node, settled, still waits for alive peers to confirm that they

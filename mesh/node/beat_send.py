@@ -159,6 +159,14 @@ class Outbox:
         for address in list(self.socks):
             self.forget_socket(address)
 
+    def shift(self, by: float) -> None:
+        """The wall clock stepped by ``by`` seconds: the times kept move with it, so a
+        run is not left unacknowledged for as long as the clock went back."""
+        for run in self.runs.values():
+            run.sent_at += by
+        self._left = {k: v + by for k, v in self._left.items()}
+        self._now += by
+
     def reset(self, now: float) -> None:
         """New keys: close every socket and send every run again (same id) on new ones;
         its target answers with an ACK (then it is watched again) or its result."""

@@ -173,6 +173,15 @@ class LastFirings:
                 log.error("beat: could not store the last firing of %s: %s", f.entry, e)
         return True
 
+    def forget(self, entry: str) -> None:
+        """Forget the last firing of ``entry`` (due ahead of a clock set back)."""
+        self.last.pop(entry, None)
+        if self._db is not None:
+            try:
+                self._db.execute("DELETE FROM fired WHERE entry=?", (entry,))
+            except sqlite3.Error as e:
+                log.error("beat: could not forget the last firing of %s: %s", entry, e)
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()

@@ -33,15 +33,40 @@ WILDCARDS = ("0.0.0.0", "*", "[::]", "::")   # a bind on every address of the ma
 SEED_PROBES = 20           # probe intervals (6 s on lan) for a seed to answer before a warning
 
 
-def shutdown_timeout_of(meta: Any, own: float) -> float:
+STOP_MAX = 3600.0          # s: the longest --shutdown-timeout of a peer waited for (or this node's own)
+_ODD_STOPS_MAX = 10_000    # peers whose odd "stop" was said (once each; then at DEBUG)
+_odd_stops: set[str] = set()
+
+
+def shutdown_timeout_of(meta: Any, own: float, peer: str = "") -> float:
     """The ``--shutdown-timeout`` a member says in its meta (``"stop"``): how long it
-    may run its tasks once it leaves. ``own`` for a member that does not say it (a
-    node from before 2026-12) or says something that is not a number >= 0."""
+    may run its tasks once it leaves, and so how long its peers wait before they take
+    over its tasks (mesh/node/takeover.py) or send its periodic runs elsewhere
+    (mesh/node/beat_send.py). ``own`` for a member that does not say it (a node from
+    before 2026-12). Said at WARNING, once per peer: a value that is not a number >= 0
+    (nan, negative, text: ``own`` is used), and one over STOP_MAX and over ``own``
+    (1e300, inf: this node waited for ever, its tasks never taken over), which is
+    waited for that long at most."""
     said = meta.get("stop") if isinstance(meta, Mapping) else None
-    if isinstance(said, (int, float)) and not isinstance(said, bool) \
-            and 0 <= said < float("inf"):
-        return float(said)
+    if said is None:
+        return own
+    if isinstance(said, (int, float)) and not isinstance(said, bool) and said >= 0:
+        cap = max(STOP_MAX, own)
+        if said <= cap:
+            return float(said)
+        _say_odd_stop(peer, f"says a shutdown timeout of {said:g} s: its tasks are waited "
+                            f"for {cap:g} s at most once it leaves")
+        return cap
+    _say_odd_stop(peer, f"says a shutdown timeout of {printable(repr(said))[:40]}, not a "
+                        f"number >= 0: this node's own ({own:g} s) is used for it")
     return own
+
+
+def _say_odd_stop(peer: str, what: str) -> None:
+    say = log.debug if peer in _odd_stops else log.warning
+    if len(_odd_stops) < _ODD_STOPS_MAX:
+        _odd_stops.add(peer)
+    say("member %s %s", printable(peer) or "?", what)
 
 
 def boot_of(meta: Any) -> str | None:

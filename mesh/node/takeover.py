@@ -315,7 +315,7 @@ class Takeover:
                 continue
             since = self._gone.setdefault(holder, now)
             if m is not None and state == MemberState.LEFT:     # its grace (its own timeout),
-                self._left[holder] = LEFT_GRACE + shutdown_timeout_of(m.meta, own)
+                self._left[holder] = LEFT_GRACE + shutdown_timeout_of(m.meta, own, holder)
             grace = self._left.get(holder)      # kept if the membership forgets it first
             if state == MemberState.DEAD:
                 self.take_over(holder, "is dead")

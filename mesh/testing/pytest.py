@@ -21,7 +21,7 @@ configured by ``celery_config`` and the test's ``@pytest.mark.celery(**settings)
 made with ``celery_parameters`` as ``Mesh(...)`` keywords; ``celery_worker``
 (``celery_session_worker``) runs mesh's real node for it in a thread of the test's
 process (``mesh.testing.start_worker``: the solo pool, its journal in memory, loopback),
-with ``celery_worker_parameters`` (``queues``, ``concurrency``...). The app sends only
+with ``celery_worker_parameters`` (``queues``, ``concurrency``, ``include``...). The app sends only
 to that worker: it does not look for nodes by mDNS nor take ``MESH_PEERS`` (the
 developer's own mesh is never sent a test's tasks) unless ``celery_config`` or
 ``celery_parameters`` give ``peers``. ``celery_includes`` are imported and
@@ -34,7 +34,6 @@ Celery 5 the plugin is not loaded on its own: name it in ``pytest_plugins`` or p
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -43,7 +42,7 @@ import pytest
 
 from mesh import shared
 from mesh.app import Mesh
-from mesh.testing.worker import TestWorker, start_worker
+from mesh.testing.worker import TestWorker, import_modules, start_worker
 
 # Celery's switch: with NO_WORKER set in the environment, the worker fixtures start
 # nothing (and give None), for a suite run against a mesh started apart
@@ -99,8 +98,7 @@ def _worker(app: Mesh, includes: Sequence[str], class_tasks: Sequence[Any], pool
             parameters: Mapping[str, Any]) -> contextlib.AbstractContextManager[TestWorker | None]:
     if NO_WORKER:
         return contextlib.nullcontext()
-    for module in includes:
-        importlib.import_module(module)
+    import_modules(includes, "celery_includes")
     for task in class_tasks:
         app.register_task(task)
     return start_worker(app, pool=pool, **parameters)

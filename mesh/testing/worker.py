@@ -91,19 +91,37 @@ class TestWorker:
         done.result(START_TIMEOUT)
 
 
+def import_modules(names: Iterable[str] | str, where: str) -> None:
+    """Import the modules ``names`` (a text: names with commas, as Celery's worker
+    ``-I`` takes them), for the tasks (and signal handlers) they define; a module that
+    does not import is a ConfigError naming it and why, said by ``where``."""
+    for name in names.split(",") if isinstance(names, str) else names:
+        name = name.strip() if isinstance(name, str) else name
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: a module to include is a module name, got {name!r}")
+        try:
+            importlib.import_module(name)
+        except Exception as e:      # (ImportError, or what the module raised as it ran)
+            raise ConfigError(f"{where}: module {name!r} to include does not import: "
+                              f"{type(e).__name__}: {e}") from e
+
+
 @contextlib.contextmanager
 def start_worker(app: "Mesh", concurrency: int = 1, *, queues: Iterable[str] | str = (),
                  exclude_queues: Iterable[str] | str = (), hostname: str = "start_worker",
-                 **kwargs: Any) -> Iterator[TestWorker]:
+                 include: Iterable[str] | str = (), **kwargs: Any) -> Iterator[TestWorker]:
     """Run a node for ``app`` in a thread of this process until the block ends; yields
     the worker (its ``address`` is where ``app`` sends meanwhile). Celery's keywords
     (``perform_ping_check``, ``pool``, ``loglevel``, ``shutdown_timeout``...) are taken;
     the pool is always the solo pool, ``concurrency`` its slots; ``queues`` (and
     ``exclude_queues``) are the queues it takes, as ``meshnode -Q`` (``-X``): names, or
-    one text of names with commas, as Celery takes them."""
+    one text of names with commas, as Celery takes them. ``include``: modules imported
+    before the node starts, as Celery's worker ``include`` (``-I``) does, so that it
+    serves the tasks they define; one that does not import is a ConfigError."""
     unknown = set(kwargs) - NOT_USED
     if unknown:
         raise ConfigError(f"start_worker: unknown keyword(s) {sorted(unknown)}")
+    import_modules(include, "start_worker")
     if kwargs.get("pool") not in (None, "solo"):
         log.warning("start_worker: pool %r is not used: a test worker runs its tasks in this "
                     "process (the solo pool)", kwargs["pool"])

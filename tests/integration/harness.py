@@ -249,6 +249,12 @@ class NodeProc:
         payload: dict[str, Any] = reply.payload
         return payload
 
+    def alive_members(self) -> set[str]:
+        """The names of the members this node counts alive (itself too)."""
+        reply = self.request("members")
+        assert isinstance(reply, ControlReply) and reply.ok, reply
+        return {m["node"] for m in reply.payload if m["state"] == "alive"}
+
     def why_silent(self) -> str:
         """What the node's process is doing, for a node that did not answer: its exit
         code (a signal: killed), or its state (``stopped``: SIGSTOP) and, where py-spy

@@ -587,3 +587,43 @@ def test_meshctl_beat_shows_long_entry_names_whole(start_node: NodeFactory,
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+CLOCK_SHIFT = Path(__file__).parent / "clock_shift"    # (its sitecustomize shifts time.time)
+
+
+def test_a_clock_set_back_while_the_nodes_run_reschedules_their_entries(
+        start_node: NodeFactory, beat_log: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wall clock of two nodes is set back 5 minutes while they fire tick every
+    0.5 s (time.monotonic goes on). The last firing was then due 5 minutes ahead of
+    their clock, and no run was due after it until the clock got back there: tick
+    stopped for 5 minutes (docs/periodic.md said: restart it). Now each node says so
+    in one WARNING and they fire on from the current clock: each run once, fired by
+    one node, none from before the step (no backlog)."""
+    monkeypatch.setenv("BEAT_EVERY", "0.5")
+    shift = tmp_path / "clock-shift"
+    shift.write_text("0")
+    env = {"PYTHONPATH": str(CLOCK_SHIFT), "CLOCK_SHIFT_FILE": str(shift)}
+    a = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-back-a", env=env)
+    b = start_node(app="beat_app", concurrency=1, profile=PROFILE, name="beat-back-b", env=env,
+                   peers=a.endpoint)
+    firing_node([a, b])
+    runs_after(beat_log, time.time(), 2, "both nodes settled")
+    before = max(due for due, _, _ in read_runs(beat_log))
+    shift.write_text("-300")
+    set_back = time.time() - 300.0
+
+    def relived() -> list[float]:      # runs due on the clock set back (before the first)
+        return [due for due, _, _ in read_runs(beat_log) if due < before - 200]
+    wait_until(lambda: len(relived()) >= 3, 20, "3 runs due on the clock set back",
+               interval=0.1)
+    check_runs(read_runs(beat_log))
+    assert min(relived()) > set_back - 5, (relived(), set_back)     # (no backlog)
+    fired = collections.Counter(m.group(1) for n in (a, b) for m in
+                                re.finditer(r"beat: fired tick \(due (\S+)\)", n.stderr()))
+    assert not [d for d, c in fired.items() if c > 1], f"runs fired by both nodes: {fired}"
+    for n in (a, b):
+        assert beat_view(n)["entries"][0]["last_run"]["due"] < set_back + 60, n.name
+        said = [line for line in n.stderr().splitlines() if "clock went back" in line]
+        assert len(said) == 1 and " WARNING " in said[0], n.stderr_tail(20)

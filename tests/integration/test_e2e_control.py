@@ -273,3 +273,34 @@ def test_the_workers_guides_broadcasts_and_terminate(start_node: Any, make_clien
         r.get(timeout=RESULT_TIMEOUT)
     assert ctl.broadcast("revoke", arguments={"task_id": "gone-1"},
                          reply=True)[node.name]["revoked"] == ["gone-1"]
+
+
+def test_a_revoke_told_on_by_a_node_with_a_long_name_reaches_the_holder(
+        start_node: Any, make_client: Any, tmp_path: Path) -> None:
+    # Two nodes named with 200 characters (the most the wire takes) of 4 bytes each in
+    # UTF-8. A revoke sent to one is told on to its peers with a request id naming the
+    # node: with the whole name every peer refused it ('req_id must be 1..200
+    # characters'; session 21 cut it, mesh/node/peers.py request_id), and the task
+    # queued on the other ran. Here the task waits on the other node (the only one
+    # serving its queue) and the revoke is sent to the first one only.
+    teller = start_node(concurrency=1, name="\U0001d52b" * 199 + "t", queues="celery")
+    holder = start_node(concurrency=1, name="\U0001d52b" * 199 + "h", peers=teller.endpoint,
+                        queues="held")
+    wait_until(lambda: {holder.name, teller.name} <= teller.alive_members() & holder.alive_members(),
+               what="the two nodes to see each other")
+    c = make_client(teller, holder)
+    out, gate = tmp_path / "runs", tmp_path / "gate"
+    blocker = c.tasks.wait_for_file.apply_async((str(gate),), queue="held")
+    wait_until(lambda: holder.status()["busy"] == 1, what="the holder busy")
+    queued = c.tasks.append_line.apply_async((str(out), "revoked"), queue="held")
+    wait_until(lambda: holder.status()["queued"] == 1, what="the task queued on the holder")
+    answers = teller.control.broadcast([teller.endpoint], "revoke", {"task_ids": [queued.id]})
+    reply = answers[teller.endpoint]
+    assert not isinstance(reply, str) and reply.ok, reply
+    with pytest.raises(TaskRevokedError, match=rf"\[{queued.id}\] was revoked$"):
+        queued.get(timeout=RESULT_TIMEOUT)
+    gate.touch()
+    assert blocker.get(timeout=RESULT_TIMEOUT) == "opened"
+    assert _lines(out) == []                             # it never ran
+    for n in (teller, holder):
+        assert "refused a frame" not in n.stderr(), n.stderr_tail(20)

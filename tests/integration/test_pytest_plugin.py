@@ -225,3 +225,26 @@ def test_celerys_worker_keywords_are_taken() -> None:
     with pytest.raises(ConfigError, match="prefetch_multiplyer"), \
             start_worker(app, prefetch_multiplyer=1):
         pass
+
+
+def test_the_worker_imports_the_modules_it_is_given_to_include(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery's start_worker passes include=[...] on to its worker, which imports them
+    # (as -I does) before it starts: here it was refused ('unknown keyword(s)
+    # ['include']'), so a Celery suite's celery_worker_parameters with include failed
+    (tmp_path / "included_tasks.py").write_text(
+        "from mesh import shared_task\n\n\n@shared_task\ndef triple(x):\n    return 3 * x\n")
+    (tmp_path / "broken_tasks.py").write_text("import not_a_module_anywhere  # noqa\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = Mesh("include_asked", set_as_current=False, mdns=False)
+    with start_worker(app, include=["included_tasks"]) as worker:
+        assert "included_tasks.triple" in worker.node.app.tasks
+        assert app.send_task("included_tasks.triple", (5,)).get(timeout=10) == 15
+    with pytest.raises(ConfigError, match=r"module 'no_such_tasks' to include does not import: "
+                                          r"ModuleNotFoundError"), \
+            start_worker(app, include="included_tasks,no_such_tasks"):
+        pass
+    with pytest.raises(ConfigError, match=r"module 'broken_tasks' to include does not import: "
+                                          r".*not_a_module_anywhere"), \
+            start_worker(app, include=["broken_tasks"]):
+        pass

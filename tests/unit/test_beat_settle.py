@@ -40,6 +40,9 @@ class _Outbox:
 
     def sweep(self, keep: set[str]) -> None: ...
 
+    def shift(self, by: float) -> None:
+        self.shifted = by
+
 
 class _View:
     """One node's membership view: itself, then the peer with the meta it knows."""
