@@ -15,9 +15,7 @@ receiver is alive, and for as long as it is suspected) goes back to the queue, o
 when stopping, to another node. A stopping node with no peer alive keeps its
 unstarted tasks in its journal, says so, and runs them when it starts again. One not
 answered by a receiver declared dead (or gone) goes to the receiver's backup for it
-instead (``_to_its_backup``): the receiver may have taken it, its answer lost as it
-was cut off, and that backup then runs the copy it keeps (mesh/node/takeover.py);
-run here too, it ran three times (the receiver, cut off, runs it as well).
+instead (mesh/node/handoff_cut.py).
 
 Where tasks go when the node stops: to each task's backup (it has the copy already,
 and it is where the owner would resend it), else to the least loaded alive peer with
@@ -27,38 +25,30 @@ A task handed on is remembered for ``MOVED_TTL`` seconds: an owner that sends it
 again meanwhile is answered MOVED, and follows it. (The owner of a task this node
 took over, as the backup of its dead holder, is not known here: it sends the task to
 this node, its backup, a moment later; accepted again, the task would run twice.)
+
+This module is the giver's side, and the component; the receiver's side (taking the
+tasks, answering) is mesh/node/handoff_take.py, and what happens when the other side
+of a handoff is declared dead before it ended, mesh/node/handoff_cut.py.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import dataclasses
-import functools
 import itertools
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from mesh.exceptions import DecodeError
 from mesh.membership import Member, MemberState
 from mesh.node.component import Component
-from mesh.node.journal import JournalError
+from mesh.node.handoff_cut import HandoffCut, _queue_of
+from mesh.node.handoff_take import MOVED_MAX, NO_BACKUP_REASON, STOP_REASON, HandoffTake
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
-from mesh.node.shedding import CROSS_REASON
 from mesh.node.shedding import REASON as SHED_REASON
-from mesh.rendezvous import backup_for
 from mesh.security.text import safe_logger
-from mesh.wire.protocol import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    Handoff,
-    HandoffAck,
-    Moved,
-    Submit,
-    decode,
-    encode,
-)
-from mesh.workflow.ids import GROUP
+from mesh.wire.protocol import Handoff, HandoffAck, Moved, encode
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -72,18 +62,7 @@ SUSPECT_TRIES = 30       # sends at most while the receiver is suspected (until 
 TICK = 0.1
 BATCH_BYTES = 4 * 1024 * 1024
 MOVED_TTL = 30.0         # s a task handed on is remembered (an owner sending it here follows)
-MOVED_MAX = 100_000      # tasks remembered at most
 GIVEN_UP_MAX = 1_000     # handoffs given up on, remembered at most (for a late answer)
-STRANGERS_MAX = 64       # addresses of non-members answered (refusals) kept a socket to, at most
-STOP_REASON = "node is shutting down"
-NO_BACKUP_REASON = "no other node is alive here to keep its copy: it stays where it is"
-# (not sheds: the node they go to takes them even if it shed to the giver a moment ago)
-UNANSWERED_REASON = ("handed to a node that did not answer and is gone: sent to the node "
-                     "that keeps its copy there")
-GIVER_GONE_REASON = ("its giver was declared dead, maybe before it had this node's answer: "
-                     "sent to the node that keeps the giver's copy")
-GIVER_TTL = 30.0         # s a task taken from a giver goes to its backup if it is declared
-                         # dead meanwhile (as long as a giver may send a batch again)
 
 
 @dataclasses.dataclass
@@ -102,8 +81,9 @@ class _Out:
     unanswered_by: str = ""
 
 
-class Handoffs(Component):
-    """Sends tasks to other nodes (``hand``), and takes the tasks others send."""
+class Handoffs(HandoffTake, HandoffCut, Component):
+    """Sends tasks to other nodes (``hand``), and takes the tasks others send
+    (``on_handoff``: mesh/node/handoff_take.py)."""
 
     name = "handoff"
     requires = ("replicas", "pool", "membership", "front", "journal", "control")
@@ -362,98 +342,6 @@ class Handoffs(Component):
                 if out.target == m.id:
                     out.refused_by |= refused_by
 
-    def _to_its_backup(self, out: _Out, entries: list[Entry]) -> list[Entry]:
-        """(A handoff to ``out.target`` went unanswered, and the target is dead or left)
-        each task goes to the node the target copied it to if it took it: its backup
-        there (``_to_backup_of``). The target may hold the task, its answer lost (cut
-        off as it answered: it runs the task, unreachable), and once it is declared
-        dead that node runs its copy; run here as well, the task ran three times (the
-        cluster chaos test saw it). There it runs once: held there already (taken
-        over), or taken now, and then the copy is not run at the takeover (held there
-        already). Returns the tasks that stay here."""
-        return self._to_backup_of(out.target, entries, UNANSWERED_REASON, out.refused_by)
-
-    def _to_backup_of(self, holder: str, entries: list[Entry], reason: str,
-                      refused_by: set[str] | None = None) -> list[Entry]:
-        """Send each of ``entries`` to ``holder``'s backup for it: the node ranked first
-        for it (mesh/rendezvous.py) among those alive or suspected here that take it,
-        this one included, where ``holder`` keeps its copy if it holds the task. Returns
-        those for which that is this node, or a node in ``refused_by``."""
-        node = self.node
-        routing = getattr(node, "routing", None)
-        refused_by = refused_by or set()
-        # (a peer merely suspected here may have been alive there: it keeps the copy)
-        peers = [m for m in node.membership.members() if m.id not in (holder, node.name)
-                 and m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
-        groups: dict[str, tuple[Member, list[Entry]]] = {}
-        stay: list[Entry] = []
-        for e in entries:
-            takers = peers
-            if routing is not None:
-                queue = _queue_of(routing, e)
-                takers = [m for m in peers if routing.peer_accepts(m.meta, queue, e.name)]
-            by_id = {m.id: m for m in takers}
-            m = by_id.get(backup_for(e.task_id, [*by_id, node.name], holder) or "")
-            if m is None or m.id in refused_by:
-                stay.append(e)
-            else:
-                groups.setdefault(m.id, (m, []))[1].append(e)
-        for m, group in groups.values():
-            if reason == UNANSWERED_REASON:
-                log.info("node %s did not answer a handoff: %d of its task(s) go to %s, its "
-                         "backup for them (which runs them once if %s took them and is "
-                         "declared dead)", holder, len(group), m.id, holder)
-            else:
-                log.info("node %s, which handed %d queued task(s) here lately, is dead: they "
-                         "go to %s, its backup for them (where its copies and its owners' "
-                         "failover go)", holder, len(group), m.id)
-            self._send(m, group, reason, unanswered_by=holder)
-        return stay
-
-    def _givers_gone(self, now: float) -> None:
-        """Tasks taken from a giver within GIVER_TTL s that is declared dead now, and
-        that have not started here, go to its backup for them (``_to_backup_of``). The
-        giver may not have had our answer (cut off as it came): then it runs them (cut
-        off, it cannot know), its copy of each is at its backup, and its owners send
-        them there (the failover): run here as well, three runs. There they run once
-        (the failover is a resend of a held task, the copy is skipped at the takeover).
-        Had it our answer, they run there instead of here: once all the same."""
-        taken, givers = self._from, self._givers
-        while taken and now - next(iter(taken.values()))[0] > GIVER_TTL:
-            taken.popitem(last=False)
-        ms = self.node.membership
-        dead = set()
-        for giver, at in list(givers.items()):
-            m = ms.member(giver)
-            if now - at > GIVER_TTL:
-                del givers[giver]
-            elif m is not None and m.state == MemberState.DEAD:
-                del givers[giver]           # (its tasks here are seen to now, once)
-                dead.add(giver)
-        if not dead:
-            return
-        gone: dict[str, set[str]] = {}
-        for tid, (_, giver) in taken.items():
-            if giver in dead:
-                gone.setdefault(giver, set()).add(tid)
-        node = self.node
-        pool, held = node.pool, node.ledger.held
-        for giver, ids in gone.items():
-            for tid in ids:
-                del taken[tid]
-            ids &= held.keys()
-            if not ids or node.stopping:
-                continue
-            # not started: waiting for its eta, or queued (one walk of the queues)
-            entries = [e for t in ids if t in pool.scheduled
-                       and (e := pool.remove(t)) is not None]
-            queued = [item[2] for q in (pool.squeue, pool.aqueue) for item in q
-                      if item[2].task_id in ids]
-            if queued:
-                pool.discard({id(e) for e in queued})
-            for e in self._to_backup_of(giver, entries + queued, GIVER_GONE_REASON):
-                pool.submit(e)
-
     def remember(self, task_ids: list[str], target: str, address: str, reason: str) -> None:
         """These tasks are held by node ``target`` (at ``address``) now: an owner sending
         one here within MOVED_TTL is answered MOVED."""
@@ -482,181 +370,7 @@ class Handoffs(Component):
         if self._moved:
             self._moved.pop(task_id, None)
 
-    # -- receiving --------------------------------------------------------------------
-    def on_handoff(self, msg: Handoff) -> None:
-        """Tasks from another node: hold them (journal, copy to our backup), then say so."""
-        node = self.node
-        if msg.source == node.name:
-            self._badlog.warning("refused a handoff from %r: not a member", msg.source[:100])
-            return
-        if msg.target_boot and msg.target_boot != node.boot:
-            # (answered even when the sender is not a member here yet: a node restarted
-            # under a new name gets at once what its peers queued for the killed one)
-            self._refuse_earlier(msg)
-            return
-        if node.membership.member(msg.source) is None:
-            if msg.target_boot == node.boot:
-                # meant for this process by a node that knows it, before this one has
-                # heard of that node (just started): not answered, so sent again
-                self._badlog.info("a handoff from %r waits: not a member here yet (it is "
-                                  "sent again)", msg.source[:100])
-            else:
-                self._badlog.warning("refused a handoff from %r: not a member", msg.source[:100])
-            return
-        accepted: list[str] = []
-        refused: dict[str, Any] = {}
-        new: list[str] = []
-        giver = node.membership.member(msg.source)
-        # (shed by a node that is leaving now: taken even in one copy, as at its stop)
-        shed = msg.reason == SHED_REASON and giver is not None and giver.state != MemberState.LEFT
-        shedder = getattr(node, "shedder", None)
-        if shed and shedder is not None and shedder.crossing(msg.source, time.time()):
-            # it shed to us as we shed to it (each saw the other idle): refused, so no
-            # task is swapped between two busy nodes (mesh/node/shedding.py)
-            log.info("refused %d shed task(s) from %s: %s", len(msg.tasks), msg.source,
-                     CROSS_REASON)
-            ids = [s.task_id for s in map(_submit_or_none, msg.tasks) if s is not None]
-            self._answers.append((msg.source_addr, encode(HandoffAck(
-                msg.batch, node.name, [], dict.fromkeys(ids, CROSS_REASON), node.address))))
-            node.front.schedule_flush()
-            return
-        if shed:
-            node.replicas.choice.refresh()   # (who is alive now: _take asks who copies)
-        for frame in msg.tasks:
-            try:
-                sub = decode(frame, node.config.max_message_size)
-            except DecodeError as e:
-                self._badlog.warning("a handed task from %s does not decode: %s", msg.source, e)
-                continue
-            if type(sub) is not Submit:
-                continue
-            why = self._take(sub, frame, shed)
-            if why is None:
-                accepted.append(sub.task_id)
-                if node.replicas.pending(sub.task_id):
-                    new.append(sub.task_id)
-            else:
-                refused[sub.task_id] = why
-        self.received += len(accepted)
-        answer = encode(HandoffAck(msg.batch, node.name, accepted, refused, node.address))
-        waiting = set(new)
-
-        def copied(tid: str) -> None:
-            waiting.discard(tid)
-            if not waiting:
-                self._answers.append((msg.source_addr, answer))
-                node.front.schedule_flush()
-        if not waiting:
-            copied("")
-        for tid in new:                 # answered once our backup has them too
-            node.replicas.after_copy(tid, functools.partial(copied, tid))
-        if accepted:
-            log.info("took %d task(s) from %s: %s", len(accepted), msg.source, msg.reason)
-            now = time.monotonic()
-            taken = self._from
-            for tid in accepted:
-                taken[tid] = (now, msg.source)
-                taken.move_to_end(tid)
-            self._givers[msg.source] = now
-            while len(taken) > MOVED_MAX:
-                taken.popitem(last=False)
-            self.nap.poke()
-            shedder = getattr(node, "shedder", None)
-            if shedder is not None and msg.reason == SHED_REASON:   # not straight back
-                shedder.took(msg.source, accepted, time.time())
-
-    def _refuse_earlier(self, msg: Handoff) -> None:
-        """A handoff queued for an earlier run at this address (killed, then restarted,
-        maybe under another name): all refused, so the sender takes its tasks back at
-        once; it gives them up or runs them itself."""
-        node = self.node
-        log.info("refused a handoff of %d task(s) from %s: it was sent to the previous "
-                 "process at this address", len(msg.tasks), msg.source[:100])
-        earlier = f"sent to a previous run at {node.address} (node {node.name} now)"
-        refused: dict[str, Any] = {}
-        for frame in msg.tasks:
-            handed = _submit_or_none(frame, node.config.max_message_size)
-            if handed is not None:
-                refused[handed.task_id] = earlier
-        self._answers.append((msg.source_addr, encode(HandoffAck(
-            msg.batch, node.name, [], refused, node.address))))
-        if node.membership.member(msg.source) is None:
-            self._strangers[msg.source_addr] = None
-            self._strangers.move_to_end(msg.source_addr)
-        node.front.schedule_flush()
-
-    def _forget_strangers(self) -> None:
-        """(After the answers are sent) close the sockets to the oldest non-members'
-        addresses past STRANGERS_MAX, unless a member is there now."""
-        if len(self._strangers) <= STRANGERS_MAX:
-            return
-        members = {m.address for m in self.node.membership.members()}
-        sockets = self.node.replicas.sockets
-        while len(self._strangers) > STRANGERS_MAX:
-            address, _ = self._strangers.popitem(last=False)
-            if address not in members:
-                sockets.forget(address)
-
-    def _take(self, msg: Submit, frame: bytes, shed: bool = False) -> str | None:
-        """Hold one handed task; None when held (or finished) here, else why not."""
-        node = self.node
-        ledger, tid = node.ledger, msg.task_id
-        if node.stopping:
-            return STOP_REASON
-        if tid in ledger.held:          # ours already; but if we are handing it away
-            for out in self._out.values():   # (to the node that sends it back: it shed it
-                mine = out.entries.pop(tid, None)   # before our handoff was answered), it
-                if mine is not None and not node.stopping:   # stays here: the answer to
-                    node.pool.submit(mine)   # ours must not make us forget it
-            for out in self._given_up.values():  # nor a late answer to one given up
-                out.entries.pop(tid, None)       # (its tasks are in our queue already)
-            return None
-        if tid in node.control.revoked:
-            return None                 # revoked: nothing to run
-        task = node.app.tasks.get(msg.name)
-        if task is None and msg.name != GROUP:    # (a group's coordinator is the node's)
-            return f"task {msg.name!r} is not registered on node {node.name}"
-        routing = getattr(node, "routing", None)
-        refusal = routing.refusal(msg) if routing is not None else None
-        if refusal is not None:          # another queue than ours
-            return str(refusal)
-        replicas = node.replicas
-        if shed and replicas.enabled and not replicas.choice.backup_now(tid, msg):
-            # taken, it would be held in one copy (here): we know no alive node to copy
-            # it to (the giver, the likeliest, merely suspected here under load), and the
-            # giver forgets it at our answer; killed then, we lose it (a loaded run:
-            # a task shed to a node killed at once stayed RECEIVED on the survivor)
-            return NO_BACKUP_REASON
-        # (back after a crash: ours now, whatever was said; its owner's link kept)
-        owner = node.reclaim.handed_here(tid)
-        journal, now = node.journal, time.time()
-        try:
-            if not journal.add(tid, owner, frame, now):
-                stored = journal.get(tid)
-                if stored is not None and stored.result is not None:
-                    return None         # finished here already
-                if node.spill.holds(tid):
-                    return None         # queued here already, on disk (mesh/node/spill.py)
-                journal.replace(tid, owner, frame, now)
-        except JournalError as e:
-            return f"node {node.name} cannot write its journal: {e}"
-        node.replicas.forget_copy(tid)     # we were its backup: it is ours now
-        limit = msg.time_limit or (task.options.time_limit if task else None) \
-            or node.config.time_limit
-        entry = Entry(tid, msg.name, owner, frame, msg.priority, msg.eta, msg.expires, limit,
-                      task.options.acks_late if task else True)
-        ledger.accept(entry, msg)
-        return None
-
-    # -- end of each loop pass, and the loop ------------------------------------------
-    def flush(self) -> None:
-        """Send the answers of this pass (the ledger has committed what they took)."""
-        if self._answers:
-            answers, self._answers = self._answers, []
-            for address, frame in answers:
-                self.node.replicas.sockets.send(address, frame)
-            self._forget_strangers()
-
+    # -- the loop ---------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
             # ticks while a handoff waits for its answer; the rest (what was moved or
@@ -730,18 +444,3 @@ class Handoffs(Component):
         return {"handed_off": self.handed, "taken_from_peers": self.received,
                 "handoffs_in_flight": len(self._out),
                 "shed_crossings": shedder.crossings if shedder is not None else 0}
-
-
-def _queue_of(routing: Any, entry: Entry) -> str:
-    """The queue a held task was routed to (its SUBMIT's header, else our routes)."""
-    msg = _submit_or_none(entry.frame)
-    return str(routing.queue_for(entry.name, msg.headers if msg is not None else None))
-
-
-def _submit_or_none(frame: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Submit | None:
-    """The SUBMIT ``frame`` holds, or None (it does not decode, or is something else)."""
-    try:
-        sub = decode(frame, max_size)
-    except DecodeError:
-        return None
-    return sub if type(sub) is Submit else None

@@ -3,9 +3,11 @@ on a second node, the task's *backup*, chosen by rendezvous hashing over the ali
 members (mesh/rendezvous.py). Then the loss of any one machine, for good, loses no
 accepted task and no result, even when the submitter exited long ago.
 
-(This module is the holder's side and the batching: its send, confirm and resend
-paths share one in-flight state per backup. Which node is a task's backup is
-mesh/node/backup_choice.py; the replies that wait for a copy's confirmation,
+(This module is the holder's side and the loop. The batching, whose send, confirm
+and resend paths share one in-flight state per backup, is mesh/node/replicas_send.py;
+backups checked against the membership (replaced when gone or restarted),
+mesh/node/replicas_members.py (both mixins of ``Replicas``). Which node is a task's
+backup is mesh/node/backup_choice.py; the replies that wait for a copy's confirmation,
 mesh/node/copy_gates.py (a mixin of ``Replicas``); a held task's copy moved to the
 node that ranks first for it now (a joiner, a peer back from a moment out),
 mesh/node/copy_back.py; what a backup keeps and does when a holder dies,
@@ -48,16 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import functools
 import itertools
-import logging
 import os
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from mesh.membership import MemberState
 from mesh.node.backup_choice import ALIVE_TTL as ALIVE_TTL  # (importable from here as before)
 from mesh.node.backup_choice import BackupChoice
 from mesh.node.component import Component
@@ -67,12 +66,13 @@ from mesh.node.copy_gates import COPY_TIMEOUT as COPY_TIMEOUT
 from mesh.node.copy_gates import GATE_STAMP as GATE_STAMP
 from mesh.node.copy_gates import CopyGates
 from mesh.node.disk_copies import DiskCopies
-from mesh.node.gossip import boot_of
 from mesh.node.ledger import Entry, _RateLimitedLog
 from mesh.node.naps import Nap
 from mesh.node.peers import PeerSockets, routing_id
+from mesh.node.replicas_members import SWEEP_EVERY, ReplicasMembers
+from mesh.node.replicas_send import ReplicasSend, _Batch, _Sent
 from mesh.security.text import safe_logger
-from mesh.wire.protocol import Replicate, ReplicateAck, Submit, encode
+from mesh.wire.protocol import Replicate, Submit
 
 if TYPE_CHECKING:
     from mesh.node.node import Node
@@ -81,39 +81,13 @@ log = safe_logger("mesh.replicas")
 
 COPY_DELAY = 0.002       # s a held task waits before its copy is sent (if it finishes
                          # sooner, its result is sent instead: most tasks are short)
-RESEND_AFTER = 0.5       # s before an unconfirmed REPLICATE is sent again
-COPY_STALL = 10.0        # s a backup not dead may confirm nothing before the results
-                         # it has not confirmed stop being sent again (one copy for now)
 TICK = 0.1               # s between checks of unconfirmed copies
 MEMBERS_EVERY = 1.0      # s between checks of backups and holders against membership
-SWEEP_EVERY = 10.0       # s between closing the data sockets of peers membership forgot
-SWEEP_FLOOR = 0.5        # ... at least (a short --dead-node-reclaim)
 DATA_HWM = 10_000        # frames queued per peer for handoff and replication
-BATCH_BYTES = 4 * 1024 * 1024   # bytes of frames in one REPLICATE at most (well under
-                                # the message size limit)
 SETTLE_STEP = 0.02
 
 
-@dataclasses.dataclass
-class _Batch:
-    """What goes to one backup in its next REPLICATE."""
-    tasks: dict[str, bytes] = dataclasses.field(default_factory=dict)
-    results: dict[str, tuple[str, bytes]] = dataclasses.field(default_factory=dict)
-    # id -> the node it was handed to ("": not handed on; Replicate.handed_to)
-    drop: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.tasks or self.results or self.drop)
-
-
-@dataclasses.dataclass
-class _Sent:
-    backup: str
-    batch: _Batch
-    at: float
-
-
-class Replicas(CopyGates, Component):
+class Replicas(ReplicasSend, ReplicasMembers, CopyGates, Component):
     """The second copy of held tasks and results; the backup's takeover."""
 
     name = "replicas"
@@ -379,99 +353,6 @@ class Replicas(CopyGates, Component):
             self.node.front.schedule_flush()
         return batch
 
-    # -- sending (end of each loop pass, after the ledger's commit) -------------------
-    def flush(self) -> None:
-        """Send this pass's REPLICATEs.
-
-        (The backup acknowledges copies once written, in Copies.on_replicate, and
-        commits them with the ledger's next commit (within RESULT_COMMIT_DELAY, 2 ms,
-        or with the intakes of this pass), as results are: losing an acknowledged copy
-        takes its holder and the backup dying within those milliseconds. Committing
-        before each acknowledgement cost a sqlite commit per copy batch, a fifth of
-        the mesh's throughput.)"""
-        if self._out:
-            busy = self._busy
-            for backup in [b for b in self._out if b not in busy]:
-                batch = self._out.pop(backup)
-                if batch:
-                    self._send(backup, batch)
-
-    def _send(self, backup: str, batch: _Batch) -> None:
-        node = self.node
-        member = node.membership.member(backup)
-        if member is None or member.state != MemberState.ALIVE:
-            self._reroute(backup, batch)
-            return
-        self._unconfirmed_since.setdefault(backup, time.monotonic())
-        for part in _split(batch):
-            bid = self._prefix + str(next(self._ids))
-            results = part.results
-            drop = sorted(part.drop)
-            handed_to = [part.drop[t] for t in drop]
-            msg = Replicate(bid, node.name, node.address, list(part.tasks), list(part.tasks.values()),
-                            list(results), [r[0] for r in results.values()],
-                            [r[1] for r in results.values()], drop,
-                            handed_to if any(handed_to) else [])
-            self._sent[bid] = _Sent(backup, part, time.monotonic())
-            self.nap.poke()
-            self._busy[backup] = bid
-            self._boot_of.setdefault(backup, boot_of(member.meta))
-            self.copies_sent += len(part.tasks)
-            self.sockets.send(member.address, encode(msg))
-
-    def _reroute(self, backup: str, batch: _Batch) -> None:
-        """A batch for a backup that is gone: its copies and results go to the tasks'
-        new backups; its drops wait until it is alive again (moot if it never is)."""
-        if batch.drop:
-            self._parked.setdefault(backup, {}).update(batch.drop)
-        for tid, frame in batch.tasks.items():
-            entry = self.node.ledger.held.get(tid)
-            if entry is not None:
-                new = self.choice.choose(tid, entry)
-                self._track(entry, new)
-                if new:
-                    self._queue(new).tasks[tid] = frame
-                else:
-                    self._open(tid)            # nobody to copy to: one copy for now
-        moved: dict[str, list[str]] = {}
-        now = time.monotonic()
-        stalled: dict[str, dict[str, tuple[str, bytes]]] = {}
-        for tid, result in batch.results.items():
-            new = self.choice.choose(tid)
-            if new and self._is_stalled(new, now):
-                stalled.setdefault(new, {})[tid] = result    # (the journal names it)
-            elif new:
-                self._queue(new).results[tid] = result
-            else:
-                self._open(tid)
-            moved.setdefault(new, []).append(tid)
-        for new, results in stalled.items():
-            self._stalled(new, results, now)
-        if moved:
-            self.copies.results_moved(moved)
-
-    def on_ack(self, msg: ReplicateAck) -> None:
-        sent = self._sent.get(msg.batch)
-        if sent is None or sent.backup != msg.node:
-            return
-        del self._sent[msg.batch]
-        self._unconfirmed_since.pop(sent.backup, None)
-        if self._busy.get(sent.backup) == msg.batch:
-            del self._busy[sent.backup]
-            if sent.backup in self._out:
-                self.node.front.schedule_flush()     # the next batch for it goes now
-        self.copies_confirmed += len(sent.batch.tasks)
-        for tid in sent.batch.tasks:
-            if tid not in self._result_wait:       # (its result is on the way: wait for it)
-                self._open(tid)
-        for tid in sent.batch.results:
-            self._result_wait.discard(tid)
-            self._open(tid)
-        if self.disk_copies.inflight:
-            self.disk_copies.confirmed(sent.backup, sent.batch.tasks)
-        if self.back.moving:
-            self.back.confirmed(sent.backup, list(sent.batch.tasks))
-
     # -- backup side (mesh/node/copies.py) --------------------------------------------
     def on_replicate(self, msg: Replicate) -> None:
         self.copies.on_replicate(msg)
@@ -516,179 +397,6 @@ class Replicas(CopyGates, Component):
         return bool(self._sent or self.copies.working() or d.inflight or d.walking
                     or self.back.working())
 
-    def _resend(self, now: float) -> None:
-        due = [b for b, s in self._sent.items() if now - s.at > RESEND_AFTER]
-        for bid in due:
-            sent = self._sent.pop(bid)
-            if self._busy.get(sent.backup) == bid:
-                del self._busy[sent.backup]
-            member = self.node.membership.member(sent.backup)
-            if member is not None and member.state == MemberState.ALIVE:
-                batch = self._queue(sent.backup)        # same backup, again
-                held = self.node.ledger.held
-                for tid, frame in sent.batch.tasks.items():
-                    entry = held.get(tid)
-                    if entry is not None and entry.backup == sent.backup:
-                        batch.tasks.setdefault(tid, frame)
-                if self._is_stalled(sent.backup, now):
-                    self._stalled(sent.backup, sent.batch.results, now)
-                else:
-                    for tid, result in sent.batch.results.items():
-                        batch.results.setdefault(tid, result)
-                for tid, to in sent.batch.drop.items():
-                    batch.drop.setdefault(tid, to)      # (a newer drop of it says more)
-            else:
-                self._reroute(sent.backup, sent.batch)
-        if due:
-            # (its backup is free again: what was queued for it meanwhile, in a batch
-            # _queue had made while this one was in flight, goes now, as on_ack does;
-            # before, it waited for some other flush, for ever on an idle node)
-            self.node.front.schedule_flush()
-
-    def unconfirmed_results(self) -> int:
-        """Results in memory for their backups, not confirmed yet (to send or sent)."""
-        return sum(len(b.results) for b in self._out.values()) + \
-            sum(len(s.batch.results) for s in self._sent.values())
-
-    def _forget_stalls(self) -> None:
-        """The time since a backup last confirmed is kept while it is alive or suspected
-        (a member that answers probes now and then but never confirms a copy, as the
-        hostile soak's made-up ones did, flickers between the two: a stall counted from
-        each return to alive never came, and its results went round, kept in memory,
-        for ever); forgotten once it is dead, left or unknown (back later, it starts
-        afresh)."""
-        ms = self.node.membership
-        for b in list(self._unconfirmed_since):
-            m = ms.member(b)
-            if m is None or m.state not in (MemberState.ALIVE, MemberState.SUSPECT):
-                del self._unconfirmed_since[b]
-
-    def _is_stalled(self, backup: str, now: float) -> bool:
-        """``backup`` has confirmed no copy for COPY_STALL (while alive or suspected)."""
-        return now - self._unconfirmed_since.get(backup, now) > COPY_STALL
-
-    def _stalled(self, backup: str, results: dict[str, tuple[str, bytes]], now: float) -> None:
-        """``backup`` has confirmed no copy for COPY_STALL: the results it did not
-        confirm are not sent again (nor kept for it), also when they come back to it
-        from a reroute (it was suspected a moment). They stay in one copy
-        here; the journal names ``backup`` as their other copy, so its departure
-        copies them to another node (Copies.note_departures). Replies waiting for
-        them go now. (Held tasks are still sent again: they are held anyway.)"""
-        if not results:
-            return
-        self.results_given_up += len(results)
-        for tid in results:
-            self._open(tid)
-        self._stall_log.warning(
-            "backup %s, not dead, confirmed no copy for %.0f s: %d result(s) it did not "
-            "confirm stay in one copy here (copied to another node if it goes)",
-            backup, now - self._unconfirmed_since.get(backup, now), len(results))
-
-    def check_members(self, now: float) -> None:
-        """Backups that are gone are replaced; holders that are gone are taken over."""
-        if not self.started:
-            return
-        node = self.node
-        ms = node.membership
-        if self.enabled:
-            self._say_copies()
-            self._forget_stalls()
-            alive = set(self.choice.alive_ids())
-            self.copies.note_departures(alive)
-            boots = {m.id: boot_of(m.meta) for m in ms.alive_members(include_self=False)}
-            restarted = {b for b, boot in self._boot_of.items() if b in boots and boots[b] != boot}
-            for b in restarted:           # copies are kept in memory: a restarted backup
-                del self._boot_of[b]      # has none of them any more
-            self.disk_copies.check(alive, restarted,    # nor of the tasks on disk
-                                   self.choice.missed)
-            # tasks held with one copy ("") look for a backup only when some node is
-            # alive: alone, that would walk every held task each second for nothing
-            gone = {b for b in self.per_backup
-                    if (b not in alive and (b or alive)) or b in restarted}
-            if gone:
-                self._rebackup(gone, restarted, bool(alive))
-            self.back.check(alive)
-            if self._parked:
-                self._unpark(restarted)
-        self.copies.check_holders(now)
-
-    def _rebackup(self, gone: set[str], restarted: set[str], alive: bool) -> None:
-        """The held tasks whose backup is in ``gone`` get a new one (one walk of the
-        held tasks: a backup is gone seldom)."""
-        moved: dict[str, int] = {}
-        chosen: set[str] = set()
-        for tid, entry in list(self.node.ledger.held.items()):
-            old = entry.backup
-            if old is None or old not in gone:
-                continue
-            moved[old] = moved.get(old, 0) + 1
-            new = self.choice.choose(tid, entry)
-            self._track(entry, new)
-            if old and new and old not in restarted and new != old:
-                # a backup merely suspected comes back with its copy: dropped then, else
-                # it runs the task again when this node is declared dead later, though
-                # the task finished here long before (its result went to the new backup).
-                # (Not when none replaced it: it gets the task again when it is back.)
-                self._parked.setdefault(old, {})[tid] = ""   # (held here: not handed on)
-            chosen.add(new)
-            if new:
-                self._queue(new).tasks[tid] = entry.frame
-        for backup in gone:
-            if backup not in chosen:     # none left (a count of tasks no longer held goes)
-                self.per_backup.pop(backup, None)
-            n = moved.get(backup, 0)
-            if n and alive:
-                log.info("%s: copying %d task(s) to their backups now", "tasks held with "
-                         "one copy" if not backup else f"backup {backup} restarted"
-                         if backup in restarted else f"backup {backup} is gone", n)
-
-    def _unpark(self, restarted: set[str]) -> None:
-        """Drops for backups that were replaced go to those alive again (not for a copy
-        they keep as the task's backup now: ``CopyBack.check`` ran first); those gone for
-        good, or restarted (their copies went with their memory), are forgotten."""
-        ms, held, journal = self.node.membership, self.node.ledger.held, self.node.journal
-        for b in list(self._parked):
-            m = ms.member(b)
-            if m is None or m.state == MemberState.LEFT or b in restarted:
-                del self._parked[b]
-            elif m.state == MemberState.ALIVE:
-                ids = self._parked.pop(b)
-                # not one waiting on this node's disk now (it is out of ``held`` there,
-                # and its copy may be the one b keeps for it: kept, at worst one copy
-                # too many, never one too few)
-                drop = {t: to for t, to in ids.items() if (e := held.get(t)) is not None
-                        and e.backup != b or e is None and journal.on_disk(t) is None}
-                if drop:
-                    batch = self._queue(b)
-                    for tid, to in drop.items():
-                        batch.drop.setdefault(tid, to)     # (a newer drop of it says more)
-
-    def _sweep_every(self) -> float:
-        """SWEEP_EVERY, or half of a shorter dead_node_reclaim (at least SWEEP_FLOOR)."""
-        reclaim = self.node.membership.config.dead_node_reclaim
-        return max(SWEEP_FLOOR, min(SWEEP_EVERY, reclaim / 2))
-
-    def sweep(self) -> int:
-        """Close the handoff/copy sockets of peers membership no longer knows (churn
-        must not grow file descriptors for ever); how many."""
-        known = {m.address for m in self.node.membership.members()}
-        gone = [a for a in self.sockets.socks if a not in known]
-        for address in gone:
-            self.sockets.forget(address)
-        return len(gone)
-
-    def _say_copies(self, first: bool = False) -> None:
-        alone = not self.choice.alive_ids()
-        if alone == self._alone:
-            return
-        self._alone = alone
-        if alone:
-            log.log(logging.INFO if first else logging.WARNING,
-                    "no other node is alive%s: tasks and results are kept in one copy (on "
-                    "this node) until another node joins", " yet" if first else "")
-        else:
-            log.info("tasks and results are kept in two copies: this node and a backup node")
-
     def status(self) -> dict[str, Any]:
         return {"replicas": 2 if self.enabled else 1, "copies_kept": self.copies.in_memory() + self.copies.on_disk,
                 "copies_on_disk": self.copies.on_disk, "copies_kept_for": self.copies.per_holder(),
@@ -704,28 +412,3 @@ class Replicas(CopyGates, Component):
                 # (dead holders' copies that another live holder keeps too: takeover.py)
                 "copies_waiting_for_a_drop": sum(len(w) for w in self.copies.waiting.values()),
                 **self.disk_copies.status()}
-
-
-def _split(batch: _Batch) -> list[_Batch]:
-    """A batch in parts of at most BATCH_BYTES of frames each."""
-    size = sum(len(f) for f in batch.tasks.values()) + \
-        sum(len(r[1]) for r in batch.results.values())
-    if size <= BATCH_BYTES:
-        return [batch]
-    parts: list[_Batch] = []
-    cur, n = _Batch(drop=dict(batch.drop)), 0
-    for tid, frame in batch.tasks.items():
-        if n and n + len(frame) > BATCH_BYTES:
-            parts.append(cur)
-            cur, n = _Batch(), 0
-        cur.tasks[tid] = frame
-        n += len(frame)
-    for tid, result in batch.results.items():
-        if n and n + len(result[1]) > BATCH_BYTES:
-            parts.append(cur)
-            cur, n = _Batch(), 0
-        cur.results[tid] = result
-        n += len(result[1])
-    parts.append(cur)
-    return parts
-

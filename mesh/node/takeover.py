@@ -368,7 +368,7 @@ class Takeover:
         """Copy up to REPAIR_CHUNK results per gone peer to their new backups, while
         fewer than REPAIR_CHUNK results wait for a backup's confirmation: a new backup
         that confirms nothing is not sent every result of the journal at once, kept
-        in memory until it is found stalled (replicas.COPY_STALL; the hostile soak's
+        in memory until it is found stalled (replicas_send.COPY_STALL; the hostile soak's
         node sent 39,786 at once to a made-up member just alive, and its RSS kept
         the high-water mark of each such wave)."""
         journal = self.node.journal

@@ -140,13 +140,13 @@ def test_handoffs_for_an_earlier_run_from_strangers_keep_no_socket_open_for_each
     the address the sender names. From senders no member is, a socket per address
     named must not be kept for ever (every one a file descriptor, reconnecting every
     2 s): a stream of them with made-up addresses would use up the node's fds."""
-    from mesh.node import handoff
+    from mesh.node import handoff_take
     from mesh.wire.protocol import Handoff
 
     async def main() -> None:
         async with holder_and_backup("kept-5") as (_h, b, to_b):
             before = len(b.replicas.sockets.socks)
-            n = handoff.STRANGERS_MAX + 40
+            n = handoff_take.STRANGERS_MAX + 40
             for i in range(n):
                 await to_b.send(encode(Handoff(f"batch-{i}", f"stranger-{i}",
                                                f"tcp://127.0.0.1:{20000 + i}", [], "",
@@ -156,7 +156,7 @@ def test_handoffs_for_an_earlier_run_from_strangers_keep_no_socket_open_for_each
             await until(lambda: any(a.endswith(f":{20000 + n - 1}") for a in b.replicas.sockets.socks)
                         or b.replicas.sockets.dropped, "the last refusal to be sent")
             opened = len(b.replicas.sockets.socks) - before
-            assert opened <= handoff.STRANGERS_MAX, opened
+            assert opened <= handoff_take.STRANGERS_MAX, opened
     run(main())
 
 

@@ -1,6 +1,6 @@
 """A backup alive to membership that confirms no copy (a made-up member kept alive by
 gossip, a broken data path) does not make its holder keep every result for it in
-memory for ever (mesh/node/replicas.py, COPY_STALL). The hostile soak
+memory for ever (mesh/node/replicas_send.py, COPY_STALL). The hostile soak
 (tests/integration/test_e2e_hostile.py) saw it: a made-up member stayed alive, every
 real result was resent to it twice a second, and the node grew by ~1 KiB per task
 run (33 MiB in 300 s)."""
@@ -19,7 +19,7 @@ import zmq.asyncio
 from test_node_inprocess import app, dealer, frames_until, submit, until
 
 from mesh.membership import MemberState
-from mesh.node import copy_gates, replicas, shedding, takeover
+from mesh.node import copy_gates, replicas_send, shedding, takeover
 from mesh.node.node import Node
 from mesh.testing import running_node
 from mesh.testing.node import crash
@@ -106,7 +106,7 @@ def test_results_an_alive_backup_never_confirms_are_not_kept_for_it_for_ever(
     node. A backup that confirms keeps getting its copies."""
     # no stall until the holder's copies see it flicker (a fixed COPY_STALL of 3 s
     # could pass before, on a loaded machine: 60 tasks and their replies took longer)
-    monkeypatch.setattr(replicas, "COPY_STALL", 1000.0)
+    monkeypatch.setattr(replicas_send, "COPY_STALL", 1000.0)
 
     async def main() -> None:
         async with three(60) as (h, s, o, to_h):
@@ -119,7 +119,7 @@ def test_results_an_alive_backup_never_confirms_are_not_kept_for_it_for_ever(
             assert _kept_for(h, "silent") == silent            # (the replies went: COPY_TIMEOUT)
             # the stall comes 3 s from now, counted from silent's first unconfirmed copy
             since = h.replicas._unconfirmed_since["silent"]
-            monkeypatch.setattr(replicas, "COPY_STALL", time.monotonic() - since + 3 * STALL)
+            monkeypatch.setattr(replicas_send, "COPY_STALL", time.monotonic() - since + 3 * STALL)
             await until(lambda: not _kept_for(h, "silent"), "the silent backup's results to go",
                         timeout=3 * STALL + 5)
             view[0].flicker = False
@@ -149,7 +149,7 @@ def test_results_copied_again_wait_for_the_last_ones_to_be_confirmed(monkeypatch
     confirmation: to a backup that confirms nothing, not every result of the journal
     at once (the hostile soak's node sent 39,786 to a made-up member just alive,
     and kept them in memory until it was found stalled)."""
-    monkeypatch.setattr(replicas, "COPY_STALL", STALL)
+    monkeypatch.setattr(replicas_send, "COPY_STALL", STALL)
     monkeypatch.setattr(takeover, "REPAIR_CHUNK", 5)
 
     async def main() -> None:
@@ -179,7 +179,7 @@ def test_a_batch_queued_while_one_was_in_flight_goes_when_that_one_is_resent(
     reply): on an idle holder, for ever, neither resent nor found stalled (seen as 30
     results stuck for silent in ``three``, under load: replies had gone)."""
     monkeypatch.setattr(copy_gates, "COPY_TIMEOUT", 0.05)     # replies go: nothing else flushes
-    monkeypatch.setattr(replicas, "RESEND_AFTER", 1000.0)   # (until both are where they must be)
+    monkeypatch.setattr(replicas_send, "RESEND_AFTER", 1000.0)   # (until both are where they must be)
 
     async def main() -> None:
         async with running_node(app, name="holder") as h, \
@@ -196,7 +196,7 @@ def test_a_batch_queued_while_one_was_in_flight_goes_when_that_one_is_resent(
             await frames_until(to_h, lambda got: any(isinstance(m, Result) for m in got))
             await until(lambda: not r.gates and not h.front.flush_pending, "the node to be idle")
             assert set(r._out["silent"].results) == {"t2"}        # (behind t1's batch)
-            monkeypatch.setattr(replicas, "RESEND_AFTER", 0.2)
+            monkeypatch.setattr(replicas_send, "RESEND_AFTER", 0.2)
             await until(lambda: "silent" not in r._out, "the queued batch to be sent", timeout=5)
             assert set(r._sent[r._busy["silent"]].batch.results) == {"t1", "t2"}   # (sent together)
 
