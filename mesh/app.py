@@ -16,6 +16,7 @@ from mesh import shared, signals
 from mesh.conf import Settings
 from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
+from mesh.einfo import raised_at
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.loader import Discovery
 from mesh.node.component import Components
@@ -193,7 +194,9 @@ class Mesh:
                 if silent:
                     return {}
                 raise
-        self.conf.add_source(what, load, force=force)
+        prefix = namespace.rstrip("_").upper() + "_" if namespace else ""
+        self.conf.add_source(what, load, force=force,
+                             spell=(lambda name: prefix + name.upper()) if prefix else None)
 
     def config_from_envvar(self, variable_name: str, silent: bool = False,
                            force: bool = False) -> bool:
@@ -219,7 +222,7 @@ class Mesh:
                     raise
                 except Exception as e:
                     raise ConfigError(f"cannot import {name!r} (from the imports/include "
-                                      f"settings): {type(e).__name__}: {e}") from e
+                                      f"settings): {type(e).__name__}: {e}{raised_at(e)}") from e
         return names
 
     # -- registry ---------------------------------------------------------------------

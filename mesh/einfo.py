@@ -44,3 +44,19 @@ class ExceptionInfo:
 
     def __repr__(self) -> str:
         return f"<ExceptionInfo: {self.exception!r}>"
+
+
+def raised_at(e: BaseException) -> str:
+    """`` (at FILE line N)``: the innermost line of the app's own code in ``e``'s
+    traceback (not the interpreter's, installed packages' or mesh's), where an
+    exception at import (a bad setting read, a missing dependency) comes from; ""
+    when there is none (a SyntaxError says where itself)."""
+    import os
+    outside = [os.path.join(os.path.realpath(p), "") for p in
+               {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                os.path.dirname(os.path.abspath(__file__))}]
+    for frame in reversed(_traceback.extract_tb(e.__traceback__)):
+        path = frame.filename
+        if not path.startswith("<") and not os.path.realpath(path).startswith(tuple(outside)):
+            return f" (at {path} line {frame.lineno})"
+    return ""

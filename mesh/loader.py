@@ -69,3 +69,22 @@ class Discovery:
                     self._requests.pop(0)
             finally:
                 self._running = False
+
+
+def discover_tasks(app: "Mesh") -> None:
+    """Run ``app``'s pending ``autodiscover_tasks`` imports now (meshnode, as it
+    starts): a tasks module whose own code raises (a setting read, a missing
+    dependency), or a package that is not there, is a ConfigError saying what and
+    where, one line for the command to print instead of a traceback through mesh."""
+    from mesh.einfo import raised_at
+    from mesh.exceptions import ConfigError
+    try:
+        _ = app.tasks          # reading them runs the pending imports
+    except ConfigError:
+        raise
+    except Exception as e:
+        at = raised_at(e)
+        if not at and not isinstance(e, ImportError):
+            raise                       # not the app's code: mesh's own, keep the traceback
+        raise ConfigError(f"autodiscover_tasks(): cannot import the tasks modules: "
+                          f"{type(e).__name__}: {e}{at}") from e

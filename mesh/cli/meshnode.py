@@ -12,6 +12,7 @@ import click
 from mesh.cli import worker_habits
 from mesh.cli.common import EXIT_OK, EXIT_START, EXIT_USAGE, die, load_app, run_cli
 from mesh.exceptions import ConfigError
+from mesh.loader import discover_tasks
 from mesh.security.text import safe_logger
 
 LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
@@ -185,6 +186,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         app.origin = where
         try:
             app.import_modules()           # the settings imports and include: more tasks
+            discover_tasks(app)            # autodiscover_tasks(): a module that raises says where
             signals.import_modules.send(sender=app)
             config = Config.build(
                 defaults=app.conf.node_options(),   # what the app's code set; flags win

@@ -1,0 +1,102 @@
+"""A new user's mistakes, as session 22's trial made them (a Celery project moved over,
+a Django site): each is one line on stderr saying what and where, exit 2, never a
+traceback through mesh. Real meshnode processes on code written to tmp_path."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from harness import MESHNODE, clean_env, free_port, run_program
+
+from mesh.cli.common import EXIT_USAGE
+
+APP = """\
+from mesh import Mesh as Celery
+
+app = Celery("trial", include=[{include}])
+app.config_from_object("trial_settings", namespace="CELERY")
+{extra}
+"""
+
+
+def _start(tmp_path: Path, files: dict[str, str], env: dict[str, str] | None = None) -> str:
+    """meshnode -A trial_app on those files; the one line it printed, exit 2."""
+    code = tmp_path / "code"
+    for name, text in files.items():
+        (code / name).parent.mkdir(parents=True, exist_ok=True)
+        (code / name).write_text(text)
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(code), clean_env()["PYTHONPATH"]]),
+                    **(env or {}))
+    p = run_program(MESHNODE, "-A", "trial_app", "--bind", f"tcp://127.0.0.1:{free_port()}",
+                    "--no-mdns", "--data-dir", str(tmp_path / "data"), env=env)
+    assert p.returncode == EXIT_USAGE, p
+    lines = p.stderr.strip().splitlines()
+    assert "Traceback" not in p.stderr and len(lines) == 1, p.stderr
+    assert lines[0].startswith("meshnode: error: "), lines[0]
+    return lines[0]
+
+
+def _files(settings: str = "", include: str = "'trial_tasks'", extra: str = "",
+           tasks: str = "") -> dict[str, str]:
+    return {"trial_app.py": APP.format(include=include, extra=extra),
+            "trial_settings.py": "CELERY_TIMEZONE = 'UTC'\n" + settings,
+            "trial_tasks.py": "from trial_app import app\n\n@app.task\ndef add(x, y):\n"
+                              "    return x + y\n" + tasks}
+
+
+def test_a_misspelt_namespaced_setting_is_named_as_written_with_its_source(tmp_path: Path) -> None:
+    """CELERY_TASK_ACKS_LAET in a CELERY-namespaced module said "unknown setting
+    'task_acks_laet'", a name found nowhere in the user's files, and not where it came from."""
+    line = _start(tmp_path, _files(settings="CELERY_TASK_ACKS_LAET = True\n"))
+    assert "config_from_object('trial_settings', namespace='CELERY')" in line, line
+    assert "CELERY_TASK_ACKS_LAET" in line and "did you mean CELERY_TASK_ACKS_LATE?" in line, line
+
+
+def test_a_bad_namespaced_value_names_the_setting_as_written(tmp_path: Path) -> None:
+    line = _start(tmp_path, _files(settings="CELERY_TASK_ACKS_LATE = 'yes please'\n"))
+    assert "namespace='CELERY'): CELERY_TASK_ACKS_LATE: task_acks_late must be" in line, line
+
+
+def test_settings_that_raise_say_where(tmp_path: Path) -> None:
+    """Django's settings.py reading a variable that is not set (a KeyError as the settings
+    are read) was a traceback through mesh's conf and Django's lazy settings."""
+    files = _files(settings="import os\n\nSECRET = os.environ['TRIAL_NOT_SET']\n")
+    line = _start(tmp_path, files)
+    assert "config_from_object('trial_settings', namespace='CELERY'): KeyError: 'TRIAL_NOT_SET'" in line
+    assert f"(at {tmp_path / 'code' / 'trial_settings.py'} line 4)" in line, line
+
+
+@pytest.mark.parametrize("tasks, words, lineno", [
+    pytest.param("import os\nKEY = os.environ['TRIAL_NOT_SET']\n", "KeyError: 'TRIAL_NOT_SET'", 7,
+                 id="raises"),
+    pytest.param("import trial_no_such_dependency\n",
+                 "No module named 'trial_no_such_dependency'", 6, id="missing dependency"),
+])
+def test_an_included_tasks_module_that_fails_to_import_says_where(
+        tmp_path: Path, tasks: str, words: str, lineno: int) -> None:
+    """include=['proj.tasks'] whose module raised said "cannot import 'proj.tasks':
+    KeyError: ..." without the file and line (the -A module itself said them)."""
+    line = _start(tmp_path, _files(tasks=tasks))
+    assert "cannot import 'trial_tasks'" in line and words in line, line
+    assert f"(at {tmp_path / 'code' / 'trial_tasks.py'} line {lineno})" in line, line
+
+
+def test_an_autodiscovered_tasks_module_that_raises_says_where(tmp_path: Path) -> None:
+    """app.autodiscover_tasks() (Django's way) whose tasks module raised was a
+    traceback through meshnode, click and importlib."""
+    files = _files(include="", extra="app.autodiscover_tasks(['trial_pkg'])\n")
+    files["trial_pkg/__init__.py"] = ""
+    files["trial_pkg/tasks.py"] = "import os\n\nKEY = os.environ['TRIAL_NOT_SET']\n"
+    line = _start(tmp_path, files)
+    assert "autodiscover_tasks()" in line and "KeyError: 'TRIAL_NOT_SET'" in line, line
+    assert f"(at {tmp_path / 'code' / 'trial_pkg' / 'tasks.py'} line 3)" in line, line
+
+
+def test_mesh_peers_without_tcp_names_the_variable_and_the_fix(tmp_path: Path) -> None:
+    """MESH_PEERS=127.0.0.1:7700 (host:port, as Redis URLs taught) said only "endpoint
+    '127.0.0.1:7700' must look like tcp://HOST:PORT": not which variable, nor the fix."""
+    port = free_port()
+    line = _start(tmp_path, _files(), env={"MESH_PEERS": f"127.0.0.1:{port}"})
+    assert line.startswith(f"meshnode: error: MESH_PEERS: endpoint '127.0.0.1:{port}'"), line
+    assert f"(did you mean 'tcp://127.0.0.1:{port}'?)" in line, line
