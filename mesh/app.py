@@ -16,7 +16,7 @@ from mesh import shared, signals
 from mesh.conf import Settings
 from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
-from mesh.einfo import raised_at
+from mesh.einfo import failure_text
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.loader import Discovery
 from mesh.node.component import Components
@@ -222,7 +222,7 @@ class Mesh:
                     raise
                 except Exception as e:
                     raise ConfigError(f"cannot import {name!r} (from the imports/include "
-                                      f"settings): {type(e).__name__}: {e}{raised_at(e)}") from e
+                                      f"settings): {failure_text(e)}") from e
         return names
 
     # -- registry ---------------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from mesh.conf_names import FIXED, NOT_USED, NOT_USED_PREFIXES, NOT_YET
-from mesh.einfo import raised_at
+from mesh.einfo import failure_text
 from mesh.exceptions import ConfigError
 from mesh.security.text import MULTILINE, printable, safe_logger
 
@@ -339,7 +339,7 @@ class Settings(MutableMapping[str, Any]):
             except ConfigError as e:
                 raise ConfigError(f"{what}: {e}") from None
             except Exception as e:     # the settings' own code (Django's settings.py) raised
-                raise ConfigError(f"{what}: {type(e).__name__}: {e}{raised_at(e)}") from e
+                raise ConfigError(f"{what}: {failure_text(e)}") from e
             checked = self._checked(values, what, spell)
             self._sourced.update(checked)
             self._bump(checked)

@@ -76,7 +76,7 @@ def discover_tasks(app: "Mesh") -> None:
     starts): a tasks module whose own code raises (a setting read, a missing
     dependency), or a package that is not there, is a ConfigError saying what and
     where, one line for the command to print instead of a traceback through mesh."""
-    from mesh.einfo import raised_at
+    from mesh.einfo import failure_text, raised_at
     from mesh.exceptions import ConfigError
     try:
         _ = app.tasks          # reading them runs the pending imports
@@ -86,5 +86,4 @@ def discover_tasks(app: "Mesh") -> None:
         at = raised_at(e)
         if not at and not isinstance(e, ImportError):
             raise                       # not the app's code: mesh's own, keep the traceback
-        raise ConfigError(f"autodiscover_tasks(): cannot import the tasks modules: "
-                          f"{type(e).__name__}: {e}{at}") from e
+        raise ConfigError(f"autodiscover_tasks(): {failure_text(e)}") from e

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from mesh.einfo import raised_at
+from mesh.einfo import failure_text
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -98,14 +98,12 @@ def _import(module_name: str) -> ModuleType | None:
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
             return None
-        raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}"
-                          f"{raised_at(e)}") from None
+        raise LookupError(f"cannot import {module_name!r}: {failure_text(e)}") from None
     except Exception as e:
         from mesh.exceptions import ConfigError
         if isinstance(e, ConfigError):
             raise AppConfigError(f"{e} (while importing the app's module {module_name!r})") from None
-        raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}"
-                          f"{raised_at(e)}") from None
+        raise LookupError(f"cannot import {module_name!r}: {failure_text(e)}") from None
 
 
 def find_app(spec: str) -> tuple[Any, str]:

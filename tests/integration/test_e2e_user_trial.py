@@ -3,6 +3,7 @@ a Django site): each is one line on stderr saying what and where, exit 2, never 
 traceback through mesh. Real meshnode processes on code written to tmp_path."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -100,3 +101,14 @@ def test_mesh_peers_without_tcp_names_the_variable_and_the_fix(tmp_path: Path) -
     line = _start(tmp_path, _files(), env={"MESH_PEERS": f"127.0.0.1:{port}"})
     assert line.startswith(f"meshnode: error: MESH_PEERS: endpoint '127.0.0.1:{port}'"), line
     assert f"(did you mean 'tcp://127.0.0.1:{port}'?)" in line, line
+
+
+@pytest.mark.skipif(importlib.util.find_spec("celery") is not None, reason="Celery is installed here")
+def test_a_celery_import_left_behind_says_what_to_change(tmp_path: Path) -> None:
+    """One `from celery import shared_task` left in a moved tasks module said only
+    "No module named 'celery'"; now the file and line, and that mesh has the names."""
+    line = _start(tmp_path, _files(tasks="from celery import shared_task\n"))
+    assert "No module named 'celery'" in line, line
+    assert f"(at {tmp_path / 'code' / 'trial_tasks.py'} line 6)" in line, line
+    assert "from mesh import Mesh as Celery, shared_task" in line, line
+    assert "docs/migrating-from-celery.md" in line, line
