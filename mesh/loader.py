@@ -80,8 +80,11 @@ def discover_tasks(app: "Mesh") -> None:
     from mesh.exceptions import ConfigError
     try:
         _ = app.tasks          # reading them runs the pending imports
-    except ConfigError:
-        raise
+    except ConfigError as e:    # a module's own (a misspelt task option): say where
+        at = raised_at(e)
+        if not at:
+            raise
+        raise ConfigError(f"autodiscover_tasks(): {e}{at}") from e
     except Exception as e:
         at = raised_at(e)
         if not at and not isinstance(e, ImportError):

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from mesh.einfo import failure_text
+from mesh.einfo import failure_text, raised_at
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -102,7 +102,8 @@ def _import(module_name: str) -> ModuleType | None:
     except Exception as e:
         from mesh.exceptions import ConfigError
         if isinstance(e, ConfigError):
-            raise AppConfigError(f"{e} (while importing the app's module {module_name!r})") from None
+            at = raised_at(e).replace(" (", ", ", 1)[:-1]    # where in the app's code
+            raise AppConfigError(f"{e} (while importing the app's module {module_name!r}{at})") from None
         raise LookupError(f"cannot import {module_name!r}: {failure_text(e)}") from None
 
 

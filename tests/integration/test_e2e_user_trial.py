@@ -112,3 +112,21 @@ def test_a_celery_import_left_behind_says_what_to_change(tmp_path: Path) -> None
     assert f"(at {tmp_path / 'code' / 'trial_tasks.py'} line 6)" in line, line
     assert "from mesh import Mesh as Celery, shared_task" in line, line
     assert "docs/migrating-from-celery.md" in line, line
+
+
+@pytest.mark.parametrize("how", ["include", "autodiscover"])
+def test_a_misspelt_task_option_names_the_file_and_line(tmp_path: Path, how: str) -> None:
+    """@app.task(max_retry=3) in an included or autodiscovered module said "unknown task
+    option 'max_retry'; did you mean 'max_retries'?" and not which of the app's modules."""
+    task = "\n@app.task(bind=True, max_retry=3)\ndef fetch(self, url):\n    return url\n"
+    if how == "include":
+        files = _files(tasks=task)
+        where = tmp_path / "code" / "trial_tasks.py"
+    else:
+        files = _files(include="", extra="app.autodiscover_tasks(['trial_pkg'])\n")
+        files["trial_pkg/__init__.py"] = ""
+        files["trial_pkg/tasks.py"] = "from trial_app import app\n" + task
+        where = tmp_path / "code" / "trial_pkg" / "tasks.py"
+    line = _start(tmp_path, files)
+    assert "unknown task option 'max_retry'; did you mean 'max_retries'?" in line, line
+    assert f"at {where} line {7 if how == 'include' else 3}" in line, line
