@@ -54,11 +54,16 @@ def _peers(ctx: click.Context) -> list[str]:
     return peers
 
 
+# meshctl's options taking a value that are taken after the command too
+MOVABLE = ("--timeout", "-t", "--peers", "--mesh", "--keys", "--key-name", "-A", "--app")
+
+
 class _Meshctl(click.Group):
     """``--json`` and ``--timeout`` (``-j``, ``-t``) are meshctl's options, but
     ``meshctl status --json`` and ``meshctl inspect active -t 5 -j`` (Celery's ``celery
     inspect active --timeout 5 --json``) are what people type: after the command they
-    are taken as meshctl's (unless that command has its own)."""
+    are taken as meshctl's (unless that command has its own); so are ``--peers``,
+    ``-A``, ``--keys``... (``meshctl status --peers tcp://...`` said "No such option")."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         cut = args.index("--") if "--" in args else len(args)
@@ -77,9 +82,9 @@ class _Meshctl(click.Group):
                 break
             if not command_seen and not a.startswith("-"):
                 command_seen = a in self.commands
-            elif command_seen and (a.startswith("--timeout=") or a in ("--timeout", "-t")) \
+            elif command_seen and a.split("=", 1)[0] in MOVABLE \
                     and not self._own_json(args[:cut], a.split("=", 1)[0]):
-                if a in ("--timeout", "-t") and i + 1 >= cut:   # (not "No such option")
+                if a in MOVABLE and i + 1 >= cut:   # (not "No such option")
                     raise click.UsageError(f"Option '{a}' requires an argument.", ctx)
                 take = 1 if "=" in a else 2
                 moved += args[i:i + take]

@@ -37,7 +37,9 @@ def _queue_names(value: str | None, flag: str = "-Q") -> str | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--app", "-A", "app_spec", required=True, metavar="MODULE[:ATTR]",
-              help="Module holding the mesh app (ATTR defaults to 'app').")
+              help="Module holding the mesh app, found as celery -A finds it: "
+                   "its app, celery or mesh attribute, then its celery or mesh "
+                   "submodule (-A proj finds proj.celery:app).")
 @click.option("--name", "-n", "--hostname", "name",
               help="Node id; default hostname-pid. Celery's patterns: worker1@%h.")
 @click.option("--bind", "-b", metavar="tcp://HOST:PORT",

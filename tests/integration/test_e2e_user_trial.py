@@ -4,13 +4,15 @@ traceback through mesh. Real meshnode processes on code written to tmp_path."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-from harness import MESHNODE, clean_env, free_port, run_program
+from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program
 
-from mesh.cli.common import EXIT_USAGE
+from mesh.cli.common import EXIT_OK, EXIT_USAGE
 
 APP = """\
 from mesh import Mesh as Celery
@@ -130,3 +132,15 @@ def test_a_misspelt_task_option_names_the_file_and_line(tmp_path: Path, how: str
     line = _start(tmp_path, files)
     assert "unknown task option 'max_retry'; did you mean 'max_retries'?" in line, line
     assert f"at {where} line {7 if how == 'include' else 3}" in line, line
+
+
+def test_meshctl_takes_its_options_after_the_command(start_node: Any) -> None:
+    """`meshctl status --peers tcp://...` (options where Celery users put -A and where
+    meshctl already took --json and --timeout) said "No such option '--peers'"."""
+    node = start_node(concurrency=1)
+    p = run_program(MESHCTL, "status", "--peers", node.endpoint, "--json")
+    assert p.returncode == EXIT_OK, p
+    assert [r["node"] for r in json.loads(p.stdout)] == [node.name]
+    p = run_program(MESHCTL, "call", "tasks_app.add", "--args", "[2, 3]", "--wait",
+                    f"--peers={node.endpoint}")
+    assert p.returncode == EXIT_OK and p.stdout.strip() == "5", p
