@@ -440,7 +440,14 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
                  if isinstance(a, dict) and a.get(k)]
         click.echo(f"{node}: revoked" + (f" ({'; '.join(parts)})" if parts else ""))
 
-    return _print_per_node(ctx, answers, render)
+    code = _print_per_node(ctx, answers, render)
+    held = {t for a in answers.values() if isinstance(a, dict)
+            for k in ("dropped", "terminated", "still_running") for t in a.get(k) or ()}
+    nowhere = [t for t in task_ids if t not in held]
+    if nowhere and code == EXIT_OK and not ctx.obj["json"]:   # (a typo'd id looked done)
+        click.echo(f"no node that answered held {', '.join(nowhere)}: nothing stopped now (a finished task "
+                   "stays finished: meshctl result ID); sent later, it will not run")
+    return code
 
 
 def _queue_list(value: str | None) -> list[str] | None:

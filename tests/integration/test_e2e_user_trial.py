@@ -144,3 +144,19 @@ def test_meshctl_takes_its_options_after_the_command(start_node: Any) -> None:
     p = run_program(MESHCTL, "call", "tasks_app.add", "--args", "[2, 3]", "--wait",
                     f"--peers={node.endpoint}")
     assert p.returncode == EXIT_OK and p.stdout.strip() == "5", p
+
+
+def test_meshctl_revoke_of_an_id_no_node_holds_says_so(start_node: Any) -> None:
+    """A typo'd id (or a finished task's) got "n1: revoked" from every node and exit 0:
+    it looked done. Now a line says that no node held it and what that means."""
+    node = start_node(concurrency=1)
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.add", "--args",
+                    "[2, 3]", "--countdown", "60")
+    assert p.returncode == EXIT_OK, p
+    waiting = p.stdout.strip()
+    p = run_program(MESHCTL, "--peers", node.endpoint, "revoke", waiting, "no-such-id")
+    assert p.returncode == EXIT_OK, p
+    lines = p.stdout.strip().splitlines()
+    assert lines[0] == f"{node.name}: revoked (dropped: {waiting})", p.stdout
+    assert lines[-1].startswith("no node that answered held no-such-id: nothing stopped"), p.stdout
+    assert waiting not in lines[-1], p.stdout
