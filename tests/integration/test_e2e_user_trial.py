@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program
+from harness import MESHCTL, MESHNODE, clean_env, free_port, run_program, wait_until
 
 from mesh.cli.common import EXIT_OK, EXIT_USAGE
 
@@ -160,3 +160,19 @@ def test_meshctl_revoke_of_an_id_no_node_holds_says_so(start_node: Any) -> None:
     assert lines[0] == f"{node.name}: revoked (dropped: {waiting})", p.stdout
     assert lines[-1].startswith("no node that answered held no-such-id: nothing stopped"), p.stdout
     assert waiting not in lines[-1], p.stdout
+
+
+def test_two_nodes_started_with_one_name_are_told_so(start_node: Any) -> None:
+    """`meshnode -n worker1` twice (a copied unit file, `-n w1@%h` twice on one host):
+    the two took each other's place in every member list (meshctl status showed one
+    of them; the other's tasks and copies went astray) and nothing was logged but an
+    mDNS warning on one side. Now each logs one ERROR naming the other's address."""
+    first = start_node(name="twin", concurrency=1)
+    other = start_node(name="other", concurrency=1, peers=first.endpoint)
+    second = start_node(name="twin", concurrency=1, peers=other.endpoint)
+    said = "another node runs with this node's id 'twin', at {}: node ids must be unique"
+    for node, twin in ((first, second), (second, first)):
+        wait_until(lambda node=node, twin=twin: said.format(twin.endpoint) in
+                   node.stderr_path.read_text(errors="replace"),
+                   what=f"{node.endpoint} to say that {twin.endpoint} has its id")
+        assert node.stderr_path.read_text().count(said.format(twin.endpoint)) == 1
