@@ -306,10 +306,22 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
         app.close()
 
 
+def _did_you_mean(ctx: click.Context, name: str | None) -> None:
+    """The registered task name closest to ``name``, asked of the nodes, if one is."""
+    import difflib
+    names = {t.get("name") if isinstance(t, dict) else t
+             for a in _controller(ctx).ask("registered").values() if isinstance(a, list)
+             for t in a}
+    hint = difflib.get_close_matches(name or "", sorted(n for n in names if isinstance(n, str)), n=1)
+    if hint:
+        click.echo(f"meshctl: did you mean {hint[0]!r}? (meshctl inspect registered lists "
+                   "the nodes' tasks)", err=True)
+
+
 def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
     """Wait for ``r`` (unless ``timeout`` is None), print its outcome; the exit code."""
     from mesh import states
-    from mesh.exceptions import MeshError, ResultIgnored
+    from mesh.exceptions import MeshError, NotRegistered, ResultIgnored
     try:
         value = r.get(timeout=timeout) if timeout is not None else r.get(timeout=0.001)
     except ResultIgnored as e:     # it ended well, keeping no value (ignore_result, Ignore)
@@ -327,6 +339,8 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
             if r.traceback:
                 click.echo(r.traceback.rstrip(), err=True)
             click.echo(f"meshctl: task {r.id} {state}: {type(e).__name__}: {e}", err=True)
+            if isinstance(e, NotRegistered):     # a typo'd name: the nodes' closest one
+                _did_you_mean(ctx, r.name)
         elif state == states.UNKNOWN:
             click.echo(f"meshctl: task {r.id} is UNKNOWN: no node knows it (never sent, "
                        "sent to a node that is gone, or its result expired)", err=True)

@@ -176,3 +176,15 @@ def test_two_nodes_started_with_one_name_are_told_so(start_node: Any) -> None:
                    node.stderr_path.read_text(errors="replace"),
                    what=f"{node.endpoint} to say that {twin.endpoint} has its id")
         assert node.stderr_path.read_text().count(said.format(twin.endpoint)) == 1
+
+
+def test_meshctl_call_of_a_misspelt_task_name_suggests_the_registered_one(start_node: Any) -> None:
+    """`meshctl call proj.tasks.ad` said that no node has 'proj.tasks.ad', and no more."""
+    node = start_node(concurrency=1)
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.ad", "--args", "[2, 3]",
+                    "--wait")
+    assert p.returncode == 1, p
+    assert "NotRegistered" in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "meshctl: did you mean 'tasks_app.add'? (meshctl inspect registered lists the nodes' "
+        "tasks)"), p.stderr
