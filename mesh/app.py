@@ -16,6 +16,7 @@ from mesh import shared, signals
 from mesh.conf import Settings
 from mesh.conf_names import CALL_OPTIONS, TASK_OPTIONS, ignore_options
 from mesh.config import Config
+from mesh.einfo import failure_text, raised_at
 from mesh.exceptions import ConfigError, EncodeError, NotRegistered
 from mesh.loader import Discovery
 from mesh.node.component import Components
@@ -193,7 +194,9 @@ class Mesh:
                 if silent:
                     return {}
                 raise
-        self.conf.add_source(what, load, force=force)
+        prefix = namespace.rstrip("_").upper() + "_" if namespace else ""
+        self.conf.add_source(what, load, force=force,
+                             spell=(lambda name: prefix + name.upper()) if prefix else None)
 
     def config_from_envvar(self, variable_name: str, silent: bool = False,
                            force: bool = False) -> bool:
@@ -215,11 +218,14 @@ class Mesh:
             if name not in sys.modules:
                 try:
                     import_object(name)
-                except ConfigError:
-                    raise
+                except ConfigError as e:   # the module's own (a misspelt task option): where
+                    at = raised_at(e)
+                    if not at:
+                        raise
+                    raise ConfigError(f"{e} (importing {name!r}{at.replace(' (', ', ', 1)}") from e
                 except Exception as e:
                     raise ConfigError(f"cannot import {name!r} (from the imports/include "
-                                      f"settings): {type(e).__name__}: {e}") from e
+                                      f"settings): {failure_text(e)}") from e
         return names
 
     # -- registry ---------------------------------------------------------------------

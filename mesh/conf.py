@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from mesh.conf_names import FIXED, NOT_USED, NOT_USED_PREFIXES, NOT_YET
+from mesh.einfo import failure_text
 from mesh.exceptions import ConfigError
 from mesh.security.text import MULTILINE, printable, safe_logger
 
@@ -116,9 +117,10 @@ def _not_taken(name: str) -> tuple[str, str] | None:
     return None
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, spell: Callable[[str], str] = repr) -> str:
     """The setting's name if mesh knows it (Celery's, taken or not), else a ConfigError
-    naming the closest known one."""
+    naming the closest known one, both as ``spell`` writes them (a namespaced source's
+    ``CELERY_TASK_ACKS_LATE``: the name the user wrote, not ``'task_acks_late'``)."""
     if name in DEFAULTS or name in FIXED:
         return name
     if not isinstance(name, str):
@@ -127,7 +129,8 @@ def check_name(name: str) -> str:
         return name
     import difflib
     hint = difflib.get_close_matches(name, setting_names(), n=1)
-    raise ConfigError(f"unknown setting {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    raise ConfigError(f"unknown setting {spell(name)}"
+                      + (f"; did you mean {spell(hint[0])}?" if hint else ""))
 
 
 def setting_names() -> list[str]:
@@ -330,32 +333,43 @@ class Settings(MutableMapping[str, Any]):
     def _load(self) -> None:
         pending = self._pending
         while pending:
-            what, loader = pending.pop(0)
+            what, loader, spell = pending.pop(0)
             try:
                 values = dict(loader())
             except ConfigError as e:
                 raise ConfigError(f"{what}: {e}") from None
-            checked = self._checked(values, what)
+            except Exception as e:     # the settings' own code (Django's settings.py) raised
+                raise ConfigError(f"{what}: {failure_text(e)}") from e
+            checked = self._checked(values, what, spell)
             self._sourced.update(checked)
             self._bump(checked)
 
     def add_source(self, what: str, loader: Callable[[], Mapping[str, Any]],
-                   force: bool = False) -> None:
+                   force: bool = False, spell: Callable[[str], str] | None = None) -> None:
         """Read settings from ``loader()`` at the next use (now with ``force``); they
-        sit under what code sets. ``what`` names the source in error messages."""
-        self._pending.append((what, loader))
+        sit under what code sets. ``what`` names the source in error messages, and
+        ``spell`` a setting as the source writes it (``CELERY_TASK_ACKS_LATE``)."""
+        self._pending.append((what, loader, spell))
         if force:
             self._load()
 
-    def _checked(self, values: Mapping[str, Any], what: str = "") -> dict[str, Any]:
-        """Every name and value checked before any is kept: all or nothing."""
+    def _checked(self, values: Mapping[str, Any], what: str = "",
+                 spell: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """Every name and value checked before any is kept: all or nothing. A source's
+        error says which source (``what``), and the name as it writes it (``spell``)."""
         out = {}
         for name, value in values.items():
-            check_name(name)
-            why = self._frozen.get(name)
-            if why is not None and value != self._get(name):
-                raise ConfigError(f"setting {name!r} can no longer change: {why}")
-            out[name] = check_value(name, value)
+            try:
+                check_name(name, spell or repr)
+                why = self._frozen.get(name)
+                if why is not None and value != self._get(name):
+                    raise ConfigError(f"setting {name!r} can no longer change: {why}")
+                out[name] = check_value(name, value)
+            except ConfigError as e:
+                if not what:
+                    raise
+                written = f" {spell(name)}:" if spell and not str(e).startswith("unknown") else ""
+                raise ConfigError(f"{what}:{written} {e}") from None
         new = {n: v for n, v in out.items() if n not in self._warned}
         said = ignored_summary(new, what)
         if said is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from mesh.conf import DEFAULTS, not_taken
 from mesh.conf_names import FIXED
+from mesh.einfo import failure_text
 from mesh.exceptions import ConfigError
 
 
@@ -31,7 +32,7 @@ def import_object(spec: str) -> Any:
                 raise
             return getattr(importlib.import_module(parent), name)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot import {spec!r}: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"cannot import {spec!r}: {failure_text(e)}") from None
 
 
 _NOT_SETTINGS = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType,

@@ -276,6 +276,12 @@ class Config:
             raw = env.get("MESH_" + fname.upper())
             if raw is not None and raw != "":
                 values[fname] = _parse(f, raw, "MESH_" + fname.upper())
+                if fname in ("peers", "bind", "advertise"):     # say which variable is wrong
+                    try:
+                        for ep in (values[fname] if fname == "peers" else (values[fname],)):
+                            check_endpoint(ep)
+                    except ConfigError as e:
+                        raise ConfigError(f"MESH_{fname.upper()}: {e}") from None
         for key, value in kwargs.items():
             if key not in names:
                 import difflib
@@ -431,7 +437,9 @@ _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 def check_endpoint(ep: str) -> str:
     """Validate a ``tcp://host:port`` endpoint (port may be ``*`` for bind)."""
     if not isinstance(ep, str) or not ep.startswith("tcp://"):
-        raise ConfigError(f"endpoint {ep!r} must look like tcp://HOST:PORT")
+        bare = isinstance(ep, str) and "://" not in ep and ep.rpartition(":")[2].isdigit()
+        raise ConfigError(f"endpoint {ep!r} must look like tcp://HOST:PORT"
+                          + (f" (did you mean 'tcp://{ep}'?)" if bare else ""))
     host, sep, port = ep[6:].rpartition(":")
     if not sep or not host:
         raise ConfigError(f"endpoint {ep!r} must look like tcp://HOST:PORT")

@@ -44,3 +44,43 @@ class ExceptionInfo:
 
     def __repr__(self) -> str:
         return f"<ExceptionInfo: {self.exception!r}>"
+
+
+def raised_at(e: BaseException) -> str:
+    """`` (at FILE line N)``: the innermost line of the app's own code in ``e``'s
+    traceback (not the interpreter's, installed packages' or mesh's), where an
+    exception at import (a bad setting read, a missing dependency) comes from; ""
+    when there is none (a SyntaxError says where itself)."""
+    import os
+    outside = [os.path.join(os.path.realpath(p), "") for p in
+               {sys.prefix, sys.base_prefix, sys.exec_prefix,
+                os.path.dirname(os.path.abspath(__file__))}]
+    for frame in reversed(_traceback.extract_tb(e.__traceback__)):
+        path = frame.filename
+        if not path.startswith("<") and not os.path.realpath(path).startswith(tuple(outside)):
+            return f" (at {path} line {frame.lineno})"
+    return ""
+
+
+# Celery's packages, still imported by code moved over (a line not changed yet)
+CELERY_PACKAGES = {
+    "celery": "a Celery import left in code moved to mesh: mesh has the same names "
+              "(from mesh import Mesh as Celery, shared_task; mesh.exceptions, "
+              "mesh.schedules, mesh.utils.log...: docs/migrating-from-celery.md)",
+    "kombu": "kombu is Celery's transport: mesh declares no queues (delete task_queues "
+             "and its kombu import; -Q/queue= route as before: docs/routing.md)",
+    "django_celery_beat": "a Celery package: take it out of INSTALLED_APPS; put its "
+                          "entries in CELERY_BEAT_SCHEDULE (docs/django.md)",
+    "django_celery_results": "a Celery package: take it out of INSTALLED_APPS; results "
+                             "live on the nodes (docs/django.md)",
+}
+
+
+def failure_text(e: BaseException) -> str:
+    """``Type: message (at FILE line N)``, one line for an exception raised while the
+    app's code was imported, and what to do when it is a Celery package that is
+    missing (``No module named 'celery'``)."""
+    text = f"{type(e).__name__}: {e}{raised_at(e)}"
+    name = getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None
+    hint = CELERY_PACKAGES.get((name or "").partition(".")[0])
+    return f"{text}: {hint}" if hint else text

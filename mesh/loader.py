@@ -69,3 +69,24 @@ class Discovery:
                     self._requests.pop(0)
             finally:
                 self._running = False
+
+
+def discover_tasks(app: "Mesh") -> None:
+    """Run ``app``'s pending ``autodiscover_tasks`` imports now (meshnode, as it
+    starts): a tasks module whose own code raises (a setting read, a missing
+    dependency), or a package that is not there, is a ConfigError saying what and
+    where, one line for the command to print instead of a traceback through mesh."""
+    from mesh.einfo import failure_text, raised_at
+    from mesh.exceptions import ConfigError
+    try:
+        _ = app.tasks          # reading them runs the pending imports
+    except ConfigError as e:    # a module's own (a misspelt task option): say where
+        at = raised_at(e)
+        if not at:
+            raise
+        raise ConfigError(f"autodiscover_tasks(): {e}{at}") from e
+    except Exception as e:
+        at = raised_at(e)
+        if not at and not isinstance(e, ImportError):
+            raise                       # not the app's code: mesh's own, keep the traceback
+        raise ConfigError(f"autodiscover_tasks(): {failure_text(e)}") from e

@@ -11,6 +11,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from mesh.einfo import failure_text, raised_at
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 # Exit codes (named so tests and scripts can rely on them)
@@ -96,30 +98,13 @@ def _import(module_name: str) -> ModuleType | None:
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
             return None
-        raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}"
-                          f"{_raised_at(e)}") from None
+        raise LookupError(f"cannot import {module_name!r}: {failure_text(e)}") from None
     except Exception as e:
         from mesh.exceptions import ConfigError
         if isinstance(e, ConfigError):
-            raise AppConfigError(f"{e} (while importing the app's module {module_name!r})") from None
-        raise LookupError(f"cannot import {module_name!r}: {type(e).__name__}: {e}"
-                          f"{_raised_at(e)}") from None
-
-
-def _raised_at(e: BaseException) -> str:
-    """`` (at FILE line N)``: the innermost line of the app's own code in ``e``'s
-    traceback (not the interpreter's, installed packages' or mesh's), where an
-    exception at import (a bad setting read, a missing dependency) comes from; ""
-    when there is none (a SyntaxError says where itself)."""
-    import traceback
-    outside = [os.path.join(os.path.realpath(p), "") for p in
-               {sys.prefix, sys.base_prefix, sys.exec_prefix,
-                os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}]
-    for frame in reversed(traceback.extract_tb(e.__traceback__)):
-        path = frame.filename
-        if not path.startswith("<") and not os.path.realpath(path).startswith(tuple(outside)):
-            return f" (at {path} line {frame.lineno})"
-    return ""
+            at = raised_at(e).replace(" (", ", ", 1)[:-1]    # where in the app's code
+            raise AppConfigError(f"{e} (while importing the app's module {module_name!r}{at})") from None
+        raise LookupError(f"cannot import {module_name!r}: {failure_text(e)}") from None
 
 
 def find_app(spec: str) -> tuple[Any, str]:

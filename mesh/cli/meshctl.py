@@ -54,11 +54,16 @@ def _peers(ctx: click.Context) -> list[str]:
     return peers
 
 
+# meshctl's options taking a value that are taken after the command too
+MOVABLE = ("--timeout", "-t", "--peers", "--mesh", "--keys", "--key-name", "-A", "--app")
+
+
 class _Meshctl(click.Group):
     """``--json`` and ``--timeout`` (``-j``, ``-t``) are meshctl's options, but
     ``meshctl status --json`` and ``meshctl inspect active -t 5 -j`` (Celery's ``celery
     inspect active --timeout 5 --json``) are what people type: after the command they
-    are taken as meshctl's (unless that command has its own)."""
+    are taken as meshctl's (unless that command has its own); so are ``--peers``,
+    ``-A``, ``--keys``... (``meshctl status --peers tcp://...`` said "No such option")."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         cut = args.index("--") if "--" in args else len(args)
@@ -77,9 +82,9 @@ class _Meshctl(click.Group):
                 break
             if not command_seen and not a.startswith("-"):
                 command_seen = a in self.commands
-            elif command_seen and (a.startswith("--timeout=") or a in ("--timeout", "-t")) \
+            elif command_seen and a.split("=", 1)[0] in MOVABLE \
                     and not self._own_json(args[:cut], a.split("=", 1)[0]):
-                if a in ("--timeout", "-t") and i + 1 >= cut:   # (not "No such option")
+                if a in MOVABLE and i + 1 >= cut:   # (not "No such option")
                     raise click.UsageError(f"Option '{a}' requires an argument.", ctx)
                 take = 1 if "=" in a else 2
                 moved += args[i:i + take]
@@ -301,10 +306,22 @@ def call(ctx: click.Context, task_name: str, args_json: str, kwargs_json: str,
         app.close()
 
 
+def _did_you_mean(ctx: click.Context, name: str | None) -> None:
+    """The registered task name closest to ``name``, asked of the nodes, if one is."""
+    import difflib
+    names = {t.get("name") if isinstance(t, dict) else t
+             for a in _controller(ctx).ask("registered").values() if isinstance(a, list)
+             for t in a}
+    hint = difflib.get_close_matches(name or "", sorted(n for n in names if isinstance(n, str)), n=1)
+    if hint:
+        click.echo(f"meshctl: did you mean {hint[0]!r}? (meshctl inspect registered lists "
+                   "the nodes' tasks)", err=True)
+
+
 def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
     """Wait for ``r`` (unless ``timeout`` is None), print its outcome; the exit code."""
     from mesh import states
-    from mesh.exceptions import MeshError, ResultIgnored
+    from mesh.exceptions import MeshError, NotRegistered, ResultIgnored
     try:
         value = r.get(timeout=timeout) if timeout is not None else r.get(timeout=0.001)
     except ResultIgnored as e:     # it ended well, keeping no value (ignore_result, Ignore)
@@ -322,6 +339,8 @@ def _report(ctx: click.Context, r: Any, timeout: float | None) -> int:
             if r.traceback:
                 click.echo(r.traceback.rstrip(), err=True)
             click.echo(f"meshctl: task {r.id} {state}: {type(e).__name__}: {e}", err=True)
+            if isinstance(e, NotRegistered):     # a typo'd name: the nodes' closest one
+                _did_you_mean(ctx, r.name)
         elif state == states.UNKNOWN:
             click.echo(f"meshctl: task {r.id} is UNKNOWN: no node knows it (never sent, "
                        "sent to a node that is gone, or its result expired)", err=True)
@@ -435,7 +454,14 @@ def revoke(ctx: click.Context, task_ids: tuple[str, ...], terminate: bool, sig: 
                  if isinstance(a, dict) and a.get(k)]
         click.echo(f"{node}: revoked" + (f" ({'; '.join(parts)})" if parts else ""))
 
-    return _print_per_node(ctx, answers, render)
+    code = _print_per_node(ctx, answers, render)
+    held = {t for a in answers.values() if isinstance(a, dict)
+            for k in ("dropped", "terminated", "still_running") for t in a.get(k) or ()}
+    nowhere = [t for t in task_ids if t not in held]
+    if nowhere and code == EXIT_OK and not ctx.obj["json"]:   # (a typo'd id looked done)
+        click.echo(f"no node that answered held {', '.join(nowhere)}: nothing stopped now (a finished task "
+                   "stays finished: meshctl result ID); sent later, it will not run")
+    return code
 
 
 def _queue_list(value: str | None) -> list[str] | None:

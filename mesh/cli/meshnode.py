@@ -12,6 +12,7 @@ import click
 from mesh.cli import worker_habits
 from mesh.cli.common import EXIT_OK, EXIT_START, EXIT_USAGE, die, load_app, run_cli
 from mesh.exceptions import ConfigError
+from mesh.loader import discover_tasks
 from mesh.security.text import safe_logger
 
 LOGLEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
@@ -36,7 +37,9 @@ def _queue_names(value: str | None, flag: str = "-Q") -> str | None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--app", "-A", "app_spec", required=True, metavar="MODULE[:ATTR]",
-              help="Module holding the mesh app (ATTR defaults to 'app').")
+              help="Module holding the mesh app, found as celery -A finds it: "
+                   "its app, celery or mesh attribute, then its celery or mesh "
+                   "submodule (-A proj finds proj.celery:app).")
 @click.option("--name", "-n", "--hostname", "name",
               help="Node id; default hostname-pid. Celery's patterns: worker1@%h.")
 @click.option("--bind", "-b", metavar="tcp://HOST:PORT",
@@ -185,6 +188,7 @@ def meshnode(app_spec: str, name: str | None, bind: str | None, advertise: str |
         app.origin = where
         try:
             app.import_modules()           # the settings imports and include: more tasks
+            discover_tasks(app)            # autodiscover_tasks(): a module that raises says where
             signals.import_modules.send(sender=app)
             config = Config.build(
                 defaults=app.conf.node_options(),   # what the app's code set; flags win

@@ -78,6 +78,7 @@ class StateMachine:
         self.told_dead = 0      # dead updates about this node refuted (it was declared dead)
         self.members_refused = 0        # new members ignored: the table was full (max_members)
         self.leaps_refused = 0          # updates ignored: their incarnation leapt (MAX_INCARNATION_STEP)
+        self.twins: dict[str, int] = {}     # another address of this id: refuted at incarnation
 
     def apply(self, updates: list[Update], now: float) -> None:
         """Updates piggybacked on a message."""
@@ -134,7 +135,12 @@ class StateMachine:
                 return
             if not self.left and (inc > me.incarnation or (inc == me.incarnation and (
                     address != me.address or version > me.meta_version))):
+                other = bool(address) and address != me.address
+                if other:
+                    self._twin(address, inc)
                 self.refute(inc)        # news about an earlier life of this id
+                if other and self.twins.get(address) != -1 and len(self.twins) < 100:
+                    self.twins[address] = me.incarnation
             return
         meta = u[6] if len(u) > 6 else {}
         node = self.table.get(member_id)
@@ -175,6 +181,21 @@ class StateMachine:
         log.info("membership: %s declares %s dead: this node holds its address %s now",
                  self.me.id, printable(node.id, 64), printable(node.address, 100))
         self.dead(node.id, node.incarnation, self.me.id, now, left=False)
+
+    def _twin(self, address: str, inc: int) -> None:
+        """News of this node's id alive at another address. The first is an earlier
+        life of the id (a restart on another port), refuted; news from there above the
+        incarnation it was refuted with means a process there answers back: two nodes
+        run with one id (the same --name twice), and displace each other in every
+        member list. Said once per address at ERROR, for the user to act on."""
+        seen = self.twins.get(address)
+        if seen is None or inc <= seen or seen < 0:
+            return
+        self.twins[address] = -1          # (said: not again)
+        log.error("membership: another node runs with this node's id %r, at %s: node ids must "
+                  "be unique in a mesh (two nodes with one id take each other's place in the "
+                  "members' lists); stop one, or start it with another --name",
+                  printable(self.me.id, 64), printable(address, 100))
 
     def suspect(self, member_id: str, inc: int, origin: str, now: float) -> None:
         if member_id == self.me.id:
