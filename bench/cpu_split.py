@@ -128,6 +128,9 @@ def main() -> None:
     add_run_args(ap)
     ap.add_argument("--compare", metavar="tree:PATH", default=None,
                     help="also run the nodes of another checkout, alternating")
+    ap.add_argument("--abba", action="store_true",
+                    help="with --compare: every other repeat runs the other side first "
+                         "(a load that rises or falls during a pair favours neither side)")
     args = ap.parse_args()
     sides: list[tuple[str, str | None]] = [("this tree", None)]
     if args.compare:
@@ -135,8 +138,8 @@ def main() -> None:
             sys.exit("--compare takes tree:PATH")
         sides.append((args.compare, args.compare[len("tree:"):]))
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in sides}
-    for _ in range(args.repeat):
-        for label, tree in sides:
+    for i in range(args.repeat):
+        for label, tree in (sides[::-1] if args.abba and i % 2 else sides):
             runs[label].append(run_once(args, tree))
     print(f"CPU us per task (user + system, all threads) in {args.tasks:,}-task batches, "
           f"and per lone round trip (rt, {args.latency} of them); medians of {args.repeat}; "
@@ -146,6 +149,12 @@ def main() -> None:
     for label, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for _c, k, _f in COLUMNS}
         print(f"{label[:28]:28s}" + "".join(f"{f.format(med[k]):>12s}" for _c, k, f in COLUMNS))
+    if len(sides) == 2:       # each pair's nodes figure: how often each side was lower
+        a, b = (runs[label] for label, _ in sides)
+        pairs = [(x["thr_nodes"], y["thr_nodes"]) for x, y in zip(a, b)]
+        print("nodes us per task, each pair (this tree / other): " + ", ".join(
+            f"{x:.1f}/{y:.1f}" for x, y in pairs) + f"; this tree lower in "
+            f"{sum(x < y for x, y in pairs)} of {len(pairs)}")
 
 
 if __name__ == "__main__":

@@ -193,6 +193,7 @@ class Ledger:
             disk = self.node.spill.candidates     # to wait on disk: not to the pool
             away: dict[str, tuple[Any, list[Entry]]] = {}
             held = self.held
+            queued = False
             for entry in pending:
                 if held.get(entry.task_id) is not entry:   # finished in this pass already
                     if spread:                   # (a purge: mesh/node/purge.py): not run
@@ -211,7 +212,10 @@ class Ledger:
                     m = spread.pop(entry.task_id)
                     away.setdefault(m.id, (m, []))[1].append(entry)
                 else:
-                    pool.submit(entry)
+                    pool.submit(entry, dispatch=False)
+                    queued = True
+            if queued:          # once for the pass, not per task: the pass's tasks start
+                pool.dispatch()  # highest priority first, then in order (round 16)
             for m, entries in away.values():
                 self.node.handoff.hand(entries, "a group's members go over the mesh", m)
 

@@ -57,6 +57,8 @@ RESPAWN_BACKOFF = 1.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)   # blocked across a fork
 
 
+IOV_MAX = 1024             # buffers one sendmsg takes at most (Linux's IOV_MAX): more and
+                           # it fails (EMSGSIZE), so more frames go joined in one buffer
 LEAVE_GRACE = 5.0          # s a child that retires by itself has before it is told to
 
 QueueItem = tuple[int, int, Entry]       # (-priority, seq, entry): a heap of these
@@ -218,6 +220,8 @@ class Pool(PoolSize, PoolStop, PoolAhead):
 
     def _send(self, child: ChildProc, *frames: bytes) -> None:
         bufs = pack(*frames)
+        if len(bufs) > IOV_MAX:        # (a dispatch of hundreds of async tasks at once)
+            bufs = [b"".join(bufs)]
         if child.wbuf:
             child.wbuf += b"".join(bufs)
             return

@@ -11,6 +11,8 @@ from harness import wait_until
 
 from mesh import states
 from mesh.exceptions import TaskRevokedError
+from mesh.wire import codec
+from mesh.wire.protocol import Result, Submit, decode, encode
 
 RESULT_TIMEOUT = 60.0
 CLOCK_SLACK = 0.05   # s: timers may fire a hair early relative to the wall clock
@@ -36,6 +38,38 @@ def test_higher_priority_runs_first(start_node: Any, make_client: Any, tmp_path:
     assert max(order["mid"]) < min(order["low"]), order
     # equal priorities keep their order of arrival
     assert all(v == sorted(v) for v in order.values()), order
+
+
+def test_the_tasks_of_one_batch_start_highest_priority_first(start_node: Any,
+                                                             raw_dealer: Any) -> None:
+    """Three SUBMITs in one zmq message reach the node in one loop pass, its only child
+    free: the pass's tasks go to the pool together (Ledger.flush dispatches once per
+    pass), so the highest priority starts first, not the first to arrive."""
+    node = start_node(concurrency=1)
+    raw = raw_dealer(node.endpoint)
+
+    def submit(tid: str, name: str, priority: int = 0) -> bytes:
+        return encode(Submit(task_id=tid, name=name, payload=codec.dump_call((), None),
+                             priority=priority))
+
+    def results(ids: set[str]) -> dict[str, Any]:
+        got: dict[str, Any] = {}
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while not ids <= got.keys():
+            left = deadline - time.monotonic()
+            assert left > 0 and raw.poll(int(left * 1000)), f"results missing: have {got}"
+            for frame in raw.recv_multipart():
+                msg = decode(frame)
+                if isinstance(msg, Result):
+                    assert msg.state == states.SUCCESS, msg
+                    got[msg.task_id] = codec.loads(msg.result)
+        return got
+
+    raw.send_multipart([submit("warm", "tasks_app.pid")])
+    results({"warm"})                      # the child is up and idle
+    raw.send_multipart([submit(f"p{p}", "tasks_app.seq", p) for p in (0, 5, 9)])
+    order = results({"p0", "p5", "p9"})
+    assert order == {"p9": 1, "p5": 2, "p0": 3}, order
 
 
 def test_countdown_does_not_start_before_its_eta(start_node: Any, make_client: Any) -> None:

@@ -3,12 +3,16 @@ whatever the backlog (shedding looks at it every 50 ms), and taking tasks out of
 heaps (plain and ``async def`` tasks)."""
 from __future__ import annotations
 
+import os
 import random
+import socket
 
 from mesh import Mesh
 from mesh.config import Config
+from mesh.node.channel import FrameReader
 from mesh.node.ledger import Entry
 from mesh.node.pool import Pool
+from mesh.node.pool_child import ChildProc
 
 app = Mesh("pool-queue")
 
@@ -64,3 +68,25 @@ def test_discard_takes_tasks_out_of_the_plain_and_the_async_heap() -> None:
     assert pool.head(10) == sorted(pool.queue)[:10]      # still heaps
     while pool.queued:                                    # and they pop in order
         assert id(pool.take_next()) not in gone
+
+
+def test_a_dispatch_of_more_frames_than_one_sendmsg_takes_reaches_the_child() -> None:
+    """Hundreds of tasks for one child in one dispatch (a pass's async tasks: Ledger.flush
+    dispatches once per pass) are more buffers than one sendmsg takes (IOV_MAX): all of
+    them reach the child's end of the socketpair, in order, none dropped."""
+    pool = _pool()
+    mine, theirs = socket.socketpair()
+    try:
+        mine.setblocking(False)
+        child = ChildProc(0, b"c0", os.getpid(), -1, mine, 1000)
+        frames = [f"task-{i}".encode() * 3 for i in range(900)]    # 1,800 buffers
+        pool._send(child, *frames)
+        assert not child.wbuf
+        theirs.settimeout(5)
+        reader, got = FrameReader(), []
+        while len(got) < len(frames):
+            got += reader.feed(theirs.recv(1 << 16))
+        assert got == frames
+    finally:
+        mine.close()
+        theirs.close()
