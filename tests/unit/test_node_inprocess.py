@@ -530,7 +530,12 @@ def test_tasks_shed_here_are_not_shed_straight_back(monkeypatch: pytest.MonkeyPa
     # Hysteresis: b took two tasks a shed, then a has room again (by its gossip). b
     # sheds nothing to a for PEER_HOLD s, and the tasks that came by shedding stay
     # for SHED_HOLD s: only b's own queued task may go (the new user's logs showed
-    # tasks bouncing between two nodes every 0.1 s to 1 s).
+    # tasks bouncing between two nodes every 0.1 s to 1 s). The holds are longer than
+    # the defaults (1 s and 3 s): the test reads the clock after waiting for gossip, which
+    # took over 0.5 s on a loaded machine, and then b's hold on a had passed
+    monkeypatch.setattr(shedding, "PEER_HOLD", 5.0)
+    monkeypatch.setattr(shedding, "SHED_HOLD", 10.0)
+
     async def main() -> None:
         async with two_that_only_the_test_sheds(monkeypatch) as (a, b, to_a, to_b):
             await until(lambda: [m for m in a.membership.alive_members(include_self=False)
