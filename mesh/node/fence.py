@@ -36,7 +36,9 @@ have passed, each task set aside is:
 * finished elsewhere: its result is stored here too and goes to its owner (which
   gets one result: results are first-wins by id), not run;
 * held elsewhere: out of the ledger and the journal, remembered as moved (an owner
-  resending it here gets MOVED, and is sent one now), not run;
+  resending it here gets MOVED, and is sent one now), not run; unless that node (or
+  another) handed it here since the fence went up (``_handed_here``: its shedder saw
+  this node idle, its queue set aside): the handoff is the latest word, it runs here;
 * otherwise: copied to its backup again (the members dropped their copies) and
   back in the pool, where it runs here.
 
@@ -97,6 +99,7 @@ class Fence:
         self.answers = reclaim.Answers()
         self._expected = self.answers.expected      # member -> RECLAIMED parts still due
         self._told = 0                    # the membership's told_dead, last seen
+        self._up_at = 0.0                 # (monotonic) when the fence last went up
         self._timer: asyncio.TimerHandle | None = None
         self.counts: collections.Counter[str] = collections.Counter()
 
@@ -164,6 +167,7 @@ class Fence:
         pool.scheduled.clear()
         pool.discard({id(e) for e in entries})
         self.aside = {e.task_id: e for e in entries}
+        self._up_at = time.monotonic()
         self.round -= 1
         ids = list(self.aside)
         self._ask(peers, ids)
@@ -244,7 +248,7 @@ class Fence:
                 for ident in {entry.client, *watchers} - {b""}:
                     front.reply(ident, got[1])
                 finished += 1
-            elif where is not None:
+            elif where is not None and not self._handed_here(tid):
                 ledger.forget([entry], where)
                 moved.setdefault((entry.client, where), []).append(tid)
             elif tid in revoked:            # (revoked while set aside: never started)
@@ -267,6 +271,15 @@ class Fence:
         log.warning("of %d queued task(s) set aside, %d finished on another node and %d are "
                     "held by another node: not run here; %d run here", len(aside), finished,
                     n_moved, here)
+
+    def _handed_here(self, task_id: str) -> bool:
+        """Was ``task_id`` handed to this node since the fence went up (held here, the
+        handoff took it: Handoffs._take records the giver)? Then the handoff is the
+        latest word, whatever its giver answered before it (held: an idle-looking node
+        is shed to), as for a restart (Reclaimer.handed_here): the giver forgot it at
+        this node's answer. Settled as held elsewhere, no node had it."""
+        taken = self.node.handoff._from.get(task_id)
+        return taken is not None and taken[0] >= self._up_at
 
     def status(self) -> dict[str, int]:
         return {"fence_raised": self.counts["raised"],
