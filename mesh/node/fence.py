@@ -20,7 +20,10 @@ So, before it starts any more of them, the node looks at itself:
   callback, a GC pause, the sockets come first: a child's report that its task ended
   would start the next one, and the pool's check is what catches that.)
 * or the membership says it refuted news of its own death (``told_dead``: a peer did
-  declare it dead, a partition or a loop that ran but slowly), seen at the next tick.
+  declare it dead, a partition or a loop that ran but slowly), seen at the next tick
+  (or at the first one with a member alive or suspected here to ask: a healed
+  partition tells the node before its peers, which it declared dead too, are alive
+  here again).
 
 Then the fence goes up: every task waiting in the pool (queued, or waiting for its
 eta or a retry's countdown) is set aside (``aside``: still held, out of the pool's
@@ -140,16 +143,20 @@ class Fence:
             return
         if self.watch_loop:
             pool.fence_at = now + self.limit    # (measured from here on)
-        self._told = told
         if late:
             why = f"this node's loop stalled {late:.1f} s (more than {self.limit:.1f} s)"
         else:
             why = "this node was declared dead by another node"
-        self.up(why)
+        if self.up(why) is not None:
+            # (the news is spent once a member could be asked: a healed partition, where
+            # this node declared its peers dead too, tells it before they are alive here
+            # again; spent then, the fence never went up and it ran what they took over)
+            self._told = told
 
-    def up(self, why: str) -> int:
+    def up(self, why: str) -> int | None:
         """Set the tasks waiting in the pool aside and ask the members alive here which
-        of them they took over; how many were set aside (0: none, or nobody to ask)."""
+        of them they took over; how many were set aside (0: none), None when no other
+        member is alive or suspected here to ask."""
         node = self.node
         if self.aside or node.stopping or not node.replicas.enabled:
             return 0
@@ -157,7 +164,9 @@ class Fence:
                  if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
         pool = node.pool
         entries = [item[2] for item in sorted(pool.queue)]
-        if not peers or not (entries or pool.scheduled):
+        if not peers:
+            return None
+        if not (entries or pool.scheduled):
             return 0
         for entry in pool.scheduled.values():
             if entry.timer is not None:

@@ -6,11 +6,14 @@ it at the handoff's answer: no node had it. (The restart's question has the same
 Reclaimer.handed_here.)"""
 from __future__ import annotations
 
+import time
+
 from test_fence_inprocess import QUEUED, holding, settled, stall
 from test_node_inprocess import app, run, until
 
 from mesh.node.shedding import REASON as SHED_REASON
 from mesh.testing import running_node
+from mesh.wire.protocol import UPDATE_DEAD, Gossip
 
 
 def test_a_task_set_aside_and_handed_back_by_the_node_that_answered_held_runs_once() -> None:
@@ -42,4 +45,29 @@ def test_a_task_set_aside_and_handed_back_by_the_node_that_answered_held_runs_on
             assert not rest & set(h.ledger.held)
             assert rest <= set(b.ledger.held)
             assert h.reclaim.status()["fence_held_elsewhere"] == 2
+    run(main())
+
+
+def test_a_holder_told_it_is_dead_while_it_sees_no_peer_alive_asks_once_one_is() -> None:
+    """A partition heals: the cut-off holder declared its peers dead too, and hears it
+    was declared dead (it refutes) before it hears them refute theirs. Nobody to ask
+    then; the news was spent, so the fence never went up and the holder ran the
+    queued tasks its backup had taken over (two runs each). It asks once a peer is
+    alive again."""
+    async def main() -> None:
+        async with holding() as (h, b, _to_h):
+            assert b.replicas.copies.take_over("holder", "is dead (here: said so)") == 4
+            ms = h.membership
+            now = time.monotonic()
+            ms._state.dead("backup", ms.member("backup").incarnation, "holder", now, left=False)
+            ms.handle("backup", Gossip("backup", [[UPDATE_DEAD, "holder", ms.incarnation, "",
+                                                   "backup"]]))
+            assert ms.told_dead == 1 and not ms.alive_members(include_self=False)
+            h.reclaim.fence.check()          # (its next tick): nobody alive to ask yet
+            # b hears it was declared dead and refutes: alive at the holder again
+            await until(lambda: ms.alive_members(include_self=False), "b alive at h again")
+            await until(lambda: settled(h), "the holder to ask b and settle")
+            st = h.reclaim.status()
+            assert (st["fence_held_elsewhere"], st["fence_run_here"]) == (3, 0), st
+            assert not set(QUEUED) & set(h.ledger.held)
     run(main())
