@@ -406,7 +406,9 @@ class AsyncResult:
             if slot.add_waiter(done.release):
                 if slot.remote and self.app is not None:    # ask now; the client asks again
                     self.app.client.query(slot, wait=None)  # while we wait
-                if timeout is None:        # as Celery: wait for ever, but not silently
+                # as Celery: wait for ever, but not silently; so too for a timeout past
+                # what a lock waits (inf: OverflowError at once, the task said PENDING)
+                if timeout is None or timeout >= threading.TIMEOUT_MAX:
                     waited, step = 0.0, UNHELD_LOG_AFTER
                     while not done.acquire(timeout=step):
                         waited += step

@@ -101,9 +101,10 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
                 old = at.get(name)
                 if old is None or _rank(m) > _rank(old):
                     at[name] = m
-        answered_ids = {r.payload.get("node") for r in statuses.values() if _ok(r)}
+        # (names as text: an odd node's may be a list, no key of a set)
+        answered_ids = {str(r.payload.get("node")) for r in statuses.values() if _ok(r)}
         more = [ep for ep, at in members.items() if ep not in statuses and any(
-            m.get("state") == "alive" and m.get("node") not in answered_ids for m in at.values())]
+            m.get("state") == "alive" and name not in answered_ids for name, m in at.items())]
         statuses.update(_statuses(cc, more, timeout))
     rows = []
     seen: set[str] = set()       # a node reached through a seed and its advertised address: once
@@ -120,7 +121,7 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
                 row["state"] = str(row.get("state") or "alive")
                 m = at.get(node_id)
                 if m is not None and row.get("state") == "alive":
-                    row["state"] = m.get("state", "alive")       # what the mesh thinks of it
+                    row["state"] = str(m.get("state", "alive"))  # what the mesh thinks of it
                 rows.append(row)
         elif not at:
             rows.append({"node": "?", "address": ep, "answered": False, "error": str(r),
@@ -129,7 +130,8 @@ def gather_status(peers: list[str], timeout: float) -> list[dict[str, Any]]:
             if name in seen:
                 continue
             seen.add(name)
-            load = m.get("load") if isinstance(m.get("load"), list) else None
+            load = m.get("load")            # [busy, total, queued], as gossiped
+            load = load if isinstance(load, list) and len(load) >= 3 else None
             rows.append({"node": name, "address": ep, "state": str(m.get("state", "?")),
                          "answered": False, "load": load, "error": str(r) if r and not _ok(r) else None})
     for row in rows:

@@ -20,7 +20,10 @@ So, before it starts any more of them, the node looks at itself:
   callback, a GC pause, the sockets come first: a child's report that its task ended
   would start the next one, and the pool's check is what catches that.)
 * or the membership says it refuted news of its own death (``told_dead``: a peer did
-  declare it dead, a partition or a loop that ran but slowly), seen at the next tick.
+  declare it dead, a partition or a loop that ran but slowly), seen at the next tick
+  (or at the first one with a member alive or suspected here to ask: a healed
+  partition tells the node before its peers, which it declared dead too, are alive
+  here again).
 
 Then the fence goes up: every task waiting in the pool (queued, or waiting for its
 eta or a retry's countdown) is set aside (``aside``: still held, out of the pool's
@@ -36,7 +39,9 @@ have passed, each task set aside is:
 * finished elsewhere: its result is stored here too and goes to its owner (which
   gets one result: results are first-wins by id), not run;
 * held elsewhere: out of the ledger and the journal, remembered as moved (an owner
-  resending it here gets MOVED, and is sent one now), not run;
+  resending it here gets MOVED, and is sent one now), not run; unless that node (or
+  another) handed it here since the fence went up (``_handed_here``: its shedder saw
+  this node idle, its queue set aside): the handoff is the latest word, it runs here;
 * otherwise: copied to its backup again (the members dropped their copies) and
   back in the pool, where it runs here.
 
@@ -97,6 +102,7 @@ class Fence:
         self.answers = reclaim.Answers()
         self._expected = self.answers.expected      # member -> RECLAIMED parts still due
         self._told = 0                    # the membership's told_dead, last seen
+        self._up_at = 0.0                 # (monotonic) when the fence last went up
         self._timer: asyncio.TimerHandle | None = None
         self.counts: collections.Counter[str] = collections.Counter()
 
@@ -137,16 +143,20 @@ class Fence:
             return
         if self.watch_loop:
             pool.fence_at = now + self.limit    # (measured from here on)
-        self._told = told
         if late:
             why = f"this node's loop stalled {late:.1f} s (more than {self.limit:.1f} s)"
         else:
             why = "this node was declared dead by another node"
-        self.up(why)
+        if self.up(why) is not None:
+            # (the news is spent once a member could be asked: a healed partition, where
+            # this node declared its peers dead too, tells it before they are alive here
+            # again; spent then, the fence never went up and it ran what they took over)
+            self._told = told
 
-    def up(self, why: str) -> int:
+    def up(self, why: str) -> int | None:
         """Set the tasks waiting in the pool aside and ask the members alive here which
-        of them they took over; how many were set aside (0: none, or nobody to ask)."""
+        of them they took over; how many were set aside (0: none), None when no other
+        member is alive or suspected here to ask."""
         node = self.node
         if self.aside or node.stopping or not node.replicas.enabled:
             return 0
@@ -154,7 +164,9 @@ class Fence:
                  if m.state in (MemberState.ALIVE, MemberState.SUSPECT)]
         pool = node.pool
         entries = [item[2] for item in sorted(pool.queue)]
-        if not peers or not (entries or pool.scheduled):
+        if not peers:
+            return None
+        if not (entries or pool.scheduled):
             return 0
         for entry in pool.scheduled.values():
             if entry.timer is not None:
@@ -164,6 +176,7 @@ class Fence:
         pool.scheduled.clear()
         pool.discard({id(e) for e in entries})
         self.aside = {e.task_id: e for e in entries}
+        self._up_at = time.monotonic()
         self.round -= 1
         ids = list(self.aside)
         self._ask(peers, ids)
@@ -244,7 +257,7 @@ class Fence:
                 for ident in {entry.client, *watchers} - {b""}:
                     front.reply(ident, got[1])
                 finished += 1
-            elif where is not None:
+            elif where is not None and not self._handed_here(tid):
                 ledger.forget([entry], where)
                 moved.setdefault((entry.client, where), []).append(tid)
             elif tid in revoked:            # (revoked while set aside: never started)
@@ -267,6 +280,15 @@ class Fence:
         log.warning("of %d queued task(s) set aside, %d finished on another node and %d are "
                     "held by another node: not run here; %d run here", len(aside), finished,
                     n_moved, here)
+
+    def _handed_here(self, task_id: str) -> bool:
+        """Was ``task_id`` handed to this node since the fence went up (held here, the
+        handoff took it: Handoffs._take records the giver)? Then the handoff is the
+        latest word, whatever its giver answered before it (held: an idle-looking node
+        is shed to), as for a restart (Reclaimer.handed_here): the giver forgot it at
+        this node's answer. Settled as held elsewhere, no node had it."""
+        taken = self.node.handoff._from.get(task_id)
+        return taken is not None and taken[0] >= self._up_at
 
     def status(self) -> dict[str, int]:
         return {"fence_raised": self.counts["raised"],

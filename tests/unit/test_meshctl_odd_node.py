@@ -43,7 +43,8 @@ def odd_node() -> Iterator[str]:
                 except Exception:
                     continue
                 if isinstance(msg, Control):
-                    members = [{**m, "endpoint": endpoint} for m in MEMBERS]
+                    members = [{**m, "endpoint": m.get("endpoint") or endpoint}
+                               for m in MEMBERS]
                     payload = {"status": STATUS, "members": members,
                                "ping": PING}.get(msg.command, {})
                     sock.send_multipart([ident, encode(ControlReply(msg.req_id, True, "odd",
@@ -85,6 +86,16 @@ def test_status_json_is_strict_json(odd_node: str) -> None:
     # two records of one member: an incarnation and a state that are not comparable
     pytest.param(STATUS, [{"node": "odd", "state": [1], "incarnation": "x"},
                           {"node": "odd", "state": "alive", "incarnation": 1}], id="odd members"),
+    # a name that is not text (a list: not a key of a set or a map)
+    pytest.param({**STATUS, "node": [1]}, MEMBERS, id="a status naming a list"),
+    pytest.param(STATUS, [*MEMBERS, {"node": [1], "state": "alive",
+                                     "endpoint": "tcp://127.0.0.1:9"}],
+                 id="a member named by a list"),
+    # another member's gossiped load, shorter than [busy, total, queued]
+    pytest.param(STATUS, [*MEMBERS, {"node": "other", "state": "suspect", "load": [1],
+                                     "endpoint": "tcp://127.0.0.1:9"}],
+                 id="a short load"),
+    pytest.param(STATUS, [{**MEMBERS[0], "state": [1]}], id="a state that is a list"),
 ])
 def test_status_of_a_node_answering_what_is_not_a_status(
         status: Any, members: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch,

@@ -91,3 +91,17 @@ def test_get_without_a_timeout_uses_the_apps_result_timeout() -> None:
     slot = Slot("t-6", b"frame")
     with pytest.raises(TimeoutError, match="within 0.01 s"):
         AsyncResult("t-6", app, slot).get()
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e300, threading.TIMEOUT_MAX])
+def test_get_with_a_timeout_past_what_a_lock_waits_waits_for_the_result(timeout: float) -> None:
+    # (a lock's wait takes at most threading.TIMEOUT_MAX s: get(timeout=inf), and
+    # 'meshctl call --wait --result-timeout inf', ended in OverflowError at once, the
+    # task said PENDING while it ran)
+    slot = Slot("t-inf", b"frame")
+    r = AsyncResult("t-inf", None, slot)
+    timer = threading.Timer(0.05, done, (slot, "late"))
+    timer.start()
+    assert r.get(timeout=timeout) == "late"
+    timer.join()
+    assert slot.waiters is None
