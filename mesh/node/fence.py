@@ -283,12 +283,12 @@ class Fence:
 
     def _handed_here(self, task_id: str) -> bool:
         """Was ``task_id`` handed to this node since the fence went up (held here, the
-        handoff took it: Handoffs._take records the giver)? Then the handoff is the
+        handoff took it: Handoffs.taken_at)? Then the handoff is the
         latest word, whatever its giver answered before it (held: an idle-looking node
         is shed to), as for a restart (Reclaimer.handed_here): the giver forgot it at
         this node's answer. Settled as held elsewhere, no node had it."""
-        taken = self.node.handoff._from.get(task_id)
-        return taken is not None and taken[0] >= self._up_at
+        taken = self.node.handoff.taken_at(task_id)
+        return taken is not None and taken >= self._up_at
 
     def status(self) -> dict[str, int]:
         return {"fence_raised": self.counts["raised"],

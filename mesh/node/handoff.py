@@ -216,6 +216,13 @@ class Handoffs(HandoffTake, HandoffCut, Component):
         """The tasks in handoffs to ``target`` not answered yet (it may hold them now)."""
         return {t for out in self._out.values() if out.target == target for t in out.entries}
 
+    def taken_at(self, task_id: str) -> float | None:
+        """When (monotonic) this node took ``task_id`` from another by a handoff lately
+        (within GIVER_TTL, and until its giver was seen dead: then it went on to the
+        giver's backup), None if it did not."""
+        taken = self._from.get(task_id)
+        return taken[0] if taken is not None else None
+
     def keep(self, target: str, task_ids: list[str]) -> None:
         """``target`` was told this node holds ``task_ids`` (a reclaim's answer): it drops
         them, so its late answer to a handoff of them given up on does not take them out

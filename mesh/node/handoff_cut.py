@@ -128,9 +128,13 @@ class HandoffCut:
             ids &= held.keys()
             if not ids or node.stopping:
                 continue
-            # not started: waiting for its eta, or queued (one walk of the queues)
-            entries = [e for t in ids if t in pool.scheduled
-                       and (e := pool.remove(t)) is not None]
+            # not started: waiting for its eta, or queued (one walk of the queues), or
+            # set aside by the fence, handed back here while it waits (mesh/node/fence.py:
+            # the handoff is the latest word; this giver's answer "held" is not)
+            aside = node.reclaim.fence.aside
+            entries = [aside.pop(t) for t in ids if t in aside]
+            entries += [e for t in ids if t in pool.scheduled
+                        and (e := pool.remove(t)) is not None]
             queued = [item[2] for q in (pool.squeue, pool.aqueue) for item in q
                       if item[2].task_id in ids]
             if queued:
