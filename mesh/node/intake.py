@@ -111,7 +111,9 @@ class Intake(Component):
         now = time.time()
         max_eta = node.config.max_eta
         if max_eta and msg.eta is not None and msg.eta - now > max_eta:
-            ledger.fail(ident, tid, "MeshError", f"task {tid} is due in {msg.eta - now:.0f} s, "
+            ahead = msg.eta - now
+            ahead_text = f"{ahead:.0f}" if ahead < 1e10 else f"{ahead:.3g}"   # (not 300 digits)
+            ledger.fail(ident, tid, "MeshError", f"task {tid} is due in {ahead_text} s, "
                         f"beyond node {node.name}'s limit of {max_eta:.0f} s ahead (max_eta, "
                         "--max-eta)")
             return

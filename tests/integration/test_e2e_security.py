@@ -486,6 +486,10 @@ def test_big_tasks_beyond_the_quota_and_far_etas_are_refused(meshes: dict[str, M
     got = raw.replies(10, lambda x: isinstance(x, Result))
     res = [x for x in got if isinstance(x, Result)]
     assert res and res[0].state == "FAILURE" and "max_eta" in res[0].exc["message"]
+    raw.send(_submit("tasks_app.add", 1, 2, eta=1e300))   # (its error said 300 digits)
+    got = raw.replies(10, lambda x: isinstance(x, Result))
+    res = [x for x in got if isinstance(x, Result)]
+    assert res and "is due in 1e+300 s, beyond" in res[0].exc["message"], res
     big = "x" * (16 * MIB - 4096)
     ids = []
     for _ in range(3):
