@@ -35,6 +35,7 @@ START_TIMEOUT = 30.0
 # worker's own knobs; taken, as Celery's tests pass them (celery_worker_parameters):
 # start_worker's own, then its WorkController's (setup_defaults, setup_instance), which
 # Celery takes whatever they are
+TIME_LIMITS = ("time_limit", "soft_time_limit", "task_time_limit", "task_soft_time_limit")
 NOT_USED = frozenset({"loglevel", "logfile", "perform_ping_check", "ping_task_timeout",
                       "shutdown_timeout", "pool", "without_heartbeat", "without_mingle",
                       "without_gossip",
@@ -125,6 +126,11 @@ def start_worker(app: "Mesh", concurrency: int = 1, *, queues: Iterable[str] | s
     if kwargs.get("pool") not in (None, "solo"):
         log.warning("start_worker: pool %r is not used: a test worker runs its tasks in this "
                     "process (the solo pool)", kwargs["pool"])
+    limits = {k: v for k in TIME_LIMITS if (v := kwargs.get(k)) is not None}
+    if limits:
+        log.warning("start_worker: %s not enforced: a test worker runs its tasks in a thread of "
+                    "this process, which no time limit can stop (a real meshnode enforces them)",
+                    ", ".join(f"{k}={v!r}" for k, v in limits.items()))
     started = threading.Event()
     box: dict[str, Any] = {}
     options: dict[str, Any] = {"concurrency": concurrency}

@@ -184,6 +184,15 @@ def test_a_pool_the_test_worker_does_not_have_is_said(caplog: pytest.LogCaptureF
     assert "pool 'prefork' is not used" in caplog.text
 
 
+def test_time_limits_the_test_worker_cannot_enforce_are_said(caplog: pytest.LogCaptureFixture) -> None:
+    # (Celery's worker kills a task past them; a thread cannot be: they were taken silently)
+    app = Mesh("limits_asked", set_as_current=False, mdns=False)
+    with caplog.at_level(logging.WARNING, logger="mesh.testing"), \
+            start_worker(app, time_limit=5, soft_time_limit=None):
+        pass
+    assert "time_limit=5 not enforced" in caplog.text and "soft_time_limit" not in caplog.text
+
+
 def test_the_worker_has_celerys_hostname() -> None:
     # Celery's suites name their worker in control commands' destination by its
     # 'hostname' (an AttributeError on the node before)
