@@ -359,6 +359,22 @@ class NodeProc:
                 pass
 
 
+def _answers_for(node: "NodeProc") -> bool:
+    """Is the node answering on ``node.endpoint`` the process the harness started (or
+    one of its descendants: a ``program`` may wrap meshnode), not another one that took
+    the port first? (True when its status does not say a pid.)"""
+    reply = node.request("status", 5.0)
+    pid = reply.payload.get("pid") if isinstance(reply, ControlReply) and reply.ok \
+        and isinstance(reply.payload, dict) else None
+    if not isinstance(pid, int):
+        return True
+    try:
+        ours = {node.proc.pid, *(c.pid for c in psutil.Process(node.proc.pid).children(recursive=True))}
+    except psutil.Error:            # (ours has exited: the port is another's)
+        return False
+    return pid in ours
+
+
 class NodeFactory:
     """``start_node(**flags)``: start a node on a free loopback port and return it once
     it answers a ping. Keyword arguments become meshnode flags (``time_limit=1`` is
@@ -442,7 +458,17 @@ class NodeFactory:
                 raise AssertionError(f"meshnode {node.name} exited with code {rc} before it was "
                                      f"ready; its stderr:\n{node.stderr_tail()}")
             if node.ping(timeout=0.25):
-                return True
+                if _answers_for(node):
+                    return True
+                # another test's node bound this port between free_port() and ours (ci18:
+                # the test then talked to it); ours exits with "cannot bind"
+                try:
+                    node.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    node.stop()
+                    raise AssertionError(f"another process answers on {node.endpoint}, and "
+                                         f"meshnode {node.name} did not exit") from None
+                continue
             if time.monotonic() >= deadline:
                 node.stop()
                 raise AssertionError(f"meshnode {node.name} did not answer a ping within {timeout:g} s;"

@@ -6,8 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import harness
 import psutil
-from harness import NodeProc, wait_until
+import pytest
+from harness import NodeFactory, NodeProc, free_port, wait_until
 
 from mesh.client.control import ControlClient
 
@@ -56,3 +58,23 @@ def test_a_process_that_has_a_gone_nodes_pid_now_is_spared(tmp_path: Path, contr
         other.wait(10)
         for p in _group(other.pid):
             p.kill()
+
+
+def test_a_port_another_node_took_first_is_not_taken_for_the_new_one(
+        start_node: NodeFactory, tmp_path: Path, control: ControlClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """free_port() gives a port free a moment ago; another test's node may bind it
+    first. Its answer to the ping was taken for the new node's (ci18: the test talked
+    to a node without its tasks). The harness starts the new one on another port."""
+    first = start_node(concurrency=1)                  # (another test's node)
+    ports = iter([int(first.endpoint.rsplit(":", 1)[1])])
+    monkeypatch.setattr(harness, "free_port", lambda: next(ports, None) or free_port())
+    (tmp_path / "another-test").mkdir()
+    factory = NodeFactory(tmp_path / "another-test", control)
+    try:
+        second = factory(concurrency=1)
+        assert second.endpoint != first.endpoint
+        assert second.status()["pid"] == second.proc.pid
+        assert len(factory.nodes) == 2 and "cannot bind" in factory.nodes[0].stderr()
+    finally:
+        factory.close()
