@@ -271,19 +271,26 @@ class Handoffs(HandoffTake, HandoffCut, Component):
         """The answer to a handoff given up on (no answer in time: its tasks went back
         to the queue, or, stopping, are kept here for the next start). The receiver
         holds what it accepted: those not started here since leave the queue (or the
-        journal) as if answered in time; a started one runs on both nodes, which is said."""
+        journal, or the fence's tasks set aside) as if answered in time; a started one
+        runs on both nodes, which is said."""
         out = self._given_up.get(msg.batch)
         if out is None or out.target != msg.node:
             return                      # (not the receiver's to answer: kept for its own)
         del self._given_up[msg.batch]
         ledger, pool = self.node.ledger, self.node.pool
+        aside = self.node.reclaim.fence.aside
         moved, twice = [], []
         busy = self._busy_while_stopping()
         for tid in msg.accepted:
             e = out.entries.get(tid)
             if e is None or ledger.held.get(tid) is not e:
                 continue
-            if pool.remove(tid) is e or (busy is not None and tid not in busy):
+            # (set aside by the fence since, not started: the receiver's answer is the
+            # word on it; its answer to the fence may have come before it took the task)
+            if aside.get(tid) is e:
+                del aside[tid]
+                moved.append(e)
+            elif pool.remove(tid) is e or (busy is not None and tid not in busy):
                 moved.append(e)
             else:
                 twice.append(tid)

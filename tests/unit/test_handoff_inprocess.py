@@ -84,6 +84,16 @@ async def in_flight(g: Node, t: Node, tid: str) -> tuple[list[Handoff], Callable
     return held_back, take
 
 
+def gives_up_fast(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A handoff is given up after 0.2 s, and the handoff log is captured."""
+    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
+    # the giver's handoff loop napped while it had nothing out (mesh/node/naps.py): the
+    # handoff wakes it, and it sends again and gives up at its ticks (no nap ends by
+    # itself within the test)
+    monkeypatch.setattr(naps, "IDLE_CAP", 3600.0)
+    caplog.set_level(logging.INFO, "mesh.handoff")
+
+
 async def given_up(g: Node, t: Node, tid: str) -> tuple[list[Handoff], Callable[[Handoff], None]]:
     """The giver hands ``tid`` to a taker that does not answer, and gives the batch up."""
     held_back, take = withhold(t)
@@ -143,12 +153,7 @@ def test_a_handoff_to_the_receivers_current_run_is_taken() -> None:
 
 def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(handoff_mod, "HANDOFF_TIMEOUT", 0.2)
-    # the giver's handoff loop napped while it had nothing out (mesh/node/naps.py): the
-    # handoff wakes it, and it sends again and gives up at its ticks (no nap ends by
-    # itself within the test)
-    monkeypatch.setattr(naps, "IDLE_CAP", 3600.0)
-    caplog.set_level(logging.INFO, "mesh.handoff")
+    gives_up_fast(monkeypatch, caplog)
 
     async def main() -> None:
         async with giver_and_taker("h-late") as (g, t):
@@ -162,6 +167,27 @@ def test_an_answer_after_the_giver_gave_up_takes_the_task_out_of_its_queue(
     late = [r.getMessage() for r in caplog.records if "after it was given up" in r.getMessage()]
     assert late == ["node taker answered a handoff after it was given up: it holds 1 of its "
                     "task(s), taken out of the queue here"], late
+
+
+def test_an_answer_after_the_giver_gave_up_takes_out_a_task_its_fence_set_aside(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The task given up on is back in the giver's queue; the giver's fence goes up (a
+    stall) and sets it aside, asking the taker, whose answer comes before it takes the
+    task after all. Its late answer to the handoff took the task out of the queue only:
+    set aside, it was said to run on both nodes, and it did once the fence settled."""
+    gives_up_fast(monkeypatch, caplog)
+
+    async def main() -> None:
+        async with giver_and_taker("h-aside") as (g, t):
+            held_back, take = await given_up(g, t, "h-aside")
+            t.reclaim.answer = lambda msg: None       # (its answer: nothing held yet, late)
+            assert g.reclaim.fence.up("a stall (the test)") == 1
+            assert "h-aside" in g.reclaim.fence.aside
+            take(held_back[0])                            # the taker takes it after all
+            await until(lambda: "h-aside" not in g.ledger.held, "the giver to forget it")
+            assert "h-aside" in t.ledger.held and "h-aside" not in g.reclaim.fence.aside
+    run(main())
+    assert not [r for r in caplog.records if "may run on both nodes" in r.getMessage()]
 
 
 def test_a_late_answer_does_not_take_away_a_task_handed_back_meanwhile(
