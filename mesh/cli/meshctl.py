@@ -50,7 +50,8 @@ def _peers(ctx: click.Context) -> list[str]:
         for p in peers:
             check_endpoint(p)
     except ConfigError as e:
-        die("meshctl", str(e), EXIT_USAGE)
+        where = "" if ctx.obj["peers"] or not os.environ.get("MESH_PEERS") else "MESH_PEERS: "
+        die("meshctl", f"{where}{e}", EXIT_USAGE)
     return peers
 
 

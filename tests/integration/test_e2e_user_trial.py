@@ -103,6 +103,10 @@ def test_mesh_peers_without_tcp_names_the_variable_and_the_fix(tmp_path: Path) -
     line = _start(tmp_path, _files(), env={"MESH_PEERS": f"127.0.0.1:{port}"})
     assert line.startswith(f"meshnode: error: MESH_PEERS: endpoint '127.0.0.1:{port}'"), line
     assert f"(did you mean 'tcp://127.0.0.1:{port}'?)" in line, line
+    # meshctl (without -A: no app's config to name) says so too
+    out = run_program(MESHCTL, "status", env={**clean_env(), "MESH_PEERS": f"127.0.0.1:{port}"})
+    assert out.returncode == EXIT_USAGE, out
+    assert out.stderr.startswith(f"meshctl: error: MESH_PEERS: endpoint '127.0.0.1:{port}'"), out
 
 
 @pytest.mark.skipif(importlib.util.find_spec("celery") is not None, reason="Celery is installed here")
