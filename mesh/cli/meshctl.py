@@ -313,7 +313,14 @@ def _did_you_mean(ctx: click.Context, name: str | None) -> None:
     names = {t.get("name") if isinstance(t, dict) else t
              for a in _controller(ctx).ask("registered").values() if isinstance(a, list)
              for t in a}
-    hint = difflib.get_close_matches(name or "", sorted(n for n in names if isinstance(n, str)), n=1)
+    known = sorted(n for n in names if isinstance(n, str))
+    # compared whole, a long module name made 'tasks_app.nope' close to 'tasks_app.seq':
+    # the last part is compared within the module, else the module's for the same last
+    module, _, last = (name or "").rpartition(".")
+    same = {n.rpartition(".")[2]: n for n in known if n.rpartition(".")[0] == module}
+    hint = [same[h] for h in difflib.get_close_matches(last, sorted(same), n=1)] \
+        or difflib.get_close_matches(name or "", [n for n in known
+                                                  if n.rpartition(".")[2] == last], n=1)
     if hint:
         click.echo(f"meshctl: did you mean {hint[0]!r}? (meshctl inspect registered lists "
                    "the nodes' tasks)", err=True)

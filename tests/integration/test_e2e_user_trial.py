@@ -192,3 +192,8 @@ def test_meshctl_call_of_a_misspelt_task_name_suggests_the_registered_one(start_
     assert p.stderr.strip().splitlines()[-1] == (
         "meshctl: did you mean 'tasks_app.add'? (meshctl inspect registered lists the nodes' "
         "tasks)"), p.stderr
+    # a name like none of the module's is given no hint (the module's name alone made
+    # 'tasks_app.nope' close to 'tasks_app.seq')
+    p = run_program(MESHCTL, "--peers", node.endpoint, "call", "tasks_app.nope", "--wait")
+    assert p.returncode == 1 and "NotRegistered" in p.stderr, p
+    assert "did you mean" not in p.stderr, p.stderr
