@@ -226,6 +226,17 @@ class Fence:
         aside, self.aside = self.aside, {}
         return [e for t, e in aside.items() if self.node.ledger.held.get(t) is e]
 
+    def take(self, task_id: str, entry: Entry | None = None) -> Entry | None:
+        """Take ``task_id`` out of the tasks set aside (``entry``: only if it is that
+        one): another node holds it now by a handoff's answer, or it goes on to one
+        (mesh/node/handoff.py, handoff_cut.py); the fence's answers no longer decide it.
+        The entry, None if it was not set aside."""
+        e = self.aside.get(task_id)
+        if e is None or (entry is not None and e is not entry):
+            return None
+        del self.aside[task_id]
+        return e
+
     def holds(self, task_id: str) -> bool:
         """Is ``task_id`` set aside here (a member that asks about it is not told it is
         held here: both ask, and both run it rather than neither)."""

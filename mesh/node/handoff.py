@@ -278,7 +278,7 @@ class Handoffs(HandoffTake, HandoffCut, Component):
             return                      # (not the receiver's to answer: kept for its own)
         del self._given_up[msg.batch]
         ledger, pool = self.node.ledger, self.node.pool
-        aside = self.node.reclaim.fence.aside
+        fence = self.node.reclaim.fence
         moved, twice = [], []
         busy = self._busy_while_stopping()
         for tid in msg.accepted:
@@ -287,10 +287,8 @@ class Handoffs(HandoffTake, HandoffCut, Component):
                 continue
             # (set aside by the fence since, not started: the receiver's answer is the
             # word on it; its answer to the fence may have come before it took the task)
-            if aside.get(tid) is e:
-                del aside[tid]
-                moved.append(e)
-            elif pool.remove(tid) is e or (busy is not None and tid not in busy):
+            if fence.take(tid, e) is e or pool.remove(tid) is e \
+                    or (busy is not None and tid not in busy):
                 moved.append(e)
             else:
                 twice.append(tid)

@@ -131,8 +131,8 @@ class HandoffCut:
             # not started: waiting for its eta, or queued (one walk of the queues), or
             # set aside by the fence, handed back here while it waits (mesh/node/fence.py:
             # the handoff is the latest word; this giver's answer "held" is not)
-            aside = node.reclaim.fence.aside
-            entries = [aside.pop(t) for t in ids if t in aside]
+            fence = node.reclaim.fence
+            entries = [e for t in ids if (e := fence.take(t)) is not None]
             entries += [e for t in ids if t in pool.scheduled
                         and (e := pool.remove(t)) is not None]
             queued = [item[2] for q in (pool.squeue, pool.aqueue) for item in q
