@@ -188,11 +188,13 @@ def test_a_holder_back_with_purge_copies_none_of_its_purged_disk_backlog_again(
     wait_until(lambda: len(_lines(out)) >= len(ran_on_b) and b.status()["held"] == 0,
                timeout=RUN_TIMEOUT, what="b to run its tasks")
     assert _lines_once(out) == ran_on_b, "a purged task ran"
-    # what b takes over from a2 is only what b shed to it (its own tasks, a2 empty after
-    # its purge and less loaded: seen in CI, 2 shed 1 s after a's own shed to b)
+    # what b takes over from a2 is at most what b shed to it (its own tasks, a2 empty
+    # after its purge and less loaded: seen in CI, 2 shed 1 s after a's own shed to b);
+    # none of it when a2 was killed before its answer came: b's own again, not taken over
+    # (ci21: 0 of 2; mesh/node/handoff_cut.py). None of a's purged tasks
     shed_to_a2 = sum(int(n) for n in re.findall(rf"handed (\d+) task\(s\) to {a2.name} ",
                                                  b.stderr()[b_before:]))
-    assert b.status()["taken_over"] == shed_to_a2 and purged & _task_ids(b.data_dir) == shed
+    assert b.status()["taken_over"] <= shed_to_a2 and purged & _task_ids(b.data_dir) == shed
 
 
 def _state_in(node: NodeProc, name: str) -> str | None:
